@@ -1,0 +1,16 @@
+//! ztrace: a zero-code distributed tracing agent for Linux, built on eBPF.
+//!
+//! Kernel programs (the `ebpf/` crate) capture socket traffic; this crate loads them, rebuilds
+//! connections and protocol exchanges from their events, turns exchanges into spans and sends the
+//! spans to the sinks. See ARCHITECTURE.md for the code map; `pipeline` is where the stages meet.
+
+pub mod bpf;
+pub mod config;
+pub mod conn;
+pub mod discovery;
+pub mod export;
+pub mod metrics;
+pub mod pipeline;
+pub mod print;
+pub mod protocols;
+pub mod spans;

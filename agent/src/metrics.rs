@@ -1,0 +1,63 @@
+//! Self-telemetry: typed counters of what the agent did and what it lost.
+//!
+//! Every stage that can drop or fail on something increments a counter here instead of logging
+//! per event. The counters are shared (`Arc<Metrics>`) and read by the periodic report, the
+//! shutdown summary and (later) the viewer.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($( $(#[doc = $doc:literal])* $name:ident ),* $(,)?) => {
+        /// Counters of the userspace agent. Kernel-side counters are read from the `COUNTERS` map.
+        #[derive(Debug, Default)]
+        pub struct Metrics {
+            $( $(#[doc = $doc])* pub $name: AtomicU64, )*
+        }
+
+        impl Metrics {
+            /// `(name, value)` of every counter, in declaration order.
+            pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+                vec![$( (stringify!($name), self.$name.load(Ordering::Relaxed)), )*]
+            }
+        }
+    };
+}
+
+counters! {
+    /// Records read from the ring buffer.
+    events_read,
+    /// Records that were too short or of an unknown kind.
+    events_malformed,
+    /// Data or close events for a connection the agent never saw opened (and could not adopt).
+    events_unknown_conn,
+    /// Connections whose first bytes matched no known protocol.
+    conns_unrecognized,
+    /// Connections dropped from the table because it was full.
+    conns_evicted,
+    /// Protocol parse errors (the connection's parser is reset or abandoned).
+    parse_errors,
+    /// Requests that never got a response (connection closed or parser reset).
+    exchanges_unanswered,
+    /// Spans produced.
+    spans_created,
+    /// Spans dropped because a sink's queue was full.
+    spans_dropped_queue_full,
+    /// Spans accepted by the OTLP endpoint.
+    spans_exported,
+    /// Spans given up on after export retries failed.
+    spans_export_failed,
+    /// Failed OTLP export attempts (each retry counts).
+    export_errors,
+}
+
+impl Metrics {
+    /// Adds one to a counter.
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds `n` to a counter.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,288 @@
+//! The contract between ztrace's kernel programs (`ebpf/`) and its agent (`agent/`).
+//!
+//! Everything that crosses the kernel/user boundary is defined here once: the `#[repr(C)]`
+//! events written to the ring buffer, the names of the maps, the indexes of the loss
+//! counters and the names of the globals the agent sets at load time. The crate is `no_std`
+//! and has no logic beyond layout; with the `user` feature it implements `aya::Pod`.
+//!
+//! Layout rules: explicit `_pad` fields, `u32` instead of `bool`, and a size assertion beside
+//! every type, so that a change on one side that the other does not follow fails to compile.
+#![no_std]
+
+use core::mem::size_of;
+
+/// Largest payload prefix one data event can carry. The agent chooses the actual prefix
+/// (`--capture-bytes`) up to this bound; the kernel clamps to it.
+pub const MAX_CAPTURE: usize = 16 * 1024;
+
+/// Maximum number of `iovec` entries of one vectored call that are copied.
+pub const MAX_IOVECS: u32 = 8;
+
+/// Names of the maps, so the agent never spells one as a literal.
+pub mod maps {
+    /// RingBuf of events (`EventHeader`-prefixed records).
+    pub const EVENTS: &str = "EVENTS";
+    /// PerCpuArray<u64> of loss and activity counters, indexed by [`super::Counter`].
+    pub const COUNTERS: &str = "COUNTERS";
+    /// HashMap<u32 tgid, u32> of processes the user asked for (`--pid`, `--exe` matches).
+    pub const PID_ALLOW: &str = "PID_ALLOW";
+    /// HashMap<[u8; 16] comm, u32> of executable names the user asked for (`--exe`).
+    pub const COMM_ALLOW: &str = "COMM_ALLOW";
+}
+
+/// Names of the global constants the agent sets with `EbpfLoader::set_global`.
+pub mod globals {
+    /// [`super::KernelOffsets`], computed from the running kernel's BTF.
+    pub const OFFSETS: &str = "OFFSETS";
+    /// [`super::Settings`].
+    pub const SETTINGS: &str = "SETTINGS";
+}
+
+/// Kinds of events in the ring buffer; the first field of every [`EventHeader`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A TCP connection became known: [`ConnEvent`].
+    Conn = 1,
+    /// Bytes moved on a known TCP connection: [`DataEvent`].
+    Data = 2,
+    /// The process closed its fd of a known TCP connection: [`EventHeader`] alone.
+    Close = 3,
+}
+
+impl EventKind {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            1 => Some(Self::Conn),
+            2 => Some(Self::Data),
+            3 => Some(Self::Close),
+            _ => None,
+        }
+    }
+}
+
+/// Common prefix of every event.
+///
+/// A connection is identified by `(tgid, fd, conn_gen)`: `conn_gen` is the kernel time at which
+/// ztrace first saw the connection, so a reused fd number is a new connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventHeader {
+    pub kind: u32,
+    /// Process (thread group) id.
+    pub tgid: u32,
+    /// Thread id.
+    pub tid: u32,
+    pub fd: i32,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when the syscall returned.
+    pub ts_ns: u64,
+    pub conn_gen: u64,
+}
+const _: () = assert!(size_of::<EventHeader>() == 32);
+
+/// How a connection became known.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnRole {
+    /// `connect()` returned: this process is the client.
+    Client = 1,
+    /// `accept()` returned: this process is the server.
+    Server = 2,
+    /// First seen on a read or write (opened before ztrace started): role unknown.
+    Unknown = 3,
+}
+
+impl ConnRole {
+    pub fn from_u32(v: u32) -> Self {
+        match v {
+            1 => Self::Client,
+            2 => Self::Server,
+            _ => Self::Unknown,
+        }
+    }
+}
+
+/// A TCP connection became known, with its 4-tuple as seen by this process.
+///
+/// Addresses are IPv6-sized; for `family == AF_INET` only the first 4 bytes are used.
+/// Ports are in host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConnEvent {
+    pub header: EventHeader,
+    /// [`ConnRole`].
+    pub role: u32,
+    /// `AF_INET` (2) or `AF_INET6` (10).
+    pub family: u32,
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub _pad: u32,
+    /// Kernel address of the `struct sock`: the same socket seen through two fds or processes.
+    pub sock: u64,
+    /// Thread group leader's `comm`, NUL-padded.
+    pub comm: [u8; 16],
+}
+const _: () = assert!(size_of::<ConnEvent>() == 32 + 8 + 32 + 8 + 8 + 16);
+
+/// Direction of bytes relative to the traced process.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// The process wrote them (write, send*, writev).
+    Egress = 1,
+    /// The process read them (read, recv*, readv).
+    Ingress = 2,
+}
+
+/// Where the bytes of a data event were read.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataSource {
+    /// A read/write family syscall on the socket.
+    Syscall = 1,
+}
+
+/// Bytes moved on a known TCP connection.
+///
+/// The record in the ring buffer is `size_of::<DataEventHeader>() + captured` bytes long: the
+/// kernel sends only the captured prefix. `len` is the number of bytes the syscall (or this
+/// iovec segment of it) moved; `len - captured` bytes were not copied.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DataEventHeader {
+    pub header: EventHeader,
+    /// [`Direction`].
+    pub direction: u32,
+    /// [`DataSource`].
+    pub source: u32,
+    pub len: u32,
+    pub captured: u32,
+}
+const _: () = assert!(size_of::<DataEventHeader>() == 48);
+
+/// A data event with room for the largest capture; the kernel fills it in a per-CPU scratch
+/// map and sends only `size_of::<DataEventHeader>() + captured` bytes of it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DataEvent {
+    pub hdr: DataEventHeader,
+    pub data: [u8; MAX_CAPTURE],
+}
+const _: () = assert!(size_of::<DataEvent>() == 48 + MAX_CAPTURE);
+
+/// Loss and activity counters, one per-CPU slot each in the `COUNTERS` map.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// An event could not be written: the ring buffer was full.
+    RingbufFull = 0,
+    /// Syscall arguments could not be saved at entry (map full).
+    ArgsMapFull = 1,
+    /// A socket could not be remembered (map full).
+    SockMapFull = 2,
+    /// Reading user memory for a payload failed; the event carries no bytes.
+    PayloadReadFailed = 3,
+    /// Reading kernel structures for a socket failed.
+    SockReadFailed = 4,
+    /// Vectored I/O with more segments than [`MAX_IOVECS`]: the rest was not copied.
+    IovecsTruncated = 5,
+    /// Data events written.
+    DataEvents = 6,
+    /// Connection events written.
+    ConnEvents = 7,
+}
+
+/// Number of slots in the `COUNTERS` map.
+pub const COUNTER_SLOTS: u32 = 8;
+
+impl Counter {
+    pub const ALL: [Counter; COUNTER_SLOTS as usize] = [
+        Counter::RingbufFull,
+        Counter::ArgsMapFull,
+        Counter::SockMapFull,
+        Counter::PayloadReadFailed,
+        Counter::SockReadFailed,
+        Counter::IovecsTruncated,
+        Counter::DataEvents,
+        Counter::ConnEvents,
+    ];
+
+    /// Name used in the agent's self-metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Counter::RingbufFull => "kernel_ringbuf_full",
+            Counter::ArgsMapFull => "kernel_args_map_full",
+            Counter::SockMapFull => "kernel_sock_map_full",
+            Counter::PayloadReadFailed => "kernel_payload_read_failed",
+            Counter::SockReadFailed => "kernel_sock_read_failed",
+            Counter::IovecsTruncated => "kernel_iovecs_truncated",
+            Counter::DataEvents => "kernel_data_events",
+            Counter::ConnEvents => "kernel_conn_events",
+        }
+    }
+
+    /// True for counters that count lost data (as opposed to activity).
+    pub fn is_loss(self) -> bool {
+        !matches!(self, Counter::DataEvents | Counter::ConnEvents)
+    }
+}
+
+/// Byte offsets of kernel struct members, computed by the agent from the running kernel's
+/// BTF (aya-ebpf has no CO-RE relocations). Field names are `<struct>_<member>`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelOffsets {
+    pub task_struct_files: u32,
+    pub task_struct_mm: u32,
+    pub task_struct_group_leader: u32,
+    pub task_struct_comm: u32,
+    pub files_struct_fdt: u32,
+    pub fdtable_max_fds: u32,
+    pub fdtable_fd: u32,
+    pub file_f_inode: u32,
+    pub file_private_data: u32,
+    pub inode_i_mode: u32,
+    pub socket_type: u32,
+    pub socket_sk: u32,
+    pub sock_common_skc_family: u32,
+    pub sock_common_skc_daddr: u32,
+    pub sock_common_skc_rcv_saddr: u32,
+    pub sock_common_skc_dport: u32,
+    pub sock_common_skc_num: u32,
+    pub sock_common_skc_v6_daddr: u32,
+    pub sock_common_skc_v6_rcv_saddr: u32,
+    /// Offset of `sk_protocol` in `struct sock`, or `u32::MAX` where it is a bitfield.
+    pub sock_sk_protocol: u32,
+}
+const _: () = assert!(size_of::<KernelOffsets>() == 20 * 4);
+
+/// Run-time settings chosen by the agent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Settings {
+    /// The agent's own tgid: never traced.
+    pub agent_tgid: u32,
+    /// Payload prefix per event, at most [`MAX_CAPTURE`].
+    pub capture_bytes: u32,
+    /// 1 when only processes in `PID_ALLOW` / `COMM_ALLOW` are traced.
+    pub filter_enabled: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<Settings>() == 16);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: each type is #[repr(C)], made of integers and byte arrays with explicit padding,
+    // so every bit pattern is valid and there are no implicit padding bytes.
+    unsafe impl aya::Pod for super::EventHeader {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ConnEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DataEventHeader {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::KernelOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Settings {}
+}
