@@ -1,8 +1,24 @@
+//! ztrace's kernel programs: syscall tracepoints that see the TCP traffic of every process.
+//!
+//! One module per job: `maps` (every map and its size), `config` (globals set by the agent),
+//! `filter` (which processes are traced), `sock` (fd → TCP socket and its 4-tuple), `emit`
+//! (events into the ring buffer) and `syscalls/` (one file per syscall family).
 #![no_std]
 #![no_main]
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-#[tracepoint]
-pub fn zt_probe(_ctx: TracePointContext) -> u32 { 0 }
+
+mod config;
+mod emit;
+mod filter;
+mod maps;
+mod sock;
+mod syscalls;
+
 #[cfg(not(test))]
 #[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! { loop {} }
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "license")]
+pub static LICENSE: [u8; 13] = *b"Dual BSD/GPL\0";

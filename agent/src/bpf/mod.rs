@@ -1,1 +1,201 @@
-//! (placeholder)
+//! Loading the kernel programs, attaching them, and reading what they send.
+//!
+//! This is the only module of the agent with `unsafe` (in `events`): everything the kernel
+//! sends is decoded here into typed values. The eBPF object is embedded in the binary at build
+//! time (see build.rs); offsets of kernel structs come from the running kernel's BTF.
+
+pub mod attach;
+pub mod btf;
+pub mod events;
+
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+    Ebpf, EbpfLoader,
+};
+use ztrace_common::{globals, maps, Counter, Settings, MAX_CAPTURE};
+
+use self::attach::{AttachResult, HOOKS};
+
+/// The eBPF object, embedded by build.rs (empty when built without `cargo xtask build`).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ztrace.bpf.o"));
+
+/// Why the kernel programs could not be started. Each message is one sentence for the user.
+#[derive(Debug, thiserror::Error)]
+pub enum BpfError {
+    #[error("ztrace needs root (CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE): run it with sudo")]
+    NotRoot,
+    #[error("this ztrace binary was built without its eBPF programs: build it with `cargo xtask build`")]
+    NoObject,
+    #[error("the running kernel does not describe itself with BTF (/sys/kernel/btf/vmlinux, Linux >= 5.4 with CONFIG_DEBUG_INFO_BTF=y), which ztrace needs: {0}")]
+    Btf(#[from] btf::BtfError),
+    #[error("the kernel refused ztrace's eBPF programs (is BPF enabled and allowed here?): {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program {program} is missing from the eBPF object (stale build?)")]
+    MissingProgram { program: &'static str },
+    #[error("map {0} is missing from the eBPF object (stale build?)")]
+    MissingMap(&'static str),
+    #[error("map {name}: {source}")]
+    Map { name: &'static str, source: aya::maps::MapError },
+    #[error("required hooks could not be attached, see the attach table above")]
+    RequiredHooks,
+}
+
+/// What the user asked to trace.
+#[derive(Clone, Debug, Default)]
+pub struct Selection {
+    /// Only these processes (`--pid`)...
+    pub pids: Vec<u32>,
+    /// ...and processes whose executable name is one of these (`--exe`). Both empty: all.
+    pub exe_names: Vec<String>,
+}
+
+/// The loaded, attached kernel programs.
+pub struct Probes {
+    /// Keeps programs and links alive.
+    _ebpf: Ebpf,
+    counters: PerCpuArray<MapData, u64>,
+    /// The attach table.
+    pub attached: Vec<AttachResult>,
+}
+
+/// Loads and attaches every program of the attach table.
+///
+/// Returns the probes and the event ring buffer (read by the pipeline).
+pub fn start(capture_bytes: usize, selection: &Selection) -> Result<(Probes, RingBuf<MapData>), BpfError> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(BpfError::NotRoot);
+    }
+    if OBJECT.is_empty() {
+        return Err(BpfError::NoObject);
+    }
+    raise_memlock();
+    let offsets = btf::Btf::from_sys_fs()?.kernel_offsets()?;
+    let settings = Settings {
+        agent_tgid: std::process::id(),
+        capture_bytes: capture_bytes.min(MAX_CAPTURE) as u32,
+        filter_enabled: u32::from(!selection.pids.is_empty() || !selection.exe_names.is_empty()),
+        _pad: 0,
+    };
+    let mut ebpf = EbpfLoader::new()
+        .override_global(globals::OFFSETS, &offsets, true)
+        .override_global(globals::SETTINGS, &settings, true)
+        .load(OBJECT)?;
+
+    fill_selection(&mut ebpf, selection)?;
+
+    let mut attached = Vec::with_capacity(HOOKS.len());
+    for hook in HOOKS {
+        let error = attach_tracepoint(&mut ebpf, hook.program, hook.category, hook.name)?;
+        attached.push(AttachResult { hook: *hook, error });
+    }
+    let ring = RingBuf::try_from(ebpf.take_map(maps::EVENTS).ok_or(BpfError::MissingMap(maps::EVENTS))?)
+        .map_err(|source| BpfError::Map { name: maps::EVENTS, source })?;
+    let counters =
+        PerCpuArray::try_from(ebpf.take_map(maps::COUNTERS).ok_or(BpfError::MissingMap(maps::COUNTERS))?)
+            .map_err(|source| BpfError::Map { name: maps::COUNTERS, source })?;
+    Ok((Probes { _ebpf: ebpf, counters, attached }, ring))
+}
+
+impl Probes {
+    /// True when every required hook attached.
+    pub fn required_ok(&self) -> bool {
+        self.attached.iter().all(|r| r.error.is_none() || !r.hook.required)
+    }
+
+    /// Kernel counters summed over CPUs, by name.
+    pub fn kernel_counters(&self) -> Vec<(&'static str, u64)> {
+        Counter::ALL
+            .iter()
+            .map(|c| {
+                let total = self
+                    .counters
+                    .get(&(*c as u32), 0)
+                    .map(|per_cpu| per_cpu.iter().sum())
+                    .unwrap_or(0);
+                (c.name(), total)
+            })
+            .collect()
+    }
+}
+
+/// `Ok(None)` when attached, `Ok(Some(reason))` when the kernel refused.
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    category: &str,
+    name: &str,
+) -> Result<Option<String>, BpfError> {
+    let prog: &mut TracePoint = ebpf
+        .program_mut(program)
+        .ok_or(BpfError::MissingProgram { program })?
+        .try_into()
+        .map_err(|_| BpfError::MissingProgram { program })?;
+    if let Err(e) = prog.load() {
+        return Ok(Some(format!("load: {}", error_chain(&e))));
+    }
+    match prog.attach(category, name) {
+        Ok(_) => Ok(None),
+        Err(e) => Ok(Some(format!("attach: {}", error_chain(&e)))),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+fn fill_selection(ebpf: &mut Ebpf, selection: &Selection) -> Result<(), BpfError> {
+    let map = ebpf.map_mut(maps::PID_ALLOW).ok_or(BpfError::MissingMap(maps::PID_ALLOW))?;
+    let mut pids: BpfHashMap<_, u32, u32> =
+        BpfHashMap::try_from(map).map_err(|source| BpfError::Map { name: maps::PID_ALLOW, source })?;
+    for pid in &selection.pids {
+        pids.insert(pid, 1, 0).map_err(|source| BpfError::Map { name: maps::PID_ALLOW, source })?;
+    }
+    let map = ebpf.map_mut(maps::COMM_ALLOW).ok_or(BpfError::MissingMap(maps::COMM_ALLOW))?;
+    let mut comms: BpfHashMap<_, [u8; 16], u32> =
+        BpfHashMap::try_from(map).map_err(|source| BpfError::Map { name: maps::COMM_ALLOW, source })?;
+    for name in &selection.exe_names {
+        comms.insert(comm_key(name), 1, 0).map_err(|source| BpfError::Map { name: maps::COMM_ALLOW, source })?;
+    }
+    Ok(())
+}
+
+/// The kernel's `comm` of an executable name: its first 15 bytes, NUL-padded.
+pub fn comm_key(name: &str) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    let bytes = name.as_bytes();
+    let n = bytes.len().min(15);
+    key[..n].copy_from_slice(&bytes[..n]);
+    key
+}
+
+/// Raises RLIMIT_MEMLOCK for kernels that still charge BPF maps to it (< 5.11). Failure is
+/// only a warning: newer kernels charge the memory cgroup instead.
+fn raise_memlock() {
+    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: setrlimit reads the struct we pass; no other preconditions.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        tracing::debug!("could not raise RLIMIT_MEMLOCK; fine on Linux >= 5.11");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comm_key_truncates_like_the_kernel() {
+        assert_eq!(&comm_key("nginx")[..6], b"nginx\0");
+        let long = comm_key("a-very-long-executable-name");
+        assert_eq!(&long[..15], b"a-very-long-exe");
+        assert_eq!(long[15], 0);
+    }
+}

@@ -1,0 +1,114 @@
+//! The attach table: every kernel program, what it attaches to, whether ztrace can run without
+//! it, and what is lost when it is missing. Printed at start so that a user on an unusual kernel
+//! knows at once what they will and will not see.
+
+use std::fmt::Write as _;
+
+/// One kernel program and its hook.
+#[derive(Clone, Copy, Debug)]
+pub struct Hook {
+    /// Program (function) name in the eBPF object.
+    pub program: &'static str,
+    /// Tracepoint category and name.
+    pub category: &'static str,
+    pub name: &'static str,
+    /// Without a required hook ztrace refuses to start.
+    pub required: bool,
+    /// What the user does not see without it.
+    pub without: &'static str,
+}
+
+const fn tp(program: &'static str, name: &'static str, required: bool, without: &'static str) -> Hook {
+    Hook { program, category: "syscalls", name, required, without }
+}
+
+/// Every program of the eBPF object, in attach order (exits before entries, so that no entry
+/// saves arguments that no exit would consume).
+pub const HOOKS: &[Hook] = &[
+    tp("zt_exit_connect", "sys_exit_connect", true, "client connections"),
+    tp("zt_enter_connect", "sys_enter_connect", true, "client connections"),
+    tp("zt_exit_accept4", "sys_exit_accept4", true, "server connections"),
+    tp("zt_enter_accept4", "sys_enter_accept4", true, "server connections"),
+    tp("zt_exit_accept", "sys_exit_accept", false, "server connections of programs using accept(2)"),
+    tp("zt_enter_accept", "sys_enter_accept", false, "server connections of programs using accept(2)"),
+    tp("zt_exit_read", "sys_exit_read", true, "data read with read(2)"),
+    tp("zt_enter_read", "sys_enter_read", true, "data read with read(2)"),
+    tp("zt_exit_write", "sys_exit_write", true, "data written with write(2)"),
+    tp("zt_enter_write", "sys_enter_write", true, "data written with write(2)"),
+    tp("zt_exit_recvfrom", "sys_exit_recvfrom", false, "data read with recv(2)/recvfrom(2)"),
+    tp("zt_enter_recvfrom", "sys_enter_recvfrom", false, "data read with recv(2)/recvfrom(2)"),
+    tp("zt_exit_sendto", "sys_exit_sendto", false, "data written with send(2)/sendto(2)"),
+    tp("zt_enter_sendto", "sys_enter_sendto", false, "data written with send(2)/sendto(2)"),
+    tp("zt_exit_readv", "sys_exit_readv", false, "data read with readv(2)"),
+    tp("zt_enter_readv", "sys_enter_readv", false, "data read with readv(2)"),
+    tp("zt_exit_writev", "sys_exit_writev", false, "data written with writev(2) (nginx responses)"),
+    tp("zt_enter_writev", "sys_enter_writev", false, "data written with writev(2) (nginx responses)"),
+    tp("zt_exit_recvmsg", "sys_exit_recvmsg", false, "data read with recvmsg(2)"),
+    tp("zt_enter_recvmsg", "sys_enter_recvmsg", false, "data read with recvmsg(2)"),
+    tp("zt_exit_sendmsg", "sys_exit_sendmsg", false, "data written with sendmsg(2)"),
+    tp("zt_enter_sendmsg", "sys_enter_sendmsg", false, "data written with sendmsg(2)"),
+    tp("zt_exit_sendfile64", "sys_exit_sendfile64", false, "response bodies sent with sendfile(2): their exchanges go out of step"),
+    tp("zt_enter_sendfile64", "sys_enter_sendfile64", false, "response bodies sent with sendfile(2): their exchanges go out of step"),
+    tp("zt_enter_close", "sys_enter_close", true, "connection ends (responses delimited by close)"),
+    tp("zt_enter_dup2", "sys_enter_dup2", false, "fds replaced by dup2(2) may be misread"),
+    tp("zt_enter_dup3", "sys_enter_dup3", false, "fds replaced by dup3(2) may be misread"),
+];
+
+/// The outcome of attaching one hook.
+#[derive(Debug)]
+pub struct AttachResult {
+    pub hook: Hook,
+    /// `None` when attached, else why not.
+    pub error: Option<String>,
+}
+
+/// The attach table as printed at start.
+pub fn render(results: &[AttachResult]) -> String {
+    let mut out = String::from("attach table:\n");
+    for r in results {
+        let h = &r.hook;
+        let need = if h.required { "required" } else { "optional" };
+        let _ = match &r.error {
+            None => writeln!(out, "  ok    {need}  tracepoint {}/{}", h.category, h.name),
+            Some(e) => writeln!(
+                out,
+                "  FAIL  {need}  tracepoint {}/{}: {e} (without it: {})",
+                h.category, h.name, h.without
+            ),
+        };
+    }
+    let ok = results.iter().filter(|r| r.error.is_none()).count();
+    let _ = write!(out, "  {ok} of {} programs attached", results.len());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_program_is_listed_once_with_its_exit_before_its_entry() {
+        let mut seen = std::collections::HashSet::new();
+        for (i, h) in HOOKS.iter().enumerate() {
+            assert!(seen.insert(h.program), "{} listed twice", h.program);
+            if let Some(rest) = h.name.strip_prefix("sys_enter_") {
+                let exit = format!("sys_exit_{rest}");
+                if let Some(j) = HOOKS.iter().position(|x| x.name == exit) {
+                    assert!(j < i, "{exit} must be attached before {}", h.name);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn render_names_failures_and_their_cost() {
+        let results = vec![
+            AttachResult { hook: HOOKS[0], error: None },
+            AttachResult { hook: HOOKS[16], error: Some("no such tracepoint".into()) },
+        ];
+        let text = render(&results);
+        assert!(text.contains("ok    required  tracepoint syscalls/sys_exit_connect"));
+        assert!(text.contains("FAIL  optional  tracepoint syscalls/sys_exit_writev: no such tracepoint (without it: data written with writev(2)"));
+        assert!(text.ends_with("1 of 2 programs attached"));
+    }
+}

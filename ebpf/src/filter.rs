@@ -1,0 +1,33 @@
+//! Which processes are traced: everything but the agent itself, or, when the user asked for
+//! `--pid`/`--exe`, only the processes in `PID_ALLOW` or whose leader's comm is in `COMM_ALLOW`.
+
+use crate::{
+    config::settings,
+    maps::{COMM_ALLOW, PID_ALLOW},
+    sock::leader_comm,
+};
+
+/// True when events of process `tgid` are wanted.
+#[inline(always)]
+pub fn is_traced(tgid: u32) -> bool {
+    let s = settings();
+    if tgid == s.agent_tgid {
+        return false;
+    }
+    if s.filter_enabled == 0 {
+        return true;
+    }
+    // SAFETY: values are only tested for presence.
+    if unsafe { PID_ALLOW.get(&tgid) }.is_some() {
+        return true;
+    }
+    let comm = leader_comm();
+    // SAFETY: as above.
+    unsafe { COMM_ALLOW.get(&comm) }.is_some()
+}
+
+/// True for the agent's own process (its connects are reported so it can ignore the other end).
+#[inline(always)]
+pub fn is_agent(tgid: u32) -> bool {
+    tgid == settings().agent_tgid
+}

@@ -1,0 +1,92 @@
+//! Every map of the kernel programs, with its size and what happens when it is full.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use ztrace_common::{Counter, DataEvent, COUNTER_SLOTS};
+
+/// Events to the agent. 16 MiB: at the default 4 KiB capture about 4000 data events of
+/// slack while the agent catches up. Full → `Counter::RingbufFull`.
+#[map(name = "EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+
+/// Per-CPU loss and activity counters, indexed by `Counter`.
+#[map(name = "COUNTERS")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+/// Per-CPU scratch space to build a data event larger than the BPF stack.
+#[map(name = "SCRATCH")]
+pub static SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// What ztrace knows of an fd: key `tgid << 32 | fd`. 65536 entries, LRU: the oldest
+/// entries make room (a forgotten socket is rediscovered on its next use).
+#[map(name = "SOCKS")]
+pub static SOCKS: LruHashMap<u64, SockEntry> = LruHashMap::with_max_entries(65536, 0);
+
+/// Arguments of a syscall in progress, saved at entry and used at exit: key pid_tgid.
+/// 16384 entries (threads blocked in a traced syscall at once). Full → `Counter::ArgsMapFull`.
+#[map(name = "ACTIVE")]
+pub static ACTIVE: HashMap<u64, PendingCall> = HashMap::with_max_entries(16384, 0);
+
+/// Processes to trace when the filter is on (`--pid`, `--exe` matches): tgid → 1.
+#[map(name = "PID_ALLOW")]
+pub static PID_ALLOW: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
+
+/// Executable names (thread group leader's comm) to trace when the filter is on.
+#[map(name = "COMM_ALLOW")]
+pub static COMM_ALLOW: HashMap<[u8; 16], u32> = HashMap::with_max_entries(256, 0);
+
+/// One fd of one process.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SockEntry {
+    /// Kernel time the connection was first seen: the connection's generation.
+    pub conn_gen: u64,
+    /// `task->mm` when cached: an exec replaces it, which invalidates the entry.
+    pub mm: u64,
+    /// `struct sock *` (0 when not a TCP socket).
+    pub sock: u64,
+    /// 1 for a TCP socket, 0 for anything else (cached so the next call is one lookup).
+    pub is_tcp: u32,
+    /// 1 once a `ConnEvent` was sent for it.
+    pub announced: u32,
+}
+
+/// The kind of syscall saved in `PendingCall`.
+pub mod call {
+    pub const CONNECT: u32 = 1;
+    pub const ACCEPT: u32 = 2;
+    /// buf, count
+    pub const PLAIN: u32 = 3;
+    /// iovec *, iovcnt
+    pub const VECTORED: u32 = 4;
+    /// user_msghdr *
+    pub const MSG: u32 = 5;
+    /// sendfile: bytes come from a file, never captured
+    pub const SENDFILE: u32 = 6;
+}
+
+/// A syscall in progress.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PendingCall {
+    /// One of `call::*`.
+    pub call: u32,
+    /// `ztrace_common::Direction`.
+    pub direction: u32,
+    pub fd: i32,
+    pub _pad: u32,
+    /// Buffer, iovec array or msghdr, depending on `call`.
+    pub ptr: u64,
+    /// Buffer size or iovec count.
+    pub count: u64,
+}
+
+#[inline(always)]
+pub fn count(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: the pointer comes from a per-CPU array lookup: valid and only this CPU's.
+        unsafe { *slot += 1 };
+    }
+}
