@@ -1,1 +1,72 @@
-fn main() {}
+//! `cargo xtask`: the project's own build, run, test and benchmark commands.
+//!
+//! Everything a developer or CI needs on a fresh Debian machine of the project's kind goes through
+//! here, so that the README and `.ci/run` stay one line each:
+//!
+//! - `setup`: the eBPF toolchain (nightly + rust-src, bpf-linker on LLVM 22), installed if missing;
+//! - `build-ebpf`, `build`, `run`: the kernel object, then the agent that embeds it;
+//! - `test`: test components, unit tests, then the privileged end-to-end tests, with one summary line;
+//! - `bench`: nginx under wrk, with and without ztrace.
+//!
+//! It deliberately knows nothing about the agent's internals: it talks to it only through its
+//! command line, its `ztrace is ready` line and its `ztrace stats: {...}` line.
+
+mod bench;
+mod build;
+mod test;
+mod toolchain;
+mod util;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "ztrace's build, run, test and bench commands")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Make sure the eBPF toolchain (nightly + rust-src, bpf-linker 0.13.0 on LLVM 22) is installed.
+    Setup {
+        /// Only report what is missing and what would be done; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Build the kernel programs: ebpf/target/bpfel-unknown-none/release/ztrace.
+    BuildEbpf,
+    /// Set up, build the kernel programs, then the agent embedding them (target/release/ztrace).
+    Build {
+        /// Build the agent with the dev profile (target/debug/ztrace).
+        #[arg(long)]
+        debug: bool,
+    },
+    /// Build, then run the agent (through `sudo -E` when not root) with the given arguments.
+    Run {
+        /// Arguments for ztrace, after `--`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Install test components, build, run the unit tests, then the privileged end-to-end tests.
+    Test {
+        /// Do not run the end-to-end tests that need root and eBPF (otherwise their absence fails).
+        #[arg(long)]
+        skip_privileged: bool,
+    },
+    /// Measure ztrace's overhead on nginx under wrk (no timing assertions).
+    Bench,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Setup { dry_run } => toolchain::setup(dry_run),
+        Command::BuildEbpf => build::build_ebpf().map(|_| ()),
+        Command::Build { debug } => build::build(build::profile(debug)).map(|_| ()),
+        Command::Run { args } => build::run(&args),
+        Command::Test { skip_privileged } => test::test(skip_privileged),
+        Command::Bench => bench::bench(),
+    }
+}

@@ -1,0 +1,410 @@
+//! `cargo xtask bench`: what tracing costs a real server, measured, never asserted.
+//!
+//! nginx serves a small static page on 127.0.0.1 (config generated in a temp dir); wrk loads it
+//! (`-t2 -c32 -d10s`) in three pairs of runs, without then with `ztrace --print=json > /dev/null`.
+//! For each run with ztrace it reads the agent's CPU time (utime+stime of /proc/PID/stat, over
+//! the load), its peak RSS (VmHWM, just before stopping it) and its `ztrace stats: {...}` line
+//! (stderr, on exit) for the events handled and dropped. It prints a table, the median
+//! with/without throughput ratio and the exact commands. Needs root (the agent loads eBPF).
+
+use std::io::Read as _;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::{Map, Value};
+
+use crate::build::{self, Profile};
+use crate::toolchain::{self, Apt};
+use crate::util::{self, say};
+
+const PAIRS: usize = 3;
+const WRK_ARGS: &[&str] = &["-t2", "-c32", "-d10s"];
+const LOAD_SECONDS: f64 = 10.0;
+const ZTRACE_ARGS: &[&str] = &["--print=json"];
+const READY_LINE: &str = "ztrace is ready";
+const STATS_PREFIX: &str = "ztrace stats: ";
+
+/// One wrk run, with the agent's figures when it was running.
+#[derive(Debug, Default)]
+struct Run {
+    traced: bool,
+    requests_per_sec: f64,
+    agent: Option<AgentCost>,
+}
+
+#[derive(Debug, Default)]
+struct AgentCost {
+    cpu_seconds_per_second: f64,
+    peak_rss_kib: Option<u64>,
+    stats: Option<Map<String, Value>>,
+}
+
+/// `cargo xtask bench`.
+pub fn bench() -> Result<()> {
+    ensure!(util::is_root(), "the benchmark runs the agent, which needs root: run it as root");
+    toolchain::setup(false)?;
+    Apt::default().install(&["nginx", "wrk"])?;
+    let ztrace = build::build_after_setup(Profile::Release)?;
+
+    let dir = TempDir::new("ztrace-bench")?;
+    let port = free_port()?;
+    let nginx = Nginx::start(&dir.0, port)?;
+    let url = format!("http://127.0.0.1:{port}/index.html");
+    say!("nginx (pid {}) serving {url}", nginx.0.id());
+    say!("warming up...");
+    wrk(&url, &["-t2", "-c32", "-d2s"])?;
+
+    let mut runs = Vec::new();
+    for pair in 1..=PAIRS {
+        say!("pair {pair}/{PAIRS}: without ztrace...");
+        let requests_per_sec = wrk(&url, WRK_ARGS)?;
+        say!("  {requests_per_sec:.0} requests/s");
+        runs.push(Run { traced: false, requests_per_sec, agent: None });
+
+        say!("pair {pair}/{PAIRS}: with ztrace...");
+        let run = traced_run(&ztrace, &url, &dir.0)?;
+        say!("  {:.0} requests/s", run.requests_per_sec);
+        runs.push(run);
+    }
+    drop(nginx);
+    report(&runs, &ztrace, &url);
+    Ok(())
+}
+
+/// Starts the agent, waits until it is ready, loads nginx, measures the agent, stops it.
+fn traced_run(ztrace: &Path, url: &str, dir: &Path) -> Result<Run> {
+    let stderr_path = dir.join("ztrace.stderr");
+    let stderr = std::fs::File::create(&stderr_path)?;
+    let mut agent = Guard(
+        Command::new(ztrace)
+            .args(ZTRACE_ARGS)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("could not start {}", ztrace.display()))?,
+    );
+    let pid = agent.0.id();
+    wait_for_line(&mut agent.0, &stderr_path, READY_LINE, Duration::from_secs(60))?;
+
+    let cpu_before = cpu_seconds(pid)?;
+    let started = Instant::now();
+    let requests_per_sec = wrk(url, WRK_ARGS)?;
+    let load_seconds = started.elapsed().as_secs_f64().max(LOAD_SECONDS);
+    let cpu = cpu_seconds(pid)? - cpu_before;
+    let peak_rss_kib = std::fs::read_to_string(format!("/proc/{pid}/status")).ok().and_then(|s| vm_hwm_kib(&s));
+
+    // SAFETY: kill(2) on the pid of a child we have not reaped yet.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    let status = wait_timeout(&mut agent.0, Duration::from_secs(30))?;
+    let stderr_text = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    if !status.is_some_and(|s| s.success()) {
+        say!("warning: ztrace exited with {status:?}; its stderr ends with:\n{}", tail(&stderr_text, 20));
+    }
+    let stats = stats_line(&stderr_text);
+    if stats.is_none() {
+        say!("warning: no `{STATS_PREFIX}{{...}}` line in ztrace's stderr");
+    }
+    Ok(Run {
+        traced: true,
+        requests_per_sec,
+        agent: Some(AgentCost { cpu_seconds_per_second: cpu / load_seconds, peak_rss_kib, stats }),
+    })
+}
+
+fn report(runs: &[Run], ztrace: &Path, url: &str) {
+    println!();
+    println!("{:<4} {:<8} {:>12} {:>14} {:>12} {:>14} {:>10}", "run", "ztrace", "requests/s", "cpu s per s", "peak RSS", "events", "dropped");
+    for (i, run) in runs.iter().enumerate() {
+        let (cpu, rss, events, dropped) = match &run.agent {
+            None => ("-".into(), "-".into(), "-".into(), "-".into()),
+            Some(agent) => (
+                format!("{:.3}", agent.cpu_seconds_per_second),
+                agent.peak_rss_kib.map_or("?".into(), |kib| format!("{:.1} MiB", kib as f64 / 1024.0)),
+                agent.stats.as_ref().map_or("?".into(), |s| events_handled(s).to_string()),
+                agent.stats.as_ref().map_or("?".into(), |s| events_dropped(s).to_string()),
+            ),
+        };
+        println!("{:<4} {:<8} {:>12.0} {:>14} {:>12} {:>14} {:>10}", i + 1, if run.traced { "on" } else { "off" }, run.requests_per_sec, cpu, rss, events, dropped);
+    }
+    let ratios: Vec<f64> = runs
+        .chunks(2)
+        .filter_map(|pair| match pair {
+            [off, on] if off.requests_per_sec > 0.0 => Some(on.requests_per_sec / off.requests_per_sec),
+            _ => None,
+        })
+        .collect();
+    if let Some(ratio) = median(&ratios) {
+        println!("median throughput with/without ztrace: {ratio:.3} ({:+.1} %)", (ratio - 1.0) * 100.0);
+    }
+    if let Some(stats) = runs.iter().rev().find_map(|r| r.agent.as_ref()?.stats.as_ref()) {
+        println!("last run's counters: {}", Value::Object(stats.clone()));
+    }
+    println!("load:   wrk {} {url}", WRK_ARGS.join(" "));
+    println!("agent:  {} {} > /dev/null", ztrace.display(), ZTRACE_ARGS.join(" "));
+    println!("server: nginx, worker_processes 1, static page, access_log off");
+}
+
+/// Events the agent handled: those it read from the ring buffer.
+fn events_handled(stats: &Map<String, Value>) -> u64 {
+    counter(stats, "events_read")
+}
+
+/// Events lost anywhere: every counter that says it dropped or lost something, or found a queue full.
+fn events_dropped(stats: &Map<String, Value>) -> u64 {
+    stats
+        .iter()
+        .filter(|(name, _)| name.contains("dropped") || name.contains("lost") || name.ends_with("_full"))
+        .filter_map(|(_, value)| value.as_u64())
+        .sum()
+}
+
+fn counter(stats: &Map<String, Value>, name: &str) -> u64 {
+    stats.get(name).and_then(Value::as_u64).unwrap_or(0)
+}
+
+/// The JSON object of the agent's `ztrace stats: {...}` line (the last one, if several).
+fn stats_line(stderr: &str) -> Option<Map<String, Value>> {
+    stderr.lines().rev().find_map(|line| {
+        let json = line.trim().strip_prefix(STATS_PREFIX).or_else(|| line.split_once(STATS_PREFIX).map(|(_, j)| j))?;
+        match serde_json::from_str(json.trim()) {
+            Ok(Value::Object(map)) => Some(map),
+            _ => None,
+        }
+    })
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("ztrace (pid {pid}) is gone"))?;
+    let ticks = cpu_ticks(&stat).context("unexpected /proc/PID/stat")?;
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok(ticks as f64 / per_second)
+}
+
+/// utime + stime (fields 14 and 15) of a /proc/PID/stat line; the command may hold spaces and ')'.
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // fields[0] is field 3 (state), so field N is fields[N - 3].
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// VmHWM (peak resident set) of a /proc/PID/status, in KiB.
+fn vm_hwm_kib(status: &str) -> Option<u64> {
+    status.lines().find_map(|line| line.strip_prefix("VmHWM:")?.split_whitespace().next()?.parse().ok())
+}
+
+fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(sorted[n / 2]),
+        n => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
+    }
+}
+
+/// Runs wrk and returns its `Requests/sec:`.
+fn wrk(url: &str, args: &[&str]) -> Result<f64> {
+    let out = Command::new("wrk").args(args).arg(url).stdin(Stdio::null()).output().context("could not run wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(out.status.success(), "wrk failed: {}{}", text, String::from_utf8_lossy(&out.stderr));
+    requests_per_sec(&text).with_context(|| format!("no Requests/sec in wrk's output:\n{text}"))
+}
+
+fn requests_per_sec(wrk_output: &str) -> Option<f64> {
+    wrk_output.lines().find_map(|line| line.trim().strip_prefix("Requests/sec:")?.trim().parse().ok())
+}
+
+/// Waits until a file (a child's redirected stderr) holds a line containing `needle`.
+fn wait_for_line(child: &mut Child, path: &Path, needle: &str, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut text = String::new();
+        if let Ok(mut file) = std::fs::File::open(path) {
+            let _ = file.read_to_string(&mut text);
+        }
+        if text.lines().any(|line| line.contains(needle)) {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("ztrace exited ({status}) before `{needle}`; its stderr:\n{}", tail(&text, 40));
+        }
+        if Instant::now() > deadline {
+            bail!("ztrace printed no `{needle}` within {timeout:?}; its stderr:\n{}", tail(&text, 40));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn wait_timeout(child: &mut Child, timeout: Duration) -> Result<Option<std::process::ExitStatus>> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(None)
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A child process killed (and reaped) when dropped.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// nginx in the foreground (`daemon off`) in its own process group, so that stopping it stops its workers.
+struct Nginx(Child);
+
+impl Nginx {
+    fn start(dir: &Path, port: u16) -> Result<Nginx> {
+        use std::os::unix::process::CommandExt as _;
+        let html = dir.join("html");
+        std::fs::create_dir_all(&html)?;
+        std::fs::write(html.join("index.html"), "<!doctype html><title>ztrace bench</title><p>hello from nginx</p>\n")?;
+        let conf = dir.join("nginx.conf");
+        std::fs::write(&conf, nginx_conf(dir, port))?;
+        let nginx = if Path::new("/usr/sbin/nginx").is_file() { PathBuf::from("/usr/sbin/nginx") } else { PathBuf::from("nginx") };
+        let child = Command::new(nginx)
+            .arg("-p")
+            .arg(dir)
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .context("could not start nginx")?;
+        let mut nginx = Nginx(child);
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            if let Some(status) = nginx.0.try_wait()? {
+                bail!("nginx exited ({status}); see {}", dir.join("error.log").display());
+            }
+            ensure!(Instant::now() < deadline, "nginx did not listen on {addr} within 10 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(nginx)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let pgid = self.0.id() as libc::pid_t;
+        // SAFETY: signals the process group nginx leads (process_group(0) above).
+        unsafe { libc::kill(-pgid, libc::SIGTERM) };
+        if !matches!(wait_timeout(&mut self.0, Duration::from_secs(5)), Ok(Some(_))) {
+            // SAFETY: as above.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn nginx_conf(dir: &Path, port: u16) -> String {
+    let dir = dir.display();
+    format!(
+        "daemon off;
+master_process on;
+worker_processes 1;
+user root;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/tmp_body;
+    proxy_temp_path {dir}/tmp_proxy;
+    fastcgi_temp_path {dir}/tmp_fastcgi;
+    uwsgi_temp_path {dir}/tmp_uwsgi;
+    scgi_temp_path {dir}/tmp_scgi;
+    keepalive_requests 100000;
+    server {{
+        listen 127.0.0.1:{port};
+        root {dir}/html;
+    }}
+}}
+"
+    )
+}
+
+/// A directory under the system temp dir, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(prefix: &str) -> Result<TempDir> {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let path = std::env::temp_dir().join(format!("{prefix}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&path).with_context(|| format!("could not create {}", path.display()))?;
+        Ok(TempDir(path))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_stat_cpu_ticks() {
+        let stat = "4242 (my (weird) name) S 1 4242 4242 0 -1 4194560 1234 0 0 0 250 75 0 0 20 0 4 0 100 200000 300 18446744073709551615";
+        assert_eq!(cpu_ticks(stat), Some(325));
+        assert_eq!(cpu_ticks("garbage"), None);
+        let own = std::fs::read_to_string("/proc/self/stat").expect("procfs");
+        assert!(cpu_ticks(&own).is_some());
+    }
+
+    #[test]
+    fn vm_hwm() {
+        assert_eq!(vm_hwm_kib("Name:\tztrace\nVmPeak:\t  100 kB\nVmHWM:\t   20480 kB\nVmRSS:\t 1 kB\n"), Some(20480));
+        assert_eq!(vm_hwm_kib("Name:\tkthreadd\n"), None);
+    }
+
+    #[test]
+    fn stats_line_is_found_among_logs() {
+        let stderr = "INFO attached 12 programs\nztrace is ready\nztrace stats: {\"events_read\": 120, \"kernel_ringbuf_full\": 3, \"spans_dropped_queue_full\": 2, \"spans_created\": 40}\n";
+        let stats = stats_line(stderr).expect("found");
+        assert_eq!(events_handled(&stats), 120);
+        assert_eq!(events_dropped(&stats), 5);
+        assert!(stats_line("ztrace stats: not json\n").is_none());
+        assert!(stats_line("").is_none());
+    }
+
+    #[test]
+    fn wrk_output() {
+        let out = "Running 10s test @ http://127.0.0.1:8080/\n  2 threads and 32 connections\nRequests/sec:  41234.56\nTransfer/sec:      9.60MB\n";
+        assert_eq!(requests_per_sec(out), Some(41234.56));
+        assert_eq!(requests_per_sec("nothing"), None);
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[0.9, 0.7, 0.8]), Some(0.8));
+        assert_eq!(median(&[1.0, 0.5]), Some(0.75));
+    }
+}

@@ -1,0 +1,204 @@
+//! `cargo xtask test`: everything CI needs on a fresh machine of the project's kind, then every test.
+//!
+//! 1. the eBPF toolchain (`setup`) and the test components: Debian's nginx, curl, wget, bpftool,
+//!    python3-venv, and a venv at `target/test-venv` with grpcio and opentelemetry-proto (for the
+//!    OTLP receiver in `tests/otlp_receiver.py`);
+//! 2. the release build of the agent;
+//! 3. `cargo test --workspace --exclude ztrace-e2e`: the unprivileged tests;
+//! 4. the privileged end-to-end tests (`tests/`, crate `ztrace-e2e`), which need root and eBPF:
+//!    their absence fails the run unless `--skip-privileged` was given;
+//! 5. one closing line `xtask: N passed, M failed`, counted from cargo's `test result:` lines.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+use crate::build::{self, Profile};
+use crate::toolchain::{self, Apt};
+use crate::util::{self, say};
+
+/// Debian packages the end-to-end tests start or use.
+const TEST_PACKAGES: &[&str] = &["nginx", "curl", "wget", "python3-venv", "bpftool"];
+/// Python packages of the test venv, and the import that proves they are there.
+const VENV_PACKAGES: &[&str] = &["grpcio", "opentelemetry-proto", "protobuf"];
+const VENV_CHECK: &str = "import grpc, opentelemetry.proto";
+
+/// Tests passed and failed over every cargo test run.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+}
+
+/// `cargo xtask test [--skip-privileged]`.
+pub fn test(skip_privileged: bool) -> Result<()> {
+    let started = Instant::now();
+    toolchain::setup(false)?;
+    let python = if skip_privileged {
+        say!("--skip-privileged: not installing the end-to-end test components");
+        None
+    } else {
+        Some(install_test_components()?)
+    };
+    let binary = build::build_after_setup(Profile::Release)?;
+    let root = util::repo_root();
+
+    let mut tally = Tally::default();
+    say!("running the unit tests...");
+    let mut unit = util::cargo();
+    unit.current_dir(&root).args(["test", "--workspace", "--exclude", "ztrace-e2e", "--no-fail-fast"]);
+    tally = add(tally, run_counted(&mut unit)?);
+
+    match (python, privileged_environment()) {
+        (None, _) => say!("--skip-privileged: the end-to-end tests were NOT run"),
+        (Some(python), Ok(())) => {
+            say!("running the privileged end-to-end tests...");
+            let mut e2e = util::cargo();
+            e2e.current_dir(&root)
+                .env("ZTRACE_BIN", &binary)
+                .env("ZTRACE_PYTHON", &python)
+                .env("ZTRACE_REPO", &root)
+                .args(["test", "--release", "-p", "ztrace-e2e", "--no-fail-fast", "--", "--include-ignored", "--test-threads=1"]);
+            tally = add(tally, run_counted(&mut e2e)?);
+        }
+        (Some(_), Err(why)) => {
+            say!("error: the end-to-end tests cannot run here: {why}");
+            say!("run as root on a kernel with eBPF, or pass --skip-privileged to run only the unit tests");
+            tally.failed += 1;
+        }
+    }
+
+    say!("test took {:.0} s", started.elapsed().as_secs_f64());
+    say!("{} passed, {} failed", tally.passed, tally.failed);
+    if tally.failed > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn add(a: Tally, b: Tally) -> Tally {
+    Tally { passed: a.passed + b.passed, failed: a.failed + b.failed }
+}
+
+/// Debian packages and the Python venv; returns the venv's python.
+fn install_test_components() -> Result<PathBuf> {
+    Apt::default().install(TEST_PACKAGES)?;
+    let venv = util::target_dir().join("test-venv");
+    let python = venv.join("bin/python");
+    if !python.is_file() || util::output_of(Command::new(&python).arg("--version")).is_none() {
+        say!("creating the test venv at {}...", venv.display());
+        // Debian's python3 (with python3-venv), not whatever interpreter happens to be first on PATH.
+        let base = if Path::new("/usr/bin/python3").is_file() { "/usr/bin/python3" } else { "python3" };
+        util::run(Command::new(base).args(["-m", "venv", "--clear"]).arg(&venv))?;
+    }
+    if util::output_of(Command::new(&python).args(["-c", VENV_CHECK])).is_none() {
+        say!("installing {} into the test venv...", VENV_PACKAGES.join(" "));
+        util::run(Command::new(&python).args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"]).args(VENV_PACKAGES))?;
+        util::output_of(Command::new(&python).args(["-c", VENV_CHECK]))
+            .with_context(|| format!("the test venv still cannot `{VENV_CHECK}`"))?;
+    }
+    Ok(python)
+}
+
+/// Whether the end-to-end tests can run: root, the kernel's BTF, and a permitted bpf() syscall.
+fn privileged_environment() -> Result<(), String> {
+    if !util::is_root() {
+        return Err("not root (the agent loads eBPF programs)".into());
+    }
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return Err("the kernel has no BTF (/sys/kernel/btf/vmlinux)".into());
+    }
+    let bpftool = util::which("bpftool").or_else(|| Some(PathBuf::from("/usr/sbin/bpftool")).filter(|p| p.is_file()));
+    match bpftool {
+        Some(bpftool) => match Command::new(&bpftool).args(["prog", "list"]).stdout(Stdio::null()).output() {
+            Ok(out) if out.status.success() => Ok(()),
+            Ok(out) => Err(format!("the bpf() syscall is refused: {}", String::from_utf8_lossy(&out.stderr).trim())),
+            Err(error) => Err(format!("could not run bpftool: {error}")),
+        },
+        None => Err("bpftool is missing, so eBPF could not be checked".into()),
+    }
+}
+
+/// Runs a cargo test command, streaming its stdout through while counting its `test result:`
+/// lines. A run that fails without any failed test (a build error, a crash) counts as one failure.
+fn run_counted(cmd: &mut Command) -> Result<Tally> {
+    run_counted_to(cmd, &mut std::io::stdout())
+}
+
+/// [`run_counted`] with the child's stdout copied to `out`, line by line as it comes.
+fn run_counted_to(cmd: &mut Command, out: &mut dyn std::io::Write) -> Result<Tally> {
+    say!("$ {}", util::display(cmd));
+    let mut child = cmd.stdout(Stdio::piped()).spawn().with_context(|| format!("could not start `{}`", util::display(cmd)))?;
+    let mut tally = Tally::default();
+    if let Some(stdout) = child.stdout.take() {
+        let mut reader = BufReader::new(stdout);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            if reader.read_until(b'\n', &mut line)? == 0 {
+                break;
+            }
+            out.write_all(&line)?;
+            out.flush()?;
+            if let Some(result) = parse_test_result(&String::from_utf8_lossy(&line)) {
+                tally = add(tally, result);
+            }
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() && tally.failed == 0 {
+        say!("error: `{}` failed ({status}) without reporting a failed test", util::display(cmd));
+        tally.failed += 1;
+    }
+    Ok(tally)
+}
+
+/// Parses libtest's summary: `test result: ok. 3 passed; 1 failed; 2 ignored; ...`.
+fn parse_test_result(line: &str) -> Option<Tally> {
+    let rest = line.trim().strip_prefix("test result:")?;
+    let mut tally = Tally::default();
+    for part in rest.split(';') {
+        let mut words = part.split_whitespace().rev();
+        let (Some(what), Some(count)) = (words.next(), words.next()) else { continue };
+        let Ok(count) = count.parse::<u64>() else { continue };
+        match what {
+            "passed" => tally.passed = count,
+            "failed" => tally.failed = count,
+            _ => {}
+        }
+    }
+    Some(tally)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libtest_summaries_are_counted() {
+        let line = "test result: ok. 12 passed; 0 failed; 3 ignored; 0 measured; 0 filtered out; finished in 0.01s\n";
+        assert_eq!(parse_test_result(line), Some(Tally { passed: 12, failed: 0 }));
+        let line = "test result: FAILED. 4 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 31.20s";
+        assert_eq!(parse_test_result(line), Some(Tally { passed: 4, failed: 2 }));
+        assert_eq!(parse_test_result("test foo ... ok"), None);
+        assert_eq!(parse_test_result("running 3 tests"), None);
+    }
+
+    #[test]
+    fn a_failing_run_without_a_summary_counts_as_a_failure() {
+        // The child's output goes to a buffer: its fake summaries must not reach the real stdout.
+        let mut out = Vec::new();
+        let tally = run_counted_to(Command::new("sh").args(["-c", "echo compiling; exit 101"]), &mut out).expect("sh runs");
+        assert_eq!(tally, Tally { passed: 0, failed: 1 });
+        let tally = run_counted_to(Command::new("sh").args([
+            "-c",
+            "echo 'test result: ok. 2 passed; 0 failed; 0 ignored'; echo 'test result: FAILED. 1 passed; 1 failed; 0 ignored'; exit 101",
+        ]), &mut out)
+        .expect("sh runs");
+        assert!(String::from_utf8_lossy(&out).starts_with("compiling\n"));
+        assert_eq!(tally, Tally { passed: 3, failed: 1 });
+    }
+}
