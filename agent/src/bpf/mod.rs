@@ -71,6 +71,7 @@ pub fn start(capture_bytes: usize, selection: &Selection) -> Result<(Probes, Rin
         return Err(BpfError::NoObject);
     }
     raise_memlock();
+    ensure_tracefs();
     let offsets = btf::Btf::from_sys_fs()?.kernel_offsets()?;
     let settings = Settings {
         agent_tgid: std::process::id(),
@@ -175,6 +176,28 @@ pub fn comm_key(name: &str) -> [u8; 16] {
     let n = bytes.len().min(15);
     key[..n].copy_from_slice(&bytes[..n]);
     key
+}
+
+/// Mounts tracefs at /sys/kernel/tracing when neither it nor debugfs's copy is there (minimal
+/// hosts and containers often lack it; tracepoints cannot be attached without it). A failure is
+/// left to the attach table to report.
+fn ensure_tracefs() {
+    const TRACEFS: &str = "/sys/kernel/tracing";
+    let present = |p: &str| std::path::Path::new(p).join("events").is_dir();
+    if present(TRACEFS) || present("/sys/kernel/debug/tracing") {
+        return;
+    }
+    let source = c"tracefs";
+    let target = c"/sys/kernel/tracing";
+    // SAFETY: all pointers are valid NUL-terminated strings; data may be null.
+    let rc = unsafe {
+        libc::mount(source.as_ptr(), target.as_ptr(), source.as_ptr(), 0, std::ptr::null())
+    };
+    if rc == 0 {
+        tracing::info!("mounted tracefs at {TRACEFS}");
+    } else {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "could not mount tracefs at {TRACEFS}");
+    }
 }
 
 /// Raises RLIMIT_MEMLOCK for kernels that still charge BPF maps to it (< 5.11). Failure is
