@@ -1,0 +1,155 @@
+//! [`Ztrace`]: the agent under test, started from `$ZTRACE_BIN`, its spans read from stdout.
+//!
+//! Contracts relied on (DESIGN.md and the agent's owner): stderr gets the line `ztrace is ready`
+//! once every program is attached; `--print=json` writes one span per stdout line; SIGTERM makes it
+//! exit 0 after printing `ztrace stats: {json}` on stderr.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::process::{describe_status, Proc};
+use crate::span::{self, Span};
+use crate::{wait_until, TempDir};
+
+/// The line the agent prints on stderr once it is attached.
+pub const READY_LINE: &str = "ztrace is ready";
+/// How long the agent may take to load and attach.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long to keep listening once the expected spans arrived, so that extra ones show up too.
+pub const SETTLE: Duration = Duration::from_millis(1500);
+/// The default wait for spans.
+pub const SPAN_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A running agent. Killed (with its process group) when dropped; [`Ztrace::stop`] stops it cleanly.
+pub struct Ztrace {
+    proc: Proc,
+    /// Stdout lines already parsed, and the spans among them.
+    parsed: Mutex<(usize, Vec<Span>)>,
+    _data_dir: TempDir,
+}
+
+/// What a cleanly stopped agent left.
+pub struct Stopped {
+    pub stderr: String,
+    /// The `ztrace stats: {...}` object, if printed.
+    pub stats: Option<Map<String, Value>>,
+    /// Spans printed over its whole run.
+    pub spans: Vec<Span>,
+}
+
+/// The agent binary: `$ZTRACE_BIN`.
+pub fn binary() -> PathBuf {
+    let bin = std::env::var_os("ZTRACE_BIN").filter(|b| !b.is_empty()).unwrap_or_else(|| {
+        panic!("ZTRACE_BIN is not set: run the end-to-end tests with `cargo xtask test`, which builds the agent and sets it")
+    });
+    let bin = PathBuf::from(bin);
+    assert!(bin.is_file(), "ZTRACE_BIN={} does not exist", bin.display());
+    bin
+}
+
+impl Ztrace {
+    /// Starts the agent with `args` and waits until it is ready; panics with its stderr if it
+    /// exits first or is not ready within [`READY_TIMEOUT`]. Unless `args` choose otherwise,
+    /// the viewer is off (`--no-ui`) and the store lives in a temporary `--data-dir`, so that
+    /// tests never collide with another agent on the machine.
+    pub fn start(args: &[&str]) -> Ztrace {
+        let data_dir = TempDir::new("data");
+        let mut cmd = Command::new(binary());
+        cmd.args(args);
+        if !args.iter().any(|a| a.starts_with("--ui") || *a == "--no-ui") {
+            cmd.arg("--no-ui");
+        }
+        if !args.iter().any(|a| a.starts_with("--data-dir")) {
+            cmd.arg("--data-dir").arg(data_dir.path());
+        }
+        let mut proc = Proc::spawn("ztrace", &mut cmd);
+        proc.wait_for_stderr(READY_LINE, READY_TIMEOUT);
+        Ztrace { proc, parsed: Mutex::new((0, Vec::new())), _data_dir: data_dir }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// Every span printed so far.
+    pub fn spans(&self) -> Vec<Span> {
+        let mut parsed = self.parsed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let new = self.proc.stdout_lines_from(parsed.0);
+        parsed.0 += new.len();
+        parsed.1.extend(new.iter().filter_map(|line| Span::parse(line)));
+        parsed.1.clone()
+    }
+
+    /// Spans matching `pred`: waits until at least one arrived, then [`SETTLE`]s and returns all
+    /// that match. Panics after `timeout` showing every span seen and the agent's stderr.
+    pub fn wait_for_spans(&mut self, pred: impl Fn(&Span) -> bool, timeout: Duration) -> Vec<Span> {
+        self.wait_for_n_spans(1, pred, timeout)
+    }
+
+    /// Like [`Ztrace::wait_for_spans`], waiting for at least `n` matching spans.
+    pub fn wait_for_n_spans(&mut self, n: usize, pred: impl Fn(&Span) -> bool, timeout: Duration) -> Vec<Span> {
+        let arrived = wait_until(timeout, || {
+            let matching = self.spans().into_iter().filter(|s| pred(s)).count();
+            if matching >= n {
+                return Some(true);
+            }
+            self.proc.exited().map(|_| false)
+        });
+        match arrived {
+            Some(true) => {
+                std::thread::sleep(SETTLE);
+                self.spans().into_iter().filter(|s| pred(s)).collect()
+            }
+            Some(false) => panic!("ztrace exited while waiting for {n} span(s):\n{}", self.report()),
+            None => panic!("{n} matching span(s) did not arrive within {timeout:?}:\n{}", self.report()),
+        }
+    }
+
+    /// Listens for `duration` and returns the spans matching `pred` (for "nothing arrives" checks).
+    pub fn spans_within(&mut self, duration: Duration, pred: impl Fn(&Span) -> bool) -> Vec<Span> {
+        std::thread::sleep(duration);
+        assert!(self.proc.exited().is_none(), "ztrace exited:\n{}", self.report());
+        self.spans().into_iter().filter(|s| pred(s)).collect()
+    }
+
+    /// Every span seen and the agent's state and stderr: for failure messages.
+    pub fn report(&mut self) -> String {
+        let spans = self.spans();
+        let shown = &spans[spans.len().saturating_sub(40)..];
+        format!(
+            "{} span(s) printed, the last {}:\n{}\n{}",
+            spans.len(),
+            shown.len(),
+            span::list(shown),
+            self.proc.describe()
+        )
+    }
+
+    /// Sends SIGTERM, waits (30 s at most) and asserts a clean exit (code 0).
+    pub fn stop(mut self) -> Stopped {
+        self.proc.signal(libc::SIGTERM);
+        let Some(status) = self.proc.wait_exit(Duration::from_secs(30)) else {
+            panic!("ztrace did not exit within 30 s of SIGTERM:\n{}", self.report());
+        };
+        let spans = self.spans();
+        let stderr = self.proc.stderr();
+        assert!(status.success(), "ztrace stopped with {} instead of exit code 0:\n{}", describe_status(status), self.report());
+        let stats = stats_line(&stderr);
+        Stopped { stderr, stats, spans }
+    }
+}
+
+/// The object of the last `ztrace stats: {...}` line.
+pub fn stats_line(stderr: &str) -> Option<Map<String, Value>> {
+    stderr.lines().rev().find_map(|line| {
+        let (_, json) = line.split_once("ztrace stats: ")?;
+        match serde_json::from_str(json.trim()) {
+            Ok(Value::Object(map)) => Some(map),
+            _ => None,
+        }
+    })
+}
