@@ -1,1 +1,387 @@
-//! (placeholder)
+//! The `--print` sink: one line per span on stdout, as readable text or as JSON.
+//!
+//! JSON lines follow the contract in DESIGN.md (`--print=json`, also the viewer API's span
+//! object): see [`span_to_json`]. Text lines are for people and may change; they look like
+//!
+//! ```text
+//! server  orders  GET /orders/{id}  200  1.23ms  trace=4bf92f3577b34da6a3ce929d0e0e4736 span=00f067aa0ba902b7 parent=-  pid=42 http.request.method=GET url.path=/orders/7 ztrace.link=none
+//! ```
+//!
+//! kind, service, span name, outcome (the HTTP or database status code when there is one, else
+//! `ok`/`error`/`-`; an error span shows its message), duration, ids, then the resource's pid and
+//! the span's attributes (`code.stacktrace` left out, long values cut, controls escaped) — always on
+//! one line. The printer does no queueing: the caller runs it where blocking on stdout is fine.
+
+use std::fmt::Write as _;
+use std::io::{self, LineWriter, Write};
+
+use serde::ser::{Serialize, SerializeMap, Serializer};
+
+use crate::spans::{hex, AttrValue, Span, StatusCode};
+
+/// Output format of `--print`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PrintFormat {
+    /// One human-readable line per span.
+    #[default]
+    Text,
+    /// One JSON object per line, the DESIGN.md span object.
+    Json,
+}
+
+impl std::str::FromStr for PrintFormat {
+    type Err = String;
+
+    /// `text` or `json`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text" => Ok(PrintFormat::Text),
+            "json" => Ok(PrintFormat::Json),
+            other => Err(format!("unknown print format {other:?}: expected text or json")),
+        }
+    }
+}
+
+/// The DESIGN.md JSON span object: `trace_id`, `span_id`, `parent_span_id` (or `null`), `name`,
+/// `kind`, `service`, `start_unix_nano`, `end_unix_nano`, `status`, `attributes` and `resource`
+/// (key → value; integers as JSON numbers; a non-finite double becomes `null`).
+pub fn span_to_json(span: &Span) -> serde_json::Value {
+    serde_json::to_value(JsonSpan(span)).unwrap_or(serde_json::Value::Null)
+}
+
+/// The JSON object, serialised in the documented key order; both [`span_to_json`] and the
+/// printer go through it, so there is one definition of the shape.
+struct JsonSpan<'a>(&'a Span);
+
+impl Serialize for JsonSpan<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let span = self.0;
+        let mut map = serializer.serialize_map(Some(11))?;
+        map.serialize_entry("trace_id", &hex(&span.trace_id))?;
+        map.serialize_entry("span_id", &hex(&span.span_id))?;
+        map.serialize_entry("parent_span_id", &span.parent_span_id.map(|p| hex(&p)))?;
+        map.serialize_entry("name", &span.name)?;
+        map.serialize_entry("kind", span.kind.as_str())?;
+        map.serialize_entry("service", &span.resource.service_name)?;
+        map.serialize_entry("start_unix_nano", &span.start_unix_nano)?;
+        map.serialize_entry("end_unix_nano", &span.end_unix_nano)?;
+        map.serialize_entry("status", span.status.as_str())?;
+        map.serialize_entry("attributes", &Attrs(span.attributes.iter().map(|a| (a.key, &a.value))))?;
+        map.serialize_entry("resource", &Attrs(span.resource.attributes.iter().map(|(k, v)| (k.as_str(), v))))?;
+        map.end()
+    }
+}
+
+/// A key → value JSON object from attribute pairs, in their order.
+struct Attrs<I>(I);
+
+impl<'a, I> Serialize for Attrs<I>
+where
+    I: Iterator<Item = (&'a str, &'a AttrValue)> + Clone,
+{
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        for (key, value) in self.0.clone() {
+            map.serialize_entry(key, &JsonValue(value))?;
+        }
+        map.end()
+    }
+}
+
+struct JsonValue<'a>(&'a AttrValue);
+
+impl Serialize for JsonValue<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            AttrValue::Str(s) => serializer.serialize_str(s),
+            AttrValue::Int(i) => serializer.serialize_i64(*i),
+            AttrValue::Bool(b) => serializer.serialize_bool(*b),
+            AttrValue::Double(d) if d.is_finite() => serializer.serialize_f64(*d),
+            AttrValue::Double(_) => serializer.serialize_none(),
+        }
+    }
+}
+
+/// Attributes shown in the outcome column rather than in the attribute list.
+const STATUS_CODE_KEYS: [&str; 2] = ["http.response.status_code", "db.response.status_code"];
+/// Attributes left out of text lines (multi-line and long; JSON keeps them).
+const TEXT_SKIPPED_KEYS: [&str; 1] = ["code.stacktrace"];
+/// Longest attribute value shown in a text line, in characters.
+const TEXT_MAX_VALUE: usize = 120;
+
+/// Writes the one-line text form of `span` (without the newline) to `out`.
+pub fn write_text(out: &mut String, span: &Span) {
+    let _ =
+        write!(out, "{:<8}{}  {}  ", span.kind.as_str(), one_line(&span.resource.service_name), one_line(&span.name));
+    let code = span.attributes.iter().find(|a| STATUS_CODE_KEYS.contains(&a.key)).map(|a| &a.value);
+    match (code, span.status) {
+        (Some(code), StatusCode::Error) => {
+            let _ = write!(out, "{} error", text_value(code));
+        }
+        (Some(code), _) => out.push_str(&text_value(code)),
+        (None, status) => out.push_str(match status {
+            StatusCode::Unset => "-",
+            StatusCode::Ok => "ok",
+            StatusCode::Error => "error",
+        }),
+    }
+    if let Some(message) = span.status_message.as_deref().filter(|m| !m.is_empty()) {
+        let _ = write!(out, " ({})", one_line(message));
+    }
+    let _ = write!(
+        out,
+        "  {}  trace={} span={} parent={}",
+        duration(span.end_unix_nano.saturating_sub(span.start_unix_nano)),
+        hex(&span.trace_id),
+        hex(&span.span_id),
+        span.parent_span_id.map_or_else(|| "-".to_owned(), |p| hex(&p)),
+    );
+    let mut sep = "  ";
+    if let Some((_, pid)) = span.resource.attributes.iter().find(|(k, _)| k == "process.pid") {
+        let _ = write!(out, "{sep}pid={}", text_value(pid));
+        sep = " ";
+    }
+    for a in &span.attributes {
+        if STATUS_CODE_KEYS.contains(&a.key) || TEXT_SKIPPED_KEYS.contains(&a.key) {
+            continue;
+        }
+        let _ = write!(out, "{sep}{}={}", a.key, text_value(&a.value));
+        sep = " ";
+    }
+}
+
+/// `850µs`, `1.23ms`, `2.500s`.
+fn duration(ns: u64) -> String {
+    if ns < 1_000_000 {
+        format!("{}µs", ns / 1_000)
+    } else if ns < 1_000_000_000 {
+        format!("{:.2}ms", ns as f64 / 1e6)
+    } else {
+        format!("{:.3}s", ns as f64 / 1e9)
+    }
+}
+
+/// A value for a text line: strings with spaces, quotes or controls are quoted and escaped; long
+/// strings are cut with `…`.
+fn text_value(value: &AttrValue) -> String {
+    match value {
+        AttrValue::Str(s) => {
+            let cut: String = s.chars().take(TEXT_MAX_VALUE).collect();
+            let cut = if cut.len() < s.len() { format!("{cut}…") } else { cut };
+            if cut.is_empty() || cut.chars().any(|c| c.is_whitespace() || c.is_control() || c == '"') {
+                format!("{cut:?}")
+            } else {
+                cut
+            }
+        }
+        AttrValue::Int(i) => i.to_string(),
+        AttrValue::Bool(b) => b.to_string(),
+        AttrValue::Double(d) => d.to_string(),
+    }
+}
+
+/// A name or message on one line: control characters escaped, nothing else changed.
+fn one_line(s: &str) -> String {
+    if s.chars().any(char::is_control) {
+        s.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+    } else {
+        s.to_owned()
+    }
+}
+
+/// Writes spans, one line each, to a writer (stdout in practice), flushing after every line.
+pub struct Printer<W: Write> {
+    out: LineWriter<W>,
+    format: PrintFormat,
+    line: String,
+}
+
+impl<W: Write> Printer<W> {
+    /// A printer of `format` lines to `out`.
+    pub fn new(out: W, format: PrintFormat) -> Self {
+        Printer { out: LineWriter::new(out), format, line: String::new() }
+    }
+
+    /// Writes one span as one line (a single write, so lines never interleave). An error means
+    /// the output is gone (a closed pipe, say); the caller stops printing.
+    pub fn print(&mut self, span: &Span) -> io::Result<()> {
+        self.line.clear();
+        match self.format {
+            PrintFormat::Text => write_text(&mut self.line, span),
+            PrintFormat::Json => {
+                let json = serde_json::to_string(&JsonSpan(span)).map_err(io::Error::other)?;
+                self.line.push_str(&json);
+            }
+        }
+        self.line.push('\n');
+        self.out.write_all(self.line.as_bytes())
+    }
+
+    /// The underlying writer, after a flush.
+    pub fn into_inner(self) -> io::Result<W> {
+        self.out.into_inner().map_err(|e| e.into_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::spans::{Attribute, Resource, SpanKind};
+
+    fn span() -> Span {
+        Span {
+            trace_id: [0x4b; 16],
+            span_id: [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7],
+            parent_span_id: None,
+            name: "GET /orders/{id}".into(),
+            kind: SpanKind::Server,
+            start_unix_nano: 1_700_000_000_000_000_000,
+            end_unix_nano: 1_700_000_000_001_230_000,
+            status: StatusCode::Unset,
+            status_message: None,
+            attributes: vec![
+                Attribute::new("http.request.method", "GET"),
+                Attribute::new("url.path", "/orders/7"),
+                Attribute::new("http.response.status_code", 200_i64),
+                Attribute::new("ztrace.tls", false),
+                Attribute { key: "ztrace.ratio", value: AttrValue::Double(0.25) },
+                Attribute::new("code.stacktrace", "main\n  at app.py:3"),
+            ],
+            resource: Arc::new(Resource {
+                service_name: "orders".into(),
+                attributes: vec![("service.name".into(), "orders".into()), ("process.pid".into(), AttrValue::Int(42))],
+            }),
+        }
+    }
+
+    #[test]
+    fn json_has_exactly_the_documented_keys_and_types() {
+        let v = span_to_json(&span());
+        let obj = v.as_object().expect("object");
+        let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "attributes",
+                "end_unix_nano",
+                "kind",
+                "name",
+                "parent_span_id",
+                "resource",
+                "service",
+                "span_id",
+                "start_unix_nano",
+                "status",
+                "trace_id"
+            ]
+        );
+        assert_eq!(v["trace_id"], "4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b");
+        assert_eq!(v["span_id"], "00f067aa0ba902b7");
+        assert!(v["parent_span_id"].is_null());
+        assert_eq!(v["name"], "GET /orders/{id}");
+        assert_eq!(v["kind"], "server");
+        assert_eq!(v["service"], "orders");
+        assert_eq!(v["start_unix_nano"].as_u64(), Some(1_700_000_000_000_000_000));
+        assert_eq!(v["end_unix_nano"].as_u64(), Some(1_700_000_000_001_230_000));
+        assert_eq!(v["status"], "unset");
+        assert_eq!(
+            v["attributes"],
+            serde_json::json!({
+                "http.request.method": "GET",
+                "url.path": "/orders/7",
+                "http.response.status_code": 200,
+                "ztrace.tls": false,
+                "ztrace.ratio": 0.25,
+                "code.stacktrace": "main\n  at app.py:3",
+            })
+        );
+        assert!(v["attributes"]["http.response.status_code"].is_i64());
+        assert_eq!(v["resource"], serde_json::json!({"service.name": "orders", "process.pid": 42}));
+    }
+
+    #[test]
+    fn json_parent_kind_status() {
+        let mut s = span();
+        s.parent_span_id = Some([0xab; 8]);
+        s.kind = SpanKind::Client;
+        s.status = StatusCode::Error;
+        s.attributes = vec![Attribute { key: "x", value: AttrValue::Double(f64::NAN) }];
+        let v = span_to_json(&s);
+        assert_eq!(v["parent_span_id"], "abababababababab");
+        assert_eq!(v["kind"], "client");
+        assert_eq!(v["status"], "error");
+        assert!(v["attributes"]["x"].is_null());
+    }
+
+    #[test]
+    fn printed_json_line_equals_span_to_json_in_documented_order() {
+        let mut p = Printer::new(Vec::new(), PrintFormat::Json);
+        p.print(&span()).expect("print");
+        p.print(&span()).expect("print");
+        let out = String::from_utf8(p.into_inner().expect("flush")).expect("utf8");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 2);
+        let parsed: serde_json::Value = serde_json::from_str(lines[0]).expect("json line");
+        assert_eq!(parsed, span_to_json(&span()));
+        assert!(lines[0].starts_with(r#"{"trace_id":"4b4b"#), "{}", lines[0]);
+        let order = ["\"span_id\"", "\"parent_span_id\"", "\"name\"", "\"kind\"", "\"service\"", "\"start_unix_nano\""];
+        let positions: Vec<usize> = order.iter().map(|k| lines[0].find(k).expect("key")).collect();
+        assert!(positions.windows(2).all(|w| w[0] < w[1]), "{}", lines[0]);
+    }
+
+    #[test]
+    fn text_line() {
+        let mut p = Printer::new(Vec::new(), PrintFormat::Text);
+        p.print(&span()).expect("print");
+        let out = String::from_utf8(p.into_inner().expect("flush")).expect("utf8");
+        assert_eq!(
+            out,
+            "server  orders  GET /orders/{id}  200  1.23ms  trace=4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b \
+             span=00f067aa0ba902b7 parent=-  pid=42 http.request.method=GET url.path=/orders/7 \
+             ztrace.tls=false ztrace.ratio=0.25\n"
+        );
+    }
+
+    #[test]
+    fn text_error_escapes_and_cuts() {
+        let mut s = span();
+        s.kind = SpanKind::Client;
+        s.status = StatusCode::Error;
+        s.status_message = Some("bad\nthing".into());
+        s.parent_span_id = Some([1; 8]);
+        s.start_unix_nano = 0;
+        s.end_unix_nano = 2_500_000_000;
+        s.attributes = vec![
+            Attribute::new("db.query.text", "SELECT 1\nFROM t"),
+            Attribute::new("server.address", "x".repeat(200)),
+        ];
+        let mut line = String::new();
+        write_text(&mut line, &s);
+        assert!(!line.contains('\n'), "{line}");
+        assert!(line.starts_with("client  orders  GET /orders/{id}  error (bad\\nthing)  2.500s  "), "{line}");
+        assert!(line.contains("parent=0101010101010101"), "{line}");
+        assert!(line.contains(r#"db.query.text="SELECT 1\nFROM t""#), "{line}");
+        assert!(line.contains(&format!("server.address={}…", "x".repeat(120))), "{line}");
+        s.attributes = vec![Attribute::new("db.response.status_code", "42P01")];
+        line.clear();
+        write_text(&mut line, &s);
+        assert!(line.contains("  42P01 error (bad\\nthing)  "), "{line}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration(850_000), "850µs");
+        assert_eq!(duration(1_234_567), "1.23ms");
+        assert_eq!(duration(2_500_000_000), "2.500s");
+    }
+
+    #[test]
+    fn format_names() {
+        assert_eq!("json".parse::<PrintFormat>(), Ok(PrintFormat::Json));
+        assert_eq!("text".parse::<PrintFormat>(), Ok(PrintFormat::Text));
+        assert!("yaml".parse::<PrintFormat>().is_err());
+    }
+}
