@@ -61,6 +61,8 @@ pub fn test(skip_privileged: bool) -> Result<()> {
                 .env("ZTRACE_BIN", &binary)
                 .env("ZTRACE_PYTHON", &python)
                 .env("ZTRACE_REPO", &root)
+                // The tests' own messages say what failed; a backtrace per panic only buries them.
+                .env("RUST_BACKTRACE", "0")
                 .args(["test", "--release", "-p", "ztrace-e2e", "--no-fail-fast", "--", "--include-ignored", "--test-threads=1"]);
             tally = add(tally, run_counted(&mut e2e)?);
         }
