@@ -33,7 +33,15 @@ pub struct Proc {
 
 impl Proc {
     /// Starts `cmd` with piped stdio in a new process group; panics if it cannot start.
+    /// OpenTelemetry variables of the test's own environment (`OTEL_*`) are not passed on, so
+    /// that service names and exporter settings are the ones each test chooses.
     pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        let chosen: Vec<_> = cmd.get_envs().map(|(key, _)| key.to_owned()).collect();
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("OTEL_") && !chosen.contains(&key) {
+                cmd.env_remove(&key);
+            }
+        }
         // SAFETY: prctl is async-signal-safe; it only asks the kernel to SIGKILL the child when
         // the thread that started it dies, so nothing outlives a test process killed from outside.
         unsafe {

@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use serde_json::{Map, Value};
@@ -53,17 +53,17 @@ pub fn binary() -> PathBuf {
 
 impl Ztrace {
     /// Starts the agent with `args` and waits until it is ready; panics with its stderr if it
-    /// exits first or is not ready within [`READY_TIMEOUT`]. Unless `args` choose otherwise,
-    /// the viewer is off (`--no-ui`) and the store lives in a temporary `--data-dir`, so that
-    /// tests never collide with another agent on the machine.
+    /// exits first or is not ready within [`READY_TIMEOUT`]. Unless `args` choose otherwise (and
+    /// where the agent has these options), the viewer is off (`--no-ui`) and the store lives in
+    /// a temporary `--data-dir`, so that tests never collide with another agent on the machine.
     pub fn start(args: &[&str]) -> Ztrace {
         let data_dir = TempDir::new("data");
         let mut cmd = Command::new(binary());
         cmd.args(args);
-        if !args.iter().any(|a| a.starts_with("--ui") || *a == "--no-ui") {
+        if supports("--no-ui") && !args.iter().any(|a| a.starts_with("--ui") || *a == "--no-ui") {
             cmd.arg("--no-ui");
         }
-        if !args.iter().any(|a| a.starts_with("--data-dir")) {
+        if supports("--data-dir") && !args.iter().any(|a| a.starts_with("--data-dir")) {
             cmd.arg("--data-dir").arg(data_dir.path());
         }
         let mut proc = Proc::spawn("ztrace", &mut cmd);
@@ -141,6 +141,19 @@ impl Ztrace {
         let stats = stats_line(&stderr);
         Stopped { stderr, stats, spans }
     }
+}
+
+/// Whether the agent's `--help` lists an option.
+fn supports(option: &str) -> bool {
+    static HELP: OnceLock<String> = OnceLock::new();
+    let help = HELP.get_or_init(|| {
+        Command::new(binary())
+            .arg("--help")
+            .output()
+            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+            .unwrap_or_default()
+    });
+    help.split(|c: char| c.is_whitespace() || c == ',' || c == '=' || c == '[').any(|word| word == option)
 }
 
 /// The object of the last `ztrace stats: {...}` line.
