@@ -36,6 +36,23 @@ struct Tally {
 /// `cargo xtask test [--skip-privileged]`.
 pub fn test(skip_privileged: bool) -> Result<()> {
     let started = Instant::now();
+    let tally = match prepare_and_run(skip_privileged) {
+        Ok(tally) => tally,
+        Err(error) => {
+            // Set-up or build failed: no test could run, and that is one failure, not zero.
+            say!("error: {error:#}");
+            Tally { passed: 0, failed: 1 }
+        }
+    };
+    say!("test took {:.0} s", started.elapsed().as_secs_f64());
+    say!("{} passed, {} failed", tally.passed, tally.failed);
+    if tally.failed > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn prepare_and_run(skip_privileged: bool) -> Result<Tally> {
     toolchain::setup(false)?;
     let python = if skip_privileged {
         say!("--skip-privileged: not installing the end-to-end test components");
@@ -46,11 +63,10 @@ pub fn test(skip_privileged: bool) -> Result<()> {
     let binary = build::build_after_setup(Profile::Release)?;
     let root = util::repo_root();
 
-    let mut tally = Tally::default();
     say!("running the unit tests...");
     let mut unit = util::cargo();
     unit.current_dir(&root).args(["test", "--workspace", "--exclude", "ztrace-e2e", "--no-fail-fast"]);
-    tally = add(tally, run_counted(&mut unit)?);
+    let mut tally = run_counted(&mut unit)?;
 
     match (python, privileged_environment()) {
         (None, _) => say!("--skip-privileged: the end-to-end tests were NOT run"),
@@ -72,13 +88,7 @@ pub fn test(skip_privileged: bool) -> Result<()> {
             tally.failed += 1;
         }
     }
-
-    say!("test took {:.0} s", started.elapsed().as_secs_f64());
-    say!("{} passed, {} failed", tally.passed, tally.failed);
-    if tally.failed > 0 {
-        std::process::exit(1);
-    }
-    Ok(())
+    Ok(tally)
 }
 
 fn add(a: Tally, b: Tally) -> Tally {
