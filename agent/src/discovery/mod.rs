@@ -1,1 +1,692 @@
-//! (placeholder)
+//! Discovery: who a traced process is — its executable, command line, container, Kubernetes
+//! names, `service.name` and OpenTelemetry resource — read from `/proc`.
+//!
+//! Reading (`/proc/PID/{exe,comm,cmdline,environ,cgroup,ns/uts}` and the container runtime's
+//! record of the container) is kept apart from deciding: [`RawProcess::read`] gathers bytes,
+//! [`ProcessInfo::from_raw`] is a pure function of them, and the parsers live in
+//! [`cmdline`], [`environ`], [`cgroup`] and [`k8s`]. [`ProcessCache`] remembers the result per
+//! pid and never fails: a process that is already gone is described from its `comm`.
+//!
+//! `service.name` is chosen in this order (see [`ServiceNameSource`]): `OTEL_SERVICE_NAME`;
+//! `service.name` in `OTEL_RESOURCE_ATTRIBUTES`; the Kubernetes workload, pod or container name
+//! when the process reliably runs in a pod; the script, module, jar or main class an interpreter
+//! or VM runs; the executable's file name; the kernel's `comm`.
+//!
+//! Not done here: pod labels and annotations (they need the kubelet or API server), the
+//! Docker Compose service label, and noticing a reused pid (callers [`ProcessCache::forget`] a
+//! pid when its process exits).
+
+pub mod cgroup;
+pub mod cmdline;
+pub mod environ;
+pub mod k8s;
+
+use std::{
+    collections::HashMap,
+    fs,
+    io::{self, Read},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use crate::spans::{AttrValue, Resource};
+
+use self::{cgroup::CgroupInfo, environ::EnvHints, k8s::K8sNames};
+
+/// `telemetry.distro.name` of every resource.
+pub const DISTRO_NAME: &str = "ztrace";
+
+/// Default number of processes a [`ProcessCache`] remembers.
+pub const DEFAULT_CAPACITY: usize = 4096;
+
+/// Largest container-runtime record read, in bytes.
+const MAX_RUNTIME_CONFIG: u64 = 1 << 20;
+/// Largest `/proc/PID/environ` or `cmdline` read, in bytes.
+const MAX_PROC_FILE: u64 = 1 << 20;
+
+/// Why a process could not be read from `/proc`.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    /// `/proc/PID` does not exist: the process has exited.
+    #[error("process {pid} is gone")]
+    Gone { pid: u32 },
+    #[error("reading {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+/// Where a process's `service.name` came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ServiceNameSource {
+    /// `OTEL_SERVICE_NAME` in the process's environment.
+    OtelServiceName,
+    /// `service.name` in the process's `OTEL_RESOURCE_ATTRIBUTES`.
+    OtelResourceAttributes,
+    /// The workload inferred from the pod name (`orders-7d9c4b8f6-x2x9q` → `orders`), or the
+    /// pod name itself when it has no generated suffix.
+    K8sWorkload,
+    /// The container name from the container runtime's record, when the pod name is unknown.
+    K8sContainer,
+    /// The script, module, jar or main class an interpreter or VM runs.
+    Program,
+    /// The file name of `/proc/PID/exe`.
+    Executable,
+    /// The kernel's `comm` (15 bytes at most): the process was gone or unreadable.
+    Comm,
+}
+
+impl ServiceNameSource {
+    /// A short stable name, for logs and debugging output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceNameSource::OtelServiceName => "otel_service_name",
+            ServiceNameSource::OtelResourceAttributes => "otel_resource_attributes",
+            ServiceNameSource::K8sWorkload => "k8s_workload",
+            ServiceNameSource::K8sContainer => "k8s_container",
+            ServiceNameSource::Program => "program",
+            ServiceNameSource::Executable => "executable",
+            ServiceNameSource::Comm => "comm",
+        }
+    }
+}
+
+/// The identity of a traced process.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProcessInfo {
+    /// Process id (the kernel's tgid).
+    pub pid: u32,
+    /// File name of the executable (`/proc/PID/exe`), else `comm`.
+    pub exe_name: String,
+    /// Full path of the executable; empty when unknown.
+    pub exe_path: String,
+    /// The command line, arguments joined by spaces, with secrets replaced by `REDACTED`.
+    pub command_line: String,
+    pub service_name: String,
+    pub service_name_source: ServiceNameSource,
+    /// The 64-hex-digit container id, when the process runs in a container.
+    pub container_id: Option<String>,
+    /// Kubernetes names, when the process reliably runs in a pod (all `None` otherwise).
+    pub k8s: K8sNames,
+    /// True when `/proc/PID` could not be read (the process had exited) and this was built
+    /// from the `comm` hint alone.
+    pub partial: bool,
+    /// The OpenTelemetry resource of every span of this process.
+    pub resource: Arc<Resource>,
+}
+
+/// What discovery reads about a process, before any decision.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RawProcess {
+    /// Target of `/proc/PID/exe` (` (deleted)` removed); `None` when unreadable.
+    pub exe_path: Option<String>,
+    /// `/proc/PID/comm`, else the caller's hint.
+    pub comm: String,
+    /// `/proc/PID/cmdline` bytes.
+    pub cmdline: Vec<u8>,
+    /// `/proc/PID/environ` bytes; `None` when unreadable (another user's process without root).
+    pub environ: Option<Vec<u8>>,
+    /// `/proc/PID/cgroup` text.
+    pub cgroup: Option<String>,
+    /// The container runtime's record of the process's container (see [`k8s::RUNTIME_CONFIG_PATHS`]).
+    pub runtime_config: Option<Vec<u8>>,
+    /// Whether the process has a UTS namespace (hostname) of its own, unlike pid 1's; `None`
+    /// when unknown.
+    pub own_uts_namespace: Option<bool>,
+}
+
+impl RawProcess {
+    /// Reads what discovery needs about `pid` from `proc_root` (normally `/proc`).
+    ///
+    /// Only a missing `/proc/PID` is an error; each file that cannot be read (permissions, a
+    /// zombie, a kernel thread) is left empty. The container runtime's record is looked up under
+    /// `proc_root/1/root`, the host's root as pid 1 sees it.
+    pub fn read(proc_root: &Path, pid: u32, comm_hint: &str) -> Result<RawProcess, DiscoveryError> {
+        let dir = proc_root.join(pid.to_string());
+        let cmdline = match read_bounded(&dir.join("cmdline"), MAX_PROC_FILE) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(DiscoveryError::Gone { pid })
+            }
+            Err(source) => return Err(DiscoveryError::Io { path: dir.join("cmdline"), source }),
+        };
+        let exe_path = fs::read_link(dir.join("exe")).ok().map(|p| {
+            let s = p.to_string_lossy();
+            s.strip_suffix(" (deleted)").unwrap_or(&s).to_owned()
+        });
+        let comm = fs::read_to_string(dir.join("comm"))
+            .map(|c| c.trim_end_matches('\n').to_owned())
+            .unwrap_or_else(|_| comm_hint.to_owned());
+        let environ = read_bounded(&dir.join("environ"), MAX_PROC_FILE).ok();
+        let cgroup = fs::read_to_string(dir.join("cgroup")).ok();
+        let own_uts_namespace =
+            match (fs::read_link(dir.join("ns/uts")), fs::read_link(proc_root.join("1/ns/uts"))) {
+                (Ok(mine), Ok(host)) => Some(mine != host),
+                _ => None,
+            };
+        let runtime_config = cgroup
+            .as_deref()
+            .and_then(|text| cgroup::parse_cgroup(text).container_id)
+            .and_then(|id| read_runtime_config(&proc_root.join("1/root"), &id));
+        Ok(RawProcess {
+            exe_path,
+            comm,
+            cmdline,
+            environ,
+            cgroup,
+            runtime_config,
+            own_uts_namespace,
+        })
+    }
+}
+
+/// The first container-runtime record found for container `id` under `host_root`.
+fn read_runtime_config(host_root: &Path, id: &str) -> Option<Vec<u8>> {
+    k8s::RUNTIME_CONFIG_PATHS
+        .iter()
+        .find_map(|p| read_bounded(&host_root.join(p.replace("{id}", id)), MAX_RUNTIME_CONFIG).ok())
+}
+
+/// Reads at most `limit` bytes of a file.
+fn read_bounded(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    fs::File::open(path)?.take(limit).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// The host name as the agent sees it (`proc_root/sys/kernel/hostname`); empty when unknown.
+pub fn read_host_name(proc_root: &Path) -> String {
+    fs::read_to_string(proc_root.join("sys/kernel/hostname"))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Basename of a path.
+fn file_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+impl ProcessInfo {
+    /// Decides the identity of process `pid` from what was read about it. Pure.
+    pub fn from_raw(pid: u32, raw: &RawProcess, host_name: &str) -> ProcessInfo {
+        let args = cmdline::split_cmdline(&raw.cmdline);
+        let env = raw.environ.as_deref().map(environ::parse_environ).unwrap_or_default();
+        let cgroup = raw.cgroup.as_deref().map(cgroup::parse_cgroup).unwrap_or_default();
+        let k8s = k8s_names(raw, &env, &cgroup);
+
+        let exe_path = raw.exe_path.clone().unwrap_or_default();
+        let (exe_name, exe_source) = match file_name(&exe_path) {
+            "" => (raw.comm.clone(), ServiceNameSource::Comm),
+            name => (name.to_owned(), ServiceNameSource::Executable),
+        };
+
+        let (service_name, service_name_source) = if let Some(name) = &env.otel_service_name {
+            (name.clone(), ServiceNameSource::OtelServiceName)
+        } else if let Some(name) = env.resource_service_name() {
+            (name.trim().to_owned(), ServiceNameSource::OtelResourceAttributes)
+        } else if let Some(pod) = &k8s.pod_name {
+            (
+                k8s::workload_from_pod_name(pod).unwrap_or(pod).to_owned(),
+                ServiceNameSource::K8sWorkload,
+            )
+        } else if let Some(container) = &k8s.container_name {
+            (container.clone(), ServiceNameSource::K8sContainer)
+        } else if let Some(program) = cmdline::program_name(&exe_name, &args) {
+            (program, ServiceNameSource::Program)
+        } else if !exe_name.is_empty() {
+            (exe_name.clone(), exe_source)
+        } else {
+            (format!("unknown_service:{pid}"), ServiceNameSource::Comm)
+        };
+
+        let command_line = cmdline::join_command_line(&cmdline::redact_args(&args));
+        let container_id = cgroup.container_id.clone();
+        let resource = build_resource(&ResourceInputs {
+            pid,
+            service_name: &service_name,
+            exe_name: &exe_name,
+            exe_path: &exe_path,
+            command_line: &command_line,
+            host_name,
+            container_id: container_id.as_deref(),
+            k8s: &k8s,
+            otel_resource_attributes: &env.otel_resource_attributes,
+        });
+        ProcessInfo {
+            pid,
+            exe_name,
+            exe_path,
+            command_line,
+            service_name,
+            service_name_source,
+            container_id,
+            k8s,
+            partial: false,
+            resource: Arc::new(resource),
+        }
+    }
+
+    /// The identity of a process known only by its `comm` (it exited before it was read).
+    pub fn from_comm(pid: u32, comm: &str, host_name: &str) -> ProcessInfo {
+        let raw = RawProcess { comm: comm.to_owned(), ..RawProcess::default() };
+        ProcessInfo { partial: true, ..ProcessInfo::from_raw(pid, &raw, host_name) }
+    }
+}
+
+/// Kubernetes names, only where they are reliable: from the container runtime's record; else,
+/// for a process in the `kubepods` cgroup hierarchy, started with `KUBERNETES_SERVICE_HOST`, in
+/// a UTS namespace of its own (not a `hostNetwork` pod, whose `HOSTNAME` is the node's), the
+/// pod name from `HOSTNAME` (wrong only for a pod that sets `spec.hostname`).
+fn k8s_names(raw: &RawProcess, env: &EnvHints, cgroup: &CgroupInfo) -> K8sNames {
+    let mut names =
+        raw.runtime_config.as_deref().and_then(k8s::names_from_runtime_config).unwrap_or_default();
+    let in_pod = cgroup.kubepods && env.kubernetes;
+    if names.pod_name.is_none() && in_pod && raw.own_uts_namespace == Some(true) {
+        names.pod_name = env.hostname.clone();
+    }
+    if names.pod_uid.is_none() && (in_pod || !names.is_empty()) {
+        names.pod_uid = cgroup.pod_uid.clone();
+    }
+    names
+}
+
+/// Everything a resource is built from.
+struct ResourceInputs<'a> {
+    pid: u32,
+    service_name: &'a str,
+    exe_name: &'a str,
+    exe_path: &'a str,
+    command_line: &'a str,
+    host_name: &'a str,
+    container_id: Option<&'a str>,
+    k8s: &'a K8sNames,
+    otel_resource_attributes: &'a [(String, String)],
+}
+
+/// The resource attributes, in a stable order: `service.name`, `process.pid`,
+/// `process.executable.name`, `process.executable.path`, `process.command_line`, `host.name`,
+/// `container.id`, `k8s.namespace.name`, `k8s.pod.name`, `k8s.pod.uid`, `k8s.container.name`,
+/// `telemetry.distro.name`, then the other keys of the process's `OTEL_RESOURCE_ATTRIBUTES`.
+///
+/// A key of `OTEL_RESOURCE_ATTRIBUTES` replaces the derived value in place, except
+/// `service.name` (decided by the rule above, where `OTEL_SERVICE_NAME` wins), `process.pid`
+/// and `telemetry.distro.name` (they describe what ztrace observed). Empty values are left out.
+fn build_resource(input: &ResourceInputs<'_>) -> Resource {
+    let mut attributes: Vec<(String, AttrValue)> = Vec::with_capacity(16);
+    let mut push = |key: &str, value: Option<&str>| {
+        if let Some(v) = value.filter(|v| !v.is_empty()) {
+            attributes.push((key.to_owned(), AttrValue::Str(v.to_owned())));
+        }
+    };
+    push("service.name", Some(input.service_name));
+    push("process.executable.name", Some(input.exe_name));
+    push("process.executable.path", Some(input.exe_path));
+    push("process.command_line", Some(input.command_line));
+    push("host.name", Some(input.host_name));
+    push("container.id", input.container_id);
+    push("k8s.namespace.name", input.k8s.namespace.as_deref());
+    push("k8s.pod.name", input.k8s.pod_name.as_deref());
+    push("k8s.pod.uid", input.k8s.pod_uid.as_deref());
+    push("k8s.container.name", input.k8s.container_name.as_deref());
+    push("telemetry.distro.name", Some(DISTRO_NAME));
+    attributes.insert(1, ("process.pid".to_owned(), AttrValue::Int(i64::from(input.pid))));
+
+    for (key, value) in input.otel_resource_attributes {
+        if matches!(key.as_str(), "service.name" | "process.pid" | "telemetry.distro.name") {
+            continue;
+        }
+        let value = AttrValue::Str(value.clone());
+        match attributes.iter_mut().find(|(k, _)| k == key) {
+            Some(existing) => existing.1 = value,
+            None => attributes.push((key.clone(), value)),
+        }
+    }
+    Resource { service_name: input.service_name.to_owned(), attributes }
+}
+
+/// Remembers the identity of recently seen processes, at most `capacity` of them.
+///
+/// When full, the least recently used eighth of the entries is dropped at once (so eviction
+/// costs one sort per `capacity / 8` new processes, not one scan per process).
+#[derive(Debug)]
+pub struct ProcessCache {
+    proc_root: PathBuf,
+    host_name: String,
+    capacity: usize,
+    entries: HashMap<u32, CacheEntry>,
+    clock: u64,
+}
+
+#[derive(Debug)]
+struct CacheEntry {
+    info: Arc<ProcessInfo>,
+    last_used: u64,
+}
+
+impl Default for ProcessCache {
+    fn default() -> Self {
+        ProcessCache::new()
+    }
+}
+
+impl ProcessCache {
+    /// A cache of [`DEFAULT_CAPACITY`] processes read from `/proc`, with the host name read once.
+    pub fn new() -> ProcessCache {
+        ProcessCache::with_proc_root(DEFAULT_CAPACITY, "/proc")
+    }
+
+    /// A cache of `capacity` processes (at least 1) read from `proc_root` (e.g. `/host/proc`).
+    pub fn with_proc_root(capacity: usize, proc_root: impl Into<PathBuf>) -> ProcessCache {
+        let proc_root = proc_root.into();
+        let host_name = read_host_name(&proc_root);
+        ProcessCache::with_host_name(capacity, proc_root, host_name)
+    }
+
+    /// Like [`ProcessCache::with_proc_root`] with a given `host.name` (e.g. the node name).
+    pub fn with_host_name(
+        capacity: usize,
+        proc_root: impl Into<PathBuf>,
+        host_name: impl Into<String>,
+    ) -> ProcessCache {
+        ProcessCache {
+            proc_root: proc_root.into(),
+            host_name: host_name.into(),
+            capacity: capacity.max(1),
+            entries: HashMap::new(),
+            clock: 0,
+        }
+    }
+
+    /// The identity of process `pid`, read from `/proc` on first use. Never fails: when the
+    /// process has already exited, the identity is built from `comm_hint` (and marked `partial`).
+    pub fn get_or_load(&mut self, pid: u32, comm_hint: &str) -> Arc<ProcessInfo> {
+        self.clock += 1;
+        if let Some(entry) = self.entries.get_mut(&pid) {
+            entry.last_used = self.clock;
+            return entry.info.clone();
+        }
+        let info = match RawProcess::read(&self.proc_root, pid, comm_hint) {
+            Ok(raw) => ProcessInfo::from_raw(pid, &raw, &self.host_name),
+            Err(error) => {
+                tracing::debug!(%error, pid, "process identity from its comm only");
+                ProcessInfo::from_comm(pid, comm_hint, &self.host_name)
+            }
+        };
+        tracing::debug!(pid, service = %info.service_name, source = info.service_name_source.as_str(), "new process");
+        let info = Arc::new(info);
+        if self.entries.len() >= self.capacity {
+            self.evict();
+        }
+        self.entries.insert(pid, CacheEntry { info: info.clone(), last_used: self.clock });
+        info
+    }
+
+    /// The cached identity of `pid`, without reading `/proc`.
+    pub fn get(&self, pid: u32) -> Option<Arc<ProcessInfo>> {
+        self.entries.get(&pid).map(|e| e.info.clone())
+    }
+
+    /// Forgets `pid` (its process exited; the pid may be reused).
+    pub fn forget(&mut self, pid: u32) {
+        self.entries.remove(&pid);
+    }
+
+    /// Number of processes remembered.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The `host.name` given to every resource.
+    pub fn host_name(&self) -> &str {
+        &self.host_name
+    }
+
+    /// Drops the least recently used eighth of the entries (at least one).
+    fn evict(&mut self) {
+        let mut ages: Vec<u64> = self.entries.values().map(|e| e.last_used).collect();
+        let n = (self.entries.len() / 8).max(1);
+        let (_, cutoff, _) = ages.select_nth_unstable(n - 1);
+        let cutoff = *cutoff;
+        self.entries.retain(|_, e| e.last_used > cutoff);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "3f4b0c1d2e3f405162738495a6b7c8d9e0f1a2b3c4d5e6f708192a3b4c5d6e7f";
+
+    fn attr<'a>(r: &'a Resource, key: &str) -> Option<&'a AttrValue> {
+        r.attributes.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    fn keys(r: &Resource) -> Vec<&str> {
+        r.attributes.iter().map(|(k, _)| k.as_str()).collect()
+    }
+
+    fn raw(exe: &str, cmdline: &[u8], environ: &[u8]) -> RawProcess {
+        RawProcess {
+            exe_path: Some(exe.to_owned()),
+            comm: file_name(exe).chars().take(15).collect(),
+            cmdline: cmdline.to_vec(),
+            environ: Some(environ.to_vec()),
+            ..RawProcess::default()
+        }
+    }
+
+    #[test]
+    fn otel_service_name_wins() {
+        let env = b"OTEL_SERVICE_NAME=checkout\0OTEL_RESOURCE_ATTRIBUTES=service.name=other,deployment.environment=prod,host.name=h2,process.pid=1\0";
+        let info = ProcessInfo::from_raw(
+            42,
+            &raw("/usr/bin/python3.11", b"python3\0app.py\0", env),
+            "box",
+        );
+        assert_eq!(info.service_name, "checkout");
+        assert_eq!(info.service_name_source, ServiceNameSource::OtelServiceName);
+        let r = &info.resource;
+        assert_eq!(r.service_name, "checkout");
+        assert_eq!(
+            keys(r),
+            [
+                "service.name",
+                "process.pid",
+                "process.executable.name",
+                "process.executable.path",
+                "process.command_line",
+                "host.name",
+                "telemetry.distro.name",
+                "deployment.environment",
+            ]
+        );
+        assert_eq!(attr(r, "service.name"), Some(&AttrValue::Str("checkout".into())));
+        assert_eq!(attr(r, "process.pid"), Some(&AttrValue::Int(42)));
+        assert_eq!(attr(r, "host.name"), Some(&AttrValue::Str("h2".into())));
+        assert_eq!(attr(r, "process.executable.name"), Some(&AttrValue::Str("python3.11".into())));
+        assert_eq!(attr(r, "telemetry.distro.name"), Some(&AttrValue::Str("ztrace".into())));
+    }
+
+    #[test]
+    fn resource_attributes_service_name_is_second() {
+        let env = b"OTEL_RESOURCE_ATTRIBUTES=service.name=billing\0";
+        let info =
+            ProcessInfo::from_raw(7, &raw("/usr/bin/node", b"node\0server.js\0", env), "box");
+        assert_eq!(info.service_name, "billing");
+        assert_eq!(info.service_name_source, ServiceNameSource::OtelResourceAttributes);
+    }
+
+    #[test]
+    fn interpreters_name_their_program_and_secrets_are_redacted() {
+        let cmd = b"/usr/bin/java\0-Dspring.datasource.password=pw\0-jar\0/app/orders-1.4.2.jar\0--token\0abc\0";
+        let info = ProcessInfo::from_raw(9, &raw("/usr/lib/jvm/java-21/bin/java", cmd, b""), "box");
+        assert_eq!(info.service_name, "orders");
+        assert_eq!(info.service_name_source, ServiceNameSource::Program);
+        assert_eq!(
+            info.command_line,
+            "/usr/bin/java -Dspring.datasource.password=REDACTED -jar /app/orders-1.4.2.jar --token REDACTED"
+        );
+        assert_eq!(
+            attr(&info.resource, "process.command_line"),
+            Some(&AttrValue::Str(info.command_line.clone()))
+        );
+    }
+
+    #[test]
+    fn executables_name_themselves() {
+        let info =
+            ProcessInfo::from_raw(3, &raw("/usr/sbin/nginx", b"nginx: worker process\0", b""), "");
+        assert_eq!(info.service_name, "nginx");
+        assert_eq!(info.service_name_source, ServiceNameSource::Executable);
+        assert_eq!(info.exe_path, "/usr/sbin/nginx");
+        assert!(!keys(&info.resource).contains(&"host.name"));
+    }
+
+    #[test]
+    fn gone_processes_use_their_comm() {
+        let info = ProcessInfo::from_comm(11, "curl", "box");
+        assert!(info.partial);
+        assert_eq!(info.service_name, "curl");
+        assert_eq!(info.service_name_source, ServiceNameSource::Comm);
+        assert_eq!(info.exe_name, "curl");
+        assert_eq!(info.exe_path, "");
+        assert_eq!(
+            keys(&info.resource),
+            [
+                "service.name",
+                "process.pid",
+                "process.executable.name",
+                "host.name",
+                "telemetry.distro.name"
+            ]
+        );
+        let nameless = ProcessInfo::from_comm(12, "", "box");
+        assert_eq!(nameless.service_name, "unknown_service:12");
+    }
+
+    #[test]
+    fn kubernetes_names_from_the_runtime_record() {
+        let mut r = raw(
+            "/usr/local/bin/python3.12",
+            b"python3\0app.py\0",
+            b"KUBERNETES_SERVICE_HOST=10.96.0.1\0",
+        );
+        r.cgroup = Some(format!(
+            "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0c5a4b1e_2d4e_4c1a_9d9e_0123456789ab.slice/cri-containerd-{ID}.scope\n"
+        ));
+        r.runtime_config = Some(
+            br#"{"annotations":{"io.kubernetes.cri.container-name":"api","io.kubernetes.cri.sandbox-name":"orders-7d9c4b8f6-x2x9q","io.kubernetes.cri.sandbox-namespace":"shop"}}"#.to_vec(),
+        );
+        let info = ProcessInfo::from_raw(5, &r, "node-1");
+        assert_eq!(info.service_name, "orders");
+        assert_eq!(info.service_name_source, ServiceNameSource::K8sWorkload);
+        assert_eq!(info.container_id.as_deref(), Some(ID));
+        assert_eq!(
+            keys(&info.resource),
+            [
+                "service.name",
+                "process.pid",
+                "process.executable.name",
+                "process.executable.path",
+                "process.command_line",
+                "host.name",
+                "container.id",
+                "k8s.namespace.name",
+                "k8s.pod.name",
+                "k8s.pod.uid",
+                "k8s.container.name",
+                "telemetry.distro.name",
+            ]
+        );
+        assert_eq!(
+            attr(&info.resource, "k8s.pod.uid"),
+            Some(&AttrValue::Str("0c5a4b1e-2d4e-4c1a-9d9e-0123456789ab".into()))
+        );
+    }
+
+    #[test]
+    fn kubernetes_container_name_when_the_pod_is_unknown() {
+        let mut r = raw("/app/server", b"/app/server\0", b"");
+        r.runtime_config =
+            Some(br#"{"annotations":{"io.kubernetes.container.name":"gateway"}}"#.to_vec());
+        let info = ProcessInfo::from_raw(5, &r, "node-1");
+        assert_eq!(info.service_name, "gateway");
+        assert_eq!(info.service_name_source, ServiceNameSource::K8sContainer);
+    }
+
+    #[test]
+    fn hostname_is_a_pod_name_only_when_reliable() {
+        let env = b"KUBERNETES_SERVICE_HOST=10.96.0.1\0HOSTNAME=web-0\0";
+        let mut r = raw("/usr/bin/node", b"node\0server.js\0", env);
+        r.cgroup = Some(format!(
+            "11:memory:/kubepods/besteffort/pod0c5a4b1e-2d4e-4c1a-9d9e-0123456789ab/{ID}\n"
+        ));
+        r.own_uts_namespace = Some(true);
+        let info = ProcessInfo::from_raw(5, &r, "node-1");
+        assert_eq!(
+            (info.service_name.as_str(), info.service_name_source),
+            ("web", ServiceNameSource::K8sWorkload)
+        );
+        assert_eq!(info.k8s.pod_name.as_deref(), Some("web-0"));
+
+        // A hostNetwork pod: HOSTNAME is the node's.
+        r.own_uts_namespace = Some(false);
+        let info = ProcessInfo::from_raw(5, &r, "node-1");
+        assert_eq!(
+            (info.service_name.as_str(), info.service_name_source),
+            ("server", ServiceNameSource::Program)
+        );
+        assert_eq!(info.k8s.pod_name, None);
+        assert_eq!(info.k8s.pod_uid.as_deref(), Some("0c5a4b1e-2d4e-4c1a-9d9e-0123456789ab"));
+
+        // A Docker container that happens to have KUBERNETES_SERVICE_HOST.
+        r.own_uts_namespace = Some(true);
+        r.cgroup = Some(format!("0::/system.slice/docker-{ID}.scope\n"));
+        let info = ProcessInfo::from_raw(5, &r, "node-1");
+        assert_eq!(info.service_name_source, ServiceNameSource::Program);
+        assert!(info.k8s.is_empty());
+    }
+
+    #[test]
+    fn reads_the_real_proc_self() {
+        let pid = std::process::id();
+        let raw = RawProcess::read(Path::new("/proc"), pid, "hint").expect("read /proc/self");
+        assert!(raw.exe_path.as_deref().is_some_and(|p| p.starts_with('/')));
+        assert!(!raw.cmdline.is_empty());
+        assert!(!raw.comm.is_empty());
+        let mut cache = ProcessCache::new();
+        let info = cache.get_or_load(pid, "hint");
+        assert!(!info.partial);
+        assert_eq!(info.pid, pid);
+        let exe = std::env::current_exe().expect("current exe");
+        assert_eq!(info.exe_path, exe.to_string_lossy());
+        assert_eq!(info.service_name, info.exe_name);
+        assert_eq!(
+            info.resource.attributes[1],
+            ("process.pid".to_owned(), AttrValue::Int(i64::from(pid)))
+        );
+        assert!(Arc::ptr_eq(&info, &cache.get_or_load(pid, "other")));
+    }
+
+    #[test]
+    fn cache_survives_gone_processes_and_stays_bounded() {
+        let dir = std::env::temp_dir().join(format!("ztrace-discovery-{}", std::process::id()));
+        let mut cache = ProcessCache::with_host_name(16, &dir, "box");
+        let info = cache.get_or_load(123, "short-lived");
+        assert!(info.partial);
+        assert_eq!(info.service_name, "short-lived");
+        for pid in 0..100 {
+            cache.get_or_load(pid, "x");
+            // pid 123 stays in use, so it is never the least recently used.
+            cache.get_or_load(123, "short-lived");
+            assert!(cache.len() <= 16);
+        }
+        assert!(cache.get(123).is_some());
+        assert!(cache.get(99).is_some());
+        assert!(cache.get(0).is_none());
+        cache.forget(123);
+        assert!(cache.get(123).is_none());
+    }
+}

@@ -4,6 +4,7 @@
 //! a protocol exchange (see `protocols/`), the connection it travelled on (see `conn/`) and the
 //! identity of the process that made it (see `discovery/`). This module does no I/O.
 
+pub mod clock;
 pub mod http;
 
 use std::sync::Arc;

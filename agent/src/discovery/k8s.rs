@@ -1,0 +1,179 @@
+//! Kubernetes names of a containerized process: from the container runtime's own record of the
+//! container, and the workload name inferred from a pod name.
+//!
+//! The kubelet hands the pod name, namespace and container name to the runtime, which keeps them
+//! as annotations (containerd: `io.kubernetes.cri.*` in the OCI bundle's `config.json`; CRI-O:
+//! `io.kubernetes.pod.*` / `io.kubernetes.container.name` in its `config.json`) or labels (Docker:
+//! `Config.Labels` in `config.v2.json`). Those are exact. Without the API server, the workload
+//! (Deployment, StatefulSet, ...) is only inferred from the pod name's generated suffix.
+//!
+//! Not done: labels and annotations of the pod itself (`app.kubernetes.io/name`,
+//! `resource.opentelemetry.io/service.name`), which need the kubelet or API server.
+
+use serde_json::Value;
+
+/// Kubernetes names of one container; each is `None` when unknown.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct K8sNames {
+    pub namespace: Option<String>,
+    pub pod_name: Option<String>,
+    pub pod_uid: Option<String>,
+    pub container_name: Option<String>,
+}
+
+impl K8sNames {
+    /// True when no name is known.
+    pub fn is_empty(&self) -> bool {
+        self.namespace.is_none()
+            && self.pod_name.is_none()
+            && self.pod_uid.is_none()
+            && self.container_name.is_none()
+    }
+}
+
+/// Where the container runtimes keep a container's record, relative to the host's root, with
+/// `{id}` for the container id.
+pub const RUNTIME_CONFIG_PATHS: [&str; 4] = [
+    "run/containerd/io.containerd.runtime.v2.task/k8s.io/{id}/config.json",
+    "run/containers/storage/overlay-containers/{id}/userdata/config.json",
+    "var/lib/containers/storage/overlay-containers/{id}/userdata/config.json",
+    "var/lib/docker/containers/{id}/config.v2.json",
+];
+
+/// Reads the Kubernetes names from a runtime's container record (any of
+/// [`RUNTIME_CONFIG_PATHS`]); `None` when the bytes are not JSON or name no pod.
+pub fn names_from_runtime_config(json: &[u8]) -> Option<K8sNames> {
+    let doc: Value = serde_json::from_slice(json).ok()?;
+    let map = doc
+        .get("annotations")
+        .or_else(|| doc.get("Config").and_then(|c| c.get("Labels")))?
+        .as_object()?;
+    let get = |keys: &[&str]| {
+        keys.iter()
+            .find_map(|k| map.get(*k).and_then(Value::as_str))
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    };
+    // A pod's sandbox ("pause") container has pod names but is not an application container.
+    let sandbox = get(&["io.kubernetes.cri.container-type"]).as_deref() == Some("sandbox")
+        || get(&["io.kubernetes.docker.type"]).as_deref() == Some("podsandbox");
+    let names = K8sNames {
+        namespace: get(&["io.kubernetes.cri.sandbox-namespace", "io.kubernetes.pod.namespace"]),
+        pod_name: get(&["io.kubernetes.cri.sandbox-name", "io.kubernetes.pod.name"]),
+        pod_uid: get(&["io.kubernetes.cri.sandbox-uid", "io.kubernetes.pod.uid"]),
+        container_name: if sandbox {
+            None
+        } else {
+            get(&["io.kubernetes.cri.container-name", "io.kubernetes.container.name"])
+        },
+    };
+    (names.pod_name.is_some() || names.container_name.is_some()).then_some(names)
+}
+
+/// The characters of Kubernetes' generated name suffixes (`rand.SafeEncodeString`).
+fn is_generated(s: &str, len: std::ops::RangeInclusive<usize>) -> bool {
+    len.contains(&s.len()) && s.bytes().all(|b| b"bcdfghjklmnpqrstvwxz2456789".contains(&b))
+}
+
+/// The workload name in a pod name, when the pod name ends with a suffix that a controller
+/// generates:
+///
+/// - Deployment: `<name>-<pod-template-hash>-<5>` → `<name>`;
+/// - CronJob: `<name>-<scheduled minutes>-<5>` → `<name>`;
+/// - DaemonSet, Job, ReplicaSet: `<name>-<5>` → `<name>`;
+/// - StatefulSet: `<name>-<ordinal>` → `<name>`.
+///
+/// Returns `None` for any other pod name (a bare pod is its own workload). The suffixes use a
+/// restricted alphabet (no vowels, no `0`, `1`, `3`), so ordinary words are rarely mistaken.
+pub fn workload_from_pod_name(pod: &str) -> Option<&str> {
+    let (head, last) = pod.rsplit_once('-')?;
+    if head.is_empty() {
+        return None;
+    }
+    if !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(head);
+    }
+    if !is_generated(last, 5..=5) {
+        return None;
+    }
+    if let Some((name, middle)) = head.rsplit_once('-') {
+        let cron = middle.len() >= 8 && middle.bytes().all(|b| b.is_ascii_digit());
+        if !name.is_empty() && (cron || is_generated(middle, 6..=10)) {
+            return Some(name);
+        }
+    }
+    Some(head)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_containerd_annotations() {
+        let json = br#"{"ociVersion":"1.1.0","process":{"env":["SECRET=x"]},"annotations":{
+            "io.kubernetes.cri.container-type":"container",
+            "io.kubernetes.cri.container-name":"api",
+            "io.kubernetes.cri.sandbox-name":"orders-7d9c4b8f6-x2x9q",
+            "io.kubernetes.cri.sandbox-namespace":"shop",
+            "io.kubernetes.cri.sandbox-uid":"0c5a4b1e-2d4e-4c1a-9d9e-0123456789ab"}}"#;
+        assert_eq!(
+            names_from_runtime_config(json),
+            Some(K8sNames {
+                namespace: Some("shop".into()),
+                pod_name: Some("orders-7d9c4b8f6-x2x9q".into()),
+                pod_uid: Some("0c5a4b1e-2d4e-4c1a-9d9e-0123456789ab".into()),
+                container_name: Some("api".into()),
+            })
+        );
+    }
+
+    #[test]
+    fn reads_crio_and_docker_records() {
+        let crio = br#"{"annotations":{"io.kubernetes.container.name":"web",
+            "io.kubernetes.pod.name":"web-0","io.kubernetes.pod.namespace":"default"}}"#;
+        let names = names_from_runtime_config(crio);
+        assert_eq!(names.as_ref().and_then(|n| n.container_name.as_deref()), Some("web"));
+        assert_eq!(names.as_ref().and_then(|n| n.pod_name.as_deref()), Some("web-0"));
+        let docker = br#"{"Name":"/k8s_web_web-0","Config":{"Labels":{
+            "io.kubernetes.container.name":"web","io.kubernetes.pod.name":"web-0"}}}"#;
+        assert_eq!(
+            names_from_runtime_config(docker),
+            names.map(|n| K8sNames { namespace: None, ..n })
+        );
+    }
+
+    #[test]
+    fn ignores_sandboxes_and_plain_containers() {
+        let sandbox = br#"{"annotations":{"io.kubernetes.cri.container-type":"sandbox",
+            "io.kubernetes.cri.sandbox-name":"orders-7d9c4b8f6-x2x9q"}}"#;
+        let names = names_from_runtime_config(sandbox);
+        assert_eq!(names.and_then(|n| n.container_name), None);
+        assert_eq!(names_from_runtime_config(br#"{"Name":"/web","Config":{"Labels":{}}}"#), None);
+        assert_eq!(names_from_runtime_config(br#"{"annotations":{}}"#), None);
+        assert_eq!(names_from_runtime_config(b"not json"), None);
+        assert_eq!(names_from_runtime_config(b"[1,2]"), None);
+    }
+
+    #[test]
+    fn infers_workloads_from_pod_names() {
+        let cases = [
+            ("orders-7d9c4b8f6-x2x9q", Some("orders")),
+            ("checkout-api-5f8d7b9c4d-6wkzt", Some("checkout-api")),
+            ("node-exporter-x7k2p", Some("node-exporter")),
+            ("backup-28934215-q2c7x", Some("backup")),
+            ("postgres-0", Some("postgres")),
+            ("kafka-broker-12", Some("kafka-broker")),
+            ("redis", None),
+            ("my-app-redis", None),
+            ("api-proxy", None),
+            ("-x7k2p", None),
+            ("web-", None),
+            ("", None),
+        ];
+        for (pod, want) in cases {
+            assert_eq!(workload_from_pod_name(pod), want, "{pod}");
+        }
+    }
+}
