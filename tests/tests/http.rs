@@ -12,9 +12,9 @@ use ztrace_e2e::{Span, Ztrace};
 const HTTP_SERVER: &[&str] = &["http.server"];
 const CURL: &[&str] = &["curl"];
 const NGINX: &[&str] = &["nginx"];
-/// A script's service: its file name (with or without `.py`, until DESIGN.md says which).
-const FIXTURE_SERVER: &[&str] = &["http_fixture_server.py", "http_fixture_server"];
-const KEEPALIVE_CLIENT: &[&str] = &["keepalive_client.py", "keepalive_client"];
+/// A script's service: its file name without the extension (`/srv/app.py` → `app`).
+const FIXTURE_SERVER: &[&str] = &["http_fixture_server"];
+const KEEPALIVE_CLIENT: &[&str] = &["keepalive_client"];
 
 fn on_port(port: u16) -> impl Fn(&Span) -> bool {
     move |span| span.server_port() == Some(port)
