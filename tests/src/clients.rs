@@ -29,7 +29,15 @@ pub fn curl(urls: &[String]) -> CurlRun {
 /// [`curl`] with extra arguments before the URLs.
 pub fn curl_with(urls: &[String], extra: &[&str]) -> CurlRun {
     let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--globoff", "--max-time", "20", "-w", "%{http_code} %{num_connects} %{size_download}\\n"]).args(extra);
+    cmd.args([
+        "-sS",
+        "--globoff",
+        "--max-time",
+        "20",
+        "-w",
+        "%{http_code} %{num_connects} %{size_download}\\n",
+    ])
+    .args(extra);
     for url in urls {
         cmd.args(["-o", "/dev/null", url]);
     }
@@ -39,24 +47,43 @@ pub fn curl_with(urls: &[String], extra: &[&str]) -> CurlRun {
     for line in stdout.lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();
         if let [code, connects, size] = fields[..] {
-            if let (Ok(code), Ok(connects), Ok(size)) = (code.parse(), connects.parse(), size.parse()) {
+            if let (Ok(code), Ok(connects), Ok(size)) =
+                (code.parse(), connects.parse(), size.parse())
+            {
                 transfers.push((code, connects));
                 sizes.push(size);
             }
         }
     }
-    assert_eq!(transfers.len(), urls.len(), "curl printed {stdout:?} for {urls:?}");
-    CurlRun { pid, transfers, sizes }
+    assert_eq!(
+        transfers.len(),
+        urls.len(),
+        "curl printed {stdout:?} for {urls:?}"
+    );
+    CurlRun {
+        pid,
+        transfers,
+        sizes,
+    }
 }
 
 /// `python3 tests/fixtures/urllib_get.py URL...` with extra environment; returns its pid and
 /// the status codes it printed (one per URL).
 pub fn python_urllib(urls: &[String], env: &[(&str, &str)]) -> (u32, Vec<u16>) {
     let mut cmd = Command::new(python());
-    cmd.arg(fixture("urllib_get.py")).args(urls).envs(env.iter().copied());
+    cmd.arg(fixture("urllib_get.py"))
+        .args(urls)
+        .envs(env.iter().copied());
     let (pid, stdout) = run_to_end("urllib client", &mut cmd);
-    let codes = stdout.lines().filter_map(|l| l.trim().parse().ok()).collect::<Vec<u16>>();
-    assert_eq!(codes.len(), urls.len(), "urllib client printed {stdout:?} for {urls:?}");
+    let codes = stdout
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect::<Vec<u16>>();
+    assert_eq!(
+        codes.len(),
+        urls.len(),
+        "urllib client printed {stdout:?} for {urls:?}"
+    );
     (pid, codes)
 }
 
@@ -66,8 +93,15 @@ fn run_to_end(name: &str, cmd: &mut Command) -> (u32, String) {
     proc.close_stdin();
     match proc.wait_exit(CLIENT_TIMEOUT) {
         Some(status) if status.success() => (proc.pid(), proc.stdout()),
-        Some(status) => panic!("{name} failed ({}):\n{}", describe_status(status), proc.describe()),
-        None => panic!("{name} did not finish within {CLIENT_TIMEOUT:?}:\n{}", proc.describe()),
+        Some(status) => panic!(
+            "{name} failed ({}):\n{}",
+            describe_status(status),
+            proc.describe()
+        ),
+        None => panic!(
+            "{name} did not finish within {CLIENT_TIMEOUT:?}:\n{}",
+            proc.describe()
+        ),
     }
 }
 
@@ -81,7 +115,12 @@ impl KeepaliveClient {
     /// Connects to `host:port`, GETs `first_path`, and waits.
     pub fn start(host: &str, port: u16, first_path: &str, second_path: &str) -> KeepaliveClient {
         let mut cmd = Command::new(python());
-        cmd.arg("-u").arg(fixture("keepalive_client.py")).args([host, &port.to_string(), first_path, second_path]);
+        cmd.arg("-u").arg(fixture("keepalive_client.py")).args([
+            host,
+            &port.to_string(),
+            first_path,
+            second_path,
+        ]);
         let mut proc = Proc::spawn("keepalive client", &mut cmd);
         proc.wait_for_stdout("first-done 200", CLIENT_TIMEOUT);
         KeepaliveClient { proc }
@@ -95,7 +134,15 @@ impl KeepaliveClient {
     pub fn second(&mut self) {
         self.proc.send_line("go");
         self.proc.wait_for_stdout("second-done 200", CLIENT_TIMEOUT);
-        let connection = self.proc.stdout_lines().iter().any(|l| l.contains("same-connection yes"));
-        assert!(connection, "the second request did not reuse the connection:\n{}", self.proc.describe());
+        let connection = self
+            .proc
+            .stdout_lines()
+            .iter()
+            .any(|l| l.contains("same-connection yes"));
+        assert!(
+            connection,
+            "the second request did not reuse the connection:\n{}",
+            self.proc.describe()
+        );
     }
 }

@@ -56,7 +56,8 @@ pub fn free_port() -> u16 {
 
 /// A TCP port free on [::1] right now.
 pub fn free_port_v6() -> u16 {
-    let listener = TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).expect("bind [::1]:0 (is IPv6 loopback up?)");
+    let listener =
+        TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).expect("bind [::1]:0 (is IPv6 loopback up?)");
     listener.local_addr().expect("local_addr").port()
 }
 
@@ -83,7 +84,8 @@ impl TempDir {
     pub fn new(prefix: &str) -> TempDir {
         static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("ztrace-e2e-{prefix}-{}-{n}", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("ztrace-e2e-{prefix}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
         TempDir { path }

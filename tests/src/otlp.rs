@@ -96,10 +96,25 @@ impl OtlpReceiver {
         let out = dir.join("spans.jsonl");
         let (grpc_port, http_port) = (free_port(), free_port());
         let mut cmd = Command::new(python());
-        cmd.arg("-u").arg(&script).args(["--grpc-port", &grpc_port.to_string(), "--http-port", &http_port.to_string(), "--out"]).arg(&out);
+        cmd.arg("-u")
+            .arg(&script)
+            .args([
+                "--grpc-port",
+                &grpc_port.to_string(),
+                "--http-port",
+                &http_port.to_string(),
+                "--out",
+            ])
+            .arg(&out);
         let mut proc = Proc::spawn("otlp receiver", &mut cmd);
         proc.wait_for_stdout("ready", Duration::from_secs(30));
-        OtlpReceiver { proc, grpc_port, http_port, out, _dir: dir }
+        OtlpReceiver {
+            proc,
+            grpc_port,
+            http_port,
+            out,
+            _dir: dir,
+        }
     }
 
     /// `http://127.0.0.1:<grpc port>`.
@@ -124,7 +139,12 @@ impl OtlpReceiver {
 
     /// Spans matching `pred`: waits until at least `n` arrived, then 1.5 s more, and returns all
     /// that match. Panics after `timeout` with what did arrive and the receiver's output.
-    pub fn wait_for_spans(&mut self, n: usize, pred: impl Fn(&OtlpSpan) -> bool, timeout: Duration) -> Vec<OtlpSpan> {
+    pub fn wait_for_spans(
+        &mut self,
+        n: usize,
+        pred: impl Fn(&OtlpSpan) -> bool,
+        timeout: Duration,
+    ) -> Vec<OtlpSpan> {
         let arrived = wait_until(timeout, || {
             if self.spans().iter().filter(|s| pred(s)).count() >= n {
                 return Some(true);

@@ -16,7 +16,9 @@ struct Lines(Mutex<Vec<String>>);
 
 impl Lines {
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -62,13 +64,29 @@ impl Proc {
         let echo = std::env::var_os("ZTRACE_E2E_VERBOSE").is_some();
         let mut readers = Vec::new();
         if let Some(out) = child.stdout.take() {
-            readers.push(collect(out, Arc::clone(&stdout), echo.then(|| format!("[{name} stdout] "))));
+            readers.push(collect(
+                out,
+                Arc::clone(&stdout),
+                echo.then(|| format!("[{name} stdout] ")),
+            ));
         }
         if let Some(err) = child.stderr.take() {
-            readers.push(collect(err, Arc::clone(&stderr), echo.then(|| format!("[{name} stderr] "))));
+            readers.push(collect(
+                err,
+                Arc::clone(&stderr),
+                echo.then(|| format!("[{name} stderr] ")),
+            ));
         }
         let stdin = child.stdin.take();
-        Proc { name: name.to_owned(), child, stdin, stdout, stderr, readers, status: None }
+        Proc {
+            name: name.to_owned(),
+            child,
+            stdin,
+            stdout,
+            stderr,
+            readers,
+            status: None,
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -87,7 +105,10 @@ impl Proc {
     /// Stdout lines from index `from` on (for incremental readers).
     pub fn stdout_lines_from(&self, from: usize) -> Vec<String> {
         let lines = self.stdout.lock();
-        lines.get(from..).map(<[String]>::to_vec).unwrap_or_default()
+        lines
+            .get(from..)
+            .map(<[String]>::to_vec)
+            .unwrap_or_default()
     }
 
     pub fn stdout(&self) -> String {
@@ -156,8 +177,13 @@ impl Proc {
 
     /// Writes one line to its stdin.
     pub fn send_line(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().unwrap_or_else(|| panic!("{}: stdin already closed", self.name));
-        writeln!(stdin, "{line}").and_then(|()| stdin.flush()).unwrap_or_else(|e| panic!("{}: write stdin: {e}", self.name));
+        let stdin = self
+            .stdin
+            .as_mut()
+            .unwrap_or_else(|| panic!("{}: stdin already closed", self.name));
+        writeln!(stdin, "{line}")
+            .and_then(|()| stdin.flush())
+            .unwrap_or_else(|e| panic!("{}: write stdin: {e}", self.name));
     }
 
     /// Closes its stdin.
@@ -183,7 +209,9 @@ impl Proc {
     fn join_readers(&mut self) {
         // The readers end at EOF, which comes when every holder of the pipes is gone; a grandchild
         // still holding them must not hang us, so join only the finished ones.
-        let (done, pending): (Vec<_>, Vec<_>) = std::mem::take(&mut self.readers).into_iter().partition(JoinHandle::is_finished);
+        let (done, pending): (Vec<_>, Vec<_>) = std::mem::take(&mut self.readers)
+            .into_iter()
+            .partition(JoinHandle::is_finished);
         for handle in done {
             let _ = handle.join();
         }
@@ -232,7 +260,11 @@ pub fn describe_status(status: ExitStatus) -> String {
     }
 }
 
-fn collect(stream: impl Read + Send + 'static, lines: Arc<Lines>, echo: Option<String>) -> JoinHandle<()> {
+fn collect(
+    stream: impl Read + Send + 'static,
+    lines: Arc<Lines>,
+    echo: Option<String>,
+) -> JoinHandle<()> {
     std::thread::spawn(move || {
         let mut reader = BufReader::new(stream);
         let mut buf = Vec::new();
@@ -241,7 +273,9 @@ fn collect(stream: impl Read + Send + 'static, lines: Arc<Lines>, echo: Option<S
             match reader.read_until(b'\n', &mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {
-                    let line = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_owned();
+                    let line = String::from_utf8_lossy(&buf)
+                        .trim_end_matches(['\n', '\r'])
+                        .to_owned();
                     if let Some(prefix) = &echo {
                         eprintln!("{prefix}{line}");
                     }

@@ -29,13 +29,28 @@ impl Server {
     pub fn python_http(host: &'static str) -> Server {
         let dir = TempDir::new("http-server");
         std::fs::write(dir.join("hello"), HELLO_BODY).expect("write hello");
-        std::fs::write(dir.join("index.html"), "<!doctype html><p>index</p>\n").expect("write index");
+        std::fs::write(dir.join("index.html"), "<!doctype html><p>index</p>\n")
+            .expect("write index");
         let port = port_for(host);
         let mut cmd = Command::new(python());
-        cmd.args(["-u", "-m", "http.server", &port.to_string(), "--bind", host, "--directory"]).arg(dir.path());
+        cmd.args([
+            "-u",
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            host,
+            "--directory",
+        ])
+        .arg(dir.path());
         let mut proc = Proc::spawn("python http.server", &mut cmd);
         proc.wait_for_stdout("Serving HTTP", LISTEN_TIMEOUT);
-        Server { proc, host, port, dir }
+        Server {
+            proc,
+            host,
+            port,
+            dir,
+        }
     }
 
     /// nginx (`daemon off`, one worker, keep-alive on) with `/hello` (static file), `/index.html`,
@@ -45,16 +60,31 @@ impl Server {
         let html = dir.join("html");
         std::fs::create_dir_all(&html).expect("create html");
         std::fs::write(html.join("hello"), HELLO_BODY).expect("write hello");
-        std::fs::write(html.join("index.html"), "<!doctype html><p>index</p>\n").expect("write index");
+        std::fs::write(html.join("index.html"), "<!doctype html><p>index</p>\n")
+            .expect("write index");
         let port = free_port();
         let conf = dir.join("nginx.conf");
         std::fs::write(&conf, nginx_conf(&dir, port)).expect("write nginx.conf");
-        let binary = if std::path::Path::new("/usr/sbin/nginx").is_file() { PathBuf::from("/usr/sbin/nginx") } else { PathBuf::from("nginx") };
+        let binary = if std::path::Path::new("/usr/sbin/nginx").is_file() {
+            PathBuf::from("/usr/sbin/nginx")
+        } else {
+            PathBuf::from("nginx")
+        };
         let mut cmd = Command::new(binary);
-        cmd.arg("-p").arg(dir.path()).arg("-e").arg(dir.join("error.log")).arg("-c").arg(&conf);
+        cmd.arg("-p")
+            .arg(dir.path())
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .arg("-c")
+            .arg(&conf);
         let mut proc = Proc::spawn("nginx", &mut cmd);
         wait_for_listen(&mut proc, "127.0.0.1", port, &dir);
-        Server { proc, host: "127.0.0.1", port, dir }
+        Server {
+            proc,
+            host: "127.0.0.1",
+            port,
+            dir,
+        }
     }
 
     /// `tests/fixtures/http_fixture_server.py`: HTTP/1.1 keep-alive, `/ok`, `/status/<code>`,
@@ -63,10 +93,20 @@ impl Server {
         let dir = TempDir::new("fixture-server");
         let port = port_for(host);
         let mut cmd = Command::new(python());
-        cmd.arg("-u").arg(fixture("http_fixture_server.py")).args(["--port", &port.to_string(), "--bind", host]);
+        cmd.arg("-u").arg(fixture("http_fixture_server.py")).args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            host,
+        ]);
         let mut proc = Proc::spawn("fixture server", &mut cmd);
         proc.wait_for_stdout("ready", LISTEN_TIMEOUT);
-        Server { proc, host, port, dir }
+        Server {
+            proc,
+            host,
+            port,
+            dir,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -109,7 +149,10 @@ fn wait_for_listen(proc: &mut Proc, host: &str, port: u16, dir: &TempDir) {
     if listening != Some(true) {
         let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
         let description = proc.describe();
-        panic!("{} is not listening on {addr}:\n{description}\nerror.log:\n{log}", proc.name());
+        panic!(
+            "{} is not listening on {addr}:\n{description}\nerror.log:\n{log}",
+            proc.name()
+        );
     }
 }
 
@@ -117,7 +160,11 @@ fn nginx_conf(dir: &TempDir, port: u16) -> String {
     let d = dir.path().display();
     // As root, workers would switch to `nobody`; keep them root so they can read the temp dir.
     // SAFETY: geteuid has no preconditions.
-    let user = if unsafe { libc::geteuid() } == 0 { "user root;" } else { "" };
+    let user = if unsafe { libc::geteuid() } == 0 {
+        "user root;"
+    } else {
+        ""
+    };
     format!(
         "daemon off;
 master_process on;

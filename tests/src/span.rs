@@ -94,7 +94,8 @@ impl Span {
 
     /// The port the request went to: `server.port` (on both the server and the client side).
     pub fn server_port(&self) -> Option<u16> {
-        self.attr_i64("server.port").and_then(|p| u16::try_from(p).ok())
+        self.attr_i64("server.port")
+            .and_then(|p| u16::try_from(p).ok())
     }
     pub fn url_path(&self) -> Option<&str> {
         self.attr_str("url.path")
@@ -118,7 +119,11 @@ pub fn list(spans: &[Span]) -> String {
     if spans.is_empty() {
         return "  (none)".to_owned();
     }
-    spans.iter().map(|s| format!("  {s:?}")).collect::<Vec<_>>().join("\n")
+    spans
+        .iter()
+        .map(|s| format!("  {s:?}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[cfg(test)]
@@ -139,7 +144,11 @@ mod tests {
         assert_eq!(span.duration_nanos(), Some(150));
         assert_eq!(span.server_port(), Some(8080));
         assert_eq!(span.attr_str("http.request.method"), Some("GET"));
-        assert_eq!(span.attr_i64("http.response.status_code"), None, "a string is not an int");
+        assert_eq!(
+            span.attr_i64("http.response.status_code"),
+            None,
+            "a string is not an int"
+        );
         assert_eq!(span.pid(), Some(4242));
         assert!(Span::parse("ztrace is ready").is_none());
         assert!(Span::parse("[1,2]").is_none());

@@ -60,7 +60,11 @@ impl Ztrace {
         let data_dir = TempDir::new("data");
         let mut cmd = Command::new(binary());
         cmd.args(args);
-        if supports("--no-ui") && !args.iter().any(|a| a.starts_with("--ui") || *a == "--no-ui") {
+        if supports("--no-ui")
+            && !args
+                .iter()
+                .any(|a| a.starts_with("--ui") || *a == "--no-ui")
+        {
             cmd.arg("--no-ui");
         }
         if supports("--data-dir") && !args.iter().any(|a| a.starts_with("--data-dir")) {
@@ -68,7 +72,11 @@ impl Ztrace {
         }
         let mut proc = Proc::spawn("ztrace", &mut cmd);
         proc.wait_for_stderr(READY_LINE, READY_TIMEOUT);
-        Ztrace { proc, parsed: Mutex::new((0, Vec::new())), _data_dir: data_dir }
+        Ztrace {
+            proc,
+            parsed: Mutex::new((0, Vec::new())),
+            _data_dir: data_dir,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -77,10 +85,15 @@ impl Ztrace {
 
     /// Every span printed so far.
     pub fn spans(&self) -> Vec<Span> {
-        let mut parsed = self.parsed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut parsed = self
+            .parsed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let new = self.proc.stdout_lines_from(parsed.0);
         parsed.0 += new.len();
-        parsed.1.extend(new.iter().filter_map(|line| Span::parse(line)));
+        parsed
+            .1
+            .extend(new.iter().filter_map(|line| Span::parse(line)));
         parsed.1.clone()
     }
 
@@ -91,7 +104,12 @@ impl Ztrace {
     }
 
     /// Like [`Ztrace::wait_for_spans`], waiting for at least `n` matching spans.
-    pub fn wait_for_n_spans(&mut self, n: usize, pred: impl Fn(&Span) -> bool, timeout: Duration) -> Vec<Span> {
+    pub fn wait_for_n_spans(
+        &mut self,
+        n: usize,
+        pred: impl Fn(&Span) -> bool,
+        timeout: Duration,
+    ) -> Vec<Span> {
         let arrived = wait_until(timeout, || {
             let matching = self.spans().into_iter().filter(|s| pred(s)).count();
             if matching >= n {
@@ -104,15 +122,25 @@ impl Ztrace {
                 std::thread::sleep(SETTLE);
                 self.spans().into_iter().filter(|s| pred(s)).collect()
             }
-            Some(false) => panic!("ztrace exited while waiting for {n} span(s):\n{}", self.report()),
-            None => panic!("{n} matching span(s) did not arrive within {timeout:?}:\n{}", self.report()),
+            Some(false) => panic!(
+                "ztrace exited while waiting for {n} span(s):\n{}",
+                self.report()
+            ),
+            None => panic!(
+                "{n} matching span(s) did not arrive within {timeout:?}:\n{}",
+                self.report()
+            ),
         }
     }
 
     /// Listens for `duration` and returns the spans matching `pred` (for "nothing arrives" checks).
     pub fn spans_within(&mut self, duration: Duration, pred: impl Fn(&Span) -> bool) -> Vec<Span> {
         std::thread::sleep(duration);
-        assert!(self.proc.exited().is_none(), "ztrace exited:\n{}", self.report());
+        assert!(
+            self.proc.exited().is_none(),
+            "ztrace exited:\n{}",
+            self.report()
+        );
         self.spans().into_iter().filter(|s| pred(s)).collect()
     }
 
@@ -133,13 +161,25 @@ impl Ztrace {
     pub fn stop(mut self) -> Stopped {
         self.proc.signal(libc::SIGTERM);
         let Some(status) = self.proc.wait_exit(Duration::from_secs(30)) else {
-            panic!("ztrace did not exit within 30 s of SIGTERM:\n{}", self.report());
+            panic!(
+                "ztrace did not exit within 30 s of SIGTERM:\n{}",
+                self.report()
+            );
         };
         let spans = self.spans();
         let stderr = self.proc.stderr();
-        assert!(status.success(), "ztrace stopped with {} instead of exit code 0:\n{}", describe_status(status), self.report());
+        assert!(
+            status.success(),
+            "ztrace stopped with {} instead of exit code 0:\n{}",
+            describe_status(status),
+            self.report()
+        );
         let stats = stats_line(&stderr);
-        Stopped { stderr, stats, spans }
+        Stopped {
+            stderr,
+            stats,
+            spans,
+        }
     }
 }
 
@@ -153,7 +193,8 @@ fn supports(option: &str) -> bool {
             .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
             .unwrap_or_default()
     });
-    help.split(|c: char| c.is_whitespace() || c == ',' || c == '=' || c == '[').any(|word| word == option)
+    help.split(|c: char| c.is_whitespace() || c == ',' || c == '=' || c == '[')
+        .any(|word| word == option)
 }
 
 /// The object of the last `ztrace stats: {...}` line.

@@ -16,7 +16,10 @@ fn pid_filter_traces_only_that_process() {
     let mut ztrace = Ztrace::start(&["--print=json", "--pid", &pid]);
 
     let run = clients::curl(&[other.url("/hello"), traced.url("/hello")]);
-    assert_eq!(run.transfers.iter().map(|t| t.0).collect::<Vec<_>>(), [200, 200]);
+    assert_eq!(
+        run.transfers.iter().map(|t| t.0).collect::<Vec<_>>(),
+        [200, 200]
+    );
 
     let spans = ztrace.wait_for_spans(|s| s.server_port() == Some(traced.port), SPAN_TIMEOUT);
     assert_eq!(spans.len(), 1, "one span for the traced server:\n{spans:?}");
@@ -24,6 +27,11 @@ fn pid_filter_traces_only_that_process() {
     assert_eq!(spans[0].pid(), Some(traced.pid()), "{:?}", spans[0]);
 
     let strangers = ztrace.spans_within(Duration::from_secs(2), |s| s.pid() != Some(traced.pid()));
-    assert!(strangers.is_empty(), "spans of processes other than pid {pid} (curl {}, other server {}):\n{strangers:?}", run.pid, other.pid());
+    assert!(
+        strangers.is_empty(),
+        "spans of processes other than pid {pid} (curl {}, other server {}):\n{strangers:?}",
+        run.pid,
+        other.pid()
+    );
     ztrace.stop();
 }

@@ -1,7 +1,6 @@
 //! HTTP/1.x end to end: real servers (Python http.server, nginx, the fixture server) and real
 //! clients (curl, urllib, a keep-alive client), traced by the real agent with `--print=json`.
 
-
 use ztrace_e2e::checks::{self, Emitter, Exchange};
 use ztrace_e2e::clients::{self, KeepaliveClient};
 use ztrace_e2e::servers::Server;
@@ -21,7 +20,10 @@ fn on_port(port: u16) -> impl Fn(&Span) -> bool {
 }
 
 fn split(spans: Vec<Span>) -> (Vec<Span>, Vec<Span>) {
-    let (mut servers, mut clients): (Vec<Span>, Vec<Span>) = spans.into_iter().filter(|s| s.is_server() || s.is_client()).partition(Span::is_server);
+    let (mut servers, mut clients): (Vec<Span>, Vec<Span>) = spans
+        .into_iter()
+        .filter(|s| s.is_server() || s.is_client())
+        .partition(Span::is_server);
     servers.sort_by_key(Span::start_unix_nano);
     clients.sort_by_key(Span::start_unix_nano);
     (servers, clients)
@@ -29,8 +31,13 @@ fn split(spans: Vec<Span>) -> (Vec<Span>, Vec<Span>) {
 
 /// An nginx worker's spans carry the worker's pid: check it is one of the master's children.
 fn assert_nginx_worker(span: &Span, master: u32) {
-    let pid = span.pid().unwrap_or_else(|| panic!("no process.pid: {span:?}"));
-    assert!(pid == master || checks::parent_pid(pid) == Some(master), "process.pid {pid} is not nginx (master {master}): {span:?}");
+    let pid = span
+        .pid()
+        .unwrap_or_else(|| panic!("no process.pid: {span:?}"));
+    assert!(
+        pid == master || checks::parent_pid(pid) == Some(master),
+        "process.pid {pid} is not nginx (master {master}): {span:?}"
+    );
 }
 
 #[test]
@@ -43,7 +50,11 @@ fn python_http_server_and_curl_give_one_server_and_one_client_span() {
     assert_eq!(run.transfers[0].0, 200);
 
     let (servers, clients) = split(ztrace.wait_for_n_spans(2, on_port(server.port), SPAN_TIMEOUT));
-    assert_eq!((servers.len(), clients.len()), (1, 1), "exactly one server and one client span:\n{servers:?}\n{clients:?}");
+    assert_eq!(
+        (servers.len(), clients.len()),
+        (1, 1),
+        "exactly one server and one client span:\n{servers:?}\n{clients:?}"
+    );
     let exchange = Exchange {
         method: "GET",
         name: "GET /hello",
@@ -53,16 +64,40 @@ fn python_http_server_and_curl_give_one_server_and_one_client_span() {
         server_port: server.port,
         client_host: "127.0.0.1",
     };
-    checks::server_span(&servers[0], &exchange, &Emitter::new(HTTP_SERVER, server.pid()));
+    checks::server_span(
+        &servers[0],
+        &exchange,
+        &Emitter::new(HTTP_SERVER, server.pid()),
+    );
     checks::client_span(&clients[0], &exchange, &Emitter::new(CURL, run.pid));
-    assert_eq!(servers[0].attr_str("url.query"), Some("x=1"), "url.query: {:?}", servers[0]);
-    assert_eq!(servers[0].attr_str("ztrace.link"), Some("connection"), "ztrace.link: {:?}", servers[0]);
+    assert_eq!(
+        servers[0].attr_str("url.query"),
+        Some("x=1"),
+        "url.query: {:?}",
+        servers[0]
+    );
+    assert_eq!(
+        servers[0].attr_str("ztrace.link"),
+        Some("connection"),
+        "ztrace.link: {:?}",
+        servers[0]
+    );
     checks::linked(&clients[0], &servers[0]);
 
     let stopped = ztrace.stop();
-    let stats = stopped.stats.unwrap_or_else(|| panic!("no `ztrace stats: {{...}}` line on stderr:\n{}", stopped.stderr));
-    let spans_created = stats.get("spans_created").and_then(serde_json::Value::as_u64);
-    assert!(spans_created.is_some_and(|n| n >= 2), "spans_created in {stats:?}");
+    let stats = stopped.stats.unwrap_or_else(|| {
+        panic!(
+            "no `ztrace stats: {{...}}` line on stderr:\n{}",
+            stopped.stderr
+        )
+    });
+    let spans_created = stats
+        .get("spans_created")
+        .and_then(serde_json::Value::as_u64);
+    assert!(
+        spans_created.is_some_and(|n| n >= 2),
+        "spans_created in {stats:?}"
+    );
 }
 
 #[test]
@@ -73,12 +108,22 @@ fn nginx_and_curl_keep_alive_three_requests_give_three_spans_each_in_order() {
 
     let paths = ["/hello", "/items/42", "/index.html"];
     let run = clients::curl(&paths.map(|p| server.url(p)));
-    assert_eq!(run.transfers, vec![(200, 1), (200, 0), (200, 0)], "curl must reuse one connection");
+    assert_eq!(
+        run.transfers,
+        vec![(200, 1), (200, 0), (200, 0)],
+        "curl must reuse one connection"
+    );
 
     let (servers, clients) = split(ztrace.wait_for_n_spans(6, on_port(server.port), SPAN_TIMEOUT));
-    assert_eq!((servers.len(), clients.len()), (3, 3), "three server and three client spans:\n{servers:?}\n{clients:?}");
+    assert_eq!(
+        (servers.len(), clients.len()),
+        (3, 3),
+        "three server and three client spans:\n{servers:?}\n{clients:?}"
+    );
     let names = ["GET /hello", "GET /items/{id}", "GET /index.html"];
-    for ((path, name), (server_span, client_span)) in paths.iter().zip(names).zip(servers.iter().zip(&clients)) {
+    for ((path, name), (server_span, client_span)) in
+        paths.iter().zip(names).zip(servers.iter().zip(&clients))
+    {
         let exchange = Exchange {
             method: "GET",
             name,
@@ -88,16 +133,34 @@ fn nginx_and_curl_keep_alive_three_requests_give_three_spans_each_in_order() {
             server_port: server.port,
             client_host: "127.0.0.1",
         };
-        checks::server_span(server_span, &exchange, &Emitter { services: NGINX, pid: None });
+        checks::server_span(
+            server_span,
+            &exchange,
+            &Emitter {
+                services: NGINX,
+                pid: None,
+            },
+        );
         assert_nginx_worker(server_span, server.pid());
         checks::client_span(client_span, &exchange, &Emitter::new(CURL, run.pid));
         checks::linked(client_span, server_span);
     }
     for pair in servers.windows(2).chain(clients.windows(2)) {
-        assert!(pair[0].end_unix_nano() <= pair[1].start_unix_nano(), "exchanges on one connection do not overlap:\n{:?}\n{:?}", pair[0], pair[1]);
+        assert!(
+            pair[0].end_unix_nano() <= pair[1].start_unix_nano(),
+            "exchanges on one connection do not overlap:\n{:?}\n{:?}",
+            pair[0],
+            pair[1]
+        );
     }
-    let peers: Vec<_> = servers.iter().map(|s| s.attr("network.peer.port")).collect();
-    assert!(peers.windows(2).all(|p| p[0] == p[1]), "one connection, one client port: {peers:?}");
+    let peers: Vec<_> = servers
+        .iter()
+        .map(|s| s.attr("network.peer.port"))
+        .collect();
+    assert!(
+        peers.windows(2).all(|p| p[0] == p[1]),
+        "one connection, one client port: {peers:?}"
+    );
     ztrace.stop();
 }
 
@@ -107,11 +170,18 @@ fn python_urllib_against_nginx_is_named_from_its_environment() {
     let server = Server::nginx();
     let mut ztrace = Ztrace::start(&["--print=json"]);
 
-    let (pid, codes) = clients::python_urllib(&[server.url("/items/7?full=1")], &[("OTEL_SERVICE_NAME", "e2e-urllib-client")]);
+    let (pid, codes) = clients::python_urllib(
+        &[server.url("/items/7?full=1")],
+        &[("OTEL_SERVICE_NAME", "e2e-urllib-client")],
+    );
     assert_eq!(codes, [200]);
 
     let (servers, clients) = split(ztrace.wait_for_n_spans(2, on_port(server.port), SPAN_TIMEOUT));
-    assert_eq!((servers.len(), clients.len()), (1, 1), "one server and one client span:\n{servers:?}\n{clients:?}");
+    assert_eq!(
+        (servers.len(), clients.len()),
+        (1, 1),
+        "one server and one client span:\n{servers:?}\n{clients:?}"
+    );
     let exchange = Exchange {
         method: "GET",
         name: "GET /items/{id}",
@@ -121,8 +191,19 @@ fn python_urllib_against_nginx_is_named_from_its_environment() {
         server_port: server.port,
         client_host: "127.0.0.1",
     };
-    checks::server_span(&servers[0], &exchange, &Emitter { services: NGINX, pid: None });
-    checks::client_span(&clients[0], &exchange, &Emitter::new(&["e2e-urllib-client"], pid));
+    checks::server_span(
+        &servers[0],
+        &exchange,
+        &Emitter {
+            services: NGINX,
+            pid: None,
+        },
+    );
+    checks::client_span(
+        &clients[0],
+        &exchange,
+        &Emitter::new(&["e2e-urllib-client"], pid),
+    );
     checks::linked(&clients[0], &servers[0]);
     ztrace.stop();
 }
@@ -137,7 +218,11 @@ fn server_errors_make_error_spans_on_both_sides() {
     assert_eq!(run.transfers[0].0, 500);
 
     let (servers, clients) = split(ztrace.wait_for_n_spans(2, on_port(server.port), SPAN_TIMEOUT));
-    assert_eq!((servers.len(), clients.len()), (1, 1), "one server and one client span:\n{servers:?}\n{clients:?}");
+    assert_eq!(
+        (servers.len(), clients.len()),
+        (1, 1),
+        "one server and one client span:\n{servers:?}\n{clients:?}"
+    );
     let exchange = Exchange {
         method: "GET",
         name: "GET /error",
@@ -147,7 +232,14 @@ fn server_errors_make_error_spans_on_both_sides() {
         server_port: server.port,
         client_host: "127.0.0.1",
     };
-    checks::server_span(&servers[0], &exchange, &Emitter { services: NGINX, pid: None });
+    checks::server_span(
+        &servers[0],
+        &exchange,
+        &Emitter {
+            services: NGINX,
+            pid: None,
+        },
+    );
     checks::client_span(&clients[0], &exchange, &Emitter::new(CURL, run.pid));
     ztrace.stop();
 }
@@ -162,7 +254,11 @@ fn a_large_chunked_response_completes_its_spans() {
     assert_eq!(run.transfers[0].0, 200);
 
     let (servers, clients) = split(ztrace.wait_for_n_spans(2, on_port(server.port), SPAN_TIMEOUT));
-    assert_eq!((servers.len(), clients.len()), (1, 1), "one server and one client span:\n{servers:?}\n{clients:?}");
+    assert_eq!(
+        (servers.len(), clients.len()),
+        (1, 1),
+        "one server and one client span:\n{servers:?}\n{clients:?}"
+    );
     let exchange = Exchange {
         method: "GET",
         name: "GET /large",
@@ -172,7 +268,11 @@ fn a_large_chunked_response_completes_its_spans() {
         server_port: server.port,
         client_host: "127.0.0.1",
     };
-    checks::server_span(&servers[0], &exchange, &Emitter::new(FIXTURE_SERVER, server.pid()));
+    checks::server_span(
+        &servers[0],
+        &exchange,
+        &Emitter::new(FIXTURE_SERVER, server.pid()),
+    );
     checks::client_span(&clients[0], &exchange, &Emitter::new(CURL, run.pid));
     checks::linked(&clients[0], &servers[0]);
     ztrace.stop();
@@ -188,7 +288,11 @@ fn ipv6_loopback_peers_are_reported() {
     assert_eq!(run.transfers[0].0, 200);
 
     let (servers, clients) = split(ztrace.wait_for_n_spans(2, on_port(server.port), SPAN_TIMEOUT));
-    assert_eq!((servers.len(), clients.len()), (1, 1), "one server and one client span:\n{servers:?}\n{clients:?}");
+    assert_eq!(
+        (servers.len(), clients.len()),
+        (1, 1),
+        "one server and one client span:\n{servers:?}\n{clients:?}"
+    );
     let exchange = Exchange {
         method: "GET",
         name: "GET /hello",
@@ -198,7 +302,11 @@ fn ipv6_loopback_peers_are_reported() {
         server_port: server.port,
         client_host: "::1",
     };
-    checks::server_span(&servers[0], &exchange, &Emitter::new(HTTP_SERVER, server.pid()));
+    checks::server_span(
+        &servers[0],
+        &exchange,
+        &Emitter::new(HTTP_SERVER, server.pid()),
+    );
     checks::client_span(&clients[0], &exchange, &Emitter::new(CURL, run.pid));
     checks::linked(&clients[0], &servers[0]);
     ztrace.stop();
@@ -214,7 +322,11 @@ fn a_connection_opened_before_the_agent_started_is_traced() {
     client.second();
 
     let (servers, clients) = split(ztrace.wait_for_n_spans(2, on_port(server.port), SPAN_TIMEOUT));
-    assert_eq!((servers.len(), clients.len()), (1, 1), "one server and one client span (the second request):\n{servers:?}\n{clients:?}");
+    assert_eq!(
+        (servers.len(), clients.len()),
+        (1, 1),
+        "one server and one client span (the second request):\n{servers:?}\n{clients:?}"
+    );
     let exchange = Exchange {
         method: "GET",
         name: "GET /items/{id}",
@@ -224,8 +336,16 @@ fn a_connection_opened_before_the_agent_started_is_traced() {
         server_port: server.port,
         client_host: "127.0.0.1",
     };
-    checks::server_span(&servers[0], &exchange, &Emitter::new(FIXTURE_SERVER, server.pid()));
-    checks::client_span(&clients[0], &exchange, &Emitter::new(KEEPALIVE_CLIENT, client.pid()));
+    checks::server_span(
+        &servers[0],
+        &exchange,
+        &Emitter::new(FIXTURE_SERVER, server.pid()),
+    );
+    checks::client_span(
+        &clients[0],
+        &exchange,
+        &Emitter::new(KEEPALIVE_CLIENT, client.pid()),
+    );
     checks::linked(&clients[0], &servers[0]);
     ztrace.stop();
 }

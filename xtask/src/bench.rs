@@ -17,7 +17,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde_json::{Map, Value};
 
 use crate::build::{self, Profile};
-use crate::toolchain::{self, Apt};
+use crate::toolchain::{self, apt_install};
 use crate::util::{self, say};
 
 const PAIRS: usize = 3;
@@ -44,9 +44,12 @@ struct AgentCost {
 
 /// `cargo xtask bench`.
 pub fn bench() -> Result<()> {
-    ensure!(util::is_root(), "the benchmark runs the agent, which needs root: run it as root");
+    ensure!(
+        util::is_root(),
+        "the benchmark runs the agent, which needs root: run it as root"
+    );
     toolchain::setup(false)?;
-    Apt::default().install(&["nginx", "wrk"])?;
+    apt_install(&["nginx", "wrk"])?;
     let ztrace = build::build_after_setup(Profile::Release)?;
 
     let dir = TempDir::new("ztrace-bench")?;
@@ -62,7 +65,11 @@ pub fn bench() -> Result<()> {
         say!("pair {pair}/{PAIRS}: without ztrace...");
         let requests_per_sec = wrk(&url, WRK_ARGS)?;
         say!("  {requests_per_sec:.0} requests/s");
-        runs.push(Run { traced: false, requests_per_sec, agent: None });
+        runs.push(Run {
+            traced: false,
+            requests_per_sec,
+            agent: None,
+        });
 
         say!("pair {pair}/{PAIRS}: with ztrace...");
         let run = traced_run(&ztrace, &url, &dir.0)?;
@@ -88,21 +95,31 @@ fn traced_run(ztrace: &Path, url: &str, dir: &Path) -> Result<Run> {
             .with_context(|| format!("could not start {}", ztrace.display()))?,
     );
     let pid = agent.0.id();
-    wait_for_line(&mut agent.0, &stderr_path, READY_LINE, Duration::from_secs(60))?;
+    wait_for_line(
+        &mut agent.0,
+        &stderr_path,
+        READY_LINE,
+        Duration::from_secs(60),
+    )?;
 
     let cpu_before = cpu_seconds(pid)?;
     let started = Instant::now();
     let requests_per_sec = wrk(url, WRK_ARGS)?;
     let load_seconds = started.elapsed().as_secs_f64().max(LOAD_SECONDS);
     let cpu = cpu_seconds(pid)? - cpu_before;
-    let peak_rss_kib = std::fs::read_to_string(format!("/proc/{pid}/status")).ok().and_then(|s| vm_hwm_kib(&s));
+    let peak_rss_kib = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| vm_hwm_kib(&s));
 
     // SAFETY: kill(2) on the pid of a child we have not reaped yet.
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
     let status = wait_timeout(&mut agent.0, Duration::from_secs(30))?;
     let stderr_text = std::fs::read_to_string(&stderr_path).unwrap_or_default();
     if !status.is_some_and(|s| s.success()) {
-        say!("warning: ztrace exited with {status:?}; its stderr ends with:\n{}", tail(&stderr_text, 20));
+        say!(
+            "warning: ztrace exited with {status:?}; its stderr ends with:\n{}",
+            tail(&stderr_text, 20)
+        );
     }
     let stats = stats_line(&stderr_text);
     if stats.is_none() {
@@ -111,40 +128,77 @@ fn traced_run(ztrace: &Path, url: &str, dir: &Path) -> Result<Run> {
     Ok(Run {
         traced: true,
         requests_per_sec,
-        agent: Some(AgentCost { cpu_seconds_per_second: cpu / load_seconds, peak_rss_kib, stats }),
+        agent: Some(AgentCost {
+            cpu_seconds_per_second: cpu / load_seconds,
+            peak_rss_kib,
+            stats,
+        }),
     })
 }
 
 fn report(runs: &[Run], ztrace: &Path, url: &str) {
     println!();
-    println!("{:<4} {:<8} {:>12} {:>14} {:>12} {:>14} {:>10}", "run", "ztrace", "requests/s", "cpu s per s", "peak RSS", "events", "dropped");
+    println!(
+        "{:<4} {:<8} {:>12} {:>14} {:>12} {:>14} {:>10}",
+        "run", "ztrace", "requests/s", "cpu s per s", "peak RSS", "events", "dropped"
+    );
     for (i, run) in runs.iter().enumerate() {
         let (cpu, rss, events, dropped) = match &run.agent {
             None => ("-".into(), "-".into(), "-".into(), "-".into()),
             Some(agent) => (
                 format!("{:.3}", agent.cpu_seconds_per_second),
-                agent.peak_rss_kib.map_or("?".into(), |kib| format!("{:.1} MiB", kib as f64 / 1024.0)),
-                agent.stats.as_ref().map_or("?".into(), |s| events_handled(s).to_string()),
-                agent.stats.as_ref().map_or("?".into(), |s| events_dropped(s).to_string()),
+                agent
+                    .peak_rss_kib
+                    .map_or("?".into(), |kib| format!("{:.1} MiB", kib as f64 / 1024.0)),
+                agent
+                    .stats
+                    .as_ref()
+                    .map_or("?".into(), |s| events_handled(s).to_string()),
+                agent
+                    .stats
+                    .as_ref()
+                    .map_or("?".into(), |s| events_dropped(s).to_string()),
             ),
         };
-        println!("{:<4} {:<8} {:>12.0} {:>14} {:>12} {:>14} {:>10}", i + 1, if run.traced { "on" } else { "off" }, run.requests_per_sec, cpu, rss, events, dropped);
+        println!(
+            "{:<4} {:<8} {:>12.0} {:>14} {:>12} {:>14} {:>10}",
+            i + 1,
+            if run.traced { "on" } else { "off" },
+            run.requests_per_sec,
+            cpu,
+            rss,
+            events,
+            dropped
+        );
     }
     let ratios: Vec<f64> = runs
         .chunks(2)
         .filter_map(|pair| match pair {
-            [off, on] if off.requests_per_sec > 0.0 => Some(on.requests_per_sec / off.requests_per_sec),
+            [off, on] if off.requests_per_sec > 0.0 => {
+                Some(on.requests_per_sec / off.requests_per_sec)
+            }
             _ => None,
         })
         .collect();
     if let Some(ratio) = median(&ratios) {
-        println!("median throughput with/without ztrace: {ratio:.3} ({:+.1} %)", (ratio - 1.0) * 100.0);
+        println!(
+            "median throughput with/without ztrace: {ratio:.3} ({:+.1} %)",
+            (ratio - 1.0) * 100.0
+        );
     }
-    if let Some(stats) = runs.iter().rev().find_map(|r| r.agent.as_ref()?.stats.as_ref()) {
+    if let Some(stats) = runs
+        .iter()
+        .rev()
+        .find_map(|r| r.agent.as_ref()?.stats.as_ref())
+    {
         println!("last run's counters: {}", Value::Object(stats.clone()));
     }
     println!("load:   wrk {} {url}", WRK_ARGS.join(" "));
-    println!("agent:  {} {} > /dev/null", ztrace.display(), ZTRACE_ARGS.join(" "));
+    println!(
+        "agent:  {} {} > /dev/null",
+        ztrace.display(),
+        ZTRACE_ARGS.join(" ")
+    );
     println!("server: nginx, worker_processes 1, static page, access_log off");
 }
 
@@ -157,7 +211,9 @@ fn events_handled(stats: &Map<String, Value>) -> u64 {
 fn events_dropped(stats: &Map<String, Value>) -> u64 {
     stats
         .iter()
-        .filter(|(name, _)| name.contains("dropped") || name.contains("lost") || name.ends_with("_full"))
+        .filter(|(name, _)| {
+            name.contains("dropped") || name.contains("lost") || name.ends_with("_full")
+        })
         .filter_map(|(_, value)| value.as_u64())
         .sum()
 }
@@ -169,7 +225,10 @@ fn counter(stats: &Map<String, Value>, name: &str) -> u64 {
 /// The JSON object of the agent's `ztrace stats: {...}` line (the last one, if several).
 fn stats_line(stderr: &str) -> Option<Map<String, Value>> {
     stderr.lines().rev().find_map(|line| {
-        let json = line.trim().strip_prefix(STATS_PREFIX).or_else(|| line.split_once(STATS_PREFIX).map(|(_, j)| j))?;
+        let json = line
+            .trim()
+            .strip_prefix(STATS_PREFIX)
+            .or_else(|| line.split_once(STATS_PREFIX).map(|(_, j)| j))?;
         match serde_json::from_str(json.trim()) {
             Ok(Value::Object(map)) => Some(map),
             _ => None,
@@ -179,7 +238,8 @@ fn stats_line(stderr: &str) -> Option<Map<String, Value>> {
 
 /// utime + stime of a process, in seconds.
 fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("ztrace (pid {pid}) is gone"))?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("ztrace (pid {pid}) is gone"))?;
     let ticks = cpu_ticks(&stat).context("unexpected /proc/PID/stat")?;
     // SAFETY: sysconf has no preconditions.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
@@ -196,7 +256,13 @@ fn cpu_ticks(stat: &str) -> Option<u64> {
 
 /// VmHWM (peak resident set) of a /proc/PID/status, in KiB.
 fn vm_hwm_kib(status: &str) -> Option<u64> {
-    status.lines().find_map(|line| line.strip_prefix("VmHWM:")?.split_whitespace().next()?.parse().ok())
+    status.lines().find_map(|line| {
+        line.strip_prefix("VmHWM:")?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    })
 }
 
 fn median(values: &[f64]) -> Option<f64> {
@@ -211,14 +277,30 @@ fn median(values: &[f64]) -> Option<f64> {
 
 /// Runs wrk and returns its `Requests/sec:`.
 fn wrk(url: &str, args: &[&str]) -> Result<f64> {
-    let out = Command::new("wrk").args(args).arg(url).stdin(Stdio::null()).output().context("could not run wrk")?;
+    let out = Command::new("wrk")
+        .args(args)
+        .arg(url)
+        .stdin(Stdio::null())
+        .output()
+        .context("could not run wrk")?;
     let text = String::from_utf8_lossy(&out.stdout);
-    ensure!(out.status.success(), "wrk failed: {}{}", text, String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "wrk failed: {}{}",
+        text,
+        String::from_utf8_lossy(&out.stderr)
+    );
     requests_per_sec(&text).with_context(|| format!("no Requests/sec in wrk's output:\n{text}"))
 }
 
 fn requests_per_sec(wrk_output: &str) -> Option<f64> {
-    wrk_output.lines().find_map(|line| line.trim().strip_prefix("Requests/sec:")?.trim().parse().ok())
+    wrk_output.lines().find_map(|line| {
+        line.trim()
+            .strip_prefix("Requests/sec:")?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// Waits until a file (a child's redirected stderr) holds a line containing `needle`.
@@ -233,10 +315,16 @@ fn wait_for_line(child: &mut Child, path: &Path, needle: &str, timeout: Duration
             return Ok(());
         }
         if let Some(status) = child.try_wait()? {
-            bail!("ztrace exited ({status}) before `{needle}`; its stderr:\n{}", tail(&text, 40));
+            bail!(
+                "ztrace exited ({status}) before `{needle}`; its stderr:\n{}",
+                tail(&text, 40)
+            );
         }
         if Instant::now() > deadline {
-            bail!("ztrace printed no `{needle}` within {timeout:?}; its stderr:\n{}", tail(&text, 40));
+            bail!(
+                "ztrace printed no `{needle}` within {timeout:?}; its stderr:\n{}",
+                tail(&text, 40)
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -280,10 +368,17 @@ impl Nginx {
         use std::os::unix::process::CommandExt as _;
         let html = dir.join("html");
         std::fs::create_dir_all(&html)?;
-        std::fs::write(html.join("index.html"), "<!doctype html><title>ztrace bench</title><p>hello from nginx</p>\n")?;
+        std::fs::write(
+            html.join("index.html"),
+            "<!doctype html><title>ztrace bench</title><p>hello from nginx</p>\n",
+        )?;
         let conf = dir.join("nginx.conf");
         std::fs::write(&conf, nginx_conf(dir, port))?;
-        let nginx = if Path::new("/usr/sbin/nginx").is_file() { PathBuf::from("/usr/sbin/nginx") } else { PathBuf::from("nginx") };
+        let nginx = if Path::new("/usr/sbin/nginx").is_file() {
+            PathBuf::from("/usr/sbin/nginx")
+        } else {
+            PathBuf::from("nginx")
+        };
         let child = Command::new(nginx)
             .arg("-p")
             .arg(dir)
@@ -298,9 +393,15 @@ impl Nginx {
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
             if let Some(status) = nginx.0.try_wait()? {
-                bail!("nginx exited ({status}); see {}", dir.join("error.log").display());
+                bail!(
+                    "nginx exited ({status}); see {}",
+                    dir.join("error.log").display()
+                );
             }
-            ensure!(Instant::now() < deadline, "nginx did not listen on {addr} within 10 s");
+            ensure!(
+                Instant::now() < deadline,
+                "nginx did not listen on {addr} within 10 s"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(nginx)
@@ -312,7 +413,10 @@ impl Drop for Nginx {
         let pgid = self.0.id() as libc::pid_t;
         // SAFETY: signals the process group nginx leads (process_group(0) above).
         unsafe { libc::kill(-pgid, libc::SIGTERM) };
-        if !matches!(wait_timeout(&mut self.0, Duration::from_secs(5)), Ok(Some(_))) {
+        if !matches!(
+            wait_timeout(&mut self.0, Duration::from_secs(5)),
+            Ok(Some(_))
+        ) {
             // SAFETY: as above.
             unsafe { libc::kill(-pgid, libc::SIGKILL) };
             let _ = self.0.wait();
@@ -352,9 +456,13 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new(prefix: &str) -> Result<TempDir> {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
         let path = std::env::temp_dir().join(format!("{prefix}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&path).with_context(|| format!("could not create {}", path.display()))?;
+        std::fs::create_dir_all(&path)
+            .with_context(|| format!("could not create {}", path.display()))?;
         Ok(TempDir(path))
     }
 }
@@ -380,7 +488,10 @@ mod tests {
 
     #[test]
     fn vm_hwm() {
-        assert_eq!(vm_hwm_kib("Name:\tztrace\nVmPeak:\t  100 kB\nVmHWM:\t   20480 kB\nVmRSS:\t 1 kB\n"), Some(20480));
+        assert_eq!(
+            vm_hwm_kib("Name:\tztrace\nVmPeak:\t  100 kB\nVmHWM:\t   20480 kB\nVmRSS:\t 1 kB\n"),
+            Some(20480)
+        );
         assert_eq!(vm_hwm_kib("Name:\tkthreadd\n"), None);
     }
 

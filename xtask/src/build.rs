@@ -36,10 +36,12 @@ pub fn ebpf_object() -> PathBuf {
 
 /// Where the agent build leaves `ztrace`.
 pub fn agent_binary(profile: Profile) -> PathBuf {
-    util::target_dir().join(match profile {
-        Profile::Release => "release",
-        Profile::Debug => "debug",
-    }).join("ztrace")
+    util::target_dir()
+        .join(match profile {
+            Profile::Release => "release",
+            Profile::Debug => "debug",
+        })
+        .join("ztrace")
 }
 
 /// `cargo xtask build-ebpf`: builds the kernel programs and returns the object's path.
@@ -50,17 +52,26 @@ pub fn build_ebpf() -> Result<PathBuf> {
     // The outer `cargo xtask` is a stable `cargo run`: its RUSTUP_TOOLCHAIN, CARGO_TARGET_DIR,
     // RUSTFLAGS... must not leak into the nightly build of another workspace.
     util::clear_outer_cargo_env(&mut cmd);
-    cmd.args(["run", &channel, "cargo", "build", "--release"]).current_dir(util::repo_root().join("ebpf"));
-    util::run(&mut cmd).context("the eBPF build failed (is the toolchain there? `cargo xtask setup`)")?;
+    cmd.args(["run", &channel, "cargo", "build", "--release"])
+        .current_dir(util::repo_root().join("ebpf"));
+    util::run(&mut cmd)
+        .context("the eBPF build failed (is the toolchain there? `cargo xtask setup`)")?;
     let object = ebpf_object();
-    ensure!(is_bpf_elf(&object)?, "{} is not an ELF object for the BPF machine", object.display());
+    ensure!(
+        is_bpf_elf(&object)?,
+        "{} is not an ELF object for the BPF machine",
+        object.display()
+    );
     Ok(object)
 }
 
 /// Whether a file is an ELF object with `e_machine == EM_BPF` (247).
 fn is_bpf_elf(path: &std::path::Path) -> Result<bool> {
-    let bytes = std::fs::read(path).with_context(|| format!("the eBPF build left no {}", path.display()))?;
-    Ok(bytes.len() > 20 && bytes[..4] == *b"\x7fELF" && u16::from_le_bytes([bytes[18], bytes[19]]) == 247)
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("the eBPF build left no {}", path.display()))?;
+    Ok(bytes.len() > 20
+        && bytes[..4] == *b"\x7fELF"
+        && u16::from_le_bytes([bytes[18], bytes[19]]) == 247)
 }
 
 /// `cargo xtask build [--debug]`: setup, eBPF programs, then the agent; returns the agent's path.
@@ -74,13 +85,19 @@ pub fn build_after_setup(profile: Profile) -> Result<PathBuf> {
     let object = build_ebpf()?;
     say!("building the agent ({profile:?})...");
     let mut cmd = util::cargo();
-    cmd.current_dir(util::repo_root()).env("ZTRACE_EBPF_OBJECT", &object).args(["build", "-p", "ztrace"]);
+    cmd.current_dir(util::repo_root())
+        .env("ZTRACE_EBPF_OBJECT", &object)
+        .args(["build", "-p", "ztrace"]);
     if profile == Profile::Release {
         cmd.arg("--release");
     }
     util::run(&mut cmd)?;
     let binary = agent_binary(profile);
-    ensure!(binary.is_file(), "the agent build left no {}", binary.display());
+    ensure!(
+        binary.is_file(),
+        "the agent build left no {}",
+        binary.display()
+    );
     say!("built {}", binary.display());
     Ok(binary)
 }

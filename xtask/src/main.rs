@@ -21,7 +21,10 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "ztrace's build, run, test and bench commands")]
+#[command(
+    name = "cargo xtask",
+    about = "ztrace's build, run, test and bench commands"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -17,7 +17,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 
 use crate::build::{self, Profile};
-use crate::toolchain::{self, Apt};
+use crate::toolchain::{self, apt_install};
 use crate::util::{self, say};
 
 /// Debian packages the end-to-end tests start or use.
@@ -41,7 +41,10 @@ pub fn test(skip_privileged: bool) -> Result<()> {
         Err(error) => {
             // Set-up or build failed: no test could run, and that is one failure, not zero.
             say!("error: {error:#}");
-            Tally { passed: 0, failed: 1 }
+            Tally {
+                passed: 0,
+                failed: 1,
+            }
         }
     };
     say!("test took {:.0} s", started.elapsed().as_secs_f64());
@@ -65,7 +68,13 @@ fn prepare_and_run(skip_privileged: bool) -> Result<Tally> {
 
     say!("running the unit tests...");
     let mut unit = util::cargo();
-    unit.current_dir(&root).args(["test", "--workspace", "--exclude", "ztrace-e2e", "--no-fail-fast"]);
+    unit.current_dir(&root).args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "ztrace-e2e",
+        "--no-fail-fast",
+    ]);
     let mut tally = run_counted(&mut unit)?;
 
     match (python, privileged_environment()) {
@@ -79,7 +88,16 @@ fn prepare_and_run(skip_privileged: bool) -> Result<Tally> {
                 .env("ZTRACE_REPO", &root)
                 // The tests' own messages say what failed; a backtrace per panic only buries them.
                 .env("RUST_BACKTRACE", "0")
-                .args(["test", "--release", "-p", "ztrace-e2e", "--no-fail-fast", "--", "--include-ignored", "--test-threads=1"]);
+                .args([
+                    "test",
+                    "--release",
+                    "-p",
+                    "ztrace-e2e",
+                    "--no-fail-fast",
+                    "--",
+                    "--include-ignored",
+                    "--test-threads=1",
+                ]);
             tally = add(tally, run_counted(&mut e2e)?);
         }
         (Some(_), Err(why)) => {
@@ -92,23 +110,47 @@ fn prepare_and_run(skip_privileged: bool) -> Result<Tally> {
 }
 
 fn add(a: Tally, b: Tally) -> Tally {
-    Tally { passed: a.passed + b.passed, failed: a.failed + b.failed }
+    Tally {
+        passed: a.passed + b.passed,
+        failed: a.failed + b.failed,
+    }
 }
 
 /// Debian packages and the Python venv; returns the venv's python.
 fn install_test_components() -> Result<PathBuf> {
-    Apt::default().install(TEST_PACKAGES)?;
+    apt_install(TEST_PACKAGES)?;
     let venv = util::target_dir().join("test-venv");
     let python = venv.join("bin/python");
     if !python.is_file() || util::output_of(Command::new(&python).arg("--version")).is_none() {
         say!("creating the test venv at {}...", venv.display());
         // Debian's python3 (with python3-venv), not whatever interpreter happens to be first on PATH.
-        let base = if Path::new("/usr/bin/python3").is_file() { "/usr/bin/python3" } else { "python3" };
-        util::run(Command::new(base).args(["-m", "venv", "--clear"]).arg(&venv))?;
+        let base = if Path::new("/usr/bin/python3").is_file() {
+            "/usr/bin/python3"
+        } else {
+            "python3"
+        };
+        util::run(
+            Command::new(base)
+                .args(["-m", "venv", "--clear"])
+                .arg(&venv),
+        )?;
     }
     if util::output_of(Command::new(&python).args(["-c", VENV_CHECK])).is_none() {
-        say!("installing {} into the test venv...", VENV_PACKAGES.join(" "));
-        util::run(Command::new(&python).args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"]).args(VENV_PACKAGES))?;
+        say!(
+            "installing {} into the test venv...",
+            VENV_PACKAGES.join(" ")
+        );
+        util::run(
+            Command::new(&python)
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                ])
+                .args(VENV_PACKAGES),
+        )?;
         util::output_of(Command::new(&python).args(["-c", VENV_CHECK]))
             .with_context(|| format!("the test venv still cannot `{VENV_CHECK}`"))?;
     }
@@ -123,11 +165,19 @@ fn privileged_environment() -> Result<(), String> {
     if !Path::new("/sys/kernel/btf/vmlinux").exists() {
         return Err("the kernel has no BTF (/sys/kernel/btf/vmlinux)".into());
     }
-    let bpftool = util::which("bpftool").or_else(|| Some(PathBuf::from("/usr/sbin/bpftool")).filter(|p| p.is_file()));
+    let bpftool = util::which("bpftool")
+        .or_else(|| Some(PathBuf::from("/usr/sbin/bpftool")).filter(|p| p.is_file()));
     match bpftool {
-        Some(bpftool) => match Command::new(&bpftool).args(["prog", "list"]).stdout(Stdio::null()).output() {
+        Some(bpftool) => match Command::new(&bpftool)
+            .args(["prog", "list"])
+            .stdout(Stdio::null())
+            .output()
+        {
             Ok(out) if out.status.success() => Ok(()),
-            Ok(out) => Err(format!("the bpf() syscall is refused: {}", String::from_utf8_lossy(&out.stderr).trim())),
+            Ok(out) => Err(format!(
+                "the bpf() syscall is refused: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
             Err(error) => Err(format!("could not run bpftool: {error}")),
         },
         None => Err("bpftool is missing, so eBPF could not be checked".into()),
@@ -143,7 +193,10 @@ fn run_counted(cmd: &mut Command) -> Result<Tally> {
 /// [`run_counted`] with the child's stdout copied to `out`, line by line as it comes.
 fn run_counted_to(cmd: &mut Command, out: &mut dyn std::io::Write) -> Result<Tally> {
     say!("$ {}", util::display(cmd));
-    let mut child = cmd.stdout(Stdio::piped()).spawn().with_context(|| format!("could not start `{}`", util::display(cmd)))?;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("could not start `{}`", util::display(cmd)))?;
     let mut tally = Tally::default();
     if let Some(stdout) = child.stdout.take() {
         let mut reader = BufReader::new(stdout);
@@ -162,7 +215,10 @@ fn run_counted_to(cmd: &mut Command, out: &mut dyn std::io::Write) -> Result<Tal
     }
     let status = child.wait()?;
     if !status.success() && tally.failed == 0 {
-        say!("error: `{}` failed ({status}) without reporting a failed test", util::display(cmd));
+        say!(
+            "error: `{}` failed ({status}) without reporting a failed test",
+            util::display(cmd)
+        );
         tally.failed += 1;
     }
     Ok(tally)
@@ -174,8 +230,12 @@ fn parse_test_result(line: &str) -> Option<Tally> {
     let mut tally = Tally::default();
     for part in rest.split(';') {
         let mut words = part.split_whitespace().rev();
-        let (Some(what), Some(count)) = (words.next(), words.next()) else { continue };
-        let Ok(count) = count.parse::<u64>() else { continue };
+        let (Some(what), Some(count)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let Ok(count) = count.parse::<u64>() else {
+            continue;
+        };
         match what {
             "passed" => tally.passed = count,
             "failed" => tally.failed = count,
@@ -192,9 +252,21 @@ mod tests {
     #[test]
     fn libtest_summaries_are_counted() {
         let line = "test result: ok. 12 passed; 0 failed; 3 ignored; 0 measured; 0 filtered out; finished in 0.01s\n";
-        assert_eq!(parse_test_result(line), Some(Tally { passed: 12, failed: 0 }));
+        assert_eq!(
+            parse_test_result(line),
+            Some(Tally {
+                passed: 12,
+                failed: 0
+            })
+        );
         let line = "test result: FAILED. 4 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 31.20s";
-        assert_eq!(parse_test_result(line), Some(Tally { passed: 4, failed: 2 }));
+        assert_eq!(
+            parse_test_result(line),
+            Some(Tally {
+                passed: 4,
+                failed: 2
+            })
+        );
         assert_eq!(parse_test_result("test foo ... ok"), None);
         assert_eq!(parse_test_result("running 3 tests"), None);
     }
@@ -203,14 +275,30 @@ mod tests {
     fn a_failing_run_without_a_summary_counts_as_a_failure() {
         // The child's output goes to a buffer: its fake summaries must not reach the real stdout.
         let mut out = Vec::new();
-        let tally = run_counted_to(Command::new("sh").args(["-c", "echo compiling; exit 101"]), &mut out).expect("sh runs");
-        assert_eq!(tally, Tally { passed: 0, failed: 1 });
+        let tally = run_counted_to(
+            Command::new("sh").args(["-c", "echo compiling; exit 101"]),
+            &mut out,
+        )
+        .expect("sh runs");
+        assert_eq!(
+            tally,
+            Tally {
+                passed: 0,
+                failed: 1
+            }
+        );
         let tally = run_counted_to(Command::new("sh").args([
             "-c",
             "echo 'test result: ok. 2 passed; 0 failed; 0 ignored'; echo 'test result: FAILED. 1 passed; 1 failed; 0 ignored'; exit 101",
         ]), &mut out)
         .expect("sh runs");
         assert!(String::from_utf8_lossy(&out).starts_with("compiling\n"));
-        assert_eq!(tally, Tally { passed: 3, failed: 1 });
+        assert_eq!(
+            tally,
+            Tally {
+                passed: 3,
+                failed: 1
+            }
+        );
     }
 }

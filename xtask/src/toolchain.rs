@@ -5,9 +5,9 @@
 //! them. With everything present it runs only a few `--version`-style commands, and never
 //! `apt-get update`. It does not touch the stable toolchain that runs xtask itself.
 
-use std::cell::Cell;
 use std::fmt;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 
@@ -18,7 +18,12 @@ pub const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The LLVM major bpf-linker must link: the one of the nightly rustc that emits the bitcode.
 pub const LLVM_MAJOR: u32 = 22;
 /// Debian packages bpf-linker builds against.
-pub const LLVM_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev"];
+pub const LLVM_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+];
 
 /// One missing piece and how it is installed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +41,10 @@ pub enum Step {
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Step::InstallToolchain(channel) => write!(f, "installing the {channel} toolchain with rust-src (about 1 minute)"),
+            Step::InstallToolchain(channel) => write!(
+                f,
+                "installing the {channel} toolchain with rust-src (about 1 minute)"
+            ),
             Step::AddRustSrc(channel) => write!(f, "adding rust-src to the {channel} toolchain"),
             Step::AptInstall(packages) => write!(f, "installing {} (apt)", packages.join(" ")),
             Step::InstallBpfLinker => {
@@ -53,18 +61,20 @@ pub fn setup(dry_run: bool) -> Result<()> {
         say!("eBPF toolchain present ({} + rust-src, bpf-linker {BPF_LINKER_VERSION} on LLVM {LLVM_MAJOR})", ebpf_channel());
         return Ok(());
     }
-    let apt = Apt::default();
     for step in &steps {
         if dry_run {
             say!("missing, would run: {step}");
         } else {
             say!("{step}...");
-            apply(step, &apt)?;
+            apply(step)?;
         }
     }
     if !dry_run {
         let left = plan();
-        anyhow::ensure!(left.is_empty(), "setup finished but these are still missing: {left:?}");
+        anyhow::ensure!(
+            left.is_empty(),
+            "setup finished but these are still missing: {left:?}"
+        );
         say!("eBPF toolchain ready");
     }
     Ok(())
@@ -86,7 +96,8 @@ pub fn plan() -> Vec<Step> {
     }
 
     let version = util::output_of(Command::new("bpf-linker").arg("--version"));
-    let ldd = util::which("bpf-linker").and_then(|path| util::output_of(Command::new("ldd").arg(path)));
+    let ldd =
+        util::which("bpf-linker").and_then(|path| util::output_of(Command::new("ldd").arg(path)));
     if !bpf_linker_ok(version.as_deref(), ldd.as_deref()) {
         let packages = missing_packages(LLVM_PACKAGES);
         if !packages.is_empty() {
@@ -97,29 +108,40 @@ pub fn plan() -> Vec<Step> {
     steps
 }
 
-fn apply(step: &Step, apt: &Apt) -> Result<()> {
+fn apply(step: &Step) -> Result<()> {
     match step {
         Step::InstallToolchain(channel) => util::run(Command::new("rustup").args([
-            "toolchain", "install", channel, "--profile", "minimal", "--component", "rust-src",
+            "toolchain",
+            "install",
+            channel,
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
         ])),
-        Step::AddRustSrc(channel) => {
-            util::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", channel]))
-        }
-        Step::AptInstall(packages) => apt.install(packages),
+        Step::AddRustSrc(channel) => util::run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            channel,
+        ])),
+        Step::AptInstall(packages) => apt_install(packages),
         Step::InstallBpfLinker => {
             let mut cmd = util::cargo();
             util::clear_outer_cargo_env(&mut cmd);
-            cmd.env("LLVM_PREFIX", format!("/usr/lib/llvm-{LLVM_MAJOR}")).args([
-                "install",
-                "bpf-linker",
-                "--version",
-                BPF_LINKER_VERSION,
-                "--locked",
-                "--force",
-                "--no-default-features",
-                "--features",
-                &format!("llvm-{LLVM_MAJOR}"),
-            ]);
+            cmd.env("LLVM_PREFIX", format!("/usr/lib/llvm-{LLVM_MAJOR}"))
+                .args([
+                    "install",
+                    "bpf-linker",
+                    "--version",
+                    BPF_LINKER_VERSION,
+                    "--locked",
+                    "--force",
+                    "--no-default-features",
+                    "--features",
+                    &format!("llvm-{LLVM_MAJOR}"),
+                ]);
             util::run(&mut cmd)
         }
     }
@@ -128,7 +150,10 @@ fn apply(step: &Step, apt: &Apt) -> Result<()> {
 /// The channel `ebpf/rust-toolchain.toml` selects (`nightly` unless it pins a date).
 pub fn ebpf_channel() -> String {
     let file = util::repo_root().join("ebpf/rust-toolchain.toml");
-    std::fs::read_to_string(file).ok().and_then(|text| toolchain_channel(&text)).unwrap_or_else(|| "nightly".into())
+    std::fs::read_to_string(file)
+        .ok()
+        .and_then(|text| toolchain_channel(&text))
+        .unwrap_or_else(|| "nightly".into())
 }
 
 /// The `channel = "..."` of a rust-toolchain.toml.
@@ -148,7 +173,8 @@ fn rustup(args: &[&str]) -> Option<String> {
 
 /// Whether `rustup component list --installed` output names the component.
 fn has_component(list: &str, component: &str) -> bool {
-    list.lines().any(|line| line.split_whitespace().next() == Some(component))
+    list.lines()
+        .any(|line| line.split_whitespace().next() == Some(component))
 }
 
 /// Whether the installed bpf-linker is the right one: `--version` prints the pinned release and,
@@ -156,38 +182,44 @@ fn has_component(list: &str, component: &str) -> bool {
 fn bpf_linker_ok(version: Option<&str>, ldd: Option<&str>) -> bool {
     let Some(version) = version else { return false };
     let right_release = version.split_whitespace().nth(1) == Some(BPF_LINKER_VERSION);
-    let llvm_lines: Vec<&str> = ldd.unwrap_or("").lines().filter(|l| l.contains("libLLVM")).collect();
-    let right_llvm = llvm_lines.iter().all(|l| l.contains(&format!(".so.{LLVM_MAJOR}")) && !l.contains("not found"));
+    let llvm_lines: Vec<&str> = ldd
+        .unwrap_or("")
+        .lines()
+        .filter(|l| l.contains("libLLVM"))
+        .collect();
+    let right_llvm = llvm_lines
+        .iter()
+        .all(|l| l.contains(&format!(".so.{LLVM_MAJOR}")) && !l.contains("not found"));
     right_release && right_llvm
 }
 
-/// Debian packages, installed on demand with one `apt-get update` per xtask run at most.
-#[derive(Default)]
-pub struct Apt {
-    updated: Cell<bool>,
-}
+/// Whether this xtask run has already run `apt-get update`.
+static APT_UPDATED: AtomicBool = AtomicBool::new(false);
 
-impl Apt {
-    /// Installs the packages that are not installed yet; does nothing (and no update) otherwise.
-    pub fn install<S: AsRef<str>>(&self, packages: &[S]) -> Result<()> {
-        let missing = missing_packages(packages);
-        if missing.is_empty() {
-            return Ok(());
-        }
-        if !self.updated.get() {
-            say!("running apt-get update...");
-            util::run(util::as_root("apt-get").env("DEBIAN_FRONTEND", "noninteractive").args(["update", "-q"]))?;
-            self.updated.set(true);
-        }
-        say!("installing {} (apt)...", missing.join(" "));
+/// Installs the Debian packages that are not installed yet, after one `apt-get update` per
+/// xtask run at most; does nothing (and no update) when all are there.
+pub fn apt_install<S: AsRef<str>>(packages: &[S]) -> Result<()> {
+    let missing = missing_packages(packages);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !APT_UPDATED.load(Ordering::Relaxed) {
+        say!("running apt-get update...");
         util::run(
             util::as_root("apt-get")
                 .env("DEBIAN_FRONTEND", "noninteractive")
-                .args(["install", "-y", "-q", "--no-install-recommends"])
-                .args(&missing),
-        )
-        .with_context(|| format!("could not install {}", missing.join(" ")))
+                .args(["update", "-q"]),
+        )?;
+        APT_UPDATED.store(true, Ordering::Relaxed);
     }
+    say!("installing {} (apt)...", missing.join(" "));
+    util::run(
+        util::as_root("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing),
+    )
+    .with_context(|| format!("could not install {}", missing.join(" ")))
 }
 
 /// The packages of the list that dpkg does not report as installed.
@@ -196,7 +228,8 @@ pub fn missing_packages<S: AsRef<str>>(packages: &[S]) -> Vec<String> {
         .iter()
         .map(AsRef::as_ref)
         .filter(|package| {
-            let status = util::output_of(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]));
+            let status =
+                util::output_of(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]));
             !dpkg_installed(status.as_deref())
         })
         .map(str::to_owned)
@@ -214,17 +247,31 @@ mod tests {
 
     #[test]
     fn channel_is_read_from_rust_toolchain_toml() {
-        assert_eq!(toolchain_channel("[toolchain]\nchannel = \"nightly\"\ncomponents = [\"rust-src\"]\n").as_deref(), Some("nightly"));
-        assert_eq!(toolchain_channel("[toolchain]\nchannel=\"nightly-2026-05-19\"\n").as_deref(), Some("nightly-2026-05-19"));
+        assert_eq!(
+            toolchain_channel("[toolchain]\nchannel = \"nightly\"\ncomponents = [\"rust-src\"]\n")
+                .as_deref(),
+            Some("nightly")
+        );
+        assert_eq!(
+            toolchain_channel("[toolchain]\nchannel=\"nightly-2026-05-19\"\n").as_deref(),
+            Some("nightly-2026-05-19")
+        );
         assert_eq!(toolchain_channel("[toolchain]\n"), None);
-        assert_eq!(ebpf_channel(), "nightly", "ebpf/rust-toolchain.toml changed: check setup");
+        assert_eq!(
+            ebpf_channel(),
+            "nightly",
+            "ebpf/rust-toolchain.toml changed: check setup"
+        );
     }
 
     #[test]
     fn rust_src_is_detected_in_the_component_list() {
         let list = "cargo-x86_64-unknown-linux-gnu\nrust-src\nrustc-x86_64-unknown-linux-gnu\n";
         assert!(has_component(list, "rust-src"));
-        assert!(!has_component("cargo-x86_64-unknown-linux-gnu\nrust-std-x86_64-unknown-linux-gnu\n", "rust-src"));
+        assert!(!has_component(
+            "cargo-x86_64-unknown-linux-gnu\nrust-std-x86_64-unknown-linux-gnu\n",
+            "rust-src"
+        ));
         assert!(!has_component("", "rust-src"));
     }
 
@@ -236,11 +283,23 @@ mod tests {
         let ldd_gone = "\tlibLLVM.so.22.1 => not found\n";
         assert!(bpf_linker_ok(Some("bpf-linker 0.13.0\n"), Some(ldd22)));
         assert!(bpf_linker_ok(Some("bpf-linker 0.13.0\n"), Some(ldd_rust)));
-        assert!(bpf_linker_ok(Some("bpf-linker 0.13.0\n"), None), "static or ldd unavailable: trust --version");
+        assert!(
+            bpf_linker_ok(Some("bpf-linker 0.13.0\n"), None),
+            "static or ldd unavailable: trust --version"
+        );
         assert!(!bpf_linker_ok(None, Some(ldd22)), "absent or failing");
-        assert!(!bpf_linker_ok(Some("bpf-linker 0.9.13\n"), Some(ldd22)), "other release");
-        assert!(!bpf_linker_ok(Some("bpf-linker 0.13.0\n"), Some(ldd21)), "other LLVM");
-        assert!(!bpf_linker_ok(Some("bpf-linker 0.13.0\n"), Some(ldd_gone)), "LLVM removed");
+        assert!(
+            !bpf_linker_ok(Some("bpf-linker 0.9.13\n"), Some(ldd22)),
+            "other release"
+        );
+        assert!(
+            !bpf_linker_ok(Some("bpf-linker 0.13.0\n"), Some(ldd21)),
+            "other LLVM"
+        );
+        assert!(
+            !bpf_linker_ok(Some("bpf-linker 0.13.0\n"), Some(ldd_gone)),
+            "LLVM removed"
+        );
     }
 
     #[test]
@@ -253,6 +312,9 @@ mod tests {
 
     #[test]
     fn an_unknown_package_is_missing() {
-        assert_eq!(missing_packages(&["surely-not-a-debian-package-ztrace"]), ["surely-not-a-debian-package-ztrace"]);
+        assert_eq!(
+            missing_packages(&["surely-not-a-debian-package-ztrace"]),
+            ["surely-not-a-debian-package-ztrace"]
+        );
     }
 }

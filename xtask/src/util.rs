@@ -19,7 +19,10 @@ pub(crate) use say;
 /// The repository root (the parent of `xtask/`).
 pub fn repo_root() -> PathBuf {
     let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    manifest_dir.parent().map(PathBuf::from).unwrap_or(manifest_dir)
+    manifest_dir
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or(manifest_dir)
 }
 
 /// The cargo target directory of the main workspace (`CARGO_TARGET_DIR` if set, else `target/`).
@@ -64,7 +67,11 @@ pub fn display(cmd: &Command) -> String {
     let mut parts = Vec::new();
     for (key, value) in cmd.get_envs() {
         if let Some(value) = value {
-            parts.push(format!("{}={}", key.to_string_lossy(), value.to_string_lossy()));
+            parts.push(format!(
+                "{}={}",
+                key.to_string_lossy(),
+                value.to_string_lossy()
+            ));
         }
     }
     parts.push(cmd.get_program().to_string_lossy().into_owned());
@@ -79,7 +86,9 @@ pub fn display(cmd: &Command) -> String {
 /// Runs a command with inherited stdio; an exit status other than 0 is an error.
 pub fn run(cmd: &mut Command) -> Result<()> {
     say!("$ {}", display(cmd));
-    let status = cmd.status().with_context(|| format!("could not start `{}`", display(cmd)))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start `{}`", display(cmd)))?;
     if !status.success() {
         bail!("`{}` failed ({status})", display(cmd));
     }
@@ -88,19 +97,29 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 
 /// Runs a command silently and returns its stdout if it exited 0; `None` if it could not start or failed.
 pub fn output_of(cmd: &mut Command) -> Option<String> {
-    let out = cmd.stdin(Stdio::null()).stderr(Stdio::null()).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    let out = cmd
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Where a program is on PATH, if it is.
 pub fn which(program: &str) -> Option<PathBuf> {
     let paths = std::env::var_os("PATH")?;
-    std::env::split_paths(&paths).map(|dir| dir.join(program)).find(|path| is_executable(path))
+    std::env::split_paths(&paths)
+        .map(|dir| dir.join(program))
+        .find(|path| is_executable(path))
 }
 
 fn is_executable(path: &std::path::Path) -> bool {
     use std::os::unix::fs::PermissionsExt as _;
-    path.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    path.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }
 
 /// Environment variables that `cargo xtask` (a stable `cargo run`) passes down and that would make
@@ -161,12 +180,25 @@ mod tests {
 
     #[test]
     fn outer_cargo_env_is_recognised() {
-        for key in ["RUSTUP_TOOLCHAIN", "RUSTFLAGS", "CARGO_TARGET_DIR", "CARGO_PKG_NAME", "CARGO",
-            "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS", "CARGO_BUILD_TARGET"]
-        {
+        for key in [
+            "RUSTUP_TOOLCHAIN",
+            "RUSTFLAGS",
+            "CARGO_TARGET_DIR",
+            "CARGO_PKG_NAME",
+            "CARGO",
+            "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
+            "CARGO_BUILD_TARGET",
+        ] {
             assert!(is_outer_cargo_env(key), "{key}");
         }
-        for key in ["CARGO_HOME", "RUSTUP_HOME", "PATH", "CARGO_NET_OFFLINE", "CARGO_TERM_COLOR", "HOME"] {
+        for key in [
+            "CARGO_HOME",
+            "RUSTUP_HOME",
+            "PATH",
+            "CARGO_NET_OFFLINE",
+            "CARGO_TERM_COLOR",
+            "HOME",
+        ] {
             assert!(!is_outer_cargo_env(key), "{key}");
         }
     }
