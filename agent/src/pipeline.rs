@@ -1,1 +1,234 @@
-//! (placeholder)
+//! The one place where the stages meet: kernel events → connections → exchanges → spans → sinks.
+//!
+//! One task reads the ring buffer and runs the connection table, the parsers and the span
+//! builder inline (they are cheap and never block); finished spans go to each sink through a
+//! bounded queue (`try_send`, counted when full), so a slow sink never slows capture.
+
+use std::{
+    sync::{mpsc, Arc},
+    time::Duration,
+};
+
+use aya::maps::{MapData, RingBuf};
+use tokio::signal::unix::SignalKind;
+
+use crate::{
+    bpf::{self, attach, events::KernelEvent, BpfError, EventRing, Selection},
+    config::{Config, PrintArg},
+    conn::{ConnExchange, ConnTable},
+    discovery::ProcessCache,
+    export::{self, ExportError, ExportHandle},
+    metrics::Metrics,
+    print::{PrintFormat, Printer},
+    spans::{self, clock::Clock, Span},
+};
+
+/// Why the agent stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Bpf(#[from] BpfError),
+    #[error("OTLP export: {0}")]
+    Export(#[from] ExportError),
+    #[error("reading kernel events: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("--capture-bytes must be between 64 and {max}", max = ztrace_common::MAX_CAPTURE)]
+    CaptureBytes,
+}
+
+/// Connections idle for this long are dropped (their process died without closing them).
+const IDLE_CONN_NS: u64 = 10 * 60 * 1_000_000_000;
+/// Most connections tracked at once.
+const MAX_CONNS: usize = 65_536;
+/// Spans waiting for the print thread.
+const PRINT_QUEUE: usize = 8192;
+
+/// Runs the agent until SIGINT or SIGTERM.
+pub async fn run(config: Config) -> Result<(), PipelineError> {
+    if !(64..=ztrace_common::MAX_CAPTURE).contains(&config.capture_bytes) {
+        return Err(PipelineError::CaptureBytes);
+    }
+    let metrics = Arc::new(Metrics::default());
+    let exporter = match export::OtlpConfig::from_config(&config)? {
+        Some(otlp) => {
+            tracing::info!(endpoint = %otlp.endpoint, protocol = ?otlp.protocol, "exporting spans over OTLP");
+            Some(export::spawn(otlp, metrics.clone())?)
+        }
+        None => None,
+    };
+    let printer = config.print.map(|p| {
+        let format = match p {
+            PrintArg::Text => PrintFormat::Text,
+            PrintArg::Json => PrintFormat::Json,
+        };
+        PrintSink::start(format)
+    });
+
+    let selection = Selection { pids: config.pids.clone(), exe_names: config.exe_names.clone() };
+    let (probes, ring) = bpf::start(config.capture_bytes, &selection)?;
+    eprintln!("{}", attach::render(&probes.attached));
+    if !probes.required_ok() {
+        return Err(BpfError::RequiredHooks.into());
+    }
+
+    let mut sinks = Sinks { printer, exporter: exporter.as_ref().map(|(h, _)| h.clone()), metrics: metrics.clone() };
+    let mut capture = Capture::new(metrics.clone());
+    let mut ring = EventRing::new(ring)?;
+    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    eprintln!("ztrace is ready");
+    tracing::info!("tracing every process on this host except ztrace itself");
+
+    loop {
+        tokio::select! {
+            guard = ring.readable() => {
+                let mut guard = guard?;
+                capture.drain(guard.get_inner_mut(), &mut sinks);
+                guard.clear_ready();
+            }
+            _ = tick.tick() => capture.housekeeping(),
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+
+    // Stop: take what the kernel already wrote, then flush the sinks.
+    capture.drain(ring.ring_mut(), &mut sinks);
+    let kernel = probes.kernel_counters();
+    drop(probes);
+    let Sinks { printer, exporter: export_handle, .. } = sinks;
+    if let Some(p) = printer {
+        p.finish();
+    }
+    drop(export_handle);
+    if let Some((handle, task)) = exporter {
+        handle.shutdown();
+        if tokio::time::timeout(Duration::from_secs(10), task).await.is_err() {
+            tracing::warn!("OTLP export did not finish flushing within 10 s; pending spans dropped");
+        }
+    }
+    eprintln!("ztrace stats: {}", stats_json(&metrics, &kernel));
+    Ok(())
+}
+
+/// The event-handling state of the capture task.
+struct Capture {
+    metrics: Arc<Metrics>,
+    conns: ConnTable,
+    processes: ProcessCache,
+    clock: Clock,
+    exchanges: Vec<ConnExchange>,
+    last_ts: u64,
+}
+
+impl Capture {
+    fn new(metrics: Arc<Metrics>) -> Self {
+        Capture {
+            metrics,
+            conns: ConnTable::new(MAX_CONNS, std::process::id()),
+            processes: ProcessCache::new(),
+            clock: Clock::now_from_system(),
+            exchanges: Vec::new(),
+            last_ts: 0,
+        }
+    }
+
+    /// Handles every record in the ring buffer.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>, sinks: &mut Sinks) {
+        while let Some(item) = ring.next() {
+            Metrics::inc(&self.metrics.events_read);
+            match bpf::events::decode(&item) {
+                Ok(KernelEvent::Conn(ev)) => {
+                    self.last_ts = ev.header.ts_ns;
+                    self.conns.on_conn(&ev, &self.metrics);
+                }
+                Ok(KernelEvent::Data { header, payload }) => {
+                    self.last_ts = header.header.ts_ns;
+                    self.conns.on_data(&header, payload, &self.metrics, &mut self.exchanges);
+                }
+                Ok(KernelEvent::Close(header)) => {
+                    self.last_ts = header.ts_ns;
+                    self.conns.on_close(&header, &self.metrics, &mut self.exchanges);
+                }
+                Err(error) => {
+                    Metrics::inc(&self.metrics.events_malformed);
+                    tracing::debug!(%error, "malformed kernel event");
+                }
+            }
+            drop(item);
+            for ex in self.exchanges.drain(..) {
+                let process = self.processes.get_or_load(ex.conn.key.tgid, &ex.conn.comm);
+                let conn = spans::http::ConnInfo { local: ex.conn.local, remote: ex.conn.remote };
+                let span = spans::http::http_span(&ex.exchange, &conn, &process, &self.clock);
+                Metrics::inc(&self.metrics.spans_created);
+                sinks.send(span);
+            }
+        }
+    }
+
+    fn housekeeping(&mut self) {
+        if self.last_ts > IDLE_CONN_NS {
+            self.conns.sweep(self.last_ts - IDLE_CONN_NS, &self.metrics);
+        }
+    }
+}
+
+/// Where finished spans go.
+struct Sinks {
+    printer: Option<PrintSink>,
+    exporter: Option<ExportHandle>,
+    metrics: Arc<Metrics>,
+}
+
+impl Sinks {
+    fn send(&mut self, span: Span) {
+        if let Some(p) = &self.printer {
+            p.send(span.clone(), &self.metrics);
+        }
+        if let Some(e) = &self.exporter {
+            e.send(span);
+        }
+    }
+}
+
+/// `--print`: a thread writing spans to stdout, so a slow terminal or pipe never blocks capture.
+struct PrintSink {
+    tx: mpsc::SyncSender<Span>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl PrintSink {
+    fn start(format: PrintFormat) -> Self {
+        let (tx, rx) = mpsc::sync_channel::<Span>(PRINT_QUEUE);
+        let thread = std::thread::spawn(move || {
+            let mut printer = Printer::new(std::io::stdout().lock(), format);
+            for span in rx {
+                if printer.print(&span).is_err() {
+                    break; // stdout closed: nothing more to print
+                }
+            }
+        });
+        PrintSink { tx, thread }
+    }
+
+    fn send(&self, span: Span, metrics: &Metrics) {
+        if self.tx.try_send(span).is_err() {
+            Metrics::inc(&metrics.spans_dropped_queue_full);
+        }
+    }
+
+    fn finish(self) {
+        drop(self.tx);
+        let _ = self.thread.join();
+    }
+}
+
+/// The `ztrace stats:` line printed at exit: every userspace and kernel counter.
+fn stats_json(metrics: &Metrics, kernel: &[(&'static str, u64)]) -> serde_json::Value {
+    let mut map = serde_json::Map::new();
+    for (name, value) in metrics.snapshot().into_iter().chain(kernel.iter().copied()) {
+        map.insert(name.to_owned(), value.into());
+    }
+    serde_json::Value::Object(map)
+}

@@ -59,6 +59,30 @@ pub struct Probes {
     pub attached: Vec<AttachResult>,
 }
 
+/// The event ring buffer, registered with the tokio reactor.
+pub struct EventRing(tokio::io::unix::AsyncFd<RingBuf<MapData>>);
+
+impl EventRing {
+    /// Registers the ring buffer's fd with the current tokio runtime.
+    pub fn new(ring: RingBuf<MapData>) -> std::io::Result<Self> {
+        // SAFETY: the RingBuf owns its fd and moves into the AsyncFd, which deregisters the fd
+        // before dropping the RingBuf; nothing else closes it.
+        unsafe { tokio::io::unix::AsyncFd::register(ring) }.map(EventRing).map_err(|e| e.into_parts().1)
+    }
+
+    /// Waits until the kernel has written records.
+    pub async fn readable(
+        &mut self,
+    ) -> std::io::Result<tokio::io::unix::AsyncFdReadyMutGuard<'_, RingBuf<MapData>>> {
+        self.0.readable_mut().await
+    }
+
+    /// The ring buffer, to drain it without waiting.
+    pub fn ring_mut(&mut self) -> &mut RingBuf<MapData> {
+        self.0.get_mut()
+    }
+}
+
 /// Loads and attaches every program of the attach table.
 ///
 /// Returns the probes and the event ring buffer (read by the pipeline).

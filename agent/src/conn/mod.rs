@@ -1,1 +1,381 @@
-//! (placeholder)
+//! The connection table: every TCP connection of every traced process, its 4-tuple, and the
+//! protocol parser fed by its two byte streams.
+//!
+//! A connection is keyed by `(tgid, fd, conn_gen)` as the kernel reports it. The table decides
+//! the protocol from the first bytes, feeds chunks and gaps to the parser, and hands finished
+//! exchanges, with the connection's addresses, to the caller. It does no I/O and holds no
+//! payload beyond what a parser buffers for an incomplete header block.
+//!
+//! It deliberately does not build spans (`spans/`) nor know about processes (`discovery/`).
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use ztrace_common::{ConnEvent, ConnRole, DataEventHeader, Direction, EventHeader};
+
+use crate::{
+    metrics::Metrics,
+    protocols::{
+        self,
+        http1::{Http1Parser, HttpExchange},
+        Chunk, Gap, Protocol,
+    },
+};
+
+/// Identity of a connection as the kernel reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnKey {
+    pub tgid: u32,
+    pub fd: i32,
+    pub conn_gen: u64,
+}
+
+impl ConnKey {
+    fn of(h: &EventHeader) -> Self {
+        ConnKey { tgid: h.tgid, fd: h.fd, conn_gen: h.conn_gen }
+    }
+}
+
+/// What the table knows of a connection, handed out with each exchange.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnInfo {
+    pub key: ConnKey,
+    pub role: ConnRole,
+    /// Addresses as seen by the traced process; IPv4-mapped IPv6 addresses are shown as IPv4.
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// Kernel `struct sock` address.
+    pub sock: u64,
+    /// Process name from the kernel (the thread group leader's comm).
+    pub comm: String,
+}
+
+enum State {
+    /// No payload seen yet.
+    Undetected,
+    Http1(Box<Http1Parser>),
+    /// Not a protocol ztrace knows, or ztrace's own traffic: bytes are dropped unread.
+    Ignored,
+}
+
+struct Connection {
+    info: ConnInfo,
+    state: State,
+    last_ts: u64,
+}
+
+/// A finished request/response exchange, with the connection it travelled on.
+#[derive(Debug)]
+pub struct ConnExchange {
+    pub conn: ConnInfo,
+    pub exchange: HttpExchange,
+}
+
+/// All open connections of traced processes.
+pub struct ConnTable {
+    conns: HashMap<ConnKey, Connection>,
+    max_conns: usize,
+    own_tgid: u32,
+    /// Local endpoints of the agent's own connections (its OTLP export): a traced server
+    /// connection whose peer is one of them is the agent talking to a receiver, not traced.
+    own_endpoints: HashSet<SocketAddr>,
+    scratch: Vec<HttpExchange>,
+}
+
+const MAX_OWN_ENDPOINTS: usize = 4096;
+
+impl ConnTable {
+    pub fn new(max_conns: usize, own_tgid: u32) -> Self {
+        ConnTable {
+            conns: HashMap::new(),
+            max_conns,
+            own_tgid,
+            own_endpoints: HashSet::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Number of connections tracked.
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// A connection became known.
+    pub fn on_conn(&mut self, ev: &ConnEvent, metrics: &Metrics) {
+        let (local, remote) = addresses(ev);
+        if ev.header.tgid == self.own_tgid {
+            if self.own_endpoints.len() >= MAX_OWN_ENDPOINTS {
+                self.own_endpoints.clear();
+            }
+            self.own_endpoints.insert(local);
+            return;
+        }
+        let key = ConnKey::of(&ev.header);
+        if self.conns.contains_key(&key) {
+            return; // announced twice by racing threads
+        }
+        if self.conns.len() >= self.max_conns {
+            self.evict_oldest(metrics);
+        }
+        let info = ConnInfo {
+            key,
+            role: ConnRole::from_u32(ev.role),
+            local,
+            remote,
+            sock: ev.sock,
+            comm: comm_string(&ev.comm),
+        };
+        self.conns.insert(key, Connection { info, state: State::Undetected, last_ts: ev.header.ts_ns });
+    }
+
+    /// Bytes moved on a connection; finished exchanges are appended to `out`.
+    pub fn on_data(&mut self, header: &DataEventHeader, payload: &[u8], metrics: &Metrics, out: &mut Vec<ConnExchange>) {
+        let key = ConnKey::of(&header.header);
+        let Some(conn) = self.conns.get_mut(&key) else {
+            Metrics::inc(&metrics.events_unknown_conn);
+            return;
+        };
+        let direction = if header.direction == Direction::Egress as u32 { Direction::Egress } else { Direction::Ingress };
+        let ts_ns = header.header.ts_ns;
+        conn.last_ts = ts_ns;
+        let chunk = Chunk { direction, ts_ns, tid: header.header.tid, bytes: payload };
+
+        if let State::Undetected = conn.state {
+            if payload.is_empty() {
+                return; // a length without bytes (sendfile) says nothing about the protocol
+            }
+            conn.state = if self.own_endpoints.contains(&conn.info.remote) {
+                State::Ignored
+            } else {
+                match protocols::detect(&chunk) {
+                    Some((Protocol::Http1, side)) => State::Http1(Box::new(Http1Parser::new(side))),
+                    None => {
+                        Metrics::inc(&metrics.conns_unrecognized);
+                        State::Ignored
+                    }
+                }
+            };
+        }
+
+        let State::Http1(parser) = &mut conn.state else { return };
+        let missing = u64::from(header.len.saturating_sub(header.captured));
+        let mut failed = false;
+        if !payload.is_empty() && parser.on_chunk(&chunk, &mut self.scratch).is_err() {
+            failed = true;
+        }
+        if missing > 0 && parser.on_gap(&Gap { direction, ts_ns, len: missing }, &mut self.scratch).is_err() {
+            failed = true;
+        }
+        if failed {
+            Metrics::inc(&metrics.parse_errors);
+        }
+        for exchange in self.scratch.drain(..) {
+            out.push(ConnExchange { conn: conn.info.clone(), exchange });
+        }
+    }
+
+    /// The process closed its fd: responses delimited by close end here.
+    pub fn on_close(&mut self, header: &EventHeader, metrics: &Metrics, out: &mut Vec<ConnExchange>) {
+        let key = ConnKey::of(header);
+        let Some(mut conn) = self.conns.remove(&key) else { return };
+        self.finish(&mut conn, header.ts_ns, metrics, out);
+    }
+
+    /// Drops connections idle since before `cutoff_ts` (processes that died without closing).
+    pub fn sweep(&mut self, cutoff_ts: u64, metrics: &Metrics) {
+        self.conns.retain(|_, c| {
+            let keep = c.last_ts >= cutoff_ts;
+            if !keep {
+                if let State::Http1(parser) = &mut c.state {
+                    let mut sink = Vec::new();
+                    let unanswered = parser.on_close(c.last_ts, &mut sink);
+                    Metrics::add(&metrics.exchanges_unanswered, unanswered as u64);
+                }
+            }
+            keep
+        });
+    }
+
+    /// Forgets every connection of a process that exited.
+    pub fn forget_process(&mut self, tgid: u32) {
+        self.conns.retain(|k, _| k.tgid != tgid);
+    }
+
+    fn finish(&mut self, conn: &mut Connection, ts_ns: u64, metrics: &Metrics, out: &mut Vec<ConnExchange>) {
+        if let State::Http1(parser) = &mut conn.state {
+            let unanswered = parser.on_close(ts_ns, &mut self.scratch);
+            Metrics::add(&metrics.exchanges_unanswered, unanswered as u64);
+            for exchange in self.scratch.drain(..) {
+                out.push(ConnExchange { conn: conn.info.clone(), exchange });
+            }
+        }
+    }
+
+    /// Makes room by dropping the least recently active eighth of the table (at least one),
+    /// so that a flood of new connections costs O(log n) each, not a scan each.
+    fn evict_oldest(&mut self, metrics: &Metrics) {
+        let mut by_age: Vec<(u64, ConnKey)> = self.conns.iter().map(|(k, c)| (c.last_ts, *k)).collect();
+        let n = (by_age.len() / 8).max(1).min(by_age.len());
+        if n == 0 {
+            return;
+        }
+        by_age.select_nth_unstable(n - 1);
+        for (_, key) in &by_age[..n] {
+            self.conns.remove(key);
+        }
+        Metrics::add(&metrics.conns_evicted, n as u64);
+    }
+}
+
+fn comm_string(comm: &[u8; 16]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+/// The 4-tuple of a connection event, with IPv4-mapped IPv6 addresses shown as IPv4.
+fn addresses(ev: &ConnEvent) -> (SocketAddr, SocketAddr) {
+    const AF_INET: u32 = 2;
+    let ip = |raw: &[u8; 16]| -> IpAddr {
+        if ev.family == AF_INET {
+            IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
+        } else {
+            let v6 = Ipv6Addr::from(*raw);
+            match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6(v6),
+            }
+        }
+    };
+    (
+        SocketAddr::new(ip(&ev.local_addr), ev.local_port),
+        SocketAddr::new(ip(&ev.remote_addr), ev.remote_port),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ztrace_common::EventKind;
+
+    fn header(kind: EventKind, tgid: u32, ts: u64) -> EventHeader {
+        EventHeader { kind: kind as u32, tgid, tid: tgid, fd: 5, ts_ns: ts, conn_gen: 1 }
+    }
+
+    fn conn_event(tgid: u32, role: ConnRole, family: u32, local: [u8; 16], remote: [u8; 16]) -> ConnEvent {
+        ConnEvent {
+            header: header(EventKind::Conn, tgid, 1),
+            role: role as u32,
+            family,
+            local_addr: local,
+            remote_addr: remote,
+            local_port: 8000,
+            remote_port: 40000,
+            _pad: 0,
+            sock: 0xffff_8888,
+            comm: *b"python3\0\0\0\0\0\0\0\0\0",
+        }
+    }
+
+    fn v4(a: [u8; 4]) -> [u8; 16] {
+        let mut r = [0; 16];
+        r[..4].copy_from_slice(&a);
+        r
+    }
+
+    fn data(tgid: u32, ts: u64, direction: Direction, bytes: &[u8]) -> DataEventHeader {
+        DataEventHeader {
+            header: header(EventKind::Data, tgid, ts),
+            direction: direction as u32,
+            source: 1,
+            len: bytes.len() as u32,
+            captured: bytes.len() as u32,
+        }
+    }
+
+    #[test]
+    fn addresses_unmap_ipv4_mapped_ipv6() {
+        let mapped = Ipv6Addr::from(Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped()).octets();
+        let ev = conn_event(1, ConnRole::Server, 10, mapped, Ipv6Addr::LOCALHOST.octets());
+        let (local, remote) = addresses(&ev);
+        assert_eq!(local, "127.0.0.1:8000".parse().expect("addr"));
+        assert_eq!(remote, "[::1]:40000".parse().expect("addr"));
+    }
+
+    #[test]
+    fn server_exchange_from_split_reads_and_writes() {
+        let metrics = Metrics::default();
+        let mut table = ConnTable::new(16, 999);
+        table.on_conn(&conn_event(7, ConnRole::Server, 2, v4([127, 0, 0, 1]), v4([127, 0, 0, 1])), &metrics);
+        let mut out = Vec::new();
+        let req = b"GET /hello?x=1 HTTP/1.1\r\nHost: localhost\r\n\r\n";
+        let (a, b) = req.split_at(10);
+        table.on_data(&data(7, 10, Direction::Ingress, a), a, &metrics, &mut out);
+        table.on_data(&data(7, 11, Direction::Ingress, b), b, &metrics, &mut out);
+        let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi";
+        table.on_data(&data(7, 20, Direction::Egress, resp), resp, &metrics, &mut out);
+        assert_eq!(out.len(), 1);
+        let ex = &out[0];
+        assert_eq!(ex.conn.comm, "python3");
+        assert_eq!(ex.conn.role, ConnRole::Server);
+        assert_eq!(ex.exchange.request.method, "GET");
+        assert_eq!(ex.exchange.response.status, 200);
+        assert_eq!(ex.exchange.request_start_ns, 10);
+        assert_eq!(ex.exchange.response_end_ns, 20);
+    }
+
+    #[test]
+    fn garbage_is_ignored_and_counted() {
+        let metrics = Metrics::default();
+        let mut table = ConnTable::new(16, 999);
+        table.on_conn(&conn_event(7, ConnRole::Client, 2, v4([127, 0, 0, 1]), v4([127, 0, 0, 1])), &metrics);
+        let mut out = Vec::new();
+        let junk = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03";
+        table.on_data(&data(7, 10, Direction::Egress, junk), junk, &metrics, &mut out);
+        let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        table.on_data(&data(7, 11, Direction::Ingress, resp), resp, &metrics, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(metrics.conns_unrecognized.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn own_export_traffic_is_ignored() {
+        let metrics = Metrics::default();
+        let mut table = ConnTable::new(16, 999);
+        // The agent (tgid 999) connected from 127.0.0.1:40000 ...
+        let mut own = conn_event(999, ConnRole::Client, 2, v4([127, 0, 0, 1]), v4([127, 0, 0, 1]));
+        own.local_port = 40000;
+        own.remote_port = 4318;
+        table.on_conn(&own, &metrics);
+        // ... and the receiver accepted it.
+        table.on_conn(&conn_event(7, ConnRole::Server, 2, v4([127, 0, 0, 1]), v4([127, 0, 0, 1])), &metrics);
+        let mut out = Vec::new();
+        let req = b"POST /v1/traces HTTP/1.1\r\nContent-Length: 0\r\n\r\n";
+        table.on_data(&data(7, 10, Direction::Ingress, req), req, &metrics, &mut out);
+        let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        table.on_data(&data(7, 11, Direction::Egress, resp), resp, &metrics, &mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn unknown_connection_data_is_counted_and_table_is_bounded() {
+        let metrics = Metrics::default();
+        let mut table = ConnTable::new(2, 999);
+        let mut out = Vec::new();
+        table.on_data(&data(7, 10, Direction::Egress, b"x"), b"x", &metrics, &mut out);
+        assert_eq!(metrics.events_unknown_conn.load(std::sync::atomic::Ordering::Relaxed), 1);
+        for gen in 0..5u64 {
+            let mut ev = conn_event(7, ConnRole::Client, 2, v4([127, 0, 0, 1]), v4([127, 0, 0, 1]));
+            ev.header.conn_gen = gen;
+            ev.header.ts_ns = gen;
+            table.on_conn(&ev, &metrics);
+        }
+        assert_eq!(table.len(), 2);
+        assert_eq!(metrics.conns_evicted.load(std::sync::atomic::Ordering::Relaxed), 3, "one per insert into a full table of 2");
+    }
+}
