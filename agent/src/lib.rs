@@ -14,3 +14,4 @@ pub mod pipeline;
 pub mod print;
 pub mod protocols;
 pub mod spans;
+pub mod trace;

@@ -40,6 +40,8 @@ counters! {
     exchanges_unanswered,
     /// Spans produced.
     spans_created,
+    /// Server spans whose local client span never came (released unlinked after the hold).
+    spans_unlinked,
     /// Spans dropped because a sink's queue was full.
     spans_dropped_queue_full,
     /// Spans accepted by the OTLP endpoint.

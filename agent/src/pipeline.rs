@@ -6,7 +6,7 @@
 
 use std::{
     sync::{mpsc, Arc},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use aya::maps::{MapData, RingBuf};
@@ -20,7 +20,8 @@ use crate::{
     export::{self, ExportError, ExportHandle},
     metrics::Metrics,
     print::{PrintFormat, Printer},
-    spans::{self, clock::Clock, Span},
+    spans::{self, clock::Clock, Span, SpanKind},
+    trace::Linker,
 };
 
 /// Why the agent stopped with an error.
@@ -84,10 +85,11 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
         tokio::select! {
             guard = ring.readable() => {
                 let mut guard = guard?;
-                capture.drain(guard.get_inner_mut(), &mut sinks);
+                // Clear first: records written while draining wake the next round.
                 guard.clear_ready();
+                capture.drain(guard.get_inner_mut(), &mut sinks);
             }
-            _ = tick.tick() => capture.housekeeping(),
+            _ = tick.tick() => capture.housekeeping(&mut sinks),
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
@@ -95,6 +97,7 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
 
     // Stop: take what the kernel already wrote, then flush the sinks.
     capture.drain(ring.ring_mut(), &mut sinks);
+    capture.flush(&mut sinks);
     let kernel = probes.kernel_counters();
     drop(probes);
     let Sinks { printer, exporter: export_handle, .. } = sinks;
@@ -119,6 +122,9 @@ struct Capture {
     processes: ProcessCache,
     clock: Clock,
     exchanges: Vec<ConnExchange>,
+    linker: Linker,
+    /// Spans ready for the sinks.
+    ready: Vec<Span>,
     last_ts: u64,
 }
 
@@ -130,6 +136,8 @@ impl Capture {
             processes: ProcessCache::new(),
             clock: Clock::now_from_system(),
             exchanges: Vec::new(),
+            linker: Linker::new(),
+            ready: Vec::new(),
             last_ts: 0,
         }
     }
@@ -143,9 +151,9 @@ impl Capture {
                     self.last_ts = ev.header.ts_ns;
                     self.conns.on_conn(&ev, &self.metrics);
                 }
-                Ok(KernelEvent::Data { header, payload }) => {
+                Ok(KernelEvent::Data { header, prefix, tail }) => {
                     self.last_ts = header.header.ts_ns;
-                    self.conns.on_data(&header, payload, &self.metrics, &mut self.exchanges);
+                    self.conns.on_data(&header, prefix, tail, &self.metrics, &mut self.exchanges);
                 }
                 Ok(KernelEvent::Close(header)) => {
                     self.last_ts = header.ts_ns;
@@ -157,19 +165,49 @@ impl Capture {
                 }
             }
             drop(item);
-            for ex in self.exchanges.drain(..) {
-                let process = self.processes.get_or_load(ex.conn.key.tgid, &ex.conn.comm);
-                let conn = spans::http::ConnInfo { local: ex.conn.local, remote: ex.conn.remote };
-                let span = spans::http::http_span(&ex.exchange, &conn, &process, &self.clock);
-                Metrics::inc(&self.metrics.spans_created);
-                sinks.send(span);
+            if !self.exchanges.is_empty() {
+                self.make_spans(sinks);
             }
         }
     }
 
-    fn housekeeping(&mut self) {
+    /// Turns finished exchanges into spans, joins local client/server pairs, sends what is ready.
+    fn make_spans(&mut self, sinks: &mut Sinks) {
+        let now = Instant::now();
+        for ex in self.exchanges.drain(..) {
+            let process = self.processes.get_or_load(ex.conn.key.tgid, &ex.conn.comm);
+            let conn = spans::http::ConnInfo { local: ex.conn.local, remote: ex.conn.remote };
+            let span = spans::http::http_span(&ex.exchange, &conn, &process, &self.clock);
+            Metrics::inc(&self.metrics.spans_created);
+            let (local, remote) = (ex.conn.local, ex.conn.remote);
+            match span.kind {
+                SpanKind::Server => {
+                    let peer = self.conns.peer_traced(local, remote);
+                    self.linker.on_server(span, local, remote, peer, now, &self.metrics, &mut self.ready);
+                }
+                _ => self.linker.on_client(span, local, remote, now, &mut self.ready),
+            }
+        }
+        for span in self.ready.drain(..) {
+            sinks.send(span);
+        }
+    }
+
+    fn housekeeping(&mut self, sinks: &mut Sinks) {
         if self.last_ts > IDLE_CONN_NS {
             self.conns.sweep(self.last_ts - IDLE_CONN_NS, &self.metrics);
+        }
+        self.linker.expire(Instant::now(), &self.metrics, &mut self.ready);
+        for span in self.ready.drain(..) {
+            sinks.send(span);
+        }
+    }
+
+    /// Releases every held span (at shutdown).
+    fn flush(&mut self, sinks: &mut Sinks) {
+        self.linker.flush(&mut self.ready);
+        for span in self.ready.drain(..) {
+            sinks.send(span);
         }
     }
 }

@@ -7,7 +7,7 @@ use aya_ebpf::{
     },
     maps::ring_buf::RingBufEntry,
 };
-use ztrace_common::{Counter, DataEventHeader, DataSource, EventHeader, EventKind, MAX_CAPTURE};
+use ztrace_common::{Counter, DataEventHeader, DataSource, EventHeader, EventKind, MAX_CAPTURE, TAIL_BYTES};
 
 use crate::{
     config::settings,
@@ -46,10 +46,20 @@ pub fn simple(kind: EventKind, tgid: u32, tid: u32, fd: i32, conn_gen: u64) {
     }
 }
 
+/// The connection and moment a data event belongs to.
+pub struct Conn {
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: i32,
+    pub conn_gen: u64,
+    pub ts_ns: u64,
+}
+
 /// Sends the bytes one syscall (or one iovec of it) moved: `len` bytes at user address `buf`,
-/// of which the configured prefix is copied. `buf == 0` sends the length alone (sendfile).
+/// of which the configured prefix and, for long segments, the last `TAIL_BYTES` are copied.
+/// `buf == 0` sends the length alone (sendfile).
 #[inline(always)]
-pub fn data(tgid: u32, tid: u32, fd: i32, conn_gen: u64, direction: u32, buf: u64, len: u64) {
+pub fn data(conn: &Conn, direction: u32, buf: u64, len: u64) {
     let Some(event) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -58,32 +68,44 @@ pub fn data(tgid: u32, tid: u32, fd: i32, conn_gen: u64, direction: u32, buf: u6
     if captured > MAX_CAPTURE as u64 {
         captured = MAX_CAPTURE as u64;
     }
+    let mut tail = if buf != 0 && len > captured + TAIL_BYTES as u64 { TAIL_BYTES as u64 } else { 0 };
     // SAFETY: `event` points to this CPU's scratch slot, large enough for a whole DataEvent;
-    // the copy length is bounded by MAX_CAPTURE, the size of `data`.
+    // the prefix is at most MAX_CAPTURE bytes and the tail TAIL_BYTES after it, the size of `data`.
     unsafe {
         (*event).hdr = DataEventHeader {
-            header: header(EventKind::Data, tgid, tid, fd, conn_gen),
+            header: EventHeader {
+                kind: EventKind::Data as u32,
+                tgid: conn.tgid,
+                tid: conn.tid,
+                fd: conn.fd,
+                ts_ns: conn.ts_ns,
+                conn_gen: conn.conn_gen,
+            },
             direction,
             source: DataSource::Syscall as u32,
             len: if len > u32::MAX as u64 { u32::MAX } else { len as u32 },
             captured: captured as u32,
+            tail: 0,
+            _pad: 0,
         };
-        if captured > 0 {
-            let dst = (*event).data.as_mut_ptr();
-            if bpf_probe_read_user(dst.cast(), captured as u32, buf as *const _) != 0 {
-                count(Counter::PayloadReadFailed);
-                captured = 0;
-                (*event).hdr.captured = 0;
-            }
+        let dst = (*event).data.as_mut_ptr();
+        if captured > 0 && bpf_probe_read_user(dst.cast(), captured as u32, buf as *const _) != 0 {
+            count(Counter::PayloadReadFailed);
+            captured = 0;
+            tail = 0;
+            (*event).hdr.captured = 0;
         }
-        let size = core::mem::size_of::<DataEventHeader>() as u64 + captured;
-        if bpf_ringbuf_output(
-            core::ptr::addr_of!(EVENTS) as *mut _,
-            event.cast(),
-            size,
-            0,
-        ) != 0
-        {
+        if tail > 0 {
+            let at = captured & (MAX_CAPTURE as u64 * 2 - 1);
+            if at > MAX_CAPTURE as u64
+                || bpf_probe_read_user(dst.add(at as usize).cast(), TAIL_BYTES as u32, (buf + len - TAIL_BYTES as u64) as *const _) != 0
+            {
+                tail = 0;
+            }
+            (*event).hdr.tail = tail as u32;
+        }
+        let size = core::mem::size_of::<DataEventHeader>() as u64 + captured + tail;
+        if bpf_ringbuf_output(core::ptr::addr_of!(EVENTS) as *mut _, event.cast(), size, 0) != 0 {
             count(Counter::RingbufFull);
             return;
         }

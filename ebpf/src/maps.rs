@@ -77,6 +77,8 @@ pub struct PendingCall {
     pub direction: u32,
     pub fd: i32,
     pub _pad: u32,
+    /// `bpf_ktime_get_ns` at entry.
+    pub enter_ns: u64,
     /// Buffer, iovec array or msghdr, depending on `call`.
     pub ptr: u64,
     /// Buffer size or iovec count.

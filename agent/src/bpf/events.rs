@@ -6,7 +6,9 @@ use ztrace_common::{ConnEvent, DataEventHeader, EventHeader, EventKind};
 #[derive(Debug)]
 pub enum KernelEvent<'a> {
     Conn(ConnEvent),
-    Data { header: DataEventHeader, payload: &'a [u8] },
+    /// `prefix` is the start of the bytes moved, `tail` their last bytes when the middle was
+    /// not copied (see `DataEventHeader`).
+    Data { header: DataEventHeader, prefix: &'a [u8], tail: &'a [u8] },
     Close(EventHeader),
 }
 
@@ -39,11 +41,12 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
         Some(EventKind::Data) => {
             let data: DataEventHeader = read(bytes)?;
             let payload = &bytes[size_of::<DataEventHeader>()..];
-            let claimed = data.captured as usize;
-            if claimed > payload.len() || data.captured > data.len {
-                return Err(DecodeError::BadCapture { claimed: data.captured, present: payload.len() });
+            let captured = data.captured as usize;
+            let claimed = captured + data.tail as usize;
+            if claimed > payload.len() || u64::from(data.captured) + u64::from(data.tail) > u64::from(data.len) {
+                return Err(DecodeError::BadCapture { claimed: claimed as u32, present: payload.len() });
             }
-            Ok(KernelEvent::Data { header: data, payload: &payload[..claimed] })
+            Ok(KernelEvent::Data { header: data, prefix: &payload[..captured], tail: &payload[captured..claimed] })
         }
         None => Err(DecodeError::UnknownKind(header.kind)),
     }
@@ -64,13 +67,22 @@ mod tests {
 
     #[test]
     fn decodes_data_with_payload() {
-        let h = DataEventHeader { header: header(EventKind::Data), direction: 1, source: 1, len: 10, captured: 3 };
+        let h = DataEventHeader {
+            header: header(EventKind::Data),
+            direction: 1,
+            source: 1,
+            len: 10,
+            captured: 3,
+            tail: 2,
+            _pad: 0,
+        };
         let mut rec = as_bytes(&h);
-        rec.extend_from_slice(b"GET");
+        rec.extend_from_slice(b"GET\r\n");
         match decode(&rec).expect("decode") {
-            KernelEvent::Data { header, payload } => {
+            KernelEvent::Data { header, prefix, tail } => {
                 assert_eq!(header.len, 10);
-                assert_eq!(payload, b"GET");
+                assert_eq!(prefix, b"GET");
+                assert_eq!(tail, b"\r\n");
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -82,8 +94,19 @@ mod tests {
         let mut h = header(EventKind::Close);
         h.kind = 77;
         assert_eq!(decode(&as_bytes(&h)).err(), Some(DecodeError::UnknownKind(77)));
-        let d = DataEventHeader { header: header(EventKind::Data), direction: 1, source: 1, len: 10, captured: 8 };
+        let d = DataEventHeader {
+            header: header(EventKind::Data),
+            direction: 1,
+            source: 1,
+            len: 10,
+            captured: 8,
+            tail: 0,
+            _pad: 0,
+        };
         assert!(matches!(decode(&as_bytes(&d)), Err(DecodeError::BadCapture { .. })));
+        let mut rec = as_bytes(&DataEventHeader { captured: 4, tail: 8, ..d });
+        rec.extend_from_slice(&[0; 12]);
+        assert!(matches!(decode(&rec), Err(DecodeError::BadCapture { .. })), "prefix + tail > len");
         let short_conn = as_bytes(&header(EventKind::Conn));
         assert!(matches!(decode(&short_conn), Err(DecodeError::Short(_))));
     }

@@ -76,6 +76,8 @@ pub struct ConnExchange {
 /// All open connections of traced processes.
 pub struct ConnTable {
     conns: HashMap<ConnKey, Connection>,
+    /// (local, remote) → connection, to find the other end of a local connection.
+    by_tuple: HashMap<(SocketAddr, SocketAddr), ConnKey>,
     max_conns: usize,
     own_tgid: u32,
     /// Local endpoints of the agent's own connections (its OTLP export): a traced server
@@ -90,6 +92,7 @@ impl ConnTable {
     pub fn new(max_conns: usize, own_tgid: u32) -> Self {
         ConnTable {
             conns: HashMap::new(),
+            by_tuple: HashMap::new(),
             max_conns,
             own_tgid,
             own_endpoints: HashSet::new(),
@@ -131,11 +134,35 @@ impl ConnTable {
             sock: ev.sock,
             comm: comm_string(&ev.comm),
         };
+        self.by_tuple.insert((local, remote), key);
         self.conns.insert(key, Connection { info, state: State::Undetected, last_ts: ev.header.ts_ns });
     }
 
-    /// Bytes moved on a connection; finished exchanges are appended to `out`.
-    pub fn on_data(&mut self, header: &DataEventHeader, payload: &[u8], metrics: &Metrics, out: &mut Vec<ConnExchange>) {
+    /// True when the other end of this connection (`remote → local`) is a traced connection on
+    /// this host.
+    pub fn peer_traced(&self, local: SocketAddr, remote: SocketAddr) -> bool {
+        self.by_tuple.contains_key(&(remote, local))
+    }
+
+    fn remove(&mut self, key: &ConnKey) -> Option<Connection> {
+        let conn = self.conns.remove(key)?;
+        let tuple = (conn.info.local, conn.info.remote);
+        if self.by_tuple.get(&tuple) == Some(key) {
+            self.by_tuple.remove(&tuple);
+        }
+        Some(conn)
+    }
+
+    /// Bytes moved on a connection: the captured `prefix`, then `len - prefix - tail` bytes not
+    /// copied, then the `tail`. Finished exchanges are appended to `out`.
+    pub fn on_data(
+        &mut self,
+        header: &DataEventHeader,
+        payload: &[u8],
+        tail: &[u8],
+        metrics: &Metrics,
+        out: &mut Vec<ConnExchange>,
+    ) {
         let key = ConnKey::of(&header.header);
         let Some(conn) = self.conns.get_mut(&key) else {
             Metrics::inc(&metrics.events_unknown_conn);
@@ -164,12 +191,15 @@ impl ConnTable {
         }
 
         let State::Http1(parser) = &mut conn.state else { return };
-        let missing = u64::from(header.len.saturating_sub(header.captured));
+        let missing = u64::from(header.len).saturating_sub(payload.len() as u64 + tail.len() as u64);
         let mut failed = false;
         if !payload.is_empty() && parser.on_chunk(&chunk, &mut self.scratch).is_err() {
             failed = true;
         }
         if missing > 0 && parser.on_gap(&Gap { direction, ts_ns, len: missing }, &mut self.scratch).is_err() {
+            failed = true;
+        }
+        if !tail.is_empty() && parser.on_chunk(&Chunk { bytes: tail, ..chunk }, &mut self.scratch).is_err() {
             failed = true;
         }
         if failed {
@@ -183,19 +213,24 @@ impl ConnTable {
     /// The process closed its fd: responses delimited by close end here.
     pub fn on_close(&mut self, header: &EventHeader, metrics: &Metrics, out: &mut Vec<ConnExchange>) {
         let key = ConnKey::of(header);
-        let Some(mut conn) = self.conns.remove(&key) else { return };
+        let Some(mut conn) = self.remove(&key) else { return };
         self.finish(&mut conn, header.ts_ns, metrics, out);
     }
 
     /// Drops connections idle since before `cutoff_ts` (processes that died without closing).
     pub fn sweep(&mut self, cutoff_ts: u64, metrics: &Metrics) {
-        self.conns.retain(|_, c| {
+        let by_tuple = &mut self.by_tuple;
+        self.conns.retain(|k, c| {
             let keep = c.last_ts >= cutoff_ts;
             if !keep {
                 if let State::Http1(parser) = &mut c.state {
                     let mut sink = Vec::new();
                     let unanswered = parser.on_close(c.last_ts, &mut sink);
                     Metrics::add(&metrics.exchanges_unanswered, unanswered as u64);
+                }
+                let tuple = (c.info.local, c.info.remote);
+                if by_tuple.get(&tuple) == Some(k) {
+                    by_tuple.remove(&tuple);
                 }
             }
             keep
@@ -204,7 +239,10 @@ impl ConnTable {
 
     /// Forgets every connection of a process that exited.
     pub fn forget_process(&mut self, tgid: u32) {
-        self.conns.retain(|k, _| k.tgid != tgid);
+        let keys: Vec<ConnKey> = self.conns.keys().filter(|k| k.tgid == tgid).copied().collect();
+        for key in keys {
+            self.remove(&key);
+        }
     }
 
     fn finish(&mut self, conn: &mut Connection, ts_ns: u64, metrics: &Metrics, out: &mut Vec<ConnExchange>) {
@@ -227,7 +265,7 @@ impl ConnTable {
         }
         by_age.select_nth_unstable(n - 1);
         for (_, key) in &by_age[..n] {
-            self.conns.remove(key);
+            self.remove(key);
         }
         Metrics::add(&metrics.conns_evicted, n as u64);
     }
@@ -295,6 +333,8 @@ mod tests {
             source: 1,
             len: bytes.len() as u32,
             captured: bytes.len() as u32,
+            tail: 0,
+            _pad: 0,
         }
     }
 
@@ -315,10 +355,10 @@ mod tests {
         let mut out = Vec::new();
         let req = b"GET /hello?x=1 HTTP/1.1\r\nHost: localhost\r\n\r\n";
         let (a, b) = req.split_at(10);
-        table.on_data(&data(7, 10, Direction::Ingress, a), a, &metrics, &mut out);
-        table.on_data(&data(7, 11, Direction::Ingress, b), b, &metrics, &mut out);
+        table.on_data(&data(7, 10, Direction::Ingress, a), a, &[], &metrics, &mut out);
+        table.on_data(&data(7, 11, Direction::Ingress, b), b, &[], &metrics, &mut out);
         let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi";
-        table.on_data(&data(7, 20, Direction::Egress, resp), resp, &metrics, &mut out);
+        table.on_data(&data(7, 20, Direction::Egress, resp), resp, &[], &metrics, &mut out);
         assert_eq!(out.len(), 1);
         let ex = &out[0];
         assert_eq!(ex.conn.comm, "python3");
@@ -336,9 +376,9 @@ mod tests {
         table.on_conn(&conn_event(7, ConnRole::Client, 2, v4([127, 0, 0, 1]), v4([127, 0, 0, 1])), &metrics);
         let mut out = Vec::new();
         let junk = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03";
-        table.on_data(&data(7, 10, Direction::Egress, junk), junk, &metrics, &mut out);
+        table.on_data(&data(7, 10, Direction::Egress, junk), junk, &[], &metrics, &mut out);
         let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
-        table.on_data(&data(7, 11, Direction::Ingress, resp), resp, &metrics, &mut out);
+        table.on_data(&data(7, 11, Direction::Ingress, resp), resp, &[], &metrics, &mut out);
         assert!(out.is_empty());
         assert_eq!(metrics.conns_unrecognized.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
@@ -356,9 +396,9 @@ mod tests {
         table.on_conn(&conn_event(7, ConnRole::Server, 2, v4([127, 0, 0, 1]), v4([127, 0, 0, 1])), &metrics);
         let mut out = Vec::new();
         let req = b"POST /v1/traces HTTP/1.1\r\nContent-Length: 0\r\n\r\n";
-        table.on_data(&data(7, 10, Direction::Ingress, req), req, &metrics, &mut out);
+        table.on_data(&data(7, 10, Direction::Ingress, req), req, &[], &metrics, &mut out);
         let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
-        table.on_data(&data(7, 11, Direction::Egress, resp), resp, &metrics, &mut out);
+        table.on_data(&data(7, 11, Direction::Egress, resp), resp, &[], &metrics, &mut out);
         assert!(out.is_empty());
     }
 
@@ -367,7 +407,7 @@ mod tests {
         let metrics = Metrics::default();
         let mut table = ConnTable::new(2, 999);
         let mut out = Vec::new();
-        table.on_data(&data(7, 10, Direction::Egress, b"x"), b"x", &metrics, &mut out);
+        table.on_data(&data(7, 10, Direction::Egress, b"x"), b"x", &[], &metrics, &mut out);
         assert_eq!(metrics.events_unknown_conn.load(std::sync::atomic::Ordering::Relaxed), 1);
         for gen in 0..5u64 {
             let mut ev = conn_event(7, ConnRole::Client, 2, v4([127, 0, 0, 1]), v4([127, 0, 0, 1]));

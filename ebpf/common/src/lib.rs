@@ -15,6 +15,10 @@ use core::mem::size_of;
 /// (`--capture-bytes`) up to this bound; the kernel clamps to it.
 pub const MAX_CAPTURE: usize = 16 * 1024;
 
+/// Bytes copied from the end of a segment longer than the capture prefix: enough to see how a
+/// chunked body ends (`0\r\n\r\n`) even when its middle was not copied.
+pub const TAIL_BYTES: usize = 64;
+
 /// Maximum number of `iovec` entries of one vectored call that are copied.
 pub const MAX_IOVECS: u32 = 8;
 
@@ -146,9 +150,13 @@ pub enum DataSource {
 
 /// Bytes moved on a known TCP connection.
 ///
-/// The record in the ring buffer is `size_of::<DataEventHeader>() + captured` bytes long: the
-/// kernel sends only the captured prefix. `len` is the number of bytes the syscall (or this
-/// iovec segment of it) moved; `len - captured` bytes were not copied.
+/// The record in the ring buffer is `size_of::<DataEventHeader>() + captured + tail` bytes
+/// long: the captured prefix, then, when the segment was longer than the prefix plus
+/// [`TAIL_BYTES`], its last `tail` bytes. `len` is the number of bytes the syscall (or this
+/// iovec segment of it) moved; `len - captured - tail` bytes in the middle were not copied.
+///
+/// `header.ts_ns` is the time the bytes moved: the syscall's entry for egress (the bytes leave
+/// as the write begins), its exit for ingress (the bytes are in hand when the read returns).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct DataEventHeader {
@@ -158,9 +166,13 @@ pub struct DataEventHeader {
     /// [`DataSource`].
     pub source: u32,
     pub len: u32,
+    /// Bytes of the prefix that follow the header.
     pub captured: u32,
+    /// Bytes of the segment's end that follow the prefix (0 unless `len > captured + TAIL_BYTES`).
+    pub tail: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<DataEventHeader>() == 48);
+const _: () = assert!(size_of::<DataEventHeader>() == 56);
 
 /// A data event with room for the largest capture; the kernel fills it in a per-CPU scratch
 /// map and sends only `size_of::<DataEventHeader>() + captured` bytes of it.
@@ -168,9 +180,9 @@ const _: () = assert!(size_of::<DataEventHeader>() == 48);
 #[derive(Clone, Copy)]
 pub struct DataEvent {
     pub hdr: DataEventHeader,
-    pub data: [u8; MAX_CAPTURE],
+    pub data: [u8; MAX_CAPTURE + TAIL_BYTES],
 }
-const _: () = assert!(size_of::<DataEvent>() == 48 + MAX_CAPTURE);
+const _: () = assert!(size_of::<DataEvent>() == 56 + MAX_CAPTURE + TAIL_BYTES);
 
 /// Loss and activity counters, one per-CPU slot each in the `COUNTERS` map.
 #[repr(u32)]

@@ -18,7 +18,7 @@ fn save(call_kind: u32, fd: i32) -> u32 {
     if !filter::is_traced(tgid) && !filter::is_agent(tgid) {
         return 0;
     }
-    let pending = PendingCall { call: call_kind, direction: 0, fd, _pad: 0, ptr: 0, count: 0 };
+    let pending = PendingCall { call: call_kind, direction: 0, fd, _pad: 0, enter_ns: 0, ptr: 0, count: 0 };
     if ACTIVE.insert(&pid_tgid, &pending, 0).is_err() {
         count(Counter::ArgsMapFull);
     }

@@ -4,7 +4,11 @@
 //! Vectored calls emit one data event per iovec segment, up to `MAX_IOVECS`; bytes beyond
 //! that are reported as a length without payload, so the agent's byte count stays exact.
 
-use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
 use ztrace_common::{ConnRole, Counter, Direction, MAX_IOVECS};
 
 use super::{arg, ids, read_i64, read_u64, RET};
@@ -34,7 +38,9 @@ fn enter(call_kind: u32, direction: u32, fd: i32, ptr: u64, count_arg: u64) -> u
     if !filter::is_traced(tgid) || sock::lookup_tcp(tgid, fd).is_none() {
         return 0;
     }
-    let pending = PendingCall { call: call_kind, direction, fd, _pad: 0, ptr, count: count_arg };
+    // SAFETY: the helper has no preconditions.
+    let enter_ns = unsafe { bpf_ktime_get_ns() };
+    let pending = PendingCall { call: call_kind, direction, fd, _pad: 0, enter_ns, ptr, count: count_arg };
     if ACTIVE.insert(&pid_tgid, &pending, 0).is_err() {
         count(Counter::ArgsMapFull);
     }
@@ -73,17 +79,24 @@ fn exit(ctx: &TracePointContext) -> u32 {
         let _ = SOCKS.insert(&sock::key(tgid, fd), &entry, 0);
     }
     let moved = ret as u64;
-    let gen = entry.conn_gen;
+    // Egress bytes leave as the write begins; ingress bytes are in hand when the read returns.
+    let ts = if pending.direction == EGRESS {
+        pending.enter_ns
+    } else {
+        // SAFETY: the helper has no preconditions.
+        unsafe { bpf_ktime_get_ns() }
+    };
+    let conn = emit::Conn { tgid, tid, fd, conn_gen: entry.conn_gen, ts_ns: ts };
     match pending.call {
-        call::PLAIN => emit::data(tgid, tid, fd, gen, pending.direction, pending.ptr, moved),
-        call::SENDFILE => emit::data(tgid, tid, fd, gen, pending.direction, 0, moved),
-        call::VECTORED => iovecs(tgid, tid, fd, gen, pending.direction, pending.ptr, pending.count, moved),
+        call::PLAIN => emit::data(&conn, pending.direction, pending.ptr, moved),
+        call::SENDFILE => emit::data(&conn, pending.direction, 0, moved),
+        call::VECTORED => iovecs(&conn, pending.direction, pending.ptr, pending.count, moved),
         call::MSG => {
             // SAFETY: user memory read through the helper, which checks the address.
             let iov = unsafe { bpf_probe_read_user((pending.ptr + MSG_IOV) as *const u64) }.unwrap_or(0);
             // SAFETY: as above.
             let iovlen = unsafe { bpf_probe_read_user((pending.ptr + MSG_IOVLEN) as *const u64) }.unwrap_or(0);
-            iovecs(tgid, tid, fd, gen, pending.direction, iov, iovlen, moved)
+            iovecs(&conn, pending.direction, iov, iovlen, moved)
         }
         _ => {}
     }
@@ -91,8 +104,7 @@ fn exit(ctx: &TracePointContext) -> u32 {
 }
 
 #[inline(always)]
-#[expect(clippy::too_many_arguments, reason = "BPF: everything is passed in registers after inlining")]
-fn iovecs(tgid: u32, tid: u32, fd: i32, gen: u64, direction: u32, iov: u64, iovcnt: u64, moved: u64) {
+fn iovecs(conn: &emit::Conn, direction: u32, iov: u64, iovcnt: u64, moved: u64) {
     let mut remaining = moved;
     for i in 0..MAX_IOVECS as u64 {
         if remaining == 0 || i >= iovcnt {
@@ -103,12 +115,12 @@ fn iovecs(tgid: u32, tid: u32, fd: i32, gen: u64, direction: u32, iov: u64, iovc
             break;
         };
         let n = if seg.len < remaining { seg.len } else { remaining };
-        emit::data(tgid, tid, fd, gen, direction, seg.base, n);
+        emit::data(conn, direction, seg.base, n);
         remaining -= n;
     }
     if remaining > 0 {
         count(Counter::IovecsTruncated);
-        emit::data(tgid, tid, fd, gen, direction, 0, remaining);
+        emit::data(conn, direction, 0, remaining);
     }
 }
 
