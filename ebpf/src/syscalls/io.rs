@@ -5,7 +5,10 @@
 //! that are reported as a length without payload, so the agent's byte count stays exact.
 
 use aya_ebpf::{
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
+    helpers::{
+        bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+        generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
+    },
     macros::tracepoint,
     programs::TracePointContext,
 };
@@ -58,15 +61,49 @@ fn enter_std(ctx: &TracePointContext, call_kind: u32, direction: u32) -> u32 {
     )
 }
 
+/// x86-64 `struct pt_regs`: offsets of the first syscall arguments (rdi, rsi, rdx).
+const PT_REGS_DI: u64 = 14 * 8;
+const PT_REGS_SI: u64 = 13 * 8;
+
+/// A read that was already blocked when ztrace started has no saved arguments: take fd and
+/// buffer from the thread's saved user registers, which syscalls leave unchanged (x86-64;
+/// `bpf_task_pt_regs`, Linux >= 5.15). Typical of thread-per-connection servers idle on a
+/// keep-alive connection.
 #[inline(always)]
-fn exit(ctx: &TracePointContext) -> u32 {
+fn recover_plain_read(tgid: u32) -> Option<PendingCall> {
+    if !filter::is_traced(tgid) {
+        return None;
+    }
+    // SAFETY: both helpers take/return kernel pointers the verifier tracks; the registers are
+    // then read through bpf_probe_read_kernel, which checks the address.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    if regs == 0 {
+        return None;
+    }
+    // SAFETY: as above.
+    let fd = unsafe { bpf_probe_read_kernel((regs + PT_REGS_DI) as *const u64) }.ok()? as i32;
+    sock::lookup_tcp(tgid, fd)?;
+    // SAFETY: as above.
+    let buf = unsafe { bpf_probe_read_kernel((regs + PT_REGS_SI) as *const u64) }.ok()?;
+    Some(PendingCall { call: call::PLAIN, direction: INGRESS, fd, _pad: 0, enter_ns: 0, ptr: buf, count: 0 })
+}
+
+#[inline(always)]
+fn exit(ctx: &TracePointContext, plain_read: bool) -> u32 {
     let (tgid, tid, pid_tgid) = ids();
-    // SAFETY: copied out at once.
-    let Some(pending) = unsafe { ACTIVE.get(&pid_tgid) }.copied() else {
-        return 0;
-    };
-    let _ = ACTIVE.remove(&pid_tgid);
     let ret = read_i64(ctx, RET);
+    // SAFETY: copied out at once.
+    let pending = match unsafe { ACTIVE.get(&pid_tgid) }.copied() {
+        Some(p) => {
+            let _ = ACTIVE.remove(&pid_tgid);
+            p
+        }
+        None if plain_read && ret > 0 => match recover_plain_read(tgid) {
+            Some(p) => p,
+            None => return 0,
+        },
+        None => return 0,
+    };
     if ret <= 0 {
         return 0;
     }
@@ -125,7 +162,7 @@ fn iovecs(conn: &emit::Conn, direction: u32, iov: u64, iovcnt: u64, moved: u64) 
 }
 
 macro_rules! io_pair {
-    ($enter:ident, $exit:ident, $tp:literal, $call:expr, $dir:expr) => {
+    ($enter:ident, $exit:ident, $tp:literal, $call:expr, $dir:expr, $plain_read:expr) => {
         #[doc = concat!("`syscalls/sys_enter_", $tp, "`.")]
         #[tracepoint]
         pub fn $enter(ctx: TracePointContext) -> u32 {
@@ -135,19 +172,19 @@ macro_rules! io_pair {
         #[doc = concat!("`syscalls/sys_exit_", $tp, "`.")]
         #[tracepoint]
         pub fn $exit(ctx: TracePointContext) -> u32 {
-            exit(&ctx)
+            exit(&ctx, $plain_read)
         }
     };
 }
 
-io_pair!(zt_enter_read, zt_exit_read, "read", call::PLAIN, INGRESS);
-io_pair!(zt_enter_write, zt_exit_write, "write", call::PLAIN, EGRESS);
-io_pair!(zt_enter_recvfrom, zt_exit_recvfrom, "recvfrom", call::PLAIN, INGRESS);
-io_pair!(zt_enter_sendto, zt_exit_sendto, "sendto", call::PLAIN, EGRESS);
-io_pair!(zt_enter_readv, zt_exit_readv, "readv", call::VECTORED, INGRESS);
-io_pair!(zt_enter_writev, zt_exit_writev, "writev", call::VECTORED, EGRESS);
-io_pair!(zt_enter_recvmsg, zt_exit_recvmsg, "recvmsg", call::MSG, INGRESS);
-io_pair!(zt_enter_sendmsg, zt_exit_sendmsg, "sendmsg", call::MSG, EGRESS);
+io_pair!(zt_enter_read, zt_exit_read, "read", call::PLAIN, INGRESS, true);
+io_pair!(zt_enter_write, zt_exit_write, "write", call::PLAIN, EGRESS, false);
+io_pair!(zt_enter_recvfrom, zt_exit_recvfrom, "recvfrom", call::PLAIN, INGRESS, true);
+io_pair!(zt_enter_sendto, zt_exit_sendto, "sendto", call::PLAIN, EGRESS, false);
+io_pair!(zt_enter_readv, zt_exit_readv, "readv", call::VECTORED, INGRESS, false);
+io_pair!(zt_enter_writev, zt_exit_writev, "writev", call::VECTORED, EGRESS, false);
+io_pair!(zt_enter_recvmsg, zt_exit_recvmsg, "recvmsg", call::MSG, INGRESS, false);
+io_pair!(zt_enter_sendmsg, zt_exit_sendmsg, "sendmsg", call::MSG, EGRESS, false);
 
 /// `syscalls/sys_enter_sendfile64`: out_fd at arg 0, count at arg 3; the bytes come from a
 /// file and are reported as a length only.
@@ -159,5 +196,5 @@ pub fn zt_enter_sendfile64(ctx: TracePointContext) -> u32 {
 /// `syscalls/sys_exit_sendfile64`.
 #[tracepoint]
 pub fn zt_exit_sendfile64(ctx: TracePointContext) -> u32 {
-    exit(&ctx)
+    exit(&ctx, false)
 }
