@@ -31,7 +31,9 @@ pub const IGNORE_REASON: &str = "needs root and eBPF; run by cargo xtask test";
 pub fn repo_root() -> PathBuf {
     match std::env::var_os("ZTRACE_REPO") {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."),
+        _ => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .canonicalize()
+            .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")),
     }
 }
 

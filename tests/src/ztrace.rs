@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
@@ -29,6 +29,9 @@ pub struct Ztrace {
     proc: Proc,
     /// Stdout lines already parsed, and the spans among them.
     parsed: Mutex<(usize, Vec<Span>)>,
+    /// How long it took to print its ready line.
+    ready_after: Duration,
+    stopped: bool,
     _data_dir: TempDir,
 }
 
@@ -70,11 +73,17 @@ impl Ztrace {
         if supports("--data-dir") && !args.iter().any(|a| a.starts_with("--data-dir")) {
             cmd.arg("--data-dir").arg(data_dir.path());
         }
+        if let Some(level) = std::env::var_os("ZTRACE_E2E_LOG_LEVEL") {
+            cmd.arg("--log-level").arg(level);
+        }
+        let started = Instant::now();
         let mut proc = Proc::spawn("ztrace", &mut cmd);
         proc.wait_for_stderr(READY_LINE, READY_TIMEOUT);
         Ztrace {
             proc,
             parsed: Mutex::new((0, Vec::new())),
+            ready_after: started.elapsed(),
+            stopped: false,
             _data_dir: data_dir,
         }
     }
@@ -124,11 +133,11 @@ impl Ztrace {
             }
             Some(false) => panic!(
                 "ztrace exited while waiting for {n} span(s):\n{}",
-                self.report()
+                self.report_for(&pred)
             ),
             None => panic!(
                 "{n} matching span(s) did not arrive within {timeout:?}:\n{}",
-                self.report()
+                self.report_for(&pred)
             ),
         }
     }
@@ -146,19 +155,30 @@ impl Ztrace {
 
     /// Every span seen and the agent's state and stderr: for failure messages.
     pub fn report(&mut self) -> String {
+        self.report_for(&|_: &Span| false)
+    }
+
+    /// Like [`Ztrace::report`], with the spans matching `pred` first (the agent sees the whole
+    /// host, so the test's own spans can drown among others).
+    pub fn report_for(&mut self, pred: &dyn Fn(&Span) -> bool) -> String {
         let spans = self.spans();
-        let shown = &spans[spans.len().saturating_sub(40)..];
+        let (matching, others): (Vec<Span>, Vec<Span>) = spans.into_iter().partition(|s| pred(s));
+        let shown = &others[others.len().saturating_sub(20)..];
         format!(
-            "{} span(s) printed, the last {}:\n{}\n{}",
-            spans.len(),
+            "{} matching span(s):\n{}\n{} other span(s), the last {}:\n{}\nready after {:.1} s; {}",
+            matching.len(),
+            span::list(&matching),
+            others.len(),
             shown.len(),
             span::list(shown),
+            self.ready_after.as_secs_f64(),
             self.proc.describe()
         )
     }
 
     /// Sends SIGTERM, waits (30 s at most) and asserts a clean exit (code 0).
     pub fn stop(mut self) -> Stopped {
+        self.stopped = true;
         self.proc.signal(libc::SIGTERM);
         let Some(status) = self.proc.wait_exit(Duration::from_secs(30)) else {
             panic!(
@@ -179,6 +199,15 @@ impl Ztrace {
             stderr,
             stats,
             spans,
+        }
+    }
+}
+
+impl Drop for Ztrace {
+    /// A test that fails while the agent runs gets the agent's side of the story in its output.
+    fn drop(&mut self) {
+        if std::thread::panicking() && !self.stopped {
+            eprintln!("--- ztrace when the test failed ---\n{}", self.report());
         }
     }
 }

@@ -76,13 +76,6 @@ fn python_http_server_and_curl_give_one_server_and_one_client_span() {
         "url.query: {:?}",
         servers[0]
     );
-    assert_eq!(
-        servers[0].attr_str("ztrace.link"),
-        Some("connection"),
-        "ztrace.link: {:?}",
-        servers[0]
-    );
-    checks::linked(&clients[0], &servers[0]);
 
     let stopped = ztrace.stop();
     let stats = stopped.stats.unwrap_or_else(|| {
@@ -143,7 +136,6 @@ fn nginx_and_curl_keep_alive_three_requests_give_three_spans_each_in_order() {
         );
         assert_nginx_worker(server_span, server.pid());
         checks::client_span(client_span, &exchange, &Emitter::new(CURL, run.pid));
-        checks::linked(client_span, server_span);
     }
     for pair in servers.windows(2).chain(clients.windows(2)) {
         assert!(
@@ -204,7 +196,6 @@ fn python_urllib_against_nginx_is_named_from_its_environment() {
         &exchange,
         &Emitter::new(&["e2e-urllib-client"], pid),
     );
-    checks::linked(&clients[0], &servers[0]);
     ztrace.stop();
 }
 
@@ -274,7 +265,6 @@ fn a_large_chunked_response_completes_its_spans() {
         &Emitter::new(FIXTURE_SERVER, server.pid()),
     );
     checks::client_span(&clients[0], &exchange, &Emitter::new(CURL, run.pid));
-    checks::linked(&clients[0], &servers[0]);
     ztrace.stop();
 }
 
@@ -308,7 +298,6 @@ fn ipv6_loopback_peers_are_reported() {
         &Emitter::new(HTTP_SERVER, server.pid()),
     );
     checks::client_span(&clients[0], &exchange, &Emitter::new(CURL, run.pid));
-    checks::linked(&clients[0], &servers[0]);
     ztrace.stop();
 }
 
@@ -346,6 +335,5 @@ fn a_connection_opened_before_the_agent_started_is_traced() {
         &exchange,
         &Emitter::new(KEEPALIVE_CLIENT, client.pid()),
     );
-    checks::linked(&clients[0], &servers[0]);
     ztrace.stop();
 }

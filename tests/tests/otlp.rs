@@ -85,11 +85,6 @@ fn export_and_check(
         Some("curl"),
         "resource service.name: {client_span:?}"
     );
-    assert_eq!(
-        server_span.trace_id(),
-        client_span.trace_id(),
-        "one trace:\n{spans:#?}"
-    );
 
     let stopped = ztrace.stop();
     if let Some(stats) = stopped.stats {
