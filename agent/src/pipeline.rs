@@ -41,6 +41,8 @@ pub enum PipelineError {
 const IDLE_CONN_NS: u64 = 10 * 60 * 1_000_000_000;
 /// Most connections tracked at once.
 const MAX_CONNS: usize = 65_536;
+/// How often the ring buffer is drained when the kernel does not wake the agent.
+const POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// Spans waiting for the print thread.
 const PRINT_QUEUE: usize = 8192;
 
@@ -78,6 +80,9 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // The kernel wakes the agent only when a backlog builds up; otherwise it is polled.
+    let mut poll = tokio::time::interval(POLL_INTERVAL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     eprintln!("ztrace is ready");
     tracing::info!("tracing every process on this host except ztrace itself");
 
@@ -89,6 +94,7 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
                 guard.clear_ready();
                 capture.drain(guard.get_inner_mut(), &mut sinks);
             }
+            _ = poll.tick() => capture.drain(ring.ring_mut(), &mut sinks),
             _ = tick.tick() => capture.housekeeping(&mut sinks),
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
@@ -241,8 +247,13 @@ impl PrintSink {
         let (tx, rx) = mpsc::sync_channel::<Span>(PRINT_QUEUE);
         let thread = std::thread::spawn(move || {
             let mut printer = Printer::new(std::io::stdout().lock(), format);
-            for span in rx {
-                if printer.print(&span).is_err() {
+            // Print what is queued, flush when the queue is empty: one write per burst.
+            while let Ok(span) = rx.recv() {
+                let mut result = printer.print(&span);
+                while let (Ok(()), Ok(span)) = (&result, rx.try_recv()) {
+                    result = printer.print(&span);
+                }
+                if result.and_then(|()| printer.flush()).is_err() {
                     break; // stdout closed: nothing more to print
                 }
             }

@@ -13,7 +13,7 @@
 //! one line. The printer does no queueing: the caller runs it where blocking on stdout is fine.
 
 use std::fmt::Write as _;
-use std::io::{self, LineWriter, Write};
+use std::io::{self, BufWriter, Write};
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
@@ -189,9 +189,10 @@ fn one_line(s: &str) -> String {
     }
 }
 
-/// Writes spans, one line each, to a writer (stdout in practice), flushing after every line.
+/// Writes spans, one line each, to a writer (stdout in practice). Lines are buffered: the caller
+/// calls [`Printer::flush`] when it has nothing more to print for now.
 pub struct Printer<W: Write> {
-    out: LineWriter<W>,
+    out: BufWriter<W>,
     format: PrintFormat,
     line: String,
 }
@@ -199,11 +200,11 @@ pub struct Printer<W: Write> {
 impl<W: Write> Printer<W> {
     /// A printer of `format` lines to `out`.
     pub fn new(out: W, format: PrintFormat) -> Self {
-        Printer { out: LineWriter::new(out), format, line: String::new() }
+        Printer { out: BufWriter::with_capacity(64 * 1024, out), format, line: String::new() }
     }
 
-    /// Writes one span as one line (a single write, so lines never interleave). An error means
-    /// the output is gone (a closed pipe, say); the caller stops printing.
+    /// Writes one span as one line. An error means the output is gone (a closed pipe, say); the
+    /// caller stops printing.
     pub fn print(&mut self, span: &Span) -> io::Result<()> {
         self.line.clear();
         match self.format {
@@ -215,6 +216,11 @@ impl<W: Write> Printer<W> {
         }
         self.line.push('\n');
         self.out.write_all(self.line.as_bytes())
+    }
+
+    /// Writes out buffered lines.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
     }
 
     /// The underlying writer, after a flush.

@@ -27,6 +27,22 @@ pub fn header(kind: EventKind, tgid: u32, tid: u32, fd: i32, conn_gen: u64) -> E
     }
 }
 
+/// Bytes waiting in the ring buffer above which the agent is woken at once.
+const WAKEUP_BYTES: u64 = 256 * 1024;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+
+/// Ring buffer flags for a submit: no wakeup (the agent polls every few milliseconds) unless a
+/// backlog has built up. A wakeup per event would cost more than the event itself.
+#[inline(always)]
+pub fn wakeup_flags() -> u64 {
+    if EVENTS.query(0) > WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
+
 /// Reserves a fixed-size event, counting a full ring buffer.
 #[inline(always)]
 pub fn reserve<T: 'static>() -> Option<RingBufEntry<T>> {
@@ -42,7 +58,7 @@ pub fn reserve<T: 'static>() -> Option<RingBufEntry<T>> {
 pub fn simple(kind: EventKind, tgid: u32, tid: u32, fd: i32, conn_gen: u64) {
     if let Some(mut ev) = reserve::<EventHeader>() {
         ev.write(header(kind, tgid, tid, fd, conn_gen));
-        ev.submit(0);
+        ev.submit(wakeup_flags());
     }
 }
 
@@ -105,7 +121,7 @@ pub fn data(conn: &Conn, direction: u32, buf: u64, len: u64) {
             (*event).hdr.tail = tail as u32;
         }
         let size = core::mem::size_of::<DataEventHeader>() as u64 + captured + tail;
-        if bpf_ringbuf_output(core::ptr::addr_of!(EVENTS) as *mut _, event.cast(), size, 0) != 0 {
+        if bpf_ringbuf_output(core::ptr::addr_of!(EVENTS) as *mut _, event.cast(), size, wakeup_flags()) != 0 {
             count(Counter::RingbufFull);
             return;
         }

@@ -198,7 +198,7 @@ pub fn announce(tgid: u32, tid: u32, fd: i32, entry: &mut SockEntry, role: ConnR
         comm: leader_comm(),
     };
     ev.write(event);
-    ev.submit(0);
+    ev.submit(emit::wakeup_flags());
     entry.announced = 1;
     count(Counter::ConnEvents);
 }
