@@ -106,7 +106,8 @@ fn run_to_end(name: &str, cmd: &mut Command) -> (u32, String) {
 }
 
 /// A Python client holding one HTTP/1.1 connection: it makes its first request at once and its
-/// second only when told, so that a test can start the agent in between.
+/// second only when told, so that a test can start the agent in between. It stays alive (its
+/// connection open) until dropped.
 pub struct KeepaliveClient {
     proc: Proc,
 }

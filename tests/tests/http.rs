@@ -201,6 +201,32 @@ fn python_urllib_against_nginx_is_named_from_its_environment() {
 
 #[test]
 #[ignore = "needs root and eBPF; run by cargo xtask test"]
+fn a_script_that_exits_right_after_its_request_keeps_its_service_name() {
+    // The client exits (and stays a zombie until reaped) within milliseconds of its last
+    // syscall: the agent must know who it was by then.
+    let server = Server::nginx();
+    let mut ztrace = Ztrace::start(&["--print=json"]);
+
+    let (pid, codes) = clients::python_urllib(&[server.url("/hello")], &[]);
+    assert_eq!(codes, [200]);
+
+    let clients = ztrace.wait_for_spans(
+        |s| s.server_port() == Some(server.port) && s.is_client(),
+        SPAN_TIMEOUT,
+    );
+    assert_eq!(clients.len(), 1, "{clients:?}");
+    assert_eq!(clients[0].pid(), Some(pid), "{:?}", clients[0]);
+    assert_eq!(
+        clients[0].service(),
+        Some("urllib_get"),
+        "a script is named after its file: {:?}",
+        clients[0]
+    );
+    ztrace.stop();
+}
+
+#[test]
+#[ignore = "needs root and eBPF; run by cargo xtask test"]
 fn server_errors_make_error_spans_on_both_sides() {
     let server = Server::nginx();
     let mut ztrace = Ztrace::start(&["--print=json"]);
