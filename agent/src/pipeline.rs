@@ -132,6 +132,7 @@ struct Capture {
     /// Spans ready for the sinks.
     ready: Vec<Span>,
     last_ts: u64,
+    own_tgid: u32,
 }
 
 impl Capture {
@@ -145,6 +146,7 @@ impl Capture {
             linker: Linker::new(),
             ready: Vec::new(),
             last_ts: 0,
+            own_tgid: std::process::id(),
         }
     }
 
@@ -156,6 +158,11 @@ impl Capture {
                 Ok(KernelEvent::Conn(ev)) => {
                     self.last_ts = ev.header.ts_ns;
                     self.conns.on_conn(&ev, &self.metrics);
+                    // Read the process's identity now, while it surely runs: a short-lived
+                    // client may be gone (or a zombie without cmdline) when its span is built.
+                    if ev.header.tgid != self.own_tgid {
+                        self.processes.get_or_load(ev.header.tgid, &comm_of(&ev.comm));
+                    }
                 }
                 Ok(KernelEvent::Data { header, prefix, tail }) => {
                     self.last_ts = header.header.ts_ns;
@@ -271,6 +278,12 @@ impl PrintSink {
         drop(self.tx);
         let _ = self.thread.join();
     }
+}
+
+/// A kernel `comm` as text.
+fn comm_of(comm: &[u8; 16]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
 }
 
 /// The `ztrace stats:` line printed at exit: every userspace and kernel counter.
