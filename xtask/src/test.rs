@@ -77,6 +77,22 @@ fn prepare_and_run(skip_privileged: bool) -> Result<Tally> {
     ]);
     let mut tally = run_counted(&mut unit)?;
 
+    if let Some(python) = &python {
+        // The exporter against the real OTLP receiver (needs the venv, not root).
+        say!("running the OTLP exporter test against the Python receiver...");
+        let mut otlp = util::cargo();
+        otlp.current_dir(&root).env("ZTRACE_PYTHON", python).args([
+            "test",
+            "-p",
+            "ztrace",
+            "--test",
+            "otlp_export",
+            "--",
+            "--include-ignored",
+        ]);
+        tally = add(tally, run_counted(&mut otlp)?);
+    }
+
     match (python, privileged_environment()) {
         (None, _) => say!("--skip-privileged: the end-to-end tests were NOT run"),
         (Some(python), Ok(())) => {
