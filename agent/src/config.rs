@@ -1,7 +1,7 @@
 //! The command line and environment: one clap struct, every option also settable by environment
 //! (standard OpenTelemetry names where they exist).
 
-use std::path::PathBuf;
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, ValueEnum};
 
@@ -51,6 +51,67 @@ pub struct Config {
     /// Log level: error, warn, info, debug, trace (or a tracing filter directive).
     #[arg(long, env = "ZTRACE_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+
+    /// Address of the trace viewer (web pages and JSON API). Spans contain request data: an
+    /// address other than loopback exposes them to the network.
+    #[arg(long, env = "ZTRACE_UI", default_value = "127.0.0.1:9400")]
+    pub ui: SocketAddr,
+
+    /// Run without the viewer and without the embedded store (export-only mode, e.g. a DaemonSet
+    /// that sends everything to an OTLP backend).
+    #[arg(long, env = "ZTRACE_NO_UI")]
+    pub no_ui: bool,
+
+    /// Directory of the embedded trace store. Default: /var/lib/ztrace, or
+    /// $XDG_STATE_HOME/ztrace (~/.local/state/ztrace) when that is not writable.
+    #[arg(long, env = "ZTRACE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// How long stored traces are kept, e.g. 30m, 24h, 7d.
+    #[arg(long, env = "ZTRACE_RETENTION", default_value = "24h", value_parser = parse_duration)]
+    pub retention: Duration,
+
+    /// Largest size of the trace store, e.g. 500MiB, 1GiB, 2GB; the oldest traces go first.
+    #[arg(long, env = "ZTRACE_MAX_STORE_SIZE", default_value = "1GiB", value_parser = parse_size)]
+    pub max_store_size: u64,
+}
+
+/// `90s`, `30m`, `24h`, `7d` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 30m, 24h or 7d"))?;
+    let secs = match unit.trim() {
+        "" | "s" => 1,
+        "m" | "min" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        other => return Err(format!("unknown duration unit {other:?}: use s, m, h, d or w")),
+    };
+    n.checked_mul(secs).map(Duration::from_secs).ok_or_else(|| format!("{s:?} is too long"))
+}
+
+/// `1GiB`, `500MiB`, `2GB`, `100M`, `4096` (bytes).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size like 500MiB or 1GiB"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "kb" => 1_000,
+        "m" | "mib" => 1 << 20,
+        "mb" => 1_000_000,
+        "g" | "gib" => 1 << 30,
+        "gb" => 1_000_000_000,
+        "t" | "tib" => 1 << 40,
+        "tb" => 1_000_000_000_000,
+        other => return Err(format!("unknown size unit {other:?}: use KiB, MiB, GiB, KB, MB or GB")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// Output format of `--print`.
@@ -72,6 +133,42 @@ mod tests {
         assert_eq!(c.print, Some(PrintArg::Json));
         let c = Config::try_parse_from(["ztrace"]).expect("parse");
         assert_eq!(c.print, None);
+    }
+
+    #[test]
+    fn viewer_and_store_options() {
+        let c = Config::try_parse_from(["ztrace"]).expect("parse");
+        assert_eq!(c.ui, "127.0.0.1:9400".parse().expect("addr"));
+        assert!(!c.no_ui);
+        assert_eq!(c.retention, Duration::from_secs(24 * 3600));
+        assert_eq!(c.max_store_size, 1 << 30);
+        let c = Config::try_parse_from([
+            "ztrace",
+            "--ui",
+            "0.0.0.0:9500",
+            "--data-dir",
+            "/tmp/z",
+            "--retention=7d",
+            "--max-store-size=500MB",
+            "--no-ui",
+        ])
+        .expect("parse");
+        assert_eq!(c.ui.port(), 9500);
+        assert_eq!(c.data_dir, Some(PathBuf::from("/tmp/z")));
+        assert_eq!(c.retention, Duration::from_secs(7 * 86_400));
+        assert_eq!(c.max_store_size, 500_000_000);
+        assert!(c.no_ui);
+        assert!(Config::try_parse_from(["ztrace", "--retention=5y"]).is_err());
+        assert!(Config::try_parse_from(["ztrace", "--max-store-size=lots"]).is_err());
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("100M"), Ok(100 << 20));
+        assert!(parse_size("").is_err());
     }
 
     #[test]

@@ -14,4 +14,5 @@ pub mod pipeline;
 pub mod print;
 pub mod protocols;
 pub mod spans;
+pub mod store;
 pub mod trace;

@@ -50,6 +50,12 @@ counters! {
     spans_export_failed,
     /// Failed OTLP export attempts (each retry counts).
     export_errors,
+    /// Spans written to the embedded trace store.
+    store_spans_written,
+    /// Spans not stored: the store's queue was full, or their batch failed to write.
+    store_dropped,
+    /// Failed store writes (each batch counts once).
+    store_write_errors,
 }
 
 impl Metrics {

@@ -1,0 +1,297 @@
+use std::{
+    path::PathBuf,
+    sync::{atomic::Ordering, Arc},
+    time::Duration,
+};
+
+use super::*;
+use crate::{
+    metrics::Metrics,
+    spans::{AttrValue, Attribute, Resource, SpanKind},
+};
+
+/// A directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("ztrace-store-test-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const T0: u64 = 1_700_000_000_000_000_000;
+const MS: u64 = 1_000_000;
+
+fn resource(service: &str) -> Arc<Resource> {
+    Arc::new(Resource {
+        service_name: service.into(),
+        attributes: vec![
+            ("service.name".into(), service.into()),
+            ("process.pid".into(), AttrValue::Int(42)),
+            ("host.name".into(), "box".into()),
+        ],
+    })
+}
+
+fn span(trace: u8, id: u8, parent: Option<u8>, service: &str, name: &str, start_ms: u64, dur_ms: u64) -> Span {
+    Span {
+        trace_id: [trace; 16],
+        span_id: [id; 8],
+        parent_span_id: parent.map(|p| [p; 8]),
+        name: name.into(),
+        kind: if parent.is_some() { SpanKind::Server } else { SpanKind::Client },
+        start_unix_nano: T0 + start_ms * MS,
+        end_unix_nano: T0 + (start_ms + dur_ms) * MS,
+        status: StatusCode::Unset,
+        status_message: None,
+        attributes: vec![Attribute::new("http.request.method", "GET")],
+        resource: resource(service),
+    }
+}
+
+fn every_attribute_type() -> Span {
+    let mut s = span(1, 1, None, "orders", "GET /orders/{id}", 0, 95);
+    s.attributes = vec![
+        Attribute::new("http.request.method", "GET"),
+        Attribute::new("http.response.status_code", 500_i64),
+        Attribute::new("ztrace.tls", true),
+        Attribute { key: "ztrace.ratio", value: AttrValue::Double(0.5) },
+        Attribute { key: "ztrace.nan", value: AttrValue::Double(f64::NAN) },
+        Attribute::new("db.query.text", "SELECT *\nFROM \"users\" WHERE name = 'é'"),
+        Attribute::new("code.stacktrace", "main\n  at app.py:3"),
+    ];
+    s.status = StatusCode::Error;
+    s.status_message = Some("boom".into());
+    s
+}
+
+#[test]
+fn round_trip_gives_back_the_design_json_span() {
+    let dir = TempDir::new();
+    let mut store = Store::open(&dir.0).expect("open");
+    let original = every_attribute_type();
+    store.insert(std::slice::from_ref(&original)).expect("insert");
+    let spans = store.trace(&hex(&original.trace_id)).expect("query").expect("trace stored");
+    assert_eq!(spans.len(), 1);
+    let mut expected = span_to_json(&original);
+    expected["status_message"] = "boom".into();
+    assert_eq!(spans[0], expected);
+    assert!(spans[0]["attributes"]["http.response.status_code"].is_i64());
+    assert!(spans[0]["attributes"]["ztrace.nan"].is_null());
+    assert_eq!(store.trace(&"ab".repeat(16)).expect("query"), None);
+    // Upper-case ids are found too.
+    assert!(store.trace(&hex(&original.trace_id).to_uppercase()).expect("query").is_some());
+}
+
+#[test]
+fn summary_follows_the_root_and_counts_spans_in_any_order() {
+    let dir = TempDir::new();
+    let mut store = Store::open(&dir.0).expect("open");
+    // The child arrives first, in its own batch; then the root.
+    store.insert(&[span(7, 2, Some(1), "users", "GET /profiles/{id}", 10, 12)]).expect("insert");
+    let list = store.list(&TraceQuery::default()).expect("list");
+    assert_eq!(list[0].root_service, "users");
+    let mut db = span(7, 3, Some(2), "users", "SELECT users", 12, 7);
+    db.status = StatusCode::Error;
+    store.insert(&[span(7, 1, None, "orders", "GET /orders/{id}", 0, 95), db]).expect("insert");
+    let list = store.list(&TraceQuery::default()).expect("list");
+    assert_eq!(
+        list,
+        vec![TraceSummary {
+            trace_id: hex(&[7; 16]),
+            root_service: "orders".into(),
+            root_name: "GET /orders/{id}".into(),
+            start_unix_nano: T0,
+            duration_ns: 95 * MS,
+            span_count: 3,
+            error: true,
+        }]
+    );
+    let spans = store.trace(&hex(&[7; 16])).expect("query").expect("stored");
+    let names: Vec<&str> = spans.iter().filter_map(|s| s["name"].as_str()).collect();
+    assert_eq!(names, ["GET /orders/{id}", "GET /profiles/{id}", "SELECT users"]);
+}
+
+#[test]
+fn list_filters() {
+    let dir = TempDir::new();
+    let mut store = Store::open(&dir.0).expect("open");
+    let mut failed = span(3, 30, None, "billing", "POST /pay", 2000, 300);
+    failed.status = StatusCode::Error;
+    store
+        .insert(&[
+            span(1, 10, None, "orders", "GET /orders/{id}", 0, 5),
+            span(1, 11, Some(10), "users", "GET /profiles/{id}", 1, 2),
+            span(2, 20, None, "orders", "GET /health", 1000, 1),
+            failed,
+        ])
+        .expect("insert");
+    let ids = |q: TraceQuery| -> Vec<String> {
+        store.list(&q).expect("list").into_iter().map(|t| t.trace_id[..2].to_owned()).collect()
+    };
+    assert_eq!(ids(TraceQuery::default()), ["03", "02", "01"], "newest first");
+    assert_eq!(ids(TraceQuery { service: Some("users".into()), ..Default::default() }), ["01"], "any span's service");
+    assert_eq!(ids(TraceQuery { service: Some("orders".into()), ..Default::default() }), ["02", "01"]);
+    assert_eq!(ids(TraceQuery { name: Some("profiles".into()), ..Default::default() }), ["01"]);
+    assert_eq!(ids(TraceQuery { name: Some("get /".into()), ..Default::default() }), ["02", "01"], "case-insensitive");
+    assert_eq!(ids(TraceQuery { status: Some(StatusFilter::Error), ..Default::default() }), ["03"]);
+    assert_eq!(ids(TraceQuery { status: Some(StatusFilter::Ok), ..Default::default() }), ["02", "01"]);
+    assert_eq!(ids(TraceQuery { min_duration_ns: Some(5 * MS), ..Default::default() }), ["03", "01"]);
+    assert_eq!(ids(TraceQuery { since_unix_nano: Some(T0 + 1000 * MS), ..Default::default() }), ["03", "02"]);
+    assert_eq!(ids(TraceQuery { until_unix_nano: Some(T0 + 1000 * MS), ..Default::default() }), ["01"]);
+    assert_eq!(ids(TraceQuery { trace_id_prefix: Some("0202".into()), ..Default::default() }), ["02"]);
+    assert_eq!(ids(TraceQuery { limit: 1, ..Default::default() }), ["03"]);
+    assert_eq!(
+        ids(TraceQuery { service: Some("orders".into()), min_duration_ns: Some(2 * MS), ..Default::default() }),
+        ["01"]
+    );
+}
+
+#[test]
+fn services_rates_and_percentiles() {
+    let dir = TempDir::new();
+    let mut store = Store::open(&dir.0).expect("open");
+    let mut spans = Vec::new();
+    for i in 0..100u8 {
+        let mut s = span(i, 1, Some(9), "orders", "GET /", u64::from(i), u64::from(i) + 1);
+        if i % 10 == 0 {
+            s.status = StatusCode::Error;
+        }
+        spans.push(s);
+        spans.push(span(i, 9, None, "curl", "GET", u64::from(i), 200));
+    }
+    store.insert(&spans).expect("insert");
+    let stats = store.services(T0 + 100 * MS, Duration::from_secs(10)).expect("services");
+    assert_eq!(stats.len(), 2);
+    let curl = &stats[0];
+    assert_eq!((curl.service.as_str(), curl.kind, curl.requests), ("curl", "client", 100));
+    let orders = &stats[1];
+    assert_eq!((orders.service.as_str(), orders.kind, orders.requests, orders.errors), ("orders", "server", 100, 10));
+    assert!((orders.request_rate - 10.0).abs() < 1e-9);
+    assert!((orders.error_rate - 0.1).abs() < 1e-9);
+    assert_eq!((orders.p50_ns, orders.p95_ns, orders.p99_ns), (50 * MS, 95 * MS, 99 * MS));
+    // Outside the window: nothing.
+    assert!(store.services(T0 + 3_600_000 * MS, Duration::from_secs(60)).expect("services").is_empty());
+}
+
+#[test]
+fn retention_by_age_and_by_size() {
+    let dir = TempDir::new();
+    let mut store = Store::open(&dir.0).expect("open");
+    let mut spans = Vec::new();
+    for i in 0..200u16 {
+        let mut s = span(0, 1, None, "orders", "GET /", u64::from(i) * 1000, 10);
+        s.trace_id[..2].copy_from_slice(&i.to_be_bytes());
+        s.trace_id[15] = 1;
+        s.attributes.push(Attribute::new("padding", "x".repeat(2000)));
+        spans.push(s);
+    }
+    store.insert(&spans).expect("insert");
+    assert_eq!(store.size().expect("size").traces, 200);
+    // Age: everything that started more than 100 s before "now" (T0 + 199 s) goes.
+    let now = T0 + 199_000 * MS;
+    let removed = store.retain(now, Duration::from_secs(100), u64::MAX).expect("retain");
+    assert_eq!(removed, Removed { traces: 99, spans: 99 });
+    let left = store.list(&TraceQuery { limit: MAX_LIST, ..Default::default() }).expect("list");
+    assert_eq!(left.len(), 101);
+    assert!(left.iter().all(|t| t.start_unix_nano >= now - 100_000 * MS));
+    // Size: the oldest go until the data fits.
+    let before = store.size().expect("size");
+    let limit = before.bytes / 2;
+    let removed = store.retain(now, Duration::from_secs(100_000), limit).expect("retain");
+    let after = store.size().expect("size");
+    assert!(removed.traces > 0 && after.bytes <= limit, "{before:?} → {after:?} (limit {limit})");
+    let left = store.list(&TraceQuery { limit: MAX_LIST, ..Default::default() }).expect("list");
+    assert_eq!(left.len() as u64, after.traces);
+    assert_eq!(left[0].start_unix_nano, T0 + 199_000 * MS, "the newest stays");
+    let file = std::fs::metadata(dir.0.join(DB_FILE)).expect("db file").len();
+    assert!(file <= before.bytes, "the file shrank: {file} (used before {})", before.bytes);
+}
+
+#[test]
+fn reopening_keeps_traces() {
+    let dir = TempDir::new();
+    {
+        let mut store = Store::open(&dir.0).expect("open");
+        store.insert(&[every_attribute_type()]).expect("insert");
+    }
+    let store = Store::open(&dir.0).expect("reopen");
+    let list = store.list(&TraceQuery::default()).expect("list");
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].root_name, "GET /orders/{id}");
+    assert!(list[0].error);
+}
+
+#[test]
+fn a_corrupt_file_is_a_clear_error() {
+    let dir = TempDir::new();
+    std::fs::write(dir.0.join(DB_FILE), b"this is not a database, just some bytes".repeat(200)).expect("write");
+    let error = Store::open(&dir.0).err().expect("a corrupt file fails to open");
+    let message = error.to_string();
+    assert!(message.contains("cannot open the trace store") && message.contains(DB_FILE), "{message}");
+    assert!(message.contains("not a database"), "{message}");
+}
+
+#[test]
+fn an_unusable_directory_is_a_clear_error() {
+    let dir = TempDir::new();
+    let file = dir.0.join("plain-file");
+    std::fs::write(&file, b"").expect("write");
+    let error = Store::open(&file.join("sub")).err().expect("a directory under a file fails");
+    assert!(error.to_string().contains("cannot create the data directory"), "{error}");
+}
+
+#[test]
+fn writer_thread_batches_while_a_reader_reads() {
+    let dir = TempDir::new();
+    let metrics = Arc::new(Metrics::default());
+    let store = Store::open(&dir.0).expect("open");
+    let reader = Store::open(&dir.0).expect("open reader");
+    let retention = writer::Retention { max_age: Duration::from_secs(1 << 40), max_bytes: u64::MAX };
+    let sink = StoreSink::start(store, retention, metrics.clone()).expect("start");
+    let reads = std::thread::spawn(move || {
+        let mut seen = 0;
+        for _ in 0..200 {
+            seen = reader.list(&TraceQuery { limit: MAX_LIST, ..Default::default() }).expect("list while writing").len();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        seen
+    });
+    for i in 0..500u16 {
+        let mut s = span(0, 1, None, "orders", "GET /", u64::from(i), 1);
+        s.trace_id[..2].copy_from_slice(&i.to_be_bytes());
+        sink.send(s, &metrics);
+    }
+    let _ = reads.join().expect("reader thread");
+    sink.finish();
+    let written = metrics.store_spans_written.load(Ordering::Relaxed);
+    let dropped = metrics.store_dropped.load(Ordering::Relaxed);
+    assert_eq!(written + dropped, 500);
+    assert_eq!(metrics.store_write_errors.load(Ordering::Relaxed), 0);
+    let store = Store::open(&dir.0).expect("reopen");
+    assert_eq!(store.size().expect("size").spans, written);
+}
+
+#[test]
+fn percentiles_nearest_rank() {
+    assert_eq!(percentile(&[], 50), 0);
+    assert_eq!(percentile(&[7], 99), 7);
+    assert_eq!(percentile(&[1, 2, 3, 4], 50), 2);
+    assert_eq!(percentile(&[1, 2, 3, 4], 95), 4);
+}
+
+#[test]
+fn data_dir_prefers_the_configured_one() {
+    assert_eq!(data_dir(Some(Path::new("/tmp/x"))), PathBuf::from("/tmp/x"));
+}
