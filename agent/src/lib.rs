@@ -16,3 +16,4 @@ pub mod protocols;
 pub mod spans;
 pub mod store;
 pub mod trace;
+pub mod ui;

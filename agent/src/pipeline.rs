@@ -21,7 +21,9 @@ use crate::{
     metrics::Metrics,
     print::{PrintFormat, Printer},
     spans::{self, clock::Clock, Span, SpanKind},
+    store::StoreSink,
     trace::Linker,
+    ui,
 };
 
 /// Why the agent stopped with an error.
@@ -67,6 +69,9 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
         PrintSink::start(format)
     });
 
+    // The store and the viewer (unless --no-ui); a failure of either is logged inside.
+    let mut viewer = if config.no_ui { None } else { Some(ui::start(&config, metrics.clone()).await) };
+
     let selection = Selection { pids: config.pids.clone(), exe_names: config.exe_names.clone() };
     let (probes, ring) = bpf::start(config.capture_bytes, &selection)?;
     eprintln!("{}", attach::render(&probes.attached));
@@ -74,7 +79,12 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
         return Err(BpfError::RequiredHooks.into());
     }
 
-    let mut sinks = Sinks { printer, exporter: exporter.as_ref().map(|(h, _)| h.clone()), metrics: metrics.clone() };
+    let mut sinks = Sinks {
+        printer,
+        exporter: exporter.as_ref().map(|(h, _)| h.clone()),
+        store: viewer.as_mut().and_then(|v| v.store.take()),
+        metrics: metrics.clone(),
+    };
     let mut capture = Capture::new(metrics.clone());
     let mut ring = EventRing::new(ring)?;
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
@@ -83,6 +93,9 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
     // The kernel wakes the agent only when a backlog builds up; otherwise it is polled.
     let mut poll = tokio::time::interval(POLL_INTERVAL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    if let Some(addr) = viewer.as_ref().and_then(|v| v.addr) {
+        eprintln!("viewer: http://{addr}");
+    }
     eprintln!("ztrace is ready");
     tracing::info!("tracing every process on this host except ztrace itself");
 
@@ -106,9 +119,12 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
     capture.flush(&mut sinks);
     let kernel = probes.kernel_counters();
     drop(probes);
-    let Sinks { printer, exporter: export_handle, .. } = sinks;
+    let Sinks { printer, exporter: export_handle, store, .. } = sinks;
     if let Some(p) = printer {
         p.finish();
+    }
+    if let Some(s) = store {
+        s.finish();
     }
     drop(export_handle);
     if let Some((handle, task)) = exporter {
@@ -229,6 +245,7 @@ impl Capture {
 struct Sinks {
     printer: Option<PrintSink>,
     exporter: Option<ExportHandle>,
+    store: Option<StoreSink>,
     metrics: Arc<Metrics>,
 }
 
@@ -236,6 +253,9 @@ impl Sinks {
     fn send(&mut self, span: Span) {
         if let Some(p) = &self.printer {
             p.send(span.clone(), &self.metrics);
+        }
+        if let Some(s) = &self.store {
+            s.send(span.clone(), &self.metrics);
         }
         if let Some(e) = &self.exporter {
             e.send(span);

@@ -1,0 +1,156 @@
+//! The trace viewer: an HTTP/1 server (hyper) on `--ui` serving the embedded pages and the JSON API
+//! of DESIGN.md over the trace store.
+//!
+//! - `GET /api/traces?service=&name=&status=&min_duration_ms=&since=&until=&trace_id=&limit=`:
+//!   trace summaries, newest first. `since`/`until` are unix nanoseconds or a duration ago (`15m`).
+//! - `GET /api/traces/{trace_id}`: `{trace_id, spans: [<DESIGN.md span>]}` (404 when unknown).
+//! - `GET /api/services?minutes=N`: per service request rate, error rate, p50/p95/p99 (default 15).
+//! - `GET /api/stats`: the agent's self-telemetry counters and the store's size.
+//! - `/`, `/app.js`, `/app.css`: the single-page viewer, compiled into the binary.
+//!
+//! [`start`] opens the store and binds the address; a failure of either is logged and leaves the
+//! rest of the agent running. Queries run on the blocking pool against their own connection.
+
+mod api;
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{body::Incoming, header, server::conn::http1, service::service_fn, Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::{
+    config::Config,
+    metrics::Metrics,
+    store::{self, writer::Retention, Store, StoreSink},
+};
+
+const INDEX_HTML: &str = include_str!("assets/index.html");
+const APP_JS: &str = include_str!("assets/app.js");
+const APP_CSS: &str = include_str!("assets/app.css");
+
+/// The store and the viewer, as started by the pipeline.
+pub struct Viewer {
+    /// The sink that feeds the store, when it opened.
+    pub store: Option<StoreSink>,
+    /// The address the viewer listens on, when it bound.
+    pub addr: Option<SocketAddr>,
+}
+
+/// What request handlers share.
+pub(crate) struct State {
+    /// A read connection to the store; `None` when the store could not be opened.
+    pub store: Option<Mutex<Store>>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Opens the store in the data directory and serves the viewer on `config.ui`. Never fails: a
+/// store that cannot open or an address that cannot be bound is logged, and the agent goes on
+/// capturing and exporting without it.
+pub async fn start(config: &Config, metrics: Arc<Metrics>) -> Viewer {
+    let dir = store::data_dir(config.data_dir.as_deref());
+    let retention = Retention { max_age: config.retention, max_bytes: config.max_store_size };
+    let (sink, reader) = match open_store(&dir, retention, &metrics) {
+        Ok((sink, reader)) => {
+            tracing::info!(path = %reader.path().display(), "trace store opened");
+            (Some(sink), Some(reader))
+        }
+        Err(error) => {
+            tracing::error!(%error, dir = %dir.display(),
+                "the trace store is disabled: spans are not kept for the viewer (capture and export go on). \
+                 Fix or remove the file, or choose another --data-dir");
+            (None, None)
+        }
+    };
+    let addr = match TcpListener::bind(config.ui).await {
+        Ok(listener) => {
+            let addr = listener.local_addr().unwrap_or(config.ui);
+            if !addr.ip().is_loopback() {
+                tracing::warn!(%addr, "THE VIEWER IS OPEN TO THE NETWORK: anyone who can reach {addr} can read every \
+                    traced request (URLs, headers kept as attributes, SQL). Use --ui 127.0.0.1:PORT to keep it local");
+            }
+            let state = Arc::new(State { store: reader.map(Mutex::new), metrics });
+            tokio::spawn(serve(listener, state));
+            Some(addr)
+        }
+        Err(error) => {
+            tracing::error!(%error, addr = %config.ui, "cannot serve the viewer (choose another --ui address); capture goes on");
+            None
+        }
+    };
+    Viewer { store: sink, addr }
+}
+
+fn open_store(dir: &std::path::Path, retention: Retention, metrics: &Arc<Metrics>) -> Result<(StoreSink, Store), store::StoreError> {
+    let writer = Store::open(dir)?;
+    let reader = Store::open(dir)?;
+    let sink = StoreSink::start(writer, retention, metrics.clone())
+        .map_err(|source| store::StoreError::Dir { path: dir.to_owned(), source })?;
+    Ok((sink, reader))
+}
+
+/// Accepts connections until the runtime stops.
+async fn serve(listener: TcpListener, state: Arc<State>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                tracing::debug!(%error, "viewer accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(route(req, state).await) }
+            });
+            if let Err(error) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
+                tracing::debug!(%error, "viewer connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn route(req: Request<Incoming>, state: Arc<State>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET");
+    }
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    match path.as_str() {
+        "/" | "/index.html" => asset(INDEX_HTML, "text/html; charset=utf-8"),
+        "/app.js" => asset(APP_JS, "text/javascript; charset=utf-8"),
+        "/app.css" => asset(APP_CSS, "text/css; charset=utf-8"),
+        "/api/traces" => api::traces(&query, state).await,
+        "/api/services" => api::services(&query, state).await,
+        "/api/stats" => api::stats(state).await,
+        p => match p.strip_prefix("/api/traces/") {
+            Some(id) if !id.is_empty() && !id.contains('/') => api::trace(id.to_owned(), state).await,
+            _ => text(StatusCode::NOT_FOUND, "not found"),
+        },
+    }
+}
+
+fn asset(body: &'static str, content_type: &'static str) -> Response<Full<Bytes>> {
+    response(StatusCode::OK, content_type, Bytes::from_static(body.as_bytes()))
+}
+
+pub(crate) fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    response(status, "text/plain; charset=utf-8", Bytes::copy_from_slice(body.as_bytes()))
+}
+
+pub(crate) fn response(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    resp.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    resp
+}
