@@ -15,7 +15,7 @@ use tokio::signal::unix::SignalKind;
 use crate::{
     bpf::{self, attach, events::KernelEvent, BpfError, EventRing, Selection},
     config::{Config, PrintArg},
-    conn::{ConnExchange, ConnTable},
+    conn::{ConnExchange, ConnTable, Exchange},
     discovery::ProcessCache,
     export::{self, ExportError, ExportHandle},
     metrics::Metrics,
@@ -205,8 +205,16 @@ impl Capture {
         let now = Instant::now();
         for ex in self.exchanges.drain(..) {
             let process = self.processes.get_or_load(ex.conn.key.tgid, &ex.conn.comm);
-            let conn = spans::http::ConnInfo { local: ex.conn.local, remote: ex.conn.remote };
-            let span = spans::http::http_span(&ex.exchange, &conn, &process, &self.clock);
+            let span = match &ex.exchange {
+                Exchange::Http(http) => {
+                    let conn = spans::http::ConnInfo { local: ex.conn.local, remote: ex.conn.remote };
+                    spans::http::http_span(http, &conn, &process, &self.clock)
+                }
+                Exchange::Postgres(pg) => {
+                    let conn = spans::db::ConnInfo { local: ex.conn.local, remote: ex.conn.remote };
+                    spans::db::postgres_span(pg, &conn, &process, &self.clock)
+                }
+            };
             Metrics::inc(&self.metrics.spans_created);
             let (local, remote) = (ex.conn.local, ex.conn.remote);
             match span.kind {

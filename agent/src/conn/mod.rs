@@ -20,6 +20,7 @@ use crate::{
     protocols::{
         self,
         http1::{Http1Parser, HttpExchange},
+        postgres::{PgExchange, PgParser},
         Chunk, Gap, Protocol,
     },
 };
@@ -56,6 +57,7 @@ enum State {
     /// No payload seen yet.
     Undetected,
     Http1(Box<Http1Parser>),
+    Postgres(Box<PgParser>),
     /// Not a protocol ztrace knows, or ztrace's own traffic: bytes are dropped unread.
     Ignored,
 }
@@ -66,11 +68,18 @@ struct Connection {
     last_ts: u64,
 }
 
+/// A finished exchange of one of the protocols ztrace parses.
+#[derive(Debug)]
+pub enum Exchange {
+    Http(HttpExchange),
+    Postgres(PgExchange),
+}
+
 /// A finished request/response exchange, with the connection it travelled on.
 #[derive(Debug)]
 pub struct ConnExchange {
     pub conn: ConnInfo,
-    pub exchange: HttpExchange,
+    pub exchange: Exchange,
 }
 
 /// All open connections of traced processes.
@@ -84,6 +93,7 @@ pub struct ConnTable {
     /// connection whose peer is one of them is the agent talking to a receiver, not traced.
     own_endpoints: HashSet<SocketAddr>,
     scratch: Vec<HttpExchange>,
+    pg_scratch: Vec<PgExchange>,
 }
 
 const MAX_OWN_ENDPOINTS: usize = 4096;
@@ -97,6 +107,7 @@ impl ConnTable {
             own_tgid,
             own_endpoints: HashSet::new(),
             scratch: Vec::new(),
+            pg_scratch: Vec::new(),
         }
     }
 
@@ -182,6 +193,9 @@ impl ConnTable {
             } else {
                 match protocols::detect(&chunk) {
                     Some((Protocol::Http1, side)) => State::Http1(Box::new(Http1Parser::new(side))),
+                    Some((Protocol::Postgres { from_startup }, side)) => {
+                        State::Postgres(Box::new(PgParser::new(side, from_startup)))
+                    }
                     None => {
                         Metrics::inc(&metrics.conns_unrecognized);
                         State::Ignored
@@ -190,8 +204,22 @@ impl ConnTable {
             };
         }
 
-        let State::Http1(parser) = &mut conn.state else { return };
         let missing = u64::from(header.len).saturating_sub(payload.len() as u64 + tail.len() as u64);
+        if let State::Postgres(parser) = &mut conn.state {
+            let gap = Gap { direction, ts_ns, len: missing };
+            let failed = feed_postgres(parser, &chunk, &gap, tail, &mut self.pg_scratch);
+            if failed {
+                Metrics::inc(&metrics.parse_errors);
+            }
+            if parser.encrypted() {
+                conn.state = State::Ignored;
+            }
+            for exchange in self.pg_scratch.drain(..) {
+                out.push(ConnExchange { conn: conn.info.clone(), exchange: Exchange::Postgres(exchange) });
+            }
+            return;
+        }
+        let State::Http1(parser) = &mut conn.state else { return };
         let mut failed = false;
         if !payload.is_empty() && parser.on_chunk(&chunk, &mut self.scratch).is_err() {
             failed = true;
@@ -206,7 +234,7 @@ impl ConnTable {
             Metrics::inc(&metrics.parse_errors);
         }
         for exchange in self.scratch.drain(..) {
-            out.push(ConnExchange { conn: conn.info.clone(), exchange });
+            out.push(ConnExchange { conn: conn.info.clone(), exchange: Exchange::Http(exchange) });
         }
     }
 
@@ -223,11 +251,12 @@ impl ConnTable {
         self.conns.retain(|k, c| {
             let keep = c.last_ts >= cutoff_ts;
             if !keep {
-                if let State::Http1(parser) = &mut c.state {
-                    let mut sink = Vec::new();
-                    let unanswered = parser.on_close(c.last_ts, &mut sink);
-                    Metrics::add(&metrics.exchanges_unanswered, unanswered as u64);
-                }
+                let unanswered = match &mut c.state {
+                    State::Http1(parser) => parser.on_close(c.last_ts, &mut Vec::new()),
+                    State::Postgres(parser) => parser.on_close(c.last_ts, &mut Vec::new()),
+                    _ => 0,
+                };
+                Metrics::add(&metrics.exchanges_unanswered, unanswered as u64);
                 let tuple = (c.info.local, c.info.remote);
                 if by_tuple.get(&tuple) == Some(k) {
                     by_tuple.remove(&tuple);
@@ -246,11 +275,18 @@ impl ConnTable {
     }
 
     fn finish(&mut self, conn: &mut Connection, ts_ns: u64, metrics: &Metrics, out: &mut Vec<ConnExchange>) {
+        if let State::Postgres(parser) = &mut conn.state {
+            let unanswered = parser.on_close(ts_ns, &mut self.pg_scratch);
+            Metrics::add(&metrics.exchanges_unanswered, unanswered as u64);
+            for exchange in self.pg_scratch.drain(..) {
+                out.push(ConnExchange { conn: conn.info.clone(), exchange: Exchange::Postgres(exchange) });
+            }
+        }
         if let State::Http1(parser) = &mut conn.state {
             let unanswered = parser.on_close(ts_ns, &mut self.scratch);
             Metrics::add(&metrics.exchanges_unanswered, unanswered as u64);
             for exchange in self.scratch.drain(..) {
-                out.push(ConnExchange { conn: conn.info.clone(), exchange });
+                out.push(ConnExchange { conn: conn.info.clone(), exchange: Exchange::Http(exchange) });
             }
         }
     }
@@ -269,6 +305,21 @@ impl ConnTable {
         }
         Metrics::add(&metrics.conns_evicted, n as u64);
     }
+}
+
+/// Feeds one data event (prefix, gap, tail) to a Postgres parser; true if any part failed.
+fn feed_postgres(parser: &mut PgParser, chunk: &Chunk<'_>, gap: &Gap, tail: &[u8], out: &mut Vec<PgExchange>) -> bool {
+    let mut failed = false;
+    if !chunk.bytes.is_empty() && parser.on_chunk(chunk, out).is_err() {
+        failed = true;
+    }
+    if gap.len > 0 && parser.on_gap(gap, out).is_err() {
+        failed = true;
+    }
+    if !tail.is_empty() && parser.on_chunk(&Chunk { bytes: tail, ..*chunk }, out).is_err() {
+        failed = true;
+    }
+    failed
 }
 
 fn comm_string(comm: &[u8; 16]) -> String {
@@ -361,12 +412,13 @@ mod tests {
         table.on_data(&data(7, 20, Direction::Egress, resp), resp, &[], &metrics, &mut out);
         assert_eq!(out.len(), 1);
         let ex = &out[0];
+        let Exchange::Http(http) = &ex.exchange else { panic!("not HTTP: {ex:?}") };
         assert_eq!(ex.conn.comm, "python3");
         assert_eq!(ex.conn.role, ConnRole::Server);
-        assert_eq!(ex.exchange.request.method, "GET");
-        assert_eq!(ex.exchange.response.status, 200);
-        assert_eq!(ex.exchange.request_start_ns, 10);
-        assert_eq!(ex.exchange.response_end_ns, 20);
+        assert_eq!(http.request.method, "GET");
+        assert_eq!(http.response.status, 200);
+        assert_eq!(http.request_start_ns, 10);
+        assert_eq!(http.response_end_ns, 20);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! into spans by `spans/`.
 
 pub mod http1;
+pub mod postgres;
 
 pub use ztrace_common::Direction;
 
@@ -43,6 +44,8 @@ pub enum Side {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
     Http1,
+    /// PostgreSQL protocol v3; `from_startup` when the first bytes were the startup packet.
+    Postgres { from_startup: bool },
 }
 
 /// Recognizes the protocol of a connection from the first bytes seen in one direction.
@@ -63,6 +66,16 @@ pub fn detect(chunk: &Chunk<'_>) -> Option<(Protocol, Side)> {
             Direction::Ingress => Side::Client,
         };
         return Some((Protocol::Http1, side));
+    }
+    // After HTTP: a Postgres client message is binary and never a request line, but checking
+    // HTTP first keeps a text protocol from ever reaching these checks.
+    let client_writes = chunk.direction == Direction::Egress;
+    let frontend_side = if client_writes { Side::Client } else { Side::Server };
+    if postgres::looks_like_startup(chunk.bytes) {
+        return Some((Protocol::Postgres { from_startup: true }, frontend_side));
+    }
+    if postgres::looks_like_frontend_message(chunk.bytes) {
+        return Some((Protocol::Postgres { from_startup: false }, frontend_side));
     }
     None
 }

@@ -1,0 +1,862 @@
+//! PostgreSQL frontend/backend protocol v3: executed statements rebuilt from the two byte streams
+//! of one connection.
+//!
+//! A [`PgParser`] is fed the [`Chunk`]s and [`Gap`]s of one connection, in the order the traced
+//! process moved them, and appends a [`PgExchange`] each time the server finishes answering one
+//! executed statement. The framing (a type byte and a big-endian `i32` length that counts itself;
+//! no type byte on the startup packet) is this module's own, so messages may be split across
+//! chunks at any byte or several may share one chunk.
+//!
+//! What it handles:
+//! - the startup packet (`user`, `database`, `application_name` kept; nothing else), and the
+//!   `SSLRequest` / `GSSENCRequest` answers: `N` goes on in plain text, `S` or `G` means the rest
+//!   of the connection is encrypted, and the parser stops ([`PgParser::encrypted`]); a
+//!   `CancelRequest` (its own short connection) produces nothing;
+//! - authentication (`R` from the server, `p` from the client): skipped without keeping a byte,
+//!   so passwords and SASL data never leave the framing layer;
+//! - simple query (`Q`): **one exchange per query string**, even when the string holds several
+//!   statements (`SELECT 1; SELECT 2`): the string is what the application sent in one call,
+//!   its statements run as one implicit transaction, and an error stops the rest. The exchange
+//!   ends at `ReadyForQuery`, counts the statements that completed and sums their rows;
+//! - extended query (`Parse`/`Bind`/`Describe`/`Execute`/`Sync`/`Close`), named and unnamed
+//!   statements and portals, and pipelines of many `Execute` before one `Sync`: **one exchange per
+//!   `Execute`**, carrying the SQL of the statement bound to its portal, however long ago it was
+//!   parsed (at most [`MAX_STATEMENTS`] statements and [`MAX_PORTALS`] portals are remembered per
+//!   connection). `Bind` parameter values are never read;
+//! - results: `CommandComplete` tags (command and row count), `DataRow`s counted, never read,
+//!   `EmptyQueryResponse`, `PortalSuspended`, and `ErrorResponse` (SQLSTATE and message). After an
+//!   error the server skips to the next `Sync`: `Execute`s it skipped produce nothing;
+//! - `COPY` in and out (the data is counted as bytes, the `COPY n` tag gives the rows), notices,
+//!   notifications and parameter status messages, which are skipped;
+//! - bytes the kernel did not capture ([`Gap`]): inside a message (a large `DataRow` or
+//!   `CopyData`) they are skipped using its length. A gap that hides a message boundary loses the
+//!   framing of that direction; the server direction finds it again at the end of a later chunk
+//!   that ends with a well-formed run of messages ending in `ReadyForQuery` (the kernel captures
+//!   the last 64 bytes of each syscall, where `CommandComplete` and `ReadyForQuery` usually are),
+//!   the client direction at the next chunk that starts like a message.
+//!
+//! What it deliberately does not do: decode values (row contents, `Bind` parameters, `COPY`
+//! data), keep more than [`MAX_SQL_BYTES`] of a query, follow a connection after it switched to
+//! TLS (the TLS plaintext, once captured, is fed to a new parser), or protocol 2.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+};
+
+use super::{Chunk, Direction, Gap, Side};
+
+/// Longest query text kept, in bytes; longer queries are cut.
+pub const MAX_SQL_BYTES: usize = 4096;
+/// Prepared statements remembered per connection; beyond that the least recently parsed is
+/// forgotten (its executions then carry no SQL).
+pub const MAX_STATEMENTS: usize = 256;
+/// Bound portals remembered per connection.
+pub const MAX_PORTALS: usize = 64;
+/// Statements executed and not yet answered on one connection (pipelining depth).
+pub const MAX_PENDING: usize = 256;
+/// Longest error message kept, in bytes.
+pub const MAX_ERROR_MESSAGE: usize = 512;
+
+/// Largest startup packet accepted (the server's own limit is 10000).
+const MAX_STARTUP_LEN: u32 = 10_000;
+/// Largest message length taken as plausible when looking for message boundaries.
+const MAX_SANE_LEN: u32 = 1 << 30;
+/// Bytes of a message body kept for parsing: enough for the SQL of `Query`/`Parse`.
+const MAX_KEPT_BODY: usize = MAX_SQL_BYTES + 512;
+/// Bytes at the end of a chunk searched for a message boundary after framing was lost.
+const RESYNC_WINDOW: usize = 512;
+/// Longest kept value of a startup parameter.
+const MAX_PARAM_LEN: usize = 256;
+
+const PROTOCOL_3: u32 = 196_608;
+const SSL_REQUEST: u32 = 80_877_103;
+const GSSENC_REQUEST: u32 = 80_877_104;
+const CANCEL_REQUEST: u32 = 80_877_102;
+
+/// Message types a client sends after startup.
+const FRONTEND_TYPES: &[u8] = b"QPBEDCSHXFdcfp";
+/// Message types a server sends.
+const BACKEND_TYPES: &[u8] = b"RSKZTDCEINnst123GHWdcAvV";
+
+/// What the client said at startup.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PgSession {
+    pub user: Option<String>,
+    /// The `database` parameter; the server defaults it to the user name.
+    pub database: Option<String>,
+    pub application_name: Option<String>,
+}
+
+impl PgSession {
+    /// The database the connection uses, as the server resolves it.
+    pub fn database(&self) -> Option<&str> {
+        self.database.as_deref().filter(|d| !d.is_empty()).or(self.user.as_deref())
+    }
+}
+
+/// How the statement was sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PgQueryKind {
+    /// A `Query` message: one string, possibly several statements.
+    Simple,
+    /// An `Execute` of a portal bound to a parsed statement.
+    Extended,
+}
+
+/// An `ErrorResponse`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PgError {
+    /// SQLSTATE (`42P01`, ...).
+    pub code: String,
+    /// `S` field: `ERROR`, `FATAL`, `PANIC`.
+    pub severity: String,
+    /// Primary message, cut to [`MAX_ERROR_MESSAGE`].
+    pub message: String,
+}
+
+/// One executed statement (or simple-query string) and how the server answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PgExchange {
+    /// Which end of the connection the traced process is.
+    pub side: Side,
+    pub kind: PgQueryKind,
+    /// The SQL as sent, cut to [`MAX_SQL_BYTES`] (bytes that are not UTF-8 shown as U+FFFD);
+    /// `None` for an `Execute` of a statement parsed before the parser saw the connection.
+    pub query: Option<Arc<str>>,
+    /// The name of the prepared statement (`""` = unnamed), for extended queries.
+    pub statement: Option<Arc<str>>,
+    pub session: Arc<PgSession>,
+    /// Command of the first `CommandComplete` tag (`SELECT`, `INSERT`, ...).
+    pub command: Option<String>,
+    /// Rows from the `CommandComplete` tags (selected, inserted, updated, deleted, copied, ...),
+    /// summed over the statements of a simple query.
+    pub rows: Option<u64>,
+    /// `DataRow` messages received.
+    pub data_rows: u64,
+    /// Statements that completed (`CommandComplete` or `EmptyQueryResponse`).
+    pub statements: u32,
+    /// The execution stopped at `max_rows` (`PortalSuspended`).
+    pub suspended: bool,
+    pub error: Option<PgError>,
+    /// Kernel monotonic time of the first chunk of the request (for an `Execute`, of the first
+    /// message since the previous `Execute`: its `Parse`/`Bind`).
+    pub request_start_ns: u64,
+    /// Kernel monotonic time of the chunk that completed the answer.
+    pub response_end_ns: u64,
+    pub request_tid: u32,
+    pub response_tid: u32,
+}
+
+/// Why bytes could not be parsed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PgParseError {
+    #[error("malformed postgres message (type {0:#04x})")]
+    Malformed(u8),
+    #[error("bytes not captured hid a postgres message boundary")]
+    GapInFraming,
+}
+
+/// Which stream of the protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stream {
+    Frontend,
+    Backend,
+}
+
+#[derive(Debug)]
+enum Framing {
+    /// Collecting the header: `have` bytes of `len` needed (5 for a typed message, 4 for the
+    /// length of an untyped startup packet).
+    Header { buf: [u8; 5], have: u8 },
+    /// Inside a message body.
+    Body { typ: u8, remaining: u32, keep: bool, lost: bool },
+    /// Waiting for the one-byte answer to an `SSLRequest` / `GSSENCRequest`.
+    EncryptionAnswer,
+    /// A gap hid a message boundary.
+    Lost,
+}
+
+/// One direction's framing state.
+#[derive(Debug)]
+struct Reader {
+    stream: Stream,
+    framing: Framing,
+    /// The next message has no type byte (startup packet).
+    untyped_next: bool,
+    body: Vec<u8>,
+}
+
+/// A message of one direction, framed; its body is the kept part only.
+struct Message<'a> {
+    /// `0` for an untyped startup packet.
+    typ: u8,
+    body: &'a [u8],
+}
+
+impl Reader {
+    fn new(stream: Stream, untyped_next: bool) -> Self {
+        Reader { stream, framing: Framing::Header { buf: [0; 5], have: 0 }, untyped_next, body: Vec::new() }
+    }
+
+    fn header_len(&self) -> u8 {
+        if self.untyped_next {
+            4
+        } else {
+            5
+        }
+    }
+
+    fn keeps(&self, typ: u8) -> bool {
+        match self.stream {
+            // Never `p` (passwords, SASL) nor `B` beyond its names, nor `d` (COPY data).
+            Stream::Frontend => matches!(typ, 0 | b'Q' | b'P' | b'B' | b'E' | b'C'),
+            Stream::Backend => matches!(typ, b'C' | b'E' | b'Z'),
+        }
+    }
+}
+
+/// A statement sent and not yet answered.
+#[derive(Debug)]
+struct Pending {
+    kind: PgQueryKind,
+    query: Option<Arc<str>>,
+    statement: Option<Arc<str>>,
+    /// Number of `Sync`/`Query` (each answered by one `ReadyForQuery`) sent before this one.
+    batch: u64,
+    start_ns: u64,
+    tid: u32,
+    command: Option<String>,
+    rows: Option<u64>,
+    data_rows: u64,
+    statements: u32,
+    error: Option<PgError>,
+}
+
+/// A bounded name → value map that forgets the least recently inserted name when full.
+#[derive(Debug)]
+struct Names {
+    map: HashMap<Arc<str>, (Option<Arc<str>>, Option<Arc<str>>, u64)>,
+    next: u64,
+    max: usize,
+}
+
+impl Names {
+    fn new(max: usize) -> Self {
+        Names { map: HashMap::new(), next: 0, max }
+    }
+
+    /// `sql`, and for a portal the statement name it was bound to.
+    fn insert(&mut self, name: Arc<str>, sql: Option<Arc<str>>, statement: Option<Arc<str>>) {
+        if self.map.len() >= self.max && !self.map.contains_key(&name) {
+            if let Some(oldest) = self.map.iter().min_by_key(|(_, v)| v.2).map(|(k, _)| k.clone()) {
+                self.map.remove(&oldest);
+            }
+        }
+        self.next += 1;
+        self.map.insert(name, (sql, statement, self.next));
+    }
+
+    fn get(&self, name: &str) -> Option<(Option<Arc<str>>, Option<Arc<str>>)> {
+        self.map.get(name).map(|v| (v.0.clone(), v.1.clone()))
+    }
+
+    fn remove(&mut self, name: &str) {
+        self.map.remove(name);
+    }
+}
+
+/// The parser of one connection.
+#[derive(Debug)]
+pub struct PgParser {
+    side: Side,
+    frontend: Reader,
+    backend: Reader,
+    session: Arc<PgSession>,
+    statements: Names,
+    portals: Names,
+    pending: VecDeque<Pending>,
+    /// `ReadyForQuery` messages the client has asked for so far (startup, `Sync`, `Query`).
+    batches_sent: u64,
+    /// `ReadyForQuery` messages the server has sent so far.
+    batches_done: u64,
+    /// Start of the extended-protocol messages that lead to the next `Execute`.
+    unit_start: Option<(u64, u32)>,
+    encrypted: bool,
+}
+
+impl PgParser {
+    /// A parser for a connection whose first bytes are a startup packet (`from_startup`), or one
+    /// picked up in the middle, at a typed client message.
+    pub fn new(side: Side, from_startup: bool) -> Self {
+        PgParser {
+            side,
+            frontend: Reader::new(Stream::Frontend, from_startup),
+            backend: Reader::new(Stream::Backend, false),
+            session: Arc::new(PgSession::default()),
+            statements: Names::new(MAX_STATEMENTS),
+            portals: Names::new(MAX_PORTALS),
+            pending: VecDeque::new(),
+            batches_sent: 0,
+            batches_done: 0,
+            unit_start: None,
+            encrypted: false,
+        }
+    }
+
+    /// Which end of the connection the traced process is.
+    pub fn side(&self) -> Side {
+        self.side
+    }
+
+    /// The connection switched to TLS or GSSAPI encryption: every later byte is ciphertext.
+    pub fn encrypted(&self) -> bool {
+        self.encrypted
+    }
+
+    /// What the client said at startup (empty when the connection was picked up later).
+    pub fn session(&self) -> &PgSession {
+        &self.session
+    }
+
+    fn stream_of(&self, direction: Direction) -> Stream {
+        match (self.side, direction) {
+            (Side::Client, Direction::Egress) | (Side::Server, Direction::Ingress) => Stream::Frontend,
+            _ => Stream::Backend,
+        }
+    }
+
+    /// Bytes moved in one direction.
+    pub fn on_chunk(&mut self, chunk: &Chunk<'_>, out: &mut Vec<PgExchange>) -> Result<(), PgParseError> {
+        if self.encrypted {
+            return Ok(());
+        }
+        let stream = self.stream_of(chunk.direction);
+        let mut bytes = chunk.bytes;
+        let mut result = Ok(());
+        if matches!(self.reader(stream).framing, Framing::Lost) {
+            match resync_offset(stream, bytes) {
+                Some(at) => {
+                    bytes = &bytes[at..];
+                    self.reader_mut(stream).framing = Framing::Header { buf: [0; 5], have: 0 };
+                }
+                None => return Ok(()),
+            }
+        }
+        while !bytes.is_empty() && !self.encrypted {
+            let reader = self.reader_mut(stream);
+            let need = reader.header_len();
+            match &mut reader.framing {
+                Framing::Lost => break,
+                Framing::EncryptionAnswer => {
+                    let answer = bytes[0];
+                    bytes = &bytes[1..];
+                    reader.framing = Framing::Header { buf: [0; 5], have: 0 };
+                    match answer {
+                        b'N' => {}
+                        b'S' | b'G' => self.encrypted = true,
+                        // An old server answering with an error: take it as a message.
+                        b'E' => {
+                            reader.framing = Framing::Header { buf: [b'E', 0, 0, 0, 0], have: 1 };
+                        }
+                        other => {
+                            reader.framing = Framing::Lost;
+                            result = Err(PgParseError::Malformed(other));
+                        }
+                    }
+                }
+                Framing::Header { buf, have } => {
+                    let take = usize::from(need - *have).min(bytes.len());
+                    buf[usize::from(*have)..usize::from(*have) + take].copy_from_slice(&bytes[..take]);
+                    *have += take as u8;
+                    bytes = &bytes[take..];
+                    if *have < need {
+                        break;
+                    }
+                    let (typ, len) = if need == 4 {
+                        (0, u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]))
+                    } else {
+                        (buf[0], u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]))
+                    };
+                    let sane = if typ == 0 {
+                        (8..=MAX_STARTUP_LEN).contains(&len)
+                    } else {
+                        (4..=MAX_SANE_LEN).contains(&len)
+                            && match stream {
+                                Stream::Frontend => FRONTEND_TYPES.contains(&typ),
+                                Stream::Backend => BACKEND_TYPES.contains(&typ),
+                            }
+                    };
+                    if !sane {
+                        reader.framing = Framing::Lost;
+                        result = Err(PgParseError::Malformed(typ));
+                        self.lost_framing(stream);
+                        break;
+                    }
+                    reader.untyped_next = false;
+                    let keep = reader.keeps(typ);
+                    reader.body.clear();
+                    reader.framing = Framing::Body { typ, remaining: len - 4, keep, lost: false };
+                    if len == 4 {
+                        self.finish_message(stream, chunk, out);
+                    }
+                }
+                Framing::Body { remaining, keep, .. } => {
+                    let take = (*remaining as usize).min(bytes.len());
+                    if *keep {
+                        let room = MAX_KEPT_BODY.saturating_sub(reader.body.len()).min(take);
+                        reader.body.extend_from_slice(&bytes[..room]);
+                    }
+                    *remaining -= take as u32;
+                    bytes = &bytes[take..];
+                    if *remaining == 0 {
+                        self.finish_message(stream, chunk, out);
+                    }
+                }
+            }
+        }
+        result
+    }
+
+    /// Bytes moved in one direction but not captured.
+    pub fn on_gap(&mut self, gap: &Gap, _out: &mut Vec<PgExchange>) -> Result<(), PgParseError> {
+        if self.encrypted || gap.len == 0 {
+            return Ok(());
+        }
+        let stream = self.stream_of(gap.direction);
+        let reader = self.reader_mut(stream);
+        match &mut reader.framing {
+            Framing::Lost => Ok(()),
+            Framing::Body { remaining, lost, .. } if u64::from(*remaining) > gap.len => {
+                *remaining -= gap.len as u32;
+                *lost = true;
+                Ok(())
+            }
+            // A gap that ends exactly at the end of a message would need the message finished
+            // here; its kept prefix is too short to trust anyway, so framing is given up.
+            _ => {
+                reader.framing = Framing::Lost;
+                self.lost_framing(stream);
+                Err(PgParseError::GapInFraming)
+            }
+        }
+    }
+
+    /// The connection closed: statements still waiting for an answer are dropped and counted.
+    pub fn on_close(&mut self, _ts_ns: u64, _out: &mut Vec<PgExchange>) -> usize {
+        let n = self.pending.len();
+        self.pending.clear();
+        n
+    }
+
+    fn reader(&self, stream: Stream) -> &Reader {
+        match stream {
+            Stream::Frontend => &self.frontend,
+            Stream::Backend => &self.backend,
+        }
+    }
+
+    fn reader_mut(&mut self, stream: Stream) -> &mut Reader {
+        match stream {
+            Stream::Frontend => &mut self.frontend,
+            Stream::Backend => &mut self.backend,
+        }
+    }
+
+    /// A direction lost its framing. Lost client messages make the server's answers unpairable:
+    /// what waits is dropped and pairing starts over.
+    fn lost_framing(&mut self, stream: Stream) {
+        if stream == Stream::Frontend {
+            self.pending.clear();
+            self.unit_start = None;
+            self.batches_done = self.batches_sent;
+        }
+    }
+
+    fn finish_message(&mut self, stream: Stream, chunk: &Chunk<'_>, out: &mut Vec<PgExchange>) {
+        let reader = self.reader_mut(stream);
+        let Framing::Body { typ, .. } = reader.framing else { return };
+        reader.framing = Framing::Header { buf: [0; 5], have: 0 };
+        let body = std::mem::take(&mut reader.body);
+        let message = Message { typ, body: &body };
+        match stream {
+            Stream::Frontend => self.on_frontend(&message, chunk),
+            Stream::Backend => self.on_backend(&message, chunk, out),
+        }
+        // Give the buffer back (bounded by MAX_KEPT_BODY).
+        let reader = self.reader_mut(stream);
+        if reader.body.capacity() == 0 {
+            reader.body = body;
+            reader.body.clear();
+        }
+    }
+
+    fn on_frontend(&mut self, m: &Message<'_>, chunk: &Chunk<'_>) {
+        let here = (chunk.ts_ns, chunk.tid);
+        // An Execute's time starts at the first extended-protocol message that leads to it.
+        let start = if matches!(m.typ, b'P' | b'B' | b'D' | b'E' | b'C' | b'H') {
+            *self.unit_start.get_or_insert(here)
+        } else {
+            here
+        };
+        match m.typ {
+            0 => {
+                self.unit_start = None;
+                self.on_startup(m.body);
+            }
+            b'Q' => {
+                self.unit_start = None;
+                let sql = sql_text(cstr(m.body).0);
+                self.push_pending(Pending::new(PgQueryKind::Simple, Some(sql), None, self.batches_sent, start));
+                self.batches_sent += 1;
+            }
+            b'P' => {
+                let (name, rest) = cstr(m.body);
+                let sql = sql_text(cstr(rest).0);
+                self.statements.insert(name_text(name), Some(sql), None);
+            }
+            b'B' => {
+                let (portal, rest) = cstr(m.body);
+                let statement = name_text(cstr(rest).0);
+                let sql = self.statements.get(&statement).and_then(|s| s.0);
+                self.portals.insert(name_text(portal), sql, Some(statement));
+            }
+            b'E' => {
+                self.unit_start = None;
+                let portal = cstr(m.body).0;
+                let (sql, statement) = self.portals.get(&String::from_utf8_lossy(portal)).unwrap_or((None, None));
+                self.push_pending(Pending::new(PgQueryKind::Extended, sql, statement, self.batches_sent, start));
+            }
+            b'C' => {
+                if let Some((&what, rest)) = m.body.split_first() {
+                    let name = String::from_utf8_lossy(cstr(rest).0);
+                    match what {
+                        b'S' => self.statements.remove(&name),
+                        b'P' => self.portals.remove(&name),
+                        _ => {}
+                    }
+                }
+            }
+            // Sync and FunctionCall are each answered by one ReadyForQuery.
+            b'S' | b'F' => {
+                self.unit_start = None;
+                self.batches_sent += 1;
+            }
+            // Describe, Flush, Terminate, FunctionCall, COPY data/done/fail, passwords: nothing
+            // to keep (a Describe or Flush may precede the Execute, so the unit stays open).
+            _ => {}
+        }
+    }
+
+    fn on_startup(&mut self, body: &[u8]) {
+        if body.len() < 4 {
+            return;
+        }
+        let code = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+        match code {
+            SSL_REQUEST | GSSENC_REQUEST => {
+                self.frontend.untyped_next = true;
+                self.backend.framing = Framing::EncryptionAnswer;
+            }
+            CANCEL_REQUEST => {}
+            _ if code >> 16 == 3 => {
+                let mut session = PgSession::default();
+                let mut rest = &body[4..];
+                while !rest.is_empty() && rest[0] != 0 {
+                    let (key, after) = cstr(rest);
+                    let (value, after) = cstr(after);
+                    rest = after;
+                    let value = || Some(truncate_lossy(value, MAX_PARAM_LEN));
+                    match key {
+                        b"user" => session.user = value(),
+                        b"database" => session.database = value(),
+                        b"application_name" => session.application_name = value(),
+                        _ => {}
+                    }
+                }
+                self.session = Arc::new(session);
+                // The server ends the startup with ReadyForQuery.
+                self.batches_sent += 1;
+            }
+            _ => {}
+        }
+    }
+
+    fn push_pending(&mut self, p: Pending) {
+        if self.pending.len() < MAX_PENDING {
+            self.pending.push_back(p);
+        }
+    }
+
+    /// The statement the server is answering now, if it belongs to the current batch.
+    fn current(&mut self) -> Option<&mut Pending> {
+        let batch = self.batches_done;
+        self.pending.front_mut().filter(|p| p.batch == batch)
+    }
+
+    fn on_backend(&mut self, m: &Message<'_>, chunk: &Chunk<'_>, out: &mut Vec<PgExchange>) {
+        match m.typ {
+            b'D' => {
+                if let Some(p) = self.current() {
+                    p.data_rows += 1;
+                }
+            }
+            b'C' | b'I' | b's' => {
+                let tag = (m.typ == b'C').then(|| CommandTag::parse(cstr(m.body).0));
+                let Some(p) = self.current() else { return };
+                p.statements += u32::from(m.typ != b's');
+                if let Some(tag) = tag {
+                    if p.command.is_none() {
+                        p.command = Some(tag.command);
+                    }
+                    if let Some(rows) = tag.rows {
+                        p.rows = Some(p.rows.unwrap_or(0).saturating_add(rows));
+                    }
+                }
+                if p.kind == PgQueryKind::Extended {
+                    let suspended = m.typ == b's';
+                    if let Some(p) = self.pending.pop_front() {
+                        out.push(self.exchange(p, suspended, chunk));
+                    }
+                }
+            }
+            b'E' => {
+                let error = parse_error(m.body);
+                // An error outside any statement (a FATAL at startup) has no span to go to.
+                let Some(p) = self.current() else { return };
+                p.error = Some(error);
+                if p.kind == PgQueryKind::Extended {
+                    if let Some(p) = self.pending.pop_front() {
+                        out.push(self.exchange(p, false, chunk));
+                    }
+                }
+            }
+            b'Z' => {
+                // Simple queries end here; Executes the server skipped after an error end with
+                // nothing.
+                let batch = self.batches_done;
+                while self.pending.front().is_some_and(|p| p.batch <= batch) {
+                    if let Some(p) = self.pending.pop_front() {
+                        if p.kind == PgQueryKind::Simple && p.batch == batch {
+                            out.push(self.exchange(p, false, chunk));
+                        }
+                    }
+                }
+                self.batches_done += 1;
+                if self.batches_done > self.batches_sent {
+                    // Answers to requests sent before the parser saw the connection.
+                    self.batches_done = self.batches_sent;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn exchange(&self, p: Pending, suspended: bool, chunk: &Chunk<'_>) -> PgExchange {
+        PgExchange {
+            side: self.side,
+            kind: p.kind,
+            query: p.query,
+            statement: p.statement,
+            session: self.session.clone(),
+            command: p.command,
+            rows: p.rows,
+            data_rows: p.data_rows,
+            statements: p.statements,
+            suspended,
+            error: p.error,
+            request_start_ns: p.start_ns,
+            response_end_ns: chunk.ts_ns.max(p.start_ns),
+            request_tid: p.tid,
+            response_tid: chunk.tid,
+        }
+    }
+}
+
+impl Pending {
+    fn new(
+        kind: PgQueryKind,
+        query: Option<Arc<str>>,
+        statement: Option<Arc<str>>,
+        batch: u64,
+        (start_ns, tid): (u64, u32),
+    ) -> Self {
+        Pending {
+            kind,
+            query,
+            statement,
+            batch,
+            start_ns,
+            tid,
+            command: None,
+            rows: None,
+            data_rows: 0,
+            statements: 0,
+            error: None,
+        }
+    }
+}
+
+/// A `CommandComplete` tag: `SELECT 5`, `INSERT 0 1`, `UPDATE 3`, `CREATE TABLE`, ...
+struct CommandTag {
+    command: String,
+    rows: Option<u64>,
+}
+
+impl CommandTag {
+    fn parse(tag: &[u8]) -> CommandTag {
+        let tag = String::from_utf8_lossy(&tag[..tag.len().min(64)]);
+        let words: Vec<&str> = tag.split_ascii_whitespace().collect();
+        let counted = matches!(
+            words.first().copied(),
+            Some("SELECT" | "INSERT" | "UPDATE" | "DELETE" | "MERGE" | "FETCH" | "MOVE" | "COPY")
+        );
+        let rows = if counted { words.last().and_then(|w| w.parse().ok()) } else { None };
+        let command = if counted {
+            words.first().copied().unwrap_or_default().to_owned()
+        } else {
+            words.join(" ")
+        };
+        CommandTag { command, rows }
+    }
+}
+
+fn parse_error(body: &[u8]) -> PgError {
+    let mut error = PgError { code: String::new(), severity: String::new(), message: String::new() };
+    let mut rest = body;
+    while let Some((&field, after)) = rest.split_first() {
+        if field == 0 {
+            break;
+        }
+        let (value, after) = cstr(after);
+        rest = after;
+        match field {
+            b'C' => error.code = truncate_lossy(value, 8),
+            b'V' => error.severity = truncate_lossy(value, 16),
+            b'S' if error.severity.is_empty() => error.severity = truncate_lossy(value, 16),
+            b'M' => error.message = truncate_lossy(value, MAX_ERROR_MESSAGE),
+            _ => {}
+        }
+    }
+    error
+}
+
+/// A NUL-terminated string and what follows it; without a NUL, all of `bytes` (a cut message).
+fn cstr(bytes: &[u8]) -> (&[u8], &[u8]) {
+    match bytes.iter().position(|&b| b == 0) {
+        Some(i) => (&bytes[..i], &bytes[i + 1..]),
+        None => (bytes, &[]),
+    }
+}
+
+fn truncate_lossy(bytes: &[u8], max: usize) -> String {
+    let s = String::from_utf8_lossy(&bytes[..bytes.len().min(max)]);
+    s.into_owned()
+}
+
+fn sql_text(bytes: &[u8]) -> Arc<str> {
+    Arc::from(truncate_lossy(bytes, MAX_SQL_BYTES))
+}
+
+fn name_text(bytes: &[u8]) -> Arc<str> {
+    Arc::from(truncate_lossy(bytes, 256))
+}
+
+/// Where, in a chunk seen after framing was lost, messages can be read again.
+///
+/// Client: the chunk must start with a plausible message (clients write whole messages). Server:
+/// the chunk must end with a well-formed run of messages that ends with `ReadyForQuery`; the
+/// earliest such start within the last [`RESYNC_WINDOW`] bytes is taken.
+fn resync_offset(stream: Stream, bytes: &[u8]) -> Option<usize> {
+    match stream {
+        Stream::Frontend => looks_like_frontend_message(bytes).then_some(0),
+        Stream::Backend => {
+            let n = bytes.len();
+            if n < 6 || bytes[n - 6] != b'Z' || bytes[n - 5..n - 1] != [0, 0, 0, 5] {
+                return None;
+            }
+            (n.saturating_sub(RESYNC_WINDOW)..n - 5).find(|&i| runs_to_end(&bytes[i..]))
+        }
+    }
+}
+
+/// Whether `bytes` is exactly a sequence of whole server messages.
+fn runs_to_end(mut bytes: &[u8]) -> bool {
+    while !bytes.is_empty() {
+        if bytes.len() < 5 || !BACKEND_TYPES.contains(&bytes[0]) {
+            return false;
+        }
+        let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+        if len < 4 || len + 1 > bytes.len() {
+            return false;
+        }
+        bytes = &bytes[len + 1..];
+    }
+    true
+}
+
+/// Whether the first bytes of a stream are a startup packet: a protocol 3 `StartupMessage` with
+/// a parameter name first, an `SSLRequest`, a `GSSENCRequest` or a `CancelRequest`, each sent as
+/// one write.
+pub fn looks_like_startup(bytes: &[u8]) -> bool {
+    if bytes.len() < 8 {
+        return false;
+    }
+    let len = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    let code = u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+    match code {
+        SSL_REQUEST | GSSENC_REQUEST => len == 8 && bytes.len() == 8,
+        CANCEL_REQUEST => len == 16 && bytes.len() == 16,
+        PROTOCOL_3 => {
+            if !(9..=MAX_STARTUP_LEN).contains(&len) || bytes.len() > len as usize {
+                return false;
+            }
+            // A parameter name, NUL-terminated: lower-case letters and `_`.
+            let params = &bytes[8..];
+            let (name, _) = cstr(params);
+            name.len() < params.len()
+                && (1..=64).contains(&name.len())
+                && name.iter().all(|b| b.is_ascii_lowercase() || *b == b'_')
+        }
+        _ => false,
+    }
+}
+
+/// Whether a chunk starts with a client message that a connection already past its startup
+/// sends to begin a request: a `Query` or a `Parse` with a plausible length and text, or a `Bind`
+/// whose names are text (a prepared statement executed again). Used to pick up connections opened
+/// before ztrace started; the HTTP checks run first. Text protocols never match: any printable
+/// bytes after the type byte make a length above the 64 MiB accepted here.
+pub fn looks_like_frontend_message(bytes: &[u8]) -> bool {
+    if bytes.len() < 6 {
+        return false;
+    }
+    let typ = bytes[0];
+    let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+    if !(6..=(64 << 20)).contains(&len) {
+        return false;
+    }
+    let whole = bytes.len() > len;
+    let body = &bytes[5..bytes.len().min(len + 1)];
+    let text = |s: &[u8]| s.iter().all(|&b| b >= 0x20 || b == b'\n' || b == b'\r' || b == b'\t');
+    match typ {
+        b'Q' => {
+            let (sql, _) = cstr(body);
+            let shape_ok = if whole { sql.len() + 1 == body.len() } else { sql.len() == body.len() };
+            !sql.is_empty() && shape_ok && text(sql)
+        }
+        b'P' | b'B' => {
+            let (name, rest) = cstr(body);
+            if name.len() == body.len() || name.len() > 256 || !text(name) {
+                return false;
+            }
+            let (second, _) = cstr(rest);
+            let terminated = second.len() < rest.len();
+            (terminated || !whole) && text(second) && (typ == b'B' || !second.is_empty())
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,561 @@
+//! Parser tests over byte streams built from the protocol specification (message layouts of
+//! PostgreSQL 15's "Message Formats"), in the order real clients and servers send them, each
+//! replayed whole, split at every byte boundary, and one byte per chunk.
+
+use super::*;
+
+/// One syscall's bytes: `true` = the client (frontend) wrote them.
+type Event = (bool, Vec<u8>);
+
+fn msg(typ: u8, body: &[u8]) -> Vec<u8> {
+    let mut v = vec![typ];
+    v.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
+fn cs(s: &str) -> Vec<u8> {
+    let mut v = s.as_bytes().to_vec();
+    v.push(0);
+    v
+}
+
+fn startup(params: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = PROTOCOL_3.to_be_bytes().to_vec();
+    for (k, v) in params {
+        body.extend(cs(k));
+        body.extend(cs(v));
+    }
+    body.push(0);
+    let mut out = (body.len() as u32 + 4).to_be_bytes().to_vec();
+    out.extend(body);
+    out
+}
+
+fn ssl_request() -> Vec<u8> {
+    let mut v = 8u32.to_be_bytes().to_vec();
+    v.extend(SSL_REQUEST.to_be_bytes());
+    v
+}
+
+fn query(sql: &str) -> Vec<u8> {
+    msg(b'Q', &cs(sql))
+}
+
+fn parse(name: &str, sql: &str) -> Vec<u8> {
+    let mut b = cs(name);
+    b.extend(cs(sql));
+    b.extend(0u16.to_be_bytes());
+    msg(b'P', &b)
+}
+
+fn bind(portal: &str, stmt: &str, params: &[&str]) -> Vec<u8> {
+    let mut b = cs(portal);
+    b.extend(cs(stmt));
+    b.extend(0u16.to_be_bytes()); // all parameters in text format
+    b.extend((params.len() as u16).to_be_bytes());
+    for p in params {
+        b.extend((p.len() as u32).to_be_bytes());
+        b.extend(p.as_bytes());
+    }
+    b.extend(0u16.to_be_bytes()); // results in text format
+    msg(b'B', &b)
+}
+
+fn describe_portal(portal: &str) -> Vec<u8> {
+    let mut b = vec![b'P'];
+    b.extend(cs(portal));
+    msg(b'D', &b)
+}
+
+fn execute(portal: &str) -> Vec<u8> {
+    let mut b = cs(portal);
+    b.extend(0u32.to_be_bytes());
+    msg(b'E', &b)
+}
+
+fn sync() -> Vec<u8> {
+    msg(b'S', &[])
+}
+
+fn close_statement(name: &str) -> Vec<u8> {
+    let mut b = vec![b'S'];
+    b.extend(cs(name));
+    msg(b'C', &b)
+}
+
+fn password(p: &str) -> Vec<u8> {
+    msg(b'p', &cs(p))
+}
+
+fn auth(code: u32, extra: &[u8]) -> Vec<u8> {
+    let mut b = code.to_be_bytes().to_vec();
+    b.extend_from_slice(extra);
+    msg(b'R', &b)
+}
+
+fn param_status(k: &str, v: &str) -> Vec<u8> {
+    let mut b = cs(k);
+    b.extend(cs(v));
+    msg(b'S', &b)
+}
+
+fn ready() -> Vec<u8> {
+    msg(b'Z', b"I")
+}
+
+fn row_description(cols: &[&str]) -> Vec<u8> {
+    let mut b = (cols.len() as u16).to_be_bytes().to_vec();
+    for c in cols {
+        b.extend(cs(c));
+        b.extend([0u8; 18]);
+    }
+    msg(b'T', &b)
+}
+
+fn data_row(values: &[&str]) -> Vec<u8> {
+    let mut b = (values.len() as u16).to_be_bytes().to_vec();
+    for v in values {
+        b.extend((v.len() as u32).to_be_bytes());
+        b.extend(v.as_bytes());
+    }
+    msg(b'D', &b)
+}
+
+fn complete(tag: &str) -> Vec<u8> {
+    msg(b'C', &cs(tag))
+}
+
+fn error(code: &str, message: &str) -> Vec<u8> {
+    let mut b = Vec::new();
+    for (f, v) in [(b'S', "ERROR"), (b'V', "ERROR"), (b'C', code), (b'M', message), (b'F', "parse_relation.c")] {
+        b.push(f);
+        b.extend(cs(v));
+    }
+    b.push(0);
+    msg(b'E', &b)
+}
+
+fn notice(message: &str) -> Vec<u8> {
+    let mut b = Vec::new();
+    for (f, v) in [(b'S', "NOTICE"), (b'V', "NOTICE"), (b'C', "00000"), (b'M', message)] {
+        b.push(f);
+        b.extend(cs(v));
+    }
+    b.push(0);
+    msg(b'N', &b)
+}
+
+fn cat(parts: &[Vec<u8>]) -> Vec<u8> {
+    parts.concat()
+}
+
+/// What the server sends from the end of authentication to the first ReadyForQuery.
+fn server_hello() -> Vec<u8> {
+    cat(&[
+        auth(0, &[]),
+        param_status("server_version", "15.18"),
+        param_status("client_encoding", "UTF8"),
+        msg(b'K', &[0, 0, 0x30, 0x39, 1, 2, 3, 4]),
+        ready(),
+    ])
+}
+
+/// A psql-like session: startup, password, one simple query.
+fn psql_session(sql: &str, answer: Vec<u8>) -> Vec<Event> {
+    vec![
+        (true, startup(&[("user", "app"), ("database", "shop"), ("application_name", "psql"), ("client_encoding", "UTF8")])),
+        (false, auth(3, &[])),
+        (true, password("s3cret")),
+        (false, server_hello()),
+        (true, query(sql)),
+        (false, answer),
+        (true, msg(b'X', &[])),
+    ]
+}
+
+/// Feeds `events` as the given side, each event cut at the positions `cuts` chooses; event `i`
+/// happens at time `(i + 1) * 10`.
+fn run_with(side: Side, events: &[Event], cuts: impl Fn(usize, &[u8]) -> Vec<usize>) -> (Vec<PgExchange>, PgParser) {
+    let mut parser = PgParser::new(side, true);
+    let mut out = Vec::new();
+    for (i, (frontend, bytes)) in events.iter().enumerate() {
+        let direction = match (side, frontend) {
+            (Side::Client, true) | (Side::Server, false) => Direction::Egress,
+            _ => Direction::Ingress,
+        };
+        let ts_ns = (i as u64 + 1) * 10;
+        let mut at = 0;
+        let mut points = cuts(i, bytes);
+        points.push(bytes.len());
+        for p in points {
+            if p > at {
+                let chunk = Chunk { direction, ts_ns, tid: 7, bytes: &bytes[at..p] };
+                assert_eq!(parser.on_chunk(&chunk, &mut out), Ok(()), "event {i} cut at {p}");
+                at = p;
+            }
+        }
+    }
+    (out, parser)
+}
+
+/// One chunk to the parser.
+fn feed(parser: &mut PgParser, out: &mut Vec<PgExchange>, direction: Direction, bytes: &[u8], ts_ns: u64) {
+    parser.on_chunk(&Chunk { direction, ts_ns, tid: 1, bytes }, out).expect("parse");
+}
+
+fn run(side: Side, events: &[Event]) -> Vec<PgExchange> {
+    run_with(side, events, |_, _| Vec::new()).0
+}
+
+/// The same result however the bytes are split: whole, at every boundary of every event, and
+/// one byte at a time.
+fn run_all_splits(side: Side, events: &[Event]) -> Vec<PgExchange> {
+    let whole = run(side, events);
+    for (e, (_, bytes)) in events.iter().enumerate() {
+        for cut in 1..bytes.len() {
+            let (split, _) = run_with(side, events, |i, _| if i == e { vec![cut] } else { Vec::new() });
+            assert_eq!(split, whole, "event {e} split at {cut}");
+        }
+    }
+    let (bytewise, _) = run_with(side, events, |_, b| (1..b.len()).collect());
+    assert_eq!(bytewise, whole, "one byte per chunk");
+    whole
+}
+
+#[test]
+fn simple_query_from_psql_on_both_sides() {
+    let answer = cat(&[
+        row_description(&["id", "name"]),
+        data_row(&["1", "pen"]),
+        data_row(&["2", "ink"]),
+        complete("SELECT 2"),
+        ready(),
+    ]);
+    let events = psql_session("SELECT id, name FROM items WHERE price > 10", answer);
+    for side in [Side::Client, Side::Server] {
+        let out = run_all_splits(side, &events);
+        assert_eq!(out.len(), 1, "{out:?}");
+        let ex = &out[0];
+        assert_eq!(ex.side, side);
+        assert_eq!(ex.kind, PgQueryKind::Simple);
+        assert_eq!(ex.query.as_deref(), Some("SELECT id, name FROM items WHERE price > 10"));
+        assert_eq!(ex.session.user.as_deref(), Some("app"));
+        assert_eq!(ex.session.database(), Some("shop"));
+        assert_eq!(ex.session.application_name.as_deref(), Some("psql"));
+        assert_eq!(ex.command.as_deref(), Some("SELECT"));
+        assert_eq!(ex.rows, Some(2));
+        assert_eq!(ex.data_rows, 2);
+        assert_eq!(ex.statements, 1);
+        assert_eq!(ex.error, None);
+        assert_eq!((ex.request_start_ns, ex.response_end_ns), (50, 60));
+    }
+}
+
+#[test]
+fn the_password_never_reaches_the_output() {
+    let events = psql_session("SELECT 1", cat(&[row_description(&["?column?"]), data_row(&["1"]), complete("SELECT 1"), ready()]));
+    let (out, parser) = run_with(Side::Client, &events, |_, _| Vec::new());
+    let dump = format!("{out:?} {parser:?}");
+    assert!(!dump.contains("s3cret"), "{dump}");
+}
+
+#[test]
+fn multi_statement_string_is_one_exchange() {
+    let answer = cat(&[
+        complete("BEGIN"),
+        complete("INSERT 0 1"),
+        notice("there is no transaction in progress"),
+        complete("UPDATE 3"),
+        complete("COMMIT"),
+        ready(),
+    ]);
+    let events = psql_session("BEGIN; INSERT INTO t VALUES (1); UPDATE t SET a = 2; COMMIT", answer);
+    let out = run_all_splits(Side::Client, &events);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].statements, 4);
+    assert_eq!(out[0].rows, Some(4));
+    assert_eq!(out[0].command.as_deref(), Some("BEGIN"));
+}
+
+#[test]
+fn an_error_carries_sqlstate_and_message() {
+    let answer = cat(&[error("42P01", "relation \"nope\" does not exist"), ready()]);
+    let events = psql_session("SELECT * FROM nope", answer);
+    let out = run_all_splits(Side::Server, &events);
+    assert_eq!(out.len(), 1);
+    let e = out[0].error.as_ref().expect("error");
+    assert_eq!(e.code, "42P01");
+    assert_eq!(e.severity, "ERROR");
+    assert_eq!(e.message, "relation \"nope\" does not exist");
+    assert_eq!(out[0].rows, None);
+}
+
+#[test]
+fn empty_query_completes() {
+    let events = psql_session(";", cat(&[msg(b'I', &[]), ready()]));
+    let out = run_all_splits(Side::Client, &events);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].statements, 1);
+}
+
+/// pgbench `-M prepared`: each statement parsed once (`P0_1`...), then Bind/Execute/Sync per run.
+fn pgbench_prepared() -> Vec<Event> {
+    let mut events = vec![(true, startup(&[("user", "postgres"), ("database", "bench")])), (false, server_hello())];
+    let sql = "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2;";
+    for round in 0..3 {
+        let mut front = Vec::new();
+        if round == 0 {
+            front.extend(parse("P0_1", sql));
+        }
+        front.extend(bind("", "P0_1", &["-1234", "42"]));
+        front.extend(describe_portal(""));
+        front.extend(execute(""));
+        front.extend(sync());
+        events.push((true, front));
+        let mut back = Vec::new();
+        if round == 0 {
+            back.extend(msg(b'1', &[]));
+        }
+        back.extend(msg(b'2', &[]));
+        back.extend(msg(b'n', &[]));
+        back.extend(complete("UPDATE 1"));
+        back.extend(ready());
+        events.push((false, back));
+    }
+    events
+}
+
+#[test]
+fn prepared_statements_carry_their_sql_on_every_execution() {
+    let out = run_all_splits(Side::Client, &pgbench_prepared());
+    assert_eq!(out.len(), 3);
+    for (i, ex) in out.iter().enumerate() {
+        assert_eq!(ex.kind, PgQueryKind::Extended);
+        assert_eq!(ex.query.as_deref(), Some("UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2;"));
+        assert_eq!(ex.statement.as_deref(), Some("P0_1"));
+        assert_eq!(ex.command.as_deref(), Some("UPDATE"));
+        assert_eq!(ex.rows, Some(1));
+        assert_eq!(ex.session.database(), Some("bench"));
+        let t = 30 + 20 * i as u64;
+        assert_eq!((ex.request_start_ns, ex.response_end_ns), (t, t + 10));
+    }
+    let dump = format!("{out:?}");
+    assert!(!dump.contains("-1234"), "bind values are never kept: {dump}");
+}
+
+#[test]
+fn pipelined_executes_before_one_sync_and_an_error_skips_the_rest() {
+    let front = cat(&[
+        parse("", "INSERT INTO t VALUES ($1)"),
+        bind("", "", &["1"]),
+        execute(""),
+        parse("s2", "SELECT a FROM t"),
+        bind("p2", "s2", &[]),
+        execute("p2"),
+        parse("", "INSERT INTO missing VALUES ($1)"),
+        bind("", "", &["3"]),
+        execute(""),
+        bind("p2", "s2", &[]),
+        execute("p2"),
+        sync(),
+    ]);
+    let back = cat(&[
+        msg(b'1', &[]),
+        msg(b'2', &[]),
+        complete("INSERT 0 1"),
+        msg(b'1', &[]),
+        msg(b'2', &[]),
+        data_row(&["1"]),
+        data_row(&["2"]),
+        complete("SELECT 2"),
+        error("42P01", "relation \"missing\" does not exist"),
+        ready(),
+    ]);
+    let events = vec![(true, startup(&[("user", "u")])), (false, server_hello()), (true, front), (false, back)];
+    let out = run_all_splits(Side::Client, &events);
+    assert_eq!(out.len(), 3, "{out:?}");
+    assert_eq!(out[0].query.as_deref(), Some("INSERT INTO t VALUES ($1)"));
+    assert_eq!(out[0].rows, Some(1));
+    assert_eq!(out[1].query.as_deref(), Some("SELECT a FROM t"));
+    assert_eq!((out[1].data_rows, out[1].rows), (2, Some(2)));
+    assert_eq!(out[2].query.as_deref(), Some("INSERT INTO missing VALUES ($1)"));
+    assert_eq!(out[2].error.as_ref().map(|e| e.code.as_str()), Some("42P01"));
+    assert_eq!(out[0].session.database(), Some("u"), "database defaults to the user");
+}
+
+#[test]
+fn closed_statements_are_forgotten_and_the_map_is_bounded() {
+    let mut events = vec![(true, startup(&[("user", "u")])), (false, server_hello())];
+    let mut front = Vec::new();
+    for i in 0..MAX_STATEMENTS + 10 {
+        front.extend(parse(&format!("s{i}"), &format!("SELECT {i}")));
+    }
+    front.extend(close_statement("s300"));
+    front.extend(sync());
+    events.push((true, front));
+    let (_, parser) = run_with(Side::Client, &events, |_, _| Vec::new());
+    assert_eq!(parser.statements.map.len(), MAX_STATEMENTS);
+    assert!(parser.statements.get("s0").is_none(), "the oldest went first");
+    assert!(parser.statements.get("s265").is_some());
+}
+
+#[test]
+fn copy_in_and_out() {
+    let events = vec![
+        (true, startup(&[("user", "u"), ("database", "d")])),
+        (false, server_hello()),
+        (true, query("COPY t FROM STDIN")),
+        (false, msg(b'G', &[0, 0, 1, 0, 0])),
+        (true, cat(&[msg(b'd', b"1\tpen\n"), msg(b'd', b"2\tink\n"), msg(b'c', &[])])),
+        (false, cat(&[complete("COPY 2"), ready()])),
+        (true, query("COPY t TO STDOUT")),
+        (false, cat(&[msg(b'H', &[0, 0, 1, 0, 0]), msg(b'd', b"1\tpen\n"), msg(b'c', &[]), complete("COPY 1"), ready()])),
+    ];
+    let out = run_all_splits(Side::Client, &events);
+    assert_eq!(out.len(), 2);
+    assert_eq!((out[0].command.as_deref(), out[0].rows), (Some("COPY"), Some(2)));
+    assert_eq!((out[1].command.as_deref(), out[1].rows), (Some("COPY"), Some(1)));
+    assert_eq!((out[0].request_start_ns, out[0].response_end_ns), (30, 60));
+}
+
+#[test]
+fn ssl_refused_goes_on_in_plain_text_and_ssl_accepted_stops() {
+    let mut events = vec![(true, ssl_request()), (false, b"N".to_vec())];
+    events.extend(psql_session("SELECT 1", cat(&[complete("SELECT 0"), ready()])));
+    let out = run_all_splits(Side::Client, &events);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].session.database(), Some("shop"));
+
+    let events = vec![(true, ssl_request()), (false, b"S".to_vec()), (true, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc".to_vec())];
+    let (out, parser) = run_with(Side::Client, &events, |_, _| Vec::new());
+    assert!(out.is_empty());
+    assert!(parser.encrypted());
+}
+
+#[test]
+fn cancel_request_produces_nothing() {
+    let mut cancel = 16u32.to_be_bytes().to_vec();
+    cancel.extend(CANCEL_REQUEST.to_be_bytes());
+    cancel.extend([0, 0, 0x30, 0x39, 1, 2, 3, 4]);
+    assert!(looks_like_startup(&cancel));
+    let (out, parser) = run_with(Side::Server, &[(true, cancel)], |_, _| Vec::new());
+    assert!(out.is_empty());
+    assert!(parser.pending.is_empty());
+}
+
+#[test]
+fn a_big_data_row_behind_a_gap_is_skipped_by_its_length() {
+    let big = "x".repeat(100_000);
+    let answer = cat(&[row_description(&["blob"]), data_row(&[&big]), complete("SELECT 1"), ready()]);
+    let mut parser = PgParser::new(Side::Client, true);
+    let mut out = Vec::new();
+    feed(&mut parser, &mut out, Direction::Egress, &startup(&[("user", "u")]), 1);
+    feed(&mut parser, &mut out, Direction::Ingress, &server_hello(), 2);
+    feed(&mut parser, &mut out, Direction::Egress, &query("SELECT blob FROM b"), 3);
+    // The kernel captured 4096 bytes, then the last 64 of the read.
+    let (head, tail) = (&answer[..4096], &answer[answer.len() - 64..]);
+    feed(&mut parser, &mut out, Direction::Ingress, head, 4);
+    let gap = Gap { direction: Direction::Ingress, ts_ns: 4, len: (answer.len() - 4096 - 64) as u64 };
+    parser.on_gap(&gap, &mut out).expect("gap inside a message");
+    feed(&mut parser, &mut out, Direction::Ingress, tail, 4);
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].data_rows, out[0].rows), (1, Some(1)));
+}
+
+#[test]
+fn a_gap_over_many_rows_resyncs_on_the_tail() {
+    let mut answer = row_description(&["n"]);
+    for i in 0..2000 {
+        answer.extend(data_row(&[&i.to_string()]));
+    }
+    answer.extend(complete("SELECT 2000"));
+    answer.extend(ready());
+    let mut parser = PgParser::new(Side::Client, true);
+    let mut out = Vec::new();
+    feed(&mut parser, &mut out, Direction::Egress, &startup(&[("user", "u")]), 1);
+    feed(&mut parser, &mut out, Direction::Ingress, &server_hello(), 2);
+    feed(&mut parser, &mut out, Direction::Egress, &query("SELECT n FROM generate_series(1, 2000) n"), 3);
+    feed(&mut parser, &mut out, Direction::Ingress, &answer[..4096], 4);
+    let gap = Gap { direction: Direction::Ingress, ts_ns: 4, len: (answer.len() - 4096 - 64) as u64 };
+    assert_eq!(parser.on_gap(&gap, &mut out), Err(PgParseError::GapInFraming));
+    feed(&mut parser, &mut out, Direction::Ingress, &answer[answer.len() - 64..], 4);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].rows, Some(2000));
+    // And the connection goes on.
+    feed(&mut parser, &mut out, Direction::Egress, &query("SELECT 1"), 5);
+    feed(&mut parser, &mut out, Direction::Ingress, &cat(&[complete("SELECT 1"), ready()]), 6);
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[1].query.as_deref(), Some("SELECT 1"));
+}
+
+#[test]
+fn a_connection_picked_up_mid_stream() {
+    let q = query("SELECT * FROM orders WHERE id = 7");
+    assert!(looks_like_frontend_message(&q));
+    let p = cat(&[parse("", "SELECT 1"), bind("", "", &[]), execute(""), sync()]);
+    assert!(looks_like_frontend_message(&p));
+    let mut parser = PgParser::new(Side::Client, false);
+    let mut out = Vec::new();
+    feed(&mut parser, &mut out, Direction::Egress, &q, 1);
+    feed(&mut parser, &mut out, Direction::Ingress, &cat(&[row_description(&["id"]), data_row(&["7"]), complete("SELECT 1"), ready()]), 2);
+    feed(&mut parser, &mut out, Direction::Egress, &p, 3);
+    feed(&mut parser, &mut out, Direction::Ingress, &cat(&[msg(b'1', &[]), msg(b'2', &[]), data_row(&["1"]), complete("SELECT 1"), ready()]), 4);
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[0].session.database(), None);
+    assert_eq!(out[1].query.as_deref(), Some("SELECT 1"));
+}
+
+#[test]
+fn detection_rejects_other_protocols() {
+    assert!(looks_like_startup(&startup(&[("user", "u")])));
+    assert!(looks_like_startup(&ssl_request()));
+    for not_pg in [
+        &b"GET / HTTP/1.1\r\n\r\n"[..],
+        b"POST /x HTTP/1.1\r\n",
+        b"PING\r\n",
+        b"QUIT\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+        b"*1\r\n$4\r\nPING\r\n",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        b"Q\x00\x00\x00\x05\x00",
+        b"Q\x00\x00\x00\x09ab\x00cd\x00",
+        b"\x00\x00\x00\x08\x00\x00\x00\x00",
+    ] {
+        assert!(!looks_like_startup(not_pg), "{not_pg:?}");
+        assert!(!looks_like_frontend_message(not_pg), "{not_pg:?}");
+    }
+}
+
+#[test]
+fn garbage_never_panics() {
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let base = cat(&[pgbench_prepared().into_iter().flat_map(|(_, b)| b).collect::<Vec<u8>>()]);
+    for _ in 0..2000 {
+        let mut bytes = base.clone();
+        for _ in 0..(next() % 8) {
+            let i = (next() as usize) % bytes.len();
+            bytes[i] = next() as u8;
+        }
+        let mut parser = PgParser::new(Side::Client, next() % 2 == 0);
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            let n = ((next() % 64) as usize + 1).min(bytes.len() - at);
+            let direction = if next() % 2 == 0 { Direction::Egress } else { Direction::Ingress };
+            let _ = parser.on_chunk(&Chunk { direction, ts_ns: at as u64, tid: 1, bytes: &bytes[at..at + n] }, &mut out);
+            if next() % 16 == 0 {
+                let _ = parser.on_gap(&Gap { direction, ts_ns: 0, len: next() % 100_000 }, &mut out);
+            }
+            at += n;
+        }
+        parser.on_close(0, &mut out);
+        assert!(parser.pending.len() <= MAX_PENDING);
+    }
+}
