@@ -30,7 +30,7 @@ pub fn header(kind: EventKind, tgid: u32, tid: u32, fd: i32, conn_gen: u64) -> E
 /// Bytes waiting in the ring buffer above which the agent is woken at once.
 const WAKEUP_BYTES: u64 = 256 * 1024;
 const BPF_RB_NO_WAKEUP: u64 = 1;
-const BPF_RB_FORCE_WAKEUP: u64 = 2;
+pub const BPF_RB_FORCE_WAKEUP: u64 = 2;
 
 /// Ring buffer flags for a submit: no wakeup (the agent polls every few milliseconds) unless a
 /// backlog has built up. A wakeup per event would cost more than the event itself.

@@ -198,7 +198,9 @@ pub fn announce(tgid: u32, tid: u32, fd: i32, entry: &mut SockEntry, role: ConnR
         comm: leader_comm(),
     };
     ev.write(event);
-    ev.submit(emit::wakeup_flags());
+    // Wake the agent at once: it reads the process's identity from /proc on a new connection,
+    // and a short-lived client may be gone 10 ms later.
+    ev.submit(emit::BPF_RB_FORCE_WAKEUP);
     entry.announced = 1;
     count(Counter::ConnEvents);
 }
