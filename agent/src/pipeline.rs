@@ -45,8 +45,8 @@ const IDLE_CONN_NS: u64 = 10 * 60 * 1_000_000_000;
 const MAX_CONNS: usize = 65_536;
 /// How often the ring buffer is drained when the kernel does not wake the agent.
 const POLL_INTERVAL: Duration = Duration::from_millis(10);
-/// Spans waiting for the print thread.
-const PRINT_QUEUE: usize = 8192;
+/// Batches of spans waiting for the print thread (one batch per ring-buffer drain).
+const PRINT_QUEUE: usize = 256;
 
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> Result<(), PipelineError> {
@@ -195,13 +195,15 @@ impl Capture {
             }
             drop(item);
             if !self.exchanges.is_empty() {
-                self.make_spans(sinks);
+                self.make_spans();
             }
         }
+        sinks.send_all(&mut self.ready);
     }
 
-    /// Turns finished exchanges into spans, joins local client/server pairs, sends what is ready.
-    fn make_spans(&mut self, sinks: &mut Sinks) {
+    /// Turns finished exchanges into spans and joins local client/server pairs; spans ready for
+    /// the sinks collect in `ready`.
+    fn make_spans(&mut self) {
         let now = Instant::now();
         for ex in self.exchanges.drain(..) {
             let process = self.processes.get_or_load(ex.conn.key.tgid, &ex.conn.comm);
@@ -225,9 +227,6 @@ impl Capture {
                 _ => self.linker.on_client(span, local, remote, now, &mut self.ready),
             }
         }
-        for span in self.ready.drain(..) {
-            sinks.send(span);
-        }
     }
 
     fn housekeeping(&mut self, sinks: &mut Sinks) {
@@ -235,17 +234,13 @@ impl Capture {
             self.conns.sweep(self.last_ts - IDLE_CONN_NS, &self.metrics);
         }
         self.linker.expire(Instant::now(), &self.metrics, &mut self.ready);
-        for span in self.ready.drain(..) {
-            sinks.send(span);
-        }
+        sinks.send_all(&mut self.ready);
     }
 
     /// Releases every held span (at shutdown).
     fn flush(&mut self, sinks: &mut Sinks) {
         self.linker.flush(&mut self.ready);
-        for span in self.ready.drain(..) {
-            sinks.send(span);
-        }
+        sinks.send_all(&mut self.ready);
     }
 }
 
@@ -258,35 +253,42 @@ struct Sinks {
 }
 
 impl Sinks {
-    fn send(&mut self, span: Span) {
+    /// Hands every span of `spans` to each sink (the print thread gets them as one batch).
+    fn send_all(&mut self, spans: &mut Vec<Span>) {
+        if spans.is_empty() {
+            return;
+        }
         if let Some(p) = &self.printer {
-            p.send(span.clone(), &self.metrics);
+            p.send(spans.clone(), &self.metrics);
         }
-        if let Some(s) = &self.store {
-            s.send(span.clone(), &self.metrics);
-        }
-        if let Some(e) = &self.exporter {
-            e.send(span);
+        for span in spans.drain(..) {
+            if let Some(s) = &self.store {
+                s.send(span.clone(), &self.metrics);
+            }
+            if let Some(e) = &self.exporter {
+                e.send(span);
+            }
         }
     }
 }
 
 /// `--print`: a thread writing spans to stdout, so a slow terminal or pipe never blocks capture.
 struct PrintSink {
-    tx: mpsc::SyncSender<Span>,
+    tx: mpsc::SyncSender<Vec<Span>>,
     thread: std::thread::JoinHandle<()>,
 }
 
 impl PrintSink {
     fn start(format: PrintFormat) -> Self {
-        let (tx, rx) = mpsc::sync_channel::<Span>(PRINT_QUEUE);
+        let (tx, rx) = mpsc::sync_channel::<Vec<Span>>(PRINT_QUEUE);
         let thread = std::thread::spawn(move || {
             let mut printer = Printer::new(std::io::stdout().lock(), format);
             // Print what is queued, flush when the queue is empty: one write per burst.
-            while let Ok(span) = rx.recv() {
-                let mut result = printer.print(&span);
-                while let (Ok(()), Ok(span)) = (&result, rx.try_recv()) {
-                    result = printer.print(&span);
+            let print_all = |printer: &mut Printer<_>, batch: Vec<Span>| batch.iter().try_for_each(|s| printer.print(s));
+            while let Ok(batch) = rx.recv() {
+                let mut result = print_all(&mut printer, batch);
+                while let (Ok(()), Ok(batch)) = (&result, rx.try_recv()) {
+                    result = print_all(&mut printer, batch);
                 }
                 if result.and_then(|()| printer.flush()).is_err() {
                     break; // stdout closed: nothing more to print
@@ -296,9 +298,10 @@ impl PrintSink {
         PrintSink { tx, thread }
     }
 
-    fn send(&self, span: Span, metrics: &Metrics) {
-        if self.tx.try_send(span).is_err() {
-            Metrics::inc(&metrics.spans_dropped_queue_full);
+    fn send(&self, batch: Vec<Span>, metrics: &Metrics) {
+        let n = batch.len() as u64;
+        if self.tx.try_send(batch).is_err() {
+            Metrics::add(&metrics.spans_dropped_queue_full, n);
         }
     }
 
