@@ -12,6 +12,7 @@
 pub mod checks;
 pub mod clients;
 pub mod otlp;
+pub mod postgres;
 pub mod process;
 pub mod servers;
 pub mod span;

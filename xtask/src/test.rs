@@ -1,7 +1,7 @@
 //! `cargo xtask test`: everything CI needs on a fresh machine of the project's kind, then every test.
 //!
 //! 1. the eBPF toolchain (`setup`) and the test components: Debian's nginx, curl, wget, bpftool,
-//!    python3-venv, and a venv at `target/test-venv` with grpcio and opentelemetry-proto (for the
+//!    postgresql (server, psql, pgbench), python3-psycopg2, python3-venv, and a venv at `target/test-venv` with grpcio and opentelemetry-proto (for the
 //!    OTLP receiver in `tests/otlp_receiver.py`);
 //! 2. the release build of the agent;
 //! 3. `cargo test --workspace --exclude ztrace-e2e`: the unprivileged tests;
@@ -21,7 +21,16 @@ use crate::toolchain::{self, apt_install};
 use crate::util::{self, say};
 
 /// Debian packages the end-to-end tests start or use.
-const TEST_PACKAGES: &[&str] = &["nginx", "curl", "wget", "python3-venv", "bpftool"];
+const TEST_PACKAGES: &[&str] = &[
+    "nginx",
+    "curl",
+    "wget",
+    "python3-venv",
+    "bpftool",
+    // PostgreSQL 15 server, psql and pgbench; psycopg2 for /usr/bin/python3 (tests/tests/postgres.rs).
+    "postgresql",
+    "python3-psycopg2",
+];
 /// Python packages of the test venv, and the import that proves they are there.
 const VENV_PACKAGES: &[&str] = &["grpcio", "opentelemetry-proto", "protobuf"];
 const VENV_CHECK: &str = "import grpc, opentelemetry.proto";
