@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: what tracing costs a real server, measured, never asserted.
 //!
 //! nginx serves a small static page on 127.0.0.1 (config generated in a temp dir); wrk loads it
-//! (`-t2 -c32 -d10s`) in three pairs of runs, without then with `ztrace --print=json > /dev/null`.
+//! (`-t2 -c32 -d10s`) in three pairs of runs, without then with `ztrace ARGS > /dev/null` (ARGS
+//! default to `--no-ui --print=json`: the capture path; `cargo xtask bench -- ARGS` to choose).
 //! For each run with ztrace it reads the agent's CPU time (utime+stime of /proc/PID/stat, over
 //! the load), its peak RSS (VmHWM, just before stopping it) and its `ztrace stats: {...}` line
 //! (stderr, on exit) for the events handled and dropped. It prints a table, the median
@@ -23,7 +24,9 @@ use crate::util::{self, say};
 const PAIRS: usize = 3;
 const WRK_ARGS: &[&str] = &["-t2", "-c32", "-d10s"];
 const LOAD_SECONDS: f64 = 10.0;
-const ZTRACE_ARGS: &[&str] = &["--print=json"];
+/// The agent's arguments when none are given: the capture path with spans printed (stdout goes
+/// to /dev/null), without the trace store and viewer.
+const DEFAULT_ZTRACE_ARGS: &[&str] = &["--no-ui", "--print=json"];
 const READY_LINE: &str = "ztrace is ready";
 const STATS_PREFIX: &str = "ztrace stats: ";
 
@@ -43,7 +46,12 @@ struct AgentCost {
 }
 
 /// `cargo xtask bench`.
-pub fn bench() -> Result<()> {
+pub fn bench(agent_args: &[String]) -> Result<()> {
+    let agent_args: Vec<String> = if agent_args.is_empty() {
+        DEFAULT_ZTRACE_ARGS.iter().map(|s| s.to_string()).collect()
+    } else {
+        agent_args.to_vec()
+    };
     ensure!(
         util::is_root(),
         "the benchmark runs the agent, which needs root: run it as root"
@@ -72,22 +80,22 @@ pub fn bench() -> Result<()> {
         });
 
         say!("pair {pair}/{PAIRS}: with ztrace...");
-        let run = traced_run(&ztrace, &url, &dir.0)?;
+        let run = traced_run(&ztrace, &agent_args, &url, &dir.0)?;
         say!("  {:.0} requests/s", run.requests_per_sec);
         runs.push(run);
     }
     drop(nginx);
-    report(&runs, &ztrace, &url);
+    report(&runs, &ztrace, &agent_args, &url);
     Ok(())
 }
 
 /// Starts the agent, waits until it is ready, loads nginx, measures the agent, stops it.
-fn traced_run(ztrace: &Path, url: &str, dir: &Path) -> Result<Run> {
+fn traced_run(ztrace: &Path, agent_args: &[String], url: &str, dir: &Path) -> Result<Run> {
     let stderr_path = dir.join("ztrace.stderr");
     let stderr = std::fs::File::create(&stderr_path)?;
     let mut agent = Guard(
         Command::new(ztrace)
-            .args(ZTRACE_ARGS)
+            .args(agent_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -136,7 +144,7 @@ fn traced_run(ztrace: &Path, url: &str, dir: &Path) -> Result<Run> {
     })
 }
 
-fn report(runs: &[Run], ztrace: &Path, url: &str) {
+fn report(runs: &[Run], ztrace: &Path, agent_args: &[String], url: &str) {
     println!();
     println!(
         "{:<4} {:<8} {:>12} {:>14} {:>12} {:>14} {:>10}",
@@ -197,7 +205,7 @@ fn report(runs: &[Run], ztrace: &Path, url: &str) {
     println!(
         "agent:  {} {} > /dev/null",
         ztrace.display(),
-        ZTRACE_ARGS.join(" ")
+        agent_args.join(" ")
     );
     println!("server: nginx, worker_processes 1, static page, access_log off");
 }

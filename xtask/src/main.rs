@@ -59,7 +59,12 @@ enum Command {
         skip_privileged: bool,
     },
     /// Measure ztrace's overhead on nginx under wrk (no timing assertions).
-    Bench,
+    Bench {
+        /// Arguments for the agent (default: `--no-ui --print=json`, the capture path alone;
+        /// `-- --print=json` measures the default set-up with the trace store).
+        #[arg(last = true)]
+        agent_args: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -70,6 +75,6 @@ fn main() -> Result<()> {
         Command::Build { debug } => build::build(build::profile(debug)).map(|_| ()),
         Command::Run { args } => build::run(&args),
         Command::Test { skip_privileged } => test::test(skip_privileged),
-        Command::Bench => bench::bench(),
+        Command::Bench { agent_args } => bench::bench(&agent_args),
     }
 }

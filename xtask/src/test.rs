@@ -1,8 +1,9 @@
 //! `cargo xtask test`: everything CI needs on a fresh machine of the project's kind, then every test.
 //!
 //! 1. the eBPF toolchain (`setup`) and the test components: Debian's nginx, curl, wget, bpftool,
-//!    postgresql (server, psql, pgbench), python3-psycopg2, python3-venv, and a venv at `target/test-venv` with grpcio and opentelemetry-proto (for the
-//!    OTLP receiver in `tests/otlp_receiver.py`);
+//!    postgresql (server, psql, pgbench), python3-psycopg2, python3-venv, and a venv at
+//!    `target/test-venv` with grpcio and opentelemetry-proto (for the OTLP receiver in
+//!    `tests/otlp_receiver.py`);
 //! 2. the release build of the agent;
 //! 3. `cargo test --workspace --exclude ztrace-e2e`: the unprivileged tests;
 //! 4. the privileged end-to-end tests (`tests/`, crate `ztrace-e2e`), which need root and eBPF:
