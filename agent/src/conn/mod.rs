@@ -1,5 +1,5 @@
 //! The connection table: every TCP connection of every traced process, its 4-tuple, and the
-//! protocol parser fed by its two byte streams.
+//! protocol parser (HTTP/1.x or PostgreSQL) fed by its two byte streams.
 //!
 //! A connection is keyed by `(tgid, fd, conn_gen)` as the kernel reports it. The table decides
 //! the protocol from the first bytes, feeds chunks and gaps to the parser, and hands finished
@@ -419,6 +419,46 @@ mod tests {
         assert_eq!(http.response.status, 200);
         assert_eq!(http.request_start_ns, 10);
         assert_eq!(http.response_end_ns, 20);
+    }
+
+    #[test]
+    fn postgres_server_connection_from_its_startup_packet() {
+        let metrics = Metrics::default();
+        let mut table = ConnTable::new(16, 999);
+        table.on_conn(&conn_event(7, ConnRole::Server, 2, v4([127, 0, 0, 1]), v4([127, 0, 0, 1])), &metrics);
+        let mut out = Vec::new();
+        let mut feed = |ts, direction, bytes: &[u8]| {
+            table.on_data(&data(7, ts, direction, bytes), bytes, &[], &metrics, &mut out);
+        };
+        feed(1, Direction::Ingress, b"\0\0\0\x08\x04\xd2\x16\x2f");
+        feed(2, Direction::Egress, b"N");
+        feed(3, Direction::Ingress, b"\0\0\0\x12\0\x03\0\0user\0app\0\0");
+        feed(4, Direction::Egress, b"R\0\0\0\x08\0\0\0\0Z\0\0\0\x05I");
+        feed(5, Direction::Ingress, b"Q\0\0\0\x0dSELECT 1\0");
+        feed(6, Direction::Egress, b"C\0\0\0\x0dSELECT 1\0Z\0\0\0\x05I");
+        assert_eq!(out.len(), 1, "{out:?}");
+        let Exchange::Postgres(pg) = &out[0].exchange else { panic!("not Postgres: {out:?}") };
+        assert_eq!(pg.side, protocols::Side::Server);
+        assert_eq!(pg.query.as_deref(), Some("SELECT 1"));
+        assert_eq!((pg.request_start_ns, pg.response_end_ns), (5, 6));
+        assert_eq!(metrics.parse_errors.load(std::sync::atomic::Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn postgres_switching_to_tls_is_ignored_from_then_on() {
+        let metrics = Metrics::default();
+        let mut table = ConnTable::new(16, 999);
+        table.on_conn(&conn_event(7, ConnRole::Client, 2, v4([127, 0, 0, 1]), v4([127, 0, 0, 1])), &metrics);
+        let mut out = Vec::new();
+        let ssl = b"\0\0\0\x08\x04\xd2\x16\x2f";
+        table.on_data(&data(7, 1, Direction::Egress, ssl), ssl, &[], &metrics, &mut out);
+        table.on_data(&data(7, 2, Direction::Ingress, b"S"), b"S", &[], &metrics, &mut out);
+        let hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03";
+        table.on_data(&data(7, 3, Direction::Egress, hello), hello, &[], &metrics, &mut out);
+        assert!(out.is_empty());
+        let conn = table.conns.values().next().expect("connection kept");
+        assert!(matches!(conn.state, State::Ignored));
+        assert_eq!(metrics.parse_errors.load(std::sync::atomic::Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -233,10 +233,18 @@ struct Pending {
     error: Option<PgError>,
 }
 
-/// A bounded name → value map that forgets the least recently inserted name when full.
+/// What a statement or portal name stands for.
+#[derive(Clone, Debug, Default)]
+struct Named {
+    sql: Option<Arc<str>>,
+    /// For a portal, the statement it was bound to.
+    statement: Option<Arc<str>>,
+}
+
+/// A bounded name → [`Named`] map that forgets the least recently inserted name when full.
 #[derive(Debug)]
 struct Names {
-    map: HashMap<Arc<str>, (Option<Arc<str>>, Option<Arc<str>>, u64)>,
+    map: HashMap<Arc<str>, (Named, u64)>,
     next: u64,
     max: usize,
 }
@@ -246,19 +254,18 @@ impl Names {
         Names { map: HashMap::new(), next: 0, max }
     }
 
-    /// `sql`, and for a portal the statement name it was bound to.
-    fn insert(&mut self, name: Arc<str>, sql: Option<Arc<str>>, statement: Option<Arc<str>>) {
+    fn insert(&mut self, name: Arc<str>, named: Named) {
         if self.map.len() >= self.max && !self.map.contains_key(&name) {
-            if let Some(oldest) = self.map.iter().min_by_key(|(_, v)| v.2).map(|(k, _)| k.clone()) {
+            if let Some(oldest) = self.map.iter().min_by_key(|(_, v)| v.1).map(|(k, _)| k.clone()) {
                 self.map.remove(&oldest);
             }
         }
         self.next += 1;
-        self.map.insert(name, (sql, statement, self.next));
+        self.map.insert(name, (named, self.next));
     }
 
-    fn get(&self, name: &str) -> Option<(Option<Arc<str>>, Option<Arc<str>>)> {
-        self.map.get(name).map(|v| (v.0.clone(), v.1.clone()))
+    fn get(&self, name: &str) -> Option<Named> {
+        self.map.get(name).map(|v| v.0.clone())
     }
 
     fn remove(&mut self, name: &str) {
@@ -513,19 +520,19 @@ impl PgParser {
             b'P' => {
                 let (name, rest) = cstr(m.body);
                 let sql = sql_text(cstr(rest).0);
-                self.statements.insert(name_text(name), Some(sql), None);
+                self.statements.insert(name_text(name), Named { sql: Some(sql), statement: None });
             }
             b'B' => {
                 let (portal, rest) = cstr(m.body);
                 let statement = name_text(cstr(rest).0);
-                let sql = self.statements.get(&statement).and_then(|s| s.0);
-                self.portals.insert(name_text(portal), sql, Some(statement));
+                let sql = self.statements.get(&statement).and_then(|s| s.sql);
+                self.portals.insert(name_text(portal), Named { sql, statement: Some(statement) });
             }
             b'E' => {
                 self.unit_start = None;
                 let portal = cstr(m.body).0;
-                let (sql, statement) = self.portals.get(&String::from_utf8_lossy(portal)).unwrap_or((None, None));
-                self.push_pending(Pending::new(PgQueryKind::Extended, sql, statement, self.batches_sent, start));
+                let named = self.portals.get(&String::from_utf8_lossy(portal)).unwrap_or_default();
+                self.push_pending(Pending::new(PgQueryKind::Extended, named.sql, named.statement, self.batches_sent, start));
             }
             b'C' => {
                 if let Some((&what, rest)) = m.body.split_first() {
