@@ -53,6 +53,7 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
     if !(64..=ztrace_common::MAX_CAPTURE).contains(&config.capture_bytes) {
         return Err(PipelineError::CaptureBytes);
     }
+    bpf::check_can_start()?;
     let metrics = Arc::new(Metrics::default());
     let exporter = match export::OtlpConfig::from_config(&config)? {
         Some(otlp) => {

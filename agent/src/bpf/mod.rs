@@ -87,13 +87,7 @@ impl EventRing {
 ///
 /// Returns the probes and the event ring buffer (read by the pipeline).
 pub fn start(capture_bytes: usize, selection: &Selection) -> Result<(Probes, RingBuf<MapData>), BpfError> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err(BpfError::NotRoot);
-    }
-    if OBJECT.is_empty() {
-        return Err(BpfError::NoObject);
-    }
+    check_can_start()?;
     raise_memlock();
     ensure_tracefs();
     let offsets = btf::Btf::from_sys_fs()?.kernel_offsets()?;
@@ -143,6 +137,19 @@ impl Probes {
             })
             .collect()
     }
+}
+
+/// The checks that need nothing loaded: root, and an eBPF object in this binary. The pipeline
+/// runs them first, so that the user hears the real problem before anything else.
+pub fn check_can_start() -> Result<(), BpfError> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(BpfError::NotRoot);
+    }
+    if OBJECT.is_empty() {
+        return Err(BpfError::NoObject);
+    }
+    Ok(())
 }
 
 /// `Ok(None)` when attached, `Ok(Some(reason))` when the kernel refused.
