@@ -13,18 +13,15 @@
 pub mod writer;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use rusqlite::{params, Connection, OptionalExtension};
-use serde::Serialize;
+use serde::{ser::SerializeMap, Serialize, Serializer};
 
-use crate::{
-    print::span_to_json,
-    spans::{hex, Span, StatusCode},
-};
+use crate::spans::{hex, AttrValue, Span, StatusCode};
 
 pub use writer::StoreSink;
 
@@ -62,7 +59,6 @@ CREATE TABLE IF NOT EXISTS spans (
     resource       TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS spans_by_trace ON spans(trace_id);
-CREATE INDEX IF NOT EXISTS spans_by_service ON spans(service, trace_id);
 CREATE INDEX IF NOT EXISTS spans_by_start ON spans(start_ns);
 CREATE TABLE IF NOT EXISTS traces (
     trace_id     TEXT PRIMARY KEY,
@@ -76,14 +72,13 @@ CREATE TABLE IF NOT EXISTS traces (
     error        INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS traces_by_start ON traces(start_ns);
-CREATE INDEX IF NOT EXISTS traces_by_root_service ON traces(root_service, start_ns);
 ";
 
 /// Keeps a trace's summary current: the root is the span without a parent (rank 0), else the
 /// earliest span; start is the earliest start, end the latest end; error if any span failed.
 const UPSERT_TRACE: &str = "
 INSERT INTO traces (trace_id, root_service, root_name, root_rank, root_start, start_ns, end_ns, span_count, error)
-VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, 1, ?7)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
 ON CONFLICT(trace_id) DO UPDATE SET
     root_service = CASE WHEN (excluded.root_rank, excluded.root_start) < (root_rank, root_start)
                         THEN excluded.root_service ELSE root_service END,
@@ -94,7 +89,7 @@ ON CONFLICT(trace_id) DO UPDATE SET
                         THEN excluded.root_start ELSE root_start END,
     start_ns     = min(start_ns, excluded.start_ns),
     end_ns       = max(end_ns, excluded.end_ns),
-    span_count   = span_count + 1,
+    span_count   = span_count + excluded.span_count,
     error        = max(error, excluded.error)
 ";
 
@@ -204,6 +199,9 @@ impl Store {
             tracing::debug!(mode, "trace store is not in WAL mode");
         }
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // Trace ids are random: index inserts land all over the B-trees; keep them in memory.
+        conn.pragma_update(None, "cache_size", -64 * 1024)?;
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
         conn.execute_batch(SCHEMA)?;
         Ok(())
     }
@@ -213,19 +211,23 @@ impl Store {
         &self.path
     }
 
-    /// Writes spans in one transaction and updates their traces' summaries.
+    /// Writes spans in one transaction and updates their traces' summaries (one update per trace
+    /// per batch).
     pub fn insert(&mut self, spans: &[Span]) -> Result<(), StoreError> {
+        let mut summaries: HashMap<[u8; 16], BatchSummary<'_>> = HashMap::new();
+        // Spans of one process share their resource: serialise it once per batch.
+        let mut resources: HashMap<*const crate::spans::Resource, String> = HashMap::new();
         let tx = self.conn.transaction()?;
         {
             let mut insert_span = tx.prepare_cached(INSERT_SPAN)?;
-            let mut upsert_trace = tx.prepare_cached(UPSERT_TRACE)?;
             for span in spans {
-                let trace_id = hex(&span.trace_id);
-                let json = span_to_json(span);
                 let start = to_sql_ns(span.start_unix_nano);
                 let end = to_sql_ns(span.end_unix_nano.max(span.start_unix_nano));
+                let resource = resources.entry(std::sync::Arc::as_ptr(&span.resource)).or_insert_with(|| {
+                    json_object(span.resource.attributes.iter().map(|(k, v)| (k.as_str(), v)))
+                });
                 insert_span.execute(params![
-                    trace_id,
+                    hex(&span.trace_id),
                     hex(&span.span_id),
                     span.parent_span_id.map(|p| hex(&p)),
                     span.name,
@@ -235,17 +237,31 @@ impl Store {
                     end,
                     span.status.as_str(),
                     span.status_message,
-                    json["attributes"].to_string(),
-                    json["resource"].to_string(),
+                    json_object(span.attributes.iter().map(|a| (a.key, &a.value))),
+                    resource.as_str(),
                 ])?;
-                upsert_trace.execute(params![
-                    trace_id,
-                    span.resource.service_name,
-                    span.name,
-                    i64::from(span.parent_span_id.is_some()),
+                let candidate = BatchSummary {
+                    root: span,
+                    root_rank: i64::from(span.parent_span_id.is_some()),
                     start,
                     end,
-                    i64::from(span.status == StatusCode::Error),
+                    count: 1,
+                    error: span.status == StatusCode::Error,
+                };
+                summaries.entry(span.trace_id).and_modify(|s| s.merge(&candidate)).or_insert(candidate);
+            }
+            let mut upsert_trace = tx.prepare_cached(UPSERT_TRACE)?;
+            for (trace_id, s) in &summaries {
+                upsert_trace.execute(params![
+                    hex(trace_id),
+                    s.root.resource.service_name,
+                    s.root.name,
+                    s.root_rank,
+                    to_sql_ns(s.root.start_unix_nano),
+                    s.start,
+                    s.end,
+                    s.count,
+                    i64::from(s.error),
                 ])?;
             }
         }
@@ -261,11 +277,13 @@ impl Store {
         );
         let mut args: Vec<Value> = Vec::new();
         if let Some(service) = &q.service {
-            sql.push_str(" AND trace_id IN (SELECT trace_id FROM spans WHERE service = ?)");
+            sql.push_str(" AND EXISTS (SELECT 1 FROM spans s WHERE s.trace_id = traces.trace_id AND s.service = ?)");
             args.push(Value::Text(service.clone()));
         }
         if let Some(name) = &q.name {
-            sql.push_str(" AND trace_id IN (SELECT trace_id FROM spans WHERE instr(lower(name), lower(?)) > 0)");
+            sql.push_str(
+                " AND EXISTS (SELECT 1 FROM spans s WHERE s.trace_id = traces.trace_id AND instr(lower(s.name), lower(?)) > 0)",
+            );
             args.push(Value::Text(name.clone()));
         }
         match q.status {
@@ -456,6 +474,51 @@ impl Store {
         tx.commit()?;
         Ok(Removed { traces: traces as u64, spans: spans as u64 })
     }
+}
+
+/// The summary of one trace's spans within a batch.
+struct BatchSummary<'a> {
+    root: &'a Span,
+    root_rank: i64,
+    start: i64,
+    end: i64,
+    count: i64,
+    error: bool,
+}
+
+impl BatchSummary<'_> {
+    fn merge(&mut self, other: &Self) {
+        if (other.root_rank, other.root.start_unix_nano) < (self.root_rank, self.root.start_unix_nano) {
+            self.root = other.root;
+            self.root_rank = other.root_rank;
+        }
+        self.start = self.start.min(other.start);
+        self.end = self.end.max(other.end);
+        self.count += other.count;
+        self.error |= other.error;
+    }
+}
+
+/// A JSON object of attributes as in the DESIGN.md span (`print::span_to_json`): integers as
+/// numbers, a non-finite double as `null`.
+fn json_object<'a>(pairs: impl Iterator<Item = (&'a str, &'a AttrValue)> + Clone) -> String {
+    struct Obj<I>(I);
+    impl<'a, I: Iterator<Item = (&'a str, &'a AttrValue)> + Clone> Serialize for Obj<I> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            let mut map = serializer.serialize_map(None)?;
+            for (key, value) in self.0.clone() {
+                match value {
+                    AttrValue::Str(s) => map.serialize_entry(key, s)?,
+                    AttrValue::Int(i) => map.serialize_entry(key, i)?,
+                    AttrValue::Bool(b) => map.serialize_entry(key, b)?,
+                    AttrValue::Double(d) if d.is_finite() => map.serialize_entry(key, d)?,
+                    AttrValue::Double(_) => map.serialize_entry(key, &())?,
+                }
+            }
+            map.end()
+        }
+    }
+    serde_json::to_string(&Obj(pairs)).unwrap_or_else(|_| "{}".to_owned())
 }
 
 /// The `p`th percentile (nearest rank) of sorted values; 0 when there are none.

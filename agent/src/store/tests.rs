@@ -5,6 +5,7 @@ use std::{
 };
 
 use super::*;
+use crate::print::span_to_json;
 use crate::{
     metrics::Metrics,
     spans::{AttrValue, Attribute, Resource, SpanKind},
@@ -295,3 +296,57 @@ fn percentiles_nearest_rank() {
 fn data_dir_prefers_the_configured_one() {
     assert_eq!(data_dir(Some(Path::new("/tmp/x"))), PathBuf::from("/tmp/x"));
 }
+
+/// Insert throughput and list latency with many traces stored (issue targets: >= 50k spans/s on one
+/// core, list < 50 ms). `cargo test --release -p ztrace --lib store::tests::bench -- --ignored --nocapture`
+#[test]
+#[ignore = "benchmark: run in release with --ignored --nocapture"]
+fn bench_insert_and_list() {
+    let dir = TempDir::new();
+    let mut store = Store::open(&dir.0).expect("open");
+    let traces = 100_000u32;
+    let mut spans = Vec::with_capacity(2 * BATCH_FOR_BENCH);
+    let started = std::time::Instant::now();
+    let mut n = 0u64;
+    for i in 0..traces {
+        let mut client = every_attribute_type();
+        // Ids are random in real traffic: spread them over the index.
+        client.trace_id[..4].copy_from_slice(&i.wrapping_mul(2_654_435_761).to_be_bytes());
+        client.trace_id[4..8].copy_from_slice(&i.to_be_bytes());
+        client.start_unix_nano = T0 + u64::from(i) * MS;
+        client.end_unix_nano = client.start_unix_nano + 3 * MS;
+        let mut server = client.clone();
+        server.span_id = [2; 8];
+        server.parent_span_id = Some(client.span_id);
+        server.kind = SpanKind::Server;
+        server.resource = resource("users");
+        spans.push(client);
+        spans.push(server);
+        if spans.len() >= BATCH_FOR_BENCH {
+            store.insert(&spans).expect("insert");
+            n += spans.len() as u64;
+            spans.clear();
+        }
+    }
+    store.insert(&spans).expect("insert");
+    n += spans.len() as u64;
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!("inserted {n} spans in {secs:.2} s: {:.0} spans/s", n as f64 / secs);
+    let started = std::time::Instant::now();
+    let list = store.list(&TraceQuery::default()).expect("list");
+    eprintln!("list (default): {:?}, {} rows", started.elapsed(), list.len());
+    let started = std::time::Instant::now();
+    let list = store.list(&TraceQuery { service: Some("users".into()), min_duration_ns: Some(MS), ..Default::default() }).expect("list");
+    eprintln!("list (service + duration): {:?}, {} rows", started.elapsed(), list.len());
+    let started = std::time::Instant::now();
+    let list = store.list(&TraceQuery { name: Some("orders".into()), status: Some(StatusFilter::Error), ..Default::default() }).expect("list");
+    eprintln!("list (name + status): {:?}, {} rows", started.elapsed(), list.len());
+    let started = std::time::Instant::now();
+    let _ = store.trace(&list[0].trace_id).expect("trace");
+    eprintln!("get trace: {:?}", started.elapsed());
+    let started = std::time::Instant::now();
+    let s = store.services(T0 + u64::from(traces) * MS, Duration::from_secs(15 * 60)).expect("services");
+    eprintln!("services (15 min): {:?}, {} services", started.elapsed(), s.len());
+}
+
+const BATCH_FOR_BENCH: usize = 2048;
