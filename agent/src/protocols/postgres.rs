@@ -48,9 +48,9 @@ use super::{Chunk, Direction, Gap, Side};
 
 /// Longest query text kept, in bytes; longer queries are cut.
 pub const MAX_SQL_BYTES: usize = 4096;
-/// Prepared statements remembered per connection; beyond that the least recently parsed is
-/// forgotten (its executions then carry no SQL).
-pub const MAX_STATEMENTS: usize = 256;
+/// Prepared statements remembered per connection (drivers cache a few hundred: pgx 512); beyond
+/// that the least recently used is forgotten (its executions then carry no SQL).
+pub const MAX_STATEMENTS: usize = 512;
 /// Bound portals remembered per connection.
 pub const MAX_PORTALS: usize = 64;
 /// Statements executed and not yet answered on one connection (pipelining depth).
@@ -66,6 +66,8 @@ const MAX_SANE_LEN: u32 = 1 << 30;
 const MAX_KEPT_BODY: usize = MAX_SQL_BYTES + 512;
 /// Bytes at the end of a chunk searched for a message boundary after framing was lost.
 const RESYNC_WINDOW: usize = 512;
+/// A body buffer that grew beyond this is released once its message is parsed.
+const BODY_CAPACITY_KEPT: usize = 512;
 /// Longest kept value of a startup parameter.
 const MAX_PARAM_LEN: usize = 256;
 
@@ -241,7 +243,7 @@ struct Named {
     statement: Option<Arc<str>>,
 }
 
-/// A bounded name → [`Named`] map that forgets the least recently inserted name when full.
+/// A bounded name → [`Named`] map that forgets the least recently used name when full.
 #[derive(Debug)]
 struct Names {
     map: HashMap<Arc<str>, (Named, u64)>,
@@ -264,8 +266,13 @@ impl Names {
         self.map.insert(name, (named, self.next));
     }
 
-    fn get(&self, name: &str) -> Option<Named> {
-        self.map.get(name).map(|v| v.0.clone())
+    fn get(&mut self, name: &str) -> Option<Named> {
+        self.next += 1;
+        let next = self.next;
+        self.map.get_mut(name).map(|v| {
+            v.1 = next;
+            v.0.clone()
+        })
     }
 
     fn remove(&mut self, name: &str) {
@@ -346,6 +353,9 @@ impl PgParser {
                 Some(at) => {
                     bytes = &bytes[at..];
                     self.reader_mut(stream).framing = Framing::Header { buf: [0; 5], have: 0 };
+                    if stream == Stream::Backend {
+                        self.resync_pairing();
+                    }
                 }
                 None => return Ok(()),
             }
@@ -426,7 +436,7 @@ impl PgParser {
     }
 
     /// Bytes moved in one direction but not captured.
-    pub fn on_gap(&mut self, gap: &Gap, _out: &mut Vec<PgExchange>) -> Result<(), PgParseError> {
+    pub fn on_gap(&mut self, gap: &Gap, out: &mut Vec<PgExchange>) -> Result<(), PgParseError> {
         if self.encrypted || gap.len == 0 {
             return Ok(());
         }
@@ -434,13 +444,16 @@ impl PgParser {
         let reader = self.reader_mut(stream);
         match &mut reader.framing {
             Framing::Lost => Ok(()),
-            Framing::Body { remaining, lost, .. } if u64::from(*remaining) > gap.len => {
+            Framing::Body { remaining, lost, .. } if u64::from(*remaining) >= gap.len => {
                 *remaining -= gap.len as u32;
                 *lost = true;
+                if *remaining == 0 {
+                    // The message ends with the gap: it is parsed from what was kept.
+                    let at_gap = Chunk { direction: gap.direction, ts_ns: gap.ts_ns, tid: 0, bytes: &[] };
+                    self.finish_message(stream, &at_gap, out);
+                }
                 Ok(())
             }
-            // A gap that ends exactly at the end of a message would need the message finished
-            // here; its kept prefix is too short to trust anyway, so framing is given up.
             _ => {
                 reader.framing = Framing::Lost;
                 self.lost_framing(stream);
@@ -470,6 +483,21 @@ impl PgParser {
         }
     }
 
+    /// The server direction found its framing again at a run of messages that ends with
+    /// `ReadyForQuery`. How many answers the lost bytes held is unknown; a client waits for its
+    /// answers, so the run most likely answers the newest batch sent: older statements are
+    /// dropped rather than paired with a later answer.
+    fn resync_pairing(&mut self) {
+        let Some(newest) = self.pending.back().map(|p| p.batch) else {
+            self.batches_done = self.batches_sent.saturating_sub(1);
+            return;
+        };
+        while self.pending.front().is_some_and(|p| p.batch < newest) {
+            self.pending.pop_front();
+        }
+        self.batches_done = newest;
+    }
+
     /// A direction lost its framing. Lost client messages make the server's answers unpairable:
     /// what waits is dropped and pairing starts over.
     fn lost_framing(&mut self, stream: Stream) {
@@ -490,9 +518,9 @@ impl PgParser {
             Stream::Frontend => self.on_frontend(&message, chunk),
             Stream::Backend => self.on_backend(&message, chunk, out),
         }
-        // Give the buffer back (bounded by MAX_KEPT_BODY).
+        // Give the buffer back unless a long message grew it.
         let reader = self.reader_mut(stream);
-        if reader.body.capacity() == 0 {
+        if reader.body.capacity() == 0 && body.capacity() <= BODY_CAPACITY_KEPT {
             reader.body = body;
             reader.body.clear();
         }

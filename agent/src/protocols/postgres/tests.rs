@@ -391,13 +391,19 @@ fn closed_statements_are_forgotten_and_the_map_is_bounded() {
     for i in 0..MAX_STATEMENTS + 10 {
         front.extend(parse(&format!("s{i}"), &format!("SELECT {i}")));
     }
+    // s10 is the oldest left; using it keeps it, so the next statement pushes out s11.
+    front.extend(bind("", "s10", &[]));
+    front.extend(parse("late", "SELECT 'late'"));
     front.extend(close_statement("s300"));
     front.extend(sync());
     events.push((true, front));
-    let (_, parser) = run_with(Side::Client, &events, |_, _| Vec::new());
-    assert_eq!(parser.statements.map.len(), MAX_STATEMENTS);
-    assert!(parser.statements.get("s0").is_none(), "the oldest went first");
-    assert!(parser.statements.get("s265").is_some());
+    let (_, mut parser) = run_with(Side::Client, &events, |_, _| Vec::new());
+    assert_eq!(parser.statements.map.len(), MAX_STATEMENTS - 1, "full, less the closed one");
+    assert!(parser.statements.get("s0").is_none(), "the least recently used went first");
+    assert!(parser.statements.get("s10").is_some(), "used, so kept");
+    assert!(parser.statements.get("s11").is_none());
+    assert!(parser.statements.get("s300").is_none(), "closed");
+    assert!(parser.statements.get("late").is_some());
 }
 
 #[test]
@@ -487,6 +493,42 @@ fn a_gap_over_many_rows_resyncs_on_the_tail() {
     feed(&mut parser, &mut out, Direction::Ingress, &cat(&[complete("SELECT 1"), ready()]), 6);
     assert_eq!(out.len(), 2);
     assert_eq!(out[1].query.as_deref(), Some("SELECT 1"));
+}
+
+#[test]
+fn after_lost_framing_the_answer_goes_to_the_newest_query() {
+    let mut parser = PgParser::new(Side::Client, true);
+    let mut out = Vec::new();
+    feed(&mut parser, &mut out, Direction::Egress, &startup(&[("user", "u")]), 1);
+    feed(&mut parser, &mut out, Direction::Ingress, &server_hello(), 2);
+    feed(&mut parser, &mut out, Direction::Egress, &query("SELECT a FROM one"), 3);
+    // The answer to the first query starts, then a gap hides its end.
+    feed(&mut parser, &mut out, Direction::Ingress, &cat(&[row_description(&["a"]), data_row(&["1"])]), 4);
+    let gap = Gap { direction: Direction::Ingress, ts_ns: 4, len: 100 };
+    assert_eq!(parser.on_gap(&gap, &mut out), Err(PgParseError::GapInFraming));
+    feed(&mut parser, &mut out, Direction::Egress, &query("SELECT b FROM two"), 5);
+    feed(&mut parser, &mut out, Direction::Ingress, &cat(&[row_description(&["b"]), data_row(&["2"]), data_row(&["3"]), complete("SELECT 2"), ready()]), 6);
+    assert_eq!(queries(&out), ["SELECT b FROM two"]);
+    assert_eq!((out[0].rows, out[0].data_rows), (Some(2), 2));
+    feed(&mut parser, &mut out, Direction::Egress, &query("SELECT 3"), 7);
+    feed(&mut parser, &mut out, Direction::Ingress, &cat(&[complete("SELECT 0"), ready()]), 8);
+    assert_eq!(queries(&out), ["SELECT b FROM two", "SELECT 3"], "pairing goes on");
+}
+
+#[test]
+fn a_gap_that_ends_a_message_keeps_the_framing() {
+    let row = data_row(&[&"y".repeat(5000)]);
+    let mut parser = PgParser::new(Side::Client, true);
+    let mut out = Vec::new();
+    feed(&mut parser, &mut out, Direction::Egress, &startup(&[("user", "u")]), 1);
+    feed(&mut parser, &mut out, Direction::Ingress, &server_hello(), 2);
+    feed(&mut parser, &mut out, Direction::Egress, &query("SELECT y FROM big"), 3);
+    feed(&mut parser, &mut out, Direction::Ingress, &row[..4096], 4);
+    let gap = Gap { direction: Direction::Ingress, ts_ns: 4, len: (row.len() - 4096) as u64 };
+    assert_eq!(parser.on_gap(&gap, &mut out), Ok(()));
+    feed(&mut parser, &mut out, Direction::Ingress, &cat(&[complete("SELECT 1"), ready()]), 5);
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].rows, out[0].data_rows), (Some(1), 1));
 }
 
 #[test]
