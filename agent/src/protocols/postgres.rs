@@ -25,7 +25,9 @@
 //!   connection). `Bind` parameter values are never read;
 //! - results: `CommandComplete` tags (command and row count), `DataRow`s counted, never read,
 //!   `EmptyQueryResponse`, `PortalSuspended`, and `ErrorResponse` (SQLSTATE and message). After an
-//!   error the server skips to the next `Sync`: `Execute`s it skipped produce nothing;
+//!   error the server skips to the next `Sync`: `Execute`s it skipped produce nothing. A `Parse`
+//!   the server rejects is an exchange of its own (with its SQL and the error): drivers that
+//!   prepare before they bind (lib/pq, JDBC) would otherwise show no span for a failing statement;
 //! - `COPY` in and out (the data is counted as bytes, the `COPY n` tag gives the rows), notices,
 //!   notifications and parameter status messages, which are skipped;
 //! - bytes the kernel did not capture ([`Gap`]): inside a message (a large `DataRow` or
@@ -222,6 +224,9 @@ impl Reader {
 #[derive(Debug)]
 struct Pending {
     kind: PgQueryKind,
+    /// A `Parse`: it leaves silently at `ParseComplete`, and becomes the exchange if the server
+    /// rejects it (a statement that fails to prepare is never executed).
+    prepare: bool,
     query: Option<Arc<str>>,
     statement: Option<Arc<str>>,
     /// Number of `Sync`/`Query` (each answered by one `ReadyForQuery`) sent before this one.
@@ -547,8 +552,11 @@ impl PgParser {
             }
             b'P' => {
                 let (name, rest) = cstr(m.body);
-                let sql = sql_text(cstr(rest).0);
-                self.statements.insert(name_text(name), Named { sql: Some(sql), statement: None });
+                let (name, sql) = (name_text(name), sql_text(cstr(rest).0));
+                self.statements.insert(name.clone(), Named { sql: Some(sql.clone()), statement: None });
+                let mut parse = Pending::new(PgQueryKind::Extended, Some(sql), Some(name), self.batches_sent, start);
+                parse.prepare = true;
+                self.push_pending(parse);
             }
             b'B' => {
                 let (portal, rest) = cstr(m.body);
@@ -629,16 +637,30 @@ impl PgParser {
         self.pending.front_mut().filter(|p| p.batch == batch)
     }
 
+    /// The statement being executed now: `Parse` steps still ahead of it were answered (their
+    /// `ParseComplete` may have been lost) and leave.
+    fn executing(&mut self) -> Option<&mut Pending> {
+        while self.current().is_some_and(|p| p.prepare) {
+            self.pending.pop_front();
+        }
+        self.current()
+    }
+
     fn on_backend(&mut self, m: &Message<'_>, chunk: &Chunk<'_>, out: &mut Vec<PgExchange>) {
         match m.typ {
+            b'1' => {
+                if self.current().is_some_and(|p| p.prepare) {
+                    self.pending.pop_front();
+                }
+            }
             b'D' => {
-                if let Some(p) = self.current() {
+                if let Some(p) = self.executing() {
                     p.data_rows += 1;
                 }
             }
             b'C' | b'I' | b's' => {
                 let tag = (m.typ == b'C').then(|| CommandTag::parse(cstr(m.body).0));
-                let Some(p) = self.current() else { return };
+                let Some(p) = self.executing() else { return };
                 p.statements += u32::from(m.typ != b's');
                 if let Some(tag) = tag {
                     if p.command.is_none() {
@@ -667,8 +689,8 @@ impl PgParser {
                 }
             }
             b'Z' => {
-                // Simple queries end here; Executes the server skipped after an error end with
-                // nothing.
+                // Simple queries end here; Parse and Execute steps the server skipped after an
+                // error end with nothing.
                 let batch = self.batches_done;
                 while self.pending.front().is_some_and(|p| p.batch <= batch) {
                     if let Some(p) = self.pending.pop_front() {
@@ -718,6 +740,7 @@ impl Pending {
     ) -> Self {
         Pending {
             kind,
+            prepare: false,
             query,
             statement,
             batch,

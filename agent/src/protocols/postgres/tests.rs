@@ -385,6 +385,27 @@ fn pipelined_executes_before_one_sync_and_an_error_skips_the_rest() {
 }
 
 #[test]
+fn a_statement_that_fails_to_prepare_is_an_exchange() {
+    // lib/pq: Parse, Describe, Sync first; Bind and Execute only once that succeeded.
+    let events = vec![
+        (true, startup(&[("user", "u")])),
+        (false, server_hello()),
+        (true, cat(&[parse("", "SELECT * FROM missing WHERE id = $1"), msg(b'D', b"S\0"), sync()])),
+        (false, cat(&[error("42P01", "relation \"missing\" does not exist"), ready()])),
+        (true, cat(&[parse("1", "SELECT $1::int"), msg(b'D', b"S1\0"), sync()])),
+        (false, cat(&[msg(b'1', &[]), msg(b't', &[0, 1, 0, 0, 0, 23]), row_description(&["int4"]), ready()])),
+        (true, cat(&[bind("", "1", &["7"]), execute(""), sync()])),
+        (false, cat(&[msg(b'2', &[]), data_row(&["7"]), complete("SELECT 1"), ready()])),
+    ];
+    let out = run_all_splits(Side::Client, &events);
+    assert_eq!(queries(&out), ["SELECT * FROM missing WHERE id = $1", "SELECT $1::int"]);
+    assert_eq!(out[0].error.as_ref().map(|e| e.code.as_str()), Some("42P01"));
+    assert_eq!((out[0].request_start_ns, out[0].response_end_ns), (30, 40));
+    assert_eq!((out[1].error.as_ref(), out[1].rows), (None, Some(1)));
+    assert_eq!((out[1].request_start_ns, out[1].response_end_ns), (70, 80), "the Execute's own round trip");
+}
+
+#[test]
 fn closed_statements_are_forgotten_and_the_map_is_bounded() {
     let mut events = vec![(true, startup(&[("user", "u")])), (false, server_hello())];
     let mut front = Vec::new();
