@@ -1,7 +1,7 @@
 //! `cargo xtask test`: everything CI needs on a fresh machine of the project's kind, then every test.
 //!
 //! 1. the eBPF toolchain (`setup`) and the test components: Debian's nginx, curl, wget, bpftool,
-//!    postgresql (server, psql, pgbench), python3-psycopg2, python3-venv, and a venv at
+//!    postgresql (server, psql, pgbench), python3-psycopg2, python3-venv, chromium, and a venv at
 //!    `target/test-venv` with grpcio and opentelemetry-proto (for the OTLP receiver in
 //!    `tests/otlp_receiver.py`);
 //! 2. the release build of the agent;
@@ -28,6 +28,8 @@ const TEST_PACKAGES: &[&str] = &[
     "wget",
     "python3-venv",
     "bpftool",
+    // Headless browser for the viewer's page test (tests/tests/viewer.rs).
+    "chromium",
     // PostgreSQL 15 server, psql and pgbench; psycopg2 for /usr/bin/python3 (tests/tests/postgres.rs).
     "postgresql",
     "python3-psycopg2",

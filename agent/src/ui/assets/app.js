@@ -1,5 +1,5 @@
 // ztrace viewer: a small single-page app over /api (no framework, no build step).
-// Routes: #/ (trace list), #/trace/<id>, #/services. Every piece of span data is inserted as text.
+// Routes: #/ (trace list; #/?service=…&trace_id=… presets its filters), #/trace/<id>[/<span id>] (with that span's panel open), #/services. Every piece of span data is inserted as text.
 "use strict";
 
 const app = document.getElementById("app");
@@ -41,9 +41,11 @@ function fmtDate(ns) {
 }
 
 function colour(service) {
-  let hash = 0;
-  for (const ch of service || "") hash = (hash * 31 + ch.codePointAt(0)) >>> 0;
-  return `hsl(${hash % 360}, 60%, 52%)`;
+  let hash = 2166136261; // FNV-1a, then spread: similar names get distant colours
+  for (const ch of service || "") hash = Math.imul(hash ^ ch.codePointAt(0), 16777619) >>> 0;
+  hash = Math.imul(hash ^ (hash >>> 15), 2246822507) >>> 0;
+  // Hues 20–320: no service is drawn in the red that marks errors.
+  return `hsl(${20 + (hash % 300)}, 60%, 50%)`;
 }
 
 function swatch(service) {
@@ -171,7 +173,7 @@ function buildTree(spans) {
   return roots;
 }
 
-async function showTrace(id) {
+async function showTrace(id, spanId) {
   setNav("traces");
   let data;
   try {
@@ -232,8 +234,14 @@ async function showTrace(id) {
 
   function select(span) {
     selected = span.span_id;
+    history.replaceState(null, "", `#/trace/${data.trace_id}/${span.span_id}`);
     renderRows();
-    renderPanel(panel, span, () => { selected = null; panel.hidden = true; renderRows(); });
+    renderPanel(panel, span, () => {
+      selected = null;
+      panel.hidden = true;
+      history.replaceState(null, "", "#/trace/" + data.trace_id);
+      renderRows();
+    });
   }
 
   const ticks = [0, 0.25, 0.5, 0.75, 1].map((f) =>
@@ -254,6 +262,8 @@ async function showTrace(id) {
         rows),
       panel));
   renderRows();
+  const preselected = spanId && spans.find((s) => s.span_id === spanId);
+  if (preselected) select(preselected);
 }
 
 function kvTable(obj, special) {
@@ -280,7 +290,7 @@ function renderPanel(panel, s, close) {
   delete attrs["db.query.text"];
   delete attrs["code.stacktrace"];
   panel.hidden = false;
-  panel.replaceChildren(
+  panel.replaceChildren(...[
     h("button", { class: "close", type: "button", onclick: close }, "✕"),
     h("h2", {}, s.name),
     h("div", {}, swatch(s.service), " · ", s.kind, " · ", fmtDuration(dur)),
@@ -297,7 +307,7 @@ function renderPanel(panel, s, close) {
     h("h3", {}, "Resource"),
     kvTable(s.resource),
     h("h3", {}, "Events"),
-    h("p", { class: "muted" }, "none"));
+    h("p", { class: "muted" }, "none")].flat().filter((c) => c != null));
 }
 
 // ---- services --------------------------------------------------------------------------------
@@ -348,9 +358,13 @@ async function showServices() {
 function route() {
   stopTimer();
   const hash = location.hash.replace(/^#/, "") || "/";
-  const trace = hash.match(/^\/trace\/([0-9a-fA-F]{32})$/);
-  if (trace) return showTrace(trace[1].toLowerCase());
+  const trace = hash.match(/^\/trace\/([0-9a-fA-F]{32})(?:\/([0-9a-fA-F]{16}))?$/);
+  if (trace) return showTrace(trace[1].toLowerCase(), trace[2] && trace[2].toLowerCase());
   if (hash === "/services") return showServices();
+  const preset = hash.match(/^\/\?(.*)$/);
+  if (preset) {
+    for (const [k, v] of new URLSearchParams(preset[1])) if (k in filters) filters[k] = v;
+  }
   return showList();
 }
 
