@@ -1,5 +1,7 @@
-//! A real PostgreSQL 15 server on loopback, and its clients: `psql`, `pgbench`, and Python's
-//! psycopg2 (Debian's `python3-psycopg2`, run with `/usr/bin/python3`).
+//! A real PostgreSQL 15 server on loopback, and its clients: `psql`, `pgbench`, Python's
+//! psycopg2 (Debian's `python3-psycopg2`, run with `/usr/bin/python3`), and a compiled Go client
+//! on lib/pq (`tests/fixtures/pq_client`, built in GOPATH mode against Debian's
+//! `golang-github-lib-pq-dev`: the Go module proxy is out of reach).
 //!
 //! The server is a fresh cluster (`initdb -A trust`) in a temporary directory, run in the
 //! foreground as user `postgres` (`postgres -D DIR -c listen_addresses=127.0.0.1 -p PORT -k DIR`)
@@ -102,6 +104,29 @@ impl PgServer {
         let mut cmd = Command::new("/usr/bin/python3");
         cmd.arg(fixture("pg_client.py")).arg(self.port.to_string());
         run("psycopg2 client", &mut cmd)
+    }
+}
+
+/// The Go lib/pq client, built into `dir` (the executable is `pq_client`).
+pub fn build_pq_client(dir: &Path) -> PathBuf {
+    let out = dir.join("pq_client");
+    let mut cmd = Command::new("go");
+    cmd.arg("build")
+        .arg("-o")
+        .arg(&out)
+        .arg(fixture("pq_client/main.go"))
+        .envs([("GO111MODULE", "off"), ("GOPATH", "/usr/share/gocode"), ("GOPROXY", "off"), ("CGO_ENABLED", "0")]);
+    let run = run("go build pq_client", &mut cmd);
+    assert!(run.success, "go build failed (apt-get install golang-go golang-github-lib-pq-dev):\n{}", run.stderr);
+    out
+}
+
+impl PgServer {
+    /// Runs the Go lib/pq client built by [`build_pq_client`].
+    pub fn pq_client(&self, binary: &Path) -> ClientRun {
+        let mut cmd = Command::new(binary);
+        cmd.arg(self.port.to_string());
+        run("pq_client", &mut cmd)
     }
 }
 

@@ -1,12 +1,12 @@
 //! PostgreSQL end to end: a real PostgreSQL 15 server on a free loopback port, and real clients
-//! (psql, pgbench in prepared mode, Python psycopg2), traced by the real agent with
+//! (psql, pgbench in prepared mode, Python psycopg2, a compiled Go client on lib/pq), traced by the real agent with
 //! `--print=json`. Every query is a CLIENT span of the client and a SERVER span of the postgres
 //! backend that ran it, the latter the child of the former (`ztrace.link = connection`).
 
 use ztrace_e2e::checks;
-use ztrace_e2e::postgres::PgServer;
+use ztrace_e2e::postgres::{build_pq_client, PgServer};
 use ztrace_e2e::ztrace::SPAN_TIMEOUT;
-use ztrace_e2e::{Span, Ztrace};
+use ztrace_e2e::{Span, TempDir, Ztrace};
 
 /// Spans of queries sent to this server (both sides report the server's port).
 fn to_server(port: u16) -> impl Fn(&Span) -> bool {
@@ -233,5 +233,47 @@ fn a_connection_opened_before_ztrace_is_recognized_from_its_queries() {
     assert_eq!(client_span.attr_str("db.namespace"), None, "{client_span:?}");
     let backend = child_of(client_span, &servers);
     assert_backend(backend, server.pid());
+    ztrace.stop();
+}
+
+#[test]
+#[ignore = "needs root and eBPF; run by cargo xtask test"]
+fn go_lib_pq_prepared_executions_and_a_statement_rejected_at_parse() {
+    let build = TempDir::new("pq-client");
+    let binary = build_pq_client(build.path());
+    let server = PgServer::start();
+    let mut ztrace = Ztrace::start(&["--print=json"]);
+
+    let run = server.pq_client(&binary);
+    assert!(run.success, "pq_client failed: {}", run.stderr);
+    assert_eq!(run.stdout.lines().collect::<Vec<_>>(), ["2", "4", "6", "error 42P01"]);
+
+    let spans = ztrace.wait_for_n_spans(8, to_server(server.port), SPAN_TIMEOUT);
+    let (servers, clients) = split(&spans);
+    assert_eq!((servers.len(), clients.len()), (4, 4), "preparing alone makes no span:\n{}", ztrace_e2e::span::list(&spans));
+    let doubled = Query {
+        name: "SELECT",
+        operation: "SELECT",
+        collection: None,
+        text: "SELECT $1::int * ? AS doubled",
+        rows: Some(1),
+        error: None,
+    };
+    let missing = Query {
+        name: "SELECT missing_table",
+        operation: "SELECT",
+        collection: Some("missing_table"),
+        text: "SELECT * FROM missing_table WHERE id = $1",
+        rows: None,
+        error: Some("42P01"),
+    };
+    for (client, query) in clients.iter().zip([&doubled, &doubled, &doubled, &missing]) {
+        check_span(client, "client", query, server.port, "pq_client");
+        assert_eq!(client.pid(), Some(run.pid), "process.pid: {client:?}");
+        assert_eq!(client.attr_str("db.postgresql.application_name"), Some("pq_client"));
+        let backend = child_of(client, &servers);
+        check_span(backend, "server", query, server.port, "postgres");
+        assert_backend(backend, server.pid());
+    }
     ztrace.stop();
 }

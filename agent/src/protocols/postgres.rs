@@ -648,10 +648,8 @@ impl PgParser {
 
     fn on_backend(&mut self, m: &Message<'_>, chunk: &Chunk<'_>, out: &mut Vec<PgExchange>) {
         match m.typ {
-            b'1' => {
-                if self.current().is_some_and(|p| p.prepare) {
-                    self.pending.pop_front();
-                }
+            b'1' if self.current().is_some_and(|p| p.prepare) => {
+                self.pending.pop_front();
             }
             b'D' => {
                 if let Some(p) = self.executing() {
