@@ -29,6 +29,12 @@ pub static SOCKS: LruHashMap<u64, SockEntry> = LruHashMap::with_max_entries(6553
 #[map(name = "ACTIVE")]
 pub static ACTIVE: HashMap<u64, PendingCall> = HashMap::with_max_entries(16384, 0);
 
+/// Processes that already had a connection announced: tgid → 1. The first connection of a
+/// process wakes the agent at once (it reads the process's identity while it runs); later ones
+/// wait for the agent's next poll. LRU, 16384 entries.
+#[map(name = "SEEN_TGIDS")]
+pub static SEEN_TGIDS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
+
 /// Processes to trace when the filter is on (`--pid`, `--exe` matches): tgid → 1.
 #[map(name = "PID_ALLOW")]
 pub static PID_ALLOW: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);

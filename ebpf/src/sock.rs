@@ -11,7 +11,7 @@ use ztrace_common::{ConnEvent, ConnRole, Counter, EventKind};
 use crate::{
     config::offsets,
     emit,
-    maps::{count, SockEntry, SOCKS},
+    maps::{count, SockEntry, SEEN_TGIDS, SOCKS},
 };
 
 const S_IFMT: u16 = 0o170000;
@@ -198,9 +198,16 @@ pub fn announce(tgid: u32, tid: u32, fd: i32, entry: &mut SockEntry, role: ConnR
         comm: leader_comm(),
     };
     ev.write(event);
-    // Wake the agent at once: it reads the process's identity from /proc on a new connection,
-    // and a short-lived client may be gone 10 ms later.
-    ev.submit(emit::BPF_RB_FORCE_WAKEUP);
+    // The first connection of a process wakes the agent at once: it reads the process's
+    // identity from /proc then, and a short-lived client may be gone 10 ms later.
+    // SAFETY: only tested for presence.
+    let flags = if unsafe { SEEN_TGIDS.get(&tgid) }.is_some() {
+        emit::wakeup_flags()
+    } else {
+        let _ = SEEN_TGIDS.insert(&tgid, &1, 0);
+        emit::BPF_RB_FORCE_WAKEUP
+    };
+    ev.submit(flags);
     entry.announced = 1;
     count(Counter::ConnEvents);
 }
