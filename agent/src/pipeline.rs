@@ -259,15 +259,21 @@ impl Sinks {
         if spans.is_empty() {
             return;
         }
+        // Each sink owns its spans; the last one takes the originals instead of a copy.
+        let per_span_sinks = self.store.is_some() || self.exporter.is_some();
         if let Some(p) = &self.printer {
-            p.send(spans.clone(), &self.metrics);
+            let batch = if per_span_sinks { spans.clone() } else { std::mem::take(spans) };
+            p.send(batch, &self.metrics);
         }
         for span in spans.drain(..) {
-            if let Some(s) = &self.store {
-                s.send(span.clone(), &self.metrics);
-            }
-            if let Some(e) = &self.exporter {
-                e.send(span);
+            match (&self.store, &self.exporter) {
+                (Some(s), Some(e)) => {
+                    s.send(span.clone(), &self.metrics);
+                    e.send(span);
+                }
+                (Some(s), None) => s.send(span, &self.metrics),
+                (None, Some(e)) => e.send(span),
+                (None, None) => {}
             }
         }
     }
