@@ -66,6 +66,8 @@ struct Connection {
     info: ConnInfo,
     state: State,
     last_ts: u64,
+    /// Chunks of a connection picked up mid-stream that matched no protocol yet.
+    undetected_chunks: u8,
 }
 
 /// A finished exchange of one of the protocols ztrace parses.
@@ -97,6 +99,9 @@ pub struct ConnTable {
 }
 
 const MAX_OWN_ENDPOINTS: usize = 4096;
+/// Payload chunks a connection opened before ztrace started may show before one is recognized
+/// (the first ones seen can be answers, or the rest of a message whose start was missed).
+const MIDSTREAM_TRIES: u8 = 8;
 
 impl ConnTable {
     pub fn new(max_conns: usize, own_tgid: u32) -> Self {
@@ -146,7 +151,7 @@ impl ConnTable {
             comm: comm_string(&ev.comm),
         };
         self.by_tuple.insert((local, remote), key);
-        self.conns.insert(key, Connection { info, state: State::Undetected, last_ts: ev.header.ts_ns });
+        self.conns.insert(key, Connection { info, state: State::Undetected, last_ts: ev.header.ts_ns, undetected_chunks: 0 });
     }
 
     /// True when the other end of this connection (`remote → local`) is a traced connection on
@@ -195,6 +200,12 @@ impl ConnTable {
                     Some((Protocol::Http1, side)) => State::Http1(Box::new(Http1Parser::new(side))),
                     Some((Protocol::Postgres { from_startup }, side)) => {
                         State::Postgres(Box::new(PgParser::new(side, from_startup)))
+                    }
+                    // Picked up mid-stream: the first bytes seen may be an answer (a Postgres
+                    // client reading results) rather than a request; wait for one.
+                    None if conn.info.role == ConnRole::Unknown && conn.undetected_chunks < MIDSTREAM_TRIES => {
+                        conn.undetected_chunks += 1;
+                        return;
                     }
                     None => {
                         Metrics::inc(&metrics.conns_unrecognized);
@@ -459,6 +470,24 @@ mod tests {
         let conn = table.conns.values().next().expect("connection kept");
         assert!(matches!(conn.state, State::Ignored));
         assert_eq!(metrics.parse_errors.load(std::sync::atomic::Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_connection_picked_up_mid_stream_is_recognized_at_its_next_request() {
+        let metrics = Metrics::default();
+        let mut table = ConnTable::new(16, 999);
+        table.on_conn(&conn_event(7, ConnRole::Unknown, 2, v4([127, 0, 0, 1]), v4([127, 0, 0, 1])), &metrics);
+        let mut out = Vec::new();
+        // The tail of an answer to a query sent before ztrace started, then a new query.
+        let answer = b"C\0\0\0\x0dSELECT 1\0Z\0\0\0\x05I";
+        table.on_data(&data(7, 1, Direction::Ingress, answer), answer, &[], &metrics, &mut out);
+        let query = b"Q\0\0\0\x0dSELECT 2\0";
+        table.on_data(&data(7, 2, Direction::Egress, query), query, &[], &metrics, &mut out);
+        table.on_data(&data(7, 3, Direction::Ingress, answer), answer, &[], &metrics, &mut out);
+        assert_eq!(out.len(), 1, "{out:?}");
+        let Exchange::Postgres(pg) = &out[0].exchange else { panic!("not Postgres: {out:?}") };
+        assert_eq!((pg.side, pg.query.as_deref()), (protocols::Side::Client, Some("SELECT 2")));
+        assert_eq!(metrics.conns_unrecognized.load(std::sync::atomic::Ordering::Relaxed), 0);
     }
 
     #[test]
