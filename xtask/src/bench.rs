@@ -7,6 +7,8 @@
 //! the load), its peak RSS (VmHWM, just before stopping it) and its `ztrace stats: {...}` line
 //! (stderr, on exit) for the events handled and dropped. It prints a table, the median
 //! with/without throughput ratio and the exact commands. Needs root (the agent loads eBPF).
+//! Then the trace store's own benchmark: spans/s inserted and query times with 100,000 traces
+//! stored (`bench_insert_and_list` in `agent/src/store/tests.rs`).
 
 use std::io::Read as _;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -86,7 +88,25 @@ pub fn bench(agent_args: &[String]) -> Result<()> {
     }
     drop(nginx);
     report(&runs, &ztrace, &agent_args, &url);
-    Ok(())
+    store_bench()
+}
+
+/// The trace store: insert throughput (spans/s) and list / trace / services query times.
+fn store_bench() -> Result<()> {
+    say!("the trace store: inserts and queries with 100,000 traces stored...");
+    let mut cmd = util::cargo();
+    cmd.current_dir(util::repo_root()).args([
+        "test",
+        "--release",
+        "-p",
+        "ztrace",
+        "--lib",
+        "store::tests::bench_insert_and_list",
+        "--",
+        "--ignored",
+        "--nocapture",
+    ]);
+    util::run(&mut cmd).context("the store benchmark failed")
 }
 
 /// Starts the agent, waits until it is ready, loads nginx, measures the agent, stops it.

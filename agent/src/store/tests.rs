@@ -343,7 +343,14 @@ fn bench_insert_and_list() {
     eprintln!("list (name + status): {:?}, {} rows", started.elapsed(), list.len());
     let started = std::time::Instant::now();
     let _ = store.trace(&list[0].trace_id).expect("trace");
-    eprintln!("get trace: {:?}", started.elapsed());
+    eprintln!("get trace (2 spans): {:?}", started.elapsed());
+    let big: Vec<Span> = (0..100u8)
+        .map(|i| span(0xee, i + 1, (i > 0).then_some(1), "orders", "SELECT users", u64::from(i), 1))
+        .collect();
+    store.insert(&big).expect("insert");
+    let started = std::time::Instant::now();
+    let spans = store.trace(&hex(&[0xee; 16])).expect("trace").expect("stored");
+    eprintln!("get trace ({} spans): {:?}", spans.len(), started.elapsed());
     let started = std::time::Instant::now();
     let s = store.services(T0 + u64::from(traces) * MS, Duration::from_secs(15 * 60)).expect("services");
     eprintln!("services (15 min): {:?}, {} services", started.elapsed(), s.len());
