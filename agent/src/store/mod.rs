@@ -45,7 +45,7 @@ pub enum StoreError {
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS spans (
-    trace_id       TEXT NOT NULL,
+    trace_key      INTEGER NOT NULL,
     span_id        TEXT NOT NULL,
     parent_span_id TEXT,
     name           TEXT NOT NULL,
@@ -58,10 +58,11 @@ CREATE TABLE IF NOT EXISTS spans (
     attributes     TEXT NOT NULL,
     resource       TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS spans_by_trace ON spans(trace_id);
+CREATE INDEX IF NOT EXISTS spans_by_trace ON spans(trace_key);
 CREATE INDEX IF NOT EXISTS spans_by_start ON spans(start_ns);
 CREATE TABLE IF NOT EXISTS traces (
-    trace_id     TEXT PRIMARY KEY,
+    key          INTEGER PRIMARY KEY,
+    trace_id     TEXT NOT NULL UNIQUE,
     root_service TEXT NOT NULL,
     root_name    TEXT NOT NULL,
     root_rank    INTEGER NOT NULL,
@@ -70,7 +71,7 @@ CREATE TABLE IF NOT EXISTS traces (
     end_ns       INTEGER NOT NULL,
     span_count   INTEGER NOT NULL,
     error        INTEGER NOT NULL
-) WITHOUT ROWID;
+);
 CREATE INDEX IF NOT EXISTS traces_by_start ON traces(start_ns);
 ";
 
@@ -91,10 +92,11 @@ ON CONFLICT(trace_id) DO UPDATE SET
     end_ns       = max(end_ns, excluded.end_ns),
     span_count   = span_count + excluded.span_count,
     error        = max(error, excluded.error)
+RETURNING key
 ";
 
 const INSERT_SPAN: &str = "
-INSERT INTO spans (trace_id, span_id, parent_span_id, name, kind, service, start_ns, end_ns, status,
+INSERT INTO spans (trace_key, span_id, parent_span_id, name, kind, service, start_ns, end_ns, status,
                    status_message, attributes, resource)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
 ";
@@ -215,53 +217,60 @@ impl Store {
     /// per batch).
     pub fn insert(&mut self, spans: &[Span]) -> Result<(), StoreError> {
         let mut summaries: HashMap<[u8; 16], BatchSummary<'_>> = HashMap::new();
+        for span in spans {
+            let candidate = BatchSummary {
+                root: span,
+                root_rank: i64::from(span.parent_span_id.is_some()),
+                start: to_sql_ns(span.start_unix_nano),
+                end: to_sql_ns(span.end_unix_nano.max(span.start_unix_nano)),
+                count: 1,
+                error: span.status == StatusCode::Error,
+                key: 0,
+            };
+            summaries.entry(span.trace_id).and_modify(|s| s.merge(&candidate)).or_insert(candidate);
+        }
         // Spans of one process share their resource: serialise it once per batch.
         let mut resources: HashMap<*const crate::spans::Resource, String> = HashMap::new();
         let tx = self.conn.transaction()?;
         {
+            // Summaries first: their row keys (in order of arrival, so span index inserts land near
+            // the end of the index rather than all over it) go with the spans.
+            let mut upsert_trace = tx.prepare_cached(UPSERT_TRACE)?;
+            for (trace_id, s) in &mut summaries {
+                s.key = upsert_trace.query_row(
+                    params![
+                        hex(trace_id),
+                        s.root.resource.service_name,
+                        s.root.name,
+                        s.root_rank,
+                        to_sql_ns(s.root.start_unix_nano),
+                        s.start,
+                        s.end,
+                        s.count,
+                        i64::from(s.error),
+                    ],
+                    |row| row.get(0),
+                )?;
+            }
             let mut insert_span = tx.prepare_cached(INSERT_SPAN)?;
             for span in spans {
-                let start = to_sql_ns(span.start_unix_nano);
-                let end = to_sql_ns(span.end_unix_nano.max(span.start_unix_nano));
+                let key = summaries.get(&span.trace_id).map_or(0, |s| s.key);
                 let resource = resources.entry(std::sync::Arc::as_ptr(&span.resource)).or_insert_with(|| {
                     json_object(span.resource.attributes.iter().map(|(k, v)| (k.as_str(), v)))
                 });
                 insert_span.execute(params![
-                    hex(&span.trace_id),
+                    key,
                     hex(&span.span_id),
                     span.parent_span_id.map(|p| hex(&p)),
                     span.name,
                     span.kind.as_str(),
                     span.resource.service_name,
-                    start,
-                    end,
+                    to_sql_ns(span.start_unix_nano),
+                    to_sql_ns(span.end_unix_nano.max(span.start_unix_nano)),
                     span.status.as_str(),
                     span.status_message,
                     json_object(span.attributes.iter().map(|a| (a.key, &a.value))),
                     resource.as_str(),
-                ])?;
-                let candidate = BatchSummary {
-                    root: span,
-                    root_rank: i64::from(span.parent_span_id.is_some()),
-                    start,
-                    end,
-                    count: 1,
-                    error: span.status == StatusCode::Error,
-                };
-                summaries.entry(span.trace_id).and_modify(|s| s.merge(&candidate)).or_insert(candidate);
-            }
-            let mut upsert_trace = tx.prepare_cached(UPSERT_TRACE)?;
-            for (trace_id, s) in &summaries {
-                upsert_trace.execute(params![
-                    hex(trace_id),
-                    s.root.resource.service_name,
-                    s.root.name,
-                    s.root_rank,
-                    to_sql_ns(s.root.start_unix_nano),
-                    s.start,
-                    s.end,
-                    s.count,
-                    i64::from(s.error),
                 ])?;
             }
         }
@@ -277,12 +286,12 @@ impl Store {
         );
         let mut args: Vec<Value> = Vec::new();
         if let Some(service) = &q.service {
-            sql.push_str(" AND EXISTS (SELECT 1 FROM spans s WHERE s.trace_id = traces.trace_id AND s.service = ?)");
+            sql.push_str(" AND EXISTS (SELECT 1 FROM spans s WHERE s.trace_key = traces.key AND s.service = ?)");
             args.push(Value::Text(service.clone()));
         }
         if let Some(name) = &q.name {
             sql.push_str(
-                " AND EXISTS (SELECT 1 FROM spans s WHERE s.trace_id = traces.trace_id AND instr(lower(s.name), lower(?)) > 0)",
+                " AND EXISTS (SELECT 1 FROM spans s WHERE s.trace_key = traces.key AND instr(lower(s.name), lower(?)) > 0)",
             );
             args.push(Value::Text(name.clone()));
         }
@@ -332,9 +341,10 @@ impl Store {
     /// Every span of a trace as the DESIGN.md JSON span, by start time; `None` if none is stored.
     pub fn trace(&self, trace_id: &str) -> Result<Option<Vec<serde_json::Value>>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT trace_id, span_id, parent_span_id, name, kind, service, start_ns, end_ns, status, status_message,
-                    attributes, resource
-             FROM spans WHERE trace_id = ? ORDER BY start_ns, end_ns DESC",
+            "SELECT t.trace_id, s.span_id, s.parent_span_id, s.name, s.kind, s.service, s.start_ns, s.end_ns, s.status,
+                    s.status_message, s.attributes, s.resource
+             FROM traces t JOIN spans s ON s.trace_key = t.key
+             WHERE t.trace_id = ? ORDER BY s.start_ns, s.end_ns DESC",
         )?;
         let rows = stmt.query_map([trace_id.to_ascii_lowercase()], |row| {
             let attributes: String = row.get(10)?;
@@ -467,7 +477,7 @@ impl Store {
         let cutoff = to_sql_ns(cutoff);
         let tx = self.conn.transaction()?;
         let spans = tx.execute(
-            "DELETE FROM spans WHERE trace_id IN (SELECT trace_id FROM traces WHERE start_ns < ?)",
+            "DELETE FROM spans WHERE trace_key IN (SELECT key FROM traces WHERE start_ns < ?)",
             [cutoff],
         )?;
         let traces = tx.execute("DELETE FROM traces WHERE start_ns < ?", [cutoff])?;
@@ -484,6 +494,8 @@ struct BatchSummary<'a> {
     end: i64,
     count: i64,
     error: bool,
+    /// The trace's row key, once written.
+    key: i64,
 }
 
 impl BatchSummary<'_> {
