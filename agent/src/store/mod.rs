@@ -39,9 +39,14 @@ pub enum StoreError {
     Dir { path: PathBuf, source: std::io::Error },
     #[error("cannot open the trace store {path}: {source}")]
     Open { path: PathBuf, source: rusqlite::Error },
+    #[error("the trace store {path} has schema version {found}, this ztrace uses {SCHEMA_VERSION}: move the file away or choose another --data-dir")]
+    Schema { path: PathBuf, found: i64 },
     #[error("trace store: {0}")]
     Sql(#[from] rusqlite::Error),
 }
+
+/// `PRAGMA user_version` of the schema below; a database with another (non-empty) one is refused.
+pub const SCHEMA_VERSION: i64 = 1;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS spans (
@@ -187,11 +192,16 @@ impl Store {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir { path: dir.to_owned(), source })?;
         let path = dir.join(DB_FILE);
         let conn = Connection::open(&path).map_err(|source| StoreError::Open { path: path.clone(), source })?;
-        Self::init(&conn).map_err(|source| StoreError::Open { path: path.clone(), source })?;
+        let found = Self::init(&conn).map_err(|source| StoreError::Open { path: path.clone(), source })?;
+        if found != SCHEMA_VERSION {
+            return Err(StoreError::Schema { path, found });
+        }
         Ok(Store { conn, path })
     }
 
-    fn init(conn: &Connection) -> Result<(), rusqlite::Error> {
+    /// Sets the connection up and creates the schema in a new database; returns the database's
+    /// schema version.
+    fn init(conn: &Connection) -> Result<i64, rusqlite::Error> {
         conn.busy_timeout(Duration::from_secs(5))?;
         // Only takes effect on a new database (before the first table): lets retention give
         // space back to the file system.
@@ -204,8 +214,14 @@ impl Store {
         // Trace ids are random: index inserts land all over the B-trees; keep them in memory.
         conn.pragma_update(None, "cache_size", -64 * 1024)?;
         conn.pragma_update(None, "temp_store", "MEMORY")?;
-        conn.execute_batch(SCHEMA)?;
-        Ok(())
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_schema WHERE type = 'table'", [], |r| r.get(0))?;
+        if version == 0 && tables == 0 {
+            conn.execute_batch(SCHEMA)?;
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            return Ok(SCHEMA_VERSION);
+        }
+        Ok(version)
     }
 
     /// The database file.

@@ -245,6 +245,21 @@ fn a_corrupt_file_is_a_clear_error() {
 }
 
 #[test]
+fn a_database_of_another_schema_is_refused() {
+    let dir = TempDir::new();
+    {
+        let conn = rusqlite::Connection::open(dir.0.join(DB_FILE)).expect("create");
+        conn.execute_batch("CREATE TABLE spans (trace_id TEXT)").expect("old schema");
+    }
+    let error = Store::open(&dir.0).err().expect("another schema is refused");
+    assert!(error.to_string().contains("schema version 0, this ztrace uses 1"), "{error}");
+    // Reopening a current one is fine (and is not re-created).
+    let other = TempDir::new();
+    Store::open(&other.0).expect("new").insert(&[every_attribute_type()]).expect("insert");
+    assert_eq!(Store::open(&other.0).expect("reopen").size().expect("size").spans, 1);
+}
+
+#[test]
 fn an_unusable_directory_is_a_clear_error() {
     let dir = TempDir::new();
     let file = dir.0.join("plain-file");
