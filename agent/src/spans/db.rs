@@ -13,12 +13,14 @@
 //!   names after `FROM`, `INTO`, `UPDATE`, `TABLE`, `COPY`; none when it joins several.
 //! - Span name: `{operation} {collection}`, or `{operation}`, or `postgresql` when the SQL is
 //!   unknown (a statement prepared before ztrace saw the connection).
+//! - The text, operation and table of a SQL text are worked out once per thread and remembered
+//!   (at most 1024 texts): a prepared statement executed again costs a lookup.
 //! - `db.user` is not exported: the conventions dropped it, and a role is often a person's login.
 //!
 //! Times are those of the exchange: from the first request message (for an `Execute`, its
 //! `Parse`/`Bind`) to the message that completed the answer.
 
-use std::net::SocketAddr;
+use std::{cell::RefCell, collections::HashMap, net::SocketAddr, sync::Arc};
 
 use crate::{
     discovery::ProcessInfo,
@@ -36,6 +38,38 @@ const MAX_QUERY_TEXT: usize = 4096;
 const MAX_COLLECTION_LEN: usize = 128;
 /// Tokens looked at when finding the operation and collection.
 const MAX_TOKENS: usize = 256;
+/// SQL texts whose summary is remembered per thread (a prepared statement runs many times).
+const SUMMARY_CACHE: usize = 1024;
+
+/// What a span takes from a SQL text.
+#[derive(Debug, PartialEq, Eq)]
+struct Summary {
+    query_text: String,
+    operation: Option<String>,
+    collection: Option<String>,
+}
+
+thread_local! {
+    /// Summaries of recent SQL texts, by text: the same statement executed again costs a hash
+    /// lookup, not a rescan. Bounded (cleared when full); a span stays a function of its inputs.
+    static SUMMARIES: RefCell<HashMap<Arc<str>, Arc<Summary>>> = RefCell::new(HashMap::new());
+}
+
+fn summary(sql: &Arc<str>) -> Arc<Summary> {
+    SUMMARIES.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some(found) = cache.get(sql) {
+            return found.clone();
+        }
+        let (operation, collection) = operation_and_collection(sql);
+        let made = Arc::new(Summary { query_text: sanitize_sql(sql), operation, collection });
+        if cache.len() >= SUMMARY_CACHE {
+            cache.clear();
+        }
+        cache.insert(sql.clone(), made.clone());
+        made
+    })
+}
 
 /// The connection a statement travelled on, as the traced process sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,11 +80,9 @@ pub struct ConnInfo {
 
 /// Builds the span of one executed PostgreSQL statement.
 pub fn postgres_span(ex: &PgExchange, conn: &ConnInfo, process: &ProcessInfo, clock: &Clock) -> Span {
-    let (operation, collection) = match ex.query.as_deref() {
-        Some(sql) => operation_and_collection(sql),
-        None => (None, None),
-    };
-    let operation = operation.or_else(|| ex.command.clone());
+    let summary = ex.query.as_ref().map(summary);
+    let collection = summary.as_ref().and_then(|s| s.collection.clone());
+    let operation = summary.as_ref().and_then(|s| s.operation.clone()).or_else(|| ex.command.clone());
     let name = match (&operation, &collection) {
         (Some(op), Some(table)) => format!("{op} {table}"),
         (Some(op), None) => op.clone(),
@@ -70,8 +102,8 @@ pub fn postgres_span(ex: &PgExchange, conn: &ConnInfo, process: &ProcessInfo, cl
     if let Some(db) = ex.session.database() {
         attrs.push(Attribute::new("db.namespace", db));
     }
-    if let Some(sql) = ex.query.as_deref() {
-        attrs.push(Attribute::new("db.query.text", sanitize_sql(sql)));
+    if let Some(summary) = &summary {
+        attrs.push(Attribute::new("db.query.text", summary.query_text.as_str()));
     }
     if let Some(op) = &operation {
         attrs.push(Attribute::new("db.operation.name", op.as_str()));
@@ -277,26 +309,27 @@ pub fn operation_and_collection(sql: &str) -> (Option<String>, Option<String>) {
     let mut op = first_kw;
     let mut at = 0;
     if op == "WITH" {
-        if let Some(i) = tokens.iter().position(|t| {
-            t.depth == 0 && matches!(t.upper().as_str(), "SELECT" | "INSERT" | "UPDATE" | "DELETE" | "MERGE")
-        }) {
+        if let Some(i) = tokens
+            .iter()
+            .position(|t| t.depth == 0 && ["SELECT", "INSERT", "UPDATE", "DELETE", "MERGE"].iter().any(|k| t.is(k)))
+        {
             op = tokens[i].upper();
             at = i;
         }
     }
     let rest = &tokens[at + 1..];
-    let word = |i: usize| rest.get(i).map(Tok::upper).unwrap_or_default();
+    let word_is = |i: usize, kw: &str| rest.get(i).is_some_and(|t| t.is(kw));
     let table_after = |kw: &str| -> Option<String> {
-        let i = rest.iter().position(|t| t.depth == 0 && t.upper() == kw)?;
+        let i = rest.iter().position(|t| t.depth == 0 && t.is(kw))?;
         table_at(rest, i + 1)
     };
     let collection = match op.as_str() {
         "SELECT" | "DELETE" => {
             let t = table_after("FROM");
-            let joined = rest.iter().any(|t| t.depth == 0 && t.upper() == "JOIN");
+            let joined = rest.iter().any(|t| t.depth == 0 && t.is("JOIN"));
             let listed = rest
                 .iter()
-                .position(|t| t.depth == 0 && t.upper() == "FROM")
+                .position(|t| t.depth == 0 && t.is("FROM"))
                 .and_then(|i| rest.get(i + 2))
                 .is_some_and(|t| t.text == ",");
             if joined || listed {
@@ -306,17 +339,17 @@ pub fn operation_and_collection(sql: &str) -> (Option<String>, Option<String>) {
             }
         }
         "INSERT" | "MERGE" => table_after("INTO"),
-        "UPDATE" => table_at(rest, usize::from(word(0) == "ONLY")),
+        "UPDATE" => table_at(rest, usize::from(word_is(0, "ONLY"))),
         "COPY" | "TRUNCATE" | "LOCK" => {
-            let skip = usize::from(matches!(word(0).as_str(), "TABLE" | "ONLY"));
+            let skip = usize::from(word_is(0, "TABLE") || word_is(0, "ONLY"));
             table_at(rest, skip)
         }
         "CREATE" | "DROP" | "ALTER" => {
-            let Some(i) = rest.iter().position(|t| t.upper() == "TABLE").filter(|&i| i <= 3) else {
+            let Some(i) = rest.iter().position(|t| t.is("TABLE")).filter(|&i| i <= 3) else {
                 return (Some(op), None);
             };
             let mut j = i + 1;
-            while matches!(rest.get(j).map(Tok::upper).as_deref(), Some("IF" | "NOT" | "EXISTS" | "ONLY")) {
+            while ["IF", "NOT", "EXISTS", "ONLY"].iter().any(|k| word_is(j, k)) {
                 j += 1;
             }
             return (Some(op), table_at(rest, j));
@@ -343,6 +376,10 @@ struct Tok<'a> {
 impl Tok<'_> {
     fn upper(&self) -> String {
         self.text.to_ascii_uppercase()
+    }
+
+    fn is(&self, keyword: &str) -> bool {
+        self.text.eq_ignore_ascii_case(keyword)
     }
 }
 

@@ -790,3 +790,41 @@ fn recorded_cursor_through_the_kernel_capture_keeps_every_exchange() {
     let fetched: Vec<_> = out[2..6].iter().map(|e| e.rows).collect();
     assert_eq!(fetched, [Some(500), Some(500), Some(200), Some(0)], "row counts come from the tags");
 }
+
+/// Spans per second that the parser and the span builder make on one core from the recorded
+/// `pgbench -M prepared` session (the parser benchmark). Prints its figure; run with
+/// `cargo test --release -p ztrace --lib postgres_throughput -- --ignored --nocapture`.
+#[test]
+#[ignore = "a benchmark: meaningful only in a release build"]
+fn postgres_throughput() {
+    use crate::spans::{clock::Clock, db};
+    let events = recorded(include_bytes!("testdata/pgbench_prepared.bin"));
+    // Keep the startup and the first (preparing) transaction once; repeat the rest.
+    let process = crate::discovery::ProcessInfo::from_comm(1, "bench", "box");
+    let clock = Clock::from_offset_ns(0);
+    let conn = db::ConnInfo { local: "127.0.0.1:40000".parse().expect("addr"), remote: "127.0.0.1:5432".parse().expect("addr") };
+    let started = std::time::Instant::now();
+    let (mut exchanges, mut spans, mut in_spans) = (0u64, 0u64, std::time::Duration::ZERO);
+    let mut out = Vec::new();
+    while started.elapsed() < std::time::Duration::from_secs(3) {
+        let mut parser = PgParser::new(Side::Client, true);
+        for (i, (frontend, bytes)) in events.iter().enumerate() {
+            let direction = if *frontend { Direction::Egress } else { Direction::Ingress };
+            let _ = parser.on_chunk(&Chunk { direction, ts_ns: i as u64, tid: 1, bytes }, &mut out);
+        }
+        exchanges += out.len() as u64;
+        let building = std::time::Instant::now();
+        for ex in out.drain(..) {
+            let span = db::postgres_span(&ex, &conn, &process, &clock);
+            spans += u64::from(!span.name.is_empty());
+        }
+        in_spans += building.elapsed();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "postgres: {:.0} spans/s on one core ({:.0} exchanges/s parsed, {:.0}% of the time building spans)",
+        spans as f64 / secs,
+        exchanges as f64 / (secs - in_spans.as_secs_f64()),
+        100.0 * in_spans.as_secs_f64() / secs
+    );
+}
