@@ -29,6 +29,8 @@ pub use writer::StoreSink;
 pub const DB_FILE: &str = "ztrace.db";
 /// Most traces one list query returns.
 pub const MAX_LIST: usize = 1000;
+/// Most spans the services view reads (the newest): bounds its time under heavy traffic.
+pub const MAX_SERVICE_SAMPLES: usize = 200_000;
 /// Traces a list query returns when it does not say.
 pub const DEFAULT_LIST: usize = 100;
 
@@ -389,21 +391,33 @@ impl Store {
     }
 
     /// Request rate, error rate and latency percentiles per service over the spans that started
-    /// in `[now - window, now]`.
+    /// in `[now - window, now]` — or over the newest [`MAX_SERVICE_SAMPLES`] of them when there are
+    /// more (the rates then cover the time those span, so they stay right).
     pub fn services(&self, now_unix_nano: u64, window: Duration) -> Result<Vec<ServiceStats>, StoreError> {
         let window_ns = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX).max(1);
         let since = now_unix_nano.saturating_sub(window_ns);
         let mut stmt = self.conn.prepare_cached(
-            "SELECT service, kind, end_ns - start_ns, status = 'error' FROM spans WHERE start_ns >= ?",
+            "SELECT service, kind, end_ns - start_ns, status = 'error', start_ns FROM spans
+             WHERE start_ns >= ? ORDER BY start_ns DESC LIMIT ?",
         )?;
         // service → (server durations and errors, client durations and errors)
         type Samples = (Vec<u64>, u64);
         let mut by_service: BTreeMap<String, (Samples, Samples)> = BTreeMap::new();
-        let rows = stmt.query_map([to_sql_ns(since)], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, from_sql_ns(row.get(2)?), row.get::<_, bool>(3)?))
+        let limit = i64::try_from(MAX_SERVICE_SAMPLES).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(params![to_sql_ns(since), limit], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                from_sql_ns(row.get(2)?),
+                row.get::<_, bool>(3)?,
+                from_sql_ns(row.get(4)?),
+            ))
         })?;
+        let (mut samples_seen, mut oldest) = (0usize, now_unix_nano);
         for row in rows {
-            let (service, kind, duration, error) = row?;
+            let (service, kind, duration, error, start) = row?;
+            samples_seen += 1;
+            oldest = oldest.min(start);
             let entry = by_service.entry(service).or_default();
             let samples = match kind.as_str() {
                 "server" | "consumer" => &mut entry.0,
@@ -412,7 +426,8 @@ impl Store {
             samples.0.push(duration);
             samples.1 += u64::from(error);
         }
-        let secs = window.as_secs_f64().max(1.0);
+        let covered_ns = if samples_seen >= MAX_SERVICE_SAMPLES { now_unix_nano - oldest } else { window_ns };
+        let secs = (covered_ns as f64 / 1e9).max(1.0);
         Ok(by_service
             .into_iter()
             .map(|(service, (server, client))| {
