@@ -43,7 +43,10 @@ fn wait_for_listed(port: u16, query: &str, trace_id: &str) -> Value {
     let path = format!("/api/traces?{query}");
     wait_until(STORE_TIMEOUT, || {
         let list = get_json(port, &path);
-        list.as_array()?.iter().find(|t| t["trace_id"] == trace_id).cloned()
+        list.as_array()?
+            .iter()
+            .find(|t| t["trace_id"] == trace_id)
+            .cloned()
     })
     .unwrap_or_else(|| {
         panic!(
@@ -103,7 +106,11 @@ fn api_serves_the_trace_of_a_request_and_keeps_it_across_a_restart() {
 
     // The list: one row for the request's trace, the DESIGN.md fields and nothing else.
     // The host is busy with other tests: look the trace up by id (and service).
-    let row = wait_for_listed(ui, &format!("service=http.server&trace_id={trace_id}"), &trace_id);
+    let row = wait_for_listed(
+        ui,
+        &format!("service=http.server&trace_id={trace_id}"),
+        &trace_id,
+    );
     let mut keys: Vec<&str> = row
         .as_object()
         .expect("object")
@@ -124,7 +131,10 @@ fn api_serves_the_trace_of_a_request_and_keeps_it_across_a_restart() {
         ],
         "{row}"
     );
-    assert_eq!(row["root_service"], "curl", "the client span is the root: {row}");
+    assert_eq!(
+        row["root_service"], "curl",
+        "the client span is the root: {row}"
+    );
     assert_eq!(row["root_name"], "GET /hello", "{row}");
     assert_eq!(row["span_count"], 2, "{row}");
     assert_eq!(row["error"], false, "{row}");
@@ -149,7 +159,10 @@ fn api_serves_the_trace_of_a_request_and_keeps_it_across_a_restart() {
         let mut stored = stored.clone();
         // Only present on error spans; this request succeeded.
         assert!(stored.get("status_message").is_none(), "{stored}");
-        stored.as_object_mut().expect("object").remove("status_message");
+        stored
+            .as_object_mut()
+            .expect("object")
+            .remove("status_message");
         assert_eq!(
             &stored, &printed.0,
             "the API span equals the --print=json span"
@@ -181,14 +194,25 @@ fn api_serves_the_trace_of_a_request_and_keeps_it_across_a_restart() {
     checks::client_span(&stored("client"), &exchange, &Emitter::new(CURL, curl_pid));
 
     // Filters.
-    let has = |query: &str| ids(&get_json(ui, &format!("/api/traces?{query}"))).contains(&trace_id.as_str());
+    let has = |query: &str| {
+        ids(&get_json(ui, &format!("/api/traces?{query}"))).contains(&trace_id.as_str())
+    };
     assert!(has("name=hello&status=ok"), "name and status=ok match");
-    assert!(has(&format!("trace_id={}", &trace_id[..8])), "trace id prefix");
+    assert!(
+        has(&format!("trace_id={}", &trace_id[..8])),
+        "trace id prefix"
+    );
     assert!(has("since=5m&min_duration_ms=0"), "a recent time range");
     assert!(!has("status=error"), "status=error excludes it");
     assert!(!has("min_duration_ms=600000"), "min duration excludes it");
-    assert!(!has("service=no-such-service"), "another service excludes it");
-    assert!(!has(&format!("until={start}")), "a range that ends before it");
+    assert!(
+        !has("service=no-such-service"),
+        "another service excludes it"
+    );
+    assert!(
+        !has(&format!("until={start}")),
+        "a range that ends before it"
+    );
     let (status, _) = get(ui, &format!("/api/traces/{}", "0".repeat(31) + "1"));
     assert_eq!(status, 404, "an unknown trace is 404");
     let (status, _) = get(ui, "/api/traces?status=maybe");
@@ -208,12 +232,17 @@ fn api_serves_the_trace_of_a_request_and_keeps_it_across_a_restart() {
 
     let stopped = ztrace.stop();
     assert!(
-        stopped.stderr.contains(&format!("viewer: http://127.0.0.1:{ui}")),
+        stopped
+            .stderr
+            .contains(&format!("viewer: http://127.0.0.1:{ui}")),
         "the viewer line:\n{}",
         stopped.stderr
     );
     let stats = stopped.stats.expect("stats line");
-    assert!(stats["store_spans_written"].as_u64() >= Some(2), "{stats:?}");
+    assert!(
+        stats["store_spans_written"].as_u64() >= Some(2),
+        "{stats:?}"
+    );
     assert_eq!(stats["store_write_errors"].as_u64(), Some(0), "{stats:?}");
 
     // A restart on the same data directory still lists and serves the trace.
@@ -297,7 +326,10 @@ fn the_page_lists_the_trace_draws_the_waterfall_and_opens_a_span() {
     // The list, filtered to this request's server (the host is busy with other tests and
     // chromium's own requests are traced too).
     let base = format!("http://127.0.0.1:{ui}");
-    let dom = chromium(&format!("{base}/#/?service=http.server&since=15m"), &["--dump-dom"]);
+    let dom = chromium(
+        &format!("{base}/#/?service=http.server&since=15m"),
+        &["--dump-dom"],
+    );
     let rows = attr_of_class(&dom, "trace-row", "data-trace-id");
     assert!(
         rows.contains(&trace_id),
@@ -310,19 +342,34 @@ fn the_page_lists_the_trace_draws_the_waterfall_and_opens_a_span() {
     let url = format!("{base}/#/trace/{trace_id}/{server_id}");
     let dom = chromium(&url, &["--dump-dom"]);
     let spans = attr_of_class(&dom, "span-row", "data-span-id");
-    assert_eq!(spans, [client_id.clone(), server_id.clone()], "rows in tree order");
+    assert_eq!(
+        spans,
+        [client_id.clone(), server_id.clone()],
+        "rows in tree order"
+    );
     let depths = attr_of_class(&dom, "span-row", "data-depth");
-    assert_eq!(depths, ["0", "1"], "the server span is nested under the client span");
+    assert_eq!(
+        depths,
+        ["0", "1"],
+        "the server span is nested under the client span"
+    );
     let parents = attr_of_class(&dom, "span-row", "data-parent-span-id");
     assert_eq!(parents, [String::new(), client_id.clone()]);
-    assert_eq!(attr_of_class(&dom, "wf-bar", "style").len(), 2, "one bar per span");
+    assert_eq!(
+        attr_of_class(&dom, "wf-bar", "style").len(),
+        2,
+        "one bar per span"
+    );
     assert!(dom.contains("id=\"span-panel\""), "the span panel");
     for (key, value) in [
         ("url.path", "\"/hello\""),
         ("http.response.status_code", "200"),
         ("http.request.method", "\"GET\""),
     ] {
-        let needle = format!("<tr data-key=\"{key}\"><td>{key}</td><td>{}</td></tr>", value.replace('"', "&quot;"));
+        let needle = format!(
+            "<tr data-key=\"{key}\"><td>{key}</td><td>{}</td></tr>",
+            value.replace('"', "&quot;")
+        );
         let plain = format!("<tr data-key=\"{key}\"><td>{key}</td><td>{value}</td></tr>");
         assert!(
             dom.contains(&needle) || dom.contains(&plain),
@@ -334,7 +381,10 @@ fn the_page_lists_the_trace_draws_the_waterfall_and_opens_a_span() {
     chromium(&url, &[&format!("--screenshot={}", shot.display())]);
     assert!(shot.is_file(), "screenshot {}", shot.display());
     let shot = artifacts().join("viewer-list.png");
-    chromium(&format!("{base}/#/?service=http.server"), &[&format!("--screenshot={}", shot.display())]);
+    chromium(
+        &format!("{base}/#/?service=http.server"),
+        &[&format!("--screenshot={}", shot.display())],
+    );
     ztrace.stop();
 }
 
@@ -371,7 +421,8 @@ fn a_damaged_database_disables_the_store_but_not_capture() {
     assert_eq!(status, 503, "the API says the store is off: {body}");
     let stopped = ztrace.stop();
     assert!(
-        stopped.stderr.contains("the trace store is disabled") && stopped.stderr.contains("ztrace.db"),
+        stopped.stderr.contains("the trace store is disabled")
+            && stopped.stderr.contains("ztrace.db"),
         "a clear log line:\n{}",
         stopped.stderr
     );
