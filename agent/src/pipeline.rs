@@ -43,6 +43,8 @@ pub enum PipelineError {
 const IDLE_CONN_NS: u64 = 10 * 60 * 1_000_000_000;
 /// Most connections tracked at once.
 const MAX_CONNS: usize = 65_536;
+/// Ring-buffer records handled before the capture task hands spans on and yields.
+const MAX_RECORDS_PER_DRAIN: usize = 65_536;
 /// How often the ring buffer is drained when the kernel does not wake the agent.
 const POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// Batches of spans waiting for the print thread (one batch per ring-buffer drain).
@@ -116,7 +118,9 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
     }
 
     // Stop: take what the kernel already wrote, then flush the sinks.
-    capture.drain(ring.ring_mut(), &mut sinks);
+    for _ in 0..64 {
+        capture.drain(ring.ring_mut(), &mut sinks);
+    }
     capture.flush(&mut sinks);
     let kernel = probes.kernel_counters();
     drop(probes);
@@ -167,9 +171,14 @@ impl Capture {
         }
     }
 
-    /// Handles every record in the ring buffer.
+    /// Handles the records in the ring buffer.
+    ///
+    /// At most [`MAX_RECORDS_PER_DRAIN`] records per call, so that under a steady flood the task
+    /// still hands spans to the sinks, expires held spans and hears signals; the next poll goes on.
     fn drain(&mut self, ring: &mut RingBuf<MapData>, sinks: &mut Sinks) {
+        let mut budget = MAX_RECORDS_PER_DRAIN;
         while let Some(item) = ring.next() {
+            budget -= 1;
             Metrics::inc(&self.metrics.events_read);
             match bpf::events::decode(&item) {
                 Ok(KernelEvent::Conn(ev)) => {
@@ -197,6 +206,9 @@ impl Capture {
             drop(item);
             if !self.exchanges.is_empty() {
                 self.make_spans();
+            }
+            if budget == 0 {
+                break;
             }
         }
         sinks.send_all(&mut self.ready);
