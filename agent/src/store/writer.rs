@@ -16,7 +16,7 @@ use crate::{metrics::Metrics, spans::Span};
 /// Spans waiting for the writer thread.
 pub const QUEUE: usize = 16_384;
 /// Most spans written in one transaction.
-pub const BATCH: usize = 2048;
+pub const BATCH: usize = 8192;
 /// How often retention runs.
 pub const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 /// Least time between two log lines about failed writes.
