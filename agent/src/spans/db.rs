@@ -484,6 +484,28 @@ mod tests {
         assert_eq!(oc(""), s("", ""));
     }
 
+    #[test]
+    fn odd_text_never_panics_and_stays_bounded() {
+        let pieces = ["'", "\"", "$", "$$", "$a$", "--", "/*", "*/", "\n", "\\", "E'", "U&'", "0x", "1e", ".5", "é", "日本", "🦀", "(", ")", ",", ";", " ", "FROM", "select", "WITH", "x"];
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..20_000 {
+            let mut sql = String::new();
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let mut r = seed;
+            for _ in 0..(r % 24) {
+                sql.push_str(pieces[(r % pieces.len() as u64) as usize]);
+                r = r.rotate_left(7).wrapping_mul(0x2545_f491_4f6c_dd1d);
+            }
+            let text = sanitize_sql(&sql);
+            assert!(text.len() <= sql.len() + 1, "{sql:?} → {text:?}");
+            let _ = operation_and_collection(&sql);
+        }
+        let long = "SELECT 'é', 1 FROM t WHERE a = 'x' ".repeat(500);
+        assert!(sanitize_sql(&long).len() <= MAX_QUERY_TEXT);
+    }
+
     fn exchange(side: Side, sql: Option<&str>, error: Option<PgError>) -> PgExchange {
         PgExchange {
             side,
