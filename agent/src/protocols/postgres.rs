@@ -35,7 +35,10 @@
 //!   framing of that direction; the server direction finds it again at the end of a later chunk
 //!   that ends with a well-formed run of messages ending in `ReadyForQuery` (the kernel captures
 //!   the last 64 bytes of each syscall, where `CommandComplete` and `ReadyForQuery` usually are),
-//!   the client direction at the next chunk that starts like a message.
+//!   the client direction at the next chunk that starts like a message or ends with a run of
+//!   messages ending in `Sync`. A `Query` or `Parse` whose end a gap hides (SQL longer than the
+//!   capture) is kept, its SQL cut: with the `Bind`/`Execute`/`Sync` in the kernel's copy of the
+//!   end of the write, the execution still becomes an exchange.
 //!
 //! What it deliberately does not do: decode values (row contents, `Bind` parameters, `COPY`
 //! data), keep more than [`MAX_SQL_BYTES`] of a query, follow a connection after it switched to
@@ -423,9 +426,10 @@ impl PgParser {
                         self.finish_message(stream, chunk, out);
                     }
                 }
-                Framing::Body { remaining, keep, .. } => {
+                Framing::Body { remaining, keep, lost, .. } => {
                     let take = (*remaining as usize).min(bytes.len());
-                    if *keep {
+                    // After a gap the kept prefix stays a prefix: bytes past the gap are not kept.
+                    if *keep && !*lost {
                         let room = MAX_KEPT_BODY.saturating_sub(reader.body.len()).min(take);
                         reader.body.extend_from_slice(&bytes[..room]);
                     }
@@ -459,9 +463,23 @@ impl PgParser {
                 }
                 Ok(())
             }
-            _ => {
+            framing => {
+                // A `Query` or `Parse` longer than the capture (SQL of many KiB) is cut by the
+                // gap, which also hides what follows it: the message is taken from its kept
+                // prefix (its SQL cut), then framing is sought again.
+                let cut = match framing {
+                    Framing::Body { typ: typ @ (b'Q' | b'P'), .. } if stream == Stream::Frontend => Some(*typ),
+                    _ => None,
+                };
                 reader.framing = Framing::Lost;
                 self.lost_framing(stream);
+                if let Some(typ) = cut {
+                    let reader = self.reader_mut(stream);
+                    reader.framing = Framing::Body { typ, remaining: 0, keep: true, lost: true };
+                    let at_gap = Chunk { direction: gap.direction, ts_ns: gap.ts_ns, tid: 0, bytes: &[] };
+                    self.finish_message(stream, &at_gap, out);
+                    self.reader_mut(stream).framing = Framing::Lost;
+                }
                 Err(PgParseError::GapInFraming)
             }
         }
@@ -507,6 +525,9 @@ impl PgParser {
     /// what waits is dropped and pairing starts over.
     fn lost_framing(&mut self, stream: Stream) {
         if stream == Stream::Frontend {
+            // A lost Parse or Bind may have redefined the unnamed statement and portal.
+            self.statements.remove("");
+            self.portals.remove("");
             self.pending.clear();
             self.unit_start = None;
             self.batches_done = self.batches_sent;
@@ -567,7 +588,13 @@ impl PgParser {
             b'E' => {
                 self.unit_start = None;
                 let portal = cstr(m.body).0;
-                let named = self.portals.get(&String::from_utf8_lossy(portal)).unwrap_or_default();
+                // An unnamed portal unknown here had its Bind lost: drivers bind it to the
+                // unnamed statement (if that is unknown too, the SQL is).
+                let named = match self.portals.get(&String::from_utf8_lossy(portal)) {
+                    Some(named) => named,
+                    None if portal.is_empty() => self.statements.get("").unwrap_or_default(),
+                    None => Named::default(),
+                };
                 self.push_pending(Pending::new(PgQueryKind::Extended, named.sql, named.statement, self.batches_sent, start));
             }
             b'C' => {
@@ -820,26 +847,34 @@ fn name_text(bytes: &[u8]) -> Arc<str> {
 
 /// Where, in a chunk seen after framing was lost, messages can be read again.
 ///
-/// Client: the chunk must start with a plausible message (clients write whole messages). Server:
-/// the chunk must end with a well-formed run of messages that ends with `ReadyForQuery`; the
-/// earliest such start within the last [`RESYNC_WINDOW`] bytes is taken.
+/// Client: the chunk starts with a plausible message (clients write whole messages), or ends with
+/// a well-formed run of messages ending with `Sync`. Server: the chunk ends with a well-formed run
+/// of messages ending with `ReadyForQuery`. Of such runs, the one starting earliest within the
+/// last [`RESYNC_WINDOW`] bytes is taken.
 fn resync_offset(stream: Stream, bytes: &[u8]) -> Option<usize> {
+    let n = bytes.len();
     match stream {
-        Stream::Frontend => looks_like_frontend_message(bytes).then_some(0),
+        Stream::Frontend if looks_like_frontend_message(bytes) => Some(0),
+        // The tail of a write of a long Parse/Bind/Execute/Sync pipeline.
+        Stream::Frontend => {
+            if n < 5 || bytes[n - 5..] != *b"S\0\0\0\x04" {
+                return None;
+            }
+            (n.saturating_sub(RESYNC_WINDOW)..n - 5).find(|&i| runs_to_end(&bytes[i..], FRONTEND_TYPES))
+        }
         Stream::Backend => {
-            let n = bytes.len();
             if n < 6 || bytes[n - 6] != b'Z' || bytes[n - 5..n - 1] != [0, 0, 0, 5] {
                 return None;
             }
-            (n.saturating_sub(RESYNC_WINDOW)..n - 5).find(|&i| runs_to_end(&bytes[i..]))
+            (n.saturating_sub(RESYNC_WINDOW)..n - 5).find(|&i| runs_to_end(&bytes[i..], BACKEND_TYPES))
         }
     }
 }
 
-/// Whether `bytes` is exactly a sequence of whole server messages.
-fn runs_to_end(mut bytes: &[u8]) -> bool {
+/// Whether `bytes` is exactly a sequence of whole messages of these types.
+fn runs_to_end(mut bytes: &[u8], types: &[u8]) -> bool {
     while !bytes.is_empty() {
-        if bytes.len() < 5 || !BACKEND_TYPES.contains(&bytes[0]) {
+        if bytes.len() < 5 || !types.contains(&bytes[0]) {
             return false;
         }
         let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;

@@ -553,6 +553,36 @@ fn a_gap_that_ends_a_message_keeps_the_framing() {
 }
 
 #[test]
+fn sql_longer_than_the_capture_still_makes_its_exchange() {
+    let sql = format!("SELECT * FROM orders WHERE id IN ({})", (0..3000).map(|i| i.to_string()).collect::<Vec<_>>().join(", "));
+    let long_value = "v".repeat(100);
+    // The gap ends inside the Parse (little follows it), or hides its end and the Bind's start.
+    for (params, gap_in_framing) in [(Vec::new(), false), (vec![long_value.as_str()], true)] {
+        let write = cat(&[parse("", &sql), bind("", "", &params), describe_portal(""), execute(""), sync()]);
+        let mut parser = PgParser::new(Side::Client, true);
+        let mut out = Vec::new();
+        feed(&mut parser, &mut out, Direction::Egress, &startup(&[("user", "u")]), 1);
+        feed(&mut parser, &mut out, Direction::Ingress, &server_hello(), 2);
+        // As the kernel delivers one long write: 4096 bytes, a gap, the last 64.
+        feed(&mut parser, &mut out, Direction::Egress, &write[..4096], 3);
+        let gap = Gap { direction: Direction::Egress, ts_ns: 3, len: (write.len() - 4160) as u64 };
+        assert_eq!(parser.on_gap(&gap, &mut out).is_err(), gap_in_framing);
+        feed(&mut parser, &mut out, Direction::Egress, &write[write.len() - 64..], 3);
+        let answer =
+            cat(&[msg(b'1', &[]), msg(b'2', &[]), row_description(&["id"]), data_row(&["7"]), complete("SELECT 1"), ready()]);
+        feed(&mut parser, &mut out, Direction::Ingress, &answer, 4);
+        assert_eq!(out.len(), 1, "{out:?}");
+        let kept = out[0].query.as_deref().expect("the SQL, cut");
+        assert!(sql.starts_with(kept) && kept.len() > 4000 && kept.len() < sql.len(), "{} bytes", kept.len());
+        assert_eq!((out[0].rows, out[0].request_start_ns, out[0].response_end_ns), (Some(1), 3, 4));
+        // And the connection goes on.
+        feed(&mut parser, &mut out, Direction::Egress, &query("SELECT 2"), 5);
+        feed(&mut parser, &mut out, Direction::Ingress, &cat(&[complete("SELECT 1"), ready()]), 6);
+        assert_eq!(out.len(), 2);
+    }
+}
+
+#[test]
 fn a_connection_picked_up_mid_stream() {
     let q = query("SELECT * FROM orders WHERE id = 7");
     assert!(looks_like_frontend_message(&q));
