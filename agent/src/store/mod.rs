@@ -201,6 +201,13 @@ impl Store {
         Ok(Store { conn, path })
     }
 
+    /// Sets this connection's page cache (64 MiB by default: right for the writer, whose index
+    /// inserts land all over the B-trees; a reader needs less).
+    pub fn set_cache_mib(&self, mib: u32) -> Result<(), StoreError> {
+        self.conn.pragma_update(None, "cache_size", -i64::from(mib) * 1024)?;
+        Ok(())
+    }
+
     /// Sets the connection up and creates the schema in a new database; returns the database's
     /// schema version.
     fn init(conn: &Connection) -> Result<i64, rusqlite::Error> {

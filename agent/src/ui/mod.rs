@@ -90,6 +90,7 @@ pub async fn start(config: &Config, metrics: Arc<Metrics>) -> Viewer {
 fn open_store(dir: &std::path::Path, retention: Retention, metrics: &Arc<Metrics>) -> Result<(StoreSink, Store), store::StoreError> {
     let writer = Store::open(dir)?;
     let reader = Store::open(dir)?;
+    reader.set_cache_mib(8)?;
     let sink = StoreSink::start(writer, retention, metrics.clone())
         .map_err(|source| store::StoreError::Dir { path: dir.to_owned(), source })?;
     Ok((sink, reader))
