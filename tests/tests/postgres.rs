@@ -277,3 +277,29 @@ fn go_lib_pq_prepared_executions_and_a_statement_rejected_at_parse() {
     }
     ztrace.stop();
 }
+
+#[test]
+#[ignore = "needs root and eBPF; run by cargo xtask test"]
+fn a_query_longer_than_the_capture_keeps_its_span_with_the_sql_cut() {
+    let server = PgServer::start();
+    let mut ztrace = Ztrace::start(&["--print=json"]);
+
+    // About 9 KiB of SQL in one write: the kernel copies 4 KiB, a gap, and the last 64 bytes.
+    let ids: Vec<String> = (1..=2000).map(|i| i.to_string()).collect();
+    let sql = format!("SELECT count(*) FROM pg_class WHERE oid IN ({})", ids.join(", "));
+    let run = server.psql(&sql);
+    assert!(run.success, "psql failed: {}", run.stderr);
+
+    let spans = ztrace.wait_for_n_spans(2, to_server(server.port), SPAN_TIMEOUT);
+    let (servers, clients) = split(&spans);
+    assert_eq!((servers.len(), clients.len()), (1, 1), "{}", ztrace_e2e::span::list(&spans));
+    for span in [&clients[0], &servers[0]] {
+        assert_eq!(span.name(), Some("SELECT pg_class"), "{span:?}");
+        let text = span.attr_str("db.query.text").unwrap_or_default();
+        assert!(text.starts_with("SELECT count(*) FROM pg_class WHERE oid IN (?, ?, ?, "), "db.query.text: {span:?}");
+        assert!(text.len() < 4096 && !text.contains(char::is_numeric), "cut, literals replaced: {span:?}");
+        assert_eq!(span.attr_i64("db.response.returned_rows"), Some(1), "{span:?}");
+    }
+    child_of(&clients[0], &servers);
+    ztrace.stop();
+}
