@@ -1,8 +1,9 @@
 //! The embedded trace store: every span in a SQLite database under `--data-dir`, for the viewer.
 //!
-//! Two tables: `spans` (one row per span; attributes and resource as the JSON objects of the
-//! DESIGN.md span) and `traces` (one summary row per trace, kept up to date on every insert: root
-//! service and name, start, end, span count, error), with indexes for the viewer's list filters.
+//! Three tables: `spans` (one row per span; attributes as the JSON object of the DESIGN.md span),
+//! `traces` (one summary row per trace, kept up to date on every insert: root service and name,
+//! start, end, span count, error), with indexes for the viewer's list filters, and `resources`
+//! (each distinct resource JSON object once, keyed by its hash, shared by the spans of a process).
 //! The database runs in WAL mode so the viewer reads while the writer writes; writes come in
 //! batches, one transaction each, from the writer thread of [`writer::StoreSink`] — never from
 //! the capture path. Retention (by age and by size) is [`Store::retain`], run by that thread.
@@ -48,7 +49,7 @@ pub enum StoreError {
 }
 
 /// `PRAGMA user_version` of the schema below; a database with another (non-empty) one is refused.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS spans (
@@ -63,7 +64,12 @@ CREATE TABLE IF NOT EXISTS spans (
     status         TEXT NOT NULL,
     status_message TEXT,
     attributes     TEXT NOT NULL,
-    resource       TEXT NOT NULL
+    resource_id    INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS resources (
+    id        INTEGER PRIMARY KEY,
+    json      TEXT NOT NULL,
+    last_used INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS spans_by_trace ON spans(trace_key);
 CREATE INDEX IF NOT EXISTS spans_by_start ON spans(start_ns);
@@ -102,9 +108,16 @@ ON CONFLICT(trace_id) DO UPDATE SET
 RETURNING key
 ";
 
+/// `id` is a hash of `json`; `last_used` the latest start of a span that refers to it (retention
+/// removes a resource once every trace that started before then is gone).
+const UPSERT_RESOURCE: &str = "
+INSERT INTO resources (id, json, last_used) VALUES (?1, ?2, ?3)
+ON CONFLICT(id) DO UPDATE SET last_used = max(last_used, excluded.last_used)
+";
+
 const INSERT_SPAN: &str = "
 INSERT INTO spans (trace_key, span_id, parent_span_id, name, kind, service, start_ns, end_ns, status,
-                   status_message, attributes, resource)
+                   status_message, attributes, resource_id)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
 ";
 
@@ -254,10 +267,24 @@ impl Store {
             };
             summaries.entry(span.trace_id).and_modify(|s| s.merge(&candidate)).or_insert(candidate);
         }
-        // Spans of one process share their resource: serialise it once per batch.
-        let mut resources: HashMap<*const crate::spans::Resource, String> = HashMap::new();
+        // Spans of one process share their resource: serialise and store it once per batch.
+        let mut resources: HashMap<*const crate::spans::Resource, (i64, String, i64)> = HashMap::new();
+        for span in spans {
+            let start = to_sql_ns(span.start_unix_nano);
+            resources
+                .entry(std::sync::Arc::as_ptr(&span.resource))
+                .and_modify(|r| r.2 = r.2.max(start))
+                .or_insert_with(|| {
+                    let json = json_object(span.resource.attributes.iter().map(|(k, v)| (k.as_str(), v)));
+                    (resource_id(&json), json, start)
+                });
+        }
         let tx = self.conn.transaction()?;
         {
+            let mut upsert_resource = tx.prepare_cached(UPSERT_RESOURCE)?;
+            for (id, json, last_used) in resources.values() {
+                upsert_resource.execute(params![id, json, last_used])?;
+            }
             // Summaries first: their row keys (in order of arrival, so span index inserts land near
             // the end of the index rather than all over it) go with the spans.
             let mut upsert_trace = tx.prepare_cached(UPSERT_TRACE)?;
@@ -280,9 +307,7 @@ impl Store {
             let mut insert_span = tx.prepare_cached(INSERT_SPAN)?;
             for span in spans {
                 let key = summaries.get(&span.trace_id).map_or(0, |s| s.key);
-                let resource = resources.entry(std::sync::Arc::as_ptr(&span.resource)).or_insert_with(|| {
-                    json_object(span.resource.attributes.iter().map(|(k, v)| (k.as_str(), v)))
-                });
+                let resource = resources.get(&std::sync::Arc::as_ptr(&span.resource)).map_or(0, |r| r.0);
                 insert_span.execute(params![
                     key,
                     hex(&span.span_id),
@@ -295,7 +320,7 @@ impl Store {
                     span.status.as_str(),
                     span.status_message,
                     json_object(span.attributes.iter().map(|a| (a.key, &a.value))),
-                    resource.as_str(),
+                    resource,
                 ])?;
             }
         }
@@ -367,13 +392,13 @@ impl Store {
     pub fn trace(&self, trace_id: &str) -> Result<Option<Vec<serde_json::Value>>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT t.trace_id, s.span_id, s.parent_span_id, s.name, s.kind, s.service, s.start_ns, s.end_ns, s.status,
-                    s.status_message, s.attributes, s.resource
-             FROM traces t JOIN spans s ON s.trace_key = t.key
+                    s.status_message, s.attributes, r.json
+             FROM traces t JOIN spans s ON s.trace_key = t.key LEFT JOIN resources r ON r.id = s.resource_id
              WHERE t.trace_id = ? ORDER BY s.start_ns, s.end_ns DESC",
         )?;
         let rows = stmt.query_map([trace_id.to_ascii_lowercase()], |row| {
             let attributes: String = row.get(10)?;
-            let resource: String = row.get(11)?;
+            let resource: String = row.get::<_, Option<String>>(11)?.unwrap_or_default();
             let mut span = serde_json::json!({
                 "trace_id": row.get::<_, String>(0)?,
                 "span_id": row.get::<_, String>(1)?,
@@ -499,6 +524,10 @@ impl Store {
             removed.spans += r.spans;
         }
         if removed.traces > 0 {
+            self.conn.execute(
+                "DELETE FROM resources WHERE last_used < coalesce((SELECT min(start_ns) FROM traces), 9223372036854775807)",
+                [],
+            )?;
             // incremental_vacuum frees pages as its statement is stepped: run it to the end.
             let mut vacuum = self.conn.prepare("PRAGMA incremental_vacuum")?;
             let mut rows = vacuum.query([])?;
@@ -569,6 +598,14 @@ fn json_object<'a>(pairs: impl Iterator<Item = (&'a str, &'a AttrValue)> + Clone
         }
     }
     serde_json::to_string(&Obj(pairs)).unwrap_or_else(|_| "{}".to_owned())
+}
+
+/// The key of a resource: a 64-bit hash of its JSON text.
+fn resource_id(json: &str) -> i64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    json.hash(&mut hasher);
+    i64::from_ne_bytes(hasher.finish().to_ne_bytes())
 }
 
 /// The `p`th percentile (nearest rank) of sorted values; 0 when there are none.

@@ -216,6 +216,14 @@ fn retention_by_age_and_by_size() {
     let left = store.list(&TraceQuery { limit: MAX_LIST, ..Default::default() }).expect("list");
     assert_eq!(left.len() as u64, after.traces);
     assert_eq!(left[0].start_unix_nano, T0 + 199_000 * MS, "the newest stays");
+    // Everything goes: so do the resources no span refers to any more.
+    let resources = |store: &Store| -> i64 {
+        store.conn.query_row("SELECT count(*) FROM resources", [], |r| r.get(0)).expect("count")
+    };
+    assert_eq!(resources(&store), 1, "one process");
+    store.retain(now + 1_000_000 * MS, Duration::from_secs(1), u64::MAX).expect("retain all");
+    assert_eq!(store.size().expect("size").traces, 0);
+    assert_eq!(resources(&store), 0, "the resource went with its spans");
     let file = std::fs::metadata(dir.0.join(DB_FILE)).expect("db file").len();
     assert!(file <= before.bytes, "the file shrank: {file} (used before {})", before.bytes);
 }
@@ -252,7 +260,7 @@ fn a_database_of_another_schema_is_refused() {
         conn.execute_batch("CREATE TABLE spans (trace_id TEXT)").expect("old schema");
     }
     let error = Store::open(&dir.0).err().expect("another schema is refused");
-    assert!(error.to_string().contains("schema version 0, this ztrace uses 1"), "{error}");
+    assert!(error.to_string().contains(&format!("schema version 0, this ztrace uses {SCHEMA_VERSION}")), "{error}");
     // Reopening a current one is fine (and is not re-created).
     let other = TempDir::new();
     Store::open(&other.0).expect("new").insert(&[every_attribute_type()]).expect("insert");
