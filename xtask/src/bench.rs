@@ -6,7 +6,8 @@
 //! For each run with ztrace it reads the agent's CPU time (utime+stime of /proc/PID/stat, over
 //! the load), its peak RSS (VmHWM, just before stopping it) and its `ztrace stats: {...}` line
 //! (stderr, on exit) for the events handled and dropped. It prints a table, the median
-//! with/without throughput ratio and the exact commands. Needs root (the agent loads eBPF).
+//! with/without throughput ratio and the exact commands. Then the same for PostgreSQL under
+//! `pgbench -M prepared -S`, and the trace store's own benchmark. Needs root (the agent loads eBPF).
 //! Then the trace store's own benchmark: spans/s inserted and query times with 100,000 traces
 //! stored (`bench_insert_and_list` in `agent/src/store/tests.rs`).
 
@@ -82,13 +83,111 @@ pub fn bench(agent_args: &[String]) -> Result<()> {
         });
 
         say!("pair {pair}/{PAIRS}: with ztrace...");
-        let run = traced_run(&ztrace, &agent_args, &url, &dir.0)?;
+        let run = traced_run(&ztrace, &agent_args, &dir.0, || wrk(&url, WRK_ARGS))?;
         say!("  {:.0} requests/s", run.requests_per_sec);
         runs.push(run);
     }
     drop(nginx);
-    report(&runs, &ztrace, &agent_args, &url);
+    report(&runs, &ztrace, &agent_args, &format!("wrk {} {url} (nginx, 1 worker, static page, access_log off)", WRK_ARGS.join(" ")));
+    postgres_bench(&ztrace, &agent_args)?;
     store_bench()
+}
+
+/// PostgreSQL under `pgbench -M prepared -S`, alternating without and with the agent.
+fn postgres_bench(ztrace: &Path, agent_args: &[String]) -> Result<()> {
+    apt_install(&["postgresql"])?;
+    let dir = TempDir::new("ztrace-bench-pg")?;
+    let port = free_port()?;
+    let pg = Postgres::start(&dir.0, port)?;
+    say!("postgres serving 127.0.0.1:{port}; pgbench -i...");
+    util::run(&mut pg.pgbench(&["-i", "-s", "1", "-q"])).context("pgbench -i failed")?;
+    let load = || pg.tps(PGBENCH_ARGS);
+    say!("warming up...");
+    pg.tps(&["-M", "prepared", "-S", "-c", "4", "-j", "2", "-T", "2"])?;
+    let mut runs = Vec::new();
+    for pair in 1..=PAIRS {
+        say!("pgbench pair {pair}/{PAIRS}: without ztrace...");
+        let tps = load()?;
+        say!("  {tps:.0} transactions/s");
+        runs.push(Run { traced: false, requests_per_sec: tps, agent: None });
+        say!("pgbench pair {pair}/{PAIRS}: with ztrace...");
+        let run = traced_run(ztrace, agent_args, &dir.0, load)?;
+        say!("  {:.0} transactions/s", run.requests_per_sec);
+        runs.push(run);
+    }
+    drop(pg);
+    report(&runs, ztrace, agent_args, &format!("(pgbench {} against 127.0.0.1:{port})", PGBENCH_ARGS.join(" ")));
+    Ok(())
+}
+
+const PGBENCH_ARGS: &[&str] = &["-M", "prepared", "-S", "-c", "4", "-j", "2", "-T", "10"];
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// A throwaway PostgreSQL cluster owned by the `postgres` user, stopped on drop.
+struct Postgres {
+    data: PathBuf,
+    port: u16,
+}
+
+impl Postgres {
+    fn start(dir: &Path, port: u16) -> Result<Postgres> {
+        let data = dir.join("pgdata");
+        std::fs::create_dir_all(&data)?;
+        util::run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir))?;
+        let as_pg = |tool: &str| {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(format!("{PG_BIN}/{tool}"));
+            c
+        };
+        util::run(as_pg("initdb").arg("-D").arg(&data).args(["-A", "trust", "--no-sync"]).stdout(Stdio::null()))
+            .context("initdb failed")?;
+        let opts = format!("-c listen_addresses=127.0.0.1 -p {port} -k {} -c fsync=off", data.display());
+        util::run(
+            as_pg("pg_ctl")
+                .arg("-D")
+                .arg(&data)
+                .args(["-o", &opts, "-l"])
+                .arg(dir.join("postgres.log"))
+                .args(["-w", "start"])
+                .stdout(Stdio::null()),
+        )
+        .context("pg_ctl start failed")?;
+        Ok(Postgres { data, port })
+    }
+
+    fn pgbench(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"])
+            .arg(format!("{PG_BIN}/pgbench"))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .arg("postgres");
+        c
+    }
+
+    /// Transactions per second of one pgbench run.
+    fn tps(&self, args: &[&str]) -> Result<f64> {
+        let out = self.pgbench(args).stderr(Stdio::null()).output().context("could not run pgbench")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        ensure!(out.status.success(), "pgbench failed: {text}");
+        text.lines()
+            .find_map(|l| l.strip_prefix("tps = ")?.split_whitespace().next()?.parse().ok())
+            .with_context(|| format!("no `tps = ` line in pgbench's output: {text}"))
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(format!("{PG_BIN}/pg_ctl"))
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "immediate", "-w", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
 }
 
 /// The trace store: insert throughput (spans/s) and list / trace / services query times.
@@ -110,7 +209,12 @@ fn store_bench() -> Result<()> {
 }
 
 /// Starts the agent, waits until it is ready, loads nginx, measures the agent, stops it.
-fn traced_run(ztrace: &Path, agent_args: &[String], url: &str, dir: &Path) -> Result<Run> {
+fn traced_run(
+    ztrace: &Path,
+    agent_args: &[String],
+    dir: &Path,
+    load: impl FnOnce() -> Result<f64>,
+) -> Result<Run> {
     let stderr_path = dir.join("ztrace.stderr");
     let stderr = std::fs::File::create(&stderr_path)?;
     let mut agent = Guard(
@@ -132,7 +236,7 @@ fn traced_run(ztrace: &Path, agent_args: &[String], url: &str, dir: &Path) -> Re
 
     let cpu_before = cpu_seconds(pid)?;
     let started = Instant::now();
-    let requests_per_sec = wrk(url, WRK_ARGS)?;
+    let requests_per_sec = load()?;
     let load_seconds = started.elapsed().as_secs_f64().max(LOAD_SECONDS);
     let cpu = cpu_seconds(pid)? - cpu_before;
     let peak_rss_kib = std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -164,7 +268,7 @@ fn traced_run(ztrace: &Path, agent_args: &[String], url: &str, dir: &Path) -> Re
     })
 }
 
-fn report(runs: &[Run], ztrace: &Path, agent_args: &[String], url: &str) {
+fn report(runs: &[Run], ztrace: &Path, agent_args: &[String], load: &str) {
     println!();
     println!(
         "{:<4} {:<8} {:>12} {:>14} {:>12} {:>14} {:>10}",
@@ -221,13 +325,13 @@ fn report(runs: &[Run], ztrace: &Path, agent_args: &[String], url: &str) {
     {
         println!("last run's counters: {}", Value::Object(stats.clone()));
     }
-    println!("load:   wrk {} {url}", WRK_ARGS.join(" "));
+    println!("load:   {load}");
     println!(
         "agent:  {} {} > /dev/null",
         ztrace.display(),
         agent_args.join(" ")
     );
-    println!("server: nginx, worker_processes 1, static page, access_log off");
+
 }
 
 /// Events the agent handled: those it read from the ring buffer.
