@@ -402,7 +402,7 @@ mod tests {
 
     #[test]
     fn addresses_unmap_ipv4_mapped_ipv6() {
-        let mapped = Ipv6Addr::from(Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped()).octets();
+        let mapped = Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped().octets();
         let ev = conn_event(1, ConnRole::Server, 10, mapped, Ipv6Addr::LOCALHOST.octets());
         let (local, remote) = addresses(&ev);
         assert_eq!(local, "127.0.0.1:8000".parse().expect("addr"));

@@ -132,6 +132,7 @@ impl Linker {
 
     /// A server span finished on the connection `local ← remote`. `peer_traced` says whether the
     /// client end is a traced process on this host (so its span may still come).
+    #[expect(clippy::too_many_arguments, reason = "each argument is a distinct fact of the one call site")]
     pub fn on_server(
         &mut self,
         mut span: Span,
