@@ -15,7 +15,7 @@ use tokio::signal::unix::SignalKind;
 use crate::{
     bpf::{self, attach, events::KernelEvent, BpfError, EventRing, Selection},
     config::{Config, PrintArg},
-    conn::{ConnExchange, ConnTable, Exchange},
+    conn::{self, ConnExchange, ConnTable, Exchange},
     discovery::ProcessCache,
     export::{self, ExportError, ExportHandle},
     metrics::Metrics,
@@ -187,7 +187,7 @@ impl Capture {
                     // Read the process's identity now, while it surely runs: a short-lived
                     // client may be gone (or a zombie without cmdline) when its span is built.
                     if ev.header.tgid != self.own_tgid {
-                        self.processes.get_or_load(ev.header.tgid, &comm_of(&ev.comm));
+                        self.processes.get_or_load(ev.header.tgid, &conn::comm_string(&ev.comm));
                     }
                 }
                 Ok(KernelEvent::Data { header, prefix, tail }) => {
@@ -328,12 +328,6 @@ impl PrintSink {
         drop(self.tx);
         let _ = self.thread.join();
     }
-}
-
-/// A kernel `comm` as text.
-fn comm_of(comm: &[u8; 16]) -> String {
-    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-    String::from_utf8_lossy(&comm[..end]).into_owned()
 }
 
 /// The `ztrace stats:` line printed at exit: every userspace and kernel counter.

@@ -89,6 +89,9 @@ pub struct PendingCall {
     pub ptr: u64,
     /// Buffer size or iovec count.
     pub count: u64,
+    /// The socket's cache entry as found at entry (read/write family only), so the exit needs
+    /// no second lookup.
+    pub sock: SockEntry,
 }
 
 #[inline(always)]

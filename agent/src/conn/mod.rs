@@ -333,7 +333,8 @@ fn feed_postgres(parser: &mut PgParser, chunk: &Chunk<'_>, gap: &Gap, tail: &[u8
     failed
 }
 
-fn comm_string(comm: &[u8; 16]) -> String {
+/// A kernel `comm` (NUL-padded) as text.
+pub fn comm_string(comm: &[u8; 16]) -> String {
     let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
     String::from_utf8_lossy(&comm[..end]).into_owned()
 }

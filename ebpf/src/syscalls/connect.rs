@@ -6,7 +6,7 @@ use ztrace_common::{ConnRole, Counter};
 use super::{arg, ids, read_i64, RET};
 use crate::{
     filter,
-    maps::{call, count, PendingCall, ACTIVE},
+    maps::{call, count, PendingCall, SockEntry, ACTIVE},
     sock,
 };
 
@@ -18,7 +18,16 @@ fn save(call_kind: u32, fd: i32) -> u32 {
     if !filter::is_traced(tgid) && !filter::is_agent(tgid) {
         return 0;
     }
-    let pending = PendingCall { call: call_kind, direction: 0, fd, _pad: 0, enter_ns: 0, ptr: 0, count: 0 };
+    let pending = PendingCall {
+        call: call_kind,
+        direction: 0,
+        fd,
+        _pad: 0,
+        enter_ns: 0,
+        ptr: 0,
+        count: 0,
+        sock: SockEntry { conn_gen: 0, mm: 0, sock: 0, is_tcp: 0, announced: 0 },
+    };
     if ACTIVE.insert(&pid_tgid, &pending, 0).is_err() {
         count(Counter::ArgsMapFull);
     }

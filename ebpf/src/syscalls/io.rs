@@ -38,12 +38,16 @@ struct Iovec {
 #[inline(always)]
 fn enter(call_kind: u32, direction: u32, fd: i32, ptr: u64, count_arg: u64) -> u32 {
     let (tgid, _, pid_tgid) = ids();
-    if !filter::is_traced(tgid) || sock::lookup_tcp(tgid, fd).is_none() {
+    if !filter::is_traced(tgid) {
         return 0;
     }
+    let Some(entry) = sock::lookup_tcp(tgid, fd) else {
+        return 0;
+    };
     // SAFETY: the helper has no preconditions.
     let enter_ns = unsafe { bpf_ktime_get_ns() };
-    let pending = PendingCall { call: call_kind, direction, fd, _pad: 0, enter_ns, ptr, count: count_arg };
+    let pending =
+        PendingCall { call: call_kind, direction, fd, _pad: 0, enter_ns, ptr, count: count_arg, sock: entry };
     if ACTIVE.insert(&pid_tgid, &pending, 0).is_err() {
         count(Counter::ArgsMapFull);
     }
@@ -82,10 +86,10 @@ fn recover_plain_read(tgid: u32) -> Option<PendingCall> {
     }
     // SAFETY: as above.
     let fd = unsafe { bpf_probe_read_kernel((regs + PT_REGS_DI) as *const u64) }.ok()? as i32;
-    sock::lookup_tcp(tgid, fd)?;
+    let entry = sock::lookup_tcp(tgid, fd)?;
     // SAFETY: as above.
     let buf = unsafe { bpf_probe_read_kernel((regs + PT_REGS_SI) as *const u64) }.ok()?;
-    Some(PendingCall { call: call::PLAIN, direction: INGRESS, fd, _pad: 0, enter_ns: 0, ptr: buf, count: 0 })
+    Some(PendingCall { call: call::PLAIN, direction: INGRESS, fd, _pad: 0, enter_ns: 0, ptr: buf, count: 0, sock: entry })
 }
 
 #[inline(always)]
@@ -108,9 +112,7 @@ fn exit(ctx: &TracePointContext, plain_read: bool) -> u32 {
         return 0;
     }
     let fd = pending.fd;
-    let Some(mut entry) = sock::lookup_tcp(tgid, fd) else {
-        return 0;
-    };
+    let mut entry = pending.sock;
     if entry.announced == 0 {
         sock::announce(tgid, tid, fd, &mut entry, ConnRole::Unknown);
         let _ = SOCKS.insert(&sock::key(tgid, fd), &entry, 0);
