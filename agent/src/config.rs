@@ -44,6 +44,11 @@ pub struct Config {
     #[arg(long, env = "ZTRACE_CAPTURE_BYTES", default_value_t = 4096)]
     pub capture_bytes: usize,
 
+    /// Export the values bound to each PostgreSQL prepared-statement execution as
+    /// `db.query.parameter.<index>` (off by default: they are often personal data).
+    #[arg(long, env = "ZTRACE_DB_QUERY_PARAMETERS")]
+    pub db_query_parameters: bool,
+
     /// Configuration file (reserved; not read yet).
     #[arg(long, env = "ZTRACE_CONFIG", hide = true)]
     pub config: Option<PathBuf>,

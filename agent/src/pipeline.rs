@@ -88,7 +88,7 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
         store: viewer.as_mut().and_then(|v| v.store.take()),
         metrics: metrics.clone(),
     };
-    let mut capture = Capture::new(metrics.clone());
+    let mut capture = Capture::new(metrics.clone(), config.db_query_parameters);
     let mut ring = EventRing::new(ring)?;
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
@@ -157,10 +157,10 @@ struct Capture {
 }
 
 impl Capture {
-    fn new(metrics: Arc<Metrics>) -> Self {
+    fn new(metrics: Arc<Metrics>, db_query_parameters: bool) -> Self {
         Capture {
             metrics,
-            conns: ConnTable::new(MAX_CONNS, std::process::id()),
+            conns: ConnTable::new(MAX_CONNS, std::process::id()).keep_db_parameters(db_query_parameters),
             processes: ProcessCache::new(),
             clock: Clock::now_from_system(),
             exchanges: Vec::new(),

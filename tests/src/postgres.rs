@@ -109,24 +109,36 @@ impl PgServer {
 
 /// The Go lib/pq client, built into `dir` (the executable is `pq_client`).
 pub fn build_pq_client(dir: &Path) -> PathBuf {
-    let out = dir.join("pq_client");
+    build_go_fixture(dir, "pq_client", "golang-github-lib-pq-dev")
+}
+
+/// Builds `tests/fixtures/pgx_client` (Go, github.com/jackc/pgx/v4) into `dir`.
+pub fn build_pgx_client(dir: &Path) -> PathBuf {
+    build_go_fixture(dir, "pgx_client", "golang-github-jackc-pgx-v4-dev")
+}
+
+/// Builds the Go program `tests/fixtures/NAME/main.go` in GOPATH mode against Debian's packaged
+/// Go libraries (`package` names the one it needs).
+fn build_go_fixture(dir: &Path, name: &str, package: &str) -> PathBuf {
+    let out = dir.join(name);
     let mut cmd = Command::new("go");
     cmd.arg("build")
         .arg("-o")
         .arg(&out)
-        .arg(fixture("pq_client/main.go"))
+        .arg(fixture(&format!("{name}/main.go")))
         .envs([("GO111MODULE", "off"), ("GOPATH", "/usr/share/gocode"), ("GOPROXY", "off"), ("CGO_ENABLED", "0")]);
-    let run = run("go build pq_client", &mut cmd);
-    assert!(run.success, "go build failed (apt-get install golang-go golang-github-lib-pq-dev):\n{}", run.stderr);
+    let run = run(&format!("go build {name}"), &mut cmd);
+    assert!(run.success, "go build {name} failed (apt-get install golang-go {package}):\n{}", run.stderr);
     out
 }
 
 impl PgServer {
-    /// Runs the Go lib/pq client built by [`build_pq_client`].
-    pub fn pq_client(&self, binary: &Path) -> ClientRun {
+    /// Runs a Go client built by [`build_pq_client`] or [`build_pgx_client`] against this server.
+    pub fn go_client(&self, binary: &Path) -> ClientRun {
         let mut cmd = Command::new(binary);
         cmd.arg(self.port.to_string());
-        run("pq_client", &mut cmd)
+        let name = binary.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        run(&name, &mut cmd)
     }
 }
 

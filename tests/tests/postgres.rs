@@ -1,10 +1,10 @@
 //! PostgreSQL end to end: a real PostgreSQL 15 server on a free loopback port, and real clients
-//! (psql, pgbench in prepared mode, Python psycopg2, a compiled Go client on lib/pq), traced by the real agent with
+//! (psql, pgbench in prepared mode, Python psycopg2, compiled Go clients on lib/pq and pgx), traced by the real agent with
 //! `--print=json`. Every query is a CLIENT span of the client and a SERVER span of the postgres
 //! backend that ran it, the latter the child of the former (`ztrace.link = connection`).
 
 use ztrace_e2e::checks;
-use ztrace_e2e::postgres::{build_pq_client, PgServer};
+use ztrace_e2e::postgres::{build_pgx_client, build_pq_client, PgServer};
 use ztrace_e2e::ztrace::SPAN_TIMEOUT;
 use ztrace_e2e::{Span, TempDir, Ztrace};
 
@@ -244,7 +244,7 @@ fn go_lib_pq_prepared_executions_and_a_statement_rejected_at_parse() {
     let server = PgServer::start();
     let mut ztrace = Ztrace::start(&["--print=json"]);
 
-    let run = server.pq_client(&binary);
+    let run = server.go_client(&binary);
     assert!(run.success, "pq_client failed: {}", run.stderr);
     assert_eq!(run.stdout.lines().collect::<Vec<_>>(), ["2", "4", "6", "error 42P01"]);
 
@@ -270,6 +270,7 @@ fn go_lib_pq_prepared_executions_and_a_statement_rejected_at_parse() {
     for (client, query) in clients.iter().zip([&doubled, &doubled, &doubled, &missing]) {
         check_span(client, "client", query, server.port, "pq_client");
         assert_eq!(client.pid(), Some(run.pid), "process.pid: {client:?}");
+        assert_eq!(client.attr("db.query.parameter.0"), None, "bind values are opt-in: {client:?}");
         assert_eq!(client.attr_str("db.postgresql.application_name"), Some("pq_client"));
         let backend = child_of(client, &servers);
         check_span(backend, "server", query, server.port, "postgres");
@@ -301,5 +302,51 @@ fn a_query_longer_than_the_capture_keeps_its_span_with_the_sql_cut() {
         assert_eq!(span.attr_i64("db.response.returned_rows"), Some(1), "{span:?}");
     }
     child_of(&clients[0], &servers);
+    ztrace.stop();
+}
+
+#[test]
+#[ignore = "needs root and eBPF; run by cargo xtask test"]
+fn go_pgx_cached_statements_a_pipelined_batch_and_bind_values_when_asked() {
+    let build = TempDir::new("pgx-client");
+    let binary = build_pgx_client(build.path());
+    let server = PgServer::start();
+    let mut ztrace = Ztrace::start(&["--print=json", "--db-query-parameters"]);
+
+    let run = server.go_client(&binary);
+    assert!(run.success, "pgx_client failed: {}", run.stderr);
+    assert_eq!(run.stdout.lines().collect::<Vec<_>>(), ["2", "3", "4", "ALPHA", "BETA", "error 42P01"]);
+
+    let spans = ztrace.wait_for_n_spans(12, to_server(server.port), SPAN_TIMEOUT);
+    let (servers, clients) = split(&spans);
+    assert_eq!((servers.len(), clients.len()), (6, 6), "one span per execution:\n{}", ztrace_e2e::span::list(&spans));
+    let next = Query {
+        name: "SELECT",
+        operation: "SELECT",
+        collection: None,
+        text: "SELECT $1::int8 + ? AS next",
+        rows: Some(1),
+        error: None,
+    };
+    let word = Query { text: "SELECT upper($1::text) AS word", ..next };
+    let missing = Query {
+        name: "INSERT missing_table",
+        operation: "INSERT",
+        collection: Some("missing_table"),
+        text: "INSERT INTO missing_table VALUES ($1)",
+        rows: None,
+        error: Some("42P01"),
+    };
+    // pgx sends parameters in binary, typed by the server's description of the statement.
+    let expected = [(&next, Some("1")), (&next, Some("2")), (&next, Some("3")), (&word, Some("alpha")), (&word, Some("beta")), (&missing, None)];
+    for (client, (query, value)) in clients.iter().zip(expected) {
+        check_span(client, "client", query, server.port, "pgx_client");
+        assert_eq!(client.pid(), Some(run.pid), "process.pid: {client:?}");
+        assert_eq!(client.attr_str("db.query.parameter.0"), value, "db.query.parameter.0: {client:?}");
+        let backend = child_of(client, &servers);
+        check_span(backend, "server", query, server.port, "postgres");
+        assert_eq!(backend.attr_str("db.query.parameter.0"), value, "db.query.parameter.0: {backend:?}");
+        assert_backend(backend, server.pid());
+    }
     ztrace.stop();
 }

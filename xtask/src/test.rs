@@ -2,7 +2,7 @@
 //!
 //! 1. the eBPF toolchain (`setup`) and the test components: Debian's nginx, curl, wget, bpftool,
 //!    postgresql (server, psql, pgbench), python3-psycopg2, golang-go with
-//!    golang-github-lib-pq-dev, python3-venv, chromium, and a venv at
+//!    golang-github-lib-pq-dev and golang-github-jackc-pgx-v4-dev, python3-venv, chromium, and a venv at
 //!    `target/test-venv` with grpcio and opentelemetry-proto (for the OTLP receiver in
 //!    `tests/otlp_receiver.py`);
 //! 2. the release build of the agent;
@@ -31,12 +31,13 @@ const TEST_PACKAGES: &[&str] = &[
     "bpftool",
     // Headless browser for the viewer's page test (tests/tests/viewer.rs).
     "chromium",
-    // PostgreSQL 15 server, psql and pgbench; psycopg2 for /usr/bin/python3; Go and lib/pq for the
-    // compiled client (tests/tests/postgres.rs).
+    // PostgreSQL 15 server, psql and pgbench; psycopg2 for /usr/bin/python3; Go, lib/pq and pgx
+    // for the compiled clients (tests/tests/postgres.rs).
     "postgresql",
     "python3-psycopg2",
     "golang-go",
     "golang-github-lib-pq-dev",
+    "golang-github-jackc-pgx-v4-dev",
 ];
 /// Python packages of the test venv, and the import that proves they are there.
 const VENV_PACKAGES: &[&str] = &["grpcio", "opentelemetry-proto", "protobuf"];

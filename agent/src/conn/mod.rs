@@ -96,6 +96,8 @@ pub struct ConnTable {
     own_endpoints: HashSet<SocketAddr>,
     scratch: Vec<HttpExchange>,
     pg_scratch: Vec<PgExchange>,
+    /// Postgres parsers keep `Bind` parameter values (`--db-query-parameters`).
+    pg_parameters: bool,
 }
 
 const MAX_OWN_ENDPOINTS: usize = 4096;
@@ -113,7 +115,14 @@ impl ConnTable {
             own_endpoints: HashSet::new(),
             scratch: Vec::new(),
             pg_scratch: Vec::new(),
+            pg_parameters: false,
         }
+    }
+
+    /// Postgres connections also keep the values bound to each execution.
+    pub fn keep_db_parameters(mut self, keep: bool) -> Self {
+        self.pg_parameters = keep;
+        self
     }
 
     /// Number of connections tracked.
@@ -199,7 +208,7 @@ impl ConnTable {
                 match protocols::detect(&chunk) {
                     Some((Protocol::Http1, side)) => State::Http1(Box::new(Http1Parser::new(side))),
                     Some((Protocol::Postgres { from_startup }, side)) => {
-                        State::Postgres(Box::new(PgParser::new(side, from_startup)))
+                        State::Postgres(Box::new(PgParser::new(side, from_startup).keep_parameters(self.pg_parameters)))
                     }
                     // Picked up mid-stream: the first bytes seen may be an answer (a Postgres
                     // client reading results) rather than a request; wait for one.

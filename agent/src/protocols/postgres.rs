@@ -22,7 +22,9 @@
 //!   statements and portals, and pipelines of many `Execute` before one `Sync`: **one exchange per
 //!   `Execute`**, carrying the SQL of the statement bound to its portal, however long ago it was
 //!   parsed (at most [`MAX_STATEMENTS`] statements and [`MAX_PORTALS`] portals are remembered per
-//!   connection). `Bind` parameter values are never read;
+//!   connection). `Bind` parameter values are read only when asked for
+//!   ([`PgParser::keep_parameters`], off by default: they are often personal data), each cut to
+//!   [`MAX_PARAMETER_BYTES`], at most [`MAX_PARAMETERS`] per execution;
 //! - results: `CommandComplete` tags (command and row count), `DataRow`s counted, never read,
 //!   `EmptyQueryResponse`, `PortalSuspended`, and `ErrorResponse` (SQLSTATE and message). After an
 //!   error the server skips to the next `Sync`: `Execute`s it skipped produce nothing. A `Parse`
@@ -40,8 +42,8 @@
 //!   capture) is kept, its SQL cut: with the `Bind`/`Execute`/`Sync` in the kernel's copy of the
 //!   end of the write, the execution still becomes an exchange.
 //!
-//! What it deliberately does not do: decode values (row contents, `Bind` parameters, `COPY`
-//! data), keep more than [`MAX_SQL_BYTES`] of a query, follow a connection after it switched to
+//! What it deliberately does not do: decode values (row contents, `COPY` data; `Bind`
+//! parameters unless asked), keep more than [`MAX_SQL_BYTES`] of a query, follow a connection after it switched to
 //! TLS (the TLS plaintext, once captured, is fed to a new parser), or protocol 2.
 
 use std::{
@@ -62,6 +64,16 @@ pub const MAX_PORTALS: usize = 64;
 pub const MAX_PENDING: usize = 256;
 /// Longest error message kept, in bytes.
 pub const MAX_ERROR_MESSAGE: usize = 512;
+/// Bind parameters kept per execution (when parameters are kept at all).
+pub const MAX_PARAMETERS: usize = 32;
+/// Longest kept parameter value, in bytes (binary values: bytes before hex encoding).
+pub const MAX_PARAMETER_BYTES: usize = 128;
+
+/// The values bound to a portal, in order: `None` for SQL `NULL`. Text-format values as sent;
+/// binary-format values decoded when their type is known (from the `Parse` or from the server's
+/// `ParameterDescription`) and is a boolean, integer, float, text or uuid type, else as `\x` and
+/// lower-case hex; either cut to [`MAX_PARAMETER_BYTES`] with a trailing `…`.
+pub type PgParameters = Arc<[Option<String>]>;
 
 /// Largest startup packet accepted (the server's own limit is 10000).
 const MAX_STARTUP_LEN: u32 = 10_000;
@@ -133,6 +145,8 @@ pub struct PgExchange {
     pub query: Option<Arc<str>>,
     /// The name of the prepared statement (`""` = unnamed), for extended queries.
     pub statement: Option<Arc<str>>,
+    /// The `Bind` parameter values of an extended query, when the parser keeps them.
+    pub parameters: Option<PgParameters>,
     pub session: Arc<PgSession>,
     /// Command of the first `CommandComplete` tag (`SELECT`, `INSERT`, ...).
     pub command: Option<String>,
@@ -216,9 +230,10 @@ impl Reader {
 
     fn keeps(&self, typ: u8) -> bool {
         match self.stream {
-            // Never `p` (passwords, SASL) nor `B` beyond its names, nor `d` (COPY data).
-            Stream::Frontend => matches!(typ, 0 | b'Q' | b'P' | b'B' | b'E' | b'C'),
-            Stream::Backend => matches!(typ, b'C' | b'E' | b'Z'),
+            // Never `p` (passwords, SASL) nor `d` (COPY data); `B` values are read only when
+            // parameters are kept.
+            Stream::Frontend => matches!(typ, 0 | b'Q' | b'P' | b'B' | b'E' | b'C' | b'D'),
+            Stream::Backend => matches!(typ, b'C' | b'E' | b'Z' | b't'),
         }
     }
 }
@@ -232,6 +247,7 @@ struct Pending {
     prepare: bool,
     query: Option<Arc<str>>,
     statement: Option<Arc<str>>,
+    parameters: Option<PgParameters>,
     /// Number of `Sync`/`Query` (each answered by one `ReadyForQuery`) sent before this one.
     batch: u64,
     start_ns: u64,
@@ -249,6 +265,10 @@ struct Named {
     sql: Option<Arc<str>>,
     /// For a portal, the statement it was bound to.
     statement: Option<Arc<str>>,
+    /// For a portal, the values bound to it (when kept).
+    parameters: Option<PgParameters>,
+    /// For a statement, the type OIDs of its parameters (when parameters are kept and known).
+    types: Option<Arc<[u32]>>,
 }
 
 /// A bounded name → [`Named`] map that forgets the least recently used name when full.
@@ -286,6 +306,12 @@ impl Names {
     fn remove(&mut self, name: &str) {
         self.map.remove(name);
     }
+
+    fn set_types(&mut self, name: &str, types: Arc<[u32]>) {
+        if let Some((named, _)) = self.map.get_mut(name) {
+            named.types = Some(types);
+        }
+    }
 }
 
 /// The parser of one connection.
@@ -305,6 +331,10 @@ pub struct PgParser {
     /// Start of the extended-protocol messages that lead to the next `Execute`.
     unit_start: Option<(u64, u32)>,
     encrypted: bool,
+    keep_parameters: bool,
+    /// Statements the client asked to describe (`Describe` `S`), with the batch they belong to:
+    /// the server's `ParameterDescription` answers say their parameter types.
+    describes: VecDeque<(u64, Arc<str>)>,
 }
 
 impl PgParser {
@@ -323,7 +353,15 @@ impl PgParser {
             batches_done: 0,
             unit_start: None,
             encrypted: false,
+            keep_parameters: false,
+            describes: VecDeque::new(),
         }
+    }
+
+    /// Also keep the `Bind` parameter values of each execution ([`PgExchange::parameters`]).
+    pub fn keep_parameters(mut self, keep: bool) -> Self {
+        self.keep_parameters = keep;
+        self
     }
 
     /// Which end of the connection the traced process is.
@@ -573,17 +611,22 @@ impl PgParser {
             }
             b'P' => {
                 let (name, rest) = cstr(m.body);
-                let (name, sql) = (name_text(name), sql_text(cstr(rest).0));
-                self.statements.insert(name.clone(), Named { sql: Some(sql.clone()), statement: None });
+                let (sql, types) = cstr(rest);
+                let (name, sql) = (name_text(name), sql_text(sql));
+                let types = if self.keep_parameters { type_oids(types) } else { None };
+                self.statements.insert(name.clone(), Named { sql: Some(sql.clone()), types, ..Named::default() });
                 let mut parse = Pending::new(PgQueryKind::Extended, Some(sql), Some(name), self.batches_sent, start);
                 parse.prepare = true;
                 self.push_pending(parse);
             }
             b'B' => {
                 let (portal, rest) = cstr(m.body);
-                let statement = name_text(cstr(rest).0);
-                let sql = self.statements.get(&statement).and_then(|s| s.sql);
-                self.portals.insert(name_text(portal), Named { sql, statement: Some(statement) });
+                let (statement, values) = cstr(rest);
+                let statement = name_text(statement);
+                let named = self.statements.get(&statement).unwrap_or_default();
+                let sql = named.sql;
+                let parameters = self.keep_parameters.then(|| bind_parameters(values, named.types.as_deref()));
+                self.portals.insert(name_text(portal), Named { sql, statement: Some(statement), parameters, types: None });
             }
             b'E' => {
                 self.unit_start = None;
@@ -595,7 +638,17 @@ impl PgParser {
                     None if portal.is_empty() => self.statements.get("").unwrap_or_default(),
                     None => Named::default(),
                 };
-                self.push_pending(Pending::new(PgQueryKind::Extended, named.sql, named.statement, self.batches_sent, start));
+                let mut execute = Pending::new(PgQueryKind::Extended, named.sql, named.statement, self.batches_sent, start);
+                execute.parameters = named.parameters;
+                self.push_pending(execute);
+            }
+            b'D' if self.keep_parameters => {
+                if let Some((b'S', rest)) = m.body.split_first() {
+                    if self.describes.len() >= MAX_PENDING {
+                        self.describes.pop_front();
+                    }
+                    self.describes.push_back((self.batches_sent, name_text(cstr(rest).0)));
+                }
             }
             b'C' => {
                 if let Some((&what, rest)) = m.body.split_first() {
@@ -678,6 +731,19 @@ impl PgParser {
             b'1' if self.current().is_some_and(|p| p.prepare) => {
                 self.pending.pop_front();
             }
+            b't' => {
+                // Answers a Describe of the current batch; those of batches an error cut short
+                // were never answered.
+                let batch = self.batches_done;
+                while self.describes.front().is_some_and(|(b, _)| *b < batch) {
+                    self.describes.pop_front();
+                }
+                if let Some((_, name)) = self.describes.pop_front() {
+                    if let Some(types) = type_oids(m.body) {
+                        self.statements.set_types(&name, types);
+                    }
+                }
+            }
             b'D' => {
                 if let Some(p) = self.executing() {
                     p.data_rows += 1;
@@ -740,6 +806,7 @@ impl PgParser {
             kind: p.kind,
             query: p.query,
             statement: p.statement,
+            parameters: p.parameters,
             session: self.session.clone(),
             command: p.command,
             rows: p.rows,
@@ -768,6 +835,7 @@ impl Pending {
             prepare: false,
             query,
             statement,
+            parameters: None,
             batch,
             start_ns,
             tid,
@@ -777,6 +845,122 @@ impl Pending {
             statements: 0,
             error: None,
         }
+    }
+}
+
+/// The values of a `Bind` body after its portal and statement names: format codes, then each
+/// value as an `i32` length (-1 = NULL) and its bytes. A body cut by the capture gives the values
+/// it holds whole, then the cut one as far as it goes.
+fn bind_parameters(body: &[u8], types: Option<&[u32]>) -> PgParameters {
+    let mut values = Vec::new();
+    let mut r = BodyReader(body);
+    let Some(nformats) = r.u16() else { return values.into() };
+    let mut formats = Vec::with_capacity(usize::from(nformats).min(MAX_PARAMETERS));
+    for _ in 0..nformats {
+        match r.u16() {
+            Some(f) if formats.len() < MAX_PARAMETERS => formats.push(f),
+            Some(_) => {}
+            None => return values.into(),
+        }
+    }
+    let Some(nparams) = r.u16() else { return values.into() };
+    for i in 0..usize::from(nparams).min(MAX_PARAMETERS) {
+        let Some(len) = r.i32() else { break };
+        let binary = match formats.len() {
+            0 => false,
+            1 => formats[0] == 1,
+            _ => formats.get(i) == Some(&1),
+        };
+        if len < 0 {
+            values.push(None);
+            continue;
+        }
+        let bytes = r.take(len as usize);
+        let cut = bytes.len() < len as usize || bytes.len() > MAX_PARAMETER_BYTES;
+        let bytes = &bytes[..bytes.len().min(MAX_PARAMETER_BYTES)];
+        let decoded = match (binary, cut) {
+            (true, false) => types.and_then(|t| t.get(i)).and_then(|&oid| decode_binary(oid, bytes)),
+            _ => None,
+        };
+        let mut value = if let Some(v) = decoded {
+            v
+        } else if binary {
+            let mut v = String::with_capacity(2 + 2 * bytes.len());
+            v.push_str("\\x");
+            v.push_str(&crate::spans::hex(bytes));
+            v
+        } else {
+            truncate_lossy(bytes, MAX_PARAMETER_BYTES)
+        };
+        if cut {
+            value.push('…');
+        }
+        values.push(Some(value));
+    }
+    values.into()
+}
+
+/// Parameter type OIDs: an `i16` count then that many `u32` (a `Parse` body after its SQL, or a
+/// `ParameterDescription`). `None` when none is given or the list is cut.
+fn type_oids(body: &[u8]) -> Option<Arc<[u32]>> {
+    let mut r = BodyReader(body);
+    let n = usize::from(r.u16()?).min(MAX_PARAMETERS);
+    let oids: Vec<u32> = (0..n).map_while(|_| r.i32().map(|v| v as u32)).collect();
+    (oids.len() == n && oids.iter().any(|&o| o != 0)).then(|| oids.into())
+}
+
+/// A binary-format value of a common built-in type, as PostgreSQL would print it.
+fn decode_binary(oid: u32, b: &[u8]) -> Option<String> {
+    const BOOL: u32 = 16;
+    const NAME: u32 = 19;
+    const INT8: u32 = 20;
+    const INT2: u32 = 21;
+    const INT4: u32 = 23;
+    const TEXT: u32 = 25;
+    const OID: u32 = 26;
+    const FLOAT4: u32 = 700;
+    const FLOAT8: u32 = 701;
+    const BPCHAR: u32 = 1042;
+    const VARCHAR: u32 = 1043;
+    const UUID: u32 = 2950;
+    Some(match (oid, b.len()) {
+        (BOOL, 1) => if b[0] != 0 { "t" } else { "f" }.to_owned(),
+        (INT2, 2) => i16::from_be_bytes(b.try_into().ok()?).to_string(),
+        (INT4, 4) => i32::from_be_bytes(b.try_into().ok()?).to_string(),
+        (OID, 4) => u32::from_be_bytes(b.try_into().ok()?).to_string(),
+        (INT8, 8) => i64::from_be_bytes(b.try_into().ok()?).to_string(),
+        (FLOAT4, 4) => f32::from_be_bytes(b.try_into().ok()?).to_string(),
+        (FLOAT8, 8) => f64::from_be_bytes(b.try_into().ok()?).to_string(),
+        (TEXT | NAME | BPCHAR | VARCHAR, _) => String::from_utf8_lossy(b).into_owned(),
+        (UUID, 16) => {
+            let h = crate::spans::hex(b);
+            format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+        }
+        _ => return None,
+    })
+}
+
+/// Big-endian fields of a message body, front to back; reads past the end give `None`.
+struct BodyReader<'a>(&'a [u8]);
+
+impl<'a> BodyReader<'a> {
+    fn u16(&mut self) -> Option<u16> {
+        let (v, rest) = self.0.split_first_chunk::<2>()?;
+        self.0 = rest;
+        Some(u16::from_be_bytes(*v))
+    }
+
+    fn i32(&mut self) -> Option<i32> {
+        let (v, rest) = self.0.split_first_chunk::<4>()?;
+        self.0 = rest;
+        Some(i32::from_be_bytes(*v))
+    }
+
+    /// Up to `n` bytes (fewer when the body ends first).
+    fn take(&mut self, n: usize) -> &'a [u8] {
+        let (v, rest) = self.0.split_at(n.min(self.0.len()));
+        self.0 = rest;
+        v
     }
 }
 

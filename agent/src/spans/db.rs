@@ -25,7 +25,7 @@ use std::{cell::RefCell, collections::HashMap, net::SocketAddr, sync::Arc};
 use crate::{
     discovery::ProcessInfo,
     protocols::{
-        postgres::{PgExchange, PgQueryKind},
+        postgres::{PgExchange, PgQueryKind, MAX_PARAMETERS},
         Side,
     },
 };
@@ -78,6 +78,19 @@ pub struct ConnInfo {
     pub remote: SocketAddr,
 }
 
+/// `db.query.parameter.<index>` (0-based, as the semantic conventions ask for positional
+/// parameters: `$1` is `db.query.parameter.0`), for the [`MAX_PARAMETERS`] kept values.
+const PARAMETER_KEYS: [&str; MAX_PARAMETERS] = [
+    "db.query.parameter.0", "db.query.parameter.1", "db.query.parameter.2", "db.query.parameter.3",
+    "db.query.parameter.4", "db.query.parameter.5", "db.query.parameter.6", "db.query.parameter.7",
+    "db.query.parameter.8", "db.query.parameter.9", "db.query.parameter.10", "db.query.parameter.11",
+    "db.query.parameter.12", "db.query.parameter.13", "db.query.parameter.14", "db.query.parameter.15",
+    "db.query.parameter.16", "db.query.parameter.17", "db.query.parameter.18", "db.query.parameter.19",
+    "db.query.parameter.20", "db.query.parameter.21", "db.query.parameter.22", "db.query.parameter.23",
+    "db.query.parameter.24", "db.query.parameter.25", "db.query.parameter.26", "db.query.parameter.27",
+    "db.query.parameter.28", "db.query.parameter.29", "db.query.parameter.30", "db.query.parameter.31",
+];
+
 /// Builds the span of one executed PostgreSQL statement.
 pub fn postgres_span(ex: &PgExchange, conn: &ConnInfo, process: &ProcessInfo, clock: &Clock) -> Span {
     let summary = ex.query.as_ref().map(summary);
@@ -121,6 +134,13 @@ pub fn postgres_span(ex: &PgExchange, conn: &ConnInfo, process: &ProcessInfo, cl
     if let Some(e) = &ex.error {
         attrs.push(Attribute::new("db.response.status_code", e.code.as_str()));
         attrs.push(Attribute::new("error.type", e.code.as_str()));
+    }
+    if let Some(values) = &ex.parameters {
+        for (key, value) in PARAMETER_KEYS.iter().zip(values.iter()) {
+            if let Some(value) = value {
+                attrs.push(Attribute::new(key, value.as_str()));
+            }
+        }
     }
     if let Some(app) = ex.session.application_name.as_deref().filter(|a| !a.is_empty()) {
         attrs.push(Attribute::new("db.postgresql.application_name", app));
@@ -512,6 +532,7 @@ mod tests {
             kind: PgQueryKind::Extended,
             query: sql.map(Arc::from),
             statement: Some(Arc::from("P0_1")),
+            parameters: None,
             session: Arc::new(PgSession {
                 user: Some("app".into()),
                 database: Some("shop".into()),
@@ -580,5 +601,19 @@ mod tests {
         let ex = exchange(Side::Client, None, None);
         let span = postgres_span(&ex, &conn, &process(), &clock);
         assert_eq!(span.name, "SELECT", "the command tag names a statement whose SQL is unknown");
+        assert!(span.attributes.iter().all(|a| !a.key.starts_with("db.query.parameter")));
+    }
+
+    #[test]
+    fn kept_parameters_become_indexed_attributes_and_nulls_are_left_out() {
+        let clock = Clock::from_offset_ns(0);
+        let conn = ConnInfo { local: "127.0.0.1:40000".parse().expect("addr"), remote: "127.0.0.1:5433".parse().expect("addr") };
+        let mut ex = exchange(Side::Client, Some("SELECT * FROM items WHERE id = $1 AND a = $2 AND b = $3"), None);
+        ex.parameters = Some(vec![Some("7".to_owned()), None, Some("x".to_owned())].into());
+        let span = postgres_span(&ex, &conn, &process(), &clock);
+        assert_eq!(attr(&span, "db.query.parameter.0"), s("7"));
+        assert_eq!(attr(&span, "db.query.parameter.1"), None);
+        assert_eq!(attr(&span, "db.query.parameter.2"), s("x"));
+        assert_eq!(attr(&span, "db.query.text"), s("SELECT * FROM items WHERE id = $1 AND a = $2 AND b = $3"));
     }
 }

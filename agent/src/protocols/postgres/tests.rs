@@ -858,3 +858,185 @@ fn postgres_throughput() {
         100.0 * in_spans.as_secs_f64() / secs
     );
 }
+
+/// A `Bind` with explicit per-parameter format codes: `(format, value)`, `None` = NULL.
+fn bind_formats(portal: &str, stmt: &str, params: &[(u16, Option<&[u8]>)]) -> Vec<u8> {
+    let mut b = cs(portal);
+    b.extend(cs(stmt));
+    b.extend((params.len() as u16).to_be_bytes());
+    for (format, _) in params {
+        b.extend(format.to_be_bytes());
+    }
+    b.extend((params.len() as u16).to_be_bytes());
+    for (_, value) in params {
+        match value {
+            Some(v) => {
+                b.extend((v.len() as u32).to_be_bytes());
+                b.extend(*v);
+            }
+            None => b.extend((-1i32).to_be_bytes()),
+        }
+    }
+    b.extend(0u16.to_be_bytes());
+    msg(b'B', &b)
+}
+
+fn run_keeping_parameters(side: Side, events: &[Event]) -> Vec<PgExchange> {
+    let mut parser = PgParser::new(side, true).keep_parameters(true);
+    let mut out = Vec::new();
+    for (i, (frontend, bytes)) in events.iter().enumerate() {
+        let direction = match (side, frontend) {
+            (Side::Client, true) | (Side::Server, false) => Direction::Egress,
+            _ => Direction::Ingress,
+        };
+        // One byte per chunk: the values survive any split.
+        for b in bytes.chunks(1) {
+            parser.on_chunk(&Chunk { direction, ts_ns: i as u64, tid: 1, bytes: b }, &mut out).expect("parse");
+        }
+    }
+    out
+}
+
+#[test]
+fn bind_values_are_kept_only_when_asked() {
+    let events = pgbench_prepared();
+    for side in [Side::Client, Side::Server] {
+        let out = run_keeping_parameters(side, &events);
+        assert_eq!(out.len(), 3);
+        for ex in &out {
+            let values: Vec<Option<&str>> = ex.parameters.as_deref().expect("kept").iter().map(|v| v.as_deref()).collect();
+            assert_eq!(values, [Some("-1234"), Some("42")]);
+        }
+    }
+    assert!(run(Side::Client, &events).iter().all(|ex| ex.parameters.is_none()));
+}
+
+#[test]
+fn bind_values_in_binary_null_and_long_forms() {
+    let long = "x".repeat(MAX_PARAMETER_BYTES + 10);
+    let front = cat(&[
+        parse("s1", "SELECT $1::int4, $2::text, $3::bytea, $4::text"),
+        bind_formats("", "s1", &[(1, Some(&[0, 0, 1, 0])), (0, None), (1, Some(&[0xde, 0xad])), (0, Some(long.as_bytes()))]),
+        execute(""),
+        sync(),
+    ]);
+    let back = cat(&[msg(b'1', &[]), msg(b'2', &[]), data_row(&["256"]), complete("SELECT 1"), ready()]);
+    let mut events = vec![(true, startup(&[("user", "u")])), (false, server_hello())];
+    events.push((true, front));
+    events.push((false, back));
+    let out = run_keeping_parameters(Side::Client, &events);
+    assert_eq!(out.len(), 1);
+    let values = out[0].parameters.as_deref().expect("kept");
+    let cut = format!("{}…", &long[..MAX_PARAMETER_BYTES]);
+    assert_eq!(values, [Some("\\x00000100".to_owned()), None, Some("\\xdead".to_owned()), Some(cut)]);
+}
+
+#[test]
+fn a_bind_body_cut_short_gives_the_values_it_holds() {
+    let mut body = 0u16.to_be_bytes().to_vec();
+    body.extend(3u16.to_be_bytes());
+    body.extend(2u32.to_be_bytes());
+    body.extend(b"ok");
+    body.extend(10u32.to_be_bytes());
+    body.extend(b"hal"); // the rest was not captured
+    let values = bind_parameters(&body, None);
+    assert_eq!(&*values, [Some("ok".to_owned()), Some("hal…".to_owned())]);
+    for n in 0..body.len() {
+        let _ = bind_parameters(&body[..n], Some(&[23, 25, 2950])); // never panics
+    }
+    assert!(bind_parameters(&[], None).is_empty());
+}
+
+/// `ParameterDescription`: the server's list of parameter type OIDs.
+fn parameter_description(oids: &[u32]) -> Vec<u8> {
+    let mut b = (oids.len() as u16).to_be_bytes().to_vec();
+    for o in oids {
+        b.extend(o.to_be_bytes());
+    }
+    msg(b't', &b)
+}
+
+fn describe_statement(name: &str) -> Vec<u8> {
+    let mut b = vec![b'S'];
+    b.extend(cs(name));
+    msg(b'D', &b)
+}
+
+#[test]
+fn binary_values_are_decoded_with_the_types_the_server_described() {
+    // pgx: prepare and describe in one batch, then bind binary values typed by the answer.
+    let uuid = [0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0, 0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef];
+    let sql = "SELECT * FROM users WHERE id = $1 AND org = $2 AND active = $3";
+    let mut events = vec![(true, startup(&[("user", "u")])), (false, server_hello())];
+    events.push((true, cat(&[parse("lrupsc_1_0", sql), describe_statement("lrupsc_1_0"), sync()])));
+    events.push((false, cat(&[msg(b'1', &[]), parameter_description(&[20, 2950, 16]), row_description(&["id"]), ready()])));
+    for id in [42i64, -7] {
+        events.push((
+            true,
+            cat(&[
+                bind_formats("", "lrupsc_1_0", &[(1, Some(&id.to_be_bytes())), (1, Some(&uuid)), (1, Some(&[1]))]),
+                describe_portal(""),
+                execute(""),
+                sync(),
+            ]),
+        ));
+        events.push((false, cat(&[msg(b'2', &[]), row_description(&["id"]), data_row(&["1"]), complete("SELECT 1"), ready()])));
+    }
+    for side in [Side::Client, Side::Server] {
+        let out = run_keeping_parameters(side, &events);
+        let values: Vec<Vec<Option<String>>> = out.iter().map(|ex| ex.parameters.as_deref().expect("kept").to_vec()).collect();
+        let uuid = Some("12345678-9abc-def0-0123-456789abcdef".to_owned());
+        assert_eq!(
+            values,
+            [vec![Some("42".to_owned()), uuid.clone(), Some("t".to_owned())], vec![Some("-7".to_owned()), uuid, Some("t".to_owned())]]
+        );
+    }
+}
+
+#[test]
+fn types_given_in_the_parse_decode_binary_values() {
+    let mut p = cs("s");
+    p.extend(cs("INSERT INTO t VALUES ($1, $2)"));
+    p.extend(2u16.to_be_bytes());
+    p.extend(23u32.to_be_bytes());
+    p.extend(701u32.to_be_bytes());
+    let front = cat(&[
+        msg(b'P', &p),
+        bind_formats("", "s", &[(1, Some(&7i32.to_be_bytes())), (1, Some(&2.5f64.to_be_bytes()))]),
+        execute(""),
+        sync(),
+    ]);
+    let back = cat(&[msg(b'1', &[]), msg(b'2', &[]), complete("INSERT 0 1"), ready()]);
+    let events = vec![(true, startup(&[("user", "u")])), (false, server_hello()), (true, front), (false, back)];
+    let out = run_keeping_parameters(Side::Client, &events);
+    assert_eq!(out[0].parameters.as_deref().expect("kept"), [Some("7".to_owned()), Some("2.5".to_owned())]);
+}
+
+#[test]
+fn recorded_pgx_cached_statements_a_batch_and_a_rejected_prepare() {
+    let file = include_bytes!("testdata/pgx_batch.bin");
+    let out = replay(file);
+    assert_eq!(
+        queries(&out),
+        [
+            "SELECT $1::int8 + 1 AS next",
+            "SELECT $1::int8 + 1 AS next",
+            "SELECT $1::int8 + 1 AS next",
+            "SELECT upper($1::text) AS word",
+            "SELECT upper($1::text) AS word",
+            "INSERT INTO missing_table VALUES ($1)",
+        ]
+    );
+    assert_eq!(out[0].statement.as_deref(), Some("lrupsc_1_0"));
+    assert_eq!(out[5].error.as_ref().map(|e| e.code.as_str()), Some("42P01"));
+    assert!(out.iter().all(|ex| ex.parameters.is_none()));
+    let events = recorded(file);
+    for side in [Side::Client, Side::Server] {
+        let kept = run_keeping_parameters(side, &events);
+        let values: Vec<Option<String>> =
+            kept.iter().map(|ex| ex.parameters.as_deref().and_then(|p| p.first().cloned()).flatten()).collect();
+        let expected = ["1", "2", "3", "alpha", "beta"].map(|v| Some(v.to_owned()));
+        assert_eq!(values[..5], expected, "int8 in binary, decoded with the described type");
+        assert_eq!(values[5], None, "a statement rejected at Parse was never bound");
+    }
+}

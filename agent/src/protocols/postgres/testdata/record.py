@@ -4,7 +4,7 @@
 A relaying proxy on 127.0.0.1:LISTEN_PORT to a server on 127.0.0.1:SERVER_PORT; each connection
 is written to OUTDIR/conn-N.bin as one record per recv: `F` (client to server) or `B`, a
 big-endian u32 length, the bytes. The .bin files beside this script were recorded with PostgreSQL
-15.18, psql, pgbench and psycopg2 2.9.5 pointed at the proxy.
+15.18, psql, pgbench, psycopg2 2.9.5 and pgx 4.15 (tests/fixtures/pgx_client) pointed at the proxy.
 """
 import socket, sys, threading, struct, os
 listen_port, target_port, outdir = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
