@@ -11,6 +11,7 @@
 
 pub mod checks;
 pub mod clients;
+pub mod example;
 pub mod otlp;
 pub mod postgres;
 pub mod process;

@@ -92,6 +92,13 @@ impl PgServer {
         run("psql", &mut cmd)
     }
 
+    /// `psql -X -v ON_ERROR_STOP=1 -c SQL` against database `db`.
+    pub fn psql_db(&self, db: &str, sql: &str) -> ClientRun {
+        let mut cmd = Command::new(bin("psql"));
+        cmd.args(["-X", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", USER, "-d", db, "-c", sql]);
+        run("psql", &mut cmd)
+    }
+
     /// `pgbench ARGS` against the `postgres` database.
     pub fn pgbench(&self, args: &[&str]) -> ClientRun {
         let mut cmd = Command::new(bin("pgbench"));

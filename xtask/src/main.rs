@@ -6,13 +6,15 @@
 //! - `setup`: the eBPF toolchain (nightly + rust-src, bpf-linker on LLVM 22), installed if missing;
 //! - `build-ebpf`, `build`, `run`: the kernel object, then the agent that embeds it;
 //! - `test`: test components, unit tests, then the privileged end-to-end tests, with one summary line;
-//! - `bench`: nginx under wrk, with and without ztrace.
+//! - `bench`: nginx under wrk, with and without ztrace;
+//! - `demo`: the example system of `examples/` traced by ztrace, with the viewer.
 //!
 //! It deliberately knows nothing about the agent's internals: it talks to it only through its
 //! command line, its `ztrace is ready` line and its `ztrace stats: {...}` line.
 
 mod bench;
 mod build;
+mod demo;
 mod test;
 mod toolchain;
 mod util;
@@ -65,6 +67,16 @@ enum Command {
         #[arg(last = true)]
         agent_args: Vec<String>,
     },
+    /// Run the example system (orders, users, inventory and PostgreSQL) traced by ztrace, send a
+    /// few requests and print the viewer's URL; Ctrl-C stops everything.
+    Demo {
+        /// Which implementation of the services to run.
+        #[arg(long, value_enum, default_value = "python")]
+        lang: demo::Lang,
+        /// The port of the demo's PostgreSQL server.
+        #[arg(long, default_value_t = 54329)]
+        pg_port: u16,
+    },
 }
 
 fn main() -> Result<()> {
@@ -76,5 +88,6 @@ fn main() -> Result<()> {
         Command::Run { args } => build::run(&args),
         Command::Test { skip_privileged } => test::test(skip_privileged),
         Command::Bench { agent_args } => bench::bench(&agent_args),
+        Command::Demo { lang, pg_port } => demo::demo(lang, pg_port),
     }
 }
