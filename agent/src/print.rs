@@ -12,12 +12,14 @@
 //! the span's attributes (`code.stacktrace` left out, long values cut, controls escaped) — always on
 //! one line. The printer does no queueing: the caller runs it where blocking on stdout is fine.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{self, BufWriter, Write};
+use std::sync::Arc;
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
-use crate::spans::{hex, AttrValue, Span, StatusCode};
+use crate::spans::{hex, AttrValue, Resource, Span, StatusCode};
 
 /// Output format of `--print`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -46,17 +48,18 @@ impl std::str::FromStr for PrintFormat {
 /// `kind`, `service`, `start_unix_nano`, `end_unix_nano`, `status`, `attributes` and `resource`
 /// (key → value; integers as JSON numbers; a non-finite double becomes `null`).
 pub fn span_to_json(span: &Span) -> serde_json::Value {
-    serde_json::to_value(JsonSpan(span)).unwrap_or(serde_json::Value::Null)
+    serde_json::to_value(JsonSpan(span, true)).unwrap_or(serde_json::Value::Null)
 }
 
 /// The JSON object, serialised in the documented key order; both [`span_to_json`] and the
-/// printer go through it, so there is one definition of the shape.
-struct JsonSpan<'a>(&'a Span);
+/// printer go through it, so there is one definition of the shape. Without its resource (`false`)
+/// it is every key but the last: the printer appends the resource, serialised once per process.
+struct JsonSpan<'a>(&'a Span, bool);
 
 impl Serialize for JsonSpan<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let span = self.0;
-        let mut map = serializer.serialize_map(Some(11))?;
+        let mut map = serializer.serialize_map(Some(if self.1 { 11 } else { 10 }))?;
         map.serialize_entry("trace_id", &hex(&span.trace_id))?;
         map.serialize_entry("span_id", &hex(&span.span_id))?;
         map.serialize_entry("parent_span_id", &span.parent_span_id.map(|p| hex(&p)))?;
@@ -67,8 +70,18 @@ impl Serialize for JsonSpan<'_> {
         map.serialize_entry("end_unix_nano", &span.end_unix_nano)?;
         map.serialize_entry("status", span.status.as_str())?;
         map.serialize_entry("attributes", &Attrs(span.attributes.iter().map(|a| (a.key, &a.value))))?;
-        map.serialize_entry("resource", &Attrs(span.resource.attributes.iter().map(|(k, v)| (k.as_str(), v))))?;
+        if self.1 {
+            map.serialize_entry("resource", &JsonResource(&span.resource))?;
+        }
         map.end()
+    }
+}
+
+struct JsonResource<'a>(&'a Resource);
+
+impl Serialize for JsonResource<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        Attrs(self.0.attributes.iter().map(|(k, v)| (k.as_str(), v))).serialize(serializer)
     }
 }
 
@@ -195,27 +208,58 @@ pub struct Printer<W: Write> {
     out: BufWriter<W>,
     format: PrintFormat,
     line: String,
+    /// The JSON line being written (reused).
+    json: Vec<u8>,
+    /// The JSON of each resource seen lately, by its address (the `Arc` held keeps the address
+    /// from being reused): a process's resource is serialised once, not once per span.
+    resources: HashMap<*const Resource, (Arc<Resource>, Vec<u8>)>,
 }
+
+/// Resources whose JSON is kept; beyond that the cache starts over.
+const RESOURCE_CACHE: usize = 1024;
 
 impl<W: Write> Printer<W> {
     /// A printer of `format` lines to `out`.
     pub fn new(out: W, format: PrintFormat) -> Self {
-        Printer { out: BufWriter::with_capacity(64 * 1024, out), format, line: String::new() }
+        Printer {
+            out: BufWriter::with_capacity(64 * 1024, out),
+            format,
+            line: String::new(),
+            json: Vec::new(),
+            resources: HashMap::new(),
+        }
     }
 
     /// Writes one span as one line. An error means the output is gone (a closed pipe, say); the
     /// caller stops printing.
     pub fn print(&mut self, span: &Span) -> io::Result<()> {
-        self.line.clear();
         match self.format {
-            PrintFormat::Text => write_text(&mut self.line, span),
+            PrintFormat::Text => {
+                self.line.clear();
+                write_text(&mut self.line, span);
+                self.line.push('\n');
+                self.out.write_all(self.line.as_bytes())
+            }
             PrintFormat::Json => {
-                let json = serde_json::to_string(&JsonSpan(span)).map_err(io::Error::other)?;
-                self.line.push_str(&json);
+                self.json.clear();
+                serde_json::to_writer(&mut self.json, &JsonSpan(span, false)).map_err(io::Error::other)?;
+                self.json.pop(); // the closing brace: the resource comes last
+                self.json.extend_from_slice(b",\"resource\":");
+                let key = Arc::as_ptr(&span.resource);
+                if !self.resources.contains_key(&key) {
+                    if self.resources.len() >= RESOURCE_CACHE {
+                        self.resources.clear();
+                    }
+                    let bytes = serde_json::to_vec(&JsonResource(&span.resource)).map_err(io::Error::other)?;
+                    self.resources.insert(key, (span.resource.clone(), bytes));
+                }
+                if let Some((_, bytes)) = self.resources.get(&key) {
+                    self.json.extend_from_slice(bytes);
+                }
+                self.json.extend_from_slice(b"}\n");
+                self.out.write_all(&self.json)
             }
         }
-        self.line.push('\n');
-        self.out.write_all(self.line.as_bytes())
     }
 
     /// Writes out buffered lines.

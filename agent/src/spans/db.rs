@@ -145,14 +145,14 @@ pub fn postgres_span(ex: &PgExchange, conn: &ConnInfo, process: &ProcessInfo, cl
     if let Some(app) = ex.session.application_name.as_deref().filter(|a| !a.is_empty()) {
         attrs.push(Attribute::new("db.postgresql.application_name", app));
     }
-    attrs.push(Attribute::new("server.address", server.ip().to_string()));
+    attrs.push(Attribute::new("server.address", super::ip_string(server.ip())));
     attrs.push(Attribute::new("server.port", i64::from(server.port())));
     if ex.side == Side::Server {
-        attrs.push(Attribute::new("client.address", conn.remote.ip().to_string()));
+        attrs.push(Attribute::new("client.address", super::ip_string(conn.remote.ip())));
     }
-    attrs.push(Attribute::new("network.peer.address", conn.remote.ip().to_string()));
+    attrs.push(Attribute::new("network.peer.address", super::ip_string(conn.remote.ip())));
     attrs.push(Attribute::new("network.peer.port", i64::from(conn.remote.port())));
-    attrs.push(Attribute::new("network.local.address", conn.local.ip().to_string()));
+    attrs.push(Attribute::new("network.local.address", super::ip_string(conn.local.ip())));
     attrs.push(Attribute::new("network.local.port", i64::from(conn.local.port())));
     attrs.push(Attribute::new("ztrace.link", "none"));
 

@@ -122,12 +122,12 @@ pub fn http_span(ex: &HttpExchange, conn: &ConnInfo, process: &ProcessInfo, cloc
     attrs.push(Attribute::new("server.address", server_host));
     attrs.push(Attribute::new("server.port", i64::from(server_port)));
     if ex.side == Side::Server {
-        let client = forwarded_client(req).unwrap_or_else(|| conn.remote.ip().to_string());
+        let client = forwarded_client(req).unwrap_or_else(|| super::ip_string(conn.remote.ip()));
         attrs.push(Attribute::new("client.address", client));
     }
-    attrs.push(Attribute::new("network.peer.address", conn.remote.ip().to_string()));
+    attrs.push(Attribute::new("network.peer.address", super::ip_string(conn.remote.ip())));
     attrs.push(Attribute::new("network.peer.port", i64::from(conn.remote.port())));
-    attrs.push(Attribute::new("network.local.address", conn.local.ip().to_string()));
+    attrs.push(Attribute::new("network.local.address", super::ip_string(conn.local.ip())));
     attrs.push(Attribute::new("network.local.port", i64::from(conn.local.port())));
     if let Some(ua) = header(req, "user-agent") {
         attrs.push(Attribute::new("user_agent.original", truncate(ua, MAX_ATTR_LEN)));
@@ -238,7 +238,7 @@ fn server_address(
     if let Some((host, port)) = authority.and_then(split_host_port) {
         return (host.to_owned(), port.unwrap_or(socket.port()));
     }
-    (socket.ip().to_string(), socket.port())
+    (super::ip_string(socket.ip()), socket.port())
 }
 
 /// `host[:port]`, `[v6]:port` → host (without brackets or user-info) and port; `None` for an

@@ -133,11 +133,42 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// Random, non-zero trace and span ids.
+thread_local! {
+    /// Per-thread id generator: xoshiro256++ seeded from the operating system's entropy (through
+    /// `rand`), so ids are unpredictable across runs and threads, at a few nanoseconds each
+    /// (the cryptographic generator cost 3% of the agent's time at 100k spans/s).
+    static IDS: std::cell::Cell<[u64; 4]> = std::cell::Cell::new(loop {
+        let seed: [u64; 4] = rand::random();
+        if seed != [0; 4] {
+            break seed;
+        }
+    });
+}
+
+fn next_random() -> u64 {
+    IDS.with(|cell| {
+        let mut s = cell.get();
+        let result = s[0].wrapping_add(s[3]).rotate_left(23).wrapping_add(s[0]);
+        let t = s[1] << 17;
+        s[2] ^= s[0];
+        s[3] ^= s[1];
+        s[1] ^= s[2];
+        s[0] ^= s[3];
+        s[2] ^= t;
+        s[3] = s[3].rotate_left(45);
+        cell.set(s);
+        result
+    })
+}
+
+/// Random, non-zero trace and span ids (W3C trace context asks for random, non-zero ids).
 pub fn new_trace_id() -> [u8; 16] {
     loop {
-        let id: [u8; 16] = rand::random();
-        if id != [0; 16] {
+        let (a, b) = (next_random(), next_random());
+        if a | b != 0 {
+            let mut id = [0; 16];
+            id[..8].copy_from_slice(&a.to_le_bytes());
+            id[8..].copy_from_slice(&b.to_le_bytes());
             return id;
         }
     }
@@ -145,9 +176,63 @@ pub fn new_trace_id() -> [u8; 16] {
 
 pub fn new_span_id() -> [u8; 8] {
     loop {
-        let id: [u8; 8] = rand::random();
-        if id != [0; 8] {
-            return id;
+        let id = next_random();
+        if id != 0 {
+            return id.to_le_bytes();
         }
+    }
+}
+
+/// The text form of an address, as `IpAddr`'s `Display` writes it, without going through the
+/// formatting machinery for IPv4 (three of these per span showed as 11% of the agent's time).
+pub fn ip_string(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut s = String::with_capacity(15);
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    s.push('.');
+                }
+                if octet >= 100 {
+                    s.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    s.push(char::from(b'0' + octet / 10 % 10));
+                }
+                s.push(char::from(b'0' + octet % 10));
+            }
+            s
+        }
+        std::net::IpAddr::V6(v6) => v6.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_strings_match_display() {
+        for ip in ["0.0.0.0", "127.0.0.1", "10.20.30.40", "255.255.255.255", "1.10.100.199", "::1", "fe80::1", "::ffff:10.0.0.1"] {
+            let ip: std::net::IpAddr = ip.parse().expect("address");
+            assert_eq!(ip_string(ip), ip.to_string());
+        }
+        for n in 0..=255u8 {
+            let ip = std::net::IpAddr::from([n, 255 - n, n / 3, 7]);
+            assert_eq!(ip_string(ip), ip.to_string());
+        }
+    }
+
+    #[test]
+    fn ids_are_non_zero_and_distinct() {
+        let ids: std::collections::HashSet<[u8; 8]> = (0..10_000).map(|_| new_span_id()).collect();
+        assert_eq!(ids.len(), 10_000);
+        assert!(!ids.contains(&[0; 8]));
+        let a = new_trace_id();
+        let b = new_trace_id();
+        assert_ne!(a, b);
+        assert_ne!(a, [0; 16]);
+        let other_thread = std::thread::spawn(new_trace_id).join().expect("thread");
+        assert_ne!(other_thread, a, "every thread has its own seed");
     }
 }
