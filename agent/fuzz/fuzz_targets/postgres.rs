@@ -4,6 +4,7 @@
 //! and the chunk size (bits 2..8, plus one); byte 1 where the rest splits into client-direction
 //! bytes (before) and server-direction bytes (after); byte 2 how often a gap follows a chunk
 //! (0: never). The two directions are fed in alternating chunks, then the connection is closed.
+//! Bind parameter values are kept when byte 1 is odd (`--db-query-parameters`).
 //! The parser must not panic nor grow without bound.
 #![no_main]
 
@@ -25,7 +26,7 @@ fn feed(data: &[u8]) {
         Side::Server => (Direction::Ingress, Direction::Egress),
     };
 
-    let mut parser = PgParser::new(side, from_startup);
+    let mut parser = PgParser::new(side, from_startup).keep_parameters(split & 1 == 1);
     let mut out = Vec::new();
     let mut ts_ns = 0u64;
     let (mut front_chunks, mut back_chunks) = (frontend.chunks(step), backend.chunks(step));
