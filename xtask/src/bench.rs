@@ -9,7 +9,9 @@
 //! with/without throughput ratio and the exact commands. Then the same for PostgreSQL under
 //! `pgbench -M prepared -S`, and the trace store's own benchmark. Needs root (the agent loads eBPF).
 //! Then the trace store's own benchmark: spans/s inserted and query times with 100,000 traces
-//! stored (`bench_insert_and_list` in `agent/src/store/tests.rs`).
+//! stored (`bench_insert_and_list` in `agent/src/store/tests.rs`), and the PostgreSQL parser's:
+//! spans/s on one core from a recorded session (`postgres_throughput` in
+//! `agent/src/protocols/postgres/tests.rs`).
 
 use std::io::Read as _;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -90,7 +92,8 @@ pub fn bench(agent_args: &[String]) -> Result<()> {
     drop(nginx);
     report(&runs, &ztrace, &agent_args, &format!("wrk {} {url} (nginx, 1 worker, static page, access_log off)", WRK_ARGS.join(" ")));
     postgres_bench(&ztrace, &agent_args)?;
-    store_bench()
+    store_bench()?;
+    parser_bench()
 }
 
 /// PostgreSQL under `pgbench -M prepared -S`, alternating without and with the agent.
@@ -206,6 +209,25 @@ fn store_bench() -> Result<()> {
         "--nocapture",
     ]);
     util::run(&mut cmd).context("the store benchmark failed")
+}
+
+/// The PostgreSQL parser and span builder alone, on one core, from a recorded `pgbench -M
+/// prepared` session: spans per second.
+fn parser_bench() -> Result<()> {
+    say!("the PostgreSQL parser on one core, from a recorded pgbench -M prepared session...");
+    let mut cmd = util::cargo();
+    cmd.current_dir(util::repo_root()).args([
+        "test",
+        "--release",
+        "-p",
+        "ztrace",
+        "--lib",
+        "protocols::postgres::tests::postgres_throughput",
+        "--",
+        "--ignored",
+        "--nocapture",
+    ]);
+    util::run(&mut cmd).context("the parser benchmark failed")
 }
 
 /// Starts the agent, waits until it is ready, loads nginx, measures the agent, stops it.
