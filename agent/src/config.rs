@@ -76,6 +76,11 @@ pub struct Config {
     #[arg(long, env = "ZTRACE_RETENTION", default_value = "24h", value_parser = parse_duration)]
     pub retention: Duration,
 
+    /// Most spans stored per second (0: no limit). Beyond it whole traces are left out of the
+    /// store, chosen by trace id; export and --print still get every span.
+    #[arg(long, env = "ZTRACE_STORE_MAX_SPANS_PER_SECOND", default_value_t = crate::store::writer::DEFAULT_MAX_SPANS_PER_SECOND)]
+    pub store_max_spans_per_second: u64,
+
     /// Largest size of the trace store, e.g. 500MiB, 1GiB, 2GB; the oldest traces go first.
     #[arg(long, env = "ZTRACE_MAX_STORE_SIZE", default_value = "1GiB", value_parser = parse_size)]
     pub max_store_size: u64,

@@ -54,6 +54,8 @@ counters! {
     store_spans_written,
     /// Spans not stored: the store's queue was full, or their batch failed to write.
     store_dropped,
+    /// Spans not stored because the store's span budget was spent (whole traces left out).
+    store_sampled_out,
     /// Failed store writes (each batch counts once).
     store_write_errors,
 }

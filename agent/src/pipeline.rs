@@ -277,15 +277,20 @@ impl Sinks {
             let batch = if per_span_sinks { spans.clone() } else { std::mem::take(spans) };
             p.send(batch, &self.metrics);
         }
+        let now = Instant::now();
         for span in spans.drain(..) {
+            let stored = match &mut self.store {
+                Some(s) => s.admit(&span.trace_id, now, &self.metrics),
+                None => false,
+            };
             match (&self.store, &self.exporter) {
-                (Some(s), Some(e)) => {
+                (Some(s), Some(e)) if stored => {
                     s.send(span.clone(), &self.metrics);
                     e.send(span);
                 }
-                (Some(s), None) => s.send(span, &self.metrics),
-                (None, Some(e)) => e.send(span),
-                (None, None) => {}
+                (Some(s), None) if stored => s.send(span, &self.metrics),
+                (_, Some(e)) => e.send(span),
+                _ => {}
             }
         }
     }

@@ -283,7 +283,7 @@ fn writer_thread_batches_while_a_reader_reads() {
     let store = Store::open(&dir.0).expect("open");
     let reader = Store::open(&dir.0).expect("open reader");
     let retention = writer::Retention { max_age: Duration::from_secs(1 << 40), max_bytes: u64::MAX };
-    let sink = StoreSink::start(store, retention, metrics.clone()).expect("start");
+    let sink = StoreSink::start(store, retention, 0, metrics.clone()).expect("start");
     let reads = std::thread::spawn(move || {
         let mut seen = 0;
         for _ in 0..200 {

@@ -4,6 +4,15 @@
 //! The capture task only ever calls [`StoreSink::send`], a `try_send`: a full queue is a counted
 //! drop (`store_dropped`), a failed batch is a counted error (`store_write_errors`) with a log
 //! line at most once a minute. The thread never stops on a write error (a full disk may be freed).
+//!
+//! **Span budget.** Storing costs CPU on the traced host (SQLite inserts, about 13 µs a span), so
+//! the store takes at most `--store-max-spans-per-second` spans a second (default
+//! [`DEFAULT_MAX_SPANS_PER_SECOND`]). Beyond it, whole traces are left out rather than random
+//! spans: a span is admitted when its trace id, read as a number, is below a threshold; each
+//! second the threshold becomes `budget / spans offered in the last second` of the id space. The
+//! offered count does not depend on the threshold, so a steady load gives a steady fraction, and
+//! every span of a kept trace is kept (ids are random, so the traces kept are a fair sample).
+//! Left-out spans are counted (`store_sampled_out`); OTLP export and `--print` get every span.
 
 use std::{
     sync::{mpsc, Arc},
@@ -17,6 +26,10 @@ use crate::{metrics::Metrics, spans::Span};
 pub const QUEUE: usize = 16_384;
 /// Most spans written in one transaction.
 pub const BATCH: usize = 8192;
+/// Spans stored per second at most, by default.
+pub const DEFAULT_MAX_SPANS_PER_SECOND: u64 = 10_000;
+/// How often the admission threshold follows the load.
+const BUDGET_WINDOW: Duration = Duration::from_secs(1);
 /// How often retention runs.
 pub const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 /// Least time between two log lines about failed writes.
@@ -33,19 +46,75 @@ pub struct Retention {
 pub struct StoreSink {
     tx: mpsc::SyncSender<Span>,
     thread: std::thread::JoinHandle<()>,
+    admission: Admission,
+}
+
+/// Which traces the store takes under its span budget (see the module documentation).
+#[derive(Debug)]
+pub struct Admission {
+    /// Spans a second; 0 = no limit.
+    budget: u64,
+    /// Trace ids whose first 8 bytes (big-endian) are at most this are admitted.
+    threshold: u64,
+    window_start: Instant,
+    offered: u64,
+}
+
+impl Admission {
+    pub fn new(budget: u64, now: Instant) -> Self {
+        Admission { budget, threshold: u64::MAX, window_start: now, offered: 0 }
+    }
+
+    /// Whether a span of `trace_id`, offered at `now`, is stored.
+    pub fn admit(&mut self, trace_id: &[u8; 16], now: Instant) -> bool {
+        if self.budget == 0 {
+            return true;
+        }
+        let elapsed = now.saturating_duration_since(self.window_start);
+        if elapsed >= BUDGET_WINDOW {
+            let per_second = self.offered as f64 / elapsed.as_secs_f64();
+            self.threshold = if per_second <= self.budget as f64 {
+                u64::MAX
+            } else {
+                (u64::MAX as f64 * (self.budget as f64 / per_second)) as u64
+            };
+            self.window_start = now;
+            self.offered = 0;
+        }
+        self.offered += 1;
+        let mut head = [0; 8];
+        head.copy_from_slice(&trace_id[..8]);
+        u64::from_be_bytes(head) <= self.threshold
+    }
 }
 
 impl StoreSink {
     /// Starts the writer thread on `store`.
-    pub fn start(store: Store, retention: Retention, metrics: Arc<Metrics>) -> std::io::Result<StoreSink> {
+    /// `max_spans_per_second`: the span budget (0 = none).
+    pub fn start(
+        store: Store,
+        retention: Retention,
+        max_spans_per_second: u64,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<StoreSink> {
         let (tx, rx) = mpsc::sync_channel::<Span>(QUEUE);
         let thread = std::thread::Builder::new()
             .name("ztrace-store".into())
             .spawn(move || Writer { store, retention, metrics, last_error_log: None }.run(&rx))?;
-        Ok(StoreSink { tx, thread })
+        Ok(StoreSink { tx, thread, admission: Admission::new(max_spans_per_second, Instant::now()) })
     }
 
-    /// Queues a span for the store; never blocks.
+    /// Whether a span of this trace would be stored now (within the span budget); counts the
+    /// ones that would not. Lets the caller skip copying a span the store will not take.
+    pub fn admit(&mut self, trace_id: &[u8; 16], now: Instant, metrics: &Metrics) -> bool {
+        let admitted = self.admission.admit(trace_id, now);
+        if !admitted {
+            Metrics::inc(&metrics.store_sampled_out);
+        }
+        admitted
+    }
+
+    /// Queues a span for the store; never blocks. The caller asked [`StoreSink::admit`] first.
     pub fn send(&self, span: Span, metrics: &Metrics) {
         if self.tx.try_send(span).is_err() {
             Metrics::inc(&metrics.store_dropped);
@@ -118,6 +187,61 @@ impl Writer {
             }
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "trace store retention failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u64) -> [u8; 16] {
+        let mut id = [7; 16];
+        id[..8].copy_from_slice(&n.to_be_bytes());
+        id
+    }
+
+    #[test]
+    fn under_the_budget_every_span_is_admitted() {
+        let t0 = Instant::now();
+        let mut a = Admission::new(100, t0);
+        for second in 0..5u32 {
+            let now = t0 + Duration::from_secs(u64::from(second)) + Duration::from_millis(1);
+            for i in 0..90 {
+                assert!(a.admit(&id(u64::MAX - i), now), "second {second}, span {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn over_the_budget_whole_traces_are_kept_in_proportion() {
+        let t0 = Instant::now();
+        let mut a = Admission::new(1_000, t0);
+        // First second: 4,000 spans offered (all admitted: nothing measured yet).
+        for i in 0..4_000u64 {
+            assert!(a.admit(&id(i.wrapping_mul(0x9e37_79b9_7f4a_7c15)), t0));
+        }
+        // From then on a quarter of the id space is kept, every span of a kept trace with it.
+        let later = t0 + Duration::from_secs(1);
+        let traces: Vec<u64> = (0..4_000u64).map(|i| (i + 17).wrapping_mul(0x9e37_79b9_7f4a_7c15)).collect();
+        let kept: Vec<bool> = traces.iter().map(|&t| a.admit(&id(t), later)).collect();
+        let n = kept.iter().filter(|k| **k).count();
+        assert!((800..1_200).contains(&n), "about a quarter kept: {n}");
+        for (t, k) in traces.iter().zip(&kept) {
+            assert_eq!(a.admit(&id(*t), later), *k, "a trace's other spans follow its first");
+        }
+        // The load falls: the window that held the burst still limits, the next quiet one not.
+        let quiet = later + Duration::from_secs(2);
+        assert!(!a.admit(&id(u64::MAX), quiet), "8,000 spans in the last 2 s: still over");
+        assert!(a.admit(&id(u64::MAX), quiet + Duration::from_secs(1)), "one span in the last second");
+    }
+
+    #[test]
+    fn no_budget_admits_everything() {
+        let t0 = Instant::now();
+        let mut a = Admission::new(0, t0);
+        for i in 0..100_000u64 {
+            assert!(a.admit(&id(i << 40), t0 + Duration::from_millis(i / 10)));
         }
     }
 }

@@ -56,7 +56,7 @@ pub(crate) struct State {
 pub async fn start(config: &Config, metrics: Arc<Metrics>) -> Viewer {
     let dir = store::data_dir(config.data_dir.as_deref());
     let retention = Retention { max_age: config.retention, max_bytes: config.max_store_size };
-    let (sink, reader) = match open_store(&dir, retention, &metrics) {
+    let (sink, reader) = match open_store(&dir, retention, config.store_max_spans_per_second, &metrics) {
         Ok((sink, reader)) => {
             tracing::info!(path = %reader.path().display(), "trace store opened");
             (Some(sink), Some(reader))
@@ -87,11 +87,16 @@ pub async fn start(config: &Config, metrics: Arc<Metrics>) -> Viewer {
     Viewer { store: sink, addr }
 }
 
-fn open_store(dir: &std::path::Path, retention: Retention, metrics: &Arc<Metrics>) -> Result<(StoreSink, Store), store::StoreError> {
+fn open_store(
+    dir: &std::path::Path,
+    retention: Retention,
+    max_spans_per_second: u64,
+    metrics: &Arc<Metrics>,
+) -> Result<(StoreSink, Store), store::StoreError> {
     let writer = Store::open(dir)?;
     let reader = Store::open(dir)?;
     reader.set_cache_mib(8)?;
-    let sink = StoreSink::start(writer, retention, metrics.clone())
+    let sink = StoreSink::start(writer, retention, max_spans_per_second, metrics.clone())
         .map_err(|source| store::StoreError::Dir { path: dir.to_owned(), source })?;
     Ok((sink, reader))
 }
