@@ -187,7 +187,7 @@ impl Capture {
                     // Read the process's identity now, while it surely runs: a short-lived
                     // client may be gone (or a zombie without cmdline) when its span is built.
                     if ev.header.tgid != self.own_tgid {
-                        self.processes.get_or_load(ev.header.tgid, &conn::comm_string(&ev.comm));
+                        self.processes.refresh(ev.header.tgid, &conn::comm_string(&ev.comm));
                     }
                 }
                 Ok(KernelEvent::Data { header, prefix, tail }) => {

@@ -359,6 +359,24 @@ pub struct ProcessCache {
 struct CacheEntry {
     info: Arc<ProcessInfo>,
     last_used: u64,
+    /// The kernel's `comm` the identity was read for: an exec changes it.
+    comm: String,
+    /// Start time of the process read (`/proc/PID/stat` field 22), to tell a reused pid.
+    start_time: Option<u64>,
+    /// When the entry was last found current.
+    checked: std::time::Instant,
+}
+
+/// Least time between two checks that a cached pid is still the same process.
+const RECHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The start time of `pid` in clock ticks since boot (`/proc/PID/stat` field 22), which tells two
+/// processes that had the same pid apart.
+fn read_start_time(proc_root: &Path, pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may contain anything.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_ascii_whitespace().nth(19)?.parse().ok()
 }
 
 impl Default for ProcessCache {
@@ -403,6 +421,34 @@ impl ProcessCache {
             entry.last_used = self.clock;
             return entry.info.clone();
         }
+        self.load(pid, comm_hint)
+    }
+
+    /// Like [`ProcessCache::get_or_load`], for a moment when `pid` surely runs (it just opened a
+    /// connection) and `comm` is its current kernel name: a cached identity is read again when
+    /// the process has exec'd another program since (`comm` changed) or when the pid now belongs
+    /// to another process (its start time changed; checked at most every [`RECHECK`]).
+    pub fn refresh(&mut self, pid: u32, comm: &str) -> Arc<ProcessInfo> {
+        self.clock += 1;
+        if let Some(entry) = self.entries.get_mut(&pid) {
+            let current = entry.comm == comm
+                && (entry.checked.elapsed() < RECHECK || {
+                    let now_start = read_start_time(&self.proc_root, pid);
+                    entry.checked = std::time::Instant::now();
+                    now_start.is_none() || now_start == entry.start_time
+                });
+            if current {
+                entry.last_used = self.clock;
+                return entry.info.clone();
+            }
+            tracing::debug!(pid, was = %entry.comm, now = %comm, "process identity changed (exec or reused pid)");
+            self.entries.remove(&pid);
+        }
+        self.load(pid, comm)
+    }
+
+    fn load(&mut self, pid: u32, comm_hint: &str) -> Arc<ProcessInfo> {
+        let start_time = read_start_time(&self.proc_root, pid);
         let info = match RawProcess::read(&self.proc_root, pid, comm_hint) {
             Ok(raw) => ProcessInfo::from_raw(pid, &raw, &self.host_name),
             Err(error) => {
@@ -415,7 +461,14 @@ impl ProcessCache {
         if self.entries.len() >= self.capacity {
             self.evict();
         }
-        self.entries.insert(pid, CacheEntry { info: info.clone(), last_used: self.clock });
+        let entry = CacheEntry {
+            info: info.clone(),
+            last_used: self.clock,
+            comm: comm_hint.to_owned(),
+            start_time,
+            checked: std::time::Instant::now(),
+        };
+        self.entries.insert(pid, entry);
         info
     }
 
@@ -688,5 +741,53 @@ mod tests {
         assert!(cache.get(0).is_none());
         cache.forget(123);
         assert!(cache.get(123).is_none());
+    }
+
+    /// A fake `/proc/PID` with the files the cache reads.
+    fn fake_process(root: &Path, pid: u32, comm: &str, cmdline: &str, start_time: u64) {
+        let dir = root.join(pid.to_string());
+        fs::create_dir_all(&dir).expect("mkdir");
+        fs::write(dir.join("comm"), format!("{comm}\n")).expect("comm");
+        fs::write(dir.join("cmdline"), cmdline.replace(' ', "\0")).expect("cmdline");
+        let stat = format!("{pid} ({comm}) S 1 1 1 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 {start_time} 1000 10 18446744073709551615");
+        fs::write(dir.join("stat"), stat).expect("stat");
+    }
+
+    #[test]
+    fn an_exec_or_a_reused_pid_gets_a_new_identity() {
+        let root = std::env::temp_dir().join(format!("ztrace-refresh-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fake_process(&root, 40, "sh", "/bin/sh start.sh", 1000);
+        let mut cache = ProcessCache::with_host_name(16, &root, "box");
+        let first = cache.refresh(40, "sh");
+        assert_eq!(first.command_line, "/bin/sh start.sh");
+        assert!(Arc::ptr_eq(&first, &cache.refresh(40, "sh")), "same comm, within the recheck time: cached");
+
+        // The shell exec'd the service: same pid, new comm.
+        fake_process(&root, 40, "orders", "/usr/bin/orders --port 8080", 1000);
+        let exec = cache.refresh(40, "orders");
+        assert_eq!(exec.command_line, "/usr/bin/orders --port 8080");
+        assert!(Arc::ptr_eq(&exec, &cache.get_or_load(40, "orders")));
+
+        // The process exited and its pid went to another one with the same name.
+        fake_process(&root, 40, "orders", "/usr/bin/orders --port 9090", 5000);
+        if let Some(entry) = cache.entries.get_mut(&40) {
+            entry.checked -= RECHECK; // as if the recheck time had passed
+        }
+        let reused = cache.refresh(40, "orders");
+        assert_eq!(reused.command_line, "/usr/bin/orders --port 9090");
+        let _ = fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn start_time_is_read_after_a_command_name_with_spaces_and_parentheses() {
+        let root = std::env::temp_dir().join(format!("ztrace-stat-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fake_process(&root, 7, "a) b (c", "x", 424242);
+        assert_eq!(read_start_time(&root, 7), Some(424242));
+        assert_eq!(read_start_time(&root, 8), None);
+        let _ = fs::remove_dir_all(&root);
+        let real = read_start_time(Path::new("/proc"), std::process::id());
+        assert!(real.is_some_and(|t| t > 0), "{real:?}");
     }
 }
