@@ -15,5 +15,6 @@ pub mod print;
 pub mod protocols;
 pub mod spans;
 pub mod store;
+pub mod tls;
 pub mod trace;
 pub mod ui;

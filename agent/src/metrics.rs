@@ -32,6 +32,9 @@ counters! {
     events_unknown_conn,
     /// Connections whose first bytes matched no known protocol.
     conns_unrecognized,
+    /// Connections whose bytes are TLS records: never parsed (their plaintext is, when a TLS
+    /// probe sees it).
+    conns_tls_records,
     /// Connections dropped from the table because it was full.
     conns_evicted,
     /// Protocol parse errors (the connection's parser is reset or abandoned).

@@ -22,6 +22,7 @@ use crate::{
     print::{PrintFormat, Printer},
     spans::{self, clock::Clock, Span, SpanKind},
     store::StoreSink,
+    tls::{Row, TlsDiscovery},
     trace::Linker,
     ui,
 };
@@ -76,11 +77,14 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
     let mut viewer = if config.no_ui { None } else { Some(ui::start(&config, metrics.clone()).await) };
 
     let selection = Selection { pids: config.pids.clone(), exe_names: config.exe_names.clone() };
-    let (probes, ring) = bpf::start(config.capture_bytes, &selection)?;
+    let (mut probes, ring) = bpf::start(config.capture_bytes, &selection)?;
     eprintln!("{}", attach::render(&probes.attached));
     if !probes.required_ok() {
         return Err(BpfError::RequiredHooks.into());
     }
+    let mut tls = TlsDiscovery::new(std::process::id());
+    tls.scan_at_start(&mut probes);
+    eprintln!("{}", render_tls(&tls.rows));
 
     let mut sinks = Sinks {
         printer,
@@ -88,7 +92,7 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
         store: viewer.as_mut().and_then(|v| v.store.take()),
         metrics: metrics.clone(),
     };
-    let mut capture = Capture::new(metrics.clone(), config.db_query_parameters);
+    let mut capture = Capture::new(metrics.clone(), config.db_query_parameters, tls);
     let mut ring = EventRing::new(ring)?;
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
@@ -114,6 +118,12 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
             _ = tick.tick() => capture.housekeeping(&mut sinks),
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
+        }
+        // New programs and processes: probe their TLS libraries (once per file).
+        if capture.tls.has_pending() {
+            for row in capture.tls.run_pending(&mut probes) {
+                tracing::info!("tls: {row} (found in pid {})", row.pid);
+            }
         }
     }
 
@@ -154,10 +164,12 @@ struct Capture {
     ready: Vec<Span>,
     last_ts: u64,
     own_tgid: u32,
+    /// TLS libraries found and processes to look at.
+    tls: TlsDiscovery,
 }
 
 impl Capture {
-    fn new(metrics: Arc<Metrics>, db_query_parameters: bool) -> Self {
+    fn new(metrics: Arc<Metrics>, db_query_parameters: bool, tls: TlsDiscovery) -> Self {
         Capture {
             metrics,
             conns: ConnTable::new(MAX_CONNS, std::process::id()).keep_db_parameters(db_query_parameters),
@@ -168,6 +180,7 @@ impl Capture {
             ready: Vec::new(),
             last_ts: 0,
             own_tgid: std::process::id(),
+            tls,
         }
     }
 
@@ -188,6 +201,7 @@ impl Capture {
                     // client may be gone (or a zombie without cmdline) when its span is built.
                     if ev.header.tgid != self.own_tgid {
                         self.processes.refresh(ev.header.tgid, &conn::comm_string(&ev.comm));
+                        self.tls.on_conn(ev.header.tgid);
                     }
                 }
                 Ok(KernelEvent::Data { header, prefix, tail }) => {
@@ -198,6 +212,7 @@ impl Capture {
                     self.last_ts = header.ts_ns;
                     self.conns.on_close(&header, &self.metrics, &mut self.exchanges);
                 }
+                Ok(KernelEvent::Exec(header)) => self.tls.on_exec(header.tgid),
                 Err(error) => {
                     Metrics::inc(&self.metrics.events_malformed);
                     tracing::debug!(%error, "malformed kernel event");
@@ -222,7 +237,7 @@ impl Capture {
             let process = self.processes.get_or_load(ex.conn.key.tgid, &ex.conn.comm);
             let span = match &ex.exchange {
                 Exchange::Http(http) => {
-                    let conn = spans::http::ConnInfo { local: ex.conn.local, remote: ex.conn.remote };
+                    let conn = spans::http::ConnInfo { local: ex.conn.local, remote: ex.conn.remote, tls: ex.conn.tls };
                     spans::http::http_span(http, &conn, &process, &self.clock)
                 }
                 Exchange::Postgres(pg) => {
@@ -333,6 +348,19 @@ impl PrintSink {
         drop(self.tx);
         let _ = self.thread.join();
     }
+}
+
+/// The TLS part of the attach table, as printed at start.
+fn render_tls(rows: &[Row]) -> String {
+    let mut out = String::from("TLS libraries:");
+    if rows.is_empty() {
+        out.push_str("\n  none found yet (processes started later are looked at on exec and on their first connection)");
+    }
+    for row in rows {
+        out.push_str("\n  ");
+        out.push_str(&row.to_string());
+    }
+    out
 }
 
 /// The `ztrace stats:` line printed at exit: every userspace and kernel counter.

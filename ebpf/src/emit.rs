@@ -73,9 +73,9 @@ pub struct Conn {
 
 /// Sends the bytes one syscall (or one iovec of it) moved: `len` bytes at user address `buf`,
 /// of which the configured prefix and, for long segments, the last `TAIL_BYTES` are copied.
-/// `buf == 0` sends the length alone (sendfile).
+/// `buf == 0` sends the length alone (sendfile). `source` is a `DataSource`.
 #[inline(always)]
-pub fn data(conn: &Conn, direction: u32, buf: u64, len: u64) {
+pub fn data(conn: &Conn, direction: u32, source: u32, buf: u64, len: u64) {
     let Some(event) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -98,7 +98,7 @@ pub fn data(conn: &Conn, direction: u32, buf: u64, len: u64) {
                 conn_gen: conn.conn_gen,
             },
             direction,
-            source: DataSource::Syscall as u32,
+            source,
             len: if len > u32::MAX as u64 { u32::MAX } else { len as u32 },
             captured: captured as u32,
             tail: 0,
@@ -126,5 +126,5 @@ pub fn data(conn: &Conn, direction: u32, buf: u64, len: u64) {
             return;
         }
     }
-    count(Counter::DataEvents);
+    count(if source == DataSource::Syscall as u32 { Counter::DataEvents } else { Counter::TlsDataEvents });
 }

@@ -2,16 +2,19 @@
 //!
 //! One module per job: `maps` (every map and its size), `config` (globals set by the agent),
 //! `filter` (which processes are traced), `sock` (fd → TCP socket and its 4-tuple), `emit`
-//! (events into the ring buffer) and `syscalls/` (one file per syscall family).
+//! (events into the ring buffer), `syscalls/` (one file per syscall family), `tls/` (uprobes on
+//! TLS libraries) and `exec` (new programs, for the agent to probe).
 #![no_std]
 #![no_main]
 
 mod config;
 mod emit;
+mod exec;
 mod filter;
 mod maps;
 mod sock;
 mod syscalls;
+mod tls;
 
 #[cfg(not(test))]
 #[panic_handler]

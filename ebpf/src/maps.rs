@@ -43,6 +43,74 @@ pub static PID_ALLOW: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
 #[map(name = "COMM_ALLOW")]
 pub static COMM_ALLOW: HashMap<[u8; 16], u32> = HashMap::with_max_entries(256, 0);
 
+/// OpenSSL calls in progress (`SSL_read`/`SSL_write` and `_ex`), saved at the uprobe and
+/// completed at the uretprobe: key pid_tgid. The read/write syscalls made inside the call
+/// record their fd here. 16384 entries. Full → `Counter::TlsArgsMapFull`.
+#[map(name = "TLS_ACTIVE")]
+pub static TLS_ACTIVE: HashMap<u64, TlsCall> = HashMap::with_max_entries(16384, 0);
+
+/// The socket an `SSL*` was last seen on, for calls that make no syscall (served from
+/// OpenSSL's buffer, or a memory BIO as in Node.js). LRU, 65536 entries.
+#[map(name = "SSL_FDS")]
+pub static SSL_FDS: LruHashMap<SslKey, SslSocket> = LruHashMap::with_max_entries(65536, 0);
+
+/// Processes whose TLS calls make no socket syscalls (memory BIO, as Node.js): tgid → 1. For
+/// these, the fd of the last TCP read of each thread is kept in `LAST_READ_FD`. LRU, 4096.
+#[map(name = "TLS_MEMBIO")]
+pub static TLS_MEMBIO: LruHashMap<u32, u32> = LruHashMap::with_max_entries(4096, 0);
+
+/// Last TCP fd read by a thread of a `TLS_MEMBIO` process: pid_tgid → fd. An event loop reads
+/// the ciphertext from the socket, then hands it to `SSL_read` on the same thread. LRU, 16384.
+#[map(name = "LAST_READ_FD")]
+pub static LAST_READ_FD: LruHashMap<u64, i32> = LruHashMap::with_max_entries(16384, 0);
+
+/// A TLS call of a `TLS_MEMBIO` thread whose socket is not known yet: pid_tgid → `SSL*`. The
+/// thread's next write of a TLS record on a TCP socket (the ciphertext the call produced, as
+/// Node.js writes it right after) names the socket. LRU, 16384 entries.
+#[map(name = "PENDING_SSL")]
+pub static PENDING_SSL: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// Key of `SSL_FDS`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SslKey {
+    pub ssl: u64,
+    pub tgid: u32,
+    pub _pad: u32,
+}
+
+/// Value of `SSL_FDS`: the fd, and the generation of its connection (a reused fd number is
+/// another connection, and is not taken for this `SSL*`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SslSocket {
+    pub conn_gen: u64,
+    pub fd: i32,
+    pub _pad: u32,
+}
+
+/// An OpenSSL call in progress.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TlsCall {
+    /// The `SSL*`.
+    pub ssl: u64,
+    /// Plaintext buffer.
+    pub buf: u64,
+    /// `_ex` forms: where the byte count is written (0 for the plain forms).
+    pub len_ptr: u64,
+    /// `bpf_ktime_get_ns` at entry.
+    pub enter_ns: u64,
+    /// `ztrace_common::Direction`.
+    pub direction: u32,
+    /// fd of the last TCP read/write syscall made inside the call, -1 if none.
+    pub fd: i32,
+    /// 1 for `SSL_read_ex`/`SSL_write_ex`.
+    pub ex: u32,
+    /// Nested calls of the same thread (an `_ex` form calling the plain one).
+    pub depth: u32,
+}
+
 /// One fd of one process.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -57,6 +125,10 @@ pub struct SockEntry {
     pub is_tcp: u32,
     /// 1 once a `ConnEvent` was sent for it.
     pub announced: u32,
+    /// 1 once a TLS library call was seen on it: its syscall bytes are ciphertext and are not
+    /// sent (the plaintext comes from the TLS probes).
+    pub tls: u32,
+    pub _pad: u32,
 }
 
 /// The kind of syscall saved in `PendingCall`.

@@ -126,6 +126,8 @@ pub fn lookup_tcp(tgid: u32, fd: i32) -> Option<SockEntry> {
         sock: sk,
         is_tcp: (sk != 0) as u32,
         announced: 0,
+        tls: 0,
+        _pad: 0,
     };
     if SOCKS.insert(&k, &entry, 0).is_err() {
         count(Counter::SockMapFull);
@@ -154,6 +156,8 @@ pub fn open_conn(tgid: u32, tid: u32, fd: i32, role: ConnRole) {
         sock: sk,
         is_tcp: (sk != 0) as u32,
         announced: 0,
+        tls: 0,
+        _pad: 0,
     };
     if sk != 0 {
         announce(tgid, tid, fd, &mut entry, role);

@@ -17,6 +17,7 @@ pub mod postgres;
 pub mod process;
 pub mod servers;
 pub mod span;
+pub mod tls;
 pub mod ztrace;
 
 use std::net::{Ipv4Addr, Ipv6Addr, TcpListener};

@@ -50,6 +50,12 @@ fn postgres_ids() -> (u32, u32) {
 impl PgServer {
     /// initdb, then the server in the foreground; returns once it accepts connections.
     pub fn start() -> PgServer {
+        Self::start_with(&[])
+    }
+
+    /// [`PgServer::start`] with extra `-c name=value` settings, e.g. `ssl=on`. Files they name
+    /// must be readable by the `postgres` user (see [`PgServer::chown_to_postgres`]).
+    pub fn start_with(settings: &[&str]) -> PgServer {
         assert!(bin("postgres").is_file(), "{} missing: apt-get install postgresql", bin("postgres").display());
         let dir = TempDir::new("postgres");
         let (uid, gid) = postgres_ids();
@@ -71,12 +77,19 @@ impl PgServer {
             .args(["-c", "listen_addresses=127.0.0.1", "-p", &port.to_string(), "-k"])
             .arg(dir.path())
             .args(["-c", "fsync=off", "-c", "logging_collector=off"])
+            .args(settings.iter().flat_map(|s| ["-c", s]))
             .uid(uid)
             .gid(gid);
         let mut proc = Proc::spawn("postgres", &mut cmd);
         proc.close_stdin();
         proc.wait_for_stderr("ready to accept connections", TIMEOUT);
         PgServer { proc, port, _dir: dir }
+    }
+
+    /// Makes `path` owned by the `postgres` user (a TLS key must be, with mode 0600).
+    pub fn chown_to_postgres(path: &Path) {
+        let (uid, gid) = postgres_ids();
+        std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown to postgres");
     }
 
     /// The postmaster's pid (backends are its children).
@@ -189,7 +202,8 @@ pub struct ClientRun {
     pub stderr: String,
 }
 
-fn run(name: &str, cmd: &mut Command) -> ClientRun {
+/// Runs a client to completion (bounded); its outcome, success or not.
+pub fn run(name: &str, cmd: &mut Command) -> ClientRun {
     let mut proc = Proc::spawn(name, cmd);
     proc.close_stdin();
     let Some(status) = proc.wait_exit(TIMEOUT) else {

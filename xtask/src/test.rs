@@ -2,7 +2,8 @@
 //!
 //! 1. the eBPF toolchain (`setup`) and the test components: Debian's nginx, curl, wget, bpftool,
 //!    postgresql (server, psql, pgbench), python3-psycopg2, golang-go with
-//!    golang-github-lib-pq-dev and golang-github-jackc-pgx-v4-dev, python3-venv, chromium, and a venv at
+//!    golang-github-lib-pq-dev and golang-github-jackc-pgx-v4-dev, openssl, nodejs,
+//!    openjdk-17-jdk-headless, python3-venv, chromium, and a venv at
 //!    `target/test-venv` with grpcio and opentelemetry-proto (for the OTLP receiver in
 //!    `tests/otlp_receiver.py`);
 //! 2. the release build of the agent;
@@ -38,6 +39,11 @@ const TEST_PACKAGES: &[&str] = &[
     "golang-go",
     "golang-github-lib-pq-dev",
     "golang-github-jackc-pgx-v4-dev",
+    // TLS (tests/tests/tls.rs): certificates made with `openssl req`; Node.js (OpenSSL linked
+    // into /usr/bin/node); Java 17 runs a single-file source program (its own TLS, not traced).
+    "openssl",
+    "nodejs",
+    "openjdk-17-jdk-headless",
 ];
 /// Python packages of the test venv, and the import that proves they are there.
 const VENV_PACKAGES: &[&str] = &["grpcio", "opentelemetry-proto", "protobuf"];

@@ -52,7 +52,24 @@ pub const HOOKS: &[Hook] = &[
     tp("zt_enter_close", "sys_enter_close", true, "connection ends (responses delimited by close)"),
     tp("zt_enter_dup2", "sys_enter_dup2", false, "fds replaced by dup2(2) may be misread"),
     tp("zt_enter_dup3", "sys_enter_dup3", false, "fds replaced by dup3(2) may be misread"),
+    Hook {
+        program: "zt_sched_exec",
+        category: "sched",
+        name: "sched_process_exec",
+        required: false,
+        without: "TLS libraries of programs started later are found only on their first connection",
+    },
 ];
+
+/// The OpenSSL entry uprobe programs and the function each goes on.
+pub const OPENSSL_PROBES: &[(&str, &str)] = &[
+    ("zt_ssl_read", "SSL_read"),
+    ("zt_ssl_write", "SSL_write"),
+    ("zt_ssl_read_ex", "SSL_read_ex"),
+    ("zt_ssl_write_ex", "SSL_write_ex"),
+];
+/// The one uretprobe program of the four OpenSSL functions.
+pub const OPENSSL_RETURN: &str = "zt_ssl_ret";
 
 /// The outcome of attaching one hook.
 #[derive(Debug)]

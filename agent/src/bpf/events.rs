@@ -10,6 +10,8 @@ pub enum KernelEvent<'a> {
     /// not copied (see `DataEventHeader`).
     Data { header: DataEventHeader, prefix: &'a [u8], tail: &'a [u8] },
     Close(EventHeader),
+    /// A traced process ran a new executable.
+    Exec(EventHeader),
 }
 
 /// Why a record could not be decoded (counted as `events_malformed`).
@@ -38,6 +40,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
     match EventKind::from_u32(header.kind) {
         Some(EventKind::Conn) => Ok(KernelEvent::Conn(read(bytes)?)),
         Some(EventKind::Close) => Ok(KernelEvent::Close(header)),
+        Some(EventKind::Exec) => Ok(KernelEvent::Exec(header)),
         Some(EventKind::Data) => {
             let data: DataEventHeader = read(bytes)?;
             let payload = &bytes[size_of::<DataEventHeader>()..];

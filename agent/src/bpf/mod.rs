@@ -10,12 +10,12 @@ pub mod events;
 
 use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{uprobe::UProbeScope, TracePoint, UProbe},
     Ebpf, EbpfLoader,
 };
 use ztrace_common::{globals, maps, Counter, Settings, MAX_CAPTURE};
 
-use self::attach::{AttachResult, HOOKS};
+use self::attach::{AttachResult, HOOKS, OPENSSL_PROBES, OPENSSL_RETURN};
 
 /// The eBPF object, embedded by build.rs (empty when built without `cargo xtask build`).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ztrace.bpf.o"));
@@ -52,11 +52,13 @@ pub struct Selection {
 
 /// The loaded, attached kernel programs.
 pub struct Probes {
-    /// Keeps programs and links alive.
-    _ebpf: Ebpf,
+    /// Keeps programs and links alive; uprobes are attached to new files as they are found.
+    ebpf: Ebpf,
     counters: PerCpuArray<MapData, u64>,
     /// The attach table.
     pub attached: Vec<AttachResult>,
+    /// Why the OpenSSL uprobe programs could not be loaded (then no file is probed).
+    uprobe_error: Option<String>,
 }
 
 /// The event ring buffer, registered with the tokio reactor.
@@ -109,12 +111,52 @@ pub fn start(capture_bytes: usize, selection: &Selection) -> Result<(Probes, Rin
         let error = attach_tracepoint(&mut ebpf, hook.program, hook.category, hook.name)?;
         attached.push(AttachResult { hook: *hook, error });
     }
+    let uprobe_error = load_uprobes(&mut ebpf)?;
     let ring = RingBuf::try_from(ebpf.take_map(maps::EVENTS).ok_or(BpfError::MissingMap(maps::EVENTS))?)
         .map_err(|source| BpfError::Map { name: maps::EVENTS, source })?;
     let counters =
         PerCpuArray::try_from(ebpf.take_map(maps::COUNTERS).ok_or(BpfError::MissingMap(maps::COUNTERS))?)
             .map_err(|source| BpfError::Map { name: maps::COUNTERS, source })?;
-    Ok((Probes { _ebpf: ebpf, counters, attached }, ring))
+    Ok((Probes { ebpf, counters, attached, uprobe_error }, ring))
+}
+
+/// Loads the OpenSSL uprobe programs (attached per file later). `Ok(Some(reason))` when the
+/// kernel refused them.
+fn load_uprobes(ebpf: &mut Ebpf) -> Result<Option<String>, BpfError> {
+    for program in OPENSSL_PROBES.iter().map(|(p, _)| *p).chain([OPENSSL_RETURN]) {
+        let prog = uprobe_mut(ebpf, program)?;
+        if let Err(e) = prog.load() {
+            return Ok(Some(format!("loading {program}: {}", error_chain(&e))));
+        }
+    }
+    Ok(None)
+}
+
+fn uprobe_mut<'a>(ebpf: &'a mut Ebpf, program: &'static str) -> Result<&'a mut UProbe, BpfError> {
+    ebpf.program_mut(program)
+        .ok_or(BpfError::MissingProgram { program })?
+        .try_into()
+        .map_err(|_| BpfError::MissingProgram { program })
+}
+
+impl crate::tls::Attacher for Probes {
+    fn attach_openssl(&mut self, path: &std::path::Path, functions: &[&'static str]) -> Result<usize, String> {
+        if let Some(e) = &self.uprobe_error {
+            return Err(e.clone());
+        }
+        let mut probes = 0;
+        for function in functions {
+            let Some((program, _)) = OPENSSL_PROBES.iter().find(|(_, f)| f == function) else { continue };
+            // The return probe first: an entry without its return would leave a call pending.
+            for program in [OPENSSL_RETURN, program] {
+                let prog = uprobe_mut(&mut self.ebpf, program).map_err(|e| e.to_string())?;
+                prog.attach(*function, path, UProbeScope::AllProcesses)
+                    .map_err(|e| format!("{function} ({program}): {}", error_chain(&e)))?;
+                probes += 1;
+            }
+        }
+        Ok(probes)
+    }
 }
 
 impl Probes {

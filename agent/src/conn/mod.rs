@@ -13,7 +13,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
-use ztrace_common::{ConnEvent, ConnRole, DataEventHeader, Direction, EventHeader};
+use ztrace_common::{ConnEvent, ConnRole, DataEventHeader, DataSource, Direction, EventHeader};
 
 use crate::{
     metrics::Metrics,
@@ -51,6 +51,8 @@ pub struct ConnInfo {
     pub sock: u64,
     /// Process name from the kernel (the thread group leader's comm).
     pub comm: String,
+    /// Its exchanges are read as plaintext at a TLS library.
+    pub tls: bool,
 }
 
 enum State {
@@ -60,6 +62,8 @@ enum State {
     Postgres(Box<PgParser>),
     /// Not a protocol ztrace knows, or ztrace's own traffic: bytes are dropped unread.
     Ignored,
+    /// TLS records (ciphertext): never parsed. Plaintext from a TLS probe replaces this state.
+    TlsRecords,
 }
 
 struct Connection {
@@ -68,6 +72,9 @@ struct Connection {
     last_ts: u64,
     /// Chunks of a connection picked up mid-stream that matched no protocol yet.
     undetected_chunks: u8,
+    /// Plaintext was seen at a TLS library: only that stream is parsed, the socket's own
+    /// (encrypted) bytes are dropped.
+    plaintext: bool,
 }
 
 /// A finished exchange of one of the protocols ztrace parses.
@@ -158,9 +165,16 @@ impl ConnTable {
             remote,
             sock: ev.sock,
             comm: comm_string(&ev.comm),
+            tls: false,
         };
         self.by_tuple.insert((local, remote), key);
-        self.conns.insert(key, Connection { info, state: State::Undetected, last_ts: ev.header.ts_ns, undetected_chunks: 0 });
+        self.conns.insert(key, Connection {
+            info,
+            state: State::Undetected,
+            last_ts: ev.header.ts_ns,
+            undetected_chunks: 0,
+            plaintext: false,
+        });
     }
 
     /// True when the other end of this connection (`remote → local`) is a traced connection on
@@ -196,6 +210,17 @@ impl ConnTable {
         let direction = if header.direction == Direction::Egress as u32 { Direction::Egress } else { Direction::Ingress };
         let ts_ns = header.header.ts_ns;
         conn.last_ts = ts_ns;
+        if DataSource::is_tls(header.source) {
+            if !conn.plaintext {
+                // From now on this connection is parsed from its plaintext only.
+                conn.plaintext = true;
+                conn.info.tls = true;
+                conn.state = State::Undetected;
+                conn.undetected_chunks = 0;
+            }
+        } else if conn.plaintext {
+            return; // ciphertext of a connection whose plaintext the TLS probes give
+        }
         let chunk = Chunk { direction, ts_ns, tid: header.header.tid, bytes: payload };
 
         if let State::Undetected = conn.state {
@@ -204,6 +229,9 @@ impl ConnTable {
             }
             conn.state = if self.own_endpoints.contains(&conn.info.remote) {
                 State::Ignored
+            } else if !conn.plaintext && is_tls_record(payload) {
+                Metrics::inc(&metrics.conns_tls_records);
+                State::TlsRecords
             } else {
                 match protocols::detect(&chunk) {
                     Some((Protocol::Http1, side)) => State::Http1(Box::new(Http1Parser::new(side))),
@@ -340,6 +368,12 @@ fn feed_postgres(parser: &mut PgParser, chunk: &Chunk<'_>, gap: &Gap, tail: &[u8
         failed = true;
     }
     failed
+}
+
+/// True when `bytes` start with a TLS record header: content type change_cipher_spec (20),
+/// alert (21), handshake (22) or application_data (23), then version 3.0 to 3.4.
+fn is_tls_record(bytes: &[u8]) -> bool {
+    matches!(bytes, [20..=23, 3, 0..=4, ..])
 }
 
 /// A kernel `comm` (NUL-padded) as text.
@@ -506,7 +540,8 @@ mod tests {
         let mut table = ConnTable::new(16, 999);
         table.on_conn(&conn_event(7, ConnRole::Client, 2, v4([127, 0, 0, 1]), v4([127, 0, 0, 1])), &metrics);
         let mut out = Vec::new();
-        let junk = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03";
+        // (A TLS handshake is recognized as such: see tls_connection_is_parsed_from_its_plaintext_only.)
+        let junk = b"\x01\x02\x03 no protocol \xfc\x03\x03";
         table.on_data(&data(7, 10, Direction::Egress, junk), junk, &[], &metrics, &mut out);
         let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
         table.on_data(&data(7, 11, Direction::Ingress, resp), resp, &[], &metrics, &mut out);
@@ -531,6 +566,36 @@ mod tests {
         let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
         table.on_data(&data(7, 11, Direction::Egress, resp), resp, &[], &metrics, &mut out);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn tls_connection_is_parsed_from_its_plaintext_only() {
+        let metrics = Metrics::default();
+        let mut table = ConnTable::new(16, 999);
+        table.on_conn(&conn_event(7, ConnRole::Server, 2, v4([127, 0, 0, 1]), v4([127, 0, 0, 1])), &metrics);
+        let mut out = Vec::new();
+        // The handshake's ClientHello, as the socket carries it: recognized as TLS, not parsed.
+        let hello = [22u8, 3, 1, 0, 200, 1, 0, 0, 196, 3, 3];
+        table.on_data(&data(7, 5, Direction::Ingress, &hello), &hello, &[], &metrics, &mut out);
+        assert_eq!(metrics.conns_tls_records.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(metrics.conns_unrecognized.load(std::sync::atomic::Ordering::Relaxed), 0);
+        let tls = |mut h: DataEventHeader| {
+            h.source = DataSource::Tls as u32;
+            h
+        };
+        let req = b"GET /secret HTTP/1.1\r\nHost: x\r\n\r\n";
+        table.on_data(&tls(data(7, 10, Direction::Ingress, req)), req, &[], &metrics, &mut out);
+        // Ciphertext of the same connection arriving after the plaintext is dropped unread,
+        // even when it happens to look like HTTP.
+        let fake = b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n";
+        table.on_data(&data(7, 11, Direction::Egress, fake), fake, &[], &metrics, &mut out);
+        let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        table.on_data(&tls(data(7, 12, Direction::Egress, resp)), resp, &[], &metrics, &mut out);
+        assert_eq!(out.len(), 1);
+        match &out[0].exchange {
+            Exchange::Http(h) => assert_eq!((h.request.target.as_str(), h.response.status), ("/secret", 200)),
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub struct ConnInfo {
     pub local: SocketAddr,
     /// The peer's address (IPv4-mapped IPv6 already shown as IPv4 by the caller).
     pub remote: SocketAddr,
+    /// The exchange was read as plaintext at a TLS library: the scheme is `https`.
+    pub tls: bool,
 }
 
 /// A W3C `traceparent` header's fields.
@@ -99,7 +101,7 @@ pub fn http_span(ex: &HttpExchange, conn: &ConnInfo, process: &ProcessInfo, cloc
         ));
     }
 
-    let scheme = target.scheme.unwrap_or("http");
+    let scheme = target.scheme.unwrap_or(if conn.tls { "https" } else { "http" });
     let (server_host, server_port) = server_address(ex.side, &target, req, conn);
     if ex.side == Side::Client {
         attrs
@@ -830,6 +832,7 @@ mod tests {
         ConnInfo {
             local: local.parse().expect("test address"),
             remote: remote.parse().expect("test address"),
+            tls: false,
         }
     }
 

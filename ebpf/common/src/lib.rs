@@ -52,6 +52,9 @@ pub enum EventKind {
     Data = 2,
     /// The process closed its fd of a known TCP connection: [`EventHeader`] alone.
     Close = 3,
+    /// A traced process called exec (`sched/sched_process_exec`): [`EventHeader`] alone, `fd`
+    /// -1. The agent looks at its new executable and libraries for TLS libraries to probe.
+    Exec = 4,
 }
 
 impl EventKind {
@@ -60,6 +63,7 @@ impl EventKind {
             1 => Some(Self::Conn),
             2 => Some(Self::Data),
             3 => Some(Self::Close),
+            4 => Some(Self::Exec),
             _ => None,
         }
     }
@@ -146,6 +150,17 @@ pub enum Direction {
 pub enum DataSource {
     /// A read/write family syscall on the socket.
     Syscall = 1,
+    /// Plaintext at an OpenSSL call (`SSL_read`/`SSL_write` and their `_ex` forms) on the socket.
+    Tls = 2,
+    /// Plaintext at Go's `crypto/tls.(*Conn).Read`/`Write` on the socket.
+    GoTls = 3,
+}
+
+impl DataSource {
+    /// True for plaintext seen at a TLS library (the socket's own bytes are ciphertext).
+    pub fn is_tls(v: u32) -> bool {
+        v == DataSource::Tls as u32 || v == DataSource::GoTls as u32
+    }
 }
 
 /// Bytes moved on a known TCP connection.
@@ -204,10 +219,19 @@ pub enum Counter {
     DataEvents = 6,
     /// Connection events written.
     ConnEvents = 7,
+    /// TLS plaintext dropped: the socket of the TLS call could not be found (no syscall inside
+    /// the call and no earlier call of the same `SSL*` on a socket, or not a TCP socket).
+    TlsNoSocket = 8,
+    /// A TLS call's arguments could not be saved at entry (map full).
+    TlsArgsMapFull = 9,
+    /// TLS plaintext data events written.
+    TlsDataEvents = 10,
+    /// Exec events written.
+    ExecEvents = 11,
 }
 
 /// Number of slots in the `COUNTERS` map.
-pub const COUNTER_SLOTS: u32 = 8;
+pub const COUNTER_SLOTS: u32 = 12;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_SLOTS as usize] = [
@@ -219,6 +243,10 @@ impl Counter {
         Counter::IovecsTruncated,
         Counter::DataEvents,
         Counter::ConnEvents,
+        Counter::TlsNoSocket,
+        Counter::TlsArgsMapFull,
+        Counter::TlsDataEvents,
+        Counter::ExecEvents,
     ];
 
     /// Name used in the agent's self-metrics.
@@ -232,12 +260,16 @@ impl Counter {
             Counter::IovecsTruncated => "kernel_iovecs_truncated",
             Counter::DataEvents => "kernel_data_events",
             Counter::ConnEvents => "kernel_conn_events",
+            Counter::TlsNoSocket => "kernel_tls_no_socket",
+            Counter::TlsArgsMapFull => "kernel_tls_args_map_full",
+            Counter::TlsDataEvents => "kernel_tls_data_events",
+            Counter::ExecEvents => "kernel_exec_events",
         }
     }
 
     /// True for counters that count lost data (as opposed to activity).
     pub fn is_loss(self) -> bool {
-        !matches!(self, Counter::DataEvents | Counter::ConnEvents)
+        !matches!(self, Counter::DataEvents | Counter::ConnEvents | Counter::TlsDataEvents | Counter::ExecEvents)
     }
 }
 

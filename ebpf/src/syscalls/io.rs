@@ -12,17 +12,18 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use ztrace_common::{ConnRole, Counter, Direction, MAX_IOVECS};
+use ztrace_common::{ConnRole, Counter, DataSource, Direction, MAX_IOVECS};
 
 use super::{arg, ids, read_i64, read_u64, RET};
 use crate::{
     emit, filter,
     maps::{call, count, PendingCall, ACTIVE, SOCKS},
-    sock,
+    sock, tls,
 };
 
 const EGRESS: u32 = Direction::Egress as u32;
 const INGRESS: u32 = Direction::Ingress as u32;
+const SYSCALL: u32 = DataSource::Syscall as u32;
 
 /// Offsets in `struct user_msghdr`.
 const MSG_IOV: u64 = 16;
@@ -41,9 +42,13 @@ fn enter(call_kind: u32, direction: u32, fd: i32, ptr: u64, count_arg: u64) -> u
     if !filter::is_traced(tgid) {
         return 0;
     }
-    let Some(entry) = sock::lookup_tcp(tgid, fd) else {
+    let Some(mut entry) = sock::lookup_tcp(tgid, fd) else {
         return 0;
     };
+    // Inside an OpenSSL call: these bytes are ciphertext, and this is the call's socket.
+    // (The exit still needs the saved call: without one, a read looks like one blocked since
+    // before ztrace started.)
+    tls::note_syscall(tgid, pid_tgid, fd, direction, call_kind, ptr, &mut entry);
     // SAFETY: the helper has no preconditions.
     let enter_ns = unsafe { bpf_ktime_get_ns() };
     let pending =
@@ -117,6 +122,9 @@ fn exit(ctx: &TracePointContext, plain_read: bool) -> u32 {
         sock::announce(tgid, tid, fd, &mut entry, ConnRole::Unknown);
         let _ = SOCKS.insert(&sock::key(tgid, fd), &entry, 0);
     }
+    if entry.tls == 1 {
+        return 0; // ciphertext: the plaintext comes from the TLS probes
+    }
     let moved = ret as u64;
     // Egress bytes leave as the write begins; ingress bytes are in hand when the read returns.
     let ts = if pending.direction == EGRESS {
@@ -127,8 +135,8 @@ fn exit(ctx: &TracePointContext, plain_read: bool) -> u32 {
     };
     let conn = emit::Conn { tgid, tid, fd, conn_gen: entry.conn_gen, ts_ns: ts };
     match pending.call {
-        call::PLAIN => emit::data(&conn, pending.direction, pending.ptr, moved),
-        call::SENDFILE => emit::data(&conn, pending.direction, 0, moved),
+        call::PLAIN => emit::data(&conn, pending.direction, SYSCALL, pending.ptr, moved),
+        call::SENDFILE => emit::data(&conn, pending.direction, SYSCALL, 0, moved),
         call::VECTORED => iovecs(&conn, pending.direction, pending.ptr, pending.count, moved),
         call::MSG => {
             // SAFETY: user memory read through the helper, which checks the address.
@@ -154,12 +162,12 @@ fn iovecs(conn: &emit::Conn, direction: u32, iov: u64, iovcnt: u64, moved: u64) 
             break;
         };
         let n = if seg.len < remaining { seg.len } else { remaining };
-        emit::data(conn, direction, seg.base, n);
+        emit::data(conn, direction, SYSCALL, seg.base, n);
         remaining -= n;
     }
     if remaining > 0 {
         count(Counter::IovecsTruncated);
-        emit::data(conn, direction, 0, remaining);
+        emit::data(conn, direction, SYSCALL, 0, remaining);
     }
 }
 

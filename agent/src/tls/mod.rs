@@ -1,0 +1,365 @@
+//! Finding the TLS libraries of every process and asking for probes on them, once per file.
+//!
+//! Sources: the usual system directories for `libssl.so.*` (probed at start, so that a client
+//! started later is covered from its first call), the memory maps of every running process
+//! (`/proc/*/maps`: shared `libssl`, and executables with OpenSSL linked in, like Node.js), and
+//! later processes: re-checked on exec (their new executable) and on their first connection
+//! (by then `ld.so` has mapped their libraries). A uprobe on a file fires in every process that
+//! maps it, so each file (device and inode) is looked at and probed once.
+//!
+//! Every file that carries a TLS implementation gets a row in the attach table: probed, or not
+//! and why (Go's `crypto/tls` not yet probed, stripped, Java's TLS inside the JVM). Files are
+//! classified by `elf`; probes are attached through an [`Attacher`] (the kernel side lives in
+//! `bpf/`).
+
+pub mod elf;
+
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+    path::{Path, PathBuf},
+};
+
+use self::elf::TlsLib;
+
+/// Attaches the OpenSSL probes to a file (implemented by `bpf::Probes`).
+pub trait Attacher {
+    /// Probes `functions` of the ELF file at `path` (entry and return). Returns how many probes
+    /// were attached, or why none could be.
+    fn attach_openssl(&mut self, path: &Path, functions: &[&'static str]) -> Result<usize, String>;
+}
+
+/// What was done with one file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Probes attached.
+    Probed { functions: Vec<&'static str>, probes: usize },
+    /// A TLS implementation ztrace does not probe, and why.
+    NotProbed(String),
+    /// Probing was tried and failed.
+    Failed(String),
+}
+
+/// One row of the TLS part of the attach table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Row {
+    /// The file as the first process that mapped it names it.
+    pub path: String,
+    /// What it is: "OpenSSL (shared library)", "OpenSSL linked into the executable", "Go", "Java".
+    pub what: &'static str,
+    pub outcome: Outcome,
+    /// The process it was found in (0: found in a system library directory).
+    pub pid: u32,
+}
+
+impl fmt::Display for Row {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.outcome {
+            Outcome::Probed { functions, probes } => write!(
+                f,
+                "ok    uprobes   {} {}: {} probes on {}",
+                self.what,
+                self.path,
+                probes,
+                functions.join(", ")
+            ),
+            Outcome::NotProbed(why) => write!(f, "skip  uprobes   {} {}: {why}", self.what, self.path),
+            Outcome::Failed(why) => write!(f, "FAIL  uprobes   {} {}: {why}", self.what, self.path),
+        }
+    }
+}
+
+/// Identity of a file: device and inode (as `/proc/PID/maps` prints them).
+type FileId = (String, u64);
+
+/// Processes remembered as checked before the set is cleared (each is then checked again once).
+const MAX_CHECKED: usize = 65_536;
+
+/// Directories searched for a system `libssl.so.*` at start.
+const SYSTEM_LIB_DIRS: &[&str] = &[
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib64",
+    "/lib64",
+    "/usr/lib",
+    "/usr/local/lib",
+    "/usr/local/lib64",
+];
+
+/// The TLS libraries found so far and the processes already looked at.
+#[derive(Default)]
+pub struct TlsDiscovery {
+    /// Every file looked at (also those without TLS), so each is inspected once.
+    files: HashMap<FileId, Option<usize>>,
+    pub rows: Vec<Row>,
+    checked: HashSet<u32>,
+    pending: Vec<u32>,
+    own_pid: u32,
+}
+
+impl TlsDiscovery {
+    pub fn new(own_pid: u32) -> Self {
+        TlsDiscovery { own_pid, ..Default::default() }
+    }
+
+    /// Probes the system's `libssl.so.*` files and every running process's TLS libraries.
+    pub fn scan_at_start(&mut self, attacher: &mut dyn Attacher) {
+        for dir in SYSTEM_LIB_DIRS {
+            let Ok(entries) = std::fs::read_dir(dir) else { continue };
+            let mut names: Vec<PathBuf> = entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(is_libssl_name))
+                .collect();
+            names.sort();
+            for path in names {
+                let Ok(meta) = std::fs::metadata(&path) else { continue };
+                if !meta.is_file() {
+                    continue;
+                }
+                use std::os::unix::fs::MetadataExt as _;
+                let id = (dev_string(meta.dev()), meta.ino());
+                // libssl.so is usually a link to libssl.so.3: show the file itself.
+                let real = std::fs::canonicalize(&path).unwrap_or(path);
+                self.look_at(id, &real, &real.to_string_lossy(), 0, attacher);
+            }
+        }
+        let Ok(procs) = std::fs::read_dir("/proc") else { return };
+        for entry in procs.flatten() {
+            if let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) {
+                self.checked.insert(pid);
+                self.check_process(pid, attacher);
+            }
+        }
+    }
+
+    /// A process ran a new executable: look at it now, and at its libraries on its first
+    /// connection.
+    pub fn on_exec(&mut self, tgid: u32) {
+        self.checked.remove(&tgid);
+        self.queue(tgid);
+    }
+
+    /// A connection of `tgid` was announced: look at its libraries the first time.
+    pub fn on_conn(&mut self, tgid: u32) {
+        if self.checked.len() >= MAX_CHECKED {
+            self.checked.clear();
+        }
+        if self.checked.insert(tgid) {
+            self.queue(tgid);
+        }
+    }
+
+    fn queue(&mut self, tgid: u32) {
+        if tgid != self.own_pid && !self.pending.contains(&tgid) {
+            self.pending.push(tgid);
+        }
+    }
+
+    /// True when processes wait to be looked at.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Looks at the queued processes; returns the rows added.
+    pub fn run_pending(&mut self, attacher: &mut dyn Attacher) -> Vec<Row> {
+        let before = self.rows.len();
+        for pid in std::mem::take(&mut self.pending) {
+            self.check_process(pid, attacher);
+        }
+        self.rows[before..].to_vec()
+    }
+
+    /// Looks at the executable and executable mappings of one process.
+    fn check_process(&mut self, pid: u32, attacher: &mut dyn Attacher) {
+        if pid == self.own_pid {
+            return;
+        }
+        let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else { return };
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+        for m in parse_maps(&maps) {
+            let basename = m.path.rsplit('/').next().unwrap_or(m.path);
+            let is_exe = exe.as_deref().is_some_and(|e| e == Path::new(m.path));
+            if !(is_exe || is_libssl_name(basename) || basename.starts_with("libjvm.so")) {
+                continue;
+            }
+            let id = (m.dev.to_owned(), m.inode);
+            // Read and probe through the process's root: right inside containers too.
+            let through_root = PathBuf::from(format!("/proc/{pid}/root{}", m.path));
+            if basename.starts_with("libjvm.so") {
+                if !self.files.contains_key(&id) {
+                    let row = Row {
+                        path: m.path.to_owned(),
+                        what: "Java",
+                        outcome: Outcome::NotProbed(
+                            "the JVM encrypts in Java (JSSE), with no native TLS library to probe: its HTTPS is not traced"
+                                .into(),
+                        ),
+                        pid,
+                    };
+                    self.files.insert(id, Some(self.rows.len()));
+                    self.rows.push(row);
+                }
+                continue;
+            }
+            self.look_at(id, &through_root, m.path, pid, attacher);
+        }
+    }
+
+    /// Inspects a file not seen before and probes it if it carries OpenSSL.
+    fn look_at(&mut self, id: FileId, path: &Path, shown: &str, pid: u32, attacher: &mut dyn Attacher) {
+        if self.files.contains_key(&id) {
+            return;
+        }
+        let lib = match elf::inspect(path) {
+            Ok(lib) => lib,
+            Err(e) => {
+                tracing::debug!(path = %path.display(), error = %e, "could not read a candidate TLS library");
+                return; // not remembered: tried again when another process maps it
+            }
+        };
+        let libssl = Path::new(shown).file_name().and_then(|n| n.to_str()).is_some_and(is_libssl_name);
+        let row = match lib {
+            TlsLib::None => {
+                self.files.insert(id, None);
+                return;
+            }
+            TlsLib::OpenSsl { functions } => {
+                let what = if libssl { "OpenSSL (shared library)" } else { "OpenSSL linked into the executable" };
+                let outcome = match attacher.attach_openssl(path, &functions) {
+                    Ok(probes) => Outcome::Probed { functions, probes },
+                    Err(e) => Outcome::Failed(e),
+                };
+                Row { path: shown.to_owned(), what, outcome, pid }
+            }
+            TlsLib::Go { crypto_tls, stripped } => {
+                let why = if !crypto_tls && !stripped {
+                    "does not use crypto/tls".to_owned()
+                } else {
+                    format!(
+                        "Go crypto/tls is not probed by this version of ztrace{}: its HTTPS is not traced",
+                        if stripped { " (and the binary is stripped)" } else { "" }
+                    )
+                };
+                Row { path: shown.to_owned(), what: "Go", outcome: Outcome::NotProbed(why), pid }
+            }
+        };
+        self.files.insert(id, Some(self.rows.len()));
+        self.rows.push(row);
+    }
+}
+
+/// `libssl.so`, `libssl.so.3`, `libssl.so.1.1` (not `libssl3.so`, NSS's).
+fn is_libssl_name(name: &str) -> bool {
+    name.starts_with("libssl.so")
+}
+
+/// A device number as `/proc/PID/maps` prints it (`major:minor`, hex).
+fn dev_string(dev: u64) -> String {
+    format!("{:02x}:{:02x}", libc::major(dev), libc::minor(dev))
+}
+
+/// One executable file mapping of `/proc/PID/maps`.
+#[derive(Debug, PartialEq, Eq)]
+struct Mapping<'a> {
+    dev: &'a str,
+    inode: u64,
+    path: &'a str,
+}
+
+/// The distinct executable file mappings of a maps file (deleted files and anonymous or special
+/// mappings left out).
+fn parse_maps(text: &str) -> Vec<Mapping<'_>> {
+    let mut out: Vec<Mapping<'_>> = Vec::new();
+    for line in text.lines() {
+        let mut fields = line.split_ascii_whitespace();
+        let (Some(_range), Some(perms), Some(_offset), Some(dev), Some(inode)) =
+            (fields.next(), fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let Some(path) = fields.next() else { continue };
+        if fields.next().is_some() || !path.starts_with('/') || perms.as_bytes().get(2) != Some(&b'x') {
+            continue; // "(deleted)" suffix, [vdso], non-executable
+        }
+        let Ok(inode) = inode.parse::<u64>() else { continue };
+        if inode == 0 || out.iter().any(|m| m.inode == inode && m.dev == dev) {
+            continue;
+        }
+        out.push(Mapping { dev, inode, path });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAPS: &str = "\
+55d0c8a00000-55d0c8a28000 r--p 00000000 fd:01 1835102                    /usr/bin/curl
+55d0c8a28000-55d0c8a3d000 r-xp 00028000 fd:01 1835102                    /usr/bin/curl
+7f1d2c000000-7f1d2c021000 rw-p 00000000 00:00 0
+7f1d2d1a0000-7f1d2d1bc000 r--p 00000000 fd:01 1839420                    /usr/lib/x86_64-linux-gnu/libssl.so.3
+7f1d2d1bc000-7f1d2d218000 r-xp 0001c000 fd:01 1839420                    /usr/lib/x86_64-linux-gnu/libssl.so.3
+7f1d2d300000-7f1d2d318000 r-xp 00000000 fd:01 1839421                    /tmp/gone.so (deleted)
+7ffd4b3e1000-7ffd4b3e3000 r-xp 00000000 00:00 0                          [vdso]
+";
+
+    #[test]
+    fn maps_give_each_executable_file_once() {
+        let m = parse_maps(MAPS);
+        assert_eq!(
+            m,
+            vec![
+                Mapping { dev: "fd:01", inode: 1835102, path: "/usr/bin/curl" },
+                Mapping { dev: "fd:01", inode: 1839420, path: "/usr/lib/x86_64-linux-gnu/libssl.so.3" },
+            ]
+        );
+        assert!(parse_maps("garbage\n\n1 2 3\n").is_empty());
+    }
+
+    #[test]
+    fn libssl_names() {
+        assert!(is_libssl_name("libssl.so.3"));
+        assert!(is_libssl_name("libssl.so.1.1"));
+        assert!(!is_libssl_name("libssl3.so"));
+        assert!(!is_libssl_name("libcrypto.so.3"));
+    }
+
+    struct Recorder(Vec<(PathBuf, Vec<&'static str>)>);
+    impl Attacher for Recorder {
+        fn attach_openssl(&mut self, path: &Path, functions: &[&'static str]) -> Result<usize, String> {
+            self.0.push((path.to_owned(), functions.to_vec()));
+            Ok(functions.len() * 2)
+        }
+    }
+
+    #[test]
+    fn each_file_is_probed_once_and_gets_a_row() {
+        let path = Path::new("/usr/lib/x86_64-linux-gnu/libssl.so.3");
+        if !path.exists() {
+            return;
+        }
+        let mut d = TlsDiscovery::new(1);
+        let mut rec = Recorder(Vec::new());
+        d.look_at(("fd:01".into(), 7), path, "/usr/lib/x86_64-linux-gnu/libssl.so.3", 0, &mut rec);
+        d.look_at(("fd:01".into(), 7), path, "/usr/lib/x86_64-linux-gnu/libssl.so.3", 0, &mut rec);
+        assert_eq!(rec.0.len(), 1);
+        assert_eq!(d.rows.len(), 1);
+        assert!(d.rows[0].to_string().starts_with("ok    uprobes   OpenSSL (shared library) /usr/lib/x86_64-linux-gnu/libssl.so.3: 8 probes"));
+    }
+
+    #[test]
+    fn processes_are_queued_once_until_they_exec() {
+        let mut d = TlsDiscovery::new(1);
+        d.on_conn(5);
+        d.on_conn(5);
+        d.on_conn(1); // ztrace itself
+        assert_eq!(d.pending, vec![5]);
+        d.pending.clear();
+        d.on_conn(5);
+        assert!(d.pending.is_empty());
+        d.on_exec(5);
+        assert_eq!(d.pending, vec![5]);
+    }
+}

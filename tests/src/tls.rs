@@ -1,0 +1,164 @@
+//! TLS for the end-to-end tests: a self-signed certificate made with `openssl req`, HTTPS
+//! servers (nginx with `ssl`, Python's `http.server` in `ssl`, Node.js `https`) and clients
+//! (Node.js, Java's own TLS). Every server is stopped on drop.
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::process::{describe_status, Proc};
+use crate::{fixture, free_port, python, wait_until, TempDir};
+
+/// How long a server may take to listen, and a client to finish.
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A self-signed certificate for `localhost` and `127.0.0.1`, with its key.
+pub struct Certs {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    _dir: TempDir,
+}
+
+impl Certs {
+    /// `openssl req -x509` into a temporary directory.
+    pub fn make() -> Certs {
+        let dir = TempDir::new("certs");
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let out = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost"])
+            .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("run openssl (apt-get install openssl)");
+        assert!(out.status.success(), "openssl req failed: {}", String::from_utf8_lossy(&out.stderr));
+        Certs { cert, key, _dir: dir }
+    }
+}
+
+/// An HTTPS server on 127.0.0.1, stopped on drop.
+pub struct TlsServer {
+    proc: Proc,
+    pub port: u16,
+    _dir: TempDir,
+}
+
+impl TlsServer {
+    /// nginx (one worker, keep-alive) serving `/hello` over TLS with only the given protocols
+    /// (`"TLSv1.2 TLSv1.3"`).
+    pub fn nginx(certs: &Certs, protocols: &str) -> TlsServer {
+        let dir = TempDir::new("nginx-tls");
+        let html = dir.join("html");
+        std::fs::create_dir_all(&html).expect("create html");
+        std::fs::write(html.join("hello"), "hello over tls\n").expect("write hello");
+        let port = free_port();
+        let d = dir.path().display();
+        let conf = format!(
+            "daemon off;
+master_process on;
+worker_processes 1;
+user root;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    default_type text/plain;
+    client_body_temp_path {d}/tmp_body;
+    proxy_temp_path {d}/tmp_proxy;
+    fastcgi_temp_path {d}/tmp_fastcgi;
+    uwsgi_temp_path {d}/tmp_uwsgi;
+    scgi_temp_path {d}/tmp_scgi;
+    keepalive_timeout 60s;
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols {protocols};
+        root {d}/html;
+        location /items/ {{ return 200 \"item\\n\"; }}
+        location / {{ try_files $uri =404; }}
+    }}
+}}
+",
+            cert = certs.cert.display(),
+            key = certs.key.display(),
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).expect("write nginx.conf");
+        let mut cmd = Command::new("/usr/sbin/nginx");
+        cmd.arg("-p").arg(dir.path()).arg("-e").arg(dir.join("error.log")).arg("-c").arg(dir.join("nginx.conf"));
+        Self::wait(Proc::spawn("nginx", &mut cmd), port, dir)
+    }
+
+    /// `tests/fixtures/https_server.py`: Python's `http.server` wrapped in `ssl` (OpenSSL's
+    /// `_ex` functions).
+    pub fn python(certs: &Certs) -> TlsServer {
+        let port = free_port();
+        let mut cmd = Command::new(python());
+        cmd.arg("-u").arg(fixture("https_server.py")).arg(port.to_string()).arg(&certs.cert).arg(&certs.key);
+        Self::wait(Proc::spawn("https_server.py", &mut cmd), port, TempDir::new("py-tls"))
+    }
+
+    /// `tests/fixtures/node_https_server.js` on `/usr/bin/node` (OpenSSL linked in).
+    pub fn node(certs: &Certs) -> TlsServer {
+        let port = free_port();
+        let mut cmd = Command::new("node");
+        cmd.arg(fixture("node_https_server.js")).arg(port.to_string()).arg(&certs.cert).arg(&certs.key);
+        Self::wait(Proc::spawn("node https server", &mut cmd), port, TempDir::new("node-tls"))
+    }
+
+    fn wait(mut proc: Proc, port: u16, dir: TempDir) -> TlsServer {
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let listening = wait_until(TIMEOUT, || {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Some(true);
+            }
+            proc.exited().map(|_| false)
+        });
+        if listening != Some(true) {
+            let name = proc.name().to_owned();
+            panic!("{name} is not listening on {addr}:\n{}", proc.describe());
+        }
+        TlsServer { proc, port, _dir: dir }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// `https://127.0.0.1:PORT{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+/// Runs a client to completion; returns its pid and stdout. Panics unless it exits 0.
+pub fn run_client(name: &str, cmd: &mut Command) -> (u32, String) {
+    let mut proc = Proc::spawn(name, cmd);
+    proc.close_stdin();
+    match proc.wait_exit(TIMEOUT) {
+        Some(status) if status.success() => (proc.pid(), proc.stdout()),
+        Some(status) => panic!("{name} failed ({}):\n{}", describe_status(status), proc.describe()),
+        None => panic!("{name} did not finish within {TIMEOUT:?}:\n{}", proc.describe()),
+    }
+}
+
+/// `node tests/fixtures/node_https_get.js CA URL...` (one keep-alive agent); its pid.
+pub fn node_get(ca: &Path, urls: &[String]) -> u32 {
+    let mut cmd = Command::new("node");
+    cmd.arg(fixture("node_https_get.js")).arg(ca).args(urls);
+    let (pid, stdout) = run_client("node https client", &mut cmd);
+    assert_eq!(stdout.lines().filter(|l| l.trim() == "200").count(), urls.len(), "node client printed {stdout:?}");
+    pid
+}
+
+/// `java tests/fixtures/JavaHttpsGet.java URL` (Java's own TLS); its pid.
+pub fn java_get(url: &str) -> u32 {
+    let mut cmd = Command::new("java");
+    cmd.arg(fixture("JavaHttpsGet.java")).arg(url);
+    let (pid, stdout) = run_client("java https client", &mut cmd);
+    assert_eq!(stdout.trim(), "200", "java client printed {stdout:?}");
+    pid
+}
