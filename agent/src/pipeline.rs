@@ -5,7 +5,10 @@
 //! bounded queue (`try_send`, counted when full), so a slow sink never slows capture.
 
 use std::{
-    sync::{mpsc, Arc},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        mpsc, Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -50,6 +53,9 @@ const MAX_RECORDS_PER_DRAIN: usize = 65_536;
 const POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// Batches of spans waiting for the print thread (one batch per ring-buffer drain).
 const PRINT_QUEUE: usize = 256;
+/// Spans waiting for the print thread, over all batches: the memory bound of a slow stdout
+/// (about 1 KiB a span). Beyond it batches are dropped and counted.
+const PRINT_QUEUE_SPANS: usize = 32_768;
 
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> Result<(), PipelineError> {
@@ -315,15 +321,23 @@ impl Sinks {
 struct PrintSink {
     tx: mpsc::SyncSender<Vec<Span>>,
     thread: std::thread::JoinHandle<()>,
+    /// Spans sent and not yet printed.
+    queued: Arc<AtomicUsize>,
 }
 
 impl PrintSink {
     fn start(format: PrintFormat) -> Self {
         let (tx, rx) = mpsc::sync_channel::<Vec<Span>>(PRINT_QUEUE);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let printed = queued.clone();
         let thread = std::thread::spawn(move || {
             let mut printer = Printer::new(std::io::stdout().lock(), format);
             // Print what is queued, flush when the queue is empty: one write per burst.
-            let print_all = |printer: &mut Printer<_>, batch: Vec<Span>| batch.iter().try_for_each(|s| printer.print(s));
+            let print_all = |printer: &mut Printer<_>, batch: Vec<Span>| {
+                let result = batch.iter().try_for_each(|s| printer.print(s));
+                printed.fetch_sub(batch.len(), Ordering::Relaxed);
+                result
+            };
             while let Ok(batch) = rx.recv() {
                 let mut result = print_all(&mut printer, batch);
                 while let (Ok(()), Ok(batch)) = (&result, rx.try_recv()) {
@@ -334,13 +348,21 @@ impl PrintSink {
                 }
             }
         });
-        PrintSink { tx, thread }
+        PrintSink { tx, thread, queued }
     }
 
     fn send(&self, batch: Vec<Span>, metrics: &Metrics) {
-        let n = batch.len() as u64;
+        let n = batch.len();
+        let queued = self.queued.load(Ordering::Relaxed);
+        // One batch larger than the bound still goes when nothing waits.
+        if queued > 0 && queued + n > PRINT_QUEUE_SPANS {
+            Metrics::add(&metrics.spans_dropped_queue_full, n as u64);
+            return;
+        }
+        self.queued.fetch_add(n, Ordering::Relaxed);
         if self.tx.try_send(batch).is_err() {
-            Metrics::add(&metrics.spans_dropped_queue_full, n);
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+            Metrics::add(&metrics.spans_dropped_queue_full, n as u64);
         }
     }
 
