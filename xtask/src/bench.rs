@@ -46,6 +46,8 @@ struct Run {
 #[derive(Debug, Default)]
 struct AgentCost {
     cpu_seconds_per_second: f64,
+    /// The agent's CPU time over the load.
+    cpu_seconds: f64,
     peak_rss_kib: Option<u64>,
     stats: Option<Map<String, Value>>,
 }
@@ -284,6 +286,7 @@ fn traced_run(
         requests_per_sec,
         agent: Some(AgentCost {
             cpu_seconds_per_second: cpu / load_seconds,
+            cpu_seconds: cpu,
             peak_rss_kib,
             stats,
         }),
@@ -293,12 +296,12 @@ fn traced_run(
 fn report(runs: &[Run], ztrace: &Path, agent_args: &[String], load: &str) {
     println!();
     println!(
-        "{:<4} {:<8} {:>12} {:>14} {:>12} {:>14} {:>10}",
-        "run", "ztrace", "requests/s", "cpu s per s", "peak RSS", "events", "dropped"
+        "{:<4} {:<8} {:>12} {:>14} {:>12} {:>14} {:>10} {:>10}",
+        "run", "ztrace", "requests/s", "cpu s per s", "peak RSS", "events", "dropped", "µs/span"
     );
     for (i, run) in runs.iter().enumerate() {
-        let (cpu, rss, events, dropped) = match &run.agent {
-            None => ("-".into(), "-".into(), "-".into(), "-".into()),
+        let (cpu, rss, events, dropped, per_span) = match &run.agent {
+            None => ("-".into(), "-".into(), "-".into(), "-".into(), "-".into()),
             Some(agent) => (
                 format!("{:.3}", agent.cpu_seconds_per_second),
                 agent
@@ -312,17 +315,28 @@ fn report(runs: &[Run], ztrace: &Path, agent_args: &[String], load: &str) {
                     .stats
                     .as_ref()
                     .map_or("?".into(), |s| events_dropped(s).to_string()),
+                // The agent's own CPU per span it made: unlike the ratio, hardly moved by
+                // whatever else runs on the machine.
+                agent
+                    .stats
+                    .as_ref()
+                    .map(|s| counter(s, "spans_created"))
+                    .filter(|&spans| spans > 0)
+                    .map_or("?".into(), |spans| {
+                        format!("{:.2}", agent.cpu_seconds * 1e6 / spans as f64)
+                    }),
             ),
         };
         println!(
-            "{:<4} {:<8} {:>12.0} {:>14} {:>12} {:>14} {:>10}",
+            "{:<4} {:<8} {:>12.0} {:>14} {:>12} {:>14} {:>10} {:>10}",
             i + 1,
             if run.traced { "on" } else { "off" },
             run.requests_per_sec,
             cpu,
             rss,
             events,
-            dropped
+            dropped,
+            per_span
         );
     }
     let ratios: Vec<f64> = runs
