@@ -43,8 +43,13 @@ counters! {
     exchanges_unanswered,
     /// Spans produced.
     spans_created,
-    /// Server spans whose local client span never came (released unlinked after the hold).
+    /// Server spans whose client is a traced local process but whose client request was not
+    /// found: roots with `ztrace.link=none`.
     spans_unlinked,
+    /// Inputs of trace assembly handled before their hold-back window ended (too many waiting).
+    link_window_overflow,
+    /// Remembered client requests forgotten because too many connections had some.
+    link_state_dropped,
     /// Spans dropped because a sink's queue was full.
     spans_dropped_queue_full,
     /// Spans accepted by the OTLP endpoint.

@@ -23,10 +23,10 @@ use crate::{
     export::{self, ExportError, ExportHandle},
     metrics::Metrics,
     print::{PrintFormat, Printer},
-    spans::{self, clock::Clock, Span, SpanKind},
+    spans::{self, clock::Clock, Span},
     store::StoreSink,
     tls::{Row, TlsDiscovery},
-    trace::Linker,
+    trace::{self, Finished, Tracer},
     ui,
 };
 
@@ -165,7 +165,7 @@ struct Capture {
     processes: ProcessCache,
     clock: Clock,
     exchanges: Vec<ConnExchange>,
-    linker: Linker,
+    tracer: Tracer,
     /// Spans ready for the sinks.
     ready: Vec<Span>,
     last_ts: u64,
@@ -182,7 +182,7 @@ impl Capture {
             processes: ProcessCache::new(),
             clock: Clock::now_from_system(),
             exchanges: Vec::new(),
-            linker: Linker::new(),
+            tracer: Tracer::new(),
             ready: Vec::new(),
             last_ts: 0,
             own_tgid: std::process::id(),
@@ -195,10 +195,14 @@ impl Capture {
     /// At most [`MAX_RECORDS_PER_DRAIN`] records per call, so that under a steady flood the task
     /// still hands spans to the sinks, expires held spans and hears signals; the next poll goes on.
     fn drain(&mut self, ring: &mut RingBuf<MapData>, sinks: &mut Sinks) {
+        // Everything the kernel timestamped before this instant and finished is in the ring now.
+        let began = u64::try_from(spans::clock::monotonic_now_ns()).unwrap_or(0);
         let mut budget = MAX_RECORDS_PER_DRAIN;
+        let mut emptied = true;
         while let Some(item) = ring.next() {
             budget -= 1;
             Metrics::inc(&self.metrics.events_read);
+            let mut ts = 0;
             match bpf::events::decode(&item) {
                 Ok(KernelEvent::Conn(ev)) => {
                     self.last_ts = ev.header.ts_ns;
@@ -211,12 +215,19 @@ impl Capture {
                     }
                 }
                 Ok(KernelEvent::Data { header, prefix, tail }) => {
-                    self.last_ts = header.header.ts_ns;
+                    ts = header.header.ts_ns;
+                    self.last_ts = ts;
                     self.conns.on_data(&header, prefix, tail, &self.metrics, &mut self.exchanges);
+                    for start in self.conns.take_starts().collect::<Vec<_>>() {
+                        let peer_traced = self.conns.peer_traced(start.local, start.remote);
+                        self.tracer.start(start, peer_traced, &self.metrics, &mut self.ready);
+                    }
                 }
                 Ok(KernelEvent::Close(header)) => {
-                    self.last_ts = header.ts_ns;
+                    ts = header.ts_ns;
+                    self.last_ts = ts;
                     self.conns.on_close(&header, &self.metrics, &mut self.exchanges);
+                    self.tracer.closed(ts, conn::ConnKey { tgid: header.tgid, fd: header.fd, conn_gen: header.conn_gen }, &self.metrics, &mut self.ready);
                 }
                 Ok(KernelEvent::Exec(header)) => self.tls.on_exec(header.tgid),
                 Err(error) => {
@@ -226,40 +237,40 @@ impl Capture {
             }
             drop(item);
             if !self.exchanges.is_empty() {
-                self.make_spans();
+                self.make_spans(ts);
             }
             if budget == 0 {
+                emptied = false;
                 break;
             }
+        }
+        if emptied {
+            self.tracer.release(began.saturating_sub(trace::WINDOW_NS), &self.metrics, &mut self.ready);
         }
         sinks.send_all(&mut self.ready);
     }
 
-    /// Turns finished exchanges into spans and joins local client/server pairs; spans ready for
-    /// the sinks collect in `ready`.
-    fn make_spans(&mut self) {
-        let now = Instant::now();
+    /// Turns finished exchanges into spans and hands them to trace assembly, which gives them
+    /// their ids and parents; spans ready for the sinks collect in `ready`.
+    fn make_spans(&mut self, ts: u64) {
         for ex in self.exchanges.drain(..) {
             let process = self.processes.get_or_load(ex.conn.key.tgid, &ex.conn.comm);
-            let span = match &ex.exchange {
+            let (span, side, request_start_ns) = match &ex.exchange {
                 Exchange::Http(http) => {
                     let conn = spans::http::ConnInfo { local: ex.conn.local, remote: ex.conn.remote, tls: ex.conn.tls };
-                    spans::http::http_span(http, &conn, &process, &self.clock)
+                    (spans::http::http_span(http, &conn, &process, &self.clock), http.side, http.request_start_ns)
                 }
                 Exchange::Postgres(pg) => {
                     let conn = spans::db::ConnInfo { local: ex.conn.local, remote: ex.conn.remote };
-                    spans::db::postgres_span(pg, &conn, &process, &self.clock)
+                    (spans::db::postgres_span(pg, &conn, &process, &self.clock), pg.side, pg.request_start_ns)
                 }
             };
             Metrics::inc(&self.metrics.spans_created);
-            let (local, remote) = (ex.conn.local, ex.conn.remote);
-            match span.kind {
-                SpanKind::Server => {
-                    let peer = self.conns.peer_traced(local, remote);
-                    self.linker.on_server(span, local, remote, peer, now, &self.metrics, &mut self.ready);
-                }
-                _ => self.linker.on_client(span, local, remote, now, &mut self.ready),
-            }
+            let peer_traced = self.conns.peer_traced(ex.conn.local, ex.conn.remote);
+            let finished = Finished { span, key: ex.conn.key, side, request_start_ns, peer_traced };
+            // An exchange finished on a close has no data event: its close is its time.
+            let at = if ts == 0 { self.last_ts } else { ts };
+            self.tracer.finished(at, finished, &self.metrics, &mut self.ready);
         }
     }
 
@@ -267,13 +278,13 @@ impl Capture {
         if self.last_ts > IDLE_CONN_NS {
             self.conns.sweep(self.last_ts - IDLE_CONN_NS, &self.metrics);
         }
-        self.linker.expire(Instant::now(), &self.metrics, &mut self.ready);
+        self.tracer.expire();
         sinks.send_all(&mut self.ready);
     }
 
     /// Releases every held span (at shutdown).
     fn flush(&mut self, sinks: &mut Sinks) {
-        self.linker.flush(&mut self.ready);
+        self.tracer.flush(&self.metrics, &mut self.ready);
         sinks.send_all(&mut self.ready);
     }
 }

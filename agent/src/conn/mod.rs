@@ -6,6 +6,10 @@
 //! exchanges, with the connection's addresses, to the caller. It does no I/O and holds no
 //! payload beyond what a parser buffers for an incomplete header block.
 //!
+//! It also notes when a request starts on a connection ([`RequestStart`]: the first bytes in the
+//! request direction after bytes in the other one, or the first bytes at all), so that trace
+//! assembly (`trace/`) can give the request its ids while it is still in flight.
+//!
 //! It deliberately does not build spans (`spans/`) nor know about processes (`discovery/`).
 
 use std::{
@@ -21,8 +25,9 @@ use crate::{
         self,
         http1::{Http1Parser, HttpExchange},
         postgres::{PgExchange, PgParser},
-        Chunk, Gap, Protocol,
+        Chunk, Gap, Protocol, Side,
     },
+    spans::http::{find_traceparent, TraceParent},
 };
 
 /// Identity of a connection as the kernel reports it.
@@ -75,6 +80,23 @@ struct Connection {
     /// Plaintext was seen at a TLS library: only that stream is parsed, the socket's own
     /// (encrypted) bytes are dropped.
     plaintext: bool,
+    /// Direction of the last bytes moved, to see where a request starts.
+    last_direction: Option<Direction>,
+}
+
+/// A request started on a connection: its first bytes moved (a client wrote them, a server read
+/// them). Exchanges finish later with `request_start_ns` at or after this `ts_ns`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestStart {
+    pub key: ConnKey,
+    pub side: Side,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// The thread that moved the bytes.
+    pub tid: u32,
+    pub ts_ns: u64,
+    /// A W3C `traceparent` header among the first bytes of an HTTP request.
+    pub traceparent: Option<TraceParent>,
 }
 
 /// A finished exchange of one of the protocols ztrace parses.
@@ -105,6 +127,7 @@ pub struct ConnTable {
     pg_scratch: Vec<PgExchange>,
     /// Postgres parsers keep `Bind` parameter values (`--db-query-parameters`).
     pg_parameters: bool,
+    starts: Vec<RequestStart>,
 }
 
 const MAX_OWN_ENDPOINTS: usize = 4096;
@@ -123,6 +146,7 @@ impl ConnTable {
             scratch: Vec::new(),
             pg_scratch: Vec::new(),
             pg_parameters: false,
+            starts: Vec::new(),
         }
     }
 
@@ -130,6 +154,11 @@ impl ConnTable {
     pub fn keep_db_parameters(mut self, keep: bool) -> Self {
         self.pg_parameters = keep;
         self
+    }
+
+    /// Requests started since the last call, in the order their bytes were handed in.
+    pub fn take_starts(&mut self) -> std::vec::Drain<'_, RequestStart> {
+        self.starts.drain(..)
     }
 
     /// Number of connections tracked.
@@ -174,6 +203,7 @@ impl ConnTable {
             last_ts: ev.header.ts_ns,
             undetected_chunks: 0,
             plaintext: false,
+            last_direction: None,
         });
     }
 
@@ -217,6 +247,7 @@ impl ConnTable {
                 conn.info.tls = true;
                 conn.state = State::Undetected;
                 conn.undetected_chunks = 0;
+                conn.last_direction = None;
             }
         } else if conn.plaintext {
             return; // ciphertext of a connection whose plaintext the TLS probes give
@@ -250,6 +281,28 @@ impl ConnTable {
                     }
                 }
             };
+        }
+
+        let side = match &conn.state {
+            State::Http1(parser) => Some(parser.side()),
+            State::Postgres(parser) => Some(parser.side()),
+            _ => None,
+        };
+        if let Some(side) = side {
+            let request_direction = if side == Side::Server { Direction::Ingress } else { Direction::Egress };
+            if direction == request_direction && conn.last_direction != Some(direction) {
+                let is_http = matches!(conn.state, State::Http1(_));
+                self.starts.push(RequestStart {
+                    key,
+                    side,
+                    local: conn.info.local,
+                    remote: conn.info.remote,
+                    tid: header.header.tid,
+                    ts_ns,
+                    traceparent: if is_http { find_traceparent(payload) } else { None },
+                });
+            }
+            conn.last_direction = Some(direction);
         }
 
         let missing = u64::from(header.len).saturating_sub(payload.len() as u64 + tail.len() as u64);

@@ -63,7 +63,7 @@ fn unix_now_ns() -> i128 {
 ///
 /// The standard library's `Instant` reads the same clock but does not expose its value, hence
 /// the one `unsafe` call outside `bpf/`.
-fn monotonic_now_ns() -> i128 {
+pub fn monotonic_now_ns() -> i128 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid, writable `timespec` for the duration of the call, and
     // CLOCK_MONOTONIC is a clock id every Linux kernel supports.

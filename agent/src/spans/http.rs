@@ -327,6 +327,31 @@ fn single_header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
     values.next().is_none().then(|| first.1.trim())
 }
 
+/// The `traceparent` header of the request head at the start of `bytes` (the first bytes of a
+/// request, as read or written), if its header lines seen there hold exactly one valid one.
+/// Looks no further than the end of the head or of `bytes`; never allocates.
+pub fn find_traceparent(bytes: &[u8]) -> Option<TraceParent> {
+    const NAME: &[u8] = b"traceparent:";
+    let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(bytes.len());
+    let mut found = None;
+    // Skip the request line; a header line cut at the end of `bytes` is not trusted.
+    let mut lines = bytes[..head_end].split(|&b| b == b'\n').skip(1).peekable();
+    while let Some(line) = lines.next() {
+        if lines.peek().is_none() && head_end == bytes.len() {
+            break;
+        }
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.len() > NAME.len() && line[..NAME.len()].eq_ignore_ascii_case(NAME) {
+            if found.is_some() {
+                return None; // twice: ignored, as http_span does
+            }
+            // Malformed: ignored (returns None).
+            found = Some(std::str::from_utf8(&line[NAME.len()..]).ok().and_then(parse_traceparent)?);
+        }
+    }
+    found
+}
+
 /// Parses a W3C Trace Context `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`).
 ///
 /// Rejects version `ff`, upper-case hex, all-zero ids and, for version `00`, trailing data; a
@@ -749,6 +774,21 @@ mod tests {
         for (q, want) in cases {
             assert_eq!(redact_query(q), want, "{q}");
         }
+    }
+
+    #[test]
+    fn finds_traceparent_in_the_first_bytes_of_a_request() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let head = format!("GET / HTTP/1.1\r\nHost: a\r\nTraceParent: {tp}\r\n\r\nbody traceparent: x");
+        assert_eq!(find_traceparent(head.as_bytes()), parse_traceparent(tp));
+        assert!(find_traceparent(head.as_bytes()).is_some());
+        // Cut inside the header line: not trusted; twice or malformed: ignored; none at all.
+        assert_eq!(find_traceparent(&head.as_bytes()[..40]), None);
+        let twice = format!("GET / HTTP/1.1\r\ntraceparent: {tp}\r\ntraceparent: {tp}\r\n\r\n");
+        assert_eq!(find_traceparent(twice.as_bytes()), None);
+        assert_eq!(find_traceparent(b"GET / HTTP/1.1\r\ntraceparent: 00-zz\r\n\r\n"), None);
+        assert_eq!(find_traceparent(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"), None);
+        assert_eq!(find_traceparent(b""), None);
     }
 
     #[test]

@@ -1,336 +1,427 @@
-//! Trace assembly across processes: the CLIENT span of a local connection becomes the parent of
-//! the SERVER span of the same exchange on the accepting side (`ztrace.link = connection`).
+//! Trace assembly: every span gets its trace id, span id and parent when its request *starts*,
+//! so that ids flow causally down a chain of calls and a span leaves as soon as it finishes.
 //!
-//! Both ends of a connection on this host are seen as two connections with mirrored 4-tuples.
-//! The server span usually finishes first (the server writes the response before the client has
-//! read it), so a server span whose peer is a traced local process is held until the client span
-//! of the same exchange arrives, or until [`HOLD`] passes (then it leaves unlinked). A client span
-//! is kept briefly for a server span that arrives after it. Exchanges are matched in order on the
-//! 4-tuple, and only when the server span lies within the client span.
+//! Rules, in order (the first that applies wins; `ztrace.link` says which one did):
+//! - `header`: the request carries a W3C `traceparent`: its trace id, its span as the parent.
+//! - `connection` (server spans): the other end of the connection is a traced process on this
+//!   host whose request on it is in flight: that client span is the parent, its trace the trace.
+//!   Requests on a keep-alive connection pair in order (the latest client request written before
+//!   the server read it).
+//! - `thread` (client spans): the thread that writes the request is serving exactly one server
+//!   exchange (read its request, not yet finished): that server span is the parent. Threads
+//!   serving several at once (event loops) give no thread link rather than a wrong one.
+//! - `none`: a root with a new trace id. A server span whose client is a traced local process
+//!   that could not be found is counted (`spans_unlinked`).
 //!
-//! A span whose parent came from a `traceparent` header keeps it. Thread and goroutine links
-//! inside a process are not made here yet.
+//! Inputs come from one ring buffer in the order syscalls *returned*, but a write's timestamp is
+//! its entry: the server's read of a request can come before the client's write of it. Starts,
+//! finished spans and closes therefore wait in a hold-back window ([`WINDOW_NS`] of kernel time,
+//! at most [`MAX_PENDING`] items) and are handled in timestamp order. Spans are never held for
+//! their parent to finish: a parent's ids are known when its request started.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap, VecDeque},
     net::SocketAddr,
-    time::{Duration, Instant},
 };
 
 use crate::{
+    conn::{ConnKey, RequestStart},
     metrics::Metrics,
-    spans::{AttrValue, Span},
+    protocols::Side,
+    spans::{new_span_id, new_trace_id, AttrValue, Attribute, Span},
 };
 
-/// Longest wait for the client span of a held server span.
-pub const HOLD: Duration = Duration::from_secs(3);
-/// How long a client span stays available to a later server span.
-const REMEMBER: Duration = Duration::from_secs(3);
-/// Most spans held at once; beyond that the oldest leave unlinked.
-const MAX_HELD: usize = 16_384;
-/// Most remembered client spans per connection.
-const MAX_REMEMBERED_PER_CONN: usize = 64;
+/// How long (kernel time) inputs wait before they are handled in timestamp order.
+pub const WINDOW_NS: u64 = 100_000_000;
+/// Most inputs waiting at once; beyond that the oldest is handled early (counted).
+pub const MAX_PENDING: usize = 65_536;
+/// Request starts remembered per connection (a start is forgotten once its exchange finished).
+const MAX_STARTS_PER_CONN: usize = 64;
+/// Client requests remembered per connection for the server end.
+const MAX_IN_FLIGHT_PER_CONN: usize = 64;
+/// Connections with remembered client requests; beyond that the map is emptied (counted).
+const MAX_IN_FLIGHT_CONNS: usize = 65_536;
+/// State older than this (kernel time) is forgotten by [`Tracer::expire`].
+const STALE_NS: u64 = 60_000_000_000;
 
 /// The attribute that says how a span's parent was found.
 pub const LINK_ATTR: &str = "ztrace.link";
 
-/// (client endpoint, server endpoint) of a connection.
-type Tuple = (SocketAddr, SocketAddr);
-
-struct Held {
-    span: Span,
-    deadline: Instant,
+/// How a span's parent was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Link {
+    Header,
+    Connection,
+    Thread,
+    None,
 }
 
-struct ClientRef {
+impl Link {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Link::Header => "header",
+            Link::Connection => "connection",
+            Link::Thread => "thread",
+            Link::None => "none",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Ids {
     trace_id: [u8; 16],
     span_id: [u8; 8],
-    start: u64,
-    end: u64,
-    expires: Instant,
+    parent: Option<[u8; 8]>,
+    link: Link,
+    /// A parent was expected (the client is a traced local process) but not found.
+    missing_parent: bool,
 }
 
-/// Joins client and server spans of local connections.
+struct StartRecord {
+    ts: u64,
+    ids: Ids,
+    /// For a server start linked by connection: the client request's span id.
+    peer_span: Option<[u8; 8]>,
+    /// Exchanges that took their ids from this start so far (a pipelined batch is several).
+    claims: u64,
+}
+
+/// The span id of the `k`-th exchange of one start (`k` = 0 is the start's own id): both ends
+/// of a connection see the same pipelined exchanges after one start each, so the k-th server
+/// exchange finds the k-th client exchange as its parent without waiting for it.
+fn nth_id(base: [u8; 8], k: u64) -> [u8; 8] {
+    if k == 0 {
+        return base;
+    }
+    // splitmix64 of the base and k: distinct for distinct k, never zero.
+    let mut z = u64::from_le_bytes(base).wrapping_add(k.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    if z == 0 {
+        z = 1;
+    }
+    z.to_le_bytes()
+}
+
+struct InFlight {
+    ts: u64,
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+}
+
+/// A server exchange whose request was read on a thread and that has not finished.
+struct Serving {
+    conn: ConnKey,
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    ts: u64,
+}
+
+/// A finished span and where it came from.
+pub struct Finished {
+    pub span: Span,
+    pub key: ConnKey,
+    pub side: Side,
+    /// The exchange's `request_start_ns`: finds the start that holds the span's ids.
+    pub request_start_ns: u64,
+    /// The client end of a server span is a traced local process.
+    pub peer_traced: bool,
+}
+
+enum Input {
+    Start { start: RequestStart, peer_traced: bool },
+    Done(Box<Finished>),
+    Close(ConnKey),
+}
+
+impl Input {
+    /// At equal timestamps: starts, then finished spans, then closes.
+    fn rank(&self) -> u8 {
+        match self {
+            Input::Start { .. } => 0,
+            Input::Done(_) => 1,
+            Input::Close(_) => 2,
+        }
+    }
+}
+
+struct Pending {
+    ts: u64,
+    rank: u8,
+    seq: u64,
+    input: Input,
+}
+
+impl PartialEq for Pending {
+    fn eq(&self, other: &Self) -> bool {
+        (self.ts, self.rank, self.seq) == (other.ts, other.rank, other.seq)
+    }
+}
+impl Eq for Pending {}
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Pending {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.ts, self.rank, self.seq).cmp(&(other.ts, other.rank, other.seq))
+    }
+}
+
+/// Gives spans their trace ids and parents (module docs).
 #[derive(Default)]
-pub struct Linker {
-    held: HashMap<Tuple, VecDeque<Held>>,
-    held_count: usize,
-    clients: HashMap<Tuple, VecDeque<ClientRef>>,
+pub struct Tracer {
+    pending: BinaryHeap<Reverse<Pending>>,
+    seq: u64,
+    /// Starts of each connection whose exchange has not finished, oldest first.
+    starts: HashMap<ConnKey, VecDeque<StartRecord>>,
+    /// Client requests not yet read by a traced server end, by (client end, server end).
+    in_flight: HashMap<(SocketAddr, SocketAddr), VecDeque<InFlight>>,
+    /// Open server exchanges of each thread, by (tgid, tid).
+    serving: HashMap<(u32, u32), Vec<Serving>>,
+    /// The thread whose `serving` holds a connection's open server exchange.
+    serving_thread: HashMap<ConnKey, u32>,
+    /// Newest timestamp handled.
+    last_ts: u64,
 }
 
-fn contains(client_start: u64, client_end: u64, server: &Span) -> bool {
-    server.start_unix_nano >= client_start && server.end_unix_nano <= client_end
+fn set_link(span: &mut Span, link: Link) {
+    match span.attributes.iter_mut().find(|a| a.key == LINK_ATTR) {
+        Some(a) => a.value = AttrValue::Str(link.as_str().to_owned()),
+        None => span.attributes.push(Attribute::new(LINK_ATTR, link.as_str())),
+    }
 }
 
-fn link_kind(span: &Span) -> Option<&str> {
+fn link_of(span: &Span) -> Option<&str> {
     span.attributes.iter().find(|a| a.key == LINK_ATTR).and_then(|a| match &a.value {
         AttrValue::Str(s) => Some(s.as_str()),
         _ => None,
     })
 }
 
-fn set_link(span: &mut Span, kind: &str) {
-    match span.attributes.iter_mut().find(|a| a.key == LINK_ATTR) {
-        Some(a) => a.value = AttrValue::Str(kind.to_owned()),
-        None => span.attributes.push(crate::spans::Attribute::new(LINK_ATTR, kind)),
-    }
-}
-
-fn adopt(server: &mut Span, trace_id: [u8; 16], parent: [u8; 8]) {
-    server.trace_id = trace_id;
-    server.parent_span_id = Some(parent);
-    set_link(server, "connection");
-}
-
-impl Linker {
+impl Tracer {
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Number of server spans waiting for their client span.
-    pub fn held(&self) -> usize {
-        self.held_count
+    /// Inputs waiting in the hold-back window.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
     }
 
-    /// A client span finished on the connection `local → remote`. It leaves at once, with any
-    /// held server span it is the parent of.
-    pub fn on_client(&mut self, span: Span, local: SocketAddr, remote: SocketAddr, now: Instant, out: &mut Vec<Span>) {
-        let tuple = (local, remote);
-        if let Some(queue) = self.held.get_mut(&tuple) {
-            if let Some(i) = queue.iter().position(|h| contains(span.start_unix_nano, span.end_unix_nano, &h.span)) {
-                // Server spans before the match had no client span: they leave unlinked.
-                for _ in 0..i {
-                    if let Some(h) = queue.pop_front() {
-                        out.push(h.span);
+    fn push(&mut self, ts: u64, input: Input, metrics: &Metrics, out: &mut Vec<Span>) {
+        self.seq += 1;
+        let rank = input.rank();
+        self.pending.push(Reverse(Pending { ts, rank, seq: self.seq, input }));
+        if self.pending.len() > MAX_PENDING {
+            Metrics::inc(&metrics.link_window_overflow);
+            if let Some(Reverse(oldest)) = self.pending.pop() {
+                self.handle(oldest, metrics, out);
+            }
+        }
+    }
+
+    /// A request started (see [`RequestStart`]); `peer_traced` says whether the other end of
+    /// the connection is a traced process on this host.
+    pub fn start(&mut self, start: RequestStart, peer_traced: bool, metrics: &Metrics, out: &mut Vec<Span>) {
+        self.push(start.ts_ns, Input::Start { start, peer_traced }, metrics, out);
+    }
+
+    /// A span finished at kernel time `ts` (the event that completed its exchange).
+    pub fn finished(&mut self, ts: u64, finished: Finished, metrics: &Metrics, out: &mut Vec<Span>) {
+        self.push(ts, Input::Done(Box::new(finished)), metrics, out);
+    }
+
+    /// The process closed the connection at kernel time `ts`.
+    pub fn closed(&mut self, ts: u64, key: ConnKey, metrics: &Metrics, out: &mut Vec<Span>) {
+        self.push(ts, Input::Close(key), metrics, out);
+    }
+
+    /// Handles, in timestamp order, every input at or before `watermark` (kernel time): the
+    /// caller passes the time its last complete drain of the ring buffer began minus
+    /// [`WINDOW_NS`].
+    pub fn release(&mut self, watermark: u64, metrics: &Metrics, out: &mut Vec<Span>) {
+        while self.pending.peek().is_some_and(|Reverse(p)| p.ts <= watermark) {
+            if let Some(Reverse(p)) = self.pending.pop() {
+                self.handle(p, metrics, out);
+            }
+        }
+    }
+
+    /// Handles everything waiting (at shutdown).
+    pub fn flush(&mut self, metrics: &Metrics, out: &mut Vec<Span>) {
+        self.release(u64::MAX, metrics, out);
+    }
+
+    /// Forgets state not touched for a minute of kernel time (exchanges that never finished,
+    /// requests whose server end never read them).
+    pub fn expire(&mut self) {
+        let Some(cutoff) = self.last_ts.checked_sub(STALE_NS) else { return };
+        self.starts.retain(|_, q| {
+            q.retain(|r| r.ts >= cutoff);
+            !q.is_empty()
+        });
+        self.in_flight.retain(|_, q| {
+            q.retain(|r| r.ts >= cutoff);
+            !q.is_empty()
+        });
+        self.serving.retain(|_, open| {
+            open.retain(|s| s.ts >= cutoff);
+            !open.is_empty()
+        });
+        let serving = &self.serving;
+        self.serving_thread.retain(|conn, tid| serving.get(&(conn.tgid, *tid)).is_some_and(|v| v.iter().any(|s| s.conn == *conn)));
+    }
+
+    fn handle(&mut self, p: Pending, metrics: &Metrics, out: &mut Vec<Span>) {
+        self.last_ts = self.last_ts.max(p.ts);
+        match p.input {
+            Input::Start { start, peer_traced } => self.on_start(&start, peer_traced, metrics),
+            Input::Done(f) => self.on_done(*f, metrics, out),
+            Input::Close(key) => {
+                self.starts.remove(&key);
+                self.stop_serving(key);
+            }
+        }
+    }
+
+    fn on_start(&mut self, s: &RequestStart, peer_traced: bool, metrics: &Metrics) {
+        let fresh = |missing_parent| Ids {
+            trace_id: new_trace_id(),
+            span_id: new_span_id(),
+            parent: None,
+            link: Link::None,
+            missing_parent,
+        };
+        let mut peer_span = None;
+        let ids = if let Some(tp) = s.traceparent {
+            Ids { trace_id: tp.trace_id, span_id: new_span_id(), parent: Some(tp.parent_id), link: Link::Header, missing_parent: false }
+        } else {
+            match s.side {
+                Side::Server => match self.claim_in_flight((s.remote, s.local), s.ts_ns) {
+                    Some(c) => {
+                        peer_span = Some(c.span_id);
+                        Ids {
+                        trace_id: c.trace_id,
+                        span_id: new_span_id(),
+                        parent: Some(c.span_id),
+                        link: Link::Connection,
+                        missing_parent: false,
                     }
+                    }
+                    None => fresh(peer_traced),
+                },
+                Side::Client => match self.serving.get(&(s.key.tgid, s.tid)).map(Vec::as_slice) {
+                    Some([one]) => Ids {
+                        trace_id: one.trace_id,
+                        span_id: new_span_id(),
+                        parent: Some(one.span_id),
+                        link: Link::Thread,
+                        missing_parent: false,
+                    },
+                    _ => fresh(false),
+                },
+            }
+        };
+        match s.side {
+            Side::Server => {
+                // A new request on the connection ends any earlier one's hold on its thread.
+                self.stop_serving(s.key);
+                self.serving.entry((s.key.tgid, s.tid)).or_default().push(Serving {
+                    conn: s.key,
+                    trace_id: ids.trace_id,
+                    span_id: ids.span_id,
+                    ts: s.ts_ns,
+                });
+                self.serving_thread.insert(s.key, s.tid);
+            }
+            Side::Client => {
+                if self.in_flight.len() >= MAX_IN_FLIGHT_CONNS {
+                    Metrics::add(&metrics.link_state_dropped, self.in_flight.len() as u64);
+                    self.in_flight.clear();
                 }
-                if let Some(mut h) = queue.pop_front() {
-                    adopt(&mut h.span, span.trace_id, span.span_id);
-                    self.held_count -= i + 1;
-                    if queue.is_empty() {
-                        self.held.remove(&tuple);
-                    }
-                    out.push(span);
-                    out.push(h.span);
-                    return;
+                let q = self.in_flight.entry((s.local, s.remote)).or_default();
+                if q.len() >= MAX_IN_FLIGHT_PER_CONN {
+                    q.pop_front();
+                }
+                q.push_back(InFlight { ts: s.ts_ns, trace_id: ids.trace_id, span_id: ids.span_id });
+            }
+        }
+        let q = self.starts.entry(s.key).or_default();
+        if q.len() >= MAX_STARTS_PER_CONN {
+            q.pop_front();
+        }
+        q.push_back(StartRecord { ts: s.ts_ns, ids, peer_span, claims: 0 });
+    }
+
+    /// The latest client request on `tuple` written at or before `ts`; it and older ones are
+    /// no longer available.
+    fn claim_in_flight(&mut self, tuple: (SocketAddr, SocketAddr), ts: u64) -> Option<InFlight> {
+        let q = self.in_flight.get_mut(&tuple)?;
+        let i = q.iter().rposition(|c| c.ts <= ts)?;
+        q.drain(..i);
+        let claimed = q.pop_front();
+        if q.is_empty() {
+            self.in_flight.remove(&tuple);
+        }
+        claimed
+    }
+
+    fn stop_serving(&mut self, conn: ConnKey) {
+        if let Some(tid) = self.serving_thread.remove(&conn) {
+            if let Some(open) = self.serving.get_mut(&(conn.tgid, tid)) {
+                open.retain(|s| s.conn != conn);
+                if open.is_empty() {
+                    self.serving.remove(&(conn.tgid, tid));
                 }
             }
         }
-        let remembered = self.clients.entry(tuple).or_default();
-        if remembered.len() >= MAX_REMEMBERED_PER_CONN {
-            remembered.pop_front();
-        }
-        remembered.push_back(ClientRef {
-            trace_id: span.trace_id,
-            span_id: span.span_id,
-            start: span.start_unix_nano,
-            end: span.end_unix_nano,
-            expires: now + REMEMBER,
+    }
+
+    fn on_done(&mut self, f: Finished, metrics: &Metrics, out: &mut Vec<Span>) {
+        let Finished { mut span, key, side, request_start_ns, peer_traced } = f;
+        // The latest start at or before the exchange's first bytes; older ones are done with.
+        // The start stays for further exchanges of a pipelined batch.
+        let record = self.starts.get_mut(&key).and_then(|q| {
+            let i = q.iter().rposition(|r| r.ts <= request_start_ns)?;
+            q.drain(..i);
+            let r = q.front_mut()?;
+            let k = r.claims;
+            r.claims += 1;
+            let mut ids = r.ids;
+            ids.span_id = nth_id(r.ids.span_id, k);
+            if let Some(peer) = r.peer_span {
+                ids.parent = Some(nth_id(peer, k));
+            }
+            Some(ids)
         });
+        let missing_parent = match record {
+            Some(ids) => {
+                span.span_id = ids.span_id;
+                // A traceparent the start's bytes did not show (a head split over reads) still
+                // wins, as http_span already applied it.
+                if !(link_of(&span) == Some("header") && ids.link != Link::Header) {
+                    span.trace_id = ids.trace_id;
+                    span.parent_span_id = ids.parent;
+                    set_link(&mut span, ids.link);
+                }
+                if side == Side::Server {
+                    self.stop_serving(key);
+                }
+                ids.missing_parent
+            }
+            // No start seen (its bytes were lost): the span keeps the ids it was built with.
+            None => side == Side::Server && peer_traced && link_of(&span) != Some("header"),
+        };
+        if missing_parent && span.parent_span_id.is_none() {
+            Metrics::inc(&metrics.spans_unlinked);
+        }
         out.push(span);
-    }
-
-    /// A server span finished on the connection `local ← remote`. `peer_traced` says whether the
-    /// client end is a traced process on this host (so its span may still come).
-    #[expect(clippy::too_many_arguments, reason = "each argument is a distinct fact of the one call site")]
-    pub fn on_server(
-        &mut self,
-        mut span: Span,
-        local: SocketAddr,
-        remote: SocketAddr,
-        peer_traced: bool,
-        now: Instant,
-        metrics: &Metrics,
-        out: &mut Vec<Span>,
-    ) {
-        if link_kind(&span) == Some("header") {
-            out.push(span);
-            return;
-        }
-        let tuple = (remote, local);
-        if let Some(remembered) = self.clients.get_mut(&tuple) {
-            if let Some(i) = remembered.iter().position(|c| contains(c.start, c.end, &span)) {
-                if let Some(c) = remembered.remove(i) {
-                    // Earlier exchanges of this connection can no longer match.
-                    remembered.drain(..i);
-                    adopt(&mut span, c.trace_id, c.span_id);
-                    out.push(span);
-                    return;
-                }
-            }
-        }
-        if !peer_traced {
-            out.push(span);
-            return;
-        }
-        if self.held_count >= MAX_HELD {
-            self.release_oldest(metrics, out);
-        }
-        self.held.entry(tuple).or_default().push_back(Held { span, deadline: now + HOLD });
-        self.held_count += 1;
-    }
-
-    /// Releases held spans whose wait is over and forgets old client spans.
-    pub fn expire(&mut self, now: Instant, metrics: &Metrics, out: &mut Vec<Span>) {
-        let mut released = 0;
-        self.held.retain(|_, queue| {
-            while queue.front().is_some_and(|h| h.deadline <= now) {
-                if let Some(h) = queue.pop_front() {
-                    out.push(h.span);
-                    released += 1;
-                }
-            }
-            !queue.is_empty()
-        });
-        self.held_count -= released;
-        Metrics::add(&metrics.spans_unlinked, released as u64);
-        self.clients.retain(|_, remembered| {
-            while remembered.front().is_some_and(|c| c.expires <= now) {
-                remembered.pop_front();
-            }
-            !remembered.is_empty()
-        });
-    }
-
-    /// Releases everything (at shutdown).
-    pub fn flush(&mut self, out: &mut Vec<Span>) {
-        for (_, queue) in self.held.drain() {
-            out.extend(queue.into_iter().map(|h| h.span));
-        }
-        self.held_count = 0;
-        self.clients.clear();
-    }
-
-    fn release_oldest(&mut self, metrics: &Metrics, out: &mut Vec<Span>) {
-        let oldest = self
-            .held
-            .iter()
-            .filter_map(|(t, q)| q.front().map(|h| (h.deadline, *t)))
-            .min_by_key(|(d, _)| *d)
-            .map(|(_, t)| t);
-        if let Some(tuple) = oldest {
-            if let Some(queue) = self.held.get_mut(&tuple) {
-                if let Some(h) = queue.pop_front() {
-                    out.push(h.span);
-                    self.held_count -= 1;
-                    Metrics::inc(&metrics.spans_unlinked);
-                }
-                if queue.is_empty() {
-                    self.held.remove(&tuple);
-                }
-            }
-        }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use super::*;
-    use crate::spans::{Attribute, Resource, SpanKind, StatusCode};
-
-    fn span(kind: SpanKind, start: u64, end: u64, link: &str) -> Span {
-        Span {
-            trace_id: crate::spans::new_trace_id(),
-            span_id: crate::spans::new_span_id(),
-            parent_span_id: None,
-            name: "GET /".into(),
-            kind,
-            start_unix_nano: start,
-            end_unix_nano: end,
-            status: StatusCode::Unset,
-            status_message: None,
-            attributes: vec![Attribute::new(LINK_ATTR, link)],
-            resource: Arc::new(Resource { service_name: "s".into(), attributes: vec![] }),
-        }
-    }
-
-    fn addrs() -> (SocketAddr, SocketAddr) {
-        ("127.0.0.1:40000".parse().expect("addr"), "127.0.0.1:8000".parse().expect("addr"))
-    }
-
-    #[test]
-    fn held_server_span_adopts_the_client_that_contains_it() {
-        let (client, server) = addrs();
-        let m = Metrics::default();
-        let now = Instant::now();
-        let mut linker = Linker::new();
-        let mut out = Vec::new();
-        linker.on_server(span(SpanKind::Server, 20, 30, "none"), server, client, true, now, &m, &mut out);
-        assert!(out.is_empty(), "held for its client");
-        assert_eq!(linker.held(), 1);
-        let c = span(SpanKind::Client, 10, 40, "none");
-        let (trace, id) = (c.trace_id, c.span_id);
-        linker.on_client(c, client, server, now, &mut out);
-        assert_eq!(out.len(), 2);
-        assert_eq!(out[1].trace_id, trace);
-        assert_eq!(out[1].parent_span_id, Some(id));
-        assert_eq!(link_kind(&out[1]), Some("connection"));
-        assert_eq!(linker.held(), 0);
-    }
-
-    #[test]
-    fn client_first_then_server_links_too_and_order_is_kept() {
-        let (client, server) = addrs();
-        let m = Metrics::default();
-        let now = Instant::now();
-        let mut linker = Linker::new();
-        let mut out = Vec::new();
-        let c1 = span(SpanKind::Client, 10, 40, "none");
-        let c2 = span(SpanKind::Client, 50, 80, "none");
-        let (id1, id2) = (c1.span_id, c2.span_id);
-        linker.on_client(c1, client, server, now, &mut out);
-        linker.on_client(c2, client, server, now, &mut out);
-        linker.on_server(span(SpanKind::Server, 55, 70, "none"), server, client, true, now, &m, &mut out);
-        assert_eq!(out[2].parent_span_id, Some(id2), "matched by time, not by position");
-        linker.on_server(span(SpanKind::Server, 15, 30, "none"), server, client, true, now, &m, &mut out);
-        assert_eq!(out.len(), 3, "an earlier exchange cannot match after a later one: held");
-        linker.expire(now + HOLD, &m, &mut out);
-        assert_eq!(out.len(), 4);
-        assert_ne!(out[3].parent_span_id, Some(id1));
-        assert_eq!(out[3].parent_span_id, None);
-    }
-
-    #[test]
-    fn unmatched_spans_leave_after_the_hold_and_are_counted() {
-        let (client, server) = addrs();
-        let m = Metrics::default();
-        let now = Instant::now();
-        let mut linker = Linker::new();
-        let mut out = Vec::new();
-        linker.on_server(span(SpanKind::Server, 20, 30, "none"), server, client, true, now, &m, &mut out);
-        linker.expire(now + HOLD / 2, &m, &mut out);
-        assert!(out.is_empty());
-        linker.expire(now + HOLD, &m, &mut out);
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0].parent_span_id, None);
-        assert_eq!(m.spans_unlinked.load(std::sync::atomic::Ordering::Relaxed), 1);
-    }
-
-    #[test]
-    fn header_links_and_remote_peers_are_never_held() {
-        let (client, server) = addrs();
-        let m = Metrics::default();
-        let now = Instant::now();
-        let mut linker = Linker::new();
-        let mut out = Vec::new();
-        linker.on_server(span(SpanKind::Server, 20, 30, "header"), server, client, true, now, &m, &mut out);
-        linker.on_server(span(SpanKind::Server, 20, 30, "none"), server, client, false, now, &m, &mut out);
-        assert_eq!(out.len(), 2);
-        assert_eq!(linker.held(), 0);
-    }
-
-    #[test]
-    fn a_client_span_that_does_not_contain_the_server_span_is_not_its_parent() {
-        let (client, server) = addrs();
-        let m = Metrics::default();
-        let now = Instant::now();
-        let mut linker = Linker::new();
-        let mut out = Vec::new();
-        linker.on_server(span(SpanKind::Server, 20, 30, "none"), server, client, true, now, &m, &mut out);
-        linker.on_client(span(SpanKind::Client, 25, 40, "none"), client, server, now, &mut out);
-        assert_eq!(out.len(), 1, "only the client span left");
-        assert_eq!(linker.held(), 1);
-    }
-}
+mod tests;

@@ -1,0 +1,245 @@
+//! Trace assembly on hand-made starts and spans: the orders → users chain, reordering inside
+//! the hold-back window, keep-alive pairing, headers, event loops and what is counted.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use super::*;
+use crate::spans::{Attribute, Resource, SpanKind, StatusCode};
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("addr")
+}
+
+fn key(tgid: u32, fd: i32) -> ConnKey {
+    ConnKey { tgid, fd, conn_gen: 1 }
+}
+
+fn span(kind: SpanKind, name: &str) -> Span {
+    Span {
+        trace_id: new_trace_id(),
+        span_id: new_span_id(),
+        parent_span_id: None,
+        name: name.into(),
+        kind,
+        start_unix_nano: 0,
+        end_unix_nano: 0,
+        status: StatusCode::Unset,
+        status_message: None,
+        attributes: vec![Attribute::new(LINK_ATTR, "none")],
+        resource: Arc::new(Resource { service_name: "s".into(), attributes: vec![] }),
+    }
+}
+
+/// One end of a connection: who (tgid, fd), its side, and its addresses.
+#[derive(Clone, Copy)]
+struct End {
+    key: ConnKey,
+    side: Side,
+    local: SocketAddr,
+    remote: SocketAddr,
+}
+
+/// A local connection: (client end, server end).
+fn conn(client_tgid: u32, client_fd: i32, server_tgid: u32, server_fd: i32, client_port: u16, server_port: u16) -> (End, End) {
+    let c = addr(&format!("127.0.0.1:{client_port}"));
+    let s = addr(&format!("127.0.0.1:{server_port}"));
+    (
+        End { key: key(client_tgid, client_fd), side: Side::Client, local: c, remote: s },
+        End { key: key(server_tgid, server_fd), side: Side::Server, local: s, remote: c },
+    )
+}
+
+struct World {
+    tracer: Tracer,
+    metrics: Metrics,
+    out: Vec<Span>,
+}
+
+impl World {
+    fn new() -> Self {
+        World { tracer: Tracer::new(), metrics: Metrics::default(), out: Vec::new() }
+    }
+    fn start(&mut self, end: End, tid: u32, ts: u64) {
+        self.start_tp(end, tid, ts, None);
+    }
+    fn start_tp(&mut self, end: End, tid: u32, ts: u64, traceparent: Option<crate::spans::http::TraceParent>) {
+        let s = RequestStart { key: end.key, side: end.side, local: end.local, remote: end.remote, tid, ts_ns: ts, traceparent };
+        self.tracer.start(s, true, &self.metrics, &mut self.out);
+    }
+    fn done(&mut self, end: End, name: &str, request_start: u64, ts: u64) {
+        let kind = if end.side == Side::Server { SpanKind::Server } else { SpanKind::Client };
+        let f = Finished { span: span(kind, name), key: end.key, side: end.side, request_start_ns: request_start, peer_traced: true };
+        self.tracer.finished(ts, f, &self.metrics, &mut self.out);
+    }
+    fn flush(&mut self) -> Vec<Span> {
+        self.tracer.flush(&self.metrics, &mut self.out);
+        std::mem::take(&mut self.out)
+    }
+}
+
+fn by_name<'a>(spans: &'a [Span], name: &str) -> &'a Span {
+    spans.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("no span {name}"))
+}
+
+fn link(span: &Span) -> &str {
+    link_of(span).unwrap_or("?")
+}
+
+#[test]
+fn a_chain_of_calls_is_one_trace_even_with_reordered_inputs() {
+    // edge → orders (tid 11) → users (tid 21) → postgres backend (tgid 30).
+    let (_, orders_in) = conn(1, 3, 10, 5, 40000, 8081);
+    let (orders_out, users_in) = conn(10, 6, 20, 5, 40001, 8082);
+    let (users_out, backend) = conn(20, 7, 30, 9, 40002, 5432);
+    let mut w = World::new();
+    // In ring order the server's read of a request may come before the client's write of it;
+    // timestamps put them right.
+    w.start(orders_in, 11, 100);
+    w.start(users_in, 21, 210);
+    w.start(orders_out, 11, 200);
+    w.start(backend, 30, 310);
+    w.start(users_out, 21, 300);
+    w.done(backend, "backend", 310, 320);
+    w.done(users_out, "users query", 300, 330);
+    w.done(users_in, "users server", 210, 340);
+    w.done(orders_out, "orders call", 200, 350);
+    w.done(orders_in, "orders server", 100, 400);
+    assert!(w.out.is_empty(), "nothing leaves before the window is over");
+    let spans = w.flush();
+    assert_eq!(spans.len(), 5);
+    let root = by_name(&spans, "orders server");
+    assert_eq!((root.parent_span_id, link(root)), (None, "none"));
+    let chain = ["orders server", "orders call", "users server", "users query", "backend"];
+    for pair in chain.windows(2) {
+        let (parent, child) = (by_name(&spans, pair[0]), by_name(&spans, pair[1]));
+        assert_eq!(child.parent_span_id, Some(parent.span_id), "{} under {}", pair[1], pair[0]);
+        assert_eq!(child.trace_id, root.trace_id);
+    }
+    assert_eq!(link(by_name(&spans, "orders call")), "thread");
+    assert_eq!(link(by_name(&spans, "users server")), "connection");
+    assert_eq!(link(by_name(&spans, "backend")), "connection");
+    assert_eq!(w.metrics.spans_unlinked.load(std::sync::atomic::Ordering::Relaxed), 1, "the root's client was traced");
+}
+
+#[test]
+fn release_waits_for_the_window() {
+    let (c, s) = conn(1, 3, 2, 4, 40000, 80);
+    let mut w = World::new();
+    w.start(c, 1, 1_000);
+    w.done(c, "client", 1_000, 2_000);
+    w.tracer.release(1_500, &w.metrics, &mut w.out);
+    assert!(w.out.is_empty());
+    w.tracer.release(2_000, &w.metrics, &mut w.out);
+    assert_eq!(w.out.len(), 1);
+    assert_eq!(w.tracer.pending(), 0);
+    let _ = s;
+}
+
+#[test]
+fn keep_alive_exchanges_pair_in_order() {
+    let (c, s) = conn(1, 3, 2, 4, 40000, 80);
+    let mut w = World::new();
+    for (i, t) in [100u64, 200, 300].into_iter().enumerate() {
+        w.start(c, 1, t);
+        w.start(s, 2, t + 5);
+        w.done(s, &format!("server {i}"), t + 5, t + 10);
+        w.done(c, &format!("client {i}"), t, t + 20);
+    }
+    let spans = w.flush();
+    for i in 0..3 {
+        let (client, server) = (by_name(&spans, &format!("client {i}")), by_name(&spans, &format!("server {i}")));
+        assert_eq!(server.parent_span_id, Some(client.span_id));
+        assert_eq!(server.trace_id, client.trace_id);
+    }
+}
+
+#[test]
+fn a_thread_serving_two_requests_links_nothing_and_a_finished_one_links_nothing() {
+    let (_, a) = conn(1, 3, 10, 5, 40000, 80);
+    let (_, b) = conn(2, 3, 10, 6, 40001, 80);
+    let (out1, _) = conn(10, 7, 30, 9, 40002, 5432);
+    let (out2, _) = conn(10, 8, 30, 9, 40003, 5432);
+    let mut w = World::new();
+    w.start(a, 11, 100);
+    w.start(b, 11, 110); // an event loop: two open exchanges on thread 11
+    w.start(out1, 11, 120);
+    w.done(out1, "ambiguous", 120, 130);
+    w.done(a, "a", 100, 140);
+    w.done(b, "b", 110, 150);
+    w.start(out2, 11, 160); // nothing open any more
+    w.done(out2, "after", 160, 170);
+    let spans = w.flush();
+    for name in ["ambiguous", "after"] {
+        let s = by_name(&spans, name);
+        assert_eq!((s.parent_span_id, link(s)), (None, "none"), "{name}");
+    }
+}
+
+#[test]
+fn a_traceparent_wins_and_spans_are_never_duplicated() {
+    let (c, s) = conn(1, 3, 2, 4, 40000, 80);
+    let (out, _) = conn(2, 5, 3, 6, 40001, 81);
+    let tp = crate::spans::http::parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").expect("tp");
+    let mut w = World::new();
+    w.start_tp(c, 1, 100, Some(tp));
+    w.start_tp(s, 2, 110, Some(tp));
+    w.start(out, 2, 120);
+    w.done(out, "downstream", 120, 130);
+    w.done(s, "server", 110, 140);
+    w.done(c, "client", 100, 150);
+    w.done(c, "second", 100, 160); // a second exchange of one start gets ids of its own
+    let spans = w.flush();
+    let server = by_name(&spans, "server");
+    assert_eq!((server.trace_id, server.parent_span_id, link(server)), (tp.trace_id, Some(tp.parent_id), "header"));
+    let client = by_name(&spans, "client");
+    assert_eq!((client.trace_id, link(client)), (tp.trace_id, "header"));
+    let downstream = by_name(&spans, "downstream");
+    assert_eq!((downstream.trace_id, downstream.parent_span_id), (tp.trace_id, Some(server.span_id)));
+    let ids: std::collections::HashSet<_> = spans.iter().map(|s| s.span_id).collect();
+    assert_eq!(ids.len(), spans.len(), "every span id once");
+}
+
+#[test]
+fn a_server_whose_traced_client_is_missing_is_a_counted_root() {
+    let (_, s) = conn(1, 3, 2, 4, 40000, 80);
+    let mut w = World::new();
+    w.start(s, 2, 100);
+    w.done(s, "server", 100, 120);
+    let spans = w.flush();
+    assert_eq!((spans[0].parent_span_id, link(&spans[0])), (None, "none"));
+    assert_eq!(w.metrics.spans_unlinked.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+#[test]
+fn the_pending_inputs_are_bounded() {
+    let (c, _) = conn(1, 3, 2, 4, 40000, 80);
+    let mut w = World::new();
+    for i in 0..(MAX_PENDING as u64 + 10) {
+        w.start(c, 1, 1_000 + i);
+    }
+    assert_eq!(w.tracer.pending(), MAX_PENDING);
+    assert_eq!(w.metrics.link_window_overflow.load(std::sync::atomic::Ordering::Relaxed), 10);
+    assert!(w.tracer.starts.get(&c.key).is_some_and(|q| q.len() <= MAX_STARTS_PER_CONN));
+}
+
+#[test]
+fn a_pipelined_batch_pairs_exchange_by_exchange() {
+    let (c, s) = conn(1, 3, 2, 4, 40000, 5432);
+    let mut w = World::new();
+    w.start(c, 1, 100); // one write: three executions
+    w.start(s, 2, 105); // one read
+    for i in 0..3 {
+        w.done(s, &format!("server {i}"), 105, 110 + i);
+    }
+    for i in 0..3 {
+        w.done(c, &format!("client {i}"), 100, 120 + i);
+    }
+    let spans = w.flush();
+    for i in 0..3 {
+        let (client, server) = (by_name(&spans, &format!("client {i}")), by_name(&spans, &format!("server {i}")));
+        assert_eq!(server.parent_span_id, Some(client.span_id), "execution {i}");
+        assert_eq!(server.trace_id, client.trace_id);
+    }
+    let ids: std::collections::HashSet<_> = spans.iter().map(|s| s.span_id).collect();
+    assert_eq!(ids.len(), 6);
+}
