@@ -152,7 +152,19 @@ fn build_go_fixture(dir: &Path, name: &str, package: &str) -> PathBuf {
     out
 }
 
+/// Debian's PostgreSQL JDBC driver (`libpostgresql-jdbc-java`).
+pub const JDBC_JAR: &str = "/usr/share/java/postgresql.jar";
+
 impl PgServer {
+    /// Runs `tests/fixtures/JdbcClient.java` (Java 17 single-file source launch) against this
+    /// server.
+    pub fn jdbc_client(&self) -> ClientRun {
+        assert!(Path::new(JDBC_JAR).exists(), "{JDBC_JAR} is missing: apt-get install libpostgresql-jdbc-java");
+        let mut cmd = Command::new("java");
+        cmd.arg("-cp").arg(JDBC_JAR).arg(fixture("JdbcClient.java")).arg(self.port.to_string());
+        run("JdbcClient", &mut cmd)
+    }
+
     /// Runs a Go client built by [`build_pq_client`] or [`build_pgx_client`] against this server.
     pub fn go_client(&self, binary: &Path) -> ClientRun {
         let mut cmd = Command::new(binary);

@@ -1,5 +1,6 @@
 //! PostgreSQL end to end: a real PostgreSQL 15 server on a free loopback port, and real clients
-//! (psql, pgbench in prepared mode, Python psycopg2, compiled Go clients on lib/pq and pgx), traced by the real agent with
+//! (psql, pgbench in prepared mode, Python psycopg2, compiled Go clients on lib/pq and pgx, Java on
+//! the JDBC driver), traced by the real agent with
 //! `--print=json`. Every query is a CLIENT span of the client and a SERVER span of the postgres
 //! backend that ran it, the latter the child of the former (`ztrace.link = connection`).
 
@@ -347,6 +348,71 @@ fn go_pgx_cached_statements_a_pipelined_batch_and_bind_values_when_asked() {
         check_span(backend, "server", query, server.port, "postgres");
         assert_eq!(backend.attr_str("db.query.parameter.0"), value, "db.query.parameter.0: {backend:?}");
         assert_backend(backend, server.pid());
+    }
+    ztrace.stop();
+}
+
+#[test]
+#[ignore = "needs root and eBPF; run by cargo xtask test"]
+fn java_jdbc_prepared_statement_a_batch_and_an_error() {
+    let server = PgServer::start();
+    let mut ztrace = Ztrace::start(&["--print=json", "--db-query-parameters"]);
+
+    let run = server.jdbc_client();
+    assert!(run.success, "JdbcClient failed: {}", run.stderr);
+    assert_eq!(run.stdout.lines().collect::<Vec<_>>(), ["3", "6", "9", "12", "15", "18", "batch 3", "error 42P01"]);
+
+    // The driver's own two SETs at connect, six executions, the CREATE, three inserts, the error.
+    let spans = ztrace.wait_for_n_spans(26, to_server(server.port), SPAN_TIMEOUT);
+    let (servers, clients) = split(&spans);
+    assert_eq!((servers.len(), clients.len()), (13, 13), "one span per statement:\n{}", ztrace_e2e::span::list(&spans));
+    let set = |text| Query { name: "SET", operation: "SET", collection: None, text, rows: Some(0), error: None };
+    let tripled =
+        Query { name: "SELECT", operation: "SELECT", collection: None, text: "SELECT $1::int * ? AS tripled", rows: Some(1), error: None };
+    let create = Query {
+        name: "CREATE notes",
+        operation: "CREATE",
+        collection: Some("notes"),
+        text: "CREATE TEMP TABLE notes (id int, body text)",
+        rows: Some(0),
+        error: None,
+    };
+    let insert = Query {
+        name: "INSERT notes",
+        operation: "INSERT",
+        collection: Some("notes"),
+        text: "INSERT INTO notes VALUES ($1, $2)",
+        rows: Some(1),
+        error: None,
+    };
+    let missing = Query {
+        name: "SELECT missing_table",
+        operation: "SELECT",
+        collection: Some("missing_table"),
+        text: "SELECT * FROM missing_table",
+        rows: None,
+        error: Some("42P01"),
+    };
+    let mut expected = vec![(set("SET extra_float_digits = ?"), vec![]), (set("SET application_name = ?"), vec![])];
+    for i in 1..=6 {
+        expected.push((Query { ..tripled }, vec![i.to_string()]));
+    }
+    expected.push((create, vec![]));
+    for i in 1..=3 {
+        expected.push((Query { ..insert }, vec![i.to_string(), format!("note {i}")]));
+    }
+    expected.push((missing, vec![]));
+    for (client, (query, values)) in clients.iter().zip(&expected) {
+        check_span(client, "client", query, server.port, "JdbcClient");
+        assert_eq!(client.pid(), Some(run.pid), "process.pid: {client:?}");
+        let backend = child_of(client, &servers);
+        check_span(backend, "server", query, server.port, "postgres");
+        for span in [client, backend] {
+            for (i, value) in values.iter().enumerate() {
+                let key = format!("db.query.parameter.{i}");
+                assert_eq!(span.attr_str(&key), Some(value.as_str()), "{key}: {span:?}");
+            }
+        }
     }
     ztrace.stop();
 }
