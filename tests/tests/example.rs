@@ -21,6 +21,10 @@
 //!
 //! The load comes from this test process over plain TCP, and ztrace traces only the services'
 //! executables and PostgreSQL (`--exe`), so the orders SERVER span is the root of each trace.
+//!
+//! With a client instrumented by the OpenTelemetry SDK (`opentelemetry-instrument`, exporting to
+//! the same receiver), the SDK's CLIENT span is the root instead and every ztrace span carries
+//! the SDK's trace id (W3C `traceparent`, `ztrace.link=header` on the orders SERVER span).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Read as _, Write as _};
@@ -30,7 +34,8 @@ use std::time::Duration;
 use serde_json::Value;
 use ztrace_e2e::example::{Example, Lang};
 use ztrace_e2e::otlp::{OtlpReceiver, OtlpSpan};
-use ztrace_e2e::{Span, Ztrace};
+use ztrace_e2e::process::Proc;
+use ztrace_e2e::{fixture, python, Span, Ztrace};
 
 const CLIENTS: u32 = 10;
 const REQUESTS_PER_CLIENT: u32 = 5;
@@ -117,31 +122,38 @@ fn render(nodes: &[&Node]) -> String {
 
 /// Checks that `nodes` (the spans of this example only) are `n` traces of exactly [`TREE`].
 fn check_traces(source: &str, nodes: &[Node], n: usize) {
+    check_traces_of(source, nodes, n, TREE, "none");
+}
+
+/// Checks that `nodes` are `n` traces of exactly `tree`; `root_link` is the `ztrace.link` of the
+/// orders SERVER span.
+fn check_traces_of(source: &str, nodes: &[Node], n: usize, tree: &str, root_link: &str) {
     let mut traces: HashMap<&str, Vec<&Node>> = HashMap::new();
     for node in nodes {
         traces.entry(node.trace.as_str()).or_default().push(node);
     }
     let mut bad = Vec::new();
     for (trace, spans) in &traces {
-        let tree = render(spans);
-        if tree != TREE {
-            bad.push(format!("trace {trace} ({} spans):\n{tree}", spans.len()));
+        let got = render(spans);
+        if got != tree {
+            bad.push(format!("trace {trace} ({} spans):\n{got}", spans.len()));
         }
     }
     bad.sort();
     assert!(
         bad.is_empty() && traces.len() == n,
-        "{source}: {} traces (want {n}), {} not the expected tree; first ones:\n{}\nexpected:\n{TREE}",
+        "{source}: {} traces (want {n}), {} not the expected tree; first ones:\n{}\nexpected:\n{tree}",
         traces.len(),
         bad.len(),
         bad.iter().take(4).cloned().collect::<Vec<_>>().join("\n")
     );
     let ids: HashSet<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
     assert_eq!(ids.len(), nodes.len(), "{source}: no span in two traces, no span twice");
-    for node in nodes {
-        let want = match (node.label.split(' ').nth(1), node.parent.is_some()) {
-            (_, false) => "none",
-            (Some("server"), true) => "connection",
+    for node in nodes.iter().filter(|n| n.link.is_some()) {
+        let want = match (node.label.as_str(), node.label.split(' ').nth(1), node.parent.is_some()) {
+            ("orders server GET /orders/{id}", _, _) => root_link,
+            (_, _, false) => "none",
+            (_, Some("server"), true) => "connection",
             _ => "thread",
         };
         assert_eq!(node.link.as_deref(), Some(want), "{source}: ztrace.link of {node:?}");
@@ -207,8 +219,70 @@ fn run(lang: Lang) {
     assert!(stats.contains_key("spans_unlinked"), "spans_unlinked is reported: {stats:?}");
 }
 
+fn otlp_pid(s: &OtlpSpan) -> Option<u32> {
+    s.0.get("resource").and_then(|r| r.get("process.pid")).and_then(|v| match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    })
+    .map(|p| p as u32)
+}
+
+#[test]
+#[ignore = "needs root and eBPF; run by cargo xtask test"]
+fn an_opentelemetry_sdk_client_and_ztrace_spans_form_one_trace() {
+    const REQUESTS: usize = 5;
+    let example = Example::start(Lang::Python);
+    let mut receiver = OtlpReceiver::start();
+    let endpoint = receiver.grpc_endpoint();
+    let ztrace = Ztrace::start(&["--otlp-endpoint", endpoint.as_str(), "--exe", "python3", "--exe", "postgres"]);
+
+    // The SDK client: urllib auto-instrumented, its spans to the same receiver over gRPC.
+    let instrument = python().with_file_name("opentelemetry-instrument");
+    let mut cmd = std::process::Command::new(&instrument);
+    cmd.arg(python())
+        .arg(fixture("otel_client.py"))
+        .args((1..=REQUESTS).map(|i| example.order_url(i as u32)))
+        .env("OTEL_SERVICE_NAME", "sdk-client")
+        .env("OTEL_TRACES_EXPORTER", "otlp")
+        .env("OTEL_METRICS_EXPORTER", "none")
+        .env("OTEL_LOGS_EXPORTER", "none")
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .env("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "grpc_client,requests");
+    let mut client = Proc::spawn("otel client", &mut cmd);
+    client.close_stdin();
+    let status = client.wait_exit(TIMEOUT).unwrap_or_else(|| panic!("the SDK client did not finish:\n{}", client.describe()));
+    assert!(status.success(), "the SDK client failed:\n{}", client.describe());
+    assert_eq!(client.stdout_lines(), vec!["200"; REQUESTS], "{}", client.describe());
+
+    let pids: HashSet<u32> = example.services.iter().map(|s| s.pid()).collect();
+    let pg_port = i64::from(example.pg.port);
+    let ours = |s: &OtlpSpan| {
+        s.resource_str("service.name") == Some("sdk-client")
+            || otlp_pid(s).is_some_and(|p| pids.contains(&p))
+            || (s.resource_str("service.name") == Some("postgres") && s.attr_i64("server.port") == Some(pg_port))
+    };
+    let spans = receiver.wait_for_spans(REQUESTS * (SPANS_PER_TRACE + 1), ours, TIMEOUT);
+    ztrace.stop();
+    let sdk: Vec<&OtlpSpan> = spans.iter().filter(|s| s.resource_str("service.name") == Some("sdk-client")).collect();
+    assert_eq!(sdk.len(), REQUESTS, "one SDK span per request: {sdk:#?}");
+    let sdk_name = sdk[0].name().unwrap_or("?");
+    let mut tree = format!("sdk-client client {sdk_name}\n");
+    for line in TREE.lines() {
+        tree.push_str(&format!("  {line}\n"));
+    }
+    let nodes: Vec<Node> = spans.iter().map(from_otlp).collect();
+    check_traces_of("OTLP with the SDK client", &nodes, REQUESTS, &tree, "header");
+    let sdk_ids: HashSet<&str> = sdk.iter().filter_map(|s| s.span_id()).collect();
+    for node in nodes.iter().filter(|n| n.label.starts_with("orders server")) {
+        assert!(node.parent.as_deref().is_some_and(|p| sdk_ids.contains(p)), "the SDK client span is the parent: {node:?}");
+    }
+}
+
 #[test]
 #[ignore = "needs root and eBPF; run by cargo xtask test"]
 fn python_example_gives_fifty_complete_traces() {
     run(Lang::Python);
 }
+

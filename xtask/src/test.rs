@@ -48,8 +48,17 @@ const TEST_PACKAGES: &[&str] = &[
     "libpostgresql-jdbc-java",
 ];
 /// Python packages of the test venv, and the import that proves they are there.
-const VENV_PACKAGES: &[&str] = &["grpcio", "opentelemetry-proto", "protobuf"];
-const VENV_CHECK: &str = "import grpc, opentelemetry.proto";
+/// The OTLP receiver's (grpcio, opentelemetry-proto), and the OpenTelemetry SDK with urllib's
+/// auto-instrumentation for the trace-context interop test (tests/tests/example.rs).
+const VENV_PACKAGES: &[&str] = &[
+    "grpcio",
+    "opentelemetry-proto",
+    "protobuf",
+    "opentelemetry-distro",
+    "opentelemetry-exporter-otlp",
+    "opentelemetry-instrumentation-urllib",
+];
+const VENV_CHECK: &str = "import grpc, opentelemetry.proto, opentelemetry.distro, opentelemetry.exporter.otlp.proto.grpc, opentelemetry.instrumentation.urllib";
 
 /// Tests passed and failed over every cargo test run.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
