@@ -109,6 +109,14 @@ http {{
         Self::wait(Proc::spawn("node https server", &mut cmd), port, TempDir::new("node-tls"))
     }
 
+    /// `go_https serve` (built by [`build_go_https`]): Go's net/http over crypto/tls, HTTP/1.1.
+    pub fn go(binary: &Path, certs: &Certs) -> TlsServer {
+        let port = free_port();
+        let mut cmd = Command::new(binary);
+        cmd.arg("serve").arg(port.to_string()).arg(&certs.cert).arg(&certs.key);
+        Self::wait(Proc::spawn("go https server", &mut cmd), port, TempDir::new("go-tls"))
+    }
+
     fn wait(mut proc: Proc, port: u16, dir: TempDir) -> TlsServer {
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let listening = wait_until(TIMEOUT, || {
@@ -160,5 +168,34 @@ pub fn java_get(url: &str) -> u32 {
     cmd.arg(fixture("JavaHttpsGet.java")).arg(url);
     let (pid, stdout) = run_client("java https client", &mut cmd);
     assert_eq!(stdout.trim(), "200", "java client printed {stdout:?}");
+    pid
+}
+
+/// Builds `tests/fixtures/go_https/main.go` into `dir` with Debian's Go, in GOPATH mode, without
+/// cgo (no module proxy needed: the standard library only).
+pub fn build_go_https(dir: &Path) -> PathBuf {
+    let out = dir.join("go_https");
+    let mut cmd = Command::new("go");
+    cmd.arg("build").arg("-o").arg(&out).arg(fixture("go_https/main.go"));
+    cmd.envs([("GO111MODULE", "off"), ("GOPROXY", "off"), ("CGO_ENABLED", "0")]);
+    let (_, _) = run_client("go build go_https", &mut cmd);
+    out
+}
+
+/// `go_https get CA URL...` (one keep-alive connection); its pid.
+pub fn go_get(binary: &Path, ca: &Path, urls: &[String]) -> u32 {
+    let mut cmd = Command::new(binary);
+    cmd.arg("get").arg(ca).args(urls);
+    let (pid, stdout) = run_client("go https client", &mut cmd);
+    assert_eq!(stdout.lines().filter(|l| l.trim() == "200").count(), urls.len(), "go client printed {stdout:?}");
+    pid
+}
+
+/// `hey -n N -c 1 URL` (Debian's stripped Go binary; it accepts any certificate); its pid.
+pub fn hey(n: usize, url: &str) -> u32 {
+    let mut cmd = Command::new("hey");
+    cmd.args(["-n", &n.to_string(), "-c", "1", url]);
+    let (pid, stdout) = run_client("hey", &mut cmd);
+    assert!(stdout.contains(&format!("[200]\t{n} responses")), "hey printed {stdout:?}");
     pid
 }

@@ -6,7 +6,9 @@
 //! For each run with ztrace it reads the agent's CPU time (utime+stime of /proc/PID/stat, over
 //! the load), its peak RSS (VmHWM, just before stopping it) and its `ztrace stats: {...}` line
 //! (stderr, on exit) for the events handled and dropped. It prints a table, the median
-//! with/without throughput ratio and the exact commands. Then the same for PostgreSQL under
+//! with/without throughput ratio and the exact commands. Then the same over HTTPS (nginx `ssl`,
+//! wrk with OpenSSL: both traced through the TLS uprobes) with the kernel's own run time per
+//! program (`kernel.bpf_stats_enabled`, `bpftool prog show`). Then the same for PostgreSQL under
 //! `pgbench -M prepared -S`, and the trace store's own benchmark. Needs root (the agent loads eBPF).
 //! Then the trace store's own benchmark: spans/s inserted and query times with 100,000 traces
 //! stored (`bench_insert_and_list` in `agent/src/store/tests.rs`), and the PostgreSQL parser's:
@@ -64,7 +66,7 @@ pub fn bench(agent_args: &[String]) -> Result<()> {
         "the benchmark runs the agent, which needs root: run it as root"
     );
     toolchain::setup(false)?;
-    apt_install(&["nginx", "wrk"])?;
+    apt_install(&["nginx", "wrk", "openssl", "bpftool"])?;
     let ztrace = build::build_after_setup(Profile::Release)?;
 
     let dir = TempDir::new("ztrace-bench")?;
@@ -87,12 +89,13 @@ pub fn bench(agent_args: &[String]) -> Result<()> {
         });
 
         say!("pair {pair}/{PAIRS}: with ztrace...");
-        let run = traced_run(&ztrace, &agent_args, &dir.0, || wrk(&url, WRK_ARGS))?;
+        let run = traced_run(&ztrace, &agent_args, &dir.0, |_| wrk(&url, WRK_ARGS))?;
         say!("  {:.0} requests/s", run.requests_per_sec);
         runs.push(run);
     }
-    drop(nginx);
     report(&runs, &ztrace, &agent_args, &format!("wrk {} {url} (nginx, 1 worker, static page, access_log off)", WRK_ARGS.join(" ")));
+    https_bench(&ztrace, &agent_args, &dir.0, nginx.1)?;
+    drop(nginx);
     postgres_bench(&ztrace, &agent_args)?;
     store_bench()?;
     parser_bench()
@@ -116,7 +119,7 @@ fn postgres_bench(ztrace: &Path, agent_args: &[String]) -> Result<()> {
         say!("  {tps:.0} transactions/s");
         runs.push(Run { traced: false, requests_per_sec: tps, agent: None });
         say!("pgbench pair {pair}/{PAIRS}: with ztrace...");
-        let run = traced_run(ztrace, agent_args, &dir.0, load)?;
+        let run = traced_run(ztrace, agent_args, &dir.0, |_| load())?;
         say!("  {:.0} transactions/s", run.requests_per_sec);
         runs.push(run);
     }
@@ -232,12 +235,107 @@ fn parser_bench() -> Result<()> {
     util::run(&mut cmd).context("the parser benchmark failed")
 }
 
+/// HTTPS: the same wrk load over TLS (nginx and wrk both use the shared libssl, so both are
+/// traced through the OpenSSL uprobes), alternating without and with the agent; then the kernel's
+/// own run time of each of the agent's programs over the last traced run
+/// (`kernel.bpf_stats_enabled`, read back with `bpftool prog show`).
+fn https_bench(ztrace: &Path, agent_args: &[String], dir: &Path, tls_port: u16) -> Result<()> {
+    let url = format!("https://127.0.0.1:{tls_port}/index.html");
+    say!("HTTPS: nginx serving {url}");
+    wrk(&url, &["-t2", "-c32", "-d2s"])?;
+    const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+    let stats_were = std::fs::read_to_string(STATS).unwrap_or_default();
+    let stats_on = std::fs::write(STATS, "1").is_ok();
+    if !stats_on {
+        say!("warning: could not enable {STATS}: no per-program run times");
+    }
+    let mut runs = Vec::new();
+    let mut programs = Vec::new();
+    for pair in 1..=PAIRS {
+        say!("HTTPS pair {pair}/{PAIRS}: without ztrace...");
+        let requests_per_sec = wrk(&url, WRK_ARGS)?;
+        say!("  {requests_per_sec:.0} requests/s");
+        runs.push(Run { traced: false, requests_per_sec, agent: None });
+        say!("HTTPS pair {pair}/{PAIRS}: with ztrace...");
+        let run = traced_run(ztrace, agent_args, dir, |pid| {
+            let ids = agent_prog_ids(pid);
+            let before = prog_stats(&ids);
+            let rps = wrk(&url, WRK_ARGS)?;
+            programs = prog_delta(&before, &prog_stats(&ids));
+            Ok(rps)
+        })?;
+        say!("  {:.0} requests/s", run.requests_per_sec);
+        runs.push(run);
+    }
+    if stats_on && stats_were.trim() != "1" {
+        let _ = std::fs::write(STATS, stats_were.trim());
+    }
+    report(&runs, ztrace, agent_args, &format!("wrk {} {url} (nginx, 1 worker, static page over TLS, access_log off)", WRK_ARGS.join(" ")));
+    if !programs.is_empty() {
+        println!("kernel run time per program over the last HTTPS run with ztrace (bpftool prog show, bpf_stats_enabled):");
+        println!("{:<22} {:>12} {:>10} {:>16}", "program", "runs", "ns/run", "CPU ms per s");
+        programs.sort_by_key(|p| std::cmp::Reverse(p.2));
+        let mut total = 0u64;
+        for (name, runs, ns) in &programs {
+            total += ns;
+            if *runs == 0 {
+                continue;
+            }
+            println!("{name:<22} {runs:>12} {:>10.0} {:>16.1}", *ns as f64 / *runs as f64, *ns as f64 / 1e6 / LOAD_SECONDS);
+        }
+        println!("all programs: {:.1} CPU ms per second of load (uprobe traps and context switches not included)", total as f64 / 1e6 / LOAD_SECONDS);
+    }
+    Ok(())
+}
+
+/// Ids of the eBPF programs a process holds (its fds' `prog_id:` in /proc/PID/fdinfo).
+fn agent_prog_ids(pid: u32) -> Vec<u64> {
+    let mut ids = Vec::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return ids };
+    for entry in dir.flatten() {
+        let Ok(text) = std::fs::read_to_string(entry.path()) else { continue };
+        if let Some(id) = text.lines().find_map(|l| l.strip_prefix("prog_id:")).and_then(|v| v.trim().parse().ok()) {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+    }
+    ids
+}
+
+/// (id, name, run_cnt, run_time_ns) of the given programs, from `bpftool prog show --json`.
+fn prog_stats(ids: &[u64]) -> Vec<(u64, String, u64, u64)> {
+    let Ok(out) = Command::new("bpftool").args(["prog", "show", "--json"]).output() else { return Vec::new() };
+    let Ok(Value::Array(progs)) = serde_json::from_slice::<Value>(&out.stdout) else { return Vec::new() };
+    progs
+        .iter()
+        .filter_map(|p| {
+            let id = p.get("id")?.as_u64()?;
+            ids.contains(&id).then(|| {
+                let n = |k: &str| p.get(k).and_then(Value::as_u64).unwrap_or(0);
+                (id, p.get("name").and_then(Value::as_str).unwrap_or("?").to_owned(), n("run_cnt"), n("run_time_ns"))
+            })
+        })
+        .collect()
+}
+
+/// (name, runs, ns) per program between two snapshots.
+fn prog_delta(before: &[(u64, String, u64, u64)], after: &[(u64, String, u64, u64)]) -> Vec<(String, u64, u64)> {
+    after
+        .iter()
+        .map(|(id, name, cnt, ns)| {
+            let (c0, n0) = before.iter().find(|b| b.0 == *id).map_or((0, 0), |b| (b.2, b.3));
+            (name.clone(), cnt.saturating_sub(c0), ns.saturating_sub(n0))
+        })
+        .collect()
+}
+
 /// Starts the agent, waits until it is ready, loads nginx, measures the agent, stops it.
 fn traced_run(
     ztrace: &Path,
     agent_args: &[String],
     dir: &Path,
-    load: impl FnOnce() -> Result<f64>,
+    load: impl FnOnce(u32) -> Result<f64>,
 ) -> Result<Run> {
     let stderr_path = dir.join("ztrace.stderr");
     let stderr = std::fs::File::create(&stderr_path)?;
@@ -260,7 +358,7 @@ fn traced_run(
 
     let cpu_before = cpu_seconds(pid)?;
     let started = Instant::now();
-    let requests_per_sec = load()?;
+    let requests_per_sec = load(pid)?;
     let load_seconds = started.elapsed().as_secs_f64().max(LOAD_SECONDS);
     let cpu = cpu_seconds(pid)? - cpu_before;
     let peak_rss_kib = std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -528,12 +626,22 @@ impl Drop for Guard {
     }
 }
 
-/// nginx in the foreground (`daemon off`) in its own process group, so that stopping it stops its workers.
-struct Nginx(Child);
+/// nginx in the foreground (`daemon off`) in its own process group, so that stopping it stops its
+/// workers; the second field is its HTTPS port.
+struct Nginx(Child, u16);
 
 impl Nginx {
     fn start(dir: &Path, port: u16) -> Result<Nginx> {
         use std::os::unix::process::CommandExt as _;
+        let tls_port = free_port()?;
+        let out = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost", "-keyout"])
+            .arg(dir.join("key.pem"))
+            .arg("-out")
+            .arg(dir.join("cert.pem"))
+            .output()
+            .context("could not run openssl")?;
+        ensure!(out.status.success(), "openssl req failed: {}", String::from_utf8_lossy(&out.stderr));
         let html = dir.join("html");
         std::fs::create_dir_all(&html)?;
         std::fs::write(
@@ -541,7 +649,7 @@ impl Nginx {
             "<!doctype html><title>ztrace bench</title><p>hello from nginx</p>\n",
         )?;
         let conf = dir.join("nginx.conf");
-        std::fs::write(&conf, nginx_conf(dir, port))?;
+        std::fs::write(&conf, nginx_conf(dir, port, tls_port))?;
         let nginx = if Path::new("/usr/sbin/nginx").is_file() {
             PathBuf::from("/usr/sbin/nginx")
         } else {
@@ -556,7 +664,7 @@ impl Nginx {
             .process_group(0)
             .spawn()
             .context("could not start nginx")?;
-        let mut nginx = Nginx(child);
+        let mut nginx = Nginx(child, tls_port);
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
@@ -592,7 +700,7 @@ impl Drop for Nginx {
     }
 }
 
-fn nginx_conf(dir: &Path, port: u16) -> String {
+fn nginx_conf(dir: &Path, port: u16, tls_port: u16) -> String {
     let dir = dir.display();
     format!(
         "daemon off;
@@ -612,6 +720,12 @@ http {{
     keepalive_requests 100000;
     server {{
         listen 127.0.0.1:{port};
+        root {dir}/html;
+    }}
+    server {{
+        listen 127.0.0.1:{tls_port} ssl;
+        ssl_certificate {dir}/cert.pem;
+        ssl_certificate_key {dir}/key.pem;
         root {dir}/html;
     }}
 }}

@@ -3,7 +3,7 @@
 //! 1. the eBPF toolchain (`setup`) and the test components: Debian's nginx, curl, wget, bpftool,
 //!    postgresql (server, psql, pgbench), python3-psycopg2, golang-go with
 //!    golang-github-lib-pq-dev and golang-github-jackc-pgx-v4-dev, openssl, nodejs,
-//!    openjdk-17-jdk-headless, libpostgresql-jdbc-java, python3-venv, chromium, and a venv at
+//!    openjdk-17-jdk-headless, libpostgresql-jdbc-java, hey, python3-venv, chromium, and a venv at
 //!    `target/test-venv` with grpcio and opentelemetry-proto (for the OTLP receiver in
 //!    `tests/otlp_receiver.py`);
 //! 2. the release build of the agent;
@@ -46,6 +46,8 @@ const TEST_PACKAGES: &[&str] = &[
     "openjdk-17-jdk-headless",
     // The PostgreSQL JDBC driver for the Java client (tests/tests/postgres.rs).
     "libpostgresql-jdbc-java",
+    // A stripped Go binary with crypto/tls (Go's TLS probes through .gopclntab).
+    "hey",
 ];
 /// Python packages of the test venv, and the import that proves they are there.
 /// The OTLP receiver's (grpcio, opentelemetry-proto), and the OpenTelemetry SDK with urllib's

@@ -70,6 +70,10 @@ pub const OPENSSL_PROBES: &[(&str, &str)] = &[
 ];
 /// The one uretprobe program of the four OpenSSL functions.
 pub const OPENSSL_RETURN: &str = "zt_ssl_ret";
+/// Go `crypto/tls`: entry programs by function (as `tls::go::FUNCTIONS` names them), and the
+/// program on every RET instruction.
+pub const GO_PROBES: &[(&str, &str)] = &[("zt_go_tls_write", "(*Conn).Write"), ("zt_go_tls_read", "(*Conn).Read")];
+pub const GO_RETURN: &str = "zt_go_tls_ret";
 
 /// The outcome of attaching one hook.
 #[derive(Debug)]

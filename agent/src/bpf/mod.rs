@@ -15,7 +15,7 @@ use aya::{
 };
 use ztrace_common::{globals, maps, Counter, Settings, MAX_CAPTURE};
 
-use self::attach::{AttachResult, HOOKS, OPENSSL_PROBES, OPENSSL_RETURN};
+use self::attach::{AttachResult, GO_PROBES, GO_RETURN, HOOKS, OPENSSL_PROBES, OPENSSL_RETURN};
 
 /// The eBPF object, embedded by build.rs (empty when built without `cargo xtask build`).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ztrace.bpf.o"));
@@ -123,7 +123,8 @@ pub fn start(capture_bytes: usize, selection: &Selection) -> Result<(Probes, Rin
 /// Loads the OpenSSL uprobe programs (attached per file later). `Ok(Some(reason))` when the
 /// kernel refused them.
 fn load_uprobes(ebpf: &mut Ebpf) -> Result<Option<String>, BpfError> {
-    for program in OPENSSL_PROBES.iter().map(|(p, _)| *p).chain([OPENSSL_RETURN]) {
+    let programs = OPENSSL_PROBES.iter().chain(GO_PROBES).map(|(p, _)| *p).chain([OPENSSL_RETURN, GO_RETURN]);
+    for program in programs {
         let prog = uprobe_mut(ebpf, program)?;
         if let Err(e) = prog.load() {
             return Ok(Some(format!("loading {program}: {}", error_chain(&e))));
@@ -152,6 +153,27 @@ impl crate::tls::Attacher for Probes {
                 let prog = uprobe_mut(&mut self.ebpf, program).map_err(|e| e.to_string())?;
                 prog.attach(*function, path, UProbeScope::AllProcesses)
                     .map_err(|e| format!("{function} ({program}): {}", error_chain(&e)))?;
+                probes += 1;
+            }
+        }
+        Ok(probes)
+    }
+
+    fn attach_go(&mut self, path: &std::path::Path, functions: &[crate::tls::go::GoFunction]) -> Result<usize, String> {
+        if let Some(e) = &self.uprobe_error {
+            return Err(e.clone());
+        }
+        let mut probes = 0;
+        for function in functions {
+            let Some((program, _)) = GO_PROBES.iter().find(|(_, f)| *f == function.name) else { continue };
+            // Returns first: an entry whose return is never seen would leave a call pending.
+            // Write is sent at its entry: its returns need no probe.
+            let rets: &[u64] = if *program == "zt_go_tls_write" { &[] } else { &function.rets };
+            let sites = rets.iter().map(|r| (GO_RETURN, *r)).chain([(*program, function.entry)]);
+            for (program, offset) in sites {
+                let prog = uprobe_mut(&mut self.ebpf, program).map_err(|e| e.to_string())?;
+                prog.attach(offset, path, UProbeScope::AllProcesses)
+                    .map_err(|e| format!("{} at {offset:#x} ({program}): {}", function.name, error_chain(&e)))?;
                 probes += 1;
             }
         }

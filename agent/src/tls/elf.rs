@@ -5,15 +5,16 @@ use std::path::Path;
 
 use object::{Object, ObjectSymbol, ReadCache};
 
+use super::go::GoTls;
+
 /// The TLS implementation found in one file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TlsLib {
     /// OpenSSL's (or BoringSSL's) read/write functions are defined here; the list names those
     /// present, out of `SSL_read`, `SSL_write`, `SSL_read_ex`, `SSL_write_ex`.
     OpenSsl { functions: Vec<&'static str> },
-    /// A Go program (`.go.buildinfo`); `crypto_tls` when its symbols show `crypto/tls`,
-    /// `stripped` when it has no symbol table.
-    Go { crypto_tls: bool, stripped: bool },
+    /// A Go program (`.go.buildinfo`) with `crypto/tls`.
+    Go(GoTls),
     /// Nothing ztrace can probe.
     None,
 }
@@ -53,16 +54,9 @@ pub fn classify<'data, O: Object<'data>>(elf: &O) -> TlsLib {
         return TlsLib::OpenSsl { functions };
     }
     if elf.section_by_name(".go.buildinfo").is_some() {
-        let mut any = false;
-        let mut crypto_tls = false;
-        for sym in elf.symbols() {
-            any = true;
-            if sym.name().is_ok_and(|n| n.starts_with("crypto/tls.")) {
-                crypto_tls = true;
-                break;
-            }
+        if let Some(go) = super::go::inspect(elf) {
+            return TlsLib::Go(go);
         }
-        return TlsLib::Go { crypto_tls, stripped: !any };
     }
     TlsLib::None
 }

@@ -8,11 +8,12 @@
 //! maps it, so each file (device and inode) is looked at and probed once.
 //!
 //! Every file that carries a TLS implementation gets a row in the attach table: probed, or not
-//! and why (Go's `crypto/tls` not yet probed, stripped, Java's TLS inside the JVM). Files are
-//! classified by `elf`; probes are attached through an [`Attacher`] (the kernel side lives in
-//! `bpf/`).
+//! and why (a Go version whose struct offsets are unknown, Java's TLS inside the JVM). Files are
+//! classified by `elf` (Go binaries by `go`); probes are attached through an [`Attacher`] (the
+//! kernel side lives in `bpf/`).
 
 pub mod elf;
+pub mod go;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -27,6 +28,8 @@ pub trait Attacher {
     /// Probes `functions` of the ELF file at `path` (entry and return). Returns how many probes
     /// were attached, or why none could be.
     fn attach_openssl(&mut self, path: &Path, functions: &[&'static str]) -> Result<usize, String>;
+    /// Probes the entries and RET instructions of Go's `crypto/tls` functions in `path`.
+    fn attach_go(&mut self, path: &Path, functions: &[go::GoFunction]) -> Result<usize, String>;
 }
 
 /// What was done with one file.
@@ -184,8 +187,14 @@ impl TlsDiscovery {
                 continue;
             }
             let id = (m.dev.to_owned(), m.inode);
-            // Read and probe through the process's root: right inside containers too.
-            let through_root = PathBuf::from(format!("/proc/{pid}/root{}", m.path));
+            // Read and probe through the process's root (right inside containers too), unless the
+            // same file is at that path here: a short-lived process's root is gone once it exits.
+            let same_here = std::fs::metadata(m.path).is_ok_and(|meta| {
+                use std::os::unix::fs::MetadataExt as _;
+                meta.ino() == m.inode && dev_string(meta.dev()) == m.dev
+            });
+            let through_root =
+                if same_here { PathBuf::from(m.path) } else { PathBuf::from(format!("/proc/{pid}/root{}", m.path)) };
             if basename.starts_with("libjvm.so") {
                 if !self.files.contains_key(&id) {
                     let row = Row {
@@ -232,16 +241,23 @@ impl TlsDiscovery {
                 };
                 Row { path: shown.to_owned(), what, outcome, pid }
             }
-            TlsLib::Go { crypto_tls, stripped } => {
-                let why = if !crypto_tls && !stripped {
-                    "does not use crypto/tls".to_owned()
-                } else {
-                    format!(
-                        "Go crypto/tls is not probed by this version of ztrace{}: its HTTPS is not traced",
-                        if stripped { " (and the binary is stripped)" } else { "" }
-                    )
+            TlsLib::Go(go) => {
+                let what = match (&go.version, go.stripped) {
+                    (_, true) => "Go crypto/tls (stripped, symbols from .gopclntab)",
+                    (_, false) => "Go crypto/tls",
                 };
-                Row { path: shown.to_owned(), what: "Go", outcome: Outcome::NotProbed(why), pid }
+                let version = go.version.clone().unwrap_or_else(|| "version unknown".into());
+                let outcome = match go.unsupported() {
+                    Some(why) => Outcome::NotProbed(format!("{why}: its TLS traffic is not traced")),
+                    None => match attacher.attach_go(path, &go.functions) {
+                        Ok(probes) => Outcome::Probed {
+                            functions: go.functions.iter().map(|f| f.name).collect(),
+                            probes,
+                        },
+                        Err(e) => Outcome::Failed(e),
+                    },
+                };
+                Row { path: format!("{shown} ({version}, struct offsets from the Go version table)"), what, outcome, pid }
             }
         };
         self.files.insert(id, Some(self.rows.len()));
@@ -331,6 +347,9 @@ mod tests {
         fn attach_openssl(&mut self, path: &Path, functions: &[&'static str]) -> Result<usize, String> {
             self.0.push((path.to_owned(), functions.to_vec()));
             Ok(functions.len() * 2)
+        }
+        fn attach_go(&mut self, _path: &Path, functions: &[go::GoFunction]) -> Result<usize, String> {
+            Ok(functions.iter().map(|f| 1 + f.rets.len()).sum())
         }
     }
 

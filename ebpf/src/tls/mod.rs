@@ -11,6 +11,7 @@
 //! a TCP socket (`PENDING_SSL`: the handshake or record the call just produced), and failing
 //! that, a read that returns plaintext to the socket the thread last read.
 
+pub mod go;
 pub mod openssl;
 
 use aya_ebpf::helpers::bpf_probe_read_user;
