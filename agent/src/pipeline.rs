@@ -19,7 +19,7 @@ use crate::{
     bpf::{self, attach, events::KernelEvent, BpfError, EventRing, Selection},
     config::{Config, PrintArg},
     conn::{self, ConnExchange, ConnTable, Exchange},
-    discovery::ProcessCache,
+    discovery::{go::GoDiscovery, ProcessCache},
     export::{self, ExportError, ExportHandle},
     metrics::Metrics,
     print::{PrintFormat, Printer},
@@ -98,7 +98,12 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
         store: viewer.as_mut().and_then(|v| v.store.take()),
         metrics: metrics.clone(),
     };
-    let mut capture = Capture::new(metrics.clone(), config.db_query_parameters, tls);
+    // Go programs already running: follow their goroutines from the first request on.
+    let mut go = GoDiscovery::new();
+    for row in go.scan_at_start(std::process::id(), &mut probes) {
+        eprintln!("  {}", row.line);
+    }
+    let mut capture = Capture::new(metrics.clone(), config.db_query_parameters, tls, go);
     let mut ring = EventRing::new(ring)?;
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
@@ -129,6 +134,12 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
         if capture.tls.has_pending() {
             for row in capture.tls.run_pending(&mut probes) {
                 tracing::info!("tls: {row} (found in pid {})", row.pid);
+            }
+        }
+        // ... and whether they are Go programs, whose goroutines are followed.
+        if capture.go.has_pending() {
+            for row in capture.go.run_pending(&mut probes) {
+                tracing::info!("go: {} (found in pid {})", row.line, row.pid);
             }
         }
     }
@@ -172,10 +183,11 @@ struct Capture {
     own_tgid: u32,
     /// TLS libraries found and processes to look at.
     tls: TlsDiscovery,
+    go: GoDiscovery,
 }
 
 impl Capture {
-    fn new(metrics: Arc<Metrics>, db_query_parameters: bool, tls: TlsDiscovery) -> Self {
+    fn new(metrics: Arc<Metrics>, db_query_parameters: bool, tls: TlsDiscovery, go: GoDiscovery) -> Self {
         Capture {
             metrics,
             conns: ConnTable::new(MAX_CONNS, std::process::id()).keep_db_parameters(db_query_parameters),
@@ -187,6 +199,7 @@ impl Capture {
             last_ts: 0,
             own_tgid: std::process::id(),
             tls,
+            go,
         }
     }
 
@@ -212,6 +225,7 @@ impl Capture {
                     if ev.header.tgid != self.own_tgid {
                         self.processes.refresh(ev.header.tgid, &conn::comm_string(&ev.comm));
                         self.tls.on_conn(ev.header.tgid);
+                        self.go.on_conn(ev.header.tgid);
                     }
                 }
                 Ok(KernelEvent::Data { header, prefix, tail }) => {
@@ -229,7 +243,10 @@ impl Capture {
                     self.conns.on_close(&header, &self.metrics, &mut self.exchanges);
                     self.tracer.closed(ts, conn::ConnKey { tgid: header.tgid, fd: header.fd, conn_gen: header.conn_gen }, &self.metrics, &mut self.ready);
                 }
-                Ok(KernelEvent::Exec(header)) => self.tls.on_exec(header.tgid),
+                Ok(KernelEvent::Exec(header)) => {
+                    self.tls.on_exec(header.tgid);
+                    self.go.on_exec(header.tgid);
+                }
                 Err(error) => {
                     Metrics::inc(&self.metrics.events_malformed);
                     tracing::debug!(%error, "malformed kernel event");

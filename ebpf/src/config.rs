@@ -25,6 +25,7 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     sock_common_skc_v6_daddr: 0,
     sock_common_skc_v6_rcv_saddr: 0,
     sock_sk_protocol: 0,
+    task_struct_thread_fsbase: 0,
 };
 
 #[unsafe(no_mangle)]

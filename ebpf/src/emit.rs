@@ -102,7 +102,7 @@ pub fn data(conn: &Conn, direction: u32, source: u32, buf: u64, len: u64) {
             len: if len > u32::MAX as u64 { u32::MAX } else { len as u32 },
             captured: captured as u32,
             tail: 0,
-            _pad: 0,
+            goid: crate::go::acting_goid(conn.tgid),
         };
         let dst = (*event).data.as_mut_ptr();
         if captured > 0 && bpf_probe_read_user(dst.cast(), captured as u32, buf as *const _) != 0 {

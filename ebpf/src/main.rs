@@ -3,7 +3,8 @@
 //! One module per job: `maps` (every map and its size), `config` (globals set by the agent),
 //! `filter` (which processes are traced), `sock` (fd → TCP socket and its 4-tuple), `emit`
 //! (events into the ring buffer), `syscalls/` (one file per syscall family), `tls/` (uprobes on
-//! TLS libraries) and `exec` (new programs, for the agent to probe).
+//! TLS libraries), `go/` (goroutines of Go programs) and `exec` (new programs, for the agent to
+//! probe).
 #![no_std]
 #![no_main]
 
@@ -11,6 +12,7 @@ mod config;
 mod emit;
 mod exec;
 mod filter;
+mod go;
 mod maps;
 mod sock;
 mod syscalls;

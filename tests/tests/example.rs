@@ -121,13 +121,13 @@ fn render(nodes: &[&Node]) -> String {
 }
 
 /// Checks that `nodes` (the spans of this example only) are `n` traces of exactly [`TREE`].
-fn check_traces(source: &str, nodes: &[Node], n: usize) {
-    check_traces_of(source, nodes, n, TREE, "none");
+fn check_traces(source: &str, nodes: &[Node], n: usize, inner_link: &str) {
+    check_traces_of(source, nodes, n, TREE, "none", inner_link);
 }
 
 /// Checks that `nodes` are `n` traces of exactly `tree`; `root_link` is the `ztrace.link` of the
-/// orders SERVER span.
-fn check_traces_of(source: &str, nodes: &[Node], n: usize, tree: &str, root_link: &str) {
+/// orders SERVER span, `inner_link` that of CLIENT spans under a SERVER span of their process.
+fn check_traces_of(source: &str, nodes: &[Node], n: usize, tree: &str, root_link: &str, inner_link: &str) {
     let mut traces: HashMap<&str, Vec<&Node>> = HashMap::new();
     for node in nodes {
         traces.entry(node.trace.as_str()).or_default().push(node);
@@ -154,7 +154,7 @@ fn check_traces_of(source: &str, nodes: &[Node], n: usize, tree: &str, root_link
             ("orders server GET /orders/{id}", _, _) => root_link,
             (_, _, false) => "none",
             (_, Some("server"), true) => "connection",
-            _ => "thread",
+            _ => inner_link,
         };
         assert_eq!(node.link.as_deref(), Some(want), "{source}: ztrace.link of {node:?}");
     }
@@ -213,10 +213,17 @@ fn run(lang: Lang) {
         TIMEOUT,
     );
     let stopped = ztrace.stop();
-    check_traces("--print=json", &printed.iter().map(from_print).collect::<Vec<_>>(), n);
-    check_traces("OTLP", &exported.iter().map(from_otlp).collect::<Vec<_>>(), n);
+    let inner_link = if lang == Lang::Go { "goroutine" } else { "thread" };
+    check_traces("--print=json", &printed.iter().map(from_print).collect::<Vec<_>>(), n, inner_link);
+    check_traces("OTLP", &exported.iter().map(from_otlp).collect::<Vec<_>>(), n, inner_link);
     let stats = stopped.stats.expect("ztrace stats line");
     assert!(stats.contains_key("spans_unlinked"), "spans_unlinked is reported: {stats:?}");
+    if lang == Lang::Go {
+        // The requests to users and inventory went over pooled connections, written by their
+        // writeLoop goroutines: handed over to the handler goroutine, not guessed.
+        let handoffs = stats.get("kernel_go_handoffs").and_then(Value::as_u64).unwrap_or(0);
+        assert!(handoffs > 0, "net/http writeLoop hand-overs were seen: {stats:?}");
+    }
 }
 
 fn otlp_pid(s: &OtlpSpan) -> Option<u32> {
@@ -273,7 +280,7 @@ fn an_opentelemetry_sdk_client_and_ztrace_spans_form_one_trace() {
         tree.push_str(&format!("  {line}\n"));
     }
     let nodes: Vec<Node> = spans.iter().map(from_otlp).collect();
-    check_traces_of("OTLP with the SDK client", &nodes, REQUESTS, &tree, "header");
+    check_traces_of("OTLP with the SDK client", &nodes, REQUESTS, &tree, "header", "thread");
     let sdk_ids: HashSet<&str> = sdk.iter().filter_map(|s| s.span_id()).collect();
     for node in nodes.iter().filter(|n| n.label.starts_with("orders server")) {
         assert!(node.parent.as_deref().is_some_and(|p| sdk_ids.contains(p)), "the SDK client span is the parent: {node:?}");
@@ -286,3 +293,8 @@ fn python_example_gives_fifty_complete_traces() {
     run(Lang::Python);
 }
 
+#[test]
+#[ignore = "needs root and eBPF; run by cargo xtask test"]
+fn go_example_gives_fifty_complete_traces_over_pooled_connections() {
+    run(Lang::Go);
+}

@@ -230,6 +230,13 @@ impl Btf {
             sock_common_skc_v6_daddr: self.member_offset("sock_common", "skc_v6_daddr")?,
             sock_common_skc_v6_rcv_saddr: self.member_offset("sock_common", "skc_v6_rcv_saddr")?,
             sock_sk_protocol: sk_protocol,
+            task_struct_thread_fsbase: match (
+                self.member_offset("task_struct", "thread"),
+                self.member_offset("thread_struct", "fsbase"),
+            ) {
+                (Ok(thread), Ok(fsbase)) => thread + fsbase,
+                _ => u32::MAX,
+            },
         })
     }
 }

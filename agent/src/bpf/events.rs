@@ -77,7 +77,7 @@ mod tests {
             len: 10,
             captured: 3,
             tail: 2,
-            _pad: 0,
+            goid: 0,
         };
         let mut rec = as_bytes(&h);
         rec.extend_from_slice(b"GET\r\n");
@@ -104,7 +104,7 @@ mod tests {
             len: 10,
             captured: 8,
             tail: 0,
-            _pad: 0,
+            goid: 0,
         };
         assert!(matches!(decode(&as_bytes(&d)), Err(DecodeError::BadCapture { .. })));
         let mut rec = as_bytes(&DataEventHeader { captured: 4, tail: 8, ..d });

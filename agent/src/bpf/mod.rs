@@ -59,7 +59,10 @@ pub struct Probes {
     pub attached: Vec<AttachResult>,
     /// Why the OpenSSL uprobe programs could not be loaded (then no file is probed).
     uprobe_error: Option<String>,
+    /// Why the Go uprobe programs could not be loaded (then no Go client is probed).
+    go_uprobe_error: Option<String>,
 }
+
 
 /// The event ring buffer, registered with the tokio reactor.
 pub struct EventRing(tokio::io::unix::AsyncFd<RingBuf<MapData>>);
@@ -112,12 +115,19 @@ pub fn start(capture_bytes: usize, selection: &Selection) -> Result<(Probes, Rin
         attached.push(AttachResult { hook: *hook, error });
     }
     let uprobe_error = load_uprobes(&mut ebpf)?;
+    let mut go_uprobe_error = None;
+    for program in ["go_helper", "go_owner"] {
+        if let Err(e) = uprobe_mut(&mut ebpf, program)?.load() {
+            go_uprobe_error = Some(format!("loading {program}: {}", error_chain(&e)));
+            break;
+        }
+    }
     let ring = RingBuf::try_from(ebpf.take_map(maps::EVENTS).ok_or(BpfError::MissingMap(maps::EVENTS))?)
         .map_err(|source| BpfError::Map { name: maps::EVENTS, source })?;
     let counters =
         PerCpuArray::try_from(ebpf.take_map(maps::COUNTERS).ok_or(BpfError::MissingMap(maps::COUNTERS))?)
             .map_err(|source| BpfError::Map { name: maps::COUNTERS, source })?;
-    Ok((Probes { ebpf, counters, attached, uprobe_error }, ring))
+    Ok((Probes { ebpf, counters, attached, uprobe_error, go_uprobe_error }, ring))
 }
 
 /// Loads the OpenSSL uprobe programs (attached per file later). `Ok(Some(reason))` when the
@@ -178,6 +188,30 @@ impl crate::tls::Attacher for Probes {
             }
         }
         Ok(probes)
+    }
+}
+
+impl crate::discovery::go::GoAttacher for Probes {
+    fn attach_go_handoffs(&mut self, path: &std::path::Path, functions: &[(&'static str, &'static str)]) -> Result<(), String> {
+        if let Some(e) = &self.go_uprobe_error {
+            return Err(e.clone());
+        }
+        for (program, function) in functions {
+            let prog = uprobe_mut(&mut self.ebpf, program).map_err(|e| e.to_string())?;
+            prog.attach(*function, path, UProbeScope::AllProcesses)
+                .map_err(|e| format!("{function} ({program}): {}", error_chain(&e)))?;
+        }
+        Ok(())
+    }
+
+    fn follow_go_process(&mut self, tgid: u32, goid_offset: Option<u32>) -> Result<(), String> {
+        let map = self.ebpf.map_mut(maps::GO_PROCS).ok_or_else(|| format!("map {} missing", maps::GO_PROCS))?;
+        let mut procs: BpfHashMap<_, u32, ztrace_common::GoProc> = BpfHashMap::try_from(map).map_err(|e| e.to_string())?;
+        match goid_offset {
+            Some(goid_offset) => procs.insert(tgid, ztrace_common::GoProc { goid_offset, _pad: 0 }, 0),
+            None => procs.remove(&tgid),
+        }
+        .map_err(|e| e.to_string())
     }
 }
 

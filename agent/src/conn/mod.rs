@@ -94,6 +94,8 @@ pub struct RequestStart {
     pub remote: SocketAddr,
     /// The thread that moved the bytes.
     pub tid: u32,
+    /// In a Go program, the goroutine they were moved for (low 32 bits; 0: not Go, unknown).
+    pub goid: u32,
     pub ts_ns: u64,
     /// A W3C `traceparent` header among the first bytes of an HTTP request.
     pub traceparent: Option<TraceParent>,
@@ -298,6 +300,7 @@ impl ConnTable {
                     local: conn.info.local,
                     remote: conn.info.remote,
                     tid: header.header.tid,
+                    goid: header.goid,
                     ts_ns,
                     traceparent: if is_http { find_traceparent(payload) } else { None },
                 });
@@ -493,7 +496,7 @@ mod tests {
             len: bytes.len() as u32,
             captured: bytes.len() as u32,
             tail: 0,
-            _pad: 0,
+            goid: 0,
         }
     }
 

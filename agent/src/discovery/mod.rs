@@ -19,6 +19,7 @@
 pub mod cgroup;
 pub mod cmdline;
 pub mod environ;
+pub mod go;
 pub mod k8s;
 
 use std::{

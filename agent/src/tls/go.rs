@@ -54,7 +54,7 @@ impl GoTls {
 }
 
 /// `go1.19.8` → 19.
-fn minor(version: &str) -> Option<u32> {
+pub(crate) fn minor(version: &str) -> Option<u32> {
     let rest = version.strip_prefix("go1.")?;
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
     digits.parse().ok()
@@ -107,7 +107,7 @@ pub fn rets(code: &[u8], ip: u64) -> Vec<u64> {
 }
 
 /// The Go version from `.go.buildinfo` (Go >= 1.18 layout: the version string inline).
-fn build_version(data: &[u8]) -> Option<String> {
+pub(crate) fn build_version(data: &[u8]) -> Option<String> {
     if data.len() < 32 || &data[..14] != b"\xff Go buildinf:" || data[15] & 2 == 0 {
         return None;
     }

@@ -10,6 +10,9 @@
 //! - `thread` (client spans): the thread that writes the request is serving exactly one server
 //!   exchange (read its request, not yet finished): that server span is the parent. Threads
 //!   serving several at once (event loops) give no thread link rather than a wrong one.
+//! - `goroutine` (client spans of Go programs): the same with the goroutine the kernel reports
+//!   for each syscall (`ebpf/src/go`: the running one, or for net/http's client connection
+//!   goroutine, the goroutine whose request it writes) instead of the thread.
 //! - `none`: a root with a new trace id. A server span whose client is a traced local process
 //!   that could not be found is counted (`spans_unlinked`).
 //!
@@ -54,6 +57,7 @@ pub enum Link {
     Header,
     Connection,
     Thread,
+    Goroutine,
     None,
 }
 
@@ -63,6 +67,7 @@ impl Link {
             Link::Header => "header",
             Link::Connection => "connection",
             Link::Thread => "thread",
+            Link::Goroutine => "goroutine",
             Link::None => "none",
         }
     }
@@ -180,12 +185,22 @@ pub struct Tracer {
     starts: HashMap<ConnKey, VecDeque<StartRecord>>,
     /// Client requests not yet read by a traced server end, by (client end, server end).
     in_flight: HashMap<(SocketAddr, SocketAddr), VecDeque<InFlight>>,
-    /// Open server exchanges of each thread, by (tgid, tid).
-    serving: HashMap<(u32, u32), Vec<Serving>>,
-    /// The thread whose `serving` holds a connection's open server exchange.
-    serving_thread: HashMap<ConnKey, u32>,
+    /// Open server exchanges of each unit of work, by (tgid, [`unit`]).
+    serving: HashMap<(u32, u64), Vec<Serving>>,
+    /// The unit of work whose `serving` holds a connection's open server exchange.
+    serving_thread: HashMap<ConnKey, u64>,
     /// Newest timestamp handled.
     last_ts: u64,
+}
+
+/// The unit of work of a start: its goroutine in a Go program (tagged above 32 bits), else its
+/// thread.
+fn unit(s: &RequestStart) -> u64 {
+    if s.goid != 0 {
+        1 << 32 | u64::from(s.goid)
+    } else {
+        u64::from(s.tid)
+    }
 }
 
 fn set_link(span: &mut Span, link: Link) {
@@ -314,12 +329,12 @@ impl Tracer {
                     }
                     None => fresh(peer_traced),
                 },
-                Side::Client => match self.serving.get(&(s.key.tgid, s.tid)).map(Vec::as_slice) {
+                Side::Client => match self.serving.get(&(s.key.tgid, unit(s))).map(Vec::as_slice) {
                     Some([one]) => Ids {
                         trace_id: one.trace_id,
                         span_id: new_span_id(),
                         parent: Some(one.span_id),
-                        link: Link::Thread,
+                        link: if s.goid != 0 { Link::Goroutine } else { Link::Thread },
                         missing_parent: false,
                     },
                     _ => fresh(false),
@@ -330,13 +345,13 @@ impl Tracer {
             Side::Server => {
                 // A new request on the connection ends any earlier one's hold on its thread.
                 self.stop_serving(s.key);
-                self.serving.entry((s.key.tgid, s.tid)).or_default().push(Serving {
+                self.serving.entry((s.key.tgid, unit(s))).or_default().push(Serving {
                     conn: s.key,
                     trace_id: ids.trace_id,
                     span_id: ids.span_id,
                     ts: s.ts_ns,
                 });
-                self.serving_thread.insert(s.key, s.tid);
+                self.serving_thread.insert(s.key, unit(s));
             }
             Side::Client => {
                 if self.in_flight.len() >= MAX_IN_FLIGHT_CONNS {

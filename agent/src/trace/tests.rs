@@ -63,7 +63,11 @@ impl World {
         self.start_tp(end, tid, ts, None);
     }
     fn start_tp(&mut self, end: End, tid: u32, ts: u64, traceparent: Option<crate::spans::http::TraceParent>) {
-        let s = RequestStart { key: end.key, side: end.side, local: end.local, remote: end.remote, tid, ts_ns: ts, traceparent };
+        let s = RequestStart { key: end.key, side: end.side, local: end.local, remote: end.remote, tid, goid: 0, ts_ns: ts, traceparent };
+        self.tracer.start(s, true, &self.metrics, &mut self.out);
+    }
+    fn start_go(&mut self, end: End, tid: u32, goid: u32, ts: u64) {
+        let s = RequestStart { key: end.key, side: end.side, local: end.local, remote: end.remote, tid, goid, ts_ns: ts, traceparent: None };
         self.tracer.start(s, true, &self.metrics, &mut self.out);
     }
     fn done(&mut self, end: End, name: &str, request_start: u64, ts: u64) {
@@ -242,4 +246,26 @@ fn a_pipelined_batch_pairs_exchange_by_exchange() {
     }
     let ids: std::collections::HashSet<_> = spans.iter().map(|s| s.span_id).collect();
     assert_eq!(ids.len(), 6);
+}
+
+#[test]
+fn in_go_the_goroutine_not_the_thread_is_the_unit_of_work() {
+    let (_, a) = conn(1, 3, 10, 5, 40000, 80);
+    let (_, b) = conn(2, 3, 10, 6, 40001, 80);
+    let (db1, _) = conn(10, 7, 30, 9, 40002, 5432);
+    let (db2, _) = conn(10, 8, 30, 9, 40003, 5432);
+    let mut w = World::new();
+    w.start_go(a, 100, 7, 100); // goroutine 7 reads request a on thread 100
+    w.start_go(b, 100, 8, 110); // goroutine 8 reads request b on the same thread
+    w.start_go(db1, 101, 7, 120); // goroutine 7 queries, now on thread 101
+    w.start_go(db2, 100, 8, 125);
+    w.done(db1, "query a", 120, 130);
+    w.done(db2, "query b", 125, 135);
+    w.done(a, "a", 100, 140);
+    w.done(b, "b", 110, 150);
+    let spans = w.flush();
+    for (query, server) in [("query a", "a"), ("query b", "b")] {
+        let (q, s) = (by_name(&spans, query), by_name(&spans, server));
+        assert_eq!((q.parent_span_id, link(q)), (Some(s.span_id), "goroutine"), "{query}");
+    }
 }

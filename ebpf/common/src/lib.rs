@@ -32,6 +32,8 @@ pub mod maps {
     pub const PID_ALLOW: &str = "PID_ALLOW";
     /// HashMap<[u8; 16] comm, u32> of executable names the user asked for (`--exe`).
     pub const COMM_ALLOW: &str = "COMM_ALLOW";
+    /// HashMap<u32 tgid, [`super::GoProc`]> of Go programs whose goroutines are followed.
+    pub const GO_PROCS: &str = "GO_PROCS";
 }
 
 /// Names of the global constants the agent sets with `EbpfLoader::set_global`.
@@ -185,7 +187,10 @@ pub struct DataEventHeader {
     pub captured: u32,
     /// Bytes of the segment's end that follow the prefix (0 unless `len > captured + TAIL_BYTES`).
     pub tail: u32,
-    pub _pad: u32,
+    /// In a Go program (`maps::GO_PROCS`): the low 32 bits of the id of the goroutine the bytes
+    /// were moved for — the running goroutine, or for a net/http client connection's
+    /// `writeLoop`, the goroutine whose request it writes. 0 elsewhere or when unknown.
+    pub goid: u32,
 }
 const _: () = assert!(size_of::<DataEventHeader>() == 56);
 
@@ -228,13 +233,20 @@ pub enum Counter {
     TlsDataEvents = 10,
     /// Exec events written.
     ExecEvents = 11,
+    // 12..=15: stack capture.
+    /// A syscall of a followed Go program whose goroutine id could not be read: it is linked by
+    /// thread, which in Go may give no parent.
+    GoGoidUnreadable = 16,
+    /// Syscalls on a net/http helper goroutine reported for the goroutine it works for.
+    GoHandoffs = 17,
+    // 18..=19: Go goroutine links (spare).
 }
 
 /// Number of slots in the `COUNTERS` map.
-pub const COUNTER_SLOTS: u32 = 12;
+pub const COUNTER_SLOTS: u32 = 20;
 
 impl Counter {
-    pub const ALL: [Counter; COUNTER_SLOTS as usize] = [
+    pub const ALL: &'static [Counter] = &[
         Counter::RingbufFull,
         Counter::ArgsMapFull,
         Counter::SockMapFull,
@@ -247,6 +259,8 @@ impl Counter {
         Counter::TlsArgsMapFull,
         Counter::TlsDataEvents,
         Counter::ExecEvents,
+        Counter::GoGoidUnreadable,
+        Counter::GoHandoffs,
     ];
 
     /// Name used in the agent's self-metrics.
@@ -264,12 +278,14 @@ impl Counter {
             Counter::TlsArgsMapFull => "kernel_tls_args_map_full",
             Counter::TlsDataEvents => "kernel_tls_data_events",
             Counter::ExecEvents => "kernel_exec_events",
+            Counter::GoGoidUnreadable => "kernel_go_goid_unreadable",
+            Counter::GoHandoffs => "kernel_go_handoffs",
         }
     }
 
     /// True for counters that count lost data (as opposed to activity).
     pub fn is_loss(self) -> bool {
-        !matches!(self, Counter::DataEvents | Counter::ConnEvents | Counter::TlsDataEvents | Counter::ExecEvents)
+        !matches!(self, Counter::DataEvents | Counter::ConnEvents | Counter::TlsDataEvents | Counter::ExecEvents | Counter::GoHandoffs)
     }
 }
 
@@ -299,8 +315,21 @@ pub struct KernelOffsets {
     pub sock_common_skc_v6_rcv_saddr: u32,
     /// Offset of `sk_protocol` in `struct sock`, or `u32::MAX` where it is a bitfield.
     pub sock_sk_protocol: u32,
+    /// Offset of `thread.fsbase` in `struct task_struct` (x86-64: the user TLS base, where Go
+    /// keeps the running goroutine), or `u32::MAX` where the kernel has none.
+    pub task_struct_thread_fsbase: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 20 * 4);
+const _: () = assert!(size_of::<KernelOffsets>() == 21 * 4);
+
+/// A Go program whose goroutine ids are read at each syscall (value of `maps::GO_PROCS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GoProc {
+    /// Offset of `goid` in the runtime's `g` struct.
+    pub goid_offset: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<GoProc>() == 8);
 
 /// Run-time settings chosen by the agent.
 #[repr(C)]
@@ -329,4 +358,6 @@ mod pod {
     unsafe impl aya::Pod for super::KernelOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Settings {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::GoProc {}
 }

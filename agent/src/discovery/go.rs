@@ -1,0 +1,211 @@
+//! Go programs: found on each process's first connection (and again after an exec), probed
+//! once per executable file, and followed per process (`GO_PROCS`: the kernel then reports the
+//! goroutine of each syscall, see `ebpf/src/go`).
+//!
+//! A Go program is an ELF file with a `.go.buildinfo` section; its Go version (the `go1.N`
+//! string there, readable from Go 1.18) must be one whose `runtime.g` layout is known: the
+//! goroutine id sits at byte [`GOID_OFFSET`] of `g` from Go 1.18 through 1.22 on x86-64 (Go 1.23
+//! added a field before it). The net/http hand-over probes ([`HANDOFF_FUNCTIONS`]) attach by
+//! function name, so they need the symbol table; a stripped program is still followed, without
+//! them. It does no ELF work twice for one file (device and inode) and never blocks capture:
+//! the pipeline runs it between drains.
+
+use std::{
+    collections::{HashMap, HashSet},
+    os::unix::fs::MetadataExt as _,
+    path::Path,
+};
+
+use object::{Object, ObjectSection, ObjectSymbol, ReadCache};
+
+/// Offset of `goid` in `runtime.g` (Go 1.18–1.22, amd64).
+pub const GOID_OFFSET: u32 = 152;
+/// Go minor versions followed.
+const FOLLOWED_MINORS: std::ops::RangeInclusive<u32> = 18..=22;
+/// The net/http functions probed at entry (program, function): helpers' entries and their
+/// owners' hand-over, see `ebpf/src/go`.
+pub const HANDOFF_FUNCTIONS: [(&str, &str); 4] = [
+    ("go_helper", "net/http.(*persistConn).writeLoop"),
+    ("go_owner", "net/http.(*persistConn).roundTrip"),
+    ("go_helper", "net/http.(*connReader).backgroundRead"),
+    ("go_owner", "net/http.(*connReader).startBackgroundRead"),
+];
+/// Processes remembered as checked before the set is cleared (each is then checked again).
+const MAX_CHECKED: usize = 65_536;
+
+/// What an executable is, for goroutine following.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GoBinary {
+    /// A Go program ztrace follows, with the [`HANDOFF_FUNCTIONS`] it has (none when stripped).
+    Followed { version: String, handoffs: Vec<(&'static str, &'static str)>, stripped: bool },
+    /// A Go program ztrace cannot follow, and why.
+    Unsupported(String),
+    /// Not a Go program.
+    NotGo,
+}
+
+/// Looks at the ELF file at `path`.
+pub fn inspect(path: &Path) -> std::io::Result<GoBinary> {
+    let file = std::fs::File::open(path)?;
+    let cache = ReadCache::new(file);
+    let Ok(elf) = object::File::parse(&cache) else { return Ok(GoBinary::NotGo) };
+    Ok(classify(&elf))
+}
+
+/// Classifies a parsed object file.
+pub fn classify<'data, O: Object<'data>>(elf: &O) -> GoBinary {
+    let Some(buildinfo) = elf.section_by_name(".go.buildinfo") else { return GoBinary::NotGo };
+    if elf.architecture() != object::Architecture::X86_64 {
+        return GoBinary::Unsupported("not x86-64".into());
+    }
+    let Some(version) = buildinfo.data().ok().and_then(crate::tls::go::build_version) else {
+        return GoBinary::Unsupported("Go version unknown (before go1.18?): runtime.g layout unknown".into());
+    };
+    match crate::tls::go::minor(&version) {
+        Some(m) if FOLLOWED_MINORS.contains(&m) => {}
+        _ => return GoBinary::Unsupported(format!("{version}: runtime.g layout unknown (go1.18 to go1.22 are followed)")),
+    }
+    let mut handoffs = Vec::new();
+    let mut stripped = true;
+    for sym in elf.symbols() {
+        stripped = false;
+        if let Ok(name) = sym.name() {
+            if let Some(f) = HANDOFF_FUNCTIONS.iter().find(|(_, f)| *f == name) {
+                handoffs.push(*f);
+            }
+        }
+    }
+    GoBinary::Followed { version, handoffs, stripped }
+}
+
+/// The kernel side of following Go programs (implemented by `bpf::Probes`).
+pub trait GoAttacher {
+    /// Probes `functions` (of [`HANDOFF_FUNCTIONS`]) in the file at `path`.
+    fn attach_go_handoffs(&mut self, path: &Path, functions: &[(&'static str, &'static str)]) -> Result<(), String>;
+    /// Starts (`Some(goid offset)`) or stops following the goroutines of a process.
+    fn follow_go_process(&mut self, tgid: u32, goid_offset: Option<u32>) -> Result<(), String>;
+}
+
+/// One line of the attach table for a Go executable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GoRow {
+    pub path: String,
+    pub pid: u32,
+    pub line: String,
+}
+
+/// Go executables and processes seen so far.
+#[derive(Default)]
+pub struct GoDiscovery {
+    files: HashMap<(u64, u64), GoBinary>,
+    checked: HashSet<u32>,
+    followed: HashSet<u32>,
+    pending: Vec<u32>,
+}
+
+impl GoDiscovery {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every running process but `own_pid` (at start: programs already running).
+    pub fn scan_at_start(&mut self, own_pid: u32, attacher: &mut dyn GoAttacher) -> Vec<GoRow> {
+        if let Ok(entries) = std::fs::read_dir("/proc") {
+            for entry in entries.flatten() {
+                if let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) {
+                    if pid != own_pid {
+                        self.on_conn(pid);
+                    }
+                }
+            }
+        }
+        self.run_pending(attacher)
+    }
+
+    /// A process made a connection: look at it once.
+    pub fn on_conn(&mut self, tgid: u32) {
+        if self.checked.len() >= MAX_CHECKED {
+            self.checked.clear();
+        }
+        if self.checked.insert(tgid) {
+            self.pending.push(tgid);
+        }
+    }
+
+    /// A process ran a new program: look at it again.
+    pub fn on_exec(&mut self, tgid: u32) {
+        self.checked.insert(tgid);
+        self.pending.push(tgid);
+    }
+
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Inspects the processes waiting; rows for executables seen for the first time.
+    pub fn run_pending(&mut self, attacher: &mut dyn GoAttacher) -> Vec<GoRow> {
+        let mut rows = Vec::new();
+        for tgid in std::mem::take(&mut self.pending) {
+            let exe = format!("/proc/{tgid}/exe");
+            let Ok(meta) = std::fs::metadata(&exe) else {
+                self.unfollow(tgid, attacher);
+                continue;
+            };
+            let id = (meta.dev(), meta.ino());
+            let path = std::fs::read_link(&exe).map(|p| p.display().to_string()).unwrap_or_else(|_| exe.clone());
+            let binary = match self.files.get(&id) {
+                Some(b) => b.clone(),
+                None => {
+                    let b = inspect(Path::new(&exe)).unwrap_or(GoBinary::NotGo);
+                    let line = match &b {
+                        GoBinary::Followed { version, stripped: true, .. } => {
+                            format!("ok    goroutine {path}: {version}, goroutines followed; stripped: net/http hand-overs not probed")
+                        }
+                        GoBinary::Followed { version, handoffs, .. } if handoffs.is_empty() => {
+                            format!("ok    goroutine {path}: {version}, goroutines followed (no net/http)")
+                        }
+                        GoBinary::Followed { version, handoffs, .. } => match attacher.attach_go_handoffs(Path::new(&exe), handoffs) {
+                            Ok(()) => format!(
+                                "ok    goroutine {path}: {version}, goroutines followed, {} net/http hand-over uprobes",
+                                handoffs.len()
+                            ),
+                            Err(e) => format!("FAIL  goroutine {path}: {version}, goroutines followed, net/http hand-overs not probed: {e}"),
+                        },
+                        GoBinary::Unsupported(why) => format!("skip  goroutine {path}: Go program not followed: {why}"),
+                        GoBinary::NotGo => String::new(),
+                    };
+                    if !line.is_empty() {
+                        rows.push(GoRow { path, pid: tgid, line });
+                    }
+                    self.files.insert(id, b.clone());
+                    b
+                }
+            };
+            if matches!(binary, GoBinary::Followed { .. }) {
+                if attacher.follow_go_process(tgid, Some(GOID_OFFSET)).is_ok() {
+                    self.followed.insert(tgid);
+                }
+            } else {
+                self.unfollow(tgid, attacher);
+            }
+        }
+        rows
+    }
+
+    fn unfollow(&mut self, tgid: u32, attacher: &mut dyn GoAttacher) {
+        if self.followed.remove(&tgid) {
+            let _ = attacher.follow_go_process(tgid, None);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_test_binary_is_not_go() {
+        let exe = std::env::current_exe().expect("exe");
+        assert_eq!(inspect(&exe).expect("inspect"), GoBinary::NotGo);
+    }
+}

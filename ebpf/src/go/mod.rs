@@ -1,0 +1,125 @@
+//! Go programs: which goroutine each syscall is made for.
+//!
+//! Go multiplexes goroutines over threads, so a thread id says nothing about the unit of work.
+//! On x86-64 the Go runtime keeps the running goroutine's `g` at `-8(FS)` (the thread's TLS
+//! base, `task->thread.fsbase`, statically linked programs without cgo); its `goid` is at an
+//! offset the agent gives per program (`GO_PROCS`).
+//!
+//! net/http moves some of a request's bytes on helper goroutines: the client writes each
+//! request on the pooled connection's `writeLoop` goroutine, and the server may read the first
+//! byte of the next request on a connection's `backgroundRead` goroutine. Four uprobes (entry
+//! only, never uretprobes: Go moves stacks; the receiver in RAX, register ABI) hand the work
+//! over: `go_helper` on the helper's entry (`(*persistConn).writeLoop`,
+//! `(*connReader).backgroundRead`) records which object a helper goroutine works for,
+//! `go_owner` on the owner's side (`(*persistConn).roundTrip`,
+//! `(*connReader).startBackgroundRead`) which goroutine the object works for now. A syscall on
+//! a helper goroutine is then reported for its owner (`Counter::GoHandoffs`).
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user},
+    macros::{map, uprobe},
+    maps::{HashMap, LruHashMap},
+    programs::ProbeContext,
+};
+use ztrace_common::{Counter, GoProc};
+
+use crate::{config::offsets, maps::count, syscalls::ids};
+
+/// Go programs whose goroutines are followed: tgid → `goid` offset. Filled by the agent; 4096.
+#[map(name = "GO_PROCS")]
+pub static GO_PROCS: HashMap<u32, GoProc> = HashMap::with_max_entries(4096, 0);
+
+/// Helper goroutines: (tgid, goid) → the object they work for (`*persistConn`, `*connReader`).
+/// LRU, 16384 entries (a forgotten one only loses the goroutine link of its requests).
+#[map(name = "GO_HELPERS")]
+pub static GO_HELPERS: LruHashMap<GoKey, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// The goroutine an object works for now: (tgid, object) → goid. LRU, 16384 entries.
+#[map(name = "GO_OWNERS")]
+pub static GO_OWNERS: LruHashMap<GoKey, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// Key of the goroutine maps: a process and a goroutine id or a pointer.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct GoKey {
+    pub value: u64,
+    pub tgid: u32,
+    pub _pad: u32,
+}
+
+/// The running goroutine's id in a Go program `tgid`, 0 if it is not one or it cannot be read.
+#[inline(always)]
+fn current_goid(tgid: u32) -> u64 {
+    // SAFETY: copied out at once.
+    let Some(goid_offset) = (unsafe { GO_PROCS.get(&tgid) }).map(|p| p.goid_offset) else { return 0 };
+    let fsbase_offset = offsets().task_struct_thread_fsbase;
+    if fsbase_offset == u32::MAX {
+        return 0;
+    }
+    // SAFETY: the current task pointer is read through bpf_probe_read_kernel, which checks the
+    // address; user memory through bpf_probe_read_user likewise. A bad address is an error.
+    let goid = unsafe {
+        let task = bpf_get_current_task();
+        match bpf_probe_read_kernel((task + u64::from(fsbase_offset)) as *const u64) {
+            Ok(fsbase) if fsbase >= 8 => match bpf_probe_read_user((fsbase - 8) as *const u64) {
+                Ok(g) if g != 0 => bpf_probe_read_user((g + u64::from(goid_offset)) as *const u64).unwrap_or(0),
+                _ => 0,
+            },
+            _ => 0,
+        }
+    };
+    if goid == 0 {
+        count(Counter::GoGoidUnreadable);
+    }
+    goid
+}
+
+/// The goroutine the current syscall acts for (low 32 bits): the running one, or, on a helper
+/// goroutine, the goroutine it works for now. 0 outside Go programs.
+#[inline(always)]
+pub fn acting_goid(tgid: u32) -> u32 {
+    let goid = current_goid(tgid);
+    if goid == 0 {
+        return 0;
+    }
+    // SAFETY: copied out at once.
+    if let Some(object) = unsafe { GO_HELPERS.get(&GoKey { value: goid, tgid, _pad: 0 }) }.copied() {
+        // SAFETY: as above.
+        if let Some(owner) = unsafe { GO_OWNERS.get(&GoKey { value: object, tgid, _pad: 0 }) }.copied() {
+            count(Counter::GoHandoffs);
+            return owner as u32;
+        }
+    }
+    goid as u32
+}
+
+/// The first argument of a Go function (register ABI: RAX).
+#[inline(always)]
+fn go_arg0(ctx: &ProbeContext) -> u64 {
+    // SAFETY: `regs` is the probe's own register context, always valid to read.
+    unsafe { (*ctx.regs).rax }
+}
+
+/// Entry of a helper goroutine's function (`(*persistConn).writeLoop`,
+/// `(*connReader).backgroundRead`): this goroutine works for the receiver.
+#[uprobe]
+pub fn go_helper(ctx: ProbeContext) -> u32 {
+    let (tgid, _, _) = ids();
+    let goid = current_goid(tgid);
+    if goid != 0 {
+        let _ = GO_HELPERS.insert(&GoKey { value: goid, tgid, _pad: 0 }, &go_arg0(&ctx), 0);
+    }
+    0
+}
+
+/// Entry of an owner's function (`(*persistConn).roundTrip`,
+/// `(*connReader).startBackgroundRead`): the receiver works for this goroutine now.
+#[uprobe]
+pub fn go_owner(ctx: ProbeContext) -> u32 {
+    let (tgid, _, _) = ids();
+    let goid = current_goid(tgid);
+    if goid != 0 {
+        let _ = GO_OWNERS.insert(&GoKey { value: go_arg0(&ctx), tgid, _pad: 0 }, &goid, 0);
+    }
+    0
+}
