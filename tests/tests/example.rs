@@ -19,6 +19,9 @@
 //!         postgres  server SELECT reservations
 //! ```
 //!
+//! Both implementations (Python, Go) and chains across them (Python orders calling the Go users and
+//! inventory, and the other way) give the same traces.
+//!
 //! The load comes from this test process over plain TCP, and ztrace traces only the services'
 //! executables and PostgreSQL (`--exe`), so the orders SERVER span is the root of each trace.
 //!
@@ -121,13 +124,14 @@ fn render(nodes: &[&Node]) -> String {
 }
 
 /// Checks that `nodes` (the spans of this example only) are `n` traces of exactly [`TREE`].
-fn check_traces(source: &str, nodes: &[Node], n: usize, inner_link: &str) {
-    check_traces_of(source, nodes, n, TREE, "none", inner_link);
+fn check_traces(source: &str, nodes: &[Node], n: usize, go_services: &[&str]) {
+    check_traces_of(source, nodes, n, TREE, "none", go_services);
 }
 
 /// Checks that `nodes` are `n` traces of exactly `tree`; `root_link` is the `ztrace.link` of the
-/// orders SERVER span, `inner_link` that of CLIENT spans under a SERVER span of their process.
-fn check_traces_of(source: &str, nodes: &[Node], n: usize, tree: &str, root_link: &str, inner_link: &str) {
+/// orders SERVER span; CLIENT spans under a SERVER span of their process have `goroutine` in
+/// `go_services`, `thread` in the others.
+fn check_traces_of(source: &str, nodes: &[Node], n: usize, tree: &str, root_link: &str, go_services: &[&str]) {
     let mut traces: HashMap<&str, Vec<&Node>> = HashMap::new();
     for node in nodes {
         traces.entry(node.trace.as_str()).or_default().push(node);
@@ -154,7 +158,8 @@ fn check_traces_of(source: &str, nodes: &[Node], n: usize, tree: &str, root_link
             ("orders server GET /orders/{id}", _, _) => root_link,
             (_, _, false) => "none",
             (_, Some("server"), true) => "connection",
-            _ => inner_link,
+            _ if go_services.contains(&node.label.split(' ').next().unwrap_or_default()) => "goroutine",
+            _ => "thread",
         };
         assert_eq!(node.link.as_deref(), Some(want), "{source}: ztrace.link of {node:?}");
     }
@@ -170,17 +175,24 @@ fn get(port: u16, path: &str) -> u16 {
     reply.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
 }
 
-fn run(lang: Lang) {
-    let example = Example::start(lang);
+/// The example with orders in `orders_lang` and users and inventory in `lang`.
+fn run(orders_lang: Lang, lang: Lang) {
+    let example = Example::start_mixed(lang, orders_lang);
     let mut receiver = OtlpReceiver::start();
     let endpoint = receiver.grpc_endpoint();
-    let exes: &[&str] = match lang {
-        Lang::Python => &["python3"],
-        Lang::Go => &["orders", "users", "inventory"],
-    };
     let mut args = vec!["--print=json", "--otlp-endpoint", endpoint.as_str(), "--exe", "postgres"];
-    for exe in exes {
-        args.extend(["--exe", exe]);
+    let mut go_services = Vec::new();
+    for (service, lang) in [("orders", orders_lang), ("users", lang), ("inventory", lang)] {
+        let exe = match lang {
+            Lang::Python => "python3",
+            Lang::Go => {
+                go_services.push(service);
+                service
+            }
+        };
+        if !args.contains(&exe) {
+            args.extend(["--exe", exe]);
+        }
     }
     let mut ztrace = Ztrace::start(&args);
 
@@ -213,12 +225,11 @@ fn run(lang: Lang) {
         TIMEOUT,
     );
     let stopped = ztrace.stop();
-    let inner_link = if lang == Lang::Go { "goroutine" } else { "thread" };
-    check_traces("--print=json", &printed.iter().map(from_print).collect::<Vec<_>>(), n, inner_link);
-    check_traces("OTLP", &exported.iter().map(from_otlp).collect::<Vec<_>>(), n, inner_link);
+    check_traces("--print=json", &printed.iter().map(from_print).collect::<Vec<_>>(), n, &go_services);
+    check_traces("OTLP", &exported.iter().map(from_otlp).collect::<Vec<_>>(), n, &go_services);
     let stats = stopped.stats.expect("ztrace stats line");
     assert!(stats.contains_key("spans_unlinked"), "spans_unlinked is reported: {stats:?}");
-    if lang == Lang::Go {
+    if orders_lang == Lang::Go {
         // The requests to users and inventory went over pooled connections, written by their
         // writeLoop goroutines: handed over to the handler goroutine, not guessed.
         let handoffs = stats.get("kernel_go_handoffs").and_then(Value::as_u64).unwrap_or(0);
@@ -280,7 +291,7 @@ fn an_opentelemetry_sdk_client_and_ztrace_spans_form_one_trace() {
         tree.push_str(&format!("  {line}\n"));
     }
     let nodes: Vec<Node> = spans.iter().map(from_otlp).collect();
-    check_traces_of("OTLP with the SDK client", &nodes, REQUESTS, &tree, "header", "thread");
+    check_traces_of("OTLP with the SDK client", &nodes, REQUESTS, &tree, "header", &[]);
     let sdk_ids: HashSet<&str> = sdk.iter().filter_map(|s| s.span_id()).collect();
     for node in nodes.iter().filter(|n| n.label.starts_with("orders server")) {
         assert!(node.parent.as_deref().is_some_and(|p| sdk_ids.contains(p)), "the SDK client span is the parent: {node:?}");
@@ -290,11 +301,20 @@ fn an_opentelemetry_sdk_client_and_ztrace_spans_form_one_trace() {
 #[test]
 #[ignore = "needs root and eBPF; run by cargo xtask test"]
 fn python_example_gives_fifty_complete_traces() {
-    run(Lang::Python);
+    run(Lang::Python, Lang::Python);
 }
 
 #[test]
 #[ignore = "needs root and eBPF; run by cargo xtask test"]
 fn go_example_gives_fifty_complete_traces_over_pooled_connections() {
-    run(Lang::Go);
+    run(Lang::Go, Lang::Go);
+}
+
+/// A chain across languages: Python orders (thread links) calling the Go users and inventory
+/// (goroutine links), and Go orders calling the Python ones.
+#[test]
+#[ignore = "needs root and eBPF; run by cargo xtask test"]
+fn a_chain_across_python_and_go_links_just_as_well() {
+    run(Lang::Python, Lang::Go);
+    run(Lang::Go, Lang::Python);
 }
