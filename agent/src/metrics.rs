@@ -48,6 +48,9 @@ counters! {
     spans_unlinked,
     /// Inputs of trace assembly handled before their hold-back window ended (too many waiting).
     link_window_overflow,
+    /// The most inputs of trace assembly waiting in the hold-back window at once (a high-water
+    /// mark, not a counter; bounded by 65,536).
+    link_window_peak,
     /// Remembered client requests forgotten because too many connections had some.
     link_state_dropped,
     /// Spans dropped because a sink's queue was full.

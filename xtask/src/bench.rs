@@ -10,6 +10,11 @@
 //! wrk with OpenSSL: both traced through the TLS uprobes) with the kernel's own run time per
 //! program (`kernel.bpf_stats_enabled`, `bpftool prog show`). Then the same for PostgreSQL under
 //! `pgbench -M prepared -S`, and the trace store's own benchmark. Needs root (the agent loads eBPF).
+//! Then the example system of `examples/` in Go (orders → users, inventory, each with its
+//! PostgreSQL database: 13 spans per request) under `wrk -t2 -c16 -d5s` on `GET /orders/1`, three
+//! alternating pairs, ztrace tracing the services and PostgreSQL (`--exe`): the throughput ratio
+//! (target >= 0.90), the agent's peak RSS and the most inputs its hold-back window held
+//! (`link_window_peak`); `cargo xtask bench --example` runs only this part.
 //! Then the trace store's own benchmark: spans/s inserted and query times with 100,000 traces
 //! stored (`bench_insert_and_list` in `agent/src/store/tests.rs`), and the PostgreSQL parser's:
 //! spans/s on one core from a recorded session (`postgres_throughput` in
@@ -54,8 +59,8 @@ struct AgentCost {
     stats: Option<Map<String, Value>>,
 }
 
-/// `cargo xtask bench`.
-pub fn bench(agent_args: &[String]) -> Result<()> {
+/// `cargo xtask bench`; `example_only`: only the example system's part.
+pub fn bench(agent_args: &[String], example_only: bool) -> Result<()> {
     let agent_args: Vec<String> = if agent_args.is_empty() {
         DEFAULT_ZTRACE_ARGS.iter().map(|s| s.to_string()).collect()
     } else {
@@ -68,6 +73,9 @@ pub fn bench(agent_args: &[String]) -> Result<()> {
     toolchain::setup(false)?;
     apt_install(&["nginx", "wrk", "openssl", "bpftool"])?;
     let ztrace = build::build_after_setup(Profile::Release)?;
+    if example_only {
+        return example_bench(&ztrace, &agent_args);
+    }
 
     let dir = TempDir::new("ztrace-bench")?;
     let port = free_port()?;
@@ -97,6 +105,7 @@ pub fn bench(agent_args: &[String]) -> Result<()> {
     https_bench(&ztrace, &agent_args, &dir.0, nginx.1)?;
     drop(nginx);
     postgres_bench(&ztrace, &agent_args)?;
+    example_bench(&ztrace, &agent_args)?;
     store_bench()?;
     parser_bench()
 }
@@ -126,6 +135,88 @@ fn postgres_bench(ztrace: &Path, agent_args: &[String]) -> Result<()> {
     drop(pg);
     report(&runs, ztrace, agent_args, &format!("(pgbench {} against 127.0.0.1:{port})", PGBENCH_ARGS.join(" ")));
     Ok(())
+}
+
+/// The example system under wrk: short runs, each request is 13 spans.
+const EXAMPLE_WRK_ARGS: &[&str] = &["-t2", "-c16", "-d5s"];
+const EXAMPLE_LOAD_SECONDS: f64 = 5.0;
+
+/// The Go example system (PostgreSQL, users, inventory, orders) under wrk, alternating without
+/// and with the agent, which traces the services and PostgreSQL only.
+fn example_bench(ztrace: &Path, agent_args: &[String]) -> Result<()> {
+    use crate::demo;
+    apt_install(demo::PACKAGES)?;
+    let dir = TempDir::new("ztrace-bench-example")?;
+    let pg_port = free_port()?;
+    let _pg = demo::start_postgres(&dir.0, pg_port)?;
+    let root = util::repo_root();
+    demo::load_databases(&root, pg_port)?;
+    let bin = demo::build_go(&root, &dir.0)?;
+    let mut services = Vec::new();
+    let mut urls: Vec<(&str, String)> = Vec::new();
+    for (name, _) in demo::SERVICES {
+        let port = free_port()?;
+        let mut cmd = Command::new(bin.join(name));
+        cmd.env("PORT", port.to_string())
+            .env("PGHOST", "127.0.0.1")
+            .env("PGPORT", pg_port.to_string())
+            .env("PGUSER", "postgres")
+            .stdout(Stdio::null());
+        for (callee, url) in &urls {
+            cmd.env(if *callee == "users" { "USERS_URL" } else { "INVENTORY_URL" }, url);
+        }
+        services.push(demo::Running::spawn(name, &mut cmd)?);
+        demo::wait_listening(name, port)?;
+        urls.push((name, format!("http://127.0.0.1:{port}")));
+    }
+    let url = format!("{}/orders/1", urls.last().map(|(_, u)| u.as_str()).unwrap_or_default());
+    let mut args = agent_args.to_vec();
+    for exe in ["postgres", "orders", "users", "inventory"] {
+        args.extend(["--exe".to_owned(), exe.to_owned()]);
+    }
+    say!("the Go example: orders at {url}; warming up...");
+    wrk(&url, &["-t2", "-c16", "-d2s"])?;
+    let stats_were = bpf_stats_on();
+    let mut runs = Vec::new();
+    let mut programs = Vec::new();
+    for pair in 1..=PAIRS {
+        say!("example pair {pair}/{PAIRS}: without ztrace...");
+        let requests_per_sec = wrk(&url, EXAMPLE_WRK_ARGS)?;
+        say!("  {requests_per_sec:.0} requests/s");
+        runs.push(Run { traced: false, requests_per_sec, agent: None });
+        say!("example pair {pair}/{PAIRS}: with ztrace...");
+        let run = traced_run(ztrace, &args, &dir.0, |pid| {
+            let ids = agent_prog_ids(pid);
+            let before = prog_stats(&ids);
+            let rps = wrk(&url, EXAMPLE_WRK_ARGS)?;
+            programs = prog_delta(&before, &prog_stats(&ids));
+            Ok(rps)
+        })?;
+        say!("  {:.0} requests/s", run.requests_per_sec);
+        runs.push(run);
+    }
+    bpf_stats_restore(stats_were);
+    drop(services);
+    report(&runs, ztrace, &args, &format!("wrk {} {url} (the Go example: 13 spans per request)", EXAMPLE_WRK_ARGS.join(" ")));
+    for (i, run) in runs.iter().enumerate() {
+        let Some(agent) = &run.agent else { continue };
+        let window = agent.stats.as_ref().map_or(0, |s| counter(s, "link_window_peak"));
+        let rss = agent.peak_rss_kib.map_or("?".into(), |kib| format!("{:.1} MiB", kib as f64 / 1024.0));
+        println!("run {}: peak RSS {rss} with up to {window} inputs in the hold-back window", i + 1);
+    }
+    print_programs(&mut programs, "example", EXAMPLE_LOAD_SECONDS);
+    window_memory_bench()
+}
+
+/// The hold-back window at its bound (65,536 inputs, far more than the example fills):
+/// `hold_back_window_memory` in `agent/src/trace/tests.rs`.
+fn window_memory_bench() -> Result<()> {
+    say!("the hold-back window at its bound...");
+    util::run(
+        util::cargo()
+            .args(["test", "--release", "-p", "ztrace", "--lib", "hold_back_window_memory", "--", "--ignored", "--nocapture"])
+            .current_dir(util::repo_root()),
+    )
 }
 
 const PGBENCH_ARGS: &[&str] = &["-M", "prepared", "-S", "-c", "4", "-j", "2", "-T", "10"];
@@ -243,12 +334,7 @@ fn https_bench(ztrace: &Path, agent_args: &[String], dir: &Path, tls_port: u16) 
     let url = format!("https://127.0.0.1:{tls_port}/index.html");
     say!("HTTPS: nginx serving {url}");
     wrk(&url, &["-t2", "-c32", "-d2s"])?;
-    const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
-    let stats_were = std::fs::read_to_string(STATS).unwrap_or_default();
-    let stats_on = std::fs::write(STATS, "1").is_ok();
-    if !stats_on {
-        say!("warning: could not enable {STATS}: no per-program run times");
-    }
+    let stats_were = bpf_stats_on();
     let mut runs = Vec::new();
     let mut programs = Vec::new();
     for pair in 1..=PAIRS {
@@ -267,25 +353,47 @@ fn https_bench(ztrace: &Path, agent_args: &[String], dir: &Path, tls_port: u16) 
         say!("  {:.0} requests/s", run.requests_per_sec);
         runs.push(run);
     }
-    if stats_on && stats_were.trim() != "1" {
-        let _ = std::fs::write(STATS, stats_were.trim());
-    }
+    bpf_stats_restore(stats_were);
     report(&runs, ztrace, agent_args, &format!("wrk {} {url} (nginx, 1 worker, static page over TLS, access_log off)", WRK_ARGS.join(" ")));
-    if !programs.is_empty() {
-        println!("kernel run time per program over the last HTTPS run with ztrace (bpftool prog show, bpf_stats_enabled):");
-        println!("{:<22} {:>12} {:>10} {:>16}", "program", "runs", "ns/run", "CPU ms per s");
-        programs.sort_by_key(|p| std::cmp::Reverse(p.2));
-        let mut total = 0u64;
-        for (name, runs, ns) in &programs {
-            total += ns;
-            if *runs == 0 {
-                continue;
-            }
-            println!("{name:<22} {runs:>12} {:>10.0} {:>16.1}", *ns as f64 / *runs as f64, *ns as f64 / 1e6 / LOAD_SECONDS);
-        }
-        println!("all programs: {:.1} CPU ms per second of load (uprobe traps and context switches not included)", total as f64 / 1e6 / LOAD_SECONDS);
-    }
+    print_programs(&mut programs, "HTTPS", LOAD_SECONDS);
     Ok(())
+}
+
+/// Turns on the kernel's per-program run-time statistics; what to restore afterwards, `None`
+/// when they could not be turned on.
+fn bpf_stats_on() -> Option<String> {
+    const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+    let were = std::fs::read_to_string(STATS).unwrap_or_default();
+    if std::fs::write(STATS, "1").is_err() {
+        say!("warning: could not enable {STATS}: no per-program run times");
+        return None;
+    }
+    Some(were.trim().to_owned())
+}
+
+fn bpf_stats_restore(were: Option<String>) {
+    if let Some(were) = were.filter(|w| w != "1") {
+        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", were);
+    }
+}
+
+/// The kernel's run time per program over one traced run of `seconds`.
+fn print_programs(programs: &mut [(String, u64, u64)], what: &str, seconds: f64) {
+    if programs.is_empty() {
+        return;
+    }
+    println!("kernel run time per program over the last {what} run with ztrace (bpftool prog show, bpf_stats_enabled):");
+    println!("{:<22} {:>12} {:>10} {:>16}", "program", "runs", "ns/run", "CPU ms per s");
+    programs.sort_by_key(|p| std::cmp::Reverse(p.2));
+    let mut total = 0u64;
+    for (name, runs, ns) in programs.iter() {
+        total += ns;
+        if *runs == 0 {
+            continue;
+        }
+        println!("{name:<22} {runs:>12} {:>10.0} {:>16.1}", *ns as f64 / *runs as f64, *ns as f64 / 1e6 / seconds);
+    }
+    println!("all programs: {:.1} CPU ms per second of load (uprobe traps and context switches not included)", total as f64 / 1e6 / seconds);
 }
 
 /// Ids of the eBPF programs a process holds (its fds' `prog_id:` in /proc/PID/fdinfo).

@@ -19,20 +19,20 @@ use crate::util::{self, say};
 use crate::{build, toolchain};
 
 /// Debian packages the demo needs.
-const PACKAGES: &[&str] = &["postgresql", "python3-psycopg2", "golang-go", "golang-github-lib-pq-dev"];
+pub(crate) const PACKAGES: &[&str] = &["postgresql", "python3-psycopg2", "golang-go", "golang-github-lib-pq-dev"];
 /// PostgreSQL's programs (Debian's `postgresql` 15).
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 /// Services in start order (callees first) and their ports.
-const SERVICES: [(&str, u16); 3] = [("users", 8082), ("inventory", 8083), ("orders", 8081)];
+pub(crate) const SERVICES: [(&str, u16); 3] = [("users", 8082), ("inventory", 8083), ("orders", 8081)];
 
 /// A child process in its own process group; stopped (SIGTERM, then SIGKILL after 15 s) on drop.
-struct Running {
+pub(crate) struct Running {
     name: &'static str,
     child: Child,
 }
 
 impl Running {
-    fn spawn(name: &'static str, cmd: &mut Command) -> Result<Running> {
+    pub(crate) fn spawn(name: &'static str, cmd: &mut Command) -> Result<Running> {
         // SAFETY: prctl is async-signal-safe; the child dies if xtask is killed.
         unsafe {
             cmd.pre_exec(|| {
@@ -141,7 +141,7 @@ pub fn demo(lang: Lang, pg_port: u16) -> Result<()> {
 }
 
 /// initdb on first use, then the server in the foreground as user postgres.
-fn start_postgres(dir: &Path, port: u16) -> Result<Running> {
+pub(crate) fn start_postgres(dir: &Path, port: u16) -> Result<Running> {
     let data = dir.join("pg");
     let fresh = !data.join("PG_VERSION").is_file();
     std::fs::create_dir_all(&data)?;
@@ -181,7 +181,7 @@ fn psql(port: u16, db: &str, sql: &str) -> Result<Option<String>> {
 }
 
 /// Creates and fills each service's database unless it exists.
-fn load_databases(root: &Path, port: u16) -> Result<()> {
+pub(crate) fn load_databases(root: &Path, port: u16) -> Result<()> {
     for (db, _) in SERVICES {
         let exists = psql(port, "postgres", &format!("SELECT 1 FROM pg_database WHERE datname = '{db}'"))?;
         if exists.as_deref().map(str::trim) == Some("1") {
@@ -196,7 +196,7 @@ fn load_databases(root: &Path, port: u16) -> Result<()> {
 }
 
 /// The Go example as `dir/go/{orders,users,inventory}` (one program, named per service).
-fn build_go(root: &Path, dir: &Path) -> Result<PathBuf> {
+pub(crate) fn build_go(root: &Path, dir: &Path) -> Result<PathBuf> {
     let out = dir.join("go");
     std::fs::create_dir_all(&out)?;
     for (name, _) in SERVICES {
@@ -212,7 +212,7 @@ fn build_go(root: &Path, dir: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
-fn wait_listening(name: &str, port: u16) -> Result<()> {
+pub(crate) fn wait_listening(name: &str, port: u16) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         if Instant::now() > deadline {

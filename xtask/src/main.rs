@@ -6,7 +6,7 @@
 //! - `setup`: the eBPF toolchain (nightly + rust-src, bpf-linker on LLVM 22), installed if missing;
 //! - `build-ebpf`, `build`, `run`: the kernel object, then the agent that embeds it;
 //! - `test`: test components, unit tests, then the privileged end-to-end tests, with one summary line;
-//! - `bench`: nginx under wrk, with and without ztrace;
+//! - `bench`: nginx, PostgreSQL and the Go example system under load, with and without ztrace;
 //! - `demo`: the example system of `examples/` traced by ztrace, with the viewer.
 //!
 //! It deliberately knows nothing about the agent's internals: it talks to it only through its
@@ -66,6 +66,9 @@ enum Command {
         /// `-- --print=json` measures the default set-up with the trace store).
         #[arg(last = true)]
         agent_args: Vec<String>,
+        /// Only the example system's benchmark (the Go example under wrk).
+        #[arg(long)]
+        example: bool,
     },
     /// Run the example system (orders, users, inventory and PostgreSQL) traced by ztrace, send a
     /// few requests and print the viewer's URL; Ctrl-C stops everything.
@@ -87,7 +90,7 @@ fn main() -> Result<()> {
         Command::Build { debug } => build::build(build::profile(debug)).map(|_| ()),
         Command::Run { args } => build::run(&args),
         Command::Test { skip_privileged } => test::test(skip_privileged),
-        Command::Bench { agent_args } => bench::bench(&agent_args),
+        Command::Bench { agent_args, example } => bench::bench(&agent_args, example),
         Command::Demo { lang, pg_port } => demo::demo(lang, pg_port),
     }
 }

@@ -231,6 +231,7 @@ impl Tracer {
         self.seq += 1;
         let rank = input.rank();
         self.pending.push(Reverse(Pending { ts, rank, seq: self.seq, input }));
+        metrics.link_window_peak.fetch_max(self.pending.len() as u64, std::sync::atomic::Ordering::Relaxed);
         if self.pending.len() > MAX_PENDING {
             Metrics::inc(&metrics.link_window_overflow);
             if let Some(Reverse(oldest)) = self.pending.pop() {

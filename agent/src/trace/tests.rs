@@ -269,3 +269,49 @@ fn in_go_the_goroutine_not_the_thread_is_the_unit_of_work() {
         assert_eq!((q.parent_span_id, link(q)), (Some(s.span_id), "goroutine"), "{query}");
     }
 }
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
+/// The memory of the hold-back window at its bound: [`MAX_PENDING`] inputs, half request
+/// starts and half finished HTTP server spans with the attributes the agent gives them. A
+/// measure, printed (`cargo xtask bench` runs it), not asserted.
+#[test]
+#[ignore = "a measure: cargo test --release -p ztrace --lib hold_back_window_memory -- --ignored --nocapture"]
+fn hold_back_window_memory() {
+    let resource = Arc::new(Resource { service_name: "orders".into(), attributes: vec![] });
+    let before = rss_kib();
+    let mut w = World::new();
+    for i in 0..(MAX_PENDING as u64 / 2) {
+        let (_, server) = conn(1, 3, 10, 5 + (i % 1000) as i32, 20_000 + (i % 40_000) as u16, 8081);
+        w.start(server, 11, 1_000 + 2 * i);
+        let mut s = span(SpanKind::Server, "GET /orders/{id}");
+        s.resource = resource.clone();
+        s.attributes.extend([
+            Attribute::new("http.request.method", "GET"),
+            Attribute::new("url.path", format!("/orders/{i}")),
+            Attribute::new("http.route", "/orders/{id}"),
+            Attribute::new("http.response.status_code", 200i64),
+            Attribute::new("server.address", "127.0.0.1"),
+            Attribute::new("server.port", 8081i64),
+            Attribute::new("client.address", "127.0.0.1"),
+            Attribute::new("client.port", 40_000i64),
+            Attribute::new("network.protocol.version", "1.1"),
+            Attribute::new("user_agent.original", "Go-http-client/1.1"),
+        ]);
+        let f = Finished { span: s, key: server.key, side: Side::Server, request_start_ns: 1_000 + 2 * i, peer_traced: true };
+        w.tracer.finished(1_001 + 2 * i, f, &w.metrics, &mut w.out);
+    }
+    let after = rss_kib();
+    assert_eq!(w.tracer.pending(), MAX_PENDING);
+    let grown = after.saturating_sub(before);
+    println!(
+        "hold-back window at its bound: {MAX_PENDING} inputs (half starts, half HTTP spans), RSS +{:.1} MiB ({} bytes per input)",
+        grown as f64 / 1024.0,
+        grown * 1024 / MAX_PENDING as u64
+    );
+}
