@@ -49,6 +49,31 @@ pub struct Config {
     #[arg(long, env = "ZTRACE_DB_QUERY_PARAMETERS")]
     pub db_query_parameters: bool,
 
+    /// Capture the user stack of each client request (HTTP, PostgreSQL) at its first write and
+    /// put the symbolized stack on the span (`code.stacktrace`, `code.function.name`, ...).
+    #[arg(long, env = "ZTRACE_STACKS", default_value = "on", value_parser = ["on", "off"])]
+    pub stacks: String,
+
+    /// Bytes of user stack copied per stack for unwinding code without frame pointers (at most
+    /// 16384; 0 keeps only the kernel's frame-pointer walk).
+    #[arg(long, env = "ZTRACE_STACK_BYTES", default_value_t = 8192)]
+    pub stack_bytes: usize,
+
+    /// Stacks each process may send per second on average (bursts of twice as many); beyond it
+    /// spans have no stack and the kernel counts what it skipped.
+    #[arg(long, env = "ZTRACE_STACKS_PER_SECOND", default_value_t = 200)]
+    pub stacks_per_second: u32,
+
+    /// Directory searched for separate debug files by build id (`DIR/.build-id/xx/yyyy.debug`),
+    /// besides /usr/lib/debug (repeatable).
+    #[arg(long = "debug-dir", env = "ZTRACE_DEBUG_DIR", value_delimiter = ',')]
+    pub debug_dirs: Vec<PathBuf>,
+
+    /// Memory for loaded symbols (DWARF, unwind tables, symbol tables), e.g. 192MiB; the least
+    /// recently used binaries are dropped beyond it.
+    #[arg(long, env = "ZTRACE_SYMBOL_CACHE_SIZE", default_value = "192MiB", value_parser = parse_size)]
+    pub symbol_cache_size: u64,
+
     /// Configuration file (reserved; not read yet).
     #[arg(long, env = "ZTRACE_CONFIG", hide = true)]
     pub config: Option<PathBuf>,
@@ -152,6 +177,9 @@ mod tests {
         assert!(!c.no_ui);
         assert_eq!(c.retention, Duration::from_secs(24 * 3600));
         assert_eq!(c.max_store_size, 1 << 30);
+        assert_eq!(c.stacks, "on");
+        assert_eq!(c.stack_bytes, 8192);
+        assert!(Config::try_parse_from(["ztrace", "--stacks=maybe"]).is_err());
         let c = Config::try_parse_from([
             "ztrace",
             "--ui",

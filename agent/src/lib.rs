@@ -16,5 +16,6 @@ pub mod protocols;
 pub mod spans;
 pub mod store;
 pub mod tls;
+pub mod symbols;
 pub mod trace;
 pub mod ui;

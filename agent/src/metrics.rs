@@ -69,6 +69,26 @@ counters! {
     store_sampled_out,
     /// Failed store writes (each batch counts once).
     store_write_errors,
+    /// Stacks from the kernel handed to the symbolizer.
+    stacks_received,
+    /// Stacks dropped because the symbolizer's queue was full.
+    stacks_dropped_queue_full,
+    /// Stacks unwound and symbolized.
+    stacks_symbolized,
+    /// Client spans that got their stack's attributes.
+    stacks_attached,
+    /// Client spans sent without their stack: it was not symbolized within the wait.
+    stacks_timed_out,
+    /// Symbolizer module cache: lookups that found the binary loaded (a gauge of the total).
+    symbol_cache_hits,
+    /// Symbolizer module cache: binaries that had to be loaded.
+    symbol_cache_misses,
+    /// Binaries whose symbols could not be loaded.
+    symbol_load_errors,
+    /// Binaries dropped from the symbol cache to stay within its size.
+    symbol_modules_evicted,
+    /// Bytes held by the symbol cache now (a gauge).
+    symbol_bytes,
 }
 
 impl Metrics {

@@ -16,15 +16,22 @@ use aya::maps::{MapData, RingBuf};
 use tokio::signal::unix::SignalKind;
 
 use crate::{
-    bpf::{self, attach, events::KernelEvent, BpfError, EventRing, Selection},
+    bpf::{self, attach, events::KernelEvent, BpfError, EventRing, Selection, StackCapture},
     config::{Config, PrintArg},
-    conn::{self, ConnExchange, ConnTable, Exchange},
+    conn::{self, ConnExchange, ConnKey, ConnTable, Exchange},
     discovery::{go::GoDiscovery, ProcessCache},
     export::{self, ExportError, ExportHandle},
     metrics::Metrics,
     print::{PrintFormat, Printer},
     spans::{self, clock::Clock, Span},
+    protocols::Side,
     store::StoreSink,
+    symbols::{
+        self,
+        join::{Joined, StackJoin},
+        unwind::Regs,
+        StackRequest, SymbolizerConfig,
+    },
     tls::{Row, TlsDiscovery},
     trace::{self, Finished, Tracer},
     ui,
@@ -41,6 +48,8 @@ pub enum PipelineError {
     Io(#[from] std::io::Error),
     #[error("--capture-bytes must be between 64 and {max}", max = ztrace_common::MAX_CAPTURE)]
     CaptureBytes,
+    #[error("--stack-bytes must be at most {max}", max = ztrace_common::MAX_STACK_BYTES)]
+    StackBytes,
 }
 
 /// Connections idle for this long are dropped (their process died without closing them).
@@ -56,12 +65,20 @@ const PRINT_QUEUE: usize = 256;
 /// Spans waiting for the print thread, over all batches: the memory bound of a slow stdout
 /// (about 1 KiB a span). Beyond it batches are dropped and counted.
 const PRINT_QUEUE_SPANS: usize = 32_768;
+/// Longest a client span waits for its stack to be symbolized (the first stack of a large
+/// binary loads its DWARF). Trace assembly waits for held spans, so this also bounds how long
+/// a stack can delay other spans.
+const STACK_WAIT: Duration = Duration::from_secs(1);
 
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> Result<(), PipelineError> {
     if !(64..=ztrace_common::MAX_CAPTURE).contains(&config.capture_bytes) {
         return Err(PipelineError::CaptureBytes);
     }
+    if config.stack_bytes > ztrace_common::MAX_STACK_BYTES {
+        return Err(PipelineError::StackBytes);
+    }
+    let stacks_on = config.stacks == "on";
     bpf::check_can_start()?;
     let metrics = Arc::new(Metrics::default());
     let exporter = match export::OtlpConfig::from_config(&config)? {
@@ -83,7 +100,13 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
     let mut viewer = if config.no_ui { None } else { Some(ui::start(&config, metrics.clone()).await) };
 
     let selection = Selection { pids: config.pids.clone(), exe_names: config.exe_names.clone() };
-    let (mut probes, ring) = bpf::start(config.capture_bytes, &selection)?;
+    let stack_capture = StackCapture {
+        enabled: stacks_on,
+        stack_bytes: config.stack_bytes,
+        per_second: config.stacks_per_second,
+        burst: config.stacks_per_second.saturating_mul(2),
+    };
+    let (mut probes, ring) = bpf::start(config.capture_bytes, &selection, stack_capture)?;
     eprintln!("{}", attach::render(&probes.attached));
     if !probes.required_ok() {
         return Err(BpfError::RequiredHooks.into());
@@ -103,7 +126,14 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
     for row in go.scan_at_start(std::process::id(), &mut probes) {
         eprintln!("  {}", row.line);
     }
-    let mut capture = Capture::new(metrics.clone(), config.db_query_parameters, tls, go);
+    let symbolizer = stacks_on.then(|| {
+        let mut debug_dirs = config.debug_dirs.clone();
+        debug_dirs.push("/usr/lib/debug".into());
+        let max_bytes = usize::try_from(config.symbol_cache_size).unwrap_or(usize::MAX);
+        symbols::spawn(SymbolizerConfig { debug_dirs, max_bytes }, metrics.clone())
+    });
+    let mut capture =
+        Capture::new(metrics.clone(), config.db_query_parameters, tls, StackJoin::new(symbolizer, STACK_WAIT), go);
     let mut ring = EventRing::new(ring)?;
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
@@ -184,10 +214,29 @@ struct Capture {
     /// TLS libraries found and processes to look at.
     tls: TlsDiscovery,
     go: GoDiscovery,
+    /// Client spans and the stacks of their requests.
+    stacks: StackJoin<HeldMeta>,
+    released: Vec<(Span, HeldMeta)>,
+}
+
+/// What a client span held for its stack needs to go on to trace assembly.
+struct HeldMeta {
+    /// Kernel time of the event that finished its exchange.
+    at: u64,
+    side: Side,
+    key: ConnKey,
+    request_start_ns: u64,
+    peer_traced: bool,
 }
 
 impl Capture {
-    fn new(metrics: Arc<Metrics>, db_query_parameters: bool, tls: TlsDiscovery, go: GoDiscovery) -> Self {
+    fn new(
+        metrics: Arc<Metrics>,
+        db_query_parameters: bool,
+        tls: TlsDiscovery,
+        stacks: StackJoin<HeldMeta>,
+        go: GoDiscovery,
+    ) -> Self {
         Capture {
             metrics,
             conns: ConnTable::new(MAX_CONNS, std::process::id()).keep_db_parameters(db_query_parameters),
@@ -200,6 +249,8 @@ impl Capture {
             own_tgid: std::process::id(),
             tls,
             go,
+            stacks,
+            released: Vec::new(),
         }
     }
 
@@ -212,6 +263,7 @@ impl Capture {
         let began = u64::try_from(spans::clock::monotonic_now_ns()).unwrap_or(0);
         let mut budget = MAX_RECORDS_PER_DRAIN;
         let mut emptied = true;
+        self.stacks.poll();
         while let Some(item) = ring.next() {
             budget -= 1;
             Metrics::inc(&self.metrics.events_read);
@@ -241,7 +293,23 @@ impl Capture {
                     ts = header.ts_ns;
                     self.last_ts = ts;
                     self.conns.on_close(&header, &self.metrics, &mut self.exchanges);
-                    self.tracer.closed(ts, conn::ConnKey { tgid: header.tgid, fd: header.fd, conn_gen: header.conn_gen }, &self.metrics, &mut self.ready);
+                    let key = ConnKey { tgid: header.tgid, fd: header.fd, conn_gen: header.conn_gen };
+                    self.tracer.closed(ts, key, &self.metrics, &mut self.ready);
+                    if !self.exchanges.is_empty() {
+                        self.make_spans(ts);
+                    }
+                    self.stacks.forget(&key);
+                }
+                Ok(KernelEvent::Stack { header, stack }) => {
+                    let h = &header.header;
+                    let req = StackRequest {
+                        key: ConnKey { tgid: h.tgid, fd: h.fd, conn_gen: h.conn_gen },
+                        ts_ns: h.ts_ns,
+                        regs: Regs { rip: header.rip, rsp: header.rsp, rbp: header.rbp },
+                        ips: header.ips[..header.ips_len as usize].to_vec(),
+                        stack: stack.to_vec(),
+                    };
+                    self.stacks.submit(req, &self.metrics);
                 }
                 Ok(KernelEvent::Exec(header)) => {
                     self.tls.on_exec(header.tgid);
@@ -261,8 +329,14 @@ impl Capture {
                 break;
             }
         }
+        self.release_stacked(false);
         if emptied {
-            self.tracer.release(began.saturating_sub(trace::WINDOW_NS), &self.metrics, &mut self.ready);
+            // Spans held for their stack finished at `at`: assembly must not pass them.
+            let mut watermark = began.saturating_sub(trace::WINDOW_NS);
+            if let Some(oldest) = self.stacks.held().map(|m| m.at).min() {
+                watermark = watermark.min(oldest.saturating_sub(1));
+            }
+            self.tracer.release(watermark, &self.metrics, &mut self.ready);
         }
         sinks.send_all(&mut self.ready);
     }
@@ -284,10 +358,31 @@ impl Capture {
             };
             Metrics::inc(&self.metrics.spans_created);
             let peer_traced = self.conns.peer_traced(ex.conn.local, ex.conn.remote);
-            let finished = Finished { span, key: ex.conn.key, side, request_start_ns, peer_traced };
             // An exchange finished on a close has no data event: its close is its time.
             let at = if ts == 0 { self.last_ts } else { ts };
+            let span = if side == Side::Client {
+                match self.stacks.join(span, ex.conn.key, request_start_ns, &self.metrics) {
+                    Joined::Ready(span) => span,
+                    Joined::Wait(span) => {
+                        let meta = HeldMeta { at, side, key: ex.conn.key, request_start_ns, peer_traced };
+                        self.stacks.hold(span, meta, ex.conn.key, request_start_ns, Instant::now());
+                        continue;
+                    }
+                }
+            } else {
+                span
+            };
+            let finished = Finished { span, key: ex.conn.key, side, request_start_ns, peer_traced };
             self.tracer.finished(at, finished, &self.metrics, &mut self.ready);
+        }
+    }
+
+    /// Client spans whose stack came (or whose wait is over) go on to trace assembly.
+    fn release_stacked(&mut self, all: bool) {
+        self.stacks.release(Instant::now(), all, &self.metrics, &mut self.released);
+        for (span, m) in std::mem::take(&mut self.released) {
+            let finished = Finished { span, key: m.key, side: m.side, request_start_ns: m.request_start_ns, peer_traced: m.peer_traced };
+            self.tracer.finished(m.at, finished, &self.metrics, &mut self.ready);
         }
     }
 
@@ -295,12 +390,14 @@ impl Capture {
         if self.last_ts > IDLE_CONN_NS {
             self.conns.sweep(self.last_ts - IDLE_CONN_NS, &self.metrics);
         }
+        self.release_stacked(false);
         self.tracer.expire();
         sinks.send_all(&mut self.ready);
     }
 
     /// Releases every held span (at shutdown).
     fn flush(&mut self, sinks: &mut Sinks) {
+        self.release_stacked(true);
         self.tracer.flush(&self.metrics, &mut self.ready);
         sinks.send_all(&mut self.ready);
     }

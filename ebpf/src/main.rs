@@ -3,8 +3,8 @@
 //! One module per job: `maps` (every map and its size), `config` (globals set by the agent),
 //! `filter` (which processes are traced), `sock` (fd → TCP socket and its 4-tuple), `emit`
 //! (events into the ring buffer), `syscalls/` (one file per syscall family), `tls/` (uprobes on
-//! TLS libraries), `go/` (goroutines of Go programs) and `exec` (new programs, for the agent to
-//! probe).
+//! TLS libraries), `go/` (goroutines of Go programs), `exec` (new programs, for the agent to
+//! probe) and `stack` (user stacks of client requests).
 #![no_std]
 #![no_main]
 
@@ -15,6 +15,7 @@ mod filter;
 mod go;
 mod maps;
 mod sock;
+mod stack;
 mod syscalls;
 mod tls;
 

@@ -48,6 +48,9 @@ const TEST_PACKAGES: &[&str] = &[
     "libpostgresql-jdbc-java",
     // A stripped Go binary with crypto/tls (Go's TLS probes through .gopclntab).
     "hey",
+    // The stack tests compile C clients and split their DWARF (tests/tests/stacks.rs).
+    "gcc",
+    "binutils",
 ];
 /// Python packages of the test venv, and the import that proves they are there.
 /// The OTLP receiver's (grpcio, opentelemetry-proto), and the OpenTelemetry SDK with urllib's

@@ -1,6 +1,6 @@
 //! Decoding of ring-buffer records into typed kernel events. Pure: no I/O, no allocation.
 
-use ztrace_common::{ConnEvent, DataEventHeader, EventHeader, EventKind};
+use ztrace_common::{ConnEvent, DataEventHeader, EventHeader, EventKind, StackEventHeader};
 
 /// One record from the kernel, borrowed from the ring buffer.
 #[derive(Debug)]
@@ -12,6 +12,9 @@ pub enum KernelEvent<'a> {
     Close(EventHeader),
     /// A traced process ran a new executable.
     Exec(EventHeader),
+    /// The user stack at a request's first write: registers, frame-pointer addresses, and
+    /// `stack`, the copied top of the stack from `header.rsp` up.
+    Stack { header: Box<StackEventHeader>, stack: &'a [u8] },
 }
 
 /// Why a record could not be decoded (counted as `events_malformed`).
@@ -50,6 +53,15 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
                 return Err(DecodeError::BadCapture { claimed: claimed as u32, present: payload.len() });
             }
             Ok(KernelEvent::Data { header: data, prefix: &payload[..captured], tail: &payload[captured..claimed] })
+        }
+        Some(EventKind::Stack) => {
+            let stack: StackEventHeader = read(bytes)?;
+            let rest = &bytes[size_of::<StackEventHeader>()..];
+            let len = stack.stack_len as usize;
+            if len > rest.len() || stack.ips_len as usize > stack.ips.len() {
+                return Err(DecodeError::BadCapture { claimed: stack.stack_len, present: rest.len() });
+            }
+            Ok(KernelEvent::Stack { header: Box::new(stack), stack: &rest[..len] })
         }
         None => Err(DecodeError::UnknownKind(header.kind)),
     }
@@ -110,6 +122,20 @@ mod tests {
         let mut rec = as_bytes(&DataEventHeader { captured: 4, tail: 8, ..d });
         rec.extend_from_slice(&[0; 12]);
         assert!(matches!(decode(&rec), Err(DecodeError::BadCapture { .. })), "prefix + tail > len");
+        let stack = StackEventHeader {
+            header: header(EventKind::Stack),
+            rip: 1,
+            rsp: 2,
+            rbp: 3,
+            ips_len: 1,
+            stack_len: 16,
+            ips: [0; ztrace_common::MAX_STACK_DEPTH],
+        };
+        let mut rec = as_bytes(&stack);
+        rec.extend_from_slice(&[7; 8]);
+        assert!(matches!(decode(&rec), Err(DecodeError::BadCapture { .. })), "stack shorter than claimed");
+        rec.extend_from_slice(&[7; 8]);
+        assert!(matches!(decode(&rec), Ok(KernelEvent::Stack { stack, .. }) if stack.len() == 16));
         let short_conn = as_bytes(&header(EventKind::Conn));
         assert!(matches!(decode(&short_conn), Err(DecodeError::Short(_))));
     }

@@ -13,7 +13,7 @@ use aya::{
     programs::{uprobe::UProbeScope, TracePoint, UProbe},
     Ebpf, EbpfLoader,
 };
-use ztrace_common::{globals, maps, Counter, Settings, MAX_CAPTURE};
+use ztrace_common::{globals, maps, Counter, Settings, StackSettings, MAX_CAPTURE, MAX_STACK_BYTES};
 
 use self::attach::{AttachResult, GO_PROBES, GO_RETURN, HOOKS, OPENSSL_PROBES, OPENSSL_RETURN};
 
@@ -48,6 +48,17 @@ pub struct Selection {
     pub pids: Vec<u32>,
     /// ...and processes whose executable name is one of these (`--exe`). Both empty: all.
     pub exe_names: Vec<String>,
+}
+
+/// Stack capture (`--stacks`, `--stack-bytes`).
+#[derive(Clone, Copy, Debug)]
+pub struct StackCapture {
+    pub enabled: bool,
+    /// Bytes of user stack copied per stack.
+    pub stack_bytes: usize,
+    /// Stacks per second per process on average, and in a burst.
+    pub per_second: u32,
+    pub burst: u32,
 }
 
 /// The loaded, attached kernel programs.
@@ -91,7 +102,11 @@ impl EventRing {
 /// Loads and attaches every program of the attach table.
 ///
 /// Returns the probes and the event ring buffer (read by the pipeline).
-pub fn start(capture_bytes: usize, selection: &Selection) -> Result<(Probes, RingBuf<MapData>), BpfError> {
+pub fn start(
+    capture_bytes: usize,
+    selection: &Selection,
+    stacks: StackCapture,
+) -> Result<(Probes, RingBuf<MapData>), BpfError> {
     check_can_start()?;
     raise_memlock();
     ensure_tracefs();
@@ -102,9 +117,16 @@ pub fn start(capture_bytes: usize, selection: &Selection) -> Result<(Probes, Rin
         filter_enabled: u32::from(!selection.pids.is_empty() || !selection.exe_names.is_empty()),
         _pad: 0,
     };
+    let stack_settings = StackSettings {
+        enabled: u32::from(stacks.enabled),
+        stack_bytes: stacks.stack_bytes.min(MAX_STACK_BYTES) as u32,
+        per_second: stacks.per_second,
+        burst: stacks.burst,
+    };
     let mut ebpf = EbpfLoader::new()
         .override_global(globals::OFFSETS, &offsets, true)
         .override_global(globals::SETTINGS, &settings, true)
+        .override_global(globals::STACK_SETTINGS, &stack_settings, true)
         .load(OBJECT)?;
 
     fill_selection(&mut ebpf, selection)?;

@@ -42,6 +42,8 @@ pub mod globals {
     pub const OFFSETS: &str = "OFFSETS";
     /// [`super::Settings`].
     pub const SETTINGS: &str = "SETTINGS";
+    /// [`super::StackSettings`].
+    pub const STACK_SETTINGS: &str = "STACK_SETTINGS";
 }
 
 /// Kinds of events in the ring buffer; the first field of every [`EventHeader`].
@@ -57,6 +59,9 @@ pub enum EventKind {
     /// A traced process called exec (`sched/sched_process_exec`): [`EventHeader`] alone, `fd`
     /// -1. The agent looks at its new executable and libraries for TLS libraries to probe.
     Exec = 4,
+    /// The user stack of the thread that began a request on a client connection:
+    /// [`StackEventHeader`] and the copied top of the stack.
+    Stack = 5,
 }
 
 impl EventKind {
@@ -66,6 +71,7 @@ impl EventKind {
             2 => Some(Self::Data),
             3 => Some(Self::Close),
             4 => Some(Self::Exec),
+            5 => Some(Self::Stack),
             _ => None,
         }
     }
@@ -204,6 +210,42 @@ pub struct DataEvent {
 }
 const _: () = assert!(size_of::<DataEvent>() == 56 + MAX_CAPTURE + TAIL_BYTES);
 
+/// Most return addresses of one stack walked by the kernel (frame pointers).
+pub const MAX_STACK_DEPTH: usize = 64;
+
+/// Largest copy of the top of a user stack (`--stack-bytes`), for CFI unwinding in userspace.
+pub const MAX_STACK_BYTES: usize = 16 * 1024;
+
+/// The user stack of the thread that wrote the first bytes of a request on a client connection.
+///
+/// `header` is that of the data event it belongs to (same tgid, tid, fd, conn_gen and ts_ns).
+/// The record is `size_of::<StackEventHeader>() + stack_len` bytes: `stack_len` bytes of user
+/// memory from `rsp` upwards follow the header.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct StackEventHeader {
+    pub header: EventHeader,
+    /// User registers at the syscall (x86-64): instruction, stack and frame pointers.
+    pub rip: u64,
+    pub rsp: u64,
+    pub rbp: u64,
+    /// Entries of `ips` filled by the kernel's frame-pointer walk (`bpf_get_stack`), innermost first.
+    pub ips_len: u32,
+    /// Bytes of stack that follow the header.
+    pub stack_len: u32,
+    pub ips: [u64; MAX_STACK_DEPTH],
+}
+const _: () = assert!(size_of::<StackEventHeader>() == 32 + 24 + 8 + 8 * MAX_STACK_DEPTH);
+
+/// A stack event with room for the largest copy, built in a per-CPU scratch map.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct StackEvent {
+    pub hdr: StackEventHeader,
+    pub stack: [u8; MAX_STACK_BYTES],
+}
+const _: () = assert!(size_of::<StackEvent>() == size_of::<StackEventHeader>() + MAX_STACK_BYTES);
+
 /// Loss and activity counters, one per-CPU slot each in the `COUNTERS` map.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -233,7 +275,14 @@ pub enum Counter {
     TlsDataEvents = 10,
     /// Exec events written.
     ExecEvents = 11,
-    // 12..=15: stack capture.
+    /// Stack events written.
+    StackEvents = 12,
+    /// Stacks not captured: the process had used its stack budget.
+    StackBudgetSkipped = 13,
+    /// The top of a user stack could not be copied (the event has only frame-pointer addresses).
+    StackCopyFailed = 14,
+    /// A client connection could not be remembered for stack capture (map full).
+    StackConnMapFull = 15,
     /// A syscall of a followed Go program whose goroutine id could not be read: it is linked by
     /// thread, which in Go may give no parent.
     GoGoidUnreadable = 16,
@@ -259,6 +308,10 @@ impl Counter {
         Counter::TlsArgsMapFull,
         Counter::TlsDataEvents,
         Counter::ExecEvents,
+        Counter::StackEvents,
+        Counter::StackBudgetSkipped,
+        Counter::StackCopyFailed,
+        Counter::StackConnMapFull,
         Counter::GoGoidUnreadable,
         Counter::GoHandoffs,
     ];
@@ -278,6 +331,10 @@ impl Counter {
             Counter::TlsArgsMapFull => "kernel_tls_args_map_full",
             Counter::TlsDataEvents => "kernel_tls_data_events",
             Counter::ExecEvents => "kernel_exec_events",
+            Counter::StackEvents => "kernel_stack_events",
+            Counter::StackBudgetSkipped => "kernel_stack_budget_skipped",
+            Counter::StackCopyFailed => "kernel_stack_copy_failed",
+            Counter::StackConnMapFull => "kernel_stack_conn_map_full",
             Counter::GoGoidUnreadable => "kernel_go_goid_unreadable",
             Counter::GoHandoffs => "kernel_go_handoffs",
         }
@@ -285,7 +342,15 @@ impl Counter {
 
     /// True for counters that count lost data (as opposed to activity).
     pub fn is_loss(self) -> bool {
-        !matches!(self, Counter::DataEvents | Counter::ConnEvents | Counter::TlsDataEvents | Counter::ExecEvents | Counter::GoHandoffs)
+        !matches!(
+            self,
+            Counter::DataEvents
+                | Counter::ConnEvents
+                | Counter::TlsDataEvents
+                | Counter::ExecEvents
+                | Counter::StackEvents
+                | Counter::GoHandoffs
+        )
     }
 }
 
@@ -345,6 +410,21 @@ pub struct Settings {
 }
 const _: () = assert!(size_of::<Settings>() == 16);
 
+/// Stack capture settings chosen by the agent (`--stacks`, `--stack-bytes`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StackSettings {
+    /// 1 when stacks are captured.
+    pub enabled: u32,
+    /// Bytes of user stack copied per stack, at most [`MAX_STACK_BYTES`].
+    pub stack_bytes: u32,
+    /// Stacks per second each process may send on average...
+    pub per_second: u32,
+    /// ...and in a burst.
+    pub burst: u32,
+}
+const _: () = assert!(size_of::<StackSettings>() == 16);
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: each type is #[repr(C)], made of integers and byte arrays with explicit padding,
@@ -360,4 +440,8 @@ mod pod {
     unsafe impl aya::Pod for super::Settings {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::GoProc {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::StackSettings {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::StackEventHeader {}
 }

@@ -57,6 +57,7 @@ pub fn zt_exit_connect(ctx: TracePointContext) -> u32 {
     if ret == 0 || ret == -EINPROGRESS {
         let (tgid, tid, _) = ids();
         sock::open_conn(tgid, tid, pending.fd, ConnRole::Client);
+        crate::stack::on_connect(tgid, pending.fd);
     }
     0
 }

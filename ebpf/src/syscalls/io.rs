@@ -134,6 +134,7 @@ fn exit(ctx: &TracePointContext, plain_read: bool) -> u32 {
         unsafe { bpf_ktime_get_ns() }
     };
     let conn = emit::Conn { tgid, tid, fd, conn_gen: entry.conn_gen, ts_ns: ts };
+    crate::stack::on_data(ctx, &conn, pending.direction);
     match pending.call {
         call::PLAIN => emit::data(&conn, pending.direction, SYSCALL, pending.ptr, moved),
         call::SENDFILE => emit::data(&conn, pending.direction, SYSCALL, 0, moved),

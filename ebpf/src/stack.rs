@@ -1,0 +1,249 @@
+//! User stacks of client requests: at the first write of a request on a client connection
+//! (an egress after connect or after an ingress), the calling thread's user stack is sent as a
+//! `Stack` event keyed like the data event it belongs to.
+//!
+//! Two views of the stack travel together: the kernel's frame-pointer walk (`bpf_get_stack`
+//! with `BPF_F_USER_STACK`, right for Go and for code built with frame pointers), and the user
+//! registers plus a copy of the top of the stack, which the agent unwinds with the binary's
+//! call-frame information when frame pointers are missing. A token bucket per process bounds
+//! the rate (`Counter::StackBudgetSkipped`). Only connections opened by `connect` while ztrace
+//! runs are client connections here; the role of older ones is unknown.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_ktime_get_ns, bpf_probe_read_kernel,
+        generated::{bpf_get_current_task_btf, bpf_get_stack, bpf_probe_read_user, bpf_ringbuf_output, bpf_task_pt_regs},
+    },
+    macros::map,
+    maps::{LruHashMap, PerCpuArray},
+    programs::TracePointContext,
+    EbpfContext,
+};
+use ztrace_common::{
+    Counter, Direction, EventHeader, EventKind, StackEvent, StackEventHeader, StackSettings, MAX_STACK_BYTES,
+    MAX_STACK_DEPTH,
+};
+
+use crate::{
+    emit,
+    maps::{count, EVENTS, SOCKS},
+    sock,
+};
+
+#[unsafe(no_mangle)]
+static STACK_SETTINGS: StackSettings = StackSettings { enabled: 0, stack_bytes: 8192, per_second: 100, burst: 200 };
+
+#[inline(always)]
+fn settings() -> StackSettings {
+    // SAFETY: a plain static of a Copy type, read volatile so the defaults are not folded.
+    unsafe { core::ptr::read_volatile(&STACK_SETTINGS) }
+}
+
+const PAGE: u64 = 4096;
+const BPF_F_USER_STACK: u64 = 1 << 8;
+/// x86-64 `struct pt_regs` offsets.
+const PT_REGS_BP: u64 = 4 * 8;
+const PT_REGS_IP: u64 = 16 * 8;
+const PT_REGS_SP: u64 = 19 * 8;
+
+const NONE: u32 = 0;
+const EGRESS: u32 = Direction::Egress as u32;
+const INGRESS: u32 = Direction::Ingress as u32;
+
+/// A client connection and the direction of its last bytes.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct StackConn {
+    pub conn_gen: u64,
+    /// `NONE`, `EGRESS` or `INGRESS`.
+    pub last: u32,
+    pub _pad: u32,
+}
+
+/// Client connections opened while ztrace runs: key `tgid << 32 | fd`. 65536 entries, LRU (a
+/// forgotten connection gets no more stacks). Full → `Counter::StackConnMapFull`.
+#[map(name = "STACK_CONNS")]
+static STACK_CONNS: LruHashMap<u64, StackConn> = LruHashMap::with_max_entries(65536, 0);
+
+/// A process's stack budget.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Budget {
+    /// Credit in nanoseconds-times-rate: one stack costs 1e9.
+    pub credit: u64,
+    pub last_ns: u64,
+}
+
+/// Stack budgets per tgid. 16384 entries, LRU.
+#[map(name = "STACK_BUDGET")]
+static STACK_BUDGET: LruHashMap<u32, Budget> = LruHashMap::with_max_entries(16384, 0);
+
+/// A stack event plus slack, so that a page-sized copy at any offset below `MAX_STACK_BYTES`
+/// stays inside the buffer (what the verifier checks).
+#[repr(C)]
+pub struct StackScratch {
+    pub event: StackEvent,
+    pub slack: [u8; PAGE as usize],
+}
+
+/// Per-CPU scratch space to build a stack event larger than the BPF stack.
+#[map(name = "STACK_SCRATCH")]
+static STACK_SCRATCH: PerCpuArray<StackScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// After `connect` returned: `fd` of `tgid` is a client connection.
+#[inline(always)]
+pub fn on_connect(tgid: u32, fd: i32) {
+    if settings().enabled == 0 {
+        return;
+    }
+    let k = sock::key(tgid, fd);
+    // SAFETY: copied out at once.
+    let Some(entry) = (unsafe { SOCKS.get(&k) }).copied() else { return };
+    if entry.is_tcp != 1 {
+        return;
+    }
+    let conn = StackConn { conn_gen: entry.conn_gen, last: NONE, _pad: 0 };
+    if STACK_CONNS.insert(&k, &conn, 0).is_err() {
+        count(Counter::StackConnMapFull);
+    }
+}
+
+/// After bytes moved on a connection: the first write after connect or after a read sends the
+/// thread's stack.
+#[inline(always)]
+pub fn on_data(ctx: &TracePointContext, conn: &emit::Conn, direction: u32) {
+    let k = sock::key(conn.tgid, conn.fd);
+    let Some(state) = STACK_CONNS.get_ptr_mut(&k) else { return };
+    // SAFETY: a pointer into the map's value, valid during this program run.
+    let state = unsafe { &mut *state };
+    if state.conn_gen != conn.conn_gen {
+        return;
+    }
+    if direction == INGRESS {
+        if state.last != INGRESS {
+            state.last = INGRESS;
+        }
+        return;
+    }
+    if state.last == EGRESS {
+        return;
+    }
+    state.last = EGRESS;
+    if take_budget(conn.tgid) {
+        send(ctx, conn);
+    } else {
+        count(Counter::StackBudgetSkipped);
+    }
+}
+
+/// Takes one stack from the process's token bucket.
+#[inline(always)]
+fn take_budget(tgid: u32) -> bool {
+    let s = settings();
+    let rate = s.per_second as u64;
+    let cap = s.burst as u64 * 1_000_000_000;
+    // SAFETY: the helper has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(b) = STACK_BUDGET.get_ptr_mut(&tgid) {
+        // SAFETY: a pointer into the map's value, valid during this program run.
+        let b = unsafe { &mut *b };
+        let mut elapsed = now.saturating_sub(b.last_ns);
+        if rate > 0 && elapsed > cap / rate {
+            elapsed = cap / rate;
+        }
+        let mut credit = b.credit + elapsed * rate;
+        if credit > cap {
+            credit = cap;
+        }
+        b.last_ns = now;
+        if credit < 1_000_000_000 {
+            b.credit = credit;
+            return false;
+        }
+        b.credit = credit - 1_000_000_000;
+        return true;
+    }
+    let fresh = Budget { credit: cap.saturating_sub(1_000_000_000), last_ns: now };
+    let _ = STACK_BUDGET.insert(&tgid, &fresh, 0);
+    cap >= 1_000_000_000
+}
+
+#[inline(always)]
+fn send(ctx: &TracePointContext, conn: &emit::Conn) {
+    let Some(scratch) = STACK_SCRATCH.get_ptr_mut(0) else { return };
+    // SAFETY: the helpers take/return kernel pointers the verifier tracks; the registers are
+    // read through bpf_probe_read_kernel, which checks the address.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    if regs == 0 {
+        return;
+    }
+    // SAFETY: as above.
+    let reg = |off: u64| unsafe { bpf_probe_read_kernel((regs + off) as *const u64) }.unwrap_or(0);
+    let (rip, rsp, rbp) = (reg(PT_REGS_IP), reg(PT_REGS_SP), reg(PT_REGS_BP));
+    // SAFETY: `scratch` is this CPU's slot of STACK_SCRATCH; every write below stays inside it
+    // (ips: MAX_STACK_DEPTH entries; stack copies: offset < MAX_STACK_BYTES, length <= PAGE,
+    // within `stack` plus `slack`).
+    unsafe {
+        let ev = &mut (*scratch).event;
+        ev.hdr.header = EventHeader {
+            kind: EventKind::Stack as u32,
+            tgid: conn.tgid,
+            tid: conn.tid,
+            fd: conn.fd,
+            ts_ns: conn.ts_ns,
+            conn_gen: conn.conn_gen,
+        };
+        ev.hdr.rip = rip;
+        ev.hdr.rsp = rsp;
+        ev.hdr.rbp = rbp;
+        let n = bpf_get_stack(
+            ctx.as_ptr(),
+            ev.hdr.ips.as_mut_ptr().cast(),
+            (MAX_STACK_DEPTH * 8) as u32,
+            BPF_F_USER_STACK,
+        );
+        ev.hdr.ips_len = if n > 0 { (n as u32) / 8 } else { 0 };
+
+        // The top of the stack, page by page: a copy that crosses the stack's end stops there.
+        let mut want = settings().stack_bytes as u64;
+        if want > MAX_STACK_BYTES as u64 {
+            want = MAX_STACK_BYTES as u64;
+        }
+        let dst = ev.stack.as_mut_ptr();
+        let mut copied: u64 = 0;
+        let mut src = rsp;
+        for i in 0..(MAX_STACK_BYTES as u64 / PAGE + 1) {
+            if copied >= want || rsp == 0 {
+                break;
+            }
+            let mut len = if i == 0 { PAGE - (rsp & (PAGE - 1)) } else { PAGE };
+            if len > want - copied {
+                len = want - copied;
+            }
+            let at = copied & (MAX_STACK_BYTES as u64 - 1);
+            if len == 0 || len > PAGE || at != copied {
+                break;
+            }
+            if bpf_probe_read_user(dst.add(at as usize).cast(), len as u32, src as *const _) != 0 {
+                break;
+            }
+            copied += len;
+            src += len;
+        }
+        if copied == 0 && want > 0 {
+            count(Counter::StackCopyFailed);
+        }
+        ev.hdr.stack_len = copied as u32;
+        let size = core::mem::size_of::<StackEventHeader>() as u64 + (copied & (MAX_STACK_BYTES as u64 * 2 - 1));
+        if size > core::mem::size_of::<StackEvent>() as u64 {
+            return;
+        }
+        // Woken at once: the agent reads the process's maps while it surely still runs (stacks are
+        // budgeted, so this cannot become a wakeup per write).
+        if bpf_ringbuf_output(core::ptr::addr_of!(EVENTS) as *mut _, scratch.cast(), size, emit::BPF_RB_FORCE_WAKEUP) != 0 {
+            count(Counter::RingbufFull);
+            return;
+        }
+    }
+    count(Counter::StackEvents);
+}

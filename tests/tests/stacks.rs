@@ -1,0 +1,123 @@
+//! Stacks end to end: client programs built here (C without frame pointers, Rust release with an
+//! inlined function, Go with net/http and lib/pq, a binary whose DWARF was split into a
+//! build-id `.debug` file) make requests from functions with known names and lines; each client
+//! span must name that function, file and line as its innermost application frame, and its
+//! `code.stacktrace` must reach `main`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ztrace_e2e::servers::Server;
+use ztrace_e2e::ztrace::SPAN_TIMEOUT;
+use ztrace_e2e::{fixture, Span, TempDir, Ztrace};
+
+/// The 1-based line of `file` holding `marker`.
+fn line_of(file: &Path, marker: &str) -> i64 {
+    let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("read {}: {e}", file.display()));
+    let n = text.lines().position(|l| l.contains(marker)).unwrap_or_else(|| panic!("{marker} not in {}", file.display()));
+    n as i64 + 1
+}
+
+fn run_ok(what: &str, cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(out.status.success(), "{what} failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a client to its end and returns its pid.
+fn run_client(what: &str, cmd: &mut Command) -> u32 {
+    let child = cmd.spawn().unwrap_or_else(|e| panic!("{what}: {e}"));
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(out.status.success(), "{what} failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    pid
+}
+
+/// What the innermost application frame of a span must be.
+struct Expected<'a> {
+    function: &'a str,
+    file: &'a Path,
+    line: i64,
+}
+
+/// The span's stack attributes match `want`, and its stack reaches `main`.
+fn check_stack(span: &Span, want: &Expected<'_>, main: &str) {
+    assert_eq!(span.attr_str("code.function.name"), Some(want.function), "function of {span:?}");
+    assert_eq!(span.attr_str("code.file.path").map(PathBuf::from).as_deref(), Some(want.file), "file of {span:?}");
+    assert_eq!(span.attr_i64("code.line.number"), Some(want.line), "line of {span:?}");
+    let stack = span.attr_str("code.stacktrace").unwrap_or_else(|| panic!("no code.stacktrace: {span:?}"));
+    assert!(
+        stack.lines().any(|l| l.starts_with(&format!("{main} ("))),
+        "the stack does not reach {main}:\n{stack}"
+    );
+    let first_app = stack.lines().position(|l| l.starts_with(&format!("{} (", want.function)));
+    assert!(first_app.is_some(), "{} is not in the stack:\n{stack}", want.function);
+    assert_eq!(span.attr_str("ztrace.stack"), None, "a native program is not marked native-only: {span:?}");
+}
+
+fn client_spans(ztrace: &mut Ztrace, pid: u32, port: u16, n: usize) -> Vec<Span> {
+    ztrace.wait_for_n_spans(n, |s| s.is_client() && s.pid() == Some(pid) && s.server_port() == Some(port), SPAN_TIMEOUT)
+}
+
+/// Compiles the C fixture without frame pointers into `dir`.
+fn build_c_client(dir: &Path) -> (PathBuf, PathBuf) {
+    let source = fixture("stack_client.c").canonicalize().expect("fixture path");
+    let out = dir.join("stack_client");
+    run_ok(
+        "gcc",
+        Command::new("gcc")
+            .args(["-g", "-O2", "-fomit-frame-pointer", "-Wl,--build-id", "-o"])
+            .arg(&out)
+            .arg(&source),
+    );
+    (out, source)
+}
+
+#[test]
+#[ignore = "needs root and eBPF; run by cargo xtask test"]
+fn c_without_frame_pointers_is_unwound_with_eh_frame() {
+    let dir = TempDir::new("stacks-c");
+    let (binary, source) = build_c_client(dir.path());
+    let server = Server::python_http("127.0.0.1");
+    let mut ztrace = Ztrace::start(&["--print=json", "--exe", "stack_client", "--exe", "python3"]);
+    let pid = run_client("stack_client", Command::new(&binary).arg(server.port.to_string()).arg("3"));
+    let spans = client_spans(&mut ztrace, pid, server.port, 3);
+    let want = Expected { function: "fetch_orders", file: &source, line: line_of(&source, "/* STACK-LINE */") };
+    for span in &spans {
+        check_stack(span, &want, "main");
+    }
+    let stopped = ztrace.stop();
+    let stats = stopped.stats.expect("stats line");
+    assert!(stats.get("kernel_stack_events").and_then(|v| v.as_u64()).unwrap_or(0) >= 3, "{stats:?}");
+}
+
+#[test]
+#[ignore = "needs root and eBPF; run by cargo xtask test"]
+fn split_debug_info_is_found_by_build_id() {
+    let dir = TempDir::new("stacks-split");
+    let (binary, source) = build_c_client(dir.path());
+    let notes = run_ok("readelf -n", Command::new("readelf").arg("-n").arg(&binary));
+    let build_id = notes
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Build ID: "))
+        .unwrap_or_else(|| panic!("no build id in {}:\n{notes}", binary.display()))
+        .trim()
+        .to_owned();
+    let debug_dir = dir.join("debug");
+    let id_dir = debug_dir.join(".build-id").join(&build_id[..2]);
+    std::fs::create_dir_all(&id_dir).expect("mkdir");
+    let debug_file = id_dir.join(format!("{}.debug", &build_id[2..]));
+    run_ok("objcopy", Command::new("objcopy").arg("--only-keep-debug").arg(&binary).arg(&debug_file));
+    run_ok("strip", Command::new("strip").arg("--strip-all").arg(&binary));
+    let sections = run_ok("readelf -S", Command::new("readelf").arg("-S").arg(&binary));
+    assert!(!sections.contains(".debug_info") && !sections.contains(".symtab"), "not stripped:\n{sections}");
+
+    let server = Server::python_http("127.0.0.1");
+    let debug_arg = format!("--debug-dir={}", debug_dir.display());
+    let mut ztrace = Ztrace::start(&["--print=json", "--exe", "stack_client", "--exe", "python3", &debug_arg]);
+    let pid = run_client("stripped stack_client", Command::new(&binary).arg(server.port.to_string()));
+    let spans = client_spans(&mut ztrace, pid, server.port, 1);
+    let want = Expected { function: "fetch_orders", file: &source, line: line_of(&source, "/* STACK-LINE */") };
+    check_stack(&spans[0], &want, "main");
+    ztrace.stop();
+}
