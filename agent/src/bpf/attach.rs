@@ -67,8 +67,11 @@ pub const OPENSSL_PROBES: &[(&str, &str)] = &[
     ("zt_ssl_write", "SSL_write"),
     ("zt_ssl_read_ex", "SSL_read_ex"),
     ("zt_ssl_write_ex", "SSL_write_ex"),
+    ("zt_ssl_set_fd", "SSL_set_fd"),
 ];
-/// The one uretprobe program of the four OpenSSL functions.
+/// OpenSSL functions probed at entry only (they move no plaintext).
+pub const OPENSSL_ENTRY_ONLY: &[&str] = &["SSL_set_fd"];
+/// The one uretprobe program of the four OpenSSL read/write functions.
 pub const OPENSSL_RETURN: &str = "zt_ssl_ret";
 /// Go `crypto/tls`: entry programs by function (as `tls::go::FUNCTIONS` names them), and the
 /// program on every RET instruction.

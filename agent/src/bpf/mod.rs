@@ -15,7 +15,7 @@ use aya::{
 };
 use ztrace_common::{globals, maps, Counter, Settings, StackSettings, MAX_CAPTURE, MAX_STACK_BYTES};
 
-use self::attach::{AttachResult, GO_PROBES, GO_RETURN, HOOKS, OPENSSL_PROBES, OPENSSL_RETURN};
+use self::attach::{AttachResult, GO_PROBES, GO_RETURN, HOOKS, OPENSSL_ENTRY_ONLY, OPENSSL_PROBES, OPENSSL_RETURN};
 
 /// The eBPF object, embedded by build.rs (empty when built without `cargo xtask build`).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ztrace.bpf.o"));
@@ -181,7 +181,8 @@ impl crate::tls::Attacher for Probes {
         for function in functions {
             let Some((program, _)) = OPENSSL_PROBES.iter().find(|(_, f)| f == function) else { continue };
             // The return probe first: an entry without its return would leave a call pending.
-            for program in [OPENSSL_RETURN, program] {
+            let with_return = !OPENSSL_ENTRY_ONLY.contains(function);
+            for program in [OPENSSL_RETURN, program].into_iter().skip(usize::from(!with_return)) {
                 let prog = uprobe_mut(&mut self.ebpf, program).map_err(|e| e.to_string())?;
                 prog.attach(*function, path, UProbeScope::AllProcesses)
                     .map_err(|e| format!("{function} ({program}): {}", error_chain(&e)))?;

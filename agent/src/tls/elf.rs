@@ -11,7 +11,7 @@ use super::go::GoTls;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TlsLib {
     /// OpenSSL's (or BoringSSL's) read/write functions are defined here; the list names those
-    /// present, out of `SSL_read`, `SSL_write`, `SSL_read_ex`, `SSL_write_ex`.
+    /// present, out of `SSL_read`, `SSL_write`, `SSL_read_ex`, `SSL_write_ex` and `SSL_set_fd`.
     OpenSsl { functions: Vec<&'static str> },
     /// A Go program (`.go.buildinfo`) with `crypto/tls`.
     Go(GoTls),
@@ -20,7 +20,7 @@ pub enum TlsLib {
 }
 
 /// The OpenSSL functions probed, in attach order.
-pub const OPENSSL_FUNCTIONS: [&str; 4] = ["SSL_read", "SSL_write", "SSL_read_ex", "SSL_write_ex"];
+pub const OPENSSL_FUNCTIONS: [&str; 5] = ["SSL_read", "SSL_write", "SSL_read_ex", "SSL_write_ex", "SSL_set_fd"];
 
 /// Looks at the symbols of the ELF file at `path`.
 pub fn inspect(path: &Path) -> std::io::Result<TlsLib> {

@@ -346,7 +346,7 @@ mod tests {
     impl Attacher for Recorder {
         fn attach_openssl(&mut self, path: &Path, functions: &[&'static str]) -> Result<usize, String> {
             self.0.push((path.to_owned(), functions.to_vec()));
-            Ok(functions.len() * 2)
+            Ok(functions.iter().map(|f| if crate::bpf::attach::OPENSSL_ENTRY_ONLY.contains(f) { 1 } else { 2 }).sum())
         }
         fn attach_go(&mut self, _path: &Path, functions: &[go::GoFunction]) -> Result<usize, String> {
             Ok(functions.iter().map(|f| 1 + f.rets.len()).sum())
@@ -365,7 +365,7 @@ mod tests {
         d.look_at(("fd:01".into(), 7), path, "/usr/lib/x86_64-linux-gnu/libssl.so.3", 0, &mut rec);
         assert_eq!(rec.0.len(), 1);
         assert_eq!(d.rows.len(), 1);
-        assert!(d.rows[0].to_string().starts_with("ok    uprobes   OpenSSL (shared library) /usr/lib/x86_64-linux-gnu/libssl.so.3: 8 probes"));
+        assert!(d.rows[0].to_string().starts_with("ok    uprobes   OpenSSL (shared library) /usr/lib/x86_64-linux-gnu/libssl.so.3: 9 probes"));
     }
 
     #[test]

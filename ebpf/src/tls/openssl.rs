@@ -5,6 +5,7 @@
 //! Results: the plain forms return the byte count, or <= 0 (WANT_READ on a non-blocking socket,
 //! an alert, a handshake step): nothing is sent then, but the socket learned is remembered.
 //! The `_ex` forms return 1 and write the count through their fourth argument.
+//! `SSL_set_fd` (entry only) ties an `SSL*` to its socket before the first data call.
 
 use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
@@ -79,6 +80,28 @@ pub fn zt_ssl_write(ctx: ProbeContext) -> u32 {
 #[uprobe]
 pub fn zt_ssl_write_ex(ctx: ProbeContext) -> u32 {
     enter(&ctx, EGRESS, true)
+}
+
+/// Uprobe on `SSL_set_fd(SSL *ssl, int fd)`: the socket of an `SSL*` known before any data
+/// call. A server that reads the client's Finished and the first request in one read (nginx
+/// with TLS 1.3) gets that request from OpenSSL's buffer in an `SSL_read` that makes no
+/// syscall: without this, nothing would tie it to its socket.
+#[uprobe]
+pub fn zt_ssl_set_fd(ctx: ProbeContext) -> u32 {
+    let (tgid, _, _) = ids();
+    if !filter::is_traced(tgid) {
+        return 0;
+    }
+    let ssl: u64 = ctx.arg(0).unwrap_or(0);
+    let fd: i32 = ctx.arg(1).unwrap_or(-1);
+    if ssl == 0 || fd < 0 {
+        return 0;
+    }
+    if let Some(entry) = sock::lookup_tcp(tgid, fd) {
+        let key = SslKey { ssl, tgid, _pad: 0 };
+        let _ = SSL_FDS.insert(&key, &SslSocket { conn_gen: entry.conn_gen, fd, _pad: 0 }, 0);
+    }
+    0
 }
 
 /// Uretprobe on all four: sends the plaintext moved, on the call's socket.
