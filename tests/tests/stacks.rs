@@ -121,3 +121,38 @@ fn split_debug_info_is_found_by_build_id() {
     check_stack(&spans[0], &want, "main");
     ztrace.stop();
 }
+
+#[test]
+#[ignore = "needs root and eBPF; run by cargo xtask test"]
+fn rust_release_without_frame_pointers_with_an_inlined_frame() {
+    let dir = TempDir::new("stacks-rust");
+    let source = fixture("stack_client.rs").canonicalize().expect("fixture path");
+    let binary = dir.join("stack_client_rs");
+    run_ok(
+        "rustc",
+        Command::new("rustc")
+            .args(["--edition", "2021", "-C", "opt-level=3", "-C", "debuginfo=2", "-C", "force-frame-pointers=no"])
+            .args(["--crate-name", "stack_client", "-o"])
+            .arg(&binary)
+            .arg(&source),
+    );
+    let server = Server::python_http("127.0.0.1");
+    let mut ztrace = Ztrace::start(&["--print=json", "--exe", "stack_client_rs", "--exe", "python3"]);
+    let pid = run_client("stack_client_rs", Command::new(&binary).arg(server.port.to_string()).arg("2"));
+    let spans = client_spans(&mut ztrace, pid, server.port, 2);
+    // send_request is inlined into fetch_orders: it is a frame of its own, the innermost
+    // application frame, and fetch_orders (the frame it is inlined into) follows it.
+    let want = Expected { function: "stack_client::send_request", file: &source, line: line_of(&source, "// STACK-LINE") };
+    for span in &spans {
+        check_stack(span, &want, "stack_client::main");
+        let stack = span.attr_str("code.stacktrace").expect("stack");
+        let lines: Vec<&str> = stack.lines().collect();
+        let at = lines.iter().position(|l| l.starts_with("stack_client::send_request (")).expect("inlined frame");
+        assert!(
+            lines.get(at + 1).is_some_and(|l| l.starts_with("stack_client::fetch_orders (")),
+            "the inlined frame is not followed by its caller:\n{stack}"
+        );
+        assert!(!stack.contains("_ZN"), "names are demangled:\n{stack}");
+    }
+    ztrace.stop();
+}
