@@ -171,11 +171,21 @@ pub fn java_get(url: &str) -> u32 {
     pid
 }
 
-/// Builds `tests/fixtures/go_https/main.go` into `dir` with Debian's Go, in GOPATH mode, without
-/// cgo (no module proxy needed: the standard library only).
-pub fn build_go_https(dir: &Path) -> PathBuf {
+/// Debian's Go from bookworm-backports (`golang-1.23-go`, installed by `cargo xtask test`).
+pub const NEWER_GO: &str = "/usr/lib/go-1.23/bin/go";
+
+/// Builds `tests/fixtures/go_https/main.go` into `dir` with Debian's Go (`go`: a path to the
+/// toolchain's `go`, or `go` on PATH, Go 1.19 on bookworm), in GOPATH mode, without cgo (no
+/// module proxy needed: the standard library only).
+pub fn build_go_https(dir: &Path, go: &str) -> PathBuf {
+    assert!(
+        go == "go" || Path::new(go).is_file(),
+        "{go} is missing: `cargo xtask test` installs it (golang-1.23-go from bookworm-backports)"
+    );
     let out = dir.join("go_https");
-    let mut cmd = Command::new("go");
+    let mut cmd = Command::new(go);
+    // The toolchain's own GOROOT, whatever `go` on PATH is.
+    cmd.env_remove("GOROOT");
     cmd.arg("build").arg("-o").arg(&out).arg(fixture("go_https/main.go"));
     cmd.envs([("GO111MODULE", "off"), ("GOPROXY", "off"), ("CGO_ENABLED", "0")]);
     let (_, _) = run_client("go build go_https", &mut cmd);

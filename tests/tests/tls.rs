@@ -240,7 +240,7 @@ fn java_https_client_gives_no_wrong_spans_and_the_table_says_why() {
 fn go_crypto_tls_server_client_and_stripped_hey() {
     let certs = Certs::make();
     let dir = TempDir::new("go-build");
-    let binary = tls::build_go_https(dir.path());
+    let binary = tls::build_go_https(dir.path(), "go");
     // The server runs before the agent starts, the clients after.
     let server = TlsServer::go(&binary, &certs);
     let mut ztrace = Ztrace::start(&["--print=json"]);
@@ -292,4 +292,53 @@ fn go_crypto_tls_server_client_and_stripped_hey() {
     let stopped = ztrace.stop();
     assert_probed(&stopped.stderr, &["Go crypto/tls /"]);
     assert_probed(&stopped.stderr, &["Go crypto/tls (stripped, symbols from .gopclntab) /usr/bin/hey"]);
+}
+
+#[test]
+#[ignore = "needs root and eBPF; run by cargo xtask test"]
+fn go_1_23_crypto_tls_server_and_client() {
+    let certs = Certs::make();
+    let dir = TempDir::new("go-build");
+    let binary = tls::build_go_https(dir.path(), tls::NEWER_GO);
+    // Both started after the agent, so that their probes come from exec events.
+    let mut ztrace = Ztrace::start(&["--print=json"]);
+    let server = TlsServer::go(&binary, &certs);
+    let urls = [server.url("/items/1"), server.url("/items/2")];
+    // The server's probes may come after its first exchange: run the client until both ends of
+    // one of its runs are traced.
+    let mut traced = None;
+    for _ in 0..10 {
+        let pid = tls::go_get(&binary, &certs.cert, &urls);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let spans = ztrace.spans();
+        let mine: Vec<&Span> = spans.iter().filter(|s| on_port(server.port)(s) && s.is_client() && s.pid() == Some(pid)).collect();
+        if mine.len() == 2 && mine.iter().all(|c| spans.iter().any(|s| s.parent_span_id() == Some(c.span_id()))) {
+            traced = Some(pid);
+            break;
+        }
+    }
+    let client_pid = traced.unwrap_or_else(|| panic!("no run of the Go 1.23 client was traced at both ends:\n{}", ztrace.report()));
+    let spans = ztrace.spans();
+    let mut clients: Vec<&Span> = spans.iter().filter(|s| on_port(server.port)(s) && s.is_client() && s.pid() == Some(client_pid)).collect();
+    clients.sort_by_key(|s| s.start_unix_nano());
+    assert_eq!(clients.len(), 2, "{}", ztrace_e2e::span::list(&spans));
+    for (i, client_span) in clients.iter().enumerate() {
+        let server_span = spans
+            .iter()
+            .find(|s| s.parent_span_id() == Some(client_span.span_id()))
+            .unwrap_or_else(|| panic!("no server span is the child of {client_span:?}"));
+        check_pair(
+            server_span,
+            client_span,
+            &exchange("GET /items/{id}", ["/items/1", "/items/2"][i], server.port),
+            &Emitter::new(&["go_https"], server.pid()),
+            &Emitter::new(&["go_https"], client_pid),
+        );
+    }
+    let stopped = ztrace.stop();
+    assert!(
+        stopped.stderr.lines().any(|l| l.contains("ok    uprobes") && l.contains("Go crypto/tls") && l.contains("go1.23")),
+        "the attach table does not show the Go 1.23 binary probed:\n{}",
+        stopped.stderr
+    );
 }

@@ -52,6 +52,9 @@ const TEST_PACKAGES: &[&str] = &[
     "gcc",
     "binutils",
 ];
+/// From Debian's backports suite: a newer Go than bookworm's 1.19, for Go crypto/tls's struct
+/// offsets and RET probes on a current toolchain (tests/tests/tls.rs).
+const BACKPORTS_TEST_PACKAGES: &[&str] = &["golang-1.23-go"];
 /// Python packages of the test venv, and the import that proves they are there.
 /// The OTLP receiver's (grpcio, opentelemetry-proto), and the OpenTelemetry SDK with urllib's
 /// auto-instrumentation for the trace-context interop test (tests/tests/example.rs).
@@ -174,6 +177,7 @@ fn add(a: Tally, b: Tally) -> Tally {
 /// Debian packages and the Python venv; returns the venv's python.
 fn install_test_components() -> Result<PathBuf> {
     apt_install(TEST_PACKAGES)?;
+    toolchain::apt_install_backports(BACKPORTS_TEST_PACKAGES)?;
     let venv = util::target_dir().join("test-venv");
     let python = venv.join("bin/python");
     if !python.is_file() || util::output_of(Command::new(&python).arg("--version")).is_none() {

@@ -6,6 +6,7 @@
 //! `apt-get update`. It does not touch the stable toolchain that runs xtask itself.
 
 use std::fmt;
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -220,6 +221,40 @@ pub fn apt_install<S: AsRef<str>>(packages: &[S]) -> Result<()> {
             .args(&missing),
     )
     .with_context(|| format!("could not install {}", missing.join(" ")))
+}
+
+/// Where [`apt_install_backports`] adds Debian's backports suite.
+const BACKPORTS_SOURCES: &str = "/etc/apt/sources.list.d/ztrace-backports.sources";
+
+/// Installs packages that only Debian's backports suite has (a newer Go), adding that suite to
+/// apt's sources first when this is a Debian release without it.
+pub fn apt_install_backports<S: AsRef<str>>(packages: &[S]) -> Result<()> {
+    if missing_packages(packages).is_empty() {
+        return Ok(());
+    }
+    let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    let codename = os_release
+        .lines()
+        .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
+        .map(|c| c.trim_matches('"').to_owned());
+    if let Some(codename) = codename.filter(|c| !c.is_empty()) {
+        let suite = format!("{codename}-backports");
+        let listed = util::output_of(Command::new("grep").args(["-rqs", &suite, "/etc/apt/sources.list", "/etc/apt/sources.list.d"]))
+            .is_some();
+        if !listed && !Path::new(BACKPORTS_SOURCES).exists() {
+            say!("adding Debian's {suite} suite to apt's sources ({BACKPORTS_SOURCES})...");
+            std::fs::write(
+                BACKPORTS_SOURCES,
+                format!(
+                    "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: {suite}\nComponents: main\n\
+                     Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+                ),
+            )
+            .with_context(|| format!("could not write {BACKPORTS_SOURCES}"))?;
+            APT_UPDATED.store(false, Ordering::Relaxed);
+        }
+    }
+    apt_install(packages)
 }
 
 /// The packages of the list that dpkg does not report as installed.
