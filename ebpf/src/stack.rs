@@ -11,7 +11,7 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
         generated::{bpf_get_current_task_btf, bpf_get_stack, bpf_probe_read_user, bpf_ringbuf_output, bpf_task_pt_regs},
     },
     macros::map,
@@ -25,7 +25,7 @@ use ztrace_common::{
 };
 
 use crate::{
-    emit,
+    emit, go,
     maps::{count, EVENTS, SOCKS},
     sock,
 };
@@ -37,6 +37,12 @@ static STACK_SETTINGS: StackSettings = StackSettings { enabled: 0, stack_bytes: 
 fn settings() -> StackSettings {
     // SAFETY: a plain static of a Copy type, read volatile so the defaults are not folded.
     unsafe { core::ptr::read_volatile(&STACK_SETTINGS) }
+}
+
+/// True when the agent turned stacks on.
+#[inline(always)]
+pub fn enabled() -> bool {
+    settings().enabled != 0
 }
 
 const PAGE: u64 = 4096;
@@ -196,6 +202,35 @@ fn send(ctx: &TracePointContext, conn: &emit::Conn) {
         ev.hdr.rip = rip;
         ev.hdr.rsp = rsp;
         ev.hdr.rbp = rbp;
+        // A Go request written by net/http's writeLoop goroutine: the stack that matters is the
+        // one of the goroutine that issued it, saved at its roundTrip.
+        match go::owner_stack(conn.tgid) {
+            Ok(Some(owner)) => {
+                let n = bpf_probe_read_kernel_buf(
+                    core::ptr::addr_of!((*owner).ips).cast(),
+                    core::slice::from_raw_parts_mut(ev.hdr.ips.as_mut_ptr().cast::<u8>(), MAX_STACK_DEPTH * 8),
+                );
+                let len = bpf_probe_read_kernel(core::ptr::addr_of!((*owner).ips_len)).unwrap_or(0);
+                if n.is_ok() && len > 0 {
+                    ev.hdr.ips_len = if len > MAX_STACK_DEPTH as u32 { MAX_STACK_DEPTH as u32 } else { len };
+                    ev.hdr.rip = ev.hdr.ips[0];
+                    ev.hdr.rsp = 0;
+                    ev.hdr.rbp = 0;
+                    ev.hdr.stack_len = 0;
+                    let size = core::mem::size_of::<StackEventHeader>() as u64;
+                    if bpf_ringbuf_output(core::ptr::addr_of!(EVENTS) as *mut _, scratch.cast(), size, emit::BPF_RB_FORCE_WAKEUP) != 0 {
+                        count(Counter::RingbufFull);
+                        return;
+                    }
+                    count(Counter::StackFromGoOwner);
+                    count(Counter::StackEvents);
+                    return;
+                }
+                count(Counter::StackGoOwnerMissing);
+            }
+            Ok(None) => {}
+            Err(()) => count(Counter::StackGoOwnerMissing),
+        }
         let n = bpf_get_stack(
             ctx.as_ptr(),
             ev.hdr.ips.as_mut_ptr().cast(),

@@ -5,8 +5,9 @@
 //! `code.stacktrace` must reach `main`.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
+use ztrace_e2e::postgres::PgServer;
 use ztrace_e2e::servers::Server;
 use ztrace_e2e::ztrace::SPAN_TIMEOUT;
 use ztrace_e2e::{fixture, Span, TempDir, Ztrace};
@@ -26,7 +27,7 @@ fn run_ok(what: &str, cmd: &mut Command) -> String {
 
 /// Runs a client to its end and returns its pid.
 fn run_client(what: &str, cmd: &mut Command) -> u32 {
-    let child = cmd.spawn().unwrap_or_else(|e| panic!("{what}: {e}"));
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("{what}: {e}"));
     let pid = child.id();
     let out = child.wait_with_output().unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(out.status.success(), "{what} failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
@@ -155,4 +156,59 @@ fn rust_release_without_frame_pointers_with_an_inlined_frame() {
         assert!(!stack.contains("_ZN"), "names are demangled:\n{stack}");
     }
     ztrace.stop();
+}
+
+/// Builds `tests/fixtures/stack_go` (GOPATH mode, Debian's lib/pq) into `dir`, with `ldflags`.
+fn build_go_client(dir: &Path, name: &str, ldflags: &str) -> (PathBuf, PathBuf) {
+    let source = fixture("stack_go/main.go").canonicalize().expect("fixture path");
+    let out = dir.join(name);
+    run_ok(
+        "go build stack_go (apt-get install golang-go golang-github-lib-pq-dev)",
+        Command::new("go")
+            .args(["build", "-ldflags", ldflags, "-o"])
+            .arg(&out)
+            .arg(&source)
+            .envs([("GO111MODULE", "off"), ("GOPATH", "/usr/share/gocode"), ("GOPROXY", "off"), ("CGO_ENABLED", "0")]),
+    );
+    (out, source)
+}
+
+/// Runs the Go client against an HTTP server and PostgreSQL; its HTTP and SQL client spans.
+fn go_spans(binary: &Path, exe: &str, extra: &[&str]) -> (Span, Span, Ztrace) {
+    let server = Server::python_http("127.0.0.1");
+    let pg = PgServer::start();
+    let mut args = vec!["--print=json", "--exe", exe, "--exe", "python3"];
+    args.extend_from_slice(extra);
+    let mut ztrace = Ztrace::start(&args);
+    let pid = run_client(exe, Command::new(binary).arg(server.port.to_string()).arg(pg.port.to_string()));
+    let http = client_spans(&mut ztrace, pid, server.port, 1).remove(0);
+    let sql = ztrace
+        .wait_for_n_spans(
+            1,
+            |s| {
+                s.is_client()
+                    && s.pid() == Some(pid)
+                    && s.server_port() == Some(pg.port)
+                    && s.attr_str("db.query.text").is_some_and(|q| q.starts_with("SELECT $1::int + "))
+            },
+            SPAN_TIMEOUT,
+        )
+        .remove(0);
+    (http, sql, ztrace)
+}
+
+#[test]
+#[ignore = "needs root and eBPF; run by cargo xtask test"]
+fn go_net_http_and_lib_pq_name_the_issuing_function() {
+    let dir = TempDir::new("stacks-go");
+    let (binary, source) = build_go_client(dir.path(), "stack_go", "");
+    let (http, sql, ztrace) = go_spans(&binary, "stack_go", &[]);
+    // net/http writes the request on the connection's writeLoop goroutine; the span carries the
+    // stack of the goroutine that called http.Get, saved at its roundTrip.
+    let want = Expected { function: "main.fetchOrders", file: &source, line: line_of(&source, "// HTTP-LINE") };
+    check_stack(&http, &want, "main.main");
+    let want = Expected { function: "main.queryUser", file: &source, line: line_of(&source, "// SQL-LINE") };
+    check_stack(&sql, &want, "main.main");
+    let stats = ztrace.stop().stats.expect("stats line");
+    assert!(stats.get("kernel_stack_from_go_owner").and_then(|v| v.as_u64()).unwrap_or(0) >= 1, "{stats:?}");
 }

@@ -138,7 +138,7 @@ pub fn start(
     }
     let uprobe_error = load_uprobes(&mut ebpf)?;
     let mut go_uprobe_error = None;
-    for program in ["go_helper", "go_owner"] {
+    for program in ["go_helper", "go_owner", "go_owner_stack"] {
         if let Err(e) = uprobe_mut(&mut ebpf, program)?.load() {
             go_uprobe_error = Some(format!("loading {program}: {}", error_chain(&e)));
             break;

@@ -24,9 +24,12 @@ pub const GOID_OFFSET: u32 = 152;
 const FOLLOWED_MINORS: std::ops::RangeInclusive<u32> = 18..=22;
 /// The net/http functions probed at entry (program, function): helpers' entries and their
 /// owners' hand-over, see `ebpf/src/go`.
-pub const HANDOFF_FUNCTIONS: [(&str, &str); 4] = [
+pub const HANDOFF_FUNCTIONS: [(&str, &str); 5] = [
     ("go_helper", "net/http.(*persistConn).writeLoop"),
     ("go_owner", "net/http.(*persistConn).roundTrip"),
+    // The issuing goroutine's stack for the request's write on writeLoop (returns at once
+    // when stacks are off).
+    ("go_owner_stack", "net/http.(*persistConn).roundTrip"),
     ("go_helper", "net/http.(*connReader).backgroundRead"),
     ("go_owner", "net/http.(*connReader).startBackgroundRead"),
 ];
@@ -70,9 +73,7 @@ pub fn classify<'data, O: Object<'data>>(elf: &O) -> GoBinary {
     for sym in elf.symbols() {
         stripped = false;
         if let Ok(name) = sym.name() {
-            if let Some(f) = HANDOFF_FUNCTIONS.iter().find(|(_, f)| *f == name) {
-                handoffs.push(*f);
-            }
+            handoffs.extend(HANDOFF_FUNCTIONS.iter().filter(|(_, f)| *f == name));
         }
     }
     GoBinary::Followed { version, handoffs, stripped }

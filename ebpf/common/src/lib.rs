@@ -289,10 +289,17 @@ pub enum Counter {
     /// Syscalls on a net/http helper goroutine reported for the goroutine it works for.
     GoHandoffs = 17,
     // 18..=19: Go goroutine links (spare).
+    /// Stacks of requests written by a net/http helper goroutine (`writeLoop`) that carry the
+    /// frame-pointer walk of the goroutine that issued the request (taken at `roundTrip`).
+    StackFromGoOwner = 20,
+    /// A helper goroutine wrote a request whose owner's stack was not saved (the owner's
+    /// `roundTrip` ran before its uprobe was attached, or the map dropped it): the span carries
+    /// the helper's own stack.
+    StackGoOwnerMissing = 21,
 }
 
 /// Number of slots in the `COUNTERS` map.
-pub const COUNTER_SLOTS: u32 = 20;
+pub const COUNTER_SLOTS: u32 = 22;
 
 impl Counter {
     pub const ALL: &'static [Counter] = &[
@@ -314,6 +321,8 @@ impl Counter {
         Counter::StackConnMapFull,
         Counter::GoGoidUnreadable,
         Counter::GoHandoffs,
+        Counter::StackFromGoOwner,
+        Counter::StackGoOwnerMissing,
     ];
 
     /// Name used in the agent's self-metrics.
@@ -337,6 +346,8 @@ impl Counter {
             Counter::StackConnMapFull => "kernel_stack_conn_map_full",
             Counter::GoGoidUnreadable => "kernel_go_goid_unreadable",
             Counter::GoHandoffs => "kernel_go_handoffs",
+            Counter::StackFromGoOwner => "kernel_stack_from_go_owner",
+            Counter::StackGoOwnerMissing => "kernel_stack_go_owner_missing",
         }
     }
 
@@ -350,6 +361,7 @@ impl Counter {
                 | Counter::ExecEvents
                 | Counter::StackEvents
                 | Counter::GoHandoffs
+                | Counter::StackFromGoOwner
         )
     }
 }
@@ -395,6 +407,19 @@ pub struct GoProc {
     pub _pad: u32,
 }
 const _: () = assert!(size_of::<GoProc>() == 8);
+
+/// The frame-pointer walk of a goroutine when it began an HTTP round trip (net/http
+/// `(*persistConn).roundTrip`), kept so that the request's write on the `writeLoop` goroutine
+/// can carry the stack of the code that issued it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct GoOwnerStack {
+    /// Entries of `ips` filled, innermost first.
+    pub ips_len: u32,
+    pub _pad: u32,
+    pub ips: [u64; MAX_STACK_DEPTH],
+}
+const _: () = assert!(size_of::<GoOwnerStack>() == 8 + 8 * MAX_STACK_DEPTH);
 
 /// Run-time settings chosen by the agent.
 #[repr(C)]

@@ -14,14 +14,19 @@
 //! `go_owner` on the owner's side (`(*persistConn).roundTrip`,
 //! `(*connReader).startBackgroundRead`) which goroutine the object works for now. A syscall on
 //! a helper goroutine is then reported for its owner (`Counter::GoHandoffs`).
+//!
+//! With stacks on, a fifth uprobe (`go_owner_stack`, also on `(*persistConn).roundTrip`) keeps
+//! the owner goroutine's frame-pointer walk, so that the stack sent with the request's write on
+//! `writeLoop` is the one of the code that issued the request ([`owner_stack`]).
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user},
+    helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user, generated::bpf_get_stack},
     macros::{map, uprobe},
-    maps::{HashMap, LruHashMap},
+    maps::{HashMap, LruHashMap, PerCpuArray},
     programs::ProbeContext,
+    EbpfContext,
 };
-use ztrace_common::{Counter, GoProc};
+use ztrace_common::{Counter, GoOwnerStack, GoProc, MAX_STACK_DEPTH};
 
 use crate::{config::offsets, maps::count, syscalls::ids};
 
@@ -37,6 +42,15 @@ pub static GO_HELPERS: LruHashMap<GoKey, u64> = LruHashMap::with_max_entries(163
 /// The goroutine an object works for now: (tgid, object) → goid. LRU, 16384 entries.
 #[map(name = "GO_OWNERS")]
 pub static GO_OWNERS: LruHashMap<GoKey, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// Owner goroutines' stacks at their last `roundTrip`: (tgid, goid) → frame-pointer walk.
+/// LRU, 4096 entries (a forgotten one: `Counter::StackGoOwnerMissing`).
+#[map(name = "GO_OWNER_STACKS")]
+pub static GO_OWNER_STACKS: LruHashMap<GoKey, GoOwnerStack> = LruHashMap::with_max_entries(4096, 0);
+
+/// Per-CPU room to build a [`GoOwnerStack`] (larger than the BPF stack allows).
+#[map(name = "GO_STACK_SCRATCH")]
+static GO_STACK_SCRATCH: PerCpuArray<GoOwnerStack> = PerCpuArray::with_max_entries(1, 0);
 
 /// Key of the goroutine maps: a process and a goroutine id or a pointer.
 #[repr(C)]
@@ -122,4 +136,46 @@ pub fn go_owner(ctx: ProbeContext) -> u32 {
         let _ = GO_OWNERS.insert(&GoKey { value: go_arg0(&ctx), tgid, _pad: 0 }, &goid, 0);
     }
     0
+}
+
+/// Entry of `(*persistConn).roundTrip` with stacks on: keeps this goroutine's frame-pointer walk
+/// (Go keeps frame pointers on x86-64) for the request's write on the `writeLoop` goroutine.
+#[uprobe]
+pub fn go_owner_stack(ctx: ProbeContext) -> u32 {
+    if !crate::stack::enabled() {
+        return 0;
+    }
+    let (tgid, _, _) = ids();
+    let goid = current_goid(tgid);
+    if goid == 0 {
+        return 0;
+    }
+    let Some(scratch) = GO_STACK_SCRATCH.get_ptr_mut(0) else { return 0 };
+    // SAFETY: `scratch` is this CPU's slot; bpf_get_stack writes at most the size given, which
+    // is the size of `ips`.
+    unsafe {
+        let n = bpf_get_stack(ctx.as_ptr(), (*scratch).ips.as_mut_ptr().cast(), (MAX_STACK_DEPTH * 8) as u32, 1 << 8);
+        (*scratch).ips_len = if n > 0 { (n as u32) / 8 } else { 0 };
+        let _ = GO_OWNER_STACKS.insert(&GoKey { value: goid, tgid, _pad: 0 }, &*scratch, 0);
+    }
+    0
+}
+
+/// On a helper goroutine that works for another one: the owner's stack saved at its last
+/// `roundTrip`, or `Err(())` when there is none (counted). `Ok(None)` when the current
+/// goroutine is no helper (or not Go): its own stack is the right one.
+#[inline(always)]
+pub fn owner_stack(tgid: u32) -> Result<Option<*const GoOwnerStack>, ()> {
+    let goid = current_goid(tgid);
+    if goid == 0 {
+        return Ok(None);
+    }
+    // SAFETY: copied out at once.
+    let Some(object) = unsafe { GO_HELPERS.get(&GoKey { value: goid, tgid, _pad: 0 }) }.copied() else { return Ok(None) };
+    // SAFETY: as above.
+    let Some(owner) = unsafe { GO_OWNERS.get(&GoKey { value: object, tgid, _pad: 0 }) }.copied() else { return Err(()) };
+    match GO_OWNER_STACKS.get_ptr(&GoKey { value: owner, tgid, _pad: 0 }) {
+        Some(p) => Ok(Some(p)),
+        None => Err(()),
+    }
 }
