@@ -65,6 +65,8 @@ const PRINT_QUEUE: usize = 256;
 /// Spans waiting for the print thread, over all batches: the memory bound of a slow stdout
 /// (about 1 KiB a span). Beyond it batches are dropped and counted.
 const PRINT_QUEUE_SPANS: usize = 32_768;
+/// How often the processes of probed TLS files are checked (see `TlsDiscovery::reap`).
+const TLS_REAP_INTERVAL: Duration = Duration::from_secs(5);
 /// Longest a client span waits for its stack to be symbolized (the first stack of a large
 /// binary loads its DWARF). Trace assembly waits for held spans, so this also bounds how long
 /// a stack can delay other spans.
@@ -138,6 +140,7 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last_reap = Instant::now();
     // The kernel wakes the agent only when a backlog builds up; otherwise it is polled.
     let mut poll = tokio::time::interval(POLL_INTERVAL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -164,6 +167,13 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
         if capture.tls.has_pending() {
             for row in capture.tls.run_pending(&mut probes) {
                 tracing::info!("tls: {row} (found in pid {})", row.pid);
+            }
+        }
+        // Files whose processes all exited: their probes go.
+        if last_reap.elapsed() >= TLS_REAP_INTERVAL {
+            last_reap = Instant::now();
+            for line in capture.tls.reap(&mut probes) {
+                tracing::info!("tls: {line}");
             }
         }
         // ... and whether they are Go programs, whose goroutines are followed.

@@ -92,6 +92,12 @@ impl Ztrace {
         self.proc.pid()
     }
 
+    /// Waits until a line of the agent's stderr (its log) contains `needle`; panics after
+    /// `timeout` showing its output.
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) {
+        self.proc.wait_for_stderr(needle, timeout);
+    }
+
     /// Every span printed so far.
     pub fn spans(&self) -> Vec<Span> {
         let mut parsed = self

@@ -4,6 +4,7 @@
 //! links, `url.scheme` https), and the ciphertext of the same connections must give none.
 
 use std::process::Command;
+use std::time::Duration;
 
 use ztrace_e2e::checks::{self, Emitter, Exchange};
 use ztrace_e2e::postgres::{self, PgServer, BIN_DIR, USER};
@@ -303,26 +304,42 @@ fn go_1_23_crypto_tls_server_and_client() {
     // Both started after the agent, so that their probes come from exec events.
     let mut ztrace = Ztrace::start(&["--print=json"]);
     let server = TlsServer::go(&binary, &certs);
+    check_go_run(&mut ztrace, &binary, &certs, &server);
+    // The server and client gone, no process maps the binary: its probes are detached...
+    drop(server);
+    ztrace.wait_for_log(&format!("from Go crypto/tls {}", binary.display()), Duration::from_secs(30));
+    // ... and attached again when it runs again.
+    let server = TlsServer::go(&binary, &certs);
+    check_go_run(&mut ztrace, &binary, &certs, &server);
+    let stopped = ztrace.stop();
+    let probed = stopped.stderr.lines().filter(|l| l.contains("ok    uprobes") && l.contains("Go crypto/tls") && l.contains("go1.23")).count();
+    assert_eq!(probed, 2, "the attach table shows the Go 1.23 binary probed, then probed again:\n{}", stopped.stderr);
+}
+
+/// Runs the Go client against `server` until both ends of one of its runs are traced (a server
+/// started after the agent may get its probes after its first exchange), and checks the pairs.
+fn check_go_run(ztrace: &mut Ztrace, binary: &std::path::Path, certs: &Certs, server: &TlsServer) {
     let urls = [server.url("/items/1"), server.url("/items/2")];
-    // The server's probes may come after its first exchange: run the client until both ends of
-    // one of its runs are traced.
+    let mine = |spans: &[Span], pid: u32| -> Vec<Span> {
+        let mut clients: Vec<Span> =
+            spans.iter().filter(|s| on_port(server.port)(s) && s.is_client() && s.pid() == Some(pid)).cloned().collect();
+        clients.sort_by_key(Span::start_unix_nano);
+        clients
+    };
     let mut traced = None;
     for _ in 0..10 {
-        let pid = tls::go_get(&binary, &certs.cert, &urls);
-        std::thread::sleep(std::time::Duration::from_millis(500));
+        let pid = tls::go_get(binary, &certs.cert, &urls);
+        std::thread::sleep(Duration::from_millis(500));
         let spans = ztrace.spans();
-        let mine: Vec<&Span> = spans.iter().filter(|s| on_port(server.port)(s) && s.is_client() && s.pid() == Some(pid)).collect();
-        if mine.len() == 2 && mine.iter().all(|c| spans.iter().any(|s| s.parent_span_id() == Some(c.span_id()))) {
+        let clients = mine(&spans, pid);
+        if clients.len() == 2 && clients.iter().all(|c| spans.iter().any(|s| s.parent_span_id() == Some(c.span_id()))) {
             traced = Some(pid);
             break;
         }
     }
     let client_pid = traced.unwrap_or_else(|| panic!("no run of the Go 1.23 client was traced at both ends:\n{}", ztrace.report()));
     let spans = ztrace.spans();
-    let mut clients: Vec<&Span> = spans.iter().filter(|s| on_port(server.port)(s) && s.is_client() && s.pid() == Some(client_pid)).collect();
-    clients.sort_by_key(|s| s.start_unix_nano());
-    assert_eq!(clients.len(), 2, "{}", ztrace_e2e::span::list(&spans));
-    for (i, client_span) in clients.iter().enumerate() {
+    for (i, client_span) in mine(&spans, client_pid).iter().enumerate() {
         let server_span = spans
             .iter()
             .find(|s| s.parent_span_id() == Some(client_span.span_id()))
@@ -335,10 +352,4 @@ fn go_1_23_crypto_tls_server_and_client() {
             &Emitter::new(&["go_https"], client_pid),
         );
     }
-    let stopped = ztrace.stop();
-    assert!(
-        stopped.stderr.lines().any(|l| l.contains("ok    uprobes") && l.contains("Go crypto/tls") && l.contains("go1.23")),
-        "the attach table does not show the Go 1.23 binary probed:\n{}",
-        stopped.stderr
-    );
 }

@@ -8,9 +8,14 @@ pub mod attach;
 pub mod btf;
 pub mod events;
 
+use std::collections::HashMap;
+
 use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::{uprobe::UProbeScope, TracePoint, UProbe},
+    programs::{
+        uprobe::{UProbeAttachPoint, UProbeLinkId, UProbeScope},
+        TracePoint, UProbe,
+    },
     Ebpf, EbpfLoader,
 };
 use ztrace_common::{globals, maps, Counter, Settings, StackSettings, MAX_CAPTURE, MAX_STACK_BYTES};
@@ -72,6 +77,9 @@ pub struct Probes {
     uprobe_error: Option<String>,
     /// Why the Go uprobe programs could not be loaded (then no Go client is probed).
     go_uprobe_error: Option<String>,
+    /// TLS uprobe links by the key TLS discovery gave their file, to detach them when the
+    /// file's last process exits.
+    tls_links: HashMap<u64, Vec<(&'static str, UProbeLinkId)>>,
 }
 
 
@@ -149,7 +157,7 @@ pub fn start(
     let counters =
         PerCpuArray::try_from(ebpf.take_map(maps::COUNTERS).ok_or(BpfError::MissingMap(maps::COUNTERS))?)
             .map_err(|source| BpfError::Map { name: maps::COUNTERS, source })?;
-    Ok((Probes { ebpf, counters, attached, uprobe_error, go_uprobe_error }, ring))
+    Ok((Probes { ebpf, counters, attached, uprobe_error, go_uprobe_error, tls_links: HashMap::new() }, ring))
 }
 
 /// Loads the OpenSSL uprobe programs (attached per file later). `Ok(Some(reason))` when the
@@ -173,41 +181,77 @@ fn uprobe_mut<'a>(ebpf: &'a mut Ebpf, program: &'static str) -> Result<&'a mut U
 }
 
 impl crate::tls::Attacher for Probes {
-    fn attach_openssl(&mut self, path: &std::path::Path, functions: &[&'static str]) -> Result<usize, String> {
+    fn attach_openssl(&mut self, key: u64, path: &std::path::Path, functions: &[&'static str]) -> Result<usize, String> {
         if let Some(e) = &self.uprobe_error {
             return Err(e.clone());
         }
-        let mut probes = 0;
+        let mut sites = Vec::new();
         for function in functions {
             let Some((program, _)) = OPENSSL_PROBES.iter().find(|(_, f)| f == function) else { continue };
             // The return probe first: an entry without its return would leave a call pending.
             let with_return = !OPENSSL_ENTRY_ONLY.contains(function);
             for program in [OPENSSL_RETURN, program].into_iter().skip(usize::from(!with_return)) {
-                let prog = uprobe_mut(&mut self.ebpf, program).map_err(|e| e.to_string())?;
-                prog.attach(*function, path, UProbeScope::AllProcesses)
-                    .map_err(|e| format!("{function} ({program}): {}", error_chain(&e)))?;
-                probes += 1;
+                sites.push((program, UProbeAttachPoint::from(*function), function.to_string()));
             }
         }
-        Ok(probes)
+        self.attach_sites(key, path, sites)
     }
 
-    fn attach_go(&mut self, path: &std::path::Path, functions: &[crate::tls::go::GoFunction]) -> Result<usize, String> {
+    fn attach_go(&mut self, key: u64, path: &std::path::Path, functions: &[crate::tls::go::GoFunction]) -> Result<usize, String> {
         if let Some(e) = &self.uprobe_error {
             return Err(e.clone());
         }
-        let mut probes = 0;
+        let mut sites = Vec::new();
         for function in functions {
             let Some((program, _)) = GO_PROBES.iter().find(|(_, f)| *f == function.name) else { continue };
             // Returns first: an entry whose return is never seen would leave a call pending.
             // Write is sent at its entry: its returns need no probe.
             let rets: &[u64] = if *program == "zt_go_tls_write" { &[] } else { &function.rets };
-            let sites = rets.iter().map(|r| (GO_RETURN, *r)).chain([(*program, function.entry)]);
-            for (program, offset) in sites {
-                let prog = uprobe_mut(&mut self.ebpf, program).map_err(|e| e.to_string())?;
-                prog.attach(offset, path, UProbeScope::AllProcesses)
-                    .map_err(|e| format!("{} at {offset:#x} ({program}): {}", function.name, error_chain(&e)))?;
-                probes += 1;
+            for (program, offset) in rets.iter().map(|r| (GO_RETURN, *r)).chain([(*program, function.entry)]) {
+                sites.push((program, UProbeAttachPoint::from(offset), format!("{} at {offset:#x}", function.name)));
+            }
+        }
+        self.attach_sites(key, path, sites)
+    }
+
+    fn detach(&mut self, key: u64) -> usize {
+        let links = self.tls_links.remove(&key).unwrap_or_default();
+        let mut detached = 0;
+        for (program, link) in links {
+            if let Ok(prog) = uprobe_mut(&mut self.ebpf, program) {
+                match prog.detach(link) {
+                    Ok(()) => detached += 1,
+                    Err(e) => tracing::debug!(program, error = %error_chain(&e), "could not detach a uprobe"),
+                }
+            }
+        }
+        detached
+    }
+}
+
+impl Probes {
+    /// Attaches `sites` (program, location, what to call it in an error) in `path` and keeps
+    /// their links under `key`; on a failure, detaches those already in and says which failed.
+    fn attach_sites(
+        &mut self,
+        key: u64,
+        path: &std::path::Path,
+        sites: Vec<(&'static str, UProbeAttachPoint<'static>, String)>,
+    ) -> Result<usize, String> {
+        let mut probes = 0;
+        for (program, point, what) in sites {
+            let attached = uprobe_mut(&mut self.ebpf, program)
+                .map_err(|e| e.to_string())
+                .and_then(|prog| prog.attach(point, path, UProbeScope::AllProcesses).map_err(|e| format!("{what} ({program}): {}", error_chain(&e))));
+            match attached {
+                Ok(link) => {
+                    self.tls_links.entry(key).or_default().push((program, link));
+                    probes += 1;
+                }
+                Err(e) => {
+                    crate::tls::Attacher::detach(self, key);
+                    return Err(e);
+                }
             }
         }
         Ok(probes)

@@ -7,6 +7,10 @@
 //! (by then `ld.so` has mapped their libraries). A uprobe on a file fires in every process that
 //! maps it, so each file (device and inode) is looked at and probed once.
 //!
+//! Probes on a file found in a process (not in the system directories at start) are detached
+//! once no process maps it any more ([`TlsDiscovery::reap`]), and attached again if a later
+//! process maps it.
+//!
 //! Every file that carries a TLS implementation gets a row in the attach table: probed, or not
 //! and why (a Go version whose struct offsets are unknown, Java's TLS inside the JVM). Files are
 //! classified by `elf` (Go binaries by `go`); probes are attached through an [`Attacher`] (the
@@ -23,13 +27,16 @@ use std::{
 
 use self::elf::TlsLib;
 
-/// Attaches the OpenSSL probes to a file (implemented by `bpf::Probes`).
+/// Attaches the TLS probes to a file (implemented by `bpf::Probes`). `key` names the file for
+/// [`Attacher::detach`].
 pub trait Attacher {
     /// Probes `functions` of the ELF file at `path` (entry and return). Returns how many probes
-    /// were attached, or why none could be.
-    fn attach_openssl(&mut self, path: &Path, functions: &[&'static str]) -> Result<usize, String>;
+    /// were attached, or why none could be (then none is left attached).
+    fn attach_openssl(&mut self, key: u64, path: &Path, functions: &[&'static str]) -> Result<usize, String>;
     /// Probes the entries and RET instructions of Go's `crypto/tls` functions in `path`.
-    fn attach_go(&mut self, path: &Path, functions: &[go::GoFunction]) -> Result<usize, String>;
+    fn attach_go(&mut self, key: u64, path: &Path, functions: &[go::GoFunction]) -> Result<usize, String>;
+    /// Detaches every probe attached under `key`; returns how many.
+    fn detach(&mut self, key: u64) -> usize;
 }
 
 /// What was done with one file.
@@ -94,6 +101,8 @@ const SYSTEM_LIB_DIRS: &[&str] = &[
 pub struct TlsDiscovery {
     /// Every file looked at (also those without TLS), so each is inspected once.
     files: HashMap<FileId, Option<usize>>,
+    /// Probed files found in processes, by row: the file and the processes seen mapping it.
+    users: HashMap<usize, (FileId, HashSet<u32>)>,
     pub rows: Vec<Row>,
     checked: HashSet<u32>,
     pending: Vec<u32>,
@@ -217,9 +226,13 @@ impl TlsDiscovery {
 
     /// Inspects a file not seen before and probes it if it carries OpenSSL.
     fn look_at(&mut self, id: FileId, path: &Path, shown: &str, pid: u32, attacher: &mut dyn Attacher) {
-        if self.files.contains_key(&id) {
+        if let Some(known) = self.files.get(&id) {
+            if let Some((_, pids)) = known.and_then(|row| self.users.get_mut(&row)) {
+                pids.insert(pid);
+            }
             return;
         }
+        let key = self.rows.len();
         let lib = match elf::inspect(path) {
             Ok(lib) => lib,
             Err(e) => {
@@ -235,7 +248,7 @@ impl TlsDiscovery {
             }
             TlsLib::OpenSsl { functions } => {
                 let what = if libssl { "OpenSSL (shared library)" } else { "OpenSSL linked into the executable" };
-                let outcome = match attacher.attach_openssl(path, &functions) {
+                let outcome = match attacher.attach_openssl(key as u64, path, &functions) {
                     Ok(probes) => Outcome::Probed { functions, probes },
                     Err(e) => Outcome::Failed(e),
                 };
@@ -249,7 +262,7 @@ impl TlsDiscovery {
                 let version = go.version.clone().unwrap_or_else(|| "version unknown".into());
                 let outcome = match go.unsupported() {
                     Some(why) => Outcome::NotProbed(format!("{why}: its TLS traffic is not traced")),
-                    None => match attacher.attach_go(path, &go.functions) {
+                    None => match attacher.attach_go(key as u64, path, &go.functions) {
                         Ok(probes) => Outcome::Probed {
                             functions: go.functions.iter().map(|f| f.name).collect(),
                             probes,
@@ -260,9 +273,65 @@ impl TlsDiscovery {
                 Row { path: format!("{shown} ({version}, struct offsets from the Go version table)"), what, outcome, pid }
             }
         };
-        self.files.insert(id, Some(self.rows.len()));
+        if pid != 0 && matches!(row.outcome, Outcome::Probed { .. }) {
+            self.users.insert(key, (id.clone(), HashSet::from([pid])));
+        }
+        self.files.insert(id, Some(key));
         self.rows.push(row);
     }
+
+    /// Detaches the probes of files no process maps any more (their users exited and a last look
+    /// at every process's maps finds none); the file is forgotten, so a later process that maps
+    /// it gets it probed again. Returns a line per file detached.
+    pub fn reap(&mut self, attacher: &mut dyn Attacher) -> Vec<String> {
+        let mut unused: Vec<usize> = Vec::new();
+        for (row, (_, pids)) in self.users.iter_mut() {
+            pids.retain(|pid| Path::new(&format!("/proc/{pid}")).exists());
+            if pids.is_empty() {
+                unused.push(*row);
+            }
+        }
+        if unused.is_empty() {
+            return Vec::new();
+        }
+        // A process may map the file without having been looked at (forked, no connection yet).
+        let wanted: HashMap<FileId, usize> = unused.iter().filter_map(|row| Some((self.users.get(row)?.0.clone(), *row))).collect();
+        for (pid, id) in processes_mapping(&wanted) {
+            if let Some((_, pids)) = wanted.get(&id).and_then(|row| self.users.get_mut(row)) {
+                pids.insert(pid);
+            }
+        }
+        let mut lines = Vec::new();
+        for row in unused {
+            let Some((id, pids)) = self.users.remove(&row) else { continue };
+            if !pids.is_empty() {
+                self.users.insert(row, (id, pids));
+                continue;
+            }
+            let detached = attacher.detach(row as u64);
+            self.files.remove(&id);
+            let r = &self.rows[row];
+            lines.push(format!("detached {detached} probes from {} {}: no process maps it any more", r.what, r.path));
+        }
+        lines
+    }
+}
+
+/// The processes (pid, file) that map any of `wanted` executable, from every `/proc/PID/maps`.
+fn processes_mapping(wanted: &HashMap<FileId, usize>) -> Vec<(u32, FileId)> {
+    let mut found = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else { return found };
+    for entry in procs.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else { continue };
+        for m in parse_maps(&maps) {
+            let id = (m.dev.to_owned(), m.inode);
+            if wanted.contains_key(&id) {
+                found.push((pid, id));
+            }
+        }
+    }
+    found
 }
 
 /// `libssl.so`, `libssl.so.3`, `libssl.so.1.1` (not `libssl3.so`, NSS's).
@@ -342,14 +411,18 @@ mod tests {
         assert!(!is_libssl_name("libcrypto.so.3"));
     }
 
-    struct Recorder(Vec<(PathBuf, Vec<&'static str>)>);
+    struct Recorder(Vec<(PathBuf, Vec<&'static str>)>, Vec<u64>);
     impl Attacher for Recorder {
-        fn attach_openssl(&mut self, path: &Path, functions: &[&'static str]) -> Result<usize, String> {
+        fn attach_openssl(&mut self, _key: u64, path: &Path, functions: &[&'static str]) -> Result<usize, String> {
             self.0.push((path.to_owned(), functions.to_vec()));
             Ok(functions.iter().map(|f| if crate::bpf::attach::OPENSSL_ENTRY_ONLY.contains(f) { 1 } else { 2 }).sum())
         }
-        fn attach_go(&mut self, _path: &Path, functions: &[go::GoFunction]) -> Result<usize, String> {
+        fn attach_go(&mut self, _key: u64, _path: &Path, functions: &[go::GoFunction]) -> Result<usize, String> {
             Ok(functions.iter().map(|f| 1 + f.rets.len()).sum())
+        }
+        fn detach(&mut self, key: u64) -> usize {
+            self.1.push(key);
+            7
         }
     }
 
@@ -360,12 +433,44 @@ mod tests {
             return;
         }
         let mut d = TlsDiscovery::new(1);
-        let mut rec = Recorder(Vec::new());
+        let mut rec = Recorder(Vec::new(), Vec::new());
         d.look_at(("fd:01".into(), 7), path, "/usr/lib/x86_64-linux-gnu/libssl.so.3", 0, &mut rec);
         d.look_at(("fd:01".into(), 7), path, "/usr/lib/x86_64-linux-gnu/libssl.so.3", 0, &mut rec);
         assert_eq!(rec.0.len(), 1);
         assert_eq!(d.rows.len(), 1);
         assert!(d.rows[0].to_string().starts_with("ok    uprobes   OpenSSL (shared library) /usr/lib/x86_64-linux-gnu/libssl.so.3: 9 probes"));
+    }
+
+    #[test]
+    fn a_file_whose_processes_all_exited_is_detached_and_probed_again_later() {
+        let path = Path::new("/usr/lib/x86_64-linux-gnu/libssl.so.3");
+        if !path.exists() {
+            return;
+        }
+        // A file identity no process maps, so that only the users this test adds count.
+        let id: FileId = ("ff:ff".into(), 424242);
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().expect("spawn sleep");
+        let pid = child.id();
+        let mut d = TlsDiscovery::new(1);
+        let mut rec = Recorder(Vec::new(), Vec::new());
+        d.look_at(id.clone(), path, "/opt/app/libssl.so.3", pid, &mut rec);
+        assert_eq!(rec.0.len(), 1);
+        assert!(d.reap(&mut rec).is_empty(), "its process still runs");
+        assert!(rec.1.is_empty());
+        child.kill().expect("kill");
+        child.wait().expect("wait");
+        let lines = d.reap(&mut rec);
+        assert_eq!(rec.1, vec![0], "the file's probes are detached by its key");
+        assert_eq!(lines, vec!["detached 7 probes from OpenSSL (shared library) /opt/app/libssl.so.3: no process maps it any more".to_string()]);
+        assert!(d.reap(&mut rec).is_empty(), "once");
+        // A later process maps it again: probed again, under a new key.
+        d.look_at(id, path, "/opt/app/libssl.so.3", std::process::id(), &mut rec);
+        assert_eq!(rec.0.len(), 2);
+        assert_eq!(d.rows.len(), 2);
+        // Files found in the system directories at start (pid 0) stay probed.
+        let mut d = TlsDiscovery::new(1);
+        d.look_at(("ff:fe".into(), 1), path, "/usr/lib/x86_64-linux-gnu/libssl.so.3", 0, &mut rec);
+        assert!(d.reap(&mut rec).is_empty());
     }
 
     #[test]
