@@ -321,6 +321,11 @@ impl Capture {
                     };
                     self.stacks.submit(req, &self.metrics);
                 }
+                Ok(KernelEvent::GoSpawn(ev)) => {
+                    ts = ev.header.ts_ns;
+                    self.last_ts = ts;
+                    self.tracer.spawned(ts, ev.header.tgid, ev.parent_goid as u32, ev.child_goid as u32, &self.metrics, &mut self.ready);
+                }
                 Ok(KernelEvent::Exec(header)) => {
                     self.tls.on_exec(header.tgid);
                     self.go.on_exec(header.tgid);

@@ -4,7 +4,8 @@
 // No tracing code, on purpose: ztrace sees every request and query from the kernel.
 //
 // Environment: PORT (HTTP port), PGHOST, PGPORT, PGUSER (the database server; each service has
-// its own database), and for orders USERS_URL and INVENTORY_URL.
+// its own database), and for orders USERS_URL and INVENTORY_URL; FANOUT=parallel makes orders call
+// users and inventory at the same time, each from a goroutine of its own.
 package main
 
 import (
@@ -18,6 +19,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	_ "github.com/lib/pq"
@@ -80,13 +82,26 @@ func orders(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var user, stock map[string]interface{}
-	if err := getJSON(fmt.Sprintf("%s/profiles/%d", env("USERS_URL", "http://127.0.0.1:8082"), userID), &user); err != nil {
-		reply(w, http.StatusBadGateway, map[string]string{"error": err.Error()})
-		return
+	userURL := fmt.Sprintf("%s/profiles/%d", env("USERS_URL", "http://127.0.0.1:8082"), userID)
+	stockURL := fmt.Sprintf("%s/stock/%d", env("INVENTORY_URL", "http://127.0.0.1:8083"), itemID)
+	var userErr, stockErr error
+	if os.Getenv("FANOUT") == "parallel" {
+		var wg sync.WaitGroup
+		wg.Add(2)
+		go func() { defer wg.Done(); userErr = getJSON(userURL, &user) }()
+		go func() { defer wg.Done(); stockErr = getJSON(stockURL, &stock) }()
+		wg.Wait()
+	} else {
+		userErr = getJSON(userURL, &user)
+		if userErr == nil {
+			stockErr = getJSON(stockURL, &stock)
+		}
 	}
-	if err := getJSON(fmt.Sprintf("%s/stock/%d", env("INVENTORY_URL", "http://127.0.0.1:8083"), itemID), &stock); err != nil {
-		reply(w, http.StatusBadGateway, map[string]string{"error": err.Error()})
-		return
+	for _, err := range []error{userErr, stockErr} {
+		if err != nil {
+			reply(w, http.StatusBadGateway, map[string]string{"error": err.Error()})
+			return
+		}
 	}
 	reply(w, http.StatusOK, map[string]interface{}{"id": oid, "quantity": quantity, "user": user, "stock": stock})
 }

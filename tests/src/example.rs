@@ -76,6 +76,11 @@ impl Example {
 
     /// Like [`Example::start`], with orders in its own language (a chain across languages).
     pub fn start_mixed(lang: Lang, orders_lang: Lang) -> Example {
+        Self::start_with(lang, orders_lang, &[])
+    }
+
+    /// Like [`Example::start_mixed`], with extra environment variables for every service.
+    pub fn start_with(lang: Lang, orders_lang: Lang, envs: &[(&str, &str)]) -> Example {
         let pg = PgServer::start();
         for db in SERVICES {
             let created = pg.psql(&format!("CREATE DATABASE {db}"));
@@ -100,7 +105,7 @@ impl Example {
                 }
                 Lang::Go => Command::new(bin.join(name)),
             };
-            cmd.env("PORT", port.to_string())
+            cmd.envs(envs.iter().copied()).env("PORT", port.to_string())
                 .env("PGHOST", "127.0.0.1")
                 .env("PGPORT", pg.port.to_string())
                 .env("PGUSER", crate::postgres::USER);

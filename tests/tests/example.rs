@@ -177,7 +177,12 @@ fn get(port: u16, path: &str) -> u16 {
 
 /// The example with orders in `orders_lang` and users and inventory in `lang`.
 fn run(orders_lang: Lang, lang: Lang) {
-    let example = Example::start_mixed(lang, orders_lang);
+    run_with(orders_lang, lang, &[]);
+}
+
+/// [`run`] with extra environment variables for the services.
+fn run_with(orders_lang: Lang, lang: Lang, envs: &[(&str, &str)]) {
+    let example = Example::start_with(lang, orders_lang, envs);
     let mut receiver = OtlpReceiver::start();
     let endpoint = receiver.grpc_endpoint();
     let mut args = vec!["--print=json", "--otlp-endpoint", endpoint.as_str(), "--exe", "postgres"];
@@ -234,6 +239,8 @@ fn run(orders_lang: Lang, lang: Lang) {
         // writeLoop goroutines: handed over to the handler goroutine, not guessed.
         let handoffs = stats.get("kernel_go_handoffs").and_then(Value::as_u64).unwrap_or(0);
         assert!(handoffs > 0, "net/http writeLoop hand-overs were seen: {stats:?}");
+        let spawns = stats.get("kernel_go_spawn_events").and_then(Value::as_u64).unwrap_or(0);
+        assert!(spawns > 0, "goroutine starts were seen: {stats:?}");
     }
 }
 
@@ -308,6 +315,15 @@ fn python_example_gives_fifty_complete_traces() {
 #[ignore = "needs root and eBPF; run by cargo xtask test"]
 fn go_example_gives_fifty_complete_traces_over_pooled_connections() {
     run(Lang::Go, Lang::Go);
+}
+
+/// Go orders calling users and inventory at the same time from two goroutines it starts
+/// (`FANOUT=parallel`): the client spans made on those goroutines are children of the orders
+/// SERVER span (`ztrace.link=goroutine`, through the goroutine starts).
+#[test]
+#[ignore = "needs root and eBPF; run by cargo xtask test"]
+fn go_requests_made_from_goroutines_the_handler_starts_join_its_trace() {
+    run_with(Lang::Go, Lang::Go, &[("FANOUT", "parallel")]);
 }
 
 /// A chain across languages: Python orders (thread links) calling the Go users and inventory

@@ -1,6 +1,6 @@
 //! Decoding of ring-buffer records into typed kernel events. Pure: no I/O, no allocation.
 
-use ztrace_common::{ConnEvent, DataEventHeader, EventHeader, EventKind, StackEventHeader};
+use ztrace_common::{ConnEvent, DataEventHeader, EventHeader, EventKind, GoSpawnEvent, StackEventHeader};
 
 /// One record from the kernel, borrowed from the ring buffer.
 #[derive(Debug)]
@@ -15,6 +15,8 @@ pub enum KernelEvent<'a> {
     /// The user stack at a request's first write: registers, frame-pointer addresses, and
     /// `stack`, the copied top of the stack from `header.rsp` up.
     Stack { header: Box<StackEventHeader>, stack: &'a [u8] },
+    /// A followed Go program started a goroutine.
+    GoSpawn(GoSpawnEvent),
 }
 
 /// Why a record could not be decoded (counted as `events_malformed`).
@@ -44,6 +46,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
         Some(EventKind::Conn) => Ok(KernelEvent::Conn(read(bytes)?)),
         Some(EventKind::Close) => Ok(KernelEvent::Close(header)),
         Some(EventKind::Exec) => Ok(KernelEvent::Exec(header)),
+        Some(EventKind::GoSpawn) => Ok(KernelEvent::GoSpawn(read(bytes)?)),
         Some(EventKind::Data) => {
             let data: DataEventHeader = read(bytes)?;
             let payload = &bytes[size_of::<DataEventHeader>()..];
@@ -78,6 +81,14 @@ mod tests {
 
     fn header(kind: EventKind) -> EventHeader {
         EventHeader { kind: kind as u32, tgid: 10, tid: 11, fd: 3, ts_ns: 99, conn_gen: 7 }
+    }
+
+    #[test]
+    fn decodes_a_goroutine_start_and_refuses_a_short_one() {
+        let ev = GoSpawnEvent { header: header(EventKind::GoSpawn), parent_goid: 7, child_goid: 42 };
+        let rec = as_bytes(&ev);
+        assert!(matches!(decode(&rec), Ok(KernelEvent::GoSpawn(e)) if e.parent_goid == 7 && e.child_goid == 42));
+        assert_eq!(decode(&rec[..40]).err(), Some(DecodeError::Short(40)));
     }
 
     #[test]

@@ -146,7 +146,7 @@ pub fn start(
     }
     let uprobe_error = load_uprobes(&mut ebpf)?;
     let mut go_uprobe_error = None;
-    for program in ["go_helper", "go_owner", "go_owner_stack"] {
+    for program in ["go_helper", "go_owner", "go_owner_stack", "go_newproc", "go_newproc_ret"] {
         if let Err(e) = uprobe_mut(&mut ebpf, program)?.load() {
             go_uprobe_error = Some(format!("loading {program}: {}", error_chain(&e)));
             break;
@@ -267,6 +267,20 @@ impl crate::discovery::go::GoAttacher for Probes {
             let prog = uprobe_mut(&mut self.ebpf, program).map_err(|e| e.to_string())?;
             prog.attach(*function, path, UProbeScope::AllProcesses)
                 .map_err(|e| format!("{function} ({program}): {}", error_chain(&e)))?;
+        }
+        Ok(())
+    }
+
+    fn attach_go_spawn(&mut self, path: &std::path::Path, sites: &crate::discovery::go::Sites) -> Result<(), String> {
+        if let Some(e) = &self.go_uprobe_error {
+            return Err(e.clone());
+        }
+        // Returns first: an entry whose return is never seen would leave a call pending.
+        let all = sites.rets.iter().map(|r| ("go_newproc_ret", *r)).chain([("go_newproc", sites.entry)]);
+        for (program, offset) in all {
+            let prog = uprobe_mut(&mut self.ebpf, program).map_err(|e| e.to_string())?;
+            prog.attach(offset, path, UProbeScope::AllProcesses)
+                .map_err(|e| format!("{} at {offset:#x} ({program}): {}", crate::discovery::go::NEWPROC, error_chain(&e)))?;
         }
         Ok(())
     }

@@ -7,7 +7,8 @@
 //! goroutine id sits at byte [`GOID_OFFSET`] of `g` from Go 1.18 through 1.22 on x86-64 (Go 1.23
 //! added a field before it). The net/http hand-over probes ([`HANDOFF_FUNCTIONS`]) attach by
 //! function name, so they need the symbol table; a stripped program is still followed, without
-//! them. It does no ELF work twice for one file (device and inode) and never blocks capture:
+//! them. `runtime.newproc1` is probed at its entry and at each of its RET instructions (found
+//! by decoding its code; never uretprobes) to learn which goroutine started which. It does no ELF work twice for one file (device and inode) and never blocks capture:
 //! the pipeline runs it between drains.
 
 use std::{
@@ -33,6 +34,8 @@ pub const HANDOFF_FUNCTIONS: [(&str, &str); 5] = [
     ("go_helper", "net/http.(*connReader).backgroundRead"),
     ("go_owner", "net/http.(*connReader).startBackgroundRead"),
 ];
+/// The runtime function that starts goroutines (entry and RETs probed).
+pub const NEWPROC: &str = "runtime.newproc1";
 /// Processes remembered as checked before the set is cleared (each is then checked again).
 const MAX_CHECKED: usize = 65_536;
 
@@ -40,7 +43,7 @@ const MAX_CHECKED: usize = 65_536;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum GoBinary {
     /// A Go program ztrace follows, with the [`HANDOFF_FUNCTIONS`] it has (none when stripped).
-    Followed { version: String, handoffs: Vec<(&'static str, &'static str)>, stripped: bool },
+    Followed { version: String, handoffs: Vec<(&'static str, &'static str)>, stripped: bool, spawn: Option<Sites> },
     /// A Go program ztrace cannot follow, and why.
     Unsupported(String),
     /// Not a Go program.
@@ -76,13 +79,36 @@ pub fn classify<'data, O: Object<'data>>(elf: &O) -> GoBinary {
             handoffs.extend(HANDOFF_FUNCTIONS.iter().filter(|(_, f)| *f == name));
         }
     }
-    GoBinary::Followed { version, handoffs, stripped }
+    let spawn = entry_and_rets(elf, NEWPROC);
+    GoBinary::Followed { version, handoffs, stripped, spawn }
+}
+
+/// File offsets of a function's entry and of each of its RET instructions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sites {
+    pub entry: u64,
+    pub rets: Vec<u64>,
+}
+
+/// [`Sites`] of the function `name`, from the symbol table; `None` without it or any RET.
+fn entry_and_rets<'data, O: Object<'data>>(elf: &O, name: &str) -> Option<Sites> {
+    let sym = elf.symbols().find(|s| s.name() == Ok(name))?;
+    let (vaddr, size) = (sym.address(), sym.size());
+    let text = elf.sections().find(|s| s.address() <= vaddr && vaddr < s.address() + s.size())?;
+    let (file_start, _) = text.file_range()?;
+    let to_file = |addr: u64| addr - text.address() + file_start;
+    let size = size.min(text.address() + text.size() - vaddr).min(64 * 1024);
+    let code = text.data_range(vaddr, size).ok()??;
+    let rets: Vec<u64> = crate::tls::go::rets(code, vaddr).into_iter().map(to_file).collect();
+    (!rets.is_empty()).then(|| Sites { entry: to_file(vaddr), rets })
 }
 
 /// The kernel side of following Go programs (implemented by `bpf::Probes`).
 pub trait GoAttacher {
     /// Probes `functions` (of [`HANDOFF_FUNCTIONS`]) in the file at `path`.
     fn attach_go_handoffs(&mut self, path: &Path, functions: &[(&'static str, &'static str)]) -> Result<(), String>;
+    /// Probes [`NEWPROC`]'s entry and RETs in the file at `path`.
+    fn attach_go_spawn(&mut self, path: &Path, sites: &Sites) -> Result<(), String>;
     /// Starts (`Some(goid offset)`) or stops following the goroutines of a process.
     fn follow_go_process(&mut self, tgid: u32, goid_offset: Option<u32>) -> Result<(), String>;
 }
@@ -165,13 +191,21 @@ impl GoDiscovery {
                         GoBinary::Followed { version, handoffs, .. } if handoffs.is_empty() => {
                             format!("ok    goroutine {path}: {version}, goroutines followed (no net/http)")
                         }
-                        GoBinary::Followed { version, handoffs, .. } => match attacher.attach_go_handoffs(Path::new(&exe), handoffs) {
-                            Ok(()) => format!(
-                                "ok    goroutine {path}: {version}, goroutines followed, {} net/http hand-over uprobes",
-                                handoffs.len()
-                            ),
-                            Err(e) => format!("FAIL  goroutine {path}: {version}, goroutines followed, net/http hand-overs not probed: {e}"),
-                        },
+                        GoBinary::Followed { version, handoffs, spawn, .. } => {
+                            let exe = Path::new(&exe);
+                            let spawn = match spawn.as_ref().map(|s| attacher.attach_go_spawn(exe, s)) {
+                                Some(Ok(())) => "goroutine starts followed".to_owned(),
+                                Some(Err(e)) => format!("goroutine starts not followed: {e}"),
+                                None => format!("goroutine starts not followed: {NEWPROC} not found"),
+                            };
+                            match attacher.attach_go_handoffs(exe, handoffs) {
+                                Ok(()) => format!(
+                                    "ok    goroutine {path}: {version}, goroutines followed, {} net/http hand-over uprobes, {spawn}",
+                                    handoffs.len()
+                                ),
+                                Err(e) => format!("FAIL  goroutine {path}: {version}, goroutines followed, net/http hand-overs not probed: {e}; {spawn}"),
+                            }
+                        }
                         GoBinary::Unsupported(why) => format!("skip  goroutine {path}: Go program not followed: {why}"),
                         GoBinary::NotGo => String::new(),
                     };

@@ -12,7 +12,11 @@
 //!   serving several at once (event loops) give no thread link rather than a wrong one.
 //! - `goroutine` (client spans of Go programs): the same with the goroutine the kernel reports
 //!   for each syscall (`ebpf/src/go`: the running one, or for net/http's client connection
-//!   goroutine, the goroutine whose request it writes) instead of the thread.
+//!   goroutine, the goroutine whose request it writes) instead of the thread; a goroutine serving
+//!   nothing takes the link of the nearest goroutine up its chain of starters (`spawned`, at most
+//!   [`MAX_SPAWN_DEPTH`] up) that serves exactly one exchange which began before the goroutine
+//!   below it on the chain was started (so a goroutine outliving its request never joins the
+//!   next request of its starter).
 //! - `none`: a root with a new trace id. A server span whose client is a traced local process
 //!   that could not be found is counted (`spans_unlinked`).
 //!
@@ -137,6 +141,7 @@ pub struct Finished {
 
 enum Input {
     Start { start: RequestStart, peer_traced: bool },
+    Spawn { tgid: u32, parent: u32, child: u32 },
     Done(Box<Finished>),
     Close(ConnKey),
 }
@@ -145,7 +150,7 @@ impl Input {
     /// At equal timestamps: starts, then finished spans, then closes.
     fn rank(&self) -> u8 {
         match self {
-            Input::Start { .. } => 0,
+            Input::Spawn { .. } | Input::Start { .. } => 0,
             Input::Done(_) => 1,
             Input::Close(_) => 2,
         }
@@ -191,7 +196,16 @@ pub struct Tracer {
     serving_thread: HashMap<ConnKey, u64>,
     /// Newest timestamp handled.
     last_ts: u64,
+    /// Go: (tgid, goroutine) → (the goroutine that started it, when), at most
+    /// [`MAX_GOROUTINES`], the oldest forgotten first (`spawn_order`).
+    spawned_by: HashMap<(u32, u32), (u32, u64)>,
+    spawn_order: VecDeque<(u32, u32)>,
 }
+
+/// Goroutine starts remembered (about 40 bytes each).
+pub const MAX_GOROUTINES: usize = 65_536;
+/// How far up a chain of goroutine starts a client request looks for the request it serves.
+pub const MAX_SPAWN_DEPTH: usize = 8;
 
 /// The unit of work of a start: its goroutine in a Go program (tagged above 32 bits), else its
 /// thread.
@@ -251,6 +265,11 @@ impl Tracer {
         self.push(ts, Input::Done(Box::new(finished)), metrics, out);
     }
 
+    /// In a Go program `tgid`, goroutine `parent` started `child` at kernel time `ts`.
+    pub fn spawned(&mut self, ts: u64, tgid: u32, parent: u32, child: u32, metrics: &Metrics, out: &mut Vec<Span>) {
+        self.push(ts, Input::Spawn { tgid, parent, child }, metrics, out);
+    }
+
     /// The process closed the connection at kernel time `ts`.
     pub fn closed(&mut self, ts: u64, key: ConnKey, metrics: &Metrics, out: &mut Vec<Span>) {
         self.push(ts, Input::Close(key), metrics, out);
@@ -297,6 +316,16 @@ impl Tracer {
         match p.input {
             Input::Start { start, peer_traced } => self.on_start(&start, peer_traced, metrics),
             Input::Done(f) => self.on_done(*f, metrics, out),
+            Input::Spawn { tgid, parent, child } => {
+                if self.spawn_order.len() >= MAX_GOROUTINES {
+                    if let Some(old) = self.spawn_order.pop_front() {
+                        self.spawned_by.remove(&old);
+                    }
+                }
+                if self.spawned_by.insert((tgid, child), (parent, p.ts)).is_none() {
+                    self.spawn_order.push_back((tgid, child));
+                }
+            }
             Input::Close(key) => {
                 self.starts.remove(&key);
                 self.stop_serving(key);
@@ -338,7 +367,16 @@ impl Tracer {
                         link: if s.goid != 0 { Link::Goroutine } else { Link::Thread },
                         missing_parent: false,
                     },
-                    _ => fresh(false),
+                    _ => match self.started_by_serving(s) {
+                        Some((trace_id, span_id)) => Ids {
+                            trace_id,
+                            span_id: new_span_id(),
+                            parent: Some(span_id),
+                            link: Link::Goroutine,
+                            missing_parent: false,
+                        },
+                        None => fresh(false),
+                    },
                 },
             }
         };
@@ -371,6 +409,24 @@ impl Tracer {
             q.pop_front();
         }
         q.push_back(StartRecord { ts: s.ts_ns, ids, peer_span, claims: 0 });
+    }
+
+    /// For a client start on a Go goroutine serving nothing: the one exchange served by the
+    /// nearest goroutine up its chain of starters, if it began before the start below it.
+    fn started_by_serving(&self, s: &RequestStart) -> Option<([u8; 16], [u8; 8])> {
+        if s.goid == 0 || self.serving.contains_key(&(s.key.tgid, unit(s))) {
+            return None;
+        }
+        let mut goid = s.goid;
+        for _ in 0..MAX_SPAWN_DEPTH {
+            let &(parent, spawned_at) = self.spawned_by.get(&(s.key.tgid, goid))?;
+            match self.serving.get(&(s.key.tgid, 1 << 32 | u64::from(parent))).map(Vec::as_slice) {
+                Some([one]) if one.ts <= spawned_at => return Some((one.trace_id, one.span_id)),
+                Some(_) => return None,
+                None => goid = parent,
+            }
+        }
+        None
     }
 
     /// The latest client request on `tuple` written at or before `ts`; it and older ones are

@@ -270,6 +270,41 @@ fn in_go_the_goroutine_not_the_thread_is_the_unit_of_work() {
     }
 }
 
+#[test]
+fn goroutines_a_handler_starts_join_its_request_but_not_its_next_one() {
+    let (_, first) = conn(1, 3, 10, 5, 40000, 80);
+    let (_, second) = conn(1, 4, 10, 5, 40001, 80);
+    let (call, _) = conn(10, 7, 20, 9, 40002, 8082);
+    let (late, _) = conn(10, 8, 20, 9, 40003, 8082);
+    let (orphan, _) = conn(10, 9, 20, 9, 40004, 8082);
+    let mut w = World::new();
+    // The accept loop (goroutine 1) started the serve goroutine 7, which serves `first`...
+    w.tracer.spawned(50, 10, 1, 7, &w.metrics, &mut w.out);
+    w.start_go(first, 100, 7, 100);
+    // ... and starts goroutine 20, which starts 21; 21 calls out.
+    w.tracer.spawned(110, 10, 7, 20, &w.metrics, &mut w.out);
+    w.tracer.spawned(115, 10, 20, 21, &w.metrics, &mut w.out);
+    w.start_go(call, 101, 21, 120);
+    w.done(call, "call", 120, 130);
+    w.done(first, "first", 100, 140);
+    // Goroutine 7 serves the next request; 20, started during the first, calls out late.
+    w.start_go(second, 100, 7, 150);
+    w.start_go(late, 102, 20, 160);
+    w.done(late, "late", 160, 170);
+    // A goroutine started by the accept loop, which serves nothing, links to nothing.
+    w.tracer.spawned(175, 10, 1, 30, &w.metrics, &mut w.out);
+    w.start_go(orphan, 103, 30, 180);
+    w.done(orphan, "orphan", 180, 185);
+    w.done(second, "second", 150, 190);
+    let spans = w.flush();
+    let (c, f) = (by_name(&spans, "call"), by_name(&spans, "first"));
+    assert_eq!((c.parent_span_id, link(c)), (Some(f.span_id), "goroutine"));
+    for name in ["late", "orphan"] {
+        let s = by_name(&spans, name);
+        assert_eq!((s.parent_span_id, link(s)), (None, "none"), "{name}");
+    }
+}
+
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()

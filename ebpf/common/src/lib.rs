@@ -62,6 +62,8 @@ pub enum EventKind {
     /// The user stack of the thread that began a request on a client connection:
     /// [`StackEventHeader`] and the copied top of the stack.
     Stack = 5,
+    /// A followed Go program started a goroutine: [`GoSpawnEvent`].
+    GoSpawn = 6,
 }
 
 impl EventKind {
@@ -72,6 +74,7 @@ impl EventKind {
             3 => Some(Self::Close),
             4 => Some(Self::Exec),
             5 => Some(Self::Stack),
+            6 => Some(Self::GoSpawn),
             _ => None,
         }
     }
@@ -141,6 +144,19 @@ pub struct ConnEvent {
     pub comm: [u8; 16],
 }
 const _: () = assert!(size_of::<ConnEvent>() == 32 + 8 + 32 + 8 + 8 + 16);
+
+/// A goroutine of a followed Go program (`maps::GO_PROCS`) started another (`runtime.newproc1`
+/// returned): `header.fd` is -1, `header.ts_ns` the time of the return.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct GoSpawnEvent {
+    pub header: EventHeader,
+    /// The goroutine that ran the `go` statement.
+    pub parent_goid: u64,
+    /// The goroutine it started.
+    pub child_goid: u64,
+}
+const _: () = assert!(size_of::<GoSpawnEvent>() == 48);
 
 /// Direction of bytes relative to the traced process.
 #[repr(u32)]
@@ -288,7 +304,9 @@ pub enum Counter {
     GoGoidUnreadable = 16,
     /// Syscalls on a net/http helper goroutine reported for the goroutine it works for.
     GoHandoffs = 17,
-    // 18..=19: Go goroutine links (spare).
+    /// Goroutine starts reported (`EventKind::GoSpawn`).
+    GoSpawnEvents = 18,
+    // 19: Go goroutine links (spare).
     /// Stacks of requests written by a net/http helper goroutine (`writeLoop`) that carry the
     /// frame-pointer walk of the goroutine that issued the request (taken at `roundTrip`).
     StackFromGoOwner = 20,
@@ -323,6 +341,7 @@ impl Counter {
         Counter::GoHandoffs,
         Counter::StackFromGoOwner,
         Counter::StackGoOwnerMissing,
+        Counter::GoSpawnEvents,
     ];
 
     /// Name used in the agent's self-metrics.
@@ -348,6 +367,7 @@ impl Counter {
             Counter::GoHandoffs => "kernel_go_handoffs",
             Counter::StackFromGoOwner => "kernel_stack_from_go_owner",
             Counter::StackGoOwnerMissing => "kernel_stack_go_owner_missing",
+            Counter::GoSpawnEvents => "kernel_go_spawn_events",
         }
     }
 
@@ -362,6 +382,7 @@ impl Counter {
                 | Counter::StackEvents
                 | Counter::GoHandoffs
                 | Counter::StackFromGoOwner
+                | Counter::GoSpawnEvents
         )
     }
 }

@@ -15,6 +15,12 @@
 //! `(*connReader).startBackgroundRead`) which goroutine the object works for now. A syscall on
 //! a helper goroutine is then reported for its owner (`Counter::GoHandoffs`).
 //!
+//! Goroutines a request's goroutine starts: `go_newproc` on the entry of `runtime.newproc1`
+//! (`callergp`, the starting goroutine, in RBX; it runs on the thread's system stack, so the
+//! thread keys the call) and `go_newproc_ret` on each of its RET instructions (the new `g` in
+//! RAX, its `goid` already set) report the pair as an `EventKind::GoSpawn`; the agent walks
+//! those links up to the goroutine serving a request.
+//!
 //! With stacks on, a fifth uprobe (`go_owner_stack`, also on `(*persistConn).roundTrip`) keeps
 //! the owner goroutine's frame-pointer walk, so that the stack sent with the request's write on
 //! `writeLoop` is the one of the code that issued the request ([`owner_stack`]).
@@ -26,9 +32,9 @@ use aya_ebpf::{
     programs::ProbeContext,
     EbpfContext,
 };
-use ztrace_common::{Counter, GoOwnerStack, GoProc, MAX_STACK_DEPTH};
+use ztrace_common::{Counter, EventKind, GoOwnerStack, GoProc, GoSpawnEvent, MAX_STACK_DEPTH};
 
-use crate::{config::offsets, maps::count, syscalls::ids};
+use crate::{config::offsets, emit, filter, maps::count, syscalls::ids};
 
 /// Go programs whose goroutines are followed: tgid → `goid` offset. Filled by the agent; 4096.
 #[map(name = "GO_PROCS")]
@@ -42,6 +48,11 @@ pub static GO_HELPERS: LruHashMap<GoKey, u64> = LruHashMap::with_max_entries(163
 /// The goroutine an object works for now: (tgid, object) → goid. LRU, 16384 entries.
 #[map(name = "GO_OWNERS")]
 pub static GO_OWNERS: LruHashMap<GoKey, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// `runtime.newproc1` calls in progress: thread (`pid_tgid`) → the starting goroutine's id.
+/// LRU, 4096 entries.
+#[map(name = "GO_SPAWNING")]
+pub static GO_SPAWNING: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
 
 /// Owner goroutines' stacks at their last `roundTrip`: (tgid, goid) → frame-pointer walk.
 /// LRU, 4096 entries (a forgotten one: `Counter::StackGoOwnerMissing`).
@@ -178,4 +189,52 @@ pub fn owner_stack(tgid: u32) -> Result<Option<*const GoOwnerStack>, ()> {
         Some(p) => Ok(Some(p)),
         None => Err(()),
     }
+}
+
+/// The `goid` of the `g` at `g` in a followed program, 0 if unknown.
+#[inline(always)]
+fn goid_of(tgid: u32, g: u64) -> u64 {
+    // SAFETY: copied out at once.
+    let Some(goid_offset) = (unsafe { GO_PROCS.get(&tgid) }).map(|p| p.goid_offset) else { return 0 };
+    if g == 0 {
+        return 0;
+    }
+    // SAFETY: user memory read through the helper, which checks the address.
+    unsafe { bpf_probe_read_user((g + u64::from(goid_offset)) as *const u64) }.unwrap_or(0)
+}
+
+/// Entry of `runtime.newproc1(fn, callergp, callerpc, ...)`: remember who starts a goroutine.
+#[uprobe]
+pub fn go_newproc(ctx: ProbeContext) -> u32 {
+    let (tgid, _, pid_tgid) = ids();
+    if !filter::is_traced(tgid) {
+        return 0;
+    }
+    // SAFETY: `regs` is the probe's own register context.
+    let parent = goid_of(tgid, unsafe { (*ctx.regs).rbx });
+    if parent != 0 {
+        let _ = GO_SPAWNING.insert(&pid_tgid, &parent, 0);
+    }
+    0
+}
+
+/// Each RET of `runtime.newproc1`: the new goroutine is in RAX; report the pair.
+#[uprobe]
+pub fn go_newproc_ret(ctx: ProbeContext) -> u32 {
+    let (tgid, tid, pid_tgid) = ids();
+    // SAFETY: copied out at once.
+    let Some(parent) = (unsafe { GO_SPAWNING.get(&pid_tgid) }).copied() else { return 0 };
+    let _ = GO_SPAWNING.remove(&pid_tgid);
+    // SAFETY: as above.
+    let child = goid_of(tgid, unsafe { (*ctx.regs).rax });
+    if child == 0 {
+        count(Counter::GoGoidUnreadable);
+        return 0;
+    }
+    if let Some(mut ev) = emit::reserve::<GoSpawnEvent>() {
+        ev.write(GoSpawnEvent { header: emit::header(EventKind::GoSpawn, tgid, tid, -1, 0), parent_goid: parent, child_goid: child });
+        ev.submit(emit::wakeup_flags());
+        count(Counter::GoSpawnEvents);
+    }
+    0
 }
