@@ -4,8 +4,8 @@
 //!
 //! A Go program is an ELF file with a `.go.buildinfo` section; its Go version (the `go1.N`
 //! string there, readable from Go 1.18) must be one whose `runtime.g` layout is known: the
-//! goroutine id sits at byte [`GOID_OFFSET`] of `g` from Go 1.18 through 1.22 on x86-64 (Go 1.23
-//! added a field before it). The net/http hand-over probes ([`HANDOFF_FUNCTIONS`]) attach by
+//! goroutine id sits at byte 152 of `g` from Go 1.18 through 1.22 on x86-64, at 160 in Go 1.23
+//! (`syscallbp` came before it), see [`goid_offset`]. The net/http hand-over probes ([`HANDOFF_FUNCTIONS`]) attach by
 //! function name, so they need the symbol table; a stripped program is still followed, without
 //! them. `runtime.newproc1` is probed at its entry and at each of its RET instructions (found
 //! by decoding its code; never uretprobes) to learn which goroutine started which. It does no ELF work twice for one file (device and inode) and never blocks capture:
@@ -19,10 +19,15 @@ use std::{
 
 use object::{Object, ObjectSection, ObjectSymbol, ReadCache};
 
-/// Offset of `goid` in `runtime.g` (Go 1.18–1.22, amd64).
-pub const GOID_OFFSET: u32 = 152;
-/// Go minor versions followed.
-const FOLLOWED_MINORS: std::ops::RangeInclusive<u32> = 18..=22;
+/// Offset of `goid` in `runtime.g` (amd64) for a Go minor version; `None`: not followed. Read
+/// from the DWARF of go1.19.8 and go1.23.5 binaries (`llvm-dwarfdump --name=runtime.g`).
+pub fn goid_offset(minor: u32) -> Option<u32> {
+    match minor {
+        18..=22 => Some(152),
+        23 => Some(160),
+        _ => None,
+    }
+}
 /// The net/http functions probed at entry (program, function): helpers' entries and their
 /// owners' hand-over, see `ebpf/src/go`.
 pub const HANDOFF_FUNCTIONS: [(&str, &str); 5] = [
@@ -43,7 +48,7 @@ const MAX_CHECKED: usize = 65_536;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum GoBinary {
     /// A Go program ztrace follows, with the [`HANDOFF_FUNCTIONS`] it has (none when stripped).
-    Followed { version: String, handoffs: Vec<(&'static str, &'static str)>, stripped: bool, spawn: Option<Sites> },
+    Followed { version: String, goid_offset: u32, handoffs: Vec<(&'static str, &'static str)>, stripped: bool, spawn: Option<Sites> },
     /// A Go program ztrace cannot follow, and why.
     Unsupported(String),
     /// Not a Go program.
@@ -67,10 +72,9 @@ pub fn classify<'data, O: Object<'data>>(elf: &O) -> GoBinary {
     let Some(version) = buildinfo.data().ok().and_then(crate::tls::go::build_version) else {
         return GoBinary::Unsupported("Go version unknown (before go1.18?): runtime.g layout unknown".into());
     };
-    match crate::tls::go::minor(&version) {
-        Some(m) if FOLLOWED_MINORS.contains(&m) => {}
-        _ => return GoBinary::Unsupported(format!("{version}: runtime.g layout unknown (go1.18 to go1.22 are followed)")),
-    }
+    let Some(goid_offset) = crate::tls::go::minor(&version).and_then(goid_offset) else {
+        return GoBinary::Unsupported(format!("{version}: runtime.g layout unknown (go1.18 to go1.23 are followed)"));
+    };
     let mut handoffs = Vec::new();
     let mut stripped = true;
     for sym in elf.symbols() {
@@ -80,7 +84,7 @@ pub fn classify<'data, O: Object<'data>>(elf: &O) -> GoBinary {
         }
     }
     let spawn = entry_and_rets(elf, NEWPROC);
-    GoBinary::Followed { version, handoffs, stripped, spawn }
+    GoBinary::Followed { version, goid_offset, handoffs, stripped, spawn }
 }
 
 /// File offsets of a function's entry and of each of its RET instructions.
@@ -216,8 +220,8 @@ impl GoDiscovery {
                     b
                 }
             };
-            if matches!(binary, GoBinary::Followed { .. }) {
-                if attacher.follow_go_process(tgid, Some(GOID_OFFSET)).is_ok() {
+            if let GoBinary::Followed { goid_offset, .. } = binary {
+                if attacher.follow_go_process(tgid, Some(goid_offset)).is_ok() {
                     self.followed.insert(tgid);
                 }
             } else {
@@ -237,6 +241,14 @@ impl GoDiscovery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn goid_offsets_by_go_version() {
+        assert_eq!(goid_offset(17), None);
+        assert_eq!(goid_offset(19), Some(152));
+        assert_eq!(goid_offset(23), Some(160));
+        assert_eq!(goid_offset(24), None);
+    }
 
     #[test]
     fn the_test_binary_is_not_go() {
