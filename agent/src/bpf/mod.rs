@@ -80,6 +80,36 @@ pub struct Probes {
     /// TLS uprobe links by the key TLS discovery gave their file, to detach them when the
     /// file's last process exits.
     tls_links: HashMap<u64, Vec<(&'static str, UProbeLinkId)>>,
+    /// Go goroutine-following uprobe links (kept for the whole run).
+    go_links: Vec<(&'static str, UProbeLinkId)>,
+}
+
+/// Threads that detach uprobes at exit.
+const DETACH_THREADS: usize = 32;
+
+impl Drop for Probes {
+    /// Detaches every uprobe from several threads at once: the kernel waits for an RCU grace
+    /// period (tasks-trace) per uprobe it unregisters, up to half a second on a loaded machine,
+    /// so one after another a hundred probes kept ztrace from exiting for tens of seconds;
+    /// concurrent waits share grace periods.
+    fn drop(&mut self) {
+        let ids = self.tls_links.drain().flat_map(|(_, links)| links).chain(self.go_links.drain(..)).collect::<Vec<_>>();
+        let mut links = Vec::with_capacity(ids.len());
+        for (program, id) in ids {
+            if let Ok(prog) = uprobe_mut(&mut self.ebpf, program) {
+                if let Ok(link) = prog.take_link(id) {
+                    links.push(link);
+                }
+            }
+        }
+        let per_thread = links.len().div_ceil(DETACH_THREADS).max(1);
+        std::thread::scope(|scope| {
+            while !links.is_empty() {
+                let chunk: Vec<_> = links.drain(..per_thread.min(links.len())).collect();
+                scope.spawn(move || drop(chunk));
+            }
+        });
+    }
 }
 
 
@@ -157,7 +187,7 @@ pub fn start(
     let counters =
         PerCpuArray::try_from(ebpf.take_map(maps::COUNTERS).ok_or(BpfError::MissingMap(maps::COUNTERS))?)
             .map_err(|source| BpfError::Map { name: maps::COUNTERS, source })?;
-    Ok((Probes { ebpf, counters, attached, uprobe_error, go_uprobe_error, tls_links: HashMap::new() }, ring))
+    Ok((Probes { ebpf, counters, attached, uprobe_error, go_uprobe_error, tls_links: HashMap::new(), go_links: Vec::new() }, ring))
 }
 
 /// Loads the OpenSSL uprobe programs (attached per file later). `Ok(Some(reason))` when the
@@ -265,8 +295,10 @@ impl crate::discovery::go::GoAttacher for Probes {
         }
         for (program, function) in functions {
             let prog = uprobe_mut(&mut self.ebpf, program).map_err(|e| e.to_string())?;
-            prog.attach(*function, path, UProbeScope::AllProcesses)
+            let link = prog
+                .attach(*function, path, UProbeScope::AllProcesses)
                 .map_err(|e| format!("{function} ({program}): {}", error_chain(&e)))?;
+            self.go_links.push((program, link));
         }
         Ok(())
     }
@@ -279,8 +311,10 @@ impl crate::discovery::go::GoAttacher for Probes {
         let all = sites.rets.iter().map(|r| ("go_newproc_ret", *r)).chain([("go_newproc", sites.entry)]);
         for (program, offset) in all {
             let prog = uprobe_mut(&mut self.ebpf, program).map_err(|e| e.to_string())?;
-            prog.attach(offset, path, UProbeScope::AllProcesses)
+            let link = prog
+                .attach(offset, path, UProbeScope::AllProcesses)
                 .map_err(|e| format!("{} at {offset:#x} ({program}): {}", crate::discovery::go::NEWPROC, error_chain(&e)))?;
+            self.go_links.push((program, link));
         }
         Ok(())
     }
