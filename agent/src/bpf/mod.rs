@@ -245,14 +245,23 @@ impl crate::tls::Attacher for Probes {
     }
 
     fn detach(&mut self, key: u64) -> usize {
-        let links = self.tls_links.remove(&key).unwrap_or_default();
-        let mut detached = 0;
-        for (program, link) in links {
+        let ids = self.tls_links.remove(&key).unwrap_or_default();
+        let mut links = Vec::with_capacity(ids.len());
+        for (program, id) in ids {
             if let Ok(prog) = uprobe_mut(&mut self.ebpf, program) {
-                match prog.detach(link) {
-                    Ok(()) => detached += 1,
-                    Err(e) => tracing::debug!(program, error = %error_chain(&e), "could not detach a uprobe"),
+                match prog.take_link(id) {
+                    Ok(link) => links.push(link),
+                    Err(e) => tracing::debug!(program, error = %error_chain(&e), "could not take a uprobe link"),
                 }
+            }
+        }
+        let detached = links.len();
+        // Dropping a link unregisters its uprobe, and the kernel waits for an RCU grace period
+        // each time (up to half a second on a loaded machine): never on the capture thread.
+        if !links.is_empty() {
+            let spawned = std::thread::Builder::new().name("ztrace-detach".into()).spawn(move || drop(links));
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "could not start a thread to detach uprobes: they were detached on the capture thread");
             }
         }
         detached
