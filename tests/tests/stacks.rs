@@ -212,3 +212,22 @@ fn go_net_http_and_lib_pq_name_the_issuing_function() {
     let stats = ztrace.stop().stats.expect("stats line");
     assert!(stats.get("kernel_stack_from_go_owner").and_then(|v| v.as_u64()).unwrap_or(0) >= 1, "{stats:?}");
 }
+
+#[test]
+#[ignore = "needs root and eBPF; run by cargo xtask test"]
+fn stripped_go_is_symbolized_from_gopclntab() {
+    let dir = TempDir::new("stacks-go-stripped");
+    let (binary, source) = build_go_client(dir.path(), "stack_go_strip", "-s -w");
+    let sections = run_ok("readelf -S", Command::new("readelf").arg("-S").arg(&binary));
+    assert!(!sections.contains(".debug_info") && !sections.contains(".symtab"), "not stripped:\n{sections}");
+    assert!(sections.contains(".gopclntab"), "no .gopclntab:\n{sections}");
+    let (http, sql, ztrace) = go_spans(&binary, "stack_go_strip", &[]);
+    // net/http.Get is inlined into fetchOrders: the inline tree gives it its own frame.
+    let want = Expected { function: "main.fetchOrders", file: &source, line: line_of(&source, "// HTTP-LINE") };
+    check_stack(&http, &want, "main.main");
+    let stack = http.attr_str("code.stacktrace").expect("stack");
+    assert!(stack.lines().any(|l| l.starts_with("net/http.Get (")), "the inlined net/http.Get is a frame:\n{stack}");
+    let want = Expected { function: "main.queryUser", file: &source, line: line_of(&source, "// SQL-LINE") };
+    check_stack(&sql, &want, "main.main");
+    ztrace.stop();
+}

@@ -298,16 +298,18 @@ impl Probes {
 }
 
 impl crate::discovery::go::GoAttacher for Probes {
-    fn attach_go_handoffs(&mut self, path: &std::path::Path, functions: &[(&'static str, &'static str)]) -> Result<(), String> {
+    fn attach_go_handoffs(&mut self, path: &std::path::Path, functions: &[crate::discovery::go::Handoff]) -> Result<(), String> {
         if let Some(e) = &self.go_uprobe_error {
             return Err(e.clone());
         }
-        for (program, function) in functions {
-            let prog = uprobe_mut(&mut self.ebpf, program).map_err(|e| e.to_string())?;
-            let link = prog
-                .attach(*function, path, UProbeScope::AllProcesses)
-                .map_err(|e| format!("{function} ({program}): {}", error_chain(&e)))?;
-            self.go_links.push((program, link));
+        for h in functions {
+            let prog = uprobe_mut(&mut self.ebpf, h.program).map_err(|e| e.to_string())?;
+            let attached = match h.offset {
+                Some(offset) => prog.attach(offset, path, UProbeScope::AllProcesses),
+                None => prog.attach(h.function, path, UProbeScope::AllProcesses),
+            };
+            let link = attached.map_err(|e| format!("{} ({}): {}", h.function, h.program, error_chain(&e)))?;
+            self.go_links.push((h.program, link));
         }
         Ok(())
     }

@@ -5,9 +5,10 @@
 //! A Go program is an ELF file with a `.go.buildinfo` section; its Go version (the `go1.N`
 //! string there, readable from Go 1.18) must be one whose `runtime.g` layout is known: the
 //! goroutine id sits at byte 152 of `g` from Go 1.18 through 1.22 on x86-64, at 160 in Go 1.23
-//! (`syscallbp` came before it), see [`goid_offset`]. The net/http hand-over probes ([`HANDOFF_FUNCTIONS`]) attach by
-//! function name, so they need the symbol table; a stripped program is still followed, without
-//! them. `runtime.newproc1` is probed at its entry and at each of its RET instructions (found
+//! (`syscallbp` came before it), see [`goid_offset`]. The net/http hand-over probes
+//! ([`HANDOFF_FUNCTIONS`]) attach by function name from the symbol table, or in a stripped
+//! program at the file offset of the function's entry found in Go's own function table
+//! (`.gopclntab`). `runtime.newproc1` is probed at its entry and at each of its RET instructions (found
 //! by decoding its code; never uretprobes) to learn which goroutine started which. It does no ELF work twice for one file (device and inode) and never blocks capture:
 //! the pipeline runs it between drains.
 
@@ -18,6 +19,8 @@ use std::{
 };
 
 use object::{Object, ObjectSection, ObjectSymbol, ReadCache};
+
+use crate::symbols::gopclntab::PcLnTable;
 
 /// Offset of `goid` in `runtime.g` (amd64) for a Go minor version; `None`: not followed. Read
 /// from the DWARF of go1.19.8 and go1.23.5 binaries (`llvm-dwarfdump --name=runtime.g`).
@@ -47,12 +50,21 @@ const MAX_CHECKED: usize = 65_536;
 /// What an executable is, for goroutine following.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum GoBinary {
-    /// A Go program ztrace follows, with the [`HANDOFF_FUNCTIONS`] it has (none when stripped).
-    Followed { version: String, goid_offset: u32, handoffs: Vec<(&'static str, &'static str)>, stripped: bool, spawn: Option<Sites> },
+    /// A Go program ztrace follows, with the [`HANDOFF_FUNCTIONS`] it has.
+    Followed { version: String, goid_offset: u32, handoffs: Vec<Handoff>, stripped: bool, spawn: Option<Sites> },
     /// A Go program ztrace cannot follow, and why.
     Unsupported(String),
     /// Not a Go program.
     NotGo,
+}
+
+/// A hand-over probe to attach: the kernel program and the function, with, in a stripped
+/// binary, the file offset of the function's entry (from `.gopclntab`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Handoff {
+    pub program: &'static str,
+    pub function: &'static str,
+    pub offset: Option<u64>,
 }
 
 /// Looks at the ELF file at `path`.
@@ -80,8 +92,13 @@ pub fn classify<'data, O: Object<'data>>(elf: &O) -> GoBinary {
     for sym in elf.symbols() {
         stripped = false;
         if let Ok(name) = sym.name() {
-            handoffs.extend(HANDOFF_FUNCTIONS.iter().filter(|(_, f)| *f == name));
+            handoffs.extend(
+                HANDOFF_FUNCTIONS.iter().filter(|(_, f)| *f == name).map(|&(program, function)| Handoff { program, function, offset: None }),
+            );
         }
+    }
+    if stripped {
+        handoffs = stripped_handoffs(elf);
     }
     let spawn = entry_and_rets(elf, NEWPROC);
     GoBinary::Followed { version, goid_offset, handoffs, stripped, spawn }
@@ -110,7 +127,7 @@ fn entry_and_rets<'data, O: Object<'data>>(elf: &O, name: &str) -> Option<Sites>
 /// The kernel side of following Go programs (implemented by `bpf::Probes`).
 pub trait GoAttacher {
     /// Probes `functions` (of [`HANDOFF_FUNCTIONS`]) in the file at `path`.
-    fn attach_go_handoffs(&mut self, path: &Path, functions: &[(&'static str, &'static str)]) -> Result<(), String>;
+    fn attach_go_handoffs(&mut self, path: &Path, functions: &[Handoff]) -> Result<(), String>;
     /// Probes [`NEWPROC`]'s entry and RETs in the file at `path`.
     fn attach_go_spawn(&mut self, path: &Path, sites: &Sites) -> Result<(), String>;
     /// Starts (`Some(goid offset)`) or stops following the goroutines of a process.
@@ -189,13 +206,10 @@ impl GoDiscovery {
                 None => {
                     let b = inspect(Path::new(&exe)).unwrap_or(GoBinary::NotGo);
                     let line = match &b {
-                        GoBinary::Followed { version, stripped: true, .. } => {
-                            format!("ok    goroutine {path}: {version}, goroutines followed; stripped: net/http hand-overs not probed")
-                        }
                         GoBinary::Followed { version, handoffs, .. } if handoffs.is_empty() => {
                             format!("ok    goroutine {path}: {version}, goroutines followed (no net/http)")
                         }
-                        GoBinary::Followed { version, handoffs, spawn, .. } => {
+                        GoBinary::Followed { version, handoffs, spawn, stripped, .. } => {
                             let exe = Path::new(&exe);
                             let spawn = match spawn.as_ref().map(|s| attacher.attach_go_spawn(exe, s)) {
                                 Some(Ok(())) => "goroutine starts followed".to_owned(),
@@ -204,8 +218,9 @@ impl GoDiscovery {
                             };
                             match attacher.attach_go_handoffs(exe, handoffs) {
                                 Ok(()) => format!(
-                                    "ok    goroutine {path}: {version}, goroutines followed, {} net/http hand-over uprobes, {spawn}",
-                                    handoffs.len()
+                                    "ok    goroutine {path}: {version}, goroutines followed, {} net/http hand-over uprobes{}, {spawn}",
+                                    handoffs.len(),
+                                    if *stripped { " (stripped: found in .gopclntab)" } else { "" }
                                 ),
                                 Err(e) => format!("FAIL  goroutine {path}: {version}, goroutines followed, net/http hand-overs not probed: {e}; {spawn}"),
                             }
@@ -236,6 +251,29 @@ impl GoDiscovery {
             let _ = attacher.follow_go_process(tgid, None);
         }
     }
+}
+
+/// The hand-over functions of a stripped binary, found in its `.gopclntab`, at file offsets.
+fn stripped_handoffs<'data, O: Object<'data>>(elf: &O) -> Vec<Handoff> {
+    let Some(section) = elf.section_by_name(".gopclntab") else { return Vec::new() };
+    let Ok(data) = section.data() else { return Vec::new() };
+    let table = match PcLnTable::parse(data.to_vec(), section.address(), &[], None) {
+        Ok(t) => t,
+        Err(error) => {
+            tracing::debug!(%error, "stripped Go binary: unreadable .gopclntab");
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::new();
+    table.each_function(|name, entry| {
+        for &(program, function) in HANDOFF_FUNCTIONS.iter().filter(|(_, f)| *f == name) {
+            let text = elf.sections().find(|s| s.address() <= entry && entry < s.address() + s.size());
+            if let Some((text_addr, (file_start, _))) = text.and_then(|t| Some((t.address(), t.file_range()?))) {
+                out.push(Handoff { program, function, offset: Some(entry - text_addr + file_start) });
+            }
+        }
+    });
+    out
 }
 
 #[cfg(test)]

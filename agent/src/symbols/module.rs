@@ -18,6 +18,8 @@ use gimli::{
 };
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol};
 
+use super::gopclntab::PcLnTable;
+
 /// The reader every section is kept as: owned, shared bytes.
 pub type R = EndianArcSlice<LittleEndian>;
 
@@ -39,7 +41,9 @@ pub enum DebugSource {
     DebugLink,
     /// `<debug dir>/.build-id/xx/yyyy.debug`.
     BuildId,
-    /// No DWARF: names come from the symbol table (or, for Go, nothing more precise).
+    /// A Go binary without DWARF: its `.gopclntab` (names, files, lines, inlined frames).
+    GoPclntab,
+    /// No DWARF: names come from the symbol table.
     None,
 }
 
@@ -146,6 +150,8 @@ pub struct Module {
     dwarf: Option<addr2line::Context<R>>,
     /// (address, size, demangled name), sorted by address.
     symbols: Vec<(u64, u64, String)>,
+    /// Go's function table, for Go binaries without DWARF.
+    go_table: Option<PcLnTable>,
 }
 
 /// The `.gnu_debuglink` file name of an object.
@@ -237,10 +243,15 @@ impl Module {
                 }
             }
         }
+        let go_table = if is_go && dwarf.is_none() { go_table_of(&file) } else { None };
+        if let Some(t) = &go_table {
+            bytes += t.bytes();
+            debug_source = DebugSource::GoPclntab;
+        }
         bytes += eh_frame.as_ref().map_or(0, |c| c.index.len() * 24);
         bytes += debug_frame.as_ref().map_or(0, |c| c.index.len() * 24);
         let name = Path::new(display_path).file_name().map_or_else(|| display_path.to_owned(), |n| n.to_string_lossy().into_owned());
-        Ok(Module { name, build_id, debug_source, bytes, is_go, segments, eh_frame, debug_frame, dwarf, symbols })
+        Ok(Module { name, build_id, debug_source, bytes, is_go, segments, eh_frame, debug_frame, dwarf, symbols, go_table })
     }
 
     /// The ELF virtual address of file offset `offset`, if a load segment maps it.
@@ -261,6 +272,9 @@ impl Module {
 
     /// Source frames at ELF address `addr`, innermost (inlined) first; empty when unknown.
     pub fn source_frames(&self, addr: u64) -> Vec<SourceFrame> {
+        if let Some(table) = &self.go_table {
+            return table.source_frames(addr);
+        }
         let mut out = Vec::new();
         if let Some(ctx) = &self.dwarf {
             if let Ok(mut frames) = ctx.find_frames(addr).skip_all_loads() {
@@ -290,6 +304,25 @@ impl Module {
         let i = self.symbols.partition_point(|s| s.0 <= addr).checked_sub(1)?;
         let (start, size, name) = &self.symbols[i];
         (addr < start + (*size).max(1)).then_some(name.as_str())
+    }
+}
+
+/// The `.gopclntab` of a Go binary, with the data sections that lead to its inline trees.
+fn go_table_of(file: &object::File<'_>) -> Option<PcLnTable> {
+    let section = file.section_by_name(".gopclntab")?;
+    let data = section.data().ok()?.to_vec();
+    let sections: Vec<(u64, &[u8])> = [".noptrdata", ".data"]
+        .iter()
+        .filter_map(|n| file.section_by_name(n))
+        .filter_map(|s| Some((s.address(), s.data().ok()?)))
+        .collect();
+    let rodata = file.section_by_name(".rodata").and_then(|s| Some((s.address(), s.data().ok()?)));
+    match PcLnTable::parse(data, section.address(), &sections, rodata) {
+        Ok(t) => Some(t),
+        Err(error) => {
+            tracing::debug!(%error, "unreadable .gopclntab");
+            None
+        }
     }
 }
 
