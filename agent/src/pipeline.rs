@@ -124,7 +124,7 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
         metrics: metrics.clone(),
     };
     // Go programs already running: follow their goroutines from the first request on.
-    let mut go = GoDiscovery::new();
+    let mut go = GoDiscovery::new(stacks_on);
     for row in go.scan_at_start(std::process::id(), &mut probes) {
         eprintln!("  {}", row.line);
     }

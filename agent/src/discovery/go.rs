@@ -149,11 +149,13 @@ pub struct GoDiscovery {
     checked: HashSet<u32>,
     followed: HashSet<u32>,
     pending: Vec<u32>,
+    /// Stacks are on: the owner-stack probe (`go_owner_stack`) is attached too.
+    stacks: bool,
 }
 
 impl GoDiscovery {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(stacks: bool) -> Self {
+        GoDiscovery { stacks, ..Self::default() }
     }
 
     /// Every running process but `own_pid` (at start: programs already running).
@@ -204,7 +206,10 @@ impl GoDiscovery {
             let binary = match self.files.get(&id) {
                 Some(b) => b.clone(),
                 None => {
-                    let b = inspect(Path::new(&exe)).unwrap_or(GoBinary::NotGo);
+                    let mut b = inspect(Path::new(&exe)).unwrap_or(GoBinary::NotGo);
+                    if let GoBinary::Followed { handoffs, .. } = &mut b {
+                        handoffs.retain(|h| self.stacks || h.program != "go_owner_stack");
+                    }
                     let line = match &b {
                         GoBinary::Followed { version, handoffs, .. } if handoffs.is_empty() => {
                             format!("ok    goroutine {path}: {version}, goroutines followed (no net/http)")
