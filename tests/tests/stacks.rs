@@ -62,16 +62,7 @@ fn client_spans(ztrace: &mut Ztrace, pid: u32, port: u16, n: usize) -> Vec<Span>
 
 /// Compiles the C fixture without frame pointers into `dir`.
 fn build_c_client(dir: &Path) -> (PathBuf, PathBuf) {
-    let source = fixture("stack_client.c").canonicalize().expect("fixture path");
-    let out = dir.join("stack_client");
-    run_ok(
-        "gcc",
-        Command::new("gcc")
-            .args(["-g", "-O2", "-fomit-frame-pointer", "-Wl,--build-id", "-o"])
-            .arg(&out)
-            .arg(&source),
-    );
-    (out, source)
+    ztrace_e2e::clients::build_stack_client_c(dir)
 }
 
 #[test]

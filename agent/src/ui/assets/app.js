@@ -273,12 +273,22 @@ function kvTable(obj, special) {
     h("tr", { "data-key": k }, h("td", {}, k), h("td", {}, (special && special(k, obj[k])) || JSON.stringify(obj[k])))));
 }
 
-function stackFrames(text) {
-  return h("ol", { class: "frames" }, String(text).split("\n").map((l) => l.trim()).filter(Boolean).map((line) => {
+// code.stacktrace: one frame per line, innermost first; the application frame (the span's
+// code.function.name, code.file.path and code.line.number) is marked "app".
+function stackFrames(text, appFn, appFile, appLine) {
+  const appLoc = appFile != null && appLine != null ? `${appFile}:${appLine}` : null;
+  let appSeen = false;
+  return h("ol", { class: "frames", id: "span-stack" }, String(text).split("\n").map((l) => l.trim()).filter(Boolean).map((line) => {
+    const raw = line;
     line = line.replace(/^at\s+/, "");
     const m = line.match(/^(.*?)\s*(?:\(([^()]*:\d+(?::\d+)?)\)|\s+at\s+(\S+:\d+(?::\d+)?)|\s+(\S+:\d+(?::\d+)?))$/);
-    if (!m) return h("li", {}, line);
-    return h("li", {}, m[1] || "?", " ", h("span", { class: "loc" }, m[2] || m[3] || m[4]));
+    const fn = m ? m[1] : line.replace(/\s*\([^()]*\)$/, "");
+    const loc = m ? m[2] || m[3] || m[4] : null;
+    const isApp = !appSeen && appFn != null && fn === appFn && (appLoc == null || loc === appLoc);
+    if (isApp) appSeen = true;
+    const attrs = { class: isApp ? "frame app" : "frame", "data-frame": raw };
+    if (!m) return h("li", attrs, line);
+    return h("li", attrs, m[1] || "?", " ", h("span", { class: "loc" }, loc));
   }));
 }
 
@@ -301,7 +311,13 @@ function renderPanel(panel, s, close) {
       span_id: s.span_id, parent_span_id: s.parent_span_id || "—", trace_id: s.trace_id,
     }, (k, v) => k === "status" && s.status === "error" ? h("span", { class: "status-error" }, v) : String(v)),
     query != null ? [h("h3", {}, "Query"), h("pre", { class: "code", id: "db-query" }, h("code", {}, String(query)))] : null,
-    stack != null ? [h("h3", {}, "Stack"), stackFrames(stack)] : null,
+    stack != null ? [
+      h("h3", {}, "Stack"),
+      attrs["code.function.name"] != null ? h("p", { class: "issued-by", id: "span-issued-by" }, "issued by ",
+        h("code", {}, String(attrs["code.function.name"])),
+        attrs["code.file.path"] != null ? [" at ", h("code", {}, `${attrs["code.file.path"]}:${attrs["code.line.number"] ?? "?"}`)] : null,
+        attrs["ztrace.stack"] === "native" ? " (interpreter's native frames)" : null) : null,
+      stackFrames(stack, attrs["code.function.name"], attrs["code.file.path"], attrs["code.line.number"])] : null,
     h("h3", {}, "Attributes"),
     h("div", { id: "span-attributes" }, kvTable(attrs)),
     h("h3", {}, "Resource"),
