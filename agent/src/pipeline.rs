@@ -175,6 +175,8 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
             for line in capture.tls.reap(&mut probes) {
                 tracing::info!("tls: {line}");
             }
+            // Exited Go programs stop being followed (their pid may be reused).
+            capture.go.reap(&mut probes);
         }
         // ... and whether they are Go programs, whose goroutines are followed.
         if capture.go.has_pending() {

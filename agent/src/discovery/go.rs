@@ -145,7 +145,9 @@ pub struct GoRow {
 /// Go executables and processes seen so far.
 #[derive(Default)]
 pub struct GoDiscovery {
-    files: HashMap<(u64, u64), GoBinary>,
+    /// By (device, inode, ctime): an inode number freed by a deleted file and reused is another
+    /// file.
+    files: HashMap<(u64, u64, i64), GoBinary>,
     checked: HashSet<u32>,
     followed: HashSet<u32>,
     pending: Vec<u32>,
@@ -201,7 +203,7 @@ impl GoDiscovery {
                 self.unfollow(tgid, attacher);
                 continue;
             };
-            let id = (meta.dev(), meta.ino());
+            let id = (meta.dev(), meta.ino(), meta.ctime_nsec() + meta.ctime() * 1_000_000_000);
             let path = std::fs::read_link(&exe).map(|p| p.display().to_string()).unwrap_or_else(|_| exe.clone());
             let binary = match self.files.get(&id) {
                 Some(b) => b.clone(),
@@ -251,6 +253,17 @@ impl GoDiscovery {
         rows
     }
 
+    /// Stops following processes that exited (called every few seconds): a pid reused by a
+    /// program that is not Go must not have its syscalls read as goroutines; it is looked at
+    /// again on its first connection.
+    pub fn reap(&mut self, attacher: &mut dyn GoAttacher) {
+        let gone: Vec<u32> = self.followed.iter().copied().filter(|tgid| !Path::new(&format!("/proc/{tgid}")).exists()).collect();
+        for tgid in gone {
+            self.unfollow(tgid, attacher);
+            self.checked.remove(&tgid);
+        }
+    }
+
     fn unfollow(&mut self, tgid: u32, attacher: &mut dyn GoAttacher) {
         if self.followed.remove(&tgid) {
             let _ = attacher.follow_go_process(tgid, None);
@@ -284,6 +297,37 @@ fn stripped_handoffs<'data, O: Object<'data>>(elf: &O) -> Vec<Handoff> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Default)]
+    struct Fake(Vec<(u32, Option<u32>)>);
+    impl GoAttacher for Fake {
+        fn attach_go_handoffs(&mut self, _: &Path, _: &[Handoff]) -> Result<(), String> {
+            Ok(())
+        }
+        fn attach_go_spawn(&mut self, _: &Path, _: &Sites) -> Result<(), String> {
+            Ok(())
+        }
+        fn follow_go_process(&mut self, tgid: u32, goid_offset: Option<u32>) -> Result<(), String> {
+            self.0.push((tgid, goid_offset));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn exited_processes_stop_being_followed_and_are_looked_at_again() {
+        let (gone, alive) = (999_999_999, std::process::id());
+        let mut d = GoDiscovery::new(false);
+        let mut fake = Fake::default();
+        for tgid in [gone, alive] {
+            d.followed.insert(tgid);
+            d.checked.insert(tgid);
+        }
+        d.reap(&mut fake);
+        assert_eq!(fake.0, vec![(gone, None)]);
+        assert!(d.followed.contains(&alive) && !d.followed.contains(&gone));
+        d.on_conn(gone);
+        assert!(d.has_pending(), "a reused pid is inspected again");
+    }
 
     #[test]
     fn goid_offsets_by_go_version() {
