@@ -74,6 +74,11 @@ pub struct Config {
     #[arg(long, env = "ZTRACE_SYMBOL_CACHE_SIZE", default_value = "192MiB", value_parser = parse_size)]
     pub symbol_cache_size: u64,
 
+    /// How long a TLS library or executable found in processes stays probed after the last
+    /// process that maps it exited (short-lived clients that run again and again keep theirs).
+    #[arg(long, env = "ZTRACE_TLS_DETACH_AFTER", default_value = "60s", value_parser = parse_duration)]
+    pub tls_detach_after: Duration,
+
     /// Configuration file (reserved; not read yet).
     #[arg(long, env = "ZTRACE_CONFIG", hide = true)]
     pub config: Option<PathBuf>,

@@ -66,7 +66,7 @@ const PRINT_QUEUE: usize = 256;
 /// (about 1 KiB a span). Beyond it batches are dropped and counted.
 const PRINT_QUEUE_SPANS: usize = 32_768;
 /// How often the processes of probed TLS files are checked (see `TlsDiscovery::reap`).
-const TLS_REAP_INTERVAL: Duration = Duration::from_secs(5);
+const TLS_REAP_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest a client span waits for its stack to be symbolized (the first stack of a large
 /// binary loads its DWARF). Trace assembly waits for held spans, so this also bounds how long
 /// a stack can delay other spans.
@@ -172,7 +172,7 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
         // Files whose processes all exited: their probes go.
         if last_reap.elapsed() >= TLS_REAP_INTERVAL {
             last_reap = Instant::now();
-            for line in capture.tls.reap(&mut probes) {
+            for line in capture.tls.reap(&mut probes, last_reap, config.tls_detach_after) {
                 tracing::info!("tls: {line}");
             }
             // Exited Go programs stop being followed (their pid may be reused).

@@ -293,6 +293,11 @@ fn go_crypto_tls_server_client_and_stripped_hey() {
     let stopped = ztrace.stop();
     assert_probed(&stopped.stderr, &["Go crypto/tls /"]);
     assert_probed(&stopped.stderr, &["Go crypto/tls (stripped, symbols from .gopclntab) /usr/bin/hey"]);
+    assert!(
+        stopped.stderr.lines().any(|l| l.contains("/usr/bin/hey") && l.contains("struct offsets from the Go version table")),
+        "stripped hey has no DWARF: its offsets come from the table:\n{}",
+        stopped.stderr
+    );
 }
 
 #[test]
@@ -301,8 +306,9 @@ fn go_1_23_crypto_tls_server_and_client() {
     let certs = Certs::make();
     let dir = TempDir::new("go-build");
     let binary = tls::build_go_https(dir.path(), tls::NEWER_GO);
-    // Both started after the agent, so that their probes come from exec events.
-    let mut ztrace = Ztrace::start(&["--print=json"]);
+    // Both started after the agent, so that their probes come from exec events; probes are
+    // detached 2 s after the binary's last process exited.
+    let mut ztrace = Ztrace::start(&["--print=json", "--tls-detach-after=2s"]);
     let server = TlsServer::go(&binary, &certs);
     check_go_run(&mut ztrace, &binary, &certs, &server);
     // The server and client gone, no process maps the binary: its probes are detached...
@@ -312,10 +318,16 @@ fn go_1_23_crypto_tls_server_and_client() {
     let server = TlsServer::go(&binary, &certs);
     check_go_run(&mut ztrace, &binary, &certs, &server);
     let stopped = ztrace.stop();
-    // Only this test's binary: another test's Go 1.23 binary may run at the same time.
-    let own = binary.display().to_string();
-    let probed = stopped.stderr.lines().filter(|l| l.contains("ok    uprobes") && l.contains("Go crypto/tls") && l.contains(&own)).count();
-    assert_eq!(probed, 2, "the attach table shows the Go 1.23 binary probed, then probed again:\n{}", stopped.stderr);
+    // Only this test's binary (another test's Go 1.23 binary may run at the same time); its offsets
+    // come from its DWARF (go build keeps it): the kernel follows them, not the table.
+    let probed = stopped
+        .stderr
+        .lines()
+        .filter(|l| {
+            l.contains(&format!("ok    uprobes   Go crypto/tls {} (go1.23", binary.display())) && l.contains("struct offsets from its DWARF")
+        })
+        .count();
+    assert_eq!(probed, 2, "the attach table shows the Go 1.23 binary probed (offsets from DWARF), then probed again:\n{}", stopped.stderr);
 }
 
 /// Runs the Go client against `server` until both ends of one of its runs are traced (a server

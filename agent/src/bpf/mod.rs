@@ -227,7 +227,13 @@ impl crate::tls::Attacher for Probes {
         self.attach_sites(key, path, sites)
     }
 
-    fn attach_go(&mut self, key: u64, path: &std::path::Path, functions: &[crate::tls::go::GoFunction]) -> Result<usize, String> {
+    fn attach_go(
+        &mut self,
+        key: u64,
+        path: &std::path::Path,
+        functions: &[crate::tls::go::GoFunction],
+        cookie: u64,
+    ) -> Result<usize, String> {
         if let Some(e) = &self.uprobe_error {
             return Err(e.clone());
         }
@@ -238,7 +244,9 @@ impl crate::tls::Attacher for Probes {
             // Write is sent at its entry: its returns need no probe.
             let rets: &[u64] = if *program == "zt_go_tls_write" { &[] } else { &function.rets };
             for (program, offset) in rets.iter().map(|r| (GO_RETURN, *r)).chain([(*program, function.entry)]) {
-                sites.push((program, UProbeAttachPoint::from(offset), format!("{} at {offset:#x}", function.name)));
+                // The entry programs read the struct offsets from their cookie.
+                let point = UProbeAttachPoint { location: offset.into(), cookie: (program != GO_RETURN).then_some(cookie) };
+                sites.push((program, point, format!("{} at {offset:#x}", function.name)));
             }
         }
         self.attach_sites(key, path, sites)

@@ -6,12 +6,15 @@
 use iced_x86::{Decoder, DecoderOptions, Mnemonic};
 use object::{Object, ObjectSection, ObjectSymbol};
 
+use super::go_offsets::{self, GoOffsets, Source};
+
 /// The Go functions probed: symbol name, short name for the attach table.
 pub const FUNCTIONS: [(&str, &str); 2] =
     [("crypto/tls.(*Conn).Write", "(*Conn).Write"), ("crypto/tls.(*Conn).Read", "(*Conn).Read")];
 
-/// Go minor versions whose struct offsets (tls.Conn → net.Conn → netFD → Sysfd) the kernel
-/// program knows, and which pass arguments in registers (Go >= 1.17).
+/// Go minor versions whose struct offsets (tls.Conn → net.Conn → netFD → Sysfd) the version
+/// table knows, and which pass arguments in registers (Go >= 1.17). Newer versions are probed
+/// when their DWARF gives the offsets.
 const KNOWN_MINORS: std::ops::RangeInclusive<u32> = 17..=24;
 
 /// One probed function: file offsets of its entry and of each RET.
@@ -30,6 +33,8 @@ pub struct GoTls {
     /// True when the symbols came from `.gopclntab` (no symbol table).
     pub stripped: bool,
     pub functions: Vec<GoFunction>,
+    /// The struct offsets read from its DWARF, if it has some.
+    pub dwarf_offsets: Option<GoOffsets>,
 }
 
 impl GoTls {
@@ -39,9 +44,13 @@ impl GoTls {
             return Some("Go version unknown (unreadable .go.buildinfo): struct offsets unknown".into());
         };
         match minor(version) {
-            Some(m) if KNOWN_MINORS.contains(&m) => {}
             Some(m) if m < 17 => return Some(format!("{version} passes arguments on the stack (Go < 1.17): not supported")),
-            _ => return Some(format!("{version}: struct offsets unknown for this Go version (known: go1.17 to go1.24)")),
+            Some(m) if KNOWN_MINORS.contains(&m) || self.dwarf_offsets.is_some() => {}
+            _ => {
+                return Some(format!(
+                    "{version}: struct offsets unknown (no DWARF in the binary, and the Go version table knows go1.17 to go1.24)"
+                ))
+            }
         }
         if self.functions.len() < FUNCTIONS.len() {
             return Some("crypto/tls.(*Conn).Write/Read not found".into());
@@ -50,6 +59,16 @@ impl GoTls {
             return Some("no RET instruction found in crypto/tls.(*Conn).Write/Read".into());
         }
         None
+    }
+}
+
+impl GoTls {
+    /// The offsets the probes use, and where they came from (call once `unsupported` said none).
+    pub fn offsets(&self) -> (GoOffsets, Source) {
+        match self.dwarf_offsets {
+            Some(o) => (o, Source::Dwarf),
+            None => (go_offsets::TABLE, Source::VersionTable),
+        }
     }
 }
 
@@ -90,7 +109,8 @@ pub fn inspect<'data, O: Object<'data>>(elf: &O) -> Option<GoTls> {
         functions.push(GoFunction { name, entry: to_file(vaddr), rets: rets(code, vaddr).into_iter().map(to_file).collect() });
     }
     functions.sort_by_key(|f| FUNCTIONS.iter().position(|(_, short)| *short == f.name));
-    Some(GoTls { version, stripped, functions })
+    let dwarf_offsets = go_offsets::from_dwarf(elf);
+    Some(GoTls { version, stripped, functions, dwarf_offsets })
 }
 
 /// Addresses of the RET instructions in `code`, which starts at `ip`.
@@ -189,11 +209,19 @@ mod tests {
             version: Some(v.into()),
             stripped: false,
             functions: FUNCTIONS.iter().map(|(_, n)| GoFunction { name: n, entry: 1, rets: vec![2] }).collect(),
+            dwarf_offsets: None,
         };
         assert_eq!(tls("go1.19.8").unsupported(), None);
+        assert_eq!(tls("go1.19.8").offsets(), (go_offsets::TABLE, Source::VersionTable));
         assert!(tls("go1.16.2").unsupported().is_some_and(|r| r.contains("stack")));
         assert!(tls("go1.30").unsupported().is_some_and(|r| r.contains("unknown")));
         assert!(GoTls { version: None, ..tls("go1.19") }.unsupported().is_some());
+        // A version the table does not know, with DWARF: probed with the offsets read there.
+        let dwarf = GoOffsets { conn_iface_data: 24, tcpconn_fd: 8, netfd_sysfd: 32 };
+        let newer = GoTls { dwarf_offsets: Some(dwarf), ..tls("go1.30") };
+        assert_eq!(newer.unsupported(), None);
+        assert_eq!(newer.offsets(), (dwarf, Source::Dwarf));
+        assert!(GoTls { dwarf_offsets: Some(dwarf), ..tls("go1.16.2") }.unsupported().is_some());
     }
 
     #[test]

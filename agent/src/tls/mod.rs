@@ -8,8 +8,8 @@
 //! maps it, so each file (device and inode) is looked at and probed once.
 //!
 //! Probes on a file found in a process (not in the system directories at start) are detached
-//! once no process maps it any more ([`TlsDiscovery::reap`]), and attached again if a later
-//! process maps it.
+//! once no process has mapped it for `--tls-detach-after` ([`TlsDiscovery::reap`]), and
+//! attached again if a later process maps it.
 //!
 //! Every file that carries a TLS implementation gets a row in the attach table: probed, or not
 //! and why (a Go version whose struct offsets are unknown, Java's TLS inside the JVM). Files are
@@ -18,11 +18,13 @@
 
 pub mod elf;
 pub mod go;
+pub mod go_offsets;
 
 use std::{
     collections::{HashMap, HashSet},
     fmt,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use self::elf::TlsLib;
@@ -33,8 +35,9 @@ pub trait Attacher {
     /// Probes `functions` of the ELF file at `path` (entry and return). Returns how many probes
     /// were attached, or why none could be (then none is left attached).
     fn attach_openssl(&mut self, key: u64, path: &Path, functions: &[&'static str]) -> Result<usize, String>;
-    /// Probes the entries and RET instructions of Go's `crypto/tls` functions in `path`.
-    fn attach_go(&mut self, key: u64, path: &Path, functions: &[go::GoFunction]) -> Result<usize, String>;
+    /// Probes the entries and RET instructions of Go's `crypto/tls` functions in `path`; the
+    /// entry probes carry `cookie` (the binary's struct offsets, `GoOffsets::cookie`).
+    fn attach_go(&mut self, key: u64, path: &Path, functions: &[go::GoFunction], cookie: u64) -> Result<usize, String>;
     /// Detaches every probe attached under `key`; returns how many.
     fn detach(&mut self, key: u64) -> usize;
 }
@@ -82,6 +85,13 @@ impl fmt::Display for Row {
 /// Identity of a file: device and inode (as `/proc/PID/maps` prints them).
 type FileId = (String, u64);
 
+/// The processes of one probed file.
+struct Users {
+    id: FileId,
+    pids: HashSet<u32>,
+    unused_since: Option<Instant>,
+}
+
 /// Processes remembered as checked before the set is cleared (each is then checked again once).
 const MAX_CHECKED: usize = 65_536;
 
@@ -101,8 +111,9 @@ const SYSTEM_LIB_DIRS: &[&str] = &[
 pub struct TlsDiscovery {
     /// Every file looked at (also those without TLS), so each is inspected once.
     files: HashMap<FileId, Option<usize>>,
-    /// Probed files found in processes, by row: the file and the processes seen mapping it.
-    users: HashMap<usize, (FileId, HashSet<u32>)>,
+    /// Probed files found in processes, by row: the file, the processes seen mapping it, and
+    /// since when none has.
+    users: HashMap<usize, Users>,
     pub rows: Vec<Row>,
     checked: HashSet<u32>,
     pending: Vec<u32>,
@@ -227,8 +238,9 @@ impl TlsDiscovery {
     /// Inspects a file not seen before and probes it if it carries OpenSSL.
     fn look_at(&mut self, id: FileId, path: &Path, shown: &str, pid: u32, attacher: &mut dyn Attacher) {
         if let Some(known) = self.files.get(&id) {
-            if let Some((_, pids)) = known.and_then(|row| self.users.get_mut(&row)) {
-                pids.insert(pid);
+            if let Some(users) = known.and_then(|row| self.users.get_mut(&row)) {
+                users.pids.insert(pid);
+                users.unused_since = None;
             }
             return;
         }
@@ -262,7 +274,7 @@ impl TlsDiscovery {
                 let version = go.version.clone().unwrap_or_else(|| "version unknown".into());
                 let outcome = match go.unsupported() {
                     Some(why) => Outcome::NotProbed(format!("{why}: its TLS traffic is not traced")),
-                    None => match attacher.attach_go(key as u64, path, &go.functions) {
+                    None => match attacher.attach_go(key as u64, path, &go.functions, go.offsets().0.cookie()) {
                         Ok(probes) => Outcome::Probed {
                             functions: go.functions.iter().map(|f| f.name).collect(),
                             probes,
@@ -270,24 +282,30 @@ impl TlsDiscovery {
                         Err(e) => Outcome::Failed(e),
                     },
                 };
-                Row { path: format!("{shown} ({version}, struct offsets from the Go version table)"), what, outcome, pid }
+                let source = go.offsets().1.describe();
+                Row { path: format!("{shown} ({version}, {source})"), what, outcome, pid }
             }
         };
         if pid != 0 && matches!(row.outcome, Outcome::Probed { .. }) {
-            self.users.insert(key, (id.clone(), HashSet::from([pid])));
+            self.users.insert(key, Users { id: id.clone(), pids: HashSet::from([pid]), unused_since: None });
         }
         self.files.insert(id, Some(key));
         self.rows.push(row);
     }
 
-    /// Detaches the probes of files no process maps any more (their users exited and a last look
-    /// at every process's maps finds none); the file is forgotten, so a later process that maps
-    /// it gets it probed again. Returns a line per file detached.
-    pub fn reap(&mut self, attacher: &mut dyn Attacher) -> Vec<String> {
+    /// Detaches the probes of files no process has mapped for `after` (their users exited, and a
+    /// last look at every process's maps finds none); the file is forgotten, so a later process
+    /// that maps it gets it probed again. Returns a line per file detached.
+    pub fn reap(&mut self, attacher: &mut dyn Attacher, now: Instant, after: Duration) -> Vec<String> {
         let mut unused: Vec<usize> = Vec::new();
-        for (row, (_, pids)) in self.users.iter_mut() {
-            pids.retain(|pid| Path::new(&format!("/proc/{pid}")).exists());
-            if pids.is_empty() {
+        for (row, users) in self.users.iter_mut() {
+            users.pids.retain(|pid| Path::new(&format!("/proc/{pid}")).exists());
+            if !users.pids.is_empty() {
+                users.unused_since = None;
+                continue;
+            }
+            let since = *users.unused_since.get_or_insert(now);
+            if now.saturating_duration_since(since) >= after {
                 unused.push(*row);
             }
         }
@@ -295,23 +313,23 @@ impl TlsDiscovery {
             return Vec::new();
         }
         // A process may map the file without having been looked at (forked, no connection yet).
-        let wanted: HashMap<FileId, usize> = unused.iter().filter_map(|row| Some((self.users.get(row)?.0.clone(), *row))).collect();
+        let wanted: HashMap<FileId, usize> = unused.iter().filter_map(|row| Some((self.users.get(row)?.id.clone(), *row))).collect();
         for (pid, id) in processes_mapping(&wanted) {
-            if let Some((_, pids)) = wanted.get(&id).and_then(|row| self.users.get_mut(row)) {
-                pids.insert(pid);
+            if let Some(users) = wanted.get(&id).and_then(|row| self.users.get_mut(row)) {
+                users.pids.insert(pid);
+                users.unused_since = None;
             }
         }
         let mut lines = Vec::new();
         for row in unused {
-            let Some((id, pids)) = self.users.remove(&row) else { continue };
-            if !pids.is_empty() {
-                self.users.insert(row, (id, pids));
+            if self.users.get(&row).is_none_or(|u| !u.pids.is_empty()) {
                 continue;
             }
+            let Some(users) = self.users.remove(&row) else { continue };
             let detached = attacher.detach(row as u64);
-            self.files.remove(&id);
+            self.files.remove(&users.id);
             let r = &self.rows[row];
-            lines.push(format!("detached {detached} probes from {} {}: no process maps it any more", r.what, r.path));
+            lines.push(format!("detached {detached} probes from {} {}: no process has mapped it for {after:?}", r.what, r.path));
         }
         lines
     }
@@ -417,7 +435,7 @@ mod tests {
             self.0.push((path.to_owned(), functions.to_vec()));
             Ok(functions.iter().map(|f| if crate::bpf::attach::OPENSSL_ENTRY_ONLY.contains(f) { 1 } else { 2 }).sum())
         }
-        fn attach_go(&mut self, _key: u64, _path: &Path, functions: &[go::GoFunction]) -> Result<usize, String> {
+        fn attach_go(&mut self, _key: u64, _path: &Path, functions: &[go::GoFunction], _cookie: u64) -> Result<usize, String> {
             Ok(functions.iter().map(|f| 1 + f.rets.len()).sum())
         }
         fn detach(&mut self, key: u64) -> usize {
@@ -455,14 +473,19 @@ mod tests {
         let mut rec = Recorder(Vec::new(), Vec::new());
         d.look_at(id.clone(), path, "/opt/app/libssl.so.3", pid, &mut rec);
         assert_eq!(rec.0.len(), 1);
-        assert!(d.reap(&mut rec).is_empty(), "its process still runs");
+        let after = Duration::from_secs(60);
+        let t0 = Instant::now();
+        assert!(d.reap(&mut rec, t0, after).is_empty(), "its process still runs");
         assert!(rec.1.is_empty());
         child.kill().expect("kill");
         child.wait().expect("wait");
-        let lines = d.reap(&mut rec);
+        assert!(d.reap(&mut rec, t0 + Duration::from_secs(1), after).is_empty(), "unused from now on");
+        assert!(d.reap(&mut rec, t0 + Duration::from_secs(60), after).is_empty(), "not for long enough yet");
+        assert!(rec.1.is_empty());
+        let lines = d.reap(&mut rec, t0 + Duration::from_secs(61), after);
         assert_eq!(rec.1, vec![0], "the file's probes are detached by its key");
-        assert_eq!(lines, vec!["detached 7 probes from OpenSSL (shared library) /opt/app/libssl.so.3: no process maps it any more".to_string()]);
-        assert!(d.reap(&mut rec).is_empty(), "once");
+        assert_eq!(lines, vec!["detached 7 probes from OpenSSL (shared library) /opt/app/libssl.so.3: no process has mapped it for 60s".to_string()]);
+        assert!(d.reap(&mut rec, t0 + Duration::from_secs(200), after).is_empty(), "once");
         // A later process maps it again: probed again, under a new key.
         d.look_at(id, path, "/opt/app/libssl.so.3", std::process::id(), &mut rec);
         assert_eq!(rec.0.len(), 2);
@@ -470,7 +493,7 @@ mod tests {
         // Files found in the system directories at start (pid 0) stay probed.
         let mut d = TlsDiscovery::new(1);
         d.look_at(("ff:fe".into(), 1), path, "/usr/lib/x86_64-linux-gnu/libssl.so.3", 0, &mut rec);
-        assert!(d.reap(&mut rec).is_empty());
+        assert!(d.reap(&mut rec, t0 + Duration::from_secs(1000), after).is_empty());
     }
 
     #[test]

@@ -10,11 +10,13 @@
 //! (tgid, g), not by thread, and the socket comes from the connection itself: `tls.Conn.conn`
 //! (a `net.Conn` interface, data word at +8) → `*net.TCPConn` → `conn.fd *netFD` (+0) →
 //! `netFD.pfd` (+0) → `poll.FD.Sysfd` (+16). These offsets hold from Go 1.17 to at least 1.24;
-//! the agent probes only binaries whose Go version it knows. The fd is checked to be a TCP
-//! socket before anything is sent.
+//! the agent reads them from the binary's DWARF when it has some (else from its table by Go
+//! version) and passes them in each entry probe's attach cookie; it probes only binaries whose
+//! offsets it knows. The fd is checked to be a TCP socket before anything is sent.
 
 use aya_ebpf::{
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
+    helpers::{bpf_get_attach_cookie, bpf_ktime_get_ns, bpf_probe_read_user},
+    EbpfContext as _,
     macros::{map, uprobe},
     maps::HashMap,
     programs::ProbeContext,
@@ -32,10 +34,23 @@ use crate::{
 const EGRESS: u32 = Direction::Egress as u32;
 const INGRESS: u32 = Direction::Ingress as u32;
 
-/// `tls.Conn.conn`'s data word, `net.conn.fd`, `netFD.pfd` + `poll.FD.Sysfd`.
+/// `tls.Conn.conn`'s data word, `net.conn.fd`, `netFD.pfd` + `poll.FD.Sysfd`: used when a probe
+/// carries no cookie (the agent always gives one; these are its table's values).
 const CONN_IFACE_DATA: u64 = 8;
 const TCPCONN_FD: u64 = 0;
 const NETFD_SYSFD: u64 = 16;
+
+/// The offsets of the probed binary: bit 63 of the attach cookie says it carries them, 16 bits
+/// each from bit 0 (`conn_iface_data`), 16 (`tcpconn_fd`) and 32 (`netfd_sysfd`).
+#[inline(always)]
+fn offsets(ctx: &ProbeContext) -> (u64, u64, u64) {
+    // SAFETY: the helper only reads the cookie of the running program's attachment.
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    if cookie >> 63 == 0 {
+        return (CONN_IFACE_DATA, TCPCONN_FD, NETFD_SYSFD);
+    }
+    (cookie & 0xffff, (cookie >> 16) & 0xffff, (cookie >> 32) & 0xffff)
+}
 
 /// Key of a Go call in progress.
 #[repr(C)]
@@ -75,10 +90,11 @@ fn enter(ctx: &ProbeContext, direction: u32) -> u32 {
     }
     // SAFETY: a uprobe's context is the user registers at the probed instruction.
     let (conn, buf, g) = unsafe { ((*ctx.regs).rax, (*ctx.regs).rbx, (*ctx.regs).r14) };
+    let (iface_data, tcpconn_fd, netfd_sysfd) = offsets(ctx);
     let fd = (|| {
-        let tcp_conn = read_u64(conn + CONN_IFACE_DATA)?;
-        let netfd = read_u64(tcp_conn + TCPCONN_FD)?;
-        read_u64(netfd + NETFD_SYSFD)
+        let tcp_conn = read_u64(conn + iface_data)?;
+        let netfd = read_u64(tcp_conn + tcpconn_fd)?;
+        read_u64(netfd + netfd_sysfd)
     })();
     let Some(fd) = fd else {
         count(Counter::TlsNoSocket);
