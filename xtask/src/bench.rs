@@ -15,6 +15,9 @@
 //! alternating pairs, ztrace tracing the services and PostgreSQL (`--exe`): the throughput ratio
 //! (target >= 0.90), the agent's peak RSS and the most inputs its hold-back window held
 //! (`link_window_peak`); `cargo xtask bench --example` runs only this part.
+//! Then stacks (`bench/stacks.rs`; `cargo xtask bench --stacks` runs only it): requests/s with
+//! stacks on vs off, the symbolizer's cache hit rate, the first-span delay of large binaries
+//! and the agent's memory after symbolizing them.
 //! Then the trace store's own benchmark: spans/s inserted and query times with 100,000 traces
 //! stored (`bench_insert_and_list` in `agent/src/store/tests.rs`), and the PostgreSQL parser's:
 //! spans/s on one core from a recorded session (`postgres_throughput` in
@@ -28,6 +31,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::{Map, Value};
+
+mod stacks;
 
 use crate::build::{self, Profile};
 use crate::toolchain::{self, apt_install};
@@ -59,8 +64,9 @@ struct AgentCost {
     stats: Option<Map<String, Value>>,
 }
 
-/// `cargo xtask bench`; `example_only`: only the example system's part.
-pub fn bench(agent_args: &[String], example_only: bool) -> Result<()> {
+/// `cargo xtask bench`; `example_only`: only the example system's part; `stacks_only`: only the
+/// stacks part (`bench/stacks.rs`).
+pub fn bench(agent_args: &[String], example_only: bool, stacks_only: bool) -> Result<()> {
     let agent_args: Vec<String> = if agent_args.is_empty() {
         DEFAULT_ZTRACE_ARGS.iter().map(|s| s.to_string()).collect()
     } else {
@@ -75,6 +81,9 @@ pub fn bench(agent_args: &[String], example_only: bool) -> Result<()> {
     let ztrace = build::build_after_setup(Profile::Release)?;
     if example_only {
         return example_bench(&ztrace, &agent_args);
+    }
+    if stacks_only {
+        return stacks::stacks_bench(&ztrace);
     }
 
     let dir = TempDir::new("ztrace-bench")?;
@@ -106,6 +115,7 @@ pub fn bench(agent_args: &[String], example_only: bool) -> Result<()> {
     drop(nginx);
     postgres_bench(&ztrace, &agent_args)?;
     example_bench(&ztrace, &agent_args)?;
+    stacks::stacks_bench(&ztrace)?;
     store_bench()?;
     parser_bench()
 }

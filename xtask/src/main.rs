@@ -69,6 +69,10 @@ enum Command {
         /// Only the example system's benchmark (the Go example under wrk).
         #[arg(long)]
         example: bool,
+        /// Only the stacks benchmark (requests/s with stacks on vs off, symbol cache hit rate,
+        /// first-span delay and agent memory with large binaries).
+        #[arg(long)]
+        stacks: bool,
     },
     /// Run the example system (orders, users, inventory and PostgreSQL) traced by ztrace, send a
     /// few requests and print the viewer's URL; Ctrl-C stops everything.
@@ -90,7 +94,7 @@ fn main() -> Result<()> {
         Command::Build { debug } => build::build(build::profile(debug)).map(|_| ()),
         Command::Run { args } => build::run(&args),
         Command::Test { skip_privileged } => test::test(skip_privileged),
-        Command::Bench { agent_args, example } => bench::bench(&agent_args, example),
+        Command::Bench { agent_args, example, stacks } => bench::bench(&agent_args, example, stacks),
         Command::Demo { lang, pg_port } => demo::demo(lang, pg_port),
     }
 }

@@ -16,7 +16,7 @@ use gimli::{
     BaseAddresses, CfaRule, DebugFrame, EhFrame, EndianArcSlice, LittleEndian, Register, RegisterRule, UnwindContext,
     UnwindOffset, UnwindSection, UnwindTableRow,
 };
-use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol};
+use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, ReadCache, ReadRef};
 
 use super::gopclntab::PcLnTable;
 
@@ -155,19 +155,19 @@ pub struct Module {
 }
 
 /// The `.gnu_debuglink` file name of an object.
-fn debuglink(file: &object::File<'_>) -> Option<String> {
+fn debuglink<'d, D: ReadRef<'d>>(file: &object::File<'d, D>) -> Option<String> {
     let (name, _crc) = file.gnu_debuglink().ok().flatten()?;
     std::str::from_utf8(name).ok().map(str::to_owned)
 }
 
-fn section_reader(file: &object::File<'_>, name: &str, bytes: &mut usize) -> Option<R> {
+fn section_reader<'d, D: ReadRef<'d>>(file: &object::File<'d, D>, name: &str, bytes: &mut usize) -> Option<R> {
     let section = file.section_by_name(name)?;
     let data = section.uncompressed_data().ok()?;
     *bytes += data.len();
     Some(EndianArcSlice::new(Arc::from(&*data), LittleEndian))
 }
 
-fn load_dwarf(file: &object::File<'_>, bytes: &mut usize) -> Option<addr2line::Context<R>> {
+fn load_dwarf<'d, D: ReadRef<'d>>(file: &object::File<'d, D>, bytes: &mut usize) -> Option<addr2line::Context<R>> {
     file.section_by_name(".debug_info")?;
     let empty = EndianArcSlice::new(Arc::from(&[][..]), LittleEndian);
     let dwarf = gimli::Dwarf::load(|id| -> Result<R, gimli::Error> {
@@ -192,8 +192,10 @@ pub fn demangle(name: &str) -> String {
     name.to_owned()
 }
 
-fn read_mapped(path: &Path) -> Result<Vec<u8>, ModuleError> {
-    std::fs::read(path).map_err(|source| ModuleError::Io { path: path.to_owned(), source })
+/// The file at `path`, read on demand: only the sections a module keeps are read (and held
+/// by the cache until loading ends), never the whole file at once.
+fn open_lazy(path: &Path) -> Result<ReadCache<std::fs::File>, ModuleError> {
+    std::fs::File::open(path).map(ReadCache::new).map_err(|source| ModuleError::Io { path: path.to_owned(), source })
 }
 
 impl Module {
@@ -201,8 +203,8 @@ impl Module {
     /// (`/proc/PID/root`) under which debug files are searched; `debug_dirs` are directories
     /// holding `.build-id/xx/yyyy.debug` files (e.g. `/usr/lib/debug`).
     pub fn load(path: &Path, display_path: &str, root: &Path, debug_dirs: &[PathBuf]) -> Result<Module, ModuleError> {
-        let data = read_mapped(path)?;
-        let file = object::File::parse(&*data).map_err(|source| ModuleError::Object { path: path.to_owned(), source })?;
+        let data = open_lazy(path)?;
+        let file = object::File::parse(&data).map_err(|source| ModuleError::Object { path: path.to_owned(), source })?;
         let mut bytes = 0usize;
         let segments: Vec<Segment> = file
             .segments()
@@ -229,7 +231,7 @@ impl Module {
         if dwarf.is_some() {
             debug_source = DebugSource::Embedded;
         } else if let Some((source, debug_data)) = find_debug_file(&file, display_path, build_id.as_deref(), root, debug_dirs) {
-            if let Ok(debug_file) = object::File::parse(&*debug_data) {
+            if let Ok(debug_file) = object::File::parse(&debug_data) {
                 dwarf = load_dwarf(&debug_file, &mut bytes);
                 if dwarf.is_some() {
                     debug_source = source;
@@ -308,7 +310,7 @@ impl Module {
 }
 
 /// The `.gopclntab` of a Go binary, with the data sections that lead to its inline trees.
-fn go_table_of(file: &object::File<'_>) -> Option<PcLnTable> {
+fn go_table_of<'d, D: ReadRef<'d>>(file: &object::File<'d, D>) -> Option<PcLnTable> {
     let section = file.section_by_name(".gopclntab")?;
     let data = section.data().ok()?.to_vec();
     let sections: Vec<(u64, &[u8])> = [".noptrdata", ".data"]
@@ -326,7 +328,7 @@ fn go_table_of(file: &object::File<'_>) -> Option<PcLnTable> {
     }
 }
 
-fn symbols_of(file: &object::File<'_>, bytes: &mut usize) -> Vec<(u64, u64, String)> {
+fn symbols_of<'d, D: ReadRef<'d>>(file: &object::File<'d, D>, bytes: &mut usize) -> Vec<(u64, u64, String)> {
     let mut symbols: Vec<(u64, u64, String)> = file
         .symbols()
         .chain(file.dynamic_symbols())
@@ -342,13 +344,13 @@ fn symbols_of(file: &object::File<'_>, bytes: &mut usize) -> Vec<(u64, u64, Stri
 /// The separate debug file of an object without DWARF: by build id under each debug directory
 /// (and the process's own `/usr/lib/debug`), then by `.gnu_debuglink` beside the binary, in
 /// its `.debug/` folder and under `/usr/lib/debug/<dir>/`.
-fn find_debug_file(
-    file: &object::File<'_>,
+fn find_debug_file<'d, D: ReadRef<'d>>(
+    file: &object::File<'d, D>,
     display_path: &str,
     build_id: Option<&[u8]>,
     root: &Path,
     debug_dirs: &[PathBuf],
-) -> Option<(DebugSource, Vec<u8>)> {
+) -> Option<(DebugSource, ReadCache<std::fs::File>)> {
     let in_root = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
     if let Some(id) = build_id.filter(|id| id.len() > 1) {
         let hex = crate::spans::hex(id);
@@ -356,8 +358,8 @@ fn find_debug_file(
         let mut candidates: Vec<PathBuf> = debug_dirs.iter().map(|d| d.join(&rel)).collect();
         candidates.push(in_root(&Path::new("/usr/lib/debug").join(&rel)));
         for c in candidates {
-            if let Ok(data) = std::fs::read(&c) {
-                return Some((DebugSource::BuildId, data));
+            if let Ok(f) = std::fs::File::open(&c) {
+                return Some((DebugSource::BuildId, ReadCache::new(f)));
             }
         }
     }
@@ -368,7 +370,7 @@ fn find_debug_file(
         in_root(&dir.join(".debug").join(&link)),
         in_root(&Path::new("/usr/lib/debug").join(dir.strip_prefix("/").unwrap_or(dir)).join(&link)),
     ];
-    candidates.iter().find_map(|c| std::fs::read(c).ok()).map(|d| (DebugSource::DebugLink, d))
+    candidates.iter().find_map(|c| std::fs::File::open(c).ok()).map(|f| (DebugSource::DebugLink, ReadCache::new(f)))
 }
 
 #[cfg(test)]
