@@ -142,6 +142,23 @@ pub fn on_data(ctx: &TracePointContext, conn: &emit::Conn, direction: u32) {
     }
 }
 
+/// True when the process's token bucket holds a stack now (nothing is taken).
+#[inline(always)]
+pub fn has_budget(tgid: u32) -> bool {
+    let s = settings();
+    let rate = s.per_second as u64;
+    let cap = s.burst as u64 * 1_000_000_000;
+    // SAFETY: copied out at once.
+    let Some(b) = (unsafe { STACK_BUDGET.get(&tgid) }).copied() else { return true };
+    // SAFETY: the helper has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let mut elapsed = now.saturating_sub(b.last_ns);
+    if rate > 0 && elapsed > cap / rate {
+        elapsed = cap / rate;
+    }
+    b.credit + elapsed * rate >= 1_000_000_000
+}
+
 /// Takes one stack from the process's token bucket.
 #[inline(always)]
 fn take_budget(tgid: u32) -> bool {

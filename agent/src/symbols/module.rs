@@ -5,9 +5,12 @@
 //! and its symbol table as a fallback.
 //!
 //! Loading copies the sections it keeps, so a module owns its memory ([`Module::bytes`]) and
-//! the file can go away. It does no unwinding and keeps no per-process state.
+//! the file can go away. It does no unwinding and keeps no per-process state; it remembers the
+//! answers it gave per address (bounded memos), since the same call sites recur.
 
 use std::{
+    cell::RefCell,
+    collections::HashMap,
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -152,6 +155,26 @@ pub struct Module {
     symbols: Vec<(u64, u64, String)>,
     /// Go's function table, for Go binaries without DWARF.
     go_table: Option<PcLnTable>,
+    /// Answers already given, by address: the same call sites come back stack after stack.
+    /// Each holds at most [`MEMO_ENTRIES`] entries (then starts over).
+    frames_memo: RefCell<HashMap<u64, Vec<SourceFrame>>>,
+    rules_memo: RefCell<HashMap<u64, Option<UnwindRule>>>,
+}
+
+/// Entries of each per-module memo before it is cleared.
+const MEMO_ENTRIES: usize = 16_384;
+
+fn memo<V: Clone>(map: &RefCell<HashMap<u64, V>>, addr: u64, compute: impl FnOnce() -> V) -> V {
+    if let Some(v) = map.borrow().get(&addr) {
+        return v.clone();
+    }
+    let v = compute();
+    let mut m = map.borrow_mut();
+    if m.len() >= MEMO_ENTRIES {
+        m.clear();
+    }
+    m.insert(addr, v.clone());
+    v
 }
 
 /// The `.gnu_debuglink` file name of an object.
@@ -253,7 +276,21 @@ impl Module {
         bytes += eh_frame.as_ref().map_or(0, |c| c.index.len() * 24);
         bytes += debug_frame.as_ref().map_or(0, |c| c.index.len() * 24);
         let name = Path::new(display_path).file_name().map_or_else(|| display_path.to_owned(), |n| n.to_string_lossy().into_owned());
-        Ok(Module { name, build_id, debug_source, bytes, is_go, segments, eh_frame, debug_frame, dwarf, symbols, go_table })
+        Ok(Module {
+            name,
+            build_id,
+            debug_source,
+            bytes,
+            is_go,
+            segments,
+            eh_frame,
+            debug_frame,
+            dwarf,
+            symbols,
+            go_table,
+            frames_memo: RefCell::default(),
+            rules_memo: RefCell::default(),
+        })
     }
 
     /// The ELF virtual address of file offset `offset`, if a load segment maps it.
@@ -266,6 +303,10 @@ impl Module {
 
     /// How to unwind from ELF address `addr`, from `.eh_frame` or else `.debug_frame`.
     pub fn unwind_rule(&self, ctx: &mut UnwindContext<usize>, addr: u64) -> Option<UnwindRule> {
+        memo(&self.rules_memo, addr, || self.find_unwind_rule(ctx, addr))
+    }
+
+    fn find_unwind_rule(&self, ctx: &mut UnwindContext<usize>, addr: u64) -> Option<UnwindRule> {
         if let Some(row) = self.eh_frame.as_ref().and_then(|c| c.row(ctx, addr)) {
             return rule_of(&row);
         }
@@ -274,6 +315,10 @@ impl Module {
 
     /// Source frames at ELF address `addr`, innermost (inlined) first; empty when unknown.
     pub fn source_frames(&self, addr: u64) -> Vec<SourceFrame> {
+        memo(&self.frames_memo, addr, || self.find_source_frames(addr))
+    }
+
+    fn find_source_frames(&self, addr: u64) -> Vec<SourceFrame> {
         if let Some(table) = &self.go_table {
             return table.source_frames(addr);
         }

@@ -161,6 +161,12 @@ pub fn go_owner_stack(ctx: ProbeContext) -> u32 {
     if goid == 0 {
         return 0;
     }
+    // The request's write takes a stack only if the budget allows: without budget now, skip the
+    // walk, and forget this goroutine's older stack so that it is never given to this request.
+    if !crate::stack::has_budget(tgid) {
+        let _ = GO_OWNER_STACKS.remove(&GoKey { value: goid, tgid, _pad: 0 });
+        return 0;
+    }
     let Some(scratch) = GO_STACK_SCRATCH.get_ptr_mut(0) else { return 0 };
     // SAFETY: `scratch` is this CPU's slot; bpf_get_stack writes at most the size given, which
     // is the size of `ips`.
