@@ -100,7 +100,7 @@ pub fn classify<'data, O: Object<'data>>(elf: &O) -> GoBinary {
     if stripped {
         handoffs = stripped_handoffs(elf);
     }
-    let spawn = entry_and_rets(elf, NEWPROC);
+    let spawn = if stripped { pclntab_range(elf, NEWPROC) } else { symbol_range(elf, NEWPROC) }.and_then(|(vaddr, size)| entry_and_rets(elf, vaddr, size));
     GoBinary::Followed { version, goid_offset, handoffs, stripped, spawn }
 }
 
@@ -111,10 +111,32 @@ pub struct Sites {
     pub rets: Vec<u64>,
 }
 
-/// [`Sites`] of the function `name`, from the symbol table; `None` without it or any RET.
-fn entry_and_rets<'data, O: Object<'data>>(elf: &O, name: &str) -> Option<Sites> {
+/// Address and size of the function `name`, from the symbol table.
+fn symbol_range<'data, O: Object<'data>>(elf: &O, name: &str) -> Option<(u64, u64)> {
     let sym = elf.symbols().find(|s| s.name() == Ok(name))?;
-    let (vaddr, size) = (sym.address(), sym.size());
+    Some((sym.address(), sym.size()))
+}
+
+/// Address and size of the function `name` of a stripped binary, from its `.gopclntab` (the
+/// size runs to the next function's entry).
+fn pclntab_range<'data, O: Object<'data>>(elf: &O, name: &str) -> Option<(u64, u64)> {
+    let section = elf.section_by_name(".gopclntab")?;
+    let table = PcLnTable::parse(section.data().ok()?.to_vec(), section.address(), &[], None).ok()?;
+    let mut entry = None;
+    let mut entries = Vec::new();
+    table.each_function(|f, at| {
+        if f == name {
+            entry = Some(at);
+        }
+        entries.push(at);
+    });
+    let entry = entry?;
+    let next = entries.into_iter().filter(|&at| at > entry).min()?;
+    Some((entry, next - entry))
+}
+
+/// [`Sites`] of the function at `vaddr` of `size` bytes; `None` without any RET.
+fn entry_and_rets<'data, O: Object<'data>>(elf: &O, vaddr: u64, size: u64) -> Option<Sites> {
     let text = elf.sections().find(|s| s.address() <= vaddr && vaddr < s.address() + s.size())?;
     let (file_start, _) = text.file_range()?;
     let to_file = |addr: u64| addr - text.address() + file_start;
