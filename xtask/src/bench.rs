@@ -186,26 +186,7 @@ fn example_bench(ztrace: &Path, agent_args: &[String]) -> Result<()> {
     }
     say!("the Go example: orders at {url}; warming up...");
     wrk(&url, &["-t2", "-c16", "-d2s"])?;
-    let stats_were = bpf_stats_on();
-    let mut runs = Vec::new();
-    let mut programs = Vec::new();
-    for pair in 1..=PAIRS {
-        say!("example pair {pair}/{PAIRS}: without ztrace...");
-        let requests_per_sec = wrk(&url, EXAMPLE_WRK_ARGS)?;
-        say!("  {requests_per_sec:.0} requests/s");
-        runs.push(Run { traced: false, requests_per_sec, agent: None });
-        say!("example pair {pair}/{PAIRS}: with ztrace...");
-        let run = traced_run(ztrace, &args, &dir.0, |pid| {
-            let ids = agent_prog_ids(pid);
-            let before = prog_stats(&ids);
-            let rps = wrk(&url, EXAMPLE_WRK_ARGS)?;
-            programs = prog_delta(&before, &prog_stats(&ids));
-            Ok(rps)
-        })?;
-        say!("  {:.0} requests/s", run.requests_per_sec);
-        runs.push(run);
-    }
-    bpf_stats_restore(stats_were);
+    let (runs, mut programs) = alternating_pairs("example", ztrace, &args, &dir.0, &url, EXAMPLE_WRK_ARGS)?;
     drop(services);
     report(&runs, ztrace, &args, &format!("wrk {} {url} (the Go example: 13 spans per request)", EXAMPLE_WRK_ARGS.join(" ")));
     for (i, run) in runs.iter().enumerate() {
@@ -344,19 +325,38 @@ fn https_bench(ztrace: &Path, agent_args: &[String], dir: &Path, tls_port: u16) 
     let url = format!("https://127.0.0.1:{tls_port}/index.html");
     say!("HTTPS: nginx serving {url}");
     wrk(&url, &["-t2", "-c32", "-d2s"])?;
+    let (runs, mut programs) = alternating_pairs("HTTPS", ztrace, agent_args, dir, &url, WRK_ARGS)?;
+    report(&runs, ztrace, agent_args, &format!("wrk {} {url} (nginx, 1 worker, static page over TLS, access_log off)", WRK_ARGS.join(" ")));
+    print_programs(&mut programs, "HTTPS", LOAD_SECONDS);
+    Ok(())
+}
+
+/// A kernel program's name, run count and run time (ns) over a run.
+type ProgramTime = (String, u64, u64);
+
+/// [`PAIRS`] pairs of wrk runs on `url`, without then with the agent (`args`), with the kernel's
+/// run time of each of the agent's programs over the last traced run (`bpf_stats_enabled`).
+fn alternating_pairs(
+    what: &str,
+    ztrace: &Path,
+    args: &[String],
+    dir: &Path,
+    url: &str,
+    wrk_args: &[&str],
+) -> Result<(Vec<Run>, Vec<ProgramTime>)> {
     let stats_were = bpf_stats_on();
     let mut runs = Vec::new();
     let mut programs = Vec::new();
     for pair in 1..=PAIRS {
-        say!("HTTPS pair {pair}/{PAIRS}: without ztrace...");
-        let requests_per_sec = wrk(&url, WRK_ARGS)?;
+        say!("{what} pair {pair}/{PAIRS}: without ztrace...");
+        let requests_per_sec = wrk(url, wrk_args)?;
         say!("  {requests_per_sec:.0} requests/s");
         runs.push(Run { traced: false, requests_per_sec, agent: None });
-        say!("HTTPS pair {pair}/{PAIRS}: with ztrace...");
-        let run = traced_run(ztrace, agent_args, dir, |pid| {
+        say!("{what} pair {pair}/{PAIRS}: with ztrace...");
+        let run = traced_run(ztrace, args, dir, |pid| {
             let ids = agent_prog_ids(pid);
             let before = prog_stats(&ids);
-            let rps = wrk(&url, WRK_ARGS)?;
+            let rps = wrk(url, wrk_args)?;
             programs = prog_delta(&before, &prog_stats(&ids));
             Ok(rps)
         })?;
@@ -364,9 +364,7 @@ fn https_bench(ztrace: &Path, agent_args: &[String], dir: &Path, tls_port: u16) 
         runs.push(run);
     }
     bpf_stats_restore(stats_were);
-    report(&runs, ztrace, agent_args, &format!("wrk {} {url} (nginx, 1 worker, static page over TLS, access_log off)", WRK_ARGS.join(" ")));
-    print_programs(&mut programs, "HTTPS", LOAD_SECONDS);
-    Ok(())
+    Ok((runs, programs))
 }
 
 /// Turns on the kernel's per-program run-time statistics; what to restore afterwards, `None`
