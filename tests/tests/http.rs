@@ -20,13 +20,7 @@ fn on_port(port: u16) -> impl Fn(&Span) -> bool {
 }
 
 fn split(spans: Vec<Span>) -> (Vec<Span>, Vec<Span>) {
-    let (mut servers, mut clients): (Vec<Span>, Vec<Span>) = spans
-        .into_iter()
-        .filter(|s| s.is_server() || s.is_client())
-        .partition(Span::is_server);
-    servers.sort_by_key(Span::start_unix_nano);
-    clients.sort_by_key(Span::start_unix_nano);
-    (servers, clients)
+    ztrace_e2e::span::split_by_kind(&spans)
 }
 
 /// An nginx worker's spans carry the worker's pid: check it is one of the master's children.

@@ -14,13 +14,7 @@ fn to_server(port: u16) -> impl Fn(&Span) -> bool {
     move |span| span.attr_str("db.system.name") == Some("postgresql") && span.server_port() == Some(port)
 }
 
-fn split(spans: &[Span]) -> (Vec<Span>, Vec<Span>) {
-    let (mut servers, mut clients): (Vec<Span>, Vec<Span>) =
-        spans.iter().filter(|s| s.is_server() || s.is_client()).cloned().partition(Span::is_server);
-    servers.sort_by_key(Span::start_unix_nano);
-    clients.sort_by_key(Span::start_unix_nano);
-    (servers, clients)
-}
+use ztrace_e2e::span::split_by_kind as split;
 
 /// What a test knows about one statement it ran.
 struct Query<'a> {

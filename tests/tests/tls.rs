@@ -16,13 +16,7 @@ fn on_port(port: u16) -> impl Fn(&Span) -> bool {
     move |span| span.server_port() == Some(port)
 }
 
-fn split(spans: &[Span]) -> (Vec<Span>, Vec<Span>) {
-    let (mut servers, mut clients): (Vec<Span>, Vec<Span>) =
-        spans.iter().filter(|s| s.is_server() || s.is_client()).cloned().partition(Span::is_server);
-    servers.sort_by_key(Span::start_unix_nano);
-    clients.sort_by_key(Span::start_unix_nano);
-    (servers, clients)
-}
+use ztrace_e2e::span::split_by_kind as split;
 
 fn exchange(name: &'static str, path: &'static str, port: u16) -> Exchange<'static> {
     Exchange {
@@ -236,6 +230,20 @@ fn java_https_client_gives_no_wrong_spans_and_the_table_says_why() {
     );
 }
 
+/// Runs a short-lived client (`run` returns its pid) until one of its runs is traced as `traced`
+/// says: a program started after the agent may get its probes only after its first requests.
+/// Panics after ten runs.
+fn run_until_traced(ztrace: &mut Ztrace, what: &str, mut run: impl FnMut() -> u32, traced: impl Fn(&[Span], u32) -> bool) -> u32 {
+    for _ in 0..10 {
+        let pid = run();
+        std::thread::sleep(Duration::from_millis(500));
+        if traced(&ztrace.spans(), pid) {
+            return pid;
+        }
+    }
+    panic!("no run of {what} was traced:\n{}", ztrace.report())
+}
+
 #[test]
 #[ignore = "needs root and eBPF; run by cargo xtask test"]
 fn go_crypto_tls_server_client_and_stripped_hey() {
@@ -264,16 +272,9 @@ fn go_crypto_tls_server_client_and_stripped_hey() {
     // hey, stripped: its functions are found through .gopclntab when its first run execs; that
     // first run may be over before the probes are in, so it is run until one is traced.
     let from_hey = |pid: u32| move |s: &Span| on_port(server.port)(s) && s.is_client() && s.pid() == Some(pid);
-    let mut traced = None;
-    for _ in 0..10 {
-        let pid = tls::hey(3, &server.url("/items/3"));
-        std::thread::sleep(std::time::Duration::from_millis(500));
-        if ztrace.spans().iter().any(from_hey(pid)) {
-            traced = Some(pid);
-            break;
-        }
-    }
-    let hey_pid = traced.unwrap_or_else(|| panic!("no run of hey was traced:\n{}", ztrace.report()));
+    let hey_pid = run_until_traced(&mut ztrace, "hey", || tls::hey(3, &server.url("/items/3")), |spans, pid| {
+        spans.iter().any(from_hey(pid))
+    });
     let hey_spans = ztrace.wait_for_n_spans(3, from_hey(hey_pid), SPAN_TIMEOUT);
     assert_eq!(hey_spans.len(), 3, "three requests: {}", ztrace_e2e::span::list(&hey_spans));
     let all = ztrace.spans();
@@ -340,18 +341,10 @@ fn check_go_run(ztrace: &mut Ztrace, binary: &std::path::Path, certs: &Certs, se
         clients.sort_by_key(Span::start_unix_nano);
         clients
     };
-    let mut traced = None;
-    for _ in 0..10 {
-        let pid = tls::go_get(binary, &certs.cert, &urls);
-        std::thread::sleep(Duration::from_millis(500));
-        let spans = ztrace.spans();
-        let clients = mine(&spans, pid);
-        if clients.len() == 2 && clients.iter().all(|c| spans.iter().any(|s| s.parent_span_id() == Some(c.span_id()))) {
-            traced = Some(pid);
-            break;
-        }
-    }
-    let client_pid = traced.unwrap_or_else(|| panic!("no run of the Go 1.23 client was traced at both ends:\n{}", ztrace.report()));
+    let client_pid = run_until_traced(ztrace, "the Go 1.23 client (at both ends)", || tls::go_get(binary, &certs.cert, &urls), |spans, pid| {
+        let clients = mine(spans, pid);
+        clients.len() == 2 && clients.iter().all(|c| spans.iter().any(|s| s.parent_span_id() == Some(c.span_id())))
+    });
     let spans = ztrace.spans();
     for (i, client_span) in mine(&spans, client_pid).iter().enumerate() {
         let server_span = spans

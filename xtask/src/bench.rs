@@ -203,11 +203,7 @@ fn example_bench(ztrace: &Path, agent_args: &[String]) -> Result<()> {
 /// `hold_back_window_memory` in `agent/src/trace/tests.rs`.
 fn window_memory_bench() -> Result<()> {
     say!("the hold-back window at its bound...");
-    util::run(
-        util::cargo()
-            .args(["test", "--release", "-p", "ztrace", "--lib", "hold_back_window_memory", "--", "--ignored", "--nocapture"])
-            .current_dir(util::repo_root()),
-    )
+    ignored_lib_test("trace::tests::hold_back_window_memory").context("the hold-back window benchmark failed")
 }
 
 const PGBENCH_ARGS: &[&str] = &["-M", "prepared", "-S", "-c", "4", "-j", "2", "-T", "10"];
@@ -283,38 +279,22 @@ impl Drop for Postgres {
 /// The trace store: insert throughput (spans/s) and list / trace / services query times.
 fn store_bench() -> Result<()> {
     say!("the trace store: inserts and queries with 100,000 traces stored...");
-    let mut cmd = util::cargo();
-    cmd.current_dir(util::repo_root()).args([
-        "test",
-        "--release",
-        "-p",
-        "ztrace",
-        "--lib",
-        "store::tests::bench_insert_and_list",
-        "--",
-        "--ignored",
-        "--nocapture",
-    ]);
-    util::run(&mut cmd).context("the store benchmark failed")
+    ignored_lib_test("store::tests::bench_insert_and_list").context("the store benchmark failed")
 }
 
 /// The PostgreSQL parser and span builder alone, on one core, from a recorded `pgbench -M
 /// prepared` session: spans per second.
 fn parser_bench() -> Result<()> {
     say!("the PostgreSQL parser on one core, from a recorded pgbench -M prepared session...");
+    ignored_lib_test("protocols::postgres::tests::postgres_throughput").context("the parser benchmark failed")
+}
+
+/// Runs one `#[ignore]`d benchmark test of the agent's library, in release mode, showing its output.
+fn ignored_lib_test(name: &str) -> Result<()> {
     let mut cmd = util::cargo();
-    cmd.current_dir(util::repo_root()).args([
-        "test",
-        "--release",
-        "-p",
-        "ztrace",
-        "--lib",
-        "protocols::postgres::tests::postgres_throughput",
-        "--",
-        "--ignored",
-        "--nocapture",
-    ]);
-    util::run(&mut cmd).context("the parser benchmark failed")
+    cmd.current_dir(util::repo_root())
+        .args(["test", "--release", "-p", "ztrace", "--lib", name, "--", "--ignored", "--nocapture"]);
+    util::run(&mut cmd)
 }
 
 /// HTTPS: the same wrk load over TLS (nginx and wrk both use the shared libssl, so both are
