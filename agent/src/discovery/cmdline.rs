@@ -139,6 +139,19 @@ pub enum Runtime {
 }
 
 impl Runtime {
+    /// Extensions dropped from a script's file name to name its program.
+    fn script_extensions(self) -> &'static [&'static str] {
+        match self {
+            Runtime::Python => &[".pyc", ".pyw", ".py"],
+            Runtime::Node => &[".mjs", ".cjs", ".js", ".mts", ".cts", ".ts"],
+            Runtime::Ruby => &[".rb"],
+            Runtime::Perl => &[".pl", ".pm", ".cgi"],
+            Runtime::Php => &[".php"],
+            Runtime::Shell => &[".sh", ".bash"],
+            Runtime::Java | Runtime::Dotnet => &[],
+        }
+    }
+
     /// Recognizes an interpreter from an executable or `argv[0]` basename (`python3.12`, `node`,
     /// `ruby3.2`, `perl5.36`, `php8.2`, `java`, `bash`, `dotnet`, ...).
     pub fn from_name(name: &str) -> Option<Runtime> {
@@ -159,36 +172,236 @@ impl Runtime {
     }
 }
 
-/// The name of the program an interpreter or VM runs, from its arguments (`args[0]` is the
-/// interpreter itself), or `None` when `exe_name` and `args[0]` are no known interpreter or the
-/// arguments name no script (`python -c ...`, `node -e ...`, a REPL, stdin).
+/// What besides its arguments tells how to name a program.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NameHints<'a> {
+    /// The process's working directory (`/proc/PID/cwd`), for app servers whose app names no
+    /// module of its own (`gunicorn app:app` in `/srv/orders` → `orders`).
+    pub cwd: Option<&'a str>,
+    /// The name PM2 gave the app (`name` in the environment of a process PM2 started).
+    pub pm2_name: Option<&'a str>,
+}
+
+/// The name of the program an interpreter, VM or app server runs, from its arguments (`args[0]`
+/// is the interpreter itself), or `None` when `exe_name` and `args[0]` are no known interpreter
+/// or app server, or the arguments name no script (`python -c ...`, `node -e ...`, a REPL, stdin).
 ///
 /// Scripts and jars are named by their file name without extension (`/srv/app.py` → `app`,
 /// `orders-service-0.0.1-SNAPSHOT.jar` → `orders-service`), Python modules by their name
-/// (`-m uvicorn` → `uvicorn`), Java main classes by their simple name.
-pub fn program_name(exe_name: &str, args: &[String]) -> Option<String> {
+/// (`-m http.server` → `http.server`), Java main classes by their simple name. Programs that host
+/// an application (see [`Host`]: gunicorn, uvicorn, uwsgi, celery, Puma, Unicorn, npm, PM2,
+/// `node_modules/.bin/*`, Spring Boot's launchers, `dotnet run`) are named by the application:
+/// its module (`gunicorn orders.wsgi:application` → `orders`), else the directory it is served
+/// from (`--chdir`, `config.ru`'s, the working directory's), else the host's own name.
+pub fn program_name(exe_name: &str, args: &[String], hints: &NameHints<'_>) -> Option<String> {
+    if let Some(name) = hints.pm2_name.and_then(clean) {
+        return Some(name);
+    }
     // A rewritten title (`gunicorn: master [app:app]`, `npm start`) is one argument with spaces.
-    if args.len() == 1 && args[0].contains(' ') && Runtime::from_name(exe_name).is_some() {
+    let titled = Runtime::from_name(exe_name).is_some() || Host::from_name(exe_name).is_some();
+    if args.len() == 1 && args[0].contains(' ') && titled {
         let words: Vec<String> = args[0].split_whitespace().map(str::to_owned).collect();
-        let first = words.first()?.trim_end_matches(':');
+        let first = words.first()?.trim_start_matches('[').trim_end_matches(':');
+        if let Some(host) = Host::from_name(first) {
+            return clean(&host.app_from_title(first, &words[1..], hints));
+        }
         if Runtime::from_name(first).is_none() {
             return clean(basename(first));
         }
-        return program_name(exe_name, &words);
+        return program_name(exe_name, &words, hints);
+    }
+    // An app server that is a program of its own (uwsgi).
+    if let Some(host) = Host::from_name(exe_name) {
+        return clean(&host.app(exe_name, args.get(1..).unwrap_or_default(), hints));
     }
     let runtime = Runtime::from_name(exe_name).or_else(|| Runtime::from_name(args.first()?))?;
     let rest = args.get(1..)?;
-    let name = match runtime {
+    let found = match runtime {
         Runtime::Python => python(rest),
         Runtime::Node => node(rest),
         Runtime::Ruby => ruby(rest),
         Runtime::Perl => perl(rest),
         Runtime::Php => php(rest),
-        Runtime::Java => java(rest),
+        Runtime::Java => return java(rest, hints).as_deref().and_then(clean),
         Runtime::Shell => shell(rest),
-        Runtime::Dotnet => dotnet(rest),
+        Runtime::Dotnet => return dotnet(rest, hints).as_deref().and_then(clean),
     }?;
+    if runtime == Runtime::Node {
+        if let Some(app) = node_modules_app(&found.program, hints) {
+            return clean(&app);
+        }
+    }
+    let name = script_stem(&found.program, runtime.script_extensions());
+    if let Some(host) = Host::from_name(&name) {
+        return clean(&host.app(&name, rest.get(found.next..).unwrap_or_default(), hints));
+    }
     clean(&name)
+}
+
+/// Programs that run an application given on their command line, named after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Host {
+    /// gunicorn: `module:app` (its `--name` first), `--chdir`.
+    Gunicorn,
+    /// uvicorn, hypercorn, daphne, granian, waitress-serve: `module:app`, `--app-dir`.
+    Asgi,
+    /// celery: `-A`/`--app module`.
+    Celery,
+    /// uWSGI: `--module`/`-w`/`--wsgi`, `--wsgi-file`/`--file`, an `.ini` file, `--chdir`.
+    Uwsgi,
+    /// Puma, Unicorn, rackup, thin, falcon: `config.ru`'s directory; Puma's title tag.
+    Rack,
+    /// npm, npx, yarn, pnpm and the PM2 daemon's process containers: the working directory.
+    NodeRunner,
+}
+
+impl Host {
+    /// Recognizes an app server from a program, script or module name (`gunicorn`,
+    /// `/usr/bin/uvicorn`, `celeryd`, `uwsgi-core`, `puma`, `npm-cli`, ...).
+    pub fn from_name(name: &str) -> Option<Host> {
+        Some(match basename(name) {
+            "gunicorn" | "gunicorn3" => Host::Gunicorn,
+            "uvicorn" | "hypercorn" | "daphne" | "granian" | "waitress-serve" => Host::Asgi,
+            "celery" | "celeryd" => Host::Celery,
+            "uwsgi" | "uwsgi-core" | "uWSGI" => Host::Uwsgi,
+            "puma" | "unicorn" | "unicorn_rails" | "rackup" | "thin" | "falcon" => Host::Rack,
+            "npm" | "npm-cli" | "npx" | "npx-cli" | "yarn" | "yarn.js" | "pnpm" | "pnpm.cjs"
+            | "ProcessContainerFork" | "ProcessContainer" => Host::NodeRunner,
+            _ => return None,
+        })
+    }
+
+    /// The application's name from the arguments after the host (`host_name` when none is found).
+    fn app(self, host_name: &str, args: &[String], hints: &NameHints<'_>) -> String {
+        let (module, dir) = match self {
+            Host::Gunicorn => (
+                flag_value(args, &["-n", "--name"])
+                    .map(str::to_owned)
+                    .or_else(|| last_app_spec(args).and_then(module_name)),
+                flag_value(args, &["--chdir"]),
+            ),
+            Host::Asgi => (
+                last_app_spec(args).and_then(module_name),
+                flag_value(args, &["--app-dir"]),
+            ),
+            Host::Celery => (
+                flag_value(args, &["-A", "--app"]).and_then(module_name),
+                flag_value(args, &["--workdir"]),
+            ),
+            Host::Uwsgi => (
+                flag_value(args, &["--module", "-w", "--wsgi", "--mount"])
+                    .map(|m| m.rsplit('=').next().unwrap_or(m))
+                    .or_else(|| flag_value(args, &["--wsgi-file", "--file"]))
+                    // Debian's init script passes its default.ini before the app's.
+                    .or_else(|| args.iter().rev().map(String::as_str).find(|a| a.ends_with(".ini")))
+                    .and_then(module_name),
+                flag_value(args, &["--chdir", "--chdir2"]),
+            ),
+            Host::Rack => (
+                flag_value(args, &["--tag"]).map(str::to_owned).or_else(|| {
+                    args.iter().map(String::as_str).find(|a| a.ends_with(".ru")).and_then(module_name)
+                }),
+                flag_value(args, &["--dir", "--chdir"]),
+            ),
+            Host::NodeRunner => (None, None),
+        };
+        module
+            .or_else(|| dir.and_then(dir_name))
+            .or_else(|| hints.cwd.and_then(dir_name))
+            .unwrap_or_else(|| host_name.to_owned())
+    }
+
+    /// The application's name from a title the host set (`gunicorn: worker [orders:app]`,
+    /// `puma 6.4.2 (tcp://0.0.0.0:9292) [shop]`): its bracketed tag, else its arguments.
+    fn app_from_title(self, host_name: &str, words: &[String], hints: &NameHints<'_>) -> String {
+        let tag = words
+            .last()
+            .and_then(|w| w.strip_prefix('[')?.strip_suffix(']'))
+            .filter(|t| !t.is_empty() && matches!(self, Host::Gunicorn | Host::Rack));
+        match tag {
+            // gunicorn's tag is its `--name`, by default the app it was given.
+            Some(tag) if is_app_spec(tag) => {
+                module_name(tag).unwrap_or_else(|| self.app(host_name, &[], hints))
+            }
+            Some(tag) => tag.to_owned(),
+            None => self.app(host_name, words, hints),
+        }
+    }
+}
+
+/// Names that say nothing about which application it is: a module, file or directory so named
+/// gives way to its parent (`orders.wsgi` → `orders`, `/srv/blog/wsgi.py` → `blog`).
+const GENERIC_NAMES: [&str; 32] = [
+    "app", "application", "apps", "asgi", "wsgi", "main", "__main__", "server", "web", "run",
+    "start", "index", "service", "config", "settings", "default", "src", "lib", "core", "celery",
+    "manage", "project", "uwsgi", "bin", "srv", "opt", "home", "root", "tmp", "usr", "var", "www",
+];
+
+fn is_generic(name: &str) -> bool {
+    GENERIC_NAMES.iter().any(|g| g.eq_ignore_ascii_case(name))
+}
+
+/// `module.sub:attr` or `module:factory()`: what gunicorn, uvicorn and their kin are given. An
+/// address (`127.0.0.1:8000`, `localhost:80`, `unix:/run/x.sock`) is not one.
+fn is_app_spec(arg: &str) -> bool {
+    let Some((module, attr)) = arg.split_once(':') else { return false };
+    let ident = |s: &str| {
+        s.chars().next().is_some_and(|c| c.is_alphabetic() || c == '_')
+            && s.chars().all(|c| c.is_alphanumeric() || c == '_')
+    };
+    let attr = attr.split_once('(').map_or(attr, |(name, _)| name);
+    module.split('.').all(ident) && ident(attr)
+}
+
+/// The last `module:app` among the arguments (or an option's `--app=module:app` value).
+fn last_app_spec(args: &[String]) -> Option<&str> {
+    args.iter().rev().map(|a| a.rsplit_once('=').map_or(a.as_str(), |(_, v)| v)).find(|a| is_app_spec(a))
+}
+
+/// The value of the first of `flags` among `args`: `--flag value`, `--flag=value`, or `-fvalue`
+/// for a one-letter flag.
+fn flag_value<'a>(args: &'a [String], flags: &[&str]) -> Option<&'a str> {
+    args.iter().enumerate().find_map(|(i, arg)| {
+        flags.iter().find_map(|flag| {
+            let rest = arg.strip_prefix(flag)?;
+            if rest.is_empty() {
+                return args.get(i + 1).map(String::as_str).filter(|v| !v.starts_with('-'));
+            }
+            if let Some(value) = rest.strip_prefix('=') {
+                return Some(value);
+            }
+            (flag.len() == 2 && !flag.starts_with("--")).then_some(rest)
+        })
+    })
+}
+
+/// The application a module path or file names: its last part that is not generic
+/// (`orders.wsgi:application` → `orders`, `/srv/blog/wsgi.py` → `blog`, `config.ru` → none).
+fn module_name(spec: &str) -> Option<String> {
+    const EXTS: [&str; 6] = [".py", ".ru", ".ini", ".yaml", ".yml", ".json"];
+    let spec = spec.split_once(':').map_or(spec, |(module, _)| module);
+    let spec = EXTS.iter().find_map(|ext| spec.strip_suffix(ext)).unwrap_or(spec);
+    let separator = if spec.contains('/') { '/' } else { '.' };
+    spec.split(separator)
+        .rev()
+        .find(|p| !p.is_empty() && *p != "." && *p != ".." && !is_generic(p))
+        .map(str::to_owned)
+}
+
+/// A directory's name, unless it is generic (`/`, `/root`, `/srv`, `/app`).
+fn dir_name(dir: &str) -> Option<String> {
+    let name = basename(dir.trim_end_matches('/'));
+    (!name.is_empty() && name != "." && name != ".." && !is_generic(name)).then(|| name.to_owned())
+}
+
+/// A tool run from a project's `node_modules` (`/srv/shop/node_modules/.bin/next`) runs that
+/// project: named by the directory that holds `node_modules`, or the working directory.
+fn node_modules_app(script: &str, hints: &NameHints<'_>) -> Option<String> {
+    let (project, _) = script.split_once("node_modules/")?;
+    match project.trim_end_matches('/') {
+        "" | "." => hints.cwd.and_then(dir_name),
+        dir => dir_name(dir).or_else(|| hints.cwd.and_then(dir_name)),
+    }
 }
 
 /// Trims a derived name and rejects empty or absurd ones.
@@ -252,6 +465,13 @@ fn cluster(arg: &str, no_program: &str, with_value: &str, naming: &str) -> Clust
     Cluster::Flags
 }
 
+/// The program an interpreter was given, as written (a script path or a module name), and the
+/// index of the first argument after it (the program's own arguments).
+struct Found {
+    program: String,
+    next: usize,
+}
+
 /// Generic walk over interpreter options: `long_with_value` are `--name value` options.
 fn walk(
     args: &[String],
@@ -259,12 +479,12 @@ fn walk(
     with_value: &str,
     naming: &str,
     long_with_value: &[&str],
-    exts: &[&str],
-) -> Option<String> {
+) -> Option<Found> {
+    let found = |i: usize| args.get(i).map(|program| Found { program: program.clone(), next: i + 1 });
     let mut i = 0;
     while let Some(arg) = args.get(i) {
         if arg == "--" {
-            return args.get(i + 1).map(|s| script_stem(s, exts));
+            return found(i + 1);
         }
         if arg == "-" {
             return None;
@@ -281,22 +501,22 @@ fn walk(
                 Cluster::Flags => {}
                 Cluster::SkipNext => i += 1,
                 Cluster::NoProgram => return None,
-                Cluster::Named(Some(name)) => return Some(name),
-                Cluster::Named(None) => return args.get(i + 1).cloned(),
+                Cluster::Named(Some(program)) => return Some(Found { program, next: i + 1 }),
+                Cluster::Named(None) => return found(i + 1),
             }
             i += 1;
             continue;
         }
-        return Some(script_stem(arg, exts));
+        return found(i);
     }
     None
 }
 
-fn python(args: &[String]) -> Option<String> {
-    walk(args, "c", "WXQ", "m", &["--check-hash-based-pycs"], &[".pyc", ".pyw", ".py"])
+fn python(args: &[String]) -> Option<Found> {
+    walk(args, "c", "WXQ", "m", &["--check-hash-based-pycs"])
 }
 
-fn node(args: &[String]) -> Option<String> {
+fn node(args: &[String]) -> Option<Found> {
     const LONG: [&str; 12] = [
         "--require",
         "--import",
@@ -319,26 +539,26 @@ fn node(args: &[String]) -> Option<String> {
             break;
         }
     }
-    walk(args, "", "rC", "", &LONG, &[".mjs", ".cjs", ".js", ".mts", ".cts", ".ts"])
+    walk(args, "", "rC", "", &LONG)
 }
 
-fn ruby(args: &[String]) -> Option<String> {
-    walk(args, "e", "IrCE", "", &[], &[".rb"])
+fn ruby(args: &[String]) -> Option<Found> {
+    walk(args, "e", "IrCE", "", &[])
 }
 
-fn perl(args: &[String]) -> Option<String> {
-    walk(args, "eE", "I", "", &[], &[".pl", ".pm", ".cgi"])
+fn perl(args: &[String]) -> Option<Found> {
+    walk(args, "eE", "I", "", &[])
 }
 
-fn php(args: &[String]) -> Option<String> {
-    walk(args, "ra", "cdztS", "f", &[], &[".php"]).map(|s| script_stem(&s, &[".php"]))
+fn php(args: &[String]) -> Option<Found> {
+    walk(args, "ra", "cdztS", "f", &[])
 }
 
-fn shell(args: &[String]) -> Option<String> {
+fn shell(args: &[String]) -> Option<Found> {
     let mut i = 0;
     while let Some(arg) = args.get(i) {
         if arg == "--" {
-            return args.get(i + 1).map(|s| script_stem(s, &[".sh", ".bash"]));
+            return args.get(i + 1).map(|s| Found { program: s.clone(), next: i + 2 });
         }
         if matches!(arg.as_str(), "--rcfile" | "--init-file") {
             i += 2;
@@ -360,12 +580,12 @@ fn shell(args: &[String]) -> Option<String> {
             i += 1;
             continue;
         }
-        return Some(script_stem(arg, &[".sh", ".bash"]));
+        return Some(Found { program: arg.clone(), next: i + 1 });
     }
     None
 }
 
-fn java(args: &[String]) -> Option<String> {
+fn java(args: &[String], hints: &NameHints<'_>) -> Option<String> {
     const WITH_VALUE: [&str; 13] = [
         "-cp",
         "-classpath",
@@ -381,6 +601,7 @@ fn java(args: &[String]) -> Option<String> {
         "--limit-modules",
         "--enable-native-access",
     ];
+    let mut class_path = None;
     let mut i = 0;
     while let Some(arg) = args.get(i) {
         if arg == "-jar" {
@@ -393,6 +614,9 @@ fn java(args: &[String]) -> Option<String> {
             return Some(java_module(m));
         }
         if WITH_VALUE.contains(&arg.as_str()) {
+            if matches!(arg.as_str(), "-cp" | "-classpath" | "--class-path") {
+                class_path = args.get(i + 1);
+            }
             i += 2;
             continue;
         }
@@ -400,14 +624,24 @@ fn java(args: &[String]) -> Option<String> {
             i += 1;
             continue;
         }
+        let class = arg.rsplit('.').next().unwrap_or(arg);
+        if SPRING_LAUNCHERS.contains(&class) {
+            // Spring Boot's launcher runs the application of the jar on the class path, or of
+            // the exploded jar in the working directory.
+            let jar = class_path.and_then(|cp| cp.split(':').find(|p| p.ends_with(".jar")));
+            return jar.map(jar_name).or_else(|| hints.cwd.and_then(dir_name)).or(Some(class.to_owned()));
+        }
         // A main class (`com.example.Main`) or, in source-file mode, a `.java` file.
         if let Some(src) = arg.strip_suffix(".java") {
             return Some(basename(src).to_owned());
         }
-        return Some(arg.rsplit('.').next().unwrap_or(arg).to_owned());
+        return Some(class.to_owned());
     }
     None
 }
+
+/// Spring Boot's launcher main classes (`org.springframework.boot.loader[.launch].JarLauncher`).
+const SPRING_LAUNCHERS: [&str; 3] = ["JarLauncher", "WarLauncher", "PropertiesLauncher"];
 
 /// `module/com.example.Main` → `module`.
 fn java_module(m: &str) -> String {
@@ -427,7 +661,7 @@ fn jar_name(path: &str) -> String {
     stem
 }
 
-fn dotnet(args: &[String]) -> Option<String> {
+fn dotnet(args: &[String], hints: &NameHints<'_>) -> Option<String> {
     const WITH_VALUE: [&str; 6] = [
         "--additionalprobingpath",
         "--depsfile",
@@ -446,7 +680,14 @@ fn dotnet(args: &[String]) -> Option<String> {
             i += 1;
             continue;
         }
-        // `dotnet App.dll`; an SDK command (`dotnet run`) names no program.
+        // `dotnet App.dll`; `dotnet run` runs the project in `--project` or the working
+        // directory; other SDK commands (`dotnet build`) name no program.
+        if arg == "run" {
+            let project = flag_value(&args[i + 1..], &["--project", "-p"]);
+            return project
+                .and_then(|p| dir_name(p.strip_suffix(".csproj").unwrap_or(p)))
+                .or_else(|| hints.cwd.and_then(dir_name));
+        }
         return arg.strip_suffix(".dll").map(|s| basename(s).to_owned());
     }
     None
@@ -577,20 +818,111 @@ mod tests {
             ("orders", "./orders --port 80", None),
         ];
         for (exe, cmd, want) in cases {
-            assert_eq!(program_name(exe, &args(cmd)).as_deref(), want, "{exe}: {cmd}");
+            assert_eq!(name(exe, &args(cmd), None).as_deref(), want, "{exe}: {cmd}");
         }
+    }
+
+    fn name(exe: &str, args: &[String], cwd: Option<&str>) -> Option<String> {
+        program_name(exe, args, &NameHints { cwd, pm2_name: None })
+    }
+
+    /// Real command lines of app servers (as `/proc/PID/cmdline` shows them, shebang scripts
+    /// with their interpreter first), with the working directory they ran in.
+    #[test]
+    fn names_the_application_an_app_server_runs() {
+        let cases: [(&str, &str, Option<&str>, &str); 36] = [
+            // gunicorn (Debian's /usr/bin/gunicorn, a pip-installed one in a venv).
+            ("python3.11", "/usr/bin/python3 /usr/bin/gunicorn -w 2 -b 127.0.0.1:8000 --chdir /srv/x orders:app", None, "orders"),
+            ("python3.11", "/srv/shop/.venv/bin/python3 /srv/shop/.venv/bin/gunicorn --bind 0.0.0.0:8000 shop.wsgi:application", Some("/srv/shop"), "shop"),
+            ("python3.11", "/usr/bin/python3 /usr/bin/gunicorn -b 127.0.0.1:8001 --chdir /srv/billing app:app", Some("/srv/billing"), "billing"),
+            ("python3.11", "/usr/bin/python3 /usr/bin/gunicorn -b 127.0.0.1:8001 app:app", Some("/home/ann/inventory"), "inventory"),
+            ("python3.11", "/usr/bin/python3 /usr/bin/gunicorn -k uvicorn.workers.UvicornWorker -n payments main:app", Some("/srv/x"), "payments"),
+            ("python3.11", "/usr/bin/python3 /usr/bin/gunicorn --name=payments main:app", None, "payments"),
+            ("python3.11", "/usr/bin/python3 /usr/bin/gunicorn shop:create_app() -b unix:/run/shop.sock", None, "shop"),
+            ("python3.11", "/usr/bin/python3 /usr/bin/gunicorn app:app", Some("/"), "gunicorn"),
+            ("python3.11", "/usr/bin/python3 /usr/bin/gunicorn -c /etc/gunicorn.conf.py", Some("/root"), "gunicorn"),
+            // uvicorn, hypercorn, waitress.
+            ("python3.12", "/app/.venv/bin/python /app/.venv/bin/uvicorn main:app --host 0.0.0.0 --port 8000", Some("/srv/catalog"), "catalog"),
+            ("python3.12", "python3 -m uvicorn catalog.api:app --reload", None, "api"),
+            ("python3.12", "python3 -m uvicorn app.main:app --app-dir services/search", None, "search"),
+            ("python3.12", "/usr/bin/python3 /usr/local/bin/hypercorn --bind localhost:8080 notify.asgi:application", None, "notify"),
+            ("python3.12", "/usr/bin/python3 /usr/local/bin/waitress-serve --listen=*:8080 --call ledger:create_app", None, "ledger"),
+            ("python3.12", "/usr/bin/python3 /usr/local/bin/waitress-serve --app=ledger.wsgi:application", None, "ledger"),
+            // celery.
+            ("python3.11", "/srv/mail/.venv/bin/python /srv/mail/.venv/bin/celery -A mailer worker -l INFO", None, "mailer"),
+            ("python3.11", "/usr/bin/python3 /usr/bin/celery --app=shop.celery:app worker --concurrency 2", None, "shop"),
+            ("python3.11", "python3 -m celery -Areports beat", None, "reports"),
+            ("python3.11", "/usr/bin/python3 /usr/bin/celery worker", Some("/srv/jobs"), "jobs"),
+            // uWSGI, a program of its own.
+            ("uwsgi", "uwsgi --http :8000 --module blog.wsgi:application --master --processes 4", None, "blog"),
+            ("uwsgi-core", "/usr/bin/uwsgi-core --http-socket :9090 --wsgi-file /srv/notes/wsgi.py", None, "notes"),
+            ("uwsgi", "uwsgi --http :9090 -w wiki", None, "wiki"),
+            ("uwsgi-core", "/usr/bin/uwsgi --ini /usr/share/uwsgi/conf/default.ini --ini /etc/uwsgi/apps-enabled/forum.ini --daemonize /var/log/uwsgi/app/forum.log", None, "forum"),
+            ("uwsgi", "uwsgi --http :8000 --chdir /srv/tickets --wsgi-file wsgi.py", None, "tickets"),
+            // Ruby: Puma, Unicorn.
+            ("ruby3.1", "/usr/bin/ruby3.1 /usr/local/bin/puma -C config/puma.rb", Some("/srv/storefront"), "storefront"),
+            ("ruby3.1", "/usr/bin/ruby3.1 /usr/local/bin/unicorn -c /srv/blog/unicorn.rb /srv/blog/config.ru", None, "blog"),
+            ("ruby3.1", "ruby /usr/local/bin/puma --tag admin -b tcp://127.0.0.1:9292", None, "admin"),
+            // Node: npm, node_modules/.bin, PM2's container.
+            ("node", "node /srv/shop-web/node_modules/.bin/next start -p 3000", None, "shop-web"),
+            ("node", "node node_modules/.bin/vite --port 5173", Some("/home/ann/admin-ui"), "admin-ui"),
+            ("node", "node /usr/lib/node_modules/npm/bin/npm-cli.js start", Some("/srv/checkout"), "checkout"),
+            ("node", "node /usr/lib/node_modules/pm2/lib/ProcessContainerFork.js", Some("/srv/chat"), "chat"),
+            ("node", "node /usr/local/lib/node_modules/pm2/lib/ProcessContainerFork.js", None, "ProcessContainerFork"),
+            // Java's Spring Boot launchers; dotnet run.
+            ("java", "java -cp /opt/orders-2.1.0.jar org.springframework.boot.loader.launch.JarLauncher", None, "orders"),
+            ("java", "java -Xmx512m org.springframework.boot.loader.JarLauncher", Some("/workspace/pricing"), "pricing"),
+            ("dotnet", "dotnet run --project src/Billing.Api/Billing.Api.csproj", None, "Billing.Api"),
+            ("dotnet", "dotnet run", Some("/srv/Reports"), "Reports"),
+        ];
+        for (exe, cmd, cwd, want) in cases {
+            assert_eq!(name(exe, &args(cmd), cwd).as_deref(), Some(want), "{exe}: {cmd} (in {cwd:?})");
+        }
+        // A PM2 app is named as PM2 names it.
+        let pm2 = NameHints { cwd: Some("/srv/chat"), pm2_name: Some("chat-api") };
+        let cmd = args("node /usr/lib/node_modules/pm2/lib/ProcessContainerFork.js");
+        assert_eq!(program_name("node", &cmd, &pm2).as_deref(), Some("chat-api"));
+    }
+
+    #[test]
+    fn names_the_application_from_an_app_server_title() {
+        let cases: [(&str, &str, Option<&str>, &str); 9] = [
+            ("python3.11", "gunicorn: master [orders:app]", None, "orders"),
+            ("python3.11", "gunicorn: worker [billing.wsgi:application]", None, "billing"),
+            ("python3.11", "gunicorn: worker [app:app]", Some("/srv/inventory"), "inventory"),
+            ("python3.11", "gunicorn: worker [payments]", None, "payments"),
+            ("python3.11", "[celeryd: celery@web-1:MainProcess] -active- (worker -A mailer -l INFO)", None, "mailer"),
+            ("ruby3.1", "puma 6.4.2 (tcp://0.0.0.0:9292) [storefront]", None, "storefront"),
+            ("ruby3.1", "puma: cluster worker 0: 4242 [storefront]", None, "storefront"),
+            ("ruby3.1", "unicorn worker[0] -c config/unicorn.rb -E production -D", Some("/srv/blog"), "blog"),
+            ("node", "npm start", Some("/srv/checkout"), "checkout"),
+        ];
+        for (exe, title, cwd, want) in cases {
+            assert_eq!(name(exe, &[title.to_owned()], cwd).as_deref(), Some(want), "{exe}: {title}");
+        }
+    }
+
+    #[test]
+    fn tells_an_app_from_an_address() {
+        for spec in ["orders:app", "a.b_c.d:create_app()", "_x:y"] {
+            assert!(is_app_spec(spec), "{spec}");
+        }
+        for arg in ["127.0.0.1:8000", "localhost:80", "unix:/run/x.sock", "[::]:80", ":8000", "a:", "x.y"] {
+            assert!(!is_app_spec(arg), "{arg}");
+        }
+        assert_eq!(module_name("/srv/blog/wsgi.py").as_deref(), Some("blog"));
+        assert_eq!(module_name("app.main:app"), None);
+        assert_eq!(dir_name("/srv/orders/"), Some("orders".to_owned()));
+        assert_eq!(dir_name("/"), None);
     }
 
     #[test]
     fn names_programs_from_rewritten_titles() {
         let title = |s: &str| vec![s.to_owned()];
-        assert_eq!(
-            program_name("python3", &title("gunicorn: master [app:app]")).as_deref(),
-            Some("gunicorn")
-        );
-        assert_eq!(program_name("node", &title("npm start")).as_deref(), Some("npm"));
-        assert_eq!(program_name("node", &title("node /srv/api.js --x")).as_deref(), Some("api"));
-        assert_eq!(program_name("nginx", &title("nginx: worker process")), None);
+        assert_eq!(name("python3", &title("gunicorn: master [app:app]"), None).as_deref(), Some("gunicorn"));
+        assert_eq!(name("node", &title("npm start"), None).as_deref(), Some("npm"));
+        assert_eq!(name("node", &title("node /srv/api.js --x"), None).as_deref(), Some("api"));
+        assert_eq!(name("nginx", &title("nginx: worker process"), None), None);
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub struct EnvHints {
     pub kubernetes: bool,
     /// `HOSTNAME`, when set (in a pod that does not share the host's network, the pod name).
     pub hostname: Option<String>,
+    /// The app's name when PM2 started the process (PM2 sets `pm_id` and `name`).
+    pub pm2_name: Option<String>,
 }
 
 impl EnvHints {
@@ -37,6 +39,7 @@ impl EnvHints {
 pub fn parse_environ(bytes: &[u8]) -> EnvHints {
     let mut hints = EnvHints::default();
     let (mut seen_name, mut seen_attrs, mut seen_host) = (false, false, false);
+    let (mut pm_id, mut name) = (false, None);
     for entry in bytes.split(|b| *b == 0) {
         let Some(eq) = entry.iter().position(|b| *b == b'=') else { continue };
         let (key, value) = (&entry[..eq], &entry[eq + 1..]);
@@ -52,6 +55,11 @@ pub fn parse_environ(bytes: &[u8]) -> EnvHints {
                     parse_resource_attributes(&String::from_utf8_lossy(value));
             }
             b"KUBERNETES_SERVICE_HOST" => hints.kubernetes = true,
+            b"pm_id" => pm_id = true,
+            b"name" if name.is_none() => {
+                let v = String::from_utf8_lossy(value).trim().to_owned();
+                name = (!v.is_empty()).then_some(v);
+            }
             b"HOSTNAME" if !seen_host => {
                 seen_host = true;
                 let v = String::from_utf8_lossy(value).trim().to_owned();
@@ -60,6 +68,7 @@ pub fn parse_environ(bytes: &[u8]) -> EnvHints {
             _ => {}
         }
     }
+    hints.pm2_name = name.filter(|_| pm_id);
     hints
 }
 
@@ -131,6 +140,15 @@ mod tests {
         assert_eq!(hints.resource_service_name(), Some("ignored"));
         assert!(hints.kubernetes);
         assert_eq!(hints.hostname.as_deref(), Some("orders-7d9c4b8f6-x2x9q"));
+        assert_eq!(hints.pm2_name, None);
+    }
+
+    #[test]
+    fn reads_the_name_pm2_gave_an_app() {
+        let env = b"PM2_HOME=/root/.pm2\0name=orders-api\0pm_id=3\0pm_exec_path=/srv/orders/server.js\0";
+        assert_eq!(parse_environ(env).pm2_name.as_deref(), Some("orders-api"));
+        // `name` alone is any program's variable, not PM2's.
+        assert_eq!(parse_environ(b"name=x\0").pm2_name, None);
     }
 
     #[test]

@@ -123,6 +123,8 @@ pub struct RawProcess {
     pub comm: String,
     /// `/proc/PID/cmdline` bytes.
     pub cmdline: Vec<u8>,
+    /// Target of `/proc/PID/cwd`, the working directory; `None` when unreadable.
+    pub cwd: Option<String>,
     /// `/proc/PID/environ` bytes; `None` when unreadable (another user's process without root).
     pub environ: Option<Vec<u8>>,
     /// `/proc/PID/cgroup` text.
@@ -156,6 +158,7 @@ impl RawProcess {
         let comm = fs::read_to_string(dir.join("comm"))
             .map(|c| c.trim_end_matches('\n').to_owned())
             .unwrap_or_else(|_| comm_hint.to_owned());
+        let cwd = fs::read_link(dir.join("cwd")).ok().map(|p| p.to_string_lossy().into_owned());
         let environ = read_bounded(&dir.join("environ"), MAX_PROC_FILE).ok();
         let cgroup = fs::read_to_string(dir.join("cgroup")).ok();
         let own_uts_namespace =
@@ -171,6 +174,7 @@ impl RawProcess {
             exe_path,
             comm,
             cmdline,
+            cwd,
             environ,
             cgroup,
             runtime_config,
@@ -230,7 +234,10 @@ impl ProcessInfo {
             )
         } else if let Some(container) = &k8s.container_name {
             (container.clone(), ServiceNameSource::K8sContainer)
-        } else if let Some(program) = cmdline::program_name(&exe_name, &args) {
+        } else if let Some(program) = cmdline::program_name(&exe_name, &args, &cmdline::NameHints {
+            cwd: raw.cwd.as_deref(),
+            pm2_name: env.pm2_name.as_deref(),
+        }) {
             (program, ServiceNameSource::Program)
         } else if !exe_name.is_empty() {
             (exe_name.clone(), exe_source)
