@@ -136,6 +136,10 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
     });
     let mut capture =
         Capture::new(metrics.clone(), config.db_query_parameters, tls, StackJoin::new(symbolizer, STACK_WAIT), go);
+    // Whoever reads the viewer (a browser polling /api/traces) is not traced.
+    if let Some(addr) = viewer.as_ref().and_then(|v| v.addr) {
+        capture.conns.ignore_clients_of(addr);
+    }
     let mut ring = EventRing::new(ring)?;
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;

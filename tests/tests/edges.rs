@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use ztrace_e2e::clients;
 use ztrace_e2e::process::Proc;
+use ztrace_e2e::servers::Server;
 use ztrace_e2e::ztrace::SPAN_TIMEOUT;
 use ztrace_e2e::{free_port, Span, TempDir, Ztrace};
 
@@ -98,5 +99,38 @@ fn gunicorn_services_are_named_by_their_application() {
         );
     }
     drop(servers);
+    ztrace.stop();
+}
+
+/// Reading the viewer (curl on `/api/traces`, as the page polls it) makes no span: the client
+/// side of connections to the agent's own listening socket is not traced, while a request to
+/// another server on this host, made the same way right after, is.
+#[test]
+#[ignore = "needs root and eBPF; run by cargo xtask test"]
+fn the_viewer_does_not_trace_itself() {
+    let ui_port = free_port();
+    let ui = format!("127.0.0.1:{ui_port}");
+    let mut ztrace = Ztrace::start(&["--print=json", "--ui", &ui]);
+    let server = Server::python_http("127.0.0.1");
+
+    let api = format!("http://{ui}/api/traces?limit=5");
+    let viewers: Vec<u32> = (0..3)
+        .map(|_| {
+            let run = clients::curl(&[api.clone()]);
+            assert_eq!(run.transfers[0].0, 200, "GET {api}");
+            run.pid
+        })
+        .collect();
+    let other = clients::curl(&[server.url("/hello")]);
+    assert_eq!(other.transfers[0].0, 200);
+
+    // The request to the Python server comes after the viewer's: once its client span is out,
+    // theirs would be too.
+    let seen = ztrace.wait_for_spans(|s| s.pid() == Some(other.pid), SPAN_TIMEOUT);
+    assert!(seen.iter().any(|s| s.is_client() && s.server_port() == Some(server.port)), "{seen:?}");
+    let own = ztrace.spans_within(Duration::ZERO, |s| {
+        s.server_port() == Some(ui_port) || s.pid().is_some_and(|p| viewers.contains(&p))
+    });
+    assert!(own.is_empty(), "spans of the viewer's own traffic (curl pids {viewers:?}):\n{own:?}");
     ztrace.stop();
 }

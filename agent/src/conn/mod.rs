@@ -125,6 +125,9 @@ pub struct ConnTable {
     /// Local endpoints of the agent's own connections (its OTLP export): a traced server
     /// connection whose peer is one of them is the agent talking to a receiver, not traced.
     own_endpoints: HashSet<SocketAddr>,
+    /// Addresses the agent listens on (the viewer): a traced client connected to one of them
+    /// is someone reading the agent's own data, not traced.
+    own_listeners: Vec<SocketAddr>,
     scratch: Vec<HttpExchange>,
     pg_scratch: Vec<PgExchange>,
     /// Postgres parsers keep `Bind` parameter values (`--db-query-parameters`).
@@ -145,11 +148,18 @@ impl ConnTable {
             max_conns,
             own_tgid,
             own_endpoints: HashSet::new(),
+            own_listeners: Vec::new(),
             scratch: Vec::new(),
             pg_scratch: Vec::new(),
             pg_parameters: false,
             starts: Vec::new(),
         }
+    }
+
+    /// Connections to `addr`, where the agent listens, are ztrace's own traffic: their client
+    /// side (a browser or curl reading the viewer) is not traced.
+    pub fn ignore_clients_of(&mut self, addr: SocketAddr) {
+        self.own_listeners.push(addr);
     }
 
     /// Postgres connections also keep the values bound to each execution.
@@ -260,7 +270,10 @@ impl ConnTable {
             if payload.is_empty() {
                 return; // a length without bytes (sendfile) says nothing about the protocol
             }
-            conn.state = if self.own_endpoints.contains(&conn.info.remote) {
+            let own = self.own_endpoints.contains(&conn.info.remote)
+                || (conn.info.role != ConnRole::Server
+                    && to_listener(&self.own_listeners, conn.info.local, conn.info.remote));
+            conn.state = if own {
                 State::Ignored
             } else if !conn.plaintext && is_tls_record(payload) {
                 Metrics::inc(&metrics.conns_tls_records);
@@ -436,6 +449,21 @@ fn is_tls_record(bytes: &[u8]) -> bool {
 pub fn comm_string(comm: &[u8; 16]) -> String {
     let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
     String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+/// True when a connection from `local` to `remote` goes to one of the `listeners` (the agent's
+/// listening sockets). A wildcard listener (`0.0.0.0:9400`) is reached on its port at a loopback
+/// address or at the connection's own local address (this host).
+fn to_listener(listeners: &[SocketAddr], local: SocketAddr, remote: SocketAddr) -> bool {
+    let remote_ip = remote.ip().to_canonical();
+    listeners.iter().any(|l| {
+        l.port() == remote.port()
+            && if l.ip().is_unspecified() {
+                remote_ip.is_loopback() || remote_ip == local.ip().to_canonical()
+            } else {
+                l.ip().to_canonical() == remote_ip
+            }
+    })
 }
 
 /// The 4-tuple of a connection event, with IPv4-mapped IPv6 addresses shown as IPv4.
@@ -622,6 +650,36 @@ mod tests {
         let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
         table.on_data(&data(7, 11, Direction::Egress, resp), resp, &[], &metrics, &mut out);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn clients_of_the_viewer_are_ignored() {
+        let metrics = Metrics::default();
+        let req = b"GET /api/traces HTTP/1.1\r\nHost: x\r\n\r\n";
+        let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n[]";
+        // A client (tgid 7) connected to 127.0.0.1:8000 (conn_event's remote port is the local one
+        // here: swap them to make the client's view).
+        let client_conn = |remote: [u8; 4]| {
+            let mut ev = conn_event(7, ConnRole::Client, 2, v4([127, 0, 0, 1]), v4(remote));
+            (ev.local_port, ev.remote_port) = (40000, 9400);
+            ev
+        };
+        let exchanges = |listener: &str, remote: [u8; 4]| {
+            let mut table = ConnTable::new(16, 999);
+            table.ignore_clients_of(listener.parse().expect("addr"));
+            table.on_conn(&client_conn(remote), &metrics);
+            let mut out = Vec::new();
+            table.on_data(&data(7, 10, Direction::Egress, req), req, &[], &metrics, &mut out);
+            table.on_data(&data(7, 11, Direction::Ingress, resp), resp, &[], &metrics, &mut out);
+            out.len()
+        };
+        assert_eq!(exchanges("127.0.0.1:9400", [127, 0, 0, 1]), 0);
+        assert_eq!(exchanges("0.0.0.0:9400", [127, 0, 0, 1]), 0);
+        assert_eq!(exchanges("[::]:9400", [127, 0, 0, 1]), 0);
+        // Another port, or another host's agent on the same port: traced.
+        assert_eq!(exchanges("127.0.0.1:9401", [127, 0, 0, 1]), 1);
+        assert_eq!(exchanges("0.0.0.0:9400", [10, 0, 0, 9]), 1);
+        assert_eq!(exchanges("127.0.0.2:9400", [127, 0, 0, 1]), 1);
     }
 
     #[test]
