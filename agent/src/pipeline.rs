@@ -152,7 +152,7 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
         eprintln!("viewer: http://{addr}");
     }
     eprintln!("ztrace is ready");
-    tracing::info!("tracing every process on this host except ztrace itself");
+    tracing::info!("{}", tracing_scope(&selection));
 
     loop {
         tokio::select! {
@@ -299,6 +299,7 @@ impl Capture {
                 Ok(KernelEvent::Data { header, prefix, tail }) => {
                     ts = header.header.ts_ns;
                     self.last_ts = ts;
+                    self.processes.on_activity(header.header.tgid);
                     self.conns.on_data(&header, prefix, tail, &self.metrics, &mut self.exchanges);
                     for start in self.conns.take_starts().collect::<Vec<_>>() {
                         let peer_traced = self.conns.peer_traced(start.local, start.remote);
@@ -519,6 +520,34 @@ impl PrintSink {
 }
 
 /// The TLS part of the attach table, as printed at start.
+/// What is traced, in words, for the start-up log: everything, or what `--pid`/`--exe` chose.
+fn tracing_scope(selection: &Selection) -> String {
+    let list = |items: Vec<String>| match items.as_slice() {
+        [] => String::new(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
+    };
+    let pids = match selection.pids.as_slice() {
+        [] => None,
+        [pid] => Some(format!("process {pid}")),
+        pids => Some(format!("processes {}", list(pids.iter().map(u32::to_string).collect()))),
+    };
+    let names = (!selection.exe_names.is_empty()).then(|| {
+        let names = selection.exe_names.iter().map(|name| {
+            // The kernel matches its 15-byte process name.
+            let comm = String::from_utf8_lossy(&bpf::comm_key(name)).trim_end_matches('\0').to_owned();
+            if comm == *name { name.clone() } else { format!("{name} (matched as {comm})") }
+        });
+        format!("processes named {}", list(names.collect()))
+    });
+    match (pids, names) {
+        (None, None) => "tracing every process on this host except ztrace itself".to_owned(),
+        (Some(p), None) => format!("tracing only {p} (--pid)"),
+        (None, Some(n)) => format!("tracing only {n} (--exe)"),
+        (Some(p), Some(n)) => format!("tracing only {p} and {n} (--pid, --exe)"),
+    }
+}
+
 fn render_tls(rows: &[Row]) -> String {
     let mut out = String::from("TLS libraries:");
     if rows.is_empty() {
@@ -538,4 +567,28 @@ fn stats_json(metrics: &Metrics, kernel: &[(&'static str, u64)]) -> serde_json::
         map.insert(name.to_owned(), value.into());
     }
     serde_json::Value::Object(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_start_up_log_says_what_is_traced() {
+        let scope = |pids: &[u32], names: &[&str]| {
+            tracing_scope(&Selection {
+                pids: pids.to_vec(),
+                exe_names: names.iter().map(|n| (*n).to_owned()).collect(),
+            })
+        };
+        assert_eq!(scope(&[], &[]), "tracing every process on this host except ztrace itself");
+        assert_eq!(scope(&[42], &[]), "tracing only process 42 (--pid)");
+        assert_eq!(scope(&[1, 2, 3], &[]), "tracing only processes 1, 2 and 3 (--pid)");
+        assert_eq!(scope(&[], &["postgres"]), "tracing only processes named postgres (--exe)");
+        assert_eq!(
+            scope(&[7], &["nginx", "orders-service-worker"]),
+            "tracing only process 7 and processes named nginx and orders-service-worker \
+             (matched as orders-service-) (--pid, --exe)"
+        );
+    }
 }

@@ -1,5 +1,7 @@
-//! Command lines: splitting `/proc/PID/cmdline`, redacting secrets, and naming the program that
-//! an interpreter or VM runs (`python3 -u app.py` → `app`, `java -jar orders-1.2.jar` → `orders`).
+//! Command lines: splitting `/proc/PID/cmdline` (rewritten titles included), redacting secrets,
+//! and naming the program that an interpreter or VM runs (`python3 -u app.py` → `app`,
+//! `java -jar orders-1.2.jar` → `orders`) or the application an app server hosts
+//! (`gunicorn orders:app` → `orders`).
 //!
 //! Pure functions over bytes and strings; nothing here reads `/proc`. Redaction is a best effort
 //! on common shapes (`--password=x`, `--token x`, `PGPASSWORD=x`, `-Dfoo.secret=x`,
@@ -17,14 +19,49 @@ const MAX_NAME: usize = 255;
 
 /// Splits the NUL-separated bytes of `/proc/PID/cmdline` into arguments.
 ///
-/// Invalid UTF-8 is replaced (lossy); a trailing NUL does not make an empty last argument. A
-/// process that rewrote its title (`nginx: worker process`) yields one argument with spaces.
+/// Invalid UTF-8 is replaced (lossy); trailing NULs make no empty last arguments (a process
+/// that rewrote its title over a longer command line, such as a PostgreSQL backend, leaves the
+/// rest of the old one as NULs). A process that rewrote its title (`nginx: worker process`)
+/// yields one argument with spaces; a PostgreSQL backend's title loses its current activity
+/// (see [`strip_backend_activity`]).
 pub fn split_cmdline(bytes: &[u8]) -> Vec<String> {
-    let bytes = bytes.strip_suffix(&[0]).unwrap_or(bytes);
+    let end = bytes.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
+    let bytes = &bytes[..end];
     if bytes.is_empty() {
         return Vec::new();
     }
-    bytes.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect()
+    let mut args: Vec<String> =
+        bytes.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    if let [title] = args.as_mut_slice() {
+        if let Some(stable) = strip_backend_activity(title) {
+            *title = stable;
+        }
+    }
+    args
+}
+
+/// A PostgreSQL backend's title without what it is doing right now, which changes with every
+/// statement: `postgres: [cluster: ]user db 127.0.0.1(51094) idle in transaction` →
+/// `postgres: user db 127.0.0.1(51094)` (`[local]` for a Unix socket). `None` for any other
+/// title (`postgres: checkpointer` is kept whole).
+pub fn strip_backend_activity(title: &str) -> Option<String> {
+    let rest = title.strip_prefix("postgres: ")?;
+    let is_client = |w: &str| {
+        w == "[local]"
+            || w.strip_suffix(')')
+                .and_then(|w| w.rsplit_once('('))
+                .is_some_and(|(host, port)| !host.is_empty() && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let words: Vec<&str> = rest.split_whitespace().collect();
+    let client = words.iter().position(|w| is_client(w))?;
+    Some(format!("postgres: {}", words[..=client].join(" ")))
+}
+
+/// True while a process shows a command line it is about to replace: a PostgreSQL backend
+/// just forked shows the postmaster's arguments until it sets its title (`postgres: user db
+/// host(port) ...`), so its identity is worth reading again soon.
+pub fn title_pending(exe_name: &str, args: &[String]) -> bool {
+    exe_name == "postgres" && !matches!(args, [title] if title.starts_with("postgres: "))
 }
 
 /// The arguments with secret values replaced by [`REDACTED`].
@@ -710,6 +747,29 @@ mod tests {
         assert!(split_cmdline(b"").is_empty());
         assert!(split_cmdline(b"\0").is_empty());
         assert_eq!(split_cmdline(b"x\xff\0"), vec!["x\u{fffd}"]);
+        assert!(split_cmdline(b"\0\0\0").is_empty());
+    }
+
+    /// `/proc/PID/cmdline` of PostgreSQL 15 backends: the title, then NULs where the
+    /// postmaster's longer command line was.
+    #[test]
+    fn postgres_backend_titles_are_stable_and_unpadded() {
+        let padded = |title: &str| [title.as_bytes(), &[0u8; 80]].concat();
+        let cases = [
+            ("postgres: postgres postgres 127.0.0.1(52218) initializing", "postgres: postgres postgres 127.0.0.1(52218)"),
+            ("postgres: postgres postgres 127.0.0.1(51094) SELECT", "postgres: postgres postgres 127.0.0.1(51094)"),
+            ("postgres: app orders [local] idle in transaction", "postgres: app orders [local]"),
+            ("postgres: 15/main: bob shop ::1(40000) idle", "postgres: 15/main: bob shop ::1(40000)"),
+            ("postgres: checkpointer ", "postgres: checkpointer "),
+            ("postgres: logical replication launcher", "postgres: logical replication launcher"),
+        ];
+        for (title, want) in cases {
+            assert_eq!(split_cmdline(&padded(title)), vec![want.to_owned()], "{title}");
+        }
+        let postmaster = args("/usr/lib/postgresql/15/bin/postgres -D /srv/pg -p 5432");
+        assert!(title_pending("postgres", &postmaster));
+        assert!(!title_pending("postgres", &["postgres: app orders [local]".to_owned()]));
+        assert!(!title_pending("python3", &args("python3 app.py")));
     }
 
     #[test]

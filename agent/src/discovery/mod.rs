@@ -373,7 +373,22 @@ struct CacheEntry {
     start_time: Option<u64>,
     /// When the entry was last found current.
     checked: std::time::Instant,
+    /// Reads left for a process whose command line was about to change when read (see
+    /// [`cmdline::title_pending`]): it is read again on its next use after [`PENDING_REREAD`].
+    rereads: u8,
 }
+
+impl CacheEntry {
+    /// True when the process's title was pending when read and it is time to read it again.
+    fn reread_due(&self) -> bool {
+        self.rereads > 0 && self.checked.elapsed() >= PENDING_REREAD
+    }
+}
+
+/// Least time between two reads of a process whose title was pending.
+const PENDING_REREAD: std::time::Duration = std::time::Duration::from_millis(1);
+/// Reads of a process whose title stays pending (the postmaster itself) before it is kept.
+const PENDING_READS: u8 = 8;
 
 /// Least time between two checks that a cached pid is still the same process.
 const RECHECK: std::time::Duration = std::time::Duration::from_secs(2);
@@ -426,8 +441,10 @@ impl ProcessCache {
     pub fn get_or_load(&mut self, pid: u32, comm_hint: &str) -> Arc<ProcessInfo> {
         self.clock += 1;
         if let Some(entry) = self.entries.get_mut(&pid) {
-            entry.last_used = self.clock;
-            return entry.info.clone();
+            if !entry.reread_due() {
+                entry.last_used = self.clock;
+                return entry.info.clone();
+            }
         }
         self.load(pid, comm_hint)
     }
@@ -445,26 +462,52 @@ impl ProcessCache {
                     entry.checked = std::time::Instant::now();
                     now_start.is_none() || now_start == entry.start_time
                 });
-            if current {
+            if current && !entry.reread_due() {
                 entry.last_used = self.clock;
                 return entry.info.clone();
             }
-            tracing::debug!(pid, was = %entry.comm, now = %comm, "process identity changed (exec or reused pid)");
-            self.entries.remove(&pid);
+            if !current {
+                tracing::debug!(pid, was = %entry.comm, now = %comm, "process identity changed (exec or reused pid)");
+                self.entries.remove(&pid);
+            }
         }
         self.load(pid, comm)
     }
 
+    /// The process did something (moved bytes): a process whose title was pending when read is
+    /// read again (at most every [`PENDING_REREAD`], [`PENDING_READS`] times), so that its spans
+    /// get the title it set once started.
+    pub fn on_activity(&mut self, pid: u32) {
+        if let Some(comm) = self.entries.get(&pid).filter(|e| e.reread_due()).map(|e| e.comm.clone()) {
+            self.load(pid, &comm);
+        }
+    }
+
     fn load(&mut self, pid: u32, comm_hint: &str) -> Arc<ProcessInfo> {
+        // A process read again because its title was pending keeps counting its reads.
+        let previous = self.entries.remove(&pid);
+        let rereads = previous.as_ref().map_or(PENDING_READS, |e| e.rereads.saturating_sub(1));
         let start_time = read_start_time(&self.proc_root, pid);
-        let info = match RawProcess::read(&self.proc_root, pid, comm_hint) {
-            Ok(raw) => ProcessInfo::from_raw(pid, &raw, &self.host_name),
-            Err(error) => {
+        let (info, pending) = match (RawProcess::read(&self.proc_root, pid, comm_hint), previous) {
+            (Ok(raw), _) => {
+                let info = ProcessInfo::from_raw(pid, &raw, &self.host_name);
+                let pending = cmdline::title_pending(&info.exe_name, &cmdline::split_cmdline(&raw.cmdline));
+                (info, pending)
+            }
+            // Gone before it could be read again: what was read before stays.
+            (Err(_), Some(mut entry)) => {
+                entry.rereads = 0;
+                entry.last_used = self.clock;
+                let info = entry.info.clone();
+                self.entries.insert(pid, entry);
+                return info;
+            }
+            (Err(error), None) => {
                 tracing::debug!(%error, pid, "process identity from its comm only");
-                ProcessInfo::from_comm(pid, comm_hint, &self.host_name)
+                (ProcessInfo::from_comm(pid, comm_hint, &self.host_name), false)
             }
         };
-        tracing::debug!(pid, service = %info.service_name, source = info.service_name_source.as_str(), "new process");
+        tracing::debug!(pid, service = %info.service_name, source = info.service_name_source.as_str(), cmd = %info.command_line, pending, rereads, "new process");
         let info = Arc::new(info);
         if self.entries.len() >= self.capacity {
             self.evict();
@@ -475,6 +518,7 @@ impl ProcessCache {
             comm: comm_hint.to_owned(),
             start_time,
             checked: std::time::Instant::now(),
+            rereads: if pending { rereads } else { 0 },
         };
         self.entries.insert(pid, entry);
         info
@@ -784,6 +828,50 @@ mod tests {
         }
         let reused = cache.refresh(40, "orders");
         assert_eq!(reused.command_line, "/usr/bin/orders --port 9090");
+        let _ = fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn a_postgres_backend_is_read_again_once_it_has_its_title() {
+        let root = std::env::temp_dir().join(format!("ztrace-pgtitle-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        // Just forked from the postmaster: its command line is still the postmaster's.
+        fake_process(&root, 50, "postgres", "/usr/lib/postgresql/15/bin/postgres -D /srv/pg", 1000);
+        let mut cache = ProcessCache::with_host_name(16, &root, "box");
+        let first = cache.refresh(50, "postgres");
+        assert_eq!(first.command_line, "/usr/lib/postgresql/15/bin/postgres -D /srv/pg");
+
+        // It set its title, over the longer command line (NULs after it).
+        let title = b"postgres: app orders 127.0.0.1(51094) initializing\0\0\0\0\0\0\0\0\0\0\0\0";
+        fs::write(root.join("50/cmdline"), title).expect("cmdline");
+        std::thread::sleep(PENDING_REREAD);
+        cache.on_activity(50);
+        let titled = cache.get_or_load(50, "postgres");
+        assert_eq!(titled.command_line, "postgres: app orders 127.0.0.1(51094)");
+        assert_eq!(titled.service_name, "postgres");
+
+        // Read for good: a later title is not read again, and a gone backend keeps its identity.
+        fs::write(root.join("50/cmdline"), b"postgres: app orders 127.0.0.1(51094) SELECT\0").expect("cmdline");
+        std::thread::sleep(PENDING_REREAD);
+        cache.on_activity(50);
+        assert!(Arc::ptr_eq(&titled, &cache.get_or_load(50, "postgres")));
+
+        // A backend that exits before it is read again keeps what was read.
+        fake_process(&root, 51, "postgres", "/usr/lib/postgresql/15/bin/postgres -D /srv/pg", 1000);
+        let early = cache.refresh(51, "postgres");
+        fs::remove_dir_all(root.join("51")).expect("rm");
+        std::thread::sleep(PENDING_REREAD);
+        cache.on_activity(51);
+        assert!(Arc::ptr_eq(&early, &cache.get_or_load(51, "postgres")));
+
+        // The postmaster itself keeps its command line: read a few times, then left alone.
+        fake_process(&root, 49, "postgres", "/usr/lib/postgresql/15/bin/postgres -D /srv/pg", 900);
+        cache.refresh(49, "postgres");
+        for _ in 0..2 * PENDING_READS {
+            std::thread::sleep(PENDING_REREAD);
+            cache.on_activity(49);
+        }
+        assert_eq!(cache.entries.get(&49).map(|e| e.rereads), Some(0));
         let _ = fs::remove_dir_all(&root);
     }
 
