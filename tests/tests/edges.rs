@@ -1,19 +1,26 @@
 //! The edges real traffic has (issue 19): app servers named by their application, the viewer
-//! not tracing itself, and what a `kill -9` of the agent leaves behind.
+//! not tracing itself, PostgreSQL backends' titles, and what a `kill -9` of the agent leaves
+//! behind (nothing: the traced programs serve on, no program or uprobe stays in the kernel, and a
+//! new agent works at once).
 //!
 //! The agent sees every process on the host, and other tests may run at the same time: every
 //! assertion here is about the processes and ports these tests started.
 
-use std::path::Path;
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use ztrace_e2e::clients;
 use ztrace_e2e::postgres::PgServer;
 use ztrace_e2e::process::Proc;
 use ztrace_e2e::servers::Server;
 use ztrace_e2e::ztrace::SPAN_TIMEOUT;
-use ztrace_e2e::{free_port, Span, TempDir, Ztrace};
+use ztrace_e2e::tls::{self, Certs, TlsServer};
+use ztrace_e2e::{free_port, wait_until, Span, TempDir, Ztrace};
 
 /// How long a server may take to listen.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -167,4 +174,221 @@ fn postgres_backends_show_their_title_and_the_log_says_what_is_traced() {
         assert_eq!(span.resource_str("process.command_line"), Some(want.as_str()), "{span:?}");
     }
     ztrace.stop();
+}
+
+/// A client run in a loop until stopped: each run's outcome checked, successes counted.
+struct LoadLoop {
+    name: &'static str,
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    handle: Option<JoinHandle<Vec<String>>>,
+}
+
+impl LoadLoop {
+    /// Runs `cmd()` again and again; a run is good when it exits 0 and `check(stdout)` is true.
+    /// The first failures are kept for the report.
+    fn start(name: &'static str, cmd: impl Fn() -> Command + Send + 'static, check: impl Fn(&str) -> bool + Send + 'static) -> LoadLoop {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let (stop2, ok2) = (stop.clone(), ok.clone());
+        let handle = std::thread::spawn(move || {
+            let mut failures = Vec::new();
+            while !stop2.load(Ordering::Relaxed) {
+                match cmd().output() {
+                    Ok(out) if out.status.success() && check(&String::from_utf8_lossy(&out.stdout)) => {
+                        ok2.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(out) if failures.len() < 5 => failures.push(format!(
+                        "{}: stdout {:?} stderr {:?}",
+                        out.status,
+                        String::from_utf8_lossy(&out.stdout),
+                        String::from_utf8_lossy(&out.stderr)
+                    )),
+                    Err(e) if failures.len() < 5 => failures.push(e.to_string()),
+                    _ => failures.push(String::new()),
+                }
+            }
+            failures
+        });
+        LoadLoop { name, stop, ok, handle: Some(handle) }
+    }
+
+    fn ok(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Stops the loop; panics with the failures if any run failed.
+    fn finish(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let failures = self.handle.take().map(|h| h.join().unwrap_or_else(|_| vec!["panicked".into()])).unwrap_or_default();
+        assert!(failures.is_empty(), "{}: {} failed run(s), the first: {:?}", self.name, failures.len(), &failures[..failures.len().min(5)]);
+        self.ok()
+    }
+}
+
+impl Drop for LoadLoop {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The BPF programs and links a process holds open, from `/proc/PID/fdinfo`: program id →
+/// program type, and (link id, program id) per link.
+#[derive(Debug, Default)]
+struct BpfHeld {
+    progs: HashMap<u32, u32>,
+    links: Vec<(u32, u32)>,
+}
+
+/// `BPF_PROG_TYPE_KPROBE`: the type of uprobe programs.
+const PROG_TYPE_KPROBE: u32 = 2;
+
+impl BpfHeld {
+    fn of(pid: u32) -> BpfHeld {
+        let mut held = BpfHeld::default();
+        let dir = format!("/proc/{pid}/fdinfo");
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir}: {e}")).flatten() {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            let field = |name: &str| {
+                text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<u32>().ok())
+            };
+            match (field("link_id:"), field("prog_id:"), field("prog_type:")) {
+                (Some(link), Some(prog), _) => held.links.push((link, prog)),
+                (None, Some(prog), Some(kind)) => {
+                    held.progs.insert(prog, kind);
+                }
+                _ => {}
+            }
+        }
+        held
+    }
+
+    /// Links of uprobe programs.
+    fn uprobe_links(&self) -> Vec<u32> {
+        self.links.iter().filter(|(_, p)| self.progs.get(p) == Some(&PROG_TYPE_KPROBE)).map(|(l, _)| *l).collect()
+    }
+}
+
+/// The ids `bpftool -j {prog|link} show` lists: every program or link in the kernel.
+fn bpftool_ids(object: &str) -> BTreeSet<u32> {
+    let out = Command::new("bpftool").args(["-j", object, "show"]).output().expect("run bpftool (apt-get install bpftool)");
+    assert!(out.status.success(), "bpftool {object} show: {}", String::from_utf8_lossy(&out.stderr));
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    list.as_array()
+        .map(|a| a.iter().filter_map(|o| o["id"].as_u64()).filter_map(|id| u32::try_from(id).ok()).collect())
+        .unwrap_or_default()
+}
+
+/// The lines of the kernel's tracefs uprobe list that name one of `files`.
+fn uprobe_events_naming(files: &[PathBuf]) -> Vec<String> {
+    let text = std::fs::read_to_string("/sys/kernel/tracing/uprobe_events")
+        .or_else(|_| std::fs::read_to_string("/sys/kernel/debug/tracing/uprobe_events"))
+        .unwrap_or_default();
+    text.lines()
+        .filter(|l| files.iter().any(|f| f.file_name().is_some_and(|n| l.contains(&*n.to_string_lossy()))))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `kill -9` of the agent while it traces nginx over TLS (OpenSSL uprobes in nginx and curl) and
+/// a Go HTTPS server (crypto/tls and goroutine uprobes) under client loops: every request before,
+/// during and after the kill gets its exact bytes; every program and link the agent held (its
+/// uprobes among them) is gone from the kernel; the tracefs uprobe list names none of the probed
+/// files; and an agent started right after gives spans for both servers.
+#[test]
+#[ignore = "needs root and eBPF; run by cargo xtask test"]
+fn kill_9_leaves_the_traced_programs_serving_and_no_probe_behind() {
+    let dir = TempDir::new("kill9");
+    let certs = Certs::make();
+    let go = tls::build_go_https(dir.path(), "go");
+    let nginx = TlsServer::nginx(&certs, "TLSv1.2 TLSv1.3");
+    let go_server = TlsServer::go(&go, &certs);
+    let probed = [PathBuf::from("libssl.so"), go.clone(), PathBuf::from("nginx")];
+    let uprobe_lines_before = uprobe_events_naming(&probed);
+
+    let mut ztrace = Ztrace::start(&["--print=json"]);
+    let curl = |url: String, ca: PathBuf| move || {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "--max-time", "10", "--cacert"]).arg(&ca).arg(&url);
+        cmd
+    };
+    let loops = [
+        LoadLoop::start("curl → nginx (TLS)", curl(nginx.url("/hello"), certs.cert.clone()), |out| out == "hello over tls\n"),
+        LoadLoop::start("curl → Go server (TLS)", curl(go_server.url("/hello"), certs.cert.clone()), |out| out == "hello from go over tls\n"),
+        LoadLoop::start(
+            "Go client → Go server (TLS, keep-alive)",
+            {
+                let (go, ca, url) = (go.clone(), certs.cert.clone(), go_server.url("/items/1"));
+                move || {
+                    let mut cmd = Command::new(&go);
+                    cmd.arg("get").arg(&ca).args(std::iter::repeat_n(&url, 20));
+                    cmd
+                }
+            },
+            |out| out.lines().filter(|l| *l == "200").count() == 20,
+        ),
+    ];
+    // Traced through the uprobes: server spans of both servers (their plaintext is only seen there).
+    let server_on = |port: u16| move |s: &Span| s.is_server() && s.server_port() == Some(port);
+    ztrace.wait_for_spans(server_on(nginx.port), SPAN_TIMEOUT);
+    ztrace.wait_for_spans(server_on(go_server.port), SPAN_TIMEOUT);
+
+    let held = BpfHeld::of(ztrace.pid());
+    let uprobes = held.uprobe_links();
+    assert!(!uprobes.is_empty(), "the agent holds no uprobe link: {held:?}");
+    let served_before: Vec<u64> = loops.iter().map(LoadLoop::ok).collect();
+
+    // SAFETY: kill(2) on the agent this test started.
+    let killed_at = Instant::now();
+    assert_eq!(unsafe { libc::kill(ztrace.pid() as libc::pid_t, libc::SIGKILL) }, 0, "kill -9");
+    let ours_progs: BTreeSet<u32> = held.progs.keys().copied().collect();
+    let ours_links: BTreeSet<u32> = held.links.iter().map(|(l, _)| *l).collect();
+    let gone = wait_until(Duration::from_secs(30), || {
+        let progs = bpftool_ids("prog");
+        let links = bpftool_ids("link");
+        (progs.is_disjoint(&ours_progs) && links.is_disjoint(&ours_links)).then_some(())
+    });
+    let cleaned_after = killed_at.elapsed();
+    assert!(
+        gone.is_some(),
+        "after kill -9, programs {:?} and links {:?} of the agent are still in the kernel",
+        bpftool_ids("prog").intersection(&ours_progs).collect::<Vec<_>>(),
+        bpftool_ids("link").intersection(&ours_links).collect::<Vec<_>>()
+    );
+    let leftover = uprobe_events_naming(&probed);
+    assert_eq!(leftover, uprobe_lines_before, "uprobes left in the kernel's list after kill -9");
+    drop(ztrace);
+
+    // The servers answer, with their exact bytes, while no agent runs.
+    let untraced = wait_until(Duration::from_secs(30), || {
+        loops.iter().zip(&served_before).all(|(l, before)| l.ok() > *before).then_some(())
+    });
+    assert!(untraced.is_some(), "a load loop made no progress after kill -9");
+
+    // A new agent, right after: spans for both servers again.
+    let started = Instant::now();
+    let mut second = Ztrace::start(&["--print=json"]);
+    let ready_after = started.elapsed();
+    second.wait_for_spans(server_on(nginx.port), SPAN_TIMEOUT);
+    second.wait_for_spans(server_on(go_server.port), SPAN_TIMEOUT);
+    let second_uprobes = BpfHeld::of(second.pid()).uprobe_links().len();
+    let served_while_killed: Vec<u64> = loops.iter().zip(&served_before).map(|(l, b)| l.ok() - b).collect();
+    let totals: Vec<(&str, u64)> = loops.into_iter().map(|l| (l.name, l.finish())).collect();
+    second.stop();
+    let runs: Vec<String> = totals
+        .iter()
+        .zip(&served_while_killed)
+        .map(|((name, total), after)| format!("{name}: {total} runs, {after} of them after the kill"))
+        .collect();
+    eprintln!(
+        "kill -9 figures: {}; none failed. The agent held {} links ({} of them uprobes) and {} programs: \
+         all gone from the kernel {:.1} s after SIGKILL. The new agent was ready {:.1} s after its start, \
+         with {second_uprobes} uprobe links, and gave spans for both servers.",
+        runs.join("; "),
+        held.links.len(),
+        uprobes.len(),
+        held.progs.len(),
+        cleaned_after.as_secs_f64(),
+        ready_after.as_secs_f64()
+    );
 }
