@@ -890,52 +890,59 @@ mod tests {
     /// with their interpreter first), with the working directory they ran in.
     #[test]
     fn names_the_application_an_app_server_runs() {
-        let cases: [(&str, &str, Option<&str>, &str); 36] = [
-            // gunicorn (Debian's /usr/bin/gunicorn, a pip-installed one in a venv).
-            ("python3.11", "/usr/bin/python3 /usr/bin/gunicorn -w 2 -b 127.0.0.1:8000 --chdir /srv/x orders:app", None, "orders"),
-            ("python3.11", "/srv/shop/.venv/bin/python3 /srv/shop/.venv/bin/gunicorn --bind 0.0.0.0:8000 shop.wsgi:application", Some("/srv/shop"), "shop"),
-            ("python3.11", "/usr/bin/python3 /usr/bin/gunicorn -b 127.0.0.1:8001 --chdir /srv/billing app:app", Some("/srv/billing"), "billing"),
-            ("python3.11", "/usr/bin/python3 /usr/bin/gunicorn -b 127.0.0.1:8001 app:app", Some("/home/ann/inventory"), "inventory"),
-            ("python3.11", "/usr/bin/python3 /usr/bin/gunicorn -k uvicorn.workers.UvicornWorker -n payments main:app", Some("/srv/x"), "payments"),
-            ("python3.11", "/usr/bin/python3 /usr/bin/gunicorn --name=payments main:app", None, "payments"),
-            ("python3.11", "/usr/bin/python3 /usr/bin/gunicorn shop:create_app() -b unix:/run/shop.sock", None, "shop"),
-            ("python3.11", "/usr/bin/python3 /usr/bin/gunicorn app:app", Some("/"), "gunicorn"),
-            ("python3.11", "/usr/bin/python3 /usr/bin/gunicorn -c /etc/gunicorn.conf.py", Some("/root"), "gunicorn"),
-            // uvicorn, hypercorn, waitress.
-            ("python3.12", "/app/.venv/bin/python /app/.venv/bin/uvicorn main:app --host 0.0.0.0 --port 8000", Some("/srv/catalog"), "catalog"),
-            ("python3.12", "python3 -m uvicorn catalog.api:app --reload", None, "api"),
-            ("python3.12", "python3 -m uvicorn app.main:app --app-dir services/search", None, "search"),
-            ("python3.12", "/usr/bin/python3 /usr/local/bin/hypercorn --bind localhost:8080 notify.asgi:application", None, "notify"),
-            ("python3.12", "/usr/bin/python3 /usr/local/bin/waitress-serve --listen=*:8080 --call ledger:create_app", None, "ledger"),
-            ("python3.12", "/usr/bin/python3 /usr/local/bin/waitress-serve --app=ledger.wsgi:application", None, "ledger"),
-            // celery.
-            ("python3.11", "/srv/mail/.venv/bin/python /srv/mail/.venv/bin/celery -A mailer worker -l INFO", None, "mailer"),
-            ("python3.11", "/usr/bin/python3 /usr/bin/celery --app=shop.celery:app worker --concurrency 2", None, "shop"),
-            ("python3.11", "python3 -m celery -Areports beat", None, "reports"),
-            ("python3.11", "/usr/bin/python3 /usr/bin/celery worker", Some("/srv/jobs"), "jobs"),
-            // uWSGI, a program of its own.
-            ("uwsgi", "uwsgi --http :8000 --module blog.wsgi:application --master --processes 4", None, "blog"),
-            ("uwsgi-core", "/usr/bin/uwsgi-core --http-socket :9090 --wsgi-file /srv/notes/wsgi.py", None, "notes"),
-            ("uwsgi", "uwsgi --http :9090 -w wiki", None, "wiki"),
-            ("uwsgi-core", "/usr/bin/uwsgi --ini /usr/share/uwsgi/conf/default.ini --ini /etc/uwsgi/apps-enabled/forum.ini --daemonize /var/log/uwsgi/app/forum.log", None, "forum"),
-            ("uwsgi", "uwsgi --http :8000 --chdir /srv/tickets --wsgi-file wsgi.py", None, "tickets"),
-            // Ruby: Puma, Unicorn.
-            ("ruby3.1", "/usr/bin/ruby3.1 /usr/local/bin/puma -C config/puma.rb", Some("/srv/storefront"), "storefront"),
-            ("ruby3.1", "/usr/bin/ruby3.1 /usr/local/bin/unicorn -c /srv/blog/unicorn.rb /srv/blog/config.ru", None, "blog"),
-            ("ruby3.1", "ruby /usr/local/bin/puma --tag admin -b tcp://127.0.0.1:9292", None, "admin"),
-            // Node: npm, node_modules/.bin, PM2's container.
-            ("node", "node /srv/shop-web/node_modules/.bin/next start -p 3000", None, "shop-web"),
-            ("node", "node node_modules/.bin/vite --port 5173", Some("/home/ann/admin-ui"), "admin-ui"),
-            ("node", "node /usr/lib/node_modules/npm/bin/npm-cli.js start", Some("/srv/checkout"), "checkout"),
-            ("node", "node /usr/lib/node_modules/pm2/lib/ProcessContainerFork.js", Some("/srv/chat"), "chat"),
-            ("node", "node /usr/local/lib/node_modules/pm2/lib/ProcessContainerFork.js", None, "ProcessContainerFork"),
-            // Java's Spring Boot launchers; dotnet run.
-            ("java", "java -cp /opt/orders-2.1.0.jar org.springframework.boot.loader.launch.JarLauncher", None, "orders"),
-            ("java", "java -Xmx512m org.springframework.boot.loader.JarLauncher", Some("/workspace/pricing"), "pricing"),
-            ("dotnet", "dotnet run --project src/Billing.Api/Billing.Api.csproj", None, "Billing.Api"),
-            ("dotnet", "dotnet run", Some("/srv/Reports"), "Reports"),
-        ];
-        for (exe, cmd, cwd, want) in cases {
+        // service name | executable | working directory (- unknown) | /proc/PID/cmdline, NULs as spaces
+        const CASES: &str = "
+            # gunicorn (Debian's /usr/bin/gunicorn, a pip-installed one in a venv).
+            orders               | python3.11 | -                   | /usr/bin/python3 /usr/bin/gunicorn -w 2 -b 127.0.0.1:8000 --chdir /srv/x orders:app
+            shop                 | python3.11 | /srv/shop           | /srv/shop/.venv/bin/python3 /srv/shop/.venv/bin/gunicorn --bind 0.0.0.0:8000 shop.wsgi:application
+            billing              | python3.11 | /srv/billing        | /usr/bin/python3 /usr/bin/gunicorn -b 127.0.0.1:8001 --chdir /srv/billing app:app
+            inventory            | python3.11 | /home/ann/inventory | /usr/bin/python3 /usr/bin/gunicorn -b 127.0.0.1:8001 app:app
+            payments             | python3.11 | /srv/x              | /usr/bin/python3 /usr/bin/gunicorn -k uvicorn.workers.UvicornWorker -n payments main:app
+            payments             | python3.11 | -                   | /usr/bin/python3 /usr/bin/gunicorn --name=payments main:app
+            shop                 | python3.11 | -                   | /usr/bin/python3 /usr/bin/gunicorn shop:create_app() -b unix:/run/shop.sock
+            gunicorn             | python3.11 | /                   | /usr/bin/python3 /usr/bin/gunicorn app:app
+            gunicorn             | python3.11 | /root               | /usr/bin/python3 /usr/bin/gunicorn -c /etc/gunicorn.conf.py
+            # uvicorn, hypercorn, waitress.
+            catalog              | python3.12 | /srv/catalog        | /app/.venv/bin/python /app/.venv/bin/uvicorn main:app --host 0.0.0.0 --port 8000
+            api                  | python3.12 | -                   | python3 -m uvicorn catalog.api:app --reload
+            search               | python3.12 | -                   | python3 -m uvicorn app.main:app --app-dir services/search
+            notify               | python3.12 | -                   | /usr/bin/python3 /usr/local/bin/hypercorn --bind localhost:8080 notify.asgi:application
+            ledger               | python3.12 | -                   | /usr/bin/python3 /usr/local/bin/waitress-serve --listen=*:8080 --call ledger:create_app
+            ledger               | python3.12 | -                   | /usr/bin/python3 /usr/local/bin/waitress-serve --app=ledger.wsgi:application
+            # celery.
+            mailer               | python3.11 | -                   | /srv/mail/.venv/bin/python /srv/mail/.venv/bin/celery -A mailer worker -l INFO
+            shop                 | python3.11 | -                   | /usr/bin/python3 /usr/bin/celery --app=shop.celery:app worker --concurrency 2
+            reports              | python3.11 | -                   | python3 -m celery -Areports beat
+            jobs                 | python3.11 | /srv/jobs           | /usr/bin/python3 /usr/bin/celery worker
+            # uWSGI, a program of its own.
+            blog                 | uwsgi      | -                   | uwsgi --http :8000 --module blog.wsgi:application --master --processes 4
+            notes                | uwsgi-core | -                   | /usr/bin/uwsgi-core --http-socket :9090 --wsgi-file /srv/notes/wsgi.py
+            wiki                 | uwsgi      | -                   | uwsgi --http :9090 -w wiki
+            forum                | uwsgi-core | -                   | /usr/bin/uwsgi --ini /usr/share/uwsgi/conf/default.ini --ini /etc/uwsgi/apps-enabled/forum.ini --daemonize /var/log/uwsgi/app/forum.log
+            tickets              | uwsgi      | -                   | uwsgi --http :8000 --chdir /srv/tickets --wsgi-file wsgi.py
+            # Ruby: Puma, Unicorn.
+            storefront           | ruby3.1    | /srv/storefront     | /usr/bin/ruby3.1 /usr/local/bin/puma -C config/puma.rb
+            blog                 | ruby3.1    | -                   | /usr/bin/ruby3.1 /usr/local/bin/unicorn -c /srv/blog/unicorn.rb /srv/blog/config.ru
+            admin                | ruby3.1    | -                   | ruby /usr/local/bin/puma --tag admin -b tcp://127.0.0.1:9292
+            # Node: npm, node_modules/.bin, PM2's container.
+            shop-web             | node       | -                   | node /srv/shop-web/node_modules/.bin/next start -p 3000
+            admin-ui             | node       | /home/ann/admin-ui  | node node_modules/.bin/vite --port 5173
+            checkout             | node       | /srv/checkout       | node /usr/lib/node_modules/npm/bin/npm-cli.js start
+            chat                 | node       | /srv/chat           | node /usr/lib/node_modules/pm2/lib/ProcessContainerFork.js
+            ProcessContainerFork | node       | -                   | node /usr/local/lib/node_modules/pm2/lib/ProcessContainerFork.js
+            # Java's Spring Boot launchers; dotnet run.
+            orders               | java       | -                   | java -cp /opt/orders-2.1.0.jar org.springframework.boot.loader.launch.JarLauncher
+            pricing              | java       | /workspace/pricing  | java -Xmx512m org.springframework.boot.loader.JarLauncher
+            Billing.Api          | dotnet     | -                   | dotnet run --project src/Billing.Api/Billing.Api.csproj
+            Reports              | dotnet     | /srv/Reports        | dotnet run
+        ";
+        let cases: Vec<&str> =
+            CASES.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+        assert_eq!(cases.len(), 36);
+        for line in cases {
+            let fields: Vec<&str> = line.splitn(4, " | ").map(str::trim).collect();
+            let [want, exe, cwd, cmd] = fields[..] else { panic!("bad case: {line}") };
+            let cwd = (cwd != "-").then_some(cwd);
             assert_eq!(name(exe, &args(cmd), cwd).as_deref(), Some(want), "{exe}: {cmd} (in {cwd:?})");
         }
         // A PM2 app is named as PM2 names it.

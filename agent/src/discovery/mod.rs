@@ -795,6 +795,13 @@ mod tests {
         assert!(cache.get(123).is_none());
     }
 
+    /// An empty directory to play `/proc` in.
+    fn fake_root(tag: &str) -> PathBuf {
+        let root = std::env::temp_dir().join(format!("ztrace-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        root
+    }
+
     /// A fake `/proc/PID` with the files the cache reads.
     fn fake_process(root: &Path, pid: u32, comm: &str, cmdline: &str, start_time: u64) {
         let dir = root.join(pid.to_string());
@@ -807,8 +814,7 @@ mod tests {
 
     #[test]
     fn an_exec_or_a_reused_pid_gets_a_new_identity() {
-        let root = std::env::temp_dir().join(format!("ztrace-refresh-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
+        let root = fake_root("refresh");
         fake_process(&root, 40, "sh", "/bin/sh start.sh", 1000);
         let mut cache = ProcessCache::with_host_name(16, &root, "box");
         let first = cache.refresh(40, "sh");
@@ -833,13 +839,12 @@ mod tests {
 
     #[test]
     fn a_postgres_backend_is_read_again_once_it_has_its_title() {
-        let root = std::env::temp_dir().join(format!("ztrace-pgtitle-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
-        // Just forked from the postmaster: its command line is still the postmaster's.
-        fake_process(&root, 50, "postgres", "/usr/lib/postgresql/15/bin/postgres -D /srv/pg", 1000);
+        let postmaster = "/usr/lib/postgresql/15/bin/postgres -D /srv/pg";
+        let root = fake_root("pgtitle");
         let mut cache = ProcessCache::with_host_name(16, &root, "box");
-        let first = cache.refresh(50, "postgres");
-        assert_eq!(first.command_line, "/usr/lib/postgresql/15/bin/postgres -D /srv/pg");
+        // Just forked from the postmaster: its command line is still the postmaster's.
+        fake_process(&root, 50, "postgres", postmaster, 1000);
+        assert_eq!(cache.refresh(50, "postgres").command_line, postmaster);
 
         // It set its title, over the longer command line (NULs after it).
         let title = b"postgres: app orders 127.0.0.1(51094) initializing\0\0\0\0\0\0\0\0\0\0\0\0";
@@ -857,7 +862,7 @@ mod tests {
         assert!(Arc::ptr_eq(&titled, &cache.get_or_load(50, "postgres")));
 
         // A backend that exits before it is read again keeps what was read.
-        fake_process(&root, 51, "postgres", "/usr/lib/postgresql/15/bin/postgres -D /srv/pg", 1000);
+        fake_process(&root, 51, "postgres", postmaster, 1000);
         let early = cache.refresh(51, "postgres");
         fs::remove_dir_all(root.join("51")).expect("rm");
         std::thread::sleep(PENDING_REREAD);
@@ -865,7 +870,7 @@ mod tests {
         assert!(Arc::ptr_eq(&early, &cache.get_or_load(51, "postgres")));
 
         // The postmaster itself keeps its command line: read a few times, then left alone.
-        fake_process(&root, 49, "postgres", "/usr/lib/postgresql/15/bin/postgres -D /srv/pg", 900);
+        fake_process(&root, 49, "postgres", postmaster, 900);
         cache.refresh(49, "postgres");
         for _ in 0..2 * PENDING_READS {
             std::thread::sleep(PENDING_REREAD);
