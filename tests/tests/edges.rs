@@ -124,7 +124,7 @@ fn the_viewer_does_not_trace_itself() {
     let api = format!("http://{ui}/api/traces?limit=5");
     let viewers: Vec<u32> = (0..3)
         .map(|_| {
-            let run = clients::curl(&[api.clone()]);
+            let run = clients::curl(std::slice::from_ref(&api));
             assert_eq!(run.transfers[0].0, 200, "GET {api}");
             run.pid
         })
