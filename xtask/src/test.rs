@@ -51,6 +51,8 @@ const TEST_PACKAGES: &[&str] = &[
     // The stack tests compile C clients and split their DWARF (tests/tests/stacks.rs).
     "gcc",
     "binutils",
+    // Services under an app server, named by their application (tests/tests/edges.rs).
+    "gunicorn",
 ];
 /// From Debian's backports suite: a newer Go than bookworm's 1.19, for Go crypto/tls's struct
 /// offsets and RET probes on a current toolchain (tests/tests/tls.rs).
