@@ -269,6 +269,19 @@ impl BpfHeld {
     }
 }
 
+/// Processes holding uprobe links now (another agent, say), with their uprobe link count.
+fn uprobe_holders() -> Vec<(u32, String, usize)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let n = std::panic::catch_unwind(|| BpfHeld::of(pid).uprobe_links().len()).ok()?;
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            (n > 0).then(|| (pid, comm.trim().to_owned(), n))
+        })
+        .collect()
+}
+
 /// The ids `bpftool -j {prog|link} show` lists: every program or link in the kernel.
 fn bpftool_ids(object: &str) -> BTreeSet<u32> {
     let out = Command::new("bpftool").args(["-j", object, "show"]).output().expect("run bpftool (apt-get install bpftool)");
@@ -290,11 +303,73 @@ fn uprobe_events_naming(files: &[PathBuf]) -> Vec<String> {
         .collect()
 }
 
+/// The instruction x86-64 uprobes put at a probed address: `int3`.
+const INT3: u8 = 0xcc;
+
+/// Where a function of a mapped file starts in process `pid`, and its first byte in the file.
+struct ProbePoint {
+    pid: u32,
+    what: String,
+    addr: u64,
+    file_byte: u8,
+}
+
+impl ProbePoint {
+    /// `symbol` (as `nm` prints it) of the file whose path contains `file` in `pid`'s mappings.
+    fn find(pid: u32, file: &str, symbol: &str) -> ProbePoint {
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("read maps");
+        // (start, end, file offset, path) of each mapping of the file.
+        let mappings: Vec<(u64, u64, u64, &str)> = maps
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let path = *f.get(5)?;
+                let (start, end) = f[0].split_once('-')?;
+                let hex = |x: &str| u64::from_str_radix(x, 16).ok();
+                path.contains(file).then_some((hex(start)?, hex(end)?, hex(f[2])?, path))
+            })
+            .collect();
+        let path = mappings.first().map(|m| m.3).unwrap_or_else(|| panic!("{file} is not mapped in {pid}:\n{maps}"));
+        let out = Command::new("nm").args(["-D", "--defined-only"]).arg(path).output().expect("run nm (binutils)");
+        let out = if out.stdout.is_empty() { Command::new("nm").arg(path).output().expect("run nm") } else { out };
+        let table = String::from_utf8_lossy(&out.stdout);
+        let value = table
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let name = f.get(2)?.split("@@").next()?;
+                (name == symbol).then(|| u64::from_str_radix(f[0], 16).ok()).flatten()
+            })
+            .unwrap_or_else(|| panic!("no {symbol} in {path}"));
+        // A position-dependent executable is mapped at its addresses; a shared library at a base.
+        let inside = |a: u64| mappings.iter().find(|m| (m.0..m.1).contains(&a)).copied();
+        let base = mappings.iter().find(|m| m.2 == 0).map_or(0, |m| m.0);
+        let addr = if inside(value).is_some() { value } else { base + value };
+        let (start, _, offset, _) = inside(addr).unwrap_or_else(|| panic!("{symbol} at {addr:#x} is not mapped in {pid}"));
+        let mut byte = [0u8; 1];
+        let mut f = std::fs::File::open(path).expect("open mapped file");
+        std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(addr - start + offset)).expect("seek");
+        std::io::Read::read_exact(&mut f, &mut byte).expect("read mapped file");
+        ProbePoint { pid, what: format!("{symbol} in {path} (pid {pid})"), addr, file_byte: byte[0] }
+    }
+
+    /// The first byte of the function in the process's memory now.
+    fn in_memory(&self) -> u8 {
+        let mut byte = [0u8; 1];
+        let mut f = std::fs::File::open(format!("/proc/{}/mem", self.pid)).expect("open /proc/PID/mem");
+        std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(self.addr)).expect("seek mem");
+        std::io::Read::read_exact(&mut f, &mut byte).expect("read mem");
+        byte[0]
+    }
+}
+
 /// `kill -9` of the agent while it traces nginx over TLS (OpenSSL uprobes in nginx and curl) and
 /// a Go HTTPS server (crypto/tls and goroutine uprobes) under client loops: every request before,
 /// during and after the kill gets its exact bytes; every program and link the agent held (its
-/// uprobes among them) is gone from the kernel; the tracefs uprobe list names none of the probed
-/// files; and an agent started right after gives spans for both servers.
+/// uprobes among them) is gone from the kernel; the breakpoints the uprobes put in the servers'
+/// code (`int3` at `SSL_write` and at `(*Conn).Write`) are gone, the code is the file's again; the
+/// tracefs uprobe list names none of the probed files; and an agent started right after gives
+/// spans for both servers.
 #[test]
 #[ignore = "needs root and eBPF; run by cargo xtask test"]
 fn kill_9_leaves_the_traced_programs_serving_and_no_probe_behind() {
@@ -336,6 +411,16 @@ fn kill_9_leaves_the_traced_programs_serving_and_no_probe_behind() {
     let held = BpfHeld::of(ztrace.pid());
     let uprobes = held.uprobe_links();
     assert!(!uprobes.is_empty(), "the agent holds no uprobe link: {held:?}");
+    // The breakpoints themselves, in the traced processes' code: OpenSSL's SSL_write in nginx,
+    // crypto/tls's (*Conn).Write in the Go server.
+    let points = [
+        ProbePoint::find(nginx.pid(), "libssl.so", "SSL_write"),
+        ProbePoint::find(go_server.pid(), &go.to_string_lossy(), "crypto/tls.(*Conn).Write"),
+    ];
+    for p in &points {
+        assert_ne!(p.file_byte, INT3, "{}", p.what);
+        assert_eq!(p.in_memory(), INT3, "no uprobe breakpoint at {} while the agent runs", p.what);
+    }
     let served_before: Vec<u64> = loops.iter().map(LoadLoop::ok).collect();
 
     // SAFETY: kill(2) on the agent this test started.
@@ -353,6 +438,21 @@ fn kill_9_leaves_the_traced_programs_serving_and_no_probe_behind() {
     );
     let links_left: Vec<u32> = bpftool_ids("link").intersection(&ours_links).copied().collect();
     assert!(links_left.is_empty(), "after kill -9, links {links_left:?} of the agent are still in the kernel");
+    // The breakpoints go when the kernel releases the perf events behind the links, after the
+    // programs' ids are gone.
+    let restored = wait_until(Duration::from_secs(30), || points.iter().all(|p| p.in_memory() == p.file_byte).then_some(()));
+    let code_restored_after = killed_at.elapsed();
+    if restored.is_none() {
+        let left: Vec<String> = points
+            .iter()
+            .filter(|p| p.in_memory() != p.file_byte)
+            .map(|p| format!("{} (byte {:#x}, the file has {:#x})", p.what, p.in_memory(), p.file_byte))
+            .collect();
+        // Another agent on this machine (a test running beside this one) may probe the same code.
+        let holders = uprobe_holders();
+        assert!(!holders.is_empty(), "uprobe breakpoints left 30 s after kill -9 at {left:?}, and no process holds a uprobe");
+        eprintln!("breakpoints at {left:?} are still there, but {holders:?} hold uprobes: not counted against kill -9");
+    }
     let leftover = uprobe_events_naming(&probed);
     assert_eq!(leftover, uprobe_lines_before, "uprobes left in the kernel's list after kill -9");
     drop(ztrace);
@@ -380,13 +480,15 @@ fn kill_9_leaves_the_traced_programs_serving_and_no_probe_behind() {
         .collect();
     eprintln!(
         "kill -9 figures: {}; none failed. The agent held {} links ({} of them uprobes) and {} programs: \
-         all gone from the kernel {:.1} s after SIGKILL. The new agent was ready {:.1} s after its start, \
-         with {second_uprobes} uprobe links, and gave spans for both servers.",
+         all gone from the kernel {:.1} s after SIGKILL, the servers' code free of breakpoints {:.1} s after it. \
+         The new agent was ready {:.1} s after its start, with {second_uprobes} uprobe links, and gave spans \
+         for both servers.",
         runs.join("; "),
         held.links.len(),
         uprobes.len(),
         held.progs.len(),
         cleaned_after.as_secs_f64(),
+        code_restored_after.as_secs_f64(),
         ready_after.as_secs_f64()
     );
 }
