@@ -246,8 +246,9 @@ const PROG_TYPE_KPROBE: u32 = 2;
 impl BpfHeld {
     fn of(pid: u32) -> BpfHeld {
         let mut held = BpfHeld::default();
-        let dir = format!("/proc/{pid}/fdinfo");
-        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir}: {e}")).flatten() {
+        // A process gone (or a kernel thread) holds nothing.
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return held };
+        for entry in dir.flatten() {
             let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
             let field = |name: &str| {
                 text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<u32>().ok())
@@ -275,7 +276,7 @@ fn uprobe_holders() -> Vec<(u32, String, usize)> {
     dir.flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter_map(|pid| {
-            let n = std::panic::catch_unwind(|| BpfHeld::of(pid).uprobe_links().len()).ok()?;
+            let n = BpfHeld::of(pid).uprobe_links().len();
             let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
             (n > 0).then(|| (pid, comm.trim().to_owned(), n))
         })
