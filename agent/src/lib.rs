@@ -9,6 +9,7 @@ pub mod config;
 pub mod conn;
 pub mod discovery;
 pub mod export;
+pub mod health;
 pub mod metrics;
 pub mod pipeline;
 pub mod print;

@@ -83,6 +83,7 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
     let stacks_on = config.stacks == "on";
     bpf::check_can_start()?;
     let metrics = Arc::new(Metrics::default());
+    let health = crate::health::start_if(config.health, &metrics).await;
     let exporter = match export::OtlpConfig::from_config(&config)? {
         Some(otlp) => {
             tracing::info!(endpoint = %otlp.endpoint, protocol = ?otlp.protocol, "exporting spans over OTLP");
@@ -135,9 +136,10 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
     let mut capture =
         Capture::new(metrics.clone(), config.db_query_parameters, tls, StackJoin::new(symbolizer, STACK_WAIT), go);
     // Whoever reads the viewer (a browser polling /api/traces) is not traced.
-    if let Some(addr) = viewer.as_ref().and_then(|v| v.addr) {
+    for addr in viewer.as_ref().and_then(|v| v.addr).into_iter().chain(health.as_ref().map(|h| h.1)) {
         capture.conns.ignore_clients_of(addr);
     }
+    capture.processes.set_node_name(config.k8s_node_name.clone());
     let mut ring = EventRing::new(ring)?;
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
@@ -150,6 +152,7 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
         eprintln!("viewer: http://{addr}");
     }
     eprintln!("ztrace is ready");
+    health.as_ref().inspect(|h| h.0.set_ready());
     tracing::info!("{}", tracing_scope(&selection));
 
     loop {
@@ -179,6 +182,7 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
             }
             // Exited Go programs stop being followed (their pid may be reused).
             capture.go.reap(&mut probes);
+            health.as_ref().inspect(|h| h.0.set_kernel(probes.kernel_counters()));
         }
         // ... and whether they are Go programs, whose goroutines are followed.
         if capture.go.has_pending() {

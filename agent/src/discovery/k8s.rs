@@ -7,6 +7,10 @@
 //! `Config.Labels` in `config.v2.json`). Those are exact. Without the API server, the workload
 //! (Deployment, StatefulSet, ...) is only inferred from the pod name's generated suffix.
 //!
+//! The workload's kind is inferred from the suffix too ([`workload_attributes`]): a Deployment's
+//! pods carry the ReplicaSet's hash, a CronJob's the scheduled minute, a StatefulSet's an
+//! ordinal; a DaemonSet's, a Job's and a bare ReplicaSet's look alike and get no kind.
+//!
 //! Not done: labels and annotations of the pod itself (`app.kubernetes.io/name`,
 //! `resource.opentelemetry.io/service.name`), which need the kubelet or API server.
 
@@ -106,6 +110,33 @@ pub fn workload_from_pod_name(pod: &str) -> Option<&str> {
     Some(head)
 }
 
+/// The workload attributes a pod name tells exactly enough, with the names they carry:
+///
+/// - `<name>-<pod-template-hash>-<5>`: `k8s.replicaset.name` `<name>-<hash>` and
+///   `k8s.deployment.name` `<name>`;
+/// - `<name>-<scheduled minutes>-<5>`: `k8s.job.name` `<name>-<minutes>` and `k8s.cronjob.name`
+///   `<name>`;
+/// - `<name>-<ordinal>`: `k8s.statefulset.name` `<name>`.
+///
+/// A bare `<name>-<5>` could be a DaemonSet's, a Job's or a ReplicaSet's pod: no attribute (its
+/// `<name>` still names the service, see [`workload_from_pod_name`]).
+pub fn workload_attributes(pod: &str) -> Vec<(&'static str, &str)> {
+    let Some(workload) = workload_from_pod_name(pod) else { return Vec::new() };
+    let Some((parent, last)) = pod.rsplit_once('-') else { return Vec::new() };
+    if last.bytes().all(|b| b.is_ascii_digit()) {
+        return vec![("k8s.statefulset.name", workload)];
+    }
+    if parent == workload {
+        return Vec::new();
+    }
+    let middle = &parent[workload.len() + 1..];
+    if middle.bytes().all(|b| b.is_ascii_digit()) {
+        vec![("k8s.job.name", parent), ("k8s.cronjob.name", workload)]
+    } else {
+        vec![("k8s.replicaset.name", parent), ("k8s.deployment.name", workload)]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,6 +185,21 @@ mod tests {
         assert_eq!(names_from_runtime_config(br#"{"annotations":{}}"#), None);
         assert_eq!(names_from_runtime_config(b"not json"), None);
         assert_eq!(names_from_runtime_config(b"[1,2]"), None);
+    }
+
+    #[test]
+    fn workload_attributes_only_where_the_suffix_tells_the_kind() {
+        assert_eq!(
+            workload_attributes("checkout-api-5f8d7b9c4d-6wkzt"),
+            [("k8s.replicaset.name", "checkout-api-5f8d7b9c4d"), ("k8s.deployment.name", "checkout-api")]
+        );
+        assert_eq!(
+            workload_attributes("backup-28934215-q2c7x"),
+            [("k8s.job.name", "backup-28934215"), ("k8s.cronjob.name", "backup")]
+        );
+        assert_eq!(workload_attributes("postgres-0"), [("k8s.statefulset.name", "postgres")]);
+        assert!(workload_attributes("node-exporter-x7k2p").is_empty());
+        assert!(workload_attributes("redis").is_empty());
     }
 
     #[test]

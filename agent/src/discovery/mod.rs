@@ -183,11 +183,15 @@ impl RawProcess {
     }
 }
 
-/// The first container-runtime record found for container `id` under `host_root`.
+/// The first container-runtime record found for container `id` under `host_root`, else under
+/// the agent's own root: where pid 1's root cannot be read (a sandboxed init), the DaemonSet
+/// mounts the runtimes' state directories at their host paths.
 fn read_runtime_config(host_root: &Path, id: &str) -> Option<Vec<u8>> {
-    k8s::RUNTIME_CONFIG_PATHS
-        .iter()
-        .find_map(|p| read_bounded(&host_root.join(p.replace("{id}", id)), MAX_RUNTIME_CONFIG).ok())
+    [host_root, Path::new("/")].into_iter().find_map(|root| {
+        k8s::RUNTIME_CONFIG_PATHS
+            .iter()
+            .find_map(|p| read_bounded(&root.join(p.replace("{id}", id)), MAX_RUNTIME_CONFIG).ok())
+    })
 }
 
 /// Reads at most `limit` bytes of a file.
@@ -212,6 +216,12 @@ fn file_name(path: &str) -> &str {
 impl ProcessInfo {
     /// Decides the identity of process `pid` from what was read about it. Pure.
     pub fn from_raw(pid: u32, raw: &RawProcess, host_name: &str) -> ProcessInfo {
+        ProcessInfo::from_raw_on_node(pid, raw, host_name, None)
+    }
+
+    /// [`ProcessInfo::from_raw`] on Kubernetes node `node`: its name is `k8s.node.name` of
+    /// processes in pods.
+    pub fn from_raw_on_node(pid: u32, raw: &RawProcess, host_name: &str, node: Option<&str>) -> ProcessInfo {
         let args = cmdline::split_cmdline(&raw.cmdline);
         let env = raw.environ.as_deref().map(environ::parse_environ).unwrap_or_default();
         let cgroup = raw.cgroup.as_deref().map(cgroup::parse_cgroup).unwrap_or_default();
@@ -256,6 +266,7 @@ impl ProcessInfo {
             host_name,
             container_id: container_id.as_deref(),
             k8s: &k8s,
+            node: node.filter(|_| !k8s.is_empty()),
             otel_resource_attributes: &env.otel_resource_attributes,
         });
         ProcessInfo {
@@ -306,13 +317,15 @@ struct ResourceInputs<'a> {
     host_name: &'a str,
     container_id: Option<&'a str>,
     k8s: &'a K8sNames,
+    /// The node's name, for a process in a pod.
+    node: Option<&'a str>,
     otel_resource_attributes: &'a [(String, String)],
 }
 
 /// The resource attributes, in a stable order: `service.name`, `process.pid`,
 /// `process.executable.name`, `process.executable.path`, `process.command_line`, `host.name`,
 /// `container.id`, `k8s.namespace.name`, `k8s.pod.name`, `k8s.pod.uid`, `k8s.container.name`,
-/// `telemetry.distro.name`, then the other keys of the process's `OTEL_RESOURCE_ATTRIBUTES`.
+/// `k8s.node.name`, the workload's (`k8s.deployment.name`, ...), `telemetry.distro.name`, then the other keys of the process's `OTEL_RESOURCE_ATTRIBUTES`.
 ///
 /// A key of `OTEL_RESOURCE_ATTRIBUTES` replaces the derived value in place, except
 /// `service.name` (decided by the rule above, where `OTEL_SERVICE_NAME` wins), `process.pid`
@@ -334,6 +347,10 @@ fn build_resource(input: &ResourceInputs<'_>) -> Resource {
     push("k8s.pod.name", input.k8s.pod_name.as_deref());
     push("k8s.pod.uid", input.k8s.pod_uid.as_deref());
     push("k8s.container.name", input.k8s.container_name.as_deref());
+    push("k8s.node.name", input.node);
+    for (key, name) in input.k8s.pod_name.as_deref().map(k8s::workload_attributes).unwrap_or_default() {
+        push(key, Some(name));
+    }
     push("telemetry.distro.name", Some(DISTRO_NAME));
     attributes.insert(1, ("process.pid".to_owned(), AttrValue::Int(i64::from(input.pid))));
 
@@ -358,6 +375,8 @@ fn build_resource(input: &ResourceInputs<'_>) -> Resource {
 pub struct ProcessCache {
     proc_root: PathBuf,
     host_name: String,
+    /// The Kubernetes node's name, when the agent runs on one.
+    node_name: Option<String>,
     capacity: usize,
     entries: HashMap<u32, CacheEntry>,
     clock: u64,
@@ -430,9 +449,21 @@ impl ProcessCache {
         ProcessCache {
             proc_root: proc_root.into(),
             host_name: host_name.into(),
+            node_name: None,
             capacity: capacity.max(1),
             entries: HashMap::new(),
             clock: 0,
+        }
+    }
+
+    /// The agent runs on Kubernetes node `node`: it is `k8s.node.name` of processes in pods and
+    /// `host.name` of every process (a pod's own host name is its pod's name). Forgets what
+    /// was read so far.
+    pub fn set_node_name(&mut self, node: Option<String>) {
+        if let Some(name) = node.as_ref().filter(|n| !n.is_empty()) {
+            self.host_name = name.clone();
+            self.node_name = node;
+            self.entries.clear();
         }
     }
 
@@ -490,7 +521,7 @@ impl ProcessCache {
         let start_time = read_start_time(&self.proc_root, pid);
         let (info, pending) = match (RawProcess::read(&self.proc_root, pid, comm_hint), previous) {
             (Ok(raw), _) => {
-                let info = ProcessInfo::from_raw(pid, &raw, &self.host_name);
+                let info = ProcessInfo::from_raw_on_node(pid, &raw, &self.host_name, self.node_name.as_deref());
                 let pending = cmdline::title_pending(&info.exe_name, &cmdline::split_cmdline(&raw.cmdline));
                 (info, pending)
             }
@@ -684,7 +715,7 @@ mod tests {
         r.runtime_config = Some(
             br#"{"annotations":{"io.kubernetes.cri.container-name":"api","io.kubernetes.cri.sandbox-name":"orders-7d9c4b8f6-x2x9q","io.kubernetes.cri.sandbox-namespace":"shop"}}"#.to_vec(),
         );
-        let info = ProcessInfo::from_raw(5, &r, "node-1");
+        let info = ProcessInfo::from_raw_on_node(5, &r, "node-1", Some("node-1"));
         assert_eq!(info.service_name, "orders");
         assert_eq!(info.service_name_source, ServiceNameSource::K8sWorkload);
         assert_eq!(info.container_id.as_deref(), Some(ID));
@@ -702,6 +733,9 @@ mod tests {
                 "k8s.pod.name",
                 "k8s.pod.uid",
                 "k8s.container.name",
+                "k8s.node.name",
+                "k8s.replicaset.name",
+                "k8s.deployment.name",
                 "telemetry.distro.name",
             ]
         );
@@ -709,6 +743,11 @@ mod tests {
             attr(&info.resource, "k8s.pod.uid"),
             Some(&AttrValue::Str("0c5a4b1e-2d4e-4c1a-9d9e-0123456789ab".into()))
         );
+        assert_eq!(attr(&info.resource, "k8s.deployment.name"), Some(&AttrValue::Str("orders".into())));
+        // A process outside any pod gets no node name.
+        let host = ProcessInfo::from_raw_on_node(6, &raw("/usr/bin/curl", b"curl\0", b""), "node-1", Some("node-1"));
+        assert_eq!(attr(&host.resource, "k8s.node.name"), None);
+        assert_eq!(attr(&host.resource, "host.name"), Some(&AttrValue::Str("node-1".into())));
     }
 
     #[test]
