@@ -104,6 +104,31 @@ pub fn image_from(binary: &Path) -> Result<Image> {
     Ok(Image { reference, archive, size })
 }
 
+/// Python packages of the manifests' checks (tests/tests/kubernetes.rs), in their own venv
+/// (`target/k8s-venv`): checkov pins versions that the OTLP receiver's venv must not share.
+const K8S_VENV_PACKAGES: &[&str] = &["kubernetes-validate", "checkov"];
+
+/// What tests/tests/kubernetes.rs needs besides root: the image built from `binary`, containerd,
+/// busybox-static, and the venv with kubernetes-validate and checkov.
+pub fn prepare_tests(binary: &Path) -> Result<()> {
+    apt_install(PACKAGES)?;
+    apt_install(&["containerd", "busybox-static"])?;
+    let venv = util::target_dir().join("k8s-venv");
+    let check = venv.join("bin/checkov");
+    if !check.is_file() || !venv.join("bin/kubernetes-validate").is_file() {
+        say!("creating the manifests' check venv at {}...", venv.display());
+        util::run(Command::new("/usr/bin/python3").args(["-m", "venv", "--clear"]).arg(&venv))?;
+        util::run(
+            Command::new(venv.join("bin/python"))
+                .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+                .args(K8S_VENV_PACKAGES),
+        )?;
+    }
+    let image = image_from(binary)?;
+    say!("image {} ({:.1} MB)", image.reference, image.size as f64 / 1e6);
+    Ok(())
+}
+
 /// `podman` with the global flags these machines need.
 pub fn podman() -> Command {
     let mut cmd = Command::new("podman");
