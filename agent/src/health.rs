@@ -2,14 +2,13 @@
 //! once the kernel programs are attached and capture runs), `/metrics` with every counter of
 //! `ztrace stats` in the Prometheus text format (0.0.4), plus the agent's resident memory.
 //!
-//! A small HTTP/1 server (hyper) of its own, apart from the viewer, so that an export-only agent
+//! A small HTTP/1 server of its own ([`crate::serve`]), apart from the viewer, so that an export-only agent
 //! (`--no-ui`, the DaemonSet) still answers its probes. It serves no request data. Kernel
 //! counters are read by the pipeline (which owns the maps) once a second and kept here.
 //!
 //! Not done: queue depths (the queues count what they drop, not what waits) and histograms.
 
 use std::{
-    convert::Infallible,
     net::SocketAddr,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -19,8 +18,7 @@ use std::{
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::{body::Incoming, header, server::conn::http1, service::service_fn, Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::{body::Incoming, header, Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
@@ -85,28 +83,10 @@ pub async fn start_if(addr: Option<SocketAddr>, metrics: &Arc<Metrics>) -> Optio
 pub async fn start(addr: SocketAddr, health: Arc<Health>) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    tokio::spawn(async move {
-        loop {
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    tracing::debug!(%error, "health endpoint accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let health = health.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req| {
-                    let health = health.clone();
-                    async move { Ok::<_, Infallible>(route(&req, &health)) }
-                });
-                if let Err(error) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
-                    tracing::debug!(%error, "health connection ended with an error");
-                }
-            });
-        }
-    });
+    tokio::spawn(crate::serve::serve(listener, "health endpoint", move |req| {
+        let response = route(&req, &health);
+        async move { response }
+    }));
     Ok(bound)
 }
 

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod print;
 pub mod protocols;
+pub mod serve;
 pub mod spans;
 pub mod store;
 pub mod tls;

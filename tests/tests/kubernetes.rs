@@ -164,28 +164,30 @@ impl Drop for PodmanContainer {
 /// `podman run` of the image with the DaemonSet's security context, mounts and environment;
 /// `tasks_dir` stands for the node's containerd task records.
 fn run_agent(ds: &DaemonSet, tasks_dir: &Path, env: &[(&str, String)]) -> PodmanContainer {
-    let name = format!("ztrace-e2e-{}", std::process::id());
-    let mut cmd = Command::new("podman");
-    cmd.args(PODMAN_GLOBAL).args(["run", "--rm", "--name", &name, "--network=host"]);
-    // This VM's bounding set lacks CAP_SYS_RESOURCE: podman needs explicit limits.
-    cmd.args(["--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768"]);
+    run_agent_with(agent_args(ds, tasks_dir, env))
+}
+
+/// The `podman run` options that give the agent the DaemonSet's security context, mounts and
+/// environment (the ConfigMap's, then `env`).
+fn agent_args(ds: &DaemonSet, tasks_dir: &Path, env: &[(&str, String)]) -> Vec<String> {
+    let mut args: Vec<String> = Vec::new();
     let sc = &ds.container["securityContext"];
     assert_ne!(sc["privileged"], Value::Bool(true));
-    cmd.arg("--cap-drop=ALL");
+    args.push("--cap-drop=ALL".into());
     for cap in sc["capabilities"]["add"].as_array().expect("capabilities.add") {
-        cmd.arg(format!("--cap-add={}", cap.as_str().expect("capability")));
+        args.push(format!("--cap-add={}", cap.as_str().expect("capability")));
     }
     if ds.host_pid {
-        cmd.arg("--pid=host");
+        args.push("--pid=host".into());
     }
     if sc["readOnlyRootFilesystem"] == Value::Bool(true) {
-        cmd.arg("--read-only");
+        args.push("--read-only".into());
     }
     if sc["allowPrivilegeEscalation"] == Value::Bool(false) {
-        cmd.args(["--security-opt", "no-new-privileges"]);
+        args.push("--security-opt=no-new-privileges".into());
     }
     if let Some(uid) = sc["runAsUser"].as_u64() {
-        cmd.arg(format!("--user={uid}"));
+        args.push(format!("--user={uid}"));
     }
     for mount in ds.container["volumeMounts"].as_array().expect("volumeMounts") {
         let (vol_name, at) = (mount["name"].as_str().expect("name"), mount["mountPath"].as_str().expect("mountPath"));
@@ -194,18 +196,27 @@ fn run_agent(ds: &DaemonSet, tasks_dir: &Path, env: &[(&str, String)]) -> Podman
         if let Some(host) = volume["hostPath"]["path"].as_str() {
             let host = if host == CONTAINERD_TASKS { tasks_dir.to_path_buf() } else { PathBuf::from(host) };
             std::fs::create_dir_all(&host).expect("host path");
-            cmd.arg("-v").arg(format!("{}:{at}{ro}", host.display()));
+            args.push(format!("--volume={}:{at}{ro}", host.display()));
         } else if volume.get("emptyDir").is_some() {
-            cmd.args(["--tmpfs", at]);
+            args.push(format!("--tmpfs={at}"));
         }
     }
-    for (key, value) in &ds.config {
-        cmd.arg("-e").arg(format!("{key}={value}"));
+    let config = ds.config.iter().map(|(k, v)| (k.as_str(), v.clone()));
+    for (key, value) in config.chain(env.iter().map(|(k, v)| (*k, v.clone()))) {
+        args.push(format!("--env={key}={value}"));
     }
-    for (key, value) in env {
-        cmd.arg("-e").arg(format!("{key}={value}"));
-    }
-    cmd.arg(IMAGE);
+    args
+}
+
+/// `podman run --rm` of the image with `args`, on the host's network (the receiver is on
+/// loopback).
+fn run_agent_with(args: Vec<String>) -> PodmanContainer {
+    let name = format!("ztrace-e2e-{}", std::process::id());
+    let mut cmd = Command::new("podman");
+    cmd.args(PODMAN_GLOBAL).args(["run", "--rm", "--name", &name, "--network=host"]);
+    // This VM's bounding set lacks CAP_SYS_RESOURCE: podman needs explicit limits.
+    cmd.args(["--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768"]);
+    cmd.args(args).arg(IMAGE);
     PodmanContainer { proc: Proc::spawn("ztrace (podman)", &mut cmd), name }
 }
 
@@ -349,4 +360,50 @@ fn the_daemonset_image_traces_the_host_and_a_pod_with_its_kubernetes_names() {
         assert_eq!(span.resource_str("host.name"), Some("node-e2e"));
     }
     drop(agent);
+}
+
+#[test]
+#[ignore = "needs root, podman and the image of cargo xtask image; run by cargo xtask test"]
+fn a_missing_capability_is_said_in_one_sentence() {
+    let ds = daemonset();
+    let dir = TempDir::new("k8s-caps");
+    let tasks = dir.path().join("tasks");
+    let env = [("ZTRACE_EXE", "ztrace-caps-none".to_owned()), ("ZTRACE_HEALTH", format!("127.0.0.1:{}", free_port()))];
+    let base = agent_args(&ds, &tasks, &env);
+    let without = |caps: &[&str], extra: &[&str]| {
+        let dropped: Vec<String> = caps.iter().map(|c| format!("--cap-add={c}")).collect();
+        let mut args: Vec<String> = base.iter().filter(|a| !dropped.contains(a)).cloned().collect();
+        assert_eq!(args.len() + caps.len(), base.len(), "{caps:?} are not all in the DaemonSet's list");
+        args.extend(extra.iter().map(|e| (*e).to_owned()));
+        run_agent_with(args)
+    };
+    let ends_with_one_sentence = |agent: &mut PodmanContainer, needle: &str| {
+        let status = agent.proc.wait_exit(Duration::from_secs(60));
+        assert!(status.is_some_and(|s| !s.success()), "ztrace started without {needle}: {}", agent.proc.stderr());
+        let stderr = agent.proc.stderr();
+        let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("ztrace: ")).collect();
+        assert_eq!(lines.len(), 1, "{stderr}");
+        assert!(lines[0].contains(needle), "{stderr}");
+    };
+    // Unconfined seccomp: the capability, not the runtime's filter, is what is missing.
+    // (CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON: it goes too.)
+    let mut agent = without(&["BPF", "SYS_ADMIN"], &["--security-opt=seccomp=unconfined"]);
+    ends_with_one_sentence(&mut agent, "lacks CAP_BPF");
+    drop(agent);
+    let mut agent = without(&["PERFMON", "SYS_ADMIN"], &["--security-opt=seccomp=unconfined"]);
+    ends_with_one_sentence(&mut agent, "lacks CAP_PERFMON");
+    drop(agent);
+    // The runtime's default seccomp profile refuses bpf() without CAP_SYS_ADMIN.
+    let mut agent = without(&["SYS_ADMIN"], &[]);
+    ends_with_one_sentence(&mut agent, "seccomp profile blocks it");
+    drop(agent);
+    // Unconfined, the agent starts without CAP_SYS_ADMIN and says what is lost: the uprobes.
+    let mut agent = without(&["SYS_ADMIN"], &["--security-opt=seccomp=unconfined"]);
+    agent.proc.wait_for_stderr("ztrace is ready", Duration::from_secs(180));
+    let stderr = agent.proc.stderr();
+    assert!(stderr.contains("without CAP_SYS_ADMIN the kernel refuses uprobes"), "{stderr}");
+    drop(agent);
+    let mut agent = without(&["SYS_PTRACE"], &[]);
+    agent.proc.wait_for_stderr("ztrace is ready", Duration::from_secs(180));
+    assert!(agent.proc.stderr().contains("without CAP_SYS_PTRACE"), "{}", agent.proc.stderr());
 }

@@ -51,6 +51,11 @@ pub fn missing_required(caps: Caps) -> Option<&'static str> {
     None
 }
 
+/// The sentence for a `bpf()` refused although `CAP_BPF` is there: the container runtimes'
+/// default seccomp profiles (Docker's, containerd's, podman's) allow `bpf()` and
+/// `perf_event_open()` only with `CAP_SYS_ADMIN` (measured with podman 4.3).
+pub const SECCOMP_REFUSED: &str = "the bpf() system call was refused although ztrace has CAP_BPF: the container's seccomp profile blocks it (runtimes' default profiles allow bpf() only with CAP_SYS_ADMIN): add CAP_SYS_ADMIN or use an unconfined seccomp profile";
+
 /// One sentence per missing optional capability: what will not be seen without it.
 pub fn missing_optional(caps: Caps) -> Vec<&'static str> {
     let mut out = Vec::new();

@@ -182,7 +182,14 @@ pub fn start(
         .override_global(globals::OFFSETS, &offsets, true)
         .override_global(globals::SETTINGS, &settings, true)
         .override_global(globals::STACK_SETTINGS, &stack_settings, true)
-        .load(OBJECT)?;
+        .load(OBJECT)
+        .map_err(|e| match caps::Caps::current() {
+            // CAP_BPF is there (checked at start), yet bpf() says EPERM: a seccomp filter.
+            Some(c) if !c.has(caps::CAP_SYS_ADMIN) && error_chain(&e).contains("Operation not permitted") => {
+                BpfError::MissingCapability(caps::SECCOMP_REFUSED)
+            }
+            _ => BpfError::Load(e),
+        })?;
 
     fill_selection(&mut ebpf, selection)?;
 
