@@ -32,6 +32,8 @@ use ztrace_e2e::{
 const IMAGE: &str = "localhost/ztrace:latest";
 const PODMAN_GLOBAL: &[&str] = &["--cgroup-manager=cgroupfs", "--events-backend=file"];
 /// Where the DaemonSet mounts containerd's task records (the one host path the test replaces).
+/// The uid of the test's pod.
+const POD_UID: &str = "2f9a4c1e-7b3d-4e5f-8a9b-0c1d2e3f4a5b";
 const CONTAINERD_TASKS: &str = "/run/containerd/io.containerd.runtime.v2.task";
 
 fn manifests() -> PathBuf {
@@ -239,6 +241,37 @@ fn start_containerd(dir: &Path) -> Proc {
     proc
 }
 
+/// Runs busybox's httpd and 20 wget requests to it (`/pod-check`) in a container of pod
+/// `shop-web-7d9c4b8f6-x2x9q` started by the test's containerd (`ctr run` on `rootfs`), with the
+/// CRI annotations of container `name` and `extra` ones; returns the container's id.
+fn run_in_pod(dir: &Path, rootfs: &Path, name: &str, extra: &[&str]) -> String {
+    let id: String = {
+        let (_, out) = run(Command::new("sh").args(["-c", "head -c 32 /dev/urandom | sha256sum"]));
+        out.chars().take(64).collect()
+    };
+    let port = free_port();
+    let script = format!(
+        "busybox httpd -p 127.0.0.1:{port} -h /www; i=0; while [ $i -lt 20 ]; do \
+         busybox wget -q -O /dev/null http://127.0.0.1:{port}/pod-check; i=$((i+1)); busybox sleep 0.2; done"
+    );
+    let annotations = [
+        "io.kubernetes.cri.container-type=container".to_owned(),
+        format!("io.kubernetes.cri.container-name={name}"),
+        "io.kubernetes.cri.sandbox-name=shop-web-7d9c4b8f6-x2x9q".to_owned(),
+        "io.kubernetes.cri.sandbox-namespace=shop".to_owned(),
+        format!("io.kubernetes.cri.sandbox-uid={POD_UID}"),
+    ];
+    let mut ctr = Command::new("ctr");
+    ctr.arg("--address").arg(dir.join("c.sock")).args(["-n", "k8s.io", "run", "--rm", "--rootfs", "--net-host"]);
+    for a in annotations.iter().map(String::as_str).chain(extra.iter().copied()) {
+        ctr.args(["--annotation", a]);
+    }
+    ctr.arg(rootfs).arg(&id).args(["/bin/busybox", "sh", "-c", &script]);
+    let (ok, out) = run(&mut ctr);
+    assert!(ok, "ctr run failed: {out}");
+    id
+}
+
 /// `process.pid` of a span's resource (an integer, or a string in OTLP's JSON mapping).
 fn pid_of(span: &ztrace_e2e::otlp::OtlpSpan) -> Option<i64> {
     match &span.0["resource"]["process.pid"] {
@@ -295,42 +328,36 @@ fn the_daemonset_image_traces_the_host_and_a_pod_with_its_kubernetes_names() {
     let curl = clients::curl(&[url]);
     assert!(!curl.transfers.is_empty(), "curl on the host made no request");
 
-    // A process in a "pod": containerd runs busybox's httpd and wget with the kubelet's annotations.
+    // Processes in a "pod": containerd runs busybox's httpd and wget with the annotations the
+    // kubelet's CRI calls make containerd write; the second container also has a pod annotation
+    // that containerd copies when its `pod_annotations` setting lists it.
     let rootfs = dir.join("rootfs");
     for sub in ["bin", "www", "proc", "dev", "sys", "tmp"] {
         std::fs::create_dir_all(rootfs.join(sub)).expect("rootfs");
     }
     std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox-static is installed");
     std::fs::write(rootfs.join("www/pod-check"), "pong\n").expect("page");
-    let id: String = {
-        let (_, out) = run(Command::new("sh").args(["-c", "head -c 32 /dev/urandom | sha256sum"]));
-        out.chars().take(64).collect()
-    };
-    let pod_uid = "2f9a4c1e-7b3d-4e5f-8a9b-0c1d2e3f4a5b";
-    let port = free_port();
-    let script = format!(
-        "busybox httpd -p 127.0.0.1:{port} -h /www; i=0; while [ $i -lt 20 ]; do \
-         busybox wget -q -O /dev/null http://127.0.0.1:{port}/pod-check; i=$((i+1)); busybox sleep 0.2; done"
+    let id = run_in_pod(dir.path(), &rootfs, "web", &[]);
+    let annotated = run_in_pod(
+        dir.path(),
+        &rootfs,
+        "cart",
+        &["resource.opentelemetry.io/service.name=storefront", "resource.opentelemetry.io/team=shop-team"],
     );
-    let annotations = [
-        "io.kubernetes.cri.container-type=container".to_owned(),
-        "io.kubernetes.cri.container-name=web".to_owned(),
-        "io.kubernetes.cri.sandbox-name=shop-web-7d9c4b8f6-x2x9q".to_owned(),
-        "io.kubernetes.cri.sandbox-namespace=shop".to_owned(),
-        format!("io.kubernetes.cri.sandbox-uid={pod_uid}"),
-    ];
-    let mut ctr = Command::new("ctr");
-    ctr.arg("--address").arg(dir.join("c.sock")).args(["-n", "k8s.io", "run", "--rm", "--rootfs", "--net-host"]);
-    for a in &annotations {
-        ctr.args(["--annotation", a]);
-    }
-    ctr.arg(&rootfs).arg(&id).args(["/bin/busybox", "sh", "-c", &script]);
-    let (ok, out) = run(&mut ctr);
-    assert!(ok, "ctr run failed: {out}");
 
+    let cart_spans = receiver.wait_for_spans(
+        1,
+        |s| s.resource_str("container.id") == Some(annotated.as_str()) && s.attr_str("url.path") == Some("/pod-check"),
+        Duration::from_secs(60),
+    );
+    for span in &cart_spans {
+        assert_eq!(span.resource_str("service.name"), Some("storefront"), "{span:?}");
+        assert_eq!(span.resource_str("team"), Some("shop-team"), "{span:?}");
+        assert_eq!(span.resource_str("k8s.container.name"), Some("cart"), "{span:?}");
+    }
     let pod_spans = receiver.wait_for_spans(
         1,
-        |s| s.resource_str("k8s.pod.name") == Some("shop-web-7d9c4b8f6-x2x9q") && s.attr_str("url.path") == Some("/pod-check"),
+        |s| s.resource_str("container.id") == Some(id.as_str()) && s.attr_str("url.path") == Some("/pod-check"),
         Duration::from_secs(60),
     );
     // wget's CLIENT spans. (busybox httpd serves each connection in a child that reads the
@@ -342,7 +369,7 @@ fn the_daemonset_image_traces_the_host_and_a_pod_with_its_kubernetes_names() {
         assert_eq!(r("container.id"), Some(id.as_str()), "{span:?}");
         assert_eq!(r("k8s.namespace.name"), Some("shop"));
         assert_eq!(r("k8s.container.name"), Some("web"));
-        assert_eq!(r("k8s.pod.uid"), Some(pod_uid));
+        assert_eq!(r("k8s.pod.uid"), Some(POD_UID));
         assert_eq!(r("k8s.node.name"), Some("node-e2e"));
         assert_eq!(r("k8s.deployment.name"), Some("shop-web"));
         assert_eq!(r("k8s.replicaset.name"), Some("shop-web-7d9c4b8f6"));

@@ -11,8 +11,11 @@
 //! pods carry the ReplicaSet's hash, a CronJob's the scheduled minute, a StatefulSet's an
 //! ordinal; a DaemonSet's, a Job's and a bare ReplicaSet's look alike and get no kind.
 //!
-//! Not done: labels and annotations of the pod itself (`app.kubernetes.io/name`,
-//! `resource.opentelemetry.io/service.name`), which need the kubelet or API server.
+//! The pod's `resource.opentelemetry.io/*` annotations are read where the runtime copies them
+//! into the container's record (containerd, for those its `pod_annotations` setting lists).
+//!
+//! Not done: the pod's labels (`app.kubernetes.io/name`), and its annotations where the runtime
+//! does not copy them, which need the kubelet or API server.
 
 use serde_json::Value;
 
@@ -23,9 +26,22 @@ pub struct K8sNames {
     pub pod_name: Option<String>,
     pub pod_uid: Option<String>,
     pub container_name: Option<String>,
+    /// The pod's `resource.opentelemetry.io/<key>` annotations that the runtime copied into the
+    /// container's record, as `(<key>, value)` (containerd does for the annotations its
+    /// `pod_annotations` setting lists; see [`RESOURCE_ANNOTATION_PREFIX`]).
+    pub resource_annotations: Vec<(String, String)>,
 }
 
+/// Pod annotations that set resource attributes: `resource.opentelemetry.io/service.name: cart`
+/// makes `service.name` `cart` (the OpenTelemetry rule for Kubernetes).
+pub const RESOURCE_ANNOTATION_PREFIX: &str = "resource.opentelemetry.io/";
+
 impl K8sNames {
+    /// The value of annotation `resource.opentelemetry.io/<key>`, when the record has it.
+    pub fn resource_annotation(&self, key: &str) -> Option<&str> {
+        self.resource_annotations.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
     /// True when no name is known.
     pub fn is_empty(&self) -> bool {
         self.namespace.is_none()
@@ -62,6 +78,12 @@ pub fn names_from_runtime_config(json: &[u8]) -> Option<K8sNames> {
     // A pod's sandbox ("pause") container has pod names but is not an application container.
     let sandbox = get(&["io.kubernetes.cri.container-type"]).as_deref() == Some("sandbox")
         || get(&["io.kubernetes.docker.type"]).as_deref() == Some("podsandbox");
+    let resource_annotations = map
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix(RESOURCE_ANNOTATION_PREFIX)?, v.as_str()?.trim())))
+        .filter(|(k, v)| !k.is_empty() && !v.is_empty())
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
     let names = K8sNames {
         namespace: get(&["io.kubernetes.cri.sandbox-namespace", "io.kubernetes.pod.namespace"]),
         pod_name: get(&["io.kubernetes.cri.sandbox-name", "io.kubernetes.pod.name"]),
@@ -71,6 +93,7 @@ pub fn names_from_runtime_config(json: &[u8]) -> Option<K8sNames> {
         } else {
             get(&["io.kubernetes.cri.container-name", "io.kubernetes.container.name"])
         },
+        resource_annotations,
     };
     (names.pod_name.is_some() || names.container_name.is_some()).then_some(names)
 }
@@ -148,7 +171,9 @@ mod tests {
             "io.kubernetes.cri.container-name":"api",
             "io.kubernetes.cri.sandbox-name":"orders-7d9c4b8f6-x2x9q",
             "io.kubernetes.cri.sandbox-namespace":"shop",
-            "io.kubernetes.cri.sandbox-uid":"0c5a4b1e-2d4e-4c1a-9d9e-0123456789ab"}}"#;
+            "io.kubernetes.cri.sandbox-uid":"0c5a4b1e-2d4e-4c1a-9d9e-0123456789ab",
+            "resource.opentelemetry.io/service.name":"orders-api",
+            "resource.opentelemetry.io/":"no key","resource.opentelemetry.io/team":" "}}"#;
         assert_eq!(
             names_from_runtime_config(json),
             Some(K8sNames {
@@ -156,6 +181,7 @@ mod tests {
                 pod_name: Some("orders-7d9c4b8f6-x2x9q".into()),
                 pod_uid: Some("0c5a4b1e-2d4e-4c1a-9d9e-0123456789ab".into()),
                 container_name: Some("api".into()),
+                resource_annotations: vec![("service.name".into(), "orders-api".into())],
             })
         );
     }

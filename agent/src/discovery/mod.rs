@@ -8,11 +8,13 @@
 //! pid and never fails: a process that is already gone is described from its `comm`.
 //!
 //! `service.name` is chosen in this order (see [`ServiceNameSource`]): `OTEL_SERVICE_NAME`;
-//! `service.name` in `OTEL_RESOURCE_ATTRIBUTES`; the Kubernetes workload, pod or container name
+//! `service.name` in `OTEL_RESOURCE_ATTRIBUTES`; the pod's `resource.opentelemetry.io/service.name`
+//! annotation where the runtime's record has it; the Kubernetes workload, pod or container name
 //! when the process reliably runs in a pod; the script, module, jar or main class an interpreter
 //! or VM runs; the executable's file name; the kernel's `comm`.
 //!
-//! Not done here: pod labels and annotations (they need the kubelet or API server), the
+//! Not done here: pod labels, and annotations the runtime does not copy (they need the kubelet
+//! or API server), the
 //! Docker Compose service label, and noticing a reused pid (callers [`ProcessCache::forget`] a
 //! pid when its process exits).
 
@@ -62,6 +64,8 @@ pub enum ServiceNameSource {
     OtelServiceName,
     /// `service.name` in the process's `OTEL_RESOURCE_ATTRIBUTES`.
     OtelResourceAttributes,
+    /// The pod's `resource.opentelemetry.io/service.name` annotation, from the runtime's record.
+    K8sAnnotation,
     /// The workload inferred from the pod name (`orders-7d9c4b8f6-x2x9q` → `orders`), or the
     /// pod name itself when it has no generated suffix.
     K8sWorkload,
@@ -81,6 +85,7 @@ impl ServiceNameSource {
         match self {
             ServiceNameSource::OtelServiceName => "otel_service_name",
             ServiceNameSource::OtelResourceAttributes => "otel_resource_attributes",
+            ServiceNameSource::K8sAnnotation => "k8s_annotation",
             ServiceNameSource::K8sWorkload => "k8s_workload",
             ServiceNameSource::K8sContainer => "k8s_container",
             ServiceNameSource::Program => "program",
@@ -237,6 +242,8 @@ impl ProcessInfo {
             (name.clone(), ServiceNameSource::OtelServiceName)
         } else if let Some(name) = env.resource_service_name() {
             (name.trim().to_owned(), ServiceNameSource::OtelResourceAttributes)
+        } else if let Some(name) = k8s.resource_annotation("service.name") {
+            (name.to_owned(), ServiceNameSource::K8sAnnotation)
         } else if let Some(pod) = &k8s.pod_name {
             (
                 k8s::workload_from_pod_name(pod).unwrap_or(pod).to_owned(),
@@ -325,9 +332,11 @@ struct ResourceInputs<'a> {
 /// The resource attributes, in a stable order: `service.name`, `process.pid`,
 /// `process.executable.name`, `process.executable.path`, `process.command_line`, `host.name`,
 /// `container.id`, `k8s.namespace.name`, `k8s.pod.name`, `k8s.pod.uid`, `k8s.container.name`,
-/// `k8s.node.name`, the workload's (`k8s.deployment.name`, ...), `telemetry.distro.name`, then the other keys of the process's `OTEL_RESOURCE_ATTRIBUTES`.
+/// `k8s.node.name`, the workload's (`k8s.deployment.name`, ...), `telemetry.distro.name`, then
+/// the other keys of the pod's `resource.opentelemetry.io/*` annotations and of the process's
+/// `OTEL_RESOURCE_ATTRIBUTES`.
 ///
-/// A key of `OTEL_RESOURCE_ATTRIBUTES` replaces the derived value in place, except
+/// A key of those annotations, then of `OTEL_RESOURCE_ATTRIBUTES`, replaces the derived value in place, except
 /// `service.name` (decided by the rule above, where `OTEL_SERVICE_NAME` wins), `process.pid`
 /// and `telemetry.distro.name` (they describe what ztrace observed). Empty values are left out.
 fn build_resource(input: &ResourceInputs<'_>) -> Resource {
@@ -354,7 +363,10 @@ fn build_resource(input: &ResourceInputs<'_>) -> Resource {
     push("telemetry.distro.name", Some(DISTRO_NAME));
     attributes.insert(1, ("process.pid".to_owned(), AttrValue::Int(i64::from(input.pid))));
 
-    for (key, value) in input.otel_resource_attributes {
+    // The pod's `resource.opentelemetry.io/*` annotations, then the process's own
+    // OTEL_RESOURCE_ATTRIBUTES: the process's word is the last.
+    let annotations = input.k8s.resource_annotations.iter();
+    for (key, value) in annotations.chain(input.otel_resource_attributes) {
         if matches!(key.as_str(), "service.name" | "process.pid" | "telemetry.distro.name") {
             continue;
         }
@@ -748,6 +760,22 @@ mod tests {
         let host = ProcessInfo::from_raw_on_node(6, &raw("/usr/bin/curl", b"curl\0", b""), "node-1", Some("node-1"));
         assert_eq!(attr(&host.resource, "k8s.node.name"), None);
         assert_eq!(attr(&host.resource, "host.name"), Some(&AttrValue::Str("node-1".into())));
+    }
+
+    #[test]
+    fn the_pods_resource_annotations_come_after_the_processs_own_variables() {
+        let record = br#"{"annotations":{"io.kubernetes.cri.container-name":"api","io.kubernetes.cri.sandbox-name":"orders-7d9c4b8f6-x2x9q",
+            "resource.opentelemetry.io/service.name":"orders-api","resource.opentelemetry.io/deployment.environment.name":"prod",
+            "resource.opentelemetry.io/team":"shop"}}"#;
+        let mut r = raw("/usr/bin/python3", b"python3\0app.py\0", b"OTEL_RESOURCE_ATTRIBUTES=team=payments\0");
+        r.runtime_config = Some(record.to_vec());
+        let info = ProcessInfo::from_raw(7, &r, "node-1");
+        assert_eq!((info.service_name.as_str(), info.service_name_source), ("orders-api", ServiceNameSource::K8sAnnotation));
+        assert_eq!(attr(&info.resource, "deployment.environment.name"), Some(&AttrValue::Str("prod".into())));
+        assert_eq!(attr(&info.resource, "team"), Some(&AttrValue::Str("payments".into())));
+        r.environ = Some(b"OTEL_SERVICE_NAME=checkout\0".to_vec());
+        let info = ProcessInfo::from_raw(7, &r, "node-1");
+        assert_eq!((info.service_name.as_str(), info.service_name_source), ("checkout", ServiceNameSource::OtelServiceName));
     }
 
     #[test]
