@@ -5,7 +5,8 @@
 //!   comment;
 //! - the image of `cargo xtask image` runs under podman with the DaemonSet's security context
 //!   read from `daemonset.yaml` (its capability list after `--cap-drop=ALL`, host PID, the same
-//!   host paths read-only, read-only root, no new privileges, its environment), not privileged,
+//!   host paths read-only, read-only root, no new privileges, its limits, its environment), not
+//!   privileged,
 //!   answers `/healthz`, `/readyz` and `/metrics`, and traces a process of the host and a process
 //!   in a container that a real containerd started with the kubelet's CRI annotations: the
 //!   container's spans carry its `container.id` and Kubernetes names read from containerd's own
@@ -190,6 +191,20 @@ fn agent_args(ds: &DaemonSet, tasks_dir: &Path, env: &[(&str, String)]) -> Vec<S
     }
     if let Some(uid) = sc["runAsUser"].as_u64() {
         args.push(format!("--user={uid}"));
+    }
+    // The limits: memory `600Mi` is podman's `600m`; cpu `1` or `500m` (millicores).
+    let limits = &ds.container["resources"]["limits"];
+    if let Some(memory) = limits["memory"].as_str() {
+        let (n, unit) = memory.split_at(memory.find(|c: char| !c.is_ascii_digit()).unwrap_or(memory.len()));
+        let unit = match unit { "Ki" => "k", "Mi" => "m", "Gi" => "g", "" => "b", other => panic!("memory unit {other}") };
+        args.push(format!("--memory={n}{unit}"));
+    }
+    if let Some(cpu) = limits["cpu"].as_str() {
+        let cpus = match cpu.strip_suffix('m') {
+            Some(milli) => milli.parse::<f64>().expect("millicores") / 1000.0,
+            None => cpu.parse().expect("cpus"),
+        };
+        args.push(format!("--cpus={cpus}"));
     }
     for mount in ds.container["volumeMounts"].as_array().expect("volumeMounts") {
         let (vol_name, at) = (mount["name"].as_str().expect("name"), mount["mountPath"].as_str().expect("mountPath"));
