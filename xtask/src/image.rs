@@ -5,7 +5,7 @@
 //! binary with its debug info stripped) and the shared libraries that `ldd` lists for it, copied
 //! to their own paths, so the image holds exactly what the binary loads. A static musl build
 //! would need the musl target's standard library, which rustup cannot download on these
-//! machines; the glibc binary with its four libraries (about 2.5 MB) runs the same code that
+//! machines; the glibc binary with its four libraries (3.2 MB) runs the same code that
 //! every other test runs. The image is also saved as `target/image/ztrace.tar` (docker-archive),
 //! which `ctr images import` and `podman load` read.
 
