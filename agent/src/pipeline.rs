@@ -135,7 +135,7 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
     });
     let mut capture =
         Capture::new(metrics.clone(), config.db_query_parameters, tls, StackJoin::new(symbolizer, STACK_WAIT), go);
-    // Whoever reads the viewer (a browser polling /api/traces) is not traced.
+    // Whoever reads the viewer (a browser polling /api/traces) or the health endpoint is not traced.
     for addr in viewer.as_ref().and_then(|v| v.addr).into_iter().chain(health.as_ref().map(|h| h.1)) {
         capture.conns.ignore_clients_of(addr);
     }
