@@ -395,8 +395,8 @@ fn the_daemonset_image_traces_the_host_and_a_pod_with_its_kubernetes_names() {
         |s| s.resource_str("container.id") == Some(id.as_str()) && s.attr_str("url.path") == Some("/pod-check"),
         Duration::from_secs(60),
     );
-    // wget's CLIENT spans. (busybox httpd serves each connection in a child that reads the
-    // socket as its stdin after dup2, which the connection table does not follow yet: its
+    // wget's CLIENT spans. (busybox httpd's children, like inetd services, read the request on
+    // fd 0 and answer on fd 1, two fds of one socket that the connection table keys apart: its
     // SERVER spans are not asserted.)
     assert!(pod_spans.iter().any(|s| s.kind() == Some("SPAN_KIND_CLIENT")), "{pod_spans:#?}");
     for span in &pod_spans {
