@@ -6,7 +6,8 @@
 //! (`--no-ui`, the DaemonSet) still answers its probes. It serves no request data. Kernel
 //! counters are read by the pipeline (which owns the maps) once a second and kept here.
 //!
-//! Not done: queue depths (the queues count what they drop, not what waits) and histograms.
+//! Queue depths: the exporter's and the printer's (set by the pipeline every second); the
+//! store's queue (a `std` channel) cannot tell its length. Not done: histograms.
 
 use std::{
     net::SocketAddr,
@@ -27,7 +28,7 @@ use crate::metrics::Metrics;
 const PREFIX: &str = "ztrace_";
 
 /// Counters that are levels, not totals: exposed as gauges, without `_total`.
-const GAUGES: &[&str] = &["link_window_peak", "symbol_bytes"];
+const GAUGES: &[&str] = &["link_window_peak", "symbol_bytes", "export_queue_spans", "print_queue_spans"];
 
 /// What the endpoint reports.
 #[derive(Debug)]
@@ -35,11 +36,18 @@ pub struct Health {
     ready: AtomicBool,
     metrics: Arc<Metrics>,
     kernel: Mutex<Vec<(&'static str, u64)>>,
+    /// Spans waiting in the sinks' queues (`export_queue_spans`, `print_queue_spans`).
+    queues: Mutex<Vec<(&'static str, u64)>>,
 }
 
 impl Health {
     pub fn new(metrics: Arc<Metrics>) -> Arc<Health> {
-        Arc::new(Health { ready: AtomicBool::new(false), metrics, kernel: Mutex::new(Vec::new()) })
+        Arc::new(Health {
+            ready: AtomicBool::new(false),
+            metrics,
+            kernel: Mutex::new(Vec::new()),
+            queues: Mutex::new(Vec::new()),
+        })
     }
 
     /// Capture runs: `/readyz` answers 200 from now on.
@@ -54,11 +62,20 @@ impl Health {
         }
     }
 
+    /// Spans waiting in the exporter's and the printer's queues now (`None`: no such sink).
+    pub fn set_queues(&self, export: Option<usize>, print: Option<usize>) {
+        let depths = [("export_queue_spans", export), ("print_queue_spans", print)];
+        if let Ok(mut queues) = self.queues.lock() {
+            *queues = depths.into_iter().filter_map(|(name, n)| Some((name, n? as u64))).collect();
+        }
+    }
+
     /// The `/metrics` page.
     fn render(&self) -> String {
-        let kernel = self.kernel.lock().map(|k| k.clone()).unwrap_or_default();
         let mut all = self.metrics.snapshot();
-        all.extend(kernel);
+        for levels in [&self.kernel, &self.queues] {
+            all.extend(levels.lock().map(|k| k.clone()).unwrap_or_default());
+        }
         encode_prometheus(&all, resident_bytes())
     }
 }
@@ -167,12 +184,15 @@ mod tests {
     fn every_agent_counter_is_exposed_once() {
         let health = Health::new(Arc::new(Metrics::default()));
         health.set_kernel(vec![("kernel_ringbuf_full", 7)]);
+        health.set_queues(Some(3), None);
         let page = health.render();
         for (name, _) in Metrics::default().snapshot() {
             let exposed = page.lines().filter(|l| l.starts_with(&format!("{PREFIX}{name} ")) || l.starts_with(&format!("{PREFIX}{name}_total "))).count();
             assert_eq!(exposed, 1, "{name}");
         }
         assert!(page.contains("\nztrace_kernel_ringbuf_full_total 7\n"));
+        assert!(page.contains("\nztrace_export_queue_spans 3\n"));
+        assert!(!page.contains("print_queue"));
         assert!(resident_bytes().is_some_and(|b| b > 0));
         assert!(page.contains("ztrace_resident_memory_bytes "));
     }

@@ -183,6 +183,7 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
             // Exited Go programs stop being followed (their pid may be reused).
             capture.go.reap(&mut probes);
             health.as_ref().inspect(|h| h.0.set_kernel(probes.kernel_counters()));
+            health.as_ref().inspect(|h| h.0.set_queues(sinks.exporter.as_ref().map(|e| e.queued()), sinks.printer.as_ref().map(|p| p.queued.load(Ordering::Relaxed))));
         }
         // ... and whether they are Go programs, whose goroutines are followed.
         if capture.go.has_pending() {

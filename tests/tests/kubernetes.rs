@@ -350,9 +350,19 @@ fn the_daemonset_image_traces_the_host_and_a_pod_with_its_kubernetes_names() {
     // The probes' endpoints and the metrics.
     assert_eq!(get(&format!("http://{health}/healthz")).0, 200);
     assert_eq!(get(&format!("http://{health}/readyz")).0, 200);
-    let (status, metrics) = get(&format!("http://{health}/metrics"));
-    assert_eq!(status, 200);
-    for name in ["ztrace_events_read_total ", "ztrace_spans_exported_total ", "ztrace_export_errors_total ", "ztrace_resident_memory_bytes "] {
+    let metrics = wait_until(Duration::from_secs(10), || {
+        let (status, page) = get(&format!("http://{health}/metrics"));
+        // The kernel's counters and the queue depths come with the pipeline's first second.
+        (status == 200 && page.contains("ztrace_export_queue_spans ")).then_some(page)
+    })
+    .expect("/metrics with the export queue's depth");
+    for name in [
+        "ztrace_events_read_total ",
+        "ztrace_spans_exported_total ",
+        "ztrace_export_errors_total ",
+        "ztrace_kernel_ringbuf_full_total ",
+        "ztrace_resident_memory_bytes ",
+    ] {
         assert!(metrics.contains(name), "/metrics lacks {name}:\n{metrics}");
     }
 

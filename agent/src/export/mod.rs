@@ -281,6 +281,11 @@ pub struct ExportHandle {
 }
 
 impl ExportHandle {
+    /// Spans waiting in the queue now.
+    pub fn queued(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+
     /// Queues a span for export without blocking. If the queue is full, or the exporter has
     /// ended, the span is dropped and counted in `spans_dropped_queue_full`.
     pub fn send(&self, span: Span) {
