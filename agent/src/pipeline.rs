@@ -18,13 +18,13 @@ use tokio::signal::unix::SignalKind;
 use crate::{
     bpf::{self, attach, events::KernelEvent, BpfError, EventRing, Selection, StackCapture},
     config::{Config, PrintArg},
-    conn::{self, ConnExchange, ConnKey, ConnTable, Exchange},
+    conn::{self, ConnExchange, ConnKey, ConnTable},
     discovery::{go::GoDiscovery, ProcessCache},
     export::{self, ExportError, ExportHandle},
     metrics::Metrics,
     print::{PrintFormat, Printer},
     spans::{self, clock::Clock, Span},
-    protocols::Side,
+    protocols::{self, Side},
     store::StoreSink,
     symbols::{
         self,
@@ -251,7 +251,8 @@ impl Capture {
     ) -> Self {
         Capture {
             metrics,
-            conns: ConnTable::new(MAX_CONNS, std::process::id()).keep_db_parameters(db_query_parameters),
+            conns: ConnTable::new(MAX_CONNS, std::process::id())
+                .with_options(protocols::Options { db_query_parameters }),
             processes: ProcessCache::new(),
             clock: Clock::now_from_system(),
             exchanges: Vec::new(),
@@ -363,16 +364,8 @@ impl Capture {
     fn make_spans(&mut self, ts: u64) {
         for ex in self.exchanges.drain(..) {
             let process = self.processes.get_or_load(ex.conn.key.tgid, &ex.conn.comm);
-            let (span, side, request_start_ns) = match &ex.exchange {
-                Exchange::Http(http) => {
-                    let conn = spans::http::ConnInfo { local: ex.conn.local, remote: ex.conn.remote, tls: ex.conn.tls };
-                    (spans::http::http_span(http, &conn, &process, &self.clock), http.side, http.request_start_ns)
-                }
-                Exchange::Postgres(pg) => {
-                    let conn = spans::db::ConnInfo { local: ex.conn.local, remote: ex.conn.remote };
-                    (spans::db::postgres_span(pg, &conn, &process, &self.clock), pg.side, pg.request_start_ns)
-                }
-            };
+            let span = ex.exchange.to_span(&ex.conn.endpoints(), &process.resource, &self.clock);
+            let (side, request_start_ns) = (ex.exchange.side(), ex.exchange.request_start_ns());
             Metrics::inc(&self.metrics.spans_created);
             let peer_traced = self.conns.peer_traced(ex.conn.local, ex.conn.remote);
             // An exchange finished on a close has no data event: its close is its time.

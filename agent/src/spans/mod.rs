@@ -5,8 +5,6 @@
 //! identity of the process that made it (see `discovery/`). This module does no I/O.
 
 pub mod clock;
-pub mod db;
-pub mod http;
 
 use std::sync::Arc;
 

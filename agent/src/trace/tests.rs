@@ -62,7 +62,7 @@ impl World {
     fn start(&mut self, end: End, tid: u32, ts: u64) {
         self.start_tp(end, tid, ts, None);
     }
-    fn start_tp(&mut self, end: End, tid: u32, ts: u64, traceparent: Option<crate::spans::http::TraceParent>) {
+    fn start_tp(&mut self, end: End, tid: u32, ts: u64, traceparent: Option<super::context::TraceParent>) {
         let s = RequestStart { key: end.key, side: end.side, local: end.local, remote: end.remote, tid, goid: 0, ts_ns: ts, traceparent };
         self.tracer.start(s, true, &self.metrics, &mut self.out);
     }
@@ -183,7 +183,7 @@ fn a_thread_serving_two_requests_links_nothing_and_a_finished_one_links_nothing(
 fn a_traceparent_wins_and_spans_are_never_duplicated() {
     let (c, s) = conn(1, 3, 2, 4, 40000, 80);
     let (out, _) = conn(2, 5, 3, 6, 40001, 81);
-    let tp = crate::spans::http::parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").expect("tp");
+    let tp = super::context::parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").expect("tp");
     let mut w = World::new();
     w.start_tp(c, 1, 100, Some(tp));
     w.start_tp(s, 2, 110, Some(tp));
