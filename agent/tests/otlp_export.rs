@@ -13,7 +13,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use ztrace::export::{self, OtlpConfig, OtlpProtocol};
+use ztrace::sinks::otlp::{self as export, OtlpConfig, OtlpProtocol};
 use ztrace::metrics::Metrics;
 use ztrace::spans::{hex, AttrValue, Attribute, Resource, Span, SpanKind, StatusCode};
 

@@ -279,7 +279,7 @@ impl Drop for Postgres {
 /// The trace store: insert throughput (spans/s) and list / trace / services query times.
 fn store_bench() -> Result<()> {
     say!("the trace store: inserts and queries with 100,000 traces stored...");
-    ignored_lib_test("store::tests::bench_insert_and_list").context("the store benchmark failed")
+    ignored_lib_test("sinks::store::tests::bench_insert_and_list").context("the store benchmark failed")
 }
 
 /// The PostgreSQL parser and span builder alone, on one core, from a recorded `pgbench -M

@@ -5,6 +5,9 @@
 //! identity of the process that made it (see `discovery/`). This module does no I/O.
 
 pub mod clock;
+pub mod json;
+#[doc(hidden)]
+pub mod testing;
 
 use std::sync::Arc;
 

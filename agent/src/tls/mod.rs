@@ -65,6 +65,19 @@ pub struct Row {
     pub pid: u32,
 }
 
+/// The TLS part of the attach table, as printed at start.
+pub fn render(rows: &[Row]) -> String {
+    let mut out = String::from("TLS libraries:");
+    if rows.is_empty() {
+        out.push_str("\n  none found yet (processes started later are looked at on exec and on their first connection)");
+    }
+    for row in rows {
+        out.push_str("\n  ");
+        out.push_str(&row.to_string());
+    }
+    out
+}
+
 impl fmt::Display for Row {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.outcome {

@@ -1,9 +1,10 @@
 //! The store sink: a bounded queue from the capture task to a writer thread that inserts spans
 //! in batches (one transaction per batch) and runs retention in the background.
 //!
-//! The capture task only ever calls [`StoreSink::send`], a `try_send`: a full queue is a counted
-//! drop (`store_dropped`), a failed batch is a counted error (`store_write_errors`) with a log
-//! line at most once a minute. The thread never stops on a write error (a full disk may be freed).
+//! The capture task only ever hands it spans through the sinks' bounded queue (`sinks::queue`): a
+//! full queue is a counted drop (`store_dropped`), a failed batch is a counted error
+//! (`store_write_errors`) with a log line at most once a minute. The thread never stops on a
+//! write error (a full disk may be freed).
 //!
 //! **Span budget.** Storing costs CPU on the traced host (SQLite inserts, about 13 µs a span), so
 //! the store takes at most `--store-max-spans-per-second` spans a second (default
@@ -15,12 +16,21 @@
 //! Left-out spans are counted (`store_sampled_out`); OTLP export and `--print` get every span.
 
 use std::{
-    sync::{mpsc, Arc},
+    path::PathBuf,
+    sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use super::Store;
-use crate::{metrics::Metrics, spans::Span};
+use super::{Store, StoreError};
+use crate::{
+    config::Config,
+    metrics::Metrics,
+    sinks::{
+        queue::{self, Received},
+        Finishing, Sink,
+    },
+    spans::Span,
+};
 
 /// Spans waiting for the writer thread.
 pub const QUEUE: usize = 16_384;
@@ -42,11 +52,12 @@ pub struct Retention {
     pub max_bytes: u64,
 }
 
-/// The sending end held by the pipeline's `Sinks`.
+/// The store as a sink: the sending end of its writer thread.
 pub struct StoreSink {
-    tx: mpsc::SyncSender<Span>,
+    tx: queue::Sender,
     thread: std::thread::JoinHandle<()>,
     admission: Admission,
+    metrics: Arc<Metrics>,
 }
 
 /// Which traces the store takes under its span budget (see the module documentation).
@@ -89,6 +100,31 @@ impl Admission {
 }
 
 impl StoreSink {
+    /// Opens the store in the data directory and starts its writer; `None` (logged) when it
+    /// cannot: the agent then goes on capturing and exporting without it.
+    pub fn open(config: &Config, metrics: Arc<Metrics>) -> Option<(StoreSink, PathBuf)> {
+        let dir = super::data_dir(config.data_dir.as_deref());
+        let retention = Retention { max_age: config.retention, max_bytes: config.max_store_size };
+        let opened = Store::open(&dir).and_then(|store| {
+            let path = store.path().to_owned();
+            StoreSink::start(store, retention, config.store_max_spans_per_second, metrics)
+                .map(|sink| (sink, path))
+                .map_err(|source| StoreError::Dir { path: dir.clone(), source })
+        });
+        match opened {
+            Ok((sink, path)) => {
+                tracing::info!(path = %path.display(), "trace store opened");
+                Some((sink, dir))
+            }
+            Err(error) => {
+                tracing::error!(%error, dir = %dir.display(),
+                    "the trace store is disabled: spans are not kept for the viewer (capture and export go on). \
+                     Fix or remove the file, or choose another --data-dir");
+                None
+            }
+        }
+    }
+
     /// Starts the writer thread on `store`.
     /// `max_spans_per_second`: the span budget (0 = none).
     pub fn start(
@@ -97,34 +133,38 @@ impl StoreSink {
         max_spans_per_second: u64,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<StoreSink> {
-        let (tx, rx) = mpsc::sync_channel::<Span>(QUEUE);
+        let (tx, mut rx) = queue::bounded(QUEUE);
+        let writer_metrics = metrics.clone();
         let thread = std::thread::Builder::new()
             .name("ztrace-store".into())
-            .spawn(move || Writer { store, retention, metrics, last_error_log: None }.run(&rx))?;
-        Ok(StoreSink { tx, thread, admission: Admission::new(max_spans_per_second, Instant::now()) })
+            .spawn(move || Writer { store, retention, metrics: writer_metrics, last_error_log: None }.run(&mut rx))?;
+        Ok(StoreSink { tx, thread, admission: Admission::new(max_spans_per_second, Instant::now()), metrics })
     }
+}
 
-    /// Whether a span of this trace would be stored now (within the span budget); counts the
-    /// ones that would not. Lets the caller skip copying a span the store will not take.
-    pub fn admit(&mut self, trace_id: &[u8; 16], now: Instant, metrics: &Metrics) -> bool {
-        let admitted = self.admission.admit(trace_id, now);
+impl Sink for StoreSink {
+    /// Within the span budget; counts the spans it leaves out (`store_sampled_out`).
+    fn wants(&mut self, span: &Span, now: Instant) -> bool {
+        let admitted = self.admission.admit(&span.trace_id, now);
         if !admitted {
-            Metrics::inc(&metrics.store_sampled_out);
+            Metrics::inc(&self.metrics.store_sampled_out);
         }
         admitted
     }
 
-    /// Queues a span for the store; never blocks. The caller asked [`StoreSink::admit`] first.
-    pub fn send(&self, span: Span, metrics: &Metrics) {
-        if self.tx.try_send(span).is_err() {
-            Metrics::inc(&metrics.store_dropped);
+    fn send(&mut self, spans: Vec<Span>) {
+        if let Err(dropped) = self.tx.try_send(spans) {
+            Metrics::add(&self.metrics.store_dropped, dropped.len() as u64);
         }
     }
 
     /// Writes what is queued and stops the thread.
-    pub fn finish(self) {
-        drop(self.tx);
-        let _ = self.thread.join();
+    fn finish(self: Box<Self>) -> Finishing {
+        let StoreSink { tx, thread, .. } = *self;
+        drop(tx);
+        Box::pin(async move {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        })
     }
 }
 
@@ -136,25 +176,25 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, rx: &mpsc::Receiver<Span>) {
+    fn run(mut self, rx: &mut queue::Receiver) {
         let mut batch = Vec::with_capacity(BATCH);
         self.retain();
         let mut last_retention = Instant::now();
         loop {
             let timeout = RETENTION_INTERVAL.saturating_sub(last_retention.elapsed());
             match rx.recv_timeout(timeout) {
-                Ok(span) => {
-                    batch.push(span);
+                Received::Batch(spans) => {
+                    batch.extend(spans);
                     while batch.len() < BATCH {
                         match rx.try_recv() {
-                            Ok(span) => batch.push(span),
-                            Err(_) => break,
+                            Received::Batch(spans) => batch.extend(spans),
+                            Received::Empty | Received::Ended => break,
                         }
                     }
                     self.write(&mut batch);
                 }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Received::Empty => {}
+                Received::Ended => break,
             }
             if last_retention.elapsed() >= RETENTION_INTERVAL {
                 self.retain();

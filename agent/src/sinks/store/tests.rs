@@ -5,7 +5,7 @@ use std::{
 };
 
 use super::*;
-use crate::print::span_to_json;
+use crate::{sinks::Sink, spans::json::span_to_json};
 use crate::{
     metrics::Metrics,
     spans::{AttrValue, Attribute, Resource, SpanKind},
@@ -283,7 +283,7 @@ fn writer_thread_batches_while_a_reader_reads() {
     let store = Store::open(&dir.0).expect("open");
     let reader = Store::open(&dir.0).expect("open reader");
     let retention = writer::Retention { max_age: Duration::from_secs(1 << 40), max_bytes: u64::MAX };
-    let sink = StoreSink::start(store, retention, 0, metrics.clone()).expect("start");
+    let mut sink = StoreSink::start(store, retention, 0, metrics.clone()).expect("start");
     let reads = std::thread::spawn(move || {
         let mut seen = 0;
         for _ in 0..200 {
@@ -295,10 +295,11 @@ fn writer_thread_batches_while_a_reader_reads() {
     for i in 0..500u16 {
         let mut s = span(0, 1, None, "orders", "GET /", u64::from(i), 1);
         s.trace_id[..2].copy_from_slice(&i.to_be_bytes());
-        sink.send(s, &metrics);
+        sink.send(vec![s]);
     }
     let _ = reads.join().expect("reader thread");
-    sink.finish();
+    let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    runtime.block_on(Box::new(sink).finish());
     let written = metrics.store_spans_written.load(Ordering::Relaxed);
     let dropped = metrics.store_dropped.load(Ordering::Relaxed);
     assert_eq!(written + dropped, 500);
