@@ -8,6 +8,7 @@ pub mod bpf;
 pub mod config;
 pub mod conn;
 pub mod discovery;
+pub mod golang;
 pub mod metrics;
 pub mod pipeline;
 pub mod protocols;

@@ -35,7 +35,7 @@ pub fn feed(protocol: &dyn Protocol, data: &[u8]) {
             let Some(bytes) = chunks.next() else { continue };
             fed = true;
             ts_ns += 1;
-            let gap = if *gap_every != 0 && ts_ns % u64::from(*gap_every) == 0 {
+            let gap = if ts_ns.checked_rem(u64::from(*gap_every)) == Some(0) {
                 u64::from(bytes.first().copied().unwrap_or(0))
             } else {
                 0

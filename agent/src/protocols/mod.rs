@@ -206,7 +206,8 @@ pub struct Boxed<P: Parser> {
 }
 
 impl<P: Parser> Boxed<P> {
-    pub fn new(protocol: &'static str, parser: P) -> Box<dyn StreamParser> {
+    /// `parser` of `protocol`, for the connection table.
+    pub fn stream(protocol: &'static str, parser: P) -> Box<dyn StreamParser> {
         Box::new(Boxed { protocol, parser, scratch: Vec::new() })
     }
 

@@ -17,8 +17,8 @@
 //! kernel side lives in `bpf/`).
 
 pub mod elf;
-pub mod go;
-pub mod go_offsets;
+/// Go's `crypto/tls`, as `golang::tls` knows it (the name the attacher's users know it by).
+pub use crate::golang::tls as go;
 
 use std::{
     collections::{HashMap, HashSet},

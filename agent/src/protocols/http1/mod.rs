@@ -121,7 +121,7 @@ impl Protocol for Http1 {
     }
 
     fn parser(&self, side: Side, _first: &[u8], _options: &Options) -> Box<dyn StreamParser> {
-        Boxed::new(self.name(), Http1Parser::new(side))
+        Boxed::stream(self.name(), Http1Parser::new(side))
     }
 }
 

@@ -982,7 +982,7 @@ impl super::Protocol for Postgres {
 
     fn parser(&self, side: Side, first: &[u8], options: &Options) -> Box<dyn StreamParser> {
         let parser = PgParser::new(side, looks_like_startup(first)).keep_parameters(options.db_query_parameters);
-        Boxed::new(self.name(), parser)
+        Boxed::stream(self.name(), parser)
     }
 }
 

@@ -32,6 +32,7 @@ use crate::{
     spans::{clock::Clock, ip_string, new_span_id, new_trace_id, Attribute, Resource, Span, SpanKind, StatusCode},
 };
 
+/// SQL texts whose summary is remembered per thread (a prepared statement runs many times).
 const SUMMARY_CACHE: usize = 1024;
 
 /// What a span takes from a SQL text.

@@ -8,7 +8,6 @@ const MAX_QUERY_TEXT: usize = 4096;
 const MAX_COLLECTION_LEN: usize = 128;
 /// Tokens looked at when finding the operation and collection.
 const MAX_TOKENS: usize = 256;
-/// SQL texts whose summary is remembered per thread (a prepared statement runs many times).
 
 /// The SQL with literals replaced by `?`: `'...'` strings (with `''` inside, and `E'...'` with
 /// backslash escapes, `B'..'`, `X'..'`, `U&'..'`), `$tag$...$tag$` strings, numbers (`42`,
