@@ -69,7 +69,10 @@ impl Sinks {
         }
         let mut store_dir = None;
         if !config.no_ui {
-            if let Some((sink, dir)) = store::StoreSink::open(config, metrics.clone()) {
+            let dir = store::data_dir(config.data_dir.as_deref());
+            let retention = store::writer::Retention { max_age: config.retention, max_bytes: config.max_store_size };
+            let budget = config.store_max_spans_per_second;
+            if let Some(sink) = store::StoreSink::open(&dir, retention, budget, metrics.clone()) {
                 sinks.push(Box::new(sink));
                 store_dir = Some(dir);
             }

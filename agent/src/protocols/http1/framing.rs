@@ -1,7 +1,22 @@
 //! HTTP/1.x framing: message heads (through `httparse`, bounded) and chunked bodies, including
 //! finding the end of a chunked body whose framing a gap hid.
 
-use super::{parser::*, *};
+use super::*;
+
+/// Position inside a chunked body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ChunkState {
+    /// Hex digits of a chunk size.
+    Size { size: u64, digits: u8 },
+    /// After the size: extensions and line end, up to LF.
+    SizeLine { size: u64, len: u16 },
+    /// Chunk data.
+    Data { remaining: u64 },
+    /// The CRLF after chunk data.
+    DataEnd { cr: bool },
+    /// Trailer section after the last chunk: `line` counts bytes of the current line.
+    Trailer { line: u16, total: u32 },
+}
 
 pub(super) enum ChunkStep {
     More,

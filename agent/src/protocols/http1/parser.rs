@@ -47,21 +47,6 @@ pub(super) enum Framing {
     Done,
 }
 
-/// Position inside a chunked body.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum ChunkState {
-    /// Hex digits of a chunk size.
-    Size { size: u64, digits: u8 },
-    /// After the size: extensions and line end, up to LF.
-    SizeLine { size: u64, len: u16 },
-    /// Chunk data.
-    Data { remaining: u64 },
-    /// The CRLF after chunk data.
-    DataEnd { cr: bool },
-    /// Trailer section after the last chunk: `line` counts bytes of the current line.
-    Trailer { line: u16, total: u32 },
-}
-
 /// The message a direction is reading.
 #[derive(Debug, Default)]
 pub(super) struct Progress {

@@ -16,14 +16,13 @@
 //! Left-out spans are counted (`store_sampled_out`); OTLP export and `--print` get every span.
 
 use std::{
-    path::PathBuf,
+    path::Path,
     sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use super::{Store, StoreError};
 use crate::{
-    config::Config,
     metrics::Metrics,
     sinks::{
         queue::{self, Received},
@@ -100,21 +99,19 @@ impl Admission {
 }
 
 impl StoreSink {
-    /// Opens the store in the data directory and starts its writer; `None` (logged) when it
-    /// cannot: the agent then goes on capturing and exporting without it.
-    pub fn open(config: &Config, metrics: Arc<Metrics>) -> Option<(StoreSink, PathBuf)> {
-        let dir = super::data_dir(config.data_dir.as_deref());
-        let retention = Retention { max_age: config.retention, max_bytes: config.max_store_size };
-        let opened = Store::open(&dir).and_then(|store| {
+    /// Opens the store in `dir` and starts its writer (see [`StoreSink::start`]); `None`
+    /// (logged) when it cannot: the agent then goes on capturing and exporting without it.
+    pub fn open(dir: &Path, retention: Retention, max_spans_per_second: u64, metrics: Arc<Metrics>) -> Option<StoreSink> {
+        let opened = Store::open(dir).and_then(|store| {
             let path = store.path().to_owned();
-            StoreSink::start(store, retention, config.store_max_spans_per_second, metrics)
+            StoreSink::start(store, retention, max_spans_per_second, metrics)
                 .map(|sink| (sink, path))
-                .map_err(|source| StoreError::Dir { path: dir.clone(), source })
+                .map_err(|source| StoreError::Dir { path: dir.to_owned(), source })
         });
         match opened {
             Ok((sink, path)) => {
                 tracing::info!(path = %path.display(), "trace store opened");
-                Some((sink, dir))
+                Some(sink)
             }
             Err(error) => {
                 tracing::error!(%error, dir = %dir.display(),
