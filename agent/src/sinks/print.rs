@@ -261,22 +261,16 @@ impl Sink for PrintSink {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::spans::{json::span_to_json, Attribute, Resource, SpanKind};
+    use crate::spans::{json::span_to_json, testing, Attribute, SpanKind};
 
     fn span() -> Span {
         Span {
             trace_id: [0x4b; 16],
             span_id: [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7],
-            parent_span_id: None,
-            name: "GET /orders/{id}".into(),
             kind: SpanKind::Server,
             start_unix_nano: 1_700_000_000_000_000_000,
             end_unix_nano: 1_700_000_000_001_230_000,
-            status: StatusCode::Unset,
-            status_message: None,
             attributes: vec![
                 Attribute::new("http.request.method", "GET"),
                 Attribute::new("url.path", "/orders/7"),
@@ -285,10 +279,7 @@ mod tests {
                 Attribute { key: "ztrace.ratio", value: AttrValue::Double(0.25) },
                 Attribute::new("code.stacktrace", "main\n  at app.py:3"),
             ],
-            resource: Arc::new(Resource {
-                service_name: "orders".into(),
-                attributes: vec![("service.name".into(), "orders".into()), ("process.pid".into(), AttrValue::Int(42))],
-            }),
+            ..testing::span("GET /orders/{id}", &testing::resource("orders", 42))
         }
     }
 

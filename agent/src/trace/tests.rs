@@ -1,10 +1,10 @@
 //! Trace assembly on hand-made starts and spans: the orders → users chain, reordering inside
 //! the hold-back window, keep-alive pairing, headers, event loops and what is counted.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::net::SocketAddr;
 
 use super::*;
-use crate::spans::{Attribute, Resource, SpanKind, StatusCode};
+use crate::spans::{testing, Attribute, SpanKind};
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().expect("addr")
@@ -18,15 +18,11 @@ fn span(kind: SpanKind, name: &str) -> Span {
     Span {
         trace_id: new_trace_id(),
         span_id: new_span_id(),
-        parent_span_id: None,
-        name: name.into(),
         kind,
         start_unix_nano: 0,
         end_unix_nano: 0,
-        status: StatusCode::Unset,
-        status_message: None,
         attributes: vec![Attribute::new(LINK_ATTR, "none")],
-        resource: Arc::new(Resource { service_name: "s".into(), attributes: vec![] }),
+        ..testing::span(name, &testing::resource("s", 1))
     }
 }
 
@@ -318,7 +314,7 @@ fn rss_kib() -> u64 {
 #[test]
 #[ignore = "a measure: cargo test --release -p ztrace --lib hold_back_window_memory -- --ignored --nocapture"]
 fn hold_back_window_memory() {
-    let resource = Arc::new(Resource { service_name: "orders".into(), attributes: vec![] });
+    let resource = testing::resource("orders", 1);
     let before = rss_kib();
     let mut w = World::new();
     for i in 0..(MAX_PENDING as u64 / 2) {

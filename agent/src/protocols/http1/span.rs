@@ -374,7 +374,7 @@ mod tests {
     }
 
     fn process() -> Arc<Resource> {
-        Arc::new(Resource { service_name: "orders".into(), attributes: Vec::new() })
+        crate::spans::testing::resource("orders", 4242)
     }
 
     fn exchange(

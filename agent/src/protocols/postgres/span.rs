@@ -197,7 +197,7 @@ mod tests {
     }
 
     fn process() -> Arc<Resource> {
-        Arc::new(Resource { service_name: "app".into(), attributes: Vec::new() })
+        crate::spans::testing::resource("app", 4242)
     }
 
     fn attr(span: &Span, key: &str) -> Option<AttrValue> {

@@ -820,10 +820,10 @@ fn recorded_cursor_through_the_kernel_capture_keeps_every_exchange() {
 #[test]
 #[ignore = "a benchmark: meaningful only in a release build"]
 fn postgres_throughput() {
-    use crate::spans::{clock::Clock, Resource};
+    use crate::spans::clock::Clock;
     let events = recorded(include_bytes!("testdata/pgbench_prepared.bin"));
     // Keep the startup and the first (preparing) transaction once; repeat the rest.
-    let resource = std::sync::Arc::new(Resource { service_name: "bench".into(), attributes: Vec::new() });
+    let resource = crate::spans::testing::resource("bench", 1);
     let clock = Clock::from_offset_ns(0);
     let conn = Endpoints { local: "127.0.0.1:40000".parse().expect("addr"), remote: "127.0.0.1:5432".parse().expect("addr"), tls: false };
     let started = std::time::Instant::now();
