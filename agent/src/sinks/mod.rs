@@ -53,6 +53,8 @@ pub struct Sinks {
 pub enum SinkError {
     #[error("OTLP export: {0}")]
     Otlp(#[from] otlp::ExportError),
+    #[error("cannot start the print thread: {0}")]
+    Print(#[from] std::io::Error),
 }
 
 impl Sinks {
@@ -65,7 +67,7 @@ impl Sinks {
                 PrintArg::Text => print::PrintFormat::Text,
                 PrintArg::Json => print::PrintFormat::Json,
             };
-            sinks.push(Box::new(print::PrintSink::start(format, metrics.clone())));
+            sinks.push(Box::new(print::PrintSink::start(format, metrics.clone())?));
         }
         let mut store_dir = None;
         if !config.no_ui {

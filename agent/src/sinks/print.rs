@@ -19,7 +19,7 @@ use std::io::{self, BufWriter, Write};
 use std::sync::Arc;
 
 use super::{
-    queue::{self, Received},
+    queue::{Received, Worker},
     Finishing, Sink,
 };
 use crate::metrics::Metrics;
@@ -216,17 +216,13 @@ impl<W: Write> Printer<W> {
 const QUEUE_SPANS: usize = 32_768;
 
 /// `--print`: a thread writing spans to stdout, so a slow terminal or pipe never blocks capture.
-pub struct PrintSink {
-    tx: queue::Sender,
-    thread: std::thread::JoinHandle<()>,
-    metrics: Arc<Metrics>,
-}
+pub struct PrintSink(Worker);
 
 impl PrintSink {
     /// Starts the print thread.
-    pub fn start(format: PrintFormat, metrics: Arc<Metrics>) -> Self {
-        let (tx, mut rx) = queue::bounded(QUEUE_SPANS);
-        let thread = std::thread::spawn(move || {
+    pub fn start(format: PrintFormat, metrics: Arc<Metrics>) -> std::io::Result<Self> {
+        let dropped = move |n| Metrics::add(&metrics.spans_dropped_queue_full, n);
+        let worker = Worker::spawn("ztrace-print", QUEUE_SPANS, dropped, move |mut rx| {
             let mut printer = Printer::new(std::io::stdout().lock(), format);
             // Print what is queued, flush when the queue is empty: one write per burst.
             while let Some(batch) = rx.recv_blocking() {
@@ -238,24 +234,18 @@ impl PrintSink {
                     break; // stdout closed: nothing more to print
                 }
             }
-        });
-        PrintSink { tx, thread, metrics }
+        })?;
+        Ok(PrintSink(worker))
     }
 }
 
 impl Sink for PrintSink {
     fn send(&mut self, spans: Vec<Span>) {
-        if let Err(dropped) = self.tx.try_send(spans) {
-            Metrics::add(&self.metrics.spans_dropped_queue_full, dropped.len() as u64);
-        }
+        self.0.send(spans);
     }
 
     fn finish(self: Box<Self>) -> Finishing {
-        let PrintSink { tx, thread, .. } = *self;
-        drop(tx);
-        Box::pin(async move {
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-        })
+        self.0.finish()
     }
 }
 

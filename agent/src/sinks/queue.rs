@@ -15,6 +15,7 @@ use std::{
 
 use tokio::sync::Notify;
 
+use super::Finishing;
 use crate::spans::Span;
 
 struct Shared {
@@ -103,6 +104,45 @@ impl Drop for Sender {
 impl std::fmt::Debug for Sender {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sender").field("max_spans", &self.shared.max_spans).finish_non_exhaustive()
+    }
+}
+
+/// A sink's thread, fed through a queue: the discipline in one place. Spans it cannot take are
+/// added to the sink's drop counter.
+pub struct Worker {
+    tx: Sender,
+    thread: std::thread::JoinHandle<()>,
+    dropped: Arc<dyn Fn(u64) + Send + Sync>,
+}
+
+impl Worker {
+    /// Starts thread `name` running `work` on the receiving end of a queue of `max_spans`;
+    /// `dropped` counts the spans refused.
+    pub fn spawn(
+        name: &str,
+        max_spans: usize,
+        dropped: impl Fn(u64) + Send + Sync + 'static,
+        work: impl FnOnce(Receiver) + Send + 'static,
+    ) -> std::io::Result<Worker> {
+        let (tx, rx) = bounded(max_spans);
+        let thread = std::thread::Builder::new().name(name.to_owned()).spawn(move || work(rx))?;
+        Ok(Worker { tx, thread, dropped: Arc::new(dropped) })
+    }
+
+    /// Queues `spans` without blocking, or counts them as dropped.
+    pub fn send(&self, spans: Vec<Span>) {
+        if let Err(refused) = self.tx.try_send(spans) {
+            (self.dropped)(refused.len() as u64);
+        }
+    }
+
+    /// Ends the queue and waits (off the runtime's threads) for the thread to finish its work.
+    pub fn finish(self) -> Finishing {
+        let Worker { tx, thread, .. } = self;
+        drop(tx);
+        Box::pin(async move {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        })
     }
 }
 

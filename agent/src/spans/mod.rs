@@ -134,6 +134,18 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
+/// A UUID in text: `8-4-4-4-12` hex digits.
+pub fn is_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.char_indices().all(|(i, c)| {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                c == '-'
+            } else {
+                c.is_ascii_hexdigit()
+            }
+        })
+}
+
 thread_local! {
     /// Per-thread id generator: xoshiro256++ seeded from the operating system's entropy (through
     /// `rand`), so ids are unpredictable across runs and threads, at a few nanoseconds each

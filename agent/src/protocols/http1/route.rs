@@ -3,6 +3,8 @@
 //! (`/users/alice`) keeps them, and about one random 22-character base62 token in 2,500 is taken
 //! for a word (measured); a stateful limit on distinct names per service is left to the caller.
 
+use crate::spans::is_uuid;
+
 /// Path segments kept in a route; more are shown as one `...` segment.
 pub const MAX_ROUTE_SEGMENTS: usize = 8;
 
@@ -99,16 +101,6 @@ fn is_date(s: &str) -> bool {
         && b[10..].iter().all(|c| c.is_ascii_digit() || b"T:.Z+-%3Aa".contains(c))
 }
 
-fn is_uuid(s: &str) -> bool {
-    s.len() == 36
-        && s.char_indices().all(|(i, c)| {
-            if matches!(i, 8 | 13 | 18 | 23) {
-                c == '-'
-            } else {
-                c.is_ascii_hexdigit()
-            }
-        })
-}
 
 /// At least 8 hex digits, one of them a decimal digit (so words like `deadbeef` or `facade`
 /// stay), optionally after `0x`.

@@ -25,7 +25,7 @@ use super::{Store, StoreError};
 use crate::{
     metrics::Metrics,
     sinks::{
-        queue::{self, Received},
+        queue::{self, Received, Worker},
         Finishing, Sink,
     },
     spans::Span,
@@ -53,8 +53,7 @@ pub struct Retention {
 
 /// The store as a sink: the sending end of its writer thread.
 pub struct StoreSink {
-    tx: queue::Sender,
-    thread: std::thread::JoinHandle<()>,
+    writer: Worker,
     admission: Admission,
     metrics: Arc<Metrics>,
 }
@@ -130,12 +129,12 @@ impl StoreSink {
         max_spans_per_second: u64,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<StoreSink> {
-        let (tx, mut rx) = queue::bounded(QUEUE);
-        let writer_metrics = metrics.clone();
-        let thread = std::thread::Builder::new()
-            .name("ztrace-store".into())
-            .spawn(move || Writer { store, retention, metrics: writer_metrics, last_error_log: None }.run(&mut rx))?;
-        Ok(StoreSink { tx, thread, admission: Admission::new(max_spans_per_second, Instant::now()), metrics })
+        let (for_drops, for_writer) = (metrics.clone(), metrics.clone());
+        let dropped = move |n| Metrics::add(&for_drops.store_dropped, n);
+        let writer = Worker::spawn("ztrace-store", QUEUE, dropped, move |mut rx| {
+            Writer { store, retention, metrics: for_writer, last_error_log: None }.run(&mut rx);
+        })?;
+        Ok(StoreSink { writer, admission: Admission::new(max_spans_per_second, Instant::now()), metrics })
     }
 }
 
@@ -150,18 +149,12 @@ impl Sink for StoreSink {
     }
 
     fn send(&mut self, spans: Vec<Span>) {
-        if let Err(dropped) = self.tx.try_send(spans) {
-            Metrics::add(&self.metrics.store_dropped, dropped.len() as u64);
-        }
+        self.writer.send(spans);
     }
 
     /// Writes what is queued and stops the thread.
     fn finish(self: Box<Self>) -> Finishing {
-        let StoreSink { tx, thread, .. } = *self;
-        drop(tx);
-        Box::pin(async move {
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-        })
+        self.writer.finish()
     }
 }
 
