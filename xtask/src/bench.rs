@@ -19,7 +19,7 @@
 //! stacks on vs off, the symbolizer's cache hit rate, the first-span delay of large binaries
 //! and the agent's memory after symbolizing them.
 //! Then the trace store's own benchmark: spans/s inserted and query times with 100,000 traces
-//! stored (`bench_insert_and_list` in `agent/src/store/tests.rs`), and the PostgreSQL parser's:
+//! stored (`bench_insert_and_list` in `agent/src/sinks/store/tests.rs`), and the PostgreSQL parser's:
 //! spans/s on one core from a recorded session (`postgres_throughput` in
 //! `agent/src/protocols/postgres/tests.rs`).
 

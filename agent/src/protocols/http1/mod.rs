@@ -95,11 +95,8 @@ use std::{any::Any, sync::Arc};
 
 pub use parser::Http1Parser;
 
-use super::{Boxed, Chunk, Direction, Endpoints, Exchange, Options, Parser, Protocol, Side, StreamParser};
-use crate::{
-    spans::{clock::Clock, Resource, Span},
-    trace::context::TraceParent,
-};
+use super::{Boxed, Chunk, Direction, Endpoints, Exchange, Options, Protocol, Side, StreamParser};
+use crate::spans::{clock::Clock, Resource, Span};
 
 /// HTTP/1.0 and HTTP/1.1, in the [`REGISTRY`](super::REGISTRY).
 pub struct Http1;
@@ -122,31 +119,6 @@ impl Protocol for Http1 {
 
     fn parser(&self, side: Side, _first: &[u8], _options: &Options) -> Box<dyn StreamParser> {
         Boxed::stream(self.name(), Http1Parser::new(side))
-    }
-}
-
-impl Parser for Http1Parser {
-    type Exchange = HttpExchange;
-    type Error = Http1Error;
-
-    fn side(&self) -> Side {
-        Http1Parser::side(self)
-    }
-
-    fn on_chunk(&mut self, chunk: &Chunk<'_>, out: &mut Vec<HttpExchange>) -> Result<(), Http1Error> {
-        Http1Parser::on_chunk(self, chunk, out)
-    }
-
-    fn on_gap(&mut self, gap: &super::Gap, out: &mut Vec<HttpExchange>) -> Result<(), Http1Error> {
-        Http1Parser::on_gap(self, gap, out)
-    }
-
-    fn on_close(&mut self, ts_ns: u64, out: &mut Vec<HttpExchange>) -> usize {
-        Http1Parser::on_close(self, ts_ns, out)
-    }
-
-    fn trace_context(&self, request_bytes: &[u8]) -> Option<TraceParent> {
-        span::find_traceparent(request_bytes)
     }
 }
 

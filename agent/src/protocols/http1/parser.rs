@@ -5,7 +5,10 @@
 use std::collections::VecDeque;
 
 use super::{framing::*, *};
-use crate::protocols::Gap;
+use crate::{
+    protocols::{Gap, Parser},
+    trace::context::TraceParent,
+};
 
 
 /// The two message streams of a connection.
@@ -231,129 +234,6 @@ impl Http1Parser {
             request_seen: false,
             pipelining_seen: false,
         }
-    }
-
-    /// Which end of the connection the traced process is.
-    pub fn side(&self) -> Side {
-        self.side
-    }
-
-    /// Bytes moved by one syscall. Exchanges completed by them are appended to `out`, also when
-    /// an error is returned; the error is the first one met in the chunk (later bytes of the
-    /// chunk are still read when the framing allows).
-    pub fn on_chunk(
-        &mut self,
-        chunk: &Chunk<'_>,
-        out: &mut Vec<HttpExchange>,
-    ) -> Result<(), Http1Error> {
-        if chunk.bytes.is_empty() {
-            return Ok(());
-        }
-        let stream = self.stream_of(chunk.direction);
-        let mut error = None;
-        self.feed(stream, chunk, &mut error, out);
-        self.moved(stream);
-        error.map_or(Ok(()), Err)
-    }
-
-    /// Bytes that moved but were not captured. Inside a body they count as body bytes; where
-    /// they hide chunked framing, the direction seeks the end of the body; where they hide a
-    /// header block or a message boundary, the message is dropped and the direction
-    /// resynchronizes (see the module docs).
-    pub fn on_gap(&mut self, gap: &Gap, out: &mut Vec<HttpExchange>) -> Result<(), Http1Error> {
-        if gap.len == 0 {
-            return Ok(());
-        }
-        let stream = self.stream_of(gap.direction);
-        let mut error = None;
-        let framing = self.reader(stream).framing;
-        match framing {
-            Framing::Done | Framing::Resync => {}
-            Framing::Idle => {
-                // Bytes after a message's end hide (at least) the start of the next one.
-                note(&mut error, Http1Error::GapInFraming);
-                self.damage(stream, true);
-            }
-            Framing::Head => {
-                note(&mut error, Http1Error::GapInHead);
-                self.damage(stream, true);
-            }
-            Framing::Fixed { remaining } => {
-                let counted = gap.len.min(remaining);
-                let reader = self.reader_mut(stream);
-                reader.msg.body_len = reader.msg.body_len.saturating_add(counted);
-                reader.msg.end_ns = gap.ts_ns;
-                reader.framing = Framing::Fixed {
-                    remaining: remaining - counted,
-                };
-                if counted == remaining {
-                    self.end_message(stream, out);
-                    if gap.len > counted {
-                        note(&mut error, Http1Error::GapInFraming);
-                        self.damage(stream, true);
-                    }
-                }
-            }
-            Framing::Chunked(state) => match chunked_after_gap(state, gap.len) {
-                Some((data, next)) => {
-                    let reader = self.reader_mut(stream);
-                    reader.msg.body_len = reader.msg.body_len.saturating_add(data);
-                    reader.msg.end_ns = gap.ts_ns;
-                    reader.framing = Framing::Chunked(next);
-                }
-                None if self.may_seek(stream) => self.seek_gap(stream, gap, 0, &mut error),
-                None => {
-                    note(&mut error, Http1Error::GapInFraming);
-                    self.damage(stream, false);
-                }
-            },
-            Framing::Seeking { seen, .. } => self.seek_gap(stream, gap, seen, &mut error),
-            Framing::UntilClose => {
-                let reader = self.reader_mut(stream);
-                reader.msg.body_len = reader.msg.body_len.saturating_add(gap.len);
-                reader.msg.end_ns = gap.ts_ns;
-            }
-        }
-        self.moved(stream);
-        error.map_or(Ok(()), Err)
-    }
-
-    /// The connection closed at `ts_ns`. A response delimited by the close ends here and its
-    /// exchange is appended to `out`, as are responses that came before their request's body
-    /// ended. Returns how many requests were still waiting for a response (dropped). Later
-    /// bytes are ignored.
-    pub fn on_close(&mut self, ts_ns: u64, out: &mut Vec<HttpExchange>) -> usize {
-        if self.responses.framing == Framing::UntilClose {
-            let msg = &mut self.responses.msg;
-            msg.end_ns = msg.end_ns.max(ts_ns);
-            self.end_message(Stream::Responses, out);
-        }
-        // A request cut short by the close: what was seen of it.
-        let cut_short = &self.requests.msg;
-        if let Some(p) = self
-            .pending
-            .iter_mut()
-            .find(|p| Some(p.seq) == cut_short.seq)
-        {
-            p.end_ns = cut_short.end_ns;
-            p.request.body_len = cut_short.body_len;
-        }
-        let mut unanswered = 0;
-        for p in self.pending.drain(..) {
-            match p.answer {
-                Answer::Done(answered) if p.reliable => out.push(exchange(
-                    self.side, p.request, p.start_ns, p.end_ns, p.tid, *answered,
-                )),
-                Answer::Awaiting | Answer::InProgress if p.reliable => unanswered += 1,
-                _ => {}
-            }
-        }
-        for reader in [&mut self.requests, &mut self.responses] {
-            reader.framing = Framing::Done;
-            reader.msg = Progress::default();
-            reader.head = Vec::new();
-        }
-        unanswered
     }
 
     /// Bytes or a gap went by on `stream`.
@@ -844,6 +724,138 @@ impl Http1Parser {
         }
         self.pending.clear();
         self.desynced = true;
+    }
+}
+
+impl Parser for Http1Parser {
+    type Exchange = HttpExchange;
+    type Error = Http1Error;
+
+    /// Which end of the connection the traced process is.
+    fn side(&self) -> Side {
+        self.side
+    }
+
+    /// Bytes moved by one syscall. Exchanges completed by them are appended to `out`, also when
+    /// an error is returned; the error is the first one met in the chunk (later bytes of the
+    /// chunk are still read when the framing allows).
+    fn on_chunk(
+        &mut self,
+        chunk: &Chunk<'_>,
+        out: &mut Vec<HttpExchange>,
+    ) -> Result<(), Http1Error> {
+        if chunk.bytes.is_empty() {
+            return Ok(());
+        }
+        let stream = self.stream_of(chunk.direction);
+        let mut error = None;
+        self.feed(stream, chunk, &mut error, out);
+        self.moved(stream);
+        error.map_or(Ok(()), Err)
+    }
+
+    /// Bytes that moved but were not captured. Inside a body they count as body bytes; where
+    /// they hide chunked framing, the direction seeks the end of the body; where they hide a
+    /// header block or a message boundary, the message is dropped and the direction
+    /// resynchronizes (see the module docs).
+    fn on_gap(&mut self, gap: &Gap, out: &mut Vec<HttpExchange>) -> Result<(), Http1Error> {
+        if gap.len == 0 {
+            return Ok(());
+        }
+        let stream = self.stream_of(gap.direction);
+        let mut error = None;
+        let framing = self.reader(stream).framing;
+        match framing {
+            Framing::Done | Framing::Resync => {}
+            Framing::Idle => {
+                // Bytes after a message's end hide (at least) the start of the next one.
+                note(&mut error, Http1Error::GapInFraming);
+                self.damage(stream, true);
+            }
+            Framing::Head => {
+                note(&mut error, Http1Error::GapInHead);
+                self.damage(stream, true);
+            }
+            Framing::Fixed { remaining } => {
+                let counted = gap.len.min(remaining);
+                let reader = self.reader_mut(stream);
+                reader.msg.body_len = reader.msg.body_len.saturating_add(counted);
+                reader.msg.end_ns = gap.ts_ns;
+                reader.framing = Framing::Fixed {
+                    remaining: remaining - counted,
+                };
+                if counted == remaining {
+                    self.end_message(stream, out);
+                    if gap.len > counted {
+                        note(&mut error, Http1Error::GapInFraming);
+                        self.damage(stream, true);
+                    }
+                }
+            }
+            Framing::Chunked(state) => match chunked_after_gap(state, gap.len) {
+                Some((data, next)) => {
+                    let reader = self.reader_mut(stream);
+                    reader.msg.body_len = reader.msg.body_len.saturating_add(data);
+                    reader.msg.end_ns = gap.ts_ns;
+                    reader.framing = Framing::Chunked(next);
+                }
+                None if self.may_seek(stream) => self.seek_gap(stream, gap, 0, &mut error),
+                None => {
+                    note(&mut error, Http1Error::GapInFraming);
+                    self.damage(stream, false);
+                }
+            },
+            Framing::Seeking { seen, .. } => self.seek_gap(stream, gap, seen, &mut error),
+            Framing::UntilClose => {
+                let reader = self.reader_mut(stream);
+                reader.msg.body_len = reader.msg.body_len.saturating_add(gap.len);
+                reader.msg.end_ns = gap.ts_ns;
+            }
+        }
+        self.moved(stream);
+        error.map_or(Ok(()), Err)
+    }
+
+    /// The connection closed at `ts_ns`. A response delimited by the close ends here and its
+    /// exchange is appended to `out`, as are responses that came before their request's body
+    /// ended. Returns how many requests were still waiting for a response (dropped). Later
+    /// bytes are ignored.
+    fn on_close(&mut self, ts_ns: u64, out: &mut Vec<HttpExchange>) -> usize {
+        if self.responses.framing == Framing::UntilClose {
+            let msg = &mut self.responses.msg;
+            msg.end_ns = msg.end_ns.max(ts_ns);
+            self.end_message(Stream::Responses, out);
+        }
+        // A request cut short by the close: what was seen of it.
+        let cut_short = &self.requests.msg;
+        if let Some(p) = self
+            .pending
+            .iter_mut()
+            .find(|p| Some(p.seq) == cut_short.seq)
+        {
+            p.end_ns = cut_short.end_ns;
+            p.request.body_len = cut_short.body_len;
+        }
+        let mut unanswered = 0;
+        for p in self.pending.drain(..) {
+            match p.answer {
+                Answer::Done(answered) if p.reliable => out.push(exchange(
+                    self.side, p.request, p.start_ns, p.end_ns, p.tid, *answered,
+                )),
+                Answer::Awaiting | Answer::InProgress if p.reliable => unanswered += 1,
+                _ => {}
+            }
+        }
+        for reader in [&mut self.requests, &mut self.responses] {
+            reader.framing = Framing::Done;
+            reader.msg = Progress::default();
+            reader.head = Vec::new();
+        }
+        unanswered
+    }
+
+    fn trace_context(&self, request_bytes: &[u8]) -> Option<TraceParent> {
+        super::span::find_traceparent(request_bytes)
     }
 }
 

@@ -1,3 +1,7 @@
+//! Tests of the HTTP/1.x parser: recognizing a stream, the recorded captures (`testdata/`) whole,
+//! split at every byte and from both sides, framing, bounds, lost bytes and resynchronization,
+//! pairing after damage, and random damage that must never mis-pair nor panic.
+
 use std::sync::LazyLock;
 
 use super::*;

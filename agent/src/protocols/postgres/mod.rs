@@ -382,11 +382,6 @@ impl PgParser {
         self
     }
 
-    /// Which end of the connection the traced process is.
-    pub fn side(&self) -> Side {
-        self.side
-    }
-
     /// The connection switched to TLS or GSSAPI encryption: every later byte is ciphertext.
     pub fn encrypted(&self) -> bool {
         self.encrypted
@@ -402,150 +397,6 @@ impl PgParser {
             (Side::Client, Direction::Egress) | (Side::Server, Direction::Ingress) => Stream::Frontend,
             _ => Stream::Backend,
         }
-    }
-
-    /// Bytes moved in one direction.
-    pub fn on_chunk(&mut self, chunk: &Chunk<'_>, out: &mut Vec<PgExchange>) -> Result<(), PgParseError> {
-        if self.encrypted {
-            return Ok(());
-        }
-        let stream = self.stream_of(chunk.direction);
-        let mut bytes = chunk.bytes;
-        let mut result = Ok(());
-        if matches!(self.reader(stream).framing, Framing::Lost) {
-            match resync_offset(stream, bytes) {
-                Some(at) => {
-                    bytes = &bytes[at..];
-                    self.reader_mut(stream).framing = Framing::Header { buf: [0; 5], have: 0 };
-                    if stream == Stream::Backend {
-                        self.resync_pairing();
-                    }
-                }
-                None => return Ok(()),
-            }
-        }
-        while !bytes.is_empty() && !self.encrypted {
-            let reader = self.reader_mut(stream);
-            let need = reader.header_len();
-            match &mut reader.framing {
-                Framing::Lost => break,
-                Framing::EncryptionAnswer => {
-                    let answer = bytes[0];
-                    bytes = &bytes[1..];
-                    reader.framing = Framing::Header { buf: [0; 5], have: 0 };
-                    match answer {
-                        b'N' => {}
-                        b'S' | b'G' => self.encrypted = true,
-                        // An old server answering with an error: take it as a message.
-                        b'E' => {
-                            reader.framing = Framing::Header { buf: [b'E', 0, 0, 0, 0], have: 1 };
-                        }
-                        other => {
-                            reader.framing = Framing::Lost;
-                            result = Err(PgParseError::Malformed(other));
-                        }
-                    }
-                }
-                Framing::Header { buf, have } => {
-                    let take = usize::from(need - *have).min(bytes.len());
-                    buf[usize::from(*have)..usize::from(*have) + take].copy_from_slice(&bytes[..take]);
-                    *have += take as u8;
-                    bytes = &bytes[take..];
-                    if *have < need {
-                        break;
-                    }
-                    let (typ, len) = if need == 4 {
-                        (0, u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]))
-                    } else {
-                        (buf[0], u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]))
-                    };
-                    let sane = if typ == 0 {
-                        (8..=MAX_STARTUP_LEN).contains(&len)
-                    } else {
-                        (4..=MAX_SANE_LEN).contains(&len)
-                            && match stream {
-                                Stream::Frontend => FRONTEND_TYPES.contains(&typ),
-                                Stream::Backend => BACKEND_TYPES.contains(&typ),
-                            }
-                    };
-                    if !sane {
-                        reader.framing = Framing::Lost;
-                        result = Err(PgParseError::Malformed(typ));
-                        self.lost_framing(stream);
-                        break;
-                    }
-                    reader.untyped_next = false;
-                    let keep = reader.keeps(typ);
-                    reader.body.clear();
-                    reader.framing = Framing::Body { typ, remaining: len - 4, keep, lost: false };
-                    if len == 4 {
-                        self.finish_message(stream, chunk, out);
-                    }
-                }
-                Framing::Body { remaining, keep, lost, .. } => {
-                    let take = (*remaining as usize).min(bytes.len());
-                    // After a gap the kept prefix stays a prefix: bytes past the gap are not kept.
-                    if *keep && !*lost {
-                        let room = MAX_KEPT_BODY.saturating_sub(reader.body.len()).min(take);
-                        reader.body.extend_from_slice(&bytes[..room]);
-                    }
-                    *remaining -= take as u32;
-                    bytes = &bytes[take..];
-                    if *remaining == 0 {
-                        self.finish_message(stream, chunk, out);
-                    }
-                }
-            }
-        }
-        result
-    }
-
-    /// Bytes moved in one direction but not captured.
-    pub fn on_gap(&mut self, gap: &Gap, out: &mut Vec<PgExchange>) -> Result<(), PgParseError> {
-        if self.encrypted || gap.len == 0 {
-            return Ok(());
-        }
-        let stream = self.stream_of(gap.direction);
-        let reader = self.reader_mut(stream);
-        match &mut reader.framing {
-            Framing::Lost => Ok(()),
-            Framing::Body { remaining, lost, .. } if u64::from(*remaining) >= gap.len => {
-                *remaining -= gap.len as u32;
-                *lost = true;
-                if *remaining == 0 {
-                    // The message ends with the gap: it is parsed from what was kept.
-                    let at_gap = Chunk { direction: gap.direction, ts_ns: gap.ts_ns, tid: 0, bytes: &[] };
-                    self.finish_message(stream, &at_gap, out);
-                }
-                Ok(())
-            }
-            framing => {
-                // A `Query` or `Parse` longer than the capture (SQL of many KiB) is cut by the
-                // gap, which also hides what follows it: the message is taken from its kept
-                // prefix (its SQL cut), then framing is sought again.
-                let cut = match framing {
-                    Framing::Body { typ: typ @ (b'Q' | b'P'), .. } if stream == Stream::Frontend => Some(*typ),
-                    _ => None,
-                };
-                reader.framing = Framing::Lost;
-                self.lost_framing(stream);
-                if let Some(typ) = cut {
-                    let reader = self.reader_mut(stream);
-                    reader.framing = Framing::Body { typ, remaining: 0, keep: true, lost: true };
-                    let at_gap = Chunk { direction: gap.direction, ts_ns: gap.ts_ns, tid: 0, bytes: &[] };
-                    self.finish_message(stream, &at_gap, out);
-                    self.reader_mut(stream).framing = Framing::Lost;
-                }
-                Err(PgParseError::GapInFraming)
-            }
-        }
-    }
-
-    /// The connection closed: statements still waiting for an answer are dropped and counted.
-    pub fn on_close(&mut self, _ts_ns: u64, _out: &mut Vec<PgExchange>) -> usize {
-        let n = self.pending.len();
-        self.pending.clear();
-        n
     }
 
     fn reader(&self, stream: Stream) -> &Reader {
@@ -890,20 +741,153 @@ impl Parser for PgParser {
     type Exchange = PgExchange;
     type Error = PgParseError;
 
+    /// Which end of the connection the traced process is.
     fn side(&self) -> Side {
         self.side
     }
 
+    /// Bytes moved in one direction.
     fn on_chunk(&mut self, chunk: &Chunk<'_>, out: &mut Vec<PgExchange>) -> Result<(), PgParseError> {
-        PgParser::on_chunk(self, chunk, out)
+        if self.encrypted {
+            return Ok(());
+        }
+        let stream = self.stream_of(chunk.direction);
+        let mut bytes = chunk.bytes;
+        let mut result = Ok(());
+        if matches!(self.reader(stream).framing, Framing::Lost) {
+            match resync_offset(stream, bytes) {
+                Some(at) => {
+                    bytes = &bytes[at..];
+                    self.reader_mut(stream).framing = Framing::Header { buf: [0; 5], have: 0 };
+                    if stream == Stream::Backend {
+                        self.resync_pairing();
+                    }
+                }
+                None => return Ok(()),
+            }
+        }
+        while !bytes.is_empty() && !self.encrypted {
+            let reader = self.reader_mut(stream);
+            let need = reader.header_len();
+            match &mut reader.framing {
+                Framing::Lost => break,
+                Framing::EncryptionAnswer => {
+                    let answer = bytes[0];
+                    bytes = &bytes[1..];
+                    reader.framing = Framing::Header { buf: [0; 5], have: 0 };
+                    match answer {
+                        b'N' => {}
+                        b'S' | b'G' => self.encrypted = true,
+                        // An old server answering with an error: take it as a message.
+                        b'E' => {
+                            reader.framing = Framing::Header { buf: [b'E', 0, 0, 0, 0], have: 1 };
+                        }
+                        other => {
+                            reader.framing = Framing::Lost;
+                            result = Err(PgParseError::Malformed(other));
+                        }
+                    }
+                }
+                Framing::Header { buf, have } => {
+                    let take = usize::from(need - *have).min(bytes.len());
+                    buf[usize::from(*have)..usize::from(*have) + take].copy_from_slice(&bytes[..take]);
+                    *have += take as u8;
+                    bytes = &bytes[take..];
+                    if *have < need {
+                        break;
+                    }
+                    let (typ, len) = if need == 4 {
+                        (0, u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]))
+                    } else {
+                        (buf[0], u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]))
+                    };
+                    let sane = if typ == 0 {
+                        (8..=MAX_STARTUP_LEN).contains(&len)
+                    } else {
+                        (4..=MAX_SANE_LEN).contains(&len)
+                            && match stream {
+                                Stream::Frontend => FRONTEND_TYPES.contains(&typ),
+                                Stream::Backend => BACKEND_TYPES.contains(&typ),
+                            }
+                    };
+                    if !sane {
+                        reader.framing = Framing::Lost;
+                        result = Err(PgParseError::Malformed(typ));
+                        self.lost_framing(stream);
+                        break;
+                    }
+                    reader.untyped_next = false;
+                    let keep = reader.keeps(typ);
+                    reader.body.clear();
+                    reader.framing = Framing::Body { typ, remaining: len - 4, keep, lost: false };
+                    if len == 4 {
+                        self.finish_message(stream, chunk, out);
+                    }
+                }
+                Framing::Body { remaining, keep, lost, .. } => {
+                    let take = (*remaining as usize).min(bytes.len());
+                    // After a gap the kept prefix stays a prefix: bytes past the gap are not kept.
+                    if *keep && !*lost {
+                        let room = MAX_KEPT_BODY.saturating_sub(reader.body.len()).min(take);
+                        reader.body.extend_from_slice(&bytes[..room]);
+                    }
+                    *remaining -= take as u32;
+                    bytes = &bytes[take..];
+                    if *remaining == 0 {
+                        self.finish_message(stream, chunk, out);
+                    }
+                }
+            }
+        }
+        result
     }
 
+    /// Bytes moved in one direction but not captured.
     fn on_gap(&mut self, gap: &Gap, out: &mut Vec<PgExchange>) -> Result<(), PgParseError> {
-        PgParser::on_gap(self, gap, out)
+        if self.encrypted || gap.len == 0 {
+            return Ok(());
+        }
+        let stream = self.stream_of(gap.direction);
+        let reader = self.reader_mut(stream);
+        match &mut reader.framing {
+            Framing::Lost => Ok(()),
+            Framing::Body { remaining, lost, .. } if u64::from(*remaining) >= gap.len => {
+                *remaining -= gap.len as u32;
+                *lost = true;
+                if *remaining == 0 {
+                    // The message ends with the gap: it is parsed from what was kept.
+                    let at_gap = Chunk { direction: gap.direction, ts_ns: gap.ts_ns, tid: 0, bytes: &[] };
+                    self.finish_message(stream, &at_gap, out);
+                }
+                Ok(())
+            }
+            framing => {
+                // A `Query` or `Parse` longer than the capture (SQL of many KiB) is cut by the
+                // gap, which also hides what follows it: the message is taken from its kept
+                // prefix (its SQL cut), then framing is sought again.
+                let cut = match framing {
+                    Framing::Body { typ: typ @ (b'Q' | b'P'), .. } if stream == Stream::Frontend => Some(*typ),
+                    _ => None,
+                };
+                reader.framing = Framing::Lost;
+                self.lost_framing(stream);
+                if let Some(typ) = cut {
+                    let reader = self.reader_mut(stream);
+                    reader.framing = Framing::Body { typ, remaining: 0, keep: true, lost: true };
+                    let at_gap = Chunk { direction: gap.direction, ts_ns: gap.ts_ns, tid: 0, bytes: &[] };
+                    self.finish_message(stream, &at_gap, out);
+                    self.reader_mut(stream).framing = Framing::Lost;
+                }
+                Err(PgParseError::GapInFraming)
+            }
+        }
     }
 
-    fn on_close(&mut self, ts_ns: u64, out: &mut Vec<PgExchange>) -> usize {
-        PgParser::on_close(self, ts_ns, out)
+    /// The connection closed: statements still waiting for an answer are dropped and counted.
+    fn on_close(&mut self, _ts_ns: u64, _out: &mut Vec<PgExchange>) -> usize {
+        let n = self.pending.len();
+        self.pending.clear();
+        n
     }
 
     fn stopped(&self) -> bool {

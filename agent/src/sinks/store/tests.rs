@@ -1,3 +1,7 @@
+//! Tests of the trace store: the DESIGN.md span kept whole, trace summaries, list filters,
+//! services, retention by age and size, damaged or foreign files, the writer thread beside a
+//! reader, and the insert/query benchmark (`cargo xtask bench`).
+
 use std::{
     path::PathBuf,
     sync::{atomic::Ordering, Arc},
