@@ -16,9 +16,6 @@
 //! exchange becomes a span from its own fields, the connection's [`Endpoints`] and the
 //! process's [`Resource`].
 
-pub mod http1;
-pub mod postgres;
-
 #[cfg(test)]
 pub(crate) mod capture;
 #[doc(hidden)]
@@ -33,10 +30,23 @@ use crate::{
     trace::context::TraceParent,
 };
 
-/// Every protocol ztrace parses, in detection order: the first whose [`Protocol::detect`]
-/// accepts a connection's first bytes parses it. Text protocols with an unmistakable start come
-/// before binary ones, so a binary check never sees text.
-pub static REGISTRY: &[&dyn Protocol] = &[&http1::Http1, &postgres::Postgres];
+/// Declares each protocol's folder and lists its [`Protocol`] in [`REGISTRY`]: one line a
+/// protocol.
+macro_rules! registry {
+    ($($folder:ident :: $protocol:ident),* $(,)?) => {
+        $(pub mod $folder;)*
+
+        /// Every protocol ztrace parses, in detection order: the first whose
+        /// [`Protocol::detect`] accepts a connection's first bytes parses it. Text protocols with
+        /// an unmistakable start come before binary ones, so a binary check never sees text.
+        pub static REGISTRY: &[&dyn Protocol] = &[$(&$folder::$protocol),*];
+    };
+}
+
+registry! {
+    http1::Http1,
+    postgres::Postgres,
+}
 
 /// Bytes moved by one syscall (or one iovec segment of it) on a connection.
 #[derive(Clone, Copy, Debug)]
