@@ -11,14 +11,10 @@ use crate::{
     conn::{self, ConnExchange, ConnKey, ConnTable},
     discovery::{go::GoDiscovery, ProcessCache},
     metrics::Metrics,
-    protocols::{Options, Side},
+    protocols::Options,
     sinks::Sinks,
     spans::{self, clock::Clock, Span},
-    symbols::{
-        join::{Joined, StackJoin},
-        unwind::Regs,
-        StackRequest,
-    },
+    symbols::{join::StackJoin, unwind::Regs, StackRequest},
     tls::TlsDiscovery,
     trace::{self, Finished, Tracer},
 };
@@ -50,18 +46,8 @@ pub struct Capture {
     pub tls: TlsDiscovery,
     pub go: GoDiscovery,
     /// Client spans and the stacks of their requests.
-    stacks: StackJoin<HeldMeta>,
-    released: Vec<(Span, HeldMeta)>,
-}
-
-/// What a client span held for its stack needs to go on to trace assembly.
-pub struct HeldMeta {
-    /// Kernel time of the event that finished its exchange.
-    at: u64,
-    side: Side,
-    key: ConnKey,
-    request_start_ns: u64,
-    peer_traced: bool,
+    stacks: StackJoin,
+    released: Vec<(u64, Finished)>,
 }
 
 impl Capture {
@@ -69,7 +55,7 @@ impl Capture {
         metrics: Arc<Metrics>,
         db_query_parameters: bool,
         tls: TlsDiscovery,
-        stacks: StackJoin<HeldMeta>,
+        stacks: StackJoin,
         go: GoDiscovery,
     ) -> Self {
         Capture {
@@ -174,7 +160,7 @@ impl Capture {
         if emptied {
             // Spans held for their stack finished at `at`: assembly must not pass them.
             let mut watermark = began.saturating_sub(trace::WINDOW_NS);
-            if let Some(oldest) = self.stacks.held().map(|m| m.at).min() {
+            if let Some(oldest) = self.stacks.oldest_held() {
                 watermark = watermark.min(oldest.saturating_sub(1));
             }
             self.tracer.release(watermark, &self.metrics, &mut self.ready);
@@ -193,29 +179,19 @@ impl Capture {
             let peer_traced = self.conns.peer_traced(ex.conn.local, ex.conn.remote);
             // An exchange finished on a close has no data event: its close is its time.
             let at = if ts == 0 { self.last_ts } else { ts };
-            let span = if side == Side::Client {
-                match self.stacks.join(span, ex.conn.key, request_start_ns, &self.metrics) {
-                    Joined::Ready(span) => span,
-                    Joined::Wait(span) => {
-                        let meta = HeldMeta { at, side, key: ex.conn.key, request_start_ns, peer_traced };
-                        self.stacks.hold(span, meta, ex.conn.key, request_start_ns, Instant::now());
-                        continue;
-                    }
-                }
-            } else {
-                span
-            };
             let finished = Finished { span, key: ex.conn.key, side, request_start_ns, peer_traced };
-            self.tracer.finished(at, finished, &self.metrics, &mut self.ready);
+            // Client spans take their request's stack (or wait for it) on the way.
+            if let Some((at, finished)) = self.stacks.pass(at, finished, Instant::now(), &self.metrics) {
+                self.tracer.finished(at, finished, &self.metrics, &mut self.ready);
+            }
         }
     }
 
     /// Client spans whose stack came (or whose wait is over) go on to trace assembly.
     fn release_stacked(&mut self, all: bool) {
         self.stacks.release(Instant::now(), all, &self.metrics, &mut self.released);
-        for (span, m) in std::mem::take(&mut self.released) {
-            let finished = Finished { span, key: m.key, side: m.side, request_start_ns: m.request_start_ns, peer_traced: m.peer_traced };
-            self.tracer.finished(m.at, finished, &self.metrics, &mut self.ready);
+        for (at, finished) in self.released.drain(..) {
+            self.tracer.finished(at, finished, &self.metrics, &mut self.ready);
         }
     }
 
