@@ -53,8 +53,12 @@ impl std::str::FromStr for PrintFormat {
     }
 }
 
-/// Attributes shown in the outcome column rather than in the attribute list.
-const STATUS_CODE_KEYS: [&str; 2] = ["http.response.status_code", "db.response.status_code"];
+/// Attributes shown in the outcome column rather than in the attribute list: a protocol's status
+/// code (`http.response.status_code`, `db.response.status_code`, ...), whatever the protocol.
+fn is_status_code(key: &str) -> bool {
+    key.ends_with(".status_code")
+}
+
 /// Attributes left out of text lines (multi-line and long; JSON keeps them).
 const TEXT_SKIPPED_KEYS: [&str; 1] = ["code.stacktrace"];
 /// Longest attribute value shown in a text line, in characters.
@@ -64,7 +68,7 @@ const TEXT_MAX_VALUE: usize = 120;
 pub fn write_text(out: &mut String, span: &Span) {
     let _ =
         write!(out, "{:<8}{}  {}  ", span.kind.as_str(), one_line(&span.resource.service_name), one_line(&span.name));
-    let code = span.attributes.iter().find(|a| STATUS_CODE_KEYS.contains(&a.key)).map(|a| &a.value);
+    let code = span.attributes.iter().find(|a| is_status_code(a.key)).map(|a| &a.value);
     match (code, span.status) {
         (Some(code), StatusCode::Error) => {
             let _ = write!(out, "{} error", text_value(code));
@@ -93,7 +97,7 @@ pub fn write_text(out: &mut String, span: &Span) {
         sep = " ";
     }
     for a in &span.attributes {
-        if STATUS_CODE_KEYS.contains(&a.key) || TEXT_SKIPPED_KEYS.contains(&a.key) {
+        if is_status_code(a.key) || TEXT_SKIPPED_KEYS.contains(&a.key) {
             continue;
         }
         let _ = write!(out, "{sep}{}={}", a.key, text_value(&a.value));
