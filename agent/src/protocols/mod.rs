@@ -182,6 +182,9 @@ pub trait Exchange: fmt::Debug + Send + 'static {
     fn as_any(&self) -> &dyn Any;
 }
 
+/// Finished exchanges of any protocol, as parsers hand them to the connection table.
+pub type Exchanges = Vec<Box<dyn Exchange>>;
+
 /// A parser as the connection table holds it, whatever its protocol.
 pub trait StreamParser: Send {
     /// Which end of the connection the traced process is.
@@ -190,16 +193,10 @@ pub trait StreamParser: Send {
     /// One data event: the captured prefix (`chunk`), then `missing` bytes not captured, then
     /// the captured `tail`. Finished exchanges are appended to `out`; the first error met is
     /// returned (every part is fed regardless).
-    fn on_data(
-        &mut self,
-        chunk: &Chunk<'_>,
-        missing: u64,
-        tail: &[u8],
-        out: &mut Vec<Box<dyn Exchange>>,
-    ) -> Result<(), ParseError>;
+    fn on_data(&mut self, chunk: &Chunk<'_>, missing: u64, tail: &[u8], out: &mut Exchanges) -> Result<(), ParseError>;
 
     /// See [`Parser::on_close`].
-    fn on_close(&mut self, ts_ns: u64, out: &mut Vec<Box<dyn Exchange>>) -> usize;
+    fn on_close(&mut self, ts_ns: u64, out: &mut Exchanges) -> usize;
 
     /// See [`Parser::stopped`].
     fn stopped(&self) -> bool;
@@ -221,7 +218,7 @@ impl<P: Parser> Boxed<P> {
         Box::new(Boxed { protocol, parser, scratch: Vec::new() })
     }
 
-    fn hand_over(&mut self, out: &mut Vec<Box<dyn Exchange>>) {
+    fn hand_over(&mut self, out: &mut Exchanges) {
         out.extend(self.scratch.drain(..).map(|e| Box::new(e) as Box<dyn Exchange>));
     }
 }
@@ -231,13 +228,7 @@ impl<P: Parser> StreamParser for Boxed<P> {
         self.parser.side()
     }
 
-    fn on_data(
-        &mut self,
-        chunk: &Chunk<'_>,
-        missing: u64,
-        tail: &[u8],
-        out: &mut Vec<Box<dyn Exchange>>,
-    ) -> Result<(), ParseError> {
+    fn on_data(&mut self, chunk: &Chunk<'_>, missing: u64, tail: &[u8], out: &mut Exchanges) -> Result<(), ParseError> {
         let mut first = None;
         if !chunk.bytes.is_empty() {
             first = self.parser.on_chunk(chunk, &mut self.scratch).err();
@@ -258,7 +249,7 @@ impl<P: Parser> StreamParser for Boxed<P> {
         }
     }
 
-    fn on_close(&mut self, ts_ns: u64, out: &mut Vec<Box<dyn Exchange>>) -> usize {
+    fn on_close(&mut self, ts_ns: u64, out: &mut Exchanges) -> usize {
         let unanswered = self.parser.on_close(ts_ns, &mut self.scratch);
         self.hand_over(out);
         unanswered
