@@ -121,7 +121,7 @@ pub struct ConnTable {
     /// Local endpoints of the agent's own connections (its OTLP export): a traced server
     /// connection whose peer is one of them is the agent talking to a receiver, not traced.
     own_endpoints: HashSet<SocketAddr>,
-    scratch: Vec<Box<dyn Exchange>>,
+    scratch: protocols::Exchanges,
     /// What the parsers are told of the agent's settings.
     options: Options,
     starts: Vec<RequestStart>,

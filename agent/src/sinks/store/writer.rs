@@ -8,7 +8,7 @@
 //!
 //! **Span budget.** Storing costs CPU on the traced host (SQLite inserts, about 13 µs a span), so
 //! the store takes at most `--store-max-spans-per-second` spans a second (default
-//! [`DEFAULT_MAX_SPANS_PER_SECOND`]). Beyond it, whole traces are left out rather than random
+//! `config::DEFAULT_STORE_MAX_SPANS_PER_SECOND`). Beyond it, whole traces are left out rather than random
 //! spans: a span is admitted when its trace id, read as a number, is below a threshold; each
 //! second the threshold becomes `budget / spans offered in the last second` of the id space. The
 //! offered count does not depend on the threshold, so a steady load gives a steady fraction, and
@@ -35,8 +35,6 @@ use crate::{
 pub const QUEUE: usize = 16_384;
 /// Most spans written in one transaction.
 pub const BATCH: usize = 8192;
-/// Spans stored per second at most, by default.
-pub const DEFAULT_MAX_SPANS_PER_SECOND: u64 = 10_000;
 /// How often the admission threshold follows the load.
 const BUDGET_WINDOW: Duration = Duration::from_secs(1);
 /// How often retention runs.
