@@ -7,9 +7,10 @@ use aya_ebpf::{
     },
     maps::ring_buf::RingBufEntry,
 };
-use ztrace_common::{Counter, DataEventHeader, DataSource, EventHeader, EventKind, MAX_CAPTURE, TAIL_BYTES};
+use ztrace_common::{Counter, DataEvent, DataEventHeader, DataSource, EventHeader, EventKind, MAX_CAPTURE, TAIL_BYTES};
 
 use crate::{
+    bounds::at_most,
     config::settings,
     maps::{count, EVENTS, SCRATCH},
 };
@@ -74,17 +75,19 @@ pub struct Conn {
 /// Sends the bytes one syscall (or one iovec of it) moved: `len` bytes at user address `buf`,
 /// of which the configured prefix and, for long segments, the last `TAIL_BYTES` are copied.
 /// `buf == 0` sends the length alone (sendfile). `source` is a `DataSource`.
+///
+/// Every length and offset handed to a helper is re-bounded right before the call
+/// ([`bounds::at_most`]): see that module for what older verifiers reject otherwise.
 #[inline(always)]
 pub fn data(conn: &Conn, direction: u32, source: u32, buf: u64, len: u64) {
     let Some(event) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
     let limit = settings().capture_bytes as u64;
-    let mut captured = if buf == 0 { 0 } else if len < limit { len } else { limit };
-    if captured > MAX_CAPTURE as u64 {
-        captured = MAX_CAPTURE as u64;
-    }
-    let mut tail = if buf != 0 && len > captured + TAIL_BYTES as u64 { TAIL_BYTES as u64 } else { 0 };
+    let prefix = if buf == 0 { 0 } else if len < limit { len } else { limit };
+    let wants_tail = buf != 0 && len > prefix + TAIL_BYTES as u64;
+    let mut captured: u64 = 0;
+    let mut tail: u64 = 0;
     // SAFETY: `event` points to this CPU's scratch slot, large enough for a whole DataEvent;
     // the prefix is at most MAX_CAPTURE bytes and the tail TAIL_BYTES after it, the size of `data`.
     unsafe {
@@ -99,28 +102,36 @@ pub fn data(conn: &Conn, direction: u32, source: u32, buf: u64, len: u64) {
             },
             direction,
             source,
-            len: if len > u32::MAX as u64 { u32::MAX } else { len as u32 },
-            captured: captured as u32,
+            // A read or write moves at most MAX_RW_COUNT (INT_MAX rounded down to a page) bytes,
+            // and SSL_read/SSL_write an int's worth: the length always fits.
+            len: len as u32,
+            captured: 0,
             tail: 0,
             goid: crate::go::acting_goid(conn.tgid),
         };
         let dst = (*event).data.as_mut_ptr();
-        if captured > 0 && bpf_probe_read_user(dst.cast(), captured as u32, buf as *const _) != 0 {
-            count(Counter::PayloadReadFailed);
-            captured = 0;
-            tail = 0;
-            (*event).hdr.captured = 0;
-        }
-        if tail > 0 {
-            let at = captured & (MAX_CAPTURE as u64 * 2 - 1);
-            if at > MAX_CAPTURE as u64
-                || bpf_probe_read_user(dst.add(at as usize).cast(), TAIL_BYTES as u32, (buf + len - TAIL_BYTES as u64) as *const _) != 0
-            {
-                tail = 0;
+        let mut read_failed = false;
+        if prefix > 0 {
+            let n = at_most::<{ MAX_CAPTURE as u64 }>(prefix);
+            if bpf_probe_read_user(dst.cast(), n as u32, buf as *const _) == 0 {
+                captured = n;
+            } else {
+                count(Counter::PayloadReadFailed);
+                read_failed = true;
             }
-            (*event).hdr.tail = tail as u32;
         }
-        let size = core::mem::size_of::<DataEventHeader>() as u64 + captured + tail;
+        if wants_tail && !read_failed {
+            let at = at_most::<{ MAX_CAPTURE as u64 }>(captured);
+            let from = buf + len - TAIL_BYTES as u64;
+            if bpf_probe_read_user(dst.add(at as usize).cast(), TAIL_BYTES as u32, from as *const _) == 0 {
+                tail = TAIL_BYTES as u64;
+            }
+        }
+        (*event).hdr.captured = captured as u32;
+        (*event).hdr.tail = tail as u32;
+        let size = at_most::<{ core::mem::size_of::<DataEvent>() as u64 }>(
+            core::mem::size_of::<DataEventHeader>() as u64 + captured + tail,
+        );
         if bpf_ringbuf_output(core::ptr::addr_of!(EVENTS) as *mut _, event.cast(), size, wakeup_flags()) != 0 {
             count(Counter::RingbufFull);
             return;

@@ -8,6 +8,7 @@
 #![no_std]
 #![no_main]
 
+mod bounds;
 mod config;
 mod emit;
 mod exec;

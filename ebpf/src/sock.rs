@@ -119,12 +119,16 @@ pub fn lookup_tcp(tgid: u32, fd: i32) -> Option<SockEntry> {
             return None;
         }
     };
+    // Opaque to the compiler, so that the answer below tests this flag and not `sk` again: Linux
+    // 6.1 cannot carry `sk != 0` from one test to the next, explores the impossible path and
+    // rejects the caller's use of an entry that path never made (`R1 !read_ok`).
+    let is_tcp = core::hint::black_box((sk != 0) as u32);
     let entry = SockEntry {
         // SAFETY: the helper has no preconditions.
         conn_gen: unsafe { bpf_ktime_get_ns() },
         mm,
         sock: sk,
-        is_tcp: (sk != 0) as u32,
+        is_tcp,
         announced: 0,
         tls: 0,
         _pad: 0,
@@ -132,7 +136,7 @@ pub fn lookup_tcp(tgid: u32, fd: i32) -> Option<SockEntry> {
     if SOCKS.insert(&k, &entry, 0).is_err() {
         count(Counter::SockMapFull);
     }
-    if sk != 0 {
+    if is_tcp == 1 {
         Some(entry)
     } else {
         None

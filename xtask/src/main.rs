@@ -15,6 +15,7 @@
 mod bench;
 mod build;
 mod demo;
+mod kernels;
 mod test;
 mod toolchain;
 mod util;
@@ -60,6 +61,9 @@ enum Command {
         #[arg(long)]
         skip_privileged: bool,
     },
+    /// Prepare the kernel matrix of the end-to-end tests (a Debian root filesystem with Debian's
+    /// 5.10, 6.1 and 6.12 kernels under target/kernel-matrix/; cached). `test` does it too.
+    KernelMatrix,
     /// Measure ztrace's overhead on nginx under wrk (no timing assertions).
     Bench {
         /// Arguments for the agent (default: `--no-ui --print=json`, the capture path alone;
@@ -94,6 +98,7 @@ fn main() -> Result<()> {
         Command::Build { debug } => build::build(build::profile(debug)).map(|_| ()),
         Command::Run { args } => build::run(&args),
         Command::Test { skip_privileged } => test::test(skip_privileged),
+        Command::KernelMatrix => kernels::prepare().map(|_| ()),
         Command::Bench { agent_args, example, stacks } => bench::bench(&agent_args, example, stacks),
         Command::Demo { lang, pg_port } => demo::demo(lang, pg_port),
     }

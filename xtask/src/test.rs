@@ -9,7 +9,9 @@
 //! 2. the release build of the agent;
 //! 3. `cargo test --workspace --exclude ztrace-e2e`: the unprivileged tests;
 //! 4. the privileged end-to-end tests (`tests/`, crate `ztrace-e2e`), which need root and eBPF:
-//!    their absence fails the run unless `--skip-privileged` was given;
+//!    their absence fails the run unless `--skip-privileged` was given; among them the kernel
+//!    matrix (`tests/tests/kernels.rs`), which boots Debian's 5.10, 6.1 and 6.12 kernels in qemu
+//!    from the root filesystem [`kernels::prepare`] caches under `target/kernel-matrix/`;
 //! 5. one closing line `xtask: N passed, M failed`, counted from cargo's `test result:` lines.
 
 use std::io::{BufRead as _, BufReader};
@@ -20,6 +22,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 
 use crate::build::{self, Profile};
+use crate::kernels;
 use crate::toolchain::{self, apt_install};
 use crate::util::{self, say};
 
@@ -99,11 +102,11 @@ pub fn test(skip_privileged: bool) -> Result<()> {
 
 fn prepare_and_run(skip_privileged: bool) -> Result<Tally> {
     toolchain::setup(false)?;
-    let python = if skip_privileged {
+    let (python, matrix) = if skip_privileged {
         say!("--skip-privileged: not installing the end-to-end test components");
-        None
+        (None, None)
     } else {
-        Some(install_test_components()?)
+        (Some(install_test_components()?), Some(kernels::prepare()?))
     };
     let binary = build::build_after_setup(Profile::Release)?;
     let root = util::repo_root();
@@ -144,6 +147,7 @@ fn prepare_and_run(skip_privileged: bool) -> Result<Tally> {
                 .env("ZTRACE_BIN", &binary)
                 .env("ZTRACE_PYTHON", &python)
                 .env("ZTRACE_REPO", &root)
+                .env("ZTRACE_KERNEL_MATRIX", matrix.as_ref().map(|m| m.dir.clone()).unwrap_or_default())
                 // The tests' own messages say what failed; a backtrace per panic only buries them.
                 .env("RUST_BACKTRACE", "0")
                 .args([

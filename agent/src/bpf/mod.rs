@@ -7,6 +7,7 @@
 pub mod attach;
 pub mod btf;
 pub mod events;
+pub mod verifier;
 
 use std::collections::HashMap;
 
@@ -44,7 +45,13 @@ pub enum BpfError {
     Map { name: &'static str, source: aya::maps::MapError },
     #[error("required hooks could not be attached, see the attach table above")]
     RequiredHooks,
+    #[error("this kernel ({release}) is too old: ztrace needs Linux {}.{} or newer (BTF, the BPF ring buffer, bpf_get_current_task_btf and bpf_task_pt_regs)", MIN_KERNEL.0, MIN_KERNEL.1)]
+    KernelTooOld { release: String },
 }
+
+/// The oldest kernel whose verifier and helpers the programs need (`bpf_task_pt_regs`, 5.15).
+/// Tested in qemu on Debian's 6.1 and 6.12 and on 6.18; 5.10 is refused with a sentence.
+pub const MIN_KERNEL: (u32, u32) = (5, 15);
 
 /// What the user asked to trace.
 #[derive(Clone, Debug, Default)]
@@ -146,6 +153,13 @@ pub fn start(
     stacks: StackCapture,
 ) -> Result<(Probes, RingBuf<MapData>), BpfError> {
     check_can_start()?;
+    // Older verifiers reject the programs only after minutes of work (and list every helper they
+    // lack): say it at once.
+    if let Some((release, version)) = verifier::kernel_release() {
+        if version < MIN_KERNEL {
+            return Err(BpfError::KernelTooOld { release });
+        }
+    }
     raise_memlock();
     ensure_tracefs();
     let offsets = btf::Btf::from_sys_fs()?.kernel_offsets()?;
@@ -178,7 +192,7 @@ pub fn start(
     let mut go_uprobe_error = None;
     for program in ["go_helper", "go_owner", "go_owner_stack", "go_newproc", "go_newproc_ret"] {
         if let Err(e) = uprobe_mut(&mut ebpf, program)?.load() {
-            go_uprobe_error = Some(format!("loading {program}: {}", error_chain(&e)));
+            go_uprobe_error = Some(format!("loading {program}: {}", verifier::load_failure(program, &e)));
             break;
         }
     }
@@ -197,7 +211,7 @@ fn load_uprobes(ebpf: &mut Ebpf) -> Result<Option<String>, BpfError> {
     for program in programs {
         let prog = uprobe_mut(ebpf, program)?;
         if let Err(e) = prog.load() {
-            return Ok(Some(format!("loading {program}: {}", error_chain(&e))));
+            return Ok(Some(format!("loading {program}: {}", verifier::load_failure(program, &e))));
         }
     }
     Ok(None)
@@ -355,6 +369,18 @@ impl Probes {
         self.attached.iter().all(|r| r.error.is_none() || !r.hook.required)
     }
 
+    /// `Ok` when every required hook attached; else why ztrace cannot run, in one sentence
+    /// that names the kernel when it is older than [`MIN_KERNEL`].
+    pub fn check_required(&self) -> Result<(), BpfError> {
+        if self.required_ok() {
+            return Ok(());
+        }
+        match verifier::kernel_release() {
+            Some((release, version)) if version < MIN_KERNEL => Err(BpfError::KernelTooOld { release }),
+            _ => Err(BpfError::RequiredHooks),
+        }
+    }
+
     /// Kernel counters summed over CPUs, by name.
     pub fn kernel_counters(&self) -> Vec<(&'static str, u64)> {
         Counter::ALL
@@ -397,7 +423,7 @@ fn attach_tracepoint(
         .try_into()
         .map_err(|_| BpfError::MissingProgram { program })?;
     if let Err(e) = prog.load() {
-        return Ok(Some(format!("load: {}", error_chain(&e))));
+        return Ok(Some(format!("load: {}", verifier::load_failure(program, &e))));
     }
     match prog.attach(category, name) {
         Ok(_) => Ok(None),
@@ -405,7 +431,7 @@ fn attach_tracepoint(
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(inner) = src {

@@ -69,9 +69,7 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
     };
     let (mut probes, ring) = bpf::start(config.capture_bytes, &selection, stack_capture)?;
     eprintln!("{}", attach::render(&probes.attached));
-    if !probes.required_ok() {
-        return Err(BpfError::RequiredHooks.into());
-    }
+    probes.check_required()?;
     let mut tls = TlsDiscovery::new(std::process::id());
     tls.scan_at_start(&mut probes);
     eprintln!("{}", tls::render(&tls.rows));
