@@ -118,7 +118,7 @@ pub struct Config {
 
     /// Most spans stored per second (0: no limit). Beyond it whole traces are left out of the
     /// store, chosen by trace id; export and --print still get every span.
-    #[arg(long, env = "ZTRACE_STORE_MAX_SPANS_PER_SECOND", default_value_t = crate::store::writer::DEFAULT_MAX_SPANS_PER_SECOND)]
+    #[arg(long, env = "ZTRACE_STORE_MAX_SPANS_PER_SECOND", default_value_t = DEFAULT_STORE_MAX_SPANS_PER_SECOND)]
     pub store_max_spans_per_second: u64,
 
     /// Largest size of the trace store, e.g. 500MiB, 1GiB, 2GB; the oldest traces go first.
@@ -163,6 +163,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     };
     n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
 }
+
+/// Spans the store takes per second at most, by default (`--store-max-spans-per-second`).
+pub const DEFAULT_STORE_MAX_SPANS_PER_SECOND: u64 = 10_000;
 
 /// Output format of `--print`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -6,8 +6,8 @@
 //! (`--no-ui`, the DaemonSet) still answers its probes. It serves no request data. Kernel
 //! counters are read by the pipeline (which owns the maps) once a second and kept here.
 //!
-//! Queue depths: the exporter's and the printer's (set by the pipeline every second); the
-//! store's queue (a `std` channel) cannot tell its length. Not done: histograms.
+//! Queue depths: each sink's (`<sink>_queue_spans`, gauges), set by the pipeline every second.
+//! Not done: histograms.
 
 use std::{
     net::SocketAddr,
@@ -28,7 +28,7 @@ use crate::metrics::Metrics;
 const PREFIX: &str = "ztrace_";
 
 /// Counters that are levels, not totals: exposed as gauges, without `_total`.
-const GAUGES: &[&str] = &["link_window_peak", "symbol_bytes", "export_queue_spans", "print_queue_spans"];
+const GAUGES: &[&str] = &["link_window_peak", "symbol_bytes"];
 
 /// What the endpoint reports.
 #[derive(Debug)]
@@ -36,7 +36,7 @@ pub struct Health {
     ready: AtomicBool,
     metrics: Arc<Metrics>,
     kernel: Mutex<Vec<(&'static str, u64)>>,
-    /// Spans waiting in the sinks' queues (`export_queue_spans`, `print_queue_spans`).
+    /// Spans waiting in the sinks' queues (`export_queue_spans`, `print_queue_spans`, ...).
     queues: Mutex<Vec<(&'static str, u64)>>,
 }
 
@@ -62,11 +62,10 @@ impl Health {
         }
     }
 
-    /// Spans waiting in the exporter's and the printer's queues now (`None`: no such sink).
-    pub fn set_queues(&self, export: Option<usize>, print: Option<usize>) {
-        let depths = [("export_queue_spans", export), ("print_queue_spans", print)];
+    /// Spans waiting in each sink's queue now, by name (`export_queue_spans`, ...).
+    pub fn set_queues(&self, depths: Vec<(&'static str, u64)>) {
         if let Ok(mut queues) = self.queues.lock() {
-            *queues = depths.into_iter().filter_map(|(name, n)| Some((name, n? as u64))).collect();
+            *queues = depths;
         }
     }
 
@@ -130,7 +129,7 @@ fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<
 }
 
 /// The Prometheus text format of `(name, value)` counters: `ztrace_<name>_total` counters,
-/// [`GAUGES`] as `ztrace_<name>`, and `ztrace_resident_memory_bytes` when known. Names are
+/// [`GAUGES`] and `*_queue_spans` as `ztrace_<name>`, and `ztrace_resident_memory_bytes` when known. Names are
 /// made of `[a-z0-9_]` already; anything else becomes `_`.
 pub fn encode_prometheus(counters: &[(&str, u64)], resident_bytes: Option<u64>) -> String {
     let mut out = String::with_capacity(counters.len() * 96);
@@ -140,7 +139,7 @@ pub fn encode_prometheus(counters: &[(&str, u64)], resident_bytes: Option<u64>) 
     for (name, value) in counters {
         let clean: String =
             name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
-        if GAUGES.contains(name) {
+        if GAUGES.contains(name) || name.ends_with("_queue_spans") {
             metric(format!("{PREFIX}{clean}"), "gauge", *value);
         } else {
             metric(format!("{PREFIX}{clean}_total"), "counter", *value);
@@ -184,7 +183,7 @@ mod tests {
     fn every_agent_counter_is_exposed_once() {
         let health = Health::new(Arc::new(Metrics::default()));
         health.set_kernel(vec![("kernel_ringbuf_full", 7)]);
-        health.set_queues(Some(3), None);
+        health.set_queues(vec![("export_queue_spans", 3)]);
         let page = health.render();
         for (name, _) in Metrics::default().snapshot() {
             let exposed = page.lines().filter(|l| l.starts_with(&format!("{PREFIX}{name} ")) || l.starts_with(&format!("{PREFIX}{name}_total "))).count();

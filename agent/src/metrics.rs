@@ -19,6 +19,15 @@ macro_rules! counters {
             pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
                 vec![$( (stringify!($name), self.$name.load(Ordering::Relaxed)), )*]
             }
+
+            /// The `ztrace stats:` object printed at exit: every counter, then the kernel's.
+            pub fn stats_json(&self, kernel: &[(&'static str, u64)]) -> serde_json::Value {
+                let mut map = serde_json::Map::new();
+                for (name, value) in self.snapshot().into_iter().chain(kernel.iter().copied()) {
+                    map.insert(name.to_owned(), value.into());
+                }
+                serde_json::Value::Object(map)
+            }
         }
     };
 }

@@ -90,6 +90,12 @@ pub struct OtlpReceiver {
 impl OtlpReceiver {
     /// Starts the receiver and waits (30 s at most) for its `ready` line.
     pub fn start() -> OtlpReceiver {
+        Self::start_failing(0)
+    }
+
+    /// [`start`](Self::start), with the first `fail_first` export requests failed (gRPC
+    /// `UNAVAILABLE`, HTTP 503), for retries.
+    pub fn start_failing(fail_first: u32) -> OtlpReceiver {
         let script = repo_root().join("tests/otlp_receiver.py");
         assert!(script.is_file(), "{} is missing", script.display());
         let dir = TempDir::new("otlp");
@@ -103,6 +109,8 @@ impl OtlpReceiver {
                 &grpc_port.to_string(),
                 "--http-port",
                 &http_port.to_string(),
+                "--fail-first",
+                &fail_first.to_string(),
                 "--out",
             ])
             .arg(&out);
@@ -125,6 +133,12 @@ impl OtlpReceiver {
     /// `http://127.0.0.1:<http port>`.
     pub fn http_endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// SIGTERM, then its exit status (`None`: still running 10 s later).
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        self.proc.signal(libc::SIGTERM);
+        self.proc.wait_exit(Duration::from_secs(10))
     }
 
     /// Every span received so far (complete lines only).

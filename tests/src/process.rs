@@ -225,6 +225,23 @@ impl Proc {
         }
     }
 
+    /// Polls with TCP connects (which carry no data, hence no span) until something listens on
+    /// `addr`; panics with its output and the end of `log` (a server's error log) if it exits
+    /// first or `timeout` passes.
+    pub fn wait_listening(&mut self, addr: std::net::SocketAddr, timeout: Duration, log: Option<&std::path::Path>) {
+        let listening = wait_until(timeout, || {
+            if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Some(true);
+            }
+            self.exited().map(|_| false)
+        });
+        if listening != Some(true) {
+            let log = log.and_then(|l| std::fs::read_to_string(l).ok()).unwrap_or_default();
+            let description = self.describe();
+            panic!("{} is not listening on {addr}:\n{description}\n{}", self.name, tail(&log, 20));
+        }
+    }
+
     /// Stops the whole process group: SIGTERM, then SIGKILL after `grace`.
     pub fn terminate(&mut self, grace: Duration) {
         let group = self.pid() as libc::pid_t;

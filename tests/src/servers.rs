@@ -1,13 +1,12 @@
 //! Real HTTP servers on loopback: Python's `http.server`, nginx, and the fixture server
 //! (`tests/fixtures/http_fixture_server.py`) for special responses. Each is stopped on drop.
 
-use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use crate::nginx::{self, Nginx};
 use crate::process::Proc;
-use crate::{fixture, free_port, free_port_v6, python, wait_until, TempDir};
+use crate::{fixture, free_port, free_port_v6, python, TempDir};
 
 /// How long a server may take to listen.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -56,35 +55,10 @@ impl Server {
     /// nginx (`daemon off`, one worker, keep-alive on) with `/hello` (static file), `/index.html`,
     /// `/items/<anything>` (200) and `/error` (500).
     pub fn nginx() -> Server {
-        let dir = TempDir::new("nginx");
-        let html = dir.join("html");
-        std::fs::create_dir_all(&html).expect("create html");
-        std::fs::write(html.join("hello"), HELLO_BODY).expect("write hello");
-        std::fs::write(html.join("index.html"), "<!doctype html><p>index</p>\n")
-            .expect("write index");
-        let port = free_port();
-        let conf = dir.join("nginx.conf");
-        std::fs::write(&conf, nginx_conf(&dir, port)).expect("write nginx.conf");
-        let binary = if std::path::Path::new("/usr/sbin/nginx").is_file() {
-            PathBuf::from("/usr/sbin/nginx")
-        } else {
-            PathBuf::from("nginx")
-        };
-        let mut cmd = Command::new(binary);
-        cmd.arg("-p")
-            .arg(dir.path())
-            .arg("-e")
-            .arg(dir.join("error.log"))
-            .arg("-c")
-            .arg(&conf);
-        let mut proc = Proc::spawn("nginx", &mut cmd);
-        wait_for_listen(&mut proc, "127.0.0.1", port, &dir);
-        Server {
-            proc,
-            host: "127.0.0.1",
-            port,
-            dir,
-        }
+        let files = [("hello", HELLO_BODY), ("index.html", "<!doctype html><p>index</p>\n")];
+        let nginx = Nginx::start(&files, &nginx::Config { http: true, tls: None, load: false });
+        let port = nginx.port.expect("an HTTP port");
+        Server { proc: nginx.proc, host: "127.0.0.1", port, dir: nginx.dir }
     }
 
     /// `tests/fixtures/http_fixture_server.py`: HTTP/1.1 keep-alive, `/ok`, `/status/<code>`,
@@ -135,62 +109,4 @@ fn port_for(host: &str) -> u16 {
     } else {
         free_port()
     }
-}
-
-/// Polls with TCP connects (which carry no data, hence no span) until the server listens.
-fn wait_for_listen(proc: &mut Proc, host: &str, port: u16, dir: &TempDir) {
-    let addr: SocketAddr = format!("{host}:{port}").parse().expect("loopback address");
-    let listening = wait_until(LISTEN_TIMEOUT, || {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return Some(true);
-        }
-        proc.exited().map(|_| false)
-    });
-    if listening != Some(true) {
-        let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
-        let description = proc.describe();
-        panic!(
-            "{} is not listening on {addr}:\n{description}\nerror.log:\n{log}",
-            proc.name()
-        );
-    }
-}
-
-fn nginx_conf(dir: &TempDir, port: u16) -> String {
-    let d = dir.path().display();
-    // As root, workers would switch to `nobody`; keep them root so they can read the temp dir.
-    // SAFETY: geteuid has no preconditions.
-    let user = if unsafe { libc::geteuid() } == 0 {
-        "user root;"
-    } else {
-        ""
-    };
-    format!(
-        "daemon off;
-master_process on;
-worker_processes 1;
-{user}
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    default_type text/plain;
-    client_body_temp_path {d}/tmp_body;
-    proxy_temp_path {d}/tmp_proxy;
-    fastcgi_temp_path {d}/tmp_fastcgi;
-    uwsgi_temp_path {d}/tmp_uwsgi;
-    scgi_temp_path {d}/tmp_scgi;
-    keepalive_timeout 60s;
-    keepalive_requests 1000;
-    server {{
-        listen 127.0.0.1:{port};
-        root {d}/html;
-        location = /error {{ return 500 \"boom\\n\"; }}
-        location /items/ {{ return 200 \"item\\n\"; }}
-        location / {{ try_files $uri =404; }}
-    }}
-}}
-"
-    )
 }

@@ -2,13 +2,14 @@
 //! servers (nginx with `ssl`, Python's `http.server` in `ssl`, Node.js `https`) and clients
 //! (Node.js, Java's own TLS). Every server is stopped on drop.
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::nginx::{self, Nginx};
 use crate::process::{describe_status, Proc};
-use crate::{fixture, free_port, python, wait_until, TempDir};
+use crate::{fixture, free_port, python, TempDir};
 
 /// How long a server may take to listen, and a client to finish.
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -49,47 +50,10 @@ impl TlsServer {
     /// nginx (one worker, keep-alive) serving `/hello` over TLS with only the given protocols
     /// (`"TLSv1.2 TLSv1.3"`).
     pub fn nginx(certs: &Certs, protocols: &str) -> TlsServer {
-        let dir = TempDir::new("nginx-tls");
-        let html = dir.join("html");
-        std::fs::create_dir_all(&html).expect("create html");
-        std::fs::write(html.join("hello"), "hello over tls\n").expect("write hello");
-        let port = free_port();
-        let d = dir.path().display();
-        let conf = format!(
-            "daemon off;
-master_process on;
-worker_processes 1;
-user root;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    default_type text/plain;
-    client_body_temp_path {d}/tmp_body;
-    proxy_temp_path {d}/tmp_proxy;
-    fastcgi_temp_path {d}/tmp_fastcgi;
-    uwsgi_temp_path {d}/tmp_uwsgi;
-    scgi_temp_path {d}/tmp_scgi;
-    keepalive_timeout 60s;
-    server {{
-        listen 127.0.0.1:{port} ssl;
-        ssl_certificate {cert};
-        ssl_certificate_key {key};
-        ssl_protocols {protocols};
-        root {d}/html;
-        location /items/ {{ return 200 \"item\\n\"; }}
-        location / {{ try_files $uri =404; }}
-    }}
-}}
-",
-            cert = certs.cert.display(),
-            key = certs.key.display(),
-        );
-        std::fs::write(dir.join("nginx.conf"), conf).expect("write nginx.conf");
-        let mut cmd = Command::new("/usr/sbin/nginx");
-        cmd.arg("-p").arg(dir.path()).arg("-e").arg(dir.join("error.log")).arg("-c").arg(dir.join("nginx.conf"));
-        Self::wait(Proc::spawn("nginx", &mut cmd), port, dir)
+        let config = nginx::Config { http: false, tls: Some((certs, Some(protocols))), load: false };
+        let nginx = Nginx::start(&[("hello", "hello over tls\n")], &config);
+        let port = nginx.tls_port.expect("an HTTPS port");
+        TlsServer { proc: nginx.proc, port, _dir: nginx.dir }
     }
 
     /// `tests/fixtures/https_server.py`: Python's `http.server` wrapped in `ssl` (OpenSSL's
@@ -118,17 +82,7 @@ http {{
     }
 
     fn wait(mut proc: Proc, port: u16, dir: TempDir) -> TlsServer {
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let listening = wait_until(TIMEOUT, || {
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return Some(true);
-            }
-            proc.exited().map(|_| false)
-        });
-        if listening != Some(true) {
-            let name = proc.name().to_owned();
-            panic!("{name} is not listening on {addr}:\n{}", proc.describe());
-        }
+        proc.wait_listening(SocketAddr::from(([127, 0, 0, 1], port)), TIMEOUT, None);
         TlsServer { proc, port, _dir: dir }
     }
 

@@ -19,18 +19,27 @@
 //! stacks on vs off, the symbolizer's cache hit rate, the first-span delay of large binaries
 //! and the agent's memory after symbolizing them.
 //! Then the trace store's own benchmark: spans/s inserted and query times with 100,000 traces
-//! stored (`bench_insert_and_list` in `agent/src/store/tests.rs`), and the PostgreSQL parser's:
+//! stored (`bench_insert_and_list` in `agent/src/sinks/store/tests.rs`), and the PostgreSQL parser's:
 //! spans/s on one core from a recorded session (`postgres_throughput` in
 //! `agent/src/protocols/postgres/tests.rs`).
 
 use std::io::Read as _;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::{Map, Value};
+// The end-to-end tests' fixtures: temp dirs, ports, nginx, PostgreSQL, certificates.
+use ztrace_e2e::{
+    free_port,
+    nginx::{self, Nginx},
+    postgres::PgServer,
+    tail,
+    tls::Certs,
+    ztrace::{stats_line, READY_LINE},
+    TempDir,
+};
 
 mod stacks;
 
@@ -44,8 +53,8 @@ const LOAD_SECONDS: f64 = 10.0;
 /// The agent's arguments when none are given: the capture path with spans printed (stdout goes
 /// to /dev/null), without the trace store and viewer.
 const DEFAULT_ZTRACE_ARGS: &[&str] = &["--no-ui", "--print=json"];
-const READY_LINE: &str = "ztrace is ready";
-const STATS_PREFIX: &str = "ztrace stats: ";
+/// The page wrk loads.
+const PAGE: (&str, &str) = ("index.html", "<!doctype html><title>ztrace bench</title><p>hello from nginx</p>\n");
 
 /// One wrk run, with the agent's figures when it was running.
 #[derive(Debug, Default)]
@@ -86,11 +95,11 @@ pub fn bench(agent_args: &[String], example_only: bool, stacks_only: bool) -> Re
         return stacks::stacks_bench(&ztrace);
     }
 
-    let dir = TempDir::new("ztrace-bench")?;
-    let port = free_port()?;
-    let nginx = Nginx::start(&dir.0, port)?;
-    let url = format!("http://127.0.0.1:{port}/index.html");
-    say!("nginx (pid {}) serving {url}", nginx.0.id());
+    let dir = TempDir::new("bench");
+    let certs = Certs::make();
+    let nginx = bench_nginx(Some(&certs));
+    let url = format!("http://127.0.0.1:{}/index.html", nginx.port.unwrap_or(0));
+    say!("nginx (pid {}) serving {url}", nginx.proc.pid());
     say!("warming up...");
     wrk(&url, &["-t2", "-c32", "-d2s"])?;
 
@@ -106,12 +115,12 @@ pub fn bench(agent_args: &[String], example_only: bool, stacks_only: bool) -> Re
         });
 
         say!("pair {pair}/{PAIRS}: with ztrace...");
-        let run = traced_run(&ztrace, &agent_args, &dir.0, |_| wrk(&url, WRK_ARGS))?;
+        let run = traced_run(&ztrace, &agent_args, dir.path(), |_| wrk(&url, WRK_ARGS))?;
         say!("  {:.0} requests/s", run.requests_per_sec);
         runs.push(run);
     }
     report(&runs, &ztrace, &agent_args, &format!("wrk {} {url} (nginx, 1 worker, static page, access_log off)", WRK_ARGS.join(" ")));
-    https_bench(&ztrace, &agent_args, &dir.0, nginx.1)?;
+    https_bench(&ztrace, &agent_args, dir.path(), nginx.tls_port.unwrap_or(0))?;
     drop(nginx);
     postgres_bench(&ztrace, &agent_args)?;
     example_bench(&ztrace, &agent_args)?;
@@ -123,14 +132,15 @@ pub fn bench(agent_args: &[String], example_only: bool, stacks_only: bool) -> Re
 /// PostgreSQL under `pgbench -M prepared -S`, alternating without and with the agent.
 fn postgres_bench(ztrace: &Path, agent_args: &[String]) -> Result<()> {
     apt_install(&["postgresql"])?;
-    let dir = TempDir::new("ztrace-bench-pg")?;
-    let port = free_port()?;
-    let pg = Postgres::start(&dir.0, port)?;
+    let dir = TempDir::new("bench-pg");
+    let pg = PgServer::start();
+    let port = pg.port;
     say!("postgres serving 127.0.0.1:{port}; pgbench -i...");
-    util::run(&mut pg.pgbench(&["-i", "-s", "1", "-q"])).context("pgbench -i failed")?;
-    let load = || pg.tps(PGBENCH_ARGS);
+    let init = pg.pgbench(&["-i", "-s", "1", "-q"]);
+    ensure!(init.success, "pgbench -i failed: {}", init.stderr);
+    let load = || tps(&pg, PGBENCH_ARGS);
     say!("warming up...");
-    pg.tps(&["-M", "prepared", "-S", "-c", "4", "-j", "2", "-T", "2"])?;
+    tps(&pg, &["-M", "prepared", "-S", "-c", "4", "-j", "2", "-T", "2"])?;
     let mut runs = Vec::new();
     for pair in 1..=PAIRS {
         say!("pgbench pair {pair}/{PAIRS}: without ztrace...");
@@ -138,7 +148,7 @@ fn postgres_bench(ztrace: &Path, agent_args: &[String]) -> Result<()> {
         say!("  {tps:.0} transactions/s");
         runs.push(Run { traced: false, requests_per_sec: tps, agent: None });
         say!("pgbench pair {pair}/{PAIRS}: with ztrace...");
-        let run = traced_run(ztrace, agent_args, &dir.0, |_| load())?;
+        let run = traced_run(ztrace, agent_args, dir.path(), |_| load())?;
         say!("  {:.0} transactions/s", run.requests_per_sec);
         runs.push(run);
     }
@@ -156,16 +166,16 @@ const EXAMPLE_LOAD_SECONDS: f64 = 5.0;
 fn example_bench(ztrace: &Path, agent_args: &[String]) -> Result<()> {
     use crate::demo;
     apt_install(demo::PACKAGES)?;
-    let dir = TempDir::new("ztrace-bench-example")?;
-    let pg_port = free_port()?;
-    let _pg = demo::start_postgres(&dir.0, pg_port)?;
+    let dir = TempDir::new("bench-example");
+    let pg_port = free_port();
+    let _pg = demo::start_postgres(dir.path(), pg_port)?;
     let root = util::repo_root();
     demo::load_databases(&root, pg_port)?;
-    let bin = demo::build_go(&root, &dir.0)?;
+    let bin = demo::build_go(&root, dir.path())?;
     let mut services = Vec::new();
     let mut urls: Vec<(&str, String)> = Vec::new();
     for (name, _) in demo::SERVICES {
-        let port = free_port()?;
+        let port = free_port();
         let mut cmd = Command::new(bin.join(name));
         cmd.env("PORT", port.to_string())
             .env("PGHOST", "127.0.0.1")
@@ -186,7 +196,7 @@ fn example_bench(ztrace: &Path, agent_args: &[String]) -> Result<()> {
     }
     say!("the Go example: orders at {url}; warming up...");
     wrk(&url, &["-t2", "-c16", "-d2s"])?;
-    let (runs, mut programs) = alternating_pairs("example", ztrace, &args, &dir.0, &url, EXAMPLE_WRK_ARGS)?;
+    let (runs, mut programs) = alternating_pairs("example", ztrace, &args, dir.path(), &url, EXAMPLE_WRK_ARGS)?;
     drop(services);
     report(&runs, ztrace, &args, &format!("wrk {} {url} (the Go example: 13 spans per request)", EXAMPLE_WRK_ARGS.join(" ")));
     for (i, run) in runs.iter().enumerate() {
@@ -207,79 +217,26 @@ fn window_memory_bench() -> Result<()> {
 }
 
 const PGBENCH_ARGS: &[&str] = &["-M", "prepared", "-S", "-c", "4", "-j", "2", "-T", "10"];
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
-/// A throwaway PostgreSQL cluster owned by the `postgres` user, stopped on drop.
-struct Postgres {
-    data: PathBuf,
-    port: u16,
+/// Transactions per second of one pgbench run.
+fn tps(pg: &PgServer, args: &[&str]) -> Result<f64> {
+    let run = pg.pgbench(args);
+    ensure!(run.success, "pgbench failed: {}{}", run.stdout, run.stderr);
+    run.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("tps = ")?.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("no `tps = ` line in pgbench's output: {}", run.stdout))
 }
 
-impl Postgres {
-    fn start(dir: &Path, port: u16) -> Result<Postgres> {
-        let data = dir.join("pgdata");
-        std::fs::create_dir_all(&data)?;
-        util::run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir))?;
-        let as_pg = |tool: &str| {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(format!("{PG_BIN}/{tool}"));
-            c
-        };
-        util::run(as_pg("initdb").arg("-D").arg(&data).args(["-A", "trust", "--no-sync"]).stdout(Stdio::null()))
-            .context("initdb failed")?;
-        let opts = format!("-c listen_addresses=127.0.0.1 -p {port} -k {} -c fsync=off", data.display());
-        util::run(
-            as_pg("pg_ctl")
-                .arg("-D")
-                .arg(&data)
-                .args(["-o", &opts, "-l"])
-                .arg(dir.join("postgres.log"))
-                .args(["-w", "start"])
-                .stdout(Stdio::null()),
-        )
-        .context("pg_ctl start failed")?;
-        Ok(Postgres { data, port })
-    }
-
-    fn pgbench(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"])
-            .arg(format!("{PG_BIN}/pgbench"))
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(args)
-            .arg("postgres");
-        c
-    }
-
-    /// Transactions per second of one pgbench run.
-    fn tps(&self, args: &[&str]) -> Result<f64> {
-        let out = self.pgbench(args).stderr(Stdio::null()).output().context("could not run pgbench")?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        ensure!(out.status.success(), "pgbench failed: {text}");
-        text.lines()
-            .find_map(|l| l.strip_prefix("tps = ")?.split_whitespace().next()?.parse().ok())
-            .with_context(|| format!("no `tps = ` line in pgbench's output: {text}"))
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        let _ = Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(format!("{PG_BIN}/pg_ctl"))
-            .arg("-D")
-            .arg(&self.data)
-            .args(["-m", "immediate", "-w", "stop"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
+/// nginx serving [`PAGE`], tuned for load, over plain HTTP and, with `certs`, HTTPS.
+fn bench_nginx(certs: Option<&Certs>) -> Nginx {
+    Nginx::start(&[PAGE], &nginx::Config { http: true, tls: certs.map(|c| (c, None)), load: true })
 }
 
 /// The trace store: insert throughput (spans/s) and list / trace / services query times.
 fn store_bench() -> Result<()> {
     say!("the trace store: inserts and queries with 100,000 traces stored...");
-    ignored_lib_test("store::tests::bench_insert_and_list").context("the store benchmark failed")
+    ignored_lib_test("sinks::store::tests::bench_insert_and_list").context("the store benchmark failed")
 }
 
 /// The PostgreSQL parser and span builder alone, on one core, from a recorded `pgbench -M
@@ -473,7 +430,7 @@ fn traced_run(
     }
     let stats = stats_line(&stderr_text);
     if stats.is_none() {
-        say!("warning: no `{STATS_PREFIX}{{...}}` line in ztrace's stderr");
+        say!("warning: no `ztrace stats: {{...}}` line in ztrace's stderr");
     }
     Ok(Run {
         traced: true,
@@ -584,20 +541,6 @@ fn counter(stats: &Map<String, Value>, name: &str) -> u64 {
     stats.get(name).and_then(Value::as_u64).unwrap_or(0)
 }
 
-/// The JSON object of the agent's `ztrace stats: {...}` line (the last one, if several).
-fn stats_line(stderr: &str) -> Option<Map<String, Value>> {
-    stderr.lines().rev().find_map(|line| {
-        let json = line
-            .trim()
-            .strip_prefix(STATS_PREFIX)
-            .or_else(|| line.split_once(STATS_PREFIX).map(|(_, j)| j))?;
-        match serde_json::from_str(json.trim()) {
-            Ok(Value::Object(map)) => Some(map),
-            _ => None,
-        }
-    })
-}
-
 /// utime + stime of a process, in seconds.
 fn cpu_seconds(pid: u32) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -703,15 +646,6 @@ fn wait_timeout(child: &mut Child, timeout: Duration) -> Result<Option<std::proc
     Ok(None)
 }
 
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 /// A child process killed (and reaped) when dropped.
 struct Guard(Child);
 
@@ -719,135 +653,6 @@ impl Drop for Guard {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-/// nginx in the foreground (`daemon off`) in its own process group, so that stopping it stops its
-/// workers; the second field is its HTTPS port.
-struct Nginx(Child, u16);
-
-impl Nginx {
-    fn start(dir: &Path, port: u16) -> Result<Nginx> {
-        use std::os::unix::process::CommandExt as _;
-        let tls_port = free_port()?;
-        let out = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost", "-keyout"])
-            .arg(dir.join("key.pem"))
-            .arg("-out")
-            .arg(dir.join("cert.pem"))
-            .output()
-            .context("could not run openssl")?;
-        ensure!(out.status.success(), "openssl req failed: {}", String::from_utf8_lossy(&out.stderr));
-        let html = dir.join("html");
-        std::fs::create_dir_all(&html)?;
-        std::fs::write(
-            html.join("index.html"),
-            "<!doctype html><title>ztrace bench</title><p>hello from nginx</p>\n",
-        )?;
-        let conf = dir.join("nginx.conf");
-        std::fs::write(&conf, nginx_conf(dir, port, tls_port))?;
-        let nginx = if Path::new("/usr/sbin/nginx").is_file() {
-            PathBuf::from("/usr/sbin/nginx")
-        } else {
-            PathBuf::from("nginx")
-        };
-        let child = Command::new(nginx)
-            .arg("-p")
-            .arg(dir)
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .context("could not start nginx")?;
-        let mut nginx = Nginx(child, tls_port);
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            if let Some(status) = nginx.0.try_wait()? {
-                bail!(
-                    "nginx exited ({status}); see {}",
-                    dir.join("error.log").display()
-                );
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "nginx did not listen on {addr} within 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(nginx)
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let pgid = self.0.id() as libc::pid_t;
-        // SAFETY: signals the process group nginx leads (process_group(0) above).
-        unsafe { libc::kill(-pgid, libc::SIGTERM) };
-        if !matches!(
-            wait_timeout(&mut self.0, Duration::from_secs(5)),
-            Ok(Some(_))
-        ) {
-            // SAFETY: as above.
-            unsafe { libc::kill(-pgid, libc::SIGKILL) };
-            let _ = self.0.wait();
-        }
-    }
-}
-
-fn nginx_conf(dir: &Path, port: u16, tls_port: u16) -> String {
-    let dir = dir.display();
-    format!(
-        "daemon off;
-master_process on;
-worker_processes 1;
-user root;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/tmp_body;
-    proxy_temp_path {dir}/tmp_proxy;
-    fastcgi_temp_path {dir}/tmp_fastcgi;
-    uwsgi_temp_path {dir}/tmp_uwsgi;
-    scgi_temp_path {dir}/tmp_scgi;
-    keepalive_requests 100000;
-    server {{
-        listen 127.0.0.1:{port};
-        root {dir}/html;
-    }}
-    server {{
-        listen 127.0.0.1:{tls_port} ssl;
-        ssl_certificate {dir}/cert.pem;
-        ssl_certificate_key {dir}/key.pem;
-        root {dir}/html;
-    }}
-}}
-"
-    )
-}
-
-/// A directory under the system temp dir, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(prefix: &str) -> Result<TempDir> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let path = std::env::temp_dir().join(format!("{prefix}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&path)
-            .with_context(|| format!("could not create {}", path.display()))?;
-        Ok(TempDir(path))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

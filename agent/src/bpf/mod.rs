@@ -65,6 +65,40 @@ pub struct Selection {
     pub exe_names: Vec<String>,
 }
 
+impl Selection {
+    /// What is traced, in words, for the start-up log: everything, or what `--pid`/`--exe` chose.
+    pub fn describe(&self) -> String {
+        let list = |items: Vec<String>| match items.as_slice() {
+            [] => String::new(),
+            [one] => one.clone(),
+            [init @ .., last] => format!("{} and {last}", init.join(", ")),
+        };
+        let pids = match self.pids.as_slice() {
+            [] => None,
+            [pid] => Some(format!("process {pid}")),
+            pids => Some(format!("processes {}", list(pids.iter().map(u32::to_string).collect()))),
+        };
+        let names = (!self.exe_names.is_empty()).then(|| {
+            let names = self.exe_names.iter().map(|name| {
+                // The kernel matches its 15-byte process name.
+                let comm = String::from_utf8_lossy(&comm_key(name)).trim_end_matches('\0').to_owned();
+                if comm == *name {
+                    name.clone()
+                } else {
+                    format!("{name} (matched as {comm})")
+                }
+            });
+            format!("processes named {}", list(names.collect()))
+        });
+        match (pids, names) {
+            (None, None) => "tracing every process on this host except ztrace itself".to_owned(),
+            (Some(p), None) => format!("tracing only {p} (--pid)"),
+            (None, Some(n)) => format!("tracing only {n} (--exe)"),
+            (Some(p), Some(n)) => format!("tracing only {p} and {n} (--pid, --exe)"),
+        }
+    }
+}
+
 /// Stack capture (`--stacks`, `--stack-bytes`).
 #[derive(Clone, Copy, Debug)]
 pub struct StackCapture {
@@ -525,6 +559,22 @@ fn raise_memlock() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_start_up_log_says_what_is_traced() {
+        let scope = |pids: &[u32], names: &[&str]| {
+            Selection { pids: pids.to_vec(), exe_names: names.iter().map(|n| (*n).to_owned()).collect() }.describe()
+        };
+        assert_eq!(scope(&[], &[]), "tracing every process on this host except ztrace itself");
+        assert_eq!(scope(&[42], &[]), "tracing only process 42 (--pid)");
+        assert_eq!(scope(&[1, 2, 3], &[]), "tracing only processes 1, 2 and 3 (--pid)");
+        assert_eq!(scope(&[], &["postgres"]), "tracing only processes named postgres (--exe)");
+        assert_eq!(
+            scope(&[7], &["nginx", "orders-service-worker"]),
+            "tracing only process 7 and processes named nginx and orders-service-worker \
+             (matched as orders-service-) (--pid, --exe)"
+        );
+    }
 
     #[test]
     fn comm_key_truncates_like_the_kernel() {

@@ -1,5 +1,5 @@
 //! The connection table: every TCP connection of every traced process, its 4-tuple, and the
-//! protocol parser (HTTP/1.x or PostgreSQL) fed by its two byte streams.
+//! protocol parser fed by its two byte streams.
 //!
 //! A connection is keyed by `(tgid, fd, conn_gen)` as the kernel reports it. The table decides
 //! the protocol from the first bytes, feeds chunks and gaps to the parser, and hands finished
@@ -10,7 +10,8 @@
 //! request direction after bytes in the other one, or the first bytes at all), so that trace
 //! assembly (`trace/`) can give the request its ids while it is still in flight.
 //!
-//! It deliberately does not build spans (`spans/`) nor know about processes (`discovery/`).
+//! It deliberately names no protocol (they are found through `protocols::REGISTRY` and held as
+//! `StreamParser`s), does not build spans nor know about processes (`discovery/`).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -21,13 +22,8 @@ use ztrace_common::{ConnEvent, ConnRole, DataEventHeader, DataSource, Direction,
 
 use crate::{
     metrics::Metrics,
-    protocols::{
-        self,
-        http1::{Http1Parser, HttpExchange},
-        postgres::{PgExchange, PgParser},
-        Chunk, Gap, Protocol, Side,
-    },
-    spans::http::{find_traceparent, TraceParent},
+    protocols::{self, Chunk, Endpoints, Exchange, Options, Side, StreamParser},
+    trace::context::TraceParent,
 };
 
 /// Identity of a connection as the kernel reports it.
@@ -36,6 +32,13 @@ pub struct ConnKey {
     pub tgid: u32,
     pub fd: i32,
     pub conn_gen: u64,
+}
+
+impl ConnInfo {
+    /// The addresses an exchange's span shows.
+    pub fn endpoints(&self) -> Endpoints {
+        Endpoints { local: self.local, remote: self.remote, tls: self.tls }
+    }
 }
 
 impl ConnKey {
@@ -63,8 +66,8 @@ pub struct ConnInfo {
 enum State {
     /// No payload seen yet.
     Undetected,
-    Http1(Box<Http1Parser>),
-    Postgres(Box<PgParser>),
+    /// Recognized: the protocol's parser.
+    Parsed(Box<dyn StreamParser>),
     /// Not a protocol ztrace knows, or ztrace's own traffic: bytes are dropped unread.
     Ignored,
     /// TLS records (ciphertext): never parsed. Plaintext from a TLS probe replaces this state.
@@ -97,22 +100,15 @@ pub struct RequestStart {
     /// In a Go program, the goroutine they were moved for (low 32 bits; 0: not Go, unknown).
     pub goid: u32,
     pub ts_ns: u64,
-    /// A W3C `traceparent` header among the first bytes of an HTTP request.
+    /// Trace context among the request's first bytes (a W3C `traceparent` HTTP header).
     pub traceparent: Option<TraceParent>,
-}
-
-/// A finished exchange of one of the protocols ztrace parses.
-#[derive(Debug)]
-pub enum Exchange {
-    Http(HttpExchange),
-    Postgres(PgExchange),
 }
 
 /// A finished request/response exchange, with the connection it travelled on.
 #[derive(Debug)]
 pub struct ConnExchange {
     pub conn: ConnInfo,
-    pub exchange: Exchange,
+    pub exchange: Box<dyn Exchange>,
 }
 
 /// All open connections of traced processes.
@@ -128,10 +124,9 @@ pub struct ConnTable {
     /// Addresses the agent listens on (the viewer): a traced client connected to one of them
     /// is someone reading the agent's own data, not traced.
     own_listeners: Vec<SocketAddr>,
-    scratch: Vec<HttpExchange>,
-    pg_scratch: Vec<PgExchange>,
-    /// Postgres parsers keep `Bind` parameter values (`--db-query-parameters`).
-    pg_parameters: bool,
+    scratch: protocols::Exchanges,
+    /// What the parsers are told of the agent's settings.
+    options: Options,
     starts: Vec<RequestStart>,
 }
 
@@ -150,8 +145,7 @@ impl ConnTable {
             own_endpoints: HashSet::new(),
             own_listeners: Vec::new(),
             scratch: Vec::new(),
-            pg_scratch: Vec::new(),
-            pg_parameters: false,
+            options: Options::default(),
             starts: Vec::new(),
         }
     }
@@ -162,9 +156,9 @@ impl ConnTable {
         self.own_listeners.push(addr);
     }
 
-    /// Postgres connections also keep the values bound to each execution.
-    pub fn keep_db_parameters(mut self, keep: bool) -> Self {
-        self.pg_parameters = keep;
+    /// Settings the parsers of new connections get.
+    pub fn with_options(mut self, options: Options) -> Self {
+        self.options = options;
         self
     }
 
@@ -279,12 +273,9 @@ impl ConnTable {
                 Metrics::inc(&metrics.conns_tls_records);
                 State::TlsRecords
             } else {
-                match protocols::detect(&chunk) {
-                    Some((Protocol::Http1, side)) => State::Http1(Box::new(Http1Parser::new(side))),
-                    Some((Protocol::Postgres { from_startup }, side)) => {
-                        State::Postgres(Box::new(PgParser::new(side, from_startup).keep_parameters(self.pg_parameters)))
-                    }
-                    // Picked up mid-stream: the first bytes seen may be an answer (a Postgres
+                match protocols::detect(&chunk, &self.options) {
+                    Some(parser) => State::Parsed(parser),
+                    // Picked up mid-stream: the first bytes seen may be an answer (a database
                     // client reading results) rather than a request; wait for one.
                     None if conn.info.role == ConnRole::Unknown && conn.undetected_chunks < MIDSTREAM_TRIES => {
                         conn.undetected_chunks += 1;
@@ -298,60 +289,32 @@ impl ConnTable {
             };
         }
 
-        let side = match &conn.state {
-            State::Http1(parser) => Some(parser.side()),
-            State::Postgres(parser) => Some(parser.side()),
-            _ => None,
-        };
-        if let Some(side) = side {
-            let request_direction = if side == Side::Server { Direction::Ingress } else { Direction::Egress };
-            if direction == request_direction && conn.last_direction != Some(direction) {
-                let is_http = matches!(conn.state, State::Http1(_));
-                self.starts.push(RequestStart {
-                    key,
-                    side,
-                    local: conn.info.local,
-                    remote: conn.info.remote,
-                    tid: header.header.tid,
-                    goid: header.goid,
-                    ts_ns,
-                    traceparent: if is_http { find_traceparent(payload) } else { None },
-                });
-            }
-            conn.last_direction = Some(direction);
+        let State::Parsed(parser) = &mut conn.state else { return };
+        let side = parser.side();
+        if direction == side.request_direction() && conn.last_direction != Some(direction) {
+            self.starts.push(RequestStart {
+                key,
+                side,
+                local: conn.info.local,
+                remote: conn.info.remote,
+                tid: header.header.tid,
+                goid: header.goid,
+                ts_ns,
+                traceparent: parser.trace_context(payload),
+            });
         }
+        conn.last_direction = Some(direction);
 
         let missing = u64::from(header.len).saturating_sub(payload.len() as u64 + tail.len() as u64);
-        if let State::Postgres(parser) = &mut conn.state {
-            let gap = Gap { direction, ts_ns, len: missing };
-            let failed = feed_postgres(parser, &chunk, &gap, tail, &mut self.pg_scratch);
-            if failed {
-                Metrics::inc(&metrics.parse_errors);
-            }
-            if parser.encrypted() {
-                conn.state = State::Ignored;
-            }
-            for exchange in self.pg_scratch.drain(..) {
-                out.push(ConnExchange { conn: conn.info.clone(), exchange: Exchange::Postgres(exchange) });
-            }
-            return;
-        }
-        let State::Http1(parser) = &mut conn.state else { return };
-        let mut failed = false;
-        if !payload.is_empty() && parser.on_chunk(&chunk, &mut self.scratch).is_err() {
-            failed = true;
-        }
-        if missing > 0 && parser.on_gap(&Gap { direction, ts_ns, len: missing }, &mut self.scratch).is_err() {
-            failed = true;
-        }
-        if !tail.is_empty() && parser.on_chunk(&Chunk { bytes: tail, ..chunk }, &mut self.scratch).is_err() {
-            failed = true;
-        }
-        if failed {
+        if let Err(error) = parser.on_data(&chunk, missing, tail, &mut self.scratch) {
             Metrics::inc(&metrics.parse_errors);
+            tracing::debug!(%error, tgid = key.tgid, fd = key.fd, "bytes a parser could not read");
+        }
+        if parser.stopped() {
+            conn.state = State::Ignored;
         }
         for exchange in self.scratch.drain(..) {
-            out.push(ConnExchange { conn: conn.info.clone(), exchange: Exchange::Http(exchange) });
+            out.push(ConnExchange { conn: conn.info.clone(), exchange });
         }
     }
 
@@ -369,8 +332,7 @@ impl ConnTable {
             let keep = c.last_ts >= cutoff_ts;
             if !keep {
                 let unanswered = match &mut c.state {
-                    State::Http1(parser) => parser.on_close(c.last_ts, &mut Vec::new()),
-                    State::Postgres(parser) => parser.on_close(c.last_ts, &mut Vec::new()),
+                    State::Parsed(parser) => parser.on_close(c.last_ts, &mut Vec::new()),
                     _ => 0,
                 };
                 Metrics::add(&metrics.exchanges_unanswered, unanswered as u64);
@@ -392,18 +354,11 @@ impl ConnTable {
     }
 
     fn finish(&mut self, conn: &mut Connection, ts_ns: u64, metrics: &Metrics, out: &mut Vec<ConnExchange>) {
-        if let State::Postgres(parser) = &mut conn.state {
-            let unanswered = parser.on_close(ts_ns, &mut self.pg_scratch);
-            Metrics::add(&metrics.exchanges_unanswered, unanswered as u64);
-            for exchange in self.pg_scratch.drain(..) {
-                out.push(ConnExchange { conn: conn.info.clone(), exchange: Exchange::Postgres(exchange) });
-            }
-        }
-        if let State::Http1(parser) = &mut conn.state {
+        if let State::Parsed(parser) = &mut conn.state {
             let unanswered = parser.on_close(ts_ns, &mut self.scratch);
             Metrics::add(&metrics.exchanges_unanswered, unanswered as u64);
             for exchange in self.scratch.drain(..) {
-                out.push(ConnExchange { conn: conn.info.clone(), exchange: Exchange::Http(exchange) });
+                out.push(ConnExchange { conn: conn.info.clone(), exchange });
             }
         }
     }
@@ -422,21 +377,6 @@ impl ConnTable {
         }
         Metrics::add(&metrics.conns_evicted, n as u64);
     }
-}
-
-/// Feeds one data event (prefix, gap, tail) to a Postgres parser; true if any part failed.
-fn feed_postgres(parser: &mut PgParser, chunk: &Chunk<'_>, gap: &Gap, tail: &[u8], out: &mut Vec<PgExchange>) -> bool {
-    let mut failed = false;
-    if !chunk.bytes.is_empty() && parser.on_chunk(chunk, out).is_err() {
-        failed = true;
-    }
-    if gap.len > 0 && parser.on_gap(gap, out).is_err() {
-        failed = true;
-    }
-    if !tail.is_empty() && parser.on_chunk(&Chunk { bytes: tail, ..*chunk }, out).is_err() {
-        failed = true;
-    }
-    failed
 }
 
 /// True when `bytes` start with a TLS record header: content type change_cipher_spec (20),
@@ -489,7 +429,16 @@ fn addresses(ev: &ConnEvent) -> (SocketAddr, SocketAddr) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocols::{http1::HttpExchange, postgres::PgExchange};
     use ztrace_common::EventKind;
+
+    fn as_http(ex: &ConnExchange) -> &HttpExchange {
+        ex.exchange.as_any().downcast_ref().expect("an HTTP exchange")
+    }
+
+    fn as_postgres(ex: &ConnExchange) -> &PgExchange {
+        ex.exchange.as_any().downcast_ref().expect("a PostgreSQL exchange")
+    }
 
     fn header(kind: EventKind, tgid: u32, ts: u64) -> EventHeader {
         EventHeader { kind: kind as u32, tgid, tid: tgid, fd: 5, ts_ns: ts, conn_gen: 1 }
@@ -551,7 +500,7 @@ mod tests {
         table.on_data(&data(7, 20, Direction::Egress, resp), resp, &[], &metrics, &mut out);
         assert_eq!(out.len(), 1);
         let ex = &out[0];
-        let Exchange::Http(http) = &ex.exchange else { panic!("not HTTP: {ex:?}") };
+        let http = as_http(ex);
         assert_eq!(ex.conn.comm, "python3");
         assert_eq!(ex.conn.role, ConnRole::Server);
         assert_eq!(http.request.method, "GET");
@@ -576,7 +525,7 @@ mod tests {
         feed(5, Direction::Ingress, b"Q\0\0\0\x0dSELECT 1\0");
         feed(6, Direction::Egress, b"C\0\0\0\x0dSELECT 1\0Z\0\0\0\x05I");
         assert_eq!(out.len(), 1, "{out:?}");
-        let Exchange::Postgres(pg) = &out[0].exchange else { panic!("not Postgres: {out:?}") };
+        let pg = as_postgres(&out[0]);
         assert_eq!(pg.side, protocols::Side::Server);
         assert_eq!(pg.query.as_deref(), Some("SELECT 1"));
         assert_eq!((pg.request_start_ns, pg.response_end_ns), (5, 6));
@@ -613,7 +562,7 @@ mod tests {
         table.on_data(&data(7, 2, Direction::Egress, query), query, &[], &metrics, &mut out);
         table.on_data(&data(7, 3, Direction::Ingress, answer), answer, &[], &metrics, &mut out);
         assert_eq!(out.len(), 1, "{out:?}");
-        let Exchange::Postgres(pg) = &out[0].exchange else { panic!("not Postgres: {out:?}") };
+        let pg = as_postgres(&out[0]);
         assert_eq!((pg.side, pg.query.as_deref()), (protocols::Side::Client, Some("SELECT 2")));
         assert_eq!(metrics.conns_unrecognized.load(std::sync::atomic::Ordering::Relaxed), 0);
     }
@@ -706,10 +655,8 @@ mod tests {
         let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
         table.on_data(&tls(data(7, 12, Direction::Egress, resp)), resp, &[], &metrics, &mut out);
         assert_eq!(out.len(), 1);
-        match &out[0].exchange {
-            Exchange::Http(h) => assert_eq!((h.request.target.as_str(), h.response.status), ("/secret", 200)),
-            other => panic!("unexpected {other:?}"),
-        }
+        let h = as_http(&out[0]);
+        assert_eq!((h.request.target.as_str(), h.response.status), ("/secret", 200));
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! namespace still sees the ids (behind `/..` segments), but a process that reads its own
 //! `/proc/self/cgroup` inside a container usually sees `0::/`, and nothing is found.
 
+use crate::spans::is_uuid;
+
 /// What the cgroup paths of a process say about its container.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CgroupInfo {
@@ -62,18 +64,6 @@ fn pod_uid(segment: &str) -> Option<String> {
     let at = segment.rfind("pod")?;
     let uid = segment[at + 3..].trim_end_matches(".slice").replace('_', "-");
     is_uuid(&uid).then(|| uid.to_ascii_lowercase())
-}
-
-/// `8-4-4-4-12` hex digits.
-pub(crate) fn is_uuid(s: &str) -> bool {
-    s.len() == 36
-        && s.char_indices().all(|(i, c)| {
-            if matches!(i, 8 | 13 | 18 | 23) {
-                c == '-'
-            } else {
-                c.is_ascii_hexdigit()
-            }
-        })
 }
 
 #[cfg(test)]

@@ -1,15 +1,10 @@
 //! Go programs: found on each process's first connection (and again after an exec), probed
 //! once per executable file, and followed per process (`GO_PROCS`: the kernel then reports the
-//! goroutine of each syscall, see `ebpf/src/go`).
+//! goroutine of each syscall, see `ebpf/src/go`). What a Go binary must offer for that, and
+//! where its functions are, is `golang::runtime`'s business; this module decides which processes
+//! to look at, asks the attacher to probe, and makes the attach-table rows.
 //!
-//! A Go program is an ELF file with a `.go.buildinfo` section; its Go version (the `go1.N`
-//! string there, readable from Go 1.18) must be one whose `runtime.g` layout is known: the
-//! goroutine id sits at byte 152 of `g` from Go 1.18 through 1.22 on x86-64, at 160 in Go 1.23
-//! (`syscallbp` came before it), see [`goid_offset`]. The net/http hand-over probes
-//! ([`HANDOFF_FUNCTIONS`]) attach by function name from the symbol table, or in a stripped
-//! program at the file offset of the function's entry found in Go's own function table
-//! (`.gopclntab`). `runtime.newproc1` is probed at its entry and at each of its RET instructions (found
-//! by decoding its code; never uretprobes) to learn which goroutine started which. It does no ELF work twice for one file (device and inode) and never blocks capture:
+//! It does no ELF work twice for one file (device, inode and ctime) and never blocks capture:
 //! the pipeline runs it between drains.
 
 use std::{
@@ -18,137 +13,18 @@ use std::{
     path::Path,
 };
 
-use object::{Object, ObjectSection, ObjectSymbol, ReadCache};
+pub use crate::golang::{
+    code::Sites,
+    runtime::{Handoff, NEWPROC},
+};
+use crate::golang::runtime::{inspect, GoBinary};
 
-use crate::symbols::gopclntab::PcLnTable;
-
-/// Offset of `goid` in `runtime.g` (amd64) for a Go minor version; `None`: not followed. Read
-/// from the DWARF of go1.19.8 and go1.23.5 binaries (`llvm-dwarfdump --name=runtime.g`).
-pub fn goid_offset(minor: u32) -> Option<u32> {
-    match minor {
-        18..=22 => Some(152),
-        23 => Some(160),
-        _ => None,
-    }
-}
-/// The net/http functions probed at entry (program, function): helpers' entries and their
-/// owners' hand-over, see `ebpf/src/go`.
-pub const HANDOFF_FUNCTIONS: [(&str, &str); 5] = [
-    ("go_helper", "net/http.(*persistConn).writeLoop"),
-    ("go_owner", "net/http.(*persistConn).roundTrip"),
-    // The issuing goroutine's stack for the request's write on writeLoop (returns at once
-    // when stacks are off).
-    ("go_owner_stack", "net/http.(*persistConn).roundTrip"),
-    ("go_helper", "net/http.(*connReader).backgroundRead"),
-    ("go_owner", "net/http.(*connReader).startBackgroundRead"),
-];
-/// The runtime function that starts goroutines (entry and RETs probed).
-pub const NEWPROC: &str = "runtime.newproc1";
 /// Processes remembered as checked before the set is cleared (each is then checked again).
 const MAX_CHECKED: usize = 65_536;
 
-/// What an executable is, for goroutine following.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum GoBinary {
-    /// A Go program ztrace follows, with the [`HANDOFF_FUNCTIONS`] it has.
-    Followed { version: String, goid_offset: u32, handoffs: Vec<Handoff>, stripped: bool, spawn: Option<Sites> },
-    /// A Go program ztrace cannot follow, and why.
-    Unsupported(String),
-    /// Not a Go program.
-    NotGo,
-}
-
-/// A hand-over probe to attach: the kernel program and the function, with, in a stripped
-/// binary, the file offset of the function's entry (from `.gopclntab`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Handoff {
-    pub program: &'static str,
-    pub function: &'static str,
-    pub offset: Option<u64>,
-}
-
-/// Looks at the ELF file at `path`.
-pub fn inspect(path: &Path) -> std::io::Result<GoBinary> {
-    let file = std::fs::File::open(path)?;
-    let cache = ReadCache::new(file);
-    let Ok(elf) = object::File::parse(&cache) else { return Ok(GoBinary::NotGo) };
-    Ok(classify(&elf))
-}
-
-/// Classifies a parsed object file.
-pub fn classify<'data, O: Object<'data>>(elf: &O) -> GoBinary {
-    let Some(buildinfo) = elf.section_by_name(".go.buildinfo") else { return GoBinary::NotGo };
-    if elf.architecture() != object::Architecture::X86_64 {
-        return GoBinary::Unsupported("not x86-64".into());
-    }
-    let Some(version) = buildinfo.data().ok().and_then(crate::tls::go::build_version) else {
-        return GoBinary::Unsupported("Go version unknown (before go1.18?): runtime.g layout unknown".into());
-    };
-    let Some(goid_offset) = crate::tls::go::minor(&version).and_then(goid_offset) else {
-        return GoBinary::Unsupported(format!("{version}: runtime.g layout unknown (go1.18 to go1.23 are followed)"));
-    };
-    let mut handoffs = Vec::new();
-    let mut stripped = true;
-    for sym in elf.symbols() {
-        stripped = false;
-        if let Ok(name) = sym.name() {
-            handoffs.extend(
-                HANDOFF_FUNCTIONS.iter().filter(|(_, f)| *f == name).map(|&(program, function)| Handoff { program, function, offset: None }),
-            );
-        }
-    }
-    if stripped {
-        handoffs = stripped_handoffs(elf);
-    }
-    let spawn = if stripped { pclntab_range(elf, NEWPROC) } else { symbol_range(elf, NEWPROC) }.and_then(|(vaddr, size)| entry_and_rets(elf, vaddr, size));
-    GoBinary::Followed { version, goid_offset, handoffs, stripped, spawn }
-}
-
-/// File offsets of a function's entry and of each of its RET instructions.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Sites {
-    pub entry: u64,
-    pub rets: Vec<u64>,
-}
-
-/// Address and size of the function `name`, from the symbol table.
-fn symbol_range<'data, O: Object<'data>>(elf: &O, name: &str) -> Option<(u64, u64)> {
-    let sym = elf.symbols().find(|s| s.name() == Ok(name))?;
-    Some((sym.address(), sym.size()))
-}
-
-/// Address and size of the function `name` of a stripped binary, from its `.gopclntab` (the
-/// size runs to the next function's entry).
-fn pclntab_range<'data, O: Object<'data>>(elf: &O, name: &str) -> Option<(u64, u64)> {
-    let section = elf.section_by_name(".gopclntab")?;
-    let table = PcLnTable::parse(section.data().ok()?.to_vec(), section.address(), &[], None).ok()?;
-    let mut entry = None;
-    let mut entries = Vec::new();
-    table.each_function(|f, at| {
-        if f == name {
-            entry = Some(at);
-        }
-        entries.push(at);
-    });
-    let entry = entry?;
-    let next = entries.into_iter().filter(|&at| at > entry).min()?;
-    Some((entry, next - entry))
-}
-
-/// [`Sites`] of the function at `vaddr` of `size` bytes; `None` without any RET.
-fn entry_and_rets<'data, O: Object<'data>>(elf: &O, vaddr: u64, size: u64) -> Option<Sites> {
-    let text = elf.sections().find(|s| s.address() <= vaddr && vaddr < s.address() + s.size())?;
-    let (file_start, _) = text.file_range()?;
-    let to_file = |addr: u64| addr - text.address() + file_start;
-    let size = size.min(text.address() + text.size() - vaddr).min(64 * 1024);
-    let code = text.data_range(vaddr, size).ok()??;
-    let rets: Vec<u64> = crate::tls::go::rets(code, vaddr).into_iter().map(to_file).collect();
-    (!rets.is_empty()).then(|| Sites { entry: to_file(vaddr), rets })
-}
-
 /// The kernel side of following Go programs (implemented by `bpf::Probes`).
 pub trait GoAttacher {
-    /// Probes `functions` (of [`HANDOFF_FUNCTIONS`]) in the file at `path`.
+    /// Probes `functions` (of `golang::runtime::HANDOFF_FUNCTIONS`) in the file at `path`.
     fn attach_go_handoffs(&mut self, path: &Path, functions: &[Handoff]) -> Result<(), String>;
     /// Probes [`NEWPROC`]'s entry and RETs in the file at `path`.
     fn attach_go_spawn(&mut self, path: &Path, sites: &Sites) -> Result<(), String>;
@@ -293,29 +169,6 @@ impl GoDiscovery {
     }
 }
 
-/// The hand-over functions of a stripped binary, found in its `.gopclntab`, at file offsets.
-fn stripped_handoffs<'data, O: Object<'data>>(elf: &O) -> Vec<Handoff> {
-    let Some(section) = elf.section_by_name(".gopclntab") else { return Vec::new() };
-    let Ok(data) = section.data() else { return Vec::new() };
-    let table = match PcLnTable::parse(data.to_vec(), section.address(), &[], None) {
-        Ok(t) => t,
-        Err(error) => {
-            tracing::debug!(%error, "stripped Go binary: unreadable .gopclntab");
-            return Vec::new();
-        }
-    };
-    let mut out = Vec::new();
-    table.each_function(|name, entry| {
-        for &(program, function) in HANDOFF_FUNCTIONS.iter().filter(|(_, f)| *f == name) {
-            let text = elf.sections().find(|s| s.address() <= entry && entry < s.address() + s.size());
-            if let Some((text_addr, (file_start, _))) = text.and_then(|t| Some((t.address(), t.file_range()?))) {
-                out.push(Handoff { program, function, offset: Some(entry - text_addr + file_start) });
-            }
-        }
-    });
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -349,19 +202,5 @@ mod tests {
         assert!(d.followed.contains(&alive) && !d.followed.contains(&gone));
         d.on_conn(gone);
         assert!(d.has_pending(), "a reused pid is inspected again");
-    }
-
-    #[test]
-    fn goid_offsets_by_go_version() {
-        assert_eq!(goid_offset(17), None);
-        assert_eq!(goid_offset(19), Some(152));
-        assert_eq!(goid_offset(23), Some(160));
-        assert_eq!(goid_offset(24), None);
-    }
-
-    #[test]
-    fn the_test_binary_is_not_go() {
-        let exe = std::env::current_exe().expect("exe");
-        assert_eq!(inspect(&exe).expect("inspect"), GoBinary::NotGo);
     }
 }

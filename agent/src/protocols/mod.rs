@@ -1,15 +1,52 @@
-//! Protocol parsers: pure functions and state machines over the byte streams of one connection.
+//! Protocols: one folder each (`http1/`, `postgres/`), behind two traits, listed once in
+//! [`REGISTRY`].
+//!
+//! A protocol folder holds everything that protocol is: how its first bytes are recognized
+//! ([`Protocol::detect`]), its parser ([`Parser`]: a state machine over the byte streams of one
+//! connection), its finished exchange and the rules that make a span of it ([`Exchange`]), its
+//! tests and its recorded captures (`testdata/`). The connection table (`conn/`) holds parsers as
+//! [`StreamParser`]s and never names a protocol.
 //!
 //! Parsers never do I/O, never log per event and never panic on bad bytes: malformed input is an
 //! error value that the caller counts. They see the bytes of one connection in the order the
 //! process moved them, as [`Chunk`]s, plus [`Gap`]s where the kernel moved more bytes than it
-//! captured. What they produce (an exchange: a request and its response, with timings) is turned
-//! into spans by `spans/`.
+//! captured.
+//!
+//! This module deliberately knows nothing of processes, connections' identity or sinks: an
+//! exchange becomes a span from its own fields, the connection's [`Endpoints`] and the
+//! process's [`Resource`].
 
-pub mod http1;
-pub mod postgres;
+#[cfg(test)]
+pub(crate) mod capture;
+#[doc(hidden)]
+pub mod fuzz;
+
+use std::{any::Any, fmt, net::SocketAddr, sync::Arc};
 
 pub use ztrace_common::Direction;
+
+use crate::{
+    spans::{clock::Clock, Resource, Span},
+    trace::context::TraceParent,
+};
+
+/// Declares each protocol's folder and lists its [`Protocol`] in [`REGISTRY`]: one line a
+/// protocol.
+macro_rules! registry {
+    ($($folder:ident :: $protocol:ident),* $(,)?) => {
+        $(pub mod $folder;)*
+
+        /// Every protocol ztrace parses, in detection order: the first whose
+        /// [`Protocol::detect`] accepts a connection's first bytes parses it. Text protocols with
+        /// an unmistakable start come before binary ones, so a binary check never sees text.
+        pub static REGISTRY: &[&dyn Protocol] = &[$(&$folder::$protocol),*];
+    };
+}
+
+registry! {
+    http1::Http1,
+    postgres::Postgres,
+}
 
 /// Bytes moved by one syscall (or one iovec segment of it) on a connection.
 #[derive(Clone, Copy, Debug)]
@@ -40,42 +77,195 @@ pub enum Side {
     Server,
 }
 
-/// Application protocols ztrace recognizes on a connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Protocol {
-    Http1,
-    /// PostgreSQL protocol v3; `from_startup` when the first bytes were the startup packet.
-    Postgres { from_startup: bool },
-}
-
-/// Recognizes the protocol of a connection from the first bytes seen in one direction.
-///
-/// Returns `None` when the bytes match no known protocol (the connection is then ignored, and
-/// counted), and the side the traced process is on when the bytes say it.
-pub fn detect(chunk: &Chunk<'_>) -> Option<(Protocol, Side)> {
-    if http1::looks_like_request(chunk.bytes) {
-        let side = match chunk.direction {
+impl Side {
+    /// The side of the process that moved a protocol's first message in `direction`, for a
+    /// message only a client sends (a request).
+    pub fn sending_requests(direction: Direction) -> Side {
+        match direction {
             Direction::Egress => Side::Client,
             Direction::Ingress => Side::Server,
-        };
-        return Some((Protocol::Http1, side));
+        }
     }
-    if http1::looks_like_response(chunk.bytes) {
-        let side = match chunk.direction {
-            Direction::Egress => Side::Server,
-            Direction::Ingress => Side::Client,
-        };
-        return Some((Protocol::Http1, side));
+
+    /// The direction requests flow in, seen from this side.
+    pub fn request_direction(self) -> Direction {
+        match self {
+            Side::Client => Direction::Egress,
+            Side::Server => Direction::Ingress,
+        }
     }
-    // After HTTP: a Postgres client message is binary and never a request line, but checking
-    // HTTP first keeps a text protocol from ever reaching these checks.
-    let client_writes = chunk.direction == Direction::Egress;
-    let frontend_side = if client_writes { Side::Client } else { Side::Server };
-    if postgres::looks_like_startup(chunk.bytes) {
-        return Some((Protocol::Postgres { from_startup: true }, frontend_side));
+}
+
+/// What the agent's settings tell the parsers.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// Database protocols keep the values bound to each execution (`--db-query-parameters`).
+    pub db_query_parameters: bool,
+}
+
+/// The connection an exchange travelled on, as the traced process sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Endpoints {
+    /// The traced process's own address.
+    pub local: SocketAddr,
+    /// The peer's address (IPv4-mapped IPv6 already shown as IPv4).
+    pub remote: SocketAddr,
+    /// The bytes were read as plaintext at a TLS library.
+    pub tls: bool,
+}
+
+/// A parser met bytes it could not read. The message it was in is lost; the parser goes on.
+#[derive(Debug, thiserror::Error)]
+#[error("{protocol}: {source}")]
+pub struct ParseError {
+    pub protocol: &'static str,
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// One protocol: how a connection of it is recognized, and a parser for it.
+pub trait Protocol: Sync {
+    /// Its name in logs.
+    fn name(&self) -> &'static str;
+
+    /// The side the traced process is on, when the first bytes seen on a connection (in either
+    /// direction) start a conversation of this protocol.
+    fn detect(&self, chunk: &Chunk<'_>) -> Option<Side>;
+
+    /// A parser for a connection this protocol detected; `first` are the bytes it detected.
+    fn parser(&self, side: Side, first: &[u8], options: &Options) -> Box<dyn StreamParser>;
+}
+
+/// A protocol's parser for one connection: the typed contract each protocol implements.
+pub trait Parser: Send + 'static {
+    type Exchange: Exchange;
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Which end of the connection the traced process is.
+    fn side(&self) -> Side;
+
+    /// Bytes moved by one syscall. Exchanges completed by them are appended to `out`, also when
+    /// an error is returned.
+    fn on_chunk(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Self::Exchange>) -> Result<(), Self::Error>;
+
+    /// Bytes that moved but were not captured.
+    fn on_gap(&mut self, gap: &Gap, out: &mut Vec<Self::Exchange>) -> Result<(), Self::Error>;
+
+    /// The connection closed: exchanges it completes are appended; returns the requests left
+    /// unanswered.
+    fn on_close(&mut self, ts_ns: u64, out: &mut Vec<Self::Exchange>) -> usize;
+
+    /// The connection turned into something this parser does not read (PostgreSQL switching to
+    /// TLS): its later bytes are ignored.
+    fn stopped(&self) -> bool {
+        false
     }
-    if postgres::looks_like_frontend_message(chunk.bytes) {
-        return Some((Protocol::Postgres { from_startup: false }, frontend_side));
+
+    /// Trace context among the first bytes of a request (an HTTP `traceparent` header).
+    fn trace_context(&self, _request_bytes: &[u8]) -> Option<TraceParent> {
+        None
     }
-    None
+}
+
+/// A finished exchange (a request and its answer) and the rules that make a span of it.
+pub trait Exchange: fmt::Debug + Send + 'static {
+    /// Which end of the connection the traced process is.
+    fn side(&self) -> Side;
+
+    /// Kernel monotonic time of the request's first bytes.
+    fn request_start_ns(&self) -> u64;
+
+    /// The span of this exchange, following the protocol's semantic conventions. Trace ids are
+    /// fresh (or from the request's own trace context); `trace/` links them afterwards.
+    fn to_span(&self, endpoints: &Endpoints, resource: &Arc<Resource>, clock: &Clock) -> Span;
+
+    /// For tests and tools that look at one protocol's exchanges.
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// Finished exchanges of any protocol, as parsers hand them to the connection table.
+pub type Exchanges = Vec<Box<dyn Exchange>>;
+
+/// A parser as the connection table holds it, whatever its protocol.
+pub trait StreamParser: Send {
+    /// Which end of the connection the traced process is.
+    fn side(&self) -> Side;
+
+    /// One data event: the captured prefix (`chunk`), then `missing` bytes not captured, then
+    /// the captured `tail`. Finished exchanges are appended to `out`; the first error met is
+    /// returned (every part is fed regardless).
+    fn on_data(&mut self, chunk: &Chunk<'_>, missing: u64, tail: &[u8], out: &mut Exchanges) -> Result<(), ParseError>;
+
+    /// See [`Parser::on_close`].
+    fn on_close(&mut self, ts_ns: u64, out: &mut Exchanges) -> usize;
+
+    /// See [`Parser::stopped`].
+    fn stopped(&self) -> bool;
+
+    /// See [`Parser::trace_context`].
+    fn trace_context(&self, request_bytes: &[u8]) -> Option<TraceParent>;
+}
+
+/// A typed [`Parser`] as a [`StreamParser`]: its exchanges are collected, then boxed.
+pub struct Boxed<P: Parser> {
+    protocol: &'static str,
+    parser: P,
+    scratch: Vec<P::Exchange>,
+}
+
+impl<P: Parser> Boxed<P> {
+    /// `parser` of `protocol`, for the connection table.
+    pub fn stream(protocol: &'static str, parser: P) -> Box<dyn StreamParser> {
+        Box::new(Boxed { protocol, parser, scratch: Vec::new() })
+    }
+
+    fn hand_over(&mut self, out: &mut Exchanges) {
+        out.extend(self.scratch.drain(..).map(|e| Box::new(e) as Box<dyn Exchange>));
+    }
+}
+
+impl<P: Parser> StreamParser for Boxed<P> {
+    fn side(&self) -> Side {
+        self.parser.side()
+    }
+
+    fn on_data(&mut self, chunk: &Chunk<'_>, missing: u64, tail: &[u8], out: &mut Exchanges) -> Result<(), ParseError> {
+        let mut first = None;
+        if !chunk.bytes.is_empty() {
+            first = self.parser.on_chunk(chunk, &mut self.scratch).err();
+        }
+        if missing > 0 {
+            let gap = Gap { direction: chunk.direction, ts_ns: chunk.ts_ns, len: missing };
+            let e = self.parser.on_gap(&gap, &mut self.scratch).err();
+            first = first.or(e);
+        }
+        if !tail.is_empty() {
+            let e = self.parser.on_chunk(&Chunk { bytes: tail, ..*chunk }, &mut self.scratch).err();
+            first = first.or(e);
+        }
+        self.hand_over(out);
+        match first {
+            None => Ok(()),
+            Some(e) => Err(ParseError { protocol: self.protocol, source: Box::new(e) }),
+        }
+    }
+
+    fn on_close(&mut self, ts_ns: u64, out: &mut Exchanges) -> usize {
+        let unanswered = self.parser.on_close(ts_ns, &mut self.scratch);
+        self.hand_over(out);
+        unanswered
+    }
+
+    fn stopped(&self) -> bool {
+        self.parser.stopped()
+    }
+
+    fn trace_context(&self, request_bytes: &[u8]) -> Option<TraceParent> {
+        self.parser.trace_context(request_bytes)
+    }
+}
+
+/// The parser of the first protocol in [`REGISTRY`] that recognizes `chunk`, the first bytes
+/// seen on a connection; `None` when none does.
+pub fn detect(chunk: &Chunk<'_>, options: &Options) -> Option<Box<dyn StreamParser>> {
+    REGISTRY.iter().find_map(|p| Some(p.parser(p.detect(chunk)?, chunk.bytes, options)))
 }

@@ -5,8 +5,9 @@
 //! identity of the process that made it (see `discovery/`). This module does no I/O.
 
 pub mod clock;
-pub mod db;
-pub mod http;
+pub mod json;
+#[doc(hidden)]
+pub mod testing;
 
 use std::sync::Arc;
 
@@ -131,6 +132,18 @@ pub fn hex(bytes: &[u8]) -> String {
         s.push(DIGITS[usize::from(b & 0xf)] as char);
     }
     s
+}
+
+/// A UUID in text: `8-4-4-4-12` hex digits.
+pub fn is_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.char_indices().all(|(i, c)| {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                c == '-'
+            } else {
+                c.is_ascii_hexdigit()
+            }
+        })
 }
 
 thread_local! {

@@ -1,7 +1,7 @@
-//! Client spans meet their stacks. A stack is submitted when the kernel sends it (at the
-//! request's first write), long before the response ends the span; a span whose stack is
-//! still being symbolized is held for a bounded time ([`StackJoin::hold`]) and released with
-//! or without it (a release without is counted as `stacks_timed_out`).
+//! Client spans meet their stacks on their way to trace assembly. A stack is submitted when the
+//! kernel sends it (at the request's first write), long before the response ends the span; a
+//! span whose stack is still being symbolized is held for a bounded time ([`StackJoin::pass`])
+//! and released with or without it (a release without is counted as `stacks_timed_out`).
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -10,40 +10,31 @@ use std::{
 };
 
 use super::{StackRequest, StackTrace, SymbolizerHandle};
-use crate::{conn::ConnKey, metrics::Metrics, spans::Span};
+use crate::{conn::ConnKey, metrics::Metrics, protocols::Side, spans::Span, trace::Finished};
 
 /// Stacks kept per connection while their spans are not built.
 const PER_CONN: usize = 16;
 /// Connections with stacks kept at once.
 const MAX_CONNS: usize = 65_536;
 
-/// A span waiting for its stack, with what the caller needs to send it on.
-struct Held<T> {
-    span: Span,
-    extra: T,
-    key: ConnKey,
-    ts_ns: u64,
+/// A finished span waiting for its stack: the kernel time its exchange finished at, and when the
+/// wait is over.
+struct Held {
+    at: u64,
+    finished: Finished,
     deadline: Instant,
 }
 
 /// Stacks in flight and ready, and the spans waiting for them.
-pub struct StackJoin<T> {
+pub struct StackJoin {
     handle: Option<SymbolizerHandle>,
     pending: HashMap<ConnKey, VecDeque<u64>>,
     ready: HashMap<ConnKey, VecDeque<(u64, Arc<StackTrace>)>>,
-    held: VecDeque<Held<T>>,
+    held: VecDeque<Held>,
     wait: Duration,
 }
 
-/// What to do with a span.
-pub enum Joined {
-    /// Send it on (with its stack's attributes, if one was captured).
-    Ready(Span),
-    /// Its stack is being symbolized: hold it.
-    Wait(Span),
-}
-
-impl<T> StackJoin<T> {
+impl StackJoin {
     /// `handle` is `None` when stacks are off.
     pub fn new(handle: Option<SymbolizerHandle>, wait: Duration) -> Self {
         StackJoin { handle, pending: HashMap::new(), ready: HashMap::new(), held: VecDeque::new(), wait }
@@ -86,9 +77,10 @@ impl<T> StackJoin<T> {
         }
     }
 
-    /// Attaches the stack of the request that began at `ts_ns` on `key`: the newest stack taken
-    /// on that connection at or before it.
-    pub fn join(&mut self, mut span: Span, key: ConnKey, ts_ns: u64, metrics: &Metrics) -> Joined {
+    /// Attaches the stack of the request that began at `ts_ns` on `key` to `span`: the newest
+    /// stack taken on that connection at or before it. False when that stack is still being
+    /// symbolized.
+    fn join(&mut self, span: &mut Span, key: ConnKey, ts_ns: u64, metrics: &Metrics) -> bool {
         if let Some(q) = self.ready.get_mut(&key) {
             if let Some(i) = q.iter().rposition(|(t, _)| *t <= ts_ns) {
                 let (_, trace) = q[i].clone();
@@ -98,48 +90,52 @@ impl<T> StackJoin<T> {
                 }
                 span.attributes.extend(trace.attributes());
                 Metrics::inc(&metrics.stacks_attached);
-                return Joined::Ready(span);
+                return true;
             }
         }
-        if self.pending.get(&key).is_some_and(|q| q.iter().any(|&t| t <= ts_ns)) {
-            return Joined::Wait(span);
+        !self.pending.get(&key).is_some_and(|q| q.iter().any(|&t| t <= ts_ns))
+    }
+
+    /// A span on its way to trace assembly, finished at kernel time `at`: a client span gets the
+    /// stack of its request (if one was captured) and goes on; one whose stack is still being
+    /// symbolized is held (`None`) until [`release`](Self::release) lets it go.
+    pub fn pass(&mut self, at: u64, mut finished: Finished, now: Instant, metrics: &Metrics) -> Option<(u64, Finished)> {
+        if finished.side != Side::Client || self.join(&mut finished.span, finished.key, finished.request_start_ns, metrics) {
+            return Some((at, finished));
         }
-        Joined::Ready(span)
+        self.held.push_back(Held { at, finished, deadline: now + self.wait });
+        None
     }
 
-    /// Holds a span until its stack is ready or the wait is over.
-    pub fn hold(&mut self, span: Span, extra: T, key: ConnKey, ts_ns: u64, now: Instant) {
-        self.held.push_back(Held { span, extra, key, ts_ns, deadline: now + self.wait });
-    }
-
-    /// Spans whose stack came, or whose wait is over (all of them with `all`).
-    pub fn release(&mut self, now: Instant, all: bool, metrics: &Metrics, out: &mut Vec<(Span, T)>) {
+    /// Held spans whose stack came, or whose wait is over (all of them with `all`).
+    pub fn release(&mut self, now: Instant, all: bool, metrics: &Metrics, out: &mut Vec<(u64, Finished)>) {
         if self.held.is_empty() {
             return;
         }
         self.poll();
         let mut keep = VecDeque::with_capacity(self.held.len());
-        while let Some(h) = self.held.pop_front() {
-            match self.join(h.span, h.key, h.ts_ns, metrics) {
-                Joined::Ready(span) => out.push((span, h.extra)),
-                Joined::Wait(span) if all || now >= h.deadline => {
-                    Metrics::inc(&metrics.stacks_timed_out);
-                    out.push((span, h.extra));
-                }
-                Joined::Wait(span) => keep.push_back(Held { span, ..h }),
+        while let Some(mut h) = self.held.pop_front() {
+            let f = &mut h.finished;
+            if self.join(&mut f.span, f.key, f.request_start_ns, metrics) {
+                out.push((h.at, h.finished));
+            } else if all || now >= h.deadline {
+                Metrics::inc(&metrics.stacks_timed_out);
+                out.push((h.at, h.finished));
+            } else {
+                keep.push_back(h);
             }
         }
         self.held = keep;
     }
 
-    /// What the held spans carry, to see how far back they reach.
-    pub fn held(&self) -> impl Iterator<Item = &T> {
-        self.held.iter().map(|h| &h.extra)
+    /// The earliest kernel time a held span finished at: trace assembly must not pass it.
+    pub fn oldest_held(&self) -> Option<u64> {
+        self.held.iter().map(|h| h.at).min()
     }
 
     /// The connection closed: its stacks that no held span waits for are dropped.
     pub fn forget(&mut self, key: &ConnKey) {
-        if !self.held.iter().any(|h| h.key == *key) {
+        if !self.held.iter().any(|h| h.finished.key == *key) {
             self.ready.remove(key);
         }
     }

@@ -2,7 +2,7 @@
 //! requests and symbolizing them with the binaries' DWARF, on a worker thread.
 //!
 //! `procmaps` finds which file an address belongs to, `module` loads one ELF file (CFI, DWARF,
-//! symbols, separate debug files, and through `gopclntab` Go's own table when DWARF is stripped), `cache` keeps modules per file and build id within a byte
+//! symbols, separate debug files, and through `golang::pclntab` Go's own table when DWARF is stripped), `cache` keeps modules per file and build id within a byte
 //! budget, `unwind` walks a stack, `app` decides which frame is the application's, and `join`
 //! holds client spans until their stack is symbolized. The capture loop never waits for this
 //! module: requests go through a bounded queue (`try_send`, counted when full) and results
@@ -10,7 +10,6 @@
 
 pub mod app;
 pub mod cache;
-pub mod gopclntab;
 pub mod join;
 pub mod module;
 pub mod procmaps;

@@ -21,7 +21,7 @@ use gimli::{
 };
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, ReadCache, ReadRef};
 
-use super::gopclntab::PcLnTable;
+use crate::golang::pclntab::PcLnTable;
 
 /// The reader every section is kept as: owned, shared bytes.
 pub type R = EndianArcSlice<LittleEndian>;
@@ -320,7 +320,8 @@ impl Module {
 
     fn find_source_frames(&self, addr: u64) -> Vec<SourceFrame> {
         if let Some(table) = &self.go_table {
-            return table.source_frames(addr);
+            let frames = table.source_frames(addr).into_iter();
+            return frames.map(|f| SourceFrame { function: f.function, file: f.file, line: f.line }).collect();
         }
         let mut out = Vec::new();
         if let Some(ctx) = &self.dwarf {

@@ -17,8 +17,8 @@
 //! kernel side lives in `bpf/`).
 
 pub mod elf;
-pub mod go;
-pub mod go_offsets;
+/// Go's `crypto/tls`, as `golang::tls` knows it (the name the attacher's users know it by).
+pub use crate::golang::tls as go;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -63,6 +63,19 @@ pub struct Row {
     pub outcome: Outcome,
     /// The process it was found in (0: found in a system library directory).
     pub pid: u32,
+}
+
+/// The TLS part of the attach table, as printed at start.
+pub fn render(rows: &[Row]) -> String {
+    let mut out = String::from("TLS libraries:");
+    if rows.is_empty() {
+        out.push_str("\n  none found yet (processes started later are looked at on exec and on their first connection)");
+    }
+    for row in rows {
+        out.push_str("\n  ");
+        out.push_str(&row.to_string());
+    }
+    out
 }
 
 impl fmt::Display for Row {

@@ -26,6 +26,8 @@
 //! at most [`MAX_PENDING`] items) and are handled in timestamp order. Spans are never held for
 //! their parent to finish: a parent's ids are known when its request started.
 
+pub mod context;
+
 use std::{
     cmp::Reverse,
     collections::{BinaryHeap, HashMap, VecDeque},

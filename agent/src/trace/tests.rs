@@ -1,10 +1,10 @@
 //! Trace assembly on hand-made starts and spans: the orders → users chain, reordering inside
 //! the hold-back window, keep-alive pairing, headers, event loops and what is counted.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::net::SocketAddr;
 
 use super::*;
-use crate::spans::{Attribute, Resource, SpanKind, StatusCode};
+use crate::spans::{testing, Attribute, SpanKind};
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().expect("addr")
@@ -18,15 +18,11 @@ fn span(kind: SpanKind, name: &str) -> Span {
     Span {
         trace_id: new_trace_id(),
         span_id: new_span_id(),
-        parent_span_id: None,
-        name: name.into(),
         kind,
         start_unix_nano: 0,
         end_unix_nano: 0,
-        status: StatusCode::Unset,
-        status_message: None,
         attributes: vec![Attribute::new(LINK_ATTR, "none")],
-        resource: Arc::new(Resource { service_name: "s".into(), attributes: vec![] }),
+        ..testing::span(name, &testing::resource("s", 1))
     }
 }
 
@@ -62,7 +58,7 @@ impl World {
     fn start(&mut self, end: End, tid: u32, ts: u64) {
         self.start_tp(end, tid, ts, None);
     }
-    fn start_tp(&mut self, end: End, tid: u32, ts: u64, traceparent: Option<crate::spans::http::TraceParent>) {
+    fn start_tp(&mut self, end: End, tid: u32, ts: u64, traceparent: Option<super::context::TraceParent>) {
         let s = RequestStart { key: end.key, side: end.side, local: end.local, remote: end.remote, tid, goid: 0, ts_ns: ts, traceparent };
         self.tracer.start(s, true, &self.metrics, &mut self.out);
     }
@@ -183,7 +179,7 @@ fn a_thread_serving_two_requests_links_nothing_and_a_finished_one_links_nothing(
 fn a_traceparent_wins_and_spans_are_never_duplicated() {
     let (c, s) = conn(1, 3, 2, 4, 40000, 80);
     let (out, _) = conn(2, 5, 3, 6, 40001, 81);
-    let tp = crate::spans::http::parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").expect("tp");
+    let tp = super::context::parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").expect("tp");
     let mut w = World::new();
     w.start_tp(c, 1, 100, Some(tp));
     w.start_tp(s, 2, 110, Some(tp));
@@ -318,7 +314,7 @@ fn rss_kib() -> u64 {
 #[test]
 #[ignore = "a measure: cargo test --release -p ztrace --lib hold_back_window_memory -- --ignored --nocapture"]
 fn hold_back_window_memory() {
-    let resource = Arc::new(Resource { service_name: "orders".into(), attributes: vec![] });
+    let resource = testing::resource("orders", 1);
     let before = rss_kib();
     let mut w = World::new();
     for i in 0..(MAX_PENDING as u64 / 2) {

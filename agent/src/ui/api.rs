@@ -12,7 +12,7 @@ use hyper::{Response, StatusCode};
 use super::{response, text, State};
 use crate::{
     config::parse_duration,
-    store::{Store, StatusFilter, StoreError, TraceQuery},
+    sinks::store::{Store, StatusFilter, StoreError, TraceQuery},
 };
 
 /// Default window of `/api/services`.

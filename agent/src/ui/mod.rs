@@ -8,13 +8,15 @@
 //! - `GET /api/stats`: the agent's self-telemetry counters and the store's size.
 //! - `/`, `/app.js`, `/app.css`: the single-page viewer, compiled into the binary.
 //!
-//! [`start`] opens the store and binds the address; a failure of either is logged and leaves the
-//! rest of the agent running. Queries run on the blocking pool against their own connection.
+//! [`start`] opens a read connection to the store the pipeline's store sink writes, and binds the
+//! address; a failure of either is logged and leaves the rest of the agent running. Queries run
+//! on the blocking pool against that connection. The viewer never writes the store.
 
 mod api;
 
 use std::{
     net::SocketAddr,
+    path::Path,
     sync::{Arc, Mutex},
 };
 
@@ -26,20 +28,12 @@ use tokio::net::TcpListener;
 use crate::{
     config::Config,
     metrics::Metrics,
-    store::{self, writer::Retention, Store, StoreSink},
+    sinks::store::Store,
 };
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
 const APP_CSS: &str = include_str!("assets/app.css");
-
-/// The store and the viewer, as started by the pipeline.
-pub struct Viewer {
-    /// The sink that feeds the store, when it opened.
-    pub store: Option<StoreSink>,
-    /// The address the viewer listens on, when it bound.
-    pub addr: Option<SocketAddr>,
-}
 
 /// What request handlers share.
 pub(crate) struct State {
@@ -48,25 +42,18 @@ pub(crate) struct State {
     pub metrics: Arc<Metrics>,
 }
 
-/// Opens the store in the data directory and serves the viewer on `config.ui`. Never fails: a
-/// store that cannot open or an address that cannot be bound is logged, and the agent goes on
-/// capturing and exporting without it.
-pub async fn start(config: &Config, metrics: Arc<Metrics>) -> Viewer {
-    let dir = store::data_dir(config.data_dir.as_deref());
-    let retention = Retention { max_age: config.retention, max_bytes: config.max_store_size };
-    let (sink, reader) = match open_store(&dir, retention, config.store_max_spans_per_second, &metrics) {
-        Ok((sink, reader)) => {
-            tracing::info!(path = %reader.path().display(), "trace store opened");
-            (Some(sink), Some(reader))
-        }
+/// Serves the viewer on `config.ui` over the store in `store_dir` (none: the store sink did not
+/// open). Returns the address it listens on. Never fails: a store that cannot be read or an
+/// address that cannot be bound is logged, and the agent goes on capturing and exporting.
+pub async fn start(config: &Config, metrics: Arc<Metrics>, store_dir: Option<&Path>) -> Option<SocketAddr> {
+    let reader = store_dir.and_then(|dir| match Store::open(dir).and_then(|r| r.set_cache_mib(8).map(|()| r)) {
+        Ok(reader) => Some(reader),
         Err(error) => {
-            tracing::error!(%error, dir = %dir.display(),
-                "the trace store is disabled: spans are not kept for the viewer (capture and export go on). \
-                 Fix or remove the file, or choose another --data-dir");
-            (None, None)
+            tracing::error!(%error, dir = %dir.display(), "the viewer cannot read the trace store");
+            None
         }
-    };
-    let addr = match TcpListener::bind(config.ui).await {
+    });
+    match TcpListener::bind(config.ui).await {
         Ok(listener) => {
             let addr = listener.local_addr().unwrap_or(config.ui);
             if !addr.ip().is_loopback() {
@@ -81,22 +68,7 @@ pub async fn start(config: &Config, metrics: Arc<Metrics>) -> Viewer {
             tracing::error!(%error, addr = %config.ui, "cannot serve the viewer (choose another --ui address); capture goes on");
             None
         }
-    };
-    Viewer { store: sink, addr }
-}
-
-fn open_store(
-    dir: &std::path::Path,
-    retention: Retention,
-    max_spans_per_second: u64,
-    metrics: &Arc<Metrics>,
-) -> Result<(StoreSink, Store), store::StoreError> {
-    let writer = Store::open(dir)?;
-    let reader = Store::open(dir)?;
-    reader.set_cache_mib(8)?;
-    let sink = StoreSink::start(writer, retention, max_spans_per_second, metrics.clone())
-        .map_err(|source| store::StoreError::Dir { path: dir.to_owned(), source })?;
-    Ok((sink, reader))
+    }
 }
 
 async fn route(req: Request<Incoming>, state: Arc<State>) -> Response<Full<Bytes>> {

@@ -12,6 +12,7 @@
 
 use std::io::BufRead as _;
 use std::sync::mpsc;
+use std::path::PathBuf;
 use std::time::SystemTime;
 
 use super::*;
@@ -19,9 +20,9 @@ use super::*;
 const STACKS_WRK_ARGS: &[&str] = &["-t2", "-c32", "-d5s"];
 
 pub(super) fn stacks_bench(ztrace: &Path) -> Result<()> {
-    let dir = TempDir::new("ztrace-bench-stacks")?;
-    let port = free_port()?;
-    let nginx = Nginx::start(&dir.0, port)?;
+    let dir = TempDir::new("bench-stacks");
+    let nginx = bench_nginx(None);
+    let port = nginx.port.unwrap_or(0);
     let url = format!("http://127.0.0.1:{port}/index.html");
     wrk(&url, &["-t2", "-c32", "-d2s"])?;
 
@@ -32,7 +33,7 @@ pub(super) fn stacks_bench(ztrace: &Path) -> Result<()> {
         let order = if pair % 2 == 1 { ["--stacks=off", "--stacks=on"] } else { ["--stacks=on", "--stacks=off"] };
         for stacks in order {
             let runs = if stacks.ends_with("on") { &mut on } else { &mut off };
-            let run = traced_run(ztrace, &args(stacks), &dir.0, |_| wrk(&url, STACKS_WRK_ARGS))?;
+            let run = traced_run(ztrace, &args(stacks), dir.path(), |_| wrk(&url, STACKS_WRK_ARGS))?;
             say!("pair {pair}/{PAIRS} {stacks}: {:.0} requests/s", run.requests_per_sec);
             if let Some(agent) = &run.agent {
                 let stats = agent.stats.clone().unwrap_or_default();
@@ -65,7 +66,7 @@ pub(super) fn stacks_bench(ztrace: &Path) -> Result<()> {
     let lookups = hits + misses;
     println!("  symbolizer module cache: {hits} hits, {misses} misses, hit rate {:.4}", hits as f64 / (lookups.max(1)) as f64);
 
-    large_binaries(ztrace, &dir.0, port)?;
+    large_binaries(ztrace, dir.path(), port)?;
     drop(nginx);
     Ok(())
 }

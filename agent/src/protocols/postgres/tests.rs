@@ -657,14 +657,7 @@ fn garbage_never_panics() {
 /// record per `recv` — `F` (client → server) or `B` (server → client), a big-endian `u32`
 /// length, the bytes.
 fn recorded(file: &[u8]) -> Vec<Event> {
-    let mut events = Vec::new();
-    let mut rest = file;
-    while let [tag, a, b, c, d, tail @ ..] = rest {
-        let len = u32::from_be_bytes([*a, *b, *c, *d]) as usize;
-        events.push((*tag == b'F', tail[..len].to_vec()));
-        rest = &tail[len..];
-    }
-    events
+    crate::protocols::capture::records(file).into_iter().map(|(frontend, bytes)| (frontend, bytes.to_vec())).collect()
 }
 
 /// The exchanges of a recorded session, the same from both sides and for every split of every
@@ -827,12 +820,12 @@ fn recorded_cursor_through_the_kernel_capture_keeps_every_exchange() {
 #[test]
 #[ignore = "a benchmark: meaningful only in a release build"]
 fn postgres_throughput() {
-    use crate::spans::{clock::Clock, db};
+    use crate::spans::clock::Clock;
     let events = recorded(include_bytes!("testdata/pgbench_prepared.bin"));
     // Keep the startup and the first (preparing) transaction once; repeat the rest.
-    let process = crate::discovery::ProcessInfo::from_comm(1, "bench", "box");
+    let resource = crate::spans::testing::resource("bench", 1);
     let clock = Clock::from_offset_ns(0);
-    let conn = db::ConnInfo { local: "127.0.0.1:40000".parse().expect("addr"), remote: "127.0.0.1:5432".parse().expect("addr") };
+    let conn = Endpoints { local: "127.0.0.1:40000".parse().expect("addr"), remote: "127.0.0.1:5432".parse().expect("addr"), tls: false };
     let started = std::time::Instant::now();
     let (mut exchanges, mut spans, mut in_spans) = (0u64, 0u64, std::time::Duration::ZERO);
     let mut out = Vec::new();
@@ -845,7 +838,7 @@ fn postgres_throughput() {
         exchanges += out.len() as u64;
         let building = std::time::Instant::now();
         for ex in out.drain(..) {
-            let span = db::postgres_span(&ex, &conn, &process, &clock);
+            let span = span::postgres_span(&ex, &conn, &resource, &clock);
             spans += u64::from(!span.name.is_empty());
         }
         in_spans += building.elapsed();

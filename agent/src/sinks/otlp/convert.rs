@@ -135,33 +135,10 @@ fn key_value(key: String, value: AttrValue) -> KeyValue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spans::Attribute;
-
-    fn resource(service: &str, pid: i64) -> Arc<Resource> {
-        Arc::new(Resource {
-            service_name: service.to_owned(),
-            attributes: vec![
-                ("service.name".to_owned(), AttrValue::from(service)),
-                ("process.pid".to_owned(), AttrValue::Int(pid)),
-            ],
-        })
-    }
-
-    fn span(name: &str, resource: &Arc<Resource>) -> Span {
-        Span {
-            trace_id: [0x11; 16],
-            span_id: [0x22; 8],
-            parent_span_id: None,
-            name: name.to_owned(),
-            kind: SpanKind::Client,
-            start_unix_nano: 1_000,
-            end_unix_nano: 2_000,
-            status: StatusCode::Unset,
-            status_message: None,
-            attributes: Vec::new(),
-            resource: Arc::clone(resource),
-        }
-    }
+    use crate::spans::{
+        testing::{resource, span},
+        Attribute,
+    };
 
     fn value(kv: &KeyValue) -> &any_value::Value {
         kv.value.as_ref().and_then(|v| v.value.as_ref()).expect("attribute has a value")

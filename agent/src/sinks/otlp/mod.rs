@@ -1,7 +1,8 @@
 //! OTLP trace export: spans go to an OpenTelemetry backend over gRPC or HTTP/protobuf.
 //!
 //! [`spawn`] starts one tokio task that owns the connection. Producers hold an [`ExportHandle`]
-//! whose [`send`](ExportHandle::send) never blocks: a full queue drops the span and counts it
+//! (the pipeline: an [`OtlpSink`]) whose sends never block: spans go through the sinks' bounded
+//! queue (`sinks::queue`), and a full queue drops them and counts them
 //! (`spans_dropped_queue_full`). The task batches spans (by count or after `batch_timeout`),
 //! groups each batch by resource (see [`convert`]) and sends it, retrying retryable failures with
 //! exponential backoff and jitter for a bounded number of attempts and a bounded time; a batch
@@ -21,11 +22,12 @@ mod transport;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info, warn};
 
+use super::{queue, Finishing, Sink};
 use crate::metrics::Metrics;
 use crate::spans::Span;
 use transport::{AttemptError, Payload, Transport};
@@ -275,7 +277,7 @@ fn percent_decode(s: &str) -> Option<String> {
 /// [`SHUTDOWN_GRACE`], and ends.
 #[derive(Clone, Debug)]
 pub struct ExportHandle {
-    queue: mpsc::Sender<Span>,
+    queue: Arc<queue::Sender>,
     shutdown: Arc<watch::Sender<bool>>,
     metrics: Arc<Metrics>,
 }
@@ -283,14 +285,19 @@ pub struct ExportHandle {
 impl ExportHandle {
     /// Spans waiting in the queue now.
     pub fn queued(&self) -> usize {
-        self.queue.max_capacity() - self.queue.capacity()
+        self.queue.queued()
     }
 
     /// Queues a span for export without blocking. If the queue is full, or the exporter has
     /// ended, the span is dropped and counted in `spans_dropped_queue_full`.
     pub fn send(&self, span: Span) {
-        if self.queue.try_send(span).is_err() {
-            Metrics::inc(&self.metrics.spans_dropped_queue_full);
+        self.send_batch(vec![span]);
+    }
+
+    /// Queues spans for export without blocking, as [`send`](Self::send) does.
+    pub fn send_batch(&self, spans: Vec<Span>) {
+        if let Err(dropped) = self.queue.try_send(spans) {
+            Metrics::add(&self.metrics.spans_dropped_queue_full, dropped.len() as u64);
         }
     }
 
@@ -298,6 +305,42 @@ impl ExportHandle {
     /// afterwards are dropped. Await the task's `JoinHandle` to wait for the flush.
     pub fn shutdown(&self) {
         self.shutdown.send_replace(true);
+    }
+}
+
+/// The exporter as a sink: its handle and its task.
+pub struct OtlpSink {
+    handle: ExportHandle,
+    task: JoinHandle<()>,
+}
+
+impl OtlpSink {
+    /// Starts the exporter task (see [`spawn`]).
+    pub fn start(config: OtlpConfig, metrics: Arc<Metrics>) -> Result<OtlpSink, ExportError> {
+        let (handle, task) = spawn(config, metrics)?;
+        Ok(OtlpSink { handle, task })
+    }
+}
+
+impl Sink for OtlpSink {
+    fn send(&mut self, spans: Vec<Span>) {
+        self.handle.send_batch(spans);
+    }
+
+    fn queued(&self) -> (&'static str, usize) {
+        ("export_queue_spans", self.handle.queued())
+    }
+
+    /// Asks the task to flush, and waits for it at most 10 s.
+    fn finish(self: Box<Self>) -> Finishing {
+        let OtlpSink { handle, task } = *self;
+        handle.shutdown();
+        drop(handle);
+        Box::pin(async move {
+            if tokio::time::timeout(Duration::from_secs(10), task).await.is_err() {
+                warn!("OTLP export did not finish flushing within 10 s; pending spans dropped");
+            }
+        })
     }
 }
 
@@ -317,9 +360,9 @@ pub fn spawn(config: OtlpConfig, metrics: Arc<Metrics>) -> Result<(ExportHandle,
         let _guard = runtime.enter();
         Transport::new(&config)?
     };
-    let (queue, rx) = mpsc::channel(config.queue_spans);
+    let (queue, rx) = queue::bounded(config.queue_spans);
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let handle = ExportHandle { queue, shutdown: Arc::new(shutdown), metrics: Arc::clone(&metrics) };
+    let handle = ExportHandle { queue: Arc::new(queue), shutdown: Arc::new(shutdown), metrics: Arc::clone(&metrics) };
     let exporter = Exporter {
         url: config.traces_url(),
         protocol: config.protocol,
@@ -347,22 +390,20 @@ struct Exporter {
 }
 
 impl Exporter {
-    async fn run(mut self, mut rx: mpsc::Receiver<Span>) {
+    async fn run(mut self, mut rx: queue::Receiver) {
         let mut batch: Vec<Span> = Vec::with_capacity(self.batch_capacity());
         let mut flush_at: Option<Instant> = None;
         loop {
             tokio::select! {
                 biased;
                 () = self.shutdown.requested() => break,
-                span = rx.recv() => match span {
-                    Some(span) => {
+                spans = rx.recv() => match spans {
+                    Some(spans) => {
                         if batch.is_empty() {
                             flush_at = Some(Instant::now() + self.batch_timeout);
                         }
-                        batch.push(span);
-                        if batch.len() >= self.batch_spans {
-                            self.export(&mut batch).await;
-                            flush_at = None;
+                        if self.take(&mut batch, spans).await {
+                            flush_at = (!batch.is_empty()).then(|| Instant::now() + self.batch_timeout);
                         }
                     }
                     None => break,
@@ -377,15 +418,26 @@ impl Exporter {
         // period ends; `export` gives up on whatever is left once it has.
         self.shutdown.begin();
         rx.close();
-        while let Ok(span) = rx.try_recv() {
-            batch.push(span);
-            if batch.len() >= self.batch_spans {
-                self.export(&mut batch).await;
-            }
+        while let queue::Received::Batch(spans) = rx.try_recv() {
+            self.take(&mut batch, spans).await;
         }
         self.export(&mut batch).await;
         self.failures.flush();
         debug!(url = %self.url, "OTLP exporter stopped");
+    }
+
+    /// Adds `spans` to `batch`, exporting each full batch; true if it exported one (what is left
+    /// in `batch` then started after the last export).
+    async fn take(&mut self, batch: &mut Vec<Span>, spans: Vec<Span>) -> bool {
+        let mut exported = false;
+        for span in spans {
+            batch.push(span);
+            if batch.len() >= self.batch_spans {
+                self.export(batch).await;
+                exported = true;
+            }
+        }
+        exported
     }
 
     /// Capacity reserved for a batch (a huge `batch_spans` grows the vector as spans come).

@@ -45,13 +45,31 @@
 //! What it deliberately does not do: decode values (row contents, `COPY` data; `Bind`
 //! parameters unless asked), keep more than [`MAX_SQL_BYTES`] of a query, follow a connection after it switched to
 //! TLS (the TLS plaintext, once captured, is fed to a new parser), or protocol 2.
+//!
+//! # This folder
+//!
+//! `mod.rs`: the parser and its exchange; `framing.rs`: where messages start (detection, finding
+//! the framing again); `message.rs`: message bodies (bound values, command
+//! tags, errors); `span.rs`: the span rules with `sql.rs` (literal-free SQL, operation and
+//! table); `tests.rs` and `testdata/`: the parser's tests on recorded sessions.
+
+mod framing;
+mod message;
+pub mod span;
+pub mod sql;
+
 
 use std::{
     collections::{HashMap, VecDeque},
     sync::Arc,
 };
 
-use super::{Chunk, Direction, Gap, Side};
+pub use framing::{looks_like_frontend_message, looks_like_startup};
+use framing::resync_offset;
+use message::*;
+
+use super::{Boxed, Chunk, Direction, Endpoints, Gap, Options, Parser, Side, StreamParser};
+use crate::spans::{clock::Clock, Resource, Span};
 
 /// Longest query text kept, in bytes; longer queries are cut.
 pub const MAX_SQL_BYTES: usize = 4096;
@@ -364,11 +382,6 @@ impl PgParser {
         self
     }
 
-    /// Which end of the connection the traced process is.
-    pub fn side(&self) -> Side {
-        self.side
-    }
-
     /// The connection switched to TLS or GSSAPI encryption: every later byte is ciphertext.
     pub fn encrypted(&self) -> bool {
         self.encrypted
@@ -384,150 +397,6 @@ impl PgParser {
             (Side::Client, Direction::Egress) | (Side::Server, Direction::Ingress) => Stream::Frontend,
             _ => Stream::Backend,
         }
-    }
-
-    /// Bytes moved in one direction.
-    pub fn on_chunk(&mut self, chunk: &Chunk<'_>, out: &mut Vec<PgExchange>) -> Result<(), PgParseError> {
-        if self.encrypted {
-            return Ok(());
-        }
-        let stream = self.stream_of(chunk.direction);
-        let mut bytes = chunk.bytes;
-        let mut result = Ok(());
-        if matches!(self.reader(stream).framing, Framing::Lost) {
-            match resync_offset(stream, bytes) {
-                Some(at) => {
-                    bytes = &bytes[at..];
-                    self.reader_mut(stream).framing = Framing::Header { buf: [0; 5], have: 0 };
-                    if stream == Stream::Backend {
-                        self.resync_pairing();
-                    }
-                }
-                None => return Ok(()),
-            }
-        }
-        while !bytes.is_empty() && !self.encrypted {
-            let reader = self.reader_mut(stream);
-            let need = reader.header_len();
-            match &mut reader.framing {
-                Framing::Lost => break,
-                Framing::EncryptionAnswer => {
-                    let answer = bytes[0];
-                    bytes = &bytes[1..];
-                    reader.framing = Framing::Header { buf: [0; 5], have: 0 };
-                    match answer {
-                        b'N' => {}
-                        b'S' | b'G' => self.encrypted = true,
-                        // An old server answering with an error: take it as a message.
-                        b'E' => {
-                            reader.framing = Framing::Header { buf: [b'E', 0, 0, 0, 0], have: 1 };
-                        }
-                        other => {
-                            reader.framing = Framing::Lost;
-                            result = Err(PgParseError::Malformed(other));
-                        }
-                    }
-                }
-                Framing::Header { buf, have } => {
-                    let take = usize::from(need - *have).min(bytes.len());
-                    buf[usize::from(*have)..usize::from(*have) + take].copy_from_slice(&bytes[..take]);
-                    *have += take as u8;
-                    bytes = &bytes[take..];
-                    if *have < need {
-                        break;
-                    }
-                    let (typ, len) = if need == 4 {
-                        (0, u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]))
-                    } else {
-                        (buf[0], u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]))
-                    };
-                    let sane = if typ == 0 {
-                        (8..=MAX_STARTUP_LEN).contains(&len)
-                    } else {
-                        (4..=MAX_SANE_LEN).contains(&len)
-                            && match stream {
-                                Stream::Frontend => FRONTEND_TYPES.contains(&typ),
-                                Stream::Backend => BACKEND_TYPES.contains(&typ),
-                            }
-                    };
-                    if !sane {
-                        reader.framing = Framing::Lost;
-                        result = Err(PgParseError::Malformed(typ));
-                        self.lost_framing(stream);
-                        break;
-                    }
-                    reader.untyped_next = false;
-                    let keep = reader.keeps(typ);
-                    reader.body.clear();
-                    reader.framing = Framing::Body { typ, remaining: len - 4, keep, lost: false };
-                    if len == 4 {
-                        self.finish_message(stream, chunk, out);
-                    }
-                }
-                Framing::Body { remaining, keep, lost, .. } => {
-                    let take = (*remaining as usize).min(bytes.len());
-                    // After a gap the kept prefix stays a prefix: bytes past the gap are not kept.
-                    if *keep && !*lost {
-                        let room = MAX_KEPT_BODY.saturating_sub(reader.body.len()).min(take);
-                        reader.body.extend_from_slice(&bytes[..room]);
-                    }
-                    *remaining -= take as u32;
-                    bytes = &bytes[take..];
-                    if *remaining == 0 {
-                        self.finish_message(stream, chunk, out);
-                    }
-                }
-            }
-        }
-        result
-    }
-
-    /// Bytes moved in one direction but not captured.
-    pub fn on_gap(&mut self, gap: &Gap, out: &mut Vec<PgExchange>) -> Result<(), PgParseError> {
-        if self.encrypted || gap.len == 0 {
-            return Ok(());
-        }
-        let stream = self.stream_of(gap.direction);
-        let reader = self.reader_mut(stream);
-        match &mut reader.framing {
-            Framing::Lost => Ok(()),
-            Framing::Body { remaining, lost, .. } if u64::from(*remaining) >= gap.len => {
-                *remaining -= gap.len as u32;
-                *lost = true;
-                if *remaining == 0 {
-                    // The message ends with the gap: it is parsed from what was kept.
-                    let at_gap = Chunk { direction: gap.direction, ts_ns: gap.ts_ns, tid: 0, bytes: &[] };
-                    self.finish_message(stream, &at_gap, out);
-                }
-                Ok(())
-            }
-            framing => {
-                // A `Query` or `Parse` longer than the capture (SQL of many KiB) is cut by the
-                // gap, which also hides what follows it: the message is taken from its kept
-                // prefix (its SQL cut), then framing is sought again.
-                let cut = match framing {
-                    Framing::Body { typ: typ @ (b'Q' | b'P'), .. } if stream == Stream::Frontend => Some(*typ),
-                    _ => None,
-                };
-                reader.framing = Framing::Lost;
-                self.lost_framing(stream);
-                if let Some(typ) = cut {
-                    let reader = self.reader_mut(stream);
-                    reader.framing = Framing::Body { typ, remaining: 0, keep: true, lost: true };
-                    let at_gap = Chunk { direction: gap.direction, ts_ns: gap.ts_ns, tid: 0, bytes: &[] };
-                    self.finish_message(stream, &at_gap, out);
-                    self.reader_mut(stream).framing = Framing::Lost;
-                }
-                Err(PgParseError::GapInFraming)
-            }
-        }
-    }
-
-    /// The connection closed: statements still waiting for an answer are dropped and counted.
-    pub fn on_close(&mut self, _ts_ns: u64, _out: &mut Vec<PgExchange>) -> usize {
-        let n = self.pending.len();
-        self.pending.clear();
-        n
     }
 
     fn reader(&self, stream: Stream) -> &Reader {
@@ -848,288 +717,199 @@ impl Pending {
     }
 }
 
-/// The values of a `Bind` body after its portal and statement names: format codes, then each
-/// value as an `i32` length (-1 = NULL) and its bytes. A body cut by the capture gives the values
-/// it holds whole, then the cut one as far as it goes.
-fn bind_parameters(body: &[u8], types: Option<&[u32]>) -> PgParameters {
-    let mut values = Vec::new();
-    let mut r = BodyReader(body);
-    let Some(nformats) = r.u16() else { return values.into() };
-    let mut formats = Vec::with_capacity(usize::from(nformats).min(MAX_PARAMETERS));
-    for _ in 0..nformats {
-        match r.u16() {
-            Some(f) if formats.len() < MAX_PARAMETERS => formats.push(f),
-            Some(_) => {}
-            None => return values.into(),
+/// PostgreSQL protocol v3, in the [`REGISTRY`](super::REGISTRY). After HTTP: a client message
+/// is binary and never a request line.
+pub struct Postgres;
+
+impl super::Protocol for Postgres {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn detect(&self, chunk: &Chunk<'_>) -> Option<Side> {
+        (looks_like_startup(chunk.bytes) || looks_like_frontend_message(chunk.bytes))
+            .then(|| Side::sending_requests(chunk.direction))
+    }
+
+    fn parser(&self, side: Side, first: &[u8], options: &Options) -> Box<dyn StreamParser> {
+        let parser = PgParser::new(side, looks_like_startup(first)).keep_parameters(options.db_query_parameters);
+        Boxed::stream(self.name(), parser)
+    }
+}
+
+impl Parser for PgParser {
+    type Exchange = PgExchange;
+    type Error = PgParseError;
+
+    /// Which end of the connection the traced process is.
+    fn side(&self) -> Side {
+        self.side
+    }
+
+    /// Bytes moved in one direction.
+    fn on_chunk(&mut self, chunk: &Chunk<'_>, out: &mut Vec<PgExchange>) -> Result<(), PgParseError> {
+        if self.encrypted {
+            return Ok(());
         }
-    }
-    let Some(nparams) = r.u16() else { return values.into() };
-    for i in 0..usize::from(nparams).min(MAX_PARAMETERS) {
-        let Some(len) = r.i32() else { break };
-        let binary = match formats.len() {
-            0 => false,
-            1 => formats[0] == 1,
-            _ => formats.get(i) == Some(&1),
-        };
-        if len < 0 {
-            values.push(None);
-            continue;
-        }
-        let bytes = r.take(len as usize);
-        let cut = bytes.len() < len as usize || bytes.len() > MAX_PARAMETER_BYTES;
-        let bytes = &bytes[..bytes.len().min(MAX_PARAMETER_BYTES)];
-        let decoded = match (binary, cut) {
-            (true, false) => types.and_then(|t| t.get(i)).and_then(|&oid| decode_binary(oid, bytes)),
-            _ => None,
-        };
-        let mut value = if let Some(v) = decoded {
-            v
-        } else if binary {
-            let mut v = String::with_capacity(2 + 2 * bytes.len());
-            v.push_str("\\x");
-            v.push_str(&crate::spans::hex(bytes));
-            v
-        } else {
-            truncate_lossy(bytes, MAX_PARAMETER_BYTES)
-        };
-        if cut {
-            value.push('…');
-        }
-        values.push(Some(value));
-    }
-    values.into()
-}
-
-/// Parameter type OIDs: an `i16` count then that many `u32` (a `Parse` body after its SQL, or a
-/// `ParameterDescription`). `None` when none is given or the list is cut.
-fn type_oids(body: &[u8]) -> Option<Arc<[u32]>> {
-    let mut r = BodyReader(body);
-    let n = usize::from(r.u16()?).min(MAX_PARAMETERS);
-    let oids: Vec<u32> = (0..n).map_while(|_| r.i32().map(|v| v as u32)).collect();
-    (oids.len() == n && oids.iter().any(|&o| o != 0)).then(|| oids.into())
-}
-
-/// A binary-format value of a common built-in type, as PostgreSQL would print it.
-fn decode_binary(oid: u32, b: &[u8]) -> Option<String> {
-    const BOOL: u32 = 16;
-    const NAME: u32 = 19;
-    const INT8: u32 = 20;
-    const INT2: u32 = 21;
-    const INT4: u32 = 23;
-    const TEXT: u32 = 25;
-    const OID: u32 = 26;
-    const FLOAT4: u32 = 700;
-    const FLOAT8: u32 = 701;
-    const BPCHAR: u32 = 1042;
-    const VARCHAR: u32 = 1043;
-    const UUID: u32 = 2950;
-    Some(match (oid, b.len()) {
-        (BOOL, 1) => if b[0] != 0 { "t" } else { "f" }.to_owned(),
-        (INT2, 2) => i16::from_be_bytes(b.try_into().ok()?).to_string(),
-        (INT4, 4) => i32::from_be_bytes(b.try_into().ok()?).to_string(),
-        (OID, 4) => u32::from_be_bytes(b.try_into().ok()?).to_string(),
-        (INT8, 8) => i64::from_be_bytes(b.try_into().ok()?).to_string(),
-        (FLOAT4, 4) => f32::from_be_bytes(b.try_into().ok()?).to_string(),
-        (FLOAT8, 8) => f64::from_be_bytes(b.try_into().ok()?).to_string(),
-        (TEXT | NAME | BPCHAR | VARCHAR, _) => String::from_utf8_lossy(b).into_owned(),
-        (UUID, 16) => {
-            let h = crate::spans::hex(b);
-            format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
-        }
-        _ => return None,
-    })
-}
-
-/// Big-endian fields of a message body, front to back; reads past the end give `None`.
-struct BodyReader<'a>(&'a [u8]);
-
-impl<'a> BodyReader<'a> {
-    fn u16(&mut self) -> Option<u16> {
-        let (v, rest) = self.0.split_first_chunk::<2>()?;
-        self.0 = rest;
-        Some(u16::from_be_bytes(*v))
-    }
-
-    fn i32(&mut self) -> Option<i32> {
-        let (v, rest) = self.0.split_first_chunk::<4>()?;
-        self.0 = rest;
-        Some(i32::from_be_bytes(*v))
-    }
-
-    /// Up to `n` bytes (fewer when the body ends first).
-    fn take(&mut self, n: usize) -> &'a [u8] {
-        let (v, rest) = self.0.split_at(n.min(self.0.len()));
-        self.0 = rest;
-        v
-    }
-}
-
-/// A `CommandComplete` tag: `SELECT 5`, `INSERT 0 1`, `UPDATE 3`, `CREATE TABLE`, ...
-struct CommandTag {
-    command: String,
-    rows: Option<u64>,
-}
-
-impl CommandTag {
-    fn parse(tag: &[u8]) -> CommandTag {
-        let tag = String::from_utf8_lossy(&tag[..tag.len().min(64)]);
-        let words: Vec<&str> = tag.split_ascii_whitespace().collect();
-        let counted = matches!(
-            words.first().copied(),
-            Some("SELECT" | "INSERT" | "UPDATE" | "DELETE" | "MERGE" | "FETCH" | "MOVE" | "COPY")
-        );
-        let rows = if counted { words.last().and_then(|w| w.parse().ok()) } else { None };
-        let command = if counted {
-            words.first().copied().unwrap_or_default().to_owned()
-        } else {
-            words.join(" ")
-        };
-        CommandTag { command, rows }
-    }
-}
-
-fn parse_error(body: &[u8]) -> PgError {
-    let mut error = PgError { code: String::new(), severity: String::new(), message: String::new() };
-    let mut rest = body;
-    while let Some((&field, after)) = rest.split_first() {
-        if field == 0 {
-            break;
-        }
-        let (value, after) = cstr(after);
-        rest = after;
-        match field {
-            b'C' => error.code = truncate_lossy(value, 8),
-            b'V' => error.severity = truncate_lossy(value, 16),
-            b'S' if error.severity.is_empty() => error.severity = truncate_lossy(value, 16),
-            b'M' => error.message = truncate_lossy(value, MAX_ERROR_MESSAGE),
-            _ => {}
-        }
-    }
-    error
-}
-
-/// A NUL-terminated string and what follows it; without a NUL, all of `bytes` (a cut message).
-fn cstr(bytes: &[u8]) -> (&[u8], &[u8]) {
-    match bytes.iter().position(|&b| b == 0) {
-        Some(i) => (&bytes[..i], &bytes[i + 1..]),
-        None => (bytes, &[]),
-    }
-}
-
-fn truncate_lossy(bytes: &[u8], max: usize) -> String {
-    let s = String::from_utf8_lossy(&bytes[..bytes.len().min(max)]);
-    s.into_owned()
-}
-
-fn sql_text(bytes: &[u8]) -> Arc<str> {
-    Arc::from(truncate_lossy(bytes, MAX_SQL_BYTES))
-}
-
-fn name_text(bytes: &[u8]) -> Arc<str> {
-    Arc::from(truncate_lossy(bytes, 256))
-}
-
-/// Where, in a chunk seen after framing was lost, messages can be read again.
-///
-/// Client: the chunk starts with a plausible message (clients write whole messages), or ends with
-/// a well-formed run of messages ending with `Sync`. Server: the chunk ends with a well-formed run
-/// of messages ending with `ReadyForQuery`. Of such runs, the one starting earliest within the
-/// last [`RESYNC_WINDOW`] bytes is taken.
-fn resync_offset(stream: Stream, bytes: &[u8]) -> Option<usize> {
-    let n = bytes.len();
-    match stream {
-        Stream::Frontend if looks_like_frontend_message(bytes) => Some(0),
-        // The tail of a write of a long Parse/Bind/Execute/Sync pipeline.
-        Stream::Frontend => {
-            if n < 5 || bytes[n - 5..] != *b"S\0\0\0\x04" {
-                return None;
+        let stream = self.stream_of(chunk.direction);
+        let mut bytes = chunk.bytes;
+        let mut result = Ok(());
+        if matches!(self.reader(stream).framing, Framing::Lost) {
+            match resync_offset(stream, bytes) {
+                Some(at) => {
+                    bytes = &bytes[at..];
+                    self.reader_mut(stream).framing = Framing::Header { buf: [0; 5], have: 0 };
+                    if stream == Stream::Backend {
+                        self.resync_pairing();
+                    }
+                }
+                None => return Ok(()),
             }
-            (n.saturating_sub(RESYNC_WINDOW)..n - 5).find(|&i| runs_to_end(&bytes[i..], FRONTEND_TYPES))
         }
-        Stream::Backend => {
-            if n < 6 || bytes[n - 6] != b'Z' || bytes[n - 5..n - 1] != [0, 0, 0, 5] {
-                return None;
+        while !bytes.is_empty() && !self.encrypted {
+            let reader = self.reader_mut(stream);
+            let need = reader.header_len();
+            match &mut reader.framing {
+                Framing::Lost => break,
+                Framing::EncryptionAnswer => {
+                    let answer = bytes[0];
+                    bytes = &bytes[1..];
+                    reader.framing = Framing::Header { buf: [0; 5], have: 0 };
+                    match answer {
+                        b'N' => {}
+                        b'S' | b'G' => self.encrypted = true,
+                        // An old server answering with an error: take it as a message.
+                        b'E' => {
+                            reader.framing = Framing::Header { buf: [b'E', 0, 0, 0, 0], have: 1 };
+                        }
+                        other => {
+                            reader.framing = Framing::Lost;
+                            result = Err(PgParseError::Malformed(other));
+                        }
+                    }
+                }
+                Framing::Header { buf, have } => {
+                    let take = usize::from(need - *have).min(bytes.len());
+                    buf[usize::from(*have)..usize::from(*have) + take].copy_from_slice(&bytes[..take]);
+                    *have += take as u8;
+                    bytes = &bytes[take..];
+                    if *have < need {
+                        break;
+                    }
+                    let (typ, len) = if need == 4 {
+                        (0, u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]))
+                    } else {
+                        (buf[0], u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]))
+                    };
+                    let sane = if typ == 0 {
+                        (8..=MAX_STARTUP_LEN).contains(&len)
+                    } else {
+                        (4..=MAX_SANE_LEN).contains(&len)
+                            && match stream {
+                                Stream::Frontend => FRONTEND_TYPES.contains(&typ),
+                                Stream::Backend => BACKEND_TYPES.contains(&typ),
+                            }
+                    };
+                    if !sane {
+                        reader.framing = Framing::Lost;
+                        result = Err(PgParseError::Malformed(typ));
+                        self.lost_framing(stream);
+                        break;
+                    }
+                    reader.untyped_next = false;
+                    let keep = reader.keeps(typ);
+                    reader.body.clear();
+                    reader.framing = Framing::Body { typ, remaining: len - 4, keep, lost: false };
+                    if len == 4 {
+                        self.finish_message(stream, chunk, out);
+                    }
+                }
+                Framing::Body { remaining, keep, lost, .. } => {
+                    let take = (*remaining as usize).min(bytes.len());
+                    // After a gap the kept prefix stays a prefix: bytes past the gap are not kept.
+                    if *keep && !*lost {
+                        let room = MAX_KEPT_BODY.saturating_sub(reader.body.len()).min(take);
+                        reader.body.extend_from_slice(&bytes[..room]);
+                    }
+                    *remaining -= take as u32;
+                    bytes = &bytes[take..];
+                    if *remaining == 0 {
+                        self.finish_message(stream, chunk, out);
+                    }
+                }
             }
-            (n.saturating_sub(RESYNC_WINDOW)..n - 5).find(|&i| runs_to_end(&bytes[i..], BACKEND_TYPES))
         }
+        result
+    }
+
+    /// Bytes moved in one direction but not captured.
+    fn on_gap(&mut self, gap: &Gap, out: &mut Vec<PgExchange>) -> Result<(), PgParseError> {
+        if self.encrypted || gap.len == 0 {
+            return Ok(());
+        }
+        let stream = self.stream_of(gap.direction);
+        let reader = self.reader_mut(stream);
+        match &mut reader.framing {
+            Framing::Lost => Ok(()),
+            Framing::Body { remaining, lost, .. } if u64::from(*remaining) >= gap.len => {
+                *remaining -= gap.len as u32;
+                *lost = true;
+                if *remaining == 0 {
+                    // The message ends with the gap: it is parsed from what was kept.
+                    let at_gap = Chunk { direction: gap.direction, ts_ns: gap.ts_ns, tid: 0, bytes: &[] };
+                    self.finish_message(stream, &at_gap, out);
+                }
+                Ok(())
+            }
+            framing => {
+                // A `Query` or `Parse` longer than the capture (SQL of many KiB) is cut by the
+                // gap, which also hides what follows it: the message is taken from its kept
+                // prefix (its SQL cut), then framing is sought again.
+                let cut = match framing {
+                    Framing::Body { typ: typ @ (b'Q' | b'P'), .. } if stream == Stream::Frontend => Some(*typ),
+                    _ => None,
+                };
+                reader.framing = Framing::Lost;
+                self.lost_framing(stream);
+                if let Some(typ) = cut {
+                    let reader = self.reader_mut(stream);
+                    reader.framing = Framing::Body { typ, remaining: 0, keep: true, lost: true };
+                    let at_gap = Chunk { direction: gap.direction, ts_ns: gap.ts_ns, tid: 0, bytes: &[] };
+                    self.finish_message(stream, &at_gap, out);
+                    self.reader_mut(stream).framing = Framing::Lost;
+                }
+                Err(PgParseError::GapInFraming)
+            }
+        }
+    }
+
+    /// The connection closed: statements still waiting for an answer are dropped and counted.
+    fn on_close(&mut self, _ts_ns: u64, _out: &mut Vec<PgExchange>) -> usize {
+        let n = self.pending.len();
+        self.pending.clear();
+        n
+    }
+
+    fn stopped(&self) -> bool {
+        self.encrypted
     }
 }
 
-/// Whether `bytes` is exactly a sequence of whole messages of these types.
-fn runs_to_end(mut bytes: &[u8], types: &[u8]) -> bool {
-    while !bytes.is_empty() {
-        if bytes.len() < 5 || !types.contains(&bytes[0]) {
-            return false;
-        }
-        let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
-        if len < 4 || len + 1 > bytes.len() {
-            return false;
-        }
-        bytes = &bytes[len + 1..];
+impl super::Exchange for PgExchange {
+    fn side(&self) -> Side {
+        self.side
     }
-    true
-}
 
-/// Whether the first bytes of a stream are a startup packet: a protocol 3 `StartupMessage` with
-/// a parameter name first, an `SSLRequest`, a `GSSENCRequest` or a `CancelRequest`, each sent as
-/// one write.
-pub fn looks_like_startup(bytes: &[u8]) -> bool {
-    if bytes.len() < 8 {
-        return false;
+    fn request_start_ns(&self) -> u64 {
+        self.request_start_ns
     }
-    let len = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-    let code = u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
-    match code {
-        SSL_REQUEST | GSSENC_REQUEST => len == 8 && bytes.len() == 8,
-        CANCEL_REQUEST => len == 16 && bytes.len() == 16,
-        PROTOCOL_3 => {
-            if !(9..=MAX_STARTUP_LEN).contains(&len) || bytes.len() > len as usize {
-                return false;
-            }
-            // A parameter name, NUL-terminated: lower-case letters and `_`.
-            let params = &bytes[8..];
-            let (name, _) = cstr(params);
-            name.len() < params.len()
-                && (1..=64).contains(&name.len())
-                && name.iter().all(|b| b.is_ascii_lowercase() || *b == b'_')
-        }
-        _ => false,
-    }
-}
 
-/// Whether a chunk starts with a client message that a connection already past its startup
-/// sends to begin a request: a `Query` or a `Parse` with a plausible length and text, or a `Bind`
-/// whose names are text (a prepared statement executed again). Used to pick up connections opened
-/// before ztrace started; the HTTP checks run first. Text protocols never match: any printable
-/// bytes after the type byte make a length above the 64 MiB accepted here.
-pub fn looks_like_frontend_message(bytes: &[u8]) -> bool {
-    if bytes.len() < 6 {
-        return false;
+    fn to_span(&self, endpoints: &Endpoints, resource: &Arc<Resource>, clock: &Clock) -> Span {
+        span::postgres_span(self, endpoints, resource, clock)
     }
-    let typ = bytes[0];
-    let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
-    if !(6..=(64 << 20)).contains(&len) {
-        return false;
-    }
-    let whole = bytes.len() > len;
-    let body = &bytes[5..bytes.len().min(len + 1)];
-    let text = |s: &[u8]| s.iter().all(|&b| b >= 0x20 || b == b'\n' || b == b'\r' || b == b'\t');
-    match typ {
-        b'Q' => {
-            let (sql, _) = cstr(body);
-            let shape_ok = if whole { sql.len() + 1 == body.len() } else { sql.len() == body.len() };
-            !sql.is_empty() && shape_ok && text(sql)
-        }
-        b'P' | b'B' => {
-            let (name, rest) = cstr(body);
-            if name.len() == body.len() || name.len() > 256 || !text(name) {
-                return false;
-            }
-            let (second, _) = cstr(rest);
-            let terminated = second.len() < rest.len();
-            (terminated || !whole) && text(second) && (typ == b'B' || !second.is_empty())
-        }
-        _ => false,
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }
 

@@ -8,7 +8,14 @@
 //! by its pointer to the table. Without it, each address gives only its physical function.
 //! Parsing never panics: every read is bounds-checked and a bad table is an error.
 
-use super::module::SourceFrame;
+
+/// A frame of source code at one address (see [`PcLnTable::source_frames`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PcFrame {
+    pub function: Option<String>,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+}
 
 /// Why a table could not be read.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -243,7 +250,7 @@ impl PcLnTable {
     }
 
     /// Source frames at `addr`, innermost (inlined) first; empty when no function holds it.
-    pub fn source_frames(&self, addr: u64) -> Vec<SourceFrame> {
+    pub fn source_frames(&self, addr: u64) -> Vec<PcFrame> {
         let Some((entry, func)) = self.find(addr) else { return Vec::new() };
         let mut out = Vec::new();
         let mut pc = addr;
@@ -251,12 +258,12 @@ impl PcLnTable {
             let (file, line) = self.file_line(func, entry, pc);
             match self.inline_index(func, entry, pc).and_then(|ix| self.inlined_call(func, ix)) {
                 Some((nameoff, parent_pc)) => {
-                    out.push(SourceFrame { function: self.name(nameoff), file, line });
+                    out.push(PcFrame { function: self.name(nameoff), file, line });
                     pc = entry + u64::from(parent_pc);
                 }
                 None => {
                     let function = self.func_field(func, 1).and_then(|n| self.name(n));
-                    out.push(SourceFrame { function, file, line });
+                    out.push(PcFrame { function, file, line });
                     break;
                 }
             }

@@ -1,7 +1,7 @@
 //! The `--print` sink: one line per span on stdout, as readable text or as JSON.
 //!
 //! JSON lines follow the contract in DESIGN.md (`--print=json`, also the viewer API's span
-//! object): see [`span_to_json`]. Text lines are for people and may change; they look like
+//! object): the one encoding in `spans::json`. Text lines are for people and may change; they look like
 //!
 //! ```text
 //! server  orders  GET /orders/{id}  200  1.23ms  trace=4bf92f3577b34da6a3ce929d0e0e4736 span=00f067aa0ba902b7 parent=-  pid=42 http.request.method=GET url.path=/orders/7 ztrace.link=none
@@ -10,16 +10,25 @@
 //! kind, service, span name, outcome (the HTTP or database status code when there is one, else
 //! `ok`/`error`/`-`; an error span shows its message), duration, ids, then the resource's pid and
 //! the span's attributes (`code.stacktrace` left out, long values cut, controls escaped) — always on
-//! one line. The printer does no queueing: the caller runs it where blocking on stdout is fine.
+//! one line. [`Printer`] writes; [`PrintSink`] runs it on a thread of its own behind the sinks'
+//! bounded queue, so a slow terminal or pipe never blocks capture.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{self, BufWriter, Write};
 use std::sync::Arc;
 
-use serde::ser::{Serialize, SerializeMap, Serializer};
+use super::{
+    queue::{Received, Worker},
+    Finishing, Sink,
+};
+use crate::metrics::Metrics;
 
-use crate::spans::{hex, AttrValue, Resource, Span, StatusCode};
+use crate::spans::{
+    hex,
+    json::{resource_attributes, SpanObject},
+    AttrValue, Resource, Span, StatusCode,
+};
 
 /// Output format of `--print`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -44,79 +53,12 @@ impl std::str::FromStr for PrintFormat {
     }
 }
 
-/// The DESIGN.md JSON span object: `trace_id`, `span_id`, `parent_span_id` (or `null`), `name`,
-/// `kind`, `service`, `start_unix_nano`, `end_unix_nano`, `status`, `attributes` and `resource`
-/// (key → value; integers as JSON numbers; a non-finite double becomes `null`).
-pub fn span_to_json(span: &Span) -> serde_json::Value {
-    serde_json::to_value(JsonSpan(span, true)).unwrap_or(serde_json::Value::Null)
+/// Attributes shown in the outcome column rather than in the attribute list: a protocol's status
+/// code (`http.response.status_code`, `db.response.status_code`, ...), whatever the protocol.
+fn is_status_code(key: &str) -> bool {
+    key.ends_with(".status_code")
 }
 
-/// The JSON object, serialised in the documented key order; both [`span_to_json`] and the
-/// printer go through it, so there is one definition of the shape. Without its resource (`false`)
-/// it is every key but the last: the printer appends the resource, serialised once per process.
-struct JsonSpan<'a>(&'a Span, bool);
-
-impl Serialize for JsonSpan<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let span = self.0;
-        let mut map = serializer.serialize_map(Some(if self.1 { 11 } else { 10 }))?;
-        map.serialize_entry("trace_id", &hex(&span.trace_id))?;
-        map.serialize_entry("span_id", &hex(&span.span_id))?;
-        map.serialize_entry("parent_span_id", &span.parent_span_id.map(|p| hex(&p)))?;
-        map.serialize_entry("name", &span.name)?;
-        map.serialize_entry("kind", span.kind.as_str())?;
-        map.serialize_entry("service", &span.resource.service_name)?;
-        map.serialize_entry("start_unix_nano", &span.start_unix_nano)?;
-        map.serialize_entry("end_unix_nano", &span.end_unix_nano)?;
-        map.serialize_entry("status", span.status.as_str())?;
-        map.serialize_entry("attributes", &Attrs(span.attributes.iter().map(|a| (a.key, &a.value))))?;
-        if self.1 {
-            map.serialize_entry("resource", &JsonResource(&span.resource))?;
-        }
-        map.end()
-    }
-}
-
-struct JsonResource<'a>(&'a Resource);
-
-impl Serialize for JsonResource<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        Attrs(self.0.attributes.iter().map(|(k, v)| (k.as_str(), v))).serialize(serializer)
-    }
-}
-
-/// A key → value JSON object from attribute pairs, in their order.
-struct Attrs<I>(I);
-
-impl<'a, I> Serialize for Attrs<I>
-where
-    I: Iterator<Item = (&'a str, &'a AttrValue)> + Clone,
-{
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(None)?;
-        for (key, value) in self.0.clone() {
-            map.serialize_entry(key, &JsonValue(value))?;
-        }
-        map.end()
-    }
-}
-
-struct JsonValue<'a>(&'a AttrValue);
-
-impl Serialize for JsonValue<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self.0 {
-            AttrValue::Str(s) => serializer.serialize_str(s),
-            AttrValue::Int(i) => serializer.serialize_i64(*i),
-            AttrValue::Bool(b) => serializer.serialize_bool(*b),
-            AttrValue::Double(d) if d.is_finite() => serializer.serialize_f64(*d),
-            AttrValue::Double(_) => serializer.serialize_none(),
-        }
-    }
-}
-
-/// Attributes shown in the outcome column rather than in the attribute list.
-const STATUS_CODE_KEYS: [&str; 2] = ["http.response.status_code", "db.response.status_code"];
 /// Attributes left out of text lines (multi-line and long; JSON keeps them).
 const TEXT_SKIPPED_KEYS: [&str; 1] = ["code.stacktrace"];
 /// Longest attribute value shown in a text line, in characters.
@@ -126,7 +68,7 @@ const TEXT_MAX_VALUE: usize = 120;
 pub fn write_text(out: &mut String, span: &Span) {
     let _ =
         write!(out, "{:<8}{}  {}  ", span.kind.as_str(), one_line(&span.resource.service_name), one_line(&span.name));
-    let code = span.attributes.iter().find(|a| STATUS_CODE_KEYS.contains(&a.key)).map(|a| &a.value);
+    let code = span.attributes.iter().find(|a| is_status_code(a.key)).map(|a| &a.value);
     match (code, span.status) {
         (Some(code), StatusCode::Error) => {
             let _ = write!(out, "{} error", text_value(code));
@@ -155,7 +97,7 @@ pub fn write_text(out: &mut String, span: &Span) {
         sep = " ";
     }
     for a in &span.attributes {
-        if STATUS_CODE_KEYS.contains(&a.key) || TEXT_SKIPPED_KEYS.contains(&a.key) {
+        if is_status_code(a.key) || TEXT_SKIPPED_KEYS.contains(&a.key) {
             continue;
         }
         let _ = write!(out, "{sep}{}={}", a.key, text_value(&a.value));
@@ -242,7 +184,7 @@ impl<W: Write> Printer<W> {
             }
             PrintFormat::Json => {
                 self.json.clear();
-                serde_json::to_writer(&mut self.json, &JsonSpan(span, false)).map_err(io::Error::other)?;
+                serde_json::to_writer(&mut self.json, &SpanObject::of(span, false)).map_err(io::Error::other)?;
                 self.json.pop(); // the closing brace: the resource comes last
                 self.json.extend_from_slice(b",\"resource\":");
                 let key = Arc::as_ptr(&span.resource);
@@ -250,7 +192,7 @@ impl<W: Write> Printer<W> {
                     if self.resources.len() >= RESOURCE_CACHE {
                         self.resources.clear();
                     }
-                    let bytes = serde_json::to_vec(&JsonResource(&span.resource)).map_err(io::Error::other)?;
+                    let bytes = serde_json::to_vec(&resource_attributes(&span.resource)).map_err(io::Error::other)?;
                     self.resources.insert(key, (span.resource.clone(), bytes));
                 }
                 if let Some((_, bytes)) = self.resources.get(&key) {
@@ -273,24 +215,60 @@ impl<W: Write> Printer<W> {
     }
 }
 
+/// Spans waiting for the print thread: the memory bound of a slow stdout (about 1 KiB a span).
+/// Beyond it batches are dropped and counted (`spans_dropped_queue_full`).
+const QUEUE_SPANS: usize = 32_768;
+
+/// `--print`: a thread writing spans to stdout, so a slow terminal or pipe never blocks capture.
+pub struct PrintSink(Worker);
+
+impl PrintSink {
+    /// Starts the print thread.
+    pub fn start(format: PrintFormat, metrics: Arc<Metrics>) -> std::io::Result<Self> {
+        let dropped = move |n| Metrics::add(&metrics.spans_dropped_queue_full, n);
+        let worker = Worker::spawn("ztrace-print", QUEUE_SPANS, dropped, move |mut rx| {
+            let mut printer = Printer::new(std::io::stdout().lock(), format);
+            // Print what is queued, flush when the queue is empty: one write per burst.
+            while let Some(batch) = rx.recv_blocking() {
+                let mut result = batch.iter().try_for_each(|s| printer.print(s));
+                while let (Ok(()), Received::Batch(batch)) = (&result, rx.try_recv()) {
+                    result = batch.iter().try_for_each(|s| printer.print(s));
+                }
+                if result.and_then(|()| printer.flush()).is_err() {
+                    break; // stdout closed: nothing more to print
+                }
+            }
+        })?;
+        Ok(PrintSink(worker))
+    }
+}
+
+impl Sink for PrintSink {
+    fn send(&mut self, spans: Vec<Span>) {
+        self.0.send(spans);
+    }
+
+    fn queued(&self) -> (&'static str, usize) {
+        ("print_queue_spans", self.0.queued())
+    }
+
+    fn finish(self: Box<Self>) -> Finishing {
+        self.0.finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::spans::{Attribute, Resource, SpanKind};
+    use crate::spans::{json::span_to_json, testing, Attribute, SpanKind};
 
     fn span() -> Span {
         Span {
             trace_id: [0x4b; 16],
             span_id: [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7],
-            parent_span_id: None,
-            name: "GET /orders/{id}".into(),
             kind: SpanKind::Server,
             start_unix_nano: 1_700_000_000_000_000_000,
             end_unix_nano: 1_700_000_000_001_230_000,
-            status: StatusCode::Unset,
-            status_message: None,
             attributes: vec![
                 Attribute::new("http.request.method", "GET"),
                 Attribute::new("url.path", "/orders/7"),
@@ -299,10 +277,7 @@ mod tests {
                 Attribute { key: "ztrace.ratio", value: AttrValue::Double(0.25) },
                 Attribute::new("code.stacktrace", "main\n  at app.py:3"),
             ],
-            resource: Arc::new(Resource {
-                service_name: "orders".into(),
-                attributes: vec![("service.name".into(), "orders".into()), ("process.pid".into(), AttrValue::Int(42))],
-            }),
+            ..testing::span("GET /orders/{id}", &testing::resource("orders", 42))
         }
     }
 

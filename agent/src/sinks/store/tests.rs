@@ -1,48 +1,29 @@
+//! Tests of the trace store: the DESIGN.md span kept whole, trace summaries, list filters,
+//! services, retention by age and size, damaged or foreign files, the writer thread beside a
+//! reader, and the insert/query benchmark (`cargo xtask bench`).
+
 use std::{
     path::PathBuf,
     sync::{atomic::Ordering, Arc},
     time::Duration,
 };
 
+use ztrace_e2e::TempDir;
+
 use super::*;
-use crate::print::span_to_json;
 use crate::{
     metrics::Metrics,
-    spans::{AttrValue, Attribute, Resource, SpanKind},
+    sinks::Sink,
+    spans::{json::span_to_json, testing, AttrValue, Attribute, Resource, SpanKind},
 };
-
-/// A directory removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("ztrace-store-test-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 const T0: u64 = 1_700_000_000_000_000_000;
 const MS: u64 = 1_000_000;
 
 fn resource(service: &str) -> Arc<Resource> {
-    Arc::new(Resource {
-        service_name: service.into(),
-        attributes: vec![
-            ("service.name".into(), service.into()),
-            ("process.pid".into(), AttrValue::Int(42)),
-            ("host.name".into(), "box".into()),
-        ],
-    })
+    let mut resource = Resource::clone(&testing::resource(service, 42));
+    resource.attributes.push(("host.name".into(), "box".into()));
+    Arc::new(resource)
 }
 
 fn span(trace: u8, id: u8, parent: Option<u8>, service: &str, name: &str, start_ms: u64, dur_ms: u64) -> Span {
@@ -50,14 +31,11 @@ fn span(trace: u8, id: u8, parent: Option<u8>, service: &str, name: &str, start_
         trace_id: [trace; 16],
         span_id: [id; 8],
         parent_span_id: parent.map(|p| [p; 8]),
-        name: name.into(),
         kind: if parent.is_some() { SpanKind::Server } else { SpanKind::Client },
         start_unix_nano: T0 + start_ms * MS,
         end_unix_nano: T0 + (start_ms + dur_ms) * MS,
-        status: StatusCode::Unset,
-        status_message: None,
         attributes: vec![Attribute::new("http.request.method", "GET")],
-        resource: resource(service),
+        ..testing::span(name, &resource(service))
     }
 }
 
@@ -79,8 +57,8 @@ fn every_attribute_type() -> Span {
 
 #[test]
 fn round_trip_gives_back_the_design_json_span() {
-    let dir = TempDir::new();
-    let mut store = Store::open(&dir.0).expect("open");
+    let dir = TempDir::new("store");
+    let mut store = Store::open(dir.path()).expect("open");
     let original = every_attribute_type();
     store.insert(std::slice::from_ref(&original)).expect("insert");
     let spans = store.trace(&hex(&original.trace_id)).expect("query").expect("trace stored");
@@ -97,8 +75,8 @@ fn round_trip_gives_back_the_design_json_span() {
 
 #[test]
 fn summary_follows_the_root_and_counts_spans_in_any_order() {
-    let dir = TempDir::new();
-    let mut store = Store::open(&dir.0).expect("open");
+    let dir = TempDir::new("store");
+    let mut store = Store::open(dir.path()).expect("open");
     // The child arrives first, in its own batch; then the root.
     store.insert(&[span(7, 2, Some(1), "users", "GET /profiles/{id}", 10, 12)]).expect("insert");
     let list = store.list(&TraceQuery::default()).expect("list");
@@ -126,8 +104,8 @@ fn summary_follows_the_root_and_counts_spans_in_any_order() {
 
 #[test]
 fn list_filters() {
-    let dir = TempDir::new();
-    let mut store = Store::open(&dir.0).expect("open");
+    let dir = TempDir::new("store");
+    let mut store = Store::open(dir.path()).expect("open");
     let mut failed = span(3, 30, None, "billing", "POST /pay", 2000, 300);
     failed.status = StatusCode::Error;
     store
@@ -161,8 +139,8 @@ fn list_filters() {
 
 #[test]
 fn services_rates_and_percentiles() {
-    let dir = TempDir::new();
-    let mut store = Store::open(&dir.0).expect("open");
+    let dir = TempDir::new("store");
+    let mut store = Store::open(dir.path()).expect("open");
     let mut spans = Vec::new();
     for i in 0..100u8 {
         let mut s = span(i, 1, Some(9), "orders", "GET /", u64::from(i), u64::from(i) + 1);
@@ -188,8 +166,8 @@ fn services_rates_and_percentiles() {
 
 #[test]
 fn retention_by_age_and_by_size() {
-    let dir = TempDir::new();
-    let mut store = Store::open(&dir.0).expect("open");
+    let dir = TempDir::new("store");
+    let mut store = Store::open(dir.path()).expect("open");
     let mut spans = Vec::new();
     for i in 0..200u16 {
         let mut s = span(0, 1, None, "orders", "GET /", u64::from(i) * 1000, 10);
@@ -224,18 +202,18 @@ fn retention_by_age_and_by_size() {
     store.retain(now + 1_000_000 * MS, Duration::from_secs(1), u64::MAX).expect("retain all");
     assert_eq!(store.size().expect("size").traces, 0);
     assert_eq!(resources(&store), 0, "the resource went with its spans");
-    let file = std::fs::metadata(dir.0.join(DB_FILE)).expect("db file").len();
+    let file = std::fs::metadata(dir.join(DB_FILE)).expect("db file").len();
     assert!(file <= before.bytes, "the file shrank: {file} (used before {})", before.bytes);
 }
 
 #[test]
 fn reopening_keeps_traces() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("store");
     {
-        let mut store = Store::open(&dir.0).expect("open");
+        let mut store = Store::open(dir.path()).expect("open");
         store.insert(&[every_attribute_type()]).expect("insert");
     }
-    let store = Store::open(&dir.0).expect("reopen");
+    let store = Store::open(dir.path()).expect("reopen");
     let list = store.list(&TraceQuery::default()).expect("list");
     assert_eq!(list.len(), 1);
     assert_eq!(list[0].root_name, "GET /orders/{id}");
@@ -244,9 +222,9 @@ fn reopening_keeps_traces() {
 
 #[test]
 fn a_corrupt_file_is_a_clear_error() {
-    let dir = TempDir::new();
-    std::fs::write(dir.0.join(DB_FILE), b"this is not a database, just some bytes".repeat(200)).expect("write");
-    let error = Store::open(&dir.0).err().expect("a corrupt file fails to open");
+    let dir = TempDir::new("store");
+    std::fs::write(dir.join(DB_FILE), b"this is not a database, just some bytes".repeat(200)).expect("write");
+    let error = Store::open(dir.path()).err().expect("a corrupt file fails to open");
     let message = error.to_string();
     assert!(message.contains("cannot open the trace store") && message.contains(DB_FILE), "{message}");
     assert!(message.contains("not a database"), "{message}");
@@ -254,23 +232,23 @@ fn a_corrupt_file_is_a_clear_error() {
 
 #[test]
 fn a_database_of_another_schema_is_refused() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("store");
     {
-        let conn = rusqlite::Connection::open(dir.0.join(DB_FILE)).expect("create");
+        let conn = rusqlite::Connection::open(dir.join(DB_FILE)).expect("create");
         conn.execute_batch("CREATE TABLE spans (trace_id TEXT)").expect("old schema");
     }
-    let error = Store::open(&dir.0).err().expect("another schema is refused");
+    let error = Store::open(dir.path()).err().expect("another schema is refused");
     assert!(error.to_string().contains(&format!("schema version 0, this ztrace uses {SCHEMA_VERSION}")), "{error}");
     // Reopening a current one is fine (and is not re-created).
-    let other = TempDir::new();
-    Store::open(&other.0).expect("new").insert(&[every_attribute_type()]).expect("insert");
-    assert_eq!(Store::open(&other.0).expect("reopen").size().expect("size").spans, 1);
+    let other = TempDir::new("store");
+    Store::open(other.path()).expect("new").insert(&[every_attribute_type()]).expect("insert");
+    assert_eq!(Store::open(other.path()).expect("reopen").size().expect("size").spans, 1);
 }
 
 #[test]
 fn an_unusable_directory_is_a_clear_error() {
-    let dir = TempDir::new();
-    let file = dir.0.join("plain-file");
+    let dir = TempDir::new("store");
+    let file = dir.join("plain-file");
     std::fs::write(&file, b"").expect("write");
     let error = Store::open(&file.join("sub")).err().expect("a directory under a file fails");
     assert!(error.to_string().contains("cannot create the data directory"), "{error}");
@@ -278,12 +256,12 @@ fn an_unusable_directory_is_a_clear_error() {
 
 #[test]
 fn writer_thread_batches_while_a_reader_reads() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("store");
     let metrics = Arc::new(Metrics::default());
-    let store = Store::open(&dir.0).expect("open");
-    let reader = Store::open(&dir.0).expect("open reader");
+    let store = Store::open(dir.path()).expect("open");
+    let reader = Store::open(dir.path()).expect("open reader");
     let retention = writer::Retention { max_age: Duration::from_secs(1 << 40), max_bytes: u64::MAX };
-    let sink = StoreSink::start(store, retention, 0, metrics.clone()).expect("start");
+    let mut sink = StoreSink::start(store, retention, 0, metrics.clone()).expect("start");
     let reads = std::thread::spawn(move || {
         let mut seen = 0;
         for _ in 0..200 {
@@ -295,15 +273,16 @@ fn writer_thread_batches_while_a_reader_reads() {
     for i in 0..500u16 {
         let mut s = span(0, 1, None, "orders", "GET /", u64::from(i), 1);
         s.trace_id[..2].copy_from_slice(&i.to_be_bytes());
-        sink.send(s, &metrics);
+        sink.send(vec![s]);
     }
     let _ = reads.join().expect("reader thread");
-    sink.finish();
+    let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    runtime.block_on(Box::new(sink).finish());
     let written = metrics.store_spans_written.load(Ordering::Relaxed);
     let dropped = metrics.store_dropped.load(Ordering::Relaxed);
     assert_eq!(written + dropped, 500);
     assert_eq!(metrics.store_write_errors.load(Ordering::Relaxed), 0);
-    let store = Store::open(&dir.0).expect("reopen");
+    let store = Store::open(dir.path()).expect("reopen");
     assert_eq!(store.size().expect("size").spans, written);
 }
 
@@ -325,8 +304,8 @@ fn data_dir_prefers_the_configured_one() {
 #[test]
 #[ignore = "benchmark: run in release with --ignored --nocapture"]
 fn bench_insert_and_list() {
-    let dir = TempDir::new();
-    let mut store = Store::open(&dir.0).expect("open");
+    let dir = TempDir::new("store");
+    let mut store = Store::open(dir.path()).expect("open");
     let traces = 100_000u32;
     let mut spans = Vec::with_capacity(2 * BATCH_FOR_BENCH);
     let started = std::time::Instant::now();

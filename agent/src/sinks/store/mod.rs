@@ -20,9 +20,9 @@ use std::{
 };
 
 use rusqlite::{params, Connection, OptionalExtension};
-use serde::{ser::SerializeMap, Serialize, Serializer};
+use serde::Serialize;
 
-use crate::spans::{hex, AttrValue, Span, StatusCode};
+use crate::spans::{hex, json, Span, StatusCode};
 
 pub use writer::StoreSink;
 
@@ -275,7 +275,7 @@ impl Store {
                 .entry(std::sync::Arc::as_ptr(&span.resource))
                 .and_modify(|r| r.2 = r.2.max(start))
                 .or_insert_with(|| {
-                    let json = json_object(span.resource.attributes.iter().map(|(k, v)| (k.as_str(), v)));
+                    let json = json::to_string(&json::resource_attributes(&span.resource));
                     (resource_id(&json), json, start)
                 });
         }
@@ -319,7 +319,7 @@ impl Store {
                     to_sql_ns(span.end_unix_nano.max(span.start_unix_nano)),
                     span.status.as_str(),
                     span.status_message,
-                    json_object(span.attributes.iter().map(|a| (a.key, &a.value))),
+                    json::to_string(&json::span_attributes(span)),
                     resource,
                 ])?;
             }
@@ -399,19 +399,22 @@ impl Store {
         let rows = stmt.query_map([trace_id.to_ascii_lowercase()], |row| {
             let attributes: String = row.get(10)?;
             let resource: String = row.get::<_, Option<String>>(11)?.unwrap_or_default();
-            let mut span = serde_json::json!({
-                "trace_id": row.get::<_, String>(0)?,
-                "span_id": row.get::<_, String>(1)?,
-                "parent_span_id": row.get::<_, Option<String>>(2)?,
-                "name": row.get::<_, String>(3)?,
-                "kind": row.get::<_, String>(4)?,
-                "service": row.get::<_, String>(5)?,
-                "start_unix_nano": from_sql_ns(row.get(6)?),
-                "end_unix_nano": from_sql_ns(row.get(7)?),
-                "status": row.get::<_, String>(8)?,
-                "attributes": serde_json::from_str::<serde_json::Value>(&attributes).unwrap_or_default(),
-                "resource": serde_json::from_str::<serde_json::Value>(&resource).unwrap_or_default(),
-            });
+            let (name, kind, service, status): (String, String, String, String) =
+                (row.get(3)?, row.get(4)?, row.get(5)?, row.get(8)?);
+            let object = json::SpanObject {
+                trace_id: row.get(0)?,
+                span_id: row.get(1)?,
+                parent_span_id: row.get(2)?,
+                name: &name,
+                kind: &kind,
+                service: &service,
+                start_unix_nano: from_sql_ns(row.get(6)?),
+                end_unix_nano: from_sql_ns(row.get(7)?),
+                status: &status,
+                attributes: serde_json::from_str::<serde_json::Value>(&attributes).unwrap_or_default(),
+                resource: Some(serde_json::from_str::<serde_json::Value>(&resource).unwrap_or_default()),
+            };
+            let mut span = serde_json::to_value(object).unwrap_or_default();
             // Not in the DESIGN.md span; added only when there is one, for the span panel.
             if let Some(message) = row.get::<_, Option<String>>(9)? {
                 span["status_message"] = message.into();
@@ -576,28 +579,6 @@ impl BatchSummary<'_> {
         self.count += other.count;
         self.error |= other.error;
     }
-}
-
-/// A JSON object of attributes as in the DESIGN.md span (`print::span_to_json`): integers as
-/// numbers, a non-finite double as `null`.
-fn json_object<'a>(pairs: impl Iterator<Item = (&'a str, &'a AttrValue)> + Clone) -> String {
-    struct Obj<I>(I);
-    impl<'a, I: Iterator<Item = (&'a str, &'a AttrValue)> + Clone> Serialize for Obj<I> {
-        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-            let mut map = serializer.serialize_map(None)?;
-            for (key, value) in self.0.clone() {
-                match value {
-                    AttrValue::Str(s) => map.serialize_entry(key, s)?,
-                    AttrValue::Int(i) => map.serialize_entry(key, i)?,
-                    AttrValue::Bool(b) => map.serialize_entry(key, b)?,
-                    AttrValue::Double(d) if d.is_finite() => map.serialize_entry(key, d)?,
-                    AttrValue::Double(_) => map.serialize_entry(key, &())?,
-                }
-            }
-            map.end()
-        }
-    }
-    serde_json::to_string(&Obj(pairs)).unwrap_or_else(|_| "{}".to_owned())
 }
 
 /// The key of a resource: a 64-bit hash of its JSON text.

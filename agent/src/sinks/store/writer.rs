@@ -1,13 +1,14 @@
 //! The store sink: a bounded queue from the capture task to a writer thread that inserts spans
 //! in batches (one transaction per batch) and runs retention in the background.
 //!
-//! The capture task only ever calls [`StoreSink::send`], a `try_send`: a full queue is a counted
-//! drop (`store_dropped`), a failed batch is a counted error (`store_write_errors`) with a log
-//! line at most once a minute. The thread never stops on a write error (a full disk may be freed).
+//! The capture task only ever hands it spans through the sinks' bounded queue (`sinks::queue`): a
+//! full queue is a counted drop (`store_dropped`), a failed batch is a counted error
+//! (`store_write_errors`) with a log line at most once a minute. The thread never stops on a
+//! write error (a full disk may be freed).
 //!
 //! **Span budget.** Storing costs CPU on the traced host (SQLite inserts, about 13 µs a span), so
 //! the store takes at most `--store-max-spans-per-second` spans a second (default
-//! [`DEFAULT_MAX_SPANS_PER_SECOND`]). Beyond it, whole traces are left out rather than random
+//! `config::DEFAULT_STORE_MAX_SPANS_PER_SECOND`). Beyond it, whole traces are left out rather than random
 //! spans: a span is admitted when its trace id, read as a number, is below a threshold; each
 //! second the threshold becomes `budget / spans offered in the last second` of the id space. The
 //! offered count does not depend on the threshold, so a steady load gives a steady fraction, and
@@ -15,19 +16,25 @@
 //! Left-out spans are counted (`store_sampled_out`); OTLP export and `--print` get every span.
 
 use std::{
-    sync::{mpsc, Arc},
+    path::Path,
+    sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use super::Store;
-use crate::{metrics::Metrics, spans::Span};
+use super::{Store, StoreError};
+use crate::{
+    metrics::Metrics,
+    sinks::{
+        queue::{self, Received, Worker},
+        Finishing, Sink,
+    },
+    spans::Span,
+};
 
 /// Spans waiting for the writer thread.
 pub const QUEUE: usize = 16_384;
 /// Most spans written in one transaction.
 pub const BATCH: usize = 8192;
-/// Spans stored per second at most, by default.
-pub const DEFAULT_MAX_SPANS_PER_SECOND: u64 = 10_000;
 /// How often the admission threshold follows the load.
 const BUDGET_WINDOW: Duration = Duration::from_secs(1);
 /// How often retention runs.
@@ -42,11 +49,11 @@ pub struct Retention {
     pub max_bytes: u64,
 }
 
-/// The sending end held by the pipeline's `Sinks`.
+/// The store as a sink: the sending end of its writer thread.
 pub struct StoreSink {
-    tx: mpsc::SyncSender<Span>,
-    thread: std::thread::JoinHandle<()>,
+    writer: Worker,
     admission: Admission,
+    metrics: Arc<Metrics>,
 }
 
 /// Which traces the store takes under its span budget (see the module documentation).
@@ -89,6 +96,29 @@ impl Admission {
 }
 
 impl StoreSink {
+    /// Opens the store in `dir` and starts its writer (see [`StoreSink::start`]); `None`
+    /// (logged) when it cannot: the agent then goes on capturing and exporting without it.
+    pub fn open(dir: &Path, retention: Retention, max_spans_per_second: u64, metrics: Arc<Metrics>) -> Option<StoreSink> {
+        let opened = Store::open(dir).and_then(|store| {
+            let path = store.path().to_owned();
+            StoreSink::start(store, retention, max_spans_per_second, metrics)
+                .map(|sink| (sink, path))
+                .map_err(|source| StoreError::Dir { path: dir.to_owned(), source })
+        });
+        match opened {
+            Ok((sink, path)) => {
+                tracing::info!(path = %path.display(), "trace store opened");
+                Some(sink)
+            }
+            Err(error) => {
+                tracing::error!(%error, dir = %dir.display(),
+                    "the trace store is disabled: spans are not kept for the viewer (capture and export go on). \
+                     Fix or remove the file, or choose another --data-dir");
+                None
+            }
+        }
+    }
+
     /// Starts the writer thread on `store`.
     /// `max_spans_per_second`: the span budget (0 = none).
     pub fn start(
@@ -97,34 +127,36 @@ impl StoreSink {
         max_spans_per_second: u64,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<StoreSink> {
-        let (tx, rx) = mpsc::sync_channel::<Span>(QUEUE);
-        let thread = std::thread::Builder::new()
-            .name("ztrace-store".into())
-            .spawn(move || Writer { store, retention, metrics, last_error_log: None }.run(&rx))?;
-        Ok(StoreSink { tx, thread, admission: Admission::new(max_spans_per_second, Instant::now()) })
+        let (for_drops, for_writer) = (metrics.clone(), metrics.clone());
+        let dropped = move |n| Metrics::add(&for_drops.store_dropped, n);
+        let writer = Worker::spawn("ztrace-store", QUEUE, dropped, move |mut rx| {
+            Writer { store, retention, metrics: for_writer, last_error_log: None }.run(&mut rx);
+        })?;
+        Ok(StoreSink { writer, admission: Admission::new(max_spans_per_second, Instant::now()), metrics })
     }
+}
 
-    /// Whether a span of this trace would be stored now (within the span budget); counts the
-    /// ones that would not. Lets the caller skip copying a span the store will not take.
-    pub fn admit(&mut self, trace_id: &[u8; 16], now: Instant, metrics: &Metrics) -> bool {
-        let admitted = self.admission.admit(trace_id, now);
+impl Sink for StoreSink {
+    /// Within the span budget; counts the spans it leaves out (`store_sampled_out`).
+    fn wants(&mut self, span: &Span, now: Instant) -> bool {
+        let admitted = self.admission.admit(&span.trace_id, now);
         if !admitted {
-            Metrics::inc(&metrics.store_sampled_out);
+            Metrics::inc(&self.metrics.store_sampled_out);
         }
         admitted
     }
 
-    /// Queues a span for the store; never blocks. The caller asked [`StoreSink::admit`] first.
-    pub fn send(&self, span: Span, metrics: &Metrics) {
-        if self.tx.try_send(span).is_err() {
-            Metrics::inc(&metrics.store_dropped);
-        }
+    fn send(&mut self, spans: Vec<Span>) {
+        self.writer.send(spans);
+    }
+
+    fn queued(&self) -> (&'static str, usize) {
+        ("store_queue_spans", self.writer.queued())
     }
 
     /// Writes what is queued and stops the thread.
-    pub fn finish(self) {
-        drop(self.tx);
-        let _ = self.thread.join();
+    fn finish(self: Box<Self>) -> Finishing {
+        self.writer.finish()
     }
 }
 
@@ -136,25 +168,25 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, rx: &mpsc::Receiver<Span>) {
+    fn run(mut self, rx: &mut queue::Receiver) {
         let mut batch = Vec::with_capacity(BATCH);
         self.retain();
         let mut last_retention = Instant::now();
         loop {
             let timeout = RETENTION_INTERVAL.saturating_sub(last_retention.elapsed());
             match rx.recv_timeout(timeout) {
-                Ok(span) => {
-                    batch.push(span);
+                Received::Batch(spans) => {
+                    batch.extend(spans);
                     while batch.len() < BATCH {
                         match rx.try_recv() {
-                            Ok(span) => batch.push(span),
-                            Err(_) => break,
+                            Received::Batch(spans) => batch.extend(spans),
+                            Received::Empty | Received::Ended => break,
                         }
                     }
                     self.write(&mut batch);
                 }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Received::Empty => {}
+                Received::Ended => break,
             }
             if last_retention.elapsed() >= RETENTION_INTERVAL {
                 self.retain();

@@ -15,7 +15,10 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use super::*;
-use crate::spans::{AttrValue, Attribute, Resource, SpanKind, StatusCode};
+use crate::spans::{
+    testing::{self, resource},
+    Attribute, Resource, SpanKind, StatusCode,
+};
 
 // ---- configuration -------------------------------------------------------------------------
 
@@ -140,22 +143,11 @@ async fn spawn_rejects_bad_config() {
 
 // ---- the exporter against a scripted HTTP server -------------------------------------------
 
-fn resource(service: &str, pid: i64) -> Arc<Resource> {
-    Arc::new(Resource {
-        service_name: service.to_owned(),
-        attributes: vec![
-            ("service.name".to_owned(), AttrValue::from(service)),
-            ("process.pid".to_owned(), AttrValue::Int(pid)),
-        ],
-    })
-}
-
 fn span(n: u8, resource: &Arc<Resource>) -> Span {
     Span {
         trace_id: [n; 16],
         span_id: [n; 8],
         parent_span_id: (n > 1).then_some([1; 8]),
-        name: format!("GET /item/{n}"),
         kind: SpanKind::Server,
         start_unix_nano: 1_000 * u64::from(n),
         end_unix_nano: 1_000 * u64::from(n) + 500,
@@ -165,7 +157,7 @@ fn span(n: u8, resource: &Arc<Resource>) -> Span {
             Attribute::new("http.request.method", "GET"),
             Attribute::new("http.response.status_code", if n == 3 { 500_i64 } else { 200 }),
         ],
-        resource: Arc::clone(resource),
+        ..testing::span(&format!("GET /item/{n}"), resource)
     }
 }
 

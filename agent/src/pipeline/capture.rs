@@ -1,0 +1,226 @@
+//! The capture task: kernel events → connections → exchanges → spans → trace assembly → sinks,
+//! inline on one task (each stage is cheap and never blocks). Client spans wait here, at most
+//! [`STACK_WAIT`], for the stack of their request.
+
+use std::{net::SocketAddr, sync::Arc, time::{Duration, Instant}};
+
+use aya::maps::{MapData, RingBuf};
+
+use crate::{
+    bpf::{self, events::KernelEvent},
+    conn::{self, ConnExchange, ConnKey, ConnTable},
+    discovery::{go::GoDiscovery, ProcessCache},
+    metrics::Metrics,
+    protocols::Options,
+    sinks::Sinks,
+    spans::{self, clock::Clock, Span},
+    symbols::{join::StackJoin, unwind::Regs, StackRequest},
+    tls::TlsDiscovery,
+    trace::{self, Finished, Tracer},
+};
+
+/// Connections idle for this long are dropped (their process died without closing them).
+const IDLE_CONN_NS: u64 = 10 * 60 * 1_000_000_000;
+/// Most connections tracked at once.
+const MAX_CONNS: usize = 65_536;
+/// Ring-buffer records handled before the capture task hands spans on and yields.
+const MAX_RECORDS_PER_DRAIN: usize = 65_536;
+/// Longest a client span waits for its stack to be symbolized (the first stack of a large
+/// binary loads its DWARF). Trace assembly waits for held spans, so this also bounds how long
+/// a stack can delay other spans.
+pub const STACK_WAIT: Duration = Duration::from_secs(1);
+
+/// The event-handling state of the capture task.
+pub struct Capture {
+    metrics: Arc<Metrics>,
+    conns: ConnTable,
+    processes: ProcessCache,
+    clock: Clock,
+    exchanges: Vec<ConnExchange>,
+    tracer: Tracer,
+    /// Spans ready for the sinks.
+    ready: Vec<Span>,
+    last_ts: u64,
+    own_tgid: u32,
+    /// TLS libraries found and processes to look at.
+    pub tls: TlsDiscovery,
+    pub go: GoDiscovery,
+    /// Client spans and the stacks of their requests.
+    stacks: StackJoin,
+    released: Vec<(u64, Finished)>,
+}
+
+impl Capture {
+    /// Connections to `addr`, where the agent listens (the viewer), are its own traffic: their
+    /// client side is not traced.
+    pub fn ignore_clients_of(&mut self, addr: SocketAddr) {
+        self.conns.ignore_clients_of(addr);
+    }
+
+    /// The Kubernetes node the agent runs on (see `ProcessCache::set_node_name`).
+    pub fn set_node_name(&mut self, node: Option<String>) {
+        self.processes.set_node_name(node);
+    }
+
+    pub fn new(
+        metrics: Arc<Metrics>,
+        db_query_parameters: bool,
+        tls: TlsDiscovery,
+        stacks: StackJoin,
+        go: GoDiscovery,
+    ) -> Self {
+        Capture {
+            metrics,
+            conns: ConnTable::new(MAX_CONNS, std::process::id())
+                .with_options(Options { db_query_parameters }),
+            processes: ProcessCache::new(),
+            clock: Clock::now_from_system(),
+            exchanges: Vec::new(),
+            tracer: Tracer::new(),
+            ready: Vec::new(),
+            last_ts: 0,
+            own_tgid: std::process::id(),
+            tls,
+            go,
+            stacks,
+            released: Vec::new(),
+        }
+    }
+
+    /// Handles the records in the ring buffer.
+    ///
+    /// At most [`MAX_RECORDS_PER_DRAIN`] records per call, so that under a steady flood the task
+    /// still hands spans to the sinks, expires held spans and hears signals; the next poll goes on.
+    pub fn drain(&mut self, ring: &mut RingBuf<MapData>, sinks: &mut Sinks) {
+        // Everything the kernel timestamped before this instant and finished is in the ring now.
+        let began = u64::try_from(spans::clock::monotonic_now_ns()).unwrap_or(0);
+        let mut budget = MAX_RECORDS_PER_DRAIN;
+        let mut emptied = true;
+        self.stacks.poll();
+        while let Some(item) = ring.next() {
+            budget -= 1;
+            Metrics::inc(&self.metrics.events_read);
+            let mut ts = 0;
+            match bpf::events::decode(&item) {
+                Ok(KernelEvent::Conn(ev)) => {
+                    self.last_ts = ev.header.ts_ns;
+                    self.conns.on_conn(&ev, &self.metrics);
+                    // Read the process's identity now, while it surely runs: a short-lived
+                    // client may be gone (or a zombie without cmdline) when its span is built.
+                    if ev.header.tgid != self.own_tgid {
+                        self.processes.refresh(ev.header.tgid, &conn::comm_string(&ev.comm));
+                        self.tls.on_conn(ev.header.tgid);
+                        self.go.on_conn(ev.header.tgid);
+                    }
+                }
+                Ok(KernelEvent::Data { header, prefix, tail }) => {
+                    ts = header.header.ts_ns;
+                    self.last_ts = ts;
+                    self.processes.on_activity(header.header.tgid);
+                    self.conns.on_data(&header, prefix, tail, &self.metrics, &mut self.exchanges);
+                    for start in self.conns.take_starts().collect::<Vec<_>>() {
+                        let peer_traced = self.conns.peer_traced(start.local, start.remote);
+                        self.tracer.start(start, peer_traced, &self.metrics, &mut self.ready);
+                    }
+                }
+                Ok(KernelEvent::Close(header)) => {
+                    ts = header.ts_ns;
+                    self.last_ts = ts;
+                    self.conns.on_close(&header, &self.metrics, &mut self.exchanges);
+                    let key = ConnKey { tgid: header.tgid, fd: header.fd, conn_gen: header.conn_gen };
+                    self.tracer.closed(ts, key, &self.metrics, &mut self.ready);
+                    if !self.exchanges.is_empty() {
+                        self.make_spans(ts);
+                    }
+                    self.stacks.forget(&key);
+                }
+                Ok(KernelEvent::Stack { header, stack }) => {
+                    let h = &header.header;
+                    let req = StackRequest {
+                        key: ConnKey { tgid: h.tgid, fd: h.fd, conn_gen: h.conn_gen },
+                        ts_ns: h.ts_ns,
+                        regs: Regs { rip: header.rip, rsp: header.rsp, rbp: header.rbp },
+                        ips: header.ips[..header.ips_len as usize].to_vec(),
+                        stack: stack.to_vec(),
+                    };
+                    self.stacks.submit(req, &self.metrics);
+                }
+                Ok(KernelEvent::GoSpawn(ev)) => {
+                    ts = ev.header.ts_ns;
+                    self.last_ts = ts;
+                    self.tracer.spawned(ts, ev.header.tgid, ev.parent_goid as u32, ev.child_goid as u32, &self.metrics, &mut self.ready);
+                }
+                Ok(KernelEvent::Exec(header)) => {
+                    self.tls.on_exec(header.tgid);
+                    self.go.on_exec(header.tgid);
+                }
+                Err(error) => {
+                    Metrics::inc(&self.metrics.events_malformed);
+                    tracing::debug!(%error, "malformed kernel event");
+                }
+            }
+            drop(item);
+            if !self.exchanges.is_empty() {
+                self.make_spans(ts);
+            }
+            if budget == 0 {
+                emptied = false;
+                break;
+            }
+        }
+        self.release_stacked(false);
+        if emptied {
+            // Spans held for their stack finished at `at`: assembly must not pass them.
+            let mut watermark = began.saturating_sub(trace::WINDOW_NS);
+            if let Some(oldest) = self.stacks.oldest_held() {
+                watermark = watermark.min(oldest.saturating_sub(1));
+            }
+            self.tracer.release(watermark, &self.metrics, &mut self.ready);
+        }
+        sinks.send_all(&mut self.ready);
+    }
+
+    /// Turns finished exchanges into spans and hands them to trace assembly, which gives them
+    /// their ids and parents; spans ready for the sinks collect in `ready`.
+    fn make_spans(&mut self, ts: u64) {
+        for ex in self.exchanges.drain(..) {
+            let process = self.processes.get_or_load(ex.conn.key.tgid, &ex.conn.comm);
+            let span = ex.exchange.to_span(&ex.conn.endpoints(), &process.resource, &self.clock);
+            let (side, request_start_ns) = (ex.exchange.side(), ex.exchange.request_start_ns());
+            Metrics::inc(&self.metrics.spans_created);
+            let peer_traced = self.conns.peer_traced(ex.conn.local, ex.conn.remote);
+            // An exchange finished on a close has no data event: its close is its time.
+            let at = if ts == 0 { self.last_ts } else { ts };
+            let finished = Finished { span, key: ex.conn.key, side, request_start_ns, peer_traced };
+            // Client spans take their request's stack (or wait for it) on the way.
+            if let Some((at, finished)) = self.stacks.pass(at, finished, Instant::now(), &self.metrics) {
+                self.tracer.finished(at, finished, &self.metrics, &mut self.ready);
+            }
+        }
+    }
+
+    /// Client spans whose stack came (or whose wait is over) go on to trace assembly.
+    fn release_stacked(&mut self, all: bool) {
+        self.stacks.release(Instant::now(), all, &self.metrics, &mut self.released);
+        for (at, finished) in self.released.drain(..) {
+            self.tracer.finished(at, finished, &self.metrics, &mut self.ready);
+        }
+    }
+
+    pub fn housekeeping(&mut self, sinks: &mut Sinks) {
+        if self.last_ts > IDLE_CONN_NS {
+            self.conns.sweep(self.last_ts - IDLE_CONN_NS, &self.metrics);
+        }
+        self.release_stacked(false);
+        self.tracer.expire();
+        sinks.send_all(&mut self.ready);
+    }
+
+    /// Releases every held span (at shutdown).
+    pub fn flush(&mut self, sinks: &mut Sinks) {
+        self.release_stacked(true);
+        self.tracer.flush(&self.metrics, &mut self.ready);
+        sinks.send_all(&mut self.ready);
+    }
+}
+
