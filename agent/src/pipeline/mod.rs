@@ -1,7 +1,7 @@
 //! The one place where the stages meet: kernel events → connections → exchanges → spans → sinks.
 //!
-//! [`run`] starts the stages in order — the sinks, the kernel programs, TLS and Go discovery, the
-//! symbolizer, the capture task ([`capture`]) and the viewer — then runs the event loop until
+//! [`run`] starts the stages in order — the health endpoint, the sinks, the kernel programs, TLS and
+//! Go discovery, the symbolizer, the capture task ([`capture`]) and the viewer — then runs the event loop until
 //! SIGINT or SIGTERM, and stops them in reverse. It does no protocol, span or sink work itself.
 
 mod capture;
