@@ -23,14 +23,16 @@ pub mod go;
 pub mod k8s;
 
 use std::{
-    collections::HashMap,
     fs,
     io::{self, Read},
     path::{Path, PathBuf},
     sync::Arc,
 };
 
-use crate::spans::{AttrValue, Resource};
+use crate::{
+    collections::HashMap,
+    spans::{AttrValue, Resource},
+};
 
 use self::{cgroup::CgroupInfo, environ::EnvHints, k8s::K8sNames};
 
@@ -431,7 +433,7 @@ impl ProcessCache {
             proc_root: proc_root.into(),
             host_name: host_name.into(),
             capacity: capacity.max(1),
-            entries: HashMap::new(),
+            entries: HashMap::default(),
             clock: 0,
         }
     }
