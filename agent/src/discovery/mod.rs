@@ -25,14 +25,16 @@ pub mod go;
 pub mod k8s;
 
 use std::{
-    collections::HashMap,
     fs,
     io::{self, Read},
     path::{Path, PathBuf},
     sync::Arc,
 };
 
-use crate::spans::{AttrValue, Resource};
+use crate::{
+    collections::HashMap,
+    spans::{AttrValue, Resource},
+};
 
 use self::{cgroup::CgroupInfo, environ::EnvHints, k8s::K8sNames};
 
@@ -463,7 +465,7 @@ impl ProcessCache {
             host_name: host_name.into(),
             node_name: None,
             capacity: capacity.max(1),
-            entries: HashMap::new(),
+            entries: HashMap::default(),
             clock: 0,
         }
     }

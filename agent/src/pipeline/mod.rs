@@ -5,6 +5,8 @@
 //! SIGINT or SIGTERM, and stops them in reverse. It does no protocol, span or sink work itself.
 
 mod capture;
+#[cfg(test)]
+mod replay_bench;
 
 use std::{
     sync::Arc,
