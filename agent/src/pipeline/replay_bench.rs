@@ -46,6 +46,10 @@ impl Sink for JsonSink {
         self.spans.fetch_add(spans.len() as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
+    fn queued(&self) -> (&'static str, usize) {
+        ("replay", 0)
+    }
+
     fn finish(self: Box<Self>) -> Finishing {
         Box::pin(async {})
     }
