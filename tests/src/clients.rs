@@ -67,6 +67,19 @@ pub fn curl_with(urls: &[String], extra: &[&str]) -> CurlRun {
     }
 }
 
+/// `GET http://127.0.0.1:{port}{path}` with curl (for the agent's own viewer API, which it does
+/// not trace): `(status, body)`, status 0 when curl got no answer.
+pub fn get_local(port: u16, path: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])
+        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
 /// `python3 tests/fixtures/urllib_get.py URL...` with extra environment; returns its pid and
 /// the status codes it printed (one per URL).
 pub fn python_urllib(urls: &[String], env: &[(&str, &str)]) -> (u32, Vec<u16>) {

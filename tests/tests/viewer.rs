@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use ztrace_e2e::checks::{self, Emitter, Exchange};
-use ztrace_e2e::clients;
+use ztrace_e2e::clients::{self, get_local as get};
 use ztrace_e2e::servers::Server;
 use ztrace_e2e::ztrace::SPAN_TIMEOUT;
 use ztrace_e2e::{free_port, repo_root, wait_until, Span, TempDir, Ztrace};
@@ -18,18 +18,6 @@ const HTTP_SERVER: &[&str] = &["http.server"];
 const CURL: &[&str] = &["curl"];
 /// How long a span may take from the wire to the viewer's API.
 const STORE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// `GET http://127.0.0.1:{port}{path}` with curl: `(status, body)`.
-fn get(port: u16, path: &str) -> (u16, String) {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])
-        .arg(format!("http://127.0.0.1:{port}{path}"))
-        .output()
-        .expect("run curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
-}
 
 /// `GET` that must answer 200 with JSON.
 fn get_json(port: u16, path: &str) -> Value {

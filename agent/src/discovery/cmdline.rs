@@ -5,8 +5,11 @@
 //!
 //! Pure functions over bytes and strings; nothing here reads `/proc`. Redaction is a best effort
 //! on common shapes (`--password=x`, `--token x`, `PGPASSWORD=x`, `-Dfoo.secret=x`,
-//! `scheme://user:pass@host`, `Authorization: Bearer x`); it deliberately keeps ambiguous short
-//! flags (`-p secret` may be a port) and does not try to recognize bare secret values.
+//! `scheme://user:pass@host`, `http://h/p?token=x`, `Authorization: Bearer x`, `Cookie: x`); it
+//! deliberately keeps ambiguous short flags (`-p secret` may be a port) and does not try to
+//! recognize bare secret values.
+
+use crate::protocols::http1::redact::redact_query;
 
 /// What replaces a secret value.
 pub const REDACTED: &str = "REDACTED";
@@ -74,7 +77,9 @@ pub fn redact_args(args: &[String]) -> Vec<String> {
     }
     let mut out = Vec::with_capacity(args.len());
     let mut redact_next = false;
+    let mut after_flag = false;
     for arg in args {
+        let flag_value = std::mem::replace(&mut after_flag, arg.starts_with('-') && !arg.contains('='));
         if redact_next && !arg.starts_with('-') {
             out.push(REDACTED.to_owned());
             redact_next = false;
@@ -83,7 +88,8 @@ pub fn redact_args(args: &[String]) -> Vec<String> {
         redact_next = false;
         let mut arg = redact_urls(arg);
         let header = arg.find(": ");
-        let assignment = arg.find('=');
+        // An `=` inside a URL's query is not an assignment: `redact_urls` took care of it.
+        let assignment = arg.find('=').filter(|eq| !arg[..*eq].contains("://"));
         if let Some(eq) = assignment.filter(|eq| header.is_none_or(|h| *eq < h)) {
             // `--password=x`, `-token=x`, `PGPASSWORD=x`, `-Dspring.datasource.password=x`.
             if is_secret_key(&arg[..eq]) {
@@ -97,6 +103,10 @@ pub fn redact_args(args: &[String]) -> Vec<String> {
             }
         } else if arg.starts_with('-') && arg.len() > 2 && is_secret_key(&arg) {
             // `--token x`, `-password x`; a lone short flag (`-p x`) is ambiguous and kept.
+            redact_next = true;
+        } else if flag_value && !arg.starts_with('-') && !arg.contains(' ') && is_secret_key(&arg) {
+            // A flag's value that names a secret, its own value next: `pgbench -D pw=x` shows
+            // as `-D pw x` once pgbench has cut its argument at the `=` in place.
             redact_next = true;
         }
         out.push(arg);
@@ -120,7 +130,8 @@ pub fn join_command_line(args: &[String]) -> String {
 /// True when a flag name, variable name or property key names a secret.
 ///
 /// Case-insensitive, ignoring `-`, `_` and `.`; matches `password`, `passwd`, `secret`, `token`,
-/// `apikey`, `auth`, `credential`, `privatekey` anywhere in the key, or a key that is exactly
+/// `apikey`, `auth`, `credential`, `privatekey`, `cookie` (`curl -H 'Cookie: x'`, `-b`'s long
+/// form `--cookie x`) anywhere in the key, or a key that is exactly
 /// `pass` or `pw`. A Java property prefix (`-D`) is ignored.
 pub fn is_secret_key(key: &str) -> bool {
     let key = key.trim_start_matches('-');
@@ -130,13 +141,16 @@ pub fn is_secret_key(key: &str) -> bool {
         .filter(|c| !matches!(c, '-' | '_' | '.'))
         .flat_map(char::to_lowercase)
         .collect();
-    const PATTERNS: [&str; 8] =
-        ["password", "passwd", "secret", "token", "apikey", "auth", "credential", "privatekey"];
+    const PATTERNS: [&str; 9] = [
+        "password", "passwd", "secret", "token", "apikey", "auth", "credential", "privatekey",
+        "cookie",
+    ];
     PATTERNS.iter().any(|p| norm.contains(p)) || norm == "pass" || norm == "pw"
 }
 
 /// Replaces the user-info of every `scheme://user:pass@host` in `arg` by `REDACTED:REDACTED@`
-/// (or `REDACTED@` when there is no password), as the URL semantic conventions ask.
+/// (or `REDACTED@` when there is no password), as the URL semantic conventions ask, and the
+/// values of sensitive query parameters (`?token=x`, see [`redact_query`]) by `REDACTED`.
 pub fn redact_urls(arg: &str) -> String {
     if !arg.contains("://") {
         return arg.to_owned();
@@ -156,7 +170,27 @@ pub fn redact_urls(arg: &str) -> String {
             }
             None => out.push_str(authority),
         }
-        rest = &tail[authority_end..];
+        // The rest of the URL: its query's sensitive values go, as in `url.full`.
+        let after = &tail[authority_end..];
+        let url_end = after.find(' ').unwrap_or(after.len());
+        let (url, _) = after.split_at(url_end);
+        match url.split_once('?') {
+            Some((path, query_and_fragment)) => {
+                let (query, fragment) = match query_and_fragment.split_once('#') {
+                    Some((q, f)) => (q, Some(f)),
+                    None => (query_and_fragment, None),
+                };
+                out.push_str(path);
+                out.push('?');
+                out.push_str(&redact_query(query));
+                if let Some(f) = fragment {
+                    out.push('#');
+                    out.push_str(f);
+                }
+            }
+            None => out.push_str(url),
+        }
+        rest = &after[url_end..];
     }
     out.push_str(rest);
     out
@@ -807,6 +841,15 @@ mod tests {
             ),
             ("app http://example.com/a@b", "app http://example.com/a@b"),
             ("app PWD=/home/x", "app PWD=/home/x"),
+            (
+                "curl http://h:80/a?token=t&page=2 http://h/b?x=1#f?key=k",
+                "curl http://h:80/a?token=REDACTED&page=2 http://h/b?x=1#f?key=k",
+            ),
+            ("curl https://u:p@h/x?api_key=k#top", "curl https://REDACTED:REDACTED@h/x?api_key=REDACTED#top"),
+            ("curl --cookie sid=abc http://h/", "curl --cookie REDACTED http://h/"),
+            ("pgbench -D pw s3 -t 1 db", "pgbench -D pw REDACTED -t 1 db"),
+            ("app --mode token", "app --mode token"),
+            ("app pw s3", "app pw s3"),
         ];
         for (input, want) in cases {
             assert_eq!(redact_args(&args(input)).join(" "), want, "input: {input}");
@@ -814,6 +857,8 @@ mod tests {
         let header =
             vec!["curl".to_owned(), "-H".to_owned(), "Authorization: Bearer abc".to_owned()];
         assert_eq!(redact_args(&header)[2], "Authorization: REDACTED");
+        let cookie = vec!["curl".to_owned(), "-H".to_owned(), "Cookie: sid=abc".to_owned()];
+        assert_eq!(redact_args(&cookie)[2], "Cookie: REDACTED");
         let both = vec!["app".to_owned(), "--password=a: b".to_owned()];
         assert_eq!(redact_args(&both)[1], "--password=REDACTED");
         let title = vec!["worker --token abc".to_owned()];
