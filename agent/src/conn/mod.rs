@@ -310,6 +310,7 @@ impl ConnTable {
             Metrics::inc(&metrics.parse_errors);
             tracing::debug!(%error, tgid = key.tgid, fd = key.fd, "bytes a parser could not read");
         }
+        Metrics::add(&metrics.exchanges_lost, parser.take_lost());
         if parser.stopped() {
             conn.state = State::Ignored;
         }
@@ -331,11 +332,9 @@ impl ConnTable {
         self.conns.retain(|k, c| {
             let keep = c.last_ts >= cutoff_ts;
             if !keep {
-                let unanswered = match &mut c.state {
-                    State::Parsed(parser) => parser.on_close(c.last_ts, &mut Vec::new()),
-                    _ => 0,
-                };
-                Metrics::add(&metrics.exchanges_unanswered, unanswered as u64);
+                // Trace assembly forgot these requests' ids long ago: spans made now could
+                // not join their traces, so they are counted as lost instead.
+                drop_connection(c, metrics);
                 let tuple = (c.info.local, c.info.remote);
                 if by_tuple.get(&tuple) == Some(k) {
                     by_tuple.remove(&tuple);
@@ -345,11 +344,13 @@ impl ConnTable {
         });
     }
 
-    /// Forgets every connection of a process that exited.
-    pub fn forget_process(&mut self, tgid: u32) {
+    /// Forgets every connection of a process that exited (what waited on them is counted lost).
+    pub fn forget_process(&mut self, tgid: u32, metrics: &Metrics) {
         let keys: Vec<ConnKey> = self.conns.keys().filter(|k| k.tgid == tgid).copied().collect();
         for key in keys {
-            self.remove(&key);
+            if let Some(mut conn) = self.remove(&key) {
+                drop_connection(&mut conn, metrics);
+            }
         }
     }
 
@@ -357,6 +358,7 @@ impl ConnTable {
         if let State::Parsed(parser) = &mut conn.state {
             let unanswered = parser.on_close(ts_ns, &mut self.scratch);
             Metrics::add(&metrics.exchanges_unanswered, unanswered as u64);
+            Metrics::add(&metrics.exchanges_lost, parser.take_lost());
             for exchange in self.scratch.drain(..) {
                 out.push(ConnExchange { conn: conn.info.clone(), exchange });
             }
@@ -373,9 +375,21 @@ impl ConnTable {
         }
         by_age.select_nth_unstable(n - 1);
         for (_, key) in &by_age[..n] {
-            self.remove(key);
+            if let Some(mut conn) = self.remove(key) {
+                drop_connection(&mut conn, metrics);
+            }
         }
         Metrics::add(&metrics.conns_evicted, n as u64);
+    }
+}
+
+/// A connection leaves the table without its close: every request still waiting on it (and
+/// every one its parser dropped) is counted as lost (`exchanges_lost`).
+fn drop_connection(conn: &mut Connection, metrics: &Metrics) {
+    if let State::Parsed(parser) = &mut conn.state {
+        let mut waiting = Vec::new();
+        parser.on_close(conn.last_ts, &mut waiting);
+        Metrics::add(&metrics.exchanges_lost, waiting.len() as u64 + parser.take_lost());
     }
 }
 
@@ -504,7 +518,7 @@ mod tests {
         assert_eq!(ex.conn.comm, "python3");
         assert_eq!(ex.conn.role, ConnRole::Server);
         assert_eq!(http.request.method, "GET");
-        assert_eq!(http.response.status, 200);
+        assert_eq!(http.response().status, 200);
         assert_eq!(http.request_start_ns, 10);
         assert_eq!(http.response_end_ns, 20);
     }
@@ -656,7 +670,7 @@ mod tests {
         table.on_data(&tls(data(7, 12, Direction::Egress, resp)), resp, &[], &metrics, &mut out);
         assert_eq!(out.len(), 1);
         let h = as_http(&out[0]);
-        assert_eq!((h.request.target.as_str(), h.response.status), ("/secret", 200));
+        assert_eq!((h.request.target.as_str(), h.response().status), ("/secret", 200));
     }
 
     #[test]

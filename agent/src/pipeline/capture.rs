@@ -180,7 +180,7 @@ impl Capture {
     fn make_spans(&mut self, ts: u64) {
         for ex in self.exchanges.drain(..) {
             let process = self.processes.get_or_load(ex.conn.key.tgid, &ex.conn.comm);
-            let span = ex.exchange.to_span(&ex.conn.endpoints(), &process.resource, &self.clock);
+            let span = ex.exchange.span(&ex.conn.endpoints(), &process.resource, &self.clock);
             let (side, request_start_ns) = (ex.exchange.side(), ex.exchange.request_start_ns());
             Metrics::inc(&self.metrics.spans_created);
             let peer_traced = self.conns.peer_traced(ex.conn.local, ex.conn.remote);
