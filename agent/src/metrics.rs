@@ -44,6 +44,9 @@ counters! {
     /// Connections whose bytes are TLS records: never parsed (their plaintext is, when a TLS
     /// probe sees it).
     conns_tls_records,
+    /// Connections that are ztrace's own traffic (the receiving end of its OTLP export, clients
+    /// of its viewer): not traced.
+    conns_own,
     /// Connections dropped from the table because it was full.
     conns_evicted,
     /// Protocol parse errors (the connection's parser is reset or abandoned).

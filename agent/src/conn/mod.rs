@@ -118,9 +118,11 @@ pub struct ConnTable {
     by_tuple: HashMap<(SocketAddr, SocketAddr), ConnKey>,
     max_conns: usize,
     own_tgid: u32,
-    /// Local endpoints of the agent's own connections (its OTLP export): a traced server
-    /// connection whose peer is one of them is the agent talking to a receiver, not traced.
-    own_endpoints: HashSet<SocketAddr>,
+    /// The agent's own connections (its OTLP export) as `(local, remote)`: a traced server
+    /// connection that is the other end of one of them is the agent talking to a receiver, not
+    /// traced. Matched on the whole 4-tuple: the agent's local port alone is soon reused by
+    /// other clients' connections (issue 19: those lost their server spans, uncounted).
+    own_conns: HashSet<(SocketAddr, SocketAddr)>,
     /// Addresses the agent listens on (the viewer): a traced client connected to one of them
     /// is someone reading the agent's own data, not traced.
     own_listeners: Vec<SocketAddr>,
@@ -130,7 +132,9 @@ pub struct ConnTable {
     starts: Vec<RequestStart>,
 }
 
-const MAX_OWN_ENDPOINTS: usize = 4096;
+/// The agent's own connections remembered (emptied when full: an entry only matters while
+/// the receiver's end of that connection is open).
+const MAX_OWN_CONNS: usize = 4096;
 /// Payload chunks a connection opened before ztrace started may show before one is recognized
 /// (the first ones seen can be answers, or the rest of a message whose start was missed).
 const MIDSTREAM_TRIES: u8 = 8;
@@ -142,7 +146,7 @@ impl ConnTable {
             by_tuple: HashMap::new(),
             max_conns,
             own_tgid,
-            own_endpoints: HashSet::new(),
+            own_conns: HashSet::new(),
             own_listeners: Vec::new(),
             scratch: Vec::new(),
             options: Options::default(),
@@ -180,10 +184,10 @@ impl ConnTable {
     pub fn on_conn(&mut self, ev: &ConnEvent, metrics: &Metrics) {
         let (local, remote) = addresses(ev);
         if ev.header.tgid == self.own_tgid {
-            if self.own_endpoints.len() >= MAX_OWN_ENDPOINTS {
-                self.own_endpoints.clear();
+            if self.own_conns.len() >= MAX_OWN_CONNS {
+                self.own_conns.clear();
             }
-            self.own_endpoints.insert(local);
+            self.own_conns.insert((local, remote));
             return;
         }
         let key = ConnKey::of(&ev.header);
@@ -264,10 +268,11 @@ impl ConnTable {
             if payload.is_empty() {
                 return; // a length without bytes (sendfile) says nothing about the protocol
             }
-            let own = self.own_endpoints.contains(&conn.info.remote)
+            let own = self.own_conns.contains(&(conn.info.remote, conn.info.local))
                 || (conn.info.role != ConnRole::Server
                     && to_listener(&self.own_listeners, conn.info.local, conn.info.remote));
             conn.state = if own {
+                Metrics::inc(&metrics.conns_own);
                 State::Ignored
             } else if !conn.plaintext && is_tls_record(payload) {
                 Metrics::inc(&metrics.conns_tls_records);
@@ -605,14 +610,38 @@ mod tests {
         own.local_port = 40000;
         own.remote_port = 4318;
         table.on_conn(&own, &metrics);
-        // ... and the receiver accepted it.
-        table.on_conn(&conn_event(7, ConnRole::Server, 2, v4([127, 0, 0, 1]), v4([127, 0, 0, 1])), &metrics);
+        // ... and the receiver accepted it on 4318.
+        let mut receiver = conn_event(7, ConnRole::Server, 2, v4([127, 0, 0, 1]), v4([127, 0, 0, 1]));
+        receiver.local_port = 4318;
+        table.on_conn(&receiver, &metrics);
         let mut out = Vec::new();
         let req = b"POST /v1/traces HTTP/1.1\r\nContent-Length: 0\r\n\r\n";
         table.on_data(&data(7, 10, Direction::Ingress, req), req, &[], &metrics, &mut out);
         let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
         table.on_data(&data(7, 11, Direction::Egress, resp), resp, &[], &metrics, &mut out);
         assert!(out.is_empty());
+        assert_eq!(metrics.conns_own.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_client_on_a_port_the_agent_once_used_is_traced() {
+        // Issue 19: the agent's export connection came from 127.0.0.1:40000 to a receiver on
+        // 4318; later another client got port 40000 for a connection to a server on 8000 (tgid
+        // 7). Its server span must not be taken for the agent's own traffic.
+        let metrics = Metrics::default();
+        let mut table = ConnTable::new(16, 999);
+        let mut own = conn_event(999, ConnRole::Client, 2, v4([127, 0, 0, 1]), v4([127, 0, 0, 1]));
+        (own.local_port, own.remote_port) = (40000, 4318);
+        table.on_conn(&own, &metrics);
+        table.on_conn(&conn_event(7, ConnRole::Server, 2, v4([127, 0, 0, 1]), v4([127, 0, 0, 1])), &metrics);
+        let mut out = Vec::new();
+        let req = b"GET /orders/1 HTTP/1.1\r\nHost: x\r\n\r\n";
+        table.on_data(&data(7, 10, Direction::Ingress, req), req, &[], &metrics, &mut out);
+        assert_eq!(table.take_starts().count(), 1, "the request starts (trace assembly sees it)");
+        let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        table.on_data(&data(7, 11, Direction::Egress, resp), resp, &[], &metrics, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(metrics.conns_own.load(std::sync::atomic::Ordering::Relaxed), 0);
     }
 
     #[test]
