@@ -602,46 +602,36 @@ mod tests {
     }
 
     #[test]
-    fn own_export_traffic_is_ignored() {
-        let metrics = Metrics::default();
-        let mut table = ConnTable::new(16, 999);
-        // The agent (tgid 999) connected from 127.0.0.1:40000 ...
-        let mut own = conn_event(999, ConnRole::Client, 2, v4([127, 0, 0, 1]), v4([127, 0, 0, 1]));
-        own.local_port = 40000;
-        own.remote_port = 4318;
-        table.on_conn(&own, &metrics);
-        // ... and the receiver accepted it on 4318.
-        let mut receiver = conn_event(7, ConnRole::Server, 2, v4([127, 0, 0, 1]), v4([127, 0, 0, 1]));
-        receiver.local_port = 4318;
-        table.on_conn(&receiver, &metrics);
-        let mut out = Vec::new();
-        let req = b"POST /v1/traces HTTP/1.1\r\nContent-Length: 0\r\n\r\n";
-        table.on_data(&data(7, 10, Direction::Ingress, req), req, &[], &metrics, &mut out);
-        let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
-        table.on_data(&data(7, 11, Direction::Egress, resp), resp, &[], &metrics, &mut out);
-        assert!(out.is_empty());
-        assert_eq!(metrics.conns_own.load(std::sync::atomic::Ordering::Relaxed), 1);
-    }
-
-    #[test]
-    fn a_client_on_a_port_the_agent_once_used_is_traced() {
-        // Issue 19: the agent's export connection came from 127.0.0.1:40000 to a receiver on
-        // 4318; later another client got port 40000 for a connection to a server on 8000 (tgid
-        // 7). Its server span must not be taken for the agent's own traffic.
+    fn own_export_traffic_is_ignored_by_its_whole_4_tuple() {
+        // The agent (tgid 999) connected from 127.0.0.1:40000 to a receiver on 4318.
         let metrics = Metrics::default();
         let mut table = ConnTable::new(16, 999);
         let mut own = conn_event(999, ConnRole::Client, 2, v4([127, 0, 0, 1]), v4([127, 0, 0, 1]));
         (own.local_port, own.remote_port) = (40000, 4318);
         table.on_conn(&own, &metrics);
-        table.on_conn(&conn_event(7, ConnRole::Server, 2, v4([127, 0, 0, 1]), v4([127, 0, 0, 1])), &metrics);
-        let mut out = Vec::new();
-        let req = b"GET /orders/1 HTTP/1.1\r\nHost: x\r\n\r\n";
-        table.on_data(&data(7, 10, Direction::Ingress, req), req, &[], &metrics, &mut out);
-        assert_eq!(table.take_starts().count(), 1, "the request starts (trace assembly sees it)");
-        let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
-        table.on_data(&data(7, 11, Direction::Egress, resp), resp, &[], &metrics, &mut out);
-        assert_eq!(out.len(), 1);
-        assert_eq!(metrics.conns_own.load(std::sync::atomic::Ordering::Relaxed), 0);
+        // A server (tgid 7) on `port` accepts a connection from 127.0.0.1:40000 (generation
+        // `gen`) and answers one request on it: the exchanges and request starts it gives.
+        let mut serve = |port: u16, gen: u64| {
+            let mut server = conn_event(7, ConnRole::Server, 2, v4([127, 0, 0, 1]), v4([127, 0, 0, 1]));
+            (server.local_port, server.header.conn_gen) = (port, gen);
+            table.on_conn(&server, &metrics);
+            let mut out = Vec::new();
+            let mut data = |ts, direction, bytes: &[u8]| {
+                let mut h = data(7, ts, direction, bytes);
+                h.header.conn_gen = gen;
+                table.on_data(&h, bytes, &[], &metrics, &mut out);
+            };
+            data(10, Direction::Ingress, b"POST /v1/traces HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+            data(11, Direction::Egress, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+            (out.len(), table.take_starts().count())
+        };
+        // The receiver's end of the agent's connection: not traced.
+        assert_eq!(serve(4318, 1), (0, 0));
+        assert_eq!(metrics.conns_own.load(std::sync::atomic::Ordering::Relaxed), 1);
+        // Issue 19: another client got port 40000 for a connection to a server on 8000. Taken
+        // for the agent's own traffic by its port alone, it lost its server span, uncounted.
+        assert_eq!(serve(8000, 2), (1, 1));
+        assert_eq!(metrics.conns_own.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 
     #[test]

@@ -840,20 +840,10 @@ impl Parser for Http1Parser {
             msg.end_ns = msg.end_ns.max(ts_ns);
             self.end_message(Stream::Responses, out);
         }
-        // A response cut short by the close (its head seen): what was seen of it answers.
+        // A response cut short by the close: what was seen of it answers, if its head was
+        // (a head still being collected has no response yet, and answers nothing).
         if !self.responses.between_messages() && self.responses.framing != Framing::Done {
-            let msg = std::mem::take(&mut self.responses.msg);
-            if let (Some(p), Some(mut response)) =
-                (self.pending.iter_mut().find(|p| Some(p.seq) == msg.seq), msg.response)
-            {
-                response.body_len = msg.body_len;
-                p.answer = Answer::Done(Box::new(Answered {
-                    response,
-                    start_ns: msg.start_ns,
-                    end_ns: msg.end_ns,
-                    tid: msg.tid,
-                }));
-            }
+            self.end_message(Stream::Responses, out);
         }
         // A request cut short by the close: what was seen of it.
         let cut_short = &self.requests.msg;
