@@ -64,12 +64,23 @@ fn orphans(spans: &[Span]) -> Vec<Span> {
         .collect()
 }
 
-/// A client that sends a request and closes the connection (FIN, or RST with `reset`) while
-/// the server is still working on it: the server (which calls a downstream service first, then
+/// How a client gives up on its request.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum GiveUp {
+    /// `close`: FIN.
+    Close,
+    /// `close` with `SO_LINGER` 0: RST.
+    Reset,
+    /// Killed: the kernel closes the socket (FIN), and no `close` call is seen.
+    Kill,
+}
+
+/// A client that sends a request and gives up on it (`how`) while the server is still working
+/// on it: the server (which calls a downstream service first, then
 /// notices the client is gone and gives up) has a span ending at the close, with error status,
 /// `error.type` `client_closed` and no status code; the client's own span is there too
 /// (`no_response`); no span points at a parent that never arrived.
-fn client_gives_up(reset: bool) {
+fn client_gives_up(how: GiveUp) {
     let downstream = FanoutServer::start(&[], &[]);
     let front = FanoutServer::start(&[downstream.url("/down")], &["--delay", "3"]);
     let mut ztrace = Ztrace::start(&["--print=json"]);
@@ -77,18 +88,31 @@ fn client_gives_up(reset: bool) {
     let mut args = vec!["abandon", "--after", "1"];
     let url = front.url("/slow");
     args.extend(["--url", url.as_str()]);
-    if reset {
-        args.push("--reset");
+    match how {
+        GiveUp::Close => {}
+        GiveUp::Reset => args.push("--reset"),
+        GiveUp::Kill => args.push("--kill"),
     }
-    let (client_pid, _) = run_fanout("abandoning client", &args, Duration::from_secs(30));
+    let client_pid = if how == GiveUp::Kill {
+        let mut cmd = Command::new(python());
+        cmd.arg("-u").arg(fixture("fanout.py")).args(&args);
+        let mut proc = Proc::spawn("killed client", &mut cmd);
+        let status = proc.wait_exit(Duration::from_secs(30));
+        assert!(status.is_some_and(|s| s.code().is_none()), "killed: {}", proc.describe());
+        proc.pid()
+    } else {
+        run_fanout("abandoning client", &args, Duration::from_secs(30)).0
+    };
 
     let ports = [front.port, downstream.port];
     let is_front_server = |s: &Span| s.is_server() && s.server_port() == Some(front.port);
-    let servers = ztrace.wait_for_spans(is_front_server, SPAN_TIMEOUT);
+    let is_client = |s: &Span| s.is_client() && s.pid() == Some(client_pid);
+    ztrace.wait_for_n_spans(2, |s| is_front_server(s) || is_client(s), SPAN_TIMEOUT);
     let all = ztrace.spans_within(Duration::from_secs(1), on_ports(&ports));
     let report = span::list(&all);
+    let servers: Vec<&Span> = all.iter().filter(|s| is_front_server(s)).collect();
     assert_eq!(servers.len(), 1, "one server span for the abandoned request:\n{report}");
-    let server = &servers[0];
+    let server = servers[0];
     assert_eq!(server.status(), Some("error"), "{server:?}");
     assert_eq!(server.attr_str("error.type"), Some("client_closed"), "{server:?}");
     assert_eq!(server.attr("http.response.status_code"), None, "no status code: {server:?}");
@@ -100,7 +124,7 @@ fn client_gives_up(reset: bool) {
     assert_eq!(calls[0].parent_span_id(), Some(server.span_id()), "{report}");
 
     // The client that gave up has its span, the server span's parent.
-    let client: Vec<&Span> = all.iter().filter(|s| s.is_client() && s.pid() == Some(client_pid)).collect();
+    let client: Vec<&Span> = all.iter().filter(|s| is_client(s)).collect();
     assert_eq!(client.len(), 1, "the abandoning client's span:\n{report}");
     assert_eq!(client[0].status(), Some("error"), "{:?}", client[0]);
     assert_eq!(client[0].attr_str("error.type"), Some("no_response"), "{:?}", client[0]);
@@ -116,13 +140,19 @@ fn client_gives_up(reset: bool) {
 #[test]
 #[ignore = "needs root and eBPF; run by cargo xtask test"]
 fn a_client_that_closes_before_the_response_leaves_whole_spans() {
-    client_gives_up(false);
+    client_gives_up(GiveUp::Close);
 }
 
 #[test]
 #[ignore = "needs root and eBPF; run by cargo xtask test"]
 fn a_client_that_resets_before_the_response_leaves_whole_spans() {
-    client_gives_up(true);
+    client_gives_up(GiveUp::Reset);
+}
+
+#[test]
+#[ignore = "needs root and eBPF; run by cargo xtask test"]
+fn a_client_killed_before_the_response_leaves_whole_spans() {
+    client_gives_up(GiveUp::Kill);
 }
 
 /// A short-lived C client (connect, one write, one read, close, exit) against a server that

@@ -349,6 +349,37 @@ impl ConnTable {
         });
     }
 
+    /// Closes the connections of processes that exited without closing them (killed, or
+    /// exiting with sockets open: the kernel closes those fds without a `close` call, so no
+    /// close event comes). Connections idle since before `idle_before` (kernel time) whose
+    /// process `alive` says is gone are finished as a close at `ts_ns` would finish them: their
+    /// unanswered requests become exchanges ending at `ts_ns` (when the exit was noticed: at most
+    /// a housekeeping tick after it). Returns the keys closed, for trace assembly.
+    pub fn close_exited(
+        &mut self,
+        idle_before: u64,
+        ts_ns: u64,
+        mut alive: impl FnMut(u32) -> bool,
+        metrics: &Metrics,
+        out: &mut Vec<ConnExchange>,
+    ) -> Vec<ConnKey> {
+        let mut checked: HashMap<u32, bool> = HashMap::new();
+        let gone: Vec<ConnKey> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.last_ts < idle_before && matches!(c.state, State::Parsed(_)))
+            .map(|(k, _)| *k)
+            .filter(|k| !*checked.entry(k.tgid).or_insert_with(|| alive(k.tgid)))
+            .collect();
+        for key in &gone {
+            if let Some(mut conn) = self.remove(key) {
+                let at = ts_ns.max(conn.last_ts);
+                self.finish(&mut conn, at, metrics, out);
+            }
+        }
+        gone
+    }
+
     /// Forgets every connection of a process that exited (what waited on them is counted lost).
     pub fn forget_process(&mut self, tgid: u32, metrics: &Metrics) {
         let keys: Vec<ConnKey> = self.conns.keys().filter(|k| k.tgid == tgid).copied().collect();
@@ -632,6 +663,33 @@ mod tests {
         // for the agent's own traffic by its port alone, it lost its server span, uncounted.
         assert_eq!(serve(8000, 2), (1, 1));
         assert_eq!(metrics.conns_own.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn connections_of_a_process_gone_without_closing_them_are_closed() {
+        let metrics = Metrics::default();
+        let mut table = ConnTable::new(16, 999);
+        let client = |tgid| {
+            let mut ev = conn_event(tgid, ConnRole::Client, 2, v4([127, 0, 0, 1]), v4([127, 0, 0, 1]));
+            ev.header.tgid = tgid;
+            ev
+        };
+        let mut out = Vec::new();
+        let req = b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n";
+        for tgid in [7, 8] {
+            table.on_conn(&client(tgid), &metrics);
+            table.on_data(&data(tgid, 10, Direction::Egress, req), req, &[], &metrics, &mut out);
+        }
+        // Process 7 was killed while waiting for the response; 8 still runs.
+        let closed = table.close_exited(1_000, 5_000, |tgid| tgid != 7, &metrics, &mut out);
+        assert_eq!(closed.iter().map(|k| k.tgid).collect::<Vec<_>>(), [7]);
+        assert_eq!(out.len(), 1);
+        assert!(!out[0].exchange.answered());
+        assert_eq!(as_http(&out[0]).response_end_ns, 5_000);
+        assert_eq!(table.len(), 1);
+        assert_eq!(metrics.exchanges_unanswered.load(std::sync::atomic::Ordering::Relaxed), 1);
+        // Activity after `idle_before`: not looked at.
+        assert!(table.close_exited(5, 6_000, |_| false, &metrics, &mut out).is_empty());
     }
 
     #[test]
