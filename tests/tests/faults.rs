@@ -1,6 +1,6 @@
 //! Whole traces at the edges real traffic has (issue 19): a client that gives up before the
-//! response (FIN or RST), a client that reads the response head and closes, and a soak under
-//! concurrent load whose every trace must be whole. Servers and clients are
+//! response (FIN, RST, or killed; HTTP and PostgreSQL), a client that reads the response head
+//! and closes, and a soak under concurrent load whose every trace must be whole. Servers and clients are
 //! `tests/fixtures/fanout.py` (a server that calls others before answering, a load driver, a
 //! client that abandons its request) and `tests/fixtures/one_read_client.c`; all on 127.0.0.1,
 //! every span checked is filtered to this test's ports.
@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::process::Command;
 use std::time::Duration;
 
+use ztrace_e2e::postgres::{PgServer, BIN_DIR, USER};
 use ztrace_e2e::process::Proc;
 use ztrace_e2e::ztrace::SPAN_TIMEOUT;
 use ztrace_e2e::{fixture, free_port, python, span, wait_until, Span, TempDir, Ztrace};
@@ -295,4 +296,33 @@ fn under_concurrent_load_every_trace_is_whole() {
     assert!(broken.is_empty(), "{} spans not where a whole trace puts them:\n{}", broken.len(), span::list(&broken[..broken.len().min(30)]));
     assert_eq!(all.len(), expected, "every exchange is a span");
     assert_eq!(traces.len(), SOAK_REQUESTS, "one trace per request");
+}
+
+/// The same rule for PostgreSQL: psql killed while its query runs has its CLIENT span
+/// (`no_response`), and the backend's SERVER span of that query names it as its parent.
+#[test]
+#[ignore = "needs root and eBPF; run by cargo xtask test"]
+fn a_database_client_killed_during_its_query_leaves_whole_spans() {
+    let pg = PgServer::start();
+    let mut ztrace = Ztrace::start(&["--print=json"]);
+
+    let mut psql = Command::new(format!("{BIN_DIR}/psql"));
+    psql.args(["-X", "-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", USER, "-d", "postgres", "-c", "SELECT pg_sleep(2)"]);
+    let mut psql = Proc::spawn("psql", &mut psql);
+    std::thread::sleep(Duration::from_millis(800));
+    psql.signal(libc::SIGKILL);
+    assert!(psql.wait_exit(Duration::from_secs(10)).is_some(), "{}", psql.describe());
+    let client_pid = psql.pid();
+
+    let is_query = |s: &Span| s.server_port() == Some(pg.port) && s.attr_str("db.query.text").is_some_and(|q| q.contains("pg_sleep"));
+    let spans = ztrace.wait_for_n_spans(2, is_query, SPAN_TIMEOUT);
+    let report = span::list(&spans);
+    let clients: Vec<&Span> = spans.iter().filter(|s| s.is_client() && s.pid() == Some(client_pid)).collect();
+    let servers: Vec<&Span> = spans.iter().filter(|s| s.is_server()).collect();
+    assert_eq!((clients.len(), servers.len()), (1, 1), "{report}");
+    assert_eq!(clients[0].status(), Some("error"), "{report}");
+    assert_eq!(clients[0].attr_str("error.type"), Some("no_response"), "{report}");
+    assert_eq!(clients[0].attr("db.response.status_code"), None, "{report}");
+    assert_eq!(servers[0].parent_span_id(), Some(clients[0].span_id()), "{report}");
+    ztrace.stop();
 }
