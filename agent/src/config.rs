@@ -92,6 +92,16 @@ pub struct Config {
     #[arg(long, env = "ZTRACE_UI", default_value = "127.0.0.1:9400")]
     pub ui: SocketAddr,
 
+    /// Address of the health endpoint: /healthz, /readyz (ready once the programs are attached)
+    /// and /metrics (Prometheus text). Off unless given (the Kubernetes manifests set it).
+    #[arg(long, env = "ZTRACE_HEALTH")]
+    pub health: Option<SocketAddr>,
+
+    /// The Kubernetes node this agent runs on (the DaemonSet sets it from `spec.nodeName`):
+    /// `k8s.node.name` of processes in pods, and `host.name` of every process.
+    #[arg(long, env = "K8S_NODE_NAME")]
+    pub k8s_node_name: Option<String>,
+
     /// Run without the viewer and without the embedded store (export-only mode, e.g. a DaemonSet
     /// that sends everything to an OTLP backend).
     #[arg(long, env = "ZTRACE_NO_UI")]

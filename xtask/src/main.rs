@@ -7,6 +7,7 @@
 //! - `build-ebpf`, `build`, `run`: the kernel object, then the agent that embeds it;
 //! - `test`: test components, unit tests, then the privileged end-to-end tests, with one summary line;
 //! - `bench`: nginx, PostgreSQL and the Go example system under load, with and without ztrace;
+//! - `image`: the container image of `deploy/` (podman, from scratch);
 //! - `demo`: the example system of `examples/` traced by ztrace, with the viewer.
 //!
 //! It deliberately knows nothing about the agent's internals: it talks to it only through its
@@ -15,6 +16,7 @@
 mod bench;
 mod build;
 mod demo;
+mod image;
 mod kernels;
 mod test;
 mod toolchain;
@@ -61,6 +63,9 @@ enum Command {
         #[arg(long)]
         skip_privileged: bool,
     },
+    /// Build the container image (deploy/Containerfile) with podman: the agent and its shared
+    /// libraries on an empty base; prints its size.
+    Image,
     /// Prepare the kernel matrix of the end-to-end tests (a Debian root filesystem with Debian's
     /// 5.10, 6.1 and 6.12 kernels under target/kernel-matrix/; cached). `test` does it too.
     KernelMatrix,
@@ -98,6 +103,7 @@ fn main() -> Result<()> {
         Command::Build { debug } => build::build(build::profile(debug)).map(|_| ()),
         Command::Run { args } => build::run(&args),
         Command::Test { skip_privileged } => test::test(skip_privileged),
+        Command::Image => image::image(),
         Command::KernelMatrix => kernels::prepare().map(|_| ()),
         Command::Bench { agent_args, example, stacks } => bench::bench(&agent_args, example, stacks),
         Command::Demo { lang, pg_port } => demo::demo(lang, pg_port),

@@ -6,7 +6,9 @@
 //!    openjdk-17-jdk-headless, libpostgresql-jdbc-java, hey, python3-venv, chromium, and a venv at
 //!    `target/test-venv` with grpcio and opentelemetry-proto (for the OTLP receiver in
 //!    `tests/otlp_receiver.py`);
-//! 2. the release build of the agent;
+//! 2. the release build of the agent, and for `tests/tests/kubernetes.rs` its image
+//!    (`cargo xtask image`), containerd, busybox-static and a venv at `target/k8s-venv` with
+//!    kubernetes-validate and checkov;
 //! 3. `cargo test --workspace --exclude ztrace-e2e`: the unprivileged tests;
 //! 4. the privileged end-to-end tests (`tests/`, crate `ztrace-e2e`), which need root and eBPF:
 //!    their absence fails the run unless `--skip-privileged` was given; among them the kernel
@@ -112,6 +114,10 @@ fn prepare_and_run(skip_privileged: bool) -> Result<Tally> {
     };
     let binary = build::build_after_setup(Profile::Release)?;
     let root = util::repo_root();
+    if python.is_some() {
+        // The DaemonSet's image, containerd and the manifests' checkers (tests/tests/kubernetes.rs).
+        crate::image::prepare_tests(&binary)?;
+    }
 
     say!("running the unit tests...");
     let mut unit = util::cargo();
@@ -149,6 +155,7 @@ fn prepare_and_run(skip_privileged: bool) -> Result<Tally> {
                 .env("ZTRACE_BIN", &binary)
                 .env("ZTRACE_PYTHON", &python)
                 .env("ZTRACE_REPO", &root)
+                .env("ZTRACE_K8S_VENV", util::target_dir().join("k8s-venv"))
                 .env("ZTRACE_KERNEL_MATRIX", matrix.as_ref().map(|m| m.dir.clone()).unwrap_or_default())
                 // The tests' own messages say what failed; a backtrace per panic only buries them.
                 .env("RUST_BACKTRACE", "0")

@@ -39,6 +39,15 @@ fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
+/// The bytes of a kernel record, as the kernel writes them (for tests and the capture benchmark,
+/// which replay records without a kernel).
+pub fn encode<T: aya::Pod>(value: &T) -> Vec<u8> {
+    // SAFETY: T is a #[repr(C)] plain-old-data type from ztrace-common (`aya::Pod`): all of its
+    // size_of::<T>() bytes are initialized (explicit padding fields), and the slice lives no
+    // longer than `value`.
+    unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+}
+
 /// Decodes one ring-buffer record.
 pub fn decode(bytes: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
     let header: EventHeader = read(bytes)?;

@@ -6,6 +6,7 @@
 
 pub mod attach;
 pub mod btf;
+pub mod caps;
 pub mod events;
 pub mod verifier;
 
@@ -31,6 +32,8 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/zt
 pub enum BpfError {
     #[error("ztrace needs root (CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE): run it with sudo")]
     NotRoot,
+    #[error("{0}")]
+    MissingCapability(&'static str),
     #[error("this ztrace binary was built without its eBPF programs: build it with `cargo xtask build`")]
     NoObject,
     #[error("the running kernel does not describe itself with BTF (/sys/kernel/btf/vmlinux, Linux >= 5.4 with CONFIG_DEBUG_INFO_BTF=y), which ztrace needs: {0}")]
@@ -213,7 +216,14 @@ pub fn start(
         .override_global(globals::OFFSETS, &offsets, true)
         .override_global(globals::SETTINGS, &settings, true)
         .override_global(globals::STACK_SETTINGS, &stack_settings, true)
-        .load(OBJECT)?;
+        .load(OBJECT)
+        .map_err(|e| match caps::Caps::current() {
+            // CAP_BPF is there (checked at start), yet bpf() says EPERM: a seccomp filter.
+            Some(c) if !c.has(caps::CAP_SYS_ADMIN) && error_chain(&e).contains("Operation not permitted") => {
+                BpfError::MissingCapability(caps::SECCOMP_REFUSED)
+            }
+            _ => BpfError::Load(e),
+        })?;
 
     fill_selection(&mut ebpf, selection)?;
 
@@ -431,11 +441,24 @@ impl Probes {
     }
 }
 
-/// The checks that need nothing loaded: root, and an eBPF object in this binary. The pipeline
+/// The checks that need nothing loaded: root or the capabilities, and an eBPF object in this binary. The pipeline
 /// runs them first, so that the user hears the real problem before anything else.
+///
+/// Capabilities come from the effective set: root in a container has only what the container
+/// was given. A missing optional one is one warning, said once.
 pub fn check_can_start() -> Result<(), BpfError> {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    let root = unsafe { libc::geteuid() } == 0;
+    if let Some(caps) = caps::Caps::current() {
+        match caps::missing_required(caps) {
+            Some(_) if !root => return Err(BpfError::NotRoot),
+            Some(sentence) => return Err(BpfError::MissingCapability(sentence)),
+            None => {
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| caps::missing_optional(caps).into_iter().for_each(|w| tracing::warn!("{w}")));
+            }
+        }
+    } else if !root {
         return Err(BpfError::NotRoot);
     }
     if OBJECT.is_empty() {

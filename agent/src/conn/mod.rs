@@ -14,13 +14,13 @@
 //! `StreamParser`s), does not build spans nor know about processes (`discovery/`).
 
 use std::{
-    collections::{HashMap, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
 use ztrace_common::{ConnEvent, ConnRole, DataEventHeader, DataSource, Direction, EventHeader};
 
 use crate::{
+    collections::{HashMap, HashSet},
     metrics::Metrics,
     protocols::{self, Chunk, Endpoints, Exchange, Options, Side, StreamParser},
     trace::context::TraceParent,
@@ -142,11 +142,11 @@ const MIDSTREAM_TRIES: u8 = 8;
 impl ConnTable {
     pub fn new(max_conns: usize, own_tgid: u32) -> Self {
         ConnTable {
-            conns: HashMap::new(),
-            by_tuple: HashMap::new(),
+            conns: HashMap::default(),
+            by_tuple: HashMap::default(),
             max_conns,
             own_tgid,
-            own_conns: HashSet::new(),
+            own_conns: HashSet::default(),
             own_listeners: Vec::new(),
             scratch: Vec::new(),
             options: Options::default(),
@@ -363,7 +363,7 @@ impl ConnTable {
         metrics: &Metrics,
         out: &mut Vec<ConnExchange>,
     ) -> Vec<ConnKey> {
-        let mut checked: HashMap<u32, bool> = HashMap::new();
+        let mut checked: HashMap<u32, bool> = HashMap::default();
         let gone: Vec<ConnKey> = self
             .conns
             .iter()

@@ -7,8 +7,15 @@
 //! `Config.Labels` in `config.v2.json`). Those are exact. Without the API server, the workload
 //! (Deployment, StatefulSet, ...) is only inferred from the pod name's generated suffix.
 //!
-//! Not done: labels and annotations of the pod itself (`app.kubernetes.io/name`,
-//! `resource.opentelemetry.io/service.name`), which need the kubelet or API server.
+//! The workload's kind is inferred from the suffix too ([`workload_attributes`]): a Deployment's
+//! pods carry the ReplicaSet's hash, a CronJob's the scheduled minute, a StatefulSet's an
+//! ordinal; a DaemonSet's, a Job's and a bare ReplicaSet's look alike and get no kind.
+//!
+//! The pod's `resource.opentelemetry.io/*` annotations are read where the runtime copies them
+//! into the container's record (containerd, for those its `pod_annotations` setting lists).
+//!
+//! Not done: the pod's labels (`app.kubernetes.io/name`), and its annotations where the runtime
+//! does not copy them, which need the kubelet or API server.
 
 use serde_json::Value;
 
@@ -19,9 +26,22 @@ pub struct K8sNames {
     pub pod_name: Option<String>,
     pub pod_uid: Option<String>,
     pub container_name: Option<String>,
+    /// The pod's `resource.opentelemetry.io/<key>` annotations that the runtime copied into the
+    /// container's record, as `(<key>, value)` (containerd does for the annotations its
+    /// `pod_annotations` setting lists; see [`RESOURCE_ANNOTATION_PREFIX`]).
+    pub resource_annotations: Vec<(String, String)>,
 }
 
+/// Pod annotations that set resource attributes: `resource.opentelemetry.io/service.name: cart`
+/// makes `service.name` `cart` (the OpenTelemetry rule for Kubernetes).
+pub const RESOURCE_ANNOTATION_PREFIX: &str = "resource.opentelemetry.io/";
+
 impl K8sNames {
+    /// The value of annotation `resource.opentelemetry.io/<key>`, when the record has it.
+    pub fn resource_annotation(&self, key: &str) -> Option<&str> {
+        self.resource_annotations.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
     /// True when no name is known.
     pub fn is_empty(&self) -> bool {
         self.namespace.is_none()
@@ -58,6 +78,12 @@ pub fn names_from_runtime_config(json: &[u8]) -> Option<K8sNames> {
     // A pod's sandbox ("pause") container has pod names but is not an application container.
     let sandbox = get(&["io.kubernetes.cri.container-type"]).as_deref() == Some("sandbox")
         || get(&["io.kubernetes.docker.type"]).as_deref() == Some("podsandbox");
+    let resource_annotations = map
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix(RESOURCE_ANNOTATION_PREFIX)?, v.as_str()?.trim())))
+        .filter(|(k, v)| !k.is_empty() && !v.is_empty())
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
     let names = K8sNames {
         namespace: get(&["io.kubernetes.cri.sandbox-namespace", "io.kubernetes.pod.namespace"]),
         pod_name: get(&["io.kubernetes.cri.sandbox-name", "io.kubernetes.pod.name"]),
@@ -67,6 +93,7 @@ pub fn names_from_runtime_config(json: &[u8]) -> Option<K8sNames> {
         } else {
             get(&["io.kubernetes.cri.container-name", "io.kubernetes.container.name"])
         },
+        resource_annotations,
     };
     (names.pod_name.is_some() || names.container_name.is_some()).then_some(names)
 }
@@ -106,6 +133,33 @@ pub fn workload_from_pod_name(pod: &str) -> Option<&str> {
     Some(head)
 }
 
+/// The workload attributes a pod name tells exactly enough, with the names they carry:
+///
+/// - `<name>-<pod-template-hash>-<5>`: `k8s.replicaset.name` `<name>-<hash>` and
+///   `k8s.deployment.name` `<name>`;
+/// - `<name>-<scheduled minutes>-<5>`: `k8s.job.name` `<name>-<minutes>` and `k8s.cronjob.name`
+///   `<name>`;
+/// - `<name>-<ordinal>`: `k8s.statefulset.name` `<name>`.
+///
+/// A bare `<name>-<5>` could be a DaemonSet's, a Job's or a ReplicaSet's pod: no attribute (its
+/// `<name>` still names the service, see [`workload_from_pod_name`]).
+pub fn workload_attributes(pod: &str) -> Vec<(&'static str, &str)> {
+    let Some(workload) = workload_from_pod_name(pod) else { return Vec::new() };
+    let Some((parent, last)) = pod.rsplit_once('-') else { return Vec::new() };
+    if last.bytes().all(|b| b.is_ascii_digit()) {
+        return vec![("k8s.statefulset.name", workload)];
+    }
+    if parent == workload {
+        return Vec::new();
+    }
+    let middle = &parent[workload.len() + 1..];
+    if middle.bytes().all(|b| b.is_ascii_digit()) {
+        vec![("k8s.job.name", parent), ("k8s.cronjob.name", workload)]
+    } else {
+        vec![("k8s.replicaset.name", parent), ("k8s.deployment.name", workload)]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,7 +171,9 @@ mod tests {
             "io.kubernetes.cri.container-name":"api",
             "io.kubernetes.cri.sandbox-name":"orders-7d9c4b8f6-x2x9q",
             "io.kubernetes.cri.sandbox-namespace":"shop",
-            "io.kubernetes.cri.sandbox-uid":"0c5a4b1e-2d4e-4c1a-9d9e-0123456789ab"}}"#;
+            "io.kubernetes.cri.sandbox-uid":"0c5a4b1e-2d4e-4c1a-9d9e-0123456789ab",
+            "resource.opentelemetry.io/service.name":"orders-api",
+            "resource.opentelemetry.io/":"no key","resource.opentelemetry.io/team":" "}}"#;
         assert_eq!(
             names_from_runtime_config(json),
             Some(K8sNames {
@@ -125,6 +181,7 @@ mod tests {
                 pod_name: Some("orders-7d9c4b8f6-x2x9q".into()),
                 pod_uid: Some("0c5a4b1e-2d4e-4c1a-9d9e-0123456789ab".into()),
                 container_name: Some("api".into()),
+                resource_annotations: vec![("service.name".into(), "orders-api".into())],
             })
         );
     }
@@ -154,6 +211,21 @@ mod tests {
         assert_eq!(names_from_runtime_config(br#"{"annotations":{}}"#), None);
         assert_eq!(names_from_runtime_config(b"not json"), None);
         assert_eq!(names_from_runtime_config(b"[1,2]"), None);
+    }
+
+    #[test]
+    fn workload_attributes_only_where_the_suffix_tells_the_kind() {
+        assert_eq!(
+            workload_attributes("checkout-api-5f8d7b9c4d-6wkzt"),
+            [("k8s.replicaset.name", "checkout-api-5f8d7b9c4d"), ("k8s.deployment.name", "checkout-api")]
+        );
+        assert_eq!(
+            workload_attributes("backup-28934215-q2c7x"),
+            [("k8s.job.name", "backup-28934215"), ("k8s.cronjob.name", "backup")]
+        );
+        assert_eq!(workload_attributes("postgres-0"), [("k8s.statefulset.name", "postgres")]);
+        assert!(workload_attributes("node-exporter-x7k2p").is_empty());
+        assert!(workload_attributes("redis").is_empty());
     }
 
     #[test]

@@ -8,11 +8,13 @@
 //! pid and never fails: a process that is already gone is described from its `comm`.
 //!
 //! `service.name` is chosen in this order (see [`ServiceNameSource`]): `OTEL_SERVICE_NAME`;
-//! `service.name` in `OTEL_RESOURCE_ATTRIBUTES`; the Kubernetes workload, pod or container name
+//! `service.name` in `OTEL_RESOURCE_ATTRIBUTES`; the pod's `resource.opentelemetry.io/service.name`
+//! annotation where the runtime's record has it; the Kubernetes workload, pod or container name
 //! when the process reliably runs in a pod; the script, module, jar or main class an interpreter
 //! or VM runs; the executable's file name; the kernel's `comm`.
 //!
-//! Not done here: pod labels and annotations (they need the kubelet or API server), the
+//! Not done here: pod labels, and annotations the runtime does not copy (they need the kubelet
+//! or API server), the
 //! Docker Compose service label, and noticing a reused pid (callers [`ProcessCache::forget`] a
 //! pid when its process exits).
 
@@ -23,14 +25,16 @@ pub mod go;
 pub mod k8s;
 
 use std::{
-    collections::HashMap,
     fs,
     io::{self, Read},
     path::{Path, PathBuf},
     sync::Arc,
 };
 
-use crate::spans::{AttrValue, Resource};
+use crate::{
+    collections::HashMap,
+    spans::{AttrValue, Resource},
+};
 
 use self::{cgroup::CgroupInfo, environ::EnvHints, k8s::K8sNames};
 
@@ -62,6 +66,8 @@ pub enum ServiceNameSource {
     OtelServiceName,
     /// `service.name` in the process's `OTEL_RESOURCE_ATTRIBUTES`.
     OtelResourceAttributes,
+    /// The pod's `resource.opentelemetry.io/service.name` annotation, from the runtime's record.
+    K8sAnnotation,
     /// The workload inferred from the pod name (`orders-7d9c4b8f6-x2x9q` → `orders`), or the
     /// pod name itself when it has no generated suffix.
     K8sWorkload,
@@ -81,6 +87,7 @@ impl ServiceNameSource {
         match self {
             ServiceNameSource::OtelServiceName => "otel_service_name",
             ServiceNameSource::OtelResourceAttributes => "otel_resource_attributes",
+            ServiceNameSource::K8sAnnotation => "k8s_annotation",
             ServiceNameSource::K8sWorkload => "k8s_workload",
             ServiceNameSource::K8sContainer => "k8s_container",
             ServiceNameSource::Program => "program",
@@ -183,11 +190,15 @@ impl RawProcess {
     }
 }
 
-/// The first container-runtime record found for container `id` under `host_root`.
+/// The first container-runtime record found for container `id` under `host_root`, else under
+/// the agent's own root: where pid 1's root cannot be read (a sandboxed init), the DaemonSet
+/// mounts the runtimes' state directories at their host paths.
 fn read_runtime_config(host_root: &Path, id: &str) -> Option<Vec<u8>> {
-    k8s::RUNTIME_CONFIG_PATHS
-        .iter()
-        .find_map(|p| read_bounded(&host_root.join(p.replace("{id}", id)), MAX_RUNTIME_CONFIG).ok())
+    [host_root, Path::new("/")].into_iter().find_map(|root| {
+        k8s::RUNTIME_CONFIG_PATHS
+            .iter()
+            .find_map(|p| read_bounded(&root.join(p.replace("{id}", id)), MAX_RUNTIME_CONFIG).ok())
+    })
 }
 
 /// Reads at most `limit` bytes of a file.
@@ -212,6 +223,12 @@ fn file_name(path: &str) -> &str {
 impl ProcessInfo {
     /// Decides the identity of process `pid` from what was read about it. Pure.
     pub fn from_raw(pid: u32, raw: &RawProcess, host_name: &str) -> ProcessInfo {
+        ProcessInfo::from_raw_on_node(pid, raw, host_name, None)
+    }
+
+    /// [`ProcessInfo::from_raw`] on Kubernetes node `node`: its name is `k8s.node.name` of
+    /// processes in pods.
+    pub fn from_raw_on_node(pid: u32, raw: &RawProcess, host_name: &str, node: Option<&str>) -> ProcessInfo {
         let args = cmdline::split_cmdline(&raw.cmdline);
         let env = raw.environ.as_deref().map(environ::parse_environ).unwrap_or_default();
         let cgroup = raw.cgroup.as_deref().map(cgroup::parse_cgroup).unwrap_or_default();
@@ -227,6 +244,8 @@ impl ProcessInfo {
             (name.clone(), ServiceNameSource::OtelServiceName)
         } else if let Some(name) = env.resource_service_name() {
             (name.trim().to_owned(), ServiceNameSource::OtelResourceAttributes)
+        } else if let Some(name) = k8s.resource_annotation("service.name") {
+            (name.to_owned(), ServiceNameSource::K8sAnnotation)
         } else if let Some(pod) = &k8s.pod_name {
             (
                 k8s::workload_from_pod_name(pod).unwrap_or(pod).to_owned(),
@@ -256,6 +275,7 @@ impl ProcessInfo {
             host_name,
             container_id: container_id.as_deref(),
             k8s: &k8s,
+            node: node.filter(|_| !k8s.is_empty()),
             otel_resource_attributes: &env.otel_resource_attributes,
         });
         ProcessInfo {
@@ -306,15 +326,19 @@ struct ResourceInputs<'a> {
     host_name: &'a str,
     container_id: Option<&'a str>,
     k8s: &'a K8sNames,
+    /// The node's name, for a process in a pod.
+    node: Option<&'a str>,
     otel_resource_attributes: &'a [(String, String)],
 }
 
 /// The resource attributes, in a stable order: `service.name`, `process.pid`,
 /// `process.executable.name`, `process.executable.path`, `process.command_line`, `host.name`,
 /// `container.id`, `k8s.namespace.name`, `k8s.pod.name`, `k8s.pod.uid`, `k8s.container.name`,
-/// `telemetry.distro.name`, then the other keys of the process's `OTEL_RESOURCE_ATTRIBUTES`.
+/// `k8s.node.name`, the workload's (`k8s.deployment.name`, ...), `telemetry.distro.name`, then
+/// the other keys of the pod's `resource.opentelemetry.io/*` annotations and of the process's
+/// `OTEL_RESOURCE_ATTRIBUTES`.
 ///
-/// A key of `OTEL_RESOURCE_ATTRIBUTES` replaces the derived value in place, except
+/// A key of those annotations, then of `OTEL_RESOURCE_ATTRIBUTES`, replaces the derived value in place, except
 /// `service.name` (decided by the rule above, where `OTEL_SERVICE_NAME` wins), `process.pid`
 /// and `telemetry.distro.name` (they describe what ztrace observed). Empty values are left out.
 fn build_resource(input: &ResourceInputs<'_>) -> Resource {
@@ -334,10 +358,17 @@ fn build_resource(input: &ResourceInputs<'_>) -> Resource {
     push("k8s.pod.name", input.k8s.pod_name.as_deref());
     push("k8s.pod.uid", input.k8s.pod_uid.as_deref());
     push("k8s.container.name", input.k8s.container_name.as_deref());
+    push("k8s.node.name", input.node);
+    for (key, name) in input.k8s.pod_name.as_deref().map(k8s::workload_attributes).unwrap_or_default() {
+        push(key, Some(name));
+    }
     push("telemetry.distro.name", Some(DISTRO_NAME));
     attributes.insert(1, ("process.pid".to_owned(), AttrValue::Int(i64::from(input.pid))));
 
-    for (key, value) in input.otel_resource_attributes {
+    // The pod's `resource.opentelemetry.io/*` annotations, then the process's own
+    // OTEL_RESOURCE_ATTRIBUTES: the process's word is the last.
+    let annotations = input.k8s.resource_annotations.iter();
+    for (key, value) in annotations.chain(input.otel_resource_attributes) {
         if matches!(key.as_str(), "service.name" | "process.pid" | "telemetry.distro.name") {
             continue;
         }
@@ -358,6 +389,8 @@ fn build_resource(input: &ResourceInputs<'_>) -> Resource {
 pub struct ProcessCache {
     proc_root: PathBuf,
     host_name: String,
+    /// The Kubernetes node's name, when the agent runs on one.
+    node_name: Option<String>,
     capacity: usize,
     entries: HashMap<u32, CacheEntry>,
     clock: u64,
@@ -430,9 +463,21 @@ impl ProcessCache {
         ProcessCache {
             proc_root: proc_root.into(),
             host_name: host_name.into(),
+            node_name: None,
             capacity: capacity.max(1),
-            entries: HashMap::new(),
+            entries: HashMap::default(),
             clock: 0,
+        }
+    }
+
+    /// The agent runs on Kubernetes node `node`: it is `k8s.node.name` of processes in pods and
+    /// `host.name` of every process (a pod's own host name is its pod's name). Forgets what
+    /// was read so far.
+    pub fn set_node_name(&mut self, node: Option<String>) {
+        if let Some(name) = node.as_ref().filter(|n| !n.is_empty()) {
+            self.host_name = name.clone();
+            self.node_name = node;
+            self.entries.clear();
         }
     }
 
@@ -490,7 +535,7 @@ impl ProcessCache {
         let start_time = read_start_time(&self.proc_root, pid);
         let (info, pending) = match (RawProcess::read(&self.proc_root, pid, comm_hint), previous) {
             (Ok(raw), _) => {
-                let info = ProcessInfo::from_raw(pid, &raw, &self.host_name);
+                let info = ProcessInfo::from_raw_on_node(pid, &raw, &self.host_name, self.node_name.as_deref());
                 let pending = cmdline::title_pending(&info.exe_name, &cmdline::split_cmdline(&raw.cmdline));
                 (info, pending)
             }
@@ -684,7 +729,7 @@ mod tests {
         r.runtime_config = Some(
             br#"{"annotations":{"io.kubernetes.cri.container-name":"api","io.kubernetes.cri.sandbox-name":"orders-7d9c4b8f6-x2x9q","io.kubernetes.cri.sandbox-namespace":"shop"}}"#.to_vec(),
         );
-        let info = ProcessInfo::from_raw(5, &r, "node-1");
+        let info = ProcessInfo::from_raw_on_node(5, &r, "node-1", Some("node-1"));
         assert_eq!(info.service_name, "orders");
         assert_eq!(info.service_name_source, ServiceNameSource::K8sWorkload);
         assert_eq!(info.container_id.as_deref(), Some(ID));
@@ -702,6 +747,9 @@ mod tests {
                 "k8s.pod.name",
                 "k8s.pod.uid",
                 "k8s.container.name",
+                "k8s.node.name",
+                "k8s.replicaset.name",
+                "k8s.deployment.name",
                 "telemetry.distro.name",
             ]
         );
@@ -709,6 +757,27 @@ mod tests {
             attr(&info.resource, "k8s.pod.uid"),
             Some(&AttrValue::Str("0c5a4b1e-2d4e-4c1a-9d9e-0123456789ab".into()))
         );
+        assert_eq!(attr(&info.resource, "k8s.deployment.name"), Some(&AttrValue::Str("orders".into())));
+        // A process outside any pod gets no node name.
+        let host = ProcessInfo::from_raw_on_node(6, &raw("/usr/bin/curl", b"curl\0", b""), "node-1", Some("node-1"));
+        assert_eq!(attr(&host.resource, "k8s.node.name"), None);
+        assert_eq!(attr(&host.resource, "host.name"), Some(&AttrValue::Str("node-1".into())));
+    }
+
+    #[test]
+    fn the_pods_resource_annotations_come_after_the_processs_own_variables() {
+        let record = br#"{"annotations":{"io.kubernetes.cri.container-name":"api","io.kubernetes.cri.sandbox-name":"orders-7d9c4b8f6-x2x9q",
+            "resource.opentelemetry.io/service.name":"orders-api","resource.opentelemetry.io/deployment.environment.name":"prod",
+            "resource.opentelemetry.io/team":"shop"}}"#;
+        let mut r = raw("/usr/bin/python3", b"python3\0app.py\0", b"OTEL_RESOURCE_ATTRIBUTES=team=payments\0");
+        r.runtime_config = Some(record.to_vec());
+        let info = ProcessInfo::from_raw(7, &r, "node-1");
+        assert_eq!((info.service_name.as_str(), info.service_name_source), ("orders-api", ServiceNameSource::K8sAnnotation));
+        assert_eq!(attr(&info.resource, "deployment.environment.name"), Some(&AttrValue::Str("prod".into())));
+        assert_eq!(attr(&info.resource, "team"), Some(&AttrValue::Str("payments".into())));
+        r.environ = Some(b"OTEL_SERVICE_NAME=checkout\0".to_vec());
+        let info = ProcessInfo::from_raw(7, &r, "node-1");
+        assert_eq!((info.service_name.as_str(), info.service_name_source), ("checkout", ServiceNameSource::OtelServiceName));
     }
 
     #[test]

@@ -59,6 +59,11 @@ impl Capture {
         self.conns.ignore_clients_of(addr);
     }
 
+    /// The Kubernetes node the agent runs on (see `ProcessCache::set_node_name`).
+    pub fn set_node_name(&mut self, node: Option<String>) {
+        self.processes.set_node_name(node);
+    }
+
     pub fn new(
         metrics: Arc<Metrics>,
         db_query_parameters: bool,
@@ -96,85 +101,99 @@ impl Capture {
         self.stacks.poll();
         while let Some(item) = ring.next() {
             budget -= 1;
-            Metrics::inc(&self.metrics.events_read);
-            let mut ts = 0;
-            match bpf::events::decode(&item) {
-                Ok(KernelEvent::Conn(ev)) => {
-                    self.last_ts = ev.header.ts_ns;
-                    self.conns.on_conn(&ev, &self.metrics);
-                    // Read the process's identity now, while it surely runs: a short-lived
-                    // client may be gone (or a zombie without cmdline) when its span is built.
-                    if ev.header.tgid != self.own_tgid {
-                        self.processes.refresh(ev.header.tgid, &conn::comm_string(&ev.comm));
-                        self.tls.on_conn(ev.header.tgid);
-                        self.go.on_conn(ev.header.tgid);
-                    }
-                }
-                Ok(KernelEvent::Data { header, prefix, tail }) => {
-                    ts = header.header.ts_ns;
-                    self.last_ts = ts;
-                    self.processes.on_activity(header.header.tgid);
-                    self.conns.on_data(&header, prefix, tail, &self.metrics, &mut self.exchanges);
-                    for start in self.conns.take_starts().collect::<Vec<_>>() {
-                        let peer_traced = self.conns.peer_traced(start.local, start.remote);
-                        self.tracer.start(start, peer_traced, &self.metrics, &mut self.ready);
-                    }
-                }
-                Ok(KernelEvent::Close(header)) => {
-                    ts = header.ts_ns;
-                    self.last_ts = ts;
-                    self.conns.on_close(&header, &self.metrics, &mut self.exchanges);
-                    let key = ConnKey { tgid: header.tgid, fd: header.fd, conn_gen: header.conn_gen };
-                    self.tracer.closed(ts, key, &self.metrics, &mut self.ready);
-                    if !self.exchanges.is_empty() {
-                        self.make_spans(ts);
-                    }
-                    self.stacks.forget(&key);
-                }
-                Ok(KernelEvent::Stack { header, stack }) => {
-                    let h = &header.header;
-                    let req = StackRequest {
-                        key: ConnKey { tgid: h.tgid, fd: h.fd, conn_gen: h.conn_gen },
-                        ts_ns: h.ts_ns,
-                        regs: Regs { rip: header.rip, rsp: header.rsp, rbp: header.rbp },
-                        ips: header.ips[..header.ips_len as usize].to_vec(),
-                        stack: stack.to_vec(),
-                    };
-                    self.stacks.submit(req, &self.metrics);
-                }
-                Ok(KernelEvent::GoSpawn(ev)) => {
-                    ts = ev.header.ts_ns;
-                    self.last_ts = ts;
-                    self.tracer.spawned(ts, ev.header.tgid, ev.parent_goid as u32, ev.child_goid as u32, &self.metrics, &mut self.ready);
-                }
-                Ok(KernelEvent::Exec(header)) => {
-                    self.tls.on_exec(header.tgid);
-                    self.go.on_exec(header.tgid);
-                }
-                Err(error) => {
-                    Metrics::inc(&self.metrics.events_malformed);
-                    tracing::debug!(%error, "malformed kernel event");
-                }
-            }
+            self.on_record(&item);
             drop(item);
-            if !self.exchanges.is_empty() {
-                self.make_spans(ts);
-            }
             if budget == 0 {
                 emptied = false;
                 break;
             }
         }
-        self.release_stacked(false);
         if emptied {
-            // Spans held for their stack finished at `at`: assembly must not pass them.
-            let mut watermark = began.saturating_sub(trace::WINDOW_NS);
-            if let Some(oldest) = self.stacks.oldest_held() {
-                watermark = watermark.min(oldest.saturating_sub(1));
-            }
-            self.tracer.release(watermark, &self.metrics, &mut self.ready);
+            self.release(began.saturating_sub(trace::WINDOW_NS), sinks);
+        } else {
+            self.release_stacked(false);
+            sinks.send_all(&mut self.ready);
         }
+    }
+
+    /// Hands on every span whose inputs are all older than `watermark` (kernel time): through
+    /// trace assembly, to the sinks.
+    pub fn release(&mut self, mut watermark: u64, sinks: &mut Sinks) {
+        self.release_stacked(false);
+        // Spans held for their stack finished at `at`: assembly must not pass them.
+        if let Some(oldest) = self.stacks.oldest_held() {
+            watermark = watermark.min(oldest.saturating_sub(1));
+        }
+        self.tracer.release(watermark, &self.metrics, &mut self.ready);
         sinks.send_all(&mut self.ready);
+    }
+
+    /// Handles one ring-buffer record: decodes it and moves it through the connection table,
+    /// the parsers and trace assembly (finished spans collect in `ready`).
+    pub fn on_record(&mut self, item: &[u8]) {
+        Metrics::inc(&self.metrics.events_read);
+        let mut ts = 0;
+        match bpf::events::decode(item) {
+            Ok(KernelEvent::Conn(ev)) => {
+                self.last_ts = ev.header.ts_ns;
+                self.conns.on_conn(&ev, &self.metrics);
+                // Read the process's identity now, while it surely runs: a short-lived
+                // client may be gone (or a zombie without cmdline) when its span is built.
+                if ev.header.tgid != self.own_tgid {
+                    self.processes.refresh(ev.header.tgid, &conn::comm_string(&ev.comm));
+                    self.tls.on_conn(ev.header.tgid);
+                    self.go.on_conn(ev.header.tgid);
+                }
+            }
+            Ok(KernelEvent::Data { header, prefix, tail }) => {
+                ts = header.header.ts_ns;
+                self.last_ts = ts;
+                self.processes.on_activity(header.header.tgid);
+                self.conns.on_data(&header, prefix, tail, &self.metrics, &mut self.exchanges);
+                for start in self.conns.take_starts().collect::<Vec<_>>() {
+                    let peer_traced = self.conns.peer_traced(start.local, start.remote);
+                    self.tracer.start(start, peer_traced, &self.metrics, &mut self.ready);
+                }
+            }
+            Ok(KernelEvent::Close(header)) => {
+                ts = header.ts_ns;
+                self.last_ts = ts;
+                self.conns.on_close(&header, &self.metrics, &mut self.exchanges);
+                let key = ConnKey { tgid: header.tgid, fd: header.fd, conn_gen: header.conn_gen };
+                self.tracer.closed(ts, key, &self.metrics, &mut self.ready);
+                if !self.exchanges.is_empty() {
+                    self.make_spans(ts);
+                }
+                self.stacks.forget(&key);
+            }
+            Ok(KernelEvent::Stack { header, stack }) => {
+                let h = &header.header;
+                let req = StackRequest {
+                    key: ConnKey { tgid: h.tgid, fd: h.fd, conn_gen: h.conn_gen },
+                    ts_ns: h.ts_ns,
+                    regs: Regs { rip: header.rip, rsp: header.rsp, rbp: header.rbp },
+                    ips: header.ips[..header.ips_len as usize].to_vec(),
+                    stack: stack.to_vec(),
+                };
+                self.stacks.submit(req, &self.metrics);
+            }
+            Ok(KernelEvent::GoSpawn(ev)) => {
+                ts = ev.header.ts_ns;
+                self.last_ts = ts;
+                self.tracer.spawned(ts, ev.header.tgid, ev.parent_goid as u32, ev.child_goid as u32, &self.metrics, &mut self.ready);
+            }
+            Ok(KernelEvent::Exec(header)) => {
+                self.tls.on_exec(header.tgid);
+                self.go.on_exec(header.tgid);
+            }
+            Err(error) => {
+                Metrics::inc(&self.metrics.events_malformed);
+                tracing::debug!(%error, "malformed kernel event");
+            }
+        }
+        if !self.exchanges.is_empty() {
+            self.make_spans(ts);
+        }
     }
 
     /// Turns finished exchanges into spans and hands them to trace assembly, which gives them

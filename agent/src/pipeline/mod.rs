@@ -1,10 +1,12 @@
 //! The one place where the stages meet: kernel events → connections → exchanges → spans → sinks.
 //!
-//! [`run`] starts the stages in order — the sinks, the kernel programs, TLS and Go discovery, the
-//! symbolizer, the capture task ([`capture`]) and the viewer — then runs the event loop until
+//! [`run`] starts the stages in order — the health endpoint, the sinks, the kernel programs, TLS and
+//! Go discovery, the symbolizer, the capture task ([`capture`]) and the viewer — then runs the event loop until
 //! SIGINT or SIGTERM, and stops them in reverse. It does no protocol, span or sink work itself.
 
 mod capture;
+#[cfg(test)]
+mod replay_bench;
 
 use std::{
     sync::Arc,
@@ -56,6 +58,7 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
     let stacks_on = config.stacks == "on";
     bpf::check_can_start()?;
     let metrics = Arc::new(Metrics::default());
+    let health = crate::health::start_if(config.health, &metrics).await;
     // Print, OTLP export and the store (unless --no-ui); a store that cannot open is logged.
     let mut sinks = Sinks::open(&config, &metrics)?;
     let viewer = if config.no_ui { None } else { ui::start(&config, metrics.clone(), sinks.store_dir.as_deref()).await };
@@ -87,10 +90,11 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
     });
     let mut capture =
         Capture::new(metrics.clone(), config.db_query_parameters, tls, StackJoin::new(symbolizer, STACK_WAIT), go);
-    // Whoever reads the viewer (a browser polling /api/traces) is not traced.
-    if let Some(addr) = viewer {
+    // Whoever reads the viewer (a browser polling /api/traces) or the health endpoint is not traced.
+    for addr in viewer.into_iter().chain(health.as_ref().map(|h| h.1)) {
         capture.ignore_clients_of(addr);
     }
+    capture.set_node_name(config.k8s_node_name.clone());
     let mut ring = EventRing::new(ring)?;
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
@@ -103,6 +107,7 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
         eprintln!("viewer: http://{addr}");
     }
     eprintln!("ztrace is ready");
+    health.as_ref().inspect(|h| h.0.set_ready());
     tracing::info!("{}", selection.describe());
 
     loop {
@@ -132,6 +137,8 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
             }
             // Exited Go programs stop being followed (their pid may be reused).
             capture.go.reap(&mut probes);
+            health.as_ref().inspect(|h| h.0.set_kernel(probes.kernel_counters()));
+            health.as_ref().inspect(|h| h.0.set_queues(sinks.queue_depths()));
         }
         // ... and whether they are Go programs, whose goroutines are followed.
         if capture.go.has_pending() {

@@ -37,6 +37,9 @@ pub trait Sink: Send {
     /// Queues spans without blocking; a full queue drops them and counts them.
     fn send(&mut self, spans: Vec<Span>);
 
+    /// The name of this sink's queue depth on `/metrics` and the spans waiting in it now.
+    fn queued(&self) -> (&'static str, usize);
+
     /// Sends or writes what is queued, then stops.
     fn finish(self: Box<Self>) -> Finishing;
 }
@@ -86,6 +89,11 @@ impl Sinks {
         Ok(Sinks { sinks, store_dir })
     }
 
+    /// These sinks, in this order (tests and benchmarks bring their own).
+    pub fn from_sinks(sinks: Vec<Box<dyn Sink>>) -> Sinks {
+        Sinks { sinks, store_dir: None }
+    }
+
     /// Hands `spans` (emptied) to every sink that wants them; the last sink takes the originals,
     /// the others copies.
     pub fn send_all(&mut self, spans: &mut Vec<Span>) {
@@ -103,6 +111,11 @@ impl Sinks {
         }
         spans.retain(|s| last.wants(s, now));
         last.send(std::mem::take(spans));
+    }
+
+    /// The depth of every sink's queue, by name (`print_queue_spans`, ...).
+    pub fn queue_depths(&self) -> Vec<(&'static str, u64)> {
+        self.sinks.iter().map(|s| s.queued()).map(|(name, n)| (name, n as u64)).collect()
     }
 
     /// Flushes and stops every sink.

@@ -154,7 +154,7 @@ pub struct Printer<W: Write> {
     json: Vec<u8>,
     /// The JSON of each resource seen lately, by its address (the `Arc` held keeps the address
     /// from being reused): a process's resource is serialised once, not once per span.
-    resources: HashMap<*const Resource, (Arc<Resource>, Vec<u8>)>,
+    resources: HashMap<usize, (Arc<Resource>, Vec<u8>)>,
 }
 
 /// Resources whose JSON is kept; beyond that the cache starts over.
@@ -187,7 +187,7 @@ impl<W: Write> Printer<W> {
                 serde_json::to_writer(&mut self.json, &SpanObject::of(span, false)).map_err(io::Error::other)?;
                 self.json.pop(); // the closing brace: the resource comes last
                 self.json.extend_from_slice(b",\"resource\":");
-                let key = Arc::as_ptr(&span.resource);
+                let key = Arc::as_ptr(&span.resource) as usize;
                 if !self.resources.contains_key(&key) {
                     if self.resources.len() >= RESOURCE_CACHE {
                         self.resources.clear();
@@ -246,6 +246,10 @@ impl PrintSink {
 impl Sink for PrintSink {
     fn send(&mut self, spans: Vec<Span>) {
         self.0.send(spans);
+    }
+
+    fn queued(&self) -> (&'static str, usize) {
+        ("print_queue_spans", self.0.queued())
     }
 
     fn finish(self: Box<Self>) -> Finishing {

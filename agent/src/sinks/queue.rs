@@ -101,6 +101,13 @@ impl Drop for Sender {
     }
 }
 
+impl Sender {
+    /// Spans waiting in the queue now.
+    pub fn queued(&self) -> usize {
+        self.shared.lock().spans
+    }
+}
+
 impl std::fmt::Debug for Sender {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sender").field("max_spans", &self.shared.max_spans).finish_non_exhaustive()
@@ -134,6 +141,11 @@ impl Worker {
         if let Err(refused) = self.tx.try_send(spans) {
             (self.dropped)(refused.len() as u64);
         }
+    }
+
+    /// Spans waiting for the thread now.
+    pub fn queued(&self) -> usize {
+        self.tx.queued()
     }
 
     /// Ends the queue and waits (off the runtime's threads) for the thread to finish its work.

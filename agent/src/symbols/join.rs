@@ -4,13 +4,13 @@
 //! and released with or without it (a release without is counted as `stacks_timed_out`).
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use super::{StackRequest, StackTrace, SymbolizerHandle};
-use crate::{conn::ConnKey, metrics::Metrics, protocols::Side, spans::Span, trace::Finished};
+use crate::{collections::HashMap, conn::ConnKey, metrics::Metrics, protocols::Side, spans::Span, trace::Finished};
 
 /// Stacks kept per connection while their spans are not built.
 const PER_CONN: usize = 16;
@@ -37,7 +37,7 @@ pub struct StackJoin {
 impl StackJoin {
     /// `handle` is `None` when stacks are off.
     pub fn new(handle: Option<SymbolizerHandle>, wait: Duration) -> Self {
-        StackJoin { handle, pending: HashMap::new(), ready: HashMap::new(), held: VecDeque::new(), wait }
+        StackJoin { handle, pending: HashMap::default(), ready: HashMap::default(), held: VecDeque::new(), wait }
     }
 
     /// Hands a stack from the kernel to the symbolizer.

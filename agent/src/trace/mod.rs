@@ -30,11 +30,12 @@ pub mod context;
 
 use std::{
     cmp::Reverse,
-    collections::{BinaryHeap, HashMap, VecDeque},
+    collections::{BinaryHeap, VecDeque},
     net::SocketAddr,
 };
 
 use crate::{
+    collections::HashMap,
     conn::{ConnKey, RequestStart},
     metrics::Metrics,
     protocols::Side,
@@ -161,32 +162,55 @@ impl Input {
 
 struct Pending {
     ts: u64,
-    rank: u8,
-    seq: u64,
     input: Input,
 }
 
-impl PartialEq for Pending {
-    fn eq(&self, other: &Self) -> bool {
-        (self.ts, self.rank, self.seq) == (other.ts, other.rank, other.seq)
-    }
+/// The hold-back window: inputs in (timestamp, rank, arrival) order. The heap orders 24-byte
+/// keys; the inputs themselves (up to ~150 bytes) stay in a slab, so sifting moves keys only.
+#[derive(Default)]
+struct Window {
+    /// (ts, rank, seq, slot).
+    order: BinaryHeap<Reverse<(u64, u8, u64, u32)>>,
+    slots: Vec<Option<Input>>,
+    free: Vec<u32>,
 }
-impl Eq for Pending {}
-impl PartialOrd for Pending {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
+
+impl Window {
+    fn len(&self) -> usize {
+        self.order.len()
     }
-}
-impl Ord for Pending {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.ts, self.rank, self.seq).cmp(&(other.ts, other.rank, other.seq))
+
+    fn push(&mut self, ts: u64, rank: u8, seq: u64, input: Input) {
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot as usize] = Some(input);
+                slot
+            }
+            None => {
+                self.slots.push(Some(input));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.order.push(Reverse((ts, rank, seq, slot)));
+    }
+
+    /// The timestamp of the input that comes next.
+    fn next_ts(&self) -> Option<u64> {
+        self.order.peek().map(|Reverse((ts, ..))| *ts)
+    }
+
+    fn pop(&mut self) -> Option<Pending> {
+        let Reverse((ts, _, _, slot)) = self.order.pop()?;
+        let input = self.slots.get_mut(slot as usize)?.take()?;
+        self.free.push(slot);
+        Some(Pending { ts, input })
     }
 }
 
 /// Gives spans their trace ids and parents (module docs).
 #[derive(Default)]
 pub struct Tracer {
-    pending: BinaryHeap<Reverse<Pending>>,
+    pending: Window,
     seq: u64,
     /// Starts of each connection whose exchange has not finished, oldest first.
     starts: HashMap<ConnKey, VecDeque<StartRecord>>,
@@ -246,11 +270,11 @@ impl Tracer {
     fn push(&mut self, ts: u64, input: Input, metrics: &Metrics, out: &mut Vec<Span>) {
         self.seq += 1;
         let rank = input.rank();
-        self.pending.push(Reverse(Pending { ts, rank, seq: self.seq, input }));
+        self.pending.push(ts, rank, self.seq, input);
         metrics.link_window_peak.fetch_max(self.pending.len() as u64, std::sync::atomic::Ordering::Relaxed);
         if self.pending.len() > MAX_PENDING {
             Metrics::inc(&metrics.link_window_overflow);
-            if let Some(Reverse(oldest)) = self.pending.pop() {
+            if let Some(oldest) = self.pending.pop() {
                 self.handle(oldest, metrics, out);
             }
         }
@@ -281,8 +305,8 @@ impl Tracer {
     /// caller passes the time its last complete drain of the ring buffer began minus
     /// [`WINDOW_NS`].
     pub fn release(&mut self, watermark: u64, metrics: &Metrics, out: &mut Vec<Span>) {
-        while self.pending.peek().is_some_and(|Reverse(p)| p.ts <= watermark) {
-            if let Some(Reverse(p)) = self.pending.pop() {
+        while self.pending.next_ts().is_some_and(|ts| ts <= watermark) {
+            if let Some(p) = self.pending.pop() {
                 self.handle(p, metrics, out);
             }
         }

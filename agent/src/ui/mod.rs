@@ -15,7 +15,6 @@
 mod api;
 
 use std::{
-    convert::Infallible,
     net::SocketAddr,
     path::Path,
     sync::{Arc, Mutex},
@@ -23,8 +22,7 @@ use std::{
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::{body::Incoming, header, server::conn::http1, service::service_fn, Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::{body::Incoming, header, Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 
 use crate::{
@@ -63,37 +61,13 @@ pub async fn start(config: &Config, metrics: Arc<Metrics>, store_dir: Option<&Pa
                     traced request (URLs, headers kept as attributes, SQL). Use --ui 127.0.0.1:PORT to keep it local");
             }
             let state = Arc::new(State { store: reader.map(Mutex::new), metrics });
-            tokio::spawn(serve(listener, state));
+            tokio::spawn(crate::serve::serve(listener, "viewer", move |req| route(req, state.clone())));
             Some(addr)
         }
         Err(error) => {
             tracing::error!(%error, addr = %config.ui, "cannot serve the viewer (choose another --ui address); capture goes on");
             None
         }
-    }
-}
-
-/// Accepts connections until the runtime stops.
-async fn serve(listener: TcpListener, state: Arc<State>) {
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(error) => {
-                tracing::debug!(%error, "viewer accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let state = state.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(route(req, state).await) }
-            });
-            if let Err(error) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
-                tracing::debug!(%error, "viewer connection ended with an error");
-            }
-        });
     }
 }
 

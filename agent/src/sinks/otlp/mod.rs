@@ -283,6 +283,11 @@ pub struct ExportHandle {
 }
 
 impl ExportHandle {
+    /// Spans waiting in the queue now.
+    pub fn queued(&self) -> usize {
+        self.queue.queued()
+    }
+
     /// Queues a span for export without blocking. If the queue is full, or the exporter has
     /// ended, the span is dropped and counted in `spans_dropped_queue_full`.
     pub fn send(&self, span: Span) {
@@ -320,6 +325,10 @@ impl OtlpSink {
 impl Sink for OtlpSink {
     fn send(&mut self, spans: Vec<Span>) {
         self.handle.send_batch(spans);
+    }
+
+    fn queued(&self) -> (&'static str, usize) {
+        ("export_queue_spans", self.handle.queued())
     }
 
     /// Asks the task to flush, and waits for it at most 10 s.

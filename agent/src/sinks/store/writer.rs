@@ -150,6 +150,10 @@ impl Sink for StoreSink {
         self.writer.send(spans);
     }
 
+    fn queued(&self) -> (&'static str, usize) {
+        ("store_queue_spans", self.writer.queued())
+    }
+
     /// Writes what is queued and stops the thread.
     fn finish(self: Box<Self>) -> Finishing {
         self.writer.finish()
