@@ -41,6 +41,7 @@ use ztrace_e2e::{
     TempDir,
 };
 
+mod capture;
 mod stacks;
 
 use crate::build::{self, Profile};
@@ -75,7 +76,7 @@ struct AgentCost {
 
 /// `cargo xtask bench`; `example_only`: only the example system's part; `stacks_only`: only the
 /// stacks part (`bench/stacks.rs`).
-pub fn bench(agent_args: &[String], example_only: bool, stacks_only: bool) -> Result<()> {
+pub fn bench(agent_args: &[String], example_only: bool, stacks_only: bool, capture_only: bool) -> Result<()> {
     let agent_args: Vec<String> = if agent_args.is_empty() {
         DEFAULT_ZTRACE_ARGS.iter().map(|s| s.to_string()).collect()
     } else {
@@ -88,12 +89,17 @@ pub fn bench(agent_args: &[String], example_only: bool, stacks_only: bool) -> Re
     toolchain::setup(false)?;
     apt_install(&["nginx", "wrk", "openssl", "bpftool"])?;
     let ztrace = build::build_after_setup(Profile::Release)?;
+    if capture_only {
+        return capture::capture_bench();
+    }
     if example_only {
         return example_bench(&ztrace, &agent_args);
     }
     if stacks_only {
         return stacks::stacks_bench(&ztrace);
     }
+    // Instructions per span first: they hold on a busy machine, the timed loads below do not.
+    capture::capture_bench()?;
 
     let dir = TempDir::new("bench");
     let certs = Certs::make();

@@ -82,6 +82,10 @@ enum Command {
         /// first-span delay and agent memory with large binaries).
         #[arg(long)]
         stacks: bool,
+        /// Only the capture path's instructions per span (a replay under callgrind: stable on
+        /// a busy machine).
+        #[arg(long)]
+        capture: bool,
     },
     /// Run the example system (orders, users, inventory and PostgreSQL) traced by ztrace, send a
     /// few requests and print the viewer's URL; Ctrl-C stops everything.
@@ -105,7 +109,7 @@ fn main() -> Result<()> {
         Command::Test { skip_privileged } => test::test(skip_privileged),
         Command::Image => image::image(),
         Command::KernelMatrix => kernels::prepare().map(|_| ()),
-        Command::Bench { agent_args, example, stacks } => bench::bench(&agent_args, example, stacks),
+        Command::Bench { agent_args, example, stacks, capture } => bench::bench(&agent_args, example, stacks, capture),
         Command::Demo { lang, pg_port } => demo::demo(lang, pg_port),
     }
 }

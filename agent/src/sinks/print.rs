@@ -26,7 +26,7 @@ use crate::metrics::Metrics;
 
 use crate::spans::{
     hex,
-    json::{resource_attributes, SpanObject},
+    json::{self, Head, Object},
     AttrValue, Resource, Span, StatusCode,
 };
 
@@ -184,21 +184,18 @@ impl<W: Write> Printer<W> {
             }
             PrintFormat::Json => {
                 self.json.clear();
-                serde_json::to_writer(&mut self.json, &SpanObject::of(span, false)).map_err(io::Error::other)?;
-                self.json.pop(); // the closing brace: the resource comes last
-                self.json.extend_from_slice(b",\"resource\":");
                 let key = Arc::as_ptr(&span.resource) as usize;
                 if !self.resources.contains_key(&key) {
                     if self.resources.len() >= RESOURCE_CACHE {
                         self.resources.clear();
                     }
-                    let bytes = serde_json::to_vec(&resource_attributes(&span.resource)).map_err(io::Error::other)?;
+                    let mut bytes = Vec::new();
+                    json::write_object(&mut bytes, Object::Resource(&span.resource.attributes));
                     self.resources.insert(key, (span.resource.clone(), bytes));
                 }
-                if let Some((_, bytes)) = self.resources.get(&key) {
-                    self.json.extend_from_slice(bytes);
-                }
-                self.json.extend_from_slice(b"}\n");
+                let resource = self.resources.get(&key).map(|(_, bytes)| Object::Raw(bytes));
+                json::write_span(&mut self.json, &Head::of(span), Object::Attributes(&span.attributes), resource);
+                self.json.push(b'\n');
                 self.out.write_all(&self.json)
             }
         }

@@ -77,6 +77,11 @@ fn placeholder(s: &str) -> Option<&'static str> {
 }
 
 fn is_email(s: &str) -> bool {
+    // Most segments have neither: no copy for them (this runs for every segment of every path).
+    let bytes = s.as_bytes();
+    if !bytes.contains(&b'@') && !bytes.windows(3).any(|w| w == b"%40") {
+        return false;
+    }
     let s = s.replace("%40", "@");
     match s.split_once('@') {
         Some((local, domain)) => {

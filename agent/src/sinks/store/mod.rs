@@ -275,7 +275,7 @@ impl Store {
                 .entry(std::sync::Arc::as_ptr(&span.resource))
                 .and_modify(|r| r.2 = r.2.max(start))
                 .or_insert_with(|| {
-                    let json = json::to_string(&json::resource_attributes(&span.resource));
+                    let json = json::object_string(json::Object::Resource(&span.resource.attributes));
                     (resource_id(&json), json, start)
                 });
         }
@@ -319,7 +319,7 @@ impl Store {
                     to_sql_ns(span.end_unix_nano.max(span.start_unix_nano)),
                     span.status.as_str(),
                     span.status_message,
-                    json::to_string(&json::span_attributes(span)),
+                    json::object_string(json::Object::Attributes(&span.attributes)),
                     resource,
                 ])?;
             }
@@ -401,20 +401,21 @@ impl Store {
             let resource: String = row.get::<_, Option<String>>(11)?.unwrap_or_default();
             let (name, kind, service, status): (String, String, String, String) =
                 (row.get(3)?, row.get(4)?, row.get(5)?, row.get(8)?);
-            let object = json::SpanObject {
-                trace_id: row.get(0)?,
-                span_id: row.get(1)?,
-                parent_span_id: row.get(2)?,
+            let (trace_id, span_id, parent): (String, String, Option<String>) = (row.get(0)?, row.get(1)?, row.get(2)?);
+            let head = json::Head {
+                trace_id: json::Id::Hex(&trace_id),
+                span_id: json::Id::Hex(&span_id),
+                parent_span_id: parent.as_deref().map(json::Id::Hex),
                 name: &name,
                 kind: &kind,
                 service: &service,
                 start_unix_nano: from_sql_ns(row.get(6)?),
                 end_unix_nano: from_sql_ns(row.get(7)?),
                 status: &status,
-                attributes: serde_json::from_str::<serde_json::Value>(&attributes).unwrap_or_default(),
-                resource: Some(serde_json::from_str::<serde_json::Value>(&resource).unwrap_or_default()),
             };
-            let mut span = serde_json::to_value(object).unwrap_or_default();
+            let mut bytes = Vec::new();
+            json::write_span(&mut bytes, &head, json::Object::Raw(attributes.as_bytes()), Some(json::Object::Raw(resource.as_bytes())));
+            let mut span: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
             // Not in the DESIGN.md span; added only when there is one, for the span panel.
             if let Some(message) = row.get::<_, Option<String>>(9)? {
                 span["status_message"] = message.into();
