@@ -44,12 +44,22 @@ counters! {
     /// Connections whose bytes are TLS records: never parsed (their plaintext is, when a TLS
     /// probe sees it).
     conns_tls_records,
+    /// Connections that are ztrace's own traffic (the receiving end of its OTLP export, clients
+    /// of its viewer): not traced.
+    conns_own,
     /// Connections dropped from the table because it was full.
     conns_evicted,
     /// Protocol parse errors (the connection's parser is reset or abandoned).
     parse_errors,
-    /// Requests that never got a response (connection closed or parser reset).
+    /// Requests the connection closed on before their answer (a client that gave up, a server
+    /// that did not answer). Each is still a span: error status, `error.type` `client_closed`
+    /// (server side) or `no_response` (client side), ending at the close. Not a loss.
     exchanges_unanswered,
+    /// Requests seen that never became a span: dropped by a parser (bytes lost where messages
+    /// start or end, answers that could not be paired, too many waiting on one connection), or
+    /// waiting on a connection dropped from the table (full: `conns_evicted`; idle for 10
+    /// minutes, its process gone without closing it).
+    exchanges_lost,
     /// Spans produced.
     spans_created,
     /// Server spans whose client is a traced local process but whose client request was not

@@ -118,9 +118,11 @@ pub struct ConnTable {
     by_tuple: HashMap<(SocketAddr, SocketAddr), ConnKey>,
     max_conns: usize,
     own_tgid: u32,
-    /// Local endpoints of the agent's own connections (its OTLP export): a traced server
-    /// connection whose peer is one of them is the agent talking to a receiver, not traced.
-    own_endpoints: HashSet<SocketAddr>,
+    /// The agent's own connections (its OTLP export) as `(local, remote)`: a traced server
+    /// connection that is the other end of one of them is the agent talking to a receiver, not
+    /// traced. Matched on the whole 4-tuple: the agent's local port alone is soon reused by
+    /// other clients' connections (issue 19: those lost their server spans, uncounted).
+    own_conns: HashSet<(SocketAddr, SocketAddr)>,
     /// Addresses the agent listens on (the viewer): a traced client connected to one of them
     /// is someone reading the agent's own data, not traced.
     own_listeners: Vec<SocketAddr>,
@@ -130,7 +132,9 @@ pub struct ConnTable {
     starts: Vec<RequestStart>,
 }
 
-const MAX_OWN_ENDPOINTS: usize = 4096;
+/// The agent's own connections remembered (emptied when full: an entry only matters while
+/// the receiver's end of that connection is open).
+const MAX_OWN_CONNS: usize = 4096;
 /// Payload chunks a connection opened before ztrace started may show before one is recognized
 /// (the first ones seen can be answers, or the rest of a message whose start was missed).
 const MIDSTREAM_TRIES: u8 = 8;
@@ -142,7 +146,7 @@ impl ConnTable {
             by_tuple: HashMap::default(),
             max_conns,
             own_tgid,
-            own_endpoints: HashSet::default(),
+            own_conns: HashSet::default(),
             own_listeners: Vec::new(),
             scratch: Vec::new(),
             options: Options::default(),
@@ -180,10 +184,10 @@ impl ConnTable {
     pub fn on_conn(&mut self, ev: &ConnEvent, metrics: &Metrics) {
         let (local, remote) = addresses(ev);
         if ev.header.tgid == self.own_tgid {
-            if self.own_endpoints.len() >= MAX_OWN_ENDPOINTS {
-                self.own_endpoints.clear();
+            if self.own_conns.len() >= MAX_OWN_CONNS {
+                self.own_conns.clear();
             }
-            self.own_endpoints.insert(local);
+            self.own_conns.insert((local, remote));
             return;
         }
         let key = ConnKey::of(&ev.header);
@@ -264,10 +268,11 @@ impl ConnTable {
             if payload.is_empty() {
                 return; // a length without bytes (sendfile) says nothing about the protocol
             }
-            let own = self.own_endpoints.contains(&conn.info.remote)
+            let own = self.own_conns.contains(&(conn.info.remote, conn.info.local))
                 || (conn.info.role != ConnRole::Server
                     && to_listener(&self.own_listeners, conn.info.local, conn.info.remote));
             conn.state = if own {
+                Metrics::inc(&metrics.conns_own);
                 State::Ignored
             } else if !conn.plaintext && is_tls_record(payload) {
                 Metrics::inc(&metrics.conns_tls_records);
@@ -310,6 +315,7 @@ impl ConnTable {
             Metrics::inc(&metrics.parse_errors);
             tracing::debug!(%error, tgid = key.tgid, fd = key.fd, "bytes a parser could not read");
         }
+        Metrics::add(&metrics.exchanges_lost, parser.take_lost());
         if parser.stopped() {
             conn.state = State::Ignored;
         }
@@ -331,11 +337,9 @@ impl ConnTable {
         self.conns.retain(|k, c| {
             let keep = c.last_ts >= cutoff_ts;
             if !keep {
-                let unanswered = match &mut c.state {
-                    State::Parsed(parser) => parser.on_close(c.last_ts, &mut Vec::new()),
-                    _ => 0,
-                };
-                Metrics::add(&metrics.exchanges_unanswered, unanswered as u64);
+                // Trace assembly forgot these requests' ids long ago: spans made now could
+                // not join their traces, so they are counted as lost instead.
+                drop_connection(c, metrics);
                 let tuple = (c.info.local, c.info.remote);
                 if by_tuple.get(&tuple) == Some(k) {
                     by_tuple.remove(&tuple);
@@ -345,11 +349,44 @@ impl ConnTable {
         });
     }
 
-    /// Forgets every connection of a process that exited.
-    pub fn forget_process(&mut self, tgid: u32) {
+    /// Closes the connections of processes that exited without closing them (killed, or
+    /// exiting with sockets open: the kernel closes those fds without a `close` call, so no
+    /// close event comes). Connections idle since before `idle_before` (kernel time) whose
+    /// process `alive` says is gone are finished as a close at `ts_ns` would finish them: their
+    /// unanswered requests become exchanges ending at `ts_ns` (when the exit was noticed: at most
+    /// a housekeeping tick after it). Returns the keys closed, for trace assembly.
+    pub fn close_exited(
+        &mut self,
+        idle_before: u64,
+        ts_ns: u64,
+        mut alive: impl FnMut(u32) -> bool,
+        metrics: &Metrics,
+        out: &mut Vec<ConnExchange>,
+    ) -> Vec<ConnKey> {
+        let mut checked: HashMap<u32, bool> = HashMap::default();
+        let gone: Vec<ConnKey> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.last_ts < idle_before && matches!(c.state, State::Parsed(_)))
+            .map(|(k, _)| *k)
+            .filter(|k| !*checked.entry(k.tgid).or_insert_with(|| alive(k.tgid)))
+            .collect();
+        for key in &gone {
+            if let Some(mut conn) = self.remove(key) {
+                let at = ts_ns.max(conn.last_ts);
+                self.finish(&mut conn, at, metrics, out);
+            }
+        }
+        gone
+    }
+
+    /// Forgets every connection of a process that exited (what waited on them is counted lost).
+    pub fn forget_process(&mut self, tgid: u32, metrics: &Metrics) {
         let keys: Vec<ConnKey> = self.conns.keys().filter(|k| k.tgid == tgid).copied().collect();
         for key in keys {
-            self.remove(&key);
+            if let Some(mut conn) = self.remove(&key) {
+                drop_connection(&mut conn, metrics);
+            }
         }
     }
 
@@ -357,6 +394,7 @@ impl ConnTable {
         if let State::Parsed(parser) = &mut conn.state {
             let unanswered = parser.on_close(ts_ns, &mut self.scratch);
             Metrics::add(&metrics.exchanges_unanswered, unanswered as u64);
+            Metrics::add(&metrics.exchanges_lost, parser.take_lost());
             for exchange in self.scratch.drain(..) {
                 out.push(ConnExchange { conn: conn.info.clone(), exchange });
             }
@@ -373,9 +411,21 @@ impl ConnTable {
         }
         by_age.select_nth_unstable(n - 1);
         for (_, key) in &by_age[..n] {
-            self.remove(key);
+            if let Some(mut conn) = self.remove(key) {
+                drop_connection(&mut conn, metrics);
+            }
         }
         Metrics::add(&metrics.conns_evicted, n as u64);
+    }
+}
+
+/// A connection leaves the table without its close: every request still waiting on it (and
+/// every one its parser dropped) is counted as lost (`exchanges_lost`).
+fn drop_connection(conn: &mut Connection, metrics: &Metrics) {
+    if let State::Parsed(parser) = &mut conn.state {
+        let mut waiting = Vec::new();
+        parser.on_close(conn.last_ts, &mut waiting);
+        Metrics::add(&metrics.exchanges_lost, waiting.len() as u64 + parser.take_lost());
     }
 }
 
@@ -504,7 +554,7 @@ mod tests {
         assert_eq!(ex.conn.comm, "python3");
         assert_eq!(ex.conn.role, ConnRole::Server);
         assert_eq!(http.request.method, "GET");
-        assert_eq!(http.response.status, 200);
+        assert_eq!(http.response().status, 200);
         assert_eq!(http.request_start_ns, 10);
         assert_eq!(http.response_end_ns, 20);
     }
@@ -583,22 +633,63 @@ mod tests {
     }
 
     #[test]
-    fn own_export_traffic_is_ignored() {
+    fn own_export_traffic_is_ignored_by_its_whole_4_tuple() {
+        // The agent (tgid 999) connected from 127.0.0.1:40000 to a receiver on 4318.
         let metrics = Metrics::default();
         let mut table = ConnTable::new(16, 999);
-        // The agent (tgid 999) connected from 127.0.0.1:40000 ...
         let mut own = conn_event(999, ConnRole::Client, 2, v4([127, 0, 0, 1]), v4([127, 0, 0, 1]));
-        own.local_port = 40000;
-        own.remote_port = 4318;
+        (own.local_port, own.remote_port) = (40000, 4318);
         table.on_conn(&own, &metrics);
-        // ... and the receiver accepted it.
-        table.on_conn(&conn_event(7, ConnRole::Server, 2, v4([127, 0, 0, 1]), v4([127, 0, 0, 1])), &metrics);
+        // A server (tgid 7) on `port` accepts a connection from 127.0.0.1:40000 (generation
+        // `gen`) and answers one request on it: the exchanges and request starts it gives.
+        let mut serve = |port: u16, gen: u64| {
+            let mut server = conn_event(7, ConnRole::Server, 2, v4([127, 0, 0, 1]), v4([127, 0, 0, 1]));
+            (server.local_port, server.header.conn_gen) = (port, gen);
+            table.on_conn(&server, &metrics);
+            let mut out = Vec::new();
+            let mut data = |ts, direction, bytes: &[u8]| {
+                let mut h = data(7, ts, direction, bytes);
+                h.header.conn_gen = gen;
+                table.on_data(&h, bytes, &[], &metrics, &mut out);
+            };
+            data(10, Direction::Ingress, b"POST /v1/traces HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+            data(11, Direction::Egress, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+            (out.len(), table.take_starts().count())
+        };
+        // The receiver's end of the agent's connection: not traced.
+        assert_eq!(serve(4318, 1), (0, 0));
+        assert_eq!(metrics.conns_own.load(std::sync::atomic::Ordering::Relaxed), 1);
+        // Issue 19: another client got port 40000 for a connection to a server on 8000. Taken
+        // for the agent's own traffic by its port alone, it lost its server span, uncounted.
+        assert_eq!(serve(8000, 2), (1, 1));
+        assert_eq!(metrics.conns_own.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn connections_of_a_process_gone_without_closing_them_are_closed() {
+        let metrics = Metrics::default();
+        let mut table = ConnTable::new(16, 999);
+        let client = |tgid| {
+            let mut ev = conn_event(tgid, ConnRole::Client, 2, v4([127, 0, 0, 1]), v4([127, 0, 0, 1]));
+            ev.header.tgid = tgid;
+            ev
+        };
         let mut out = Vec::new();
-        let req = b"POST /v1/traces HTTP/1.1\r\nContent-Length: 0\r\n\r\n";
-        table.on_data(&data(7, 10, Direction::Ingress, req), req, &[], &metrics, &mut out);
-        let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
-        table.on_data(&data(7, 11, Direction::Egress, resp), resp, &[], &metrics, &mut out);
-        assert!(out.is_empty());
+        let req = b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n";
+        for tgid in [7, 8] {
+            table.on_conn(&client(tgid), &metrics);
+            table.on_data(&data(tgid, 10, Direction::Egress, req), req, &[], &metrics, &mut out);
+        }
+        // Process 7 was killed while waiting for the response; 8 still runs.
+        let closed = table.close_exited(1_000, 5_000, |tgid| tgid != 7, &metrics, &mut out);
+        assert_eq!(closed.iter().map(|k| k.tgid).collect::<Vec<_>>(), [7]);
+        assert_eq!(out.len(), 1);
+        assert!(!out[0].exchange.answered());
+        assert_eq!(as_http(&out[0]).response_end_ns, 5_000);
+        assert_eq!(table.len(), 1);
+        assert_eq!(metrics.exchanges_unanswered.load(std::sync::atomic::Ordering::Relaxed), 1);
+        // Activity after `idle_before`: not looked at.
+        assert!(table.close_exited(5, 6_000, |_| false, &metrics, &mut out).is_empty());
     }
 
     #[test]
@@ -656,7 +747,7 @@ mod tests {
         table.on_data(&tls(data(7, 12, Direction::Egress, resp)), resp, &[], &metrics, &mut out);
         assert_eq!(out.len(), 1);
         let h = as_http(&out[0]);
-        assert_eq!((h.request.target.as_str(), h.response.status), ("/secret", 200));
+        assert_eq!((h.request.target.as_str(), h.response().status), ("/secret", 200));
     }
 
     #[test]

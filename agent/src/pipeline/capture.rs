@@ -21,6 +21,8 @@ use crate::{
 
 /// Connections idle for this long are dropped (their process died without closing them).
 const IDLE_CONN_NS: u64 = 10 * 60 * 1_000_000_000;
+/// Connections idle for this long are checked for a process that exited without closing them.
+const EXIT_CHECK_IDLE_NS: u64 = 1_000_000_000;
 /// Most connections tracked at once.
 const MAX_CONNS: usize = 65_536;
 /// Ring-buffer records handled before the capture task hands spans on and yields.
@@ -199,7 +201,7 @@ impl Capture {
     fn make_spans(&mut self, ts: u64) {
         for ex in self.exchanges.drain(..) {
             let process = self.processes.get_or_load(ex.conn.key.tgid, &ex.conn.comm);
-            let span = ex.exchange.to_span(&ex.conn.endpoints(), &process.resource, &self.clock);
+            let span = ex.exchange.span(&ex.conn.endpoints(), &process.resource, &self.clock);
             let (side, request_start_ns) = (ex.exchange.side(), ex.exchange.request_start_ns());
             Metrics::inc(&self.metrics.spans_created);
             let peer_traced = self.conns.peer_traced(ex.conn.local, ex.conn.remote);
@@ -225,6 +227,17 @@ impl Capture {
         if self.last_ts > IDLE_CONN_NS {
             self.conns.sweep(self.last_ts - IDLE_CONN_NS, &self.metrics);
         }
+        // Processes that exited without closing their sockets (killed): their requests still
+        // waiting are closed now, so that they are spans (issue 19).
+        let now = u64::try_from(spans::clock::monotonic_now_ns()).unwrap_or(self.last_ts);
+        let closed = self.conns.close_exited(now.saturating_sub(EXIT_CHECK_IDLE_NS), now, process_alive, &self.metrics, &mut self.exchanges);
+        for key in closed {
+            self.tracer.closed(now, key, &self.metrics, &mut self.ready);
+            self.stacks.forget(&key);
+        }
+        if !self.exchanges.is_empty() {
+            self.make_spans(now);
+        }
         self.release_stacked(false);
         self.tracer.expire();
         sinks.send_all(&mut self.ready);
@@ -238,3 +251,8 @@ impl Capture {
     }
 }
 
+/// Whether process `tgid` still exists. (A zombie not yet reaped counts as alive: its leader
+/// may be the one exited thread of a process that runs on.)
+fn process_alive(tgid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{tgid}")).exists()
+}

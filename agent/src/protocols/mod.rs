@@ -26,7 +26,7 @@ use std::{any::Any, fmt, net::SocketAddr, sync::Arc};
 pub use ztrace_common::Direction;
 
 use crate::{
-    spans::{clock::Clock, Resource, Span},
+    spans::{clock::Clock, Attribute, Resource, Span, StatusCode},
     trace::context::TraceParent,
 };
 
@@ -150,9 +150,21 @@ pub trait Parser: Send + 'static {
     /// Bytes that moved but were not captured.
     fn on_gap(&mut self, gap: &Gap, out: &mut Vec<Self::Exchange>) -> Result<(), Self::Error>;
 
-    /// The connection closed: exchanges it completes are appended; returns the requests left
-    /// unanswered.
+    /// The connection closed at `ts_ns`. Every request still waiting is appended as an exchange:
+    /// those it completes (a response delimited by the close, one whose head was seen and whose
+    /// body was cut short), and the requests left without an answer, as exchanges whose
+    /// [`Exchange::answered`] is false, ending at `ts_ns`. Returns how many of those were
+    /// unanswered. An unanswered request is a span, never a hole in a trace: its children (the
+    /// calls a server made while serving it) and its peer (the server span of a client's
+    /// request) already named it as their parent.
     fn on_close(&mut self, ts_ns: u64, out: &mut Vec<Self::Exchange>) -> usize;
+
+    /// Requests seen since the last call that will never be an exchange, because damage (lost
+    /// bytes, unpairable answers) dropped them. The connection table counts them
+    /// (`exchanges_lost`).
+    fn take_lost(&mut self) -> u64 {
+        0
+    }
 
     /// The connection turned into something this parser does not read (PostgreSQL switching to
     /// TLS): its later bytes are ignored.
@@ -180,6 +192,45 @@ pub trait Exchange: fmt::Debug + Send + 'static {
 
     /// For tests and tools that look at one protocol's exchanges.
     fn as_any(&self) -> &dyn Any;
+
+    /// False when the connection closed before any answer to the request (see
+    /// [`Parser::on_close`]); the exchange then ends at the close and carries nothing of an
+    /// answer.
+    fn answered(&self) -> bool {
+        true
+    }
+
+    /// The span of this exchange: [`Exchange::to_span`], and for an unanswered request the
+    /// marks every protocol's unanswered span has ([`mark_unanswered`]). What the pipeline calls.
+    fn span(&self, endpoints: &Endpoints, resource: &Arc<Resource>, clock: &Clock) -> Span {
+        let mut span = self.to_span(endpoints, resource, clock);
+        if !self.answered() {
+            mark_unanswered(&mut span, self.side());
+        }
+        span
+    }
+}
+
+/// `error.type` of a SERVER span whose request got no answer before the connection closed: the
+/// client went away (closed or reset the connection: a timeout, a cancelled call) and the server
+/// gave up, or could not write the answer. (A server that closes a connection without answering
+/// for reasons of its own looks the same.)
+pub const CLIENT_CLOSED: &str = "client_closed";
+/// `error.type` of a CLIENT span whose request got no answer before the client closed the
+/// connection: it gave up waiting (a timeout, a cancelled call), or the server closed first.
+pub const NO_RESPONSE: &str = "no_response";
+
+/// Marks the span of an unanswered request, whatever its protocol: error status, `error.type`
+/// [`CLIENT_CLOSED`] (server side) or [`NO_RESPONSE`] (client side), replacing any other.
+pub fn mark_unanswered(span: &mut Span, side: Side) {
+    let (error_type, message) = match side {
+        Side::Server => (CLIENT_CLOSED, "the connection closed before the response was sent"),
+        Side::Client => (NO_RESPONSE, "the connection closed before a response arrived"),
+    };
+    span.status = StatusCode::Error;
+    span.status_message = Some(message.to_owned());
+    span.attributes.retain(|a| a.key != "error.type");
+    span.attributes.push(Attribute::new("error.type", error_type));
 }
 
 /// Finished exchanges of any protocol, as parsers hand them to the connection table.
@@ -197,6 +248,9 @@ pub trait StreamParser: Send {
 
     /// See [`Parser::on_close`].
     fn on_close(&mut self, ts_ns: u64, out: &mut Exchanges) -> usize;
+
+    /// See [`Parser::take_lost`].
+    fn take_lost(&mut self) -> u64;
 
     /// See [`Parser::stopped`].
     fn stopped(&self) -> bool;
@@ -253,6 +307,10 @@ impl<P: Parser> StreamParser for Boxed<P> {
         let unanswered = self.parser.on_close(ts_ns, &mut self.scratch);
         self.hand_over(out);
         unanswered
+    }
+
+    fn take_lost(&mut self) -> u64 {
+        self.parser.take_lost()
     }
 
     fn stopped(&self) -> bool {

@@ -138,6 +138,10 @@ impl Exchange for HttpExchange {
     fn as_any(&self) -> &dyn Any {
         self
     }
+
+    fn answered(&self) -> bool {
+        self.response.is_some()
+    }
 }
 
 /// Largest header block (start line, headers, final empty line) of one message.
@@ -305,7 +309,10 @@ pub struct HttpExchange {
     /// Which end of the connection the traced process is.
     pub side: Side,
     pub request: HttpRequest,
-    pub response: HttpResponse,
+    /// The final response; `None` when the connection closed before its head (an unanswered
+    /// request: its times end at the close). A response whose head was seen is kept whatever
+    /// happened to its body (a client that read the head and closed).
+    pub response: Option<HttpResponse>,
     /// Kernel monotonic time of the first chunk of the request.
     pub request_start_ns: u64,
     /// Kernel monotonic time of the last chunk (or gap) of the request, body included.
@@ -351,6 +358,14 @@ pub struct HttpResponse {
     /// Body length in bytes, decoded (chunk framing not counted), lost bytes included;
     /// approximate when chunked framing was lost (module docs).
     pub body_len: u64,
+}
+
+#[cfg(test)]
+impl HttpExchange {
+    /// The response, for tests of exchanges that have one.
+    pub fn response(&self) -> &HttpResponse {
+        self.response.as_ref().expect("an answered exchange")
+    }
 }
 
 impl HttpRequest {

@@ -216,6 +216,8 @@ pub struct Http1Parser {
     request_seen: bool,
     /// A request once started while an earlier one could still be waiting for its response.
     pipelining_seen: bool,
+    /// Requests dropped (damage, unsure pairing) since [`Parser::take_lost`] last asked.
+    lost: u64,
 }
 
 impl Http1Parser {
@@ -233,6 +235,7 @@ impl Http1Parser {
             response_moved: false,
             request_seen: false,
             pipelining_seen: false,
+            lost: 0,
         }
     }
 
@@ -493,7 +496,7 @@ impl Http1Parser {
         }
         if !self.pipelining_seen {
             // Whatever still waits was answered in bytes the parser did not see.
-            self.pending.clear();
+            self.drop_pending();
             self.owed = 0;
             self.desynced = false;
         } else if self.desynced
@@ -512,6 +515,7 @@ impl Http1Parser {
         let (request, framing) = parse_request_head(&self.requests.head)?;
         self.requests.release_head();
         if self.pending.len() >= MAX_PENDING_REQUESTS {
+            self.lost += 1;
             return Err(Http1Error::TooManyPending);
         }
         let reliable = !self.desynced;
@@ -632,7 +636,7 @@ impl Http1Parser {
         }
         if switched {
             // The connection left HTTP/1.x: this exchange is the last, every later byte is ignored.
-            self.pending.clear();
+            self.drop_pending();
             self.requests.framing = Framing::Done;
             self.responses.framing = Framing::Done;
         }
@@ -682,10 +686,11 @@ impl Http1Parser {
             let Some(p) = self.pending.pop_front() else {
                 break;
             };
-            if let (true, Answer::Done(answered)) = (p.reliable, p.answer) {
-                out.push(exchange(
+            match (p.reliable, p.answer) {
+                (true, Answer::Done(answered)) => out.push(exchange(
                     self.side, p.request, p.start_ns, p.end_ns, p.tid, *answered,
-                ));
+                )),
+                _ => self.lost += 1,
             }
         }
     }
@@ -722,8 +727,14 @@ impl Http1Parser {
             (Stream::Responses, true) => self.owed = self.owed.saturating_sub(1),
             (_, false) => {}
         }
-        self.pending.clear();
+        self.drop_pending();
         self.desynced = true;
+    }
+
+    /// Drops every request waiting: those that would have been exchanges count as lost.
+    fn drop_pending(&mut self) {
+        self.lost += self.pending.iter().filter(|p| p.reliable).count() as u64;
+        self.pending.clear();
     }
 }
 
@@ -818,12 +829,20 @@ impl Parser for Http1Parser {
 
     /// The connection closed at `ts_ns`. A response delimited by the close ends here and its
     /// exchange is appended to `out`, as are responses that came before their request's body
-    /// ended. Returns how many requests were still waiting for a response (dropped). Later
-    /// bytes are ignored.
+    /// ended, and responses whose head was seen but whose body was not (all of it): the
+    /// exchange has the response as far as it was seen. Requests with no response head are
+    /// appended as unanswered exchanges (no response, ending at `ts_ns`); returns how many.
+    /// Requests seen while pairing was unsure are dropped ([`Parser::take_lost`]). Later bytes
+    /// are ignored.
     fn on_close(&mut self, ts_ns: u64, out: &mut Vec<HttpExchange>) -> usize {
         if self.responses.framing == Framing::UntilClose {
             let msg = &mut self.responses.msg;
             msg.end_ns = msg.end_ns.max(ts_ns);
+            self.end_message(Stream::Responses, out);
+        }
+        // A response cut short by the close: what was seen of it answers, if its head was
+        // (a head still being collected has no response yet, and answers nothing).
+        if !self.responses.between_messages() && self.responses.framing != Framing::Done {
             self.end_message(Stream::Responses, out);
         }
         // A request cut short by the close: what was seen of it.
@@ -839,11 +858,25 @@ impl Parser for Http1Parser {
         let mut unanswered = 0;
         for p in self.pending.drain(..) {
             match p.answer {
-                Answer::Done(answered) if p.reliable => out.push(exchange(
+                _ if !p.reliable => self.lost += 1,
+                Answer::Done(answered) => out.push(exchange(
                     self.side, p.request, p.start_ns, p.end_ns, p.tid, *answered,
                 )),
-                Answer::Awaiting | Answer::InProgress if p.reliable => unanswered += 1,
-                _ => {}
+                // `InProgress` with its head gone cannot happen (the head is taken above).
+                Answer::Awaiting | Answer::InProgress => {
+                    unanswered += 1;
+                    out.push(HttpExchange {
+                        side: self.side,
+                        request: p.request,
+                        response: None,
+                        request_start_ns: p.start_ns,
+                        request_end_ns: p.end_ns,
+                        response_start_ns: ts_ns.max(p.end_ns),
+                        response_end_ns: ts_ns.max(p.end_ns),
+                        request_tid: p.tid,
+                        response_tid: 0,
+                    });
+                }
             }
         }
         for reader in [&mut self.requests, &mut self.responses] {
@@ -852,6 +885,10 @@ impl Parser for Http1Parser {
             reader.head = Vec::new();
         }
         unanswered
+    }
+
+    fn take_lost(&mut self) -> u64 {
+        std::mem::take(&mut self.lost)
     }
 
     fn trace_context(&self, request_bytes: &[u8]) -> Option<TraceParent> {
@@ -874,7 +911,7 @@ pub(super) fn exchange(
     HttpExchange {
         side,
         request,
-        response: answered.response,
+        response: Some(answered.response),
         request_start_ns: start_ns,
         request_end_ns: end_ns,
         response_start_ns: answered.start_ns,

@@ -86,8 +86,11 @@ pub fn http_span(ex: &HttpExchange, conn: &Endpoints, resource: &Arc<Resource>, 
         let key = if ex.side == Side::Server { "http.route" } else { "url.template" };
         attrs.push(Attribute::new(key, route));
     }
-    let status = ex.response.status;
-    attrs.push(Attribute::new("http.response.status_code", i64::from(status)));
+    // An unanswered request has no status code (`Exchange::span` marks it).
+    let status = ex.response.as_ref().map(|r| r.status);
+    if let Some(status) = status {
+        attrs.push(Attribute::new("http.response.status_code", i64::from(status)));
+    }
     attrs.push(Attribute::new("network.protocol.version", format!("1.{}", req.version_minor)));
     attrs.push(Attribute::new("server.address", server_host));
     attrs.push(Attribute::new("server.port", i64::from(server_port)));
@@ -105,15 +108,16 @@ pub fn http_span(ex: &HttpExchange, conn: &Endpoints, resource: &Arc<Resource>, 
     if req.body_len > 0 {
         attrs.push(Attribute::new("http.request.body.size", saturating_i64(req.body_len)));
     }
-    if ex.response.body_len > 0 {
-        attrs.push(Attribute::new("http.response.body.size", saturating_i64(ex.response.body_len)));
+    if let Some(body_len) = ex.response.as_ref().map(|r| r.body_len).filter(|&n| n > 0) {
+        attrs.push(Attribute::new("http.response.body.size", saturating_i64(body_len)));
     }
 
-    let is_error = match ex.side {
+    let error_status = status.filter(|&status| match ex.side {
         Side::Server => status >= 500,
         Side::Client => status >= 400,
-    };
-    if is_error {
+    });
+    let is_error = error_status.is_some();
+    if let Some(status) = error_status {
         attrs.push(Attribute::new("error.type", status.to_string()));
     }
 
@@ -360,6 +364,31 @@ mod tests {
     }
 
     #[test]
+    fn an_unanswered_request_is_an_error_span_without_a_status_code() {
+        use crate::protocols::Exchange;
+        let clock = Clock::from_offset_ns(0);
+        for (side, error_type) in [(Side::Server, "client_closed"), (Side::Client, "no_response")] {
+            let mut ex = exchange(side, "GET", "/slow", 200, &[]);
+            ex.response = None;
+            ex.response_end_ns = 7_000;
+            let span = ex.span(&conn("127.0.0.1:8080", "127.0.0.1:51234"), &process(), &clock);
+            assert_eq!(span.status, StatusCode::Error);
+            assert!(span.status_message.is_some());
+            assert_eq!((span.start_unix_nano, span.end_unix_nano), (1_000, 7_000));
+            let attr = |key: &str| span.attributes.iter().find(|a| a.key == key).map(|a| a.value.clone());
+            assert_eq!(attr("error.type"), Some(AttrValue::Str(error_type.into())));
+            assert_eq!(attr("http.response.status_code"), None);
+            assert_eq!(attr("http.response.body.size"), None);
+            assert_eq!(attr("url.path"), Some(AttrValue::Str("/slow".into())));
+            assert_eq!(span.attributes.iter().filter(|a| a.key == "error.type").count(), 1);
+        }
+        // Answered: `span` is `to_span`.
+        let ex = exchange(Side::Server, "GET", "/ok", 200, &[]);
+        assert!(ex.answered());
+        assert_eq!(ex.span(&conn("127.0.0.1:8080", "127.0.0.1:1"), &process(), &clock).status, StatusCode::Unset);
+    }
+
+    #[test]
     fn splits_hosts_and_ports() {
         assert_eq!(split_host_port("example.com"), Some(("example.com", None)));
         assert_eq!(split_host_port("example.com:8080"), Some(("example.com", Some(8080))));
@@ -393,7 +422,7 @@ mod tests {
                 headers: headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
                 body_len: 0,
             },
-            response: HttpResponse { status, version_minor: 1, headers: Vec::new(), body_len: 512 },
+            response: Some(HttpResponse { status, version_minor: 1, headers: Vec::new(), body_len: 512 }),
             request_start_ns: 1_000,
             request_end_ns: 2_000,
             response_start_ns: 5_000,

@@ -182,8 +182,8 @@ fn summary(outcome: &Outcome) -> Vec<(String, String, u64, u16, u64)> {
                 e.request.method.clone(),
                 e.request.target.clone(),
                 e.request.body_len,
-                e.response.status,
-                e.response.body_len,
+                e.response().status,
+                e.response().body_len,
             )
         })
         .collect()
@@ -350,7 +350,7 @@ fn nginx_keep_alive_get_head_204_304() {
                 ]),
                 body_len: 0,
             },
-            response: HttpResponse {
+            response: Some(HttpResponse {
                 status: 200,
                 version_minor: 1,
                 headers: headers(&[
@@ -364,7 +364,7 @@ fn nginx_keep_alive_get_head_204_304() {
                     ("accept-ranges", "bytes"),
                 ]),
                 body_len: 17,
-            },
+            }),
             request_start_ns: 1000,
             request_end_ns: 1000,
             response_start_ns: 2000,
@@ -422,11 +422,11 @@ fn nginx_gzip_chunked_response() {
     assert_eq!(out.errors, []);
     assert_eq!(summary(&out), [s("GET", "/small.txt", 0, 200, 0xc5)]);
     assert_eq!(
-        out.exchanges[0].response.header("transfer-encoding"),
+        out.exchanges[0].response().header("transfer-encoding"),
         Some("chunked")
     );
     assert_eq!(
-        out.exchanges[0].response.header("content-encoding"),
+        out.exchanges[0].response().header("content-encoding"),
         Some("gzip")
     );
     assert_split_invariant(&NGINX_GZIP_CHUNKED[..], None);
@@ -446,7 +446,7 @@ fn python_chunked_with_extension_and_trailer() {
     assert_eq!(out.errors, []);
     assert_eq!(summary(&out), [s("GET", "/chunked", 0, 200, 7 + 26)]);
     assert_eq!(
-        out.exchanges[0].response.header("trailer"),
+        out.exchanges[0].response().header("trailer"),
         Some("X-Checksum")
     );
     assert_split_invariant(&PY_CHUNKED_TRAILERS[..], None);
@@ -486,7 +486,7 @@ fn python_101_switching_protocols_ends_http_parsing() {
     assert_eq!(out.errors, []);
     assert_eq!(summary(&out), [s("GET", "/ws", 0, 101, 0)]);
     assert_eq!(
-        out.exchanges[0].response.header("upgrade"),
+        out.exchanges[0].response().header("upgrade"),
         Some("websocket")
     );
     assert_eq!(out.unanswered, 0);
@@ -515,7 +515,7 @@ fn python_http_server_http10_response() {
     assert_eq!(summary(&out), [s("GET", "/hello.txt", 0, 200, 18)]);
     let e = &out.exchanges[0];
     assert_eq!(
-        (e.side, e.request.version_minor, e.response.version_minor),
+        (e.side, e.request.version_minor, e.response().version_minor),
         (Side::Server, 1, 0)
     );
     assert_eq!(
@@ -595,7 +595,7 @@ fn bytes(wire: Wire, ts: u64, b: impl AsRef<[u8]>) -> Ev {
 fn assert_paired_right(out: &Outcome) {
     for e in &out.exchanges {
         assert_eq!(
-            e.response.header("x-for"),
+            e.response().header("x-for"),
             Some(e.request.target.as_str()),
             "mis-paired: {e:?}"
         );
@@ -832,7 +832,7 @@ fn early_response_waits_for_the_request_body() {
 }
 
 #[test]
-fn close_counts_unanswered_requests() {
+fn close_makes_unanswered_requests_exchanges_without_a_response() {
     let out = run(
         Side::Client,
         &[
@@ -841,7 +841,16 @@ fn close_counts_unanswered_requests() {
             Ev::Close(3),
         ],
     );
-    assert_eq!(targets(&out), ["/a"]);
+    assert_eq!(targets(&out), ["/a", "/b"]);
+    assert!(out.exchanges[0].response.is_some());
+    let b = &out.exchanges[1];
+    assert_eq!(b.response, None);
+    assert_eq!((b.request_start_ns, b.response_start_ns, b.response_end_ns), (1, 3, 3));
+    assert_eq!(out.unanswered, 1);
+    // A server whose client went away before it answered (FIN or RST: the server closes).
+    let out = run(Side::Server, &[bytes(Q, 5, get("/slow")), Ev::Close(9)]);
+    assert_eq!(targets(&out), ["/slow"]);
+    assert_eq!((out.exchanges[0].response.as_ref(), out.exchanges[0].response_end_ns), (None, 9));
     assert_eq!(out.unanswered, 1);
     // After the close nothing more is read.
     let out = run(
@@ -854,6 +863,47 @@ fn close_counts_unanswered_requests() {
         ],
     );
     assert_eq!(out, Outcome::default());
+}
+
+#[test]
+fn a_response_whose_head_was_seen_is_an_exchange_whatever_its_body() {
+    // A client that read the head of a response written in two writes, and closed.
+    let head = b"HTTP/1.1 200 OK\r\nX-For: /split\r\nContent-Length: 3\r\n\r\n";
+    let out = run(Side::Client, &[bytes(Q, 1, get("/split")), bytes(A, 2, head), Ev::Close(3)]);
+    assert_eq!(summary(&out), [s("GET", "/split", 0, 200, 0)]);
+    assert_eq!((out.exchanges[0].response_start_ns, out.exchanges[0].response_end_ns), (2, 2));
+    assert_eq!(out.unanswered, 0);
+    // Part of the body, then the close.
+    let out = run(
+        Side::Client,
+        &[bytes(Q, 1, get("/split")), bytes(A, 2, [head.as_slice(), b"o"].concat()), Ev::Close(3)],
+    );
+    assert_eq!(summary(&out), [s("GET", "/split", 0, 200, 1)]);
+    // The server side of the same: its second write failed (the client was gone).
+    let out = run(Side::Server, &[bytes(Q, 1, get("/split")), bytes(A, 2, head), Ev::Close(4)]);
+    assert_eq!(summary(&out), [s("GET", "/split", 0, 200, 0)]);
+    // A pipelined request behind it was never answered.
+    let out = run(
+        Side::Client,
+        &[bytes(Q, 1, [get("/split"), get("/next")].concat()), bytes(A, 2, head), Ev::Close(5)],
+    );
+    assert_eq!(targets(&out), ["/split", "/next"]);
+    assert_eq!((out.exchanges[1].response.as_ref(), out.unanswered), (None, 1));
+}
+
+#[test]
+fn requests_dropped_by_damage_are_counted_as_lost() {
+    let mut parser = Http1Parser::new(Side::Client);
+    let mut out = Vec::new();
+    let requests = [get("/a"), get("/b")].concat();
+    let chunk = Chunk { direction: direction(Side::Client, Q), ts_ns: 1, tid: 1, bytes: &requests };
+    let _ = parser.on_chunk(&chunk, &mut out);
+    // Bytes lost where the response head was: both requests are dropped.
+    let _ = parser.on_gap(&Gap { direction: direction(Side::Client, A), ts_ns: 2, len: 100 }, &mut out);
+    assert!(out.is_empty());
+    assert_eq!(parser.take_lost(), 2);
+    assert_eq!(parser.take_lost(), 0, "taken once");
+    assert_eq!(parser.on_close(3, &mut out), 0);
 }
 
 #[test]
@@ -1098,7 +1148,7 @@ fn gap_that_hides_chunk_framing_seeks_the_end_of_the_body() {
     assert_eq!(out.exchanges[0].response_end_ns, 4);
     // Approximate: the 3 bytes before the gap, the gap, the chunk without its last chunk.
     assert_eq!(
-        out.exchanges[0].response.body_len,
+        out.exchanges[0].response().body_len,
         3 + (0x100 + 2) + (19 - 7)
     );
     // The end never seen: the next request shows it was missed, and the message is dropped.
@@ -1196,7 +1246,7 @@ fn large_chunked_response_read_with_prefix_gap_and_tail() {
             assert_eq!(out.unanswered, 0, "{case}");
             assert_eq!(targets(&out), ["/big", "/next"], "{case}");
             let big = &out.exchanges[0];
-            assert_eq!(big.response.status, 200, "{case}");
+            assert_eq!(big.response().status, 200, "{case}");
             assert_eq!((big.request_start_ns, big.request_end_ns), (1, 1), "{case}");
             assert_eq!(
                 (big.response_start_ns, big.response_end_ns),
@@ -1204,10 +1254,10 @@ fn large_chunked_response_read_with_prefix_gap_and_tail() {
                 "{case}"
             );
             // Approximate past the framing loss: chunk-size lines count as body bytes.
-            let len = big.response.body_len;
+            let len = big.response().body_len;
             assert!(len >= body && len <= body + 256 * 8, "{case}: {len}");
             let next = &out.exchanges[1];
-            assert_eq!(next.response.body_len, 9, "{case}");
+            assert_eq!(next.response().body_len, 9, "{case}");
             assert_eq!(
                 (next.request_start_ns, next.response_end_ns),
                 (500, 501),
@@ -1228,15 +1278,18 @@ fn chunked_end_never_seen_is_unanswered_at_close() {
     let mut closed = events.clone();
     closed.push(Ev::Close(600));
     let out = run(Side::Client, &closed);
-    assert_eq!(
-        (out.errors, out.exchanges, out.unanswered),
-        (vec![], vec![], 1)
-    );
+    // The response head was seen: the exchange is there with its status, its body as far as
+    // it went, ending with the last bytes seen (not at the close).
+    assert_eq!((out.errors.as_slice(), out.exchanges.len(), out.unanswered), (&[][..], 1, 0));
+    let big = &out.exchanges[0];
+    assert_eq!(big.response().status, 200);
+    assert!(big.response().body_len > 0);
+    assert!(big.response_end_ns < 600, "{}", big.response_end_ns);
     // Bytes or nothing after close: no panic, nothing more.
     closed.push(bytes(A, 601, b"\r\n0\r\n\r\n"));
     closed.push(Ev::Lost(A, 602, 10));
     let out = run(Side::Client, &closed);
-    assert_eq!((out.exchanges.len(), out.unanswered), (0, 1));
+    assert_eq!((out.exchanges.len(), out.unanswered), (1, 0));
     // The next request shows the end was missed: dropped, and the next exchange parses.
     events.push(bytes(Q, 500, get("/next")));
     events.push(bytes(A, 501, ok_for("/next")));

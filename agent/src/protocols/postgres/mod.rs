@@ -178,6 +178,9 @@ pub struct PgExchange {
     /// The execution stopped at `max_rows` (`PortalSuspended`).
     pub suspended: bool,
     pub error: Option<PgError>,
+    /// False when the connection closed before the server finished answering (an unanswered
+    /// statement: its time ends at the close, rows and status are what was seen).
+    pub answered: bool,
     /// Kernel monotonic time of the first chunk of the request (for an `Execute`, of the first
     /// message since the previous `Execute`: its `Parse`/`Bind`).
     pub request_start_ns: u64,
@@ -353,6 +356,9 @@ pub struct PgParser {
     /// Statements the client asked to describe (`Describe` `S`), with the batch they belong to:
     /// the server's `ParameterDescription` answers say their parameter types.
     describes: VecDeque<(u64, Arc<str>)>,
+    /// Executions dropped (lost framing, unpairable answers, too many waiting) since
+    /// [`Parser::take_lost`] last asked.
+    lost: u64,
 }
 
 impl PgParser {
@@ -373,6 +379,7 @@ impl PgParser {
             encrypted: false,
             keep_parameters: false,
             describes: VecDeque::new(),
+            lost: 0,
         }
     }
 
@@ -423,7 +430,9 @@ impl PgParser {
             return;
         };
         while self.pending.front().is_some_and(|p| p.batch < newest) {
-            self.pending.pop_front();
+            if let Some(p) = self.pending.pop_front() {
+                self.lost += u64::from(!p.prepare);
+            }
         }
         self.batches_done = newest;
     }
@@ -435,6 +444,7 @@ impl PgParser {
             // A lost Parse or Bind may have redefined the unnamed statement and portal.
             self.statements.remove("");
             self.portals.remove("");
+            self.lost += self.pending.iter().filter(|p| !p.prepare).count() as u64;
             self.pending.clear();
             self.unit_start = None;
             self.batches_done = self.batches_sent;
@@ -577,6 +587,8 @@ impl PgParser {
     fn push_pending(&mut self, p: Pending) {
         if self.pending.len() < MAX_PENDING {
             self.pending.push_back(p);
+        } else {
+            self.lost += u64::from(!p.prepare);
         }
     }
 
@@ -656,6 +668,9 @@ impl PgParser {
                     if let Some(p) = self.pending.pop_front() {
                         if p.kind == PgQueryKind::Simple && p.batch == batch {
                             out.push(self.exchange(p, false, chunk));
+                        } else if p.kind == PgQueryKind::Simple {
+                            // An older batch's answer was never seen.
+                            self.lost += 1;
                         }
                     }
                 }
@@ -683,6 +698,7 @@ impl PgParser {
             statements: p.statements,
             suspended,
             error: p.error,
+            answered: true,
             request_start_ns: p.start_ns,
             response_end_ns: chunk.ts_ns.max(p.start_ns),
             request_tid: p.tid,
@@ -883,11 +899,25 @@ impl Parser for PgParser {
         }
     }
 
-    /// The connection closed: statements still waiting for an answer are dropped and counted.
-    fn on_close(&mut self, _ts_ns: u64, _out: &mut Vec<PgExchange>) -> usize {
-        let n = self.pending.len();
-        self.pending.clear();
-        n
+    /// The connection closed at `ts_ns`: every execution still waiting for its answer is an
+    /// unanswered exchange ending there (a `Parse` still waiting is no execution and leaves).
+    fn on_close(&mut self, ts_ns: u64, out: &mut Vec<PgExchange>) -> usize {
+        let at_close = Chunk { direction: Direction::Ingress, ts_ns, tid: 0, bytes: &[] };
+        let mut unanswered = 0;
+        while let Some(p) = self.pending.pop_front() {
+            if p.prepare {
+                continue;
+            }
+            unanswered += 1;
+            let mut exchange = self.exchange(p, false, &at_close);
+            exchange.answered = false;
+            out.push(exchange);
+        }
+        unanswered
+    }
+
+    fn take_lost(&mut self) -> u64 {
+        std::mem::take(&mut self.lost)
     }
 
     fn stopped(&self) -> bool {
@@ -910,6 +940,10 @@ impl super::Exchange for PgExchange {
 
     fn as_any(&self) -> &dyn std::any::Any {
         self
+    }
+
+    fn answered(&self) -> bool {
+        self.answered
     }
 }
 

@@ -115,7 +115,7 @@ pub fn postgres_span(ex: &PgExchange, conn: &Endpoints, resource: &Arc<Resource>
         attrs.push(Attribute::new("db.operation.batch.size", i64::from(ex.statements)));
     }
     let rows = ex.rows.unwrap_or(ex.data_rows);
-    if ex.error.is_none() || rows > 0 {
+    if (ex.error.is_none() && ex.answered) || rows > 0 {
         attrs.push(Attribute::new("db.response.returned_rows", i64::try_from(rows).unwrap_or(i64::MAX)));
     }
     if let Some(e) = &ex.error {
@@ -189,6 +189,7 @@ mod tests {
             statements: 1,
             suspended: false,
             error,
+            answered: true,
             request_start_ns: 1_000,
             response_end_ns: 9_000,
             request_tid: 1,
@@ -206,6 +207,22 @@ mod tests {
 
     fn s(v: &str) -> Option<AttrValue> {
         Some(AttrValue::Str(v.into()))
+    }
+
+    #[test]
+    fn an_unanswered_statement_is_an_error_span() {
+        use crate::protocols::Exchange;
+        let clock = Clock::from_offset_ns(0);
+        let conn = Endpoints { local: "127.0.0.1:40000".parse().expect("addr"), remote: "127.0.0.1:5433".parse().expect("addr"), tls: false };
+        let mut ex = exchange(Side::Client, Some("SELECT pg_sleep(10)"), None);
+        (ex.answered, ex.rows, ex.data_rows, ex.command) = (false, None, 0, None);
+        let span = ex.span(&conn, &process(), &clock);
+        assert_eq!(span.status, StatusCode::Error);
+        assert_eq!(attr(&span, "error.type"), s("no_response"));
+        assert_eq!(attr(&span, "db.response.returned_rows"), None);
+        assert_eq!(attr(&span, "db.query.text"), s("SELECT pg_sleep(?)"));
+        ex.side = Side::Server;
+        assert_eq!(attr(&ex.span(&conn, &process(), &clock), "error.type"), s("client_closed"));
     }
 
     #[test]

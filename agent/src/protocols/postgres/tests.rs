@@ -1033,3 +1033,41 @@ fn recorded_pgx_cached_statements_a_batch_and_a_rejected_prepare() {
         assert_eq!(values[5], None, "a statement rejected at Parse was never bound");
     }
 }
+
+#[test]
+fn statements_unanswered_at_close_are_exchanges() {
+    for side in [Side::Client, Side::Server] {
+        let mut events = psql_session("SELECT pg_sleep(10)", Vec::new());
+        events.pop(); // no Terminate: the client gives up and closes
+        events.pop(); // no answer
+        let (out, mut parser) = run_with(side, &events, |_, _| Vec::new());
+        assert!(out.is_empty());
+        let mut out = Vec::new();
+        assert_eq!(parser.on_close(99, &mut out), 1);
+        assert_eq!(out.len(), 1, "{out:?}");
+        let ex = &out[0];
+        assert!(!ex.answered);
+        assert_eq!((ex.side, ex.query.as_deref()), (side, Some("SELECT pg_sleep(10)")));
+        assert_eq!((ex.request_start_ns, ex.response_end_ns), (50, 99));
+        assert_eq!(parser.take_lost(), 0);
+    }
+    // Extended protocol: the Parse still waiting is no execution; the Execute is the exchange.
+    let mut parser = PgParser::new(Side::Client, false);
+    let mut out = Vec::new();
+    let batch = cat(&[parse("s1", "SELECT 1"), bind("", "s1", &[]), execute(""), sync()]);
+    feed(&mut parser, &mut out, Direction::Egress, &batch, 1);
+    assert_eq!(parser.on_close(5, &mut out), 1);
+    assert_eq!((out.len(), out[0].answered, out[0].query.as_deref()), (1, false, Some("SELECT 1")));
+}
+
+#[test]
+fn executions_dropped_by_lost_framing_are_counted() {
+    let mut parser = PgParser::new(Side::Client, false);
+    let mut out = Vec::new();
+    feed(&mut parser, &mut out, Direction::Egress, &query("SELECT 1"), 1);
+    // Bytes lost between client messages: what waits can no longer be paired.
+    let gap = Gap { direction: Direction::Egress, ts_ns: 2, len: 100 };
+    assert!(parser.on_gap(&gap, &mut out).is_err());
+    assert_eq!(parser.take_lost(), 1);
+    assert_eq!(parser.on_close(3, &mut out), 0);
+}
