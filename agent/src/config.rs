@@ -39,6 +39,18 @@ pub struct Config {
     #[arg(long = "exe", env = "ZTRACE_EXE", value_delimiter = ',')]
     pub exe_names: Vec<String>,
 
+    /// Trace only the processes that are members of this cgroup v2 directory, e.g.
+    /// /sys/fs/cgroup/unified/host1 (members of its child cgroups are not traced). Combines
+    /// with --pid and --exe. The trace-context `sock_ops` program is attached there too.
+    #[arg(long, env = "ZTRACE_CGROUP")]
+    pub cgroup: Option<PathBuf>,
+
+    /// Carry each request's trace context to the host that receives it, in a TCP header
+    /// option written below the payload (no application byte changes), so that a receiving
+    /// host running ztrace continues the same trace.
+    #[arg(long, env = "ZTRACE_PROPAGATE", default_value = "on", value_parser = ["on", "off"], require_equals = true)]
+    pub propagate: String,
+
     /// Bytes of payload copied per syscall (at most 16384). Requests whose headers are larger
     /// are still timed, with what fits.
     #[arg(long, env = "ZTRACE_CAPTURE_BYTES", default_value_t = 4096)]
@@ -131,16 +143,24 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 30m, 24h or 7d"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30m, 24h or 7d"))?;
     let secs = match unit.trim() {
         "" | "s" => 1,
         "m" | "min" => 60,
         "h" => 3600,
         "d" => 86_400,
         "w" => 7 * 86_400,
-        other => return Err(format!("unknown duration unit {other:?}: use s, m, h, d or w")),
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?}: use s, m, h, d or w"
+            ))
+        }
     };
-    n.checked_mul(secs).map(Duration::from_secs).ok_or_else(|| format!("{s:?} is too long"))
+    n.checked_mul(secs)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{s:?} is too long"))
 }
 
 /// `1GiB`, `500MiB`, `2GB`, `100M`, `4096` (bytes).
@@ -148,7 +168,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size like 500MiB or 1GiB"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 500MiB or 1GiB"))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kib" => 1 << 10,
@@ -159,9 +181,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "gb" => 1_000_000_000,
         "t" | "tib" => 1 << 40,
         "tb" => 1_000_000_000_000,
-        other => return Err(format!("unknown size unit {other:?}: use KiB, MiB, GiB, KB, MB or GB")),
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?}: use KiB, MiB, GiB, KB, MB or GB"
+            ))
+        }
     };
-    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// Spans the store takes per second at most, by default (`--store-max-spans-per-second`).
@@ -229,8 +256,23 @@ mod tests {
 
     #[test]
     fn pids_and_exes_repeat() {
-        let c = Config::try_parse_from(["ztrace", "--pid", "1", "--pid=2", "--exe", "nginx"]).expect("parse");
+        let c = Config::try_parse_from(["ztrace", "--pid", "1", "--pid=2", "--exe", "nginx"])
+            .expect("parse");
         assert_eq!(c.pids, vec![1, 2]);
         assert_eq!(c.exe_names, vec!["nginx".to_string()]);
+    }
+
+    #[test]
+    fn cgroup_and_propagation() {
+        let c = Config::try_parse_from(["ztrace"]).expect("parse");
+        assert_eq!((c.cgroup, c.propagate.as_str()), (None, "on"));
+        let c =
+            Config::try_parse_from(["ztrace", "--cgroup", "/sys/fs/cgroup/h1", "--propagate=off"])
+                .expect("parse");
+        assert_eq!(
+            (c.cgroup, c.propagate.as_str()),
+            (Some(PathBuf::from("/sys/fs/cgroup/h1")), "off")
+        );
+        assert!(Config::try_parse_from(["ztrace", "--propagate=maybe"]).is_err());
     }
 }

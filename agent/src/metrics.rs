@@ -65,6 +65,12 @@ counters! {
     /// Server spans whose client is a traced local process but whose client request was not
     /// found: roots with `ztrace.link=none`.
     spans_unlinked,
+    /// Server spans whose parent came from the trace-context TCP option of another host
+    /// (`ztrace.link=tcp_option`).
+    spans_linked_tcp_option,
+    /// Client spans linked to a server span by this agent whose kernel-born trace id (the one
+    /// sent to the receiving host) was another: that host's part of the trace splits off.
+    propagation_trace_mismatch,
     /// Inputs of trace assembly handled before their hold-back window ended (too many waiting).
     link_window_overflow,
     /// The most inputs of trace assembly waiting in the hold-back window at once (a high-water

@@ -29,7 +29,8 @@ static OFFSETS: KernelOffsets = KernelOffsets {
 };
 
 #[unsafe(no_mangle)]
-static SETTINGS: Settings = Settings { agent_tgid: 0, capture_bytes: 4096, filter_enabled: 0, _pad: 0 };
+static SETTINGS: Settings =
+    Settings { agent_tgid: 0, capture_bytes: 4096, filter_enabled: 0, propagate: 0, cgroup_id: 0 };
 
 #[inline(always)]
 pub fn offsets() -> &'static KernelOffsets {

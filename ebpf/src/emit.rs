@@ -7,7 +7,9 @@ use aya_ebpf::{
     },
     maps::ring_buf::RingBufEntry,
 };
-use ztrace_common::{Counter, DataEvent, DataEventHeader, DataSource, EventHeader, EventKind, MAX_CAPTURE, TAIL_BYTES};
+use ztrace_common::{
+    Counter, DataEvent, DataEventHeader, DataSource, EventHeader, EventKind, RequestIds, MAX_CAPTURE, TAIL_BYTES,
+};
 
 use crate::{
     bounds::at_most,
@@ -72,6 +74,27 @@ pub struct Conn {
     pub ts_ns: u64,
 }
 
+/// Puts the ids of the request that this call's bytes start (`propagate`'s key `key`; 0:
+/// none) into this CPU's scratch event, where `data` keeps them for every event of the call.
+/// Every caller of `data` stages first. One map lookup per call, outside `data`, which the
+/// vectored calls inline many times over: with the lookup inside it, verifying the syscall
+/// exits took several times longer.
+#[inline(always)]
+pub fn stage_ids(key: u64) {
+    let Some(event) = SCRATCH.get_ptr_mut(0) else { return };
+    // SAFETY: `event` is this CPU's scratch slot and `c` a map value, both valid during this run.
+    unsafe {
+        (*event).hdr.ids_flags = 0;
+        (*event).hdr.ids = RequestIds { trace_id: [0; 16], span_id: [0; 8], parent_id: [0; 8] };
+        if key != 0 {
+            if let Some(c) = crate::propagate::request_ids(key) {
+                (*event).hdr.ids_flags = (*c).flags;
+                (*event).hdr.ids = (*c).ids;
+            }
+        }
+    }
+}
+
 /// Sends the bytes one syscall (or one iovec of it) moved: `len` bytes at user address `buf`,
 /// of which the configured prefix and, for long segments, the last `TAIL_BYTES` are copied.
 /// `buf == 0` sends the length alone (sendfile). `source` is a `DataSource`.
@@ -91,6 +114,8 @@ pub fn data(conn: &Conn, direction: u32, source: u32, buf: u64, len: u64) {
     // SAFETY: `event` points to this CPU's scratch slot, large enough for a whole DataEvent;
     // the prefix is at most MAX_CAPTURE bytes and the tail TAIL_BYTES after it, the size of `data`.
     unsafe {
+        // The ids staged in the scratch header for this call (`stage_ids`) stay.
+        let (ids_flags, ids) = ((*event).hdr.ids_flags, (*event).hdr.ids);
         (*event).hdr = DataEventHeader {
             header: EventHeader {
                 kind: EventKind::Data as u32,
@@ -108,6 +133,9 @@ pub fn data(conn: &Conn, direction: u32, source: u32, buf: u64, len: u64) {
             captured: 0,
             tail: 0,
             goid: crate::go::acting_goid(conn.tgid),
+            ids_flags,
+            _pad: 0,
+            ids,
         };
         let dst = (*event).data.as_mut_ptr();
         let mut read_failed = false;

@@ -1,5 +1,8 @@
 //! Which processes are traced: everything but the agent itself, or, when the user asked for
-//! `--pid`/`--exe`, only the processes in `PID_ALLOW` or whose leader's comm is in `COMM_ALLOW`.
+//! `--pid`/`--exe`, only the processes in `PID_ALLOW` or whose leader's comm is in `COMM_ALLOW`;
+//! with `--cgroup`, only processes of that cgroup (v2; its own members, not its descendants).
+
+use aya_ebpf::helpers::generated::bpf_get_current_cgroup_id;
 
 use crate::{
     config::settings,
@@ -12,6 +15,10 @@ use crate::{
 pub fn is_traced(tgid: u32) -> bool {
     let s = settings();
     if tgid == s.agent_tgid {
+        return false;
+    }
+    // SAFETY: the helper has no preconditions.
+    if s.cgroup_id != 0 && unsafe { bpf_get_current_cgroup_id() } != s.cgroup_id {
         return false;
     }
     if s.filter_enabled == 0 {

@@ -154,7 +154,8 @@ pub struct PendingCall {
     /// `ztrace_common::Direction`.
     pub direction: u32,
     pub fd: i32,
-    pub _pad: u32,
+    /// 1 when this write starts a client request that `propagate` gave ids at entry.
+    pub starts_request: u32,
     /// `bpf_ktime_get_ns` at entry.
     pub enter_ns: u64,
     /// Buffer, iovec array or msghdr, depending on `call`.

@@ -231,3 +231,43 @@ pub fn forget(tgid: u32, fd: i32) -> Option<SockEntry> {
     }
     entry
 }
+
+/// The cache entry of an fd, as it is (no lookup of the socket on a miss).
+#[inline(always)]
+pub fn cached(k: u64) -> Option<SockEntry> {
+    // SAFETY: the value is copied out at once.
+    unsafe { SOCKS.get(&k) }.copied()
+}
+
+/// A TCP connection's 4-tuple as one end sees it: the key under which the syscall programs and
+/// `sockops` (which sees no fd) find the same connection. IPv4 addresses fill the first 4 bytes;
+/// ports in host byte order.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FlowKey {
+    pub family: u32,
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+}
+
+/// The 4-tuple of a `struct sock`.
+#[inline(always)]
+pub fn flow_of(sk: u64) -> FlowKey {
+    let o = offsets();
+    let family = read::<u16>(sk + o.sock_common_skc_family as u64).unwrap_or(0);
+    let mut flow = FlowKey { family: family as u32, local_port: 0, remote_port: 0, local_addr: [0; 16], remote_addr: [0; 16] };
+    if family == AF_INET {
+        let l = read::<[u8; 4]>(sk + o.sock_common_skc_rcv_saddr as u64).unwrap_or([0; 4]);
+        let r = read::<[u8; 4]>(sk + o.sock_common_skc_daddr as u64).unwrap_or([0; 4]);
+        flow.local_addr[..4].copy_from_slice(&l);
+        flow.remote_addr[..4].copy_from_slice(&r);
+    } else {
+        flow.local_addr = read::<[u8; 16]>(sk + o.sock_common_skc_v6_rcv_saddr as u64).unwrap_or([0; 16]);
+        flow.remote_addr = read::<[u8; 16]>(sk + o.sock_common_skc_v6_daddr as u64).unwrap_or([0; 16]);
+    }
+    flow.local_port = read::<u16>(sk + o.sock_common_skc_num as u64).unwrap_or(0);
+    flow.remote_port = u16::from_be(read::<u16>(sk + o.sock_common_skc_dport as u64).unwrap_or(0));
+    flow
+}

@@ -12,6 +12,20 @@ pub struct TraceParent {
     pub flags: u8,
 }
 
+/// Ids the kernel gave a request as it started (`--propagate`, `ebpf/src/propagate.rs`): the
+/// ids its context carried on the wire, which the span must keep so that the other host's
+/// spans point at it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BornIds {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// The parent the kernel found: for a server request, the client span of the other host
+    /// (`from_wire`); for a client request, the server request its thread or goroutine serves.
+    pub parent_id: Option<[u8; 8]>,
+    /// Server request: trace id and parent came from the TCP option of the client's host.
+    pub from_wire: bool,
+}
+
 /// Parses a W3C Trace Context `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`).
 ///
 /// Rejects version `ff`, upper-case hex, all-zero ids and, for version `00`, trailing data; a
@@ -37,7 +51,11 @@ pub fn parse_traceparent(value: &str) -> Option<TraceParent> {
     if trace_id == [0; 16] || parent_id == [0; 8] {
         return None;
     }
-    Some(TraceParent { trace_id, parent_id, flags })
+    Some(TraceParent {
+        trace_id,
+        parent_id,
+        flags,
+    })
 }
 
 /// Two lower-case hex digits.
@@ -60,13 +78,21 @@ mod tests {
         let tp = parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
         assert_eq!(
             tp.map(|t| (hex(&t.trace_id), hex(&t.parent_id), t.flags)),
-            Some(("4bf92f3577b34da6a3ce929d0e0e4736".to_owned(), "00f067aa0ba902b7".to_owned(), 1))
+            Some((
+                "4bf92f3577b34da6a3ce929d0e0e4736".to_owned(),
+                "00f067aa0ba902b7".to_owned(),
+                1
+            ))
         );
-        assert!(parse_traceparent(" 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00 ")
-            .is_some());
+        assert!(
+            parse_traceparent(" 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00 ")
+                .is_some()
+        );
         // A future version may add fields.
-        assert!(parse_traceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra")
-            .is_some());
+        assert!(
+            parse_traceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra")
+                .is_some()
+        );
         let invalid = [
             "",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",

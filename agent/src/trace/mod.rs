@@ -17,7 +17,16 @@
 //!   [`MAX_SPAWN_DEPTH`] up) that serves exactly one exchange which began before the goroutine
 //!   below it on the chain was started (so a goroutine outliving its request never joins the
 //!   next request of its starter).
-//! - `none`: a root with a new trace id. A server span whose client is a traced local process
+//! - `tcp_option` (server spans): the client's host runs ztrace and its kernel wrote the
+//!   request's trace context (trace id, client span id) in a TCP option of the request's
+//!   segments (`ebpf/src/sockops.rs`); this host's kernel read it before the server read the
+//!   request and reported it with the request's first bytes (`RequestStart::born`).
+//! - `none`: a root with a new trace id.
+//!
+//! Ids born in the kernel (`RequestStart::born`, with `--propagate`) are the ones the request's
+//! context carried on the wire: the span keeps that span id always, and that trace id wherever
+//! no rule above gave one (a client span linked here to a server span whose trace differs from
+//! the kernel's is counted, `propagation_trace_mismatch`: the receiving host's part splits). A server span whose client is a traced local process
 //!   that could not be found is counted (`spans_unlinked`).
 //!
 //! Inputs come from one ring buffer in the order syscalls *returned*, but a write's timestamp is
@@ -65,6 +74,8 @@ pub enum Link {
     Connection,
     Thread,
     Goroutine,
+    /// The trace context came from another host in the TCP option of the request's segments.
+    TcpOption,
     None,
 }
 
@@ -75,6 +86,7 @@ impl Link {
             Link::Connection => "connection",
             Link::Thread => "thread",
             Link::Goroutine => "goroutine",
+            Link::TcpOption => "tcp_option",
             Link::None => "none",
         }
     }
@@ -143,8 +155,15 @@ pub struct Finished {
 }
 
 enum Input {
-    Start { start: RequestStart, peer_traced: bool },
-    Spawn { tgid: u32, parent: u32, child: u32 },
+    Start {
+        start: RequestStart,
+        peer_traced: bool,
+    },
+    Spawn {
+        tgid: u32,
+        parent: u32,
+        child: u32,
+    },
     Done(Box<Finished>),
     Close(ConnKey),
 }
@@ -246,15 +265,20 @@ fn unit(s: &RequestStart) -> u64 {
 fn set_link(span: &mut Span, link: Link) {
     match span.attributes.iter_mut().find(|a| a.key == LINK_ATTR) {
         Some(a) => a.value = AttrValue::Str(link.as_str().to_owned()),
-        None => span.attributes.push(Attribute::new(LINK_ATTR, link.as_str())),
+        None => span
+            .attributes
+            .push(Attribute::new(LINK_ATTR, link.as_str())),
     }
 }
 
 fn link_of(span: &Span) -> Option<&str> {
-    span.attributes.iter().find(|a| a.key == LINK_ATTR).and_then(|a| match &a.value {
-        AttrValue::Str(s) => Some(s.as_str()),
-        _ => None,
-    })
+    span.attributes
+        .iter()
+        .find(|a| a.key == LINK_ATTR)
+        .and_then(|a| match &a.value {
+            AttrValue::Str(s) => Some(s.as_str()),
+            _ => None,
+        })
 }
 
 impl Tracer {
@@ -271,7 +295,10 @@ impl Tracer {
         self.seq += 1;
         let rank = input.rank();
         self.pending.push(ts, rank, self.seq, input);
-        metrics.link_window_peak.fetch_max(self.pending.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        metrics.link_window_peak.fetch_max(
+            self.pending.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         if self.pending.len() > MAX_PENDING {
             Metrics::inc(&metrics.link_window_overflow);
             if let Some(oldest) = self.pending.pop() {
@@ -282,18 +309,52 @@ impl Tracer {
 
     /// A request started (see [`RequestStart`]); `peer_traced` says whether the other end of
     /// the connection is a traced process on this host.
-    pub fn start(&mut self, start: RequestStart, peer_traced: bool, metrics: &Metrics, out: &mut Vec<Span>) {
-        self.push(start.ts_ns, Input::Start { start, peer_traced }, metrics, out);
+    pub fn start(
+        &mut self,
+        start: RequestStart,
+        peer_traced: bool,
+        metrics: &Metrics,
+        out: &mut Vec<Span>,
+    ) {
+        self.push(
+            start.ts_ns,
+            Input::Start { start, peer_traced },
+            metrics,
+            out,
+        );
     }
 
     /// A span finished at kernel time `ts` (the event that completed its exchange).
-    pub fn finished(&mut self, ts: u64, finished: Finished, metrics: &Metrics, out: &mut Vec<Span>) {
+    pub fn finished(
+        &mut self,
+        ts: u64,
+        finished: Finished,
+        metrics: &Metrics,
+        out: &mut Vec<Span>,
+    ) {
         self.push(ts, Input::Done(Box::new(finished)), metrics, out);
     }
 
     /// In a Go program `tgid`, goroutine `parent` started `child` at kernel time `ts`.
-    pub fn spawned(&mut self, ts: u64, tgid: u32, parent: u32, child: u32, metrics: &Metrics, out: &mut Vec<Span>) {
-        self.push(ts, Input::Spawn { tgid, parent, child }, metrics, out);
+    pub fn spawned(
+        &mut self,
+        ts: u64,
+        tgid: u32,
+        parent: u32,
+        child: u32,
+        metrics: &Metrics,
+        out: &mut Vec<Span>,
+    ) {
+        self.push(
+            ts,
+            Input::Spawn {
+                tgid,
+                parent,
+                child,
+            },
+            metrics,
+            out,
+        );
     }
 
     /// The process closed the connection at kernel time `ts`.
@@ -320,7 +381,9 @@ impl Tracer {
     /// Forgets state not touched for a minute of kernel time (exchanges that never finished,
     /// requests whose server end never read them).
     pub fn expire(&mut self) {
-        let Some(cutoff) = self.last_ts.checked_sub(STALE_NS) else { return };
+        let Some(cutoff) = self.last_ts.checked_sub(STALE_NS) else {
+            return;
+        };
         self.starts.retain(|_, q| {
             q.retain(|r| r.ts >= cutoff);
             !q.is_empty()
@@ -334,7 +397,11 @@ impl Tracer {
             !open.is_empty()
         });
         let serving = &self.serving;
-        self.serving_thread.retain(|conn, tid| serving.get(&(conn.tgid, *tid)).is_some_and(|v| v.iter().any(|s| s.conn == *conn)));
+        self.serving_thread.retain(|conn, tid| {
+            serving
+                .get(&(conn.tgid, *tid))
+                .is_some_and(|v| v.iter().any(|s| s.conn == *conn))
+        });
     }
 
     fn handle(&mut self, p: Pending, metrics: &Metrics, out: &mut Vec<Span>) {
@@ -342,13 +409,21 @@ impl Tracer {
         match p.input {
             Input::Start { start, peer_traced } => self.on_start(&start, peer_traced, metrics),
             Input::Done(f) => self.on_done(*f, metrics, out),
-            Input::Spawn { tgid, parent, child } => {
+            Input::Spawn {
+                tgid,
+                parent,
+                child,
+            } => {
                 if self.spawn_order.len() >= MAX_GOROUTINES {
                     if let Some(old) = self.spawn_order.pop_front() {
                         self.spawned_by.remove(&old);
                     }
                 }
-                if self.spawned_by.insert((tgid, child), (parent, p.ts)).is_none() {
+                if self
+                    .spawned_by
+                    .insert((tgid, child), (parent, p.ts))
+                    .is_none()
+                {
                     self.spawn_order.push_back((tgid, child));
                 }
             }
@@ -360,62 +435,99 @@ impl Tracer {
     }
 
     fn on_start(&mut self, s: &RequestStart, peer_traced: bool, metrics: &Metrics) {
+        // Ids the kernel gave the request went on the wire: the span keeps its span id, and
+        // where no rule of this host applies, its trace id and the parent the other host sent.
+        let born = s.born;
+        let span_id = born.map_or_else(new_span_id, |b| b.span_id);
         let fresh = |missing_parent| Ids {
-            trace_id: new_trace_id(),
-            span_id: new_span_id(),
+            trace_id: born.map_or_else(new_trace_id, |b| b.trace_id),
+            span_id,
             parent: None,
             link: Link::None,
             missing_parent,
         };
         let mut peer_span = None;
         let ids = if let Some(tp) = s.traceparent {
-            Ids { trace_id: tp.trace_id, span_id: new_span_id(), parent: Some(tp.parent_id), link: Link::Header, missing_parent: false }
+            Ids {
+                trace_id: tp.trace_id,
+                span_id,
+                parent: Some(tp.parent_id),
+                link: Link::Header,
+                missing_parent: false,
+            }
         } else {
             match s.side {
                 Side::Server => match self.claim_in_flight((s.remote, s.local), s.ts_ns) {
                     Some(c) => {
                         peer_span = Some(c.span_id);
                         Ids {
-                        trace_id: c.trace_id,
-                        span_id: new_span_id(),
-                        parent: Some(c.span_id),
-                        link: Link::Connection,
-                        missing_parent: false,
-                    }
-                    }
-                    None => fresh(peer_traced),
-                },
-                Side::Client => match self.serving.get(&(s.key.tgid, unit(s))).map(Vec::as_slice) {
-                    Some([one]) => Ids {
-                        trace_id: one.trace_id,
-                        span_id: new_span_id(),
-                        parent: Some(one.span_id),
-                        link: if s.goid != 0 { Link::Goroutine } else { Link::Thread },
-                        missing_parent: false,
-                    },
-                    _ => match self.started_by_serving(s) {
-                        Some((trace_id, span_id)) => Ids {
-                            trace_id,
-                            span_id: new_span_id(),
-                            parent: Some(span_id),
-                            link: Link::Goroutine,
+                            trace_id: c.trace_id,
+                            span_id,
+                            parent: Some(c.span_id),
+                            link: Link::Connection,
                             missing_parent: false,
-                        },
-                        None => fresh(false),
+                        }
+                    }
+                    None => match born {
+                        Some(b) if b.from_wire => {
+                            Metrics::inc(&metrics.spans_linked_tcp_option);
+                            Ids {
+                                trace_id: b.trace_id,
+                                span_id,
+                                parent: b.parent_id,
+                                link: Link::TcpOption,
+                                missing_parent: false,
+                            }
+                        }
+                        _ => fresh(peer_traced),
                     },
                 },
+                Side::Client => {
+                    let linked = match self.serving.get(&(s.key.tgid, unit(s))).map(Vec::as_slice) {
+                        Some([one]) => Some((
+                            one.trace_id,
+                            one.span_id,
+                            if s.goid != 0 {
+                                Link::Goroutine
+                            } else {
+                                Link::Thread
+                            },
+                        )),
+                        _ => self
+                            .started_by_serving(s)
+                            .map(|(t, p)| (t, p, Link::Goroutine)),
+                    };
+                    match linked {
+                        Some((trace_id, parent, link)) => {
+                            if born.is_some_and(|b| b.trace_id != trace_id) {
+                                Metrics::inc(&metrics.propagation_trace_mismatch);
+                            }
+                            Ids {
+                                trace_id,
+                                span_id,
+                                parent: Some(parent),
+                                link,
+                                missing_parent: false,
+                            }
+                        }
+                        None => fresh(false),
+                    }
+                }
             }
         };
         match s.side {
             Side::Server => {
                 // A new request on the connection ends any earlier one's hold on its thread.
                 self.stop_serving(s.key);
-                self.serving.entry((s.key.tgid, unit(s))).or_default().push(Serving {
-                    conn: s.key,
-                    trace_id: ids.trace_id,
-                    span_id: ids.span_id,
-                    ts: s.ts_ns,
-                });
+                self.serving
+                    .entry((s.key.tgid, unit(s)))
+                    .or_default()
+                    .push(Serving {
+                        conn: s.key,
+                        trace_id: ids.trace_id,
+                        span_id: ids.span_id,
+                        ts: s.ts_ns,
+                    });
                 self.serving_thread.insert(s.key, unit(s));
             }
             Side::Client => {
@@ -427,14 +539,23 @@ impl Tracer {
                 if q.len() >= MAX_IN_FLIGHT_PER_CONN {
                     q.pop_front();
                 }
-                q.push_back(InFlight { ts: s.ts_ns, trace_id: ids.trace_id, span_id: ids.span_id });
+                q.push_back(InFlight {
+                    ts: s.ts_ns,
+                    trace_id: ids.trace_id,
+                    span_id: ids.span_id,
+                });
             }
         }
         let q = self.starts.entry(s.key).or_default();
         if q.len() >= MAX_STARTS_PER_CONN {
             q.pop_front();
         }
-        q.push_back(StartRecord { ts: s.ts_ns, ids, peer_span, claims: 0 });
+        q.push_back(StartRecord {
+            ts: s.ts_ns,
+            ids,
+            peer_span,
+            claims: 0,
+        });
     }
 
     /// For a client start on a Go goroutine serving nothing: the one exchange served by the
@@ -446,7 +567,11 @@ impl Tracer {
         let mut goid = s.goid;
         for _ in 0..MAX_SPAWN_DEPTH {
             let &(parent, spawned_at) = self.spawned_by.get(&(s.key.tgid, goid))?;
-            match self.serving.get(&(s.key.tgid, 1 << 32 | u64::from(parent))).map(Vec::as_slice) {
+            match self
+                .serving
+                .get(&(s.key.tgid, 1 << 32 | u64::from(parent)))
+                .map(Vec::as_slice)
+            {
                 Some([one]) if one.ts <= spawned_at => return Some((one.trace_id, one.span_id)),
                 Some(_) => return None,
                 None => goid = parent,
@@ -480,7 +605,13 @@ impl Tracer {
     }
 
     fn on_done(&mut self, f: Finished, metrics: &Metrics, out: &mut Vec<Span>) {
-        let Finished { mut span, key, side, request_start_ns, peer_traced } = f;
+        let Finished {
+            mut span,
+            key,
+            side,
+            request_start_ns,
+            peer_traced,
+        } = f;
         // The latest start at or before the exchange's first bytes; older ones are done with.
         // The start stays for further exchanges of a pipelined batch.
         let record = self.starts.get_mut(&key).and_then(|q| {

@@ -213,8 +213,52 @@ pub struct DataEventHeader {
     /// were moved for — the running goroutine, or for a net/http client connection's
     /// `writeLoop`, the goroutine whose request it writes. 0 elsewhere or when unknown.
     pub goid: u32,
+    /// [`ids`] flags: whether `ids` holds the ids the kernel gave the request these bytes
+    /// start (client: at its first write; server: at its first read), and where they came from.
+    pub ids_flags: u32,
+    pub _pad: u32,
+    /// The request's ids, born in the kernel (`--propagate`); zeros unless `ids_flags` has
+    /// [`ids::SET`].
+    pub ids: RequestIds,
 }
-const _: () = assert!(size_of::<DataEventHeader>() == 56);
+const _: () = assert!(size_of::<DataEventHeader>() == 96);
+
+/// Trace ids the kernel gives a request when it starts on a connection whose role it knows
+/// (`--propagate`): the same ids it writes on the wire (a TCP header option) and that the
+/// agent puts on the span, so a receiving host continues the trace without waiting for this
+/// host's agent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RequestIds {
+    pub trace_id: [u8; 16],
+    /// The span of this request (client or server end).
+    pub span_id: [u8; 8],
+    /// Its parent: for a client request, the server request its thread (goroutine) serves;
+    /// for a server request, the client span that the TCP option carried. Zeros: none.
+    pub parent_id: [u8; 8],
+}
+const _: () = assert!(size_of::<RequestIds>() == 32);
+
+/// Flags of [`DataEventHeader::ids_flags`].
+pub mod ids {
+    /// The event's `ids` are set: these bytes start a request.
+    pub const SET: u32 = 1;
+    /// Server request: trace id and parent came from the TCP option of the client's host.
+    pub const FROM_WIRE: u32 = 2;
+    /// Client request: trace id and parent came from the server request the thread serves.
+    pub const FROM_UNIT: u32 = 4;
+}
+
+/// The TCP option that carries a request's trace context between hosts (RFC 6994 shared
+/// experimental option, kind 254, with ztrace's 16-bit experiment id): kind, length, ExID,
+/// trace id (16 bytes), the client span id (8 bytes) = 28 bytes, which fit beside the
+/// timestamps option in the 40 bytes of TCP option space.
+pub mod tcp_option {
+    pub const KIND: u8 = 254;
+    /// Experiment id (RFC 6994 ExID), not registered with IANA: 0x7a74 ("zt").
+    pub const EXID: u16 = 0x7a74;
+    pub const LEN: usize = 28;
+}
 
 /// A data event with room for the largest capture; the kernel fills it in a per-CPU scratch
 /// map and sends only `size_of::<DataEventHeader>() + captured` bytes of it.
@@ -224,7 +268,7 @@ pub struct DataEvent {
     pub hdr: DataEventHeader,
     pub data: [u8; MAX_CAPTURE + TAIL_BYTES],
 }
-const _: () = assert!(size_of::<DataEvent>() == 56 + MAX_CAPTURE + TAIL_BYTES);
+const _: () = assert!(size_of::<DataEvent>() == 96 + MAX_CAPTURE + TAIL_BYTES);
 
 /// Most return addresses of one stack walked by the kernel (frame pointers).
 pub const MAX_STACK_DEPTH: usize = 64;
@@ -314,10 +358,26 @@ pub enum Counter {
     /// `roundTrip` ran before its uprobe was attached, or the map dropped it): the span carries
     /// the helper's own stack.
     StackGoOwnerMissing = 21,
+    /// Client requests given ids in the kernel (their context goes out in a TCP option).
+    PropagateClientIds = 22,
+    /// Data segments of client requests that carried the context option.
+    PropagateOptionWritten = 23,
+    /// Segments of client requests that had no room left for the option (other options such
+    /// as SACK blocks took the space): that segment goes without it.
+    PropagateOptionNoRoom = 24,
+    /// Segments received with the context option.
+    PropagateOptionReceived = 25,
+    /// Server requests that started with a context from the wire.
+    PropagateServerFromWire = 26,
+    /// Server requests that started without one (the client's host runs no ztrace, or a
+    /// middlebox stripped the option): a new trace begins there.
+    PropagateServerNoContext = 27,
+    /// A connection or context could not be remembered (map full).
+    PropagateMapFull = 28,
 }
 
 /// Number of slots in the `COUNTERS` map.
-pub const COUNTER_SLOTS: u32 = 22;
+pub const COUNTER_SLOTS: u32 = 29;
 
 impl Counter {
     pub const ALL: &'static [Counter] = &[
@@ -342,6 +402,13 @@ impl Counter {
         Counter::StackFromGoOwner,
         Counter::StackGoOwnerMissing,
         Counter::GoSpawnEvents,
+        Counter::PropagateClientIds,
+        Counter::PropagateOptionWritten,
+        Counter::PropagateOptionNoRoom,
+        Counter::PropagateOptionReceived,
+        Counter::PropagateServerFromWire,
+        Counter::PropagateServerNoContext,
+        Counter::PropagateMapFull,
     ];
 
     /// Name used in the agent's self-metrics.
@@ -368,6 +435,13 @@ impl Counter {
             Counter::StackFromGoOwner => "kernel_stack_from_go_owner",
             Counter::StackGoOwnerMissing => "kernel_stack_go_owner_missing",
             Counter::GoSpawnEvents => "kernel_go_spawn_events",
+            Counter::PropagateClientIds => "kernel_propagate_client_ids",
+            Counter::PropagateOptionWritten => "kernel_propagate_option_written",
+            Counter::PropagateOptionNoRoom => "kernel_propagate_option_no_room",
+            Counter::PropagateOptionReceived => "kernel_propagate_option_received",
+            Counter::PropagateServerFromWire => "kernel_propagate_server_from_wire",
+            Counter::PropagateServerNoContext => "kernel_propagate_server_no_context",
+            Counter::PropagateMapFull => "kernel_propagate_map_full",
         }
     }
 
@@ -383,6 +457,11 @@ impl Counter {
                 | Counter::GoHandoffs
                 | Counter::StackFromGoOwner
                 | Counter::GoSpawnEvents
+                | Counter::PropagateClientIds
+                | Counter::PropagateOptionWritten
+                | Counter::PropagateOptionReceived
+                | Counter::PropagateServerFromWire
+                | Counter::PropagateServerNoContext
         )
     }
 }
@@ -452,9 +531,12 @@ pub struct Settings {
     pub capture_bytes: u32,
     /// 1 when only processes in `PID_ALLOW` / `COMM_ALLOW` are traced.
     pub filter_enabled: u32,
-    pub _pad: u32,
+    /// 1 when request ids are born in the kernel and carried in a TCP option (`--propagate`).
+    pub propagate: u32,
+    /// When non-zero, only processes in this cgroup (v2 id, `--cgroup`) are traced.
+    pub cgroup_id: u64,
 }
-const _: () = assert!(size_of::<Settings>() == 16);
+const _: () = assert!(size_of::<Settings>() == 24);
 
 /// Stack capture settings chosen by the agent (`--stacks`, `--stack-bytes`).
 #[repr(C)]
@@ -490,4 +572,6 @@ mod pod {
     unsafe impl aya::Pod for super::StackSettings {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::StackEventHeader {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RequestIds {}
 }

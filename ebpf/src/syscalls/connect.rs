@@ -22,7 +22,7 @@ fn save(call_kind: u32, fd: i32) -> u32 {
         call: call_kind,
         direction: 0,
         fd,
-        _pad: 0,
+        starts_request: 0,
         enter_ns: 0,
         ptr: 0,
         count: 0,
@@ -57,6 +57,7 @@ pub fn zt_exit_connect(ctx: TracePointContext) -> u32 {
     if ret == 0 || ret == -EINPROGRESS {
         let (tgid, tid, _) = ids();
         sock::open_conn(tgid, tid, pending.fd, ConnRole::Client);
+        crate::propagate::on_open(tgid, pending.fd, ConnRole::Client);
         crate::stack::on_connect(tgid, pending.fd);
     }
     0
@@ -84,6 +85,7 @@ fn exit_accept(ctx: &TracePointContext) -> u32 {
         let (tgid, tid, _) = ids();
         if filter::is_traced(tgid) {
             sock::open_conn(tgid, tid, ret as i32, ConnRole::Server);
+            crate::propagate::on_open(tgid, ret as i32, ConnRole::Server);
         }
     }
     0

@@ -18,7 +18,7 @@ use super::{arg, ids, read_i64, read_u64, RET};
 use crate::{
     emit, filter,
     maps::{call, count, PendingCall, ACTIVE, SOCKS},
-    sock, tls,
+    propagate, sock, tls,
 };
 
 const EGRESS: u32 = Direction::Egress as u32;
@@ -38,7 +38,7 @@ struct Iovec {
 
 #[inline(always)]
 fn enter(call_kind: u32, direction: u32, fd: i32, ptr: u64, count_arg: u64) -> u32 {
-    let (tgid, _, pid_tgid) = ids();
+    let (tgid, tid, pid_tgid) = ids();
     if !filter::is_traced(tgid) {
         return 0;
     }
@@ -51,8 +51,18 @@ fn enter(call_kind: u32, direction: u32, fd: i32, ptr: u64, count_arg: u64) -> u
     tls::note_syscall(tgid, pid_tgid, fd, direction, call_kind, ptr, &mut entry);
     // SAFETY: the helper has no preconditions.
     let enter_ns = unsafe { bpf_ktime_get_ns() };
-    let pending =
-        PendingCall { call: call_kind, direction, fd, _pad: 0, enter_ns, ptr, count: count_arg, sock: entry };
+    // A client request gets its ids before its segments leave (they carry its context).
+    let starts_request = if direction == EGRESS { propagate::on_write_enter(tgid, tid, fd, &entry) } else { 0 };
+    let pending = PendingCall {
+        call: call_kind,
+        direction,
+        fd,
+        starts_request,
+        enter_ns,
+        ptr,
+        count: count_arg,
+        sock: entry,
+    };
     if ACTIVE.insert(&pid_tgid, &pending, 0).is_err() {
         count(Counter::ArgsMapFull);
     }
@@ -94,7 +104,7 @@ fn recover_plain_read(tgid: u32) -> Option<PendingCall> {
     let entry = sock::lookup_tcp(tgid, fd)?;
     // SAFETY: as above.
     let buf = unsafe { bpf_probe_read_kernel((regs + PT_REGS_SI) as *const u64) }.ok()?;
-    Some(PendingCall { call: call::PLAIN, direction: INGRESS, fd, _pad: 0, enter_ns: 0, ptr: buf, count: 0, sock: entry })
+    Some(PendingCall { call: call::PLAIN, direction: INGRESS, fd, starts_request: 0, enter_ns: 0, ptr: buf, count: 0, sock: entry })
 }
 
 #[inline(always)]
@@ -133,6 +143,17 @@ fn exit(ctx: &TracePointContext, plain_read: bool) -> u32 {
         // SAFETY: the helper has no preconditions.
         unsafe { bpf_ktime_get_ns() }
     };
+    // The request these bytes start, if any: its ids go into the data events.
+    let ids_key = if pending.direction == EGRESS {
+        if pending.starts_request == 1 {
+            sock::key(tgid, fd)
+        } else {
+            0
+        }
+    } else {
+        propagate::on_read_exit(tgid, tid, fd, &entry)
+    };
+    emit::stage_ids(ids_key);
     let conn = emit::Conn { tgid, tid, fd, conn_gen: entry.conn_gen, ts_ns: ts };
     crate::stack::on_data(ctx, &conn, pending.direction);
     match pending.call {

@@ -163,6 +163,7 @@ fn send(tgid: u32, fd: i32, direction: u32, buf: u64, n: i64, ts: u64) {
         return;
     }
     let conn = emit::Conn { tgid, tid, fd, conn_gen: entry.conn_gen, ts_ns: ts };
+    emit::stage_ids(0);
     emit::data(&conn, direction, DataSource::GoTls as u32, buf, n as u64);
 }
 

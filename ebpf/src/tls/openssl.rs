@@ -200,5 +200,6 @@ fn finish(tgid: u32, tid: u32, pid_tgid: u64, call: &TlsCall, moved: u64) {
         unsafe { bpf_ktime_get_ns() }
     };
     let conn = emit::Conn { tgid, tid, fd, conn_gen: entry.conn_gen, ts_ns: ts };
+    emit::stage_ids(0);
     emit::data(&conn, call.direction, DataSource::Tls as u32, call.buf, moved);
 }

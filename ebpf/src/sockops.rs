@@ -1,0 +1,135 @@
+//! The TCP option that carries a request's trace context between hosts (`sock_ops`, attached
+//! to the traced cgroup; `BPF_SOCK_OPS_HDR_OPT_LEN_CB`/`WRITE_HDR_OPT_CB`/`PARSE_HDR_OPT_CB`,
+//! Linux >= 5.10).
+//!
+//! Sending: while a client request's context is in `TX_CTX` (from its first write until its
+//! answer is read, see `propagate`), every segment of the connection carries the option
+//! `ztrace_common::tcp_option` (kind 254, ExID, trace id, span id: 28 bytes). A segment whose
+//! option space is already taken (SACK blocks) goes without it (counted). Receiving: an
+//! option with ztrace's ExID on a segment is stored in `RX_CTX` for the server request that
+//! the next read starts. No application byte changes; a middlebox that strips unknown options
+//! makes the receiving request start a new trace (`Counter::PropagateServerNoContext`).
+
+use aya_ebpf::{
+    helpers::generated::{bpf_load_hdr_opt, bpf_reserve_hdr_opt, bpf_store_hdr_opt},
+    macros::sock_ops,
+    programs::SockOpsContext,
+};
+use ztrace_common::{tcp_option, Counter};
+
+use crate::{
+    maps::count,
+    propagate::{RxCtx, WireCtx, RX_CTX, TX_CTX},
+    sock::FlowKey,
+};
+
+/// Reads one `u32` field of the context with a constant offset from the context pointer: the
+/// verifier refuses a load through a context pointer moved first (as a copied array would be).
+macro_rules! ctx_u32 {
+    ($ctx:expr, $($field:tt)+) => {
+        // SAFETY: `ops` is this program's context; the field is read in place.
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*$ctx.ops).$($field)+)) }
+    };
+}
+
+const AF_INET: u32 = 2;
+const OP_ACTIVE_ESTABLISHED: u32 = 4;
+const OP_PASSIVE_ESTABLISHED: u32 = 5;
+const OP_TCP_LISTEN: u32 = 11;
+const OP_PARSE_HDR_OPT: u32 = 13;
+const OP_HDR_OPT_LEN: u32 = 14;
+const OP_WRITE_HDR_OPT: u32 = 15;
+const FLAG_PARSE_UNKNOWN_HDR_OPT: i32 = 1 << 5;
+const FLAG_WRITE_HDR_OPT: i32 = 1 << 6;
+
+/// The option as written on the wire.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct WireOption {
+    kind: u8,
+    len: u8,
+    exid: [u8; 2],
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+}
+const _: () = assert!(core::mem::size_of::<WireOption>() == tcp_option::LEN);
+
+/// `sock_ops` program of the traced cgroup.
+#[sock_ops]
+pub fn zt_sockops(ctx: SockOpsContext) -> u32 {
+    match ctx_u32!(ctx, op) {
+        OP_ACTIVE_ESTABLISHED | OP_PASSIVE_ESTABLISHED | OP_TCP_LISTEN => {
+            let _ = ctx.set_cb_flags(ctx_u32!(ctx, bpf_sock_ops_cb_flags) as i32 | FLAG_WRITE_HDR_OPT | FLAG_PARSE_UNKNOWN_HDR_OPT);
+        }
+        OP_HDR_OPT_LEN => {
+            let flow = flow(&ctx);
+            // SAFETY: only tested for presence.
+            if unsafe { TX_CTX.get(&flow) }.is_some() {
+                // SAFETY: ctx is this program's context; the helper checks the length.
+                if unsafe { bpf_reserve_hdr_opt(ctx.ops.cast(), tcp_option::LEN as u32, 0) } != 0 {
+                    count(Counter::PropagateOptionNoRoom);
+                }
+            }
+        }
+        OP_WRITE_HDR_OPT => {
+            let flow = flow(&ctx);
+            // SAFETY: copied out at once.
+            let Some(c) = (unsafe { TX_CTX.get(&flow) }).copied() else { return 1 };
+            let opt = WireOption {
+                kind: tcp_option::KIND,
+                len: tcp_option::LEN as u8,
+                exid: tcp_option::EXID.to_be_bytes(),
+                trace_id: c.trace_id,
+                span_id: c.span_id,
+            };
+            // SAFETY: `opt` is on this program's stack, `LEN` bytes long.
+            let ret = unsafe {
+                bpf_store_hdr_opt(ctx.ops.cast(), core::ptr::addr_of!(opt).cast(), tcp_option::LEN as u32, 0)
+            };
+            if ret == 0 {
+                count(Counter::PropagateOptionWritten);
+            }
+        }
+        OP_PARSE_HDR_OPT => {
+            let mut opt = WireOption { kind: tcp_option::KIND, len: 4, exid: tcp_option::EXID.to_be_bytes(), trace_id: [0; 16], span_id: [0; 8] };
+            // SAFETY: `opt` is on this program's stack, `LEN` bytes long; the helper searches
+            // for kind 254 with the ExID in bytes 2..4 and copies the whole option there.
+            let n = unsafe { bpf_load_hdr_opt(ctx.ops.cast(), core::ptr::addr_of_mut!(opt).cast(), tcp_option::LEN as u32, 0) };
+            if n == tcp_option::LEN as i64 && opt.span_id != [0; 8] {
+                let flow = flow(&ctx);
+                let fresh = WireCtx { trace_id: opt.trace_id, span_id: opt.span_id };
+                // SAFETY: copied out at once.
+                let same = unsafe { RX_CTX.get(&flow) }.is_some_and(|r| r.ctx.span_id == fresh.span_id);
+                if !same {
+                    let _ = RX_CTX.insert(&flow, &RxCtx { ctx: fresh, taken: 0, _pad: 0 }, 0);
+                    count(Counter::PropagateOptionReceived);
+                }
+            }
+        }
+        _ => {}
+    }
+    1
+}
+
+/// The connection's 4-tuple, as `sock::flow_of` builds it.
+#[inline(always)]
+fn flow(ctx: &SockOpsContext) -> FlowKey {
+    let family = ctx_u32!(ctx, family);
+    let mut flow = FlowKey { family, local_port: ctx_u32!(ctx, local_port) as u16, remote_port: 0, local_addr: [0; 16], remote_addr: [0; 16] };
+    // Network byte order, in the upper 16 bits on kernels that widened it (5.x), else the lower.
+    let rp = ctx_u32!(ctx, remote_port);
+    let raw = if rp > 0xffff { (rp >> 16) as u16 } else { rp as u16 };
+    flow.remote_port = u16::from_be(raw);
+    if family == AF_INET {
+        flow.local_addr[..4].copy_from_slice(&ctx_u32!(ctx, local_ip4).to_ne_bytes());
+        flow.remote_addr[..4].copy_from_slice(&ctx_u32!(ctx, remote_ip4).to_ne_bytes());
+    } else {
+        let l = [ctx_u32!(ctx, local_ip6[0]), ctx_u32!(ctx, local_ip6[1]), ctx_u32!(ctx, local_ip6[2]), ctx_u32!(ctx, local_ip6[3])];
+        let r = [ctx_u32!(ctx, remote_ip6[0]), ctx_u32!(ctx, remote_ip6[1]), ctx_u32!(ctx, remote_ip6[2]), ctx_u32!(ctx, remote_ip6[3])];
+        for i in 0..4 {
+            flow.local_addr[i * 4..i * 4 + 4].copy_from_slice(&l[i].to_ne_bytes());
+            flow.remote_addr[i * 4..i * 4 + 4].copy_from_slice(&r[i].to_ne_bytes());
+        }
+    }
+    flow
+}
