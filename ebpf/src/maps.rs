@@ -109,6 +109,9 @@ pub struct TlsCall {
     pub ex: u32,
     /// Nested calls of the same thread (an `_ex` form calling the plain one).
     pub depth: u32,
+    /// `propagate`'s key of the connection when a syscall inside the call started a request
+    /// (its ids go into the plaintext event), else 0.
+    pub ids_key: u64,
 }
 
 /// One fd of one process.

@@ -47,7 +47,9 @@ pub struct PropConn {
     pub ids: RequestIds,
     /// `ztrace_common::ids` flags of `ids`.
     pub flags: u32,
-    pub _pad: u32,
+    /// 1 once the connection's bytes go through OpenSSL calls: from then on only the syscalls
+    /// made inside those calls count (their direction is the plaintext's), not the handshake's.
+    pub tls: u32,
 }
 
 /// Connections opened by `connect`/`accept` while ztrace runs: key `tgid << 32 | fd`. LRU,
@@ -158,7 +160,7 @@ pub fn on_open(tgid: u32, fd: i32, role: ConnRole) {
     if entry.is_tcp != 1 {
         return;
     }
-    let conn = PropConn { conn_gen: entry.conn_gen, role: role as u32, last: NONE, ids: RequestIds::default(), flags: 0, _pad: 0 };
+    let conn = PropConn { conn_gen: entry.conn_gen, role: role as u32, last: NONE, ids: RequestIds::default(), flags: 0, tls: 0 };
     if PROP_CONNS.insert(&k, &conn, 0).is_err() {
         count(Counter::PropagateMapFull);
     }
@@ -169,15 +171,19 @@ pub fn on_open(tgid: u32, fd: i32, role: ConnRole) {
 ///
 /// Ids are written straight into map values: the syscall programs have little BPF stack left.
 #[inline(always)]
-pub fn on_write_enter(tgid: u32, tid: u32, fd: i32, entry: &SockEntry) -> u32 {
-    if !enabled() || entry.tls == 1 {
+pub fn on_write_enter(tgid: u32, tid: u32, fd: i32, entry: &SockEntry, in_tls_call: u32) -> u32 {
+    if !enabled() || (entry.tls == 1 && in_tls_call == 0) {
         return 0;
     }
     let k = sock::key(tgid, fd);
     let Some(state) = PROP_CONNS.get_ptr_mut(&k) else { return 0 };
     // SAFETY: a pointer into the map's value, valid during this program run.
     let state = unsafe { &mut *state };
-    if state.conn_gen != entry.conn_gen || state.last == EGRESS {
+    if state.conn_gen != entry.conn_gen {
+        return 0;
+    }
+    enter_tls(state, in_tls_call);
+    if state.last == EGRESS {
         return 0;
     }
     state.last = EGRESS;
@@ -212,6 +218,16 @@ pub fn on_write_enter(tgid: u32, tid: u32, fd: i32, entry: &SockEntry) -> u32 {
     1
 }
 
+/// The first syscall inside an OpenSSL call on a connection: what its handshake moved before
+/// was no request; plaintext requests start from here.
+#[inline(always)]
+fn enter_tls(state: &mut PropConn, in_tls_call: u32) {
+    if in_tls_call == 1 && state.tls == 0 {
+        state.tls = 1;
+        state.last = NONE;
+    }
+}
+
 /// The ids of the request a connection's current bytes start, for `emit::data` to copy into
 /// its event (`key` as given by `on_write_enter`/`on_read_exit`).
 #[inline(always)]
@@ -224,29 +240,38 @@ pub fn request_ids(key: u64) -> Option<*const PropConn> {
 /// connection's key is returned, its ids in `PROP_CONNS`), or a client's answer arrived (its
 /// context stops going out). 0 when no request starts.
 #[inline(always)]
-pub fn on_read_exit(tgid: u32, tid: u32, fd: i32, entry: &SockEntry) -> u64 {
-    if !enabled() || entry.tls == 1 {
+pub fn on_read_exit(tgid: u32, tid: u32, fd: i32, entry: &SockEntry, in_tls_call: u32) -> u64 {
+    if !enabled() || (entry.tls == 1 && in_tls_call == 0) {
         return 0;
     }
     let k = sock::key(tgid, fd);
     let Some(state) = PROP_CONNS.get_ptr_mut(&k) else { return 0 };
     // SAFETY: a pointer into the map's value, valid during this program run.
     let state = unsafe { &mut *state };
-    if state.conn_gen != entry.conn_gen || state.last == INGRESS {
+    if state.conn_gen != entry.conn_gen {
+        return 0;
+    }
+    // The handshake's reads (outside OpenSSL calls, before the socket was known as TLS) may have
+    // started a "request" that took the context the first plaintext request came with (its
+    // segments can reach this host together with the handshake's last ones): give it back.
+    let handshake_done = in_tls_call == 1 && state.tls == 0;
+    enter_tls(state, in_tls_call);
+    if state.last == INGRESS {
         return 0;
     }
     state.last = INGRESS;
+    let flow = sock::flow_of(entry.sock);
     if state.role != ConnRole::Server as u32 {
-        let _ = TX_CTX.remove(&sock::flow_of(entry.sock));
+        let _ = TX_CTX.remove(&flow);
         return 0;
     }
     state.ids.span_id = random_span_id();
     state.flags = ids::SET;
     let mut from_wire = false;
-    if let Some(rx) = RX_CTX.get_ptr_mut(&sock::flow_of(entry.sock)) {
+    if let Some(rx) = RX_CTX.get_ptr_mut(&flow) {
         // SAFETY: a pointer into the map's value, valid during this program run.
         let rx = unsafe { &mut *rx };
-        if rx.taken == 0 {
+        if rx.taken == 0 || handshake_done {
             rx.taken = 1;
             state.ids.trace_id = rx.ctx.trace_id;
             state.ids.parent_id = rx.ctx.span_id;

@@ -14,13 +14,15 @@ use std::time::Duration;
 use ztrace_e2e::hosts::{Host, Hosts};
 use ztrace_e2e::otlp::{OtlpReceiver, OtlpSpan};
 use ztrace_e2e::process::Proc;
+use ztrace_e2e::tls::Certs;
 use ztrace_e2e::{fixture, free_port, python, Ztrace};
 
 const READY: Duration = Duration::from_secs(20);
 const SPANS: Duration = Duration::from_secs(30);
 
-/// An `xhost.py server` on `host`, named `service` (OTEL_SERVICE_NAME), calling `calls`.
-fn service(host: &Host, service: &str, port: u16, calls: &[String]) -> Proc {
+/// An `xhost.py server` on `host`, named `service` (OTEL_SERVICE_NAME), calling `calls`;
+/// HTTPS with `tls`.
+fn service(host: &Host, service: &str, port: u16, calls: &[String], tls: Option<&Certs>) -> Proc {
     let mut cmd = host.command(python());
     cmd.arg("-u")
         .arg(fixture("xhost.py"))
@@ -32,6 +34,9 @@ fn service(host: &Host, service: &str, port: u16, calls: &[String]) -> Proc {
             &port.to_string(),
         ])
         .env("OTEL_SERVICE_NAME", service);
+    if let Some(certs) = tls {
+        cmd.arg("--tls").arg(&certs.cert).arg(&certs.key);
+    }
     for url in calls {
         cmd.args(["--call", url]);
     }
@@ -110,14 +115,21 @@ fn parent(s: &OtlpSpan) -> Option<&str> {
 const SERVER: &str = "SPAN_KIND_SERVER";
 const CLIENT: &str = "SPAN_KIND_CLIENT";
 
-/// Services on fresh ports: A (host 1) → B (host 2) → C (host 1). Returns them (kept alive by
-/// the caller) and A's URL.
-fn chain(hosts: &Hosts) -> (Vec<Proc>, String) {
+/// Services on fresh ports: A (host 1) → B (host 2) → C (host 1), B and C over HTTPS with
+/// `tls`. Returns them (kept alive by the caller) and A's URL.
+fn chain(hosts: &Hosts, tls: Option<&Certs>) -> (Vec<Proc>, String) {
     let (h1, h2) = (hosts.get(0), hosts.get(1));
     let (pa, pb, pc) = (free_port(), free_port(), free_port());
-    let c = service(h1, "c", pc, &[]);
-    let b = service(h2, "b", pb, &[h1.url(pc, "/c")]);
-    let a = service(h1, "a", pa, &[h2.url(pb, "/b")]);
+    let https = |url: String| {
+        if tls.is_some() {
+            url.replacen("http://", "https://", 1)
+        } else {
+            url
+        }
+    };
+    let c = service(h1, "c", pc, &[], tls);
+    let b = service(h2, "b", pb, &[https(h1.url(pc, "/c"))], tls);
+    let a = service(h1, "a", pa, &[https(h2.url(pb, "/b"))], None);
     (vec![a, b, c], h1.url(pa, "/a"))
 }
 
@@ -135,11 +147,24 @@ fn chain_spans(otlp: &mut OtlpReceiver) -> Vec<OtlpSpan> {
 #[test]
 #[ignore = "needs root and eBPF; run by cargo xtask test"]
 fn http1_chain_across_two_hosts_is_one_trace() {
+    chain_across_two_hosts_is_one_trace(None);
+}
+
+/// The same chain with B and C serving HTTPS (OpenSSL through Python's ssl): the context goes
+/// below the encrypted bytes, in the TCP option of the segments that carry them.
+#[test]
+#[ignore = "needs root and eBPF; run by cargo xtask test"]
+fn https_chain_across_two_hosts_is_one_trace() {
+    let certs = Certs::make();
+    chain_across_two_hosts_is_one_trace(Some(&certs));
+}
+
+fn chain_across_two_hosts_is_one_trace(tls: Option<&Certs>) {
     let hosts = Hosts::two();
     let mut otlp = OtlpReceiver::start();
     let z1 = agent(hosts.get(0), &otlp, &[]);
     let z2 = agent(hosts.get(1), &otlp, &[]);
-    let (services, url) = chain(&hosts);
+    let (services, url) = chain(&hosts, tls);
 
     let (answer, sent) = request(hosts.get(0), &url, 100_000);
     assert_eq!(
@@ -149,7 +174,23 @@ fn http1_chain_across_two_hosts_is_one_trace() {
     );
 
     let spans = chain_spans(&mut otlp);
-    let report = format!("{spans:#?}");
+    drop(services);
+    let s1 = z1.stop();
+    let s2 = z2.stop();
+    let propagation = |s: &ztrace_e2e::ztrace::Stopped| {
+        s.stats
+            .iter()
+            .flatten()
+            .filter(|(k, _)| k.contains("propagat") || k.contains("tls"))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let report = format!(
+        "{spans:#?}\nhost 1: {}\nhost 2: {}",
+        propagation(&s1),
+        propagation(&s2)
+    );
     assert_eq!(spans.len(), 6, "six spans:\n{report}");
     let trace = spans[0].trace_id();
     assert!(
@@ -186,10 +227,6 @@ fn http1_chain_across_two_hosts_is_one_trace() {
         );
     }
     assert_eq!(parent(client), None, "the client is the root:\n{report}");
-    drop(services);
-
-    let s1 = z1.stop();
-    let s2 = z2.stop();
     let stat = |s: &ztrace_e2e::ztrace::Stopped, k: &str| {
         s.stats
             .as_ref()
@@ -202,17 +239,33 @@ fn http1_chain_across_two_hosts_is_one_trace() {
         "host 1 wrote the option: {:?}",
         s1.stats
     );
+    // Over plain HTTP each request is one start; over TLS the handshake's flights (read outside
+    // OpenSSL calls, before the socket is known as TLS) count as starts too.
+    if tls.is_none() {
+        assert_eq!(
+            stat(&s2, "kernel_propagate_server_from_wire"),
+            1,
+            "b's request came with its context: {:?}",
+            s2.stats
+        );
+        assert_eq!(
+            stat(&s2, "kernel_propagate_server_no_context"),
+            0,
+            "{:?}",
+            s2.stats
+        );
+    } else {
+        assert!(
+            stat(&s2, "kernel_propagate_server_from_wire") >= 1,
+            "{:?}",
+            s2.stats
+        );
+    }
     assert_eq!(
-        stat(&s2, "kernel_propagate_server_from_wire"),
+        stat(&s1, "spans_linked_tcp_option"),
         1,
-        "b's request came with its context: {:?}",
-        s2.stats
-    );
-    assert_eq!(
-        stat(&s2, "kernel_propagate_server_no_context"),
-        0,
-        "{:?}",
-        s2.stats
+        "c's parent came by option: {:?}",
+        s1.stats
     );
     assert_eq!(stat(&s2, "spans_linked_tcp_option"), 1, "{:?}", s2.stats);
 }
@@ -247,7 +300,7 @@ fn without_propagation_the_trace_splits_at_the_host_boundary() {
     let z1 = agent(hosts.get(0), &otlp, &["--propagate=off"]);
     let mut z2 = agent(hosts.get(1), &otlp, &["--propagate=off"]);
     z2.wait_for_log("sock_ops: --propagate=off", READY);
-    let (services, url) = chain(&hosts);
+    let (services, url) = chain(&hosts, None);
     let (answer, sent) = request(hosts.get(0), &url, 1000);
     assert_eq!(answer, [sent.clone(), sent.clone(), sent]);
     assert_host2_split(&chain_spans(&mut otlp));
@@ -278,7 +331,7 @@ fn a_middlebox_that_strips_the_option_splits_the_trace_and_is_counted() {
     let mut otlp = OtlpReceiver::start();
     let z1 = agent(hosts.get(0), &otlp, &[]);
     let z2 = agent(hosts.get(1), &otlp, &[]);
-    let (services, url) = chain(&hosts);
+    let (services, url) = chain(&hosts, None);
     let (answer, sent) = request(hosts.get(0), &url, 1000);
     assert_eq!(
         answer,

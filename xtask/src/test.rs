@@ -58,6 +58,10 @@ const TEST_PACKAGES: &[&str] = &[
     "binutils",
     // Services under an app server, named by their application (tests/tests/edges.rs).
     "gunicorn",
+    // Simulated hosts (network namespaces, veth) and a middlebox that strips TCP options
+    // (tests/tests/xhost.rs).
+    "iproute2",
+    "iptables",
 ];
 /// From Debian's backports suite: a newer Go than bookworm's 1.19, for Go crypto/tls's struct
 /// offsets and RET probes on a current toolchain (tests/tests/tls.rs).

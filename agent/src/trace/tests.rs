@@ -483,3 +483,129 @@ fn hold_back_window_memory() {
         grown * 1024 / MAX_PENDING as u64
     );
 }
+
+fn born(trace: u8, span: u8, parent: Option<u8>, from_wire: bool) -> super::context::BornIds {
+    super::context::BornIds {
+        trace_id: [trace; 16],
+        span_id: [span; 8],
+        parent_id: parent.map(|p| [p; 8]),
+        from_wire,
+    }
+}
+
+impl World {
+    fn start_born(&mut self, end: End, tid: u32, ts: u64, born: super::context::BornIds) {
+        let s = RequestStart {
+            key: end.key,
+            side: end.side,
+            local: end.local,
+            remote: end.remote,
+            tid,
+            goid: 0,
+            ts_ns: ts,
+            traceparent: None,
+            born: Some(born),
+        };
+        self.tracer.start(s, false, &self.metrics, &mut self.out);
+    }
+}
+
+#[test]
+fn kernel_born_ids_are_the_span_ids_and_a_remote_context_links_by_tcp_option() {
+    // A server on this host whose client is on another host (the kernel read the TCP option:
+    // trace 7, client span 8), calling a local service.
+    let remote_in = End {
+        key: key(10, 5),
+        side: Side::Server,
+        local: addr("10.0.0.2:8080"),
+        remote: addr("10.0.0.1:40000"),
+    };
+    let (out, local_in) = conn(10, 6, 20, 5, 40001, 8082);
+    let mut w = World::new();
+    w.start_born(remote_in, 11, 100, born(7, 1, Some(8), true));
+    w.start_born(out, 11, 200, born(7, 2, Some(1), false));
+    w.start_born(local_in, 21, 210, born(7, 3, Some(2), true));
+    w.done(local_in, "local server", 210, 300);
+    w.done(out, "call", 200, 310);
+    w.done(remote_in, "server", 100, 400);
+    let spans = w.flush();
+    let server = by_name(&spans, "server");
+    assert_eq!(
+        (server.trace_id, server.span_id, server.parent_span_id),
+        ([7; 16], [1; 8], Some([8; 8]))
+    );
+    assert_eq!(link(server), "tcp_option");
+    let call = by_name(&spans, "call");
+    assert_eq!(
+        (call.trace_id, call.span_id, call.parent_span_id, link(call)),
+        ([7; 16], [2; 8], Some([1; 8]), "thread")
+    );
+    // On one host the connection rule still wins; the ids agree with what the wire carried.
+    let local = by_name(&spans, "local server");
+    assert_eq!(
+        (local.span_id, local.parent_span_id, link(local)),
+        ([3; 8], Some([2; 8]), "connection")
+    );
+    assert_eq!(
+        w.metrics
+            .spans_linked_tcp_option
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert_eq!(
+        w.metrics
+            .propagation_trace_mismatch
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}
+
+#[test]
+fn a_traceparent_wins_and_a_kernel_trace_that_disagrees_is_counted() {
+    let (_, server_in) = conn(1, 3, 10, 5, 40000, 8080);
+    let (out, _) = conn(10, 6, 20, 5, 40001, 8082);
+    let mut w = World::new();
+    let tp = super::context::TraceParent {
+        trace_id: [9; 16],
+        parent_id: [4; 8],
+        flags: 1,
+    };
+    let s = RequestStart {
+        key: server_in.key,
+        side: Side::Server,
+        local: server_in.local,
+        remote: server_in.remote,
+        tid: 11,
+        goid: 0,
+        ts_ns: 100,
+        traceparent: Some(tp),
+        born: Some(born(7, 1, None, false)),
+    };
+    w.tracer.start(s, false, &w.metrics, &mut w.out);
+    // The kernel did not read the header: the call's wire context has its own trace id.
+    w.start_born(out, 11, 200, born(7, 2, Some(1), false));
+    w.done(out, "call", 200, 310);
+    w.done(server_in, "server", 100, 400);
+    let spans = w.flush();
+    let server = by_name(&spans, "server");
+    assert_eq!(
+        (
+            server.trace_id,
+            server.span_id,
+            server.parent_span_id,
+            link(server)
+        ),
+        ([9; 16], [1; 8], Some([4; 8]), "header")
+    );
+    let call = by_name(&spans, "call");
+    assert_eq!(
+        (call.trace_id, call.span_id, call.parent_span_id),
+        ([9; 16], [2; 8], Some([1; 8]))
+    );
+    assert_eq!(
+        w.metrics
+            .propagation_trace_mismatch
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}

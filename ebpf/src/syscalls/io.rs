@@ -48,11 +48,15 @@ fn enter(call_kind: u32, direction: u32, fd: i32, ptr: u64, count_arg: u64) -> u
     // Inside an OpenSSL call: these bytes are ciphertext, and this is the call's socket.
     // (The exit still needs the saved call: without one, a read looks like one blocked since
     // before ztrace started.)
-    tls::note_syscall(tgid, pid_tgid, fd, direction, call_kind, ptr, &mut entry);
+    let in_tls_call = tls::note_syscall(tgid, pid_tgid, fd, direction, call_kind, ptr, &mut entry);
     // SAFETY: the helper has no preconditions.
     let enter_ns = unsafe { bpf_ktime_get_ns() };
     // A client request gets its ids before its segments leave (they carry its context).
-    let starts_request = if direction == EGRESS { propagate::on_write_enter(tgid, tid, fd, &entry) } else { 0 };
+    let starts_request =
+        if direction == EGRESS { propagate::on_write_enter(tgid, tid, fd, &entry, in_tls_call) } else { 0 };
+    if starts_request == 1 && in_tls_call == 1 {
+        tls::note_request_start(pid_tgid, sock::key(tgid, fd));
+    }
     let pending = PendingCall {
         call: call_kind,
         direction,
@@ -132,9 +136,6 @@ fn exit(ctx: &TracePointContext, plain_read: bool) -> u32 {
         sock::announce(tgid, tid, fd, &mut entry, ConnRole::Unknown);
         let _ = SOCKS.insert(&sock::key(tgid, fd), &entry, 0);
     }
-    if entry.tls == 1 {
-        return 0; // ciphertext: the plaintext comes from the TLS probes
-    }
     let moved = ret as u64;
     // Egress bytes leave as the write begins; ingress bytes are in hand when the read returns.
     let ts = if pending.direction == EGRESS {
@@ -143,7 +144,14 @@ fn exit(ctx: &TracePointContext, plain_read: bool) -> u32 {
         // SAFETY: the helper has no preconditions.
         unsafe { bpf_ktime_get_ns() }
     };
-    // The request these bytes start, if any: its ids go into the data events.
+    // The request these bytes start, if any: its ids go into the data events. On a TLS socket
+    // only the reads inside an OpenSSL call count, and the call's plaintext event takes the ids.
+    let in_tls_call = if entry.tls == 1 {
+        // SAFETY: only tested for presence.
+        unsafe { crate::maps::TLS_ACTIVE.get(&pid_tgid) }.is_some() as u32
+    } else {
+        0
+    };
     let ids_key = if pending.direction == EGRESS {
         if pending.starts_request == 1 {
             sock::key(tgid, fd)
@@ -151,8 +159,14 @@ fn exit(ctx: &TracePointContext, plain_read: bool) -> u32 {
             0
         }
     } else {
-        propagate::on_read_exit(tgid, tid, fd, &entry)
+        propagate::on_read_exit(tgid, tid, fd, &entry, in_tls_call)
     };
+    if entry.tls == 1 {
+        if ids_key != 0 && pending.direction == INGRESS {
+            tls::note_request_start(pid_tgid, ids_key);
+        }
+        return 0; // ciphertext: the plaintext comes from the TLS probes
+    }
     emit::stage_ids(ids_key);
     let conn = emit::Conn { tgid, tid, fd, conn_gen: entry.conn_gen, ts_ns: ts };
     crate::stack::on_data(ctx, &conn, pending.direction);

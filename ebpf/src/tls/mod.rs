@@ -23,15 +23,32 @@ use crate::{
 };
 
 /// Called at the entry of every read/write syscall on a TCP socket of a traced process, with
-/// the syscall's kind (`call::*`) and buffer (or iovec array).
+/// the syscall's kind (`call::*`) and buffer (or iovec array). Returns 1 when the syscall is
+/// made inside an OpenSSL call (its bytes are that call's ciphertext).
 #[inline(always)]
-pub fn note_syscall(tgid: u32, pid_tgid: u64, fd: i32, direction: u32, kind: u32, ptr: u64, entry: &mut SockEntry) {
+pub fn note_syscall(tgid: u32, pid_tgid: u64, fd: i32, direction: u32, kind: u32, ptr: u64, entry: &mut SockEntry) -> u32 {
     if let Some(call) = TLS_ACTIVE.get_ptr_mut(&pid_tgid) {
         // SAFETY: the pointer comes from a map lookup of this thread's own entry.
         unsafe { (*call).fd = fd };
         mark_tls(tgid, fd, entry);
-        return;
+        return 1;
     }
+    note_membio(tgid, pid_tgid, fd, direction, kind, ptr, entry);
+    0
+}
+
+/// A request that a syscall inside this thread's OpenSSL call started (`propagate`'s `key`):
+/// the call's plaintext event carries its ids.
+#[inline(always)]
+pub fn note_request_start(pid_tgid: u64, key: u64) {
+    if let Some(call) = TLS_ACTIVE.get_ptr_mut(&pid_tgid) {
+        // SAFETY: the pointer comes from a map lookup of this thread's own entry.
+        unsafe { (*call).ids_key = key };
+    }
+}
+
+#[inline(always)]
+fn note_membio(tgid: u32, pid_tgid: u64, fd: i32, direction: u32, kind: u32, ptr: u64, entry: &mut SockEntry) {
     // SAFETY: only tested for presence.
     if unsafe { TLS_MEMBIO.get(&tgid) }.is_none() {
         return;

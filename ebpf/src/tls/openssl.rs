@@ -51,6 +51,7 @@ fn enter(ctx: &ProbeContext, direction: u32, ex: bool) -> u32 {
         fd: -1,
         ex: ex as u32,
         depth: 0,
+        ids_key: 0,
     };
     if TLS_ACTIVE.insert(&pid_tgid, &call, 0).is_err() {
         count(Counter::TlsArgsMapFull);
@@ -200,6 +201,6 @@ fn finish(tgid: u32, tid: u32, pid_tgid: u64, call: &TlsCall, moved: u64) {
         unsafe { bpf_ktime_get_ns() }
     };
     let conn = emit::Conn { tgid, tid, fd, conn_gen: entry.conn_gen, ts_ns: ts };
-    emit::stage_ids(0);
+    emit::stage_ids(call.ids_key);
     emit::data(&conn, call.direction, DataSource::Tls as u32, call.buf, moved);
 }
