@@ -164,6 +164,31 @@ pub fn on_open(tgid: u32, fd: i32, role: ConnRole) {
     if PROP_CONNS.insert(&k, &conn, 0).is_err() {
         count(Counter::PropagateMapFull);
     }
+    let _ = SOCK_ROLES.insert(&entry.sock, &(role as u32), 0);
+}
+
+/// The role of each socket opened by `connect`/`accept` while ztrace runs, by `struct sock`
+/// address: a process that inherits the fd (PostgreSQL's backend, forked by the postmaster
+/// that accepted) takes part with that role. LRU, 65536 entries; an entry can outlive its
+/// socket (the fd's last close is not seen), so a later socket at the same address that was
+/// not opened while ztrace ran may take a stale role: its kernel ids are then ignored by the
+/// agent unless its own request starts match them.
+#[map(name = "SOCK_ROLES")]
+static SOCK_ROLES: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536, 0);
+
+/// The connection's state, adopted from the socket's role when this process did not open it.
+#[inline(always)]
+fn state_of(k: u64, entry: &SockEntry) -> Option<*mut PropConn> {
+    if let Some(p) = PROP_CONNS.get_ptr_mut(&k) {
+        return Some(p);
+    }
+    // SAFETY: copied out at once.
+    let role = unsafe { SOCK_ROLES.get(&entry.sock) }.copied()?;
+    let conn = PropConn { conn_gen: entry.conn_gen, role, last: NONE, ids: RequestIds::default(), flags: 0, tls: 0 };
+    if PROP_CONNS.insert(&k, &conn, 0).is_err() {
+        count(Counter::PropagateMapFull);
+    }
+    PROP_CONNS.get_ptr_mut(&k)
 }
 
 /// At the entry of a write on a TCP socket, before its segments leave. Returns 1 when the
@@ -176,7 +201,7 @@ pub fn on_write_enter(tgid: u32, tid: u32, fd: i32, entry: &SockEntry, in_tls_ca
         return 0;
     }
     let k = sock::key(tgid, fd);
-    let Some(state) = PROP_CONNS.get_ptr_mut(&k) else { return 0 };
+    let Some(state) = state_of(k, entry) else { return 0 };
     // SAFETY: a pointer into the map's value, valid during this program run.
     let state = unsafe { &mut *state };
     if state.conn_gen != entry.conn_gen {
@@ -245,7 +270,7 @@ pub fn on_read_exit(tgid: u32, tid: u32, fd: i32, entry: &SockEntry, in_tls_call
         return 0;
     }
     let k = sock::key(tgid, fd);
-    let Some(state) = PROP_CONNS.get_ptr_mut(&k) else { return 0 };
+    let Some(state) = state_of(k, entry) else { return 0 };
     // SAFETY: a pointer into the map's value, valid during this program run.
     let state = unsafe { &mut *state };
     if state.conn_gen != entry.conn_gen {

@@ -113,6 +113,60 @@ impl PgServer {
         }
     }
 
+    /// A server on a simulated host (`hosts::Host`: in its network namespace and cgroup),
+    /// listening on the host's address.
+    pub fn start_on(host: &crate::hosts::Host) -> PgServer {
+        let dir = TempDir::new("postgres");
+        let (uid, gid) = postgres_ids();
+        std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
+            .expect("chown the cluster directory");
+        let data = dir.join("data");
+        let mut initdb = Command::new(bin("initdb"));
+        initdb
+            .arg("-D")
+            .arg(&data)
+            .args(["-A", "trust", "-U", USER, "--no-sync"])
+            .uid(uid)
+            .gid(gid);
+        let mut init = Proc::spawn("initdb", &mut initdb);
+        init.close_stdin();
+        assert!(
+            init.wait_exit(TIMEOUT).is_some_and(|s| s.success()),
+            "initdb failed:\n{}",
+            init.describe()
+        );
+        // Clients come from the other hosts' addresses.
+        let hba = data.join("pg_hba.conf");
+        let mut rules = std::fs::read_to_string(&hba).unwrap_or_default();
+        rules.push_str("host all all 0.0.0.0/0 trust\n");
+        std::fs::write(&hba, rules).expect("write pg_hba.conf");
+        let port = free_port();
+        // Root puts the process in the host's cgroup and namespace; setpriv then becomes the
+        // postgres user in place (same process), which postgres requires.
+        let mut cmd = host.command("setpriv");
+        cmd.args(["--reuid", USER, "--regid", USER, "--init-groups"])
+            .arg(bin("postgres"))
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-c",
+                &format!("listen_addresses={}", host.addr),
+                "-p",
+                &port.to_string(),
+                "-k",
+            ])
+            .arg(dir.path())
+            .args(["-c", "fsync=off", "-c", "logging_collector=off"]);
+        let mut proc = Proc::spawn("postgres", &mut cmd);
+        proc.close_stdin();
+        proc.wait_for_stderr("ready to accept connections", TIMEOUT);
+        PgServer {
+            proc,
+            port,
+            _dir: dir,
+        }
+    }
+
     /// Makes `path` owned by the `postgres` user (a TLS key must be, with mode 0600).
     pub fn chown_to_postgres(path: &Path) {
         let (uid, gid) = postgres_ids();

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use ztrace_e2e::hosts::{Host, Hosts};
 use ztrace_e2e::otlp::{OtlpReceiver, OtlpSpan};
+use ztrace_e2e::postgres::PgServer;
 use ztrace_e2e::process::Proc;
 use ztrace_e2e::tls::Certs;
 use ztrace_e2e::{fixture, free_port, python, Ztrace};
@@ -361,4 +362,74 @@ fn a_middlebox_that_strips_the_option_splits_the_trace_and_is_counted() {
         s2.stats
     );
     drop(z1);
+}
+
+/// A (host 1, HTTP) queries PostgreSQL on host 2 (psycopg2, plain protocol v3): the backend's
+/// server span joins A's trace under A's query span, by the TCP option.
+#[test]
+#[ignore = "needs root and eBPF; run by cargo xtask test"]
+fn a_postgresql_query_across_hosts_joins_the_trace() {
+    let hosts = Hosts::two();
+    let (h1, h2) = (hosts.get(0), hosts.get(1));
+    let mut otlp = OtlpReceiver::start();
+    let z1 = agent(h1, &otlp, &[]);
+    let z2 = agent(h2, &otlp, &[]);
+    let pg = PgServer::start_on(h2);
+    let port = free_port();
+    // Debian's python3: it has psycopg2.
+    let mut cmd = h1.command("/usr/bin/python3");
+    cmd.arg("-u")
+        .arg(fixture("xhost.py"))
+        .args([
+            "server",
+            "--bind",
+            &h1.addr.to_string(),
+            "--port",
+            &port.to_string(),
+            "--pg",
+        ])
+        .arg(format!(
+            "host={} port={} user=postgres dbname=postgres sslmode=disable",
+            h2.addr, pg.port
+        ))
+        .env("OTEL_SERVICE_NAME", "a");
+    let mut a = Proc::spawn("a", &mut cmd);
+    a.wait_for_stdout("ready", READY);
+
+    let (answer, sent) = request(h1, &h1.url(port, "/a"), 1000);
+    assert_eq!(answer, [sent, "pg 1000".to_owned()], "{}", a.describe());
+
+    let db = |s: &OtlpSpan| {
+        s.attr_str("db.system.name") == Some("postgresql")
+            && s.attr_str("db.operation.name") == Some("SELECT")
+    };
+    let spans = otlp.wait_for_spans(2, db, SPANS);
+    let all = otlp.spans();
+    drop((a, pg));
+    let s2 = z2.stop();
+    drop(z1);
+    let report = format!("{all:#?}\n{:?}", s2.stats);
+    let [query, backend] = [CLIENT, SERVER].map(|kind| {
+        let found: Vec<_> = spans.iter().filter(|s| s.kind() == Some(kind)).collect();
+        assert_eq!(found.len(), 1, "one {kind} SELECT span:\n{report}");
+        found[0]
+    });
+    let a_server = find(&all, "a", SERVER);
+    assert_eq!(query.resource_str("service.name"), Some("a"), "{report}");
+    assert_eq!(
+        (parent(query), query.attr_str("ztrace.link")),
+        (a_server.span_id(), Some("thread")),
+        "{report}"
+    );
+    assert_eq!(
+        backend.trace_id(),
+        a_server.trace_id(),
+        "one trace:\n{report}"
+    );
+    assert_eq!(parent(backend), query.span_id(), "{report}");
+    assert_eq!(
+        backend.attr_str("ztrace.link"),
+        Some("tcp_option"),
+        "{report}"
+    );
 }
