@@ -9,6 +9,7 @@
 //! "middlebox" that strips the option (iptables TCPOPTSTRIP in host 2), host 2's part of the
 //! trace splits off, and host 2's kernel counts the request that came without a context.
 
+use std::path::Path;
 use std::time::Duration;
 
 use ztrace_e2e::hosts::{Host, Hosts};
@@ -16,7 +17,7 @@ use ztrace_e2e::otlp::{OtlpReceiver, OtlpSpan};
 use ztrace_e2e::postgres::PgServer;
 use ztrace_e2e::process::Proc;
 use ztrace_e2e::tls::Certs;
-use ztrace_e2e::{fixture, free_port, python, Ztrace};
+use ztrace_e2e::{fixture, free_port, python, TempDir, Ztrace};
 
 const READY: Duration = Duration::from_secs(20);
 const SPANS: Duration = Duration::from_secs(30);
@@ -116,11 +117,24 @@ fn parent(s: &OtlpSpan) -> Option<&str> {
 const SERVER: &str = "SPAN_KIND_SERVER";
 const CLIENT: &str = "SPAN_KIND_CLIENT";
 
-/// Services on fresh ports: A (host 1) → B (host 2) → C (host 1), B and C over HTTPS with
-/// `tls`. Returns them (kept alive by the caller) and A's URL.
-fn chain(hosts: &Hosts, tls: Option<&Certs>) -> (Vec<Proc>, String) {
+/// How the middle service B is run.
+#[derive(Clone, Copy)]
+enum Middle<'a> {
+    /// `xhost.py server` (thread per connection); HTTPS for B and C with certificates.
+    Python(Option<&'a Certs>),
+    /// The Go twin (`tests/fixtures/xhost_go`, net/http), built at this path.
+    Go(&'a Path),
+}
+
+/// Services on fresh ports: A (host 1) → B (host 2) → C (host 1). Returns them (kept alive by
+/// the caller) and A's URL.
+fn chain(hosts: &Hosts, middle: Middle) -> (Vec<Proc>, String) {
     let (h1, h2) = (hosts.get(0), hosts.get(1));
     let (pa, pb, pc) = (free_port(), free_port(), free_port());
+    let tls = match middle {
+        Middle::Python(tls) => tls,
+        Middle::Go(_) => None,
+    };
     let https = |url: String| {
         if tls.is_some() {
             url.replacen("http://", "https://", 1)
@@ -129,7 +143,22 @@ fn chain(hosts: &Hosts, tls: Option<&Certs>) -> (Vec<Proc>, String) {
         }
     };
     let c = service(h1, "c", pc, &[], tls);
-    let b = service(h2, "b", pb, &[https(h1.url(pc, "/c"))], tls);
+    let b = match middle {
+        Middle::Python(_) => service(h2, "b", pb, &[https(h1.url(pc, "/c"))], tls),
+        Middle::Go(binary) => {
+            let mut cmd = h2.command(binary);
+            cmd.args([
+                "-listen",
+                &format!("{}:{pb}", h2.addr),
+                "-call",
+                &h1.url(pc, "/c"),
+            ])
+            .env("OTEL_SERVICE_NAME", "b");
+            let mut proc = Proc::spawn("b", &mut cmd);
+            proc.wait_for_stdout("ready", READY);
+            proc
+        }
+    };
     let a = service(h1, "a", pa, &[https(h2.url(pb, "/b"))], None);
     (vec![a, b, c], h1.url(pa, "/a"))
 }
@@ -148,7 +177,35 @@ fn chain_spans(otlp: &mut OtlpReceiver) -> Vec<OtlpSpan> {
 #[test]
 #[ignore = "needs root and eBPF; run by cargo xtask test"]
 fn http1_chain_across_two_hosts_is_one_trace() {
-    chain_across_two_hosts_is_one_trace(None);
+    chain_across_two_hosts_is_one_trace(Middle::Python(None));
+}
+
+/// B in Go (net/http server and client): its handler goroutine serves the request and the
+/// request to C is written by the connection's `writeLoop` goroutine for it.
+#[test]
+#[ignore = "needs root and eBPF; run by cargo xtask test"]
+fn a_go_service_in_the_middle_of_the_chain() {
+    let dir = TempDir::new("xhost-go");
+    let binary = dir.join("xhost_go");
+    let out = std::process::Command::new("go")
+        .arg("build")
+        .arg("-o")
+        .arg(&binary)
+        .arg(fixture("xhost_go/main.go"))
+        .envs([
+            ("GO111MODULE", "off"),
+            ("GOPATH", "/usr/share/gocode"),
+            ("GOPROXY", "off"),
+            ("CGO_ENABLED", "0"),
+        ])
+        .output()
+        .expect("run go build");
+    assert!(
+        out.status.success(),
+        "go build: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    chain_across_two_hosts_is_one_trace(Middle::Go(&binary));
 }
 
 /// The same chain with B and C serving HTTPS (OpenSSL through Python's ssl): the context goes
@@ -157,15 +214,15 @@ fn http1_chain_across_two_hosts_is_one_trace() {
 #[ignore = "needs root and eBPF; run by cargo xtask test"]
 fn https_chain_across_two_hosts_is_one_trace() {
     let certs = Certs::make();
-    chain_across_two_hosts_is_one_trace(Some(&certs));
+    chain_across_two_hosts_is_one_trace(Middle::Python(Some(&certs)));
 }
 
-fn chain_across_two_hosts_is_one_trace(tls: Option<&Certs>) {
+fn chain_across_two_hosts_is_one_trace(middle: Middle) {
     let hosts = Hosts::two();
     let mut otlp = OtlpReceiver::start();
     let z1 = agent(hosts.get(0), &otlp, &[]);
     let z2 = agent(hosts.get(1), &otlp, &[]);
-    let (services, url) = chain(&hosts, tls);
+    let (services, url) = chain(&hosts, middle);
 
     let (answer, sent) = request(hosts.get(0), &url, 100_000);
     assert_eq!(
@@ -211,7 +268,15 @@ fn chain_across_two_hosts_is_one_trace(tls: Option<&Certs>) {
         (a_server, client, "connection"),
         (a_client, a_server, "thread"),
         (b_server, a_client, "tcp_option"),
-        (b_client, b_server, "thread"),
+        (
+            b_client,
+            b_server,
+            if matches!(middle, Middle::Go(_)) {
+                "goroutine"
+            } else {
+                "thread"
+            },
+        ),
         (c_server, b_client, "tcp_option"),
     ] {
         assert_eq!(
@@ -242,7 +307,7 @@ fn chain_across_two_hosts_is_one_trace(tls: Option<&Certs>) {
     );
     // Over plain HTTP each request is one start; over TLS the handshake's flights (read outside
     // OpenSSL calls, before the socket is known as TLS) count as starts too.
-    if tls.is_none() {
+    if matches!(middle, Middle::Python(None)) {
         assert_eq!(
             stat(&s2, "kernel_propagate_server_from_wire"),
             1,
@@ -301,7 +366,7 @@ fn without_propagation_the_trace_splits_at_the_host_boundary() {
     let z1 = agent(hosts.get(0), &otlp, &["--propagate=off"]);
     let mut z2 = agent(hosts.get(1), &otlp, &["--propagate=off"]);
     z2.wait_for_log("sock_ops: --propagate=off", READY);
-    let (services, url) = chain(&hosts, None);
+    let (services, url) = chain(&hosts, Middle::Python(None));
     let (answer, sent) = request(hosts.get(0), &url, 1000);
     assert_eq!(answer, [sent.clone(), sent.clone(), sent]);
     assert_host2_split(&chain_spans(&mut otlp));
@@ -332,7 +397,7 @@ fn a_middlebox_that_strips_the_option_splits_the_trace_and_is_counted() {
     let mut otlp = OtlpReceiver::start();
     let z1 = agent(hosts.get(0), &otlp, &[]);
     let z2 = agent(hosts.get(1), &otlp, &[]);
-    let (services, url) = chain(&hosts, None);
+    let (services, url) = chain(&hosts, Middle::Python(None));
     let (answer, sent) = request(hosts.get(0), &url, 1000);
     assert_eq!(
         answer,
