@@ -8,7 +8,9 @@
 //! (stderr, on exit) for the events handled and dropped. It prints a table, the median
 //! with/without throughput ratio and the exact commands. Then the same over HTTPS (nginx `ssl`,
 //! wrk with OpenSSL: both traced through the TLS uprobes) with the kernel's own run time per
-//! program (`kernel.bpf_stats_enabled`, `bpftool prog show`). Then the same for PostgreSQL under
+//! program (`kernel.bpf_stats_enabled`, `bpftool prog show`). Before HTTPS, trace-context
+//! propagation's cost: nginx traced with `--propagate=off` then `on`, alternating, the ratio of
+//! the medians. Then the same for PostgreSQL under
 //! `pgbench -M prepared -S`, and the trace store's own benchmark. Needs root (the agent loads eBPF).
 //! Then the example system of `examples/` in Go (orders → users, inventory, each with its
 //! PostgreSQL database: 13 spans per request) under `wrk -t2 -c16 -d5s` on `GET /orders/1`, three
@@ -142,6 +144,7 @@ pub fn bench(
             WRK_ARGS.join(" ")
         ),
     );
+    propagation_bench(&ztrace, &agent_args, dir.path(), &url)?;
     https_bench(
         &ztrace,
         &agent_args,
@@ -154,6 +157,54 @@ pub fn bench(
     stacks::stacks_bench(&ztrace)?;
     store_bench()?;
     parser_bench()
+}
+
+/// What carrying trace context costs (README "Traces across hosts"): nginx under wrk, traced,
+/// in alternating pairs with `--propagate=off` then `on` (the default): the median throughput
+/// ratio on/off, the agent's CPU and how many segments carried the option. wrk and nginx are
+/// on one host, so every request is both sent with a context and received with one.
+fn propagation_bench(ztrace: &Path, agent_args: &[String], dir: &Path, url: &str) -> Result<()> {
+    let base: Vec<String> = agent_args
+        .iter()
+        .filter(|a| !a.starts_with("--propagate"))
+        .cloned()
+        .collect();
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    let mut written = 0;
+    for pair in 1..=PAIRS {
+        for (setting, rates) in [("off", &mut off), ("on", &mut on)] {
+            say!("propagation pair {pair}/{PAIRS}: --propagate={setting}...");
+            let mut args = base.clone();
+            args.push(format!("--propagate={setting}"));
+            let run = traced_run(ztrace, &args, dir, |_| wrk(url, WRK_ARGS))?;
+            say!(
+                "  {:.0} requests/s, agent {:.3} cpu s per s",
+                run.requests_per_sec,
+                run.agent.as_ref().map_or(0.0, |a| a.cpu_seconds_per_second)
+            );
+            if setting == "on" {
+                written += run
+                    .agent
+                    .as_ref()
+                    .and_then(|a| a.stats.as_ref())
+                    .map_or(0, |s| counter(s, "kernel_propagate_option_written"));
+            }
+            rates.push(run.requests_per_sec);
+        }
+    }
+    if let (Some(off), Some(on)) = (median(&off), median(&on)) {
+        println!();
+        println!(
+            "propagation: median {on:.0} requests/s with --propagate=on, {off:.0} with off: ratio {:.3}; {written} segments carried the option",
+            on / off
+        );
+        println!(
+            "  ({} {url}, ztrace {} --propagate=on|off)",
+            WRK_ARGS.join(" "),
+            base.join(" ")
+        );
+    }
+    Ok(())
 }
 
 /// PostgreSQL under `pgbench -M prepared -S`, alternating without and with the agent.
