@@ -326,4 +326,22 @@ mod tests {
         assert!(text.contains("FAIL  optional  tracepoint syscalls/sys_exit_writev: no such tracepoint (without it: data written with writev(2)"));
         assert!(text.ends_with("1 of 2 programs attached"));
     }
+
+    #[test]
+    fn the_propagation_line_says_on_off_or_why_not() {
+        let on = Propagation::On {
+            cgroup: "/sys/fs/cgroup/h1".into(),
+        }
+        .line();
+        assert_eq!(on, "  ok    optional  sock_ops on cgroup /sys/fs/cgroup/h1: trace context in a TCP option (kind 254)");
+        assert!(Propagation::Off
+            .line()
+            .starts_with("  off   optional  sock_ops: --propagate=off"));
+        let failed = Propagation::Failed {
+            cgroup: None,
+            reason: "no cgroup v2 hierarchy is mounted".into(),
+        }
+        .line();
+        assert!(failed.starts_with("  FAIL  optional  sock_ops on cgroup -: no cgroup v2 hierarchy is mounted (without it:"), "{failed}");
+    }
 }
