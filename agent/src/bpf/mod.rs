@@ -213,6 +213,8 @@ pub fn start(
         burst: stacks.burst,
     };
     let mut ebpf = EbpfLoader::new()
+        // `CALLS` is a task-local storage map, which aya creates but has no typed handle for.
+        .allow_unsupported_maps()
         .override_global(globals::OFFSETS, &offsets, true)
         .override_global(globals::SETTINGS, &settings, true)
         .override_global(globals::STACK_SETTINGS, &stack_settings, true)
