@@ -126,7 +126,10 @@ mod tests {
     fn render_names_failures_and_their_cost() {
         let results = vec![
             AttachResult { hook: HOOKS[0], error: None },
-            AttachResult { hook: HOOKS[16], error: Some("no such tracepoint".into()) },
+            AttachResult {
+                hook: *HOOKS.iter().find(|h| h.program == "zt_exit_writev").expect("listed"),
+                error: Some("no such tracepoint".into()),
+            },
         ];
         let text = render(&results);
         assert!(text.contains("ok    required  tracepoint syscalls/sys_exit_connect"));

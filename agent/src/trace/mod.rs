@@ -264,7 +264,7 @@ fn unit(s: &RequestStart) -> u64 {
 
 fn set_link(span: &mut Span, link: Link) {
     match span.attributes.iter_mut().find(|a| a.key == LINK_ATTR) {
-        Some(a) => a.value = AttrValue::Str(link.as_str().to_owned()),
+        Some(a) => a.value = AttrValue::from(link.as_str()),
         None => span.attributes.push(Attribute::new(LINK_ATTR, link.as_str())),
     }
 }

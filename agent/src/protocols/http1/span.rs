@@ -445,7 +445,7 @@ mod tests {
     }
 
     fn s(v: &str) -> AttrValue {
-        AttrValue::Str(v.to_owned())
+        AttrValue::from(v)
     }
 
     #[test]

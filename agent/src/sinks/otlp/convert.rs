@@ -73,7 +73,7 @@ fn scope() -> InstrumentationScope {
 pub fn resource_to_proto(resource: &Resource) -> ProtoResource {
     let mut attributes = Vec::with_capacity(resource.attributes.len() + 1);
     if !resource.attributes.iter().any(|(k, _)| k == "service.name") {
-        attributes.push(key_value("service.name".to_owned(), AttrValue::Str(resource.service_name.clone())));
+        attributes.push(key_value("service.name".to_owned(), AttrValue::from(resource.service_name.as_str())));
     }
     attributes.extend(resource.attributes.iter().map(|(k, v)| key_value(k.clone(), v.clone())));
     ProtoResource { attributes, dropped_attributes_count: 0, entity_refs: Vec::new() }
@@ -124,7 +124,7 @@ fn status_to_proto(status: StatusCode) -> ProtoStatusCode {
 
 fn key_value(key: String, value: AttrValue) -> KeyValue {
     let value = match value {
-        AttrValue::Str(s) => any_value::Value::StringValue(s),
+        AttrValue::Str(s) => any_value::Value::StringValue(s.into_string()),
         AttrValue::Int(i) => any_value::Value::IntValue(i),
         AttrValue::Bool(b) => any_value::Value::BoolValue(b),
         AttrValue::Double(d) => any_value::Value::DoubleValue(d),
