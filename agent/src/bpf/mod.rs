@@ -140,6 +140,8 @@ pub struct Probes {
     tls_links: HashMap<u64, Vec<(&'static str, UProbeLinkId)>>,
     /// Go goroutine-following uprobe links (kept for the whole run).
     go_links: Vec<(&'static str, UProbeLinkId)>,
+    /// `--empty-programs`: every hook gets an empty program of its kind (the bench's floor).
+    empty_programs: bool,
 }
 
 /// Threads that detach uprobes at exit.
@@ -208,6 +210,7 @@ pub fn start(
     capture_bytes: usize,
     selection: &Selection,
     stacks: StackCapture,
+    empty_programs: bool,
 ) -> Result<(Probes, RingBuf<MapData>), BpfError> {
     check_can_start()?;
     // Older verifiers reject the programs only after minutes of work (and list every helper they
@@ -254,7 +257,8 @@ pub fn start(
 
     let mut attached = Vec::with_capacity(HOOKS.len());
     for hook in HOOKS {
-        let error = attach_tracepoint(&mut ebpf, hook.program, hook.category, hook.name)?;
+        let program = if empty_programs { EMPTY_TRACEPOINT } else { hook.program };
+        let error = attach_tracepoint(&mut ebpf, program, hook.category, hook.name)?;
         attached.push(AttachResult { hook: *hook, error });
     }
     let uprobe_error = load_uprobes(&mut ebpf)?;
@@ -299,6 +303,7 @@ pub fn start(
             go_uprobe_error,
             tls_links: HashMap::new(),
             go_links: Vec::new(),
+            empty_programs,
         },
         ring,
     ))
@@ -311,7 +316,7 @@ fn load_uprobes(ebpf: &mut Ebpf) -> Result<Option<String>, BpfError> {
         .iter()
         .chain(GO_PROBES)
         .map(|(p, _)| *p)
-        .chain([OPENSSL_RETURN, GO_RETURN]);
+        .chain([OPENSSL_RETURN, GO_RETURN, EMPTY_UPROBE, EMPTY_URETPROBE]);
     for program in programs {
         let prog = uprobe_mut(ebpf, program)?;
         if let Err(e) = prog.load() {
@@ -428,7 +433,24 @@ impl crate::tls::Attacher for Probes {
     }
 }
 
+/// The empty programs of `--empty-programs` (`ebpf/src/floor.rs`).
+const EMPTY_TRACEPOINT: &str = "zt_empty_tracepoint";
+const EMPTY_UPROBE: &str = "zt_empty_uprobe";
+const EMPTY_URETPROBE: &str = "zt_empty_uretprobe";
+
 impl Probes {
+    /// The program to attach where `program` goes: itself, or with `--empty-programs` the empty
+    /// program of its kind.
+    fn stand_in(&mut self, program: &'static str) -> &'static str {
+        if !self.empty_programs {
+            return program;
+        }
+        match uprobe_mut(&mut self.ebpf, program).map(|p| p.kind()) {
+            Ok(aya::programs::ProbeKind::Return) => EMPTY_URETPROBE,
+            _ => EMPTY_UPROBE,
+        }
+    }
+
     /// Attaches `sites` (program, location, what to call it in an error) in `path` and keeps
     /// their links under `key`; on a failure, detaches those already in and says which failed.
     fn attach_sites(
@@ -439,6 +461,7 @@ impl Probes {
     ) -> Result<usize, String> {
         let mut probes = 0;
         for (program, point, what) in sites {
+            let program = self.stand_in(program);
             let attached = uprobe_mut(&mut self.ebpf, program)
                 .map_err(|e| e.to_string())
                 .and_then(|prog| {
@@ -470,14 +493,15 @@ impl crate::discovery::go::GoAttacher for Probes {
             return Err(e.clone());
         }
         for h in functions {
-            let prog = uprobe_mut(&mut self.ebpf, h.program).map_err(|e| e.to_string())?;
+            let program = self.stand_in(h.program);
+            let prog = uprobe_mut(&mut self.ebpf, program).map_err(|e| e.to_string())?;
             let attached = match h.offset {
                 Some(offset) => prog.attach(offset, path, UProbeScope::AllProcesses),
                 None => prog.attach(h.function, path, UProbeScope::AllProcesses),
             };
             let link = attached
                 .map_err(|e| format!("{} ({}): {}", h.function, h.program, error_chain(&e)))?;
-            self.go_links.push((h.program, link));
+            self.go_links.push((program, link));
         }
         Ok(())
     }
@@ -497,6 +521,7 @@ impl crate::discovery::go::GoAttacher for Probes {
             .map(|r| ("go_newproc_ret", *r))
             .chain([("go_newproc", sites.entry)]);
         for (program, offset) in all {
+            let program = self.stand_in(program);
             let prog = uprobe_mut(&mut self.ebpf, program).map_err(|e| e.to_string())?;
             let link = prog
                 .attach(offset, path, UProbeScope::AllProcesses)
@@ -614,7 +639,9 @@ fn attach_tracepoint(
         .ok_or(BpfError::MissingProgram { program })?
         .try_into()
         .map_err(|_| BpfError::MissingProgram { program })?;
-    if let Err(e) = prog.load() {
+    // An empty program (`--empty-programs`) goes on many hooks: loaded once.
+    if prog.fd().is_ok() {
+    } else if let Err(e) = prog.load() {
         return Ok(Some(format!(
             "load: {}",
             verifier::load_failure(program, &e)

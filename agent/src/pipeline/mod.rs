@@ -77,7 +77,7 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
         per_second: config.stacks_per_second,
         burst: config.stacks_per_second.saturating_mul(2),
     };
-    let (mut probes, ring) = bpf::start(config.capture_bytes, &selection, stack_capture)?;
+    let (mut probes, ring) = bpf::start(config.capture_bytes, &selection, stack_capture, config.empty_programs)?;
     eprintln!("{}", attach::render(&probes.attached));
     probes.check_required()?;
     let mut tls = TlsDiscovery::new(std::process::id());
