@@ -257,7 +257,11 @@ pub fn start(
 
     let mut attached = Vec::with_capacity(HOOKS.len());
     for hook in HOOKS {
-        let program = if empty_programs { EMPTY_TRACEPOINT } else { hook.program };
+        let program = if empty_programs {
+            EMPTY_TRACEPOINT
+        } else {
+            hook.program
+        };
         let error = attach_tracepoint(&mut ebpf, program, hook.category, hook.name)?;
         attached.push(AttachResult { hook: *hook, error });
     }
@@ -560,6 +564,21 @@ impl crate::discovery::go::GoAttacher for Probes {
 }
 
 impl Probes {
+    /// The kernel takes no stacks of `tgid`'s connections (until it runs a new program).
+    pub fn skip_stacks(&mut self, tgid: u32) {
+        let Some(map) = self.ebpf.map_mut(maps::STACK_SKIP) else {
+            return;
+        };
+        match BpfHashMap::<_, u32, u32>::try_from(map) {
+            Ok(mut skip) => {
+                if let Err(e) = skip.insert(tgid, 1, 0) {
+                    tracing::debug!(tgid, error = %e, "could not turn stacks off for a process");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "STACK_SKIP is not a hash map"),
+        }
+    }
+
     /// True when every required hook attached.
     pub fn required_ok(&self) -> bool {
         self.attached

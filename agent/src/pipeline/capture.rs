@@ -54,6 +54,9 @@ pub struct Capture {
     /// Client spans and the stacks of their requests.
     stacks: StackJoin,
     released: Vec<(u64, Finished)>,
+    /// Processes of interpreted runtimes seen since the last [`Capture::take_stackless`]: their
+    /// stacks show the interpreter's own frames only, so the kernel is told to take none.
+    stackless: Vec<u32>,
 }
 
 impl Capture {
@@ -91,7 +94,14 @@ impl Capture {
             go,
             stacks,
             released: Vec::new(),
+            stackless: Vec::new(),
         }
+    }
+
+    /// Processes whose stacks cannot name their code, seen since the last call (see
+    /// [`crate::discovery::cmdline::Runtime::stacks_name_code`]).
+    pub fn take_stackless(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.stackless)
     }
 
     /// Handles the records in the ring buffer.
@@ -146,8 +156,12 @@ impl Capture {
                 // Read the process's identity now, while it surely runs: a short-lived
                 // client may be gone (or a zombie without cmdline) when its span is built.
                 if ev.header.tgid != self.own_tgid {
-                    self.processes
+                    let info = self
+                        .processes
                         .refresh(ev.header.tgid, &conn::comm_string(&ev.comm));
+                    if !crate::discovery::cmdline::stacks_name_code(&info.exe_name) {
+                        self.stackless.push(ev.header.tgid);
+                    }
                     self.tls.on_conn(ev.header.tgid);
                     self.go.on_conn(ev.header.tgid);
                 }

@@ -77,7 +77,12 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
         per_second: config.stacks_per_second,
         burst: config.stacks_per_second.saturating_mul(2),
     };
-    let (mut probes, ring) = bpf::start(config.capture_bytes, &selection, stack_capture, config.empty_programs)?;
+    let (mut probes, ring) = bpf::start(
+        config.capture_bytes,
+        &selection,
+        stack_capture,
+        config.empty_programs,
+    )?;
     eprintln!("{}", attach::render(&probes.attached));
     probes.check_required()?;
     let mut tls = TlsDiscovery::new(std::process::id());
@@ -164,6 +169,10 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
             health
                 .as_ref()
                 .inspect(|h| h.0.set_queues(sinks.queue_depths()));
+        }
+        // Interpreters: their stacks name no application code, the kernel takes none.
+        for tgid in capture.take_stackless() {
+            probes.skip_stacks(tgid);
         }
         // ... and whether they are Go programs, whose goroutines are followed.
         if capture.go.has_pending() {
