@@ -46,6 +46,7 @@ use ztrace_e2e::{
 
 mod arms;
 mod capture;
+mod modes;
 mod stacks;
 
 use arms::{last_programs, report_arms, three_arms, ProgramTime};
@@ -82,14 +83,16 @@ struct AgentCost {
     stats: Option<Map<String, Value>>,
 }
 
-/// `cargo xtask bench`; `example_only`: only the example system's part; `stacks_only`: only the
-/// stacks part (`bench/stacks.rs`).
-pub fn bench(
-    agent_args: &[String],
-    example_only: bool,
-    stacks_only: bool,
-    capture_only: bool,
-) -> Result<()> {
+/// Which single part of the benchmark to run (none: all of it).
+pub struct Only {
+    pub example: bool,
+    pub stacks: bool,
+    pub capture: bool,
+    pub modes: bool,
+}
+
+/// `cargo xtask bench`: all of it, or only the part `only` names.
+pub fn bench(agent_args: &[String], only: Only) -> Result<()> {
     let agent_args: Vec<String> = if agent_args.is_empty() {
         DEFAULT_ZTRACE_ARGS.iter().map(|s| s.to_string()).collect()
     } else {
@@ -102,14 +105,17 @@ pub fn bench(
     toolchain::setup(false)?;
     apt_install(&["nginx", "wrk", "openssl", "bpftool"])?;
     let ztrace = build::build_after_setup(Profile::Release)?;
-    if capture_only {
+    if only.capture {
         return capture::capture_bench();
     }
-    if example_only {
+    if only.example {
         return example_bench(&ztrace, &agent_args);
     }
-    if stacks_only {
+    if only.stacks {
         return stacks::stacks_bench(&ztrace);
+    }
+    if only.modes {
+        return modes::modes_bench(&ztrace);
     }
     // Instructions per span first: they hold on a busy machine, the timed loads below do not.
     capture::capture_bench()?;
@@ -147,6 +153,7 @@ pub fn bench(
         nginx.tls_port.unwrap_or(0),
     )?;
     drop(nginx);
+    modes::modes_bench(&ztrace)?;
     postgres_bench(&ztrace, &agent_args)?;
     example_bench(&ztrace, &agent_args)?;
     stacks::stacks_bench(&ztrace)?;

@@ -86,6 +86,10 @@ enum Command {
         /// a busy machine).
         #[arg(long)]
         capture: bool,
+        /// Only the nginx load in each of ztrace's modes: printing JSON, exporting OTLP, and the
+        /// default (trace store and viewer).
+        #[arg(long)]
+        modes: bool,
     },
     /// Run the example system (orders, users, inventory and PostgreSQL) traced by ztrace, send a
     /// few requests and print the viewer's URL; Ctrl-C stops everything.
@@ -114,7 +118,16 @@ fn main() -> Result<()> {
             example,
             stacks,
             capture,
-        } => bench::bench(&agent_args, example, stacks, capture),
+            modes,
+        } => bench::bench(
+            &agent_args,
+            bench::Only {
+                example,
+                stacks,
+                capture,
+                modes,
+            },
+        ),
         Command::Demo { lang, pg_port } => demo::demo(lang, pg_port),
     }
 }
