@@ -89,6 +89,7 @@ pub struct Only {
     pub stacks: bool,
     pub capture: bool,
     pub modes: bool,
+    pub fuzz: bool,
 }
 
 /// `cargo xtask bench`: all of it, or only the part `only` names.
@@ -105,6 +106,9 @@ pub fn bench(agent_args: &[String], only: Only) -> Result<()> {
     toolchain::setup(false)?;
     apt_install(&["nginx", "wrk", "openssl", "bpftool"])?;
     let ztrace = build::build_after_setup(Profile::Release)?;
+    if only.fuzz {
+        return fuzz_bench();
+    }
     if only.capture {
         return capture::capture_bench();
     }
@@ -159,6 +163,30 @@ pub fn bench(agent_args: &[String], only: Only) -> Result<()> {
     stacks::stacks_bench(&ztrace)?;
     store_bench()?;
     parser_bench()
+}
+
+/// Every fuzz target for its share of [`crate::fuzz::BENCH_SECONDS`]; fails on a crash.
+fn fuzz_bench() -> Result<()> {
+    let targets = crate::fuzz::targets()?;
+    let each = crate::fuzz::BENCH_SECONDS / targets.len().max(1) as u64;
+    let outcomes = crate::fuzz::run_all(each)?;
+    println!();
+    for o in &outcomes {
+        println!(
+            "{:<12} {:<6} {}",
+            o.target,
+            if o.passed { "ok" } else { "CRASH" },
+            o.summary
+        );
+    }
+    println!(
+        "each target ran {each} s (cargo fuzz run TARGET -- -max_total_time={each}, in agent/)"
+    );
+    ensure!(
+        outcomes.iter().all(|o| o.passed),
+        "a fuzz target crashed (its input is under agent/fuzz/artifacts/)"
+    );
+    Ok(())
 }
 
 /// PostgreSQL under `pgbench -M prepared -S`, alternating without and with the agent.

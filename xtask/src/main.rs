@@ -16,6 +16,7 @@
 mod bench;
 mod build;
 mod demo;
+mod fuzz;
 mod image;
 mod kernels;
 mod test;
@@ -86,6 +87,9 @@ enum Command {
         /// a busy machine).
         #[arg(long)]
         capture: bool,
+        /// Only the fuzz targets of the protocol parsers, an hour in all.
+        #[arg(long)]
+        fuzz: bool,
         /// Only the nginx load in each of ztrace's modes: printing JSON, exporting OTLP, and the
         /// default (trace store and viewer).
         #[arg(long)]
@@ -119,6 +123,7 @@ fn main() -> Result<()> {
             stacks,
             capture,
             modes,
+            fuzz,
         } => bench::bench(
             &agent_args,
             bench::Only {
@@ -126,6 +131,7 @@ fn main() -> Result<()> {
                 stacks,
                 capture,
                 modes,
+                fuzz,
             },
         ),
         Command::Demo { lang, pg_port } => demo::demo(lang, pg_port),

@@ -29,6 +29,8 @@ const IDLE_CONN_NS: u64 = 10 * 60 * 1_000_000_000;
 const EXIT_CHECK_IDLE_NS: u64 = 1_000_000_000;
 /// Most connections tracked at once.
 const MAX_CONNS: usize = 65_536;
+/// Interpreter processes remembered as already told to the kernel (see `Capture::stackless`).
+const MAX_STACKLESS: usize = 16_384;
 /// Ring-buffer records handled before the capture task hands spans on and yields.
 const MAX_RECORDS_PER_DRAIN: usize = 65_536;
 /// Longest a client span waits for its stack to be symbolized (the first stack of a large
@@ -57,6 +59,9 @@ pub struct Capture {
     /// Processes of interpreted runtimes seen since the last [`Capture::take_stackless`]: their
     /// stacks show the interpreter's own frames only, so the kernel is told to take none.
     stackless: Vec<u32>,
+    /// Processes already told to the kernel as stackless (at most [`MAX_STACKLESS`], then
+    /// forgotten: telling again is harmless).
+    stackless_told: crate::collections::HashSet<u32>,
 }
 
 impl Capture {
@@ -95,6 +100,7 @@ impl Capture {
             stacks,
             released: Vec::new(),
             stackless: Vec::new(),
+            stackless_told: Default::default(),
         }
     }
 
@@ -160,7 +166,12 @@ impl Capture {
                         .processes
                         .refresh(ev.header.tgid, &conn::comm_string(&ev.comm));
                     if !crate::discovery::cmdline::stacks_name_code(&info.exe_name) {
-                        self.stackless.push(ev.header.tgid);
+                        if self.stackless_told.len() >= MAX_STACKLESS {
+                            self.stackless_told.clear();
+                        }
+                        if self.stackless_told.insert(ev.header.tgid) {
+                            self.stackless.push(ev.header.tgid);
+                        }
                     }
                     self.tls.on_conn(ev.header.tgid);
                     self.go.on_conn(ev.header.tgid);
@@ -232,6 +243,8 @@ impl Capture {
             Ok(KernelEvent::Exec(header)) => {
                 self.tls.on_exec(header.tgid);
                 self.go.on_exec(header.tgid);
+                // The kernel forgot it with the old program: tell it again if the new one is an interpreter.
+                self.stackless_told.remove(&header.tgid);
             }
             Err(error) => {
                 Metrics::inc(&self.metrics.events_malformed);
