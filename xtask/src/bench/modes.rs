@@ -3,7 +3,8 @@
 //! (`--no-ui --print=json`), exporting OTLP/HTTP (`--no-ui --otlp-endpoint ...`, to a receiver
 //! in this process that reads each request and answers 200 without decoding it, so that the
 //! receiver costs next to nothing) and the default (trace store and viewer). For each: the
-//! throughput ratio and the agent's CPU per span.
+//! throughput ratio and the agent's CPU per span. Then issue 14's no-loss load: 50,000 spans/s for
+//! 60 s (`hey -q`) with ztrace exporting OTLP, and every drop counter.
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::TcpListener;
@@ -106,6 +107,80 @@ pub(super) fn modes_bench(ztrace: &Path) -> Result<()> {
         receiver.requests(),
         receiver.bytes()
     );
+    sustained_otlp(ztrace, dir.path(), &url, &receiver)
+}
+
+/// Requests per second of the sustained run: 25 workers at 1,000 each, two spans per request.
+const SUSTAINED_WORKERS: u32 = 25;
+const SUSTAINED_QPS_PER_WORKER: u32 = 1_000;
+const SUSTAINED_SECONDS: u32 = 60;
+
+/// Issue 14's "no loss" load: 50,000 spans/s (25,000 requests/s, both ends traced) for 60 s, ztrace
+/// exporting OTLP; prints the spans made and exported and every drop counter.
+fn sustained_otlp(ztrace: &Path, dir: &Path, url: &str, receiver: &DiscardReceiver) -> Result<()> {
+    apt_install(&["hey"])?;
+    let args: Vec<String> = vec![
+        "--no-ui".into(),
+        "--otlp-endpoint".into(),
+        receiver.endpoint(),
+        "--otlp-protocol".into(),
+        "http/protobuf".into(),
+    ];
+    say!(
+        "sustained: hey -z {SUSTAINED_SECONDS}s -c {SUSTAINED_WORKERS} -q {SUSTAINED_QPS_PER_WORKER} (up to {} requests/s) with ztrace exporting OTLP...",
+        SUSTAINED_WORKERS * SUSTAINED_QPS_PER_WORKER
+    );
+    let run = traced_run(ztrace, &args, dir, |_| {
+        let out = Command::new("hey")
+            .args([
+                "-z",
+                &format!("{SUSTAINED_SECONDS}s"),
+                "-c",
+                &SUSTAINED_WORKERS.to_string(),
+            ])
+            .args(["-q", &SUSTAINED_QPS_PER_WORKER.to_string(), url])
+            .output()
+            .context("could not run hey")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        ensure!(out.status.success(), "hey failed: {text}");
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix("Requests/sec:")?.trim().parse().ok())
+            .with_context(|| format!("no Requests/sec in hey's output:\n{text}"))
+    })?;
+    let stats = run.agent.as_ref().and_then(|a| a.stats.as_ref());
+    let spans = stats.map_or(0, |s| counter(s, "spans_created"));
+    let exported = stats.map_or(0, |s| counter(s, "spans_exported"));
+    let lost: Vec<String> = stats
+        .map(|s| {
+            s.iter()
+                .filter(|(k, v)| {
+                    (k.contains("dropped")
+                        || k.contains("lost")
+                        || k.ends_with("_full")
+                        || k.contains("failed"))
+                        && v.as_u64().unwrap_or(0) > 0
+                })
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect()
+        })
+        .unwrap_or_default();
+    println!();
+    println!(
+        "sustained OTLP export: {:.0} requests/s for {SUSTAINED_SECONDS} s, {spans} spans made ({:.0}/s), {exported} exported, {}",
+        run.requests_per_sec,
+        spans as f64 / f64::from(SUSTAINED_SECONDS),
+        if lost.is_empty() { "nothing dropped or lost".to_owned() } else { format!("losses: {}", lost.join(", ")) }
+    );
+    if let Some(agent) = &run.agent {
+        println!(
+            "  agent {:.3} CPU-s/s, peak RSS {}",
+            agent.cpu_seconds_per_second,
+            agent
+                .peak_rss_kib
+                .map_or("?".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
+        );
+    }
+    println!("  load: hey -z {SUSTAINED_SECONDS}s -c {SUSTAINED_WORKERS} -q {SUSTAINED_QPS_PER_WORKER} {url}; agent: {} {}", ztrace.display(), args.join(" "));
     Ok(())
 }
 
