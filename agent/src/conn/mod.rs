@@ -316,6 +316,7 @@ impl ConnTable {
             tracing::debug!(%error, tgid = key.tgid, fd = key.fd, "bytes a parser could not read");
         }
         Metrics::add(&metrics.exchanges_lost, parser.take_lost());
+        Metrics::add(&metrics.exchanges_fields_unknown, parser.take_unknown());
         if parser.stopped() {
             conn.state = State::Ignored;
         }
@@ -395,6 +396,7 @@ impl ConnTable {
             let unanswered = parser.on_close(ts_ns, &mut self.scratch);
             Metrics::add(&metrics.exchanges_unanswered, unanswered as u64);
             Metrics::add(&metrics.exchanges_lost, parser.take_lost());
+            Metrics::add(&metrics.exchanges_fields_unknown, parser.take_unknown());
             for exchange in self.scratch.drain(..) {
                 out.push(ConnExchange { conn: conn.info.clone(), exchange });
             }
