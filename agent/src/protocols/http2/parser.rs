@@ -67,6 +67,10 @@ pub struct Http2Parser {
     response: Half,
     pub(super) streams: BTreeMap<u32, Stream>,
     lost: u64,
+    /// The connection was seen from its start.
+    fresh: bool,
+    /// The highest stream id whose request headers were seen.
+    newest_request: u32,
     /// Exchanges handed out with fields that referred to HPACK entries ztrace never saw.
     unknown: u64,
     events: Vec<Event>,
@@ -87,6 +91,8 @@ impl Http2Parser {
             response: Half::new(false, fresh),
             streams: BTreeMap::new(),
             lost: 0,
+            fresh,
+            newest_request: 0,
             unknown: 0,
             events: Vec::new(),
             first_error: None,
@@ -273,6 +279,7 @@ impl Http2Parser {
     }
 
     fn request_headers(&mut self, stream: u32, head: &Head, end_stream: bool, start_ns: u64, tid: u32, end_ns: u64) {
+        self.newest_request = self.newest_request.max(stream);
         if let Some(s) = self.streams.get_mut(&stream) {
             // Request trailers.
             s.exchange.request_end_ns = end_ns;
@@ -318,7 +325,16 @@ impl Http2Parser {
         end_ns: u64,
         out: &mut Vec<Http2Exchange>,
     ) {
-        let Some(s) = self.streams.get_mut(&stream) else { return };
+        let Some(s) = self.streams.get_mut(&stream) else {
+            // An answer on a stream whose request ztrace should have seen (newer than every
+            // request seen, on a connection seen from its start or from an earlier request):
+            // the request's bytes were lost.
+            if (self.fresh || self.newest_request > 0) && stream > self.newest_request && stream % 2 == 1 {
+                self.newest_request = stream;
+                self.lost += 1;
+            }
+            return;
+        };
         let ex = &mut s.exchange;
         if !s.response_head {
             let interim = head.value(":status").is_some_and(|v| v.len() == 3 && v.starts_with('1'));
