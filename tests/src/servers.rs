@@ -56,7 +56,7 @@ impl Server {
     /// `/items/<anything>` (200) and `/error` (500).
     pub fn nginx() -> Server {
         let files = [("hello", HELLO_BODY), ("index.html", "<!doctype html><p>index</p>\n")];
-        let nginx = Nginx::start(&files, &nginx::Config { http: true, tls: None, load: false });
+        let nginx = Nginx::start(&files, &nginx::Config { http: true, tls: None, load: false, http2: false });
         let port = nginx.port.expect("an HTTP port");
         Server { proc: nginx.proc, host: "127.0.0.1", port, dir: nginx.dir }
     }

@@ -50,7 +50,7 @@ impl TlsServer {
     /// nginx (one worker, keep-alive) serving `/hello` over TLS with only the given protocols
     /// (`"TLSv1.2 TLSv1.3"`).
     pub fn nginx(certs: &Certs, protocols: &str) -> TlsServer {
-        let config = nginx::Config { http: false, tls: Some((certs, Some(protocols))), load: false };
+        let config = nginx::Config { http: false, tls: Some((certs, Some(protocols))), load: false, http2: false };
         let nginx = Nginx::start(&[("hello", "hello over tls\n")], &config);
         let port = nginx.tls_port.expect("an HTTPS port");
         TlsServer { proc: nginx.proc, port, _dir: nginx.dir }

@@ -236,7 +236,7 @@ fn tps(pg: &PgServer, args: &[&str]) -> Result<f64> {
 
 /// nginx serving [`PAGE`], tuned for load, over plain HTTP and, with `certs`, HTTPS.
 fn bench_nginx(certs: Option<&Certs>) -> Nginx {
-    Nginx::start(&[PAGE], &nginx::Config { http: true, tls: certs.map(|c| (c, None)), load: true })
+    Nginx::start(&[PAGE], &nginx::Config { http: true, tls: certs.map(|c| (c, None)), load: true, http2: false })
 }
 
 /// The trace store: insert throughput (spans/s) and list / trace / services query times.
