@@ -177,3 +177,49 @@ fn python_client_to_go_server() {
         assert!([HELLO.0, FAIL.0, STREAM.0, "grpc"].contains(&name), "{s:?}");
     }
 }
+
+#[test]
+#[ignore = "needs root and eBPF; run by cargo xtask test"]
+fn a_channel_opened_before_ztrace_never_names_wrongly_and_new_methods_decode() {
+    let dir = TempDir::new("grpc-go");
+    let binary = grpc::build_go(dir.path());
+    let server = GrpcServer::go(&binary, None);
+    // A grpcio channel that made calls before the agent started: the HPACK tables of its
+    // connection hold entries (SayHello's path, the content type) ztrace never sees.
+    let mut channel = grpc::python_channel(server.port);
+    let mut done = 0;
+    let mut call = |channel: &mut ztrace_e2e::process::Proc, what: &str| {
+        channel.send_line(what);
+        done += 1;
+        let n = done;
+        let ok = ztrace_e2e::wait_until(std::time::Duration::from_secs(20), || {
+            (channel.stdout_lines().iter().filter(|l| l.trim() == "done").count() >= n).then_some(())
+        });
+        assert!(ok.is_some(), "call {what}:\n{}", channel.describe());
+    };
+    call(&mut channel, "hello");
+    call(&mut channel, "hello");
+    let mut ztrace = Ztrace::start(&["--print=json"]);
+    for _ in 0..3 {
+        call(&mut channel, "hello");
+    }
+    // A method first called now: its path is a new entry, which decodes.
+    call(&mut channel, "fresh");
+    let (port, pid) = (server.port, server.pid());
+    let fresh = ztrace.wait_for_spans(|s| s.pid() == Some(pid) && s.name() == Some("demo.Greeter/Fresh"), SPAN_TIMEOUT);
+    assert_eq!(fresh.len(), 1);
+    // The connection is recognized by a header block whose first field is in the static table
+    // (the first answer's `:status`): the calls after that one are spans.
+    let spans: Vec<Span> = ztrace.spans().into_iter().filter(|s| s.server_port() == Some(port) && s.pid() == Some(pid)).collect();
+    assert!(spans.len() >= 3, "{}", list(&spans));
+    for s in &spans {
+        let name = s.name().unwrap_or_default();
+        // SayHello's path refers to an entry from before: the span says less, never another
+        // method (`POST` without a route, or `grpc`).
+        assert!(["demo.Greeter/Fresh", "POST", "grpc"].contains(&name), "{s:?}");
+        assert_eq!(s.attr_str("network.protocol.version"), Some("2"), "{s:?}");
+    }
+    drop(channel);
+    let stats = ztrace.stop().stats.expect("stats line");
+    assert!(stats.get("exchanges_fields_unknown").and_then(|v| v.as_u64()).unwrap_or(0) >= 3, "{stats:?}");
+}

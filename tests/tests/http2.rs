@@ -59,6 +59,16 @@ fn nginx_h2_over_tls_and_h2c_with_curl() {
         check(hello, "GET /hello", "/hello", 200, "https", pid);
     }
 
+    // A traceparent in the HTTP/2 request headers is honoured.
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let header = format!("traceparent: {tp}");
+    let url = format!("https://127.0.0.1:{tls_port}/items/9");
+    clients::curl_with(&[url], &["--http2", "--cacert", &ca, "-H", &header]);
+    let spans = ztrace.wait_for_spans(|s| on_port(tls_port)(s) && s.is_server() && s.url_path() == Some("/items/9"), SPAN_TIMEOUT);
+    assert_eq!(spans[0].trace_id(), Some("4bf92f3577b34da6a3ce929d0e0e4736"), "{:?}", spans[0]);
+    assert_eq!(spans[0].parent_span_id(), Some(Some("00f067aa0ba902b7")), "{:?}", spans[0]);
+    assert_eq!(spans[0].attr_str("ztrace.link"), Some("header"), "{:?}", spans[0]);
+
     let run = clients::curl_with(&[format!("http://127.0.0.1:{port}/error")], &["--http2-prior-knowledge"]);
     assert_eq!(run.transfers[0].0, 500);
     let spans = ztrace.wait_for_n_spans(2, on_port(port), SPAN_TIMEOUT);
