@@ -224,8 +224,9 @@ impl FrameReader {
                     self.current = None;
                     self.preface = None;
                     self.guessed = None;
+                    // The loss was reported when it began (the HPACK table forgotten then):
+                    // frames from here on are read, and what they insert is kept.
                     bytes = bytes.get(at..).unwrap_or_default();
-                    fed.lost = true;
                 }
                 None => return Fed { lost: true },
             }

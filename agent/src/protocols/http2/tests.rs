@@ -559,3 +559,12 @@ fn whole_sessions_have_no_unknown_fields() {
         assert!(unknown.is_empty(), "{name}: {unknown:?}");
     }
 }
+
+#[test]
+fn mid_connection_entries_inserted_after_the_start_decode() {
+    // From the client's SETTINGS ACK on: the first call is whole, so every entry the later
+    // calls refer to was inserted after the start.
+    let out = run_mid_connection(&GRPC_GO, 2, Side::Client).expect("recognized");
+    assert_eq!(out.exchanges.len(), 11);
+    assert!(out.exchanges.iter().all(|e| e.unknown_fields() == 0), "{:?}", summary(&out));
+}
