@@ -61,7 +61,10 @@ fn check_links(spans: &[Span]) {
     let (servers, clients) = split_by_kind(spans);
     for s in &servers {
         let parent = s.parent_span_id().flatten().unwrap_or_else(|| panic!("no parent: {s:?}\n{}", list(spans)));
-        let client = clients.iter().find(|c| c.span_id() == Some(parent)).unwrap_or_else(|| panic!("parent {parent} is no client span:\n{}", list(spans)));
+        let client = clients
+            .iter()
+            .find(|c| c.span_id() == Some(parent))
+            .unwrap_or_else(|| panic!("parent {parent} is no client span:\n{}", list(spans)));
         assert_eq!(client.name(), s.name(), "{s:?}");
         assert_eq!(client.trace_id(), s.trace_id());
         assert_eq!(s.attr_str("ztrace.link"), Some("connection"), "{s:?}");
@@ -210,7 +213,8 @@ fn a_channel_opened_before_ztrace_never_names_wrongly_and_new_methods_decode() {
     assert_eq!(fresh.len(), 1);
     // The connection is recognized by a header block whose first field is in the static table
     // (the first answer's `:status`): the calls after that one are spans.
-    let spans: Vec<Span> = ztrace.spans().into_iter().filter(|s| s.server_port() == Some(port) && s.pid() == Some(pid)).collect();
+    let spans: Vec<Span> =
+        ztrace.spans().into_iter().filter(|s| s.server_port() == Some(port) && s.pid() == Some(pid)).collect();
     assert!(spans.len() >= 3, "{}", list(&spans));
     for s in &spans {
         let name = s.name().unwrap_or_default();

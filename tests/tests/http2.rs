@@ -64,7 +64,8 @@ fn nginx_h2_over_tls_and_h2c_with_curl() {
     let header = format!("traceparent: {tp}");
     let url = format!("https://127.0.0.1:{tls_port}/items/9");
     clients::curl_with(&[url], &["--http2", "--cacert", &ca, "-H", &header]);
-    let spans = ztrace.wait_for_spans(|s| on_port(tls_port)(s) && s.is_server() && s.url_path() == Some("/items/9"), SPAN_TIMEOUT);
+    let spans = ztrace
+        .wait_for_spans(|s| on_port(tls_port)(s) && s.is_server() && s.url_path() == Some("/items/9"), SPAN_TIMEOUT);
     assert_eq!(spans[0].trace_id(), Some("4bf92f3577b34da6a3ce929d0e0e4736"), "{:?}", spans[0]);
     assert_eq!(spans[0].parent_span_id(), Some(Some("00f067aa0ba902b7")), "{:?}", spans[0]);
     assert_eq!(spans[0].attr_str("ztrace.link"), Some("header"), "{:?}", spans[0]);

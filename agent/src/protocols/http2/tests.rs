@@ -387,7 +387,8 @@ fn an_answer_to_a_request_lost_in_a_gap_is_counted() {
     let mut c = frame::PREFACE.to_vec();
     c.extend([0, 0, 0, 4, 0, 0, 0, 0, 0]);
     let answer = vec![0, 0, 1, 1, 5, 0, 0, 0, 1, 0x88];
-    let out = run(Side::Client, &[Ev::Bytes(true, 1, c), Ev::Lost(true, 1, 40), Ev::Bytes(false, 2, answer), Ev::Close(3)]);
+    let out =
+        run(Side::Client, &[Ev::Bytes(true, 1, c), Ev::Lost(true, 1, 40), Ev::Bytes(false, 2, answer), Ev::Close(3)]);
     assert_eq!((out.exchanges.len(), out.lost), (0, 1));
 }
 
@@ -553,9 +554,16 @@ fn the_fuzz_driver_runs_on_real_sessions() {
 
 #[test]
 fn whole_sessions_have_no_unknown_fields() {
-    for (name, capture) in [("grpcio", &GRPCIO), ("grpc-go", &GRPC_GO), ("grpcio→go", &GRPCIO_TO_GO), ("go→grpcio", &GO_TO_GRPCIO), ("h2load", &H2LOAD)] {
+    for (name, capture) in [
+        ("grpcio", &GRPCIO),
+        ("grpc-go", &GRPC_GO),
+        ("grpcio→go", &GRPCIO_TO_GO),
+        ("go→grpcio", &GO_TO_GRPCIO),
+        ("h2load", &H2LOAD),
+    ] {
         let out = run(Side::Client, &whole(capture));
-        let unknown: Vec<(u32, usize)> = out.exchanges.iter().map(|e| (e.stream_id, e.unknown_fields())).filter(|u| u.1 > 0).collect();
+        let unknown: Vec<(u32, usize)> =
+            out.exchanges.iter().map(|e| (e.stream_id, e.unknown_fields())).filter(|u| u.1 > 0).collect();
         assert!(unknown.is_empty(), "{name}: {unknown:?}");
     }
 }
