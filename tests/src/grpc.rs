@@ -27,7 +27,9 @@ impl GrpcServer {
     pub fn python(forward: Option<u16>) -> GrpcServer {
         let port = free_port();
         let mut cmd = Command::new(python());
-        cmd.arg(fixture("grpc_py.py")).arg("server").arg(port.to_string());
+        cmd.arg(fixture("grpc_py.py"))
+            .arg("server")
+            .arg(port.to_string());
         if let Some(f) = forward {
             cmd.env("GRPC_FORWARD", format!("127.0.0.1:{f}"));
         }
@@ -54,14 +56,21 @@ impl GrpcServer {
 fn run(name: &str, cmd: &mut Command) -> (u32, String) {
     let mut proc = Proc::spawn(name, cmd);
     let status = proc.wait_exit(Duration::from_secs(60));
-    assert!(status.is_some_and(|s| s.success()), "{name} failed:\n{}", proc.describe());
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{name} failed:\n{}",
+        proc.describe()
+    );
     (proc.pid(), proc.stdout())
 }
 
 /// `grpc_py.py client PORT CALL...`: its pid and stdout.
 pub fn python_client(port: u16, calls: &[&str]) -> (u32, String) {
     let mut cmd = Command::new(python());
-    cmd.arg(fixture("grpc_py.py")).arg("client").arg(port.to_string()).args(calls);
+    cmd.arg(fixture("grpc_py.py"))
+        .arg("client")
+        .arg(port.to_string())
+        .args(calls);
     run("grpc_py client", &mut cmd)
 }
 
@@ -69,7 +78,9 @@ pub fn python_client(port: u16, calls: &[&str]) -> (u32, String) {
 /// call (`hello`, `fresh`), `done` is printed after each.
 pub fn python_channel(port: u16) -> Proc {
     let mut cmd = Command::new(python());
-    cmd.arg(fixture("grpc_py.py")).arg("channel").arg(port.to_string());
+    cmd.arg(fixture("grpc_py.py"))
+        .arg("channel")
+        .arg(port.to_string());
     let mut proc = Proc::spawn("grpc_py channel", &mut cmd);
     proc.wait_for_stdout("open", READY);
     proc
@@ -86,12 +97,19 @@ pub fn go_client(binary: &Path, port: u16, calls: &[&str]) -> (u32, String) {
 pub fn build_go(dir: &Path) -> PathBuf {
     let out = dir.join("grpc_go");
     let mut cmd = Command::new("go");
-    cmd.arg("build").arg("-o").arg(&out).arg(fixture("grpc_go/main.go")).envs([
-        ("GO111MODULE", "off"),
-        ("GOPATH", "/usr/share/gocode"),
-        ("GOPROXY", "off"),
-        ("CGO_ENABLED", "0"),
-    ]);
-    let (_, _) = run("go build grpc_go (apt-get install golang-go golang-google-grpc-dev)", &mut cmd);
+    cmd.arg("build")
+        .arg("-o")
+        .arg(&out)
+        .arg(fixture("grpc_go/main.go"))
+        .envs([
+            ("GO111MODULE", "off"),
+            ("GOPATH", "/usr/share/gocode"),
+            ("GOPROXY", "off"),
+            ("CGO_ENABLED", "0"),
+        ]);
+    let (_, _) = run(
+        "go build grpc_go (apt-get install golang-go golang-google-grpc-dev)",
+        &mut cmd,
+    );
     out
 }

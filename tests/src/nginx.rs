@@ -49,20 +49,49 @@ impl Nginx {
         let html = dir.join("html");
         std::fs::create_dir_all(&html).expect("create html");
         for (name, content) in files {
-            std::fs::write(html.join(name), content).unwrap_or_else(|e| panic!("write html/{name}: {e}"));
+            std::fs::write(html.join(name), content)
+                .unwrap_or_else(|e| panic!("write html/{name}: {e}"));
         }
         let port = config.http.then(free_port);
         let tls_port = config.tls.is_some().then(free_port);
         let conf = dir.join("nginx.conf");
-        std::fs::write(&conf, nginx_conf(dir.path(), port, tls_port.zip(config.tls), config.load, config.http2)).expect("write nginx.conf");
-        let binary = if Path::new("/usr/sbin/nginx").is_file() { PathBuf::from("/usr/sbin/nginx") } else { PathBuf::from("nginx") };
+        std::fs::write(
+            &conf,
+            nginx_conf(
+                dir.path(),
+                port,
+                tls_port.zip(config.tls),
+                config.load,
+                config.http2,
+            ),
+        )
+        .expect("write nginx.conf");
+        let binary = if Path::new("/usr/sbin/nginx").is_file() {
+            PathBuf::from("/usr/sbin/nginx")
+        } else {
+            PathBuf::from("nginx")
+        };
         let mut cmd = Command::new(binary);
-        cmd.arg("-p").arg(dir.path()).arg("-e").arg(dir.join("error.log")).arg("-c").arg(&conf);
+        cmd.arg("-p")
+            .arg(dir.path())
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .arg("-c")
+            .arg(&conf);
         let mut proc = Proc::spawn("nginx", &mut cmd);
         for port in port.iter().chain(&tls_port) {
-            proc.wait_listening(SocketAddr::from(([127, 0, 0, 1], *port)), LISTEN_TIMEOUT, Some(&dir.join("error.log")));
+            proc.wait_listening(
+                SocketAddr::from(([127, 0, 0, 1], *port)),
+                LISTEN_TIMEOUT,
+                Some(&dir.join("error.log")),
+            );
         }
-        Nginx { proc, port, tls_port, dir }
+        Nginx {
+            proc,
+            port,
+            tls_port,
+            dir,
+        }
     }
 
     /// Its state and output, with the end of its error log.
@@ -74,7 +103,13 @@ impl Nginx {
 
 /// The configuration: one worker kept as root (so that it reads the temporary directory),
 /// access log off, a server per port.
-fn nginx_conf(dir: &Path, port: Option<u16>, tls: Option<(u16, (&Certs, Option<&str>))>, load: bool, http2: bool) -> String {
+fn nginx_conf(
+    dir: &Path,
+    port: Option<u16>,
+    tls: Option<(u16, (&Certs, Option<&str>))>,
+    load: bool,
+    http2: bool,
+) -> String {
     let h2 = if http2 { " http2" } else { "" };
     let d = dir.display();
     let (connections, requests) = if load { (1024, 100_000) } else { (256, 1000) };
@@ -86,7 +121,9 @@ fn nginx_conf(dir: &Path, port: Option<u16>, tls: Option<(u16, (&Certs, Option<&
         servers.push_str(&format!("    server {{\n        listen 127.0.0.1:{port}{h2};\n        root {d}/html;\n{locations}\n    }}\n"));
     }
     if let Some((port, (certs, protocols))) = tls {
-        let protocols = protocols.map(|p| format!("        ssl_protocols {p};\n")).unwrap_or_default();
+        let protocols = protocols
+            .map(|p| format!("        ssl_protocols {p};\n"))
+            .unwrap_or_default();
         servers.push_str(&format!(
             "    server {{\n        listen 127.0.0.1:{port} ssl{h2};\n        ssl_certificate {};\n        ssl_certificate_key {};\n{protocols}        root {d}/html;\n{locations}\n    }}\n",
             certs.cert.display(),

@@ -22,8 +22,16 @@ fn on_port(port: u16) -> impl Fn(&Span) -> bool {
 
 /// The spans of `kind` for `method` among `spans`: exactly `n` of them.
 fn calls<'a>(spans: &'a [Span], kind: &str, method: &str, n: usize) -> Vec<&'a Span> {
-    let found: Vec<&Span> = spans.iter().filter(|s| s.kind() == Some(kind) && s.name() == Some(method)).collect();
-    assert_eq!(found.len(), n, "{n} {kind} span(s) {method}:\n{}", list(spans));
+    let found: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.kind() == Some(kind) && s.name() == Some(method))
+        .collect();
+    assert_eq!(
+        found.len(),
+        n,
+        "{n} {kind} span(s) {method}:\n{}",
+        list(spans)
+    );
     found
 }
 
@@ -33,10 +41,26 @@ fn check(span: &Span, method: &str, code: &str, error: bool, pid: u32, port: u16
     assert_eq!(span.name(), Some(method), "{what}");
     assert_eq!(span.attr_str("rpc.system.name"), Some("grpc"), "{what}");
     assert_eq!(span.attr_str("rpc.method"), Some(method), "{what}");
-    assert_eq!(span.attr_str("rpc.response.status_code"), Some(code), "{what}");
-    assert_eq!(span.attr_str("network.protocol.version"), Some("2"), "{what}");
-    assert_eq!(span.attr_i64("server.port"), Some(i64::from(port)), "{what}");
-    assert_eq!(span.status(), Some(if error { "error" } else { "unset" }), "{what}");
+    assert_eq!(
+        span.attr_str("rpc.response.status_code"),
+        Some(code),
+        "{what}"
+    );
+    assert_eq!(
+        span.attr_str("network.protocol.version"),
+        Some("2"),
+        "{what}"
+    );
+    assert_eq!(
+        span.attr_i64("server.port"),
+        Some(i64::from(port)),
+        "{what}"
+    );
+    assert_eq!(
+        span.status(),
+        Some(if error { "error" } else { "unset" }),
+        "{what}"
+    );
     if error {
         assert_eq!(span.attr_str("error.type"), Some(code), "{what}");
     }
@@ -60,7 +84,10 @@ const CRASH: Call = ("demo.Greeter/Crash", "UNKNOWN", true, true, 1);
 fn check_links(spans: &[Span]) {
     let (servers, clients) = split_by_kind(spans);
     for s in &servers {
-        let parent = s.parent_span_id().flatten().unwrap_or_else(|| panic!("no parent: {s:?}\n{}", list(spans)));
+        let parent = s
+            .parent_span_id()
+            .flatten()
+            .unwrap_or_else(|| panic!("no parent: {s:?}\n{}", list(spans)));
         let client = clients
             .iter()
             .find(|c| c.span_id() == Some(parent))
@@ -92,7 +119,13 @@ fn grpc_go_server_and_client() {
     }
     check_links(&spans);
     let stats = ztrace.stop().stats.expect("stats line");
-    assert_eq!(stats.get("exchanges_fields_unknown").and_then(|v| v.as_u64()), Some(0), "{stats:?}");
+    assert_eq!(
+        stats
+            .get("exchanges_fields_unknown")
+            .and_then(|v| v.as_u64()),
+        Some(0),
+        "{stats:?}"
+    );
 }
 
 #[test]
@@ -110,31 +143,55 @@ fn grpcio_server_with_go_and_python_clients() {
         for s in calls(&spans, "client", method, n) {
             check(s, method, code, client_error, go_client, server.port);
         }
-        assert_eq!(calls(&spans, "server", method, n)[0].pid(), Some(server.pid()));
+        assert_eq!(
+            calls(&spans, "server", method, n)[0].pid(),
+            Some(server.pid())
+        );
     }
 
     // grpcio client: every call is a span on each side; the server names each right; nothing
     // is ever named or given a status wrongly.
-    let (py_client, out) = grpc::python_client(server.port, &["hello", "fail", "crash", "stream", "many"]);
-    assert!(out.contains("NOT_FOUND") && out.contains("UNKNOWN"), "{out}");
+    let (py_client, out) =
+        grpc::python_client(server.port, &["hello", "fail", "crash", "stream", "many"]);
+    assert!(
+        out.contains("NOT_FOUND") && out.contains("UNKNOWN"),
+        "{out}"
+    );
     let (port, pid) = (server.port, server.pid());
-    ztrace.wait_for_n_spans(3 + 12, |s| on_port(port)(s) && s.is_server() && s.pid() == Some(pid), SPAN_TIMEOUT);
+    ztrace.wait_for_n_spans(
+        3 + 12,
+        |s| on_port(port)(s) && s.is_server() && s.pid() == Some(pid),
+        SPAN_TIMEOUT,
+    );
     let spans: Vec<Span> = ztrace.spans().into_iter().filter(on_port(port)).collect();
-    let go_ports: Vec<i64> =
-        spans.iter().filter(|s| s.pid() == Some(go_client)).filter_map(|s| s.attr_i64("network.local.port")).collect();
+    let go_ports: Vec<i64> = spans
+        .iter()
+        .filter(|s| s.pid() == Some(go_client))
+        .filter_map(|s| s.attr_i64("network.local.port"))
+        .collect();
     let served: Vec<Span> = spans
         .iter()
-        .filter(|s| s.is_server() && !go_ports.contains(&s.attr_i64("network.peer.port").unwrap_or(0)))
+        .filter(|s| {
+            s.is_server() && !go_ports.contains(&s.attr_i64("network.peer.port").unwrap_or(0))
+        })
         .cloned()
         .collect();
-    let py: Vec<Span> = spans.iter().filter(|s| s.pid() == Some(py_client)).cloned().collect();
+    let py: Vec<Span> = spans
+        .iter()
+        .filter(|s| s.pid() == Some(py_client))
+        .cloned()
+        .collect();
     assert_eq!(served.len(), 12, "{}", list(&spans));
     for (method, code, client_error, server_error, n) in [MANY, FAIL, STREAM, CRASH] {
         for s in calls(&served, "server", method, n) {
             assert_eq!(s.attr_str("rpc.method"), Some(method), "{s:?}");
             if let Some(c) = s.attr_str("rpc.response.status_code") {
                 assert_eq!(c, code, "{s:?}");
-                assert_eq!(s.status(), Some(if server_error { "error" } else { "unset" }), "{s:?}");
+                assert_eq!(
+                    s.status(),
+                    Some(if server_error { "error" } else { "unset" }),
+                    "{s:?}"
+                );
             }
         }
         let _ = client_error;
@@ -147,7 +204,10 @@ fn grpcio_server_with_go_and_python_clients() {
         let known = [HELLO.0, FAIL.0, STREAM.0, CRASH.0];
         assert!(known.contains(&name) || name == "grpc", "{s:?}");
         if let (Some(code), true) = (s.attr_str("rpc.response.status_code"), name != "grpc") {
-            let expected = [HELLO, FAIL, STREAM, CRASH].iter().find(|c| c.0 == name).map(|c| c.1);
+            let expected = [HELLO, FAIL, STREAM, CRASH]
+                .iter()
+                .find(|c| c.0 == name)
+                .map(|c| c.1);
             assert_eq!(Some(code), expected, "{s:?}");
         }
     }
@@ -163,7 +223,11 @@ fn python_client_to_go_server() {
     let (py_client, _) = grpc::python_client(server.port, &["hello", "fail", "stream"]);
     let port = server.port;
     let pid = server.pid();
-    ztrace.wait_for_n_spans(3, |s| on_port(port)(s) && s.pid() == Some(pid), SPAN_TIMEOUT);
+    ztrace.wait_for_n_spans(
+        3,
+        |s| on_port(port)(s) && s.pid() == Some(pid),
+        SPAN_TIMEOUT,
+    );
     let spans: Vec<Span> = ztrace.spans().into_iter().filter(on_port(port)).collect();
     // The Go server reads and writes whole: its spans are exact.
     for (method, code, _, server_error, n) in [HELLO, FAIL, STREAM] {
@@ -173,8 +237,15 @@ fn python_client_to_go_server() {
     }
     // The grpcio client: its first write (preface, settings, the first call) has more than 8
     // iovecs; what it names, it names right.
-    let clients: Vec<&Span> = spans.iter().filter(|s| s.pid() == Some(py_client)).collect();
-    assert!(!clients.is_empty() && clients.len() <= 3, "{}", list(&spans));
+    let clients: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.pid() == Some(py_client))
+        .collect();
+    assert!(
+        !clients.is_empty() && clients.len() <= 3,
+        "{}",
+        list(&spans)
+    );
     for s in clients {
         let name = s.name().unwrap_or_default();
         assert!([HELLO.0, FAIL.0, STREAM.0, "grpc"].contains(&name), "{s:?}");
@@ -196,7 +267,13 @@ fn a_channel_opened_before_ztrace_never_names_wrongly_and_new_methods_decode() {
         done += 1;
         let n = done;
         let ok = ztrace_e2e::wait_until(std::time::Duration::from_secs(20), || {
-            (channel.stdout_lines().iter().filter(|l| l.trim() == "done").count() >= n).then_some(())
+            (channel
+                .stdout_lines()
+                .iter()
+                .filter(|l| l.trim() == "done")
+                .count()
+                >= n)
+                .then_some(())
         });
         assert!(ok.is_some(), "call {what}:\n{}", channel.describe());
     };
@@ -209,21 +286,37 @@ fn a_channel_opened_before_ztrace_never_names_wrongly_and_new_methods_decode() {
     // A method first called now: its path is a new entry, which decodes.
     call(&mut channel, "fresh");
     let (port, pid) = (server.port, server.pid());
-    let fresh = ztrace.wait_for_spans(|s| s.pid() == Some(pid) && s.name() == Some("demo.Greeter/Fresh"), SPAN_TIMEOUT);
+    let fresh = ztrace.wait_for_spans(
+        |s| s.pid() == Some(pid) && s.name() == Some("demo.Greeter/Fresh"),
+        SPAN_TIMEOUT,
+    );
     assert_eq!(fresh.len(), 1);
     // The connection is recognized by a header block whose first field is in the static table
     // (the first answer's `:status`): the calls after that one are spans.
-    let spans: Vec<Span> =
-        ztrace.spans().into_iter().filter(|s| s.server_port() == Some(port) && s.pid() == Some(pid)).collect();
+    let spans: Vec<Span> = ztrace
+        .spans()
+        .into_iter()
+        .filter(|s| s.server_port() == Some(port) && s.pid() == Some(pid))
+        .collect();
     assert!(spans.len() >= 3, "{}", list(&spans));
     for s in &spans {
         let name = s.name().unwrap_or_default();
         // SayHello's path refers to an entry from before: the span says less, never another
         // method (`POST` without a route, or `grpc`).
-        assert!(["demo.Greeter/Fresh", "POST", "grpc"].contains(&name), "{s:?}");
+        assert!(
+            ["demo.Greeter/Fresh", "POST", "grpc"].contains(&name),
+            "{s:?}"
+        );
         assert_eq!(s.attr_str("network.protocol.version"), Some("2"), "{s:?}");
     }
     drop(channel);
     let stats = ztrace.stop().stats.expect("stats line");
-    assert!(stats.get("exchanges_fields_unknown").and_then(|v| v.as_u64()).unwrap_or(0) >= 3, "{stats:?}");
+    assert!(
+        stats
+            .get("exchanges_fields_unknown")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0)
+            >= 3,
+        "{stats:?}"
+    );
 }

@@ -13,7 +13,12 @@ use ztrace_e2e::ztrace::SPAN_TIMEOUT;
 use ztrace_e2e::{Span, TempDir, Ztrace};
 
 fn nginx_h2(certs: &Certs) -> Nginx {
-    let config = Config { http: true, tls: Some((certs, Some("TLSv1.2 TLSv1.3"))), load: false, http2: true };
+    let config = Config {
+        http: true,
+        tls: Some((certs, Some("TLSv1.2 TLSv1.3"))),
+        load: false,
+        http2: true,
+    };
     Nginx::start(&[("hello", "hello over h2\n")], &config)
 }
 
@@ -27,8 +32,16 @@ fn check(span: &Span, name: &str, path: &str, status: i64, scheme: &str, pid: Op
     assert_eq!(span.name(), Some(name), "{what}");
     assert_eq!(span.attr_str("http.request.method"), Some("GET"), "{what}");
     assert_eq!(span.attr_str("url.path"), Some(path), "{what}");
-    assert_eq!(span.attr_i64("http.response.status_code"), Some(status), "{what}");
-    assert_eq!(span.attr_str("network.protocol.version"), Some("2"), "{what}");
+    assert_eq!(
+        span.attr_i64("http.response.status_code"),
+        Some(status),
+        "{what}"
+    );
+    assert_eq!(
+        span.attr_str("network.protocol.version"),
+        Some("2"),
+        "{what}"
+    );
     assert_eq!(span.attr_str("url.scheme"), Some(scheme), "{what}");
     assert!(span.attr_str("rpc.system.name").is_none(), "{what}");
     if let Some(pid) = pid {
@@ -45,15 +58,27 @@ fn nginx_h2_over_tls_and_h2c_with_curl() {
     let mut ztrace = Ztrace::start(&["--print=json"]);
 
     let ca = certs.cert.display().to_string();
-    let urls = [format!("https://127.0.0.1:{tls_port}/items/42"), format!("https://127.0.0.1:{tls_port}/hello")];
+    let urls = [
+        format!("https://127.0.0.1:{tls_port}/items/42"),
+        format!("https://127.0.0.1:{tls_port}/hello"),
+    ];
     let run = clients::curl_with(&urls, &["--http2", "--cacert", &ca]);
-    assert_eq!(run.transfers.iter().map(|t| t.0).collect::<Vec<_>>(), [200, 200]);
+    assert_eq!(
+        run.transfers.iter().map(|t| t.0).collect::<Vec<_>>(),
+        [200, 200]
+    );
     let spans = ztrace.wait_for_n_spans(4, on_port(tls_port), SPAN_TIMEOUT);
     let (servers, clients) = split_by_kind(&spans);
     assert_eq!((servers.len(), clients.len()), (2, 2), "{}", list(&spans));
     for side in [&servers, &clients] {
-        let items = side.iter().find(|s| s.url_path() == Some("/items/42")).expect("/items/42");
-        let hello = side.iter().find(|s| s.url_path() == Some("/hello")).expect("/hello");
+        let items = side
+            .iter()
+            .find(|s| s.url_path() == Some("/items/42"))
+            .expect("/items/42");
+        let hello = side
+            .iter()
+            .find(|s| s.url_path() == Some("/hello"))
+            .expect("/hello");
         let pid = (side == &clients).then_some(run.pid);
         check(items, "GET /items/{id}", "/items/42", 200, "https", pid);
         check(hello, "GET /hello", "/hello", 200, "https", pid);
@@ -64,13 +89,33 @@ fn nginx_h2_over_tls_and_h2c_with_curl() {
     let header = format!("traceparent: {tp}");
     let url = format!("https://127.0.0.1:{tls_port}/items/9");
     clients::curl_with(&[url], &["--http2", "--cacert", &ca, "-H", &header]);
-    let spans = ztrace
-        .wait_for_spans(|s| on_port(tls_port)(s) && s.is_server() && s.url_path() == Some("/items/9"), SPAN_TIMEOUT);
-    assert_eq!(spans[0].trace_id(), Some("4bf92f3577b34da6a3ce929d0e0e4736"), "{:?}", spans[0]);
-    assert_eq!(spans[0].parent_span_id(), Some(Some("00f067aa0ba902b7")), "{:?}", spans[0]);
-    assert_eq!(spans[0].attr_str("ztrace.link"), Some("header"), "{:?}", spans[0]);
+    let spans = ztrace.wait_for_spans(
+        |s| on_port(tls_port)(s) && s.is_server() && s.url_path() == Some("/items/9"),
+        SPAN_TIMEOUT,
+    );
+    assert_eq!(
+        spans[0].trace_id(),
+        Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+        "{:?}",
+        spans[0]
+    );
+    assert_eq!(
+        spans[0].parent_span_id(),
+        Some(Some("00f067aa0ba902b7")),
+        "{:?}",
+        spans[0]
+    );
+    assert_eq!(
+        spans[0].attr_str("ztrace.link"),
+        Some("header"),
+        "{:?}",
+        spans[0]
+    );
 
-    let run = clients::curl_with(&[format!("http://127.0.0.1:{port}/error")], &["--http2-prior-knowledge"]);
+    let run = clients::curl_with(
+        &[format!("http://127.0.0.1:{port}/error")],
+        &["--http2-prior-knowledge"],
+    );
     assert_eq!(run.transfers[0].0, 500);
     let spans = ztrace.wait_for_n_spans(2, on_port(port), SPAN_TIMEOUT);
     for s in &spans {
@@ -93,17 +138,41 @@ fn go_net_http_client_speaks_h2_over_crypto_tls() {
     let _server = tls::TlsServer::go(&binary, &certs);
     let mut ztrace = Ztrace::start(&["--print=json"]);
 
-    let urls = [format!("https://localhost:{tls_port}/items/7"), format!("https://localhost:{tls_port}/hello")];
+    let urls = [
+        format!("https://localhost:{tls_port}/items/7"),
+        format!("https://localhost:{tls_port}/hello"),
+    ];
     let mut cmd = Command::new(&binary);
     cmd.arg("get2").arg(&certs.cert).args(&urls);
     let (pid, stdout) = tls::run_client("go https h2 client", &mut cmd);
-    assert_eq!(stdout.lines().filter(|l| l.trim() == "200 HTTP/2.0").count(), 2, "{stdout}");
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.trim() == "200 HTTP/2.0")
+            .count(),
+        2,
+        "{stdout}"
+    );
     let spans = ztrace.wait_for_n_spans(4, on_port(tls_port), SPAN_TIMEOUT);
     let (_, clients) = split_by_kind(&spans);
     let go: Vec<&Span> = clients.iter().filter(|s| s.pid() == Some(pid)).collect();
     assert_eq!(go.len(), 2, "{}", list(&spans));
-    let items = go.iter().find(|s| s.url_path() == Some("/items/7")).expect("/items/7");
-    check(items, "GET /items/{id}", "/items/7", 200, "https", Some(pid));
-    assert_eq!(items.attr_str("server.address"), Some("localhost"), "{items:?}");
+    let items = go
+        .iter()
+        .find(|s| s.url_path() == Some("/items/7"))
+        .expect("/items/7");
+    check(
+        items,
+        "GET /items/{id}",
+        "/items/7",
+        200,
+        "https",
+        Some(pid),
+    );
+    assert_eq!(
+        items.attr_str("server.address"),
+        Some("localhost"),
+        "{items:?}"
+    );
     drop(nginx);
 }

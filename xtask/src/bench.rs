@@ -55,7 +55,10 @@ const LOAD_SECONDS: f64 = 10.0;
 /// to /dev/null), without the trace store and viewer.
 const DEFAULT_ZTRACE_ARGS: &[&str] = &["--no-ui", "--print=json"];
 /// The page wrk loads.
-const PAGE: (&str, &str) = ("index.html", "<!doctype html><title>ztrace bench</title><p>hello from nginx</p>\n");
+const PAGE: (&str, &str) = (
+    "index.html",
+    "<!doctype html><title>ztrace bench</title><p>hello from nginx</p>\n",
+);
 
 /// One wrk run, with the agent's figures when it was running.
 #[derive(Debug, Default)]
@@ -76,7 +79,12 @@ struct AgentCost {
 
 /// `cargo xtask bench`; `example_only`: only the example system's part; `stacks_only`: only the
 /// stacks part (`bench/stacks.rs`).
-pub fn bench(agent_args: &[String], example_only: bool, stacks_only: bool, capture_only: bool) -> Result<()> {
+pub fn bench(
+    agent_args: &[String],
+    example_only: bool,
+    stacks_only: bool,
+    capture_only: bool,
+) -> Result<()> {
     let agent_args: Vec<String> = if agent_args.is_empty() {
         DEFAULT_ZTRACE_ARGS.iter().map(|s| s.to_string()).collect()
     } else {
@@ -125,8 +133,21 @@ pub fn bench(agent_args: &[String], example_only: bool, stacks_only: bool, captu
         say!("  {:.0} requests/s", run.requests_per_sec);
         runs.push(run);
     }
-    report(&runs, &ztrace, &agent_args, &format!("wrk {} {url} (nginx, 1 worker, static page, access_log off)", WRK_ARGS.join(" ")));
-    https_bench(&ztrace, &agent_args, dir.path(), nginx.tls_port.unwrap_or(0))?;
+    report(
+        &runs,
+        &ztrace,
+        &agent_args,
+        &format!(
+            "wrk {} {url} (nginx, 1 worker, static page, access_log off)",
+            WRK_ARGS.join(" ")
+        ),
+    );
+    https_bench(
+        &ztrace,
+        &agent_args,
+        dir.path(),
+        nginx.tls_port.unwrap_or(0),
+    )?;
     drop(nginx);
     postgres_bench(&ztrace, &agent_args)?;
     example_bench(&ztrace, &agent_args)?;
@@ -146,20 +167,35 @@ fn postgres_bench(ztrace: &Path, agent_args: &[String]) -> Result<()> {
     ensure!(init.success, "pgbench -i failed: {}", init.stderr);
     let load = || tps(&pg, PGBENCH_ARGS);
     say!("warming up...");
-    tps(&pg, &["-M", "prepared", "-S", "-c", "4", "-j", "2", "-T", "2"])?;
+    tps(
+        &pg,
+        &["-M", "prepared", "-S", "-c", "4", "-j", "2", "-T", "2"],
+    )?;
     let mut runs = Vec::new();
     for pair in 1..=PAIRS {
         say!("pgbench pair {pair}/{PAIRS}: without ztrace...");
         let tps = load()?;
         say!("  {tps:.0} transactions/s");
-        runs.push(Run { traced: false, requests_per_sec: tps, agent: None });
+        runs.push(Run {
+            traced: false,
+            requests_per_sec: tps,
+            agent: None,
+        });
         say!("pgbench pair {pair}/{PAIRS}: with ztrace...");
         let run = traced_run(ztrace, agent_args, dir.path(), |_| load())?;
         say!("  {:.0} transactions/s", run.requests_per_sec);
         runs.push(run);
     }
     drop(pg);
-    report(&runs, ztrace, agent_args, &format!("(pgbench {} against 127.0.0.1:{port})", PGBENCH_ARGS.join(" ")));
+    report(
+        &runs,
+        ztrace,
+        agent_args,
+        &format!(
+            "(pgbench {} against 127.0.0.1:{port})",
+            PGBENCH_ARGS.join(" ")
+        ),
+    );
     Ok(())
 }
 
@@ -189,27 +225,54 @@ fn example_bench(ztrace: &Path, agent_args: &[String]) -> Result<()> {
             .env("PGUSER", "postgres")
             .stdout(Stdio::null());
         for (callee, url) in &urls {
-            cmd.env(if *callee == "users" { "USERS_URL" } else { "INVENTORY_URL" }, url);
+            cmd.env(
+                if *callee == "users" {
+                    "USERS_URL"
+                } else {
+                    "INVENTORY_URL"
+                },
+                url,
+            );
         }
         services.push(demo::Running::spawn(name, &mut cmd)?);
         demo::wait_listening(name, port)?;
         urls.push((name, format!("http://127.0.0.1:{port}")));
     }
-    let url = format!("{}/orders/1", urls.last().map(|(_, u)| u.as_str()).unwrap_or_default());
+    let url = format!(
+        "{}/orders/1",
+        urls.last().map(|(_, u)| u.as_str()).unwrap_or_default()
+    );
     let mut args = agent_args.to_vec();
     for exe in ["postgres", "orders", "users", "inventory"] {
         args.extend(["--exe".to_owned(), exe.to_owned()]);
     }
     say!("the Go example: orders at {url}; warming up...");
     wrk(&url, &["-t2", "-c16", "-d2s"])?;
-    let (runs, mut programs) = alternating_pairs("example", ztrace, &args, dir.path(), &url, EXAMPLE_WRK_ARGS)?;
+    let (runs, mut programs) =
+        alternating_pairs("example", ztrace, &args, dir.path(), &url, EXAMPLE_WRK_ARGS)?;
     drop(services);
-    report(&runs, ztrace, &args, &format!("wrk {} {url} (the Go example: 13 spans per request)", EXAMPLE_WRK_ARGS.join(" ")));
+    report(
+        &runs,
+        ztrace,
+        &args,
+        &format!(
+            "wrk {} {url} (the Go example: 13 spans per request)",
+            EXAMPLE_WRK_ARGS.join(" ")
+        ),
+    );
     for (i, run) in runs.iter().enumerate() {
         let Some(agent) = &run.agent else { continue };
-        let window = agent.stats.as_ref().map_or(0, |s| counter(s, "link_window_peak"));
-        let rss = agent.peak_rss_kib.map_or("?".into(), |kib| format!("{:.1} MiB", kib as f64 / 1024.0));
-        println!("run {}: peak RSS {rss} with up to {window} inputs in the hold-back window", i + 1);
+        let window = agent
+            .stats
+            .as_ref()
+            .map_or(0, |s| counter(s, "link_window_peak"));
+        let rss = agent
+            .peak_rss_kib
+            .map_or("?".into(), |kib| format!("{:.1} MiB", kib as f64 / 1024.0));
+        println!(
+            "run {}: peak RSS {rss} with up to {window} inputs in the hold-back window",
+            i + 1
+        );
     }
     print_programs(&mut programs, "example", EXAMPLE_LOAD_SECONDS);
     window_memory_bench()
@@ -219,7 +282,8 @@ fn example_bench(ztrace: &Path, agent_args: &[String]) -> Result<()> {
 /// `hold_back_window_memory` in `agent/src/trace/tests.rs`.
 fn window_memory_bench() -> Result<()> {
     say!("the hold-back window at its bound...");
-    ignored_lib_test("trace::tests::hold_back_window_memory").context("the hold-back window benchmark failed")
+    ignored_lib_test("trace::tests::hold_back_window_memory")
+        .context("the hold-back window benchmark failed")
 }
 
 const PGBENCH_ARGS: &[&str] = &["-M", "prepared", "-S", "-c", "4", "-j", "2", "-T", "10"];
@@ -230,33 +294,58 @@ fn tps(pg: &PgServer, args: &[&str]) -> Result<f64> {
     ensure!(run.success, "pgbench failed: {}{}", run.stdout, run.stderr);
     run.stdout
         .lines()
-        .find_map(|l| l.strip_prefix("tps = ")?.split_whitespace().next()?.parse().ok())
+        .find_map(|l| {
+            l.strip_prefix("tps = ")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
         .with_context(|| format!("no `tps = ` line in pgbench's output: {}", run.stdout))
 }
 
 /// nginx serving [`PAGE`], tuned for load, over plain HTTP and, with `certs`, HTTPS.
 fn bench_nginx(certs: Option<&Certs>) -> Nginx {
-    Nginx::start(&[PAGE], &nginx::Config { http: true, tls: certs.map(|c| (c, None)), load: true, http2: false })
+    Nginx::start(
+        &[PAGE],
+        &nginx::Config {
+            http: true,
+            tls: certs.map(|c| (c, None)),
+            load: true,
+            http2: false,
+        },
+    )
 }
 
 /// The trace store: insert throughput (spans/s) and list / trace / services query times.
 fn store_bench() -> Result<()> {
     say!("the trace store: inserts and queries with 100,000 traces stored...");
-    ignored_lib_test("sinks::store::tests::bench_insert_and_list").context("the store benchmark failed")
+    ignored_lib_test("sinks::store::tests::bench_insert_and_list")
+        .context("the store benchmark failed")
 }
 
 /// The PostgreSQL parser and span builder alone, on one core, from a recorded `pgbench -M
 /// prepared` session: spans per second.
 fn parser_bench() -> Result<()> {
     say!("the PostgreSQL parser on one core, from a recorded pgbench -M prepared session...");
-    ignored_lib_test("protocols::postgres::tests::postgres_throughput").context("the parser benchmark failed")
+    ignored_lib_test("protocols::postgres::tests::postgres_throughput")
+        .context("the parser benchmark failed")
 }
 
 /// Runs one `#[ignore]`d benchmark test of the agent's library, in release mode, showing its output.
 fn ignored_lib_test(name: &str) -> Result<()> {
     let mut cmd = util::cargo();
-    cmd.current_dir(util::repo_root())
-        .args(["test", "--release", "-p", "ztrace", "--lib", name, "--", "--ignored", "--nocapture"]);
+    cmd.current_dir(util::repo_root()).args([
+        "test",
+        "--release",
+        "-p",
+        "ztrace",
+        "--lib",
+        name,
+        "--",
+        "--ignored",
+        "--nocapture",
+    ]);
     util::run(&mut cmd)
 }
 
@@ -269,7 +358,15 @@ fn https_bench(ztrace: &Path, agent_args: &[String], dir: &Path, tls_port: u16) 
     say!("HTTPS: nginx serving {url}");
     wrk(&url, &["-t2", "-c32", "-d2s"])?;
     let (runs, mut programs) = alternating_pairs("HTTPS", ztrace, agent_args, dir, &url, WRK_ARGS)?;
-    report(&runs, ztrace, agent_args, &format!("wrk {} {url} (nginx, 1 worker, static page over TLS, access_log off)", WRK_ARGS.join(" ")));
+    report(
+        &runs,
+        ztrace,
+        agent_args,
+        &format!(
+            "wrk {} {url} (nginx, 1 worker, static page over TLS, access_log off)",
+            WRK_ARGS.join(" ")
+        ),
+    );
     print_programs(&mut programs, "HTTPS", LOAD_SECONDS);
     Ok(())
 }
@@ -294,7 +391,11 @@ fn alternating_pairs(
         say!("{what} pair {pair}/{PAIRS}: without ztrace...");
         let requests_per_sec = wrk(url, wrk_args)?;
         say!("  {requests_per_sec:.0} requests/s");
-        runs.push(Run { traced: false, requests_per_sec, agent: None });
+        runs.push(Run {
+            traced: false,
+            requests_per_sec,
+            agent: None,
+        });
         say!("{what} pair {pair}/{PAIRS}: with ztrace...");
         let run = traced_run(ztrace, args, dir, |pid| {
             let ids = agent_prog_ids(pid);
@@ -334,7 +435,10 @@ fn print_programs(programs: &mut [(String, u64, u64)], what: &str, seconds: f64)
         return;
     }
     println!("kernel run time per program over the last {what} run with ztrace (bpftool prog show, bpf_stats_enabled):");
-    println!("{:<22} {:>12} {:>10} {:>16}", "program", "runs", "ns/run", "CPU ms per s");
+    println!(
+        "{:<22} {:>12} {:>10} {:>16}",
+        "program", "runs", "ns/run", "CPU ms per s"
+    );
     programs.sort_by_key(|p| std::cmp::Reverse(p.2));
     let mut total = 0u64;
     for (name, runs, ns) in programs.iter() {
@@ -342,7 +446,11 @@ fn print_programs(programs: &mut [(String, u64, u64)], what: &str, seconds: f64)
         if *runs == 0 {
             continue;
         }
-        println!("{name:<22} {runs:>12} {:>10.0} {:>16.1}", *ns as f64 / *runs as f64, *ns as f64 / 1e6 / seconds);
+        println!(
+            "{name:<22} {runs:>12} {:>10.0} {:>16.1}",
+            *ns as f64 / *runs as f64,
+            *ns as f64 / 1e6 / seconds
+        );
     }
     println!("all programs: {:.1} CPU ms per second of load (uprobe traps and context switches not included)", total as f64 / 1e6 / seconds);
 }
@@ -350,10 +458,18 @@ fn print_programs(programs: &mut [(String, u64, u64)], what: &str, seconds: f64)
 /// Ids of the eBPF programs a process holds (its fds' `prog_id:` in /proc/PID/fdinfo).
 fn agent_prog_ids(pid: u32) -> Vec<u64> {
     let mut ids = Vec::new();
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return ids };
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return ids;
+    };
     for entry in dir.flatten() {
-        let Ok(text) = std::fs::read_to_string(entry.path()) else { continue };
-        if let Some(id) = text.lines().find_map(|l| l.strip_prefix("prog_id:")).and_then(|v| v.trim().parse().ok()) {
+        let Ok(text) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        if let Some(id) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("prog_id:"))
+            .and_then(|v| v.trim().parse().ok())
+        {
             if !ids.contains(&id) {
                 ids.push(id);
             }
@@ -364,26 +480,47 @@ fn agent_prog_ids(pid: u32) -> Vec<u64> {
 
 /// (id, name, run_cnt, run_time_ns) of the given programs, from `bpftool prog show --json`.
 fn prog_stats(ids: &[u64]) -> Vec<(u64, String, u64, u64)> {
-    let Ok(out) = Command::new("bpftool").args(["prog", "show", "--json"]).output() else { return Vec::new() };
-    let Ok(Value::Array(progs)) = serde_json::from_slice::<Value>(&out.stdout) else { return Vec::new() };
+    let Ok(out) = Command::new("bpftool")
+        .args(["prog", "show", "--json"])
+        .output()
+    else {
+        return Vec::new();
+    };
+    let Ok(Value::Array(progs)) = serde_json::from_slice::<Value>(&out.stdout) else {
+        return Vec::new();
+    };
     progs
         .iter()
         .filter_map(|p| {
             let id = p.get("id")?.as_u64()?;
             ids.contains(&id).then(|| {
                 let n = |k: &str| p.get(k).and_then(Value::as_u64).unwrap_or(0);
-                (id, p.get("name").and_then(Value::as_str).unwrap_or("?").to_owned(), n("run_cnt"), n("run_time_ns"))
+                (
+                    id,
+                    p.get("name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("?")
+                        .to_owned(),
+                    n("run_cnt"),
+                    n("run_time_ns"),
+                )
             })
         })
         .collect()
 }
 
 /// (name, runs, ns) per program between two snapshots.
-fn prog_delta(before: &[(u64, String, u64, u64)], after: &[(u64, String, u64, u64)]) -> Vec<(String, u64, u64)> {
+fn prog_delta(
+    before: &[(u64, String, u64, u64)],
+    after: &[(u64, String, u64, u64)],
+) -> Vec<(String, u64, u64)> {
     after
         .iter()
         .map(|(id, name, cnt, ns)| {
-            let (c0, n0) = before.iter().find(|b| b.0 == *id).map_or((0, 0), |b| (b.2, b.3));
+            let (c0, n0) = before
+                .iter()
+                .find(|b| b.0 == *id)
+                .map_or((0, 0), |b| (b.2, b.3));
             (name.clone(), cnt.saturating_sub(c0), ns.saturating_sub(n0))
         })
         .collect()
@@ -524,7 +661,6 @@ fn report(runs: &[Run], ztrace: &Path, agent_args: &[String], load: &str) {
         ztrace.display(),
         agent_args.join(" ")
     );
-
 }
 
 /// Events the agent handled: those it read from the ring buffer.

@@ -109,7 +109,12 @@ fn main() -> Result<()> {
         Command::Test { skip_privileged } => test::test(skip_privileged),
         Command::Image => image::image(),
         Command::KernelMatrix => kernels::prepare().map(|_| ()),
-        Command::Bench { agent_args, example, stacks, capture } => bench::bench(&agent_args, example, stacks, capture),
+        Command::Bench {
+            agent_args,
+            example,
+            stacks,
+            capture,
+        } => bench::bench(&agent_args, example, stacks, capture),
         Command::Demo { lang, pg_port } => demo::demo(lang, pg_port),
     }
 }

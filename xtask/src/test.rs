@@ -160,7 +160,10 @@ fn prepare_and_run(skip_privileged: bool) -> Result<Tally> {
                 .env("ZTRACE_PYTHON", &python)
                 .env("ZTRACE_REPO", &root)
                 .env("ZTRACE_K8S_VENV", util::target_dir().join("k8s-venv"))
-                .env("ZTRACE_KERNEL_MATRIX", matrix.as_ref().map(|m| m.dir.clone()).unwrap_or_default())
+                .env(
+                    "ZTRACE_KERNEL_MATRIX",
+                    matrix.as_ref().map(|m| m.dir.clone()).unwrap_or_default(),
+                )
                 // The tests' own messages say what failed; a backtrace per panic only buries them.
                 .env("RUST_BACKTRACE", "0")
                 .args([

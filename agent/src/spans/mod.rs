@@ -91,7 +91,10 @@ pub struct Attribute {
 
 impl Attribute {
     pub fn new(key: &'static str, value: impl Into<AttrValue>) -> Self {
-        Attribute { key, value: value.into() }
+        Attribute {
+            key,
+            value: value.into(),
+        }
     }
 }
 
@@ -226,7 +229,16 @@ mod tests {
 
     #[test]
     fn ip_strings_match_display() {
-        for ip in ["0.0.0.0", "127.0.0.1", "10.20.30.40", "255.255.255.255", "1.10.100.199", "::1", "fe80::1", "::ffff:10.0.0.1"] {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.30.40",
+            "255.255.255.255",
+            "1.10.100.199",
+            "::1",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+        ] {
             let ip: std::net::IpAddr = ip.parse().expect("address");
             assert_eq!(ip_string(ip), ip.to_string());
         }

@@ -143,8 +143,15 @@ pub struct Finished {
 }
 
 enum Input {
-    Start { start: RequestStart, peer_traced: bool },
-    Spawn { tgid: u32, parent: u32, child: u32 },
+    Start {
+        start: RequestStart,
+        peer_traced: bool,
+    },
+    Spawn {
+        tgid: u32,
+        parent: u32,
+        child: u32,
+    },
     Done(Box<Finished>),
     Close(ConnKey),
 }
@@ -246,15 +253,20 @@ fn unit(s: &RequestStart) -> u64 {
 fn set_link(span: &mut Span, link: Link) {
     match span.attributes.iter_mut().find(|a| a.key == LINK_ATTR) {
         Some(a) => a.value = AttrValue::Str(link.as_str().to_owned()),
-        None => span.attributes.push(Attribute::new(LINK_ATTR, link.as_str())),
+        None => span
+            .attributes
+            .push(Attribute::new(LINK_ATTR, link.as_str())),
     }
 }
 
 fn link_of(span: &Span) -> Option<&str> {
-    span.attributes.iter().find(|a| a.key == LINK_ATTR).and_then(|a| match &a.value {
-        AttrValue::Str(s) => Some(s.as_str()),
-        _ => None,
-    })
+    span.attributes
+        .iter()
+        .find(|a| a.key == LINK_ATTR)
+        .and_then(|a| match &a.value {
+            AttrValue::Str(s) => Some(s.as_str()),
+            _ => None,
+        })
 }
 
 impl Tracer {
@@ -271,7 +283,10 @@ impl Tracer {
         self.seq += 1;
         let rank = input.rank();
         self.pending.push(ts, rank, self.seq, input);
-        metrics.link_window_peak.fetch_max(self.pending.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        metrics.link_window_peak.fetch_max(
+            self.pending.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         if self.pending.len() > MAX_PENDING {
             Metrics::inc(&metrics.link_window_overflow);
             if let Some(oldest) = self.pending.pop() {
@@ -282,18 +297,52 @@ impl Tracer {
 
     /// A request started (see [`RequestStart`]); `peer_traced` says whether the other end of
     /// the connection is a traced process on this host.
-    pub fn start(&mut self, start: RequestStart, peer_traced: bool, metrics: &Metrics, out: &mut Vec<Span>) {
-        self.push(start.ts_ns, Input::Start { start, peer_traced }, metrics, out);
+    pub fn start(
+        &mut self,
+        start: RequestStart,
+        peer_traced: bool,
+        metrics: &Metrics,
+        out: &mut Vec<Span>,
+    ) {
+        self.push(
+            start.ts_ns,
+            Input::Start { start, peer_traced },
+            metrics,
+            out,
+        );
     }
 
     /// A span finished at kernel time `ts` (the event that completed its exchange).
-    pub fn finished(&mut self, ts: u64, finished: Finished, metrics: &Metrics, out: &mut Vec<Span>) {
+    pub fn finished(
+        &mut self,
+        ts: u64,
+        finished: Finished,
+        metrics: &Metrics,
+        out: &mut Vec<Span>,
+    ) {
         self.push(ts, Input::Done(Box::new(finished)), metrics, out);
     }
 
     /// In a Go program `tgid`, goroutine `parent` started `child` at kernel time `ts`.
-    pub fn spawned(&mut self, ts: u64, tgid: u32, parent: u32, child: u32, metrics: &Metrics, out: &mut Vec<Span>) {
-        self.push(ts, Input::Spawn { tgid, parent, child }, metrics, out);
+    pub fn spawned(
+        &mut self,
+        ts: u64,
+        tgid: u32,
+        parent: u32,
+        child: u32,
+        metrics: &Metrics,
+        out: &mut Vec<Span>,
+    ) {
+        self.push(
+            ts,
+            Input::Spawn {
+                tgid,
+                parent,
+                child,
+            },
+            metrics,
+            out,
+        );
     }
 
     /// The process closed the connection at kernel time `ts`.
@@ -320,7 +369,9 @@ impl Tracer {
     /// Forgets state not touched for a minute of kernel time (exchanges that never finished,
     /// requests whose server end never read them).
     pub fn expire(&mut self) {
-        let Some(cutoff) = self.last_ts.checked_sub(STALE_NS) else { return };
+        let Some(cutoff) = self.last_ts.checked_sub(STALE_NS) else {
+            return;
+        };
         self.starts.retain(|_, q| {
             q.retain(|r| r.ts >= cutoff);
             !q.is_empty()
@@ -334,7 +385,11 @@ impl Tracer {
             !open.is_empty()
         });
         let serving = &self.serving;
-        self.serving_thread.retain(|conn, tid| serving.get(&(conn.tgid, *tid)).is_some_and(|v| v.iter().any(|s| s.conn == *conn)));
+        self.serving_thread.retain(|conn, tid| {
+            serving
+                .get(&(conn.tgid, *tid))
+                .is_some_and(|v| v.iter().any(|s| s.conn == *conn))
+        });
     }
 
     fn handle(&mut self, p: Pending, metrics: &Metrics, out: &mut Vec<Span>) {
@@ -342,13 +397,21 @@ impl Tracer {
         match p.input {
             Input::Start { start, peer_traced } => self.on_start(&start, peer_traced, metrics),
             Input::Done(f) => self.on_done(*f, metrics, out),
-            Input::Spawn { tgid, parent, child } => {
+            Input::Spawn {
+                tgid,
+                parent,
+                child,
+            } => {
                 if self.spawn_order.len() >= MAX_GOROUTINES {
                     if let Some(old) = self.spawn_order.pop_front() {
                         self.spawned_by.remove(&old);
                     }
                 }
-                if self.spawned_by.insert((tgid, child), (parent, p.ts)).is_none() {
+                if self
+                    .spawned_by
+                    .insert((tgid, child), (parent, p.ts))
+                    .is_none()
+                {
                     self.spawn_order.push_back((tgid, child));
                 }
             }
@@ -369,19 +432,25 @@ impl Tracer {
         };
         let mut peer_span = None;
         let ids = if let Some(tp) = s.traceparent {
-            Ids { trace_id: tp.trace_id, span_id: new_span_id(), parent: Some(tp.parent_id), link: Link::Header, missing_parent: false }
+            Ids {
+                trace_id: tp.trace_id,
+                span_id: new_span_id(),
+                parent: Some(tp.parent_id),
+                link: Link::Header,
+                missing_parent: false,
+            }
         } else {
             match s.side {
                 Side::Server => match self.claim_in_flight((s.remote, s.local), s.ts_ns) {
                     Some(c) => {
                         peer_span = Some(c.span_id);
                         Ids {
-                        trace_id: c.trace_id,
-                        span_id: new_span_id(),
-                        parent: Some(c.span_id),
-                        link: Link::Connection,
-                        missing_parent: false,
-                    }
+                            trace_id: c.trace_id,
+                            span_id: new_span_id(),
+                            parent: Some(c.span_id),
+                            link: Link::Connection,
+                            missing_parent: false,
+                        }
                     }
                     None => fresh(peer_traced),
                 },
@@ -390,7 +459,11 @@ impl Tracer {
                         trace_id: one.trace_id,
                         span_id: new_span_id(),
                         parent: Some(one.span_id),
-                        link: if s.goid != 0 { Link::Goroutine } else { Link::Thread },
+                        link: if s.goid != 0 {
+                            Link::Goroutine
+                        } else {
+                            Link::Thread
+                        },
                         missing_parent: false,
                     },
                     _ => match self.started_by_serving(s) {
@@ -410,12 +483,15 @@ impl Tracer {
             Side::Server => {
                 // A new request on the connection ends any earlier one's hold on its thread.
                 self.stop_serving(s.key);
-                self.serving.entry((s.key.tgid, unit(s))).or_default().push(Serving {
-                    conn: s.key,
-                    trace_id: ids.trace_id,
-                    span_id: ids.span_id,
-                    ts: s.ts_ns,
-                });
+                self.serving
+                    .entry((s.key.tgid, unit(s)))
+                    .or_default()
+                    .push(Serving {
+                        conn: s.key,
+                        trace_id: ids.trace_id,
+                        span_id: ids.span_id,
+                        ts: s.ts_ns,
+                    });
                 self.serving_thread.insert(s.key, unit(s));
             }
             Side::Client => {
@@ -427,14 +503,23 @@ impl Tracer {
                 if q.len() >= MAX_IN_FLIGHT_PER_CONN {
                     q.pop_front();
                 }
-                q.push_back(InFlight { ts: s.ts_ns, trace_id: ids.trace_id, span_id: ids.span_id });
+                q.push_back(InFlight {
+                    ts: s.ts_ns,
+                    trace_id: ids.trace_id,
+                    span_id: ids.span_id,
+                });
             }
         }
         let q = self.starts.entry(s.key).or_default();
         if q.len() >= MAX_STARTS_PER_CONN {
             q.pop_front();
         }
-        q.push_back(StartRecord { ts: s.ts_ns, ids, peer_span, claims: 0 });
+        q.push_back(StartRecord {
+            ts: s.ts_ns,
+            ids,
+            peer_span,
+            claims: 0,
+        });
     }
 
     /// For a client start on a Go goroutine serving nothing: the one exchange served by the
@@ -446,7 +531,11 @@ impl Tracer {
         let mut goid = s.goid;
         for _ in 0..MAX_SPAWN_DEPTH {
             let &(parent, spawned_at) = self.spawned_by.get(&(s.key.tgid, goid))?;
-            match self.serving.get(&(s.key.tgid, 1 << 32 | u64::from(parent))).map(Vec::as_slice) {
+            match self
+                .serving
+                .get(&(s.key.tgid, 1 << 32 | u64::from(parent)))
+                .map(Vec::as_slice)
+            {
                 Some([one]) if one.ts <= spawned_at => return Some((one.trace_id, one.span_id)),
                 Some(_) => return None,
                 None => goid = parent,
@@ -480,7 +569,13 @@ impl Tracer {
     }
 
     fn on_done(&mut self, f: Finished, metrics: &Metrics, out: &mut Vec<Span>) {
-        let Finished { mut span, key, side, request_start_ns, peer_traced } = f;
+        let Finished {
+            mut span,
+            key,
+            side,
+            request_start_ns,
+            peer_traced,
+        } = f;
         // The latest start at or before the exchange's first bytes; older ones are done with.
         // The start stays for further exchanges of a pipelined batch.
         let record = self.starts.get_mut(&key).and_then(|q| {
