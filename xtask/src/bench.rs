@@ -349,6 +349,7 @@ fn bench_nginx(certs: Option<&Certs>) -> Nginx {
             http: true,
             tls: certs.map(|c| (c, None)),
             load: true,
+            http2: false,
         },
     )
 }

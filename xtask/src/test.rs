@@ -59,6 +59,10 @@ const TEST_PACKAGES: &[&str] = &[
     "binutils",
     // Services under an app server, named by their application (tests/tests/edges.rs).
     "gunicorn",
+    // gRPC in Go (grpc-go, GOPATH mode) and HTTP/2 load (h2load) (tests/tests/grpc.rs).
+    "golang-google-grpc-dev",
+    "golang-google-protobuf-dev",
+    "nghttp2-client",
 ];
 /// From Debian's backports suite: a newer Go than bookworm's 1.19, for Go crypto/tls's struct
 /// offsets and RET probes on a current toolchain (tests/tests/tls.rs).
