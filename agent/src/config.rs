@@ -91,6 +91,11 @@ pub struct Config {
     #[arg(long, env = "ZTRACE_TLS_DETACH_AFTER", default_value = "60s", value_parser = parse_duration)]
     pub tls_detach_after: Duration,
 
+    /// Attach an empty program at every hook instead of ztrace's own (nothing is traced): the
+    /// floor `cargo xtask bench` compares against.
+    #[arg(long, hide = true)]
+    pub empty_programs: bool,
+
     /// Configuration file (reserved; not read yet).
     #[arg(long, env = "ZTRACE_CONFIG", hide = true)]
     pub config: Option<PathBuf>,

@@ -26,6 +26,8 @@ pub struct Config<'a> {
     pub tls: Option<(&'a Certs, Option<&'a str>)>,
     /// Tuned for load (`cargo xtask bench`): more connections, 100,000 requests per connection.
     pub load: bool,
+    /// HTTP/2 on both ports: h2c with prior knowledge on the plain one, ALPN `h2` on the TLS one.
+    pub http2: bool,
 }
 
 /// A running nginx.
@@ -55,7 +57,13 @@ impl Nginx {
         let conf = dir.join("nginx.conf");
         std::fs::write(
             &conf,
-            nginx_conf(dir.path(), port, tls_port.zip(config.tls), config.load),
+            nginx_conf(
+                dir.path(),
+                port,
+                tls_port.zip(config.tls),
+                config.load,
+                config.http2,
+            ),
         )
         .expect("write nginx.conf");
         let binary = if Path::new("/usr/sbin/nginx").is_file() {
@@ -100,7 +108,9 @@ fn nginx_conf(
     port: Option<u16>,
     tls: Option<(u16, (&Certs, Option<&str>))>,
     load: bool,
+    http2: bool,
 ) -> String {
+    let h2 = if http2 { " http2" } else { "" };
     let d = dir.display();
     let (connections, requests) = if load { (1024, 100_000) } else { (256, 1000) };
     let locations = "        location = /error { return 500 \"boom\\n\"; }
@@ -108,14 +118,14 @@ fn nginx_conf(
         location / { try_files $uri =404; }";
     let mut servers = String::new();
     if let Some(port) = port {
-        servers.push_str(&format!("    server {{\n        listen 127.0.0.1:{port};\n        root {d}/html;\n{locations}\n    }}\n"));
+        servers.push_str(&format!("    server {{\n        listen 127.0.0.1:{port}{h2};\n        root {d}/html;\n{locations}\n    }}\n"));
     }
     if let Some((port, (certs, protocols))) = tls {
         let protocols = protocols
             .map(|p| format!("        ssl_protocols {p};\n"))
             .unwrap_or_default();
         servers.push_str(&format!(
-            "    server {{\n        listen 127.0.0.1:{port} ssl;\n        ssl_certificate {};\n        ssl_certificate_key {};\n{protocols}        root {d}/html;\n{locations}\n    }}\n",
+            "    server {{\n        listen 127.0.0.1:{port} ssl{h2};\n        ssl_certificate {};\n        ssl_certificate_key {};\n{protocols}        root {d}/html;\n{locations}\n    }}\n",
             certs.cert.display(),
             certs.key.display()
         ));

@@ -65,6 +65,7 @@ impl Server {
                 http: true,
                 tls: None,
                 load: false,
+                http2: false,
             },
         );
         let port = nginx.port.expect("an HTTP port");

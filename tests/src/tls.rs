@@ -76,6 +76,7 @@ impl TlsServer {
             http: false,
             tls: Some((certs, Some(protocols))),
             load: false,
+            http2: false,
         };
         let nginx = Nginx::start(&[("hello", "hello over tls\n")], &config);
         let port = nginx.tls_port.expect("an HTTPS port");

@@ -386,3 +386,47 @@ fn stripped_go_is_symbolized_from_gopclntab() {
     check_stack(&sql, &want, "main.main");
     ztrace.stop();
 }
+
+/// A Python client's native stack shows only the interpreter's frames: the kernel stops taking
+/// its stacks once the agent has seen it is Python (from its first connection on), so its spans
+/// after the first carry none and cost no unwinding.
+#[test]
+#[ignore = "needs root and eBPF; run by cargo xtask test"]
+fn an_interpreters_requests_take_no_stacks() {
+    let server = Server::python_http("127.0.0.1");
+    let python = "/usr/bin/python3";
+    let mut ztrace = Ztrace::start(&["--print=json", "--stacks=on", "--exe", "python3"]);
+    let url = format!("http://127.0.0.1:{}/", server.port);
+    // One connection per request, a little apart: the agent sees the first before the second.
+    let script = "import sys, time, urllib.request\nfor u in sys.argv[1:]:\n    urllib.request.urlopen(u).read()\n    time.sleep(0.5)\n";
+    let pid = run_client(
+        "python urllib",
+        Command::new(python)
+            .args(["-c", script])
+            .args([&url, &url, &url, &url]),
+    );
+    let mut spans = client_spans(&mut ztrace, pid, server.port, 4);
+    spans.sort_by_key(|s| s.start_unix_nano());
+    for span in &spans[1..] {
+        assert_eq!(
+            span.attr_str("code.stacktrace"),
+            None,
+            "a Python client span got a stack: {span:?}"
+        );
+        assert_eq!(
+            span.attr_str("code.function.name"),
+            None,
+            "a Python client span got a frame: {span:?}"
+        );
+    }
+    let stopped = ztrace.stop();
+    let stats = stopped.stats.expect("the stats line");
+    let stacks = stats
+        .get("kernel_stack_events")
+        .and_then(|v| v.as_u64())
+        .expect("kernel_stack_events");
+    assert!(
+        stacks <= 1,
+        "the kernel took {stacks} stacks of a Python client (at most its first request's)"
+    );
+}

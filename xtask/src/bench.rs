@@ -1,20 +1,21 @@
 //! `cargo xtask bench`: what tracing costs a real server, measured, never asserted.
 //!
 //! nginx serves a small static page on 127.0.0.1 (config generated in a temp dir); wrk loads it
-//! (`-t2 -c32 -d10s`) in three pairs of runs, without then with `ztrace ARGS > /dev/null` (ARGS
-//! default to `--no-ui --print=json`: the capture path; `cargo xtask bench -- ARGS` to choose).
-//! For each run with ztrace it reads the agent's CPU time (utime+stime of /proc/PID/stat, over
-//! the load), its peak RSS (VmHWM, just before stopping it) and its `ztrace stats: {...}` line
-//! (stderr, on exit) for the events handled and dropped. It prints a table, the median
-//! with/without throughput ratio and the exact commands. Then the same over HTTPS (nginx `ssl`,
-//! wrk with OpenSSL: both traced through the TLS uprobes) with the kernel's own run time per
-//! program (`kernel.bpf_stats_enabled`, `bpftool prog show`). Before HTTPS, trace-context
-//! propagation's cost: nginx traced with `--propagate=off` then `on`, alternating, the ratio of
-//! the medians. Then the same for PostgreSQL under
-//! `pgbench -M prepared -S`, and the trace store's own benchmark. Needs root (the agent loads eBPF).
+//! (`-t2 -c32 -d10s`) in three rounds of three runs (`bench/arms.rs`): without ztrace, with
+//! ztrace's hooks holding empty programs (`ztrace ARGS --empty-programs`: the floor of this way
+//! of hooking), and with `ztrace ARGS > /dev/null` (ARGS default to `--no-ui --print=json`: the
+//! capture path; `cargo xtask bench -- ARGS` to choose). For each run with an agent it reads the
+//! agent's CPU time (utime+stime of /proc/PID/stat, over the load), its peak RSS (VmHWM, just
+//! before stopping it), its `ztrace stats: {...}` line (stderr, on exit) for the events handled
+//! and dropped, and the kernel's run time of its programs (`kernel.bpf_stats_enabled`, `bpftool
+//! prog show`). It prints a table, the median ratios (traced/untraced, floor/untraced,
+//! traced/floor), the programs' run time per request, uprobe traps per request, and the exact
+//! commands. Then the same over HTTPS (nginx `ssl`, wrk with OpenSSL: both traced through the
+//! TLS uprobes) and for PostgreSQL under `pgbench -M prepared -S`. Needs root (the agent loads
+//! eBPF).
 //! Then the example system of `examples/` in Go (orders → users, inventory, each with its
-//! PostgreSQL database: 13 spans per request) under `wrk -t2 -c16 -d5s` on `GET /orders/1`, three
-//! alternating pairs, ztrace tracing the services and PostgreSQL (`--exe`): the throughput ratio
+//! PostgreSQL database: 13 spans per request) under `wrk -t2 -c16 -d5s` on `GET /orders/1`, the
+//! same three arms, ztrace tracing the services and PostgreSQL (`--exe`): the throughput ratio
 //! (target >= 0.90), the agent's peak RSS and the most inputs its hold-back window held
 //! (`link_window_peak`); `cargo xtask bench --example` runs only this part.
 //! Then stacks (`bench/stacks.rs`; `cargo xtask bench --stacks` runs only it): requests/s with
@@ -43,8 +44,12 @@ use ztrace_e2e::{
     TempDir,
 };
 
+mod arms;
 mod capture;
+mod modes;
 mod stacks;
+
+use arms::{last_programs, report_arms, three_arms, ProgramTime};
 
 use crate::build::{self, Profile};
 use crate::toolchain::{self, apt_install};
@@ -65,7 +70,6 @@ const PAGE: (&str, &str) = (
 /// One wrk run, with the agent's figures when it was running.
 #[derive(Debug, Default)]
 struct Run {
-    traced: bool,
     requests_per_sec: f64,
     agent: Option<AgentCost>,
 }
@@ -79,14 +83,17 @@ struct AgentCost {
     stats: Option<Map<String, Value>>,
 }
 
-/// `cargo xtask bench`; `example_only`: only the example system's part; `stacks_only`: only the
-/// stacks part (`bench/stacks.rs`).
-pub fn bench(
-    agent_args: &[String],
-    example_only: bool,
-    stacks_only: bool,
-    capture_only: bool,
-) -> Result<()> {
+/// Which single part of the benchmark to run (none: all of it).
+pub struct Only {
+    pub example: bool,
+    pub stacks: bool,
+    pub capture: bool,
+    pub modes: bool,
+    pub fuzz: bool,
+}
+
+/// `cargo xtask bench`: all of it, or only the part `only` names.
+pub fn bench(agent_args: &[String], only: Only) -> Result<()> {
     let agent_args: Vec<String> = if agent_args.is_empty() {
         DEFAULT_ZTRACE_ARGS.iter().map(|s| s.to_string()).collect()
     } else {
@@ -99,14 +106,20 @@ pub fn bench(
     toolchain::setup(false)?;
     apt_install(&["nginx", "wrk", "openssl", "bpftool"])?;
     let ztrace = build::build_after_setup(Profile::Release)?;
-    if capture_only {
+    if only.fuzz {
+        return fuzz_bench();
+    }
+    if only.capture {
         return capture::capture_bench();
     }
-    if example_only {
+    if only.example {
         return example_bench(&ztrace, &agent_args);
     }
-    if stacks_only {
+    if only.stacks {
         return stacks::stacks_bench(&ztrace);
+    }
+    if only.modes {
+        return modes::modes_bench(&ztrace);
     }
     // Instructions per span first: they hold on a busy machine, the timed loads below do not.
     capture::capture_bench()?;
@@ -119,23 +132,15 @@ pub fn bench(
     say!("warming up...");
     wrk(&url, &["-t2", "-c32", "-d2s"])?;
 
-    let mut runs = Vec::new();
-    for pair in 1..=PAIRS {
-        say!("pair {pair}/{PAIRS}: without ztrace...");
-        let requests_per_sec = wrk(&url, WRK_ARGS)?;
-        say!("  {requests_per_sec:.0} requests/s");
-        runs.push(Run {
-            traced: false,
-            requests_per_sec,
-            agent: None,
-        });
-
-        say!("pair {pair}/{PAIRS}: with ztrace...");
-        let run = traced_run(&ztrace, &agent_args, dir.path(), |_| wrk(&url, WRK_ARGS))?;
-        say!("  {:.0} requests/s", run.requests_per_sec);
-        runs.push(run);
-    }
-    report(
+    let runs = three_arms(
+        "HTTP",
+        &ztrace,
+        &agent_args,
+        dir.path(),
+        LOAD_SECONDS,
+        || wrk(&url, WRK_ARGS),
+    )?;
+    report_arms(
         &runs,
         &ztrace,
         &agent_args,
@@ -144,6 +149,7 @@ pub fn bench(
             WRK_ARGS.join(" ")
         ),
     );
+    print_programs(&mut last_programs(&runs), "HTTP", LOAD_SECONDS);
     propagation_bench(&ztrace, &agent_args, dir.path(), &url)?;
     https_bench(
         &ztrace,
@@ -152,11 +158,36 @@ pub fn bench(
         nginx.tls_port.unwrap_or(0),
     )?;
     drop(nginx);
+    modes::modes_bench(&ztrace)?;
     postgres_bench(&ztrace, &agent_args)?;
     example_bench(&ztrace, &agent_args)?;
     stacks::stacks_bench(&ztrace)?;
     store_bench()?;
     parser_bench()
+}
+
+/// Every fuzz target for its share of [`crate::fuzz::BENCH_SECONDS`]; fails on a crash.
+fn fuzz_bench() -> Result<()> {
+    let targets = crate::fuzz::targets()?;
+    let each = crate::fuzz::BENCH_SECONDS / targets.len().max(1) as u64;
+    let outcomes = crate::fuzz::run_all(each)?;
+    println!();
+    for o in &outcomes {
+        println!(
+            "{:<12} {:<6} {}",
+            o.target,
+            if o.passed { "ok" } else { "CRASH" },
+            o.summary
+        );
+    }
+    println!(
+        "each target ran {each} s (cargo fuzz run TARGET -- -max_total_time={each}, in agent/)"
+    );
+    ensure!(
+        outcomes.iter().all(|o| o.passed),
+        "a fuzz target crashed (its input is under agent/fuzz/artifacts/)"
+    );
+    Ok(())
 }
 
 /// What carrying trace context costs (README "Traces across hosts"): nginx under wrk, traced,
@@ -222,23 +253,16 @@ fn postgres_bench(ztrace: &Path, agent_args: &[String]) -> Result<()> {
         &pg,
         &["-M", "prepared", "-S", "-c", "4", "-j", "2", "-T", "2"],
     )?;
-    let mut runs = Vec::new();
-    for pair in 1..=PAIRS {
-        say!("pgbench pair {pair}/{PAIRS}: without ztrace...");
-        let tps = load()?;
-        say!("  {tps:.0} transactions/s");
-        runs.push(Run {
-            traced: false,
-            requests_per_sec: tps,
-            agent: None,
-        });
-        say!("pgbench pair {pair}/{PAIRS}: with ztrace...");
-        let run = traced_run(ztrace, agent_args, dir.path(), |_| load())?;
-        say!("  {:.0} transactions/s", run.requests_per_sec);
-        runs.push(run);
-    }
+    let runs = three_arms(
+        "pgbench",
+        ztrace,
+        agent_args,
+        dir.path(),
+        PGBENCH_SECONDS,
+        load,
+    )?;
     drop(pg);
-    report(
+    report_arms(
         &runs,
         ztrace,
         agent_args,
@@ -247,6 +271,7 @@ fn postgres_bench(ztrace: &Path, agent_args: &[String]) -> Result<()> {
             PGBENCH_ARGS.join(" ")
         ),
     );
+    print_programs(&mut last_programs(&runs), "pgbench", PGBENCH_SECONDS);
     Ok(())
 }
 
@@ -299,10 +324,16 @@ fn example_bench(ztrace: &Path, agent_args: &[String]) -> Result<()> {
     }
     say!("the Go example: orders at {url}; warming up...");
     wrk(&url, &["-t2", "-c16", "-d2s"])?;
-    let (runs, mut programs) =
-        alternating_pairs("example", ztrace, &args, dir.path(), &url, EXAMPLE_WRK_ARGS)?;
+    let runs = three_arms(
+        "example",
+        ztrace,
+        &args,
+        dir.path(),
+        EXAMPLE_LOAD_SECONDS,
+        || wrk(&url, EXAMPLE_WRK_ARGS),
+    )?;
     drop(services);
-    report(
+    report_arms(
         &runs,
         ztrace,
         &args,
@@ -311,8 +342,11 @@ fn example_bench(ztrace: &Path, agent_args: &[String]) -> Result<()> {
             EXAMPLE_WRK_ARGS.join(" ")
         ),
     );
-    for (i, run) in runs.iter().enumerate() {
-        let Some(agent) = &run.agent else { continue };
+    let mut programs = last_programs(&runs);
+    for (i, r) in runs.iter().enumerate() {
+        let Some(agent) = r.run.agent.as_ref().filter(|_| r.arm == arms::Arm::On) else {
+            continue;
+        };
         let window = agent
             .stats
             .as_ref()
@@ -338,6 +372,7 @@ fn window_memory_bench() -> Result<()> {
 }
 
 const PGBENCH_ARGS: &[&str] = &["-M", "prepared", "-S", "-c", "4", "-j", "2", "-T", "10"];
+const PGBENCH_SECONDS: f64 = 10.0;
 
 /// Transactions per second of one pgbench run.
 fn tps(pg: &PgServer, args: &[&str]) -> Result<f64> {
@@ -363,6 +398,7 @@ fn bench_nginx(certs: Option<&Certs>) -> Nginx {
             http: true,
             tls: certs.map(|c| (c, None)),
             load: true,
+            http2: false,
         },
     )
 }
@@ -407,8 +443,10 @@ fn https_bench(ztrace: &Path, agent_args: &[String], dir: &Path, tls_port: u16) 
     let url = format!("https://127.0.0.1:{tls_port}/index.html");
     say!("HTTPS: nginx serving {url}");
     wrk(&url, &["-t2", "-c32", "-d2s"])?;
-    let (runs, mut programs) = alternating_pairs("HTTPS", ztrace, agent_args, dir, &url, WRK_ARGS)?;
-    report(
+    let runs = three_arms("HTTPS", ztrace, agent_args, dir, LOAD_SECONDS, || {
+        wrk(&url, WRK_ARGS)
+    })?;
+    report_arms(
         &runs,
         ztrace,
         agent_args,
@@ -417,48 +455,8 @@ fn https_bench(ztrace: &Path, agent_args: &[String], dir: &Path, tls_port: u16) 
             WRK_ARGS.join(" ")
         ),
     );
-    print_programs(&mut programs, "HTTPS", LOAD_SECONDS);
+    print_programs(&mut last_programs(&runs), "HTTPS", LOAD_SECONDS);
     Ok(())
-}
-
-/// A kernel program's name, run count and run time (ns) over a run.
-type ProgramTime = (String, u64, u64);
-
-/// [`PAIRS`] pairs of wrk runs on `url`, without then with the agent (`args`), with the kernel's
-/// run time of each of the agent's programs over the last traced run (`bpf_stats_enabled`).
-fn alternating_pairs(
-    what: &str,
-    ztrace: &Path,
-    args: &[String],
-    dir: &Path,
-    url: &str,
-    wrk_args: &[&str],
-) -> Result<(Vec<Run>, Vec<ProgramTime>)> {
-    let stats_were = bpf_stats_on();
-    let mut runs = Vec::new();
-    let mut programs = Vec::new();
-    for pair in 1..=PAIRS {
-        say!("{what} pair {pair}/{PAIRS}: without ztrace...");
-        let requests_per_sec = wrk(url, wrk_args)?;
-        say!("  {requests_per_sec:.0} requests/s");
-        runs.push(Run {
-            traced: false,
-            requests_per_sec,
-            agent: None,
-        });
-        say!("{what} pair {pair}/{PAIRS}: with ztrace...");
-        let run = traced_run(ztrace, args, dir, |pid| {
-            let ids = agent_prog_ids(pid);
-            let before = prog_stats(&ids);
-            let rps = wrk(url, wrk_args)?;
-            programs = prog_delta(&before, &prog_stats(&ids));
-            Ok(rps)
-        })?;
-        say!("  {:.0} requests/s", run.requests_per_sec);
-        runs.push(run);
-    }
-    bpf_stats_restore(stats_were);
-    Ok((runs, programs))
 }
 
 /// Turns on the kernel's per-program run-time statistics; what to restore afterwards, `None`
@@ -480,7 +478,7 @@ fn bpf_stats_restore(were: Option<String>) {
 }
 
 /// The kernel's run time per program over one traced run of `seconds`.
-fn print_programs(programs: &mut [(String, u64, u64)], what: &str, seconds: f64) {
+fn print_programs(programs: &mut [ProgramTime], what: &str, seconds: f64) {
     if programs.is_empty() {
         return;
     }
@@ -489,17 +487,19 @@ fn print_programs(programs: &mut [(String, u64, u64)], what: &str, seconds: f64)
         "{:<22} {:>12} {:>10} {:>16}",
         "program", "runs", "ns/run", "CPU ms per s"
     );
-    programs.sort_by_key(|p| std::cmp::Reverse(p.2));
+    programs.sort_by_key(|p| std::cmp::Reverse(p.ns));
     let mut total = 0u64;
-    for (name, runs, ns) in programs.iter() {
-        total += ns;
-        if *runs == 0 {
+    for p in programs.iter() {
+        total += p.ns;
+        if p.runs == 0 {
             continue;
         }
         println!(
-            "{name:<22} {runs:>12} {:>10.0} {:>16.1}",
-            *ns as f64 / *runs as f64,
-            *ns as f64 / 1e6 / seconds
+            "{:<22} {:>12} {:>10.0} {:>16.1}",
+            p.name,
+            p.runs,
+            p.ns as f64 / p.runs as f64,
+            p.ns as f64 / 1e6 / seconds
         );
     }
     println!("all programs: {:.1} CPU ms per second of load (uprobe traps and context switches not included)", total as f64 / 1e6 / seconds);
@@ -529,7 +529,7 @@ fn agent_prog_ids(pid: u32) -> Vec<u64> {
 }
 
 /// (id, name, run_cnt, run_time_ns) of the given programs, from `bpftool prog show --json`.
-fn prog_stats(ids: &[u64]) -> Vec<(u64, String, u64, u64)> {
+fn prog_stats(ids: &[u64]) -> Vec<(u64, ProgramTime)> {
     let Ok(out) = Command::new("bpftool")
         .args(["prog", "show", "--json"])
         .output()
@@ -545,14 +545,15 @@ fn prog_stats(ids: &[u64]) -> Vec<(u64, String, u64, u64)> {
             let id = p.get("id")?.as_u64()?;
             ids.contains(&id).then(|| {
                 let n = |k: &str| p.get(k).and_then(Value::as_u64).unwrap_or(0);
+                let text = |k: &str| p.get(k).and_then(Value::as_str).unwrap_or("?").to_owned();
                 (
                     id,
-                    p.get("name")
-                        .and_then(Value::as_str)
-                        .unwrap_or("?")
-                        .to_owned(),
-                    n("run_cnt"),
-                    n("run_time_ns"),
+                    ProgramTime {
+                        name: text("name"),
+                        kind: text("type"),
+                        runs: n("run_cnt"),
+                        ns: n("run_time_ns"),
+                    },
                 )
             })
         })
@@ -560,18 +561,19 @@ fn prog_stats(ids: &[u64]) -> Vec<(u64, String, u64, u64)> {
 }
 
 /// (name, runs, ns) per program between two snapshots.
-fn prog_delta(
-    before: &[(u64, String, u64, u64)],
-    after: &[(u64, String, u64, u64)],
-) -> Vec<(String, u64, u64)> {
+fn prog_delta(before: &[(u64, ProgramTime)], after: &[(u64, ProgramTime)]) -> Vec<ProgramTime> {
     after
         .iter()
-        .map(|(id, name, cnt, ns)| {
-            let (c0, n0) = before
+        .map(|(id, p)| {
+            let (runs, ns) = before
                 .iter()
                 .find(|b| b.0 == *id)
-                .map_or((0, 0), |b| (b.2, b.3));
-            (name.clone(), cnt.saturating_sub(c0), ns.saturating_sub(n0))
+                .map_or((0, 0), |b| (b.1.runs, b.1.ns));
+            ProgramTime {
+                runs: p.runs.saturating_sub(runs),
+                ns: p.ns.saturating_sub(ns),
+                ..p.clone()
+            }
         })
         .collect()
 }
@@ -626,7 +628,6 @@ fn traced_run(
         say!("warning: no `ztrace stats: {{...}}` line in ztrace's stderr");
     }
     Ok(Run {
-        traced: true,
         requests_per_sec,
         agent: Some(AgentCost {
             cpu_seconds_per_second: cpu / load_seconds,
@@ -635,82 +636,6 @@ fn traced_run(
             stats,
         }),
     })
-}
-
-fn report(runs: &[Run], ztrace: &Path, agent_args: &[String], load: &str) {
-    println!();
-    println!(
-        "{:<4} {:<8} {:>12} {:>14} {:>12} {:>14} {:>10} {:>10}",
-        "run", "ztrace", "requests/s", "cpu s per s", "peak RSS", "events", "dropped", "µs/span"
-    );
-    for (i, run) in runs.iter().enumerate() {
-        let (cpu, rss, events, dropped, per_span) = match &run.agent {
-            None => ("-".into(), "-".into(), "-".into(), "-".into(), "-".into()),
-            Some(agent) => (
-                format!("{:.3}", agent.cpu_seconds_per_second),
-                agent
-                    .peak_rss_kib
-                    .map_or("?".into(), |kib| format!("{:.1} MiB", kib as f64 / 1024.0)),
-                agent
-                    .stats
-                    .as_ref()
-                    .map_or("?".into(), |s| events_handled(s).to_string()),
-                agent
-                    .stats
-                    .as_ref()
-                    .map_or("?".into(), |s| events_dropped(s).to_string()),
-                // The agent's own CPU per span it made: unlike the ratio, hardly moved by
-                // whatever else runs on the machine.
-                agent
-                    .stats
-                    .as_ref()
-                    .map(|s| counter(s, "spans_created"))
-                    .filter(|&spans| spans > 0)
-                    .map_or("?".into(), |spans| {
-                        format!("{:.2}", agent.cpu_seconds * 1e6 / spans as f64)
-                    }),
-            ),
-        };
-        println!(
-            "{:<4} {:<8} {:>12.0} {:>14} {:>12} {:>14} {:>10} {:>10}",
-            i + 1,
-            if run.traced { "on" } else { "off" },
-            run.requests_per_sec,
-            cpu,
-            rss,
-            events,
-            dropped,
-            per_span
-        );
-    }
-    let ratios: Vec<f64> = runs
-        .chunks(2)
-        .filter_map(|pair| match pair {
-            [off, on] if off.requests_per_sec > 0.0 => {
-                Some(on.requests_per_sec / off.requests_per_sec)
-            }
-            _ => None,
-        })
-        .collect();
-    if let Some(ratio) = median(&ratios) {
-        println!(
-            "median throughput with/without ztrace: {ratio:.3} ({:+.1} %)",
-            (ratio - 1.0) * 100.0
-        );
-    }
-    if let Some(stats) = runs
-        .iter()
-        .rev()
-        .find_map(|r| r.agent.as_ref()?.stats.as_ref())
-    {
-        println!("last run's counters: {}", Value::Object(stats.clone()));
-    }
-    println!("load:   {load}");
-    println!(
-        "agent:  {} {} > /dev/null",
-        ztrace.display(),
-        agent_args.join(" ")
-    );
 }
 
 /// Events the agent handled: those it read from the ring buffer.

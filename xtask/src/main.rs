@@ -16,6 +16,7 @@
 mod bench;
 mod build;
 mod demo;
+mod fuzz;
 mod image;
 mod kernels;
 mod test;
@@ -86,6 +87,13 @@ enum Command {
         /// a busy machine).
         #[arg(long)]
         capture: bool,
+        /// Only the fuzz targets of the protocol parsers, an hour in all.
+        #[arg(long)]
+        fuzz: bool,
+        /// Only the nginx load in each of ztrace's modes: printing JSON, exporting OTLP, and the
+        /// default (trace store and viewer).
+        #[arg(long)]
+        modes: bool,
     },
     /// Run the example system (orders, users, inventory and PostgreSQL) traced by ztrace, send a
     /// few requests and print the viewer's URL; Ctrl-C stops everything.
@@ -114,7 +122,18 @@ fn main() -> Result<()> {
             example,
             stacks,
             capture,
-        } => bench::bench(&agent_args, example, stacks, capture),
+            modes,
+            fuzz,
+        } => bench::bench(
+            &agent_args,
+            bench::Only {
+                example,
+                stacks,
+                capture,
+                modes,
+                fuzz,
+            },
+        ),
         Command::Demo { lang, pg_port } => demo::demo(lang, pg_port),
     }
 }

@@ -9,7 +9,8 @@
 //! 2. the release build of the agent, and for `tests/tests/kubernetes.rs` its image
 //!    (`cargo xtask image`), containerd, busybox-static and a venv at `target/k8s-venv` with
 //!    kubernetes-validate and checkov;
-//! 3. `cargo test --workspace --exclude ztrace-e2e`: the unprivileged tests;
+//! 3. `cargo test --workspace --exclude ztrace-e2e`: the unprivileged tests, then every protocol
+//!    parser's fuzz target for [`crate::fuzz::TEST_SECONDS`] (each counts as one test);
 //! 4. the privileged end-to-end tests (`tests/`, crate `ztrace-e2e`), which need root and eBPF:
 //!    their absence fails the run unless `--skip-privileged` was given; among them the kernel
 //!    matrix (`tests/tests/kernels.rs`), which boots Debian's 5.10, 6.1 and 6.12 kernels in qemu
@@ -58,6 +59,10 @@ const TEST_PACKAGES: &[&str] = &[
     "binutils",
     // Services under an app server, named by their application (tests/tests/edges.rs).
     "gunicorn",
+    // gRPC in Go (grpc-go, GOPATH mode) and HTTP/2 load (h2load) (tests/tests/grpc.rs).
+    "golang-google-grpc-dev",
+    "golang-google-protobuf-dev",
+    "nghttp2-client",
     // Simulated hosts (network namespaces, veth) and a middlebox that strips TCP options
     // (tests/tests/xhost.rs).
     "iproute2",
@@ -133,6 +138,28 @@ fn prepare_and_run(skip_privileged: bool) -> Result<Tally> {
         "--no-fail-fast",
     ]);
     let mut tally = run_counted(&mut unit)?;
+
+    // Every protocol parser's fuzz target, briefly (`cargo xtask bench --fuzz` runs them an hour).
+    match crate::fuzz::run_all(crate::fuzz::TEST_SECONDS) {
+        Ok(outcomes) => {
+            for outcome in outcomes {
+                if outcome.passed {
+                    tally.passed += 1;
+                } else {
+                    say!(
+                        "error: fuzz target {} found a crash: {}",
+                        outcome.target,
+                        outcome.summary
+                    );
+                    tally.failed += 1;
+                }
+            }
+        }
+        Err(error) => {
+            say!("error: the fuzz targets could not run: {error:#}");
+            tally.failed += 1;
+        }
+    }
 
     if let Some(python) = &python {
         // The exporter against the real OTLP receiver (needs the venv, not root).

@@ -79,12 +79,6 @@ pub const HOOKS: &[Hook] = &[
         "data read with read(2)",
     ),
     tp(
-        "zt_enter_read",
-        "sys_enter_read",
-        true,
-        "data read with read(2)",
-    ),
-    tp(
         "zt_exit_write",
         "sys_exit_write",
         true,
@@ -99,12 +93,6 @@ pub const HOOKS: &[Hook] = &[
     tp(
         "zt_exit_recvfrom",
         "sys_exit_recvfrom",
-        false,
-        "data read with recv(2)/recvfrom(2)",
-    ),
-    tp(
-        "zt_enter_recvfrom",
-        "sys_enter_recvfrom",
         false,
         "data read with recv(2)/recvfrom(2)",
     ),
@@ -317,7 +305,10 @@ mod tests {
                 error: None,
             },
             AttachResult {
-                hook: HOOKS[16],
+                hook: *HOOKS
+                    .iter()
+                    .find(|h| h.program == "zt_exit_writev")
+                    .expect("listed"),
                 error: Some("no such tracepoint".into()),
             },
         ];

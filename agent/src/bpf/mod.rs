@@ -207,6 +207,8 @@ pub struct Probes {
     tls_links: HashMap<u64, Vec<(&'static str, UProbeLinkId)>>,
     /// Go goroutine-following uprobe links (kept for the whole run).
     go_links: Vec<(&'static str, UProbeLinkId)>,
+    /// `--empty-programs`: every hook gets an empty program of its kind (the bench's floor).
+    empty_programs: bool,
 }
 
 /// Threads that detach uprobes at exit.
@@ -275,6 +277,7 @@ pub fn start(
     capture_bytes: usize,
     selection: &Selection,
     stacks: StackCapture,
+    empty_programs: bool,
     propagate: bool,
 ) -> Result<(Probes, RingBuf<MapData>), BpfError> {
     check_can_start()?;
@@ -302,6 +305,8 @@ pub fn start(
         burst: stacks.burst,
     };
     let mut ebpf = EbpfLoader::new()
+        // `CALLS` is a task-local storage map, which aya creates but has no typed handle for.
+        .allow_unsupported_maps()
         .override_global(globals::OFFSETS, &offsets, true)
         .override_global(globals::SETTINGS, &settings, true)
         .override_global(globals::STACK_SETTINGS, &stack_settings, true)
@@ -321,7 +326,12 @@ pub fn start(
 
     let mut attached = Vec::with_capacity(HOOKS.len());
     for hook in HOOKS {
-        let error = attach_tracepoint(&mut ebpf, hook.program, hook.category, hook.name)?;
+        let program = if empty_programs {
+            EMPTY_TRACEPOINT
+        } else {
+            hook.program
+        };
+        let error = attach_tracepoint(&mut ebpf, program, hook.category, hook.name)?;
         attached.push(AttachResult { hook: *hook, error });
     }
     let propagation = if propagate {
@@ -372,6 +382,7 @@ pub fn start(
             go_uprobe_error,
             tls_links: HashMap::new(),
             go_links: Vec::new(),
+            empty_programs,
         },
         ring,
     ))
@@ -384,7 +395,7 @@ fn load_uprobes(ebpf: &mut Ebpf) -> Result<Option<String>, BpfError> {
         .iter()
         .chain(GO_PROBES)
         .map(|(p, _)| *p)
-        .chain([OPENSSL_RETURN, GO_RETURN]);
+        .chain([OPENSSL_RETURN, GO_RETURN, EMPTY_UPROBE, EMPTY_URETPROBE]);
     for program in programs {
         let prog = uprobe_mut(ebpf, program)?;
         if let Err(e) = prog.load() {
@@ -501,7 +512,24 @@ impl crate::tls::Attacher for Probes {
     }
 }
 
+/// The empty programs of `--empty-programs` (`ebpf/src/floor.rs`).
+const EMPTY_TRACEPOINT: &str = "zt_empty_tracepoint";
+const EMPTY_UPROBE: &str = "zt_empty_uprobe";
+const EMPTY_URETPROBE: &str = "zt_empty_uretprobe";
+
 impl Probes {
+    /// The program to attach where `program` goes: itself, or with `--empty-programs` the empty
+    /// program of its kind.
+    fn stand_in(&mut self, program: &'static str) -> &'static str {
+        if !self.empty_programs {
+            return program;
+        }
+        match uprobe_mut(&mut self.ebpf, program).map(|p| p.kind()) {
+            Ok(aya::programs::ProbeKind::Return) => EMPTY_URETPROBE,
+            _ => EMPTY_UPROBE,
+        }
+    }
+
     /// Attaches `sites` (program, location, what to call it in an error) in `path` and keeps
     /// their links under `key`; on a failure, detaches those already in and says which failed.
     fn attach_sites(
@@ -512,6 +540,7 @@ impl Probes {
     ) -> Result<usize, String> {
         let mut probes = 0;
         for (program, point, what) in sites {
+            let program = self.stand_in(program);
             let attached = uprobe_mut(&mut self.ebpf, program)
                 .map_err(|e| e.to_string())
                 .and_then(|prog| {
@@ -543,14 +572,15 @@ impl crate::discovery::go::GoAttacher for Probes {
             return Err(e.clone());
         }
         for h in functions {
-            let prog = uprobe_mut(&mut self.ebpf, h.program).map_err(|e| e.to_string())?;
+            let program = self.stand_in(h.program);
+            let prog = uprobe_mut(&mut self.ebpf, program).map_err(|e| e.to_string())?;
             let attached = match h.offset {
                 Some(offset) => prog.attach(offset, path, UProbeScope::AllProcesses),
                 None => prog.attach(h.function, path, UProbeScope::AllProcesses),
             };
             let link = attached
                 .map_err(|e| format!("{} ({}): {}", h.function, h.program, error_chain(&e)))?;
-            self.go_links.push((h.program, link));
+            self.go_links.push((program, link));
         }
         Ok(())
     }
@@ -570,6 +600,7 @@ impl crate::discovery::go::GoAttacher for Probes {
             .map(|r| ("go_newproc_ret", *r))
             .chain([("go_newproc", sites.entry)]);
         for (program, offset) in all {
+            let program = self.stand_in(program);
             let prog = uprobe_mut(&mut self.ebpf, program).map_err(|e| e.to_string())?;
             let link = prog
                 .attach(offset, path, UProbeScope::AllProcesses)
@@ -608,6 +639,21 @@ impl crate::discovery::go::GoAttacher for Probes {
 }
 
 impl Probes {
+    /// The kernel takes no stacks of `tgid`'s connections (until it runs a new program).
+    pub fn skip_stacks(&mut self, tgid: u32) {
+        let Some(map) = self.ebpf.map_mut(maps::STACK_SKIP) else {
+            return;
+        };
+        match BpfHashMap::<_, u32, u32>::try_from(map) {
+            Ok(mut skip) => {
+                if let Err(e) = skip.insert(tgid, 1, 0) {
+                    tracing::debug!(tgid, error = %e, "could not turn stacks off for a process");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "STACK_SKIP is not a hash map"),
+        }
+    }
+
     /// True when every required hook attached.
     pub fn required_ok(&self) -> bool {
         self.attached
@@ -721,7 +767,9 @@ fn attach_tracepoint(
         .ok_or(BpfError::MissingProgram { program })?
         .try_into()
         .map_err(|_| BpfError::MissingProgram { program })?;
-    if let Err(e) = prog.load() {
+    // An empty program (`--empty-programs`) goes on many hooks: loaded once.
+    if prog.fd().is_ok() {
+    } else if let Err(e) = prog.load() {
         return Ok(Some(format!(
             "load: {}",
             verifier::load_failure(program, &e)

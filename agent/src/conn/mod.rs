@@ -318,8 +318,10 @@ impl ConnTable {
                 match protocols::detect(&chunk, &self.options) {
                     Some(parser) => State::Parsed(parser),
                     // Picked up mid-stream: the first bytes seen may be an answer (a database
-                    // client reading results) rather than a request; wait for one.
-                    None if conn.info.role == ConnRole::Unknown
+                    // client reading results) rather than a request; wait for one. TLS
+                    // plaintext can start mid-stream too: a program whose TLS library was probed
+                    // after its connection's first writes (an HTTP/2 client's preface).
+                    None if (conn.info.role == ConnRole::Unknown || conn.plaintext)
                         && conn.undetected_chunks < MIDSTREAM_TRIES =>
                     {
                         conn.undetected_chunks += 1;
@@ -359,6 +361,7 @@ impl ConnTable {
             tracing::debug!(%error, tgid = key.tgid, fd = key.fd, "bytes a parser could not read");
         }
         Metrics::add(&metrics.exchanges_lost, parser.take_lost());
+        Metrics::add(&metrics.exchanges_fields_unknown, parser.take_unknown());
         if parser.stopped() {
             conn.state = State::Ignored;
         }
@@ -459,6 +462,7 @@ impl ConnTable {
             let unanswered = parser.on_close(ts_ns, &mut self.scratch);
             Metrics::add(&metrics.exchanges_unanswered, unanswered as u64);
             Metrics::add(&metrics.exchanges_lost, parser.take_lost());
+            Metrics::add(&metrics.exchanges_fields_unknown, parser.take_unknown());
             for exchange in self.scratch.drain(..) {
                 out.push(ConnExchange {
                     conn: conn.info.clone(),
@@ -1089,6 +1093,60 @@ mod tests {
         assert_eq!(
             (h.request.target.as_str(), h.response().status),
             ("/secret", 200)
+        );
+    }
+
+    #[test]
+    fn tls_plaintext_starting_mid_stream_is_recognized_at_a_later_chunk() {
+        // A Go HTTP/2 client probed after its preface: the first plaintext is a WINDOW_UPDATE,
+        // then a request's HEADERS (`:method GET`, `:scheme https`, `:path /`).
+        let metrics = Metrics::default();
+        let mut table = ConnTable::new(16, 999);
+        table.on_conn(
+            &conn_event(
+                7,
+                ConnRole::Client,
+                2,
+                v4([127, 0, 0, 1]),
+                v4([127, 0, 0, 1]),
+            ),
+            &metrics,
+        );
+        let mut out = Vec::new();
+        let tls = |mut h: DataEventHeader| {
+            h.source = DataSource::Tls as u32;
+            h
+        };
+        let window_update = [0, 0, 4, 8, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+        table.on_data(
+            &tls(data(7, 10, Direction::Egress, &window_update)),
+            &window_update,
+            &[],
+            &metrics,
+            &mut out,
+        );
+        let headers = [0, 0, 3, 1, 5, 0, 0, 0, 3, 0x82, 0x87, 0x84];
+        table.on_data(
+            &tls(data(7, 11, Direction::Egress, &headers)),
+            &headers,
+            &[],
+            &metrics,
+            &mut out,
+        );
+        let answer = [0, 0, 1, 1, 5, 0, 0, 0, 3, 0x88];
+        table.on_data(
+            &tls(data(7, 12, Direction::Ingress, &answer)),
+            &answer,
+            &[],
+            &metrics,
+            &mut out,
+        );
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(
+            metrics
+                .conns_unrecognized
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
         );
     }
 

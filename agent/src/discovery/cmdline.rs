@@ -228,6 +228,15 @@ pub enum Runtime {
     Dotnet,
 }
 
+/// Whether the native user stack of a process running `exe_name` can name its code: not for
+/// interpreters and virtual machines (Python, Node.js, Ruby, Perl, PHP, Java, shells, .NET),
+/// whose frames are the interpreter's own (`_PyEval_EvalFrameDefault`, `sock_send_impl`).
+/// Their stacks cost the most to capture and unwind (no frame pointers) and name nothing of the
+/// application, so they are not taken.
+pub fn stacks_name_code(exe_name: &str) -> bool {
+    Runtime::from_name(exe_name).is_none()
+}
+
 impl Runtime {
     /// Extensions dropped from a script's file name to name its program.
     fn script_extensions(self) -> &'static [&'static str] {

@@ -383,7 +383,7 @@ fn build_resource(input: &ResourceInputs<'_>) -> Resource {
     let mut attributes: Vec<(String, AttrValue)> = Vec::with_capacity(16);
     let mut push = |key: &str, value: Option<&str>| {
         if let Some(v) = value.filter(|v| !v.is_empty()) {
-            attributes.push((key.to_owned(), AttrValue::Str(v.to_owned())));
+            attributes.push((key.to_owned(), AttrValue::from(v)));
         }
     };
     push("service.name", Some(input.service_name));
@@ -425,7 +425,7 @@ fn build_resource(input: &ResourceInputs<'_>) -> Resource {
         ) {
             continue;
         }
-        let value = AttrValue::Str(value.clone());
+        let value = AttrValue::from(value.as_str());
         match attributes.iter_mut().find(|(k, _)| k == key) {
             Some(existing) => existing.1 = value,
             None => attributes.push((key.clone(), value)),
@@ -764,7 +764,7 @@ mod tests {
         );
         assert_eq!(
             attr(&info.resource, "process.command_line"),
-            Some(&AttrValue::Str(info.command_line.clone()))
+            Some(&AttrValue::from(info.command_line.as_str()))
         );
     }
 

@@ -29,6 +29,8 @@ const IDLE_CONN_NS: u64 = 10 * 60 * 1_000_000_000;
 const EXIT_CHECK_IDLE_NS: u64 = 1_000_000_000;
 /// Most connections tracked at once.
 const MAX_CONNS: usize = 65_536;
+/// Interpreter processes remembered as already told to the kernel (see `Capture::stackless`).
+const MAX_STACKLESS: usize = 16_384;
 /// Ring-buffer records handled before the capture task hands spans on and yields.
 const MAX_RECORDS_PER_DRAIN: usize = 65_536;
 /// Longest a client span waits for its stack to be symbolized (the first stack of a large
@@ -54,6 +56,12 @@ pub struct Capture {
     /// Client spans and the stacks of their requests.
     stacks: StackJoin,
     released: Vec<(u64, Finished)>,
+    /// Processes of interpreted runtimes seen since the last [`Capture::take_stackless`]: their
+    /// stacks show the interpreter's own frames only, so the kernel is told to take none.
+    stackless: Vec<u32>,
+    /// Processes already told to the kernel as stackless (at most [`MAX_STACKLESS`], then
+    /// forgotten: telling again is harmless).
+    stackless_told: crate::collections::HashSet<u32>,
 }
 
 impl Capture {
@@ -91,7 +99,15 @@ impl Capture {
             go,
             stacks,
             released: Vec::new(),
+            stackless: Vec::new(),
+            stackless_told: Default::default(),
         }
+    }
+
+    /// Processes whose stacks cannot name their code, seen since the last call (see
+    /// [`crate::discovery::cmdline::Runtime::stacks_name_code`]).
+    pub fn take_stackless(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.stackless)
     }
 
     /// Handles the records in the ring buffer.
@@ -146,8 +162,17 @@ impl Capture {
                 // Read the process's identity now, while it surely runs: a short-lived
                 // client may be gone (or a zombie without cmdline) when its span is built.
                 if ev.header.tgid != self.own_tgid {
-                    self.processes
+                    let info = self
+                        .processes
                         .refresh(ev.header.tgid, &conn::comm_string(&ev.comm));
+                    if !crate::discovery::cmdline::stacks_name_code(&info.exe_name) {
+                        if self.stackless_told.len() >= MAX_STACKLESS {
+                            self.stackless_told.clear();
+                        }
+                        if self.stackless_told.insert(ev.header.tgid) {
+                            self.stackless.push(ev.header.tgid);
+                        }
+                    }
                     self.tls.on_conn(ev.header.tgid);
                     self.go.on_conn(ev.header.tgid);
                 }
@@ -218,6 +243,8 @@ impl Capture {
             Ok(KernelEvent::Exec(header)) => {
                 self.tls.on_exec(header.tgid);
                 self.go.on_exec(header.tgid);
+                // The kernel forgot it with the old program: tell it again if the new one is an interpreter.
+                self.stackless_told.remove(&header.tgid);
             }
             Err(error) => {
                 Metrics::inc(&self.metrics.events_malformed);

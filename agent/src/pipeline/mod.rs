@@ -82,6 +82,7 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
         config.capture_bytes,
         &selection,
         stack_capture,
+        config.empty_programs,
         config.propagate == "on",
     )?;
     eprintln!("{}", attach::render(&probes.attached));
@@ -171,6 +172,10 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
             health
                 .as_ref()
                 .inspect(|h| h.0.set_queues(sinks.queue_depths()));
+        }
+        // Interpreters: their stacks name no application code, the kernel takes none.
+        for tgid in capture.take_stackless() {
+            probes.skip_stacks(tgid);
         }
         // ... and whether they are Go programs, whose goroutines are followed.
         if capture.go.has_pending() {

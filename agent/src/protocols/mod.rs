@@ -1,4 +1,4 @@
-//! Protocols: one folder each (`http1/`, `postgres/`), behind two traits, listed once in
+//! Protocols: one folder each (`http1/`, `http2/`, `postgres/`), behind two traits, listed once in
 //! [`REGISTRY`].
 //!
 //! A protocol folder holds everything that protocol is: how its first bytes are recognized
@@ -45,6 +45,7 @@ macro_rules! registry {
 
 registry! {
     http1::Http1,
+    http2::Http2,
     postgres::Postgres,
 }
 
@@ -170,6 +171,13 @@ pub trait Parser: Send + 'static {
         0
     }
 
+    /// Exchanges handed out since the last call with header fields the parser could not read
+    /// back (HTTP/2 fields referring to HPACK entries inserted before ztrace saw the
+    /// connection). The connection table counts them (`exchanges_fields_unknown`).
+    fn take_unknown(&mut self) -> u64 {
+        0
+    }
+
     /// The connection turned into something this parser does not read (PostgreSQL switching to
     /// TLS): its later bytes are ignored.
     fn stopped(&self) -> bool {
@@ -269,6 +277,9 @@ pub trait StreamParser: Send {
     /// See [`Parser::take_lost`].
     fn take_lost(&mut self) -> u64;
 
+    /// See [`Parser::take_unknown`].
+    fn take_unknown(&mut self) -> u64;
+
     /// See [`Parser::stopped`].
     fn stopped(&self) -> bool;
 
@@ -358,6 +369,10 @@ impl<P: Parser> StreamParser for Boxed<P> {
 
     fn take_lost(&mut self) -> u64 {
         self.parser.take_lost()
+    }
+
+    fn take_unknown(&mut self) -> u64 {
+        self.parser.take_unknown()
     }
 
     fn stopped(&self) -> bool {

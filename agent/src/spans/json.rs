@@ -68,6 +68,8 @@ pub fn write_span(
     attributes: Object<'_>,
     resource: Option<Object<'_>>,
 ) {
+    // A span's line is rarely longer: one growth at most instead of several.
+    out.reserve(1024);
     out.extend_from_slice(b"{\"trace_id\":");
     write_id(out, head.trace_id);
     out.extend_from_slice(b",\"span_id\":");
@@ -161,17 +163,29 @@ fn write_value(out: &mut Vec<u8>, value: &AttrValue) {
 
 fn write_id(out: &mut Vec<u8>, id: Id<'_>) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    out.push(b'"');
     match id {
+        // A trace or span id: built on the stack, written once.
+        Id::Bytes(bytes) if bytes.len() <= 16 => {
+            let mut buf = [0u8; 34];
+            buf[0] = b'"';
+            for (i, b) in bytes.iter().enumerate() {
+                buf[1 + 2 * i] = DIGITS[usize::from(b >> 4)];
+                buf[2 + 2 * i] = DIGITS[usize::from(b & 0xf)];
+            }
+            let end = 1 + 2 * bytes.len();
+            buf[end] = b'"';
+            out.extend_from_slice(&buf[..=end]);
+        }
         Id::Bytes(bytes) => {
+            out.push(b'"');
             for b in bytes {
                 out.push(DIGITS[usize::from(b >> 4)]);
                 out.push(DIGITS[usize::from(b & 0xf)]);
             }
+            out.push(b'"');
         }
-        Id::Hex(text) => return write_str_body(out, text),
+        Id::Hex(text) => write_str(out, text),
     }
-    out.push(b'"');
 }
 
 /// Appends `s` as a JSON string, escaped as `serde_json` escapes: `"` `\` and control
@@ -216,13 +230,17 @@ fn write_str_body(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
-fn needs_escape(b: u8) -> bool {
+const fn needs_escape(b: u8) -> bool {
     b < 0x20 || b == b'"' || b == b'\\'
 }
 
 /// Whether any byte needs an escape, eight bytes at a time: a byte below 0x20, or equal to `"`
 /// or `\\`, sets the top bit of its lane in one of three masks.
 fn any_needs_escape(bytes: &[u8]) -> bool {
+    // Most attribute values are short: a table lookup per byte beats the 8-byte lanes there.
+    if bytes.len() < 16 {
+        return bytes.iter().any(|&b| ESCAPED[usize::from(b)]);
+    }
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
     let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
@@ -242,6 +260,17 @@ fn any_needs_escape(bytes: &[u8]) -> bool {
     }
     chunks.remainder().iter().any(|&b| needs_escape(b))
 }
+
+/// The bytes JSON strings must escape (see [`needs_escape`]).
+static ESCAPED: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = needs_escape(b as u8);
+        b += 1;
+    }
+    table
+};
 
 #[cfg(test)]
 mod tests {

@@ -86,7 +86,7 @@ pub fn resource_to_proto(resource: &Resource) -> ProtoResource {
     if !resource.attributes.iter().any(|(k, _)| k == "service.name") {
         attributes.push(key_value(
             "service.name".to_owned(),
-            AttrValue::Str(resource.service_name.clone()),
+            AttrValue::from(resource.service_name.as_str()),
         ));
     }
     attributes.extend(
@@ -154,7 +154,7 @@ fn status_to_proto(status: StatusCode) -> ProtoStatusCode {
 
 fn key_value(key: String, value: AttrValue) -> KeyValue {
     let value = match value {
-        AttrValue::Str(s) => any_value::Value::StringValue(s),
+        AttrValue::Str(s) => any_value::Value::StringValue(s.into_string()),
         AttrValue::Int(i) => any_value::Value::IntValue(i),
         AttrValue::Bool(b) => any_value::Value::BoolValue(b),
         AttrValue::Double(d) => any_value::Value::DoubleValue(d),
