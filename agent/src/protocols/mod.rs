@@ -1,4 +1,4 @@
-//! Protocols: one folder each (`http1/`, `postgres/`), behind two traits, listed once in
+//! Protocols: one folder each (`http1/`, `redis/`, `postgres/`), behind two traits, listed once in
 //! [`REGISTRY`].
 //!
 //! A protocol folder holds everything that protocol is: how its first bytes are recognized
@@ -45,6 +45,7 @@ macro_rules! registry {
 
 registry! {
     http1::Http1,
+    redis::Redis,
     postgres::Postgres,
 }
 
