@@ -16,6 +16,7 @@ pub mod nginx;
 pub mod otlp;
 pub mod postgres;
 pub mod process;
+pub mod redis;
 pub mod servers;
 pub mod span;
 pub mod tls;

@@ -53,6 +53,11 @@ const TEST_PACKAGES: &[&str] = &[
     "libpostgresql-jdbc-java",
     // A stripped Go binary with crypto/tls (Go's TLS probes through .gopclntab).
     "hey",
+    // Redis 7 server, redis-cli and redis-benchmark (tests/tests/redis.rs); memcached
+    // (tests/tests/memcached.rs).
+    "redis-server",
+    "redis-tools",
+    "memcached",
     // The stack tests compile C clients and split their DWARF (tests/tests/stacks.rs).
     "gcc",
     "binutils",
@@ -72,8 +77,11 @@ const VENV_PACKAGES: &[&str] = &[
     "opentelemetry-distro",
     "opentelemetry-exporter-otlp",
     "opentelemetry-instrumentation-urllib",
+    // Cache clients (tests/tests/redis.rs, tests/tests/memcached.rs).
+    "redis",
+    "pymemcache",
 ];
-const VENV_CHECK: &str = "import grpc, opentelemetry.proto, opentelemetry.distro, opentelemetry.exporter.otlp.proto.grpc, opentelemetry.instrumentation.urllib";
+const VENV_CHECK: &str = "import grpc, opentelemetry.proto, opentelemetry.distro, opentelemetry.exporter.otlp.proto.grpc, opentelemetry.instrumentation.urllib, redis, pymemcache";
 
 /// Tests passed and failed over every cargo test run.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

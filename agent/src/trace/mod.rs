@@ -54,6 +54,9 @@ const MAX_IN_FLIGHT_PER_CONN: usize = 64;
 const MAX_IN_FLIGHT_CONNS: usize = 65_536;
 /// State older than this (kernel time) is forgotten by [`Tracer::expire`].
 const STALE_NS: u64 = 60_000_000_000;
+/// Longest time between two reads of one pipelined batch by its server for the second to
+/// continue the batch ([`Tracer::continued_batch`]).
+const BATCH_CONTINUATION_NS: u64 = 1_000_000_000;
 
 /// The attribute that says how a span's parent was found.
 pub const LINK_ATTR: &str = "ztrace.link";
@@ -95,6 +98,9 @@ struct StartRecord {
     ids: Ids,
     /// For a server start linked by connection: the client request's span id.
     peer_span: Option<[u8; 8]>,
+    /// The first of this start's exchanges is the `peer_offset`-th of the client's batch: a
+    /// pipelined batch the client wrote after one start and the server read in several reads.
+    peer_offset: u64,
     /// Exchanges that took their ids from this start so far (a pipelined batch is several).
     claims: u64,
 }
@@ -368,6 +374,7 @@ impl Tracer {
             missing_parent,
         };
         let mut peer_span = None;
+        let mut peer_offset = 0;
         let ids = if let Some(tp) = s.traceparent {
             Ids { trace_id: tp.trace_id, span_id: new_span_id(), parent: Some(tp.parent_id), link: Link::Header, missing_parent: false }
         } else {
@@ -383,7 +390,14 @@ impl Tracer {
                         missing_parent: false,
                     }
                     }
-                    None => fresh(peer_traced),
+                    None => match self.continued_batch(s) {
+                        Some((ids, peer, offset)) => {
+                            peer_span = Some(peer);
+                            peer_offset = offset;
+                            ids
+                        }
+                        None => fresh(peer_traced),
+                    },
                 },
                 Side::Client => match self.serving.get(&(s.key.tgid, unit(s))).map(Vec::as_slice) {
                     Some([one]) => Ids {
@@ -434,7 +448,21 @@ impl Tracer {
         if q.len() >= MAX_STARTS_PER_CONN {
             q.pop_front();
         }
-        q.push_back(StartRecord { ts: s.ts_ns, ids, peer_span, claims: 0 });
+        q.push_back(StartRecord { ts: s.ts_ns, ids, peer_span, peer_offset, claims: 0 });
+    }
+
+    /// A server start that no client request written before it explains, right after a
+    /// start of the same connection linked by connection whose exchanges have finished: the
+    /// server read the rest of the client's pipelined batch. Its exchanges continue that batch
+    /// (the ids, the client's span base and the offset they start at).
+    fn continued_batch(&self, s: &RequestStart) -> Option<(Ids, [u8; 8], u64)> {
+        let last = self.starts.get(&s.key)?.back()?;
+        let peer = last.peer_span?;
+        if last.claims == 0 || s.ts_ns.saturating_sub(last.ts) > BATCH_CONTINUATION_NS {
+            return None;
+        }
+        let ids = Ids { span_id: new_span_id(), ..last.ids };
+        Some((ids, peer, last.peer_offset + last.claims))
     }
 
     /// For a client start on a Go goroutine serving nothing: the one exchange served by the
@@ -492,7 +520,7 @@ impl Tracer {
             let mut ids = r.ids;
             ids.span_id = nth_id(r.ids.span_id, k);
             if let Some(peer) = r.peer_span {
-                ids.parent = Some(nth_id(peer, k));
+                ids.parent = Some(nth_id(peer, r.peer_offset + k));
             }
             Some(ids)
         });

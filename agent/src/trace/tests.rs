@@ -245,6 +245,28 @@ fn a_pipelined_batch_pairs_exchange_by_exchange() {
 }
 
 #[test]
+fn a_batch_the_server_reads_in_two_reads_still_pairs_exchange_by_exchange() {
+    let (c, s) = conn(1, 3, 2, 4, 40000, 6379);
+    let mut w = World::new();
+    w.start(c, 1, 100); // three commands written after one start (three writes, no read between)
+    w.start(s, 2, 105); // the server reads the first one,
+    w.done(s, "server 0", 105, 106); // answers it,
+    w.start(s, 2, 107); // then reads the other two
+    w.done(s, "server 1", 107, 108);
+    w.done(s, "server 2", 107, 109);
+    for i in 0..3 {
+        w.done(c, &format!("client {i}"), 100, 120 + i);
+    }
+    let spans = w.flush();
+    for i in 0..3 {
+        let (client, server) = (by_name(&spans, &format!("client {i}")), by_name(&spans, &format!("server {i}")));
+        assert_eq!(server.parent_span_id, Some(client.span_id), "command {i}");
+        assert_eq!(server.trace_id, client.trace_id);
+        assert_eq!(link(server), "connection");
+    }
+}
+
+#[test]
 fn in_go_the_goroutine_not_the_thread_is_the_unit_of_work() {
     let (_, a) = conn(1, 3, 10, 5, 40000, 80);
     let (_, b) = conn(2, 3, 10, 6, 40001, 80);

@@ -50,20 +50,82 @@ pub struct Command {
 }
 
 const ALL_KEYS: &[&str] = &[
-    "DEL", "UNLINK", "EXISTS", "TOUCH", "MGET", "WATCH", "SUBSCRIBE", "UNSUBSCRIBE", "PSUBSCRIBE", "PUNSUBSCRIBE",
-    "SSUBSCRIBE", "SUNSUBSCRIBE", "SINTER", "SUNION", "SDIFF", "SINTERSTORE", "SUNIONSTORE", "SDIFFSTORE", "PFCOUNT",
+    "DEL",
+    "UNLINK",
+    "EXISTS",
+    "TOUCH",
+    "MGET",
+    "WATCH",
+    "SUBSCRIBE",
+    "UNSUBSCRIBE",
+    "PSUBSCRIBE",
+    "PUNSUBSCRIBE",
+    "SSUBSCRIBE",
+    "SUNSUBSCRIBE",
+    "SINTER",
+    "SUNION",
+    "SDIFF",
+    "SINTERSTORE",
+    "SUNIONSTORE",
+    "SDIFFSTORE",
+    "PFCOUNT",
     "PFMERGE",
 ];
 const NO_KEYS: &[&str] = &[
-    "PING", "ECHO", "SELECT", "MULTI", "EXEC", "DISCARD", "FLUSHDB", "FLUSHALL", "DBSIZE", "QUIT", "RESET", "TIME",
-    "INFO", "SCAN", "RANDOMKEY", "SAVE", "BGSAVE", "BGREWRITEAOF", "LASTSAVE", "ROLE", "READONLY", "READWRITE", "WAIT",
-    "SWAPDB", "SHUTDOWN", "MONITOR", "SYNC", "PSYNC", "REPLCONF", "FAILOVER", "UNWATCH",
+    "PING",
+    "ECHO",
+    "SELECT",
+    "MULTI",
+    "EXEC",
+    "DISCARD",
+    "FLUSHDB",
+    "FLUSHALL",
+    "DBSIZE",
+    "QUIT",
+    "RESET",
+    "TIME",
+    "INFO",
+    "SCAN",
+    "RANDOMKEY",
+    "SAVE",
+    "BGSAVE",
+    "BGREWRITEAOF",
+    "LASTSAVE",
+    "ROLE",
+    "READONLY",
+    "READWRITE",
+    "WAIT",
+    "SWAPDB",
+    "SHUTDOWN",
+    "MONITOR",
+    "SYNC",
+    "PSYNC",
+    "REPLCONF",
+    "FAILOVER",
+    "UNWATCH",
 ];
-const FIRST_TWO_KEYS: &[&str] =
-    &["RENAME", "RENAMENX", "RPOPLPUSH", "BRPOPLPUSH", "LMOVE", "BLMOVE", "SMOVE", "COPY", "ZRANGESTORE", "GEOSEARCHSTORE"];
+const FIRST_TWO_KEYS: &[&str] = &[
+    "RENAME",
+    "RENAMENX",
+    "RPOPLPUSH",
+    "BRPOPLPUSH",
+    "LMOVE",
+    "BLMOVE",
+    "SMOVE",
+    "COPY",
+    "ZRANGESTORE",
+    "GEOSEARCHSTORE",
+];
 const ALL_BUT_LAST_KEYS: &[&str] = &["BLPOP", "BRPOP", "BZPOPMIN", "BZPOPMAX"];
 const EVERY_OTHER_KEY: &[&str] = &["MSET", "MSETNX"];
-const NUMKEYS_SECOND: &[&str] = &["EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO"];
+const NUMKEYS_SECOND: &[&str] = &[
+    "EVAL",
+    "EVALSHA",
+    "EVAL_RO",
+    "EVALSHA_RO",
+    "FCALL",
+    "FCALL_RO",
+];
 /// Commands whose first argument is a subcommand (kept), with where their key is, if any.
 const CONTAINERS: &[(&str, Option<usize>)] = &[
     ("CLIENT", None),
@@ -85,25 +147,103 @@ const CONTAINERS: &[(&str, Option<usize>)] = &[
 ];
 /// Words kept wherever they appear (options, not values).
 const KEYWORDS: &[&str] = &[
-    "EX", "PX", "EXAT", "PXAT", "NX", "XX", "GT", "LT", "CH", "INCR", "KEEPTTL", "GET", "PERSIST", "WITHSCORES",
-    "WITHSCORE", "LIMIT", "COUNT", "BLOCK", "STREAMS", "GROUP", "NOACK", "MATCH", "TYPE", "BYSCORE", "BYLEX", "REV",
-    "LEFT", "RIGHT", "BEFORE", "AFTER", "MAXLEN", "MINID", "NOMKSTREAM", "ASC", "DESC", "ALPHA", "BY", "STORE",
-    "WEIGHTS", "AGGREGATE", "SUM", "MIN", "MAX", "REPLACE", "ABSTTL", "IDLETIME", "FREQ", "JUSTID", "FORCE", "WITHVALUES",
-    "IDX", "LEN", "MINMATCHLEN", "WITHMATCHLEN", "RANK", "FIELDS", "FXX", "FNX",
+    "EX",
+    "PX",
+    "EXAT",
+    "PXAT",
+    "NX",
+    "XX",
+    "GT",
+    "LT",
+    "CH",
+    "INCR",
+    "KEEPTTL",
+    "GET",
+    "PERSIST",
+    "WITHSCORES",
+    "WITHSCORE",
+    "LIMIT",
+    "COUNT",
+    "BLOCK",
+    "STREAMS",
+    "GROUP",
+    "NOACK",
+    "MATCH",
+    "TYPE",
+    "BYSCORE",
+    "BYLEX",
+    "REV",
+    "LEFT",
+    "RIGHT",
+    "BEFORE",
+    "AFTER",
+    "MAXLEN",
+    "MINID",
+    "NOMKSTREAM",
+    "ASC",
+    "DESC",
+    "ALPHA",
+    "BY",
+    "STORE",
+    "WEIGHTS",
+    "AGGREGATE",
+    "SUM",
+    "MIN",
+    "MAX",
+    "REPLACE",
+    "ABSTTL",
+    "IDLETIME",
+    "FREQ",
+    "JUSTID",
+    "FORCE",
+    "WITHVALUES",
+    "IDX",
+    "LEN",
+    "MINMATCHLEN",
+    "WITHMATCHLEN",
+    "RANK",
+    "FIELDS",
+    "FXX",
+    "FNX",
 ];
 const READ_ONE: &[&str] = &[
-    "GET", "GETEX", "GETDEL", "HGET", "LINDEX", "ZSCORE", "ZRANK", "ZREVRANK", "LPOP", "RPOP", "SPOP", "SRANDMEMBER",
-    "HRANDFIELD", "GETSET", "JSON.GET",
+    "GET",
+    "GETEX",
+    "GETDEL",
+    "HGET",
+    "LINDEX",
+    "ZSCORE",
+    "ZRANK",
+    "ZREVRANK",
+    "LPOP",
+    "RPOP",
+    "SPOP",
+    "SRANDMEMBER",
+    "HRANDFIELD",
+    "GETSET",
+    "JSON.GET",
 ];
 const READ_PER_KEY: &[&str] = &["MGET", "HMGET"];
 const READ_COLLECTION: &[&str] = &[
-    "HGETALL", "SMEMBERS", "LRANGE", "ZRANGE", "ZRANGEBYSCORE", "ZREVRANGE", "XRANGE", "XREVRANGE", "HKEYS", "HVALS",
+    "HGETALL",
+    "SMEMBERS",
+    "LRANGE",
+    "ZRANGE",
+    "ZRANGEBYSCORE",
+    "ZREVRANGE",
+    "XRANGE",
+    "XREVRANGE",
+    "HKEYS",
+    "HVALS",
 ];
 
 /// The command of a request whose first kept arguments are `args` and that had `argc`
 /// arguments in all (the command name included).
 pub fn command(args: &[Vec<u8>], argc: u32) -> Command {
-    let name = args.first().map(|a| upper_word(a)).unwrap_or_else(|| "UNKNOWN".to_owned());
+    let name = args
+        .first()
+        .map(|a| upper_word(a))
+        .unwrap_or_else(|| "UNKNOWN".to_owned());
     let n = name.as_str();
     let argc = argc as usize;
     let read = if READ_ONE.contains(&n) {
@@ -116,15 +256,28 @@ pub fn command(args: &[Vec<u8>], argc: u32) -> Command {
         Read::No
     };
     let replies = match n {
-        "SUBSCRIBE" | "PSUBSCRIBE" | "SSUBSCRIBE" => Replies::PerChannel(argc.saturating_sub(1).max(1) as u32),
+        "SUBSCRIBE" | "PSUBSCRIBE" | "SSUBSCRIBE" => {
+            Replies::PerChannel(argc.saturating_sub(1).max(1) as u32)
+        }
         "UNSUBSCRIBE" | "PUNSUBSCRIBE" | "SUNSUBSCRIBE" if argc <= 1 => Replies::UntilNoneLeft,
-        "UNSUBSCRIBE" | "PUNSUBSCRIBE" | "SUNSUBSCRIBE" => Replies::PerChannel(argc.saturating_sub(1) as u32),
+        "UNSUBSCRIBE" | "PUNSUBSCRIBE" | "SUNSUBSCRIBE" => {
+            Replies::PerChannel(argc.saturating_sub(1) as u32)
+        }
         _ => Replies::One,
     };
     let selects = (n == "SELECT")
-        .then(|| args.get(1).and_then(|a| std::str::from_utf8(a).ok()?.parse().ok()))
+        .then(|| {
+            args.get(1)
+                .and_then(|a| std::str::from_utf8(a).ok()?.parse().ok())
+        })
         .flatten();
-    Command { text: text(&name, args, argc), name, read, replies, selects }
+    Command {
+        text: text(&name, args, argc),
+        name,
+        read,
+        replies,
+        selects,
+    }
 }
 
 /// `db.query.text`: the name, then each argument as itself when it is a key, a subcommand or
@@ -140,7 +293,10 @@ fn text(name: &str, args: &[Vec<u8>], argc: usize) -> String {
         .flatten();
     let numkeys = NUMKEYS_SECOND
         .contains(&name)
-        .then(|| args.get(2).and_then(|a| std::str::from_utf8(a).ok()?.parse::<usize>().ok()))
+        .then(|| {
+            args.get(2)
+                .and_then(|a| std::str::from_utf8(a).ok()?.parse::<usize>().ok())
+        })
         .flatten()
         .unwrap_or(0);
     for i in 1..argc {
@@ -193,7 +349,10 @@ fn text(name: &str, args: &[Vec<u8>], argc: usize) -> String {
 }
 
 fn is_keyword(arg: &[u8]) -> bool {
-    arg.len() <= 12 && KEYWORDS.iter().any(|k| k.as_bytes().eq_ignore_ascii_case(arg))
+    arg.len() <= 12
+        && KEYWORDS
+            .iter()
+            .any(|k| k.as_bytes().eq_ignore_ascii_case(arg))
 }
 
 /// A word in upper case; `UNKNOWN` when it is not a short printable ASCII word.
@@ -240,8 +399,14 @@ mod tests {
             ("DEL a b", "DEL a b"),
             ("BLPOP q1 q2 5", "BLPOP q1 q2 ?"),
             ("LMOVE src dst LEFT RIGHT", "LMOVE src dst LEFT RIGHT"),
-            ("EVAL return_redis.call('get',KEYS[1]) 1 k arg", "EVAL ? 1 k ?"),
-            ("XREAD COUNT 10 STREAMS s1 s2 0 0", "XREAD COUNT ? STREAMS s1 s2 ? ?"),
+            (
+                "EVAL return_redis.call('get',KEYS[1]) 1 k arg",
+                "EVAL ? 1 k ?",
+            ),
+            (
+                "XREAD COUNT 10 STREAMS s1 s2 0 0",
+                "XREAD COUNT ? STREAMS s1 s2 ? ?",
+            ),
             ("CONFIG SET requirepass hunter2", "CONFIG SET ? ?"),
             ("OBJECT ENCODING k", "OBJECT ENCODING k"),
             ("PUBLISH news hello", "PUBLISH news ?"),
@@ -271,7 +436,11 @@ mod tests {
     fn long_and_odd_keys() {
         let key = "k".repeat(2000);
         let c = cmd(&format!("GET {key}"));
-        assert!(c.text.len() <= MAX_TEXT + 4 && c.text.ends_with('…'), "{}", c.text);
+        assert!(
+            c.text.len() <= MAX_TEXT + 4 && c.text.ends_with('…'),
+            "{}",
+            c.text
+        );
         let c = command(&[b"GET".to_vec(), b"a\x00\xffb".to_vec()], 2);
         assert_eq!(c.text, "GET a\\x00\\xffb");
         let c = command(&[b"GET".to_vec()], 5);

@@ -230,16 +230,28 @@ impl RedisParser {
         let word = word.as_deref();
         let subscription_word = matches!(
             word,
-            Some("subscribe" | "unsubscribe" | "psubscribe" | "punsubscribe" | "ssubscribe" | "sunsubscribe")
+            Some(
+                "subscribe"
+                    | "unsubscribe"
+                    | "psubscribe"
+                    | "punsubscribe"
+                    | "ssubscribe"
+                    | "sunsubscribe"
+            )
         );
-        let front_is = |p: &Pending, w: Option<&str>| w.is_some_and(|w| p.command.name.eq_ignore_ascii_case(w));
+        let front_is = |p: &Pending, w: Option<&str>| {
+            w.is_some_and(|w| p.command.name.eq_ignore_ascii_case(w))
+        };
         loop {
             let answers_front = self.pending.front().is_some_and(|p| front_is(p, word));
             if value.kind == b'>' && !(subscription_word && answers_front) {
                 self.pushes += 1; // a message or an invalidation, not a reply
                 return;
             }
-            if self.subscribed && value.kind == b'*' && matches!(word, Some("message" | "pmessage" | "smessage")) {
+            if self.subscribed
+                && value.kind == b'*'
+                && matches!(word, Some("message" | "pmessage" | "smessage"))
+            {
                 self.pushes += 1;
                 return;
             }
@@ -260,8 +272,14 @@ impl RedisParser {
             } else {
                 front.cache = cache_result(front.command.read, &value);
             }
-            let remaining = value.elements.get(2).and_then(|c| std::str::from_utf8(c).ok()?.parse::<i64>().ok());
-            if subscription_word && word.is_some_and(|w| w.contains("unsub")) && remaining == Some(0) {
+            let remaining = value
+                .elements
+                .get(2)
+                .and_then(|c| std::str::from_utf8(c).ok()?.parse::<i64>().ok());
+            if subscription_word
+                && word.is_some_and(|w| w.contains("unsub"))
+                && remaining == Some(0)
+            {
                 self.subscribed = false;
             }
             let done = match &mut front.replies {
@@ -312,16 +330,26 @@ fn exchange(side: Side, p: Pending, answered: bool, end_ns: u64, end_tid: u32) -
 fn error_of(text: &[u8]) -> RedisError {
     let text = String::from_utf8_lossy(text);
     let (code, message) = match text.split_once(' ') {
-        Some((code, rest)) if !code.is_empty() && code.bytes().all(|b| b.is_ascii_uppercase() || b == b'_') => (code, rest),
+        Some((code, rest))
+            if !code.is_empty() && code.bytes().all(|b| b.is_ascii_uppercase() || b == b'_') =>
+        {
+            (code, rest)
+        }
         _ if !text.is_empty() && text.bytes().all(|b| b.is_ascii_uppercase()) => (&*text, ""),
         _ => ("ERR", &*text),
     };
-    let message = message.split(", with args beginning with").next().unwrap_or("");
+    let message = message
+        .split(", with args beginning with")
+        .next()
+        .unwrap_or("");
     let mut cut = message.len().min(MAX_ERROR_MESSAGE);
     while !message.is_char_boundary(cut) {
         cut -= 1;
     }
-    RedisError { code: code.to_owned(), message: message[..cut].to_owned() }
+    RedisError {
+        code: code.to_owned(),
+        message: message[..cut].to_owned(),
+    }
 }
 
 fn cache_result(read: Read, value: &Value) -> Option<CacheResult> {
@@ -329,7 +357,11 @@ fn cache_result(read: Read, value: &Value) -> Option<CacheResult> {
         Read::No => None,
         Read::One => {
             let hit = !value.nil;
-            Some(CacheResult { hits: u32::from(hit), misses: u32::from(!hit), single: true })
+            Some(CacheResult {
+                hits: u32::from(hit),
+                misses: u32::from(!hit),
+                single: true,
+            })
         }
         Read::PerKey if value.is_aggregate() && !value.nil => Some(CacheResult {
             hits: value.children - value.nil_children,
@@ -338,7 +370,11 @@ fn cache_result(read: Read, value: &Value) -> Option<CacheResult> {
         }),
         Read::Collection if value.is_aggregate() => {
             let hit = !value.nil && value.len > 0;
-            Some(CacheResult { hits: u32::from(hit), misses: u32::from(!hit), single: true })
+            Some(CacheResult {
+                hits: u32::from(hit),
+                misses: u32::from(!hit),
+                single: true,
+            })
         }
         _ => None,
     }
@@ -346,7 +382,9 @@ fn cache_result(read: Read, value: &Value) -> Option<CacheResult> {
 
 /// The first bytes of a command: an array of bulk strings (`*3\r\n$3\r\nSET...`).
 pub fn looks_like_command(bytes: &[u8]) -> bool {
-    let Some(rest) = bytes.strip_prefix(b"*") else { return false };
+    let Some(rest) = bytes.strip_prefix(b"*") else {
+        return false;
+    };
     let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
     if digits == 0 || digits > 7 || rest[0] == b'0' {
         return false;
@@ -384,7 +422,11 @@ impl Parser for RedisParser {
         self.side
     }
 
-    fn on_chunk(&mut self, chunk: &Chunk<'_>, out: &mut Vec<RedisExchange>) -> Result<(), RedisParseError> {
+    fn on_chunk(
+        &mut self,
+        chunk: &Chunk<'_>,
+        out: &mut Vec<RedisExchange>,
+    ) -> Result<(), RedisParseError> {
         if self.monitoring {
             return Ok(());
         }
@@ -400,7 +442,11 @@ impl Parser for RedisParser {
             self.replies.reset();
         }
         let mut values = std::mem::take(&mut self.values);
-        let reader = if is_request { &mut self.requests } else { &mut self.replies };
+        let reader = if is_request {
+            &mut self.requests
+        } else {
+            &mut self.replies
+        };
         let fed = reader.feed(chunk.bytes, chunk.ts_ns, chunk.tid, &mut values);
         let mut result = Ok(());
         for value in values.drain(..) {
@@ -430,7 +476,11 @@ impl Parser for RedisParser {
         }
         let is_request = gap.direction == self.side.request_direction();
         let mut values = std::mem::take(&mut self.values);
-        let reader = if is_request { &mut self.requests } else { &mut self.replies };
+        let reader = if is_request {
+            &mut self.requests
+        } else {
+            &mut self.replies
+        };
         let skipped = reader.on_gap(gap.len, gap.ts_ns, 0, &mut values);
         let mut result = Ok(());
         for value in values.drain(..) {

@@ -86,7 +86,8 @@ impl Value {
     /// The first kept element, lower-cased, when it is short ASCII (`message`, `subscribe`).
     pub fn first_word(&self) -> Option<String> {
         let first = self.elements.first()?;
-        (first.len() <= 16 && first.is_ascii()).then(|| String::from_utf8_lossy(first).to_ascii_lowercase())
+        (first.len() <= 16 && first.is_ascii())
+            .then(|| String::from_utf8_lossy(first).to_ascii_lowercase())
     }
 }
 
@@ -153,11 +154,6 @@ impl RespReader {
         }
     }
 
-    /// Between two top-level values (no partial value held).
-    pub fn between_values(&self) -> bool {
-        !self.begun
-    }
-
     /// Forgets any partial value: the next byte starts a new one.
     pub fn reset(&mut self) {
         self.reading = Reading::Line { len: 0 };
@@ -170,7 +166,13 @@ impl RespReader {
 
     /// Feeds bytes moved at `ts_ns` by `tid`; complete values are appended to `out`. After an
     /// error the reader is left mid-value: the caller resets it where framing is found again.
-    pub fn feed(&mut self, mut bytes: &[u8], ts_ns: u64, tid: u32, out: &mut Vec<Value>) -> Result<(), RespError> {
+    pub fn feed(
+        &mut self,
+        mut bytes: &[u8],
+        ts_ns: u64,
+        tid: u32,
+        out: &mut Vec<Value>,
+    ) -> Result<(), RespError> {
         while !bytes.is_empty() {
             if !self.begun {
                 self.begun = true;
@@ -199,7 +201,9 @@ impl RespReader {
                     let content = &bytes[..newline.unwrap_or(bytes.len())];
                     *len += take;
                     let too_long = *len > MAX_LINE;
-                    let room = MAX_KEPT_LINE.saturating_sub(self.line.len()).min(content.len());
+                    let room = MAX_KEPT_LINE
+                        .saturating_sub(self.line.len())
+                        .min(content.len());
                     self.line.extend_from_slice(&content[..room]);
                     self.value.size += take as u64;
                     bytes = &bytes[take..];
@@ -249,7 +253,10 @@ impl RespReader {
                 None => return,
             },
         };
-        let room = self.keep_bytes.saturating_sub(target.len()).min(bytes.len());
+        let room = self
+            .keep_bytes
+            .saturating_sub(target.len())
+            .min(bytes.len());
         target.extend_from_slice(&bytes[..room]);
     }
 
@@ -258,7 +265,11 @@ impl RespReader {
     fn keep_for_new_string(&mut self) -> Keep {
         match self.stack.as_slice() {
             [] => Keep::Text,
-            [top] if !top.attribute && !self.withheld && self.value.elements.len() < self.keep_elements => {
+            [top]
+                if !top.attribute
+                    && !self.withheld
+                    && self.value.elements.len() < self.keep_elements =>
+            {
                 self.value.elements.push(Vec::new());
                 Keep::Element
             }
@@ -266,7 +277,13 @@ impl RespReader {
         }
     }
 
-    fn on_line(&mut self, line: &[u8], ts_ns: u64, tid: u32, out: &mut Vec<Value>) -> Result<(), RespError> {
+    fn on_line(
+        &mut self,
+        line: &[u8],
+        ts_ns: u64,
+        tid: u32,
+        out: &mut Vec<Value>,
+    ) -> Result<(), RespError> {
         let Some((&kind, rest)) = line.split_first() else {
             if self.stack.is_empty() {
                 // An empty line between commands (inline protocol): nothing.
@@ -303,7 +320,10 @@ impl RespReader {
                         self.value.len = n;
                     }
                     let keep = self.keep_for_new_string();
-                    self.reading = Reading::Bulk { remaining: n as u64 + 2, keep };
+                    self.reading = Reading::Bulk {
+                        remaining: n as u64 + 2,
+                        keep,
+                    };
                 }
             }
             b'*' | b'%' | b'~' | b'>' | b'|' => {
@@ -322,7 +342,11 @@ impl RespReader {
                 if self.stack.is_empty() {
                     self.value.len = n;
                 }
-                let children = if matches!(kind, b'%' | b'|') { (n as u64).saturating_mul(2) } else { n as u64 };
+                let children = if matches!(kind, b'%' | b'|') {
+                    (n as u64).saturating_mul(2)
+                } else {
+                    n as u64
+                };
                 if self.stack.len() == 1 && !attribute {
                     // An aggregate child is kept as an empty element.
                     let _ = self.keep_for_new_string();
@@ -333,13 +357,19 @@ impl RespReader {
                     if self.stack.len() >= MAX_DEPTH {
                         return Err(RespError::TooDeep);
                     }
-                    self.stack.push(Open { remaining: children, attribute });
+                    self.stack.push(Open {
+                        remaining: children,
+                        attribute,
+                    });
                 }
             }
             _ if self.stack.is_empty() && self.role == Role::Requests => {
                 // An inline command: words separated by spaces.
                 self.value.kind = 0;
-                for word in line.split(|b| b.is_ascii_whitespace()).filter(|w| !w.is_empty()) {
+                for word in line
+                    .split(|b| b.is_ascii_whitespace())
+                    .filter(|w| !w.is_empty())
+                {
                     if self.withheld || self.value.elements.len() >= self.keep_elements {
                         self.value.children += 1;
                         continue;
@@ -368,14 +398,27 @@ impl RespReader {
     }
 
     /// A value at the current depth completed; aggregates it completes complete in turn.
-    fn complete(&mut self, mut nil: bool, mut attribute: bool, ts_ns: u64, tid: u32, out: &mut Vec<Value>) {
+    fn complete(
+        &mut self,
+        mut nil: bool,
+        mut attribute: bool,
+        ts_ns: u64,
+        tid: u32,
+        out: &mut Vec<Value>,
+    ) {
         loop {
             let depth = self.stack.len();
             let Some(parent) = self.stack.last_mut() else {
                 if attribute {
                     // An attribute frame before a reply: the reply is what follows.
-                    let (start_ns, start_tid, size) = (self.value.start_ns, self.value.tid, self.value.size);
-                    self.value = Value { start_ns, tid: start_tid, size, ..Value::default() };
+                    let (start_ns, start_tid, size) =
+                        (self.value.start_ns, self.value.tid, self.value.size);
+                    self.value = Value {
+                        start_ns,
+                        tid: start_tid,
+                        size,
+                        ..Value::default()
+                    };
                     return;
                 }
                 self.value.nil = nil;
@@ -415,12 +458,10 @@ impl RespReader {
 
 /// A RESP length or integer.
 fn number(digits: &[u8]) -> Result<i64, RespError> {
-    std::str::from_utf8(digits).ok().and_then(|s| s.parse::<i64>().ok()).ok_or(RespError::Number)
-}
-
-/// Whether `byte` can start a RESP value (the type bytes of RESP2 and RESP3).
-pub fn is_type_byte(byte: u8) -> bool {
-    b"+-:$*_#,(!=%~>|".contains(&byte)
+    std::str::from_utf8(digits)
+        .ok()
+        .and_then(|s| s.parse::<i64>().ok())
+        .ok_or(RespError::Number)
 }
 
 #[cfg(test)]
@@ -443,15 +484,24 @@ mod tests {
 
     #[test]
     fn a_command_keeps_its_first_arguments() {
-        let out = read(Role::Requests, b"*3\r\n$3\r\nSET\r\n$6\r\nuser:1\r\n$5\r\nhello\r\n");
+        let out = read(
+            Role::Requests,
+            b"*3\r\n$3\r\nSET\r\n$6\r\nuser:1\r\n$5\r\nhello\r\n",
+        );
         assert_eq!(out.len(), 1);
-        assert_eq!(out[0].elements, [b"SET".to_vec(), b"user:1".to_vec(), b"hello".to_vec()]);
+        assert_eq!(
+            out[0].elements,
+            [b"SET".to_vec(), b"user:1".to_vec(), b"hello".to_vec()]
+        );
         assert_eq!(out[0].children, 3);
     }
 
     #[test]
     fn credentials_are_never_kept() {
-        let out = read(Role::Requests, b"*3\r\n$4\r\nAUTH\r\n$5\r\nadmin\r\n$6\r\ns3cret\r\nAUTH pw\r\n");
+        let out = read(
+            Role::Requests,
+            b"*3\r\n$4\r\nAUTH\r\n$5\r\nadmin\r\n$6\r\ns3cret\r\nAUTH pw\r\n",
+        );
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].elements, [b"AUTH".to_vec()]);
         assert_eq!(out[0].children, 3);
@@ -472,7 +522,10 @@ mod tests {
         assert!(out[6].nil);
         assert_eq!(out[8].text, b"x", "the attribute frame is no reply");
         assert_eq!(out[9].first_word().as_deref(), Some("message"));
-        assert_eq!(out[10].children, 2, "an attribute inside an aggregate is no child");
+        assert_eq!(
+            out[10].children, 2,
+            "an attribute inside an aggregate is no child"
+        );
     }
 
     #[test]
@@ -481,18 +534,28 @@ mod tests {
         let mut out = Vec::new();
         r.feed(b"$100\r\n0123456789", 1, 1, &mut out).expect("head");
         assert!(r.on_gap(80, 2, 1, &mut out));
-        r.feed(b"0123456789\r\n+OK\r\n", 3, 1, &mut out).expect("tail");
+        r.feed(b"0123456789\r\n+OK\r\n", 3, 1, &mut out)
+            .expect("tail");
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].len, 100);
         assert_eq!(out[0].size, 108);
-        assert!(!r.on_gap(10, 4, 1, &mut out), "a gap between values hides framing");
+        assert!(
+            !r.on_gap(10, 4, 1, &mut out),
+            "a gap between values hides framing"
+        );
     }
 
     #[test]
     fn garbage_is_an_error() {
         let mut r = RespReader::new(Role::Replies, 4, 16);
-        assert_eq!(r.feed(b"GET x\r\n", 1, 1, &mut Vec::new()), Err(RespError::Type(b'G')));
+        assert_eq!(
+            r.feed(b"GET x\r\n", 1, 1, &mut Vec::new()),
+            Err(RespError::Type(b'G'))
+        );
         let mut r = RespReader::new(Role::Requests, 4, 16);
-        assert_eq!(r.feed(b"*x\r\n", 1, 1, &mut Vec::new()), Err(RespError::Number));
+        assert_eq!(
+            r.feed(b"*x\r\n", 1, 1, &mut Vec::new()),
+            Err(RespError::Number)
+        );
     }
 }

@@ -17,11 +17,19 @@ use std::sync::Arc;
 use super::RedisExchange;
 use crate::{
     protocols::{Endpoints, Side},
-    spans::{clock::Clock, ip_string, new_span_id, new_trace_id, Attribute, Resource, Span, SpanKind, StatusCode},
+    spans::{
+        clock::Clock, ip_string, new_span_id, new_trace_id, Attribute, Resource, Span, SpanKind,
+        StatusCode,
+    },
 };
 
 /// Builds the span of one Redis command.
-pub fn redis_span(ex: &RedisExchange, conn: &Endpoints, resource: &Arc<Resource>, clock: &Clock) -> Span {
+pub fn redis_span(
+    ex: &RedisExchange,
+    conn: &Endpoints,
+    resource: &Arc<Resource>,
+    clock: &Clock,
+) -> Span {
     let (kind, server) = match ex.side {
         Side::Client => (SpanKind::Client, conn.remote),
         Side::Server => (SpanKind::Server, conn.local),
@@ -40,7 +48,10 @@ pub fn redis_span(ex: &RedisExchange, conn: &Endpoints, resource: &Arc<Resource>
             attrs.push(Attribute::new("ztrace.cache.hit", cache.hits > 0));
         } else {
             attrs.push(Attribute::new("ztrace.cache.hits", i64::from(cache.hits)));
-            attrs.push(Attribute::new("ztrace.cache.misses", i64::from(cache.misses)));
+            attrs.push(Attribute::new(
+                "ztrace.cache.misses",
+                i64::from(cache.misses),
+            ));
         }
     }
     if ex.queued {
@@ -49,12 +60,27 @@ pub fn redis_span(ex: &RedisExchange, conn: &Endpoints, resource: &Arc<Resource>
     attrs.push(Attribute::new("server.address", ip_string(server.ip())));
     attrs.push(Attribute::new("server.port", i64::from(server.port())));
     if ex.side == Side::Server {
-        attrs.push(Attribute::new("client.address", ip_string(conn.remote.ip())));
+        attrs.push(Attribute::new(
+            "client.address",
+            ip_string(conn.remote.ip()),
+        ));
     }
-    attrs.push(Attribute::new("network.peer.address", ip_string(conn.remote.ip())));
-    attrs.push(Attribute::new("network.peer.port", i64::from(conn.remote.port())));
-    attrs.push(Attribute::new("network.local.address", ip_string(conn.local.ip())));
-    attrs.push(Attribute::new("network.local.port", i64::from(conn.local.port())));
+    attrs.push(Attribute::new(
+        "network.peer.address",
+        ip_string(conn.remote.ip()),
+    ));
+    attrs.push(Attribute::new(
+        "network.peer.port",
+        i64::from(conn.remote.port()),
+    ));
+    attrs.push(Attribute::new(
+        "network.local.address",
+        ip_string(conn.local.ip()),
+    ));
+    attrs.push(Attribute::new(
+        "network.local.port",
+        i64::from(conn.local.port()),
+    ));
     attrs.push(Attribute::new("ztrace.link", "none"));
 
     let start_unix_nano = clock.to_unix(ex.request_start_ns);
@@ -67,8 +93,15 @@ pub fn redis_span(ex: &RedisExchange, conn: &Endpoints, resource: &Arc<Resource>
         kind,
         start_unix_nano,
         end_unix_nano,
-        status: if ex.error.is_some() { StatusCode::Error } else { StatusCode::Unset },
-        status_message: ex.error.as_ref().map(|e| format!("{} {}", e.code, e.message).trim_end().to_owned()),
+        status: if ex.error.is_some() {
+            StatusCode::Error
+        } else {
+            StatusCode::Unset
+        },
+        status_message: ex
+            .error
+            .as_ref()
+            .map(|e| format!("{} {}", e.code, e.message).trim_end().to_owned()),
         attributes: attrs,
         resource: resource.clone(),
     }

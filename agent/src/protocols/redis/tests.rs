@@ -10,12 +10,19 @@ use super::*;
 type Event = (bool, Vec<u8>);
 
 fn recorded(file: &[u8]) -> Vec<Event> {
-    crate::protocols::capture::records(file).into_iter().map(|(client, bytes)| (client, bytes.to_vec())).collect()
+    crate::protocols::capture::records(file)
+        .into_iter()
+        .map(|(client, bytes)| (client, bytes.to_vec()))
+        .collect()
 }
 
 /// Feeds `events` as `side`, event `i` at time `(i + 1) * 10`, cut where `cuts` says; then
 /// closes the connection at the end.
-fn run_with(side: Side, events: &[Event], cuts: impl Fn(usize, &[u8]) -> Vec<usize>) -> (Vec<RedisExchange>, RedisParser) {
+fn run_with(
+    side: Side,
+    events: &[Event],
+    cuts: impl Fn(usize, &[u8]) -> Vec<usize>,
+) -> (Vec<RedisExchange>, RedisParser) {
     let mut parser = RedisParser::new(side);
     let mut out = Vec::new();
     for (i, (client, bytes)) in events.iter().enumerate() {
@@ -29,8 +36,17 @@ fn run_with(side: Side, events: &[Event], cuts: impl Fn(usize, &[u8]) -> Vec<usi
         points.push(bytes.len());
         for p in points {
             if p > at {
-                let chunk = Chunk { direction, ts_ns, tid: 7, bytes: &bytes[at..p] };
-                assert_eq!(parser.on_chunk(&chunk, &mut out), Ok(()), "event {i} cut at {p}");
+                let chunk = Chunk {
+                    direction,
+                    ts_ns,
+                    tid: 7,
+                    bytes: &bytes[at..p],
+                };
+                assert_eq!(
+                    parser.on_chunk(&chunk, &mut out),
+                    Ok(()),
+                    "event {i} cut at {p}"
+                );
                 at = p;
             }
         }
@@ -50,12 +66,24 @@ fn replay(file: &[u8]) -> Vec<RedisExchange> {
     let server = run(Side::Server, &events);
     assert_eq!(client.len(), server.len());
     for (c, s) in client.iter().zip(&server) {
-        assert_eq!(RedisExchange { side: Side::Server, ..c.clone() }, *s);
+        assert_eq!(
+            RedisExchange {
+                side: Side::Server,
+                ..c.clone()
+            },
+            *s
+        );
     }
     for (e, (_, bytes)) in events.iter().enumerate() {
         let n = bytes.len();
         for cut in (1..n).filter(|&c| n <= 2048 || c < 64 || c + 64 > n || c % 61 == 0) {
-            let (split, _) = run_with(Side::Client, &events, |i, _| if i == e { vec![cut] } else { Vec::new() });
+            let (split, _) = run_with(Side::Client, &events, |i, _| {
+                if i == e {
+                    vec![cut]
+                } else {
+                    Vec::new()
+                }
+            });
             assert_eq!(split, client, "event {e} split at {cut}");
         }
     }
@@ -95,20 +123,47 @@ fn recorded_redis_cli_resp2_session() {
         ]
     );
     assert!(out.iter().all(|e| e.answered && e.side == Side::Client));
-    assert_eq!(out[0].reply_size, 65536 + 65536 + 41226, "a reply of 170 KiB, framed whole");
+    assert_eq!(
+        out[0].reply_size,
+        65536 + 65536 + 41226,
+        "a reply of 170 KiB, framed whole"
+    );
     assert_eq!((hit(&out[2]), hit(&out[3])), (Some(true), Some(false)));
-    assert_eq!((hit(&out[5]), hit(&out[6])), (Some(true), Some(false)), "an empty hash is a miss");
-    assert_eq!(out[7].cache, Some(CacheResult { hits: 1, misses: 2, single: false }));
+    assert_eq!(
+        (hit(&out[5]), hit(&out[6])),
+        (Some(true), Some(false)),
+        "an empty hash is a miss"
+    );
+    assert_eq!(
+        out[7].cache,
+        Some(CacheResult {
+            hits: 1,
+            misses: 2,
+            single: false
+        })
+    );
     let wrongtype = out[8].error.as_ref().expect("WRONGTYPE");
     assert_eq!(wrongtype.code, "WRONGTYPE");
-    assert_eq!(wrongtype.message, "Operation against a key holding the wrong kind of value");
+    assert_eq!(
+        wrongtype.message,
+        "Operation against a key holding the wrong kind of value"
+    );
     assert_eq!(hit(&out[8]), None, "an error is neither hit nor miss");
     let unknown = out[9].error.as_ref().expect("ERR");
     assert_eq!(unknown.code, "ERR");
-    assert_eq!(unknown.message, "unknown command 'NOSUCHCMD'", "the echoed arguments are dropped");
-    assert_eq!(out.iter().map(|e| e.db).collect::<Vec<_>>(), [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2]);
+    assert_eq!(
+        unknown.message, "unknown command 'NOSUCHCMD'",
+        "the echoed arguments are dropped"
+    );
+    assert_eq!(
+        out.iter().map(|e| e.db).collect::<Vec<_>>(),
+        [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2]
+    );
     let dump = format!("{out:?}");
-    assert!(!dump.contains("alice") && !dump.contains("secretarg") && !dump.contains("bob"), "{dump}");
+    assert!(
+        !dump.contains("alice") && !dump.contains("secretarg") && !dump.contains("bob"),
+        "{dump}"
+    );
     // Times: each command from its own write to the read of its reply.
     assert_eq!((out[1].request_start_ns, out[1].response_end_ns), (50, 60));
 }
@@ -118,24 +173,46 @@ fn recorded_resp3_session_with_an_attribute_frame() {
     let out = replay(include_bytes!("testdata/cli_resp3_attribute.bin"));
     assert_eq!(
         texts(&out),
-        ["HELLO", "COMMAND DOCS", "HGETALL h:1", "SMEMBERS noset", "SADD s ? ?", "SMEMBERS s", "DEBUG PROTOCOL ?"]
+        [
+            "HELLO",
+            "COMMAND DOCS",
+            "HGETALL h:1",
+            "SMEMBERS noset",
+            "SADD s ? ?",
+            "SMEMBERS s",
+            "DEBUG PROTOCOL ?"
+        ]
     );
-    assert_eq!((hit(&out[2]), hit(&out[3]), hit(&out[5])), (Some(true), Some(false), Some(true)));
+    assert_eq!(
+        (hit(&out[2]), hit(&out[3]), hit(&out[5])),
+        (Some(true), Some(false), Some(true))
+    );
     let attrib = &out[6];
     assert!(attrib.answered && attrib.error.is_none());
-    assert_eq!(attrib.reply_size, 93, "the attribute frame belongs to the reply that follows it");
+    assert_eq!(
+        attrib.reply_size, 93,
+        "the attribute frame belongs to the reply that follows it"
+    );
 }
 
 #[test]
 fn recorded_redis_benchmark_pipelines_pair_in_order() {
     for (file, text) in [
-        (&include_bytes!("testdata/benchmark_set_p16.bin")[..], "SET key:__rand_int__ ?"),
-        (include_bytes!("testdata/benchmark_get_p16.bin"), "GET key:__rand_int__"),
+        (
+            &include_bytes!("testdata/benchmark_set_p16.bin")[..],
+            "SET key:__rand_int__ ?",
+        ),
+        (
+            include_bytes!("testdata/benchmark_get_p16.bin"),
+            "GET key:__rand_int__",
+        ),
     ] {
         let events = recorded(file);
         let out = replay(file);
         assert_eq!(out.len(), 48, "48 commands, three batches of 16");
-        assert!(out.iter().all(|e| &*e.query_text == text && e.answered && e.error.is_none()));
+        assert!(out
+            .iter()
+            .all(|e| &*e.query_text == text && e.answered && e.error.is_none()));
         for (k, e) in out.iter().enumerate() {
             let batch = k / 16;
             // Each batch is one write and one read: the k-th reply ends in its batch's read.
@@ -173,8 +250,15 @@ fn check_python_session(out: &[RedisExchange], resp3: bool) {
     let base = if resp3 { 2 } else { 0 };
     let at = |i: usize| &out[base + i];
     assert_eq!(at(0).error.as_ref().map(|e| e.code.as_str()), Some("ERR"));
-    assert_eq!(at(3).db, 1, "redis-py selects db 1 before its first command");
-    assert_eq!((hit(at(4)), hit(at(5)), hit(at(7))), (Some(true), Some(false), Some(false)));
+    assert_eq!(
+        at(3).db,
+        1,
+        "redis-py selects db 1 before its first command"
+    );
+    assert_eq!(
+        (hit(at(4)), hit(at(5)), hit(at(7))),
+        (Some(true), Some(false), Some(false))
+    );
     for queued in 9..12 {
         assert!(at(queued).queued, "{:?}", at(queued));
         assert_eq!(at(queued).error, None, "queued commands fail at EXEC");
@@ -182,10 +266,21 @@ fn check_python_session(out: &[RedisExchange], resp3: bool) {
     assert!(!at(12).queued && at(12).error.is_none());
     let subscribe = at(13);
     assert!(subscribe.answered);
-    assert_eq!(subscribe.reply_size, 68, "two replies, one per channel; the messages are not replies");
-    assert_eq!(at(14).reply_size, if resp3 { 7 } else { 20 }, "PING answered after two pushed messages");
+    assert_eq!(
+        subscribe.reply_size, 68,
+        "two replies, one per channel; the messages are not replies"
+    );
+    assert_eq!(
+        at(14).reply_size,
+        if resp3 { 7 } else { 20 },
+        "PING answered after two pushed messages"
+    );
     assert!(at(15).answered);
-    assert_eq!(at(15).reply_size, 74, "UNSUBSCRIBE from all: a reply per channel until none is left");
+    assert_eq!(
+        at(15).reply_size,
+        74,
+        "UNSUBSCRIBE from all: a reply per channel until none is left"
+    );
     assert!(out.iter().all(|e| e.answered));
 }
 
@@ -218,17 +313,31 @@ fn credentials_are_never_kept() {
         let (_, parser) = run_with(Side::Server, &recorded(file), |_, _| Vec::new());
         let dump = format!("{out:?} {parser:?}");
         assert!(!dump.contains("secret"), "{dump}");
-        assert!(out.iter().any(|e| matches!(&*e.operation, "AUTH" | "HELLO")));
-        for e in out.iter().filter(|e| matches!(&*e.operation, "AUTH" | "HELLO")) {
+        assert!(out
+            .iter()
+            .any(|e| matches!(&*e.operation, "AUTH" | "HELLO")));
+        for e in out
+            .iter()
+            .filter(|e| matches!(&*e.operation, "AUTH" | "HELLO"))
+        {
             assert_eq!(&*e.query_text, &*e.operation, "its name alone");
         }
     }
     let out = replay(include_bytes!("testdata/cli_wrongpass.bin"));
     assert_eq!(out.len(), 2);
-    assert_eq!(out[0].error.as_ref().map(|e| e.code.as_str()), Some("WRONGPASS"));
-    assert_eq!(out[1].error.as_ref().map(|e| e.code.as_str()), Some("NOAUTH"));
+    assert_eq!(
+        out[0].error.as_ref().map(|e| e.code.as_str()),
+        Some("WRONGPASS")
+    );
+    assert_eq!(
+        out[1].error.as_ref().map(|e| e.code.as_str()),
+        Some("NOAUTH")
+    );
     let out = replay(include_bytes!("testdata/cli_auth_resp3.bin"));
-    assert_eq!(texts(&out)[..4], ["AUTH", "SELECT ?", "HELLO", "COMMAND DOCS"]);
+    assert_eq!(
+        texts(&out)[..4],
+        ["AUTH", "SELECT ?", "HELLO", "COMMAND DOCS"]
+    );
     assert_eq!(out[3].db, 1);
 }
 
@@ -240,7 +349,12 @@ fn a_command_without_reply_is_unanswered_at_close() {
     assert!(!out[0].answered);
     let mut parser = RedisParser::new(Side::Client);
     let mut out = Vec::new();
-    let chunk = Chunk { direction: Direction::Egress, ts_ns: 1, tid: 1, bytes: b"*1\r\n$4\r\nPING\r\n" };
+    let chunk = Chunk {
+        direction: Direction::Egress,
+        ts_ns: 1,
+        tid: 1,
+        bytes: b"*1\r\n$4\r\nPING\r\n",
+    };
     parser.on_chunk(&chunk, &mut out).expect("ping");
     assert_eq!(parser.on_close(5, &mut out), 1);
     assert_eq!(out[0].response_end_ns, 5);
@@ -251,20 +365,49 @@ fn damage_drops_the_waiting_commands_and_pairs_again_at_a_lull() {
     let mut parser = RedisParser::new(Side::Client);
     let mut out = Vec::new();
     let feed = |p: &mut RedisParser, out: &mut Vec<RedisExchange>, dir, bytes: &[u8], ts| {
-        p.on_chunk(&Chunk { direction: dir, ts_ns: ts, tid: 1, bytes }, out)
+        p.on_chunk(
+            &Chunk {
+                direction: dir,
+                ts_ns: ts,
+                tid: 1,
+                bytes,
+            },
+            out,
+        )
     };
-    feed(&mut parser, &mut out, Direction::Egress, b"*2\r\n$3\r\nGET\r\n$1\r\na\r\n", 1).expect("get a");
+    feed(
+        &mut parser,
+        &mut out,
+        Direction::Egress,
+        b"*2\r\n$3\r\nGET\r\n$1\r\na\r\n",
+        1,
+    )
+    .expect("get a");
     // The start of the reply is lost: the rest is not RESP where a value should start.
     assert!(feed(&mut parser, &mut out, Direction::Ingress, b"lo\r\n", 2).is_err());
     assert_eq!(parser.take_lost(), 1);
-    feed(&mut parser, &mut out, Direction::Egress, b"*2\r\n$3\r\nGET\r\n$1\r\nb\r\n", 3).expect("get b");
+    feed(
+        &mut parser,
+        &mut out,
+        Direction::Egress,
+        b"*2\r\n$3\r\nGET\r\n$1\r\nb\r\n",
+        3,
+    )
+    .expect("get b");
     feed(&mut parser, &mut out, Direction::Ingress, b"$-1\r\n", 4).expect("nil");
     assert_eq!(out.len(), 1);
     assert_eq!(&*out[0].query_text, "GET b");
     assert_eq!(hit(&out[0]), Some(false));
     // A gap outside a bulk payload hides framing too.
     assert_eq!(
-        parser.on_gap(&Gap { direction: Direction::Ingress, ts_ns: 5, len: 10 }, &mut out),
+        parser.on_gap(
+            &Gap {
+                direction: Direction::Ingress,
+                ts_ns: 5,
+                len: 10
+            },
+            &mut out
+        ),
         Err(RedisParseError::GapInFraming)
     );
 }
@@ -275,13 +418,47 @@ fn a_gap_inside_a_large_value_costs_nothing() {
     let mut out = Vec::new();
     let mut set = b"*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n$100000\r\n".to_vec();
     set.extend([b'v'; 1000]);
-    parser.on_chunk(&Chunk { direction: Direction::Egress, ts_ns: 1, tid: 1, bytes: &set }, &mut out).expect("head");
-    let gap = Gap { direction: Direction::Egress, ts_ns: 1, len: 100_000 - 1000 - 62 };
+    parser
+        .on_chunk(
+            &Chunk {
+                direction: Direction::Egress,
+                ts_ns: 1,
+                tid: 1,
+                bytes: &set,
+            },
+            &mut out,
+        )
+        .expect("head");
+    let gap = Gap {
+        direction: Direction::Egress,
+        ts_ns: 1,
+        len: 100_000 - 1000 - 62,
+    };
     parser.on_gap(&gap, &mut out).expect("gap in the value");
     let mut tail = vec![b'v'; 62];
     tail.extend(b"\r\n");
-    parser.on_chunk(&Chunk { direction: Direction::Egress, ts_ns: 1, tid: 1, bytes: &tail }, &mut out).expect("tail");
-    parser.on_chunk(&Chunk { direction: Direction::Ingress, ts_ns: 2, tid: 1, bytes: b"+OK\r\n" }, &mut out).expect("ok");
+    parser
+        .on_chunk(
+            &Chunk {
+                direction: Direction::Egress,
+                ts_ns: 1,
+                tid: 1,
+                bytes: &tail,
+            },
+            &mut out,
+        )
+        .expect("tail");
+    parser
+        .on_chunk(
+            &Chunk {
+                direction: Direction::Ingress,
+                ts_ns: 2,
+                tid: 1,
+                bytes: b"+OK\r\n",
+            },
+            &mut out,
+        )
+        .expect("ok");
     assert_eq!(out.len(), 1);
     assert_eq!(&*out[0].query_text, "SET big ?");
 }
@@ -315,7 +492,8 @@ fn mutated_recordings_never_panic() {
     ];
     for round in 0..3000 {
         let file = files[round % files.len()];
-        let (requests, replies): (Vec<_>, Vec<_>) = recorded(file).into_iter().partition(|(client, _)| *client);
+        let (requests, replies): (Vec<_>, Vec<_>) =
+            recorded(file).into_iter().partition(|(client, _)| *client);
         let requests: Vec<u8> = requests.into_iter().flat_map(|(_, b)| b).collect();
         let replies: Vec<u8> = replies.into_iter().flat_map(|(_, b)| b).collect();
         let mut data = vec![next() as u8, 0, (next() % 8) as u8];
