@@ -1,4 +1,4 @@
-//! Protocols: one folder each (`http1/`, `redis/`, `postgres/`), behind two traits, listed once in
+//! Protocols: one folder each (`http1/`, `redis/`, `memcached/`, `postgres/`), behind two traits, listed once in
 //! [`REGISTRY`].
 //!
 //! A protocol folder holds everything that protocol is: how its first bytes are recognized
@@ -46,6 +46,7 @@ macro_rules! registry {
 registry! {
     http1::Http1,
     redis::Redis,
+    memcached::Memcached,
     postgres::Postgres,
 }
 
