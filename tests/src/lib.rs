@@ -13,6 +13,7 @@ pub mod checks;
 pub mod clients;
 pub mod example;
 pub mod memcached;
+pub mod nats;
 pub mod nginx;
 pub mod otlp;
 pub mod postgres;

@@ -1,4 +1,4 @@
-//! Protocols: one folder each (`http1/`, `redis/`, `memcached/`, `postgres/`), behind two traits, listed once in
+//! Protocols: one folder each (`http1/`, `redis/`, `memcached/`, `nats/`, `postgres/`), behind two traits, listed once in
 //! [`REGISTRY`].
 //!
 //! A protocol folder holds everything that protocol is: how its first bytes are recognized
@@ -20,6 +20,7 @@
 pub(crate) mod capture;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod lines;
 
 use std::{any::Any, fmt, net::SocketAddr, sync::Arc};
 
@@ -47,6 +48,7 @@ registry! {
     http1::Http1,
     redis::Redis,
     memcached::Memcached,
+    nats::Nats,
     postgres::Postgres,
 }
 

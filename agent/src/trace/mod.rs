@@ -39,7 +39,7 @@ use crate::{
     conn::{ConnKey, RequestStart},
     metrics::Metrics,
     protocols::Side,
-    spans::{new_span_id, new_trace_id, AttrValue, Attribute, Span},
+    spans::{new_span_id, new_trace_id, AttrValue, Attribute, Span, SpanKind},
 };
 
 /// How long (kernel time) inputs wait before they are handled in timestamp order.
@@ -60,6 +60,11 @@ const BATCH_CONTINUATION_NS: u64 = 1_000_000_000;
 
 /// The attribute that says how a span's parent was found.
 pub const LINK_ATTR: &str = "ztrace.link";
+/// The attribute through which a messaging span hands trace assembly its message's key (an
+/// integer equal on the producer's and the consumer's end); removed here, never exported.
+pub const MESSAGE_KEY_ATTR: &str = "ztrace.internal.message_key";
+/// Messages remembered for their consumers: (key → the PRODUCER span's ids).
+const MAX_MESSAGES: usize = 65_536;
 
 /// How a span's parent was found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,6 +73,8 @@ pub enum Link {
     Connection,
     Thread,
     Goroutine,
+    /// A CONSUMER span whose PRODUCER span sent the same message on this host.
+    Message,
     None,
 }
 
@@ -78,6 +85,7 @@ impl Link {
             Link::Connection => "connection",
             Link::Thread => "thread",
             Link::Goroutine => "goroutine",
+            Link::Message => "message",
             Link::None => "none",
         }
     }
@@ -222,6 +230,10 @@ pub struct Tracer {
     starts: HashMap<ConnKey, VecDeque<StartRecord>>,
     /// Client requests not yet read by a traced server end, by (client end, server end).
     in_flight: HashMap<(SocketAddr, SocketAddr), VecDeque<InFlight>>,
+    /// Messages published, by key, for the CONSUMER spans of their deliveries (bounded, oldest
+    /// forgotten first).
+    messages: HashMap<i64, ([u8; 16], [u8; 8])>,
+    message_order: VecDeque<i64>,
     /// Open server exchanges of each unit of work, by (tgid, [`unit`]).
     serving: HashMap<(u32, u64), Vec<Serving>>,
     /// The unit of work whose `serving` holds a connection's open server exchange.
@@ -253,6 +265,15 @@ fn set_link(span: &mut Span, link: Link) {
     match span.attributes.iter_mut().find(|a| a.key == LINK_ATTR) {
         Some(a) => a.value = AttrValue::Str(link.as_str().to_owned()),
         None => span.attributes.push(Attribute::new(LINK_ATTR, link.as_str())),
+    }
+}
+
+/// Removes the message key a messaging span carries (see [`MESSAGE_KEY_ATTR`]).
+fn take_message_key(span: &mut Span) -> Option<i64> {
+    let i = span.attributes.iter().position(|a| a.key == MESSAGE_KEY_ATTR)?;
+    match span.attributes.remove(i).value {
+        AttrValue::Int(key) => Some(key),
+        _ => None,
     }
 }
 
@@ -465,6 +486,32 @@ impl Tracer {
         Some((ids, peer, last.peer_offset + last.claims))
     }
 
+    /// A PRODUCER span is remembered under its message's key; a CONSUMER span of the same
+    /// message (published earlier on this host) becomes its child, unless the message's own
+    /// headers linked it (`header`).
+    fn link_message(&mut self, span: &mut Span, message: i64) {
+        match span.kind {
+            SpanKind::Producer => {
+                if self.messages.len() >= MAX_MESSAGES {
+                    if let Some(old) = self.message_order.pop_front() {
+                        self.messages.remove(&old);
+                    }
+                }
+                if self.messages.insert(message, (span.trace_id, span.span_id)).is_none() {
+                    self.message_order.push_back(message);
+                }
+            }
+            SpanKind::Consumer if link_of(span) != Some("header") => {
+                if let Some(&(trace_id, span_id)) = self.messages.get(&message) {
+                    span.trace_id = trace_id;
+                    span.parent_span_id = Some(span_id);
+                    set_link(span, Link::Message);
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// For a client start on a Go goroutine serving nothing: the one exchange served by the
     /// nearest goroutine up its chain of starters, if it began before the start below it.
     fn started_by_serving(&self, s: &RequestStart) -> Option<([u8; 16], [u8; 8])> {
@@ -509,9 +556,12 @@ impl Tracer {
 
     fn on_done(&mut self, f: Finished, metrics: &Metrics, out: &mut Vec<Span>) {
         let Finished { mut span, key, side, request_start_ns, peer_traced } = f;
+        let message_key = take_message_key(&mut span);
+        let consumer = span.kind == SpanKind::Consumer;
         // The latest start at or before the exchange's first bytes; older ones are done with.
-        // The start stays for further exchanges of a pipelined batch.
-        let record = self.starts.get_mut(&key).and_then(|q| {
+        // The start stays for further exchanges of a pipelined batch. A delivered message
+        // (CONSUMER) is read, not requested: it claims no start.
+        let record = self.starts.get_mut(&key).filter(|_| !consumer).and_then(|q| {
             let i = q.iter().rposition(|r| r.ts <= request_start_ns)?;
             q.drain(..i);
             let r = q.front_mut()?;
@@ -542,6 +592,9 @@ impl Tracer {
             // No start seen (its bytes were lost): the span keeps the ids it was built with.
             None => side == Side::Server && peer_traced && link_of(&span) != Some("header"),
         };
+        if let Some(message) = message_key {
+            self.link_message(&mut span, message);
+        }
         if missing_parent && span.parent_span_id.is_none() {
             Metrics::inc(&metrics.spans_unlinked);
         }

@@ -368,3 +368,37 @@ fn hold_back_window_memory() {
         grown * 1024 / MAX_PENDING as u64
     );
 }
+
+#[test]
+fn a_delivered_message_is_the_child_of_the_publish_that_sent_it() {
+    // A handler (server exchange on thread 5 of process 1) publishes to a broker (process 9);
+    // process 2 receives the message on its own connection to the broker.
+    let (http_client, http_server) = conn(3, 3, 1, 4, 40000, 8080);
+    let (publisher, _) = conn(1, 7, 9, 8, 40001, 4222);
+    let (subscriber, _) = conn(2, 5, 9, 9, 40002, 4222);
+    let mut w = World::new();
+    w.start(http_client, 1, 100);
+    w.start(http_server, 5, 105);
+    w.start(publisher, 5, 110);
+    let message = |kind, name: &str, key: i64| {
+        let mut s = span(kind, name);
+        s.attributes.push(Attribute::new(MESSAGE_KEY_ATTR, key));
+        s
+    };
+    let finished = |end: End, span, at| Finished { span, key: end.key, side: Side::Client, request_start_ns: at, peer_traced: false };
+    w.tracer.finished(110, finished(publisher, message(SpanKind::Producer, "publish orders", 42), 110), &w.metrics, &mut w.out);
+    w.tracer.finished(111, finished(publisher, message(SpanKind::Producer, "publish other", 43), 110), &w.metrics, &mut w.out);
+    w.tracer.finished(120, finished(subscriber, message(SpanKind::Consumer, "receive orders", 42), 120), &w.metrics, &mut w.out);
+    w.tracer.finished(121, finished(subscriber, message(SpanKind::Consumer, "receive unknown", 77), 121), &w.metrics, &mut w.out);
+    w.done(http_server, "GET /order", 105, 130);
+    let spans = w.flush();
+    let (handler, publish, receive) = (by_name(&spans, "GET /order"), by_name(&spans, "publish orders"), by_name(&spans, "receive orders"));
+    assert_eq!(publish.parent_span_id, Some(handler.span_id), "the handler's thread published");
+    assert_eq!(link(publish), "thread");
+    assert_eq!(receive.parent_span_id, Some(publish.span_id));
+    assert_eq!(receive.trace_id, handler.trace_id, "one trace");
+    assert_eq!(link(receive), "message");
+    let unknown = by_name(&spans, "receive unknown");
+    assert_eq!((unknown.parent_span_id, link(unknown)), (None, "none"), "a message published by nobody seen");
+    assert!(spans.iter().all(|s| s.attributes.iter().all(|a| a.key != MESSAGE_KEY_ATTR)), "the key is never exported");
+}

@@ -22,13 +22,12 @@
 //! Not covered: the binary protocol (magic byte `0x80`), which is deprecated.
 
 mod command;
-mod framing;
 pub mod span;
 
 use std::{collections::VecDeque, sync::Arc};
 
+use super::lines::{FramingError, LineReader, Piece};
 use command::{Command, Kind};
-use framing::{FramingError, LineReader, Piece};
 
 use super::{Boxed, Chunk, Direction, Endpoints, Gap, Options, Parser, Side, StreamParser};
 use crate::spans::{clock::Clock, Resource, Span};
@@ -156,12 +155,12 @@ impl MemcachedParser {
                     values: 0,
                 });
                 match block {
-                    Some(Some(len)) => reader.expect_block(len),
+                    Some(Some(len)) => reader.expect_block(len, 0),
                     Some(None) => self.error = Some(MemcachedParseError::BadLength),
                     None => self.sent(ts_ns, tid),
                 }
             }
-            Piece::BlockEnd { size } => {
+            Piece::BlockEnd { size, .. } => {
                 if let Some(p) = self.pending.back_mut() {
                     p.size += size;
                     p.sending = false;
@@ -220,7 +219,7 @@ impl MemcachedParser {
                     front.hit_keys.push(key);
                 }
                 match len {
-                    Some(len) => reader.expect_block(len),
+                    Some(len) => reader.expect_block(len, 0),
                     None => self.error = Some(MemcachedParseError::BadLength),
                 }
             }
@@ -232,7 +231,7 @@ impl MemcachedParser {
                 {
                     Some(len) => {
                         // A hit: the reply ends with its data block.
-                        reader.expect_block(len);
+                        reader.expect_block(len, 0);
                         self.block_ends_reply = true;
                     }
                     None => self.error = Some(MemcachedParseError::BadLength),
@@ -480,7 +479,7 @@ impl MemcachedParser {
     /// its last line (or, for a meta `VA`, its data block) arrived.
     fn on_reply_at(&mut self, reader: &mut LineReader, piece: Piece, ts_ns: u64, tid: u32) {
         match piece {
-            Piece::BlockEnd { size } => {
+            Piece::BlockEnd { size, .. } => {
                 if let Some(p) = self.pending.front_mut() {
                     p.reply_size += size;
                 }

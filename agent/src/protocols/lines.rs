@@ -1,8 +1,10 @@
-//! Framing of memcached's text protocol: lines ending in `\r\n`, some followed by a data block
-//! whose length the line gave. One [`LineReader`] per direction; the data blocks are skipped by
-//! their length (never kept), so a gap inside one costs nothing.
+//! Framing shared by the line-based text protocols (memcached, NATS): lines ending in `\r\n`,
+//! some followed by a data block whose length the line gave. One [`LineReader`] per direction;
+//! data blocks are skipped by their length (at most a requested prefix is kept), so a gap inside
+//! one costs nothing.
 
-/// Longest line accepted (the server's own limit for a command line is 2048 bytes plus keys).
+/// Longest line accepted (memcached's own limit for a command line is 2048 bytes plus keys;
+/// a NATS `INFO` line is a few KiB).
 pub const MAX_LINE: usize = 8192;
 
 /// What a direction delivers.
@@ -16,21 +18,28 @@ pub enum Piece {
         tid: u32,
         size: u64,
     },
-    /// The end of a data block announced by the previous line, and its size (with the CRLF).
-    BlockEnd { size: u64 },
+    /// The end of a data block announced by the previous line, its size (with the CRLF), and
+    /// the prefix of it that was asked for.
+    BlockEnd { size: u64, kept: Vec<u8> },
 }
 
 /// Bytes that are not the protocol.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FramingError {
-    #[error("memcached line longer than {MAX_LINE} bytes")]
+    #[error("line longer than {MAX_LINE} bytes")]
     LineTooLong,
 }
 
 #[derive(Debug)]
 enum State {
-    Line { len: usize },
-    Block { remaining: u64, size: u64 },
+    Line {
+        len: usize,
+    },
+    Block {
+        remaining: u64,
+        size: u64,
+        keep: usize,
+    },
 }
 
 /// One direction's reader.
@@ -38,6 +47,8 @@ enum State {
 pub struct LineReader {
     state: State,
     line: Vec<u8>,
+    /// The kept prefix of the data block being read.
+    block: Vec<u8>,
     start_ns: u64,
     tid: u32,
 }
@@ -47,6 +58,7 @@ impl Default for LineReader {
         LineReader {
             state: State::Line { len: 0 },
             line: Vec::new(),
+            block: Vec::new(),
             start_ns: 0,
             tid: 0,
         }
@@ -54,11 +66,14 @@ impl Default for LineReader {
 }
 
 impl LineReader {
-    /// The next `len` bytes (and their CRLF) are a data block.
-    pub fn expect_block(&mut self, len: u64) {
+    /// The next `len` bytes (and their CRLF) are a data block, of which the first `keep` bytes
+    /// are handed over with its end (bytes a gap hid, and those after them, are not).
+    pub fn expect_block(&mut self, len: u64, keep: usize) {
+        self.block.clear();
         self.state = State::Block {
             remaining: len.saturating_add(2),
             size: 0,
+            keep: keep.min(len as usize),
         };
     }
 
@@ -73,15 +88,24 @@ impl LineReader {
     ) -> Result<(), FramingError> {
         while !bytes.is_empty() {
             match &mut self.state {
-                State::Block { remaining, size } => {
+                State::Block {
+                    remaining,
+                    size,
+                    keep,
+                } => {
                     let take = (*remaining).min(bytes.len() as u64);
+                    let room = keep.saturating_sub(self.block.len()).min(take as usize);
+                    if *size as usize == self.block.len() {
+                        self.block.extend_from_slice(&bytes[..room]);
+                    }
                     *remaining -= take;
                     *size += take;
                     bytes = &bytes[take as usize..];
                     if *remaining == 0 {
                         let size = *size;
                         self.state = State::Line { len: 0 };
-                        on_piece(self, Piece::BlockEnd { size });
+                        let kept = std::mem::take(&mut self.block);
+                        on_piece(self, Piece::BlockEnd { size, kept });
                     }
                 }
                 State::Line { len } => {
@@ -127,13 +151,16 @@ impl LineReader {
     /// `len` bytes not captured: skipped inside a data block; false when they hide a line.
     pub fn on_gap(&mut self, len: u64, on_piece: &mut dyn FnMut(&mut LineReader, Piece)) -> bool {
         match &mut self.state {
-            State::Block { remaining, size } if *remaining >= len => {
+            State::Block {
+                remaining, size, ..
+            } if *remaining >= len => {
                 *remaining -= len;
                 *size += len;
                 if *remaining == 0 {
                     let size = *size;
                     self.state = State::Line { len: 0 };
-                    on_piece(self, Piece::BlockEnd { size });
+                    let kept = std::mem::take(&mut self.block);
+                    on_piece(self, Piece::BlockEnd { size, kept });
                 }
                 true
             }
