@@ -32,11 +32,13 @@ impl NatsServer {
         self.proc.pid()
     }
 
-    /// The subscriber, started and subscribed (it has printed `ready`).
-    pub fn subscriber(&self) -> Proc {
+    /// The subscriber, started and subscribed (it has printed `ready`); it GETs `url` for each
+    /// order it receives.
+    pub fn subscriber(&self, url: &str) -> Proc {
         let mut cmd = Command::new(python());
         cmd.arg(fixture("nats_subscriber.py"))
-            .arg(self.port.to_string());
+            .arg(self.port.to_string())
+            .arg(url);
         let mut proc = Proc::spawn("nats_subscriber.py", &mut cmd);
         proc.wait_for_stdout("ready", TIMEOUT);
         proc

@@ -3,12 +3,14 @@
 //! Every message published is a PRODUCER span of the publisher and every delivery a CONSUMER
 //! span of the receiver, the CONSUMER span the child of the PRODUCER span that sent the same
 //! message (`ztrace.link` = `message`), or of the `traceparent` the message's headers carry
-//! (`header`); request/reply through an `_INBOX` subject gives two such pairs. Payloads are
-//! never exported; their sizes are.
+//! (`header`); request/reply through an `_INBOX` subject gives two such pairs, the reply a
+//! child of the request it answers. The HTTP call the subscriber makes while handling a message
+//! is the child of its CONSUMER span (`thread`). Payloads are never exported; their sizes are.
 
 use std::time::Duration;
 
 use ztrace_e2e::nats::NatsServer;
+use ztrace_e2e::servers::Server;
 use ztrace_e2e::span::list;
 use ztrace_e2e::ztrace::SPAN_TIMEOUT;
 use ztrace_e2e::{Span, Ztrace};
@@ -37,9 +39,10 @@ fn one<'a>(spans: &'a [Span], kind: &str, name: &str, pid: u32) -> &'a Span {
 #[ignore = "needs root and eBPF; run by cargo xtask test"]
 fn nats_py_publish_deliver_and_request_reply_are_linked_producer_and_consumer_spans() {
     let server = NatsServer::start();
+    let stock = Server::python_http("127.0.0.1");
     let mut ztrace = Ztrace::start(&["--print=json"]);
 
-    let mut subscriber = server.subscriber();
+    let mut subscriber = server.subscriber(&format!("http://127.0.0.1:{}/hello", stock.port));
     let publisher = server.publisher();
     assert!(
         publisher.success && publisher.stdout.contains("done"),
@@ -147,6 +150,50 @@ fn nats_py_publish_deliver_and_request_reply_are_linked_producer_and_consumer_sp
     assert_eq!(reply_in.parent_span_id(), Some(reply.span_id()));
     assert_eq!(reply_in.attr_str("ztrace.link"), Some("message"));
     assert_eq!(reply_in.attr_i64("messaging.message.body.size"), Some(25));
+
+    // The responder's reply is part of handling the request it answers.
+    assert_eq!(
+        reply.parent_span_id(),
+        Some(request_in.span_id()),
+        "{reply:?}"
+    );
+    assert_eq!(reply.attr_str("ztrace.link"), Some("thread"));
+
+    // Handling each order, the subscriber called the stock service: that call is the child of
+    // the delivery, and the service's SERVER span the child of the call: one trace from the
+    // publish to the service.
+    let stock_port = stock.port;
+    let http = ztrace.wait_for_n_spans(
+        4,
+        move |s: &Span| s.server_port() == Some(stock_port) && s.url_path() == Some("/hello"),
+        SPAN_TIMEOUT,
+    );
+    for (delivery, publish) in [(first_del, first_pub), (delivered[1], published[1])] {
+        let call = http
+            .iter()
+            .find(|s| s.is_client() && s.parent_span_id() == Some(delivery.span_id()))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no HTTP call is the child of {delivery:?}:\n{}",
+                    list(&http)
+                )
+            });
+        assert_eq!(call.attr_str("ztrace.link"), Some("thread"));
+        assert_eq!(call.pid(), Some(sub_pid));
+        assert_eq!(
+            call.trace_id(),
+            publish.trace_id(),
+            "one trace from the publish to the service"
+        );
+        let served = http
+            .iter()
+            .find(|s| s.is_server() && s.parent_span_id() == Some(call.span_id()));
+        assert!(
+            served.is_some(),
+            "the stock service's span is the call's child:\n{}",
+            list(&http)
+        );
+    }
 
     for span in &spans {
         let json = span.0.to_string();

@@ -18,6 +18,9 @@
 //! Then stacks (`bench/stacks.rs`; `cargo xtask bench --stacks` runs only it): requests/s with
 //! stacks on vs off, the symbolizer's cache hit rate, the first-span delay of large binaries
 //! and the agent's memory after symbolizing them.
+//! Then Redis under `redis-benchmark -P 16 -c 4 -t set,get` (16 commands per write, both the
+//! client and redis-server traced: two spans per command), three alternating pairs;
+//! `cargo xtask bench --redis` runs only this part.
 //! Then the trace store's own benchmark: spans/s inserted and query times with 100,000 traces
 //! stored (`bench_insert_and_list` in `agent/src/sinks/store/tests.rs`), and the PostgreSQL parser's:
 //! spans/s on one core from a recorded session (`postgres_throughput` in
@@ -35,6 +38,7 @@ use ztrace_e2e::{
     free_port,
     nginx::{self, Nginx},
     postgres::PgServer,
+    redis::RedisServer,
     tail,
     tls::Certs,
     ztrace::{stats_line, READY_LINE},
@@ -76,7 +80,7 @@ struct AgentCost {
 
 /// `cargo xtask bench`; `example_only`: only the example system's part; `stacks_only`: only the
 /// stacks part (`bench/stacks.rs`).
-pub fn bench(agent_args: &[String], example_only: bool, stacks_only: bool, capture_only: bool) -> Result<()> {
+pub fn bench(agent_args: &[String], example_only: bool, stacks_only: bool, capture_only: bool, redis_only: bool) -> Result<()> {
     let agent_args: Vec<String> = if agent_args.is_empty() {
         DEFAULT_ZTRACE_ARGS.iter().map(|s| s.to_string()).collect()
     } else {
@@ -97,6 +101,9 @@ pub fn bench(agent_args: &[String], example_only: bool, stacks_only: bool, captu
     }
     if stacks_only {
         return stacks::stacks_bench(&ztrace);
+    }
+    if redis_only {
+        return redis_bench(&ztrace, &agent_args);
     }
     // Instructions per span first: they hold on a busy machine, the timed loads below do not.
     capture::capture_bench()?;
@@ -129,6 +136,7 @@ pub fn bench(agent_args: &[String], example_only: bool, stacks_only: bool, captu
     https_bench(&ztrace, &agent_args, dir.path(), nginx.tls_port.unwrap_or(0))?;
     drop(nginx);
     postgres_bench(&ztrace, &agent_args)?;
+    redis_bench(&ztrace, &agent_args)?;
     example_bench(&ztrace, &agent_args)?;
     stacks::stacks_bench(&ztrace)?;
     store_bench()?;
@@ -161,6 +169,49 @@ fn postgres_bench(ztrace: &Path, agent_args: &[String]) -> Result<()> {
     drop(pg);
     report(&runs, ztrace, agent_args, &format!("(pgbench {} against 127.0.0.1:{port})", PGBENCH_ARGS.join(" ")));
     Ok(())
+}
+
+/// `redis-benchmark` load: pipelines of 16, 4 connections, SET then GET.
+const REDIS_BENCHMARK_ARGS: &[&str] = &["-P", "16", "-c", "4", "-n", "4000000", "-t", "set,get", "--csv"];
+
+/// Redis under `redis-benchmark -P 16`, alternating without and with the agent.
+fn redis_bench(ztrace: &Path, agent_args: &[String]) -> Result<()> {
+    apt_install(&["redis-server", "redis-tools"])?;
+    let dir = TempDir::new("bench-redis");
+    let redis = RedisServer::start(None);
+    let port = redis.port;
+    say!("redis-server serving 127.0.0.1:{port}");
+    let load = || redis_rps(&redis, REDIS_BENCHMARK_ARGS);
+    say!("warming up...");
+    redis_rps(&redis, &["-P", "16", "-c", "4", "-n", "200000", "-t", "set,get", "--csv"])?;
+    let mut runs = Vec::new();
+    for pair in 1..=PAIRS {
+        say!("redis-benchmark pair {pair}/{PAIRS}: without ztrace...");
+        let rps = load()?;
+        say!("  {rps:.0} commands/s");
+        runs.push(Run { traced: false, requests_per_sec: rps, agent: None });
+        say!("redis-benchmark pair {pair}/{PAIRS}: with ztrace...");
+        let run = traced_run(ztrace, agent_args, dir.path(), |_| load())?;
+        say!("  {:.0} commands/s", run.requests_per_sec);
+        runs.push(run);
+    }
+    drop(redis);
+    report(&runs, ztrace, agent_args, &format!("(redis-benchmark {} against 127.0.0.1:{port})", REDIS_BENCHMARK_ARGS.join(" ")));
+    Ok(())
+}
+
+/// Commands per second of one `redis-benchmark --csv` run: the mean over its tests.
+fn redis_rps(redis: &RedisServer, args: &[&str]) -> Result<f64> {
+    let run = redis.benchmark(args);
+    ensure!(run.success, "redis-benchmark failed: {}{}", run.stdout, run.stderr);
+    let rates: Vec<f64> = run
+        .stdout
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split(',').nth(1)?.trim_matches('"').parse().ok())
+        .collect();
+    ensure!(!rates.is_empty(), "no rates in redis-benchmark's output: {}", run.stdout);
+    Ok(rates.iter().sum::<f64>() / rates.len() as f64)
 }
 
 /// The example system under wrk: short runs, each request is 13 spans.

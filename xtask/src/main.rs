@@ -86,6 +86,9 @@ enum Command {
         /// a busy machine).
         #[arg(long)]
         capture: bool,
+        /// Only Redis under `redis-benchmark -P 16` (pipelined SET and GET).
+        #[arg(long)]
+        redis: bool,
     },
     /// Run the example system (orders, users, inventory and PostgreSQL) traced by ztrace, send a
     /// few requests and print the viewer's URL; Ctrl-C stops everything.
@@ -109,7 +112,7 @@ fn main() -> Result<()> {
         Command::Test { skip_privileged } => test::test(skip_privileged),
         Command::Image => image::image(),
         Command::KernelMatrix => kernels::prepare().map(|_| ()),
-        Command::Bench { agent_args, example, stacks, capture } => bench::bench(&agent_args, example, stacks, capture),
+        Command::Bench { agent_args, example, stacks, capture, redis } => bench::bench(&agent_args, example, stacks, capture, redis),
         Command::Demo { lang, pg_port } => demo::demo(lang, pg_port),
     }
 }

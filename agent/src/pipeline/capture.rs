@@ -203,11 +203,12 @@ impl Capture {
             let process = self.processes.get_or_load(ex.conn.key.tgid, &ex.conn.comm);
             let span = ex.exchange.span(&ex.conn.endpoints(), &process.resource, &self.clock);
             let (side, request_start_ns) = (ex.exchange.side(), ex.exchange.request_start_ns());
+            let consumer_tid = ex.exchange.consumer_thread();
             Metrics::inc(&self.metrics.spans_created);
             let peer_traced = self.conns.peer_traced(ex.conn.local, ex.conn.remote);
             // An exchange finished on a close has no data event: its close is its time.
             let at = if ts == 0 { self.last_ts } else { ts };
-            let finished = Finished { span, key: ex.conn.key, side, request_start_ns, peer_traced };
+            let finished = Finished { span, key: ex.conn.key, side, request_start_ns, peer_traced, consumer_tid };
             // Client spans take their request's stack (or wait for it) on the way.
             if let Some((at, finished)) = self.stacks.pass(at, finished, Instant::now(), &self.metrics) {
                 self.tracer.finished(at, finished, &self.metrics, &mut self.ready);

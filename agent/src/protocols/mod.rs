@@ -197,6 +197,13 @@ pub trait Exchange: fmt::Debug + Send + 'static {
     /// For tests and tools that look at one protocol's exchanges.
     fn as_any(&self) -> &dyn Any;
 
+    /// For a message delivered to the traced process (a CONSUMER span): the thread that read
+    /// it. Trace assembly takes the calls that thread makes next as the message's processing
+    /// (its children, `ztrace.link` = `thread`).
+    fn consumer_thread(&self) -> Option<u32> {
+        None
+    }
+
     /// False when the connection closed before any answer to the request (see
     /// [`Parser::on_close`]); the exchange then ends at the close and carries nothing of an
     /// answer.

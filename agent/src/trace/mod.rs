@@ -65,6 +65,8 @@ pub const LINK_ATTR: &str = "ztrace.link";
 pub const MESSAGE_KEY_ATTR: &str = "ztrace.internal.message_key";
 /// Messages remembered for their consumers: (key → the PRODUCER span's ids).
 const MAX_MESSAGES: usize = 65_536;
+/// How long after a message was read its thread's calls may still be its processing.
+const CONSUMER_PROCESSING_NS: u64 = 10_000_000_000;
 
 /// How a span's parent was found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,6 +145,9 @@ struct Serving {
     trace_id: [u8; 16],
     span_id: [u8; 8],
     ts: u64,
+    /// A delivered message's processing: it ends at the thread's next message on the
+    /// connection, or [`CONSUMER_PROCESSING_NS`] after it was read.
+    consumer: bool,
 }
 
 /// A finished span and where it came from.
@@ -154,6 +159,8 @@ pub struct Finished {
     pub request_start_ns: u64,
     /// The client end of a server span is a traced local process.
     pub peer_traced: bool,
+    /// A delivered message: the thread that read it (see `Exchange::consumer_thread`).
+    pub consumer_tid: Option<u32>,
 }
 
 enum Input {
@@ -421,7 +428,7 @@ impl Tracer {
                     },
                 },
                 Side::Client => match self.serving.get(&(s.key.tgid, unit(s))).map(Vec::as_slice) {
-                    Some([one]) => Ids {
+                    Some([one]) if !one.consumer || s.ts_ns.saturating_sub(one.ts) <= CONSUMER_PROCESSING_NS => Ids {
                         trace_id: one.trace_id,
                         span_id: new_span_id(),
                         parent: Some(one.span_id),
@@ -450,6 +457,7 @@ impl Tracer {
                     trace_id: ids.trace_id,
                     span_id: ids.span_id,
                     ts: s.ts_ns,
+                    consumer: false,
                 });
                 self.serving_thread.insert(s.key, unit(s));
             }
@@ -555,7 +563,7 @@ impl Tracer {
     }
 
     fn on_done(&mut self, f: Finished, metrics: &Metrics, out: &mut Vec<Span>) {
-        let Finished { mut span, key, side, request_start_ns, peer_traced } = f;
+        let Finished { mut span, key, side, request_start_ns, peer_traced, consumer_tid } = f;
         let message_key = take_message_key(&mut span);
         let consumer = span.kind == SpanKind::Consumer;
         // The latest start at or before the exchange's first bytes; older ones are done with.
@@ -594,6 +602,22 @@ impl Tracer {
         };
         if let Some(message) = message_key {
             self.link_message(&mut span, message);
+        }
+        let serving_a_request = |t: &Self, tid: u32| {
+            t.serving.get(&(key.tgid, u64::from(tid))).is_some_and(|open| open.iter().any(|o| !o.consumer))
+        };
+        if let Some(tid) = consumer_tid.filter(|&tid| span.kind == SpanKind::Consumer && !serving_a_request(self, tid)) {
+            // What the reading thread does next is this message's processing (unless it is
+            // serving a request: a reply it awaited is part of that request's work).
+            self.stop_serving(key);
+            self.serving.entry((key.tgid, u64::from(tid))).or_default().push(Serving {
+                conn: key,
+                trace_id: span.trace_id,
+                span_id: span.span_id,
+                ts: request_start_ns,
+                consumer: true,
+            });
+            self.serving_thread.insert(key, u64::from(tid));
         }
         if missing_parent && span.parent_span_id.is_none() {
             Metrics::inc(&metrics.spans_unlinked);

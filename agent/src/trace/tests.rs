@@ -68,7 +68,7 @@ impl World {
     }
     fn done(&mut self, end: End, name: &str, request_start: u64, ts: u64) {
         let kind = if end.side == Side::Server { SpanKind::Server } else { SpanKind::Client };
-        let f = Finished { span: span(kind, name), key: end.key, side: end.side, request_start_ns: request_start, peer_traced: true };
+        let f = Finished { span: span(kind, name), key: end.key, side: end.side, request_start_ns: request_start, peer_traced: true, consumer_tid: None };
         self.tracer.finished(ts, f, &self.metrics, &mut self.out);
     }
     fn flush(&mut self) -> Vec<Span> {
@@ -356,7 +356,7 @@ fn hold_back_window_memory() {
             Attribute::new("network.protocol.version", "1.1"),
             Attribute::new("user_agent.original", "Go-http-client/1.1"),
         ]);
-        let f = Finished { span: s, key: server.key, side: Side::Server, request_start_ns: 1_000 + 2 * i, peer_traced: true };
+        let f = Finished { span: s, key: server.key, side: Side::Server, request_start_ns: 1_000 + 2 * i, peer_traced: true, consumer_tid: None };
         w.tracer.finished(1_001 + 2 * i, f, &w.metrics, &mut w.out);
     }
     let after = rss_kib();
@@ -385,7 +385,7 @@ fn a_delivered_message_is_the_child_of_the_publish_that_sent_it() {
         s.attributes.push(Attribute::new(MESSAGE_KEY_ATTR, key));
         s
     };
-    let finished = |end: End, span, at| Finished { span, key: end.key, side: Side::Client, request_start_ns: at, peer_traced: false };
+    let finished = |end: End, span, at| Finished { span, key: end.key, side: Side::Client, request_start_ns: at, peer_traced: false, consumer_tid: None };
     w.tracer.finished(110, finished(publisher, message(SpanKind::Producer, "publish orders", 42), 110), &w.metrics, &mut w.out);
     w.tracer.finished(111, finished(publisher, message(SpanKind::Producer, "publish other", 43), 110), &w.metrics, &mut w.out);
     w.tracer.finished(120, finished(subscriber, message(SpanKind::Consumer, "receive orders", 42), 120), &w.metrics, &mut w.out);
@@ -401,4 +401,46 @@ fn a_delivered_message_is_the_child_of_the_publish_that_sent_it() {
     let unknown = by_name(&spans, "receive unknown");
     assert_eq!((unknown.parent_span_id, link(unknown)), (None, "none"), "a message published by nobody seen");
     assert!(spans.iter().all(|s| s.attributes.iter().all(|a| a.key != MESSAGE_KEY_ATTR)), "the key is never exported");
+}
+
+#[test]
+fn the_calls_a_thread_makes_after_reading_a_message_are_its_processing() {
+    let (subscriber, _) = conn(2, 5, 9, 9, 40002, 4222);
+    let (http_client, http_server) = conn(2, 6, 3, 4, 40003, 8080);
+    let mut w = World::new();
+    let mut receive = span(SpanKind::Consumer, "receive orders");
+    receive.attributes.push(Attribute::new(MESSAGE_KEY_ATTR, 7i64));
+    let f = Finished { span: receive, key: subscriber.key, side: Side::Client, request_start_ns: 100, peer_traced: false, consumer_tid: Some(11) };
+    w.tracer.finished(100, f, &w.metrics, &mut w.out);
+    w.start(http_client, 11, 110); // the reading thread calls a service
+    w.start(http_server, 1, 115);
+    w.done(http_server, "GET /stock", 115, 120);
+    w.done(http_client, "GET /stock client", 110, 125);
+    w.start(http_client, 12, 130); // another thread: not the message's processing
+    w.done(http_client, "other thread", 130, 140);
+    let spans = w.flush();
+    let (receive, call) = (by_name(&spans, "receive orders"), by_name(&spans, "GET /stock client"));
+    assert_eq!(call.parent_span_id, Some(receive.span_id));
+    assert_eq!(call.trace_id, receive.trace_id);
+    assert_eq!(link(call), "thread");
+    assert_eq!(by_name(&spans, "GET /stock").parent_span_id, Some(call.span_id));
+    assert_eq!(by_name(&spans, "other thread").parent_span_id, None);
+}
+
+#[test]
+fn a_reply_read_by_a_thread_serving_a_request_leaves_its_calls_to_the_request() {
+    let (caller, handler) = conn(3, 3, 1, 4, 40000, 8080);
+    let (requester, _) = conn(1, 7, 9, 8, 40001, 4222);
+    let (db, _) = conn(1, 8, 5, 8, 40005, 5432);
+    let mut w = World::new();
+    w.start(caller, 1, 100);
+    w.start(handler, 5, 105);
+    let reply = span(SpanKind::Consumer, "receive _INBOX");
+    let f = Finished { span: reply, key: requester.key, side: Side::Client, request_start_ns: 110, peer_traced: false, consumer_tid: Some(5) };
+    w.tracer.finished(110, f, &w.metrics, &mut w.out);
+    w.start(db, 5, 120);
+    w.done(db, "SELECT", 120, 125);
+    w.done(handler, "GET /order", 105, 130);
+    let spans = w.flush();
+    assert_eq!(by_name(&spans, "SELECT").parent_span_id, Some(by_name(&spans, "GET /order").span_id));
 }

@@ -442,6 +442,10 @@ impl super::Exchange for NatsMessage {
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
+
+    fn consumer_thread(&self) -> Option<u32> {
+        (self.operation == Operation::Receive).then_some(self.tid)
+    }
 }
 
 #[cfg(test)]
