@@ -209,6 +209,11 @@ impl Capture {
             // An exchange finished on a close has no data event: its close is its time.
             let at = if ts == 0 { self.last_ts } else { ts };
             let finished = Finished { span, key: ex.conn.key, side, request_start_ns, peer_traced, consumer_tid };
+            // A delivered message was read, not requested: no stack of a request is its own.
+            if consumer_tid.is_some() {
+                self.tracer.finished(at, finished, &self.metrics, &mut self.ready);
+                continue;
+            }
             // Client spans take their request's stack (or wait for it) on the way.
             if let Some((at, finished)) = self.stacks.pass(at, finished, Instant::now(), &self.metrics) {
                 self.tracer.finished(at, finished, &self.metrics, &mut self.ready);
