@@ -10,9 +10,14 @@ use ztrace_e2e::span::{list, split_by_kind as split};
 use ztrace_e2e::ztrace::SPAN_TIMEOUT;
 use ztrace_e2e::{Span, Ztrace};
 
-/// Redis spans of commands sent to this server (both sides report the server's port).
+/// Redis spans of commands sent to this server, and of messages delivered by it (both sides
+/// report the server's port).
 fn to_server(port: u16) -> impl Fn(&Span) -> bool + Clone {
-    move |span| span.attr_str("db.system.name") == Some("redis") && span.server_port() == Some(port)
+    move |span| {
+        (span.attr_str("db.system.name") == Some("redis")
+            || span.attr_str("messaging.system") == Some("redis"))
+            && span.server_port() == Some(port)
+    }
 }
 
 /// The server span whose parent is `client`, checked as its child.
@@ -289,7 +294,6 @@ fn redis_py_resp2_and_resp3_with_auth_pipelines_transactions_and_pubsub() {
         "LPUSH tx:key ?",
         "EXEC",
         "SUBSCRIBE orders",
-        "PUBLISH orders ?",
         "UNSUBSCRIBE orders",
     ] {
         assert!(
@@ -332,9 +336,48 @@ fn redis_py_resp2_and_resp3_with_auth_pipelines_transactions_and_pubsub() {
     for client in &clients {
         child_of(client, &servers);
     }
+    // Pub/sub: each PUBLISH is a PRODUCER span (with redis-server's SERVER span as its child),
+    // each message pushed to the subscription a CONSUMER span, the child of the publish.
+    let producers: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.kind() == Some("producer"))
+        .collect();
+    let consumers: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.kind() == Some("consumer"))
+        .collect();
+    assert_eq!(
+        (producers.len(), consumers.len()),
+        (4, 4),
+        "two messages per run:\n{}",
+        list(&spans)
+    );
+    for producer in &producers {
+        assert_eq!(producer.name(), Some("publish orders"));
+        assert_eq!(producer.attr_str("db.query.text"), Some("PUBLISH orders ?"));
+        assert_eq!(
+            producer.attr_str("messaging.destination.name"),
+            Some("orders")
+        );
+        assert_eq!(producer.attr_i64("messaging.message.body.size"), Some(15));
+        child_of(producer, &servers);
+    }
+    for consumer in &consumers {
+        assert_eq!(consumer.name(), Some("receive orders"));
+        assert_eq!(consumer.attr_str("messaging.system"), Some("redis"));
+        let parent = producers
+            .iter()
+            .find(|p| consumer.parent_span_id() == Some(p.span_id()));
+        assert!(
+            parent.is_some(),
+            "a delivery is the child of its publish: {consumer:?}\n{}",
+            list(&spans)
+        );
+        assert_eq!(consumer.attr_str("ztrace.link"), Some("message"));
+    }
     assert_eq!(
         servers.len(),
-        clients.len(),
+        clients.len() + producers.len(),
         "one server span per command:\n{}",
         list(&spans)
     );

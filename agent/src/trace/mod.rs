@@ -63,6 +63,27 @@ pub const LINK_ATTR: &str = "ztrace.link";
 /// The attribute through which a messaging span hands trace assembly its message's key (an
 /// integer equal on the producer's and the consumer's end); removed here, never exported.
 pub const MESSAGE_KEY_ATTR: &str = "ztrace.internal.message_key";
+/// Payload bytes a message key covers.
+pub const MESSAGE_KEY_BYTES: usize = 256;
+
+/// The key of a message, equal on the producer's and the consumer's end: FNV-1a of the
+/// messaging system, the destination (subject, channel), the payload's size and its first
+/// [`MESSAGE_KEY_BYTES`] bytes. Computed in memory, never exported.
+pub fn message_key(system: &str, destination: &str, size: u64, prefix: &[u8]) -> i64 {
+    fn fnv(mut hash: u64, bytes: &[u8]) -> u64 {
+        for &b in bytes {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        hash
+    }
+    let mut h = fnv(0xcbf2_9ce4_8422_2325, system.as_bytes());
+    h = fnv(h, &[0]);
+    h = fnv(h, destination.as_bytes());
+    h = fnv(h, &size.to_le_bytes());
+    fnv(h, &prefix[..prefix.len().min(MESSAGE_KEY_BYTES)]) as i64
+}
+
 /// Messages remembered for their consumers: (key → the PRODUCER span's ids).
 const MAX_MESSAGES: usize = 65_536;
 /// How long after a message was read its thread's calls may still be its processing.

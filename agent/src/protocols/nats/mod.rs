@@ -27,7 +27,7 @@ use crate::spans::{clock::Clock, Resource, Span};
 use crate::trace::context::{parse_traceparent, TraceParent};
 
 /// Payload bytes hashed into a message's digest.
-pub const DIGEST_BYTES: usize = 256;
+pub const DIGEST_BYTES: usize = crate::trace::MESSAGE_KEY_BYTES;
 /// Header bytes read for a `traceparent`.
 const MAX_HEADER_BYTES: usize = 2048;
 /// Longest subject kept.
@@ -108,19 +108,10 @@ pub struct NatsParser {
     error: Option<NatsParseError>,
 }
 
-fn fnv(mut hash: u64, bytes: &[u8]) -> u64 {
-    for &b in bytes {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash
-}
-
-/// The digest of a message: its subject, payload size and payload prefix.
+/// The digest of a message: its subject, payload size and payload prefix
+/// ([`crate::trace::message_key`]).
 pub fn digest(subject: &str, body_size: u64, body_prefix: &[u8]) -> u64 {
-    let mut h = fnv(0xcbf2_9ce4_8422_2325, subject.as_bytes());
-    h = fnv(h, &body_size.to_le_bytes());
-    fnv(h, &body_prefix[..body_prefix.len().min(DIGEST_BYTES)])
+    crate::trace::message_key("nats", subject, body_size, body_prefix) as u64
 }
 
 fn text(bytes: &[u8]) -> Arc<str> {

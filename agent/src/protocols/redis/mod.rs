@@ -58,7 +58,7 @@ const KEPT_ARGS: usize = 64;
 const KEPT_ARG_BYTES: usize = 256;
 /// Elements of a reply kept (the kind and count of a pub/sub reply), and bytes of each; bytes
 /// of a top-level reply string kept (an error message).
-const KEPT_REPLY_ELEMENTS: usize = 3;
+const KEPT_REPLY_ELEMENTS: usize = 4;
 const KEPT_REPLY_BYTES: usize = 256;
 /// Longest error message kept, in bytes.
 pub const MAX_ERROR_MESSAGE: usize = 256;
@@ -82,6 +82,31 @@ pub struct CacheResult {
     pub single: bool,
 }
 
+/// A pub/sub message: published (`PUBLISH`/`SPUBLISH`, a PRODUCER span) or delivered to a
+/// subscriber (a `message`/`pmessage`/`smessage` push, a CONSUMER span). Never its payload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisMessage {
+    /// Delivered to the traced process (else published by it).
+    pub receive: bool,
+    pub channel: Arc<str>,
+    pub size: u64,
+    /// [`crate::trace::message_key`] of the message: equal on both ends.
+    pub key: i64,
+}
+
+impl RedisMessage {
+    fn new(receive: bool, channel: &[u8], size: u64, prefix: &[u8]) -> Self {
+        let channel: Arc<str> = Arc::from(String::from_utf8_lossy(channel).as_ref());
+        let key = crate::trace::message_key("redis", &channel, size, prefix);
+        RedisMessage {
+            receive,
+            channel,
+            size,
+            key,
+        }
+    }
+}
+
 /// One command and its reply.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RedisExchange {
@@ -101,6 +126,8 @@ pub struct RedisExchange {
     pub reply_size: u64,
     /// False when the connection closed before the reply.
     pub answered: bool,
+    /// A pub/sub message this exchange published or is the delivery of.
+    pub message: Option<RedisMessage>,
     pub request_start_ns: u64,
     pub response_end_ns: u64,
     pub request_tid: u32,
@@ -133,6 +160,7 @@ struct Pending {
     error: Option<RedisError>,
     cache: Option<CacheResult>,
     queued: bool,
+    message: Option<RedisMessage>,
 }
 
 /// The parser of one connection.
@@ -205,11 +233,22 @@ impl RedisParser {
             "SUBSCRIBE" | "PSUBSCRIBE" | "SSUBSCRIBE" => self.subscribed = true,
             _ => {}
         }
+        let publishes =
+            matches!(command.name.as_str(), "PUBLISH" | "SPUBLISH") && value.elements.len() >= 3;
+        let message = publishes.then(|| {
+            RedisMessage::new(
+                false,
+                &value.elements[1],
+                value.element_lens.get(2).copied().unwrap_or(0),
+                &value.elements[2],
+            )
+        });
         if self.pending.len() >= MAX_PENDING {
             self.pending.pop_front();
             self.lost += 1;
         }
         self.pending.push_back(Pending {
+            message,
             replies: command.replies,
             command,
             db,
@@ -245,14 +284,14 @@ impl RedisParser {
         loop {
             let answers_front = self.pending.front().is_some_and(|p| front_is(p, word));
             if value.kind == b'>' && !(subscription_word && answers_front) {
-                self.pushes += 1; // a message or an invalidation, not a reply
+                self.on_push(&value, word, out); // a message or an invalidation, not a reply
                 return;
             }
             if self.subscribed
                 && value.kind == b'*'
                 && matches!(word, Some("message" | "pmessage" | "smessage"))
             {
-                self.pushes += 1;
+                self.on_push(&value, word, out);
                 return;
             }
             let Some(front) = self.pending.front_mut() else {
@@ -300,6 +339,44 @@ impl RedisParser {
         }
     }
 
+    /// An out-of-band push; a pub/sub message delivered to a client is an exchange of its own
+    /// (a CONSUMER span).
+    fn on_push(&mut self, value: &Value, word: Option<&str>, out: &mut Vec<RedisExchange>) {
+        self.pushes += 1;
+        let (channel, payload) = match word {
+            Some("message" | "smessage") => (1, 2),
+            Some("pmessage") => (2, 3),
+            _ => return,
+        };
+        if self.side != Side::Client || value.elements.len() <= payload {
+            return;
+        }
+        let size = value.element_lens.get(payload).copied().unwrap_or(0);
+        let message = RedisMessage::new(
+            true,
+            &value.elements[channel],
+            size,
+            &value.elements[payload],
+        );
+        out.push(RedisExchange {
+            side: Side::Client,
+            operation: Arc::from(word.unwrap_or("message")),
+            query_text: Arc::from(""),
+            db: self.db,
+            error: None,
+            cache: None,
+            queued: false,
+            request_size: 0,
+            reply_size: value.size,
+            answered: true,
+            message: Some(message),
+            request_start_ns: value.start_ns,
+            response_end_ns: value.end_ns,
+            request_tid: value.tid,
+            response_tid: value.end_tid,
+        });
+    }
+
     fn finish_front(&mut self, end_ns: u64, end_tid: u32, out: &mut Vec<RedisExchange>) {
         if let Some(p) = self.pending.pop_front() {
             out.push(exchange(self.side, p, true, end_ns, end_tid));
@@ -319,6 +396,7 @@ fn exchange(side: Side, p: Pending, answered: bool, end_ns: u64, end_tid: u32) -
         request_size: p.size,
         reply_size: p.reply_size,
         answered,
+        message: p.message,
         request_start_ns: p.start_ns,
         response_end_ns: end_ns.max(p.start_ns),
         request_tid: p.tid,
@@ -540,6 +618,13 @@ impl super::Exchange for RedisExchange {
 
     fn answered(&self) -> bool {
         self.answered
+    }
+
+    fn consumer_thread(&self) -> Option<u32> {
+        self.message
+            .as_ref()
+            .filter(|m| m.receive)
+            .map(|_| self.request_tid)
     }
 }
 

@@ -58,6 +58,8 @@ pub struct Value {
     /// The first direct children of a top-level aggregate, as kept prefixes (strings and
     /// numbers as sent; other children as empty entries).
     pub elements: Vec<Vec<u8>>,
+    /// The full length of each kept element (a bulk string's announced length).
+    pub element_lens: Vec<u64>,
     /// Direct children that were nil.
     pub nil_children: u32,
     /// Direct children seen.
@@ -260,6 +262,14 @@ impl RespReader {
         target.extend_from_slice(&bytes[..room]);
     }
 
+    fn set_element_len(&mut self, keep: Keep, len: u64) {
+        if keep == Keep::Element {
+            if let Some(last) = self.value.element_lens.last_mut() {
+                *last = len;
+            }
+        }
+    }
+
     /// Where the string starting now is kept: the top-level value itself, one of the first
     /// direct children of a top-level aggregate, or nowhere.
     fn keep_for_new_string(&mut self) -> Keep {
@@ -271,6 +281,7 @@ impl RespReader {
                     && self.value.elements.len() < self.keep_elements =>
             {
                 self.value.elements.push(Vec::new());
+                self.value.element_lens.push(0);
                 Keep::Element
             }
             _ => Keep::Nowhere,
@@ -299,6 +310,7 @@ impl RespReader {
         match kind {
             b'+' | b'-' | b':' | b'#' | b',' | b'(' | b'_' => {
                 let keep = self.keep_for_new_string();
+                self.set_element_len(keep, rest.len() as u64);
                 self.keep_bytes_of(keep, rest);
                 if kind == b':' && self.stack.is_empty() {
                     self.value.len = number(rest)?;
@@ -320,6 +332,7 @@ impl RespReader {
                         self.value.len = n;
                     }
                     let keep = self.keep_for_new_string();
+                    self.set_element_len(keep, n as u64);
                     self.reading = Reading::Bulk {
                         remaining: n as u64 + 2,
                         keep,
@@ -376,6 +389,7 @@ impl RespReader {
                     }
                     let cut = word.len().min(self.keep_bytes);
                     self.value.elements.push(word[..cut].to_vec());
+                    self.value.element_lens.push(word.len() as u64);
                     self.value.children += 1;
                     self.check_secret();
                 }

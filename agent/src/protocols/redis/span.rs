@@ -11,6 +11,10 @@
 //!   collection, is a miss), `ztrace.cache.hits` and `ztrace.cache.misses` for `MGET`/`HMGET`;
 //! - `ztrace.redis.queued` for a command queued by `MULTI` (it runs at `EXEC`);
 //! - `server.*`, `network.peer.*`, `network.local.*`, and `client.address` on SERVER spans.
+//! - Pub/sub: the client's `PUBLISH` is a PRODUCER span `publish {channel}` (the database
+//!   attributes and `messaging.*`), a message delivered to a subscriber a CONSUMER span
+//!   `receive {channel}` (`messaging.*` only); both carry the message key trace assembly links
+//!   them by (see `trace::message_key`).
 
 use std::sync::Arc;
 
@@ -30,11 +34,37 @@ pub fn redis_span(
     resource: &Arc<Resource>,
     clock: &Clock,
 ) -> Span {
-    let (kind, server) = match ex.side {
+    let (mut kind, server) = match ex.side {
         Side::Client => (SpanKind::Client, conn.remote),
         Side::Server => (SpanKind::Server, conn.local),
     };
     let mut attrs = Vec::with_capacity(16);
+    let mut name = ex.operation.to_string();
+    // Pub/sub: the client's PUBLISH is a PRODUCER span, a delivered message a CONSUMER span.
+    if let Some(m) = ex.message.as_ref().filter(|_| ex.side == Side::Client) {
+        let verb = if m.receive { "receive" } else { "publish" };
+        kind = if m.receive {
+            SpanKind::Consumer
+        } else {
+            SpanKind::Producer
+        };
+        name = format!("{verb} {}", m.channel);
+        attrs.push(Attribute::new("messaging.system", "redis"));
+        attrs.push(Attribute::new("messaging.operation.name", verb));
+        attrs.push(Attribute::new(
+            "messaging.operation.type",
+            if m.receive { "receive" } else { "send" },
+        ));
+        attrs.push(Attribute::new("messaging.destination.name", &*m.channel));
+        attrs.push(Attribute::new(
+            "messaging.message.body.size",
+            i64::try_from(m.size).unwrap_or(i64::MAX),
+        ));
+        attrs.push(Attribute::new(crate::trace::MESSAGE_KEY_ATTR, m.key));
+    }
+    if ex.message.as_ref().is_some_and(|m| m.receive) {
+        return message_span(ex, name, kind, attrs, conn, server, resource, clock);
+    }
     attrs.push(Attribute::new("db.system.name", "redis"));
     attrs.push(Attribute::new("db.namespace", ex.db.to_string()));
     attrs.push(Attribute::new("db.operation.name", &*ex.operation));
@@ -89,7 +119,7 @@ pub fn redis_span(
         trace_id: new_trace_id(),
         span_id: new_span_id(),
         parent_span_id: None,
-        name: ex.operation.to_string(),
+        name,
         kind,
         start_unix_nano,
         end_unix_nano,
@@ -102,6 +132,48 @@ pub fn redis_span(
             .error
             .as_ref()
             .map(|e| format!("{} {}", e.code, e.message).trim_end().to_owned()),
+        attributes: attrs,
+        resource: resource.clone(),
+    }
+}
+
+/// The CONSUMER span of a message delivered to a subscriber: messaging attributes only.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the parts of one span, built in one place"
+)]
+fn message_span(
+    ex: &RedisExchange,
+    name: String,
+    kind: SpanKind,
+    mut attrs: Vec<Attribute>,
+    conn: &Endpoints,
+    server: std::net::SocketAddr,
+    resource: &Arc<Resource>,
+    clock: &Clock,
+) -> Span {
+    attrs.push(Attribute::new("server.address", ip_string(server.ip())));
+    attrs.push(Attribute::new("server.port", i64::from(server.port())));
+    attrs.push(Attribute::new(
+        "network.peer.address",
+        ip_string(conn.remote.ip()),
+    ));
+    attrs.push(Attribute::new(
+        "network.peer.port",
+        i64::from(conn.remote.port()),
+    ));
+    attrs.push(Attribute::new("ztrace.link", "none"));
+    let at = clock.to_unix(ex.request_start_ns);
+    Span {
+        trace_id: new_trace_id(),
+        span_id: new_span_id(),
+        parent_span_id: None,
+        name,
+        kind,
+        start_unix_nano: at,
+        end_unix_nano: clock.to_unix(ex.response_end_ns).max(at),
+        status: StatusCode::Unset,
+        status_message: None,
         attributes: attrs,
         resource: resource.clone(),
     }
