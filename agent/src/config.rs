@@ -79,6 +79,11 @@ pub struct Config {
     #[arg(long, env = "ZTRACE_TLS_DETACH_AFTER", default_value = "60s", value_parser = parse_duration)]
     pub tls_detach_after: Duration,
 
+    /// Attach an empty program at every hook instead of ztrace's own (nothing is traced): the
+    /// floor `cargo xtask bench` compares against.
+    #[arg(long, hide = true)]
+    pub empty_programs: bool,
+
     /// Configuration file (reserved; not read yet).
     #[arg(long, env = "ZTRACE_CONFIG", hide = true)]
     pub config: Option<PathBuf>,
@@ -131,16 +136,24 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 30m, 24h or 7d"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30m, 24h or 7d"))?;
     let secs = match unit.trim() {
         "" | "s" => 1,
         "m" | "min" => 60,
         "h" => 3600,
         "d" => 86_400,
         "w" => 7 * 86_400,
-        other => return Err(format!("unknown duration unit {other:?}: use s, m, h, d or w")),
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?}: use s, m, h, d or w"
+            ))
+        }
     };
-    n.checked_mul(secs).map(Duration::from_secs).ok_or_else(|| format!("{s:?} is too long"))
+    n.checked_mul(secs)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{s:?} is too long"))
 }
 
 /// `1GiB`, `500MiB`, `2GB`, `100M`, `4096` (bytes).
@@ -148,7 +161,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size like 500MiB or 1GiB"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 500MiB or 1GiB"))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kib" => 1 << 10,
@@ -159,9 +174,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "gb" => 1_000_000_000,
         "t" | "tib" => 1 << 40,
         "tb" => 1_000_000_000_000,
-        other => return Err(format!("unknown size unit {other:?}: use KiB, MiB, GiB, KB, MB or GB")),
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?}: use KiB, MiB, GiB, KB, MB or GB"
+            ))
+        }
     };
-    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// Spans the store takes per second at most, by default (`--store-max-spans-per-second`).
@@ -229,7 +249,8 @@ mod tests {
 
     #[test]
     fn pids_and_exes_repeat() {
-        let c = Config::try_parse_from(["ztrace", "--pid", "1", "--pid=2", "--exe", "nginx"]).expect("parse");
+        let c = Config::try_parse_from(["ztrace", "--pid", "1", "--pid=2", "--exe", "nginx"])
+            .expect("parse");
         assert_eq!(c.pids, vec![1, 2]);
         assert_eq!(c.exe_names, vec!["nginx".to_string()]);
     }

@@ -81,7 +81,10 @@ impl Health {
 
 /// `--health ADDR`: starts the endpoint; a port that cannot be bound is logged and the agent
 /// runs on without it (the probes will then say so).
-pub async fn start_if(addr: Option<SocketAddr>, metrics: &Arc<Metrics>) -> Option<(Arc<Health>, SocketAddr)> {
+pub async fn start_if(
+    addr: Option<SocketAddr>,
+    metrics: &Arc<Metrics>,
+) -> Option<(Arc<Health>, SocketAddr)> {
     let health = Health::new(metrics.clone());
     match start(addr?, health.clone()).await {
         Ok(bound) => {
@@ -99,23 +102,45 @@ pub async fn start_if(addr: Option<SocketAddr>, metrics: &Arc<Metrics>) -> Optio
 pub async fn start(addr: SocketAddr, health: Arc<Health>) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    tokio::spawn(crate::serve::serve(listener, "health endpoint", move |req| {
-        let response = route(&req, &health);
-        async move { response }
-    }));
+    tokio::spawn(crate::serve::serve(
+        listener,
+        "health endpoint",
+        move |req| {
+            let response = route(&req, &health);
+            async move { response }
+        },
+    ));
     Ok(bound)
 }
 
 fn route(req: &Request<Incoming>, health: &Health) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET\n".into());
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "only GET\n".into(),
+        );
     }
     match req.uri().path() {
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
-        "/readyz" if health.ready.load(Ordering::Relaxed) => reply(StatusCode::OK, "text/plain", "ready\n".into()),
-        "/readyz" => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "starting: programs not attached yet\n".into()),
-        "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", health.render()),
-        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found: /healthz, /readyz, /metrics\n".into()),
+        "/readyz" if health.ready.load(Ordering::Relaxed) => {
+            reply(StatusCode::OK, "text/plain", "ready\n".into())
+        }
+        "/readyz" => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "starting: programs not attached yet\n".into(),
+        ),
+        "/metrics" => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            health.render(),
+        ),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: /healthz, /readyz, /metrics\n".into(),
+        ),
     }
 }
 
@@ -137,8 +162,16 @@ pub fn encode_prometheus(counters: &[(&str, u64)], resident_bytes: Option<u64>) 
         out.push_str(&format!("# TYPE {name} {kind}\n{name} {value}\n"));
     };
     for (name, value) in counters {
-        let clean: String =
-            name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
+        let clean: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
         if GAUGES.contains(name) || name.ends_with("_queue_spans") {
             metric(format!("{PREFIX}{clean}"), "gauge", *value);
         } else {
@@ -154,7 +187,13 @@ pub fn encode_prometheus(counters: &[(&str, u64)], resident_bytes: Option<u64>) 
 /// The agent's resident memory (`VmRSS` of `/proc/self/status`, in kB).
 fn resident_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
     Some(kb * 1024)
 }
 
@@ -165,7 +204,12 @@ mod tests {
     #[test]
     fn counters_and_gauges_in_the_text_format() {
         let text = encode_prometheus(
-            &[("spans_created", 12), ("link_window_peak", 3), ("kernel_ringbuf_full", 0), ("odd-name", 1)],
+            &[
+                ("spans_created", 12),
+                ("link_window_peak", 3),
+                ("kernel_ringbuf_full", 0),
+                ("odd-name", 1),
+            ],
             Some(4096),
         );
         assert_eq!(
@@ -186,7 +230,13 @@ mod tests {
         health.set_queues(vec![("export_queue_spans", 3)]);
         let page = health.render();
         for (name, _) in Metrics::default().snapshot() {
-            let exposed = page.lines().filter(|l| l.starts_with(&format!("{PREFIX}{name} ")) || l.starts_with(&format!("{PREFIX}{name}_total "))).count();
+            let exposed = page
+                .lines()
+                .filter(|l| {
+                    l.starts_with(&format!("{PREFIX}{name} "))
+                        || l.starts_with(&format!("{PREFIX}{name}_total "))
+                })
+                .count();
             assert_eq!(exposed, 1, "{name}");
         }
         assert!(page.contains("\nztrace_kernel_ringbuf_full_total 7\n"));

@@ -17,8 +17,8 @@ pub mod protocols;
 pub mod serve;
 pub mod sinks;
 pub mod spans;
-pub mod tls;
 pub mod symbols;
+pub mod tls;
 pub mod trace;
 pub mod ui;
 

@@ -17,7 +17,11 @@ fn main() -> ExitCode {
         .with_target(false)
         .init();
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ztrace: cannot start the async runtime: {e}");

@@ -60,6 +60,10 @@ counters! {
     /// waiting on a connection dropped from the table (full: `conns_evicted`; idle for 10
     /// minutes, its process gone without closing it).
     exchanges_lost,
+    /// Exchanges made into spans with header fields ztrace could not read: HTTP/2 fields that
+    /// refer to HPACK table entries inserted before ztrace saw the connection (reported as
+    /// unknown, `_OTHER`, never as another field's text).
+    exchanges_fields_unknown,
     /// Spans produced.
     spans_created,
     /// Server spans whose client is a traced local process but whose client request was not

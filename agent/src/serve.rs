@@ -32,7 +32,10 @@ where
                 let response = handler(req);
                 async move { Ok::<_, Infallible>(response.await) }
             });
-            if let Err(error) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
+            if let Err(error) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
                 tracing::debug!(%error, what, "connection ended with an error");
             }
         });

@@ -18,7 +18,9 @@ use ztrace_e2e::otlp::OtlpReceiver;
 /// A process's resource as the receiver sees it.
 fn resource(service: &str, pid: i64) -> Arc<Resource> {
     let mut resource = Resource::clone(&testing::resource(service, pid));
-    resource.attributes.push(("host.name".to_owned(), AttrValue::from("testhost")));
+    resource
+        .attributes
+        .push(("host.name".to_owned(), AttrValue::from("testhost")));
     Arc::new(resource)
 }
 
@@ -39,7 +41,10 @@ fn spans(tag: u8) -> Vec<Span> {
                 Attribute::new("http.request.method", "GET"),
                 Attribute::new("http.response.status_code", 200_i64),
                 Attribute::new("ztrace.tls", true),
-                Attribute { key: "ztrace.ratio", value: AttrValue::Double(0.5) },
+                Attribute {
+                    key: "ztrace.ratio",
+                    value: AttrValue::Double(0.5),
+                },
             ],
             ..testing::span("GET /orders/{id}", &orders)
         },
@@ -73,7 +78,8 @@ async fn export(protocol: OtlpProtocol, endpoint: String, tag: u8) -> Arc<Metric
     let config = OtlpConfig {
         endpoint,
         protocol,
-        headers: export::parse_headers("x-ztrace-test=hello%20there,authorization=Bearer%20t").expect("headers"),
+        headers: export::parse_headers("x-ztrace-test=hello%20there,authorization=Bearer%20t")
+            .expect("headers"),
         queue_spans: 16,
         batch_spans: 3,
         batch_timeout: Duration::from_millis(100),
@@ -85,13 +91,18 @@ async fn export(protocol: OtlpProtocol, endpoint: String, tag: u8) -> Arc<Metric
     }
     // The batch is full, so it goes at once; wait for it before shutting down.
     let deadline = Instant::now() + Duration::from_secs(15);
-    while metrics.spans_exported.load(Ordering::Relaxed) + metrics.spans_export_failed.load(Ordering::Relaxed) < 3
+    while metrics.spans_exported.load(Ordering::Relaxed)
+        + metrics.spans_export_failed.load(Ordering::Relaxed)
+        < 3
         && Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     drop(handle);
-    tokio::time::timeout(Duration::from_secs(10), task).await.expect("exporter ends").expect("no panic");
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("exporter ends")
+        .expect("no panic");
     metrics
 }
 
@@ -183,7 +194,11 @@ async fn exports_to_an_independent_receiver_over_grpc_and_http() {
     let got = received(&receiver, 3);
     assert_eq!(got, expected("grpc", 0xa1), "over gRPC");
     assert_eq!(grpc.spans_exported.load(Ordering::Relaxed), 3);
-    assert_eq!(grpc.export_errors.load(Ordering::Relaxed), 1, "one UNAVAILABLE, then a retry");
+    assert_eq!(
+        grpc.export_errors.load(Ordering::Relaxed),
+        1,
+        "one UNAVAILABLE, then a retry"
+    );
     assert_eq!(grpc.spans_export_failed.load(Ordering::Relaxed), 0);
 
     let http = export(OtlpProtocol::HttpProtobuf, receiver.http_endpoint(), 0xb2).await;
@@ -194,5 +209,8 @@ async fn exports_to_an_independent_receiver_over_grpc_and_http() {
     assert_eq!(http.export_errors.load(Ordering::Relaxed), 0);
 
     let status = receiver.stop();
-    assert!(status.is_some_and(|s| s.success()), "receiver exit on SIGTERM: {status:?}");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "receiver exit on SIGTERM: {status:?}"
+    );
 }

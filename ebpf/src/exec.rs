@@ -10,6 +10,8 @@ use crate::{emit, filter, maps::count, syscalls::ids};
 #[tracepoint]
 pub fn zt_sched_exec(_ctx: TracePointContext) -> u32 {
     let (tgid, tid, _) = ids();
+    // A new program: whether its stacks name its code is decided again.
+    let _ = crate::stack::STACK_SKIP.remove(&tgid);
     if !filter::is_traced(tgid) {
         return 0;
     }

@@ -4,7 +4,8 @@
 //! `filter` (which processes are traced), `sock` (fd → TCP socket and its 4-tuple), `emit`
 //! (events into the ring buffer), `syscalls/` (one file per syscall family), `tls/` (uprobes on
 //! TLS libraries), `go/` (goroutines of Go programs), `exec` (new programs, for the agent to
-//! probe) and `stack` (user stacks of client requests).
+//! probe), `stack` (user stacks of client requests) and `floor` (empty programs for the
+//! benchmark's floor).
 #![no_std]
 #![no_main]
 
@@ -13,6 +14,7 @@ mod config;
 mod emit;
 mod exec;
 mod filter;
+mod floor;
 mod go;
 mod maps;
 mod sock;

@@ -1,7 +1,9 @@
 //! Every map of the kernel programs, with its size and what happens when it is full.
 
 use aya_ebpf::{
-    macros::map,
+    bindings::{bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE, BPF_F_NO_PREALLOC, BPF_LOCAL_STORAGE_GET_F_CREATE},
+    helpers::generated::{bpf_get_current_task_btf, bpf_task_storage_get},
+    macros::{btf_map, map},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use ztrace_common::{Counter, DataEvent, COUNTER_SLOTS};
@@ -24,7 +26,15 @@ pub static SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(1, 0)
 #[map(name = "SOCKS")]
 pub static SOCKS: LruHashMap<u64, SockEntry> = LruHashMap::with_max_entries(65536, 0);
 
-/// Arguments of a syscall in progress, saved at entry and used at exit: key pid_tgid.
+/// A read/write-family call in progress on a TCP socket (every one but `read`/`recvfrom`, which
+/// need no entry program), saved by its entry program in the calling thread's own storage and
+/// taken by its exit program: no hashing, no shared bucket lock, freed with the thread.
+/// `call == 0`: none. No storage (the kernel refused: memory, or a nested use on this
+/// CPU) → `Counter::ArgsMapFull`.
+#[btf_map(name = "CALLS")]
+pub static CALLS: TaskStorage<PendingCall> = TaskStorage::new();
+
+/// Arguments of a connect or accept in progress, saved at entry and used at exit: key pid_tgid.
 /// 16384 entries (threads blocked in a traced syscall at once). Full → `Counter::ArgsMapFull`.
 #[map(name = "ACTIVE")]
 pub static ACTIVE: HashMap<u64, PendingCall> = HashMap::with_max_entries(16384, 0);
@@ -164,6 +174,51 @@ pub struct PendingCall {
     /// The socket's cache entry as found at entry (read/write family only), so the exit needs
     /// no second lookup.
     pub sock: SockEntry,
+}
+
+/// BTF definition of a task-local storage map (`BPF_MAP_TYPE_TASK_STORAGE`, Linux >= 5.11, in
+/// tracing programs >= 5.13), which aya-ebpf 0.2 does not define: a value per thread, reached
+/// from the thread's `task_struct`. The fields only describe the map to the loader.
+#[repr(C)]
+pub struct TaskStorage<T> {
+    r#type: *const [i32; BPF_MAP_TYPE_TASK_STORAGE as usize],
+    key: *const i32,
+    value: *const T,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; BPF_F_NO_PREALLOC as usize],
+}
+
+// SAFETY: the fields are placeholders the loader reads from BTF; Rust never dereferences them.
+unsafe impl<T> Sync for TaskStorage<T> {}
+
+impl<T> TaskStorage<T> {
+    pub const fn new() -> Self {
+        Self {
+            r#type: core::ptr::null(),
+            key: core::ptr::null(),
+            value: core::ptr::null(),
+            max_entries: core::ptr::null(),
+            map_flags: core::ptr::null(),
+        }
+    }
+
+    /// The current thread's value, created zeroed when `create` and it has none; `None` when
+    /// it has none (or the kernel could not make one).
+    #[inline(always)]
+    pub fn current(&self, create: bool) -> Option<*mut T> {
+        let flags = if create { BPF_LOCAL_STORAGE_GET_F_CREATE as u64 } else { 0 };
+        // SAFETY: the map pointer is this map's definition, which the loader replaces by the
+        // map; the task is the current one (a BTF pointer the verifier tracks).
+        let ptr = unsafe {
+            bpf_task_storage_get(
+                core::ptr::from_ref(self).cast_mut().cast(),
+                bpf_get_current_task_btf().cast(),
+                core::ptr::null_mut(),
+                flags,
+            )
+        };
+        (!ptr.is_null()).then_some(ptr.cast())
+    }
 }
 
 #[inline(always)]

@@ -71,6 +71,12 @@ pub struct StackConn {
 #[map(name = "STACK_CONNS")]
 static STACK_CONNS: LruHashMap<u64, StackConn> = LruHashMap::with_max_entries(65536, 0);
 
+/// Processes whose stacks cannot name their code (interpreters: the agent tells, see
+/// `discovery::cmdline::Runtime`): tgid → 1. Their connections get no stacks. An exec removes
+/// the entry. LRU, 16384 entries.
+#[map(name = "STACK_SKIP")]
+pub static STACK_SKIP: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
+
 /// A process's stack budget.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -100,6 +106,10 @@ static STACK_SCRATCH: PerCpuArray<StackScratch> = PerCpuArray::with_max_entries(
 #[inline(always)]
 pub fn on_connect(tgid: u32, fd: i32) {
     if settings().enabled == 0 {
+        return;
+    }
+    // SAFETY: only tested for presence.
+    if unsafe { STACK_SKIP.get(&tgid) }.is_some() {
         return;
     }
     let k = sock::key(tgid, fd);

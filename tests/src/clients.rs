@@ -164,7 +164,9 @@ impl KeepaliveClient {
 /// Compiles `tests/fixtures/stack_client.c` without frame pointers (`gcc -g -O2
 /// -fomit-frame-pointer`, with a build id) into `dir`: (executable, source).
 pub fn build_stack_client_c(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let source = fixture("stack_client.c").canonicalize().expect("fixture path");
+    let source = fixture("stack_client.c")
+        .canonicalize()
+        .expect("fixture path");
     let out = dir.join("stack_client");
     let run = Command::new("gcc")
         .args(["-g", "-O2", "-fomit-frame-pointer", "-Wl,--build-id", "-o"])
@@ -172,6 +174,10 @@ pub fn build_stack_client_c(dir: &std::path::Path) -> (std::path::PathBuf, std::
         .arg(&source)
         .output()
         .expect("run gcc");
-    assert!(run.status.success(), "gcc failed: {}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "gcc failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     (out, source)
 }

@@ -53,7 +53,12 @@ pub fn build_go(dir: &Path) -> PathBuf {
         .arg("-o")
         .arg(&first)
         .arg(&source)
-        .envs([("GO111MODULE", "off"), ("GOPATH", "/usr/share/gocode"), ("GOPROXY", "off"), ("CGO_ENABLED", "0")])
+        .envs([
+            ("GO111MODULE", "off"),
+            ("GOPATH", "/usr/share/gocode"),
+            ("GOPROXY", "off"),
+            ("CGO_ENABLED", "0"),
+        ])
         .output()
         .expect("run go build");
     assert!(
@@ -85,9 +90,14 @@ impl Example {
         for db in SERVICES {
             let created = pg.psql(&format!("CREATE DATABASE {db}"));
             assert!(created.success, "CREATE DATABASE {db}: {}", created.stderr);
-            let sql = std::fs::read_to_string(repo_root().join(format!("examples/sql/{db}.sql"))).expect("read the example SQL");
+            let sql = std::fs::read_to_string(repo_root().join(format!("examples/sql/{db}.sql")))
+                .expect("read the example SQL");
             let loaded = pg.psql_db(db, &sql);
-            assert!(loaded.success, "loading examples/sql/{db}.sql: {}", loaded.stderr);
+            assert!(
+                loaded.success,
+                "loading examples/sql/{db}.sql: {}",
+                loaded.stderr
+            );
         }
         let bin = TempDir::new("example-go");
         if lang == Lang::Go || orders_lang == Lang::Go {
@@ -100,32 +110,48 @@ impl Example {
             let mut cmd = match lang {
                 Lang::Python => {
                     let mut c = Command::new("/usr/bin/python3");
-                    c.arg("-u").arg(repo_root().join(format!("examples/python/{name}.py")));
+                    c.arg("-u")
+                        .arg(repo_root().join(format!("examples/python/{name}.py")));
                     c
                 }
                 Lang::Go => Command::new(bin.join(name)),
             };
-            cmd.envs(envs.iter().copied()).env("PORT", port.to_string())
+            cmd.envs(envs.iter().copied())
+                .env("PORT", port.to_string())
                 .env("PGHOST", "127.0.0.1")
                 .env("PGPORT", pg.port.to_string())
                 .env("PGUSER", crate::postgres::USER);
             for s in &services {
-                let var = if s.name == "users" { "USERS_URL" } else { "INVENTORY_URL" };
+                let var = if s.name == "users" {
+                    "USERS_URL"
+                } else {
+                    "INVENTORY_URL"
+                };
                 cmd.env(var, format!("http://127.0.0.1:{}", s.port));
             }
             let mut proc = Proc::spawn(name, &mut cmd);
             proc.wait_for_stdout("listening on", START_TIMEOUT);
             services.push(Service { name, port, proc });
         }
-        Example { services, pg, _bin: bin }
+        Example {
+            services,
+            pg,
+            _bin: bin,
+        }
     }
 
     pub fn service(&self, name: &str) -> &Service {
-        self.services.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("no service {name}"))
+        self.services
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no service {name}"))
     }
 
     /// The URL of `GET /orders/{id}`.
     pub fn order_url(&self, id: u32) -> String {
-        format!("http://127.0.0.1:{}/orders/{id}", self.service("orders").port)
+        format!(
+            "http://127.0.0.1:{}/orders/{id}",
+            self.service("orders").port
+        )
     }
 }

@@ -12,6 +12,7 @@
 pub mod checks;
 pub mod clients;
 pub mod example;
+pub mod grpc;
 pub mod memcached;
 pub mod nats;
 pub mod nginx;

@@ -26,6 +26,8 @@ pub struct Config<'a> {
     pub tls: Option<(&'a Certs, Option<&'a str>)>,
     /// Tuned for load (`cargo xtask bench`): more connections, 100,000 requests per connection.
     pub load: bool,
+    /// HTTP/2 on both ports: h2c with prior knowledge on the plain one, ALPN `h2` on the TLS one.
+    pub http2: bool,
 }
 
 /// A running nginx.
@@ -47,20 +49,49 @@ impl Nginx {
         let html = dir.join("html");
         std::fs::create_dir_all(&html).expect("create html");
         for (name, content) in files {
-            std::fs::write(html.join(name), content).unwrap_or_else(|e| panic!("write html/{name}: {e}"));
+            std::fs::write(html.join(name), content)
+                .unwrap_or_else(|e| panic!("write html/{name}: {e}"));
         }
         let port = config.http.then(free_port);
         let tls_port = config.tls.is_some().then(free_port);
         let conf = dir.join("nginx.conf");
-        std::fs::write(&conf, nginx_conf(dir.path(), port, tls_port.zip(config.tls), config.load)).expect("write nginx.conf");
-        let binary = if Path::new("/usr/sbin/nginx").is_file() { PathBuf::from("/usr/sbin/nginx") } else { PathBuf::from("nginx") };
+        std::fs::write(
+            &conf,
+            nginx_conf(
+                dir.path(),
+                port,
+                tls_port.zip(config.tls),
+                config.load,
+                config.http2,
+            ),
+        )
+        .expect("write nginx.conf");
+        let binary = if Path::new("/usr/sbin/nginx").is_file() {
+            PathBuf::from("/usr/sbin/nginx")
+        } else {
+            PathBuf::from("nginx")
+        };
         let mut cmd = Command::new(binary);
-        cmd.arg("-p").arg(dir.path()).arg("-e").arg(dir.join("error.log")).arg("-c").arg(&conf);
+        cmd.arg("-p")
+            .arg(dir.path())
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .arg("-c")
+            .arg(&conf);
         let mut proc = Proc::spawn("nginx", &mut cmd);
         for port in port.iter().chain(&tls_port) {
-            proc.wait_listening(SocketAddr::from(([127, 0, 0, 1], *port)), LISTEN_TIMEOUT, Some(&dir.join("error.log")));
+            proc.wait_listening(
+                SocketAddr::from(([127, 0, 0, 1], *port)),
+                LISTEN_TIMEOUT,
+                Some(&dir.join("error.log")),
+            );
         }
-        Nginx { proc, port, tls_port, dir }
+        Nginx {
+            proc,
+            port,
+            tls_port,
+            dir,
+        }
     }
 
     /// Its state and output, with the end of its error log.
@@ -72,7 +103,14 @@ impl Nginx {
 
 /// The configuration: one worker kept as root (so that it reads the temporary directory),
 /// access log off, a server per port.
-fn nginx_conf(dir: &Path, port: Option<u16>, tls: Option<(u16, (&Certs, Option<&str>))>, load: bool) -> String {
+fn nginx_conf(
+    dir: &Path,
+    port: Option<u16>,
+    tls: Option<(u16, (&Certs, Option<&str>))>,
+    load: bool,
+    http2: bool,
+) -> String {
+    let h2 = if http2 { " http2" } else { "" };
     let d = dir.display();
     let (connections, requests) = if load { (1024, 100_000) } else { (256, 1000) };
     let locations = "        location = /error { return 500 \"boom\\n\"; }
@@ -80,12 +118,14 @@ fn nginx_conf(dir: &Path, port: Option<u16>, tls: Option<(u16, (&Certs, Option<&
         location / { try_files $uri =404; }";
     let mut servers = String::new();
     if let Some(port) = port {
-        servers.push_str(&format!("    server {{\n        listen 127.0.0.1:{port};\n        root {d}/html;\n{locations}\n    }}\n"));
+        servers.push_str(&format!("    server {{\n        listen 127.0.0.1:{port}{h2};\n        root {d}/html;\n{locations}\n    }}\n"));
     }
     if let Some((port, (certs, protocols))) = tls {
-        let protocols = protocols.map(|p| format!("        ssl_protocols {p};\n")).unwrap_or_default();
+        let protocols = protocols
+            .map(|p| format!("        ssl_protocols {p};\n"))
+            .unwrap_or_default();
         servers.push_str(&format!(
-            "    server {{\n        listen 127.0.0.1:{port} ssl;\n        ssl_certificate {};\n        ssl_certificate_key {};\n{protocols}        root {d}/html;\n{locations}\n    }}\n",
+            "    server {{\n        listen 127.0.0.1:{port} ssl{h2};\n        ssl_certificate {};\n        ssl_certificate_key {};\n{protocols}        root {d}/html;\n{locations}\n    }}\n",
             certs.cert.display(),
             certs.key.display()
         ));

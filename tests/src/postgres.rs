@@ -38,7 +38,10 @@ fn bin(name: &str) -> PathBuf {
 /// The uid and gid of the `postgres` user.
 fn postgres_ids() -> (u32, u32) {
     let id = |flag: &str| -> u32 {
-        let out = Command::new("id").args([flag, USER]).output().expect("run id");
+        let out = Command::new("id")
+            .args([flag, USER])
+            .output()
+            .expect("run id");
         String::from_utf8_lossy(&out.stdout)
             .trim()
             .parse()
@@ -56,25 +59,45 @@ impl PgServer {
     /// [`PgServer::start`] with extra `-c name=value` settings, e.g. `ssl=on`. Files they name
     /// must be readable by the `postgres` user (see [`PgServer::chown_to_postgres`]).
     pub fn start_with(settings: &[&str]) -> PgServer {
-        assert!(bin("postgres").is_file(), "{} missing: apt-get install postgresql", bin("postgres").display());
+        assert!(
+            bin("postgres").is_file(),
+            "{} missing: apt-get install postgresql",
+            bin("postgres").display()
+        );
         let dir = TempDir::new("postgres");
         let (uid, gid) = postgres_ids();
-        std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown the cluster directory");
+        std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
+            .expect("chown the cluster directory");
         let data = dir.join("data");
         let mut initdb = Command::new(bin("initdb"));
-        initdb.arg("-D").arg(&data).args(["-A", "trust", "-U", USER, "--no-sync"]).uid(uid).gid(gid);
+        initdb
+            .arg("-D")
+            .arg(&data)
+            .args(["-A", "trust", "-U", USER, "--no-sync"])
+            .uid(uid)
+            .gid(gid);
         let mut init = Proc::spawn("initdb", &mut initdb);
         init.close_stdin();
         match init.wait_exit(TIMEOUT) {
             Some(status) if status.success() => {}
-            other => panic!("initdb failed ({:?}):\n{}", other.map(describe_status), init.describe()),
+            other => panic!(
+                "initdb failed ({:?}):\n{}",
+                other.map(describe_status),
+                init.describe()
+            ),
         }
 
         let port = free_port();
         let mut cmd = Command::new(bin("postgres"));
         cmd.arg("-D")
             .arg(&data)
-            .args(["-c", "listen_addresses=127.0.0.1", "-p", &port.to_string(), "-k"])
+            .args([
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-k",
+            ])
             .arg(dir.path())
             .args(["-c", "fsync=off", "-c", "logging_collector=off"])
             .args(settings.iter().flat_map(|s| ["-c", s]))
@@ -83,7 +106,11 @@ impl PgServer {
         let mut proc = Proc::spawn("postgres", &mut cmd);
         proc.close_stdin();
         proc.wait_for_stderr("ready to accept connections", TIMEOUT);
-        PgServer { proc, port, _dir: dir }
+        PgServer {
+            proc,
+            port,
+            _dir: dir,
+        }
     }
 
     /// Makes `path` owned by the `postgres` user (a TLS key must be, with mode 0600).
@@ -101,21 +128,49 @@ impl PgServer {
     /// stderr).
     pub fn psql(&self, sql: &str) -> ClientRun {
         let mut cmd = Command::new(bin("psql"));
-        cmd.args(["-X", "-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", USER, "-d", "postgres", "-c", sql]);
+        cmd.args([
+            "-X",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            USER,
+            "-d",
+            "postgres",
+            "-c",
+            sql,
+        ]);
         run("psql", &mut cmd)
     }
 
     /// `psql -X -v ON_ERROR_STOP=1 -c SQL` against database `db`.
     pub fn psql_db(&self, db: &str, sql: &str) -> ClientRun {
         let mut cmd = Command::new(bin("psql"));
-        cmd.args(["-X", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", USER, "-d", db, "-c", sql]);
+        cmd.args([
+            "-X",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            USER,
+            "-d",
+            db,
+            "-c",
+            sql,
+        ]);
         run("psql", &mut cmd)
     }
 
     /// `pgbench ARGS` against the `postgres` database.
     pub fn pgbench(&self, args: &[&str]) -> ClientRun {
         let mut cmd = Command::new(bin("pgbench"));
-        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", USER]).args(args).arg("postgres");
+        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", USER])
+            .args(args)
+            .arg("postgres");
         run("pgbench", &mut cmd)
     }
 
@@ -146,9 +201,18 @@ fn build_go_fixture(dir: &Path, name: &str, package: &str) -> PathBuf {
         .arg("-o")
         .arg(&out)
         .arg(fixture(&format!("{name}/main.go")))
-        .envs([("GO111MODULE", "off"), ("GOPATH", "/usr/share/gocode"), ("GOPROXY", "off"), ("CGO_ENABLED", "0")]);
+        .envs([
+            ("GO111MODULE", "off"),
+            ("GOPATH", "/usr/share/gocode"),
+            ("GOPROXY", "off"),
+            ("CGO_ENABLED", "0"),
+        ]);
     let run = run(&format!("go build {name}"), &mut cmd);
-    assert!(run.success, "go build {name} failed (apt-get install golang-go {package}):\n{}", run.stderr);
+    assert!(
+        run.success,
+        "go build {name} failed (apt-get install golang-go {package}):\n{}",
+        run.stderr
+    );
     out
 }
 
@@ -159,9 +223,15 @@ impl PgServer {
     /// Runs `tests/fixtures/JdbcClient.java` (Java 17 single-file source launch) against this
     /// server.
     pub fn jdbc_client(&self) -> ClientRun {
-        assert!(Path::new(JDBC_JAR).exists(), "{JDBC_JAR} is missing: apt-get install libpostgresql-jdbc-java");
+        assert!(
+            Path::new(JDBC_JAR).exists(),
+            "{JDBC_JAR} is missing: apt-get install libpostgresql-jdbc-java"
+        );
         let mut cmd = Command::new("java");
-        cmd.arg("-cp").arg(JDBC_JAR).arg(fixture("JdbcClient.java")).arg(self.port.to_string());
+        cmd.arg("-cp")
+            .arg(JDBC_JAR)
+            .arg(fixture("JdbcClient.java"))
+            .arg(self.port.to_string());
         run("JdbcClient", &mut cmd)
     }
 
@@ -169,7 +239,10 @@ impl PgServer {
     pub fn go_client(&self, binary: &Path) -> ClientRun {
         let mut cmd = Command::new(binary);
         cmd.arg(self.port.to_string());
-        let name = binary.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = binary
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         run(&name, &mut cmd)
     }
 }
@@ -183,7 +256,9 @@ impl PgServer {
     /// Starts the psycopg2 client with `--wait` and returns once its connection is open.
     pub fn psycopg2_waiting(&self) -> WaitingClient {
         let mut cmd = Command::new("/usr/bin/python3");
-        cmd.arg(fixture("pg_client.py")).arg(self.port.to_string()).arg("--wait");
+        cmd.arg(fixture("pg_client.py"))
+            .arg(self.port.to_string())
+            .arg("--wait");
         let mut proc = Proc::spawn("psycopg2 client (waiting)", &mut cmd);
         proc.wait_for_stdout("connected", TIMEOUT);
         WaitingClient { proc }
@@ -202,7 +277,12 @@ impl WaitingClient {
         let Some(status) = self.proc.wait_exit(TIMEOUT) else {
             panic!("psycopg2 client did not finish:\n{}", self.proc.describe());
         };
-        ClientRun { pid: self.proc.pid(), success: status.success(), stdout: self.proc.stdout(), stderr: self.proc.stderr() }
+        ClientRun {
+            pid: self.proc.pid(),
+            success: status.success(),
+            stdout: self.proc.stdout(),
+            stderr: self.proc.stderr(),
+        }
     }
 }
 
@@ -219,7 +299,15 @@ pub fn run(name: &str, cmd: &mut Command) -> ClientRun {
     let mut proc = Proc::spawn(name, cmd);
     proc.close_stdin();
     let Some(status) = proc.wait_exit(TIMEOUT) else {
-        panic!("{name} did not finish within {TIMEOUT:?}:\n{}", proc.describe());
+        panic!(
+            "{name} did not finish within {TIMEOUT:?}:\n{}",
+            proc.describe()
+        );
     };
-    ClientRun { pid: proc.pid(), success: status.success(), stdout: proc.stdout(), stderr: proc.stderr() }
+    ClientRun {
+        pid: proc.pid(),
+        success: status.success(),
+        stdout: proc.stdout(),
+        stderr: proc.stderr(),
+    }
 }

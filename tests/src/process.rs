@@ -228,7 +228,12 @@ impl Proc {
     /// Polls with TCP connects (which carry no data, hence no span) until something listens on
     /// `addr`; panics with its output and the end of `log` (a server's error log) if it exits
     /// first or `timeout` passes.
-    pub fn wait_listening(&mut self, addr: std::net::SocketAddr, timeout: Duration, log: Option<&std::path::Path>) {
+    pub fn wait_listening(
+        &mut self,
+        addr: std::net::SocketAddr,
+        timeout: Duration,
+        log: Option<&std::path::Path>,
+    ) {
         let listening = wait_until(timeout, || {
             if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
                 return Some(true);
@@ -236,9 +241,15 @@ impl Proc {
             self.exited().map(|_| false)
         });
         if listening != Some(true) {
-            let log = log.and_then(|l| std::fs::read_to_string(l).ok()).unwrap_or_default();
+            let log = log
+                .and_then(|l| std::fs::read_to_string(l).ok())
+                .unwrap_or_default();
             let description = self.describe();
-            panic!("{} is not listening on {addr}:\n{description}\n{}", self.name, tail(&log, 20));
+            panic!(
+                "{} is not listening on {addr}:\n{description}\n{}",
+                self.name,
+                tail(&log, 20)
+            );
         }
     }
 

@@ -55,10 +55,26 @@ impl Server {
     /// nginx (`daemon off`, one worker, keep-alive on) with `/hello` (static file), `/index.html`,
     /// `/items/<anything>` (200) and `/error` (500).
     pub fn nginx() -> Server {
-        let files = [("hello", HELLO_BODY), ("index.html", "<!doctype html><p>index</p>\n")];
-        let nginx = Nginx::start(&files, &nginx::Config { http: true, tls: None, load: false });
+        let files = [
+            ("hello", HELLO_BODY),
+            ("index.html", "<!doctype html><p>index</p>\n"),
+        ];
+        let nginx = Nginx::start(
+            &files,
+            &nginx::Config {
+                http: true,
+                tls: None,
+                load: false,
+                http2: false,
+            },
+        );
         let port = nginx.port.expect("an HTTP port");
-        Server { proc: nginx.proc, host: "127.0.0.1", port, dir: nginx.dir }
+        Server {
+            proc: nginx.proc,
+            host: "127.0.0.1",
+            port,
+            dir: nginx.dir,
+        }
     }
 
     /// `tests/fixtures/http_fixture_server.py`: HTTP/1.1 keep-alive, `/ok`, `/status/<code>`,

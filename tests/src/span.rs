@@ -116,8 +116,11 @@ impl fmt::Debug for Span {
 
 /// The server and the client spans among `spans`, each sorted by start time.
 pub fn split_by_kind(spans: &[Span]) -> (Vec<Span>, Vec<Span>) {
-    let (mut servers, mut clients): (Vec<Span>, Vec<Span>) =
-        spans.iter().filter(|s| s.is_server() || s.is_client()).cloned().partition(Span::is_server);
+    let (mut servers, mut clients): (Vec<Span>, Vec<Span>) = spans
+        .iter()
+        .filter(|s| s.is_server() || s.is_client())
+        .cloned()
+        .partition(Span::is_server);
     servers.sort_by_key(Span::start_unix_nano);
     clients.sort_by_key(Span::start_unix_nano);
     (servers, clients)

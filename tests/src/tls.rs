@@ -27,15 +27,37 @@ impl Certs {
         let dir = TempDir::new("certs");
         let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
         let out = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost"])
-            .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout"])
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=localhost",
+            ])
+            .args([
+                "-addext",
+                "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                "-keyout",
+            ])
             .arg(&key)
             .arg("-out")
             .arg(&cert)
             .output()
             .expect("run openssl (apt-get install openssl)");
-        assert!(out.status.success(), "openssl req failed: {}", String::from_utf8_lossy(&out.stderr));
-        Certs { cert, key, _dir: dir }
+        assert!(
+            out.status.success(),
+            "openssl req failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Certs {
+            cert,
+            key,
+            _dir: dir,
+        }
     }
 }
 
@@ -50,10 +72,19 @@ impl TlsServer {
     /// nginx (one worker, keep-alive) serving `/hello` over TLS with only the given protocols
     /// (`"TLSv1.2 TLSv1.3"`).
     pub fn nginx(certs: &Certs, protocols: &str) -> TlsServer {
-        let config = nginx::Config { http: false, tls: Some((certs, Some(protocols))), load: false };
+        let config = nginx::Config {
+            http: false,
+            tls: Some((certs, Some(protocols))),
+            load: false,
+            http2: false,
+        };
         let nginx = Nginx::start(&[("hello", "hello over tls\n")], &config);
         let port = nginx.tls_port.expect("an HTTPS port");
-        TlsServer { proc: nginx.proc, port, _dir: nginx.dir }
+        TlsServer {
+            proc: nginx.proc,
+            port,
+            _dir: nginx.dir,
+        }
     }
 
     /// `tests/fixtures/https_server.py`: Python's `http.server` wrapped in `ssl` (OpenSSL's
@@ -61,29 +92,55 @@ impl TlsServer {
     pub fn python(certs: &Certs) -> TlsServer {
         let port = free_port();
         let mut cmd = Command::new(python());
-        cmd.arg("-u").arg(fixture("https_server.py")).arg(port.to_string()).arg(&certs.cert).arg(&certs.key);
-        Self::wait(Proc::spawn("https_server.py", &mut cmd), port, TempDir::new("py-tls"))
+        cmd.arg("-u")
+            .arg(fixture("https_server.py"))
+            .arg(port.to_string())
+            .arg(&certs.cert)
+            .arg(&certs.key);
+        Self::wait(
+            Proc::spawn("https_server.py", &mut cmd),
+            port,
+            TempDir::new("py-tls"),
+        )
     }
 
     /// `tests/fixtures/node_https_server.js` on `/usr/bin/node` (OpenSSL linked in).
     pub fn node(certs: &Certs) -> TlsServer {
         let port = free_port();
         let mut cmd = Command::new("node");
-        cmd.arg(fixture("node_https_server.js")).arg(port.to_string()).arg(&certs.cert).arg(&certs.key);
-        Self::wait(Proc::spawn("node https server", &mut cmd), port, TempDir::new("node-tls"))
+        cmd.arg(fixture("node_https_server.js"))
+            .arg(port.to_string())
+            .arg(&certs.cert)
+            .arg(&certs.key);
+        Self::wait(
+            Proc::spawn("node https server", &mut cmd),
+            port,
+            TempDir::new("node-tls"),
+        )
     }
 
     /// `go_https serve` (built by [`build_go_https`]): Go's net/http over crypto/tls, HTTP/1.1.
     pub fn go(binary: &Path, certs: &Certs) -> TlsServer {
         let port = free_port();
         let mut cmd = Command::new(binary);
-        cmd.arg("serve").arg(port.to_string()).arg(&certs.cert).arg(&certs.key);
-        Self::wait(Proc::spawn("go https server", &mut cmd), port, TempDir::new("go-tls"))
+        cmd.arg("serve")
+            .arg(port.to_string())
+            .arg(&certs.cert)
+            .arg(&certs.key);
+        Self::wait(
+            Proc::spawn("go https server", &mut cmd),
+            port,
+            TempDir::new("go-tls"),
+        )
     }
 
     fn wait(mut proc: Proc, port: u16, dir: TempDir) -> TlsServer {
         proc.wait_listening(SocketAddr::from(([127, 0, 0, 1], port)), TIMEOUT, None);
-        TlsServer { proc, port, _dir: dir }
+        TlsServer {
+            proc,
+            port,
+            _dir: dir,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -102,8 +159,15 @@ pub fn run_client(name: &str, cmd: &mut Command) -> (u32, String) {
     proc.close_stdin();
     match proc.wait_exit(TIMEOUT) {
         Some(status) if status.success() => (proc.pid(), proc.stdout()),
-        Some(status) => panic!("{name} failed ({}):\n{}", describe_status(status), proc.describe()),
-        None => panic!("{name} did not finish within {TIMEOUT:?}:\n{}", proc.describe()),
+        Some(status) => panic!(
+            "{name} failed ({}):\n{}",
+            describe_status(status),
+            proc.describe()
+        ),
+        None => panic!(
+            "{name} did not finish within {TIMEOUT:?}:\n{}",
+            proc.describe()
+        ),
     }
 }
 
@@ -112,7 +176,11 @@ pub fn node_get(ca: &Path, urls: &[String]) -> u32 {
     let mut cmd = Command::new("node");
     cmd.arg(fixture("node_https_get.js")).arg(ca).args(urls);
     let (pid, stdout) = run_client("node https client", &mut cmd);
-    assert_eq!(stdout.lines().filter(|l| l.trim() == "200").count(), urls.len(), "node client printed {stdout:?}");
+    assert_eq!(
+        stdout.lines().filter(|l| l.trim() == "200").count(),
+        urls.len(),
+        "node client printed {stdout:?}"
+    );
     pid
 }
 
@@ -140,8 +208,15 @@ pub fn build_go_https(dir: &Path, go: &str) -> PathBuf {
     let mut cmd = Command::new(go);
     // The toolchain's own GOROOT, whatever `go` on PATH is.
     cmd.env_remove("GOROOT");
-    cmd.arg("build").arg("-o").arg(&out).arg(fixture("go_https/main.go"));
-    cmd.envs([("GO111MODULE", "off"), ("GOPROXY", "off"), ("CGO_ENABLED", "0")]);
+    cmd.arg("build")
+        .arg("-o")
+        .arg(&out)
+        .arg(fixture("go_https/main.go"));
+    cmd.envs([
+        ("GO111MODULE", "off"),
+        ("GOPROXY", "off"),
+        ("CGO_ENABLED", "0"),
+    ]);
     let (_, _) = run_client("go build go_https", &mut cmd);
     out
 }
@@ -151,7 +226,11 @@ pub fn go_get(binary: &Path, ca: &Path, urls: &[String]) -> u32 {
     let mut cmd = Command::new(binary);
     cmd.arg("get").arg(ca).args(urls);
     let (pid, stdout) = run_client("go https client", &mut cmd);
-    assert_eq!(stdout.lines().filter(|l| l.trim() == "200").count(), urls.len(), "go client printed {stdout:?}");
+    assert_eq!(
+        stdout.lines().filter(|l| l.trim() == "200").count(),
+        urls.len(),
+        "go client printed {stdout:?}"
+    );
     pid
 }
 
@@ -160,6 +239,9 @@ pub fn hey(n: usize, url: &str) -> u32 {
     let mut cmd = Command::new("hey");
     cmd.args(["-n", &n.to_string(), "-c", "1", url]);
     let (pid, stdout) = run_client("hey", &mut cmd);
-    assert!(stdout.contains(&format!("[200]\t{n} responses")), "hey printed {stdout:?}");
+    assert!(
+        stdout.contains(&format!("[200]\t{n} responses")),
+        "hey printed {stdout:?}"
+    );
     pid
 }

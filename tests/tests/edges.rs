@@ -18,8 +18,8 @@ use ztrace_e2e::clients;
 use ztrace_e2e::postgres::PgServer;
 use ztrace_e2e::process::Proc;
 use ztrace_e2e::servers::Server;
-use ztrace_e2e::ztrace::SPAN_TIMEOUT;
 use ztrace_e2e::tls::{self, Certs, TlsServer};
+use ztrace_e2e::ztrace::SPAN_TIMEOUT;
 use ztrace_e2e::{free_port, wait_until, Span, TempDir, Ztrace};
 
 /// How long a server may take to listen.
@@ -75,8 +75,11 @@ fn gunicorn_services_are_named_by_their_application() {
     let billing = root.join("billing-svc");
     std::fs::create_dir_all(billing.join("billing")).expect("mkdir");
     std::fs::write(billing.join("billing/__init__.py"), "").expect("write");
-    std::fs::write(billing.join("billing/wsgi.py"), wsgi_app("billing", "application"))
-        .expect("write");
+    std::fs::write(
+        billing.join("billing/wsgi.py"),
+        wsgi_app("billing", "application"),
+    )
+    .expect("write");
     let inventory = root.join("inventory");
     std::fs::create_dir_all(&inventory).expect("mkdir");
     std::fs::write(inventory.join("app.py"), wsgi_app("inventory", "app")).expect("write");
@@ -84,24 +87,44 @@ fn gunicorn_services_are_named_by_their_application() {
     let mut ztrace = Ztrace::start(&["--print=json"]);
     let servers = [
         (Gunicorn::start(&orders, "orders:app"), "orders"),
-        (Gunicorn::start(&billing, "billing.wsgi:application"), "billing"),
+        (
+            Gunicorn::start(&billing, "billing.wsgi:application"),
+            "billing",
+        ),
         (Gunicorn::start(&inventory, "app:app"), "inventory"),
     ];
     let urls: Vec<String> = servers.iter().map(|(g, _)| g.url("/ping")).collect();
     let run = clients::curl(&urls);
-    assert_eq!(run.transfers.iter().map(|t| t.0).collect::<Vec<_>>(), [200, 200, 200]);
+    assert_eq!(
+        run.transfers.iter().map(|t| t.0).collect::<Vec<_>>(),
+        [200, 200, 200]
+    );
 
     let ports: Vec<u16> = servers.iter().map(|(g, _)| g.port).collect();
     let ours = |s: &Span| s.is_server() && s.server_port().is_some_and(|p| ports.contains(&p));
     let spans = ztrace.wait_for_n_spans(3, ours, SPAN_TIMEOUT);
     for (server, want) in &servers {
-        let mine: Vec<&Span> =
-            spans.iter().filter(|s| s.server_port() == Some(server.port)).collect();
-        assert_eq!(mine.len(), 1, "one server span on port {}:\n{mine:?}", server.port);
+        let mine: Vec<&Span> = spans
+            .iter()
+            .filter(|s| s.server_port() == Some(server.port))
+            .collect();
+        assert_eq!(
+            mine.len(),
+            1,
+            "one server span on port {}:\n{mine:?}",
+            server.port
+        );
         assert_eq!(mine[0].service(), Some(*want), "{:?}", mine[0]);
-        assert_eq!(mine[0].resource_str("service.name"), Some(*want), "{:?}", mine[0]);
+        assert_eq!(
+            mine[0].resource_str("service.name"),
+            Some(*want),
+            "{:?}",
+            mine[0]
+        );
         assert!(
-            mine[0].resource_str("process.command_line").is_some_and(|c| c.contains("gunicorn")),
+            mine[0]
+                .resource_str("process.command_line")
+                .is_some_and(|c| c.contains("gunicorn")),
             "{:?}",
             mine[0]
         );
@@ -135,11 +158,18 @@ fn the_viewer_does_not_trace_itself() {
     // The request to the Python server comes after the viewer's: once its client span is out,
     // theirs would be too.
     let seen = ztrace.wait_for_spans(|s| s.pid() == Some(other.pid), SPAN_TIMEOUT);
-    assert!(seen.iter().any(|s| s.is_client() && s.server_port() == Some(server.port)), "{seen:?}");
+    assert!(
+        seen.iter()
+            .any(|s| s.is_client() && s.server_port() == Some(server.port)),
+        "{seen:?}"
+    );
     let own = ztrace.spans_within(Duration::ZERO, |s| {
         s.server_port() == Some(ui_port) || s.pid().is_some_and(|p| viewers.contains(&p))
     });
-    assert!(own.is_empty(), "spans of the viewer's own traffic (curl pids {viewers:?}):\n{own:?}");
+    assert!(
+        own.is_empty(),
+        "spans of the viewer's own traffic (curl pids {viewers:?}):\n{own:?}"
+    );
     ztrace.stop();
 }
 
@@ -153,7 +183,10 @@ fn the_viewer_does_not_trace_itself() {
 fn postgres_backends_show_their_title_and_the_log_says_what_is_traced() {
     let pg = PgServer::start();
     let mut ztrace = Ztrace::start(&["--print=json", "--exe", "postgres"]);
-    ztrace.wait_for_log("tracing only processes named postgres (--exe)", Duration::from_secs(5));
+    ztrace.wait_for_log(
+        "tracing only processes named postgres (--exe)",
+        Duration::from_secs(5),
+    );
 
     // Sessions of 100 ms or more: a backend that exits within the agent's 10 ms polling can
     // be gone before its title is read again (README, PostgreSQL).
@@ -169,9 +202,15 @@ fn postgres_backends_show_their_title_and_the_log_says_what_is_traced() {
     };
     let spans = ztrace.wait_for_n_spans(RUNS, ours, SPAN_TIMEOUT);
     for span in &spans {
-        let peer = span.attr_i64("network.peer.port").unwrap_or_else(|| panic!("no peer port: {span:?}"));
+        let peer = span
+            .attr_i64("network.peer.port")
+            .unwrap_or_else(|| panic!("no peer port: {span:?}"));
         let want = format!("postgres: postgres postgres 127.0.0.1({peer})");
-        assert_eq!(span.resource_str("process.command_line"), Some(want.as_str()), "{span:?}");
+        assert_eq!(
+            span.resource_str("process.command_line"),
+            Some(want.as_str()),
+            "{span:?}"
+        );
     }
     ztrace.stop();
 }
@@ -187,7 +226,11 @@ struct LoadLoop {
 impl LoadLoop {
     /// Runs `cmd()` again and again; a run is good when it exits 0 and `check(stdout)` is true.
     /// The first failures are kept for the report.
-    fn start(name: &'static str, cmd: impl Fn() -> Command + Send + 'static, check: impl Fn(&str) -> bool + Send + 'static) -> LoadLoop {
+    fn start(
+        name: &'static str,
+        cmd: impl Fn() -> Command + Send + 'static,
+        check: impl Fn(&str) -> bool + Send + 'static,
+    ) -> LoadLoop {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicU64::new(0));
         let (stop2, ok2) = (stop.clone(), ok.clone());
@@ -195,7 +238,9 @@ impl LoadLoop {
             let mut failures = Vec::new();
             while !stop2.load(Ordering::Relaxed) {
                 match cmd().output() {
-                    Ok(out) if out.status.success() && check(&String::from_utf8_lossy(&out.stdout)) => {
+                    Ok(out)
+                        if out.status.success() && check(&String::from_utf8_lossy(&out.stdout)) =>
+                    {
                         ok2.fetch_add(1, Ordering::Relaxed);
                     }
                     Ok(out) if failures.len() < 5 => failures.push(format!(
@@ -210,7 +255,12 @@ impl LoadLoop {
             }
             failures
         });
-        LoadLoop { name, stop, ok, handle: Some(handle) }
+        LoadLoop {
+            name,
+            stop,
+            ok,
+            handle: Some(handle),
+        }
     }
 
     fn ok(&self) -> u64 {
@@ -220,8 +270,18 @@ impl LoadLoop {
     /// Stops the loop; panics with the failures if any run failed.
     fn finish(mut self) -> u64 {
         self.stop.store(true, Ordering::Relaxed);
-        let failures = self.handle.take().map(|h| h.join().unwrap_or_else(|_| vec!["panicked".into()])).unwrap_or_default();
-        assert!(failures.is_empty(), "{}: {} failed run(s), the first: {:?}", self.name, failures.len(), &failures[..failures.len().min(5)]);
+        let failures = self
+            .handle
+            .take()
+            .map(|h| h.join().unwrap_or_else(|_| vec!["panicked".into()]))
+            .unwrap_or_default();
+        assert!(
+            failures.is_empty(),
+            "{}: {} failed run(s), the first: {:?}",
+            self.name,
+            failures.len(),
+            &failures[..failures.len().min(5)]
+        );
         self.ok()
     }
 }
@@ -247,11 +307,14 @@ impl BpfHeld {
     fn of(pid: u32) -> BpfHeld {
         let mut held = BpfHeld::default();
         // A process gone (or a kernel thread) holds nothing.
-        let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return held };
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+            return held;
+        };
         for entry in dir.flatten() {
             let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
             let field = |name: &str| {
-                text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<u32>().ok())
+                text.lines()
+                    .find_map(|l| l.strip_prefix(name)?.trim().parse::<u32>().ok())
             };
             match (field("link_id:"), field("prog_id:"), field("prog_type:")) {
                 (Some(link), Some(prog), _) => held.links.push((link, prog)),
@@ -266,13 +329,19 @@ impl BpfHeld {
 
     /// Links of uprobe programs.
     fn uprobe_links(&self) -> Vec<u32> {
-        self.links.iter().filter(|(_, p)| self.progs.get(p) == Some(&PROG_TYPE_KPROBE)).map(|(l, _)| *l).collect()
+        self.links
+            .iter()
+            .filter(|(_, p)| self.progs.get(p) == Some(&PROG_TYPE_KPROBE))
+            .map(|(l, _)| *l)
+            .collect()
     }
 }
 
 /// Processes holding uprobe links now (another agent, say), with their uprobe link count.
 fn uprobe_holders() -> Vec<(u32, String, usize)> {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     dir.flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter_map(|pid| {
@@ -285,11 +354,23 @@ fn uprobe_holders() -> Vec<(u32, String, usize)> {
 
 /// The ids `bpftool -j {prog|link} show` lists: every program or link in the kernel.
 fn bpftool_ids(object: &str) -> BTreeSet<u32> {
-    let out = Command::new("bpftool").args(["-j", object, "show"]).output().expect("run bpftool (apt-get install bpftool)");
-    assert!(out.status.success(), "bpftool {object} show: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("bpftool")
+        .args(["-j", object, "show"])
+        .output()
+        .expect("run bpftool (apt-get install bpftool)");
+    assert!(
+        out.status.success(),
+        "bpftool {object} show: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     list.as_array()
-        .map(|a| a.iter().filter_map(|o| o["id"].as_u64()).filter_map(|id| u32::try_from(id).ok()).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|o| o["id"].as_u64())
+                .filter_map(|id| u32::try_from(id).ok())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -299,7 +380,12 @@ fn uprobe_events_naming(files: &[PathBuf]) -> Vec<String> {
         .or_else(|_| std::fs::read_to_string("/sys/kernel/debug/tracing/uprobe_events"))
         .unwrap_or_default();
     text.lines()
-        .filter(|l| files.iter().any(|f| f.file_name().is_some_and(|n| l.contains(&*n.to_string_lossy()))))
+        .filter(|l| {
+            files.iter().any(|f| {
+                f.file_name()
+                    .is_some_and(|n| l.contains(&*n.to_string_lossy()))
+            })
+        })
         .map(str::to_owned)
         .collect()
 }
@@ -327,37 +413,62 @@ impl ProbePoint {
                 let path = *f.get(5)?;
                 let (start, end) = f[0].split_once('-')?;
                 let hex = |x: &str| u64::from_str_radix(x, 16).ok();
-                path.contains(file).then_some((hex(start)?, hex(end)?, hex(f[2])?, path))
+                path.contains(file)
+                    .then_some((hex(start)?, hex(end)?, hex(f[2])?, path))
             })
             .collect();
-        let path = mappings.first().map(|m| m.3).unwrap_or_else(|| panic!("{file} is not mapped in {pid}:\n{maps}"));
-        let out = Command::new("nm").args(["-D", "--defined-only"]).arg(path).output().expect("run nm (binutils)");
-        let out = if out.stdout.is_empty() { Command::new("nm").arg(path).output().expect("run nm") } else { out };
+        let path = mappings
+            .first()
+            .map(|m| m.3)
+            .unwrap_or_else(|| panic!("{file} is not mapped in {pid}:\n{maps}"));
+        let out = Command::new("nm")
+            .args(["-D", "--defined-only"])
+            .arg(path)
+            .output()
+            .expect("run nm (binutils)");
+        let out = if out.stdout.is_empty() {
+            Command::new("nm").arg(path).output().expect("run nm")
+        } else {
+            out
+        };
         let table = String::from_utf8_lossy(&out.stdout);
         let value = table
             .lines()
             .find_map(|l| {
                 let f: Vec<&str> = l.split_whitespace().collect();
                 let name = f.get(2)?.split("@@").next()?;
-                (name == symbol).then(|| u64::from_str_radix(f[0], 16).ok()).flatten()
+                (name == symbol)
+                    .then(|| u64::from_str_radix(f[0], 16).ok())
+                    .flatten()
             })
             .unwrap_or_else(|| panic!("no {symbol} in {path}"));
         // A position-dependent executable is mapped at its addresses; a shared library at a base.
         let inside = |a: u64| mappings.iter().find(|m| (m.0..m.1).contains(&a)).copied();
         let base = mappings.iter().find(|m| m.2 == 0).map_or(0, |m| m.0);
-        let addr = if inside(value).is_some() { value } else { base + value };
-        let (start, _, offset, _) = inside(addr).unwrap_or_else(|| panic!("{symbol} at {addr:#x} is not mapped in {pid}"));
+        let addr = if inside(value).is_some() {
+            value
+        } else {
+            base + value
+        };
+        let (start, _, offset, _) =
+            inside(addr).unwrap_or_else(|| panic!("{symbol} at {addr:#x} is not mapped in {pid}"));
         let mut byte = [0u8; 1];
         let mut f = std::fs::File::open(path).expect("open mapped file");
         std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(addr - start + offset)).expect("seek");
         std::io::Read::read_exact(&mut f, &mut byte).expect("read mapped file");
-        ProbePoint { pid, what: format!("{symbol} in {path} (pid {pid})"), addr, file_byte: byte[0] }
+        ProbePoint {
+            pid,
+            what: format!("{symbol} in {path} (pid {pid})"),
+            addr,
+            file_byte: byte[0],
+        }
     }
 
     /// The first byte of the function in the process's memory now.
     fn in_memory(&self) -> u8 {
         let mut byte = [0u8; 1];
-        let mut f = std::fs::File::open(format!("/proc/{}/mem", self.pid)).expect("open /proc/PID/mem");
+        let mut f =
+            std::fs::File::open(format!("/proc/{}/mem", self.pid)).expect("open /proc/PID/mem");
         std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(self.addr)).expect("seek mem");
         std::io::Read::read_exact(&mut f, &mut byte).expect("read mem");
         byte[0]
@@ -379,18 +490,34 @@ fn kill_9_leaves_the_traced_programs_serving_and_no_probe_behind() {
     let go = tls::build_go_https(dir.path(), "go");
     let nginx = TlsServer::nginx(&certs, "TLSv1.2 TLSv1.3");
     let go_server = TlsServer::go(&go, &certs);
-    let probed = [PathBuf::from("libssl.so"), go.clone(), PathBuf::from("nginx")];
+    let probed = [
+        PathBuf::from("libssl.so"),
+        go.clone(),
+        PathBuf::from("nginx"),
+    ];
     let uprobe_lines_before = uprobe_events_naming(&probed);
 
     let mut ztrace = Ztrace::start(&["--print=json"]);
-    let curl = |url: String, ca: PathBuf| move || {
-        let mut cmd = Command::new("curl");
-        cmd.args(["-sS", "--max-time", "10", "--cacert"]).arg(&ca).arg(&url);
-        cmd
+    let curl = |url: String, ca: PathBuf| {
+        move || {
+            let mut cmd = Command::new("curl");
+            cmd.args(["-sS", "--max-time", "10", "--cacert"])
+                .arg(&ca)
+                .arg(&url);
+            cmd
+        }
     };
     let loops = [
-        LoadLoop::start("curl → nginx (TLS)", curl(nginx.url("/hello"), certs.cert.clone()), |out| out == "hello over tls\n"),
-        LoadLoop::start("curl → Go server (TLS)", curl(go_server.url("/hello"), certs.cert.clone()), |out| out == "hello from go over tls\n"),
+        LoadLoop::start(
+            "curl → nginx (TLS)",
+            curl(nginx.url("/hello"), certs.cert.clone()),
+            |out| out == "hello over tls\n",
+        ),
+        LoadLoop::start(
+            "curl → Go server (TLS)",
+            curl(go_server.url("/hello"), certs.cert.clone()),
+            |out| out == "hello from go over tls\n",
+        ),
         LoadLoop::start(
             "Go client → Go server (TLS, keep-alive)",
             {
@@ -411,58 +538,109 @@ fn kill_9_leaves_the_traced_programs_serving_and_no_probe_behind() {
 
     let held = BpfHeld::of(ztrace.pid());
     let uprobes = held.uprobe_links();
-    assert!(!uprobes.is_empty(), "the agent holds no uprobe link: {held:?}");
+    assert!(
+        !uprobes.is_empty(),
+        "the agent holds no uprobe link: {held:?}"
+    );
     // The breakpoints themselves, in the traced processes' code: OpenSSL's SSL_write in nginx,
     // crypto/tls's (*Conn).Write in the Go server.
     let points = [
         ProbePoint::find(nginx.pid(), "libssl.so", "SSL_write"),
-        ProbePoint::find(go_server.pid(), &go.to_string_lossy(), "crypto/tls.(*Conn).Write"),
+        ProbePoint::find(
+            go_server.pid(),
+            &go.to_string_lossy(),
+            "crypto/tls.(*Conn).Write",
+        ),
     ];
     for p in &points {
         assert_ne!(p.file_byte, INT3, "{}", p.what);
-        assert_eq!(p.in_memory(), INT3, "no uprobe breakpoint at {} while the agent runs", p.what);
+        assert_eq!(
+            p.in_memory(),
+            INT3,
+            "no uprobe breakpoint at {} while the agent runs",
+            p.what
+        );
     }
     let served_before: Vec<u64> = loops.iter().map(LoadLoop::ok).collect();
 
     // SAFETY: kill(2) on the agent this test started.
     let killed_at = Instant::now();
-    assert_eq!(unsafe { libc::kill(ztrace.pid() as libc::pid_t, libc::SIGKILL) }, 0, "kill -9");
+    assert_eq!(
+        unsafe { libc::kill(ztrace.pid() as libc::pid_t, libc::SIGKILL) },
+        0,
+        "kill -9"
+    );
     let ours_progs: BTreeSet<u32> = held.progs.keys().copied().collect();
     let ours_links: BTreeSet<u32> = held.links.iter().map(|(l, _)| *l).collect();
     // A link holds its program: once the programs are gone, so are the links (checked after).
-    let gone = wait_until(Duration::from_secs(30), || bpftool_ids("prog").is_disjoint(&ours_progs).then_some(()));
+    let gone = wait_until(Duration::from_secs(30), || {
+        bpftool_ids("prog").is_disjoint(&ours_progs).then_some(())
+    });
     let cleaned_after = killed_at.elapsed();
     assert!(
         gone.is_some(),
         "after kill -9, programs {:?} of the agent are still in the kernel",
-        bpftool_ids("prog").intersection(&ours_progs).collect::<Vec<_>>()
+        bpftool_ids("prog")
+            .intersection(&ours_progs)
+            .collect::<Vec<_>>()
     );
-    let links_left: Vec<u32> = bpftool_ids("link").intersection(&ours_links).copied().collect();
-    assert!(links_left.is_empty(), "after kill -9, links {links_left:?} of the agent are still in the kernel");
+    let links_left: Vec<u32> = bpftool_ids("link")
+        .intersection(&ours_links)
+        .copied()
+        .collect();
+    assert!(
+        links_left.is_empty(),
+        "after kill -9, links {links_left:?} of the agent are still in the kernel"
+    );
     // The breakpoints go when the kernel releases the perf events behind the links, after the
     // programs' ids are gone.
-    let restored = wait_until(Duration::from_secs(30), || points.iter().all(|p| p.in_memory() == p.file_byte).then_some(()));
+    let restored = wait_until(Duration::from_secs(30), || {
+        points
+            .iter()
+            .all(|p| p.in_memory() == p.file_byte)
+            .then_some(())
+    });
     let code_restored_after = killed_at.elapsed();
     if restored.is_none() {
         let left: Vec<String> = points
             .iter()
             .filter(|p| p.in_memory() != p.file_byte)
-            .map(|p| format!("{} (byte {:#x}, the file has {:#x})", p.what, p.in_memory(), p.file_byte))
+            .map(|p| {
+                format!(
+                    "{} (byte {:#x}, the file has {:#x})",
+                    p.what,
+                    p.in_memory(),
+                    p.file_byte
+                )
+            })
             .collect();
         // Another agent on this machine (a test running beside this one) may probe the same code.
         let holders = uprobe_holders();
-        assert!(!holders.is_empty(), "uprobe breakpoints left 30 s after kill -9 at {left:?}, and no process holds a uprobe");
+        assert!(
+            !holders.is_empty(),
+            "uprobe breakpoints left 30 s after kill -9 at {left:?}, and no process holds a uprobe"
+        );
         eprintln!("breakpoints at {left:?} are still there, but {holders:?} hold uprobes: not counted against kill -9");
     }
     let leftover = uprobe_events_naming(&probed);
-    assert_eq!(leftover, uprobe_lines_before, "uprobes left in the kernel's list after kill -9");
+    assert_eq!(
+        leftover, uprobe_lines_before,
+        "uprobes left in the kernel's list after kill -9"
+    );
     drop(ztrace);
 
     // The servers answer, with their exact bytes, while no agent runs.
     let untraced = wait_until(Duration::from_secs(30), || {
-        loops.iter().zip(&served_before).all(|(l, before)| l.ok() > *before).then_some(())
+        loops
+            .iter()
+            .zip(&served_before)
+            .all(|(l, before)| l.ok() > *before)
+            .then_some(())
     });
-    assert!(untraced.is_some(), "a load loop made no progress after kill -9");
+    assert!(
+        untraced.is_some(),
+        "a load loop made no progress after kill -9"
+    );
 
     // A new agent, right after: spans for both servers again.
     let started = Instant::now();
@@ -471,13 +649,19 @@ fn kill_9_leaves_the_traced_programs_serving_and_no_probe_behind() {
     second.wait_for_spans(server_on(nginx.port), SPAN_TIMEOUT);
     second.wait_for_spans(server_on(go_server.port), SPAN_TIMEOUT);
     let second_uprobes = BpfHeld::of(second.pid()).uprobe_links().len();
-    let served_while_killed: Vec<u64> = loops.iter().zip(&served_before).map(|(l, b)| l.ok() - b).collect();
+    let served_while_killed: Vec<u64> = loops
+        .iter()
+        .zip(&served_before)
+        .map(|(l, b)| l.ok() - b)
+        .collect();
     let totals: Vec<(&str, u64)> = loops.into_iter().map(|l| (l.name, l.finish())).collect();
     second.stop();
     let runs: Vec<String> = totals
         .iter()
         .zip(&served_while_killed)
-        .map(|((name, total), after)| format!("{name}: {total} runs, {after} of them after the kill"))
+        .map(|((name, total), after)| {
+            format!("{name}: {total} runs, {after} of them after the kill")
+        })
         .collect();
     eprintln!(
         "kill -9 figures: {}; none failed. The agent held {} links ({} of them uprobes) and {} programs: \

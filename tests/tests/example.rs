@@ -79,19 +79,37 @@ fn from_print(s: &Span) -> Node {
         trace: s.trace_id().unwrap_or_default().to_owned(),
         id: s.span_id().unwrap_or_default().to_owned(),
         parent: s.parent_span_id().flatten().map(str::to_owned),
-        label: format!("{} {} {}", s.service().unwrap_or("?"), s.kind().unwrap_or("?"), s.name().unwrap_or("?")),
+        label: format!(
+            "{} {} {}",
+            s.service().unwrap_or("?"),
+            s.kind().unwrap_or("?"),
+            s.name().unwrap_or("?")
+        ),
         link: s.attr_str("ztrace.link").map(str::to_owned),
     }
 }
 
 fn from_otlp(s: &OtlpSpan) -> Node {
-    let kind = s.kind().unwrap_or("?").trim_start_matches("SPAN_KIND_").to_lowercase();
-    let parent = s.0.get("parent_span_id").and_then(Value::as_str).filter(|p| !p.is_empty()).map(str::to_owned);
+    let kind = s
+        .kind()
+        .unwrap_or("?")
+        .trim_start_matches("SPAN_KIND_")
+        .to_lowercase();
+    let parent =
+        s.0.get("parent_span_id")
+            .and_then(Value::as_str)
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned);
     Node {
         trace: s.trace_id().unwrap_or_default().to_owned(),
         id: s.span_id().unwrap_or_default().to_owned(),
         parent,
-        label: format!("{} {} {}", s.resource_str("service.name").unwrap_or("?"), kind, s.name().unwrap_or("?")),
+        label: format!(
+            "{} {} {}",
+            s.resource_str("service.name").unwrap_or("?"),
+            kind,
+            s.name().unwrap_or("?")
+        ),
         link: s.attr_str("ztrace.link").map(str::to_owned),
     }
 }
@@ -105,7 +123,12 @@ fn render(nodes: &[&Node]) -> String {
         let parent = n.parent.as_deref().filter(|p| ids.contains(p));
         children.entry(parent).or_default().push(n);
     }
-    fn walk(out: &mut String, children: &BTreeMap<Option<&str>, Vec<&Node>>, parent: Option<&str>, depth: usize) {
+    fn walk(
+        out: &mut String,
+        children: &BTreeMap<Option<&str>, Vec<&Node>>,
+        parent: Option<&str>,
+        depth: usize,
+    ) {
         let mut kids = children.get(&parent).cloned().unwrap_or_default();
         kids.sort_by(|a, b| a.label.cmp(&b.label));
         for k in kids {
@@ -131,7 +154,14 @@ fn check_traces(source: &str, nodes: &[Node], n: usize, go_services: &[&str]) {
 /// Checks that `nodes` are `n` traces of exactly `tree`; `root_link` is the `ztrace.link` of the
 /// orders SERVER span; CLIENT spans under a SERVER span of their process have `goroutine` in
 /// `go_services`, `thread` in the others.
-fn check_traces_of(source: &str, nodes: &[Node], n: usize, tree: &str, root_link: &str, go_services: &[&str]) {
+fn check_traces_of(
+    source: &str,
+    nodes: &[Node],
+    n: usize,
+    tree: &str,
+    root_link: &str,
+    go_services: &[&str],
+) {
     let mut traces: HashMap<&str, Vec<&Node>> = HashMap::new();
     for node in nodes {
         traces.entry(node.trace.as_str()).or_default().push(node);
@@ -152,27 +182,47 @@ fn check_traces_of(source: &str, nodes: &[Node], n: usize, tree: &str, root_link
         bad.iter().take(4).cloned().collect::<Vec<_>>().join("\n")
     );
     let ids: HashSet<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
-    assert_eq!(ids.len(), nodes.len(), "{source}: no span in two traces, no span twice");
+    assert_eq!(
+        ids.len(),
+        nodes.len(),
+        "{source}: no span in two traces, no span twice"
+    );
     for node in nodes.iter().filter(|n| n.link.is_some()) {
-        let want = match (node.label.as_str(), node.label.split(' ').nth(1), node.parent.is_some()) {
+        let want = match (
+            node.label.as_str(),
+            node.label.split(' ').nth(1),
+            node.parent.is_some(),
+        ) {
             ("orders server GET /orders/{id}", _, _) => root_link,
             (_, _, false) => "none",
             (_, Some("server"), true) => "connection",
-            _ if go_services.contains(&node.label.split(' ').next().unwrap_or_default()) => "goroutine",
+            _ if go_services.contains(&node.label.split(' ').next().unwrap_or_default()) => {
+                "goroutine"
+            }
             _ => "thread",
         };
-        assert_eq!(node.link.as_deref(), Some(want), "{source}: ztrace.link of {node:?}");
+        assert_eq!(
+            node.link.as_deref(),
+            Some(want),
+            "{source}: ztrace.link of {node:?}"
+        );
     }
 }
 
 /// `GET path` over HTTP/1.0 from this (untraced) process; the status code.
 fn get(port: u16, path: &str) -> u16 {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to orders");
-    stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
     write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").expect("send");
     let mut reply = String::new();
     stream.read_to_string(&mut reply).expect("read the reply");
-    reply.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+    reply
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The example with orders in `orders_lang` and users and inventory in `lang`.
@@ -185,9 +235,19 @@ fn run_with(orders_lang: Lang, lang: Lang, envs: &[(&str, &str)]) {
     let example = Example::start_with(lang, orders_lang, envs);
     let mut receiver = OtlpReceiver::start();
     let endpoint = receiver.grpc_endpoint();
-    let mut args = vec!["--print=json", "--otlp-endpoint", endpoint.as_str(), "--exe", "postgres"];
+    let mut args = vec![
+        "--print=json",
+        "--otlp-endpoint",
+        endpoint.as_str(),
+        "--exe",
+        "postgres",
+    ];
     let mut go_services = Vec::new();
-    for (service, lang) in [("orders", orders_lang), ("users", lang), ("inventory", lang)] {
+    for (service, lang) in [
+        ("orders", orders_lang),
+        ("users", lang),
+        ("inventory", lang),
+    ] {
         let exe = match lang {
             Lang::Python => "python3",
             Lang::Go => {
@@ -204,53 +264,101 @@ fn run_with(orders_lang: Lang, lang: Lang, envs: &[(&str, &str)]) {
     let port = example.service("orders").port;
     let statuses: Vec<u16> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..CLIENTS)
-            .map(|c| s.spawn(move || (0..REQUESTS_PER_CLIENT).map(|i| get(port, &format!("/orders/{}", 1 + c * 10 + i))).collect::<Vec<_>>()))
+            .map(|c| {
+                s.spawn(move || {
+                    (0..REQUESTS_PER_CLIENT)
+                        .map(|i| get(port, &format!("/orders/{}", 1 + c * 10 + i)))
+                        .collect::<Vec<_>>()
+                })
+            })
             .collect();
-        workers.into_iter().flat_map(|w| w.join().expect("client thread")).collect()
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("client thread"))
+            .collect()
     });
-    assert!(statuses.iter().all(|&s| s == 200), "every order is found: {statuses:?}");
+    assert!(
+        statuses.iter().all(|&s| s == 200),
+        "every order is found: {statuses:?}"
+    );
     let n = (CLIENTS * REQUESTS_PER_CLIENT) as usize;
 
     let pids: HashSet<u32> = example.services.iter().map(|s| s.pid()).collect();
     let pg_port = i64::from(example.pg.port);
     let ours = |pid: Option<u32>, service: Option<&str>, server_port: Option<i64>| {
-        pid.is_some_and(|p| pids.contains(&p)) || (service == Some("postgres") && server_port == Some(pg_port))
+        pid.is_some_and(|p| pids.contains(&p))
+            || (service == Some("postgres") && server_port == Some(pg_port))
     };
-    let printed = ztrace.wait_for_n_spans(n * SPANS_PER_TRACE, |s| ours(s.pid(), s.service(), s.attr_i64("server.port")), TIMEOUT);
+    let printed = ztrace.wait_for_n_spans(
+        n * SPANS_PER_TRACE,
+        |s| ours(s.pid(), s.service(), s.attr_i64("server.port")),
+        TIMEOUT,
+    );
     let exported = receiver.wait_for_spans(
         n * SPANS_PER_TRACE,
         |s| {
-            let pid = s.0.get("resource").and_then(|r| r.get("process.pid")).and_then(|v| match v {
-                Value::Number(n) => n.as_u64(),
-                Value::String(s) => s.parse().ok(),
-                _ => None,
-            });
-            ours(pid.map(|p| p as u32), s.resource_str("service.name"), s.attr_i64("server.port"))
+            let pid =
+                s.0.get("resource")
+                    .and_then(|r| r.get("process.pid"))
+                    .and_then(|v| match v {
+                        Value::Number(n) => n.as_u64(),
+                        Value::String(s) => s.parse().ok(),
+                        _ => None,
+                    });
+            ours(
+                pid.map(|p| p as u32),
+                s.resource_str("service.name"),
+                s.attr_i64("server.port"),
+            )
         },
         TIMEOUT,
     );
     let stopped = ztrace.stop();
-    check_traces("--print=json", &printed.iter().map(from_print).collect::<Vec<_>>(), n, &go_services);
-    check_traces("OTLP", &exported.iter().map(from_otlp).collect::<Vec<_>>(), n, &go_services);
+    check_traces(
+        "--print=json",
+        &printed.iter().map(from_print).collect::<Vec<_>>(),
+        n,
+        &go_services,
+    );
+    check_traces(
+        "OTLP",
+        &exported.iter().map(from_otlp).collect::<Vec<_>>(),
+        n,
+        &go_services,
+    );
     let stats = stopped.stats.expect("ztrace stats line");
-    assert!(stats.contains_key("spans_unlinked"), "spans_unlinked is reported: {stats:?}");
+    assert!(
+        stats.contains_key("spans_unlinked"),
+        "spans_unlinked is reported: {stats:?}"
+    );
     if orders_lang == Lang::Go {
         // The requests to users and inventory went over pooled connections, written by their
         // writeLoop goroutines: handed over to the handler goroutine, not guessed.
-        let handoffs = stats.get("kernel_go_handoffs").and_then(Value::as_u64).unwrap_or(0);
-        assert!(handoffs > 0, "net/http writeLoop hand-overs were seen: {stats:?}");
-        let spawns = stats.get("kernel_go_spawn_events").and_then(Value::as_u64).unwrap_or(0);
+        let handoffs = stats
+            .get("kernel_go_handoffs")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        assert!(
+            handoffs > 0,
+            "net/http writeLoop hand-overs were seen: {stats:?}"
+        );
+        let spawns = stats
+            .get("kernel_go_spawn_events")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
         assert!(spawns > 0, "goroutine starts were seen: {stats:?}");
     }
 }
 
 fn otlp_pid(s: &OtlpSpan) -> Option<u32> {
-    s.0.get("resource").and_then(|r| r.get("process.pid")).and_then(|v| match v {
-        Value::Number(n) => n.as_u64(),
-        Value::String(s) => s.parse().ok(),
-        _ => None,
-    })
-    .map(|p| p as u32)
+    s.0.get("resource")
+        .and_then(|r| r.get("process.pid"))
+        .and_then(|v| match v {
+            Value::Number(n) => n.as_u64(),
+            Value::String(s) => s.parse().ok(),
+            _ => None,
+        })
+        .map(|p| p as u32)
 }
 
 #[test]
@@ -260,7 +368,14 @@ fn an_opentelemetry_sdk_client_and_ztrace_spans_form_one_trace() {
     let example = Example::start(Lang::Python);
     let mut receiver = OtlpReceiver::start();
     let endpoint = receiver.grpc_endpoint();
-    let ztrace = Ztrace::start(&["--otlp-endpoint", endpoint.as_str(), "--exe", "python3", "--exe", "postgres"]);
+    let ztrace = Ztrace::start(&[
+        "--otlp-endpoint",
+        endpoint.as_str(),
+        "--exe",
+        "python3",
+        "--exe",
+        "postgres",
+    ]);
 
     // The SDK client: urllib auto-instrumented, its spans to the same receiver over gRPC.
     let instrument = python().with_file_name("opentelemetry-instrument");
@@ -274,23 +389,44 @@ fn an_opentelemetry_sdk_client_and_ztrace_spans_form_one_trace() {
         .env("OTEL_LOGS_EXPORTER", "none")
         .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
-        .env("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "grpc_client,requests");
+        .env(
+            "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS",
+            "grpc_client,requests",
+        );
     let mut client = Proc::spawn("otel client", &mut cmd);
     client.close_stdin();
-    let status = client.wait_exit(TIMEOUT).unwrap_or_else(|| panic!("the SDK client did not finish:\n{}", client.describe()));
-    assert!(status.success(), "the SDK client failed:\n{}", client.describe());
-    assert_eq!(client.stdout_lines(), vec!["200"; REQUESTS], "{}", client.describe());
+    let status = client
+        .wait_exit(TIMEOUT)
+        .unwrap_or_else(|| panic!("the SDK client did not finish:\n{}", client.describe()));
+    assert!(
+        status.success(),
+        "the SDK client failed:\n{}",
+        client.describe()
+    );
+    assert_eq!(
+        client.stdout_lines(),
+        vec!["200"; REQUESTS],
+        "{}",
+        client.describe()
+    );
 
     let pids: HashSet<u32> = example.services.iter().map(|s| s.pid()).collect();
     let pg_port = i64::from(example.pg.port);
+    // The SDK's own export to the receiver is gRPC, which ztrace traces too: not part of the
+    // requests' traces.
     let ours = |s: &OtlpSpan| {
-        s.resource_str("service.name") == Some("sdk-client")
+        (s.resource_str("service.name") == Some("sdk-client")
+            && s.attr_str("rpc.system.name").is_none())
             || otlp_pid(s).is_some_and(|p| pids.contains(&p))
-            || (s.resource_str("service.name") == Some("postgres") && s.attr_i64("server.port") == Some(pg_port))
+            || (s.resource_str("service.name") == Some("postgres")
+                && s.attr_i64("server.port") == Some(pg_port))
     };
     let spans = receiver.wait_for_spans(REQUESTS * (SPANS_PER_TRACE + 1), ours, TIMEOUT);
     ztrace.stop();
-    let sdk: Vec<&OtlpSpan> = spans.iter().filter(|s| s.resource_str("service.name") == Some("sdk-client")).collect();
+    let sdk: Vec<&OtlpSpan> = spans
+        .iter()
+        .filter(|s| s.resource_str("service.name") == Some("sdk-client"))
+        .collect();
     assert_eq!(sdk.len(), REQUESTS, "one SDK span per request: {sdk:#?}");
     let sdk_name = sdk[0].name().unwrap_or("?");
     let mut tree = format!("sdk-client client {sdk_name}\n");
@@ -298,10 +434,23 @@ fn an_opentelemetry_sdk_client_and_ztrace_spans_form_one_trace() {
         tree.push_str(&format!("  {line}\n"));
     }
     let nodes: Vec<Node> = spans.iter().map(from_otlp).collect();
-    check_traces_of("OTLP with the SDK client", &nodes, REQUESTS, &tree, "header", &[]);
+    check_traces_of(
+        "OTLP with the SDK client",
+        &nodes,
+        REQUESTS,
+        &tree,
+        "header",
+        &[],
+    );
     let sdk_ids: HashSet<&str> = sdk.iter().filter_map(|s| s.span_id()).collect();
-    for node in nodes.iter().filter(|n| n.label.starts_with("orders server")) {
-        assert!(node.parent.as_deref().is_some_and(|p| sdk_ids.contains(p)), "the SDK client span is the parent: {node:?}");
+    for node in nodes
+        .iter()
+        .filter(|n| n.label.starts_with("orders server"))
+    {
+        assert!(
+            node.parent.as_deref().is_some_and(|p| sdk_ids.contains(p)),
+            "the SDK client span is the parent: {node:?}"
+        );
     }
 }
 

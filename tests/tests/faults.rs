@@ -26,7 +26,9 @@ impl FanoutServer {
     fn start(calls: &[String], extra: &[&str]) -> FanoutServer {
         let port = free_port();
         let mut cmd = Command::new(python());
-        cmd.arg("-u").arg(fixture("fanout.py")).args(["server", "--port", &port.to_string()]);
+        cmd.arg("-u")
+            .arg(fixture("fanout.py"))
+            .args(["server", "--port", &port.to_string()]);
         for url in calls {
             cmd.args(["--call", url]);
         }
@@ -47,7 +49,11 @@ fn run_fanout(name: &str, args: &[&str], timeout: Duration) -> (u32, String) {
     cmd.arg("-u").arg(fixture("fanout.py")).args(args);
     let mut proc = Proc::spawn(name, &mut cmd);
     let status = proc.wait_exit(timeout);
-    assert!(status.is_some_and(|s| s.success()), "{name} failed: {}", proc.describe());
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{name} failed: {}",
+        proc.describe()
+    );
     (proc.pid(), proc.stdout())
 }
 
@@ -60,7 +66,11 @@ fn orphans(spans: &[Span]) -> Vec<Span> {
     let ids: HashSet<&str> = spans.iter().filter_map(Span::span_id).collect();
     spans
         .iter()
-        .filter(|s| s.parent_span_id().flatten().is_some_and(|p| !ids.contains(p)))
+        .filter(|s| {
+            s.parent_span_id()
+                .flatten()
+                .is_some_and(|p| !ids.contains(p))
+        })
         .cloned()
         .collect()
 }
@@ -99,7 +109,11 @@ fn client_gives_up(how: GiveUp) {
         cmd.arg("-u").arg(fixture("fanout.py")).args(&args);
         let mut proc = Proc::spawn("killed client", &mut cmd);
         let status = proc.wait_exit(Duration::from_secs(30));
-        assert!(status.is_some_and(|s| s.code().is_none()), "killed: {}", proc.describe());
+        assert!(
+            status.is_some_and(|s| s.code().is_none()),
+            "killed: {}",
+            proc.describe()
+        );
         proc.pid()
     } else {
         run_fanout("abandoning client", &args, Duration::from_secs(30)).0
@@ -112,30 +126,68 @@ fn client_gives_up(how: GiveUp) {
     let all = ztrace.spans_within(Duration::from_secs(1), on_ports(&ports));
     let report = span::list(&all);
     let servers: Vec<&Span> = all.iter().filter(|s| is_front_server(s)).collect();
-    assert_eq!(servers.len(), 1, "one server span for the abandoned request:\n{report}");
+    assert_eq!(
+        servers.len(),
+        1,
+        "one server span for the abandoned request:\n{report}"
+    );
     let server = servers[0];
     assert_eq!(server.status(), Some("error"), "{server:?}");
-    assert_eq!(server.attr_str("error.type"), Some("client_closed"), "{server:?}");
-    assert_eq!(server.attr("http.response.status_code"), None, "no status code: {server:?}");
+    assert_eq!(
+        server.attr_str("error.type"),
+        Some("client_closed"),
+        "{server:?}"
+    );
+    assert_eq!(
+        server.attr("http.response.status_code"),
+        None,
+        "no status code: {server:?}"
+    );
     assert_eq!(server.url_path(), Some("/slow"), "{server:?}");
 
     // The downstream call made while serving it is its child.
-    let calls: Vec<&Span> = all.iter().filter(|s| s.is_client() && s.server_port() == Some(downstream.port)).collect();
+    let calls: Vec<&Span> = all
+        .iter()
+        .filter(|s| s.is_client() && s.server_port() == Some(downstream.port))
+        .collect();
     assert_eq!(calls.len(), 1, "{report}");
-    assert_eq!(calls[0].parent_span_id(), Some(server.span_id()), "{report}");
+    assert_eq!(
+        calls[0].parent_span_id(),
+        Some(server.span_id()),
+        "{report}"
+    );
 
     // The client that gave up has its span, the server span's parent.
     let client: Vec<&Span> = all.iter().filter(|s| is_client(s)).collect();
     assert_eq!(client.len(), 1, "the abandoning client's span:\n{report}");
     assert_eq!(client[0].status(), Some("error"), "{:?}", client[0]);
-    assert_eq!(client[0].attr_str("error.type"), Some("no_response"), "{:?}", client[0]);
-    assert_eq!(server.parent_span_id(), Some(client[0].span_id()), "{report}");
+    assert_eq!(
+        client[0].attr_str("error.type"),
+        Some("no_response"),
+        "{:?}",
+        client[0]
+    );
+    assert_eq!(
+        server.parent_span_id(),
+        Some(client[0].span_id()),
+        "{report}"
+    );
 
     let orphans = orphans(&all);
-    assert!(orphans.is_empty(), "spans whose parent never arrived:\n{}\nall:\n{report}", span::list(&orphans));
+    assert!(
+        orphans.is_empty(),
+        "spans whose parent never arrived:\n{}\nall:\n{report}",
+        span::list(&orphans)
+    );
     let stopped = ztrace.stop();
     let stats = stopped.stats.expect("ztrace stats");
-    assert!(stats.get("exchanges_unanswered").and_then(|v| v.as_u64()).is_some_and(|n| n >= 2), "{stats:?}");
+    assert!(
+        stats
+            .get("exchanges_unanswered")
+            .and_then(|v| v.as_u64())
+            .is_some_and(|n| n >= 2),
+        "{stats:?}"
+    );
 }
 
 #[test]
@@ -171,7 +223,11 @@ fn a_client_that_reads_only_the_response_head_has_its_span() {
         .arg(fixture("one_read_client.c"))
         .output()
         .expect("run gcc");
-    assert!(gcc.status.success(), "gcc: {}", String::from_utf8_lossy(&gcc.stderr));
+    assert!(
+        gcc.status.success(),
+        "gcc: {}",
+        String::from_utf8_lossy(&gcc.stderr)
+    );
     let server = FanoutServer::start(&[], &["--split"]);
     let mut ztrace = Ztrace::start(&["--print=json"]);
 
@@ -186,17 +242,33 @@ fn a_client_that_reads_only_the_response_head_has_its_span() {
     }
 
     let ports = [server.port];
-    ztrace.wait_for_n_spans(RUNS, |s| s.is_server() && s.server_port() == Some(server.port), SPAN_TIMEOUT);
+    ztrace.wait_for_n_spans(
+        RUNS,
+        |s| s.is_server() && s.server_port() == Some(server.port),
+        SPAN_TIMEOUT,
+    );
     let all = ztrace.spans_within(Duration::from_secs(1), on_ports(&ports));
     let report = span::list(&all);
     for pid in &pids {
-        let mine: Vec<&Span> = all.iter().filter(|s| s.is_client() && s.pid() == Some(*pid)).collect();
+        let mine: Vec<&Span> = all
+            .iter()
+            .filter(|s| s.is_client() && s.pid() == Some(*pid))
+            .collect();
         assert_eq!(mine.len(), 1, "client {pid} has one span:\n{report}");
-        assert_eq!(mine[0].attr_i64("http.response.status_code"), Some(200), "{:?}", mine[0]);
+        assert_eq!(
+            mine[0].attr_i64("http.response.status_code"),
+            Some(200),
+            "{:?}",
+            mine[0]
+        );
         assert_eq!(mine[0].status(), Some("unset"), "{:?}", mine[0]);
     }
     let orphans = orphans(&all);
-    assert!(orphans.is_empty(), "spans whose parent never arrived:\n{}\nall:\n{report}", span::list(&orphans));
+    assert!(
+        orphans.is_empty(),
+        "spans whose parent never arrived:\n{}\nall:\n{report}",
+        span::list(&orphans)
+    );
     ztrace.stop();
 }
 
@@ -234,38 +306,73 @@ const SOAK_REQUESTS: usize = 3000;
 fn under_concurrent_load_every_trace_is_whole() {
     let users = FanoutServer::start(&[], &[]);
     let stock = FanoutServer::start(&[], &[]);
-    let calls = [users.url("/users/1"), stock.url("/stock/1"), users.url("/users/2")];
+    let calls = [
+        users.url("/users/1"),
+        stock.url("/stock/1"),
+        users.url("/users/2"),
+    ];
     let orders = FanoutServer::start(&calls, &[]);
     // ztrace exports to a receiver that closes each connection, so that it connects again and
     // again, from ports the traced clients' connections get next.
     let sink_port = free_port();
     let mut sink = Command::new(python());
-    sink.arg("-u").arg(fixture("fanout.py")).args(["sink", "--port", &sink_port.to_string()]);
+    sink.arg("-u")
+        .arg(fixture("fanout.py"))
+        .args(["sink", "--port", &sink_port.to_string()]);
     let mut sink = Proc::spawn("otlp sink", &mut sink);
     sink.wait_for_stdout("ready", LISTEN_TIMEOUT);
     let endpoint = format!("http://127.0.0.1:{sink_port}");
-    let mut ztrace = Ztrace::start(&["--print=json", "--otlp-endpoint", &endpoint, "--otlp-protocol", "http/protobuf"]);
+    let mut ztrace = Ztrace::start(&[
+        "--print=json",
+        "--otlp-endpoint",
+        &endpoint,
+        "--otlp-protocol",
+        "http/protobuf",
+    ]);
 
     let requests = SOAK_REQUESTS.to_string();
     let url = orders.url("/orders/1");
     let (driver, out) = run_fanout(
         "load driver",
-        &["load", "--url", &url, "--threads", "8", "--requests", &requests],
+        &[
+            "load",
+            "--url",
+            &url,
+            "--threads",
+            "8",
+            "--requests",
+            &requests,
+        ],
         Duration::from_secs(480),
     );
-    assert!(out.contains(&format!("done {SOAK_REQUESTS} 0")), "every request answered: {out}");
+    assert!(
+        out.contains(&format!("done {SOAK_REQUESTS} 0")),
+        "every request answered: {out}"
+    );
 
     let ports = [orders.port, users.port, stock.port];
     let expected = SOAK_REQUESTS * 8;
     // Every span, or what came within two minutes: the checks below say what is missing.
-    wait_until(Duration::from_secs(120), || (ztrace.spans().iter().filter(|s| on_ports(&ports)(s)).count() >= expected).then_some(()));
+    wait_until(Duration::from_secs(120), || {
+        (ztrace
+            .spans()
+            .iter()
+            .filter(|s| on_ports(&ports)(s))
+            .count()
+            >= expected)
+            .then_some(())
+    });
     let all = ztrace.spans_within(Duration::from_secs(2), on_ports(&ports));
     let stopped = ztrace.stop();
     let stats = stopped.stats.unwrap_or_default();
     let counter = |name: &str| stats.get(name).and_then(|v| v.as_u64()).unwrap_or(0);
 
     let by_id: HashMap<&str, &Span> = all.iter().filter_map(|s| Some((s.span_id()?, s))).collect();
-    let parent_of = |s: &Span| s.parent_span_id().flatten().and_then(|p| by_id.get(p).copied());
+    let parent_of = |s: &Span| {
+        s.parent_span_id()
+            .flatten()
+            .and_then(|p| by_id.get(p).copied())
+    };
     let mut broken = Vec::new();
     let mut roots = 0;
     for s in &all {
@@ -285,7 +392,11 @@ fn under_concurrent_load_every_trace_is_whole() {
         }
     }
     let traces: HashSet<&str> = all.iter().filter_map(Span::trace_id).collect();
-    let losses: Vec<(&str, u64)> = stats.iter().filter_map(|(k, v)| Some((k.as_str(), v.as_u64()?))).filter(|(k, v)| *v > 0 && LOSS_COUNTERS.contains(k)).collect();
+    let losses: Vec<(&str, u64)> = stats
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str(), v.as_u64()?)))
+        .filter(|(k, v)| *v > 0 && LOSS_COUNTERS.contains(k))
+        .collect();
     eprintln!(
         "soak: {SOAK_REQUESTS} requests, {} spans (expected {expected}), {} traces, {roots} driver roots, {} broken spans; losses counted: {losses:?}; spans_created {}",
         all.len(),
@@ -293,7 +404,12 @@ fn under_concurrent_load_every_trace_is_whole() {
         broken.len(),
         counter("spans_created"),
     );
-    assert!(broken.is_empty(), "{} spans not where a whole trace puts them:\n{}", broken.len(), span::list(&broken[..broken.len().min(30)]));
+    assert!(
+        broken.is_empty(),
+        "{} spans not where a whole trace puts them:\n{}",
+        broken.len(),
+        span::list(&broken[..broken.len().min(30)])
+    );
     assert_eq!(all.len(), expected, "every exchange is a span");
     assert_eq!(traces.len(), SOAK_REQUESTS, "one trace per request");
 }
@@ -307,22 +423,53 @@ fn a_database_client_killed_during_its_query_leaves_whole_spans() {
     let mut ztrace = Ztrace::start(&["--print=json"]);
 
     let mut psql = Command::new(format!("{BIN_DIR}/psql"));
-    psql.args(["-X", "-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", USER, "-d", "postgres", "-c", "SELECT pg_sleep(2)"]);
+    psql.args([
+        "-X",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &pg.port.to_string(),
+        "-U",
+        USER,
+        "-d",
+        "postgres",
+        "-c",
+        "SELECT pg_sleep(2)",
+    ]);
     let mut psql = Proc::spawn("psql", &mut psql);
     std::thread::sleep(Duration::from_millis(800));
     psql.signal(libc::SIGKILL);
-    assert!(psql.wait_exit(Duration::from_secs(10)).is_some(), "{}", psql.describe());
+    assert!(
+        psql.wait_exit(Duration::from_secs(10)).is_some(),
+        "{}",
+        psql.describe()
+    );
     let client_pid = psql.pid();
 
-    let is_query = |s: &Span| s.server_port() == Some(pg.port) && s.attr_str("db.query.text").is_some_and(|q| q.contains("pg_sleep"));
+    let is_query = |s: &Span| {
+        s.server_port() == Some(pg.port)
+            && s.attr_str("db.query.text")
+                .is_some_and(|q| q.contains("pg_sleep"))
+    };
     let spans = ztrace.wait_for_n_spans(2, is_query, SPAN_TIMEOUT);
     let report = span::list(&spans);
-    let clients: Vec<&Span> = spans.iter().filter(|s| s.is_client() && s.pid() == Some(client_pid)).collect();
+    let clients: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.is_client() && s.pid() == Some(client_pid))
+        .collect();
     let servers: Vec<&Span> = spans.iter().filter(|s| s.is_server()).collect();
     assert_eq!((clients.len(), servers.len()), (1, 1), "{report}");
     assert_eq!(clients[0].status(), Some("error"), "{report}");
-    assert_eq!(clients[0].attr_str("error.type"), Some("no_response"), "{report}");
+    assert_eq!(
+        clients[0].attr_str("error.type"),
+        Some("no_response"),
+        "{report}"
+    );
     assert_eq!(clients[0].attr("db.response.status_code"), None, "{report}");
-    assert_eq!(servers[0].parent_span_id(), Some(clients[0].span_id()), "{report}");
+    assert_eq!(
+        servers[0].parent_span_id(),
+        Some(clients[0].span_id()),
+        "{report}"
+    );
     ztrace.stop();
 }

@@ -55,7 +55,14 @@ impl Guest {
         self.spans
             .iter()
             .find(|s| s.kind() == Some(kind) && s.attr_str("url.path") == Some(path))
-            .unwrap_or_else(|| panic!("no {kind} span for {path} among {} spans:\n{:#?}\n{}", self.spans.len(), self.spans, self.describe()))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no {kind} span for {path} among {} spans:\n{:#?}\n{}",
+                    self.spans.len(),
+                    self.spans,
+                    self.describe()
+                )
+            })
     }
 }
 
@@ -64,7 +71,11 @@ fn matrix_dir() -> PathBuf {
     let dir = std::env::var_os("ZTRACE_KERNEL_MATRIX").filter(|d| !d.is_empty()).map(PathBuf::from).unwrap_or_else(|| {
         panic!("ZTRACE_KERNEL_MATRIX is not set: run the kernel matrix through `cargo xtask test` (or `cargo xtask kernel-matrix` first)")
     });
-    assert!(dir.join("ready").is_file(), "{} is not a complete kernel matrix: run `cargo xtask kernel-matrix`", dir.display());
+    assert!(
+        dir.join("ready").is_file(),
+        "{} is not a complete kernel matrix: run `cargo xtask kernel-matrix`",
+        dir.display()
+    );
     dir
 }
 
@@ -77,9 +88,12 @@ fn guests() -> &'static HashMap<String, Guest> {
 /// The guest of the kernel whose release starts with `series` (`"6.1."`).
 fn guest(series: &str) -> &'static Guest {
     let guests = guests();
-    guests
-        .get(series)
-        .unwrap_or_else(|| panic!("no Linux {series}x kernel in the matrix (found {:?})", guests.keys().collect::<Vec<_>>()))
+    guests.get(series).unwrap_or_else(|| {
+        panic!(
+            "no Linux {series}x kernel in the matrix (found {:?})",
+            guests.keys().collect::<Vec<_>>()
+        )
+    })
 }
 
 fn boot_all() -> HashMap<String, Guest> {
@@ -89,7 +103,11 @@ fn boot_all() -> HashMap<String, Guest> {
     let mut kernels: Vec<(String, PathBuf, PathBuf)> = Vec::new();
     for entry in std::fs::read_dir(matrix.join("kernels")).expect("read the matrix's kernels") {
         let path = entry.expect("dir entry").path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
         if let Some(release) = name.strip_prefix("vmlinuz-") {
             let initrd = matrix.join("kernels").join(format!("initrd.img-{release}"));
             assert!(initrd.is_file(), "{} has no initrd", path.display());
@@ -107,7 +125,9 @@ fn boot_all() -> HashMap<String, Guest> {
             std::thread::spawn(move || (series, boot(&kernel, &initrd, &image, &out)))
         })
         .collect();
-    runs.into_iter().map(|run| run.join().expect("a guest's thread panicked")).collect()
+    runs.into_iter()
+        .map(|run| run.join().expect("a guest's thread panicked"))
+        .collect()
 }
 
 /// The matrix's root filesystem with ztrace and the test programs under `/matrix`, as an ext4
@@ -117,7 +137,9 @@ fn make_image(rootfs: &Path, work: &Path) -> PathBuf {
     run("cp", Command::new("cp").arg("-a").arg(rootfs).arg(&tree));
     let m = tree.join("matrix");
     std::fs::create_dir_all(m.join("www")).expect("create /matrix");
-    let ztrace = std::env::var_os("ZTRACE_BIN").map(PathBuf::from).expect("ZTRACE_BIN (the agent binary) must be set");
+    let ztrace = std::env::var_os("ZTRACE_BIN")
+        .map(PathBuf::from)
+        .expect("ZTRACE_BIN (the agent binary) must be set");
     copy(&ztrace, &m.join("ztrace"));
     copy(&fixture("kernel_matrix/init.sh"), &m.join("init.sh"));
     copy(&fixture("https_server.py"), &m.join("https_server.py"));
@@ -130,7 +152,14 @@ fn make_image(rootfs: &Path, work: &Path) -> PathBuf {
     std::fs::write(m.join("www/plain.txt"), "plain\n").expect("write www/plain.txt");
     std::fs::write(m.join("www/ready"), "ok\n").expect("write www/ready");
     let image = work.join("image.raw");
-    run("mkfs.ext4", Command::new("mkfs.ext4").args(["-q", "-F", "-L", "matrix", "-d"]).arg(&tree).arg(&image).arg("900M"));
+    run(
+        "mkfs.ext4",
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", "matrix", "-d"])
+            .arg(&tree)
+            .arg(&image)
+            .arg("900M"),
+    );
     let _ = std::fs::remove_dir_all(&tree);
     image
 }
@@ -140,23 +169,48 @@ fn boot(kernel: &Path, initrd: &Path, image: &Path, out: &Path) -> Guest {
     let (console, results) = (out.join("console.log"), out.join("results.log"));
     // TCG without cmpxchg16b: with it, 6.12's slab allocator double-faults under this qemu.
     let mut qemu = Command::new("qemu-system-x86_64");
-    qemu.args(["-accel", "tcg,thread=multi", "-cpu", "max,-cx16", "-smp", "2", "-m", "2048"])
-        .args(["-display", "none", "-monitor", "none", "-no-reboot", "-net", "none"])
-        .arg("-kernel")
-        .arg(kernel)
-        .arg("-initrd")
-        .arg(initrd)
-        .args(["-append", "root=/dev/vda rw console=ttyS0 init=/matrix/init.sh panic=-1 quiet"])
-        .arg("-drive")
-        .arg(format!("file={},format=raw,if=virtio,snapshot=on", image.display()))
-        .arg("-serial")
-        .arg(format!("file:{}", console.display()))
-        .arg("-serial")
-        .arg(format!("file:{}", results.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = qemu.spawn().expect("start qemu-system-x86_64 (cargo xtask test installs qemu-system-x86)");
+    qemu.args([
+        "-accel",
+        "tcg,thread=multi",
+        "-cpu",
+        "max,-cx16",
+        "-smp",
+        "2",
+        "-m",
+        "2048",
+    ])
+    .args([
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-no-reboot",
+        "-net",
+        "none",
+    ])
+    .arg("-kernel")
+    .arg(kernel)
+    .arg("-initrd")
+    .arg(initrd)
+    .args([
+        "-append",
+        "root=/dev/vda rw console=ttyS0 init=/matrix/init.sh panic=-1 quiet",
+    ])
+    .arg("-drive")
+    .arg(format!(
+        "file={},format=raw,if=virtio,snapshot=on",
+        image.display()
+    ))
+    .arg("-serial")
+    .arg(format!("file:{}", console.display()))
+    .arg("-serial")
+    .arg(format!("file:{}", results.display()))
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    let mut child = qemu
+        .spawn()
+        .expect("start qemu-system-x86_64 (cargo xtask test installs qemu-system-x86)");
     let started = Instant::now();
     let mut timed_out = false;
     loop {
@@ -174,7 +228,9 @@ fn boot(kernel: &Path, initrd: &Path, image: &Path, out: &Path) -> Guest {
     let mut guest = parse(&std::fs::read_to_string(&results).unwrap_or_default());
     guest.console = std::fs::read_to_string(&console).unwrap_or_default();
     if timed_out {
-        guest.status.insert("timed_out".into(), format!("{} s", GUEST_TIMEOUT.as_secs()));
+        guest
+            .status
+            .insert("timed_out".into(), format!("{} s", GUEST_TIMEOUT.as_secs()));
     }
     guest
 }
@@ -207,20 +263,36 @@ fn parse(text: &str) -> Guest {
 }
 
 fn copy(from: &Path, to: &Path) {
-    std::fs::copy(from, to).unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), to.display()));
+    std::fs::copy(from, to)
+        .unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), to.display()));
 }
 
 fn run(what: &str, cmd: &mut Command) {
     let out = cmd.output().unwrap_or_else(|e| panic!("run {what}: {e}"));
-    assert!(out.status.success(), "{what} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// On a supported kernel: every program attached, ztrace ran and stopped cleanly, and each
 /// exchange gave its server and client span, linked, with a stack on the C client's.
 fn check_supported(series: &str) {
     let guest = guest(series);
-    assert_eq!(guest.status("ready"), Some(""), "ztrace did not become ready on Linux {series}x:\n{}", guest.describe());
-    assert!(guest.status("kernel").is_some_and(|k| k.starts_with(series)), "{}", guest.describe());
+    assert_eq!(
+        guest.status("ready"),
+        Some(""),
+        "ztrace did not become ready on Linux {series}x:\n{}",
+        guest.describe()
+    );
+    assert!(
+        guest
+            .status("kernel")
+            .is_some_and(|k| k.starts_with(series)),
+        "{}",
+        guest.describe()
+    );
 
     // The attach table: every row ok, and all of them attached.
     let table: Vec<&str> = guest
@@ -230,54 +302,136 @@ fn check_supported(series: &str) {
         .skip(1)
         .take_while(|l| l.starts_with("  ok") || l.starts_with("  FAIL"))
         .collect();
-    assert!(table.len() >= 28, "the attach table has {} rows:\n{}", table.len(), guest.describe());
-    assert!(table.iter().all(|l| l.starts_with("  ok")), "a program was refused on Linux {series}x:\n{}", table.join("\n"));
+    // Every program of `agent/src/bpf/attach.rs` (24 syscall and sched tracepoints at least).
+    assert!(
+        table.len() >= 24
+            && [
+                "syscalls/sys_exit_read",
+                "syscalls/sys_enter_write",
+                "syscalls/sys_exit_writev",
+                "sched/sched_process_exec"
+            ]
+            .iter()
+            .all(|hook| table.iter().any(|row| row.ends_with(hook))),
+        "the attach table has {} rows:\n{}",
+        table.len(),
+        guest.describe()
+    );
+    assert!(
+        table.iter().all(|l| l.starts_with("  ok")),
+        "a program was refused on Linux {series}x:\n{}",
+        table.join("\n")
+    );
     let summary = format!("  {0} of {0} programs attached", table.len());
-    assert!(guest.log.lines().any(|l| l == summary), "no `{summary}` line:\n{}", guest.describe());
+    assert!(
+        guest.log.lines().any(|l| l == summary),
+        "no `{summary}` line:\n{}",
+        guest.describe()
+    );
     // The uprobe programs load when their first file is probed: OpenSSL and Go crypto/tls rows.
     assert!(
-        guest.log.lines().any(|l| l.contains("ok    uprobes   OpenSSL") && l.contains("libssl.so.3")),
+        guest
+            .log
+            .lines()
+            .any(|l| l.contains("ok    uprobes   OpenSSL") && l.contains("libssl.so.3")),
         "libssl was not probed on Linux {series}x:\n{}",
         guest.describe()
     );
     assert!(
-        guest.log.lines().any(|l| l.contains("ok    uprobes   Go crypto/tls /matrix/go_https")),
+        guest
+            .log
+            .lines()
+            .any(|l| l.contains("ok    uprobes   Go crypto/tls /matrix/go_https")),
         "the Go program's crypto/tls was not probed on Linux {series}x:\n{}",
         guest.describe()
     );
     assert!(
-        guest.log.lines().any(|l| l.contains("ok    goroutine /matrix/go_https")),
+        guest
+            .log
+            .lines()
+            .any(|l| l.contains("ok    goroutine /matrix/go_https")),
         "the Go program's goroutines are not followed on Linux {series}x:\n{}",
         guest.describe()
     );
-    assert!(!guest.log.contains("FAIL"), "something failed on Linux {series}x:\n{}", guest.describe());
-    assert_eq!(guest.status("ztrace_exit"), Some("0"), "ztrace did not exit cleanly on SIGINT:\n{}", guest.describe());
-    assert!(guest.log.lines().any(|l| l.starts_with("ztrace stats: {")), "no stats line:\n{}", guest.describe());
+    assert!(
+        !guest.log.contains("FAIL"),
+        "something failed on Linux {series}x:\n{}",
+        guest.describe()
+    );
+    assert_eq!(
+        guest.status("ztrace_exit"),
+        Some("0"),
+        "ztrace did not exit cleanly on SIGINT:\n{}",
+        guest.describe()
+    );
+    assert!(
+        guest.log.lines().any(|l| l.starts_with("ztrace stats: {")),
+        "no stats line:\n{}",
+        guest.describe()
+    );
 
     // What the programs saw themselves.
-    assert_eq!(guest.status("curl_plain"), Some("200"), "{}", guest.describe());
-    assert_eq!(guest.status("curl_tls"), Some("200"), "{}", guest.describe());
-    assert_eq!(guest.status("go_get"), Some("0 200"), "{}", guest.describe());
-    assert_eq!(guest.status("stack_client"), Some("0"), "{}", guest.describe());
+    assert_eq!(
+        guest.status("curl_plain"),
+        Some("200"),
+        "{}",
+        guest.describe()
+    );
+    assert_eq!(
+        guest.status("curl_tls"),
+        Some("200"),
+        "{}",
+        guest.describe()
+    );
+    assert_eq!(
+        guest.status("go_get"),
+        Some("0 200"),
+        "{}",
+        guest.describe()
+    );
+    assert_eq!(
+        guest.status("stack_client"),
+        Some("0"),
+        "{}",
+        guest.describe()
+    );
 
-    for (path, server_service, client_service) in
-        [("/plain.txt", "http.server", "curl"), ("/tls", "https_server", "curl"), ("/go", "go_https", "go_https")]
-    {
+    for (path, server_service, client_service) in [
+        ("/plain.txt", "http.server", "curl"),
+        ("/tls", "https_server", "curl"),
+        ("/go", "go_https", "go_https"),
+    ] {
         let server = guest.span("server", path);
         let client = guest.span("client", path);
         assert_eq!(server.service(), Some(server_service), "{server:?}");
         assert_eq!(client.service(), Some(client_service), "{client:?}");
         for span in [server, client] {
-            assert_eq!(span.attr_str("http.request.method"), Some("GET"), "{span:?}");
-            assert_eq!(span.attr_i64("http.response.status_code"), Some(200), "{span:?}");
+            assert_eq!(
+                span.attr_str("http.request.method"),
+                Some("GET"),
+                "{span:?}"
+            );
+            assert_eq!(
+                span.attr_i64("http.response.status_code"),
+                Some(200),
+                "{span:?}"
+            );
         }
         checks::linked(client, server);
     }
     let stacked = guest.span("client", "/orders/42");
     assert_eq!(stacked.service(), Some("stack_client"), "{stacked:?}");
-    let stack = stacked.attr_str("code.stacktrace").unwrap_or_else(|| panic!("no code.stacktrace on Linux {series}x: {stacked:?}"));
-    assert!(stack.contains("fetch_orders"), "the C client's stack does not name fetch_orders on Linux {series}x:\n{stack}");
-    assert!(stack.contains("main"), "the C client's stack does not reach main on Linux {series}x:\n{stack}");
+    let stack = stacked
+        .attr_str("code.stacktrace")
+        .unwrap_or_else(|| panic!("no code.stacktrace on Linux {series}x: {stacked:?}"));
+    assert!(
+        stack.contains("fetch_orders"),
+        "the C client's stack does not name fetch_orders on Linux {series}x:\n{stack}"
+    );
+    assert!(
+        stack.contains("main"),
+        "the C client's stack does not reach main on Linux {series}x:\n{stack}"
+    );
 }
 
 #[test]
@@ -296,12 +450,23 @@ fn linux_6_12_loads_every_program_and_traces() {
 #[ignore = "needs root, qemu and the kernel matrix; run by cargo xtask test"]
 fn linux_5_10_is_refused_in_one_sentence() {
     let guest = guest("5.10.");
-    assert_eq!(guest.status("ztrace_exit"), Some("1"), "ztrace must refuse Linux 5.10:\n{}", guest.describe());
+    assert_eq!(
+        guest.status("ztrace_exit"),
+        Some("1"),
+        "ztrace must refuse Linux 5.10:\n{}",
+        guest.describe()
+    );
     assert!(guest.status("ready").is_none(), "{}", guest.describe());
     let lines: Vec<&str> = guest.log.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "one sentence, nothing else:\n{}", guest.describe());
+    assert_eq!(
+        lines.len(),
+        1,
+        "one sentence, nothing else:\n{}",
+        guest.describe()
+    );
     assert!(
-        lines[0].starts_with("ztrace: this kernel (5.10.") && lines[0].contains("is too old: ztrace needs Linux 5.15 or newer"),
+        lines[0].starts_with("ztrace: this kernel (5.10.")
+            && lines[0].contains("is too old: ztrace needs Linux 5.15 or newer"),
         "{}",
         lines[0]
     );

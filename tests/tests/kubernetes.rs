@@ -27,7 +27,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use ztrace_e2e::{
-    clients, free_port, otlp::OtlpReceiver, process::Proc, repo_root, servers::Server, wait_until, TempDir,
+    clients, free_port, otlp::OtlpReceiver, process::Proc, repo_root, servers::Server, wait_until,
+    TempDir,
 };
 
 const IMAGE: &str = "localhost/ztrace:latest";
@@ -47,20 +48,31 @@ fn venv_bin(tool: &str) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target/k8s-venv"));
     let bin = venv.join("bin").join(tool);
-    assert!(bin.is_file(), "{} is missing: `cargo xtask test` makes this venv", bin.display());
+    assert!(
+        bin.is_file(),
+        "{} is missing: `cargo xtask test` makes this venv",
+        bin.display()
+    );
     bin
 }
 
 /// Runs a command to its end; returns (success, stdout + stderr).
 fn run(cmd: &mut Command) -> (bool, String) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 
 /// The resource files that kustomization.yaml lists.
 fn kustomized_files() -> Vec<PathBuf> {
-    let text = std::fs::read_to_string(manifests().join("kustomization.yaml")).expect("kustomization.yaml");
+    let text = std::fs::read_to_string(manifests().join("kustomization.yaml"))
+        .expect("kustomization.yaml");
     let files: Vec<PathBuf> = text
         .lines()
         .skip_while(|l| !l.starts_with("resources:"))
@@ -92,34 +104,68 @@ fn manifests_pass_schema_validation_and_the_security_policy_check() {
     for file in &files {
         assert!(file.is_file(), "{} is listed but missing", file.display());
     }
-    let (ok, out) = run(Command::new(venv_bin("kubernetes-validate")).args(["--strict", "-k", "1.37.0"]).args(&files));
+    let (ok, out) = run(Command::new(venv_bin("kubernetes-validate"))
+        .args(["--strict", "-k", "1.37.0"])
+        .args(&files));
     assert!(ok, "kubernetes-validate --strict failed:\n{out}");
-    assert_eq!(out.matches("passed for resource").count(), files.len(), "{out}");
+    assert_eq!(
+        out.matches("passed for resource").count(),
+        files.len(),
+        "{out}"
+    );
 
     // The privileged overlay is privileged on purpose: checkov looks at the base.
     let (ok, out) = run(Command::new(venv_bin("checkov"))
         .arg("-d")
         .arg(manifests())
-        .args(["--skip-path", "privileged", "--compact", "--skip-download", "--framework", "kubernetes"]));
-    assert!(ok && out.contains("Failed checks: 0"), "checkov found unjustified findings:\n{out}");
+        .args([
+            "--skip-path",
+            "privileged",
+            "--compact",
+            "--skip-download",
+            "--framework",
+            "kubernetes",
+        ]));
+    assert!(
+        ok && out.contains("Failed checks: 0"),
+        "checkov found unjustified findings:\n{out}"
+    );
 
     // No privileged container, and every added capability says what it is for.
     let text = std::fs::read_to_string(manifests().join("daemonset.yaml")).expect("daemonset.yaml");
-    assert_eq!(daemonset().container["securityContext"]["privileged"], Value::Bool(false));
+    assert_eq!(
+        daemonset().container["securityContext"]["privileged"],
+        Value::Bool(false)
+    );
     let lines: Vec<&str> = text.lines().collect();
-    let add = lines.iter().position(|l| l.trim() == "add:").expect("a capabilities.add list");
+    let add = lines
+        .iter()
+        .position(|l| l.trim() == "add:")
+        .expect("a capabilities.add list");
     let mut caps = 0;
     for (i, line) in lines.iter().enumerate().skip(add + 1) {
         let t = line.trim();
         if t.starts_with('#') {
             continue;
         }
-        let Some(cap) = t.strip_prefix("- ") else { break };
+        let Some(cap) = t.strip_prefix("- ") else {
+            break;
+        };
         caps += 1;
-        let comment: Vec<&str> =
-            lines[..i].iter().rev().take_while(|l| l.trim().starts_with('#')).copied().collect();
-        assert!(!comment.is_empty(), "capability {cap} has no comment above it");
-        assert!(comment.iter().any(|l| l.contains("Without it")), "the comment of {cap} does not say what breaks without it");
+        let comment: Vec<&str> = lines[..i]
+            .iter()
+            .rev()
+            .take_while(|l| l.trim().starts_with('#'))
+            .copied()
+            .collect();
+        assert!(
+            !comment.is_empty(),
+            "capability {cap} has no comment above it"
+        );
+        assert!(
+            comment.iter().any(|l| l.contains("Without it")),
+            "the comment of {cap} does not say what breaks without it"
+        );
     }
     assert!(caps >= 2, "no capabilities found in daemonset.yaml");
     // The overlay for clusters that insist on privileged: its patch applied to the base as
@@ -127,12 +173,20 @@ fn manifests_pass_schema_validation_and_the_security_policy_check() {
     // the capabilities) gives a DaemonSet that validates too. (No kustomize binary can be had.)
     let patch = yaml_docs(&manifests().join("privileged/privileged.yaml")).remove(0);
     let mut merged = yaml_docs(&manifests().join("daemonset.yaml")).remove(0);
-    assert_eq!((&patch["kind"], &patch["metadata"]["name"]), (&merged["kind"], &merged["metadata"]["name"]));
+    assert_eq!(
+        (&patch["kind"], &patch["metadata"]["name"]),
+        (&merged["kind"], &merged["metadata"]["name"])
+    );
     let patched = &patch["spec"]["template"]["spec"]["containers"][0];
     let container = &mut merged["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(patched["name"], container["name"]);
-    let security = container["securityContext"].as_object_mut().expect("securityContext");
-    for (key, value) in patched["securityContext"].as_object().expect("the patch's securityContext") {
+    let security = container["securityContext"]
+        .as_object_mut()
+        .expect("securityContext");
+    for (key, value) in patched["securityContext"]
+        .as_object()
+        .expect("the patch's securityContext")
+    {
         if value.get("$patch").and_then(Value::as_str) == Some("delete") {
             security.remove(key);
         } else {
@@ -143,8 +197,13 @@ fn manifests_pass_schema_validation_and_the_security_policy_check() {
     let dir = TempDir::new("k8s-overlay");
     let file = dir.join("privileged-daemonset.json");
     std::fs::write(&file, merged.to_string()).expect("write");
-    let (ok, out) = run(Command::new(venv_bin("kubernetes-validate")).args(["--strict", "-k", "1.37.0"]).arg(&file));
-    assert!(ok, "the privileged overlay's DaemonSet does not validate:\n{out}");
+    let (ok, out) = run(Command::new(venv_bin("kubernetes-validate"))
+        .args(["--strict", "-k", "1.37.0"])
+        .arg(&file));
+    assert!(
+        ok,
+        "the privileged overlay's DaemonSet does not validate:\n{out}"
+    );
 }
 
 /// The DaemonSet's container spec and volumes.
@@ -156,13 +215,20 @@ struct DaemonSet {
 }
 
 fn daemonset() -> DaemonSet {
-    let doc = yaml_docs(&manifests().join("daemonset.yaml")).into_iter().next().expect("one document");
+    let doc = yaml_docs(&manifests().join("daemonset.yaml"))
+        .into_iter()
+        .next()
+        .expect("one document");
     let spec = &doc["spec"]["template"]["spec"];
     let config = yaml_docs(&manifests().join("configmap.yaml"))
         .into_iter()
         .next()
         .and_then(|c| c["data"].as_object().cloned())
-        .map(|m| m.into_iter().map(|(k, v)| (k, v.as_str().unwrap_or_default().to_owned())).collect())
+        .map(|m| {
+            m.into_iter()
+                .map(|(k, v)| (k, v.as_str().unwrap_or_default().to_owned()))
+                .collect()
+        })
         .unwrap_or_default();
     DaemonSet {
         container: spec["containers"][0].clone(),
@@ -180,7 +246,10 @@ struct PodmanContainer {
 
 impl Drop for PodmanContainer {
     fn drop(&mut self) {
-        let _ = Command::new("podman").args(PODMAN_GLOBAL).args(["rm", "-f", "-t", "5", &self.name]).output();
+        let _ = Command::new("podman")
+            .args(PODMAN_GLOBAL)
+            .args(["rm", "-f", "-t", "5", &self.name])
+            .output();
     }
 }
 
@@ -197,7 +266,10 @@ fn agent_args(ds: &DaemonSet, tasks_dir: &Path, env: &[(&str, String)]) -> Vec<S
     let sc = &ds.container["securityContext"];
     assert_ne!(sc["privileged"], Value::Bool(true));
     args.push("--cap-drop=ALL".into());
-    for cap in sc["capabilities"]["add"].as_array().expect("capabilities.add") {
+    for cap in sc["capabilities"]["add"]
+        .as_array()
+        .expect("capabilities.add")
+    {
         args.push(format!("--cap-add={}", cap.as_str().expect("capability")));
     }
     if ds.host_pid {
@@ -215,8 +287,18 @@ fn agent_args(ds: &DaemonSet, tasks_dir: &Path, env: &[(&str, String)]) -> Vec<S
     // The limits: memory `600Mi` is podman's `600m`; cpu `1` or `500m` (millicores).
     let limits = &ds.container["resources"]["limits"];
     if let Some(memory) = limits["memory"].as_str() {
-        let (n, unit) = memory.split_at(memory.find(|c: char| !c.is_ascii_digit()).unwrap_or(memory.len()));
-        let unit = match unit { "Ki" => "k", "Mi" => "m", "Gi" => "g", "" => "b", other => panic!("memory unit {other}") };
+        let (n, unit) = memory.split_at(
+            memory
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(memory.len()),
+        );
+        let unit = match unit {
+            "Ki" => "k",
+            "Mi" => "m",
+            "Gi" => "g",
+            "" => "b",
+            other => panic!("memory unit {other}"),
+        };
         args.push(format!("--memory={n}{unit}"));
     }
     if let Some(cpu) = limits["cpu"].as_str() {
@@ -226,12 +308,30 @@ fn agent_args(ds: &DaemonSet, tasks_dir: &Path, env: &[(&str, String)]) -> Vec<S
         };
         args.push(format!("--cpus={cpus}"));
     }
-    for mount in ds.container["volumeMounts"].as_array().expect("volumeMounts") {
-        let (vol_name, at) = (mount["name"].as_str().expect("name"), mount["mountPath"].as_str().expect("mountPath"));
-        let volume = ds.volumes.iter().find(|v| v["name"] == vol_name).expect("the mount's volume");
-        let ro = if mount["readOnly"] == Value::Bool(true) { ":ro" } else { "" };
+    for mount in ds.container["volumeMounts"]
+        .as_array()
+        .expect("volumeMounts")
+    {
+        let (vol_name, at) = (
+            mount["name"].as_str().expect("name"),
+            mount["mountPath"].as_str().expect("mountPath"),
+        );
+        let volume = ds
+            .volumes
+            .iter()
+            .find(|v| v["name"] == vol_name)
+            .expect("the mount's volume");
+        let ro = if mount["readOnly"] == Value::Bool(true) {
+            ":ro"
+        } else {
+            ""
+        };
         if let Some(host) = volume["hostPath"]["path"].as_str() {
-            let host = if host == CONTAINERD_TASKS { tasks_dir.to_path_buf() } else { PathBuf::from(host) };
+            let host = if host == CONTAINERD_TASKS {
+                tasks_dir.to_path_buf()
+            } else {
+                PathBuf::from(host)
+            };
             std::fs::create_dir_all(&host).expect("host path");
             args.push(format!("--volume={}:{at}{ro}", host.display()));
         } else if volume.get("emptyDir").is_some() {
@@ -250,11 +350,20 @@ fn agent_args(ds: &DaemonSet, tasks_dir: &Path, env: &[(&str, String)]) -> Vec<S
 fn run_agent_with(args: Vec<String>) -> PodmanContainer {
     let name = format!("ztrace-e2e-{}", std::process::id());
     let mut cmd = Command::new("podman");
-    cmd.args(PODMAN_GLOBAL).args(["run", "--rm", "--name", &name, "--network=host"]);
+    cmd.args(PODMAN_GLOBAL)
+        .args(["run", "--rm", "--name", &name, "--network=host"]);
     // This VM's bounding set lacks CAP_SYS_RESOURCE: podman needs explicit limits.
-    cmd.args(["--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768"]);
+    cmd.args([
+        "--ulimit",
+        "nofile=20000:20000",
+        "--ulimit",
+        "nproc=32768:32768",
+    ]);
     cmd.args(args).arg(IMAGE);
-    PodmanContainer { proc: Proc::spawn("ztrace (podman)", &mut cmd), name }
+    PodmanContainer {
+        proc: Proc::spawn("ztrace (podman)", &mut cmd),
+        name,
+    }
 }
 
 /// A containerd of the test's own, its state under `dir`.
@@ -270,8 +379,13 @@ fn start_containerd(dir: &Path) -> Proc {
         ),
     )
     .expect("config.toml");
-    let proc = Proc::spawn("containerd", Command::new("containerd").arg("--config").arg(&config));
-    let up = wait_until(Duration::from_secs(20), || dir.join("c.sock").exists().then_some(()));
+    let proc = Proc::spawn(
+        "containerd",
+        Command::new("containerd").arg("--config").arg(&config),
+    );
+    let up = wait_until(Duration::from_secs(20), || {
+        dir.join("c.sock").exists().then_some(())
+    });
     assert!(up.is_some(), "containerd did not start");
     proc
 }
@@ -297,11 +411,24 @@ fn run_in_pod(dir: &Path, rootfs: &Path, name: &str, extra: &[&str]) -> String {
         format!("io.kubernetes.cri.sandbox-uid={POD_UID}"),
     ];
     let mut ctr = Command::new("ctr");
-    ctr.arg("--address").arg(dir.join("c.sock")).args(["-n", "k8s.io", "run", "--rm", "--rootfs", "--net-host"]);
-    for a in annotations.iter().map(String::as_str).chain(extra.iter().copied()) {
+    ctr.arg("--address").arg(dir.join("c.sock")).args([
+        "-n",
+        "k8s.io",
+        "run",
+        "--rm",
+        "--rootfs",
+        "--net-host",
+    ]);
+    for a in annotations
+        .iter()
+        .map(String::as_str)
+        .chain(extra.iter().copied())
+    {
         ctr.args(["--annotation", a]);
     }
-    ctr.arg(rootfs).arg(&id).args(["/bin/busybox", "sh", "-c", &script]);
+    ctr.arg(rootfs)
+        .arg(&id)
+        .args(["/bin/busybox", "sh", "-c", &script]);
     let (ok, out) = run(&mut ctr);
     assert!(ok, "ctr run failed: {out}");
     id
@@ -326,8 +453,13 @@ fn get(url: &str) -> (u16, String) {
 #[test]
 #[ignore = "needs root, podman, containerd and the image of cargo xtask image; run by cargo xtask test"]
 fn the_daemonset_image_traces_the_host_and_a_pod_with_its_kubernetes_names() {
-    let (ok, out) = run(Command::new("podman").args(PODMAN_GLOBAL).args(["image", "exists", IMAGE]));
-    assert!(ok, "{IMAGE} is missing: run `cargo xtask image` first ({out})");
+    let (ok, out) = run(Command::new("podman")
+        .args(PODMAN_GLOBAL)
+        .args(["image", "exists", IMAGE]));
+    assert!(
+        ok,
+        "{IMAGE} is missing: run `cargo xtask image` first ({out})"
+    );
     let ds = daemonset();
     let dir = TempDir::new("k8s");
     let _containerd = start_containerd(dir.path());
@@ -336,16 +468,28 @@ fn the_daemonset_image_traces_the_host_and_a_pod_with_its_kubernetes_names() {
     let mut receiver = OtlpReceiver::start();
     let health_port = free_port();
     let health = format!("127.0.0.1:{health_port}");
-    let mut agent = run_agent(&ds, &tasks, &[
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.grpc_endpoint()),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".into()),
-        ("ZTRACE_HEALTH", health.clone()),
-        ("K8S_NODE_NAME", "node-e2e".into()),
-    ]);
-    agent.proc.wait_for_stderr("ztrace is ready", Duration::from_secs(180));
+    let mut agent = run_agent(
+        &ds,
+        &tasks,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.grpc_endpoint()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".into()),
+            ("ZTRACE_HEALTH", health.clone()),
+            ("K8S_NODE_NAME", "node-e2e".into()),
+        ],
+    );
+    agent
+        .proc
+        .wait_for_stderr("ztrace is ready", Duration::from_secs(180));
     let stderr = agent.proc.stderr();
-    assert!(!stderr.contains("FAIL  uprobes"), "with the DaemonSet's capabilities every uprobe attaches:\n{stderr}");
-    assert!(!stderr.contains("without CAP_"), "a capability of the DaemonSet is reported missing:\n{stderr}");
+    assert!(
+        !stderr.contains("FAIL  uprobes"),
+        "with the DaemonSet's capabilities every uprobe attaches:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("without CAP_"),
+        "a capability of the DaemonSet is reported missing:\n{stderr}"
+    );
 
     // The probes' endpoints and the metrics.
     assert_eq!(get(&format!("http://{health}/healthz")).0, 200);
@@ -371,7 +515,10 @@ fn the_daemonset_image_traces_the_host_and_a_pod_with_its_kubernetes_names() {
     let host_pid = server.pid();
     let url = server.url("/host-check");
     let curl = clients::curl(&[url]);
-    assert!(!curl.transfers.is_empty(), "curl on the host made no request");
+    assert!(
+        !curl.transfers.is_empty(),
+        "curl on the host made no request"
+    );
 
     // Processes in a "pod": containerd runs busybox's httpd and wget with the annotations the
     // kubelet's CRI calls make containerd write; the second container also has a pod annotation
@@ -387,28 +534,50 @@ fn the_daemonset_image_traces_the_host_and_a_pod_with_its_kubernetes_names() {
         dir.path(),
         &rootfs,
         "cart",
-        &["resource.opentelemetry.io/service.name=storefront", "resource.opentelemetry.io/team=shop-team"],
+        &[
+            "resource.opentelemetry.io/service.name=storefront",
+            "resource.opentelemetry.io/team=shop-team",
+        ],
     );
 
     let cart_spans = receiver.wait_for_spans(
         1,
-        |s| s.resource_str("container.id") == Some(annotated.as_str()) && s.attr_str("url.path") == Some("/pod-check"),
+        |s| {
+            s.resource_str("container.id") == Some(annotated.as_str())
+                && s.attr_str("url.path") == Some("/pod-check")
+        },
         Duration::from_secs(60),
     );
     for span in &cart_spans {
-        assert_eq!(span.resource_str("service.name"), Some("storefront"), "{span:?}");
+        assert_eq!(
+            span.resource_str("service.name"),
+            Some("storefront"),
+            "{span:?}"
+        );
         assert_eq!(span.resource_str("team"), Some("shop-team"), "{span:?}");
-        assert_eq!(span.resource_str("k8s.container.name"), Some("cart"), "{span:?}");
+        assert_eq!(
+            span.resource_str("k8s.container.name"),
+            Some("cart"),
+            "{span:?}"
+        );
     }
     let pod_spans = receiver.wait_for_spans(
         1,
-        |s| s.resource_str("container.id") == Some(id.as_str()) && s.attr_str("url.path") == Some("/pod-check"),
+        |s| {
+            s.resource_str("container.id") == Some(id.as_str())
+                && s.attr_str("url.path") == Some("/pod-check")
+        },
         Duration::from_secs(60),
     );
     // wget's CLIENT spans. (busybox httpd's children, like inetd services, read the request on
     // fd 0 and answer on fd 1, two fds of one socket that the connection table keys apart: its
     // SERVER spans are not asserted.)
-    assert!(pod_spans.iter().any(|s| s.kind() == Some("SPAN_KIND_CLIENT")), "{pod_spans:#?}");
+    assert!(
+        pod_spans
+            .iter()
+            .any(|s| s.kind() == Some("SPAN_KIND_CLIENT")),
+        "{pod_spans:#?}"
+    );
     for span in &pod_spans {
         let r = |k: &str| span.resource_str(k);
         assert_eq!(r("container.id"), Some(id.as_str()), "{span:?}");
@@ -428,7 +597,11 @@ fn the_daemonset_image_traces_the_host_and_a_pod_with_its_kubernetes_names() {
         Duration::from_secs(60),
     );
     for span in &host_spans {
-        assert_eq!(span.resource_str("k8s.pod.name"), None, "a host process has no pod: {span:?}");
+        assert_eq!(
+            span.resource_str("k8s.pod.name"),
+            None,
+            "a host process has no pod: {span:?}"
+        );
         assert_eq!(span.resource_str("host.name"), Some("node-e2e"));
     }
     drop(agent);
@@ -440,29 +613,53 @@ fn a_missing_capability_is_said_in_one_sentence() {
     let ds = daemonset();
     let dir = TempDir::new("k8s-caps");
     let tasks = dir.path().join("tasks");
-    let env = [("ZTRACE_EXE", "ztrace-caps-none".to_owned()), ("ZTRACE_HEALTH", format!("127.0.0.1:{}", free_port()))];
+    let env = [
+        ("ZTRACE_EXE", "ztrace-caps-none".to_owned()),
+        ("ZTRACE_HEALTH", format!("127.0.0.1:{}", free_port())),
+    ];
     let base = agent_args(&ds, &tasks, &env);
     let without = |caps: &[&str], extra: &[&str]| {
         let dropped: Vec<String> = caps.iter().map(|c| format!("--cap-add={c}")).collect();
-        let mut args: Vec<String> = base.iter().filter(|a| !dropped.contains(a)).cloned().collect();
-        assert_eq!(args.len() + caps.len(), base.len(), "{caps:?} are not all in the DaemonSet's list");
+        let mut args: Vec<String> = base
+            .iter()
+            .filter(|a| !dropped.contains(a))
+            .cloned()
+            .collect();
+        assert_eq!(
+            args.len() + caps.len(),
+            base.len(),
+            "{caps:?} are not all in the DaemonSet's list"
+        );
         args.extend(extra.iter().map(|e| (*e).to_owned()));
         run_agent_with(args)
     };
     let ends_with_one_sentence = |agent: &mut PodmanContainer, needle: &str| {
         let status = agent.proc.wait_exit(Duration::from_secs(60));
-        assert!(status.is_some_and(|s| !s.success()), "ztrace started without {needle}: {}", agent.proc.stderr());
+        assert!(
+            status.is_some_and(|s| !s.success()),
+            "ztrace started without {needle}: {}",
+            agent.proc.stderr()
+        );
         let stderr = agent.proc.stderr();
-        let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("ztrace: ")).collect();
+        let lines: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("ztrace: "))
+            .collect();
         assert_eq!(lines.len(), 1, "{stderr}");
         assert!(lines[0].contains(needle), "{stderr}");
     };
     // Unconfined seccomp: the capability, not the runtime's filter, is what is missing.
     // (CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON: it goes too.)
-    let mut agent = without(&["BPF", "SYS_ADMIN"], &["--security-opt=seccomp=unconfined"]);
+    let mut agent = without(
+        &["BPF", "SYS_ADMIN"],
+        &["--security-opt=seccomp=unconfined"],
+    );
     ends_with_one_sentence(&mut agent, "lacks CAP_BPF");
     drop(agent);
-    let mut agent = without(&["PERFMON", "SYS_ADMIN"], &["--security-opt=seccomp=unconfined"]);
+    let mut agent = without(
+        &["PERFMON", "SYS_ADMIN"],
+        &["--security-opt=seccomp=unconfined"],
+    );
     ends_with_one_sentence(&mut agent, "lacks CAP_PERFMON");
     drop(agent);
     // The runtime's default seccomp profile refuses bpf() without CAP_SYS_ADMIN.
@@ -471,11 +668,22 @@ fn a_missing_capability_is_said_in_one_sentence() {
     drop(agent);
     // Unconfined, the agent starts without CAP_SYS_ADMIN and says what is lost: the uprobes.
     let mut agent = without(&["SYS_ADMIN"], &["--security-opt=seccomp=unconfined"]);
-    agent.proc.wait_for_stderr("ztrace is ready", Duration::from_secs(180));
+    agent
+        .proc
+        .wait_for_stderr("ztrace is ready", Duration::from_secs(180));
     let stderr = agent.proc.stderr();
-    assert!(stderr.contains("without CAP_SYS_ADMIN the kernel refuses uprobes"), "{stderr}");
+    assert!(
+        stderr.contains("without CAP_SYS_ADMIN the kernel refuses uprobes"),
+        "{stderr}"
+    );
     drop(agent);
     let mut agent = without(&["SYS_PTRACE"], &[]);
-    agent.proc.wait_for_stderr("ztrace is ready", Duration::from_secs(180));
-    assert!(agent.proc.stderr().contains("without CAP_SYS_PTRACE"), "{}", agent.proc.stderr());
+    agent
+        .proc
+        .wait_for_stderr("ztrace is ready", Duration::from_secs(180));
+    assert!(
+        agent.proc.stderr().contains("without CAP_SYS_PTRACE"),
+        "{}",
+        agent.proc.stderr()
+    );
 }

@@ -32,29 +32,52 @@ fn exchange(name: &'static str, path: &'static str, port: u16) -> Exchange<'stat
 
 /// Checks one HTTPS exchange seen from both ends: the plain-text checks, `url.scheme` https,
 /// and the client span as the parent of the server span.
-fn check_pair(server: &Span, client: &Span, ex: &Exchange<'_>, server_by: &Emitter<'_>, client_by: &Emitter<'_>) {
+fn check_pair(
+    server: &Span,
+    client: &Span,
+    ex: &Exchange<'_>,
+    server_by: &Emitter<'_>,
+    client_by: &Emitter<'_>,
+) {
     checks::server_span(server, ex, server_by);
     checks::client_span(client, ex, client_by);
     for span in [server, client] {
-        assert_eq!(span.attr_str("url.scheme"), Some("https"), "url.scheme: {span:?}");
+        assert_eq!(
+            span.attr_str("url.scheme"),
+            Some("https"),
+            "url.scheme: {span:?}"
+        );
     }
     let url = format!("https://127.0.0.1:{}{}", ex.server_port, ex.path);
-    assert_eq!(client.attr_str("url.full"), Some(url.as_str()), "url.full: {client:?}");
+    assert_eq!(
+        client.attr_str("url.full"),
+        Some(url.as_str()),
+        "url.full: {client:?}"
+    );
     checks::linked(client, server);
-    assert_eq!(server.attr_str("ztrace.link"), Some("connection"), "ztrace.link: {server:?}");
+    assert_eq!(
+        server.attr_str("ztrace.link"),
+        Some("connection"),
+        "ztrace.link: {server:?}"
+    );
 }
 
 /// The stats line of a stopped agent: `name` as a number.
 fn stat(stopped: &Stopped, name: &str) -> u64 {
-    stopped.stats.as_ref().and_then(|s| s.get(name)).and_then(|v| v.as_u64()).unwrap_or_else(|| {
-        panic!("no {name} in the stats line:\n{}", stopped.stderr)
-    })
+    stopped
+        .stats
+        .as_ref()
+        .and_then(|s| s.get(name))
+        .and_then(|v| v.as_u64())
+        .unwrap_or_else(|| panic!("no {name} in the stats line:\n{}", stopped.stderr))
 }
 
 /// The attach table lists a library ztrace put probes on (any of `what`).
 fn assert_probed(stderr: &str, what: &[&str]) {
     assert!(
-        stderr.lines().any(|l| l.contains("ok    uprobes") && what.iter().any(|w| l.contains(w))),
+        stderr
+            .lines()
+            .any(|l| l.contains("ok    uprobes") && what.iter().any(|w| l.contains(w))),
         "the attach table does not show {what:?} probed:\n{stderr}"
     );
 }
@@ -68,10 +91,20 @@ fn curl_to_nginx_over_tls_1_2_and_1_3_gives_the_plain_spans() {
     let mut ztrace = Ztrace::start(&["--print=json"]);
     let cacert = certs.cert.to_str().expect("utf-8 path");
     let mut seen = 0;
-    for (version, flags) in [("1.2", ["--tlsv1.2", "--tls-max", "1.2"]), ("1.3", ["--tlsv1.3", "--tls-max", "1.3"])] {
+    for (version, flags) in [
+        ("1.2", ["--tlsv1.2", "--tls-max", "1.2"]),
+        ("1.3", ["--tlsv1.3", "--tls-max", "1.3"]),
+    ] {
         let url = nginx.url("/hello");
-        let run = clients::curl_with(&[url.clone(), url], &[&["--cacert", cacert][..], &flags[..]].concat());
-        assert_eq!(run.transfers, vec![(200, 1), (200, 0)], "TLS {version}: two requests on one connection");
+        let run = clients::curl_with(
+            &[url.clone(), url],
+            &[&["--cacert", cacert][..], &flags[..]].concat(),
+        );
+        assert_eq!(
+            run.transfers,
+            vec![(200, 1), (200, 0)],
+            "TLS {version}: two requests on one connection"
+        );
         seen += 4;
         let spans = ztrace.wait_for_n_spans(seen, on_port(nginx.port), SPAN_TIMEOUT);
         let (servers, clients) = split(&spans);
@@ -84,13 +117,26 @@ fn curl_to_nginx_over_tls_1_2_and_1_3_gives_the_plain_spans() {
         let ex = exchange("GET /hello", "/hello", nginx.port);
         for (server, client) in servers[seen / 2 - 2..].iter().zip(&clients[seen / 2 - 2..]) {
             let worker = server.pid().expect("pid");
-            assert_eq!(checks::parent_pid(worker), Some(nginx.pid()), "an nginx worker: {server:?}");
-            check_pair(server, client, &ex, &Emitter::new(&["nginx"], worker), &Emitter::new(&["curl"], run.pid));
+            assert_eq!(
+                checks::parent_pid(worker),
+                Some(nginx.pid()),
+                "an nginx worker: {server:?}"
+            );
+            check_pair(
+                server,
+                client,
+                &ex,
+                &Emitter::new(&["nginx"], worker),
+                &Emitter::new(&["curl"], run.pid),
+            );
         }
     }
     let stopped = ztrace.stop();
     assert_probed(&stopped.stderr, &["libssl.so"]);
-    assert!(stat(&stopped, "conns_tls_records") >= 2, "the handshakes were recognized as TLS");
+    assert!(
+        stat(&stopped, "conns_tls_records") >= 2,
+        "the handshakes were recognized as TLS"
+    );
 }
 
 #[test]
@@ -106,7 +152,12 @@ fn python_https_server_and_urllib_client_use_the_ex_functions() {
     assert_eq!(codes, vec![200, 200]);
     let spans = ztrace.wait_for_n_spans(4, on_port(server.port), SPAN_TIMEOUT);
     let (servers, clients) = split(&spans);
-    assert_eq!((servers.len(), clients.len()), (2, 2), "{}", ztrace_e2e::span::list(&spans));
+    assert_eq!(
+        (servers.len(), clients.len()),
+        (2, 2),
+        "{}",
+        ztrace_e2e::span::list(&spans)
+    );
     for (i, (server_span, client_span)) in servers.iter().zip(&clients).enumerate() {
         let path = ["/items/1", "/items/2"][i];
         let ex = exchange("GET /items/{id}", path, server.port);
@@ -128,18 +179,35 @@ fn node_https_server_and_client_with_openssl_linked_in() {
     // The server runs before the agent starts, the client after.
     let server = TlsServer::node(&certs);
     let mut ztrace = Ztrace::start(&["--print=json"]);
-    let urls = [server.url("/items/1"), server.url("/items/2"), server.url("/items/3")];
+    let urls = [
+        server.url("/items/1"),
+        server.url("/items/2"),
+        server.url("/items/3"),
+    ];
     let client_pid = tls::node_get(&certs.cert, &urls);
     let spans = ztrace.wait_for_n_spans(6, on_port(server.port), SPAN_TIMEOUT);
     let (servers, clients) = split(&spans);
-    assert_eq!((servers.len(), clients.len()), (3, 3), "{}", ztrace_e2e::span::list(&spans));
+    assert_eq!(
+        (servers.len(), clients.len()),
+        (3, 3),
+        "{}",
+        ztrace_e2e::span::list(&spans)
+    );
     for client_span in &clients {
         let path = client_span.url_path().expect("url.path");
         let server_span = servers
             .iter()
             .find(|s| s.parent_span_id() == Some(client_span.span_id()))
-            .unwrap_or_else(|| panic!("no server span is the child of {client_span:?}\n{}", ztrace_e2e::span::list(&servers)));
-        let path: &'static str = ["/items/1", "/items/2", "/items/3"].into_iter().find(|p| *p == path).expect("a path the client asked for");
+            .unwrap_or_else(|| {
+                panic!(
+                    "no server span is the child of {client_span:?}\n{}",
+                    ztrace_e2e::span::list(&servers)
+                )
+            });
+        let path: &'static str = ["/items/1", "/items/2", "/items/3"]
+            .into_iter()
+            .find(|p| *p == path)
+            .expect("a path the client asked for");
         let ex = exchange("GET /items/{id}", path, server.port);
         check_pair(
             server_span,
@@ -165,39 +233,97 @@ fn psql_and_pgbench_with_sslmode_require_give_the_postgres_spans() {
     let key = format!("ssl_key_file={}", certs.key.display());
     let server = PgServer::start_with(&["ssl=on", &cert, &key]);
     let mut ztrace = Ztrace::start(&["--print=json"]);
-    let conninfo = format!("host=127.0.0.1 port={} user={USER} dbname=postgres sslmode=require", server.port);
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user={USER} dbname=postgres sslmode=require",
+        server.port
+    );
 
     let mut psql = Command::new(format!("{BIN_DIR}/psql"));
-    psql.args(["-X", "-A", "-t", &conninfo, "-c", "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"]);
+    psql.args([
+        "-X",
+        "-A",
+        "-t",
+        &conninfo,
+        "-c",
+        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+    ]);
     let run = postgres::run("psql", &mut psql);
-    assert!(run.success && run.stdout.trim() == "t", "psql over TLS: {} {}", run.stdout, run.stderr);
+    assert!(
+        run.success && run.stdout.trim() == "t",
+        "psql over TLS: {} {}",
+        run.stdout,
+        run.stderr
+    );
 
-    let to_server = |span: &Span| span.attr_str("db.system.name") == Some("postgresql") && span.server_port() == Some(server.port);
+    let to_server = |span: &Span| {
+        span.attr_str("db.system.name") == Some("postgresql")
+            && span.server_port() == Some(server.port)
+    };
     let spans = ztrace.wait_for_n_spans(2, to_server, SPAN_TIMEOUT);
     let (servers, clients) = split(&spans);
-    assert_eq!((servers.len(), clients.len()), (1, 1), "{}", ztrace_e2e::span::list(&spans));
+    assert_eq!(
+        (servers.len(), clients.len()),
+        (1, 1),
+        "{}",
+        ztrace_e2e::span::list(&spans)
+    );
     for span in [&servers[0], &clients[0]] {
         assert_eq!(span.name(), Some("SELECT pg_stat_ssl"), "name: {span:?}");
-        assert_eq!(span.attr_str("db.query.text"), Some("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"), "{span:?}");
-        assert_eq!(span.attr_str("db.namespace"), Some("postgres"), "db.namespace: {span:?}");
-        assert_eq!(span.attr_i64("db.response.returned_rows"), Some(1), "{span:?}");
+        assert_eq!(
+            span.attr_str("db.query.text"),
+            Some("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"),
+            "{span:?}"
+        );
+        assert_eq!(
+            span.attr_str("db.namespace"),
+            Some("postgres"),
+            "db.namespace: {span:?}"
+        );
+        assert_eq!(
+            span.attr_i64("db.response.returned_rows"),
+            Some(1),
+            "{span:?}"
+        );
     }
-    assert_eq!(clients[0].pid(), Some(run.pid), "the psql client span: {:?}", clients[0]);
+    assert_eq!(
+        clients[0].pid(),
+        Some(run.pid),
+        "the psql client span: {:?}",
+        clients[0]
+    );
     checks::linked(&clients[0], &servers[0]);
 
     // pgbench, prepared statements, over TLS: one span per statement on each side.
-    let script = std::env::temp_dir().join(format!("ztrace-tls-pgbench-{}.sql", std::process::id()));
+    let script =
+        std::env::temp_dir().join(format!("ztrace-tls-pgbench-{}.sql", std::process::id()));
     std::fs::write(&script, "SELECT 1 AS one;\n").expect("write script");
     let mut pgbench = Command::new(format!("{BIN_DIR}/pgbench"));
-    pgbench.args(["-n", "-M", "prepared", "-t", "5", "-f"]).arg(&script).arg(&conninfo);
+    pgbench
+        .args(["-n", "-M", "prepared", "-t", "5", "-f"])
+        .arg(&script)
+        .arg(&conninfo);
     let bench = postgres::run("pgbench", &mut pgbench);
     let _ = std::fs::remove_file(&script);
-    assert!(bench.success, "pgbench over TLS: {} {}", bench.stdout, bench.stderr);
-    let from_bench = |span: &Span| to_server(span) && span.name() == Some("SELECT") && span.is_client();
+    assert!(
+        bench.success,
+        "pgbench over TLS: {} {}",
+        bench.stdout, bench.stderr
+    );
+    let from_bench =
+        |span: &Span| to_server(span) && span.name() == Some("SELECT") && span.is_client();
     let spans = ztrace.wait_for_n_spans(5, from_bench, SPAN_TIMEOUT);
-    assert_eq!(spans.len(), 5, "five pgbench statements:\n{}", ztrace_e2e::span::list(&spans));
+    assert_eq!(
+        spans.len(),
+        5,
+        "five pgbench statements:\n{}",
+        ztrace_e2e::span::list(&spans)
+    );
     for span in &spans {
-        assert_eq!(span.attr_str("db.query.text"), Some("SELECT ? AS one;"), "{span:?}");
+        assert_eq!(
+            span.attr_str("db.query.text"),
+            Some("SELECT ? AS one;"),
+            "{span:?}"
+        );
         assert_eq!(span.pid(), Some(bench.pid), "{span:?}");
     }
     let stopped = ztrace.stop();
@@ -215,16 +341,27 @@ fn java_https_client_gives_no_wrong_spans_and_the_table_says_why() {
     // (wait_for_spans waits a while after the first: a wrong client span would show up too.)
     let spans = ztrace.wait_for_spans(on_port(server.port), SPAN_TIMEOUT);
     let (servers, clients) = split(&spans);
-    assert_eq!((servers.len(), clients.len()), (1, 0), "only the server's span:\n{}", ztrace_e2e::span::list(&spans));
+    assert_eq!(
+        (servers.len(), clients.len()),
+        (1, 0),
+        "only the server's span:\n{}",
+        ztrace_e2e::span::list(&spans)
+    );
     checks::server_span(
         &servers[0],
         &exchange("GET /items/{id}", "/items/7", server.port),
         &Emitter::new(&["https_server"], server.pid()),
     );
-    assert!(spans.iter().all(|s| s.pid() != Some(java)), "no span from the Java process: {spans:?}");
+    assert!(
+        spans.iter().all(|s| s.pid() != Some(java)),
+        "no span from the Java process: {spans:?}"
+    );
     let stopped = ztrace.stop();
     assert!(
-        stopped.stderr.lines().any(|l| l.contains("skip  uprobes   Java") && l.contains("JSSE")),
+        stopped
+            .stderr
+            .lines()
+            .any(|l| l.contains("skip  uprobes   Java") && l.contains("JSSE")),
         "the attach table says why Java is not traced:\n{}",
         stopped.stderr
     );
@@ -233,7 +370,12 @@ fn java_https_client_gives_no_wrong_spans_and_the_table_says_why() {
 /// Runs a short-lived client (`run` returns its pid) until one of its runs is traced as `traced`
 /// says: a program started after the agent may get its probes only after its first requests.
 /// Panics after ten runs.
-fn run_until_traced(ztrace: &mut Ztrace, what: &str, mut run: impl FnMut() -> u32, traced: impl Fn(&[Span], u32) -> bool) -> u32 {
+fn run_until_traced(
+    ztrace: &mut Ztrace,
+    what: &str,
+    mut run: impl FnMut() -> u32,
+    traced: impl Fn(&[Span], u32) -> bool,
+) -> u32 {
     for _ in 0..10 {
         let pid = run();
         std::thread::sleep(Duration::from_millis(500));
@@ -257,7 +399,12 @@ fn go_crypto_tls_server_client_and_stripped_hey() {
     let client_pid = tls::go_get(&binary, &certs.cert, &urls);
     let spans = ztrace.wait_for_n_spans(4, on_port(server.port), SPAN_TIMEOUT);
     let (servers, clients) = split(&spans);
-    assert_eq!((servers.len(), clients.len()), (2, 2), "{}", ztrace_e2e::span::list(&spans));
+    assert_eq!(
+        (servers.len(), clients.len()),
+        (2, 2),
+        "{}",
+        ztrace_e2e::span::list(&spans)
+    );
     for (i, (server_span, client_span)) in servers.iter().zip(&clients).enumerate() {
         let ex = exchange("GET /items/{id}", ["/items/1", "/items/2"][i], server.port);
         check_pair(
@@ -271,12 +418,21 @@ fn go_crypto_tls_server_client_and_stripped_hey() {
 
     // hey, stripped: its functions are found through .gopclntab when its first run execs; that
     // first run may be over before the probes are in, so it is run until one is traced.
-    let from_hey = |pid: u32| move |s: &Span| on_port(server.port)(s) && s.is_client() && s.pid() == Some(pid);
-    let hey_pid = run_until_traced(&mut ztrace, "hey", || tls::hey(3, &server.url("/items/3")), |spans, pid| {
-        spans.iter().any(from_hey(pid))
-    });
+    let from_hey =
+        |pid: u32| move |s: &Span| on_port(server.port)(s) && s.is_client() && s.pid() == Some(pid);
+    let hey_pid = run_until_traced(
+        &mut ztrace,
+        "hey",
+        || tls::hey(3, &server.url("/items/3")),
+        |spans, pid| spans.iter().any(from_hey(pid)),
+    );
     let hey_spans = ztrace.wait_for_n_spans(3, from_hey(hey_pid), SPAN_TIMEOUT);
-    assert_eq!(hey_spans.len(), 3, "three requests: {}", ztrace_e2e::span::list(&hey_spans));
+    assert_eq!(
+        hey_spans.len(),
+        3,
+        "three requests: {}",
+        ztrace_e2e::span::list(&hey_spans)
+    );
     let all = ztrace.spans();
     for client_span in &hey_spans {
         let server_span = all
@@ -293,9 +449,13 @@ fn go_crypto_tls_server_client_and_stripped_hey() {
     }
     let stopped = ztrace.stop();
     assert_probed(&stopped.stderr, &["Go crypto/tls /"]);
-    assert_probed(&stopped.stderr, &["Go crypto/tls (stripped, symbols from .gopclntab) /usr/bin/hey"]);
+    assert_probed(
+        &stopped.stderr,
+        &["Go crypto/tls (stripped, symbols from .gopclntab) /usr/bin/hey"],
+    );
     assert!(
-        stopped.stderr.lines().any(|l| l.contains("/usr/bin/hey") && l.contains("struct offsets from the Go version table")),
+        stopped.stderr.lines().any(|l| l.contains("/usr/bin/hey")
+            && l.contains("struct offsets from the Go version table")),
         "stripped hey has no DWARF: its offsets come from the table:\n{}",
         stopped.stderr
     );
@@ -314,7 +474,10 @@ fn go_1_23_crypto_tls_server_and_client() {
     check_go_run(&mut ztrace, &binary, &certs, &server);
     // The server and client gone, no process maps the binary: its probes are detached...
     drop(server);
-    ztrace.wait_for_log(&format!("from Go crypto/tls {}", binary.display()), Duration::from_secs(30));
+    ztrace.wait_for_log(
+        &format!("from Go crypto/tls {}", binary.display()),
+        Duration::from_secs(30),
+    );
     // ... and attached again when it runs again.
     let server = TlsServer::go(&binary, &certs);
     check_go_run(&mut ztrace, &binary, &certs, &server);
@@ -325,7 +488,10 @@ fn go_1_23_crypto_tls_server_and_client() {
         .stderr
         .lines()
         .filter(|l| {
-            l.contains(&format!("ok    uprobes   Go crypto/tls {} (go1.23", binary.display())) && l.contains("struct offsets from its DWARF")
+            l.contains(&format!(
+                "ok    uprobes   Go crypto/tls {} (go1.23",
+                binary.display()
+            )) && l.contains("struct offsets from its DWARF")
         })
         .count();
     assert_eq!(probed, 2, "the attach table shows the Go 1.23 binary probed (offsets from DWARF), then probed again:\n{}", stopped.stderr);
@@ -336,15 +502,28 @@ fn go_1_23_crypto_tls_server_and_client() {
 fn check_go_run(ztrace: &mut Ztrace, binary: &std::path::Path, certs: &Certs, server: &TlsServer) {
     let urls = [server.url("/items/1"), server.url("/items/2")];
     let mine = |spans: &[Span], pid: u32| -> Vec<Span> {
-        let mut clients: Vec<Span> =
-            spans.iter().filter(|s| on_port(server.port)(s) && s.is_client() && s.pid() == Some(pid)).cloned().collect();
+        let mut clients: Vec<Span> = spans
+            .iter()
+            .filter(|s| on_port(server.port)(s) && s.is_client() && s.pid() == Some(pid))
+            .cloned()
+            .collect();
         clients.sort_by_key(Span::start_unix_nano);
         clients
     };
-    let client_pid = run_until_traced(ztrace, "the Go 1.23 client (at both ends)", || tls::go_get(binary, &certs.cert, &urls), |spans, pid| {
-        let clients = mine(spans, pid);
-        clients.len() == 2 && clients.iter().all(|c| spans.iter().any(|s| s.parent_span_id() == Some(c.span_id())))
-    });
+    let client_pid = run_until_traced(
+        ztrace,
+        "the Go 1.23 client (at both ends)",
+        || tls::go_get(binary, &certs.cert, &urls),
+        |spans, pid| {
+            let clients = mine(spans, pid);
+            clients.len() == 2
+                && clients.iter().all(|c| {
+                    spans
+                        .iter()
+                        .any(|s| s.parent_span_id() == Some(c.span_id()))
+                })
+        },
+    );
     let spans = ztrace.spans();
     for (i, client_span) in mine(&spans, client_pid).iter().enumerate() {
         let server_span = spans

@@ -418,7 +418,10 @@ fn a_damaged_database_disables_the_store_but_not_capture() {
 
 /// `&amp;`, `&lt;`, `&gt;` and `&quot;` of a DOM dump back to text.
 fn unescape(s: &str) -> String {
-    s.replace("&quot;", "\"").replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    s.replace("&quot;", "\"")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
 }
 
 #[test]
@@ -431,12 +434,30 @@ fn the_span_panel_shows_the_stack_one_frame_per_line() {
     let mut args = ui_args(ui, &dir.join("data"));
     args.extend(["--exe", "stack_client", "--exe", "python3"].map(String::from));
     let mut ztrace = start_agent(&args);
-    let run = Command::new(&binary).arg(server.port.to_string()).output().expect("run stack_client");
-    assert!(run.status.success(), "stack_client failed: {}", String::from_utf8_lossy(&run.stderr));
+    let run = Command::new(&binary)
+        .arg(server.port.to_string())
+        .output()
+        .expect("run stack_client");
+    assert!(
+        run.status.success(),
+        "stack_client failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     let port = server.port;
-    let span = ztrace.wait_for_n_spans(1, |s| s.is_client() && s.server_port() == Some(port), SPAN_TIMEOUT).remove(0);
-    let stack = span.attr_str("code.stacktrace").expect("code.stacktrace").to_owned();
-    let function = span.attr_str("code.function.name").expect("code.function.name");
+    let span = ztrace
+        .wait_for_n_spans(
+            1,
+            |s| s.is_client() && s.server_port() == Some(port),
+            SPAN_TIMEOUT,
+        )
+        .remove(0);
+    let stack = span
+        .attr_str("code.stacktrace")
+        .expect("code.stacktrace")
+        .to_owned();
+    let function = span
+        .attr_str("code.function.name")
+        .expect("code.function.name");
     let line = span.attr_i64("code.line.number").expect("code.line.number");
     assert_eq!(function, "fetch_orders");
     let trace_id = span.trace_id().expect("trace id").to_owned();
@@ -445,16 +466,31 @@ fn the_span_panel_shows_the_stack_one_frame_per_line() {
 
     let url = format!("http://127.0.0.1:{ui}/#/trace/{trace_id}/{span_id}");
     let dom = chromium(&url, &["--dump-dom"]);
-    let panel = dom.split("id=\"span-panel\"").nth(1).unwrap_or_else(|| panic!("no span panel:\n{dom}"));
+    let panel = dom
+        .split("id=\"span-panel\"")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no span panel:\n{dom}"));
     // One list item per line of code.stacktrace, in order (innermost first).
-    let frames: Vec<String> = attr_of_class(panel, "frame", "data-frame").iter().map(|f| unescape(f)).collect();
+    let frames: Vec<String> = attr_of_class(panel, "frame", "data-frame")
+        .iter()
+        .map(|f| unescape(f))
+        .collect();
     let want: Vec<&str> = stack.lines().collect();
     assert_eq!(frames, want, "the stack's frames, one per line:\n{panel}");
     // The application frame is marked, and named above the list.
     let app = format!("fetch_orders ({}:{line})", source.display());
-    assert_eq!(attr_of_class(panel, "app", "data-frame").iter().map(|f| unescape(f)).collect::<Vec<_>>(), [app]);
+    assert_eq!(
+        attr_of_class(panel, "app", "data-frame")
+            .iter()
+            .map(|f| unescape(f))
+            .collect::<Vec<_>>(),
+        [app]
+    );
     assert!(
-        panel.contains(&format!("issued by <code>fetch_orders</code> at <code>{}:{line}</code>", source.display())),
+        panel.contains(&format!(
+            "issued by <code>fetch_orders</code> at <code>{}:{line}</code>",
+            source.display()
+        )),
         "the panel names the issuing function:\n{panel}"
     );
     let shot = artifacts().join("viewer-stack.png");

@@ -1,18 +1,21 @@
 //! `cargo xtask bench`: what tracing costs a real server, measured, never asserted.
 //!
 //! nginx serves a small static page on 127.0.0.1 (config generated in a temp dir); wrk loads it
-//! (`-t2 -c32 -d10s`) in three pairs of runs, without then with `ztrace ARGS > /dev/null` (ARGS
-//! default to `--no-ui --print=json`: the capture path; `cargo xtask bench -- ARGS` to choose).
-//! For each run with ztrace it reads the agent's CPU time (utime+stime of /proc/PID/stat, over
-//! the load), its peak RSS (VmHWM, just before stopping it) and its `ztrace stats: {...}` line
-//! (stderr, on exit) for the events handled and dropped. It prints a table, the median
-//! with/without throughput ratio and the exact commands. Then the same over HTTPS (nginx `ssl`,
-//! wrk with OpenSSL: both traced through the TLS uprobes) with the kernel's own run time per
-//! program (`kernel.bpf_stats_enabled`, `bpftool prog show`). Then the same for PostgreSQL under
-//! `pgbench -M prepared -S`, and the trace store's own benchmark. Needs root (the agent loads eBPF).
+//! (`-t2 -c32 -d10s`) in three rounds of three runs (`bench/arms.rs`): without ztrace, with
+//! ztrace's hooks holding empty programs (`ztrace ARGS --empty-programs`: the floor of this way
+//! of hooking), and with `ztrace ARGS > /dev/null` (ARGS default to `--no-ui --print=json`: the
+//! capture path; `cargo xtask bench -- ARGS` to choose). For each run with an agent it reads the
+//! agent's CPU time (utime+stime of /proc/PID/stat, over the load), its peak RSS (VmHWM, just
+//! before stopping it), its `ztrace stats: {...}` line (stderr, on exit) for the events handled
+//! and dropped, and the kernel's run time of its programs (`kernel.bpf_stats_enabled`, `bpftool
+//! prog show`). It prints a table, the median ratios (traced/untraced, floor/untraced,
+//! traced/floor), the programs' run time per request, uprobe traps per request, and the exact
+//! commands. Then the same over HTTPS (nginx `ssl`, wrk with OpenSSL: both traced through the
+//! TLS uprobes) and for PostgreSQL under `pgbench -M prepared -S`. Needs root (the agent loads
+//! eBPF).
 //! Then the example system of `examples/` in Go (orders → users, inventory, each with its
-//! PostgreSQL database: 13 spans per request) under `wrk -t2 -c16 -d5s` on `GET /orders/1`, three
-//! alternating pairs, ztrace tracing the services and PostgreSQL (`--exe`): the throughput ratio
+//! PostgreSQL database: 13 spans per request) under `wrk -t2 -c16 -d5s` on `GET /orders/1`, the
+//! same three arms, ztrace tracing the services and PostgreSQL (`--exe`): the throughput ratio
 //! (target >= 0.90), the agent's peak RSS and the most inputs its hold-back window held
 //! (`link_window_peak`); `cargo xtask bench --example` runs only this part.
 //! Then stacks (`bench/stacks.rs`; `cargo xtask bench --stacks` runs only it): requests/s with
@@ -45,8 +48,12 @@ use ztrace_e2e::{
     TempDir,
 };
 
+mod arms;
 mod capture;
+mod modes;
 mod stacks;
+
+use arms::{last_programs, report_arms, three_arms, ProgramTime};
 
 use crate::build::{self, Profile};
 use crate::toolchain::{self, apt_install};
@@ -59,12 +66,14 @@ const LOAD_SECONDS: f64 = 10.0;
 /// to /dev/null), without the trace store and viewer.
 const DEFAULT_ZTRACE_ARGS: &[&str] = &["--no-ui", "--print=json"];
 /// The page wrk loads.
-const PAGE: (&str, &str) = ("index.html", "<!doctype html><title>ztrace bench</title><p>hello from nginx</p>\n");
+const PAGE: (&str, &str) = (
+    "index.html",
+    "<!doctype html><title>ztrace bench</title><p>hello from nginx</p>\n",
+);
 
 /// One wrk run, with the agent's figures when it was running.
 #[derive(Debug, Default)]
 struct Run {
-    traced: bool,
     requests_per_sec: f64,
     agent: Option<AgentCost>,
 }
@@ -78,9 +87,19 @@ struct AgentCost {
     stats: Option<Map<String, Value>>,
 }
 
-/// `cargo xtask bench`; `example_only`: only the example system's part; `stacks_only`: only the
-/// stacks part (`bench/stacks.rs`).
-pub fn bench(agent_args: &[String], example_only: bool, stacks_only: bool, capture_only: bool, redis_only: bool) -> Result<()> {
+/// Which single part of the benchmark to run (none: all of it).
+pub struct Only {
+    pub example: bool,
+    pub stacks: bool,
+    pub capture: bool,
+    pub modes: bool,
+    pub fuzz: bool,
+    /// Redis under `redis-benchmark -P 16`.
+    pub redis: bool,
+}
+
+/// `cargo xtask bench`: all of it, or only the part `only` names.
+pub fn bench(agent_args: &[String], only: Only) -> Result<()> {
     let agent_args: Vec<String> = if agent_args.is_empty() {
         DEFAULT_ZTRACE_ARGS.iter().map(|s| s.to_string()).collect()
     } else {
@@ -93,17 +112,23 @@ pub fn bench(agent_args: &[String], example_only: bool, stacks_only: bool, captu
     toolchain::setup(false)?;
     apt_install(&["nginx", "wrk", "openssl", "bpftool"])?;
     let ztrace = build::build_after_setup(Profile::Release)?;
-    if capture_only {
+    if only.fuzz {
+        return fuzz_bench();
+    }
+    if only.capture {
         return capture::capture_bench();
     }
-    if example_only {
+    if only.example {
         return example_bench(&ztrace, &agent_args);
     }
-    if stacks_only {
+    if only.stacks {
         return stacks::stacks_bench(&ztrace);
     }
-    if redis_only {
+    if only.redis {
         return redis_bench(&ztrace, &agent_args);
+    }
+    if only.modes {
+        return modes::modes_bench(&ztrace);
     }
     // Instructions per span first: they hold on a busy machine, the timed loads below do not.
     capture::capture_bench()?;
@@ -116,31 +141,62 @@ pub fn bench(agent_args: &[String], example_only: bool, stacks_only: bool, captu
     say!("warming up...");
     wrk(&url, &["-t2", "-c32", "-d2s"])?;
 
-    let mut runs = Vec::new();
-    for pair in 1..=PAIRS {
-        say!("pair {pair}/{PAIRS}: without ztrace...");
-        let requests_per_sec = wrk(&url, WRK_ARGS)?;
-        say!("  {requests_per_sec:.0} requests/s");
-        runs.push(Run {
-            traced: false,
-            requests_per_sec,
-            agent: None,
-        });
-
-        say!("pair {pair}/{PAIRS}: with ztrace...");
-        let run = traced_run(&ztrace, &agent_args, dir.path(), |_| wrk(&url, WRK_ARGS))?;
-        say!("  {:.0} requests/s", run.requests_per_sec);
-        runs.push(run);
-    }
-    report(&runs, &ztrace, &agent_args, &format!("wrk {} {url} (nginx, 1 worker, static page, access_log off)", WRK_ARGS.join(" ")));
-    https_bench(&ztrace, &agent_args, dir.path(), nginx.tls_port.unwrap_or(0))?;
+    let runs = three_arms(
+        "HTTP",
+        &ztrace,
+        &agent_args,
+        dir.path(),
+        LOAD_SECONDS,
+        || wrk(&url, WRK_ARGS),
+    )?;
+    report_arms(
+        &runs,
+        &ztrace,
+        &agent_args,
+        &format!(
+            "wrk {} {url} (nginx, 1 worker, static page, access_log off)",
+            WRK_ARGS.join(" ")
+        ),
+    );
+    print_programs(&mut last_programs(&runs), "HTTP", LOAD_SECONDS);
+    https_bench(
+        &ztrace,
+        &agent_args,
+        dir.path(),
+        nginx.tls_port.unwrap_or(0),
+    )?;
     drop(nginx);
+    modes::modes_bench(&ztrace)?;
     postgres_bench(&ztrace, &agent_args)?;
     redis_bench(&ztrace, &agent_args)?;
     example_bench(&ztrace, &agent_args)?;
     stacks::stacks_bench(&ztrace)?;
     store_bench()?;
     parser_bench()
+}
+
+/// Every fuzz target for its share of [`crate::fuzz::BENCH_SECONDS`]; fails on a crash.
+fn fuzz_bench() -> Result<()> {
+    let targets = crate::fuzz::targets()?;
+    let each = crate::fuzz::BENCH_SECONDS / targets.len().max(1) as u64;
+    let outcomes = crate::fuzz::run_all(each)?;
+    println!();
+    for o in &outcomes {
+        println!(
+            "{:<12} {:<6} {}",
+            o.target,
+            if o.passed { "ok" } else { "CRASH" },
+            o.summary
+        );
+    }
+    println!(
+        "each target ran {each} s (cargo fuzz run TARGET -- -max_total_time={each}, in agent/)"
+    );
+    ensure!(
+        outcomes.iter().all(|o| o.passed),
+        "a fuzz target crashed (its input is under agent/fuzz/artifacts/)"
+    );
+    Ok(())
 }
 
 /// PostgreSQL under `pgbench -M prepared -S`, alternating without and with the agent.
@@ -154,51 +210,61 @@ fn postgres_bench(ztrace: &Path, agent_args: &[String]) -> Result<()> {
     ensure!(init.success, "pgbench -i failed: {}", init.stderr);
     let load = || tps(&pg, PGBENCH_ARGS);
     say!("warming up...");
-    tps(&pg, &["-M", "prepared", "-S", "-c", "4", "-j", "2", "-T", "2"])?;
-    let mut runs = Vec::new();
-    for pair in 1..=PAIRS {
-        say!("pgbench pair {pair}/{PAIRS}: without ztrace...");
-        let tps = load()?;
-        say!("  {tps:.0} transactions/s");
-        runs.push(Run { traced: false, requests_per_sec: tps, agent: None });
-        say!("pgbench pair {pair}/{PAIRS}: with ztrace...");
-        let run = traced_run(ztrace, agent_args, dir.path(), |_| load())?;
-        say!("  {:.0} transactions/s", run.requests_per_sec);
-        runs.push(run);
-    }
+    tps(
+        &pg,
+        &["-M", "prepared", "-S", "-c", "4", "-j", "2", "-T", "2"],
+    )?;
+    let runs = three_arms(
+        "pgbench",
+        ztrace,
+        agent_args,
+        dir.path(),
+        PGBENCH_SECONDS,
+        load,
+    )?;
     drop(pg);
-    report(&runs, ztrace, agent_args, &format!("(pgbench {} against 127.0.0.1:{port})", PGBENCH_ARGS.join(" ")));
+    report_arms(
+        &runs,
+        ztrace,
+        agent_args,
+        &format!(
+            "(pgbench {} against 127.0.0.1:{port})",
+            PGBENCH_ARGS.join(" ")
+        ),
+    );
+    print_programs(&mut last_programs(&runs), "pgbench", PGBENCH_SECONDS);
     Ok(())
 }
 
 /// `redis-benchmark` load: pipelines of 16, 4 connections, SET then GET.
 const REDIS_BENCHMARK_ARGS: &[&str] = &["-P", "16", "-c", "4", "-n", "4000000", "-t", "set,get", "--csv"];
 
-/// Redis under `redis-benchmark -P 16`, alternating without and with the agent.
+/// Redis under `redis-benchmark -P 16`, in the three arms (without ztrace, its empty programs,
+/// ztrace). redis-benchmark runs a count of commands, not a duration: the per-command kernel
+/// times take [`REDIS_SECONDS`] as the run's length, an approximation.
 fn redis_bench(ztrace: &Path, agent_args: &[String]) -> Result<()> {
     apt_install(&["redis-server", "redis-tools"])?;
     let dir = TempDir::new("bench-redis");
     let redis = RedisServer::start(None);
     let port = redis.port;
     say!("redis-server serving 127.0.0.1:{port}");
-    let load = || redis_rps(&redis, REDIS_BENCHMARK_ARGS);
     say!("warming up...");
     redis_rps(&redis, &["-P", "16", "-c", "4", "-n", "200000", "-t", "set,get", "--csv"])?;
-    let mut runs = Vec::new();
-    for pair in 1..=PAIRS {
-        say!("redis-benchmark pair {pair}/{PAIRS}: without ztrace...");
-        let rps = load()?;
-        say!("  {rps:.0} commands/s");
-        runs.push(Run { traced: false, requests_per_sec: rps, agent: None });
-        say!("redis-benchmark pair {pair}/{PAIRS}: with ztrace...");
-        let run = traced_run(ztrace, agent_args, dir.path(), |_| load())?;
-        say!("  {:.0} commands/s", run.requests_per_sec);
-        runs.push(run);
-    }
+    let runs = three_arms("redis-benchmark", ztrace, agent_args, dir.path(), REDIS_SECONDS, || {
+        redis_rps(&redis, REDIS_BENCHMARK_ARGS)
+    })?;
     drop(redis);
-    report(&runs, ztrace, agent_args, &format!("(redis-benchmark {} against 127.0.0.1:{port})", REDIS_BENCHMARK_ARGS.join(" ")));
+    report_arms(
+        &runs,
+        ztrace,
+        agent_args,
+        &format!("(redis-benchmark {} against 127.0.0.1:{port})", REDIS_BENCHMARK_ARGS.join(" ")),
+    );
     Ok(())
 }
+
+/// About how long one untraced `redis-benchmark` run of [`REDIS_BENCHMARK_ARGS`] takes.
+const REDIS_SECONDS: f64 = 10.0;
 
 /// Commands per second of one `redis-benchmark --csv` run: the mean over its tests.
 fn redis_rps(redis: &RedisServer, args: &[&str]) -> Result<f64> {
@@ -240,27 +306,63 @@ fn example_bench(ztrace: &Path, agent_args: &[String]) -> Result<()> {
             .env("PGUSER", "postgres")
             .stdout(Stdio::null());
         for (callee, url) in &urls {
-            cmd.env(if *callee == "users" { "USERS_URL" } else { "INVENTORY_URL" }, url);
+            cmd.env(
+                if *callee == "users" {
+                    "USERS_URL"
+                } else {
+                    "INVENTORY_URL"
+                },
+                url,
+            );
         }
         services.push(demo::Running::spawn(name, &mut cmd)?);
         demo::wait_listening(name, port)?;
         urls.push((name, format!("http://127.0.0.1:{port}")));
     }
-    let url = format!("{}/orders/1", urls.last().map(|(_, u)| u.as_str()).unwrap_or_default());
+    let url = format!(
+        "{}/orders/1",
+        urls.last().map(|(_, u)| u.as_str()).unwrap_or_default()
+    );
     let mut args = agent_args.to_vec();
     for exe in ["postgres", "orders", "users", "inventory"] {
         args.extend(["--exe".to_owned(), exe.to_owned()]);
     }
     say!("the Go example: orders at {url}; warming up...");
     wrk(&url, &["-t2", "-c16", "-d2s"])?;
-    let (runs, mut programs) = alternating_pairs("example", ztrace, &args, dir.path(), &url, EXAMPLE_WRK_ARGS)?;
+    let runs = three_arms(
+        "example",
+        ztrace,
+        &args,
+        dir.path(),
+        EXAMPLE_LOAD_SECONDS,
+        || wrk(&url, EXAMPLE_WRK_ARGS),
+    )?;
     drop(services);
-    report(&runs, ztrace, &args, &format!("wrk {} {url} (the Go example: 13 spans per request)", EXAMPLE_WRK_ARGS.join(" ")));
-    for (i, run) in runs.iter().enumerate() {
-        let Some(agent) = &run.agent else { continue };
-        let window = agent.stats.as_ref().map_or(0, |s| counter(s, "link_window_peak"));
-        let rss = agent.peak_rss_kib.map_or("?".into(), |kib| format!("{:.1} MiB", kib as f64 / 1024.0));
-        println!("run {}: peak RSS {rss} with up to {window} inputs in the hold-back window", i + 1);
+    report_arms(
+        &runs,
+        ztrace,
+        &args,
+        &format!(
+            "wrk {} {url} (the Go example: 13 spans per request)",
+            EXAMPLE_WRK_ARGS.join(" ")
+        ),
+    );
+    let mut programs = last_programs(&runs);
+    for (i, r) in runs.iter().enumerate() {
+        let Some(agent) = r.run.agent.as_ref().filter(|_| r.arm == arms::Arm::On) else {
+            continue;
+        };
+        let window = agent
+            .stats
+            .as_ref()
+            .map_or(0, |s| counter(s, "link_window_peak"));
+        let rss = agent
+            .peak_rss_kib
+            .map_or("?".into(), |kib| format!("{:.1} MiB", kib as f64 / 1024.0));
+        println!(
+            "run {}: peak RSS {rss} with up to {window} inputs in the hold-back window",
+            i + 1
+        );
     }
     print_programs(&mut programs, "example", EXAMPLE_LOAD_SECONDS);
     window_memory_bench()
@@ -270,10 +372,12 @@ fn example_bench(ztrace: &Path, agent_args: &[String]) -> Result<()> {
 /// `hold_back_window_memory` in `agent/src/trace/tests.rs`.
 fn window_memory_bench() -> Result<()> {
     say!("the hold-back window at its bound...");
-    ignored_lib_test("trace::tests::hold_back_window_memory").context("the hold-back window benchmark failed")
+    ignored_lib_test("trace::tests::hold_back_window_memory")
+        .context("the hold-back window benchmark failed")
 }
 
 const PGBENCH_ARGS: &[&str] = &["-M", "prepared", "-S", "-c", "4", "-j", "2", "-T", "10"];
+const PGBENCH_SECONDS: f64 = 10.0;
 
 /// Transactions per second of one pgbench run.
 fn tps(pg: &PgServer, args: &[&str]) -> Result<f64> {
@@ -281,33 +385,58 @@ fn tps(pg: &PgServer, args: &[&str]) -> Result<f64> {
     ensure!(run.success, "pgbench failed: {}{}", run.stdout, run.stderr);
     run.stdout
         .lines()
-        .find_map(|l| l.strip_prefix("tps = ")?.split_whitespace().next()?.parse().ok())
+        .find_map(|l| {
+            l.strip_prefix("tps = ")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
         .with_context(|| format!("no `tps = ` line in pgbench's output: {}", run.stdout))
 }
 
 /// nginx serving [`PAGE`], tuned for load, over plain HTTP and, with `certs`, HTTPS.
 fn bench_nginx(certs: Option<&Certs>) -> Nginx {
-    Nginx::start(&[PAGE], &nginx::Config { http: true, tls: certs.map(|c| (c, None)), load: true })
+    Nginx::start(
+        &[PAGE],
+        &nginx::Config {
+            http: true,
+            tls: certs.map(|c| (c, None)),
+            load: true,
+            http2: false,
+        },
+    )
 }
 
 /// The trace store: insert throughput (spans/s) and list / trace / services query times.
 fn store_bench() -> Result<()> {
     say!("the trace store: inserts and queries with 100,000 traces stored...");
-    ignored_lib_test("sinks::store::tests::bench_insert_and_list").context("the store benchmark failed")
+    ignored_lib_test("sinks::store::tests::bench_insert_and_list")
+        .context("the store benchmark failed")
 }
 
 /// The PostgreSQL parser and span builder alone, on one core, from a recorded `pgbench -M
 /// prepared` session: spans per second.
 fn parser_bench() -> Result<()> {
     say!("the PostgreSQL parser on one core, from a recorded pgbench -M prepared session...");
-    ignored_lib_test("protocols::postgres::tests::postgres_throughput").context("the parser benchmark failed")
+    ignored_lib_test("protocols::postgres::tests::postgres_throughput")
+        .context("the parser benchmark failed")
 }
 
 /// Runs one `#[ignore]`d benchmark test of the agent's library, in release mode, showing its output.
 fn ignored_lib_test(name: &str) -> Result<()> {
     let mut cmd = util::cargo();
-    cmd.current_dir(util::repo_root())
-        .args(["test", "--release", "-p", "ztrace", "--lib", name, "--", "--ignored", "--nocapture"]);
+    cmd.current_dir(util::repo_root()).args([
+        "test",
+        "--release",
+        "-p",
+        "ztrace",
+        "--lib",
+        name,
+        "--",
+        "--ignored",
+        "--nocapture",
+    ]);
     util::run(&mut cmd)
 }
 
@@ -319,46 +448,20 @@ fn https_bench(ztrace: &Path, agent_args: &[String], dir: &Path, tls_port: u16) 
     let url = format!("https://127.0.0.1:{tls_port}/index.html");
     say!("HTTPS: nginx serving {url}");
     wrk(&url, &["-t2", "-c32", "-d2s"])?;
-    let (runs, mut programs) = alternating_pairs("HTTPS", ztrace, agent_args, dir, &url, WRK_ARGS)?;
-    report(&runs, ztrace, agent_args, &format!("wrk {} {url} (nginx, 1 worker, static page over TLS, access_log off)", WRK_ARGS.join(" ")));
-    print_programs(&mut programs, "HTTPS", LOAD_SECONDS);
+    let runs = three_arms("HTTPS", ztrace, agent_args, dir, LOAD_SECONDS, || {
+        wrk(&url, WRK_ARGS)
+    })?;
+    report_arms(
+        &runs,
+        ztrace,
+        agent_args,
+        &format!(
+            "wrk {} {url} (nginx, 1 worker, static page over TLS, access_log off)",
+            WRK_ARGS.join(" ")
+        ),
+    );
+    print_programs(&mut last_programs(&runs), "HTTPS", LOAD_SECONDS);
     Ok(())
-}
-
-/// A kernel program's name, run count and run time (ns) over a run.
-type ProgramTime = (String, u64, u64);
-
-/// [`PAIRS`] pairs of wrk runs on `url`, without then with the agent (`args`), with the kernel's
-/// run time of each of the agent's programs over the last traced run (`bpf_stats_enabled`).
-fn alternating_pairs(
-    what: &str,
-    ztrace: &Path,
-    args: &[String],
-    dir: &Path,
-    url: &str,
-    wrk_args: &[&str],
-) -> Result<(Vec<Run>, Vec<ProgramTime>)> {
-    let stats_were = bpf_stats_on();
-    let mut runs = Vec::new();
-    let mut programs = Vec::new();
-    for pair in 1..=PAIRS {
-        say!("{what} pair {pair}/{PAIRS}: without ztrace...");
-        let requests_per_sec = wrk(url, wrk_args)?;
-        say!("  {requests_per_sec:.0} requests/s");
-        runs.push(Run { traced: false, requests_per_sec, agent: None });
-        say!("{what} pair {pair}/{PAIRS}: with ztrace...");
-        let run = traced_run(ztrace, args, dir, |pid| {
-            let ids = agent_prog_ids(pid);
-            let before = prog_stats(&ids);
-            let rps = wrk(url, wrk_args)?;
-            programs = prog_delta(&before, &prog_stats(&ids));
-            Ok(rps)
-        })?;
-        say!("  {:.0} requests/s", run.requests_per_sec);
-        runs.push(run);
-    }
-    bpf_stats_restore(stats_were);
-    Ok((runs, programs))
 }
 
 /// Turns on the kernel's per-program run-time statistics; what to restore afterwards, `None`
@@ -380,20 +483,29 @@ fn bpf_stats_restore(were: Option<String>) {
 }
 
 /// The kernel's run time per program over one traced run of `seconds`.
-fn print_programs(programs: &mut [(String, u64, u64)], what: &str, seconds: f64) {
+fn print_programs(programs: &mut [ProgramTime], what: &str, seconds: f64) {
     if programs.is_empty() {
         return;
     }
     println!("kernel run time per program over the last {what} run with ztrace (bpftool prog show, bpf_stats_enabled):");
-    println!("{:<22} {:>12} {:>10} {:>16}", "program", "runs", "ns/run", "CPU ms per s");
-    programs.sort_by_key(|p| std::cmp::Reverse(p.2));
+    println!(
+        "{:<22} {:>12} {:>10} {:>16}",
+        "program", "runs", "ns/run", "CPU ms per s"
+    );
+    programs.sort_by_key(|p| std::cmp::Reverse(p.ns));
     let mut total = 0u64;
-    for (name, runs, ns) in programs.iter() {
-        total += ns;
-        if *runs == 0 {
+    for p in programs.iter() {
+        total += p.ns;
+        if p.runs == 0 {
             continue;
         }
-        println!("{name:<22} {runs:>12} {:>10.0} {:>16.1}", *ns as f64 / *runs as f64, *ns as f64 / 1e6 / seconds);
+        println!(
+            "{:<22} {:>12} {:>10.0} {:>16.1}",
+            p.name,
+            p.runs,
+            p.ns as f64 / p.runs as f64,
+            p.ns as f64 / 1e6 / seconds
+        );
     }
     println!("all programs: {:.1} CPU ms per second of load (uprobe traps and context switches not included)", total as f64 / 1e6 / seconds);
 }
@@ -401,10 +513,18 @@ fn print_programs(programs: &mut [(String, u64, u64)], what: &str, seconds: f64)
 /// Ids of the eBPF programs a process holds (its fds' `prog_id:` in /proc/PID/fdinfo).
 fn agent_prog_ids(pid: u32) -> Vec<u64> {
     let mut ids = Vec::new();
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return ids };
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return ids;
+    };
     for entry in dir.flatten() {
-        let Ok(text) = std::fs::read_to_string(entry.path()) else { continue };
-        if let Some(id) = text.lines().find_map(|l| l.strip_prefix("prog_id:")).and_then(|v| v.trim().parse().ok()) {
+        let Ok(text) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        if let Some(id) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("prog_id:"))
+            .and_then(|v| v.trim().parse().ok())
+        {
             if !ids.contains(&id) {
                 ids.push(id);
             }
@@ -414,28 +534,51 @@ fn agent_prog_ids(pid: u32) -> Vec<u64> {
 }
 
 /// (id, name, run_cnt, run_time_ns) of the given programs, from `bpftool prog show --json`.
-fn prog_stats(ids: &[u64]) -> Vec<(u64, String, u64, u64)> {
-    let Ok(out) = Command::new("bpftool").args(["prog", "show", "--json"]).output() else { return Vec::new() };
-    let Ok(Value::Array(progs)) = serde_json::from_slice::<Value>(&out.stdout) else { return Vec::new() };
+fn prog_stats(ids: &[u64]) -> Vec<(u64, ProgramTime)> {
+    let Ok(out) = Command::new("bpftool")
+        .args(["prog", "show", "--json"])
+        .output()
+    else {
+        return Vec::new();
+    };
+    let Ok(Value::Array(progs)) = serde_json::from_slice::<Value>(&out.stdout) else {
+        return Vec::new();
+    };
     progs
         .iter()
         .filter_map(|p| {
             let id = p.get("id")?.as_u64()?;
             ids.contains(&id).then(|| {
                 let n = |k: &str| p.get(k).and_then(Value::as_u64).unwrap_or(0);
-                (id, p.get("name").and_then(Value::as_str).unwrap_or("?").to_owned(), n("run_cnt"), n("run_time_ns"))
+                let text = |k: &str| p.get(k).and_then(Value::as_str).unwrap_or("?").to_owned();
+                (
+                    id,
+                    ProgramTime {
+                        name: text("name"),
+                        kind: text("type"),
+                        runs: n("run_cnt"),
+                        ns: n("run_time_ns"),
+                    },
+                )
             })
         })
         .collect()
 }
 
 /// (name, runs, ns) per program between two snapshots.
-fn prog_delta(before: &[(u64, String, u64, u64)], after: &[(u64, String, u64, u64)]) -> Vec<(String, u64, u64)> {
+fn prog_delta(before: &[(u64, ProgramTime)], after: &[(u64, ProgramTime)]) -> Vec<ProgramTime> {
     after
         .iter()
-        .map(|(id, name, cnt, ns)| {
-            let (c0, n0) = before.iter().find(|b| b.0 == *id).map_or((0, 0), |b| (b.2, b.3));
-            (name.clone(), cnt.saturating_sub(c0), ns.saturating_sub(n0))
+        .map(|(id, p)| {
+            let (runs, ns) = before
+                .iter()
+                .find(|b| b.0 == *id)
+                .map_or((0, 0), |b| (b.1.runs, b.1.ns));
+            ProgramTime {
+                runs: p.runs.saturating_sub(runs),
+                ns: p.ns.saturating_sub(ns),
+                ..p.clone()
+            }
         })
         .collect()
 }
@@ -490,7 +633,6 @@ fn traced_run(
         say!("warning: no `ztrace stats: {{...}}` line in ztrace's stderr");
     }
     Ok(Run {
-        traced: true,
         requests_per_sec,
         agent: Some(AgentCost {
             cpu_seconds_per_second: cpu / load_seconds,
@@ -499,83 +641,6 @@ fn traced_run(
             stats,
         }),
     })
-}
-
-fn report(runs: &[Run], ztrace: &Path, agent_args: &[String], load: &str) {
-    println!();
-    println!(
-        "{:<4} {:<8} {:>12} {:>14} {:>12} {:>14} {:>10} {:>10}",
-        "run", "ztrace", "requests/s", "cpu s per s", "peak RSS", "events", "dropped", "µs/span"
-    );
-    for (i, run) in runs.iter().enumerate() {
-        let (cpu, rss, events, dropped, per_span) = match &run.agent {
-            None => ("-".into(), "-".into(), "-".into(), "-".into(), "-".into()),
-            Some(agent) => (
-                format!("{:.3}", agent.cpu_seconds_per_second),
-                agent
-                    .peak_rss_kib
-                    .map_or("?".into(), |kib| format!("{:.1} MiB", kib as f64 / 1024.0)),
-                agent
-                    .stats
-                    .as_ref()
-                    .map_or("?".into(), |s| events_handled(s).to_string()),
-                agent
-                    .stats
-                    .as_ref()
-                    .map_or("?".into(), |s| events_dropped(s).to_string()),
-                // The agent's own CPU per span it made: unlike the ratio, hardly moved by
-                // whatever else runs on the machine.
-                agent
-                    .stats
-                    .as_ref()
-                    .map(|s| counter(s, "spans_created"))
-                    .filter(|&spans| spans > 0)
-                    .map_or("?".into(), |spans| {
-                        format!("{:.2}", agent.cpu_seconds * 1e6 / spans as f64)
-                    }),
-            ),
-        };
-        println!(
-            "{:<4} {:<8} {:>12.0} {:>14} {:>12} {:>14} {:>10} {:>10}",
-            i + 1,
-            if run.traced { "on" } else { "off" },
-            run.requests_per_sec,
-            cpu,
-            rss,
-            events,
-            dropped,
-            per_span
-        );
-    }
-    let ratios: Vec<f64> = runs
-        .chunks(2)
-        .filter_map(|pair| match pair {
-            [off, on] if off.requests_per_sec > 0.0 => {
-                Some(on.requests_per_sec / off.requests_per_sec)
-            }
-            _ => None,
-        })
-        .collect();
-    if let Some(ratio) = median(&ratios) {
-        println!(
-            "median throughput with/without ztrace: {ratio:.3} ({:+.1} %)",
-            (ratio - 1.0) * 100.0
-        );
-    }
-    if let Some(stats) = runs
-        .iter()
-        .rev()
-        .find_map(|r| r.agent.as_ref()?.stats.as_ref())
-    {
-        println!("last run's counters: {}", Value::Object(stats.clone()));
-    }
-    println!("load:   {load}");
-    println!(
-        "agent:  {} {} > /dev/null",
-        ztrace.display(),
-        agent_args.join(" ")
-    );
-
 }
 
 /// Events the agent handled: those it read from the ring buffer.

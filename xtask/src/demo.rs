@@ -19,11 +19,17 @@ use crate::util::{self, say};
 use crate::{build, toolchain};
 
 /// Debian packages the demo needs.
-pub(crate) const PACKAGES: &[&str] = &["postgresql", "python3-psycopg2", "golang-go", "golang-github-lib-pq-dev"];
+pub(crate) const PACKAGES: &[&str] = &[
+    "postgresql",
+    "python3-psycopg2",
+    "golang-go",
+    "golang-github-lib-pq-dev",
+];
 /// PostgreSQL's programs (Debian's `postgresql` 15).
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 /// Services in start order (callees first) and their ports.
-pub(crate) const SERVICES: [(&str, u16); 3] = [("users", 8082), ("inventory", 8083), ("orders", 8081)];
+pub(crate) const SERVICES: [(&str, u16); 3] =
+    [("users", 8082), ("inventory", 8083), ("orders", 8081)];
 
 /// A child process in its own process group; stopped (SIGTERM, then SIGKILL after 15 s) on drop.
 pub(crate) struct Running {
@@ -40,7 +46,10 @@ impl Running {
                 Ok(())
             });
         }
-        let child = cmd.process_group(0).spawn().with_context(|| format!("could not start {name}: {}", util::display(cmd)))?;
+        let child = cmd
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("could not start {name}: {}", util::display(cmd)))?;
         Ok(Running { name, child })
     }
 }
@@ -97,7 +106,8 @@ pub fn demo(lang: Lang, pg_port: u16) -> Result<()> {
         let mut cmd = match lang {
             Lang::Python => {
                 let mut c = Command::new("/usr/bin/python3");
-                c.arg("-u").arg(root.join(format!("examples/python/{name}.py")));
+                c.arg("-u")
+                    .arg(root.join(format!("examples/python/{name}.py")));
                 c
             }
             Lang::Go => Command::new(dir.join("go").join(name)),
@@ -115,7 +125,9 @@ pub fn demo(lang: Lang, pg_port: u16) -> Result<()> {
 
     // ztrace traces the services and PostgreSQL only, so the demo's own requests are not roots.
     let mut cmd = Command::new(&agent);
-    cmd.arg("--data-dir").arg(dir.join("data")).args(["--exe", "postgres"]);
+    cmd.arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(["--exe", "postgres"]);
     for exe in &executables {
         cmd.args(["--exe", exe]);
     }
@@ -145,7 +157,12 @@ pub(crate) fn start_postgres(dir: &Path, port: u16) -> Result<Running> {
     let data = dir.join("pg");
     let fresh = !data.join("PG_VERSION").is_file();
     std::fs::create_dir_all(&data)?;
-    util::run(Command::new("chown").arg("-R").arg("postgres:postgres").arg(&data))?;
+    util::run(
+        Command::new("chown")
+            .arg("-R")
+            .arg("postgres:postgres")
+            .arg(&data),
+    )?;
     util::run(Command::new("chmod").arg("700").arg(&data))?;
     if fresh {
         util::run(
@@ -163,7 +180,13 @@ pub(crate) fn start_postgres(dir: &Path, port: u16) -> Result<Running> {
         .arg(Path::new(PG_BIN).join("postgres"))
         .arg("-D")
         .arg(&data)
-        .args(["-c", "listen_addresses=127.0.0.1", "-p", &port.to_string(), "-k"])
+        .args([
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-k",
+        ])
         .arg(&data)
         .args(["-c", "logging_collector=off"])
         .stderr(Stdio::null());
@@ -175,7 +198,18 @@ pub(crate) fn start_postgres(dir: &Path, port: u16) -> Result<Running> {
 fn psql(port: u16, db: &str, sql: &str) -> Result<Option<String>> {
     Ok(util::output_of(
         Command::new(Path::new(PG_BIN).join("psql"))
-            .args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres"])
+            .args([
+                "-X",
+                "-q",
+                "-t",
+                "-A",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+            ])
             .args(["-p", &port.to_string(), "-d", db, "-c", sql]),
     ))
 }
@@ -183,11 +217,16 @@ fn psql(port: u16, db: &str, sql: &str) -> Result<Option<String>> {
 /// Creates and fills each service's database unless it exists.
 pub(crate) fn load_databases(root: &Path, port: u16) -> Result<()> {
     for (db, _) in SERVICES {
-        let exists = psql(port, "postgres", &format!("SELECT 1 FROM pg_database WHERE datname = '{db}'"))?;
+        let exists = psql(
+            port,
+            "postgres",
+            &format!("SELECT 1 FROM pg_database WHERE datname = '{db}'"),
+        )?;
         if exists.as_deref().map(str::trim) == Some("1") {
             continue;
         }
-        psql(port, "postgres", &format!("CREATE DATABASE {db}"))?.with_context(|| format!("CREATE DATABASE {db}"))?;
+        psql(port, "postgres", &format!("CREATE DATABASE {db}"))?
+            .with_context(|| format!("CREATE DATABASE {db}"))?;
         let sql = std::fs::read_to_string(root.join(format!("examples/sql/{db}.sql")))?;
         psql(port, db, &sql)?.with_context(|| format!("loading examples/sql/{db}.sql"))?;
         say!("created database {db}");
@@ -206,7 +245,12 @@ pub(crate) fn build_go(root: &Path, dir: &Path) -> Result<PathBuf> {
                 .arg("-o")
                 .arg(out.join(name))
                 .arg(root.join("examples/go/main.go"))
-                .envs([("GO111MODULE", "off"), ("GOPATH", "/usr/share/gocode"), ("GOPROXY", "off"), ("CGO_ENABLED", "0")]),
+                .envs([
+                    ("GO111MODULE", "off"),
+                    ("GOPATH", "/usr/share/gocode"),
+                    ("GOPROXY", "off"),
+                    ("CGO_ENABLED", "0"),
+                ]),
         )?;
     }
     Ok(out)
@@ -230,17 +274,25 @@ fn wait_ready(ztrace: &mut Running) -> Result<String> {
     std::thread::spawn(move || {
         use std::io::BufRead as _;
         let mut viewer = None;
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
             eprintln!("[ztrace] {line}");
             if let Some(url) = line.strip_prefix("viewer: ") {
                 viewer = Some(url.to_owned());
             }
             if line.contains("ztrace is ready") {
-                let _ = tx.send(viewer.clone().unwrap_or_else(|| "http://127.0.0.1:9400".to_owned()));
+                let _ = tx.send(
+                    viewer
+                        .clone()
+                        .unwrap_or_else(|| "http://127.0.0.1:9400".to_owned()),
+                );
             }
         }
     });
-    rx.recv_timeout(Duration::from_secs(120)).context("ztrace did not get ready within 120 s")
+    rx.recv_timeout(Duration::from_secs(120))
+        .context("ztrace did not get ready within 120 s")
 }
 
 fn get(port: u16, path: &str) -> Result<String> {

@@ -64,11 +64,17 @@ pub fn image_from(binary: &Path) -> Result<Image> {
     let context = util::target_dir().join("image");
     let rootfs = context.join("rootfs");
     if rootfs.exists() {
-        std::fs::remove_dir_all(&rootfs).with_context(|| format!("removing {}", rootfs.display()))?;
+        std::fs::remove_dir_all(&rootfs)
+            .with_context(|| format!("removing {}", rootfs.display()))?;
     }
     std::fs::create_dir_all(rootfs.join("usr/bin"))?;
     let agent = rootfs.join("usr/bin/ztrace");
-    util::run(Command::new("objcopy").arg("--strip-debug").arg(binary).arg(&agent))?;
+    util::run(
+        Command::new("objcopy")
+            .arg("--strip-debug")
+            .arg(binary)
+            .arg(&agent),
+    )?;
     let ldd = util::output_of(Command::new("ldd").arg(binary))
         .with_context(|| format!("ldd {} failed", binary.display()))?;
     if ldd.contains("not found") {
@@ -99,11 +105,21 @@ pub fn image_from(binary: &Path) -> Result<Image> {
     )?;
     let archive = context.join("ztrace.tar");
     let _ = std::fs::remove_file(&archive);
-    util::run(podman().args(["save", "--quiet", "--format", "docker-archive", "-o"]).arg(&archive).arg(&reference))?;
-    let size = util::output_of(podman().args(["image", "inspect", "--format", "{{.Size}}", &reference]))
-        .and_then(|s| s.trim().parse().ok())
-        .context("podman image inspect gave no size")?;
-    Ok(Image { reference, archive, size })
+    util::run(
+        podman()
+            .args(["save", "--quiet", "--format", "docker-archive", "-o"])
+            .arg(&archive)
+            .arg(&reference),
+    )?;
+    let size =
+        util::output_of(podman().args(["image", "inspect", "--format", "{{.Size}}", &reference]))
+            .and_then(|s| s.trim().parse().ok())
+            .context("podman image inspect gave no size")?;
+    Ok(Image {
+        reference,
+        archive,
+        size,
+    })
 }
 
 /// Python packages of the manifests' checks (tests/tests/kubernetes.rs), in their own venv
@@ -118,16 +134,33 @@ pub fn prepare_tests(binary: &Path) -> Result<()> {
     let venv = util::target_dir().join("k8s-venv");
     let check = venv.join("bin/checkov");
     if !check.is_file() || !venv.join("bin/kubernetes-validate").is_file() {
-        say!("creating the manifests' check venv at {}...", venv.display());
-        util::run(Command::new("/usr/bin/python3").args(["-m", "venv", "--clear"]).arg(&venv))?;
+        say!(
+            "creating the manifests' check venv at {}...",
+            venv.display()
+        );
+        util::run(
+            Command::new("/usr/bin/python3")
+                .args(["-m", "venv", "--clear"])
+                .arg(&venv),
+        )?;
         util::run(
             Command::new(venv.join("bin/python"))
-                .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                ])
                 .args(K8S_VENV_PACKAGES),
         )?;
     }
     let image = image_from(binary)?;
-    say!("image {} ({:.1} MB)", image.reference, image.size as f64 / 1e6);
+    say!(
+        "image {} ({:.1} MB)",
+        image.reference,
+        image.size as f64 / 1e6
+    );
     Ok(())
 }
 

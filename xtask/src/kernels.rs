@@ -19,7 +19,12 @@ use crate::toolchain::apt_install;
 use crate::util::{self, say};
 
 /// Host packages: the emulator, debootstrap, and mkfs.ext4/debugfs for the disk image.
-const HOST_PACKAGES: &[&str] = &["qemu-system-x86", "debootstrap", "e2fsprogs", "debian-archive-keyring"];
+const HOST_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "debootstrap",
+    "e2fsprogs",
+    "debian-archive-keyring",
+];
 
 /// The kernels of the matrix: Debian 11's 5.10 (which ztrace must refuse in one sentence),
 /// Debian 12's 6.1 and bookworm-backports' 6.12, each the newest of its series in the archive.
@@ -32,13 +37,15 @@ pub const KERNELS: &[(&str, &str)] = &[
 
 /// Packages of the guest: what the tests run inside (python3's http.server and ssl, curl with
 /// OpenSSL, iproute2 for the loopback), and what the kernel packages need to make an initrd.
-const GUEST_PACKAGES: &str = "python3,curl,openssl,ca-certificates,iproute2,kmod,initramfs-tools,procps";
+const GUEST_PACKAGES: &str =
+    "python3,curl,openssl,ca-certificates,iproute2,kmod,initramfs-tools,procps";
 
 const MIRROR: &str = "http://deb.debian.org/debian";
 const SECURITY_MIRROR: &str = "http://deb.debian.org/debian-security";
 
 /// Written last: a tree with this stamp is complete. Change it to make every cache anew.
-const RECIPE: &str = "kernel-matrix v1: bookworm minbase; 5.10, 6.1, 6.12 cloud kernels; MODULES=list virtio ext4";
+const RECIPE: &str =
+    "kernel-matrix v1: bookworm minbase; 5.10, 6.1, 6.12 cloud kernels; MODULES=list virtio ext4";
 
 /// Where the matrix lives: `rootfs/` (the guest's tree) and `kernels/` (`vmlinuz-*`,
 /// `initrd.img-*`).
@@ -57,15 +64,21 @@ pub fn prepare() -> Result<Matrix> {
     }
     say!("kernel matrix: making a Debian root filesystem with Debian's 5.10, 6.1 and 6.12 kernels in {} (a few minutes, once)...", dir.display());
     if dir.exists() {
-        std::fs::remove_dir_all(&dir).with_context(|| format!("could not remove {}", dir.display()))?;
+        std::fs::remove_dir_all(&dir)
+            .with_context(|| format!("could not remove {}", dir.display()))?;
     }
     let tree = dir.join("rootfs.partial");
     std::fs::create_dir_all(&dir)?;
-    util::run(util::as_root("debootstrap").args([
-        "--variant=minbase",
-        &format!("--include={GUEST_PACKAGES}"),
-        "bookworm",
-    ]).arg(&tree).arg(MIRROR))
+    util::run(
+        util::as_root("debootstrap")
+            .args([
+                "--variant=minbase",
+                &format!("--include={GUEST_PACKAGES}"),
+                "bookworm",
+            ])
+            .arg(&tree)
+            .arg(MIRROR),
+    )
     .context("debootstrap of the guest's root filesystem failed")?;
 
     write(
@@ -75,33 +88,58 @@ pub fn prepare() -> Result<Matrix> {
         ),
     )?;
     // An initrd with just what finds the root disk: small, and quick to unpack under emulation.
-    write(&tree.join("etc/initramfs-tools/conf.d/ztrace-matrix.conf"), "MODULES=list\n")?;
-    write(&tree.join("etc/initramfs-tools/modules"), "virtio_pci\nvirtio_blk\next4\ncrc32c_generic\n")?;
+    write(
+        &tree.join("etc/initramfs-tools/conf.d/ztrace-matrix.conf"),
+        "MODULES=list\n",
+    )?;
+    write(
+        &tree.join("etc/initramfs-tools/modules"),
+        "virtio_pci\nvirtio_blk\next4\ncrc32c_generic\n",
+    )?;
     util::run(chroot(&tree).args(["apt-get", "update", "-q"]))?;
     let mut packages = Vec::new();
     for (label, pattern) in KERNELS {
-        let found = util::output_of(chroot(&tree).args(["apt-cache", "search", "--names-only", pattern]))
-            .unwrap_or_default();
-        let Some(package) = newest(found.lines().filter_map(|l| l.split_whitespace().next())) else {
+        let found =
+            util::output_of(chroot(&tree).args(["apt-cache", "search", "--names-only", pattern]))
+                .unwrap_or_default();
+        let Some(package) = newest(found.lines().filter_map(|l| l.split_whitespace().next()))
+        else {
             bail!("no package for Linux {label} ({pattern}) in Debian's archive");
         };
         say!("kernel matrix: Linux {label} is {package}");
         packages.push(package);
     }
-    util::run(chroot(&tree).args(["apt-get", "install", "-y", "-q", "--no-install-recommends"]).args(&packages))
-        .context("installing the kernels in the guest failed")?;
+    util::run(
+        chroot(&tree)
+            .args(["apt-get", "install", "-y", "-q", "--no-install-recommends"])
+            .args(&packages),
+    )
+    .context("installing the kernels in the guest failed")?;
 
     let kernels = dir.join("kernels");
     std::fs::create_dir_all(&kernels)?;
     for entry in std::fs::read_dir(tree.join("boot"))? {
         let path = entry?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
         if name.starts_with("vmlinuz-") || name.starts_with("initrd.img-") {
-            std::fs::copy(&path, kernels.join(&name)).with_context(|| format!("copy {}", path.display()))?;
+            std::fs::copy(&path, kernels.join(&name))
+                .with_context(|| format!("copy {}", path.display()))?;
         }
     }
     // What the guest never uses: modules (the initrd has the few it needs), caches and docs.
-    for gone in ["usr/lib/modules", "boot", "var/cache/apt", "var/lib/apt/lists", "usr/share/doc", "usr/share/man", "usr/share/locale"] {
+    for gone in [
+        "usr/lib/modules",
+        "boot",
+        "var/cache/apt",
+        "var/lib/apt/lists",
+        "usr/share/doc",
+        "usr/share/man",
+        "usr/share/locale",
+    ] {
         let path = tree.join(gone);
         if path.exists() {
             std::fs::remove_dir_all(&path).with_context(|| format!("remove {}", path.display()))?;
@@ -129,12 +167,17 @@ fn write(path: &Path, text: &str) -> Result<()> {
 
 /// The package with the highest ABI number (`linux-image-6.1.0-50-...` over `-9-`).
 fn newest<'a>(names: impl Iterator<Item = &'a str>) -> Option<String> {
-    names.max_by_key(|name| version_key(name)).map(str::to_owned)
+    names
+        .max_by_key(|name| version_key(name))
+        .map(str::to_owned)
 }
 
 /// The numbers in a package name, in order, for comparing versions.
 fn version_key(name: &str) -> Vec<u64> {
-    name.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty()).filter_map(|s| s.parse().ok()).collect()
+    name.split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| s.parse().ok())
+        .collect()
 }
 
 #[cfg(test)]
@@ -143,10 +186,23 @@ mod tests {
 
     #[test]
     fn the_newest_kernel_package_wins_by_number_not_by_text() {
-        let names = ["linux-image-6.1.0-9-cloud-amd64", "linux-image-6.1.0-50-cloud-amd64", "linux-image-6.1.0-10-cloud-amd64"];
-        assert_eq!(newest(names.into_iter()).as_deref(), Some("linux-image-6.1.0-50-cloud-amd64"));
-        let names = ["linux-image-6.12.9+deb12-cloud-amd64", "linux-image-6.12.95+deb12-cloud-amd64"];
-        assert_eq!(newest(names.into_iter()).as_deref(), Some("linux-image-6.12.95+deb12-cloud-amd64"));
+        let names = [
+            "linux-image-6.1.0-9-cloud-amd64",
+            "linux-image-6.1.0-50-cloud-amd64",
+            "linux-image-6.1.0-10-cloud-amd64",
+        ];
+        assert_eq!(
+            newest(names.into_iter()).as_deref(),
+            Some("linux-image-6.1.0-50-cloud-amd64")
+        );
+        let names = [
+            "linux-image-6.12.9+deb12-cloud-amd64",
+            "linux-image-6.12.95+deb12-cloud-amd64",
+        ];
+        assert_eq!(
+            newest(names.into_iter()).as_deref(),
+            Some("linux-image-6.12.95+deb12-cloud-amd64")
+        );
         assert_eq!(newest([].into_iter()), None);
     }
 }

@@ -16,6 +16,7 @@
 mod bench;
 mod build;
 mod demo;
+mod fuzz;
 mod image;
 mod kernels;
 mod test;
@@ -86,6 +87,13 @@ enum Command {
         /// a busy machine).
         #[arg(long)]
         capture: bool,
+        /// Only the fuzz targets of the protocol parsers, an hour in all.
+        #[arg(long)]
+        fuzz: bool,
+        /// Only the nginx load in each of ztrace's modes: printing JSON, exporting OTLP, and the
+        /// default (trace store and viewer).
+        #[arg(long)]
+        modes: bool,
         /// Only Redis under `redis-benchmark -P 16` (pipelined SET and GET).
         #[arg(long)]
         redis: bool,
@@ -112,7 +120,25 @@ fn main() -> Result<()> {
         Command::Test { skip_privileged } => test::test(skip_privileged),
         Command::Image => image::image(),
         Command::KernelMatrix => kernels::prepare().map(|_| ()),
-        Command::Bench { agent_args, example, stacks, capture, redis } => bench::bench(&agent_args, example, stacks, capture, redis),
+        Command::Bench {
+            agent_args,
+            example,
+            stacks,
+            capture,
+            modes,
+            fuzz,
+            redis,
+        } => bench::bench(
+            &agent_args,
+            bench::Only {
+                example,
+                stacks,
+                capture,
+                modes,
+                fuzz,
+                redis,
+            },
+        ),
         Command::Demo { lang, pg_port } => demo::demo(lang, pg_port),
     }
 }

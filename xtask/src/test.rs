@@ -9,7 +9,8 @@
 //! 2. the release build of the agent, and for `tests/tests/kubernetes.rs` its image
 //!    (`cargo xtask image`), containerd, busybox-static and a venv at `target/k8s-venv` with
 //!    kubernetes-validate and checkov;
-//! 3. `cargo test --workspace --exclude ztrace-e2e`: the unprivileged tests;
+//! 3. `cargo test --workspace --exclude ztrace-e2e`: the unprivileged tests, then every protocol
+//!    parser's fuzz target for [`crate::fuzz::TEST_SECONDS`] (each counts as one test);
 //! 4. the privileged end-to-end tests (`tests/`, crate `ztrace-e2e`), which need root and eBPF:
 //!    their absence fails the run unless `--skip-privileged` was given; among them the kernel
 //!    matrix (`tests/tests/kernels.rs`), which boots Debian's 5.10, 6.1 and 6.12 kernels in qemu
@@ -64,6 +65,10 @@ const TEST_PACKAGES: &[&str] = &[
     "binutils",
     // Services under an app server, named by their application (tests/tests/edges.rs).
     "gunicorn",
+    // gRPC in Go (grpc-go, GOPATH mode) and HTTP/2 load (h2load) (tests/tests/grpc.rs).
+    "golang-google-grpc-dev",
+    "golang-google-protobuf-dev",
+    "nghttp2-client",
 ];
 /// From Debian's backports suite: a newer Go than bookworm's 1.19, for Go crypto/tls's struct
 /// offsets and RET probes on a current toolchain (tests/tests/tls.rs).
@@ -140,6 +145,28 @@ fn prepare_and_run(skip_privileged: bool) -> Result<Tally> {
     ]);
     let mut tally = run_counted(&mut unit)?;
 
+    // Every protocol parser's fuzz target, briefly (`cargo xtask bench --fuzz` runs them an hour).
+    match crate::fuzz::run_all(crate::fuzz::TEST_SECONDS) {
+        Ok(outcomes) => {
+            for outcome in outcomes {
+                if outcome.passed {
+                    tally.passed += 1;
+                } else {
+                    say!(
+                        "error: fuzz target {} found a crash: {}",
+                        outcome.target,
+                        outcome.summary
+                    );
+                    tally.failed += 1;
+                }
+            }
+        }
+        Err(error) => {
+            say!("error: the fuzz targets could not run: {error:#}");
+            tally.failed += 1;
+        }
+    }
+
     if let Some(python) = &python {
         // The exporter against the real OTLP receiver (needs the venv, not root).
         say!("running the OTLP exporter test against the Python receiver...");
@@ -166,7 +193,10 @@ fn prepare_and_run(skip_privileged: bool) -> Result<Tally> {
                 .env("ZTRACE_PYTHON", &python)
                 .env("ZTRACE_REPO", &root)
                 .env("ZTRACE_K8S_VENV", util::target_dir().join("k8s-venv"))
-                .env("ZTRACE_KERNEL_MATRIX", matrix.as_ref().map(|m| m.dir.clone()).unwrap_or_default())
+                .env(
+                    "ZTRACE_KERNEL_MATRIX",
+                    matrix.as_ref().map(|m| m.dir.clone()).unwrap_or_default(),
+                )
                 // The tests' own messages say what failed; a backtrace per panic only buries them.
                 .env("RUST_BACKTRACE", "0")
                 .args([

@@ -239,8 +239,13 @@ pub fn apt_install_backports<S: AsRef<str>>(packages: &[S]) -> Result<()> {
         .map(|c| c.trim_matches('"').to_owned());
     if let Some(codename) = codename.filter(|c| !c.is_empty()) {
         let suite = format!("{codename}-backports");
-        let listed = util::output_of(Command::new("grep").args(["-rqs", &suite, "/etc/apt/sources.list", "/etc/apt/sources.list.d"]))
-            .is_some();
+        let listed = util::output_of(Command::new("grep").args([
+            "-rqs",
+            &suite,
+            "/etc/apt/sources.list",
+            "/etc/apt/sources.list.d",
+        ]))
+        .is_some();
         if !listed && !Path::new(BACKPORTS_SOURCES).exists() {
             say!("adding Debian's {suite} suite to apt's sources ({BACKPORTS_SOURCES})...");
             std::fs::write(

@@ -29,7 +29,10 @@ const KIND_ENUM64: u32 = 19;
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
     #[error("cannot read kernel BTF at {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("kernel BTF is malformed: {0}")]
     Malformed(&'static str),
     #[error("kernel BTF has no struct {0}")]
@@ -74,8 +77,10 @@ fn u32_at(b: &[u8], off: usize) -> Result<u32, BtfError> {
 impl Btf {
     /// Reads the running kernel's BTF.
     pub fn from_sys_fs() -> Result<Self, BtfError> {
-        let data = std::fs::read(VMLINUX_BTF)
-            .map_err(|source| BtfError::Read { path: VMLINUX_BTF.into(), source })?;
+        let data = std::fs::read(VMLINUX_BTF).map_err(|source| BtfError::Read {
+            path: VMLINUX_BTF.into(),
+            source,
+        })?;
         Self::parse(&data)
     }
 
@@ -153,7 +158,11 @@ impl Btf {
             name_offs.push(name_off);
         }
 
-        let mut btf = Btf { types, strings, composites_by_name: HashMap::new() };
+        let mut btf = Btf {
+            types,
+            strings,
+            composites_by_name: HashMap::new(),
+        };
         for (id, name_off) in name_offs.iter().enumerate() {
             if matches!(btf.types[id], Type::Composite { .. }) && *name_off != 0 {
                 let name = btf.string_at(*name_off).to_owned();
@@ -172,11 +181,20 @@ impl Btf {
 
     /// Byte offset of `member` in struct (or union) `name`, looking inside anonymous members.
     pub fn member_offset(&self, name: &str, member: &str) -> Result<u32, BtfError> {
-        let id = *self.composites_by_name.get(name).ok_or_else(|| BtfError::NoStruct(name.into()))?;
+        let id = *self
+            .composites_by_name
+            .get(name)
+            .ok_or_else(|| BtfError::NoStruct(name.into()))?;
         match self.find_member(id, member, 0) {
             Some((bits, 0)) if bits % 8 == 0 => Ok(bits / 8),
-            Some(_) => Err(BtfError::Bitfield { name: name.into(), member: member.into() }),
-            None => Err(BtfError::NoMember { name: name.into(), member: member.into() }),
+            Some(_) => Err(BtfError::Bitfield {
+                name: name.into(),
+                member: member.into(),
+            }),
+            None => Err(BtfError::NoMember {
+                name: name.into(),
+                member: member.into(),
+            }),
         }
     }
 
@@ -251,7 +269,9 @@ mod tests {
         let s = |name: &str| -> u32 {
             let pos = strings
                 .windows(name.len() + 2)
-                .position(|w| w[0] == 0 && &w[1..=name.len()] == name.as_bytes() && w[name.len() + 1] == 0)
+                .position(|w| {
+                    w[0] == 0 && &w[1..=name.len()] == name.as_bytes() && w[name.len() + 1] == 0
+                })
                 .expect("name in table");
             (pos + 1) as u32
         };
@@ -304,9 +324,18 @@ mod tests {
         let btf = Btf::parse(&sample()).expect("parse");
         assert_eq!(btf.member_offset("outer", "a").expect("a"), 0);
         assert_eq!(btf.member_offset("outer", "c").expect("c"), 4);
-        assert!(matches!(btf.member_offset("outer", "d"), Err(BtfError::Bitfield { .. })));
-        assert!(matches!(btf.member_offset("outer", "zz"), Err(BtfError::NoMember { .. })));
-        assert!(matches!(btf.member_offset("nope", "a"), Err(BtfError::NoStruct(_))));
+        assert!(matches!(
+            btf.member_offset("outer", "d"),
+            Err(BtfError::Bitfield { .. })
+        ));
+        assert!(matches!(
+            btf.member_offset("outer", "zz"),
+            Err(BtfError::NoMember { .. })
+        ));
+        assert!(matches!(
+            btf.member_offset("nope", "a"),
+            Err(BtfError::NoStruct(_))
+        ));
     }
 
     #[test]

@@ -25,7 +25,10 @@ pub struct Caps(pub u64);
 impl Caps {
     /// The `CapEff:` line of `/proc/self/status`; `None` when there is none (not Linux).
     pub fn from_status(status: &str) -> Option<Caps> {
-        let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
+        let hex = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))?
+            .trim();
         u64::from_str_radix(hex, 16).ok().map(Caps)
     }
 
@@ -83,7 +86,13 @@ mod tests {
     fn reads_the_effective_set() {
         let status = "Name:\tztrace\nCapInh:\t0000000000000000\nCapPrm:\t000001ffffffffff\nCapEff:\t000000c000280004\n";
         let c = Caps::from_status(status).expect("CapEff");
-        for cap in [CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE, CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF] {
+        for cap in [
+            CAP_DAC_READ_SEARCH,
+            CAP_SYS_PTRACE,
+            CAP_SYS_ADMIN,
+            CAP_PERFMON,
+            CAP_BPF,
+        ] {
             assert!(c.has(cap), "{cap}");
         }
         assert!(!c.has(0));
@@ -94,13 +103,24 @@ mod tests {
 
     #[test]
     fn says_which_capability_is_missing() {
-        let all = caps(&[CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH]);
+        let all = caps(&[
+            CAP_BPF,
+            CAP_PERFMON,
+            CAP_SYS_ADMIN,
+            CAP_SYS_PTRACE,
+            CAP_DAC_READ_SEARCH,
+        ]);
         assert_eq!(missing_required(all), None);
         assert!(missing_optional(all).is_empty());
         assert_eq!(missing_required(caps(&[CAP_SYS_ADMIN])), None);
         assert!(missing_required(caps(&[CAP_PERFMON])).is_some_and(|s| s.contains("CAP_BPF")));
         assert!(missing_required(caps(&[CAP_BPF])).is_some_and(|s| s.contains("CAP_PERFMON")));
-        let without_admin = missing_optional(caps(&[CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH]));
+        let without_admin = missing_optional(caps(&[
+            CAP_BPF,
+            CAP_PERFMON,
+            CAP_SYS_PTRACE,
+            CAP_DAC_READ_SEARCH,
+        ]));
         assert_eq!(without_admin.len(), 1);
         assert!(without_admin[0].contains("CAP_SYS_ADMIN") && without_admin[0].contains("TLS"));
         assert_eq!(missing_optional(caps(&[CAP_SYS_ADMIN])).len(), 2);

@@ -1,6 +1,8 @@
 //! Decoding of ring-buffer records into typed kernel events. Pure: no I/O, no allocation.
 
-use ztrace_common::{ConnEvent, DataEventHeader, EventHeader, EventKind, GoSpawnEvent, StackEventHeader};
+use ztrace_common::{
+    ConnEvent, DataEventHeader, EventHeader, EventKind, GoSpawnEvent, StackEventHeader,
+};
 
 /// One record from the kernel, borrowed from the ring buffer.
 #[derive(Debug)]
@@ -8,13 +10,20 @@ pub enum KernelEvent<'a> {
     Conn(ConnEvent),
     /// `prefix` is the start of the bytes moved, `tail` their last bytes when the middle was
     /// not copied (see `DataEventHeader`).
-    Data { header: DataEventHeader, prefix: &'a [u8], tail: &'a [u8] },
+    Data {
+        header: DataEventHeader,
+        prefix: &'a [u8],
+        tail: &'a [u8],
+    },
     Close(EventHeader),
     /// A traced process ran a new executable.
     Exec(EventHeader),
     /// The user stack at a request's first write: registers, frame-pointer addresses, and
     /// `stack`, the copied top of the stack from `header.rsp` up.
-    Stack { header: Box<StackEventHeader>, stack: &'a [u8] },
+    Stack {
+        header: Box<StackEventHeader>,
+        stack: &'a [u8],
+    },
     /// A followed Go program started a goroutine.
     GoSpawn(GoSpawnEvent),
 }
@@ -61,19 +70,34 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
             let payload = &bytes[size_of::<DataEventHeader>()..];
             let captured = data.captured as usize;
             let claimed = captured + data.tail as usize;
-            if claimed > payload.len() || u64::from(data.captured) + u64::from(data.tail) > u64::from(data.len) {
-                return Err(DecodeError::BadCapture { claimed: claimed as u32, present: payload.len() });
+            if claimed > payload.len()
+                || u64::from(data.captured) + u64::from(data.tail) > u64::from(data.len)
+            {
+                return Err(DecodeError::BadCapture {
+                    claimed: claimed as u32,
+                    present: payload.len(),
+                });
             }
-            Ok(KernelEvent::Data { header: data, prefix: &payload[..captured], tail: &payload[captured..claimed] })
+            Ok(KernelEvent::Data {
+                header: data,
+                prefix: &payload[..captured],
+                tail: &payload[captured..claimed],
+            })
         }
         Some(EventKind::Stack) => {
             let stack: StackEventHeader = read(bytes)?;
             let rest = &bytes[size_of::<StackEventHeader>()..];
             let len = stack.stack_len as usize;
             if len > rest.len() || stack.ips_len as usize > stack.ips.len() {
-                return Err(DecodeError::BadCapture { claimed: stack.stack_len, present: rest.len() });
+                return Err(DecodeError::BadCapture {
+                    claimed: stack.stack_len,
+                    present: rest.len(),
+                });
             }
-            Ok(KernelEvent::Stack { header: Box::new(stack), stack: &rest[..len] })
+            Ok(KernelEvent::Stack {
+                header: Box::new(stack),
+                stack: &rest[..len],
+            })
         }
         None => Err(DecodeError::UnknownKind(header.kind)),
     }
@@ -89,14 +113,27 @@ mod tests {
     }
 
     fn header(kind: EventKind) -> EventHeader {
-        EventHeader { kind: kind as u32, tgid: 10, tid: 11, fd: 3, ts_ns: 99, conn_gen: 7 }
+        EventHeader {
+            kind: kind as u32,
+            tgid: 10,
+            tid: 11,
+            fd: 3,
+            ts_ns: 99,
+            conn_gen: 7,
+        }
     }
 
     #[test]
     fn decodes_a_goroutine_start_and_refuses_a_short_one() {
-        let ev = GoSpawnEvent { header: header(EventKind::GoSpawn), parent_goid: 7, child_goid: 42 };
+        let ev = GoSpawnEvent {
+            header: header(EventKind::GoSpawn),
+            parent_goid: 7,
+            child_goid: 42,
+        };
         let rec = as_bytes(&ev);
-        assert!(matches!(decode(&rec), Ok(KernelEvent::GoSpawn(e)) if e.parent_goid == 7 && e.child_goid == 42));
+        assert!(
+            matches!(decode(&rec), Ok(KernelEvent::GoSpawn(e)) if e.parent_goid == 7 && e.child_goid == 42)
+        );
         assert_eq!(decode(&rec[..40]).err(), Some(DecodeError::Short(40)));
     }
 
@@ -114,7 +151,11 @@ mod tests {
         let mut rec = as_bytes(&h);
         rec.extend_from_slice(b"GET\r\n");
         match decode(&rec).expect("decode") {
-            KernelEvent::Data { header, prefix, tail } => {
+            KernelEvent::Data {
+                header,
+                prefix,
+                tail,
+            } => {
                 assert_eq!(header.len, 10);
                 assert_eq!(prefix, b"GET");
                 assert_eq!(tail, b"\r\n");
@@ -128,7 +169,10 @@ mod tests {
         assert_eq!(decode(&[0u8; 5]).err(), Some(DecodeError::Short(5)));
         let mut h = header(EventKind::Close);
         h.kind = 77;
-        assert_eq!(decode(&as_bytes(&h)).err(), Some(DecodeError::UnknownKind(77)));
+        assert_eq!(
+            decode(&as_bytes(&h)).err(),
+            Some(DecodeError::UnknownKind(77))
+        );
         let d = DataEventHeader {
             header: header(EventKind::Data),
             direction: 1,
@@ -138,10 +182,20 @@ mod tests {
             tail: 0,
             goid: 0,
         };
-        assert!(matches!(decode(&as_bytes(&d)), Err(DecodeError::BadCapture { .. })));
-        let mut rec = as_bytes(&DataEventHeader { captured: 4, tail: 8, ..d });
+        assert!(matches!(
+            decode(&as_bytes(&d)),
+            Err(DecodeError::BadCapture { .. })
+        ));
+        let mut rec = as_bytes(&DataEventHeader {
+            captured: 4,
+            tail: 8,
+            ..d
+        });
         rec.extend_from_slice(&[0; 12]);
-        assert!(matches!(decode(&rec), Err(DecodeError::BadCapture { .. })), "prefix + tail > len");
+        assert!(
+            matches!(decode(&rec), Err(DecodeError::BadCapture { .. })),
+            "prefix + tail > len"
+        );
         let stack = StackEventHeader {
             header: header(EventKind::Stack),
             rip: 1,
@@ -153,7 +207,10 @@ mod tests {
         };
         let mut rec = as_bytes(&stack);
         rec.extend_from_slice(&[7; 8]);
-        assert!(matches!(decode(&rec), Err(DecodeError::BadCapture { .. })), "stack shorter than claimed");
+        assert!(
+            matches!(decode(&rec), Err(DecodeError::BadCapture { .. })),
+            "stack shorter than claimed"
+        );
         rec.extend_from_slice(&[7; 8]);
         assert!(matches!(decode(&rec), Ok(KernelEvent::Stack { stack, .. }) if stack.len() == 16));
         let short_conn = as_bytes(&header(EventKind::Conn));

@@ -20,9 +20,13 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use ztrace_common::{globals, maps, Counter, Settings, StackSettings, MAX_CAPTURE, MAX_STACK_BYTES};
+use ztrace_common::{
+    globals, maps, Counter, Settings, StackSettings, MAX_CAPTURE, MAX_STACK_BYTES,
+};
 
-use self::attach::{AttachResult, GO_PROBES, GO_RETURN, HOOKS, OPENSSL_ENTRY_ONLY, OPENSSL_PROBES, OPENSSL_RETURN};
+use self::attach::{
+    AttachResult, GO_PROBES, GO_RETURN, HOOKS, OPENSSL_ENTRY_ONLY, OPENSSL_PROBES, OPENSSL_RETURN,
+};
 
 /// The eBPF object, embedded by build.rs (empty when built without `cargo xtask build`).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ztrace.bpf.o"));
@@ -34,7 +38,9 @@ pub enum BpfError {
     NotRoot,
     #[error("{0}")]
     MissingCapability(&'static str),
-    #[error("this ztrace binary was built without its eBPF programs: build it with `cargo xtask build`")]
+    #[error(
+        "this ztrace binary was built without its eBPF programs: build it with `cargo xtask build`"
+    )]
     NoObject,
     #[error("the running kernel does not describe itself with BTF (/sys/kernel/btf/vmlinux, Linux >= 5.4 with CONFIG_DEBUG_INFO_BTF=y), which ztrace needs: {0}")]
     Btf(#[from] btf::BtfError),
@@ -45,7 +51,10 @@ pub enum BpfError {
     #[error("map {0} is missing from the eBPF object (stale build?)")]
     MissingMap(&'static str),
     #[error("map {name}: {source}")]
-    Map { name: &'static str, source: aya::maps::MapError },
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
     #[error("required hooks could not be attached, see the attach table above")]
     RequiredHooks,
     #[error("this kernel ({release}) is too old: ztrace needs Linux {}.{} or newer (BTF, the BPF ring buffer, bpf_get_current_task_btf and bpf_task_pt_regs)", MIN_KERNEL.0, MIN_KERNEL.1)]
@@ -76,12 +85,17 @@ impl Selection {
         let pids = match self.pids.as_slice() {
             [] => None,
             [pid] => Some(format!("process {pid}")),
-            pids => Some(format!("processes {}", list(pids.iter().map(u32::to_string).collect()))),
+            pids => Some(format!(
+                "processes {}",
+                list(pids.iter().map(u32::to_string).collect())
+            )),
         };
         let names = (!self.exe_names.is_empty()).then(|| {
             let names = self.exe_names.iter().map(|name| {
                 // The kernel matches its 15-byte process name.
-                let comm = String::from_utf8_lossy(&comm_key(name)).trim_end_matches('\0').to_owned();
+                let comm = String::from_utf8_lossy(&comm_key(name))
+                    .trim_end_matches('\0')
+                    .to_owned();
                 if comm == *name {
                     name.clone()
                 } else {
@@ -126,6 +140,8 @@ pub struct Probes {
     tls_links: HashMap<u64, Vec<(&'static str, UProbeLinkId)>>,
     /// Go goroutine-following uprobe links (kept for the whole run).
     go_links: Vec<(&'static str, UProbeLinkId)>,
+    /// `--empty-programs`: every hook gets an empty program of its kind (the bench's floor).
+    empty_programs: bool,
 }
 
 /// Threads that detach uprobes at exit.
@@ -137,7 +153,12 @@ impl Drop for Probes {
     /// so one after another a hundred probes kept ztrace from exiting for tens of seconds;
     /// concurrent waits share grace periods.
     fn drop(&mut self) {
-        let ids = self.tls_links.drain().flat_map(|(_, links)| links).chain(self.go_links.drain(..)).collect::<Vec<_>>();
+        let ids = self
+            .tls_links
+            .drain()
+            .flat_map(|(_, links)| links)
+            .chain(self.go_links.drain(..))
+            .collect::<Vec<_>>();
         let mut links = Vec::with_capacity(ids.len());
         for (program, id) in ids {
             if let Ok(prog) = uprobe_mut(&mut self.ebpf, program) {
@@ -156,7 +177,6 @@ impl Drop for Probes {
     }
 }
 
-
 /// The event ring buffer, registered with the tokio reactor.
 pub struct EventRing(tokio::io::unix::AsyncFd<RingBuf<MapData>>);
 
@@ -165,7 +185,9 @@ impl EventRing {
     pub fn new(ring: RingBuf<MapData>) -> std::io::Result<Self> {
         // SAFETY: the RingBuf owns its fd and moves into the AsyncFd, which deregisters the fd
         // before dropping the RingBuf; nothing else closes it.
-        unsafe { tokio::io::unix::AsyncFd::register(ring) }.map(EventRing).map_err(|e| e.into_parts().1)
+        unsafe { tokio::io::unix::AsyncFd::register(ring) }
+            .map(EventRing)
+            .map_err(|e| e.into_parts().1)
     }
 
     /// Waits until the kernel has written records.
@@ -188,6 +210,7 @@ pub fn start(
     capture_bytes: usize,
     selection: &Selection,
     stacks: StackCapture,
+    empty_programs: bool,
 ) -> Result<(Probes, RingBuf<MapData>), BpfError> {
     check_can_start()?;
     // Older verifiers reject the programs only after minutes of work (and list every helper they
@@ -213,13 +236,18 @@ pub fn start(
         burst: stacks.burst,
     };
     let mut ebpf = EbpfLoader::new()
+        // `CALLS` is a task-local storage map, which aya creates but has no typed handle for.
+        .allow_unsupported_maps()
         .override_global(globals::OFFSETS, &offsets, true)
         .override_global(globals::SETTINGS, &settings, true)
         .override_global(globals::STACK_SETTINGS, &stack_settings, true)
         .load(OBJECT)
         .map_err(|e| match caps::Caps::current() {
             // CAP_BPF is there (checked at start), yet bpf() says EPERM: a seccomp filter.
-            Some(c) if !c.has(caps::CAP_SYS_ADMIN) && error_chain(&e).contains("Operation not permitted") => {
+            Some(c)
+                if !c.has(caps::CAP_SYS_ADMIN)
+                    && error_chain(&e).contains("Operation not permitted") =>
+            {
                 BpfError::MissingCapability(caps::SECCOMP_REFUSED)
             }
             _ => BpfError::Load(e),
@@ -229,33 +257,77 @@ pub fn start(
 
     let mut attached = Vec::with_capacity(HOOKS.len());
     for hook in HOOKS {
-        let error = attach_tracepoint(&mut ebpf, hook.program, hook.category, hook.name)?;
+        let program = if empty_programs {
+            EMPTY_TRACEPOINT
+        } else {
+            hook.program
+        };
+        let error = attach_tracepoint(&mut ebpf, program, hook.category, hook.name)?;
         attached.push(AttachResult { hook: *hook, error });
     }
     let uprobe_error = load_uprobes(&mut ebpf)?;
     let mut go_uprobe_error = None;
-    for program in ["go_helper", "go_owner", "go_owner_stack", "go_newproc", "go_newproc_ret"] {
+    for program in [
+        "go_helper",
+        "go_owner",
+        "go_owner_stack",
+        "go_newproc",
+        "go_newproc_ret",
+    ] {
         if let Err(e) = uprobe_mut(&mut ebpf, program)?.load() {
-            go_uprobe_error = Some(format!("loading {program}: {}", verifier::load_failure(program, &e)));
+            go_uprobe_error = Some(format!(
+                "loading {program}: {}",
+                verifier::load_failure(program, &e)
+            ));
             break;
         }
     }
-    let ring = RingBuf::try_from(ebpf.take_map(maps::EVENTS).ok_or(BpfError::MissingMap(maps::EVENTS))?)
-        .map_err(|source| BpfError::Map { name: maps::EVENTS, source })?;
-    let counters =
-        PerCpuArray::try_from(ebpf.take_map(maps::COUNTERS).ok_or(BpfError::MissingMap(maps::COUNTERS))?)
-            .map_err(|source| BpfError::Map { name: maps::COUNTERS, source })?;
-    Ok((Probes { ebpf, counters, attached, uprobe_error, go_uprobe_error, tls_links: HashMap::new(), go_links: Vec::new() }, ring))
+    let ring = RingBuf::try_from(
+        ebpf.take_map(maps::EVENTS)
+            .ok_or(BpfError::MissingMap(maps::EVENTS))?,
+    )
+    .map_err(|source| BpfError::Map {
+        name: maps::EVENTS,
+        source,
+    })?;
+    let counters = PerCpuArray::try_from(
+        ebpf.take_map(maps::COUNTERS)
+            .ok_or(BpfError::MissingMap(maps::COUNTERS))?,
+    )
+    .map_err(|source| BpfError::Map {
+        name: maps::COUNTERS,
+        source,
+    })?;
+    Ok((
+        Probes {
+            ebpf,
+            counters,
+            attached,
+            uprobe_error,
+            go_uprobe_error,
+            tls_links: HashMap::new(),
+            go_links: Vec::new(),
+            empty_programs,
+        },
+        ring,
+    ))
 }
 
 /// Loads the OpenSSL uprobe programs (attached per file later). `Ok(Some(reason))` when the
 /// kernel refused them.
 fn load_uprobes(ebpf: &mut Ebpf) -> Result<Option<String>, BpfError> {
-    let programs = OPENSSL_PROBES.iter().chain(GO_PROBES).map(|(p, _)| *p).chain([OPENSSL_RETURN, GO_RETURN]);
+    let programs = OPENSSL_PROBES
+        .iter()
+        .chain(GO_PROBES)
+        .map(|(p, _)| *p)
+        .chain([OPENSSL_RETURN, GO_RETURN, EMPTY_UPROBE, EMPTY_URETPROBE]);
     for program in programs {
         let prog = uprobe_mut(ebpf, program)?;
         if let Err(e) = prog.load() {
-            return Ok(Some(format!("loading {program}: {}", verifier::load_failure(program, &e))));
+            return Ok(Some(format!(
+                "loading {program}: {}",
+                verifier::load_failure(program, &e)
+            )));
         }
     }
     Ok(None)
@@ -269,17 +341,31 @@ fn uprobe_mut<'a>(ebpf: &'a mut Ebpf, program: &'static str) -> Result<&'a mut U
 }
 
 impl crate::tls::Attacher for Probes {
-    fn attach_openssl(&mut self, key: u64, path: &std::path::Path, functions: &[&'static str]) -> Result<usize, String> {
+    fn attach_openssl(
+        &mut self,
+        key: u64,
+        path: &std::path::Path,
+        functions: &[&'static str],
+    ) -> Result<usize, String> {
         if let Some(e) = &self.uprobe_error {
             return Err(e.clone());
         }
         let mut sites = Vec::new();
         for function in functions {
-            let Some((program, _)) = OPENSSL_PROBES.iter().find(|(_, f)| f == function) else { continue };
+            let Some((program, _)) = OPENSSL_PROBES.iter().find(|(_, f)| f == function) else {
+                continue;
+            };
             // The return probe first: an entry without its return would leave a call pending.
             let with_return = !OPENSSL_ENTRY_ONLY.contains(function);
-            for program in [OPENSSL_RETURN, program].into_iter().skip(usize::from(!with_return)) {
-                sites.push((program, UProbeAttachPoint::from(*function), function.to_string()));
+            for program in [OPENSSL_RETURN, program]
+                .into_iter()
+                .skip(usize::from(!with_return))
+            {
+                sites.push((
+                    program,
+                    UProbeAttachPoint::from(*function),
+                    function.to_string(),
+                ));
             }
         }
         self.attach_sites(key, path, sites)
@@ -297,13 +383,26 @@ impl crate::tls::Attacher for Probes {
         }
         let mut sites = Vec::new();
         for function in functions {
-            let Some((program, _)) = GO_PROBES.iter().find(|(_, f)| *f == function.name) else { continue };
+            let Some((program, _)) = GO_PROBES.iter().find(|(_, f)| *f == function.name) else {
+                continue;
+            };
             // Returns first: an entry whose return is never seen would leave a call pending.
             // Write is sent at its entry: its returns need no probe.
-            let rets: &[u64] = if *program == "zt_go_tls_write" { &[] } else { &function.rets };
-            for (program, offset) in rets.iter().map(|r| (GO_RETURN, *r)).chain([(*program, function.entry)]) {
+            let rets: &[u64] = if *program == "zt_go_tls_write" {
+                &[]
+            } else {
+                &function.rets
+            };
+            for (program, offset) in rets
+                .iter()
+                .map(|r| (GO_RETURN, *r))
+                .chain([(*program, function.entry)])
+            {
                 // The entry programs read the struct offsets from their cookie.
-                let point = UProbeAttachPoint { location: offset.into(), cookie: (program != GO_RETURN).then_some(cookie) };
+                let point = UProbeAttachPoint {
+                    location: offset.into(),
+                    cookie: (program != GO_RETURN).then_some(cookie),
+                };
                 sites.push((program, point, format!("{} at {offset:#x}", function.name)));
             }
         }
@@ -317,7 +416,9 @@ impl crate::tls::Attacher for Probes {
             if let Ok(prog) = uprobe_mut(&mut self.ebpf, program) {
                 match prog.take_link(id) {
                     Ok(link) => links.push(link),
-                    Err(e) => tracing::debug!(program, error = %error_chain(&e), "could not take a uprobe link"),
+                    Err(e) => {
+                        tracing::debug!(program, error = %error_chain(&e), "could not take a uprobe link")
+                    }
                 }
             }
         }
@@ -325,7 +426,9 @@ impl crate::tls::Attacher for Probes {
         // Dropping a link unregisters its uprobe, and the kernel waits for an RCU grace period
         // each time (up to half a second on a loaded machine): never on the capture thread.
         if !links.is_empty() {
-            let spawned = std::thread::Builder::new().name("ztrace-detach".into()).spawn(move || drop(links));
+            let spawned = std::thread::Builder::new()
+                .name("ztrace-detach".into())
+                .spawn(move || drop(links));
             if let Err(e) = spawned {
                 tracing::warn!(error = %e, "could not start a thread to detach uprobes: they were detached on the capture thread");
             }
@@ -334,7 +437,24 @@ impl crate::tls::Attacher for Probes {
     }
 }
 
+/// The empty programs of `--empty-programs` (`ebpf/src/floor.rs`).
+const EMPTY_TRACEPOINT: &str = "zt_empty_tracepoint";
+const EMPTY_UPROBE: &str = "zt_empty_uprobe";
+const EMPTY_URETPROBE: &str = "zt_empty_uretprobe";
+
 impl Probes {
+    /// The program to attach where `program` goes: itself, or with `--empty-programs` the empty
+    /// program of its kind.
+    fn stand_in(&mut self, program: &'static str) -> &'static str {
+        if !self.empty_programs {
+            return program;
+        }
+        match uprobe_mut(&mut self.ebpf, program).map(|p| p.kind()) {
+            Ok(aya::programs::ProbeKind::Return) => EMPTY_URETPROBE,
+            _ => EMPTY_UPROBE,
+        }
+    }
+
     /// Attaches `sites` (program, location, what to call it in an error) in `path` and keeps
     /// their links under `key`; on a failure, detaches those already in and says which failed.
     fn attach_sites(
@@ -345,9 +465,13 @@ impl Probes {
     ) -> Result<usize, String> {
         let mut probes = 0;
         for (program, point, what) in sites {
+            let program = self.stand_in(program);
             let attached = uprobe_mut(&mut self.ebpf, program)
                 .map_err(|e| e.to_string())
-                .and_then(|prog| prog.attach(point, path, UProbeScope::AllProcesses).map_err(|e| format!("{what} ({program}): {}", error_chain(&e))));
+                .and_then(|prog| {
+                    prog.attach(point, path, UProbeScope::AllProcesses)
+                        .map_err(|e| format!("{what} ({program}): {}", error_chain(&e)))
+                });
             match attached {
                 Ok(link) => {
                     self.tls_links.entry(key).or_default().push((program, link));
@@ -364,43 +488,75 @@ impl Probes {
 }
 
 impl crate::discovery::go::GoAttacher for Probes {
-    fn attach_go_handoffs(&mut self, path: &std::path::Path, functions: &[crate::discovery::go::Handoff]) -> Result<(), String> {
+    fn attach_go_handoffs(
+        &mut self,
+        path: &std::path::Path,
+        functions: &[crate::discovery::go::Handoff],
+    ) -> Result<(), String> {
         if let Some(e) = &self.go_uprobe_error {
             return Err(e.clone());
         }
         for h in functions {
-            let prog = uprobe_mut(&mut self.ebpf, h.program).map_err(|e| e.to_string())?;
+            let program = self.stand_in(h.program);
+            let prog = uprobe_mut(&mut self.ebpf, program).map_err(|e| e.to_string())?;
             let attached = match h.offset {
                 Some(offset) => prog.attach(offset, path, UProbeScope::AllProcesses),
                 None => prog.attach(h.function, path, UProbeScope::AllProcesses),
             };
-            let link = attached.map_err(|e| format!("{} ({}): {}", h.function, h.program, error_chain(&e)))?;
-            self.go_links.push((h.program, link));
+            let link = attached
+                .map_err(|e| format!("{} ({}): {}", h.function, h.program, error_chain(&e)))?;
+            self.go_links.push((program, link));
         }
         Ok(())
     }
 
-    fn attach_go_spawn(&mut self, path: &std::path::Path, sites: &crate::discovery::go::Sites) -> Result<(), String> {
+    fn attach_go_spawn(
+        &mut self,
+        path: &std::path::Path,
+        sites: &crate::discovery::go::Sites,
+    ) -> Result<(), String> {
         if let Some(e) = &self.go_uprobe_error {
             return Err(e.clone());
         }
         // Returns first: an entry whose return is never seen would leave a call pending.
-        let all = sites.rets.iter().map(|r| ("go_newproc_ret", *r)).chain([("go_newproc", sites.entry)]);
+        let all = sites
+            .rets
+            .iter()
+            .map(|r| ("go_newproc_ret", *r))
+            .chain([("go_newproc", sites.entry)]);
         for (program, offset) in all {
+            let program = self.stand_in(program);
             let prog = uprobe_mut(&mut self.ebpf, program).map_err(|e| e.to_string())?;
             let link = prog
                 .attach(offset, path, UProbeScope::AllProcesses)
-                .map_err(|e| format!("{} at {offset:#x} ({program}): {}", crate::discovery::go::NEWPROC, error_chain(&e)))?;
+                .map_err(|e| {
+                    format!(
+                        "{} at {offset:#x} ({program}): {}",
+                        crate::discovery::go::NEWPROC,
+                        error_chain(&e)
+                    )
+                })?;
             self.go_links.push((program, link));
         }
         Ok(())
     }
 
     fn follow_go_process(&mut self, tgid: u32, goid_offset: Option<u32>) -> Result<(), String> {
-        let map = self.ebpf.map_mut(maps::GO_PROCS).ok_or_else(|| format!("map {} missing", maps::GO_PROCS))?;
-        let mut procs: BpfHashMap<_, u32, ztrace_common::GoProc> = BpfHashMap::try_from(map).map_err(|e| e.to_string())?;
+        let map = self
+            .ebpf
+            .map_mut(maps::GO_PROCS)
+            .ok_or_else(|| format!("map {} missing", maps::GO_PROCS))?;
+        let mut procs: BpfHashMap<_, u32, ztrace_common::GoProc> =
+            BpfHashMap::try_from(map).map_err(|e| e.to_string())?;
         match goid_offset {
-            Some(goid_offset) => procs.insert(tgid, ztrace_common::GoProc { goid_offset, _pad: 0 }, 0),
+            Some(goid_offset) => procs.insert(
+                tgid,
+                ztrace_common::GoProc {
+                    goid_offset,
+                    _pad: 0,
+                },
+                0,
+            ),
             None => procs.remove(&tgid),
         }
         .map_err(|e| e.to_string())
@@ -408,9 +564,26 @@ impl crate::discovery::go::GoAttacher for Probes {
 }
 
 impl Probes {
+    /// The kernel takes no stacks of `tgid`'s connections (until it runs a new program).
+    pub fn skip_stacks(&mut self, tgid: u32) {
+        let Some(map) = self.ebpf.map_mut(maps::STACK_SKIP) else {
+            return;
+        };
+        match BpfHashMap::<_, u32, u32>::try_from(map) {
+            Ok(mut skip) => {
+                if let Err(e) = skip.insert(tgid, 1, 0) {
+                    tracing::debug!(tgid, error = %e, "could not turn stacks off for a process");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "STACK_SKIP is not a hash map"),
+        }
+    }
+
     /// True when every required hook attached.
     pub fn required_ok(&self) -> bool {
-        self.attached.iter().all(|r| r.error.is_none() || !r.hook.required)
+        self.attached
+            .iter()
+            .all(|r| r.error.is_none() || !r.hook.required)
     }
 
     /// `Ok` when every required hook attached; else why ztrace cannot run, in one sentence
@@ -420,7 +593,9 @@ impl Probes {
             return Ok(());
         }
         match verifier::kernel_release() {
-            Some((release, version)) if version < MIN_KERNEL => Err(BpfError::KernelTooOld { release }),
+            Some((release, version)) if version < MIN_KERNEL => {
+                Err(BpfError::KernelTooOld { release })
+            }
             _ => Err(BpfError::RequiredHooks),
         }
     }
@@ -455,7 +630,11 @@ pub fn check_can_start() -> Result<(), BpfError> {
             Some(sentence) => return Err(BpfError::MissingCapability(sentence)),
             None => {
                 static WARNED: std::sync::Once = std::sync::Once::new();
-                WARNED.call_once(|| caps::missing_optional(caps).into_iter().for_each(|w| tracing::warn!("{w}")));
+                WARNED.call_once(|| {
+                    caps::missing_optional(caps)
+                        .into_iter()
+                        .for_each(|w| tracing::warn!("{w}"))
+                });
             }
         }
     } else if !root {
@@ -479,8 +658,13 @@ fn attach_tracepoint(
         .ok_or(BpfError::MissingProgram { program })?
         .try_into()
         .map_err(|_| BpfError::MissingProgram { program })?;
-    if let Err(e) = prog.load() {
-        return Ok(Some(format!("load: {}", verifier::load_failure(program, &e))));
+    // An empty program (`--empty-programs`) goes on many hooks: loaded once.
+    if prog.fd().is_ok() {
+    } else if let Err(e) = prog.load() {
+        return Ok(Some(format!(
+            "load: {}",
+            verifier::load_failure(program, &e)
+        )));
     }
     match prog.attach(category, name) {
         Ok(_) => Ok(None),
@@ -500,17 +684,35 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 fn fill_selection(ebpf: &mut Ebpf, selection: &Selection) -> Result<(), BpfError> {
-    let map = ebpf.map_mut(maps::PID_ALLOW).ok_or(BpfError::MissingMap(maps::PID_ALLOW))?;
+    let map = ebpf
+        .map_mut(maps::PID_ALLOW)
+        .ok_or(BpfError::MissingMap(maps::PID_ALLOW))?;
     let mut pids: BpfHashMap<_, u32, u32> =
-        BpfHashMap::try_from(map).map_err(|source| BpfError::Map { name: maps::PID_ALLOW, source })?;
+        BpfHashMap::try_from(map).map_err(|source| BpfError::Map {
+            name: maps::PID_ALLOW,
+            source,
+        })?;
     for pid in &selection.pids {
-        pids.insert(pid, 1, 0).map_err(|source| BpfError::Map { name: maps::PID_ALLOW, source })?;
+        pids.insert(pid, 1, 0).map_err(|source| BpfError::Map {
+            name: maps::PID_ALLOW,
+            source,
+        })?;
     }
-    let map = ebpf.map_mut(maps::COMM_ALLOW).ok_or(BpfError::MissingMap(maps::COMM_ALLOW))?;
+    let map = ebpf
+        .map_mut(maps::COMM_ALLOW)
+        .ok_or(BpfError::MissingMap(maps::COMM_ALLOW))?;
     let mut comms: BpfHashMap<_, [u8; 16], u32> =
-        BpfHashMap::try_from(map).map_err(|source| BpfError::Map { name: maps::COMM_ALLOW, source })?;
+        BpfHashMap::try_from(map).map_err(|source| BpfError::Map {
+            name: maps::COMM_ALLOW,
+            source,
+        })?;
     for name in &selection.exe_names {
-        comms.insert(comm_key(name), 1, 0).map_err(|source| BpfError::Map { name: maps::COMM_ALLOW, source })?;
+        comms
+            .insert(comm_key(name), 1, 0)
+            .map_err(|source| BpfError::Map {
+                name: maps::COMM_ALLOW,
+                source,
+            })?;
     }
     Ok(())
 }
@@ -537,7 +739,13 @@ fn ensure_tracefs() {
     let target = c"/sys/kernel/tracing";
     // SAFETY: all pointers are valid NUL-terminated strings; data may be null.
     let rc = unsafe {
-        libc::mount(source.as_ptr(), target.as_ptr(), source.as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            source.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc == 0 {
         tracing::info!("mounted tracefs at {TRACEFS}");
@@ -549,7 +757,10 @@ fn ensure_tracefs() {
 /// Raises RLIMIT_MEMLOCK for kernels that still charge BPF maps to it (< 5.11). Failure is
 /// only a warning: newer kernels charge the memory cgroup instead.
 fn raise_memlock() {
-    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: setrlimit reads the struct we pass; no other preconditions.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
         tracing::debug!("could not raise RLIMIT_MEMLOCK; fine on Linux >= 5.11");
@@ -563,12 +774,25 @@ mod tests {
     #[test]
     fn the_start_up_log_says_what_is_traced() {
         let scope = |pids: &[u32], names: &[&str]| {
-            Selection { pids: pids.to_vec(), exe_names: names.iter().map(|n| (*n).to_owned()).collect() }.describe()
+            Selection {
+                pids: pids.to_vec(),
+                exe_names: names.iter().map(|n| (*n).to_owned()).collect(),
+            }
+            .describe()
         };
-        assert_eq!(scope(&[], &[]), "tracing every process on this host except ztrace itself");
+        assert_eq!(
+            scope(&[], &[]),
+            "tracing every process on this host except ztrace itself"
+        );
         assert_eq!(scope(&[42], &[]), "tracing only process 42 (--pid)");
-        assert_eq!(scope(&[1, 2, 3], &[]), "tracing only processes 1, 2 and 3 (--pid)");
-        assert_eq!(scope(&[], &["postgres"]), "tracing only processes named postgres (--exe)");
+        assert_eq!(
+            scope(&[1, 2, 3], &[]),
+            "tracing only processes 1, 2 and 3 (--pid)"
+        );
+        assert_eq!(
+            scope(&[], &["postgres"]),
+            "tracing only processes named postgres (--exe)"
+        );
         assert_eq!(
             scope(&[7], &["nginx", "orders-service-worker"]),
             "tracing only process 7 and processes named nginx and orders-service-worker \

@@ -10,13 +10,22 @@
 use aya::programs::ProgramError;
 
 /// Lines the verifier prints after its verdict (statistics), which are never the reason.
-const STATS_PREFIXES: &[&str] = &["verification time", "stack depth", "processed ", "max_states_per_insn", "mark_read"];
+const STATS_PREFIXES: &[&str] = &[
+    "verification time",
+    "stack depth",
+    "processed ",
+    "max_states_per_insn",
+    "mark_read",
+];
 
 /// One line for the attach table saying why `program` did not load, or any other program error
 /// as a chain of causes. The whole verifier log goes to the debug log.
 pub fn load_failure(program: &str, error: &ProgramError) -> String {
     match error {
-        ProgramError::LoadError { io_error, verifier_log } => {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
             let log = verifier_log.to_string();
             tracing::debug!(program, verifier_log = %log, "the kernel's verifier refused a program");
             match summarize(&log) {
@@ -52,8 +61,12 @@ pub fn summarize(log: &str) -> Option<String> {
 
 /// `2813: (85) call bpf_probe_read_user#112` and the like: an instruction the verifier walked.
 fn is_instruction(line: &str) -> bool {
-    let Some((index, rest)) = line.split_once(':') else { return false };
-    !index.is_empty() && index.bytes().all(|b| b.is_ascii_digit()) && rest.trim_start().starts_with('(')
+    let Some((index, rest)) = line.split_once(':') else {
+        return false;
+    };
+    !index.is_empty()
+        && index.bytes().all(|b| b.is_ascii_digit())
+        && rest.trim_start().starts_with('(')
 }
 
 /// An instruction line without the register state the verifier appends after `;`.
@@ -66,7 +79,10 @@ fn strip_state(line: &str) -> &str {
 
 /// The running kernel's release (`6.1.0-50-cloud-amd64`) and its (major, minor).
 pub fn kernel_release() -> Option<(String, (u32, u32))> {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?.trim().to_owned();
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .ok()?
+        .trim()
+        .to_owned();
     let version = parse_version(&release)?;
     Some((release, version))
 }
@@ -117,12 +133,18 @@ processed 2941 insns (limit 1000000) max_states_per_insn 8 total_states 184 peak
             Some("R2 unbounded memory access, use 'var &= const' or 'if (var < const)' at 2360: (85) call bpf_probe_read_user#112")
         );
         let log = "arg#0 type is not a struct\nUnrecognized arg#0 type PTR\n; fun()\n17: (85) call unknown#158\ninvalid func unknown#158\n";
-        assert_eq!(summarize(log).as_deref(), Some("invalid func unknown#158 at 17: (85) call unknown#158"));
+        assert_eq!(
+            summarize(log).as_deref(),
+            Some("invalid func unknown#158 at 17: (85) call unknown#158")
+        );
     }
 
     #[test]
     fn an_instruction_keeps_its_text_without_the_register_state() {
-        assert_eq!(strip_state("453: (1d) if r1 == r4 goto pc+94 ; R1=0"), "453: (1d) if r1 == r4 goto pc+94");
+        assert_eq!(
+            strip_state("453: (1d) if r1 == r4 goto pc+94 ; R1=0"),
+            "453: (1d) if r1 == r4 goto pc+94"
+        );
         assert!(is_instruction("2813: (85) call bpf_probe_read_user#112"));
         assert!(!is_instruction("R1 type=scalar expected=fp"));
         assert!(!is_instruction("; fun(dst, size, unsafe_ptr)"));

@@ -13,9 +13,7 @@
 //! It deliberately names no protocol (they are found through `protocols::REGISTRY` and held as
 //! `StreamParser`s), does not build spans nor know about processes (`discovery/`).
 
-use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ztrace_common::{ConnEvent, ConnRole, DataEventHeader, DataSource, Direction, EventHeader};
 
@@ -37,13 +35,21 @@ pub struct ConnKey {
 impl ConnInfo {
     /// The addresses an exchange's span shows.
     pub fn endpoints(&self) -> Endpoints {
-        Endpoints { local: self.local, remote: self.remote, tls: self.tls }
+        Endpoints {
+            local: self.local,
+            remote: self.remote,
+            tls: self.tls,
+        }
     }
 }
 
 impl ConnKey {
     fn of(h: &EventHeader) -> Self {
-        ConnKey { tgid: h.tgid, fd: h.fd, conn_gen: h.conn_gen }
+        ConnKey {
+            tgid: h.tgid,
+            fd: h.fd,
+            conn_gen: h.conn_gen,
+        }
     }
 }
 
@@ -207,14 +213,17 @@ impl ConnTable {
             tls: false,
         };
         self.by_tuple.insert((local, remote), key);
-        self.conns.insert(key, Connection {
-            info,
-            state: State::Undetected,
-            last_ts: ev.header.ts_ns,
-            undetected_chunks: 0,
-            plaintext: false,
-            last_direction: None,
-        });
+        self.conns.insert(
+            key,
+            Connection {
+                info,
+                state: State::Undetected,
+                last_ts: ev.header.ts_ns,
+                undetected_chunks: 0,
+                plaintext: false,
+                last_direction: None,
+            },
+        );
     }
 
     /// True when the other end of this connection (`remote → local`) is a traced connection on
@@ -247,7 +256,11 @@ impl ConnTable {
             Metrics::inc(&metrics.events_unknown_conn);
             return;
         };
-        let direction = if header.direction == Direction::Egress as u32 { Direction::Egress } else { Direction::Ingress };
+        let direction = if header.direction == Direction::Egress as u32 {
+            Direction::Egress
+        } else {
+            Direction::Ingress
+        };
         let ts_ns = header.header.ts_ns;
         conn.last_ts = ts_ns;
         if DataSource::is_tls(header.source) {
@@ -262,13 +275,20 @@ impl ConnTable {
         } else if conn.plaintext {
             return; // ciphertext of a connection whose plaintext the TLS probes give
         }
-        let chunk = Chunk { direction, ts_ns, tid: header.header.tid, bytes: payload };
+        let chunk = Chunk {
+            direction,
+            ts_ns,
+            tid: header.header.tid,
+            bytes: payload,
+        };
 
         if let State::Undetected = conn.state {
             if payload.is_empty() {
                 return; // a length without bytes (sendfile) says nothing about the protocol
             }
-            let own = self.own_conns.contains(&(conn.info.remote, conn.info.local))
+            let own = self
+                .own_conns
+                .contains(&(conn.info.remote, conn.info.local))
                 || (conn.info.role != ConnRole::Server
                     && to_listener(&self.own_listeners, conn.info.local, conn.info.remote));
             conn.state = if own {
@@ -281,8 +301,12 @@ impl ConnTable {
                 match protocols::detect(&chunk, &self.options) {
                     Some(parser) => State::Parsed(parser),
                     // Picked up mid-stream: the first bytes seen may be an answer (a database
-                    // client reading results) rather than a request; wait for one.
-                    None if conn.info.role == ConnRole::Unknown && conn.undetected_chunks < MIDSTREAM_TRIES => {
+                    // client reading results) rather than a request; wait for one. TLS
+                    // plaintext can start mid-stream too: a program whose TLS library was probed
+                    // after its connection's first writes (an HTTP/2 client's preface).
+                    None if (conn.info.role == ConnRole::Unknown || conn.plaintext)
+                        && conn.undetected_chunks < MIDSTREAM_TRIES =>
+                    {
                         conn.undetected_chunks += 1;
                         return;
                     }
@@ -294,7 +318,9 @@ impl ConnTable {
             };
         }
 
-        let State::Parsed(parser) = &mut conn.state else { return };
+        let State::Parsed(parser) = &mut conn.state else {
+            return;
+        };
         let side = parser.side();
         if direction == side.request_direction() && conn.last_direction != Some(direction) {
             self.starts.push(RequestStart {
@@ -310,24 +336,36 @@ impl ConnTable {
         }
         conn.last_direction = Some(direction);
 
-        let missing = u64::from(header.len).saturating_sub(payload.len() as u64 + tail.len() as u64);
+        let missing =
+            u64::from(header.len).saturating_sub(payload.len() as u64 + tail.len() as u64);
         if let Err(error) = parser.on_data(&chunk, missing, tail, &mut self.scratch) {
             Metrics::inc(&metrics.parse_errors);
             tracing::debug!(%error, tgid = key.tgid, fd = key.fd, "bytes a parser could not read");
         }
         Metrics::add(&metrics.exchanges_lost, parser.take_lost());
+        Metrics::add(&metrics.exchanges_fields_unknown, parser.take_unknown());
         if parser.stopped() {
             conn.state = State::Ignored;
         }
         for exchange in self.scratch.drain(..) {
-            out.push(ConnExchange { conn: conn.info.clone(), exchange });
+            out.push(ConnExchange {
+                conn: conn.info.clone(),
+                exchange,
+            });
         }
     }
 
     /// The process closed its fd: responses delimited by close end here.
-    pub fn on_close(&mut self, header: &EventHeader, metrics: &Metrics, out: &mut Vec<ConnExchange>) {
+    pub fn on_close(
+        &mut self,
+        header: &EventHeader,
+        metrics: &Metrics,
+        out: &mut Vec<ConnExchange>,
+    ) {
         let key = ConnKey::of(header);
-        let Some(mut conn) = self.remove(&key) else { return };
+        let Some(mut conn) = self.remove(&key) else {
+            return;
+        };
         self.finish(&mut conn, header.ts_ns, metrics, out);
     }
 
@@ -382,7 +420,12 @@ impl ConnTable {
 
     /// Forgets every connection of a process that exited (what waited on them is counted lost).
     pub fn forget_process(&mut self, tgid: u32, metrics: &Metrics) {
-        let keys: Vec<ConnKey> = self.conns.keys().filter(|k| k.tgid == tgid).copied().collect();
+        let keys: Vec<ConnKey> = self
+            .conns
+            .keys()
+            .filter(|k| k.tgid == tgid)
+            .copied()
+            .collect();
         for key in keys {
             if let Some(mut conn) = self.remove(&key) {
                 drop_connection(&mut conn, metrics);
@@ -390,13 +433,23 @@ impl ConnTable {
         }
     }
 
-    fn finish(&mut self, conn: &mut Connection, ts_ns: u64, metrics: &Metrics, out: &mut Vec<ConnExchange>) {
+    fn finish(
+        &mut self,
+        conn: &mut Connection,
+        ts_ns: u64,
+        metrics: &Metrics,
+        out: &mut Vec<ConnExchange>,
+    ) {
         if let State::Parsed(parser) = &mut conn.state {
             let unanswered = parser.on_close(ts_ns, &mut self.scratch);
             Metrics::add(&metrics.exchanges_unanswered, unanswered as u64);
             Metrics::add(&metrics.exchanges_lost, parser.take_lost());
+            Metrics::add(&metrics.exchanges_fields_unknown, parser.take_unknown());
             for exchange in self.scratch.drain(..) {
-                out.push(ConnExchange { conn: conn.info.clone(), exchange });
+                out.push(ConnExchange {
+                    conn: conn.info.clone(),
+                    exchange,
+                });
             }
         }
     }
@@ -404,7 +457,8 @@ impl ConnTable {
     /// Makes room by dropping the least recently active eighth of the table (at least one),
     /// so that a flood of new connections costs O(log n) each, not a scan each.
     fn evict_oldest(&mut self, metrics: &Metrics) {
-        let mut by_age: Vec<(u64, ConnKey)> = self.conns.iter().map(|(k, c)| (c.last_ts, *k)).collect();
+        let mut by_age: Vec<(u64, ConnKey)> =
+            self.conns.iter().map(|(k, c)| (c.last_ts, *k)).collect();
         let n = (by_age.len() / 8).max(1).min(by_age.len());
         if n == 0 {
             return;
@@ -425,7 +479,10 @@ fn drop_connection(conn: &mut Connection, metrics: &Metrics) {
     if let State::Parsed(parser) = &mut conn.state {
         let mut waiting = Vec::new();
         parser.on_close(conn.last_ts, &mut waiting);
-        Metrics::add(&metrics.exchanges_lost, waiting.len() as u64 + parser.take_lost());
+        Metrics::add(
+            &metrics.exchanges_lost,
+            waiting.len() as u64 + parser.take_lost(),
+        );
     }
 }
 
@@ -483,18 +540,37 @@ mod tests {
     use ztrace_common::EventKind;
 
     fn as_http(ex: &ConnExchange) -> &HttpExchange {
-        ex.exchange.as_any().downcast_ref().expect("an HTTP exchange")
+        ex.exchange
+            .as_any()
+            .downcast_ref()
+            .expect("an HTTP exchange")
     }
 
     fn as_postgres(ex: &ConnExchange) -> &PgExchange {
-        ex.exchange.as_any().downcast_ref().expect("a PostgreSQL exchange")
+        ex.exchange
+            .as_any()
+            .downcast_ref()
+            .expect("a PostgreSQL exchange")
     }
 
     fn header(kind: EventKind, tgid: u32, ts: u64) -> EventHeader {
-        EventHeader { kind: kind as u32, tgid, tid: tgid, fd: 5, ts_ns: ts, conn_gen: 1 }
+        EventHeader {
+            kind: kind as u32,
+            tgid,
+            tid: tgid,
+            fd: 5,
+            ts_ns: ts,
+            conn_gen: 1,
+        }
     }
 
-    fn conn_event(tgid: u32, role: ConnRole, family: u32, local: [u8; 16], remote: [u8; 16]) -> ConnEvent {
+    fn conn_event(
+        tgid: u32,
+        role: ConnRole,
+        family: u32,
+        local: [u8; 16],
+        remote: [u8; 16],
+    ) -> ConnEvent {
         ConnEvent {
             header: header(EventKind::Conn, tgid, 1),
             role: role as u32,
@@ -530,7 +606,13 @@ mod tests {
     #[test]
     fn addresses_unmap_ipv4_mapped_ipv6() {
         let mapped = Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped().octets();
-        let ev = conn_event(1, ConnRole::Server, 10, mapped, Ipv6Addr::LOCALHOST.octets());
+        let ev = conn_event(
+            1,
+            ConnRole::Server,
+            10,
+            mapped,
+            Ipv6Addr::LOCALHOST.octets(),
+        );
         let (local, remote) = addresses(&ev);
         assert_eq!(local, "127.0.0.1:8000".parse().expect("addr"));
         assert_eq!(remote, "[::1]:40000".parse().expect("addr"));
@@ -540,14 +622,41 @@ mod tests {
     fn server_exchange_from_split_reads_and_writes() {
         let metrics = Metrics::default();
         let mut table = ConnTable::new(16, 999);
-        table.on_conn(&conn_event(7, ConnRole::Server, 2, v4([127, 0, 0, 1]), v4([127, 0, 0, 1])), &metrics);
+        table.on_conn(
+            &conn_event(
+                7,
+                ConnRole::Server,
+                2,
+                v4([127, 0, 0, 1]),
+                v4([127, 0, 0, 1]),
+            ),
+            &metrics,
+        );
         let mut out = Vec::new();
         let req = b"GET /hello?x=1 HTTP/1.1\r\nHost: localhost\r\n\r\n";
         let (a, b) = req.split_at(10);
-        table.on_data(&data(7, 10, Direction::Ingress, a), a, &[], &metrics, &mut out);
-        table.on_data(&data(7, 11, Direction::Ingress, b), b, &[], &metrics, &mut out);
+        table.on_data(
+            &data(7, 10, Direction::Ingress, a),
+            a,
+            &[],
+            &metrics,
+            &mut out,
+        );
+        table.on_data(
+            &data(7, 11, Direction::Ingress, b),
+            b,
+            &[],
+            &metrics,
+            &mut out,
+        );
         let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi";
-        table.on_data(&data(7, 20, Direction::Egress, resp), resp, &[], &metrics, &mut out);
+        table.on_data(
+            &data(7, 20, Direction::Egress, resp),
+            resp,
+            &[],
+            &metrics,
+            &mut out,
+        );
         assert_eq!(out.len(), 1);
         let ex = &out[0];
         let http = as_http(ex);
@@ -563,10 +672,25 @@ mod tests {
     fn postgres_server_connection_from_its_startup_packet() {
         let metrics = Metrics::default();
         let mut table = ConnTable::new(16, 999);
-        table.on_conn(&conn_event(7, ConnRole::Server, 2, v4([127, 0, 0, 1]), v4([127, 0, 0, 1])), &metrics);
+        table.on_conn(
+            &conn_event(
+                7,
+                ConnRole::Server,
+                2,
+                v4([127, 0, 0, 1]),
+                v4([127, 0, 0, 1]),
+            ),
+            &metrics,
+        );
         let mut out = Vec::new();
         let mut feed = |ts, direction, bytes: &[u8]| {
-            table.on_data(&data(7, ts, direction, bytes), bytes, &[], &metrics, &mut out);
+            table.on_data(
+                &data(7, ts, direction, bytes),
+                bytes,
+                &[],
+                &metrics,
+                &mut out,
+            );
         };
         feed(1, Direction::Ingress, b"\0\0\0\x08\x04\xd2\x16\x2f");
         feed(2, Direction::Egress, b"N");
@@ -579,57 +703,155 @@ mod tests {
         assert_eq!(pg.side, protocols::Side::Server);
         assert_eq!(pg.query.as_deref(), Some("SELECT 1"));
         assert_eq!((pg.request_start_ns, pg.response_end_ns), (5, 6));
-        assert_eq!(metrics.parse_errors.load(std::sync::atomic::Ordering::Relaxed), 0);
+        assert_eq!(
+            metrics
+                .parse_errors
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
     }
 
     #[test]
     fn postgres_switching_to_tls_is_ignored_from_then_on() {
         let metrics = Metrics::default();
         let mut table = ConnTable::new(16, 999);
-        table.on_conn(&conn_event(7, ConnRole::Client, 2, v4([127, 0, 0, 1]), v4([127, 0, 0, 1])), &metrics);
+        table.on_conn(
+            &conn_event(
+                7,
+                ConnRole::Client,
+                2,
+                v4([127, 0, 0, 1]),
+                v4([127, 0, 0, 1]),
+            ),
+            &metrics,
+        );
         let mut out = Vec::new();
         let ssl = b"\0\0\0\x08\x04\xd2\x16\x2f";
-        table.on_data(&data(7, 1, Direction::Egress, ssl), ssl, &[], &metrics, &mut out);
-        table.on_data(&data(7, 2, Direction::Ingress, b"S"), b"S", &[], &metrics, &mut out);
+        table.on_data(
+            &data(7, 1, Direction::Egress, ssl),
+            ssl,
+            &[],
+            &metrics,
+            &mut out,
+        );
+        table.on_data(
+            &data(7, 2, Direction::Ingress, b"S"),
+            b"S",
+            &[],
+            &metrics,
+            &mut out,
+        );
         let hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03";
-        table.on_data(&data(7, 3, Direction::Egress, hello), hello, &[], &metrics, &mut out);
+        table.on_data(
+            &data(7, 3, Direction::Egress, hello),
+            hello,
+            &[],
+            &metrics,
+            &mut out,
+        );
         assert!(out.is_empty());
         let conn = table.conns.values().next().expect("connection kept");
         assert!(matches!(conn.state, State::Ignored));
-        assert_eq!(metrics.parse_errors.load(std::sync::atomic::Ordering::Relaxed), 0);
+        assert_eq!(
+            metrics
+                .parse_errors
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
     }
 
     #[test]
     fn a_connection_picked_up_mid_stream_is_recognized_at_its_next_request() {
         let metrics = Metrics::default();
         let mut table = ConnTable::new(16, 999);
-        table.on_conn(&conn_event(7, ConnRole::Unknown, 2, v4([127, 0, 0, 1]), v4([127, 0, 0, 1])), &metrics);
+        table.on_conn(
+            &conn_event(
+                7,
+                ConnRole::Unknown,
+                2,
+                v4([127, 0, 0, 1]),
+                v4([127, 0, 0, 1]),
+            ),
+            &metrics,
+        );
         let mut out = Vec::new();
         // The tail of an answer to a query sent before ztrace started, then a new query.
         let answer = b"C\0\0\0\x0dSELECT 1\0Z\0\0\0\x05I";
-        table.on_data(&data(7, 1, Direction::Ingress, answer), answer, &[], &metrics, &mut out);
+        table.on_data(
+            &data(7, 1, Direction::Ingress, answer),
+            answer,
+            &[],
+            &metrics,
+            &mut out,
+        );
         let query = b"Q\0\0\0\x0dSELECT 2\0";
-        table.on_data(&data(7, 2, Direction::Egress, query), query, &[], &metrics, &mut out);
-        table.on_data(&data(7, 3, Direction::Ingress, answer), answer, &[], &metrics, &mut out);
+        table.on_data(
+            &data(7, 2, Direction::Egress, query),
+            query,
+            &[],
+            &metrics,
+            &mut out,
+        );
+        table.on_data(
+            &data(7, 3, Direction::Ingress, answer),
+            answer,
+            &[],
+            &metrics,
+            &mut out,
+        );
         assert_eq!(out.len(), 1, "{out:?}");
         let pg = as_postgres(&out[0]);
-        assert_eq!((pg.side, pg.query.as_deref()), (protocols::Side::Client, Some("SELECT 2")));
-        assert_eq!(metrics.conns_unrecognized.load(std::sync::atomic::Ordering::Relaxed), 0);
+        assert_eq!(
+            (pg.side, pg.query.as_deref()),
+            (protocols::Side::Client, Some("SELECT 2"))
+        );
+        assert_eq!(
+            metrics
+                .conns_unrecognized
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
     }
 
     #[test]
     fn garbage_is_ignored_and_counted() {
         let metrics = Metrics::default();
         let mut table = ConnTable::new(16, 999);
-        table.on_conn(&conn_event(7, ConnRole::Client, 2, v4([127, 0, 0, 1]), v4([127, 0, 0, 1])), &metrics);
+        table.on_conn(
+            &conn_event(
+                7,
+                ConnRole::Client,
+                2,
+                v4([127, 0, 0, 1]),
+                v4([127, 0, 0, 1]),
+            ),
+            &metrics,
+        );
         let mut out = Vec::new();
         // (A TLS handshake is recognized as such: see tls_connection_is_parsed_from_its_plaintext_only.)
         let junk = b"\x01\x02\x03 no protocol \xfc\x03\x03";
-        table.on_data(&data(7, 10, Direction::Egress, junk), junk, &[], &metrics, &mut out);
+        table.on_data(
+            &data(7, 10, Direction::Egress, junk),
+            junk,
+            &[],
+            &metrics,
+            &mut out,
+        );
         let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
-        table.on_data(&data(7, 11, Direction::Ingress, resp), resp, &[], &metrics, &mut out);
+        table.on_data(
+            &data(7, 11, Direction::Ingress, resp),
+            resp,
+            &[],
+            &metrics,
+            &mut out,
+        );
         assert!(out.is_empty());
-        assert_eq!(metrics.conns_unrecognized.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(
+            metrics
+                .conns_unrecognized
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
     }
 
     #[test]
@@ -637,13 +859,25 @@ mod tests {
         // The agent (tgid 999) connected from 127.0.0.1:40000 to a receiver on 4318.
         let metrics = Metrics::default();
         let mut table = ConnTable::new(16, 999);
-        let mut own = conn_event(999, ConnRole::Client, 2, v4([127, 0, 0, 1]), v4([127, 0, 0, 1]));
+        let mut own = conn_event(
+            999,
+            ConnRole::Client,
+            2,
+            v4([127, 0, 0, 1]),
+            v4([127, 0, 0, 1]),
+        );
         (own.local_port, own.remote_port) = (40000, 4318);
         table.on_conn(&own, &metrics);
         // A server (tgid 7) on `port` accepts a connection from 127.0.0.1:40000 (generation
         // `gen`) and answers one request on it: the exchanges and request starts it gives.
         let mut serve = |port: u16, gen: u64| {
-            let mut server = conn_event(7, ConnRole::Server, 2, v4([127, 0, 0, 1]), v4([127, 0, 0, 1]));
+            let mut server = conn_event(
+                7,
+                ConnRole::Server,
+                2,
+                v4([127, 0, 0, 1]),
+                v4([127, 0, 0, 1]),
+            );
             (server.local_port, server.header.conn_gen) = (port, gen);
             table.on_conn(&server, &metrics);
             let mut out = Vec::new();
@@ -652,17 +886,31 @@ mod tests {
                 h.header.conn_gen = gen;
                 table.on_data(&h, bytes, &[], &metrics, &mut out);
             };
-            data(10, Direction::Ingress, b"POST /v1/traces HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
-            data(11, Direction::Egress, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+            data(
+                10,
+                Direction::Ingress,
+                b"POST /v1/traces HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            );
+            data(
+                11,
+                Direction::Egress,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            );
             (out.len(), table.take_starts().count())
         };
         // The receiver's end of the agent's connection: not traced.
         assert_eq!(serve(4318, 1), (0, 0));
-        assert_eq!(metrics.conns_own.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(
+            metrics.conns_own.load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
         // Issue 19: another client got port 40000 for a connection to a server on 8000. Taken
         // for the agent's own traffic by its port alone, it lost its server span, uncounted.
         assert_eq!(serve(8000, 2), (1, 1));
-        assert_eq!(metrics.conns_own.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(
+            metrics.conns_own.load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
     }
 
     #[test]
@@ -670,7 +918,13 @@ mod tests {
         let metrics = Metrics::default();
         let mut table = ConnTable::new(16, 999);
         let client = |tgid| {
-            let mut ev = conn_event(tgid, ConnRole::Client, 2, v4([127, 0, 0, 1]), v4([127, 0, 0, 1]));
+            let mut ev = conn_event(
+                tgid,
+                ConnRole::Client,
+                2,
+                v4([127, 0, 0, 1]),
+                v4([127, 0, 0, 1]),
+            );
             ev.header.tgid = tgid;
             ev
         };
@@ -678,7 +932,13 @@ mod tests {
         let req = b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n";
         for tgid in [7, 8] {
             table.on_conn(&client(tgid), &metrics);
-            table.on_data(&data(tgid, 10, Direction::Egress, req), req, &[], &metrics, &mut out);
+            table.on_data(
+                &data(tgid, 10, Direction::Egress, req),
+                req,
+                &[],
+                &metrics,
+                &mut out,
+            );
         }
         // Process 7 was killed while waiting for the response; 8 still runs.
         let closed = table.close_exited(1_000, 5_000, |tgid| tgid != 7, &metrics, &mut out);
@@ -687,9 +947,16 @@ mod tests {
         assert!(!out[0].exchange.answered());
         assert_eq!(as_http(&out[0]).response_end_ns, 5_000);
         assert_eq!(table.len(), 1);
-        assert_eq!(metrics.exchanges_unanswered.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(
+            metrics
+                .exchanges_unanswered
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
         // Activity after `idle_before`: not looked at.
-        assert!(table.close_exited(5, 6_000, |_| false, &metrics, &mut out).is_empty());
+        assert!(table
+            .close_exited(5, 6_000, |_| false, &metrics, &mut out)
+            .is_empty());
     }
 
     #[test]
@@ -709,8 +976,20 @@ mod tests {
             table.ignore_clients_of(listener.parse().expect("addr"));
             table.on_conn(&client_conn(remote), &metrics);
             let mut out = Vec::new();
-            table.on_data(&data(7, 10, Direction::Egress, req), req, &[], &metrics, &mut out);
-            table.on_data(&data(7, 11, Direction::Ingress, resp), resp, &[], &metrics, &mut out);
+            table.on_data(
+                &data(7, 10, Direction::Egress, req),
+                req,
+                &[],
+                &metrics,
+                &mut out,
+            );
+            table.on_data(
+                &data(7, 11, Direction::Ingress, resp),
+                resp,
+                &[],
+                &metrics,
+                &mut out,
+            );
             out.len()
         };
         assert_eq!(exchanges("127.0.0.1:9400", [127, 0, 0, 1]), 0);
@@ -726,28 +1005,128 @@ mod tests {
     fn tls_connection_is_parsed_from_its_plaintext_only() {
         let metrics = Metrics::default();
         let mut table = ConnTable::new(16, 999);
-        table.on_conn(&conn_event(7, ConnRole::Server, 2, v4([127, 0, 0, 1]), v4([127, 0, 0, 1])), &metrics);
+        table.on_conn(
+            &conn_event(
+                7,
+                ConnRole::Server,
+                2,
+                v4([127, 0, 0, 1]),
+                v4([127, 0, 0, 1]),
+            ),
+            &metrics,
+        );
         let mut out = Vec::new();
         // The handshake's ClientHello, as the socket carries it: recognized as TLS, not parsed.
         let hello = [22u8, 3, 1, 0, 200, 1, 0, 0, 196, 3, 3];
-        table.on_data(&data(7, 5, Direction::Ingress, &hello), &hello, &[], &metrics, &mut out);
-        assert_eq!(metrics.conns_tls_records.load(std::sync::atomic::Ordering::Relaxed), 1);
-        assert_eq!(metrics.conns_unrecognized.load(std::sync::atomic::Ordering::Relaxed), 0);
+        table.on_data(
+            &data(7, 5, Direction::Ingress, &hello),
+            &hello,
+            &[],
+            &metrics,
+            &mut out,
+        );
+        assert_eq!(
+            metrics
+                .conns_tls_records
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        assert_eq!(
+            metrics
+                .conns_unrecognized
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
         let tls = |mut h: DataEventHeader| {
             h.source = DataSource::Tls as u32;
             h
         };
         let req = b"GET /secret HTTP/1.1\r\nHost: x\r\n\r\n";
-        table.on_data(&tls(data(7, 10, Direction::Ingress, req)), req, &[], &metrics, &mut out);
+        table.on_data(
+            &tls(data(7, 10, Direction::Ingress, req)),
+            req,
+            &[],
+            &metrics,
+            &mut out,
+        );
         // Ciphertext of the same connection arriving after the plaintext is dropped unread,
         // even when it happens to look like HTTP.
         let fake = b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n";
-        table.on_data(&data(7, 11, Direction::Egress, fake), fake, &[], &metrics, &mut out);
+        table.on_data(
+            &data(7, 11, Direction::Egress, fake),
+            fake,
+            &[],
+            &metrics,
+            &mut out,
+        );
         let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
-        table.on_data(&tls(data(7, 12, Direction::Egress, resp)), resp, &[], &metrics, &mut out);
+        table.on_data(
+            &tls(data(7, 12, Direction::Egress, resp)),
+            resp,
+            &[],
+            &metrics,
+            &mut out,
+        );
         assert_eq!(out.len(), 1);
         let h = as_http(&out[0]);
-        assert_eq!((h.request.target.as_str(), h.response().status), ("/secret", 200));
+        assert_eq!(
+            (h.request.target.as_str(), h.response().status),
+            ("/secret", 200)
+        );
+    }
+
+    #[test]
+    fn tls_plaintext_starting_mid_stream_is_recognized_at_a_later_chunk() {
+        // A Go HTTP/2 client probed after its preface: the first plaintext is a WINDOW_UPDATE,
+        // then a request's HEADERS (`:method GET`, `:scheme https`, `:path /`).
+        let metrics = Metrics::default();
+        let mut table = ConnTable::new(16, 999);
+        table.on_conn(
+            &conn_event(
+                7,
+                ConnRole::Client,
+                2,
+                v4([127, 0, 0, 1]),
+                v4([127, 0, 0, 1]),
+            ),
+            &metrics,
+        );
+        let mut out = Vec::new();
+        let tls = |mut h: DataEventHeader| {
+            h.source = DataSource::Tls as u32;
+            h
+        };
+        let window_update = [0, 0, 4, 8, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+        table.on_data(
+            &tls(data(7, 10, Direction::Egress, &window_update)),
+            &window_update,
+            &[],
+            &metrics,
+            &mut out,
+        );
+        let headers = [0, 0, 3, 1, 5, 0, 0, 0, 3, 0x82, 0x87, 0x84];
+        table.on_data(
+            &tls(data(7, 11, Direction::Egress, &headers)),
+            &headers,
+            &[],
+            &metrics,
+            &mut out,
+        );
+        let answer = [0, 0, 1, 1, 5, 0, 0, 0, 3, 0x88];
+        table.on_data(
+            &tls(data(7, 12, Direction::Ingress, &answer)),
+            &answer,
+            &[],
+            &metrics,
+            &mut out,
+        );
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(
+            metrics
+                .conns_unrecognized
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
     }
 
     #[test]
@@ -755,15 +1134,38 @@ mod tests {
         let metrics = Metrics::default();
         let mut table = ConnTable::new(2, 999);
         let mut out = Vec::new();
-        table.on_data(&data(7, 10, Direction::Egress, b"x"), b"x", &[], &metrics, &mut out);
-        assert_eq!(metrics.events_unknown_conn.load(std::sync::atomic::Ordering::Relaxed), 1);
+        table.on_data(
+            &data(7, 10, Direction::Egress, b"x"),
+            b"x",
+            &[],
+            &metrics,
+            &mut out,
+        );
+        assert_eq!(
+            metrics
+                .events_unknown_conn
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
         for gen in 0..5u64 {
-            let mut ev = conn_event(7, ConnRole::Client, 2, v4([127, 0, 0, 1]), v4([127, 0, 0, 1]));
+            let mut ev = conn_event(
+                7,
+                ConnRole::Client,
+                2,
+                v4([127, 0, 0, 1]),
+                v4([127, 0, 0, 1]),
+            );
             ev.header.conn_gen = gen;
             ev.header.ts_ns = gen;
             table.on_conn(&ev, &metrics);
         }
         assert_eq!(table.len(), 2);
-        assert_eq!(metrics.conns_evicted.load(std::sync::atomic::Ordering::Relaxed), 3, "one per insert into a full table of 2");
+        assert_eq!(
+            metrics
+                .conns_evicted
+                .load(std::sync::atomic::Ordering::Relaxed),
+            3,
+            "one per insert into a full table of 2"
+        );
     }
 }

@@ -27,7 +27,9 @@ pub struct CgroupInfo {
 pub fn parse_cgroup(text: &str) -> CgroupInfo {
     let mut info = CgroupInfo::default();
     for line in text.lines() {
-        let Some(path) = line.splitn(3, ':').nth(2) else { continue };
+        let Some(path) = line.splitn(3, ':').nth(2) else {
+            continue;
+        };
         let mut in_kubepods = false;
         for segment in path.split('/') {
             if segment.starts_with("kubepods") {
@@ -62,7 +64,9 @@ fn container_id(segment: &str) -> Option<String> {
 /// (systemd) segment.
 fn pod_uid(segment: &str) -> Option<String> {
     let at = segment.rfind("pod")?;
-    let uid = segment[at + 3..].trim_end_matches(".slice").replace('_', "-");
+    let uid = segment[at + 3..]
+        .trim_end_matches(".slice")
+        .replace('_', "-");
     is_uuid(&uid).then(|| uid.to_ascii_lowercase())
 }
 
@@ -130,10 +134,16 @@ mod tests {
 
     #[test]
     fn finds_pods() {
-        let v1 = parse_cgroup(&format!("11:cpu,cpuacct:/kubepods/burstable/pod{UID}/{ID}\n"));
+        let v1 = parse_cgroup(&format!(
+            "11:cpu,cpuacct:/kubepods/burstable/pod{UID}/{ID}\n"
+        ));
         assert_eq!(
             v1,
-            CgroupInfo { container_id: Some(ID.into()), pod_uid: Some(UID.into()), kubepods: true }
+            CgroupInfo {
+                container_id: Some(ID.into()),
+                pod_uid: Some(UID.into()),
+                kubepods: true
+            }
         );
         let v2 = parse_cgroup(&format!(
             "0::/kubepods.slice/kubepods-pod{UID_SYSTEMD}.slice/cri-containerd-{ID}.scope\n"

@@ -33,8 +33,10 @@ pub fn split_cmdline(bytes: &[u8]) -> Vec<String> {
     if bytes.is_empty() {
         return Vec::new();
     }
-    let mut args: Vec<String> =
-        bytes.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    let mut args: Vec<String> = bytes
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
     if let [title] = args.as_mut_slice() {
         if let Some(stable) = strip_backend_activity(title) {
             *title = stable;
@@ -53,7 +55,9 @@ pub fn strip_backend_activity(title: &str) -> Option<String> {
         w == "[local]"
             || w.strip_suffix(')')
                 .and_then(|w| w.rsplit_once('('))
-                .is_some_and(|(host, port)| !host.is_empty() && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()))
+                .is_some_and(|(host, port)| {
+                    !host.is_empty() && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())
+                })
     };
     let words: Vec<&str> = rest.split_whitespace().collect();
     let client = words.iter().position(|w| is_client(w))?;
@@ -79,7 +83,8 @@ pub fn redact_args(args: &[String]) -> Vec<String> {
     let mut redact_next = false;
     let mut after_flag = false;
     for arg in args {
-        let flag_value = std::mem::replace(&mut after_flag, arg.starts_with('-') && !arg.contains('='));
+        let flag_value =
+            std::mem::replace(&mut after_flag, arg.starts_with('-') && !arg.contains('='));
         if redact_next && !arg.starts_with('-') {
             out.push(REDACTED.to_owned());
             redact_next = false;
@@ -135,14 +140,24 @@ pub fn join_command_line(args: &[String]) -> String {
 /// `pass` or `pw`. A Java property prefix (`-D`) is ignored.
 pub fn is_secret_key(key: &str) -> bool {
     let key = key.trim_start_matches('-');
-    let key = key.strip_prefix('D').filter(|k| k.contains('.')).unwrap_or(key);
+    let key = key
+        .strip_prefix('D')
+        .filter(|k| k.contains('.'))
+        .unwrap_or(key);
     let norm: String = key
         .chars()
         .filter(|c| !matches!(c, '-' | '_' | '.'))
         .flat_map(char::to_lowercase)
         .collect();
     const PATTERNS: [&str; 9] = [
-        "password", "passwd", "secret", "token", "apikey", "auth", "credential", "privatekey",
+        "password",
+        "passwd",
+        "secret",
+        "token",
+        "apikey",
+        "auth",
+        "credential",
+        "privatekey",
         "cookie",
     ];
     PATTERNS.iter().any(|p| norm.contains(p)) || norm == "pass" || norm == "pw"
@@ -165,7 +180,11 @@ pub fn redact_urls(arg: &str) -> String {
         match authority.rfind('@') {
             Some(at) => {
                 let userinfo = &authority[..at];
-                out.push_str(if userinfo.contains(':') { "REDACTED:REDACTED" } else { REDACTED });
+                out.push_str(if userinfo.contains(':') {
+                    "REDACTED:REDACTED"
+                } else {
+                    REDACTED
+                });
                 out.push_str(&authority[at..]);
             }
             None => out.push_str(authority),
@@ -207,6 +226,15 @@ pub enum Runtime {
     Java,
     Shell,
     Dotnet,
+}
+
+/// Whether the native user stack of a process running `exe_name` can name its code: not for
+/// interpreters and virtual machines (Python, Node.js, Ruby, Perl, PHP, Java, shells, .NET),
+/// whose frames are the interpreter's own (`_PyEval_EvalFrameDefault`, `sock_send_impl`).
+/// Their stacks cost the most to capture and unwind (no frame pointers) and name nothing of the
+/// application, so they are not taken.
+pub fn stacks_name_code(exe_name: &str) -> bool {
+    Runtime::from_name(exe_name).is_none()
 }
 
 impl Runtime {
@@ -336,8 +364,16 @@ impl Host {
             "celery" | "celeryd" => Host::Celery,
             "uwsgi" | "uwsgi-core" | "uWSGI" => Host::Uwsgi,
             "puma" | "unicorn" | "unicorn_rails" | "rackup" | "thin" | "falcon" => Host::Rack,
-            "npm" | "npm-cli" | "npx" | "npx-cli" | "yarn" | "yarn.js" | "pnpm" | "pnpm.cjs"
-            | "ProcessContainerFork" | "ProcessContainer" => Host::NodeRunner,
+            "npm"
+            | "npm-cli"
+            | "npx"
+            | "npx-cli"
+            | "yarn"
+            | "yarn.js"
+            | "pnpm"
+            | "pnpm.cjs"
+            | "ProcessContainerFork"
+            | "ProcessContainer" => Host::NodeRunner,
             _ => return None,
         })
     }
@@ -364,13 +400,21 @@ impl Host {
                     .map(|m| m.rsplit('=').next().unwrap_or(m))
                     .or_else(|| flag_value(args, &["--wsgi-file", "--file"]))
                     // Debian's init script passes its default.ini before the app's.
-                    .or_else(|| args.iter().rev().map(String::as_str).find(|a| a.ends_with(".ini")))
+                    .or_else(|| {
+                        args.iter()
+                            .rev()
+                            .map(String::as_str)
+                            .find(|a| a.ends_with(".ini"))
+                    })
                     .and_then(module_name),
                 flag_value(args, &["--chdir", "--chdir2"]),
             ),
             Host::Rack => (
                 flag_value(args, &["--tag"]).map(str::to_owned).or_else(|| {
-                    args.iter().map(String::as_str).find(|a| a.ends_with(".ru")).and_then(module_name)
+                    args.iter()
+                        .map(String::as_str)
+                        .find(|a| a.ends_with(".ru"))
+                        .and_then(module_name)
                 }),
                 flag_value(args, &["--dir", "--chdir"]),
             ),
@@ -403,9 +447,38 @@ impl Host {
 /// Names that say nothing about which application it is: a module, file or directory so named
 /// gives way to its parent (`orders.wsgi` → `orders`, `/srv/blog/wsgi.py` → `blog`).
 const GENERIC_NAMES: [&str; 32] = [
-    "app", "application", "apps", "asgi", "wsgi", "main", "__main__", "server", "web", "run",
-    "start", "index", "service", "config", "settings", "default", "src", "lib", "core", "celery",
-    "manage", "project", "uwsgi", "bin", "srv", "opt", "home", "root", "tmp", "usr", "var", "www",
+    "app",
+    "application",
+    "apps",
+    "asgi",
+    "wsgi",
+    "main",
+    "__main__",
+    "server",
+    "web",
+    "run",
+    "start",
+    "index",
+    "service",
+    "config",
+    "settings",
+    "default",
+    "src",
+    "lib",
+    "core",
+    "celery",
+    "manage",
+    "project",
+    "uwsgi",
+    "bin",
+    "srv",
+    "opt",
+    "home",
+    "root",
+    "tmp",
+    "usr",
+    "var",
+    "www",
 ];
 
 fn is_generic(name: &str) -> bool {
@@ -415,9 +488,13 @@ fn is_generic(name: &str) -> bool {
 /// `module.sub:attr` or `module:factory()`: what gunicorn, uvicorn and their kin are given. An
 /// address (`127.0.0.1:8000`, `localhost:80`, `unix:/run/x.sock`) is not one.
 fn is_app_spec(arg: &str) -> bool {
-    let Some((module, attr)) = arg.split_once(':') else { return false };
+    let Some((module, attr)) = arg.split_once(':') else {
+        return false;
+    };
     let ident = |s: &str| {
-        s.chars().next().is_some_and(|c| c.is_alphabetic() || c == '_')
+        s.chars()
+            .next()
+            .is_some_and(|c| c.is_alphabetic() || c == '_')
             && s.chars().all(|c| c.is_alphanumeric() || c == '_')
     };
     let attr = attr.split_once('(').map_or(attr, |(name, _)| name);
@@ -426,7 +503,10 @@ fn is_app_spec(arg: &str) -> bool {
 
 /// The last `module:app` among the arguments (or an option's `--app=module:app` value).
 fn last_app_spec(args: &[String]) -> Option<&str> {
-    args.iter().rev().map(|a| a.rsplit_once('=').map_or(a.as_str(), |(_, v)| v)).find(|a| is_app_spec(a))
+    args.iter()
+        .rev()
+        .map(|a| a.rsplit_once('=').map_or(a.as_str(), |(_, v)| v))
+        .find(|a| is_app_spec(a))
 }
 
 /// The value of the first of `flags` among `args`: `--flag value`, `--flag=value`, or `-fvalue`
@@ -436,7 +516,10 @@ fn flag_value<'a>(args: &'a [String], flags: &[&str]) -> Option<&'a str> {
         flags.iter().find_map(|flag| {
             let rest = arg.strip_prefix(flag)?;
             if rest.is_empty() {
-                return args.get(i + 1).map(String::as_str).filter(|v| !v.starts_with('-'));
+                return args
+                    .get(i + 1)
+                    .map(String::as_str)
+                    .filter(|v| !v.starts_with('-'));
             }
             if let Some(value) = rest.strip_prefix('=') {
                 return Some(value);
@@ -451,7 +534,10 @@ fn flag_value<'a>(args: &'a [String], flags: &[&str]) -> Option<&'a str> {
 fn module_name(spec: &str) -> Option<String> {
     const EXTS: [&str; 6] = [".py", ".ru", ".ini", ".yaml", ".yml", ".json"];
     let spec = spec.split_once(':').map_or(spec, |(module, _)| module);
-    let spec = EXTS.iter().find_map(|ext| spec.strip_suffix(ext)).unwrap_or(spec);
+    let spec = EXTS
+        .iter()
+        .find_map(|ext| spec.strip_suffix(ext))
+        .unwrap_or(spec);
     let separator = if spec.contains('/') { '/' } else { '.' };
     spec.split(separator)
         .rev()
@@ -530,7 +616,11 @@ fn cluster(arg: &str, no_program: &str, with_value: &str, naming: &str) -> Clust
             return Cluster::Named((!rest.is_empty()).then(|| rest.to_owned()));
         }
         if with_value.contains(c) {
-            return if rest.is_empty() { Cluster::SkipNext } else { Cluster::Flags };
+            return if rest.is_empty() {
+                Cluster::SkipNext
+            } else {
+                Cluster::Flags
+            };
         }
     }
     Cluster::Flags
@@ -551,7 +641,12 @@ fn walk(
     naming: &str,
     long_with_value: &[&str],
 ) -> Option<Found> {
-    let found = |i: usize| args.get(i).map(|program| Found { program: program.clone(), next: i + 1 });
+    let found = |i: usize| {
+        args.get(i).map(|program| Found {
+            program: program.clone(),
+            next: i + 1,
+        })
+    };
     let mut i = 0;
     while let Some(arg) = args.get(i) {
         if arg == "--" {
@@ -572,7 +667,12 @@ fn walk(
                 Cluster::Flags => {}
                 Cluster::SkipNext => i += 1,
                 Cluster::NoProgram => return None,
-                Cluster::Named(Some(program)) => return Some(Found { program, next: i + 1 }),
+                Cluster::Named(Some(program)) => {
+                    return Some(Found {
+                        program,
+                        next: i + 1,
+                    })
+                }
                 Cluster::Named(None) => return found(i + 1),
             }
             i += 1;
@@ -603,7 +703,10 @@ fn node(args: &[String]) -> Option<Found> {
         "--watch-path",
     ];
     for a in args {
-        if matches!(a.as_str(), "-e" | "--eval" | "-p" | "--print" | "-i" | "--interactive") {
+        if matches!(
+            a.as_str(),
+            "-e" | "--eval" | "-p" | "--print" | "-i" | "--interactive"
+        ) {
             return None;
         }
         if !a.starts_with('-') {
@@ -629,7 +732,10 @@ fn shell(args: &[String]) -> Option<Found> {
     let mut i = 0;
     while let Some(arg) = args.get(i) {
         if arg == "--" {
-            return args.get(i + 1).map(|s| Found { program: s.clone(), next: i + 2 });
+            return args.get(i + 1).map(|s| Found {
+                program: s.clone(),
+                next: i + 2,
+            });
         }
         if matches!(arg.as_str(), "--rcfile" | "--init-file") {
             i += 2;
@@ -651,7 +757,10 @@ fn shell(args: &[String]) -> Option<Found> {
             i += 1;
             continue;
         }
-        return Some(Found { program: arg.clone(), next: i + 1 });
+        return Some(Found {
+            program: arg.clone(),
+            next: i + 1,
+        });
     }
     None
 }
@@ -700,7 +809,10 @@ fn java(args: &[String], hints: &NameHints<'_>) -> Option<String> {
             // Spring Boot's launcher runs the application of the jar on the class path, or of
             // the exploded jar in the working directory.
             let jar = class_path.and_then(|cp| cp.split(':').find(|p| p.ends_with(".jar")));
-            return jar.map(jar_name).or_else(|| hints.cwd.and_then(dir_name)).or(Some(class.to_owned()));
+            return jar
+                .map(jar_name)
+                .or_else(|| hints.cwd.and_then(dir_name))
+                .or(Some(class.to_owned()));
         }
         // A main class (`com.example.Main`) or, in source-file mode, a `.java` file.
         if let Some(src) = arg.strip_suffix(".java") {
@@ -774,8 +886,14 @@ mod tests {
 
     #[test]
     fn splits_cmdline_bytes() {
-        assert_eq!(split_cmdline(b"python3\0-u\0app.py\0"), args("python3 -u app.py"));
-        assert_eq!(split_cmdline(b"nginx: worker process\0"), vec!["nginx: worker process"]);
+        assert_eq!(
+            split_cmdline(b"python3\0-u\0app.py\0"),
+            args("python3 -u app.py")
+        );
+        assert_eq!(
+            split_cmdline(b"nginx: worker process\0"),
+            vec!["nginx: worker process"]
+        );
         assert_eq!(split_cmdline(b"no-trailing-nul"), vec!["no-trailing-nul"]);
         assert_eq!(split_cmdline(b"a\0\0b\0"), vec!["a", "", "b"]);
         assert!(split_cmdline(b"").is_empty());
@@ -790,33 +908,64 @@ mod tests {
     fn postgres_backend_titles_are_stable_and_unpadded() {
         let padded = |title: &str| [title.as_bytes(), &[0u8; 80]].concat();
         let cases = [
-            ("postgres: postgres postgres 127.0.0.1(52218) initializing", "postgres: postgres postgres 127.0.0.1(52218)"),
-            ("postgres: postgres postgres 127.0.0.1(51094) SELECT", "postgres: postgres postgres 127.0.0.1(51094)"),
-            ("postgres: app orders [local] idle in transaction", "postgres: app orders [local]"),
-            ("postgres: 15/main: bob shop ::1(40000) idle", "postgres: 15/main: bob shop ::1(40000)"),
+            (
+                "postgres: postgres postgres 127.0.0.1(52218) initializing",
+                "postgres: postgres postgres 127.0.0.1(52218)",
+            ),
+            (
+                "postgres: postgres postgres 127.0.0.1(51094) SELECT",
+                "postgres: postgres postgres 127.0.0.1(51094)",
+            ),
+            (
+                "postgres: app orders [local] idle in transaction",
+                "postgres: app orders [local]",
+            ),
+            (
+                "postgres: 15/main: bob shop ::1(40000) idle",
+                "postgres: 15/main: bob shop ::1(40000)",
+            ),
             ("postgres: checkpointer ", "postgres: checkpointer "),
-            ("postgres: logical replication launcher", "postgres: logical replication launcher"),
+            (
+                "postgres: logical replication launcher",
+                "postgres: logical replication launcher",
+            ),
         ];
         for (title, want) in cases {
-            assert_eq!(split_cmdline(&padded(title)), vec![want.to_owned()], "{title}");
+            assert_eq!(
+                split_cmdline(&padded(title)),
+                vec![want.to_owned()],
+                "{title}"
+            );
         }
         let postmaster = args("/usr/lib/postgresql/15/bin/postgres -D /srv/pg -p 5432");
         assert!(title_pending("postgres", &postmaster));
-        assert!(!title_pending("postgres", &["postgres: app orders [local]".to_owned()]));
+        assert!(!title_pending(
+            "postgres",
+            &["postgres: app orders [local]".to_owned()]
+        ));
         assert!(!title_pending("python3", &args("python3 app.py")));
     }
 
     #[test]
     fn redacts_secrets() {
         let cases = [
-            ("app --password=hunter2 --port=80", "app --password=REDACTED --port=80"),
-            ("app --token abc --verbose", "app --token REDACTED --verbose"),
+            (
+                "app --password=hunter2 --port=80",
+                "app --password=REDACTED --port=80",
+            ),
+            (
+                "app --token abc --verbose",
+                "app --token REDACTED --verbose",
+            ),
             ("app --api-key abc", "app --api-key REDACTED"),
             ("app --API_KEY=abc", "app --API_KEY=REDACTED"),
             ("app -password abc", "app -password REDACTED"),
             ("app --client-secret=s3", "app --client-secret=REDACTED"),
             ("app --private_key=k", "app --private_key=REDACTED"),
-            ("app --db-credentials /etc/c", "app --db-credentials REDACTED"),
+            (
+                "app --db-credentials /etc/c",
+                "app --db-credentials REDACTED",
+            ),
             ("app --auth-token=t", "app --auth-token=REDACTED"),
             ("env PGPASSWORD=pw psql", "env PGPASSWORD=REDACTED psql"),
             (
@@ -845,8 +994,14 @@ mod tests {
                 "curl http://h:80/a?token=t&page=2 http://h/b?x=1#f?key=k",
                 "curl http://h:80/a?token=REDACTED&page=2 http://h/b?x=1#f?key=k",
             ),
-            ("curl https://u:p@h/x?api_key=k#top", "curl https://REDACTED:REDACTED@h/x?api_key=REDACTED#top"),
-            ("curl --cookie sid=abc http://h/", "curl --cookie REDACTED http://h/"),
+            (
+                "curl https://u:p@h/x?api_key=k#top",
+                "curl https://REDACTED:REDACTED@h/x?api_key=REDACTED#top",
+            ),
+            (
+                "curl --cookie sid=abc http://h/",
+                "curl --cookie REDACTED http://h/",
+            ),
             ("pgbench -D pw s3 -t 1 db", "pgbench -D pw REDACTED -t 1 db"),
             ("app --mode token", "app --mode token"),
             ("app pw s3", "app pw s3"),
@@ -854,10 +1009,17 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(redact_args(&args(input)).join(" "), want, "input: {input}");
         }
-        let header =
-            vec!["curl".to_owned(), "-H".to_owned(), "Authorization: Bearer abc".to_owned()];
+        let header = vec![
+            "curl".to_owned(),
+            "-H".to_owned(),
+            "Authorization: Bearer abc".to_owned(),
+        ];
         assert_eq!(redact_args(&header)[2], "Authorization: REDACTED");
-        let cookie = vec!["curl".to_owned(), "-H".to_owned(), "Cookie: sid=abc".to_owned()];
+        let cookie = vec![
+            "curl".to_owned(),
+            "-H".to_owned(),
+            "Cookie: sid=abc".to_owned(),
+        ];
         assert_eq!(redact_args(&cookie)[2], "Cookie: REDACTED");
         let both = vec!["app".to_owned(), "--password=a: b".to_owned()];
         assert_eq!(redact_args(&both)[1], "--password=REDACTED");
@@ -877,15 +1039,27 @@ mod tests {
     fn names_interpreted_programs() {
         let cases: [(&str, &str, Option<&str>); 33] = [
             ("python3", "python3 app.py", Some("app")),
-            ("python3.11", "/usr/bin/python3.11 -u /srv/orders/main.py --port 80", Some("main")),
+            (
+                "python3.11",
+                "/usr/bin/python3.11 -u /srv/orders/main.py --port 80",
+                Some("main"),
+            ),
             ("python3", "python3 -m uvicorn main:app", Some("uvicorn")),
             ("python3", "python3 -mhttp.server 8000", Some("http.server")),
-            ("python3", "python3 -u -W ignore -X dev worker.py", Some("worker")),
+            (
+                "python3",
+                "python3 -u -W ignore -X dev worker.py",
+                Some("worker"),
+            ),
             ("python3", "python3 -Wignore tool.py", Some("tool")),
             ("python3", "python3 -c print(1)", None),
             ("python3", "python3 -uc print(1)", None),
             ("python3", "python3", None),
-            ("python3", "/usr/bin/python3 /usr/local/bin/gunicorn app:app", Some("gunicorn")),
+            (
+                "python3",
+                "/usr/bin/python3 /usr/local/bin/gunicorn app:app",
+                Some("gunicorn"),
+            ),
             ("node", "node server.js", Some("server")),
             (
                 "node",
@@ -898,7 +1072,11 @@ mod tests {
             ("ruby3.2", "ruby3.2 -e puts(1)", None),
             ("perl", "perl -w -Ilib /opt/app/worker.pl", Some("worker")),
             ("perl", "perl -e print", None),
-            ("php8.2", "php -d memory_limit=1G artisan serve", Some("artisan")),
+            (
+                "php8.2",
+                "php -d memory_limit=1G artisan serve",
+                Some("artisan"),
+            ),
             ("php", "php -f /var/www/index.php", Some("index")),
             ("php", "php -r echo(1);", None),
             (
@@ -912,11 +1090,19 @@ mod tests {
                 "java -cp lib/*:app.jar -ea com.example.billing.BillingMain arg",
                 Some("BillingMain"),
             ),
-            ("java", "java --module-path mods -m com.shop/com.shop.Main", Some("com.shop")),
+            (
+                "java",
+                "java --module-path mods -m com.shop/com.shop.Main",
+                Some("com.shop"),
+            ),
             ("java", "java Hello.java", Some("Hello")),
             ("bash", "bash -e /opt/run-backup.sh", Some("run-backup")),
             ("sh", "sh -c exec foo", None),
-            ("bash", "/bin/bash -o pipefail entrypoint.sh", Some("entrypoint")),
+            (
+                "bash",
+                "/bin/bash -o pipefail entrypoint.sh",
+                Some("entrypoint"),
+            ),
             ("dotnet", "dotnet Orders.Api.dll", Some("Orders.Api")),
             ("dotnet", "dotnet run", None),
             ("nginx", "nginx -g daemon off;", None),
@@ -928,7 +1114,14 @@ mod tests {
     }
 
     fn name(exe: &str, args: &[String], cwd: Option<&str>) -> Option<String> {
-        program_name(exe, args, &NameHints { cwd, pm2_name: None })
+        program_name(
+            exe,
+            args,
+            &NameHints {
+                cwd,
+                pm2_name: None,
+            },
+        )
     }
 
     /// Real command lines of app servers (as `/proc/PID/cmdline` shows them, shebang scripts
@@ -981,36 +1174,95 @@ mod tests {
             Billing.Api          | dotnet     | -                   | dotnet run --project src/Billing.Api/Billing.Api.csproj
             Reports              | dotnet     | /srv/Reports        | dotnet run
         ";
-        let cases: Vec<&str> =
-            CASES.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+        let cases: Vec<&str> = CASES
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .collect();
         assert_eq!(cases.len(), 36);
         for line in cases {
             let fields: Vec<&str> = line.splitn(4, " | ").map(str::trim).collect();
-            let [want, exe, cwd, cmd] = fields[..] else { panic!("bad case: {line}") };
+            let [want, exe, cwd, cmd] = fields[..] else {
+                panic!("bad case: {line}")
+            };
             let cwd = (cwd != "-").then_some(cwd);
-            assert_eq!(name(exe, &args(cmd), cwd).as_deref(), Some(want), "{exe}: {cmd} (in {cwd:?})");
+            assert_eq!(
+                name(exe, &args(cmd), cwd).as_deref(),
+                Some(want),
+                "{exe}: {cmd} (in {cwd:?})"
+            );
         }
         // A PM2 app is named as PM2 names it.
-        let pm2 = NameHints { cwd: Some("/srv/chat"), pm2_name: Some("chat-api") };
+        let pm2 = NameHints {
+            cwd: Some("/srv/chat"),
+            pm2_name: Some("chat-api"),
+        };
         let cmd = args("node /usr/lib/node_modules/pm2/lib/ProcessContainerFork.js");
-        assert_eq!(program_name("node", &cmd, &pm2).as_deref(), Some("chat-api"));
+        assert_eq!(
+            program_name("node", &cmd, &pm2).as_deref(),
+            Some("chat-api")
+        );
     }
 
     #[test]
     fn names_the_application_from_an_app_server_title() {
         let cases: [(&str, &str, Option<&str>, &str); 9] = [
-            ("python3.11", "gunicorn: master [orders:app]", None, "orders"),
-            ("python3.11", "gunicorn: worker [billing.wsgi:application]", None, "billing"),
-            ("python3.11", "gunicorn: worker [app:app]", Some("/srv/inventory"), "inventory"),
-            ("python3.11", "gunicorn: worker [payments]", None, "payments"),
-            ("python3.11", "[celeryd: celery@web-1:MainProcess] -active- (worker -A mailer -l INFO)", None, "mailer"),
-            ("ruby3.1", "puma 6.4.2 (tcp://0.0.0.0:9292) [storefront]", None, "storefront"),
-            ("ruby3.1", "puma: cluster worker 0: 4242 [storefront]", None, "storefront"),
-            ("ruby3.1", "unicorn worker[0] -c config/unicorn.rb -E production -D", Some("/srv/blog"), "blog"),
+            (
+                "python3.11",
+                "gunicorn: master [orders:app]",
+                None,
+                "orders",
+            ),
+            (
+                "python3.11",
+                "gunicorn: worker [billing.wsgi:application]",
+                None,
+                "billing",
+            ),
+            (
+                "python3.11",
+                "gunicorn: worker [app:app]",
+                Some("/srv/inventory"),
+                "inventory",
+            ),
+            (
+                "python3.11",
+                "gunicorn: worker [payments]",
+                None,
+                "payments",
+            ),
+            (
+                "python3.11",
+                "[celeryd: celery@web-1:MainProcess] -active- (worker -A mailer -l INFO)",
+                None,
+                "mailer",
+            ),
+            (
+                "ruby3.1",
+                "puma 6.4.2 (tcp://0.0.0.0:9292) [storefront]",
+                None,
+                "storefront",
+            ),
+            (
+                "ruby3.1",
+                "puma: cluster worker 0: 4242 [storefront]",
+                None,
+                "storefront",
+            ),
+            (
+                "ruby3.1",
+                "unicorn worker[0] -c config/unicorn.rb -E production -D",
+                Some("/srv/blog"),
+                "blog",
+            ),
             ("node", "npm start", Some("/srv/checkout"), "checkout"),
         ];
         for (exe, title, cwd, want) in cases {
-            assert_eq!(name(exe, &[title.to_owned()], cwd).as_deref(), Some(want), "{exe}: {title}");
+            assert_eq!(
+                name(exe, &[title.to_owned()], cwd).as_deref(),
+                Some(want),
+                "{exe}: {title}"
+            );
         }
     }
 
@@ -1019,7 +1271,15 @@ mod tests {
         for spec in ["orders:app", "a.b_c.d:create_app()", "_x:y"] {
             assert!(is_app_spec(spec), "{spec}");
         }
-        for arg in ["127.0.0.1:8000", "localhost:80", "unix:/run/x.sock", "[::]:80", ":8000", "a:", "x.y"] {
+        for arg in [
+            "127.0.0.1:8000",
+            "localhost:80",
+            "unix:/run/x.sock",
+            "[::]:80",
+            ":8000",
+            "a:",
+            "x.y",
+        ] {
             assert!(!is_app_spec(arg), "{arg}");
         }
         assert_eq!(module_name("/srv/blog/wsgi.py").as_deref(), Some("blog"));
@@ -1031,15 +1291,27 @@ mod tests {
     #[test]
     fn names_programs_from_rewritten_titles() {
         let title = |s: &str| vec![s.to_owned()];
-        assert_eq!(name("python3", &title("gunicorn: master [app:app]"), None).as_deref(), Some("gunicorn"));
-        assert_eq!(name("node", &title("npm start"), None).as_deref(), Some("npm"));
-        assert_eq!(name("node", &title("node /srv/api.js --x"), None).as_deref(), Some("api"));
+        assert_eq!(
+            name("python3", &title("gunicorn: master [app:app]"), None).as_deref(),
+            Some("gunicorn")
+        );
+        assert_eq!(
+            name("node", &title("npm start"), None).as_deref(),
+            Some("npm")
+        );
+        assert_eq!(
+            name("node", &title("node /srv/api.js --x"), None).as_deref(),
+            Some("api")
+        );
         assert_eq!(name("nginx", &title("nginx: worker process"), None), None);
     }
 
     #[test]
     fn recognizes_runtimes() {
-        assert_eq!(Runtime::from_name("/usr/bin/python3.12"), Some(Runtime::Python));
+        assert_eq!(
+            Runtime::from_name("/usr/bin/python3.12"),
+            Some(Runtime::Python)
+        );
         assert_eq!(Runtime::from_name("pypy3"), Some(Runtime::Python));
         assert_eq!(Runtime::from_name("php8.2"), Some(Runtime::Php));
         assert_eq!(Runtime::from_name("perl5.36.0"), Some(Runtime::Perl));

@@ -41,7 +41,9 @@ pub fn parse_environ(bytes: &[u8]) -> EnvHints {
     let (mut seen_name, mut seen_attrs, mut seen_host) = (false, false, false);
     let (mut pm_id, mut name) = (false, None);
     for entry in bytes.split(|b| *b == 0) {
-        let Some(eq) = entry.iter().position(|b| *b == b'=') else { continue };
+        let Some(eq) = entry.iter().position(|b| *b == b'=') else {
+            continue;
+        };
         let (key, value) = (&entry[..eq], &entry[eq + 1..]);
         match key {
             b"OTEL_SERVICE_NAME" if !seen_name => {
@@ -81,7 +83,9 @@ pub fn parse_environ(bytes: &[u8]) -> EnvHints {
 pub fn parse_resource_attributes(s: &str) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::new();
     for entry in s.split(',') {
-        let Some((k, v)) = entry.split_once('=') else { continue };
+        let Some((k, v)) = entry.split_once('=') else {
+            continue;
+        };
         let (k, v) = (k.trim(), percent_decode(v.trim()));
         if k.is_empty() {
             continue;
@@ -145,7 +149,8 @@ mod tests {
 
     #[test]
     fn reads_the_name_pm2_gave_an_app() {
-        let env = b"PM2_HOME=/root/.pm2\0name=orders-api\0pm_id=3\0pm_exec_path=/srv/orders/server.js\0";
+        let env =
+            b"PM2_HOME=/root/.pm2\0name=orders-api\0pm_id=3\0pm_exec_path=/srv/orders/server.js\0";
         assert_eq!(parse_environ(env).pm2_name.as_deref(), Some("orders-api"));
         // `name` alone is any program's variable, not PM2's.
         assert_eq!(parse_environ(b"name=x\0").pm2_name, None);

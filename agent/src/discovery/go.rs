@@ -13,11 +13,11 @@ use std::{
     path::Path,
 };
 
+use crate::golang::runtime::{inspect, GoBinary};
 pub use crate::golang::{
     code::Sites,
     runtime::{Handoff, NEWPROC},
 };
-use crate::golang::runtime::{inspect, GoBinary};
 
 /// Processes remembered as checked before the set is cleared (each is then checked again).
 const MAX_CHECKED: usize = 65_536;
@@ -55,14 +55,21 @@ pub struct GoDiscovery {
 
 impl GoDiscovery {
     pub fn new(stacks: bool) -> Self {
-        GoDiscovery { stacks, ..Self::default() }
+        GoDiscovery {
+            stacks,
+            ..Self::default()
+        }
     }
 
     /// Every running process but `own_pid` (at start: programs already running).
     pub fn scan_at_start(&mut self, own_pid: u32, attacher: &mut dyn GoAttacher) -> Vec<GoRow> {
         if let Ok(entries) = std::fs::read_dir("/proc") {
             for entry in entries.flatten() {
-                if let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) {
+                if let Some(pid) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<u32>().ok())
+                {
                     if pid != own_pid {
                         self.on_conn(pid);
                     }
@@ -101,8 +108,14 @@ impl GoDiscovery {
                 self.unfollow(tgid, attacher);
                 continue;
             };
-            let id = (meta.dev(), meta.ino(), meta.ctime_nsec() + meta.ctime() * 1_000_000_000);
-            let path = std::fs::read_link(&exe).map(|p| p.display().to_string()).unwrap_or_else(|_| exe.clone());
+            let id = (
+                meta.dev(),
+                meta.ino(),
+                meta.ctime_nsec() + meta.ctime() * 1_000_000_000,
+            );
+            let path = std::fs::read_link(&exe)
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| exe.clone());
             let binary = match self.files.get(&id) {
                 Some(b) => b.clone(),
                 None => {
@@ -111,16 +124,27 @@ impl GoDiscovery {
                         handoffs.retain(|h| self.stacks || h.program != "go_owner_stack");
                     }
                     let line = match &b {
-                        GoBinary::Followed { version, handoffs, .. } if handoffs.is_empty() => {
+                        GoBinary::Followed {
+                            version, handoffs, ..
+                        } if handoffs.is_empty() => {
                             format!("ok    goroutine {path}: {version}, goroutines followed (no net/http)")
                         }
-                        GoBinary::Followed { version, handoffs, spawn, stripped, .. } => {
+                        GoBinary::Followed {
+                            version,
+                            handoffs,
+                            spawn,
+                            stripped,
+                            ..
+                        } => {
                             let exe = Path::new(&exe);
-                            let spawn = match spawn.as_ref().map(|s| attacher.attach_go_spawn(exe, s)) {
-                                Some(Ok(())) => "goroutine starts followed".to_owned(),
-                                Some(Err(e)) => format!("goroutine starts not followed: {e}"),
-                                None => format!("goroutine starts not followed: {NEWPROC} not found"),
-                            };
+                            let spawn =
+                                match spawn.as_ref().map(|s| attacher.attach_go_spawn(exe, s)) {
+                                    Some(Ok(())) => "goroutine starts followed".to_owned(),
+                                    Some(Err(e)) => format!("goroutine starts not followed: {e}"),
+                                    None => format!(
+                                        "goroutine starts not followed: {NEWPROC} not found"
+                                    ),
+                                };
                             match attacher.attach_go_handoffs(exe, handoffs) {
                                 Ok(()) => format!(
                                     "ok    goroutine {path}: {version}, goroutines followed, {} net/http hand-over uprobes{}, {spawn}",
@@ -130,11 +154,17 @@ impl GoDiscovery {
                                 Err(e) => format!("FAIL  goroutine {path}: {version}, goroutines followed, net/http hand-overs not probed: {e}; {spawn}"),
                             }
                         }
-                        GoBinary::Unsupported(why) => format!("skip  goroutine {path}: Go program not followed: {why}"),
+                        GoBinary::Unsupported(why) => {
+                            format!("skip  goroutine {path}: Go program not followed: {why}")
+                        }
                         GoBinary::NotGo => String::new(),
                     };
                     if !line.is_empty() {
-                        rows.push(GoRow { path, pid: tgid, line });
+                        rows.push(GoRow {
+                            path,
+                            pid: tgid,
+                            line,
+                        });
                     }
                     self.files.insert(id, b.clone());
                     b
@@ -155,7 +185,12 @@ impl GoDiscovery {
     /// program that is not Go must not have its syscalls read as goroutines; it is looked at
     /// again on its first connection.
     pub fn reap(&mut self, attacher: &mut dyn GoAttacher) {
-        let gone: Vec<u32> = self.followed.iter().copied().filter(|tgid| !Path::new(&format!("/proc/{tgid}")).exists()).collect();
+        let gone: Vec<u32> = self
+            .followed
+            .iter()
+            .copied()
+            .filter(|tgid| !Path::new(&format!("/proc/{tgid}")).exists())
+            .collect();
         for tgid in gone {
             self.unfollow(tgid, attacher);
             self.checked.remove(&tgid);

@@ -39,7 +39,10 @@ pub const RESOURCE_ANNOTATION_PREFIX: &str = "resource.opentelemetry.io/";
 impl K8sNames {
     /// The value of annotation `resource.opentelemetry.io/<key>`, when the record has it.
     pub fn resource_annotation(&self, key: &str) -> Option<&str> {
-        self.resource_annotations.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.resource_annotations
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// True when no name is known.
@@ -80,18 +83,29 @@ pub fn names_from_runtime_config(json: &[u8]) -> Option<K8sNames> {
         || get(&["io.kubernetes.docker.type"]).as_deref() == Some("podsandbox");
     let resource_annotations = map
         .iter()
-        .filter_map(|(k, v)| Some((k.strip_prefix(RESOURCE_ANNOTATION_PREFIX)?, v.as_str()?.trim())))
+        .filter_map(|(k, v)| {
+            Some((
+                k.strip_prefix(RESOURCE_ANNOTATION_PREFIX)?,
+                v.as_str()?.trim(),
+            ))
+        })
         .filter(|(k, v)| !k.is_empty() && !v.is_empty())
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
     let names = K8sNames {
-        namespace: get(&["io.kubernetes.cri.sandbox-namespace", "io.kubernetes.pod.namespace"]),
+        namespace: get(&[
+            "io.kubernetes.cri.sandbox-namespace",
+            "io.kubernetes.pod.namespace",
+        ]),
         pod_name: get(&["io.kubernetes.cri.sandbox-name", "io.kubernetes.pod.name"]),
         pod_uid: get(&["io.kubernetes.cri.sandbox-uid", "io.kubernetes.pod.uid"]),
         container_name: if sandbox {
             None
         } else {
-            get(&["io.kubernetes.cri.container-name", "io.kubernetes.container.name"])
+            get(&[
+                "io.kubernetes.cri.container-name",
+                "io.kubernetes.container.name",
+            ])
         },
         resource_annotations,
     };
@@ -100,7 +114,9 @@ pub fn names_from_runtime_config(json: &[u8]) -> Option<K8sNames> {
 
 /// The characters of Kubernetes' generated name suffixes (`rand.SafeEncodeString`).
 fn is_generated(s: &str, len: std::ops::RangeInclusive<usize>) -> bool {
-    len.contains(&s.len()) && s.bytes().all(|b| b"bcdfghjklmnpqrstvwxz2456789".contains(&b))
+    len.contains(&s.len())
+        && s.bytes()
+            .all(|b| b"bcdfghjklmnpqrstvwxz2456789".contains(&b))
 }
 
 /// The workload name in a pod name, when the pod name ends with a suffix that a controller
@@ -144,8 +160,12 @@ pub fn workload_from_pod_name(pod: &str) -> Option<&str> {
 /// A bare `<name>-<5>` could be a DaemonSet's, a Job's or a ReplicaSet's pod: no attribute (its
 /// `<name>` still names the service, see [`workload_from_pod_name`]).
 pub fn workload_attributes(pod: &str) -> Vec<(&'static str, &str)> {
-    let Some(workload) = workload_from_pod_name(pod) else { return Vec::new() };
-    let Some((parent, last)) = pod.rsplit_once('-') else { return Vec::new() };
+    let Some(workload) = workload_from_pod_name(pod) else {
+        return Vec::new();
+    };
+    let Some((parent, last)) = pod.rsplit_once('-') else {
+        return Vec::new();
+    };
     if last.bytes().all(|b| b.is_ascii_digit()) {
         return vec![("k8s.statefulset.name", workload)];
     }
@@ -156,7 +176,10 @@ pub fn workload_attributes(pod: &str) -> Vec<(&'static str, &str)> {
     if middle.bytes().all(|b| b.is_ascii_digit()) {
         vec![("k8s.job.name", parent), ("k8s.cronjob.name", workload)]
     } else {
-        vec![("k8s.replicaset.name", parent), ("k8s.deployment.name", workload)]
+        vec![
+            ("k8s.replicaset.name", parent),
+            ("k8s.deployment.name", workload),
+        ]
     }
 }
 
@@ -191,13 +214,22 @@ mod tests {
         let crio = br#"{"annotations":{"io.kubernetes.container.name":"web",
             "io.kubernetes.pod.name":"web-0","io.kubernetes.pod.namespace":"default"}}"#;
         let names = names_from_runtime_config(crio);
-        assert_eq!(names.as_ref().and_then(|n| n.container_name.as_deref()), Some("web"));
-        assert_eq!(names.as_ref().and_then(|n| n.pod_name.as_deref()), Some("web-0"));
+        assert_eq!(
+            names.as_ref().and_then(|n| n.container_name.as_deref()),
+            Some("web")
+        );
+        assert_eq!(
+            names.as_ref().and_then(|n| n.pod_name.as_deref()),
+            Some("web-0")
+        );
         let docker = br#"{"Name":"/k8s_web_web-0","Config":{"Labels":{
             "io.kubernetes.container.name":"web","io.kubernetes.pod.name":"web-0"}}}"#;
         assert_eq!(
             names_from_runtime_config(docker),
-            names.map(|n| K8sNames { namespace: None, ..n })
+            names.map(|n| K8sNames {
+                namespace: None,
+                ..n
+            })
         );
     }
 
@@ -207,7 +239,10 @@ mod tests {
             "io.kubernetes.cri.sandbox-name":"orders-7d9c4b8f6-x2x9q"}}"#;
         let names = names_from_runtime_config(sandbox);
         assert_eq!(names.and_then(|n| n.container_name), None);
-        assert_eq!(names_from_runtime_config(br#"{"Name":"/web","Config":{"Labels":{}}}"#), None);
+        assert_eq!(
+            names_from_runtime_config(br#"{"Name":"/web","Config":{"Labels":{}}}"#),
+            None
+        );
         assert_eq!(names_from_runtime_config(br#"{"annotations":{}}"#), None);
         assert_eq!(names_from_runtime_config(b"not json"), None);
         assert_eq!(names_from_runtime_config(b"[1,2]"), None);
@@ -217,13 +252,22 @@ mod tests {
     fn workload_attributes_only_where_the_suffix_tells_the_kind() {
         assert_eq!(
             workload_attributes("checkout-api-5f8d7b9c4d-6wkzt"),
-            [("k8s.replicaset.name", "checkout-api-5f8d7b9c4d"), ("k8s.deployment.name", "checkout-api")]
+            [
+                ("k8s.replicaset.name", "checkout-api-5f8d7b9c4d"),
+                ("k8s.deployment.name", "checkout-api")
+            ]
         );
         assert_eq!(
             workload_attributes("backup-28934215-q2c7x"),
-            [("k8s.job.name", "backup-28934215"), ("k8s.cronjob.name", "backup")]
+            [
+                ("k8s.job.name", "backup-28934215"),
+                ("k8s.cronjob.name", "backup")
+            ]
         );
-        assert_eq!(workload_attributes("postgres-0"), [("k8s.statefulset.name", "postgres")]);
+        assert_eq!(
+            workload_attributes("postgres-0"),
+            [("k8s.statefulset.name", "postgres")]
+        );
         assert!(workload_attributes("node-exporter-x7k2p").is_empty());
         assert!(workload_attributes("redis").is_empty());
     }

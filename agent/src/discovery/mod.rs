@@ -156,7 +156,12 @@ impl RawProcess {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(DiscoveryError::Gone { pid })
             }
-            Err(source) => return Err(DiscoveryError::Io { path: dir.join("cmdline"), source }),
+            Err(source) => {
+                return Err(DiscoveryError::Io {
+                    path: dir.join("cmdline"),
+                    source,
+                })
+            }
         };
         let exe_path = fs::read_link(dir.join("exe")).ok().map(|p| {
             let s = p.to_string_lossy();
@@ -165,14 +170,18 @@ impl RawProcess {
         let comm = fs::read_to_string(dir.join("comm"))
             .map(|c| c.trim_end_matches('\n').to_owned())
             .unwrap_or_else(|_| comm_hint.to_owned());
-        let cwd = fs::read_link(dir.join("cwd")).ok().map(|p| p.to_string_lossy().into_owned());
+        let cwd = fs::read_link(dir.join("cwd"))
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned());
         let environ = read_bounded(&dir.join("environ"), MAX_PROC_FILE).ok();
         let cgroup = fs::read_to_string(dir.join("cgroup")).ok();
-        let own_uts_namespace =
-            match (fs::read_link(dir.join("ns/uts")), fs::read_link(proc_root.join("1/ns/uts"))) {
-                (Ok(mine), Ok(host)) => Some(mine != host),
-                _ => None,
-            };
+        let own_uts_namespace = match (
+            fs::read_link(dir.join("ns/uts")),
+            fs::read_link(proc_root.join("1/ns/uts")),
+        ) {
+            (Ok(mine), Ok(host)) => Some(mine != host),
+            _ => None,
+        };
         let runtime_config = cgroup
             .as_deref()
             .and_then(|text| cgroup::parse_cgroup(text).container_id)
@@ -234,10 +243,23 @@ impl ProcessInfo {
 
     /// [`ProcessInfo::from_raw`] on Kubernetes node `node`: its name is `k8s.node.name` of
     /// processes in pods.
-    pub fn from_raw_on_node(pid: u32, raw: &RawProcess, host_name: &str, node: Option<&str>) -> ProcessInfo {
+    pub fn from_raw_on_node(
+        pid: u32,
+        raw: &RawProcess,
+        host_name: &str,
+        node: Option<&str>,
+    ) -> ProcessInfo {
         let args = cmdline::split_cmdline(&raw.cmdline);
-        let env = raw.environ.as_deref().map(environ::parse_environ).unwrap_or_default();
-        let cgroup = raw.cgroup.as_deref().map(cgroup::parse_cgroup).unwrap_or_default();
+        let env = raw
+            .environ
+            .as_deref()
+            .map(environ::parse_environ)
+            .unwrap_or_default();
+        let cgroup = raw
+            .cgroup
+            .as_deref()
+            .map(cgroup::parse_cgroup)
+            .unwrap_or_default();
         let k8s = k8s_names(raw, &env, &cgroup);
 
         let exe_path = raw.exe_path.clone().unwrap_or_default();
@@ -249,7 +271,10 @@ impl ProcessInfo {
         let (service_name, service_name_source) = if let Some(name) = &env.otel_service_name {
             (name.clone(), ServiceNameSource::OtelServiceName)
         } else if let Some(name) = env.resource_service_name() {
-            (name.trim().to_owned(), ServiceNameSource::OtelResourceAttributes)
+            (
+                name.trim().to_owned(),
+                ServiceNameSource::OtelResourceAttributes,
+            )
         } else if let Some(name) = k8s.resource_annotation("service.name") {
             (name.to_owned(), ServiceNameSource::K8sAnnotation)
         } else if let Some(pod) = &k8s.pod_name {
@@ -259,10 +284,14 @@ impl ProcessInfo {
             )
         } else if let Some(container) = &k8s.container_name {
             (container.clone(), ServiceNameSource::K8sContainer)
-        } else if let Some(program) = cmdline::program_name(&exe_name, &args, &cmdline::NameHints {
-            cwd: raw.cwd.as_deref(),
-            pm2_name: env.pm2_name.as_deref(),
-        }) {
+        } else if let Some(program) = cmdline::program_name(
+            &exe_name,
+            &args,
+            &cmdline::NameHints {
+                cwd: raw.cwd.as_deref(),
+                pm2_name: env.pm2_name.as_deref(),
+            },
+        ) {
             (program, ServiceNameSource::Program)
         } else if invoked_through_link(&exe_name, &raw.comm) {
             // A multi-call executable run under another name (Debian's `redis-server` is a
@@ -304,8 +333,14 @@ impl ProcessInfo {
 
     /// The identity of a process known only by its `comm` (it exited before it was read).
     pub fn from_comm(pid: u32, comm: &str, host_name: &str) -> ProcessInfo {
-        let raw = RawProcess { comm: comm.to_owned(), ..RawProcess::default() };
-        ProcessInfo { partial: true, ..ProcessInfo::from_raw(pid, &raw, host_name) }
+        let raw = RawProcess {
+            comm: comm.to_owned(),
+            ..RawProcess::default()
+        };
+        ProcessInfo {
+            partial: true,
+            ..ProcessInfo::from_raw(pid, &raw, host_name)
+        }
     }
 }
 
@@ -314,8 +349,11 @@ impl ProcessInfo {
 /// a UTS namespace of its own (not a `hostNetwork` pod, whose `HOSTNAME` is the node's), the
 /// pod name from `HOSTNAME` (wrong only for a pod that sets `spec.hostname`).
 fn k8s_names(raw: &RawProcess, env: &EnvHints, cgroup: &CgroupInfo) -> K8sNames {
-    let mut names =
-        raw.runtime_config.as_deref().and_then(k8s::names_from_runtime_config).unwrap_or_default();
+    let mut names = raw
+        .runtime_config
+        .as_deref()
+        .and_then(k8s::names_from_runtime_config)
+        .unwrap_or_default();
     let in_pod = cgroup.kubepods && env.kubernetes;
     if names.pod_name.is_none() && in_pod && raw.own_uts_namespace == Some(true) {
         names.pod_name = env.hostname.clone();
@@ -355,7 +393,7 @@ fn build_resource(input: &ResourceInputs<'_>) -> Resource {
     let mut attributes: Vec<(String, AttrValue)> = Vec::with_capacity(16);
     let mut push = |key: &str, value: Option<&str>| {
         if let Some(v) = value.filter(|v| !v.is_empty()) {
-            attributes.push((key.to_owned(), AttrValue::Str(v.to_owned())));
+            attributes.push((key.to_owned(), AttrValue::from(v)));
         }
     };
     push("service.name", Some(input.service_name));
@@ -369,26 +407,44 @@ fn build_resource(input: &ResourceInputs<'_>) -> Resource {
     push("k8s.pod.uid", input.k8s.pod_uid.as_deref());
     push("k8s.container.name", input.k8s.container_name.as_deref());
     push("k8s.node.name", input.node);
-    for (key, name) in input.k8s.pod_name.as_deref().map(k8s::workload_attributes).unwrap_or_default() {
+    for (key, name) in input
+        .k8s
+        .pod_name
+        .as_deref()
+        .map(k8s::workload_attributes)
+        .unwrap_or_default()
+    {
         push(key, Some(name));
     }
     push("telemetry.distro.name", Some(DISTRO_NAME));
-    attributes.insert(1, ("process.pid".to_owned(), AttrValue::Int(i64::from(input.pid))));
+    attributes.insert(
+        1,
+        (
+            "process.pid".to_owned(),
+            AttrValue::Int(i64::from(input.pid)),
+        ),
+    );
 
     // The pod's `resource.opentelemetry.io/*` annotations, then the process's own
     // OTEL_RESOURCE_ATTRIBUTES: the process's word is the last.
     let annotations = input.k8s.resource_annotations.iter();
     for (key, value) in annotations.chain(input.otel_resource_attributes) {
-        if matches!(key.as_str(), "service.name" | "process.pid" | "telemetry.distro.name") {
+        if matches!(
+            key.as_str(),
+            "service.name" | "process.pid" | "telemetry.distro.name"
+        ) {
             continue;
         }
-        let value = AttrValue::Str(value.clone());
+        let value = AttrValue::from(value.as_str());
         match attributes.iter_mut().find(|(k, _)| k == key) {
             Some(existing) => existing.1 = value,
             None => attributes.push((key.clone(), value)),
         }
     }
-    Resource { service_name: input.service_name.to_owned(), attributes }
+    Resource {
+        service_name: input.service_name.to_owned(),
+        attributes,
+    }
 }
 
 /// Remembers the identity of recently seen processes, at most `capacity` of them.
@@ -533,7 +589,12 @@ impl ProcessCache {
     /// read again (at most every [`PENDING_REREAD`], [`PENDING_READS`] times), so that its spans
     /// get the title it set once started.
     pub fn on_activity(&mut self, pid: u32) {
-        if let Some(comm) = self.entries.get(&pid).filter(|e| e.reread_due()).map(|e| e.comm.clone()) {
+        if let Some(comm) = self
+            .entries
+            .get(&pid)
+            .filter(|e| e.reread_due())
+            .map(|e| e.comm.clone())
+        {
             self.load(pid, &comm);
         }
     }
@@ -541,12 +602,20 @@ impl ProcessCache {
     fn load(&mut self, pid: u32, comm_hint: &str) -> Arc<ProcessInfo> {
         // A process read again because its title was pending keeps counting its reads.
         let previous = self.entries.remove(&pid);
-        let rereads = previous.as_ref().map_or(PENDING_READS, |e| e.rereads.saturating_sub(1));
+        let rereads = previous
+            .as_ref()
+            .map_or(PENDING_READS, |e| e.rereads.saturating_sub(1));
         let start_time = read_start_time(&self.proc_root, pid);
         let (info, pending) = match (RawProcess::read(&self.proc_root, pid, comm_hint), previous) {
             (Ok(raw), _) => {
-                let info = ProcessInfo::from_raw_on_node(pid, &raw, &self.host_name, self.node_name.as_deref());
-                let pending = cmdline::title_pending(&info.exe_name, &cmdline::split_cmdline(&raw.cmdline));
+                let info = ProcessInfo::from_raw_on_node(
+                    pid,
+                    &raw,
+                    &self.host_name,
+                    self.node_name.as_deref(),
+                );
+                let pending =
+                    cmdline::title_pending(&info.exe_name, &cmdline::split_cmdline(&raw.cmdline));
                 (info, pending)
             }
             // Gone before it could be read again: what was read before stays.
@@ -559,7 +628,10 @@ impl ProcessCache {
             }
             (Err(error), None) => {
                 tracing::debug!(%error, pid, "process identity from its comm only");
-                (ProcessInfo::from_comm(pid, comm_hint, &self.host_name), false)
+                (
+                    ProcessInfo::from_comm(pid, comm_hint, &self.host_name),
+                    false,
+                )
             }
         };
         tracing::debug!(pid, service = %info.service_name, source = info.service_name_source.as_str(), cmd = %info.command_line, pending, rereads, "new process");
@@ -662,11 +734,20 @@ mod tests {
                 "deployment.environment",
             ]
         );
-        assert_eq!(attr(r, "service.name"), Some(&AttrValue::Str("checkout".into())));
+        assert_eq!(
+            attr(r, "service.name"),
+            Some(&AttrValue::Str("checkout".into()))
+        );
         assert_eq!(attr(r, "process.pid"), Some(&AttrValue::Int(42)));
         assert_eq!(attr(r, "host.name"), Some(&AttrValue::Str("h2".into())));
-        assert_eq!(attr(r, "process.executable.name"), Some(&AttrValue::Str("python3.11".into())));
-        assert_eq!(attr(r, "telemetry.distro.name"), Some(&AttrValue::Str("ztrace".into())));
+        assert_eq!(
+            attr(r, "process.executable.name"),
+            Some(&AttrValue::Str("python3.11".into()))
+        );
+        assert_eq!(
+            attr(r, "telemetry.distro.name"),
+            Some(&AttrValue::Str("ztrace".into()))
+        );
     }
 
     #[test]
@@ -675,7 +756,10 @@ mod tests {
         let info =
             ProcessInfo::from_raw(7, &raw("/usr/bin/node", b"node\0server.js\0", env), "box");
         assert_eq!(info.service_name, "billing");
-        assert_eq!(info.service_name_source, ServiceNameSource::OtelResourceAttributes);
+        assert_eq!(
+            info.service_name_source,
+            ServiceNameSource::OtelResourceAttributes
+        );
     }
 
     #[test]
@@ -690,14 +774,17 @@ mod tests {
         );
         assert_eq!(
             attr(&info.resource, "process.command_line"),
-            Some(&AttrValue::Str(info.command_line.clone()))
+            Some(&AttrValue::from(info.command_line.as_str()))
         );
     }
 
     #[test]
     fn executables_name_themselves() {
-        let info =
-            ProcessInfo::from_raw(3, &raw("/usr/sbin/nginx", b"nginx: worker process\0", b""), "");
+        let info = ProcessInfo::from_raw(
+            3,
+            &raw("/usr/sbin/nginx", b"nginx: worker process\0", b""),
+            "",
+        );
         assert_eq!(info.service_name, "nginx");
         assert_eq!(info.service_name_source, ServiceNameSource::Executable);
         assert_eq!(info.exe_path, "/usr/sbin/nginx");
@@ -777,13 +864,26 @@ mod tests {
         );
         assert_eq!(
             attr(&info.resource, "k8s.pod.uid"),
-            Some(&AttrValue::Str("0c5a4b1e-2d4e-4c1a-9d9e-0123456789ab".into()))
+            Some(&AttrValue::Str(
+                "0c5a4b1e-2d4e-4c1a-9d9e-0123456789ab".into()
+            ))
         );
-        assert_eq!(attr(&info.resource, "k8s.deployment.name"), Some(&AttrValue::Str("orders".into())));
+        assert_eq!(
+            attr(&info.resource, "k8s.deployment.name"),
+            Some(&AttrValue::Str("orders".into()))
+        );
         // A process outside any pod gets no node name.
-        let host = ProcessInfo::from_raw_on_node(6, &raw("/usr/bin/curl", b"curl\0", b""), "node-1", Some("node-1"));
+        let host = ProcessInfo::from_raw_on_node(
+            6,
+            &raw("/usr/bin/curl", b"curl\0", b""),
+            "node-1",
+            Some("node-1"),
+        );
         assert_eq!(attr(&host.resource, "k8s.node.name"), None);
-        assert_eq!(attr(&host.resource, "host.name"), Some(&AttrValue::Str("node-1".into())));
+        assert_eq!(
+            attr(&host.resource, "host.name"),
+            Some(&AttrValue::Str("node-1".into()))
+        );
     }
 
     #[test]
@@ -791,15 +891,31 @@ mod tests {
         let record = br#"{"annotations":{"io.kubernetes.cri.container-name":"api","io.kubernetes.cri.sandbox-name":"orders-7d9c4b8f6-x2x9q",
             "resource.opentelemetry.io/service.name":"orders-api","resource.opentelemetry.io/deployment.environment.name":"prod",
             "resource.opentelemetry.io/team":"shop"}}"#;
-        let mut r = raw("/usr/bin/python3", b"python3\0app.py\0", b"OTEL_RESOURCE_ATTRIBUTES=team=payments\0");
+        let mut r = raw(
+            "/usr/bin/python3",
+            b"python3\0app.py\0",
+            b"OTEL_RESOURCE_ATTRIBUTES=team=payments\0",
+        );
         r.runtime_config = Some(record.to_vec());
         let info = ProcessInfo::from_raw(7, &r, "node-1");
-        assert_eq!((info.service_name.as_str(), info.service_name_source), ("orders-api", ServiceNameSource::K8sAnnotation));
-        assert_eq!(attr(&info.resource, "deployment.environment.name"), Some(&AttrValue::Str("prod".into())));
-        assert_eq!(attr(&info.resource, "team"), Some(&AttrValue::Str("payments".into())));
+        assert_eq!(
+            (info.service_name.as_str(), info.service_name_source),
+            ("orders-api", ServiceNameSource::K8sAnnotation)
+        );
+        assert_eq!(
+            attr(&info.resource, "deployment.environment.name"),
+            Some(&AttrValue::Str("prod".into()))
+        );
+        assert_eq!(
+            attr(&info.resource, "team"),
+            Some(&AttrValue::Str("payments".into()))
+        );
         r.environ = Some(b"OTEL_SERVICE_NAME=checkout\0".to_vec());
         let info = ProcessInfo::from_raw(7, &r, "node-1");
-        assert_eq!((info.service_name.as_str(), info.service_name_source), ("checkout", ServiceNameSource::OtelServiceName));
+        assert_eq!(
+            (info.service_name.as_str(), info.service_name_source),
+            ("checkout", ServiceNameSource::OtelServiceName)
+        );
     }
 
     #[test]
@@ -835,7 +951,10 @@ mod tests {
             ("server", ServiceNameSource::Program)
         );
         assert_eq!(info.k8s.pod_name, None);
-        assert_eq!(info.k8s.pod_uid.as_deref(), Some("0c5a4b1e-2d4e-4c1a-9d9e-0123456789ab"));
+        assert_eq!(
+            info.k8s.pod_uid.as_deref(),
+            Some("0c5a4b1e-2d4e-4c1a-9d9e-0123456789ab")
+        );
 
         // A Docker container that happens to have KUBERNETES_SERVICE_HOST.
         r.own_uts_namespace = Some(true);
@@ -910,7 +1029,10 @@ mod tests {
         let mut cache = ProcessCache::with_host_name(16, &root, "box");
         let first = cache.refresh(40, "sh");
         assert_eq!(first.command_line, "/bin/sh start.sh");
-        assert!(Arc::ptr_eq(&first, &cache.refresh(40, "sh")), "same comm, within the recheck time: cached");
+        assert!(
+            Arc::ptr_eq(&first, &cache.refresh(40, "sh")),
+            "same comm, within the recheck time: cached"
+        );
 
         // The shell exec'd the service: same pid, new comm.
         fake_process(&root, 40, "orders", "/usr/bin/orders --port 8080", 1000);
@@ -947,7 +1069,11 @@ mod tests {
         assert_eq!(titled.service_name, "postgres");
 
         // Read for good: a later title is not read again, and a gone backend keeps its identity.
-        fs::write(root.join("50/cmdline"), b"postgres: app orders 127.0.0.1(51094) SELECT\0").expect("cmdline");
+        fs::write(
+            root.join("50/cmdline"),
+            b"postgres: app orders 127.0.0.1(51094) SELECT\0",
+        )
+        .expect("cmdline");
         std::thread::sleep(PENDING_REREAD);
         cache.on_activity(50);
         assert!(Arc::ptr_eq(&titled, &cache.get_or_load(50, "postgres")));

@@ -38,7 +38,11 @@ pub fn locate<'data, O: Object<'data>>(elf: &O, names: &[&'static str]) -> (Vec<
         has_symtab = true;
         let Ok(name) = sym.name() else { continue };
         if let Some(&name) = names.iter().find(|n| **n == name) {
-            found.push(Located { name, vaddr: sym.address(), size: sym.size() });
+            found.push(Located {
+                name,
+                vaddr: sym.address(),
+                size: sym.size(),
+            });
         }
     }
     if has_symtab {
@@ -50,8 +54,12 @@ pub fn locate<'data, O: Object<'data>>(elf: &O, names: &[&'static str]) -> (Vec<
 
 /// The functions of `names` in the binary's `.gopclntab`.
 fn in_pclntab<'data, O: Object<'data>>(elf: &O, names: &[&'static str]) -> Vec<Located> {
-    let Some(section) = elf.section_by_name(".gopclntab") else { return Vec::new() };
-    let Ok(data) = section.data() else { return Vec::new() };
+    let Some(section) = elf.section_by_name(".gopclntab") else {
+        return Vec::new();
+    };
+    let Ok(data) = section.data() else {
+        return Vec::new();
+    };
     let table = match PcLnTable::parse(data.to_vec(), section.address(), &[], None) {
         Ok(table) => table,
         Err(error) => {
@@ -72,14 +80,20 @@ fn in_pclntab<'data, O: Object<'data>>(elf: &O, names: &[&'static str]) -> Vec<L
         .into_iter()
         .filter_map(|(name, vaddr)| {
             let next = *entries.get(entries.partition_point(|&e| e <= vaddr))?;
-            Some(Located { name, vaddr, size: next - vaddr })
+            Some(Located {
+                name,
+                vaddr,
+                size: next - vaddr,
+            })
         })
         .collect()
 }
 
 /// The file offset of the ELF address `vaddr`, in the section that holds it.
 pub fn file_offset<'data, O: Object<'data>>(elf: &O, vaddr: u64) -> Option<u64> {
-    let text = elf.sections().find(|s| s.address() <= vaddr && vaddr < s.address() + s.size())?;
+    let text = elf
+        .sections()
+        .find(|s| s.address() <= vaddr && vaddr < s.address() + s.size())?;
     let (file_start, _) = text.file_range()?;
     Some(vaddr - text.address() + file_start)
 }
@@ -87,12 +101,20 @@ pub fn file_offset<'data, O: Object<'data>>(elf: &O, vaddr: u64) -> Option<u64> 
 /// The entry and the RETs of a located function, as file offsets (the RETs may be none).
 pub fn sites<'data, O: Object<'data>>(elf: &O, f: &Located) -> Option<Sites> {
     let vaddr = f.vaddr;
-    let text = elf.sections().find(|s| s.address() <= vaddr && vaddr < s.address() + s.size())?;
+    let text = elf
+        .sections()
+        .find(|s| s.address() <= vaddr && vaddr < s.address() + s.size())?;
     let (file_start, _) = text.file_range()?;
     let to_file = |addr: u64| addr - text.address() + file_start;
-    let size = f.size.min(text.address() + text.size() - vaddr).min(MAX_FUNCTION_BYTES);
+    let size = f
+        .size
+        .min(text.address() + text.size() - vaddr)
+        .min(MAX_FUNCTION_BYTES);
     let code = text.data_range(vaddr, size).ok()??;
-    Some(Sites { entry: to_file(vaddr), rets: rets(code, vaddr).into_iter().map(to_file).collect() })
+    Some(Sites {
+        entry: to_file(vaddr),
+        rets: rets(code, vaddr).into_iter().map(to_file).collect(),
+    })
 }
 
 /// Addresses of the RET instructions in `code`, which starts at `ip`.

@@ -24,7 +24,9 @@ use object::{Object, ObjectSection};
 /// The Go version of a binary (`go1.19.8`), from its `.go.buildinfo`; `None` when it has none or
 /// it is older than Go 1.18.
 pub fn version<'data, O: Object<'data>>(elf: &O) -> Option<String> {
-    elf.section_by_name(".go.buildinfo").and_then(|s| s.data().ok()).and_then(build_version)
+    elf.section_by_name(".go.buildinfo")
+        .and_then(|s| s.data().ok())
+        .and_then(build_version)
 }
 
 /// `go1.19.8` → 19.

@@ -22,7 +22,11 @@ pub struct GoOffsets {
 }
 
 /// The offsets of Go 1.17 to 1.24 (the same in each), used when a binary has no DWARF.
-pub const TABLE: GoOffsets = GoOffsets { conn_iface_data: 8, tcpconn_fd: 0, netfd_sysfd: 16 };
+pub const TABLE: GoOffsets = GoOffsets {
+    conn_iface_data: 8,
+    tcpconn_fd: 0,
+    netfd_sysfd: 16,
+};
 
 /// Where the offsets of a binary came from, for the attach table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,7 +47,10 @@ impl Source {
 impl GoOffsets {
     /// The attach cookie the kernel program reads: bit 63 set, then 16 bits per offset.
     pub fn cookie(self) -> u64 {
-        1 << 63 | u64::from(self.netfd_sysfd) << 32 | u64::from(self.tcpconn_fd) << 16 | u64::from(self.conn_iface_data)
+        1 << 63
+            | u64::from(self.netfd_sysfd) << 32
+            | u64::from(self.tcpconn_fd) << 16
+            | u64::from(self.conn_iface_data)
     }
 }
 
@@ -60,25 +67,44 @@ const PACKAGES: [&str; 4] = ["crypto/tls", "net", "internal/poll", "runtime"];
 
 /// Reads the offsets from the binary's DWARF; `None` without DWARF or when a member is missing.
 pub fn from_dwarf<'data, O: Object<'data>>(elf: &O) -> Option<GoOffsets> {
-    let info = elf.section_by_name(".debug_info")?.uncompressed_data().ok()?;
-    let abbrev = elf.section_by_name(".debug_abbrev")?.uncompressed_data().ok()?;
-    let strs = elf.section_by_name(".debug_str").and_then(|s| s.uncompressed_data().ok());
-    let line_str = elf.section_by_name(".debug_line_str").and_then(|s| s.uncompressed_data().ok());
+    let info = elf
+        .section_by_name(".debug_info")?
+        .uncompressed_data()
+        .ok()?;
+    let abbrev = elf
+        .section_by_name(".debug_abbrev")?
+        .uncompressed_data()
+        .ok()?;
+    let strs = elf
+        .section_by_name(".debug_str")
+        .and_then(|s| s.uncompressed_data().ok());
+    let line_str = elf
+        .section_by_name(".debug_line_str")
+        .and_then(|s| s.uncompressed_data().ok());
     let empty: &[u8] = &[];
     let dwarf = gimli::Dwarf {
         debug_info: gimli::DebugInfo::new(&info, LittleEndian),
         debug_abbrev: gimli::DebugAbbrev::new(&abbrev, LittleEndian),
         debug_str: gimli::DebugStr::new(strs.as_deref().unwrap_or(empty), LittleEndian),
-        debug_line_str: gimli::DebugLineStr::new(line_str.as_deref().unwrap_or(empty), LittleEndian),
+        debug_line_str: gimli::DebugLineStr::new(
+            line_str.as_deref().unwrap_or(empty),
+            LittleEndian,
+        ),
         ..Default::default()
     };
     let found = members(&dwarf)?;
-    let get = |s: &str, m: &str| found.iter().find(|(st, mb, _)| st == s && mb == m).map(|(_, _, off)| *off);
+    let get = |s: &str, m: &str| {
+        found
+            .iter()
+            .find(|(st, mb, _)| st == s && mb == m)
+            .map(|(_, _, off)| *off)
+    };
     let iface_data = get("runtime.iface", "data").unwrap_or(8);
     let offsets = GoOffsets {
         conn_iface_data: u16::try_from(get("crypto/tls.Conn", "conn")? + iface_data).ok()?,
         tcpconn_fd: u16::try_from(get("net.TCPConn", "conn")? + get("net.conn", "fd")?).ok()?,
-        netfd_sysfd: u16::try_from(get("net.netFD", "pfd")? + get("internal/poll.FD", "Sysfd")?).ok()?,
+        netfd_sysfd: u16::try_from(get("net.netFD", "pfd")? + get("internal/poll.FD", "Sysfd")?)
+            .ok()?,
     };
     Some(offsets)
 }
@@ -91,8 +117,12 @@ fn members(dwarf: &gimli::Dwarf<Slice<'_>>) -> Option<Vec<(String, String, u64)>
     let mut found = Vec::new();
     let mut units = dwarf.units();
     while let Ok(Some(header)) = units.next() {
-        let Ok(abbrevs) = dwarf.abbreviations(&header) else { continue };
-        let Ok(mut tree) = header.entries_tree(&abbrevs, None) else { continue };
+        let Ok(abbrevs) = dwarf.abbreviations(&header) else {
+            continue;
+        };
+        let Ok(mut tree) = header.entries_tree(&abbrevs, None) else {
+            continue;
+        };
         let Ok(root) = tree.root() else { continue };
         let unit_name = name_of(dwarf, root.entry()).unwrap_or_default();
         if !PACKAGES.contains(&unit_name.as_str()) {
@@ -104,7 +134,9 @@ fn members(dwarf: &gimli::Dwarf<Slice<'_>>) -> Option<Vec<(String, String, u64)>
             if entry.tag() != gimli::DW_TAG_structure_type {
                 continue;
             }
-            let Some(name) = name_of(dwarf, entry) else { continue };
+            let Some(name) = name_of(dwarf, entry) else {
+                continue;
+            };
             if !WANTED.iter().any(|(s, _)| *s == name) {
                 continue;
             }
@@ -114,7 +146,9 @@ fn members(dwarf: &gimli::Dwarf<Slice<'_>>) -> Option<Vec<(String, String, u64)>
                 if f.tag() != gimli::DW_TAG_member {
                     continue;
                 }
-                let Some(member) = name_of(dwarf, f) else { continue };
+                let Some(member) = name_of(dwarf, f) else {
+                    continue;
+                };
                 if !WANTED.contains(&(name.as_str(), member.as_str())) {
                     continue;
                 }
@@ -134,7 +168,10 @@ fn members(dwarf: &gimli::Dwarf<Slice<'_>>) -> Option<Vec<(String, String, u64)>
 }
 
 /// An entry's `DW_AT_name`, inline or in `.debug_str`.
-fn name_of(dwarf: &gimli::Dwarf<Slice<'_>>, entry: &gimli::DebuggingInformationEntry<'_, '_, Slice<'_>>) -> Option<String> {
+fn name_of(
+    dwarf: &gimli::Dwarf<Slice<'_>>,
+    entry: &gimli::DebuggingInformationEntry<'_, '_, Slice<'_>>,
+) -> Option<String> {
     let s = match entry.attr_value(gimli::DW_AT_name).ok()?? {
         AttributeValue::String(s) => s,
         AttributeValue::DebugStrRef(offset) => dwarf.debug_str.get_str(offset).ok()?,
@@ -149,7 +186,12 @@ mod tests {
 
     #[test]
     fn the_cookie_packs_the_offsets_with_a_flag() {
-        let c = GoOffsets { conn_iface_data: 8, tcpconn_fd: 0, netfd_sysfd: 16 }.cookie();
+        let c = GoOffsets {
+            conn_iface_data: 8,
+            tcpconn_fd: 0,
+            netfd_sysfd: 16,
+        }
+        .cookie();
         assert_eq!(c >> 63, 1);
         assert_eq!(c & 0xffff, 8);
         assert_eq!((c >> 16) & 0xffff, 0);

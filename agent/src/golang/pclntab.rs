@@ -8,7 +8,6 @@
 //! by its pointer to the table. Without it, each address gives only its physical function.
 //! Parsing never panics: every read is bounds-checked and a bad table is an error.
 
-
 /// A frame of source code at one address (see [`PcLnTable::source_frames`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PcFrame {
@@ -35,7 +34,8 @@ const FUNCDATA_INL_TREE: u32 = 3;
 const MAX_INLINE_DEPTH: usize = 32;
 
 fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    b.get(at..at.checked_add(4)?).map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    b.get(at..at.checked_add(4)?)
+        .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
 }
 
 fn u64_at(b: &[u8], at: usize) -> Option<u64> {
@@ -85,7 +85,12 @@ impl PcLnTable {
     /// Parses the table at ELF address `addr`. `data_sections` are the binary's data sections
     /// (where the module data lives) and `rodata` the one holding `go.func.*` (from which only
     /// the part from `gofunc` on is copied).
-    pub fn parse(data: Vec<u8>, addr: u64, data_sections: &[(u64, &[u8])], rodata: Option<(u64, &[u8])>) -> Result<PcLnTable, PclnError> {
+    pub fn parse(
+        data: Vec<u8>,
+        addr: u64,
+        data_sections: &[(u64, &[u8])],
+        rodata: Option<(u64, &[u8])>,
+    ) -> Result<PcLnTable, PclnError> {
         let magic = u32_at(&data, 0).ok_or(PclnError::Truncated)?;
         let go120 = match magic {
             MAGIC_118 => false,
@@ -105,16 +110,42 @@ impl PcLnTable {
         let pctab = to_usize(word(6)?)?;
         let functab = to_usize(word(7)?)?;
         // nfunc entries and a sentinel (the end of the last function).
-        let functab_end = nfunc.checked_add(1).and_then(|n| n.checked_mul(8)).and_then(|n| n.checked_add(functab)).ok_or(PclnError::Truncated)?;
-        if [funcname, cutab, filetab, pctab].iter().any(|&o| o > data.len()) || functab_end > data.len() {
+        let functab_end = nfunc
+            .checked_add(1)
+            .and_then(|n| n.checked_mul(8))
+            .and_then(|n| n.checked_add(functab))
+            .ok_or(PclnError::Truncated)?;
+        if [funcname, cutab, filetab, pctab]
+            .iter()
+            .any(|&o| o > data.len())
+            || functab_end > data.len()
+        {
             return Err(PclnError::Truncated);
         }
-        let gofunc = find_gofunc(addr, addr + funcname as u64, go120, data_sections).and_then(|base| {
-            let (raddr, bytes) = rodata?;
-            let from = usize::try_from(base.checked_sub(raddr)?).ok()?;
-            Some((base, Region { addr: base, bytes: bytes.get(from..)?.to_vec() }))
-        });
-        Ok(PcLnTable { data, go120, text_start, funcname, cutab, filetab, pctab, functab, nfunc, gofunc })
+        let gofunc =
+            find_gofunc(addr, addr + funcname as u64, go120, data_sections).and_then(|base| {
+                let (raddr, bytes) = rodata?;
+                let from = usize::try_from(base.checked_sub(raddr)?).ok()?;
+                Some((
+                    base,
+                    Region {
+                        addr: base,
+                        bytes: bytes.get(from..)?.to_vec(),
+                    },
+                ))
+            });
+        Ok(PcLnTable {
+            data,
+            go120,
+            text_start,
+            funcname,
+            cutab,
+            filetab,
+            pctab,
+            functab,
+            nfunc,
+            gofunc,
+        })
     }
 
     /// Heap bytes held.
@@ -172,8 +203,13 @@ impl PcLnTable {
     /// Calls `f` with the name and entry address of every function.
     pub fn each_function(&self, mut f: impl FnMut(&str, u64)) {
         for i in 0..self.nfunc {
-            let Some((entry, func)) = self.func_entry(i) else { return };
-            if let Some(name) = self.func_field(func, 1).and_then(|n| cstr_at(&self.data, self.funcname + n as usize)) {
+            let Some((entry, func)) = self.func_entry(i) else {
+                return;
+            };
+            if let Some(name) = self
+                .func_field(func, 1)
+                .and_then(|n| cstr_at(&self.data, self.funcname + n as usize))
+            {
                 f(name, entry);
             }
         }
@@ -207,9 +243,13 @@ impl PcLnTable {
     }
 
     fn file_line(&self, func: usize, entry: u64, addr: u64) -> (Option<String>, Option<u32>) {
-        let line = self.func_field(func, 6).and_then(|t| self.pcvalue(t, entry, addr)).and_then(|l| u32::try_from(l).ok());
+        let line = self
+            .func_field(func, 6)
+            .and_then(|t| self.pcvalue(t, entry, addr))
+            .and_then(|l| u32::try_from(l).ok());
         let file = (|| {
-            let fileno = u32::try_from(self.pcvalue(self.func_field(func, 5)?, entry, addr)?).ok()?;
+            let fileno =
+                u32::try_from(self.pcvalue(self.func_field(func, 5)?, entry, addr)?).ok()?;
             let cu = self.func_field(func, 8)?;
             let off = u32_at(&self.data, self.cutab + 4 * (cu as usize + fileno as usize))?;
             if off == u32::MAX {
@@ -229,14 +269,20 @@ impl PcLnTable {
         if FUNCDATA_INL_TREE >= nfuncdata {
             return None;
         }
-        let off = u32_at(&self.data, func + fixed + 4 * npcdata + 4 * FUNCDATA_INL_TREE as usize)?;
+        let off = u32_at(
+            &self.data,
+            func + fixed + 4 * npcdata + 4 * FUNCDATA_INL_TREE as usize,
+        )?;
         if off == u32::MAX {
             return None;
         }
         let (size, name_at, parent_pc_at) = if self.go120 { (16, 4, 8) } else { (20, 12, 16) };
         let tree = region.slice_at(base.checked_add(u64::from(off))?)?;
         let at = usize::try_from(ix).ok()?.checked_mul(size)?;
-        Some((u32_at(tree, at + name_at)?, u32_at(tree, at + parent_pc_at)?))
+        Some((
+            u32_at(tree, at + name_at)?,
+            u32_at(tree, at + parent_pc_at)?,
+        ))
     }
 
     fn inline_index(&self, func: usize, entry: u64, addr: u64) -> Option<i32> {
@@ -245,25 +291,41 @@ impl PcLnTable {
             return None;
         }
         let fixed = if self.go120 { 44 } else { 40 };
-        let table = u32_at(&self.data, func + fixed + 4 * PCDATA_INL_TREE_INDEX as usize)?;
+        let table = u32_at(
+            &self.data,
+            func + fixed + 4 * PCDATA_INL_TREE_INDEX as usize,
+        )?;
         self.pcvalue(table, entry, addr).filter(|&ix| ix >= 0)
     }
 
     /// Source frames at `addr`, innermost (inlined) first; empty when no function holds it.
     pub fn source_frames(&self, addr: u64) -> Vec<PcFrame> {
-        let Some((entry, func)) = self.find(addr) else { return Vec::new() };
+        let Some((entry, func)) = self.find(addr) else {
+            return Vec::new();
+        };
         let mut out = Vec::new();
         let mut pc = addr;
         while out.len() < MAX_INLINE_DEPTH {
             let (file, line) = self.file_line(func, entry, pc);
-            match self.inline_index(func, entry, pc).and_then(|ix| self.inlined_call(func, ix)) {
+            match self
+                .inline_index(func, entry, pc)
+                .and_then(|ix| self.inlined_call(func, ix))
+            {
                 Some((nameoff, parent_pc)) => {
-                    out.push(PcFrame { function: self.name(nameoff), file, line });
+                    out.push(PcFrame {
+                        function: self.name(nameoff),
+                        file,
+                        line,
+                    });
                     pc = entry + u64::from(parent_pc);
                 }
                 None => {
                     let function = self.func_field(func, 1).and_then(|n| self.name(n));
-                    out.push(PcFrame { function, file, line });
+                    out.push(PcFrame {
+                        function,
+                        file,
+                        line,
+                    });
                     break;
                 }
             }
@@ -286,7 +348,12 @@ fn varint(p: &[u8]) -> Option<(u32, usize)> {
 
 /// `moduledata.gofunc`: the module data starts with a pointer to the table (`pcHeader`)
 /// followed by the `funcnametab` slice; `gofunc` is its 39th word (41st from Go 1.20).
-fn find_gofunc(pcheader: u64, funcnametab: u64, go120: bool, data_sections: &[(u64, &[u8])]) -> Option<u64> {
+fn find_gofunc(
+    pcheader: u64,
+    funcnametab: u64,
+    go120: bool,
+    data_sections: &[(u64, &[u8])],
+) -> Option<u64> {
     let index = if go120 { 40 } else { 38 };
     for &(_, b) in data_sections {
         let mut at = 0;
@@ -310,11 +377,20 @@ mod tests {
         assert_eq!(varint(&[0x80, 0x01]), Some((128, 2)));
         assert_eq!(varint(&[0x80, 0x80]), None);
         assert_eq!(varint(&[]), None);
-        assert_eq!(PcLnTable::parse(vec![], 0, &[], None).err(), Some(PclnError::Truncated));
-        assert_eq!(PcLnTable::parse(vec![0xfa, 0xff, 0xff, 0xff, 0, 0, 1, 8], 0, &[], None).err(), Some(PclnError::Version(0xffff_fffa)));
+        assert_eq!(
+            PcLnTable::parse(vec![], 0, &[], None).err(),
+            Some(PclnError::Truncated)
+        );
+        assert_eq!(
+            PcLnTable::parse(vec![0xfa, 0xff, 0xff, 0xff, 0, 0, 1, 8], 0, &[], None).err(),
+            Some(PclnError::Version(0xffff_fffa))
+        );
         let mut header = vec![0xf0, 0xff, 0xff, 0xff, 0, 0, 1, 8];
         header.extend_from_slice(&[0xff; 64]);
-        assert_eq!(PcLnTable::parse(header, 0, &[], None).err(), Some(PclnError::Truncated));
+        assert_eq!(
+            PcLnTable::parse(header, 0, &[], None).err(),
+            Some(PclnError::Truncated)
+        );
     }
 
     /// Every prefix of a real table's header and body is refused or read without panicking.

@@ -44,7 +44,13 @@ pub const NEWPROC: &str = "runtime.newproc1";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum GoBinary {
     /// A Go program ztrace follows, with the [`HANDOFF_FUNCTIONS`] it has.
-    Followed { version: String, goid_offset: u32, handoffs: Vec<Handoff>, stripped: bool, spawn: Option<Sites> },
+    Followed {
+        version: String,
+        goid_offset: u32,
+        handoffs: Vec<Handoff>,
+        stripped: bool,
+        spawn: Option<Sites>,
+    },
     /// A Go program ztrace cannot follow, and why.
     Unsupported(String),
     /// Not a Go program.
@@ -64,7 +70,9 @@ pub struct Handoff {
 pub fn inspect(path: &Path) -> std::io::Result<GoBinary> {
     let file = std::fs::File::open(path)?;
     let cache = ReadCache::new(file);
-    let Ok(elf) = object::File::parse(&cache) else { return Ok(GoBinary::NotGo) };
+    let Ok(elf) = object::File::parse(&cache) else {
+        return Ok(GoBinary::NotGo);
+    };
     Ok(classify(&elf))
 }
 
@@ -77,24 +85,38 @@ pub fn classify<'data, O: Object<'data>>(elf: &O) -> GoBinary {
         return GoBinary::Unsupported("not x86-64".into());
     }
     let Some(version) = super::version(elf) else {
-        return GoBinary::Unsupported("Go version unknown (before go1.18?): runtime.g layout unknown".into());
+        return GoBinary::Unsupported(
+            "Go version unknown (before go1.18?): runtime.g layout unknown".into(),
+        );
     };
     let Some(goid_offset) = super::minor(&version).and_then(goid_offset) else {
-        return GoBinary::Unsupported(format!("{version}: runtime.g layout unknown (go1.18 to go1.23 are followed)"));
+        return GoBinary::Unsupported(format!(
+            "{version}: runtime.g layout unknown (go1.18 to go1.23 are followed)"
+        ));
     };
-    let names: Vec<&'static str> = HANDOFF_FUNCTIONS.iter().map(|(_, f)| *f).chain([NEWPROC]).collect();
+    let names: Vec<&'static str> = HANDOFF_FUNCTIONS
+        .iter()
+        .map(|(_, f)| *f)
+        .chain([NEWPROC])
+        .collect();
     let (found, stripped) = code::locate(elf, &names);
     let mut handoffs = Vec::new();
     for f in &found {
         for &(program, function) in HANDOFF_FUNCTIONS.iter().filter(|(_, name)| *name == f.name) {
             // Unstripped: attached by name; stripped: at the entry's file offset.
             let offset = if stripped {
-                let Some(offset) = code::file_offset(elf, f.vaddr) else { continue };
+                let Some(offset) = code::file_offset(elf, f.vaddr) else {
+                    continue;
+                };
                 Some(offset)
             } else {
                 None
             };
-            handoffs.push(Handoff { program, function, offset });
+            handoffs.push(Handoff {
+                program,
+                function,
+                offset,
+            });
         }
     }
     let spawn = found
@@ -102,7 +124,13 @@ pub fn classify<'data, O: Object<'data>>(elf: &O) -> GoBinary {
         .find(|f| f.name == NEWPROC)
         .and_then(|f| code::sites(elf, f))
         .filter(|sites| !sites.rets.is_empty());
-    GoBinary::Followed { version, goid_offset, handoffs, stripped, spawn }
+    GoBinary::Followed {
+        version,
+        goid_offset,
+        handoffs,
+        stripped,
+        spawn,
+    }
 }
 
 #[cfg(test)]

@@ -9,8 +9,10 @@ use super::{
 };
 
 /// The Go functions probed: symbol name, short name for the attach table.
-pub const FUNCTIONS: [(&str, &str); 2] =
-    [("crypto/tls.(*Conn).Write", "(*Conn).Write"), ("crypto/tls.(*Conn).Read", "(*Conn).Read")];
+pub const FUNCTIONS: [(&str, &str); 2] = [
+    ("crypto/tls.(*Conn).Write", "(*Conn).Write"),
+    ("crypto/tls.(*Conn).Read", "(*Conn).Read"),
+];
 
 /// Go minor versions whose struct offsets (tls.Conn → net.Conn → netFD → Sysfd) the version
 /// table knows, and which pass arguments in registers (Go >= 1.17). Newer versions are probed
@@ -41,7 +43,9 @@ impl GoTls {
     /// Why the binary cannot be probed, if it cannot.
     pub fn unsupported(&self) -> Option<String> {
         let Some(version) = &self.version else {
-            return Some("Go version unknown (unreadable .go.buildinfo): struct offsets unknown".into());
+            return Some(
+                "Go version unknown (unreadable .go.buildinfo): struct offsets unknown".into(),
+            );
         };
         match super::minor(version) {
             Some(m) if m < 17 => return Some(format!("{version} passes arguments on the stack (Go < 1.17): not supported")),
@@ -83,12 +87,21 @@ pub fn inspect<'data, O: Object<'data>>(elf: &O) -> Option<GoTls> {
         .filter_map(|f| {
             let (_, short) = FUNCTIONS.iter().find(|(full, _)| *full == f.name)?;
             let sites = code::sites(elf, f)?;
-            Some(GoFunction { name: short, entry: sites.entry, rets: sites.rets })
+            Some(GoFunction {
+                name: short,
+                entry: sites.entry,
+                rets: sites.rets,
+            })
         })
         .collect();
     functions.sort_by_key(|f| FUNCTIONS.iter().position(|(_, short)| *short == f.name));
     let dwarf_offsets = offsets::from_dwarf(elf);
-    Some(GoTls { version, stripped, functions, dwarf_offsets })
+    Some(GoTls {
+        version,
+        stripped,
+        functions,
+        dwarf_offsets,
+    })
 }
 
 #[cfg(test)]
@@ -100,19 +113,50 @@ mod tests {
         let tls = |v: &str| GoTls {
             version: Some(v.into()),
             stripped: false,
-            functions: FUNCTIONS.iter().map(|(_, n)| GoFunction { name: n, entry: 1, rets: vec![2] }).collect(),
+            functions: FUNCTIONS
+                .iter()
+                .map(|(_, n)| GoFunction {
+                    name: n,
+                    entry: 1,
+                    rets: vec![2],
+                })
+                .collect(),
             dwarf_offsets: None,
         };
         assert_eq!(tls("go1.19.8").unsupported(), None);
-        assert_eq!(tls("go1.19.8").offsets(), (offsets::TABLE, Source::VersionTable));
-        assert!(tls("go1.16.2").unsupported().is_some_and(|r| r.contains("stack")));
-        assert!(tls("go1.30").unsupported().is_some_and(|r| r.contains("unknown")));
-        assert!(GoTls { version: None, ..tls("go1.19") }.unsupported().is_some());
+        assert_eq!(
+            tls("go1.19.8").offsets(),
+            (offsets::TABLE, Source::VersionTable)
+        );
+        assert!(tls("go1.16.2")
+            .unsupported()
+            .is_some_and(|r| r.contains("stack")));
+        assert!(tls("go1.30")
+            .unsupported()
+            .is_some_and(|r| r.contains("unknown")));
+        assert!(GoTls {
+            version: None,
+            ..tls("go1.19")
+        }
+        .unsupported()
+        .is_some());
         // A version the table does not know, with DWARF: probed with the offsets read there.
-        let dwarf = GoOffsets { conn_iface_data: 24, tcpconn_fd: 8, netfd_sysfd: 32 };
-        let newer = GoTls { dwarf_offsets: Some(dwarf), ..tls("go1.30") };
+        let dwarf = GoOffsets {
+            conn_iface_data: 24,
+            tcpconn_fd: 8,
+            netfd_sysfd: 32,
+        };
+        let newer = GoTls {
+            dwarf_offsets: Some(dwarf),
+            ..tls("go1.30")
+        };
         assert_eq!(newer.unsupported(), None);
         assert_eq!(newer.offsets(), (dwarf, Source::Dwarf));
-        assert!(GoTls { dwarf_offsets: Some(dwarf), ..tls("go1.16.2") }.unsupported().is_some());
+        assert!(GoTls {
+            dwarf_offsets: Some(dwarf),
+            ..tls("go1.16.2")
+        }
+        .unsupported()
+        .is_some());
     }
 }

@@ -2,7 +2,11 @@
 //! inline on one task (each stage is cheap and never blocks). Client spans wait here, at most
 //! [`STACK_WAIT`], for the stack of their request.
 
-use std::{net::SocketAddr, sync::Arc, time::{Duration, Instant}};
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use aya::maps::{MapData, RingBuf};
 
@@ -25,6 +29,8 @@ const IDLE_CONN_NS: u64 = 10 * 60 * 1_000_000_000;
 const EXIT_CHECK_IDLE_NS: u64 = 1_000_000_000;
 /// Most connections tracked at once.
 const MAX_CONNS: usize = 65_536;
+/// Interpreter processes remembered as already told to the kernel (see `Capture::stackless`).
+const MAX_STACKLESS: usize = 16_384;
 /// Ring-buffer records handled before the capture task hands spans on and yields.
 const MAX_RECORDS_PER_DRAIN: usize = 65_536;
 /// Longest a client span waits for its stack to be symbolized (the first stack of a large
@@ -50,6 +56,12 @@ pub struct Capture {
     /// Client spans and the stacks of their requests.
     stacks: StackJoin,
     released: Vec<(u64, Finished)>,
+    /// Processes of interpreted runtimes seen since the last [`Capture::take_stackless`]: their
+    /// stacks show the interpreter's own frames only, so the kernel is told to take none.
+    stackless: Vec<u32>,
+    /// Processes already told to the kernel as stackless (at most [`MAX_STACKLESS`], then
+    /// forgotten: telling again is harmless).
+    stackless_told: crate::collections::HashSet<u32>,
 }
 
 impl Capture {
@@ -73,8 +85,9 @@ impl Capture {
     ) -> Self {
         Capture {
             metrics,
-            conns: ConnTable::new(MAX_CONNS, std::process::id())
-                .with_options(Options { db_query_parameters }),
+            conns: ConnTable::new(MAX_CONNS, std::process::id()).with_options(Options {
+                db_query_parameters,
+            }),
             processes: ProcessCache::new(),
             clock: Clock::now_from_system(),
             exchanges: Vec::new(),
@@ -86,7 +99,15 @@ impl Capture {
             go,
             stacks,
             released: Vec::new(),
+            stackless: Vec::new(),
+            stackless_told: Default::default(),
         }
+    }
+
+    /// Processes whose stacks cannot name their code, seen since the last call (see
+    /// [`crate::discovery::cmdline::Runtime::stacks_name_code`]).
+    pub fn take_stackless(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.stackless)
     }
 
     /// Handles the records in the ring buffer.
@@ -124,7 +145,8 @@ impl Capture {
         if let Some(oldest) = self.stacks.oldest_held() {
             watermark = watermark.min(oldest.saturating_sub(1));
         }
-        self.tracer.release(watermark, &self.metrics, &mut self.ready);
+        self.tracer
+            .release(watermark, &self.metrics, &mut self.ready);
         sinks.send_all(&mut self.ready);
     }
 
@@ -140,26 +162,47 @@ impl Capture {
                 // Read the process's identity now, while it surely runs: a short-lived
                 // client may be gone (or a zombie without cmdline) when its span is built.
                 if ev.header.tgid != self.own_tgid {
-                    self.processes.refresh(ev.header.tgid, &conn::comm_string(&ev.comm));
+                    let info = self
+                        .processes
+                        .refresh(ev.header.tgid, &conn::comm_string(&ev.comm));
+                    if !crate::discovery::cmdline::stacks_name_code(&info.exe_name) {
+                        if self.stackless_told.len() >= MAX_STACKLESS {
+                            self.stackless_told.clear();
+                        }
+                        if self.stackless_told.insert(ev.header.tgid) {
+                            self.stackless.push(ev.header.tgid);
+                        }
+                    }
                     self.tls.on_conn(ev.header.tgid);
                     self.go.on_conn(ev.header.tgid);
                 }
             }
-            Ok(KernelEvent::Data { header, prefix, tail }) => {
+            Ok(KernelEvent::Data {
+                header,
+                prefix,
+                tail,
+            }) => {
                 ts = header.header.ts_ns;
                 self.last_ts = ts;
                 self.processes.on_activity(header.header.tgid);
-                self.conns.on_data(&header, prefix, tail, &self.metrics, &mut self.exchanges);
+                self.conns
+                    .on_data(&header, prefix, tail, &self.metrics, &mut self.exchanges);
                 for start in self.conns.take_starts().collect::<Vec<_>>() {
                     let peer_traced = self.conns.peer_traced(start.local, start.remote);
-                    self.tracer.start(start, peer_traced, &self.metrics, &mut self.ready);
+                    self.tracer
+                        .start(start, peer_traced, &self.metrics, &mut self.ready);
                 }
             }
             Ok(KernelEvent::Close(header)) => {
                 ts = header.ts_ns;
                 self.last_ts = ts;
-                self.conns.on_close(&header, &self.metrics, &mut self.exchanges);
-                let key = ConnKey { tgid: header.tgid, fd: header.fd, conn_gen: header.conn_gen };
+                self.conns
+                    .on_close(&header, &self.metrics, &mut self.exchanges);
+                let key = ConnKey {
+                    tgid: header.tgid,
+                    fd: header.fd,
+                    conn_gen: header.conn_gen,
+                };
                 self.tracer.closed(ts, key, &self.metrics, &mut self.ready);
                 if !self.exchanges.is_empty() {
                     self.make_spans(ts);
@@ -169,9 +212,17 @@ impl Capture {
             Ok(KernelEvent::Stack { header, stack }) => {
                 let h = &header.header;
                 let req = StackRequest {
-                    key: ConnKey { tgid: h.tgid, fd: h.fd, conn_gen: h.conn_gen },
+                    key: ConnKey {
+                        tgid: h.tgid,
+                        fd: h.fd,
+                        conn_gen: h.conn_gen,
+                    },
                     ts_ns: h.ts_ns,
-                    regs: Regs { rip: header.rip, rsp: header.rsp, rbp: header.rbp },
+                    regs: Regs {
+                        rip: header.rip,
+                        rsp: header.rsp,
+                        rbp: header.rbp,
+                    },
                     ips: header.ips[..header.ips_len as usize].to_vec(),
                     stack: stack.to_vec(),
                 };
@@ -180,11 +231,20 @@ impl Capture {
             Ok(KernelEvent::GoSpawn(ev)) => {
                 ts = ev.header.ts_ns;
                 self.last_ts = ts;
-                self.tracer.spawned(ts, ev.header.tgid, ev.parent_goid as u32, ev.child_goid as u32, &self.metrics, &mut self.ready);
+                self.tracer.spawned(
+                    ts,
+                    ev.header.tgid,
+                    ev.parent_goid as u32,
+                    ev.child_goid as u32,
+                    &self.metrics,
+                    &mut self.ready,
+                );
             }
             Ok(KernelEvent::Exec(header)) => {
                 self.tls.on_exec(header.tgid);
                 self.go.on_exec(header.tgid);
+                // The kernel forgot it with the old program: tell it again if the new one is an interpreter.
+                self.stackless_told.remove(&header.tgid);
             }
             Err(error) => {
                 Metrics::inc(&self.metrics.events_malformed);
@@ -201,7 +261,9 @@ impl Capture {
     fn make_spans(&mut self, ts: u64) {
         for ex in self.exchanges.drain(..) {
             let process = self.processes.get_or_load(ex.conn.key.tgid, &ex.conn.comm);
-            let span = ex.exchange.span(&ex.conn.endpoints(), &process.resource, &self.clock);
+            let span = ex
+                .exchange
+                .span(&ex.conn.endpoints(), &process.resource, &self.clock);
             let (side, request_start_ns) = (ex.exchange.side(), ex.exchange.request_start_ns());
             let consumer_tid = ex.exchange.consumer_thread();
             Metrics::inc(&self.metrics.spans_created);
@@ -215,17 +277,23 @@ impl Capture {
                 continue;
             }
             // Client spans take their request's stack (or wait for it) on the way.
-            if let Some((at, finished)) = self.stacks.pass(at, finished, Instant::now(), &self.metrics) {
-                self.tracer.finished(at, finished, &self.metrics, &mut self.ready);
+            if let Some((at, finished)) =
+                self.stacks
+                    .pass(at, finished, Instant::now(), &self.metrics)
+            {
+                self.tracer
+                    .finished(at, finished, &self.metrics, &mut self.ready);
             }
         }
     }
 
     /// Client spans whose stack came (or whose wait is over) go on to trace assembly.
     fn release_stacked(&mut self, all: bool) {
-        self.stacks.release(Instant::now(), all, &self.metrics, &mut self.released);
+        self.stacks
+            .release(Instant::now(), all, &self.metrics, &mut self.released);
         for (at, finished) in self.released.drain(..) {
-            self.tracer.finished(at, finished, &self.metrics, &mut self.ready);
+            self.tracer
+                .finished(at, finished, &self.metrics, &mut self.ready);
         }
     }
 
@@ -236,7 +304,13 @@ impl Capture {
         // Processes that exited without closing their sockets (killed): their requests still
         // waiting are closed now, so that they are spans (issue 19).
         let now = u64::try_from(spans::clock::monotonic_now_ns()).unwrap_or(self.last_ts);
-        let closed = self.conns.close_exited(now.saturating_sub(EXIT_CHECK_IDLE_NS), now, process_alive, &self.metrics, &mut self.exchanges);
+        let closed = self.conns.close_exited(
+            now.saturating_sub(EXIT_CHECK_IDLE_NS),
+            now,
+            process_alive,
+            &self.metrics,
+            &mut self.exchanges,
+        );
         for key in closed {
             self.tracer.closed(now, key, &self.metrics, &mut self.ready);
             self.stacks.forget(&key);

@@ -61,16 +61,28 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
     let health = crate::health::start_if(config.health, &metrics).await;
     // Print, OTLP export and the store (unless --no-ui); a store that cannot open is logged.
     let mut sinks = Sinks::open(&config, &metrics)?;
-    let viewer = if config.no_ui { None } else { ui::start(&config, metrics.clone(), sinks.store_dir.as_deref()).await };
+    let viewer = if config.no_ui {
+        None
+    } else {
+        ui::start(&config, metrics.clone(), sinks.store_dir.as_deref()).await
+    };
 
-    let selection = Selection { pids: config.pids.clone(), exe_names: config.exe_names.clone() };
+    let selection = Selection {
+        pids: config.pids.clone(),
+        exe_names: config.exe_names.clone(),
+    };
     let stack_capture = StackCapture {
         enabled: stacks_on,
         stack_bytes: config.stack_bytes,
         per_second: config.stacks_per_second,
         burst: config.stacks_per_second.saturating_mul(2),
     };
-    let (mut probes, ring) = bpf::start(config.capture_bytes, &selection, stack_capture)?;
+    let (mut probes, ring) = bpf::start(
+        config.capture_bytes,
+        &selection,
+        stack_capture,
+        config.empty_programs,
+    )?;
     eprintln!("{}", attach::render(&probes.attached));
     probes.check_required()?;
     let mut tls = TlsDiscovery::new(std::process::id());
@@ -86,10 +98,21 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
         let mut debug_dirs = config.debug_dirs.clone();
         debug_dirs.push("/usr/lib/debug".into());
         let max_bytes = usize::try_from(config.symbol_cache_size).unwrap_or(usize::MAX);
-        symbols::spawn(SymbolizerConfig { debug_dirs, max_bytes }, metrics.clone())
+        symbols::spawn(
+            SymbolizerConfig {
+                debug_dirs,
+                max_bytes,
+            },
+            metrics.clone(),
+        )
     });
-    let mut capture =
-        Capture::new(metrics.clone(), config.db_query_parameters, tls, StackJoin::new(symbolizer, STACK_WAIT), go);
+    let mut capture = Capture::new(
+        metrics.clone(),
+        config.db_query_parameters,
+        tls,
+        StackJoin::new(symbolizer, STACK_WAIT),
+        go,
+    );
     // Whoever reads the viewer (a browser polling /api/traces) or the health endpoint is not traced.
     for addr in viewer.into_iter().chain(health.as_ref().map(|h| h.1)) {
         capture.ignore_clients_of(addr);
@@ -132,13 +155,24 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
         // Files whose processes all exited: their probes go.
         if last_reap.elapsed() >= TLS_REAP_INTERVAL {
             last_reap = Instant::now();
-            for line in capture.tls.reap(&mut probes, last_reap, config.tls_detach_after) {
+            for line in capture
+                .tls
+                .reap(&mut probes, last_reap, config.tls_detach_after)
+            {
                 tracing::info!("tls: {line}");
             }
             // Exited Go programs stop being followed (their pid may be reused).
             capture.go.reap(&mut probes);
-            health.as_ref().inspect(|h| h.0.set_kernel(probes.kernel_counters()));
-            health.as_ref().inspect(|h| h.0.set_queues(sinks.queue_depths()));
+            health
+                .as_ref()
+                .inspect(|h| h.0.set_kernel(probes.kernel_counters()));
+            health
+                .as_ref()
+                .inspect(|h| h.0.set_queues(sinks.queue_depths()));
+        }
+        // Interpreters: their stacks name no application code, the kernel takes none.
+        for tgid in capture.take_stackless() {
+            probes.skip_stacks(tgid);
         }
         // ... and whether they are Go programs, whose goroutines are followed.
         if capture.go.has_pending() {

@@ -9,7 +9,9 @@
 
 use std::{net::Ipv4Addr, sync::Arc, time::Instant};
 
-use ztrace_common::{ConnEvent, ConnRole, DataEventHeader, DataSource, Direction, EventHeader, EventKind};
+use ztrace_common::{
+    ConnEvent, ConnRole, DataEventHeader, DataSource, Direction, EventHeader, EventKind,
+};
 
 use super::capture::{Capture, STACK_WAIT};
 use crate::{
@@ -43,7 +45,8 @@ impl Sink for JsonSink {
         for span in &spans {
             let _ = self.printer.print(span);
         }
-        self.spans.fetch_add(spans.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.spans
+            .fetch_add(spans.len() as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn queued(&self) -> (&'static str, usize) {
@@ -56,10 +59,24 @@ impl Sink for JsonSink {
 }
 
 fn header(kind: EventKind, tgid: u32, fd: i32, ts_ns: u64) -> EventHeader {
-    EventHeader { kind: kind as u32, tgid, tid: tgid, fd, ts_ns, conn_gen: 1 }
+    EventHeader {
+        kind: kind as u32,
+        tgid,
+        tid: tgid,
+        fd,
+        ts_ns,
+        conn_gen: 1,
+    }
 }
 
-fn conn(tgid: u32, fd: i32, role: ConnRole, local_port: u16, remote_port: u16, ts_ns: u64) -> Vec<u8> {
+fn conn(
+    tgid: u32,
+    fd: i32,
+    role: ConnRole,
+    local_port: u16,
+    remote_port: u16,
+    ts_ns: u64,
+) -> Vec<u8> {
     let mut local_addr = [0u8; 16];
     local_addr[..4].copy_from_slice(&Ipv4Addr::LOCALHOST.octets());
     let mut comm = [0u8; 16];
@@ -103,8 +120,22 @@ fn records(exchanges: usize, client: u32, server: u32) -> Vec<Vec<u8>> {
     };
     for c in 0..CONNECTIONS {
         let (client_port, server_port) = (40_000 + c as u16, 8080);
-        out.push(conn(client, 100 + c as i32, ConnRole::Client, client_port, server_port, tick()));
-        out.push(conn(server, 200 + c as i32, ConnRole::Server, server_port, client_port, tick()));
+        out.push(conn(
+            client,
+            100 + c as i32,
+            ConnRole::Client,
+            client_port,
+            server_port,
+            tick(),
+        ));
+        out.push(conn(
+            server,
+            200 + c as i32,
+            ConnRole::Server,
+            server_port,
+            client_port,
+            tick(),
+        ));
     }
     for i in 0..exchanges {
         let c = (i % CONNECTIONS as usize) as i32;
@@ -124,14 +155,20 @@ fn ts_of(record: &[u8]) -> u64 {
 #[test]
 #[ignore = "a benchmark: cargo xtask bench --capture (or run alone with --ignored --nocapture)"]
 fn capture_replay() {
-    let exchanges: usize = std::env::var("ZTRACE_BENCH_EXCHANGES").ok().and_then(|n| n.parse().ok()).unwrap_or(20_000);
+    let exchanges: usize = std::env::var("ZTRACE_BENCH_EXCHANGES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(20_000);
     // Two real processes for the resource (their /proc entries are read once): this one's
     // parent plays the client, init the server.
     let (client, server) = (std::os::unix::process::parent_id(), 1);
     let records = records(exchanges, client, server);
     let metrics = Arc::new(Metrics::default());
     let spans = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let sink = JsonSink { printer: Printer::new(std::io::sink(), PrintFormat::Json), spans: spans.clone() };
+    let sink = JsonSink {
+        printer: Printer::new(std::io::sink(), PrintFormat::Json),
+        spans: spans.clone(),
+    };
     let mut sinks = Sinks::from_sinks(vec![Box::new(sink)]);
     let mut capture = Capture::new(
         metrics.clone(),
@@ -152,10 +189,24 @@ fn capture_replay() {
     capture.flush(&mut sinks);
     let elapsed = started.elapsed();
     let made = spans.load(std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(made, 2 * exchanges as u64, "every exchange gives a client and a server span");
-    assert_eq!(metrics.spans_unlinked.load(std::sync::atomic::Ordering::Relaxed), 0, "every server span is linked");
+    assert_eq!(
+        made,
+        2 * exchanges as u64,
+        "every exchange gives a client and a server span"
+    );
+    assert_eq!(
+        metrics
+            .spans_unlinked
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "every server span is linked"
+    );
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let peak = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).map(str::trim).unwrap_or("?");
+    let peak = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .map(str::trim)
+        .unwrap_or("?");
     println!(
         "capture replay: {exchanges} exchanges, {made} spans in {:.3} s: {:.2} µs per span on one thread, peak RSS {peak}",
         elapsed.as_secs_f64(),

@@ -9,7 +9,9 @@ pub fn records(file: &[u8]) -> Vec<(bool, &[u8])> {
     let mut rest = file;
     while let [tag, a, b, c, d, tail @ ..] = rest {
         let len = u32::from_be_bytes([*a, *b, *c, *d]) as usize;
-        let Some((bytes, after)) = tail.split_at_checked(len) else { break };
+        let Some((bytes, after)) = tail.split_at_checked(len) else {
+            break;
+        };
         records.push((*tag == b'F', bytes));
         rest = after;
     }

@@ -14,8 +14,14 @@ pub fn feed(protocol: &dyn Protocol, data: &[u8]) {
     let [control, split, gap_every, payload @ ..] = data else {
         return;
     };
-    let side = if control & 1 == 0 { Side::Client } else { Side::Server };
-    let options = Options { db_query_parameters: control & 2 != 0 };
+    let side = if control & 1 == 0 {
+        Side::Client
+    } else {
+        Side::Server
+    };
+    let options = Options {
+        db_query_parameters: control & 2 != 0,
+    };
     let step = usize::from(control >> 2) + 1;
     let (requests, answers) = payload.split_at(payload.len() * usize::from(*split) / 255);
     let request_dir = side.request_direction();
@@ -31,7 +37,10 @@ pub fn feed(protocol: &dyn Protocol, data: &[u8]) {
     let (mut request_chunks, mut answer_chunks) = (requests.chunks(step), answers.chunks(step));
     loop {
         let mut fed = false;
-        for (direction, chunks) in [(request_dir, &mut request_chunks), (answer_dir, &mut answer_chunks)] {
+        for (direction, chunks) in [
+            (request_dir, &mut request_chunks),
+            (answer_dir, &mut answer_chunks),
+        ] {
             let Some(bytes) = chunks.next() else { continue };
             fed = true;
             ts_ns += 1;
@@ -40,7 +49,17 @@ pub fn feed(protocol: &dyn Protocol, data: &[u8]) {
             } else {
                 0
             };
-            let _ = parser.on_data(&Chunk { direction, ts_ns, tid: 1, bytes }, gap, &[], &mut out);
+            let _ = parser.on_data(
+                &Chunk {
+                    direction,
+                    ts_ns,
+                    tid: 1,
+                    bytes,
+                },
+                gap,
+                &[],
+                &mut out,
+            );
         }
         out.clear();
         if !fed {

@@ -1,4 +1,4 @@
-//! Protocols: one folder each (`http1/`, `redis/`, `memcached/`, `nats/`, `postgres/`), behind two traits, listed once in
+//! Protocols: one folder each (`http1/`, `http2/`, `redis/`, `memcached/`, `nats/`, `postgres/`), behind two traits, listed once in
 //! [`REGISTRY`].
 //!
 //! A protocol folder holds everything that protocol is: how its first bytes are recognized
@@ -46,6 +46,7 @@ macro_rules! registry {
 
 registry! {
     http1::Http1,
+    http2::Http2,
     redis::Redis,
     memcached::Memcached,
     nats::Nats,
@@ -149,7 +150,11 @@ pub trait Parser: Send + 'static {
 
     /// Bytes moved by one syscall. Exchanges completed by them are appended to `out`, also when
     /// an error is returned.
-    fn on_chunk(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Self::Exchange>) -> Result<(), Self::Error>;
+    fn on_chunk(
+        &mut self,
+        chunk: &Chunk<'_>,
+        out: &mut Vec<Self::Exchange>,
+    ) -> Result<(), Self::Error>;
 
     /// Bytes that moved but were not captured.
     fn on_gap(&mut self, gap: &Gap, out: &mut Vec<Self::Exchange>) -> Result<(), Self::Error>;
@@ -167,6 +172,13 @@ pub trait Parser: Send + 'static {
     /// bytes, unpairable answers) dropped them. The connection table counts them
     /// (`exchanges_lost`).
     fn take_lost(&mut self) -> u64 {
+        0
+    }
+
+    /// Exchanges handed out since the last call with header fields the parser could not read
+    /// back (HTTP/2 fields referring to HPACK entries inserted before ztrace saw the
+    /// connection). The connection table counts them (`exchanges_fields_unknown`).
+    fn take_unknown(&mut self) -> u64 {
         0
     }
 
@@ -235,13 +247,20 @@ pub const NO_RESPONSE: &str = "no_response";
 /// [`CLIENT_CLOSED`] (server side) or [`NO_RESPONSE`] (client side), replacing any other.
 pub fn mark_unanswered(span: &mut Span, side: Side) {
     let (error_type, message) = match side {
-        Side::Server => (CLIENT_CLOSED, "the connection closed before the response was sent"),
-        Side::Client => (NO_RESPONSE, "the connection closed before a response arrived"),
+        Side::Server => (
+            CLIENT_CLOSED,
+            "the connection closed before the response was sent",
+        ),
+        Side::Client => (
+            NO_RESPONSE,
+            "the connection closed before a response arrived",
+        ),
     };
     span.status = StatusCode::Error;
     span.status_message = Some(message.to_owned());
     span.attributes.retain(|a| a.key != "error.type");
-    span.attributes.push(Attribute::new("error.type", error_type));
+    span.attributes
+        .push(Attribute::new("error.type", error_type));
 }
 
 /// Finished exchanges of any protocol, as parsers hand them to the connection table.
@@ -255,13 +274,22 @@ pub trait StreamParser: Send {
     /// One data event: the captured prefix (`chunk`), then `missing` bytes not captured, then
     /// the captured `tail`. Finished exchanges are appended to `out`; the first error met is
     /// returned (every part is fed regardless).
-    fn on_data(&mut self, chunk: &Chunk<'_>, missing: u64, tail: &[u8], out: &mut Exchanges) -> Result<(), ParseError>;
+    fn on_data(
+        &mut self,
+        chunk: &Chunk<'_>,
+        missing: u64,
+        tail: &[u8],
+        out: &mut Exchanges,
+    ) -> Result<(), ParseError>;
 
     /// See [`Parser::on_close`].
     fn on_close(&mut self, ts_ns: u64, out: &mut Exchanges) -> usize;
 
     /// See [`Parser::take_lost`].
     fn take_lost(&mut self) -> u64;
+
+    /// See [`Parser::take_unknown`].
+    fn take_unknown(&mut self) -> u64;
 
     /// See [`Parser::stopped`].
     fn stopped(&self) -> bool;
@@ -280,11 +308,19 @@ pub struct Boxed<P: Parser> {
 impl<P: Parser> Boxed<P> {
     /// `parser` of `protocol`, for the connection table.
     pub fn stream(protocol: &'static str, parser: P) -> Box<dyn StreamParser> {
-        Box::new(Boxed { protocol, parser, scratch: Vec::new() })
+        Box::new(Boxed {
+            protocol,
+            parser,
+            scratch: Vec::new(),
+        })
     }
 
     fn hand_over(&mut self, out: &mut Exchanges) {
-        out.extend(self.scratch.drain(..).map(|e| Box::new(e) as Box<dyn Exchange>));
+        out.extend(
+            self.scratch
+                .drain(..)
+                .map(|e| Box::new(e) as Box<dyn Exchange>),
+        );
     }
 }
 
@@ -293,24 +329,46 @@ impl<P: Parser> StreamParser for Boxed<P> {
         self.parser.side()
     }
 
-    fn on_data(&mut self, chunk: &Chunk<'_>, missing: u64, tail: &[u8], out: &mut Exchanges) -> Result<(), ParseError> {
+    fn on_data(
+        &mut self,
+        chunk: &Chunk<'_>,
+        missing: u64,
+        tail: &[u8],
+        out: &mut Exchanges,
+    ) -> Result<(), ParseError> {
         let mut first = None;
         if !chunk.bytes.is_empty() {
             first = self.parser.on_chunk(chunk, &mut self.scratch).err();
         }
         if missing > 0 {
-            let gap = Gap { direction: chunk.direction, ts_ns: chunk.ts_ns, len: missing };
+            let gap = Gap {
+                direction: chunk.direction,
+                ts_ns: chunk.ts_ns,
+                len: missing,
+            };
             let e = self.parser.on_gap(&gap, &mut self.scratch).err();
             first = first.or(e);
         }
         if !tail.is_empty() {
-            let e = self.parser.on_chunk(&Chunk { bytes: tail, ..*chunk }, &mut self.scratch).err();
+            let e = self
+                .parser
+                .on_chunk(
+                    &Chunk {
+                        bytes: tail,
+                        ..*chunk
+                    },
+                    &mut self.scratch,
+                )
+                .err();
             first = first.or(e);
         }
         self.hand_over(out);
         match first {
             None => Ok(()),
-            Some(e) => Err(ParseError { protocol: self.protocol, source: Box::new(e) }),
+            Some(e) => Err(ParseError {
+                protocol: self.protocol,
+                source: Box::new(e),
+            }),
         }
     }
 
@@ -322,6 +380,10 @@ impl<P: Parser> StreamParser for Boxed<P> {
 
     fn take_lost(&mut self) -> u64 {
         self.parser.take_lost()
+    }
+
+    fn take_unknown(&mut self) -> u64 {
+        self.parser.take_unknown()
     }
 
     fn stopped(&self) -> bool {
@@ -336,5 +398,7 @@ impl<P: Parser> StreamParser for Boxed<P> {
 /// The parser of the first protocol in [`REGISTRY`] that recognizes `chunk`, the first bytes
 /// seen on a connection; `None` when none does.
 pub fn detect(chunk: &Chunk<'_>, options: &Options) -> Option<Box<dyn StreamParser>> {
-    REGISTRY.iter().find_map(|p| Some(p.parser(p.detect(chunk)?, chunk.bytes, options)))
+    REGISTRY
+        .iter()
+        .find_map(|p| Some(p.parser(p.detect(chunk)?, chunk.bytes, options)))
 }

@@ -75,7 +75,10 @@ impl Sinks {
         let mut store_dir = None;
         if !config.no_ui {
             let dir = store::data_dir(config.data_dir.as_deref());
-            let retention = store::writer::Retention { max_age: config.retention, max_bytes: config.max_store_size };
+            let retention = store::writer::Retention {
+                max_age: config.retention,
+                max_bytes: config.max_store_size,
+            };
             let budget = config.store_max_spans_per_second;
             if let Some(sink) = store::StoreSink::open(&dir, retention, budget, metrics.clone()) {
                 sinks.push(Box::new(sink));
@@ -91,7 +94,10 @@ impl Sinks {
 
     /// These sinks, in this order (tests and benchmarks bring their own).
     pub fn from_sinks(sinks: Vec<Box<dyn Sink>>) -> Sinks {
-        Sinks { sinks, store_dir: None }
+        Sinks {
+            sinks,
+            store_dir: None,
+        }
     }
 
     /// Hands `spans` (emptied) to every sink that wants them; the last sink takes the originals,
@@ -106,7 +112,11 @@ impl Sinks {
             return;
         };
         for sink in others {
-            let batch: Vec<Span> = spans.iter().filter(|s| sink.wants(s, now)).cloned().collect();
+            let batch: Vec<Span> = spans
+                .iter()
+                .filter(|s| sink.wants(s, now))
+                .cloned()
+                .collect();
             sink.send(batch);
         }
         spans.retain(|s| last.wants(s, now));
@@ -115,7 +125,11 @@ impl Sinks {
 
     /// The depth of every sink's queue, by name (`print_queue_spans`, ...).
     pub fn queue_depths(&self) -> Vec<(&'static str, u64)> {
-        self.sinks.iter().map(|s| s.queued()).map(|(name, n)| (name, n as u64)).collect()
+        self.sinks
+            .iter()
+            .map(|s| s.queued())
+            .map(|(name, n)| (name, n as u64))
+            .collect()
     }
 
     /// Flushes and stops every sink.

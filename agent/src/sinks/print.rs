@@ -48,7 +48,9 @@ impl std::str::FromStr for PrintFormat {
         match s {
             "text" => Ok(PrintFormat::Text),
             "json" => Ok(PrintFormat::Json),
-            other => Err(format!("unknown print format {other:?}: expected text or json")),
+            other => Err(format!(
+                "unknown print format {other:?}: expected text or json"
+            )),
         }
     }
 }
@@ -66,9 +68,18 @@ const TEXT_MAX_VALUE: usize = 120;
 
 /// Writes the one-line text form of `span` (without the newline) to `out`.
 pub fn write_text(out: &mut String, span: &Span) {
-    let _ =
-        write!(out, "{:<8}{}  {}  ", span.kind.as_str(), one_line(&span.resource.service_name), one_line(&span.name));
-    let code = span.attributes.iter().find(|a| is_status_code(a.key)).map(|a| &a.value);
+    let _ = write!(
+        out,
+        "{:<8}{}  {}  ",
+        span.kind.as_str(),
+        one_line(&span.resource.service_name),
+        one_line(&span.name)
+    );
+    let code = span
+        .attributes
+        .iter()
+        .find(|a| is_status_code(a.key))
+        .map(|a| &a.value);
     match (code, span.status) {
         (Some(code), StatusCode::Error) => {
             let _ = write!(out, "{} error", text_value(code));
@@ -89,10 +100,16 @@ pub fn write_text(out: &mut String, span: &Span) {
         duration(span.end_unix_nano.saturating_sub(span.start_unix_nano)),
         hex(&span.trace_id),
         hex(&span.span_id),
-        span.parent_span_id.map_or_else(|| "-".to_owned(), |p| hex(&p)),
+        span.parent_span_id
+            .map_or_else(|| "-".to_owned(), |p| hex(&p)),
     );
     let mut sep = "  ";
-    if let Some((_, pid)) = span.resource.attributes.iter().find(|(k, _)| k == "process.pid") {
+    if let Some((_, pid)) = span
+        .resource
+        .attributes
+        .iter()
+        .find(|(k, _)| k == "process.pid")
+    {
         let _ = write!(out, "{sep}pid={}", text_value(pid));
         sep = " ";
     }
@@ -122,8 +139,16 @@ fn text_value(value: &AttrValue) -> String {
     match value {
         AttrValue::Str(s) => {
             let cut: String = s.chars().take(TEXT_MAX_VALUE).collect();
-            let cut = if cut.len() < s.len() { format!("{cut}…") } else { cut };
-            if cut.is_empty() || cut.chars().any(|c| c.is_whitespace() || c.is_control() || c == '"') {
+            let cut = if cut.len() < s.len() {
+                format!("{cut}…")
+            } else {
+                cut
+            };
+            if cut.is_empty()
+                || cut
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || c == '"')
+            {
                 format!("{cut:?}")
             } else {
                 cut
@@ -138,7 +163,15 @@ fn text_value(value: &AttrValue) -> String {
 /// A name or message on one line: control characters escaped, nothing else changed.
 fn one_line(s: &str) -> String {
     if s.chars().any(char::is_control) {
-        s.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+        s.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect()
     } else {
         s.to_owned()
     }
@@ -193,8 +226,16 @@ impl<W: Write> Printer<W> {
                     json::write_object(&mut bytes, Object::Resource(&span.resource.attributes));
                     self.resources.insert(key, (span.resource.clone(), bytes));
                 }
-                let resource = self.resources.get(&key).map(|(_, bytes)| Object::Raw(bytes));
-                json::write_span(&mut self.json, &Head::of(span), Object::Attributes(&span.attributes), resource);
+                let resource = self
+                    .resources
+                    .get(&key)
+                    .map(|(_, bytes)| Object::Raw(bytes));
+                json::write_span(
+                    &mut self.json,
+                    &Head::of(span),
+                    Object::Attributes(&span.attributes),
+                    resource,
+                );
                 self.json.push(b'\n');
                 self.out.write_all(&self.json)
             }
@@ -271,7 +312,10 @@ mod tests {
                 Attribute::new("url.path", "/orders/7"),
                 Attribute::new("http.response.status_code", 200_i64),
                 Attribute::new("ztrace.tls", false),
-                Attribute { key: "ztrace.ratio", value: AttrValue::Double(0.25) },
+                Attribute {
+                    key: "ztrace.ratio",
+                    value: AttrValue::Double(0.25),
+                },
                 Attribute::new("code.stacktrace", "main\n  at app.py:3"),
             ],
             ..testing::span("GET /orders/{id}", &testing::resource("orders", 42))
@@ -306,7 +350,10 @@ mod tests {
         assert_eq!(v["name"], "GET /orders/{id}");
         assert_eq!(v["kind"], "server");
         assert_eq!(v["service"], "orders");
-        assert_eq!(v["start_unix_nano"].as_u64(), Some(1_700_000_000_000_000_000));
+        assert_eq!(
+            v["start_unix_nano"].as_u64(),
+            Some(1_700_000_000_000_000_000)
+        );
         assert_eq!(v["end_unix_nano"].as_u64(), Some(1_700_000_000_001_230_000));
         assert_eq!(v["status"], "unset");
         assert_eq!(
@@ -321,7 +368,10 @@ mod tests {
             })
         );
         assert!(v["attributes"]["http.response.status_code"].is_i64());
-        assert_eq!(v["resource"], serde_json::json!({"service.name": "orders", "process.pid": 42}));
+        assert_eq!(
+            v["resource"],
+            serde_json::json!({"service.name": "orders", "process.pid": 42})
+        );
     }
 
     #[test]
@@ -330,7 +380,10 @@ mod tests {
         s.parent_span_id = Some([0xab; 8]);
         s.kind = SpanKind::Client;
         s.status = StatusCode::Error;
-        s.attributes = vec![Attribute { key: "x", value: AttrValue::Double(f64::NAN) }];
+        s.attributes = vec![Attribute {
+            key: "x",
+            value: AttrValue::Double(f64::NAN),
+        }];
         let v = span_to_json(&s);
         assert_eq!(v["parent_span_id"], "abababababababab");
         assert_eq!(v["kind"], "client");
@@ -349,8 +402,18 @@ mod tests {
         let parsed: serde_json::Value = serde_json::from_str(lines[0]).expect("json line");
         assert_eq!(parsed, span_to_json(&span()));
         assert!(lines[0].starts_with(r#"{"trace_id":"4b4b"#), "{}", lines[0]);
-        let order = ["\"span_id\"", "\"parent_span_id\"", "\"name\"", "\"kind\"", "\"service\"", "\"start_unix_nano\""];
-        let positions: Vec<usize> = order.iter().map(|k| lines[0].find(k).expect("key")).collect();
+        let order = [
+            "\"span_id\"",
+            "\"parent_span_id\"",
+            "\"name\"",
+            "\"kind\"",
+            "\"service\"",
+            "\"start_unix_nano\"",
+        ];
+        let positions: Vec<usize> = order
+            .iter()
+            .map(|k| lines[0].find(k).expect("key"))
+            .collect();
         assert!(positions.windows(2).all(|w| w[0] < w[1]), "{}", lines[0]);
     }
 
@@ -383,10 +446,19 @@ mod tests {
         let mut line = String::new();
         write_text(&mut line, &s);
         assert!(!line.contains('\n'), "{line}");
-        assert!(line.starts_with("client  orders  GET /orders/{id}  error (bad\\nthing)  2.500s  "), "{line}");
+        assert!(
+            line.starts_with("client  orders  GET /orders/{id}  error (bad\\nthing)  2.500s  "),
+            "{line}"
+        );
         assert!(line.contains("parent=0101010101010101"), "{line}");
-        assert!(line.contains(r#"db.query.text="SELECT 1\nFROM t""#), "{line}");
-        assert!(line.contains(&format!("server.address={}…", "x".repeat(120))), "{line}");
+        assert!(
+            line.contains(r#"db.query.text="SELECT 1\nFROM t""#),
+            "{line}"
+        );
+        assert!(
+            line.contains(&format!("server.address={}…", "x".repeat(120))),
+            "{line}"
+        );
         s.attributes = vec![Attribute::new("db.response.status_code", "42P01")];
         line.clear();
         write_text(&mut line, &s);

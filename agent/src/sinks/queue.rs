@@ -39,7 +39,9 @@ struct State {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves plain data behind: go on with it.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn wake(&self) {
@@ -51,12 +53,20 @@ impl Shared {
 /// A queue of at most `max_spans` waiting spans (at least one batch).
 pub fn bounded(max_spans: usize) -> (Sender, Receiver) {
     let shared = Arc::new(Shared {
-        state: Mutex::new(State { senders: 1, ..State::default() }),
+        state: Mutex::new(State {
+            senders: 1,
+            ..State::default()
+        }),
         ready: Condvar::new(),
         notify: Notify::new(),
         max_spans,
     });
-    (Sender { shared: shared.clone() }, Receiver { shared })
+    (
+        Sender {
+            shared: shared.clone(),
+        },
+        Receiver { shared },
+    )
 }
 
 /// The capture side. Cloning it adds a sender; the queue ends when every sender is dropped.
@@ -86,7 +96,9 @@ impl Sender {
 impl Clone for Sender {
     fn clone(&self) -> Self {
         self.shared.lock().senders += 1;
-        Sender { shared: self.shared.clone() }
+        Sender {
+            shared: self.shared.clone(),
+        }
     }
 }
 
@@ -110,7 +122,9 @@ impl Sender {
 
 impl std::fmt::Debug for Sender {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sender").field("max_spans", &self.shared.max_spans).finish_non_exhaustive()
+        f.debug_struct("Sender")
+            .field("max_spans", &self.shared.max_spans)
+            .finish_non_exhaustive()
     }
 }
 
@@ -132,8 +146,14 @@ impl Worker {
         work: impl FnOnce(Receiver) + Send + 'static,
     ) -> std::io::Result<Worker> {
         let (tx, rx) = bounded(max_spans);
-        let thread = std::thread::Builder::new().name(name.to_owned()).spawn(move || work(rx))?;
-        Ok(Worker { tx, thread, dropped: Arc::new(dropped) })
+        let thread = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || work(rx))?;
+        Ok(Worker {
+            tx,
+            thread,
+            dropped: Arc::new(dropped),
+        })
     }
 
     /// Queues `spans` without blocking, or counts them as dropped.
@@ -197,7 +217,9 @@ impl Receiver {
         let (mut state, _) = self
             .shared
             .ready
-            .wait_timeout_while(state, timeout, |s| s.batches.is_empty() && !s.closed && s.senders > 0)
+            .wait_timeout_while(state, timeout, |s| {
+                s.batches.is_empty() && !s.closed && s.senders > 0
+            })
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         Self::take(&mut state)
     }
@@ -208,7 +230,9 @@ impl Receiver {
         let mut state = self
             .shared
             .ready
-            .wait_while(state, |s| s.batches.is_empty() && !s.closed && s.senders > 0)
+            .wait_while(state, |s| {
+                s.batches.is_empty() && !s.closed && s.senders > 0
+            })
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         match Self::take(&mut state) {
             Received::Batch(batch) => Some(batch),
@@ -261,9 +285,16 @@ mod tests {
         let (big_tx, _big_rx) = bounded(2);
         assert!(big_tx.try_send(batch(5)).is_ok());
         drop(tx);
-        assert!(matches!(rx.recv_timeout(Duration::from_millis(1)), Received::Batch(b) if b.len() == 1));
-        assert!(matches!(rx.recv_timeout(Duration::from_millis(1)), Received::Batch(b) if b.len() == 3));
-        assert!(matches!(rx.recv_timeout(Duration::from_millis(1)), Received::Ended));
+        assert!(
+            matches!(rx.recv_timeout(Duration::from_millis(1)), Received::Batch(b) if b.len() == 1)
+        );
+        assert!(
+            matches!(rx.recv_timeout(Duration::from_millis(1)), Received::Batch(b) if b.len() == 3)
+        );
+        assert!(matches!(
+            rx.recv_timeout(Duration::from_millis(1)),
+            Received::Ended
+        ));
     }
 
     #[test]
@@ -279,7 +310,9 @@ mod tests {
     #[test]
     fn a_waiting_thread_wakes_for_a_batch() {
         let (tx, mut rx) = bounded(8);
-        let waiter = std::thread::spawn(move || matches!(rx.recv_timeout(Duration::from_secs(10)), Received::Batch(_)));
+        let waiter = std::thread::spawn(move || {
+            matches!(rx.recv_timeout(Duration::from_secs(10)), Received::Batch(_))
+        });
         std::thread::sleep(Duration::from_millis(20));
         assert!(tx.try_send(batch(1)).is_ok());
         assert!(waiter.join().expect("thread"));

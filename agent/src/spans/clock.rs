@@ -32,7 +32,9 @@ impl Clock {
             }
         }
         let offset = best.map_or(0, |(_, o)| o);
-        Clock { offset_ns: i64::try_from(offset).unwrap_or(0) }
+        Clock {
+            offset_ns: i64::try_from(offset).unwrap_or(0),
+        }
     }
 
     /// A clock with a known offset (Unix time minus monotonic time), e.g. for tests.
@@ -64,7 +66,10 @@ fn unix_now_ns() -> i128 {
 /// The standard library's `Instant` reads the same clock but does not expose its value, hence
 /// the one `unsafe` call outside `bpf/`.
 pub fn monotonic_now_ns() -> i128 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid, writable `timespec` for the duration of the call, and
     // CLOCK_MONOTONIC is a clock id every Linux kernel supports.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
@@ -93,7 +98,11 @@ mod tests {
         let unix = unix_now_ns();
         let converted = i128::from(clock.to_unix(mono));
         // Within 50 ms of the wall clock (the test may be descheduled between reads).
-        assert!((converted - unix).abs() < 50_000_000, "off by {} ns", converted - unix);
+        assert!(
+            (converted - unix).abs() < 50_000_000,
+            "off by {} ns",
+            converted - unix
+        );
         assert!(clock.offset_ns() > 0);
     }
 }

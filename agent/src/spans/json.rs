@@ -62,7 +62,14 @@ pub enum Object<'a> {
 }
 
 /// Appends the DESIGN.md span object; without `resource` it has every key but the last.
-pub fn write_span(out: &mut Vec<u8>, head: &Head<'_>, attributes: Object<'_>, resource: Option<Object<'_>>) {
+pub fn write_span(
+    out: &mut Vec<u8>,
+    head: &Head<'_>,
+    attributes: Object<'_>,
+    resource: Option<Object<'_>>,
+) {
+    // A span's line is rarely longer: one growth at most instead of several.
+    out.reserve(1024);
     out.extend_from_slice(b"{\"trace_id\":");
     write_id(out, head.trace_id);
     out.extend_from_slice(b",\"span_id\":");
@@ -96,7 +103,9 @@ pub fn write_span(out: &mut Vec<u8>, head: &Head<'_>, attributes: Object<'_>, re
 /// Appends a key → value object.
 pub fn write_object(out: &mut Vec<u8>, object: Object<'_>) {
     match object {
-        Object::Attributes(attributes) => write_pairs(out, attributes.iter().map(|a| (a.key, &a.value))),
+        Object::Attributes(attributes) => {
+            write_pairs(out, attributes.iter().map(|a| (a.key, &a.value)))
+        }
         Object::Resource(pairs) => write_pairs(out, pairs.iter().map(|(k, v)| (k.as_str(), v))),
         Object::Raw(json) if json.is_empty() => out.extend_from_slice(b"{}"),
         Object::Raw(json) => out.extend_from_slice(json),
@@ -114,7 +123,12 @@ pub fn object_string(object: Object<'_>) -> String {
 /// The DESIGN.md span object of `span` as a JSON value (tests and callers that want a value).
 pub fn span_to_json(span: &Span) -> serde_json::Value {
     let mut out = Vec::new();
-    write_span(&mut out, &Head::of(span), Object::Attributes(&span.attributes), Some(Object::Resource(&span.resource.attributes)));
+    write_span(
+        &mut out,
+        &Head::of(span),
+        Object::Attributes(&span.attributes),
+        Some(Object::Resource(&span.resource.attributes)),
+    );
     serde_json::from_slice(&out).unwrap_or(serde_json::Value::Null)
 }
 
@@ -149,17 +163,29 @@ fn write_value(out: &mut Vec<u8>, value: &AttrValue) {
 
 fn write_id(out: &mut Vec<u8>, id: Id<'_>) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    out.push(b'"');
     match id {
+        // A trace or span id: built on the stack, written once.
+        Id::Bytes(bytes) if bytes.len() <= 16 => {
+            let mut buf = [0u8; 34];
+            buf[0] = b'"';
+            for (i, b) in bytes.iter().enumerate() {
+                buf[1 + 2 * i] = DIGITS[usize::from(b >> 4)];
+                buf[2 + 2 * i] = DIGITS[usize::from(b & 0xf)];
+            }
+            let end = 1 + 2 * bytes.len();
+            buf[end] = b'"';
+            out.extend_from_slice(&buf[..=end]);
+        }
         Id::Bytes(bytes) => {
+            out.push(b'"');
             for b in bytes {
                 out.push(DIGITS[usize::from(b >> 4)]);
                 out.push(DIGITS[usize::from(b & 0xf)]);
             }
+            out.push(b'"');
         }
-        Id::Hex(text) => return write_str_body(out, text),
+        Id::Hex(text) => write_str(out, text),
     }
-    out.push(b'"');
 }
 
 /// Appends `s` as a JSON string, escaped as `serde_json` escapes: `"` `\` and control
@@ -204,13 +230,17 @@ fn write_str_body(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
-fn needs_escape(b: u8) -> bool {
+const fn needs_escape(b: u8) -> bool {
     b < 0x20 || b == b'"' || b == b'\\'
 }
 
 /// Whether any byte needs an escape, eight bytes at a time: a byte below 0x20, or equal to `"`
 /// or `\\`, sets the top bit of its lane in one of three masks.
 fn any_needs_escape(bytes: &[u8]) -> bool {
+    // Most attribute values are short: a table lookup per byte beats the 8-byte lanes there.
+    if bytes.len() < 16 {
+        return bytes.iter().any(|&b| ESCAPED[usize::from(b)]);
+    }
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
     let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
@@ -220,12 +250,27 @@ fn any_needs_escape(bytes: &[u8]) -> bool {
         lane.copy_from_slice(chunk);
         let x = u64::from_le_bytes(lane);
         let below_space = x.wrapping_sub(ONES * 0x20) & !x & HIGHS;
-        if below_space | has_zero(x ^ (ONES * u64::from(b'"'))) | has_zero(x ^ (ONES * u64::from(b'\\'))) != 0 {
+        if below_space
+            | has_zero(x ^ (ONES * u64::from(b'"')))
+            | has_zero(x ^ (ONES * u64::from(b'\\')))
+            != 0
+        {
             return true;
         }
     }
     chunks.remainder().iter().any(|&b| needs_escape(b))
 }
+
+/// The bytes JSON strings must escape (see [`needs_escape`]).
+static ESCAPED: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = needs_escape(b as u8);
+        b += 1;
+    }
+    table
+};
 
 #[cfg(test)]
 mod tests {
@@ -249,13 +294,21 @@ mod tests {
         for s in strings {
             let mut out = Vec::new();
             write_str(&mut out, s);
-            assert_eq!(String::from_utf8(out).expect("utf-8"), serde_json::to_string(s).expect("serde"), "{s:?}");
+            assert_eq!(
+                String::from_utf8(out).expect("utf-8"),
+                serde_json::to_string(s).expect("serde"),
+                "{s:?}"
+            );
         }
         for b in 0u8..0x80 {
             let s = (b as char).to_string();
             let mut out = Vec::new();
             write_str(&mut out, &s);
-            assert_eq!(String::from_utf8(out).expect("utf-8"), serde_json::to_string(&s).expect("serde"), "byte {b:#x}");
+            assert_eq!(
+                String::from_utf8(out).expect("utf-8"),
+                serde_json::to_string(&s).expect("serde"),
+                "byte {b:#x}"
+            );
         }
     }
 
@@ -266,29 +319,73 @@ mod tests {
                 for b in 0u8..=255 {
                     let mut bytes = vec![b'a'; len];
                     bytes[at] = b;
-                    assert_eq!(any_needs_escape(&bytes), needs_escape(b), "byte {b:#x} at {at} of {len}");
+                    assert_eq!(
+                        any_needs_escape(&bytes),
+                        needs_escape(b),
+                        "byte {b:#x} at {at} of {len}"
+                    );
                 }
             }
         }
-        assert!(!any_needs_escape("non-ASCII é ☃ 𝄞 stays as it is".as_bytes()));
+        assert!(!any_needs_escape(
+            "non-ASCII é ☃ 𝄞 stays as it is".as_bytes()
+        ));
     }
 
     #[test]
     fn a_span_is_the_documented_object_in_the_documented_order() {
         let mut span = testing::span("GET /orders/{id}", &testing::resource("orders", 42));
         span.parent_span_id = Some([0x33; 8]);
-        span.attributes.push(Attribute::new("weird", "a \"quoted\"\nvalue"));
-        span.attributes.push(Attribute { key: "ratio", value: AttrValue::Double(0.25) });
-        span.attributes.push(Attribute { key: "nan", value: AttrValue::Double(f64::NAN) });
-        span.attributes.push(Attribute { key: "ok", value: AttrValue::Bool(true) });
-        span.attributes.push(Attribute { key: "neg", value: AttrValue::Int(-42) });
+        span.attributes
+            .push(Attribute::new("weird", "a \"quoted\"\nvalue"));
+        span.attributes.push(Attribute {
+            key: "ratio",
+            value: AttrValue::Double(0.25),
+        });
+        span.attributes.push(Attribute {
+            key: "nan",
+            value: AttrValue::Double(f64::NAN),
+        });
+        span.attributes.push(Attribute {
+            key: "ok",
+            value: AttrValue::Bool(true),
+        });
+        span.attributes.push(Attribute {
+            key: "neg",
+            value: AttrValue::Int(-42),
+        });
         let mut out = Vec::new();
-        write_span(&mut out, &Head::of(&span), Object::Attributes(&span.attributes), Some(Object::Resource(&span.resource.attributes)));
+        write_span(
+            &mut out,
+            &Head::of(&span),
+            Object::Attributes(&span.attributes),
+            Some(Object::Resource(&span.resource.attributes)),
+        );
         let text = String::from_utf8(out).expect("utf-8");
-        let keys = ["trace_id", "span_id", "parent_span_id", "name", "kind", "service", "start_unix_nano", "end_unix_nano", "status", "attributes", "resource"];
-        let positions: Vec<usize> =
-            keys.iter().map(|k| text.find(&format!("\"{k}\":")).unwrap_or_else(|| panic!("{k} missing in {text}"))).collect();
-        assert!(positions.windows(2).all(|w| w[0] < w[1]), "keys out of order: {text}");
+        let keys = [
+            "trace_id",
+            "span_id",
+            "parent_span_id",
+            "name",
+            "kind",
+            "service",
+            "start_unix_nano",
+            "end_unix_nano",
+            "status",
+            "attributes",
+            "resource",
+        ];
+        let positions: Vec<usize> = keys
+            .iter()
+            .map(|k| {
+                text.find(&format!("\"{k}\":"))
+                    .unwrap_or_else(|| panic!("{k} missing in {text}"))
+            })
+            .collect();
+        assert!(
+            positions.windows(2).all(|w| w[0] < w[1]),
+            "keys out of order: {text}"
+        );
         let value: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
         assert_eq!(value["trace_id"], crate::spans::hex(&span.trace_id));
         assert_eq!(value["name"], "GET /orders/{id}");
@@ -297,19 +394,35 @@ mod tests {
         assert_eq!(value["attributes"]["nan"], serde_json::Value::Null);
         assert_eq!(value["attributes"]["ok"], true);
         assert_eq!(value["attributes"]["neg"], -42);
-        assert_eq!(value["resource"]["service.name"], span.resource.service_name.as_str());
+        assert_eq!(
+            value["resource"]["service.name"],
+            span.resource.service_name.as_str()
+        );
         assert_eq!(value, span_to_json(&span));
     }
 
     #[test]
     fn stored_columns_give_the_same_object() {
         let span = testing::span("SELECT", &testing::resource("users", 7));
-        let (trace_id, span_id) = (crate::spans::hex(&span.trace_id), crate::spans::hex(&span.span_id));
+        let (trace_id, span_id) = (
+            crate::spans::hex(&span.trace_id),
+            crate::spans::hex(&span.span_id),
+        );
         let attributes = object_string(Object::Attributes(&span.attributes));
         let resource = object_string(Object::Resource(&span.resource.attributes));
-        let head = Head { trace_id: Id::Hex(&trace_id), span_id: Id::Hex(&span_id), parent_span_id: None, ..Head::of(&span) };
+        let head = Head {
+            trace_id: Id::Hex(&trace_id),
+            span_id: Id::Hex(&span_id),
+            parent_span_id: None,
+            ..Head::of(&span)
+        };
         let mut out = Vec::new();
-        write_span(&mut out, &head, Object::Raw(attributes.as_bytes()), Some(Object::Raw(resource.as_bytes())));
+        write_span(
+            &mut out,
+            &head,
+            Object::Raw(attributes.as_bytes()),
+            Some(Object::Raw(resource.as_bytes())),
+        );
         let value: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
         assert_eq!(value, span_to_json(&span));
         let mut empty = Vec::new();

@@ -9,6 +9,7 @@ pub mod json;
 #[doc(hidden)]
 pub mod testing;
 
+use compact_str::CompactString;
 use std::sync::Arc;
 
 /// OpenTelemetry span kind.
@@ -53,9 +54,13 @@ impl StatusCode {
 }
 
 /// An attribute value (the subset of OpenTelemetry's `AnyValue` that ztrace produces).
+///
+/// Text is a [`CompactString`]: up to 24 bytes (a method, an address, a route, most values a
+/// span has) live inline, so building a span's dozen text attributes allocates for the long
+/// ones only.
 #[derive(Clone, Debug, PartialEq)]
 pub enum AttrValue {
-    Str(String),
+    Str(CompactString),
     Int(i64),
     Bool(bool),
     Double(f64),
@@ -63,12 +68,17 @@ pub enum AttrValue {
 
 impl From<String> for AttrValue {
     fn from(v: String) -> Self {
-        AttrValue::Str(v)
+        AttrValue::Str(CompactString::from(v))
     }
 }
 impl From<&str> for AttrValue {
     fn from(v: &str) -> Self {
-        AttrValue::Str(v.to_owned())
+        AttrValue::Str(CompactString::from(v))
+    }
+}
+impl From<CompactString> for AttrValue {
+    fn from(v: CompactString) -> Self {
+        AttrValue::Str(v)
     }
 }
 impl From<i64> for AttrValue {
@@ -91,7 +101,10 @@ pub struct Attribute {
 
 impl Attribute {
     pub fn new(key: &'static str, value: impl Into<AttrValue>) -> Self {
-        Attribute { key, value: value.into() }
+        Attribute {
+            key,
+            value: value.into(),
+        }
     }
 }
 
@@ -226,7 +239,16 @@ mod tests {
 
     #[test]
     fn ip_strings_match_display() {
-        for ip in ["0.0.0.0", "127.0.0.1", "10.20.30.40", "255.255.255.255", "1.10.100.199", "::1", "fe80::1", "::ffff:10.0.0.1"] {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.30.40",
+            "255.255.255.255",
+            "1.10.100.199",
+            "::1",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+        ] {
             let ip: std::net::IpAddr = ip.parse().expect("address");
             assert_eq!(ip_string(ip), ip.to_string());
         }

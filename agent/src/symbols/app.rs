@@ -15,18 +15,59 @@ use super::Frame;
 /// Function-name prefixes of runtimes and client libraries.
 pub const LIBRARY_PREFIXES: &[&str] = &[
     // Go runtime, standard library and common clients.
-    "runtime.", "runtime/", "internal/", "syscall.", "net.", "net/", "crypto/", "bufio.", "io.", "os.", "sync.",
-    "context.", "reflect.", "fmt.", "database/sql", "github.com/lib/pq", "github.com/jackc/pgx", "google.golang.org/grpc",
+    "runtime.",
+    "runtime/",
+    "internal/",
+    "syscall.",
+    "net.",
+    "net/",
+    "crypto/",
+    "bufio.",
+    "io.",
+    "os.",
+    "sync.",
+    "context.",
+    "reflect.",
+    "fmt.",
+    "database/sql",
+    "github.com/lib/pq",
+    "github.com/jackc/pgx",
+    "google.golang.org/grpc",
     "golang.org/x/net",
     // Rust standard library and common crates.
-    "std::", "core::", "alloc::", "tokio::", "reqwest::", "hyper::", "hyper_util::", "h2::", "mio::", "futures",
-    "tower::", "tonic::", "rustls::", "native_tls::", "openssl::", "postgres::", "tokio_postgres::", "sqlx",
-    "__rust", "_start", "__libc_start",
+    "std::",
+    "core::",
+    "alloc::",
+    "tokio::",
+    "reqwest::",
+    "hyper::",
+    "hyper_util::",
+    "h2::",
+    "mio::",
+    "futures",
+    "tower::",
+    "tonic::",
+    "rustls::",
+    "native_tls::",
+    "openssl::",
+    "postgres::",
+    "tokio_postgres::",
+    "sqlx",
+    "__rust",
+    "_start",
+    "__libc_start",
     // C++ standard library.
-    "std::__", "__gnu_cxx::",
+    "std::__",
+    "__gnu_cxx::",
 ];
 
-const SYSTEM_LIB_DIRS: &[&str] = &["/lib/", "/lib64/", "/usr/lib/", "/usr/lib64/", "/usr/libexec/"];
+const SYSTEM_LIB_DIRS: &[&str] = &[
+    "/lib/",
+    "/lib64/",
+    "/usr/lib/",
+    "/usr/lib64/",
+    "/usr/libexec/",
+];
 
 fn strip_qualifiers(mut name: &str) -> &str {
     loop {
@@ -45,8 +86,14 @@ fn strip_qualifiers(mut name: &str) -> &str {
 
 /// True when the frame belongs to the application (see the module doc).
 pub fn is_app_frame(frame: &Frame) -> bool {
-    let Some(function) = frame.function.as_deref() else { return false };
-    if SYSTEM_LIB_DIRS.iter().any(|d| frame.module_path.starts_with(d)) && frame.module_path.contains(".so") {
+    let Some(function) = frame.function.as_deref() else {
+        return false;
+    };
+    if SYSTEM_LIB_DIRS
+        .iter()
+        .any(|d| frame.module_path.starts_with(d))
+        && frame.module_path.contains(".so")
+    {
         return false;
     }
     let name = strip_qualifiers(function);
@@ -58,21 +105,45 @@ mod tests {
     use super::*;
 
     fn frame(function: &str, module: &str) -> Frame {
-        Frame { function: Some(function.into()), file: None, line: None, module_path: module.into(), inlined: false }
+        Frame {
+            function: Some(function.into()),
+            file: None,
+            line: None,
+            module_path: module.into(),
+            inlined: false,
+        }
     }
 
     #[test]
     fn the_rule() {
-        assert!(!is_app_frame(&frame("__GI___libc_write", "/usr/lib/x86_64-linux-gnu/libc.so.6")));
-        assert!(!is_app_frame(&frame("std::io::Write::write_all", "/work/client")));
-        assert!(!is_app_frame(&frame("<&std::net::tcp::TcpStream as std::io::Write>::write", "/work/client")));
-        assert!(!is_app_frame(&frame("net/http.(*persistConn).writeLoop", "/work/goclient")));
-        assert!(!is_app_frame(&frame("github.com/lib/pq.(*conn).send", "/work/goclient")));
+        assert!(!is_app_frame(&frame(
+            "__GI___libc_write",
+            "/usr/lib/x86_64-linux-gnu/libc.so.6"
+        )));
+        assert!(!is_app_frame(&frame(
+            "std::io::Write::write_all",
+            "/work/client"
+        )));
+        assert!(!is_app_frame(&frame(
+            "<&std::net::tcp::TcpStream as std::io::Write>::write",
+            "/work/client"
+        )));
+        assert!(!is_app_frame(&frame(
+            "net/http.(*persistConn).writeLoop",
+            "/work/goclient"
+        )));
+        assert!(!is_app_frame(&frame(
+            "github.com/lib/pq.(*conn).send",
+            "/work/goclient"
+        )));
         assert!(!is_app_frame(&frame("runtime.goexit", "/work/goclient")));
         assert!(is_app_frame(&frame("main.fetchUser", "/work/goclient")));
         assert!(is_app_frame(&frame("fetch_orders", "/tmp/client")));
         assert!(is_app_frame(&frame("client::send_request", "/tmp/client")));
-        assert!(is_app_frame(&frame("<client::Api as client::Fetch>::fetch", "/tmp/client")));
+        assert!(is_app_frame(&frame(
+            "<client::Api as client::Fetch>::fetch",
+            "/tmp/client"
+        )));
         assert!(is_app_frame(&frame("helper", "/opt/app/libmine.so")));
         let mut unknown = frame("x", "/tmp/a");
         unknown.function = None;

@@ -90,7 +90,8 @@ impl ModuleCache {
         } else {
             self.bytes += module.bytes;
         }
-        self.by_file.insert(file_key.clone(), (Entry::Loaded(module), self.clock));
+        self.by_file
+            .insert(file_key.clone(), (Entry::Loaded(module), self.clock));
         self.evict(&file_key);
     }
 
@@ -105,7 +106,10 @@ impl ModuleCache {
                 .map(|(k, _)| k.clone());
             let Some(victim) = victim else { break };
             if let Some((Entry::Loaded(m), _)) = self.by_file.remove(&victim) {
-                let shared = self.by_file.values().any(|(e, _)| matches!(e, Entry::Loaded(o) if Rc::ptr_eq(o, &m)));
+                let shared = self
+                    .by_file
+                    .values()
+                    .any(|(e, _)| matches!(e, Entry::Loaded(o) if Rc::ptr_eq(o, &m)));
                 if !shared {
                     if let Some(id) = &m.build_id {
                         self.by_build_id.remove(id);
@@ -116,7 +120,8 @@ impl ModuleCache {
             }
         }
         if self.by_file.len() > 65_536 {
-            self.by_file.retain(|_, (e, _)| matches!(e, Entry::Loaded(_)));
+            self.by_file
+                .retain(|_, (e, _)| matches!(e, Entry::Loaded(_)));
         }
     }
 }

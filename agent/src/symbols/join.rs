@@ -10,7 +10,10 @@ use std::{
 };
 
 use super::{StackRequest, StackTrace, SymbolizerHandle};
-use crate::{collections::HashMap, conn::ConnKey, metrics::Metrics, protocols::Side, spans::Span, trace::Finished};
+use crate::{
+    collections::HashMap, conn::ConnKey, metrics::Metrics, protocols::Side, spans::Span,
+    trace::Finished,
+};
 
 /// Stacks kept per connection while their spans are not built.
 const PER_CONN: usize = 16;
@@ -37,7 +40,13 @@ pub struct StackJoin {
 impl StackJoin {
     /// `handle` is `None` when stacks are off.
     pub fn new(handle: Option<SymbolizerHandle>, wait: Duration) -> Self {
-        StackJoin { handle, pending: HashMap::default(), ready: HashMap::default(), held: VecDeque::new(), wait }
+        StackJoin {
+            handle,
+            pending: HashMap::default(),
+            ready: HashMap::default(),
+            held: VecDeque::new(),
+            wait,
+        }
     }
 
     /// Hands a stack from the kernel to the symbolizer.
@@ -93,22 +102,48 @@ impl StackJoin {
                 return true;
             }
         }
-        !self.pending.get(&key).is_some_and(|q| q.iter().any(|&t| t <= ts_ns))
+        !self
+            .pending
+            .get(&key)
+            .is_some_and(|q| q.iter().any(|&t| t <= ts_ns))
     }
 
     /// A span on its way to trace assembly, finished at kernel time `at`: a client span gets the
     /// stack of its request (if one was captured) and goes on; one whose stack is still being
     /// symbolized is held (`None`) until [`release`](Self::release) lets it go.
-    pub fn pass(&mut self, at: u64, mut finished: Finished, now: Instant, metrics: &Metrics) -> Option<(u64, Finished)> {
-        if finished.side != Side::Client || self.join(&mut finished.span, finished.key, finished.request_start_ns, metrics) {
+    pub fn pass(
+        &mut self,
+        at: u64,
+        mut finished: Finished,
+        now: Instant,
+        metrics: &Metrics,
+    ) -> Option<(u64, Finished)> {
+        if finished.side != Side::Client
+            || self.join(
+                &mut finished.span,
+                finished.key,
+                finished.request_start_ns,
+                metrics,
+            )
+        {
             return Some((at, finished));
         }
-        self.held.push_back(Held { at, finished, deadline: now + self.wait });
+        self.held.push_back(Held {
+            at,
+            finished,
+            deadline: now + self.wait,
+        });
         None
     }
 
     /// Held spans whose stack came, or whose wait is over (all of them with `all`).
-    pub fn release(&mut self, now: Instant, all: bool, metrics: &Metrics, out: &mut Vec<(u64, Finished)>) {
+    pub fn release(
+        &mut self,
+        now: Instant,
+        all: bool,
+        metrics: &Metrics,
+        out: &mut Vec<(u64, Finished)>,
+    ) {
         if self.held.is_empty() {
             return;
         }

@@ -70,7 +70,9 @@ impl Frame {
             (Some(file), Some(line)) => format!("{function} ({file}:{line})"),
             (Some(file), None) => format!("{function} ({file})"),
             _ => {
-                let module = Path::new(&self.module_path).file_name().map_or(self.module_path.as_str(), |n| n.to_str().unwrap_or("?"));
+                let module = Path::new(&self.module_path)
+                    .file_name()
+                    .map_or(self.module_path.as_str(), |n| n.to_str().unwrap_or("?"));
                 format!("{function} ({module})")
             }
         }
@@ -104,7 +106,10 @@ impl StackTrace {
                 attrs.push(Attribute::new("code.file.path", file.as_str()));
             }
             if let Some(line) = f.line {
-                attrs.push(Attribute { key: "code.line.number", value: AttrValue::Int(i64::from(line)) });
+                attrs.push(Attribute {
+                    key: "code.line.number",
+                    value: AttrValue::Int(i64::from(line)),
+                });
             }
         }
         if self.native_only {
@@ -177,12 +182,22 @@ pub fn spawn(config: SymbolizerConfig, metrics: Arc<Metrics>) -> SymbolizerHandl
                 let trace = Arc::new(worker.symbolize(&req));
                 worker.report(&metrics);
                 Metrics::inc(&metrics.stacks_symbolized);
-                if result_tx.send(StackResult { key: req.key, ts_ns: req.ts_ns, trace }).is_err() {
+                if result_tx
+                    .send(StackResult {
+                        key: req.key,
+                        ts_ns: req.ts_ns,
+                        trace,
+                    })
+                    .is_err()
+                {
                     break;
                 }
             }
         })
-        .map_or_else(|e| tracing::warn!(error = %e, "could not start the symbolizer thread"), |_| ());
+        .map_or_else(
+            |e| tracing::warn!(error = %e, "could not start the symbolizer thread"),
+            |_| (),
+        );
     SymbolizerHandle { tx, results }
 }
 
@@ -196,20 +211,38 @@ pub struct Symbolizer {
 }
 
 /// Executable names whose native frames say nothing of the program they run.
-const INTERPRETERS: &[&str] = &["python", "node", "ruby", "java", "php", "perl", "bun", "deno", "dotnet"];
+const INTERPRETERS: &[&str] = &[
+    "python", "node", "ruby", "java", "php", "perl", "bun", "deno", "dotnet",
+];
 
 impl Symbolizer {
     pub fn new(config: SymbolizerConfig) -> Self {
         let modules = ModuleCache::new(config.max_bytes);
-        Symbolizer { config, maps: HashMap::new(), modules, unwind_ctx: UnwindContext::new(), load_errors: 0 }
+        Symbolizer {
+            config,
+            maps: HashMap::new(),
+            modules,
+            unwind_ctx: UnwindContext::new(),
+            load_errors: 0,
+        }
     }
 
     fn report(&self, metrics: &Metrics) {
-        metrics.symbol_cache_hits.store(self.modules.hits, Ordering::Relaxed);
-        metrics.symbol_cache_misses.store(self.modules.misses, Ordering::Relaxed);
-        metrics.symbol_modules_evicted.store(self.modules.evicted, Ordering::Relaxed);
-        metrics.symbol_load_errors.store(self.load_errors, Ordering::Relaxed);
-        metrics.symbol_bytes.store(self.modules.bytes() as u64, Ordering::Relaxed);
+        metrics
+            .symbol_cache_hits
+            .store(self.modules.hits, Ordering::Relaxed);
+        metrics
+            .symbol_cache_misses
+            .store(self.modules.misses, Ordering::Relaxed);
+        metrics
+            .symbol_modules_evicted
+            .store(self.modules.evicted, Ordering::Relaxed);
+        metrics
+            .symbol_load_errors
+            .store(self.load_errors, Ordering::Relaxed);
+        metrics
+            .symbol_bytes
+            .store(self.modules.bytes() as u64, Ordering::Relaxed);
     }
 
     /// Bytes held by loaded modules.
@@ -237,7 +270,12 @@ impl Symbolizer {
     }
 
     /// The module holding `addr` in `pid` and the address's ELF virtual address.
-    fn resolve(&mut self, pid: u32, maps: &[Mapping], addr: u64) -> Option<(Rc<Module>, u64, String)> {
+    fn resolve(
+        &mut self,
+        pid: u32,
+        maps: &[Mapping],
+        addr: u64,
+    ) -> Option<(Rc<Module>, u64, String)> {
         let mapping = procmaps::find(maps, addr)?;
         let module = self.module(pid, mapping)?;
         let vaddr = module.vaddr_of_offset(mapping.file_offset(addr))?;
@@ -257,7 +295,11 @@ impl Symbolizer {
             match Module::load(&path, &mapping.path, &root, &self.config.debug_dirs) {
                 Ok(m) => {
                     // The same build seen through another path: keep one copy.
-                    let m = match m.build_id.as_deref().and_then(|id| self.modules.by_build_id(id)) {
+                    let m = match m
+                        .build_id
+                        .as_deref()
+                        .and_then(|id| self.modules.by_build_id(id))
+                    {
                         Some(existing) => existing,
                         None => Rc::new(m),
                     };
@@ -283,17 +325,30 @@ impl Symbolizer {
         if procmaps::find(&maps, req.regs.rip).is_none() {
             maps = self.maps_of(pid, true);
         }
-        let mem = StackMemory { base: req.regs.rsp, bytes: &req.stack };
-        let cfi_pcs = unwind::unwind(req.regs, &mem, MAX_FRAMES, |pc| match self.resolve(pid, &maps, pc) {
-            Some((module, vaddr, _)) => match module.unwind_rule(&mut self.unwind_ctx, vaddr) {
-                Some(rule) => Step::Cfi(rule),
-                None => Step::FramePointer,
-            },
-            None => Step::Unknown,
+        let mem = StackMemory {
+            base: req.regs.rsp,
+            bytes: &req.stack,
+        };
+        let cfi_pcs = unwind::unwind(req.regs, &mem, MAX_FRAMES, |pc| {
+            match self.resolve(pid, &maps, pc) {
+                Some((module, vaddr, _)) => match module.unwind_rule(&mut self.unwind_ctx, vaddr) {
+                    Some(rule) => Step::Cfi(rule),
+                    None => Step::FramePointer,
+                },
+                None => Step::Unknown,
+            }
         });
         // The kernel's frame-pointer walk, cut at the first address in no executable mapping.
-        let fp_len = req.ips.iter().take_while(|&&ip| procmaps::find(&maps, ip).is_some()).count();
-        let pcs: &[u64] = if fp_len > cfi_pcs.len() { &req.ips[..fp_len] } else { &cfi_pcs };
+        let fp_len = req
+            .ips
+            .iter()
+            .take_while(|&&ip| procmaps::find(&maps, ip).is_some())
+            .count();
+        let pcs: &[u64] = if fp_len > cfi_pcs.len() {
+            &req.ips[..fp_len]
+        } else {
+            &cfi_pcs
+        };
 
         let mut frames = Vec::with_capacity(pcs.len() + 4);
         for (i, &pc) in pcs.iter().enumerate() {
@@ -302,11 +357,23 @@ impl Symbolizer {
                 Some((module, vaddr, path)) => {
                     let source = module.source_frames(vaddr);
                     if source.is_empty() {
-                        frames.push(Frame { function: None, file: None, line: None, module_path: path.clone(), inlined: false });
+                        frames.push(Frame {
+                            function: None,
+                            file: None,
+                            line: None,
+                            module_path: path.clone(),
+                            inlined: false,
+                        });
                     }
                     let n = source.len();
                     for (j, s) in source.into_iter().enumerate() {
-                        frames.push(Frame { function: s.function, file: s.file, line: s.line, module_path: path.clone(), inlined: j + 1 < n });
+                        frames.push(Frame {
+                            function: s.function,
+                            file: s.file,
+                            line: s.line,
+                            module_path: path.clone(),
+                            inlined: j + 1 < n,
+                        });
                     }
                 }
                 None => frames.push(Frame {
@@ -322,12 +389,17 @@ impl Symbolizer {
                 break;
             }
         }
-        StackTrace { frames, native_only: is_interpreter(pid) }
+        StackTrace {
+            frames,
+            native_only: is_interpreter(pid),
+        }
     }
 }
 
 fn is_interpreter(pid: u32) -> bool {
-    let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else { return false };
+    let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
+        return false;
+    };
     let name = exe.file_name().and_then(|n| n.to_str()).unwrap_or("");
     INTERPRETERS.iter().any(|i| name.starts_with(i))
 }
@@ -347,8 +419,18 @@ mod tests {
         };
         let trace = StackTrace {
             frames: vec![
-                f("__GI___libc_write", None, None, "/usr/lib/x86_64-linux-gnu/libc.so.6"),
-                f("fetch_orders", Some("/src/client.c"), Some(42), "/tmp/client"),
+                f(
+                    "__GI___libc_write",
+                    None,
+                    None,
+                    "/usr/lib/x86_64-linux-gnu/libc.so.6",
+                ),
+                f(
+                    "fetch_orders",
+                    Some("/src/client.c"),
+                    Some(42),
+                    "/tmp/client",
+                ),
                 f("main", Some("/src/client.c"), Some(60), "/tmp/client"),
             ],
             native_only: false,
@@ -361,8 +443,14 @@ mod tests {
                 "__GI___libc_write (libc.so.6)\nfetch_orders (/src/client.c:42)\nmain (/src/client.c:60)".into()
             ))
         );
-        assert_eq!(get("code.function.name"), Some(AttrValue::Str("fetch_orders".into())));
-        assert_eq!(get("code.file.path"), Some(AttrValue::Str("/src/client.c".into())));
+        assert_eq!(
+            get("code.function.name"),
+            Some(AttrValue::Str("fetch_orders".into()))
+        );
+        assert_eq!(
+            get("code.file.path"),
+            Some(AttrValue::Str("/src/client.c".into()))
+        );
         assert_eq!(get("code.line.number"), Some(AttrValue::Int(42)));
         assert_eq!(get("ztrace.stack"), None);
         assert!(StackTrace::default().attributes().is_empty());
@@ -391,21 +479,41 @@ mod tests {
             at += page.len() as u64;
         }
         let req = StackRequest {
-            key: ConnKey { tgid: std::process::id(), fd: 3, conn_gen: 1 },
+            key: ConnKey {
+                tgid: std::process::id(),
+                fd: 3,
+                conn_gen: 1,
+            },
             ts_ns: 1,
             regs: Regs { rip, rsp, rbp },
             ips: vec![rip],
             stack,
         };
-        let mut s = Symbolizer::new(SymbolizerConfig { debug_dirs: vec![], max_bytes: 1 << 30 });
+        let mut s = Symbolizer::new(SymbolizerConfig {
+            debug_dirs: vec![],
+            max_bytes: 1 << 30,
+        });
         let trace = s.symbolize(&req);
         let names: Vec<String> = trace.frames.iter().map(Frame::render).collect();
-        assert!(names[0].contains("unwinds_and_symbolizes_its_own_stack"), "{names:#?}");
-        assert!(trace.frames.len() > 3, "the unwinder walked past the test function: {names:#?}");
-        assert!(names.iter().any(|n| n.contains("test::run_test")), "{names:#?}");
+        assert!(
+            names[0].contains("unwinds_and_symbolizes_its_own_stack"),
+            "{names:#?}"
+        );
+        assert!(
+            trace.frames.len() > 3,
+            "the unwinder walked past the test function: {names:#?}"
+        );
+        assert!(
+            names.iter().any(|n| n.contains("test::run_test")),
+            "{names:#?}"
+        );
         let (_, misses) = s.cache_stats();
         s.symbolize(&req);
-        assert_eq!(s.cache_stats().1, misses, "a second stack of the same binary parses nothing again");
+        assert_eq!(
+            s.cache_stats().1,
+            misses,
+            "a second stack of the same binary parses nothing again"
+        );
         assert!(s.module_bytes() > 0);
     }
 }

@@ -16,8 +16,8 @@ use std::{
 };
 
 use gimli::{
-    BaseAddresses, CfaRule, DebugFrame, EhFrame, EndianArcSlice, LittleEndian, Register, RegisterRule, UnwindContext,
-    UnwindOffset, UnwindSection, UnwindTableRow,
+    BaseAddresses, CfaRule, DebugFrame, EhFrame, EndianArcSlice, LittleEndian, Register,
+    RegisterRule, UnwindContext, UnwindOffset, UnwindSection, UnwindTableRow,
 };
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, ReadCache, ReadRef};
 
@@ -30,9 +30,15 @@ pub type R = EndianArcSlice<LittleEndian>;
 #[derive(Debug, thiserror::Error)]
 pub enum ModuleError {
     #[error("reading {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("parsing {path}: {source}")]
-    Object { path: PathBuf, source: object::Error },
+    Object {
+        path: PathBuf,
+        source: object::Error,
+    },
 }
 
 /// Where a module's DWARF came from.
@@ -91,7 +97,11 @@ where
             }
         }
         index.sort_unstable_by_key(|e| e.0);
-        Cfi { section, bases, index }
+        Cfi {
+            section,
+            bases,
+            index,
+        }
     }
 
     fn row(&self, ctx: &mut UnwindContext<usize>, addr: u64) -> Option<UnwindTableRow<usize>> {
@@ -100,8 +110,13 @@ where
         if addr < start || addr >= end {
             return None;
         }
-        let fde = self.section.fde_from_offset(&self.bases, S::Offset::from(offset), S::cie_from_offset).ok()?;
-        fde.unwind_info_for_address(&self.section, &self.bases, ctx, addr).ok().cloned()
+        let fde = self
+            .section
+            .fde_from_offset(&self.bases, S::Offset::from(offset), S::cie_from_offset)
+            .ok()?;
+        fde.unwind_info_for_address(&self.section, &self.bases, ctx, addr)
+            .ok()
+            .cloned()
     }
 }
 
@@ -134,7 +149,12 @@ fn rule_of(row: &UnwindTableRow<usize>) -> Option<UnwindRule> {
         RegisterRule::Offset(o) => Some(o),
         _ => None,
     };
-    Some(UnwindRule { cfa_register, cfa_offset, ra_offset, rbp_offset })
+    Some(UnwindRule {
+        cfa_register,
+        cfa_offset,
+        ra_offset,
+        rbp_offset,
+    })
 }
 
 /// A loaded ELF file.
@@ -183,14 +203,21 @@ fn debuglink<'d, D: ReadRef<'d>>(file: &object::File<'d, D>) -> Option<String> {
     std::str::from_utf8(name).ok().map(str::to_owned)
 }
 
-fn section_reader<'d, D: ReadRef<'d>>(file: &object::File<'d, D>, name: &str, bytes: &mut usize) -> Option<R> {
+fn section_reader<'d, D: ReadRef<'d>>(
+    file: &object::File<'d, D>,
+    name: &str,
+    bytes: &mut usize,
+) -> Option<R> {
     let section = file.section_by_name(name)?;
     let data = section.uncompressed_data().ok()?;
     *bytes += data.len();
     Some(EndianArcSlice::new(Arc::from(&*data), LittleEndian))
 }
 
-fn load_dwarf<'d, D: ReadRef<'d>>(file: &object::File<'d, D>, bytes: &mut usize) -> Option<addr2line::Context<R>> {
+fn load_dwarf<'d, D: ReadRef<'d>>(
+    file: &object::File<'d, D>,
+    bytes: &mut usize,
+) -> Option<addr2line::Context<R>> {
     file.section_by_name(".debug_info")?;
     let empty = EndianArcSlice::new(Arc::from(&[][..]), LittleEndian);
     let dwarf = gimli::Dwarf::load(|id| -> Result<R, gimli::Error> {
@@ -218,26 +245,46 @@ pub fn demangle(name: &str) -> String {
 /// The file at `path`, read on demand: only the sections a module keeps are read (and held
 /// by the cache until loading ends), never the whole file at once.
 fn open_lazy(path: &Path) -> Result<ReadCache<std::fs::File>, ModuleError> {
-    std::fs::File::open(path).map(ReadCache::new).map_err(|source| ModuleError::Io { path: path.to_owned(), source })
+    std::fs::File::open(path)
+        .map(ReadCache::new)
+        .map_err(|source| ModuleError::Io {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 impl Module {
     /// Loads the ELF file at `path` (shown as `display_path`). `root` is the process's root
     /// (`/proc/PID/root`) under which debug files are searched; `debug_dirs` are directories
     /// holding `.build-id/xx/yyyy.debug` files (e.g. `/usr/lib/debug`).
-    pub fn load(path: &Path, display_path: &str, root: &Path, debug_dirs: &[PathBuf]) -> Result<Module, ModuleError> {
+    pub fn load(
+        path: &Path,
+        display_path: &str,
+        root: &Path,
+        debug_dirs: &[PathBuf],
+    ) -> Result<Module, ModuleError> {
         let data = open_lazy(path)?;
-        let file = object::File::parse(&data).map_err(|source| ModuleError::Object { path: path.to_owned(), source })?;
+        let file = object::File::parse(&data).map_err(|source| ModuleError::Object {
+            path: path.to_owned(),
+            source,
+        })?;
         let mut bytes = 0usize;
         let segments: Vec<Segment> = file
             .segments()
             .map(|s| {
                 let (offset, filesz) = s.file_range();
-                Segment { offset, vaddr: s.address(), filesz }
+                Segment {
+                    offset,
+                    vaddr: s.address(),
+                    filesz,
+                }
             })
             .collect();
         let build_id = file.build_id().ok().flatten().map(<[u8]>::to_vec);
-        let text = file.section_by_name(".text").map(|s| s.address()).unwrap_or(0);
+        let text = file
+            .section_by_name(".text")
+            .map(|s| s.address())
+            .unwrap_or(0);
         let eh_frame = file.section_by_name(".eh_frame").and_then(|s| {
             let addr = s.address();
             let reader = section_reader(&file, ".eh_frame", &mut bytes)?;
@@ -253,29 +300,40 @@ impl Module {
         let mut dwarf = load_dwarf(&file, &mut bytes);
         if dwarf.is_some() {
             debug_source = DebugSource::Embedded;
-        } else if let Some((source, debug_data)) = find_debug_file(&file, display_path, build_id.as_deref(), root, debug_dirs) {
+        } else if let Some((source, debug_data)) =
+            find_debug_file(&file, display_path, build_id.as_deref(), root, debug_dirs)
+        {
             if let Ok(debug_file) = object::File::parse(&debug_data) {
                 dwarf = load_dwarf(&debug_file, &mut bytes);
                 if dwarf.is_some() {
                     debug_source = source;
                 }
                 if debug_frame.is_none() {
-                    debug_frame = section_reader(&debug_file, ".debug_frame", &mut bytes)
-                        .map(|r| Cfi::new(DebugFrame::from(r), BaseAddresses::default().set_text(text)));
+                    debug_frame =
+                        section_reader(&debug_file, ".debug_frame", &mut bytes).map(|r| {
+                            Cfi::new(DebugFrame::from(r), BaseAddresses::default().set_text(text))
+                        });
                 }
                 if symbols.is_empty() {
                     symbols = symbols_of(&debug_file, &mut bytes);
                 }
             }
         }
-        let go_table = if is_go && dwarf.is_none() { go_table_of(&file) } else { None };
+        let go_table = if is_go && dwarf.is_none() {
+            go_table_of(&file)
+        } else {
+            None
+        };
         if let Some(t) = &go_table {
             bytes += t.bytes();
             debug_source = DebugSource::GoPclntab;
         }
         bytes += eh_frame.as_ref().map_or(0, |c| c.index.len() * 24);
         bytes += debug_frame.as_ref().map_or(0, |c| c.index.len() * 24);
-        let name = Path::new(display_path).file_name().map_or_else(|| display_path.to_owned(), |n| n.to_string_lossy().into_owned());
+        let name = Path::new(display_path).file_name().map_or_else(
+            || display_path.to_owned(),
+            |n| n.to_string_lossy().into_owned(),
+        );
         Ok(Module {
             name,
             build_id,
@@ -310,7 +368,10 @@ impl Module {
         if let Some(row) = self.eh_frame.as_ref().and_then(|c| c.row(ctx, addr)) {
             return rule_of(&row);
         }
-        self.debug_frame.as_ref().and_then(|c| c.row(ctx, addr)).and_then(|row| rule_of(&row))
+        self.debug_frame
+            .as_ref()
+            .and_then(|c| c.row(ctx, addr))
+            .and_then(|row| rule_of(&row))
     }
 
     /// Source frames at ELF address `addr`, innermost (inlined) first; empty when unknown.
@@ -321,18 +382,32 @@ impl Module {
     fn find_source_frames(&self, addr: u64) -> Vec<SourceFrame> {
         if let Some(table) = &self.go_table {
             let frames = table.source_frames(addr).into_iter();
-            return frames.map(|f| SourceFrame { function: f.function, file: f.file, line: f.line }).collect();
+            return frames
+                .map(|f| SourceFrame {
+                    function: f.function,
+                    file: f.file,
+                    line: f.line,
+                })
+                .collect();
         }
         let mut out = Vec::new();
         if let Some(ctx) = &self.dwarf {
             if let Ok(mut frames) = ctx.find_frames(addr).skip_all_loads() {
                 while let Ok(Some(frame)) = frames.next() {
-                    let function = frame.function.as_ref().and_then(|f| f.raw_name().ok()).map(|n| demangle(n.as_ref()));
+                    let function = frame
+                        .function
+                        .as_ref()
+                        .and_then(|f| f.raw_name().ok())
+                        .map(|n| demangle(n.as_ref()));
                     let (file, line) = match &frame.location {
                         Some(loc) => (loc.file.map(str::to_owned), loc.line),
                         None => (None, None),
                     };
-                    out.push(SourceFrame { function, file, line });
+                    out.push(SourceFrame {
+                        function,
+                        file,
+                        line,
+                    });
                 }
             }
         }
@@ -340,7 +415,11 @@ impl Module {
             if let Some(name) = self.symbol(addr) {
                 match out.first_mut() {
                     Some(first) => first.function = Some(name.to_owned()),
-                    None => out.push(SourceFrame { function: Some(name.to_owned()), file: None, line: None }),
+                    None => out.push(SourceFrame {
+                        function: Some(name.to_owned()),
+                        file: None,
+                        line: None,
+                    }),
                 }
             }
         }
@@ -349,7 +428,10 @@ impl Module {
 
     /// The symbol-table name of the function holding `addr`.
     pub fn symbol(&self, addr: u64) -> Option<&str> {
-        let i = self.symbols.partition_point(|s| s.0 <= addr).checked_sub(1)?;
+        let i = self
+            .symbols
+            .partition_point(|s| s.0 <= addr)
+            .checked_sub(1)?;
         let (start, size, name) = &self.symbols[i];
         (addr < start + (*size).max(1)).then_some(name.as_str())
     }
@@ -364,7 +446,9 @@ fn go_table_of<'d, D: ReadRef<'d>>(file: &object::File<'d, D>) -> Option<PcLnTab
         .filter_map(|n| file.section_by_name(n))
         .filter_map(|s| Some((s.address(), s.data().ok()?)))
         .collect();
-    let rodata = file.section_by_name(".rodata").and_then(|s| Some((s.address(), s.data().ok()?)));
+    let rodata = file
+        .section_by_name(".rodata")
+        .and_then(|s| Some((s.address(), s.data().ok()?)));
     match PcLnTable::parse(data, section.address(), &sections, rodata) {
         Ok(t) => Some(t),
         Err(error) => {
@@ -374,7 +458,10 @@ fn go_table_of<'d, D: ReadRef<'d>>(file: &object::File<'d, D>) -> Option<PcLnTab
     }
 }
 
-fn symbols_of<'d, D: ReadRef<'d>>(file: &object::File<'d, D>, bytes: &mut usize) -> Vec<(u64, u64, String)> {
+fn symbols_of<'d, D: ReadRef<'d>>(
+    file: &object::File<'d, D>,
+    bytes: &mut usize,
+) -> Vec<(u64, u64, String)> {
     let mut symbols: Vec<(u64, u64, String)> = file
         .symbols()
         .chain(file.dynamic_symbols())
@@ -414,9 +501,16 @@ fn find_debug_file<'d, D: ReadRef<'d>>(
     let candidates = [
         in_root(&dir.join(&link)),
         in_root(&dir.join(".debug").join(&link)),
-        in_root(&Path::new("/usr/lib/debug").join(dir.strip_prefix("/").unwrap_or(dir)).join(&link)),
+        in_root(
+            &Path::new("/usr/lib/debug")
+                .join(dir.strip_prefix("/").unwrap_or(dir))
+                .join(&link),
+        ),
     ];
-    candidates.iter().find_map(|c| std::fs::File::open(c).ok()).map(|f| (DebugSource::DebugLink, ReadCache::new(f)))
+    candidates
+        .iter()
+        .find_map(|c| std::fs::File::open(c).ok())
+        .map(|f| (DebugSource::DebugLink, ReadCache::new(f)))
 }
 
 #[cfg(test)]
@@ -426,7 +520,10 @@ mod tests {
     #[test]
     fn demangles_rust_and_cpp() {
         assert_eq!(demangle("_ZN3foo3bar17h0123456789abcdefE"), "foo::bar");
-        assert_eq!(demangle("_ZN9wikipedia7article6formatEv"), "wikipedia::article::format()");
+        assert_eq!(
+            demangle("_ZN9wikipedia7article6formatEv"),
+            "wikipedia::article::format()"
+        );
         assert_eq!(demangle("main"), "main");
         assert_eq!(demangle("_Zgarbage"), "_Zgarbage");
     }
@@ -444,7 +541,12 @@ mod tests {
         let vaddr = m.vaddr_of_offset(map.file_offset(addr)).expect("vaddr");
         let frames = m.source_frames(vaddr);
         let f = frames.last().expect("frame");
-        assert!(f.function.as_deref().is_some_and(|n| n.ends_with("demangles_rust_and_cpp")), "{frames:?}");
+        assert!(
+            f.function
+                .as_deref()
+                .is_some_and(|n| n.ends_with("demangles_rust_and_cpp")),
+            "{frames:?}"
+        );
         let mut ctx = UnwindContext::new();
         assert!(m.unwind_rule(&mut ctx, vaddr).is_some());
     }

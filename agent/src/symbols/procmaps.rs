@@ -30,7 +30,10 @@ impl Mapping {
     /// process is already gone, the path on the host.
     pub fn open_paths(&self, pid: u32) -> Vec<PathBuf> {
         let mut paths = vec![
-            PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", self.start, self.end)),
+            PathBuf::from(format!(
+                "/proc/{pid}/map_files/{:x}-{:x}",
+                self.start, self.end
+            )),
             Path::new(&format!("/proc/{pid}/root")).join(self.path.trim_start_matches('/')),
         ];
         if !self.deleted {
@@ -79,7 +82,9 @@ fn parse_line(line: &str) -> Option<Mapping> {
 
 /// The executable mappings of a running process.
 pub fn read(pid: u32) -> std::io::Result<Vec<Mapping>> {
-    Ok(parse(&std::fs::read_to_string(format!("/proc/{pid}/maps"))?))
+    Ok(parse(&std::fs::read_to_string(format!(
+        "/proc/{pid}/maps"
+    ))?))
 }
 
 /// The mapping holding `addr`.
@@ -111,7 +116,13 @@ garbage line
         assert!(maps[2].deleted);
         assert_eq!(find(&maps, 0x7f00aa000005).map(|m| m.inode), Some(99));
         assert!(find(&maps, 0x1).is_none());
-        assert_eq!(maps[0].open_paths(7)[0], PathBuf::from("/proc/7/map_files/55d0c0a01000-55d0c0a02000"));
-        assert_eq!(maps[0].open_paths(7)[1], PathBuf::from("/proc/7/root/usr/bin/client"));
+        assert_eq!(
+            maps[0].open_paths(7)[0],
+            PathBuf::from("/proc/7/map_files/55d0c0a01000-55d0c0a02000")
+        );
+        assert_eq!(
+            maps[0].open_paths(7)[1],
+            PathBuf::from("/proc/7/root/usr/bin/client")
+        );
     }
 }

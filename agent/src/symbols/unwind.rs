@@ -41,11 +41,20 @@ pub struct Regs {
 ///
 /// `step(addr)` is asked about `rip` for the first frame and about `return address - 1` (the
 /// call instruction) for the others.
-pub fn unwind(regs: Regs, mem: &StackMemory<'_>, max_frames: usize, mut step: impl FnMut(u64) -> Step) -> Vec<u64> {
+pub fn unwind(
+    regs: Regs,
+    mem: &StackMemory<'_>,
+    max_frames: usize,
+    mut step: impl FnMut(u64) -> Step,
+) -> Vec<u64> {
     let mut pcs = vec![regs.rip];
     let (mut pc, mut rsp, mut rbp) = (regs.rip, regs.rsp, regs.rbp);
     while pcs.len() < max_frames {
-        let probe = if pcs.len() == 1 { pc } else { pc.saturating_sub(1) };
+        let probe = if pcs.len() == 1 {
+            pc
+        } else {
+            pc.saturating_sub(1)
+        };
         let (ra, new_rsp, new_rbp) = match step(probe) {
             Step::Cfi(rule) => {
                 let base = match rule.cfa_register {
@@ -54,7 +63,12 @@ pub fn unwind(regs: Regs, mem: &StackMemory<'_>, max_frames: usize, mut step: im
                     _ => break,
                 };
                 let cfa = base.wrapping_add_signed(rule.cfa_offset);
-                let Some(ra) = rule.ra_offset.and_then(|o| mem.read_u64(cfa.wrapping_add_signed(o))) else { break };
+                let Some(ra) = rule
+                    .ra_offset
+                    .and_then(|o| mem.read_u64(cfa.wrapping_add_signed(o)))
+                else {
+                    break;
+                };
                 let new_rbp = match rule.rbp_offset {
                     Some(o) => match mem.read_u64(cfa.wrapping_add_signed(o)) {
                         Some(v) => v,
@@ -68,7 +82,11 @@ pub fn unwind(regs: Regs, mem: &StackMemory<'_>, max_frames: usize, mut step: im
                 if rbp < rsp {
                     break;
                 }
-                let (Some(ra), Some(saved)) = (mem.read_u64(rbp.wrapping_add(8)), mem.read_u64(rbp)) else { break };
+                let (Some(ra), Some(saved)) =
+                    (mem.read_u64(rbp.wrapping_add(8)), mem.read_u64(rbp))
+                else {
+                    break;
+                };
                 (ra, rbp.wrapping_add(16), saved)
             }
             Step::Unknown => break,
@@ -98,10 +116,22 @@ mod tests {
         // Frame 2 (pc 0x30): unknown module: stop.
         let words = [0, 0x20, 0x1030, 0x30, 0, 0, 0, 0];
         let bytes = stack(&words);
-        let mem = StackMemory { base: 0x1000, bytes: &bytes };
-        let regs = Regs { rip: 0x10, rsp: 0x1000, rbp: 0x1010 };
+        let mem = StackMemory {
+            base: 0x1000,
+            bytes: &bytes,
+        };
+        let regs = Regs {
+            rip: 0x10,
+            rsp: 0x1000,
+            rbp: 0x1010,
+        };
         let pcs = unwind(regs, &mem, 16, |pc| match pc {
-            0x10 => Step::Cfi(UnwindRule { cfa_register: RSP, cfa_offset: 16, ra_offset: Some(-8), rbp_offset: None }),
+            0x10 => Step::Cfi(UnwindRule {
+                cfa_register: RSP,
+                cfa_offset: 16,
+                ra_offset: Some(-8),
+                rbp_offset: None,
+            }),
             0x1f => Step::FramePointer,
             _ => Step::Unknown,
         });
@@ -111,11 +141,23 @@ mod tests {
     #[test]
     fn stops_outside_the_copy_and_on_loops() {
         let bytes = stack(&[0x10, 0x10]);
-        let mem = StackMemory { base: 0x1000, bytes: &bytes };
-        let regs = Regs { rip: 0x10, rsp: 0x1000, rbp: 0 };
+        let mem = StackMemory {
+            base: 0x1000,
+            bytes: &bytes,
+        };
+        let regs = Regs {
+            rip: 0x10,
+            rsp: 0x1000,
+            rbp: 0,
+        };
         // RA at CFA-8 with CFA = rsp + 0: the caller's frame would not be above: stop.
         let pcs = unwind(regs, &mem, 16, |_| {
-            Step::Cfi(UnwindRule { cfa_register: RSP, cfa_offset: 0, ra_offset: Some(0), rbp_offset: None })
+            Step::Cfi(UnwindRule {
+                cfa_register: RSP,
+                cfa_offset: 0,
+                ra_offset: Some(0),
+                rbp_offset: None,
+            })
         });
         assert_eq!(pcs, vec![0x10]);
         assert_eq!(mem.read_u64(0x1010), None);

@@ -20,7 +20,13 @@ pub enum TlsLib {
 }
 
 /// The OpenSSL functions probed, in attach order.
-pub const OPENSSL_FUNCTIONS: [&str; 5] = ["SSL_read", "SSL_write", "SSL_read_ex", "SSL_write_ex", "SSL_set_fd"];
+pub const OPENSSL_FUNCTIONS: [&str; 5] = [
+    "SSL_read",
+    "SSL_write",
+    "SSL_read_ex",
+    "SSL_write_ex",
+    "SSL_set_fd",
+];
 
 /// Looks at the symbols of the ELF file at `path`.
 pub fn inspect(path: &Path) -> std::io::Result<TlsLib> {

@@ -34,10 +34,21 @@ use self::elf::TlsLib;
 pub trait Attacher {
     /// Probes `functions` of the ELF file at `path` (entry and return). Returns how many probes
     /// were attached, or why none could be (then none is left attached).
-    fn attach_openssl(&mut self, key: u64, path: &Path, functions: &[&'static str]) -> Result<usize, String>;
+    fn attach_openssl(
+        &mut self,
+        key: u64,
+        path: &Path,
+        functions: &[&'static str],
+    ) -> Result<usize, String>;
     /// Probes the entries and RET instructions of Go's `crypto/tls` functions in `path`; the
     /// entry probes carry `cookie` (the binary's struct offsets, `GoOffsets::cookie`).
-    fn attach_go(&mut self, key: u64, path: &Path, functions: &[go::GoFunction], cookie: u64) -> Result<usize, String>;
+    fn attach_go(
+        &mut self,
+        key: u64,
+        path: &Path,
+        functions: &[go::GoFunction],
+        cookie: u64,
+    ) -> Result<usize, String>;
     /// Detaches every probe attached under `key`; returns how many.
     fn detach(&mut self, key: u64) -> usize;
 }
@@ -46,7 +57,10 @@ pub trait Attacher {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// Probes attached.
-    Probed { functions: Vec<&'static str>, probes: usize },
+    Probed {
+        functions: Vec<&'static str>,
+        probes: usize,
+    },
     /// A TLS implementation ztrace does not probe, and why.
     NotProbed(String),
     /// Probing was tried and failed.
@@ -89,7 +103,9 @@ impl fmt::Display for Row {
                 probes,
                 functions.join(", ")
             ),
-            Outcome::NotProbed(why) => write!(f, "skip  uprobes   {} {}: {why}", self.what, self.path),
+            Outcome::NotProbed(why) => {
+                write!(f, "skip  uprobes   {} {}: {why}", self.what, self.path)
+            }
             Outcome::Failed(why) => write!(f, "FAIL  uprobes   {} {}: {why}", self.what, self.path),
         }
     }
@@ -135,21 +151,32 @@ pub struct TlsDiscovery {
 
 impl TlsDiscovery {
     pub fn new(own_pid: u32) -> Self {
-        TlsDiscovery { own_pid, ..Default::default() }
+        TlsDiscovery {
+            own_pid,
+            ..Default::default()
+        }
     }
 
     /// Probes the system's `libssl.so.*` files and every running process's TLS libraries.
     pub fn scan_at_start(&mut self, attacher: &mut dyn Attacher) {
         for dir in SYSTEM_LIB_DIRS {
-            let Ok(entries) = std::fs::read_dir(dir) else { continue };
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
             let mut names: Vec<PathBuf> = entries
                 .flatten()
                 .map(|e| e.path())
-                .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(is_libssl_name))
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(is_libssl_name)
+                })
                 .collect();
             names.sort();
             for path in names {
-                let Ok(meta) = std::fs::metadata(&path) else { continue };
+                let Ok(meta) = std::fs::metadata(&path) else {
+                    continue;
+                };
                 if !meta.is_file() {
                     continue;
                 }
@@ -160,9 +187,15 @@ impl TlsDiscovery {
                 self.look_at(id, &real, &real.to_string_lossy(), 0, attacher);
             }
         }
-        let Ok(procs) = std::fs::read_dir("/proc") else { return };
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return;
+        };
         for entry in procs.flatten() {
-            if let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) {
+            if let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            {
                 self.checked.insert(pid);
                 self.check_process(pid, attacher);
             }
@@ -211,7 +244,9 @@ impl TlsDiscovery {
         if pid == self.own_pid {
             return;
         }
-        let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else { return };
+        let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+            return;
+        };
         let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
         for m in parse_maps(&maps) {
             let basename = m.path.rsplit('/').next().unwrap_or(m.path);
@@ -226,8 +261,11 @@ impl TlsDiscovery {
                 use std::os::unix::fs::MetadataExt as _;
                 meta.ino() == m.inode && dev_string(meta.dev()) == m.dev
             });
-            let through_root =
-                if same_here { PathBuf::from(m.path) } else { PathBuf::from(format!("/proc/{pid}/root{}", m.path)) };
+            let through_root = if same_here {
+                PathBuf::from(m.path)
+            } else {
+                PathBuf::from(format!("/proc/{pid}/root{}", m.path))
+            };
             if basename.starts_with("libjvm.so") {
                 if !self.files.contains_key(&id) {
                     let row = Row {
@@ -249,7 +287,14 @@ impl TlsDiscovery {
     }
 
     /// Inspects a file not seen before and probes it if it carries OpenSSL.
-    fn look_at(&mut self, id: FileId, path: &Path, shown: &str, pid: u32, attacher: &mut dyn Attacher) {
+    fn look_at(
+        &mut self,
+        id: FileId,
+        path: &Path,
+        shown: &str,
+        pid: u32,
+        attacher: &mut dyn Attacher,
+    ) {
         if let Some(known) = self.files.get(&id) {
             if let Some(users) = known.and_then(|row| self.users.get_mut(&row)) {
                 users.pids.insert(pid);
@@ -265,29 +310,51 @@ impl TlsDiscovery {
                 return; // not remembered: tried again when another process maps it
             }
         };
-        let libssl = Path::new(shown).file_name().and_then(|n| n.to_str()).is_some_and(is_libssl_name);
+        let libssl = Path::new(shown)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(is_libssl_name);
         let row = match lib {
             TlsLib::None => {
                 self.files.insert(id, None);
                 return;
             }
             TlsLib::OpenSsl { functions } => {
-                let what = if libssl { "OpenSSL (shared library)" } else { "OpenSSL linked into the executable" };
+                let what = if libssl {
+                    "OpenSSL (shared library)"
+                } else {
+                    "OpenSSL linked into the executable"
+                };
                 let outcome = match attacher.attach_openssl(key as u64, path, &functions) {
                     Ok(probes) => Outcome::Probed { functions, probes },
                     Err(e) => Outcome::Failed(e),
                 };
-                Row { path: shown.to_owned(), what, outcome, pid }
+                Row {
+                    path: shown.to_owned(),
+                    what,
+                    outcome,
+                    pid,
+                }
             }
             TlsLib::Go(go) => {
                 let what = match (&go.version, go.stripped) {
                     (_, true) => "Go crypto/tls (stripped, symbols from .gopclntab)",
                     (_, false) => "Go crypto/tls",
                 };
-                let version = go.version.clone().unwrap_or_else(|| "version unknown".into());
+                let version = go
+                    .version
+                    .clone()
+                    .unwrap_or_else(|| "version unknown".into());
                 let outcome = match go.unsupported() {
-                    Some(why) => Outcome::NotProbed(format!("{why}: its TLS traffic is not traced")),
-                    None => match attacher.attach_go(key as u64, path, &go.functions, go.offsets().0.cookie()) {
+                    Some(why) => {
+                        Outcome::NotProbed(format!("{why}: its TLS traffic is not traced"))
+                    }
+                    None => match attacher.attach_go(
+                        key as u64,
+                        path,
+                        &go.functions,
+                        go.offsets().0.cookie(),
+                    ) {
                         Ok(probes) => Outcome::Probed {
                             functions: go.functions.iter().map(|f| f.name).collect(),
                             probes,
@@ -296,11 +363,23 @@ impl TlsDiscovery {
                     },
                 };
                 let source = go.offsets().1.describe();
-                Row { path: format!("{shown} ({version}, {source})"), what, outcome, pid }
+                Row {
+                    path: format!("{shown} ({version}, {source})"),
+                    what,
+                    outcome,
+                    pid,
+                }
             }
         };
         if pid != 0 && matches!(row.outcome, Outcome::Probed { .. }) {
-            self.users.insert(key, Users { id: id.clone(), pids: HashSet::from([pid]), unused_since: None });
+            self.users.insert(
+                key,
+                Users {
+                    id: id.clone(),
+                    pids: HashSet::from([pid]),
+                    unused_since: None,
+                },
+            );
         }
         self.files.insert(id, Some(key));
         self.rows.push(row);
@@ -309,10 +388,17 @@ impl TlsDiscovery {
     /// Detaches the probes of files no process has mapped for `after` (their users exited, and a
     /// last look at every process's maps finds none); the file is forgotten, so a later process
     /// that maps it gets it probed again. Returns a line per file detached.
-    pub fn reap(&mut self, attacher: &mut dyn Attacher, now: Instant, after: Duration) -> Vec<String> {
+    pub fn reap(
+        &mut self,
+        attacher: &mut dyn Attacher,
+        now: Instant,
+        after: Duration,
+    ) -> Vec<String> {
         let mut unused: Vec<usize> = Vec::new();
         for (row, users) in self.users.iter_mut() {
-            users.pids.retain(|pid| Path::new(&format!("/proc/{pid}")).exists());
+            users
+                .pids
+                .retain(|pid| Path::new(&format!("/proc/{pid}")).exists());
             if !users.pids.is_empty() {
                 users.unused_since = None;
                 continue;
@@ -326,7 +412,10 @@ impl TlsDiscovery {
             return Vec::new();
         }
         // A process may map the file without having been looked at (forked, no connection yet).
-        let wanted: HashMap<FileId, usize> = unused.iter().filter_map(|row| Some((self.users.get(row)?.id.clone(), *row))).collect();
+        let wanted: HashMap<FileId, usize> = unused
+            .iter()
+            .filter_map(|row| Some((self.users.get(row)?.id.clone(), *row)))
+            .collect();
         for (pid, id) in processes_mapping(&wanted) {
             if let Some(users) = wanted.get(&id).and_then(|row| self.users.get_mut(row)) {
                 users.pids.insert(pid);
@@ -338,11 +427,16 @@ impl TlsDiscovery {
             if self.users.get(&row).is_none_or(|u| !u.pids.is_empty()) {
                 continue;
             }
-            let Some(users) = self.users.remove(&row) else { continue };
+            let Some(users) = self.users.remove(&row) else {
+                continue;
+            };
             let detached = attacher.detach(row as u64);
             self.files.remove(&users.id);
             let r = &self.rows[row];
-            lines.push(format!("detached {detached} probes from {} {}: no process has mapped it for {after:?}", r.what, r.path));
+            lines.push(format!(
+                "detached {detached} probes from {} {}: no process has mapped it for {after:?}",
+                r.what, r.path
+            ));
         }
         lines
     }
@@ -351,10 +445,20 @@ impl TlsDiscovery {
 /// The processes (pid, file) that map any of `wanted` executable, from every `/proc/PID/maps`.
 fn processes_mapping(wanted: &HashMap<FileId, usize>) -> Vec<(u32, FileId)> {
     let mut found = Vec::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else { return found };
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return found;
+    };
     for entry in procs.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+            continue;
+        };
         for m in parse_maps(&maps) {
             let id = (m.dev.to_owned(), m.inode);
             if wanted.contains_key(&id) {
@@ -389,16 +493,25 @@ fn parse_maps(text: &str) -> Vec<Mapping<'_>> {
     let mut out: Vec<Mapping<'_>> = Vec::new();
     for line in text.lines() {
         let mut fields = line.split_ascii_whitespace();
-        let (Some(_range), Some(perms), Some(_offset), Some(dev), Some(inode)) =
-            (fields.next(), fields.next(), fields.next(), fields.next(), fields.next())
-        else {
+        let (Some(_range), Some(perms), Some(_offset), Some(dev), Some(inode)) = (
+            fields.next(),
+            fields.next(),
+            fields.next(),
+            fields.next(),
+            fields.next(),
+        ) else {
             continue;
         };
         let Some(path) = fields.next() else { continue };
-        if fields.next().is_some() || !path.starts_with('/') || perms.as_bytes().get(2) != Some(&b'x') {
+        if fields.next().is_some()
+            || !path.starts_with('/')
+            || perms.as_bytes().get(2) != Some(&b'x')
+        {
             continue; // "(deleted)" suffix, [vdso], non-executable
         }
-        let Ok(inode) = inode.parse::<u64>() else { continue };
+        let Ok(inode) = inode.parse::<u64>() else {
+            continue;
+        };
         if inode == 0 || out.iter().any(|m| m.inode == inode && m.dev == dev) {
             continue;
         }
@@ -427,8 +540,16 @@ mod tests {
         assert_eq!(
             m,
             vec![
-                Mapping { dev: "fd:01", inode: 1835102, path: "/usr/bin/curl" },
-                Mapping { dev: "fd:01", inode: 1839420, path: "/usr/lib/x86_64-linux-gnu/libssl.so.3" },
+                Mapping {
+                    dev: "fd:01",
+                    inode: 1835102,
+                    path: "/usr/bin/curl"
+                },
+                Mapping {
+                    dev: "fd:01",
+                    inode: 1839420,
+                    path: "/usr/lib/x86_64-linux-gnu/libssl.so.3"
+                },
             ]
         );
         assert!(parse_maps("garbage\n\n1 2 3\n").is_empty());
@@ -444,11 +565,31 @@ mod tests {
 
     struct Recorder(Vec<(PathBuf, Vec<&'static str>)>, Vec<u64>);
     impl Attacher for Recorder {
-        fn attach_openssl(&mut self, _key: u64, path: &Path, functions: &[&'static str]) -> Result<usize, String> {
+        fn attach_openssl(
+            &mut self,
+            _key: u64,
+            path: &Path,
+            functions: &[&'static str],
+        ) -> Result<usize, String> {
             self.0.push((path.to_owned(), functions.to_vec()));
-            Ok(functions.iter().map(|f| if crate::bpf::attach::OPENSSL_ENTRY_ONLY.contains(f) { 1 } else { 2 }).sum())
+            Ok(functions
+                .iter()
+                .map(|f| {
+                    if crate::bpf::attach::OPENSSL_ENTRY_ONLY.contains(f) {
+                        1
+                    } else {
+                        2
+                    }
+                })
+                .sum())
         }
-        fn attach_go(&mut self, _key: u64, _path: &Path, functions: &[go::GoFunction], _cookie: u64) -> Result<usize, String> {
+        fn attach_go(
+            &mut self,
+            _key: u64,
+            _path: &Path,
+            functions: &[go::GoFunction],
+            _cookie: u64,
+        ) -> Result<usize, String> {
             Ok(functions.iter().map(|f| 1 + f.rets.len()).sum())
         }
         fn detach(&mut self, key: u64) -> usize {
@@ -465,8 +606,20 @@ mod tests {
         }
         let mut d = TlsDiscovery::new(1);
         let mut rec = Recorder(Vec::new(), Vec::new());
-        d.look_at(("fd:01".into(), 7), path, "/usr/lib/x86_64-linux-gnu/libssl.so.3", 0, &mut rec);
-        d.look_at(("fd:01".into(), 7), path, "/usr/lib/x86_64-linux-gnu/libssl.so.3", 0, &mut rec);
+        d.look_at(
+            ("fd:01".into(), 7),
+            path,
+            "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+            0,
+            &mut rec,
+        );
+        d.look_at(
+            ("fd:01".into(), 7),
+            path,
+            "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+            0,
+            &mut rec,
+        );
         assert_eq!(rec.0.len(), 1);
         assert_eq!(d.rows.len(), 1);
         assert!(d.rows[0].to_string().starts_with("ok    uprobes   OpenSSL (shared library) /usr/lib/x86_64-linux-gnu/libssl.so.3: 9 probes"));
@@ -480,7 +633,10 @@ mod tests {
         }
         // A file identity no process maps, so that only the users this test adds count.
         let id: FileId = ("ff:ff".into(), 424242);
-        let mut child = std::process::Command::new("sleep").arg("30").spawn().expect("spawn sleep");
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
         let pid = child.id();
         let mut d = TlsDiscovery::new(1);
         let mut rec = Recorder(Vec::new(), Vec::new());
@@ -488,25 +644,54 @@ mod tests {
         assert_eq!(rec.0.len(), 1);
         let after = Duration::from_secs(60);
         let t0 = Instant::now();
-        assert!(d.reap(&mut rec, t0, after).is_empty(), "its process still runs");
+        assert!(
+            d.reap(&mut rec, t0, after).is_empty(),
+            "its process still runs"
+        );
         assert!(rec.1.is_empty());
         child.kill().expect("kill");
         child.wait().expect("wait");
-        assert!(d.reap(&mut rec, t0 + Duration::from_secs(1), after).is_empty(), "unused from now on");
-        assert!(d.reap(&mut rec, t0 + Duration::from_secs(60), after).is_empty(), "not for long enough yet");
+        assert!(
+            d.reap(&mut rec, t0 + Duration::from_secs(1), after)
+                .is_empty(),
+            "unused from now on"
+        );
+        assert!(
+            d.reap(&mut rec, t0 + Duration::from_secs(60), after)
+                .is_empty(),
+            "not for long enough yet"
+        );
         assert!(rec.1.is_empty());
         let lines = d.reap(&mut rec, t0 + Duration::from_secs(61), after);
         assert_eq!(rec.1, vec![0], "the file's probes are detached by its key");
         assert_eq!(lines, vec!["detached 7 probes from OpenSSL (shared library) /opt/app/libssl.so.3: no process has mapped it for 60s".to_string()]);
-        assert!(d.reap(&mut rec, t0 + Duration::from_secs(200), after).is_empty(), "once");
+        assert!(
+            d.reap(&mut rec, t0 + Duration::from_secs(200), after)
+                .is_empty(),
+            "once"
+        );
         // A later process maps it again: probed again, under a new key.
-        d.look_at(id, path, "/opt/app/libssl.so.3", std::process::id(), &mut rec);
+        d.look_at(
+            id,
+            path,
+            "/opt/app/libssl.so.3",
+            std::process::id(),
+            &mut rec,
+        );
         assert_eq!(rec.0.len(), 2);
         assert_eq!(d.rows.len(), 2);
         // Files found in the system directories at start (pid 0) stay probed.
         let mut d = TlsDiscovery::new(1);
-        d.look_at(("ff:fe".into(), 1), path, "/usr/lib/x86_64-linux-gnu/libssl.so.3", 0, &mut rec);
-        assert!(d.reap(&mut rec, t0 + Duration::from_secs(1000), after).is_empty());
+        d.look_at(
+            ("ff:fe".into(), 1),
+            path,
+            "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+            0,
+            &mut rec,
+        );
+        assert!(d
+            .reap(&mut rec, t0 + Duration::from_secs(1000), after)
+            .is_empty());
     }
 
     #[test]

@@ -37,7 +37,11 @@ pub fn parse_traceparent(value: &str) -> Option<TraceParent> {
     if trace_id == [0; 16] || parent_id == [0; 8] {
         return None;
     }
-    Some(TraceParent { trace_id, parent_id, flags })
+    Some(TraceParent {
+        trace_id,
+        parent_id,
+        flags,
+    })
 }
 
 /// Two lower-case hex digits.
@@ -60,13 +64,21 @@ mod tests {
         let tp = parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
         assert_eq!(
             tp.map(|t| (hex(&t.trace_id), hex(&t.parent_id), t.flags)),
-            Some(("4bf92f3577b34da6a3ce929d0e0e4736".to_owned(), "00f067aa0ba902b7".to_owned(), 1))
+            Some((
+                "4bf92f3577b34da6a3ce929d0e0e4736".to_owned(),
+                "00f067aa0ba902b7".to_owned(),
+                1
+            ))
         );
-        assert!(parse_traceparent(" 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00 ")
-            .is_some());
+        assert!(
+            parse_traceparent(" 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00 ")
+                .is_some()
+        );
         // A future version may add fields.
-        assert!(parse_traceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra")
-            .is_some());
+        assert!(
+            parse_traceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra")
+                .is_some()
+        );
         let invalid = [
             "",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",

@@ -11,7 +11,11 @@ fn addr(s: &str) -> SocketAddr {
 }
 
 fn key(tgid: u32, fd: i32) -> ConnKey {
-    ConnKey { tgid, fd, conn_gen: 1 }
+    ConnKey {
+        tgid,
+        fd,
+        conn_gen: 1,
+    }
 }
 
 fn span(kind: SpanKind, name: &str) -> Span {
@@ -36,12 +40,29 @@ struct End {
 }
 
 /// A local connection: (client end, server end).
-fn conn(client_tgid: u32, client_fd: i32, server_tgid: u32, server_fd: i32, client_port: u16, server_port: u16) -> (End, End) {
+fn conn(
+    client_tgid: u32,
+    client_fd: i32,
+    server_tgid: u32,
+    server_fd: i32,
+    client_port: u16,
+    server_port: u16,
+) -> (End, End) {
     let c = addr(&format!("127.0.0.1:{client_port}"));
     let s = addr(&format!("127.0.0.1:{server_port}"));
     (
-        End { key: key(client_tgid, client_fd), side: Side::Client, local: c, remote: s },
-        End { key: key(server_tgid, server_fd), side: Side::Server, local: s, remote: c },
+        End {
+            key: key(client_tgid, client_fd),
+            side: Side::Client,
+            local: c,
+            remote: s,
+        },
+        End {
+            key: key(server_tgid, server_fd),
+            side: Side::Server,
+            local: s,
+            remote: c,
+        },
     )
 }
 
@@ -53,17 +74,45 @@ struct World {
 
 impl World {
     fn new() -> Self {
-        World { tracer: Tracer::new(), metrics: Metrics::default(), out: Vec::new() }
+        World {
+            tracer: Tracer::new(),
+            metrics: Metrics::default(),
+            out: Vec::new(),
+        }
     }
     fn start(&mut self, end: End, tid: u32, ts: u64) {
         self.start_tp(end, tid, ts, None);
     }
-    fn start_tp(&mut self, end: End, tid: u32, ts: u64, traceparent: Option<super::context::TraceParent>) {
-        let s = RequestStart { key: end.key, side: end.side, local: end.local, remote: end.remote, tid, goid: 0, ts_ns: ts, traceparent };
+    fn start_tp(
+        &mut self,
+        end: End,
+        tid: u32,
+        ts: u64,
+        traceparent: Option<super::context::TraceParent>,
+    ) {
+        let s = RequestStart {
+            key: end.key,
+            side: end.side,
+            local: end.local,
+            remote: end.remote,
+            tid,
+            goid: 0,
+            ts_ns: ts,
+            traceparent,
+        };
         self.tracer.start(s, true, &self.metrics, &mut self.out);
     }
     fn start_go(&mut self, end: End, tid: u32, goid: u32, ts: u64) {
-        let s = RequestStart { key: end.key, side: end.side, local: end.local, remote: end.remote, tid, goid, ts_ns: ts, traceparent: None };
+        let s = RequestStart {
+            key: end.key,
+            side: end.side,
+            local: end.local,
+            remote: end.remote,
+            tid,
+            goid,
+            ts_ns: ts,
+            traceparent: None,
+        };
         self.tracer.start(s, true, &self.metrics, &mut self.out);
     }
     fn done(&mut self, end: End, name: &str, request_start: u64, ts: u64) {
@@ -78,7 +127,10 @@ impl World {
 }
 
 fn by_name<'a>(spans: &'a [Span], name: &str) -> &'a Span {
-    spans.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("no span {name}"))
+    spans
+        .iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no span {name}"))
 }
 
 fn link(span: &Span) -> &str {
@@ -109,16 +161,34 @@ fn a_chain_of_calls_is_one_trace_even_with_reordered_inputs() {
     assert_eq!(spans.len(), 5);
     let root = by_name(&spans, "orders server");
     assert_eq!((root.parent_span_id, link(root)), (None, "none"));
-    let chain = ["orders server", "orders call", "users server", "users query", "backend"];
+    let chain = [
+        "orders server",
+        "orders call",
+        "users server",
+        "users query",
+        "backend",
+    ];
     for pair in chain.windows(2) {
         let (parent, child) = (by_name(&spans, pair[0]), by_name(&spans, pair[1]));
-        assert_eq!(child.parent_span_id, Some(parent.span_id), "{} under {}", pair[1], pair[0]);
+        assert_eq!(
+            child.parent_span_id,
+            Some(parent.span_id),
+            "{} under {}",
+            pair[1],
+            pair[0]
+        );
         assert_eq!(child.trace_id, root.trace_id);
     }
     assert_eq!(link(by_name(&spans, "orders call")), "thread");
     assert_eq!(link(by_name(&spans, "users server")), "connection");
     assert_eq!(link(by_name(&spans, "backend")), "connection");
-    assert_eq!(w.metrics.spans_unlinked.load(std::sync::atomic::Ordering::Relaxed), 1, "the root's client was traced");
+    assert_eq!(
+        w.metrics
+            .spans_unlinked
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "the root's client was traced"
+    );
 }
 
 #[test]
@@ -147,7 +217,10 @@ fn keep_alive_exchanges_pair_in_order() {
     }
     let spans = w.flush();
     for i in 0..3 {
-        let (client, server) = (by_name(&spans, &format!("client {i}")), by_name(&spans, &format!("server {i}")));
+        let (client, server) = (
+            by_name(&spans, &format!("client {i}")),
+            by_name(&spans, &format!("server {i}")),
+        );
         assert_eq!(server.parent_span_id, Some(client.span_id));
         assert_eq!(server.trace_id, client.trace_id);
     }
@@ -179,7 +252,10 @@ fn a_thread_serving_two_requests_links_nothing_and_a_finished_one_links_nothing(
 fn a_traceparent_wins_and_spans_are_never_duplicated() {
     let (c, s) = conn(1, 3, 2, 4, 40000, 80);
     let (out, _) = conn(2, 5, 3, 6, 40001, 81);
-    let tp = super::context::parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").expect("tp");
+    let tp = super::context::parse_traceparent(
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    )
+    .expect("tp");
     let mut w = World::new();
     w.start_tp(c, 1, 100, Some(tp));
     w.start_tp(s, 2, 110, Some(tp));
@@ -190,11 +266,17 @@ fn a_traceparent_wins_and_spans_are_never_duplicated() {
     w.done(c, "second", 100, 160); // a second exchange of one start gets ids of its own
     let spans = w.flush();
     let server = by_name(&spans, "server");
-    assert_eq!((server.trace_id, server.parent_span_id, link(server)), (tp.trace_id, Some(tp.parent_id), "header"));
+    assert_eq!(
+        (server.trace_id, server.parent_span_id, link(server)),
+        (tp.trace_id, Some(tp.parent_id), "header")
+    );
     let client = by_name(&spans, "client");
     assert_eq!((client.trace_id, link(client)), (tp.trace_id, "header"));
     let downstream = by_name(&spans, "downstream");
-    assert_eq!((downstream.trace_id, downstream.parent_span_id), (tp.trace_id, Some(server.span_id)));
+    assert_eq!(
+        (downstream.trace_id, downstream.parent_span_id),
+        (tp.trace_id, Some(server.span_id))
+    );
     let ids: std::collections::HashSet<_> = spans.iter().map(|s| s.span_id).collect();
     assert_eq!(ids.len(), spans.len(), "every span id once");
 }
@@ -207,7 +289,12 @@ fn a_server_whose_traced_client_is_missing_is_a_counted_root() {
     w.done(s, "server", 100, 120);
     let spans = w.flush();
     assert_eq!((spans[0].parent_span_id, link(&spans[0])), (None, "none"));
-    assert_eq!(w.metrics.spans_unlinked.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        w.metrics
+            .spans_unlinked
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
 }
 
 #[test]
@@ -218,8 +305,17 @@ fn the_pending_inputs_are_bounded() {
         w.start(c, 1, 1_000 + i);
     }
     assert_eq!(w.tracer.pending(), MAX_PENDING);
-    assert_eq!(w.metrics.link_window_overflow.load(std::sync::atomic::Ordering::Relaxed), 10);
-    assert!(w.tracer.starts.get(&c.key).is_some_and(|q| q.len() <= MAX_STARTS_PER_CONN));
+    assert_eq!(
+        w.metrics
+            .link_window_overflow
+            .load(std::sync::atomic::Ordering::Relaxed),
+        10
+    );
+    assert!(w
+        .tracer
+        .starts
+        .get(&c.key)
+        .is_some_and(|q| q.len() <= MAX_STARTS_PER_CONN));
 }
 
 #[test]
@@ -236,7 +332,10 @@ fn a_pipelined_batch_pairs_exchange_by_exchange() {
     }
     let spans = w.flush();
     for i in 0..3 {
-        let (client, server) = (by_name(&spans, &format!("client {i}")), by_name(&spans, &format!("server {i}")));
+        let (client, server) = (
+            by_name(&spans, &format!("client {i}")),
+            by_name(&spans, &format!("server {i}")),
+        );
         assert_eq!(server.parent_span_id, Some(client.span_id), "execution {i}");
         assert_eq!(server.trace_id, client.trace_id);
     }
@@ -284,7 +383,11 @@ fn in_go_the_goroutine_not_the_thread_is_the_unit_of_work() {
     let spans = w.flush();
     for (query, server) in [("query a", "a"), ("query b", "b")] {
         let (q, s) = (by_name(&spans, query), by_name(&spans, server));
-        assert_eq!((q.parent_span_id, link(q)), (Some(s.span_id), "goroutine"), "{query}");
+        assert_eq!(
+            (q.parent_span_id, link(q)),
+            (Some(s.span_id), "goroutine"),
+            "{query}"
+        );
     }
 }
 
@@ -326,7 +429,16 @@ fn goroutines_a_handler_starts_join_its_request_but_not_its_next_one() {
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse().ok()))
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmRSS:")?
+                    .trim()
+                    .strip_suffix("kB")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+        })
         .unwrap_or(0)
 }
 
@@ -340,7 +452,14 @@ fn hold_back_window_memory() {
     let before = rss_kib();
     let mut w = World::new();
     for i in 0..(MAX_PENDING as u64 / 2) {
-        let (_, server) = conn(1, 3, 10, 5 + (i % 1000) as i32, 20_000 + (i % 40_000) as u16, 8081);
+        let (_, server) = conn(
+            1,
+            3,
+            10,
+            5 + (i % 1000) as i32,
+            20_000 + (i % 40_000) as u16,
+            8081,
+        );
         w.start(server, 11, 1_000 + 2 * i);
         let mut s = span(SpanKind::Server, "GET /orders/{id}");
         s.resource = resource.clone();
@@ -443,4 +562,54 @@ fn a_reply_read_by_a_thread_serving_a_request_leaves_its_calls_to_the_request() 
     w.done(handler, "GET /order", 105, 130);
     let spans = w.flush();
     assert_eq!(by_name(&spans, "SELECT").parent_span_id, Some(by_name(&spans, "GET /order").span_id));
+}
+
+/// The window hands inputs out in (timestamp, rank, arrival) order whatever the arrival order:
+/// nearly sorted (the usual case), far back (a write blocked for long), ties and interleaved pops.
+#[test]
+fn window_releases_in_timestamp_order() {
+    let mut window = Window::default();
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut expected = Vec::new();
+    let mut got = Vec::new();
+    for seq in 0..5_000u64 {
+        let jitter = next() % 100;
+        // Mostly close to the back; one in 50 lands thousands of steps back; some exact ties.
+        let ts = 1_000_000
+            + if seq % 50 == 7 {
+                seq * 10 - 30_000.min(seq * 10)
+            } else {
+                seq * 10 + jitter / 10 * 10
+            };
+        let rank = (next() % 3) as u8;
+        window.push(ts, rank, seq, Input::Close(key(1, seq as i32)));
+        expected.push((ts, rank, seq));
+        if seq % 97 == 0 && seq * 10 > 40_000 {
+            // Release everything below a watermark, as `release` does.
+            let watermark = 1_000_000 + seq * 10 - 40_000;
+            while window.next_ts().is_some_and(|t| t <= watermark) {
+                let p = window.pop().expect("an input");
+                let Input::Close(k) = p.input else {
+                    panic!("not the input pushed")
+                };
+                got.push((p.ts, k.fd as u64));
+            }
+        }
+    }
+    while let Some(p) = window.pop() {
+        let Input::Close(k) = p.input else {
+            panic!("not the input pushed")
+        };
+        got.push((p.ts, k.fd as u64));
+    }
+    expected.sort();
+    let expected: Vec<(u64, u64)> = expected.iter().map(|&(ts, _, seq)| (ts, seq)).collect();
+    assert_eq!(got.len(), expected.len());
+    assert_eq!(got, expected, "inputs left the window out of order");
 }

@@ -12,7 +12,7 @@ use hyper::{Response, StatusCode};
 use super::{response, text, State};
 use crate::{
     config::parse_duration,
-    sinks::store::{Store, StatusFilter, StoreError, TraceQuery},
+    sinks::store::{StatusFilter, Store, StoreError, TraceQuery},
 };
 
 /// Default window of `/api/services`.
@@ -23,7 +23,10 @@ pub(super) async fn traces(query: &str, state: Arc<State>) -> Response<Full<Byte
         Ok(q) => q,
         Err(message) => return text(StatusCode::BAD_REQUEST, &message),
     };
-    with_store(state, move |store| Ok(serde_json::to_value(store.list(&q)?).unwrap_or_default())).await
+    with_store(state, move |store| {
+        Ok(serde_json::to_value(store.list(&q)?).unwrap_or_default())
+    })
+    .await
 }
 
 pub(super) async fn trace(trace_id: String, state: Arc<State>) -> Response<Full<Bytes>> {
@@ -57,10 +60,17 @@ pub(super) async fn services(query: &str, state: Arc<State>) -> Response<Full<By
 }
 
 pub(super) async fn stats(state: Arc<State>) -> Response<Full<Bytes>> {
-    let counters: serde_json::Map<String, serde_json::Value> =
-        state.metrics.snapshot().into_iter().map(|(k, v)| (k.to_owned(), v.into())).collect();
+    let counters: serde_json::Map<String, serde_json::Value> = state
+        .metrics
+        .snapshot()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.into()))
+        .collect();
     if state.store.is_none() {
-        return json(StatusCode::OK, &serde_json::json!({ "counters": counters, "store": null }));
+        return json(
+            StatusCode::OK,
+            &serde_json::json!({ "counters": counters, "store": null }),
+        );
     }
     with_store(state, move |store| {
         let size = store.size()?;
@@ -75,11 +85,18 @@ where
     F: FnOnce(&Store) -> Result<serde_json::Value, StoreError> + Send + 'static,
 {
     if state.store.is_none() {
-        return text(StatusCode::SERVICE_UNAVAILABLE, "the trace store is disabled (see ztrace's log)");
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the trace store is disabled (see ztrace's log)",
+        );
     }
     let result = tokio::task::spawn_blocking(move || {
-        let Some(store) = &state.store else { return Ok(serde_json::Value::Null) };
-        let store = store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(store) = &state.store else {
+            return Ok(serde_json::Value::Null);
+        };
+        let store = store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         f(&store)
     })
     .await;
@@ -117,14 +134,22 @@ pub(super) fn parse_trace_query(query: &str, now: u64) -> Result<TraceQuery, Str
                 }
             }
             "min_duration_ms" => {
-                let ms: f64 = value.parse().map_err(|_| "min_duration_ms: a number of milliseconds")?;
+                let ms: f64 = value
+                    .parse()
+                    .map_err(|_| "min_duration_ms: a number of milliseconds")?;
                 if !(ms.is_finite() && ms >= 0.0) {
                     return Err("min_duration_ms: a number of milliseconds".into());
                 }
                 q.min_duration_ns = Some((ms * 1e6) as u64);
             }
-            "since" => q.since_unix_nano = Some(time_param(&value, now).map_err(|e| format!("since: {e}"))?),
-            "until" => q.until_unix_nano = Some(time_param(&value, now).map_err(|e| format!("until: {e}"))?),
+            "since" => {
+                q.since_unix_nano =
+                    Some(time_param(&value, now).map_err(|e| format!("since: {e}"))?)
+            }
+            "until" => {
+                q.until_unix_nano =
+                    Some(time_param(&value, now).map_err(|e| format!("until: {e}"))?)
+            }
             "trace_id" => {
                 if value.len() > 32 || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
                     return Err("trace_id: hex digits".into());
@@ -183,7 +208,9 @@ fn hex_digit(b: u8) -> Option<u8> {
 }
 
 fn now_unix_nano() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]
@@ -204,7 +231,8 @@ mod tests {
         assert_eq!(q.since_unix_nano, Some(1000));
         assert_eq!(q.limit, 20);
         assert_eq!(q.trace_id_prefix.as_deref(), Some("ab"));
-        let q = parse_trace_query("since=15m&service=&status=all", 3_600_000_000_000).expect("parse");
+        let q =
+            parse_trace_query("since=15m&service=&status=all", 3_600_000_000_000).expect("parse");
         assert_eq!(q.since_unix_nano, Some(2_700_000_000_000));
         assert_eq!(q.service, None);
         assert_eq!(q.status, None);

@@ -25,11 +25,7 @@ use http_body_util::Full;
 use hyper::{body::Incoming, header, Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 
-use crate::{
-    config::Config,
-    metrics::Metrics,
-    sinks::store::Store,
-};
+use crate::{config::Config, metrics::Metrics, sinks::store::Store};
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
@@ -45,7 +41,11 @@ pub(crate) struct State {
 /// Serves the viewer on `config.ui` over the store in `store_dir` (none: the store sink did not
 /// open). Returns the address it listens on. Never fails: a store that cannot be read or an
 /// address that cannot be bound is logged, and the agent goes on capturing and exporting.
-pub async fn start(config: &Config, metrics: Arc<Metrics>, store_dir: Option<&Path>) -> Option<SocketAddr> {
+pub async fn start(
+    config: &Config,
+    metrics: Arc<Metrics>,
+    store_dir: Option<&Path>,
+) -> Option<SocketAddr> {
     let reader = store_dir.and_then(|dir| match Store::open(dir).and_then(|r| r.set_cache_mib(8).map(|()| r)) {
         Ok(reader) => Some(reader),
         Err(error) => {
@@ -60,8 +60,13 @@ pub async fn start(config: &Config, metrics: Arc<Metrics>, store_dir: Option<&Pa
                 tracing::warn!(%addr, "THE VIEWER IS OPEN TO THE NETWORK: anyone who can reach {addr} can read every \
                     traced request (URLs, headers kept as attributes, SQL). Use --ui 127.0.0.1:PORT to keep it local");
             }
-            let state = Arc::new(State { store: reader.map(Mutex::new), metrics });
-            tokio::spawn(crate::serve::serve(listener, "viewer", move |req| route(req, state.clone())));
+            let state = Arc::new(State {
+                store: reader.map(Mutex::new),
+                metrics,
+            });
+            tokio::spawn(crate::serve::serve(listener, "viewer", move |req| {
+                route(req, state.clone())
+            }));
             Some(addr)
         }
         Err(error) => {
@@ -85,24 +90,44 @@ async fn route(req: Request<Incoming>, state: Arc<State>) -> Response<Full<Bytes
         "/api/services" => api::services(&query, state).await,
         "/api/stats" => api::stats(state).await,
         p => match p.strip_prefix("/api/traces/") {
-            Some(id) if !id.is_empty() && !id.contains('/') => api::trace(id.to_owned(), state).await,
+            Some(id) if !id.is_empty() && !id.contains('/') => {
+                api::trace(id.to_owned(), state).await
+            }
             _ => text(StatusCode::NOT_FOUND, "not found"),
         },
     }
 }
 
 fn asset(body: &'static str, content_type: &'static str) -> Response<Full<Bytes>> {
-    response(StatusCode::OK, content_type, Bytes::from_static(body.as_bytes()))
+    response(
+        StatusCode::OK,
+        content_type,
+        Bytes::from_static(body.as_bytes()),
+    )
 }
 
 pub(crate) fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
-    response(status, "text/plain; charset=utf-8", Bytes::copy_from_slice(body.as_bytes()))
+    response(
+        status,
+        "text/plain; charset=utf-8",
+        Bytes::copy_from_slice(body.as_bytes()),
+    )
 }
 
-pub(crate) fn response(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
+pub(crate) fn response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: Bytes,
+) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(body));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
-    resp.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
     resp
 }

@@ -34,6 +34,7 @@ pub mod maps {
     pub const COMM_ALLOW: &str = "COMM_ALLOW";
     /// HashMap<u32 tgid, [`super::GoProc`]> of Go programs whose goroutines are followed.
     pub const GO_PROCS: &str = "GO_PROCS";
+    pub const STACK_SKIP: &str = "STACK_SKIP";
 }
 
 /// Names of the global constants the agent sets with `EbpfLoader::set_global`.

@@ -3,6 +3,15 @@
 //!
 //! Vectored calls emit one data event per iovec segment, up to `MAX_IOVECS`; bytes beyond
 //! that are reported as a length without payload, so the agent's byte count stays exact.
+//!
+//! `read` and `recvfrom` have no entry program: their data is in hand when they return, stamped
+//! with the exit time, and their arguments (fd, buffer) are still in the thread's saved user
+//! registers, which a syscall leaves unchanged (x86-64, `bpf_task_pt_regs`). That halves the
+//! programs a request/response runs. Writes keep their entry program: a write's bytes leave as
+//! it begins, and the request's start time (which the server's read must follow) is its entry.
+//! So do `readv`/`recvmsg`: their exits, which walk iovecs, would grow past the verifier's
+//! budget with the socket lookup inside. The entry saves the call in the thread's own storage
+//! (`CALLS`), the exit takes it.
 
 use aya_ebpf::{
     helpers::{
@@ -17,7 +26,7 @@ use ztrace_common::{ConnRole, Counter, DataSource, Direction, MAX_IOVECS};
 use super::{arg, ids, read_i64, read_u64, RET};
 use crate::{
     emit, filter,
-    maps::{call, count, PendingCall, ACTIVE, SOCKS},
+    maps::{call, count, PendingCall, SOCKS, CALLS},
     sock, tls,
 };
 
@@ -53,8 +62,10 @@ fn enter(call_kind: u32, direction: u32, fd: i32, ptr: u64, count_arg: u64) -> u
     let enter_ns = unsafe { bpf_ktime_get_ns() };
     let pending =
         PendingCall { call: call_kind, direction, fd, _pad: 0, enter_ns, ptr, count: count_arg, sock: entry };
-    if ACTIVE.insert(&pid_tgid, &pending, 0).is_err() {
-        count(Counter::ArgsMapFull);
+    match CALLS.current(true) {
+        // SAFETY: the pointer is this thread's own storage value, valid during this run.
+        Some(slot) => unsafe { *slot = pending },
+        None => count(Counter::ArgsMapFull),
     }
     0
 }
@@ -74,12 +85,11 @@ fn enter_std(ctx: &TracePointContext, call_kind: u32, direction: u32) -> u32 {
 const PT_REGS_DI: u64 = 14 * 8;
 const PT_REGS_SI: u64 = 13 * 8;
 
-/// A read that was already blocked when ztrace started has no saved arguments: take fd and
-/// buffer from the thread's saved user registers, which syscalls leave unchanged (x86-64;
-/// `bpf_task_pt_regs`, Linux >= 5.15). Typical of thread-per-connection servers idle on a
-/// keep-alive connection.
+/// A returning `read`/`recvfrom`'s call, rebuilt from the thread's saved user registers (fd in
+/// rdi, buffer in rsi); `None` when the fd is not a TCP socket of a traced process. Also tells the TLS probes which socket a read inside an
+/// OpenSSL call used, whatever it returned.
 #[inline(always)]
-fn recover_plain_read(tgid: u32) -> Option<PendingCall> {
+fn ingress_call(tgid: u32, pid_tgid: u64) -> Option<PendingCall> {
     if !filter::is_traced(tgid) {
         return None;
     }
@@ -91,31 +101,57 @@ fn recover_plain_read(tgid: u32) -> Option<PendingCall> {
     }
     // SAFETY: as above.
     let fd = unsafe { bpf_probe_read_kernel((regs + PT_REGS_DI) as *const u64) }.ok()? as i32;
-    let entry = sock::lookup_tcp(tgid, fd)?;
+    let mut entry = sock::lookup_tcp(tgid, fd)?;
     // SAFETY: as above.
-    let buf = unsafe { bpf_probe_read_kernel((regs + PT_REGS_SI) as *const u64) }.ok()?;
-    Some(PendingCall { call: call::PLAIN, direction: INGRESS, fd, _pad: 0, enter_ns: 0, ptr: buf, count: 0, sock: entry })
+    let ptr = unsafe { bpf_probe_read_kernel((regs + PT_REGS_SI) as *const u64) }.ok()?;
+    tls::note_syscall(tgid, pid_tgid, fd, INGRESS, call::PLAIN, ptr, &mut entry);
+    Some(PendingCall { call: call::PLAIN, direction: INGRESS, fd, _pad: 0, enter_ns: 0, ptr, count: 0, sock: entry })
 }
 
+/// `sys_exit_read`/`sys_exit_recvfrom`: no entry program ran (module docs).
 #[inline(always)]
-fn exit(ctx: &TracePointContext, plain_read: bool) -> u32 {
+fn read_exit(ctx: &TracePointContext) -> u32 {
     let (tgid, tid, pid_tgid) = ids();
     let ret = read_i64(ctx, RET);
-    // SAFETY: copied out at once.
-    let pending = match unsafe { ACTIVE.get(&pid_tgid) }.copied() {
-        Some(p) => {
-            let _ = ACTIVE.remove(&pid_tgid);
-            p
+    if ret <= 0 {
+        // Nothing moved; the TLS probes still learn the socket of a read inside an OpenSSL
+        // call that found no data yet (a non-blocking read returning EAGAIN).
+        if tls::in_call(pid_tgid) {
+            let _ = ingress_call(tgid, pid_tgid);
         }
-        None if plain_read && ret > 0 => match recover_plain_read(tgid) {
-            Some(p) => p,
-            None => return 0,
-        },
-        None => return 0,
+        return 0;
+    }
+    match ingress_call(tgid, pid_tgid) {
+        Some(pending) => finish(ctx, tgid, tid, pending, ret),
+        None => 0,
+    }
+}
+
+/// `sys_exit_*` of a call whose entry program saved it in `CALLS`.
+#[inline(always)]
+fn saved_exit(ctx: &TracePointContext) -> u32 {
+    let (tgid, tid, _) = ids();
+    let ret = read_i64(ctx, RET);
+    let Some(slot) = CALLS.current(false) else { return 0 };
+    // SAFETY: the pointer is this thread's own storage value, valid during this run; the call
+    // is copied out and marked taken.
+    let pending = unsafe {
+        let pending = *slot;
+        (*slot).call = 0;
+        pending
     };
+    if pending.call == 0 {
+        return 0;
+    }
     if ret <= 0 {
         return 0;
     }
+    finish(ctx, tgid, tid, pending, ret)
+}
+
+/// Emits what a call that moved `ret` (> 0) bytes moved.
+#[inline(always)]
+fn finish(ctx: &TracePointContext, tgid: u32, tid: u32, pending: PendingCall, ret: i64) -> u32 {
     let fd = pending.fd;
     let mut entry = pending.sock;
     if entry.announced == 0 {
@@ -172,8 +208,9 @@ fn iovecs(conn: &emit::Conn, direction: u32, iov: u64, iovcnt: u64, moved: u64) 
     }
 }
 
-macro_rules! io_pair {
-    ($enter:ident, $exit:ident, $tp:literal, $call:expr, $dir:expr, $plain_read:expr) => {
+/// An entry program that saves the call and an exit program that emits it.
+macro_rules! saved_pair {
+    ($enter:ident, $exit:ident, $tp:literal, $call:expr, $dir:expr) => {
         #[doc = concat!("`syscalls/sys_enter_", $tp, "`.")]
         #[tracepoint]
         pub fn $enter(ctx: TracePointContext) -> u32 {
@@ -183,20 +220,30 @@ macro_rules! io_pair {
         #[doc = concat!("`syscalls/sys_exit_", $tp, "`.")]
         #[tracepoint]
         pub fn $exit(ctx: TracePointContext) -> u32 {
-            exit(&ctx, $plain_read)
+            saved_exit(&ctx)
         }
     };
 }
 
-io_pair!(zt_enter_read, zt_exit_read, "read", call::PLAIN, INGRESS, true);
-io_pair!(zt_enter_write, zt_exit_write, "write", call::PLAIN, EGRESS, false);
-io_pair!(zt_enter_recvfrom, zt_exit_recvfrom, "recvfrom", call::PLAIN, INGRESS, true);
-io_pair!(zt_enter_sendto, zt_exit_sendto, "sendto", call::PLAIN, EGRESS, false);
-io_pair!(zt_enter_readv, zt_exit_readv, "readv", call::VECTORED, INGRESS, false);
-io_pair!(zt_enter_writev, zt_exit_writev, "writev", call::VECTORED, EGRESS, false);
-io_pair!(zt_enter_recvmsg, zt_exit_recvmsg, "recvmsg", call::MSG, INGRESS, false);
-io_pair!(zt_enter_sendmsg, zt_exit_sendmsg, "sendmsg", call::MSG, EGRESS, false);
+/// `read`/`recvfrom`: an exit program only (module docs).
+macro_rules! read_exit {
+    ($exit:ident, $tp:literal) => {
+        #[doc = concat!("`syscalls/sys_exit_", $tp, "`.")]
+        #[tracepoint]
+        pub fn $exit(ctx: TracePointContext) -> u32 {
+            read_exit(&ctx)
+        }
+    };
+}
 
+read_exit!(zt_exit_read, "read");
+saved_pair!(zt_enter_write, zt_exit_write, "write", call::PLAIN, EGRESS);
+read_exit!(zt_exit_recvfrom, "recvfrom");
+saved_pair!(zt_enter_sendto, zt_exit_sendto, "sendto", call::PLAIN, EGRESS);
+saved_pair!(zt_enter_readv, zt_exit_readv, "readv", call::VECTORED, INGRESS);
+saved_pair!(zt_enter_writev, zt_exit_writev, "writev", call::VECTORED, EGRESS);
+saved_pair!(zt_enter_recvmsg, zt_exit_recvmsg, "recvmsg", call::MSG, INGRESS);
+saved_pair!(zt_enter_sendmsg, zt_exit_sendmsg, "sendmsg", call::MSG, EGRESS);
 /// `syscalls/sys_enter_sendfile64`: out_fd at arg 0, count at arg 3; the bytes come from a
 /// file and are reported as a length only.
 #[tracepoint]
@@ -207,5 +254,5 @@ pub fn zt_enter_sendfile64(ctx: TracePointContext) -> u32 {
 /// `syscalls/sys_exit_sendfile64`.
 #[tracepoint]
 pub fn zt_exit_sendfile64(ctx: TracePointContext) -> u32 {
-    exit(&ctx, false)
+    saved_exit(&ctx)
 }

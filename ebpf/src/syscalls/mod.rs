@@ -2,7 +2,8 @@
 //! tracepoints, every architecture with `CONFIG_FTRACE_SYSCALLS`). One file per family.
 //!
 //! Entry programs save the arguments in `ACTIVE` (keyed by pid_tgid) only for fds that are TCP
-//! sockets; exit programs read the result and emit events. Argument offsets are those of the
+//! sockets; exit programs read the result and emit events. Reads have no entry program: their
+//! exit takes the arguments from the thread's saved registers (`io`). Argument offsets are those of the
 //! syscall tracepoint format: the first argument at 16, each 8 bytes; the return value at 16.
 
 pub mod close;

@@ -62,6 +62,13 @@ pub fn note_syscall(tgid: u32, pid_tgid: u64, fd: i32, direction: u32, kind: u32
     mark_tls(tgid, fd, entry);
 }
 
+/// True while the thread is inside an OpenSSL read or write call.
+#[inline(always)]
+pub fn in_call(pid_tgid: u64) -> bool {
+    // SAFETY: only tested for presence.
+    unsafe { TLS_ACTIVE.get(&pid_tgid) }.is_some()
+}
+
 /// Marks the socket as carrying TLS: its syscall bytes are no longer sent.
 #[inline(always)]
 pub fn mark_tls(tgid: u32, fd: i32, entry: &mut SockEntry) {

@@ -23,13 +23,25 @@ pub(super) fn capture_bench() -> Result<()> {
     for exchanges in [EXCHANGES, 2 * EXCHANGES] {
         let out = Command::new("valgrind")
             .arg("--tool=callgrind")
-            .arg(format!("--callgrind-out-file={}", dir.join(&format!("callgrind.{exchanges}")).display()))
+            .arg(format!(
+                "--callgrind-out-file={}",
+                dir.join(&format!("callgrind.{exchanges}")).display()
+            ))
             .arg(&test_binary)
-            .args(["--ignored", "--exact", "pipeline::replay_bench::capture_replay", "--test-threads=1"])
+            .args([
+                "--ignored",
+                "--exact",
+                "pipeline::replay_bench::capture_replay",
+                "--test-threads=1",
+            ])
             .env("ZTRACE_BENCH_EXCHANGES", exchanges.to_string())
             .output()
             .context("could not run valgrind")?;
-        ensure!(out.status.success(), "the replay failed under callgrind: {}", tail(&String::from_utf8_lossy(&out.stderr), 20));
+        ensure!(
+            out.status.success(),
+            "the replay failed under callgrind: {}",
+            tail(&String::from_utf8_lossy(&out.stderr), 20)
+        );
         let collected = collected(&String::from_utf8_lossy(&out.stderr))
             .context("callgrind printed no `Collected :` line")?;
         counts.push(collected);
@@ -43,7 +55,15 @@ pub(super) fn capture_bench() -> Result<()> {
 fn lib_test_binary() -> Result<PathBuf> {
     let out = util::cargo()
         .current_dir(util::repo_root())
-        .args(["test", "--release", "-p", "ztrace", "--lib", "--no-run", "--message-format=json"])
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "ztrace",
+            "--lib",
+            "--no-run",
+            "--message-format=json",
+        ])
         .stderr(Stdio::inherit())
         .output()
         .context("could not build the agent's tests")?;
@@ -51,14 +71,21 @@ fn lib_test_binary() -> Result<PathBuf> {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|v| v["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "lib")))
+        .filter(|v| {
+            v["target"]["kind"]
+                .as_array()
+                .is_some_and(|k| k.iter().any(|k| k == "lib"))
+        })
         .find_map(|v| v["executable"].as_str().map(PathBuf::from))
         .context("cargo named no test executable for the agent's library")
 }
 
 /// `==123== Collected : 384723307` → 384723307.
 fn collected(stderr: &str) -> Option<u64> {
-    stderr.lines().find_map(|l| l.split_once("Collected :").and_then(|(_, n)| n.trim().parse().ok()))
+    stderr.lines().find_map(|l| {
+        l.split_once("Collected :")
+            .and_then(|(_, n)| n.trim().parse().ok())
+    })
 }
 
 #[cfg(test)]

@@ -275,7 +275,7 @@ pub(super) fn parse_request_head(head: &[u8]) -> Result<(HttpRequest, RequestBod
             method: method.to_owned(),
             target: truncate_str(target, MAX_TARGET_BYTES).to_owned(),
             version_minor: version,
-            headers: kept_headers(req.headers),
+            headers: Headers::keep(req.headers),
             body_len: 0,
         };
         Ok((request, framing))
@@ -301,7 +301,7 @@ pub(super) fn parse_response_head(head: &[u8]) -> Result<(HttpResponse, BodyHead
         let response = HttpResponse {
             status,
             version_minor: version,
-            headers: kept_headers(resp.headers),
+            headers: Headers::keep(resp.headers),
             body_len: 0,
         };
         Ok((response, body_headers(resp.headers)))
@@ -329,26 +329,6 @@ pub(super) fn map_httparse(e: httparse::Error) -> Http1Error {
     match e {
         httparse::Error::TooManyHeaders => Http1Error::TooManyHeaders,
         other => Http1Error::BadHead(other),
-    }
-}
-
-/// The headers a message keeps: the first [`MAX_KEPT_HEADERS`] with a name of bounded length.
-pub(super) fn kept_headers(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
-    headers
-        .iter()
-        .filter(|h| h.name.len() <= MAX_HEADER_NAME_BYTES)
-        .take(MAX_KEPT_HEADERS)
-        .map(|h| (h.name.to_ascii_lowercase(), value_string(h.value)))
-        .collect()
-}
-
-/// A header value as text, cut to [`MAX_HEADER_VALUE_BYTES`] (at a character boundary when the
-/// value is UTF-8).
-pub(super) fn value_string(value: &[u8]) -> String {
-    match std::str::from_utf8(value) {
-        Ok(s) => truncate_str(s, MAX_HEADER_VALUE_BYTES).to_owned(),
-        Err(_) => String::from_utf8_lossy(value.get(..MAX_HEADER_VALUE_BYTES).unwrap_or(value))
-            .into_owned(),
     }
 }
 

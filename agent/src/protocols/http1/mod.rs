@@ -86,13 +86,15 @@
 //! may leave the host); `tests.rs` and `testdata/`: the parser's tests on recorded captures.
 
 mod framing;
+pub mod headers;
 mod parser;
 pub mod redact;
 pub mod route;
 pub mod span;
 
-use std::{any::Any, sync::Arc};
+use std::{any::Any, borrow::Cow, sync::Arc};
 
+pub use headers::Headers;
 pub use parser::Http1Parser;
 
 use super::{Boxed, Chunk, Direction, Endpoints, Exchange, Options, Protocol, Side, StreamParser};
@@ -340,7 +342,7 @@ pub struct HttpRequest {
     pub version_minor: u8,
     /// The first [`MAX_KEPT_HEADERS`] headers in order: names lower-cased, values cut to
     /// [`MAX_HEADER_VALUE_BYTES`] (bytes that are not UTF-8 shown as U+FFFD).
-    pub headers: Vec<(String, String)>,
+    pub headers: Headers,
     /// Body length in bytes, decoded (chunk framing not counted), lost bytes included;
     /// approximate when chunked framing was lost (module docs).
     pub body_len: u64,
@@ -354,7 +356,7 @@ pub struct HttpResponse {
     /// `1` for HTTP/1.1, `0` for HTTP/1.0.
     pub version_minor: u8,
     /// Kept as for [`HttpRequest::headers`].
-    pub headers: Vec<(String, String)>,
+    pub headers: Headers,
     /// Body length in bytes, decoded (chunk framing not counted), lost bytes included;
     /// approximate when chunked framing was lost (module docs).
     pub body_len: u64,
@@ -369,24 +371,17 @@ impl HttpExchange {
 }
 
 impl HttpRequest {
-    /// Value of the first kept header with this name (give the name in lower case).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        find_header(&self.headers, name)
+    /// Value of the first kept header with this name (any case).
+    pub fn header<'a>(&'a self, name: &'a str) -> Option<Cow<'a, str>> {
+        self.headers.get(name)
     }
 }
 
 impl HttpResponse {
-    /// Value of the first kept header with this name (give the name in lower case).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        find_header(&self.headers, name)
+    /// Value of the first kept header with this name (any case).
+    pub fn header<'a>(&'a self, name: &'a str) -> Option<Cow<'a, str>> {
+        self.headers.get(name)
     }
-}
-
-fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v.as_str())
 }
 
 /// What went wrong with the bytes of a connection. Each error drops at most the message it

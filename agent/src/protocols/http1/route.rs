@@ -29,19 +29,21 @@ pub fn infer_route(path: &str) -> String {
             break;
         }
         route.push('/');
-        route.push_str(&route_segment(segment));
+        push_segment(&mut route, segment);
     }
     route
 }
 
-/// One segment of a route.
-fn route_segment(segment: &str) -> String {
+/// Appends one segment of a route (written in place: this runs for every segment of every path).
+fn push_segment(route: &mut String, segment: &str) {
     let segment = segment.split(';').next().unwrap_or(segment);
     if segment.len() > MAX_SEGMENT_LEN {
-        return "{id}".to_owned();
+        route.push_str("{id}");
+        return;
     }
     if is_email(segment) {
-        return "{email}".to_owned();
+        route.push_str("{email}");
+        return;
     }
     // A file name: classify the parts of its stem, keep the extension.
     if let Some((stem, ext)) = segment.rsplit_once('.') {
@@ -49,12 +51,18 @@ fn route_segment(segment: &str) -> String {
             && ext.bytes().all(|b| b.is_ascii_alphanumeric())
             && ext.bytes().any(|b| b.is_ascii_alphabetic());
         if is_ext && !stem.is_empty() {
-            let parts: Vec<&str> =
-                stem.split('.').map(|part| placeholder(part).unwrap_or(part)).collect();
-            return format!("{}.{ext}", parts.join("."));
+            for (i, part) in stem.split('.').enumerate() {
+                if i > 0 {
+                    route.push('.');
+                }
+                route.push_str(placeholder(part).unwrap_or(part));
+            }
+            route.push('.');
+            route.push_str(ext);
+            return;
         }
     }
-    placeholder(segment).unwrap_or(segment).to_owned()
+    route.push_str(placeholder(segment).unwrap_or(segment));
 }
 
 /// The placeholder for an identifier-like segment, `None` for an ordinary word.

@@ -17,6 +17,7 @@
 //! beyond an incoming W3C `traceparent` header; every other span starts its own trace.
 
 
+use std::borrow::Cow;
 use std::{net::IpAddr, sync::Arc};
 
 use super::{redact::redact_query, route::infer_route, HttpExchange, HttpRequest};
@@ -103,7 +104,7 @@ pub fn http_span(ex: &HttpExchange, conn: &Endpoints, resource: &Arc<Resource>, 
     attrs.push(Attribute::new("network.local.address", ip_string(conn.local.ip())));
     attrs.push(Attribute::new("network.local.port", i64::from(conn.local.port())));
     if let Some(ua) = header(req, "user-agent") {
-        attrs.push(Attribute::new("user_agent.original", truncate(ua, MAX_ATTR_LEN)));
+        attrs.push(Attribute::new("user_agent.original", truncate(&ua, MAX_ATTR_LEN)));
     }
     if req.body_len > 0 {
         attrs.push(Attribute::new("http.request.body.size", saturating_i64(req.body_len)));
@@ -121,7 +122,7 @@ pub fn http_span(ex: &HttpExchange, conn: &Endpoints, resource: &Arc<Resource>, 
         attrs.push(Attribute::new("error.type", status.to_string()));
     }
 
-    let parent = single_header(req, "traceparent").and_then(parse_traceparent);
+    let parent = single_header(req, "traceparent").as_deref().and_then(parse_traceparent);
     attrs.push(Attribute::new("ztrace.link", if parent.is_some() { "header" } else { "none" }));
 
     let start_unix_nano = clock.to_unix(ex.request_start_ns);
@@ -208,7 +209,14 @@ fn server_address(
         Side::Client => conn.remote,
         Side::Server => conn.local,
     };
-    let authority = target.authority.or_else(|| header(req, "host"));
+    let host;
+    let authority = match target.authority {
+        Some(authority) => Some(authority),
+        None => {
+            host = header(req, "host");
+            host.as_deref()
+        }
+    };
     if let Some((host, port)) = authority.and_then(split_host_port) {
         return (host.to_owned(), port.unwrap_or(socket.port()));
     }
@@ -266,10 +274,12 @@ fn full_url(scheme: &str, host: &str, port: u16, target: &Target<'_>) -> String 
 /// The original client behind proxies: the first `X-Forwarded-For` entry, else the first
 /// `for=` of `Forwarded` (RFC 7239), without port or brackets.
 fn forwarded_client(req: &HttpRequest) -> Option<String> {
-    let raw = if let Some(xff) = header(req, "x-forwarded-for") {
+    let xff = header(req, "x-forwarded-for");
+    let fwd = header(req, "forwarded");
+    let raw = if let Some(xff) = &xff {
         xff.split(',').next()?.trim()
     } else {
-        let fwd = header(req, "forwarded")?;
+        let fwd = fwd.as_deref()?;
         let first = fwd.split(',').next()?;
         first.split(';').find_map(|p| {
             let (k, v) = p.trim().split_once('=')?;
@@ -287,16 +297,23 @@ fn forwarded_client(req: &HttpRequest) -> Option<String> {
         .then(|| host.to_owned())
 }
 
-/// The first value of a header (names are lower case).
-fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
-    req.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.trim())
+/// The first value of a header, without surrounding white space.
+fn header<'a>(req: &'a HttpRequest, name: &'a str) -> Option<Cow<'a, str>> {
+    req.headers.get(name).map(trimmed)
 }
 
 /// The value of a header that must appear exactly once.
-fn single_header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
-    let mut values = req.headers.iter().filter(|(n, _)| n == name);
+fn single_header<'a>(req: &'a HttpRequest, name: &'a str) -> Option<Cow<'a, str>> {
+    let mut values = req.headers.all(name);
     let first = values.next()?;
-    values.next().is_none().then(|| first.1.trim())
+    values.next().is_none().then(|| trimmed(first))
+}
+
+fn trimmed(value: Cow<'_, str>) -> Cow<'_, str> {
+    match value {
+        Cow::Borrowed(s) => Cow::Borrowed(s.trim()),
+        Cow::Owned(s) => Cow::Owned(s.trim().to_owned()),
+    }
 }
 
 /// The `traceparent` header of the request head at the start of `bytes` (the first bytes of a
@@ -304,13 +321,21 @@ fn single_header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
 /// Looks no further than the end of the head or of `bytes`; never allocates.
 pub fn find_traceparent(bytes: &[u8]) -> Option<TraceParent> {
     const NAME: &[u8] = b"traceparent:";
-    let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(bytes.len());
+    let head_end = memchr::memmem::find(bytes, b"\r\n\r\n").unwrap_or(bytes.len());
+    let head = &bytes[..head_end];
     let mut found = None;
     // Skip the request line; a header line cut at the end of `bytes` is not trusted.
-    let mut lines = bytes[..head_end].split(|&b| b == b'\n').skip(1).peekable();
-    while let Some(line) = lines.next() {
-        if lines.peek().is_none() && head_end == bytes.len() {
-            break;
+    let Some(mut at) = memchr::memchr(b'\n', head).map(|i| i + 1) else { return None };
+    while at < head.len() {
+        let (line, next) = match memchr::memchr(b'\n', &head[at..]) {
+            Some(i) => (&head[at..at + i], at + i + 1),
+            None if head_end == bytes.len() => break,
+            None => (&head[at..], head.len()),
+        };
+        at = next;
+        // Most lines are other headers: the first byte rules them out.
+        if line.len() <= NAME.len() || !line[0].eq_ignore_ascii_case(&b't') {
+            continue;
         }
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.len() > NAME.len() && line[..NAME.len()].eq_ignore_ascii_case(NAME) {
@@ -419,10 +444,10 @@ mod tests {
                 method: method.into(),
                 target: target.into(),
                 version_minor: 1,
-                headers: headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+                headers: super::super::Headers::from_pairs(headers.iter().copied()),
                 body_len: 0,
             },
-            response: Some(HttpResponse { status, version_minor: 1, headers: Vec::new(), body_len: 512 }),
+            response: Some(HttpResponse { status, version_minor: 1, headers: super::super::Headers::default(), body_len: 512 }),
             request_start_ns: 1_000,
             request_end_ns: 2_000,
             response_start_ns: 5_000,
@@ -445,7 +470,7 @@ mod tests {
     }
 
     fn s(v: &str) -> AttrValue {
-        AttrValue::Str(v.to_owned())
+        AttrValue::from(v)
     }
 
     #[test]

@@ -13,8 +13,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource as ProtoResource;
 use opentelemetry_proto::tonic::trace::v1::{
-    span::SpanKind as ProtoSpanKind, status::StatusCode as ProtoStatusCode, ResourceSpans, ScopeSpans,
-    Span as ProtoSpan, Status as ProtoStatus,
+    span::SpanKind as ProtoSpanKind, status::StatusCode as ProtoStatusCode, ResourceSpans,
+    ScopeSpans, Span as ProtoSpan, Status as ProtoStatus,
 };
 
 use crate::spans::{AttrValue, Resource, Span, SpanKind, StatusCode};
@@ -36,25 +36,36 @@ pub fn to_request(spans: Vec<Span>) -> ExportTraceServiceRequest {
     let groups: Vec<usize> = spans
         .iter()
         .map(|span| {
-            *by_ptr.entry(Arc::as_ptr(&span.resource)).or_insert_with(|| {
-                resources.iter().position(|r| ***r == *span.resource).unwrap_or_else(|| {
-                    resources.push(&span.resource);
-                    resources.len() - 1
+            *by_ptr
+                .entry(Arc::as_ptr(&span.resource))
+                .or_insert_with(|| {
+                    resources
+                        .iter()
+                        .position(|r| ***r == *span.resource)
+                        .unwrap_or_else(|| {
+                            resources.push(&span.resource);
+                            resources.len() - 1
+                        })
                 })
-            })
         })
         .collect();
     let mut resource_spans: Vec<ResourceSpans> = resources
         .iter()
         .map(|resource| ResourceSpans {
             resource: Some(resource_to_proto(resource)),
-            scope_spans: vec![ScopeSpans { scope: Some(scope()), spans: Vec::new(), schema_url: String::new() }],
+            scope_spans: vec![ScopeSpans {
+                scope: Some(scope()),
+                spans: Vec::new(),
+                schema_url: String::new(),
+            }],
             schema_url: String::new(),
         })
         .collect();
     // Pass 2: move each span into its group.
     for (span, group) in spans.into_iter().zip(groups) {
-        resource_spans[group].scope_spans[0].spans.push(span_to_proto(span));
+        resource_spans[group].scope_spans[0]
+            .spans
+            .push(span_to_proto(span));
     }
     ExportTraceServiceRequest { resource_spans }
 }
@@ -73,10 +84,22 @@ fn scope() -> InstrumentationScope {
 pub fn resource_to_proto(resource: &Resource) -> ProtoResource {
     let mut attributes = Vec::with_capacity(resource.attributes.len() + 1);
     if !resource.attributes.iter().any(|(k, _)| k == "service.name") {
-        attributes.push(key_value("service.name".to_owned(), AttrValue::Str(resource.service_name.clone())));
+        attributes.push(key_value(
+            "service.name".to_owned(),
+            AttrValue::from(resource.service_name.as_str()),
+        ));
     }
-    attributes.extend(resource.attributes.iter().map(|(k, v)| key_value(k.clone(), v.clone())));
-    ProtoResource { attributes, dropped_attributes_count: 0, entity_refs: Vec::new() }
+    attributes.extend(
+        resource
+            .attributes
+            .iter()
+            .map(|(k, v)| key_value(k.clone(), v.clone())),
+    );
+    ProtoResource {
+        attributes,
+        dropped_attributes_count: 0,
+        entity_refs: Vec::new(),
+    }
 }
 
 /// One span, field by field. The resource is not part of it (see [`to_request`]).
@@ -85,13 +108,20 @@ pub fn span_to_proto(span: Span) -> ProtoSpan {
         trace_id: span.trace_id.to_vec(),
         span_id: span.span_id.to_vec(),
         trace_state: String::new(),
-        parent_span_id: span.parent_span_id.map(|id| id.to_vec()).unwrap_or_default(),
+        parent_span_id: span
+            .parent_span_id
+            .map(|id| id.to_vec())
+            .unwrap_or_default(),
         flags: 0,
         name: span.name,
         kind: kind_to_proto(span.kind) as i32,
         start_time_unix_nano: span.start_unix_nano,
         end_time_unix_nano: span.end_unix_nano,
-        attributes: span.attributes.into_iter().map(|a| key_value(a.key.to_owned(), a.value)).collect(),
+        attributes: span
+            .attributes
+            .into_iter()
+            .map(|a| key_value(a.key.to_owned(), a.value))
+            .collect(),
         dropped_attributes_count: 0,
         events: Vec::new(),
         dropped_events_count: 0,
@@ -124,12 +154,15 @@ fn status_to_proto(status: StatusCode) -> ProtoStatusCode {
 
 fn key_value(key: String, value: AttrValue) -> KeyValue {
     let value = match value {
-        AttrValue::Str(s) => any_value::Value::StringValue(s),
+        AttrValue::Str(s) => any_value::Value::StringValue(s.into_string()),
         AttrValue::Int(i) => any_value::Value::IntValue(i),
         AttrValue::Bool(b) => any_value::Value::BoolValue(b),
         AttrValue::Double(d) => any_value::Value::DoubleValue(d),
     };
-    KeyValue { key, value: Some(AnyValue { value: Some(value) }) }
+    KeyValue {
+        key,
+        value: Some(AnyValue { value: Some(value) }),
+    }
 }
 
 #[cfg(test)]
@@ -141,7 +174,10 @@ mod tests {
     };
 
     fn value(kv: &KeyValue) -> &any_value::Value {
-        kv.value.as_ref().and_then(|v| v.value.as_ref()).expect("attribute has a value")
+        kv.value
+            .as_ref()
+            .and_then(|v| v.value.as_ref())
+            .expect("attribute has a value")
     }
 
     #[test]
@@ -160,7 +196,10 @@ mod tests {
             Attribute::new("http.request.method", "GET"),
             Attribute::new("http.response.status_code", 500_i64),
             Attribute::new("ztrace.tls", true),
-            Attribute { key: "ztrace.ratio", value: AttrValue::Double(0.5) },
+            Attribute {
+                key: "ztrace.ratio",
+                value: AttrValue::Double(0.5),
+            },
         ];
         let p = span_to_proto(s);
         assert_eq!(p.trace_id, b"0123456789abcdef");
@@ -176,8 +215,19 @@ mod tests {
         assert_eq!(status.code, 2, "STATUS_CODE_ERROR on the wire");
         assert_eq!(status.message, "boom");
         let keys: Vec<&str> = p.attributes.iter().map(|kv| kv.key.as_str()).collect();
-        assert_eq!(keys, ["http.request.method", "http.response.status_code", "ztrace.tls", "ztrace.ratio"]);
-        assert_eq!(value(&p.attributes[0]), &any_value::Value::StringValue("GET".into()));
+        assert_eq!(
+            keys,
+            [
+                "http.request.method",
+                "http.response.status_code",
+                "ztrace.tls",
+                "ztrace.ratio"
+            ]
+        );
+        assert_eq!(
+            value(&p.attributes[0]),
+            &any_value::Value::StringValue("GET".into())
+        );
         assert_eq!(value(&p.attributes[1]), &any_value::Value::IntValue(500));
         assert_eq!(value(&p.attributes[2]), &any_value::Value::BoolValue(true));
         assert_eq!(value(&p.attributes[3]), &any_value::Value::DoubleValue(0.5));
@@ -211,10 +261,18 @@ mod tests {
             s.kind = kind;
             assert_eq!(span_to_proto(s).kind, n, "{kind:?}");
         }
-        for (status, n) in [(StatusCode::Unset, 0), (StatusCode::Ok, 1), (StatusCode::Error, 2)] {
+        for (status, n) in [
+            (StatusCode::Unset, 0),
+            (StatusCode::Ok, 1),
+            (StatusCode::Error, 2),
+        ] {
             let mut s = span("x", &r);
             s.status = status;
-            assert_eq!(span_to_proto(s).status.map(|st| st.code), Some(n), "{status:?}");
+            assert_eq!(
+                span_to_proto(s).status.map(|st| st.code),
+                Some(n),
+                "{status:?}"
+            );
         }
     }
 
@@ -223,33 +281,54 @@ mod tests {
         let a = resource("a", 1);
         let b = resource("b", 2);
         let a_copy = Arc::new((*a).clone()); // equal value, different Arc
-        let spans = vec![span("a1", &a), span("b1", &b), span("a2", &a_copy), span("a3", &a)];
+        let spans = vec![
+            span("a1", &a),
+            span("b1", &b),
+            span("a2", &a_copy),
+            span("a3", &a),
+        ];
         let req = to_request(spans);
         assert_eq!(req.resource_spans.len(), 2);
         let names = |rs: &ResourceSpans| -> Vec<String> {
             assert_eq!(rs.scope_spans.len(), 1);
-            rs.scope_spans[0].spans.iter().map(|s| s.name.clone()).collect()
+            rs.scope_spans[0]
+                .spans
+                .iter()
+                .map(|s| s.name.clone())
+                .collect()
         };
         assert_eq!(names(&req.resource_spans[0]), ["a1", "a2", "a3"]);
         assert_eq!(names(&req.resource_spans[1]), ["b1"]);
         let res = req.resource_spans[1].resource.as_ref().expect("resource");
         assert_eq!(res.attributes.len(), 2);
         assert_eq!(res.attributes[0].key, "service.name");
-        assert_eq!(value(&res.attributes[0]), &any_value::Value::StringValue("b".into()));
+        assert_eq!(
+            value(&res.attributes[0]),
+            &any_value::Value::StringValue("b".into())
+        );
         assert_eq!(res.attributes[1].key, "process.pid");
         assert_eq!(value(&res.attributes[1]), &any_value::Value::IntValue(2));
-        let scope = req.resource_spans[0].scope_spans[0].scope.as_ref().expect("scope");
+        let scope = req.resource_spans[0].scope_spans[0]
+            .scope
+            .as_ref()
+            .expect("scope");
         assert_eq!(scope.name, "ztrace");
         assert_eq!(scope.version, env!("CARGO_PKG_VERSION"));
     }
 
     #[test]
     fn service_name_added_when_missing_from_attributes() {
-        let r = Resource { service_name: "svc".into(), attributes: vec![("host.name".into(), "h".into())] };
+        let r = Resource {
+            service_name: "svc".into(),
+            attributes: vec![("host.name".into(), "h".into())],
+        };
         let p = resource_to_proto(&r);
         let keys: Vec<&str> = p.attributes.iter().map(|kv| kv.key.as_str()).collect();
         assert_eq!(keys, ["service.name", "host.name"]);
-        assert_eq!(value(&p.attributes[0]), &any_value::Value::StringValue("svc".into()));
+        assert_eq!(
+            value(&p.attributes[0]),
+            &any_value::Value::StringValue("svc".into())
+        );
     }
 
     #[test]

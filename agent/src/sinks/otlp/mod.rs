@@ -169,14 +169,28 @@ impl OtlpConfig {
     /// `traces_endpoint` (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) wins and is used as is; else
     /// `endpoint` (`OTEL_EXPORTER_OTLP_ENDPOINT`) is a base URL (`/v1/traces` appended for
     /// http/protobuf); else the protocol's default base endpoint. Empty strings count as unset.
-    pub fn resolve(protocol: OtlpProtocol, endpoint: Option<&str>, traces_endpoint: Option<&str>) -> Self {
-        let non_empty = |s: Option<&str>| s.map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned);
-        let (endpoint, traces_endpoint_is_full) = match (non_empty(traces_endpoint), non_empty(endpoint)) {
-            (Some(full), _) => (full, true),
-            (None, Some(base)) => (base, false),
-            (None, None) => (protocol.default_endpoint().to_owned(), false),
+    pub fn resolve(
+        protocol: OtlpProtocol,
+        endpoint: Option<&str>,
+        traces_endpoint: Option<&str>,
+    ) -> Self {
+        let non_empty = |s: Option<&str>| {
+            s.map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
         };
-        OtlpConfig { endpoint, protocol, traces_endpoint_is_full, ..OtlpConfig::default() }
+        let (endpoint, traces_endpoint_is_full) =
+            match (non_empty(traces_endpoint), non_empty(endpoint)) {
+                (Some(full), _) => (full, true),
+                (None, Some(base)) => (base, false),
+                (None, None) => (protocol.default_endpoint().to_owned(), false),
+            };
+        OtlpConfig {
+            endpoint,
+            protocol,
+            traces_endpoint_is_full,
+            ..OtlpConfig::default()
+        }
     }
 
     /// The exporter configuration that the command line (and its OpenTelemetry environment
@@ -187,15 +201,30 @@ impl OtlpConfig {
         if !set(&config.otlp_endpoint) && !set(&config.otlp_traces_endpoint) {
             return Ok(None);
         }
-        let protocol = match config.otlp_protocol.as_deref().map(str::trim).filter(|p| !p.is_empty()) {
+        let protocol = match config
+            .otlp_protocol
+            .as_deref()
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
             Some(p) => p.parse()?,
             None => {
-                let endpoint = config.otlp_traces_endpoint.as_deref().filter(|s| !s.trim().is_empty());
-                guess_protocol(endpoint.or(config.otlp_endpoint.as_deref()).unwrap_or_default())
+                let endpoint = config
+                    .otlp_traces_endpoint
+                    .as_deref()
+                    .filter(|s| !s.trim().is_empty());
+                guess_protocol(
+                    endpoint
+                        .or(config.otlp_endpoint.as_deref())
+                        .unwrap_or_default(),
+                )
             }
         };
-        let mut otlp =
-            OtlpConfig::resolve(protocol, config.otlp_endpoint.as_deref(), config.otlp_traces_endpoint.as_deref());
+        let mut otlp = OtlpConfig::resolve(
+            protocol,
+            config.otlp_endpoint.as_deref(),
+            config.otlp_traces_endpoint.as_deref(),
+        );
         otlp.headers = parse_headers(config.otlp_headers.as_deref().unwrap_or_default())?;
         Ok(Some(otlp))
     }
@@ -206,7 +235,11 @@ impl OtlpConfig {
     /// An endpoint without `scheme://` is taken as `http://`.
     pub fn traces_url(&self) -> String {
         let endpoint = self.endpoint.trim();
-        let url = if endpoint.contains("://") { endpoint.to_owned() } else { format!("http://{endpoint}") };
+        let url = if endpoint.contains("://") {
+            endpoint.to_owned()
+        } else {
+            format!("http://{endpoint}")
+        };
         match self.protocol {
             OtlpProtocol::HttpProtobuf if !self.traces_endpoint_is_full => {
                 format!("{}/{TRACES_PATH}", url.trim_end_matches('/'))
@@ -219,7 +252,11 @@ impl OtlpConfig {
 /// http/protobuf for an endpoint on port 4318 (OTLP/HTTP's default port), else gRPC.
 fn guess_protocol(endpoint: &str) -> OtlpProtocol {
     let endpoint = endpoint.trim();
-    let url = if endpoint.contains("://") { endpoint.to_owned() } else { format!("http://{endpoint}") };
+    let url = if endpoint.contains("://") {
+        endpoint.to_owned()
+    } else {
+        format!("http://{endpoint}")
+    };
     match reqwest::Url::parse(&url).ok().and_then(|u| u.port()) {
         Some(4318) => OtlpProtocol::HttpProtobuf,
         _ => OtlpProtocol::Grpc,
@@ -236,17 +273,26 @@ pub fn parse_headers(s: &str) -> Result<Vec<(String, String)>, ExportError> {
             continue;
         }
         let Some((key, value)) = item.split_once('=') else {
-            return Err(ExportError::InvalidHeader(format!("{:?} has no '='", item.trim())));
+            return Err(ExportError::InvalidHeader(format!(
+                "{:?} has no '='",
+                item.trim()
+            )));
         };
         let key = key.trim();
         if key.is_empty() || reqwest::header::HeaderName::from_bytes(key.as_bytes()).is_err() {
-            return Err(ExportError::InvalidHeader(format!("{key:?} is not a valid header name")));
+            return Err(ExportError::InvalidHeader(format!(
+                "{key:?} is not a valid header name"
+            )));
         }
         let value = percent_decode(value.trim()).ok_or_else(|| {
-            ExportError::InvalidHeader(format!("value of {key:?} is not valid percent-encoded UTF-8"))
+            ExportError::InvalidHeader(format!(
+                "value of {key:?} is not valid percent-encoded UTF-8"
+            ))
         })?;
         if reqwest::header::HeaderValue::from_str(&value).is_err() {
-            return Err(ExportError::InvalidHeader(format!("value of {key:?} has characters not allowed in a header")));
+            return Err(ExportError::InvalidHeader(format!(
+                "value of {key:?} has characters not allowed in a header"
+            )));
         }
         headers.push((key.to_owned(), value));
     }
@@ -337,7 +383,10 @@ impl Sink for OtlpSink {
         handle.shutdown();
         drop(handle);
         Box::pin(async move {
-            if tokio::time::timeout(Duration::from_secs(10), task).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .is_err()
+            {
                 warn!("OTLP export did not finish flushing within 10 s; pending spans dropped");
             }
         })
@@ -347,7 +396,10 @@ impl Sink for OtlpSink {
 /// Starts the exporter task on the current tokio runtime. Connects nothing: a dead endpoint
 /// shows up as failed, counted exports, never as an error here. Errors are configuration errors
 /// (bad endpoint, header or sizes) and a missing runtime.
-pub fn spawn(config: OtlpConfig, metrics: Arc<Metrics>) -> Result<(ExportHandle, JoinHandle<()>), ExportError> {
+pub fn spawn(
+    config: OtlpConfig,
+    metrics: Arc<Metrics>,
+) -> Result<(ExportHandle, JoinHandle<()>), ExportError> {
     if config.queue_spans == 0 {
         return Err(ExportError::InvalidConfig("queue_spans must be at least 1"));
     }
@@ -362,7 +414,11 @@ pub fn spawn(config: OtlpConfig, metrics: Arc<Metrics>) -> Result<(ExportHandle,
     };
     let (queue, rx) = queue::bounded(config.queue_spans);
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let handle = ExportHandle { queue: Arc::new(queue), shutdown: Arc::new(shutdown), metrics: Arc::clone(&metrics) };
+    let handle = ExportHandle {
+        queue: Arc::new(queue),
+        shutdown: Arc::new(shutdown),
+        metrics: Arc::clone(&metrics),
+    };
     let exporter = Exporter {
         url: config.traces_url(),
         protocol: config.protocol,
@@ -370,7 +426,10 @@ pub fn spawn(config: OtlpConfig, metrics: Arc<Metrics>) -> Result<(ExportHandle,
         batch_timeout: config.batch_timeout,
         transport,
         metrics,
-        shutdown: Shutdown { rx: shutdown_rx, deadline: None },
+        shutdown: Shutdown {
+            rx: shutdown_rx,
+            deadline: None,
+        },
         failures: FailureLog::default(),
     };
     debug!(url = %exporter.url, protocol = %config.protocol, "OTLP exporter started");
@@ -458,18 +517,31 @@ impl Exporter {
         let mut attempt = 0;
         let last_error = loop {
             attempt += 1;
-            let Some(remaining) = self.shutdown.deadline(deadline).checked_duration_since(Instant::now()) else {
+            let Some(remaining) = self
+                .shutdown
+                .deadline(deadline)
+                .checked_duration_since(Instant::now())
+            else {
                 break ExportError::Timeout(MAX_RETRY_ELAPSED);
             };
-            let result =
-                self.shutdown.bounded(self.transport.attempt(&payload, ATTEMPT_TIMEOUT.min(remaining)), deadline).await;
+            let result = self
+                .shutdown
+                .bounded(
+                    self.transport
+                        .attempt(&payload, ATTEMPT_TIMEOUT.min(remaining)),
+                    deadline,
+                )
+                .await;
             let failure = match result {
                 Some(Ok(accepted)) => {
                     let rejected = accepted.rejected_spans.min(count);
                     Metrics::add(&self.metrics.spans_exported, count - rejected);
                     if rejected > 0 {
                         Metrics::add(&self.metrics.spans_export_failed, rejected);
-                        let error = ExportError::PartialSuccess { rejected, message: accepted.message };
+                        let error = ExportError::PartialSuccess {
+                            rejected,
+                            message: accepted.message,
+                        };
                         self.failures.failed(&self.url, &error, rejected);
                     } else {
                         self.failures.succeeded(&self.url);
@@ -477,18 +549,28 @@ impl Exporter {
                     return;
                 }
                 Some(Err(failure)) => failure,
-                None => AttemptError { error: ExportError::Timeout(remaining), retryable: true, retry_after: None },
+                None => AttemptError {
+                    error: ExportError::Timeout(remaining),
+                    retryable: true,
+                    retry_after: None,
+                },
             };
             Metrics::inc(&self.metrics.export_errors);
             debug!(error = %failure.error, attempt, spans, retryable = failure.retryable, "OTLP export attempt failed");
             if !failure.retryable || attempt >= MAX_ATTEMPTS {
                 break failure.error;
             }
-            let delay = failure.retry_after.unwrap_or(Duration::ZERO).max(backoff(attempt)).min(MAX_RETRY_ELAPSED);
+            let delay = failure
+                .retry_after
+                .unwrap_or(Duration::ZERO)
+                .max(backoff(attempt))
+                .min(MAX_RETRY_ELAPSED);
             if Instant::now() + delay >= self.shutdown.deadline(deadline) {
                 break failure.error;
             }
-            self.shutdown.bounded(tokio::time::sleep(delay), deadline).await;
+            self.shutdown
+                .bounded(tokio::time::sleep(delay), deadline)
+                .await;
         };
         Metrics::add(&self.metrics.spans_export_failed, count);
         self.failures.failed(&self.url, &last_error, count);
@@ -498,7 +580,9 @@ impl Exporter {
 /// The delay before retry number `attempt` (1-based): exponential, capped, with "equal jitter"
 /// (uniform in the upper half) so that many agents do not retry in step.
 fn backoff(attempt: u32) -> Duration {
-    let exp = INITIAL_BACKOFF.saturating_mul(1u32 << attempt.saturating_sub(1).min(16)).min(MAX_BACKOFF);
+    let exp = INITIAL_BACKOFF
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+        .min(MAX_BACKOFF);
     let half = exp / 2;
     half + half.mul_f64(rand::random::<f64>())
 }
@@ -529,7 +613,8 @@ impl Shutdown {
 
     /// Starts the grace period (if not started).
     fn begin(&mut self) {
-        self.deadline.get_or_insert_with(|| Instant::now() + SHUTDOWN_GRACE);
+        self.deadline
+            .get_or_insert_with(|| Instant::now() + SHUTDOWN_GRACE);
     }
 
     /// `deadline`, brought forward to the end of the grace period once shutdown began.
@@ -539,7 +624,11 @@ impl Shutdown {
 
     /// Runs `fut` until it completes (`Some`) or `deadline` — brought forward if shutdown is
     /// requested meanwhile — passes (`None`).
-    async fn bounded<F: std::future::Future>(&mut self, fut: F, deadline: Instant) -> Option<F::Output> {
+    async fn bounded<F: std::future::Future>(
+        &mut self,
+        fut: F,
+        deadline: Instant,
+    ) -> Option<F::Output> {
         tokio::pin!(fut);
         loop {
             let until = self.deadline(deadline);

@@ -24,7 +24,9 @@ use crate::spans::{
 
 #[test]
 fn headers_parse_and_decode() {
-    let h = parse_headers("api-key=secret, x-tenant = a%20b%2Cc ,,Authorization=Basic%20dXNlcjpwYXNz=").expect("valid");
+    let h =
+        parse_headers("api-key=secret, x-tenant = a%20b%2Cc ,,Authorization=Basic%20dXNlcjpwYXNz=")
+            .expect("valid");
     assert_eq!(
         h,
         [
@@ -35,22 +37,49 @@ fn headers_parse_and_decode() {
     );
     assert_eq!(parse_headers("").expect("empty"), []);
     assert_eq!(parse_headers(" , ").expect("blank items"), []);
-    assert_eq!(parse_headers("k=").expect("empty value"), [("k".to_owned(), String::new())]);
-    assert_eq!(parse_headers("k=a+b").expect("plus"), [("k".to_owned(), "a+b".to_owned())]);
+    assert_eq!(
+        parse_headers("k=").expect("empty value"),
+        [("k".to_owned(), String::new())]
+    );
+    assert_eq!(
+        parse_headers("k=a+b").expect("plus"),
+        [("k".to_owned(), "a+b".to_owned())]
+    );
 }
 
 #[test]
 fn headers_reject_malformed() {
-    for bad in ["novalue", "=v", "bad key=v", "k=%zz", "k=%4", "k=%ff", "k=a%0Ab", "k=v,other"] {
-        assert!(matches!(parse_headers(bad), Err(ExportError::InvalidHeader(_))), "{bad:?} accepted");
+    for bad in [
+        "novalue",
+        "=v",
+        "bad key=v",
+        "k=%zz",
+        "k=%4",
+        "k=%ff",
+        "k=a%0Ab",
+        "k=v,other",
+    ] {
+        assert!(
+            matches!(parse_headers(bad), Err(ExportError::InvalidHeader(_))),
+            "{bad:?} accepted"
+        );
     }
 }
 
 #[test]
 fn protocol_names() {
-    assert_eq!("grpc".parse::<OtlpProtocol>().expect("grpc"), OtlpProtocol::Grpc);
-    assert_eq!("http/protobuf".parse::<OtlpProtocol>().expect("http"), OtlpProtocol::HttpProtobuf);
-    assert!(matches!("http/json".parse::<OtlpProtocol>(), Err(ExportError::InvalidProtocol(_))));
+    assert_eq!(
+        "grpc".parse::<OtlpProtocol>().expect("grpc"),
+        OtlpProtocol::Grpc
+    );
+    assert_eq!(
+        "http/protobuf".parse::<OtlpProtocol>().expect("http"),
+        OtlpProtocol::HttpProtobuf
+    );
+    assert!(matches!(
+        "http/json".parse::<OtlpProtocol>(),
+        Err(ExportError::InvalidProtocol(_))
+    ));
     assert_eq!(OtlpProtocol::HttpProtobuf.to_string(), "http/protobuf");
 }
 
@@ -63,20 +92,51 @@ fn endpoint_rules() {
     use OtlpProtocol::{Grpc, HttpProtobuf};
     // Defaults.
     assert_eq!(url(Grpc, None, None), "http://localhost:4317");
-    assert_eq!(url(HttpProtobuf, None, None), "http://localhost:4318/v1/traces");
+    assert_eq!(
+        url(HttpProtobuf, None, None),
+        "http://localhost:4318/v1/traces"
+    );
     // OTEL_EXPORTER_OTLP_ENDPOINT: a base, v1/traces appended for HTTP only.
-    assert_eq!(url(HttpProtobuf, Some("http://c:4318"), None), "http://c:4318/v1/traces");
-    assert_eq!(url(HttpProtobuf, Some("http://c:4318/"), None), "http://c:4318/v1/traces");
-    assert_eq!(url(HttpProtobuf, Some("http://c:4318/mypath"), None), "http://c:4318/mypath/v1/traces");
+    assert_eq!(
+        url(HttpProtobuf, Some("http://c:4318"), None),
+        "http://c:4318/v1/traces"
+    );
+    assert_eq!(
+        url(HttpProtobuf, Some("http://c:4318/"), None),
+        "http://c:4318/v1/traces"
+    );
+    assert_eq!(
+        url(HttpProtobuf, Some("http://c:4318/mypath"), None),
+        "http://c:4318/mypath/v1/traces"
+    );
     assert_eq!(url(Grpc, Some("http://c:4317"), None), "http://c:4317");
     assert_eq!(url(Grpc, Some("http://c:4317/"), None), "http://c:4317/");
     // OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: as is, and it wins.
-    assert_eq!(url(HttpProtobuf, Some("http://base:1"), Some("http://c:4318/custom")), "http://c:4318/custom");
-    assert_eq!(url(HttpProtobuf, None, Some("http://c:4318")), "http://c:4318");
-    assert_eq!(url(Grpc, Some("http://base:1"), Some("http://c:9999")), "http://c:9999");
+    assert_eq!(
+        url(
+            HttpProtobuf,
+            Some("http://base:1"),
+            Some("http://c:4318/custom")
+        ),
+        "http://c:4318/custom"
+    );
+    assert_eq!(
+        url(HttpProtobuf, None, Some("http://c:4318")),
+        "http://c:4318"
+    );
+    assert_eq!(
+        url(Grpc, Some("http://base:1"), Some("http://c:9999")),
+        "http://c:9999"
+    );
     // Empty means unset; no scheme means http.
-    assert_eq!(url(HttpProtobuf, Some("http://c:1"), Some("")), "http://c:1/v1/traces");
-    assert_eq!(url(Grpc, Some("collector:4317"), None), "http://collector:4317");
+    assert_eq!(
+        url(HttpProtobuf, Some("http://c:1"), Some("")),
+        "http://c:1/v1/traces"
+    );
+    assert_eq!(
+        url(Grpc, Some("collector:4317"), None),
+        "http://collector:4317"
+    );
     let full = OtlpConfig::resolve(HttpProtobuf, None, Some("http://x/y"));
     assert!(full.traces_endpoint_is_full);
     assert_eq!(full.endpoint, "http://x/y");
@@ -87,7 +147,8 @@ fn endpoint_rules() {
 fn from_command_line() {
     use clap::Parser;
     let parse = |args: &[&str]| {
-        let config = crate::config::Config::try_parse_from([&["ztrace"], args].concat()).expect("args");
+        let config =
+            crate::config::Config::try_parse_from([&["ztrace"], args].concat()).expect("args");
         OtlpConfig::from_config(&config)
     };
     // Only meaningful when the test's own environment sets no OTLP variable.
@@ -95,26 +156,63 @@ fn from_command_line() {
         return;
     }
     assert_eq!(parse(&[]).expect("ok"), None);
-    let c = parse(&["--otlp-endpoint", "http://c:4318"]).expect("ok").expect("on");
-    assert_eq!((c.protocol, c.traces_url()), (OtlpProtocol::HttpProtobuf, "http://c:4318/v1/traces".to_owned()));
-    let c = parse(&["--otlp-endpoint", "http://c:4317"]).expect("ok").expect("on");
-    assert_eq!((c.protocol, c.traces_url()), (OtlpProtocol::Grpc, "http://c:4317".to_owned()));
-    let c = parse(&["--otlp-endpoint", "http://c:9", "--otlp-protocol", "http/protobuf", "--otlp-headers", "x-a=1"])
+    let c = parse(&["--otlp-endpoint", "http://c:4318"])
         .expect("ok")
         .expect("on");
-    assert_eq!((c.protocol, c.traces_url()), (OtlpProtocol::HttpProtobuf, "http://c:9/v1/traces".to_owned()));
+    assert_eq!(
+        (c.protocol, c.traces_url()),
+        (
+            OtlpProtocol::HttpProtobuf,
+            "http://c:4318/v1/traces".to_owned()
+        )
+    );
+    let c = parse(&["--otlp-endpoint", "http://c:4317"])
+        .expect("ok")
+        .expect("on");
+    assert_eq!(
+        (c.protocol, c.traces_url()),
+        (OtlpProtocol::Grpc, "http://c:4317".to_owned())
+    );
+    let c = parse(&[
+        "--otlp-endpoint",
+        "http://c:9",
+        "--otlp-protocol",
+        "http/protobuf",
+        "--otlp-headers",
+        "x-a=1",
+    ])
+    .expect("ok")
+    .expect("on");
+    assert_eq!(
+        (c.protocol, c.traces_url()),
+        (
+            OtlpProtocol::HttpProtobuf,
+            "http://c:9/v1/traces".to_owned()
+        )
+    );
     assert_eq!(c.headers, [("x-a".to_owned(), "1".to_owned())]);
-    let c = parse(&["--otlp-traces-endpoint", "http://c:4318/t"]).expect("ok").expect("on");
-    assert_eq!((c.protocol, c.traces_url()), (OtlpProtocol::HttpProtobuf, "http://c:4318/t".to_owned()));
+    let c = parse(&["--otlp-traces-endpoint", "http://c:4318/t"])
+        .expect("ok")
+        .expect("on");
+    assert_eq!(
+        (c.protocol, c.traces_url()),
+        (OtlpProtocol::HttpProtobuf, "http://c:4318/t".to_owned())
+    );
     assert!(parse(&["--otlp-endpoint", "http://c:1", "--otlp-headers", "nokey"]).is_err());
 }
 
 #[test]
 fn backoff_grows_with_jitter_and_is_capped() {
     for attempt in 1..=20 {
-        let exp = INITIAL_BACKOFF.saturating_mul(1 << (attempt - 1).min(16)).min(MAX_BACKOFF);
+        let exp = INITIAL_BACKOFF
+            .saturating_mul(1 << (attempt - 1).min(16))
+            .min(MAX_BACKOFF);
         let d = backoff(attempt);
-        assert!(d >= exp / 2 && d <= exp, "attempt {attempt}: {d:?} outside [{:?}, {exp:?}]", exp / 2);
+        assert!(
+            d >= exp / 2 && d <= exp,
+            "attempt {attempt}: {d:?} outside [{:?}, {exp:?}]",
+            exp / 2
+        );
     }
     assert!(backoff(30) <= MAX_BACKOFF);
 }
@@ -132,13 +230,34 @@ async fn spawn_rejects_bad_config() {
         f(&mut c);
         spawn(c, Arc::default()).map(|_| ()).expect_err("accepted")
     };
-    assert!(matches!(bad(|c| c.endpoint = "https://c:4317".into()), ExportError::InvalidEndpoint { .. }));
-    assert!(matches!(bad(|c| c.endpoint = "ftp://c".into()), ExportError::InvalidEndpoint { .. }));
-    assert!(matches!(bad(|c| c.endpoint = "http://".into()), ExportError::InvalidEndpoint { .. }));
-    assert!(matches!(bad(|c| c.queue_spans = 0), ExportError::InvalidConfig(_)));
-    assert!(matches!(bad(|c| c.batch_spans = 0), ExportError::InvalidConfig(_)));
-    assert!(matches!(bad(|c| c.headers = vec![("x-a".into(), "é".into())]), ExportError::InvalidHeader(_)));
-    assert!(matches!(bad(|c| c.headers = vec![("x-a-bin".into(), "v".into())]), ExportError::InvalidHeader(_)));
+    assert!(matches!(
+        bad(|c| c.endpoint = "https://c:4317".into()),
+        ExportError::InvalidEndpoint { .. }
+    ));
+    assert!(matches!(
+        bad(|c| c.endpoint = "ftp://c".into()),
+        ExportError::InvalidEndpoint { .. }
+    ));
+    assert!(matches!(
+        bad(|c| c.endpoint = "http://".into()),
+        ExportError::InvalidEndpoint { .. }
+    ));
+    assert!(matches!(
+        bad(|c| c.queue_spans = 0),
+        ExportError::InvalidConfig(_)
+    ));
+    assert!(matches!(
+        bad(|c| c.batch_spans = 0),
+        ExportError::InvalidConfig(_)
+    ));
+    assert!(matches!(
+        bad(|c| c.headers = vec![("x-a".into(), "é".into())]),
+        ExportError::InvalidHeader(_)
+    ));
+    assert!(matches!(
+        bad(|c| c.headers = vec![("x-a-bin".into(), "v".into())]),
+        ExportError::InvalidHeader(_)
+    ));
 }
 
 // ---- the exporter against a scripted HTTP server -------------------------------------------
@@ -151,11 +270,18 @@ fn span(n: u8, resource: &Arc<Resource>) -> Span {
         kind: SpanKind::Server,
         start_unix_nano: 1_000 * u64::from(n),
         end_unix_nano: 1_000 * u64::from(n) + 500,
-        status: if n == 3 { StatusCode::Error } else { StatusCode::Unset },
+        status: if n == 3 {
+            StatusCode::Error
+        } else {
+            StatusCode::Unset
+        },
         status_message: (n == 3).then(|| "server error".to_owned()),
         attributes: vec![
             Attribute::new("http.request.method", "GET"),
-            Attribute::new("http.response.status_code", if n == 3 { 500_i64 } else { 200 }),
+            Attribute::new(
+                "http.response.status_code",
+                if n == 3 { 500_i64 } else { 200 },
+            ),
         ],
         ..testing::span(&format!("GET /item/{n}"), resource)
     }
@@ -171,7 +297,10 @@ struct Recorded {
 
 impl Recorded {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -183,7 +312,9 @@ async fn http_server(script: Vec<(u16, Vec<u8>)>) -> (String, mpsc::UnboundedRec
     tokio::spawn(async move {
         let mut script = script.into_iter();
         while let Ok((mut sock, _)) = listener.accept().await {
-            let Some(request) = read_request(&mut sock).await else { continue };
+            let Some(request) = read_request(&mut sock).await else {
+                continue;
+            };
             let (status, body) = script.next().unwrap_or((200, Vec::new()));
             let head = format!(
                 "HTTP/1.1 {status} Scripted\r\ncontent-type: application/x-protobuf\r\n\
@@ -214,7 +345,12 @@ async fn read_request(sock: &mut tokio::net::TcpStream) -> Option<Recorded> {
             let headers: Vec<(String, String)> = req
                 .headers
                 .iter()
-                .map(|h| (h.name.to_owned(), String::from_utf8_lossy(h.value).into_owned()))
+                .map(|h| {
+                    (
+                        h.name.to_owned(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
                 .collect();
             let len: usize = headers
                 .iter()
@@ -230,7 +366,12 @@ async fn read_request(sock: &mut tokio::net::TcpStream) -> Option<Recorded> {
                 }
                 buf.extend_from_slice(&chunk[..n]);
             }
-            return Some(Recorded { method, path, headers, body: buf[head_len..head_len + len].to_vec() });
+            return Some(Recorded {
+                method,
+                path,
+                headers,
+                body: buf[head_len..head_len + len].to_vec(),
+            });
         }
     }
 }
@@ -248,7 +389,10 @@ fn http_config(endpoint: &str) -> OtlpConfig {
 }
 
 async fn next(rx: &mut mpsc::UnboundedReceiver<Recorded>) -> Recorded {
-    tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("request in time").expect("server alive")
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("request in time")
+        .expect("server alive")
 }
 
 async fn finish(handle: ExportHandle, task: JoinHandle<()>) {
@@ -300,11 +444,16 @@ async fn http_export_retries_503_then_delivers_grouped_spans() {
     let services: Vec<_> = req
         .resource_spans
         .iter()
-        .map(|rs| string(&rs.resource.as_ref().expect("resource").attributes[0].value).map(str::to_owned))
+        .map(|rs| {
+            string(&rs.resource.as_ref().expect("resource").attributes[0].value).map(str::to_owned)
+        })
         .collect();
     assert_eq!(services, [Some("orders".to_owned()), Some("db".to_owned())]);
     let orders = &req.resource_spans[0].scope_spans[0];
-    assert_eq!(orders.scope.as_ref().map(|s| s.name.as_str()), Some("ztrace"));
+    assert_eq!(
+        orders.scope.as_ref().map(|s| s.name.as_str()),
+        Some("ztrace")
+    );
     let names: Vec<&str> = orders.spans.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["GET /item/1", "GET /item/3"]);
     let s3 = &orders.spans[1];
@@ -312,8 +461,14 @@ async fn http_export_retries_503_then_delivers_grouped_spans() {
     assert_eq!(s3.span_id, [3; 8]);
     assert_eq!(s3.parent_span_id, [1; 8]);
     assert_eq!(s3.kind, 2);
-    assert_eq!((s3.start_time_unix_nano, s3.end_time_unix_nano), (3_000, 3_500));
-    assert_eq!(s3.status.as_ref().map(|s| (s.code, s.message.as_str())), Some((2, "server error")));
+    assert_eq!(
+        (s3.start_time_unix_nano, s3.end_time_unix_nano),
+        (3_000, 3_500)
+    );
+    assert_eq!(
+        s3.status.as_ref().map(|s| (s.code, s.message.as_str())),
+        Some((2, "server error"))
+    );
     assert!(orders.spans[0].parent_span_id.is_empty());
     let db = &req.resource_spans[1].scope_spans[0].spans;
     assert_eq!(db.len(), 1);
@@ -323,11 +478,18 @@ async fn http_export_retries_503_then_delivers_grouped_spans() {
 #[tokio::test]
 async fn http_batch_timeout_and_partial_success() {
     let partial = ExportTraceServiceResponse {
-        partial_success: Some(ExportTracePartialSuccess { rejected_spans: 1, error_message: "too old".into() }),
+        partial_success: Some(ExportTracePartialSuccess {
+            rejected_spans: 1,
+            error_message: "too old".into(),
+        }),
     };
     let (endpoint, mut requests) = http_server(vec![(200, partial.encode_to_vec())]).await;
     let metrics = Arc::new(Metrics::default());
-    let config = OtlpConfig { batch_spans: 100, batch_timeout: Duration::from_millis(50), ..http_config(&endpoint) };
+    let config = OtlpConfig {
+        batch_spans: 100,
+        batch_timeout: Duration::from_millis(50),
+        ..http_config(&endpoint)
+    };
     let (handle, task) = spawn(config, Arc::clone(&metrics)).expect("spawn");
     let r = resource("a", 1);
     handle.send(span(1, &r));
@@ -362,7 +524,10 @@ async fn http_permanent_error_is_not_retried() {
 async fn shutdown_flushes_a_partial_batch() {
     let (endpoint, mut requests) = http_server(Vec::new()).await;
     let metrics = Arc::new(Metrics::default());
-    let config = OtlpConfig { batch_spans: 100, ..http_config(&endpoint) };
+    let config = OtlpConfig {
+        batch_spans: 100,
+        ..http_config(&endpoint)
+    };
     let (handle, task) = spawn(config, Arc::clone(&metrics)).expect("spawn");
     let other = handle.clone();
     let r = resource("a", 1);
@@ -370,7 +535,10 @@ async fn shutdown_flushes_a_partial_batch() {
         handle.send(span(n, &r));
     }
     handle.shutdown(); // `other` still alive: shutdown does not wait for every handle
-    tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(2), task).await.expect("ends in time").expect("no panic");
+    tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(2), task)
+        .await
+        .expect("ends in time")
+        .expect("no panic");
     let req = next(&mut requests).await;
     let body = ExportTraceServiceRequest::decode(req.body.as_slice()).expect("protobuf");
     assert_eq!(body.resource_spans[0].scope_spans[0].spans.len(), 5);
@@ -404,14 +572,25 @@ async fn dead_endpoint_never_blocks_and_accounts_every_span() {
         for _ in 0..10_000 {
             handle.send(span(1, &r));
         }
-        assert!(started.elapsed() < Duration::from_secs(2), "send blocked: {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "send blocked: {:?}",
+            started.elapsed()
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
         finish(handle, task).await;
         let dropped = load(&metrics.spans_dropped_queue_full);
         let failed = load(&metrics.spans_export_failed);
         assert!(dropped >= 10_000 - 12, "{protocol}: only {dropped} dropped");
-        assert_eq!(dropped + failed, 10_000, "{protocol}: every span is exported, failed or dropped");
+        assert_eq!(
+            dropped + failed,
+            10_000,
+            "{protocol}: every span is exported, failed or dropped"
+        );
         assert_eq!(load(&metrics.spans_exported), 0);
-        assert!(load(&metrics.export_errors) >= 1, "{protocol}: attempts counted");
+        assert!(
+            load(&metrics.export_errors) >= 1,
+            "{protocol}: attempts counted"
+        );
     }
 }

@@ -44,8 +44,15 @@ pub struct AttemptError {
 
 /// A configured transport, cheap to use from one task.
 pub enum Transport {
-    Grpc { client: TraceServiceClient<Channel>, metadata: MetadataMap },
-    Http { client: reqwest::Client, url: reqwest::Url, headers: HeaderMap },
+    Grpc {
+        client: TraceServiceClient<Channel>,
+        metadata: MetadataMap,
+    },
+    Http {
+        client: reqwest::Client,
+        url: reqwest::Url,
+        headers: HeaderMap,
+    },
 }
 
 impl Transport {
@@ -54,12 +61,23 @@ impl Transport {
     /// Must run inside a tokio runtime.
     pub fn new(config: &OtlpConfig) -> Result<Self, ExportError> {
         let url = config.traces_url();
-        let invalid = |reason: String| ExportError::InvalidEndpoint { endpoint: url.clone(), reason };
+        let invalid = |reason: String| ExportError::InvalidEndpoint {
+            endpoint: url.clone(),
+            reason,
+        };
         let parsed = reqwest::Url::parse(&url).map_err(|e| invalid(e.to_string()))?;
         match parsed.scheme() {
             "http" => {}
-            "https" => return Err(invalid("https needs TLS, which this build does not include; use http://".into())),
-            other => return Err(invalid(format!("unsupported scheme {other:?}, expected http"))),
+            "https" => {
+                return Err(invalid(
+                    "https needs TLS, which this build does not include; use http://".into(),
+                ))
+            }
+            other => {
+                return Err(invalid(format!(
+                    "unsupported scheme {other:?}, expected http"
+                )))
+            }
         }
         if parsed.host_str().is_none_or(str::is_empty) {
             return Err(invalid("no host".into()));
@@ -73,48 +91,79 @@ impl Transport {
                 let mut metadata = MetadataMap::new();
                 for (k, v) in &config.headers {
                     let key = AsciiMetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
-                        .map_err(|_| ExportError::InvalidHeader(format!("{k:?} is not a valid gRPC metadata key")))?;
+                        .map_err(|_| {
+                            ExportError::InvalidHeader(format!(
+                                "{k:?} is not a valid gRPC metadata key"
+                            ))
+                        })?;
                     // gRPC ASCII metadata: printable ASCII only (tonic also lets bytes >= 0x80 in).
                     let value = Some(v.as_str())
                         .filter(|v| v.bytes().all(|b| (0x20..0x7f).contains(&b)))
                         .and_then(|v| AsciiMetadataValue::try_from(v).ok())
                         .ok_or_else(|| {
-                            ExportError::InvalidHeader(format!("value of {k:?} is not valid gRPC metadata"))
+                            ExportError::InvalidHeader(format!(
+                                "value of {k:?} is not valid gRPC metadata"
+                            ))
                         })?;
                     metadata.append(key, value);
                 }
-                Ok(Transport::Grpc { client: TraceServiceClient::new(endpoint.connect_lazy()), metadata })
+                Ok(Transport::Grpc {
+                    client: TraceServiceClient::new(endpoint.connect_lazy()),
+                    metadata,
+                })
             }
             OtlpProtocol::HttpProtobuf => {
                 let mut headers = HeaderMap::new();
                 for (k, v) in &config.headers {
-                    let name = HeaderName::from_bytes(k.as_bytes())
-                        .map_err(|_| ExportError::InvalidHeader(format!("{k:?} is not a valid header name")))?;
+                    let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| {
+                        ExportError::InvalidHeader(format!("{k:?} is not a valid header name"))
+                    })?;
                     let value = HeaderValue::from_str(v).map_err(|_| {
-                        ExportError::InvalidHeader(format!("value of {k:?} is not a valid header value"))
+                        ExportError::InvalidHeader(format!(
+                            "value of {k:?} is not a valid header value"
+                        ))
                     })?;
                     headers.append(name, value);
                 }
-                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/x-protobuf"));
+                headers.insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("application/x-protobuf"),
+                );
                 let client = reqwest::Client::builder()
                     .connect_timeout(CONNECT_TIMEOUT)
                     .user_agent(concat!("ztrace/", env!("CARGO_PKG_VERSION")))
                     .build()
                     .map_err(ExportError::HttpClient)?;
-                Ok(Transport::Http { client, url: parsed, headers })
+                Ok(Transport::Http {
+                    client,
+                    url: parsed,
+                    headers,
+                })
             }
         }
     }
 
     /// Sends one request. `timeout` bounds the whole attempt, connection included.
-    pub async fn attempt(&self, request: &Payload, timeout: Duration) -> Result<Accepted, AttemptError> {
+    pub async fn attempt(
+        &self,
+        request: &Payload,
+        timeout: Duration,
+    ) -> Result<Accepted, AttemptError> {
         match tokio::time::timeout(timeout, self.attempt_unbounded(request, timeout)).await {
             Ok(result) => result,
-            Err(_) => Err(AttemptError { error: ExportError::Timeout(timeout), retryable: true, retry_after: None }),
+            Err(_) => Err(AttemptError {
+                error: ExportError::Timeout(timeout),
+                retryable: true,
+                retry_after: None,
+            }),
         }
     }
 
-    async fn attempt_unbounded(&self, request: &Payload, timeout: Duration) -> Result<Accepted, AttemptError> {
+    async fn attempt_unbounded(
+        &self,
+        request: &Payload,
+        timeout: Duration,
+    ) -> Result<Accepted, AttemptError> {
         match self {
             Transport::Grpc { client, metadata } => {
                 let mut req = tonic::Request::new(request.message.clone());
@@ -124,18 +173,30 @@ impl Transport {
                     Ok(response) => Ok(accepted(response.into_inner())),
                     Err(status) => {
                         let retryable = grpc_retryable(status.code());
-                        Err(AttemptError { error: ExportError::Grpc(status), retryable, retry_after: None })
+                        Err(AttemptError {
+                            error: ExportError::Grpc(status),
+                            retryable,
+                            retry_after: None,
+                        })
                     }
                 }
             }
-            Transport::Http { client, url, headers } => {
+            Transport::Http {
+                client,
+                url,
+                headers,
+            } => {
                 let response = client
                     .post(url.clone())
                     .headers(headers.clone())
                     .body(request.encoded.clone())
                     .send()
                     .await
-                    .map_err(|e| AttemptError { error: ExportError::Http(e), retryable: true, retry_after: None })?;
+                    .map_err(|e| AttemptError {
+                        error: ExportError::Http(e),
+                        retryable: true,
+                        retry_after: None,
+                    })?;
                 let status = response.status();
                 let retry_after = response
                     .headers()
@@ -148,12 +209,18 @@ impl Transport {
                 if status.is_success() {
                     // The body is an ExportTraceServiceResponse, possibly empty; undecodable
                     // bodies (a proxy's text, say) are taken as plain success.
-                    return Ok(ExportTraceServiceResponse::decode(body).map(accepted).unwrap_or_default());
+                    return Ok(ExportTraceServiceResponse::decode(body)
+                        .map(accepted)
+                        .unwrap_or_default());
                 }
-                let mut message = String::from_utf8_lossy(&body[..body.len().min(MAX_ERROR_BODY)]).into_owned();
+                let mut message =
+                    String::from_utf8_lossy(&body[..body.len().min(MAX_ERROR_BODY)]).into_owned();
                 message.retain(|c| !c.is_control());
                 Err(AttemptError {
-                    error: ExportError::HttpStatus { status: status.as_u16(), message },
+                    error: ExportError::HttpStatus {
+                        status: status.as_u16(),
+                        message,
+                    },
                     retryable: http_retryable(status.as_u16()),
                     retry_after,
                 })
@@ -172,17 +239,24 @@ impl Payload {
     /// Prepares a request for `protocol`; only what that transport needs is kept.
     pub fn new(protocol: OtlpProtocol, message: ExportTraceServiceRequest) -> Self {
         match protocol {
-            OtlpProtocol::Grpc => Payload { message, encoded: bytes::Bytes::new() },
-            OtlpProtocol::HttpProtobuf => {
-                Payload { encoded: message.encode_to_vec().into(), message: ExportTraceServiceRequest::default() }
-            }
+            OtlpProtocol::Grpc => Payload {
+                message,
+                encoded: bytes::Bytes::new(),
+            },
+            OtlpProtocol::HttpProtobuf => Payload {
+                encoded: message.encode_to_vec().into(),
+                message: ExportTraceServiceRequest::default(),
+            },
         }
     }
 }
 
 fn accepted(response: ExportTraceServiceResponse) -> Accepted {
     match response.partial_success {
-        Some(p) => Accepted { rejected_spans: u64::try_from(p.rejected_spans).unwrap_or(0), message: p.error_message },
+        Some(p) => Accepted {
+            rejected_spans: u64::try_from(p.rejected_spans).unwrap_or(0),
+            message: p.error_message,
+        },
         None => Accepted::default(),
     }
 }

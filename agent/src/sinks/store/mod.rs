@@ -39,9 +39,15 @@ pub const DEFAULT_LIST: usize = 100;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot create the data directory {path}: {source}")]
-    Dir { path: PathBuf, source: std::io::Error },
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot open the trace store {path}: {source}")]
-    Open { path: PathBuf, source: rusqlite::Error },
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
     #[error("the trace store {path} has schema version {found}, this ztrace uses {SCHEMA_VERSION}: move the file away or choose another --data-dir")]
     Schema { path: PathBuf, found: i64 },
     #[error("trace store: {0}")]
@@ -204,10 +210,19 @@ pub struct Store {
 impl Store {
     /// Opens (creating when needed) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir { path: dir.to_owned(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+            path: dir.to_owned(),
+            source,
+        })?;
         let path = dir.join(DB_FILE);
-        let conn = Connection::open(&path).map_err(|source| StoreError::Open { path: path.clone(), source })?;
-        let found = Self::init(&conn).map_err(|source| StoreError::Open { path: path.clone(), source })?;
+        let conn = Connection::open(&path).map_err(|source| StoreError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        let found = Self::init(&conn).map_err(|source| StoreError::Open {
+            path: path.clone(),
+            source,
+        })?;
         if found != SCHEMA_VERSION {
             return Err(StoreError::Schema { path, found });
         }
@@ -217,7 +232,8 @@ impl Store {
     /// Sets this connection's page cache (64 MiB by default: right for the writer, whose index
     /// inserts land all over the B-trees; a reader needs less).
     pub fn set_cache_mib(&self, mib: u32) -> Result<(), StoreError> {
-        self.conn.pragma_update(None, "cache_size", -i64::from(mib) * 1024)?;
+        self.conn
+            .pragma_update(None, "cache_size", -i64::from(mib) * 1024)?;
         Ok(())
     }
 
@@ -228,7 +244,8 @@ impl Store {
         // Only takes effect on a new database (before the first table): lets retention give
         // space back to the file system.
         conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
-        let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+        let mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             tracing::debug!(mode, "trace store is not in WAL mode");
         }
@@ -237,7 +254,11 @@ impl Store {
         conn.pragma_update(None, "cache_size", -64 * 1024)?;
         conn.pragma_update(None, "temp_store", "MEMORY")?;
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_schema WHERE type = 'table'", [], |r| r.get(0))?;
+        let tables: i64 = conn.query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE type = 'table'",
+            [],
+            |r| r.get(0),
+        )?;
         if version == 0 && tables == 0 {
             conn.execute_batch(SCHEMA)?;
             conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
@@ -265,17 +286,22 @@ impl Store {
                 error: span.status == StatusCode::Error,
                 key: 0,
             };
-            summaries.entry(span.trace_id).and_modify(|s| s.merge(&candidate)).or_insert(candidate);
+            summaries
+                .entry(span.trace_id)
+                .and_modify(|s| s.merge(&candidate))
+                .or_insert(candidate);
         }
         // Spans of one process share their resource: serialise and store it once per batch.
-        let mut resources: HashMap<*const crate::spans::Resource, (i64, String, i64)> = HashMap::new();
+        let mut resources: HashMap<*const crate::spans::Resource, (i64, String, i64)> =
+            HashMap::new();
         for span in spans {
             let start = to_sql_ns(span.start_unix_nano);
             resources
                 .entry(std::sync::Arc::as_ptr(&span.resource))
                 .and_modify(|r| r.2 = r.2.max(start))
                 .or_insert_with(|| {
-                    let json = json::object_string(json::Object::Resource(&span.resource.attributes));
+                    let json =
+                        json::object_string(json::Object::Resource(&span.resource.attributes));
                     (resource_id(&json), json, start)
                 });
         }
@@ -307,7 +333,9 @@ impl Store {
             let mut insert_span = tx.prepare_cached(INSERT_SPAN)?;
             for span in spans {
                 let key = summaries.get(&span.trace_id).map_or(0, |s| s.key);
-                let resource = resources.get(&std::sync::Arc::as_ptr(&span.resource)).map_or(0, |r| r.0);
+                let resource = resources
+                    .get(&std::sync::Arc::as_ptr(&span.resource))
+                    .map_or(0, |r| r.0);
                 insert_span.execute(params![
                     key,
                     hex(&span.span_id),
@@ -364,7 +392,9 @@ impl Store {
         }
         if let Some(prefix) = &q.trace_id_prefix {
             sql.push_str(" AND substr(trace_id, 1, ?) = ?");
-            args.push(Value::Integer(i64::try_from(prefix.len()).unwrap_or(i64::MAX)));
+            args.push(Value::Integer(
+                i64::try_from(prefix.len()).unwrap_or(i64::MAX),
+            ));
             args.push(Value::Text(prefix.to_ascii_lowercase()));
         }
         let limit = match q.limit {
@@ -401,7 +431,8 @@ impl Store {
             let resource: String = row.get::<_, Option<String>>(11)?.unwrap_or_default();
             let (name, kind, service, status): (String, String, String, String) =
                 (row.get(3)?, row.get(4)?, row.get(5)?, row.get(8)?);
-            let (trace_id, span_id, parent): (String, String, Option<String>) = (row.get(0)?, row.get(1)?, row.get(2)?);
+            let (trace_id, span_id, parent): (String, String, Option<String>) =
+                (row.get(0)?, row.get(1)?, row.get(2)?);
             let head = json::Head {
                 trace_id: json::Id::Hex(&trace_id),
                 span_id: json::Id::Hex(&span_id),
@@ -414,7 +445,12 @@ impl Store {
                 status: &status,
             };
             let mut bytes = Vec::new();
-            json::write_span(&mut bytes, &head, json::Object::Raw(attributes.as_bytes()), Some(json::Object::Raw(resource.as_bytes())));
+            json::write_span(
+                &mut bytes,
+                &head,
+                json::Object::Raw(attributes.as_bytes()),
+                Some(json::Object::Raw(resource.as_bytes())),
+            );
             let mut span: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
             // Not in the DESIGN.md span; added only when there is one, for the span panel.
             if let Some(message) = row.get::<_, Option<String>>(9)? {
@@ -429,7 +465,11 @@ impl Store {
     /// Request rate, error rate and latency percentiles per service over the spans that started
     /// in `[now - window, now]` — or over the newest [`MAX_SERVICE_SAMPLES`] of them when there are
     /// more (the rates then cover the time those span, so they stay right).
-    pub fn services(&self, now_unix_nano: u64, window: Duration) -> Result<Vec<ServiceStats>, StoreError> {
+    pub fn services(
+        &self,
+        now_unix_nano: u64,
+        window: Duration,
+    ) -> Result<Vec<ServiceStats>, StoreError> {
         let window_ns = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX).max(1);
         let since = now_unix_nano.saturating_sub(window_ns);
         let mut stmt = self.conn.prepare_cached(
@@ -462,13 +502,20 @@ impl Store {
             samples.0.push(duration);
             samples.1 += u64::from(error);
         }
-        let covered_ns = if samples_seen >= MAX_SERVICE_SAMPLES { now_unix_nano - oldest } else { window_ns };
+        let covered_ns = if samples_seen >= MAX_SERVICE_SAMPLES {
+            now_unix_nano - oldest
+        } else {
+            window_ns
+        };
         let secs = (covered_ns as f64 / 1e9).max(1.0);
         Ok(by_service
             .into_iter()
             .map(|(service, (server, client))| {
-                let (kind, (mut durations, errors)) =
-                    if server.0.is_empty() { ("client", client) } else { ("server", server) };
+                let (kind, (mut durations, errors)) = if server.0.is_empty() {
+                    ("client", client)
+                } else {
+                    ("server", server)
+                };
                 durations.sort_unstable();
                 let requests = durations.len() as u64;
                 ServiceStats {
@@ -477,7 +524,11 @@ impl Store {
                     requests,
                     errors,
                     request_rate: requests as f64 / secs,
-                    error_rate: if requests == 0 { 0.0 } else { errors as f64 / requests as f64 },
+                    error_rate: if requests == 0 {
+                        0.0
+                    } else {
+                        errors as f64 / requests as f64
+                    },
                     p50_ns: percentile(&durations, 50),
                     p95_ns: percentile(&durations, 95),
                     p99_ns: percentile(&durations, 99),
@@ -489,21 +540,36 @@ impl Store {
     /// Bytes in use, traces and spans.
     pub fn size(&self) -> Result<StoreSize, StoreError> {
         let bytes = self.used_bytes()?;
-        let traces: i64 = self.conn.query_row("SELECT count(*) FROM traces", [], |r| r.get(0))?;
-        let spans: i64 = self.conn.query_row("SELECT count(*) FROM spans", [], |r| r.get(0))?;
-        Ok(StoreSize { bytes, traces: from_sql_ns(traces), spans: from_sql_ns(spans) })
+        let traces: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM traces", [], |r| r.get(0))?;
+        let spans: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM spans", [], |r| r.get(0))?;
+        Ok(StoreSize {
+            bytes,
+            traces: from_sql_ns(traces),
+            spans: from_sql_ns(spans),
+        })
     }
 
     fn used_bytes(&self) -> Result<u64, StoreError> {
         let pages: i64 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
-        let free: i64 = self.conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+        let free: i64 = self
+            .conn
+            .query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
         let page_size: i64 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
         Ok(from_sql_ns((pages - free).max(0)).saturating_mul(from_sql_ns(page_size)))
     }
 
     /// Removes traces that started before `now - max_age`, then the oldest traces until the data
     /// takes at most `max_bytes`, and gives the freed space back to the file system.
-    pub fn retain(&mut self, now_unix_nano: u64, max_age: Duration, max_bytes: u64) -> Result<Removed, StoreError> {
+    pub fn retain(
+        &mut self,
+        now_unix_nano: u64,
+        max_age: Duration,
+        max_bytes: u64,
+    ) -> Result<Removed, StoreError> {
         let max_age_ns = u64::try_from(max_age.as_nanos()).unwrap_or(u64::MAX);
         let mut removed = self.remove_before(now_unix_nano.saturating_sub(max_age_ns))?;
         // Over the size limit: drop the oldest traces, a slice at a time (at least a tenth of them).
@@ -512,7 +578,9 @@ impl Store {
             if used <= max_bytes {
                 break;
             }
-            let count: i64 = self.conn.query_row("SELECT count(*) FROM traces", [], |r| r.get(0))?;
+            let count: i64 = self
+                .conn
+                .query_row("SELECT count(*) FROM traces", [], |r| r.get(0))?;
             if count == 0 {
                 break;
             }
@@ -520,7 +588,11 @@ impl Store {
             let n = ((count as f64 * (over + 0.05).max(0.1)).ceil() as i64).clamp(1, count);
             let cutoff: Option<i64> = self
                 .conn
-                .query_row("SELECT start_ns FROM traces ORDER BY start_ns LIMIT 1 OFFSET ?", [n - 1], |r| r.get(0))
+                .query_row(
+                    "SELECT start_ns FROM traces ORDER BY start_ns LIMIT 1 OFFSET ?",
+                    [n - 1],
+                    |r| r.get(0),
+                )
                 .optional()?;
             let Some(cutoff) = cutoff else { break };
             let r = self.remove_before(from_sql_ns(cutoff).saturating_add(1))?;
@@ -538,7 +610,8 @@ impl Store {
             while rows.next()?.is_some() {}
             drop(rows);
             drop(vacuum);
-            self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            self.conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         }
         Ok(removed)
     }
@@ -553,7 +626,10 @@ impl Store {
         )?;
         let traces = tx.execute("DELETE FROM traces WHERE start_ns < ?", [cutoff])?;
         tx.commit()?;
-        Ok(Removed { traces: traces as u64, spans: spans as u64 })
+        Ok(Removed {
+            traces: traces as u64,
+            spans: spans as u64,
+        })
     }
 }
 
@@ -571,7 +647,9 @@ struct BatchSummary<'a> {
 
 impl BatchSummary<'_> {
     fn merge(&mut self, other: &Self) {
-        if (other.root_rank, other.root.start_unix_nano) < (self.root_rank, self.root.start_unix_nano) {
+        if (other.root_rank, other.root.start_unix_nano)
+            < (self.root_rank, self.root.start_unix_nano)
+        {
             self.root = other.root;
             self.root_rank = other.root_rank;
         }
@@ -621,7 +699,11 @@ pub fn data_dir(configured: Option<&Path>) -> PathBuf {
     let state = std::env::var_os("XDG_STATE_HOME")
         .filter(|d| !d.is_empty())
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").filter(|d| !d.is_empty()).map(|h| PathBuf::from(h).join(".local/state")))
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|d| !d.is_empty())
+                .map(|h| PathBuf::from(h).join(".local/state"))
+        })
         .unwrap_or_else(std::env::temp_dir);
     state.join("ztrace")
 }

@@ -69,7 +69,12 @@ pub struct Admission {
 
 impl Admission {
     pub fn new(budget: u64, now: Instant) -> Self {
-        Admission { budget, threshold: u64::MAX, window_start: now, offered: 0 }
+        Admission {
+            budget,
+            threshold: u64::MAX,
+            window_start: now,
+            offered: 0,
+        }
     }
 
     /// Whether a span of `trace_id`, offered at `now`, is stored.
@@ -98,12 +103,20 @@ impl Admission {
 impl StoreSink {
     /// Opens the store in `dir` and starts its writer (see [`StoreSink::start`]); `None`
     /// (logged) when it cannot: the agent then goes on capturing and exporting without it.
-    pub fn open(dir: &Path, retention: Retention, max_spans_per_second: u64, metrics: Arc<Metrics>) -> Option<StoreSink> {
+    pub fn open(
+        dir: &Path,
+        retention: Retention,
+        max_spans_per_second: u64,
+        metrics: Arc<Metrics>,
+    ) -> Option<StoreSink> {
         let opened = Store::open(dir).and_then(|store| {
             let path = store.path().to_owned();
             StoreSink::start(store, retention, max_spans_per_second, metrics)
                 .map(|sink| (sink, path))
-                .map_err(|source| StoreError::Dir { path: dir.to_owned(), source })
+                .map_err(|source| StoreError::Dir {
+                    path: dir.to_owned(),
+                    source,
+                })
         });
         match opened {
             Ok((sink, path)) => {
@@ -130,9 +143,19 @@ impl StoreSink {
         let (for_drops, for_writer) = (metrics.clone(), metrics.clone());
         let dropped = move |n| Metrics::add(&for_drops.store_dropped, n);
         let writer = Worker::spawn("ztrace-store", QUEUE, dropped, move |mut rx| {
-            Writer { store, retention, metrics: for_writer, last_error_log: None }.run(&mut rx);
+            Writer {
+                store,
+                retention,
+                metrics: for_writer,
+                last_error_log: None,
+            }
+            .run(&mut rx);
         })?;
-        Ok(StoreSink { writer, admission: Admission::new(max_spans_per_second, Instant::now()), metrics })
+        Ok(StoreSink {
+            writer,
+            admission: Admission::new(max_spans_per_second, Instant::now()),
+            metrics,
+        })
     }
 }
 
@@ -201,7 +224,10 @@ impl Writer {
             Err(error) => {
                 Metrics::inc(&self.metrics.store_write_errors);
                 Metrics::add(&self.metrics.store_dropped, batch.len() as u64);
-                if self.last_error_log.is_none_or(|t| t.elapsed() >= ERROR_LOG_INTERVAL) {
+                if self
+                    .last_error_log
+                    .is_none_or(|t| t.elapsed() >= ERROR_LOG_INTERVAL)
+                {
                     self.last_error_log = Some(Instant::now());
                     tracing::error!(%error, path = %self.store.path().display(), spans = batch.len(),
                         "cannot write spans to the trace store (disk full or file damaged?); they are lost, capture and export go on");
@@ -212,10 +238,19 @@ impl Writer {
     }
 
     fn retain(&mut self) {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(0));
-        match self.store.retain(now, self.retention.max_age, self.retention.max_bytes) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(0));
+        match self
+            .store
+            .retain(now, self.retention.max_age, self.retention.max_bytes)
+        {
             Ok(removed) if removed.traces > 0 => {
-                tracing::debug!(traces = removed.traces, spans = removed.spans, "retention removed old traces");
+                tracing::debug!(
+                    traces = removed.traces,
+                    spans = removed.spans,
+                    "retention removed old traces"
+                );
             }
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "trace store retention failed"),
@@ -255,17 +290,29 @@ mod tests {
         }
         // From then on a quarter of the id space is kept, every span of a kept trace with it.
         let later = t0 + Duration::from_secs(1);
-        let traces: Vec<u64> = (0..4_000u64).map(|i| (i + 17).wrapping_mul(0x9e37_79b9_7f4a_7c15)).collect();
+        let traces: Vec<u64> = (0..4_000u64)
+            .map(|i| (i + 17).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            .collect();
         let kept: Vec<bool> = traces.iter().map(|&t| a.admit(&id(t), later)).collect();
         let n = kept.iter().filter(|k| **k).count();
         assert!((800..1_200).contains(&n), "about a quarter kept: {n}");
         for (t, k) in traces.iter().zip(&kept) {
-            assert_eq!(a.admit(&id(*t), later), *k, "a trace's other spans follow its first");
+            assert_eq!(
+                a.admit(&id(*t), later),
+                *k,
+                "a trace's other spans follow its first"
+            );
         }
         // The load falls: the window that held the burst still limits, the next quiet one not.
         let quiet = later + Duration::from_secs(2);
-        assert!(!a.admit(&id(u64::MAX), quiet), "8,000 spans in the last 2 s: still over");
-        assert!(a.admit(&id(u64::MAX), quiet + Duration::from_secs(1)), "one span in the last second");
+        assert!(
+            !a.admit(&id(u64::MAX), quiet),
+            "8,000 spans in the last 2 s: still over"
+        );
+        assert!(
+            a.admit(&id(u64::MAX), quiet + Duration::from_secs(1)),
+            "one span in the last second"
+        );
     }
 
     #[test]

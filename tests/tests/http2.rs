@@ -1,0 +1,178 @@
+//! HTTP/2 that is not gRPC, end to end: nginx with `http2` over TLS (plaintext from the OpenSSL
+//! probes) and over h2c, served to `curl --http2` and to a Go `net/http` client speaking HTTP/2
+//! through Go's `crypto/tls` probes. Each request is a SERVER span in nginx and a CLIENT span in
+//! the client, with the HTTP/1 attributes and `network.protocol.version` `2`.
+
+use std::process::Command;
+
+use ztrace_e2e::clients;
+use ztrace_e2e::nginx::{Config, Nginx};
+use ztrace_e2e::span::{list, split_by_kind};
+use ztrace_e2e::tls::{self, Certs};
+use ztrace_e2e::ztrace::SPAN_TIMEOUT;
+use ztrace_e2e::{Span, TempDir, Ztrace};
+
+fn nginx_h2(certs: &Certs) -> Nginx {
+    let config = Config {
+        http: true,
+        tls: Some((certs, Some("TLSv1.2 TLSv1.3"))),
+        load: false,
+        http2: true,
+    };
+    Nginx::start(&[("hello", "hello over h2\n")], &config)
+}
+
+fn on_port(port: u16) -> impl Fn(&Span) -> bool {
+    move |s| s.server_port() == Some(port)
+}
+
+/// One request's span: name, method, path, status, version 2, scheme, pid.
+fn check(span: &Span, name: &str, path: &str, status: i64, scheme: &str, pid: Option<u32>) {
+    let what = format!("{span:?}");
+    assert_eq!(span.name(), Some(name), "{what}");
+    assert_eq!(span.attr_str("http.request.method"), Some("GET"), "{what}");
+    assert_eq!(span.attr_str("url.path"), Some(path), "{what}");
+    assert_eq!(
+        span.attr_i64("http.response.status_code"),
+        Some(status),
+        "{what}"
+    );
+    assert_eq!(
+        span.attr_str("network.protocol.version"),
+        Some("2"),
+        "{what}"
+    );
+    assert_eq!(span.attr_str("url.scheme"), Some(scheme), "{what}");
+    assert!(span.attr_str("rpc.system.name").is_none(), "{what}");
+    if let Some(pid) = pid {
+        assert_eq!(span.pid(), Some(pid), "{what}");
+    }
+}
+
+#[test]
+#[ignore = "needs root and eBPF; run by cargo xtask test"]
+fn nginx_h2_over_tls_and_h2c_with_curl() {
+    let certs = Certs::make();
+    let nginx = nginx_h2(&certs);
+    let (tls_port, port) = (nginx.tls_port.expect("tls port"), nginx.port.expect("port"));
+    let mut ztrace = Ztrace::start(&["--print=json"]);
+
+    let ca = certs.cert.display().to_string();
+    let urls = [
+        format!("https://127.0.0.1:{tls_port}/items/42"),
+        format!("https://127.0.0.1:{tls_port}/hello"),
+    ];
+    let run = clients::curl_with(&urls, &["--http2", "--cacert", &ca]);
+    assert_eq!(
+        run.transfers.iter().map(|t| t.0).collect::<Vec<_>>(),
+        [200, 200]
+    );
+    let spans = ztrace.wait_for_n_spans(4, on_port(tls_port), SPAN_TIMEOUT);
+    let (servers, clients) = split_by_kind(&spans);
+    assert_eq!((servers.len(), clients.len()), (2, 2), "{}", list(&spans));
+    for side in [&servers, &clients] {
+        let items = side
+            .iter()
+            .find(|s| s.url_path() == Some("/items/42"))
+            .expect("/items/42");
+        let hello = side
+            .iter()
+            .find(|s| s.url_path() == Some("/hello"))
+            .expect("/hello");
+        let pid = (side == &clients).then_some(run.pid);
+        check(items, "GET /items/{id}", "/items/42", 200, "https", pid);
+        check(hello, "GET /hello", "/hello", 200, "https", pid);
+    }
+
+    // A traceparent in the HTTP/2 request headers is honoured.
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let header = format!("traceparent: {tp}");
+    let url = format!("https://127.0.0.1:{tls_port}/items/9");
+    clients::curl_with(&[url], &["--http2", "--cacert", &ca, "-H", &header]);
+    let spans = ztrace.wait_for_spans(
+        |s| on_port(tls_port)(s) && s.is_server() && s.url_path() == Some("/items/9"),
+        SPAN_TIMEOUT,
+    );
+    assert_eq!(
+        spans[0].trace_id(),
+        Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+        "{:?}",
+        spans[0]
+    );
+    assert_eq!(
+        spans[0].parent_span_id(),
+        Some(Some("00f067aa0ba902b7")),
+        "{:?}",
+        spans[0]
+    );
+    assert_eq!(
+        spans[0].attr_str("ztrace.link"),
+        Some("header"),
+        "{:?}",
+        spans[0]
+    );
+
+    let run = clients::curl_with(
+        &[format!("http://127.0.0.1:{port}/error")],
+        &["--http2-prior-knowledge"],
+    );
+    assert_eq!(run.transfers[0].0, 500);
+    let spans = ztrace.wait_for_n_spans(2, on_port(port), SPAN_TIMEOUT);
+    for s in &spans {
+        check(s, "GET /error", "/error", 500, "http", None);
+        assert_eq!(s.status(), Some("error"), "{s:?}");
+    }
+    drop(nginx);
+}
+
+#[test]
+#[ignore = "needs root and eBPF; run by cargo xtask test"]
+fn go_net_http_client_speaks_h2_over_crypto_tls() {
+    let certs = Certs::make();
+    let nginx = nginx_h2(&certs);
+    let tls_port = nginx.tls_port.expect("tls port");
+    let dir = TempDir::new("go-h2");
+    let binary = tls::build_go_https(dir.path(), "go");
+    // A process of the binary runs before the agent starts, so that its crypto/tls probes are
+    // in place before the client's first write (the preface).
+    let _server = tls::TlsServer::go(&binary, &certs);
+    let mut ztrace = Ztrace::start(&["--print=json"]);
+
+    let urls = [
+        format!("https://localhost:{tls_port}/items/7"),
+        format!("https://localhost:{tls_port}/hello"),
+    ];
+    let mut cmd = Command::new(&binary);
+    cmd.arg("get2").arg(&certs.cert).args(&urls);
+    let (pid, stdout) = tls::run_client("go https h2 client", &mut cmd);
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.trim() == "200 HTTP/2.0")
+            .count(),
+        2,
+        "{stdout}"
+    );
+    let spans = ztrace.wait_for_n_spans(4, on_port(tls_port), SPAN_TIMEOUT);
+    let (_, clients) = split_by_kind(&spans);
+    let go: Vec<&Span> = clients.iter().filter(|s| s.pid() == Some(pid)).collect();
+    assert_eq!(go.len(), 2, "{}", list(&spans));
+    let items = go
+        .iter()
+        .find(|s| s.url_path() == Some("/items/7"))
+        .expect("/items/7");
+    check(
+        items,
+        "GET /items/{id}",
+        "/items/7",
+        200,
+        "https",
+        Some(pid),
+    );
+    assert_eq!(
+        items.attr_str("server.address"),
+        Some("localhost"),
+        "{items:?}"
+    );
+    drop(nginx);
+}
