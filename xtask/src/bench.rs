@@ -21,6 +21,9 @@
 //! Then stacks (`bench/stacks.rs`; `cargo xtask bench --stacks` runs only it): requests/s with
 //! stacks on vs off, the symbolizer's cache hit rate, the first-span delay of large binaries
 //! and the agent's memory after symbolizing them.
+//! Then Redis under `redis-benchmark -P 16 -c 4 -t set,get` (16 commands per write, both the
+//! client and redis-server traced: two spans per command), three alternating pairs;
+//! `cargo xtask bench --redis` runs only this part.
 //! Then the trace store's own benchmark: spans/s inserted and query times with 100,000 traces
 //! stored (`bench_insert_and_list` in `agent/src/sinks/store/tests.rs`), and the PostgreSQL parser's:
 //! spans/s on one core from a recorded session (`postgres_throughput` in
@@ -38,6 +41,7 @@ use ztrace_e2e::{
     free_port,
     nginx::{self, Nginx},
     postgres::PgServer,
+    redis::RedisServer,
     tail,
     tls::Certs,
     ztrace::{stats_line, READY_LINE},
@@ -90,6 +94,8 @@ pub struct Only {
     pub capture: bool,
     pub modes: bool,
     pub fuzz: bool,
+    /// Redis under `redis-benchmark -P 16`.
+    pub redis: bool,
 }
 
 /// `cargo xtask bench`: all of it, or only the part `only` names.
@@ -117,6 +123,9 @@ pub fn bench(agent_args: &[String], only: Only) -> Result<()> {
     }
     if only.stacks {
         return stacks::stacks_bench(&ztrace);
+    }
+    if only.redis {
+        return redis_bench(&ztrace, &agent_args);
     }
     if only.modes {
         return modes::modes_bench(&ztrace);
@@ -160,6 +169,7 @@ pub fn bench(agent_args: &[String], only: Only) -> Result<()> {
     drop(nginx);
     modes::modes_bench(&ztrace)?;
     postgres_bench(&ztrace, &agent_args)?;
+    redis_bench(&ztrace, &agent_args)?;
     example_bench(&ztrace, &agent_args)?;
     stacks::stacks_bench(&ztrace)?;
     store_bench()?;
@@ -273,6 +283,74 @@ fn postgres_bench(ztrace: &Path, agent_args: &[String]) -> Result<()> {
     );
     print_programs(&mut last_programs(&runs), "pgbench", PGBENCH_SECONDS);
     Ok(())
+}
+
+/// `redis-benchmark` load: pipelines of 16, 4 connections, SET then GET.
+const REDIS_BENCHMARK_ARGS: &[&str] = &[
+    "-P", "16", "-c", "4", "-n", "4000000", "-t", "set,get", "--csv",
+];
+
+/// Redis under `redis-benchmark -P 16`, in the three arms (without ztrace, its empty programs,
+/// ztrace). redis-benchmark runs a count of commands, not a duration: the per-command kernel
+/// times take [`REDIS_SECONDS`] as the run's length, an approximation.
+fn redis_bench(ztrace: &Path, agent_args: &[String]) -> Result<()> {
+    apt_install(&["redis-server", "redis-tools"])?;
+    let dir = TempDir::new("bench-redis");
+    let redis = RedisServer::start(None);
+    let port = redis.port;
+    say!("redis-server serving 127.0.0.1:{port}");
+    say!("warming up...");
+    redis_rps(
+        &redis,
+        &[
+            "-P", "16", "-c", "4", "-n", "200000", "-t", "set,get", "--csv",
+        ],
+    )?;
+    let runs = three_arms(
+        "redis-benchmark",
+        ztrace,
+        agent_args,
+        dir.path(),
+        REDIS_SECONDS,
+        || redis_rps(&redis, REDIS_BENCHMARK_ARGS),
+    )?;
+    drop(redis);
+    report_arms(
+        &runs,
+        ztrace,
+        agent_args,
+        &format!(
+            "(redis-benchmark {} against 127.0.0.1:{port})",
+            REDIS_BENCHMARK_ARGS.join(" ")
+        ),
+    );
+    Ok(())
+}
+
+/// About how long one untraced `redis-benchmark` run of [`REDIS_BENCHMARK_ARGS`] takes.
+const REDIS_SECONDS: f64 = 10.0;
+
+/// Commands per second of one `redis-benchmark --csv` run: the mean over its tests.
+fn redis_rps(redis: &RedisServer, args: &[&str]) -> Result<f64> {
+    let run = redis.benchmark(args);
+    ensure!(
+        run.success,
+        "redis-benchmark failed: {}{}",
+        run.stdout,
+        run.stderr
+    );
+    let rates: Vec<f64> = run
+        .stdout
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split(',').nth(1)?.trim_matches('"').parse().ok())
+        .collect();
+    ensure!(
+        !rates.is_empty(),
+        "no rates in redis-benchmark's output: {}",
+        run.stdout
+    );
+    Ok(rates.iter().sum::<f64>() / rates.len() as f64)
 }
 
 /// The example system under wrk: short runs, each request is 13 spans.

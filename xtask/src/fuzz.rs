@@ -104,7 +104,7 @@ mod tests {
     #[test]
     fn every_protocol_has_a_target() {
         let targets = super::targets().expect("fuzz_targets/ is readable");
-        for protocol in ["http1", "postgres"] {
+        for protocol in ["http1", "postgres", "redis", "memcached", "nats"] {
             assert!(
                 targets.iter().any(|t| t == protocol),
                 "no fuzz target for {protocol}: {targets:?}"

@@ -94,6 +94,9 @@ enum Command {
         /// default (trace store and viewer).
         #[arg(long)]
         modes: bool,
+        /// Only Redis under `redis-benchmark -P 16` (pipelined SET and GET).
+        #[arg(long)]
+        redis: bool,
     },
     /// Run the example system (orders, users, inventory and PostgreSQL) traced by ztrace, send a
     /// few requests and print the viewer's URL; Ctrl-C stops everything.
@@ -124,6 +127,7 @@ fn main() -> Result<()> {
             capture,
             modes,
             fuzz,
+            redis,
         } => bench::bench(
             &agent_args,
             bench::Only {
@@ -132,6 +136,7 @@ fn main() -> Result<()> {
                 capture,
                 modes,
                 fuzz,
+                redis,
             },
         ),
         Command::Demo { lang, pg_port } => demo::demo(lang, pg_port),

@@ -54,6 +54,12 @@ const TEST_PACKAGES: &[&str] = &[
     "libpostgresql-jdbc-java",
     // A stripped Go binary with crypto/tls (Go's TLS probes through .gopclntab).
     "hey",
+    // Redis 7 server, redis-cli and redis-benchmark (tests/tests/redis.rs); memcached
+    // (tests/tests/memcached.rs); nats-server (tests/tests/nats.rs).
+    "redis-server",
+    "redis-tools",
+    "memcached",
+    "nats-server",
     // The stack tests compile C clients and split their DWARF (tests/tests/stacks.rs).
     "gcc",
     "binutils",
@@ -81,8 +87,12 @@ const VENV_PACKAGES: &[&str] = &[
     "opentelemetry-distro",
     "opentelemetry-exporter-otlp",
     "opentelemetry-instrumentation-urllib",
+    // Cache and messaging clients (tests/tests/redis.rs, memcached.rs, nats.rs).
+    "redis",
+    "pymemcache",
+    "nats-py",
 ];
-const VENV_CHECK: &str = "import grpc, opentelemetry.proto, opentelemetry.distro, opentelemetry.exporter.otlp.proto.grpc, opentelemetry.instrumentation.urllib";
+const VENV_CHECK: &str = "import grpc, opentelemetry.proto, opentelemetry.distro, opentelemetry.exporter.otlp.proto.grpc, opentelemetry.instrumentation.urllib, redis, pymemcache, nats";
 
 /// Tests passed and failed over every cargo test run.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

@@ -229,6 +229,12 @@ fn file_name(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
 
+/// The kernel named the process (`comm`, the file name it was executed by, cut to 15 bytes)
+/// otherwise than its executable file: it was run through a link to a multi-call binary.
+fn invoked_through_link(exe_name: &str, comm: &str) -> bool {
+    !exe_name.is_empty() && !comm.is_empty() && comm.len() < 15 && !exe_name.starts_with(comm)
+}
+
 impl ProcessInfo {
     /// Decides the identity of process `pid` from what was read about it. Pure.
     pub fn from_raw(pid: u32, raw: &RawProcess, host_name: &str) -> ProcessInfo {
@@ -287,6 +293,10 @@ impl ProcessInfo {
             },
         ) {
             (program, ServiceNameSource::Program)
+        } else if invoked_through_link(&exe_name, &raw.comm) {
+            // A multi-call executable run under another name (Debian's `redis-server` is a
+            // link to `redis-check-rdb`, busybox): the name it was run as.
+            (raw.comm.clone(), ServiceNameSource::Comm)
         } else if !exe_name.is_empty() {
             (exe_name.clone(), exe_source)
         } else {
@@ -779,6 +789,26 @@ mod tests {
         assert_eq!(info.service_name_source, ServiceNameSource::Executable);
         assert_eq!(info.exe_path, "/usr/sbin/nginx");
         assert!(!keys(&info.resource).contains(&"host.name"));
+    }
+
+    #[test]
+    fn multi_call_executables_are_named_as_they_were_run() {
+        let mut r = raw(
+            "/usr/bin/redis-check-rdb",
+            b"redis-server 127.0.0.1:6379\0",
+            b"",
+        );
+        r.comm = "redis-server".into();
+        let info = ProcessInfo::from_raw(3, &r, "");
+        assert_eq!(info.service_name, "redis-server");
+        assert_eq!(info.exe_name, "redis-check-rdb");
+        let mut r = raw("/usr/bin/python3.11", b"python3\0", b"");
+        r.comm = "python3".into();
+        assert_eq!(
+            ProcessInfo::from_raw(3, &r, "").service_name,
+            "python3.11",
+            "a prefix is the same program"
+        );
     }
 
     #[test]

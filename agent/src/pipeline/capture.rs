@@ -265,6 +265,7 @@ impl Capture {
                 .exchange
                 .span(&ex.conn.endpoints(), &process.resource, &self.clock);
             let (side, request_start_ns) = (ex.exchange.side(), ex.exchange.request_start_ns());
+            let consumer_tid = ex.exchange.consumer_thread();
             Metrics::inc(&self.metrics.spans_created);
             let peer_traced = self.conns.peer_traced(ex.conn.local, ex.conn.remote);
             // An exchange finished on a close has no data event: its close is its time.
@@ -275,7 +276,14 @@ impl Capture {
                 side,
                 request_start_ns,
                 peer_traced,
+                consumer_tid,
             };
+            // A delivered message was read, not requested: no stack of a request is its own.
+            if consumer_tid.is_some() {
+                self.tracer
+                    .finished(at, finished, &self.metrics, &mut self.ready);
+                continue;
+            }
             // Client spans take their request's stack (or wait for it) on the way.
             if let Some((at, finished)) =
                 self.stacks

@@ -1,4 +1,4 @@
-//! Protocols: one folder each (`http1/`, `http2/`, `postgres/`), behind two traits, listed once in
+//! Protocols: one folder each (`http1/`, `http2/`, `redis/`, `memcached/`, `nats/`, `postgres/`), behind two traits, listed once in
 //! [`REGISTRY`].
 //!
 //! A protocol folder holds everything that protocol is: how its first bytes are recognized
@@ -20,6 +20,7 @@
 pub(crate) mod capture;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod lines;
 
 use std::{any::Any, fmt, net::SocketAddr, sync::Arc};
 
@@ -46,6 +47,9 @@ macro_rules! registry {
 registry! {
     http1::Http1,
     http2::Http2,
+    redis::Redis,
+    memcached::Memcached,
+    nats::Nats,
     postgres::Postgres,
 }
 
@@ -204,6 +208,13 @@ pub trait Exchange: fmt::Debug + Send + 'static {
 
     /// For tests and tools that look at one protocol's exchanges.
     fn as_any(&self) -> &dyn Any;
+
+    /// For a message delivered to the traced process (a CONSUMER span): the thread that read
+    /// it. Trace assembly takes the calls that thread makes next as the message's processing
+    /// (its children, `ztrace.link` = `thread`).
+    fn consumer_thread(&self) -> Option<u32> {
+        None
+    }
 
     /// False when the connection closed before any answer to the request (see
     /// [`Parser::on_close`]); the exchange then ends at the close and carries nothing of an

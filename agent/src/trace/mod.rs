@@ -44,7 +44,7 @@ use crate::{
     conn::{ConnKey, RequestStart},
     metrics::Metrics,
     protocols::Side,
-    spans::{new_span_id, new_trace_id, AttrValue, Attribute, Span},
+    spans::{new_span_id, new_trace_id, AttrValue, Attribute, Span, SpanKind},
 };
 
 /// How long (kernel time) inputs wait before they are handled in timestamp order.
@@ -59,9 +59,40 @@ const MAX_IN_FLIGHT_PER_CONN: usize = 64;
 const MAX_IN_FLIGHT_CONNS: usize = 65_536;
 /// State older than this (kernel time) is forgotten by [`Tracer::expire`].
 const STALE_NS: u64 = 60_000_000_000;
+/// Longest time between two reads of one pipelined batch by its server for the second to
+/// continue the batch ([`Tracer::continued_batch`]).
+const BATCH_CONTINUATION_NS: u64 = 1_000_000_000;
 
 /// The attribute that says how a span's parent was found.
 pub const LINK_ATTR: &str = "ztrace.link";
+/// The attribute through which a messaging span hands trace assembly its message's key (an
+/// integer equal on the producer's and the consumer's end); removed here, never exported.
+pub const MESSAGE_KEY_ATTR: &str = "ztrace.internal.message_key";
+/// Payload bytes a message key covers.
+pub const MESSAGE_KEY_BYTES: usize = 256;
+
+/// The key of a message, equal on the producer's and the consumer's end: FNV-1a of the
+/// messaging system, the destination (subject, channel), the payload's size and its first
+/// [`MESSAGE_KEY_BYTES`] bytes. Computed in memory, never exported.
+pub fn message_key(system: &str, destination: &str, size: u64, prefix: &[u8]) -> i64 {
+    fn fnv(mut hash: u64, bytes: &[u8]) -> u64 {
+        for &b in bytes {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        hash
+    }
+    let mut h = fnv(0xcbf2_9ce4_8422_2325, system.as_bytes());
+    h = fnv(h, &[0]);
+    h = fnv(h, destination.as_bytes());
+    h = fnv(h, &size.to_le_bytes());
+    fnv(h, &prefix[..prefix.len().min(MESSAGE_KEY_BYTES)]) as i64
+}
+
+/// Messages remembered for their consumers: (key → the PRODUCER span's ids).
+const MAX_MESSAGES: usize = 65_536;
+/// How long after a message was read its thread's calls may still be its processing.
+const CONSUMER_PROCESSING_NS: u64 = 10_000_000_000;
 
 /// How a span's parent was found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,6 +103,8 @@ pub enum Link {
     Goroutine,
     /// The trace context came from another host in the TCP option of the request's segments.
     TcpOption,
+    /// A CONSUMER span whose PRODUCER span sent the same message on this host.
+    Message,
     None,
 }
 
@@ -83,6 +116,7 @@ impl Link {
             Link::Thread => "thread",
             Link::Goroutine => "goroutine",
             Link::TcpOption => "tcp_option",
+            Link::Message => "message",
             Link::None => "none",
         }
     }
@@ -103,6 +137,9 @@ struct StartRecord {
     ids: Ids,
     /// For a server start linked by connection: the client request's span id.
     peer_span: Option<[u8; 8]>,
+    /// The first of this start's exchanges is the `peer_offset`-th of the client's batch: a
+    /// pipelined batch the client wrote after one start and the server read in several reads.
+    peer_offset: u64,
     /// Exchanges that took their ids from this start so far (a pipelined batch is several).
     claims: u64,
 }
@@ -137,6 +174,9 @@ struct Serving {
     trace_id: [u8; 16],
     span_id: [u8; 8],
     ts: u64,
+    /// A delivered message's processing: it ends at the thread's next message on the
+    /// connection, or [`CONSUMER_PROCESSING_NS`] after it was read.
+    consumer: bool,
 }
 
 /// A finished span and where it came from.
@@ -148,6 +188,8 @@ pub struct Finished {
     pub request_start_ns: u64,
     /// The client end of a server span is a traced local process.
     pub peer_traced: bool,
+    /// A delivered message: the thread that read it (see `Exchange::consumer_thread`).
+    pub consumer_tid: Option<u32>,
 }
 
 enum Input {
@@ -251,6 +293,10 @@ pub struct Tracer {
     starts: HashMap<ConnKey, VecDeque<StartRecord>>,
     /// Client requests not yet read by a traced server end, by (client end, server end).
     in_flight: HashMap<(SocketAddr, SocketAddr), VecDeque<InFlight>>,
+    /// Messages published, by key, for the CONSUMER spans of their deliveries (bounded, oldest
+    /// forgotten first).
+    messages: HashMap<i64, ([u8; 16], [u8; 8])>,
+    message_order: VecDeque<i64>,
     /// Open server exchanges of each unit of work, by (tgid, [`unit`]).
     serving: HashMap<(u32, u64), Vec<Serving>>,
     /// The unit of work whose `serving` holds a connection's open server exchange.
@@ -284,6 +330,18 @@ fn set_link(span: &mut Span, link: Link) {
         None => span
             .attributes
             .push(Attribute::new(LINK_ATTR, link.as_str())),
+    }
+}
+
+/// Removes the message key a messaging span carries (see [`MESSAGE_KEY_ATTR`]).
+fn take_message_key(span: &mut Span) -> Option<i64> {
+    let i = span
+        .attributes
+        .iter()
+        .position(|a| a.key == MESSAGE_KEY_ATTR)?;
+    match span.attributes.remove(i).value {
+        AttrValue::Int(key) => Some(key),
+        _ => None,
     }
 }
 
@@ -463,6 +521,7 @@ impl Tracer {
             missing_parent,
         };
         let mut peer_span = None;
+        let mut peer_offset = 0;
         let ids = if let Some(tp) = s.traceparent {
             Ids {
                 trace_id: tp.trace_id,
@@ -484,31 +543,44 @@ impl Tracer {
                             missing_parent: false,
                         }
                     }
-                    None => match born {
-                        Some(b) if b.from_wire => {
-                            Metrics::inc(&metrics.spans_linked_tcp_option);
-                            Ids {
-                                trace_id: b.trace_id,
-                                span_id,
-                                parent: b.parent_id,
-                                link: Link::TcpOption,
-                                missing_parent: false,
-                            }
+                    None => match self.continued_batch(s) {
+                        Some((ids, peer, offset)) => {
+                            peer_span = Some(peer);
+                            peer_offset = offset;
+                            ids
                         }
-                        _ => fresh(peer_traced),
+                        None => match born {
+                            Some(b) if b.from_wire => {
+                                Metrics::inc(&metrics.spans_linked_tcp_option);
+                                Ids {
+                                    trace_id: b.trace_id,
+                                    span_id,
+                                    parent: b.parent_id,
+                                    link: Link::TcpOption,
+                                    missing_parent: false,
+                                }
+                            }
+                            _ => fresh(peer_traced),
+                        },
                     },
                 },
                 Side::Client => {
                     let linked = match self.serving.get(&(s.key.tgid, unit(s))).map(Vec::as_slice) {
-                        Some([one]) => Some((
-                            one.trace_id,
-                            one.span_id,
-                            if s.goid != 0 {
-                                Link::Goroutine
-                            } else {
-                                Link::Thread
-                            },
-                        )),
+                        // A message's consumer serves its thread for a while only.
+                        Some([one])
+                            if !one.consumer
+                                || s.ts_ns.saturating_sub(one.ts) <= CONSUMER_PROCESSING_NS =>
+                        {
+                            Some((
+                                one.trace_id,
+                                one.span_id,
+                                if s.goid != 0 {
+                                    Link::Goroutine
+                                } else {
+                                    Link::Thread
+                                },
+                            ))
+                        }
                         _ => self
                             .started_by_serving(s)
                             .map(|(t, p)| (t, p, Link::Goroutine)),
@@ -543,6 +615,7 @@ impl Tracer {
                         trace_id: ids.trace_id,
                         span_id: ids.span_id,
                         ts: s.ts_ns,
+                        consumer: false,
                     });
                 self.serving_thread.insert(s.key, unit(s));
             }
@@ -570,8 +643,56 @@ impl Tracer {
             ts: s.ts_ns,
             ids,
             peer_span,
+            peer_offset,
             claims: 0,
         });
+    }
+
+    /// A server start that no client request written before it explains, right after a
+    /// start of the same connection linked by connection whose exchanges have finished: the
+    /// server read the rest of the client's pipelined batch. Its exchanges continue that batch
+    /// (the ids, the client's span base and the offset they start at).
+    fn continued_batch(&self, s: &RequestStart) -> Option<(Ids, [u8; 8], u64)> {
+        let last = self.starts.get(&s.key)?.back()?;
+        let peer = last.peer_span?;
+        if last.claims == 0 || s.ts_ns.saturating_sub(last.ts) > BATCH_CONTINUATION_NS {
+            return None;
+        }
+        let ids = Ids {
+            span_id: new_span_id(),
+            ..last.ids
+        };
+        Some((ids, peer, last.peer_offset + last.claims))
+    }
+
+    /// A PRODUCER span is remembered under its message's key; a CONSUMER span of the same
+    /// message (published earlier on this host) becomes its child, unless the message's own
+    /// headers linked it (`header`).
+    fn link_message(&mut self, span: &mut Span, message: i64) {
+        match span.kind {
+            SpanKind::Producer => {
+                if self.messages.len() >= MAX_MESSAGES {
+                    if let Some(old) = self.message_order.pop_front() {
+                        self.messages.remove(&old);
+                    }
+                }
+                if self
+                    .messages
+                    .insert(message, (span.trace_id, span.span_id))
+                    .is_none()
+                {
+                    self.message_order.push_back(message);
+                }
+            }
+            SpanKind::Consumer if link_of(span) != Some("header") => {
+                if let Some(&(trace_id, span_id)) = self.messages.get(&message) {
+                    span.trace_id = trace_id;
+                    span.parent_span_id = Some(span_id);
+                    set_link(span, Link::Message);
+                }
+            }
+            _ => {}
+        }
     }
 
     /// For a client start on a Go goroutine serving nothing: the one exchange served by the
@@ -627,22 +748,30 @@ impl Tracer {
             side,
             request_start_ns,
             peer_traced,
+            consumer_tid,
         } = f;
+        let message_key = take_message_key(&mut span);
+        let consumer = span.kind == SpanKind::Consumer;
         // The latest start at or before the exchange's first bytes; older ones are done with.
-        // The start stays for further exchanges of a pipelined batch.
-        let record = self.starts.get_mut(&key).and_then(|q| {
-            let i = q.iter().rposition(|r| r.ts <= request_start_ns)?;
-            q.drain(..i);
-            let r = q.front_mut()?;
-            let k = r.claims;
-            r.claims += 1;
-            let mut ids = r.ids;
-            ids.span_id = nth_id(r.ids.span_id, k);
-            if let Some(peer) = r.peer_span {
-                ids.parent = Some(nth_id(peer, k));
-            }
-            Some(ids)
-        });
+        // The start stays for further exchanges of a pipelined batch. A delivered message
+        // (CONSUMER) is read, not requested: it claims no start.
+        let record = self
+            .starts
+            .get_mut(&key)
+            .filter(|_| !consumer)
+            .and_then(|q| {
+                let i = q.iter().rposition(|r| r.ts <= request_start_ns)?;
+                q.drain(..i);
+                let r = q.front_mut()?;
+                let k = r.claims;
+                r.claims += 1;
+                let mut ids = r.ids;
+                ids.span_id = nth_id(r.ids.span_id, k);
+                if let Some(peer) = r.peer_span {
+                    ids.parent = Some(nth_id(peer, r.peer_offset + k));
+                }
+                Some(ids)
+            });
         let missing_parent = match record {
             Some(ids) => {
                 span.span_id = ids.span_id;
@@ -661,6 +790,32 @@ impl Tracer {
             // No start seen (its bytes were lost): the span keeps the ids it was built with.
             None => side == Side::Server && peer_traced && link_of(&span) != Some("header"),
         };
+        if let Some(message) = message_key {
+            self.link_message(&mut span, message);
+        }
+        let serving_a_request = |t: &Self, tid: u32| {
+            t.serving
+                .get(&(key.tgid, u64::from(tid)))
+                .is_some_and(|open| open.iter().any(|o| !o.consumer))
+        };
+        if let Some(tid) = consumer_tid
+            .filter(|&tid| span.kind == SpanKind::Consumer && !serving_a_request(self, tid))
+        {
+            // What the reading thread does next is this message's processing (unless it is
+            // serving a request: a reply it awaited is part of that request's work).
+            self.stop_serving(key);
+            self.serving
+                .entry((key.tgid, u64::from(tid)))
+                .or_default()
+                .push(Serving {
+                    conn: key,
+                    trace_id: span.trace_id,
+                    span_id: span.span_id,
+                    ts: request_start_ns,
+                    consumer: true,
+                });
+            self.serving_thread.insert(key, u64::from(tid));
+        }
         if missing_parent && span.parent_span_id.is_none() {
             Metrics::inc(&metrics.spans_unlinked);
         }

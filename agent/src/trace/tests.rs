@@ -129,6 +129,7 @@ impl World {
             side: end.side,
             request_start_ns: request_start,
             peer_traced: true,
+            consumer_tid: None,
         };
         self.tracer.finished(ts, f, &self.metrics, &mut self.out);
     }
@@ -356,6 +357,31 @@ fn a_pipelined_batch_pairs_exchange_by_exchange() {
 }
 
 #[test]
+fn a_batch_the_server_reads_in_two_reads_still_pairs_exchange_by_exchange() {
+    let (c, s) = conn(1, 3, 2, 4, 40000, 6379);
+    let mut w = World::new();
+    w.start(c, 1, 100); // three commands written after one start (three writes, no read between)
+    w.start(s, 2, 105); // the server reads the first one,
+    w.done(s, "server 0", 105, 106); // answers it,
+    w.start(s, 2, 107); // then reads the other two
+    w.done(s, "server 1", 107, 108);
+    w.done(s, "server 2", 107, 109);
+    for i in 0..3 {
+        w.done(c, &format!("client {i}"), 100, 120 + i);
+    }
+    let spans = w.flush();
+    for i in 0..3 {
+        let (client, server) = (
+            by_name(&spans, &format!("client {i}")),
+            by_name(&spans, &format!("server {i}")),
+        );
+        assert_eq!(server.parent_span_id, Some(client.span_id), "command {i}");
+        assert_eq!(server.trace_id, client.trace_id);
+        assert_eq!(link(server), "connection");
+    }
+}
+
+#[test]
 fn in_go_the_goroutine_not_the_thread_is_the_unit_of_work() {
     let (_, a) = conn(1, 3, 10, 5, 40000, 80);
     let (_, b) = conn(2, 3, 10, 6, 40001, 80);
@@ -471,6 +497,7 @@ fn hold_back_window_memory() {
             side: Side::Server,
             request_start_ns: 1_000 + 2 * i,
             peer_traced: true,
+            consumer_tid: None,
         };
         w.tracer.finished(1_001 + 2 * i, f, &w.metrics, &mut w.out);
     }
@@ -481,6 +508,167 @@ fn hold_back_window_memory() {
         "hold-back window at its bound: {MAX_PENDING} inputs (half starts, half HTTP spans), RSS +{:.1} MiB ({} bytes per input)",
         grown as f64 / 1024.0,
         grown * 1024 / MAX_PENDING as u64
+    );
+}
+
+#[test]
+fn a_delivered_message_is_the_child_of_the_publish_that_sent_it() {
+    // A handler (server exchange on thread 5 of process 1) publishes to a broker (process 9);
+    // process 2 receives the message on its own connection to the broker.
+    let (http_client, http_server) = conn(3, 3, 1, 4, 40000, 8080);
+    let (publisher, _) = conn(1, 7, 9, 8, 40001, 4222);
+    let (subscriber, _) = conn(2, 5, 9, 9, 40002, 4222);
+    let mut w = World::new();
+    w.start(http_client, 1, 100);
+    w.start(http_server, 5, 105);
+    w.start(publisher, 5, 110);
+    let message = |kind, name: &str, key: i64| {
+        let mut s = span(kind, name);
+        s.attributes.push(Attribute::new(MESSAGE_KEY_ATTR, key));
+        s
+    };
+    let finished = |end: End, span, at| Finished {
+        span,
+        key: end.key,
+        side: Side::Client,
+        request_start_ns: at,
+        peer_traced: false,
+        consumer_tid: None,
+    };
+    w.tracer.finished(
+        110,
+        finished(
+            publisher,
+            message(SpanKind::Producer, "publish orders", 42),
+            110,
+        ),
+        &w.metrics,
+        &mut w.out,
+    );
+    w.tracer.finished(
+        111,
+        finished(
+            publisher,
+            message(SpanKind::Producer, "publish other", 43),
+            110,
+        ),
+        &w.metrics,
+        &mut w.out,
+    );
+    w.tracer.finished(
+        120,
+        finished(
+            subscriber,
+            message(SpanKind::Consumer, "receive orders", 42),
+            120,
+        ),
+        &w.metrics,
+        &mut w.out,
+    );
+    w.tracer.finished(
+        121,
+        finished(
+            subscriber,
+            message(SpanKind::Consumer, "receive unknown", 77),
+            121,
+        ),
+        &w.metrics,
+        &mut w.out,
+    );
+    w.done(http_server, "GET /order", 105, 130);
+    let spans = w.flush();
+    let (handler, publish, receive) = (
+        by_name(&spans, "GET /order"),
+        by_name(&spans, "publish orders"),
+        by_name(&spans, "receive orders"),
+    );
+    assert_eq!(
+        publish.parent_span_id,
+        Some(handler.span_id),
+        "the handler's thread published"
+    );
+    assert_eq!(link(publish), "thread");
+    assert_eq!(receive.parent_span_id, Some(publish.span_id));
+    assert_eq!(receive.trace_id, handler.trace_id, "one trace");
+    assert_eq!(link(receive), "message");
+    let unknown = by_name(&spans, "receive unknown");
+    assert_eq!(
+        (unknown.parent_span_id, link(unknown)),
+        (None, "none"),
+        "a message published by nobody seen"
+    );
+    assert!(
+        spans
+            .iter()
+            .all(|s| s.attributes.iter().all(|a| a.key != MESSAGE_KEY_ATTR)),
+        "the key is never exported"
+    );
+}
+
+#[test]
+fn the_calls_a_thread_makes_after_reading_a_message_are_its_processing() {
+    let (subscriber, _) = conn(2, 5, 9, 9, 40002, 4222);
+    let (http_client, http_server) = conn(2, 6, 3, 4, 40003, 8080);
+    let mut w = World::new();
+    let mut receive = span(SpanKind::Consumer, "receive orders");
+    receive
+        .attributes
+        .push(Attribute::new(MESSAGE_KEY_ATTR, 7i64));
+    let f = Finished {
+        span: receive,
+        key: subscriber.key,
+        side: Side::Client,
+        request_start_ns: 100,
+        peer_traced: false,
+        consumer_tid: Some(11),
+    };
+    w.tracer.finished(100, f, &w.metrics, &mut w.out);
+    w.start(http_client, 11, 110); // the reading thread calls a service
+    w.start(http_server, 1, 115);
+    w.done(http_server, "GET /stock", 115, 120);
+    w.done(http_client, "GET /stock client", 110, 125);
+    w.start(http_client, 12, 130); // another thread: not the message's processing
+    w.done(http_client, "other thread", 130, 140);
+    let spans = w.flush();
+    let (receive, call) = (
+        by_name(&spans, "receive orders"),
+        by_name(&spans, "GET /stock client"),
+    );
+    assert_eq!(call.parent_span_id, Some(receive.span_id));
+    assert_eq!(call.trace_id, receive.trace_id);
+    assert_eq!(link(call), "thread");
+    assert_eq!(
+        by_name(&spans, "GET /stock").parent_span_id,
+        Some(call.span_id)
+    );
+    assert_eq!(by_name(&spans, "other thread").parent_span_id, None);
+}
+
+#[test]
+fn a_reply_read_by_a_thread_serving_a_request_leaves_its_calls_to_the_request() {
+    let (caller, handler) = conn(3, 3, 1, 4, 40000, 8080);
+    let (requester, _) = conn(1, 7, 9, 8, 40001, 4222);
+    let (db, _) = conn(1, 8, 5, 8, 40005, 5432);
+    let mut w = World::new();
+    w.start(caller, 1, 100);
+    w.start(handler, 5, 105);
+    let reply = span(SpanKind::Consumer, "receive _INBOX");
+    let f = Finished {
+        span: reply,
+        key: requester.key,
+        side: Side::Client,
+        request_start_ns: 110,
+        peer_traced: false,
+        consumer_tid: Some(5),
+    };
+    w.tracer.finished(110, f, &w.metrics, &mut w.out);
+    w.start(db, 5, 120);
+    w.done(db, "SELECT", 120, 125);
+    w.done(handler, "GET /order", 105, 130);
+    let spans = w.flush();
+    assert_eq!(
+        by_name(&spans, "SELECT").parent_span_id,
+        Some(by_name(&spans, "GET /order").span_id)
     );
 }
 
