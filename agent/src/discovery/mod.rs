@@ -673,7 +673,7 @@ impl ProcessCache {
             (Ok(mut raw), _) => {
                 if let Some(uid) = raw.pod_uid() {
                     raw.pod = self.pods.lookup(&uid);
-                    if raw.pod.is_none() && self.pods.is_on() {
+                    if raw.pod.is_none() && self.pods.may_appear(&uid) {
                         pod_pending = Some((uid, self.pods.generation()));
                     }
                 }

@@ -324,6 +324,8 @@ enum Caller {
         answers: mpsc::Receiver<Answer>,
         /// A request is out and not answered yet.
         pending: bool,
+        /// When the last request was sent.
+        asked_at: Instant,
     },
 }
 
@@ -339,6 +341,8 @@ pub struct PodDirectory {
     next_ask: Option<Instant>,
     /// The one line about a missing or refusing runtime was said.
     told_failure: bool,
+    /// Pods asked for and not found: the generation when first missed, and since when.
+    absent: HashMap<String, (u64, Instant)>,
 }
 
 impl std::fmt::Debug for PodDirectory {
@@ -367,6 +371,7 @@ impl PodDirectory {
             caller: Caller::NotStarted,
             next_ask: None,
             told_failure: false,
+            absent: HashMap::new(),
         }
     }
 
@@ -390,7 +395,8 @@ impl PodDirectory {
     }
 
     /// The pod with uid `uid`. An unknown uid asks the runtime (when due) and waits at most
-    /// [`WAIT`] for the answer.
+    /// [`WAIT`] for the answer; a uid that a list made after it was first missed did not have
+    /// either is not asked for again before [`RETRY`].
     pub fn lookup(&mut self, uid: &str) -> Option<Arc<PodRecord>> {
         if !self.is_on() {
             return None;
@@ -399,7 +405,7 @@ impl PodDirectory {
         if let Some(pod) = self.pods.get(uid) {
             return Some(pod.clone());
         }
-        if self.ask() {
+        if self.ask_for(uid) {
             self.take_answers(Some(WAIT));
         }
         self.pods.get(uid).cloned()
@@ -413,8 +419,42 @@ impl PodDirectory {
         }
         self.take_answers(None);
         if !self.pods.contains_key(uid) {
-            self.ask();
+            self.ask_for(uid);
         }
+    }
+
+    /// Whether pod `uid`, unknown now, may still show up in a list: the source is on and the
+    /// runtime has not listed pods without it since it was first asked for.
+    pub fn may_appear(&self, uid: &str) -> bool {
+        self.is_on()
+            && !self.pods.contains_key(uid)
+            && !self
+                .absent
+                .get(uid)
+                .is_some_and(|(generation, _)| *generation < self.generation)
+    }
+
+    /// Asks for the missing pod `uid` when due (see [`PodDirectory::lookup`]).
+    fn ask_for(&mut self, uid: &str) -> bool {
+        let now = Instant::now();
+        match self.absent.get_mut(uid) {
+            // Listed since it was missed, and not there.
+            Some((generation, since)) if *generation < self.generation => {
+                if since.elapsed() < RETRY {
+                    return false;
+                }
+                *generation = self.generation;
+                *since = now;
+            }
+            Some(_) => {}
+            None => {
+                if self.absent.len() >= MAX_PODS {
+                    self.absent.clear();
+                }
+                self.absent.insert(uid.to_owned(), (self.generation, now));
+            }
+        }
+        self.ask()
     }
 
     /// Sends a request when one is due and none is out; true when one was sent.
@@ -446,6 +486,7 @@ impl PodDirectory {
                         ask,
                         answers,
                         pending: false,
+                        asked_at: now,
                     }
                 }
                 Err(error) => {
@@ -455,7 +496,13 @@ impl PodDirectory {
                 }
             }
         }
-        let Caller::Running { ask, pending, .. } = &mut self.caller else {
+        let Caller::Running {
+            ask,
+            pending,
+            asked_at,
+            ..
+        } = &mut self.caller
+        else {
             return false;
         };
         if *pending {
@@ -466,6 +513,7 @@ impl PodDirectory {
             return false;
         }
         *pending = true;
+        *asked_at = now;
         self.next_ask = Some(now + MIN_REFRESH);
         true
     }
@@ -477,6 +525,7 @@ impl PodDirectory {
                 answers,
                 pending,
                 socket,
+                asked_at,
                 ..
             } = &mut self.caller
             else {
@@ -499,9 +548,9 @@ impl PodDirectory {
                 }
                 Ok(Answer::Pods(sandboxes)) => {
                     *pending = false;
-                    self.pods = pods_by_uid(sandboxes);
-                    self.generation += 1;
-                    tracing::debug!(pods = self.pods.len(), "pods listed over CRI");
+                    let micros = asked_at.elapsed().as_micros();
+                    self.take_list(sandboxes);
+                    tracing::debug!(pods = self.pods.len(), micros, "pods listed over CRI");
                     return;
                 }
                 Ok(Answer::Failed(error)) => {
@@ -518,6 +567,14 @@ impl PodDirectory {
                 }
             }
         }
+    }
+
+    /// Takes in the pods of one `ListPodSandbox`.
+    fn take_list(&mut self, sandboxes: Vec<PodSandbox>) {
+        self.pods = pods_by_uid(sandboxes);
+        self.generation += 1;
+        let pods = &self.pods;
+        self.absent.retain(|uid, _| !pods.contains_key(uid));
     }
 
     /// Says once why pod labels and annotations are unknown.
@@ -624,5 +681,27 @@ mod tests {
         assert_eq!(pods.generation(), 0);
         let mut off = PodDirectory::new(PodSource::Off);
         assert_eq!(off.lookup("u1"), None);
+        assert!(!off.may_appear("u1"));
+    }
+
+    #[test]
+    fn a_pod_missing_from_a_later_list_is_not_asked_for_again_at_once() {
+        let mut pods = PodDirectory::new(PodSource::Sockets(vec![PathBuf::from(
+            "/nonexistent/ztrace-test.sock",
+        )]));
+        assert_eq!(pods.lookup("u1"), None);
+        assert!(pods.may_appear("u1"), "not listed since it was asked for");
+        pods.take_list(vec![sandbox("u2", 0, 1, "other")]);
+        assert_eq!(pods.generation(), 1);
+        assert!(!pods.may_appear("u1"), "listed without it");
+        assert!(pods.lookup("u2").is_some());
+        // It shows up in a later list after all.
+        pods.take_list(vec![sandbox("u1", 0, 1, "late")]);
+        assert_eq!(
+            pods.lookup("u1")
+                .and_then(|p| p.label("app.kubernetes.io/name").map(str::to_owned)),
+            Some("late".to_owned())
+        );
+        assert!(pods.absent.is_empty());
     }
 }
