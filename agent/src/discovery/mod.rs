@@ -1194,6 +1194,57 @@ mod tests {
     }
 
     #[test]
+    fn a_process_read_before_its_pod_was_listed_is_read_again_once_it_is() {
+        const UID: &str = "7e1d2c3b-4a59-4687-9a0b-1c2d3e4f5a6b";
+        let root = fake_root("podlate");
+        fake_process(&root, 41, "node", "node server.js", 1000);
+        fs::write(
+            root.join("41/cgroup"),
+            format!("0::/kubepods/besteffort/pod{UID}/{ID}\n"),
+        )
+        .expect("cgroup");
+        let mut cache = ProcessCache::with_host_name(16, &root, "node-1");
+        // A source that cannot answer now: the pod is unknown when the process is first read.
+        cache.set_pod_source(PodSource::Sockets(vec![PathBuf::from(
+            "/nonexistent/ztrace-test.sock",
+        )]));
+        let before = cache.get_or_load(41, "node");
+        assert_eq!(before.service_name_source, ServiceNameSource::Program);
+        assert!(Arc::ptr_eq(&before, &cache.get_or_load(41, "node")));
+        // The runtime lists the pod.
+        let sandbox = cri::proto::PodSandbox {
+            id: "s1".into(),
+            metadata: Some(cri::proto::PodSandboxMetadata {
+                name: "checkout-5f8d7b9c4d-6wkzt".into(),
+                uid: UID.into(),
+                namespace: "shop".into(),
+                attempt: 0,
+            }),
+            labels: [
+                (
+                    "app.kubernetes.io/name".to_owned(),
+                    "checkout-frontend".to_owned(),
+                ),
+                ("pod-template-hash".to_owned(), "5f8d7b9c4d".to_owned()),
+            ]
+            .into(),
+            ..cri::proto::PodSandbox::default()
+        };
+        cache.pods.take_list(vec![sandbox]);
+        let after = cache.get_or_load(41, "node");
+        assert_eq!(after.service_name, "checkout-frontend");
+        assert_eq!(after.service_name_source, ServiceNameSource::K8sLabel);
+        assert_eq!(after.k8s.namespace.as_deref(), Some("shop"));
+        assert_eq!(
+            attr(&after.resource, "k8s.deployment.name"),
+            Some(&AttrValue::Str("checkout".into()))
+        );
+        // Read again once only.
+        assert!(Arc::ptr_eq(&after, &cache.get_or_load(41, "node")));
+        let _ = fs::remove_dir_all(&root);
+    }
+
+    #[test]
     fn a_postgres_backend_is_read_again_once_it_has_its_title() {
         let postmaster = "/usr/lib/postgresql/15/bin/postgres -D /srv/pg";
         let root = fake_root("pgtitle");

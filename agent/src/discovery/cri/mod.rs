@@ -570,7 +570,7 @@ impl PodDirectory {
     }
 
     /// Takes in the pods of one `ListPodSandbox`.
-    fn take_list(&mut self, sandboxes: Vec<PodSandbox>) {
+    pub(super) fn take_list(&mut self, sandboxes: Vec<PodSandbox>) {
         self.pods = pods_by_uid(sandboxes);
         self.generation += 1;
         let pods = &self.pods;
