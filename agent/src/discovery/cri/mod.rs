@@ -428,10 +428,10 @@ impl PodDirectory {
     pub fn may_appear(&self, uid: &str) -> bool {
         self.is_on()
             && !self.pods.contains_key(uid)
-            && !self
+            && self
                 .absent
                 .get(uid)
-                .is_some_and(|(generation, _)| *generation < self.generation)
+                .is_none_or(|(generation, _)| *generation >= self.generation)
     }
 
     /// Asks for the missing pod `uid` when due (see [`PodDirectory::lookup`]).
