@@ -11,6 +11,7 @@
 
 pub mod checks;
 pub mod clients;
+pub mod cri;
 pub mod example;
 pub mod grpc;
 pub mod hosts;
