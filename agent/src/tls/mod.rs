@@ -145,11 +145,6 @@ pub struct TlsDiscovery {
     users: HashMap<usize, Users>,
     pub rows: Vec<Row>,
     checked: HashSet<u32>,
-    /// Processes whose mappings were read (or found inherited): a digest of their file-backed
-    /// mappings' address ranges ([`ranges_digest`]), to recognise a child forked since.
-    mapped: HashMap<u32, u64>,
-    /// Processes found to map what their parent mapped, without reading their maps.
-    pub inherited: u64,
     pending: Vec<u32>,
     own_pid: u32,
 }
@@ -218,7 +213,6 @@ impl TlsDiscovery {
     pub fn on_conn(&mut self, tgid: u32) {
         if self.checked.len() >= MAX_CHECKED {
             self.checked.clear();
-            self.mapped.clear();
         }
         if self.checked.insert(tgid) {
             self.queue(tgid);
@@ -247,16 +241,12 @@ impl TlsDiscovery {
 
     /// Looks at the executable and executable mappings of one process.
     fn check_process(&mut self, pid: u32, attacher: &mut dyn Attacher) {
-        if pid == self.own_pid || self.inherits_parent(pid) {
+        if pid == self.own_pid {
             return;
         }
         let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
             return;
         };
-        if self.mapped.len() >= MAX_CHECKED {
-            self.mapped.clear();
-        }
-        self.mapped.insert(pid, ranges_digest(maps.lines()));
         let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
         for m in parse_maps(&maps) {
             let basename = m.path.rsplit('/').next().unwrap_or(m.path);
@@ -294,42 +284,6 @@ impl TlsDiscovery {
             }
             self.look_at(id, &through_root, m.path, pid, attacher);
         }
-    }
-
-    /// True when `pid` maps exactly the files at exactly the addresses its parent mapped when
-    /// ztrace read the parent's maps: a child forked since (a PostgreSQL backend, a prefork
-    /// server's worker) that loaded nothing more. It then uses the parent's files, and reading
-    /// its `/proc/PID/maps` (the costliest `/proc` file, a path per mapping: a quarter of the
-    /// agent's CPU under a database pool that opens a connection per request) would find none
-    /// new. `/proc/PID/map_files` lists the same mappings by address range alone, without their
-    /// paths. Any difference (a library loaded after the fork, the parent never read) means the
-    /// maps are read.
-    fn inherits_parent(&mut self, pid: u32) -> bool {
-        let Some(ppid) = read_ppid(pid) else {
-            return false;
-        };
-        let Some(&parent) = self.mapped.get(&ppid) else {
-            return false;
-        };
-        let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/map_files")) else {
-            return false;
-        };
-        let names: Vec<String> = dir
-            .flatten()
-            .filter_map(|e| e.file_name().into_string().ok())
-            .collect();
-        let own = ranges_digest(names.iter().map(String::as_str));
-        if own != parent {
-            return false;
-        }
-        self.mapped.insert(pid, own);
-        for users in self.users.values_mut() {
-            if users.pids.contains(&ppid) {
-                users.pids.insert(pid);
-            }
-        }
-        self.inherited += 1;
-        true
     }
 
     /// Inspects a file not seen before and probes it if it carries OpenSSL.
@@ -535,46 +489,6 @@ struct Mapping<'a> {
 
 /// The distinct executable file mappings of a maps file (deleted files and anonymous or special
 /// mappings left out).
-/// An order-independent digest of the address ranges of a process's file-backed mappings, from
-/// `/proc/PID/maps` lines (those with an inode) or `/proc/PID/map_files` names (`start-end`, all
-/// file-backed): the same for a forked child as for its parent until either maps something.
-fn ranges_digest<'a>(lines: impl Iterator<Item = &'a str>) -> u64 {
-    let mut digest = 0u64;
-    for line in lines {
-        let mut fields = line.split_ascii_whitespace();
-        let Some(range) = fields.next() else { continue };
-        // A maps line: field 5 is the inode, 0 for anonymous memory. A map_files name has one field.
-        if let Some(inode) = fields.nth(3) {
-            if inode == "0" {
-                continue;
-            }
-        }
-        let Some((start, end)) = range.split_once('-') else {
-            continue;
-        };
-        let (Ok(start), Ok(end)) = (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
-        else {
-            continue;
-        };
-        digest = digest.wrapping_add(mix(start ^ mix(end)));
-    }
-    digest
-}
-
-/// splitmix64's finaliser: spreads every input bit over the output.
-fn mix(mut x: u64) -> u64 {
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
-
-/// The parent pid of `pid` (field 4 of `/proc/PID/stat`).
-fn read_ppid(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_comm = &stat[stat.rfind(')')? + 1..];
-    after_comm.split_ascii_whitespace().nth(1)?.parse().ok()
-}
-
 fn parse_maps(text: &str) -> Vec<Mapping<'_>> {
     let mut out: Vec<Mapping<'_>> = Vec::new();
     for line in text.lines() {
@@ -609,53 +523,6 @@ fn parse_maps(text: &str) -> Vec<Mapping<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_forked_child_has_its_parents_digest_until_it_maps_more() {
-        // What /proc/PID/map_files lists for the mappings of MAPS that have an inode (a deleted
-        // file's too).
-        let names = [
-            "55d0c8a00000-55d0c8a28000",
-            "55d0c8a28000-55d0c8a3d000",
-            "7f1d2d1a0000-7f1d2d1bc000",
-            "7f1d2d1bc000-7f1d2d218000",
-            "7f1d2d300000-7f1d2d318000",
-        ];
-        let from_maps = ranges_digest(MAPS.lines());
-        assert_eq!(ranges_digest(names.iter().copied()), from_maps);
-        assert_eq!(
-            ranges_digest(names.iter().rev().copied()),
-            from_maps,
-            "order does not matter"
-        );
-        let more = [&names[..], &["7f1d2e000000-7f1d2e010000"]].concat();
-        assert_ne!(ranges_digest(more.iter().copied()), from_maps);
-        assert_ne!(ranges_digest(names[1..].iter().copied()), from_maps);
-    }
-
-    #[test]
-    fn a_real_child_maps_what_its_parent_did() {
-        // This test process is the parent; `sleep` after exec maps other files.
-        let own = ranges_digest(std::fs::read_to_string("/proc/self/maps").unwrap().lines());
-        let listed: Vec<String> = match std::fs::read_dir("/proc/self/map_files") {
-            Ok(dir) => dir
-                .flatten()
-                .filter_map(|e| e.file_name().into_string().ok())
-                .collect(),
-            Err(_) => return, // map_files needs CAP_SYS_ADMIN
-        };
-        // Other threads of the test binary may map between the two reads: allow a retry.
-        let again = ranges_digest(std::fs::read_to_string("/proc/self/maps").unwrap().lines());
-        let by_name = ranges_digest(listed.iter().map(String::as_str));
-        assert!(
-            by_name == own || by_name == again,
-            "map_files and maps disagree"
-        );
-        assert_eq!(
-            read_ppid(std::process::id()),
-            Some(std::os::unix::process::parent_id())
-        );
-    }
 
     const MAPS: &str = "\
 55d0c8a00000-55d0c8a28000 r--p 00000000 fd:01 1835102                    /usr/bin/curl
