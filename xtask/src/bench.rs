@@ -18,6 +18,9 @@
 //! same three arms, ztrace tracing the services and PostgreSQL (`--exe`): the throughput ratio
 //! (target >= 0.90), the agent's peak RSS and the most inputs its hold-back window held
 //! (`link_window_peak`); `cargo xtask bench --example` runs only this part.
+//! Then the same system as Flask apps under gunicorn, untraced, under OpenTelemetry's zero-code
+//! Python instrumentation and under ztrace (`bench/sdk.rs`; `cargo xtask bench --sdk` runs only
+//! it): throughput ratios, CPU per request of every process involved, and the trace each gives.
 //! Then stacks (`bench/stacks.rs`; `cargo xtask bench --stacks` runs only it): requests/s with
 //! stacks on vs off, the symbolizer's cache hit rate, the first-span delay of large binaries
 //! and the agent's memory after symbolizing them.
@@ -51,6 +54,7 @@ use ztrace_e2e::{
 mod arms;
 mod capture;
 mod modes;
+mod sdk;
 mod stacks;
 
 use arms::{last_programs, report_arms, three_arms, ProgramTime};
@@ -96,6 +100,8 @@ pub struct Only {
     pub fuzz: bool,
     /// Redis under `redis-benchmark -P 16`.
     pub redis: bool,
+    /// The example under gunicorn: untraced, OpenTelemetry's Python SDK, ztrace.
+    pub sdk: bool,
 }
 
 /// `cargo xtask bench`: all of it, or only the part `only` names.
@@ -129,6 +135,9 @@ pub fn bench(agent_args: &[String], only: Only) -> Result<()> {
     }
     if only.modes {
         return modes::modes_bench(&ztrace);
+    }
+    if only.sdk {
+        return sdk::sdk_bench(&ztrace);
     }
     // Instructions per span first: they hold on a busy machine, the timed loads below do not.
     capture::capture_bench()?;
@@ -171,6 +180,7 @@ pub fn bench(agent_args: &[String], only: Only) -> Result<()> {
     postgres_bench(&ztrace, &agent_args)?;
     redis_bench(&ztrace, &agent_args)?;
     example_bench(&ztrace, &agent_args)?;
+    sdk::sdk_bench(&ztrace)?;
     stacks::stacks_bench(&ztrace)?;
     store_bench()?;
     parser_bench()

@@ -97,6 +97,10 @@ enum Command {
         /// Only Redis under `redis-benchmark -P 16` (pipelined SET and GET).
         #[arg(long)]
         redis: bool,
+        /// Only the comparison with OpenTelemetry's zero-code Python instrumentation (the
+        /// example as Flask apps under gunicorn: untraced, with the SDK, with ztrace).
+        #[arg(long)]
+        sdk: bool,
     },
     /// Run the example system (orders, users, inventory and PostgreSQL) traced by ztrace, send a
     /// few requests and print the viewer's URL; Ctrl-C stops everything.
@@ -128,6 +132,7 @@ fn main() -> Result<()> {
             modes,
             fuzz,
             redis,
+            sdk,
         } => bench::bench(
             &agent_args,
             bench::Only {
@@ -137,6 +142,7 @@ fn main() -> Result<()> {
                 modes,
                 fuzz,
                 redis,
+                sdk,
             },
         ),
         Command::Demo { lang, pg_port } => demo::demo(lang, pg_port),

@@ -192,7 +192,7 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
     }
     capture.flush(&mut sinks);
     let kernel = probes.kernel_counters();
-    drop(probes);
+    probes.release_in_background();
     sinks.finish().await;
     eprintln!("ztrace stats: {}", metrics.stats_json(&kernel));
     Ok(())
