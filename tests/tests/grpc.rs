@@ -320,3 +320,74 @@ fn a_channel_opened_before_ztrace_never_names_wrongly_and_new_methods_decode() {
         "{stats:?}"
     );
 }
+
+/// UNKNOWN (a Node handler threw): an error on both sides.
+const NODE_CRASH: Call = ("demo.Greeter/Crash", "UNKNOWN", true, true, 1);
+
+#[test]
+#[ignore = "needs root and eBPF; run by cargo xtask test"]
+fn node_grpc_js_server_and_client() {
+    let server = GrpcServer::node();
+    // Only these programs: the loss counters below are theirs alone.
+    let mut ztrace = Ztrace::start(&["--print=json", "--exe", "node", "--exe", "grpc_go"]);
+
+    let (client, out) =
+        grpc::node_client(server.port, &["hello", "fail", "crash", "stream", "many"]);
+    assert!(out.contains("NOT_FOUND") && out.contains("stream 3"), "{out}");
+    let spans = ztrace.wait_for_n_spans(2 * 12, on_port(server.port), SPAN_TIMEOUT);
+    for (method, code, client_error, server_error, n) in [MANY, FAIL, STREAM, NODE_CRASH] {
+        for s in calls(&spans, "server", method, n) {
+            check(s, method, code, server_error, server.pid(), server.port);
+        }
+        for s in calls(&spans, "client", method, n) {
+            check(s, method, code, client_error, client, server.port);
+        }
+    }
+    check_links(&spans);
+
+    // A grpc-go client of the Node server, and the Node client of a grpc-go server.
+    let dir = TempDir::new("grpc-go");
+    let binary = grpc::build_go(dir.path());
+    let (go_client, _) = grpc::go_client(&binary, server.port, &["hello", "fail"]);
+    let go_server = GrpcServer::go(&binary, None);
+    let (node_client, _) = grpc::node_client(go_server.port, &["hello", "fail"]);
+    for (port, server_pid, client_pid) in [
+        (server.port, server.pid(), go_client),
+        (go_server.port, go_server.pid(), node_client),
+    ] {
+        // The client's spans, and the server's spans of that client's connection.
+        let clients = ztrace.wait_for_n_spans(
+            2,
+            |s| on_port(port)(s) && s.pid() == Some(client_pid),
+            SPAN_TIMEOUT,
+        );
+        let local_port = clients[0].attr_i64("network.local.port");
+        let mut spans = ztrace.wait_for_n_spans(
+            2,
+            |s| {
+                on_port(port)(s)
+                    && s.pid() == Some(server_pid)
+                    && s.attr_i64("network.peer.port") == local_port
+            },
+            SPAN_TIMEOUT,
+        );
+        spans.extend(clients);
+        for (method, code, client_error, server_error, n) in [HELLO, FAIL] {
+            for s in calls(&spans, "server", method, n) {
+                check(s, method, code, server_error, server_pid, port);
+            }
+            for s in calls(&spans, "client", method, n) {
+                check(s, method, code, client_error, client_pid, port);
+            }
+        }
+        check_links(&spans);
+    }
+    let stats = ztrace.stop().stats.expect("stats line");
+    for counter in ["exchanges_lost", "exchanges_fields_unknown"] {
+        assert_eq!(
+            stats.get(counter).and_then(|v| v.as_u64()),
+            Some(0),
+            "{counter}: {stats:?}"
+        );
+    }
+}
