@@ -333,7 +333,10 @@ fn node_grpc_js_server_and_client() {
 
     let (client, out) =
         grpc::node_client(server.port, &["hello", "fail", "crash", "stream", "many"]);
-    assert!(out.contains("NOT_FOUND") && out.contains("stream 3"), "{out}");
+    assert!(
+        out.contains("NOT_FOUND") && out.contains("stream 3"),
+        "{out}"
+    );
     let spans = ztrace.wait_for_n_spans(2 * 12, on_port(server.port), SPAN_TIMEOUT);
     for (method, code, client_error, server_error, n) in [MANY, FAIL, STREAM, NODE_CRASH] {
         for s in calls(&spans, "server", method, n) {

@@ -206,14 +206,34 @@ fn an_http1_request_upgraded_to_h2c_and_the_streams_after_it() {
     assert_eq!((servers.len(), clients.len()), (3, 3), "{}", list(&spans));
     for (side, pid) in [(&servers, server.pid()), (&clients, run.pid)] {
         let find = |path: &str| {
-            side
-                .iter()
+            side.iter()
                 .find(|s| s.url_path() == Some(path))
                 .unwrap_or_else(|| panic!("{path}:\n{}", list(&spans)))
         };
-        check(find("/items/42"), "GET /items/{id}", "/items/42", 200, "http", Some(pid));
-        check(find("/missing"), "GET /missing", "/missing", 404, "http", Some(pid));
-        check(find("/hello"), "GET /hello", "/hello", 200, "http", Some(pid));
+        check(
+            find("/items/42"),
+            "GET /items/{id}",
+            "/items/42",
+            200,
+            "http",
+            Some(pid),
+        );
+        check(
+            find("/missing"),
+            "GET /missing",
+            "/missing",
+            404,
+            "http",
+            Some(pid),
+        );
+        check(
+            find("/hello"),
+            "GET /hello",
+            "/hello",
+            200,
+            "http",
+            Some(pid),
+        );
     }
     // Each server span is the child of the client span of its own request, the upgraded one
     // (paired as HTTP/1 requests are) and the streams after it (paired by stream id).

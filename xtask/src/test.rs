@@ -287,7 +287,11 @@ fn install_test_components() -> Result<PathBuf> {
         .any(|(_, proof)| !npm.join("node_modules").join(proof).is_file());
     if missing {
         let packages: Vec<&str> = NPM_PACKAGES.iter().map(|(p, _)| *p).collect();
-        say!("installing {} into {}...", packages.join(" "), npm.display());
+        say!(
+            "installing {} into {}...",
+            packages.join(" "),
+            npm.display()
+        );
         std::fs::create_dir_all(&npm).with_context(|| format!("creating {}", npm.display()))?;
         util::run(
             Command::new("npm")

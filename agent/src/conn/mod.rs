@@ -93,6 +93,9 @@ struct Connection {
     plaintext: bool,
     /// Direction of the last bytes moved, to see where a request starts.
     last_direction: Option<Direction>,
+    /// The span id the kernel gave the last stream opened on a multiplexed connection: the
+    /// events of one vectored call (one per iovec segment) all carry the ids of that one call.
+    last_born: Option<[u8; 8]>,
 }
 
 /// A request started on a connection: its first bytes moved (a client wrote them, a server read
@@ -246,6 +249,7 @@ impl ConnTable {
                 undetected_chunks: 0,
                 plaintext: false,
                 last_direction: None,
+                last_born: None,
             },
         );
     }
@@ -389,8 +393,11 @@ impl ConnTable {
             // Each stream opened is a request start; the kernel's ids (one request per write
             // batch to it) go to the first.
             parser.take_opened(&mut self.opened);
-            let mut born = born_ids(header);
+            let mut born = born_ids(header).filter(|b| conn.last_born != Some(b.span_id));
             for o in self.opened.drain(..) {
+                if let Some(b) = born {
+                    conn.last_born = Some(b.span_id);
+                }
                 self.starts.push(RequestStart {
                     key,
                     side,
