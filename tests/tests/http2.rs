@@ -255,3 +255,62 @@ fn an_http1_request_upgraded_to_h2c_and_the_streams_after_it() {
         );
     }
 }
+
+/// Runs h2load (nghttp2-client) to the end: its pid and stdout; panics when it fails.
+fn h2load(args: &[&str]) -> (u32, String) {
+    let mut cmd = Command::new("h2load");
+    cmd.args(args);
+    let mut proc = ztrace_e2e::process::Proc::spawn("h2load", &mut cmd);
+    let status = proc.wait_exit(std::time::Duration::from_secs(60));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "h2load failed:\n{}",
+        proc.describe()
+    );
+    (proc.pid(), proc.stdout())
+}
+
+#[test]
+#[ignore = "needs root and eBPF; run by cargo xtask test"]
+fn h2load_against_nginx_loses_no_span() {
+    let certs = Certs::make();
+    let nginx = nginx_h2(&certs);
+    let (tls_port, port) = (nginx.tls_port.expect("tls port"), nginx.port.expect("port"));
+    // The counts are the test: the agent's loss counters would count other nginx on the host.
+    let mut ztrace = Ztrace::start(&["--print=json", "--exe", "nginx", "--exe", "h2load"]);
+    // 400 requests on 4 connections, 10 streams at a time on each: h2c, then h2 over TLS.
+    for (port, scheme) in [(port, "http"), (tls_port, "https")] {
+        let url = format!("{scheme}://127.0.0.1:{port}/hello");
+        let (pid, out) = h2load(&["-n", "400", "-c", "4", "-m", "10", &url]);
+        assert!(out.contains("400 succeeded, 0 failed, 0 errored"), "{out}");
+        let spans = ztrace.wait_for_n_spans(800, on_port(port), SPAN_TIMEOUT);
+        let (servers, clients) = split_by_kind(&spans);
+        assert_eq!(
+            (servers.len(), clients.len()),
+            (400, 400),
+            "{scheme}: every request a span on each side"
+        );
+        for s in servers.iter().chain(&clients) {
+            assert_eq!(s.name(), Some("GET /hello"), "{s:?}");
+            assert_eq!(s.attr_i64("http.response.status_code"), Some(200), "{s:?}");
+            assert_eq!(s.attr_str("network.protocol.version"), Some("2"), "{s:?}");
+        }
+        assert!(clients.iter().all(|c| c.pid() == Some(pid)));
+        // Each server stream is the child of the client stream of the same id.
+        let ids: std::collections::HashSet<&str> =
+            clients.iter().filter_map(|c| c.span_id()).collect();
+        let linked = servers
+            .iter()
+            .filter(|s| {
+                s.parent_span_id()
+                    .flatten()
+                    .is_some_and(|p| ids.contains(p))
+            })
+            .count();
+        assert_eq!(
+            linked, 400,
+            "{scheme}: server spans whose parent is a client span"
+        );
+    }
+    drop(nginx);
+}

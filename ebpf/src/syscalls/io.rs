@@ -227,9 +227,23 @@ fn finish(ctx: &TracePointContext, tgid: u32, tid: u32, pending: PendingCall, re
 
 #[inline(always)]
 fn iovecs(ctx: &TracePointContext, conn: &emit::Conn, direction: u32, iov: u64, iovcnt: u64, moved: u64) {
-    let (next, remaining) = segments(conn, direction, iov, 0, iovcnt, moved);
-    if remaining > 0 && next < iovcnt {
-        continue_segments(ctx, conn, direction, iov, iovcnt, next, remaining, 0);
+    // The same loop as `segments` from entry 0, written out: the 6.1 verifier loses the
+    // scratch pointer's type in `emit::data` when this exit shares the general form.
+    let mut remaining = moved;
+    for i in 0..MAX_IOVECS as u64 {
+        if remaining == 0 || i >= iovcnt {
+            break;
+        }
+        // SAFETY: user memory read through the helper, which checks the address.
+        let Ok(seg) = (unsafe { bpf_probe_read_user((iov + i * 16) as *const Iovec) }) else {
+            break;
+        };
+        let n = if seg.len < remaining { seg.len } else { remaining };
+        emit::data(conn, direction, SYSCALL, seg.base, n);
+        remaining -= n;
+    }
+    if remaining > 0 && iovcnt > MAX_IOVECS as u64 {
+        continue_segments(ctx, conn, direction, iov, iovcnt, MAX_IOVECS as u64, remaining, 0);
     }
     truncated(conn, direction, remaining);
 }
