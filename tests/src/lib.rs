@@ -60,6 +60,15 @@ pub fn python() -> PathBuf {
     }
 }
 
+/// The `node_modules` folder of the npm packages the tests use (`cargo xtask test` installs
+/// them under `target/test-npm`; `ZTRACE_NODE_MODULES` points elsewhere).
+pub fn node_modules() -> PathBuf {
+    match std::env::var_os("ZTRACE_NODE_MODULES") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => repo_root().join("target/test-npm/node_modules"),
+    }
+}
+
 /// A TCP port free on 127.0.0.1 right now.
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");

@@ -101,6 +101,10 @@ enum Command {
         /// example as Flask apps under gunicorn: untraced, with the SDK, with ztrace).
         #[arg(long)]
         sdk: bool,
+        /// Only gRPC under h2load (unary calls to the grpc-go server, 16 streams on each of
+        /// 4 connections).
+        #[arg(long)]
+        grpc: bool,
     },
     /// Run the example system (orders, users, inventory and PostgreSQL) traced by ztrace, send a
     /// few requests and print the viewer's URL; Ctrl-C stops everything.
@@ -133,6 +137,7 @@ fn main() -> Result<()> {
             fuzz,
             redis,
             sdk,
+            grpc,
         } => bench::bench(
             &agent_args,
             bench::Only {
@@ -143,6 +148,7 @@ fn main() -> Result<()> {
                 fuzz,
                 redis,
                 sdk,
+                grpc,
             },
         ),
         Command::Demo { lang, pg_port } => demo::demo(lang, pg_port),

@@ -16,7 +16,7 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, ProgramArray, RingBuf},
     programs::{
         uprobe::{UProbeAttachPoint, UProbeLinkId, UProbeScope},
         CgroupAttachMode, SockOps, TracePoint, UProbe,
@@ -24,7 +24,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use ztrace_common::{
-    globals, maps, Counter, Settings, StackSettings, MAX_CAPTURE, MAX_STACK_BYTES,
+    globals, maps, Counter, Settings, StackSettings, IOVECS_MORE_PROGRAM, MAX_CAPTURE,
+    MAX_STACK_BYTES,
 };
 
 use self::attach::{
@@ -433,6 +434,14 @@ pub fn start(
         })?;
 
     fill_selection(&mut ebpf, selection)?;
+    if !empty_programs {
+        if let Err(reason) = load_iovecs_more(&mut ebpf) {
+            tracing::warn!(
+                %reason,
+                "vectored calls (writev, sendmsg) keep only their first 8 segments: HTTP/2 frames of gRPC C-core and Node.js beyond them are lost"
+            );
+        }
+    }
 
     let mut attached = Vec::with_capacity(HOOKS.len());
     for hook in HOOKS {
@@ -863,6 +872,28 @@ fn attach_sock_ops(ebpf: &mut Ebpf, cgroup: Option<PathBuf>) -> Result<Propagati
         Ok(_) => Ok(Propagation::On { cgroup }),
         Err(e) => failed(format!("attach: {}", error_chain(&e))),
     }
+}
+
+/// Loads the program that copies a vectored call's segments beyond the first 8 (a tail call,
+/// never attached) into its program array. `Err(reason)` when the kernel refused it.
+fn load_iovecs_more(ebpf: &mut Ebpf) -> Result<(), String> {
+    let prog: &mut TracePoint = ebpf
+        .program_mut(IOVECS_MORE_PROGRAM)
+        .ok_or("no such program in the object")?
+        .try_into()
+        .map_err(|_| "not a tracepoint program".to_owned())?;
+    prog.load()
+        .map_err(|e| format!("load: {}", verifier::load_failure(IOVECS_MORE_PROGRAM, &e)))?;
+    let fd = prog
+        .fd()
+        .map_err(|e| error_chain(&e))?
+        .try_clone()
+        .map_err(|e| e.to_string())?;
+    let map = ebpf
+        .map_mut(maps::IOVECS_MORE)
+        .ok_or("no program array in the object")?;
+    let mut array = ProgramArray::try_from(map).map_err(|e| error_chain(&e))?;
+    array.set(0, &fd, 0).map_err(|e| error_chain(&e))
 }
 
 /// `Ok(None)` when attached, `Ok(Some(reason))` when the kernel refused.

@@ -282,6 +282,7 @@ impl Capture {
                 request_start_ns,
                 peer_traced,
                 consumer_tid,
+                stream: ex.exchange.stream(),
             };
             // A delivered message was read, not requested: no stack of a request is its own.
             if consumer_tid.is_some() {
