@@ -8,6 +8,7 @@ pub mod attach;
 pub mod btf;
 pub mod caps;
 pub mod events;
+pub mod fill;
 pub mod verifier;
 
 use std::{
@@ -673,6 +674,12 @@ impl Probes {
             }
             _ => Err(BpfError::RequiredHooks),
         }
+    }
+
+    /// How full each of the kernel's hash maps is (walks every key: call it every few
+    /// seconds, not per event).
+    pub fn map_fill(&self) -> Vec<fill::MapFill> {
+        fill::hash_maps(self.ebpf.maps())
     }
 
     /// Kernel counters summed over CPUs, by name.

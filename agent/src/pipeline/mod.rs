@@ -44,6 +44,9 @@ pub enum PipelineError {
 
 /// How often the ring buffer is drained when the kernel does not wake the agent.
 const POLL_INTERVAL: Duration = Duration::from_millis(10);
+/// How often the fill levels of the kernel's hash maps and the agent's tables are counted for
+/// `/metrics` (walking a full 65,536-entry map takes ~65 ms).
+pub const FILL_INTERVAL: Duration = Duration::from_secs(10);
 /// How often the processes of probed TLS files are checked (see `TlsDiscovery::reap`).
 const TLS_REAP_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -126,6 +129,7 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_reap = Instant::now();
+    let mut last_fill: Option<Instant> = None;
     // The kernel wakes the agent only when a backlog builds up; otherwise it is polled.
     let mut poll = tokio::time::interval(POLL_INTERVAL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -172,6 +176,12 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
             health
                 .as_ref()
                 .inspect(|h| h.0.set_queues(sinks.queue_depths()));
+            if let Some((health, _)) = &health {
+                if last_fill.is_none_or(|t| t.elapsed() >= FILL_INTERVAL) {
+                    last_fill = Some(Instant::now());
+                    health.set_levels(levels(&probes, &capture));
+                }
+            }
         }
         // Interpreters: their stacks name no application code, the kernel takes none.
         for tgid in capture.take_stackless() {
@@ -191,8 +201,22 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
     }
     capture.flush(&mut sinks);
     let kernel = probes.kernel_counters();
+    let fill = levels(&probes, &capture);
     drop(probes);
     sinks.finish().await;
-    eprintln!("ztrace stats: {}", metrics.stats_json(&kernel));
+    let mut stats = metrics.stats_json(&kernel);
+    if let (Some(stats), serde_json::Value::Object(fill)) = (stats.as_object_mut(), fill.to_json())
+    {
+        stats.extend(fill);
+    }
+    eprintln!("ztrace stats: {stats}");
     Ok(())
+}
+
+/// How full the kernel's hash maps and the agent's tables are now.
+fn levels(probes: &bpf::Probes, capture: &Capture) -> crate::health::Levels {
+    crate::health::Levels {
+        maps: probes.map_fill(),
+        tables: capture.table_sizes(),
+    }
 }
