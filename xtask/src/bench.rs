@@ -50,6 +50,7 @@ use ztrace_e2e::{
 
 mod arms;
 mod capture;
+mod faults;
 mod modes;
 mod stacks;
 
@@ -96,6 +97,8 @@ pub struct Only {
     pub fuzz: bool,
     /// Redis under `redis-benchmark -P 16`.
     pub redis: bool,
+    /// The faults: OTLP backend down and silent, process churn (`bench/faults.rs`).
+    pub faults: bool,
 }
 
 /// `cargo xtask bench`: all of it, or only the part `only` names.
@@ -129,6 +132,9 @@ pub fn bench(agent_args: &[String], only: Only) -> Result<()> {
     }
     if only.modes {
         return modes::modes_bench(&ztrace);
+    }
+    if only.faults {
+        return faults::faults_bench(&ztrace);
     }
     // Instructions per span first: they hold on a busy machine, the timed loads below do not.
     capture::capture_bench()?;

@@ -97,6 +97,10 @@ enum Command {
         /// Only Redis under `redis-benchmark -P 16` (pipelined SET and GET).
         #[arg(long)]
         redis: bool,
+        /// Only the faults: the OTLP backend down, then silent, for ZTRACE_FAULT_MINUTES (10)
+        /// each under 5,000 spans/s, then process churn (curl and psql loops) as long.
+        #[arg(long)]
+        faults: bool,
     },
     /// Run the example system (orders, users, inventory and PostgreSQL) traced by ztrace, send a
     /// few requests and print the viewer's URL; Ctrl-C stops everything.
@@ -128,6 +132,7 @@ fn main() -> Result<()> {
             modes,
             fuzz,
             redis,
+            faults,
         } => bench::bench(
             &agent_args,
             bench::Only {
@@ -137,6 +142,7 @@ fn main() -> Result<()> {
                 modes,
                 fuzz,
                 redis,
+                faults,
             },
         ),
         Command::Demo { lang, pg_port } => demo::demo(lang, pg_port),
