@@ -108,6 +108,9 @@ counters! {
     store_sampled_out,
     /// Failed store writes (each batch counts once).
     store_write_errors,
+    /// Entries of exited processes removed from the kernel's maps keyed by process (`SOCKS`,
+    /// `PROP_CONNS`, `STACK_CONNS`, ...: nothing in the kernel removes them), every 10 s.
+    kernel_entries_swept,
     /// Stacks from the kernel handed to the symbolizer.
     stacks_received,
     /// Stacks dropped because the symbolizer's queue was full.

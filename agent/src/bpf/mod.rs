@@ -682,6 +682,12 @@ impl Probes {
         fill::hash_maps(self.ebpf.maps())
     }
 
+    /// Removes exited processes' entries from the maps keyed by process (see
+    /// [`fill::sweep_exited`]); returns how many. Walks the maps: every few seconds at most.
+    pub fn sweep_exited(&self) -> u64 {
+        fill::sweep_exited(self.ebpf.maps())
+    }
+
     /// Kernel counters summed over CPUs, by name.
     pub fn kernel_counters(&self) -> Vec<(&'static str, u64)> {
         Counter::ALL

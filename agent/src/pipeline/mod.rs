@@ -44,8 +44,9 @@ pub enum PipelineError {
 
 /// How often the ring buffer is drained when the kernel does not wake the agent.
 const POLL_INTERVAL: Duration = Duration::from_millis(10);
-/// How often the fill levels of the kernel's hash maps and the agent's tables are counted for
-/// `/metrics` (walking a full 65,536-entry map takes ~65 ms).
+/// How often the kernel's maps keyed by process are swept of exited processes, and the fill
+/// levels of the kernel's hash maps and the agent's tables counted for `/metrics` (walking a
+/// full 65,536-entry map takes ~65 ms).
 pub const FILL_INTERVAL: Duration = Duration::from_secs(10);
 /// How often the processes of probed TLS files are checked (see `TlsDiscovery::reap`).
 const TLS_REAP_INTERVAL: Duration = Duration::from_secs(1);
@@ -176,9 +177,11 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
             health
                 .as_ref()
                 .inspect(|h| h.0.set_queues(sinks.queue_depths()));
-            if let Some((health, _)) = &health {
-                if last_fill.is_none_or(|t| t.elapsed() >= FILL_INTERVAL) {
-                    last_fill = Some(Instant::now());
+            if last_fill.is_none_or(|t| t.elapsed() >= FILL_INTERVAL) {
+                last_fill = Some(Instant::now());
+                // Exited processes' entries go, so that churn cannot fill the maps.
+                Metrics::add(&metrics.kernel_entries_swept, probes.sweep_exited());
+                if let Some((health, _)) = &health {
                     health.set_levels(levels(&probes, &capture));
                 }
             }

@@ -35,6 +35,18 @@ pub mod maps {
     /// HashMap<u32 tgid, [`super::GoProc`]> of Go programs whose goroutines are followed.
     pub const GO_PROCS: &str = "GO_PROCS";
     pub const STACK_SKIP: &str = "STACK_SKIP";
+    /// LruHashMap<u64 `tgid << 32 | fd`, SockEntry>: what the kernel knows of each fd.
+    pub const SOCKS: &str = "SOCKS";
+    /// LruHashMap<u64 `tgid << 32 | fd`, PropConn>: connections carrying request ids.
+    pub const PROP_CONNS: &str = "PROP_CONNS";
+    /// LruHashMap<u64 `tgid << 32 | fd`, StackConn>: client connections taking stacks.
+    pub const STACK_CONNS: &str = "STACK_CONNS";
+    /// LruHashMap<u32 tgid, u32>: processes that had a connection announced.
+    pub const SEEN_TGIDS: &str = "SEEN_TGIDS";
+    /// LruHashMap<u32 tgid, Budget>: each process's stack budget.
+    pub const STACK_BUDGET: &str = "STACK_BUDGET";
+    /// LruHashMap<UnitKey (u32 tgid first), Serving>: the request each thread or goroutine serves.
+    pub const UNIT_CTX: &str = "UNIT_CTX";
 }
 
 /// Names of the global constants the agent sets with `EbpfLoader::set_global`.
