@@ -68,7 +68,13 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
     let viewer = if config.no_ui {
         None
     } else {
-        ui::start(&config, metrics.clone(), sinks.store_dir.as_deref()).await
+        ui::start(
+            &config,
+            metrics.clone(),
+            sinks.store_dir.as_deref(),
+            sinks.store_status.clone(),
+        )
+        .await
     };
 
     let selection = Selection {

@@ -72,9 +72,16 @@ pub(super) async fn stats(state: Arc<State>) -> Response<Full<Bytes>> {
             &serde_json::json!({ "counters": counters, "store": null }),
         );
     }
+    let problem = state
+        .store_status
+        .as_ref()
+        .and_then(|s| s.problem())
+        .map(|p| serde_json::to_value(p).unwrap_or_default());
     with_store(state, move |store| {
-        let size = store.size()?;
-        Ok(serde_json::json!({ "counters": counters, "store": { "path": store.path(), "size": size } }))
+        // A file too damaged to tell its size still has a problem to show.
+        let size = store.size().ok();
+        Ok(serde_json::json!({ "counters": counters,
+            "store": { "path": store.path(), "size": size, "problem": problem } }))
     })
     .await
 }

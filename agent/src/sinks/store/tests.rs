@@ -476,7 +476,7 @@ fn writer_thread_batches_while_a_reader_reads() {
         max_age: Duration::from_secs(1 << 40),
         max_bytes: u64::MAX,
     };
-    let mut sink = StoreSink::start(store, retention, 0, metrics.clone()).expect("start");
+    let mut sink = StoreSink::start(store, retention, 0, metrics.clone(), Default::default()).expect("start");
     let reads = std::thread::spawn(move || {
         let mut seen = 0;
         for _ in 0..200 {

@@ -4,7 +4,8 @@
 //! The capture task only ever hands it spans through the sinks' bounded queue (`sinks::queue`): a
 //! full queue is a counted drop (`store_dropped`), a failed batch is a counted error
 //! (`store_write_errors`) with a log line at most once a minute. The thread never stops on a
-//! write error (a full disk may be freed).
+//! write error (a full disk may be freed). The last failure, until a write succeeds again, is
+//! kept in [`StoreStatus`] for the viewer, which shows it (`/api/stats`, a banner on the pages).
 //!
 //! **Span budget.** Storing costs CPU on the traced host (SQLite inserts, about 13 µs a span), so
 //! the store takes at most `--store-max-spans-per-second` spans a second (default
@@ -50,6 +51,62 @@ pub struct Retention {
 }
 
 /// The store as a sink: the sending end of its writer thread.
+/// What is wrong with the store now, as its writer last found it: shared with the viewer.
+#[derive(Debug, Default)]
+pub struct StoreStatus {
+    problem: std::sync::Mutex<Option<StoreProblem>>,
+}
+
+/// Writes have been failing since `since`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StoreProblem {
+    /// The last write's error (SQLite's words: `database or disk is full`, `database disk image
+    /// is malformed`, ...).
+    pub message: String,
+    /// When the writes began to fail, in unix milliseconds.
+    pub since_unix_ms: u64,
+    /// Batches and spans lost since then.
+    pub failed_batches: u64,
+    pub lost_spans: u64,
+}
+
+impl StoreStatus {
+    /// The problem now, if writes are failing.
+    pub fn problem(&self) -> Option<StoreProblem> {
+        self.problem
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn failed(&self, error: &StoreError, spans: u64) {
+        let mut problem = self
+            .problem
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let p = problem.get_or_insert_with(|| StoreProblem {
+            message: String::new(),
+            since_unix_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0)),
+            failed_batches: 0,
+            lost_spans: 0,
+        });
+        p.message = error.to_string();
+        p.failed_batches += 1;
+        p.lost_spans += spans;
+    }
+
+    /// A write succeeded: the problem, if any, is over.
+    fn succeeded(&self) -> bool {
+        self.problem
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+            .is_some()
+    }
+}
+
 pub struct StoreSink {
     writer: Worker,
     admission: Admission,
@@ -108,10 +165,11 @@ impl StoreSink {
         retention: Retention,
         max_spans_per_second: u64,
         metrics: Arc<Metrics>,
+        status: Arc<StoreStatus>,
     ) -> Option<StoreSink> {
         let opened = Store::open(dir).and_then(|store| {
             let path = store.path().to_owned();
-            StoreSink::start(store, retention, max_spans_per_second, metrics)
+            StoreSink::start(store, retention, max_spans_per_second, metrics, status)
                 .map(|sink| (sink, path))
                 .map_err(|source| StoreError::Dir {
                     path: dir.to_owned(),
@@ -139,6 +197,7 @@ impl StoreSink {
         retention: Retention,
         max_spans_per_second: u64,
         metrics: Arc<Metrics>,
+        status: Arc<StoreStatus>,
     ) -> std::io::Result<StoreSink> {
         let (for_drops, for_writer) = (metrics.clone(), metrics.clone());
         let dropped = move |n| Metrics::add(&for_drops.store_dropped, n);
@@ -148,6 +207,7 @@ impl StoreSink {
                 retention,
                 metrics: for_writer,
                 last_error_log: None,
+                status,
             }
             .run(&mut rx);
         })?;
@@ -188,6 +248,7 @@ struct Writer {
     retention: Retention,
     metrics: Arc<Metrics>,
     last_error_log: Option<Instant>,
+    status: Arc<StoreStatus>,
 }
 
 impl Writer {
@@ -220,8 +281,14 @@ impl Writer {
 
     fn write(&mut self, batch: &mut Vec<Span>) {
         match self.store.insert(batch) {
-            Ok(()) => Metrics::add(&self.metrics.store_spans_written, batch.len() as u64),
+            Ok(()) => {
+                Metrics::add(&self.metrics.store_spans_written, batch.len() as u64);
+                if self.status.succeeded() {
+                    tracing::info!(path = %self.store.path().display(), "the trace store is written again");
+                }
+            }
             Err(error) => {
+                self.status.failed(&error, batch.len() as u64);
                 Metrics::inc(&self.metrics.store_write_errors);
                 Metrics::add(&self.metrics.store_dropped, batch.len() as u64);
                 if self
