@@ -6,8 +6,9 @@
 //! - `GET /api/traces/{trace_id}`: `{trace_id, spans: [<DESIGN.md span>]}` (404 when unknown).
 //! - `GET /api/services?minutes=N`: per service request rate, error rate, p50/p95/p99 (default 15).
 //! - `GET /api/stats`: the agent's self-telemetry counters and the store's path, size and
-//!   `problem` (why its writes fail now: a full disk, a damaged file; `null` when they succeed),
-//!   or `"store": null` when it is disabled. The pages show either in a banner.
+//!   `problem` (why its writes fail now: a full disk, a damaged file — which stays reported —;
+//!   `null` when they succeed) and `read_error` (the viewer's own read failing), or
+//!   `"store": null` when it is disabled. The pages show each in a banner.
 //! - `/`, `/app.js`, `/app.css`: the single-page viewer, compiled into the binary.
 //!
 //! [`start`] opens a read connection to the store the pipeline's store sink writes, and binds the

@@ -68,6 +68,9 @@ pub struct StoreProblem {
     /// Batches and spans lost since then.
     pub failed_batches: u64,
     pub lost_spans: u64,
+    /// The file is damaged: the problem stays (later writes may succeed, the file is not whole
+    /// again) until ztrace is restarted on a sound file.
+    pub damaged: bool,
 }
 
 impl StoreStatus {
@@ -80,6 +83,18 @@ impl StoreStatus {
     }
 
     fn failed(&self, error: &StoreError, spans: u64) {
+        self.report(&error.to_string(), error.is_damage(), spans);
+    }
+
+    /// A read (the viewer's) found the file damaged: reported as the writer's failures are, and
+    /// it stays.
+    pub fn read_failed(&self, error: &StoreError) {
+        if error.is_damage() {
+            self.report(&error.to_string(), true, 0);
+        }
+    }
+
+    fn report(&self, error: &str, damage: bool, spans: u64) {
         let mut problem = self
             .problem
             .lock()
@@ -91,20 +106,47 @@ impl StoreStatus {
                 .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0)),
             failed_batches: 0,
             lost_spans: 0,
+            damaged: false,
         });
-        p.message = error.to_string();
+        p.message = error.to_owned();
+        if damage {
+            p.damaged = true;
+            p.message = format!(
+                "{error}: the database file is damaged; move it away and restart ztrace, or choose another --data-dir"
+            );
+        }
         p.failed_batches += 1;
         p.lost_spans += spans;
     }
 
-    /// A write succeeded: the problem, if any, is over.
+    /// A write succeeded: the problem, if any, is over (unless the file is damaged). True if
+    /// one just ended.
     fn succeeded(&self) -> bool {
-        self.problem
+        let mut problem = self
+            .problem
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
-            .is_some()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if problem.as_ref().is_some_and(|p| p.damaged) {
+            return false;
+        }
+        problem.take().is_some()
     }
+}
+
+/// How often the writer checks that its file still starts with SQLite's header (SQLite itself
+/// may not notice a file overwritten under it for a long time: in WAL mode new pages go to the
+/// `-wal` file and recent ones are cached).
+const HEADER_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// The first 16 bytes of every SQLite database file.
+const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
+
+/// Whether the file at `path` starts with SQLite's header; `None` when it cannot be read.
+pub(super) fn has_sqlite_header(path: &Path) -> Option<bool> {
+    use std::io::Read as _;
+    let mut head = [0u8; 16];
+    let mut file = std::fs::File::open(path).ok()?;
+    file.read_exact(&mut head).ok()?;
+    Some(&head == SQLITE_HEADER)
 }
 
 pub struct StoreSink {
@@ -208,6 +250,7 @@ impl StoreSink {
                 metrics: for_writer,
                 last_error_log: None,
                 status,
+                last_header_check: Instant::now(),
             }
             .run(&mut rx);
         })?;
@@ -249,6 +292,7 @@ struct Writer {
     metrics: Arc<Metrics>,
     last_error_log: Option<Instant>,
     status: Arc<StoreStatus>,
+    last_header_check: Instant,
 }
 
 impl Writer {
@@ -280,6 +324,18 @@ impl Writer {
     }
 
     fn write(&mut self, batch: &mut Vec<Span>) {
+        if self.last_header_check.elapsed() >= HEADER_CHECK_INTERVAL {
+            self.last_header_check = Instant::now();
+            if has_sqlite_header(self.store.path()) == Some(false) {
+                tracing::error!(path = %self.store.path().display(),
+                    "the trace store's file no longer starts with SQLite's header: it was overwritten or damaged");
+                self.status.report(
+                    "the file no longer starts with SQLite's header (overwritten or damaged)",
+                    true,
+                    0,
+                );
+            }
+        }
         match self.store.insert(batch) {
             Ok(()) => {
                 Metrics::add(&self.metrics.store_spans_written, batch.len() as u64);

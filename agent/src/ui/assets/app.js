@@ -409,6 +409,8 @@ async function checkStore() {
     } else if (p) {
       text = `The trace store cannot save spans since ${new Date(p.since_unix_ms).toLocaleString()}: ${p.message}. ` +
         `${p.lost_spans} spans lost; capture and export go on.`;
+    } else if (stats.store.read_error) {
+      text = `The trace store cannot be read: ${stats.store.read_error}`;
     }
   } catch (e) {
     text = `The trace store cannot be read: ${e.message}`;
