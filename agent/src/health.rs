@@ -357,7 +357,7 @@ mod tests {
             page.contains("ztrace_table_entries{table=\"connections\"} 3\n"),
             "{page}"
         );
-        let json = health.levels.lock().unwrap().to_json();
+        let json = health.levels.lock().expect("levels").to_json();
         assert_eq!(json["bpf_maps"]["SOCKS"]["entries"], 12);
         assert_eq!(json["tables"]["connections"], 3);
     }

@@ -21,6 +21,20 @@ pub struct MapFill {
     pub max_entries: u32,
 }
 
+#[cfg(test)]
+mod tests {
+    use super::one_pid_namespace;
+
+    #[test]
+    fn the_sweep_runs_only_where_proc_shows_the_kernels_pids() {
+        assert!(one_pid_namespace(
+            "Name:\tztrace\nNSpid:\t4242\nNSpgid:\t4242\n"
+        ));
+        assert!(!one_pid_namespace("Name:\tztrace\nNSpid:\t4242\t7\n"));
+        assert!(one_pid_namespace("Name:\tztrace\n"));
+    }
+}
+
 /// `BPF_MAP_GET_NEXT_KEY` (linux/bpf.h `enum bpf_cmd`).
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 /// Keys longer than this are not walked (none of ztrace's maps comes close).
@@ -120,8 +134,10 @@ const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 /// Where a map's key holds the process id.
 #[derive(Clone, Copy, Debug)]
 enum TgidAt {
-    /// A `u64` `tgid << 32 | fd`: bytes 4..8.
+    /// A `u64` `tgid << 32 | fd` (or `pid_tgid`): bytes 4..8.
     High32,
+    /// A struct with a `u64` then the `u32` tgid: bytes 8..12.
+    After64,
     /// A `u32` tgid, or a struct that starts with one: bytes 0..4.
     First32,
 }
@@ -138,13 +154,24 @@ const PER_PROCESS: &[(&str, TgidAt)] = &[
     (ztrace_common::maps::STACK_BUDGET, TgidAt::First32),
     (ztrace_common::maps::STACK_SKIP, TgidAt::First32),
     (ztrace_common::maps::UNIT_CTX, TgidAt::First32),
+    (ztrace_common::maps::SSL_FDS, TgidAt::After64),
+    (ztrace_common::maps::TLS_MEMBIO, TgidAt::First32),
+    (ztrace_common::maps::LAST_READ_FD, TgidAt::High32),
+    (ztrace_common::maps::PENDING_SSL, TgidAt::High32),
 ];
 
 /// Removes the entries of processes that no longer exist (no `/proc/TGID`) from the
 /// [`PER_PROCESS`] maps; returns how many it removed. A pid reused between the check and the
 /// delete loses an entry the kernel makes again on its next use (a socket is looked up again;
 /// a connection opened in that instant gets no request ids or stacks).
+///
+/// Only in the host's PID namespace (a DaemonSet has `hostPID: true`): elsewhere `/proc` does
+/// not show the kernel's process ids, and every entry would look dead.
 pub fn sweep_exited<'a>(maps: impl Iterator<Item = (&'a str, &'a Map)>) -> u64 {
+    static HOST_PIDS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if !*HOST_PIDS.get_or_init(in_host_pid_namespace) {
+        return 0;
+    }
     let mut alive: std::collections::HashMap<u32, bool> = std::collections::HashMap::new();
     let mut removed = 0u64;
     for (name, map) in maps {
@@ -159,6 +186,7 @@ pub fn sweep_exited<'a>(maps: impl Iterator<Item = (&'a str, &'a Map)>) -> u64 {
         let range = match at {
             TgidAt::High32 if key_size == 8 => 4..8,
             TgidAt::First32 if key_size >= 4 => 0..4,
+            TgidAt::After64 if key_size >= 12 => 8..12,
             _ => continue,
         };
         let mut dead = Vec::new();
@@ -184,6 +212,20 @@ pub fn sweep_exited<'a>(maps: impl Iterator<Item = (&'a str, &'a Map)>) -> u64 {
         }
     }
     removed
+}
+
+/// This process sees the kernel's process ids: `NSpid` in `/proc/self/status` has one id (no
+/// nested PID namespace). Unknown (an old kernel without `NSpid`) counts as yes.
+fn in_host_pid_namespace() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| one_pid_namespace(&s))
+}
+
+/// `NSpid` of a `/proc/PID/status` names one id, or is missing.
+fn one_pid_namespace(status: &str) -> bool {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .is_none_or(|ids| ids.split_whitespace().count() == 1)
 }
 
 /// Deletes one key; false if it was gone already or the call failed.

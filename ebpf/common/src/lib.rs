@@ -47,6 +47,14 @@ pub mod maps {
     pub const STACK_BUDGET: &str = "STACK_BUDGET";
     /// LruHashMap<UnitKey (u32 tgid first), Serving>: the request each thread or goroutine serves.
     pub const UNIT_CTX: &str = "UNIT_CTX";
+    /// LruHashMap<SslKey {ssl: u64, tgid: u32, _pad}, SslSocket>: each `SSL*`'s socket.
+    pub const SSL_FDS: &str = "SSL_FDS";
+    /// LruHashMap<u32 tgid, u32>: processes whose TLS uses a memory BIO.
+    pub const TLS_MEMBIO: &str = "TLS_MEMBIO";
+    /// LruHashMap<u64 pid_tgid, i32>: the last TCP fd each memory-BIO thread read.
+    pub const LAST_READ_FD: &str = "LAST_READ_FD";
+    /// LruHashMap<u64 pid_tgid, u64>: a memory-BIO thread's TLS call waiting for its socket.
+    pub const PENDING_SSL: &str = "PENDING_SSL";
 }
 
 /// Names of the global constants the agent sets with `EbpfLoader::set_global`.
