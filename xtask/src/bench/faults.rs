@@ -1,5 +1,6 @@
 //! `cargo xtask bench --faults`: the faults a node agent must survive, each for
-//! `ZTRACE_FAULT_MINUTES` minutes (default 10), with figures printed, never asserted (the short,
+//! `ZTRACE_FAULT_MINUTES` minutes (default 10; `ZTRACE_FAULT_PARTS=backend` or `churn` for one
+//! part), with figures printed, never asserted (the short,
 //! asserting versions are `tests/tests/backend.rs` and `tests/tests/churn.rs`).
 //!
 //! 1. Backend: nginx under `hey -c 10 -q 250` (2,500 requests/s, 5,000 spans/s with both ends
@@ -48,8 +49,15 @@ fn fault_length() -> Duration {
 pub(super) fn faults_bench(ztrace: &Path) -> Result<()> {
     apt_install(&["nginx", "hey", "curl", "postgresql"])?;
     let length = fault_length();
-    backend_faults(ztrace, length)?;
-    churn(ztrace, length)
+    // `ZTRACE_FAULT_PARTS=churn` (or `backend`) runs one part only.
+    let parts = std::env::var("ZTRACE_FAULT_PARTS").unwrap_or_else(|_| "backend,churn".into());
+    if parts.contains("backend") {
+        backend_faults(ztrace, length)?;
+    }
+    if parts.contains("churn") {
+        churn(ztrace, length)?;
+    }
+    Ok(())
 }
 
 /// The agent, started with `args`, its stderr in `dir`; ready when this returns.
