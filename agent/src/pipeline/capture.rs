@@ -114,6 +114,7 @@ impl Capture {
         sizes.extend(self.tls.table_sizes());
         sizes.extend(self.go.table_sizes());
         sizes.extend(self.tracer.table_sizes());
+        sizes.extend(self.stacks.table_sizes());
         sizes
             .into_iter()
             .map(|(name, n)| (name, n as u64))
