@@ -7,6 +7,10 @@
 //! counters are read by the pipeline (which owns the maps) once a second and kept here.
 //!
 //! Queue depths: each sink's (`<sink>_queue_spans`, gauges), set by the pipeline every second.
+//! Fill levels ([`Levels`]): `ztrace_bpf_map_entries{map="SOCKS"}` and
+//! `ztrace_bpf_map_max_entries{map="SOCKS"}` for each kernel hash map, and
+//! `ztrace_table_entries{table="connections"}` for each of the agent's own tables, set by the
+//! pipeline every [`crate::pipeline::FILL_INTERVAL`].
 //! Not done: histograms.
 
 use std::{
@@ -22,7 +26,7 @@ use http_body_util::Full;
 use hyper::{body::Incoming, header, Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 
-use crate::metrics::Metrics;
+use crate::{bpf::fill::MapFill, metrics::Metrics};
 
 /// Prefix of every metric name.
 const PREFIX: &str = "ztrace_";
@@ -38,6 +42,75 @@ pub struct Health {
     kernel: Mutex<Vec<(&'static str, u64)>>,
     /// Spans waiting in the sinks' queues (`export_queue_spans`, `print_queue_spans`, ...).
     queues: Mutex<Vec<(&'static str, u64)>>,
+    levels: Mutex<Levels>,
+}
+
+/// How full the kernel's hash maps and the agent's own tables are.
+#[derive(Clone, Debug, Default)]
+pub struct Levels {
+    pub maps: Vec<MapFill>,
+    /// Entries in each of the agent's tables (`connections`, `processes`, ...).
+    pub tables: Vec<(&'static str, u64)>,
+}
+
+impl Levels {
+    /// `{"bpf_maps": {"SOCKS": {"entries": N, "max_entries": M}, ...}, "tables": {...}}`, for
+    /// `ztrace stats`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let maps: serde_json::Map<String, serde_json::Value> = self
+            .maps
+            .iter()
+            .map(|m| {
+                (
+                    m.name.clone(),
+                    serde_json::json!({ "entries": m.entries, "max_entries": m.max_entries }),
+                )
+            })
+            .collect();
+        let tables: serde_json::Map<String, serde_json::Value> = self
+            .tables
+            .iter()
+            .map(|(name, n)| ((*name).to_owned(), (*n).into()))
+            .collect();
+        serde_json::json!({ "bpf_maps": maps, "tables": tables })
+    }
+
+    /// The Prometheus lines: labelled gauges.
+    fn render(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let mut family =
+            |name: &str, label: &str, values: &mut dyn Iterator<Item = (&str, u64)>| {
+                let mut first = true;
+                for (key, value) in values {
+                    if first {
+                        let _ = writeln!(out, "# TYPE {PREFIX}{name} gauge");
+                        first = false;
+                    }
+                    let _ = writeln!(out, "{PREFIX}{name}{{{label}=\"{key}\"}} {value}");
+                }
+            };
+        family(
+            "bpf_map_entries",
+            "map",
+            &mut self
+                .maps
+                .iter()
+                .map(|m| (m.name.as_str(), u64::from(m.entries))),
+        );
+        family(
+            "bpf_map_max_entries",
+            "map",
+            &mut self
+                .maps
+                .iter()
+                .map(|m| (m.name.as_str(), u64::from(m.max_entries))),
+        );
+        family(
+            "table_entries",
+            "table",
+            &mut self.tables.iter().map(|(n, v)| (*n, *v)),
+        );
+    }
 }
 
 impl Health {
@@ -47,6 +120,7 @@ impl Health {
             metrics,
             kernel: Mutex::new(Vec::new()),
             queues: Mutex::new(Vec::new()),
+            levels: Mutex::new(Levels::default()),
         })
     }
 
@@ -69,13 +143,24 @@ impl Health {
         }
     }
 
+    /// Fill levels of the kernel's maps and the agent's tables, as last counted.
+    pub fn set_levels(&self, levels: Levels) {
+        if let Ok(mut current) = self.levels.lock() {
+            *current = levels;
+        }
+    }
+
     /// The `/metrics` page.
     fn render(&self) -> String {
         let mut all = self.metrics.snapshot();
         for levels in [&self.kernel, &self.queues] {
             all.extend(levels.lock().map(|k| k.clone()).unwrap_or_default());
         }
-        encode_prometheus(&all, resident_bytes())
+        let mut page = encode_prometheus(&all, resident_bytes());
+        if let Ok(levels) = self.levels.lock() {
+            levels.render(&mut page);
+        }
+        page
     }
 }
 
@@ -244,5 +329,36 @@ mod tests {
         assert!(!page.contains("print_queue"));
         assert!(resident_bytes().is_some_and(|b| b > 0));
         assert!(page.contains("ztrace_resident_memory_bytes "));
+    }
+
+    #[test]
+    fn fill_levels_are_labelled_gauges() {
+        let health = Health::new(Arc::new(Metrics::default()));
+        health.set_levels(Levels {
+            maps: vec![MapFill {
+                name: "SOCKS".into(),
+                entries: 12,
+                max_entries: 65536,
+            }],
+            tables: vec![("connections", 3)],
+        });
+        let page = health.render();
+        assert!(
+            page.contains(
+                "# TYPE ztrace_bpf_map_entries gauge\nztrace_bpf_map_entries{map=\"SOCKS\"} 12\n"
+            ),
+            "{page}"
+        );
+        assert!(
+            page.contains("ztrace_bpf_map_max_entries{map=\"SOCKS\"} 65536\n"),
+            "{page}"
+        );
+        assert!(
+            page.contains("ztrace_table_entries{table=\"connections\"} 3\n"),
+            "{page}"
+        );
+        let json = health.levels.lock().expect("levels").to_json();
+        assert_eq!(json["bpf_maps"]["SOCKS"]["entries"], 12);
+        assert_eq!(json["tables"]["connections"], 3);
     }
 }

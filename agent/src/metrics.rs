@@ -88,8 +88,18 @@ counters! {
     spans_exported,
     /// Spans given up on after export retries failed.
     spans_export_failed,
-    /// Failed OTLP export attempts (each retry counts).
+    /// Failed OTLP export attempts (each retry counts), whatever the reason; the two below
+    /// count some of them by reason.
     export_errors,
+    /// Export attempts that found no endpoint: connection refused or not established (the
+    /// backend is down or unreachable).
+    export_errors_unreachable,
+    /// Export attempts that got no answer in time (the backend accepts connections but does not
+    /// answer, or is too slow).
+    export_errors_timeout,
+    /// Spans the OTLP exporter's queue refused because it was full (the endpoint slow, failing
+    /// or down); also counted in `spans_dropped_queue_full`.
+    export_dropped_queue_full,
     /// Spans written to the embedded trace store.
     store_spans_written,
     /// Spans not stored: the store's queue was full, or their batch failed to write.
@@ -98,6 +108,9 @@ counters! {
     store_sampled_out,
     /// Failed store writes (each batch counts once).
     store_write_errors,
+    /// Entries of exited processes removed from the kernel's maps keyed by process (`SOCKS`,
+    /// `PROP_CONNS`, `STACK_CONNS`, ...: nothing in the kernel removes them), every 10 s.
+    kernel_entries_swept,
     /// Stacks from the kernel handed to the symbolizer.
     stacks_received,
     /// Stacks dropped because the symbolizer's queue was full.

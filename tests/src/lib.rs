@@ -9,6 +9,7 @@
 //! Every process started here is killed when its guard drops, every wait is bounded, and every
 //! address is loopback. The harness asserts nothing about spans itself: tests do, field by field.
 
+pub mod backend;
 pub mod checks;
 pub mod clients;
 pub mod cri;

@@ -55,6 +55,7 @@ use ztrace_e2e::{
 
 mod arms;
 mod capture;
+mod faults;
 mod modes;
 mod sdk;
 mod stacks;
@@ -106,6 +107,8 @@ pub struct Only {
     pub sdk: bool,
     /// gRPC under h2load.
     pub grpc: bool,
+    /// The faults: OTLP backend down and silent, process churn (`bench/faults.rs`).
+    pub faults: bool,
 }
 
 /// `cargo xtask bench`: all of it, or only the part `only` names.
@@ -145,6 +148,9 @@ pub fn bench(agent_args: &[String], only: Only) -> Result<()> {
     }
     if only.sdk {
         return sdk::sdk_bench(&ztrace);
+    }
+    if only.faults {
+        return faults::faults_bench(&ztrace);
     }
     // Instructions per span first: they hold on a busy machine, the timed loads below do not.
     capture::capture_bench()?;

@@ -105,6 +105,10 @@ enum Command {
         /// 4 connections).
         #[arg(long)]
         grpc: bool,
+        /// Only the faults: the OTLP backend down, then silent, for ZTRACE_FAULT_MINUTES (10)
+        /// each under 5,000 spans/s, then process churn (curl and psql loops) as long.
+        #[arg(long)]
+        faults: bool,
     },
     /// Run the example system (orders, users, inventory and PostgreSQL) traced by ztrace, send a
     /// few requests and print the viewer's URL; Ctrl-C stops everything.
@@ -138,6 +142,7 @@ fn main() -> Result<()> {
             redis,
             sdk,
             grpc,
+            faults,
         } => bench::bench(
             &agent_args,
             bench::Only {
@@ -149,6 +154,7 @@ fn main() -> Result<()> {
                 redis,
                 sdk,
                 grpc,
+                faults,
             },
         ),
         Command::Demo { lang, pg_port } => demo::demo(lang, pg_port),

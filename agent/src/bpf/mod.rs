@@ -8,6 +8,7 @@ pub mod attach;
 pub mod btf;
 pub mod caps;
 pub mod events;
+pub mod fill;
 pub mod verifier;
 
 use std::{
@@ -792,6 +793,18 @@ impl Probes {
             }
             _ => Err(BpfError::RequiredHooks),
         }
+    }
+
+    /// How full each of the kernel's hash maps is (walks every key: call it every few
+    /// seconds, not per event).
+    pub fn map_fill(&self) -> Vec<fill::MapFill> {
+        fill::hash_maps(self.ebpf.maps())
+    }
+
+    /// Removes exited processes' entries from the maps keyed by process (see
+    /// [`fill::sweep_exited`]); returns how many. Walks the maps: every few seconds at most.
+    pub fn sweep_exited(&self) -> u64 {
+        fill::sweep_exited(self.ebpf.maps())
     }
 
     /// Kernel counters summed over CPUs, by name.

@@ -95,6 +95,15 @@ impl GoDiscovery {
         self.pending.push(tgid);
     }
 
+    /// Sizes of its tables: Go binaries looked at, processes checked and followed.
+    pub fn table_sizes(&self) -> [(&'static str, usize); 3] {
+        [
+            ("go_binaries", self.files.len()),
+            ("go_processes_checked", self.checked.len()),
+            ("go_processes_followed", self.followed.len()),
+        ]
+    }
+
     pub fn has_pending(&self) -> bool {
         !self.pending.is_empty()
     }

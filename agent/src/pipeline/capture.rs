@@ -109,6 +109,23 @@ impl Capture {
         }
     }
 
+    /// Entries in each of the agent's own tables, by name (for `/metrics` and `ztrace stats`).
+    pub fn table_sizes(&self) -> Vec<(&'static str, u64)> {
+        let mut sizes = vec![
+            ("connections", self.conns.len()),
+            ("processes", self.processes.len()),
+            ("stackless_told", self.stackless_told.len()),
+        ];
+        sizes.extend(self.tls.table_sizes());
+        sizes.extend(self.go.table_sizes());
+        sizes.extend(self.tracer.table_sizes());
+        sizes.extend(self.stacks.table_sizes());
+        sizes
+            .into_iter()
+            .map(|(name, n)| (name, n as u64))
+            .collect()
+    }
+
     /// Processes whose stacks cannot name their code, seen since the last call (see
     /// [`crate::discovery::cmdline::Runtime::stacks_name_code`]).
     pub fn take_stackless(&mut self) -> Vec<u32> {

@@ -44,6 +44,10 @@ pub enum PipelineError {
 
 /// How often the ring buffer is drained when the kernel does not wake the agent.
 const POLL_INTERVAL: Duration = Duration::from_millis(10);
+/// How often the kernel's maps keyed by process are swept of exited processes, and the fill
+/// levels of the kernel's hash maps and the agent's tables counted for `/metrics` (walking a
+/// full 65,536-entry map takes ~65 ms).
+pub const FILL_INTERVAL: Duration = Duration::from_secs(10);
 /// How often the processes of probed TLS files are checked (see `TlsDiscovery::reap`).
 const TLS_REAP_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -64,7 +68,13 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
     let viewer = if config.no_ui {
         None
     } else {
-        ui::start(&config, metrics.clone(), sinks.store_dir.as_deref()).await
+        ui::start(
+            &config,
+            metrics.clone(),
+            sinks.store_dir.as_deref(),
+            sinks.store_status.clone(),
+        )
+        .await
     };
 
     let selection = Selection {
@@ -127,6 +137,7 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_reap = Instant::now();
+    let mut last_fill: Option<Instant> = None;
     // The kernel wakes the agent only when a backlog builds up; otherwise it is polled.
     let mut poll = tokio::time::interval(POLL_INTERVAL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -173,6 +184,14 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
             health
                 .as_ref()
                 .inspect(|h| h.0.set_queues(sinks.queue_depths()));
+            if last_fill.is_none_or(|t| t.elapsed() >= FILL_INTERVAL) {
+                last_fill = Some(Instant::now());
+                // Exited processes' entries go, so that churn cannot fill the maps.
+                Metrics::add(&metrics.kernel_entries_swept, probes.sweep_exited());
+                if let Some((health, _)) = &health {
+                    health.set_levels(levels(&probes, &capture));
+                }
+            }
         }
         // Interpreters: their stacks name no application code, the kernel takes none.
         for tgid in capture.take_stackless() {
@@ -192,8 +211,22 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
     }
     capture.flush(&mut sinks);
     let kernel = probes.kernel_counters();
+    let fill = levels(&probes, &capture);
     probes.release_in_background();
     sinks.finish().await;
-    eprintln!("ztrace stats: {}", metrics.stats_json(&kernel));
+    let mut stats = metrics.stats_json(&kernel);
+    if let (Some(stats), serde_json::Value::Object(fill)) = (stats.as_object_mut(), fill.to_json())
+    {
+        stats.extend(fill);
+    }
+    eprintln!("ztrace stats: {stats}");
     Ok(())
+}
+
+/// How full the kernel's hash maps and the agent's tables are now.
+fn levels(probes: &bpf::Probes, capture: &Capture) -> crate::health::Levels {
+    crate::health::Levels {
+        maps: probes.map_fill(),
+        tables: capture.table_sizes(),
+    }
 }

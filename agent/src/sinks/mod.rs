@@ -49,6 +49,8 @@ pub struct Sinks {
     sinks: Vec<Box<dyn Sink>>,
     /// Where the store keeps its database, when it opened (the viewer reads it there).
     pub store_dir: Option<PathBuf>,
+    /// What is wrong with the store's writes now, when it opened (the viewer shows it).
+    pub store_status: Option<Arc<store::writer::StoreStatus>>,
 }
 
 /// Why the sinks could not start.
@@ -73,6 +75,7 @@ impl Sinks {
             sinks.push(Box::new(print::PrintSink::start(format, metrics.clone())?));
         }
         let mut store_dir = None;
+        let mut store_status = None;
         if !config.no_ui {
             let dir = store::data_dir(config.data_dir.as_deref());
             let retention = store::writer::Retention {
@@ -80,16 +83,24 @@ impl Sinks {
                 max_bytes: config.max_store_size,
             };
             let budget = config.store_max_spans_per_second;
-            if let Some(sink) = store::StoreSink::open(&dir, retention, budget, metrics.clone()) {
+            let status = Arc::new(store::writer::StoreStatus::default());
+            if let Some(sink) =
+                store::StoreSink::open(&dir, retention, budget, metrics.clone(), status.clone())
+            {
                 sinks.push(Box::new(sink));
                 store_dir = Some(dir);
+                store_status = Some(status);
             }
         }
         if let Some(otlp) = otlp::OtlpConfig::from_config(config)? {
             tracing::info!(endpoint = %otlp.endpoint, protocol = ?otlp.protocol, "exporting spans over OTLP");
             sinks.push(Box::new(otlp::OtlpSink::start(otlp, metrics.clone())?));
         }
-        Ok(Sinks { sinks, store_dir })
+        Ok(Sinks {
+            sinks,
+            store_dir,
+            store_status,
+        })
     }
 
     /// These sinks, in this order (tests and benchmarks bring their own).
@@ -97,6 +108,7 @@ impl Sinks {
         Sinks {
             sinks,
             store_dir: None,
+            store_status: None,
         }
     }
 

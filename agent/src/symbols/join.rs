@@ -49,6 +49,16 @@ impl StackJoin {
         }
     }
 
+    /// Sizes of its tables: connections with stacks on their way, with stacks ready, and client
+    /// spans held for their stack.
+    pub fn table_sizes(&self) -> [(&'static str, usize); 3] {
+        [
+            ("stacks_pending_conns", self.pending.len()),
+            ("stacks_ready_conns", self.ready.len()),
+            ("stacks_held_spans", self.held.len()),
+        ]
+    }
+
     /// Hands a stack from the kernel to the symbolizer.
     pub fn submit(&mut self, req: StackRequest, metrics: &Metrics) {
         let Some(handle) = &self.handle else { return };

@@ -49,6 +49,10 @@ const QUEUE: usize = 1024;
 const MAPS_TTL: Duration = Duration::from_secs(5);
 /// Processes whose maps are kept.
 const MAX_PROCESSES: usize = 4096;
+/// Past this many processes kept, the maps older than [`MAPS_TTL`] are dropped at the next
+/// insert: they would be read again before use anyway, and under process churn (thousands of
+/// short-lived clients a minute) they are mostly of processes that have exited.
+const PRUNE_AT: usize = 256;
 
 /// One frame of a symbolized stack (inlined functions are frames of their own).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -262,6 +266,9 @@ impl Symbolizer {
             }
         }
         let maps = Arc::new(procmaps::read(pid).unwrap_or_default());
+        if self.maps.len() >= PRUNE_AT {
+            self.maps.retain(|_, (_, at)| at.elapsed() < MAPS_TTL);
+        }
         if self.maps.len() >= MAX_PROCESSES {
             self.maps.clear();
         }

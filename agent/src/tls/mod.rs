@@ -226,6 +226,14 @@ impl TlsDiscovery {
     }
 
     /// True when processes wait to be looked at.
+    /// Sizes of its tables: files looked at, processes checked.
+    pub fn table_sizes(&self) -> [(&'static str, usize); 2] {
+        [
+            ("tls_files", self.files.len()),
+            ("tls_processes_checked", self.checked.len()),
+        ]
+    }
+
     pub fn has_pending(&self) -> bool {
         !self.pending.is_empty()
     }

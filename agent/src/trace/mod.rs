@@ -326,6 +326,20 @@ pub struct Tracer {
 
 /// Goroutine starts remembered (about 40 bytes each).
 pub const MAX_GOROUTINES: usize = 65_536;
+
+impl Tracer {
+    /// Sizes of its tables (the hold-back window, the per-connection and per-unit state).
+    pub fn table_sizes(&self) -> [(&'static str, usize); 6] {
+        [
+            ("trace_window", self.pending.len()),
+            ("trace_conn_starts", self.starts.len()),
+            ("trace_in_flight_conns", self.in_flight.len()),
+            ("trace_messages", self.messages.len()),
+            ("trace_serving_units", self.serving.len()),
+            ("trace_goroutine_starts", self.spawned_by.len()),
+        ]
+    }
+}
 /// How far up a chain of goroutine starts a client request looks for the request it serves.
 pub const MAX_SPAWN_DEPTH: usize = 8;
 

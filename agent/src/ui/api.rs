@@ -72,9 +72,19 @@ pub(super) async fn stats(state: Arc<State>) -> Response<Full<Bytes>> {
             &serde_json::json!({ "counters": counters, "store": null }),
         );
     }
+    let problem = state
+        .store_status
+        .as_ref()
+        .and_then(|s| s.problem())
+        .map(|p| serde_json::to_value(p).unwrap_or_default());
     with_store(state, move |store| {
-        let size = store.size()?;
-        Ok(serde_json::json!({ "counters": counters, "store": { "path": store.path(), "size": size } }))
+        // A file too damaged to tell its size still has a problem to show.
+        let (size, read_error) = match store.size() {
+            Ok(size) => (Some(size), None),
+            Err(error) => (None, Some(error.to_string())),
+        };
+        Ok(serde_json::json!({ "counters": counters,
+            "store": { "path": store.path(), "size": size, "problem": problem, "read_error": read_error } }))
     })
     .await
 }
@@ -90,6 +100,7 @@ where
             "the trace store is disabled (see ztrace's log)",
         );
     }
+    let status = state.store_status.clone();
     let result = tokio::task::spawn_blocking(move || {
         let Some(store) = &state.store else {
             return Ok(serde_json::Value::Null);
@@ -105,6 +116,9 @@ where
         Ok(Ok(value)) => json(StatusCode::OK, &value),
         Ok(Err(error)) => {
             tracing::warn!(%error, "viewer query failed");
+            if let Some(status) = &status {
+                status.read_failed(&error);
+            }
             text(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string())
         }
         Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "query task failed"),

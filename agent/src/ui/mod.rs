@@ -5,7 +5,10 @@
 //!   trace summaries, newest first. `since`/`until` are unix nanoseconds or a duration ago (`15m`).
 //! - `GET /api/traces/{trace_id}`: `{trace_id, spans: [<DESIGN.md span>]}` (404 when unknown).
 //! - `GET /api/services?minutes=N`: per service request rate, error rate, p50/p95/p99 (default 15).
-//! - `GET /api/stats`: the agent's self-telemetry counters and the store's size.
+//! - `GET /api/stats`: the agent's self-telemetry counters and the store's path, size and
+//!   `problem` (why its writes fail now: a full disk, a damaged file — which stays reported —;
+//!   `null` when they succeed) and `read_error` (the viewer's own read failing), or
+//!   `"store": null` when it is disabled. The pages show each in a banner.
 //! - `/`, `/app.js`, `/app.css`: the single-page viewer, compiled into the binary.
 //!
 //! [`start`] opens a read connection to the store the pipeline's store sink writes, and binds the
@@ -25,7 +28,11 @@ use http_body_util::Full;
 use hyper::{body::Incoming, header, Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 
-use crate::{config::Config, metrics::Metrics, sinks::store::Store};
+use crate::{
+    config::Config,
+    metrics::Metrics,
+    sinks::store::{writer::StoreStatus, Store},
+};
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
@@ -36,6 +43,8 @@ pub(crate) struct State {
     /// A read connection to the store; `None` when the store could not be opened.
     pub store: Option<Mutex<Store>>,
     pub metrics: Arc<Metrics>,
+    /// Why the store's writer fails now, if it does.
+    pub store_status: Option<Arc<StoreStatus>>,
 }
 
 /// Serves the viewer on `config.ui` over the store in `store_dir` (none: the store sink did not
@@ -45,6 +54,7 @@ pub async fn start(
     config: &Config,
     metrics: Arc<Metrics>,
     store_dir: Option<&Path>,
+    store_status: Option<Arc<StoreStatus>>,
 ) -> Option<SocketAddr> {
     let reader = store_dir.and_then(|dir| match Store::open(dir).and_then(|r| r.set_cache_mib(8).map(|()| r)) {
         Ok(reader) => Some(reader),
@@ -63,6 +73,7 @@ pub async fn start(
             let state = Arc::new(State {
                 store: reader.map(Mutex::new),
                 metrics,
+                store_status,
             });
             tokio::spawn(crate::serve::serve(listener, "viewer", move |req| {
                 route(req, state.clone())

@@ -45,6 +45,26 @@ pub mod maps {
     pub const STACK_SKIP: &str = "STACK_SKIP";
     /// ProgramArray with [`super::IOVECS_MORE_PROGRAM`] at index 0.
     pub const IOVECS_MORE: &str = "IOVECS_MORE";
+    /// LruHashMap<u64 `tgid << 32 | fd`, SockEntry>: what the kernel knows of each fd.
+    pub const SOCKS: &str = "SOCKS";
+    /// LruHashMap<u64 `tgid << 32 | fd`, PropConn>: connections carrying request ids.
+    pub const PROP_CONNS: &str = "PROP_CONNS";
+    /// LruHashMap<u64 `tgid << 32 | fd`, StackConn>: client connections taking stacks.
+    pub const STACK_CONNS: &str = "STACK_CONNS";
+    /// LruHashMap<u32 tgid, u32>: processes that had a connection announced.
+    pub const SEEN_TGIDS: &str = "SEEN_TGIDS";
+    /// LruHashMap<u32 tgid, Budget>: each process's stack budget.
+    pub const STACK_BUDGET: &str = "STACK_BUDGET";
+    /// LruHashMap<UnitKey (u32 tgid first), Serving>: the request each thread or goroutine serves.
+    pub const UNIT_CTX: &str = "UNIT_CTX";
+    /// LruHashMap<SslKey {ssl: u64, tgid: u32, _pad}, SslSocket>: each `SSL*`'s socket.
+    pub const SSL_FDS: &str = "SSL_FDS";
+    /// LruHashMap<u32 tgid, u32>: processes whose TLS uses a memory BIO.
+    pub const TLS_MEMBIO: &str = "TLS_MEMBIO";
+    /// LruHashMap<u64 pid_tgid, i32>: the last TCP fd each memory-BIO thread read.
+    pub const LAST_READ_FD: &str = "LAST_READ_FD";
+    /// LruHashMap<u64 pid_tgid, u64>: a memory-BIO thread's TLS call waiting for its socket.
+    pub const PENDING_SSL: &str = "PENDING_SSL";
 }
 
 /// Names of the global constants the agent sets with `EbpfLoader::set_global`.

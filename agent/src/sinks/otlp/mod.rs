@@ -81,6 +81,34 @@ pub enum ExportError {
     PartialSuccess { rejected: u64, message: String },
 }
 
+/// Why an export attempt failed, where that is one of the reasons counted apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureReason {
+    /// No connection to the endpoint (refused, unroutable, connect timed out).
+    Unreachable,
+    /// Connected (or connecting took no time) but no answer came within the attempt's time.
+    Timeout,
+}
+
+impl ExportError {
+    /// The reason of a failed attempt, when it is one of [`FailureReason`]'s.
+    pub fn reason(&self) -> Option<FailureReason> {
+        match self {
+            ExportError::Timeout(_) => Some(FailureReason::Timeout),
+            ExportError::Http(e) if e.is_connect() => Some(FailureReason::Unreachable),
+            ExportError::Http(e) if e.is_timeout() => Some(FailureReason::Timeout),
+            ExportError::Grpc(status) => match status.code() {
+                tonic::Code::Unavailable => Some(FailureReason::Unreachable),
+                tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                    Some(FailureReason::Timeout)
+                }
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
 /// OTLP transport protocol (`OTEL_EXPORTER_OTLP_PROTOCOL`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum OtlpProtocol {
@@ -344,6 +372,10 @@ impl ExportHandle {
     pub fn send_batch(&self, spans: Vec<Span>) {
         if let Err(dropped) = self.queue.try_send(spans) {
             Metrics::add(&self.metrics.spans_dropped_queue_full, dropped.len() as u64);
+            Metrics::add(
+                &self.metrics.export_dropped_queue_full,
+                dropped.len() as u64,
+            );
         }
     }
 
@@ -556,6 +588,13 @@ impl Exporter {
                 },
             };
             Metrics::inc(&self.metrics.export_errors);
+            match failure.error.reason() {
+                Some(FailureReason::Unreachable) => {
+                    Metrics::inc(&self.metrics.export_errors_unreachable);
+                }
+                Some(FailureReason::Timeout) => Metrics::inc(&self.metrics.export_errors_timeout),
+                None => {}
+            }
             debug!(error = %failure.error, attempt, spans, retryable = failure.retryable, "OTLP export attempt failed");
             if !failure.retryable || attempt >= MAX_ATTEMPTS {
                 break failure.error;

@@ -54,6 +54,21 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
 }
 
+impl StoreError {
+    /// The database file is damaged (SQLite: `database disk image is malformed`, `file is not a
+    /// database`): writes that succeed after it do not make the file whole again.
+    pub fn is_damage(&self) -> bool {
+        let sqlite = match self {
+            StoreError::Sql(e) | StoreError::Open { source: e, .. } => e,
+            _ => return false,
+        };
+        matches!(
+            sqlite.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+        )
+    }
+}
+
 /// `PRAGMA user_version` of the schema below; a database with another (non-empty) one is refused.
 pub const SCHEMA_VERSION: i64 = 2;
 

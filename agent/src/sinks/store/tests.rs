@@ -399,6 +399,20 @@ fn reopening_keeps_traces() {
 }
 
 #[test]
+fn the_sqlite_header_is_recognized() {
+    let dir = TempDir::new("store-header");
+    let store = Store::open(dir.path()).expect("open");
+    assert_eq!(super::writer::has_sqlite_header(store.path()), Some(true));
+    let other = dir.path().join("other");
+    std::fs::write(&other, b"this is not a database, just some bytes").expect("write");
+    assert_eq!(super::writer::has_sqlite_header(&other), Some(false));
+    assert_eq!(
+        super::writer::has_sqlite_header(&dir.path().join("missing")),
+        None
+    );
+}
+
+#[test]
 fn a_corrupt_file_is_a_clear_error() {
     let dir = TempDir::new("store");
     std::fs::write(
@@ -476,7 +490,8 @@ fn writer_thread_batches_while_a_reader_reads() {
         max_age: Duration::from_secs(1 << 40),
         max_bytes: u64::MAX,
     };
-    let mut sink = StoreSink::start(store, retention, 0, metrics.clone()).expect("start");
+    let mut sink =
+        StoreSink::start(store, retention, 0, metrics.clone(), Default::default()).expect("start");
     let reads = std::thread::spawn(move || {
         let mut seen = 0;
         for _ in 0..200 {

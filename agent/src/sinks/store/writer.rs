@@ -4,7 +4,8 @@
 //! The capture task only ever hands it spans through the sinks' bounded queue (`sinks::queue`): a
 //! full queue is a counted drop (`store_dropped`), a failed batch is a counted error
 //! (`store_write_errors`) with a log line at most once a minute. The thread never stops on a
-//! write error (a full disk may be freed).
+//! write error (a full disk may be freed). The last failure, until a write succeeds again, is
+//! kept in [`StoreStatus`] for the viewer, which shows it (`/api/stats`, a banner on the pages).
 //!
 //! **Span budget.** Storing costs CPU on the traced host (SQLite inserts, about 13 µs a span), so
 //! the store takes at most `--store-max-spans-per-second` spans a second (default
@@ -50,6 +51,104 @@ pub struct Retention {
 }
 
 /// The store as a sink: the sending end of its writer thread.
+/// What is wrong with the store now, as its writer last found it: shared with the viewer.
+#[derive(Debug, Default)]
+pub struct StoreStatus {
+    problem: std::sync::Mutex<Option<StoreProblem>>,
+}
+
+/// Writes have been failing since `since`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StoreProblem {
+    /// The last write's error (SQLite's words: `database or disk is full`, `database disk image
+    /// is malformed`, ...).
+    pub message: String,
+    /// When the writes began to fail, in unix milliseconds.
+    pub since_unix_ms: u64,
+    /// Batches and spans lost since then.
+    pub failed_batches: u64,
+    pub lost_spans: u64,
+    /// The file is damaged: the problem stays (later writes may succeed, the file is not whole
+    /// again) until ztrace is restarted on a sound file.
+    pub damaged: bool,
+}
+
+impl StoreStatus {
+    /// The problem now, if writes are failing.
+    pub fn problem(&self) -> Option<StoreProblem> {
+        self.problem
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn failed(&self, error: &StoreError, spans: u64) {
+        self.report(&error.to_string(), error.is_damage(), spans);
+    }
+
+    /// A read (the viewer's) found the file damaged: reported as the writer's failures are, and
+    /// it stays.
+    pub fn read_failed(&self, error: &StoreError) {
+        if error.is_damage() {
+            self.report(&error.to_string(), true, 0);
+        }
+    }
+
+    fn report(&self, error: &str, damage: bool, spans: u64) {
+        let mut problem = self
+            .problem
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let p = problem.get_or_insert_with(|| StoreProblem {
+            message: String::new(),
+            since_unix_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0)),
+            failed_batches: 0,
+            lost_spans: 0,
+            damaged: false,
+        });
+        p.message = error.to_owned();
+        if damage {
+            p.damaged = true;
+            p.message = format!(
+                "{error}: the database file is damaged; move it away and restart ztrace, or choose another --data-dir"
+            );
+        }
+        p.failed_batches += 1;
+        p.lost_spans += spans;
+    }
+
+    /// A write succeeded: the problem, if any, is over (unless the file is damaged). True if
+    /// one just ended.
+    fn succeeded(&self) -> bool {
+        let mut problem = self
+            .problem
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if problem.as_ref().is_some_and(|p| p.damaged) {
+            return false;
+        }
+        problem.take().is_some()
+    }
+}
+
+/// How often the writer checks that its file still starts with SQLite's header (SQLite itself
+/// may not notice a file overwritten under it for a long time: in WAL mode new pages go to the
+/// `-wal` file and recent ones are cached).
+const HEADER_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// The first 16 bytes of every SQLite database file.
+const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
+
+/// Whether the file at `path` starts with SQLite's header; `None` when it cannot be read.
+pub(super) fn has_sqlite_header(path: &Path) -> Option<bool> {
+    use std::io::Read as _;
+    let mut head = [0u8; 16];
+    let mut file = std::fs::File::open(path).ok()?;
+    file.read_exact(&mut head).ok()?;
+    Some(&head == SQLITE_HEADER)
+}
+
 pub struct StoreSink {
     writer: Worker,
     admission: Admission,
@@ -108,10 +207,11 @@ impl StoreSink {
         retention: Retention,
         max_spans_per_second: u64,
         metrics: Arc<Metrics>,
+        status: Arc<StoreStatus>,
     ) -> Option<StoreSink> {
         let opened = Store::open(dir).and_then(|store| {
             let path = store.path().to_owned();
-            StoreSink::start(store, retention, max_spans_per_second, metrics)
+            StoreSink::start(store, retention, max_spans_per_second, metrics, status)
                 .map(|sink| (sink, path))
                 .map_err(|source| StoreError::Dir {
                     path: dir.to_owned(),
@@ -139,6 +239,7 @@ impl StoreSink {
         retention: Retention,
         max_spans_per_second: u64,
         metrics: Arc<Metrics>,
+        status: Arc<StoreStatus>,
     ) -> std::io::Result<StoreSink> {
         let (for_drops, for_writer) = (metrics.clone(), metrics.clone());
         let dropped = move |n| Metrics::add(&for_drops.store_dropped, n);
@@ -148,6 +249,8 @@ impl StoreSink {
                 retention,
                 metrics: for_writer,
                 last_error_log: None,
+                status,
+                last_header_check: Instant::now(),
             }
             .run(&mut rx);
         })?;
@@ -188,6 +291,8 @@ struct Writer {
     retention: Retention,
     metrics: Arc<Metrics>,
     last_error_log: Option<Instant>,
+    status: Arc<StoreStatus>,
+    last_header_check: Instant,
 }
 
 impl Writer {
@@ -219,9 +324,27 @@ impl Writer {
     }
 
     fn write(&mut self, batch: &mut Vec<Span>) {
+        if self.last_header_check.elapsed() >= HEADER_CHECK_INTERVAL {
+            self.last_header_check = Instant::now();
+            if has_sqlite_header(self.store.path()) == Some(false) {
+                tracing::error!(path = %self.store.path().display(),
+                    "the trace store's file no longer starts with SQLite's header: it was overwritten or damaged");
+                self.status.report(
+                    "the file no longer starts with SQLite's header (overwritten or damaged)",
+                    true,
+                    0,
+                );
+            }
+        }
         match self.store.insert(batch) {
-            Ok(()) => Metrics::add(&self.metrics.store_spans_written, batch.len() as u64),
+            Ok(()) => {
+                Metrics::add(&self.metrics.store_spans_written, batch.len() as u64);
+                if self.status.succeeded() {
+                    tracing::info!(path = %self.store.path().display(), "the trace store is written again");
+                }
+            }
             Err(error) => {
+                self.status.failed(&error, batch.len() as u64);
                 Metrics::inc(&self.metrics.store_write_errors);
                 Metrics::add(&self.metrics.store_dropped, batch.len() as u64);
                 if self

@@ -393,3 +393,30 @@ document.getElementById("search").addEventListener("submit", (e) => {
 });
 window.addEventListener("hashchange", route);
 route();
+
+// ---- store health ----------------------------------------------------------------------------
+
+// What is wrong with the trace store (disabled, writes failing: a full disk, a damaged file), in
+// a banner above every page, checked every 5 s.
+async function checkStore() {
+  const banner = document.getElementById("store-banner");
+  let text = "";
+  try {
+    const stats = await getJSON("/api/stats");
+    const p = stats.store && stats.store.problem;
+    if (!stats.store) {
+      text = "The trace store is disabled (see ztrace's log): new spans are not kept here. Capture and export go on.";
+    } else if (p) {
+      text = `The trace store cannot save spans since ${new Date(p.since_unix_ms).toLocaleString()}: ${p.message}. ` +
+        `${p.lost_spans} spans lost; capture and export go on.`;
+    } else if (stats.store.read_error) {
+      text = `The trace store cannot be read: ${stats.store.read_error}`;
+    }
+  } catch (e) {
+    text = `The trace store cannot be read: ${e.message}`;
+  }
+  banner.textContent = text;
+  banner.hidden = !text;
+}
+checkStore();
+setInterval(checkStore, 5000);
