@@ -30,6 +30,9 @@ fn start(ui: u16, data: &Path) -> Ztrace {
         &data,
         "--exe",
         "python3",
+        // The tests' venv interpreter (`$ZTRACE_PYTHON`, as `cargo xtask test` sets it) runs as `python`.
+        "--exe",
+        "python",
         "--exe",
         "curl",
     ])
