@@ -87,12 +87,14 @@ const VENV_PACKAGES: &[&str] = &[
     "opentelemetry-distro",
     "opentelemetry-exporter-otlp",
     "opentelemetry-instrumentation-urllib",
+    // The SDK-instrumented service of the traceparent interop test (tests/tests/inject.rs).
+    "opentelemetry-instrumentation-wsgi",
     // Cache and messaging clients (tests/tests/redis.rs, memcached.rs, nats.rs).
     "redis",
     "pymemcache",
     "nats-py",
 ];
-const VENV_CHECK: &str = "import grpc, opentelemetry.proto, opentelemetry.distro, opentelemetry.exporter.otlp.proto.grpc, opentelemetry.instrumentation.urllib, redis, pymemcache, nats";
+const VENV_CHECK: &str = "import grpc, opentelemetry.proto, opentelemetry.distro, opentelemetry.exporter.otlp.proto.grpc, opentelemetry.instrumentation.urllib, opentelemetry.instrumentation.wsgi, redis, pymemcache, nats";
 
 /// Tests passed and failed over every cargo test run.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
