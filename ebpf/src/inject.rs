@@ -126,6 +126,9 @@ fn inject(ctx: &SkMsgContext) {
         state.body_left = state.body_left.saturating_sub(size);
         return;
     }
+    if !opens_with_method(ctx) {
+        return; // TLS, another protocol, or too short a first piece to tell
+    }
     let want = if size < MAX_HEAD { size } else { MAX_HEAD };
     // The head in one piece (a no-op when the first part of the message holds it already).
     // SAFETY: the helper checks the range against the message.
@@ -250,6 +253,17 @@ fn lt(a: u64, b: u64) -> u64 {
 #[inline(always)]
 fn mask(flag: u64) -> u64 {
     0u64.wrapping_sub(flag)
+}
+
+/// Whether the message's first part opens with an HTTP/1 method.
+#[inline(always)]
+fn opens_with_method(ctx: &SkMsgContext) -> bool {
+    let data = ctx.data();
+    if data + 8 > ctx.data_end() {
+        return false;
+    }
+    // SAFETY: checked above: 8 bytes of the message are readable at `data`.
+    is_method(unsafe { core::ptr::read_unaligned(data as *const [u8; 8]) })
 }
 
 /// Scans the message's first bytes (at most [`MAX_HEAD`]) for the request line, the end of
