@@ -97,6 +97,10 @@ enum Command {
         /// Only Redis under `redis-benchmark -P 16` (pipelined SET and GET).
         #[arg(long)]
         redis: bool,
+        /// Only the nginx load with trace-context propagation (TCP option and traceparent
+        /// header) on and off, in alternating pairs.
+        #[arg(long)]
+        propagation: bool,
     },
     /// Run the example system (orders, users, inventory and PostgreSQL) traced by ztrace, send a
     /// few requests and print the viewer's URL; Ctrl-C stops everything.
@@ -128,6 +132,7 @@ fn main() -> Result<()> {
             modes,
             fuzz,
             redis,
+            propagation,
         } => bench::bench(
             &agent_args,
             bench::Only {
@@ -137,6 +142,7 @@ fn main() -> Result<()> {
                 modes,
                 fuzz,
                 redis,
+                propagation,
             },
         ),
         Command::Demo { lang, pg_port } => demo::demo(lang, pg_port),
