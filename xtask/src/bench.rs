@@ -136,7 +136,10 @@ pub fn bench(agent_args: &[String], only: Only) -> Result<()> {
         let dir = TempDir::new("bench");
         let nginx = bench_nginx(None);
         let url = format!("http://127.0.0.1:{}/index.html", nginx.port.unwrap_or(0));
-        say!("nginx (pid {}) serving {url}; warming up...", nginx.proc.pid());
+        say!(
+            "nginx (pid {}) serving {url}; warming up...",
+            nginx.proc.pid()
+        );
         wrk(&url, &["-t2", "-c32", "-d2s"])?;
         return propagation_bench(&ztrace, &agent_args, dir.path(), &url);
     }
