@@ -345,15 +345,14 @@ fn write_header(ctx: &SkMsgContext, at: u32, trace_id: &[u8; 16], span_id: &[u8;
     if unsafe { bpf_msg_push_data(ctx.msg, at, HEADER_LEN as u32, 0) } != 0 {
         return false;
     }
-    // The inserted bytes are a page of their own: make the head up to their end contiguous.
+    // The inserted bytes are a scatterlist element of their own: point the message's data at
+    // them (no copy: the range lies within that one element).
     // SAFETY: the helper checks the range against the message.
-    if unsafe { bpf_msg_pull_data(ctx.msg, 0, at + HEADER_LEN as u32, 0) } != 0 {
+    if unsafe { bpf_msg_pull_data(ctx.msg, at, at + HEADER_LEN as u32, 0) } != 0 {
         return false;
     }
-    let data = ctx.data();
-    let end = ctx.data_end();
-    let p = data + at_most::<MAX_HEAD>(at as u64) as usize;
-    if p + HEADER_LEN as usize > end {
+    let p = ctx.data();
+    if p + HEADER_LEN as usize > ctx.data_end() {
         return false;
     }
     let out = p as *mut u8;
