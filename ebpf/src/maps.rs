@@ -4,7 +4,7 @@ use aya_ebpf::{
     bindings::{bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE, BPF_F_NO_PREALLOC, BPF_LOCAL_STORAGE_GET_F_CREATE},
     helpers::generated::{bpf_get_current_task_btf, bpf_task_storage_get},
     macros::{btf_map, map},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use ztrace_common::{Counter, DataEvent, COUNTER_SLOTS};
 
@@ -20,6 +20,35 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SL
 /// Per-CPU scratch space to build a data event larger than the BPF stack.
 #[map(name = "SCRATCH")]
 pub static SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// The program that copies a vectored call's next `MAX_IOVECS` segments, at index 0 (put
+/// there by the agent; empty → the rest is reported as a length, `Counter::IovecsTruncated`).
+#[map(name = "IOVECS_MORE")]
+pub static IOVECS_MORE: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// A vectored call's segments still to copy, handed to the tail call on this CPU.
+#[map(name = "IOVECS_LEFT")]
+pub static IOVECS_LEFT: PerCpuArray<IovecsLeft> = PerCpuArray::with_max_entries(1, 0);
+
+/// The rest of a vectored call (see `IOVECS_LEFT`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct IovecsLeft {
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: i32,
+    pub direction: u32,
+    pub conn_gen: u64,
+    pub ts_ns: u64,
+    /// The user's iovec array, its length, and the next entry to copy.
+    pub iov: u64,
+    pub iovcnt: u64,
+    pub next: u64,
+    /// Bytes of the call not yet emitted.
+    pub remaining: u64,
+    /// Tail calls made so far.
+    pub hops: u64,
+}
 
 /// What ztrace knows of an fd: key `tgid << 32 | fd`. 65536 entries, LRU: the oldest
 /// entries make room (a forgotten socket is rediscovered on its next use).

@@ -210,7 +210,7 @@ pub fn announce(tgid: u32, tid: u32, fd: i32, entry: &mut SockEntry, role: ConnR
     // identity from /proc then, and a short-lived client may be gone 10 ms later.
     // SAFETY: only tested for presence.
     let flags = if unsafe { SEEN_TGIDS.get(&tgid) }.is_some() {
-        emit::wakeup_flags()
+        emit::wakeup_flags_of::<ConnEvent>()
     } else {
         let _ = SEEN_TGIDS.insert(&tgid, &1, 0);
         emit::BPF_RB_FORCE_WAKEUP

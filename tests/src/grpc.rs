@@ -1,13 +1,14 @@
 //! gRPC servers and clients for the HTTP/2 end-to-end tests: grpcio (tests/fixtures/grpc_py.py)
 //! and grpc-go (tests/fixtures/grpc_go, built against Debian's golang-google-grpc-dev in GOPATH
-//! mode), both over h2c on loopback.
+//! mode), both over h2c on loopback; and Go's `x/net/http2/h2c` HTTP server
+//! (tests/fixtures/h2c_go), which takes HTTP/1.1 `Upgrade: h2c`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use crate::process::Proc;
-use crate::{fixture, free_port, python};
+use crate::{fixture, free_port, node_modules, python};
 
 /// How long a server gets to print `ready`.
 const READY: Duration = Duration::from_secs(20);
@@ -34,6 +35,16 @@ impl GrpcServer {
             cmd.env("GRPC_FORWARD", format!("127.0.0.1:{f}"));
         }
         let mut proc = Proc::spawn("grpc_py server", &mut cmd);
+        proc.wait_for_stdout("ready", READY);
+        GrpcServer { port, proc }
+    }
+
+    /// `node grpc_node.js server PORT` (@grpc/grpc-js from the tests' npm prefix).
+    pub fn node() -> GrpcServer {
+        let port = free_port();
+        let mut cmd = node_command();
+        cmd.arg("server").arg(port.to_string());
+        let mut proc = Proc::spawn("grpc_node server", &mut cmd);
         proc.wait_for_stdout("ready", READY);
         GrpcServer { port, proc }
     }
@@ -86,6 +97,26 @@ pub fn python_channel(port: u16) -> Proc {
     proc
 }
 
+/// `node grpc_node.js` with @grpc/grpc-js on its module path.
+fn node_command() -> Command {
+    let modules = node_modules();
+    assert!(
+        modules.join("@grpc/grpc-js").is_dir(),
+        "{} has no @grpc/grpc-js: `cargo xtask test` installs it (npm)",
+        modules.display()
+    );
+    let mut cmd = Command::new("node");
+    cmd.env("NODE_PATH", modules).arg(fixture("grpc_node.js"));
+    cmd
+}
+
+/// `node grpc_node.js client PORT CALL...`: its pid and stdout.
+pub fn node_client(port: u16, calls: &[&str]) -> (u32, String) {
+    let mut cmd = node_command();
+    cmd.arg("client").arg(port.to_string()).args(calls);
+    run("grpc_node client", &mut cmd)
+}
+
 /// `grpc_go call PORT CALL...`: its pid and stdout.
 pub fn go_client(binary: &Path, port: u16, calls: &[&str]) -> (u32, String) {
     let mut cmd = Command::new(binary);
@@ -95,21 +126,46 @@ pub fn go_client(binary: &Path, port: u16, calls: &[&str]) -> (u32, String) {
 
 /// Builds tests/fixtures/grpc_go into `dir` (Debian's golang-google-grpc-dev, GOPATH mode).
 pub fn build_go(dir: &Path) -> PathBuf {
-    let out = dir.join("grpc_go");
+    build_gopath(
+        dir,
+        "grpc_go",
+        "apt-get install golang-go golang-google-grpc-dev",
+    )
+}
+
+/// Builds tests/fixtures/h2c_go into `dir` (Debian's golang-golang-x-net-dev, GOPATH mode).
+pub fn build_h2c(dir: &Path) -> PathBuf {
+    build_gopath(
+        dir,
+        "h2c_go",
+        "apt-get install golang-go golang-golang-x-net-dev",
+    )
+}
+
+/// Builds tests/fixtures/NAME/main.go into `dir`/NAME against Debian's Go packages.
+fn build_gopath(dir: &Path, name: &str, install: &str) -> PathBuf {
+    let out = dir.join(name);
     let mut cmd = Command::new("go");
     cmd.arg("build")
         .arg("-o")
         .arg(&out)
-        .arg(fixture("grpc_go/main.go"))
+        .arg(fixture(&format!("{name}/main.go")))
         .envs([
             ("GO111MODULE", "off"),
             ("GOPATH", "/usr/share/gocode"),
             ("GOPROXY", "off"),
             ("CGO_ENABLED", "0"),
         ]);
-    let (_, _) = run(
-        "go build grpc_go (apt-get install golang-go golang-google-grpc-dev)",
-        &mut cmd,
-    );
+    let (_, _) = run(&format!("go build {name} ({install})"), &mut cmd);
     out
+}
+
+/// `h2c_go PORT`: an HTTP server taking h2c by prior knowledge or by `Upgrade: h2c`.
+pub fn h2c_server(binary: &Path) -> GrpcServer {
+    let port = free_port();
+    let mut cmd = Command::new(binary);
+    cmd.arg(port.to_string());
+    let mut proc = Proc::spawn("h2c_go server", &mut cmd);
+    proc.wait_for_stdout("ready", READY);
+    GrpcServer { port, proc }
 }

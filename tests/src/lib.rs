@@ -11,6 +11,7 @@
 
 pub mod checks;
 pub mod clients;
+pub mod cri;
 pub mod example;
 pub mod grpc;
 pub mod hosts;
@@ -56,6 +57,15 @@ pub fn python() -> PathBuf {
     match std::env::var_os("ZTRACE_PYTHON") {
         Some(python) if !python.is_empty() => PathBuf::from(python),
         _ => PathBuf::from("python3"),
+    }
+}
+
+/// The `node_modules` folder of the npm packages the tests use (`cargo xtask test` installs
+/// them under `target/test-npm`; `ZTRACE_NODE_MODULES` points elsewhere).
+pub fn node_modules() -> PathBuf {
+    match std::env::var_os("ZTRACE_NODE_MODULES") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => repo_root().join("target/test-npm/node_modules"),
     }
 }
 

@@ -1,11 +1,13 @@
 //! HTTP/2 that is not gRPC, end to end: nginx with `http2` over TLS (plaintext from the OpenSSL
 //! probes) and over h2c, served to `curl --http2` and to a Go `net/http` client speaking HTTP/2
-//! through Go's `crypto/tls` probes. Each request is a SERVER span in nginx and a CLIENT span in
+//! through Go's `crypto/tls` probes; Go's `x/net/http2/h2c` server upgrading `curl --http2`'s
+//! HTTP/1.1 request (`Upgrade: h2c`). Each request is a SERVER span in nginx and a CLIENT span in
 //! the client, with the HTTP/1 attributes and `network.protocol.version` `2`.
 
 use std::process::Command;
 
 use ztrace_e2e::clients;
+use ztrace_e2e::grpc;
 use ztrace_e2e::nginx::{Config, Nginx};
 use ztrace_e2e::span::{list, split_by_kind};
 use ztrace_e2e::tls::{self, Certs};
@@ -174,5 +176,141 @@ fn go_net_http_client_speaks_h2_over_crypto_tls() {
         Some("localhost"),
         "{items:?}"
     );
+    drop(nginx);
+}
+
+#[test]
+#[ignore = "needs root and eBPF; run by cargo xtask test"]
+fn an_http1_request_upgraded_to_h2c_and_the_streams_after_it() {
+    let dir = TempDir::new("h2c");
+    let binary = grpc::build_h2c(dir.path());
+    let server = grpc::h2c_server(&binary);
+    // Only these two programs: the loss counters below are theirs alone.
+    let mut ztrace = Ztrace::start(&["--print=json", "--exe", "h2c_go", "--exe", "curl"]);
+
+    // curl --http2 on http:// sends the first request as HTTP/1.1 with `Upgrade: h2c`; the
+    // server answers 101 and then in HTTP/2 on stream 1; the next requests are streams 3, 5.
+    let base = format!("http://127.0.0.1:{}", server.port);
+    let urls = [
+        format!("{base}/items/42"),
+        format!("{base}/missing"),
+        format!("{base}/hello"),
+    ];
+    let run = clients::curl_with(&urls, &["--http2"]);
+    assert_eq!(
+        run.transfers.iter().map(|t| t.0).collect::<Vec<_>>(),
+        [200, 404, 200]
+    );
+    let spans = ztrace.wait_for_n_spans(6, on_port(server.port), SPAN_TIMEOUT);
+    let (servers, clients) = split_by_kind(&spans);
+    assert_eq!((servers.len(), clients.len()), (3, 3), "{}", list(&spans));
+    for (side, pid) in [(&servers, server.pid()), (&clients, run.pid)] {
+        let find = |path: &str| {
+            side.iter()
+                .find(|s| s.url_path() == Some(path))
+                .unwrap_or_else(|| panic!("{path}:\n{}", list(&spans)))
+        };
+        check(
+            find("/items/42"),
+            "GET /items/{id}",
+            "/items/42",
+            200,
+            "http",
+            Some(pid),
+        );
+        check(
+            find("/missing"),
+            "GET /missing",
+            "/missing",
+            404,
+            "http",
+            Some(pid),
+        );
+        check(
+            find("/hello"),
+            "GET /hello",
+            "/hello",
+            200,
+            "http",
+            Some(pid),
+        );
+    }
+    // Each server span is the child of the client span of its own request, the upgraded one
+    // (paired as HTTP/1 requests are) and the streams after it (paired by stream id).
+    for s in &servers {
+        let parent = s.parent_span_id().flatten().expect("a parent");
+        let client = clients
+            .iter()
+            .find(|c| c.span_id() == Some(parent))
+            .unwrap_or_else(|| panic!("parent of {s:?}:\n{}", list(&spans)));
+        assert_eq!(client.url_path(), s.url_path(), "{s:?}");
+        assert_eq!(s.attr_str("ztrace.link"), Some("connection"), "{s:?}");
+    }
+    let stats = ztrace.stop().stats.expect("stats line");
+    for counter in ["exchanges_lost", "exchanges_fields_unknown"] {
+        assert_eq!(
+            stats.get(counter).and_then(|v| v.as_u64()),
+            Some(0),
+            "{counter}: {stats:?}"
+        );
+    }
+}
+
+/// Runs h2load (nghttp2-client) to the end: its pid and stdout; panics when it fails.
+fn h2load(args: &[&str]) -> (u32, String) {
+    let mut cmd = Command::new("h2load");
+    cmd.args(args);
+    let mut proc = ztrace_e2e::process::Proc::spawn("h2load", &mut cmd);
+    let status = proc.wait_exit(std::time::Duration::from_secs(60));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "h2load failed:\n{}",
+        proc.describe()
+    );
+    (proc.pid(), proc.stdout())
+}
+
+#[test]
+#[ignore = "needs root and eBPF; run by cargo xtask test"]
+fn h2load_against_nginx_loses_no_span() {
+    let certs = Certs::make();
+    let nginx = nginx_h2(&certs);
+    let (tls_port, port) = (nginx.tls_port.expect("tls port"), nginx.port.expect("port"));
+    // The counts are the test: the agent's loss counters would count other nginx on the host.
+    let mut ztrace = Ztrace::start(&["--print=json", "--exe", "nginx", "--exe", "h2load"]);
+    // 400 requests on 4 connections, 10 streams at a time on each: h2c, then h2 over TLS.
+    for (port, scheme) in [(port, "http"), (tls_port, "https")] {
+        let url = format!("{scheme}://127.0.0.1:{port}/hello");
+        let (pid, out) = h2load(&["-n", "400", "-c", "4", "-m", "10", &url]);
+        assert!(out.contains("400 succeeded, 0 failed, 0 errored"), "{out}");
+        let spans = ztrace.wait_for_n_spans(800, on_port(port), SPAN_TIMEOUT);
+        let (servers, clients) = split_by_kind(&spans);
+        assert_eq!(
+            (servers.len(), clients.len()),
+            (400, 400),
+            "{scheme}: every request a span on each side"
+        );
+        for s in servers.iter().chain(&clients) {
+            assert_eq!(s.name(), Some("GET /hello"), "{s:?}");
+            assert_eq!(s.attr_i64("http.response.status_code"), Some(200), "{s:?}");
+            assert_eq!(s.attr_str("network.protocol.version"), Some("2"), "{s:?}");
+        }
+        assert!(clients.iter().all(|c| c.pid() == Some(pid)));
+        // Each server stream is the child of the client stream of the same id.
+        let ids: std::collections::HashSet<&str> =
+            clients.iter().filter_map(|c| c.span_id()).collect();
+        let linked = servers
+            .iter()
+            .filter(|s| {
+                s.parent_span_id()
+                    .flatten()
+                    .is_some_and(|p| ids.contains(p))
+            })
+            .count();
+        assert_eq!(
+            linked, 400,
+            "{scheme}: server spans whose parent is a client span"
+        );
+    }
     drop(nginx);
 }

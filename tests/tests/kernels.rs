@@ -328,6 +328,12 @@ fn check_supported(series: &str) {
         "no `{summary}` line:\n{}",
         guest.describe()
     );
+    // The tail call that copies a vectored call's segments beyond the first 8 loaded.
+    assert!(
+        !guest.log.contains("keep only their first 8 segments"),
+        "zt_iovecs_more was refused on Linux {series}x:\n{}",
+        guest.describe()
+    );
     // The uprobe programs load when their first file is probed: OpenSSL and Go crypto/tls rows.
     assert!(
         guest

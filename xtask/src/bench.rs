@@ -18,12 +18,17 @@
 //! same three arms, ztrace tracing the services and PostgreSQL (`--exe`): the throughput ratio
 //! (target >= 0.90), the agent's peak RSS and the most inputs its hold-back window held
 //! (`link_window_peak`); `cargo xtask bench --example` runs only this part.
+//! Then the same system as Flask apps under gunicorn, untraced, under OpenTelemetry's zero-code
+//! Python instrumentation and under ztrace (`bench/sdk.rs`; `cargo xtask bench --sdk` runs only
+//! it): throughput ratios, CPU per request of every process involved, and the trace each gives.
 //! Then stacks (`bench/stacks.rs`; `cargo xtask bench --stacks` runs only it): requests/s with
 //! stacks on vs off, the symbolizer's cache hit rate, the first-span delay of large binaries
 //! and the agent's memory after symbolizing them.
 //! Then Redis under `redis-benchmark -P 16 -c 4 -t set,get` (16 commands per write, both the
 //! client and redis-server traced: two spans per command), three alternating pairs;
 //! `cargo xtask bench --redis` runs only this part.
+//! Then gRPC: the grpc-go server of the end-to-end tests under `h2load -c 4 -m 16 -D 10` unary
+//! calls (both traced), the three arms; `cargo xtask bench --grpc` runs only this part.
 //! Then the trace store's own benchmark: spans/s inserted and query times with 100,000 traces
 //! stored (`bench_insert_and_list` in `agent/src/sinks/store/tests.rs`), and the PostgreSQL parser's:
 //! spans/s on one core from a recorded session (`postgres_throughput` in
@@ -51,6 +56,7 @@ use ztrace_e2e::{
 mod arms;
 mod capture;
 mod modes;
+mod sdk;
 mod stacks;
 
 use arms::{last_programs, report_arms, three_arms, ProgramTime};
@@ -98,6 +104,10 @@ pub struct Only {
     pub redis: bool,
     /// nginx with propagation on and off.
     pub propagation: bool,
+    /// The example under gunicorn: untraced, OpenTelemetry's Python SDK, ztrace.
+    pub sdk: bool,
+    /// gRPC under h2load.
+    pub grpc: bool,
 }
 
 /// `cargo xtask bench`: all of it, or only the part `only` names.
@@ -129,6 +139,9 @@ pub fn bench(agent_args: &[String], only: Only) -> Result<()> {
     if only.redis {
         return redis_bench(&ztrace, &agent_args);
     }
+    if only.grpc {
+        return grpc_bench(&ztrace, &agent_args);
+    }
     if only.modes {
         return modes::modes_bench(&ztrace);
     }
@@ -142,6 +155,9 @@ pub fn bench(agent_args: &[String], only: Only) -> Result<()> {
         );
         wrk(&url, &["-t2", "-c32", "-d2s"])?;
         return propagation_bench(&ztrace, &agent_args, dir.path(), &url);
+    }
+    if only.sdk {
+        return sdk::sdk_bench(&ztrace);
     }
     // Instructions per span first: they hold on a busy machine, the timed loads below do not.
     capture::capture_bench()?;
@@ -183,7 +199,9 @@ pub fn bench(agent_args: &[String], only: Only) -> Result<()> {
     modes::modes_bench(&ztrace)?;
     postgres_bench(&ztrace, &agent_args)?;
     redis_bench(&ztrace, &agent_args)?;
+    grpc_bench(&ztrace, &agent_args)?;
     example_bench(&ztrace, &agent_args)?;
+    sdk::sdk_bench(&ztrace)?;
     stacks::stacks_bench(&ztrace)?;
     store_bench()?;
     parser_bench()
@@ -337,6 +355,99 @@ fn redis_bench(ztrace: &Path, agent_args: &[String]) -> Result<()> {
         ),
     );
     Ok(())
+}
+
+/// h2load's gRPC load: unary `demo.Greeter/SayHello` calls (POST, the gRPC content type, one
+/// length-prefixed message as the body), 16 streams at a time on each of 4 connections.
+const GRPC_H2LOAD_ARGS: &[&str] = &[
+    "-c",
+    "4",
+    "-m",
+    "16",
+    "-H",
+    "content-type: application/grpc",
+    "-H",
+    "te: trailers",
+];
+/// The message: gRPC's 5-byte prefix (not compressed, length 5), then `world`.
+const GRPC_HELLO: &[u8] = b"\0\0\0\0\x05world";
+
+/// gRPC under h2load, in the three arms: the grpc-go server of the end-to-end tests
+/// (tests/fixtures/grpc_go, Debian's grpc-go) answering SayHello, h2load (nghttp2-client)
+/// calling it over h2c; both traced (two spans per call). `cargo xtask bench --grpc`.
+fn grpc_bench(ztrace: &Path, agent_args: &[String]) -> Result<()> {
+    apt_install(&["golang-go", "golang-google-grpc-dev", "nghttp2-client"])?;
+    let dir = TempDir::new("bench-grpc");
+    let binary = ztrace_e2e::grpc::build_go(dir.path());
+    let server = ztrace_e2e::grpc::GrpcServer::go(&binary, None);
+    let body = dir.path().join("hello.grpc");
+    std::fs::write(&body, GRPC_HELLO).context("writing the gRPC message")?;
+    let url = format!("http://127.0.0.1:{}/demo.Greeter/SayHello", server.port);
+    say!("grpc-go (pid {}) serving {url}", server.pid());
+    let load = |duration: &str| -> Result<f64> {
+        let mut args: Vec<String> = GRPC_H2LOAD_ARGS.iter().map(|s| s.to_string()).collect();
+        args.extend([
+            "-D".into(),
+            duration.into(),
+            "-d".into(),
+            body.display().to_string(),
+            url.clone(),
+        ]);
+        h2load_rps(&args)
+    };
+    say!("warming up...");
+    load("2")?;
+    let seconds = LOAD_SECONDS as u64;
+    let runs = three_arms("gRPC", ztrace, agent_args, dir.path(), LOAD_SECONDS, || {
+        load(&seconds.to_string())
+    })?;
+    report_arms(
+        &runs,
+        ztrace,
+        agent_args,
+        &format!(
+            "h2load {} -D {seconds} -d <SayHello message> {url} (grpc-go 1.33 server, unary calls)",
+            GRPC_H2LOAD_ARGS
+                .iter()
+                .map(|a| if a.contains(' ') {
+                    format!("'{a}'")
+                } else {
+                    a.to_string()
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+    );
+    print_programs(&mut last_programs(&runs), "gRPC", LOAD_SECONDS);
+    Ok(())
+}
+
+/// Requests per second of one h2load run; fails unless every request succeeded.
+fn h2load_rps(args: &[String]) -> Result<f64> {
+    let out = Command::new("h2load")
+        .args(args)
+        .output()
+        .context("running h2load (apt-get install nghttp2-client)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "h2load failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        text.contains(" 0 failed, 0 errored"),
+        "h2load: some requests failed: {}",
+        tail(&text, 12)
+    );
+    h2load_requests_per_sec(&text)
+        .with_context(|| format!("no req/s in h2load's output: {}", tail(&text, 12)))
+}
+
+/// `finished in 10.00s, 12345.67 req/s, 1.23MB/s` → 12345.67.
+fn h2load_requests_per_sec(output: &str) -> Option<f64> {
+    let line = output.lines().find(|l| l.starts_with("finished in"))?;
+    let (_, after) = line.split_once(", ")?;
+    after.split_once(" req/s")?.0.trim().parse().ok()
 }
 
 /// About how long one untraced `redis-benchmark` run of [`REDIS_BENCHMARK_ARGS`] takes.
@@ -893,6 +1004,13 @@ mod tests {
         assert_eq!(events_dropped(&stats), 5);
         assert!(stats_line("ztrace stats: not json\n").is_none());
         assert!(stats_line("").is_none());
+    }
+
+    #[test]
+    fn h2load_output() {
+        let out = "starting benchmark...\nfinished in 10.00s, 12345.67 req/s, 1.23MB/s\nrequests: 5 total";
+        assert_eq!(h2load_requests_per_sec(out), Some(12345.67));
+        assert_eq!(h2load_requests_per_sec("nothing"), None);
     }
 
     #[test]

@@ -52,6 +52,11 @@ impl Running {
             .with_context(|| format!("could not start {name}: {}", util::display(cmd)))?;
         Ok(Running { name, child })
     }
+
+    /// The child's pid, which is also its process group's id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Running {

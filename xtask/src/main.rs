@@ -101,6 +101,14 @@ enum Command {
         /// header) on and off, in alternating pairs.
         #[arg(long)]
         propagation: bool,
+        /// Only the comparison with OpenTelemetry's zero-code Python instrumentation (the
+        /// example as Flask apps under gunicorn: untraced, with the SDK, with ztrace).
+        #[arg(long)]
+        sdk: bool,
+        /// Only gRPC under h2load (unary calls to the grpc-go server, 16 streams on each of
+        /// 4 connections).
+        #[arg(long)]
+        grpc: bool,
     },
     /// Run the example system (orders, users, inventory and PostgreSQL) traced by ztrace, send a
     /// few requests and print the viewer's URL; Ctrl-C stops everything.
@@ -133,6 +141,8 @@ fn main() -> Result<()> {
             fuzz,
             redis,
             propagation,
+            sdk,
+            grpc,
         } => bench::bench(
             &agent_args,
             bench::Only {
@@ -143,6 +153,8 @@ fn main() -> Result<()> {
                 fuzz,
                 redis,
                 propagation,
+                sdk,
+                grpc,
             },
         ),
         Command::Demo { lang, pg_port } => demo::demo(lang, pg_port),

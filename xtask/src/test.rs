@@ -49,6 +49,8 @@ const TEST_PACKAGES: &[&str] = &[
     // into /usr/bin/node); Java 17 runs a single-file source program (its own TLS, not traced).
     "openssl",
     "nodejs",
+    // npm installs the Node packages of NPM_PACKAGES.
+    "npm",
     "openjdk-17-jdk-headless",
     // The PostgreSQL JDBC driver for the Java client (tests/tests/postgres.rs).
     "libpostgresql-jdbc-java",
@@ -69,6 +71,8 @@ const TEST_PACKAGES: &[&str] = &[
     "golang-google-grpc-dev",
     "golang-google-protobuf-dev",
     "nghttp2-client",
+    // Go's x/net/http2/h2c server for the h2c upgrade (tests/tests/http2.rs).
+    "golang-golang-x-net-dev",
     // Simulated hosts (network namespaces, veth) and a middlebox that strips TCP options
     // (tests/tests/xhost.rs).
     "iproute2",
@@ -94,6 +98,9 @@ const VENV_PACKAGES: &[&str] = &[
     "pymemcache",
     "nats-py",
 ];
+/// npm packages of the tests, installed under `target/test-npm` (the tests find them through
+/// `ZTRACE_NODE_MODULES`): Node's gRPC (tests/tests/grpc.rs). Each with a file that proves it is there.
+const NPM_PACKAGES: &[(&str, &str)] = &[("@grpc/grpc-js@1.14", "@grpc/grpc-js/package.json")];
 const VENV_CHECK: &str = "import grpc, opentelemetry.proto, opentelemetry.distro, opentelemetry.exporter.otlp.proto.grpc, opentelemetry.instrumentation.urllib, opentelemetry.instrumentation.wsgi, redis, pymemcache, nats";
 
 /// Tests passed and failed over every cargo test run.
@@ -198,6 +205,10 @@ fn prepare_and_run(skip_privileged: bool) -> Result<Tally> {
                 .env("ZTRACE_BIN", &binary)
                 .env("ZTRACE_PYTHON", &python)
                 .env("ZTRACE_REPO", &root)
+                .env(
+                    "ZTRACE_NODE_MODULES",
+                    util::target_dir().join("test-npm/node_modules"),
+                )
                 .env("ZTRACE_K8S_VENV", util::target_dir().join("k8s-venv"))
                 .env(
                     "ZTRACE_KERNEL_MATRIX",
@@ -271,6 +282,27 @@ fn install_test_components() -> Result<PathBuf> {
         )?;
         util::output_of(Command::new(&python).args(["-c", VENV_CHECK]))
             .with_context(|| format!("the test venv still cannot `{VENV_CHECK}`"))?;
+    }
+    let npm = util::target_dir().join("test-npm");
+    let missing = NPM_PACKAGES
+        .iter()
+        .any(|(_, proof)| !npm.join("node_modules").join(proof).is_file());
+    if missing {
+        let packages: Vec<&str> = NPM_PACKAGES.iter().map(|(p, _)| *p).collect();
+        say!(
+            "installing {} into {}...",
+            packages.join(" "),
+            npm.display()
+        );
+        std::fs::create_dir_all(&npm).with_context(|| format!("creating {}", npm.display()))?;
+        util::run(
+            Command::new("npm")
+                .arg("install")
+                .arg("--prefix")
+                .arg(&npm)
+                .args(["--no-audit", "--no-fund", "--loglevel=error"])
+                .args(&packages),
+        )?;
     }
     Ok(python)
 }

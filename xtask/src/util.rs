@@ -209,3 +209,37 @@ mod tests {
         assert!(repo_root().join("ebpf").is_dir());
     }
 }
+
+/// A venv of Debian's python3 under the target directory (`target/NAME`) holding `packages`
+/// (from PyPI), made or completed only when `check` (Python code, typically imports) fails in
+/// it. Returns the venv's python.
+pub fn python_venv(name: &str, packages: &[&str], check: &str) -> Result<PathBuf> {
+    let venv = target_dir().join(name);
+    let python = venv.join("bin/python");
+    if output_of(Command::new(&python).args(["-c", check])).is_some() {
+        return Ok(python);
+    }
+    if output_of(Command::new(&python).arg("--version")).is_none() {
+        say!("creating the venv {}...", venv.display());
+        run(Command::new("/usr/bin/python3")
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv))?;
+    }
+    say!(
+        "installing {} into {}...",
+        packages.join(" "),
+        venv.display()
+    );
+    run(Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(packages))?;
+    output_of(Command::new(&python).args(["-c", check]))
+        .with_context(|| format!("the venv {} still cannot `{check}`", venv.display()))?;
+    Ok(python)
+}

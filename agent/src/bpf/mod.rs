@@ -24,7 +24,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use ztrace_common::{
-    globals, maps, Counter, Settings, StackSettings, MAX_CAPTURE, MAX_STACK_BYTES,
+    globals, maps, Counter, Settings, StackSettings, IOVECS_MORE_PROGRAM, MAX_CAPTURE,
+    MAX_STACK_BYTES,
 };
 
 use self::attach::{
@@ -219,11 +220,95 @@ pub struct Probes {
 const DETACH_THREADS: usize = 32;
 
 impl Drop for Probes {
-    /// Detaches every uprobe from several threads at once: the kernel waits for an RCU grace
-    /// period (tasks-trace) per uprobe it unregisters, up to half a second on a loaded machine,
-    /// so one after another a hundred probes kept ztrace from exiting for tens of seconds;
-    /// concurrent waits share grace periods.
+    /// Detaches every uprobe from several threads at once (see [`detach_all`]).
     fn drop(&mut self) {
+        detach_all(self.take_uprobe_links());
+    }
+}
+
+/// Drops uprobe links from several threads at once: the kernel waits for an RCU grace period
+/// per uprobe it unregisters; on some kernels concurrent waits share grace periods.
+fn detach_all(mut links: Vec<aya::programs::uprobe::UProbeLink>) {
+    let per_thread = links.len().div_ceil(DETACH_THREADS).max(1);
+    std::thread::scope(|scope| {
+        while !links.is_empty() {
+            let chunk: Vec<_> = links.drain(..per_thread.min(links.len())).collect();
+            scope.spawn(move || drop(chunk));
+        }
+    });
+}
+
+impl Probes {
+    /// Lets ztrace exit at once while the kernel unregisters its uprobes in the background.
+    ///
+    /// Unregistering a uprobe waits for an RCU grace period under a kernel-wide mutex: about
+    /// 0.1 s per uprobe on a loaded machine, strictly one after another (threads do not help),
+    /// so a hundred probes kept `ztrace` from exiting for 10-30 s after Ctrl-C or SIGTERM. Here
+    /// a child process keeps a copy of the BPF file descriptors (programs, links, maps) and
+    /// nothing else; ztrace exits without closing them (its copies are not the last ones, so the
+    /// exit is quick), and the child, which notices through a pipe, then exits and drops the
+    /// last references. The breakpoints go within seconds either way; with `kill -9` the kernel
+    /// does the same. Falls back to detaching here when the child cannot be made.
+    pub fn release_in_background(mut self) {
+        let links = self.take_uprobe_links();
+        // Everything else (tracepoints, sock_ops, maps) goes now: after this, the BPF
+        // descriptors left are the uprobes'.
+        drop(self);
+        if links.is_empty() {
+            return;
+        }
+        let Some(keep) = bpf_fds() else {
+            return detach_all(links);
+        };
+        let mut pipe = [0; 2];
+        // SAFETY: pipe2 writes two fds into the array it is given.
+        if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return detach_all(links);
+        }
+        let (read_end, write_end) = (pipe[0], pipe[1]);
+        // Every other descriptor is closed in the child: stdout and stderr (a reader of ztrace's
+        // output sees their end when ztrace exits), listening sockets (a new ztrace may bind
+        // the same ports at once), files.
+        let close: Vec<i32> = open_fds()
+            .into_iter()
+            .filter(|fd| !keep.contains(fd) && *fd != read_end)
+            .collect();
+        // SAFETY: the child only calls async-signal-safe functions (close, read, _exit) on
+        // memory prepared before the fork, as a multi-threaded parent requires.
+        match unsafe { libc::fork() } {
+            0 => unsafe {
+                for fd in &close {
+                    libc::close(*fd);
+                }
+                let mut byte = 0u8;
+                // Returns 0 (end of file) once ztrace, the only holder of the write end, exited.
+                while libc::read(read_end, (&raw mut byte).cast(), 1) > 0 {}
+                libc::_exit(0);
+            },
+            pid if pid > 0 => {
+                // SAFETY: our copy of the read end is not used any more.
+                unsafe { libc::close(read_end) };
+                tracing::debug!(
+                    pid,
+                    uprobes = links.len(),
+                    "uprobes are detached by a child process after ztrace exits"
+                );
+                // The write end stays open until ztrace exits; the links are not closed here.
+                std::mem::forget(links);
+            }
+            _ => {
+                // SAFETY: both ends are ours and unused.
+                unsafe {
+                    libc::close(read_end);
+                    libc::close(write_end);
+                }
+                detach_all(links);
+            }
+        }
+    }
+
+    /// Takes every uprobe link (TLS libraries, Go programs) out of the programs that hold them.
+    fn take_uprobe_links(&mut self) -> Vec<aya::programs::uprobe::UProbeLink> {
         let ids = self
             .tls_links
             .drain()
@@ -238,14 +323,40 @@ impl Drop for Probes {
                 }
             }
         }
-        let per_thread = links.len().div_ceil(DETACH_THREADS).max(1);
-        std::thread::scope(|scope| {
-            while !links.is_empty() {
-                let chunk: Vec<_> = links.drain(..per_thread.min(links.len())).collect();
-                scope.spawn(move || drop(chunk));
-            }
-        });
+        links
     }
+}
+
+/// The descriptors of this process that are BPF objects (programs, maps, links, perf events),
+/// read from `/proc/self/fd`; `None` when it cannot be read.
+fn bpf_fds() -> Option<Vec<i32>> {
+    let mut fds = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd").ok()?.flatten() {
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let target = std::fs::read_link(entry.path()).unwrap_or_default();
+        let target = target.to_string_lossy();
+        if target.starts_with("anon_inode:bpf") || target.starts_with("anon_inode:[perf_event]") {
+            fds.push(fd);
+        }
+    }
+    Some(fds)
+}
+
+/// Every open descriptor of this process.
+fn open_fds() -> Vec<i32> {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|dir| {
+            dir.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The event ring buffer, registered with the tokio reactor.
@@ -327,6 +438,14 @@ pub fn start(
         })?;
 
     fill_selection(&mut ebpf, selection)?;
+    if !empty_programs {
+        if let Err(reason) = load_iovecs_more(&mut ebpf) {
+            tracing::warn!(
+                %reason,
+                "vectored calls (writev, sendmsg) keep only their first 8 segments: HTTP/2 frames of gRPC C-core and Node.js beyond them are lost"
+            );
+        }
+    }
 
     let mut attached = Vec::with_capacity(HOOKS.len());
     for hook in HOOKS {
@@ -856,6 +975,28 @@ const CLIENT_SOCKS_KEY: usize = 40;
 
 /// The client-socket map of the `sk_msg` program, kept open while the agent runs.
 type ClientSocks = SockHash<MapData, [u8; CLIENT_SOCKS_KEY]>;
+
+/// Loads the program that copies a vectored call's segments beyond the first 8 (a tail call,
+/// never attached) into its program array. `Err(reason)` when the kernel refused it.
+fn load_iovecs_more(ebpf: &mut Ebpf) -> Result<(), String> {
+    let prog: &mut TracePoint = ebpf
+        .program_mut(IOVECS_MORE_PROGRAM)
+        .ok_or("no such program in the object")?
+        .try_into()
+        .map_err(|_| "not a tracepoint program".to_owned())?;
+    prog.load()
+        .map_err(|e| format!("load: {}", verifier::load_failure(IOVECS_MORE_PROGRAM, &e)))?;
+    let fd = prog
+        .fd()
+        .map_err(|e| error_chain(&e))?
+        .try_clone()
+        .map_err(|e| e.to_string())?;
+    let map = ebpf
+        .map_mut(maps::IOVECS_MORE)
+        .ok_or("no program array in the object")?;
+    let mut array = ProgramArray::try_from(map).map_err(|e| error_chain(&e))?;
+    array.set(0, &fd, 0).map_err(|e| error_chain(&e))
+}
 
 /// `Ok(None)` when attached, `Ok(Some(reason))` when the kernel refused.
 fn attach_tracepoint(

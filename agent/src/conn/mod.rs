@@ -22,7 +22,7 @@ use ztrace_common::{
 use crate::{
     collections::{HashMap, HashSet},
     metrics::Metrics,
-    protocols::{self, Chunk, Endpoints, Exchange, Options, Side, StreamParser},
+    protocols::{self, Chunk, Endpoints, Exchange, Options, Side, StreamOpened, StreamParser},
     trace::context::{BornIds, TraceParent},
 };
 
@@ -93,10 +93,15 @@ struct Connection {
     plaintext: bool,
     /// Direction of the last bytes moved, to see where a request starts.
     last_direction: Option<Direction>,
+    /// The span id the kernel gave the last stream opened on a multiplexed connection: the
+    /// events of one vectored call (one per iovec segment) all carry the ids of that one call.
+    last_born: Option<[u8; 8]>,
 }
 
 /// A request started on a connection: its first bytes moved (a client wrote them, a server read
-/// them). Exchanges finish later with `request_start_ns` at or after this `ts_ns`.
+/// them). Exchanges finish later with `request_start_ns` at or after this `ts_ns`. On a
+/// multiplexed protocol (HTTP/2) each request starts on its own `stream`, and its exchange names
+/// that stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RequestStart {
     pub key: ConnKey,
@@ -112,6 +117,8 @@ pub struct RequestStart {
     pub traceparent: Option<TraceParent>,
     /// The ids the kernel gave the request (`--propagate`), when it saw the same start.
     pub born: Option<BornIds>,
+    /// The stream the request opened, on a multiplexed protocol.
+    pub stream: Option<u64>,
 }
 
 /// The ids the kernel gave the request a data event starts, if it gave any.
@@ -153,6 +160,8 @@ pub struct ConnTable {
     /// What the parsers are told of the agent's settings.
     options: Options,
     starts: Vec<RequestStart>,
+    /// Streams a multiplexed protocol's parser opened in the bytes just fed.
+    opened: Vec<StreamOpened>,
 }
 
 /// The agent's own connections remembered (emptied when full: an entry only matters while
@@ -174,6 +183,7 @@ impl ConnTable {
             scratch: Vec::new(),
             options: Options::default(),
             starts: Vec::new(),
+            opened: Vec::new(),
         }
     }
 
@@ -239,6 +249,7 @@ impl ConnTable {
                 undetected_chunks: 0,
                 plaintext: false,
                 last_direction: None,
+                last_born: None,
             },
         );
     }
@@ -339,7 +350,11 @@ impl ConnTable {
             return;
         };
         let side = parser.side();
-        if direction == side.request_direction() && conn.last_direction != Some(direction) {
+        let multiplexed = parser.multiplexed();
+        if !multiplexed
+            && direction == side.request_direction()
+            && conn.last_direction != Some(direction)
+        {
             self.starts.push(RequestStart {
                 key,
                 side,
@@ -350,6 +365,7 @@ impl ConnTable {
                 ts_ns,
                 traceparent: parser.trace_context(payload),
                 born: born_ids(header),
+                stream: None,
             });
         }
         conn.last_direction = Some(direction);
@@ -359,6 +375,42 @@ impl ConnTable {
         if let Err(error) = parser.on_data(&chunk, missing, tail, &mut self.scratch) {
             Metrics::inc(&metrics.parse_errors);
             tracing::debug!(%error, tgid = key.tgid, fd = key.fd, "bytes a parser could not read");
+        }
+        if let Some((mut next, rest)) = parser.take_successor() {
+            // The connection switched protocols (an HTTP/1.1 upgrade to h2c): the rest is the
+            // successor's.
+            let rest_chunk = Chunk {
+                bytes: &rest,
+                ..chunk
+            };
+            if let Err(error) = next.on_data(&rest_chunk, 0, &[], &mut self.scratch) {
+                Metrics::inc(&metrics.parse_errors);
+                tracing::debug!(%error, tgid = key.tgid, fd = key.fd, "bytes a parser could not read");
+            }
+            *parser = next;
+        }
+        if parser.multiplexed() {
+            // Each stream opened is a request start; the kernel's ids (one request per write
+            // batch to it) go to the first.
+            parser.take_opened(&mut self.opened);
+            let mut born = born_ids(header).filter(|b| conn.last_born != Some(b.span_id));
+            for o in self.opened.drain(..) {
+                if let Some(b) = born {
+                    conn.last_born = Some(b.span_id);
+                }
+                self.starts.push(RequestStart {
+                    key,
+                    side,
+                    local: conn.info.local,
+                    remote: conn.info.remote,
+                    tid: header.header.tid,
+                    goid: header.goid,
+                    ts_ns: o.ts_ns,
+                    traceparent: o.traceparent,
+                    born: born.take(),
+                    stream: Some(o.stream),
+                });
+            }
         }
         Metrics::add(&metrics.exchanges_lost, parser.take_lost());
         Metrics::add(&metrics.exchanges_fields_unknown, parser.take_unknown());

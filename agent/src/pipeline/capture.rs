@@ -76,6 +76,11 @@ impl Capture {
         self.processes.set_node_name(node);
     }
 
+    /// Where pod labels and annotations come from (see `ProcessCache::set_pod_source`).
+    pub fn set_pod_source(&mut self, source: crate::discovery::cri::PodSource) {
+        self.processes.set_pod_source(source);
+    }
+
     pub fn new(
         metrics: Arc<Metrics>,
         db_query_parameters: bool,
@@ -277,6 +282,7 @@ impl Capture {
                 request_start_ns,
                 peer_traced,
                 consumer_tid,
+                stream: ex.exchange.stream(),
             };
             // A delivered message was read, not requested: no stack of a request is its own.
             if consumer_tid.is_some() {

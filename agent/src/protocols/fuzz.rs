@@ -1,6 +1,7 @@
 //! The one driver of every protocol's fuzz target (`agent/fuzz/`): arbitrary bytes as the two
 //! directions of one connection, fed to the protocol's parser in alternating chunks, with gaps,
-//! then a close. The parser must not panic nor grow without bound.
+//! then a close; a parser's successor at a protocol switch reads on. The parser must not panic
+//! nor grow without bound.
 //!
 //! Input: byte 0 picks the side (bit 0), whether the database protocols keep bound values
 //! (bit 1) and the chunk size (bits 2..8, plus one); byte 1 where the rest splits into
@@ -60,6 +61,24 @@ pub fn feed(protocol: &dyn Protocol, data: &[u8]) {
                 &[],
                 &mut out,
             );
+            // A protocol switch (HTTP/1.1 upgraded to h2c): the successor reads on, as in the
+            // connection table.
+            if let Some((mut next, rest)) = parser.take_successor() {
+                let _ = next.on_data(
+                    &Chunk {
+                        direction,
+                        ts_ns,
+                        tid: 1,
+                        bytes: &rest,
+                    },
+                    0,
+                    &[],
+                    &mut out,
+                );
+                parser = next;
+            }
+            let mut opened = Vec::new();
+            parser.take_opened(&mut opened);
         }
         out.clear();
         if !fed {

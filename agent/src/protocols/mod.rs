@@ -101,6 +101,19 @@ impl Side {
     }
 }
 
+/// A request of a multiplexed protocol opened its own stream (an HTTP/2 stream's request
+/// `HEADERS`): trace assembly gives it its ids at that moment, and pairs the two ends of a
+/// connection by the stream rather than by the order of requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamOpened {
+    /// The stream's id: the same on both ends of the connection.
+    pub stream: u64,
+    /// Kernel monotonic time of the request's first bytes.
+    pub ts_ns: u64,
+    /// Trace context among the request's fields (a W3C `traceparent` header).
+    pub traceparent: Option<TraceParent>,
+}
+
 /// What the agent's settings tell the parsers.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Options {
@@ -192,6 +205,24 @@ pub trait Parser: Send + 'static {
     fn trace_context(&self, _request_bytes: &[u8]) -> Option<TraceParent> {
         None
     }
+
+    /// Requests travel on streams of their own, interleaved (HTTP/2): a request starts when
+    /// [`Parser::take_opened`] says so, not at the first bytes after an answer, and its
+    /// exchange names its stream ([`Exchange::stream`]).
+    fn multiplexed(&self) -> bool {
+        false
+    }
+
+    /// Streams whose request the last bytes opened, in order (multiplexed protocols only).
+    fn take_opened(&mut self, _out: &mut Vec<StreamOpened>) {}
+
+    /// The connection switched, in the last bytes, to a protocol this parser hands it over to
+    /// (HTTP/1.1 `Upgrade: h2c` → HTTP/2): the parser that reads it from now on, and the bytes
+    /// of the last chunk after the switch (that chunk's direction), which that parser has not
+    /// read yet.
+    fn take_successor(&mut self) -> Option<(Box<dyn StreamParser>, Vec<u8>)> {
+        None
+    }
 }
 
 /// A finished exchange (a request and its answer) and the rules that make a span of it.
@@ -208,6 +239,12 @@ pub trait Exchange: fmt::Debug + Send + 'static {
 
     /// For tests and tools that look at one protocol's exchanges.
     fn as_any(&self) -> &dyn Any;
+
+    /// The stream the exchange travelled on, for a multiplexed protocol ([`Parser::multiplexed`]):
+    /// both ends of a connection pair their exchanges by it.
+    fn stream(&self) -> Option<u64> {
+        None
+    }
 
     /// For a message delivered to the traced process (a CONSUMER span): the thread that read
     /// it. Trace assembly takes the calls that thread makes next as the message's processing
@@ -296,6 +333,15 @@ pub trait StreamParser: Send {
 
     /// See [`Parser::trace_context`].
     fn trace_context(&self, request_bytes: &[u8]) -> Option<TraceParent>;
+
+    /// See [`Parser::multiplexed`].
+    fn multiplexed(&self) -> bool;
+
+    /// See [`Parser::take_opened`].
+    fn take_opened(&mut self, out: &mut Vec<StreamOpened>);
+
+    /// See [`Parser::take_successor`].
+    fn take_successor(&mut self) -> Option<(Box<dyn StreamParser>, Vec<u8>)>;
 }
 
 /// A typed [`Parser`] as a [`StreamParser`]: its exchanges are collected, then boxed.
@@ -392,6 +438,18 @@ impl<P: Parser> StreamParser for Boxed<P> {
 
     fn trace_context(&self, request_bytes: &[u8]) -> Option<TraceParent> {
         self.parser.trace_context(request_bytes)
+    }
+
+    fn multiplexed(&self) -> bool {
+        self.parser.multiplexed()
+    }
+
+    fn take_opened(&mut self, out: &mut Vec<StreamOpened>) {
+        self.parser.take_opened(out);
+    }
+
+    fn take_successor(&mut self) -> Option<(Box<dyn StreamParser>, Vec<u8>)> {
+        self.parser.take_successor()
     }
 }
 

@@ -9,7 +9,8 @@
 //! - `connection` (server spans): the other end of the connection is a traced process on this
 //!   host whose request on it is in flight: that client span is the parent, its trace the trace.
 //!   Requests on a keep-alive connection pair in order (the latest client request written before
-//!   the server read it).
+//!   the server read it); requests of a multiplexed protocol (HTTP/2) pair by their stream
+//!   (`RequestStart::stream`, `Exchange::stream`), whatever the order and batching of either end.
 //! - `thread` (client spans): the thread that writes the request is serving exactly one server
 //!   exchange (read its request, not yet finished): that server span is the parent. Threads
 //!   serving several at once (event loops) give no thread link rather than a wrong one.
@@ -58,6 +59,9 @@ pub const MAX_PENDING: usize = 65_536;
 const MAX_STARTS_PER_CONN: usize = 64;
 /// Client requests remembered per connection for the server end.
 const MAX_IN_FLIGHT_PER_CONN: usize = 64;
+/// Streams of a multiplexed connection remembered at once, on either end (as many as the
+/// HTTP/2 parser keeps open).
+const MAX_STREAMS_PER_CONN: usize = crate::protocols::http2::MAX_OPEN_STREAMS;
 /// Connections with remembered client requests; beyond that the map is emptied (counted).
 const MAX_IN_FLIGHT_CONNS: usize = 65_536;
 /// State older than this (kernel time) is forgotten by [`Tracer::expire`].
@@ -138,6 +142,8 @@ struct Ids {
 struct StartRecord {
     ts: u64,
     ids: Ids,
+    /// The stream the request opened (multiplexed protocols).
+    stream: Option<u64>,
     /// For a server start linked by connection: the client request's span id.
     peer_span: Option<[u8; 8]>,
     /// The first of this start's exchanges is the `peer_offset`-th of the client's batch: a
@@ -169,6 +175,8 @@ struct InFlight {
     ts: u64,
     trace_id: [u8; 16],
     span_id: [u8; 8],
+    /// The stream the request opened (multiplexed protocols; 0 otherwise).
+    stream: u64,
 }
 
 /// A server exchange whose request was read on a thread and that has not finished.
@@ -193,6 +201,9 @@ pub struct Finished {
     pub peer_traced: bool,
     /// A delivered message: the thread that read it (see `Exchange::consumer_thread`).
     pub consumer_tid: Option<u32>,
+    /// The exchange's stream on a multiplexed protocol (see `Exchange::stream`): it takes the
+    /// ids of the start of that stream.
+    pub stream: Option<u64>,
 }
 
 enum Input {
@@ -296,6 +307,10 @@ pub struct Tracer {
     starts: HashMap<ConnKey, VecDeque<StartRecord>>,
     /// Client requests not yet read by a traced server end, by (client end, server end).
     in_flight: HashMap<(SocketAddr, SocketAddr), VecDeque<InFlight>>,
+    /// The same for requests of multiplexed protocols, each with its stream, in stream order.
+    in_flight_streams: HashMap<(SocketAddr, SocketAddr), VecDeque<InFlight>>,
+    /// Starts of each multiplexed connection's streams whose exchange has not finished.
+    stream_starts: HashMap<ConnKey, VecDeque<StartRecord>>,
     /// Messages published, by key, for the CONSUMER spans of their deliveries (bounded, oldest
     /// forgotten first).
     messages: HashMap<i64, ([u8; 16], [u8; 8])>,
@@ -469,6 +484,14 @@ impl Tracer {
             q.retain(|r| r.ts >= cutoff);
             !q.is_empty()
         });
+        self.in_flight_streams.retain(|_, q| {
+            q.retain(|r| r.ts >= cutoff);
+            !q.is_empty()
+        });
+        self.stream_starts.retain(|_, q| {
+            q.retain(|r| r.ts >= cutoff);
+            !q.is_empty()
+        });
         self.serving.retain(|_, open| {
             open.retain(|s| s.ts >= cutoff);
             !open.is_empty()
@@ -506,6 +529,7 @@ impl Tracer {
             }
             Input::Close(key) => {
                 self.starts.remove(&key);
+                self.stream_starts.remove(&key);
                 self.stop_serving(key);
             }
         }
@@ -547,38 +571,40 @@ impl Tracer {
             }
         } else {
             match s.side {
-                Side::Server => match self.claim_in_flight((s.remote, s.local), s.ts_ns) {
-                    Some(c) => {
-                        peer_span = Some(c.span_id);
-                        Ids {
-                            trace_id: c.trace_id,
-                            span_id,
-                            parent: Some(c.span_id),
-                            link: Link::Connection,
-                            missing_parent: false,
-                        }
-                    }
-                    None => match self.continued_batch(s) {
-                        Some((ids, peer, offset)) => {
-                            peer_span = Some(peer);
-                            peer_offset = offset;
-                            ids
-                        }
-                        None => match born {
-                            Some(b) if b.from_wire => {
-                                Metrics::inc(&metrics.spans_linked_tcp_option);
-                                Ids {
-                                    trace_id: b.trace_id,
-                                    span_id,
-                                    parent: b.parent_id,
-                                    link: Link::TcpOption,
-                                    missing_parent: false,
-                                }
+                Side::Server => {
+                    match self.claim_in_flight((s.remote, s.local), s.ts_ns, s.stream) {
+                        Some(c) => {
+                            peer_span = Some(c.span_id);
+                            Ids {
+                                trace_id: c.trace_id,
+                                span_id,
+                                parent: Some(c.span_id),
+                                link: Link::Connection,
+                                missing_parent: false,
                             }
-                            _ => fresh(peer_traced),
+                        }
+                        None => match self.continued_batch(s).filter(|_| s.stream.is_none()) {
+                            Some((ids, peer, offset)) => {
+                                peer_span = Some(peer);
+                                peer_offset = offset;
+                                ids
+                            }
+                            None => match born {
+                                Some(b) if b.from_wire => {
+                                    Metrics::inc(&metrics.spans_linked_tcp_option);
+                                    Ids {
+                                        trace_id: b.trace_id,
+                                        span_id,
+                                        parent: b.parent_id,
+                                        link: Link::TcpOption,
+                                        missing_parent: false,
+                                    }
+                                }
+                                _ => fresh(peer_traced),
+                            },
                         },
-                    },
-                },
+                    }
+                }
                 Side::Client => {
                     let linked = match self.serving.get(&(s.key.tgid, unit(s))).map(Vec::as_slice) {
                         // A message's consumer serves its thread for a while only.
@@ -620,8 +646,13 @@ impl Tracer {
         };
         match s.side {
             Side::Server => {
-                // A new request on the connection ends any earlier one's hold on its thread.
-                self.stop_serving(s.key);
+                // A new request on the connection ends any earlier one's hold on its thread;
+                // streams opened by the same read serve it together (a thread, or goroutine,
+                // serving several links none of its calls rather than a wrong one).
+                match s.stream {
+                    None => self.stop_serving(s.key),
+                    Some(_) => self.stop_serving_before(s.key, s.ts_ns),
+                }
                 self.serving
                     .entry((s.key.tgid, unit(s)))
                     .or_default()
@@ -639,24 +670,34 @@ impl Tracer {
                     Metrics::add(&metrics.link_state_dropped, self.in_flight.len() as u64);
                     self.in_flight.clear();
                 }
-                let q = self.in_flight.entry((s.local, s.remote)).or_default();
-                if q.len() >= MAX_IN_FLIGHT_PER_CONN {
+                let (q, most) = match s.stream {
+                    None => (&mut self.in_flight, MAX_IN_FLIGHT_PER_CONN),
+                    Some(_) => (&mut self.in_flight_streams, MAX_STREAMS_PER_CONN),
+                };
+                let q = q.entry((s.local, s.remote)).or_default();
+                if q.len() >= most {
                     q.pop_front();
                 }
                 q.push_back(InFlight {
                     ts: s.ts_ns,
                     trace_id: ids.trace_id,
                     span_id: ids.span_id,
+                    stream: s.stream.unwrap_or(0),
                 });
             }
         }
-        let q = self.starts.entry(s.key).or_default();
-        if q.len() >= MAX_STARTS_PER_CONN {
+        let (q, most) = match s.stream {
+            None => (&mut self.starts, MAX_STARTS_PER_CONN),
+            Some(_) => (&mut self.stream_starts, MAX_STREAMS_PER_CONN),
+        };
+        let q = q.entry(s.key).or_default();
+        if q.len() >= most {
             q.pop_front();
         }
         q.push_back(StartRecord {
             ts: s.ts_ns,
             ids,
+            stream: s.stream,
             peer_span,
             peer_offset,
             claims: 0,
@@ -733,16 +774,67 @@ impl Tracer {
     }
 
     /// The latest client request on `tuple` written at or before `ts`; it and older ones are
-    /// no longer available.
-    fn claim_in_flight(&mut self, tuple: (SocketAddr, SocketAddr), ts: u64) -> Option<InFlight> {
-        let q = self.in_flight.get_mut(&tuple)?;
-        let i = q.iter().rposition(|c| c.ts <= ts)?;
-        q.drain(..i);
-        let claimed = q.pop_front();
+    /// no longer available. On a multiplexed protocol: the client request of the same
+    /// `stream`; it and the streams below it (which a server reads in order) are no longer
+    /// available.
+    fn claim_in_flight(
+        &mut self,
+        tuple: (SocketAddr, SocketAddr),
+        ts: u64,
+        stream: Option<u64>,
+    ) -> Option<InFlight> {
+        let map = match stream {
+            None => &mut self.in_flight,
+            Some(_) => &mut self.in_flight_streams,
+        };
+        let q = map.get_mut(&tuple)?;
+        let claimed = match stream {
+            None => {
+                let i = q.iter().rposition(|c| c.ts <= ts)?;
+                q.drain(..i);
+                q.pop_front()
+            }
+            Some(stream) => {
+                let found = q
+                    .iter()
+                    .position(|c| c.stream == stream)
+                    .and_then(|i| q.remove(i));
+                q.retain(|c| c.stream > stream);
+                found
+            }
+        };
         if q.is_empty() {
-            self.in_flight.remove(&tuple);
+            map.remove(&tuple);
         }
         claimed
+    }
+
+    /// Ends the hold on their unit of work of `conn`'s server exchanges that started before
+    /// `ts` (a multiplexed connection: the streams of earlier reads).
+    fn stop_serving_before(&mut self, conn: ConnKey, ts: u64) {
+        self.stop_serving_where(conn, |s| s.ts < ts);
+    }
+
+    /// Ends the hold of `conn`'s server exchange `span_id` on its unit of work.
+    fn stop_serving_span(&mut self, conn: ConnKey, span_id: [u8; 8]) {
+        self.stop_serving_where(conn, |s| s.span_id == span_id);
+    }
+
+    fn stop_serving_where(&mut self, conn: ConnKey, ends: impl Fn(&Serving) -> bool) {
+        let Some(&unit) = self.serving_thread.get(&conn) else {
+            return;
+        };
+        let mut left = false;
+        if let Some(open) = self.serving.get_mut(&(conn.tgid, unit)) {
+            open.retain(|s| s.conn != conn || !ends(s));
+            left = open.iter().any(|s| s.conn == conn);
+            if open.is_empty() {
+                self.serving.remove(&(conn.tgid, unit));
+            }
+        }
+        if !left {
+            self.serving_thread.remove(&conn);
+        }
     }
 
     fn stop_serving(&mut self, conn: ConnKey) {
@@ -756,6 +848,30 @@ impl Tracer {
         }
     }
 
+    /// The ids of an exchange of a protocol without streams: the latest start of its
+    /// connection at or before its first bytes (older ones are done with; the start stays for
+    /// further exchanges of a pipelined batch, the k-th taking the k-th derived ids). A
+    /// delivered message (CONSUMER) is read, not requested: it claims no start.
+    fn unkeyed_record(
+        &mut self,
+        key: ConnKey,
+        consumer: bool,
+        request_start_ns: u64,
+    ) -> Option<Ids> {
+        let q = self.starts.get_mut(&key).filter(|_| !consumer)?;
+        let i = q.iter().rposition(|r| r.ts <= request_start_ns)?;
+        q.drain(..i);
+        let r = q.front_mut()?;
+        let k = r.claims;
+        r.claims += 1;
+        let mut ids = r.ids;
+        ids.span_id = nth_id(r.ids.span_id, k);
+        if let Some(peer) = r.peer_span {
+            ids.parent = Some(nth_id(peer, r.peer_offset + k));
+        }
+        Some(ids)
+    }
+
     fn on_done(&mut self, f: Finished, metrics: &Metrics, out: &mut Vec<Span>) {
         let Finished {
             mut span,
@@ -764,29 +880,18 @@ impl Tracer {
             request_start_ns,
             peer_traced,
             consumer_tid,
+            stream,
         } = f;
         let message_key = take_message_key(&mut span);
         let consumer = span.kind == SpanKind::Consumer;
-        // The latest start at or before the exchange's first bytes; older ones are done with.
-        // The start stays for further exchanges of a pipelined batch. A delivered message
-        // (CONSUMER) is read, not requested: it claims no start.
-        let record = self
-            .starts
-            .get_mut(&key)
-            .filter(|_| !consumer)
-            .and_then(|q| {
-                let i = q.iter().rposition(|r| r.ts <= request_start_ns)?;
-                q.drain(..i);
-                let r = q.front_mut()?;
-                let k = r.claims;
-                r.claims += 1;
-                let mut ids = r.ids;
-                ids.span_id = nth_id(r.ids.span_id, k);
-                if let Some(peer) = r.peer_span {
-                    ids.parent = Some(nth_id(peer, r.peer_offset + k));
-                }
-                Some(ids)
-            });
+        let record = match stream {
+            // A stream's exchange takes its own stream's start, whatever the order they end in.
+            Some(stream) => self.stream_starts.get_mut(&key).and_then(|q| {
+                let i = q.iter().position(|r| r.stream == Some(stream))?;
+                q.remove(i).map(|r| r.ids)
+            }),
+            None => self.unkeyed_record(key, consumer, request_start_ns),
+        };
         let missing_parent = match record {
             Some(ids) => {
                 span.span_id = ids.span_id;
@@ -801,7 +906,10 @@ impl Tracer {
                     set_link(&mut span, ids.link);
                 }
                 if side == Side::Server {
-                    self.stop_serving(key);
+                    match stream {
+                        None => self.stop_serving(key),
+                        Some(_) => self.stop_serving_span(key, ids.span_id),
+                    }
                 }
                 ids.missing_parent
             }

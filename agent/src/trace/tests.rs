@@ -100,6 +100,7 @@ impl World {
             ts_ns: ts,
             traceparent,
             born: None,
+            stream: None,
         };
         self.tracer.start(s, true, &self.metrics, &mut self.out);
     }
@@ -114,6 +115,7 @@ impl World {
             ts_ns: ts,
             traceparent: None,
             born: None,
+            stream: None,
         };
         self.tracer.start(s, true, &self.metrics, &mut self.out);
     }
@@ -130,6 +132,40 @@ impl World {
             request_start_ns: request_start,
             peer_traced: true,
             consumer_tid: None,
+            stream: None,
+        };
+        self.tracer.finished(ts, f, &self.metrics, &mut self.out);
+    }
+    /// A request of a multiplexed protocol opening `stream` (its first bytes at `ts`).
+    fn start_stream(&mut self, end: End, tid: u32, goid: u32, ts: u64, stream: u64) {
+        let s = RequestStart {
+            key: end.key,
+            side: end.side,
+            local: end.local,
+            remote: end.remote,
+            tid,
+            goid,
+            ts_ns: ts,
+            traceparent: None,
+            born: None,
+            stream: Some(stream),
+        };
+        self.tracer.start(s, true, &self.metrics, &mut self.out);
+    }
+    fn done_stream(&mut self, end: End, name: &str, request_start: u64, ts: u64, stream: u64) {
+        let kind = if end.side == Side::Server {
+            SpanKind::Server
+        } else {
+            SpanKind::Client
+        };
+        let f = Finished {
+            span: span(kind, name),
+            key: end.key,
+            side: end.side,
+            request_start_ns: request_start,
+            peer_traced: true,
+            consumer_tid: None,
+            stream: Some(stream),
         };
         self.tracer.finished(ts, f, &self.metrics, &mut self.out);
     }
@@ -382,6 +418,91 @@ fn a_batch_the_server_reads_in_two_reads_still_pairs_exchange_by_exchange() {
 }
 
 #[test]
+fn streams_pair_by_stream_however_each_end_batches_and_finishes_them() {
+    // An HTTP/2 client writes streams 1 and 3 in one write and 5 in the next; the server reads
+    // 1 alone and 3 and 5 together; both ends finish them in other orders.
+    let (client, server) = conn(1, 3, 10, 5, 40000, 50051);
+    let mut w = World::new();
+    w.start_stream(client, 2, 0, 100, 1);
+    w.start_stream(client, 2, 0, 100, 3);
+    w.start_stream(client, 2, 0, 110, 5);
+    w.start_stream(server, 12, 0, 120, 1);
+    w.start_stream(server, 12, 0, 130, 3);
+    w.start_stream(server, 12, 0, 130, 5);
+    w.done_stream(server, "server 5", 130, 200, 5);
+    w.done_stream(server, "server 1", 120, 210, 1);
+    w.done_stream(server, "server 3", 130, 220, 3);
+    w.done_stream(client, "client 3", 100, 300, 3);
+    w.done_stream(client, "client 5", 110, 310, 5);
+    w.done_stream(client, "client 1", 100, 320, 1);
+    let spans = w.flush();
+    assert_eq!(spans.len(), 6);
+    for stream in [1, 3, 5] {
+        let (c, s) = (
+            by_name(&spans, &format!("client {stream}")),
+            by_name(&spans, &format!("server {stream}")),
+        );
+        assert_eq!(s.parent_span_id, Some(c.span_id), "stream {stream}");
+        assert_eq!(s.trace_id, c.trace_id, "stream {stream}");
+        assert_eq!(link(s), "connection");
+    }
+    let ids: crate::collections::HashSet<[u8; 8]> = spans.iter().map(|s| s.span_id).collect();
+    assert_eq!(ids.len(), 6, "every span its own id");
+}
+
+#[test]
+fn a_server_stream_whose_client_stream_was_not_seen_is_a_counted_root() {
+    let (client, server) = conn(1, 3, 10, 5, 40000, 50051);
+    let mut w = World::new();
+    w.start_stream(client, 2, 0, 100, 3);
+    // Stream 1's write was lost; the server reads 1, then 3.
+    w.start_stream(server, 12, 0, 120, 1);
+    w.start_stream(server, 12, 0, 130, 3);
+    w.done_stream(server, "server 1", 120, 200, 1);
+    w.done_stream(server, "server 3", 130, 210, 3);
+    w.done_stream(client, "client 3", 100, 300, 3);
+    let spans = w.flush();
+    let s1 = by_name(&spans, "server 1");
+    assert_eq!((s1.parent_span_id, link(s1)), (None, "none"));
+    let (c3, s3) = (by_name(&spans, "client 3"), by_name(&spans, "server 3"));
+    assert_eq!(s3.parent_span_id, Some(c3.span_id));
+    assert_eq!(
+        w.metrics
+            .spans_unlinked
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[test]
+fn a_goroutine_reading_several_streams_at_once_gives_its_handlers_no_link() {
+    // A Go gRPC server's reader goroutine 7 reads streams 1 and 3 in one read and starts a
+    // handler for each; a wrong parent is worse than none. Stream 5, read alone, links.
+    let (_, a_in) = conn(1, 3, 10, 5, 40000, 50051);
+    let (b_out, _) = conn(10, 6, 20, 5, 40001, 5432);
+    let mut w = World::new();
+    w.start_stream(a_in, 12, 7, 100, 1);
+    w.start_stream(a_in, 12, 7, 100, 3);
+    w.tracer.spawned(101, 10, 7, 8, &w.metrics, &mut w.out);
+    w.tracer.spawned(102, 10, 7, 9, &w.metrics, &mut w.out);
+    w.start_go(b_out, 13, 8, 110);
+    w.done(b_out, "query of 1", 110, 120);
+    w.start_stream(a_in, 12, 7, 200, 5);
+    w.tracer.spawned(201, 10, 7, 11, &w.metrics, &mut w.out);
+    w.start_go(b_out, 13, 11, 210);
+    w.done(b_out, "query of 5", 210, 220);
+    w.done_stream(a_in, "server 1", 100, 300, 1);
+    w.done_stream(a_in, "server 3", 100, 300, 3);
+    w.done_stream(a_in, "server 5", 200, 300, 5);
+    let spans = w.flush();
+    let q1 = by_name(&spans, "query of 1");
+    assert_eq!((q1.parent_span_id, link(q1)), (None, "none"));
+    let (s5, q5) = (by_name(&spans, "server 5"), by_name(&spans, "query of 5"));
+    assert_eq!(q5.parent_span_id, Some(s5.span_id));
+    assert_eq!(link(q5), "goroutine");
+}
+
+#[test]
 fn in_go_the_goroutine_not_the_thread_is_the_unit_of_work() {
     let (_, a) = conn(1, 3, 10, 5, 40000, 80);
     let (_, b) = conn(2, 3, 10, 6, 40001, 80);
@@ -498,6 +619,7 @@ fn hold_back_window_memory() {
             request_start_ns: 1_000 + 2 * i,
             peer_traced: true,
             consumer_tid: None,
+            stream: None,
         };
         w.tracer.finished(1_001 + 2 * i, f, &w.metrics, &mut w.out);
     }
@@ -534,6 +656,7 @@ fn a_delivered_message_is_the_child_of_the_publish_that_sent_it() {
         request_start_ns: at,
         peer_traced: false,
         consumer_tid: None,
+        stream: None,
     };
     w.tracer.finished(
         110,
@@ -621,6 +744,7 @@ fn the_calls_a_thread_makes_after_reading_a_message_are_its_processing() {
         request_start_ns: 100,
         peer_traced: false,
         consumer_tid: Some(11),
+        stream: None,
     };
     w.tracer.finished(100, f, &w.metrics, &mut w.out);
     w.start(http_client, 11, 110); // the reading thread calls a service
@@ -660,6 +784,7 @@ fn a_reply_read_by_a_thread_serving_a_request_leaves_its_calls_to_the_request() 
         request_start_ns: 110,
         peer_traced: false,
         consumer_tid: Some(5),
+        stream: None,
     };
     w.tracer.finished(110, f, &w.metrics, &mut w.out);
     w.start(db, 5, 120);
@@ -743,6 +868,7 @@ impl World {
             ts_ns: ts,
             traceparent: None,
             born: Some(born),
+            stream: None,
         };
         self.tracer.start(s, false, &self.metrics, &mut self.out);
     }
@@ -818,6 +944,7 @@ fn a_traceparent_wins_and_a_kernel_trace_that_disagrees_is_counted() {
         ts_ns: 100,
         traceparent: Some(tp),
         born: Some(born(7, 1, None, false)),
+        stream: None,
     };
     w.tracer.start(s, false, &w.metrics, &mut w.out);
     // The kernel did not read the header: the call's wire context has its own trace id.

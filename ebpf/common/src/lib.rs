@@ -19,8 +19,16 @@ pub const MAX_CAPTURE: usize = 16 * 1024;
 /// chunked body ends (`0\r\n\r\n`) even when its middle was not copied.
 pub const TAIL_BYTES: usize = 64;
 
-/// Maximum number of `iovec` entries of one vectored call that are copied.
+/// `iovec` entries of one vectored call that one program copies; the next ones are copied by
+/// tail calls of the `iovecs_more` program, [`MAX_IOVECS`] each.
 pub const MAX_IOVECS: u32 = 8;
+/// Tail calls that go on copying one vectored call's segments (the kernel allows 32 per
+/// program run): at most `MAX_IOVECS * (1 + MAX_IOVEC_TAIL_CALLS)` = 248 segments are copied;
+/// the bytes of later ones are reported as a length.
+pub const MAX_IOVEC_TAIL_CALLS: u32 = 30;
+/// Name of the program that copies further segments of a vectored call (a tail call, never
+/// attached), and of the program array that holds it at index 0.
+pub const IOVECS_MORE_PROGRAM: &str = "zt_iovecs_more";
 
 /// Names of the maps, so the agent never spells one as a literal.
 pub mod maps {
@@ -42,6 +50,8 @@ pub mod maps {
     pub const INJECT_ON: &str = "INJECT_ON";
     /// ProgramArray[1]: `zt_inject`'s tail call to `zt_inject_write`.
     pub const INJECT_JUMP: &str = "INJECT_JUMP";
+    /// ProgramArray with [`super::IOVECS_MORE_PROGRAM`] at index 0.
+    pub const IOVECS_MORE: &str = "IOVECS_MORE";
 }
 
 /// Names of the global constants the agent sets with `EbpfLoader::set_global`.
@@ -328,7 +338,8 @@ pub enum Counter {
     PayloadReadFailed = 3,
     /// Reading kernel structures for a socket failed.
     SockReadFailed = 4,
-    /// Vectored I/O with more segments than [`MAX_IOVECS`]: the rest was not copied.
+    /// Vectored I/O with more segments than its programs copy (`MAX_IOVECS` each, with
+    /// [`MAX_IOVEC_TAIL_CALLS`] tail calls): the rest was not copied.
     IovecsTruncated = 5,
     /// Data events written.
     DataEvents = 6,

@@ -239,7 +239,7 @@ pub fn go_newproc_ret(ctx: ProbeContext) -> u32 {
     }
     if let Some(mut ev) = emit::reserve::<GoSpawnEvent>() {
         ev.write(GoSpawnEvent { header: emit::header(EventKind::GoSpawn, tgid, tid, -1, 0), parent_goid: parent, child_goid: child });
-        ev.submit(emit::wakeup_flags());
+        ev.submit(emit::wakeup_flags_of::<GoSpawnEvent>());
         count(Counter::GoSpawnEvents);
     }
     0

@@ -1,8 +1,10 @@
 //! The read/write family on TCP sockets: read, write, recvfrom, sendto, readv, writev,
 //! recvmsg, sendmsg, sendfile64. Each exit with a positive result emits the bytes moved.
 //!
-//! Vectored calls emit one data event per iovec segment, up to `MAX_IOVECS`; bytes beyond
-//! that are reported as a length without payload, so the agent's byte count stays exact.
+//! Vectored calls emit one data event per iovec segment, `MAX_IOVECS` per program: the next
+//! ones are emitted by tail calls of `zt_iovecs_more` (gRPC C-core and Node.js write HTTP/2
+//! frames with dozens of segments), up to `MAX_IOVEC_TAIL_CALLS`; bytes beyond are reported
+//! as a length without payload, so the agent's byte count stays exact.
 //!
 //! `read` and `recvfrom` have no entry program: their data is in hand when they return, stamped
 //! with the exit time, and their arguments (fd, buffer) are still in the thread's saved user
@@ -21,12 +23,12 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use ztrace_common::{ConnRole, Counter, DataSource, Direction, MAX_IOVECS};
+use ztrace_common::{ConnRole, Counter, DataSource, Direction, MAX_IOVECS, MAX_IOVEC_TAIL_CALLS};
 
 use super::{arg, ids, read_i64, read_u64, RET};
 use crate::{
     emit, filter,
-    maps::{call, count, PendingCall, SOCKS, CALLS},
+    maps::{call, count, IovecsLeft, PendingCall, CALLS, IOVECS_LEFT, IOVECS_MORE, SOCKS},
     propagate, sock, tls,
 };
 
@@ -210,13 +212,13 @@ fn finish(ctx: &TracePointContext, tgid: u32, tid: u32, pending: PendingCall, re
     match pending.call {
         call::PLAIN => emit::data(&conn, pending.direction, SYSCALL, pending.ptr, moved),
         call::SENDFILE => emit::data(&conn, pending.direction, SYSCALL, 0, moved),
-        call::VECTORED => iovecs(&conn, pending.direction, pending.ptr, pending.count, moved),
+        call::VECTORED => iovecs(ctx, &conn, pending.direction, pending.ptr, pending.count, moved),
         call::MSG => {
             // SAFETY: user memory read through the helper, which checks the address.
             let iov = unsafe { bpf_probe_read_user((pending.ptr + MSG_IOV) as *const u64) }.unwrap_or(0);
             // SAFETY: as above.
             let iovlen = unsafe { bpf_probe_read_user((pending.ptr + MSG_IOVLEN) as *const u64) }.unwrap_or(0);
-            iovecs(&conn, pending.direction, iov, iovlen, moved)
+            iovecs(ctx, &conn, pending.direction, iov, iovlen, moved)
         }
         _ => {}
     }
@@ -224,7 +226,9 @@ fn finish(ctx: &TracePointContext, tgid: u32, tid: u32, pending: PendingCall, re
 }
 
 #[inline(always)]
-fn iovecs(conn: &emit::Conn, direction: u32, iov: u64, iovcnt: u64, moved: u64) {
+fn iovecs(ctx: &TracePointContext, conn: &emit::Conn, direction: u32, iov: u64, iovcnt: u64, moved: u64) {
+    // The same loop as `segments` from entry 0, written out: the 6.1 verifier loses the
+    // scratch pointer's type in `emit::data` when this exit shares the general form.
     let mut remaining = moved;
     for i in 0..MAX_IOVECS as u64 {
         if remaining == 0 || i >= iovcnt {
@@ -238,10 +242,104 @@ fn iovecs(conn: &emit::Conn, direction: u32, iov: u64, iovcnt: u64, moved: u64) 
         emit::data(conn, direction, SYSCALL, seg.base, n);
         remaining -= n;
     }
+    if remaining > 0 && iovcnt > MAX_IOVECS as u64 {
+        continue_segments(ctx, conn, direction, iov, iovcnt, MAX_IOVECS as u64, remaining, 0);
+    }
+    truncated(conn, direction, remaining);
+}
+
+/// Emits up to `MAX_IOVECS` segments of `iov` from entry `from`: the next entry and the bytes
+/// left.
+#[inline(always)]
+fn segments(conn: &emit::Conn, direction: u32, iov: u64, from: u64, iovcnt: u64, moved: u64) -> (u64, u64) {
+    let mut remaining = moved;
+    let mut i = from;
+    for _ in 0..MAX_IOVECS {
+        if remaining == 0 || i >= iovcnt {
+            break;
+        }
+        // SAFETY: user memory read through the helper, which checks the address.
+        let Ok(seg) = (unsafe { bpf_probe_read_user((iov + i * 16) as *const Iovec) }) else {
+            break;
+        };
+        let n = if seg.len < remaining { seg.len } else { remaining };
+        emit::data(conn, direction, SYSCALL, seg.base, n);
+        remaining -= n;
+        i += 1;
+    }
+    (i, remaining)
+}
+
+/// Hands the rest of a vectored call to `zt_iovecs_more` (a tail call: returns only when it
+/// could not be made).
+#[expect(clippy::too_many_arguments, reason = "the state of one vectored call")]
+#[inline(always)]
+fn continue_segments(
+    ctx: &TracePointContext,
+    conn: &emit::Conn,
+    direction: u32,
+    iov: u64,
+    iovcnt: u64,
+    next: u64,
+    remaining: u64,
+    hops: u64,
+) {
+    if hops >= u64::from(MAX_IOVEC_TAIL_CALLS) {
+        return;
+    }
+    let Some(left) = IOVECS_LEFT.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot of a per-CPU array, valid for the program's run.
+    unsafe {
+        *left = IovecsLeft {
+            tgid: conn.tgid,
+            tid: conn.tid,
+            fd: conn.fd,
+            direction,
+            conn_gen: conn.conn_gen,
+            ts_ns: conn.ts_ns,
+            iov,
+            iovcnt,
+            next,
+            remaining,
+            hops: hops + 1,
+        };
+        IOVECS_MORE.tail_call(ctx, 0);
+    }
+}
+
+/// Bytes of a vectored call no program copied: a length without payload.
+#[inline(always)]
+fn truncated(conn: &emit::Conn, direction: u32, remaining: u64) {
     if remaining > 0 {
         count(Counter::IovecsTruncated);
         emit::data(conn, direction, SYSCALL, 0, remaining);
     }
+}
+
+/// The next `MAX_IOVECS` segments of the vectored call in `IOVECS_LEFT` (a tail call from a
+/// `writev`/`readv`/`sendmsg`/`recvmsg` exit or from itself; never attached). Linux 5.10+.
+#[tracepoint]
+pub fn zt_iovecs_more(ctx: TracePointContext) -> u32 {
+    let Some(left) = IOVECS_LEFT.get_ptr(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot of a per-CPU array, written by the program that tail-called.
+    let left = unsafe { *left };
+    let conn = emit::Conn {
+        tgid: left.tgid,
+        tid: left.tid,
+        fd: left.fd,
+        conn_gen: left.conn_gen,
+        ts_ns: left.ts_ns,
+    };
+    let (next, remaining) = segments(&conn, left.direction, left.iov, left.next, left.iovcnt, left.remaining);
+    if remaining > 0 && next < left.iovcnt {
+        continue_segments(&ctx, &conn, left.direction, left.iov, left.iovcnt, next, remaining, left.hops);
+    }
+    truncated(&conn, left.direction, remaining);
+    0
 }
 
 /// An entry program that saves the call and an exit program that emits it.

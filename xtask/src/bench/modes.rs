@@ -186,7 +186,7 @@ fn sustained_otlp(ztrace: &Path, dir: &Path, url: &str, receiver: &DiscardReceiv
 
 /// An OTLP/HTTP endpoint that reads each request whole and answers `200` with an empty body,
 /// without decoding anything: the cheapest peer an exporter can have.
-struct DiscardReceiver {
+pub(super) struct DiscardReceiver {
     port: u16,
     requests: Arc<std::sync::atomic::AtomicU64>,
     bytes: Arc<std::sync::atomic::AtomicU64>,
@@ -195,7 +195,7 @@ struct DiscardReceiver {
 use std::sync::{atomic::Ordering, Arc};
 
 impl DiscardReceiver {
-    fn start() -> Result<DiscardReceiver> {
+    pub(super) fn start() -> Result<DiscardReceiver> {
         let listener = TcpListener::bind("127.0.0.1:0").context("bind the OTLP receiver")?;
         let port = listener.local_addr()?.port();
         let requests = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -216,7 +216,7 @@ impl DiscardReceiver {
         })
     }
 
-    fn endpoint(&self) -> String {
+    pub(super) fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 

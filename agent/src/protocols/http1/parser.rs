@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 
 use super::{framing::*, *};
 use crate::{
-    protocols::{Gap, Parser},
+    protocols::{http2::Http2Parser, Boxed, Gap, Parser, StreamParser},
     trace::context::TraceParent,
 };
 
@@ -218,6 +218,23 @@ pub struct Http1Parser {
     pipelining_seen: bool,
     /// Requests dropped (damage, unsure pairing) since [`Parser::take_lost`] last asked.
     lost: u64,
+    /// The connection upgraded to HTTP/2 (`Upgrade: h2c` answered by `101`): the parser for
+    /// what follows, until the connection table takes it ([`Parser::take_successor`]).
+    upgrade: Option<Upgrade>,
+}
+
+/// An HTTP/1.1 connection upgraded to HTTP/2 in the chunk just read.
+struct Upgrade {
+    /// Its stream 1 is the upgraded request, waiting for its answer.
+    parser: Http2Parser,
+    /// Bytes of the chunk after the `101` head: already HTTP/2.
+    rest: Vec<u8>,
+}
+
+impl std::fmt::Debug for Upgrade {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upgrade").field("rest", &self.rest.len()).finish_non_exhaustive()
+    }
 }
 
 impl Http1Parser {
@@ -236,6 +253,7 @@ impl Http1Parser {
             request_seen: false,
             pipelining_seen: false,
             lost: 0,
+            upgrade: None,
         }
     }
 
@@ -284,7 +302,12 @@ impl Http1Parser {
         while let Some(rest) = bytes.get(pos..).filter(|r| !r.is_empty()) {
             let framing = self.reader(stream).framing;
             match framing {
-                Framing::Done => return,
+                Framing::Done => {
+                    if let Some(upgrade) = &mut self.upgrade {
+                        upgrade.rest.extend_from_slice(rest);
+                    }
+                    return;
+                }
                 Framing::Resync => {
                     let start = rest.get(leading_newlines(rest)..).unwrap_or_default();
                     if pos != 0 || start.is_empty() || !looks_like_start(stream, start) {
@@ -627,6 +650,14 @@ impl Http1Parser {
             }
             None
         };
+        if status == 101 && seq.is_some() && self.upgrade_to_h2c(answers, &response) {
+            // The request's answer comes on HTTP/2 stream 1: it is the new parser's.
+            self.responses.msg = Progress::default();
+            self.drop_pending();
+            self.requests.framing = Framing::Done;
+            self.responses.framing = Framing::Done;
+            return Ok(());
+        }
         self.responses.msg.seq = seq;
         self.responses.msg.response = Some(response);
 
@@ -732,6 +763,27 @@ impl Http1Parser {
     }
 
     /// Drops every request waiting: those that would have been exchanges count as lost.
+    /// A `101` answers pending request `answers`: when it switched to HTTP/2 (`Upgrade: h2c`
+    /// on both), that request becomes stream 1 of an HTTP/2 parser that reads the rest of the
+    /// connection, and leaves `pending`.
+    fn upgrade_to_h2c(&mut self, answers: Option<usize>, response: &HttpResponse) -> bool {
+        let is_h2c = |v: Option<std::borrow::Cow<'_, str>>| {
+            v.is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("h2c")))
+        };
+        let Some(i) = answers.filter(|_| is_h2c(response.header("upgrade"))) else {
+            return false;
+        };
+        if !self.pending.get(i).is_some_and(|p| p.reliable && is_h2c(p.request.header("upgrade"))) {
+            return false;
+        }
+        let Some(p) = self.pending.remove(i) else {
+            return false;
+        };
+        let parser = Http2Parser::upgraded(self.side, &p.request, p.start_ns, p.end_ns, p.tid);
+        self.upgrade = Some(Upgrade { parser, rest: Vec::new() });
+        true
+    }
+
     fn drop_pending(&mut self) {
         self.lost += self.pending.iter().filter(|p| p.reliable).count() as u64;
         self.pending.clear();
@@ -741,6 +793,11 @@ impl Http1Parser {
 impl Parser for Http1Parser {
     type Exchange = HttpExchange;
     type Error = Http1Error;
+
+    fn take_successor(&mut self) -> Option<(Box<dyn StreamParser>, Vec<u8>)> {
+        let Upgrade { parser, rest } = self.upgrade.take()?;
+        Some((Boxed::stream("http2", parser), rest))
+    }
 
     /// Which end of the connection the traced process is.
     fn side(&self) -> Side {

@@ -20,8 +20,11 @@
 //! name without a route, no status — never another entry's text; such exchanges are counted
 //! ([`crate::protocols::Parser::take_unknown`], `exchanges_fields_unknown`).
 //!
-//! What it deliberately does not do: the `Upgrade: h2c` path of HTTP/1.1 (the HTTP/1 parser
-//! stops at the `101`); server pushes (their header blocks only keep the table in step);
+//! A connection upgraded from HTTP/1.1 (`Upgrade: h2c` answered by `101`) is handed over by the
+//! HTTP/1 parser ([`Http2Parser::upgraded`]): the upgraded request is stream 1, answered in
+//! HTTP/2, and later streams are HTTP/2's.
+//!
+//! What it deliberately does not do: server pushes (their header blocks only keep the table in step);
 //! body contents (gRPC messages are counted, not decoded); header values beyond
 //! [`hpack::MAX_TEXT`] bytes and fields beyond [`MAX_KEPT_FIELDS`] per block.
 
@@ -158,6 +161,9 @@ pub struct Http2Exchange {
     pub response_tid: u32,
     /// The stream ended by `RST_STREAM` (its error code) or was refused by a `GOAWAY`.
     pub reset: Option<u32>,
+    /// Stream 1 of a connection upgraded from HTTP/1.1: its request was an HTTP/1.1 request,
+    /// which started as requests without streams do (it pairs as they do).
+    pub upgraded: bool,
 }
 
 impl Http2Exchange {
@@ -188,6 +194,10 @@ impl Exchange for Http2Exchange {
 
     fn answered(&self) -> bool {
         self.response.is_some() || self.reset.is_some()
+    }
+
+    fn stream(&self) -> Option<u64> {
+        (!self.upgraded).then_some(u64::from(self.stream_id))
     }
 }
 

@@ -15,10 +15,13 @@ use std::collections::BTreeMap;
 
 use super::{
     frame::{flag, kind, Frame, FrameReader, PREFACE},
-    hpack::{Decoder, Field},
+    hpack::{Decoder, Field, Text},
     Head, Http2Error, Http2Exchange, MAX_KEPT_FIELDS, MAX_OPEN_STREAMS,
 };
-use crate::protocols::{Chunk, Direction, Gap, Parser, Side};
+use crate::{
+    protocols::{http1::HttpRequest, Chunk, Direction, Gap, Parser, Side, StreamOpened},
+    trace::context::parse_traceparent,
+};
 
 /// A header block being assembled from `HEADERS`/`PUSH_PROMISE` and `CONTINUATION` frames.
 struct Block {
@@ -75,6 +78,8 @@ pub struct Http2Parser {
     unknown: u64,
     events: Vec<Event>,
     first_error: Option<Http2Error>,
+    /// Streams whose request headers opened them since [`Parser::take_opened`].
+    opened: Vec<StreamOpened>,
 }
 
 impl Http2Parser {
@@ -96,7 +101,55 @@ impl Http2Parser {
             unknown: 0,
             events: Vec::new(),
             first_error: None,
+            opened: Vec::new(),
         }
+    }
+
+    /// A parser for a connection that HTTP/1.1 upgraded (`Upgrade: h2c`, answered by `101`):
+    /// `request`, read as HTTP/1.1 from `start_ns` to `end_ns` on thread `tid`, is stream 1,
+    /// half-closed, its answer to come in HTTP/2 after the server's `SETTINGS`; the client's
+    /// preface comes next in the request direction.
+    pub fn upgraded(side: Side, request: &HttpRequest, start_ns: u64, end_ns: u64, tid: u32) -> Self {
+        let mut parser = Http2Parser::new(side, PREFACE);
+        let mut fields = vec![
+            field(":method", &request.method),
+            field(":scheme", "http"),
+            field(":path", &request.target),
+        ];
+        if let Some(host) = request.header("host") {
+            fields.push(field(":authority", &host));
+        }
+        for (name, value) in request.headers.iter() {
+            let hop_by_hop = ["host", "connection", "upgrade", "http2-settings", "keep-alive", "transfer-encoding"];
+            if fields.len() < MAX_KEPT_FIELDS && !hop_by_hop.contains(&name.as_str()) {
+                fields.push(field(&name, &value));
+            }
+        }
+        parser.newest_request = 1;
+        parser.streams.insert(
+            1,
+            Stream {
+                exchange: Http2Exchange {
+                    side,
+                    stream_id: 1,
+                    request: Head { fields, unknown: 0 },
+                    response: None,
+                    trailers: None,
+                    request_body_len: request.body_len,
+                    response_body_len: 0,
+                    request_start_ns: start_ns,
+                    request_end_ns: end_ns,
+                    response_start_ns: 0,
+                    response_end_ns: 0,
+                    request_tid: tid,
+                    response_tid: 0,
+                    reset: None,
+                    upgraded: true,
+                },
+                response_head: false,
+            },
+        );
+        parser
     }
 
     fn direction_is_request(&self, d: Direction) -> bool {
@@ -290,6 +343,13 @@ impl Http2Parser {
             return;
         }
         let _ = end_stream;
+        if self.opened.len() < MAX_OPEN_STREAMS {
+            self.opened.push(StreamOpened {
+                stream: u64::from(stream),
+                ts_ns: start_ns,
+                traceparent: head.value("traceparent").and_then(parse_traceparent),
+            });
+        }
         self.streams.insert(
             stream,
             Stream {
@@ -308,6 +368,7 @@ impl Http2Parser {
                     request_tid: tid,
                     response_tid: 0,
                     reset: None,
+                    upgraded: false,
                 },
                 response_head: false,
             },
@@ -368,6 +429,10 @@ impl Http2Parser {
     pub fn take_unknown(&mut self) -> u64 {
         std::mem::take(&mut self.unknown)
     }
+}
+
+fn field(name: &str, value: &str) -> Field {
+    Field { name: Text::Known(name.into()), value: Text::Known(value.into()) }
 }
 
 /// RFC 9113 §7: the stream was not processed.
@@ -446,5 +511,13 @@ impl Parser for Http2Parser {
 
     fn take_unknown(&mut self) -> u64 {
         Http2Parser::take_unknown(self)
+    }
+
+    fn multiplexed(&self) -> bool {
+        true
+    }
+
+    fn take_opened(&mut self, out: &mut Vec<StreamOpened>) {
+        out.append(&mut self.opened);
     }
 }

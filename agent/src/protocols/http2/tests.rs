@@ -511,6 +511,7 @@ fn unknown_fields_make_other_and_no_route() {
         request_tid: 1,
         response_tid: 1,
         reset: None,
+        upgraded: false,
     };
     let s = crate::protocols::Exchange::span(&ex, &endpoints(), &resource, &clock);
     assert_eq!(s.name, "HTTP");
@@ -575,4 +576,107 @@ fn mid_connection_entries_inserted_after_the_start_decode() {
     let out = run_mid_connection(&GRPC_GO, 2, Side::Client).expect("recognized");
     assert_eq!(out.exchanges.len(), 11);
     assert!(out.exchanges.iter().all(|e| e.unknown_fields() == 0), "{:?}", summary(&out));
+}
+
+/// curl 7.88 `--http2` on `http://` to Go's `x/net/http2/h2c` server (tests/fixtures/h2c_go):
+/// GET /items/42 as HTTP/1.1 with `Upgrade: h2c`, answered `101` and then in HTTP/2 on stream
+/// 1; GET /missing on stream 3 (404).
+static H2C_UPGRADE: Capture = LazyLock::new(|| records(include_bytes!("testdata/go_h2c_upgrade_curl.bin")));
+
+/// Feeds `chunks` (the client wrote them, the bytes) as the connection table does: the
+/// parser the registry detects, handed over to its successor at a protocol switch. The
+/// exchanges as (stream, pairs by stream, method, path, status, request start).
+fn through_the_registry(side: Side, chunks: &[(bool, Vec<u8>)]) -> Vec<(u32, bool, String, String, String, u64)> {
+    let mut parser: Option<Box<dyn crate::protocols::StreamParser>> = None;
+    let mut out: crate::protocols::Exchanges = Vec::new();
+    for (i, (client, bytes)) in chunks.iter().enumerate() {
+        let chunk = Chunk { direction: direction(side, *client), ts_ns: 10 * (i as u64 + 1), tid: 1, bytes };
+        let p = parser.get_or_insert_with(|| {
+            crate::protocols::detect(&chunk, &Options::default()).expect("a protocol detected")
+        });
+        let _ = p.on_data(&chunk, 0, &[], &mut out);
+        if let Some((mut next, rest)) = p.take_successor() {
+            let _ = next.on_data(&Chunk { bytes: &rest, ..chunk }, 0, &[], &mut out);
+            *p = next;
+        }
+    }
+    if let Some(p) = parser.as_mut() {
+        p.on_close(10_000, &mut out);
+    }
+    out.iter()
+        .map(|e| {
+            let ex = e.as_any().downcast_ref::<Http2Exchange>().expect("an HTTP/2 exchange");
+            let value = |h: Option<&Head>, name| h.and_then(|h| h.value(name)).unwrap_or_default().to_owned();
+            (
+                ex.stream_id,
+                e.stream().is_some(),
+                value(Some(&ex.request), ":method"),
+                value(Some(&ex.request), ":path"),
+                value(ex.response.as_ref(), ":status"),
+                ex.request_start_ns,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn an_http1_upgrade_to_h2c_hands_the_connection_to_http2() {
+    let chunks: Vec<(bool, Vec<u8>)> = H2C_UPGRADE.iter().map(|(c, b)| (*c, b.to_vec())).collect();
+    let expected = |first_ts| {
+        vec![
+            (1, false, "GET".to_owned(), "/items/42".to_owned(), "200".to_owned(), first_ts),
+            (3, true, "GET".to_owned(), "/missing".to_owned(), "404".to_owned(), 0),
+        ]
+    };
+    let normalize = |mut v: Vec<(u32, bool, String, String, String, u64)>| {
+        v.sort();
+        if let Some(last) = v.get_mut(1) {
+            last.5 = 0;
+        }
+        v
+    };
+    for side in [Side::Client, Side::Server] {
+        assert_eq!(normalize(through_the_registry(side, &chunks)), expected(10), "{side:?}");
+        // The `101` and the server's SETTINGS in one chunk.
+        let mut merged = chunks.clone();
+        let settings = merged.remove(2);
+        merged[1].1.extend_from_slice(&settings.1);
+        assert_eq!(normalize(through_the_registry(side, &merged)), expected(10), "{side:?} merged");
+        // Every record split in two at every byte.
+        for at in 0..chunks.len() {
+            for cut in 1..chunks[at].1.len() {
+                let mut split = chunks.clone();
+                let (client, bytes) = split.remove(at);
+                split.insert(at, (client, bytes[cut..].to_vec()));
+                split.insert(at, (client, bytes[..cut].to_vec()));
+                assert_eq!(normalize(through_the_registry(side, &split)), expected(10), "{side:?} {at} {cut}");
+            }
+        }
+    }
+    // A websocket's `101` stays the end of HTTP/1 (tested in http1): only `h2c` on both hands over.
+}
+
+#[test]
+fn the_upgraded_request_is_an_http2_span() {
+    let chunks: Vec<(bool, Vec<u8>)> = H2C_UPGRADE.iter().map(|(c, b)| (*c, b.to_vec())).collect();
+    let mut parser = crate::protocols::detect(
+        &Chunk { direction: Direction::Ingress, ts_ns: 1, tid: 1, bytes: &chunks[0].1 },
+        &Options::default(),
+    )
+    .expect("detected");
+    let mut out: crate::protocols::Exchanges = Vec::new();
+    for (i, (client, bytes)) in chunks.iter().enumerate() {
+        let chunk = Chunk { direction: direction(Side::Server, *client), ts_ns: i as u64 + 1, tid: 1, bytes };
+        let _ = parser.on_data(&chunk, 0, &[], &mut out);
+        if let Some((next, _)) = parser.take_successor() {
+            parser = next;
+        }
+    }
+    let resource = testing::resource("h2c", 1);
+    let span = out[0].span(&endpoints(), &resource, &Clock::from_offset_ns(0));
+    assert_eq!(span.name, "GET /items/{id}");
+    assert_eq!(span.kind, SpanKind::Server);
+    assert_eq!(str_attr(&span, "network.protocol.version"), Some("2"));
+    assert_eq!(str_attr(&span, "url.path"), Some("/items/42"));
+    assert_eq!(attr_of(&span, "http.response.status_code"), Some(&AttrValue::Int(200)));
 }
