@@ -994,6 +994,7 @@ impl World {
             ts_ns: ts,
             traceparent: Some(tp),
             born: Some(born),
+            stream: None,
         };
         self.tracer.start(s, false, &self.metrics, &mut self.out);
     }
