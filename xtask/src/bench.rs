@@ -906,20 +906,26 @@ fn median(values: &[f64]) -> Option<f64> {
 
 /// Runs wrk and returns its `Requests/sec:`.
 fn wrk(url: &str, args: &[&str]) -> Result<f64> {
+    let text = wrk_output(url, args)?;
+    requests_per_sec(&text).with_context(|| format!("no Requests/sec in wrk's output:\n{text}"))
+}
+
+/// Runs wrk and returns what it printed; an error when it failed.
+fn wrk_output(url: &str, args: &[&str]) -> Result<String> {
     let out = Command::new("wrk")
         .args(args)
         .arg(url)
         .stdin(Stdio::null())
         .output()
         .context("could not run wrk")?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     ensure!(
         out.status.success(),
         "wrk failed: {}{}",
         text,
         String::from_utf8_lossy(&out.stderr)
     );
-    requests_per_sec(&text).with_context(|| format!("no Requests/sec in wrk's output:\n{text}"))
+    Ok(text)
 }
 
 fn requests_per_sec(wrk_output: &str) -> Option<f64> {

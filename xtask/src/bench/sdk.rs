@@ -287,14 +287,7 @@ fn ztrace_args(otlp: &str) -> Vec<String> {
 /// Requests/s of a wrk run on orders; an error when any answer was not 2xx (a broken system is
 /// fast, and not a measurement).
 fn load_orders(url: &str, args: &[&str]) -> Result<f64> {
-    let out = Command::new("wrk")
-        .args(args)
-        .arg(url)
-        .stdin(Stdio::null())
-        .output()
-        .context("could not run wrk")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    ensure!(out.status.success(), "wrk failed: {text}");
+    let text = wrk_output(url, args)?;
     ensure!(
         !text.contains("Non-2xx"),
         "the example answered errors under load:\n{text}"
