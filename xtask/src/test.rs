@@ -49,8 +49,6 @@ const TEST_PACKAGES: &[&str] = &[
     // into /usr/bin/node); Java 17 runs a single-file source program (its own TLS, not traced).
     "openssl",
     "nodejs",
-    // npm installs the Node packages of NPM_PACKAGES.
-    "npm",
     "openjdk-17-jdk-headless",
     // The PostgreSQL JDBC driver for the Java client (tests/tests/postgres.rs).
     "libpostgresql-jdbc-java",
@@ -295,6 +293,11 @@ fn install_test_components() -> Result<PathBuf> {
             npm.display()
         );
         std::fs::create_dir_all(&npm).with_context(|| format!("creating {}", npm.display()))?;
+        // NodeSource's nodejs package (on these machines) carries npm and conflicts with
+        // Debian's npm package: install that only where no npm is on PATH.
+        if util::which("npm").is_none() {
+            apt_install(&["npm"])?;
+        }
         util::run(
             Command::new("npm")
                 .arg("install")
