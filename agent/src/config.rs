@@ -119,6 +119,13 @@ pub struct Config {
     #[arg(long, env = "K8S_NODE_NAME")]
     pub k8s_node_name: Option<String>,
 
+    /// The container runtime's CRI socket, asked for the labels and annotations of the pods of
+    /// this node (`app.kubernetes.io/name`, `resource.opentelemetry.io/*`, the controllers'
+    /// labels). Default: the first of /run/containerd/containerd.sock, /run/crio/crio.sock,
+    /// /var/run/crio/crio.sock that exists; `none` turns it off.
+    #[arg(long, env = "ZTRACE_CRI_SOCKET")]
+    pub cri_socket: Option<String>,
+
     /// Run without the viewer and without the embedded store (export-only mode, e.g. a DaemonSet
     /// that sends everything to an OTLP backend).
     #[arg(long, env = "ZTRACE_NO_UI")]

@@ -12,6 +12,7 @@
 pub mod backend;
 pub mod checks;
 pub mod clients;
+pub mod cri;
 pub mod example;
 pub mod grpc;
 pub mod hosts;

@@ -7,19 +7,25 @@
 //!   read from `daemonset.yaml` (its capability list after `--cap-drop=ALL`, host PID, the same
 //!   host paths read-only, read-only root, no new privileges, its limits, its environment), not
 //!   privileged,
-//!   answers `/healthz`, `/readyz` and `/metrics`, and traces a process of the host and a process
-//!   in a container that a real containerd started with the kubelet's CRI annotations: the
-//!   container's spans carry its `container.id` and Kubernetes names read from containerd's own
-//!   record of it.
+//!   answers `/healthz`, `/readyz` and `/metrics`, and traces a process of the host and processes
+//!   in pods of a real containerd: two pods made over CRI as the kubelet makes them
+//!   (`RunPodSandbox` with the pod's labels and annotations, `CreateContainer`, `StartContainer`),
+//!   whose spans carry `service.name` from the pod's `resource.opentelemetry.io/service.name`
+//!   annotation or, without it, from its `app.kubernetes.io/name` label, and the workload named by
+//!   the controller's label — all asked of containerd over CRI by the agent; and a container that
+//!   `ctr run` started with the kubelet's CRI annotations but no sandbox (a pod CRI does not
+//!   know), whose names come from containerd's record of it and the pod name alone.
 //!
 //! One deliberate difference from a cluster: the agent's container uses the host's network, to
 //! reach the OTLP receiver on loopback (a cluster reaches a Service). The containerd started here
-//! keeps its state under a temporary directory, which is mounted where the DaemonSet mounts the
-//! node's `/run/containerd/io.containerd.runtime.v2.task`.
+//! keeps its state and socket under a temporary directory, which are mounted where the DaemonSet
+//! mounts the node's `/run/containerd/io.containerd.runtime.v2.task` and
+//! `/run/containerd/containerd.sock`. Its sandbox ("pause") image cannot be pulled here: the test
+//! makes one from busybox-static and imports it.
 //!
-//! Needs: root, podman (`cargo xtask image` built `localhost/ztrace:latest`), containerd and
-//! `ctr`, busybox-static, and a venv with kubernetes-validate and checkov
-//! (`ZTRACE_K8S_VENV`, default `target/k8s-venv`; `cargo xtask test` makes all of these).
+//! Needs: root, podman (`cargo xtask image` built `localhost/ztrace:latest`, or the image named by
+//! `ZTRACE_IMAGE`), containerd and `ctr`, busybox-static, and a venv with kubernetes-validate and
+//! checkov (`ZTRACE_K8S_VENV`, default `target/k8s-venv`; `cargo xtask test` makes all of these).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -27,16 +33,32 @@ use std::time::Duration;
 
 use serde_json::Value;
 use ztrace_e2e::{
-    clients, free_port, otlp::OtlpReceiver, process::Proc, repo_root, servers::Server, wait_until,
-    TempDir,
+    clients,
+    cri::{CriClient, Pod},
+    free_port,
+    otlp::OtlpReceiver,
+    process::Proc,
+    repo_root,
+    servers::Server,
+    wait_until, TempDir,
 };
 
-const IMAGE: &str = "localhost/ztrace:latest";
+/// The agent's image: `ZTRACE_IMAGE`, else what `cargo xtask image` tags.
+fn image() -> String {
+    std::env::var("ZTRACE_IMAGE")
+        .ok()
+        .filter(|i| !i.is_empty())
+        .unwrap_or_else(|| "localhost/ztrace:latest".into())
+}
 const PODMAN_GLOBAL: &[&str] = &["--cgroup-manager=cgroupfs", "--events-backend=file"];
 /// Where the DaemonSet mounts containerd's task records (the one host path the test replaces).
 /// The uid of the test's pod.
 const POD_UID: &str = "2f9a4c1e-7b3d-4e5f-8a9b-0c1d2e3f4a5b";
 const CONTAINERD_TASKS: &str = "/run/containerd/io.containerd.runtime.v2.task";
+/// Where the DaemonSet mounts containerd's socket (CRI).
+const CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
+/// The image the test's pods run, made by [`import_busybox_image`].
+const BUSYBOX_IMAGE: &str = "localhost/ztrace-e2e-busybox:1";
 
 fn manifests() -> PathBuf {
     repo_root().join("deploy/kubernetes")
@@ -238,6 +260,51 @@ fn daemonset() -> DaemonSet {
     }
 }
 
+/// The uids of the pods made over CRI.
+const CHECKOUT_UID: &str = "7e1d2c3b-4a59-4687-9a0b-1c2d3e4f5a6b";
+const SHIPPER_UID: &str = "0b9a8c7d-6e5f-4a3b-8c2d-1e0f9a8b7c6d";
+
+/// Pod sandboxes made over CRI, stopped and removed on drop (their "pause" processes would
+/// outlive the test's containerd).
+struct Sandboxes {
+    client: CriClient,
+    ids: Vec<String>,
+}
+
+impl Sandboxes {
+    /// `RunPodSandbox` of `pod`, then a container `container` of [`BUSYBOX_IMAGE`] running
+    /// [`http_script`]; returns the container's id.
+    fn start(&mut self, pod: &Pod<'_>, container: &str) -> String {
+        std::fs::create_dir_all(pod.log_directory).expect("log directory");
+        let config = pod.config();
+        let sandbox = self
+            .client
+            .run_pod_sandbox(config.clone())
+            .unwrap_or_else(|e| panic!("RunPodSandbox of {}: {e}", pod.name));
+        self.ids.push(sandbox.clone());
+        let script = http_script();
+        self.client
+            .start_container(
+                &sandbox,
+                &config,
+                container,
+                BUSYBOX_IMAGE,
+                &["/bin/busybox", "sh", "-c", &script],
+            )
+            .unwrap_or_else(|e| panic!("container {container} of {}: {e}", pod.name))
+    }
+}
+
+impl Drop for Sandboxes {
+    fn drop(&mut self) {
+        for id in &self.ids {
+            if let Err(e) = self.client.remove_pod_sandbox(id) {
+                eprintln!("removing pod sandbox {id}: {e}");
+            }
+        }
+    }
+}
+
 /// A podman container removed on drop.
 struct PodmanContainer {
     name: String,
@@ -254,14 +321,24 @@ impl Drop for PodmanContainer {
 }
 
 /// `podman run` of the image with the DaemonSet's security context, mounts and environment;
-/// `tasks_dir` stands for the node's containerd task records.
-fn run_agent(ds: &DaemonSet, tasks_dir: &Path, env: &[(&str, String)]) -> PodmanContainer {
-    run_agent_with(agent_args(ds, tasks_dir, env))
+/// `host_paths` replace the node's paths of the same name (see [`agent_args`]).
+fn run_agent(
+    ds: &DaemonSet,
+    host_paths: &[(&str, PathBuf)],
+    env: &[(&str, String)],
+) -> PodmanContainer {
+    run_agent_with(agent_args(ds, host_paths, env))
 }
 
 /// The `podman run` options that give the agent the DaemonSet's security context, mounts and
-/// environment (the ConfigMap's, then `env`).
-fn agent_args(ds: &DaemonSet, tasks_dir: &Path, env: &[(&str, String)]) -> Vec<String> {
+/// environment (the ConfigMap's, then `env`). A host path named in `host_paths` is mounted from
+/// the path given there (the test's containerd instead of the node's); a socket that is not
+/// named there is left out (the agent runs without it).
+fn agent_args(
+    ds: &DaemonSet,
+    host_paths: &[(&str, PathBuf)],
+    env: &[(&str, String)],
+) -> Vec<String> {
     let mut args: Vec<String> = Vec::new();
     let sc = &ds.container["securityContext"];
     assert_ne!(sc["privileged"], Value::Bool(true));
@@ -327,12 +404,15 @@ fn agent_args(ds: &DaemonSet, tasks_dir: &Path, env: &[(&str, String)]) -> Vec<S
             ""
         };
         if let Some(host) = volume["hostPath"]["path"].as_str() {
-            let host = if host == CONTAINERD_TASKS {
-                tasks_dir.to_path_buf()
-            } else {
-                PathBuf::from(host)
+            let socket = volume["hostPath"]["type"] == "Socket";
+            let host = match host_paths.iter().find(|(p, _)| *p == host) {
+                Some((_, replaced)) => replaced.clone(),
+                None if socket => continue,
+                None => PathBuf::from(host),
             };
-            std::fs::create_dir_all(&host).expect("host path");
+            if !socket {
+                std::fs::create_dir_all(&host).expect("host path");
+            }
             args.push(format!("--volume={}:{at}{ro}", host.display()));
         } else if volume.get("emptyDir").is_some() {
             args.push(format!("--tmpfs={at}"));
@@ -359,14 +439,18 @@ fn run_agent_with(args: Vec<String>) -> PodmanContainer {
         "--ulimit",
         "nproc=32768:32768",
     ]);
-    cmd.args(args).arg(IMAGE);
+    cmd.args(args).arg(image());
     PodmanContainer {
         proc: Proc::spawn("ztrace (podman)", &mut cmd),
         name,
     }
 }
 
-/// A containerd of the test's own, its state under `dir`.
+/// A containerd of the test's own, its state and socket under `dir`, with its CRI plugin on:
+/// the sandbox image is [`BUSYBOX_IMAGE`] and the CNI folders are empty ones under `dir` (the
+/// test's pods use the host's network, which needs no CNI). `restrict_oom_score_adj`: runc
+/// cannot lower a sandbox's `oom_score_adj` to the kubelet's -998 on these machines (no
+/// `CAP_SYS_RESOURCE`; the container's init dies with "can't get final child's PID from pipe").
 fn start_containerd(dir: &Path) -> Proc {
     let config = dir.join("config.toml");
     let d = dir.display();
@@ -374,8 +458,9 @@ fn start_containerd(dir: &Path) -> Proc {
         &config,
         format!(
             "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
-             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-             [grpc]\n  address = \"{d}/c.sock\"\n[ttrpc]\n  address = \"{d}/c.sock.ttrpc\"\n"
+             [grpc]\n  address = \"{d}/c.sock\"\n[ttrpc]\n  address = \"{d}/c.sock.ttrpc\"\n\
+             [plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"{BUSYBOX_IMAGE}\"\n  restrict_oom_score_adj = true\n\
+             [plugins.\"io.containerd.grpc.v1.cri\".cni]\n  bin_dir = \"{d}/cni/bin\"\n  conf_dir = \"{d}/cni/conf\"\n"
         ),
     )
     .expect("config.toml");
@@ -390,6 +475,64 @@ fn start_containerd(dir: &Path) -> Proc {
     proc
 }
 
+/// Makes [`BUSYBOX_IMAGE`] (busybox-static, a page at `/www/pod-check`, entry point `sleep`, so
+/// that it also serves as the pods' sandbox image) as a docker-archive and imports it into the
+/// test's containerd.
+fn import_busybox_image(dir: &Path) {
+    let layer = dir.join("image/layer");
+    for sub in ["bin", "www", "proc", "dev", "sys", "tmp", "etc"] {
+        std::fs::create_dir_all(layer.join(sub)).expect("image layer");
+    }
+    std::fs::copy("/bin/busybox", layer.join("bin/busybox")).expect("busybox-static is installed");
+    std::fs::write(layer.join("www/pod-check"), "pong\n").expect("page");
+    let image = dir.join("image");
+    let (ok, out) = run(Command::new("tar")
+        .arg("-C")
+        .arg(&layer)
+        .arg("-cf")
+        .arg(image.join("layer.tar"))
+        .arg("."));
+    assert!(ok, "tar: {out}");
+    let (ok, out) = run(Command::new("sha256sum").arg(image.join("layer.tar")));
+    assert!(ok, "sha256sum: {out}");
+    let digest: String = out.chars().take(64).collect();
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Entrypoint": ["/bin/busybox", "sleep", "86400"]},
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{digest}")]},
+    });
+    std::fs::write(image.join("config.json"), config.to_string()).expect("config");
+    let manifest = serde_json::json!([{
+        "Config": "config.json", "RepoTags": [BUSYBOX_IMAGE], "Layers": ["layer.tar"],
+    }]);
+    std::fs::write(image.join("manifest.json"), manifest.to_string()).expect("manifest");
+    let archive = dir.join("busybox-image.tar");
+    let (ok, out) = run(Command::new("tar")
+        .arg("-C")
+        .arg(&image)
+        .arg("-cf")
+        .arg(&archive)
+        .args(["manifest.json", "config.json", "layer.tar"]));
+    assert!(ok, "tar: {out}");
+    let (ok, out) = run(Command::new("ctr")
+        .arg("--address")
+        .arg(dir.join("c.sock"))
+        .args(["-n", "k8s.io", "images", "import"])
+        .arg(&archive));
+    assert!(ok, "ctr images import: {out}");
+}
+
+/// The shell script of a pod's container: busybox's httpd, then 20 wget requests to it
+/// (`/pod-check`).
+fn http_script() -> String {
+    let port = free_port();
+    format!(
+        "busybox httpd -p 127.0.0.1:{port} -h /www; i=0; while [ $i -lt 20 ]; do \
+         busybox wget -q -O /dev/null http://127.0.0.1:{port}/pod-check; i=$((i+1)); busybox sleep 0.2; done"
+    )
+}
+
 /// Runs busybox's httpd and 20 wget requests to it (`/pod-check`) in a container of pod
 /// `shop-web-7d9c4b8f6-x2x9q` started by the test's containerd (`ctr run` on `rootfs`), with the
 /// CRI annotations of container `name` and `extra` ones; returns the container's id.
@@ -398,11 +541,7 @@ fn run_in_pod(dir: &Path, rootfs: &Path, name: &str, extra: &[&str]) -> String {
         let (_, out) = run(Command::new("sh").args(["-c", "head -c 32 /dev/urandom | sha256sum"]));
         out.chars().take(64).collect()
     };
-    let port = free_port();
-    let script = format!(
-        "busybox httpd -p 127.0.0.1:{port} -h /www; i=0; while [ $i -lt 20 ]; do \
-         busybox wget -q -O /dev/null http://127.0.0.1:{port}/pod-check; i=$((i+1)); busybox sleep 0.2; done"
-    );
+    let script = http_script();
     let annotations = [
         "io.kubernetes.cri.container-type=container".to_owned(),
         format!("io.kubernetes.cri.container-name={name}"),
@@ -453,16 +592,22 @@ fn get(url: &str) -> (u16, String) {
 #[test]
 #[ignore = "needs root, podman, containerd and the image of cargo xtask image; run by cargo xtask test"]
 fn the_daemonset_image_traces_the_host_and_a_pod_with_its_kubernetes_names() {
+    let image = image();
     let (ok, out) = run(Command::new("podman")
         .args(PODMAN_GLOBAL)
-        .args(["image", "exists", IMAGE]));
+        .args(["image", "exists", &image]));
     assert!(
         ok,
-        "{IMAGE} is missing: run `cargo xtask image` first ({out})"
+        "{image} is missing: run `cargo xtask image` first ({out})"
     );
     let ds = daemonset();
     let dir = TempDir::new("k8s");
     let _containerd = start_containerd(dir.path());
+    import_busybox_image(dir.path());
+    let mut pods = Sandboxes {
+        client: CriClient::connect(&dir.join("c.sock")).expect("a CRI client"),
+        ids: Vec::new(),
+    };
     let tasks = dir.path().join("state/io.containerd.runtime.v2.task");
 
     let mut receiver = OtlpReceiver::start();
@@ -470,7 +615,10 @@ fn the_daemonset_image_traces_the_host_and_a_pod_with_its_kubernetes_names() {
     let health = format!("127.0.0.1:{health_port}");
     let mut agent = run_agent(
         &ds,
-        &tasks,
+        &[
+            (CONTAINERD_TASKS, tasks.clone()),
+            (CONTAINERD_SOCKET, dir.join("c.sock")),
+        ],
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.grpc_endpoint()),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".into()),
@@ -520,9 +668,48 @@ fn the_daemonset_image_traces_the_host_and_a_pod_with_its_kubernetes_names() {
         "curl on the host made no request"
     );
 
-    // Processes in a "pod": containerd runs busybox's httpd and wget with the annotations the
-    // kubelet's CRI calls make containerd write; the second container also has a pod annotation
-    // that containerd copies when its `pod_annotations` setting lists it.
+    // Pods made over CRI as the kubelet makes them: a Deployment's pod with the
+    // `app.kubernetes.io/name` label, and a DaemonSet's pod (its name alone does not tell) with
+    // the label and the `resource.opentelemetry.io/service.name` annotation. The agent asks
+    // containerd for their labels and annotations over CRI.
+    let checkout = pods.start(
+        &Pod {
+            name: "checkout-5f8d7b9c4d-6wkzt",
+            uid: CHECKOUT_UID,
+            namespace: "shop",
+            labels: &[
+                ("app.kubernetes.io/name", "checkout-frontend"),
+                ("pod-template-hash", "5f8d7b9c4d"),
+            ],
+            annotations: &[],
+            log_directory: &dir.join("logs/checkout"),
+        },
+        "api",
+    );
+    let shipper = pods.start(
+        &Pod {
+            name: "log-agent-x7k2p",
+            uid: SHIPPER_UID,
+            namespace: "infra",
+            labels: &[
+                ("app.kubernetes.io/name", "log-agent-label"),
+                ("controller-revision-hash", "6c9b8d7f5"),
+                ("pod-template-generation", "1"),
+            ],
+            annotations: &[
+                ("resource.opentelemetry.io/service.name", "log-shipper"),
+                ("resource.opentelemetry.io/team", "infra-team"),
+                ("kubernetes.io/config.source", "api"),
+            ],
+            log_directory: &dir.join("logs/shipper"),
+        },
+        "shipper",
+    );
+
+    // Processes in a pod that CRI does not know: containerd runs busybox's httpd and wget with
+    // the annotations the kubelet's CRI calls make containerd write, without a sandbox; the
+    // second container also has a pod annotation that containerd copies when its
+    // `pod_annotations` setting lists it.
     let rootfs = dir.join("rootfs");
     for sub in ["bin", "www", "proc", "dev", "sys", "tmp"] {
         std::fs::create_dir_all(rootfs.join(sub)).expect("rootfs");
@@ -538,6 +725,54 @@ fn the_daemonset_image_traces_the_host_and_a_pod_with_its_kubernetes_names() {
             "resource.opentelemetry.io/service.name=storefront",
             "resource.opentelemetry.io/team=shop-team",
         ],
+    );
+
+    let pod_http_spans = |receiver: &mut OtlpReceiver, id: &str| {
+        let spans = receiver.wait_for_spans(
+            1,
+            |s| {
+                s.resource_str("container.id") == Some(id)
+                    && s.attr_str("url.path") == Some("/pod-check")
+            },
+            Duration::from_secs(60),
+        );
+        assert!(
+            spans.iter().any(|s| s.kind() == Some("SPAN_KIND_CLIENT")),
+            "{spans:#?}"
+        );
+        spans
+    };
+    let checkout_spans = pod_http_spans(&mut receiver, &checkout);
+    eprintln!("checkout pod: {} spans checked", checkout_spans.len());
+    for span in &checkout_spans {
+        let r = |k: &str| span.resource_str(k);
+        assert_eq!(r("service.name"), Some("checkout-frontend"), "{span:?}");
+        assert_eq!(r("k8s.pod.name"), Some("checkout-5f8d7b9c4d-6wkzt"));
+        assert_eq!(r("k8s.pod.uid"), Some(CHECKOUT_UID));
+        assert_eq!(r("k8s.namespace.name"), Some("shop"));
+        assert_eq!(r("k8s.container.name"), Some("api"));
+        assert_eq!(r("k8s.node.name"), Some("node-e2e"));
+        assert_eq!(r("k8s.deployment.name"), Some("checkout"));
+        assert_eq!(r("k8s.replicaset.name"), Some("checkout-5f8d7b9c4d"));
+    }
+    let shipper_spans = pod_http_spans(&mut receiver, &shipper);
+    eprintln!("log-agent pod: {} spans checked", shipper_spans.len());
+    for span in &shipper_spans {
+        let r = |k: &str| span.resource_str(k);
+        assert_eq!(r("service.name"), Some("log-shipper"), "{span:?}");
+        assert_eq!(r("team"), Some("infra-team"), "{span:?}");
+        assert_eq!(r("k8s.pod.name"), Some("log-agent-x7k2p"));
+        assert_eq!(r("k8s.pod.uid"), Some(SHIPPER_UID));
+        assert_eq!(r("k8s.namespace.name"), Some("infra"));
+        assert_eq!(r("k8s.container.name"), Some("shipper"));
+        assert_eq!(r("k8s.node.name"), Some("node-e2e"));
+        // Only the pod's labels tell that this is a DaemonSet's pod.
+        assert_eq!(r("k8s.daemonset.name"), Some("log-agent"), "{span:?}");
+    }
+    let stderr = agent.proc.stderr();
+    assert!(
+        stderr.contains("pod labels and annotations from the container runtime over CRI"),
+        "the agent did not say where pod labels come from:\n{stderr}"
     );
 
     let cart_spans = receiver.wait_for_spans(
@@ -613,6 +848,7 @@ fn a_missing_capability_is_said_in_one_sentence() {
     let ds = daemonset();
     let dir = TempDir::new("k8s-caps");
     let tasks = dir.path().join("tasks");
+    let tasks = [(CONTAINERD_TASKS, tasks)];
     let env = [
         ("ZTRACE_EXE", "ztrace-caps-none".to_owned()),
         ("ZTRACE_HEALTH", format!("127.0.0.1:{}", free_port())),

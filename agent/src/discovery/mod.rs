@@ -9,17 +9,18 @@
 //!
 //! `service.name` is chosen in this order (see [`ServiceNameSource`]): `OTEL_SERVICE_NAME`;
 //! `service.name` in `OTEL_RESOURCE_ATTRIBUTES`; the pod's `resource.opentelemetry.io/service.name`
-//! annotation where the runtime's record has it; the Kubernetes workload, pod or container name
-//! when the process reliably runs in a pod; the script, module, jar or main class an interpreter
-//! or VM runs; the executable's file name; the kernel's `comm`.
+//! annotation (from the runtime's record or over CRI); the pod's `app.kubernetes.io/name` label
+//! (over CRI, [`cri`]); the Kubernetes workload (exact from the controllers' labels, else
+//! inferred from the pod name), else the pod name, then the container name, when the process
+//! reliably runs in a pod; the script, module, jar or main class an interpreter or VM runs; the
+//! executable's file name; the kernel's `comm`.
 //!
-//! Not done here: pod labels, and annotations the runtime does not copy (they need the kubelet
-//! or API server), the
-//! Docker Compose service label, and noticing a reused pid (callers [`ProcessCache::forget`] a
-//! pid when its process exits).
+//! Not done here: the Docker Compose service label, and noticing a reused pid (callers
+//! [`ProcessCache::forget`] a pid when its process exits).
 
 pub mod cgroup;
 pub mod cmdline;
+pub mod cri;
 pub mod environ;
 pub mod go;
 pub mod k8s;
@@ -36,7 +37,12 @@ use crate::{
     spans::{AttrValue, Resource},
 };
 
-use self::{cgroup::CgroupInfo, environ::EnvHints, k8s::K8sNames};
+use self::{
+    cgroup::CgroupInfo,
+    cri::{PodDirectory, PodRecord, PodSource},
+    environ::EnvHints,
+    k8s::K8sNames,
+};
 
 /// `telemetry.distro.name` of every resource.
 pub const DISTRO_NAME: &str = "ztrace";
@@ -66,10 +72,13 @@ pub enum ServiceNameSource {
     OtelServiceName,
     /// `service.name` in the process's `OTEL_RESOURCE_ATTRIBUTES`.
     OtelResourceAttributes,
-    /// The pod's `resource.opentelemetry.io/service.name` annotation, from the runtime's record.
+    /// The pod's `resource.opentelemetry.io/service.name` annotation, from the runtime's record
+    /// or over CRI.
     K8sAnnotation,
-    /// The workload inferred from the pod name (`orders-7d9c4b8f6-x2x9q` → `orders`), or the
-    /// pod name itself when it has no generated suffix.
+    /// The pod's `app.kubernetes.io/name` label, over CRI.
+    K8sLabel,
+    /// The workload named by the controllers' labels, else inferred from the pod name
+    /// (`orders-7d9c4b8f6-x2x9q` → `orders`), else the pod name itself.
     K8sWorkload,
     /// The container name from the container runtime's record, when the pod name is unknown.
     K8sContainer,
@@ -88,6 +97,7 @@ impl ServiceNameSource {
             ServiceNameSource::OtelServiceName => "otel_service_name",
             ServiceNameSource::OtelResourceAttributes => "otel_resource_attributes",
             ServiceNameSource::K8sAnnotation => "k8s_annotation",
+            ServiceNameSource::K8sLabel => "k8s_label",
             ServiceNameSource::K8sWorkload => "k8s_workload",
             ServiceNameSource::K8sContainer => "k8s_container",
             ServiceNameSource::Program => "program",
@@ -141,6 +151,8 @@ pub struct RawProcess {
     /// Whether the process has a UTS namespace (hostname) of its own, unlike pid 1's; `None`
     /// when unknown.
     pub own_uts_namespace: Option<bool>,
+    /// What the container runtime said over CRI about the process's pod (see [`cri`]).
+    pub pod: Option<Arc<PodRecord>>,
 }
 
 impl RawProcess {
@@ -195,7 +207,21 @@ impl RawProcess {
             cgroup,
             runtime_config,
             own_uts_namespace,
+            pod: None,
         })
+    }
+
+    /// The uid of the pod the process runs in: from the runtime's record, else from a
+    /// `kubepods` cgroup.
+    pub fn pod_uid(&self) -> Option<String> {
+        self.runtime_config
+            .as_deref()
+            .and_then(k8s::names_from_runtime_config)
+            .and_then(|n| n.pod_uid)
+            .or_else(|| {
+                let cgroup = cgroup::parse_cgroup(self.cgroup.as_deref()?);
+                cgroup.kubepods.then_some(cgroup.pod_uid).flatten()
+            })
     }
 }
 
@@ -277,11 +303,14 @@ impl ProcessInfo {
             )
         } else if let Some(name) = k8s.resource_annotation("service.name") {
             (name.to_owned(), ServiceNameSource::K8sAnnotation)
-        } else if let Some(pod) = &k8s.pod_name {
-            (
-                k8s::workload_from_pod_name(pod).unwrap_or(pod).to_owned(),
-                ServiceNameSource::K8sWorkload,
-            )
+        } else if let Some(name) = k8s
+            .label("app.kubernetes.io/name")
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+        {
+            (name.to_owned(), ServiceNameSource::K8sLabel)
+        } else if let Some(workload) = k8s.workload() {
+            (workload.name, ServiceNameSource::K8sWorkload)
         } else if let Some(container) = &k8s.container_name {
             (container.clone(), ServiceNameSource::K8sContainer)
         } else if let Some(program) = cmdline::program_name(
@@ -361,6 +390,9 @@ fn k8s_names(raw: &RawProcess, env: &EnvHints, cgroup: &CgroupInfo) -> K8sNames 
     if names.pod_uid.is_none() && (in_pod || !names.is_empty()) {
         names.pod_uid = cgroup.pod_uid.clone();
     }
+    if let Some(pod) = &raw.pod {
+        names.add_pod_record(pod);
+    }
     names
 }
 
@@ -409,12 +441,11 @@ fn build_resource(input: &ResourceInputs<'_>) -> Resource {
     push("k8s.node.name", input.node);
     for (key, name) in input
         .k8s
-        .pod_name
-        .as_deref()
-        .map(k8s::workload_attributes)
+        .workload()
+        .map(|w| w.attributes)
         .unwrap_or_default()
     {
-        push(key, Some(name));
+        push(key, Some(&name));
     }
     push("telemetry.distro.name", Some(DISTRO_NAME));
     attributes.insert(
@@ -460,6 +491,8 @@ pub struct ProcessCache {
     capacity: usize,
     entries: HashMap<u32, CacheEntry>,
     clock: u64,
+    /// The pods' labels and annotations, from the container runtime over CRI.
+    pods: PodDirectory,
 }
 
 #[derive(Debug)]
@@ -475,6 +508,10 @@ struct CacheEntry {
     /// Reads left for a process whose command line was about to change when read (see
     /// [`cmdline::title_pending`]): it is read again on its next use after [`PENDING_REREAD`].
     rereads: u8,
+    /// The process runs in pod `.0`, which the runtime did not list when the process was read
+    /// (the directory's generation was `.1`): it is read again once the runtime listed pods
+    /// anew.
+    pod_pending: Option<(String, u64)>,
 }
 
 impl CacheEntry {
@@ -533,7 +570,25 @@ impl ProcessCache {
             capacity: capacity.max(1),
             entries: HashMap::default(),
             clock: 0,
+            pods: PodDirectory::default(),
         }
+    }
+
+    /// Where pod labels and annotations come from (see [`cri`]); off by default.
+    pub fn set_pod_source(&mut self, source: PodSource) {
+        self.pods = PodDirectory::new(source);
+        self.entries.clear();
+    }
+
+    /// True when process `pid` was read while its pod was unknown and the runtime has listed
+    /// pods since (asking it again when due).
+    fn pod_now_known(&mut self, pid: u32) -> bool {
+        let Some((uid, generation)) = self.entries.get(&pid).and_then(|e| e.pod_pending.clone())
+        else {
+            return false;
+        };
+        self.pods.poll(&uid);
+        self.pods.generation() != generation
     }
 
     /// The agent runs on Kubernetes node `node`: it is `k8s.node.name` of processes in pods and
@@ -551,6 +606,9 @@ impl ProcessCache {
     /// process has already exited, the identity is built from `comm_hint` (and marked `partial`).
     pub fn get_or_load(&mut self, pid: u32, comm_hint: &str) -> Arc<ProcessInfo> {
         self.clock += 1;
+        if self.pod_now_known(pid) {
+            return self.load(pid, comm_hint);
+        }
         if let Some(entry) = self.entries.get_mut(&pid) {
             if !entry.reread_due() {
                 entry.last_used = self.clock;
@@ -566,6 +624,9 @@ impl ProcessCache {
     /// to another process (its start time changed; checked at most every [`RECHECK`]).
     pub fn refresh(&mut self, pid: u32, comm: &str) -> Arc<ProcessInfo> {
         self.clock += 1;
+        if self.pod_now_known(pid) {
+            return self.load(pid, comm);
+        }
         if let Some(entry) = self.entries.get_mut(&pid) {
             let current = entry.comm == comm
                 && (entry.checked.elapsed() < RECHECK || {
@@ -589,10 +650,11 @@ impl ProcessCache {
     /// read again (at most every [`PENDING_REREAD`], [`PENDING_READS`] times), so that its spans
     /// get the title it set once started.
     pub fn on_activity(&mut self, pid: u32) {
+        let pod_known = self.pod_now_known(pid);
         if let Some(comm) = self
             .entries
             .get(&pid)
-            .filter(|e| e.reread_due())
+            .filter(|e| pod_known || e.reread_due())
             .map(|e| e.comm.clone())
         {
             self.load(pid, &comm);
@@ -606,8 +668,15 @@ impl ProcessCache {
             .as_ref()
             .map_or(PENDING_READS, |e| e.rereads.saturating_sub(1));
         let start_time = read_start_time(&self.proc_root, pid);
+        let mut pod_pending = None;
         let (info, pending) = match (RawProcess::read(&self.proc_root, pid, comm_hint), previous) {
-            (Ok(raw), _) => {
+            (Ok(mut raw), _) => {
+                if let Some(uid) = raw.pod_uid() {
+                    raw.pod = self.pods.lookup(&uid);
+                    if raw.pod.is_none() && self.pods.may_appear(&uid) {
+                        pod_pending = Some((uid, self.pods.generation()));
+                    }
+                }
                 let info = ProcessInfo::from_raw_on_node(
                     pid,
                     &raw,
@@ -621,6 +690,7 @@ impl ProcessCache {
             // Gone before it could be read again: what was read before stays.
             (Err(_), Some(mut entry)) => {
                 entry.rereads = 0;
+                entry.pod_pending = None;
                 entry.last_used = self.clock;
                 let info = entry.info.clone();
                 self.entries.insert(pid, entry);
@@ -646,6 +716,7 @@ impl ProcessCache {
             start_time,
             checked: std::time::Instant::now(),
             rereads: if pending { rereads } else { 0 },
+            pod_pending,
         };
         self.entries.insert(pid, entry);
         info
@@ -831,6 +902,70 @@ mod tests {
         );
         let nameless = ProcessInfo::from_comm(12, "", "box");
         assert_eq!(nameless.service_name, "unknown_service:12");
+    }
+
+    #[test]
+    fn service_name_from_the_pods_annotation_then_its_label_then_its_workload() {
+        let mut r = raw("/usr/bin/node", b"node\0server.js\0", b"");
+        r.cgroup = Some(format!("0::/k8s.io/{ID}\n"));
+        r.runtime_config = Some(
+            br#"{"annotations":{"io.kubernetes.cri.container-name":"web","io.kubernetes.cri.sandbox-name":"cart-5f8d7b9c4d-6wkzt","io.kubernetes.cri.sandbox-namespace":"shop","io.kubernetes.cri.sandbox-uid":"u-1"}}"#.to_vec(),
+        );
+        assert_eq!(r.pod_uid().as_deref(), Some("u-1"));
+        let record = |labels: &[(&str, &str)], annotations: &[(&str, &str)]| {
+            Some(Arc::new(PodRecord {
+                uid: "u-1".into(),
+                name: "cart-5f8d7b9c4d-6wkzt".into(),
+                namespace: "shop".into(),
+                labels: labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+                resource_annotations: annotations
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            }))
+        };
+        let name = |r: &RawProcess| {
+            let info = ProcessInfo::from_raw(7, r, "node-1");
+            (info.service_name.clone(), info.service_name_source)
+        };
+        // No pod record: the workload inferred from the pod name.
+        assert_eq!(name(&r), ("cart".into(), ServiceNameSource::K8sWorkload));
+        // The controller's label names the workload exactly.
+        r.pod = record(&[("pod-template-hash", "5f8d7b9c4d")], &[]);
+        assert_eq!(name(&r), ("cart".into(), ServiceNameSource::K8sWorkload));
+        r.pod = record(
+            &[
+                ("app.kubernetes.io/name", "cart-frontend"),
+                ("pod-template-hash", "5f8d7b9c4d"),
+            ],
+            &[],
+        );
+        assert_eq!(
+            name(&r),
+            ("cart-frontend".into(), ServiceNameSource::K8sLabel)
+        );
+        r.pod = record(
+            &[("app.kubernetes.io/name", "cart-frontend")],
+            &[("service.name", "storefront"), ("team", "shop-team")],
+        );
+        assert_eq!(
+            name(&r),
+            ("storefront".into(), ServiceNameSource::K8sAnnotation)
+        );
+        let info = ProcessInfo::from_raw(7, &r, "node-1");
+        assert_eq!(
+            attr(&info.resource, "team"),
+            Some(&AttrValue::Str("shop-team".into()))
+        );
+        // The process's own word is first.
+        r.environ = Some(b"OTEL_RESOURCE_ATTRIBUTES=service.name=own\0".to_vec());
+        assert_eq!(
+            name(&r),
+            ("own".into(), ServiceNameSource::OtelResourceAttributes)
+        );
     }
 
     #[test]
@@ -1055,6 +1190,57 @@ mod tests {
         }
         let reused = cache.refresh(40, "orders");
         assert_eq!(reused.command_line, "/usr/bin/orders --port 9090");
+        let _ = fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn a_process_read_before_its_pod_was_listed_is_read_again_once_it_is() {
+        const UID: &str = "7e1d2c3b-4a59-4687-9a0b-1c2d3e4f5a6b";
+        let root = fake_root("podlate");
+        fake_process(&root, 41, "node", "node server.js", 1000);
+        fs::write(
+            root.join("41/cgroup"),
+            format!("0::/kubepods/besteffort/pod{UID}/{ID}\n"),
+        )
+        .expect("cgroup");
+        let mut cache = ProcessCache::with_host_name(16, &root, "node-1");
+        // A source that cannot answer now: the pod is unknown when the process is first read.
+        cache.set_pod_source(PodSource::Sockets(vec![PathBuf::from(
+            "/nonexistent/ztrace-test.sock",
+        )]));
+        let before = cache.get_or_load(41, "node");
+        assert_eq!(before.service_name_source, ServiceNameSource::Program);
+        assert!(Arc::ptr_eq(&before, &cache.get_or_load(41, "node")));
+        // The runtime lists the pod.
+        let sandbox = cri::proto::PodSandbox {
+            id: "s1".into(),
+            metadata: Some(cri::proto::PodSandboxMetadata {
+                name: "checkout-5f8d7b9c4d-6wkzt".into(),
+                uid: UID.into(),
+                namespace: "shop".into(),
+                attempt: 0,
+            }),
+            labels: [
+                (
+                    "app.kubernetes.io/name".to_owned(),
+                    "checkout-frontend".to_owned(),
+                ),
+                ("pod-template-hash".to_owned(), "5f8d7b9c4d".to_owned()),
+            ]
+            .into(),
+            ..cri::proto::PodSandbox::default()
+        };
+        cache.pods.take_list(vec![sandbox]);
+        let after = cache.get_or_load(41, "node");
+        assert_eq!(after.service_name, "checkout-frontend");
+        assert_eq!(after.service_name_source, ServiceNameSource::K8sLabel);
+        assert_eq!(after.k8s.namespace.as_deref(), Some("shop"));
+        assert_eq!(
+            attr(&after.resource, "k8s.deployment.name"),
+            Some(&AttrValue::Str("checkout".into()))
+        );
+        // Read again once only.
+        assert!(Arc::ptr_eq(&after, &cache.get_or_load(41, "node")));
         let _ = fs::remove_dir_all(&root);
     }
 

@@ -76,6 +76,11 @@ impl Capture {
         self.processes.set_node_name(node);
     }
 
+    /// Where pod labels and annotations come from (see `ProcessCache::set_pod_source`).
+    pub fn set_pod_source(&mut self, source: crate::discovery::cri::PodSource) {
+        self.processes.set_pod_source(source);
+    }
+
     pub fn new(
         metrics: Arc<Metrics>,
         db_query_parameters: bool,

@@ -18,7 +18,7 @@ use tokio::signal::unix::SignalKind;
 use crate::{
     bpf::{self, attach, BpfError, EventRing, Selection, StackCapture},
     config::Config,
-    discovery::go::GoDiscovery,
+    discovery::{cri::PodSource, go::GoDiscovery},
     metrics::Metrics,
     sinks::{SinkError, Sinks},
     symbols::{self, join::StackJoin, SymbolizerConfig},
@@ -131,6 +131,7 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
         capture.ignore_clients_of(addr);
     }
     capture.set_node_name(config.k8s_node_name.clone());
+    capture.set_pod_source(PodSource::from_option(config.cri_socket.as_deref()));
     let mut ring = EventRing::new(ring)?;
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
