@@ -11,9 +11,12 @@
 //! from the controllers' labels (see [`super::k8s::workload_of`]).
 //!
 //! [`PodDirectory`] keeps the pods of the last `ListPodSandbox` by pod uid. An unknown uid
-//! asks the runtime again (at most every [`MIN_REFRESH`]), waiting at most [`WAIT`] for the
-//! answer; the calls run on a thread of their own, so a runtime that hangs delays nothing
-//! beyond that wait. The runtime's socket is the first of [`DEFAULT_SOCKETS`] that exists (or
+//! asks the runtime again (at most every [`MIN_REFRESH`]), waiting at most [`WAIT`] in all for
+//! a list *asked for after* the uid was missed: the kubelet makes a pod's sandbox before its
+//! containers, so that list has the pod, and a short-lived process (a `wget` that lives 50 ms)
+//! is described with its pod's names although a list asked for just before its pod existed
+//! was still on its way. The calls run on a thread of their own, so a runtime that hangs
+//! delays nothing beyond that wait. The runtime's socket is the first of [`DEFAULT_SOCKETS`] that exists (or
 //! `--cri-socket`); nothing is started until a process in a pod is seen. When no socket exists
 //! or the runtime refuses, one line says so and the Kubernetes names come from the runtime's
 //! records alone, as without this module; the socket is tried again every [`RETRY`].
@@ -341,8 +344,11 @@ pub struct PodDirectory {
     next_ask: Option<Instant>,
     /// The one line about a missing or refusing runtime was said.
     told_failure: bool,
-    /// Pods asked for and not found: the generation when first missed, and since when.
-    absent: HashMap<String, (u64, Instant)>,
+    /// Lists asked for so far; the one outstanding, if any, is number `asked`.
+    asked: u64,
+    /// Pods asked for and not found: the number of the last list asked for when the pod was
+    /// missed, and since when a list asked for later came without it (`None`: no such list yet).
+    absent: HashMap<String, (u64, Option<Instant>)>,
 }
 
 impl std::fmt::Debug for PodDirectory {
@@ -371,6 +377,7 @@ impl PodDirectory {
             caller: Caller::NotStarted,
             next_ask: None,
             told_failure: false,
+            asked: 0,
             absent: HashMap::new(),
         }
     }
@@ -394,9 +401,10 @@ impl PodDirectory {
         self.pods.is_empty()
     }
 
-    /// The pod with uid `uid`. An unknown uid asks the runtime (when due) and waits at most
-    /// [`WAIT`] for the answer; a uid that a list made after it was first missed did not have
-    /// either is not asked for again before [`RETRY`].
+    /// The pod with uid `uid`. An unknown uid asks the runtime and waits, at most [`WAIT`] in
+    /// all, for a list asked for after the miss (an answer already on its way, then the next
+    /// list once [`MIN_REFRESH`] allows); a uid that such a list did not have either is not
+    /// asked for again before [`RETRY`].
     pub fn lookup(&mut self, uid: &str) -> Option<Arc<PodRecord>> {
         if !self.is_on() {
             return None;
@@ -405,10 +413,34 @@ impl PodDirectory {
         if let Some(pod) = self.pods.get(uid) {
             return Some(pod.clone());
         }
-        if self.ask_for(uid) {
-            self.take_answers(Some(WAIT));
+        let deadline = Instant::now() + WAIT;
+        loop {
+            self.ask_for(uid);
+            if let Some(pod) = self.pods.get(uid) {
+                return Some(pod.clone());
+            }
+            if !self.may_appear(uid) {
+                return None;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            if self.is_pending() {
+                self.take_answers(Some(deadline - now));
+            } else if let Some(due) = self.next_ask.filter(|due| *due < deadline) {
+                // Asked a moment ago, before this pod was missed: the next list is due soon.
+                std::thread::sleep(due.saturating_duration_since(now));
+            } else {
+                // No runtime, or it failed and is not tried again before [`RETRY`].
+                return None;
+            }
         }
-        self.pods.get(uid).cloned()
+    }
+
+    /// A list was asked for and not answered yet.
+    fn is_pending(&self) -> bool {
+        matches!(self.caller, Caller::Running { pending: true, .. })
     }
 
     /// Like [`PodDirectory::lookup`] without waiting: takes in answers that arrived and asks
@@ -423,35 +455,34 @@ impl PodDirectory {
         }
     }
 
-    /// Whether pod `uid`, unknown now, may still show up in a list: the source is on and the
-    /// runtime has not listed pods without it since it was first asked for.
+    /// Whether pod `uid`, unknown now, may still show up in a list: the source is on and no
+    /// list asked for after it was missed came without it.
     pub fn may_appear(&self, uid: &str) -> bool {
         self.is_on()
             && !self.pods.contains_key(uid)
             && self
                 .absent
                 .get(uid)
-                .is_none_or(|(generation, _)| *generation >= self.generation)
+                .is_none_or(|(_, confirmed)| confirmed.is_none())
     }
 
     /// Asks for the missing pod `uid` when due (see [`PodDirectory::lookup`]).
     fn ask_for(&mut self, uid: &str) -> bool {
-        let now = Instant::now();
         match self.absent.get_mut(uid) {
             // Listed since it was missed, and not there.
-            Some((generation, since)) if *generation < self.generation => {
-                if since.elapsed() < RETRY {
+            Some((missed_at, confirmed)) if confirmed.is_some() => {
+                if confirmed.is_some_and(|since| since.elapsed() < RETRY) {
                     return false;
                 }
-                *generation = self.generation;
-                *since = now;
+                *missed_at = self.asked;
+                *confirmed = None;
             }
             Some(_) => {}
             None => {
                 if self.absent.len() >= MAX_PODS {
                     self.absent.clear();
                 }
-                self.absent.insert(uid.to_owned(), (self.generation, now));
+                self.absent.insert(uid.to_owned(), (self.asked, None));
             }
         }
         self.ask()
@@ -514,6 +545,7 @@ impl PodDirectory {
         }
         *pending = true;
         *asked_at = now;
+        self.asked += 1;
         self.next_ask = Some(now + MIN_REFRESH);
         true
     }
@@ -549,7 +581,7 @@ impl PodDirectory {
                 Ok(Answer::Pods(sandboxes)) => {
                     *pending = false;
                     let micros = asked_at.elapsed().as_micros();
-                    self.take_list(sandboxes);
+                    self.take_list_asked(sandboxes, self.asked);
                     tracing::debug!(pods = self.pods.len(), micros, "pods listed over CRI");
                     return;
                 }
@@ -569,12 +601,24 @@ impl PodDirectory {
         }
     }
 
-    /// Takes in the pods of one `ListPodSandbox`.
+    /// Takes in the pods of a `ListPodSandbox` made now (after every miss so far).
     pub(super) fn take_list(&mut self, sandboxes: Vec<PodSandbox>) {
+        self.take_list_asked(sandboxes, self.asked + 1);
+    }
+
+    /// Takes in the pods of list number `number`: the pods it lacks that were missed before
+    /// it was asked for are now known to be absent.
+    fn take_list_asked(&mut self, sandboxes: Vec<PodSandbox>, number: u64) {
         self.pods = pods_by_uid(sandboxes);
         self.generation += 1;
         let pods = &self.pods;
+        let now = Instant::now();
         self.absent.retain(|uid, _| !pods.contains_key(uid));
+        for (missed_at, confirmed) in self.absent.values_mut() {
+            if *missed_at < number && confirmed.is_none() {
+                *confirmed = Some(now);
+            }
+        }
     }
 
     /// Says once why pod labels and annotations are unknown.
@@ -703,5 +747,19 @@ mod tests {
             Some("late".to_owned())
         );
         assert!(pods.absent.is_empty());
+    }
+
+    #[test]
+    fn a_list_asked_for_before_a_pod_was_missed_does_not_make_it_absent() {
+        let mut pods = PodDirectory::new(PodSource::Sockets(vec![PathBuf::from(
+            "/nonexistent/ztrace-test.sock",
+        )]));
+        // List 1 is on its way when the process of a new pod is read.
+        pods.asked = 1;
+        pods.poll("u1");
+        pods.take_list_asked(vec![sandbox("u2", 0, 1, "other")], 1);
+        assert!(pods.may_appear("u1"), "list 1 was asked for before the miss");
+        pods.take_list_asked(vec![sandbox("u2", 0, 1, "other")], 2);
+        assert!(!pods.may_appear("u1"), "list 2 was asked for after it");
     }
 }
