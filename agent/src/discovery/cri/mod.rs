@@ -602,6 +602,7 @@ impl PodDirectory {
     }
 
     /// Takes in the pods of a `ListPodSandbox` made now (after every miss so far).
+    #[cfg(test)]
     pub(super) fn take_list(&mut self, sandboxes: Vec<PodSandbox>) {
         self.take_list_asked(sandboxes, self.asked + 1);
     }
