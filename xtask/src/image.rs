@@ -131,30 +131,11 @@ const K8S_VENV_PACKAGES: &[&str] = &["kubernetes-validate", "checkov"];
 pub fn prepare_tests(binary: &Path) -> Result<()> {
     apt_install(PACKAGES)?;
     apt_install(&["containerd", "busybox-static"])?;
-    let venv = util::target_dir().join("k8s-venv");
-    let check = venv.join("bin/checkov");
-    if !check.is_file() || !venv.join("bin/kubernetes-validate").is_file() {
-        say!(
-            "creating the manifests' check venv at {}...",
-            venv.display()
-        );
-        util::run(
-            Command::new("/usr/bin/python3")
-                .args(["-m", "venv", "--clear"])
-                .arg(&venv),
-        )?;
-        util::run(
-            Command::new(venv.join("bin/python"))
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                ])
-                .args(K8S_VENV_PACKAGES),
-        )?;
-    }
+    util::python_venv(
+        "k8s-venv",
+        K8S_VENV_PACKAGES,
+        "import checkov, kubernetes_validate",
+    )?;
     let image = image_from(binary)?;
     say!(
         "image {} ({:.1} MB)",

@@ -244,41 +244,7 @@ fn add(a: Tally, b: Tally) -> Tally {
 fn install_test_components() -> Result<PathBuf> {
     apt_install(TEST_PACKAGES)?;
     toolchain::apt_install_backports(BACKPORTS_TEST_PACKAGES)?;
-    let venv = util::target_dir().join("test-venv");
-    let python = venv.join("bin/python");
-    if !python.is_file() || util::output_of(Command::new(&python).arg("--version")).is_none() {
-        say!("creating the test venv at {}...", venv.display());
-        // Debian's python3 (with python3-venv), not whatever interpreter happens to be first on PATH.
-        let base = if Path::new("/usr/bin/python3").is_file() {
-            "/usr/bin/python3"
-        } else {
-            "python3"
-        };
-        util::run(
-            Command::new(base)
-                .args(["-m", "venv", "--clear"])
-                .arg(&venv),
-        )?;
-    }
-    if util::output_of(Command::new(&python).args(["-c", VENV_CHECK])).is_none() {
-        say!(
-            "installing {} into the test venv...",
-            VENV_PACKAGES.join(" ")
-        );
-        util::run(
-            Command::new(&python)
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                ])
-                .args(VENV_PACKAGES),
-        )?;
-        util::output_of(Command::new(&python).args(["-c", VENV_CHECK]))
-            .with_context(|| format!("the test venv still cannot `{VENV_CHECK}`"))?;
-    }
+    let python = util::python_venv("test-venv", VENV_PACKAGES, VENV_CHECK)?;
     let npm = util::target_dir().join("test-npm");
     let missing = NPM_PACKAGES
         .iter()
