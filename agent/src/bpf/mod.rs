@@ -213,26 +213,12 @@ pub struct Probes {
     empty_programs: bool,
 }
 
-/// Threads that detach uprobes at exit.
-const DETACH_THREADS: usize = 32;
-
 impl Drop for Probes {
-    /// Detaches every uprobe from several threads at once (see [`detach_all`]).
+    /// Detaches every uprobe (one after another: the kernel serialises them anyway, see
+    /// [`Probes::release_in_background`]).
     fn drop(&mut self) {
-        detach_all(self.take_uprobe_links());
+        drop(self.take_uprobe_links());
     }
-}
-
-/// Drops uprobe links from several threads at once: the kernel waits for an RCU grace period
-/// per uprobe it unregisters; on some kernels concurrent waits share grace periods.
-fn detach_all(mut links: Vec<aya::programs::uprobe::UProbeLink>) {
-    let per_thread = links.len().div_ceil(DETACH_THREADS).max(1);
-    std::thread::scope(|scope| {
-        while !links.is_empty() {
-            let chunk: Vec<_> = links.drain(..per_thread.min(links.len())).collect();
-            scope.spawn(move || drop(chunk));
-        }
-    });
 }
 
 impl Probes {
@@ -255,12 +241,14 @@ impl Probes {
             return;
         }
         let Some(keep) = bpf_fds() else {
-            return detach_all(links);
+            drop(links);
+            return;
         };
         let mut pipe = [0; 2];
         // SAFETY: pipe2 writes two fds into the array it is given.
         if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-            return detach_all(links);
+            drop(links);
+            return;
         }
         let (read_end, write_end) = (pipe[0], pipe[1]);
         // Every other descriptor is closed in the child: stdout and stderr (a reader of ztrace's
@@ -299,7 +287,7 @@ impl Probes {
                     libc::close(read_end);
                     libc::close(write_end);
                 }
-                detach_all(links);
+                drop(links);
             }
         }
     }
