@@ -107,7 +107,7 @@ pub fn write_object(out: &mut Vec<u8>, object: Object<'_>) {
             write_pairs(out, attributes.iter().map(|a| (a.key, &a.value)))
         }
         Object::Resource(pairs) => write_pairs(out, pairs.iter().map(|(k, v)| (k.as_str(), v))),
-        Object::Raw(json) if json.is_empty() => out.extend_from_slice(b"{}"),
+        Object::Raw([]) => out.extend_from_slice(b"{}"),
         Object::Raw(json) => out.extend_from_slice(json),
     }
 }

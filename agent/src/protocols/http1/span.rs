@@ -325,7 +325,7 @@ pub fn find_traceparent(bytes: &[u8]) -> Option<TraceParent> {
     let head = &bytes[..head_end];
     let mut found = None;
     // Skip the request line; a header line cut at the end of `bytes` is not trusted.
-    let Some(mut at) = memchr::memchr(b'\n', head).map(|i| i + 1) else { return None };
+    let mut at = memchr::memchr(b'\n', head).map(|i| i + 1)?;
     while at < head.len() {
         let (line, next) = match memchr::memchr(b'\n', &head[at..]) {
             Some(i) => (&head[at..at + i], at + i + 1),
