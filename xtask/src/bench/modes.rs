@@ -6,8 +6,7 @@
 //! throughput ratio and the agent's CPU per span. Then issue 14's no-loss load: 50,000 spans/s for
 //! 60 s (`hey -q`) with ztrace exporting OTLP, and every drop counter.
 
-use std::io::{BufRead as _, BufReader, Write as _};
-use std::net::TcpListener;
+use ztrace_e2e::backend::Backend;
 
 use super::*;
 
@@ -19,7 +18,7 @@ pub(super) fn modes_bench(ztrace: &Path) -> Result<()> {
     let dir = TempDir::new("bench-modes");
     let nginx = bench_nginx(None);
     let url = format!("http://127.0.0.1:{}/index.html", nginx.port.unwrap_or(0));
-    let receiver = DiscardReceiver::start()?;
+    let receiver = Backend::start();
     let ui_port = free_port();
     let modes: [(&str, Vec<String>); 3] = [
         ("json", vec!["--no-ui".into(), "--print=json".into()]),
@@ -117,7 +116,7 @@ const SUSTAINED_SECONDS: u32 = 60;
 
 /// Issue 14's "no loss" load: 50,000 spans/s (25,000 requests/s, both ends traced) for 60 s, ztrace
 /// exporting OTLP; prints the spans made and exported and every drop counter.
-fn sustained_otlp(ztrace: &Path, dir: &Path, url: &str, receiver: &DiscardReceiver) -> Result<()> {
+fn sustained_otlp(ztrace: &Path, dir: &Path, url: &str, receiver: &Backend) -> Result<()> {
     apt_install(&["hey"])?;
     let args: Vec<String> = vec![
         "--no-ui".into(),
@@ -182,85 +181,4 @@ fn sustained_otlp(ztrace: &Path, dir: &Path, url: &str, receiver: &DiscardReceiv
     }
     println!("  load: hey -z {SUSTAINED_SECONDS}s -c {SUSTAINED_WORKERS} -q {SUSTAINED_QPS_PER_WORKER} {url}; agent: {} {}", ztrace.display(), args.join(" "));
     Ok(())
-}
-
-/// An OTLP/HTTP endpoint that reads each request whole and answers `200` with an empty body,
-/// without decoding anything: the cheapest peer an exporter can have.
-pub(super) struct DiscardReceiver {
-    port: u16,
-    requests: Arc<std::sync::atomic::AtomicU64>,
-    bytes: Arc<std::sync::atomic::AtomicU64>,
-}
-
-use std::sync::{atomic::Ordering, Arc};
-
-impl DiscardReceiver {
-    pub(super) fn start() -> Result<DiscardReceiver> {
-        let listener = TcpListener::bind("127.0.0.1:0").context("bind the OTLP receiver")?;
-        let port = listener.local_addr()?.port();
-        let requests = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (r, b) = (requests.clone(), bytes.clone());
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let (r, b) = (r.clone(), b.clone());
-                std::thread::spawn(move || {
-                    let _ = serve(stream, &r, &b);
-                });
-            }
-        });
-        Ok(DiscardReceiver {
-            port,
-            requests,
-            bytes,
-        })
-    }
-
-    pub(super) fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
-    }
-
-    fn bytes(&self) -> u64 {
-        self.bytes.load(Ordering::Relaxed)
-    }
-}
-
-/// Keep-alive HTTP/1.1: each request's head, then `Content-Length` bytes of body, then `200`.
-fn serve(
-    stream: std::net::TcpStream,
-    requests: &std::sync::atomic::AtomicU64,
-    bytes: &std::sync::atomic::AtomicU64,
-) -> std::io::Result<()> {
-    let mut writer = stream.try_clone()?;
-    let mut reader = BufReader::new(stream);
-    loop {
-        let mut length = 0usize;
-        let mut line = String::new();
-        loop {
-            line.clear();
-            if reader.read_line(&mut line)? == 0 {
-                return Ok(());
-            }
-            let trimmed = line.trim_end();
-            if trimmed.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = trimmed.split_once(':') {
-                if name.eq_ignore_ascii_case("content-length") {
-                    length = value.trim().parse().unwrap_or(0);
-                }
-            }
-        }
-        let mut body = vec![0u8; length];
-        std::io::Read::read_exact(&mut reader, &mut body)?;
-        requests.fetch_add(1, Ordering::Relaxed);
-        bytes.fetch_add(length as u64, Ordering::Relaxed);
-        writer.write_all(
-            b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n",
-        )?;
-    }
 }

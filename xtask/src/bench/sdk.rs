@@ -6,7 +6,7 @@
 //! service under `opentelemetry-instrument gunicorn ...` (the Flask, urllib and psycopg2
 //! instrumentations, OTLP/HTTP export); and untouched services with ztrace
 //! (`--no-ui --otlp-endpoint ... --exe gunicorn --exe postgres`, stacks on). Both export to the
-//! same OTLP/HTTP endpoint, one that reads and discards (`modes::DiscardReceiver`), so the
+//! same OTLP/HTTP endpoint, one that reads and discards (the e2e crate's `backend::Backend`), so the
 //! receiver costs neither side. For each run: requests/s under `wrk -t2 -c16 -d10s` on
 //! `GET /orders/1`, and the CPU time per request of every process involved (the gunicorn
 //! masters and workers, PostgreSQL, and ztrace when it runs; not wrk, not the receiver).
@@ -19,6 +19,7 @@ use std::path::PathBuf;
 
 use super::*;
 use crate::demo;
+use ztrace_e2e::backend::Backend;
 
 /// The bench's own venv: the services, the SDK with its instrumentations, and what the OTLP
 /// receiver of the tests imports (to read the traces back).
@@ -81,7 +82,7 @@ pub(super) fn sdk_bench(ztrace: &Path) -> Result<()> {
     let pg_port = free_port();
     let postgres = demo::start_postgres(dir.path(), pg_port)?;
     demo::load_databases(&util::repo_root(), pg_port)?;
-    let receiver = modes::DiscardReceiver::start()?;
+    let receiver = Backend::start();
     let system = System {
         venv_bin,
         pg_port,
