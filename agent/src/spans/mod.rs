@@ -210,26 +210,33 @@ pub fn new_span_id() -> [u8; 8] {
 }
 
 /// The text form of an address, as `IpAddr`'s `Display` writes it, without going through the
-/// formatting machinery for IPv4 (three of these per span showed as 11% of the agent's time).
-pub fn ip_string(ip: std::net::IpAddr) -> String {
+/// formatting machinery for IPv4 (three of these per span showed as 11% of the agent's time),
+/// and without an allocation (an IPv4 address fits in a `CompactString` inline).
+pub fn ip_string(ip: std::net::IpAddr) -> CompactString {
     match ip {
         std::net::IpAddr::V4(v4) => {
-            let mut s = String::with_capacity(15);
+            let mut text = [0u8; 15];
+            let mut len = 0;
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    s.push('.');
+                    text[len] = b'.';
+                    len += 1;
                 }
                 if octet >= 100 {
-                    s.push(char::from(b'0' + octet / 100));
+                    text[len] = b'0' + octet / 100;
+                    len += 1;
                 }
                 if octet >= 10 {
-                    s.push(char::from(b'0' + octet / 10 % 10));
+                    text[len] = b'0' + octet / 10 % 10;
+                    len += 1;
                 }
-                s.push(char::from(b'0' + octet % 10));
+                text[len] = b'0' + octet % 10;
+                len += 1;
             }
-            s
+            // Only ASCII digits and dots were written.
+            CompactString::from_utf8(&text[..len]).unwrap_or_default()
         }
-        std::net::IpAddr::V6(v6) => v6.to_string(),
+        std::net::IpAddr::V6(v6) => compact_str::format_compact!("{v6}"),
     }
 }
 

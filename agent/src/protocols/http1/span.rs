@@ -17,6 +17,7 @@
 //! beyond an incoming W3C `traceparent` header; every other span starts its own trace.
 
 
+use compact_str::CompactString;
 use std::borrow::Cow;
 use std::{net::IpAddr, sync::Arc};
 
@@ -51,7 +52,13 @@ pub fn http_span(ex: &HttpExchange, conn: &Endpoints, resource: &Arc<Resource>, 
     let known_method = is_known_method(&req.method);
     let name_method = if known_method { req.method.as_str() } else { "HTTP" };
     let name = match &route {
-        Some(route) => format!("{name_method} {route}"),
+        Some(route) => {
+            let mut name = String::with_capacity(name_method.len() + 1 + route.len());
+            name.push_str(name_method);
+            name.push(' ');
+            name.push_str(route);
+            name
+        }
         None => name_method.to_owned(),
     };
     let kind = match ex.side {
@@ -92,7 +99,12 @@ pub fn http_span(ex: &HttpExchange, conn: &Endpoints, resource: &Arc<Resource>, 
     if let Some(status) = status {
         attrs.push(Attribute::new("http.response.status_code", i64::from(status)));
     }
-    attrs.push(Attribute::new("network.protocol.version", format!("1.{}", req.version_minor)));
+    let version = match req.version_minor {
+        0 => CompactString::const_new("1.0"),
+        1 => CompactString::const_new("1.1"),
+        minor => compact_str::format_compact!("1.{minor}"),
+    };
+    attrs.push(Attribute::new("network.protocol.version", version));
     attrs.push(Attribute::new("server.address", server_host));
     attrs.push(Attribute::new("server.port", i64::from(server_port)));
     if ex.side == Side::Server {
@@ -204,7 +216,7 @@ fn server_address(
     target: &Target<'_>,
     req: &HttpRequest,
     conn: &Endpoints,
-) -> (String, u16) {
+) -> (CompactString, u16) {
     let socket = match side {
         Side::Client => conn.remote,
         Side::Server => conn.local,
@@ -218,7 +230,7 @@ fn server_address(
         }
     };
     if let Some((host, port)) = authority.and_then(split_host_port) {
-        return (host.to_owned(), port.unwrap_or(socket.port()));
+        return (CompactString::from(host), port.unwrap_or(socket.port()));
     }
     (ip_string(socket.ip()), socket.port())
 }
@@ -257,13 +269,22 @@ fn full_url(scheme: &str, host: &str, port: u16, target: &Target<'_>) -> String 
         "https" => 443,
         _ => 80,
     };
-    let host = if host.contains(':') { format!("[{host}]") } else { host.to_owned() };
-    let mut url = if port == default_port {
-        format!("{scheme}://{host}")
+    let path = target.path.unwrap_or("");
+    let mut url = String::with_capacity(scheme.len() + host.len() + path.len() + 16);
+    url.push_str(scheme);
+    url.push_str("://");
+    if host.contains(':') {
+        url.push('[');
+        url.push_str(host);
+        url.push(']');
     } else {
-        format!("{scheme}://{host}:{port}")
-    };
-    url.push_str(target.path.unwrap_or(""));
+        url.push_str(host);
+    }
+    if port != default_port {
+        url.push(':');
+        url.push_str(itoa::Buffer::new().format(port));
+    }
+    url.push_str(path);
     if let Some(q) = target.query.filter(|q| !q.is_empty()) {
         url.push('?');
         url.push_str(&redact_query(q));
@@ -273,7 +294,7 @@ fn full_url(scheme: &str, host: &str, port: u16, target: &Target<'_>) -> String 
 
 /// The original client behind proxies: the first `X-Forwarded-For` entry, else the first
 /// `for=` of `Forwarded` (RFC 7239), without port or brackets.
-fn forwarded_client(req: &HttpRequest) -> Option<String> {
+fn forwarded_client(req: &HttpRequest) -> Option<CompactString> {
     let xff = header(req, "x-forwarded-for");
     let fwd = header(req, "forwarded");
     let raw = if let Some(xff) = &xff {
@@ -294,7 +315,7 @@ fn forwarded_client(req: &HttpRequest) -> Option<String> {
         raw.rsplit_once(':').map_or(raw, |(h, _)| h)
     };
     (!host.is_empty() && host.len() <= 64 && !host.contains(char::is_whitespace))
-        .then(|| host.to_owned())
+        .then(|| CompactString::from(host))
 }
 
 /// The first value of a header, without surrounding white space.

@@ -16,6 +16,7 @@
 //!
 //! `grpc-message` and metadata are never exported.
 
+use compact_str::CompactString;
 use std::sync::Arc;
 
 use super::{Head, Http2Exchange};
@@ -173,7 +174,7 @@ fn grpc_status(ex: &Http2Exchange) -> Option<String> {
 }
 
 /// `(server.address, server.port)`: the request's `:authority`, else the connection's server end.
-fn server_address(ex: &Http2Exchange, conn: &Endpoints) -> (String, u16) {
+fn server_address(ex: &Http2Exchange, conn: &Endpoints) -> (CompactString, u16) {
     let server_end = match ex.side {
         Side::Client => conn.remote,
         Side::Server => conn.local,
@@ -188,7 +189,7 @@ fn server_address(ex: &Http2Exchange, conn: &Endpoints) -> (String, u16) {
             _ => (authority, server_end.port()),
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        return (truncate(host, 256).to_owned(), port);
+        return (CompactString::from(truncate(host, 256)), port);
     }
     (ip_string(server_end.ip()), server_end.port())
 }
