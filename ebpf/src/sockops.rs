@@ -9,6 +9,9 @@
 //! option with ztrace's ExID on a segment is stored in `RX_CTX` for the server request that
 //! the next read starts. No application byte changes; a middlebox that strips unknown options
 //! makes the receiving request start a new trace (`Counter::PropagateServerNoContext`).
+//!
+//! Client connections, once established, also go into `inject::CLIENT_SOCKS` (when the agent
+//! attached the `sk_msg` program that adds `traceparent` to their HTTP/1 requests).
 
 use aya_ebpf::{
     helpers::generated::{bpf_load_hdr_opt, bpf_reserve_hdr_opt, bpf_store_hdr_opt},
@@ -18,6 +21,7 @@ use aya_ebpf::{
 use ztrace_common::{tcp_option, Counter};
 
 use crate::{
+    inject,
     maps::count,
     propagate::{RxCtx, WireCtx, RX_CTX, TX_CTX},
     sock::FlowKey,
@@ -58,7 +62,17 @@ const _: () = assert!(core::mem::size_of::<WireOption>() == tcp_option::LEN);
 #[sock_ops]
 pub fn zt_sockops(ctx: SockOpsContext) -> u32 {
     match ctx_u32!(ctx, op) {
-        OP_ACTIVE_ESTABLISHED | OP_PASSIVE_ESTABLISHED | OP_TCP_LISTEN => {
+        OP_ACTIVE_ESTABLISHED => {
+            let _ = ctx.set_cb_flags(ctx_u32!(ctx, bpf_sock_ops_cb_flags) as i32 | FLAG_WRITE_HDR_OPT | FLAG_PARSE_UNKNOWN_HDR_OPT);
+            if inject::on() {
+                let mut key = flow(&ctx);
+                // SAFETY: `ops` is this program's context, as the helper wants it.
+                if inject::CLIENT_SOCKS.update(&mut key, unsafe { &mut *ctx.ops }, 0).is_err() {
+                    count(Counter::InjectSockMapFull);
+                }
+            }
+        }
+        OP_PASSIVE_ESTABLISHED | OP_TCP_LISTEN => {
             let _ = ctx.set_cb_flags(ctx_u32!(ctx, bpf_sock_ops_cb_flags) as i32 | FLAG_WRITE_HDR_OPT | FLAG_PARSE_UNKNOWN_HDR_OPT);
         }
         OP_HDR_OPT_LEN => {

@@ -17,10 +17,10 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, ProgramArray, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, ProgramArray, RingBuf, SockHash},
     programs::{
         uprobe::{UProbeAttachPoint, UProbeLinkId, UProbeScope},
-        CgroupAttachMode, SockOps, TracePoint, UProbe,
+        CgroupAttachMode, SkMsg, SockOps, TracePoint, UProbe,
     },
     Ebpf, EbpfLoader,
 };
@@ -30,8 +30,8 @@ use ztrace_common::{
 };
 
 use self::attach::{
-    AttachResult, Propagation, GO_PROBES, GO_RETURN, HOOKS, OPENSSL_ENTRY_ONLY, OPENSSL_PROBES,
-    OPENSSL_RETURN, SOCK_OPS,
+    AttachResult, Injection, Propagation, GO_PROBES, GO_RETURN, HOOKS, INJECT, INJECT_WRITE,
+    OPENSSL_ENTRY_ONLY, OPENSSL_PROBES, OPENSSL_RETURN, SOCK_OPS,
 };
 
 /// The eBPF object, embedded by build.rs (empty when built without `cargo xtask build`).
@@ -200,6 +200,10 @@ pub struct Probes {
     pub attached: Vec<AttachResult>,
     /// Trace context carried between hosts (`--propagate`): on, off, or why not.
     pub propagation: Propagation,
+    /// `traceparent` added to plaintext HTTP/1 requests (`--propagate`): on, off, or why not.
+    pub injection: Injection,
+    /// The `sk_msg` program's socket map, held open while its program is attached.
+    _client_socks: Option<ClientSocks>,
     /// Why the OpenSSL uprobe programs could not be loaded (then no file is probed).
     uprobe_error: Option<String>,
     /// Why the Go uprobe programs could not be loaded (then no Go client is probed).
@@ -459,6 +463,12 @@ pub fn start(
     } else {
         Propagation::Off
     };
+    let (injection, client_socks) = match propagation {
+        Propagation::On { .. } if !empty_programs => attach_inject(&mut ebpf)?,
+        Propagation::On { .. } => (Injection::Off("--empty-programs"), None),
+        Propagation::Off => (Injection::Off("--propagate=off"), None),
+        Propagation::Failed { .. } => (Injection::Off("sock_ops is not attached"), None),
+    };
     let uprobe_error = load_uprobes(&mut ebpf)?;
     let mut go_uprobe_error = None;
     for program in [
@@ -498,6 +508,8 @@ pub fn start(
             counters,
             attached,
             propagation,
+            injection,
+            _client_socks: client_socks,
             uprobe_error,
             go_uprobe_error,
             tls_links: HashMap::new(),
@@ -886,6 +898,96 @@ fn attach_sock_ops(ebpf: &mut Ebpf, cgroup: Option<PathBuf>) -> Result<Propagati
         Err(e) => failed(format!("attach: {}", error_chain(&e))),
     }
 }
+
+/// Loads the `sk_msg` program that adds `traceparent` to plaintext HTTP/1 requests, attaches it
+/// to the client-socket map, then tells `sock_ops` to fill that map. Its failure is not fatal:
+/// the TCP option still carries the context to hosts that run ztrace.
+fn attach_inject(ebpf: &mut Ebpf) -> Result<(Injection, Option<ClientSocks>), BpfError> {
+    let socks: ClientSocks = SockHash::try_from(
+        ebpf.take_map(maps::CLIENT_SOCKS)
+            .ok_or(BpfError::MissingMap(maps::CLIENT_SOCKS))?,
+    )
+    .map_err(|source| BpfError::Map {
+        name: maps::CLIENT_SOCKS,
+        source,
+    })?;
+    let write: &mut SkMsg = ebpf
+        .program_mut(INJECT_WRITE)
+        .ok_or(BpfError::MissingProgram {
+            program: INJECT_WRITE,
+        })?
+        .try_into()
+        .map_err(|_| BpfError::MissingProgram {
+            program: INJECT_WRITE,
+        })?;
+    if let Err(e) = write.load() {
+        return Ok((
+            Injection::Failed(format!(
+                "load: {}",
+                verifier::load_failure(INJECT_WRITE, &e)
+            )),
+            None,
+        ));
+    }
+    let write_fd = match write.fd().map(|fd| fd.try_clone()) {
+        Ok(Ok(fd)) => fd,
+        Ok(Err(e)) => return Ok((Injection::Failed(format!("tail call: {e}")), None)),
+        Err(e) => return Ok((Injection::Failed(format!("tail call: {e}")), None)),
+    };
+    let mut jump = ProgramArray::try_from(
+        ebpf.map_mut(maps::INJECT_JUMP)
+            .ok_or(BpfError::MissingMap(maps::INJECT_JUMP))?,
+    )
+    .map_err(|source| BpfError::Map {
+        name: maps::INJECT_JUMP,
+        source,
+    })?;
+    if let Err(e) = jump.set(0, &write_fd, 0) {
+        return Ok((
+            Injection::Failed(format!("tail call: {}", error_chain(&e))),
+            None,
+        ));
+    }
+    let prog: &mut SkMsg = ebpf
+        .program_mut(INJECT)
+        .ok_or(BpfError::MissingProgram { program: INJECT })?
+        .try_into()
+        .map_err(|_| BpfError::MissingProgram { program: INJECT })?;
+    if let Err(e) = prog.load() {
+        return Ok((
+            Injection::Failed(format!("load: {}", verifier::load_failure(INJECT, &e))),
+            None,
+        ));
+    }
+    if let Err(e) = prog.attach(socks.fd()) {
+        return Ok((
+            Injection::Failed(format!("attach: {}", error_chain(&e))),
+            None,
+        ));
+    }
+    let mut on: Array<_, u32> = Array::try_from(
+        ebpf.map_mut(maps::INJECT_ON)
+            .ok_or(BpfError::MissingMap(maps::INJECT_ON))?,
+    )
+    .map_err(|source| BpfError::Map {
+        name: maps::INJECT_ON,
+        source,
+    })?;
+    if let Err(e) = on.set(0, 1, 0) {
+        return Ok((
+            Injection::Failed(format!("enable: {}", error_chain(&e))),
+            None,
+        ));
+    }
+    Ok((Injection::On, Some(socks)))
+}
+
+/// Size of `CLIENT_SOCKS`'s key (`sock::FlowKey` in `ebpf/`: family, two ports, two
+/// 16-byte addresses).
+const CLIENT_SOCKS_KEY: usize = 40;
+
+/// The client-socket map of the `sk_msg` program, kept open while the agent runs.
+type ClientSocks = SockHash<MapData, [u8; CLIENT_SOCKS_KEY]>;
 
 /// Loads the program that copies a vectored call's segments beyond the first 8 (a tail call,
 /// never attached) into its program array. `Err(reason)` when the kernel refused it.

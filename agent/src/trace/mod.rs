@@ -3,6 +3,9 @@
 //!
 //! Rules, in order (the first that applies wins; `ztrace.link` says which one did):
 //! - `header`: the request carries a W3C `traceparent`: its trace id, its span as the parent.
+//!   Not a header that ztrace's kernel added (`ebpf/src/inject.rs`): its ids are those of the
+//!   local client span in flight on the connection, or of the TCP option that came with it,
+//!   and the rule below that found them names the link.
 //! - `connection` (server spans): the other end of the connection is a traced process on this
 //!   host whose request on it is in flight: that client span is the parent, its trace the trace.
 //!   Requests on a keep-alive connection pair in order (the latest client request written before
@@ -560,7 +563,19 @@ impl Tracer {
         };
         let mut peer_span = None;
         let mut peer_offset = 0;
-        let ids = if let Some(tp) = s.traceparent {
+        // A `traceparent` that ztrace's own kernel added (`ebpf/src/inject.rs`) says what the
+        // connection or the TCP option says: the span keeps the link that tells how the
+        // context travelled. Any other header wins.
+        let added_by_ztrace = |tp: &context::TraceParent| {
+            s.side == Side::Server
+                && (born.is_some_and(|b| {
+                    b.from_wire && b.trace_id == tp.trace_id && b.parent_id == Some(tp.parent_id)
+                }) || self
+                    .in_flight
+                    .get(&(s.remote, s.local))
+                    .is_some_and(|q| q.iter().any(|c| c.span_id == tp.parent_id)))
+        };
+        let ids = if let Some(tp) = s.traceparent.filter(|tp| !added_by_ztrace(tp)) {
             Ids {
                 trace_id: tp.trace_id,
                 span_id,
@@ -896,7 +911,10 @@ impl Tracer {
                 span.span_id = ids.span_id;
                 // A traceparent the start's bytes did not show (a head split over reads) still
                 // wins, as http_span already applied it.
-                if !(link_of(&span) == Some("header") && ids.link != Link::Header) {
+                let header_agrees =
+                    span.trace_id == ids.trace_id && span.parent_span_id == ids.parent;
+                if header_agrees || !(link_of(&span) == Some("header") && ids.link != Link::Header)
+                {
                     span.trace_id = ids.trace_id;
                     span.parent_span_id = ids.parent;
                     set_link(&mut span, ids.link);

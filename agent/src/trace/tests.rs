@@ -974,3 +974,73 @@ fn a_traceparent_wins_and_a_kernel_trace_that_disagrees_is_counted() {
         1
     );
 }
+
+impl World {
+    fn start_with_header(
+        &mut self,
+        end: End,
+        tid: u32,
+        ts: u64,
+        born: super::context::BornIds,
+        tp: super::context::TraceParent,
+    ) {
+        let s = RequestStart {
+            key: end.key,
+            side: end.side,
+            local: end.local,
+            remote: end.remote,
+            tid,
+            goid: 0,
+            ts_ns: ts,
+            traceparent: Some(tp),
+            born: Some(born),
+            stream: None,
+        };
+        self.tracer.start(s, false, &self.metrics, &mut self.out);
+    }
+}
+
+#[test]
+fn a_traceparent_added_by_ztrace_keeps_the_link_that_carried_it() {
+    let server = |fd, port| End {
+        key: key(10, fd),
+        side: Side::Server,
+        local: addr("10.0.0.2:8080"),
+        remote: addr(&format!("10.0.0.1:{port}")),
+    };
+    let tp = |trace: u8, parent: u8| super::context::TraceParent {
+        trace_id: [trace; 16],
+        parent_id: [parent; 8],
+        flags: 1,
+    };
+    let mut w = World::new();
+    // The header the client's kernel added: the same ids as the TCP option.
+    w.start_with_header(
+        server(5, 40000),
+        11,
+        100,
+        born(7, 1, Some(8), true),
+        tp(7, 8),
+    );
+    w.done(server(5, 40000), "added", 100, 200);
+    // An SDK's header (another trace than the option's) wins.
+    w.start_with_header(
+        server(6, 40001),
+        12,
+        300,
+        born(7, 2, Some(9), true),
+        tp(4, 5),
+    );
+    w.done(server(6, 40001), "sdk", 300, 400);
+    let spans = w.flush();
+    let added = by_name(&spans, "added");
+    assert_eq!(
+        (added.trace_id, added.parent_span_id, link(added)),
+        ([7; 16], Some([8; 8]), "tcp_option")
+    );
+    let sdk = by_name(&spans, "sdk");
+    assert_eq!(
+        (sdk.trace_id, sdk.span_id, sdk.parent_span_id, link(sdk)),
+        ([4; 16], [2; 8], Some([5; 8]), "header")
+    );
+}
