@@ -217,6 +217,9 @@ pub const GO_RETURN: &str = "zt_go_tls_ret";
 
 /// The `sock_ops` program that carries trace context to other hosts in a TCP option.
 pub const SOCK_OPS: &str = "zt_sockops";
+/// The same program without the socket map of `sk_msg` (loaded when the kernel refused that
+/// map: no `CAP_NET_ADMIN`): the TCP option only.
+pub const SOCK_OPS_OPTION: &str = "zt_sockops_option";
 
 /// Whether trace context is carried between hosts (`--propagate`), for the attach table.
 #[derive(Clone, Debug, PartialEq, Eq)]

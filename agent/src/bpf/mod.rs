@@ -9,6 +9,7 @@ pub mod btf;
 pub mod caps;
 pub mod events;
 pub mod fill;
+pub mod standin;
 pub mod verifier;
 
 use std::{
@@ -31,7 +32,7 @@ use ztrace_common::{
 
 use self::attach::{
     AttachResult, Injection, Propagation, GO_PROBES, GO_RETURN, HOOKS, INJECT, INJECT_WRITE,
-    OPENSSL_ENTRY_ONLY, OPENSSL_PROBES, OPENSSL_RETURN, SOCK_OPS,
+    OPENSSL_ENTRY_ONLY, OPENSSL_PROBES, OPENSSL_RETURN, SOCK_OPS, SOCK_OPS_OPTION,
 };
 
 /// The eBPF object, embedded by build.rs (empty when built without `cargo xtask build`).
@@ -420,23 +421,48 @@ pub fn start(
         per_second: stacks.per_second,
         burst: stacks.burst,
     };
-    let mut ebpf = EbpfLoader::new()
-        // `CALLS` is a task-local storage map, which aya creates but has no typed handle for.
-        .allow_unsupported_maps()
-        .override_global(globals::OFFSETS, &offsets, true)
-        .override_global(globals::SETTINGS, &settings, true)
-        .override_global(globals::STACK_SETTINGS, &stack_settings, true)
-        .load(OBJECT)
-        .map_err(|e| match caps::Caps::current() {
-            // CAP_BPF is there (checked at start), yet bpf() says EPERM: a seccomp filter.
-            Some(c)
-                if !c.has(caps::CAP_SYS_ADMIN)
-                    && error_chain(&e).contains("Operation not permitted") =>
-            {
-                BpfError::MissingCapability(caps::SECCOMP_REFUSED)
+    let load = |object: &[u8]| {
+        EbpfLoader::new()
+            // `CALLS` is a task-local storage map, which aya creates but has no typed handle for.
+            .allow_unsupported_maps()
+            .override_global(globals::OFFSETS, &offsets, true)
+            .override_global(globals::SETTINGS, &settings, true)
+            .override_global(globals::STACK_SETTINGS, &stack_settings, true)
+            .load(object)
+    };
+    let refused = |e: &aya::EbpfError| error_chain(e).contains("Operation not permitted");
+    // `Some(reason)` when the socket map of `sk_msg` is a stand-in (see `standin`).
+    let mut socket_map_refused = None;
+    let mut ebpf = match load(OBJECT) {
+        Ok(ebpf) => ebpf,
+        // The kernel creates socket maps only with CAP_NET_ADMIN (or, on recent kernels,
+        // CAP_SYS_ADMIN): try again without one before blaming anything else.
+        Err(e) if refused(&e) => {
+            let retried = standin::with_plain_map(OBJECT, maps::CLIENT_SOCKS)
+                .map_err(|reason| {
+                    tracing::warn!(%reason, "no stand-in for the socket map");
+                    e
+                })
+                .and_then(|object| load(object.bytes()));
+            match retried {
+                Ok(ebpf) => {
+                    socket_map_refused = Some(caps::SOCKET_MAP_REFUSED);
+                    ebpf
+                }
+                Err(e) => {
+                    return Err(match caps::Caps::current() {
+                        // CAP_BPF is there (checked at start), yet bpf() says EPERM: a
+                        // seccomp filter.
+                        Some(c) if !c.has(caps::CAP_SYS_ADMIN) && refused(&e) => {
+                            BpfError::MissingCapability(caps::SECCOMP_REFUSED)
+                        }
+                        _ => BpfError::Load(e),
+                    })
+                }
             }
-            _ => BpfError::Load(e),
-        })?;
+        }
+        Err(e) => return Err(BpfError::Load(e)),
+    };
 
     fill_selection(&mut ebpf, selection)?;
     if !empty_programs {
@@ -459,15 +485,23 @@ pub fn start(
         attached.push(AttachResult { hook: *hook, error });
     }
     let propagation = if propagate {
-        attach_sock_ops(&mut ebpf, selection.cgroup.clone().or_else(cgroup_v2_root))?
+        // Without the socket map, the `sock_ops` program that does not fill it.
+        let program = match socket_map_refused {
+            None => SOCK_OPS,
+            Some(_) => SOCK_OPS_OPTION,
+        };
+        attach_sock_ops(&mut ebpf, program, selection.cgroup.clone().or_else(cgroup_v2_root))?
     } else {
         Propagation::Off
     };
-    let (injection, client_socks) = match propagation {
-        Propagation::On { .. } if !empty_programs => attach_inject(&mut ebpf)?,
-        Propagation::On { .. } => (Injection::Off("--empty-programs"), None),
-        Propagation::Off => (Injection::Off("--propagate=off"), None),
-        Propagation::Failed { .. } => (Injection::Off("sock_ops is not attached"), None),
+    let (injection, client_socks) = match (&propagation, socket_map_refused) {
+        (Propagation::Off, _) => (Injection::Off("--propagate=off"), None),
+        (Propagation::Failed { .. }, _) => (Injection::Off("sock_ops is not attached"), None),
+        (Propagation::On { .. }, Some(reason)) => (Injection::Failed(reason.to_owned()), None),
+        (Propagation::On { .. }, None) if empty_programs => {
+            (Injection::Off("--empty-programs"), None)
+        }
+        (Propagation::On { .. }, None) => attach_inject(&mut ebpf)?,
     };
     let uprobe_error = load_uprobes(&mut ebpf)?;
     let mut go_uprobe_error = None;
@@ -868,7 +902,11 @@ pub fn check_can_start() -> Result<(), BpfError> {
 /// Loads the `sock_ops` program that writes and reads the trace-context TCP option and attaches
 /// it to `cgroup` (the traced cgroup, else the cgroup v2 root). Its failure is not fatal: the
 /// kernel still gives requests their ids, and traces split at host boundaries.
-fn attach_sock_ops(ebpf: &mut Ebpf, cgroup: Option<PathBuf>) -> Result<Propagation, BpfError> {
+fn attach_sock_ops(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    cgroup: Option<PathBuf>,
+) -> Result<Propagation, BpfError> {
     let Some(cgroup) = cgroup else {
         return Ok(Propagation::Failed {
             cgroup: None,
@@ -876,10 +914,10 @@ fn attach_sock_ops(ebpf: &mut Ebpf, cgroup: Option<PathBuf>) -> Result<Propagati
         });
     };
     let prog: &mut SockOps = ebpf
-        .program_mut(SOCK_OPS)
-        .ok_or(BpfError::MissingProgram { program: SOCK_OPS })?
+        .program_mut(program)
+        .ok_or(BpfError::MissingProgram { program })?
         .try_into()
-        .map_err(|_| BpfError::MissingProgram { program: SOCK_OPS })?;
+        .map_err(|_| BpfError::MissingProgram { program })?;
     let failed = |reason: String| {
         Ok(Propagation::Failed {
             cgroup: Some(cgroup.clone()),
@@ -887,7 +925,8 @@ fn attach_sock_ops(ebpf: &mut Ebpf, cgroup: Option<PathBuf>) -> Result<Propagati
         })
     };
     if let Err(e) = prog.load() {
-        return failed(format!("load: {}", verifier::load_failure(SOCK_OPS, &e)));
+        let reason = verifier::load_failure(program, &e);
+        return failed(format!("load: {}", caps::net_admin_hint(&reason)));
     }
     let dir = match std::fs::File::open(&cgroup) {
         Ok(dir) => dir,
@@ -921,11 +960,9 @@ fn attach_inject(ebpf: &mut Ebpf) -> Result<(Injection, Option<ClientSocks>), Bp
             program: INJECT_WRITE,
         })?;
     if let Err(e) = write.load() {
+        let reason = verifier::load_failure(INJECT_WRITE, &e);
         return Ok((
-            Injection::Failed(format!(
-                "load: {}",
-                verifier::load_failure(INJECT_WRITE, &e)
-            )),
+            Injection::Failed(format!("load: {}", caps::net_admin_hint(&reason))),
             None,
         ));
     }
@@ -954,8 +991,9 @@ fn attach_inject(ebpf: &mut Ebpf) -> Result<(Injection, Option<ClientSocks>), Bp
         .try_into()
         .map_err(|_| BpfError::MissingProgram { program: INJECT })?;
     if let Err(e) = prog.load() {
+        let reason = verifier::load_failure(INJECT, &e);
         return Ok((
-            Injection::Failed(format!("load: {}", verifier::load_failure(INJECT, &e))),
+            Injection::Failed(format!("load: {}", caps::net_admin_hint(&reason))),
             None,
         ));
     }
