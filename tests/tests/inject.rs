@@ -333,3 +333,144 @@ fn requests_leave_byte_for_byte_but_for_the_one_header_added() {
     assert_eq!(stat(&s1, "kernel_inject_had_traceparent"), 1, "{report}");
     assert_eq!(stat(&s1, "kernel_inject_failed"), 0, "{report}");
 }
+
+/// The added header's (trace id, span id) in each connection the recording server wrote down.
+fn headers_received(out: &std::path::Path) -> Vec<(String, String)> {
+    received(out)
+        .iter()
+        .flat_map(|r| strip_added(r).1)
+        .map(|(_, trace, span)| (trace, span))
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root and eBPF; run by cargo xtask test"]
+fn on_one_host_the_added_header_gives_way_to_the_same_host_rules() {
+    // Everything on host 1, traced by its ztrace: curl → a (Python) → a recording server.
+    let hosts = Hosts::two();
+    let h1 = hosts.get(0);
+    let mut otlp = OtlpReceiver::start();
+    let z1 = agent(h1, &otlp);
+    let dir = TempDir::new("inject-local");
+    let out = dir.join("received.txt");
+    let rec_port = free_port();
+    let mut cmd = h1.command(python());
+    cmd.arg("-u")
+        .arg(fixture("rawhttp.py"))
+        .args([
+            "server",
+            "--bind",
+            &h1.addr.to_string(),
+            "--port",
+            &rec_port.to_string(),
+            "--out",
+        ])
+        .arg(&out)
+        .env("OTEL_SERVICE_NAME", "rec");
+    let mut rec = Proc::spawn("recording server", &mut cmd);
+    rec.wait_for_stdout("ready", READY);
+    let a_port = free_port();
+    let mut cmd = h1.command(python());
+    cmd.arg("-u")
+        .arg(fixture("xhost.py"))
+        .args([
+            "server",
+            "--bind",
+            &h1.addr.to_string(),
+            "--port",
+            &a_port.to_string(),
+            "--call",
+            &h1.url(rec_port, "/rec"),
+        ])
+        .env("OTEL_SERVICE_NAME", "a");
+    let mut a = Proc::spawn("a", &mut cmd);
+    a.wait_for_stdout("ready", READY);
+    let body = dir.join("body");
+    std::fs::write(&body, vec![b'x'; 5000]).expect("body");
+    // First a request without a header, then one with an application's header (an SDK's):
+    // the kernel does not read headers, so a's call carries the kernel's own trace on the
+    // wire, while the thread rule puts the call in the header's trace.
+    const APP_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let app_header = format!("traceparent: 00-{APP_TRACE}-00f067aa0ba902b7-01");
+    for header in [None, Some(app_header.as_str())] {
+        let mut cmd = h1.command("curl");
+        cmd.args(["-sS", "-o", "/dev/null", "-w", "%{http_code}\n"]);
+        if let Some(h) = header {
+            cmd.args(["-H", h]);
+        }
+        cmd.arg("--data-binary")
+            .arg(format!("@{}", body.display()))
+            .arg(h1.url(a_port, "/a"));
+        let mut curl = Proc::spawn("curl", &mut cmd);
+        assert!(
+            curl.wait_exit(READY).is_some_and(|s| s.success()),
+            "curl failed: {}",
+            curl.describe()
+        );
+        assert_eq!(curl.stdout_lines(), ["200"], "{}", curl.describe());
+    }
+    let deadline = std::time::Instant::now() + READY;
+    while headers_received(&out).len() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let headers = headers_received(&out);
+    let wanted = |s: &OtlpSpan| {
+        matches!(
+            (s.resource_str("service.name"), s.kind()),
+            (Some("a"), Some(CLIENT)) | (Some("rec"), Some(SERVER))
+        )
+    };
+    let spans = otlp.wait_for_spans(4, wanted, SPANS);
+    drop((a, rec));
+    let s1 = z1.stop();
+    let report = format!("{spans:#?}\nheaders {headers:?}\nhost 1: {:?}", s1.stats);
+    assert_eq!(
+        headers.len(),
+        2,
+        "the recording server saw both added headers:\n{report}"
+    );
+    let calls: Vec<&OtlpSpan> = spans.iter().filter(|s| s.kind() == Some(CLIENT)).collect();
+    assert_eq!(calls.len(), 2, "{report}");
+    for call in calls {
+        let span_id = call.span_id().expect("span id");
+        // The header's span id is the CLIENT span's: the server's parent.
+        let (wire_trace, _) = headers
+            .iter()
+            .find(|(_, s)| s == span_id)
+            .unwrap_or_else(|| panic!("no header names the call {span_id}:\n{report}"));
+        let server = spans
+            .iter()
+            .find(|s| s.kind() == Some(SERVER) && parent(s) == Some(span_id))
+            .unwrap_or_else(|| panic!("no rec span is the child of {span_id}:\n{report}"));
+        assert_eq!(server.trace_id(), call.trace_id(), "one trace:\n{report}");
+        assert_eq!(
+            server.attr_str("ztrace.link"),
+            Some("connection"),
+            "the added header is not the application's:\n{report}"
+        );
+        // The head grew by the header, the body did not.
+        assert_eq!(
+            server.attr_i64("http.request.body.size"),
+            Some(5000),
+            "{report}"
+        );
+        assert_eq!(
+            call.attr_i64("http.request.body.size"),
+            Some(5000),
+            "{report}"
+        );
+        if call.trace_id() == Some(APP_TRACE) {
+            // The thread rule chose the application's trace; the wire has the kernel's.
+            assert_ne!(wire_trace, APP_TRACE, "{report}");
+        } else {
+            // No rule overrode the kernel: the wire's ids are exactly the span's.
+            assert_eq!(call.trace_id(), Some(wire_trace.as_str()), "{report}");
+        }
+    }
+    assert!(
+        spans.iter().any(|s| s.trace_id() == Some(APP_TRACE)),
+        "the second call joined the application's trace:\n{report}"
+    );
+    assert_eq!(stat(&s1, "propagation_trace_mismatch"), 1, "{report}");
+    assert!(stat(&s1, "kernel_inject_added") >= 2, "{report}");
+}
