@@ -67,8 +67,7 @@ pub const SOCKET_MAP_REFUSED: &str = "the kernel creates its socket map (BPF_MAP
 /// only with `CAP_NET_ADMIN` or `CAP_SYS_ADMIN`. Says so after `reason` when this process has
 /// neither; `reason` as it is otherwise.
 pub fn net_admin_hint(reason: &str) -> String {
-    let lacks = Caps::current()
-        .is_some_and(|c| !c.has(CAP_NET_ADMIN) && !c.has(CAP_SYS_ADMIN));
+    let lacks = Caps::current().is_some_and(|c| !c.has(CAP_NET_ADMIN) && !c.has(CAP_SYS_ADMIN));
     if lacks && reason.contains("Operation not permitted") {
         format!("{reason} (the kernel loads network programs only with CAP_NET_ADMIN or CAP_SYS_ADMIN: add CAP_NET_ADMIN)")
     } else {

@@ -457,7 +457,7 @@ pub fn start(
                             BpfError::MissingCapability(caps::SECCOMP_REFUSED)
                         }
                         _ => BpfError::Load(e),
-                    })
+                    });
                 }
             }
         }
@@ -490,14 +490,18 @@ pub fn start(
             None => SOCK_OPS,
             Some(_) => SOCK_OPS_OPTION,
         };
-        attach_sock_ops(&mut ebpf, program, selection.cgroup.clone().or_else(cgroup_v2_root))?
+        attach_sock_ops(
+            &mut ebpf,
+            program,
+            selection.cgroup.clone().or_else(cgroup_v2_root),
+        )?
     } else {
         Propagation::Off
     };
     let (injection, client_socks) = match (&propagation, socket_map_refused) {
         (Propagation::Off, _) => (Injection::Off("--propagate=off"), None),
-        (Propagation::Failed { .. }, _) => (Injection::Off("sock_ops is not attached"), None),
-        (Propagation::On { .. }, Some(reason)) => (Injection::Failed(reason.to_owned()), None),
+        (_, Some(reason)) => (Injection::Failed(reason.to_owned()), None),
+        (Propagation::Failed { .. }, None) => (Injection::Off("sock_ops is not attached"), None),
         (Propagation::On { .. }, None) if empty_programs => {
             (Injection::Off("--empty-programs"), None)
         }

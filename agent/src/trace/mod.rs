@@ -950,8 +950,7 @@ impl Tracer {
                 let header_is_ours = header_agrees
                     || ids.added_header
                     || (ids.link == Link::Connection && span.parent_span_id == ids.parent);
-                if header_is_ours
-                    || !(link_of(&span) == Some("header") && ids.link != Link::Header)
+                if header_is_ours || !(link_of(&span) == Some("header") && ids.link != Link::Header)
                 {
                     span.trace_id = ids.trace_id;
                     span.parent_span_id = ids.parent;
