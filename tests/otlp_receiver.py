@@ -132,6 +132,7 @@ def main():
     parser.add_argument("--http-port", type=int, required=True)
     parser.add_argument("--out", required=True, help="file to append one JSON line per span to")
     parser.add_argument("--fail-first", type=int, default=0, help="fail this many export requests first")
+    parser.add_argument("--grpc-unix", help="also listen for OTLP gRPC on this Unix socket (reachable from any network namespace)")
     args = parser.parse_args()
     state["out"] = open(args.out, "a", encoding="utf-8")
     state["fail_left"] = args.fail_first
@@ -140,6 +141,8 @@ def main():
     svc_grpc.add_TraceServiceServicer_to_server(TraceService(), server)
     if server.add_insecure_port(f"127.0.0.1:{args.grpc_port}") == 0:
         sys.exit(f"cannot listen on 127.0.0.1:{args.grpc_port} (gRPC)")
+    if args.grpc_unix and server.add_insecure_port(f"unix:{args.grpc_unix}") == 0:
+        sys.exit(f"cannot listen on {args.grpc_unix} (gRPC)")
     server.start()
     httpd = ThreadingHTTPServer(("127.0.0.1", args.http_port), HttpHandler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()

@@ -73,7 +73,9 @@ counters! {
     /// (`ztrace.link=tcp_option`).
     spans_linked_tcp_option,
     /// Client spans linked to a server span by this agent whose kernel-born trace id (the one
-    /// sent to the receiving host) was another: that host's part of the trace splits off.
+    /// sent to the receiving host, in the TCP option and the added `traceparent`) was another:
+    /// that host's part of the trace splits off (a traced server on this host follows the
+    /// client span instead).
     propagation_trace_mismatch,
     /// Inputs of trace assembly handled before their hold-back window ended (too many waiting).
     link_window_overflow,

@@ -4,7 +4,8 @@
 //! `filter` (which processes are traced), `sock` (fd → TCP socket and its 4-tuple), `emit`
 //! (events into the ring buffer), `syscalls/` (one file per syscall family), `tls/` (uprobes on
 //! TLS libraries), `go/` (goroutines of Go programs), `exec` (new programs, for the agent to
-//! probe), `stack` (user stacks of client requests) and `floor` (empty programs for the
+//! probe), `propagate`/`sockops`/`inject` (trace context carried to other hosts: ids, the
+//! TCP option, the `traceparent` header), `stack` (user stacks of client requests) and `floor` (empty programs for the
 //! benchmark's floor).
 #![no_std]
 #![no_main]
@@ -16,6 +17,7 @@ mod exec;
 mod filter;
 mod floor;
 mod go;
+mod inject;
 mod maps;
 mod propagate;
 mod sock;

@@ -328,4 +328,5 @@ pub fn on_close(sk: u64) {
     let flow = sock::flow_of(sk);
     let _ = TX_CTX.remove(&flow);
     let _ = RX_CTX.remove(&flow);
+    let _ = crate::inject::INJECT_STATE.remove(&flow);
 }

@@ -9,6 +9,9 @@
 //! option with ztrace's ExID on a segment is stored in `RX_CTX` for the server request that
 //! the next read starts. No application byte changes; a middlebox that strips unknown options
 //! makes the receiving request start a new trace (`Counter::PropagateServerNoContext`).
+//!
+//! Client connections, once established, also go into `inject::CLIENT_SOCKS` (when the agent
+//! attached the `sk_msg` program that adds `traceparent` to their HTTP/1 requests).
 
 use aya_ebpf::{
     helpers::generated::{bpf_load_hdr_opt, bpf_reserve_hdr_opt, bpf_store_hdr_opt},
@@ -18,6 +21,7 @@ use aya_ebpf::{
 use ztrace_common::{tcp_option, Counter};
 
 use crate::{
+    inject,
     maps::count,
     propagate::{RxCtx, WireCtx, RX_CTX, TX_CTX},
     sock::FlowKey,
@@ -54,15 +58,38 @@ struct WireOption {
 }
 const _: () = assert!(core::mem::size_of::<WireOption>() == tcp_option::LEN);
 
-/// `sock_ops` program of the traced cgroup.
+/// `sock_ops` program of the traced cgroup, which also puts client sockets in
+/// `inject::CLIENT_SOCKS` (the agent loads it when that socket map could be created).
 #[sock_ops]
 pub fn zt_sockops(ctx: SockOpsContext) -> u32 {
+    sock_ops(&ctx, true)
+}
+
+/// The same without the socket map (which the kernel creates only with `CAP_NET_ADMIN`): the
+/// TCP option only. It names no `CLIENT_SOCKS`, so it loads when that map is a stand-in.
+#[sock_ops]
+pub fn zt_sockops_option(ctx: SockOpsContext) -> u32 {
+    sock_ops(&ctx, false)
+}
+
+#[inline(always)]
+fn sock_ops(ctx: &SockOpsContext, with_inject: bool) -> u32 {
     match ctx_u32!(ctx, op) {
-        OP_ACTIVE_ESTABLISHED | OP_PASSIVE_ESTABLISHED | OP_TCP_LISTEN => {
+        OP_ACTIVE_ESTABLISHED => {
+            let _ = ctx.set_cb_flags(ctx_u32!(ctx, bpf_sock_ops_cb_flags) as i32 | FLAG_WRITE_HDR_OPT | FLAG_PARSE_UNKNOWN_HDR_OPT);
+            if with_inject && inject::on() {
+                let mut key = flow(ctx);
+                // SAFETY: `ops` is this program's context, as the helper wants it.
+                if inject::CLIENT_SOCKS.update(&mut key, unsafe { &mut *ctx.ops }, 0).is_err() {
+                    count(Counter::InjectSockMapFull);
+                }
+            }
+        }
+        OP_PASSIVE_ESTABLISHED | OP_TCP_LISTEN => {
             let _ = ctx.set_cb_flags(ctx_u32!(ctx, bpf_sock_ops_cb_flags) as i32 | FLAG_WRITE_HDR_OPT | FLAG_PARSE_UNKNOWN_HDR_OPT);
         }
         OP_HDR_OPT_LEN => {
-            let flow = flow(&ctx);
+            let flow = flow(ctx);
             // SAFETY: only tested for presence.
             if unsafe { TX_CTX.get(&flow) }.is_some() {
                 // SAFETY: ctx is this program's context; the helper checks the length.
@@ -72,7 +99,7 @@ pub fn zt_sockops(ctx: SockOpsContext) -> u32 {
             }
         }
         OP_WRITE_HDR_OPT => {
-            let flow = flow(&ctx);
+            let flow = flow(ctx);
             // SAFETY: copied out at once.
             let Some(c) = (unsafe { TX_CTX.get(&flow) }).copied() else { return 1 };
             let opt = WireOption {
@@ -96,7 +123,7 @@ pub fn zt_sockops(ctx: SockOpsContext) -> u32 {
             // for kind 254 with the ExID in bytes 2..4 and copies the whole option there.
             let n = unsafe { bpf_load_hdr_opt(ctx.ops.cast(), core::ptr::addr_of_mut!(opt).cast(), tcp_option::LEN as u32, 0) };
             if n == tcp_option::LEN as i64 && opt.span_id != [0; 8] {
-                let flow = flow(&ctx);
+                let flow = flow(ctx);
                 let fresh = WireCtx { trace_id: opt.trace_id, span_id: opt.span_id };
                 // SAFETY: copied out at once.
                 let same = unsafe { RX_CTX.get(&flow) }.is_some_and(|r| r.ctx.span_id == fresh.span_id);

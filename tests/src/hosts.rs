@@ -1,5 +1,6 @@
 //! Simulated hosts on one machine, for tests of traces that cross hosts: each host is a
-//! network namespace (joined to the others by a veth pair, iproute2) and a cgroup v2 directory
+//! network namespace (joined to the other by a veth pair, or to the others by a bridge in a
+//! namespace of its own; iproute2) and a cgroup v2 directory
 //! that its processes are put in, so that one ztrace per host (`--cgroup`) traces only that
 //! host's processes. One kernel runs them all, as containers on one node would share it.
 //!
@@ -20,9 +21,11 @@ pub struct Host {
     pub addr: Ipv4Addr,
 }
 
-/// Two hosts joined by a veth pair.
+/// Hosts joined by a veth pair (two) or by a bridge (more).
 pub struct Hosts {
     pub hosts: Vec<Host>,
+    /// The network namespace of the bridge that joins more than two hosts.
+    switch: Option<String>,
 }
 
 /// The mount point of the cgroup v2 hierarchy (`/sys/fs/cgroup` on v2 hosts, its `unified`
@@ -59,10 +62,47 @@ impl Hosts {
     /// Two hosts, `10.231.N.1` and `10.231.N.2` on a veth pair (N from the pid).
     pub fn two() -> Hosts {
         let id = std::process::id();
+        let hosts = Hosts::unlinked(2);
+        let (a, b) = (format!("zth{id}a"), format!("zth{id}b"));
+        ip(&["link", "add", &a, "type", "veth", "peer", "name", &b]);
+        for (host, link) in hosts.hosts.iter().zip([&a, &b]) {
+            host.attach(link);
+        }
+        hosts
+    }
+
+    /// `n` hosts, `10.231.N.1` to `10.231.N.n`, each joined by a veth pair to one bridge (a
+    /// switch) in a network namespace of its own.
+    pub fn many(n: u8) -> Hosts {
+        let id = std::process::id();
+        let mut hosts = Hosts::unlinked(n);
+        let switch = format!("zth{id}-sw");
+        let _ = Command::new("ip").args(["netns", "del", &switch]).output();
+        ip(&["netns", "add", &switch]);
+        hosts.switch = Some(switch.clone());
+        ip(&["-n", &switch, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &switch, "link", "set", "br0", "up"]);
+        for (i, host) in hosts.hosts.iter().enumerate() {
+            let (h, s) = (format!("zth{id}h{i}"), format!("zth{id}s{i}"));
+            ip(&["link", "add", &h, "type", "veth", "peer", "name", &s]);
+            ip(&["link", "set", &s, "netns", &switch]);
+            ip(&["-n", &switch, "link", "set", &s, "master", "br0"]);
+            ip(&["-n", &switch, "link", "set", &s, "up"]);
+            host.attach(&h);
+        }
+        hosts
+    }
+
+    /// `n` namespaces and cgroups, not linked yet.
+    fn unlinked(n: u8) -> Hosts {
+        let id = std::process::id();
         let net = (id % 250) as u8;
         let root = cgroup_v2_root();
-        let mut hosts = Hosts { hosts: Vec::new() };
-        for i in 1..=2u8 {
+        let mut hosts = Hosts {
+            hosts: Vec::new(),
+            switch: None,
+        };
+        for i in 1..=n {
             let netns = format!("zth{id}-{i}");
             let _ = Command::new("ip").args(["netns", "del", &netns]).output();
             ip(&["netns", "add", &netns]);
@@ -76,22 +116,6 @@ impl Hosts {
                 addr: Ipv4Addr::new(10, 231, net, i),
             });
         }
-        let (a, b) = (format!("zth{id}a"), format!("zth{id}b"));
-        ip(&["link", "add", &a, "type", "veth", "peer", "name", &b]);
-        for (host, link) in hosts.hosts.iter().zip([&a, &b]) {
-            ip(&["link", "set", link, "netns", &host.netns]);
-            ip(&[
-                "-n",
-                &host.netns,
-                "addr",
-                "add",
-                &format!("{}/24", host.addr),
-                "dev",
-                link,
-            ]);
-            ip(&["-n", &host.netns, "link", "set", link, "up"]);
-            ip(&["-n", &host.netns, "link", "set", "lo", "up"]);
-        }
         hosts
     }
 
@@ -101,6 +125,22 @@ impl Hosts {
 }
 
 impl Host {
+    /// Moves the veth end `link` into this host and gives it the host's address.
+    fn attach(&self, link: &str) {
+        ip(&["link", "set", link, "netns", &self.netns]);
+        ip(&[
+            "-n",
+            &self.netns,
+            "addr",
+            "add",
+            &format!("{}/24", self.addr),
+            "dev",
+            link,
+        ]);
+        ip(&["-n", &self.netns, "link", "set", link, "up"]);
+        ip(&["-n", &self.netns, "link", "set", "lo", "up"]);
+    }
+
     /// `program args...` as a process of this host: put in its cgroup, then run in its network
     /// namespace (the same process: `sh` writes its pid to `cgroup.procs`, then execs).
     pub fn command(&self, program: impl AsRef<Path>) -> Command {
@@ -133,6 +173,9 @@ impl Host {
 
 impl Drop for Hosts {
     fn drop(&mut self) {
+        if let Some(switch) = &self.switch {
+            let _ = Command::new("ip").args(["netns", "del", switch]).output();
+        }
         for host in &self.hosts {
             let _ = Command::new("ip")
                 .args(["netns", "del", &host.netns])

@@ -84,6 +84,7 @@ pub struct OtlpReceiver {
     pub grpc_port: u16,
     pub http_port: u16,
     out: PathBuf,
+    unix: PathBuf,
     _dir: TempDir,
 }
 
@@ -100,6 +101,7 @@ impl OtlpReceiver {
         assert!(script.is_file(), "{} is missing", script.display());
         let dir = TempDir::new("otlp");
         let out = dir.join("spans.jsonl");
+        let unix = dir.join("otlp.sock");
         let (grpc_port, http_port) = (free_port(), free_port());
         let mut cmd = Command::new(python());
         cmd.arg("-u")
@@ -111,8 +113,10 @@ impl OtlpReceiver {
                 &http_port.to_string(),
                 "--fail-first",
                 &fail_first.to_string(),
-                "--out",
+                "--grpc-unix",
             ])
+            .arg(&unix)
+            .arg("--out")
             .arg(&out);
         let mut proc = Proc::spawn("otlp receiver", &mut cmd);
         proc.wait_for_stdout("ready", Duration::from_secs(30));
@@ -121,6 +125,7 @@ impl OtlpReceiver {
             grpc_port,
             http_port,
             out,
+            unix,
             _dir: dir,
         }
     }
@@ -128,6 +133,12 @@ impl OtlpReceiver {
     /// `http://127.0.0.1:<grpc port>`.
     pub fn grpc_endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.grpc_port)
+    }
+
+    /// `unix:///<its temp dir>/otlp.sock`: OTLP gRPC on a Unix socket, which an exporter in
+    /// another network namespace (a simulated host) reaches too.
+    pub fn grpc_unix_endpoint(&self) -> String {
+        format!("unix://{}", self.unix.display())
     }
 
     /// `http://127.0.0.1:<http port>`.

@@ -364,6 +364,17 @@ fn check_supported(series: &str) {
         "something failed on Linux {series}x:\n{}",
         guest.describe()
     );
+    // The optional trace-context programs passed this kernel's verifier too.
+    for line in [
+        "ok    optional  sock_ops on cgroup",
+        "ok    optional  sk_msg on client sockets: traceparent added",
+    ] {
+        assert!(
+            guest.log.contains(line),
+            "Linux {series}x: no `{line}` line:\n{}",
+            guest.describe()
+        );
+    }
     assert_eq!(
         guest.status("ztrace_exit"),
         Some("0"),

@@ -912,6 +912,35 @@ fn a_missing_capability_is_said_in_one_sentence() {
         stderr.contains("without CAP_SYS_ADMIN the kernel refuses uprobes"),
         "{stderr}"
     );
+    // NET_ADMIN is there: the socket map was made (whatever else keeps sock_ops off here).
+    assert!(!stderr.contains("CAP_NET_ADMIN"), "{stderr}");
+    drop(agent);
+    // Without NET_ADMIN as well, the kernel creates no socket map and loads no network
+    // program: ztrace starts all the same, and its attach table names the capability.
+    let mut agent = without(
+        &["SYS_ADMIN", "NET_ADMIN"],
+        &["--security-opt=seccomp=unconfined"],
+    );
+    agent
+        .proc
+        .wait_for_stderr("ztrace is ready", Duration::from_secs(180));
+    let stderr = agent.proc.stderr();
+    let line = |program: &str| {
+        stderr
+            .lines()
+            .find(|l| l.contains(&format!("optional  {program}")))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    // (sock_ops fails too: for the capability, or, in this container, for want of a cgroup v2
+    // hierarchy to attach to.)
+    let (sk_msg, sock_ops) = (line("sk_msg"), line("sock_ops"));
+    assert!(
+        sk_msg.starts_with("  FAIL") && sk_msg.contains("only with CAP_NET_ADMIN"),
+        "{stderr}"
+    );
+    assert!(sock_ops.starts_with("  FAIL"), "{stderr}");
+    assert!(!stderr.contains("seccomp"), "{stderr}");
     drop(agent);
     let mut agent = without(&["SYS_PTRACE"], &[]);
     agent

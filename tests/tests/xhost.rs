@@ -5,9 +5,11 @@
 //! The chain A (host 1) → B (host 2) → C (host 1), Python HTTP/1 services each calling the next
 //! with the body they received: one trace whose tree is the one a single host would give, the
 //! links across hosts made by the TCP option (`ztrace.link=tcp_option`), and every server
-//! receiving the exact bytes sent (a SHA-256 per hop). With `--propagate=off`, or with a
-//! "middlebox" that strips the option (iptables TCPOPTSTRIP in host 2), host 2's part of the
-//! trace splits off, and host 2's kernel counts the request that came without a context.
+//! receiving the exact bytes sent (a SHA-256 per hop). With `--propagate=off` host 2's part of
+//! the trace splits off; a "middlebox" that strips the option (iptables TCPOPTSTRIP in host 2)
+//! is counted by host 2's kernel (a request without a context), and the `traceparent` host 1's
+//! kernel added to the plaintext request still joins b to the trace. The same chain also runs
+//! over three hosts (A → B → C, a bridge between them).
 
 use std::path::Path;
 use std::time::Duration;
@@ -336,6 +338,82 @@ fn chain_across_two_hosts_is_one_trace(middle: Middle) {
     assert_eq!(stat(&s2, "spans_linked_tcp_option"), 1, "{:?}", s2.stats);
 }
 
+/// A (host 1) → B (host 2) → C (host 3), Python services, each host with its own ztrace: one
+/// trace, both host boundaries crossed by the TCP option (the `traceparent` each client's
+/// kernel added says the same and leaves the link to the option), every body byte-exact.
+#[test]
+#[ignore = "needs root and eBPF; run by cargo xtask test"]
+fn a_chain_across_three_hosts_is_one_trace() {
+    let hosts = Hosts::many(3);
+    let (h1, h2, h3) = (hosts.get(0), hosts.get(1), hosts.get(2));
+    let mut otlp = OtlpReceiver::start();
+    let agents: Vec<Ztrace> = [h1, h2, h3].iter().map(|h| agent(h, &otlp, &[])).collect();
+    let (pa, pb, pc) = (free_port(), free_port(), free_port());
+    let c = service(h3, "c", pc, &[], None);
+    let b = service(h2, "b", pb, &[h3.url(pc, "/c")], None);
+    let a = service(h1, "a", pa, &[h2.url(pb, "/b")], None);
+    let (answer, sent) = request(h1, &h1.url(pa, "/a"), 50_000);
+    assert_eq!(
+        answer,
+        [sent.clone(), sent.clone(), sent],
+        "every hop received the exact body sent"
+    );
+    let spans = chain_spans(&mut otlp);
+    drop((a, b, c));
+    let stats: Vec<_> = agents.into_iter().map(Ztrace::stop).collect();
+    let report = format!(
+        "{spans:#?}\n{:#?}",
+        stats.iter().map(|s| &s.stats).collect::<Vec<_>>()
+    );
+    assert_eq!(spans.len(), 6, "six spans:\n{report}");
+    let trace = spans[0].trace_id();
+    assert!(
+        spans.iter().all(|s| s.trace_id() == trace),
+        "one trace:\n{report}"
+    );
+    let client = find(&spans, "client", CLIENT);
+    let a_server = find(&spans, "a", SERVER);
+    let a_client = find(&spans, "a", CLIENT);
+    let b_server = find(&spans, "b", SERVER);
+    let b_client = find(&spans, "b", CLIENT);
+    let c_server = find(&spans, "c", SERVER);
+    for (child, parent_span, link) in [
+        (a_server, client, "connection"),
+        (a_client, a_server, "thread"),
+        (b_server, a_client, "tcp_option"),
+        (b_client, b_server, "thread"),
+        (c_server, b_client, "tcp_option"),
+    ] {
+        assert_eq!(
+            parent(child),
+            parent_span.span_id(),
+            "parent of {:?}:\n{report}",
+            who(child)
+        );
+        assert_eq!(
+            child.attr_str("ztrace.link"),
+            Some(link),
+            "link of {:?}:\n{report}",
+            who(child)
+        );
+    }
+    let stat = |s: &ztrace_e2e::ztrace::Stopped, k: &str| {
+        s.stats
+            .as_ref()
+            .and_then(|m| m.get(k))
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0)
+    };
+    // Hosts 1 and 2 each sent one request to the next host, with the header added.
+    for (i, s) in stats.iter().enumerate().take(2) {
+        assert!(
+            stat(s, "kernel_inject_added") >= 1,
+            "host {} added a traceparent:\n{report}",
+            i + 1
+        );
+    }
+}
+
 /// The split that the chain test above would show without propagation.
 fn assert_host2_split(spans: &[OtlpSpan]) {
     let report = format!("{spans:#?}");
@@ -376,7 +454,7 @@ fn without_propagation_the_trace_splits_at_the_host_boundary() {
 
 #[test]
 #[ignore = "needs root and eBPF; run by cargo xtask test"]
-fn a_middlebox_that_strips_the_option_splits_the_trace_and_is_counted() {
+fn a_middlebox_that_strips_the_option_is_counted_and_the_added_header_still_joins() {
     let hosts = Hosts::two();
     // Host 2's firewall removes TCP option 254 from every segment it receives.
     hosts.get(1).exec(
@@ -405,7 +483,18 @@ fn a_middlebox_that_strips_the_option_splits_the_trace_and_is_counted() {
         "stripping options changes no byte"
     );
     let spans = chain_spans(&mut otlp);
-    assert_host2_split(&spans);
+    // The option is gone, but host 1's kernel also added a traceparent to a's plaintext
+    // request: b's span joins a's trace by that header (HTTPS or any other protocol would
+    // split here, as `without_propagation...` shows).
+    let a_client = find(&spans, "a", CLIENT);
+    let b_server = find(&spans, "b", SERVER);
+    assert_eq!(b_server.trace_id(), a_client.trace_id(), "{spans:#?}");
+    assert_eq!(parent(b_server), a_client.span_id(), "{spans:#?}");
+    assert_eq!(
+        b_server.attr_str("ztrace.link"),
+        Some("header"),
+        "{spans:#?}"
+    );
     // Host 1 still receives c's context from b.
     let c_server = find(&spans, "c", SERVER);
     assert_eq!(

@@ -103,6 +103,8 @@ pub struct Only {
     pub fuzz: bool,
     /// Redis under `redis-benchmark -P 16`.
     pub redis: bool,
+    /// nginx with propagation on and off.
+    pub propagation: bool,
     /// The example under gunicorn: untraced, OpenTelemetry's Python SDK, ztrace.
     pub sdk: bool,
     /// gRPC under h2load.
@@ -145,6 +147,17 @@ pub fn bench(agent_args: &[String], only: Only) -> Result<()> {
     }
     if only.modes {
         return modes::modes_bench(&ztrace);
+    }
+    if only.propagation {
+        let dir = TempDir::new("bench");
+        let nginx = bench_nginx(None);
+        let url = format!("http://127.0.0.1:{}/index.html", nginx.port.unwrap_or(0));
+        say!(
+            "nginx (pid {}) serving {url}; warming up...",
+            nginx.proc.pid()
+        );
+        wrk(&url, &["-t2", "-c32", "-d2s"])?;
+        return propagation_bench(&ztrace, &agent_args, dir.path(), &url);
     }
     if only.sdk {
         return sdk::sdk_bench(&ztrace);
@@ -226,7 +239,8 @@ fn fuzz_bench() -> Result<()> {
 
 /// What carrying trace context costs (README "Traces across hosts"): nginx under wrk, traced,
 /// in alternating pairs with `--propagate=off` then `on` (the default): the median throughput
-/// ratio on/off, the agent's CPU and how many segments carried the option. wrk and nginx are
+/// ratio on/off, the agent's CPU, how many segments carried the option and how many requests
+/// got a `traceparent` header. wrk and nginx are
 /// on one host, so every request is both sent with a context and received with one.
 fn propagation_bench(ztrace: &Path, agent_args: &[String], dir: &Path, url: &str) -> Result<()> {
     let base: Vec<String> = agent_args
@@ -235,7 +249,7 @@ fn propagation_bench(ztrace: &Path, agent_args: &[String], dir: &Path, url: &str
         .cloned()
         .collect();
     let (mut off, mut on) = (Vec::new(), Vec::new());
-    let mut written = 0;
+    let (mut written, mut injected) = (0, 0);
     for pair in 1..=PAIRS {
         for (setting, rates) in [("off", &mut off), ("on", &mut on)] {
             say!("propagation pair {pair}/{PAIRS}: --propagate={setting}...");
@@ -248,11 +262,9 @@ fn propagation_bench(ztrace: &Path, agent_args: &[String], dir: &Path, url: &str
                 run.agent.as_ref().map_or(0.0, |a| a.cpu_seconds_per_second)
             );
             if setting == "on" {
-                written += run
-                    .agent
-                    .as_ref()
-                    .and_then(|a| a.stats.as_ref())
-                    .map_or(0, |s| counter(s, "kernel_propagate_option_written"));
+                let stats = run.agent.as_ref().and_then(|a| a.stats.as_ref());
+                written += stats.map_or(0, |s| counter(s, "kernel_propagate_option_written"));
+                injected += stats.map_or(0, |s| counter(s, "kernel_inject_added"));
             }
             rates.push(run.requests_per_sec);
         }
@@ -260,7 +272,7 @@ fn propagation_bench(ztrace: &Path, agent_args: &[String], dir: &Path, url: &str
     if let (Some(off), Some(on)) = (median(&off), median(&on)) {
         println!();
         println!(
-            "propagation: median {on:.0} requests/s with --propagate=on, {off:.0} with off: ratio {:.3}; {written} segments carried the option",
+            "propagation: median {on:.0} requests/s with --propagate=on, {off:.0} with off: ratio {:.3}; {written} segments carried the option, {injected} requests got a traceparent",
             on / off
         );
         println!(

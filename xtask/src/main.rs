@@ -97,6 +97,10 @@ enum Command {
         /// Only Redis under `redis-benchmark -P 16` (pipelined SET and GET).
         #[arg(long)]
         redis: bool,
+        /// Only the nginx load with trace-context propagation (TCP option and traceparent
+        /// header) on and off, in alternating pairs.
+        #[arg(long)]
+        propagation: bool,
         /// Only the comparison with OpenTelemetry's zero-code Python instrumentation (the
         /// example as Flask apps under gunicorn: untraced, with the SDK, with ztrace).
         #[arg(long)]
@@ -140,6 +144,7 @@ fn main() -> Result<()> {
             modes,
             fuzz,
             redis,
+            propagation,
             sdk,
             grpc,
             faults,
@@ -152,6 +157,7 @@ fn main() -> Result<()> {
                 modes,
                 fuzz,
                 redis,
+                propagation,
                 sdk,
                 grpc,
                 faults,

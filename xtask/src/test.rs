@@ -89,6 +89,8 @@ const VENV_PACKAGES: &[&str] = &[
     "opentelemetry-distro",
     "opentelemetry-exporter-otlp",
     "opentelemetry-instrumentation-urllib",
+    // The SDK-instrumented service of the traceparent interop test (tests/tests/inject.rs).
+    "opentelemetry-instrumentation-wsgi",
     // Cache and messaging clients (tests/tests/redis.rs, memcached.rs, nats.rs).
     "redis",
     "pymemcache",
@@ -97,7 +99,7 @@ const VENV_PACKAGES: &[&str] = &[
 /// npm packages of the tests, installed under `target/test-npm` (the tests find them through
 /// `ZTRACE_NODE_MODULES`): Node's gRPC (tests/tests/grpc.rs). Each with a file that proves it is there.
 const NPM_PACKAGES: &[(&str, &str)] = &[("@grpc/grpc-js@1.14", "@grpc/grpc-js/package.json")];
-const VENV_CHECK: &str = "import grpc, opentelemetry.proto, opentelemetry.distro, opentelemetry.exporter.otlp.proto.grpc, opentelemetry.instrumentation.urllib, redis, pymemcache, nats";
+const VENV_CHECK: &str = "import grpc, opentelemetry.proto, opentelemetry.distro, opentelemetry.exporter.otlp.proto.grpc, opentelemetry.instrumentation.urllib, opentelemetry.instrumentation.wsgi, redis, pymemcache, nats";
 
 /// Tests passed and failed over every cargo test run.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

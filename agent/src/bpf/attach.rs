@@ -217,6 +217,9 @@ pub const GO_RETURN: &str = "zt_go_tls_ret";
 
 /// The `sock_ops` program that carries trace context to other hosts in a TCP option.
 pub const SOCK_OPS: &str = "zt_sockops";
+/// The same program without the socket map of `sk_msg` (loaded when the kernel refused that
+/// map: no `CAP_NET_ADMIN`): the TCP option only.
+pub const SOCK_OPS_OPTION: &str = "zt_sockops_option";
 
 /// Whether trace context is carried between hosts (`--propagate`), for the attach table.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -247,6 +250,38 @@ impl Propagation {
                     .as_ref()
                     .map_or_else(|| "-".to_owned(), |c| c.display().to_string())
             ),
+        }
+    }
+}
+
+/// The `sk_msg` program that adds `traceparent` to plaintext HTTP/1 requests.
+pub const INJECT: &str = "zt_inject";
+/// Its second half (the write), reached by a tail call.
+pub const INJECT_WRITE: &str = "zt_inject_write";
+
+/// Whether plaintext HTTP/1 requests get a `traceparent` header (`--propagate`), for the attach
+/// table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Injection {
+    /// `sk_msg` attached to the client sockets that `sock_ops` sees on the traced cgroup.
+    On,
+    /// `--propagate=off`, or `sock_ops` not attached (the sockets would never reach it).
+    Off(&'static str),
+    /// Asked for, but the program could not be loaded or attached.
+    Failed(String),
+}
+
+impl Injection {
+    /// The attach-table line.
+    pub fn line(&self) -> String {
+        const WITHOUT: &str =
+            "an OpenTelemetry SDK receiving a plaintext HTTP/1 request does not continue its trace";
+        match self {
+            Injection::On => "  ok    optional  sk_msg on client sockets: traceparent added to plaintext HTTP/1 requests that carry none".to_owned(),
+            Injection::Off(why) => format!("  off   optional  sk_msg: {why} ({WITHOUT})"),
+            Injection::Failed(reason) => {
+                format!("  FAIL  optional  sk_msg on client sockets: {reason} (without it: {WITHOUT})")
+            }
         }
     }
 }
@@ -334,5 +369,22 @@ mod tests {
         }
         .line();
         assert!(failed.starts_with("  FAIL  optional  sock_ops on cgroup -: no cgroup v2 hierarchy is mounted (without it:"), "{failed}");
+    }
+
+    #[test]
+    fn the_injection_line_says_on_off_or_why_not() {
+        assert!(Injection::On
+            .line()
+            .starts_with("  ok    optional  sk_msg on client sockets: traceparent added"));
+        assert!(Injection::Off("--propagate=off")
+            .line()
+            .starts_with("  off   optional  sk_msg: --propagate=off ("));
+        let failed = Injection::Failed("load: invalid argument".into()).line();
+        assert!(
+            failed.starts_with(
+                "  FAIL  optional  sk_msg on client sockets: load: invalid argument (without it:"
+            ),
+            "{failed}"
+        );
     }
 }

@@ -13,6 +13,7 @@
 
 /// Capability numbers (linux/capability.h).
 pub const CAP_DAC_READ_SEARCH: u32 = 2;
+pub const CAP_NET_ADMIN: u32 = 12;
 pub const CAP_SYS_PTRACE: u32 = 19;
 pub const CAP_SYS_ADMIN: u32 = 21;
 pub const CAP_PERFMON: u32 = 38;
@@ -58,6 +59,21 @@ pub fn missing_required(caps: Caps) -> Option<&'static str> {
 /// default seccomp profiles (Docker's, containerd's, podman's) allow `bpf()` and
 /// `perf_event_open()` only with `CAP_SYS_ADMIN` (measured with podman 4.3).
 pub const SECCOMP_REFUSED: &str = "the bpf() system call was refused although ztrace has CAP_BPF: the container's seccomp profile blocks it (runtimes' default profiles allow bpf() only with CAP_SYS_ADMIN): add CAP_SYS_ADMIN or use an unconfined seccomp profile";
+
+/// Why `sk_msg` is off when the kernel refused its socket map (see `standin`).
+pub const SOCKET_MAP_REFUSED: &str = "the kernel creates its socket map (BPF_MAP_TYPE_SOCKHASH) only with CAP_NET_ADMIN (recent kernels also take CAP_SYS_ADMIN): add CAP_NET_ADMIN to the container's capabilities";
+
+/// A `sock_ops` or `sk_msg` load refused with EPERM: the kernel loads these network programs
+/// only with `CAP_NET_ADMIN` or `CAP_SYS_ADMIN`. Says so after `reason` when this process has
+/// neither; `reason` as it is otherwise.
+pub fn net_admin_hint(reason: &str) -> String {
+    let lacks = Caps::current().is_some_and(|c| !c.has(CAP_NET_ADMIN) && !c.has(CAP_SYS_ADMIN));
+    if lacks && reason.contains("Operation not permitted") {
+        format!("{reason} (the kernel loads network programs only with CAP_NET_ADMIN or CAP_SYS_ADMIN: add CAP_NET_ADMIN)")
+    } else {
+        reason.to_owned()
+    }
+}
 
 /// One sentence per missing optional capability: what will not be seen without it.
 pub fn missing_optional(caps: Caps) -> Vec<&'static str> {

@@ -9,6 +9,7 @@ pub mod btf;
 pub mod caps;
 pub mod events;
 pub mod fill;
+pub mod standin;
 pub mod verifier;
 
 use std::{
@@ -17,10 +18,10 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, ProgramArray, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, ProgramArray, RingBuf, SockHash},
     programs::{
         uprobe::{UProbeAttachPoint, UProbeLinkId, UProbeScope},
-        CgroupAttachMode, SockOps, TracePoint, UProbe,
+        CgroupAttachMode, SkMsg, SockOps, TracePoint, UProbe,
     },
     Ebpf, EbpfLoader,
 };
@@ -30,8 +31,8 @@ use ztrace_common::{
 };
 
 use self::attach::{
-    AttachResult, Propagation, GO_PROBES, GO_RETURN, HOOKS, OPENSSL_ENTRY_ONLY, OPENSSL_PROBES,
-    OPENSSL_RETURN, SOCK_OPS,
+    AttachResult, Injection, Propagation, GO_PROBES, GO_RETURN, HOOKS, INJECT, INJECT_WRITE,
+    OPENSSL_ENTRY_ONLY, OPENSSL_PROBES, OPENSSL_RETURN, SOCK_OPS, SOCK_OPS_OPTION,
 };
 
 /// The eBPF object, embedded by build.rs (empty when built without `cargo xtask build`).
@@ -200,6 +201,10 @@ pub struct Probes {
     pub attached: Vec<AttachResult>,
     /// Trace context carried between hosts (`--propagate`): on, off, or why not.
     pub propagation: Propagation,
+    /// `traceparent` added to plaintext HTTP/1 requests (`--propagate`): on, off, or why not.
+    pub injection: Injection,
+    /// The `sk_msg` program's socket map, held open while its program is attached.
+    _client_socks: Option<ClientSocks>,
     /// Why the OpenSSL uprobe programs could not be loaded (then no file is probed).
     uprobe_error: Option<String>,
     /// Why the Go uprobe programs could not be loaded (then no Go client is probed).
@@ -404,23 +409,48 @@ pub fn start(
         per_second: stacks.per_second,
         burst: stacks.burst,
     };
-    let mut ebpf = EbpfLoader::new()
-        // `CALLS` is a task-local storage map, which aya creates but has no typed handle for.
-        .allow_unsupported_maps()
-        .override_global(globals::OFFSETS, &offsets, true)
-        .override_global(globals::SETTINGS, &settings, true)
-        .override_global(globals::STACK_SETTINGS, &stack_settings, true)
-        .load(OBJECT)
-        .map_err(|e| match caps::Caps::current() {
-            // CAP_BPF is there (checked at start), yet bpf() says EPERM: a seccomp filter.
-            Some(c)
-                if !c.has(caps::CAP_SYS_ADMIN)
-                    && error_chain(&e).contains("Operation not permitted") =>
-            {
-                BpfError::MissingCapability(caps::SECCOMP_REFUSED)
+    let load = |object: &[u8]| {
+        EbpfLoader::new()
+            // `CALLS` is a task-local storage map, which aya creates but has no typed handle for.
+            .allow_unsupported_maps()
+            .override_global(globals::OFFSETS, &offsets, true)
+            .override_global(globals::SETTINGS, &settings, true)
+            .override_global(globals::STACK_SETTINGS, &stack_settings, true)
+            .load(object)
+    };
+    let refused = |e: &aya::EbpfError| error_chain(e).contains("Operation not permitted");
+    // `Some(reason)` when the socket map of `sk_msg` is a stand-in (see `standin`).
+    let mut socket_map_refused = None;
+    let mut ebpf = match load(OBJECT) {
+        Ok(ebpf) => ebpf,
+        // The kernel creates socket maps only with CAP_NET_ADMIN (or, on recent kernels,
+        // CAP_SYS_ADMIN): try again without one before blaming anything else.
+        Err(e) if refused(&e) => {
+            let retried = standin::with_plain_map(OBJECT, maps::CLIENT_SOCKS)
+                .map_err(|reason| {
+                    tracing::warn!(%reason, "no stand-in for the socket map");
+                    e
+                })
+                .and_then(|object| load(object.bytes()));
+            match retried {
+                Ok(ebpf) => {
+                    socket_map_refused = Some(caps::SOCKET_MAP_REFUSED);
+                    ebpf
+                }
+                Err(e) => {
+                    return Err(match caps::Caps::current() {
+                        // CAP_BPF is there (checked at start), yet bpf() says EPERM: a
+                        // seccomp filter.
+                        Some(c) if !c.has(caps::CAP_SYS_ADMIN) && refused(&e) => {
+                            BpfError::MissingCapability(caps::SECCOMP_REFUSED)
+                        }
+                        _ => BpfError::Load(e),
+                    });
+                }
             }
-            _ => BpfError::Load(e),
-        })?;
+        }
+        Err(e) => return Err(BpfError::Load(e)),
+    };
 
     fill_selection(&mut ebpf, selection)?;
     if !empty_programs {
@@ -443,9 +473,27 @@ pub fn start(
         attached.push(AttachResult { hook: *hook, error });
     }
     let propagation = if propagate {
-        attach_sock_ops(&mut ebpf, selection.cgroup.clone().or_else(cgroup_v2_root))?
+        // Without the socket map, the `sock_ops` program that does not fill it.
+        let program = match socket_map_refused {
+            None => SOCK_OPS,
+            Some(_) => SOCK_OPS_OPTION,
+        };
+        attach_sock_ops(
+            &mut ebpf,
+            program,
+            selection.cgroup.clone().or_else(cgroup_v2_root),
+        )?
     } else {
         Propagation::Off
+    };
+    let (injection, client_socks) = match (&propagation, socket_map_refused) {
+        (Propagation::Off, _) => (Injection::Off("--propagate=off"), None),
+        (_, Some(reason)) => (Injection::Failed(reason.to_owned()), None),
+        (Propagation::Failed { .. }, None) => (Injection::Off("sock_ops is not attached"), None),
+        (Propagation::On { .. }, None) if empty_programs => {
+            (Injection::Off("--empty-programs"), None)
+        }
+        (Propagation::On { .. }, None) => attach_inject(&mut ebpf)?,
     };
     let uprobe_error = load_uprobes(&mut ebpf)?;
     let mut go_uprobe_error = None;
@@ -486,6 +534,8 @@ pub fn start(
             counters,
             attached,
             propagation,
+            injection,
+            _client_socks: client_socks,
             uprobe_error,
             go_uprobe_error,
             tls_links: HashMap::new(),
@@ -844,7 +894,11 @@ pub fn check_can_start() -> Result<(), BpfError> {
 /// Loads the `sock_ops` program that writes and reads the trace-context TCP option and attaches
 /// it to `cgroup` (the traced cgroup, else the cgroup v2 root). Its failure is not fatal: the
 /// kernel still gives requests their ids, and traces split at host boundaries.
-fn attach_sock_ops(ebpf: &mut Ebpf, cgroup: Option<PathBuf>) -> Result<Propagation, BpfError> {
+fn attach_sock_ops(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    cgroup: Option<PathBuf>,
+) -> Result<Propagation, BpfError> {
     let Some(cgroup) = cgroup else {
         return Ok(Propagation::Failed {
             cgroup: None,
@@ -852,10 +906,10 @@ fn attach_sock_ops(ebpf: &mut Ebpf, cgroup: Option<PathBuf>) -> Result<Propagati
         });
     };
     let prog: &mut SockOps = ebpf
-        .program_mut(SOCK_OPS)
-        .ok_or(BpfError::MissingProgram { program: SOCK_OPS })?
+        .program_mut(program)
+        .ok_or(BpfError::MissingProgram { program })?
         .try_into()
-        .map_err(|_| BpfError::MissingProgram { program: SOCK_OPS })?;
+        .map_err(|_| BpfError::MissingProgram { program })?;
     let failed = |reason: String| {
         Ok(Propagation::Failed {
             cgroup: Some(cgroup.clone()),
@@ -863,7 +917,8 @@ fn attach_sock_ops(ebpf: &mut Ebpf, cgroup: Option<PathBuf>) -> Result<Propagati
         })
     };
     if let Err(e) = prog.load() {
-        return failed(format!("load: {}", verifier::load_failure(SOCK_OPS, &e)));
+        let reason = verifier::load_failure(program, &e);
+        return failed(format!("load: {}", caps::net_admin_hint(&reason)));
     }
     let dir = match std::fs::File::open(&cgroup) {
         Ok(dir) => dir,
@@ -874,6 +929,95 @@ fn attach_sock_ops(ebpf: &mut Ebpf, cgroup: Option<PathBuf>) -> Result<Propagati
         Err(e) => failed(format!("attach: {}", error_chain(&e))),
     }
 }
+
+/// Loads the `sk_msg` program that adds `traceparent` to plaintext HTTP/1 requests, attaches it
+/// to the client-socket map, then tells `sock_ops` to fill that map. Its failure is not fatal:
+/// the TCP option still carries the context to hosts that run ztrace.
+fn attach_inject(ebpf: &mut Ebpf) -> Result<(Injection, Option<ClientSocks>), BpfError> {
+    let socks: ClientSocks = SockHash::try_from(
+        ebpf.take_map(maps::CLIENT_SOCKS)
+            .ok_or(BpfError::MissingMap(maps::CLIENT_SOCKS))?,
+    )
+    .map_err(|source| BpfError::Map {
+        name: maps::CLIENT_SOCKS,
+        source,
+    })?;
+    let write: &mut SkMsg = ebpf
+        .program_mut(INJECT_WRITE)
+        .ok_or(BpfError::MissingProgram {
+            program: INJECT_WRITE,
+        })?
+        .try_into()
+        .map_err(|_| BpfError::MissingProgram {
+            program: INJECT_WRITE,
+        })?;
+    if let Err(e) = write.load() {
+        let reason = verifier::load_failure(INJECT_WRITE, &e);
+        return Ok((
+            Injection::Failed(format!("load: {}", caps::net_admin_hint(&reason))),
+            None,
+        ));
+    }
+    let write_fd = match write.fd().map(|fd| fd.try_clone()) {
+        Ok(Ok(fd)) => fd,
+        Ok(Err(e)) => return Ok((Injection::Failed(format!("tail call: {e}")), None)),
+        Err(e) => return Ok((Injection::Failed(format!("tail call: {e}")), None)),
+    };
+    let mut jump = ProgramArray::try_from(
+        ebpf.map_mut(maps::INJECT_JUMP)
+            .ok_or(BpfError::MissingMap(maps::INJECT_JUMP))?,
+    )
+    .map_err(|source| BpfError::Map {
+        name: maps::INJECT_JUMP,
+        source,
+    })?;
+    if let Err(e) = jump.set(0, &write_fd, 0) {
+        return Ok((
+            Injection::Failed(format!("tail call: {}", error_chain(&e))),
+            None,
+        ));
+    }
+    let prog: &mut SkMsg = ebpf
+        .program_mut(INJECT)
+        .ok_or(BpfError::MissingProgram { program: INJECT })?
+        .try_into()
+        .map_err(|_| BpfError::MissingProgram { program: INJECT })?;
+    if let Err(e) = prog.load() {
+        let reason = verifier::load_failure(INJECT, &e);
+        return Ok((
+            Injection::Failed(format!("load: {}", caps::net_admin_hint(&reason))),
+            None,
+        ));
+    }
+    if let Err(e) = prog.attach(socks.fd()) {
+        return Ok((
+            Injection::Failed(format!("attach: {}", error_chain(&e))),
+            None,
+        ));
+    }
+    let mut on: Array<_, u32> = Array::try_from(
+        ebpf.map_mut(maps::INJECT_ON)
+            .ok_or(BpfError::MissingMap(maps::INJECT_ON))?,
+    )
+    .map_err(|source| BpfError::Map {
+        name: maps::INJECT_ON,
+        source,
+    })?;
+    if let Err(e) = on.set(0, 1, 0) {
+        return Ok((
+            Injection::Failed(format!("enable: {}", error_chain(&e))),
+            None,
+        ));
+    }
+    Ok((Injection::On, Some(socks)))
+}
+
+/// Size of `CLIENT_SOCKS`'s key (`sock::FlowKey` in `ebpf/`: family, two ports, two
+/// 16-byte addresses).
+const CLIENT_SOCKS_KEY: usize = 40;
+
+/// The client-socket map of the `sk_msg` program, kept open while the agent runs.
+type ClientSocks = SockHash<MapData, [u8; CLIENT_SOCKS_KEY]>;
 
 /// Loads the program that copies a vectored call's segments beyond the first 8 (a tail call,
 /// never attached) into its program array. `Err(reason)` when the kernel refused it.

@@ -97,6 +97,7 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
     )?;
     eprintln!("{}", attach::render(&probes.attached));
     eprintln!("{}", probes.propagation.line());
+    eprintln!("{}", probes.injection.line());
     probes.check_required()?;
     let mut tls = TlsDiscovery::new(std::process::id());
     tls.scan_at_start(&mut probes);

@@ -3,6 +3,13 @@
 //!
 //! Rules, in order (the first that applies wins; `ztrace.link` says which one did):
 //! - `header`: the request carries a W3C `traceparent`: its trace id, its span as the parent.
+//!   Not a header that ztrace's kernel added (`ebpf/src/inject.rs`), which counts no more than
+//!   the TCP option: on this host, the client's own bytes (captured before `sk_msg` added it)
+//!   carried none and the header's parent is that client's span; from another host, its ids
+//!   are the TCP option's. The rules below then decide (the same-host rules can give the client
+//!   span another trace than the kernel wrote: `propagation_trace_mismatch`), and the one that
+//!   found the ids names the link. If the option was stripped on the way, the header is all
+//!   that arrived: it links as `header`.
 //! - `connection` (server spans): the other end of the connection is a traced process on this
 //!   host whose request on it is in flight: that client span is the parent, its trace the trace.
 //!   Requests on a keep-alive connection pair in order (the latest client request written before
@@ -134,6 +141,9 @@ struct Ids {
     link: Link,
     /// A parent was expected (the client is a traced local process) but not found.
     missing_parent: bool,
+    /// The request's `traceparent` is one ztrace's kernel added (`ebpf/src/inject.rs`): the
+    /// rules that found these ids win over it, also where the protocol's span applied it.
+    added_header: bool,
 }
 
 struct StartRecord {
@@ -174,6 +184,9 @@ struct InFlight {
     span_id: [u8; 8],
     /// The stream the request opened (multiplexed protocols; 0 otherwise).
     stream: u64,
+    /// The request's bytes, as the client wrote them, carried a `traceparent`: one the server
+    /// end reads is then the application's, not one ztrace's kernel added on the way.
+    had_header: bool,
 }
 
 /// A server exchange whose request was read on a thread and that has not finished.
@@ -557,16 +570,21 @@ impl Tracer {
             parent: None,
             link: Link::None,
             missing_parent,
+            added_header: false,
         };
         let mut peer_span = None;
         let mut peer_offset = 0;
-        let ids = if let Some(tp) = s.traceparent {
+        let added_header = s
+            .traceparent
+            .is_some_and(|tp| self.added_by_ztrace(s, &tp, born));
+        let mut ids = if let Some(tp) = s.traceparent.filter(|_| !added_header) {
             Ids {
                 trace_id: tp.trace_id,
                 span_id,
                 parent: Some(tp.parent_id),
                 link: Link::Header,
                 missing_parent: false,
+                added_header: false,
             }
         } else {
             match s.side {
@@ -580,6 +598,7 @@ impl Tracer {
                                 parent: Some(c.span_id),
                                 link: Link::Connection,
                                 missing_parent: false,
+                                added_header: false,
                             }
                         }
                         None => match self.continued_batch(s).filter(|_| s.stream.is_none()) {
@@ -597,6 +616,7 @@ impl Tracer {
                                         parent: b.parent_id,
                                         link: Link::TcpOption,
                                         missing_parent: false,
+                                        added_header: false,
                                     }
                                 }
                                 _ => fresh(peer_traced),
@@ -636,6 +656,7 @@ impl Tracer {
                                 parent: Some(parent),
                                 link,
                                 missing_parent: false,
+                                added_header: false,
                             }
                         }
                         None => fresh(false),
@@ -643,6 +664,7 @@ impl Tracer {
                 }
             }
         };
+        ids.added_header = added_header;
         match s.side {
             Side::Server => {
                 // A new request on the connection ends any earlier one's hold on its thread;
@@ -682,6 +704,7 @@ impl Tracer {
                     trace_id: ids.trace_id,
                     span_id: ids.span_id,
                     stream: s.stream.unwrap_or(0),
+                    had_header: s.traceparent.is_some(),
                 });
             }
         }
@@ -701,6 +724,30 @@ impl Tracer {
             peer_offset,
             claims: 0,
         });
+    }
+
+    /// Whether a server request's `traceparent` is one ztrace's kernel added
+    /// (`ebpf/src/inject.rs`) rather than the application's: on this host, the client end's
+    /// request in flight on the connection is that header's parent and its own bytes carried
+    /// none (the header was added after ztrace captured them); from another host, the header
+    /// says what the TCP option that came with the request says.
+    fn added_by_ztrace(
+        &self,
+        s: &RequestStart,
+        tp: &context::TraceParent,
+        born: Option<context::BornIds>,
+    ) -> bool {
+        if s.side != Side::Server {
+            return false;
+        }
+        let local_client = self
+            .in_flight
+            .get(&(s.remote, s.local))
+            .is_some_and(|q| q.iter().any(|c| !c.had_header && c.span_id == tp.parent_id));
+        let same_as_option = born.is_some_and(|b| {
+            b.from_wire && b.trace_id == tp.trace_id && b.parent_id == Some(tp.parent_id)
+        });
+        local_client || same_as_option
     }
 
     /// A server start that no client request written before it explains, right after a
@@ -895,8 +942,16 @@ impl Tracer {
             Some(ids) => {
                 span.span_id = ids.span_id;
                 // A traceparent the start's bytes did not show (a head split over reads) still
-                // wins, as http_span already applied it.
-                if !(link_of(&span) == Some("header") && ids.link != Link::Header) {
+                // wins, as http_span already applied it — unless it is one ztrace added: the
+                // start said so, or it names as parent the client span the rules found (a
+                // local client's span id is ztrace's own, no application's header holds it).
+                let header_agrees =
+                    span.trace_id == ids.trace_id && span.parent_span_id == ids.parent;
+                let header_is_ours = header_agrees
+                    || ids.added_header
+                    || (ids.link == Link::Connection && span.parent_span_id == ids.parent);
+                if header_is_ours || !(link_of(&span) == Some("header") && ids.link != Link::Header)
+                {
                     span.trace_id = ids.trace_id;
                     span.parent_span_id = ids.parent;
                     set_link(&mut span, ids.link);

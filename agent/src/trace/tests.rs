@@ -974,3 +974,178 @@ fn a_traceparent_wins_and_a_kernel_trace_that_disagrees_is_counted() {
         1
     );
 }
+
+impl World {
+    fn start_with_header(
+        &mut self,
+        end: End,
+        tid: u32,
+        ts: u64,
+        born: super::context::BornIds,
+        tp: super::context::TraceParent,
+    ) {
+        let s = RequestStart {
+            key: end.key,
+            side: end.side,
+            local: end.local,
+            remote: end.remote,
+            tid,
+            goid: 0,
+            ts_ns: ts,
+            traceparent: Some(tp),
+            born: Some(born),
+            stream: None,
+        };
+        self.tracer.start(s, false, &self.metrics, &mut self.out);
+    }
+}
+
+#[test]
+fn a_traceparent_added_by_ztrace_keeps_the_link_that_carried_it() {
+    let server = |fd, port| End {
+        key: key(10, fd),
+        side: Side::Server,
+        local: addr("10.0.0.2:8080"),
+        remote: addr(&format!("10.0.0.1:{port}")),
+    };
+    let tp = |trace: u8, parent: u8| super::context::TraceParent {
+        trace_id: [trace; 16],
+        parent_id: [parent; 8],
+        flags: 1,
+    };
+    let mut w = World::new();
+    // The header the client's kernel added: the same ids as the TCP option.
+    w.start_with_header(
+        server(5, 40000),
+        11,
+        100,
+        born(7, 1, Some(8), true),
+        tp(7, 8),
+    );
+    w.done(server(5, 40000), "added", 100, 200);
+    // An SDK's header (another trace than the option's) wins.
+    w.start_with_header(
+        server(6, 40001),
+        12,
+        300,
+        born(7, 2, Some(9), true),
+        tp(4, 5),
+    );
+    w.done(server(6, 40001), "sdk", 300, 400);
+    let spans = w.flush();
+    let added = by_name(&spans, "added");
+    assert_eq!(
+        (added.trace_id, added.parent_span_id, link(added)),
+        ([7; 16], Some([8; 8]), "tcp_option")
+    );
+    let sdk = by_name(&spans, "sdk");
+    assert_eq!(
+        (sdk.trace_id, sdk.span_id, sdk.parent_span_id, link(sdk)),
+        ([4; 16], [2; 8], Some([5; 8]), "header")
+    );
+}
+
+impl World {
+    /// A finished span as the protocol built it when its request carried `tp` (`header`).
+    fn done_with_header(
+        &mut self,
+        end: End,
+        name: &str,
+        request_start: u64,
+        ts: u64,
+        tp: super::context::TraceParent,
+    ) {
+        let mut span = span(SpanKind::Server, name);
+        span.trace_id = tp.trace_id;
+        span.parent_span_id = Some(tp.parent_id);
+        span.attributes = vec![Attribute::new(LINK_ATTR, "header")];
+        let f = Finished {
+            span,
+            key: end.key,
+            side: end.side,
+            request_start_ns: request_start,
+            peer_traced: true,
+            consumer_tid: None,
+            stream: None,
+        };
+        self.tracer.finished(ts, f, &self.metrics, &mut self.out);
+    }
+}
+
+#[test]
+fn a_traceparent_added_on_this_host_gives_way_to_the_same_host_rules() {
+    // orders (tgid 1) serves a request on thread 11 and calls users (tgid 2). The kernel gave
+    // the call trace 2 and span 3 and wrote them in the header it added; the thread rule puts
+    // the call in orders' trace instead.
+    let inbound = End {
+        key: key(1, 4),
+        side: Side::Server,
+        local: addr("127.0.0.1:8080"),
+        remote: addr("10.9.9.9:50000"),
+    };
+    let (call, users) = conn(1, 5, 2, 6, 40000, 8081);
+    let (users_out, _) = conn(2, 7, 3, 8, 40001, 8082);
+    let added = super::context::TraceParent {
+        trace_id: [2; 16],
+        parent_id: [3; 8],
+        flags: 1,
+    };
+    let mut w = World::new();
+    w.start_born(inbound, 11, 100, born(1, 1, None, false));
+    w.start_born(call, 11, 200, born(2, 3, None, false));
+    // users reads the request with the header the kernel added after ztrace captured the write.
+    w.start_with_header(users, 21, 210, born(5, 4, None, false), added);
+    w.start(users_out, 21, 220);
+    w.done(users_out, "users_out", 220, 230);
+    // Its HTTP span applied the header (`header`) before trace assembly saw it.
+    w.done_with_header(users, "users", 210, 240, added);
+    w.done(call, "call", 200, 250);
+    w.done(inbound, "orders", 100, 260);
+    let spans = w.flush();
+    let orders = by_name(&spans, "orders");
+    let call = by_name(&spans, "call");
+    assert_eq!(
+        (call.trace_id, call.span_id, call.parent_span_id, link(call)),
+        (orders.trace_id, [3; 8], Some(orders.span_id), "thread"),
+        "the client span keeps the span id written on the wire"
+    );
+    let users = by_name(&spans, "users");
+    assert_eq!(
+        (users.trace_id, users.parent_span_id, link(users)),
+        (orders.trace_id, Some([3; 8]), "connection")
+    );
+    let users_out = by_name(&spans, "users_out");
+    assert_eq!(
+        (users_out.trace_id, users_out.parent_span_id),
+        (orders.trace_id, Some(users.span_id))
+    );
+    assert_eq!(
+        w.metrics
+            .propagation_trace_mismatch
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "the call's trace differs from the one written on the wire"
+    );
+}
+
+#[test]
+fn an_application_header_on_a_local_connection_still_wins() {
+    // The client's own bytes carried the header (an SDK): the server takes it as `header`.
+    let (c, s) = conn(1, 3, 2, 4, 40000, 80);
+    let sdk = super::context::TraceParent {
+        trace_id: [6; 16],
+        parent_id: [7; 8],
+        flags: 1,
+    };
+    let mut w = World::new();
+    w.start_tp(c, 1, 100, Some(sdk));
+    w.start_with_header(s, 2, 110, born(8, 9, None, false), sdk);
+    w.done_with_header(s, "server", 110, 140, sdk);
+    w.done(c, "client", 100, 150);
+    let spans = w.flush();
+    let server = by_name(&spans, "server");
+    assert_eq!(
+        (server.trace_id, server.parent_span_id, link(server)),
+        (sdk.trace_id, Some(sdk.parent_id), "header")
+    );
+}

@@ -43,6 +43,13 @@ pub mod maps {
     /// HashMap<u32 tgid, [`super::GoProc`]> of Go programs whose goroutines are followed.
     pub const GO_PROCS: &str = "GO_PROCS";
     pub const STACK_SKIP: &str = "STACK_SKIP";
+    /// SockHash<u64 socket cookie> of client sockets whose messages `zt_inject` sees.
+    pub const CLIENT_SOCKS: &str = "CLIENT_SOCKS";
+    /// Array<u32>[1]: 1 once the agent attached `zt_inject`; `sock_ops` fills `CLIENT_SOCKS`
+    /// only then.
+    pub const INJECT_ON: &str = "INJECT_ON";
+    /// ProgramArray[1]: `zt_inject`'s tail call to `zt_inject_write`.
+    pub const INJECT_JUMP: &str = "INJECT_JUMP";
     /// ProgramArray with [`super::IOVECS_MORE_PROGRAM`] at index 0.
     pub const IOVECS_MORE: &str = "IOVECS_MORE";
     /// LruHashMap<u64 `tgid << 32 | fd`, SockEntry>: what the kernel knows of each fd.
@@ -406,10 +413,25 @@ pub enum Counter {
     PropagateServerNoContext = 27,
     /// A connection or context could not be remembered (map full).
     PropagateMapFull = 28,
+    /// Plaintext HTTP/1 requests that left with a `traceparent` header added (`inject`).
+    InjectAdded = 29,
+    /// HTTP/1 requests left as they were because they carry a `traceparent` already.
+    InjectHadOne = 30,
+    /// HTTP/1 requests left as they were because their head was not whole in the message that
+    /// started them (split across writes, or its request line unrecognizable).
+    InjectHeadSplit = 31,
+    /// HTTP/1 requests left as they were because their head is longer than the kernel scans.
+    InjectHeadTooLong = 32,
+    /// HTTP/1 requests left as they were because the kernel refused to grow the message
+    /// (`bpf_msg_push_data`/`bpf_msg_pull_data` failed).
+    InjectFailed = 33,
+    /// Client sockets that could not be put in the injection program's socket map (full, or
+    /// a socket type it refuses): their requests carry no header.
+    InjectSockMapFull = 34,
 }
 
 /// Number of slots in the `COUNTERS` map.
-pub const COUNTER_SLOTS: u32 = 29;
+pub const COUNTER_SLOTS: u32 = 35;
 
 impl Counter {
     pub const ALL: &'static [Counter] = &[
@@ -441,6 +463,12 @@ impl Counter {
         Counter::PropagateServerFromWire,
         Counter::PropagateServerNoContext,
         Counter::PropagateMapFull,
+        Counter::InjectAdded,
+        Counter::InjectHadOne,
+        Counter::InjectHeadSplit,
+        Counter::InjectHeadTooLong,
+        Counter::InjectFailed,
+        Counter::InjectSockMapFull,
     ];
 
     /// Name used in the agent's self-metrics.
@@ -474,6 +502,12 @@ impl Counter {
             Counter::PropagateServerFromWire => "kernel_propagate_server_from_wire",
             Counter::PropagateServerNoContext => "kernel_propagate_server_no_context",
             Counter::PropagateMapFull => "kernel_propagate_map_full",
+            Counter::InjectAdded => "kernel_inject_added",
+            Counter::InjectHadOne => "kernel_inject_had_traceparent",
+            Counter::InjectHeadSplit => "kernel_inject_head_split",
+            Counter::InjectHeadTooLong => "kernel_inject_head_too_long",
+            Counter::InjectFailed => "kernel_inject_failed",
+            Counter::InjectSockMapFull => "kernel_inject_sock_map_full",
         }
     }
 
@@ -494,6 +528,8 @@ impl Counter {
                 | Counter::PropagateOptionReceived
                 | Counter::PropagateServerFromWire
                 | Counter::PropagateServerNoContext
+                | Counter::InjectAdded
+                | Counter::InjectHadOne
         )
     }
 }
