@@ -759,7 +759,10 @@ mod tests {
         pods.asked = 1;
         pods.poll("u1");
         pods.take_list_asked(vec![sandbox("u2", 0, 1, "other")], 1);
-        assert!(pods.may_appear("u1"), "list 1 was asked for before the miss");
+        assert!(
+            pods.may_appear("u1"),
+            "list 1 was asked for before the miss"
+        );
         pods.take_list_asked(vec![sandbox("u2", 0, 1, "other")], 2);
         assert!(!pods.may_appear("u1"), "list 2 was asked for after it");
     }
