@@ -60,6 +60,9 @@ const TEST_PACKAGES: &[&str] = &[
     "redis-tools",
     "memcached",
     "nats-server",
+    // RabbitMQ (AMQP 0-9-1) and Debian's pika for /usr/bin/python3 (tests/tests/amqp.rs).
+    "rabbitmq-server",
+    "python3-pika",
     // The stack tests compile C clients and split their DWARF (tests/tests/stacks.rs).
     "gcc",
     "binutils",
