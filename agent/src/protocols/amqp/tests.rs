@@ -196,19 +196,19 @@ fn interleaved_channels_and_bodies_over_many_frames_with_a_gap() {
     let a = publish(1, "x", "k", &body, 4096);
     let b = publish(2, "", "q", b"small", 4096);
     // Channel 2's message goes out between channel 1's method (19 bytes) and its content.
-    feed(&mut parser, &a[..19], &mut out).unwrap();
-    feed(&mut parser, &b, &mut out).unwrap();
+    feed(&mut parser, &a[..19], &mut out).expect("frames");
+    feed(&mut parser, &b, &mut out).expect("frames");
     // 100 bytes not captured in the first body frame (it starts at byte 41), after the
     // digest's bytes.
     let hole_at = 41 + 7 + 1000;
-    feed(&mut parser, &a[19..hole_at], &mut out).unwrap();
+    feed(&mut parser, &a[19..hole_at], &mut out).expect("frames");
     let gap = Gap {
         direction: Direction::Egress,
         ts_ns: 2,
         len: 100,
     };
-    parser.on_gap(&gap, &mut out).unwrap();
-    feed(&mut parser, &a[hole_at + 100..], &mut out).unwrap();
+    parser.on_gap(&gap, &mut out).expect("a gap inside a body frame");
+    feed(&mut parser, &a[hole_at + 100..], &mut out).expect("frames");
     assert_eq!(out.len(), 2, "{out:?}");
     assert_eq!((&*out[0].routing_key, out[0].body_size), ("q", 5));
     assert_eq!((&*out[1].exchange, out[1].body_size), ("x", 100_000));
@@ -224,7 +224,7 @@ fn a_gap_across_a_frame_boundary_is_an_error_and_framing_is_found_again() {
     let mut parser = AmqpParser::new(Side::Client);
     let mut out = Vec::new();
     let a = publish(1, "x", "k", b"hello", 4096);
-    feed(&mut parser, &a[..25], &mut out).unwrap(); // the method and part of the header
+    feed(&mut parser, &a[..25], &mut out).expect("frames"); // the method and part of the header
     let gap = Gap {
         direction: Direction::Egress,
         ts_ns: 2,
