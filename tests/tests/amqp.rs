@@ -5,7 +5,8 @@
 //! child of the PRODUCER span that sent the same message (`ztrace.link` = `message`), or of the
 //! `traceparent` its headers carry (`header`). The HTTP call the consumer makes while handling a
 //! message is the child of its CONSUMER span (`thread`). Bodies and credentials are never
-//! exported; body sizes are.
+//! exported; body sizes are. The consumer's connection was opened before ztrace started
+//! (recognized mid-stream), the publisher's after (recognized by its protocol header).
 
 use ztrace_e2e::rabbitmq::RabbitServer;
 use ztrace_e2e::servers::Server;
@@ -32,9 +33,11 @@ fn named<'a>(spans: &'a [Span], kind: &str, name: &str, pid: u32) -> Vec<&'a Spa
 fn pika_publish_deliver_and_get_are_linked_producer_and_consumer_spans() {
     let server = RabbitServer::start();
     let stock = Server::python_http("127.0.0.1");
-    let mut ztrace = Ztrace::start(&["--print=json"]);
-
+    // The consumer connects before ztrace starts: its connection is recognized mid-stream, by
+    // its first whole method frame (`basic.consume` or `basic.deliver`); the publisher's by the
+    // protocol header.
     let mut consumer = server.consumer(&format!("http://127.0.0.1:{}/hello", stock.port));
+    let mut ztrace = Ztrace::start(&["--print=json"]);
     let publisher = server.publisher();
     assert!(
         publisher.success && publisher.stdout.contains("done"),
