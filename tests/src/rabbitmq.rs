@@ -1,6 +1,7 @@
 //! A real RabbitMQ broker on loopback (Debian's `rabbitmq-server`, its own node name, ports,
 //! Erlang port mapper and directories) and its Python clients (Debian's pika, run with
-//! `/usr/bin/python3`): `tests/fixtures/amqp_consumer.py` and `tests/fixtures/amqp_publisher.py`.
+//! `/usr/bin/python3`): `tests/fixtures/amqp_consumer.py` and `tests/fixtures/amqp_publisher.py`;
+//! and a publisher in Node (amqplib from npm): `tests/fixtures/amqp_publisher.js`.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use crate::postgres::{run, ClientRun};
 use crate::process::Proc;
-use crate::{fixture, free_port, wait_until, TempDir};
+use crate::{fixture, free_port, node_modules, wait_until, TempDir};
 
 /// How long the broker's start (3-7 s here, more on a loaded machine) and each client may take.
 const TIMEOUT: Duration = Duration::from_secs(90);
@@ -82,6 +83,15 @@ impl RabbitServer {
         let mut proc = Proc::spawn("amqp_consumer.py", &mut cmd);
         proc.wait_for_stdout("ready", TIMEOUT);
         proc
+    }
+
+    /// The publisher in Node (`tests/fixtures/amqp_publisher.js`, amqplib), run to its end.
+    pub fn node_publisher(&self) -> ClientRun {
+        let mut cmd = Command::new("node");
+        cmd.env("NODE_PATH", node_modules())
+            .arg(fixture("amqp_publisher.js"))
+            .arg(self.port.to_string());
+        run("amqp_publisher.js", &mut cmd)
     }
 
     /// The publisher, run to its end.

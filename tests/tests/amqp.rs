@@ -31,6 +31,23 @@ fn named<'a>(spans: &'a [Span], kind: &str, name: &str, pid: u32) -> Vec<&'a Spa
 #[test]
 #[ignore = "needs root and eBPF; run by cargo xtask test"]
 fn pika_publish_deliver_and_get_are_linked_producer_and_consumer_spans() {
+    publish_deliver_and_get(Publisher::Pika);
+}
+
+/// The same with the messages published by Node's amqplib (a confirm channel: the broker's
+/// `basic.ack`s are read between the publishes).
+#[test]
+#[ignore = "needs root and eBPF; run by cargo xtask test"]
+fn amqplib_publish_to_a_pika_consumer_is_linked_producer_and_consumer_spans() {
+    publish_deliver_and_get(Publisher::Amqplib);
+}
+
+enum Publisher {
+    Pika,
+    Amqplib,
+}
+
+fn publish_deliver_and_get(with: Publisher) {
     let server = RabbitServer::start();
     let stock = Server::python_http("127.0.0.1");
     // The consumer connects before ztrace starts: its connection is recognized mid-stream, by
@@ -38,7 +55,10 @@ fn pika_publish_deliver_and_get_are_linked_producer_and_consumer_spans() {
     // protocol header.
     let mut consumer = server.consumer(&format!("http://127.0.0.1:{}/hello", stock.port));
     let mut ztrace = Ztrace::start(&["--print=json"]);
-    let publisher = server.publisher();
+    let publisher = match with {
+        Publisher::Pika => server.publisher(),
+        Publisher::Amqplib => server.node_publisher(),
+    };
     assert!(
         publisher.success && publisher.stdout.contains("done"),
         "publisher: {}\n{}",
