@@ -362,11 +362,12 @@ impl AmqpParser {
 }
 
 /// The sender of a method, when only one end sends it: `Some(Side::Client)` for what only a
-/// client sends (`basic.publish`, `basic.get`, `basic.ack`, `channel.open`, ...).
+/// client sends (`basic.publish`, `basic.get`, `channel.open`, ...). `basic.ack` and
+/// `basic.nack` go both ways (publisher confirms): they say nothing.
 fn method_sender(class: u16, method: u16) -> Option<Side> {
     match (class, method) {
         (10, 11 | 31 | 40) | (20, 10) | (40 | 50, 10 | 20 | 30 | 40) | (60, 10 | 20 | 30 | 40)
-        | (60, 70 | 80 | 90 | 100 | 110) => Some(Side::Client),
+        | (60, 70 | 90 | 100 | 110) => Some(Side::Client),
         (10, 10 | 30 | 41) | (20, 11) | (60, 11 | 21 | 31 | 50 | 60 | 71 | 72 | 111) => {
             Some(Side::Server)
         }

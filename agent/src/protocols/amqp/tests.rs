@@ -295,6 +295,14 @@ fn detection_from_either_end() {
         None,
         "a heartbeat says not which end sent it"
     );
+    assert_eq!(
+        detect_side(&chunk(
+            Direction::Ingress,
+            b"\x01\x00\x01\x00\x00\x00\x0d\x00\x3c\x00\x50\x00\x00\x00\x00\x00\x00\x00\x01\x00\xce"
+        )),
+        None,
+        "basic.ack goes both ways (publisher confirms)"
+    );
 }
 
 #[test]
