@@ -22,6 +22,7 @@ pub mod nginx;
 pub mod otlp;
 pub mod postgres;
 pub mod process;
+pub mod rabbitmq;
 pub mod redis;
 pub mod servers;
 pub mod span;

@@ -1,6 +1,7 @@
 //! A real Redis 7 server on loopback (Debian's `redis-server`, no persistence, in a temporary
 //! directory) and its clients: `redis-cli`, `redis-benchmark` (Debian's `redis-tools`) and
-//! Python's redis-py from the test venv (`tests/fixtures/redis_client.py`).
+//! Python's redis-py from the test venv (`tests/fixtures/redis_client.py`, and for streams
+//! `redis_stream_producer.py` and `redis_stream_consumer.py`).
 
 use std::process::Command;
 use std::time::Duration;
@@ -92,5 +93,28 @@ impl RedisServer {
             .arg(protocol.to_string())
             .env("REDIS_PASSWORD", self.password.as_deref().unwrap_or(""));
         run("redis_client.py", &mut cmd)
+    }
+
+    /// `tests/fixtures/redis_stream_consumer.py PORT URL PROTOCOL` on the test venv's Python,
+    /// started with its consumer group created (it has printed `ready`); it GETs `url` while
+    /// handling each entry.
+    pub fn stream_consumer(&self, url: &str, protocol: u8) -> Proc {
+        let mut cmd = Command::new(python());
+        cmd.arg(fixture("redis_stream_consumer.py"))
+            .arg(self.port.to_string())
+            .arg(url)
+            .arg(protocol.to_string());
+        let mut proc = Proc::spawn("redis_stream_consumer.py", &mut cmd);
+        proc.wait_for_stdout("ready", TIMEOUT);
+        proc
+    }
+
+    /// `tests/fixtures/redis_stream_producer.py PORT PROTOCOL`, run to its end.
+    pub fn stream_producer(&self, protocol: u8) -> ClientRun {
+        let mut cmd = Command::new(python());
+        cmd.arg(fixture("redis_stream_producer.py"))
+            .arg(self.port.to_string())
+            .arg(protocol.to_string());
+        run("redis_stream_producer.py", &mut cmd)
     }
 }

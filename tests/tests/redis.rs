@@ -383,3 +383,96 @@ fn redis_py_resp2_and_resp3_with_auth_pipelines_transactions_and_pubsub() {
     );
     ztrace.stop();
 }
+
+/// Streams: each `XADD` of a redis-py producer is a PRODUCER span `publish orders` with the id
+/// the server returned as `messaging.message.id`; each entry an `XREADGROUP` of the consumer
+/// returns is a CONSUMER span `receive orders`, the child of the XADD's span
+/// (`ztrace.link` = `message`: the same stream and entry id); the HTTP call the consumer makes
+/// while handling the entry is the child of the CONSUMER span (`thread`). RESP2 and RESP3.
+#[test]
+#[ignore = "needs root and eBPF; run by cargo xtask test"]
+fn redis_py_stream_entries_link_xreadgroup_to_xadd() {
+    let server = RedisServer::start(None);
+    let stock = ztrace_e2e::servers::Server::python_http("127.0.0.1");
+    let mut ztrace = Ztrace::start(&["--print=json"]);
+    let port = server.port;
+    let url = format!("http://127.0.0.1:{}/hello", stock.port);
+    let mut http_seen = 0;
+    for protocol in [2u8, 3] {
+        let mut consumer = server.stream_consumer(&url, protocol);
+        let producer = server.stream_producer(protocol);
+        assert!(
+            producer.success && producer.stdout.contains("done"),
+            "producer: {}\n{}",
+            producer.stdout,
+            producer.stderr
+        );
+        consumer.wait_for_stdout("done", std::time::Duration::from_secs(60));
+        let ids: Vec<String> = producer
+            .stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("added ").map(str::to_owned))
+            .collect();
+        assert_eq!(ids.len(), 2, "{}", producer.stdout);
+        let (con_pid, pro_pid) = (consumer.pid(), producer.pid);
+        let messaging = move |s: &Span| {
+            to_server(port)(s)
+                && s.attr_str("messaging.system") == Some("redis")
+                && (s.pid() == Some(con_pid) || s.pid() == Some(pro_pid))
+        };
+        let spans = ztrace.wait_for_n_spans(4, messaging, SPAN_TIMEOUT);
+        assert_eq!(spans.len(), 4, "RESP{protocol}:\n{}", list(&spans));
+        http_seen += 2;
+        let stock_port = stock.port;
+        let http = ztrace.wait_for_n_spans(
+            2 * http_seen,
+            move |s: &Span| s.server_port() == Some(stock_port) && s.url_path() == Some("/hello"),
+            SPAN_TIMEOUT,
+        );
+        for id in &ids {
+            let with_id = |kind: &str, pid: u32| {
+                spans
+                    .iter()
+                    .find(|s| {
+                        s.kind() == Some(kind)
+                            && s.pid() == Some(pid)
+                            && s.attr_str("messaging.message.id") == Some(id.as_str())
+                    })
+                    .unwrap_or_else(|| {
+                        panic!("RESP{protocol}: no {kind} span of {id}:\n{}", list(&spans))
+                    })
+            };
+            let added = with_id("producer", pro_pid);
+            let read = with_id("consumer", con_pid);
+            assert_eq!(added.name(), Some("publish orders"));
+            assert_eq!(added.attr_str("db.operation.name"), Some("XADD"));
+            assert_eq!(read.name(), Some("receive orders"));
+            assert_eq!(read.attr_str("messaging.destination.name"), Some("orders"));
+            assert_eq!(
+                read.parent_span_id(),
+                Some(added.span_id()),
+                "RESP{protocol}:\n{added:?}\n{read:?}"
+            );
+            assert_eq!(read.trace_id(), added.trace_id());
+            assert_eq!(read.attr_str("ztrace.link"), Some("message"));
+            let call = http
+                .iter()
+                .find(|s| s.is_client() && s.parent_span_id() == Some(read.span_id()))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "RESP{protocol}: no HTTP call is the child of {read:?}:\n{}",
+                        list(&http)
+                    )
+                });
+            assert_eq!(call.attr_str("ztrace.link"), Some("thread"));
+            assert_eq!(call.trace_id(), added.trace_id());
+        }
+        for span in &spans {
+            assert!(
+                !span.0.to_string().contains("payload-never-exported"),
+                "{span:?}"
+            );
+        }
+    }
+    ztrace.stop();
+}

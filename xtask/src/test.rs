@@ -60,6 +60,9 @@ const TEST_PACKAGES: &[&str] = &[
     "redis-tools",
     "memcached",
     "nats-server",
+    // RabbitMQ (AMQP 0-9-1) and Debian's pika for /usr/bin/python3 (tests/tests/amqp.rs).
+    "rabbitmq-server",
+    "python3-pika",
     // The stack tests compile C clients and split their DWARF (tests/tests/stacks.rs).
     "gcc",
     "binutils",
@@ -97,8 +100,12 @@ const VENV_PACKAGES: &[&str] = &[
     "nats-py",
 ];
 /// npm packages of the tests, installed under `target/test-npm` (the tests find them through
-/// `ZTRACE_NODE_MODULES`): Node's gRPC (tests/tests/grpc.rs). Each with a file that proves it is there.
-const NPM_PACKAGES: &[(&str, &str)] = &[("@grpc/grpc-js@1.14", "@grpc/grpc-js/package.json")];
+/// `ZTRACE_NODE_MODULES`): Node's gRPC (tests/tests/grpc.rs) and AMQP 0-9-1 client
+/// (tests/tests/amqp.rs). Each with a file that proves it is there.
+const NPM_PACKAGES: &[(&str, &str)] = &[
+    ("@grpc/grpc-js@1.14", "@grpc/grpc-js/package.json"),
+    ("amqplib@0.10", "amqplib/package.json"),
+];
 const VENV_CHECK: &str = "import grpc, opentelemetry.proto, opentelemetry.distro, opentelemetry.exporter.otlp.proto.grpc, opentelemetry.instrumentation.urllib, opentelemetry.instrumentation.wsgi, redis, pymemcache, nats";
 
 /// Tests passed and failed over every cargo test run.

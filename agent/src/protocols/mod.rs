@@ -1,4 +1,4 @@
-//! Protocols: one folder each (`http1/`, `http2/`, `redis/`, `memcached/`, `nats/`, `postgres/`), behind two traits, listed once in
+//! Protocols: one folder each (`http1/`, `http2/`, `redis/`, `memcached/`, `nats/`, `amqp/`, `postgres/`), behind two traits, listed once in
 //! [`REGISTRY`].
 //!
 //! A protocol folder holds everything that protocol is: how its first bytes are recognized
@@ -50,6 +50,7 @@ registry! {
     redis::Redis,
     memcached::Memcached,
     nats::Nats,
+    amqp::Amqp,
     postgres::Postgres,
 }
 

@@ -440,7 +440,10 @@ impl Tracer {
         );
     }
 
-    /// A span finished at kernel time `ts` (the event that completed its exchange).
+    /// A span finished at kernel time `ts` (the event that completed its exchange). A PRODUCER
+    /// span is handled at its request's start: its message left then, and a consumer may read
+    /// it before the producer's exchange completes (Redis answers a blocked `XREADGROUP` before
+    /// the producer reads the id its `XADD` returned, which the message's key needs).
     pub fn finished(
         &mut self,
         ts: u64,
@@ -448,6 +451,10 @@ impl Tracer {
         metrics: &Metrics,
         out: &mut Vec<Span>,
     ) {
+        let ts = match finished.request_start_ns {
+            start if finished.span.kind == SpanKind::Producer && start > 0 => ts.min(start),
+            _ => ts,
+        };
         self.push(ts, Input::Done(Box::new(finished)), metrics, out);
     }
 

@@ -729,6 +729,59 @@ fn a_delivered_message_is_the_child_of_the_publish_that_sent_it() {
 }
 
 #[test]
+fn a_message_read_before_its_producer_exchange_completed_is_still_its_child() {
+    // Redis streams: the consumer's XREADGROUP returns the entry (120) before the producer reads
+    // the id its XADD (sent at 110) returned (130), and the key needs that id.
+    let (publisher, _) = conn(1, 7, 9, 8, 40001, 6379);
+    let (subscriber, _) = conn(2, 5, 9, 9, 40002, 6379);
+    let mut w = World::new();
+    w.start(publisher, 7, 110);
+    let message = |kind, name: &str| {
+        let mut s = span(kind, name);
+        s.attributes.push(Attribute::new(MESSAGE_KEY_ATTR, 42i64));
+        s
+    };
+    let finished = |end: End, span, at, tid| Finished {
+        span,
+        key: end.key,
+        side: Side::Client,
+        request_start_ns: at,
+        peer_traced: false,
+        consumer_tid: tid,
+        stream: None,
+    };
+    w.tracer.finished(
+        120,
+        finished(
+            subscriber,
+            message(SpanKind::Consumer, "receive orders"),
+            120,
+            Some(5),
+        ),
+        &w.metrics,
+        &mut w.out,
+    );
+    w.tracer.finished(
+        130,
+        finished(
+            publisher,
+            message(SpanKind::Producer, "publish orders"),
+            110,
+            None,
+        ),
+        &w.metrics,
+        &mut w.out,
+    );
+    let spans = w.flush();
+    let (publish, receive) = (
+        by_name(&spans, "publish orders"),
+        by_name(&spans, "receive orders"),
+    );
+    assert_eq!(receive.parent_span_id, Some(publish.span_id));
+    assert_eq!(link(receive), "message");
+}
+
+#[test]
 fn the_calls_a_thread_makes_after_reading_a_message_are_its_processing() {
     let (subscriber, _) = conn(2, 5, 9, 9, 40002, 4222);
     let (http_client, http_server) = conn(2, 6, 3, 4, 40003, 8080);

@@ -83,13 +83,19 @@ pub struct CacheResult {
 }
 
 /// A pub/sub message: published (`PUBLISH`/`SPUBLISH`, a PRODUCER span) or delivered to a
-/// subscriber (a `message`/`pmessage`/`smessage` push, a CONSUMER span). Never its payload.
+/// subscriber (a `message`/`pmessage`/`smessage` push, a CONSUMER span); or a stream entry:
+/// added (`XADD`, a PRODUCER span) or read (an entry of an `XREAD`/`XREADGROUP` reply, a
+/// CONSUMER span). Never its payload.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RedisMessage {
     /// Delivered to the traced process (else published by it).
     pub receive: bool,
+    /// The channel, or the stream's key.
     pub channel: Arc<str>,
+    /// The payload's size (pub/sub; 0 for a stream entry).
     pub size: u64,
+    /// A stream entry's id (`1700000000000-0`): the same in `XADD`'s reply and where it is read.
+    pub entry_id: Option<Arc<str>>,
     /// [`crate::trace::message_key`] of the message: equal on both ends.
     pub key: i64,
 }
@@ -102,9 +108,47 @@ impl RedisMessage {
             receive,
             channel,
             size,
+            entry_id: None,
             key,
         }
     }
+
+    /// A stream entry: its key is the stream's key and the entry's id.
+    fn stream_entry(receive: bool, stream: &Arc<str>, id: &[u8]) -> Self {
+        let id: Arc<str> = Arc::from(String::from_utf8_lossy(id).as_ref());
+        let key = crate::trace::message_key("redis-stream", stream, 0, id.as_bytes());
+        RedisMessage {
+            receive,
+            channel: stream.clone(),
+            size: 0,
+            entry_id: Some(id),
+            key,
+        }
+    }
+}
+
+/// A stream entry id: `ms-seq`, both decimal.
+fn is_entry_id(bytes: &[u8]) -> bool {
+    let mut parts = bytes.splitn(2, |&b| b == b'-');
+    let whole = |p: Option<&[u8]>| p.is_some_and(|p| !p.is_empty() && p.iter().all(u8::is_ascii_digit));
+    whole(parts.next()) && whole(parts.next())
+}
+
+/// The stream a command adds to (`XADD key ...`) or reads from (`XREAD`/`XREADGROUP ... STREAMS
+/// key id`: one stream only, else the entries read cannot be told apart by stream).
+fn stream_of(name: &str, args: &[Vec<u8>], children: u32) -> Option<Arc<str>> {
+    let key = match name {
+        "XADD" => args.get(1)?,
+        "XREAD" | "XREADGROUP" => {
+            let at = args.iter().position(|a| a.eq_ignore_ascii_case(b"STREAMS"))?;
+            if children as usize != at + 3 {
+                return None;
+            }
+            args.get(at + 1)?
+        }
+        _ => return None,
+    };
+    Some(Arc::from(String::from_utf8_lossy(key).as_ref()))
 }
 
 /// One command and its reply.
@@ -161,6 +205,8 @@ struct Pending {
     cache: Option<CacheResult>,
     queued: bool,
     message: Option<RedisMessage>,
+    /// The stream an `XADD`, `XREAD` or `XREADGROUP` names.
+    stream: Option<Arc<str>>,
 }
 
 /// The parser of one connection.
@@ -247,7 +293,9 @@ impl RedisParser {
             self.pending.pop_front();
             self.lost += 1;
         }
+        let stream = stream_of(&command.name, &value.elements, value.children);
         self.pending.push_back(Pending {
+            stream,
             message,
             replies: command.replies,
             command,
@@ -333,7 +381,44 @@ impl RedisParser {
                 if front.command.name == "MONITOR" && front.error.is_none() {
                     self.monitoring = true;
                 }
+                // Streams: the id XADD returns, and the entries XREAD/XREADGROUP return.
+                let mut entries = Vec::new();
+                if let Some(stream) = &front.stream {
+                    if front.command.name == "XADD" {
+                        if value.kind == b'$' && !value.nil && is_entry_id(&value.text) {
+                            front.message =
+                                Some(RedisMessage::stream_entry(false, stream, &value.text));
+                        }
+                    } else if self.side == Side::Client {
+                        entries = value
+                            .nested_ids
+                            .iter()
+                            .filter(|id| is_entry_id(id))
+                            .map(|id| RedisMessage::stream_entry(true, stream, id))
+                            .collect();
+                    }
+                }
+                let operation = front.command.name.clone();
                 self.finish_front(value.end_ns, value.end_tid, out);
+                for message in entries {
+                    out.push(RedisExchange {
+                        side: Side::Client,
+                        operation: Arc::from(operation.as_str()),
+                        query_text: Arc::from(""),
+                        db: self.db,
+                        error: None,
+                        cache: None,
+                        queued: false,
+                        request_size: 0,
+                        reply_size: 0,
+                        answered: true,
+                        message: Some(message),
+                        request_start_ns: value.end_ns,
+                        response_end_ns: value.end_ns,
+                        request_tid: value.end_tid,
+                        response_tid: value.end_tid,
+                    });
+                }
             }
             return;
         }

@@ -17,6 +17,10 @@
 pub const MAX_DEPTH: usize = 32;
 /// Longest line (type byte, length, simple string, error, inline command) accepted.
 pub const MAX_LINE: usize = 64 * 1024;
+/// Nested ids kept per reply ([`Value::nested_ids`]).
+pub const MAX_NESTED_IDS: usize = 256;
+/// Longest nested id kept: a stream entry id is at most 41 bytes (`u64-u64`).
+pub const MAX_ID_BYTES: usize = 41;
 /// Bytes of a line kept for a summary.
 const MAX_KEPT_LINE: usize = 512;
 
@@ -60,6 +64,10 @@ pub struct Value {
     pub elements: Vec<Vec<u8>>,
     /// The full length of each kept element (a bulk string's announced length).
     pub element_lens: Vec<u64>,
+    /// Short strings that open an aggregate nested three or more deep in a reply (at most
+    /// [`MAX_NESTED_IDS`] of [`MAX_ID_BYTES`] bytes or less): the entry ids of an `XREAD` or
+    /// `XREADGROUP` reply, among field names.
+    pub nested_ids: Vec<Vec<u8>>,
     /// Direct children that were nil.
     pub nil_children: u32,
     /// Direct children seen.
@@ -98,6 +106,8 @@ impl Value {
 struct Open {
     /// Children still to come.
     remaining: u64,
+    /// Children in all (the first is coming while `remaining == total`).
+    total: u64,
     /// An attribute frame: it does not count as a child of its parent.
     attribute: bool,
 }
@@ -119,6 +129,8 @@ enum Keep {
     Text,
     /// The last of the top-level aggregate's `elements`.
     Element,
+    /// The last of the `nested_ids`.
+    Nested,
 }
 
 /// One direction's RESP reader.
@@ -254,6 +266,14 @@ impl RespReader {
                 Some(e) => e,
                 None => return,
             },
+            Keep::Nested => match self.value.nested_ids.last_mut() {
+                Some(e) => {
+                    let room = MAX_ID_BYTES.saturating_sub(e.len()).min(bytes.len());
+                    e.extend_from_slice(&bytes[..room]);
+                    return;
+                }
+                None => return,
+            },
         };
         let room = self
             .keep_bytes
@@ -262,11 +282,21 @@ impl RespReader {
         target.extend_from_slice(&bytes[..room]);
     }
 
-    fn set_element_len(&mut self, keep: Keep, len: u64) {
-        if keep == Keep::Element {
-            if let Some(last) = self.value.element_lens.last_mut() {
-                *last = len;
+    /// The string being kept is `len` bytes long; returns where its bytes go (a nested string
+    /// too long for an id is not kept).
+    fn set_element_len(&mut self, keep: Keep, len: u64) -> Keep {
+        match keep {
+            Keep::Element => {
+                if let Some(last) = self.value.element_lens.last_mut() {
+                    *last = len;
+                }
+                keep
             }
+            Keep::Nested if len > MAX_ID_BYTES as u64 => {
+                self.value.nested_ids.pop();
+                Keep::Nowhere
+            }
+            _ => keep,
         }
     }
 
@@ -283,6 +313,15 @@ impl RespReader {
                 self.value.elements.push(Vec::new());
                 self.value.element_lens.push(0);
                 Keep::Element
+            }
+            [_, _, .., parent]
+                if self.role == Role::Replies
+                    && !parent.attribute
+                    && parent.remaining == parent.total
+                    && self.value.nested_ids.len() < MAX_NESTED_IDS =>
+            {
+                self.value.nested_ids.push(Vec::new());
+                Keep::Nested
             }
             _ => Keep::Nowhere,
         }
@@ -310,7 +349,7 @@ impl RespReader {
         match kind {
             b'+' | b'-' | b':' | b'#' | b',' | b'(' | b'_' => {
                 let keep = self.keep_for_new_string();
-                self.set_element_len(keep, rest.len() as u64);
+                let keep = self.set_element_len(keep, rest.len() as u64);
                 self.keep_bytes_of(keep, rest);
                 if kind == b':' && self.stack.is_empty() {
                     self.value.len = number(rest)?;
@@ -332,7 +371,7 @@ impl RespReader {
                         self.value.len = n;
                     }
                     let keep = self.keep_for_new_string();
-                    self.set_element_len(keep, n as u64);
+                    let keep = self.set_element_len(keep, n as u64);
                     self.reading = Reading::Bulk {
                         remaining: n as u64 + 2,
                         keep,
@@ -372,6 +411,7 @@ impl RespReader {
                     }
                     self.stack.push(Open {
                         remaining: children,
+                        total: children,
                         attribute,
                     });
                 }

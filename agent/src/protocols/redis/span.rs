@@ -15,6 +15,10 @@
 //!   attributes and `messaging.*`), a message delivered to a subscriber a CONSUMER span
 //!   `receive {channel}` (`messaging.*` only); both carry the message key trace assembly links
 //!   them by (see `trace::message_key`).
+//! - Streams: `XADD` is a PRODUCER span `publish {stream}` (the database attributes and
+//!   `messaging.*`, with `messaging.message.id` = the id it returned), each entry an
+//!   `XREAD`/`XREADGROUP` of one stream returned a CONSUMER span `receive {stream}` beside that
+//!   command's CLIENT span, keyed by stream and entry id.
 
 use std::sync::Arc;
 
@@ -56,10 +60,14 @@ pub fn redis_span(
             if m.receive { "receive" } else { "send" },
         ));
         attrs.push(Attribute::new("messaging.destination.name", &*m.channel));
-        attrs.push(Attribute::new(
-            "messaging.message.body.size",
-            i64::try_from(m.size).unwrap_or(i64::MAX),
-        ));
+        match &m.entry_id {
+            // A stream entry: its id, not a size (its fields are not counted).
+            Some(id) => attrs.push(Attribute::new("messaging.message.id", &**id)),
+            None => attrs.push(Attribute::new(
+                "messaging.message.body.size",
+                i64::try_from(m.size).unwrap_or(i64::MAX),
+            )),
+        }
         attrs.push(Attribute::new(crate::trace::MESSAGE_KEY_ATTR, m.key));
     }
     if ex.message.as_ref().is_some_and(|m| m.receive) {

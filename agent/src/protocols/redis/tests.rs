@@ -533,3 +533,48 @@ fn mutated_recordings_never_panic() {
         crate::protocols::fuzz::feed(&Redis, &data);
     }
 }
+
+/// Streams, recorded between redis-py 8 and Redis 7.0 (`tests/fixtures/redis_stream_producer.py`
+/// and `redis_stream_consumer.py` through `postgres/testdata/record.py`) in RESP2 and RESP3: each
+/// XADD is a PRODUCER message whose key is its stream and the id the server returned; each entry
+/// an XREADGROUP returned a CONSUMER message with the same key.
+#[test]
+fn recorded_redis_py_streams_link_xadd_to_xreadgroup_entries() {
+    for (producer, consumer) in [
+        (
+            &include_bytes!("testdata/py_stream_producer_resp2.bin")[..],
+            &include_bytes!("testdata/py_stream_consumer_resp2.bin")[..],
+        ),
+        (
+            include_bytes!("testdata/py_stream_producer_resp3.bin"),
+            include_bytes!("testdata/py_stream_consumer_resp3.bin"),
+        ),
+    ] {
+        let added: Vec<RedisMessage> = replay(producer)
+            .into_iter()
+            .filter_map(|e| e.message)
+            .collect();
+        let read: Vec<RedisMessage> = replay(consumer)
+            .into_iter()
+            .filter_map(|e| e.message)
+            .collect();
+        assert_eq!(added.len(), 2, "{added:?}");
+        assert_eq!(read.len(), 2, "{read:?}");
+        for (a, r) in added.iter().zip(&read) {
+            assert!(!a.receive && r.receive);
+            assert_eq!(&*a.channel, "orders");
+            assert_eq!(a.entry_id, r.entry_id);
+            assert!(a.entry_id.as_deref().is_some_and(|id| is_entry_id(id.as_bytes())));
+            assert_eq!(a.key, r.key);
+        }
+        assert_ne!(added[0].key, added[1].key);
+    }
+}
+
+#[test]
+fn entry_ids() {
+    assert!(is_entry_id(b"1796575962382-0"));
+    for not in [&b"1796575962382"[..], b"-0", b"1-", b"order", b"1-2-3", b""] {
+        assert!(!is_entry_id(not), "{not:?}");
+    }
+}
