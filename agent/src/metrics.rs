@@ -82,6 +82,10 @@ counters! {
     link_window_peak,
     /// Remembered client requests forgotten because too many connections had some.
     link_state_dropped,
+    /// Go gRPC client streams whose first frame, written by the connection's writer
+    /// goroutine, was credited to the goroutine that created the stream
+    /// (`(*http2Client).NewStream`).
+    go_stream_owners,
     /// Spans dropped because a sink's queue was full.
     spans_dropped_queue_full,
     /// Spans accepted by the OTLP endpoint.

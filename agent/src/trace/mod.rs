@@ -213,6 +213,13 @@ enum Input {
         parent: u32,
         child: u32,
     },
+    /// A Go gRPC client: goroutine `goid` created client stream `stream` on connection fd `fd`.
+    StreamOwner {
+        tgid: u32,
+        fd: i32,
+        stream: u64,
+        goid: u32,
+    },
     Done(Box<Finished>),
     Close(ConnKey),
 }
@@ -221,7 +228,7 @@ impl Input {
     /// At equal timestamps: starts, then finished spans, then closes.
     fn rank(&self) -> u8 {
         match self {
-            Input::Spawn { .. } | Input::Start { .. } => 0,
+            Input::Spawn { .. } | Input::StreamOwner { .. } | Input::Start { .. } => 0,
             Input::Done(_) => 1,
             Input::Close(_) => 2,
         }
@@ -322,6 +329,25 @@ pub struct Tracer {
     /// [`MAX_GOROUTINES`], the oldest forgotten first (`spawn_order`).
     spawned_by: HashMap<(u32, u32), (u32, u64)>,
     spawn_order: VecDeque<(u32, u32)>,
+    /// Go: the server streams the latest read of a goroutine opened, in stream order, not yet
+    /// handed to a goroutine it started: (tgid, reading goroutine) → (the read's time, streams).
+    opened: HashMap<(u32, u32), (u64, VecDeque<Handed>)>,
+    /// Go: the server stream each handler goroutine was started for, (tgid, goroutine) →
+    /// stream (at most [`MAX_GOROUTINES`]).
+    handlers: HashMap<(u32, u32), Handed>,
+    /// Go gRPC clients: the goroutines that created the client streams of a connection not yet
+    /// written, (tgid, fd) → (stream, goroutine, when), at most [`MAX_STREAMS_PER_CONN`] each.
+    stream_owners: HashMap<(u32, i32), VecDeque<(u64, u32, u64)>>,
+}
+
+/// A server stream of a Go program handed to the goroutine started to serve it.
+#[derive(Clone, Copy)]
+struct Handed {
+    conn: ConnKey,
+    stream: u64,
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    ts: u64,
 }
 
 /// Goroutine starts remembered (about 40 bytes each).
@@ -329,7 +355,7 @@ pub const MAX_GOROUTINES: usize = 65_536;
 
 impl Tracer {
     /// Sizes of its tables (the hold-back window, the per-connection and per-unit state).
-    pub fn table_sizes(&self) -> [(&'static str, usize); 6] {
+    pub fn table_sizes(&self) -> [(&'static str, usize); 8] {
         [
             ("trace_window", self.pending.len()),
             ("trace_conn_starts", self.starts.len()),
@@ -337,6 +363,8 @@ impl Tracer {
             ("trace_messages", self.messages.len()),
             ("trace_serving_units", self.serving.len()),
             ("trace_goroutine_starts", self.spawned_by.len()),
+            ("trace_stream_handlers", self.handlers.len()),
+            ("trace_stream_owners", self.stream_owners.len()),
         ]
     }
 }
@@ -460,6 +488,33 @@ impl Tracer {
         );
     }
 
+    /// In a Go gRPC client `tgid`, goroutine `goid` created client stream `stream` on the
+    /// connection of fd `fd`; `ts` is when that creation began (before the stream's id was
+    /// given, so before any goroutine could write the stream's first frame).
+    #[allow(clippy::too_many_arguments)]
+    pub fn stream_created(
+        &mut self,
+        ts: u64,
+        tgid: u32,
+        fd: i32,
+        stream: u64,
+        goid: u32,
+        metrics: &Metrics,
+        out: &mut Vec<Span>,
+    ) {
+        self.push(
+            ts,
+            Input::StreamOwner {
+                tgid,
+                fd,
+                stream,
+                goid,
+            },
+            metrics,
+            out,
+        );
+    }
+
     /// The process closed the connection at kernel time `ts`.
     pub fn closed(&mut self, ts: u64, key: ConnKey, metrics: &Metrics, out: &mut Vec<Span>) {
         self.push(ts, Input::Close(key), metrics, out);
@@ -507,6 +562,12 @@ impl Tracer {
             open.retain(|s| s.ts >= cutoff);
             !open.is_empty()
         });
+        self.opened.retain(|_, (ts, _)| *ts >= cutoff);
+        self.handlers.retain(|_, h| h.ts >= cutoff);
+        self.stream_owners.retain(|_, q| {
+            q.retain(|&(_, _, ts)| ts >= cutoff);
+            !q.is_empty()
+        });
         let serving = &self.serving;
         self.serving_thread.retain(|conn, tid| {
             serving
@@ -537,8 +598,22 @@ impl Tracer {
                 {
                     self.spawn_order.push_back((tgid, child));
                 }
+                self.hand_over(tgid, parent, child);
+            }
+            Input::StreamOwner {
+                tgid,
+                fd,
+                stream,
+                goid,
+            } => {
+                let q = self.stream_owners.entry((tgid, fd)).or_default();
+                if q.len() >= MAX_STREAMS_PER_CONN {
+                    q.pop_front();
+                }
+                q.push_back((stream, goid, p.ts));
             }
             Input::Close(key) => {
+                self.stream_owners.remove(&(key.tgid, key.fd));
                 self.starts.remove(&key);
                 self.stream_starts.remove(&key);
                 self.stop_serving(key);
@@ -547,6 +622,20 @@ impl Tracer {
     }
 
     fn on_start(&mut self, s: &RequestStart, peer_traced: bool, metrics: &Metrics) {
+        // A Go gRPC client stream is written by the connection's writer goroutine: it acts for
+        // the goroutine that created the stream.
+        let owned;
+        let s = match (s.side, s.stream) {
+            (Side::Client, Some(stream)) => match self.take_stream_owner(s.key, stream, s.ts_ns) {
+                Some(goid) => {
+                    Metrics::inc(&metrics.go_stream_owners);
+                    owned = RequestStart { goid, ..*s };
+                    &owned
+                }
+                None => s,
+            },
+            _ => s,
+        };
         // Ids the kernel gave the request went on the wire: the span keeps its span id, and
         // where no rule of this host applies, its trace id and the parent the other host sent.
         let born = s.born;
@@ -605,26 +694,31 @@ impl Tracer {
                     }
                 }
                 Side::Client => {
-                    let linked = match self.serving.get(&(s.key.tgid, unit(s))).map(Vec::as_slice) {
-                        // A message's consumer serves its thread for a while only.
-                        Some([one])
-                            if !one.consumer
-                                || s.ts_ns.saturating_sub(one.ts) <= CONSUMER_PROCESSING_NS =>
-                        {
-                            Some((
-                                one.trace_id,
-                                one.span_id,
-                                if s.goid != 0 {
-                                    Link::Goroutine
-                                } else {
-                                    Link::Thread
-                                },
-                            ))
+                    let handed = self
+                        .handed_to(s.key.tgid, s.goid)
+                        .map(|h| (h.trace_id, h.span_id, Link::Goroutine));
+                    let linked = handed.or_else(|| {
+                        match self.serving.get(&(s.key.tgid, unit(s))).map(Vec::as_slice) {
+                            // A message's consumer serves its thread for a while only.
+                            Some([one])
+                                if !one.consumer
+                                    || s.ts_ns.saturating_sub(one.ts) <= CONSUMER_PROCESSING_NS =>
+                            {
+                                Some((
+                                    one.trace_id,
+                                    one.span_id,
+                                    if s.goid != 0 {
+                                        Link::Goroutine
+                                    } else {
+                                        Link::Thread
+                                    },
+                                ))
+                            }
+                            _ => self
+                                .started_by_serving(s)
+                                .map(|(t, p)| (t, p, Link::Goroutine)),
                         }
-                        _ => self
-                            .started_by_serving(s)
-                            .map(|(t, p)| (t, p, Link::Goroutine)),
-                    };
+                    });
                     match linked {
                         Some((trace_id, parent, link)) => {
                             if born.is_some_and(|b| b.trace_id != trace_id) {
@@ -663,6 +757,9 @@ impl Tracer {
                         consumer: false,
                     });
                 self.serving_thread.insert(s.key, unit(s));
+                if let (Some(stream), true) = (s.stream, s.goid != 0) {
+                    self.opened_by_read(s, stream, &ids);
+                }
             }
             Side::Client => {
                 if self.in_flight.len() >= MAX_IN_FLIGHT_CONNS {
@@ -759,6 +856,9 @@ impl Tracer {
         let mut goid = s.goid;
         for _ in 0..MAX_SPAWN_DEPTH {
             let &(parent, spawned_at) = self.spawned_by.get(&(s.key.tgid, goid))?;
+            if let Some(h) = self.handed_to(s.key.tgid, parent) {
+                return (h.ts <= spawned_at).then_some((h.trace_id, h.span_id));
+            }
             match self
                 .serving
                 .get(&(s.key.tgid, 1 << 32 | u64::from(parent)))
@@ -770,6 +870,81 @@ impl Tracer {
             }
         }
         None
+    }
+
+    /// A Go server stream `stream` opened by the read of goroutine `s.goid` at `s.ts_ns`: kept,
+    /// in stream order with the other streams of that read, for the goroutines the reading
+    /// goroutine starts next (a read's streams are those frames in order, and Go's gRPC server
+    /// starts one goroutine per stream as it reads them). A newer read forgets the streams of
+    /// the older one that no goroutine took.
+    fn opened_by_read(&mut self, s: &RequestStart, stream: u64, ids: &Ids) {
+        if self.opened.len() >= MAX_GOROUTINES {
+            self.opened.clear();
+        }
+        let (read_ts, q) = self
+            .opened
+            .entry((s.key.tgid, s.goid))
+            .or_insert_with(|| (s.ts_ns, VecDeque::new()));
+        if *read_ts != s.ts_ns {
+            *read_ts = s.ts_ns;
+            q.clear();
+        }
+        if q.len() >= MAX_STREAMS_PER_CONN {
+            return;
+        }
+        let at = q.partition_point(|h| h.stream < stream);
+        q.insert(
+            at,
+            Handed {
+                conn: s.key,
+                stream,
+                trace_id: ids.trace_id,
+                span_id: ids.span_id,
+                ts: s.ts_ns,
+            },
+        );
+    }
+
+    /// Goroutine `parent` started `child`: if `parent`'s latest read opened server streams no
+    /// goroutine took yet, `child` serves the first of them.
+    fn hand_over(&mut self, tgid: u32, parent: u32, child: u32) {
+        let Some((_, q)) = self.opened.get_mut(&(tgid, parent)) else {
+            return;
+        };
+        let Some(h) = q.pop_front() else { return };
+        if q.is_empty() {
+            self.opened.remove(&(tgid, parent));
+        }
+        if self.handlers.len() >= MAX_GOROUTINES {
+            self.handlers.clear();
+        }
+        self.handlers.insert((tgid, child), h);
+    }
+
+    /// The server stream goroutine `goid` was started for, while that stream's exchange is open.
+    fn handed_to(&self, tgid: u32, goid: u32) -> Option<&Handed> {
+        if goid == 0 {
+            return None;
+        }
+        let h = self.handlers.get(&(tgid, goid))?;
+        let open = self.stream_starts.get(&h.conn).is_some_and(|q| {
+            q.iter()
+                .any(|r| r.stream == Some(h.stream) && r.ids.span_id == h.span_id)
+        });
+        open.then_some(h)
+    }
+
+    /// The goroutine that created client stream `stream` of connection `key` before `ts`.
+    fn take_stream_owner(&mut self, key: ConnKey, stream: u64, ts: u64) -> Option<u32> {
+        let q = self.stream_owners.get_mut(&(key.tgid, key.fd))?;
+        let i = q.iter().position(|&(s, _, at)| s == stream && at <= ts)?;
+        let (_, goid, _) = q.remove(i)?;
+        // Streams are written in the order they were created: older ones are never written now.
+        q.retain(|&(s, _, _)| s > stream);
+        if q.is_empty() {
+            self.stream_owners.remove(&(key.tgid, key.fd));
+        }
+        Some(goid)
     }
 
     /// The latest client request on `tuple` written at or before `ts`; it and older ones are
