@@ -1,7 +1,8 @@
 //! Decoding of ring-buffer records into typed kernel events. Pure: no I/O, no allocation.
 
 use ztrace_common::{
-    ConnEvent, DataEventHeader, EventHeader, EventKind, GoSpawnEvent, StackEventHeader,
+    ConnEvent, DataEventHeader, EventHeader, EventKind, GoSpawnEvent, GoStreamEvent,
+    StackEventHeader,
 };
 
 /// One record from the kernel, borrowed from the ring buffer.
@@ -26,6 +27,8 @@ pub enum KernelEvent<'a> {
     },
     /// A followed Go program started a goroutine.
     GoSpawn(GoSpawnEvent),
+    /// A followed Go program's gRPC client created a stream.
+    GoStream(GoStreamEvent),
 }
 
 /// Why a record could not be decoded (counted as `events_malformed`).
@@ -65,6 +68,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
         Some(EventKind::Close) => Ok(KernelEvent::Close(header)),
         Some(EventKind::Exec) => Ok(KernelEvent::Exec(header)),
         Some(EventKind::GoSpawn) => Ok(KernelEvent::GoSpawn(read(bytes)?)),
+        Some(EventKind::GoStream) => Ok(KernelEvent::GoStream(read(bytes)?)),
         Some(EventKind::Data) => {
             let data: DataEventHeader = read(bytes)?;
             let payload = &bytes[size_of::<DataEventHeader>()..];

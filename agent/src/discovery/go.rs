@@ -13,6 +13,7 @@ use std::{
     path::Path,
 };
 
+use crate::golang::grpc::GrpcClient;
 use crate::golang::runtime::{inspect, GoBinary};
 pub use crate::golang::{
     code::Sites,
@@ -28,6 +29,8 @@ pub trait GoAttacher {
     fn attach_go_handoffs(&mut self, path: &Path, functions: &[Handoff]) -> Result<(), String>;
     /// Probes [`NEWPROC`]'s entry and RETs in the file at `path`.
     fn attach_go_spawn(&mut self, path: &Path, sites: &Sites) -> Result<(), String>;
+    /// Probes grpc-go's client stream creation (entry and RETs) in the file at `path`.
+    fn attach_go_grpc(&mut self, path: &Path, client: &GrpcClient) -> Result<(), String>;
     /// Starts (`Some(goid offset)`) or stops following the goroutines of a process.
     fn follow_go_process(&mut self, tgid: u32, goid_offset: Option<u32>) -> Result<(), String>;
 }
@@ -134,18 +137,22 @@ impl GoDiscovery {
                     }
                     let line = match &b {
                         GoBinary::Followed {
-                            version, handoffs, ..
-                        } if handoffs.is_empty() => {
-                            format!("ok    goroutine {path}: {version}, goroutines followed (no net/http)")
-                        }
-                        GoBinary::Followed {
                             version,
                             handoffs,
                             spawn,
                             stripped,
+                            grpc,
                             ..
                         } => {
                             let exe = Path::new(&exe);
+                            let grpc = match grpc {
+                                None => String::new(),
+                                Some(Ok(client)) => match attacher.attach_go_grpc(exe, client) {
+                                    Ok(()) => ", gRPC client streams followed".to_owned(),
+                                    Err(e) => format!(", gRPC client streams not followed: {e}"),
+                                },
+                                Some(Err(e)) => format!(", gRPC client streams not followed: {e}"),
+                            };
                             let spawn =
                                 match spawn.as_ref().map(|s| attacher.attach_go_spawn(exe, s)) {
                                     Some(Ok(())) => "goroutine starts followed".to_owned(),
@@ -154,13 +161,21 @@ impl GoDiscovery {
                                         "goroutine starts not followed: {NEWPROC} not found"
                                     ),
                                 };
-                            match attacher.attach_go_handoffs(exe, handoffs) {
-                                Ok(()) => format!(
-                                    "ok    goroutine {path}: {version}, goroutines followed, {} net/http hand-over uprobes{}, {spawn}",
-                                    handoffs.len(),
-                                    if *stripped { " (stripped: found in .gopclntab)" } else { "" }
-                                ),
-                                Err(e) => format!("FAIL  goroutine {path}: {version}, goroutines followed, net/http hand-overs not probed: {e}; {spawn}"),
+                            let stripped = if *stripped {
+                                " (stripped: found in .gopclntab)"
+                            } else {
+                                ""
+                            };
+                            if handoffs.is_empty() {
+                                format!("ok    goroutine {path}: {version}, goroutines followed (no net/http){stripped}, {spawn}{grpc}")
+                            } else {
+                                match attacher.attach_go_handoffs(exe, handoffs) {
+                                    Ok(()) => format!(
+                                        "ok    goroutine {path}: {version}, goroutines followed, {} net/http hand-over uprobes{stripped}, {spawn}{grpc}",
+                                        handoffs.len(),
+                                    ),
+                                    Err(e) => format!("FAIL  goroutine {path}: {version}, goroutines followed, net/http hand-overs not probed: {e}; {spawn}{grpc}"),
+                                }
                             }
                         }
                         GoBinary::Unsupported(why) => {
@@ -224,6 +239,9 @@ mod tests {
             Ok(())
         }
         fn attach_go_spawn(&mut self, _: &Path, _: &Sites) -> Result<(), String> {
+            Ok(())
+        }
+        fn attach_go_grpc(&mut self, _: &Path, _: &GrpcClient) -> Result<(), String> {
             Ok(())
         }
         fn follow_go_process(&mut self, tgid: u32, goid_offset: Option<u32>) -> Result<(), String> {

@@ -50,6 +50,9 @@ pub enum GoBinary {
         handoffs: Vec<Handoff>,
         stripped: bool,
         spawn: Option<Sites>,
+        /// grpc-go's client stream creation: `None` without grpc-go's client, `Err(why)` when
+        /// it cannot be probed.
+        grpc: Option<Result<super::grpc::GrpcClient, String>>,
     },
     /// A Go program ztrace cannot follow, and why.
     Unsupported(String),
@@ -97,7 +100,7 @@ pub fn classify<'data, O: Object<'data>>(elf: &O) -> GoBinary {
     let names: Vec<&'static str> = HANDOFF_FUNCTIONS
         .iter()
         .map(|(_, f)| *f)
-        .chain([NEWPROC])
+        .chain([NEWPROC, super::grpc::NEW_STREAM])
         .collect();
     let (found, stripped) = code::locate(elf, &names);
     let mut handoffs = Vec::new();
@@ -124,12 +127,14 @@ pub fn classify<'data, O: Object<'data>>(elf: &O) -> GoBinary {
         .find(|f| f.name == NEWPROC)
         .and_then(|f| code::sites(elf, f))
         .filter(|sites| !sites.rets.is_empty());
+    let grpc = super::grpc::inspect(elf, &found).transpose();
     GoBinary::Followed {
         version,
         goid_offset,
         handoffs,
         stripped,
         spawn,
+        grpc,
     }
 }
 

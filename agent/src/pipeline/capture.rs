@@ -257,6 +257,18 @@ impl Capture {
                     &mut self.ready,
                 );
             }
+            Ok(KernelEvent::GoStream(ev)) => {
+                // Stamped with NewStream's entry: older than the records around it.
+                self.tracer.stream_created(
+                    ev.header.ts_ns,
+                    ev.header.tgid,
+                    ev.header.fd,
+                    ev.stream_id,
+                    ev.goid as u32,
+                    &self.metrics,
+                    &mut self.ready,
+                );
+            }
             Ok(KernelEvent::Exec(header)) => {
                 self.tls.on_exec(header.tgid);
                 self.go.on_exec(header.tgid);

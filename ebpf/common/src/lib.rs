@@ -95,6 +95,8 @@ pub enum EventKind {
     Stack = 5,
     /// A followed Go program started a goroutine: [`GoSpawnEvent`].
     GoSpawn = 6,
+    /// A followed Go program's gRPC client created a stream: [`GoStreamEvent`].
+    GoStream = 7,
 }
 
 impl EventKind {
@@ -106,6 +108,7 @@ impl EventKind {
             4 => Some(Self::Exec),
             5 => Some(Self::Stack),
             6 => Some(Self::GoSpawn),
+            7 => Some(Self::GoStream),
             _ => None,
         }
     }
@@ -188,6 +191,21 @@ pub struct GoSpawnEvent {
     pub child_goid: u64,
 }
 const _: () = assert!(size_of::<GoSpawnEvent>() == 48);
+
+/// A goroutine of a followed Go program created a gRPC client stream (grpc-go's
+/// `(*http2Client).NewStream` returned it): `header.fd` is the connection's socket,
+/// `header.ts_ns` the time `NewStream` was entered (before the stream had its id, so before
+/// the connection's writer goroutine could write its first frame).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct GoStreamEvent {
+    pub header: EventHeader,
+    /// The goroutine that created the stream.
+    pub goid: u64,
+    /// The stream's HTTP/2 id.
+    pub stream_id: u64,
+}
+const _: () = assert!(size_of::<GoStreamEvent>() == 48);
 
 /// Direction of bytes relative to the traced process.
 #[repr(u32)]
@@ -406,10 +424,14 @@ pub enum Counter {
     PropagateServerNoContext = 27,
     /// A connection or context could not be remembered (map full).
     PropagateMapFull = 28,
+    /// gRPC client streams reported with the goroutine that created them (`EventKind::GoStream`).
+    GoStreamEvents = 29,
+    /// gRPC client streams whose socket could not be read from the transport's structs.
+    GoStreamNoSocket = 30,
 }
 
 /// Number of slots in the `COUNTERS` map.
-pub const COUNTER_SLOTS: u32 = 29;
+pub const COUNTER_SLOTS: u32 = 31;
 
 impl Counter {
     pub const ALL: &'static [Counter] = &[
@@ -441,6 +463,8 @@ impl Counter {
         Counter::PropagateServerFromWire,
         Counter::PropagateServerNoContext,
         Counter::PropagateMapFull,
+        Counter::GoStreamEvents,
+        Counter::GoStreamNoSocket,
     ];
 
     /// Name used in the agent's self-metrics.
@@ -474,6 +498,8 @@ impl Counter {
             Counter::PropagateServerFromWire => "kernel_propagate_server_from_wire",
             Counter::PropagateServerNoContext => "kernel_propagate_server_no_context",
             Counter::PropagateMapFull => "kernel_propagate_map_full",
+            Counter::GoStreamEvents => "kernel_go_stream_events",
+            Counter::GoStreamNoSocket => "kernel_go_stream_no_socket",
         }
     }
 
@@ -489,6 +515,7 @@ impl Counter {
                 | Counter::GoHandoffs
                 | Counter::StackFromGoOwner
                 | Counter::GoSpawnEvents
+                | Counter::GoStreamEvents
                 | Counter::PropagateClientIds
                 | Counter::PropagateOptionWritten
                 | Counter::PropagateOptionReceived

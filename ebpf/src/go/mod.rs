@@ -24,6 +24,9 @@
 //! With stacks on, a fifth uprobe (`go_owner_stack`, also on `(*persistConn).roundTrip`) keeps
 //! the owner goroutine's frame-pointer walk, so that the stack sent with the request's write on
 //! `writeLoop` is the one of the code that issued the request ([`owner_stack`]).
+//!
+//! grpc-go's client streams, written by the connection's writer goroutine, are reported with
+//! the goroutine that created them: [`grpc`].
 
 use aya_ebpf::{
     helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user, generated::bpf_get_stack},
@@ -35,6 +38,8 @@ use aya_ebpf::{
 use ztrace_common::{Counter, EventKind, GoOwnerStack, GoProc, GoSpawnEvent, MAX_STACK_DEPTH};
 
 use crate::{config::offsets, emit, filter, maps::count, syscalls::ids};
+
+pub mod grpc;
 
 /// Go programs whose goroutines are followed: tgid → `goid` offset. Filled by the agent; 4096.
 #[map(name = "GO_PROCS")]
@@ -74,7 +79,7 @@ pub struct GoKey {
 
 /// The running goroutine's id in a Go program `tgid`, 0 if it is not one or it cannot be read.
 #[inline(always)]
-fn current_goid(tgid: u32) -> u64 {
+pub(crate) fn current_goid(tgid: u32) -> u64 {
     // SAFETY: copied out at once.
     let Some(goid_offset) = (unsafe { GO_PROCS.get(&tgid) }).map(|p| p.goid_offset) else { return 0 };
     let fsbase_offset = offsets().task_struct_thread_fsbase;
