@@ -133,6 +133,7 @@ mod tests {
             header: header(EventKind::GoSpawn),
             parent_goid: 7,
             child_goid: 42,
+            caller_pc: 0x40_1000,
         };
         let rec = as_bytes(&ev);
         assert!(

@@ -54,6 +54,10 @@ pub struct GoDiscovery {
     pending: Vec<u32>,
     /// Stacks are on: the owner-stack probe (`go_owner_stack`) is attached too.
     stacks: bool,
+    /// Followed processes whose stream-handler `go` statements are known: tgid → their ranges.
+    stream_spawners: HashMap<u32, std::sync::Arc<[(u64, u64)]>>,
+    /// The same by file, shared by its processes.
+    spawners_of_file: HashMap<(u64, u64, i64), std::sync::Arc<[(u64, u64)]>>,
 }
 
 impl GoDiscovery {
@@ -194,9 +198,27 @@ impl GoDiscovery {
                     b
                 }
             };
-            if let GoBinary::Followed { goid_offset, .. } = binary {
+            if let GoBinary::Followed {
+                goid_offset,
+                stream_spawners,
+                ..
+            } = binary
+            {
                 if attacher.follow_go_process(tgid, Some(goid_offset)).is_ok() {
                     self.followed.insert(tgid);
+                    match stream_spawners {
+                        Some(ranges) => {
+                            let ranges = self
+                                .spawners_of_file
+                                .entry(id)
+                                .or_insert_with(|| ranges.into())
+                                .clone();
+                            self.stream_spawners.insert(tgid, ranges);
+                        }
+                        None => {
+                            self.stream_spawners.remove(&tgid);
+                        }
+                    }
                 }
             } else {
                 self.unfollow(tgid, attacher);
@@ -221,7 +243,16 @@ impl GoDiscovery {
         }
     }
 
+    /// Whether the `go` statement at `pc` in process `tgid` starts the handler of an HTTP/2 or
+    /// gRPC stream (`golang::runtime::STREAM_HANDLER_SPAWNERS`); `None` when the process's
+    /// are not known.
+    pub fn starts_stream_handler(&self, tgid: u32, pc: u64) -> Option<bool> {
+        let ranges = self.stream_spawners.get(&tgid)?;
+        Some(ranges.iter().any(|&(start, end)| start <= pc && pc < end))
+    }
+
     fn unfollow(&mut self, tgid: u32, attacher: &mut dyn GoAttacher) {
+        self.stream_spawners.remove(&tgid);
         if self.followed.remove(&tgid) {
             let _ = attacher.follow_go_process(tgid, None);
         }

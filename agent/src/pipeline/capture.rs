@@ -248,11 +248,13 @@ impl Capture {
             Ok(KernelEvent::GoSpawn(ev)) => {
                 ts = ev.header.ts_ns;
                 self.last_ts = ts;
-                self.tracer.spawned(
+                let stream_handler = self.go.starts_stream_handler(ev.header.tgid, ev.caller_pc);
+                self.tracer.spawned_by_site(
                     ts,
                     ev.header.tgid,
                     ev.parent_goid as u32,
                     ev.child_goid as u32,
+                    stream_handler,
                     &self.metrics,
                     &mut self.ready,
                 );

@@ -212,6 +212,7 @@ enum Input {
         tgid: u32,
         parent: u32,
         child: u32,
+        stream_handler: Option<bool>,
     },
     /// A Go gRPC client: goroutine `goid` created client stream `stream` on connection fd `fd`.
     StreamOwner {
@@ -332,6 +333,10 @@ pub struct Tracer {
     /// Go: the server streams the latest read of a goroutine opened, in stream order, not yet
     /// handed to a goroutine it started: (tgid, reading goroutine) → (the read's time, streams).
     opened: HashMap<(u32, u32), (u64, VecDeque<Handed>)>,
+    /// Go: the reading goroutine whose streams a goroutine starts handlers for when it is not
+    /// the reader itself (net/http's HTTP/2 server: the serve goroutine starts the frame
+    /// reader, then a handler per stream the reader reads): (tgid, starter) → reader.
+    reader_of: HashMap<(u32, u32), u32>,
     /// Go: the server stream each handler goroutine was started for, (tgid, goroutine) →
     /// stream (at most [`MAX_GOROUTINES`]).
     handlers: HashMap<(u32, u32), Handed>,
@@ -476,12 +481,30 @@ impl Tracer {
         metrics: &Metrics,
         out: &mut Vec<Span>,
     ) {
+        self.spawned_by_site(ts, tgid, parent, child, None, metrics, out);
+    }
+
+    /// [`Tracer::spawned`], saying whether the `go` statement is one where Go's HTTP/2 or gRPC
+    /// server starts a stream's handler (`Some(true)`), another one (`Some(false)`), or not
+    /// known in this program (`None`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn spawned_by_site(
+        &mut self,
+        ts: u64,
+        tgid: u32,
+        parent: u32,
+        child: u32,
+        stream_handler: Option<bool>,
+        metrics: &Metrics,
+        out: &mut Vec<Span>,
+    ) {
         self.push(
             ts,
             Input::Spawn {
                 tgid,
                 parent,
                 child,
+                stream_handler,
             },
             metrics,
             out,
@@ -563,6 +586,9 @@ impl Tracer {
             !open.is_empty()
         });
         self.opened.retain(|_, (ts, _)| *ts >= cutoff);
+        let opened = &self.opened;
+        self.reader_of
+            .retain(|&(tgid, _), reader| opened.contains_key(&(tgid, *reader)));
         self.handlers.retain(|_, h| h.ts >= cutoff);
         self.stream_owners.retain(|_, q| {
             q.retain(|&(_, _, ts)| ts >= cutoff);
@@ -585,6 +611,7 @@ impl Tracer {
                 tgid,
                 parent,
                 child,
+                stream_handler,
             } => {
                 if self.spawn_order.len() >= MAX_GOROUTINES {
                     if let Some(old) = self.spawn_order.pop_front() {
@@ -598,7 +625,7 @@ impl Tracer {
                 {
                     self.spawn_order.push_back((tgid, child));
                 }
-                self.hand_over(tgid, parent, child);
+                self.hand_over(tgid, parent, child, stream_handler);
             }
             Input::StreamOwner {
                 tgid,
@@ -880,6 +907,10 @@ impl Tracer {
     fn opened_by_read(&mut self, s: &RequestStart, stream: u64, ids: &Ids) {
         if self.opened.len() >= MAX_GOROUTINES {
             self.opened.clear();
+            self.reader_of.clear();
+        }
+        if let Some(&(starter, _)) = self.spawned_by.get(&(s.key.tgid, s.goid)) {
+            self.reader_of.insert((s.key.tgid, starter), s.goid);
         }
         let (read_ts, q) = self
             .opened
@@ -906,14 +937,26 @@ impl Tracer {
     }
 
     /// Goroutine `parent` started `child`: if `parent`'s latest read opened server streams no
-    /// goroutine took yet, `child` serves the first of them.
-    fn hand_over(&mut self, tgid: u32, parent: u32, child: u32) {
-        let Some((_, q)) = self.opened.get_mut(&(tgid, parent)) else {
+    /// goroutine took yet, `child` serves the first of them. Where the program's `go`
+    /// statements that start stream handlers are known (`stream_handler` is `Some`), only those
+    /// take a stream, and they take it from the reader `parent` started if `parent` reads none.
+    fn hand_over(&mut self, tgid: u32, parent: u32, child: u32, stream_handler: Option<bool>) {
+        let reader = match stream_handler {
+            Some(false) => return,
+            Some(true) if !self.opened.contains_key(&(tgid, parent)) => {
+                match self.reader_of.get(&(tgid, parent)) {
+                    Some(&reader) => reader,
+                    None => return,
+                }
+            }
+            _ => parent,
+        };
+        let Some((_, q)) = self.opened.get_mut(&(tgid, reader)) else {
             return;
         };
         let Some(h) = q.pop_front() else { return };
         if q.is_empty() {
-            self.opened.remove(&(tgid, parent));
+            self.opened.remove(&(tgid, reader));
         }
         if self.handlers.len() >= MAX_GOROUTINES {
             self.handlers.clear();

@@ -523,6 +523,36 @@ fn a_goroutine_reading_several_streams_hands_each_to_the_goroutine_it_starts_nex
 }
 
 #[test]
+fn net_http_h2_handlers_started_by_the_serve_goroutine_take_the_streams_its_reader_read() {
+    // net/http's HTTP/2 server: the serve goroutine 5 starts the frame reader 6; 6 reads
+    // stream 1; 5 then starts a frame writer 9 (another `go` statement) and the handler 8 of
+    // stream 1 (a stream-handler `go` statement). Only the handler serves stream 1.
+    let (_, a_in) = conn(1, 3, 10, 5, 40000, 8443);
+    let (b_out, _) = conn(10, 6, 20, 5, 40001, 5432);
+    let mut w = World::new();
+    w.tracer
+        .spawned_by_site(50, 10, 5, 6, Some(false), &w.metrics, &mut w.out);
+    w.start_stream(a_in, 12, 6, 100, 1);
+    w.tracer
+        .spawned_by_site(101, 10, 5, 9, Some(false), &w.metrics, &mut w.out);
+    w.tracer
+        .spawned_by_site(102, 10, 5, 8, Some(true), &w.metrics, &mut w.out);
+    w.start_go(b_out, 13, 9, 110);
+    w.done(b_out, "writer's query", 110, 120);
+    w.start_go(b_out, 13, 8, 130);
+    w.done(b_out, "handler's query", 130, 140);
+    w.done_stream(a_in, "server 1", 100, 200, 1);
+    let spans = w.flush();
+    let (s, q) = (
+        by_name(&spans, "server 1"),
+        by_name(&spans, "handler's query"),
+    );
+    assert_eq!((q.parent_span_id, link(q)), (Some(s.span_id), "goroutine"));
+    let other = by_name(&spans, "writer's query");
+    assert_eq!((other.parent_span_id, link(other)), (None, "none"));
+}
+
+#[test]
 fn a_go_grpc_client_stream_written_by_the_writer_goroutine_belongs_to_its_creator() {
     // Server A: reader goroutine 7 reads streams 1 and 3; handlers 8 and 9 each create a
     // client stream on connection fd 6 (goroutines 9 then 8: ids 1 and 3); the connection's

@@ -189,8 +189,11 @@ pub struct GoSpawnEvent {
     pub parent_goid: u64,
     /// The goroutine it started.
     pub child_goid: u64,
+    /// Where the `go` statement is (`runtime.newproc1`'s `callerpc`): the agent tells the
+    /// goroutines Go's HTTP/2 and gRPC servers start for a stream from the others.
+    pub caller_pc: u64,
 }
-const _: () = assert!(size_of::<GoSpawnEvent>() == 48);
+const _: () = assert!(size_of::<GoSpawnEvent>() == 56);
 
 /// A goroutine of a followed Go program created a gRPC client stream (grpc-go's
 /// `(*http2Client).NewStream` returned it): `header.fd` is the connection's socket,

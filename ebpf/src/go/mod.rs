@@ -54,10 +54,18 @@ pub static GO_HELPERS: LruHashMap<GoKey, u64> = LruHashMap::with_max_entries(163
 #[map(name = "GO_OWNERS")]
 pub static GO_OWNERS: LruHashMap<GoKey, u64> = LruHashMap::with_max_entries(16384, 0);
 
-/// `runtime.newproc1` calls in progress: thread (`pid_tgid`) → the starting goroutine's id.
-/// LRU, 4096 entries.
+/// `runtime.newproc1` calls in progress: thread (`pid_tgid`) → the starting goroutine's id and
+/// the `go` statement's address. LRU, 4096 entries.
 #[map(name = "GO_SPAWNING")]
-pub static GO_SPAWNING: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
+pub static GO_SPAWNING: LruHashMap<u64, Spawning> = LruHashMap::with_max_entries(4096, 0);
+
+/// A `runtime.newproc1` call in progress.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Spawning {
+    pub parent: u64,
+    pub caller_pc: u64,
+}
 
 /// Owner goroutines' stacks at their last `roundTrip`: (tgid, goid) → frame-pointer walk.
 /// LRU, 4096 entries (a forgotten one: `Counter::StackGoOwnerMissing`).
@@ -214,7 +222,8 @@ fn goid_of(tgid: u32, g: u64) -> u64 {
     unsafe { bpf_probe_read_user((g + u64::from(goid_offset)) as *const u64) }.unwrap_or(0)
 }
 
-/// Entry of `runtime.newproc1(fn, callergp, callerpc, ...)`: remember who starts a goroutine.
+/// Entry of `runtime.newproc1(fn, callergp, callerpc, ...)`: remember who starts a goroutine,
+/// and where (`callerpc` in RCX).
 #[uprobe]
 pub fn go_newproc(ctx: ProbeContext) -> u32 {
     let (tgid, _, pid_tgid) = ids();
@@ -222,9 +231,10 @@ pub fn go_newproc(ctx: ProbeContext) -> u32 {
         return 0;
     }
     // SAFETY: `regs` is the probe's own register context.
-    let parent = goid_of(tgid, unsafe { (*ctx.regs).rbx });
+    let (callergp, caller_pc) = unsafe { ((*ctx.regs).rbx, (*ctx.regs).rcx) };
+    let parent = goid_of(tgid, callergp);
     if parent != 0 {
-        let _ = GO_SPAWNING.insert(&pid_tgid, &parent, 0);
+        let _ = GO_SPAWNING.insert(&pid_tgid, &Spawning { parent, caller_pc }, 0);
     }
     0
 }
@@ -234,7 +244,7 @@ pub fn go_newproc(ctx: ProbeContext) -> u32 {
 pub fn go_newproc_ret(ctx: ProbeContext) -> u32 {
     let (tgid, tid, pid_tgid) = ids();
     // SAFETY: copied out at once.
-    let Some(parent) = (unsafe { GO_SPAWNING.get(&pid_tgid) }).copied() else { return 0 };
+    let Some(Spawning { parent, caller_pc }) = (unsafe { GO_SPAWNING.get(&pid_tgid) }).copied() else { return 0 };
     let _ = GO_SPAWNING.remove(&pid_tgid);
     // SAFETY: as above.
     let child = goid_of(tgid, unsafe { (*ctx.regs).rax });
@@ -243,7 +253,7 @@ pub fn go_newproc_ret(ctx: ProbeContext) -> u32 {
         return 0;
     }
     if let Some(mut ev) = emit::reserve::<GoSpawnEvent>() {
-        ev.write(GoSpawnEvent { header: emit::header(EventKind::GoSpawn, tgid, tid, -1, 0), parent_goid: parent, child_goid: child });
+        ev.write(GoSpawnEvent { header: emit::header(EventKind::GoSpawn, tgid, tid, -1, 0), parent_goid: parent, child_goid: child, caller_pc });
         ev.submit(emit::wakeup_flags_of::<GoSpawnEvent>());
         count(Counter::GoSpawnEvents);
     }
