@@ -391,7 +391,8 @@ fn node_grpc_js_server_and_client() {
 /// (`goroutine`: grpc-go writes it from the connection's writer goroutine, credited to the
 /// handler goroutine that created the stream), B's server span (`connection`), B's query
 /// (`goroutine`: B's handler goroutine, started by the reader goroutine for that stream), and
-/// PostgreSQL's server span for it (`connection`).
+/// PostgreSQL's server span for it (`connection`). A's client span carries the stack of the
+/// handler that made the call.
 fn chain(calls: &str, n: usize) {
     let dir = TempDir::new("grpc-chain");
     let binary = grpc::build_go(dir.path());
@@ -459,6 +460,13 @@ fn chain(calls: &str, n: usize) {
         }
         check(a_in, method, "OK", false, a.pid(), a.port);
         check(a_out, method, "OK", false, a.pid(), b.port);
+        // Its stack is the handler's (taken at NewStream on the handler goroutine), not the
+        // stack of the writer goroutine that wrote its frames.
+        let stack = a_out.attr_str("code.stacktrace").unwrap_or_default();
+        assert!(
+            stack.contains("main.serve.func1") && !stack.contains("loopyWriter"),
+            "{stack}"
+        );
         check(b_in, method, "OK", false, b.pid(), b.port);
         assert_eq!(backend.server_port(), Some(pg.port), "{backend:?}");
         traces.insert(root.trace_id().map(str::to_owned));

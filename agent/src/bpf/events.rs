@@ -214,6 +214,7 @@ mod tests {
             rbp: 3,
             ips_len: 1,
             stack_len: 16,
+            stream: 0,
             ips: [0; ztrace_common::MAX_STACK_DEPTH],
         };
         let mut rec = as_bytes(&stack);

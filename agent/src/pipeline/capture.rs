@@ -242,6 +242,7 @@ impl Capture {
                     },
                     ips: header.ips[..header.ips_len as usize].to_vec(),
                     stack: stack.to_vec(),
+                    stream: (header.stream != 0).then_some(header.stream),
                 };
                 self.stacks.submit(req, &self.metrics);
             }

@@ -603,6 +603,7 @@ impl Tracer {
     }
 
     fn handle(&mut self, p: Pending, metrics: &Metrics, out: &mut Vec<Span>) {
+        let last_ts = self.last_ts;
         self.last_ts = self.last_ts.max(p.ts);
         match p.input {
             Input::Start { start, peer_traced } => self.on_start(&start, peer_traced, metrics),
@@ -633,6 +634,9 @@ impl Tracer {
                 stream,
                 goid,
             } => {
+                if p.ts < last_ts {
+                    Metrics::inc(&metrics.go_stream_owners_late);
+                }
                 let q = self.stream_owners.entry((tgid, fd)).or_default();
                 if q.len() >= MAX_STREAMS_PER_CONN {
                     q.pop_front();

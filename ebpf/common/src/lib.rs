@@ -345,9 +345,12 @@ pub struct StackEventHeader {
     pub ips_len: u32,
     /// Bytes of stack that follow the header.
     pub stack_len: u32,
+    /// Not 0: the stack of the goroutine that created this HTTP/2 stream of the connection
+    /// (grpc-go's `NewStream`), for that stream's request whichever goroutine writes it.
+    pub stream: u64,
     pub ips: [u64; MAX_STACK_DEPTH],
 }
-const _: () = assert!(size_of::<StackEventHeader>() == 32 + 24 + 8 + 8 * MAX_STACK_DEPTH);
+const _: () = assert!(size_of::<StackEventHeader>() == 32 + 24 + 8 + 8 + 8 * MAX_STACK_DEPTH);
 
 /// A stack event with room for the largest copy, built in a per-CPU scratch map.
 #[repr(C)]

@@ -10,6 +10,8 @@
 //! the returned `*transport.Stream` (RAX): its `id`, its `ct *http2Client`, whose `conn`
 //! (a `net.Conn` interface: its data word) leads to the socket as for `crypto/tls` (`*net.TCPConn`
 //! → `*netFD` → `Sysfd`). The offsets come from the binary's DWARF, in the attach cookie.
+//! With stacks on, the RET also sends the creating goroutine's stack for that stream
+//! (`stack::send_stream_stack`), so the request carries its caller's stack, not the writer's.
 
 use aya_ebpf::{
     helpers::{bpf_get_attach_cookie, bpf_ktime_get_ns, bpf_probe_read_user},
@@ -93,5 +95,7 @@ pub fn go_grpc_stream_ret(ctx: ProbeContext) -> u32 {
         ev.submit(emit::wakeup_flags_of::<GoStreamEvent>());
         count(Counter::GoStreamEvents);
     }
+    // With stacks on, the caller's stack for the stream's request (still intact at the RET).
+    crate::stack::send_stream_stack(&ctx, tgid, tid, fd as i32, entered, id);
     0
 }
