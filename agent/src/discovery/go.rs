@@ -55,10 +55,13 @@ pub struct GoDiscovery {
     /// Stacks are on: the owner-stack probe (`go_owner_stack`) is attached too.
     stacks: bool,
     /// Followed processes whose stream-handler `go` statements are known: tgid → their ranges.
-    stream_spawners: HashMap<u32, std::sync::Arc<[(u64, u64)]>>,
+    stream_spawners: HashMap<u32, Ranges>,
     /// The same by file, shared by its processes.
-    spawners_of_file: HashMap<(u64, u64, i64), std::sync::Arc<[(u64, u64)]>>,
+    spawners_of_file: HashMap<(u64, u64, i64), Ranges>,
 }
+
+/// Address ranges `[start, end)`, shared.
+type Ranges = std::sync::Arc<[(u64, u64)]>;
 
 impl GoDiscovery {
     pub fn new(stacks: bool) -> Self {

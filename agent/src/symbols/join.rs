@@ -30,11 +30,14 @@ struct Held {
     deadline: Instant,
 }
 
+/// A symbolized stack: the time it was taken, the stream it was sent for, the stack.
+type Ready = (u64, Option<u64>, Arc<StackTrace>);
+
 /// Stacks in flight and ready, and the spans waiting for them.
 pub struct StackJoin {
     handle: Option<SymbolizerHandle>,
     pending: HashMap<ConnKey, VecDeque<(u64, Option<u64>)>>,
-    ready: HashMap<ConnKey, VecDeque<(u64, Option<u64>, Arc<StackTrace>)>>,
+    ready: HashMap<ConnKey, VecDeque<Ready>>,
     held: VecDeque<Held>,
     wait: Duration,
 }

@@ -342,8 +342,11 @@ pub struct Tracer {
     handlers: HashMap<(u32, u32), Handed>,
     /// Go gRPC clients: the goroutines that created the client streams of a connection not yet
     /// written, (tgid, fd) → (stream, goroutine, when), at most [`MAX_STREAMS_PER_CONN`] each.
-    stream_owners: HashMap<(u32, i32), VecDeque<(u64, u32, u64)>>,
+    stream_owners: HashMap<(u32, i32), VecDeque<StreamOwner>>,
 }
+
+/// A client stream's creation: (stream id, the goroutine that created it, when).
+type StreamOwner = (u64, u32, u64);
 
 /// A server stream of a Go program handed to the goroutine started to serve it.
 #[derive(Clone, Copy)]
