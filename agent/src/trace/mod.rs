@@ -946,14 +946,24 @@ impl Tracer {
     /// Goroutine `parent` started `child`: if `parent`'s latest read opened server streams no
     /// goroutine took yet, `child` serves the first of them. Where the program's `go`
     /// statements that start stream handlers are known (`stream_handler` is `Some`), only those
-    /// take a stream, and they take it from the reader `parent` started if `parent` reads none.
+    /// take a stream, and when `parent` read none they take them from the reader `parent`
+    /// started (net/http's serve goroutine and its frame reader) or from the goroutine that
+    /// started `parent` (grpc-go's connection goroutine, which reads the connection's first
+    /// bytes — the preface and, from a client that sent its calls at once, their streams —
+    /// before it starts the goroutine that serves the streams).
     fn hand_over(&mut self, tgid: u32, parent: u32, child: u32, stream_handler: Option<bool>) {
+        let has_streams = |g: u32| self.opened.contains_key(&(tgid, g));
         let reader = match stream_handler {
             Some(false) => return,
-            Some(true) if !self.opened.contains_key(&(tgid, parent)) => {
-                match self.reader_of.get(&(tgid, parent)) {
-                    Some(&reader) => reader,
-                    None => return,
+            Some(true) if !has_streams(parent) => {
+                let started = self.reader_of.get(&(tgid, parent)).copied();
+                let starter = self.spawned_by.get(&(tgid, parent)).map(|&(s, _)| s);
+                match (
+                    started.filter(|&g| has_streams(g)),
+                    starter.filter(|&g| has_streams(g)),
+                ) {
+                    (Some(reader), _) | (None, Some(reader)) => reader,
+                    (None, None) => return,
                 }
             }
             _ => parent,

@@ -553,6 +553,42 @@ fn net_http_h2_handlers_started_by_the_serve_goroutine_take_the_streams_its_read
 }
 
 #[test]
+fn streams_read_before_the_serving_goroutine_started_go_to_its_handlers() {
+    // grpc-go: the connection goroutine 5 reads the preface and, in the same read, streams 1
+    // and 3 (a client that sent its calls at once); it starts 6, which serves the streams and
+    // starts their handlers 8 and 9 (stream-handler `go` statements).
+    let (_, a_in) = conn(1, 3, 10, 5, 40000, 50051);
+    let (b_out, _) = conn(10, 6, 20, 5, 40001, 5432);
+    let mut w = World::new();
+    w.start_stream(a_in, 12, 5, 100, 1);
+    w.start_stream(a_in, 12, 5, 100, 3);
+    w.tracer
+        .spawned_by_site(101, 10, 5, 6, Some(false), &w.metrics, &mut w.out);
+    w.tracer
+        .spawned_by_site(102, 10, 6, 8, Some(true), &w.metrics, &mut w.out);
+    w.tracer
+        .spawned_by_site(103, 10, 6, 9, Some(true), &w.metrics, &mut w.out);
+    w.start_go(b_out, 13, 9, 110);
+    w.done(b_out, "query of 3", 110, 120);
+    w.start_go(b_out, 13, 8, 130);
+    w.done(b_out, "query of 1", 130, 140);
+    w.done_stream(a_in, "server 1", 100, 200, 1);
+    w.done_stream(a_in, "server 3", 100, 200, 3);
+    let spans = w.flush();
+    for n in [1, 3] {
+        let (s, q) = (
+            by_name(&spans, &format!("server {n}")),
+            by_name(&spans, &format!("query of {n}")),
+        );
+        assert_eq!(
+            (q.parent_span_id, link(q)),
+            (Some(s.span_id), "goroutine"),
+            "{n}"
+        );
+    }
+}
+
+#[test]
 fn a_go_grpc_client_stream_written_by_the_writer_goroutine_belongs_to_its_creator() {
     // Server A: reader goroutine 7 reads streams 1 and 3; handlers 8 and 9 each create a
     // client stream on connection fd 6 (goroutines 9 then 8: ids 1 and 3); the connection's
