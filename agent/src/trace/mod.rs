@@ -340,6 +340,9 @@ pub struct Tracer {
     /// Go: the server stream each handler goroutine was started for, (tgid, goroutine) →
     /// stream (at most [`MAX_GOROUTINES`]).
     handlers: HashMap<(u32, u32), Handed>,
+    /// The handler goroutine of each handed stream, (connection, stream) → goroutine: the
+    /// stream's end forgets its handler.
+    handler_of: HashMap<(ConnKey, u64), u32>,
     /// Go gRPC clients: the goroutines that created the client streams of a connection not yet
     /// written, (tgid, fd) → (stream, goroutine, when), at most [`MAX_STREAMS_PER_CONN`] each.
     stream_owners: HashMap<(u32, i32), VecDeque<StreamOwner>>,
@@ -593,6 +596,9 @@ impl Tracer {
         self.reader_of
             .retain(|&(tgid, _), reader| opened.contains_key(&(tgid, *reader)));
         self.handlers.retain(|_, h| h.ts >= cutoff);
+        let handlers = &self.handlers;
+        self.handler_of
+            .retain(|(conn, _), g| handlers.contains_key(&(conn.tgid, *g)));
         self.stream_owners.retain(|_, q| {
             q.retain(|&(_, _, ts)| ts >= cutoff);
             !q.is_empty()
@@ -977,7 +983,9 @@ impl Tracer {
         }
         if self.handlers.len() >= MAX_GOROUTINES {
             self.handlers.clear();
+            self.handler_of.clear();
         }
+        self.handler_of.insert((h.conn, h.stream), child);
         self.handlers.insert((tgid, child), h);
     }
 
@@ -1139,7 +1147,12 @@ impl Tracer {
                 if side == Side::Server {
                     match stream {
                         None => self.stop_serving(key),
-                        Some(_) => self.stop_serving_span(key, ids.span_id),
+                        Some(stream) => {
+                            self.stop_serving_span(key, ids.span_id);
+                            if let Some(g) = self.handler_of.remove(&(key, stream)) {
+                                self.handlers.remove(&(key.tgid, g));
+                            }
+                        }
                     }
                 }
                 ids.missing_parent
