@@ -430,14 +430,15 @@ pub enum Counter {
     PropagateServerNoContext = 27,
     /// A connection or context could not be remembered (map full).
     PropagateMapFull = 28,
+    // 29 to 34: the `inject` branch's counters (kept free so the two merge side by side).
     /// gRPC client streams reported with the goroutine that created them (`EventKind::GoStream`).
-    GoStreamEvents = 29,
+    GoStreamEvents = 35,
     /// gRPC client streams whose socket could not be read from the transport's structs.
-    GoStreamNoSocket = 30,
+    GoStreamNoSocket = 36,
 }
 
 /// Number of slots in the `COUNTERS` map.
-pub const COUNTER_SLOTS: u32 = 31;
+pub const COUNTER_SLOTS: u32 = 37;
 
 impl Counter {
     pub const ALL: &'static [Counter] = &[
