@@ -84,6 +84,14 @@ counters! {
     link_window_peak,
     /// Remembered client requests forgotten because too many connections had some.
     link_state_dropped,
+    /// Go gRPC client streams whose first frame, written by the connection's writer
+    /// goroutine, was credited to the goroutine that created the stream
+    /// (`(*http2Client).NewStream`).
+    go_stream_owners,
+    /// Go gRPC client stream creations reported after the hold-back window had passed their
+    /// time (the creating goroutine was held up for more than 100 ms between `NewStream`'s
+    /// entry and its return): that stream's span links nothing in this process.
+    go_stream_owners_late,
     /// Spans dropped because a sink's queue was full.
     spans_dropped_queue_full,
     /// Spans accepted by the OTLP endpoint.

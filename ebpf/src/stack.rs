@@ -16,7 +16,7 @@ use aya_ebpf::{
     },
     macros::map,
     maps::{LruHashMap, PerCpuArray},
-    programs::TracePointContext,
+    programs::{ProbeContext, TracePointContext},
     EbpfContext,
 };
 use ztrace_common::{
@@ -201,6 +201,57 @@ fn take_budget(tgid: u32) -> bool {
     cap >= 1_000_000_000
 }
 
+/// At the return of grpc-go's `NewStream` on the goroutine that created `stream` of the
+/// connection `fd`: that goroutine's frame-pointer walk, sent for the stream (the connection's
+/// writer goroutine writes its first frame; see `go::grpc`). Budgeted like every stack.
+#[inline(always)]
+pub fn send_stream_stack(ctx: &ProbeContext, tgid: u32, tid: u32, fd: i32, ts_ns: u64, stream: u64) {
+    if settings().enabled == 0 {
+        return;
+    }
+    // SAFETY: only tested for presence.
+    if unsafe { STACK_SKIP.get(&tgid) }.is_some() {
+        return;
+    }
+    // A connection opened before ztrace may not be in the socket cache yet: resolved here.
+    let Some(entry) = sock::lookup_tcp(tgid, fd) else { return };
+    if !take_budget(tgid) {
+        count(Counter::StackBudgetSkipped);
+        return;
+    }
+    let Some(scratch) = STACK_SCRATCH.get_ptr_mut(0) else { return };
+    // SAFETY: `scratch` is this CPU's slot of STACK_SCRATCH; bpf_get_stack writes at most the
+    // size of `ips`; the record sent is the header alone.
+    unsafe {
+        let ev = &mut (*scratch).event;
+        ev.hdr.header = EventHeader {
+            kind: EventKind::Stack as u32,
+            tgid,
+            tid,
+            fd,
+            ts_ns,
+            conn_gen: entry.conn_gen,
+        };
+        let n = bpf_get_stack(ctx.as_ptr(), ev.hdr.ips.as_mut_ptr().cast(), (MAX_STACK_DEPTH * 8) as u32, BPF_F_USER_STACK);
+        if n <= 0 {
+            count(Counter::StackCopyFailed);
+            return;
+        }
+        ev.hdr.ips_len = (n as u32) / 8;
+        ev.hdr.rip = ev.hdr.ips[0];
+        ev.hdr.rsp = 0;
+        ev.hdr.rbp = 0;
+        ev.hdr.stack_len = 0;
+        ev.hdr.stream = stream;
+        let size = core::mem::size_of::<StackEventHeader>() as u64;
+        if bpf_ringbuf_output(core::ptr::addr_of!(EVENTS) as *mut _, scratch.cast(), size, emit::BPF_RB_FORCE_WAKEUP) != 0 {
+            count(Counter::RingbufFull);
+            return;
+        }
+    }
+    count(Counter::StackEvents);
+}
+
 #[inline(always)]
 fn send(ctx: &TracePointContext, conn: &emit::Conn) {
     let Some(scratch) = STACK_SCRATCH.get_ptr_mut(0) else { return };
@@ -229,6 +280,7 @@ fn send(ctx: &TracePointContext, conn: &emit::Conn) {
         ev.hdr.rip = rip;
         ev.hdr.rsp = rsp;
         ev.hdr.rbp = rbp;
+        ev.hdr.stream = 0;
         // A Go request written by net/http's writeLoop goroutine: the stack that matters is the
         // one of the goroutine that issued it, saved at its roundTrip.
         match go::owner_stack(conn.tgid) {

@@ -51,11 +51,24 @@ impl GrpcServer {
 
     /// `grpc_go serve PORT [127.0.0.1:FORWARD]`.
     pub fn go(binary: &Path, forward: Option<u16>) -> GrpcServer {
+        match forward {
+            Some(f) => Self::go_to(binary, &format!("127.0.0.1:{f}")),
+            None => Self::go_serving(binary, None),
+        }
+    }
+
+    /// `grpc_go serve PORT FORWARD`: FORWARD `host:port` (a gRPC server) or `pg:PORT`
+    /// (PostgreSQL, queried through lib/pq).
+    pub fn go_to(binary: &Path, forward: &str) -> GrpcServer {
+        Self::go_serving(binary, Some(forward))
+    }
+
+    fn go_serving(binary: &Path, forward: Option<&str>) -> GrpcServer {
         let port = free_port();
         let mut cmd = Command::new(binary);
         cmd.arg("serve").arg(port.to_string());
         if let Some(f) = forward {
-            cmd.arg(format!("127.0.0.1:{f}"));
+            cmd.arg(f);
         }
         let mut proc = Proc::spawn("grpc_go server", &mut cmd);
         proc.wait_for_stdout("ready", READY);
@@ -124,12 +137,13 @@ pub fn go_client(binary: &Path, port: u16, calls: &[&str]) -> (u32, String) {
     run("grpc_go client", &mut cmd)
 }
 
-/// Builds tests/fixtures/grpc_go into `dir` (Debian's golang-google-grpc-dev, GOPATH mode).
+/// Builds tests/fixtures/grpc_go into `dir` (Debian's golang-google-grpc-dev and
+/// golang-github-lib-pq-dev, GOPATH mode).
 pub fn build_go(dir: &Path) -> PathBuf {
     build_gopath(
         dir,
         "grpc_go",
-        "apt-get install golang-go golang-google-grpc-dev",
+        "apt-get install golang-go golang-google-grpc-dev golang-github-lib-pq-dev",
     )
 }
 

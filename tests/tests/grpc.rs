@@ -384,3 +384,127 @@ fn node_grpc_js_server_and_client() {
         );
     }
 }
+
+/// The whole chain Python (grpcio client) → Go gRPC server A → Go gRPC server B → PostgreSQL
+/// (lib/pq): `calls` SayHello calls at once, each one trace with this exact tree —
+/// the Python client span, A's server span (`connection`), A's client span made by A's handler
+/// (`goroutine`: grpc-go writes it from the connection's writer goroutine, credited to the
+/// handler goroutine that created the stream), B's server span (`connection`), B's query
+/// (`goroutine`: B's handler goroutine, started by the reader goroutine for that stream), and
+/// PostgreSQL's server span for it (`connection`). A's client span carries the stack of the
+/// handler that made the call.
+fn chain(calls: &str, n: usize) {
+    let dir = TempDir::new("grpc-chain");
+    let binary = grpc::build_go(dir.path());
+    let pg = ztrace_e2e::postgres::PgServer::start();
+    let b = GrpcServer::go_to(&binary, &format!("pg:{}", pg.port));
+    let a = GrpcServer::go(&binary, Some(b.port));
+    let mut ztrace = Ztrace::start(&["--print=json"]);
+
+    let (a_port, b_port, pg_port) = (a.port, b.port, pg.port);
+    let ours = move |s: &Span| {
+        on_port(a_port)(s)
+            || on_port(b_port)(s)
+            || (s.server_port() == Some(pg_port)
+                && s.attr_str("db.postgresql.application_name") == Some("grpc_go")
+                && s.attr_str("db.operation.name") == Some("SELECT"))
+    };
+    // A first call, not checked: the agent reads the binaries' symbols for the first stacks,
+    // which may take longer than a span waits for its stack (1 s) on a loaded machine.
+    let (_, out) = grpc::python_client(a.port, &["hello"]);
+    assert!(out.contains("hello from postgres"), "{out}");
+    ztrace.wait_for_n_spans(6, &ours, SPAN_TIMEOUT);
+    let (py, out) = grpc::python_client(a.port, &[calls]);
+    assert_eq!(out.matches("hello from postgres").count(), n, "{out}");
+    let spans = ztrace.wait_for_n_spans(6 * (n + 1), &ours, SPAN_TIMEOUT);
+    let stats = ztrace.stop().stats.expect("stats line");
+    let counters: Vec<String> = [
+        "go_stream_owners",
+        "go_stream_owners_late",
+        "kernel_go_stream_events",
+        "kernel_go_spawn_events",
+        "link_window_peak",
+        "stacks_attached",
+        "stacks_timed_out",
+        "kernel_stack_budget_skipped",
+    ]
+    .iter()
+    .map(|c| format!("{c}={:?}", stats.get(*c)))
+    .collect();
+    let all = format!("{}\n{}", counters.join(" "), list(&spans));
+    let one = |kind: &str, pid: u32, port: u16, parent: Option<&str>| -> &Span {
+        let found: Vec<&Span> = spans
+            .iter()
+            .filter(|s| {
+                s.kind() == Some(kind)
+                    && s.pid() == Some(pid)
+                    && s.server_port() == Some(port)
+                    && s.parent_span_id().flatten() == parent
+            })
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "one {kind} span of pid {pid} on port {port} with parent {parent:?}:\n{all}"
+        );
+        found[0]
+    };
+    let roots: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.pid() == Some(py) && s.kind() == Some("client"))
+        .collect();
+    assert_eq!(roots.len(), n, "{all}");
+    let method = "demo.Greeter/SayHello";
+    let mut traces = std::collections::HashSet::new();
+    for root in roots {
+        check(root, method, "OK", false, py, a.port);
+        assert_eq!(root.parent_span_id(), Some(None), "{root:?}");
+        let a_in = one("server", a.pid(), a.port, root.span_id());
+        let a_out = one("client", a.pid(), b.port, a_in.span_id());
+        let b_in = one("server", b.pid(), b.port, a_out.span_id());
+        let query = one("client", b.pid(), pg.port, b_in.span_id());
+        let backend = spans
+            .iter()
+            .find(|s| s.kind() == Some("server") && s.parent_span_id().flatten() == query.span_id())
+            .unwrap_or_else(|| panic!("no PostgreSQL span under {query:?}:\n{all}"));
+        for (s, link) in [
+            (a_in, "connection"),
+            (a_out, "goroutine"),
+            (b_in, "connection"),
+            (query, "goroutine"),
+            (backend, "connection"),
+        ] {
+            assert_eq!(s.trace_id(), root.trace_id(), "{s:?}\n{all}");
+            assert_eq!(s.attr_str("ztrace.link"), Some(link), "{s:?}\n{all}");
+        }
+        check(a_in, method, "OK", false, a.pid(), a.port);
+        check(a_out, method, "OK", false, a.pid(), b.port);
+        // Its stack is the handler's (taken at NewStream on the handler goroutine), not the
+        // stack of the writer goroutine that wrote its frames.
+        let stack = a_out.attr_str("code.stacktrace").unwrap_or_default();
+        assert!(
+            stack.contains("main.serve.func1") && !stack.contains("loopyWriter"),
+            "{stack}\n{a_out:?}\n{all}"
+        );
+        check(b_in, method, "OK", false, b.pid(), b.port);
+        assert_eq!(backend.server_port(), Some(pg.port), "{backend:?}");
+        traces.insert(root.trace_id().map(str::to_owned));
+    }
+    assert_eq!(traces.len(), n, "each call is its own trace:\n{all}");
+    assert!(
+        stats.get("go_stream_owners").and_then(|v| v.as_u64()) >= Some(n as u64 + 1),
+        "{stats:?}"
+    );
+}
+
+#[test]
+#[ignore = "needs root and eBPF; run by cargo xtask test"]
+fn python_to_go_to_go_to_postgres_is_one_trace() {
+    chain("hello", 1);
+}
+
+#[test]
+#[ignore = "needs root and eBPF; run by cargo xtask test"]
+fn eight_concurrent_calls_through_the_chain_each_get_their_own_exact_tree() {
+    chain("many", 8);
+}

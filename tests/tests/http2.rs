@@ -314,3 +314,68 @@ fn h2load_against_nginx_loses_no_span() {
     }
     drop(nginx);
 }
+
+/// Go's HTTP/2 server (`x/net/http2` behind `h2c.NewHandler`, whose serve goroutine starts a
+/// frame reader and then a goroutine per stream the reader read): the request each handler
+/// makes (net/http's client to nginx) is the child of the handler's stream, with 8 streams at
+/// once on one connection; every tree exact.
+#[test]
+#[ignore = "needs root and eBPF; run by cargo xtask test"]
+fn a_go_http2_handlers_requests_are_children_of_its_stream() {
+    let dir = TempDir::new("h2c-links");
+    let binary = grpc::build_h2c(dir.path());
+    let server = grpc::h2c_server(&binary);
+    let down = ztrace_e2e::servers::Server::nginx();
+    let mut ztrace = Ztrace::start(&["--print=json"]);
+    let url = format!(
+        "http://127.0.0.1:{}/forward?to={}",
+        server.port,
+        down.url("/hello")
+    );
+    let (h2load_pid, out) = h2load(&["-n", "16", "-c", "1", "-m", "8", &url]);
+    assert!(out.contains("16 succeeded, 0 failed, 0 errored"), "{out}");
+    let (port, down_port) = (server.port, down.port);
+    let spans = ztrace.wait_for_n_spans(
+        64,
+        |s| {
+            s.server_port() == Some(port)
+                || (s.server_port() == Some(down_port) && s.url_path() == Some("/hello"))
+        },
+        SPAN_TIMEOUT,
+    );
+    let all = list(&spans);
+    let children = |parent: Option<&str>, kind: &str| -> Vec<&Span> {
+        spans
+            .iter()
+            .filter(|s| s.kind() == Some(kind) && s.parent_span_id().flatten() == parent)
+            .collect()
+    };
+    let streams: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.pid() == Some(server.pid()) && s.kind() == Some("server"))
+        .collect();
+    assert_eq!(streams.len(), 16, "{all}");
+    let mut traces = std::collections::HashSet::new();
+    for stream in streams {
+        assert_eq!(stream.url_path(), Some("/forward"), "{stream:?}");
+        let parent = stream.parent_span_id().flatten();
+        let client = spans
+            .iter()
+            .find(|c| c.span_id() == parent)
+            .unwrap_or_else(|| panic!("no parent for {stream:?}:\n{all}"));
+        assert_eq!(client.pid(), Some(h2load_pid), "{client:?}");
+        let calls = children(stream.span_id(), "client");
+        assert_eq!(calls.len(), 1, "one request under {stream:?}:\n{all}");
+        let call = calls[0];
+        assert_eq!(call.pid(), Some(server.pid()), "{call:?}");
+        assert_eq!(call.server_port(), Some(down.port), "{call:?}");
+        assert_eq!(call.attr_str("ztrace.link"), Some("goroutine"), "{call:?}");
+        let served = children(call.span_id(), "server");
+        assert_eq!(served.len(), 1, "nginx's span under {call:?}:\n{all}");
+        for s in [stream, call, served[0]] {
+            assert_eq!(s.trace_id(), client.trace_id(), "{s:?}\n{all}");
+        }
+        traces.insert(client.trace_id().map(str::to_owned));
+    }
+    assert_eq!(traces.len(), 16, "each request its own trace:\n{all}");
+}

@@ -1,7 +1,8 @@
 //! Decoding of ring-buffer records into typed kernel events. Pure: no I/O, no allocation.
 
 use ztrace_common::{
-    ConnEvent, DataEventHeader, EventHeader, EventKind, GoSpawnEvent, StackEventHeader,
+    ConnEvent, DataEventHeader, EventHeader, EventKind, GoSpawnEvent, GoStreamEvent,
+    StackEventHeader,
 };
 
 /// One record from the kernel, borrowed from the ring buffer.
@@ -26,6 +27,8 @@ pub enum KernelEvent<'a> {
     },
     /// A followed Go program started a goroutine.
     GoSpawn(GoSpawnEvent),
+    /// A followed Go program's gRPC client created a stream.
+    GoStream(GoStreamEvent),
 }
 
 /// Why a record could not be decoded (counted as `events_malformed`).
@@ -65,6 +68,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
         Some(EventKind::Close) => Ok(KernelEvent::Close(header)),
         Some(EventKind::Exec) => Ok(KernelEvent::Exec(header)),
         Some(EventKind::GoSpawn) => Ok(KernelEvent::GoSpawn(read(bytes)?)),
+        Some(EventKind::GoStream) => Ok(KernelEvent::GoStream(read(bytes)?)),
         Some(EventKind::Data) => {
             let data: DataEventHeader = read(bytes)?;
             let payload = &bytes[size_of::<DataEventHeader>()..];
@@ -129,6 +133,7 @@ mod tests {
             header: header(EventKind::GoSpawn),
             parent_goid: 7,
             child_goid: 42,
+            caller_pc: 0x40_1000,
         };
         let rec = as_bytes(&ev);
         assert!(
@@ -209,6 +214,7 @@ mod tests {
             rbp: 3,
             ips_len: 1,
             stack_len: 16,
+            stream: 0,
             ips: [0; ztrace_common::MAX_STACK_DEPTH],
         };
         let mut rec = as_bytes(&stack);

@@ -503,6 +503,8 @@ pub fn start(
         "go_owner_stack",
         "go_newproc",
         "go_newproc_ret",
+        "go_grpc_stream",
+        "go_grpc_stream_ret",
     ] {
         if let Err(e) = uprobe_mut(&mut ebpf, program)?.load() {
             go_uprobe_error = Some(format!(
@@ -766,6 +768,43 @@ impl crate::discovery::go::GoAttacher for Probes {
                     format!(
                         "{} at {offset:#x} ({program}): {}",
                         crate::discovery::go::NEWPROC,
+                        error_chain(&e)
+                    )
+                })?;
+            self.go_links.push((program, link));
+        }
+        Ok(())
+    }
+
+    fn attach_go_grpc(
+        &mut self,
+        path: &std::path::Path,
+        client: &crate::golang::grpc::GrpcClient,
+    ) -> Result<(), String> {
+        if let Some(e) = &self.go_uprobe_error {
+            return Err(e.clone());
+        }
+        // Returns first: an entry whose return is never seen would leave a call pending. Each
+        // RET reads the offsets from its cookie.
+        let all = client
+            .sites
+            .rets
+            .iter()
+            .map(|r| ("go_grpc_stream_ret", *r))
+            .chain([("go_grpc_stream", client.sites.entry)]);
+        for (program, offset) in all {
+            let program = self.stand_in(program);
+            let prog = uprobe_mut(&mut self.ebpf, program).map_err(|e| e.to_string())?;
+            let point = UProbeAttachPoint {
+                location: offset.into(),
+                cookie: Some(client.cookie),
+            };
+            let link = prog
+                .attach(point, path, UProbeScope::AllProcesses)
+                .map_err(|e| {
+                    format!(
+                        "{} at {offset:#x} ({program}): {}",
+                        crate::golang::grpc::NEW_STREAM,
                         error_chain(&e)
                     )
                 })?;

@@ -13,6 +13,7 @@ use std::{
     path::Path,
 };
 
+use crate::golang::grpc::GrpcClient;
 use crate::golang::runtime::{inspect, GoBinary};
 pub use crate::golang::{
     code::Sites,
@@ -28,6 +29,8 @@ pub trait GoAttacher {
     fn attach_go_handoffs(&mut self, path: &Path, functions: &[Handoff]) -> Result<(), String>;
     /// Probes [`NEWPROC`]'s entry and RETs in the file at `path`.
     fn attach_go_spawn(&mut self, path: &Path, sites: &Sites) -> Result<(), String>;
+    /// Probes grpc-go's client stream creation (entry and RETs) in the file at `path`.
+    fn attach_go_grpc(&mut self, path: &Path, client: &GrpcClient) -> Result<(), String>;
     /// Starts (`Some(goid offset)`) or stops following the goroutines of a process.
     fn follow_go_process(&mut self, tgid: u32, goid_offset: Option<u32>) -> Result<(), String>;
 }
@@ -51,7 +54,14 @@ pub struct GoDiscovery {
     pending: Vec<u32>,
     /// Stacks are on: the owner-stack probe (`go_owner_stack`) is attached too.
     stacks: bool,
+    /// Followed processes whose stream-handler `go` statements are known: tgid → their ranges.
+    stream_spawners: HashMap<u32, Ranges>,
+    /// The same by file, shared by its processes.
+    spawners_of_file: HashMap<(u64, u64, i64), Ranges>,
 }
+
+/// Address ranges `[start, end)`, shared.
+type Ranges = std::sync::Arc<[(u64, u64)]>;
 
 impl GoDiscovery {
     pub fn new(stacks: bool) -> Self {
@@ -134,18 +144,22 @@ impl GoDiscovery {
                     }
                     let line = match &b {
                         GoBinary::Followed {
-                            version, handoffs, ..
-                        } if handoffs.is_empty() => {
-                            format!("ok    goroutine {path}: {version}, goroutines followed (no net/http)")
-                        }
-                        GoBinary::Followed {
                             version,
                             handoffs,
                             spawn,
                             stripped,
+                            grpc,
                             ..
                         } => {
                             let exe = Path::new(&exe);
+                            let grpc = match grpc {
+                                None => String::new(),
+                                Some(Ok(client)) => match attacher.attach_go_grpc(exe, client) {
+                                    Ok(()) => ", gRPC client streams followed".to_owned(),
+                                    Err(e) => format!(", gRPC client streams not followed: {e}"),
+                                },
+                                Some(Err(e)) => format!(", gRPC client streams not followed: {e}"),
+                            };
                             let spawn =
                                 match spawn.as_ref().map(|s| attacher.attach_go_spawn(exe, s)) {
                                     Some(Ok(())) => "goroutine starts followed".to_owned(),
@@ -154,13 +168,21 @@ impl GoDiscovery {
                                         "goroutine starts not followed: {NEWPROC} not found"
                                     ),
                                 };
-                            match attacher.attach_go_handoffs(exe, handoffs) {
-                                Ok(()) => format!(
-                                    "ok    goroutine {path}: {version}, goroutines followed, {} net/http hand-over uprobes{}, {spawn}",
-                                    handoffs.len(),
-                                    if *stripped { " (stripped: found in .gopclntab)" } else { "" }
-                                ),
-                                Err(e) => format!("FAIL  goroutine {path}: {version}, goroutines followed, net/http hand-overs not probed: {e}; {spawn}"),
+                            let stripped = if *stripped {
+                                " (stripped: found in .gopclntab)"
+                            } else {
+                                ""
+                            };
+                            if handoffs.is_empty() {
+                                format!("ok    goroutine {path}: {version}, goroutines followed (no net/http){stripped}, {spawn}{grpc}")
+                            } else {
+                                match attacher.attach_go_handoffs(exe, handoffs) {
+                                    Ok(()) => format!(
+                                        "ok    goroutine {path}: {version}, goroutines followed, {} net/http hand-over uprobes{stripped}, {spawn}{grpc}",
+                                        handoffs.len(),
+                                    ),
+                                    Err(e) => format!("FAIL  goroutine {path}: {version}, goroutines followed, net/http hand-overs not probed: {e}; {spawn}{grpc}"),
+                                }
                             }
                         }
                         GoBinary::Unsupported(why) => {
@@ -179,9 +201,27 @@ impl GoDiscovery {
                     b
                 }
             };
-            if let GoBinary::Followed { goid_offset, .. } = binary {
+            if let GoBinary::Followed {
+                goid_offset,
+                stream_spawners,
+                ..
+            } = binary
+            {
                 if attacher.follow_go_process(tgid, Some(goid_offset)).is_ok() {
                     self.followed.insert(tgid);
+                    match stream_spawners {
+                        Some(ranges) => {
+                            let ranges = self
+                                .spawners_of_file
+                                .entry(id)
+                                .or_insert_with(|| ranges.into())
+                                .clone();
+                            self.stream_spawners.insert(tgid, ranges);
+                        }
+                        None => {
+                            self.stream_spawners.remove(&tgid);
+                        }
+                    }
                 }
             } else {
                 self.unfollow(tgid, attacher);
@@ -206,7 +246,16 @@ impl GoDiscovery {
         }
     }
 
+    /// Whether the `go` statement at `pc` in process `tgid` starts the handler of an HTTP/2 or
+    /// gRPC stream (`golang::runtime::STREAM_HANDLER_SPAWNERS`); `None` when the process's
+    /// are not known.
+    pub fn starts_stream_handler(&self, tgid: u32, pc: u64) -> Option<bool> {
+        let ranges = self.stream_spawners.get(&tgid)?;
+        Some(ranges.iter().any(|&(start, end)| start <= pc && pc < end))
+    }
+
     fn unfollow(&mut self, tgid: u32, attacher: &mut dyn GoAttacher) {
+        self.stream_spawners.remove(&tgid);
         if self.followed.remove(&tgid) {
             let _ = attacher.follow_go_process(tgid, None);
         }
@@ -224,6 +273,9 @@ mod tests {
             Ok(())
         }
         fn attach_go_spawn(&mut self, _: &Path, _: &Sites) -> Result<(), String> {
+            Ok(())
+        }
+        fn attach_go_grpc(&mut self, _: &Path, _: &GrpcClient) -> Result<(), String> {
             Ok(())
         }
         fn follow_go_process(&mut self, tgid: u32, goid_offset: Option<u32>) -> Result<(), String> {

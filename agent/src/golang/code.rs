@@ -52,6 +52,19 @@ pub fn locate<'data, O: Object<'data>>(elf: &O, names: &[&'static str]) -> (Vec<
     }
 }
 
+/// The address ranges `[start, end)` of the functions in the symbol table whose names begin
+/// with one of `prefixes` (a function and its closures).
+pub fn ranges_with_prefix<'data, O: Object<'data>>(elf: &O, prefixes: &[&str]) -> Vec<(u64, u64)> {
+    elf.symbols()
+        .filter(|sym| sym.size() > 0)
+        .filter(|sym| {
+            sym.name()
+                .is_ok_and(|name| prefixes.iter().any(|p| name.starts_with(p)))
+        })
+        .map(|sym| (sym.address(), sym.address() + sym.size()))
+        .collect()
+}
+
 /// The functions of `names` in the binary's `.gopclntab`.
 fn in_pclntab<'data, O: Object<'data>>(elf: &O, names: &[&'static str]) -> Vec<Located> {
     let Some(section) = elf.section_by_name(".gopclntab") else {

@@ -9,11 +9,13 @@
 //! - [`offsets`]: the struct offsets from a `crypto/tls.Conn` to its socket;
 //! - [`runtime`]: goroutines — where `runtime.g` keeps the goroutine id, net/http's hand-overs
 //!   between goroutines, `runtime.newproc1`;
+//! - [`grpc`]: grpc-go's client stream creation and the offsets from a stream to its socket;
 //! - [`tls`]: the `crypto/tls` functions ztrace probes and whether a binary can be probed.
 //!
 //! Everything here reads files and bytes; nothing attaches probes or blocks capture.
 
 pub mod code;
+pub mod grpc;
 pub mod offsets;
 pub mod pclntab;
 pub mod runtime;

@@ -67,6 +67,30 @@ const PACKAGES: [&str; 4] = ["crypto/tls", "net", "internal/poll", "runtime"];
 
 /// Reads the offsets from the binary's DWARF; `None` without DWARF or when a member is missing.
 pub fn from_dwarf<'data, O: Object<'data>>(elf: &O) -> Option<GoOffsets> {
+    let found = members_in(elf, &WANTED, &PACKAGES)?;
+    let get = |s: &str, m: &str| {
+        found
+            .iter()
+            .find(|(st, mb, _)| st == s && mb == m)
+            .map(|(_, _, off)| *off)
+    };
+    let iface_data = get("runtime.iface", "data").unwrap_or(8);
+    let offsets = GoOffsets {
+        conn_iface_data: u16::try_from(get("crypto/tls.Conn", "conn")? + iface_data).ok()?,
+        tcpconn_fd: u16::try_from(get("net.TCPConn", "conn")? + get("net.conn", "fd")?).ok()?,
+        netfd_sysfd: u16::try_from(get("net.netFD", "pfd")? + get("internal/poll.FD", "Sysfd")?)
+            .ok()?,
+    };
+    Some(offsets)
+}
+
+/// (struct, member, offset) of the `wanted` members that the compile units of `packages` (Go
+/// packages) declare, from the binary's DWARF; `None` without DWARF.
+pub fn members_in<'data, O: Object<'data>>(
+    elf: &O,
+    wanted: &[(&str, &str)],
+    packages: &[&str],
+) -> Option<Vec<(String, String, u64)>> {
     let info = elf
         .section_by_name(".debug_info")?
         .uncompressed_data()
@@ -92,28 +116,18 @@ pub fn from_dwarf<'data, O: Object<'data>>(elf: &O) -> Option<GoOffsets> {
         ),
         ..Default::default()
     };
-    let found = members(&dwarf)?;
-    let get = |s: &str, m: &str| {
-        found
-            .iter()
-            .find(|(st, mb, _)| st == s && mb == m)
-            .map(|(_, _, off)| *off)
-    };
-    let iface_data = get("runtime.iface", "data").unwrap_or(8);
-    let offsets = GoOffsets {
-        conn_iface_data: u16::try_from(get("crypto/tls.Conn", "conn")? + iface_data).ok()?,
-        tcpconn_fd: u16::try_from(get("net.TCPConn", "conn")? + get("net.conn", "fd")?).ok()?,
-        netfd_sysfd: u16::try_from(get("net.netFD", "pfd")? + get("internal/poll.FD", "Sysfd")?)
-            .ok()?,
-    };
-    Some(offsets)
+    members(&dwarf, wanted, packages)
 }
 
 type Slice<'a> = EndianSlice<'a, LittleEndian>;
 
-/// (struct, member, offset) of the [`WANTED`] members found. Units are read from their headers
-/// alone (no line programs or other sections needed).
-fn members(dwarf: &gimli::Dwarf<Slice<'_>>) -> Option<Vec<(String, String, u64)>> {
+/// (struct, member, offset) of the `wanted` members found in the units of `packages`. Units
+/// are read from their headers alone (no line programs or other sections needed).
+fn members(
+    dwarf: &gimli::Dwarf<Slice<'_>>,
+    wanted: &[(&str, &str)],
+    packages: &[&str],
+) -> Option<Vec<(String, String, u64)>> {
     let mut found = Vec::new();
     let mut units = dwarf.units();
     while let Ok(Some(header)) = units.next() {
@@ -125,7 +139,7 @@ fn members(dwarf: &gimli::Dwarf<Slice<'_>>) -> Option<Vec<(String, String, u64)>
         };
         let Ok(root) = tree.root() else { continue };
         let unit_name = name_of(dwarf, root.entry()).unwrap_or_default();
-        if !PACKAGES.contains(&unit_name.as_str()) {
+        if !packages.contains(&unit_name.as_str()) {
             continue;
         }
         let mut children = root.children();
@@ -137,7 +151,7 @@ fn members(dwarf: &gimli::Dwarf<Slice<'_>>) -> Option<Vec<(String, String, u64)>
             let Some(name) = name_of(dwarf, entry) else {
                 continue;
             };
-            if !WANTED.iter().any(|(s, _)| *s == name) {
+            if !wanted.iter().any(|(s, _)| *s == name) {
                 continue;
             }
             let mut fields = node.children();
@@ -149,7 +163,7 @@ fn members(dwarf: &gimli::Dwarf<Slice<'_>>) -> Option<Vec<(String, String, u64)>
                 let Some(member) = name_of(dwarf, f) else {
                     continue;
                 };
-                if !WANTED.contains(&(name.as_str(), member.as_str())) {
+                if !wanted.contains(&(name.as_str(), member.as_str())) {
                     continue;
                 }
                 let offset = match f.attr_value(gimli::DW_AT_data_member_location) {

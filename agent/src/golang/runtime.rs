@@ -40,6 +40,21 @@ pub const HANDOFF_FUNCTIONS: [(&str, &str); 5] = [
 /// The runtime function that starts goroutines (entry and RETs probed).
 pub const NEWPROC: &str = "runtime.newproc1";
 
+/// Functions (and the closures inside them: names that begin so) whose `go` statements start
+/// the goroutine that serves one HTTP/2 or gRPC stream just read: grpc-go's per-stream
+/// handler, net/http's bundled HTTP/2 server's and `x/net/http2`'s `runHandler`. Handlers
+/// started later from a queue (`handlerDone` in Go 1.22 and later) are not among them: they do
+/// not follow the read of their stream.
+pub const STREAM_HANDLER_SPAWNERS: [&str; 7] = [
+    "google.golang.org/grpc.(*Server).serveStreams",
+    "net/http.(*http2serverConn).processHeaders",
+    "net/http.(*http2serverConn).upgradeRequest",
+    "net/http.(*http2serverConn).scheduleHandler",
+    "golang.org/x/net/http2.(*serverConn).processHeaders",
+    "golang.org/x/net/http2.(*serverConn).upgradeRequest",
+    "golang.org/x/net/http2.(*serverConn).scheduleHandler",
+];
+
 /// What an executable is, for goroutine following.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum GoBinary {
@@ -50,6 +65,12 @@ pub enum GoBinary {
         handoffs: Vec<Handoff>,
         stripped: bool,
         spawn: Option<Sites>,
+        /// grpc-go's client stream creation: `None` without grpc-go's client, `Err(why)` when
+        /// it cannot be probed.
+        grpc: Option<Result<super::grpc::GrpcClient, String>>,
+        /// The address ranges of [`STREAM_HANDLER_SPAWNERS`]: where a `go` statement starts a
+        /// stream's handler. `None` when unknown (a stripped or position-independent binary).
+        stream_spawners: Option<Vec<(u64, u64)>>,
     },
     /// A Go program ztrace cannot follow, and why.
     Unsupported(String),
@@ -97,7 +118,7 @@ pub fn classify<'data, O: Object<'data>>(elf: &O) -> GoBinary {
     let names: Vec<&'static str> = HANDOFF_FUNCTIONS
         .iter()
         .map(|(_, f)| *f)
-        .chain([NEWPROC])
+        .chain([NEWPROC, super::grpc::NEW_STREAM])
         .collect();
     let (found, stripped) = code::locate(elf, &names);
     let mut handoffs = Vec::new();
@@ -124,12 +145,17 @@ pub fn classify<'data, O: Object<'data>>(elf: &O) -> GoBinary {
         .find(|f| f.name == NEWPROC)
         .and_then(|f| code::sites(elf, f))
         .filter(|sites| !sites.rets.is_empty());
+    let grpc = super::grpc::inspect(elf, &found).transpose();
+    let stream_spawners = (!stripped && elf.kind() == object::ObjectKind::Executable)
+        .then(|| code::ranges_with_prefix(elf, &STREAM_HANDLER_SPAWNERS));
     GoBinary::Followed {
         version,
         goid_offset,
         handoffs,
         stripped,
         spawn,
+        grpc,
+        stream_spawners,
     }
 }
 

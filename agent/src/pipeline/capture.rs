@@ -247,17 +247,32 @@ impl Capture {
                     },
                     ips: header.ips[..header.ips_len as usize].to_vec(),
                     stack: stack.to_vec(),
+                    stream: (header.stream != 0).then_some(header.stream),
                 };
                 self.stacks.submit(req, &self.metrics);
             }
             Ok(KernelEvent::GoSpawn(ev)) => {
                 ts = ev.header.ts_ns;
                 self.last_ts = ts;
-                self.tracer.spawned(
+                let stream_handler = self.go.starts_stream_handler(ev.header.tgid, ev.caller_pc);
+                self.tracer.spawned_by_site(
                     ts,
                     ev.header.tgid,
                     ev.parent_goid as u32,
                     ev.child_goid as u32,
+                    stream_handler,
+                    &self.metrics,
+                    &mut self.ready,
+                );
+            }
+            Ok(KernelEvent::GoStream(ev)) => {
+                // Stamped with NewStream's entry: older than the records around it.
+                self.tracer.stream_created(
+                    ev.header.ts_ns,
+                    ev.header.tgid,
+                    ev.header.fd,
+                    ev.stream_id,
+                    ev.goid as u32,
                     &self.metrics,
                     &mut self.ready,
                 );

@@ -2,6 +2,8 @@
 //! kernel sends it (at the request's first write), long before the response ends the span; a
 //! span whose stack is still being symbolized is held for a bounded time ([`StackJoin::pass`])
 //! and released with or without it (a release without is counted as `stacks_timed_out`).
+//! A stack sent for an HTTP/2 stream (the goroutine that created a grpc-go client stream, see
+//! `ebpf/src/go/grpc.rs`) goes to the span of that stream, whenever its request was written.
 
 use std::{
     collections::VecDeque,
@@ -28,11 +30,14 @@ struct Held {
     deadline: Instant,
 }
 
+/// A symbolized stack: the time it was taken, the stream it was sent for, the stack.
+type Ready = (u64, Option<u64>, Arc<StackTrace>);
+
 /// Stacks in flight and ready, and the spans waiting for them.
 pub struct StackJoin {
     handle: Option<SymbolizerHandle>,
-    pending: HashMap<ConnKey, VecDeque<u64>>,
-    ready: HashMap<ConnKey, VecDeque<(u64, Arc<StackTrace>)>>,
+    pending: HashMap<ConnKey, VecDeque<(u64, Option<u64>)>>,
+    ready: HashMap<ConnKey, VecDeque<Ready>>,
     held: VecDeque<Held>,
     wait: Duration,
 }
@@ -62,7 +67,7 @@ impl StackJoin {
     /// Hands a stack from the kernel to the symbolizer.
     pub fn submit(&mut self, req: StackRequest, metrics: &Metrics) {
         let Some(handle) = &self.handle else { return };
-        let (key, ts) = (req.key, req.ts_ns);
+        let (key, ts, stream) = (req.key, req.ts_ns, req.stream);
         if handle.submit(req, metrics) {
             if self.pending.len() >= MAX_CONNS {
                 self.pending.clear();
@@ -71,7 +76,7 @@ impl StackJoin {
             if q.len() >= PER_CONN {
                 q.pop_front();
             }
-            q.push_back(ts);
+            q.push_back((ts, stream));
         }
     }
 
@@ -80,7 +85,7 @@ impl StackJoin {
         let Some(handle) = &self.handle else { return };
         while let Ok(r) = handle.results.try_recv() {
             if let Some(q) = self.pending.get_mut(&r.key) {
-                q.retain(|&t| t != r.ts_ns);
+                q.retain(|&t| t != (r.ts_ns, r.stream));
                 if q.is_empty() {
                     self.pending.remove(&r.key);
                 }
@@ -92,30 +97,54 @@ impl StackJoin {
             if q.len() >= PER_CONN {
                 q.pop_front();
             }
-            q.push_back((r.ts_ns, r.trace));
+            q.push_back((r.ts_ns, r.stream, r.trace));
         }
     }
 
-    /// Attaches the stack of the request that began at `ts_ns` on `key` to `span`: the newest
-    /// stack taken on that connection at or before it. False when that stack is still being
-    /// symbolized.
-    fn join(&mut self, span: &mut Span, key: ConnKey, ts_ns: u64, metrics: &Metrics) -> bool {
+    /// Attaches the stack of the request that began at `ts_ns` on `key` (on `stream`, if
+    /// multiplexed) to `span`: the stack sent for that stream, else the newest stack taken on
+    /// that connection at or before it. False when that stack is still being symbolized.
+    fn join(
+        &mut self,
+        span: &mut Span,
+        key: ConnKey,
+        ts_ns: u64,
+        stream: Option<u64>,
+        metrics: &Metrics,
+    ) -> bool {
         if let Some(q) = self.ready.get_mut(&key) {
-            if let Some(i) = q.iter().rposition(|(t, _)| *t <= ts_ns) {
-                let (_, trace) = q[i].clone();
-                q.drain(..=i);
-                if q.is_empty() {
-                    self.ready.remove(&key);
-                }
+            let found = match stream.and_then(|s| q.iter().position(|(_, st, _)| *st == Some(s))) {
+                Some(i) => q.remove(i),
+                None => match q.iter().rposition(|(t, st, _)| st.is_none() && *t <= ts_ns) {
+                    Some(i) => {
+                        let found = q.remove(i);
+                        // Older stacks of requests without a stream are done with.
+                        let mut k = 0;
+                        q.retain(|(_, st, _)| {
+                            k += 1;
+                            st.is_some() || k > i
+                        });
+                        found
+                    }
+                    None => None,
+                },
+            };
+            if q.is_empty() {
+                self.ready.remove(&key);
+            }
+            if let Some((_, _, trace)) = found {
                 span.attributes.extend(trace.attributes());
                 Metrics::inc(&metrics.stacks_attached);
                 return true;
             }
         }
-        !self
-            .pending
-            .get(&key)
-            .is_some_and(|q| q.iter().any(|&t| t <= ts_ns))
+        !self.pending.get(&key).is_some_and(|q| {
+            q.iter().any(|&(t, st)| match (stream, st) {
+                (Some(s), Some(st)) => s == st,
+                (_, None) => t <= ts_ns,
+                (None, Some(_)) => false,
+            })
+        })
     }
 
     /// A span on its way to trace assembly, finished at kernel time `at`: a client span gets the
@@ -133,6 +162,7 @@ impl StackJoin {
                 &mut finished.span,
                 finished.key,
                 finished.request_start_ns,
+                finished.stream,
                 metrics,
             )
         {
@@ -161,7 +191,7 @@ impl StackJoin {
         let mut keep = VecDeque::with_capacity(self.held.len());
         while let Some(mut h) = self.held.pop_front() {
             let f = &mut h.finished;
-            if self.join(&mut f.span, f.key, f.request_start_ns, metrics) {
+            if self.join(&mut f.span, f.key, f.request_start_ns, f.stream, metrics) {
                 out.push((h.at, h.finished));
             } else if all || now >= h.deadline {
                 Metrics::inc(&metrics.stacks_timed_out);

@@ -133,6 +133,9 @@ pub struct StackRequest {
     pub ips: Vec<u64>,
     /// Top of the stack from `regs.rsp` up.
     pub stack: Vec<u8>,
+    /// The HTTP/2 stream whose request this stack is for (the stack of the goroutine that
+    /// created it, grpc-go), rather than the request that began at `ts_ns`.
+    pub stream: Option<u64>,
 }
 
 /// A symbolized stack for the request that began at `ts_ns` on `key`.
@@ -140,6 +143,8 @@ pub struct StackRequest {
 pub struct StackResult {
     pub key: ConnKey,
     pub ts_ns: u64,
+    /// See [`StackRequest::stream`].
+    pub stream: Option<u64>,
     pub trace: Arc<StackTrace>,
 }
 
@@ -190,6 +195,7 @@ pub fn spawn(config: SymbolizerConfig, metrics: Arc<Metrics>) -> SymbolizerHandl
                     .send(StackResult {
                         key: req.key,
                         ts_ns: req.ts_ns,
+                        stream: req.stream,
                         trace,
                     })
                     .is_err()
@@ -495,6 +501,7 @@ mod tests {
             regs: Regs { rip, rsp, rbp },
             ips: vec![rip],
             stack,
+            stream: None,
         };
         let mut s = Symbolizer::new(SymbolizerConfig {
             debug_dirs: vec![],

@@ -225,6 +225,14 @@ enum Input {
         tgid: u32,
         parent: u32,
         child: u32,
+        stream_handler: Option<bool>,
+    },
+    /// A Go gRPC client: goroutine `goid` created client stream `stream` on connection fd `fd`.
+    StreamOwner {
+        tgid: u32,
+        fd: i32,
+        stream: u64,
+        goid: u32,
     },
     Done(Box<Finished>),
     Close(ConnKey),
@@ -234,7 +242,7 @@ impl Input {
     /// At equal timestamps: starts, then finished spans, then closes.
     fn rank(&self) -> u8 {
         match self {
-            Input::Spawn { .. } | Input::Start { .. } => 0,
+            Input::Spawn { .. } | Input::StreamOwner { .. } | Input::Start { .. } => 0,
             Input::Done(_) => 1,
             Input::Close(_) => 2,
         }
@@ -335,6 +343,35 @@ pub struct Tracer {
     /// [`MAX_GOROUTINES`], the oldest forgotten first (`spawn_order`).
     spawned_by: HashMap<(u32, u32), (u32, u64)>,
     spawn_order: VecDeque<(u32, u32)>,
+    /// Go: the server streams the latest read of a goroutine opened, in stream order, not yet
+    /// handed to a goroutine it started: (tgid, reading goroutine) → (the read's time, streams).
+    opened: HashMap<(u32, u32), (u64, VecDeque<Handed>)>,
+    /// Go: the reading goroutine whose streams a goroutine starts handlers for when it is not
+    /// the reader itself (net/http's HTTP/2 server: the serve goroutine starts the frame
+    /// reader, then a handler per stream the reader reads): (tgid, starter) → reader.
+    reader_of: HashMap<(u32, u32), u32>,
+    /// Go: the server stream each handler goroutine was started for, (tgid, goroutine) →
+    /// stream (at most [`MAX_GOROUTINES`]).
+    handlers: HashMap<(u32, u32), Handed>,
+    /// The handler goroutine of each handed stream, (connection, stream) → goroutine: the
+    /// stream's end forgets its handler.
+    handler_of: HashMap<(ConnKey, u64), u32>,
+    /// Go gRPC clients: the goroutines that created the client streams of a connection not yet
+    /// written, (tgid, fd) → (stream, goroutine, when), at most [`MAX_STREAMS_PER_CONN`] each.
+    stream_owners: HashMap<(u32, i32), VecDeque<StreamOwner>>,
+}
+
+/// A client stream's creation: (stream id, the goroutine that created it, when).
+type StreamOwner = (u64, u32, u64);
+
+/// A server stream of a Go program handed to the goroutine started to serve it.
+#[derive(Clone, Copy)]
+struct Handed {
+    conn: ConnKey,
+    stream: u64,
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    ts: u64,
 }
 
 /// Goroutine starts remembered (about 40 bytes each).
@@ -342,7 +379,7 @@ pub const MAX_GOROUTINES: usize = 65_536;
 
 impl Tracer {
     /// Sizes of its tables (the hold-back window, the per-connection and per-unit state).
-    pub fn table_sizes(&self) -> [(&'static str, usize); 6] {
+    pub fn table_sizes(&self) -> [(&'static str, usize); 8] {
         [
             ("trace_window", self.pending.len()),
             ("trace_conn_starts", self.starts.len()),
@@ -350,6 +387,8 @@ impl Tracer {
             ("trace_messages", self.messages.len()),
             ("trace_serving_units", self.serving.len()),
             ("trace_goroutine_starts", self.spawned_by.len()),
+            ("trace_stream_handlers", self.handlers.len()),
+            ("trace_stream_owners", self.stream_owners.len()),
         ]
     }
 }
@@ -468,12 +507,57 @@ impl Tracer {
         metrics: &Metrics,
         out: &mut Vec<Span>,
     ) {
+        self.spawned_by_site(ts, tgid, parent, child, None, metrics, out);
+    }
+
+    /// [`Tracer::spawned`], saying whether the `go` statement is one where Go's HTTP/2 or gRPC
+    /// server starts a stream's handler (`Some(true)`), another one (`Some(false)`), or not
+    /// known in this program (`None`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn spawned_by_site(
+        &mut self,
+        ts: u64,
+        tgid: u32,
+        parent: u32,
+        child: u32,
+        stream_handler: Option<bool>,
+        metrics: &Metrics,
+        out: &mut Vec<Span>,
+    ) {
         self.push(
             ts,
             Input::Spawn {
                 tgid,
                 parent,
                 child,
+                stream_handler,
+            },
+            metrics,
+            out,
+        );
+    }
+
+    /// In a Go gRPC client `tgid`, goroutine `goid` created client stream `stream` on the
+    /// connection of fd `fd`; `ts` is when that creation began (before the stream's id was
+    /// given, so before any goroutine could write the stream's first frame).
+    #[allow(clippy::too_many_arguments)]
+    pub fn stream_created(
+        &mut self,
+        ts: u64,
+        tgid: u32,
+        fd: i32,
+        stream: u64,
+        goid: u32,
+        metrics: &Metrics,
+        out: &mut Vec<Span>,
+    ) {
+        self.push(
+            ts,
+            Input::StreamOwner {
+                tgid,
+                fd,
+                stream,
+                goid,
             },
             metrics,
             out,
@@ -527,6 +611,18 @@ impl Tracer {
             open.retain(|s| s.ts >= cutoff);
             !open.is_empty()
         });
+        self.opened.retain(|_, (ts, _)| *ts >= cutoff);
+        let opened = &self.opened;
+        self.reader_of
+            .retain(|&(tgid, _), reader| opened.contains_key(&(tgid, *reader)));
+        self.handlers.retain(|_, h| h.ts >= cutoff);
+        let handlers = &self.handlers;
+        self.handler_of
+            .retain(|(conn, _), g| handlers.contains_key(&(conn.tgid, *g)));
+        self.stream_owners.retain(|_, q| {
+            q.retain(|&(_, _, ts)| ts >= cutoff);
+            !q.is_empty()
+        });
         let serving = &self.serving;
         self.serving_thread.retain(|conn, tid| {
             serving
@@ -536,6 +632,7 @@ impl Tracer {
     }
 
     fn handle(&mut self, p: Pending, metrics: &Metrics, out: &mut Vec<Span>) {
+        let last_ts = self.last_ts;
         self.last_ts = self.last_ts.max(p.ts);
         match p.input {
             Input::Start { start, peer_traced } => self.on_start(&start, peer_traced, metrics),
@@ -544,6 +641,7 @@ impl Tracer {
                 tgid,
                 parent,
                 child,
+                stream_handler,
             } => {
                 if self.spawn_order.len() >= MAX_GOROUTINES {
                     if let Some(old) = self.spawn_order.pop_front() {
@@ -557,8 +655,25 @@ impl Tracer {
                 {
                     self.spawn_order.push_back((tgid, child));
                 }
+                self.hand_over(tgid, parent, child, stream_handler);
+            }
+            Input::StreamOwner {
+                tgid,
+                fd,
+                stream,
+                goid,
+            } => {
+                if p.ts < last_ts {
+                    Metrics::inc(&metrics.go_stream_owners_late);
+                }
+                let q = self.stream_owners.entry((tgid, fd)).or_default();
+                if q.len() >= MAX_STREAMS_PER_CONN {
+                    q.pop_front();
+                }
+                q.push_back((stream, goid, p.ts));
             }
             Input::Close(key) => {
+                self.stream_owners.remove(&(key.tgid, key.fd));
                 self.starts.remove(&key);
                 self.stream_starts.remove(&key);
                 self.stop_serving(key);
@@ -567,6 +682,20 @@ impl Tracer {
     }
 
     fn on_start(&mut self, s: &RequestStart, peer_traced: bool, metrics: &Metrics) {
+        // A Go gRPC client stream is written by the connection's writer goroutine: it acts for
+        // the goroutine that created the stream.
+        let owned;
+        let s = match (s.side, s.stream) {
+            (Side::Client, Some(stream)) => match self.take_stream_owner(s.key, stream, s.ts_ns) {
+                Some(goid) => {
+                    Metrics::inc(&metrics.go_stream_owners);
+                    owned = RequestStart { goid, ..*s };
+                    &owned
+                }
+                None => s,
+            },
+            _ => s,
+        };
         // Ids the kernel gave the request went on the wire: the span keeps its span id, and
         // where no rule of this host applies, its trace id and the parent the other host sent.
         let born = s.born;
@@ -632,26 +761,31 @@ impl Tracer {
                     }
                 }
                 Side::Client => {
-                    let linked = match self.serving.get(&(s.key.tgid, unit(s))).map(Vec::as_slice) {
-                        // A message's consumer serves its thread for a while only.
-                        Some([one])
-                            if !one.consumer
-                                || s.ts_ns.saturating_sub(one.ts) <= CONSUMER_PROCESSING_NS =>
-                        {
-                            Some((
-                                one.trace_id,
-                                one.span_id,
-                                if s.goid != 0 {
-                                    Link::Goroutine
-                                } else {
-                                    Link::Thread
-                                },
-                            ))
+                    let handed = self
+                        .handed_to(s.key.tgid, s.goid)
+                        .map(|h| (h.trace_id, h.span_id, Link::Goroutine));
+                    let linked = handed.or_else(|| {
+                        match self.serving.get(&(s.key.tgid, unit(s))).map(Vec::as_slice) {
+                            // A message's consumer serves its thread for a while only.
+                            Some([one])
+                                if !one.consumer
+                                    || s.ts_ns.saturating_sub(one.ts) <= CONSUMER_PROCESSING_NS =>
+                            {
+                                Some((
+                                    one.trace_id,
+                                    one.span_id,
+                                    if s.goid != 0 {
+                                        Link::Goroutine
+                                    } else {
+                                        Link::Thread
+                                    },
+                                ))
+                            }
+                            _ => self
+                                .started_by_serving(s)
+                                .map(|(t, p)| (t, p, Link::Goroutine)),
                         }
-                        _ => self
-                            .started_by_serving(s)
-                            .map(|(t, p)| (t, p, Link::Goroutine)),
-                    };
+                    });
                     match linked {
                         Some((trace_id, parent, link)) => {
                             if born.is_some_and(|b| b.trace_id != trace_id) {
@@ -692,6 +826,9 @@ impl Tracer {
                         consumer: false,
                     });
                 self.serving_thread.insert(s.key, unit(s));
+                if let (Some(stream), true) = (s.stream, s.goid != 0) {
+                    self.opened_by_read(s, stream, &ids);
+                }
             }
             Side::Client => {
                 if self.in_flight.len() >= MAX_IN_FLIGHT_CONNS {
@@ -813,6 +950,9 @@ impl Tracer {
         let mut goid = s.goid;
         for _ in 0..MAX_SPAWN_DEPTH {
             let &(parent, spawned_at) = self.spawned_by.get(&(s.key.tgid, goid))?;
+            if let Some(h) = self.handed_to(s.key.tgid, parent) {
+                return (h.ts <= spawned_at).then_some((h.trace_id, h.span_id));
+            }
             match self
                 .serving
                 .get(&(s.key.tgid, 1 << 32 | u64::from(parent)))
@@ -824,6 +964,109 @@ impl Tracer {
             }
         }
         None
+    }
+
+    /// A Go server stream `stream` opened by the read of goroutine `s.goid` at `s.ts_ns`: kept,
+    /// in stream order with the other streams of that read, for the goroutines the reading
+    /// goroutine starts next (a read's streams are those frames in order, and Go's gRPC server
+    /// starts one goroutine per stream as it reads them). A newer read forgets the streams of
+    /// the older one that no goroutine took.
+    fn opened_by_read(&mut self, s: &RequestStart, stream: u64, ids: &Ids) {
+        if self.opened.len() >= MAX_GOROUTINES {
+            self.opened.clear();
+            self.reader_of.clear();
+        }
+        if let Some(&(starter, _)) = self.spawned_by.get(&(s.key.tgid, s.goid)) {
+            self.reader_of.insert((s.key.tgid, starter), s.goid);
+        }
+        let (read_ts, q) = self
+            .opened
+            .entry((s.key.tgid, s.goid))
+            .or_insert_with(|| (s.ts_ns, VecDeque::new()));
+        if *read_ts != s.ts_ns {
+            *read_ts = s.ts_ns;
+            q.clear();
+        }
+        if q.len() >= MAX_STREAMS_PER_CONN {
+            return;
+        }
+        let at = q.partition_point(|h| h.stream < stream);
+        q.insert(
+            at,
+            Handed {
+                conn: s.key,
+                stream,
+                trace_id: ids.trace_id,
+                span_id: ids.span_id,
+                ts: s.ts_ns,
+            },
+        );
+    }
+
+    /// Goroutine `parent` started `child`: if `parent`'s latest read opened server streams no
+    /// goroutine took yet, `child` serves the first of them. Where the program's `go`
+    /// statements that start stream handlers are known (`stream_handler` is `Some`), only those
+    /// take a stream, and when `parent` read none they take them from the reader `parent`
+    /// started (net/http's serve goroutine and its frame reader) or from the goroutine that
+    /// started `parent` (grpc-go's connection goroutine, which reads the connection's first
+    /// bytes — the preface and, from a client that sent its calls at once, their streams —
+    /// before it starts the goroutine that serves the streams).
+    fn hand_over(&mut self, tgid: u32, parent: u32, child: u32, stream_handler: Option<bool>) {
+        let has_streams = |g: u32| self.opened.contains_key(&(tgid, g));
+        let reader = match stream_handler {
+            Some(false) => return,
+            Some(true) if !has_streams(parent) => {
+                let started = self.reader_of.get(&(tgid, parent)).copied();
+                let starter = self.spawned_by.get(&(tgid, parent)).map(|&(s, _)| s);
+                match (
+                    started.filter(|&g| has_streams(g)),
+                    starter.filter(|&g| has_streams(g)),
+                ) {
+                    (Some(reader), _) | (None, Some(reader)) => reader,
+                    (None, None) => return,
+                }
+            }
+            _ => parent,
+        };
+        let Some((_, q)) = self.opened.get_mut(&(tgid, reader)) else {
+            return;
+        };
+        let Some(h) = q.pop_front() else { return };
+        if q.is_empty() {
+            self.opened.remove(&(tgid, reader));
+        }
+        if self.handlers.len() >= MAX_GOROUTINES {
+            self.handlers.clear();
+            self.handler_of.clear();
+        }
+        self.handler_of.insert((h.conn, h.stream), child);
+        self.handlers.insert((tgid, child), h);
+    }
+
+    /// The server stream goroutine `goid` was started for, while that stream's exchange is open.
+    fn handed_to(&self, tgid: u32, goid: u32) -> Option<&Handed> {
+        if goid == 0 {
+            return None;
+        }
+        let h = self.handlers.get(&(tgid, goid))?;
+        let open = self.stream_starts.get(&h.conn).is_some_and(|q| {
+            q.iter()
+                .any(|r| r.stream == Some(h.stream) && r.ids.span_id == h.span_id)
+        });
+        open.then_some(h)
+    }
+
+    /// The goroutine that created client stream `stream` of connection `key` before `ts`.
+    fn take_stream_owner(&mut self, key: ConnKey, stream: u64, ts: u64) -> Option<u32> {
+        let q = self.stream_owners.get_mut(&(key.tgid, key.fd))?;
+        let i = q.iter().position(|&(s, _, at)| s == stream && at <= ts)?;
+        let (_, goid, _) = q.remove(i)?;
+        // Streams are written in the order they were created: older ones are never written now.
+        q.retain(|&(s, _, _)| s > stream);
+        if q.is_empty() {
+            self.stream_owners.remove(&(key.tgid, key.fd));
+        }
+        Some(goid)
     }
 
     /// The latest client request on `tuple` written at or before `ts`; it and older ones are
@@ -966,7 +1209,12 @@ impl Tracer {
                 if side == Side::Server {
                     match stream {
                         None => self.stop_serving(key),
-                        Some(_) => self.stop_serving_span(key, ids.span_id),
+                        Some(stream) => {
+                            self.stop_serving_span(key, ids.span_id);
+                            if let Some(g) = self.handler_of.remove(&(key, stream)) {
+                                self.handlers.remove(&(key.tgid, g));
+                            }
+                        }
                     }
                 }
                 ids.missing_parent

@@ -475,18 +475,24 @@ fn a_server_stream_whose_client_stream_was_not_seen_is_a_counted_root() {
 }
 
 #[test]
-fn a_goroutine_reading_several_streams_at_once_gives_its_handlers_no_link() {
-    // A Go gRPC server's reader goroutine 7 reads streams 1 and 3 in one read and starts a
-    // handler for each; a wrong parent is worse than none. Stream 5, read alone, links.
+fn a_goroutine_reading_several_streams_hands_each_to_the_goroutine_it_starts_next() {
+    // A Go gRPC server's reader goroutine 7 reads streams 3 and 1 in one read and starts a
+    // handler for each, in stream order: 8 serves 1, 9 serves 3. A third goroutine it starts
+    // serves nothing (a wrong parent is worse than none). Stream 5, read alone, hands over too.
     let (_, a_in) = conn(1, 3, 10, 5, 40000, 50051);
     let (b_out, _) = conn(10, 6, 20, 5, 40001, 5432);
     let mut w = World::new();
-    w.start_stream(a_in, 12, 7, 100, 1);
     w.start_stream(a_in, 12, 7, 100, 3);
+    w.start_stream(a_in, 12, 7, 100, 1);
     w.tracer.spawned(101, 10, 7, 8, &w.metrics, &mut w.out);
     w.tracer.spawned(102, 10, 7, 9, &w.metrics, &mut w.out);
-    w.start_go(b_out, 13, 8, 110);
-    w.done(b_out, "query of 1", 110, 120);
+    w.tracer.spawned(103, 10, 7, 10, &w.metrics, &mut w.out);
+    w.start_go(b_out, 13, 9, 110);
+    w.done(b_out, "query of 3", 110, 120);
+    w.start_go(b_out, 13, 8, 130);
+    w.done(b_out, "query of 1", 130, 140);
+    w.start_go(b_out, 13, 10, 150);
+    w.done(b_out, "query of nothing", 150, 160);
     w.start_stream(a_in, 12, 7, 200, 5);
     w.tracer.spawned(201, 10, 7, 11, &w.metrics, &mut w.out);
     w.start_go(b_out, 13, 11, 210);
@@ -494,12 +500,151 @@ fn a_goroutine_reading_several_streams_at_once_gives_its_handlers_no_link() {
     w.done_stream(a_in, "server 1", 100, 300, 1);
     w.done_stream(a_in, "server 3", 100, 300, 3);
     w.done_stream(a_in, "server 5", 200, 300, 5);
+    // A handler still running after its stream ended serves nothing.
+    w.start_go(b_out, 13, 11, 310);
+    w.done(b_out, "late query", 310, 320);
     let spans = w.flush();
-    let q1 = by_name(&spans, "query of 1");
-    assert_eq!((q1.parent_span_id, link(q1)), (None, "none"));
-    let (s5, q5) = (by_name(&spans, "server 5"), by_name(&spans, "query of 5"));
-    assert_eq!(q5.parent_span_id, Some(s5.span_id));
-    assert_eq!(link(q5), "goroutine");
+    for n in [1, 3, 5] {
+        let (s, q) = (
+            by_name(&spans, &format!("server {n}")),
+            by_name(&spans, &format!("query of {n}")),
+        );
+        assert_eq!(
+            (q.parent_span_id, link(q)),
+            (Some(s.span_id), "goroutine"),
+            "{n}"
+        );
+        assert_eq!(q.trace_id, s.trace_id);
+    }
+    for name in ["query of nothing", "late query"] {
+        let q = by_name(&spans, name);
+        assert_eq!((q.parent_span_id, link(q)), (None, "none"), "{name}");
+    }
+}
+
+#[test]
+fn net_http_h2_handlers_started_by_the_serve_goroutine_take_the_streams_its_reader_read() {
+    // net/http's HTTP/2 server: the serve goroutine 5 starts the frame reader 6; 6 reads
+    // stream 1; 5 then starts a frame writer 9 (another `go` statement) and the handler 8 of
+    // stream 1 (a stream-handler `go` statement). Only the handler serves stream 1.
+    let (_, a_in) = conn(1, 3, 10, 5, 40000, 8443);
+    let (b_out, _) = conn(10, 6, 20, 5, 40001, 5432);
+    let mut w = World::new();
+    w.tracer
+        .spawned_by_site(50, 10, 5, 6, Some(false), &w.metrics, &mut w.out);
+    w.start_stream(a_in, 12, 6, 100, 1);
+    w.tracer
+        .spawned_by_site(101, 10, 5, 9, Some(false), &w.metrics, &mut w.out);
+    w.tracer
+        .spawned_by_site(102, 10, 5, 8, Some(true), &w.metrics, &mut w.out);
+    w.start_go(b_out, 13, 9, 110);
+    w.done(b_out, "writer's query", 110, 120);
+    w.start_go(b_out, 13, 8, 130);
+    w.done(b_out, "handler's query", 130, 140);
+    w.done_stream(a_in, "server 1", 100, 200, 1);
+    let spans = w.flush();
+    let (s, q) = (
+        by_name(&spans, "server 1"),
+        by_name(&spans, "handler's query"),
+    );
+    assert_eq!((q.parent_span_id, link(q)), (Some(s.span_id), "goroutine"));
+    let other = by_name(&spans, "writer's query");
+    assert_eq!((other.parent_span_id, link(other)), (None, "none"));
+}
+
+#[test]
+fn streams_read_before_the_serving_goroutine_started_go_to_its_handlers() {
+    // grpc-go: the connection goroutine 5 reads the preface and, in the same read, streams 1
+    // and 3 (a client that sent its calls at once); it starts 6, which serves the streams and
+    // starts their handlers 8 and 9 (stream-handler `go` statements).
+    let (_, a_in) = conn(1, 3, 10, 5, 40000, 50051);
+    let (b_out, _) = conn(10, 6, 20, 5, 40001, 5432);
+    let mut w = World::new();
+    w.start_stream(a_in, 12, 5, 100, 1);
+    w.start_stream(a_in, 12, 5, 100, 3);
+    w.tracer
+        .spawned_by_site(101, 10, 5, 6, Some(false), &w.metrics, &mut w.out);
+    w.tracer
+        .spawned_by_site(102, 10, 6, 8, Some(true), &w.metrics, &mut w.out);
+    w.tracer
+        .spawned_by_site(103, 10, 6, 9, Some(true), &w.metrics, &mut w.out);
+    w.start_go(b_out, 13, 9, 110);
+    w.done(b_out, "query of 3", 110, 120);
+    w.start_go(b_out, 13, 8, 130);
+    w.done(b_out, "query of 1", 130, 140);
+    w.done_stream(a_in, "server 1", 100, 200, 1);
+    w.done_stream(a_in, "server 3", 100, 200, 3);
+    let spans = w.flush();
+    for n in [1, 3] {
+        let (s, q) = (
+            by_name(&spans, &format!("server {n}")),
+            by_name(&spans, &format!("query of {n}")),
+        );
+        assert_eq!(
+            (q.parent_span_id, link(q)),
+            (Some(s.span_id), "goroutine"),
+            "{n}"
+        );
+    }
+}
+
+#[test]
+fn a_go_grpc_client_stream_written_by_the_writer_goroutine_belongs_to_its_creator() {
+    // Server A: reader goroutine 7 reads streams 1 and 3; handlers 8 and 9 each create a
+    // client stream on connection fd 6 (goroutines 9 then 8: ids 1 and 3); the connection's
+    // writer goroutine 30 writes both. Each client stream is the child of its handler's server
+    // stream, and B's server streams are the children of those client streams.
+    let (_, a_in) = conn(1, 3, 10, 5, 40000, 50051);
+    let (a_out, b_in) = conn(10, 6, 20, 5, 40001, 50052);
+    let mut w = World::new();
+    w.start_stream(a_in, 12, 7, 100, 1);
+    w.start_stream(a_in, 12, 7, 100, 3);
+    w.tracer.spawned(101, 10, 7, 8, &w.metrics, &mut w.out);
+    w.tracer.spawned(102, 10, 7, 9, &w.metrics, &mut w.out);
+    w.tracer
+        .stream_created(110, 10, 6, 1, 9, &w.metrics, &mut w.out);
+    w.tracer
+        .stream_created(111, 10, 6, 3, 8, &w.metrics, &mut w.out);
+    w.start_stream(a_out, 14, 30, 120, 1);
+    w.start_stream(a_out, 14, 30, 120, 3);
+    w.start_stream(b_in, 22, 40, 130, 1);
+    w.start_stream(b_in, 22, 40, 130, 3);
+    w.done_stream(b_in, "b 1", 130, 140, 1);
+    w.done_stream(b_in, "b 3", 130, 140, 3);
+    w.done_stream(a_out, "a out 1", 120, 150, 1);
+    w.done_stream(a_out, "a out 3", 120, 150, 3);
+    w.done_stream(a_in, "a 1", 100, 160, 1);
+    w.done_stream(a_in, "a 3", 100, 160, 3);
+    // A stream no creation was seen for keeps the writer goroutine, which serves nothing.
+    w.start_stream(a_out, 14, 30, 200, 5);
+    w.done_stream(a_out, "a out 5", 200, 210, 5);
+    let spans = w.flush();
+    for (out, server, b) in [("a out 1", "a 3", "b 1"), ("a out 3", "a 1", "b 3")] {
+        let (o, s, b) = (
+            by_name(&spans, out),
+            by_name(&spans, server),
+            by_name(&spans, b),
+        );
+        assert_eq!(
+            (o.parent_span_id, link(o)),
+            (Some(s.span_id), "goroutine"),
+            "{out}"
+        );
+        assert_eq!(o.trace_id, s.trace_id, "{out}");
+        assert_eq!(
+            (b.parent_span_id, b.trace_id),
+            (Some(o.span_id), o.trace_id),
+            "{out}"
+        );
+    }
+    let o5 = by_name(&spans, "a out 5");
+    assert_eq!((o5.parent_span_id, link(o5)), (None, "none"));
+    assert_eq!(
+        w.metrics
+            .go_stream_owners
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
 }
 
 #[test]

@@ -102,6 +102,8 @@ pub enum EventKind {
     Stack = 5,
     /// A followed Go program started a goroutine: [`GoSpawnEvent`].
     GoSpawn = 6,
+    /// A followed Go program's gRPC client created a stream: [`GoStreamEvent`].
+    GoStream = 7,
 }
 
 impl EventKind {
@@ -113,6 +115,7 @@ impl EventKind {
             4 => Some(Self::Exec),
             5 => Some(Self::Stack),
             6 => Some(Self::GoSpawn),
+            7 => Some(Self::GoStream),
             _ => None,
         }
     }
@@ -193,8 +196,26 @@ pub struct GoSpawnEvent {
     pub parent_goid: u64,
     /// The goroutine it started.
     pub child_goid: u64,
+    /// Where the `go` statement is (`runtime.newproc1`'s `callerpc`): the agent tells the
+    /// goroutines Go's HTTP/2 and gRPC servers start for a stream from the others.
+    pub caller_pc: u64,
 }
-const _: () = assert!(size_of::<GoSpawnEvent>() == 48);
+const _: () = assert!(size_of::<GoSpawnEvent>() == 56);
+
+/// A goroutine of a followed Go program created a gRPC client stream (grpc-go's
+/// `(*http2Client).NewStream` returned it): `header.fd` is the connection's socket,
+/// `header.ts_ns` the time `NewStream` was entered (before the stream had its id, so before
+/// the connection's writer goroutine could write its first frame).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct GoStreamEvent {
+    pub header: EventHeader,
+    /// The goroutine that created the stream.
+    pub goid: u64,
+    /// The stream's HTTP/2 id.
+    pub stream_id: u64,
+}
+const _: () = assert!(size_of::<GoStreamEvent>() == 48);
 
 /// Direction of bytes relative to the traced process.
 #[repr(u32)]
@@ -331,9 +352,12 @@ pub struct StackEventHeader {
     pub ips_len: u32,
     /// Bytes of stack that follow the header.
     pub stack_len: u32,
+    /// Not 0: the stack of the goroutine that created this HTTP/2 stream of the connection
+    /// (grpc-go's `NewStream`), for that stream's request whichever goroutine writes it.
+    pub stream: u64,
     pub ips: [u64; MAX_STACK_DEPTH],
 }
-const _: () = assert!(size_of::<StackEventHeader>() == 32 + 24 + 8 + 8 * MAX_STACK_DEPTH);
+const _: () = assert!(size_of::<StackEventHeader>() == 32 + 24 + 8 + 8 + 8 * MAX_STACK_DEPTH);
 
 /// A stack event with room for the largest copy, built in a per-CPU scratch map.
 #[repr(C)]
@@ -428,10 +452,14 @@ pub enum Counter {
     /// Client sockets that could not be put in the injection program's socket map (full, or
     /// a socket type it refuses): their requests carry no header.
     InjectSockMapFull = 34,
+    /// gRPC client streams reported with the goroutine that created them (`EventKind::GoStream`).
+    GoStreamEvents = 35,
+    /// gRPC client streams whose socket could not be read from the transport's structs.
+    GoStreamNoSocket = 36,
 }
 
 /// Number of slots in the `COUNTERS` map.
-pub const COUNTER_SLOTS: u32 = 35;
+pub const COUNTER_SLOTS: u32 = 37;
 
 impl Counter {
     pub const ALL: &'static [Counter] = &[
@@ -469,6 +497,8 @@ impl Counter {
         Counter::InjectHeadTooLong,
         Counter::InjectFailed,
         Counter::InjectSockMapFull,
+        Counter::GoStreamEvents,
+        Counter::GoStreamNoSocket,
     ];
 
     /// Name used in the agent's self-metrics.
@@ -508,6 +538,8 @@ impl Counter {
             Counter::InjectHeadTooLong => "kernel_inject_head_too_long",
             Counter::InjectFailed => "kernel_inject_failed",
             Counter::InjectSockMapFull => "kernel_inject_sock_map_full",
+            Counter::GoStreamEvents => "kernel_go_stream_events",
+            Counter::GoStreamNoSocket => "kernel_go_stream_no_socket",
         }
     }
 
@@ -523,6 +555,7 @@ impl Counter {
                 | Counter::GoHandoffs
                 | Counter::StackFromGoOwner
                 | Counter::GoSpawnEvents
+                | Counter::GoStreamEvents
                 | Counter::PropagateClientIds
                 | Counter::PropagateOptionWritten
                 | Counter::PropagateOptionReceived

@@ -24,6 +24,9 @@
 //! With stacks on, a fifth uprobe (`go_owner_stack`, also on `(*persistConn).roundTrip`) keeps
 //! the owner goroutine's frame-pointer walk, so that the stack sent with the request's write on
 //! `writeLoop` is the one of the code that issued the request ([`owner_stack`]).
+//!
+//! grpc-go's client streams, written by the connection's writer goroutine, are reported with
+//! the goroutine that created them: [`grpc`].
 
 use aya_ebpf::{
     helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user, generated::bpf_get_stack},
@@ -35,6 +38,8 @@ use aya_ebpf::{
 use ztrace_common::{Counter, EventKind, GoOwnerStack, GoProc, GoSpawnEvent, MAX_STACK_DEPTH};
 
 use crate::{config::offsets, emit, filter, maps::count, syscalls::ids};
+
+pub mod grpc;
 
 /// Go programs whose goroutines are followed: tgid → `goid` offset. Filled by the agent; 4096.
 #[map(name = "GO_PROCS")]
@@ -49,10 +54,18 @@ pub static GO_HELPERS: LruHashMap<GoKey, u64> = LruHashMap::with_max_entries(163
 #[map(name = "GO_OWNERS")]
 pub static GO_OWNERS: LruHashMap<GoKey, u64> = LruHashMap::with_max_entries(16384, 0);
 
-/// `runtime.newproc1` calls in progress: thread (`pid_tgid`) → the starting goroutine's id.
-/// LRU, 4096 entries.
+/// `runtime.newproc1` calls in progress: thread (`pid_tgid`) → the starting goroutine's id and
+/// the `go` statement's address. LRU, 4096 entries.
 #[map(name = "GO_SPAWNING")]
-pub static GO_SPAWNING: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
+pub static GO_SPAWNING: LruHashMap<u64, Spawning> = LruHashMap::with_max_entries(4096, 0);
+
+/// A `runtime.newproc1` call in progress.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Spawning {
+    pub parent: u64,
+    pub caller_pc: u64,
+}
 
 /// Owner goroutines' stacks at their last `roundTrip`: (tgid, goid) → frame-pointer walk.
 /// LRU, 4096 entries (a forgotten one: `Counter::StackGoOwnerMissing`).
@@ -74,7 +87,7 @@ pub struct GoKey {
 
 /// The running goroutine's id in a Go program `tgid`, 0 if it is not one or it cannot be read.
 #[inline(always)]
-fn current_goid(tgid: u32) -> u64 {
+pub(crate) fn current_goid(tgid: u32) -> u64 {
     // SAFETY: copied out at once.
     let Some(goid_offset) = (unsafe { GO_PROCS.get(&tgid) }).map(|p| p.goid_offset) else { return 0 };
     let fsbase_offset = offsets().task_struct_thread_fsbase;
@@ -209,7 +222,8 @@ fn goid_of(tgid: u32, g: u64) -> u64 {
     unsafe { bpf_probe_read_user((g + u64::from(goid_offset)) as *const u64) }.unwrap_or(0)
 }
 
-/// Entry of `runtime.newproc1(fn, callergp, callerpc, ...)`: remember who starts a goroutine.
+/// Entry of `runtime.newproc1(fn, callergp, callerpc, ...)`: remember who starts a goroutine,
+/// and where (`callerpc` in RCX).
 #[uprobe]
 pub fn go_newproc(ctx: ProbeContext) -> u32 {
     let (tgid, _, pid_tgid) = ids();
@@ -217,9 +231,10 @@ pub fn go_newproc(ctx: ProbeContext) -> u32 {
         return 0;
     }
     // SAFETY: `regs` is the probe's own register context.
-    let parent = goid_of(tgid, unsafe { (*ctx.regs).rbx });
+    let (callergp, caller_pc) = unsafe { ((*ctx.regs).rbx, (*ctx.regs).rcx) };
+    let parent = goid_of(tgid, callergp);
     if parent != 0 {
-        let _ = GO_SPAWNING.insert(&pid_tgid, &parent, 0);
+        let _ = GO_SPAWNING.insert(&pid_tgid, &Spawning { parent, caller_pc }, 0);
     }
     0
 }
@@ -229,7 +244,7 @@ pub fn go_newproc(ctx: ProbeContext) -> u32 {
 pub fn go_newproc_ret(ctx: ProbeContext) -> u32 {
     let (tgid, tid, pid_tgid) = ids();
     // SAFETY: copied out at once.
-    let Some(parent) = (unsafe { GO_SPAWNING.get(&pid_tgid) }).copied() else { return 0 };
+    let Some(Spawning { parent, caller_pc }) = (unsafe { GO_SPAWNING.get(&pid_tgid) }).copied() else { return 0 };
     let _ = GO_SPAWNING.remove(&pid_tgid);
     // SAFETY: as above.
     let child = goid_of(tgid, unsafe { (*ctx.regs).rax });
@@ -238,7 +253,7 @@ pub fn go_newproc_ret(ctx: ProbeContext) -> u32 {
         return 0;
     }
     if let Some(mut ev) = emit::reserve::<GoSpawnEvent>() {
-        ev.write(GoSpawnEvent { header: emit::header(EventKind::GoSpawn, tgid, tid, -1, 0), parent_goid: parent, child_goid: child });
+        ev.write(GoSpawnEvent { header: emit::header(EventKind::GoSpawn, tgid, tid, -1, 0), parent_goid: parent, child_goid: child, caller_pc });
         ev.submit(emit::wakeup_flags_of::<GoSpawnEvent>());
         count(Counter::GoSpawnEvents);
     }

@@ -1,0 +1,101 @@
+//! grpc-go clients: which goroutine created each client stream.
+//!
+//! grpc-go writes every frame of a client connection from the connection's `loopyWriter`
+//! goroutine, so the goroutine a stream's first bytes are written on serves nothing. The
+//! goroutine that made the call runs `(*http2Client).NewStream`, which gives the stream its id
+//! (ids are handed out in the order the writer then writes the streams). Two uprobes, entry
+//! and each RET (never uretprobes: Go moves stacks), report (goroutine, socket, stream id) as an
+//! `EventKind::GoStream` stamped with the entry's time, before the writer can write the stream:
+//! `go_grpc_stream` keeps the entry time per goroutine (`g` in R14), `go_grpc_stream_ret` reads
+//! the returned `*transport.Stream` (RAX): its `id`, its `ct *http2Client`, whose `conn`
+//! (a `net.Conn` interface: its data word) leads to the socket as for `crypto/tls` (`*net.TCPConn`
+//! → `*netFD` → `Sysfd`). The offsets come from the binary's DWARF, in the attach cookie.
+//! With stacks on, the RET also sends the creating goroutine's stack for that stream
+//! (`stack::send_stream_stack`), so the request carries its caller's stack, not the writer's.
+
+use aya_ebpf::{
+    helpers::{bpf_get_attach_cookie, bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::{map, uprobe},
+    maps::LruHashMap,
+    programs::ProbeContext,
+    EbpfContext as _,
+};
+use ztrace_common::{Counter, EventKind, GoStreamEvent};
+
+use super::{current_goid, GoKey};
+use crate::{emit, filter, maps::count, syscalls::ids};
+
+/// `NewStream` calls in progress: (tgid, `g`) → entry time. LRU, 4096 entries (a forgotten one
+/// only loses the link of that call).
+#[map(name = "GO_STREAM_CALLS")]
+static GO_STREAM_CALLS: LruHashMap<GoKey, u64> = LruHashMap::with_max_entries(4096, 0);
+
+/// Entry of grpc-go's `(*http2Client).NewStream`.
+#[uprobe]
+pub fn go_grpc_stream(ctx: ProbeContext) -> u32 {
+    let (tgid, _, _) = ids();
+    if !filter::is_traced(tgid) {
+        return 0;
+    }
+    // SAFETY: `regs` is the probe's own register context; the helper has no preconditions.
+    let (g, now) = unsafe { ((*ctx.regs).r14, bpf_ktime_get_ns()) };
+    let _ = GO_STREAM_CALLS.insert(&GoKey { value: g, tgid, _pad: 0 }, &now, 0);
+    0
+}
+
+#[inline(always)]
+fn read_u64(addr: u64) -> Option<u64> {
+    // SAFETY: user memory read through the helper, which checks the address.
+    unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
+}
+
+/// Each RET of `(*http2Client).NewStream`: the new `*Stream` in RAX (nil on error).
+#[uprobe]
+pub fn go_grpc_stream_ret(ctx: ProbeContext) -> u32 {
+    let (tgid, tid, _) = ids();
+    // SAFETY: as above.
+    let (stream, g) = unsafe { ((*ctx.regs).rax, (*ctx.regs).r14) };
+    let key = GoKey { value: g, tgid, _pad: 0 };
+    // SAFETY: copied out at once.
+    let Some(entered) = (unsafe { GO_STREAM_CALLS.get(&key) }).copied() else { return 0 };
+    let _ = GO_STREAM_CALLS.remove(&key);
+    if stream == 0 {
+        return 0;
+    }
+    // SAFETY: the helper only reads the cookie of the running program's attachment.
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    if cookie >> 63 == 0 {
+        return 0;
+    }
+    let conn_iface_data = cookie & 0xffff;
+    let stream_id = (cookie >> 16) & 0xff;
+    let stream_ct = (cookie >> 24) & 0xff;
+    let tcpconn_fd = (cookie >> 32) & 0xff;
+    let netfd_sysfd = (cookie >> 40) & 0xff;
+    let found = (|| {
+        let id = read_u64(stream + stream_id)? & 0xffff_ffff;
+        let transport = read_u64(stream + stream_ct)?;
+        let tcp_conn = read_u64(transport + conn_iface_data)?;
+        let netfd = read_u64(tcp_conn + tcpconn_fd)?;
+        let fd = read_u64(netfd + netfd_sysfd)?;
+        Some((id, fd))
+    })();
+    let Some((id, fd)) = found else {
+        count(Counter::GoStreamNoSocket);
+        return 0;
+    };
+    let goid = current_goid(tgid);
+    if goid == 0 || id == 0 {
+        return 0;
+    }
+    if let Some(mut ev) = emit::reserve::<GoStreamEvent>() {
+        let mut header = emit::header(EventKind::GoStream, tgid, tid, fd as i32, 0);
+        header.ts_ns = entered;
+        ev.write(GoStreamEvent { header, goid, stream_id: id });
+        ev.submit(emit::wakeup_flags_of::<GoStreamEvent>());
+        count(Counter::GoStreamEvents);
+    }
+    // With stacks on, the caller's stack for the stream's request (still intact at the RET).
+    crate::stack::send_stream_stack(&ctx, tgid, tid, fd as i32, entered, id);
+    0
+}
