@@ -225,6 +225,13 @@ impl TlsDiscovery {
         }
     }
 
+    /// Forgets the processes that exited (no `/proc/PID`), so that under churn the set of
+    /// processes checked holds the living ones, not every pid that ever ran.
+    pub fn forget_exited(&mut self) {
+        self.checked
+            .retain(|&pid| Path::new(&format!("/proc/{pid}")).exists());
+    }
+
     /// True when processes wait to be looked at.
     /// Sizes of its tables: files looked at, processes checked.
     pub fn table_sizes(&self) -> [(&'static str, usize); 2] {
