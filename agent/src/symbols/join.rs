@@ -19,6 +19,11 @@ use crate::{
 const PER_CONN: usize = 16;
 /// Connections with stacks kept at once.
 const MAX_CONNS: usize = 65_536;
+/// A connection's stacks untouched for this long are dropped: its spans were released long ago
+/// (a held span waits a second at most), so nothing will take them.
+const STALE: Duration = Duration::from_secs(60);
+/// How often stale stacks are looked for.
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
 
 /// A finished span waiting for its stack: the kernel time its exchange finished at, and when the
 /// wait is over.
@@ -31,10 +36,14 @@ struct Held {
 /// Stacks in flight and ready, and the spans waiting for them.
 pub struct StackJoin {
     handle: Option<SymbolizerHandle>,
-    pending: HashMap<ConnKey, VecDeque<u64>>,
-    ready: HashMap<ConnKey, VecDeque<(u64, Arc<StackTrace>)>>,
+    /// By connection: when a stack was last added, and the kernel times of the requests whose
+    /// stacks the symbolizer has not answered yet.
+    pending: HashMap<ConnKey, (Instant, VecDeque<u64>)>,
+    /// By connection: when a stack was last added, and the symbolized stacks by request time.
+    ready: HashMap<ConnKey, (Instant, VecDeque<(u64, Arc<StackTrace>)>)>,
     held: VecDeque<Held>,
     wait: Duration,
+    pruned: Instant,
 }
 
 impl StackJoin {
@@ -46,6 +55,7 @@ impl StackJoin {
             ready: HashMap::default(),
             held: VecDeque::new(),
             wait,
+            pruned: Instant::now(),
         }
     }
 
@@ -67,7 +77,11 @@ impl StackJoin {
             if self.pending.len() >= MAX_CONNS {
                 self.pending.clear();
             }
-            let q = self.pending.entry(key).or_default();
+            let (at, q) = self
+                .pending
+                .entry(key)
+                .or_insert_with(|| (Instant::now(), VecDeque::new()));
+            *at = Instant::now();
             if q.len() >= PER_CONN {
                 q.pop_front();
             }
@@ -78,21 +92,41 @@ impl StackJoin {
     /// Takes the symbolizer's finished stacks.
     pub fn poll(&mut self) {
         let Some(handle) = &self.handle else { return };
+        let now = Instant::now();
         while let Ok(r) = handle.results.try_recv() {
-            if let Some(q) = self.pending.get_mut(&r.key) {
+            let mut awaited = false;
+            if let Some((_, q)) = self.pending.get_mut(&r.key) {
+                let before = q.len();
                 q.retain(|&t| t != r.ts_ns);
+                awaited = q.len() < before;
                 if q.is_empty() {
                     self.pending.remove(&r.key);
                 }
             }
+            // A stack whose connection was forgotten meanwhile (closed, its spans gone by)
+            // has no span to join: kept, it would stay for good.
+            if !awaited && !self.held.iter().any(|h| h.finished.key == r.key) {
+                continue;
+            }
             if self.ready.len() >= MAX_CONNS {
                 self.ready.clear();
             }
-            let q = self.ready.entry(r.key).or_default();
+            let (at, q) = self
+                .ready
+                .entry(r.key)
+                .or_insert_with(|| (now, VecDeque::new()));
+            *at = now;
             if q.len() >= PER_CONN {
                 q.pop_front();
             }
             q.push_back((r.ts_ns, r.trace));
+        }
+        if now.duration_since(self.pruned) >= PRUNE_EVERY {
+            self.pruned = now;
+            self.pending
+                .retain(|_, (at, _)| now.duration_since(*at) < STALE);
+            self.ready
+                .retain(|_, (at, _)| now.duration_since(*at) < STALE);
         }
     }
 
@@ -100,7 +134,7 @@ impl StackJoin {
     /// stack taken on that connection at or before it. False when that stack is still being
     /// symbolized.
     fn join(&mut self, span: &mut Span, key: ConnKey, ts_ns: u64, metrics: &Metrics) -> bool {
-        if let Some(q) = self.ready.get_mut(&key) {
+        if let Some((_, q)) = self.ready.get_mut(&key) {
             if let Some(i) = q.iter().rposition(|(t, _)| *t <= ts_ns) {
                 let (_, trace) = q[i].clone();
                 q.drain(..=i);
@@ -115,7 +149,7 @@ impl StackJoin {
         !self
             .pending
             .get(&key)
-            .is_some_and(|q| q.iter().any(|&t| t <= ts_ns))
+            .is_some_and(|(_, q)| q.iter().any(|&t| t <= ts_ns))
     }
 
     /// A span on its way to trace assembly, finished at kernel time `at`: a client span gets the
@@ -178,10 +212,12 @@ impl StackJoin {
         self.held.iter().map(|h| h.at).min()
     }
 
-    /// The connection closed: its stacks that no held span waits for are dropped.
+    /// The connection closed: its stacks that no held span waits for are dropped, and those
+    /// still being symbolized are not kept when they come.
     pub fn forget(&mut self, key: &ConnKey) {
         if !self.held.iter().any(|h| h.finished.key == *key) {
             self.ready.remove(key);
+            self.pending.remove(key);
         }
     }
 }
