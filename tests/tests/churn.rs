@@ -3,8 +3,10 @@
 //! while ztrace traces them. Asserted from `/metrics` once the loops stop and two sweeps have
 //! passed: the kernel maps keyed by process hold no more than the living processes' entries
 //! (without the sweep of exited processes they keep one per process and connection that ever
-//! ran), the agent's connection and process tables are back near idle and within their bounds,
-//! and resident memory did not follow the number of processes. The ten-minute run with figures
+//! ran), so do the maps keyed by connection (`RX_CTX`, `TX_CTX`: a socket the kernel closed at
+//! its process's exit must not keep its entries), the agent's connection and process tables, the
+//! sets of processes checked for TLS and Go and the stacks kept per connection are back near idle
+//! and within their bounds. The ten-minute run with figures
 //! is `cargo xtask bench --faults`.
 
 use std::net::SocketAddr;
@@ -121,6 +123,8 @@ fn churn_leaves_no_dead_processes_in_the_maps_and_tables() {
         "STACK_CONNS",
         "SEEN_TGIDS",
         "STACK_BUDGET",
+        "RX_CTX",
+        "TX_CTX",
     ] {
         let name = format!("ztrace_bpf_map_entries{{map=\"{map}\"}}");
         entries.push((map, level(&halfway, &name), level(&after, &name)));
@@ -149,6 +153,18 @@ fn churn_leaves_no_dead_processes_in_the_maps_and_tables() {
         "connections of exited processes are closed in the table"
     );
     assert!(table(&after, "processes") <= PROCESS_TABLE);
+    for t in [
+        "tls_processes_checked",
+        "go_processes_checked",
+        "stacks_pending_conns",
+        "stacks_ready_conns",
+    ] {
+        assert!(
+            table(&after, t) <= MAP_ENTRIES_AFTER,
+            "{t} keeps {} entries after {processes} processes exited",
+            table(&after, t)
+        );
+    }
     assert!(
         level(&after, "ztrace_kernel_entries_swept_total") > 0.0,
         "exited processes' entries were swept"
