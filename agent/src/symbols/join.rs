@@ -25,6 +25,9 @@ const STALE: Duration = Duration::from_secs(60);
 /// How often stale stacks are looked for.
 const PRUNE_EVERY: Duration = Duration::from_secs(10);
 
+/// A connection's symbolized stacks, by the kernel time of their requests.
+type Ready = VecDeque<(u64, Arc<StackTrace>)>;
+
 /// A finished span waiting for its stack: the kernel time its exchange finished at, and when the
 /// wait is over.
 struct Held {
@@ -40,7 +43,7 @@ pub struct StackJoin {
     /// stacks the symbolizer has not answered yet.
     pending: HashMap<ConnKey, (Instant, VecDeque<u64>)>,
     /// By connection: when a stack was last added, and the symbolized stacks by request time.
-    ready: HashMap<ConnKey, (Instant, VecDeque<(u64, Arc<StackTrace>)>)>,
+    ready: HashMap<ConnKey, (Instant, Ready)>,
     held: VecDeque<Held>,
     wait: Duration,
     pruned: Instant,
