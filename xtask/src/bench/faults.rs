@@ -343,11 +343,11 @@ fn churn(ztrace: &Path, length: Duration) -> Result<()> {
         let started = Instant::now();
         let loops = ChurnLoops::start(&clients, &base_dir)?;
         std::thread::sleep(baseline);
-        let processes = loops.processes();
+        let (processes, failed) = (loops.processes(), loops.failed());
         let elapsed = started.elapsed().as_secs_f64();
         drop(loops);
         say!(
-            "churn without ztrace: {processes} processes in {elapsed:.0} s ({:.0} a minute; load average {load_before} before, {} after)",
+            "churn without ztrace: {processes} processes in {elapsed:.0} s ({:.0} a minute; {failed} clients failed; load average {load_before} before, {} after)",
             processes as f64 * 60.0 / elapsed,
             load_average()
         );
@@ -373,7 +373,7 @@ fn churn(ztrace: &Path, length: Duration) -> Result<()> {
         }
         let minute = at.as_secs();
         let processes = runs();
-        let rate = (processes - last.1) as f64 * 60.0 / (minute - last.0).max(1) as f64;
+        let rate = processes.saturating_sub(last.1) as f64 * 60.0 / (minute - last.0).max(1) as f64;
         last = (minute, processes);
         if let Some(m) = scrape(health) {
             say!(
@@ -389,11 +389,12 @@ fn churn(ztrace: &Path, length: Duration) -> Result<()> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let processes = runs();
+    let failed = loops.failed();
     drop(loops);
     let stats = stop_agent(agent, &stderr_path)?;
     println!();
     println!(
-        "churn: {processes} short-lived processes in {:.0} s ({:.0} a minute; load average {} at the end); the agent's levels at each sample:",
+        "churn: {processes} short-lived processes in {:.0} s ({:.0} a minute; {failed} clients failed; load average {} at the end); the agent's levels at each sample:",
         elapsed,
         processes as f64 * 60.0 / elapsed,
         load_average()
@@ -480,12 +481,15 @@ fn load_average() -> String {
         .unwrap_or_default()
 }
 
-/// Shell loops, each starting one client after another and writing how many it ran; killed
-/// (their process groups) when dropped.
+/// Shell loops, each starting one client after another and counting them; killed (their
+/// process groups) when dropped. Each iteration appends one byte to the loop's file of clients
+/// that succeeded or to its file of those that failed (a shell builtin, no process): the
+/// counts are the files' sizes, which a read can never catch half-written.
 struct ChurnLoops {
     loops: Vec<Child>,
-    /// Each loop's count file and the processes one of its iterations starts.
-    counters: Vec<(PathBuf, u64)>,
+    /// Each loop's files of successes and failures, and the processes one successful
+    /// iteration starts (a failed one counts as its client alone).
+    counters: Vec<(PathBuf, PathBuf, u64)>,
 }
 
 impl ChurnLoops {
@@ -495,10 +499,11 @@ impl ChurnLoops {
             counters: Vec::new(),
         };
         for (i, (client, per_iteration)) in clients.iter().enumerate() {
-            let count = dir.join(format!("count-{i}"));
+            let (ok, failed) = (dir.join(format!("ok-{i}")), dir.join(format!("failed-{i}")));
             let script = format!(
-                "i=0; while :; do {client} >/dev/null 2>&1; i=$((i+1)); echo $i > {}; done",
-                count.display()
+                "while :; do if {client} >/dev/null 2>&1; then printf . >> {}; else printf . >> {}; fi; done",
+                ok.display(),
+                failed.display()
             );
             loops.loops.push(
                 Command::new("sh")
@@ -509,23 +514,26 @@ impl ChurnLoops {
                     .spawn()
                     .context("sh")?,
             );
-            loops.counters.push((count, *per_iteration));
+            loops.counters.push((ok, failed, *per_iteration));
         }
         Ok(loops)
     }
 
-    /// Processes started so far: iterations times the processes of each.
+    /// Processes started so far: successful iterations times the processes of each, plus
+    /// the clients that failed.
     fn processes(&self) -> u64 {
+        let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
         self.counters
             .iter()
-            .filter_map(|(c, per)| {
-                let n = std::fs::read_to_string(c)
-                    .ok()?
-                    .trim()
-                    .parse::<u64>()
-                    .ok()?;
-                Some(n * per)
-            })
+            .map(|(ok, failed, per)| size(ok) * per + size(failed))
+            .sum()
+    }
+
+    /// Clients that failed so far.
+    fn failed(&self) -> u64 {
+        self.counters
+            .iter()
+            .map(|(_, failed, _)| std::fs::metadata(failed).map_or(0, |m| m.len()))
             .sum()
     }
 }
