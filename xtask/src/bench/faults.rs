@@ -35,8 +35,9 @@ const HEY_QPS_PER_WORKER: u32 = 250;
 /// Sampling interval of `/metrics`.
 const SAMPLE: Duration = Duration::from_secs(5);
 /// Shell loops of each client in the churn part (`ZTRACE_CHURN_CURL_LOOPS`,
-/// `ZTRACE_CHURN_PSQL_LOOPS` say otherwise). On this 2-core VM 8 and 4 made 17,500 processes a
-/// minute without ztrace when the machine was otherwise idle, 4,900-6,600 when shared.
+/// `ZTRACE_CHURN_PSQL_LOOPS` say otherwise). On the 2-core development VM 8 and 4 made 22,656
+/// processes a minute without ztrace when it was otherwise idle; 10 and 5 made 13,929 a minute
+/// with ztrace at a load average of 17-24, 5,781 at 25-29.
 const CURL_LOOPS: usize = 10;
 const PSQL_LOOPS: usize = 5;
 /// Processes one iteration of a loop starts: `curl`; `psql` and its PostgreSQL backend.
