@@ -23,6 +23,8 @@ use ztrace_e2e::{free_port, TempDir, Ztrace};
 const CHURN: Duration = Duration::from_secs(60);
 /// After the loops stop: two sweeps (every 10 s) and a fill count.
 const SETTLE: Duration = Duration::from_secs(25);
+/// Then until the stacks no span took have expired (60 s untouched) and a fill count.
+const STACKS_EXPIRE: Duration = Duration::from_secs(50);
 /// Entries a map keyed by process may hold once the churn is over: the servers' own, a few
 /// processes of the machine, not one per process that ran.
 const MAP_ENTRIES_AFTER: f64 = 200.0;
@@ -157,7 +159,6 @@ fn churn_leaves_no_dead_processes_in_the_maps_and_tables() {
         "tls_processes_checked",
         "go_processes_checked",
         "stacks_pending_conns",
-        "stacks_ready_conns",
     ] {
         assert!(
             table(&after, t) <= MAP_ENTRIES_AFTER,
@@ -168,6 +169,15 @@ fn churn_leaves_no_dead_processes_in_the_maps_and_tables() {
     assert!(
         level(&after, "ztrace_kernel_entries_swept_total") > 0.0,
         "exited processes' entries were swept"
+    );
+    // Stacks that no span took (~20 connections a second under churn leave one) go after 60 s.
+    std::thread::sleep(STACKS_EXPIRE);
+    let expired = scrape(health).expect("/metrics");
+    assert!(
+        table(&expired, "stacks_ready_conns") <= MAP_ENTRIES_AFTER,
+        "stacks_ready_conns keeps {} entries (after: {}) 75 s after {processes} processes exited",
+        table(&expired, "stacks_ready_conns"),
+        table(&after, "stacks_ready_conns")
     );
     let stopped = ztrace.stop();
     let stats = stopped.stats.expect("ztrace stats");
