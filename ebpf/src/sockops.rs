@@ -7,8 +7,10 @@
 //! `ztrace_common::tcp_option` (kind 254, ExID, trace id, span id: 28 bytes). A segment whose
 //! option space is already taken (SACK blocks) goes without it (counted). Receiving: an
 //! option with ztrace's ExID on a segment is stored in `RX_CTX` for the server request that
-//! the next read starts. No application byte changes; a middlebox that strips unknown options
-//! makes the receiving request start a new trace (`Counter::PropagateServerNoContext`).
+//! the next read starts; both maps lose a connection's entry when its socket reaches
+//! `TCP_CLOSE` (`BPF_SOCK_OPS_STATE_CB`), however it closed. No application byte changes; a
+//! middlebox that strips unknown options makes the receiving request start a new trace
+//! (`Counter::PropagateServerNoContext`).
 //!
 //! Client connections, once established, also go into `inject::CLIENT_SOCKS` (when the agent
 //! attached the `sk_msg` program that adds `traceparent` to their HTTP/1 requests).
@@ -39,11 +41,15 @@ macro_rules! ctx_u32 {
 const AF_INET: u32 = 2;
 const OP_ACTIVE_ESTABLISHED: u32 = 4;
 const OP_PASSIVE_ESTABLISHED: u32 = 5;
+const OP_STATE_CB: u32 = 10;
 const OP_TCP_LISTEN: u32 = 11;
 const OP_PARSE_HDR_OPT: u32 = 13;
 const OP_HDR_OPT_LEN: u32 = 14;
 const OP_WRITE_HDR_OPT: u32 = 15;
+const FLAG_STATE_CB: i32 = 1 << 2;
 const FLAG_PARSE_UNKNOWN_HDR_OPT: i32 = 1 << 5;
+/// `TCP_CLOSE` of `enum tcp_state`: the socket is done (also when it moves to TIME_WAIT).
+const TCP_CLOSE: u32 = 7;
 const FLAG_WRITE_HDR_OPT: i32 = 1 << 6;
 
 /// The option as written on the wire.
@@ -76,7 +82,9 @@ pub fn zt_sockops_option(ctx: SockOpsContext) -> u32 {
 fn sock_ops(ctx: &SockOpsContext, with_inject: bool) -> u32 {
     match ctx_u32!(ctx, op) {
         OP_ACTIVE_ESTABLISHED => {
-            let _ = ctx.set_cb_flags(ctx_u32!(ctx, bpf_sock_ops_cb_flags) as i32 | FLAG_WRITE_HDR_OPT | FLAG_PARSE_UNKNOWN_HDR_OPT);
+            let _ = ctx.set_cb_flags(
+                ctx_u32!(ctx, bpf_sock_ops_cb_flags) as i32 | FLAG_WRITE_HDR_OPT | FLAG_PARSE_UNKNOWN_HDR_OPT | FLAG_STATE_CB,
+            );
             if with_inject && inject::on() {
                 let mut key = flow(ctx);
                 // SAFETY: `ops` is this program's context, as the helper wants it.
@@ -86,7 +94,19 @@ fn sock_ops(ctx: &SockOpsContext, with_inject: bool) -> u32 {
             }
         }
         OP_PASSIVE_ESTABLISHED | OP_TCP_LISTEN => {
-            let _ = ctx.set_cb_flags(ctx_u32!(ctx, bpf_sock_ops_cb_flags) as i32 | FLAG_WRITE_HDR_OPT | FLAG_PARSE_UNKNOWN_HDR_OPT);
+            let _ = ctx.set_cb_flags(
+                ctx_u32!(ctx, bpf_sock_ops_cb_flags) as i32 | FLAG_WRITE_HDR_OPT | FLAG_PARSE_UNKNOWN_HDR_OPT | FLAG_STATE_CB,
+            );
+        }
+        OP_STATE_CB => {
+            // args[1] is the new state. A socket closed by the kernel alone (its process exited
+            // or was killed without `close`, as PostgreSQL backends exit) never reaches
+            // `propagate::on_close`: its contexts go here, so that churn cannot fill the maps.
+            if ctx_u32!(ctx, __bindgen_anon_1.args[1]) == TCP_CLOSE {
+                let flow = flow(ctx);
+                let _ = TX_CTX.remove(&flow);
+                let _ = RX_CTX.remove(&flow);
+            }
         }
         OP_HDR_OPT_LEN => {
             let flow = flow(ctx);

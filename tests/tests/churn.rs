@@ -3,8 +3,10 @@
 //! while ztrace traces them. Asserted from `/metrics` once the loops stop and two sweeps have
 //! passed: the kernel maps keyed by process hold no more than the living processes' entries
 //! (without the sweep of exited processes they keep one per process and connection that ever
-//! ran), the agent's connection and process tables are back near idle and within their bounds,
-//! and resident memory did not follow the number of processes. The ten-minute run with figures
+//! ran), so do the maps keyed by connection (`RX_CTX`, `TX_CTX`: a socket the kernel closed at
+//! its process's exit must not keep its entries), the agent's connection and process tables, the
+//! sets of processes checked for TLS and Go and the stacks kept per connection are back near idle
+//! and within their bounds. The ten-minute run with figures
 //! is `cargo xtask bench --faults`.
 
 use std::net::SocketAddr;
@@ -21,6 +23,8 @@ use ztrace_e2e::{free_port, TempDir, Ztrace};
 const CHURN: Duration = Duration::from_secs(60);
 /// After the loops stop: two sweeps (every 10 s) and a fill count.
 const SETTLE: Duration = Duration::from_secs(25);
+/// Then until the stacks no span took have expired (60 s untouched) and a fill count.
+const STACKS_EXPIRE: Duration = Duration::from_secs(50);
 /// Entries a map keyed by process may hold once the churn is over: the servers' own, a few
 /// processes of the machine, not one per process that ran.
 const MAP_ENTRIES_AFTER: f64 = 200.0;
@@ -121,6 +125,8 @@ fn churn_leaves_no_dead_processes_in_the_maps_and_tables() {
         "STACK_CONNS",
         "SEEN_TGIDS",
         "STACK_BUDGET",
+        "RX_CTX",
+        "TX_CTX",
     ] {
         let name = format!("ztrace_bpf_map_entries{{map=\"{map}\"}}");
         entries.push((map, level(&halfway, &name), level(&after, &name)));
@@ -149,9 +155,29 @@ fn churn_leaves_no_dead_processes_in_the_maps_and_tables() {
         "connections of exited processes are closed in the table"
     );
     assert!(table(&after, "processes") <= PROCESS_TABLE);
+    for t in [
+        "tls_processes_checked",
+        "go_processes_checked",
+        "stacks_pending_conns",
+    ] {
+        assert!(
+            table(&after, t) <= MAP_ENTRIES_AFTER,
+            "{t} keeps {} entries after {processes} processes exited",
+            table(&after, t)
+        );
+    }
     assert!(
         level(&after, "ztrace_kernel_entries_swept_total") > 0.0,
         "exited processes' entries were swept"
+    );
+    // Stacks that no span took (~20 connections a second under churn leave one) go after 60 s.
+    std::thread::sleep(STACKS_EXPIRE);
+    let expired = scrape(health).expect("/metrics");
+    assert!(
+        table(&expired, "stacks_ready_conns") <= MAP_ENTRIES_AFTER,
+        "stacks_ready_conns keeps {} entries (after: {}) 75 s after {processes} processes exited",
+        table(&expired, "stacks_ready_conns"),
+        table(&after, "stacks_ready_conns")
     );
     let stopped = ztrace.stop();
     let stats = stopped.stats.expect("ztrace stats");

@@ -1,9 +1,7 @@
-//! Secrets never leave the host: distinct random secrets planted in every place HTTP/1 and
-//! PostgreSQL traffic carries them, and in the clients' command lines, must appear in none of
+//! Secrets never leave the host: distinct random secrets planted in every place HTTP/1,
+//! PostgreSQL and Redis traffic carries them, and in the clients' command lines, must appear in none of
 //! the agent's outputs at once: the `--print=json` lines (and its log), every span the OTLP
 //! receiver got, the viewer's API answers, and the raw bytes of the SQLite store (`-wal` too).
-//!
-//! Redis is not parsed by ztrace yet, so its `AUTH` is not planted here.
 //!
 //! The spans the traffic makes must exist (so the test fails for the right reason), a
 //! non-secret marker sent next to the secrets must be found in every output (so the search is
@@ -16,6 +14,7 @@ use std::time::Duration;
 use ztrace_e2e::clients::{self, get_local as get};
 use ztrace_e2e::otlp::OtlpReceiver;
 use ztrace_e2e::postgres::{self, PgServer, BIN_DIR, USER};
+use ztrace_e2e::redis::RedisServer;
 use ztrace_e2e::servers::Server;
 use ztrace_e2e::ztrace::SPAN_TIMEOUT;
 use ztrace_e2e::{free_port, wait_until, Span, TempDir, Ztrace};
@@ -313,6 +312,57 @@ fn no_planted_secret_reaches_any_output() {
         run.stdout, run.stderr
     );
 
+    // Redis: a `requirepass` server; redis-cli sends `AUTH password` first (its `--pass` is on
+    // its command line too), then a SET whose value is a secret (read from stdin with `-x`: the
+    // arguments of redis-cli's command on its command line are kept as they are) and a GET of
+    // the marker's key.
+    let redis_pw = secrets.plant("Redis AUTH password");
+    let redis = RedisServer::start(Some(&redis_pw));
+    let value = secrets.plant("Redis SET value");
+    let value_file = files.join("redis-value");
+    std::fs::write(&value_file, &value).expect("write the value");
+    let status = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &redis.port.to_string()])
+        .args(["--no-auth-warning", "--pass", &redis_pw, "-x", "SET"])
+        .arg(format!("zt:{marker}"))
+        .stdin(std::fs::File::open(&value_file).expect("open the value"))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("redis-cli");
+    assert!(status.success(), "redis-cli -x SET: {status}");
+    let run = redis.cli(&["GET", &format!("zt:{marker}")]);
+    assert!(
+        run.success && run.stdout.contains(&value),
+        "redis-cli GET: {}\n{}",
+        run.stdout,
+        run.stderr
+    );
+    let redis_port = redis.port;
+    // Each redis-cli run authenticates: AUTH, SET, AUTH, GET.
+    let redis_texts = [
+        "AUTH".to_owned(),
+        format!("SET zt:{marker} ?"),
+        format!("GET zt:{marker}"),
+    ];
+    let redis_spans = ztrace.wait_for_n_spans(
+        4,
+        |s| {
+            s.is_server()
+                && s.server_port() == Some(redis_port)
+                && s.attr_str("db.query.text")
+                    .is_some_and(|t| redis_texts.iter().any(|e| e == t))
+        },
+        SPAN_TIMEOUT,
+    );
+    for text in &redis_texts {
+        assert!(
+            redis_spans
+                .iter()
+                .any(|s| s.attr_str("db.query.text") == Some(text.as_str())),
+            "no Redis server span `{text}`: {redis_spans:#?}"
+        );
+    }
+
     // The spans exist: a server span per HTTP request, with the redacted query as ztrace keeps it.
     let port = server.port;
     let http = ztrace.wait_for_n_spans(
@@ -397,6 +447,7 @@ fn no_planted_secret_reaches_any_output() {
         .iter()
         .chain(&client)
         .chain(&pg_spans)
+        .chain(&redis_spans)
         .filter_map(|s| s.trace_id().map(str::to_owned))
         .collect();
     let mut api = String::new();

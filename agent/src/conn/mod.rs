@@ -459,10 +459,12 @@ impl ConnTable {
 
     /// Closes the connections of processes that exited without closing them (killed, or
     /// exiting with sockets open: the kernel closes those fds without a `close` call, so no
-    /// close event comes). Connections idle since before `idle_before` (kernel time) whose
-    /// process `alive` says is gone are finished as a close at `ts_ns` would finish them: their
-    /// unanswered requests become exchanges ending at `ts_ns` (when the exit was noticed: at most
-    /// a housekeeping tick after it). Returns the keys closed, for trace assembly.
+    /// close event comes), whatever their state (one whose protocol was not recognized yet
+    /// would otherwise stay until the 10-minute idle sweep). Connections idle since before
+    /// `idle_before` (kernel time) whose process `alive` says is gone are finished as a close
+    /// at `ts_ns` would finish them: their unanswered requests become exchanges ending at
+    /// `ts_ns` (when the exit was noticed: at most a housekeeping tick after it). Returns the
+    /// keys closed, for trace assembly.
     pub fn close_exited(
         &mut self,
         idle_before: u64,
@@ -475,7 +477,7 @@ impl ConnTable {
         let gone: Vec<ConnKey> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.last_ts < idle_before && matches!(c.state, State::Parsed(_)))
+            .filter(|(_, c)| c.last_ts < idle_before)
             .map(|(k, _)| *k)
             .filter(|k| !*checked.entry(k.tgid).or_insert_with(|| alive(k.tgid)))
             .collect();

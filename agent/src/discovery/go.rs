@@ -105,6 +105,13 @@ impl GoDiscovery {
         self.pending.push(tgid);
     }
 
+    /// Forgets the processes checked that exited (no `/proc/PID`), so that under churn the set
+    /// holds the living ones, not every pid that ever ran.
+    pub fn forget_exited(&mut self) {
+        self.checked
+            .retain(|&pid| Path::new(&format!("/proc/{pid}")).exists());
+    }
+
     /// Sizes of its tables: Go binaries looked at, processes checked and followed.
     pub fn table_sizes(&self) -> [(&'static str, usize); 3] {
         [

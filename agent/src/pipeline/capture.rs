@@ -364,6 +364,8 @@ impl Capture {
         if !self.exchanges.is_empty() {
             self.make_spans(now);
         }
+        // Stacks that came while idle, and stale ones dropped.
+        self.stacks.poll();
         self.release_stacked(false);
         self.tracer.expire();
         sinks.send_all(&mut self.ready);

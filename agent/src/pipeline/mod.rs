@@ -189,6 +189,8 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
                 last_fill = Some(Instant::now());
                 // Exited processes' entries go, so that churn cannot fill the maps.
                 Metrics::add(&metrics.kernel_entries_swept, probes.sweep_exited());
+                capture.tls.forget_exited();
+                capture.go.forget_exited();
                 if let Some((health, _)) = &health {
                     health.set_levels(levels(&probes, &capture));
                 }

@@ -21,6 +21,11 @@ use crate::{
 const PER_CONN: usize = 16;
 /// Connections with stacks kept at once.
 const MAX_CONNS: usize = 65_536;
+/// A connection's stacks untouched for this long are dropped: its spans were released long ago
+/// (a held span waits a second at most), so nothing will take them.
+const STALE: Duration = Duration::from_secs(60);
+/// How often stale stacks are looked for.
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
 
 /// A finished span waiting for its stack: the kernel time its exchange finished at, and when the
 /// wait is over.
@@ -36,8 +41,11 @@ type Ready = (u64, Option<u64>, Arc<StackTrace>);
 /// Stacks in flight and ready, and the spans waiting for them.
 pub struct StackJoin {
     handle: Option<SymbolizerHandle>,
-    pending: HashMap<ConnKey, VecDeque<(u64, Option<u64>)>>,
-    ready: HashMap<ConnKey, VecDeque<Ready>>,
+    /// By connection: when a stack was last added, and the (kernel time, stream) of the requests
+    /// whose stacks the symbolizer has not answered yet.
+    pending: HashMap<ConnKey, (Instant, VecDeque<(u64, Option<u64>)>)>,
+    /// By connection: when a stack was last added, and the symbolized stacks.
+    ready: HashMap<ConnKey, (Instant, VecDeque<Ready>)>,
     held: VecDeque<Held>,
     wait: Duration,
 }
@@ -50,6 +58,7 @@ impl StackJoin {
             pending: HashMap::default(),
             ready: HashMap::default(),
             held: VecDeque::new(),
+            pruned: Instant::now(),
             wait,
         }
     }
@@ -72,7 +81,11 @@ impl StackJoin {
             if self.pending.len() >= MAX_CONNS {
                 self.pending.clear();
             }
-            let q = self.pending.entry(key).or_default();
+            let (at, q) = self
+                .pending
+                .entry(key)
+                .or_insert_with(|| (Instant::now(), VecDeque::new()));
+            *at = Instant::now();
             if q.len() >= PER_CONN {
                 q.pop_front();
             }
@@ -83,21 +96,41 @@ impl StackJoin {
     /// Takes the symbolizer's finished stacks.
     pub fn poll(&mut self) {
         let Some(handle) = &self.handle else { return };
+        let now = Instant::now();
         while let Ok(r) = handle.results.try_recv() {
-            if let Some(q) = self.pending.get_mut(&r.key) {
+            let mut awaited = false;
+            if let Some((_, q)) = self.pending.get_mut(&r.key) {
+                let before = q.len();
                 q.retain(|&t| t != (r.ts_ns, r.stream));
+                awaited = q.len() < before;
                 if q.is_empty() {
                     self.pending.remove(&r.key);
                 }
             }
+            // A stack whose connection was forgotten meanwhile (closed, its spans gone by)
+            // has no span to join: kept, it would stay for good.
+            if !awaited && !self.held.iter().any(|h| h.finished.key == r.key) {
+                continue;
+            }
             if self.ready.len() >= MAX_CONNS {
                 self.ready.clear();
             }
-            let q = self.ready.entry(r.key).or_default();
+            let (at, q) = self
+                .ready
+                .entry(r.key)
+                .or_insert_with(|| (now, VecDeque::new()));
+            *at = now;
             if q.len() >= PER_CONN {
                 q.pop_front();
             }
             q.push_back((r.ts_ns, r.stream, r.trace));
+        }
+        if now.duration_since(self.pruned) >= PRUNE_EVERY {
+            self.pruned = now;
+            self.pending
+                .retain(|_, (at, _)| now.duration_since(*at) < STALE);
+            self.ready
+                .retain(|_, (at, _)| now.duration_since(*at) < STALE);
         }
     }
 
@@ -112,7 +145,7 @@ impl StackJoin {
         stream: Option<u64>,
         metrics: &Metrics,
     ) -> bool {
-        if let Some(q) = self.ready.get_mut(&key) {
+        if let Some((_, q)) = self.ready.get_mut(&key) {
             let found = match stream.and_then(|s| q.iter().position(|(_, st, _)| *st == Some(s))) {
                 Some(i) => q.remove(i),
                 None => match q.iter().rposition(|(t, st, _)| st.is_none() && *t <= ts_ns) {
@@ -138,7 +171,7 @@ impl StackJoin {
                 return true;
             }
         }
-        !self.pending.get(&key).is_some_and(|q| {
+        !self.pending.get(&key).is_some_and(|(_, q)| {
             q.iter().any(|&(t, st)| match (stream, st) {
                 (Some(s), Some(st)) => s == st,
                 (_, None) => t <= ts_ns,
@@ -208,10 +241,12 @@ impl StackJoin {
         self.held.iter().map(|h| h.at).min()
     }
 
-    /// The connection closed: its stacks that no held span waits for are dropped.
+    /// The connection closed: its stacks that no held span waits for are dropped, and those
+    /// still being symbolized are not kept when they come.
     pub fn forget(&mut self, key: &ConnKey) {
         if !self.held.iter().any(|h| h.finished.key == *key) {
             self.ready.remove(key);
+            self.pending.remove(key);
         }
     }
 }

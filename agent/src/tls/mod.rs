@@ -145,7 +145,9 @@ pub struct TlsDiscovery {
     users: HashMap<usize, Users>,
     pub rows: Vec<Row>,
     checked: HashSet<u32>,
-    pending: Vec<u32>,
+    /// Processes to look at: `true` for every executable mapping (`/proc/PID/maps`), `false`
+    /// for the executable alone.
+    pending: Vec<(u32, bool)>,
     own_pid: u32,
 }
 
@@ -203,10 +205,12 @@ impl TlsDiscovery {
     }
 
     /// A process ran a new executable: look at it now, and at its libraries on its first
-    /// connection.
+    /// connection. (Only the executable now: `ld.so` may not have mapped the libraries yet,
+    /// and reading the maps of each new process twice was a third of the agent's CPU under
+    /// process churn.)
     pub fn on_exec(&mut self, tgid: u32) {
         self.checked.remove(&tgid);
-        self.queue(tgid);
+        self.queue(tgid, false);
     }
 
     /// A connection of `tgid` was announced: look at its libraries the first time.
@@ -215,14 +219,25 @@ impl TlsDiscovery {
             self.checked.clear();
         }
         if self.checked.insert(tgid) {
-            self.queue(tgid);
+            self.queue(tgid, true);
         }
     }
 
-    fn queue(&mut self, tgid: u32) {
-        if tgid != self.own_pid && !self.pending.contains(&tgid) {
-            self.pending.push(tgid);
+    fn queue(&mut self, tgid: u32, maps: bool) {
+        if tgid == self.own_pid {
+            return;
         }
+        match self.pending.iter_mut().find(|(pid, _)| *pid == tgid) {
+            Some((_, queued)) => *queued |= maps,
+            None => self.pending.push((tgid, maps)),
+        }
+    }
+
+    /// Forgets the processes that exited (no `/proc/PID`), so that under churn the set of
+    /// processes checked holds the living ones, not every pid that ever ran.
+    pub fn forget_exited(&mut self) {
+        self.checked
+            .retain(|&pid| Path::new(&format!("/proc/{pid}")).exists());
     }
 
     /// True when processes wait to be looked at.
@@ -241,10 +256,45 @@ impl TlsDiscovery {
     /// Looks at the queued processes; returns the rows added.
     pub fn run_pending(&mut self, attacher: &mut dyn Attacher) -> Vec<Row> {
         let before = self.rows.len();
-        for pid in std::mem::take(&mut self.pending) {
-            self.check_process(pid, attacher);
+        for (pid, maps) in std::mem::take(&mut self.pending) {
+            if maps {
+                self.check_process(pid, attacher);
+            } else {
+                self.check_executable(pid, attacher);
+            }
         }
         self.rows[before..].to_vec()
+    }
+
+    /// Looks at the executable of one process (OpenSSL linked in, Go's crypto/tls).
+    fn check_executable(&mut self, pid: u32, attacher: &mut dyn Attacher) {
+        if pid == self.own_pid {
+            return;
+        }
+        use std::os::unix::fs::MetadataExt as _;
+        let link = format!("/proc/{pid}/exe");
+        let (Ok(exe), Ok(meta)) = (std::fs::read_link(&link), std::fs::metadata(&link)) else {
+            return;
+        };
+        let Some(shown) = exe.to_str() else { return };
+        let id = (dev_string(meta.dev()), meta.ino());
+        let path = self.readable_path(pid, shown, &id);
+        self.look_at(id, &path, shown, pid, attacher);
+    }
+
+    /// Where the agent reads a file that process `pid` maps at `path`: that path when the same
+    /// file is there in the agent's view, else through the process's root (right inside
+    /// containers too). A short-lived process's root is gone once it exits.
+    fn readable_path(&self, pid: u32, path: &str, id: &FileId) -> PathBuf {
+        let same_here = std::fs::metadata(path).is_ok_and(|meta| {
+            use std::os::unix::fs::MetadataExt as _;
+            meta.ino() == id.1 && dev_string(meta.dev()) == id.0
+        });
+        if same_here {
+            PathBuf::from(path)
+        } else {
+            PathBuf::from(format!("/proc/{pid}/root{path}"))
+        }
     }
 
     /// Looks at the executable and executable mappings of one process.
@@ -263,17 +313,7 @@ impl TlsDiscovery {
                 continue;
             }
             let id = (m.dev.to_owned(), m.inode);
-            // Read and probe through the process's root (right inside containers too), unless the
-            // same file is at that path here: a short-lived process's root is gone once it exits.
-            let same_here = std::fs::metadata(m.path).is_ok_and(|meta| {
-                use std::os::unix::fs::MetadataExt as _;
-                meta.ino() == m.inode && dev_string(meta.dev()) == m.dev
-            });
-            let through_root = if same_here {
-                PathBuf::from(m.path)
-            } else {
-                PathBuf::from(format!("/proc/{pid}/root{}", m.path))
-            };
+            let through_root = self.readable_path(pid, m.path, &id);
             if basename.starts_with("libjvm.so") {
                 if !self.files.contains_key(&id) {
                     let row = Row {
@@ -708,11 +748,17 @@ mod tests {
         d.on_conn(5);
         d.on_conn(5);
         d.on_conn(1); // ztrace itself
-        assert_eq!(d.pending, vec![5]);
+        assert_eq!(d.pending, vec![(5, true)]);
         d.pending.clear();
         d.on_conn(5);
         assert!(d.pending.is_empty());
+        // An exec: its executable at once, its libraries at its next first connection.
         d.on_exec(5);
-        assert_eq!(d.pending, vec![5]);
+        assert_eq!(d.pending, vec![(5, false)]);
+        d.on_conn(5);
+        assert_eq!(d.pending, vec![(5, true)]);
+        d.pending.clear();
+        d.on_conn(5);
+        assert!(d.pending.is_empty());
     }
 }

@@ -10,10 +10,13 @@
 //!    exported, and dropped by reason; the seconds from the endpoint's return to the first
 //!    export it answers.
 //! 2. Churn: shell loops of `curl` (nginx) and `psql -c 'select 1'` (PostgreSQL) starting short
-//!    processes as fast as they can (the figure is 10,000 a minute; the rate reached is
-//!    printed), ztrace tracing them (`--exe curl --exe psql --exe nginx --exe postgres`, so that
-//!    other loads on a shared machine stay out): resident memory and every kernel hash map's and
-//!    agent table's fill level, each tenth of the run.
+//!    processes as fast as they can (the figure is 10,000 a minute), first for
+//!    `ZTRACE_CHURN_BASELINE_SECONDS` (default 60) without ztrace, then for the run with ztrace
+//!    tracing them (`--exe curl --exe psql --exe nginx --exe postgres`, so that other loads on a
+//!    shared machine stay out). Processes are counted exactly from the loops' iterations: one
+//!    `curl`, or one `psql` and the backend PostgreSQL forks for it. Printed: the rate without
+//!    and with ztrace, and each tenth of the run the rate, the load average, resident memory and
+//!    every kernel hash map's and agent table's fill level.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -31,9 +34,15 @@ const HEY_WORKERS: u32 = 10;
 const HEY_QPS_PER_WORKER: u32 = 250;
 /// Sampling interval of `/metrics`.
 const SAMPLE: Duration = Duration::from_secs(5);
-/// Shell loops of each client in the churn part.
-const CURL_LOOPS: usize = 8;
-const PSQL_LOOPS: usize = 4;
+/// Shell loops of each client in the churn part (`ZTRACE_CHURN_CURL_LOOPS`,
+/// `ZTRACE_CHURN_PSQL_LOOPS` say otherwise). On the 2-core development VM 8 and 4 made 22,656
+/// processes a minute without ztrace when it was otherwise idle; 10 and 5 made 13,929 a minute
+/// with ztrace at a load average of 17-24, 5,781 at 25-29.
+const CURL_LOOPS: usize = 10;
+const PSQL_LOOPS: usize = 5;
+/// Processes one iteration of a loop starts: `curl`; `psql` and its PostgreSQL backend.
+const CURL_PROCESSES: u64 = 1;
+const PSQL_PROCESSES: u64 = 2;
 
 /// How long each fault lasts: `ZTRACE_FAULT_MINUTES` (default 10), or `ZTRACE_FAULT_SECONDS`
 /// for a quick try of the bench itself.
@@ -308,7 +317,6 @@ fn churn(ztrace: &Path, length: Duration) -> Result<()> {
     ]
     .map(String::from)
     .to_vec();
-    let (agent, stderr_path) = start_agent(ztrace, &args, dir.path())?;
     let psql = format!(
         "{}/psql -X -q -h 127.0.0.1 -p {} -U {} -d postgres -c 'select 1'",
         ztrace_e2e::postgres::BIN_DIR,
@@ -316,36 +324,40 @@ fn churn(ztrace: &Path, length: Duration) -> Result<()> {
         ztrace_e2e::postgres::USER
     );
     let curl = format!("curl -s -o /dev/null {url}");
-    let mut loops = Vec::new();
-    let mut counters = Vec::new();
-    for (i, client) in std::iter::repeat_n(&curl, CURL_LOOPS)
-        .chain(std::iter::repeat_n(&psql, PSQL_LOOPS))
-        .enumerate()
-    {
-        let count = dir.join(&format!("count-{i}"));
-        let script = format!(
-            "i=0; while :; do {client} >/dev/null 2>&1; i=$((i+1)); echo $i > {}; done",
-            count.display()
-        );
-        loops.push(Guard(
-            Command::new("sh")
-                .args(["-c", &script])
-                .process_group(0)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .context("sh")?,
-        ));
-        counters.push(count);
-    }
-    let runs = || -> u64 {
-        counters
-            .iter()
-            .filter_map(|c| std::fs::read_to_string(c).ok()?.trim().parse::<u64>().ok())
-            .sum()
+    let env_n = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(default)
     };
+    let curl_loops = env_n("ZTRACE_CHURN_CURL_LOOPS", CURL_LOOPS);
+    let psql_loops = env_n("ZTRACE_CHURN_PSQL_LOOPS", PSQL_LOOPS);
+    let baseline = Duration::from_secs(env_n("ZTRACE_CHURN_BASELINE_SECONDS", 60) as u64);
+    let clients: Vec<(&String, u64)> = std::iter::repeat_n((&curl, CURL_PROCESSES), curl_loops)
+        .chain(std::iter::repeat_n((&psql, PSQL_PROCESSES), psql_loops))
+        .collect();
+    // Without ztrace first: the rate this machine gives the loops now.
+    if !baseline.is_zero() {
+        let base_dir = dir.join("baseline");
+        std::fs::create_dir_all(&base_dir)?;
+        let load_before = load_average();
+        let started = Instant::now();
+        let loops = ChurnLoops::start(&clients, &base_dir)?;
+        std::thread::sleep(baseline);
+        let (processes, failed) = (loops.processes(), loops.failed());
+        let elapsed = started.elapsed().as_secs_f64();
+        drop(loops);
+        say!(
+            "churn without ztrace: {processes} processes in {elapsed:.0} s ({:.0} a minute; {failed} clients failed; load average {load_before} before, {} after)",
+            processes as f64 * 60.0 / elapsed,
+            load_average()
+        );
+    }
+    let (agent, stderr_path) = start_agent(ztrace, &args, dir.path())?;
+    let loops = ChurnLoops::start(&clients, dir.path())?;
+    let runs = || loops.processes();
     say!(
-        "churn: {CURL_LOOPS} loops of `{curl}` and {PSQL_LOOPS} of `{psql}` for {} s, ztrace {}",
+        "churn: {curl_loops} loops of `{curl}` and {psql_loops} of `{psql}` for {} s, ztrace {}",
         length.as_secs(),
         args.join(" ")
     );
@@ -354,6 +366,7 @@ fn churn(ztrace: &Path, length: Duration) -> Result<()> {
     let samples_n = (length.as_secs() / every.as_secs()).max(1);
     let started = Instant::now();
     let mut samples: Vec<(u64, u64, std::collections::HashMap<String, f64>)> = Vec::new();
+    let mut last = (0u64, 0u64);
     for n in 1..=samples_n {
         let at = every * u32::try_from(n).unwrap_or(u32::MAX);
         while started.elapsed() < at {
@@ -361,9 +374,12 @@ fn churn(ztrace: &Path, length: Duration) -> Result<()> {
         }
         let minute = at.as_secs();
         let processes = runs();
+        let rate = processes.saturating_sub(last.1) as f64 * 60.0 / (minute - last.0).max(1) as f64;
+        last = (minute, processes);
         if let Some(m) = scrape(health) {
             say!(
-                "  {minute} s: {processes} processes so far, RSS {:.1} MiB, {} connections, {} processes, SOCKS {}",
+                "  {minute} s: {processes} processes so far ({rate:.0} a minute since the last sample, load average {}), RSS {:.1} MiB, {} connections, {} processes, SOCKS {}",
+                load_average(),
                 get(&m, "ztrace_resident_memory_bytes") / MIB,
                 get(&m, "ztrace_table_entries{table=\"connections\"}"),
                 get(&m, "ztrace_table_entries{table=\"processes\"}"),
@@ -374,17 +390,15 @@ fn churn(ztrace: &Path, length: Duration) -> Result<()> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let processes = runs();
-    for mut l in loops {
-        // SAFETY: kill(2) of the process group of a child we started (process_group(0)).
-        unsafe { libc::kill(-(l.0.id() as libc::pid_t), libc::SIGKILL) };
-        let _ = l.0.wait();
-    }
+    let failed = loops.failed();
+    drop(loops);
     let stats = stop_agent(agent, &stderr_path)?;
     println!();
     println!(
-        "churn: {processes} short-lived processes in {:.0} s ({:.0} a minute); the agent's levels at each sample:",
+        "churn: {processes} short-lived processes in {:.0} s ({:.0} a minute; {failed} clients failed; load average {} at the end); the agent's levels at each sample:",
         elapsed,
-        processes as f64 * 60.0 / elapsed
+        processes as f64 * 60.0 / elapsed,
+        load_average()
     );
     // Every level that was ever above zero, minute by minute.
     let mut names: BTreeMap<String, ()> = BTreeMap::new();
@@ -458,4 +472,79 @@ fn churn(ztrace: &Path, length: Duration) -> Result<()> {
         args.join(" ")
     );
     Ok(())
+}
+
+/// The machine's load average (1, 5, 15 minutes), as `uptime` prints it.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// Shell loops, each starting one client after another and counting them; killed (their
+/// process groups) when dropped. Each iteration appends one byte to the loop's file of clients
+/// that succeeded or to its file of those that failed (a shell builtin, no process): the
+/// counts are the files' sizes, which a read can never catch half-written.
+struct ChurnLoops {
+    loops: Vec<Child>,
+    /// Each loop's files of successes and failures, and the processes one successful
+    /// iteration starts (a failed one counts as its client alone).
+    counters: Vec<(PathBuf, PathBuf, u64)>,
+}
+
+impl ChurnLoops {
+    fn start(clients: &[(&String, u64)], dir: &Path) -> Result<ChurnLoops> {
+        let mut loops = ChurnLoops {
+            loops: Vec::new(),
+            counters: Vec::new(),
+        };
+        for (i, (client, per_iteration)) in clients.iter().enumerate() {
+            let (ok, failed) = (dir.join(format!("ok-{i}")), dir.join(format!("failed-{i}")));
+            let script = format!(
+                "while :; do if {client} >/dev/null 2>&1; then printf . >> {}; else printf . >> {}; fi; done",
+                ok.display(),
+                failed.display()
+            );
+            loops.loops.push(
+                Command::new("sh")
+                    .args(["-c", &script])
+                    .process_group(0)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .context("sh")?,
+            );
+            loops.counters.push((ok, failed, *per_iteration));
+        }
+        Ok(loops)
+    }
+
+    /// Processes started so far: successful iterations times the processes of each, plus
+    /// the clients that failed.
+    fn processes(&self) -> u64 {
+        let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+        self.counters
+            .iter()
+            .map(|(ok, failed, per)| size(ok) * per + size(failed))
+            .sum()
+    }
+
+    /// Clients that failed so far.
+    fn failed(&self) -> u64 {
+        self.counters
+            .iter()
+            .map(|(_, failed, _)| std::fs::metadata(failed).map_or(0, |m| m.len()))
+            .sum()
+    }
+}
+
+impl Drop for ChurnLoops {
+    fn drop(&mut self) {
+        for l in &mut self.loops {
+            // SAFETY: kill(2) of the process group of a child we started (process_group(0)).
+            unsafe { libc::kill(-(l.id() as libc::pid_t), libc::SIGKILL) };
+            let _ = l.wait();
+        }
+    }
 }
