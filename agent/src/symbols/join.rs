@@ -35,6 +35,9 @@ struct Held {
     deadline: Instant,
 }
 
+/// The (kernel time, stream) of requests whose stacks are being symbolized.
+type Awaited = VecDeque<(u64, Option<u64>)>;
+
 /// A symbolized stack: the time it was taken, the stream it was sent for, the stack.
 type Ready = (u64, Option<u64>, Arc<StackTrace>);
 
@@ -43,11 +46,13 @@ pub struct StackJoin {
     handle: Option<SymbolizerHandle>,
     /// By connection: when a stack was last added, and the (kernel time, stream) of the requests
     /// whose stacks the symbolizer has not answered yet.
-    pending: HashMap<ConnKey, (Instant, VecDeque<(u64, Option<u64>)>)>,
+    pending: HashMap<ConnKey, (Instant, Awaited)>,
     /// By connection: when a stack was last added, and the symbolized stacks.
     ready: HashMap<ConnKey, (Instant, VecDeque<Ready>)>,
     held: VecDeque<Held>,
     wait: Duration,
+    /// When stale connections were last dropped.
+    pruned: Instant,
 }
 
 impl StackJoin {
