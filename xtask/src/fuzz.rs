@@ -3,7 +3,9 @@
 //! [`TEST_SECONDS`] in `cargo xtask test` and [`BENCH_SECONDS`] in `cargo xtask bench --fuzz`.
 //! A target passes when libFuzzer ends its time without a crash (a panic, an out-of-bounds access,
 //! or more than 2 GiB of memory); a crash leaves its input under `agent/fuzz/artifacts/TARGET/`.
-//! The corpus each run grows is kept under `target/fuzz-corpus/TARGET/` for the next run.
+//! Each run starts from the committed seed corpus `agent/fuzz/seeds/TARGET/` (inputs that
+//! reach each parser's states, kept small with `cargo fuzz cmin`) and grows its own under
+//! `target/fuzz-corpus/TARGET/` for the next run.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -16,7 +18,7 @@ use crate::util::{self, say};
 
 /// Seconds each target runs in `cargo xtask test`.
 pub const TEST_SECONDS: u64 = 20;
-/// Seconds all targets share in `cargo xtask bench --fuzz`.
+/// Seconds each target runs in `cargo xtask bench --fuzz`.
 pub const BENCH_SECONDS: u64 = 3600;
 
 /// One target's outcome.
@@ -57,18 +59,23 @@ pub fn run_all(seconds_each: u64) -> Result<Vec<Outcome>> {
         let corpus: PathBuf = util::target_dir().join("fuzz-corpus").join(&target);
         std::fs::create_dir_all(&corpus)
             .with_context(|| format!("creating {}", corpus.display()))?;
+        let seeds = util::repo_root().join("agent/fuzz/seeds").join(&target);
         say!("fuzzing {target} for {seconds_each} s...");
         let started = Instant::now();
         let mut cmd = Command::new("rustup");
         cmd.current_dir(util::repo_root().join("agent"))
             .args(["run", &channel, "cargo", "fuzz", "run", &target])
-            .arg(&corpus)
-            .args([
-                "--",
-                &format!("-max_total_time={seconds_each}"),
-                "-rss_limit_mb=2048",
-                "-print_final_stats=0",
-            ]);
+            .arg(&corpus);
+        // libFuzzer reads every directory given and writes new inputs to the first only.
+        if seeds.is_dir() {
+            cmd.arg(&seeds);
+        }
+        cmd.args([
+            "--",
+            &format!("-max_total_time={seconds_each}"),
+            "-rss_limit_mb=2048",
+            "-print_final_stats=0",
+        ]);
         say!("$ {}", util::display(&cmd));
         let out = cmd
             .output()
