@@ -5,7 +5,7 @@
 //! or more than 2 GiB of memory); a crash leaves its input under `agent/fuzz/artifacts/TARGET/`.
 //! Each run starts from the committed seed corpus `agent/fuzz/seeds/TARGET/` (inputs that
 //! reach each parser's states, kept small with `cargo fuzz cmin`) and grows its own under
-//! `target/fuzz-corpus/TARGET/` for the next run.
+//! `target/fuzz-corpus/TARGET/` for the next run. `ZTRACE_FUZZ_TARGETS=a,b` runs only those.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -50,12 +50,31 @@ fn ensure_cargo_fuzz() -> Result<()> {
     util::run(util::cargo().args(["install", "cargo-fuzz", "--locked"]))
 }
 
-/// Runs every target for `seconds_each` seconds.
+/// The targets to run: all of them, or those `ZTRACE_FUZZ_TARGETS` names (comma-separated), so
+/// that `bench --fuzz`'s hours can be spread over several runs.
+fn chosen_targets() -> Result<Vec<String>> {
+    let all = targets()?;
+    let Ok(wanted) = std::env::var("ZTRACE_FUZZ_TARGETS") else {
+        return Ok(all);
+    };
+    let wanted: Vec<String> = wanted
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if let Some(unknown) = wanted.iter().find(|t| !all.contains(t)) {
+        anyhow::bail!("ZTRACE_FUZZ_TARGETS names {unknown}, which is not a fuzz target: {all:?}");
+    }
+    Ok(wanted)
+}
+
+/// Runs every chosen target for `seconds_each` seconds.
 pub fn run_all(seconds_each: u64) -> Result<Vec<Outcome>> {
     ensure_cargo_fuzz()?;
     let channel = toolchain::ebpf_channel();
     let mut outcomes = Vec::new();
-    for target in targets()? {
+    for target in chosen_targets()? {
         let corpus: PathBuf = util::target_dir().join("fuzz-corpus").join(&target);
         std::fs::create_dir_all(&corpus)
             .with_context(|| format!("creating {}", corpus.display()))?;
