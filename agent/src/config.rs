@@ -45,10 +45,13 @@ pub struct Config {
     #[arg(long, env = "ZTRACE_CGROUP")]
     pub cgroup: Option<PathBuf>,
 
-    /// Carry each request's trace context to the host that receives it, in a TCP header
-    /// option written below the payload (no application byte changes), so that a receiving
-    /// host running ztrace continues the same trace.
-    #[arg(long, env = "ZTRACE_PROPAGATE", default_value = "on", value_parser = ["on", "off"], require_equals = true)]
+    /// Carry each request's trace context to the host that receives it: in a TCP header option
+    /// (no application byte changes), so that a receiving host running ztrace continues the
+    /// same trace, and as a `traceparent` header added to plaintext HTTP/1 requests that carry
+    /// none, for OpenTelemetry SDKs there. `on` leaves this host's loopback connections alone
+    /// (the kernel hands their context over directly); `all` adds the header on them too, for
+    /// an SDK-instrumented service on this host; `off` carries nothing.
+    #[arg(long, env = "ZTRACE_PROPAGATE", default_value = "on", value_parser = ["on", "all", "off"], require_equals = true)]
     pub propagate: String,
 
     /// Bytes of payload copied per syscall (at most 16384). Requests whose headers are larger

@@ -407,5 +407,5 @@ fn flow(ctx: &SkMsgContext) -> FlowKey {
             flow.remote_addr[i * 4..i * 4 + 4].copy_from_slice(&r[i].to_ne_bytes());
         }
     }
-    flow
+    flow.unmapped()
 }

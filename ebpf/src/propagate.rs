@@ -13,7 +13,9 @@
 //!   syscall's *entry*, before its segments leave: its span id is drawn here; its trace id and
 //!   parent are those of the server request the writing thread (goroutine) serves, else a new
 //!   trace. The context is put in `TX_CTX` under the connection's 4-tuple, where `sockops`
-//!   writes it into each segment's TCP options, until the client reads the answer.
+//!   writes it into each segment's TCP options, until the client reads the answer. Between two
+//!   loopback sockets (`--propagate=on`, not `all`) it goes straight into the receiving
+//!   socket's `RX_CTX` entry instead: the other end is on this host, so no segment needs it.
 //!
 //! Both kinds are reported in the data event that starts the request (`DataEventHeader::ids`),
 //! and the agent puts exactly those ids on the span. Not done here: TLS plaintext (its request
@@ -21,7 +23,7 @@
 //! ztrace started.
 
 use aya_ebpf::{helpers::generated::bpf_get_prandom_u32, macros::map, maps::LruHashMap};
-use ztrace_common::{ids, ConnRole, Counter, Direction, RequestIds};
+use ztrace_common::{ids, propagate, ConnRole, Counter, Direction, RequestIds};
 
 use crate::{
     config::settings,
@@ -237,10 +239,25 @@ pub fn on_write_enter(tgid: u32, tid: u32, fd: i32, entry: &SockEntry, in_tls_ca
     }
     count(Counter::PropagateClientIds);
     let ctx = WireCtx { trace_id: state.ids.trace_id, span_id: state.ids.span_id };
-    if TX_CTX.insert(&sock::flow_of(entry.sock), &ctx, 0).is_err() {
+    let flow = sock::flow_of(entry.sock);
+    let stored = if handed_over(&flow) {
+        count(Counter::PropagateHandedOver);
+        RX_CTX.insert(&flow.reversed(), &RxCtx { ctx, taken: 0, _pad: 0 }, 0)
+    } else {
+        TX_CTX.insert(&flow, &ctx, 0)
+    };
+    if stored.is_err() {
         count(Counter::PropagateMapFull);
     }
     1
+}
+
+/// Whether a client request's context goes straight to the receiving socket's `RX_CTX` entry
+/// (both ends on this host's loopback, `--propagate=on`) instead of into TCP options: the same
+/// server ids without a callback per segment, and `sockops` leaves such connections alone.
+#[inline(always)]
+pub fn handed_over(flow: &FlowKey) -> bool {
+    settings().propagate != propagate::ALL && flow.is_loopback()
 }
 
 /// The first syscall inside an OpenSSL call on a connection: what its handshake moved before
@@ -287,7 +304,9 @@ pub fn on_read_exit(tgid: u32, tid: u32, fd: i32, entry: &SockEntry, in_tls_call
     state.last = INGRESS;
     let flow = sock::flow_of(entry.sock);
     if state.role != ConnRole::Server as u32 {
-        let _ = TX_CTX.remove(&flow);
+        if !handed_over(&flow) {
+            let _ = TX_CTX.remove(&flow);
+        }
         return 0;
     }
     state.ids.span_id = random_span_id();

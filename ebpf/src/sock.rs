@@ -252,6 +252,61 @@ pub struct FlowKey {
     pub remote_addr: [u8; 16],
 }
 
+impl FlowKey {
+    /// Whether both ends are this host's loopback (127.0.0.0/8 or ::1): the other end's socket
+    /// is on this host and sees this 4-tuple [`reversed`](Self::reversed).
+    #[inline(always)]
+    pub fn is_loopback(&self) -> bool {
+        match self.family {
+            AF_INET_U32 => self.remote_addr[0] == 127 && self.local_addr[0] == 127,
+            AF_INET6_U32 => is_v6_loopback(&self.remote_addr) && is_v6_loopback(&self.local_addr),
+            _ => false,
+        }
+    }
+
+    /// An IPv4 connection on an IPv6 socket (addresses `::ffff:a.b.c.d`, as dual-stack servers
+    /// such as Go's accept them) keyed as on an IPv4 socket, so that both ends and every
+    /// program agree on one key whatever socket each end has.
+    #[inline(always)]
+    pub fn unmapped(mut self) -> FlowKey {
+        if self.family == AF_INET6_U32 && is_v4_mapped(&self.local_addr) && is_v4_mapped(&self.remote_addr) {
+            self.family = AF_INET_U32;
+            for i in 0..4 {
+                self.local_addr[i] = self.local_addr[12 + i];
+                self.remote_addr[i] = self.remote_addr[12 + i];
+            }
+            self.local_addr[4..].fill(0);
+            self.remote_addr[4..].fill(0);
+        }
+        self
+    }
+
+    /// The same connection as its other end sees it.
+    #[inline(always)]
+    pub fn reversed(&self) -> FlowKey {
+        FlowKey {
+            family: self.family,
+            local_port: self.remote_port,
+            remote_port: self.local_port,
+            local_addr: self.remote_addr,
+            remote_addr: self.local_addr,
+        }
+    }
+}
+
+const AF_INET_U32: u32 = AF_INET as u32;
+const AF_INET6_U32: u32 = AF_INET6 as u32;
+
+#[inline(always)]
+fn is_v4_mapped(a: &[u8; 16]) -> bool {
+    a[..10] == [0; 10] && a[10] == 0xff && a[11] == 0xff
+}
+
+#[inline(always)]
+fn is_v6_loopback(a: &[u8; 16]) -> bool {
+    a[..15] == [0; 15] && a[15] == 1
+}
+
 /// The 4-tuple of a `struct sock`.
 #[inline(always)]
 pub fn flow_of(sk: u64) -> FlowKey {
@@ -269,5 +324,5 @@ pub fn flow_of(sk: u64) -> FlowKey {
     }
     flow.local_port = read::<u16>(sk + o.sock_common_skc_num as u64).unwrap_or(0);
     flow.remote_port = u16::from_be(read::<u16>(sk + o.sock_common_skc_dport as u64).unwrap_or(0));
-    flow
+    flow.unmapped()
 }

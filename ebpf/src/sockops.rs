@@ -2,6 +2,11 @@
 //! to the traced cgroup; `BPF_SOCK_OPS_HDR_OPT_LEN_CB`/`WRITE_HDR_OPT_CB`/`PARSE_HDR_OPT_CB`,
 //! Linux >= 5.10).
 //!
+//! Only connections to other hosts take part: between two loopback sockets `propagate` hands
+//! the context over in `RX_CTX` directly, and their client's segments run no callback here
+//! (but the close), unless `--propagate=all`. A client socket writes the option, a server socket reads
+//! it; neither pays for the other's callbacks.
+//!
 //! Sending: while a client request's context is in `TX_CTX` (from its first write until its
 //! answer is read, see `propagate`), every segment of the connection carries the option
 //! `ztrace_common::tcp_option` (kind 254, ExID, trace id, span id: 28 bytes). A segment whose
@@ -25,7 +30,7 @@ use ztrace_common::{tcp_option, Counter};
 use crate::{
     inject,
     maps::count,
-    propagate::{RxCtx, WireCtx, RX_CTX, TX_CTX},
+    propagate::{handed_over, RxCtx, WireCtx, RX_CTX, TX_CTX},
     sock::FlowKey,
 };
 
@@ -51,6 +56,9 @@ const FLAG_PARSE_UNKNOWN_HDR_OPT: i32 = 1 << 5;
 /// `TCP_CLOSE` of `enum tcp_state`: the socket is done (also when it moves to TIME_WAIT).
 const TCP_CLOSE: u32 = 7;
 const FLAG_WRITE_HDR_OPT: i32 = 1 << 6;
+/// The callbacks of the option: one per segment sent, one per segment received with an
+/// unknown option.
+const OPTION_FLAGS: i32 = FLAG_WRITE_HDR_OPT | FLAG_PARSE_UNKNOWN_HDR_OPT;
 
 /// The option as written on the wire.
 #[repr(C)]
@@ -82,20 +90,32 @@ pub fn zt_sockops_option(ctx: SockOpsContext) -> u32 {
 fn sock_ops(ctx: &SockOpsContext, with_inject: bool) -> u32 {
     match ctx_u32!(ctx, op) {
         OP_ACTIVE_ESTABLISHED => {
-            let _ = ctx.set_cb_flags(
-                ctx_u32!(ctx, bpf_sock_ops_cb_flags) as i32 | FLAG_WRITE_HDR_OPT | FLAG_PARSE_UNKNOWN_HDR_OPT | FLAG_STATE_CB,
-            );
+            let mut key = flow(ctx);
+            let flags = ctx_u32!(ctx, bpf_sock_ops_cb_flags) as i32 & !OPTION_FLAGS;
+            if handed_over(&key) {
+                let _ = ctx.set_cb_flags(flags | FLAG_STATE_CB);
+                return 1;
+            }
+            // A client writes the option; it reads none (answers carry no context).
+            let _ = ctx.set_cb_flags(flags | FLAG_WRITE_HDR_OPT | FLAG_STATE_CB);
             if with_inject && inject::on() {
-                let mut key = flow(ctx);
                 // SAFETY: `ops` is this program's context, as the helper wants it.
                 if inject::CLIENT_SOCKS.update(&mut key, unsafe { &mut *ctx.ops }, 0).is_err() {
                     count(Counter::InjectSockMapFull);
                 }
             }
         }
-        OP_PASSIVE_ESTABLISHED | OP_TCP_LISTEN => {
+        OP_PASSIVE_ESTABLISHED => {
+            // A server reads the option; it writes none (its answers carry no context). Its
+            // loopback connections keep the reading callback, which runs only for segments
+            // with an unknown option: from a client with `--propagate=all`.
+            let flags = ctx_u32!(ctx, bpf_sock_ops_cb_flags) as i32 & !FLAG_WRITE_HDR_OPT;
+            let _ = ctx.set_cb_flags(flags | FLAG_PARSE_UNKNOWN_HDR_OPT | FLAG_STATE_CB);
+        }
+        OP_TCP_LISTEN => {
+            // Inherited by the connections it accepts, until they are established.
             let _ = ctx.set_cb_flags(
-                ctx_u32!(ctx, bpf_sock_ops_cb_flags) as i32 | FLAG_WRITE_HDR_OPT | FLAG_PARSE_UNKNOWN_HDR_OPT | FLAG_STATE_CB,
+                ctx_u32!(ctx, bpf_sock_ops_cb_flags) as i32 | FLAG_PARSE_UNKNOWN_HDR_OPT | FLAG_STATE_CB,
             );
         }
         OP_STATE_CB => {
@@ -178,5 +198,5 @@ fn flow(ctx: &SockOpsContext) -> FlowKey {
             flow.remote_addr[i * 4..i * 4 + 4].copy_from_slice(&r[i].to_ne_bytes());
         }
     }
-    flow
+    flow.unmapped()
 }

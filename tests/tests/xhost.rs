@@ -9,7 +9,8 @@
 //! the trace splits off; a "middlebox" that strips the option (iptables TCPOPTSTRIP in host 2)
 //! is counted by host 2's kernel (a request without a context), and the `traceparent` host 1's
 //! kernel added to the plaintext request still joins b to the trace. The same chain also runs
-//! over three hosts (A → B → C, a bridge between them).
+//! over three hosts (A → B → C, a bridge between them). A hop over one host's loopback hands its
+//! context over in the kernel and adds nothing to the wire (unless `--propagate=all`).
 
 use std::path::Path;
 use std::time::Duration;
@@ -27,16 +28,22 @@ const SPANS: Duration = Duration::from_secs(30);
 /// An `xhost.py server` on `host`, named `service` (OTEL_SERVICE_NAME), calling `calls`;
 /// HTTPS with `tls`.
 fn service(host: &Host, service: &str, port: u16, calls: &[String], tls: Option<&Certs>) -> Proc {
+    service_on(host, &host.addr.to_string(), service, port, calls, tls)
+}
+
+/// The same, listening on `bind` (e.g. the host's loopback).
+fn service_on(
+    host: &Host,
+    bind: &str,
+    service: &str,
+    port: u16,
+    calls: &[String],
+    tls: Option<&Certs>,
+) -> Proc {
     let mut cmd = host.command(python());
     cmd.arg("-u")
         .arg(fixture("xhost.py"))
-        .args([
-            "server",
-            "--bind",
-            &host.addr.to_string(),
-            "--port",
-            &port.to_string(),
-        ])
+        .args(["server", "--bind", bind, "--port", &port.to_string()])
         .env("OTEL_SERVICE_NAME", service);
     if let Some(certs) = tls {
         cmd.arg("--tls").arg(&certs.cert).arg(&certs.key);
@@ -586,4 +593,82 @@ fn a_postgresql_query_across_hosts_joins_the_trace() {
         Some("tcp_option"),
         "{report}"
     );
+}
+
+/// client → a over host 1's loopback, a → b across hosts. By default the loopback hop's context
+/// goes from the client's socket to a's in the kernel (no option, no header on it), and a's call
+/// still carries the client's trace to host 2; with `--propagate=all` the loopback request gets
+/// the header too. Either way one trace.
+#[test]
+#[ignore = "needs root and eBPF; run by cargo xtask test"]
+fn a_loopback_hop_hands_its_context_over_in_the_kernel() {
+    for setting in ["on", "all"] {
+        let hosts = Hosts::two();
+        let (h1, h2) = (hosts.get(0), hosts.get(1));
+        let mut otlp = OtlpReceiver::start();
+        let propagate = format!("--propagate={setting}");
+        let z1 = agent(h1, &otlp, &[&propagate]);
+        let z2 = agent(h2, &otlp, &[]);
+        let (pa, pb) = (free_port(), free_port());
+        let b = service(h2, "b", pb, &[], None);
+        let a = service_on(h1, "127.0.0.1", "a", pa, &[h2.url(pb, "/b")], None);
+        let (answer, sent) = request(h1, &format!("http://127.0.0.1:{pa}/a"), 1000);
+        assert_eq!(
+            answer,
+            [sent.clone(), sent],
+            "every hop received the exact body sent"
+        );
+
+        let ours =
+            |s: &OtlpSpan| matches!(s.resource_str("service.name"), Some("a" | "b" | "client"));
+        let spans = otlp.wait_for_spans(4, ours, SPANS);
+        drop((a, b));
+        let s1 = z1.stop();
+        let s2 = z2.stop();
+        let report = format!(
+            "--propagate={setting}\n{spans:#?}\nhost 1: {:?}\nhost 2: {:?}",
+            s1.stats, s2.stats
+        );
+        let trace = spans[0].trace_id();
+        assert!(
+            spans.iter().all(|s| s.trace_id() == trace),
+            "one trace:\n{report}"
+        );
+        let client = find(&spans, "client", CLIENT);
+        let a_server = find(&spans, "a", SERVER);
+        let a_client = find(&spans, "a", CLIENT);
+        let b_server = find(&spans, "b", SERVER);
+        for (child, parent_span, link) in [
+            (a_server, client, "connection"),
+            (a_client, a_server, "thread"),
+            (b_server, a_client, "tcp_option"),
+        ] {
+            assert_eq!(
+                (parent(child), child.attr_str("ztrace.link")),
+                (parent_span.span_id(), Some(link)),
+                "parent of {:?}:\n{report}",
+                who(child)
+            );
+        }
+        let stat = |s: &ztrace_e2e::ztrace::Stopped, k: &str| {
+            s.stats
+                .as_ref()
+                .and_then(|m| m.get(k))
+                .and_then(|v| v.as_u64())
+                .unwrap_or(0)
+        };
+        // One request on loopback, one across hosts.
+        let (handed_over, headers) = if setting == "on" { (1, 1) } else { (0, 2) };
+        assert_eq!(
+            stat(&s1, "kernel_propagate_handed_over"),
+            handed_over,
+            "{report}"
+        );
+        assert_eq!(stat(&s1, "kernel_inject_added"), headers, "{report}");
+        assert_eq!(
+            stat(&s2, "kernel_propagate_server_from_wire"),
+            1,
+            "b's request came with its context:\n{report}"
+        );
+    }
 }

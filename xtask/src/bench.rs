@@ -236,22 +236,24 @@ fn fuzz_bench() -> Result<()> {
     Ok(())
 }
 
-/// What carrying trace context costs (README "Traces across hosts"): nginx under wrk, traced,
-/// in alternating pairs with `--propagate=off` then `on` (the default): the median throughput
-/// ratio on/off, the agent's CPU, how many segments carried the option and how many requests
-/// got a `traceparent` header. wrk and nginx are
-/// on one host, so every request is both sent with a context and received with one.
+/// What carrying trace context costs (README "Traces across hosts"): nginx under wrk on
+/// loopback, traced, in alternating triples with `--propagate=off`, `on` (the default: on
+/// loopback the kernel hands the context over, nothing goes on the wire) and `all` (loopback
+/// treated as another host: every request sent with the TCP option and a `traceparent` header,
+/// and received with them — what a request between two hosts costs its two ends): the median
+/// throughput ratios on/off and all/off, how many segments carried the option and how many
+/// requests got a header.
 fn propagation_bench(ztrace: &Path, agent_args: &[String], dir: &Path, url: &str) -> Result<()> {
     let base: Vec<String> = agent_args
         .iter()
         .filter(|a| !a.starts_with("--propagate"))
         .cloned()
         .collect();
-    let (mut off, mut on) = (Vec::new(), Vec::new());
-    let (mut written, mut injected) = (0, 0);
-    for pair in 1..=PAIRS {
-        for (setting, rates) in [("off", &mut off), ("on", &mut on)] {
-            say!("propagation pair {pair}/{PAIRS}: --propagate={setting}...");
+    let (mut off, mut on, mut all) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut written, mut injected, mut handed_over) = (0, 0, 0);
+    for round in 1..=PAIRS {
+        for (setting, rates) in [("off", &mut off), ("on", &mut on), ("all", &mut all)] {
+            say!("propagation round {round}/{PAIRS}: --propagate={setting}...");
             let mut args = base.clone();
             args.push(format!("--propagate={setting}"));
             let run = traced_run(ztrace, &args, dir, |_| wrk(url, WRK_ARGS))?;
@@ -260,22 +262,29 @@ fn propagation_bench(ztrace: &Path, agent_args: &[String], dir: &Path, url: &str
                 run.requests_per_sec,
                 run.agent.as_ref().map_or(0.0, |a| a.cpu_seconds_per_second)
             );
-            if setting == "on" {
-                let stats = run.agent.as_ref().and_then(|a| a.stats.as_ref());
-                written += stats.map_or(0, |s| counter(s, "kernel_propagate_option_written"));
-                injected += stats.map_or(0, |s| counter(s, "kernel_inject_added"));
+            let stats = run.agent.as_ref().and_then(|a| a.stats.as_ref());
+            match setting {
+                "on" => {
+                    handed_over += stats.map_or(0, |s| counter(s, "kernel_propagate_handed_over"))
+                }
+                "all" => {
+                    written += stats.map_or(0, |s| counter(s, "kernel_propagate_option_written"));
+                    injected += stats.map_or(0, |s| counter(s, "kernel_inject_added"));
+                }
+                _ => {}
             }
             rates.push(run.requests_per_sec);
         }
     }
-    if let (Some(off), Some(on)) = (median(&off), median(&on)) {
+    if let (Some(off), Some(on), Some(all)) = (median(&off), median(&on), median(&all)) {
         println!();
         println!(
-            "propagation: median {on:.0} requests/s with --propagate=on, {off:.0} with off: ratio {:.3}; {written} segments carried the option, {injected} requests got a traceparent",
-            on / off
+            "propagation: median {off:.0} requests/s with --propagate=off; on (loopback handed over in the kernel, {handed_over} requests): {on:.0}, ratio {:.3}; all (option and header on every request: {written} segments carried the option, {injected} requests got a traceparent): {all:.0}, ratio {:.3}",
+            on / off,
+            all / off
         );
         println!(
-            "  ({} {url}, ztrace {} --propagate=on|off)",
+            "  ({} {url}, ztrace {} --propagate=off|on|all)",
             WRK_ARGS.join(" "),
             base.join(" ")
         );

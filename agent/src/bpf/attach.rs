@@ -263,8 +263,9 @@ pub const INJECT_WRITE: &str = "zt_inject_write";
 /// table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Injection {
-    /// `sk_msg` attached to the client sockets that `sock_ops` sees on the traced cgroup.
-    On,
+    /// `sk_msg` attached to the client sockets that `sock_ops` sees on the traced cgroup: those
+    /// to other hosts, and with `loopback` (`--propagate=all`) this host's loopback ones too.
+    On { loopback: bool },
     /// `--propagate=off`, or `sock_ops` not attached (the sockets would never reach it).
     Off(&'static str),
     /// Asked for, but the program could not be loaded or attached.
@@ -277,7 +278,14 @@ impl Injection {
         const WITHOUT: &str =
             "an OpenTelemetry SDK receiving a plaintext HTTP/1 request does not continue its trace";
         match self {
-            Injection::On => "  ok    optional  sk_msg on client sockets: traceparent added to plaintext HTTP/1 requests that carry none".to_owned(),
+            Injection::On { loopback } => format!(
+                "  ok    optional  sk_msg on client sockets: traceparent added to plaintext HTTP/1 requests that carry none, {}",
+                if *loopback {
+                    "loopback ones too (--propagate=all)"
+                } else {
+                    "but on loopback (--propagate=all adds it there too)"
+                }
+            ),
             Injection::Off(why) => format!("  off   optional  sk_msg: {why} ({WITHOUT})"),
             Injection::Failed(reason) => {
                 format!("  FAIL  optional  sk_msg on client sockets: {reason} (without it: {WITHOUT})")
@@ -373,9 +381,14 @@ mod tests {
 
     #[test]
     fn the_injection_line_says_on_off_or_why_not() {
-        assert!(Injection::On
+        for loopback in [false, true] {
+            assert!(Injection::On { loopback }
+                .line()
+                .starts_with("  ok    optional  sk_msg on client sockets: traceparent added"));
+        }
+        assert!(Injection::On { loopback: false }
             .line()
-            .starts_with("  ok    optional  sk_msg on client sockets: traceparent added"));
+            .ends_with("but on loopback (--propagate=all adds it there too)"));
         assert!(Injection::Off("--propagate=off")
             .line()
             .starts_with("  off   optional  sk_msg: --propagate=off ("));

@@ -383,7 +383,7 @@ pub fn start(
     selection: &Selection,
     stacks: StackCapture,
     empty_programs: bool,
-    propagate: bool,
+    propagate: u32,
 ) -> Result<(Probes, RingBuf<MapData>), BpfError> {
     check_can_start()?;
     // Older verifiers reject the programs only after minutes of work (and list every helper they
@@ -400,7 +400,7 @@ pub fn start(
         agent_tgid: std::process::id(),
         capture_bytes: capture_bytes.min(MAX_CAPTURE) as u32,
         filter_enabled: u32::from(!selection.pids.is_empty() || !selection.exe_names.is_empty()),
-        propagate: u32::from(propagate),
+        propagate,
         cgroup_id: selection.cgroup_id()?,
     };
     let stack_settings = StackSettings {
@@ -472,7 +472,7 @@ pub fn start(
         let error = attach_tracepoint(&mut ebpf, program, hook.category, hook.name)?;
         attached.push(AttachResult { hook: *hook, error });
     }
-    let propagation = if propagate {
+    let propagation = if propagate != ztrace_common::propagate::OFF {
         // Without the socket map, the `sock_ops` program that does not fill it.
         let program = match socket_map_refused {
             None => SOCK_OPS,
@@ -493,7 +493,9 @@ pub fn start(
         (Propagation::On { .. }, None) if empty_programs => {
             (Injection::Off("--empty-programs"), None)
         }
-        (Propagation::On { .. }, None) => attach_inject(&mut ebpf)?,
+        (Propagation::On { .. }, None) => {
+            attach_inject(&mut ebpf, propagate == ztrace_common::propagate::ALL)?
+        }
     };
     let uprobe_error = load_uprobes(&mut ebpf)?;
     let mut go_uprobe_error = None;
@@ -972,7 +974,10 @@ fn attach_sock_ops(
 /// Loads the `sk_msg` program that adds `traceparent` to plaintext HTTP/1 requests, attaches it
 /// to the client-socket map, then tells `sock_ops` to fill that map. Its failure is not fatal:
 /// the TCP option still carries the context to hosts that run ztrace.
-fn attach_inject(ebpf: &mut Ebpf) -> Result<(Injection, Option<ClientSocks>), BpfError> {
+fn attach_inject(
+    ebpf: &mut Ebpf,
+    loopback: bool,
+) -> Result<(Injection, Option<ClientSocks>), BpfError> {
     let socks: ClientSocks = SockHash::try_from(
         ebpf.take_map(maps::CLIENT_SOCKS)
             .ok_or(BpfError::MissingMap(maps::CLIENT_SOCKS))?,
@@ -1048,7 +1053,7 @@ fn attach_inject(ebpf: &mut Ebpf) -> Result<(Injection, Option<ClientSocks>), Bp
             None,
         ));
     }
-    Ok((Injection::On, Some(socks)))
+    Ok((Injection::On { loopback }, Some(socks)))
 }
 
 /// Size of `CLIENT_SOCKS`'s key (`sock::FlowKey` in `ebpf/`: family, two ports, two

@@ -93,7 +93,11 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
         &selection,
         stack_capture,
         config.empty_programs,
-        config.propagate == "on",
+        match config.propagate.as_str() {
+            "off" => ztrace_common::propagate::OFF,
+            "all" => ztrace_common::propagate::ALL,
+            _ => ztrace_common::propagate::ON,
+        },
     )?;
     eprintln!("{}", attach::render(&probes.attached));
     eprintln!("{}", probes.propagation.line());

@@ -413,7 +413,9 @@ pub enum Counter {
     GoHandoffs = 17,
     /// Goroutine starts reported (`EventKind::GoSpawn`).
     GoSpawnEvents = 18,
-    // 19: Go goroutine links (spare).
+    /// Client requests on loopback whose context the kernel handed to the receiving socket
+    /// directly (`--propagate=on`: no TCP option, no header on this host's own connections).
+    PropagateHandedOver = 19,
     /// Stacks of requests written by a net/http helper goroutine (`writeLoop`) that carry the
     /// frame-pointer walk of the goroutine that issued the request (taken at `roundTrip`).
     StackFromGoOwner = 20,
@@ -485,6 +487,7 @@ impl Counter {
         Counter::StackGoOwnerMissing,
         Counter::GoSpawnEvents,
         Counter::PropagateClientIds,
+        Counter::PropagateHandedOver,
         Counter::PropagateOptionWritten,
         Counter::PropagateOptionNoRoom,
         Counter::PropagateOptionReceived,
@@ -526,6 +529,7 @@ impl Counter {
             Counter::StackGoOwnerMissing => "kernel_stack_go_owner_missing",
             Counter::GoSpawnEvents => "kernel_go_spawn_events",
             Counter::PropagateClientIds => "kernel_propagate_client_ids",
+            Counter::PropagateHandedOver => "kernel_propagate_handed_over",
             Counter::PropagateOptionWritten => "kernel_propagate_option_written",
             Counter::PropagateOptionNoRoom => "kernel_propagate_option_no_room",
             Counter::PropagateOptionReceived => "kernel_propagate_option_received",
@@ -557,6 +561,7 @@ impl Counter {
                 | Counter::GoSpawnEvents
                 | Counter::GoStreamEvents
                 | Counter::PropagateClientIds
+                | Counter::PropagateHandedOver
                 | Counter::PropagateOptionWritten
                 | Counter::PropagateOptionReceived
                 | Counter::PropagateServerFromWire
@@ -622,6 +627,18 @@ pub struct GoOwnerStack {
 }
 const _: () = assert!(size_of::<GoOwnerStack>() == 8 + 8 * MAX_STACK_DEPTH);
 
+/// Values of [`Settings::propagate`].
+pub mod propagate {
+    /// No ids in the kernel, nothing on the wire.
+    pub const OFF: u32 = 0;
+    /// Request ids born in the kernel; to other hosts the context goes in a TCP option and in a
+    /// `traceparent` header; between loopback sockets the kernel hands it over directly.
+    pub const ON: u32 = 1;
+    /// As `ON`, and loopback connections carry the option and the header too (for
+    /// OpenTelemetry SDKs on this host).
+    pub const ALL: u32 = 2;
+}
+
 /// Run-time settings chosen by the agent.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -632,7 +649,7 @@ pub struct Settings {
     pub capture_bytes: u32,
     /// 1 when only processes in `PID_ALLOW` / `COMM_ALLOW` are traced.
     pub filter_enabled: u32,
-    /// 1 when request ids are born in the kernel and carried in a TCP option (`--propagate`).
+    /// `--propagate`: one of [`propagate`]'s values.
     pub propagate: u32,
     /// When non-zero, only processes in this cgroup (v2 id, `--cgroup`) are traced.
     pub cgroup_id: u64,
