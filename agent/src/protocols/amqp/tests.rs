@@ -8,79 +8,29 @@
 
 use super::*;
 
-type Event = (bool, Vec<u8>);
-
-fn recorded(file: &[u8]) -> Vec<Event> {
-    crate::protocols::capture::records(file)
-        .into_iter()
-        .map(|(client, bytes)| (client, bytes.to_vec()))
-        .collect()
-}
-
-fn direction(side: Side, client: bool) -> Direction {
-    match (side, client) {
-        (Side::Client, true) | (Side::Server, false) => Direction::Egress,
-        _ => Direction::Ingress,
-    }
-}
+use crate::protocols::capture::{self, assert_cuts_change_nothing, recorded, Event};
 
 fn run_with(
     side: Side,
     events: &[Event],
-    cuts: impl Fn(usize, &[u8]) -> Vec<usize>,
+    cuts: &dyn Fn(usize, &[u8]) -> Vec<usize>,
 ) -> Vec<AmqpMessage> {
     let mut parser = AmqpParser::new(side);
-    let mut out = Vec::new();
-    for (i, (client, bytes)) in events.iter().enumerate() {
-        let ts_ns = (i as u64 + 1) * 10;
-        let mut at = 0;
-        let mut points = cuts(i, bytes);
-        points.push(bytes.len());
-        for p in points {
-            if p > at {
-                let chunk = Chunk {
-                    direction: direction(side, *client),
-                    ts_ns,
-                    tid: 7,
-                    bytes: &bytes[at..p],
-                };
-                assert_eq!(
-                    parser.on_chunk(&chunk, &mut out),
-                    Ok(()),
-                    "event {i} cut at {p}"
-                );
-                at = p;
-            }
-        }
-    }
+    let out = capture::feed(&mut parser, events, cuts);
     assert_eq!(parser.take_lost(), 0);
     out
 }
 
 fn replay(file: &[u8]) -> Vec<AmqpMessage> {
     let events = recorded(file);
-    let whole = run_with(Side::Client, &events, |_, _| Vec::new());
+    let whole = run_with(Side::Client, &events, &|_, _| Vec::new());
     assert!(
-        run_with(Side::Server, &events, |_, _| Vec::new()).is_empty(),
+        run_with(Side::Server, &events, &|_, _| Vec::new()).is_empty(),
         "the broker's side makes no spans"
     );
-    for (e, (_, bytes)) in events.iter().enumerate() {
-        for cut in 1..bytes.len() {
-            let split = run_with(Side::Client, &events, |i, _| {
-                if i == e {
-                    vec![cut]
-                } else {
-                    Vec::new()
-                }
-            });
-            assert_eq!(split, whole, "event {e} split at {cut}");
-        }
-    }
-    assert_eq!(
-        run_with(Side::Client, &events, |_, b| (1..b.len()).collect()),
-        whole,
-        "one byte per chunk"
-    );
+    assert_cuts_change_nothing(&events, &whole, |cuts| {
+        run_with(Side::Client, &events, cuts)
+    });
     whole
 }
 

@@ -6,56 +6,23 @@
 
 use super::*;
 
-type Event = (bool, Vec<u8>);
-
-fn recorded(file: &[u8]) -> Vec<Event> {
-    crate::protocols::capture::records(file)
-        .into_iter()
-        .map(|(client, bytes)| (client, bytes.to_vec()))
-        .collect()
-}
+use crate::protocols::capture::{assert_cuts_change_nothing, end_of, feed, recorded, Event};
 
 fn run_with(
     side: Side,
     events: &[Event],
-    cuts: impl Fn(usize, &[u8]) -> Vec<usize>,
+    cuts: &dyn Fn(usize, &[u8]) -> Vec<usize>,
 ) -> Vec<MemcachedExchange> {
     let mut parser = MemcachedParser::new(side);
-    let mut out = Vec::new();
-    for (i, (client, bytes)) in events.iter().enumerate() {
-        let direction = match (side, client) {
-            (Side::Client, true) | (Side::Server, false) => Direction::Egress,
-            _ => Direction::Ingress,
-        };
-        let ts_ns = (i as u64 + 1) * 10;
-        let mut at = 0;
-        let mut points = cuts(i, bytes);
-        points.push(bytes.len());
-        for p in points {
-            if p > at {
-                let chunk = Chunk {
-                    direction,
-                    ts_ns,
-                    tid: 7,
-                    bytes: &bytes[at..p],
-                };
-                assert_eq!(
-                    parser.on_chunk(&chunk, &mut out),
-                    Ok(()),
-                    "event {i} cut at {p}"
-                );
-                at = p;
-            }
-        }
-    }
-    parser.on_close(events.len() as u64 * 10 + 10, &mut out);
+    let mut out = feed(&mut parser, events, cuts);
+    parser.on_close(end_of(events), &mut out);
     out
 }
 
 fn replay(file: &[u8]) -> Vec<MemcachedExchange> {
     let events = recorded(file);
-    let client = run_with(Side::Client, &events, |_, _| Vec::new());
-    let server = run_with(Side::Server, &events, |_, _| Vec::new());
+    let client = run_with(Side::Client, &events, &|_, _| Vec::new());
+    let server = run_with(Side::Server, &events, &|_, _| Vec::new());
     assert_eq!(client.len(), server.len());
     for (c, s) in client.iter().zip(&server) {
         assert_eq!(
@@ -66,24 +33,9 @@ fn replay(file: &[u8]) -> Vec<MemcachedExchange> {
             *s
         );
     }
-    for (e, (_, bytes)) in events.iter().enumerate() {
-        let n = bytes.len();
-        for cut in (1..n).filter(|&c| n <= 2048 || c < 64 || c + 64 > n || c % 61 == 0) {
-            let split = run_with(Side::Client, &events, |i, _| {
-                if i == e {
-                    vec![cut]
-                } else {
-                    Vec::new()
-                }
-            });
-            assert_eq!(split, client, "event {e} split at {cut}");
-        }
-    }
-    assert_eq!(
-        run_with(Side::Client, &events, |_, b| (1..b.len()).collect()),
-        client,
-        "one byte per chunk"
-    );
+    assert_cuts_change_nothing(&events, &client, |cuts| {
+        run_with(Side::Client, &events, cuts)
+    });
     client
 }
 

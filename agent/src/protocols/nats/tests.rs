@@ -7,75 +7,26 @@
 
 use super::*;
 
-type Event = (bool, Vec<u8>);
-
-fn recorded(file: &[u8]) -> Vec<Event> {
-    crate::protocols::capture::records(file)
-        .into_iter()
-        .map(|(client, bytes)| (client, bytes.to_vec()))
-        .collect()
-}
+use crate::protocols::capture::{assert_cuts_change_nothing, feed, recorded, Event};
 
 fn run_with(
     side: Side,
     events: &[Event],
-    cuts: impl Fn(usize, &[u8]) -> Vec<usize>,
+    cuts: &dyn Fn(usize, &[u8]) -> Vec<usize>,
 ) -> Vec<NatsMessage> {
-    let mut parser = NatsParser::new(side);
-    let mut out = Vec::new();
-    for (i, (client, bytes)) in events.iter().enumerate() {
-        let direction = match (side, client) {
-            (Side::Client, true) | (Side::Server, false) => Direction::Egress,
-            _ => Direction::Ingress,
-        };
-        let ts_ns = (i as u64 + 1) * 10;
-        let mut at = 0;
-        let mut points = cuts(i, bytes);
-        points.push(bytes.len());
-        for p in points {
-            if p > at {
-                let chunk = Chunk {
-                    direction,
-                    ts_ns,
-                    tid: 7,
-                    bytes: &bytes[at..p],
-                };
-                assert_eq!(
-                    parser.on_chunk(&chunk, &mut out),
-                    Ok(()),
-                    "event {i} cut at {p}"
-                );
-                at = p;
-            }
-        }
-    }
-    out
+    feed(&mut NatsParser::new(side), events, cuts)
 }
 
 fn replay(file: &[u8]) -> Vec<NatsMessage> {
     let events = recorded(file);
-    let whole = run_with(Side::Client, &events, |_, _| Vec::new());
+    let whole = run_with(Side::Client, &events, &|_, _| Vec::new());
     assert!(
-        run_with(Side::Server, &events, |_, _| Vec::new()).is_empty(),
+        run_with(Side::Server, &events, &|_, _| Vec::new()).is_empty(),
         "the broker's side makes no spans"
     );
-    for (e, (_, bytes)) in events.iter().enumerate() {
-        for cut in 1..bytes.len() {
-            let split = run_with(Side::Client, &events, |i, _| {
-                if i == e {
-                    vec![cut]
-                } else {
-                    Vec::new()
-                }
-            });
-            assert_eq!(split, whole, "event {e} split at {cut}");
-        }
-    }
-    assert_eq!(
-        run_with(Side::Client, &events, |_, b| (1..b.len()).collect()),
-        whole,
-        "one byte per chunk"
-    );
+    assert_cuts_change_nothing(&events, &whole, |cuts| {
+        run_with(Side::Client, &events, cuts)
+    });
     whole
 }
 

@@ -4,8 +4,7 @@
 
 use super::*;
 
-/// One syscall's bytes: `true` = the client (frontend) wrote them.
-type Event = (bool, Vec<u8>);
+use crate::protocols::capture::{self, assert_cuts_change_nothing, recorded, Event};
 
 fn msg(typ: u8, body: &[u8]) -> Vec<u8> {
     let mut v = vec![typ];
@@ -174,28 +173,10 @@ fn psql_session(sql: &str, answer: Vec<u8>) -> Vec<Event> {
     ]
 }
 
-/// Feeds `events` as the given side, each event cut at the positions `cuts` chooses; event `i`
-/// happens at time `(i + 1) * 10`.
+/// Feeds `events` as the given side (see `capture::feed`).
 fn run_with(side: Side, events: &[Event], cuts: impl Fn(usize, &[u8]) -> Vec<usize>) -> (Vec<PgExchange>, PgParser) {
     let mut parser = PgParser::new(side, true);
-    let mut out = Vec::new();
-    for (i, (frontend, bytes)) in events.iter().enumerate() {
-        let direction = match (side, frontend) {
-            (Side::Client, true) | (Side::Server, false) => Direction::Egress,
-            _ => Direction::Ingress,
-        };
-        let ts_ns = (i as u64 + 1) * 10;
-        let mut at = 0;
-        let mut points = cuts(i, bytes);
-        points.push(bytes.len());
-        for p in points {
-            if p > at {
-                let chunk = Chunk { direction, ts_ns, tid: 7, bytes: &bytes[at..p] };
-                assert_eq!(parser.on_chunk(&chunk, &mut out), Ok(()), "event {i} cut at {p}");
-                at = p;
-            }
-        }
-    }
+    let out = capture::feed(&mut parser, events, cuts);
     (out, parser)
 }
 
@@ -208,18 +189,10 @@ fn run(side: Side, events: &[Event]) -> Vec<PgExchange> {
     run_with(side, events, |_, _| Vec::new()).0
 }
 
-/// The same result however the bytes are split: whole, at every boundary of every event, and
-/// one byte at a time.
+/// The same result however the bytes are split (see `capture::assert_cuts_change_nothing`).
 fn run_all_splits(side: Side, events: &[Event]) -> Vec<PgExchange> {
     let whole = run(side, events);
-    for (e, (_, bytes)) in events.iter().enumerate() {
-        for cut in 1..bytes.len() {
-            let (split, _) = run_with(side, events, |i, _| if i == e { vec![cut] } else { Vec::new() });
-            assert_eq!(split, whole, "event {e} split at {cut}");
-        }
-    }
-    let (bytewise, _) = run_with(side, events, |_, b| (1..b.len()).collect());
-    assert_eq!(bytewise, whole, "one byte per chunk");
+    assert_cuts_change_nothing(events, &whole, |cuts| run_with(side, events, cuts).0);
     whole
 }
 
@@ -653,34 +626,15 @@ fn garbage_never_panics() {
     }
 }
 
-/// A session recorded by a relaying proxy between a real client and PostgreSQL 15.18: one
-/// record per `recv` — `F` (client → server) or `B` (server → client), a big-endian `u32`
-/// length, the bytes.
-fn recorded(file: &[u8]) -> Vec<Event> {
-    crate::protocols::capture::records(file).into_iter().map(|(frontend, bytes)| (frontend, bytes.to_vec())).collect()
-}
-
-/// The exchanges of a recorded session, the same from both sides and for every split of every
-/// recv (for long ones: every split in the first and last 64 bytes and every 61st between).
+/// The exchanges of a recorded session (one between a real client and PostgreSQL 15.18, see
+/// `capture`), the same from both sides and for every split of every recv.
 fn replay(file: &[u8]) -> Vec<PgExchange> {
     let events = recorded(file);
     let client = run(Side::Client, &events);
-    let sparse = events.iter().any(|(_, b)| b.len() > 2048);
-    let server = if sparse { run(Side::Server, &events) } else { run_all_splits(Side::Server, &events) };
+    let server = run_all_splits(Side::Server, &events);
     assert_eq!(client.len(), server.len());
     for (c, s) in client.iter().zip(&server) {
         assert_eq!(PgExchange { side: Side::Server, ..c.clone() }, *s);
-    }
-    if sparse {
-        for (e, (_, bytes)) in events.iter().enumerate() {
-            let n = bytes.len();
-            for cut in (1..n).filter(|&c| c < 64 || c + 64 > n || c % 61 == 0) {
-                let (split, _) = run_with(Side::Client, &events, |i, _| if i == e { vec![cut] } else { Vec::new() });
-                assert_eq!(split, client, "event {e} split at {cut}");
-            }
-        }
-        let (bytewise, _) = run_with(Side::Client, &events, |_, b| (1..b.len()).collect());
-        assert_eq!(bytewise, client, "one byte per chunk");
     }
     client
 }

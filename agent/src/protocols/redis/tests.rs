@@ -6,52 +6,17 @@
 
 use super::*;
 
-/// One recv of the proxy: `true` = the client wrote the bytes.
-type Event = (bool, Vec<u8>);
+use crate::protocols::capture::{self, assert_cuts_change_nothing, end_of, recorded, Event};
 
-fn recorded(file: &[u8]) -> Vec<Event> {
-    crate::protocols::capture::records(file)
-        .into_iter()
-        .map(|(client, bytes)| (client, bytes.to_vec()))
-        .collect()
-}
-
-/// Feeds `events` as `side`, event `i` at time `(i + 1) * 10`, cut where `cuts` says; then
-/// closes the connection at the end.
+/// Feeds `events` as `side` (see `capture::feed`), then closes the connection at the end.
 fn run_with(
     side: Side,
     events: &[Event],
     cuts: impl Fn(usize, &[u8]) -> Vec<usize>,
 ) -> (Vec<RedisExchange>, RedisParser) {
     let mut parser = RedisParser::new(side);
-    let mut out = Vec::new();
-    for (i, (client, bytes)) in events.iter().enumerate() {
-        let direction = match (side, client) {
-            (Side::Client, true) | (Side::Server, false) => Direction::Egress,
-            _ => Direction::Ingress,
-        };
-        let ts_ns = (i as u64 + 1) * 10;
-        let mut at = 0;
-        let mut points = cuts(i, bytes);
-        points.push(bytes.len());
-        for p in points {
-            if p > at {
-                let chunk = Chunk {
-                    direction,
-                    ts_ns,
-                    tid: 7,
-                    bytes: &bytes[at..p],
-                };
-                assert_eq!(
-                    parser.on_chunk(&chunk, &mut out),
-                    Ok(()),
-                    "event {i} cut at {p}"
-                );
-                at = p;
-            }
-        }
-    }
-    parser.on_close(events.len() as u64 * 10 + 10, &mut out);
+    let mut out = capture::feed(&mut parser, events, cuts);
+    parser.on_close(end_of(events), &mut out);
     (out, parser)
 }
 
@@ -79,21 +44,9 @@ fn replay(file: &[u8]) -> Vec<RedisExchange> {
             *s
         );
     }
-    for (e, (_, bytes)) in events.iter().enumerate() {
-        let n = bytes.len();
-        for cut in (1..n).filter(|&c| n <= 2048 || c < 64 || c + 64 > n || c % 61 == 0) {
-            let (split, _) = run_with(Side::Client, &events, |i, _| {
-                if i == e {
-                    vec![cut]
-                } else {
-                    Vec::new()
-                }
-            });
-            assert_eq!(split, client, "event {e} split at {cut}");
-        }
-    }
-    let (bytewise, _) = run_with(Side::Client, &events, |_, b| (1..b.len()).collect());
-    assert_eq!(bytewise, client, "one byte per chunk");
+    assert_cuts_change_nothing(&events, &client, |cuts| {
+        run_with(Side::Client, &events, cuts).0
+    });
     client
 }
 
