@@ -64,6 +64,9 @@ counters! {
     /// refer to HPACK table entries inserted before ztrace saw the connection (reported as
     /// unknown, `_OTHER`, never as another field's text).
     exchanges_fields_unknown,
+    /// Processes whose libraries were not looked at for TLS because they are forks (no
+    /// executable of their own) of a process whose libraries were: they map the same files.
+    tls_forks_not_read,
     /// Spans produced.
     spans_created,
     /// Server spans whose client is a traced local process but whose client request was not

@@ -195,7 +195,9 @@ impl Capture {
                             self.stackless.push(ev.header.tgid);
                         }
                     }
-                    self.tls.on_conn(ev.header.tgid);
+                    if self.tls.on_conn(ev.header.tgid) {
+                        Metrics::add(&self.metrics.tls_forks_not_read, 1);
+                    }
                     self.go.on_conn(ev.header.tgid);
                 }
             }

@@ -79,6 +79,14 @@ pub struct Row {
     pub pid: u32,
 }
 
+/// The parent of process `pid` (`/proc/PID/stat`'s fourth field), if it is still there.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (second field) may hold spaces and parentheses: count from its end.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_ascii_whitespace().nth(1)?.parse().ok()
+}
+
 /// The TLS part of the attach table, as printed at start.
 pub fn render(rows: &[Row]) -> String {
     let mut out = String::from("TLS libraries:");
@@ -145,6 +153,9 @@ pub struct TlsDiscovery {
     users: HashMap<usize, Users>,
     pub rows: Vec<Row>,
     checked: HashSet<u32>,
+    /// Processes that ran an executable while ztrace runs (the others it did not see at start
+    /// are forks that kept their parent's).
+    execed: HashSet<u32>,
     /// Processes to look at: `true` for every executable mapping (`/proc/PID/maps`), `false`
     /// for the executable alone.
     pending: Vec<(u32, bool)>,
@@ -210,17 +221,36 @@ impl TlsDiscovery {
     /// process churn.)
     pub fn on_exec(&mut self, tgid: u32) {
         self.checked.remove(&tgid);
+        if self.execed.len() >= MAX_CHECKED {
+            self.execed.clear();
+        }
+        self.execed.insert(tgid);
         self.queue(tgid, false);
     }
 
-    /// A connection of `tgid` was announced: look at its libraries the first time.
-    pub fn on_conn(&mut self, tgid: u32) {
+    /// A connection of `tgid` was announced: look at its libraries the first time — unless it
+    /// is a fork that ran no executable of its own and its parent's libraries were looked at
+    /// (a PostgreSQL backend, a pre-forked worker): it maps the same files, and a uprobe on a
+    /// file fires in every process that maps it. Reading `/proc/PID/maps` of every backend a
+    /// connection pool opens was a third of the agent's CPU. (A library such a fork loads
+    /// later, that no process looked at had, goes unprobed.) Returns true for such a fork.
+    pub fn on_conn(&mut self, tgid: u32) -> bool {
+        self.on_conn_with(tgid, parent_of)
+    }
+
+    fn on_conn_with(&mut self, tgid: u32, parent_of: impl Fn(u32) -> Option<u32>) -> bool {
         if self.checked.len() >= MAX_CHECKED {
             self.checked.clear();
         }
-        if self.checked.insert(tgid) {
+        if !self.checked.insert(tgid) {
+            return false;
+        }
+        let forked_from_checked = !self.execed.contains(&tgid)
+            && parent_of(tgid).is_some_and(|parent| self.checked.contains(&parent));
+        if !forked_from_checked {
             self.queue(tgid, true);
         }
+        forked_from_checked
     }
 
     fn queue(&mut self, tgid: u32, maps: bool) {
@@ -236,16 +266,18 @@ impl TlsDiscovery {
     /// Forgets the processes that exited (no `/proc/PID`), so that under churn the set of
     /// processes checked holds the living ones, not every pid that ever ran.
     pub fn forget_exited(&mut self) {
-        self.checked
-            .retain(|&pid| Path::new(&format!("/proc/{pid}")).exists());
+        let alive = |pid: &u32| Path::new(&format!("/proc/{pid}")).exists();
+        self.checked.retain(alive);
+        self.execed.retain(alive);
     }
 
     /// True when processes wait to be looked at.
     /// Sizes of its tables: files looked at, processes checked.
-    pub fn table_sizes(&self) -> [(&'static str, usize); 2] {
+    pub fn table_sizes(&self) -> [(&'static str, usize); 3] {
         [
             ("tls_files", self.files.len()),
             ("tls_processes_checked", self.checked.len()),
+            ("tls_processes_execed", self.execed.len()),
         ]
     }
 
@@ -601,6 +633,40 @@ mod tests {
             ]
         );
         assert!(parse_maps("garbage\n\n1 2 3\n").is_empty());
+    }
+
+    #[test]
+    fn a_fork_of_a_process_looked_at_is_not_read_again_but_an_exec_is() {
+        let mut tls = TlsDiscovery::new(1);
+        let parent = |pid: u32| Some(if pid >= 100 { 10 } else { 1 });
+        // 10 (the postmaster, say) gets a connection: its maps are read.
+        assert!(!tls.on_conn_with(10, parent));
+        assert_eq!(tls.pending, [(10, true)]);
+        tls.pending.clear();
+        // 100, forked by 10, ran no executable: not read, counted.
+        assert!(tls.on_conn_with(100, parent));
+        assert!(tls.pending.is_empty());
+        // 101 forked by 10 then ran an executable: its executable at once, its maps at its
+        // first connection.
+        tls.on_exec(101);
+        assert_eq!(tls.pending, [(101, false)]);
+        assert!(!tls.on_conn_with(101, parent));
+        assert_eq!(tls.pending, [(101, true)]);
+        tls.pending.clear();
+        // A process whose parent was never looked at (or is gone) is read.
+        assert!(!tls.on_conn_with(20, |_| Some(2)));
+        assert!(!tls.on_conn_with(21, |_| None));
+        assert_eq!(tls.pending, [(20, true), (21, true)]);
+        // Each process once.
+        assert!(!tls.on_conn_with(100, parent));
+    }
+
+    #[test]
+    fn the_parent_comes_from_proc_stat() {
+        let me = std::process::id();
+        let expected = std::os::unix::process::parent_id();
+        assert_eq!(parent_of(me), Some(expected));
+        assert_eq!(parent_of(u32::MAX), None);
     }
 
     #[test]
