@@ -26,6 +26,12 @@ static GRPC_GO: Capture = LazyLock::new(|| records(include_bytes!("testdata/grpc
 static GRPCIO_TO_GO: Capture = LazyLock::new(|| records(include_bytes!("testdata/grpcio_client_go_server.bin")));
 /// grpc-go client, grpcio server: hello, fail, stream.
 static GO_TO_GRPCIO: Capture = LazyLock::new(|| records(include_bytes!("testdata/grpc_go_client_grpcio_server.bin")));
+/// @grpc/grpc-js 1.14 client and server on Node 20 (tests/fixtures/grpc_node.js, nghttp2's HPACK
+/// under Node's http2): hello, fail (NOT_FOUND), crash (UNKNOWN: the handler threw), stream (3
+/// messages), many (8 concurrent hellos); one channel.
+static GRPC_JS: Capture = LazyLock::new(|| records(include_bytes!("testdata/grpc_js_calls.bin")));
+/// @grpc/grpc-js client, grpc-go 1.33 server: hello, fail, stream.
+static GRPC_JS_TO_GO: Capture = LazyLock::new(|| records(include_bytes!("testdata/grpc_js_client_go_server.bin")));
 /// h2load -n 20 -c 1 -m 10 against nginx 1.22 (h2c prior knowledge): 10 streams at a time.
 static H2LOAD: Capture = LazyLock::new(|| records(include_bytes!("testdata/nginx_h2load_concurrent.bin")));
 /// curl 7.88 --http2-prior-knowledge GET of a 135 KB file from nginx.
@@ -203,6 +209,41 @@ fn grpc_go_calls_and_cross_language() {
 }
 
 #[test]
+fn grpc_js_calls_and_grpc_js_to_go() {
+    let out = run(Side::Client, &whole(&GRPC_JS));
+    assert_eq!((out.errors, out.unanswered), (0, 0));
+    let s = summary(&out);
+    assert_eq!(
+        s[..4],
+        [
+            row("POST", "/demo.Greeter/SayHello", "200", Some("0")),
+            row("POST", "/demo.Greeter/Fail", "200", Some("5")),
+            row("POST", "/demo.Greeter/Crash", "200", Some("2")),
+            row("POST", "/demo.Greeter/Stream", "200", Some("0")),
+        ]
+    );
+    assert_eq!(s.len(), 12, "{s:?}");
+    assert!(s[4..].iter().all(|r| *r == row("POST", "/demo.Greeter/SayHello", "200", Some("0"))));
+    let stream =
+        out.exchanges.iter().find(|e| e.request.value(":path") == Some("/demo.Greeter/Stream")).expect("stream");
+    assert_eq!(stream.response_body_len, 3 * (5 + 6), "three length-prefixed `part N`");
+    assert_eq!(run(Side::Server, &whole(&GRPC_JS)), out_with_side(out, Side::Server));
+    assert_split_invariant(&GRPC_JS, usize::MAX);
+
+    let out = run(Side::Client, &whole(&GRPC_JS_TO_GO));
+    assert_eq!((out.errors, out.unanswered), (0, 0));
+    assert_eq!(
+        summary(&out),
+        [
+            row("POST", "/demo.Greeter/SayHello", "200", Some("0")),
+            row("POST", "/demo.Greeter/Fail", "200", Some("5")),
+            row("POST", "/demo.Greeter/Stream", "200", Some("0")),
+        ]
+    );
+    assert_split_invariant(&GRPC_JS_TO_GO, usize::MAX);
+}
+
+#[test]
 fn nginx_concurrent_streams_large_data_post_404() {
     let out = run(Side::Server, &whole(&H2LOAD));
     assert_eq!((out.errors, out.unanswered), (0, 0));
@@ -298,7 +339,7 @@ fn run_mid_connection(capture: &[(bool, &[u8])], from: usize, side: Side) -> Opt
 
 #[test]
 fn started_mid_connection_never_names_wrongly() {
-    for capture in [&GRPCIO, &GRPC_GO, &H2LOAD, &GO_TO_GRPCIO] {
+    for capture in [&GRPCIO, &GRPC_GO, &H2LOAD, &GO_TO_GRPCIO, &GRPC_JS, &GRPC_JS_TO_GO] {
         for side in [Side::Client, Side::Server] {
             let full = run(side, &whole(capture));
             let mut recognized = 0;
@@ -535,7 +576,7 @@ fn unknown_fields_make_other_and_no_route() {
 #[test]
 fn the_fuzz_driver_runs_on_real_sessions() {
     // What `cargo fuzz run http2` starts from: real sessions under every control byte.
-    for capture in [&GRPCIO, &GRPC_GO, &H2LOAD, &CURL_POST] {
+    for capture in [&GRPCIO, &GRPC_GO, &H2LOAD, &CURL_POST, &GRPC_JS] {
         let (client, server): (Vec<u8>, Vec<u8>) = (
             capture.iter().filter(|r| r.0).flat_map(|r| r.1.iter().copied()).collect(),
             capture.iter().filter(|r| !r.0).flat_map(|r| r.1.iter().copied()).collect(),
@@ -561,6 +602,8 @@ fn whole_sessions_have_no_unknown_fields() {
         ("grpcio→go", &GRPCIO_TO_GO),
         ("go→grpcio", &GO_TO_GRPCIO),
         ("h2load", &H2LOAD),
+        ("grpc-js", &GRPC_JS),
+        ("grpc-js→go", &GRPC_JS_TO_GO),
     ] {
         let out = run(Side::Client, &whole(capture));
         let unknown: Vec<(u32, usize)> =
