@@ -699,6 +699,41 @@ fn an_http1_upgrade_to_h2c_hands_the_connection_to_http2() {
     // A websocket's `101` stays the end of HTTP/1 (tested in http1): only `h2c` on both hands over.
 }
 
+/// nghttp 1.52 `-u` (nghttp2-client) to Go's `x/net/http2/h2c` server: GET /items/42 upgraded
+/// (stream 1), then the client's preface with PRIORITY frames for idle streams 3 to 11 (its
+/// dependency tree: no request) and a PRIORITY on stream 1, and GET /missing on stream 13 (404).
+static NGHTTP_UPGRADE: Capture = LazyLock::new(|| records(include_bytes!("testdata/nghttp_h2c_upgrade_go.bin")));
+
+#[test]
+fn nghttp_upgrade_with_priority_frames_for_idle_streams() {
+    let chunks: Vec<(bool, Vec<u8>)> = NGHTTP_UPGRADE.iter().map(|(c, b)| (*c, b.to_vec())).collect();
+    let expected = vec![
+        (1, false, "GET".to_owned(), "/items/42".to_owned(), "200".to_owned(), 10),
+        (13, true, "GET".to_owned(), "/missing".to_owned(), "404".to_owned(), 30),
+    ];
+    let sorted = |mut v: Vec<(u32, bool, String, String, String, u64)>| {
+        v.sort();
+        v
+    };
+    for side in [Side::Client, Side::Server] {
+        assert_eq!(sorted(through_the_registry(side, &chunks)), expected, "{side:?}");
+        for at in 0..chunks.len() {
+            for cut in 1..chunks[at].1.len() {
+                let mut split = chunks.clone();
+                let (client, bytes) = split.remove(at);
+                split.insert(at, (client, bytes[cut..].to_vec()));
+                split.insert(at, (client, bytes[..cut].to_vec()));
+                let mut got = sorted(through_the_registry(side, &split));
+                // A record split at or before stream 13's request moves its start one record on.
+                if let Some(late) = got.get_mut(1).filter(|g| g.5 == expected[1].5 + 10) {
+                    late.5 = expected[1].5;
+                }
+                assert_eq!(got, expected, "{side:?} {at} {cut}");
+            }
+        }
+    }
+}
+
 #[test]
 fn the_upgraded_request_is_an_http2_span() {
     let chunks: Vec<(bool, Vec<u8>)> = H2C_UPGRADE.iter().map(|(c, b)| (*c, b.to_vec())).collect();
