@@ -32,6 +32,9 @@ static GO_TO_GRPCIO: Capture = LazyLock::new(|| records(include_bytes!("testdata
 static GRPC_JS: Capture = LazyLock::new(|| records(include_bytes!("testdata/grpc_js_calls.bin")));
 /// @grpc/grpc-js client, grpc-go 1.33 server: hello, fail, stream.
 static GRPC_JS_TO_GO: Capture = LazyLock::new(|| records(include_bytes!("testdata/grpc_js_client_go_server.bin")));
+/// @grpc/grpc-js: Slow with a 200 ms deadline (stream 1: the client writes `RST_STREAM` `CANCEL`
+/// when it runs out, the server answers nothing), then hello (stream 3).
+static GRPC_JS_DEADLINE: Capture = LazyLock::new(|| records(include_bytes!("testdata/grpc_js_deadline.bin")));
 /// h2load -n 20 -c 1 -m 10 against nginx 1.22 (h2c prior knowledge): 10 streams at a time.
 static H2LOAD: Capture = LazyLock::new(|| records(include_bytes!("testdata/nginx_h2load_concurrent.bin")));
 /// curl 7.88 --http2-prior-knowledge GET of a 135 KB file from nginx.
@@ -511,6 +514,58 @@ fn grpc_spans_name_method_status_and_errors_by_side() {
     assert_eq!(str_attr(s, attr::SERVER_ADDRESS), Some("127.0.0.1"));
     assert!(matches!(attr_of(s, attr::SERVER_PORT), Some(AttrValue::Int(_))));
     assert_eq!(client[0].kind, SpanKind::Client);
+}
+
+#[test]
+fn a_stream_reset_once_its_grpc_timeout_ran_out_is_deadline_exceeded() {
+    let capture = &GRPC_JS_DEADLINE;
+    // Record 2 is Slow's request (with `grpc-timeout`), record 3 the client's RST_STREAM.
+    let out = run(Side::Client, &whole(capture));
+    let slow = out.exchanges.iter().find(|e| e.stream_id == 1).expect("stream 1");
+    assert_eq!(slow.reset, Some(0x8));
+    let timeout = slow.request.value("grpc-timeout").expect("grpc-timeout").to_owned();
+    let ms: u64 = timeout.strip_suffix('m').and_then(|m| m.parse().ok()).expect("milliseconds");
+    assert!((100..=200).contains(&ms), "{timeout}");
+    let resource = testing::resource("svc", 1);
+    let clock = Clock::from_offset_ns(0);
+    // The reset `after` ns past the request: record 3 then, the others 1 µs apart around it.
+    let status_after = |after: u64, side: Side| {
+        let mut evs = whole(capture);
+        for ev in &mut evs {
+            match ev {
+                Ev::Bytes(_, ts, _) | Ev::Lost(_, ts, _) | Ev::Close(ts) if *ts >= 4000 => *ts += after,
+                _ => {}
+            }
+        }
+        let mut out = run(side, &evs);
+        out.exchanges.sort_by_key(|e| e.stream_id);
+        let spans: Vec<Span> =
+            out.exchanges.iter().map(|e| crate::protocols::Exchange::span(e, &endpoints(), &resource, &clock)).collect();
+        assert_eq!(spans.len(), 2);
+        assert_eq!(str_attr(&spans[1], attr::RPC_RESPONSE_STATUS_CODE), Some("OK"));
+        let s = &spans[0];
+        assert_eq!(s.name, "demo.Greeter/Slow");
+        (str_attr(s, attr::RPC_RESPONSE_STATUS_CODE).map(str::to_owned), s.status, str_attr(s, attr::ERROR_TYPE).map(str::to_owned))
+    };
+    let deadline = Some("DEADLINE_EXCEEDED".to_owned());
+    let cancelled = Some("CANCELLED".to_owned());
+    for side in [Side::Client, Side::Server] {
+        // Reset at the deadline, or a little before it (the header was computed before the write).
+        for after in [ms * 1_000_000, ms * 1_000_000 - 1_000_000, 2 * ms * 1_000_000] {
+            assert_eq!(status_after(after, side), (deadline.clone(), StatusCode::Error, deadline.clone()), "{side:?}");
+        }
+    }
+    // Cancelled well before its deadline: CANCELLED, an error for the client only.
+    assert_eq!(status_after(ms * 1_000_000 / 2, Side::Client), (cancelled.clone(), StatusCode::Error, cancelled));
+    assert_eq!(status_after(ms * 1_000_000 / 2, Side::Server), (Some("CANCELLED".into()), StatusCode::Unset, None));
+    // Every byte split.
+    assert_split_invariant(capture, usize::MAX);
+    for (v, ns) in [("200m", Some(200_000_000)), ("1S", Some(1_000_000_000)), ("99999999n", Some(99_999_999))] {
+        assert_eq!(super::span::grpc_timeout_ns(v), ns, "{v}");
+    }
+    for v in ["", "m", "123456789m", "5x", "-5m", "5 m", "\u{e9}"] {
+        assert_eq!(super::span::grpc_timeout_ns(v), None, "{v:?}");
+    }
 }
 
 #[test]
