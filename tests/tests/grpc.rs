@@ -313,6 +313,9 @@ fn a_channel_opened_before_ztrace_never_names_wrongly_and_new_methods_decode() {
 
 /// UNKNOWN (a Node handler threw): an error on both sides.
 const NODE_CRASH: Call = ("demo.Greeter/Crash", "UNKNOWN", true, true, 1);
+/// A 200 ms deadline on a handler that takes 1.5 s: the client resets the stream with `CANCEL`
+/// once the `grpc-timeout` ran out; DEADLINE_EXCEEDED, an error on both sides.
+const NODE_DEADLINE: Call = ("demo.Greeter/Slow", "DEADLINE_EXCEEDED", true, true, 1);
 
 #[test]
 #[ignore = "needs root and eBPF; run by cargo xtask test"]
@@ -321,14 +324,20 @@ fn node_grpc_js_server_and_client() {
     // Only these programs: the loss counters below are theirs alone.
     let mut ztrace = Ztrace::start(&["--print=json", "--exe", "node", "--exe", "grpc_go"]);
 
-    let (client, out) =
-        grpc::node_client(server.port, &["hello", "fail", "crash", "stream", "many"]);
+    let (client, out) = grpc::node_client(
+        server.port,
+        &["hello", "fail", "crash", "stream", "many", "deadline"],
+    );
     assert!(
-        out.contains("NOT_FOUND") && out.contains("stream 3"),
+        out.contains("NOT_FOUND")
+            && out.contains("stream 3")
+            && out.contains("deadline DEADLINE_EXCEEDED"),
         "{out}"
     );
-    let spans = ztrace.wait_for_n_spans(2 * 12, on_port(server.port), SPAN_TIMEOUT);
-    for (method, code, client_error, server_error, n) in [MANY, FAIL, STREAM, NODE_CRASH] {
+    let spans = ztrace.wait_for_n_spans(2 * 13, on_port(server.port), SPAN_TIMEOUT);
+    for (method, code, client_error, server_error, n) in
+        [MANY, FAIL, STREAM, NODE_CRASH, NODE_DEADLINE]
+    {
         for s in calls(&spans, "server", method, n) {
             check(s, method, code, server_error, server.pid(), server.port);
         }

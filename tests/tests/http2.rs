@@ -1,8 +1,9 @@
 //! HTTP/2 that is not gRPC, end to end: nginx with `http2` over TLS (plaintext from the OpenSSL
 //! probes) and over h2c, served to `curl --http2` and to a Go `net/http` client speaking HTTP/2
-//! through Go's `crypto/tls` probes; Go's `x/net/http2/h2c` server upgrading `curl --http2`'s
-//! HTTP/1.1 request (`Upgrade: h2c`). Each request is a SERVER span in nginx and a CLIENT span in
-//! the client, with the HTTP/1 attributes and `network.protocol.version` `2`.
+//! through Go's `crypto/tls` probes; Go's `x/net/http2/h2c` server upgrading the HTTP/1.1
+//! request (`Upgrade: h2c`) of `curl --http2` and of `nghttp -u`. Each request is a SERVER span in
+//! nginx and a CLIENT span in the client, with the HTTP/1 attributes and
+//! `network.protocol.version` `2`.
 
 use std::process::Command;
 
@@ -182,29 +183,51 @@ fn go_net_http_client_speaks_h2_over_crypto_tls() {
 #[test]
 #[ignore = "needs root and eBPF; run by cargo xtask test"]
 fn an_http1_request_upgraded_to_h2c_and_the_streams_after_it() {
+    // curl --http2 on http:// sends the first request as HTTP/1.1 with `Upgrade: h2c`; the
+    // server answers 101 and then in HTTP/2 on stream 1; the next requests are streams 3, 5.
+    upgraded_to_h2c_by("curl", |urls| {
+        let run = clients::curl_with(urls, &["--http2"]);
+        assert_eq!(
+            run.transfers.iter().map(|t| t.0).collect::<Vec<_>>(),
+            [200, 404, 200]
+        );
+        run.pid
+    });
+}
+
+/// nghttp (nghttp2-client) `-u` upgrades too, then sends PRIORITY frames for idle streams 3 to 11
+/// (its dependency tree, no request in them) and the next requests on streams 13 and 15.
+#[test]
+#[ignore = "needs root and eBPF; run by cargo xtask test"]
+fn nghttp_upgrades_to_h2c_and_its_priority_tree_opens_no_stream() {
+    upgraded_to_h2c_by("nghttp", |urls| {
+        let mut args = vec!["-u"];
+        args.extend(urls.iter().map(String::as_str));
+        run_to_end("nghttp", &args).0
+    });
+}
+
+/// Go's h2c server, traced with the client `exe` that `run` starts on three URLs (the first
+/// one upgraded): its pid. Three spans a side, named, with statuses, parents by connection,
+/// nothing lost.
+fn upgraded_to_h2c_by(exe: &str, run: impl FnOnce(&[String]) -> u32) {
     let dir = TempDir::new("h2c");
     let binary = grpc::build_h2c(dir.path());
     let server = grpc::h2c_server(&binary);
     // Only these two programs: the loss counters below are theirs alone.
-    let mut ztrace = Ztrace::start(&["--print=json", "--exe", "h2c_go", "--exe", "curl"]);
+    let mut ztrace = Ztrace::start(&["--print=json", "--exe", "h2c_go", "--exe", exe]);
 
-    // curl --http2 on http:// sends the first request as HTTP/1.1 with `Upgrade: h2c`; the
-    // server answers 101 and then in HTTP/2 on stream 1; the next requests are streams 3, 5.
     let base = format!("http://127.0.0.1:{}", server.port);
     let urls = [
         format!("{base}/items/42"),
         format!("{base}/missing"),
         format!("{base}/hello"),
     ];
-    let run = clients::curl_with(&urls, &["--http2"]);
-    assert_eq!(
-        run.transfers.iter().map(|t| t.0).collect::<Vec<_>>(),
-        [200, 404, 200]
-    );
+    let client_pid = run(&urls);
     let spans = ztrace.wait_for_n_spans(6, on_port(server.port), SPAN_TIMEOUT);
     let (servers, clients) = split_by_kind(&spans);
     assert_eq!((servers.len(), clients.len()), (3, 3), "{}", list(&spans));
-    for (side, pid) in [(&servers, server.pid()), (&clients, run.pid)] {
+    for (side, pid) in [(&servers, server.pid()), (&clients, client_pid)] {
         let find = |path: &str| {
             side.iter()
                 .find(|s| s.url_path() == Some(path))
@@ -247,7 +270,11 @@ fn an_http1_request_upgraded_to_h2c_and_the_streams_after_it() {
         assert_eq!(s.attr_str("ztrace.link"), Some("connection"), "{s:?}");
     }
     let stats = ztrace.stop().stats.expect("stats line");
-    for counter in ["exchanges_lost", "exchanges_fields_unknown"] {
+    for counter in [
+        "exchanges_lost",
+        "exchanges_fields_unknown",
+        "exchanges_unanswered",
+    ] {
         assert_eq!(
             stats.get(counter).and_then(|v| v.as_u64()),
             Some(0),
@@ -258,13 +285,18 @@ fn an_http1_request_upgraded_to_h2c_and_the_streams_after_it() {
 
 /// Runs h2load (nghttp2-client) to the end: its pid and stdout; panics when it fails.
 fn h2load(args: &[&str]) -> (u32, String) {
-    let mut cmd = Command::new("h2load");
+    run_to_end("h2load", args)
+}
+
+/// Runs `program` with `args` to the end: its pid and stdout; panics when it fails.
+fn run_to_end(program: &str, args: &[&str]) -> (u32, String) {
+    let mut cmd = Command::new(program);
     cmd.args(args);
-    let mut proc = ztrace_e2e::process::Proc::spawn("h2load", &mut cmd);
+    let mut proc = ztrace_e2e::process::Proc::spawn(program, &mut cmd);
     let status = proc.wait_exit(std::time::Duration::from_secs(60));
     assert!(
         status.is_some_and(|s| s.success()),
-        "h2load failed:\n{}",
+        "{program} failed:\n{}",
         proc.describe()
     );
     (proc.pid(), proc.stdout())

@@ -7,8 +7,9 @@
 //!   unknown (an HPACK entry from before ztrace) or not a method path (`rpc.method` `_OTHER`,
 //!   the path in `rpc.method_original`);
 //! - `rpc.response.status_code`: the status name (`OK`, `NOT_FOUND`, ...) from `grpc-status` in
-//!   the trailers (or a trailers-only answer), else from the HTTP status as gRPC maps it, else
-//!   `CANCELLED` for a stream cancelled by `RST_STREAM`;
+//!   the trailers (or a trailers-only answer), else from the HTTP status as gRPC maps it, else,
+//!   for a stream cancelled by `RST_STREAM`, `DEADLINE_EXCEEDED` when its `grpc-timeout` had run
+//!   out, `CANCELLED` otherwise;
 //! - error status: on client spans every code but `OK`; on server spans `UNKNOWN`,
 //!   `DEADLINE_EXCEEDED`, `UNIMPLEMENTED`, `INTERNAL`, `UNAVAILABLE`, `DATA_LOSS`; `error.type`
 //!   is the code's name. A stream reset without a status is an error whose `error.type` is the
@@ -168,9 +169,43 @@ fn grpc_status(ex: &Http2Exchange) -> Option<String> {
         Some(404) => Some("UNIMPLEMENTED".into()),
         Some(429 | 502 | 503 | 504) => Some("UNAVAILABLE".into()),
         Some(s) if s != 200 => Some("UNKNOWN".into()),
+        _ if ex.reset == Some(CANCEL) && past_deadline(ex) => Some("DEADLINE_EXCEEDED".into()),
         _ if ex.reset == Some(CANCEL) => Some("CANCELLED".into()),
         _ => None,
     }
+}
+
+/// The stream was reset once the request's `grpc-timeout` had run out (within a twentieth of
+/// it, at least 2 ms: the client computes the header a little before it writes it): gRPC
+/// clients (grpc-go, grpc-js, C-core) cancel a call whose deadline passed with `RST_STREAM`
+/// `CANCEL`, and report `DEADLINE_EXCEEDED`.
+fn past_deadline(ex: &Http2Exchange) -> bool {
+    let Some(timeout) = ex.request.value("grpc-timeout").and_then(grpc_timeout_ns) else {
+        return false;
+    };
+    let slack = (timeout / 20).max(2_000_000);
+    ex.response_end_ns.saturating_sub(ex.request_start_ns).saturating_add(slack) >= timeout
+}
+
+/// A `grpc-timeout` value (gRPC over HTTP/2: at most 8 digits and a unit `H`, `M`, `S`, `m`,
+/// `u`, `n`) in nanoseconds.
+pub(super) fn grpc_timeout_ns(v: &str) -> Option<u64> {
+    let v = v.trim();
+    let (digits, unit) = v.split_at_checked(v.len().checked_sub(1)?)?;
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    let ns_per = match unit {
+        "H" => 3_600_000_000_000,
+        "M" => 60_000_000_000,
+        "S" => 1_000_000_000,
+        "m" => 1_000_000,
+        "u" => 1_000,
+        "n" => 1,
+        _ => return None,
+    };
+    n.checked_mul(ns_per)
 }
 
 /// `(server.address, server.port)`: the request's `:authority`, else the connection's server end.

@@ -26,6 +26,15 @@ static GRPC_GO: Capture = LazyLock::new(|| records(include_bytes!("testdata/grpc
 static GRPCIO_TO_GO: Capture = LazyLock::new(|| records(include_bytes!("testdata/grpcio_client_go_server.bin")));
 /// grpc-go client, grpcio server: hello, fail, stream.
 static GO_TO_GRPCIO: Capture = LazyLock::new(|| records(include_bytes!("testdata/grpc_go_client_grpcio_server.bin")));
+/// @grpc/grpc-js 1.14 client and server on Node 20 (tests/fixtures/grpc_node.js, nghttp2's HPACK
+/// under Node's http2): hello, fail (NOT_FOUND), crash (UNKNOWN: the handler threw), stream (3
+/// messages), many (8 concurrent hellos); one channel.
+static GRPC_JS: Capture = LazyLock::new(|| records(include_bytes!("testdata/grpc_js_calls.bin")));
+/// @grpc/grpc-js client, grpc-go 1.33 server: hello, fail, stream.
+static GRPC_JS_TO_GO: Capture = LazyLock::new(|| records(include_bytes!("testdata/grpc_js_client_go_server.bin")));
+/// @grpc/grpc-js: Slow with a 200 ms deadline (stream 1: the client writes `RST_STREAM` `CANCEL`
+/// when it runs out, the server answers nothing), then hello (stream 3).
+static GRPC_JS_DEADLINE: Capture = LazyLock::new(|| records(include_bytes!("testdata/grpc_js_deadline.bin")));
 /// h2load -n 20 -c 1 -m 10 against nginx 1.22 (h2c prior knowledge): 10 streams at a time.
 static H2LOAD: Capture = LazyLock::new(|| records(include_bytes!("testdata/nginx_h2load_concurrent.bin")));
 /// curl 7.88 --http2-prior-knowledge GET of a 135 KB file from nginx.
@@ -203,6 +212,41 @@ fn grpc_go_calls_and_cross_language() {
 }
 
 #[test]
+fn grpc_js_calls_and_grpc_js_to_go() {
+    let out = run(Side::Client, &whole(&GRPC_JS));
+    assert_eq!((out.errors, out.unanswered), (0, 0));
+    let s = summary(&out);
+    assert_eq!(
+        s[..4],
+        [
+            row("POST", "/demo.Greeter/SayHello", "200", Some("0")),
+            row("POST", "/demo.Greeter/Fail", "200", Some("5")),
+            row("POST", "/demo.Greeter/Crash", "200", Some("2")),
+            row("POST", "/demo.Greeter/Stream", "200", Some("0")),
+        ]
+    );
+    assert_eq!(s.len(), 12, "{s:?}");
+    assert!(s[4..].iter().all(|r| *r == row("POST", "/demo.Greeter/SayHello", "200", Some("0"))));
+    let stream =
+        out.exchanges.iter().find(|e| e.request.value(":path") == Some("/demo.Greeter/Stream")).expect("stream");
+    assert_eq!(stream.response_body_len, 3 * (5 + 6), "three length-prefixed `part N`");
+    assert_eq!(run(Side::Server, &whole(&GRPC_JS)), out_with_side(out, Side::Server));
+    assert_split_invariant(&GRPC_JS, usize::MAX);
+
+    let out = run(Side::Client, &whole(&GRPC_JS_TO_GO));
+    assert_eq!((out.errors, out.unanswered), (0, 0));
+    assert_eq!(
+        summary(&out),
+        [
+            row("POST", "/demo.Greeter/SayHello", "200", Some("0")),
+            row("POST", "/demo.Greeter/Fail", "200", Some("5")),
+            row("POST", "/demo.Greeter/Stream", "200", Some("0")),
+        ]
+    );
+    assert_split_invariant(&GRPC_JS_TO_GO, usize::MAX);
+}
+
+#[test]
 fn nginx_concurrent_streams_large_data_post_404() {
     let out = run(Side::Server, &whole(&H2LOAD));
     assert_eq!((out.errors, out.unanswered), (0, 0));
@@ -298,7 +342,7 @@ fn run_mid_connection(capture: &[(bool, &[u8])], from: usize, side: Side) -> Opt
 
 #[test]
 fn started_mid_connection_never_names_wrongly() {
-    for capture in [&GRPCIO, &GRPC_GO, &H2LOAD, &GO_TO_GRPCIO] {
+    for capture in [&GRPCIO, &GRPC_GO, &H2LOAD, &GO_TO_GRPCIO, &GRPC_JS, &GRPC_JS_TO_GO] {
         for side in [Side::Client, Side::Server] {
             let full = run(side, &whole(capture));
             let mut recognized = 0;
@@ -473,6 +517,58 @@ fn grpc_spans_name_method_status_and_errors_by_side() {
 }
 
 #[test]
+fn a_stream_reset_once_its_grpc_timeout_ran_out_is_deadline_exceeded() {
+    let capture = &GRPC_JS_DEADLINE;
+    // Record 2 is Slow's request (with `grpc-timeout`), record 3 the client's RST_STREAM.
+    let out = run(Side::Client, &whole(capture));
+    let slow = out.exchanges.iter().find(|e| e.stream_id == 1).expect("stream 1");
+    assert_eq!(slow.reset, Some(0x8));
+    let timeout = slow.request.value("grpc-timeout").expect("grpc-timeout").to_owned();
+    let ms: u64 = timeout.strip_suffix('m').and_then(|m| m.parse().ok()).expect("milliseconds");
+    assert!((100..=200).contains(&ms), "{timeout}");
+    let resource = testing::resource("svc", 1);
+    let clock = Clock::from_offset_ns(0);
+    // The reset `after` ns past the request: record 3 then, the others 1 µs apart around it.
+    let status_after = |after: u64, side: Side| {
+        let mut evs = whole(capture);
+        for ev in &mut evs {
+            match ev {
+                Ev::Bytes(_, ts, _) | Ev::Lost(_, ts, _) | Ev::Close(ts) if *ts >= 4000 => *ts += after,
+                _ => {}
+            }
+        }
+        let mut out = run(side, &evs);
+        out.exchanges.sort_by_key(|e| e.stream_id);
+        let spans: Vec<Span> =
+            out.exchanges.iter().map(|e| crate::protocols::Exchange::span(e, &endpoints(), &resource, &clock)).collect();
+        assert_eq!(spans.len(), 2);
+        assert_eq!(str_attr(&spans[1], attr::RPC_RESPONSE_STATUS_CODE), Some("OK"));
+        let s = &spans[0];
+        assert_eq!(s.name, "demo.Greeter/Slow");
+        (str_attr(s, attr::RPC_RESPONSE_STATUS_CODE).map(str::to_owned), s.status, str_attr(s, attr::ERROR_TYPE).map(str::to_owned))
+    };
+    let deadline = Some("DEADLINE_EXCEEDED".to_owned());
+    let cancelled = Some("CANCELLED".to_owned());
+    for side in [Side::Client, Side::Server] {
+        // Reset at the deadline, or a little before it (the header was computed before the write).
+        for after in [ms * 1_000_000, ms * 1_000_000 - 1_000_000, 2 * ms * 1_000_000] {
+            assert_eq!(status_after(after, side), (deadline.clone(), StatusCode::Error, deadline.clone()), "{side:?}");
+        }
+    }
+    // Cancelled well before its deadline: CANCELLED, an error for the client only.
+    assert_eq!(status_after(ms * 1_000_000 / 2, Side::Client), (cancelled.clone(), StatusCode::Error, cancelled));
+    assert_eq!(status_after(ms * 1_000_000 / 2, Side::Server), (Some("CANCELLED".into()), StatusCode::Unset, None));
+    // Every byte split.
+    assert_split_invariant(capture, usize::MAX);
+    for (v, ns) in [("200m", Some(200_000_000)), ("1S", Some(1_000_000_000)), ("99999999n", Some(99_999_999))] {
+        assert_eq!(super::span::grpc_timeout_ns(v), ns, "{v}");
+    }
+    for v in ["", "m", "123456789m", "5x", "-5m", "5 m", "\u{e9}"] {
+        assert_eq!(super::span::grpc_timeout_ns(v), None, "{v:?}");
+    }
+}
+
+#[test]
 fn http2_spans_follow_the_http_rules_with_version_2() {
     let s = &spans_of(&CURL_404, Side::Client)[0];
     assert_eq!(s.name, "GET /api/orders/{id}");
@@ -535,7 +631,7 @@ fn unknown_fields_make_other_and_no_route() {
 #[test]
 fn the_fuzz_driver_runs_on_real_sessions() {
     // What `cargo fuzz run http2` starts from: real sessions under every control byte.
-    for capture in [&GRPCIO, &GRPC_GO, &H2LOAD, &CURL_POST] {
+    for capture in [&GRPCIO, &GRPC_GO, &H2LOAD, &CURL_POST, &GRPC_JS] {
         let (client, server): (Vec<u8>, Vec<u8>) = (
             capture.iter().filter(|r| r.0).flat_map(|r| r.1.iter().copied()).collect(),
             capture.iter().filter(|r| !r.0).flat_map(|r| r.1.iter().copied()).collect(),
@@ -561,6 +657,8 @@ fn whole_sessions_have_no_unknown_fields() {
         ("grpcio→go", &GRPCIO_TO_GO),
         ("go→grpcio", &GO_TO_GRPCIO),
         ("h2load", &H2LOAD),
+        ("grpc-js", &GRPC_JS),
+        ("grpc-js→go", &GRPC_JS_TO_GO),
     ] {
         let out = run(Side::Client, &whole(capture));
         let unknown: Vec<(u32, usize)> =
@@ -654,6 +752,41 @@ fn an_http1_upgrade_to_h2c_hands_the_connection_to_http2() {
         }
     }
     // A websocket's `101` stays the end of HTTP/1 (tested in http1): only `h2c` on both hands over.
+}
+
+/// nghttp 1.52 `-u` (nghttp2-client) to Go's `x/net/http2/h2c` server: GET /items/42 upgraded
+/// (stream 1), then the client's preface with PRIORITY frames for idle streams 3 to 11 (its
+/// dependency tree: no request) and a PRIORITY on stream 1, and GET /missing on stream 13 (404).
+static NGHTTP_UPGRADE: Capture = LazyLock::new(|| records(include_bytes!("testdata/nghttp_h2c_upgrade_go.bin")));
+
+#[test]
+fn nghttp_upgrade_with_priority_frames_for_idle_streams() {
+    let chunks: Vec<(bool, Vec<u8>)> = NGHTTP_UPGRADE.iter().map(|(c, b)| (*c, b.to_vec())).collect();
+    let expected = vec![
+        (1, false, "GET".to_owned(), "/items/42".to_owned(), "200".to_owned(), 10),
+        (13, true, "GET".to_owned(), "/missing".to_owned(), "404".to_owned(), 30),
+    ];
+    let sorted = |mut v: Vec<(u32, bool, String, String, String, u64)>| {
+        v.sort();
+        v
+    };
+    for side in [Side::Client, Side::Server] {
+        assert_eq!(sorted(through_the_registry(side, &chunks)), expected, "{side:?}");
+        for at in 0..chunks.len() {
+            for cut in 1..chunks[at].1.len() {
+                let mut split = chunks.clone();
+                let (client, bytes) = split.remove(at);
+                split.insert(at, (client, bytes[cut..].to_vec()));
+                split.insert(at, (client, bytes[..cut].to_vec()));
+                let mut got = sorted(through_the_registry(side, &split));
+                // A record split at or before stream 13's request moves its start one record on.
+                if let Some(late) = got.get_mut(1).filter(|g| g.5 == expected[1].5 + 10) {
+                    late.5 = expected[1].5;
+                }
+                assert_eq!(got, expected, "{side:?} {at} {cut}");
+            }
+        }
+    }
 }
 
 #[test]
