@@ -142,9 +142,12 @@ pub fn demo(lang: Lang, pg_port: u16) -> Result<()> {
 
     // The flow (Python only): catalog reads through Redis and publishes to NATS, notifier
     // consumes and calls users. Stopped after ztrace, before PostgreSQL.
-    let flow = match lang {
-        Lang::Python => start_flow(&root, &dir, pg_port)?,
-        Lang::Go => Vec::new(),
+    let (flow, handled) = match lang {
+        Lang::Python => {
+            let (running, handled) = start_flow(&root, &dir, pg_port)?;
+            (running, Some(handled))
+        }
+        Lang::Go => (Vec::new(), None),
     };
 
     // ztrace traces the services, PostgreSQL and Redis only, so the demo's own requests are not
@@ -167,12 +170,15 @@ pub fn demo(lang: Lang, pg_port: u16) -> Result<()> {
         let status = get(8081, &format!("/orders/{id}"))?;
         say!("GET http://127.0.0.1:8081/orders/{id} -> {status}");
     }
-    if lang == Lang::Python {
-        // Items 1-3 twice: a cache miss (Redis, PostgreSQL, Redis SET, NATS) then a hit.
+    if let Some(handled) = &handled {
+        // Items 1-3 then 1-2 again: a cache miss (Redis, PostgreSQL, Redis SET, NATS), then a
+        // hit. One at a time: each once notifier handled the one before (messages it reads
+        // together, a backlog, would leave its calls unlinked).
         for (item, user) in [(1, 1), (2, 2), (3, 3), (1, 4), (2, 5)] {
             let path = format!("/items/{item}?user={user}");
             let status = get(CATALOG_PORT, &path)?;
             say!("GET http://127.0.0.1:{CATALOG_PORT}{path} -> {status}");
+            let _ = handled.recv_timeout(Duration::from_secs(10));
         }
     }
     say!("");
@@ -194,8 +200,13 @@ pub fn demo(lang: Lang, pg_port: u16) -> Result<()> {
 }
 
 /// Starts redis-server and nats-server, then catalog and notifier (after users, which notifier
-/// calls); returns them in the order they are to stop (notifier first, the servers last).
-fn start_flow(root: &Path, dir: &Path, pg_port: u16) -> Result<Vec<Running>> {
+/// calls); returns them in the order they are to stop (notifier first, the servers last), and
+/// what says each time notifier handled a message.
+fn start_flow(
+    root: &Path,
+    dir: &Path,
+    pg_port: u16,
+) -> Result<(Vec<Running>, std::sync::mpsc::Receiver<()>)> {
     let redis_dir = dir.join("redis");
     std::fs::create_dir_all(&redis_dir)?;
     let mut redis = Command::new("redis-server");
@@ -242,16 +253,15 @@ fn start_flow(root: &Path, dir: &Path, pg_port: u16) -> Result<Vec<Running>> {
             .lines()
             .map_while(Result::ok)
         {
-            if line.starts_with("subscribed") {
-                let _ = tx.send(());
-            } else {
+            if !line.starts_with("subscribed") {
                 say!("[notifier] {line}");
             }
+            let _ = tx.send(());
         }
     });
     rx.recv_timeout(Duration::from_secs(60))
         .context("notifier did not subscribe to items.viewed within 60 s")?;
-    Ok(vec![notifier, catalog, nats, redis])
+    Ok((vec![notifier, catalog, nats, redis], rx))
 }
 
 /// initdb on first use, then the server in the foreground as user postgres.
