@@ -1,7 +1,8 @@
 //! The example system of `examples/` (orders, users, inventory) on loopback: one PostgreSQL
 //! server with a database per service, loaded from `examples/sql/`, and the three services in
 //! Python (`examples/python/`, run with `/usr/bin/python3` for Debian's psycopg2) or Go
-//! (`examples/go/`, built in GOPATH mode against Debian's lib/pq, once per service name).
+//! (`examples/go/`, built in GOPATH mode against Debian's lib/pq, once per service name); and
+//! the Python-only cache-and-messaging flow ([`Flow`]: catalog, notifier, Redis, NATS).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -72,6 +73,87 @@ pub fn build_go(dir: &Path) -> PathBuf {
     dir.to_path_buf()
 }
 
+/// Creates and fills the example's databases `dbs` (`examples/sql/{db}.sql`).
+fn load_databases(pg: &PgServer, dbs: &[&str]) {
+    for db in dbs {
+        let created = pg.psql(&format!("CREATE DATABASE {db}"));
+        assert!(created.success, "CREATE DATABASE {db}: {}", created.stderr);
+        let sql = std::fs::read_to_string(repo_root().join(format!("examples/sql/{db}.sql")))
+            .expect("read the example SQL");
+        let loaded = pg.psql_db(db, &sql);
+        assert!(
+            loaded.success,
+            "loading examples/sql/{db}.sql: {}",
+            loaded.stderr
+        );
+    }
+}
+
+/// `/usr/bin/python3 -u examples/python/{name}.py` with the database server in its environment.
+fn python_service(name: &str, pg: &PgServer) -> Command {
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.arg("-u")
+        .arg(repo_root().join(format!("examples/python/{name}.py")))
+        .env("PGHOST", "127.0.0.1")
+        .env("PGPORT", pg.port.to_string())
+        .env("PGUSER", crate::postgres::USER);
+    cmd
+}
+
+/// The example's cache-and-messaging flow (Python only): `catalog` serves `GET /items/{id}`
+/// through a Redis cache in front of the inventory database and publishes `items.viewed` to
+/// NATS; `notifier` consumes it and calls users. PostgreSQL (databases `users` and
+/// `inventory`), redis-server and nats-server on free loopback ports; everything stops on drop.
+pub struct Flow {
+    /// Processes stop in field order: the subscriber and services before the servers.
+    pub notifier: Proc,
+    pub catalog: Service,
+    pub users: Service,
+    pub nats: crate::nats::NatsServer,
+    pub redis: crate::redis::RedisServer,
+    pub pg: PgServer,
+}
+
+impl Flow {
+    /// Starts the servers, then users, catalog and notifier, each as a user would from
+    /// `examples/python/`; returns once the services listen and notifier has subscribed.
+    pub fn start() -> Flow {
+        let pg = PgServer::start();
+        load_databases(&pg, &["users", "inventory"]);
+        let redis = crate::redis::RedisServer::start(None);
+        let nats = crate::nats::NatsServer::start();
+        let nats_url = format!("nats://127.0.0.1:{}", nats.port);
+        let start = |name: &'static str, cmd: &mut Command| {
+            let port = free_port();
+            let mut proc = Proc::spawn(name, cmd.env("PORT", port.to_string()));
+            proc.wait_for_stdout("listening on", START_TIMEOUT);
+            Service { name, port, proc }
+        };
+        let users = start("users", &mut python_service("users", &pg));
+        let catalog = start(
+            "catalog",
+            python_service("catalog", &pg)
+                .env("REDIS_URL", format!("redis://127.0.0.1:{}/0", redis.port))
+                .env("NATS_URL", &nats_url),
+        );
+        let mut notifier = Proc::spawn(
+            "notifier",
+            python_service("notifier", &pg)
+                .env("NATS_URL", &nats_url)
+                .env("USERS_URL", format!("http://127.0.0.1:{}", users.port)),
+        );
+        notifier.wait_for_stdout("subscribed to items.viewed", START_TIMEOUT);
+        Flow {
+            notifier,
+            catalog,
+            users,
+            nats,
+            redis,
+            pg,
+        }
+    }
+}
+
 impl Example {
     /// PostgreSQL with the three databases loaded, then users, inventory and orders (orders in
     /// `orders_lang`, the others in `lang`); returns once every service listens.
@@ -87,18 +169,7 @@ impl Example {
     /// Like [`Example::start_mixed`], with extra environment variables for every service.
     pub fn start_with(lang: Lang, orders_lang: Lang, envs: &[(&str, &str)]) -> Example {
         let pg = PgServer::start();
-        for db in SERVICES {
-            let created = pg.psql(&format!("CREATE DATABASE {db}"));
-            assert!(created.success, "CREATE DATABASE {db}: {}", created.stderr);
-            let sql = std::fs::read_to_string(repo_root().join(format!("examples/sql/{db}.sql")))
-                .expect("read the example SQL");
-            let loaded = pg.psql_db(db, &sql);
-            assert!(
-                loaded.success,
-                "loading examples/sql/{db}.sql: {}",
-                loaded.stderr
-            );
-        }
+        load_databases(&pg, &SERVICES);
         let bin = TempDir::new("example-go");
         if lang == Lang::Go || orders_lang == Lang::Go {
             build_go(bin.path());

@@ -3,8 +3,11 @@
 //! Installs what is missing (PostgreSQL, psycopg2, Go and lib/pq from Debian), builds the agent,
 //! starts one PostgreSQL server (as user `postgres` through `runuser`, on 127.0.0.1 and a
 //! non-default port, its data under `target/demo/`) holding the databases `orders`, `users` and
-//! `inventory`, then the three services (Python or Go), then ztrace with its viewer; sends a few
-//! requests and prints the viewer's URL. Ctrl-C stops everything, ztrace last.
+//! `inventory`, then the three services (Python or Go); for the Python variant also the
+//! cache-and-messaging flow: `redis-server` and `nats-server` (Debian's, on the demo's own ports,
+//! Redis's data under `target/demo/`), `catalog` and the subscriber `notifier`; then ztrace with
+//! its viewer; sends a few requests and prints the viewer's URL. Ctrl-C stops everything,
+//! ztrace first.
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
@@ -25,6 +28,12 @@ pub(crate) const PACKAGES: &[&str] = &[
     "golang-go",
     "golang-github-lib-pq-dev",
 ];
+/// Debian packages of the flow (Python variant): the Redis and NATS servers, redis-py.
+const FLOW_PACKAGES: &[&str] = &["redis-server", "nats-server", "python3-redis"];
+/// The flow's servers and its HTTP service.
+const REDIS_PORT: u16 = 63791;
+const NATS_PORT: u16 = 42221;
+const CATALOG_PORT: u16 = 8084;
 /// PostgreSQL's programs (Debian's `postgresql` 15).
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 /// Services in start order (callees first) and their ports.
@@ -91,6 +100,9 @@ pub fn demo(lang: Lang, pg_port: u16) -> Result<()> {
         bail!("the demo runs ztrace and PostgreSQL: run it as root (sudo -E cargo xtask demo)");
     }
     toolchain::apt_install(PACKAGES)?;
+    if lang == Lang::Python {
+        toolchain::apt_install(FLOW_PACKAGES)?;
+    }
     let agent = build::build(build::profile(false))?;
     let root = util::repo_root();
     let dir = util::target_dir().join("demo");
@@ -128,11 +140,25 @@ pub fn demo(lang: Lang, pg_port: u16) -> Result<()> {
         wait_listening(name, port)?;
     }
 
-    // ztrace traces the services and PostgreSQL only, so the demo's own requests are not roots.
+    // The flow (Python only): catalog reads through Redis and publishes to NATS, notifier
+    // consumes and calls users. Stopped after ztrace, before PostgreSQL.
+    let (flow, handled) = match lang {
+        Lang::Python => {
+            let (running, handled) = start_flow(&root, &dir, pg_port)?;
+            (running, Some(handled))
+        }
+        Lang::Go => (Vec::new(), None),
+    };
+
+    // ztrace traces the services, PostgreSQL and Redis only, so the demo's own requests are not
+    // roots (nats-server, the broker, makes no spans).
     let mut cmd = Command::new(&agent);
-    cmd.arg("--data-dir")
-        .arg(dir.join("data"))
-        .args(["--exe", "postgres"]);
+    cmd.arg("--data-dir").arg(dir.join("data")).args([
+        "--exe",
+        "postgres",
+        "--exe",
+        "redis-server",
+    ]);
     for exe in &executables {
         cmd.args(["--exe", exe]);
     }
@@ -144,17 +170,98 @@ pub fn demo(lang: Lang, pg_port: u16) -> Result<()> {
         let status = get(8081, &format!("/orders/{id}"))?;
         say!("GET http://127.0.0.1:8081/orders/{id} -> {status}");
     }
+    if let Some(handled) = &handled {
+        // Items 1-3 then 1-2 again: a cache miss (Redis, PostgreSQL, Redis SET, NATS), then a
+        // hit. One at a time: each once notifier handled the one before (messages it reads
+        // together, a backlog, would leave its calls unlinked).
+        for (item, user) in [(1, 1), (2, 2), (3, 3), (1, 4), (2, 5)] {
+            let path = format!("/items/{item}?user={user}");
+            let status = get(CATALOG_PORT, &path)?;
+            say!("GET http://127.0.0.1:{CATALOG_PORT}{path} -> {status}");
+            let _ = handled.recv_timeout(Duration::from_secs(10));
+        }
+    }
     say!("");
     say!("ztrace traces orders (:8081), users (:8082), inventory (:8083) and PostgreSQL (:{pg_port}).");
     say!("send more with: curl http://127.0.0.1:8081/orders/42");
+    if lang == Lang::Python {
+        say!("and catalog (:{CATALOG_PORT}) with Redis (:{REDIS_PORT}), NATS (:{NATS_PORT}) and notifier:");
+        say!("  curl 'http://127.0.0.1:{CATALOG_PORT}/items/7?user=3'");
+    }
     say!("open the viewer: {viewer}");
     say!("Ctrl-C stops everything.");
     wait_for_ctrl_c();
     say!("stopping...");
     drop(ztrace);
+    drop(flow);
     drop(services);
     drop(postgres);
     Ok(())
+}
+
+/// Starts redis-server and nats-server, then catalog and notifier (after users, which notifier
+/// calls); returns them in the order they are to stop (notifier first, the servers last), and
+/// what says each time notifier handled a message.
+fn start_flow(
+    root: &Path,
+    dir: &Path,
+    pg_port: u16,
+) -> Result<(Vec<Running>, std::sync::mpsc::Receiver<()>)> {
+    let redis_dir = dir.join("redis");
+    std::fs::create_dir_all(&redis_dir)?;
+    let mut redis = Command::new("redis-server");
+    redis
+        .args(["--port", &REDIS_PORT.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--dir"])
+        .arg(&redis_dir)
+        .stdout(Stdio::null());
+    let redis = Running::spawn("redis-server", &mut redis)?;
+    wait_listening("redis-server", REDIS_PORT)?;
+    let mut nats = Command::new("nats-server");
+    nats.args(["-a", "127.0.0.1", "-p", &NATS_PORT.to_string()])
+        .stderr(Stdio::null());
+    let nats = Running::spawn("nats-server", &mut nats)?;
+    wait_listening("nats-server", NATS_PORT)?;
+
+    let python = |name: &str| {
+        let mut c = Command::new("/usr/bin/python3");
+        c.arg("-u")
+            .arg(root.join(format!("examples/python/{name}.py")))
+            .env("PGHOST", "127.0.0.1")
+            .env("PGPORT", pg_port.to_string())
+            .env("PGUSER", "postgres")
+            .env("REDIS_URL", format!("redis://127.0.0.1:{REDIS_PORT}/0"))
+            .env("NATS_URL", format!("nats://127.0.0.1:{NATS_PORT}"))
+            .env("USERS_URL", "http://127.0.0.1:8082");
+        c
+    };
+    let mut catalog = python("catalog");
+    catalog
+        .env("PORT", CATALOG_PORT.to_string())
+        .stdout(Stdio::null());
+    let catalog = Running::spawn("catalog", &mut catalog)?;
+    wait_listening("catalog", CATALOG_PORT)?;
+    let mut notifier = python("notifier");
+    notifier.stdout(Stdio::piped());
+    let mut notifier = Running::spawn("notifier", &mut notifier)?;
+    // Its first line says it subscribed; the next ones (an event handled each) pass through.
+    let stdout = notifier.child.stdout.take().context("notifier's stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if !line.starts_with("subscribed") {
+                say!("[notifier] {line}");
+            }
+            let _ = tx.send(());
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .context("notifier did not subscribe to items.viewed within 60 s")?;
+    Ok((vec![notifier, catalog, nats, redis], rx))
 }
 
 /// initdb on first use, then the server in the foreground as user postgres.

@@ -63,6 +63,8 @@ const TEST_PACKAGES: &[&str] = &[
     // RabbitMQ (AMQP 0-9-1) and Debian's pika for /usr/bin/python3 (tests/tests/amqp.rs).
     "rabbitmq-server",
     "python3-pika",
+    // redis-py for /usr/bin/python3: the example's catalog service (tests/tests/flow.rs).
+    "python3-redis",
     // The stack tests compile C clients and split their DWARF (tests/tests/stacks.rs).
     "gcc",
     "binutils",

@@ -7,7 +7,8 @@
 //! payload beyond what a parser buffers for an incomplete header block.
 //!
 //! It also notes when a request starts on a connection ([`RequestStart`]: the first bytes in the
-//! request direction after bytes in the other one, or the first bytes at all), so that trace
+//! request direction after bytes in the other one, or the first bytes at all; every write, for a
+//! protocol whose requests get no answer), so that trace
 //! assembly (`trace/`) can give the request its ids while it is still in flight.
 //!
 //! It deliberately names no protocol (they are found through `protocols::REGISTRY` and held as
@@ -353,7 +354,7 @@ impl ConnTable {
         let multiplexed = parser.multiplexed();
         if !multiplexed
             && direction == side.request_direction()
-            && conn.last_direction != Some(direction)
+            && (conn.last_direction != Some(direction) || parser.unanswered())
         {
             self.starts.push(RequestStart {
                 key,
@@ -886,6 +887,39 @@ mod tests {
                 .load(std::sync::atomic::Ordering::Relaxed),
             0
         );
+    }
+
+    #[test]
+    fn every_publish_of_a_nats_client_starts_a_request_of_its_own() {
+        // Publishing gets no answer: the second PUB follows the first with nothing read in
+        // between, written by another thread (another request's handler). Each needs its own
+        // start, with its own thread, for its PRODUCER span's thread link.
+        let metrics = Metrics::default();
+        let mut table = ConnTable::new(16, 999);
+        table.on_conn(
+            &conn_event(
+                7,
+                ConnRole::Client,
+                2,
+                v4([127, 0, 0, 1]),
+                v4([127, 0, 0, 1]),
+            ),
+            &metrics,
+        );
+        let mut out = Vec::new();
+        let mut feed = |tid: u32, ts, direction, bytes: &[u8]| {
+            let mut h = data(7, ts, direction, bytes);
+            h.header.tid = tid;
+            table.on_data(&h, bytes, &[], &metrics, &mut out);
+        };
+        feed(7, 1, Direction::Ingress, b"INFO {\"server_id\":\"x\"}\r\n");
+        feed(7, 2, Direction::Egress, b"CONNECT {}\r\nPING\r\n");
+        feed(7, 3, Direction::Ingress, b"PONG\r\n");
+        feed(8, 10, Direction::Egress, b"PUB items.viewed 2\r\n{}\r\n");
+        feed(9, 20, Direction::Egress, b"PUB items.viewed 3\r\n{ }\r\n");
+        assert_eq!(out.len(), 2, "two messages: {out:?}");
+        let starts: Vec<(u32, u64)> = table.take_starts().map(|s| (s.tid, s.ts_ns)).collect();
+        assert_eq!(starts, vec![(7, 2), (8, 10), (9, 20)]);
     }
 
     #[test]

@@ -214,6 +214,12 @@ pub trait Parser: Send + 'static {
         false
     }
 
+    /// Requests get no answer (publishing to NATS is fire and forget): every write in the
+    /// request direction starts a request, not only the first after bytes in the other one.
+    fn unanswered(&self) -> bool {
+        false
+    }
+
     /// Streams whose request the last bytes opened, in order (multiplexed protocols only).
     fn take_opened(&mut self, _out: &mut Vec<StreamOpened>) {}
 
@@ -338,6 +344,9 @@ pub trait StreamParser: Send {
     /// See [`Parser::multiplexed`].
     fn multiplexed(&self) -> bool;
 
+    /// See [`Parser::unanswered`].
+    fn unanswered(&self) -> bool;
+
     /// See [`Parser::take_opened`].
     fn take_opened(&mut self, out: &mut Vec<StreamOpened>);
 
@@ -443,6 +452,10 @@ impl<P: Parser> StreamParser for Boxed<P> {
 
     fn multiplexed(&self) -> bool {
         self.parser.multiplexed()
+    }
+
+    fn unanswered(&self) -> bool {
+        self.parser.unanswered()
     }
 
     fn take_opened(&mut self, out: &mut Vec<StreamOpened>) {

@@ -1234,8 +1234,20 @@ impl Tracer {
             .filter(|&tid| span.kind == SpanKind::Consumer && !serving_a_request(self, tid))
         {
             // What the reading thread does next is this message's processing (unless it is
-            // serving a request: a reply it awaited is part of that request's work).
-            self.stop_serving(key);
+            // serving a request: a reply it awaited is part of that request's work). Messages
+            // read together (one read, a backlog) are processed one after the other, with
+            // nothing that tells where one's processing ends: the thread then serves them all,
+            // and its calls get no thread link rather than the wrong message's.
+            let same_read = self
+                .serving
+                .get(&(key.tgid, u64::from(tid)))
+                .is_some_and(|open| {
+                    open.iter()
+                        .any(|o| o.conn == key && o.consumer && o.ts == request_start_ns)
+                });
+            if !same_read {
+                self.stop_serving(key);
+            }
             self.serving
                 .entry((key.tgid, u64::from(tid)))
                 .or_default()

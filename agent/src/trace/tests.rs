@@ -967,6 +967,52 @@ fn the_calls_a_thread_makes_after_reading_a_message_are_its_processing() {
 }
 
 #[test]
+fn calls_after_messages_read_together_are_no_single_message_s_processing() {
+    // A backlog: two deliveries in one read (the same read time), then two calls. Which call
+    // handles which message is not known: neither is linked to either message. The next
+    // message read alone is again its calls' parent.
+    let (subscriber, _) = conn(2, 5, 9, 9, 40002, 4222);
+    let (http_client, _) = conn(2, 6, 3, 4, 40003, 8080);
+    let mut w = World::new();
+    for (name, at, key) in [
+        ("receive 1", 100, 1i64),
+        ("receive 2", 100, 2),
+        ("receive 3", 200, 3),
+    ] {
+        let mut receive = span(SpanKind::Consumer, name);
+        receive
+            .attributes
+            .push(Attribute::new(MESSAGE_KEY_ATTR, key));
+        let f = Finished {
+            span: receive,
+            key: subscriber.key,
+            side: Side::Client,
+            request_start_ns: at,
+            peer_traced: false,
+            consumer_tid: Some(11),
+            stream: None,
+        };
+        w.tracer.finished(at, f, &w.metrics, &mut w.out);
+        if at == 100 && key == 2 {
+            w.start(http_client, 11, 110);
+            w.done(http_client, "call 1", 110, 120);
+            w.start(http_client, 11, 130);
+            w.done(http_client, "call 2", 130, 140);
+        }
+    }
+    w.start(http_client, 11, 210);
+    w.done(http_client, "call 3", 210, 220);
+    let spans = w.flush();
+    for name in ["call 1", "call 2"] {
+        assert_eq!(by_name(&spans, name).parent_span_id, None, "{name}");
+    }
+    assert_eq!(
+        by_name(&spans, "call 3").parent_span_id,
+        Some(by_name(&spans, "receive 3").span_id)
+    );
+}
+
+#[test]
 fn a_reply_read_by_a_thread_serving_a_request_leaves_its_calls_to_the_request() {
     let (caller, handler) = conn(3, 3, 1, 4, 40000, 8080);
     let (requester, _) = conn(1, 7, 9, 8, 40001, 4222);

@@ -258,7 +258,21 @@ fn traceparent_of(headers: &[u8]) -> Option<TraceParent> {
 /// `PUB `, `HPUB `, `SUB ` (a connection picked up later).
 pub fn detect_side(chunk: &Chunk<'_>) -> Option<Side> {
     let b = chunk.bytes;
-    let sender_is_server = b.starts_with(b"INFO {");
+    // A delivery (`MSG`/`HMSG` with sizes that are numbers) is the server's too: a subscriber
+    // whose connection predates ztrace shows nothing else until its next message.
+    let delivery = || {
+        let end = b.windows(2).position(|w| w == b"\r\n")?;
+        matches!(
+            message_line(&b[..end], 0, 0),
+            Some(Ok(Open {
+                operation: Operation::Receive,
+                ..
+            }))
+        )
+        .then_some(())
+    };
+    let sender_is_server = b.starts_with(b"INFO {")
+        || ([&b"MSG "[..], b"HMSG "].iter().any(|p| b.starts_with(p)) && delivery().is_some());
     let sender_is_client = [&b"CONNECT {"[..], b"PUB ", b"HPUB ", b"SUB "]
         .iter()
         .any(|p| b.starts_with(p))
@@ -301,6 +315,12 @@ impl Parser for NatsParser {
 
     fn side(&self) -> Side {
         self.side
+    }
+
+    /// A client publishes without answers: each of its writes may be a new message, written by
+    /// whichever thread publishes it (the thread link of each PRODUCER span).
+    fn unanswered(&self) -> bool {
+        self.side == Side::Client
     }
 
     fn on_chunk(

@@ -127,6 +127,53 @@ fn detection_from_either_end() {
         detect_side(&chunk(Direction::Egress, b"GET / HTTP/1.1\r\n")),
         None
     );
+    // Picked up mid-stream: a subscriber's connection first shows a delivery.
+    assert_eq!(
+        detect_side(&chunk(
+            Direction::Ingress,
+            b"MSG items.viewed 1 2\r\n{}\r\n"
+        )),
+        Some(Side::Client)
+    );
+    assert_eq!(
+        detect_side(&chunk(
+            Direction::Ingress,
+            b"HMSG a 7 _INBOX.x 12 14\r\nNATS/1.0\r\n\r\nhi\r\n"
+        )),
+        Some(Side::Client)
+    );
+    for not_nats in [
+        &b"MSG from a chat server\r\n"[..],
+        b"MSG a 1 x\r\n",
+        b"MSG a 1 2",
+        b"HMSG a 1 9 2\r\n",
+    ] {
+        assert_eq!(
+            detect_side(&chunk(Direction::Ingress, not_nats)),
+            None,
+            "{:?}",
+            String::from_utf8_lossy(not_nats)
+        );
+    }
+}
+
+#[test]
+fn a_subscriber_picked_up_mid_stream_gets_its_deliveries() {
+    let first = b"MSG items.viewed 1 2\r\n{}\r\n";
+    let chunk = Chunk {
+        direction: Direction::Ingress,
+        ts_ns: 5,
+        tid: 9,
+        bytes: first,
+    };
+    let side = detect_side(&chunk).expect("a delivery is NATS");
+    let mut parser = NatsParser::new(side);
+    let mut out = Vec::new();
+    parser.on_chunk(&chunk, &mut out).expect("parsed");
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].operation, Operation::Receive);
+    assert_eq!(&*out[0].subject, "items.viewed");
+    assert_eq!(out[0].body_size, 2);
 }
 
 #[test]
