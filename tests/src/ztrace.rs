@@ -44,6 +44,29 @@ pub struct Stopped {
     pub spans: Vec<Span>,
 }
 
+impl Stopped {
+    /// The counter `name` of the stats line (0 when it is not there).
+    pub fn stat(&self, name: &str) -> u64 {
+        self.stats
+            .as_ref()
+            .and_then(|m| m.get(name))
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+    }
+
+    /// `name=value` of the stats line's entries whose names contain one of `parts`, for a
+    /// failure message.
+    pub fn counters(&self, parts: &[&str]) -> String {
+        self.stats
+            .iter()
+            .flatten()
+            .filter(|(k, _)| parts.iter().any(|p| k.contains(p)))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
 /// The agent binary: `$ZTRACE_BIN`.
 pub fn binary() -> PathBuf {
     let bin = std::env::var_os("ZTRACE_BIN").filter(|b| !b.is_empty()).unwrap_or_else(|| {

@@ -422,10 +422,10 @@ fn chain(calls: &str, n: usize) {
     // which may take longer than a span waits for its stack (1 s) on a loaded machine.
     let (_, out) = grpc::python_client(a.port, &["hello"]);
     assert!(out.contains("hello from postgres"), "{out}");
-    ztrace.wait_for_n_spans(6, &ours, SPAN_TIMEOUT);
+    ztrace.wait_for_n_spans(6, ours, SPAN_TIMEOUT);
     let (py, out) = grpc::python_client(a.port, &[calls]);
     assert_eq!(out.matches("hello from postgres").count(), n, "{out}");
-    let spans = ztrace.wait_for_n_spans(6 * (n + 1), &ours, SPAN_TIMEOUT);
+    let spans = ztrace.wait_for_n_spans(6 * (n + 1), ours, SPAN_TIMEOUT);
     let stats = ztrace.stop().stats.expect("stats line");
     let counters: Vec<String> = [
         "go_stream_owners",

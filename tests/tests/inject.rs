@@ -39,14 +39,6 @@ fn agent(host: &Host, otlp: &OtlpReceiver) -> Ztrace {
     z
 }
 
-fn stat(s: &ztrace_e2e::ztrace::Stopped, k: &str) -> u64 {
-    s.stats
-        .as_ref()
-        .and_then(|m| m.get(k))
-        .and_then(|v| v.as_u64())
-        .unwrap_or(0)
-}
-
 fn parent(s: &OtlpSpan) -> Option<&str> {
     s.0.get("parent_span_id")
         .and_then(|v| v.as_str())
@@ -152,7 +144,7 @@ fn an_sdk_instrumented_service_continues_ztraces_trace() {
         "the SDK's span is the child of ztrace's CLIENT span:\n{report}"
     );
     assert!(
-        stat(&s1, "kernel_inject_added") >= 1,
+        s1.stat("kernel_inject_added") >= 1,
         "host 1 counted the header it added:\n{report}"
     );
 }
@@ -328,10 +320,10 @@ fn requests_leave_byte_for_byte_but_for_the_one_header_added() {
             assert_eq!(span.attr_str("url.path"), Some(path.as_str()), "{case}");
         }
     }
-    assert_eq!(stat(&s1, "kernel_inject_added"), 7, "{report}");
-    assert_eq!(stat(&s1, "kernel_inject_head_split"), 2, "{report}");
-    assert_eq!(stat(&s1, "kernel_inject_had_traceparent"), 1, "{report}");
-    assert_eq!(stat(&s1, "kernel_inject_failed"), 0, "{report}");
+    assert_eq!(s1.stat("kernel_inject_added"), 7, "{report}");
+    assert_eq!(s1.stat("kernel_inject_head_split"), 2, "{report}");
+    assert_eq!(s1.stat("kernel_inject_had_traceparent"), 1, "{report}");
+    assert_eq!(s1.stat("kernel_inject_failed"), 0, "{report}");
 }
 
 /// The added header's (trace id, span id) in each connection the recording server wrote down.
@@ -471,6 +463,6 @@ fn on_one_host_the_added_header_gives_way_to_the_same_host_rules() {
         spans.iter().any(|s| s.trace_id() == Some(APP_TRACE)),
         "the second call joined the application's trace:\n{report}"
     );
-    assert_eq!(stat(&s1, "propagation_trace_mismatch"), 1, "{report}");
-    assert!(stat(&s1, "kernel_inject_added") >= 2, "{report}");
+    assert_eq!(s1.stat("propagation_trace_mismatch"), 1, "{report}");
+    assert!(s1.stat("kernel_inject_added") >= 2, "{report}");
 }

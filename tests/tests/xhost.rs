@@ -244,19 +244,10 @@ fn chain_across_two_hosts_is_one_trace(middle: Middle) {
     drop(services);
     let s1 = z1.stop();
     let s2 = z2.stop();
-    let propagation = |s: &ztrace_e2e::ztrace::Stopped| {
-        s.stats
-            .iter()
-            .flatten()
-            .filter(|(k, _)| k.contains("propagat") || k.contains("tls"))
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
     let report = format!(
         "{spans:#?}\nhost 1: {}\nhost 2: {}",
-        propagation(&s1),
-        propagation(&s2)
+        s1.counters(&["propagat", "tls"]),
+        s2.counters(&["propagat", "tls"])
     );
     assert_eq!(spans.len(), 6, "six spans:\n{report}");
     let trace = spans[0].trace_id();
@@ -302,15 +293,8 @@ fn chain_across_two_hosts_is_one_trace(middle: Middle) {
         );
     }
     assert_eq!(parent(client), None, "the client is the root:\n{report}");
-    let stat = |s: &ztrace_e2e::ztrace::Stopped, k: &str| {
-        s.stats
-            .as_ref()
-            .and_then(|m| m.get(k))
-            .and_then(|v| v.as_u64())
-            .unwrap_or(0)
-    };
     assert!(
-        stat(&s1, "kernel_propagate_option_written") >= 1,
+        s1.stat("kernel_propagate_option_written") >= 1,
         "host 1 wrote the option: {:?}",
         s1.stats
     );
@@ -318,31 +302,31 @@ fn chain_across_two_hosts_is_one_trace(middle: Middle) {
     // OpenSSL calls, before the socket is known as TLS) count as starts too.
     if matches!(middle, Middle::Python(None)) {
         assert_eq!(
-            stat(&s2, "kernel_propagate_server_from_wire"),
+            s2.stat("kernel_propagate_server_from_wire"),
             1,
             "b's request came with its context: {:?}",
             s2.stats
         );
         assert_eq!(
-            stat(&s2, "kernel_propagate_server_no_context"),
+            s2.stat("kernel_propagate_server_no_context"),
             0,
             "{:?}",
             s2.stats
         );
     } else {
         assert!(
-            stat(&s2, "kernel_propagate_server_from_wire") >= 1,
+            s2.stat("kernel_propagate_server_from_wire") >= 1,
             "{:?}",
             s2.stats
         );
     }
     assert_eq!(
-        stat(&s1, "spans_linked_tcp_option"),
+        s1.stat("spans_linked_tcp_option"),
         1,
         "c's parent came by option: {:?}",
         s1.stats
     );
-    assert_eq!(stat(&s2, "spans_linked_tcp_option"), 1, "{:?}", s2.stats);
+    assert_eq!(s2.stat("spans_linked_tcp_option"), 1, "{:?}", s2.stats);
 }
 
 /// A (host 1) → B (host 2) → C (host 3), Python services, each host with its own ztrace: one
@@ -404,17 +388,10 @@ fn a_chain_across_three_hosts_is_one_trace() {
             who(child)
         );
     }
-    let stat = |s: &ztrace_e2e::ztrace::Stopped, k: &str| {
-        s.stats
-            .as_ref()
-            .and_then(|m| m.get(k))
-            .and_then(|v| v.as_u64())
-            .unwrap_or(0)
-    };
     // Hosts 1 and 2 each sent one request to the next host, with the header added.
     for (i, s) in stats.iter().enumerate().take(2) {
         assert!(
-            stat(s, "kernel_inject_added") >= 1,
+            s.stat("kernel_inject_added") >= 1,
             "host {} added a traceparent:\n{report}",
             i + 1
         );
@@ -625,21 +602,10 @@ fn a_loopback_hop_hands_its_context_over_in_the_kernel() {
         drop((a, b));
         let s1 = z1.stop();
         let s2 = z2.stop();
-        let counters = |s: &ztrace_e2e::ztrace::Stopped| {
-            s.stats
-                .iter()
-                .flatten()
-                .filter(|(k, _)| {
-                    k.contains("propagat") || k.contains("inject") || k.contains("link")
-                })
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
         let report = format!(
             "--propagate={setting}\n{spans:#?}\nhost 1: {}\nhost 2: {}",
-            counters(&s1),
-            counters(&s2)
+            s1.counters(&["propagat", "inject", "link"]),
+            s2.counters(&["propagat", "inject", "link"])
         );
         let trace = spans[0].trace_id();
         assert!(
@@ -662,23 +628,16 @@ fn a_loopback_hop_hands_its_context_over_in_the_kernel() {
                 who(child)
             );
         }
-        let stat = |s: &ztrace_e2e::ztrace::Stopped, k: &str| {
-            s.stats
-                .as_ref()
-                .and_then(|m| m.get(k))
-                .and_then(|v| v.as_u64())
-                .unwrap_or(0)
-        };
         // One request on loopback, one across hosts.
         let (handed_over, headers) = if setting == "on" { (1, 1) } else { (0, 2) };
         assert_eq!(
-            stat(&s1, "kernel_propagate_handed_over"),
+            s1.stat("kernel_propagate_handed_over"),
             handed_over,
             "{report}"
         );
-        assert_eq!(stat(&s1, "kernel_inject_added"), headers, "{report}");
+        assert_eq!(s1.stat("kernel_inject_added"), headers, "{report}");
         assert_eq!(
-            stat(&s2, "kernel_propagate_server_from_wire"),
+            s2.stat("kernel_propagate_server_from_wire"),
             1,
             "b's request came with its context:\n{report}"
         );
