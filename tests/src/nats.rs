@@ -1,12 +1,13 @@
-//! A real NATS server on loopback (Debian's `nats-server`) and its Python clients from the test
-//! venv (nats-py): `tests/fixtures/nats_subscriber.py` and `tests/fixtures/nats_publisher.py`.
+//! A real NATS server on loopback (Debian's `nats-server`) and its clients: Python's from the test
+//! venv (nats-py), `tests/fixtures/nats_subscriber.py` and `tests/fixtures/nats_publisher.py`,
+//! and Node's (`nats` from npm), `tests/fixtures/nats_publisher.js`.
 
 use std::process::Command;
 use std::time::Duration;
 
 use crate::postgres::{run, ClientRun};
 use crate::process::Proc;
-use crate::{fixture, free_port, python};
+use crate::{fixture, free_port, node_modules, python};
 
 /// How long the server start and each client may take.
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -50,5 +51,14 @@ impl NatsServer {
         cmd.arg(fixture("nats_publisher.py"))
             .arg(self.port.to_string());
         run("nats_publisher.py", &mut cmd)
+    }
+
+    /// The same publisher in Node (the npm `nats` client), run to its end.
+    pub fn node_publisher(&self) -> ClientRun {
+        let mut cmd = Command::new("node");
+        cmd.env("NODE_PATH", node_modules())
+            .arg(fixture("nats_publisher.js"))
+            .arg(self.port.to_string());
+        run("nats_publisher.js", &mut cmd)
     }
 }

@@ -1,5 +1,6 @@
-//! NATS end to end: a real nats-server on a free loopback port, a subscriber/responder and a
-//! publisher/requester in Python (nats-py), traced by the real agent with `--print=json`.
+//! NATS end to end: a real nats-server on a free loopback port, a subscriber/responder in Python
+//! (nats-py) and a publisher/requester in Python, then in Node (the npm `nats` client), traced
+//! by the real agent with `--print=json`.
 //! Every message published is a PRODUCER span of the publisher and every delivery a CONSUMER
 //! span of the receiver, the CONSUMER span the child of the PRODUCER span that sent the same
 //! message (`ztrace.link` = `message`), or of the `traceparent` the message's headers carry
@@ -10,6 +11,7 @@
 use std::time::Duration;
 
 use ztrace_e2e::nats::NatsServer;
+use ztrace_e2e::postgres::ClientRun;
 use ztrace_e2e::servers::Server;
 use ztrace_e2e::span::list;
 use ztrace_e2e::ztrace::SPAN_TIMEOUT;
@@ -38,12 +40,25 @@ fn one<'a>(spans: &'a [Span], kind: &str, name: &str, pid: u32) -> &'a Span {
 #[test]
 #[ignore = "needs root and eBPF; run by cargo xtask test"]
 fn nats_py_publish_deliver_and_request_reply_are_linked_producer_and_consumer_spans() {
+    publish_deliver_and_request_reply(NatsServer::publisher);
+}
+
+/// The same with Node's `nats` client publishing and requesting (its own header block and
+/// `_INBOX` subjects) to the Python subscriber.
+#[test]
+#[ignore = "needs root and eBPF; run by cargo xtask test"]
+fn node_nats_publish_and_request_to_a_nats_py_subscriber_are_linked() {
+    publish_deliver_and_request_reply(NatsServer::node_publisher);
+}
+
+/// Runs `publisher` against the Python subscriber/responder and checks every span and link.
+fn publish_deliver_and_request_reply(publisher: fn(&NatsServer) -> ClientRun) {
     let server = NatsServer::start();
     let stock = Server::python_http("127.0.0.1");
     let mut ztrace = Ztrace::start(&["--print=json"]);
 
     let mut subscriber = server.subscriber(&format!("http://127.0.0.1:{}/hello", stock.port));
-    let publisher = server.publisher();
+    let publisher = publisher(&server);
     assert!(
         publisher.success && publisher.stdout.contains("done"),
         "publisher: {}\n{}",

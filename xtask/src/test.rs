@@ -102,11 +102,12 @@ const VENV_PACKAGES: &[&str] = &[
     "nats-py",
 ];
 /// npm packages of the tests, installed under `target/test-npm` (the tests find them through
-/// `ZTRACE_NODE_MODULES`): Node's gRPC (tests/tests/grpc.rs) and AMQP 0-9-1 client
-/// (tests/tests/amqp.rs). Each with a file that proves it is there.
+/// `ZTRACE_NODE_MODULES`): Node's gRPC (tests/tests/grpc.rs), AMQP 0-9-1 (tests/tests/amqp.rs)
+/// and NATS (tests/tests/nats.rs) clients. Each with a file that proves it is there.
 const NPM_PACKAGES: &[(&str, &str)] = &[
     ("@grpc/grpc-js@1.14", "@grpc/grpc-js/package.json"),
     ("amqplib@0.10", "amqplib/package.json"),
+    ("nats@2", "nats/package.json"),
 ];
 const VENV_CHECK: &str = "import grpc, opentelemetry.proto, opentelemetry.distro, opentelemetry.exporter.otlp.proto.grpc, opentelemetry.instrumentation.urllib, opentelemetry.instrumentation.wsgi, redis, pymemcache, nats";
 
