@@ -1,4 +1,5 @@
-//! The edges real traffic has (issue 19): app servers named by their application, the viewer
+//! The edges real traffic has (issue 19): app servers (gunicorn, uvicorn, uWSGI) named by their
+//! application, the viewer
 //! not tracing itself, PostgreSQL backends' titles, and what a `kill -9` of the agent leaves
 //! behind (nothing: the traced programs serve on, no program or uprobe stays in the kernel, and a
 //! new agent works at once).
@@ -100,20 +101,24 @@ fn gunicorn_services_are_named_by_their_application() {
         [200, 200, 200]
     );
 
-    let ports: Vec<u16> = servers.iter().map(|(g, _)| g.port).collect();
+    let named: Vec<(u16, &str)> = servers.iter().map(|(g, want)| (g.port, *want)).collect();
+    assert_named(&mut ztrace, &named, "gunicorn");
+    drop(servers);
+    ztrace.stop();
+}
+
+/// One SERVER span on each port of `named`, whose service is the name given there, from a
+/// process whose command line names `host` (the app server).
+fn assert_named(ztrace: &mut Ztrace, named: &[(u16, &str)], host: &str) {
+    let ports: Vec<u16> = named.iter().map(|(port, _)| *port).collect();
     let ours = |s: &Span| s.is_server() && s.server_port().is_some_and(|p| ports.contains(&p));
-    let spans = ztrace.wait_for_n_spans(3, ours, SPAN_TIMEOUT);
-    for (server, want) in &servers {
+    let spans = ztrace.wait_for_n_spans(named.len(), ours, SPAN_TIMEOUT);
+    for (port, want) in named {
         let mine: Vec<&Span> = spans
             .iter()
-            .filter(|s| s.server_port() == Some(server.port))
+            .filter(|s| s.server_port() == Some(*port))
             .collect();
-        assert_eq!(
-            mine.len(),
-            1,
-            "one server span on port {}:\n{mine:?}",
-            server.port
-        );
+        assert_eq!(mine.len(), 1, "one server span on port {port}:\n{mine:?}");
         assert_eq!(mine[0].service(), Some(*want), "{:?}", mine[0]);
         assert_eq!(
             mine[0].resource_str("service.name"),
@@ -124,12 +129,82 @@ fn gunicorn_services_are_named_by_their_application() {
         assert!(
             mine[0]
                 .resource_str("process.command_line")
-                .is_some_and(|c| c.contains("gunicorn")),
+                .is_some_and(|c| c.contains(host)),
             "{:?}",
             mine[0]
         );
     }
-    drop(servers);
+}
+
+/// An ASGI service under Debian's uvicorn (`main:app` in a directory named `catalog`, given
+/// with `--app-dir`) and a WSGI one under uWSGI (`--module billing.wsgi:application`, a master
+/// and two forked workers): named `catalog` and `billing`, not `uvicorn`, `python3` or
+/// `uwsgi-core`.
+#[test]
+#[ignore = "needs root and eBPF; run by cargo xtask test"]
+fn uvicorn_and_uwsgi_services_are_named_by_their_application() {
+    for program in ["/usr/bin/uvicorn", "/usr/bin/uwsgi-core"] {
+        assert!(
+            Path::new(program).is_file(),
+            "{program} is missing: apt-get install uvicorn uwsgi-core uwsgi-plugin-python3"
+        );
+    }
+    let root = TempDir::new("app-servers");
+    let catalog = root.join("catalog");
+    std::fs::create_dir_all(&catalog).expect("mkdir");
+    std::fs::write(
+        catalog.join("main.py"),
+        "async def app(scope, receive, send):\n    \
+         if scope['type'] != 'http':\n        return\n    \
+         await send({'type': 'http.response.start', 'status': 200, 'headers': [(b'content-type', b'text/plain')]})\n    \
+         await send({'type': 'http.response.body', 'body': b'catalog\\n'})\n",
+    )
+    .expect("write");
+    let billing = root.join("billing-svc");
+    std::fs::create_dir_all(billing.join("billing")).expect("mkdir");
+    std::fs::write(billing.join("billing/__init__.py"), "").expect("write");
+    std::fs::write(
+        billing.join("billing/wsgi.py"),
+        wsgi_app("billing", "application"),
+    )
+    .expect("write");
+
+    let mut ztrace = Ztrace::start(&["--print=json"]);
+    let (uvicorn_port, uwsgi_port) = (free_port(), free_port());
+    let mut cmd = Command::new("/usr/bin/uvicorn");
+    cmd.arg("--app-dir")
+        .arg(&catalog)
+        .args(["--host", "127.0.0.1", "--port", &uvicorn_port.to_string()])
+        .args(["--lifespan", "off", "main:app"]);
+    let mut uvicorn = Proc::spawn("uvicorn main:app", &mut cmd);
+    let mut cmd = Command::new("/usr/bin/uwsgi-core");
+    cmd.args(["--plugin", "python3", "--http-socket"])
+        .arg(format!("127.0.0.1:{uwsgi_port}"))
+        .arg("--chdir")
+        .arg(&billing)
+        .args([
+            "--module",
+            "billing.wsgi:application",
+            "--master",
+            "--processes",
+            "2",
+        ]);
+    let mut uwsgi = Proc::spawn("uwsgi billing", &mut cmd);
+    uvicorn.wait_listening(([127, 0, 0, 1], uvicorn_port).into(), LISTEN_TIMEOUT, None);
+    uwsgi.wait_listening(([127, 0, 0, 1], uwsgi_port).into(), LISTEN_TIMEOUT, None);
+
+    let urls = [
+        format!("http://127.0.0.1:{uvicorn_port}/items/1"),
+        format!("http://127.0.0.1:{uwsgi_port}/invoices/1"),
+    ];
+    let run = clients::curl(&urls);
+    assert_eq!(
+        run.transfers.iter().map(|t| t.0).collect::<Vec<_>>(),
+        [200, 200]
+    );
+    assert_named(&mut ztrace, &[(uvicorn_port, "catalog")], "uvicorn");
+    assert_named(&mut ztrace, &[(uwsgi_port, "billing")], "uwsgi");
+    drop((uvicorn, uwsgi));
     ztrace.stop();
 }
 

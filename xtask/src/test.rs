@@ -70,6 +70,9 @@ const TEST_PACKAGES: &[&str] = &[
     "binutils",
     // Services under an app server, named by their application (tests/tests/edges.rs).
     "gunicorn",
+    "uvicorn",
+    "uwsgi-core",
+    "uwsgi-plugin-python3",
     // gRPC in Go (grpc-go, GOPATH mode) and HTTP/2 load (h2load) (tests/tests/grpc.rs).
     "golang-google-grpc-dev",
     "golang-google-protobuf-dev",
