@@ -58,6 +58,14 @@ impl OtlpSpan {
     pub fn end_time_unix_nano(&self) -> Option<i64> {
         int(self.0.get("end_time_unix_nano")?)
     }
+    /// The parent's span id; `None` for a root (OTLP writes an empty one).
+    pub fn parent(&self) -> Option<&str> {
+        self.str_field("parent_span_id").filter(|p| !p.is_empty())
+    }
+    /// The resource's `process.pid` (an int, which OTLP's JSON may write as a string).
+    pub fn pid(&self) -> Option<u32> {
+        int(self.0.get("resource")?.get("process.pid")?).and_then(|p| u32::try_from(p).ok())
+    }
     /// `status.code` as the receiver wrote it (e.g. `STATUS_CODE_ERROR` or 2).
     pub fn status_code(&self) -> Option<&Value> {
         self.0.get("status")?.get("code")

@@ -350,17 +350,6 @@ fn run_with(orders_lang: Lang, lang: Lang, envs: &[(&str, &str)]) {
     }
 }
 
-fn otlp_pid(s: &OtlpSpan) -> Option<u32> {
-    s.0.get("resource")
-        .and_then(|r| r.get("process.pid"))
-        .and_then(|v| match v {
-            Value::Number(n) => n.as_u64(),
-            Value::String(s) => s.parse().ok(),
-            _ => None,
-        })
-        .map(|p| p as u32)
-}
-
 #[test]
 #[ignore = "needs root and eBPF; run by cargo xtask test"]
 fn an_opentelemetry_sdk_client_and_ztrace_spans_form_one_trace() {
@@ -417,7 +406,7 @@ fn an_opentelemetry_sdk_client_and_ztrace_spans_form_one_trace() {
     let ours = |s: &OtlpSpan| {
         (s.resource_str("service.name") == Some("sdk-client")
             && s.attr_str("rpc.system.name").is_none())
-            || otlp_pid(s).is_some_and(|p| pids.contains(&p))
+            || s.pid().is_some_and(|p| pids.contains(&p))
             || (s.resource_str("service.name") == Some("postgres")
                 && s.attr_i64("server.port") == Some(pg_port))
     };

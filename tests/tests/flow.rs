@@ -64,23 +64,6 @@ catalog server GET /items/{id} (none)
             postgres server SELECT users (connection)
 ";
 
-fn pid(s: &OtlpSpan) -> Option<u32> {
-    s.0.get("resource")
-        .and_then(|r| r.get("process.pid"))
-        .and_then(|v| match v {
-            Value::Number(n) => n.as_u64(),
-            Value::String(s) => s.parse().ok(),
-            _ => None,
-        })
-        .map(|p| p as u32)
-}
-
-fn parent(s: &OtlpSpan) -> Option<&str> {
-    s.0.get("parent_span_id")
-        .and_then(Value::as_str)
-        .filter(|p| !p.is_empty())
-}
-
 /// `service kind name (ztrace.link)`.
 fn label(s: &OtlpSpan) -> String {
     let kind = s
@@ -103,7 +86,7 @@ fn render(spans: &[&OtlpSpan]) -> String {
     let mut children: BTreeMap<Option<&str>, Vec<&OtlpSpan>> = BTreeMap::new();
     for s in spans {
         children
-            .entry(parent(s).filter(|p| ids.contains(p)))
+            .entry(s.parent().filter(|p| ids.contains(p)))
             .or_default()
             .push(s);
     }
@@ -222,7 +205,7 @@ fn check(spans: &[OtlpSpan], want: &str, hit: bool) {
             "{span:?}"
         );
     }
-    assert_eq!(parent(receive), publish.span_id());
+    assert_eq!(receive.parent(), publish.span_id());
 }
 
 #[test]
@@ -254,7 +237,7 @@ fn a_request_through_redis_postgres_and_nats_to_a_subscriber_is_one_trace() {
     .into();
     let pg_port = i64::from(flow.pg.port);
     let ours = move |s: &OtlpSpan| {
-        pid(s).is_some_and(|p| pids.contains(&p))
+        s.pid().is_some_and(|p| pids.contains(&p))
             || (s.resource_str("service.name") == Some("postgres")
                 && s.attr_i64("server.port") == Some(pg_port))
     };

@@ -39,12 +39,6 @@ fn agent(host: &Host, otlp: &OtlpReceiver) -> Ztrace {
     z
 }
 
-fn parent(s: &OtlpSpan) -> Option<&str> {
-    s.0.get("parent_span_id")
-        .and_then(|v| v.as_str())
-        .filter(|p| !p.is_empty())
-}
-
 #[test]
 #[ignore = "needs root and eBPF; run by cargo xtask test"]
 fn an_sdk_instrumented_service_continues_ztraces_trace() {
@@ -139,7 +133,7 @@ fn an_sdk_instrumented_service_continues_ztraces_trace() {
         "one trace:\n{report}"
     );
     assert_eq!(
-        parent(sdk_server),
+        sdk_server.parent(),
         a_client.span_id(),
         "the SDK's span is the child of ztrace's CLIENT span:\n{report}"
     );
@@ -432,7 +426,7 @@ fn on_one_host_the_added_header_gives_way_to_the_same_host_rules() {
             .unwrap_or_else(|| panic!("no header names the call {span_id}:\n{report}"));
         let server = spans
             .iter()
-            .find(|s| s.kind() == Some(SERVER) && parent(s) == Some(span_id))
+            .find(|s| s.kind() == Some(SERVER) && s.parent() == Some(span_id))
             .unwrap_or_else(|| panic!("no rec span is the child of {span_id}:\n{report}"));
         assert_eq!(server.trace_id(), call.trace_id(), "one trace:\n{report}");
         assert_eq!(

@@ -117,12 +117,6 @@ fn find<'a>(spans: &'a [OtlpSpan], service: &str, kind: &str) -> &'a OtlpSpan {
         .unwrap_or_else(|| panic!("no {kind} span of {service} among:\n{spans:#?}"))
 }
 
-fn parent(s: &OtlpSpan) -> Option<&str> {
-    s.0.get("parent_span_id")
-        .and_then(|v| v.as_str())
-        .filter(|p| !p.is_empty())
-}
-
 const SERVER: &str = "SPAN_KIND_SERVER";
 const CLIENT: &str = "SPAN_KIND_CLIENT";
 
@@ -280,7 +274,7 @@ fn chain_across_two_hosts_is_one_trace(middle: Middle) {
         (c_server, b_client, "tcp_option"),
     ] {
         assert_eq!(
-            parent(child),
+            child.parent(),
             parent_span.span_id(),
             "parent of {:?}:\n{report}",
             who(child)
@@ -292,7 +286,7 @@ fn chain_across_two_hosts_is_one_trace(middle: Middle) {
             who(child)
         );
     }
-    assert_eq!(parent(client), None, "the client is the root:\n{report}");
+    assert_eq!(client.parent(), None, "the client is the root:\n{report}");
     assert!(
         s1.stat("kernel_propagate_option_written") >= 1,
         "host 1 wrote the option: {:?}",
@@ -376,7 +370,7 @@ fn a_chain_across_three_hosts_is_one_trace() {
         (c_server, b_client, "tcp_option"),
     ] {
         assert_eq!(
-            parent(child),
+            child.parent(),
             parent_span.span_id(),
             "parent of {:?}:\n{report}",
             who(child)
@@ -409,10 +403,10 @@ fn assert_host2_split(spans: &[OtlpSpan]) {
         a_client.trace_id(),
         "host 2 starts its own trace:\n{report}"
     );
-    assert_eq!(parent(b_server), None, "{report}");
+    assert_eq!(b_server.parent(), None, "{report}");
     assert_eq!(b_server.attr_str("ztrace.link"), Some("none"), "{report}");
     // On each host the rules of one host still hold.
-    assert_eq!(parent(b_client), b_server.span_id(), "{report}");
+    assert_eq!(b_client.parent(), b_server.span_id(), "{report}");
     assert_eq!(
         find(spans, "a", SERVER).trace_id(),
         a_client.trace_id(),
@@ -473,7 +467,7 @@ fn a_middlebox_that_strips_the_option_is_counted_and_the_added_header_still_join
     let a_client = find(&spans, "a", CLIENT);
     let b_server = find(&spans, "b", SERVER);
     assert_eq!(b_server.trace_id(), a_client.trace_id(), "{spans:#?}");
-    assert_eq!(parent(b_server), a_client.span_id(), "{spans:#?}");
+    assert_eq!(b_server.parent(), a_client.span_id(), "{spans:#?}");
     assert_eq!(
         b_server.attr_str("ztrace.link"),
         Some("header"),
@@ -555,7 +549,7 @@ fn a_postgresql_query_across_hosts_joins_the_trace() {
     let a_server = find(&all, "a", SERVER);
     assert_eq!(query.resource_str("service.name"), Some("a"), "{report}");
     assert_eq!(
-        (parent(query), query.attr_str("ztrace.link")),
+        (query.parent(), query.attr_str("ztrace.link")),
         (a_server.span_id(), Some("thread")),
         "{report}"
     );
@@ -564,7 +558,7 @@ fn a_postgresql_query_across_hosts_joins_the_trace() {
         a_server.trace_id(),
         "one trace:\n{report}"
     );
-    assert_eq!(parent(backend), query.span_id(), "{report}");
+    assert_eq!(backend.parent(), query.span_id(), "{report}");
     assert_eq!(
         backend.attr_str("ztrace.link"),
         Some("tcp_option"),
@@ -622,7 +616,7 @@ fn a_loopback_hop_hands_its_context_over_in_the_kernel() {
             (b_server, a_client, "tcp_option"),
         ] {
             assert_eq!(
-                (parent(child), child.attr_str("ztrace.link")),
+                (child.parent(), child.attr_str("ztrace.link")),
                 (parent_span.span_id(), Some(link)),
                 "parent of {:?}:\n{report}",
                 who(child)
