@@ -532,10 +532,19 @@ const RECHECK: std::time::Duration = std::time::Duration::from_secs(2);
 /// The start time of `pid` in clock ticks since boot (`/proc/PID/stat` field 22), which tells two
 /// processes that had the same pid apart.
 fn read_start_time(proc_root: &Path, pid: u32) -> Option<u64> {
+    read_stat_field(proc_root, pid, 22)
+}
+
+/// Numeric field `field` (numbered from 1, as in proc(5)) of `/proc/PID/stat`, for a field after
+/// the command name (field 2, in parentheses, which may contain anything): 3 and up.
+pub fn read_stat_field(proc_root: &Path, pid: u32, field: usize) -> Option<u64> {
     let stat = fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
-    // Fields after the command name, which is in parentheses and may contain anything.
     let after = &stat[stat.rfind(')')? + 1..];
-    after.split_ascii_whitespace().nth(19)?.parse().ok()
+    after
+        .split_ascii_whitespace()
+        .nth(field.checked_sub(3)?)?
+        .parse()
+        .ok()
 }
 
 impl Default for ProcessCache {

@@ -81,10 +81,8 @@ pub struct Row {
 
 /// The parent of process `pid` (`/proc/PID/stat`'s fourth field), if it is still there.
 fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (second field) may hold spaces and parentheses: count from its end.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_ascii_whitespace().nth(1)?.parse().ok()
+    crate::discovery::read_stat_field(Path::new("/proc"), pid, 4)
+        .and_then(|p| u32::try_from(p).ok())
 }
 
 /// The TLS part of the attach table, as printed at start.
