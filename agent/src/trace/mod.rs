@@ -45,7 +45,11 @@
 
 pub mod context;
 
-use std::{collections::VecDeque, net::SocketAddr};
+use std::{
+    cmp::Reverse,
+    collections::{BinaryHeap, VecDeque},
+    net::SocketAddr,
+};
 
 use crate::{
     collections::HashMap,
@@ -256,24 +260,33 @@ struct Pending {
 
 /// The hold-back window: inputs in (timestamp, rank, arrival) order. Inputs arrive almost in
 /// timestamp order (the ring buffer's order, disturbed only by write timestamps taken at entry
-/// and by the CPUs' interleaving), so the keys live in a deque kept sorted: a new key is placed
-/// by a short scan from the back (a binary search when it lands far back) and the next one is
-/// taken from the front — no sifting through a heap that no longer fits in the cache. The
-/// inputs themselves (up to ~150 bytes) stay in a slab, so only 24-byte keys move.
+/// and by the CPUs' interleaving), so most keys go into a deque kept sorted: a new key is placed
+/// by a short scan from the back and the next one is taken from the front — no sifting through
+/// a heap that no longer fits in the cache. A key that lands further back than the scan (a
+/// write's entry time reported after a long call, a batch of one CPU's records after another's)
+/// goes into a small heap instead: inserting it into the middle of the deque would move every
+/// key behind it, which under load (tens of thousands of keys) made each such input cost
+/// microseconds and the agent fall behind for good. The inputs themselves (up to ~150 bytes)
+/// stay in a slab, so only 24-byte keys move.
 #[derive(Default)]
 struct Window {
     /// (ts, rank, seq, slot), sorted.
-    order: VecDeque<(u64, u8, u64, u32)>,
+    order: VecDeque<WindowKey>,
+    /// Keys that arrived too far out of order for `order`, smallest first.
+    late: BinaryHeap<Reverse<WindowKey>>,
     slots: Vec<Option<Input>>,
     free: Vec<u32>,
 }
 
-/// Keys compared one by one from the back before a binary search takes over.
+/// (ts, rank, seq, slot): the order inputs are handled in, and where the input is.
+type WindowKey = (u64, u8, u64, u32);
+
+/// Keys compared one by one from the back of the deque before a key goes to the heap.
 const WINDOW_SCAN: usize = 8;
 
 impl Window {
     fn len(&self) -> usize {
-        self.order.len()
+        self.order.len() + self.late.len()
     }
 
     fn push(&mut self, ts: u64, rank: u8, seq: u64, input: Input) {
@@ -293,23 +306,35 @@ impl Window {
         while at > 0 && self.order.len() - at < WINDOW_SCAN && self.order[at - 1] > key {
             at -= 1;
         }
-        if at > 0 && self.order.len() - at == WINDOW_SCAN && self.order[at - 1] > key {
-            at = self.order.partition_point(|k| *k < key);
-        }
-        if at == self.order.len() {
+        if at > 0 && self.order[at - 1] > key {
+            self.late.push(Reverse(key));
+        } else if at == self.order.len() {
             self.order.push_back(key);
         } else {
             self.order.insert(at, key);
         }
     }
 
+    /// The key of the input that comes next.
+    fn next_key(&self) -> Option<WindowKey> {
+        match (self.order.front(), self.late.peek()) {
+            (Some(a), Some(Reverse(b))) => Some(*a.min(b)),
+            (a, b) => a.copied().or(b.map(|Reverse(k)| *k)),
+        }
+    }
+
     /// The timestamp of the input that comes next.
     fn next_ts(&self) -> Option<u64> {
-        self.order.front().map(|(ts, ..)| *ts)
+        self.next_key().map(|(ts, ..)| ts)
     }
 
     fn pop(&mut self) -> Option<Pending> {
-        let (ts, _, _, slot) = self.order.pop_front()?;
+        let next = self.next_key()?;
+        let (ts, _, _, slot) = if self.order.front() == Some(&next) {
+            self.order.pop_front()?
+        } else {
+            self.late.pop()?.0
+        };
         let input = self.slots.get_mut(slot as usize)?.take()?;
         self.free.push(slot);
         Some(Pending { ts, input })

@@ -1055,6 +1055,7 @@ fn window_releases_in_timestamp_order() {
     };
     let mut expected = Vec::new();
     let mut got = Vec::new();
+    let mut late_seen = 0;
     for seq in 0..5_000u64 {
         let jitter = next() % 100;
         // Mostly close to the back; one in 50 lands thousands of steps back; some exact ties.
@@ -1067,6 +1068,13 @@ fn window_releases_in_timestamp_order() {
         let rank = (next() % 3) as u8;
         window.push(ts, rank, seq, Input::Close(key(1, seq as i32)));
         expected.push((ts, rank, seq));
+        // The deque stays sorted without inserting in its middle: far-back keys wait aside.
+        late_seen = late_seen.max(window.late.len());
+        assert!(window
+            .order
+            .iter()
+            .zip(window.order.iter().skip(1))
+            .all(|(a, b)| a < b));
         if seq % 97 == 0 && seq * 10 > 40_000 {
             // Release everything below a watermark, as `release` does.
             let watermark = 1_000_000 + seq * 10 - 40_000;
@@ -1089,6 +1097,10 @@ fn window_releases_in_timestamp_order() {
     let expected: Vec<(u64, u64)> = expected.iter().map(|&(ts, _, seq)| (ts, seq)).collect();
     assert_eq!(got.len(), expected.len());
     assert_eq!(got, expected, "inputs left the window out of order");
+    assert!(
+        late_seen > 0,
+        "no key landed far back: the test no longer covers the heap"
+    );
 }
 
 fn born(trace: u8, span: u8, parent: Option<u8>, from_wire: bool) -> super::context::BornIds {
