@@ -33,6 +33,8 @@ const MAX_CONNS: usize = 65_536;
 const MAX_STACKLESS: usize = 16_384;
 /// Ring-buffer records handled before the capture task hands spans on and yields.
 const MAX_RECORDS_PER_DRAIN: usize = 65_536;
+/// Records handled between two releases of the hold-back window within one drain.
+const RELEASE_EVERY: usize = 4_096;
 /// Longest a client span waits for its stack to be symbolized (the first stack of a large
 /// binary loads its DWARF). Trace assembly waits for held spans, so this also bounds how long
 /// a stack can delay other spans.
@@ -136,6 +138,12 @@ impl Capture {
     ///
     /// At most [`MAX_RECORDS_PER_DRAIN`] records per call, so that under a steady flood the task
     /// still hands spans to the sinks, expires held spans and hears signals; the next poll goes on.
+    ///
+    /// The hold-back window is released as the records go, not only once the ring is empty: a
+    /// record not read yet was written after the one just read, so (calls being shorter than the
+    /// window, the window's own premise) nothing older than the window before the last record's
+    /// time can still come. When the agent falls behind (a burst, a slow start), the window so
+    /// keeps to its width instead of growing with the backlog until it overflows.
     pub fn drain(&mut self, ring: &mut RingBuf<MapData>, sinks: &mut Sinks) {
         // Everything the kernel timestamped before this instant and finished is in the ring now.
         let began = u64::try_from(spans::clock::monotonic_now_ns()).unwrap_or(0);
@@ -150,13 +158,16 @@ impl Capture {
                 emptied = false;
                 break;
             }
+            if budget.is_multiple_of(RELEASE_EVERY) {
+                self.release(self.last_ts.saturating_sub(trace::WINDOW_NS), sinks);
+            }
         }
-        if emptied {
-            self.release(began.saturating_sub(trace::WINDOW_NS), sinks);
+        let complete_to = if emptied {
+            began.max(self.last_ts)
         } else {
-            self.release_stacked(false);
-            sinks.send_all(&mut self.ready);
-        }
+            self.last_ts
+        };
+        self.release(complete_to.saturating_sub(trace::WINDOW_NS), sinks);
     }
 
     /// Hands on every span whose inputs are all older than `watermark` (kernel time): through
