@@ -411,6 +411,10 @@ pub fn start(
     };
     let load = |object: &[u8]| {
         EbpfLoader::new()
+            // No kernel BTF for aya: the programs have no CO-RE relocations (struct offsets come
+            // from `btf::Btf` through `OFFSETS`; see the test), and aya's own parse of the
+            // kernel's BTF cost ~20 MiB of peak memory that the allocator kept afterwards.
+            .btf(None)
             // `CALLS` is a task-local storage map, which aya creates but has no typed handle for.
             .allow_unsupported_maps()
             .override_global(globals::OFFSETS, &offsets, true)
@@ -1209,6 +1213,27 @@ fn raise_memlock() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The loader gives aya no kernel BTF, which is right only while the programs have no CO-RE
+    /// relocations: the `.BTF.ext` header's `core_relo_len` (bytes 28..32) must stay 0.
+    #[test]
+    fn the_programs_need_no_kernel_btf_relocations() {
+        use object::{Object, ObjectSection};
+        let file = object::File::parse(OBJECT).expect("the eBPF object parses");
+        let ext = file
+            .section_by_name(".BTF.ext")
+            .expect(".BTF.ext")
+            .data()
+            .expect("its bytes");
+        let hdr_len = u32::from_le_bytes(ext[4..8].try_into().unwrap());
+        if hdr_len >= 32 {
+            let core_relo_len = u32::from_le_bytes(ext[28..32].try_into().unwrap());
+            assert_eq!(
+                core_relo_len, 0,
+                "the eBPF programs now have CO-RE relocations: give aya the kernel's BTF (EbpfLoader::btf)"
+            );
+        }
+    }
 
     #[test]
     fn the_start_up_log_says_what_is_traced() {
