@@ -572,20 +572,15 @@ mod tests {
     #[test]
     #[ignore = "a measurement"]
     fn libc_module_memory() {
-        let rss = || {
+        let status = |field: &str| {
             std::fs::read_to_string("/proc/self/status")
-                .unwrap()
+                .expect("/proc/self/status")
                 .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().to_owned()))
-                .unwrap()
+                .find_map(|l| l.strip_prefix(field).map(|v| v.trim().to_owned()))
+                .expect("the field")
         };
-        let hwm = || {
-            std::fs::read_to_string("/proc/self/status")
-                .unwrap()
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:").map(|v| v.trim().to_owned()))
-                .unwrap()
-        };
+        let rss = || status("VmRSS:");
+        let hwm = || status("VmHWM:");
         let path = Path::new("/lib/x86_64-linux-gnu/libc.so.6");
         eprintln!("before: rss {} hwm {}", rss(), hwm());
         let m = Module::load(
