@@ -1225,9 +1225,9 @@ mod tests {
             .expect(".BTF.ext")
             .data()
             .expect("its bytes");
-        let hdr_len = u32::from_le_bytes(ext[4..8].try_into().unwrap());
+        let hdr_len = u32::from_le_bytes(ext[4..8].try_into().expect("4 bytes"));
         if hdr_len >= 32 {
-            let core_relo_len = u32::from_le_bytes(ext[28..32].try_into().unwrap());
+            let core_relo_len = u32::from_le_bytes(ext[28..32].try_into().expect("4 bytes"));
             assert_eq!(
                 core_relo_len, 0,
                 "the eBPF programs now have CO-RE relocations: give aya the kernel's BTF (EbpfLoader::btf)"
