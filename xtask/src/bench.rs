@@ -103,6 +103,10 @@ pub struct Only {
     pub fuzz: bool,
     /// Redis under `redis-benchmark -P 16`.
     pub redis: bool,
+    /// nginx under wrk, plain HTTP/1.
+    pub http: bool,
+    /// PostgreSQL under pgbench.
+    pub postgres: bool,
     /// nginx with propagation on and off.
     pub propagation: bool,
     /// The example under gunicorn: untraced, OpenTelemetry's Python SDK, ztrace.
@@ -142,6 +146,9 @@ pub fn bench(agent_args: &[String], only: Only) -> Result<()> {
     if only.redis {
         return redis_bench(&ztrace, &agent_args);
     }
+    if only.postgres {
+        return postgres_bench(&ztrace, &agent_args);
+    }
     if only.grpc {
         return grpc_bench(&ztrace, &agent_args);
     }
@@ -166,7 +173,9 @@ pub fn bench(agent_args: &[String], only: Only) -> Result<()> {
         return faults::faults_bench(&ztrace);
     }
     // Instructions per span first: they hold on a busy machine, the timed loads below do not.
-    capture::capture_bench()?;
+    if !only.http {
+        capture::capture_bench()?;
+    }
 
     let dir = TempDir::new("bench");
     let certs = Certs::make();
@@ -194,6 +203,9 @@ pub fn bench(agent_args: &[String], only: Only) -> Result<()> {
         ),
     );
     print_programs(&mut last_programs(&runs), "HTTP", LOAD_SECONDS);
+    if only.http {
+        return Ok(());
+    }
     propagation_bench(&ztrace, &agent_args, dir.path(), &url)?;
     https_bench(
         &ztrace,

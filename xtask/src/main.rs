@@ -97,6 +97,12 @@ enum Command {
         /// Only Redis under `redis-benchmark -P 16` (pipelined SET and GET).
         #[arg(long)]
         redis: bool,
+        /// Only nginx under wrk (plain HTTP/1, three arms).
+        #[arg(long)]
+        http: bool,
+        /// Only PostgreSQL under `pgbench -M prepared -S` (three arms).
+        #[arg(long)]
+        postgres: bool,
         /// Only the nginx load with trace-context propagation (TCP option and traceparent
         /// header) on and off, in alternating pairs.
         #[arg(long)]
@@ -144,6 +150,8 @@ fn main() -> Result<()> {
             modes,
             fuzz,
             redis,
+            http,
+            postgres,
             propagation,
             sdk,
             grpc,
@@ -157,6 +165,8 @@ fn main() -> Result<()> {
                 modes,
                 fuzz,
                 redis,
+                http,
+                postgres,
                 propagation,
                 sdk,
                 grpc,
