@@ -59,6 +59,13 @@ pub struct Config {
     #[arg(long, env = "ZTRACE_CAPTURE_BYTES", default_value_t = 4096)]
     pub capture_bytes: usize,
 
+    /// Size of the ring buffer the kernel programs write events into, in MiB (a power of two,
+    /// 1 to 256). It is the agent's slack when it falls behind: a burst that overflows it is
+    /// dropped and counted (`kernel_ringbuf_full`). Its pages count twice in the agent's RSS
+    /// (the kernel maps the data twice, for records that wrap).
+    #[arg(long, env = "ZTRACE_RING_BUFFER_MIB", default_value_t = 16)]
+    pub ring_buffer_mib: u32,
+
     /// Export the values bound to each PostgreSQL prepared-statement execution as
     /// `db.query.parameter.<index>` (off by default: they are often personal data).
     #[arg(long, env = "ZTRACE_DB_QUERY_PARAMETERS")]

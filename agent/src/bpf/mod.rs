@@ -377,9 +377,10 @@ impl EventRing {
 
 /// Loads and attaches every program of the attach table.
 ///
-/// Returns the probes and the event ring buffer (read by the pipeline).
+/// Returns the probes and the event ring buffer (read by the pipeline), `ring_bytes` large.
 pub fn start(
     capture_bytes: usize,
+    ring_bytes: u32,
     selection: &Selection,
     stacks: StackCapture,
     empty_programs: bool,
@@ -415,6 +416,7 @@ pub fn start(
             // from `btf::Btf` through `OFFSETS`; see the test), and aya's own parse of the
             // kernel's BTF cost ~20 MiB of peak memory that the allocator kept afterwards.
             .btf(None)
+            .map_max_entries(maps::EVENTS, ring_bytes)
             // `CALLS` is a task-local storage map, which aya creates but has no typed handle for.
             .allow_unsupported_maps()
             .override_global(globals::OFFSETS, &offsets, true)

@@ -40,6 +40,14 @@ pub enum PipelineError {
     CaptureBytes,
     #[error("--stack-bytes must be at most {max}", max = ztrace_common::MAX_STACK_BYTES)]
     StackBytes,
+    #[error("--ring-buffer-mib must be a power of two from 1 to 256, not {0}")]
+    RingBufferMib(u32),
+}
+
+/// Whether `mib` is a ring-buffer size the kernel takes (a power-of-two number of pages) and
+/// within reason.
+pub fn ring_buffer_mib_ok(mib: u32) -> bool {
+    mib.is_power_of_two() && mib <= 256
 }
 
 /// How often the ring buffer is drained when the kernel does not wake the agent.
@@ -58,6 +66,9 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
     }
     if config.stack_bytes > ztrace_common::MAX_STACK_BYTES {
         return Err(PipelineError::StackBytes);
+    }
+    if !ring_buffer_mib_ok(config.ring_buffer_mib) {
+        return Err(PipelineError::RingBufferMib(config.ring_buffer_mib));
     }
     let stacks_on = config.stacks == "on";
     bpf::check_can_start()?;
@@ -90,6 +101,7 @@ pub async fn run(config: Config) -> Result<(), PipelineError> {
     };
     let (mut probes, ring) = bpf::start(
         config.capture_bytes,
+        config.ring_buffer_mib << 20,
         &selection,
         stack_capture,
         config.empty_programs,
@@ -235,5 +247,20 @@ fn levels(probes: &bpf::Probes, capture: &Capture) -> crate::health::Levels {
     crate::health::Levels {
         maps: probes.map_fill(),
         tables: capture.table_sizes(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ring_buffer_mib_ok;
+
+    #[test]
+    fn ring_buffer_sizes_are_powers_of_two_up_to_256_mib() {
+        for ok in [1, 2, 8, 16, 256] {
+            assert!(ring_buffer_mib_ok(ok), "{ok}");
+        }
+        for bad in [0, 3, 12, 512, u32::MAX] {
+            assert!(!ring_buffer_mib_ok(bad), "{bad}");
+        }
     }
 }
