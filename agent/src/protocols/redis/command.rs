@@ -307,7 +307,7 @@ fn text(name: &str, args: &[Vec<u8>], argc: usize) -> String {
         let is_key = if let Some((_, key_at)) = container {
             *key_at == Some(i)
         } else if let Some(s) = streams_at {
-            i > s && i <= s + (argc - s - 1) / 2
+            i > s && i - s <= argc.saturating_sub(s + 1) / 2
         } else if NO_KEYS.contains(&name) {
             false
         } else if ALL_KEYS.contains(&name) {
@@ -319,7 +319,8 @@ fn text(name: &str, args: &[Vec<u8>], argc: usize) -> String {
         } else if EVERY_OTHER_KEY.contains(&name) {
             i % 2 == 1
         } else if NUMKEYS_SECOND.contains(&name) {
-            i >= 3 && i < 3 + numkeys
+            // `numkeys` comes off the wire: any number, `usize::MAX` included.
+            i >= 3 && i - 3 < numkeys
         } else {
             i == 1
         };
@@ -445,5 +446,16 @@ mod tests {
         assert_eq!(c.text, "GET a\\x00\\xffb");
         let c = command(&[b"GET".to_vec()], 5);
         assert_eq!(c.text, "GET …", "arguments that were not kept");
+    }
+
+    /// A `numkeys` as large as the wire can say (found by the fuzz target: `3 + numkeys`
+    /// overflowed) makes every later argument a key.
+    #[test]
+    fn numkeys_at_its_largest() {
+        assert_eq!(
+            cmd("EVAL s 18446744073709551615 k1 k2").text,
+            "EVAL ? 18446744073709551615 k1 k2"
+        );
+        assert_eq!(cmd("FCALL f 0 a").text, "FCALL ? 0 ?");
     }
 }
