@@ -315,29 +315,35 @@ impl Window {
         }
     }
 
-    /// The key of the input that comes next.
-    fn next_key(&self) -> Option<WindowKey> {
+    /// Whether the input that comes next waits in `late` (else at the front of `order`).
+    fn late_first(&self) -> bool {
         match (self.order.front(), self.late.peek()) {
-            (Some(a), Some(Reverse(b))) => Some(*a.min(b)),
-            (a, b) => a.copied().or(b.map(|Reverse(k)| *k)),
+            (Some(a), Some(Reverse(b))) => b < a,
+            (None, late) => late.is_some(),
+            (Some(_), None) => false,
         }
     }
 
-    /// The timestamp of the input that comes next.
-    fn next_ts(&self) -> Option<u64> {
-        self.next_key().map(|(ts, ..)| ts)
-    }
-
-    fn pop(&mut self) -> Option<Pending> {
-        let next = self.next_key()?;
-        let (ts, _, _, slot) = if self.order.front() == Some(&next) {
-            self.order.pop_front()?
-        } else {
+    /// The input that comes next, if its timestamp is at or before `watermark`.
+    fn pop_through(&mut self, watermark: u64) -> Option<Pending> {
+        let (ts, _, _, slot) = if self.late_first() {
+            if self.late.peek()?.0 .0 > watermark {
+                return None;
+            }
             self.late.pop()?.0
+        } else {
+            if self.order.front()?.0 > watermark {
+                return None;
+            }
+            self.order.pop_front()?
         };
         let input = self.slots.get_mut(slot as usize)?.take()?;
         self.free.push(slot);
         Some(Pending { ts, input })
+    }
+
+    fn pop(&mut self) -> Option<Pending> {
+        self.pop_through(u64::MAX)
     }
 }
 
@@ -598,10 +604,8 @@ impl Tracer {
     /// caller passes the time its last complete drain of the ring buffer began minus
     /// [`WINDOW_NS`].
     pub fn release(&mut self, watermark: u64, metrics: &Metrics, out: &mut Vec<Span>) {
-        while self.pending.next_ts().is_some_and(|ts| ts <= watermark) {
-            if let Some(p) = self.pending.pop() {
-                self.handle(p, metrics, out);
-            }
+        while let Some(p) = self.pending.pop_through(watermark) {
+            self.handle(p, metrics, out);
         }
     }
 

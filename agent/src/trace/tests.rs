@@ -709,19 +709,7 @@ fn goroutines_a_handler_starts_join_its_request_but_not_its_next_one() {
 }
 
 fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("VmRSS:")?
-                    .trim()
-                    .strip_suffix("kB")?
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-        })
-        .unwrap_or(0)
+    crate::health::own_status_kib("VmRSS").unwrap_or(0)
 }
 
 /// The memory of the hold-back window at its bound: [`MAX_PENDING`] inputs, half request
@@ -1078,8 +1066,8 @@ fn window_releases_in_timestamp_order() {
         if seq % 97 == 0 && seq * 10 > 40_000 {
             // Release everything below a watermark, as `release` does.
             let watermark = 1_000_000 + seq * 10 - 40_000;
-            while window.next_ts().is_some_and(|t| t <= watermark) {
-                let p = window.pop().expect("an input");
+            while let Some(p) = window.pop_through(watermark) {
+                assert!(p.ts <= watermark);
                 let Input::Close(k) = p.input else {
                     panic!("not the input pushed")
                 };
