@@ -269,17 +269,21 @@ pub fn encode_prometheus(counters: &[(&str, u64)], resident_bytes: Option<u64>) 
     out
 }
 
-/// The agent's resident memory (`VmRSS` of `/proc/self/status`, in kB).
+/// The agent's resident memory (`VmRSS` of `/proc/self/status`).
 fn resident_bytes() -> Option<u64> {
+    own_status_kib("VmRSS").map(|kb| kb * 1024)
+}
+
+/// A memory figure of `/proc/self/status` (`VmRSS`, `VmHWM`, ...), in KiB.
+pub fn own_status_kib(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: u64 = status
+    status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
         .split_whitespace()
         .next()?
         .parse()
-        .ok()?;
-    Some(kb * 1024)
+        .ok()
 }
 
 #[cfg(test)]

@@ -204,12 +204,8 @@ fn capture_replay() {
         0,
         "every server span is linked"
     );
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let peak = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .map(str::trim)
-        .unwrap_or("?");
+    let peak = crate::health::own_status_kib("VmHWM")
+        .map_or_else(|| "?".to_owned(), |kib| format!("{kib} kB"));
     println!(
         "capture replay: {exchanges} exchanges, {made} spans in {:.3} s: {:.2} µs per span on one thread, peak RSS {peak}",
         elapsed.as_secs_f64(),

@@ -209,13 +209,9 @@ fn section_reader<'d, D: ReadRef<'d>>(
     bytes: &mut usize,
 ) -> Option<R> {
     let section = file.section_by_name(name)?;
-    let data: Arc<[u8]> = match section.uncompressed_data().ok()? {
-        std::borrow::Cow::Borrowed(b) => Arc::from(b),
-        // Decompressed: the one copy into the `Arc`, the buffer freed at once.
-        std::borrow::Cow::Owned(v) => Arc::from(v),
-    };
+    let data = section.uncompressed_data().ok()?;
     *bytes += data.len();
-    Some(EndianArcSlice::new(data, LittleEndian))
+    Some(EndianArcSlice::new(Arc::from(&*data), LittleEndian))
 }
 
 fn load_dwarf<'d, D: ReadRef<'d>>(
@@ -572,15 +568,9 @@ mod tests {
     #[test]
     #[ignore = "a measurement"]
     fn libc_module_memory() {
-        let status = |field: &str| {
-            std::fs::read_to_string("/proc/self/status")
-                .expect("/proc/self/status")
-                .lines()
-                .find_map(|l| l.strip_prefix(field).map(|v| v.trim().to_owned()))
-                .expect("the field")
-        };
-        let rss = || status("VmRSS:");
-        let hwm = || status("VmHWM:");
+        let kib = |field| crate::health::own_status_kib(field).unwrap_or(0);
+        let rss = || format!("{} kB", kib("VmRSS"));
+        let hwm = || format!("{} kB", kib("VmHWM"));
         let path = Path::new("/lib/x86_64-linux-gnu/libc.so.6");
         eprintln!("before: rss {} hwm {}", rss(), hwm());
         let m = Module::load(
