@@ -414,7 +414,7 @@ pub fn start(
         EbpfLoader::new()
             // No kernel BTF for aya: the programs have no CO-RE relocations (struct offsets come
             // from `btf::Btf` through `OFFSETS`; see the test), and aya's own parse of the
-            // kernel's BTF cost ~20 MiB of peak memory that the allocator kept afterwards.
+            // kernel's BTF cost ~12 MiB of peak memory that the allocator kept afterwards.
             .btf(None)
             .map_max_entries(maps::EVENTS, ring_bytes)
             // `CALLS` is a task-local storage map, which aya creates but has no typed handle for.
