@@ -26,6 +26,11 @@ pub static SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(1, 0)
 #[map(name = "IOVECS_MORE")]
 pub static IOVECS_MORE: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
+/// The program that emits a saved call after a vectored read's exit drew its ids, at index 0
+/// (put there by the agent, which attaches the `_ids` exits only then).
+#[map(name = "SAVED_EXIT")]
+pub static SAVED_EXIT: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
 /// A vectored call's segments still to copy, handed to the tail call on this CPU.
 #[map(name = "IOVECS_LEFT")]
 pub static IOVECS_LEFT: PerCpuArray<IovecsLeft> = PerCpuArray::with_max_entries(1, 0);
@@ -207,6 +212,9 @@ pub struct PendingCall {
     /// The socket's cache entry as found at entry (read/write family only), so the exit needs
     /// no second lookup.
     pub sock: SockEntry,
+    /// A read whose bytes start a server request: its `PROP_CONNS` key, set by a vectored read's
+    /// exit (`zt_exit_readv_ids`) before it hands the call on to `zt_saved_exit`.
+    pub ids_key: u64,
 }
 
 /// BTF definition of a task-local storage map (`BPF_MAP_TYPE_TASK_STORAGE`, Linux >= 5.11, in

@@ -18,17 +18,23 @@
 //!   socket's `RX_CTX` entry instead: the other end is on this host, so no segment needs it.
 //!
 //! Both kinds are reported in the data event that starts the request (`DataEventHeader::ids`),
-//! and the agent puts exactly those ids on the span. Not done here: TLS plaintext (its request
-//! boundaries are in the TLS probes, which do not take part yet) and connections opened before
-//! ztrace started.
+//! and the agent puts exactly those ids on the span. TLS plaintext takes part through its probes:
+//! OpenSSL's calls pass `in_tls_call` to the syscalls made inside them (`tls::openssl`), Go's
+//! `crypto/tls` calls start requests themselves (`tls::go`); a TLS socket's own syscalls outside
+//! those calls (the handshake once the socket is known as TLS, the ciphertext) take no part. Not
+//! done here: connections opened before ztrace started, Node.js's memory-BIO TLS.
 
-use aya_ebpf::{helpers::generated::bpf_get_prandom_u32, macros::map, maps::LruHashMap};
+use aya_ebpf::{
+    helpers::{bpf_probe_read_user, generated::bpf_get_prandom_u32},
+    macros::map,
+    maps::LruHashMap,
+};
 use ztrace_common::{ids, propagate, ConnRole, Counter, Direction, RequestIds};
 
 use crate::{
     config::settings,
     go,
-    maps::{count, SockEntry},
+    maps::{call, count, SockEntry},
     sock::{self, FlowKey},
 };
 
@@ -52,7 +58,16 @@ pub struct PropConn {
     /// 1 once the connection's bytes go through OpenSSL calls: from then on only the syscalls
     /// made inside those calls count (their direction is the plaintext's), not the handshake's.
     pub tls: u32,
+    /// 1 when the connection's first bytes were HTTP/2's client preface (`PRI * HTTP/2.0`):
+    /// its requests are streams, which do not take turns with their answers (`h2` rules).
+    pub h2: u32,
+    /// Reads seen, up to [`PREFACE_READS`]: a server may write first (grpc-go's settings), so the
+    /// preface is looked for in the first reads, not only before any byte moved.
+    pub reads: u32,
 }
+
+/// The reads of a server connection in which HTTP/2's preface is looked for.
+const PREFACE_READS: u32 = 2;
 
 /// Connections opened by `connect`/`accept` while ztrace runs: key `tgid << 32 | fd`. LRU,
 /// 65536 entries (a forgotten connection's requests get no kernel ids; the agent links them
@@ -84,6 +99,13 @@ pub struct Serving {
 #[map(name = "UNIT_CTX")]
 static UNIT_CTX: LruHashMap<UnitKey, Serving> = LruHashMap::with_max_entries(16384, 0);
 
+/// The request a goroutine was started for: the trace id and span id of the server request its
+/// starter served at the `go` statement (`on_go_spawn`), for the calls it makes while it serves
+/// nothing itself (grpc-go and Go's HTTP/2 servers read a stream on one goroutine and run its
+/// handler on a new one). LRU, 16384 entries.
+#[map(name = "UNIT_STARTED_FOR")]
+static UNIT_STARTED_FOR: LruHashMap<UnitKey, WireCtx> = LruHashMap::with_max_entries(16384, 0);
+
 /// The context a TCP option carries: trace id and the sender's span id.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -104,9 +126,126 @@ pub struct RxCtx {
     pub ctx: WireCtx,
     /// 1 once a server request started with it: the client's later segments (its ACKs of the
     /// answer, sent before it reads it) repeat the same context and must not hand it to the
-    /// connection's next request.
+    /// connection's next request. [`SPOILED`] on an HTTP/2 connection: it came `crowded`.
     pub taken: u32,
-    pub _pad: u32,
+    /// 1 when it replaced a context no read had taken yet: a read that gets both cannot tell
+    /// which bytes came with which (used on HTTP/2 connections).
+    pub crowded: u32,
+}
+
+/// `RxCtx::taken` of a context that came crowded: never given to a stream.
+pub const SPOILED: u32 = 2;
+
+/// Where the bytes of a call are: `call` as in `maps::call` (buffer, iovec array or msghdr at
+/// `ptr`; `len`: a plain buffer's bytes, an iovec array's entries), read only for a
+/// connection's first bytes and for writes on HTTP/2 client connections.
+#[derive(Clone, Copy)]
+pub struct Head {
+    pub call: u32,
+    pub ptr: u64,
+    pub len: u64,
+}
+
+/// HTTP/2 frames looked at in one buffer, and segments of a vectored write, for a `HEADERS`
+/// frame.
+const H2_FRAMES: u32 = 4;
+const H2_SEGMENTS: u64 = 4;
+const H2_HEADERS: u8 = 1;
+
+/// Whether a write on an HTTP/2 client connection may open a stream: a `HEADERS` frame among
+/// its first frames. A write that opens none (flow control, pings, settings, the rest of a
+/// body) keeps the context of the stream before, so that the receiver does not get two
+/// contexts where one stream starts (`RxCtx::crowded`). Vectored writes are walked segment by
+/// segment while each holds whole frames (gRPC C-core writes a small frame in a segment of its
+/// own); a walk that cannot tell says it may.
+#[inline(always)]
+fn may_open_stream(head: Head) -> bool {
+    if head.call == call::PLAIN {
+        return walk_frames(head.ptr, head.len) != Frames::Clean;
+    }
+    let (iov, count) = match head.call {
+        call::VECTORED => (head.ptr, head.len),
+        call::MSG => {
+            // SAFETY: user memory read through the helper, which checks the address.
+            match unsafe { bpf_probe_read_user(head.ptr as *const [u64; 4]) } {
+                Ok(msg) => (msg[2], msg[3]),
+                Err(_) => return true,
+            }
+        }
+        _ => return true,
+    };
+    for i in 0..H2_SEGMENTS {
+        if i >= count {
+            return false;
+        }
+        // SAFETY: as above.
+        let Ok([base, len]) = (unsafe { bpf_probe_read_user((iov + i * 16) as *const [u64; 2]) }) else {
+            return true;
+        };
+        if walk_frames(base, len) != Frames::Clean {
+            return true;
+        }
+    }
+    count > H2_SEGMENTS
+}
+
+/// What [`walk_frames`] found.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Frames {
+    /// Whole frames, none of them `HEADERS`, ending where the buffer ends.
+    Clean,
+    Headers,
+    /// A frame that goes on past the buffer, more frames than looked at, or unreadable.
+    Unknown,
+}
+
+/// The HTTP/2 frames of `len` bytes at `base`, up to [`H2_FRAMES`] of them.
+#[inline(always)]
+fn walk_frames(base: u64, len: u64) -> Frames {
+    let mut off: u64 = 0;
+    for _ in 0..H2_FRAMES {
+        if off == len {
+            return Frames::Clean;
+        }
+        if off + 9 > len {
+            return Frames::Unknown;
+        }
+        // SAFETY: user memory read through the helper, which checks the address.
+        let Ok(frame) = (unsafe { bpf_probe_read_user((base + off) as *const [u8; 4]) }) else {
+            return Frames::Unknown;
+        };
+        if frame[3] == H2_HEADERS {
+            return Frames::Headers;
+        }
+        off += 9 + ((frame[0] as u64) << 16 | (frame[1] as u64) << 8 | frame[2] as u64);
+    }
+    if off == len {
+        Frames::Clean
+    } else {
+        Frames::Unknown
+    }
+}
+
+/// HTTP/2's client preface begins `PRI ` (little-endian).
+const PREFACE: u32 = u32::from_le_bytes(*b"PRI ");
+
+/// Whether the call's bytes begin with HTTP/2's client preface.
+#[inline(always)]
+fn is_preface(head: Head) -> bool {
+    let read_u64 = |a: u64| {
+        // SAFETY: user memory read through the helper, which checks the address.
+        unsafe { bpf_probe_read_user(a as *const u64) }.ok()
+    };
+    let first = match head.call {
+        call::PLAIN => Some(head.ptr),
+        call::VECTORED => read_u64(head.ptr),
+        call::MSG => read_u64(head.ptr + 16).and_then(read_u64),
+        _ => None,
+    };
+    first.is_some_and(|a| {
+        // SAFETY: as above.
+        unsafe { bpf_probe_read_user(a as *const u32) }.ok() == Some(PREFACE)
+    })
 }
 
 /// Contexts received, by the receiving connection's 4-tuple (its own view: local = this
@@ -162,7 +301,7 @@ pub fn on_open(tgid: u32, fd: i32, role: ConnRole) {
     if entry.is_tcp != 1 {
         return;
     }
-    let conn = PropConn { conn_gen: entry.conn_gen, role: role as u32, last: NONE, ids: RequestIds::default(), flags: 0, tls: 0 };
+    let conn = PropConn { conn_gen: entry.conn_gen, role: role as u32, last: NONE, ids: RequestIds::default(), flags: 0, tls: 0, h2: 0, reads: 0 };
     if PROP_CONNS.insert(&k, &conn, 0).is_err() {
         count(Counter::PropagateMapFull);
     }
@@ -186,7 +325,7 @@ fn state_of(k: u64, entry: &SockEntry) -> Option<*mut PropConn> {
     }
     // SAFETY: copied out at once.
     let role = unsafe { SOCK_ROLES.get(&entry.sock) }.copied()?;
-    let conn = PropConn { conn_gen: entry.conn_gen, role, last: NONE, ids: RequestIds::default(), flags: 0, tls: 0 };
+    let conn = PropConn { conn_gen: entry.conn_gen, role, last: NONE, ids: RequestIds::default(), flags: 0, tls: 0, h2: 0, reads: 0 };
     if PROP_CONNS.insert(&k, &conn, 0).is_err() {
         count(Counter::PropagateMapFull);
     }
@@ -198,7 +337,7 @@ fn state_of(k: u64, entry: &SockEntry) -> Option<*mut PropConn> {
 ///
 /// Ids are written straight into map values: the syscall programs have little BPF stack left.
 #[inline(always)]
-pub fn on_write_enter(tgid: u32, tid: u32, fd: i32, entry: &SockEntry, in_tls_call: u32) -> u32 {
+pub fn on_write_enter(tgid: u32, tid: u32, fd: i32, entry: &SockEntry, in_tls_call: u32, head: Head) -> u32 {
     if !enabled() || (entry.tls == 1 && in_tls_call == 0) {
         return 0;
     }
@@ -210,18 +349,45 @@ pub fn on_write_enter(tgid: u32, tid: u32, fd: i32, entry: &SockEntry, in_tls_ca
         return 0;
     }
     enter_tls(state, in_tls_call);
-    if state.last == EGRESS {
+    if state.last == NONE && state.role == ConnRole::Client as u32 && is_preface(head) {
+        // The preface's write: a request starts (the old rule), whatever frames follow.
+        state.h2 = 1;
+    } else if state.h2 == 1 && state.role == ConnRole::Client as u32 {
+        // On HTTP/2 each write that may open a stream gets ids of its own, whatever came
+        // before it (the agent gives them to the first stream the write opens); the others
+        // leave the context as it is.
+        if !may_open_stream(head) {
+            state.last = EGRESS;
+            return 0;
+        }
+    } else if state.last == EGRESS {
         return 0;
     }
     state.last = EGRESS;
     if state.role != ConnRole::Client as u32 {
         return 0; // a server's answer begins: its unit no longer serves that request
     }
+    // A grpc-go client's writer goroutine writes for the goroutine that created the stream.
+    let unit = match go::grpc::take_stream_owner(k, entry.conn_gen) {
+        go::grpc::StreamWriter::Creator(goid) => UnitKey { tgid, go: 1, id: goid },
+        go::grpc::StreamWriter::Unknown => unit_key(tgid, tid),
+        go::grpc::StreamWriter::Several => {
+            // Several calls at once: the streams this write opens leave without a context
+            // (a split at the receiver) rather than with another call's trace.
+            state.flags = 0;
+            let flow = sock::flow_of(entry.sock);
+            if !handed_over(&flow) {
+                let _ = TX_CTX.remove(&flow);
+            }
+            count(Counter::PropagateStreamsAmbiguous);
+            return 0;
+        }
+    };
     state.ids.span_id = random_span_id();
     state.flags = ids::SET;
     let mut from_unit = false;
     // SAFETY: copied out at once.
-    if let Some(s) = unsafe { UNIT_CTX.get(&unit_key(tgid, tid)) }.copied() {
+    if let Some(s) = unsafe { UNIT_CTX.get(&unit) }.copied() {
         // SAFETY: the server connection's entry, copied field by field at once.
         if let Some(server) = unsafe { PROP_CONNS.get(&s.conn) } {
             if server.conn_gen == s.conn_gen && server.last == INGRESS {
@@ -229,6 +395,17 @@ pub fn on_write_enter(tgid: u32, tid: u32, fd: i32, entry: &SockEntry, in_tls_ca
                 state.ids.parent_id = server.ids.span_id;
                 from_unit = true;
             }
+        }
+    }
+    if !from_unit {
+        // SAFETY: a pointer into the map's value, read at once.
+        if let Some(started) = UNIT_STARTED_FOR.get_ptr(&unit) {
+            // SAFETY: as above.
+            unsafe {
+                state.ids.trace_id = (*started).trace_id;
+                state.ids.parent_id = (*started).span_id;
+            }
+            from_unit = true;
         }
     }
     if from_unit {
@@ -242,7 +419,10 @@ pub fn on_write_enter(tgid: u32, tid: u32, fd: i32, entry: &SockEntry, in_tls_ca
     let flow = sock::flow_of(entry.sock);
     let stored = if handed_over(&flow) {
         count(Counter::PropagateHandedOver);
-        RX_CTX.insert(&flow.reversed(), &RxCtx { ctx, taken: 0, _pad: 0 }, 0)
+        let server_end = flow.reversed();
+        // SAFETY: copied out at once.
+        let crowded = unsafe { RX_CTX.get(&server_end) }.is_some_and(|r| r.taken == 0) as u32;
+        RX_CTX.insert(&server_end, &RxCtx { ctx, taken: 0, crowded }, 0)
     } else {
         TX_CTX.insert(&flow, &ctx, 0)
     };
@@ -250,6 +430,33 @@ pub fn on_write_enter(tgid: u32, tid: u32, fd: i32, entry: &SockEntry, in_tls_ca
         count(Counter::PropagateMapFull);
     }
     1
+}
+
+/// A goroutine of a Go program started another (`runtime.newproc1`): if the starter serves a
+/// request now (or was itself started for one), the new goroutine is started for it.
+#[inline(always)]
+pub fn on_go_spawn(tgid: u32, parent: u64, child: u64) {
+    if !enabled() {
+        return;
+    }
+    let parent = UnitKey { tgid, go: 1, id: parent as u32 as u64 };
+    let child = UnitKey { tgid, go: 1, id: child as u32 as u64 };
+    // SAFETY: copied out at once.
+    if let Some(s) = unsafe { UNIT_CTX.get(&parent) }.copied() {
+        // SAFETY: as above.
+        if let Some(server) = unsafe { PROP_CONNS.get(&s.conn) } {
+            // An HTTP/2 server's reader may have written (flow control, pings) since.
+            if server.conn_gen == s.conn_gen && (server.last == INGRESS || server.h2 == 1) {
+                let ctx = WireCtx { trace_id: server.ids.trace_id, span_id: server.ids.span_id };
+                let _ = UNIT_STARTED_FOR.insert(&child, &ctx, 0);
+                return;
+            }
+        }
+    }
+    // SAFETY: copied out at once.
+    if let Some(ctx) = unsafe { UNIT_STARTED_FOR.get(&parent) }.copied() {
+        let _ = UNIT_STARTED_FOR.insert(&child, &ctx, 0);
+    }
 }
 
 /// Whether a client request's context goes straight to the receiving socket's `RX_CTX` entry
@@ -282,7 +489,7 @@ pub fn request_ids(key: u64) -> Option<*const PropConn> {
 /// connection's key is returned, its ids in `PROP_CONNS`), or a client's answer arrived (its
 /// context stops going out). 0 when no request starts.
 #[inline(always)]
-pub fn on_read_exit(tgid: u32, tid: u32, fd: i32, entry: &SockEntry, in_tls_call: u32) -> u64 {
+pub fn on_read_exit(tgid: u32, tid: u32, fd: i32, entry: &SockEntry, in_tls_call: u32, head: Head) -> u64 {
     if !enabled() || (entry.tls == 1 && in_tls_call == 0) {
         return 0;
     }
@@ -298,6 +505,17 @@ pub fn on_read_exit(tgid: u32, tid: u32, fd: i32, entry: &SockEntry, in_tls_call
     // segments can reach this host together with the handshake's last ones): give it back.
     let handshake_done = in_tls_call == 1 && state.tls == 0;
     enter_tls(state, in_tls_call);
+    if state.role == ConnRole::Server as u32 && state.h2 == 0 && state.reads < PREFACE_READS {
+        state.reads += 1;
+        if is_preface(head) {
+            state.h2 = 1;
+        }
+    }
+    if state.h2 == 1 && state.role == ConnRole::Server as u32 {
+        if let Some(k) = h2_server_read(tgid, tid, k, state, entry) {
+            return k;
+        }
+    }
     if state.last == INGRESS {
         return 0;
     }
@@ -335,6 +553,51 @@ pub fn on_read_exit(tgid: u32, tid: u32, fd: i32, entry: &SockEntry, in_tls_call
         count(Counter::PropagateMapFull);
     }
     k
+}
+
+/// A read on an HTTP/2 server connection, where streams do not take turns with their answers:
+/// each context that arrives starts a request at the first read after it, whatever the
+/// connection wrote in between; a read that follows the one that took it reports the same ids
+/// again (the agent gives them to the first stream opened with them: the context may have come
+/// on a segment before the stream's `HEADERS`). Two contexts arrived before one read (`crowded`):
+/// none, the read's streams start new traces. `None` when no context arrived since the
+/// connection's last request: the rules of other connections apply.
+#[inline(always)]
+fn h2_server_read(tgid: u32, tid: u32, k: u64, state: &mut PropConn, entry: &SockEntry) -> Option<u64> {
+    let flow = sock::flow_of(entry.sock);
+    let rx = RX_CTX.get_ptr_mut(&flow)?;
+    // SAFETY: a pointer into the map's value, valid during this program run.
+    let rx = unsafe { &mut *rx };
+    if rx.crowded != 0 {
+        rx.crowded = 0;
+        rx.taken = SPOILED;
+        count(Counter::PropagateServerCrowded);
+    }
+    match rx.taken {
+        0 => {
+            rx.taken = 1;
+            state.last = INGRESS;
+            state.ids.span_id = random_span_id();
+            state.ids.trace_id = rx.ctx.trace_id;
+            state.ids.parent_id = rx.ctx.span_id;
+            state.flags = ids::SET | ids::FROM_WIRE;
+            count(Counter::PropagateServerFromWire);
+            let serving = Serving { conn: k, conn_gen: entry.conn_gen };
+            if UNIT_CTX.insert(&unit_key(tgid, tid), &serving, 0).is_err() {
+                count(Counter::PropagateMapFull);
+            }
+            Some(k)
+        }
+        1 if state.flags & ids::FROM_WIRE != 0 && state.ids.parent_id == rx.ctx.span_id => {
+            state.last = INGRESS;
+            Some(k)
+        }
+        SPOILED => {
+            state.last = INGRESS;
+            Some(0)
+        }
+        _ => None,
+    }
 }
 
 /// The process closed a TCP socket: contexts kept under its 4-tuple go (a later connection

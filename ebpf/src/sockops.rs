@@ -166,9 +166,12 @@ fn sock_ops(ctx: &SockOpsContext, with_inject: bool) -> u32 {
                 let flow = flow(ctx);
                 let fresh = WireCtx { trace_id: opt.trace_id, span_id: opt.span_id };
                 // SAFETY: copied out at once.
-                let same = unsafe { RX_CTX.get(&flow) }.is_some_and(|r| r.ctx.span_id == fresh.span_id);
-                if !same {
-                    let _ = RX_CTX.insert(&flow, &RxCtx { ctx: fresh, taken: 0, _pad: 0 }, 0);
+                let before = unsafe { RX_CTX.get(&flow) }.map(|r| (r.ctx.span_id == fresh.span_id, r.taken));
+                if !before.is_some_and(|(same, _)| same) {
+                    // Replacing a context no read took yet: a read that gets the bytes of both
+                    // cannot tell them apart (HTTP/2 streams; `propagate::h2_server_read`).
+                    let crowded = before.is_some_and(|(_, taken)| taken == 0) as u32;
+                    let _ = RX_CTX.insert(&flow, &RxCtx { ctx: fresh, taken: 0, crowded }, 0);
                     count(Counter::PropagateOptionReceived);
                 }
             }

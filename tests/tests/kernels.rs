@@ -364,6 +364,12 @@ fn check_supported(series: &str) {
         "something failed on Linux {series}x:\n{}",
         guest.describe()
     );
+    // The vectored reads' exits that draw request ids, and the program they hand on to.
+    assert!(
+        !guest.log.contains("readv/recvmsg get no request ids"),
+        "zt_saved_exit was refused on Linux {series}x:\n{}",
+        guest.describe()
+    );
     // The optional trace-context programs passed this kernel's verifier too.
     for line in [
         "ok    optional  sock_ops on cgroup",

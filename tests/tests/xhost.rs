@@ -125,8 +125,9 @@ const CLIENT: &str = "SPAN_KIND_CLIENT";
 enum Middle<'a> {
     /// `xhost.py server` (thread per connection); HTTPS for B and C with certificates.
     Python(Option<&'a Certs>),
-    /// The Go twin (`tests/fixtures/xhost_go`, net/http), built at this path.
-    Go(&'a Path),
+    /// The Go twin (`tests/fixtures/xhost_go`, net/http), built at this path; with certificates,
+    /// B serves HTTPS through Go's crypto/tls and calls C (Python, OpenSSL) over HTTPS.
+    Go(&'a Path, Option<&'a Certs>),
 }
 
 /// Services on fresh ports: A (host 1) → B (host 2) → C (host 1). Returns them (kept alive by
@@ -135,8 +136,7 @@ fn chain(hosts: &Hosts, middle: Middle) -> (Vec<Proc>, String) {
     let (h1, h2) = (hosts.get(0), hosts.get(1));
     let (pa, pb, pc) = (free_port(), free_port(), free_port());
     let tls = match middle {
-        Middle::Python(tls) => tls,
-        Middle::Go(_) => None,
+        Middle::Python(tls) | Middle::Go(_, tls) => tls,
     };
     let https = |url: String| {
         if tls.is_some() {
@@ -148,15 +148,19 @@ fn chain(hosts: &Hosts, middle: Middle) -> (Vec<Proc>, String) {
     let c = service(h1, "c", pc, &[], tls);
     let b = match middle {
         Middle::Python(_) => service(h2, "b", pb, &[https(h1.url(pc, "/c"))], tls),
-        Middle::Go(binary) => {
+        Middle::Go(binary, _) => {
             let mut cmd = h2.command(binary);
             cmd.args([
                 "-listen",
                 &format!("{}:{pb}", h2.addr),
                 "-call",
-                &h1.url(pc, "/c"),
+                &https(h1.url(pc, "/c")),
             ])
             .env("OTEL_SERVICE_NAME", "b");
+            if let Some(certs) = tls {
+                cmd.arg("-tls")
+                    .arg(format!("{},{}", certs.cert.display(), certs.key.display()));
+            }
             let mut proc = Proc::spawn("b", &mut cmd);
             proc.wait_for_stdout("ready", READY);
             proc
@@ -189,6 +193,22 @@ fn http1_chain_across_two_hosts_is_one_trace() {
 #[ignore = "needs root and eBPF; run by cargo xtask test"]
 fn a_go_service_in_the_middle_of_the_chain() {
     let dir = TempDir::new("xhost-go");
+    chain_across_two_hosts_is_one_trace(Middle::Go(&build_go_twin(&dir), None));
+}
+
+/// The same over HTTPS with B in Go: Go's crypto/tls probes start B's server request at its
+/// `Read` (ids from the option of the segments that brought it) and its call to C at its
+/// `Write`'s entry, before the ciphertext leaves with the option.
+#[test]
+#[ignore = "needs root and eBPF; run by cargo xtask test"]
+fn a_go_https_service_in_the_middle_of_the_chain() {
+    let dir = TempDir::new("xhost-go-tls");
+    let certs = Certs::make();
+    chain_across_two_hosts_is_one_trace(Middle::Go(&build_go_twin(&dir), Some(&certs)));
+}
+
+/// `tests/fixtures/xhost_go` built into `dir`.
+fn build_go_twin(dir: &TempDir) -> std::path::PathBuf {
     let binary = dir.join("xhost_go");
     let out = std::process::Command::new("go")
         .arg("build")
@@ -208,7 +228,7 @@ fn a_go_service_in_the_middle_of_the_chain() {
         "go build: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    chain_across_two_hosts_is_one_trace(Middle::Go(&binary));
+    binary
 }
 
 /// The same chain with B and C serving HTTPS (OpenSSL through Python's ssl): the context goes
@@ -239,7 +259,8 @@ fn chain_across_two_hosts_is_one_trace(middle: Middle) {
     let s1 = z1.stop();
     let s2 = z2.stop();
     let report = format!(
-        "{spans:#?}\nhost 1: {}\nhost 2: {}",
+        "{}\nhost 1: {}\nhost 2: {}",
+        table(&spans),
         s1.counters(&["propagat", "tls"]),
         s2.counters(&["propagat", "tls"])
     );
@@ -258,34 +279,24 @@ fn chain_across_two_hosts_is_one_trace(middle: Middle) {
     let c_server = find(&spans, "c", SERVER);
     // The tree, and how each link was made: on one host by connection or thread, across
     // hosts by the TCP option.
-    for (child, parent_span, link) in [
-        (a_server, client, "connection"),
-        (a_client, a_server, "thread"),
-        (b_server, a_client, "tcp_option"),
-        (
-            b_client,
-            b_server,
-            if matches!(middle, Middle::Go(_)) {
-                "goroutine"
-            } else {
-                "thread"
-            },
-        ),
-        (c_server, b_client, "tcp_option"),
-    ] {
-        assert_eq!(
-            child.parent(),
-            parent_span.span_id(),
-            "parent of {:?}:\n{report}",
-            who(child)
-        );
-        assert_eq!(
-            child.attr_str("ztrace.link"),
-            Some(link),
-            "link of {:?}:\n{report}",
-            who(child)
-        );
-    }
+    assert_links(
+        &[
+            (a_server, client, "connection"),
+            (a_client, a_server, "thread"),
+            (b_server, a_client, "tcp_option"),
+            (
+                b_client,
+                b_server,
+                if matches!(middle, Middle::Go(..)) {
+                    "goroutine"
+                } else {
+                    "thread"
+                },
+            ),
+            (c_server, b_client, "tcp_option"),
+        ],
+        &report,
+    );
     assert_eq!(client.parent(), None, "the client is the root:\n{report}");
     assert!(
         s1.stat("kernel_propagate_option_written") >= 1,
@@ -362,26 +373,16 @@ fn a_chain_across_three_hosts_is_one_trace() {
     let b_server = find(&spans, "b", SERVER);
     let b_client = find(&spans, "b", CLIENT);
     let c_server = find(&spans, "c", SERVER);
-    for (child, parent_span, link) in [
-        (a_server, client, "connection"),
-        (a_client, a_server, "thread"),
-        (b_server, a_client, "tcp_option"),
-        (b_client, b_server, "thread"),
-        (c_server, b_client, "tcp_option"),
-    ] {
-        assert_eq!(
-            child.parent(),
-            parent_span.span_id(),
-            "parent of {:?}:\n{report}",
-            who(child)
-        );
-        assert_eq!(
-            child.attr_str("ztrace.link"),
-            Some(link),
-            "link of {:?}:\n{report}",
-            who(child)
-        );
-    }
+    assert_links(
+        &[
+            (a_server, client, "connection"),
+            (a_client, a_server, "thread"),
+            (b_server, a_client, "tcp_option"),
+            (b_client, b_server, "thread"),
+            (c_server, b_client, "tcp_option"),
+        ],
+        &report,
+    );
     // Hosts 1 and 2 each sent one request to the next host, with the header added.
     for (i, s) in stats.iter().enumerate().take(2) {
         assert!(
@@ -610,18 +611,14 @@ fn a_loopback_hop_hands_its_context_over_in_the_kernel() {
         let a_server = find(&spans, "a", SERVER);
         let a_client = find(&spans, "a", CLIENT);
         let b_server = find(&spans, "b", SERVER);
-        for (child, parent_span, link) in [
-            (a_server, client, "connection"),
-            (a_client, a_server, "thread"),
-            (b_server, a_client, "tcp_option"),
-        ] {
-            assert_eq!(
-                (child.parent(), child.attr_str("ztrace.link")),
-                (parent_span.span_id(), Some(link)),
-                "parent of {:?}:\n{report}",
-                who(child)
-            );
-        }
+        assert_links(
+            &[
+                (a_server, client, "connection"),
+                (a_client, a_server, "thread"),
+                (b_server, a_client, "tcp_option"),
+            ],
+            &report,
+        );
         // One request on loopback, one across hosts.
         let (handed_over, headers) = if setting == "on" { (1, 1) } else { (0, 2) };
         assert_eq!(
@@ -636,4 +633,140 @@ fn a_loopback_hop_hands_its_context_over_in_the_kernel() {
             "b's request came with its context:\n{report}"
         );
     }
+}
+
+/// Each `(child, parent, link)`: the child's parent span and `ztrace.link`.
+fn assert_links(links: &[(&OtlpSpan, &OtlpSpan, &str)], report: &str) {
+    for (child, parent, link) in links {
+        assert_eq!(
+            child.parent(),
+            parent.span_id(),
+            "parent of {:?}:\n{report}",
+            who(child)
+        );
+        assert_eq!(
+            child.attr_str("ztrace.link"),
+            Some(*link),
+            "link of {:?}:\n{report}",
+            who(child)
+        );
+    }
+}
+
+/// One line per span, by start time: service, kind, trace, span, parent, link.
+fn table(spans: &[OtlpSpan]) -> String {
+    let mut rows: Vec<&OtlpSpan> = spans.iter().collect();
+    rows.sort_by_key(|s| s.start_time_unix_nano());
+    rows.iter()
+        .map(|s| {
+            let (service, kind) = who(s);
+            format!(
+                "{service:>6} {kind:<17} trace {} span {} parent {:<16} {}",
+                s.trace_id().unwrap_or("?"),
+                s.span_id().unwrap_or("?"),
+                s.parent().unwrap_or("-"),
+                s.attr_str("ztrace.link").unwrap_or("?")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// gRPC (HTTP/2) across hosts: a grpcio client (host 1) → a grpc-go service B (host 2) that
+/// forwards each call → a grpcio server C (host 1). `calls` are `grpc_py.py client` calls made
+/// one after another on one channel; each is one trace client → b → c. Returns the spans and the
+/// two agents' stops.
+fn grpc_chain(
+    calls: &[&str],
+    spans_each: usize,
+) -> (Vec<OtlpSpan>, String, [ztrace_e2e::ztrace::Stopped; 2]) {
+    let hosts = Hosts::two();
+    let (h1, h2) = (hosts.get(0), hosts.get(1));
+    let dir = TempDir::new("xhost-grpc");
+    let go = ztrace_e2e::grpc::build_go(dir.path());
+    let mut otlp = OtlpReceiver::start();
+    let z1 = agent(h1, &otlp, &[]);
+    let z2 = agent(h2, &otlp, &[]);
+    let (pb, pc) = (free_port(), free_port());
+    let grpc_py = |host: &Host, name: &str, args: &[String]| {
+        let mut cmd = host.command(python());
+        cmd.arg("-u")
+            .arg(fixture("grpc_py.py"))
+            .args(args)
+            .env("GRPC_HOST", host.addr.to_string())
+            .env("OTEL_SERVICE_NAME", name);
+        Proc::spawn(name, &mut cmd)
+    };
+    let mut c = grpc_py(h1, "c", &["server".into(), pc.to_string()]);
+    c.wait_for_stdout("ready", READY);
+    let mut cmd = h2.command(&go);
+    cmd.args(["serve", &pb.to_string(), &format!("{}:{pc}", h1.addr)])
+        .env("GRPC_HOST", h2.addr.to_string())
+        .env("OTEL_SERVICE_NAME", "b");
+    let mut b = Proc::spawn("b", &mut cmd);
+    b.wait_for_stdout("ready", READY);
+    let mut args = vec!["client".to_owned(), pb.to_string()];
+    args.extend(calls.iter().map(|c| c.to_string()));
+    // The client calls host 2's address: GRPC_HOST is where it connects.
+    let mut cmd = h1.command(python());
+    cmd.arg("-u")
+        .arg(fixture("grpc_py.py"))
+        .args(&args)
+        .env("GRPC_HOST", h2.addr.to_string())
+        .env("OTEL_SERVICE_NAME", "client");
+    let mut client = Proc::spawn("client", &mut cmd);
+    let status = client.wait_exit(READY);
+    assert!(
+        status.is_some_and(|s| s.success()) && !client.stdout().contains("StatusCode"),
+        "client failed: {}",
+        client.describe()
+    );
+    let ours = |s: &OtlpSpan| matches!(s.resource_str("service.name"), Some("b" | "c" | "client"));
+    let spans = otlp.wait_for_spans(spans_each * 4, ours, SPANS);
+    drop((b, c));
+    let (s1, s2) = (z1.stop(), z2.stop());
+    let report = format!(
+        "{}\nhost 1: {}\nhost 2: {}",
+        table(&spans),
+        s1.counters(&["propagat", "stream"]),
+        s2.counters(&["propagat", "stream"])
+    );
+    (spans, report, [s1, s2])
+}
+
+/// Unary gRPC calls one after another on one channel, across hosts: each call is one trace
+/// client → b → c with b's SERVER span the child of the client's CLIENT span and c's of b's
+/// CLIENT span, both by the TCP option its stream's HEADERS came with.
+#[test]
+#[ignore = "needs root and eBPF; run by cargo xtask test"]
+fn grpc_calls_across_hosts_are_one_trace_each() {
+    let (spans, report, [s1, s2]) = grpc_chain(&["hello", "hello", "hello"], 1);
+    assert_eq!(spans.len(), 12, "three calls, four spans each:\n{report}");
+    let mut traces: Vec<Option<&str>> = spans.iter().map(|s| s.trace_id()).collect();
+    traces.sort();
+    traces.dedup();
+    assert_eq!(traces.len(), 3, "three traces:\n{report}");
+    for trace in traces {
+        let one: Vec<OtlpSpan> = spans
+            .iter()
+            .filter(|s| s.trace_id() == trace)
+            .cloned()
+            .collect();
+        assert_eq!(one.len(), 4, "four spans in trace {trace:?}:\n{report}");
+        let client = find(&one, "client", CLIENT);
+        let b_server = find(&one, "b", SERVER);
+        let b_client = find(&one, "b", CLIENT);
+        let c_server = find(&one, "c", SERVER);
+        assert_links(
+            &[
+                (b_server, client, "tcp_option"),
+                (b_client, b_server, "goroutine"),
+                (c_server, b_client, "tcp_option"),
+            ],
+            &report,
+        );
+        assert_eq!(client.parent(), None, "the client is the root:\n{report}");
+    }
+    assert_eq!(s1.stat("spans_linked_tcp_option"), 3, "{:?}", s1.stats);
+    assert_eq!(s2.stat("spans_linked_tcp_option"), 3, "{:?}", s2.stats);
 }

@@ -27,7 +27,7 @@ use aya::{
 };
 use ztrace_common::{
     globals, maps, Counter, Settings, StackSettings, IOVECS_MORE_PROGRAM, MAX_CAPTURE,
-    MAX_STACK_BYTES,
+    MAX_STACK_BYTES, READ_IDS_PROGRAMS, SAVED_EXIT_PROGRAM,
 };
 
 use self::attach::{
@@ -468,10 +468,33 @@ pub fn start(
         }
     }
 
+    // Vectored reads draw server request ids in a program of their own, which hands the call on
+    // to `zt_saved_exit`; without it they are emitted without ids (the agent links them as
+    // before).
+    let read_ids = !empty_programs
+        && propagate != ztrace_common::propagate::OFF
+        && {
+            match load_tail_target(&mut ebpf, SAVED_EXIT_PROGRAM, maps::SAVED_EXIT) {
+                Ok(()) => true,
+                Err(reason) => {
+                    tracing::warn!(
+                        %reason,
+                        "servers that read with readv/recvmsg get no request ids from the kernel: their requests from other hosts start new traces"
+                    );
+                    false
+                }
+            }
+        };
+
     let mut attached = Vec::with_capacity(HOOKS.len());
     for hook in HOOKS {
         let program = if empty_programs {
             EMPTY_TRACEPOINT
+        } else if read_ids {
+            READ_IDS_PROGRAMS
+                .iter()
+                .find(|(plain, _)| *plain == hook.program)
+                .map_or(hook.program, |(_, ids)| *ids)
         } else {
             hook.program
         };
@@ -1072,23 +1095,29 @@ type ClientSocks = SockHash<MapData, [u8; CLIENT_SOCKS_KEY]>;
 /// Loads the program that copies a vectored call's segments beyond the first 8 (a tail call,
 /// never attached) into its program array. `Err(reason)` when the kernel refused it.
 fn load_iovecs_more(ebpf: &mut Ebpf) -> Result<(), String> {
+    load_tail_target(ebpf, IOVECS_MORE_PROGRAM, maps::IOVECS_MORE)
+}
+
+/// Loads `program` (a tracepoint program reached only by tail calls) and puts it at index 0 of
+/// the program array `array`. `Err(reason)` when the kernel refused it.
+fn load_tail_target(ebpf: &mut Ebpf, program: &'static str, array: &str) -> Result<(), String> {
     let prog: &mut TracePoint = ebpf
-        .program_mut(IOVECS_MORE_PROGRAM)
+        .program_mut(program)
         .ok_or("no such program in the object")?
         .try_into()
         .map_err(|_| "not a tracepoint program".to_owned())?;
     prog.load()
-        .map_err(|e| format!("load: {}", verifier::load_failure(IOVECS_MORE_PROGRAM, &e)))?;
+        .map_err(|e| format!("load: {}", verifier::load_failure(program, &e)))?;
     let fd = prog
         .fd()
         .map_err(|e| error_chain(&e))?
         .try_clone()
         .map_err(|e| e.to_string())?;
     let map = ebpf
-        .map_mut(maps::IOVECS_MORE)
+        .map_mut(array)
         .ok_or("no program array in the object")?;
-    let mut array = ProgramArray::try_from(map).map_err(|e| error_chain(&e))?;
-    array.set(0, &fd, 0).map_err(|e| error_chain(&e))
+    let mut programs = ProgramArray::try_from(map).map_err(|e| error_chain(&e))?;
+    programs.set(0, &fd, 0).map_err(|e| error_chain(&e))
 }
 
 /// `Ok(None)` when attached, `Ok(Some(reason))` when the kernel refused.

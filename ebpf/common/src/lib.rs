@@ -29,6 +29,16 @@ pub const MAX_IOVEC_TAIL_CALLS: u32 = 30;
 /// Name of the program that copies further segments of a vectored call (a tail call, never
 /// attached), and of the program array that holds it at index 0.
 pub const IOVECS_MORE_PROGRAM: &str = "zt_iovecs_more";
+/// Name of the program that emits a saved call's bytes (`sys_exit_*` of the entry-paired calls)
+/// when a vectored read's exit has drawn its request ids first (a tail call, never attached), and
+/// of the program array that holds it at index 0.
+pub const SAVED_EXIT_PROGRAM: &str = "zt_saved_exit";
+/// The `sys_exit_readv`/`sys_exit_recvmsg` programs that draw server request ids before they
+/// tail-call [`SAVED_EXIT_PROGRAM`], by the program they replace.
+pub const READ_IDS_PROGRAMS: &[(&str, &str)] = &[
+    ("zt_exit_readv", "zt_exit_readv_ids"),
+    ("zt_exit_recvmsg", "zt_exit_recvmsg_ids"),
+];
 
 /// Names of the maps, so the agent never spells one as a literal.
 pub mod maps {
@@ -52,6 +62,8 @@ pub mod maps {
     pub const INJECT_JUMP: &str = "INJECT_JUMP";
     /// ProgramArray with [`super::IOVECS_MORE_PROGRAM`] at index 0.
     pub const IOVECS_MORE: &str = "IOVECS_MORE";
+    /// ProgramArray with [`super::SAVED_EXIT_PROGRAM`] at index 0.
+    pub const SAVED_EXIT: &str = "SAVED_EXIT";
     /// LruHashMap<u64 `tgid << 32 | fd`, SockEntry>: what the kernel knows of each fd.
     pub const SOCKS: &str = "SOCKS";
     /// LruHashMap<u64 `tgid << 32 | fd`, PropConn>: connections carrying request ids.
@@ -458,10 +470,16 @@ pub enum Counter {
     GoStreamEvents = 35,
     /// gRPC client streams whose socket could not be read from the transport's structs.
     GoStreamNoSocket = 36,
+    /// An HTTP/2 server read found two or more contexts arrived since the last one it took:
+    /// which stream came with which is not known, the read's streams start new traces.
+    PropagateServerCrowded = 37,
+    /// A grpc-go client wrote streams of several calls created at once: sent without a
+    /// context (their receivers start new traces) rather than with one call's for all.
+    PropagateStreamsAmbiguous = 38,
 }
 
 /// Number of slots in the `COUNTERS` map.
-pub const COUNTER_SLOTS: u32 = 37;
+pub const COUNTER_SLOTS: u32 = 39;
 
 impl Counter {
     pub const ALL: &'static [Counter] = &[
@@ -502,6 +520,8 @@ impl Counter {
         Counter::InjectSockMapFull,
         Counter::GoStreamEvents,
         Counter::GoStreamNoSocket,
+        Counter::PropagateServerCrowded,
+        Counter::PropagateStreamsAmbiguous,
     ];
 
     /// Name used in the agent's self-metrics.
@@ -544,6 +564,8 @@ impl Counter {
             Counter::InjectSockMapFull => "kernel_inject_sock_map_full",
             Counter::GoStreamEvents => "kernel_go_stream_events",
             Counter::GoStreamNoSocket => "kernel_go_stream_no_socket",
+            Counter::PropagateServerCrowded => "kernel_propagate_server_crowded",
+            Counter::PropagateStreamsAmbiguous => "kernel_propagate_streams_ambiguous",
         }
     }
 
@@ -566,6 +588,8 @@ impl Counter {
                 | Counter::PropagateOptionReceived
                 | Counter::PropagateServerFromWire
                 | Counter::PropagateServerNoContext
+                | Counter::PropagateServerCrowded
+                | Counter::PropagateStreamsAmbiguous
                 | Counter::InjectAdded
                 | Counter::InjectHadOne
         )

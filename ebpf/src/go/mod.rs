@@ -252,6 +252,7 @@ pub fn go_newproc_ret(ctx: ProbeContext) -> u32 {
         count(Counter::GoGoidUnreadable);
         return 0;
     }
+    crate::propagate::on_go_spawn(tgid, parent, child);
     if let Some(mut ev) = emit::reserve::<GoSpawnEvent>() {
         ev.write(GoSpawnEvent { header: emit::header(EventKind::GoSpawn, tgid, tid, -1, 0), parent_goid: parent, child_goid: child, caller_pc });
         ev.submit(emit::wakeup_flags_of::<GoSpawnEvent>());

@@ -27,6 +27,7 @@ fn save(call_kind: u32, fd: i32) -> u32 {
         ptr: 0,
         count: 0,
         sock: SockEntry { conn_gen: 0, mm: 0, sock: 0, is_tcp: 0, announced: 0, tls: 0, _pad: 0 },
+        ids_key: 0,
     };
     if ACTIVE.insert(&pid_tgid, &pending, 0).is_err() {
         count(Counter::ArgsMapFull);

@@ -13,7 +13,9 @@
 //! it begins, and the request's start time (which the server's read must follow) is its entry.
 //! So do `readv`/`recvmsg`: their exits, which walk iovecs, would grow past the verifier's
 //! budget with the socket lookup inside. The entry saves the call in the thread's own storage
-//! (`CALLS`), the exit takes it.
+//! (`CALLS`), the exit takes it. A vectored read may start a server request (gRPC C-core reads
+//! with `recvmsg`): its exit (`zt_exit_readv_ids`, `zt_exit_recvmsg_ids`) draws the ids only and
+//! tail-calls `zt_saved_exit`, which emits the bytes as the plain exit would.
 
 use aya_ebpf::{
     helpers::{
@@ -28,8 +30,9 @@ use ztrace_common::{ConnRole, Counter, DataSource, Direction, MAX_IOVECS, MAX_IO
 use super::{arg, ids, read_i64, read_u64, RET};
 use crate::{
     emit, filter,
-    maps::{call, count, IovecsLeft, PendingCall, CALLS, IOVECS_LEFT, IOVECS_MORE, SOCKS},
-    propagate, sock, tls,
+    maps::{call, count, IovecsLeft, PendingCall, CALLS, IOVECS_LEFT, IOVECS_MORE, SAVED_EXIT, SOCKS},
+    propagate::{self, Head},
+    sock, tls,
 };
 
 const EGRESS: u32 = Direction::Egress as u32;
@@ -64,7 +67,7 @@ fn enter(call_kind: u32, direction: u32, fd: i32, ptr: u64, count_arg: u64) -> u
     let enter_ns = unsafe { bpf_ktime_get_ns() };
     // A client request gets its ids before its segments leave (they carry its context).
     let starts_request =
-        if direction == EGRESS { propagate::on_write_enter(tgid, tid, fd, &entry, in_tls_call) } else { 0 };
+        if direction == EGRESS { propagate::on_write_enter(tgid, tid, fd, &entry, in_tls_call, Head { call: call_kind, ptr, len: count_arg }) } else { 0 };
     if starts_request == 1 && in_tls_call == 1 {
         tls::note_request_start(pid_tgid, sock::key(tgid, fd));
     }
@@ -77,6 +80,7 @@ fn enter(call_kind: u32, direction: u32, fd: i32, ptr: u64, count_arg: u64) -> u
         ptr,
         count: count_arg,
         sock: entry,
+        ids_key: 0,
     };
     match CALLS.current(true) {
         // SAFETY: the pointer is this thread's own storage value, valid during this run.
@@ -121,7 +125,17 @@ fn ingress_call(tgid: u32, pid_tgid: u64) -> Option<PendingCall> {
     // SAFETY: as above.
     let ptr = unsafe { bpf_probe_read_kernel((regs + PT_REGS_SI) as *const u64) }.ok()?;
     tls::note_syscall(tgid, pid_tgid, fd, INGRESS, call::PLAIN, ptr, &mut entry);
-    Some(PendingCall { call: call::PLAIN, direction: INGRESS, fd, starts_request: 0, enter_ns: 0, ptr, count: 0, sock: entry })
+    Some(PendingCall {
+        call: call::PLAIN,
+        direction: INGRESS,
+        fd,
+        starts_request: 0,
+        enter_ns: 0,
+        ptr,
+        count: 0,
+        sock: entry,
+        ids_key: 0,
+    })
 }
 
 /// `sys_exit_read`/`sys_exit_recvfrom`: no entry program ran (module docs).
@@ -165,10 +179,37 @@ fn saved_exit(ctx: &TracePointContext) -> u32 {
     finish(ctx, tgid, tid, pending, ret, false)
 }
 
+/// A vectored read's exit: the request its bytes may start gets its ids here (`propagate`), then
+/// `zt_saved_exit` emits the bytes — one program doing both would pass the verifier's budget.
+#[inline(always)]
+fn vectored_read_exit(ctx: &TracePointContext) -> u32 {
+    let (tgid, tid, pid_tgid) = ids();
+    if read_i64(ctx, RET) > 0 {
+        if let Some(slot) = CALLS.current(false) {
+            // SAFETY: this thread's own storage value, valid during this run.
+            let pending = unsafe { &mut *slot };
+            if pending.call != 0 && pending.direction == INGRESS {
+                let entry = pending.sock;
+                let in_tls_call = if entry.tls == 1 { tls::in_call(pid_tgid) as u32 } else { 0 };
+                let head = Head { call: pending.call, ptr: pending.ptr, len: 0 };
+                pending.ids_key = propagate::on_read_exit(tgid, tid, pending.fd, &entry, in_tls_call, head);
+            }
+        }
+    }
+    // SAFETY: a tail call with this program's own context; it returns only when it failed.
+    let _ = unsafe { SAVED_EXIT.tail_call(ctx, 0) };
+    // Not reached: the agent fills SAVED_EXIT before it attaches these exits. The call is
+    // dropped rather than emitted here (that would be the one program too large).
+    if let Some(slot) = CALLS.current(false) {
+        // SAFETY: as above.
+        unsafe { (*slot).call = 0 };
+    }
+    0
+}
+
 /// Emits what a call that moved `ret` (> 0) bytes moved. `server_starts`: a read here may
-/// start a server request that gets ids (`propagate`) — only for `read`/`recvfrom`: the exits
-/// of the entry-paired calls are near the verifier's budget already, so a server that reads its
-/// requests with `readv`/`recvmsg` gets no kernel ids (the agent links it as before).
+/// start a server request that gets ids (`propagate`) — for `read`/`recvfrom`; the vectored
+/// reads' ids come drawn in `pending.ids_key` (`vectored_read_exit`).
 #[inline(always)]
 fn finish(ctx: &TracePointContext, tgid: u32, tid: u32, pending: PendingCall, ret: i64, server_starts: bool) -> u32 {
     let fd = pending.fd;
@@ -196,9 +237,9 @@ fn finish(ctx: &TracePointContext, tgid: u32, tid: u32, pending: PendingCall, re
             0
         }
     } else if server_starts {
-        propagate::on_read_exit(tgid, tid, fd, &entry, in_tls_call)
+        propagate::on_read_exit(tgid, tid, fd, &entry, in_tls_call, Head { call: pending.call, ptr: pending.ptr, len: 0 })
     } else {
-        0
+        pending.ids_key
     };
     if entry.tls == 1 {
         if ids_key != 0 && pending.direction == INGRESS {
@@ -383,6 +424,26 @@ saved_pair!(zt_enter_sendmsg, zt_exit_sendmsg, "sendmsg", call::MSG, EGRESS);
 #[tracepoint]
 pub fn zt_enter_sendfile64(ctx: TracePointContext) -> u32 {
     enter(call::SENDFILE, EGRESS, read_i64(&ctx, arg(0)) as i32, 0, read_u64(&ctx, arg(3)))
+}
+
+/// `syscalls/sys_exit_readv` when propagation draws server ids (the agent attaches it instead
+/// of `zt_exit_readv` once `zt_saved_exit` is loaded).
+#[tracepoint]
+pub fn zt_exit_readv_ids(ctx: TracePointContext) -> u32 {
+    vectored_read_exit(&ctx)
+}
+
+/// `syscalls/sys_exit_recvmsg`, as `zt_exit_readv_ids`.
+#[tracepoint]
+pub fn zt_exit_recvmsg_ids(ctx: TracePointContext) -> u32 {
+    vectored_read_exit(&ctx)
+}
+
+/// The exit of a saved call, tail-called by `zt_exit_readv_ids`/`zt_exit_recvmsg_ids`; never
+/// attached.
+#[tracepoint]
+pub fn zt_saved_exit(ctx: TracePointContext) -> u32 {
+    saved_exit(&ctx)
 }
 
 /// `syscalls/sys_exit_sendfile64`.

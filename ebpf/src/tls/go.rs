@@ -25,7 +25,8 @@ use ztrace_common::{ConnRole, Counter, DataSource, Direction};
 
 use crate::{
     emit, filter,
-    maps::{count, SOCKS},
+    maps::{call, count, SOCKS},
+    propagate::{self, Head},
     sock,
     syscalls::ids,
     tls::mark_tls,
@@ -138,7 +139,9 @@ fn ret(ctx: &ProbeContext) -> u32 {
     let Some(call) = (unsafe { GO_TLS_ACTIVE.get(&key) }).copied() else { return 0 };
     let _ = GO_TLS_ACTIVE.remove(&key);
     // SAFETY: the helper has no preconditions.
-    send(tgid, call.fd, call.direction, call.buf, n, unsafe { bpf_ktime_get_ns() });
+    // Only reads wait for their RET (a write is sent at its entry): the direction is a
+    // constant, which keeps the write's rules out of this program (its stack is near 6.1's limit).
+    send(tgid, call.fd, INGRESS, call.buf, n, unsafe { bpf_ktime_get_ns() });
     0
 }
 
@@ -162,8 +165,20 @@ fn send(tgid: u32, fd: i32, direction: u32, buf: u64, n: i64, ts: u64) {
     if n <= 0 {
         return;
     }
+    // The request these plaintext bytes start, if any (`propagate`): a Write is a client
+    // request's first bytes at its entry, before the syscalls inside send its segments; a Read's
+    // bytes are in hand at its RET. The ciphertext syscalls inside take no part (`entry.tls`).
+    let ids_key = if direction == EGRESS {
+        if propagate::on_write_enter(tgid, tid, fd, &entry, 1, Head { call: call::PLAIN, ptr: buf, len: n as u64 }) == 1 {
+            sock::key(tgid, fd)
+        } else {
+            0
+        }
+    } else {
+        propagate::on_read_exit(tgid, tid, fd, &entry, 1, Head { call: call::PLAIN, ptr: buf, len: n as u64 })
+    };
     let conn = emit::Conn { tgid, tid, fd, conn_gen: entry.conn_gen, ts_ns: ts };
-    emit::stage_ids(0);
+    emit::stage_ids(ids_key);
     emit::data(&conn, direction, DataSource::GoTls as u32, buf, n as u64);
 }
 
