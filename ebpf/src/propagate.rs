@@ -163,22 +163,12 @@ fn may_open_stream(head: Head) -> bool {
     if head.call == call::PLAIN {
         return walk_frames(head.ptr, head.len) != Frames::Clean;
     }
-    let (iov, count) = match head.call {
-        call::VECTORED => (head.ptr, head.len),
-        call::MSG => {
-            // SAFETY: user memory read through the helper, which checks the address.
-            match unsafe { bpf_probe_read_user(head.ptr as *const [u64; 4]) } {
-                Ok(msg) => (msg[2], msg[3]),
-                Err(_) => return true,
-            }
-        }
-        _ => return true,
-    };
+    let Some((iov, count)) = iovec_array(head) else { return true };
     for i in 0..H2_SEGMENTS {
         if i >= count {
             return false;
         }
-        // SAFETY: as above.
+        // SAFETY: user memory read through the helper, which checks the address.
         let Ok([base, len]) = (unsafe { bpf_probe_read_user((iov + i * 16) as *const [u64; 2]) }) else {
             return true;
         };
@@ -229,18 +219,25 @@ fn walk_frames(base: u64, len: u64) -> Frames {
 /// HTTP/2's client preface begins `PRI ` (little-endian).
 const PREFACE: u32 = u32::from_le_bytes(*b"PRI ");
 
+/// A vectored call's iovec array and its entries (`readv`/`writev`: the arguments;
+/// `recvmsg`/`sendmsg`: `msg_iov`, `msg_iovlen` of the `user_msghdr`).
+#[inline(always)]
+fn iovec_array(head: Head) -> Option<(u64, u64)> {
+    match head.call {
+        call::VECTORED => Some((head.ptr, head.len)),
+        // SAFETY: user memory read through the helper, which checks the address.
+        call::MSG => unsafe { bpf_probe_read_user(head.ptr as *const [u64; 4]) }.ok().map(|m| (m[2], m[3])),
+        _ => None,
+    }
+}
+
 /// Whether the call's bytes begin with HTTP/2's client preface.
 #[inline(always)]
 fn is_preface(head: Head) -> bool {
-    let read_u64 = |a: u64| {
-        // SAFETY: user memory read through the helper, which checks the address.
-        unsafe { bpf_probe_read_user(a as *const u64) }.ok()
-    };
     let first = match head.call {
         call::PLAIN => Some(head.ptr),
-        call::VECTORED => read_u64(head.ptr),
-        call::MSG => read_u64(head.ptr + 16).and_then(read_u64),
-        _ => None,
+        // SAFETY: user memory read through the helper, which checks the address.
+        _ => iovec_array(head).and_then(|(iov, _)| unsafe { bpf_probe_read_user(iov as *const u64) }.ok()),
     };
     first.is_some_and(|a| {
         // SAFETY: as above.
@@ -367,8 +364,10 @@ pub fn on_write_enter(tgid: u32, tid: u32, fd: i32, entry: &SockEntry, in_tls_ca
     if state.role != ConnRole::Client as u32 {
         return 0; // a server's answer begins: its unit no longer serves that request
     }
-    // A grpc-go client's writer goroutine writes for the goroutine that created the stream.
-    let unit = match go::grpc::take_stream_owner(k, entry.conn_gen) {
+    // A grpc-go client's writer goroutine writes for the goroutine that created the stream
+    // (grpc-go speaks HTTP/2 only: other connections skip the lookup).
+    let writer = if state.h2 == 1 { go::grpc::take_stream_owner(k, entry.conn_gen) } else { go::grpc::StreamWriter::Unknown };
+    let unit = match writer {
         go::grpc::StreamWriter::Creator(goid) => UnitKey { tgid, go: 1, id: goid },
         go::grpc::StreamWriter::Unknown => unit_key(tgid, tid),
         go::grpc::StreamWriter::Several => {

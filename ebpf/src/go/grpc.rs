@@ -96,11 +96,7 @@ pub fn go_grpc_stream(ctx: ProbeContext) -> u32 {
     // SAFETY: the helper only reads the cookie of the running program's attachment.
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     if cookie >> 63 == 1 {
-        let fd = (|| {
-            let tcp_conn = read_u64(transport + (cookie & 0xffff))?;
-            let netfd = read_u64(tcp_conn + ((cookie >> 32) & 0xff))?;
-            read_u64(netfd + ((cookie >> 40) & 0xff))
-        })();
+        let fd = transport_fd(transport, cookie);
         let goid = current_goid(tgid);
         if let (Some(fd), true) = (fd, goid != 0) {
             if let Some(entry) = sock::lookup_tcp(tgid, fd as i32) {
@@ -124,6 +120,15 @@ fn read_u64(addr: u64) -> Option<u64> {
     unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
 }
 
+/// The socket of a `*http2Client`: its `conn` interface's data word (`*net.TCPConn`) →
+/// `*netFD` → `Sysfd`, at the offsets the cookie carries.
+#[inline(always)]
+fn transport_fd(transport: u64, cookie: u64) -> Option<u64> {
+    let tcp_conn = read_u64(transport + (cookie & 0xffff))?;
+    let netfd = read_u64(tcp_conn + ((cookie >> 32) & 0xff))?;
+    read_u64(netfd + ((cookie >> 40) & 0xff))
+}
+
 /// Each RET of `(*http2Client).NewStream`: the new `*Stream` in RAX (nil on error).
 #[uprobe]
 pub fn go_grpc_stream_ret(ctx: ProbeContext) -> u32 {
@@ -142,18 +147,12 @@ pub fn go_grpc_stream_ret(ctx: ProbeContext) -> u32 {
     if cookie >> 63 == 0 {
         return 0;
     }
-    let conn_iface_data = cookie & 0xffff;
     let stream_id = (cookie >> 16) & 0xff;
     let stream_ct = (cookie >> 24) & 0xff;
-    let tcpconn_fd = (cookie >> 32) & 0xff;
-    let netfd_sysfd = (cookie >> 40) & 0xff;
     let found = (|| {
         let id = read_u64(stream + stream_id)? & 0xffff_ffff;
         let transport = read_u64(stream + stream_ct)?;
-        let tcp_conn = read_u64(transport + conn_iface_data)?;
-        let netfd = read_u64(tcp_conn + tcpconn_fd)?;
-        let fd = read_u64(netfd + netfd_sysfd)?;
-        Some((id, fd))
+        Some((id, transport_fd(transport, cookie)?))
     })();
     let Some((id, fd)) = found else {
         count(Counter::GoStreamNoSocket);
@@ -163,7 +162,6 @@ pub fn go_grpc_stream_ret(ctx: ProbeContext) -> u32 {
     if goid == 0 || id == 0 {
         return 0;
     }
-
     if let Some(mut ev) = emit::reserve::<GoStreamEvent>() {
         let mut header = emit::header(EventKind::GoStream, tgid, tid, fd as i32, 0);
         header.ts_ns = entered;

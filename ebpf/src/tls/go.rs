@@ -63,14 +63,14 @@ pub struct GoKey {
     pub _pad: u32,
 }
 
-/// A Go `crypto/tls` call in progress.
+/// A Go `crypto/tls` `Read` in progress (a `Write` is sent at its entry).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct GoCall {
     pub buf: u64,
     pub enter_ns: u64,
     pub fd: i32,
-    pub direction: u32,
+    pub _pad: u32,
 }
 
 /// Go calls in progress: (tgid, g) → call. 16384 entries. Full → `Counter::TlsArgsMapFull`.
@@ -121,7 +121,7 @@ fn enter(ctx: &ProbeContext, direction: u32) -> u32 {
         // SAFETY: the helper has no preconditions.
         enter_ns: unsafe { bpf_ktime_get_ns() },
         fd,
-        direction,
+        _pad: 0,
     };
     if GO_TLS_ACTIVE.insert(&GoKey { g, tgid, _pad: 0 }, &call, 0).is_err() {
         count(Counter::TlsArgsMapFull);
