@@ -5,7 +5,7 @@
 //! (events into the ring buffer), `syscalls/` (one file per syscall family), `tls/` (uprobes on
 //! TLS libraries), `go/` (goroutines of Go programs), `exec` (new programs, for the agent to
 //! probe), `propagate`/`sockops`/`inject` (trace context carried to other hosts: ids, the
-//! TCP option, the `traceparent` header), `stack` (user stacks of client requests) and `floor` (empty programs for the
+//! TCP option, the `traceparent` header; `http_head` the HTTP/1 head scan they share), `stack` (user stacks of client requests) and `floor` (empty programs for the
 //! benchmark's floor).
 #![no_std]
 #![no_main]
@@ -17,6 +17,7 @@ mod exec;
 mod filter;
 mod floor;
 mod go;
+mod http_head;
 mod inject;
 mod maps;
 mod propagate;
