@@ -5,7 +5,7 @@
 //! (events into the ring buffer), `syscalls/` (one file per syscall family), `tls/` (uprobes on
 //! TLS libraries), `go/` (goroutines of Go programs), `exec` (new programs, for the agent to
 //! probe), `propagate`/`sockops`/`inject` (trace context carried to other hosts: ids, the
-//! TCP option, the `traceparent` header; `http_head` the HTTP/1 head scan they share), `stack` (user stacks of client requests) and `floor` (empty programs for the
+//! TCP option, the `traceparent` header; `traceparent` the header a server reads, `http_head` the HTTP/1 head scan they share), `stack` (user stacks of client requests) and `floor` (empty programs for the
 //! benchmark's floor).
 #![no_std]
 #![no_main]
@@ -26,6 +26,7 @@ mod sockops;
 mod stack;
 mod syscalls;
 mod tls;
+mod traceparent;
 
 #[cfg(not(test))]
 #[panic_handler]

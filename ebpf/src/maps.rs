@@ -31,6 +31,11 @@ pub static IOVECS_MORE: ProgramArray = ProgramArray::with_max_entries(1, 0);
 #[map(name = "SAVED_EXIT")]
 pub static SAVED_EXIT: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
+/// The program that reads the `traceparent` of a plaintext request a read started, at index 0
+/// (put there by the agent with `SAVED_EXIT`; empty → the read emits at once, without it).
+#[map(name = "TRACEPARENT_READ")]
+pub static TRACEPARENT_READ: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
 /// A vectored call's segments still to copy, handed to the tail call on this CPU.
 #[map(name = "IOVECS_LEFT")]
 pub static IOVECS_LEFT: PerCpuArray<IovecsLeft> = PerCpuArray::with_max_entries(1, 0);

@@ -36,6 +36,7 @@ use crate::{
     go,
     maps::{call, count, SockEntry},
     sock::{self, FlowKey},
+    traceparent,
 };
 
 const NONE: u32 = 0;
@@ -552,6 +553,29 @@ pub fn on_read_exit(tgid: u32, tid: u32, fd: i32, entry: &SockEntry, in_tls_call
         count(Counter::PropagateMapFull);
     }
     k
+}
+
+/// The head of a plaintext request that started a server request (`key` as `on_read_exit`
+/// returned it), `len` bytes at `ptr`: a `traceparent` of its own gives the request its trace
+/// id and parent, as the agent's `header` rule gives them to the span, so that the server's
+/// calls carry that trace on. Not when the header says what the TCP option said (the header
+/// the client's host added), and not on HTTP/2 (its headers are compressed).
+#[inline(always)]
+pub fn on_request_head(key: u64, ptr: u64, len: u64) {
+    let Some(state) = PROP_CONNS.get_ptr_mut(&key) else { return };
+    // SAFETY: a pointer into the map's value, valid during this program run.
+    let state = unsafe { &mut *state };
+    if state.role != ConnRole::Server as u32 || state.h2 == 1 || state.flags & ids::SET == 0 {
+        return;
+    }
+    let Some(tp) = traceparent::find(ptr, len) else { return };
+    if state.flags & ids::FROM_WIRE != 0 && state.ids.trace_id == tp.trace_id && state.ids.parent_id == tp.span_id {
+        return;
+    }
+    state.ids.trace_id = tp.trace_id;
+    state.ids.parent_id = tp.span_id;
+    state.flags = (state.flags & !ids::FROM_WIRE) | ids::FROM_HEADER;
+    count(Counter::PropagateServerFromHeader);
 }
 
 /// A read on an HTTP/2 server connection, where streams do not take turns with their answers:

@@ -151,6 +151,7 @@ fn make_image(rootfs: &Path, work: &Path) -> PathBuf {
     clients::build_stack_client_c(&m);
     std::fs::write(m.join("www/plain.txt"), "plain\n").expect("write www/plain.txt");
     std::fs::write(m.join("www/ready"), "ok\n").expect("write www/ready");
+    std::fs::write(m.join("www/tp.txt"), "tp\n").expect("write www/tp.txt");
     let image = work.join("image.raw");
     run(
         "mkfs.ext4",
@@ -368,6 +369,29 @@ fn check_supported(series: &str) {
     assert!(
         !guest.log.contains("readv/recvmsg get no request ids"),
         "zt_saved_exit was refused on Linux {series}x:\n{}",
+        guest.describe()
+    );
+    // The program that reads a request's own traceparent, and what it read.
+    assert!(
+        !guest.log.contains("does not read requests' traceparent headers"),
+        "zt_read_traceparent was refused on Linux {series}x:\n{}",
+        guest.describe()
+    );
+    let stats = ztrace_e2e::ztrace::stats_line(&guest.log)
+        .unwrap_or_else(|| panic!("no stats line on Linux {series}x:\n{}", guest.describe()));
+    assert_eq!(
+        stats
+            .get("kernel_propagate_server_from_header")
+            .and_then(|v| v.as_u64()),
+        Some(1),
+        "Linux {series}x: the kernel did not take /tp.txt's ids from its traceparent:\n{}",
+        guest.describe()
+    );
+    assert_eq!(guest.status("curl_tp"), Some("200"), "{}", guest.describe());
+    assert_eq!(
+        guest.span("server", "/tp.txt").trace_id(),
+        Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+        "{}",
         guest.describe()
     );
     // The optional trace-context programs passed this kernel's verifier too.

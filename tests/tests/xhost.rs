@@ -59,6 +59,16 @@ fn service_on(
 /// One request from `host` to `url` with a body of `body_size` bytes; returns the answer's
 /// lines (one SHA-256 per hop that received the body) and the SHA-256 of the body sent.
 fn request(host: &Host, url: &str, body_size: usize) -> (Vec<String>, String) {
+    request_with(host, url, body_size, None)
+}
+
+/// The same, the request carrying `traceparent` of its own when given.
+fn request_with(
+    host: &Host,
+    url: &str,
+    body_size: usize,
+    traceparent: Option<&str>,
+) -> (Vec<String>, String) {
     let mut cmd = host.command(python());
     cmd.arg("-u")
         .arg(fixture("xhost.py"))
@@ -70,6 +80,9 @@ fn request(host: &Host, url: &str, body_size: usize) -> (Vec<String>, String) {
             &body_size.to_string(),
         ])
         .env("OTEL_SERVICE_NAME", "client");
+    if let Some(value) = traceparent {
+        cmd.args(["--traceparent", value]);
+    }
     let mut proc = Proc::spawn("client", &mut cmd);
     let status = proc.wait_exit(READY);
     assert!(
@@ -462,39 +475,104 @@ fn a_middlebox_that_strips_the_option_is_counted_and_the_added_header_still_join
         "stripping options changes no byte"
     );
     let spans = chain_spans(&mut otlp);
-    // The option is gone, but host 1's kernel also added a traceparent to a's plaintext
-    // request: b's span joins a's trace by that header (HTTPS or any other protocol would
-    // split here, as `without_propagation...` shows).
-    let a_client = find(&spans, "a", CLIENT);
-    let b_server = find(&spans, "b", SERVER);
-    assert_eq!(b_server.trace_id(), a_client.trace_id(), "{spans:#?}");
-    assert_eq!(b_server.parent(), a_client.span_id(), "{spans:#?}");
-    assert_eq!(
-        b_server.attr_str("ztrace.link"),
-        Some("header"),
-        "{spans:#?}"
-    );
-    // Host 1 still receives c's context from b.
-    let c_server = find(&spans, "c", SERVER);
-    assert_eq!(
-        c_server.attr_str("ztrace.link"),
-        Some("tcp_option"),
-        "{spans:#?}"
-    );
     drop(services);
     let s2 = z2.stop();
-    let no_context = s2
-        .stats
-        .as_ref()
-        .and_then(|m| m.get("kernel_propagate_server_no_context"))
-        .and_then(|v| v.as_u64());
+    let report = format!("{}\nhost 2: {}", table(&spans), s2.counters(&["propagat"]));
+    // The option is gone, but host 1's kernel also added a traceparent to a's plaintext
+    // request: b's span joins a's trace by that header (HTTPS or any other protocol would
+    // split here, as `without_propagation...` shows), and host 2's kernel read the same
+    // header, so that b's call to c carries a's trace on.
+    let trace = spans[0].trace_id();
+    assert!(
+        spans.iter().all(|s| s.trace_id() == trace),
+        "one trace:\n{report}"
+    );
+    let a_client = find(&spans, "a", CLIENT);
+    let b_server = find(&spans, "b", SERVER);
+    let b_client = find(&spans, "b", CLIENT);
+    let c_server = find(&spans, "c", SERVER);
+    assert_links(
+        &[
+            (b_server, a_client, "header"),
+            (b_client, b_server, "thread"),
+            (c_server, b_client, "tcp_option"),
+        ],
+        &report,
+    );
     assert_eq!(
-        no_context,
-        Some(1),
-        "host 2 counts b's request that came without a context: {:?}",
-        s2.stats
+        s2.stat("kernel_propagate_server_no_context"),
+        1,
+        "host 2 counts b's request that came without a context:\n{report}"
+    );
+    assert_eq!(
+        s2.stat("kernel_propagate_server_from_header"),
+        1,
+        "host 2's kernel took b's ids from the header:\n{report}"
     );
     drop(z1);
+}
+
+/// A request that comes with a `traceparent` of its own (an instrumented caller, a mesh proxy)
+/// into the chain A (host 1) → B (host 2) → C (host 1): A's span continues that trace (the
+/// `header` rule), and so does everything after it on both hosts — A's kernel read the header
+/// as A read the request, so A's call to B carried that trace in the option.
+#[test]
+#[ignore = "needs root and eBPF; run by cargo xtask test"]
+fn a_callers_own_traceparent_is_carried_on_across_hosts() {
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const CALLER: &str = "00f067aa0ba902b7";
+    let hosts = Hosts::two();
+    let mut otlp = OtlpReceiver::start();
+    let z1 = agent(hosts.get(0), &otlp, &[]);
+    let z2 = agent(hosts.get(1), &otlp, &[]);
+    let (services, url) = chain(&hosts, Middle::Python(None));
+    let (answer, sent) = request_with(
+        hosts.get(0),
+        &url,
+        1000,
+        Some(&format!("00-{TRACE}-{CALLER}-01")),
+    );
+    assert_eq!(answer, [sent.clone(), sent.clone(), sent]);
+    let spans = chain_spans(&mut otlp);
+    drop(services);
+    let s1 = z1.stop();
+    let s2 = z2.stop();
+    let report = format!(
+        "{}\nhost 1: {}\nhost 2: {}",
+        table(&spans),
+        s1.counters(&["propagat"]),
+        s2.counters(&["propagat"])
+    );
+    let a_server = find(&spans, "a", SERVER);
+    let a_client = find(&spans, "a", CLIENT);
+    let b_server = find(&spans, "b", SERVER);
+    let b_client = find(&spans, "b", CLIENT);
+    let c_server = find(&spans, "c", SERVER);
+    for span in [a_server, a_client, b_server, b_client, c_server] {
+        assert_eq!(
+            span.trace_id(),
+            Some(TRACE),
+            "{:?} continues the caller's trace:\n{report}",
+            who(span)
+        );
+    }
+    assert_eq!(a_server.parent(), Some(CALLER), "{report}");
+    assert_eq!(a_server.attr_str("ztrace.link"), Some("header"), "{report}");
+    assert_links(
+        &[
+            (a_client, a_server, "thread"),
+            (b_server, a_client, "tcp_option"),
+            (b_client, b_server, "thread"),
+            (c_server, b_client, "tcp_option"),
+        ],
+        &report,
+    );
+    assert_eq!(
+        s1.stat("kernel_propagate_server_from_header"),
+        1,
+        "host 1's kernel took a's ids from the caller's header:\n{report}"
+    );
+    assert_eq!(s1.stat("propagation_trace_mismatch"), 0, "{report}");
 }
 
 /// A (host 1, HTTP) queries PostgreSQL on host 2 (psycopg2, plain protocol v3): the backend's

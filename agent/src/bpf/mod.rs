@@ -27,7 +27,7 @@ use aya::{
 };
 use ztrace_common::{
     globals, maps, Counter, Settings, StackSettings, IOVECS_MORE_PROGRAM, MAX_CAPTURE,
-    MAX_STACK_BYTES, READ_IDS_PROGRAMS, SAVED_EXIT_PROGRAM,
+    MAX_STACK_BYTES, READ_IDS_PROGRAMS, SAVED_EXIT_PROGRAM, TRACEPARENT_PROGRAM,
 };
 
 use self::attach::{
@@ -475,7 +475,19 @@ pub fn start(
         && propagate != ztrace_common::propagate::OFF
         && {
             match load_tail_target(&mut ebpf, SAVED_EXIT_PROGRAM, maps::SAVED_EXIT) {
-                Ok(()) => true,
+                Ok(()) => {
+                    // A request's own `traceparent` (plaintext HTTP/1), read before the call is
+                    // emitted: without it the read exits emit at once.
+                    if let Err(reason) =
+                        load_tail_target(&mut ebpf, TRACEPARENT_PROGRAM, maps::TRACEPARENT_READ)
+                    {
+                        tracing::warn!(
+                            %reason,
+                            "the kernel does not read requests' traceparent headers: a server's calls for a request that came with one carry a new trace id to other hosts"
+                        );
+                    }
+                    true
+                }
                 Err(reason) => {
                     tracing::warn!(
                         %reason,

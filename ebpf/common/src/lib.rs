@@ -33,6 +33,10 @@ pub const IOVECS_MORE_PROGRAM: &str = "zt_iovecs_more";
 /// when a vectored read's exit has drawn its request ids first (a tail call, never attached), and
 /// of the program array that holds it at index 0.
 pub const SAVED_EXIT_PROGRAM: &str = "zt_saved_exit";
+/// Name of the program that reads the `traceparent` of a plaintext request a read started
+/// (a tail call from the read exits, never attached; it hands on to [`SAVED_EXIT_PROGRAM`]),
+/// and of the program array that holds it at index 0.
+pub const TRACEPARENT_PROGRAM: &str = "zt_read_traceparent";
 /// The `sys_exit_readv`/`sys_exit_recvmsg` programs that draw server request ids before they
 /// tail-call [`SAVED_EXIT_PROGRAM`], by the program they replace.
 pub const READ_IDS_PROGRAMS: &[(&str, &str)] = &[
@@ -64,6 +68,8 @@ pub mod maps {
     pub const IOVECS_MORE: &str = "IOVECS_MORE";
     /// ProgramArray with [`super::SAVED_EXIT_PROGRAM`] at index 0.
     pub const SAVED_EXIT: &str = "SAVED_EXIT";
+    /// ProgramArray with [`super::TRACEPARENT_PROGRAM`] at index 0.
+    pub const TRACEPARENT_READ: &str = "TRACEPARENT_READ";
     /// LruHashMap<u64 `tgid << 32 | fd`, SockEntry>: what the kernel knows of each fd.
     pub const SOCKS: &str = "SOCKS";
     /// LruHashMap<u64 `tgid << 32 | fd`, PropConn>: connections carrying request ids.
@@ -318,6 +324,9 @@ pub mod ids {
     pub const FROM_WIRE: u32 = 2;
     /// Client request: trace id and parent came from the server request the thread serves.
     pub const FROM_UNIT: u32 = 4;
+    /// Server request: trace id and parent came from the request's own `traceparent` header
+    /// (plaintext HTTP/1), which differed from the TCP option's or came without one.
+    pub const FROM_HEADER: u32 = 8;
 }
 
 /// The TCP option that carries a request's trace context between hosts (RFC 6994 shared
@@ -476,10 +485,14 @@ pub enum Counter {
     /// A grpc-go client wrote streams of several calls created at once: sent without a
     /// context (their receivers start new traces) rather than with one call's for all.
     PropagateStreamsAmbiguous = 38,
+    /// Server requests whose trace id and parent came from their own `traceparent` header
+    /// (an instrumented caller's, or the one the client's host added where the option was
+    /// stripped), read by the kernel so that the server's calls carry that trace on.
+    PropagateServerFromHeader = 39,
 }
 
 /// Number of slots in the `COUNTERS` map.
-pub const COUNTER_SLOTS: u32 = 39;
+pub const COUNTER_SLOTS: u32 = 40;
 
 impl Counter {
     pub const ALL: &'static [Counter] = &[
@@ -522,6 +535,7 @@ impl Counter {
         Counter::GoStreamNoSocket,
         Counter::PropagateServerCrowded,
         Counter::PropagateStreamsAmbiguous,
+        Counter::PropagateServerFromHeader,
     ];
 
     /// Name used in the agent's self-metrics.
@@ -566,6 +580,7 @@ impl Counter {
             Counter::GoStreamNoSocket => "kernel_go_stream_no_socket",
             Counter::PropagateServerCrowded => "kernel_propagate_server_crowded",
             Counter::PropagateStreamsAmbiguous => "kernel_propagate_streams_ambiguous",
+            Counter::PropagateServerFromHeader => "kernel_propagate_server_from_header",
         }
     }
 

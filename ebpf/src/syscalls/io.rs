@@ -30,7 +30,7 @@ use ztrace_common::{ConnRole, Counter, DataSource, Direction, MAX_IOVECS, MAX_IO
 use super::{arg, ids, read_i64, read_u64, RET};
 use crate::{
     emit, filter,
-    maps::{call, count, IovecsLeft, PendingCall, CALLS, IOVECS_LEFT, IOVECS_MORE, SAVED_EXIT, SOCKS},
+    maps::{call, count, IovecsLeft, PendingCall, CALLS, IOVECS_LEFT, IOVECS_MORE, SAVED_EXIT, SOCKS, TRACEPARENT_READ},
     propagate::{self, Head},
     sock, tls,
 };
@@ -193,6 +193,10 @@ fn vectored_read_exit(ctx: &TracePointContext) -> u32 {
                 let in_tls_call = if entry.tls == 1 { tls::in_call(pid_tgid) as u32 } else { 0 };
                 let head = Head { call: pending.call, ptr: pending.ptr, len: 0 };
                 pending.ids_key = propagate::on_read_exit(tgid, tid, pending.fd, &entry, in_tls_call, head);
+                if pending.ids_key != 0 && entry.tls == 0 {
+                    // SAFETY: as below; `zt_read_traceparent` goes on to `zt_saved_exit`.
+                    let _ = unsafe { TRACEPARENT_READ.tail_call(ctx, 0) };
+                }
             }
         }
     }
@@ -247,6 +251,9 @@ fn finish(ctx: &TracePointContext, tgid: u32, tid: u32, pending: PendingCall, re
         }
         return 0; // ciphertext: the plaintext comes from the TLS probes
     }
+    if server_starts && ids_key != 0 {
+        read_head_first(ctx, PendingCall { sock: entry, ids_key, ..pending });
+    }
     emit::stage_ids(ids_key);
     let conn = emit::Conn { tgid, tid, fd, conn_gen: entry.conn_gen, ts_ns: ts };
     crate::stack::on_data(ctx, &conn, pending.direction);
@@ -264,6 +271,22 @@ fn finish(ctx: &TracePointContext, tgid: u32, tid: u32, pending: PendingCall, re
         _ => {}
     }
     0
+}
+
+/// A read that started a server request: `zt_read_traceparent` looks for the request's own
+/// `traceparent` before `zt_saved_exit` emits the call (this program would pass the verifier's
+/// budget doing both). Returns only when the tail call could not be made (the program is not
+/// loaded): the caller then emits the call itself.
+#[inline(always)]
+fn read_head_first(ctx: &TracePointContext, pending: PendingCall) {
+    let Some(slot) = CALLS.current(true) else { return };
+    // SAFETY: this thread's own storage value, valid during this run; a tail call with this
+    // program's own context returns only when it failed, and the call is then dropped again.
+    unsafe {
+        *slot = pending;
+        let _ = TRACEPARENT_READ.tail_call(ctx, 0);
+        (*slot).call = 0;
+    }
 }
 
 #[inline(always)]
@@ -444,6 +467,49 @@ pub fn zt_exit_recvmsg_ids(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn zt_saved_exit(ctx: TracePointContext) -> u32 {
     saved_exit(&ctx)
+}
+
+/// The head of a request a read started: its own `traceparent` gives the request its trace
+/// (`propagate::on_request_head`), then `zt_saved_exit` emits the call. Tail-called by the read
+/// exits (`read`/`recvfrom` save their call first); never attached.
+#[tracepoint]
+pub fn zt_read_traceparent(ctx: TracePointContext) -> u32 {
+    let ret = read_i64(&ctx, RET);
+    if ret > 0 {
+        if let Some(slot) = CALLS.current(false) {
+            // SAFETY: this thread's own storage value, valid during this run.
+            let pending = unsafe { &*slot };
+            if pending.call != 0 && pending.ids_key != 0 {
+                if let Some((ptr, len)) = first_bytes(pending.call, pending.ptr) {
+                    let len = if len < ret as u64 { len } else { ret as u64 };
+                    propagate::on_request_head(pending.ids_key, ptr, len);
+                }
+            }
+        }
+    }
+    // SAFETY: a tail call with this program's own context; it returns only when it failed.
+    let _ = unsafe { SAVED_EXIT.tail_call(&ctx, 0) };
+    if let Some(slot) = CALLS.current(false) {
+        // SAFETY: as above; the call is dropped (not reached once the agent filled SAVED_EXIT).
+        unsafe { (*slot).call = 0 };
+    }
+    0
+}
+
+/// The first bytes of a call: a plain buffer (its length is the call's result), or the first
+/// segment of an iovec array or a msghdr's.
+#[inline(always)]
+fn first_bytes(call_kind: u32, ptr: u64) -> Option<(u64, u64)> {
+    let iov = match call_kind {
+        call::PLAIN => return Some((ptr, u64::MAX)),
+        call::VECTORED => ptr,
+        // SAFETY: user memory read through the helper, which checks the address.
+        call::MSG => unsafe { bpf_probe_read_user((ptr + MSG_IOV) as *const u64) }.ok()?,
+        _ => return None,
+    };
+    // SAFETY: as above.
+    let seg = unsafe { bpf_probe_read_user(iov as *const Iovec) }.ok()?;
+    Some((seg.base, seg.len))
 }
 
 /// `syscalls/sys_exit_sendfile64`.
