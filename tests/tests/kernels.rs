@@ -373,7 +373,9 @@ fn check_supported(series: &str) {
     );
     // The program that reads a request's own traceparent, and what it read.
     assert!(
-        !guest.log.contains("does not read requests' traceparent headers"),
+        !guest
+            .log
+            .contains("does not read requests' traceparent headers"),
         "zt_read_traceparent was refused on Linux {series}x:\n{}",
         guest.describe()
     );
