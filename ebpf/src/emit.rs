@@ -80,6 +80,8 @@ pub fn simple(kind: EventKind, tgid: u32, tid: u32, fd: i32, conn_gen: u64) {
 }
 
 /// The connection and moment a data event belongs to.
+#[repr(C)]
+#[derive(Clone, Copy)]
 pub struct Conn {
     pub tgid: u32,
     pub tid: u32,

@@ -371,12 +371,11 @@ fn check_supported(series: &str) {
         "zt_saved_exit was refused on Linux {series}x:\n{}",
         guest.describe()
     );
-    // The program that reads a request's own traceparent, and what it read.
+    // The programs that read a request's own traceparent, and what they read: one request
+    // each in plain HTTP, over OpenSSL and over Go's crypto/tls.
     assert!(
-        !guest
-            .log
-            .contains("does not read requests' traceparent headers"),
-        "zt_read_traceparent was refused on Linux {series}x:\n{}",
+        !guest.log.contains("traceparent headers"),
+        "zt_read_traceparent or zt_tls_traceparent was refused on Linux {series}x:\n{}",
         guest.describe()
     );
     let stats = ztrace_e2e::ztrace::stats_line(&guest.log)
@@ -385,17 +384,23 @@ fn check_supported(series: &str) {
         stats
             .get("kernel_propagate_server_from_header")
             .and_then(|v| v.as_u64()),
-        Some(1),
-        "Linux {series}x: the kernel did not take /tp.txt's ids from its traceparent:\n{}",
+        Some(3),
+        "Linux {series}x: the kernel did not take the ids of /tp.txt, /tls-tp and /go-tp from their traceparent:\n{}",
         guest.describe()
     );
-    assert_eq!(guest.status("curl_tp"), Some("200"), "{}", guest.describe());
-    assert_eq!(
-        guest.span("server", "/tp.txt").trace_id(),
-        Some("4bf92f3577b34da6a3ce929d0e0e4736"),
-        "{}",
-        guest.describe()
-    );
+    for (status, path) in [
+        ("curl_tp", "/tp.txt"),
+        ("curl_tls_tp", "/tls-tp"),
+        ("curl_go_tp", "/go-tp"),
+    ] {
+        assert_eq!(guest.status(status), Some("200"), "{}", guest.describe());
+        assert_eq!(
+            guest.span("server", path).trace_id(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+            "{}",
+            guest.describe()
+        );
+    }
     // The optional trace-context programs passed this kernel's verifier too.
     for line in [
         "ok    optional  sock_ops on cgroup",

@@ -159,17 +159,19 @@ fn chain(hosts: &Hosts, middle: Middle) -> (Vec<Proc>, String) {
         }
     };
     let c = service(h1, "c", pc, &[], tls);
-    let b = match middle {
-        Middle::Python(_) => service(h2, "b", pb, &[https(h1.url(pc, "/c"))], tls),
-        Middle::Go(binary, _) => {
-            let mut cmd = h2.command(binary);
-            cmd.args([
-                "-listen",
-                &format!("{}:{pb}", h2.addr),
-                "-call",
-                &https(h1.url(pc, "/c")),
-            ])
-            .env("OTEL_SERVICE_NAME", "b");
+    let b = middle_service(h2, middle, pb, &https(h1.url(pc, "/c")));
+    let a = service(h1, "a", pa, &[https(h2.url(pb, "/b"))], None);
+    (vec![a, b, c], h1.url(pa, "/a"))
+}
+
+/// B, run as `middle` says on `host`'s port `port`, calling `call`.
+fn middle_service(host: &Host, middle: Middle, port: u16, call: &str) -> Proc {
+    match middle {
+        Middle::Python(tls) => service(host, "b", port, &[call.to_owned()], tls),
+        Middle::Go(binary, tls) => {
+            let mut cmd = host.command(binary);
+            cmd.args(["-listen", &format!("{}:{port}", host.addr), "-call", call])
+                .env("OTEL_SERVICE_NAME", "b");
             if let Some(certs) = tls {
                 cmd.arg("-tls")
                     .arg(format!("{},{}", certs.cert.display(), certs.key.display()));
@@ -178,9 +180,7 @@ fn chain(hosts: &Hosts, middle: Middle) -> (Vec<Proc>, String) {
             proc.wait_for_stdout("ready", READY);
             proc
         }
-    };
-    let a = service(h1, "a", pa, &[https(h2.url(pb, "/b"))], None);
-    (vec![a, b, c], h1.url(pa, "/a"))
+    }
 }
 
 /// Spans of the six ends of the chain (client → a → b → c), waited for.
@@ -510,6 +510,93 @@ fn a_middlebox_that_strips_the_option_is_counted_and_the_added_header_still_join
         "host 2's kernel took b's ids from the header:\n{report}"
     );
     drop(z1);
+}
+
+/// A caller with a `traceparent` of its own calls B (host 2) over HTTPS, which calls C (host 1)
+/// over HTTPS: B's kernel read the header from the TLS plaintext (`zt_tls_traceparent`), so
+/// that B's call carried the caller's trace to host 1. B in Python (OpenSSL) or Go
+/// (crypto/tls).
+fn a_callers_own_traceparent_over_https(middle: Middle) {
+    const TRACE: &str = "5cf92f3577b34da6a3ce929d0e0e4737";
+    const CALLER: &str = "01f067aa0ba902b8";
+    let certs = match middle {
+        Middle::Python(Some(certs)) | Middle::Go(_, Some(certs)) => certs,
+        _ => panic!("HTTPS needs certificates"),
+    };
+    let hosts = Hosts::two();
+    let (h1, h2) = (hosts.get(0), hosts.get(1));
+    let mut otlp = OtlpReceiver::start();
+    let z1 = agent(h1, &otlp, &[]);
+    let z2 = agent(h2, &otlp, &[]);
+    let (pb, pc) = (free_port(), free_port());
+    let https = |url: String| url.replacen("http://", "https://", 1);
+    let c = service(h1, "c", pc, &[], Some(certs));
+    let b = middle_service(h2, middle, pb, &https(h1.url(pc, "/c")));
+    let (answer, sent) = request_with(
+        h1,
+        &https(h2.url(pb, "/b")),
+        1000,
+        Some(&format!("00-{TRACE}-{CALLER}-01")),
+    );
+    assert_eq!(answer, [sent.clone(), sent]);
+    let ours = |s: &OtlpSpan| matches!(s.resource_str("service.name"), Some("b" | "c"));
+    let spans = otlp.wait_for_spans(3, ours, SPANS);
+    drop((b, c));
+    let s1 = z1.stop();
+    let s2 = z2.stop();
+    let report = format!(
+        "{}\nhost 1: {}\nhost 2: {}",
+        table(&spans),
+        s1.counters(&["propagat", "tls"]),
+        s2.counters(&["propagat", "tls"])
+    );
+    let b_server = find(&spans, "b", SERVER);
+    let b_client = find(&spans, "b", CLIENT);
+    let c_server = find(&spans, "c", SERVER);
+    for span in [b_server, b_client, c_server] {
+        assert_eq!(
+            span.trace_id(),
+            Some(TRACE),
+            "{:?} continues the caller's trace:\n{report}",
+            who(span)
+        );
+    }
+    assert_eq!(b_server.parent(), Some(CALLER), "{report}");
+    assert_eq!(b_server.attr_str("ztrace.link"), Some("header"), "{report}");
+    assert_links(
+        &[
+            (
+                b_client,
+                b_server,
+                if matches!(middle, Middle::Go(..)) {
+                    "goroutine"
+                } else {
+                    "thread"
+                },
+            ),
+            (c_server, b_client, "tcp_option"),
+        ],
+        &report,
+    );
+    assert!(
+        s2.stat("kernel_propagate_server_from_header") >= 1,
+        "host 2's kernel took b's ids from the caller's header:\n{report}"
+    );
+}
+
+#[test]
+#[ignore = "needs root and eBPF; run by cargo xtask test"]
+fn a_callers_own_traceparent_over_openssl_is_carried_on() {
+    let certs = Certs::make();
+    a_callers_own_traceparent_over_https(Middle::Python(Some(&certs)));
+}
+
+#[test]
+#[ignore = "needs root and eBPF; run by cargo xtask test"]
+fn a_callers_own_traceparent_over_go_crypto_tls_is_carried_on() {
+    let certs = Certs::make();
+    let dir = TempDir::new("xhost-go-tp");
+    a_callers_own_traceparent_over_https(Middle::Go(&build_go_twin(&dir), Some(&certs)));
 }
 
 /// A request that comes with a `traceparent` of its own (an instrumented caller, a mesh proxy)

@@ -21,13 +21,14 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, ProgramArray, RingBuf, SockHash},
     programs::{
         uprobe::{UProbeAttachPoint, UProbeLinkId, UProbeScope},
-        CgroupAttachMode, SkMsg, SockOps, TracePoint, UProbe,
+        CgroupAttachMode, Program, ProgramError, SkMsg, SockOps, TracePoint, UProbe,
     },
     Ebpf, EbpfLoader,
 };
 use ztrace_common::{
     globals, maps, Counter, Settings, StackSettings, IOVECS_MORE_PROGRAM, MAX_CAPTURE,
-    MAX_STACK_BYTES, READ_IDS_PROGRAMS, SAVED_EXIT_PROGRAM, TRACEPARENT_PROGRAM,
+    MAX_STACK_BYTES, READ_IDS_PROGRAMS, SAVED_EXIT_PROGRAM, TLS_READ_EMIT_PROGRAM,
+    TLS_TRACEPARENT_PROGRAM, TRACEPARENT_PROGRAM,
 };
 
 use self::attach::{
@@ -539,6 +540,21 @@ pub fn start(
         }
     };
     let uprobe_error = load_uprobes(&mut ebpf)?;
+    // The same for TLS plaintext (OpenSSL, Go's crypto/tls).
+    if read_ids && uprobe_error.is_none() {
+        // The emitting program first: the scan hands every read on to it.
+        let loaded =
+            load_tail_target_at(&mut ebpf, TLS_READ_EMIT_PROGRAM, maps::TLS_TRACEPARENT, 1)
+                .and_then(|()| {
+                    load_tail_target(&mut ebpf, TLS_TRACEPARENT_PROGRAM, maps::TLS_TRACEPARENT)
+                });
+        if let Err(reason) = loaded {
+            tracing::warn!(
+                %reason,
+                "the kernel does not read HTTPS requests' traceparent headers: a server's calls for a request that came with one carry a new trace id to other hosts"
+            );
+        }
+    }
     let mut go_uprobe_error = None;
     for program in [
         "go_helper",
@@ -1110,26 +1126,40 @@ fn load_iovecs_more(ebpf: &mut Ebpf) -> Result<(), String> {
     load_tail_target(ebpf, IOVECS_MORE_PROGRAM, maps::IOVECS_MORE)
 }
 
-/// Loads `program` (a tracepoint program reached only by tail calls) and puts it at index 0 of
+/// Loads `program` (a tracepoint or uprobe program reached only by tail calls) and puts it at index 0 of
 /// the program array `array`. `Err(reason)` when the kernel refused it.
 fn load_tail_target(ebpf: &mut Ebpf, program: &'static str, array: &str) -> Result<(), String> {
-    let prog: &mut TracePoint = ebpf
+    load_tail_target_at(ebpf, program, array, 0)
+}
+
+/// The same at `index` of the program array.
+fn load_tail_target_at(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    array: &str,
+    index: u32,
+) -> Result<(), String> {
+    let refused = |e: &ProgramError| format!("load: {}", verifier::load_failure(program, e));
+    let fd = match ebpf
         .program_mut(program)
         .ok_or("no such program in the object")?
-        .try_into()
-        .map_err(|_| "not a tracepoint program".to_owned())?;
-    prog.load()
-        .map_err(|e| format!("load: {}", verifier::load_failure(program, &e)))?;
-    let fd = prog
-        .fd()
-        .map_err(|e| error_chain(&e))?
-        .try_clone()
-        .map_err(|e| e.to_string())?;
+    {
+        Program::TracePoint(prog) => {
+            prog.load().map_err(|e| refused(&e))?;
+            prog.fd().map_err(|e| error_chain(&e))?.try_clone()
+        }
+        Program::UProbe(prog) => {
+            prog.load().map_err(|e| refused(&e))?;
+            prog.fd().map_err(|e| error_chain(&e))?.try_clone()
+        }
+        _ => return Err("neither a tracepoint nor a uprobe program".to_owned()),
+    }
+    .map_err(|e| e.to_string())?;
     let map = ebpf
         .map_mut(array)
         .ok_or("no program array in the object")?;
     let mut programs = ProgramArray::try_from(map).map_err(|e| error_chain(&e))?;
-    programs.set(0, &fd, 0).map_err(|e| error_chain(&e))
+    programs.set(index, &fd, 0).map_err(|e| error_chain(&e))
 }
 
 /// `Ok(None)` when attached, `Ok(Some(reason))` when the kernel refused.

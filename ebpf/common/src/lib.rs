@@ -37,6 +37,11 @@ pub const SAVED_EXIT_PROGRAM: &str = "zt_saved_exit";
 /// (a tail call from the read exits, never attached; it hands on to [`SAVED_EXIT_PROGRAM`]),
 /// and of the program array that holds it at index 0.
 pub const TRACEPARENT_PROGRAM: &str = "zt_read_traceparent";
+/// The same for the plaintext of TLS reads (a uprobe program tail-called by the OpenSSL and Go
+/// `crypto/tls` return programs), at index 0 of its program array, and the program it hands the
+/// read on to, which emits it, at index 1.
+pub const TLS_TRACEPARENT_PROGRAM: &str = "zt_tls_traceparent";
+pub const TLS_READ_EMIT_PROGRAM: &str = "zt_tls_read_emit";
 /// The `sys_exit_readv`/`sys_exit_recvmsg` programs that draw server request ids before they
 /// tail-call [`SAVED_EXIT_PROGRAM`], by the program they replace.
 pub const READ_IDS_PROGRAMS: &[(&str, &str)] = &[
@@ -70,6 +75,9 @@ pub mod maps {
     pub const SAVED_EXIT: &str = "SAVED_EXIT";
     /// ProgramArray with [`super::TRACEPARENT_PROGRAM`] at index 0.
     pub const TRACEPARENT_READ: &str = "TRACEPARENT_READ";
+    /// ProgramArray with [`super::TLS_TRACEPARENT_PROGRAM`] at index 0 and
+    /// [`super::TLS_READ_EMIT_PROGRAM`] at 1.
+    pub const TLS_TRACEPARENT: &str = "TLS_TRACEPARENT";
     /// LruHashMap<u64 `tgid << 32 | fd`, SockEntry>: what the kernel knows of each fd.
     pub const SOCKS: &str = "SOCKS";
     /// LruHashMap<u64 `tgid << 32 | fd`, PropConn>: connections carrying request ids.

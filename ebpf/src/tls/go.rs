@@ -109,7 +109,7 @@ fn enter(ctx: &ProbeContext, direction: u32) -> u32 {
         // SAFETY: as above.
         let len = unsafe { (*ctx.regs).rcx };
         // SAFETY: the helper has no preconditions.
-        send(tgid, fd, EGRESS, buf, len as i64, unsafe { bpf_ktime_get_ns() });
+        send(ctx, tgid, fd, EGRESS, buf, len as i64, unsafe { bpf_ktime_get_ns() });
         return 0;
     }
     // The socket's own bytes are ciphertext from now on.
@@ -141,13 +141,13 @@ fn ret(ctx: &ProbeContext) -> u32 {
     // SAFETY: the helper has no preconditions.
     // Only reads wait for their RET (a write is sent at its entry): the direction is a
     // constant, which keeps the write's rules out of this program (its stack is near 6.1's limit).
-    send(tgid, call.fd, INGRESS, call.buf, n, unsafe { bpf_ktime_get_ns() });
+    send(ctx, tgid, call.fd, INGRESS, call.buf, n, unsafe { bpf_ktime_get_ns() });
     0
 }
 
 /// Announces the connection if needed, marks it TLS, and sends `n` plaintext bytes at `buf`.
 #[inline(always)]
-fn send(tgid: u32, fd: i32, direction: u32, buf: u64, n: i64, ts: u64) {
+fn send(ctx: &ProbeContext, tgid: u32, fd: i32, direction: u32, buf: u64, n: i64, ts: u64) {
     let (_, tid, _) = ids();
     let Some(mut entry) = sock::lookup_tcp(tgid, fd) else {
         if n > 0 {
@@ -178,8 +178,12 @@ fn send(tgid: u32, fd: i32, direction: u32, buf: u64, n: i64, ts: u64) {
         propagate::on_read_exit(tgid, tid, fd, &entry, 1, Head { call: call::PLAIN, ptr: buf, len: n as u64 })
     };
     let conn = emit::Conn { tgid, tid, fd, conn_gen: entry.conn_gen, ts_ns: ts };
-    emit::stage_ids(ids_key);
-    emit::data(&conn, direction, DataSource::GoTls as u32, buf, n as u64);
+    if direction == INGRESS {
+        crate::tls::emit_read(ctx, &conn, DataSource::GoTls as u32, ids_key, buf, n as u64);
+    } else {
+        emit::stage_ids(ids_key);
+        emit::data(&conn, direction, DataSource::GoTls as u32, buf, n as u64);
+    }
 }
 
 /// Uprobe on the entry of `crypto/tls.(*Conn).Write`.

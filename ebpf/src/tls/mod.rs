@@ -11,16 +11,93 @@
 //! a TCP socket (`PENDING_SSL`: the handshake or record the call just produced), and failing
 //! that, a read that returns plaintext to the socket the thread last read.
 
+//!
+//! A plaintext read that starts a server request is emitted by `zt_tls_traceparent` (a tail
+//! call), which first looks for the request's own `traceparent` (`propagate::on_request_head`):
+//! the TLS return programs have no verifier budget left for the scan.
+
 pub mod go;
 pub mod openssl;
 
-use aya_ebpf::helpers::bpf_probe_read_user;
+use aya_ebpf::{
+    helpers::bpf_probe_read_user,
+    macros::{map, uprobe},
+    maps::{PerCpuArray, ProgramArray},
+    programs::ProbeContext,
+    EbpfContext,
+};
 use ztrace_common::Direction;
 
 use crate::{
+    emit,
     maps::{call, SockEntry, SslKey, SslSocket, LAST_READ_FD, PENDING_SSL, SOCKS, SSL_FDS, TLS_ACTIVE, TLS_MEMBIO},
-    sock,
+    propagate, sock,
 };
+
+const INGRESS: u32 = Direction::Ingress as u32;
+
+/// A plaintext read that started a server request, handed to `zt_tls_traceparent` on this CPU.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TlsRead {
+    pub conn: emit::Conn,
+    pub source: u32,
+    pub ids_key: u64,
+    pub buf: u64,
+    pub len: u64,
+}
+
+#[map(name = "TLS_READ")]
+static TLS_READ: PerCpuArray<TlsRead> = PerCpuArray::with_max_entries(1, 0);
+
+/// `zt_tls_traceparent` at index 0 and `zt_tls_read_emit` at 1 (put there by the agent; empty
+/// → the read is emitted at once, its `traceparent` unread by the kernel). One program doing
+/// both would pass the verifier's budget.
+#[map(name = "TLS_TRACEPARENT")]
+static TLS_TRACEPARENT: ProgramArray = ProgramArray::with_max_entries(2, 0);
+
+/// Emits `len` plaintext bytes read at `buf`; `ids_key` (`propagate`'s key) when they start a
+/// server request, which then goes through `zt_tls_traceparent` first.
+#[inline(always)]
+pub fn emit_read<C: EbpfContext>(ctx: &C, conn: &emit::Conn, source: u32, ids_key: u64, buf: u64, len: u64) {
+    if ids_key != 0 {
+        if let Some(slot) = TLS_READ.get_ptr_mut(0) {
+            // SAFETY: this CPU's slot, read by the program tail-called next on this CPU; the
+            // tail call returns only when it failed.
+            unsafe {
+                *slot = TlsRead { conn: *conn, source, ids_key, buf, len };
+                let _ = TLS_TRACEPARENT.tail_call(ctx, 0);
+            }
+        }
+    }
+    emit::stage_ids(ids_key);
+    emit::data(conn, INGRESS, source, buf, len);
+}
+
+/// The plaintext of a TLS read that started a server request: its own `traceparent` gives the
+/// request its trace (`propagate::on_request_head`), then `zt_tls_read_emit` emits it.
+/// Tail-called by the OpenSSL and Go `crypto/tls` return programs; never attached.
+#[uprobe]
+pub fn zt_tls_traceparent(ctx: ProbeContext) -> u32 {
+    if let Some(read) = TLS_READ.get(0).copied() {
+        propagate::on_request_head(read.ids_key, read.buf, read.len);
+    }
+    // SAFETY: a tail call with this program's own context; it returns only when it failed.
+    let _ = unsafe { TLS_TRACEPARENT.tail_call(&ctx, 1) };
+    // Not reached: the agent puts `zt_tls_read_emit` in place before this program (emitting
+    // here would be the one program too large).
+    0
+}
+
+/// Emits the read `zt_tls_traceparent` handed on; never attached.
+#[uprobe]
+pub fn zt_tls_read_emit(_ctx: ProbeContext) -> u32 {
+    if let Some(read) = TLS_READ.get(0).copied() {
+        emit::stage_ids(read.ids_key);
+        emit::data(&read.conn, INGRESS, read.source, read.buf, read.len);
+    }
+    0
+}
 
 /// Called at the entry of every read/write syscall on a TCP socket of a traced process, with
 /// the syscall's kind (`call::*`) and buffer (or iovec array). Returns 1 when the syscall is

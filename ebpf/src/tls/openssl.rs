@@ -19,6 +19,7 @@ use crate::{
     maps::{count, SslKey, SslSocket, TlsCall, LAST_READ_FD, PENDING_SSL, SOCKS, SSL_FDS, TLS_ACTIVE, TLS_MEMBIO},
     sock,
     syscalls::ids,
+    tls,
 };
 
 const EGRESS: u32 = Direction::Egress as u32;
@@ -132,12 +133,12 @@ pub fn zt_ssl_ret(ctx: RetProbeContext) -> u32 {
     } else {
         0
     };
-    finish(tgid, tid, pid_tgid, &call, moved);
+    finish(&ctx, tgid, tid, pid_tgid, &call, moved);
     0
 }
 
 #[inline(always)]
-fn finish(tgid: u32, tid: u32, pid_tgid: u64, call: &TlsCall, moved: u64) {
+fn finish(ctx: &RetProbeContext, tgid: u32, tid: u32, pid_tgid: u64, call: &TlsCall, moved: u64) {
     let key = SslKey { ssl: call.ssl, tgid, _pad: 0 };
     let mut fd = call.fd;
     let mut learned = fd >= 0;
@@ -201,6 +202,10 @@ fn finish(tgid: u32, tid: u32, pid_tgid: u64, call: &TlsCall, moved: u64) {
         unsafe { bpf_ktime_get_ns() }
     };
     let conn = emit::Conn { tgid, tid, fd, conn_gen: entry.conn_gen, ts_ns: ts };
-    emit::stage_ids(call.ids_key);
-    emit::data(&conn, call.direction, DataSource::Tls as u32, call.buf, moved);
+    if call.direction == INGRESS {
+        tls::emit_read(ctx, &conn, DataSource::Tls as u32, call.ids_key, call.buf, moved);
+    } else {
+        emit::stage_ids(call.ids_key);
+        emit::data(&conn, call.direction, DataSource::Tls as u32, call.buf, moved);
+    }
 }
