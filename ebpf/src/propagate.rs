@@ -6,7 +6,9 @@
 //! request direction after bytes in the other one.
 //! - A **server** request starts at the first read after a write (or the first read): its span
 //!   id is drawn here; its trace id and parent come from the context option that the client's
-//!   host wrote on the request's segments (`sockops`, `RX_CTX`), else a new trace id. The
+//!   host wrote on the request's segments (`sockops`, `RX_CTX`), else a new trace id — unless the
+//!   request (plaintext HTTP/1, or its TLS plaintext) carries a `traceparent` of its own that
+//!   says otherwise: then from that header (`on_request_head`, in a tail call). The
 //!   thread (in a Go program, the goroutine) that read it now serves it (`UNIT_CTX`) until the
 //!   connection's next write.
 //! - A **client** request starts at the first write after a read (or the first write), at the
@@ -65,6 +67,11 @@ pub struct PropConn {
     /// Reads seen, up to [`PREFACE_READS`]: a server may write first (grpc-go's settings), so the
     /// preface is looked for in the first reads, not only before any byte moved.
     pub reads: u32,
+    /// 1 while the server request that started here is counted in its unit's
+    /// `Serving::in_flight` (until the answer begins or the fd closes).
+    pub counted: u32,
+    /// The unit of work whose read started the current server request.
+    pub unit: UnitKey,
 }
 
 /// The reads of a server connection in which HTTP/2's preface is looked for.
@@ -94,6 +101,11 @@ pub struct UnitKey {
 pub struct Serving {
     pub conn: u64,
     pub conn_gen: u64,
+    /// HTTP/1-style server requests the unit started that have not been answered yet (on any
+    /// of its connections). More than one: an event loop serving several at once — which of
+    /// them a call is for cannot be known here, so its calls carry none of their contexts.
+    pub in_flight: u32,
+    pub _pad: u32,
 }
 
 /// Server request served by each unit of work. LRU, 16384 entries.
@@ -288,6 +300,22 @@ fn unit_key(tgid: u32, tid: u32) -> UnitKey {
     }
 }
 
+#[inline(always)]
+fn fresh_conn(conn_gen: u64, role: u32) -> PropConn {
+    PropConn {
+        conn_gen,
+        role,
+        last: NONE,
+        ids: RequestIds::default(),
+        flags: 0,
+        tls: 0,
+        h2: 0,
+        reads: 0,
+        counted: 0,
+        unit: UnitKey { tgid: 0, go: 0, id: 0 },
+    }
+}
+
 /// After `connect` or `accept` returned: the connection takes part, with its role.
 #[inline(always)]
 pub fn on_open(tgid: u32, fd: i32, role: ConnRole) {
@@ -299,7 +327,7 @@ pub fn on_open(tgid: u32, fd: i32, role: ConnRole) {
     if entry.is_tcp != 1 {
         return;
     }
-    let conn = PropConn { conn_gen: entry.conn_gen, role: role as u32, last: NONE, ids: RequestIds::default(), flags: 0, tls: 0, h2: 0, reads: 0 };
+    let conn = fresh_conn(entry.conn_gen, role as u32);
     if PROP_CONNS.insert(&k, &conn, 0).is_err() {
         count(Counter::PropagateMapFull);
     }
@@ -323,7 +351,7 @@ fn state_of(k: u64, entry: &SockEntry) -> Option<*mut PropConn> {
     }
     // SAFETY: copied out at once.
     let role = unsafe { SOCK_ROLES.get(&entry.sock) }.copied()?;
-    let conn = PropConn { conn_gen: entry.conn_gen, role, last: NONE, ids: RequestIds::default(), flags: 0, tls: 0, h2: 0, reads: 0 };
+    let conn = fresh_conn(entry.conn_gen, role);
     if PROP_CONNS.insert(&k, &conn, 0).is_err() {
         count(Counter::PropagateMapFull);
     }
@@ -363,7 +391,8 @@ pub fn on_write_enter(tgid: u32, tid: u32, fd: i32, entry: &SockEntry, in_tls_ca
     }
     state.last = EGRESS;
     if state.role != ConnRole::Client as u32 {
-        return 0; // a server's answer begins: its unit no longer serves that request
+        answered(state); // a server's answer begins: its unit no longer serves that request
+        return 0;
     }
     // A grpc-go client's writer goroutine writes for the goroutine that created the stream
     // (grpc-go speaks HTTP/2 only: other connections skip the lookup).
@@ -386,10 +415,16 @@ pub fn on_write_enter(tgid: u32, tid: u32, fd: i32, entry: &SockEntry, in_tls_ca
     state.ids.span_id = random_span_id();
     state.flags = ids::SET;
     let mut from_unit = false;
+    let mut busy = false;
     // SAFETY: copied out at once.
     if let Some(s) = unsafe { UNIT_CTX.get(&unit) }.copied() {
+        if s.in_flight > 1 {
+            // An event loop with several requests unanswered: this call is for one of them,
+            // which one is not known here. A new trace (a split) rather than another's.
+            busy = true;
+            count(Counter::PropagateUnitBusy);
         // SAFETY: the server connection's entry, copied field by field at once.
-        if let Some(server) = unsafe { PROP_CONNS.get(&s.conn) } {
+        } else if let Some(server) = unsafe { PROP_CONNS.get(&s.conn) } {
             if server.conn_gen == s.conn_gen && server.last == INGRESS {
                 state.ids.trace_id = server.ids.trace_id;
                 state.ids.parent_id = server.ids.span_id;
@@ -397,7 +432,7 @@ pub fn on_write_enter(tgid: u32, tid: u32, fd: i32, entry: &SockEntry, in_tls_ca
             }
         }
     }
-    if !from_unit {
+    if !from_unit && !busy {
         // SAFETY: a pointer into the map's value, read at once.
         if let Some(started) = UNIT_STARTED_FOR.get_ptr(&unit) {
             // SAFETY: as above.
@@ -548,11 +583,46 @@ pub fn on_read_exit(tgid: u32, tid: u32, fd: i32, entry: &SockEntry, in_tls_call
         state.ids.parent_id = [0; 8];
         count(Counter::PropagateServerNoContext);
     }
-    let serving = Serving { conn: k, conn_gen: entry.conn_gen };
-    if UNIT_CTX.insert(&unit_key(tgid, tid), &serving, 0).is_err() {
-        count(Counter::PropagateMapFull);
-    }
+    start_serving(unit_key(tgid, tid), k, entry.conn_gen, state);
     k
+}
+
+/// The unit of work `unit` now serves the server request that started on connection `k`: it
+/// counts among the unit's unanswered ones (once per connection) until `answered`.
+#[inline(always)]
+fn start_serving(unit: UnitKey, k: u64, conn_gen: u64, state: &mut PropConn) {
+    let mut in_flight = 1;
+    // SAFETY: copied out at once.
+    if let Some(s) = unsafe { UNIT_CTX.get(&unit) } {
+        in_flight = s.in_flight + 1;
+    }
+    if state.counted == 1 {
+        // This connection's last request was never answered (a TLS handshake's flight before
+        // its plaintext): replaced, not added.
+        answered(state);
+        in_flight -= 1;
+    }
+    let serving = Serving { conn: k, conn_gen, in_flight, _pad: 0 };
+    if UNIT_CTX.insert(&unit, &serving, 0).is_err() {
+        count(Counter::PropagateMapFull);
+        return;
+    }
+    state.counted = 1;
+    state.unit = unit;
+}
+
+/// The server request of this connection is answered (or its connection closed): its unit
+/// serves one fewer.
+#[inline(always)]
+fn answered(state: &mut PropConn) {
+    if state.counted == 0 {
+        return;
+    }
+    state.counted = 0;
+    if let Some(s) = UNIT_CTX.get_ptr_mut(&state.unit) {
+        // SAFETY: a pointer into the map's value, valid during this program run.
+        unsafe { (*s).in_flight = (*s).in_flight.saturating_sub(1) };
+    }
 }
 
 /// The head of a plaintext request that started a server request (`key` as `on_read_exit`
@@ -605,7 +675,8 @@ fn h2_server_read(tgid: u32, tid: u32, k: u64, state: &mut PropConn, entry: &Soc
             state.ids.parent_id = rx.ctx.span_id;
             state.flags = ids::SET | ids::FROM_WIRE;
             count(Counter::PropagateServerFromWire);
-            let serving = Serving { conn: k, conn_gen: entry.conn_gen };
+            // Streams are not counted (their handlers run on goroutines of their own).
+            let serving = Serving { conn: k, conn_gen: entry.conn_gen, in_flight: 0, _pad: 0 };
             if UNIT_CTX.insert(&unit_key(tgid, tid), &serving, 0).is_err() {
                 count(Counter::PropagateMapFull);
             }
@@ -623,12 +694,17 @@ fn h2_server_read(tgid: u32, tid: u32, k: u64, state: &mut PropConn, entry: &Soc
     }
 }
 
-/// The process closed a TCP socket: contexts kept under its 4-tuple go (a later connection
-/// may reuse the 4-tuple).
+/// The process closed a TCP socket (`key`: `tgid << 32 | fd`): contexts kept under its 4-tuple
+/// go (a later connection may reuse the 4-tuple), and a request it never answered no longer
+/// keeps its unit busy.
 #[inline(always)]
-pub fn on_close(sk: u64) {
+pub fn on_close(key: u64, sk: u64) {
     if !enabled() || sk == 0 {
         return;
+    }
+    if let Some(state) = PROP_CONNS.get_ptr_mut(&key) {
+        // SAFETY: a pointer into the map's value, valid during this program run.
+        answered(unsafe { &mut *state });
     }
     let flow = sock::flow_of(sk);
     let _ = TX_CTX.remove(&flow);

@@ -374,8 +374,8 @@ fn on_one_host_the_added_header_gives_way_to_the_same_host_rules() {
     let body = dir.join("body");
     std::fs::write(&body, vec![b'x'; 5000]).expect("body");
     // First a request without a header, then one with an application's header (an SDK's):
-    // the kernel does not read headers, so a's call carries the kernel's own trace on the
-    // wire, while the thread rule puts the call in the header's trace.
+    // the kernel reads it as a reads the request, so a's call carries the header's trace on
+    // the wire, the trace the thread rule puts the call in.
     const APP_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
     let app_header = format!("traceparent: 00-{APP_TRACE}-00f067aa0ba902b7-01");
     for header in [None, Some(app_header.as_str())] {
@@ -445,18 +445,18 @@ fn on_one_host_the_added_header_gives_way_to_the_same_host_rules() {
             Some(5000),
             "{report}"
         );
-        if call.trace_id() == Some(APP_TRACE) {
-            // The thread rule chose the application's trace; the wire has the kernel's.
-            assert_ne!(wire_trace, APP_TRACE, "{report}");
-        } else {
-            // No rule overrode the kernel: the wire's ids are exactly the span's.
-            assert_eq!(call.trace_id(), Some(wire_trace.as_str()), "{report}");
-        }
+        // The wire's ids are exactly the span's, the application's trace included.
+        assert_eq!(call.trace_id(), Some(wire_trace.as_str()), "{report}");
     }
     assert!(
         spans.iter().any(|s| s.trace_id() == Some(APP_TRACE)),
         "the second call joined the application's trace:\n{report}"
     );
-    assert_eq!(s1.stat("propagation_trace_mismatch"), 1, "{report}");
+    assert_eq!(
+        s1.stat("kernel_propagate_server_from_header"),
+        1,
+        "{report}"
+    );
+    assert_eq!(s1.stat("propagation_trace_mismatch"), 0, "{report}");
     assert!(s1.stat("kernel_inject_added") >= 2, "{report}");
 }

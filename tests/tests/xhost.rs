@@ -599,6 +599,87 @@ fn a_callers_own_traceparent_over_go_crypto_tls_is_carried_on() {
     a_callers_own_traceparent_over_https(Middle::Go(&build_go_twin(&dir), Some(&certs)));
 }
 
+/// B an event loop (Node.js: one thread for all its connections) on host 2, with two requests
+/// from host 1 unanswered when it calls C (host 1) for each: its kernel cannot know which call is
+/// for which request, so a call made while both are unanswered starts a trace of its own
+/// (`kernel_propagate_unit_busy`) instead of joining the other request's trace.
+#[test]
+#[ignore = "needs root and eBPF; run by cargo xtask test"]
+fn an_event_loop_with_two_requests_at_once_puts_no_call_in_the_wrong_trace() {
+    let hosts = Hosts::two();
+    let (h1, h2) = (hosts.get(0), hosts.get(1));
+    let mut otlp = OtlpReceiver::start();
+    let z1 = agent(h1, &otlp, &[]);
+    let z2 = agent(h2, &otlp, &[]);
+    let (pb, pc) = (free_port(), free_port());
+    let c = service(h1, "c", pc, &[], None);
+    let mut cmd = h2.command("node");
+    cmd.arg(fixture("xhost_node.js"))
+        .args([
+            &h2.addr.to_string(),
+            &pb.to_string(),
+            &h1.url(pc, ""),
+            "1000",
+        ])
+        .env("OTEL_SERVICE_NAME", "b");
+    let mut b = Proc::spawn("b", &mut cmd);
+    b.wait_for_stdout("ready", READY);
+    let paths = ["/one", "/two"];
+    std::thread::scope(|scope| {
+        let calls: Vec<_> = paths
+            .iter()
+            .map(|path| scope.spawn(move || request(h1, &h2.url(pb, path), 0)))
+            .collect();
+        for call in calls {
+            let (answer, sent) = call.join().expect("a client thread panicked");
+            assert_eq!(answer, [sent], "c's answer, passed on by b");
+        }
+    });
+    let ours = |s: &OtlpSpan| matches!(s.resource_str("service.name"), Some("b" | "c" | "client"));
+    let spans = otlp.wait_for_spans(8, ours, SPANS);
+    drop((b, c));
+    let s1 = z1.stop();
+    let s2 = z2.stop();
+    let report = format!(
+        "{}\nhost 1: {}\nhost 2: {}",
+        table(&spans),
+        s1.counters(&["propagat"]),
+        s2.counters(&["propagat"])
+    );
+    let on = |service: &str, kind: &str, path: &str| {
+        spans
+            .iter()
+            .find(|s| {
+                who(s) == (service.to_owned(), kind.to_owned())
+                    && s.attr_str("url.path") == Some(path)
+            })
+            .unwrap_or_else(|| panic!("no {kind} span of {service} for {path}:\n{report}"))
+    };
+    for (path, other) in [("/one", "/two"), ("/two", "/one")] {
+        let client = on("client", CLIENT, path);
+        let b_server = on("b", SERVER, path);
+        let b_client = on("b", CLIENT, path);
+        let c_server = on("c", SERVER, path);
+        assert_links(
+            &[
+                (b_server, client, "tcp_option"),
+                (c_server, b_client, "tcp_option"),
+            ],
+            &report,
+        );
+        assert_eq!(c_server.trace_id(), b_client.trace_id(), "{report}");
+        assert_ne!(
+            b_client.trace_id(),
+            on("client", CLIENT, other).trace_id(),
+            "b's call for {path} is in the trace of {other}:\n{report}"
+        );
+    }
+    assert!(
+        s2.stat("kernel_propagate_unit_busy") >= 1,
+        "b called while both requests were unanswered:\n{report}"
+    );
+}
+
 /// A request that comes with a `traceparent` of its own (an instrumented caller, a mesh proxy)
 /// into the chain A (host 1) → B (host 2) → C (host 1): A's span continues that trace (the
 /// `header` rule), and so does everything after it on both hosts — A's kernel read the header

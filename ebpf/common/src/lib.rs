@@ -497,10 +497,13 @@ pub enum Counter {
     /// (an instrumented caller's, or the one the client's host added where the option was
     /// stripped), read by the kernel so that the server's calls carry that trace on.
     PropagateServerFromHeader = 39,
+    /// Client requests written by a thread (goroutine) that had several server requests
+    /// unanswered at once (an event loop): sent with a new trace id rather than one of theirs.
+    PropagateUnitBusy = 40,
 }
 
 /// Number of slots in the `COUNTERS` map.
-pub const COUNTER_SLOTS: u32 = 40;
+pub const COUNTER_SLOTS: u32 = 41;
 
 impl Counter {
     pub const ALL: &'static [Counter] = &[
@@ -544,6 +547,7 @@ impl Counter {
         Counter::PropagateServerCrowded,
         Counter::PropagateStreamsAmbiguous,
         Counter::PropagateServerFromHeader,
+        Counter::PropagateUnitBusy,
     ];
 
     /// Name used in the agent's self-metrics.
@@ -589,6 +593,7 @@ impl Counter {
             Counter::PropagateServerCrowded => "kernel_propagate_server_crowded",
             Counter::PropagateStreamsAmbiguous => "kernel_propagate_streams_ambiguous",
             Counter::PropagateServerFromHeader => "kernel_propagate_server_from_header",
+            Counter::PropagateUnitBusy => "kernel_propagate_unit_busy",
         }
     }
 

@@ -11,7 +11,7 @@ fn closed(fd: i32) -> u32 {
     let (tgid, tid, _) = ids();
     if let Some(entry) = sock::forget(tgid, fd) {
         if entry.is_tcp == 1 {
-            crate::propagate::on_close(entry.sock);
+            crate::propagate::on_close(sock::key(tgid, fd), entry.sock);
         }
         if entry.is_tcp == 1 && entry.announced == 1 && filter::is_traced(tgid) {
             emit::simple(EventKind::Close, tgid, tid, fd, entry.conn_gen);
