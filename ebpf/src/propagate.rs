@@ -467,6 +467,20 @@ pub fn on_write_enter(tgid: u32, tid: u32, fd: i32, entry: &SockEntry, in_tls_ca
     1
 }
 
+/// A TLS write that started a client request at its entry wrote nothing (its handshake is not
+/// done: it will be called again): the request has not begun, its retry starts it.
+#[inline(always)]
+pub fn unstart(key: u64) {
+    if let Some(state) = PROP_CONNS.get_ptr_mut(&key) {
+        // SAFETY: a pointer into the map's value, valid during this program run.
+        unsafe {
+            if (*state).role == ConnRole::Client as u32 {
+                (*state).last = NONE;
+            }
+        }
+    }
+}
+
 /// A goroutine of a Go program started another (`runtime.newproc1`): if the starter serves a
 /// request now (or was itself started for one), the new goroutine is started for it.
 #[inline(always)]

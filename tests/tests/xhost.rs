@@ -599,6 +599,107 @@ fn a_callers_own_traceparent_over_go_crypto_tls_is_carried_on() {
     a_callers_own_traceparent_over_https(Middle::Go(&build_go_twin(&dir), Some(&certs)));
 }
 
+/// `xhost_node.js` as B on `host`: calls `base` + each request's path `delay_ms` after it
+/// arrived; HTTPS with `tls`.
+fn node_service(host: &Host, port: u16, base: &str, delay_ms: u32, tls: Option<&Certs>) -> Proc {
+    let mut cmd = host.command("node");
+    cmd.arg(fixture("xhost_node.js"))
+        .args([
+            &host.addr.to_string(),
+            &port.to_string(),
+            base,
+            &delay_ms.to_string(),
+        ])
+        .env("OTEL_SERVICE_NAME", "b");
+    if let Some(certs) = tls {
+        cmd.arg(&certs.cert).arg(&certs.key);
+    }
+    let mut proc = Proc::spawn("b", &mut cmd);
+    proc.wait_for_stdout("ready", READY);
+    proc
+}
+
+/// Client (host 1) → B, Node.js over HTTPS (host 2) → C, Python over HTTPS (host 1): Node's
+/// OpenSSL works on memory BIOs (its TLS calls make no syscalls), so B's server request starts
+/// at the plaintext its `SSL_read` returns and its call to C at its `SSL_write`'s entry, before
+/// Node writes the ciphertext; one trace, both boundaries crossed by the TCP option.
+#[test]
+#[ignore = "needs root and eBPF; run by cargo xtask test"]
+fn a_node_https_service_in_the_middle_of_the_chain() {
+    let certs = Certs::make();
+    let hosts = Hosts::two();
+    let (h1, h2) = (hosts.get(0), hosts.get(1));
+    let mut otlp = OtlpReceiver::start();
+    let z1 = agent(h1, &otlp, &[]);
+    let z2 = agent(h2, &otlp, &[]);
+    let (pb, pc) = (free_port(), free_port());
+    let https = |url: String| url.replacen("http://", "https://", 1);
+    let c = service(h1, "c", pc, &[], Some(&certs));
+    let b = node_service(h2, pb, &https(h1.url(pc, "")), 0, Some(&certs));
+    // Node's OpenSSL is linked into its executable (NodeSource's build): host 2's agent probes
+    // it once it sees the new process. Requests until one of b's spans shows it did.
+    let deadline = std::time::Instant::now() + SPANS;
+    for n in 0.. {
+        let (answer, sent) = request(h1, &https(h2.url(pb, &format!("/warm{n}"))), 0);
+        assert_eq!(answer, [sent], "c's answer, passed on by b");
+        std::thread::sleep(Duration::from_millis(500));
+        let probed = otlp
+            .spans()
+            .iter()
+            .any(|s| who(s) == ("b".to_owned(), SERVER.to_owned()));
+        if probed {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no span of b's came: is node's TLS probed?"
+        );
+    }
+    let (answer, sent) = request(h1, &https(h2.url(pb, "/second")), 0);
+    assert_eq!(answer, [sent], "c's answer, passed on by b");
+    // The last request's four spans.
+    let second = |s: &OtlpSpan| {
+        matches!(s.resource_str("service.name"), Some("b" | "c" | "client"))
+            && s.attr_str("url.path") == Some("/second")
+    };
+    let spans = otlp.wait_for_spans(4, second, SPANS);
+    drop((b, c));
+    let s1 = z1.stop();
+    let s2 = z2.stop();
+    let report = format!(
+        "{}\nhost 1: {}\nhost 2: {}",
+        table(&spans),
+        s1.counters(&["propagat", "tls"]),
+        s2.counters(&["propagat", "tls"])
+    );
+    let on = |service: &str, kind: &str| {
+        spans
+            .iter()
+            .find(|s| {
+                who(s) == (service.to_owned(), kind.to_owned())
+                    && s.attr_str("url.path") == Some("/second")
+            })
+            .unwrap_or_else(|| panic!("no {kind} span of {service} for /second:\n{report}"))
+    };
+    let (client, b_server, b_client, c_server) = (
+        on("client", CLIENT),
+        on("b", SERVER),
+        on("b", CLIENT),
+        on("c", SERVER),
+    );
+    for span in [b_server, b_client, c_server] {
+        assert_eq!(span.trace_id(), client.trace_id(), "one trace:\n{report}");
+    }
+    assert_links(
+        &[
+            (b_server, client, "tcp_option"),
+            (b_client, b_server, "thread"),
+            (c_server, b_client, "tcp_option"),
+        ],
+        &report,
+    );
+}
+
 /// B an event loop (Node.js: one thread for all its connections) on host 2, with two requests
 /// from host 1 unanswered when it calls C (host 1) for each: its kernel cannot know which call is
 /// for which request, so a call made while both are unanswered starts a trace of its own
@@ -613,17 +714,7 @@ fn an_event_loop_with_two_requests_at_once_puts_no_call_in_the_wrong_trace() {
     let z2 = agent(h2, &otlp, &[]);
     let (pb, pc) = (free_port(), free_port());
     let c = service(h1, "c", pc, &[], None);
-    let mut cmd = h2.command("node");
-    cmd.arg(fixture("xhost_node.js"))
-        .args([
-            &h2.addr.to_string(),
-            &pb.to_string(),
-            &h1.url(pc, ""),
-            "1000",
-        ])
-        .env("OTEL_SERVICE_NAME", "b");
-    let mut b = Proc::spawn("b", &mut cmd);
-    b.wait_for_stdout("ready", READY);
+    let b = node_service(h2, pb, &h1.url(pc, ""), 1000, None);
     let paths = ["/one", "/two"];
     std::thread::scope(|scope| {
         let calls: Vec<_> = paths

@@ -179,7 +179,7 @@ fn send(ctx: &ProbeContext, tgid: u32, fd: i32, direction: u32, buf: u64, n: i64
     };
     let conn = emit::Conn { tgid, tid, fd, conn_gen: entry.conn_gen, ts_ns: ts };
     if direction == INGRESS {
-        crate::tls::emit_read(ctx, &conn, DataSource::GoTls as u32, ids_key, buf, n as u64);
+        crate::tls::emit_read(ctx, &conn, DataSource::GoTls as u32, ids_key, false, buf, n as u64);
     } else {
         emit::stage_ids(ids_key);
         emit::data(&conn, direction, DataSource::GoTls as u32, buf, n as u64);

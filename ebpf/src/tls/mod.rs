@@ -14,7 +14,10 @@
 //!
 //! A plaintext read that starts a server request is emitted by `zt_tls_traceparent` (a tail
 //! call), which first looks for the request's own `traceparent` (`propagate::on_request_head`):
-//! the TLS return programs have no verifier budget left for the scan.
+//! the TLS return programs have no verifier budget left for the scan. A read whose call made no
+//! syscall (a memory BIO; plaintext OpenSSL had buffered) takes the same turn, and there its
+//! plaintext starts the request (`propagate::on_read_exit`); a memory-BIO `SSL_write` starts
+//! its client request at its entry (`openssl::membio_write_start`).
 
 pub mod go;
 pub mod openssl;
@@ -36,12 +39,15 @@ use crate::{
 
 const INGRESS: u32 = Direction::Ingress as u32;
 
-/// A plaintext read that started a server request, handed to `zt_tls_traceparent` on this CPU.
+/// A plaintext read that started a server request (or may start one), handed to
+/// `zt_tls_traceparent` on this CPU.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct TlsRead {
     pub conn: emit::Conn,
     pub source: u32,
+    /// 1 when no syscall inside the call could start the request: the plaintext may.
+    pub may_start: u32,
     pub ids_key: u64,
     pub buf: u64,
     pub len: u64,
@@ -57,15 +63,16 @@ static TLS_READ: PerCpuArray<TlsRead> = PerCpuArray::with_max_entries(1, 0);
 static TLS_TRACEPARENT: ProgramArray = ProgramArray::with_max_entries(2, 0);
 
 /// Emits `len` plaintext bytes read at `buf`; `ids_key` (`propagate`'s key) when they start a
-/// server request, which then goes through `zt_tls_traceparent` first.
+/// server request, which then goes through `zt_tls_traceparent` first — as do bytes that
+/// `may_start` one (no syscall inside the call saw the request begin: a memory BIO).
 #[inline(always)]
-pub fn emit_read<C: EbpfContext>(ctx: &C, conn: &emit::Conn, source: u32, ids_key: u64, buf: u64, len: u64) {
-    if ids_key != 0 {
+pub fn emit_read<C: EbpfContext>(ctx: &C, conn: &emit::Conn, source: u32, ids_key: u64, may_start: bool, buf: u64, len: u64) {
+    if ids_key != 0 || may_start {
         if let Some(slot) = TLS_READ.get_ptr_mut(0) {
             // SAFETY: this CPU's slot, read by the program tail-called next on this CPU; the
             // tail call returns only when it failed.
             unsafe {
-                *slot = TlsRead { conn: *conn, source, ids_key, buf, len };
+                *slot = TlsRead { conn: *conn, source, may_start: may_start as u32, ids_key, buf, len };
                 let _ = TLS_TRACEPARENT.tail_call(ctx, 0);
             }
         }
@@ -79,14 +86,34 @@ pub fn emit_read<C: EbpfContext>(ctx: &C, conn: &emit::Conn, source: u32, ids_ke
 /// Tail-called by the OpenSSL and Go `crypto/tls` return programs; never attached.
 #[uprobe]
 pub fn zt_tls_traceparent(ctx: ProbeContext) -> u32 {
-    if let Some(read) = TLS_READ.get(0).copied() {
-        propagate::on_request_head(read.ids_key, read.buf, read.len);
+    if let Some(slot) = TLS_READ.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot, written by the program that tail-called.
+        let read = unsafe { &mut *slot };
+        if read.may_start == 1 && read.ids_key == 0 {
+            read.ids_key = start_from_plaintext(read);
+        }
+        if read.ids_key != 0 {
+            propagate::on_request_head(read.ids_key, read.buf, read.len);
+        }
     }
     // SAFETY: a tail call with this program's own context; it returns only when it failed.
     let _ = unsafe { TLS_TRACEPARENT.tail_call(&ctx, 1) };
     // Not reached: the agent puts `zt_tls_read_emit` in place before this program (emitting
     // here would be the one program too large).
     0
+}
+
+/// The request these plaintext bytes start, if any (`propagate::on_read_exit`, as for a
+/// syscall read inside the call): its key, else 0.
+#[inline(always)]
+fn start_from_plaintext(read: &TlsRead) -> u64 {
+    let conn = &read.conn;
+    let Some(entry) = sock::lookup_tcp(conn.tgid, conn.fd) else { return 0 };
+    if entry.conn_gen != conn.conn_gen {
+        return 0;
+    }
+    let head = propagate::Head { call: call::PLAIN, ptr: read.buf, len: read.len };
+    propagate::on_read_exit(conn.tgid, conn.tid, conn.fd, &entry, 1, head)
 }
 
 /// Emits the read `zt_tls_traceparent` handed on; never attached.

@@ -16,7 +16,8 @@ use ztrace_common::{ConnRole, Counter, DataSource, Direction};
 
 use crate::{
     emit, filter,
-    maps::{count, SslKey, SslSocket, TlsCall, LAST_READ_FD, PENDING_SSL, SOCKS, SSL_FDS, TLS_ACTIVE, TLS_MEMBIO},
+    maps::{call, count, SslKey, SslSocket, TlsCall, LAST_READ_FD, PENDING_SSL, SOCKS, SSL_FDS, TLS_ACTIVE, TLS_MEMBIO},
+    propagate::{self, Head},
     sock,
     syscalls::ids,
     tls,
@@ -42,9 +43,12 @@ fn enter(ctx: &ProbeContext, direction: u32, ex: bool) -> u32 {
             }
         }
     }
+    let buf: u64 = ctx.arg(1).unwrap_or(0);
+    // A write in a memory-BIO process starts its request here: no syscall inside the call will.
+    let ids_key = if direction == EGRESS { membio_write_start(tgid, ssl, buf, ctx.arg(2).unwrap_or(0)) } else { 0 };
     let call = TlsCall {
         ssl,
-        buf: ctx.arg(1).unwrap_or(0),
+        buf,
         len_ptr: if ex { ctx.arg(3).unwrap_or(0) } else { 0 },
         // SAFETY: the helper has no preconditions.
         enter_ns: unsafe { bpf_ktime_get_ns() },
@@ -52,12 +56,37 @@ fn enter(ctx: &ProbeContext, direction: u32, ex: bool) -> u32 {
         fd: -1,
         ex: ex as u32,
         depth: 0,
-        ids_key: 0,
+        ids_key,
     };
     if TLS_ACTIVE.insert(&pid_tgid, &call, 0).is_err() {
         count(Counter::TlsArgsMapFull);
     }
     0
+}
+
+/// The entry of an `SSL_write` in a process whose TLS calls make no syscalls (a memory BIO:
+/// Node.js), on an `SSL*` whose socket is known: a client request may start here, before the
+/// ciphertext this call produces is written (`propagate::on_write_enter`). Its key, else 0.
+/// A call that then writes nothing (the handshake is not done) takes the start back at its
+/// return (`propagate::unstart`): the retry starts it again.
+#[inline(always)]
+fn membio_write_start(tgid: u32, ssl: u64, buf: u64, len: u64) -> u64 {
+    // SAFETY: only tested for presence.
+    if unsafe { TLS_MEMBIO.get(&tgid) }.is_none() {
+        return 0;
+    }
+    // SAFETY: copied out at once.
+    let Some(known) = (unsafe { SSL_FDS.get(&SslKey { ssl, tgid, _pad: 0 }) }).copied() else { return 0 };
+    let Some(entry) = sock::lookup_tcp(tgid, known.fd) else { return 0 };
+    if entry.conn_gen != known.conn_gen {
+        return 0;
+    }
+    let (_, tid, _) = ids();
+    if propagate::on_write_enter(tgid, tid, known.fd, &entry, 1, Head { call: call::PLAIN, ptr: buf, len }) == 1 {
+        sock::key(tgid, known.fd)
+    } else {
+        0
+    }
 }
 
 /// Uprobe on `SSL_read(SSL *ssl, void *buf, int num)`.
@@ -193,6 +222,9 @@ fn finish(ctx: &RetProbeContext, tgid: u32, tid: u32, pid_tgid: u64, call: &TlsC
         let _ = SOCKS.insert(&sock::key(tgid, fd), &entry, 0);
     }
     if moved == 0 {
+        if call.direction == EGRESS && call.ids_key != 0 {
+            propagate::unstart(call.ids_key);
+        }
         return;
     }
     let ts = if call.direction == EGRESS {
@@ -203,7 +235,10 @@ fn finish(ctx: &RetProbeContext, tgid: u32, tid: u32, pid_tgid: u64, call: &TlsC
     };
     let conn = emit::Conn { tgid, tid, fd, conn_gen: entry.conn_gen, ts_ns: ts };
     if call.direction == INGRESS {
-        tls::emit_read(ctx, &conn, DataSource::Tls as u32, call.ids_key, call.buf, moved);
+        // No syscall inside the call (a memory BIO, or plaintext OpenSSL had buffered): these
+        // plaintext bytes may start a server request themselves, as Go's `Read` does.
+        let may_start = call.ids_key == 0 && call.fd < 0;
+        tls::emit_read(ctx, &conn, DataSource::Tls as u32, call.ids_key, may_start, call.buf, moved);
     } else {
         emit::stage_ids(call.ids_key);
         emit::data(&conn, call.direction, DataSource::Tls as u32, call.buf, moved);
