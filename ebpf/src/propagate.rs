@@ -23,8 +23,10 @@
 //! and the agent puts exactly those ids on the span. TLS plaintext takes part through its probes:
 //! OpenSSL's calls pass `in_tls_call` to the syscalls made inside them (`tls::openssl`), Go's
 //! `crypto/tls` calls start requests themselves (`tls::go`); a TLS socket's own syscalls outside
-//! those calls (the handshake once the socket is known as TLS, the ciphertext) take no part. Not
-//! done here: connections opened before ztrace started, Node.js's memory-BIO TLS.
+//! those calls (the handshake once the socket is known as TLS, the ciphertext) take no part;
+//! calls that make no syscalls (memory BIOs: Node.js) start requests at their plaintext
+//! (`tls::zt_tls_traceparent`, `tls::openssl::membio_write_start`). Not done here: connections
+//! opened before ztrace started.
 
 use aya_ebpf::{
     helpers::{bpf_probe_read_user, generated::bpf_get_prandom_u32},
