@@ -607,17 +607,11 @@ pub fn on_read_exit(tgid: u32, tid: u32, fd: i32, entry: &SockEntry, in_tls_call
 /// counts among the unit's unanswered ones (once per connection) until `answered`.
 #[inline(always)]
 fn start_serving(unit: UnitKey, k: u64, conn_gen: u64, state: &mut PropConn) {
-    let mut in_flight = 1;
+    // This connection's last request, if never answered (a TLS handshake's flight before its
+    // plaintext), is replaced, not added to: its unit (maybe another) serves one fewer first.
+    answered(state);
     // SAFETY: copied out at once.
-    if let Some(s) = unsafe { UNIT_CTX.get(&unit) } {
-        in_flight = s.in_flight + 1;
-    }
-    if state.counted == 1 {
-        // This connection's last request was never answered (a TLS handshake's flight before
-        // its plaintext): replaced, not added.
-        answered(state);
-        in_flight -= 1;
-    }
+    let in_flight = unsafe { UNIT_CTX.get(&unit) }.map_or(0, |s| s.in_flight) + 1;
     let serving = Serving { conn: k, conn_gen, in_flight, _pad: 0 };
     if UNIT_CTX.insert(&unit, &serving, 0).is_err() {
         count(Counter::PropagateMapFull);

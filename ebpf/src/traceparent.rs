@@ -3,9 +3,9 @@
 //! the wire (an instrumented caller, a mesh proxy that adds the header, or the header a
 //! client's host added where a middlebox stripped the TCP option).
 //!
-//! [`find`] copies the first [`MAX_HEAD`] bytes of the read into a per-CPU buffer, scans them
-//! for a line that starts with `traceparent:` (any case) up to the head's blank line, and
-//! parses the value as the agent does (`agent/src/trace/context.rs`): `<version>-<32 hex>-<16
+//! [`find`] checks that the read opens with an HTTP/1 method, copies its first [`MAX_HEAD`]
+//! bytes into a per-CPU buffer, scans them for a line that starts with `traceparent:` (any
+//! case) up to the head's blank line, and parses the value as the agent does (`agent/src/trace/context.rs`): `<version>-<32 hex>-<16
 //! hex>-<2 hex>`, lower-case hex, version not `ff`, no trailing data after version `00`, ids
 //! not all zero. Anything else (no such line, a head longer than the scan, a value split
 //! across reads) finds nothing and the request keeps the ids it had.
@@ -37,6 +37,11 @@ pub fn find(ptr: u64, len: u64) -> Option<WireCtx> {
     if n < 16 {
         return None;
     }
+    // The method first: other protocols' requests (PostgreSQL, Redis, ...) cost 8 bytes.
+    // SAFETY: user memory read through the helper, which checks the address.
+    if !unsafe { aya_ebpf::helpers::bpf_probe_read_user(ptr as *const [u8; 8]) }.is_ok_and(is_method) {
+        return None;
+    }
     let buf = HEAD_COPY.get_ptr_mut(0)?;
     let size = at_most::<MAX_HEAD>(n);
     // SAFETY: the helper checks the user address; `size` bytes fit in the per-CPU buffer.
@@ -44,10 +49,6 @@ pub fn find(ptr: u64, len: u64) -> Option<WireCtx> {
         return None;
     }
     let base = buf as *const u8;
-    // SAFETY: the buffer holds `n >= 16` bytes.
-    if !is_method(unsafe { core::ptr::read_unaligned(base as *const [u8; 8]) }) {
-        return None;
-    }
     let at = value_start(base, n)?;
     // The value, and the byte after it, within the bytes read.
     if at + VALUE_LEN + 1 > n {

@@ -20,6 +20,7 @@ use ztrace_e2e::otlp::{OtlpReceiver, OtlpSpan};
 use ztrace_e2e::postgres::PgServer;
 use ztrace_e2e::process::Proc;
 use ztrace_e2e::tls::Certs;
+use ztrace_e2e::ztrace::Stopped;
 use ztrace_e2e::{fixture, free_port, python, TempDir, Ztrace};
 
 const READY: Duration = Duration::from_secs(20);
@@ -141,6 +142,16 @@ enum Middle<'a> {
     /// The Go twin (`tests/fixtures/xhost_go`, net/http), built at this path; with certificates,
     /// B serves HTTPS through Go's crypto/tls and calls C (Python, OpenSSL) over HTTPS.
     Go(&'a Path, Option<&'a Certs>),
+}
+
+impl Middle<'_> {
+    /// How B's call links to B's request on one host: Go's handler goroutine, Python's thread.
+    fn serving_link(&self) -> &'static str {
+        match self {
+            Middle::Go(..) => "goroutine",
+            Middle::Python(_) => "thread",
+        }
+    }
 }
 
 /// Services on fresh ports: A (host 1) → B (host 2) → C (host 1). Returns them (kept alive by
@@ -271,12 +282,7 @@ fn chain_across_two_hosts_is_one_trace(middle: Middle) {
     drop(services);
     let s1 = z1.stop();
     let s2 = z2.stop();
-    let report = format!(
-        "{}\nhost 1: {}\nhost 2: {}",
-        table(&spans),
-        s1.counters(&["propagat", "tls"]),
-        s2.counters(&["propagat", "tls"])
-    );
+    let report = report(&spans, &s1, &s2, &["propagat", "tls"]);
     assert_eq!(spans.len(), 6, "six spans:\n{report}");
     let trace = spans[0].trace_id();
     assert!(
@@ -297,15 +303,7 @@ fn chain_across_two_hosts_is_one_trace(middle: Middle) {
             (a_server, client, "connection"),
             (a_client, a_server, "thread"),
             (b_server, a_client, "tcp_option"),
-            (
-                b_client,
-                b_server,
-                if matches!(middle, Middle::Go(..)) {
-                    "goroutine"
-                } else {
-                    "thread"
-                },
-            ),
+            (b_client, b_server, middle.serving_link()),
             (c_server, b_client, "tcp_option"),
         ],
         &report,
@@ -544,12 +542,7 @@ fn a_callers_own_traceparent_over_https(middle: Middle) {
     drop((b, c));
     let s1 = z1.stop();
     let s2 = z2.stop();
-    let report = format!(
-        "{}\nhost 1: {}\nhost 2: {}",
-        table(&spans),
-        s1.counters(&["propagat", "tls"]),
-        s2.counters(&["propagat", "tls"])
-    );
+    let report = report(&spans, &s1, &s2, &["propagat", "tls"]);
     let b_server = find(&spans, "b", SERVER);
     let b_client = find(&spans, "b", CLIENT);
     let c_server = find(&spans, "c", SERVER);
@@ -565,15 +558,7 @@ fn a_callers_own_traceparent_over_https(middle: Middle) {
     assert_eq!(b_server.attr_str("ztrace.link"), Some("header"), "{report}");
     assert_links(
         &[
-            (
-                b_client,
-                b_server,
-                if matches!(middle, Middle::Go(..)) {
-                    "goroutine"
-                } else {
-                    "thread"
-                },
-            ),
+            (b_client, b_server, middle.serving_link()),
             (c_server, b_client, "tcp_option"),
         ],
         &report,
@@ -666,12 +651,7 @@ fn a_node_https_service_in_the_middle_of_the_chain() {
     drop((b, c));
     let s1 = z1.stop();
     let s2 = z2.stop();
-    let report = format!(
-        "{}\nhost 1: {}\nhost 2: {}",
-        table(&spans),
-        s1.counters(&["propagat", "tls"]),
-        s2.counters(&["propagat", "tls"])
-    );
+    let report = report(&spans, &s1, &s2, &["propagat", "tls"]);
     let on = |service: &str, kind: &str| {
         spans
             .iter()
@@ -731,12 +711,7 @@ fn an_event_loop_with_two_requests_at_once_puts_no_call_in_the_wrong_trace() {
     drop((b, c));
     let s1 = z1.stop();
     let s2 = z2.stop();
-    let report = format!(
-        "{}\nhost 1: {}\nhost 2: {}",
-        table(&spans),
-        s1.counters(&["propagat"]),
-        s2.counters(&["propagat"])
-    );
+    let report = report(&spans, &s1, &s2, &["propagat"]);
     let on = |service: &str, kind: &str, path: &str| {
         spans
             .iter()
@@ -796,12 +771,7 @@ fn a_callers_own_traceparent_is_carried_on_across_hosts() {
     drop(services);
     let s1 = z1.stop();
     let s2 = z2.stop();
-    let report = format!(
-        "{}\nhost 1: {}\nhost 2: {}",
-        table(&spans),
-        s1.counters(&["propagat"]),
-        s2.counters(&["propagat"])
-    );
+    let report = report(&spans, &s1, &s2, &["propagat"]);
     let a_server = find(&spans, "a", SERVER);
     let a_client = find(&spans, "a", CLIENT);
     let b_server = find(&spans, "b", SERVER);
@@ -972,6 +942,16 @@ fn a_loopback_hop_hands_its_context_over_in_the_kernel() {
     }
 }
 
+/// The span table and both hosts' counters whose names contain one of `parts`.
+fn report(spans: &[OtlpSpan], s1: &Stopped, s2: &Stopped, parts: &[&str]) -> String {
+    format!(
+        "{}\nhost 1: {}\nhost 2: {}",
+        table(spans),
+        s1.counters(parts),
+        s2.counters(parts)
+    )
+}
+
 /// Each `(child, parent, link)`: the child's parent span and `ztrace.link`.
 fn assert_links(links: &[(&OtlpSpan, &OtlpSpan, &str)], report: &str) {
     for (child, parent, link) in links {
@@ -1062,12 +1042,7 @@ fn grpc_chain(
     let spans = otlp.wait_for_spans(spans_each * 4, ours, SPANS);
     drop((b, c));
     let (s1, s2) = (z1.stop(), z2.stop());
-    let report = format!(
-        "{}\nhost 1: {}\nhost 2: {}",
-        table(&spans),
-        s1.counters(&["propagat", "stream"]),
-        s2.counters(&["propagat", "stream"])
-    );
+    let report = report(&spans, &s1, &s2, &["propagat", "stream"]);
     (spans, report, [s1, s2])
 }
 

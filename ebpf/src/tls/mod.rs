@@ -10,7 +10,6 @@
 //! there, an `SSL*` without a known socket is tied to the thread's next write of a TLS record on
 //! a TCP socket (`PENDING_SSL`: the handshake or record the call just produced), and failing
 //! that, a read that returns plaintext to the socket the thread last read.
-
 //!
 //! A plaintext read that starts a server request is emitted by `zt_tls_traceparent` (a tail
 //! call), which first looks for the request's own `traceparent` (`propagate::on_request_head`):
